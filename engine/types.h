@@ -1,0 +1,115 @@
+// Value types of the public API: requests, receipts, balances, options.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "log/event.h"
+#include "log/status.h"
+
+namespace tally {
+
+using HoldId = std::uint64_t;
+using OpType = log::OpType;
+
+// The outcome of a decided mutation. ok or a state rejection; rejections are
+// values, not errors: they are durable and a retry gets them back.
+enum class Outcome : std::uint8_t {
+  ok,
+  insufficient,    // not enough available
+  overflow,        // the balance would exceed INT64_MAX
+  hold_unknown,    // no such hold (never existed, or forgotten)
+  hold_expired,    // the hold expired before this request
+  hold_finalized,  // the hold was already committed or released
+};
+std::string_view outcome_name(Outcome outcome);
+
+// Validation limits: requests outside them are `invalid` and write nothing.
+inline constexpr std::size_t kIdBytesMax = 255;        // subject, item, key
+inline constexpr std::size_t kMetaBytesMax = 1024;     // reason, reference, actor each
+inline constexpr std::size_t kBatchOpsMax = log::kBatchOpsMax;
+inline constexpr std::int64_t kHoldTtlNsMin = 1'000'000;  // 1 ms
+
+// Optional audit metadata stored with a mutation's event.
+struct Metadata {
+  std::string reason;     // damage, restock, order, ...
+  std::string reference;  // order id, purchase order, ...
+  std::string actor;      // who did it
+};
+
+// One operation. Fields a type does not use stay empty or zero.
+struct OpRequest {
+  OpType type = OpType::acquire;
+  std::string subject;  // transfer: the source
+  std::string item;
+  std::string to;       // transfer: the destination
+  std::int64_t qty = 0; // commit: 0 = the whole hold
+  std::int64_t ttl_ns = 0;
+  HoldId hold = 0;
+
+  static OpRequest acquire(std::string subject, std::string item, std::int64_t qty);
+  static OpRequest consume(std::string subject, std::string item, std::int64_t qty);
+  static OpRequest transfer(std::string from, std::string to, std::string item, std::int64_t qty);
+  static OpRequest hold_of(std::string subject, std::string item, std::int64_t qty,
+                           std::int64_t ttl_ns);
+  static OpRequest commit(HoldId hold, std::int64_t qty = 0);
+  static OpRequest release(HoldId hold);
+};
+
+// A keyed mutation: one op, or an all-or-nothing batch of ops.
+struct Command {
+  std::string key;
+  Metadata meta;
+  bool batch = false;
+  OpRequest op;                 // when !batch
+  std::vector<OpRequest> ops;   // when batch
+};
+
+// The answer to a mutation that was decided (now or before).
+struct Receipt {
+  Outcome outcome = Outcome::ok;
+  bool replay = false;         // the key was decided before; this is that outcome
+  std::uint64_t seq = 0;       // the event that recorded the outcome
+  std::int64_t timestamp_ns = 0;
+  HoldId hold = 0;             // a successful hold: its id
+  std::uint32_t failed_index = 0;  // a rejected batch: the failing op
+  // A successful batch: the ids of its holds, in op order.
+  std::vector<HoldId> holds;
+};
+
+struct Balance {
+  std::int64_t available = 0;
+  std::int64_t held = 0;
+  bool operator==(const Balance&) const = default;
+};
+
+struct ItemBalance {
+  std::string item;
+  Balance balance;
+};
+
+enum class HoldStatus : std::uint8_t { open, committed, released, expired };
+std::string_view hold_status_name(HoldStatus status);
+
+struct HoldView {
+  HoldId id = 0;
+  std::string subject;
+  std::string item;
+  std::int64_t qty = 0;
+  std::int64_t expires_at_ns = 0;
+  HoldStatus status = HoldStatus::open;
+  std::int64_t committed_qty = 0;
+};
+
+enum class Durability : std::uint8_t {
+  sync,   // fdatasync before the caller hears the outcome (default)
+  async,  // acknowledged after write(); fdatasync at least every sync_interval_ms
+  none,   // written, never synced: tests and throwaway ledgers
+};
+std::string_view durability_name(Durability durability);
+bool parse_durability(std::string_view text, Durability* out);
+
+}  // namespace tally

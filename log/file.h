@@ -1,0 +1,68 @@
+// The file layer: every byte tally reads or writes goes through FileSystem,
+// so tests can swap in FaultyFileSystem (log/faulty_file.h) and inject torn
+// writes, bit flips, ENOSPC and failed syncs.
+//
+// Errors are io_error Statuses whose message names the path and errno text.
+// Thread safety: a File may be used by one thread at a time; distinct Files
+// and the FileSystem itself may be used from any thread.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "log/status.h"
+
+namespace tally::log {
+
+class File {
+ public:
+  virtual ~File() = default;
+
+  // Reads exactly out.size() bytes at offset; io_error on a short read.
+  virtual Status read_at(std::uint64_t offset, std::span<std::byte> out) = 0;
+  // Writes all of data at offset (retrying partial writes).
+  virtual Status write_at(std::uint64_t offset, std::span<const std::byte> data) = 0;
+  // fdatasync: data and the metadata needed to read it back.
+  virtual Status sync() = 0;
+  // Current size in bytes.
+  virtual Result<std::uint64_t> size() = 0;
+  // Sets the size; new bytes read as zeros.
+  virtual Status truncate(std::uint64_t size_bytes) = 0;
+  // Reserves blocks so later writes below size_bytes need no allocation;
+  // extends the size to size_bytes, new bytes read as zeros.
+  virtual Status preallocate(std::uint64_t size_bytes) = 0;
+};
+
+class FileSystem {
+ public:
+  virtual ~FileSystem() = default;
+
+  enum class Mode { read_only, read_write, create };  // create: read-write, made if missing
+
+  virtual Result<std::unique_ptr<File>> open(const std::string& path, Mode mode) = 0;
+  virtual bool exists(const std::string& path) = 0;
+  // Names (not paths) of the entries of a directory, sorted bytewise.
+  virtual Result<std::vector<std::string>> list(const std::string& dir) = 0;
+  // Creates the directory and its parents when missing.
+  virtual Status make_dirs(const std::string& dir) = 0;
+  virtual Status remove(const std::string& path) = 0;
+  virtual Status rename(const std::string& from, const std::string& to) = 0;
+  // fsync of a directory, so that created, renamed and removed names are durable.
+  virtual Status sync_dir(const std::string& dir) = 0;
+};
+
+// The real file system (POSIX). One instance may serve the whole process.
+FileSystem& posix_file_system();
+
+// Joins path components with '/'.
+std::string join_path(const std::string& dir, const std::string& name);
+
+// Reads a whole file into memory (8-byte aligned storage).
+Result<std::vector<std::uint64_t>> read_whole_file(FileSystem& fs, const std::string& path,
+                                                   std::uint64_t* size_bytes);
+
+}  // namespace tally::log

@@ -1,0 +1,84 @@
+// LogReader: iterates the records of a log directory in seq order, verifying
+// every checksum and the chain, without copying payloads.
+//
+// Ending a scan (docs/log-format.md, "Recovery"):
+//   - zeros where the next frame would start, with nothing valid after them
+//     in the segment, are the clean end of the log;
+//   - an invalid frame in the last segment that no valid frame follows is a
+//     torn tail: the last write did not finish. next() returns false and
+//     end().torn is set; LogWriter::open zeroes it before appending;
+//   - an invalid frame followed by a valid one, a chain break (seq or
+//     prev_checksum not the expected one), a damaged segment header, a gap
+//     between segments, or a bad frame in any segment but the last is
+//     corruption: next() returns a corrupt Status whose message starts with
+//     "segment <file name> offset <byte offset>: ".
+//
+// Thread safety: none; one thread uses a reader. The reader holds one segment
+// in memory at a time; Record payloads stay valid until the next call to
+// next() that moves to another segment (at least until the next call).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "log/file.h"
+#include "log/format.h"
+#include "log/status.h"
+
+namespace tally::log {
+
+struct Record {
+  std::uint64_t seq = 0;
+  std::uint64_t checksum = 0;
+  std::span<const std::byte> payload;  // 8-byte aligned
+  std::uint64_t segment_first_seq = 0; // names the segment file
+  std::uint64_t offset = 0;            // of the frame within its segment
+};
+
+// Where a scan of the whole log stopped; LogWriter::open continues from it.
+struct LogEnd {
+  std::uint64_t next_seq = 1;           // the seq the next record gets
+  std::uint64_t last_checksum = kChainSeed;
+  bool has_segment = false;             // false: the log is empty, no segment yet
+  std::uint64_t segment_first_seq = 0;  // the last segment
+  std::uint64_t segment_size_bytes = 0; // its preallocated size
+  std::uint64_t offset = 0;             // end of its valid frames
+  bool torn = false;                    // a torn tail starts at offset
+  std::uint64_t torn_end = 0;           // offset past the last nonzero byte of it
+  bool torn_header = false;             // the last segment's header itself is torn
+
+};
+
+struct LogReaderOptions {
+  // Records with a smaller seq are verified but not returned; whole segments
+  // before the one holding from_seq are skipped unread.
+  std::uint64_t from_seq = 1;
+};
+
+class LogReader {
+ public:
+  // `dir` is the log directory (DATA/log). A missing or empty directory is
+  // an empty log. Errors: io_error; corrupt for a misnamed segment file.
+  static Result<std::unique_ptr<LogReader>> open(FileSystem& fs, const std::string& dir,
+                                                 LogReaderOptions options = {});
+  ~LogReader();
+
+  // True with *record set; false at the end of the log (see end()).
+  Result<bool> next(Record* record);
+
+  // Valid after next() returned false.
+  const LogEnd& end() const;
+
+  // Names of the segment files, in seq order.
+  const std::vector<std::uint64_t>& segment_first_seqs() const;
+
+ private:
+  struct Impl;
+  explicit LogReader(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tally::log

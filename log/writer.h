@@ -1,0 +1,87 @@
+// LogWriter: appends framed records to a log directory with group commit.
+//
+// Two sides, each used by one thread (they may be the same thread):
+//   - the appending side frames records into the open batch in memory:
+//     append(), has_room(), next_seq(), seal();
+//   - the I/O side writes a sealed batch with one write per segment it
+//     touches and, when asked, one fdatasync: write(), sync().
+// The caller orders the two: seal() may be called again only after write()
+// returned for the batch the previous seal() handed out. Two batch buffers
+// are allocated at open and alternate, so appending never allocates.
+//
+// Segments are preallocated to segment_size_bytes and rotated when the next
+// record does not fit; the old segment is synced before the new one is
+// created, so a later segment's existence proves its predecessors complete.
+//
+// Errors: a failed write or sync is sticky. The writer refuses everything
+// after it (io_error), since the file's contents are then unknown; the
+// owner reopens the log to go on.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "log/file.h"
+#include "log/format.h"
+#include "log/reader.h"
+#include "log/status.h"
+
+namespace tally::log {
+
+struct LogWriterOptions {
+  std::uint64_t segment_size_bytes = kSegmentSizeBytesDefault;
+  // Capacity of each of the two batch buffers.
+  std::size_t batch_bytes_max = 8u << 20;
+  // Clock for the informative creation time in segment headers.
+  std::int64_t (*now_ns)() = nullptr;
+};
+
+class WriteBatch;
+
+struct LogWriterStats {
+  std::uint64_t syncs = 0;         // fdatasync calls on segments
+  std::uint64_t writes = 0;        // write calls
+  std::uint64_t bytes_written = 0;
+  std::uint64_t segments_created = 0;
+};
+
+class LogWriter {
+ public:
+  // Continues the log in `dir` from `end`, the result of a LogReader scan of
+  // the same directory. Zeroes a torn tail (and syncs) first; creates the
+  // directory and the first segment when the log is empty.
+  static Result<std::unique_ptr<LogWriter>> open(FileSystem& fs, const std::string& dir,
+                                                 const LogEnd& end, LogWriterOptions options = {});
+  ~LogWriter();
+
+  // ---- appending side ----
+  // The seq the next appended record gets.
+  std::uint64_t next_seq() const;
+  // Whether the open batch can take a record of payload_bytes.
+  bool has_room(std::size_t payload_bytes) const;
+  // Frames `payload` as record next_seq() into the open batch and returns its
+  // seq. Preconditions: has_room(payload.size()), 0 < payload.size() <=
+  // payload_bytes_max(segment size), payload.size() % 8 == 0.
+  std::uint64_t append(std::span<const std::byte> payload);
+  // True when nothing was appended since the last seal().
+  bool batch_empty() const;
+  // Hands the open batch to the I/O side and opens an empty one.
+  WriteBatch* seal();
+
+  // ---- I/O side ----
+  // Writes a sealed batch and, when sync is true, makes it durable.
+  Status write(WriteBatch* batch, bool sync);
+  // fdatasync of the segment being written (for timed async durability).
+  Status sync();
+  // Snapshot of counters; safe from any thread.
+  LogWriterStats stats() const;
+
+ private:
+  struct Impl;
+  explicit LogWriter(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tally::log

@@ -1,0 +1,150 @@
+// State: the in-memory projection of the log — balances, holds and the
+// idempotency index — rebuilt by applying events in seq order.
+//
+// apply() is the one function that turns facts into state, used both by the
+// engine's writer (for events it just decided) and by replay, so both reach
+// the same state byte for byte (digest()).
+//
+// Thread safety: none. One thread (the engine's writer, or a tool) owns a
+// State. Memory: balances, holds and keys live in open-addressing tables with
+// interned subject and item names (docs/performance.md gives the bytes per
+// entry).
+#pragma once
+
+#include <climits>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "log/event.h"
+#include "log/status.h"
+
+namespace tally::proj {
+
+using HoldId = std::uint64_t;
+
+// Pass as now_ns to read the balances exactly as the applied events left
+// them, without treating any due hold as released.
+inline constexpr std::int64_t kStoredOnly = INT64_MIN;
+
+struct Balance {
+  std::int64_t available = 0;
+  std::int64_t held = 0;
+  bool operator==(const Balance&) const = default;
+};
+
+enum class HoldState : std::uint8_t { open, committed, released, expired };
+std::string_view hold_state_name(HoldState state);
+
+// A hold, open or finalized within the idempotency window. The views point
+// into the State and stay valid while it lives (names are never freed).
+struct HoldInfo {
+  HoldId id = 0;
+  std::string_view subject;
+  std::string_view item;
+  std::int64_t qty = 0;              // as held
+  std::int64_t expires_at_ns = 0;
+  HoldState state = HoldState::open;
+  std::int64_t finalized_at_ns = 0;  // timestamp of the finalizing event
+  std::int64_t committed_qty = 0;    // for a committed hold
+};
+
+// What a key's first request came to: enough to answer a retry exactly.
+struct KeyRecord {
+  std::uint64_t fingerprint = 0;
+  std::uint64_t seq = 0;             // the event that recorded the outcome
+  std::int64_t timestamp_ns = 0;
+  log::Reason reason = log::Reason::none;
+  std::uint32_t failed_index = 0;
+};
+
+struct StateOptions {
+  // Keys and finalized holds are forgotten once an event stamped more than
+  // this after them is applied. 0 = remember forever.
+  std::int64_t idempotency_window_ns = 24ll * 3600 * 1'000'000'000;
+};
+
+struct StateCounts {
+  std::uint64_t balances = 0;        // pairs with a non-zero balance
+  std::uint64_t open_holds = 0;
+  std::uint64_t finalized_holds = 0; // remembered
+  std::uint64_t keys = 0;            // remembered
+  std::uint64_t subjects = 0;
+  std::uint64_t items = 0;
+};
+
+class State {
+ public:
+  explicit State(StateOptions options = {});
+  ~State();
+  State(const State&) = delete;
+  State& operator=(const State&) = delete;
+
+  // Applies the event with seq last_seq() + 1. The event must be consistent
+  // with the state (decided by the engine against it, or written by one that
+  // was): an applied op that would drive a balance negative, overflow, or
+  // name a hold that is not open is a corrupt Status naming the seq, and the
+  // state is then unspecified. A rejected event changes only the key index.
+  Status apply(const log::Event& event);
+
+  std::uint64_t last_seq() const;
+  std::int64_t last_timestamp_ns() const;
+
+  // Balance as of the last event. A hold that is due at now_ns (expires_at
+  // <= now_ns) but whose expire event is not applied yet counts as released:
+  // reads never show a due hold as held.
+  Balance balance(std::string_view subject, std::string_view item, std::int64_t now_ns) const;
+  // Every non-zero balance of a subject, items sorted bytewise.
+  void list(std::string_view subject, std::int64_t now_ns,
+            const std::function<void(std::string_view item, Balance)>& visit) const;
+  // Every non-zero balance, sorted bytewise by subject then item.
+  void for_each_balance(std::int64_t now_ns,
+                        const std::function<void(std::string_view subject, std::string_view item,
+                                                 Balance)>& visit) const;
+
+  // nullptr when the key is not remembered.
+  const KeyRecord* find_key(std::string_view key) const;
+  // Open or remembered finalized hold; nullopt when unknown.
+  std::optional<HoldInfo> find_hold(HoldId id) const;
+  // The open hold that expires first (ties: smaller id) if it is due at t.
+  std::optional<HoldInfo> next_due_hold(std::int64_t t_ns) const;
+  // The earliest expires_at of any open hold, if there is one.
+  std::optional<std::int64_t> next_expiry_ns() const;
+
+  // Checks available >= 0, held >= 0, and held == the sum of the open holds
+  // of every pair; corrupt with the first violation.
+  Status check_invariants() const;
+
+  // XXH3-based digest of the canonical state: balances, open and remembered
+  // finalized holds, remembered keys, last seq and timestamp. Independent of
+  // insertion order and table layout.
+  std::uint64_t digest() const;
+
+  StateCounts counts() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Per-item flow totals counted from the log: acquired, consumed (consume and
+// committed holds), for the conservation invariant
+//   sum over subjects of (available + held) == acquired - consumed.
+class FlowTotals {
+ public:
+  FlowTotals();
+  ~FlowTotals();
+  void apply(const log::Event& event);
+  // corrupt naming the first item whose balances do not add up.
+  Status check(const State& state) const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tally::proj
