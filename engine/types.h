@@ -49,6 +49,11 @@ struct OpRequest {
   std::int64_t qty = 0; // commit: 0 = the whole hold
   std::int64_t ttl_ns = 0;
   HoldId hold = 0;
+  // commit, release: names the hold by the idempotency key of the request
+  // that created it instead of by id (then `hold` is ignored). Lets a caller
+  // pipeline a commit right behind its hold, or settle a hold whose id it
+  // lost in a crash.
+  std::string hold_key;
 
   static OpRequest acquire(std::string subject, std::string item, std::int64_t qty);
   static OpRequest consume(std::string subject, std::string item, std::int64_t qty);
@@ -57,6 +62,8 @@ struct OpRequest {
                            std::int64_t ttl_ns);
   static OpRequest commit(HoldId hold, std::int64_t qty = 0);
   static OpRequest release(HoldId hold);
+  static OpRequest commit_key(std::string hold_key, std::int64_t qty = 0);
+  static OpRequest release_key(std::string hold_key);
 };
 
 // A keyed mutation: one op, or an all-or-nothing batch of ops.

@@ -71,6 +71,7 @@ void fill_settle(s::Settle::Builder b, const Op& op) {
   b.setItem(data_of(op.item));
   b.setQty(op.qty);
   b.setReleased(op.released);
+  if (!op.hold_key.empty()) b.setHoldKey(data_of(op.hold_key));
 }
 
 void fill_op(s::Op::Builder b, const Op& op) {
@@ -155,6 +156,7 @@ Op read_settle(OpType type, s::Settle::Reader r) {
   op.item = view_of(r.getItem());
   op.qty = r.getQty();
   op.released = r.getReleased();
+  op.hold_key = view_of(r.getHoldKey());
   return op;
 }
 

@@ -46,7 +46,10 @@ std::string_view reason_name(Reason reason);
 //   hold:             subject, item, qty, ttl_ns
 //   commit:           hold, qty (committed), released; subject, item resolved
 //   release, expire:  hold, qty (returned to available); subject, item resolved
-// In a rejected request, commit/release carry only hold and qty (0 = whole).
+// A commit or release may name its hold by the key of the request that
+// created it (hold_key); applied events carry the resolved hold as well.
+// In a rejected request, commit/release carry only hold or hold_key, and
+// qty (0 = whole).
 struct Op {
   OpType type = OpType::acquire;
   std::string_view subject;
@@ -56,6 +59,7 @@ struct Op {
   std::int64_t ttl_ns = 0;
   std::uint64_t hold = 0;
   std::int64_t released = 0;
+  std::string_view hold_key;
 };
 
 struct Meta {

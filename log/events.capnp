@@ -31,13 +31,15 @@ struct Hold {
 # resolved from the hold, so the fact reads on its own: qty is what became
 # consumed (commit) or free again (release, expire), released is the part of
 # a partial commit that went back to available. In a rejected request only
-# hold and (for a commit) qty are set; qty 0 there means "the whole hold".
+# hold or holdKey and (for a commit) qty are set; qty 0 there means "the
+# whole hold".
 struct Settle {
   hold @0 :UInt64;
   subject @1 :Data;
   item @2 :Data;
   qty @3 :Int64;
   released @4 :Int64;
+  holdKey @5 :Data;    # the request named the hold by its hold's idempotency key
 }
 
 struct Op {

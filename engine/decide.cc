@@ -1,0 +1,313 @@
+#include "engine/decide.h"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <climits>
+
+namespace tally::detail {
+
+namespace {
+
+using log::Reason;
+
+Status invalid(std::string message) { return Status(ErrorCode::invalid, std::move(message)); }
+
+Status check_id(std::string_view what, std::string_view id) {
+  if (id.empty()) return invalid(std::string(what) + " is empty");
+  if (id.size() > kIdBytesMax) {
+    return invalid(std::string(what) + " is longer than " + std::to_string(kIdBytesMax) + " bytes");
+  }
+  if (id.find('\0') != std::string_view::npos) return invalid(std::string(what) + " contains NUL");
+  return Status();
+}
+
+Status check_qty(std::int64_t qty) {
+  if (qty <= 0) return invalid("qty must be > 0");
+  return Status();
+}
+
+Status validate_op(const OpRequest& op, const Limits& limits) {
+  switch (op.type) {
+    case OpType::acquire:
+    case OpType::consume:
+      TALLY_TRY(check_id("subject", op.subject));
+      TALLY_TRY(check_id("item", op.item));
+      return check_qty(op.qty);
+    case OpType::transfer:
+      TALLY_TRY(check_id("from", op.subject));
+      TALLY_TRY(check_id("to", op.to));
+      TALLY_TRY(check_id("item", op.item));
+      if (op.subject == op.to) return invalid("from and to are the same subject");
+      return check_qty(op.qty);
+    case OpType::hold:
+      TALLY_TRY(check_id("subject", op.subject));
+      TALLY_TRY(check_id("item", op.item));
+      TALLY_TRY(check_qty(op.qty));
+      if (op.ttl_ns < kHoldTtlNsMin || op.ttl_ns > limits.hold_ttl_ns_max) {
+        return invalid("ttl out of range [" + std::to_string(kHoldTtlNsMin / 1'000'000) + " ms, " +
+                       std::to_string(limits.hold_ttl_ns_max / 1'000'000) + " ms]");
+      }
+      return Status();
+    case OpType::commit:
+      if (op.qty < 0) return invalid("commit qty must be > 0");
+      [[fallthrough]];
+    case OpType::release:
+      if (!op.hold_key.empty()) return check_id("hold_key", op.hold_key);
+      return Status();
+    case OpType::expire:
+      break;
+  }
+  return invalid("unknown op");
+}
+
+void put_u64(std::string* out, std::uint64_t v) {
+  char bytes[8];
+  for (int byte_index = 0; byte_index < 8; byte_index++) {
+    bytes[byte_index] = static_cast<char>(v >> (8 * byte_index));
+  }
+  out->append(bytes, 8);
+}
+
+void put_str(std::string* out, std::string_view text) {
+  put_u64(out, text.size());
+  out->append(text);
+}
+
+// Only the fields an op type uses, so that a stray field cannot make two
+// equal requests differ.
+void encode_op(std::string* out, const OpRequest& op) {
+  out->push_back(static_cast<char>(op.type));
+  switch (op.type) {
+    case OpType::transfer:
+      put_str(out, op.to);
+      [[fallthrough]];
+    case OpType::acquire:
+    case OpType::consume:
+    case OpType::hold:
+      put_str(out, op.subject);
+      put_str(out, op.item);
+      put_u64(out, static_cast<std::uint64_t>(op.qty));
+      if (op.type == OpType::hold) put_u64(out, static_cast<std::uint64_t>(op.ttl_ns));
+      return;
+    case OpType::commit:
+    case OpType::release:
+    case OpType::expire:
+      if (op.hold_key.empty()) {
+        put_u64(out, op.hold);
+      } else {
+        put_str(out, op.hold_key);
+      }
+      if (op.type == OpType::commit) put_u64(out, static_cast<std::uint64_t>(op.qty));
+      return;
+  }
+}
+
+log::Op as_requested(const OpRequest& request) {
+  log::Op op;
+  op.type = request.type;
+  op.subject = request.subject;
+  op.item = request.item;
+  op.to = request.to;
+  op.qty = request.qty;
+  op.ttl_ns = request.ttl_ns;
+  op.hold = request.hold;
+  op.hold_key = request.hold_key;
+  return op;
+}
+
+// The hold a commit or release names. By key: the key's request must have
+// been a standalone hold that succeeded; its id is the seq of its event.
+HoldId resolve_hold(const OpRequest& request, const proj::State& state) {
+  if (request.hold_key.empty()) return request.hold;
+  const proj::KeyRecord* record = state.find_key(request.hold_key);
+  if (record == nullptr || record->reason != Reason::none) return 0;
+  return log::hold_id(record->seq, false, 0);
+}
+
+// Balances as the state holds them plus what earlier ops of this command did.
+class Overlay {
+ public:
+  Overlay(const proj::State& state, DecideScratch* scratch) : state_(state), scratch_(scratch) {
+    scratch_->deltas.clear();
+    scratch_->settled.clear();
+  }
+
+  proj::Balance get(std::string_view subject, std::string_view item) const {
+    proj::Balance balance = state_.balance(subject, item, proj::kStoredOnly);
+    for (const auto& delta : scratch_->deltas) {
+      if (delta.subject == subject && delta.item == item) {
+        balance.available += delta.available;
+        balance.held += delta.held;
+      }
+    }
+    return balance;
+  }
+
+  // Callers check for overflow before adding.
+  void add(std::string_view subject, std::string_view item, std::int64_t available,
+           std::int64_t held) {
+    scratch_->deltas.push_back({subject, item, available, held});
+  }
+
+  bool settled(HoldId hold) const {
+    return std::find(scratch_->settled.begin(), scratch_->settled.end(), hold) !=
+           scratch_->settled.end();
+  }
+  void settle(HoldId hold) { scratch_->settled.push_back(hold); }
+
+  const proj::State& state() const { return state_; }
+
+ private:
+  const proj::State& state_;
+  DecideScratch* scratch_;
+};
+
+bool adds_past_max(std::int64_t value, std::int64_t qty) { return value > INT64_MAX - qty; }
+
+Reason decide_amount(const OpRequest& request, Overlay* overlay) {
+  const proj::Balance from = overlay->get(request.subject, request.item);
+  switch (request.type) {
+    case OpType::acquire:
+      if (adds_past_max(from.available, request.qty)) return Reason::overflow;
+      overlay->add(request.subject, request.item, request.qty, 0);
+      return Reason::none;
+    case OpType::consume:
+      if (from.available < request.qty) return Reason::insufficient;
+      overlay->add(request.subject, request.item, -request.qty, 0);
+      return Reason::none;
+    case OpType::transfer: {
+      if (from.available < request.qty) return Reason::insufficient;
+      const proj::Balance to = overlay->get(request.to, request.item);
+      if (adds_past_max(to.available, request.qty)) return Reason::overflow;
+      overlay->add(request.subject, request.item, -request.qty, 0);
+      overlay->add(request.to, request.item, request.qty, 0);
+      return Reason::none;
+    }
+    case OpType::hold:
+      if (from.available < request.qty) return Reason::insufficient;
+      if (adds_past_max(from.held, request.qty)) return Reason::overflow;
+      overlay->add(request.subject, request.item, -request.qty, request.qty);
+      return Reason::none;
+    default:
+      TALLY_ASSERT(false);
+  }
+}
+
+// commit and release. *op is resolved from the hold when the result is none.
+Result<Reason> decide_settle(const OpRequest& request, Overlay* overlay, log::Op* op) {
+  const HoldId id = resolve_hold(request, overlay->state());
+  const std::optional<proj::HoldInfo> hold = overlay->state().find_hold(id);
+  if (!hold) return Reason::hold_unknown;
+  if (overlay->settled(id)) return Reason::hold_finalized;
+  switch (hold->state) {
+    case proj::HoldState::open: break;
+    case proj::HoldState::expired: return Reason::hold_expired;
+    case proj::HoldState::committed:
+    case proj::HoldState::released: return Reason::hold_finalized;
+  }
+  const bool commit = request.type == OpType::commit;
+  const std::int64_t committed = commit ? (request.qty == 0 ? hold->qty : request.qty) : 0;
+  if (committed > hold->qty) {
+    return Status(ErrorCode::invalid, "commit qty " + std::to_string(committed) +
+                                          " exceeds the hold's qty " + std::to_string(hold->qty));
+  }
+  const std::int64_t returned = hold->qty - committed;
+  const proj::Balance balance = overlay->get(hold->subject, hold->item);
+  if (adds_past_max(balance.available, returned)) return Reason::overflow;
+  overlay->add(hold->subject, hold->item, returned, -hold->qty);
+  overlay->settle(id);
+  op->hold = id;
+  op->subject = hold->subject;
+  op->item = hold->item;
+  op->qty = commit ? committed : returned;
+  op->released = commit ? returned : 0;
+  return Reason::none;
+}
+
+}  // namespace
+
+Status validate(const Command& command, const Limits& limits) {
+  TALLY_TRY(check_id("key", command.key));
+  for (std::string_view field : {std::string_view(command.meta.reason),
+                                 std::string_view(command.meta.reference),
+                                 std::string_view(command.meta.actor)}) {
+    if (field.size() > kMetaBytesMax) {
+      return invalid("metadata longer than " + std::to_string(kMetaBytesMax) + " bytes");
+    }
+  }
+  if (!command.batch) return validate_op(command.op, limits);
+  if (command.ops.empty()) return invalid("batch has no ops");
+  if (command.ops.size() > kBatchOpsMax) {
+    return invalid("batch has more than " + std::to_string(kBatchOpsMax) + " ops");
+  }
+  for (std::size_t op_index = 0; op_index < command.ops.size(); op_index++) {
+    Status status = validate_op(command.ops[op_index], limits);
+    if (!status.ok()) {
+      return invalid("op " + std::to_string(op_index) + ": " + status.message());
+    }
+  }
+  return Status();
+}
+
+std::uint64_t fingerprint(const Command& command, std::string* scratch) {
+  scratch->clear();
+  scratch->push_back(command.batch ? 'B' : 'S');
+  if (command.batch) {
+    put_u64(scratch, command.ops.size());
+    for (const OpRequest& op : command.ops) encode_op(scratch, op);
+  } else {
+    encode_op(scratch, command.op);
+  }
+  return XXH3_64bits(scratch->data(), scratch->size());
+}
+
+Result<Decision> decide(const Command& command, const proj::State& state,
+                        std::vector<log::Op>* ops, DecideScratch* scratch) {
+  std::span<const OpRequest> requests =
+      command.batch ? std::span<const OpRequest>(command.ops) : std::span(&command.op, 1);
+  ops->clear();
+  Overlay overlay(state, scratch);
+  for (std::size_t op_index = 0; op_index < requests.size(); op_index++) {
+    const OpRequest& request = requests[op_index];
+    ops->push_back(as_requested(request));
+    Reason reason = Reason::none;
+    if (request.type == OpType::commit || request.type == OpType::release) {
+      auto settled = decide_settle(request, &overlay, &ops->back());
+      if (!settled) return settled.status();
+      reason = *settled;
+    } else {
+      reason = decide_amount(request, &overlay);
+    }
+    if (reason != Reason::none) {
+      // A rejected request is logged as it was asked.
+      ops->clear();
+      for (const OpRequest& asked : requests) ops->push_back(as_requested(asked));
+      return Decision{reason, static_cast<std::uint32_t>(op_index)};
+    }
+  }
+  return Decision{};
+}
+
+Receipt make_receipt(const Decision& decision, const Command& command, std::uint64_t seq,
+                     std::int64_t timestamp_ns, bool replay) {
+  Receipt receipt;
+  receipt.outcome = static_cast<Outcome>(decision.reason);
+  receipt.replay = replay;
+  receipt.seq = seq;
+  receipt.timestamp_ns = timestamp_ns;
+  receipt.failed_index = decision.failed_index;
+  if (decision.reason != Reason::none) return receipt;
+  if (!command.batch) {
+    if (command.op.type == OpType::hold) receipt.hold = log::hold_id(seq, false, 0);
+    return receipt;
+  }
+  for (std::size_t op_index = 0; op_index < command.ops.size(); op_index++) {
+    if (command.ops[op_index].type == OpType::hold) {
+      receipt.holds.push_back(log::hold_id(seq, true, op_index));
+    }
+  }
+  return receipt;
+}
+
+}  // namespace tally::detail

@@ -1,0 +1,58 @@
+// Command decisions: validation, request fingerprints, and deciding a
+// command against the projection. Pure functions over State; the writer
+// thread (engine/ledger.cc) calls them, nothing here touches the log.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/types.h"
+#include "log/event.h"
+#include "log/status.h"
+#include "projections/state.h"
+
+namespace tally::detail {
+
+struct Limits {
+  std::int64_t hold_ttl_ns_max = 0;
+};
+
+// invalid, naming the offending field, when the command is malformed.
+Status validate(const Command& command, const Limits& limits);
+
+// XXH3-64 of the command's canonical encoding (docs/architecture.md): the
+// ops and the batch flag, not the key or the metadata. `scratch` is reused.
+std::uint64_t fingerprint(const Command& command, std::string* scratch);
+
+// A decided command: the reason (none = applied), the failing op of a batch,
+// and in `ops` the ops to log: resolved (commit/release carry the hold's
+// subject, item and quantities) when applied, as requested when rejected.
+struct Decision {
+  log::Reason reason = log::Reason::none;
+  std::uint32_t failed_index = 0;
+};
+
+// Working memory for decide(), reused across commands.
+struct DecideScratch {
+  struct PairDelta {
+    std::string_view subject;
+    std::string_view item;
+    std::int64_t available = 0;
+    std::int64_t held = 0;
+  };
+  std::vector<PairDelta> deltas;   // a batch's effects so far
+  std::vector<HoldId> settled;     // holds a batch already settled
+};
+
+// Decides `command` (already validated) against `state`, in which no hold is
+// due. Fills *ops. invalid when a commit asks for more than its hold.
+Result<Decision> decide(const Command& command, const proj::State& state,
+                        std::vector<log::Op>* ops, DecideScratch* scratch);
+
+// The receipt of `command` whose outcome was recorded by event `seq`: just
+// now (replay false), or for an earlier request with the same key.
+Receipt make_receipt(const Decision& decision, const Command& command, std::uint64_t seq,
+                     std::int64_t timestamp_ns, bool replay);
+
+}  // namespace tally::detail

@@ -1,0 +1,638 @@
+// The Ledger's threads (docs/architecture.md, "Write path"):
+//
+//   callers --submit--> queue --> writer thread --group--> I/O thread --> acks
+//
+// The writer thread owns the State. It drains the queue, decides each
+// command against the State, encodes its event into the log's open batch,
+// applies it, and holds the answer back in `pending_`. When the I/O thread is
+// idle, the writer hands it the batch and the answers (a group); the I/O
+// thread writes the group with one write and one fdatasync, then delivers
+// the answers in order. While it syncs, the writer decides the next group, so
+// every caller that arrives during a sync shares the next one.
+//
+// Reads travel the same queue and are answered with the group they were
+// decided in: they see every mutation queued before them, and nothing that
+// is not yet durable reaches a caller.
+#include "engine/ledger.h"
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <utility>
+
+#include "engine/decide.h"
+#include "engine/replay.h"
+#include "log/lock.h"
+#include "log/writer.h"
+#include "projections/state.h"
+
+namespace tally {
+
+namespace {
+
+static_assert(static_cast<int>(Outcome::hold_finalized) == static_cast<int>(log::Reason::hold_finalized),
+              "Outcome mirrors log::Reason");
+
+// One caller waiting for one answer.
+class Waiter {
+ public:
+  void notify() {
+    // Notify while holding the lock: the waiter may destroy *this as soon as
+    // it sees done_.
+    std::lock_guard<std::mutex> lock(mutex_);
+    done_ = true;
+    cv_.notify_one();
+  }
+  void wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    cv_.wait(lock, [this] { return done_; });
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool done_ = false;
+};
+
+using ReadFn = std::function<Status(const proj::State&, std::int64_t now_ns)>;
+using ReadDone = std::function<void(Status)>;
+
+// A unit of work for the writer thread.
+struct Task {
+  enum class Kind : std::uint8_t { command, read, expire };
+  Kind kind = Kind::command;
+  Command command;
+  Ledger::Completion done;  // command
+  ReadFn read;              // read: runs on the writer thread
+  ReadDone read_done;       // read, expire: runs once the group is durable
+};
+
+// An answer held back until its group is durable.
+struct Ack {
+  Ledger::Completion done;
+  std::optional<Result<Receipt>> result;
+  ReadDone read_done;
+  Status status;
+};
+
+constexpr std::int64_t kIdleWaitNsMax = 1'000'000'000;
+constexpr std::int64_t kIdleWaitNsMin = 1'000'000;
+
+}  // namespace
+
+struct Ledger::Impl {
+  explicit Impl(const LedgerOptions& opts)
+      : options(opts),
+        clock(opts.clock != nullptr ? opts.clock : &system_clock()),
+        fs(opts.fs != nullptr ? opts.fs : &log::posix_file_system()),
+        state(proj::StateOptions{opts.idempotency_window_ns}) {
+    limits.hold_ttl_ns_max = opts.hold_ttl_ns_max;
+  }
+
+  Status start(LedgerStats* replayed);
+  void writer_main();
+  void io_main();
+
+  // ---- writer thread ----
+  void process(Task& task);
+  void process_command(Task& task);
+  void expire_due(std::int64_t now_ns);
+  // Encodes, appends and applies one decided event.
+  void append(const log::Event& event, std::span<const std::byte> payload);
+  void make_room(std::size_t payload_bytes);
+  std::int64_t next_timestamp();
+  bool group_ready() const { return !log->batch_empty() || !pending.empty(); }
+  void handoff_locked();
+  void answer(Task& task, Result<Receipt> result);
+  // Runs `read` on the writer thread and waits for its group to be durable.
+  Status run_read(ReadFn read, bool expire);
+  void wait_for_work(std::vector<Task>* tasks, bool* stop, bool* expire_now);
+
+  // ---- I/O thread ----
+  void write_group(log::WriteBatch* batch, std::vector<Ack>* acks);
+  void fail(const Status& status);
+
+  const LedgerOptions options;
+  Clock* const clock;
+  log::FileSystem* const fs;
+  detail::Limits limits;
+  std::unique_ptr<log::DirLock> lock;
+  std::unique_ptr<log::LogWriter> log;
+
+  // Owned by the writer thread once started.
+  proj::State state;
+  log::EventEncoder encoder;
+  std::vector<log::Op> ops;
+  detail::DecideScratch decide_scratch;
+  std::string fingerprint_scratch;
+  std::vector<Ack> pending;
+  std::int64_t last_timestamp_ns = 0;
+
+  // Shared; guarded by mu.
+  std::mutex mu;
+  std::condition_variable writer_cv;  // tasks arrived, the I/O thread went idle, closing
+  std::condition_variable room_cv;    // the queue has room
+  std::condition_variable io_cv;      // a group to write, or stop
+  std::vector<Task> queue;
+  bool closing = false;
+  bool io_busy = false;
+  bool io_stop = false;
+  log::WriteBatch* io_batch = nullptr;
+  std::vector<Ack> io_acks;
+  Status failure;
+  std::atomic<bool> failed{false};
+  std::uint64_t groups = 0;
+
+  std::thread writer_thread;
+  std::thread io_thread;
+  std::mutex close_mu;
+  bool closed = false;
+  std::mutex failure_mu;
+  LedgerStats open_stats;
+};
+
+// ---------------------------------------------------------------- open
+
+Status Ledger::Impl::start(LedgerStats* replayed) {
+  TALLY_TRY(fs->make_dirs(options.data_dir));
+  auto locked = log::DirLock::acquire(options.data_dir);
+  if (!locked) return locked.status();
+  lock = std::move(*locked);
+
+  auto report = replay(ReplayOptions{options.data_dir, fs, UINT64_MAX, {}}, &state);
+  if (!report) return report.status();
+  replayed->events_replayed = report->events;
+  replayed->replay_seconds = report->seconds;
+
+  log::LogWriterOptions writer_options;
+  writer_options.segment_size_bytes = options.segment_size_bytes;
+  auto writer = log::LogWriter::open(*fs, log_dir(options.data_dir), report->end, writer_options);
+  if (!writer) return writer.status();
+  log = std::move(*writer);
+  last_timestamp_ns = state.last_timestamp_ns();
+  queue.reserve(options.queue_depth_max);
+  writer_thread = std::thread([this] { writer_main(); });
+  io_thread = std::thread([this] { io_main(); });
+  return Status();
+}
+
+Result<std::unique_ptr<Ledger>> Ledger::open(const LedgerOptions& options) {
+  if (options.data_dir.empty()) return Status(ErrorCode::invalid, "data_dir is empty");
+  if (options.segment_size_bytes < log::kSegmentSizeBytesMin ||
+      options.segment_size_bytes > log::kSegmentSizeBytesMax) {
+    return Status(ErrorCode::invalid, "segment_size_bytes out of range");
+  }
+  if (options.queue_depth_max == 0) return Status(ErrorCode::invalid, "queue_depth_max is 0");
+  if (options.idempotency_window_ns < 0 || options.hold_ttl_ns_max < kHoldTtlNsMin) {
+    return Status(ErrorCode::invalid, "idempotency window or hold ttl limit out of range");
+  }
+  auto impl = std::make_unique<Impl>(options);
+  TALLY_TRY(impl->start(&impl->open_stats));
+  return std::unique_ptr<Ledger>(new Ledger(std::move(impl)));
+}
+
+Ledger::Ledger(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Ledger::~Ledger() { ignore_status(close()); }
+
+// ---------------------------------------------------------------- writer thread
+
+void Ledger::Impl::writer_main() {
+  std::vector<Task> tasks;
+  tasks.reserve(options.queue_depth_max);
+  for (;;) {
+    bool stop = false;
+    bool expire_now = false;
+    wait_for_work(&tasks, &stop, &expire_now);
+    if (stop) break;
+    for (Task& task : tasks) process(task);
+    tasks.clear();
+    if (expire_now && !failed.load()) expire_due(next_timestamp());
+  }
+  std::lock_guard<std::mutex> guard(mu);
+  io_stop = true;
+  io_cv.notify_one();
+}
+
+// Hands a finished group to the I/O thread whenever it is idle, then takes
+// every queued task. Sleeps when there is nothing to do; wakes on its own
+// when the first open hold comes due.
+void Ledger::Impl::wait_for_work(std::vector<Task>* tasks, bool* stop, bool* expire_now) {
+  std::optional<std::int64_t> expiry = state.next_expiry_ns();
+  std::unique_lock<std::mutex> guard(mu);
+  for (;;) {
+    if (!io_busy && group_ready()) handoff_locked();
+    if (!queue.empty()) break;
+    if (closing && !io_busy && !group_ready()) {
+      *stop = true;
+      return;
+    }
+    if (!expiry || closing || failed.load() || group_ready()) {
+      writer_cv.wait(guard);
+      continue;
+    }
+    const std::int64_t wait_ns =
+        std::clamp(*expiry - clock->now_ns(), kIdleWaitNsMin, kIdleWaitNsMax);
+    if (writer_cv.wait_for(guard, std::chrono::nanoseconds(wait_ns)) == std::cv_status::timeout &&
+        queue.empty()) {
+      *expire_now = true;
+      break;
+    }
+  }
+  tasks->swap(queue);
+  room_cv.notify_all();
+}
+
+void Ledger::Impl::handoff_locked() {
+  io_batch = log->batch_empty() ? nullptr : log->seal();
+  TALLY_ASSERT(io_acks.empty());
+  io_acks.swap(pending);
+  io_busy = true;
+  groups++;
+  io_cv.notify_one();
+}
+
+void Ledger::Impl::process(Task& task) {
+  switch (task.kind) {
+    case Task::Kind::command:
+      process_command(task);
+      return;
+    case Task::Kind::read: {
+      Status status = failed.load() ? Status(ErrorCode::read_only, "the ledger failed a write; reopen it")
+                                    : task.read(state, std::max(clock->now_ns(), last_timestamp_ns));
+      pending.push_back(Ack{{}, std::nullopt, std::move(task.read_done), std::move(status)});
+      return;
+    }
+    case Task::Kind::expire:
+      if (!failed.load()) expire_due(next_timestamp());
+      pending.push_back(Ack{{}, std::nullopt, std::move(task.read_done), Status()});
+      return;
+  }
+}
+
+void Ledger::Impl::answer(Task& task, Result<Receipt> result) {
+  pending.push_back(Ack{std::move(task.done), std::move(result), {}, Status()});
+}
+
+void Ledger::Impl::process_command(Task& task) {
+  const Command& command = task.command;
+  if (failed.load()) {
+    return answer(task, Status(ErrorCode::read_only, "the ledger failed a write; reopen it"));
+  }
+  Status valid = detail::validate(command, limits);
+  if (!valid.ok()) return answer(task, valid);
+  const std::uint64_t fingerprint = detail::fingerprint(command, &fingerprint_scratch);
+  const std::int64_t now_ns = next_timestamp();
+  expire_due(now_ns);
+
+  if (const proj::KeyRecord* record = state.find_key(command.key)) {
+    if (record->fingerprint != fingerprint) {
+      return answer(task, Status(ErrorCode::idempotency_conflict,
+                                 "key was used for a different request at seq " +
+                                     std::to_string(record->seq)));
+    }
+    detail::Decision recorded{record->reason, record->failed_index};
+    return answer(task, detail::make_receipt(recorded, command, record->seq,
+                                             record->timestamp_ns, true));
+  }
+
+  auto decision = detail::decide(command, state, &ops, &decide_scratch);
+  if (!decision) return answer(task, decision.status());
+  log::Event event;
+  event.seq = log->next_seq();
+  event.timestamp_ns = now_ns;
+  event.key = command.key;
+  event.fingerprint = fingerprint;
+  event.meta = log::Meta{command.meta.reason, command.meta.reference, command.meta.actor};
+  event.batch = command.batch;
+  event.rejected = decision->reason;
+  event.failed_index = decision->failed_index;
+  event.ops = ops;
+  std::span<const std::byte> payload = encoder.encode(event);
+  if (payload.size() > log::payload_bytes_max(options.segment_size_bytes)) {
+    return answer(task, Status(ErrorCode::invalid, "request too large for the log's segment size"));
+  }
+  append(event, payload);
+  answer(task, detail::make_receipt(*decision, command, event.seq, now_ns, false));
+}
+
+void Ledger::Impl::expire_due(std::int64_t now_ns) {
+  while (std::optional<proj::HoldInfo> hold = state.next_due_hold(now_ns)) {
+    log::Op op;
+    op.type = log::OpType::expire;
+    op.hold = hold->id;
+    op.subject = hold->subject;
+    op.item = hold->item;
+    op.qty = hold->qty;
+    log::Event event;
+    event.seq = log->next_seq();
+    event.timestamp_ns = now_ns;
+    event.ops = std::span<const log::Op>(&op, 1);
+    append(event, encoder.encode(event));
+  }
+}
+
+void Ledger::Impl::append(const log::Event& event, std::span<const std::byte> payload) {
+  make_room(payload.size());
+  const std::uint64_t seq = log->append(payload);
+  TALLY_ASSERT(seq == event.seq);
+  // The event was decided against this very state; a refusal is a bug.
+  Status applied = state.apply(event);
+  if (!applied.ok()) {
+    std::fprintf(stderr, "tally: %s\n", applied.to_string().c_str());
+    TALLY_ASSERT(applied.ok());
+  }
+}
+
+void Ledger::Impl::make_room(std::size_t payload_bytes) {
+  if (log->has_room(payload_bytes)) return;
+  std::unique_lock<std::mutex> guard(mu);
+  writer_cv.wait(guard, [this] { return !io_busy; });
+  handoff_locked();
+  TALLY_ASSERT(log->has_room(payload_bytes));
+}
+
+// Event timestamps never go backwards, whatever the clock does.
+std::int64_t Ledger::Impl::next_timestamp() {
+  last_timestamp_ns = std::max(clock->now_ns(), last_timestamp_ns);
+  return last_timestamp_ns;
+}
+
+// ---------------------------------------------------------------- I/O thread
+
+void Ledger::Impl::io_main() {
+  const bool sync_each = options.durability == Durability::sync;
+  const auto sync_interval = std::chrono::milliseconds(std::max<std::int64_t>(options.sync_interval_ms, 1));
+  bool unsynced = false;
+  auto last_sync = std::chrono::steady_clock::now();
+  std::vector<Ack> acks;
+  std::unique_lock<std::mutex> guard(mu);
+  for (;;) {
+    if (unsynced && options.durability == Durability::async) {
+      io_cv.wait_until(guard, last_sync + sync_interval, [this] { return io_busy || io_stop; });
+    } else {
+      io_cv.wait(guard, [this] { return io_busy || io_stop; });
+    }
+    if (io_busy) {
+      log::WriteBatch* batch = io_batch;
+      acks.swap(io_acks);
+      guard.unlock();
+      write_group(batch, &acks);
+      unsynced = unsynced || (batch != nullptr && !sync_each);
+      guard.lock();
+      io_busy = false;
+      writer_cv.notify_one();
+      // Deliver outside the lock but after the writer may go on: the next
+      // group waits for this thread anyway, so answers stay in order.
+      guard.unlock();
+      for (Ack& ack : acks) {
+        if (ack.done) ack.done(std::move(*ack.result));
+        if (ack.read_done) ack.read_done(std::move(ack.status));
+      }
+      acks.clear();
+      guard.lock();
+    }
+    const bool due = std::chrono::steady_clock::now() >= last_sync + sync_interval;
+    if (unsynced && (due || io_stop) && options.durability == Durability::async && !failed.load()) {
+      guard.unlock();
+      Status synced = log->sync();
+      if (!synced.ok()) fail(synced);
+      guard.lock();
+      unsynced = false;
+      last_sync = std::chrono::steady_clock::now();
+    }
+    if (io_stop && !io_busy) return;
+  }
+}
+
+void Ledger::Impl::write_group(log::WriteBatch* batch, std::vector<Ack>* acks) {
+  if (batch == nullptr || failed.load()) {
+    if (failed.load()) {
+      for (Ack& ack : *acks) {
+        if (ack.result && ack.result->ok()) {
+          ack.result.emplace(Status(ErrorCode::io_error, "the ledger failed a write; outcome unknown"));
+        }
+      }
+    }
+    return;
+  }
+  Status written = log->write(batch, options.durability == Durability::sync);
+  if (written.ok()) return;
+  fail(written);
+  // The outcome of every mutation in the group is unknown: the bytes may or
+  // may not be on disk. Reopening the ledger tells.
+  for (Ack& ack : *acks) {
+    if (ack.result) ack.result.emplace(Status(ErrorCode::io_error, written.message()));
+    if (ack.read_done) ack.status = Status(ErrorCode::io_error, written.message());
+  }
+}
+
+void Ledger::Impl::fail(const Status& status) {
+  std::lock_guard<std::mutex> guard(failure_mu);
+  if (failed.exchange(true)) return;
+  failure = status;
+  std::fprintf(stderr, "tally: the ledger is read-only after a failed write: %s\n",
+               status.to_string().c_str());
+}
+
+// ---------------------------------------------------------------- public API
+
+void Ledger::submit(Command command, Completion done) {
+  Impl& impl = *impl_;
+  std::unique_lock<std::mutex> guard(impl.mu);
+  impl.room_cv.wait(guard, [&] { return impl.queue.size() < impl.options.queue_depth_max || impl.closing; });
+  if (impl.closing) {
+    guard.unlock();
+    done(Status(ErrorCode::closed, "the ledger is closed"));
+    return;
+  }
+  Task task;
+  task.command = std::move(command);
+  task.done = std::move(done);
+  impl.queue.push_back(std::move(task));
+  const bool was_empty = impl.queue.size() == 1;
+  guard.unlock();
+  if (was_empty) impl.writer_cv.notify_one();
+}
+
+Result<Receipt> Ledger::execute(Command command) {
+  Waiter waiter;
+  std::optional<Result<Receipt>> result;
+  submit(std::move(command), [&](Result<Receipt> answer) {
+    result.emplace(std::move(answer));
+    waiter.notify();
+  });
+  waiter.wait();
+  return std::move(*result);
+}
+
+namespace {
+
+Command single(std::string_view key, OpRequest op, const Metadata& meta) {
+  Command command;
+  command.key = key;
+  command.meta = meta;
+  command.op = std::move(op);
+  return command;
+}
+
+}  // namespace
+
+Result<Receipt> Ledger::acquire(std::string_view key, std::string_view subject,
+                                std::string_view item, std::int64_t qty, const Metadata& meta) {
+  return execute(single(key, OpRequest::acquire(std::string(subject), std::string(item), qty), meta));
+}
+
+Result<Receipt> Ledger::consume(std::string_view key, std::string_view subject,
+                                std::string_view item, std::int64_t qty, const Metadata& meta) {
+  return execute(single(key, OpRequest::consume(std::string(subject), std::string(item), qty), meta));
+}
+
+Result<Receipt> Ledger::transfer(std::string_view key, std::string_view from, std::string_view to,
+                                 std::string_view item, std::int64_t qty, const Metadata& meta) {
+  return execute(single(
+      key, OpRequest::transfer(std::string(from), std::string(to), std::string(item), qty), meta));
+}
+
+Result<Receipt> Ledger::hold(std::string_view key, std::string_view subject, std::string_view item,
+                             std::int64_t qty, std::int64_t ttl_ns, const Metadata& meta) {
+  return execute(single(
+      key, OpRequest::hold_of(std::string(subject), std::string(item), qty, ttl_ns), meta));
+}
+
+Result<Receipt> Ledger::commit(std::string_view key, HoldId hold, std::optional<std::int64_t> qty,
+                               const Metadata& meta) {
+  // An explicit qty must be positive; 0 on the wire means "the whole hold".
+  if (qty && *qty <= 0) return Status(ErrorCode::invalid, "commit qty must be > 0");
+  return execute(single(key, OpRequest::commit(hold, qty.value_or(0)), meta));
+}
+
+Result<Receipt> Ledger::release(std::string_view key, HoldId hold, const Metadata& meta) {
+  return execute(single(key, OpRequest::release(hold), meta));
+}
+
+Result<Receipt> Ledger::batch(std::string_view key, std::vector<OpRequest> ops,
+                              const Metadata& meta) {
+  Command command;
+  command.key = key;
+  command.meta = meta;
+  command.batch = true;
+  command.ops = std::move(ops);
+  return execute(std::move(command));
+}
+
+Result<Balance> Ledger::balance(std::string_view subject, std::string_view item) {
+  if (subject.empty() || item.empty() || subject.size() > kIdBytesMax || item.size() > kIdBytesMax) {
+    return Status(ErrorCode::invalid, "subject and item must be 1..255 bytes");
+  }
+  Balance balance;
+  TALLY_TRY(impl_->run_read([&](const proj::State& state, std::int64_t now_ns) {
+    const proj::Balance b = state.balance(subject, item, now_ns);
+    balance = Balance{b.available, b.held};
+    return Status();
+  }, false));
+  return balance;
+}
+
+Result<std::vector<ItemBalance>> Ledger::list(std::string_view subject) {
+  if (subject.empty() || subject.size() > kIdBytesMax) {
+    return Status(ErrorCode::invalid, "subject must be 1..255 bytes");
+  }
+  std::vector<ItemBalance> items;
+  TALLY_TRY(impl_->run_read([&](const proj::State& state, std::int64_t now_ns) {
+    state.list(subject, now_ns, [&](std::string_view item, proj::Balance b) {
+      items.push_back(ItemBalance{std::string(item), Balance{b.available, b.held}});
+    });
+    return Status();
+  }, false));
+  return items;
+}
+
+Result<HoldView> Ledger::hold_info(HoldId id) {
+  HoldView view;
+  TALLY_TRY(impl_->run_read([&](const proj::State& state, std::int64_t now_ns) {
+    std::optional<proj::HoldInfo> hold = state.find_hold(id);
+    if (!hold) return Status(ErrorCode::not_found, "no hold " + std::to_string(id));
+    view.id = hold->id;
+    view.subject = hold->subject;
+    view.item = hold->item;
+    view.qty = hold->qty;
+    view.expires_at_ns = hold->expires_at_ns;
+    view.committed_qty = hold->committed_qty;
+    view.status = static_cast<HoldStatus>(hold->state);
+    // Reads never show a due hold as open.
+    if (hold->state == proj::HoldState::open && hold->expires_at_ns <= now_ns) {
+      view.status = HoldStatus::expired;
+    }
+    return Status();
+  }, false));
+  return view;
+}
+
+Status Ledger::expire_due() {
+  return impl_->run_read({}, true);
+}
+
+LedgerStats Ledger::stats() {
+  LedgerStats stats = impl_->open_stats;
+  const log::LogWriterStats log_stats = impl_->log->stats();
+  stats.syncs = log_stats.syncs;
+  stats.log_bytes_written = log_stats.bytes_written;
+  ignore_status(impl_->run_read([&](const proj::State& state, std::int64_t) {
+    const proj::StateCounts counts = state.counts();
+    stats.next_seq = state.last_seq() + 1;
+    stats.balances = counts.balances;
+    stats.open_holds = counts.open_holds;
+    stats.keys = counts.keys;
+    stats.digest = state.digest();
+    return Status();
+  }, false));
+  std::lock_guard<std::mutex> guard(impl_->mu);
+  stats.groups = impl_->groups;
+  return stats;
+}
+
+Status Ledger::close() {
+  Impl& impl = *impl_;
+  std::lock_guard<std::mutex> closing(impl.close_mu);
+  if (impl.closed) return Status();
+  impl.closed = true;
+  {
+    std::lock_guard<std::mutex> guard(impl.mu);
+    impl.closing = true;
+  }
+  impl.writer_cv.notify_all();
+  impl.room_cv.notify_all();
+  impl.writer_thread.join();
+  impl.io_thread.join();
+  impl.lock.reset();
+  std::lock_guard<std::mutex> guard(impl.failure_mu);
+  return impl.failure;
+}
+
+Status Ledger::Impl::run_read(ReadFn read, bool expire) {
+  Impl& impl = *this;
+  Waiter waiter;
+  Status result;
+  Task task;
+  task.kind = expire ? Task::Kind::expire : Task::Kind::read;
+  task.read = std::move(read);
+  task.read_done = [&](Status status) {
+    result = std::move(status);
+    waiter.notify();
+  };
+  {
+    std::unique_lock<std::mutex> guard(impl.mu);
+    impl.room_cv.wait(guard, [&] { return impl.queue.size() < impl.options.queue_depth_max || impl.closing; });
+    if (impl.closing) return Status(ErrorCode::closed, "the ledger is closed");
+    impl.queue.push_back(std::move(task));
+  }
+  impl.writer_cv.notify_one();
+  waiter.wait();
+  return result;
+}
+
+}  // namespace tally

@@ -1,0 +1,433 @@
+#include "engine/ledger.h"
+
+#include <doctest.h>
+
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include "engine/replay.h"
+#include "log/faulty_file.h"
+#include "projections/state.h"
+#include "tests/testing.h"
+
+namespace tally {
+namespace {
+
+constexpr std::int64_t kSecond = 1'000'000'000;
+constexpr std::int64_t kStart = 1'700'000'000 * kSecond;
+
+// A ledger in a temp dir with a manual clock, reopenable.
+struct Fixture {
+  testing::TempDir dir;
+  ManualClock clock{kStart};
+  LedgerOptions options;
+  std::unique_ptr<Ledger> ledger;
+
+  explicit Fixture(Durability durability = Durability::none) {
+    options.data_dir = dir.sub("data");
+    options.durability = durability;
+    options.clock = &clock;
+    reopen();
+  }
+
+  void reopen() {
+    if (ledger) REQUIRE(ledger->close().ok());
+    ledger.reset();
+    auto opened = Ledger::open(options);
+    REQUIRE_MESSAGE(opened.ok(), opened.status().to_string());
+    ledger = std::move(*opened);
+  }
+
+  Balance balance(std::string_view subject, std::string_view item) {
+    auto b = ledger->balance(subject, item);
+    REQUIRE(b.ok());
+    return *b;
+  }
+
+  Receipt ok(Result<Receipt> result) {
+    REQUIRE_MESSAGE(result.ok(), result.status().to_string());
+    return *result;
+  }
+};
+
+Outcome outcome_of(Result<Receipt> result) {
+  REQUIRE_MESSAGE(result.ok(), result.status().to_string());
+  return result->outcome;
+}
+
+TEST_CASE("acquire, consume and transfer move available quantities") {
+  Fixture f;
+  CHECK(outcome_of(f.ledger->acquire("a1", "alice", "gold", 100)) == Outcome::ok);
+  CHECK(outcome_of(f.ledger->consume("c1", "alice", "gold", 30)) == Outcome::ok);
+  CHECK(outcome_of(f.ledger->transfer("t1", "alice", "bob", "gold", 50)) == Outcome::ok);
+  CHECK(f.balance("alice", "gold") == Balance{20, 0});
+  CHECK(f.balance("bob", "gold") == Balance{50, 0});
+  CHECK(f.balance("carol", "gold") == Balance{0, 0});
+
+  auto items = f.ledger->list("alice");
+  REQUIRE(items.ok());
+  REQUIRE(items->size() == 1);
+  CHECK((*items)[0].item == "gold");
+  CHECK((*items)[0].balance == Balance{20, 0});
+}
+
+TEST_CASE("state rejections are outcomes and change nothing") {
+  Fixture f;
+  f.ok(f.ledger->acquire("a1", "alice", "gold", 10));
+  CHECK(outcome_of(f.ledger->consume("c1", "alice", "gold", 11)) == Outcome::insufficient);
+  CHECK(outcome_of(f.ledger->transfer("t1", "alice", "bob", "gold", 11)) == Outcome::insufficient);
+  CHECK(outcome_of(f.ledger->hold("h1", "alice", "gold", 11, kSecond)) == Outcome::insufficient);
+  CHECK(outcome_of(f.ledger->consume("c2", "nobody", "gold", 1)) == Outcome::insufficient);
+  f.ok(f.ledger->acquire("a2", "rich", "gold", INT64_MAX));
+  CHECK(outcome_of(f.ledger->acquire("a3", "rich", "gold", 1)) == Outcome::overflow);
+  CHECK(outcome_of(f.ledger->transfer("t2", "alice", "rich", "gold", 1)) == Outcome::overflow);
+  CHECK(outcome_of(f.ledger->commit("m1", 999)) == Outcome::hold_unknown);
+  CHECK(outcome_of(f.ledger->release("r1", 999)) == Outcome::hold_unknown);
+  CHECK(f.balance("alice", "gold") == Balance{10, 0});
+  CHECK(f.balance("rich", "gold") == Balance{INT64_MAX, 0});
+}
+
+TEST_CASE("validation errors are answered at once and write nothing") {
+  Fixture f;
+  const std::uint64_t before = f.ledger->stats().next_seq;
+  const std::string long_id(256, 'x');
+  CHECK(f.ledger->acquire("", "alice", "gold", 1).code() == ErrorCode::invalid);
+  CHECK(f.ledger->acquire(long_id, "alice", "gold", 1).code() == ErrorCode::invalid);
+  CHECK(f.ledger->acquire("k", long_id, "gold", 1).code() == ErrorCode::invalid);
+  CHECK(f.ledger->acquire("k", "alice", "", 1).code() == ErrorCode::invalid);
+  CHECK(f.ledger->acquire("k", std::string("a\0b", 3), "gold", 1).code() == ErrorCode::invalid);
+  CHECK(f.ledger->acquire("k", "alice", "gold", 0).code() == ErrorCode::invalid);
+  CHECK(f.ledger->consume("k", "alice", "gold", -5).code() == ErrorCode::invalid);
+  CHECK(f.ledger->transfer("k", "alice", "alice", "gold", 1).code() == ErrorCode::invalid);
+  CHECK(f.ledger->hold("k", "alice", "gold", 1, 0).code() == ErrorCode::invalid);
+  CHECK(f.ledger->hold("k", "alice", "gold", 1, 365 * 24 * 3600 * kSecond).code() == ErrorCode::invalid);
+  CHECK(f.ledger->commit("k", 1, 0).code() == ErrorCode::invalid);
+  CHECK(f.ledger->batch("k", {}).code() == ErrorCode::invalid);
+  Metadata huge{std::string(kMetaBytesMax + 1, 'm'), "", ""};
+  CHECK(f.ledger->acquire("k", "alice", "gold", 1, huge).code() == ErrorCode::invalid);
+  CHECK(f.ledger->stats().next_seq == before);
+  // The key is still free: nothing was recorded for it.
+  CHECK(outcome_of(f.ledger->acquire("k", "alice", "gold", 1)) == Outcome::ok);
+}
+
+TEST_CASE("a retried key gets the recorded outcome; a different request conflicts") {
+  Fixture f;
+  Receipt first = f.ok(f.ledger->acquire("a1", "alice", "gold", 10));
+  CHECK_FALSE(first.replay);
+  Receipt again = f.ok(f.ledger->acquire("a1", "alice", "gold", 10));
+  CHECK(again.replay);
+  CHECK(again.seq == first.seq);
+  CHECK(f.balance("alice", "gold") == Balance{10, 0});
+
+  // A failed outcome is durable too, even after the state changed.
+  CHECK(outcome_of(f.ledger->consume("c1", "alice", "gold", 15)) == Outcome::insufficient);
+  f.ok(f.ledger->acquire("a2", "alice", "gold", 10));
+  Receipt retry = f.ok(f.ledger->consume("c1", "alice", "gold", 15));
+  CHECK(retry.outcome == Outcome::insufficient);
+  CHECK(retry.replay);
+  CHECK(f.balance("alice", "gold") == Balance{20, 0});
+
+  CHECK(f.ledger->acquire("a1", "alice", "gold", 11).code() == ErrorCode::idempotency_conflict);
+  CHECK(f.ledger->consume("a1", "alice", "gold", 10).code() == ErrorCode::idempotency_conflict);
+  CHECK(f.ledger->acquire("a1", "bob", "gold", 10).code() == ErrorCode::idempotency_conflict);
+  // Metadata is not part of the request's identity.
+  CHECK(f.ok(f.ledger->acquire("a1", "alice", "gold", 10, {"restock", "po-7", "ops"})).replay);
+
+  // Outcomes survive a restart.
+  f.reopen();
+  Receipt after = f.ok(f.ledger->consume("c1", "alice", "gold", 15));
+  CHECK(after.outcome == Outcome::insufficient);
+  CHECK(after.replay);
+  CHECK(f.ledger->acquire("a1", "alice", "gold", 11).code() == ErrorCode::idempotency_conflict);
+}
+
+TEST_CASE("holds reserve; commit consumes, partially or whole; release frees") {
+  Fixture f;
+  f.ok(f.ledger->acquire("a1", "shop", "sku", 10));
+  Receipt h1 = f.ok(f.ledger->hold("h1", "shop", "sku", 4, 60 * kSecond));
+  CHECK(h1.outcome == Outcome::ok);
+  CHECK(h1.hold == h1.seq);
+  CHECK(f.balance("shop", "sku") == Balance{6, 4});
+
+  Receipt h2 = f.ok(f.ledger->hold("h2", "shop", "sku", 5, 60 * kSecond));
+  CHECK(f.balance("shop", "sku") == Balance{1, 9});
+  CHECK(outcome_of(f.ledger->hold("h3", "shop", "sku", 2, 60 * kSecond)) == Outcome::insufficient);
+
+  // Partial commit: 3 of 4 consumed, 1 back to available.
+  CHECK(outcome_of(f.ledger->commit("m1", h1.hold, 3)) == Outcome::ok);
+  CHECK(f.balance("shop", "sku") == Balance{2, 5});
+  CHECK(outcome_of(f.ledger->commit("m2", h1.hold)) == Outcome::hold_finalized);
+  CHECK(outcome_of(f.ledger->release("r1", h1.hold)) == Outcome::hold_finalized);
+  CHECK(f.ledger->commit("m3", h2.hold, 6).code() == ErrorCode::invalid);
+
+  CHECK(outcome_of(f.ledger->release("r2", h2.hold)) == Outcome::ok);
+  CHECK(f.balance("shop", "sku") == Balance{7, 0});
+
+  auto view = f.ledger->hold_info(h1.hold);
+  REQUIRE(view.ok());
+  CHECK(view->status == HoldStatus::committed);
+  CHECK(view->committed_qty == 3);
+  CHECK(f.ledger->hold_info(424242).code() == ErrorCode::not_found);
+
+  // A whole commit.
+  Receipt h4 = f.ok(f.ledger->hold("h4", "shop", "sku", 7, 60 * kSecond));
+  CHECK(outcome_of(f.ledger->commit("m4", h4.hold)) == Outcome::ok);
+  CHECK(f.balance("shop", "sku") == Balance{0, 0});
+  // The hold id is the same on replay of the key.
+  CHECK(f.ok(f.ledger->hold("h4", "shop", "sku", 7, 60 * kSecond)).hold == h4.hold);
+}
+
+TEST_CASE("a commit or release may name its hold by the hold's key") {
+  Fixture f;
+  f.ok(f.ledger->acquire("a1", "shop", "sku", 10));
+  Receipt h = f.ok(f.ledger->hold("order-1/hold", "shop", "sku", 4, 60 * kSecond));
+  Command commit;
+  commit.key = "order-1/pay";
+  commit.op = OpRequest::commit_key("order-1/hold", 3);
+  Receipt paid = f.ok(f.ledger->execute(commit));
+  CHECK(paid.outcome == Outcome::ok);
+  CHECK(f.balance("shop", "sku") == Balance{7, 0});
+  auto view = f.ledger->hold_info(h.hold);
+  REQUIRE(view.ok());
+  CHECK(view->committed_qty == 3);
+  CHECK(f.ok(f.ledger->execute(commit)).replay);
+
+  Command again;
+  again.key = "order-1/release";
+  again.op = OpRequest::release_key("order-1/hold");
+  CHECK(outcome_of(f.ledger->execute(again)) == Outcome::hold_finalized);
+  // A key that made no hold names none.
+  Command wrong;
+  wrong.key = "k2";
+  wrong.op = OpRequest::release_key("a1");
+  CHECK(outcome_of(f.ledger->execute(wrong)) == Outcome::hold_unknown);
+  wrong.key = "k3";
+  wrong.op = OpRequest::commit_key("never-seen");
+  CHECK(outcome_of(f.ledger->execute(wrong)) == Outcome::hold_unknown);
+  CHECK(outcome_of(f.ledger->release("k4", 0)) == Outcome::hold_unknown);
+}
+
+TEST_CASE("expiry is a logged fact driven by the injected clock") {
+  Fixture f;
+  f.ok(f.ledger->acquire("a1", "alice", "gold", 10));
+  Receipt h = f.ok(f.ledger->hold("h1", "alice", "gold", 4, 10 * kSecond));
+  f.clock.advance_ns(10 * kSecond - 1);
+  CHECK(f.balance("alice", "gold") == Balance{6, 4});
+  f.clock.advance_ns(1);
+  // Due now: reads never show it as held, even before its expire event.
+  CHECK(f.balance("alice", "gold") == Balance{10, 0});
+  auto view = f.ledger->hold_info(h.hold);
+  REQUIRE(view.ok());
+  CHECK(view->status == HoldStatus::expired);
+
+  const std::uint64_t before = f.ledger->stats().next_seq;
+  REQUIRE(f.ledger->expire_due().ok());
+  CHECK(f.ledger->stats().next_seq == before + 1);
+  CHECK(outcome_of(f.ledger->commit("m1", h.hold)) == Outcome::hold_expired);
+  CHECK(outcome_of(f.ledger->release("r1", h.hold)) == Outcome::hold_expired);
+
+  // A command stamped after a hold's expiry expires it first.
+  Receipt h2 = f.ok(f.ledger->hold("h2", "alice", "gold", 10, kSecond));
+  f.clock.advance_ns(2 * kSecond);
+  CHECK(outcome_of(f.ledger->commit("m2", h2.hold)) == Outcome::hold_expired);
+  CHECK(f.balance("alice", "gold") == Balance{10, 0});
+
+  // Replay reproduces the expiries from the log, without the clock.
+  const std::uint64_t digest = f.ledger->stats().digest;
+  f.clock.set_ns(kStart);  // a clock gone backwards changes nothing
+  f.reopen();
+  CHECK(f.ledger->stats().digest == digest);
+  CHECK(outcome_of(f.ledger->commit("m2", h2.hold)) == Outcome::hold_expired);
+  auto seen = f.ledger->hold_info(h2.hold);
+  REQUIRE(seen.ok());
+  CHECK(seen->status == HoldStatus::expired);
+}
+
+TEST_CASE("the writer expires due holds by itself when idle") {
+  testing::TempDir dir;
+  LedgerOptions options;
+  options.data_dir = dir.sub("data");
+  options.durability = Durability::none;
+  auto ledger = Ledger::open(options);
+  REQUIRE(ledger.ok());
+  REQUIRE(outcome_of((*ledger)->acquire("a1", "alice", "gold", 5)) == Outcome::ok);
+  REQUIRE(outcome_of((*ledger)->hold("h1", "alice", "gold", 5, 20'000'000)) == Outcome::ok);
+  const std::uint64_t before = (*ledger)->stats().next_seq;
+  // Bounded wait for the idle timer (the hold lasts 20 ms).
+  for (int attempt = 0; attempt < 500 && (*ledger)->stats().next_seq == before; attempt++) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CHECK((*ledger)->stats().next_seq == before + 1);
+  CHECK((*ledger)->stats().open_holds == 0);
+}
+
+TEST_CASE("a batch applies all its ops or none") {
+  Fixture f;
+  f.ok(f.ledger->acquire("a1", "w1", "sku", 5));
+  f.ok(f.ledger->acquire("a2", "w2", "sku", 5));
+  Receipt both = f.ok(f.ledger->batch("b1", {OpRequest::hold_of("w1", "sku", 3, 60 * kSecond),
+                                              OpRequest::hold_of("w2", "sku", 4, 60 * kSecond),
+                                              OpRequest::transfer("w1", "w2", "sku", 2)}));
+  REQUIRE(both.outcome == Outcome::ok);
+  REQUIRE(both.holds.size() == 2);
+  CHECK(both.holds[0] != both.holds[1]);
+  CHECK(log::hold_id_seq(both.holds[0]) == both.seq);
+  CHECK(f.balance("w1", "sku") == Balance{0, 3});
+  CHECK(f.balance("w2", "sku") == Balance{3, 4});
+
+  // The third op fails: nothing of the first two happens.
+  Receipt failed = f.ok(f.ledger->batch("b2", {OpRequest::acquire("w1", "sku", 100),
+                                                OpRequest::commit(both.holds[0]),
+                                                OpRequest::consume("w2", "sku", 4)}));
+  CHECK(failed.outcome == Outcome::insufficient);
+  CHECK(failed.failed_index == 2);
+  CHECK(f.balance("w1", "sku") == Balance{0, 3});
+  CHECK(f.balance("w2", "sku") == Balance{3, 4});
+
+  // Later ops see earlier ops' effects; settling a hold twice fails.
+  Receipt chained = f.ok(f.ledger->batch("b3", {OpRequest::acquire("w1", "sku", 10),
+                                                 OpRequest::consume("w1", "sku", 10)}));
+  CHECK(chained.outcome == Outcome::ok);
+  Receipt twice = f.ok(f.ledger->batch("b4", {OpRequest::commit(both.holds[0]),
+                                               OpRequest::release(both.holds[0])}));
+  CHECK(twice.outcome == Outcome::hold_finalized);
+  CHECK(twice.failed_index == 1);
+
+  // Batch holds are committed by their own ids, and replays return them.
+  CHECK(outcome_of(f.ledger->commit("m1", both.holds[1], 1)) == Outcome::ok);
+  CHECK(f.balance("w2", "sku") == Balance{6, 0});
+  f.reopen();
+  Receipt replayed = f.ok(f.ledger->batch("b1", {OpRequest::hold_of("w1", "sku", 3, 60 * kSecond),
+                                                  OpRequest::hold_of("w2", "sku", 4, 60 * kSecond),
+                                                  OpRequest::transfer("w1", "w2", "sku", 2)}));
+  CHECK(replayed.replay);
+  CHECK(replayed.holds == both.holds);
+  CHECK(f.ok(f.ledger->batch("b2", {OpRequest::acquire("w1", "sku", 100),
+                                    OpRequest::commit(both.holds[0]),
+                                    OpRequest::consume("w2", "sku", 4)})).failed_index == 2);
+}
+
+TEST_CASE("the idempotency window forgets keys by log time") {
+  Fixture f;
+  f.options.idempotency_window_ns = 60 * kSecond;
+  f.reopen();
+  f.ok(f.ledger->acquire("a1", "alice", "gold", 1));
+  f.clock.advance_ns(61 * kSecond);
+  f.ok(f.ledger->acquire("a2", "alice", "gold", 1));  // its timestamp moves the window
+  Receipt again = f.ok(f.ledger->acquire("a1", "alice", "gold", 1));
+  CHECK_FALSE(again.replay);
+  CHECK(f.balance("alice", "gold") == Balance{3, 0});
+}
+
+TEST_CASE("reopening rebuilds the same state from the log") {
+  Fixture f(Durability::sync);
+  for (int op_index = 0; op_index < 200; op_index++) {
+    const std::string n = std::to_string(op_index);
+    f.ok(f.ledger->acquire("a" + n, "s" + std::to_string(op_index % 7), "i" + std::to_string(op_index % 3), 10 + op_index));
+    if (op_index % 5 == 0) f.ok(f.ledger->hold("h" + n, "s" + std::to_string(op_index % 7), "i" + std::to_string(op_index % 3), 5, 3600 * kSecond));
+  }
+  const LedgerStats before = f.ledger->stats();
+  f.reopen();
+  const LedgerStats after = f.ledger->stats();
+  CHECK(after.digest == before.digest);
+  CHECK(after.next_seq == before.next_seq);
+  CHECK(after.events_replayed == before.next_seq - 1);
+}
+
+TEST_CASE("concurrent callers share fsyncs") {
+  testing::TempDir dir;
+  log::FaultyFileSystem fs(log::posix_file_system());
+  LedgerOptions options;
+  options.data_dir = dir.sub("data");
+  options.durability = Durability::sync;
+  options.fs = &fs;
+  auto ledger = Ledger::open(options);
+  REQUIRE(ledger.ok());
+  constexpr int kThreads = 8;
+  constexpr int kOpsPerThread = 100;
+  const std::uint64_t syncs_before = fs.syncs();
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int thread_index = 0; thread_index < kThreads; thread_index++) {
+    threads.emplace_back([&, thread_index] {
+      for (int op_index = 0; op_index < kOpsPerThread; op_index++) {
+        const std::string key = std::to_string(thread_index) + "-" + std::to_string(op_index);
+        auto r = (*ledger)->acquire(key, "s" + std::to_string(thread_index), "gold", 1);
+        if (!r.ok() || r->outcome != Outcome::ok) failures++;
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  CHECK(failures.load() == 0);
+  const std::uint64_t syncs = fs.syncs() - syncs_before;
+  MESSAGE("ops=", kThreads * kOpsPerThread, " fdatasyncs=", syncs);
+  CHECK(syncs > 0);
+  CHECK(syncs < kThreads * kOpsPerThread / 2);
+  for (int thread_index = 0; thread_index < kThreads; thread_index++) {
+    auto b = (*ledger)->balance("s" + std::to_string(thread_index), "gold");
+    REQUIRE(b.ok());
+    CHECK(b->available == kOpsPerThread);
+  }
+}
+
+TEST_CASE("non-blocking submit completes in order once durable") {
+  Fixture f(Durability::sync);
+  constexpr int kOps = 2000;
+  std::vector<std::uint64_t> seqs;
+  std::mutex mutex;
+  std::atomic<int> done{0};
+  for (int op_index = 0; op_index < kOps; op_index++) {
+    Command command;
+    command.key = "k" + std::to_string(op_index);
+    command.op = OpRequest::acquire("alice", "gold", 1);
+    f.ledger->submit(std::move(command), [&](Result<Receipt> r) {
+      REQUIRE(r.ok());
+      std::lock_guard<std::mutex> guard(mutex);
+      seqs.push_back(r->seq);
+      done++;
+    });
+  }
+  REQUIRE(f.ledger->close().ok());
+  CHECK(done.load() == kOps);
+  CHECK(std::is_sorted(seqs.begin(), seqs.end()));
+  f.reopen();
+  CHECK(f.balance("alice", "gold") == Balance{kOps, 0});
+}
+
+TEST_CASE("a failed fsync turns the ledger read-only until reopened") {
+  testing::TempDir dir;
+  log::FaultyFileSystem fs(log::posix_file_system());
+  LedgerOptions options;
+  options.data_dir = dir.sub("data");
+  options.fs = &fs;
+  {
+    auto ledger = Ledger::open(options);
+    REQUIRE(ledger.ok());
+    REQUIRE(outcome_of((*ledger)->acquire("a1", "alice", "gold", 1)) == Outcome::ok);
+    fs.fail_sync(1);
+    CHECK((*ledger)->acquire("a2", "alice", "gold", 1).code() == ErrorCode::io_error);
+    CHECK((*ledger)->acquire("a3", "alice", "gold", 1).code() == ErrorCode::read_only);
+    CHECK((*ledger)->balance("alice", "gold").code() == ErrorCode::read_only);
+    CHECK_FALSE((*ledger)->close().ok());
+  }
+  fs.disarm();
+  auto reopened = Ledger::open(options);
+  REQUIRE(reopened.ok());
+  auto b = (*reopened)->balance("alice", "gold");
+  REQUIRE(b.ok());
+  CHECK(b->available >= 1);  // a2 may or may not have reached the disk
+  CHECK(outcome_of((*reopened)->acquire("a3", "alice", "gold", 1)) == Outcome::ok);
+}
+
+TEST_CASE("a second ledger on the same directory is refused") {
+  Fixture f;
+  LedgerOptions options = f.options;
+  auto second = Ledger::open(options);
+  REQUIRE_FALSE(second.ok());
+  CHECK(second.code() == ErrorCode::locked);
+  CHECK(second.status().message().find(f.options.data_dir) != std::string::npos);
+}
+
+}  // namespace
+}  // namespace tally
