@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds, and runs tally or its tests.
+#
+#   ./make.sh run     build, then apply a generated workload to ./data and verify it
+#   ./make.sh test    build (release and address+undefined sanitizers), run every test
+#   ./make.sh build   build only
+#   ./make.sh deps    install the Debian packages the build needs
+#
+# Environment: BUILD_DIR (default build), ASAN_BUILD_DIR (default build-asan),
+# TALLY_SKIP_DEPS=1 to skip the package check, CI=true adds -Dwerror=true.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+packages=(meson ninja-build g++ pkg-config python3 libboost-dev capnproto libcapnp-dev
+          liblmdb-dev libxxhash-dev doctest-dev)
+
+deps() {
+  [ "${TALLY_SKIP_DEPS:-0}" = 1 ] && return 0
+  local missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "installing: ${missing[*]}"
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+}
+
+setup() {  # setup DIR [meson options...]
+  local dir=$1
+  shift
+  local werror=false
+  [ "${CI:-}" = true ] && werror=true
+  if [ ! -f "$dir/build.ninja" ]; then
+    meson setup "$dir" -Dwerror=$werror "$@"
+  fi
+}
+
+build() {
+  deps
+  setup "${BUILD_DIR:-build}"
+  ninja -C "${BUILD_DIR:-build}"
+}
+
+run() {
+  build
+  local tally="${BUILD_DIR:-build}/tools/tally"
+  if [ -d data/log ]; then
+    echo "./data already holds a ledger; verifying it (remove ./data to start over)"
+    "$tally" verify --data data
+    return
+  fi
+  mkdir -p data
+  "$tally" workload --subjects 10000 --ops 200000 --seed 1 \
+    --out data/workload.csv --expect data/workload.expect
+  echo "applying data/workload.csv to ./data"
+  "$tally" bench --data data --workload data/workload.csv --expect data/workload.expect --progress
+  "$tally" verify --data data
+}
+
+test_all() {
+  build
+  meson test -C "${BUILD_DIR:-build}" --print-errorlogs
+  setup "${ASAN_BUILD_DIR:-build-asan}" -Db_sanitize=address,undefined -Dbuildtype=debugoptimized \
+    -Db_lundef=false
+  ninja -C "${ASAN_BUILD_DIR:-build-asan}"
+  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=detect_leaks=1 \
+    meson test -C "${ASAN_BUILD_DIR:-build-asan}" --print-errorlogs
+}
+
+case "${1:-}" in
+  deps) deps ;;
+  build) build ;;
+  run) run ;;
+  test) test_all ;;
+  *) sed -n '2,12p' "$0"; exit 2 ;;
+esac
