@@ -239,7 +239,8 @@ std::string_view reason_name(Reason reason) {
 // builder allocates nothing on the append path.
 struct EventEncoder::Impl {
   static constexpr std::size_t kScratchWords = 1024;
-  std::unique_ptr<capnp::word[]> scratch{new capnp::word[kScratchWords]()};
+  // Value-initialized: the builder requires a zeroed first segment.
+  std::unique_ptr<capnp::word[]> scratch = std::make_unique<capnp::word[]>(kScratchWords);
   std::vector<capnp::word> out;
 };
 
@@ -315,7 +316,10 @@ Status EventDecoder::decode(std::span<const std::byte> payload, Event* event) {
     return Status(ErrorCode::corrupt,
                   std::string("undecodable event: ") + exception->getDescription().cStr());
   }
-  if (!known) return Status(ErrorCode::corrupt, "event of an unknown kind");
+  if (!known) {
+    return Status(ErrorCode::corrupt, "event of an unknown kind, or a batch of more than " +
+                                          std::to_string(kBatchOpsMax) + " ops");
+  }
   event->ops = std::span<const Op>(ops_.data(), ops_.size());
   return Status();
 }

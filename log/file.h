@@ -2,7 +2,8 @@
 // so tests can swap in FaultyFileSystem (log/faulty_file.h) and inject torn
 // writes, bit flips, ENOSPC and failed syncs.
 //
-// Errors are io_error Statuses whose message names the path and errno text.
+// Errors are io_error Statuses whose message names the path and errno text;
+// a path that does not exist (ENOENT) is not_found instead.
 // Thread safety: a File may be used by one thread at a time; distinct Files
 // and the FileSystem itself may be used from any thread.
 #pragma once

@@ -75,8 +75,8 @@ static_assert(kSegmentHeaderSize % kFrameAlignment == 0);
 static_assert(kFrameHeaderSize % kFrameAlignment == 0);
 static_assert(kSegChecksumOffset + 8 == kSegmentHeaderSize);
 static_assert(kFramePrevOffset + 8 == kFrameHeaderSize);
-static_assert(kSegmentSizeBytesMin >=
-              kSegmentHeaderSize + kFrameHeaderSize + kRecordPayloadBytesMax / 16);
+static_assert(kSegmentSizeBytesMin > kSegmentHeaderSize + kFrameHeaderSize + 4096,
+              "the smallest segment must hold ordinary events");
 static_assert(kSegmentSizeBytesDefault >=
               kSegmentHeaderSize + kFrameHeaderSize + kRecordPayloadBytesMax);
 
@@ -107,9 +107,59 @@ inline void store_u32(std::byte* p, std::uint32_t v) { std::memcpy(p, &v, sizeof
 inline void store_u64(std::byte* p, std::uint64_t v) { std::memcpy(p, &v, sizeof v); }
 static_assert(std::endian::native == std::endian::little, "tally's formats assume a little-endian host");
 
+// ---- encoding and checking (format.cc) -------------------------------------
+// The writer, the reader and the tools share these, so the layout is written
+// once.
+
+struct SegmentHeader {
+  std::uint64_t first_seq = 0;
+  std::uint64_t prev_checksum = kChainSeed;
+  std::uint64_t size_bytes = 0;
+  std::int64_t created_ns = 0;
+};
+
+// Writes the 64-byte header, magic, version and checksum included.
+void encode_segment_header(const SegmentHeader& header, std::span<std::byte, kSegmentHeaderSize> out);
+// The XXH3-64 a segment header's checksum field must hold.
+std::uint64_t segment_header_checksum(std::span<const std::byte, kSegmentHeaderSize> bytes);
+// Decodes a header whose checksum verifies. Returns an empty string when it
+// is a valid header of this format, else why not (bad magic, version, ...).
+std::string decode_segment_header(std::span<const std::byte, kSegmentHeaderSize> bytes,
+                                  SegmentHeader* header);
+
+struct FrameHeader {
+  std::uint64_t checksum = 0;
+  std::uint32_t length = 0;
+  std::uint32_t flags = 0;
+  std::uint64_t seq = 0;
+  std::uint64_t prev_checksum = 0;
+};
+
+inline FrameHeader load_frame_header(const std::byte* frame) {
+  FrameHeader header;
+  header.checksum = load_u64(frame + kFrameChecksumOffset);
+  header.length = load_u32(frame + kFrameLengthOffset);
+  header.flags = load_u32(frame + kFrameFlagsOffset);
+  header.seq = load_u64(frame + kFrameSeqOffset);
+  header.prev_checksum = load_u64(frame + kFramePrevOffset);
+  return header;
+}
+
+// XXH3-64 of bytes [kFrameChecksummedFrom, kFrameHeaderSize + length) of the
+// frame starting at `frame`.
+std::uint64_t frame_checksum(const std::byte* frame, std::uint32_t length);
+
+// Frames `payload` at `out`, which has room for frame_size(payload.size())
+// bytes: header, payload, zero padding. Returns the frame's checksum.
+std::uint64_t encode_frame(std::byte* out, std::uint64_t seq, std::uint64_t prev_checksum,
+                           std::span<const std::byte> payload);
+
 // ---- names -----------------------------------------------------------------
 
-// "0000000000000001.seg" for first seq 1.
+// Segment names have a fixed width so that sorting names sorts seqs.
+inline constexpr std::size_t kSegmentNameDigits = 16;
+inline constexpr std::uint64_t kSeqMax = 9'999'999'999'999'999ull;  // fits the name
+// "0000000000000001.seg" for first seq 1. Precondition: first_seq <= kSeqMax.
 std::string segment_file_name(std::uint64_t first_seq);
 // Parses a segment file name; false when `name` is not one.
 bool parse_segment_file_name(const std::string& name, std::uint64_t* first_seq);

@@ -7,11 +7,16 @@
 //   - an invalid frame in the last segment that no valid frame follows is a
 //     torn tail: the last write did not finish. next() returns false and
 //     end().torn is set; LogWriter::open zeroes it before appending;
+//   - a last segment whose header does not verify, with no valid frame after
+//     it, is a torn header (a crash while creating it): end().torn_header is
+//     set and LogWriter::open recreates that segment;
 //   - an invalid frame followed by a valid one, a chain break (seq or
 //     prev_checksum not the expected one), a damaged segment header, a gap
-//     between segments, or a bad frame in any segment but the last is
-//     corruption: next() returns a corrupt Status whose message starts with
-//     "segment <file name> offset <byte offset>: ".
+//     between segments (or a log not starting at seq 1), or a bad frame in
+//     any segment but the last is corruption: next() returns a corrupt
+//     Status whose message starts with "segment <file name> offset <byte
+//     offset>: ", e.g. "segment 0000000000000001.seg offset 4160: ", and
+//     then says why. Such a Status is sticky: next() keeps returning it.
 //
 // Thread safety: none; one thread uses a reader. The reader holds one segment
 // in memory at a time; Record payloads stay valid until the next call to
@@ -44,17 +49,19 @@ struct LogEnd {
   std::uint64_t last_checksum = kChainSeed;
   bool has_segment = false;             // false: the log is empty, no segment yet
   std::uint64_t segment_first_seq = 0;  // the last segment
-  std::uint64_t segment_size_bytes = 0; // its preallocated size
+  std::uint64_t segment_size_bytes = 0; // its preallocated size (0 when torn_header)
   std::uint64_t offset = 0;             // end of its valid frames
   bool torn = false;                    // a torn tail starts at offset
   std::uint64_t torn_end = 0;           // offset past the last nonzero byte of it
-  bool torn_header = false;             // the last segment's header itself is torn
-
+  // The last segment's header itself is torn; the segment holds no frames
+  // and is named next_seq.
+  bool torn_header = false;
 };
 
 struct LogReaderOptions {
   // Records with a smaller seq are verified but not returned; whole segments
-  // before the one holding from_seq are skipped unread.
+  // before the one holding from_seq are skipped unread (so the chain into
+  // the first segment read is taken from its header).
   std::uint64_t from_seq = 1;
 };
 

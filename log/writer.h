@@ -11,7 +11,9 @@
 //
 // Segments are preallocated to segment_size_bytes and rotated when the next
 // record does not fit; the old segment is synced before the new one is
-// created, so a later segment's existence proves its predecessors complete.
+// created, so a later segment's existence proves its predecessors complete,
+// and a new segment's header is synced before any frame is written to it.
+// So a write() with sync that rotates costs three fdatasyncs, not one.
 //
 // Errors: a failed write or sync is sticky. The writer refuses everything
 // after it (io_error), since the file's contents are then unknown; the
@@ -30,7 +32,11 @@
 
 namespace tally::log {
 
+// open() refuses (invalid) a segment size outside [kSegmentSizeBytesMin,
+// kSegmentSizeBytesMax] or not a multiple of 8, and a batch that could not
+// hold the largest record the segment size allows.
 struct LogWriterOptions {
+  // For segments this writer creates; the segment it continues keeps its own.
   std::uint64_t segment_size_bytes = kSegmentSizeBytesDefault;
   // Capacity of each of the two batch buffers.
   std::size_t batch_bytes_max = 8u << 20;

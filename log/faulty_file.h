@@ -1,0 +1,77 @@
+// FaultyFileSystem: a FileSystem for tests that wraps another one and injects
+// the faults storage code has to survive, after SQLite's test harnesses:
+// failed syncs, a full disk, torn writes with a simulated crash, flipped
+// bits. It also counts syncs and writes, so tests can check group commit.
+//
+// A test arms a fault; it fires on the next matching operation of any File
+// opened through this file system. Thread safety: every method may be called
+// from any thread. Ownership: the base file system is borrowed and must
+// outlive this one; Files it opens must not outlive it either.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "log/file.h"
+#include "log/status.h"
+
+namespace tally::log {
+
+class FaultyFileSystem final : public FileSystem {
+ public:
+  explicit FaultyFileSystem(FileSystem& base);
+  ~FaultyFileSystem() override;
+  FaultyFileSystem(const FaultyFileSystem&) = delete;
+  FaultyFileSystem& operator=(const FaultyFileSystem&) = delete;
+
+  // ---- counters, since construction or reset_counters() ----
+  std::uint64_t syncs() const;          // File::sync calls, failed ones included
+  std::uint64_t dir_syncs() const;      // sync_dir calls
+  std::uint64_t writes() const;         // File::write_at calls
+  std::uint64_t bytes_written() const;  // bytes that reached the base files
+  void reset_counters();
+
+  // ---- faults ----
+  // The nth File::sync from now (1: the next one) fails with io_error and
+  // syncs nothing.
+  void fail_sync(std::uint64_t nth = 1);
+  // After `bytes` more bytes, writes fail with ENOSPC ("No space left on
+  // device"); the write that crosses the limit writes the part that fits
+  // first, as a full disk does. Preallocation fails once no bytes are left.
+  // Stays armed until disarm().
+  void fail_writes_after_bytes(std::uint64_t bytes);
+  // The next write_at writes only its first keep_bytes and fails. With
+  // crash, the process "dies" there: every later operation through this
+  // file system fails with io_error until disarm(), so the test reopens the
+  // directory through the base file system, as a restarted process would.
+  void tear_next_write(std::uint64_t keep_bytes, bool crash = true);
+  // The next write_at lands with bit `bit_index` (modulo its length in bits)
+  // of its data flipped and reports success: silent corruption.
+  void flip_bit_in_next_write(std::uint64_t bit_index);
+  // Disarms every fault and ends a simulated crash.
+  void disarm();
+  bool crashed() const;
+
+  // ---- FileSystem ----
+  Result<std::unique_ptr<File>> open(const std::string& path, Mode mode) override;
+  bool exists(const std::string& path) override;
+  Result<std::vector<std::string>> list(const std::string& dir) override;
+  Status make_dirs(const std::string& dir) override;
+  Status remove(const std::string& path) override;
+  Status rename(const std::string& from, const std::string& to) override;
+  Status sync_dir(const std::string& dir) override;
+
+  struct State;  // shared with the Files it opens (faulty_file.cc)
+
+ private:
+  FileSystem& base_;
+  std::unique_ptr<State> state_;
+};
+
+// Flips bit `bit` (0..7) of the byte at `offset` of a file in place: media
+// corruption for tests.
+Status flip_bit(FileSystem& fs, const std::string& path, std::uint64_t offset, int bit);
+
+}  // namespace tally::log

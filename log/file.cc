@@ -1,0 +1,223 @@
+// The POSIX file system behind FileSystem.
+#include "log/file.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <limits>
+
+namespace tally::log {
+
+namespace {
+
+// One pread/pwrite call moves at most this much, so a huge request cannot
+// hit the kernel's per-call limit (about 2 GiB on Linux).
+constexpr std::size_t kIoChunkBytesMax = std::size_t{1} << 30;
+
+Status errno_status(const char* what, const std::string& path, int error) {
+  const ErrorCode code = error == ENOENT ? ErrorCode::not_found : ErrorCode::io_error;
+  return Status(code, std::string(what) + " " + path + ": " + std::strerror(error));
+}
+
+class PosixFile final : public File {
+ public:
+  PosixFile(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
+  ~PosixFile() override { ::close(fd_); }
+  PosixFile(const PosixFile&) = delete;
+  PosixFile& operator=(const PosixFile&) = delete;
+
+  Status read_at(std::uint64_t offset, std::span<std::byte> out) override {
+    std::size_t done_bytes = 0;
+    while (done_bytes < out.size()) {
+      const std::size_t want = std::min(out.size() - done_bytes, kIoChunkBytesMax);
+      const ssize_t n = ::pread(fd_, out.data() + done_bytes, want,
+                                static_cast<off_t>(offset + done_bytes));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return errno_status("read", path_, errno);
+      }
+      if (n == 0) {
+        return Status(ErrorCode::io_error,
+                      "read " + path_ + ": short read at offset " +
+                          std::to_string(offset + done_bytes) + " (file ends)");
+      }
+      done_bytes += static_cast<std::size_t>(n);
+    }
+    return Status();
+  }
+
+  Status write_at(std::uint64_t offset, std::span<const std::byte> data) override {
+    std::size_t done_bytes = 0;
+    while (done_bytes < data.size()) {
+      const std::size_t want = std::min(data.size() - done_bytes, kIoChunkBytesMax);
+      const ssize_t n = ::pwrite(fd_, data.data() + done_bytes, want,
+                                 static_cast<off_t>(offset + done_bytes));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return errno_status("write", path_, errno);
+      }
+      // pwrite returns 0 only for a zero-byte request; guard against a loop
+      // that makes no progress anyway.
+      if (n == 0) return Status(ErrorCode::io_error, "write " + path_ + ": no progress");
+      done_bytes += static_cast<std::size_t>(n);
+    }
+    return Status();
+  }
+
+  Status sync() override {
+    while (::fdatasync(fd_) != 0) {
+      if (errno != EINTR) return errno_status("fdatasync", path_, errno);
+    }
+    return Status();
+  }
+
+  Result<std::uint64_t> size() override {
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0) return errno_status("stat", path_, errno);
+    return static_cast<std::uint64_t>(st.st_size);
+  }
+
+  Status truncate(std::uint64_t size_bytes) override {
+    while (::ftruncate(fd_, static_cast<off_t>(size_bytes)) != 0) {
+      if (errno != EINTR) return errno_status("truncate", path_, errno);
+    }
+    return Status();
+  }
+
+  Status preallocate(std::uint64_t size_bytes) override {
+    // posix_fallocate returns the error instead of setting errno.
+    int error = 0;
+    do {
+      error = ::posix_fallocate(fd_, 0, static_cast<off_t>(size_bytes));
+    } while (error == EINTR);
+    if (error != 0) return errno_status("preallocate", path_, error);
+    return Status();
+  }
+
+ private:
+  int fd_;
+  std::string path_;
+};
+
+class PosixFileSystem final : public FileSystem {
+ public:
+  Result<std::unique_ptr<File>> open(const std::string& path, Mode mode) override {
+    int flags = O_CLOEXEC;
+    switch (mode) {
+      case Mode::read_only: flags |= O_RDONLY; break;
+      case Mode::read_write: flags |= O_RDWR; break;
+      case Mode::create: flags |= O_RDWR | O_CREAT; break;
+    }
+    int fd = -1;
+    do {
+      fd = ::open(path.c_str(), flags, 0644);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0) return errno_status("open", path, errno);
+    return std::unique_ptr<File>(std::make_unique<PosixFile>(fd, path));
+  }
+
+  bool exists(const std::string& path) override {
+    struct stat st {};
+    return ::stat(path.c_str(), &st) == 0;
+  }
+
+  Result<std::vector<std::string>> list(const std::string& dir) override {
+    DIR* handle = ::opendir(dir.c_str());
+    if (handle == nullptr) return errno_status("list", dir, errno);
+    std::vector<std::string> names;
+    errno = 0;
+    while (const dirent* entry = ::readdir(handle)) {
+      const std::string_view name(entry->d_name);
+      if (name != "." && name != "..") names.emplace_back(name);
+    }
+    const int error = errno;
+    ::closedir(handle);
+    if (error != 0) return errno_status("list", dir, error);
+    std::sort(names.begin(), names.end());
+    return names;
+  }
+
+  Status make_dirs(const std::string& dir) override {
+    // Walk the components from the root so that missing parents are made
+    // first; an existing directory at any level is fine.
+    for (std::size_t end = 1; end <= dir.size(); end++) {
+      if (end != dir.size() && dir[end] != '/') continue;
+      const std::string prefix = dir.substr(0, end);
+      if (::mkdir(prefix.c_str(), 0755) == 0) continue;
+      const int error = errno;
+      // EEXIST, or a refusal (EACCES, EROFS) for a directory that is there:
+      // both are fine as long as it is a directory.
+      struct stat st {};
+      if (::stat(prefix.c_str(), &st) != 0) return errno_status("mkdir", prefix, error);
+      if (!S_ISDIR(st.st_mode)) {
+        return Status(ErrorCode::io_error, "mkdir " + prefix + ": exists and is not a directory");
+      }
+    }
+    return Status();
+  }
+
+  Status remove(const std::string& path) override {
+    if (::unlink(path.c_str()) != 0) return errno_status("remove", path, errno);
+    return Status();
+  }
+
+  Status rename(const std::string& from, const std::string& to) override {
+    if (::rename(from.c_str(), to.c_str()) != 0) {
+      return errno_status("rename", from + " to " + to, errno);
+    }
+    return Status();
+  }
+
+  Status sync_dir(const std::string& dir) override {
+    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return errno_status("open directory", dir, errno);
+    int result = 0;
+    do {
+      result = ::fsync(fd);
+    } while (result != 0 && errno == EINTR);
+    const int error = errno;
+    ::close(fd);
+    if (result != 0) return errno_status("fsync directory", dir, error);
+    return Status();
+  }
+};
+
+}  // namespace
+
+FileSystem& posix_file_system() {
+  // Stateless, so one shared instance is safe; function-local so that its
+  // construction is ordered before first use.
+  static PosixFileSystem file_system;
+  return file_system;
+}
+
+std::string join_path(const std::string& dir, const std::string& name) {
+  if (dir.empty()) return name;
+  if (dir.back() == '/') return dir + name;
+  return dir + "/" + name;
+}
+
+Result<std::vector<std::uint64_t>> read_whole_file(FileSystem& fs, const std::string& path,
+                                                   std::uint64_t* size_bytes) {
+  auto file = fs.open(path, FileSystem::Mode::read_only);
+  if (!file) return file.status();
+  auto size = (*file)->size();
+  if (!size) return size.status();
+  if (*size > std::numeric_limits<std::size_t>::max() - sizeof(std::uint64_t)) {
+    return Status(ErrorCode::io_error, "read " + path + ": file too large");
+  }
+  // Zero-initialized, so the bytes past the end of the file in the last word
+  // are zeros rather than garbage.
+  std::vector<std::uint64_t> words((*size + sizeof(std::uint64_t) - 1) / sizeof(std::uint64_t));
+  auto bytes = std::as_writable_bytes(std::span(words)).first(static_cast<std::size_t>(*size));
+  TALLY_TRY((*file)->read_at(0, bytes));
+  if (size_bytes != nullptr) *size_bytes = *size;
+  return words;
+}
+
+}  // namespace tally::log

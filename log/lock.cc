@@ -1,0 +1,99 @@
+#include "log/lock.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "log/file.h"
+
+namespace tally::log {
+
+namespace {
+
+constexpr const char* kLockFileName = "LOCK";
+// A pid in decimal and a newline; more than the lock file ever holds.
+constexpr std::size_t kPidTextBytesMax = 32;
+
+Status lock_error(const std::string& what, const std::string& path, int error) {
+  return Status(ErrorCode::io_error, what + " " + path + ": " + std::strerror(error));
+}
+
+// The pid the holder wrote, as text, or "unknown" when it is not there yet
+// (the holder takes the lock before it writes its pid) or not readable.
+std::string read_holder_pid(int fd) {
+  char text[kPidTextBytesMax] = {};
+  ssize_t n = -1;
+  do {
+    n = ::pread(fd, text, sizeof text - 1, 0);
+  } while (n < 0 && errno == EINTR);
+  std::string pid;
+  for (ssize_t index = 0; index < n && text[index] >= '0' && text[index] <= '9'; index++) {
+    pid += text[index];
+  }
+  return pid.empty() ? "unknown" : pid;
+}
+
+Status write_own_pid(int fd, const std::string& path) {
+  const std::string text = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(fd, 0) != 0) return lock_error("truncate", path, errno);
+  std::size_t done_bytes = 0;
+  while (done_bytes < text.size()) {
+    const ssize_t n = ::pwrite(fd, text.data() + done_bytes, text.size() - done_bytes,
+                               static_cast<off_t>(done_bytes));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return lock_error("write", path, errno);
+    done_bytes += static_cast<std::size_t>(n);
+  }
+  return Status();
+}
+
+}  // namespace
+
+Result<std::unique_ptr<DirLock>> DirLock::acquire(const std::string& data_dir) {
+  TALLY_TRY(posix_file_system().make_dirs(data_dir));
+  const std::string path = join_path(data_dir, kLockFileName);
+  int fd = -1;
+  do {
+    fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) return lock_error("open", path, errno);
+  // flock, not fcntl locks: an flock belongs to this open file description,
+  // so it survives other code in the process opening and closing LOCK, and
+  // the kernel drops it when the process dies, however it dies.
+  int result = -1;
+  do {
+    result = ::flock(fd, LOCK_EX | LOCK_NB);
+  } while (result != 0 && errno == EINTR);
+  if (result != 0) {
+    const int error = errno;
+    const std::string pid = error == EWOULDBLOCK ? read_holder_pid(fd) : std::string();
+    ::close(fd);
+    if (error == EWOULDBLOCK) {
+      return Status(ErrorCode::locked, "data directory " + data_dir +
+                                           " is locked by another process (pid " + pid + ")");
+    }
+    return lock_error("lock", path, error);
+  }
+  Status written = write_own_pid(fd, path);
+  if (!written.ok()) {
+    ::close(fd);
+    return written;
+  }
+  // Private constructor: make_unique cannot reach it.
+  return std::unique_ptr<DirLock>(new DirLock(fd));
+}
+
+DirLock::~DirLock() {
+  // Clear the pid so that nobody blames a process that let go; closing the
+  // descriptor releases the lock.
+  // Best effort: the pid is informative, and a destructor has nobody to
+  // report a failure to.
+  if (::ftruncate(fd_, 0) != 0) {
+  }
+  ::close(fd_);
+}
+
+}  // namespace tally::log

@@ -1,0 +1,374 @@
+#include "log/reader.h"
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+
+namespace tally::log {
+
+namespace {
+
+// What the bytes at a frame position hold, judged on their own (the chain is
+// checked by the caller).
+enum class FrameVerdict : std::uint8_t {
+  valid,
+  zero,         // all zeros: no frame was written here
+  truncated,    // the frame would run past the end of the segment's data
+  bad_length,
+  bad_flags,
+  bad_checksum,
+  bad_padding,
+};
+
+std::string describe(FrameVerdict verdict, const FrameHeader& header) {
+  switch (verdict) {
+    case FrameVerdict::valid: return "valid frame";
+    case FrameVerdict::zero: return "zeroed frame";
+    case FrameVerdict::truncated: return "frame runs past the end of the segment";
+    case FrameVerdict::bad_length: return "frame length " + std::to_string(header.length) + " out of range";
+    case FrameVerdict::bad_flags: return "frame flags " + std::to_string(header.flags) + " are not zero";
+    case FrameVerdict::bad_checksum: return "frame checksum mismatch";
+    case FrameVerdict::bad_padding: return "nonzero padding after the frame's payload";
+  }
+  return "invalid frame";
+}
+
+std::string hex(std::uint64_t value) {
+  char text[24];
+  std::snprintf(text, sizeof text, "0x%016" PRIx64, value);
+  return text;
+}
+
+bool all_zero(const std::byte* base, std::uint64_t from, std::uint64_t to) {
+  for (std::uint64_t offset = from; offset < to; offset++) {
+    if (base[offset] != std::byte{0}) return false;
+  }
+  return true;
+}
+
+// The offset just past the last nonzero byte in [from, to), or `from` when
+// the range is all zeros. Scans words where it can: the range can be most of
+// a preallocated segment.
+std::uint64_t nonzero_end(const std::byte* base, std::uint64_t from, std::uint64_t to) {
+  std::uint64_t end = to;
+  while (end > from && end % 8 != 0) {
+    if (base[end - 1] != std::byte{0}) return end;
+    end--;
+  }
+  while (end - from >= 8 && load_u64(base + end - 8) == 0) end -= 8;
+  while (end > from) {
+    if (base[end - 1] != std::byte{0}) return end;
+    end--;
+  }
+  return from;
+}
+
+// Checks the frame at `offset` on its own: plausible length, inside the
+// data, flags zero, checksum, zero padding. This is the replay hot path.
+inline FrameVerdict verify_frame(const std::byte* base, std::uint64_t offset,
+                                 std::uint64_t data_end, std::uint32_t payload_max,
+                                 FrameHeader* header) {
+  if (data_end - offset < kFrameHeaderSize) {
+    return all_zero(base, offset, data_end) ? FrameVerdict::zero : FrameVerdict::truncated;
+  }
+  const std::byte* frame = base + offset;
+  *header = load_frame_header(frame);
+  if (header->length == 0) {
+    const bool zero = header->checksum == 0 && header->flags == 0 && header->seq == 0 &&
+                      header->prev_checksum == 0;
+    return zero ? FrameVerdict::zero : FrameVerdict::bad_length;
+  }
+  if (header->length > payload_max) return FrameVerdict::bad_length;
+  if (frame_size(header->length) > data_end - offset) return FrameVerdict::truncated;
+  if (header->flags != 0) return FrameVerdict::bad_flags;
+  if (header->checksum != frame_checksum(frame, header->length)) return FrameVerdict::bad_checksum;
+  // The checksum stops at the payload's end, so the padding is checked
+  // here: in the payload's last word, the bytes past the payload.
+  const std::uint32_t tail_bytes = header->length % kFrameAlignment;
+  if (tail_bytes != 0) {
+    const std::uint64_t last_word =
+        load_u64(frame + kFrameHeaderSize + header->length - tail_bytes);
+    if ((last_word >> (8 * tail_bytes)) != 0) return FrameVerdict::bad_padding;
+  }
+  return FrameVerdict::valid;
+}
+
+// The first 8-aligned offset in [from, data_end) holding a frame that
+// verifies on its own with seq >= seq_min, or 0 when there is none. This
+// tells a torn tail (nothing valid after it) from corruption.
+std::uint64_t find_valid_frame(const std::byte* base, std::uint64_t from, std::uint64_t data_end,
+                               std::uint32_t payload_max, std::uint64_t seq_min,
+                               FrameHeader* found) {
+  for (std::uint64_t offset = from; offset + kFrameHeaderSize <= data_end;
+       offset += kFrameAlignment) {
+    // Cheap rejections before the checksum: almost every position here is
+    // zeros, and hashing up to a megabyte at each of them would be slow.
+    const std::uint32_t length = load_u32(base + offset + kFrameLengthOffset);
+    if (length == 0 || length > payload_max) continue;
+    if (load_u64(base + offset + kFrameSeqOffset) < seq_min) continue;
+    if (verify_frame(base, offset, data_end, payload_max, found) == FrameVerdict::valid) return offset;
+  }
+  return 0;
+}
+
+}  // namespace
+
+struct LogReader::Impl {
+  FileSystem& fs;
+  std::string dir;
+  LogReaderOptions options;
+  std::vector<std::uint64_t> first_seqs;
+
+  // Progress. `chained`: expected_seq and expected_prev come from the start
+  // of the log or a verified predecessor, rather than from the header of the
+  // segment a from_seq skip started at.
+  std::size_t segment_index = 0;
+  bool loaded = false;
+  bool chained = true;
+  bool done = false;
+  Status error;
+  std::uint64_t expected_seq = 1;
+  std::uint64_t expected_prev = kChainSeed;
+  LogEnd end;
+
+  // The loaded segment: bytes [0, file_bytes) of its file.
+  std::unique_ptr<std::uint64_t[]> buffer;
+  std::size_t buffer_words = 0;
+  std::uint64_t file_bytes = 0;
+  std::uint64_t data_end = 0;  // frames end by here: min(file, declared size)
+  std::uint64_t pos = 0;       // of the next frame
+  SegmentHeader header;
+  std::uint32_t payload_max = 0;
+
+  Impl(FileSystem& fs_in, std::string dir_in, LogReaderOptions options_in)
+      : fs(fs_in), dir(std::move(dir_in)), options(options_in) {}
+
+  const std::byte* bytes() const { return reinterpret_cast<const std::byte*>(buffer.get()); }
+  std::uint64_t first_seq() const { return first_seqs[segment_index]; }
+  bool last_segment() const { return segment_index + 1 == first_seqs.size(); }
+
+  Status corrupt(std::uint64_t offset, const std::string& why) const {
+    return Status(ErrorCode::corrupt, "segment " + segment_file_name(first_seq()) + " offset " +
+                                          std::to_string(offset) + ": " + why);
+  }
+
+  Status read_segment();
+  Status load_segment();
+  Status torn_or_damaged_header(const char* why);
+  Status chain_break(const FrameHeader& frame) const;
+  Status end_of_frames(FrameVerdict verdict, const FrameHeader& frame);
+  void finish(std::uint64_t torn_end);
+};
+
+// Reads the current segment's file into the reused buffer.
+Status LogReader::Impl::read_segment() {
+  const std::string path = join_path(dir, segment_file_name(first_seq()));
+  auto file = fs.open(path, FileSystem::Mode::read_only);
+  if (!file) return file.status();
+  auto size = (*file)->size();
+  if (!size) return size.status();
+  // Bytes past the largest segment cannot hold frames; do not let an
+  // oversized file decide how much memory we take.
+  file_bytes = std::min<std::uint64_t>(*size, kSegmentSizeBytesMax);
+  const std::size_t words = static_cast<std::size_t>((file_bytes + 7) / 8);
+  if (words > buffer_words) {
+    buffer = std::make_unique_for_overwrite<std::uint64_t[]>(words);
+    buffer_words = words;
+  }
+  // The file may end inside the last word; the scans read whole words.
+  if (words > 0) buffer[words - 1] = 0;
+  auto out = std::span(reinterpret_cast<std::byte*>(buffer.get()), static_cast<std::size_t>(file_bytes));
+  return (*file)->read_at(0, out);
+}
+
+// Loads the current segment and checks its header against its name and the
+// chain so far.
+Status LogReader::Impl::load_segment() {
+  TALLY_TRY(read_segment());
+  if (file_bytes < kSegmentHeaderSize) return torn_or_damaged_header("file shorter than the header");
+  const auto header_bytes = std::span<const std::byte, kSegmentHeaderSize>(bytes(), kSegmentHeaderSize);
+  if (load_u64(bytes() + kSegChecksumOffset) != segment_header_checksum(header_bytes)) {
+    return torn_or_damaged_header("segment header checksum mismatch");
+  }
+  const std::string why = decode_segment_header(header_bytes, &header);
+  if (!why.empty()) return corrupt(0, why);
+  if (header.first_seq != first_seq()) {
+    return corrupt(0, "header says first seq " + std::to_string(header.first_seq) +
+                          ", the file name says otherwise");
+  }
+  if (!chained) {
+    expected_seq = header.first_seq;
+    expected_prev = header.prev_checksum;
+    chained = true;
+  } else if (header.first_seq != expected_seq) {
+    return corrupt(0, "gap: the segment starts at seq " + std::to_string(header.first_seq) +
+                          " but the log continues at seq " + std::to_string(expected_seq));
+  } else if (header.prev_checksum != expected_prev) {
+    return corrupt(0, "chain break: header prev_checksum " + hex(header.prev_checksum) +
+                          " is not the previous frame's checksum " + hex(expected_prev));
+  }
+  payload_max = static_cast<std::uint32_t>(payload_bytes_max(header.size_bytes));
+  data_end = std::min(file_bytes, header.size_bytes);
+  pos = kSegmentHeaderSize;
+  loaded = true;
+  return Status();
+}
+
+// A header that does not verify. In the last segment, with nothing valid
+// after it, it is torn: the writer syncs a new segment's header before it
+// writes any frame there, so a crash while creating the segment is the only
+// way to get it. Anywhere else it is damage.
+Status LogReader::Impl::torn_or_damaged_header(const char* why) {
+  if (!last_segment()) return corrupt(0, std::string("damaged segment header: ") + why);
+  if (!chained) {
+    // A from_seq skip started here, so the chain value this segment must be
+    // recreated with is unknown: start one segment earlier instead.
+    TALLY_ASSERT(segment_index > 0);
+    segment_index--;
+    return load_segment();
+  }
+  FrameHeader frame;
+  const std::uint64_t found = find_valid_frame(bytes(), kSegmentHeaderSize, file_bytes,
+                                               kRecordPayloadBytesMax, expected_seq, &frame);
+  if (found != 0) {
+    return corrupt(0, std::string("damaged segment header (") + why +
+                          ") followed by a valid frame at offset " + std::to_string(found));
+  }
+  if (first_seq() != expected_seq) {
+    return corrupt(0, "gap: the segment is named for seq " + std::to_string(first_seq()) +
+                          " but the log continues at seq " + std::to_string(expected_seq));
+  }
+  end = LogEnd{};
+  end.next_seq = expected_seq;
+  end.last_checksum = expected_prev;
+  end.has_segment = true;
+  end.segment_first_seq = first_seq();
+  end.offset = kSegmentHeaderSize;
+  end.torn_header = true;
+  done = true;
+  return Status();
+}
+
+// A frame that verifies on its own but is not the expected next one: a
+// deleted, duplicated or reordered record.
+Status LogReader::Impl::chain_break(const FrameHeader& frame) const {
+  if (frame.seq != expected_seq) {
+    return corrupt(pos, "chain break: frame has seq " + std::to_string(frame.seq) + ", expected " +
+                            std::to_string(expected_seq));
+  }
+  return corrupt(pos, "chain break: frame seq " + std::to_string(frame.seq) +
+                          " has prev_checksum " + hex(frame.prev_checksum) +
+                          ", the previous frame's checksum is " + hex(expected_prev));
+}
+
+// No valid next frame at pos: the end of this segment's frames, a torn tail,
+// or corruption (docs/log-format.md, "Recovery").
+Status LogReader::Impl::end_of_frames(FrameVerdict verdict, const FrameHeader& frame) {
+  FrameHeader later;
+  const std::uint64_t found = find_valid_frame(bytes(), pos + kFrameAlignment, data_end,
+                                               payload_max, expected_seq, &later);
+  if (found != 0) {
+    return corrupt(pos, describe(verdict, frame) + ", followed by a valid frame at offset " +
+                            std::to_string(found) + " (seq " + std::to_string(later.seq) + ")");
+  }
+  const std::uint64_t torn_end = nonzero_end(bytes(), pos, data_end);
+  if (last_segment()) {
+    finish(torn_end);
+    return Status();
+  }
+  // A segment before the last was synced whole before its successor was
+  // created, so it cannot have a torn tail.
+  if (verdict != FrameVerdict::zero) {
+    return corrupt(pos, describe(verdict, frame) + " in a segment that is not the last");
+  }
+  if (torn_end != pos) {
+    return corrupt(pos, "nonzero bytes up to offset " + std::to_string(torn_end) +
+                            " after the last frame of a segment that is not the last");
+  }
+  loaded = false;
+  segment_index++;
+  return Status();
+}
+
+void LogReader::Impl::finish(std::uint64_t torn_end) {
+  end = LogEnd{};
+  end.next_seq = expected_seq;
+  end.last_checksum = expected_prev;
+  end.has_segment = true;
+  end.segment_first_seq = first_seq();
+  end.segment_size_bytes = header.size_bytes;
+  end.offset = pos;
+  end.torn = torn_end > pos;
+  end.torn_end = end.torn ? torn_end : 0;
+  done = true;
+}
+
+LogReader::LogReader(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+LogReader::~LogReader() = default;
+
+Result<std::unique_ptr<LogReader>> LogReader::open(FileSystem& fs, const std::string& dir,
+                                                   LogReaderOptions options) {
+  auto impl = std::make_unique<Impl>(fs, dir, options);
+  auto names = fs.list(dir);
+  if (!names && names.code() != ErrorCode::not_found) return names.status();
+  if (names) {
+    for (const std::string& name : *names) {
+      // Other files (an editor's backup, a note) are not the log's business.
+      if (!name.ends_with(".seg")) continue;
+      std::uint64_t first_seq = 0;
+      if (!parse_segment_file_name(name, &first_seq) || first_seq == 0) {
+        return Status(ErrorCode::corrupt,
+                      "segment " + name + " offset 0: not a valid segment file name");
+      }
+      impl->first_seqs.push_back(first_seq);
+    }
+  }
+  std::sort(impl->first_seqs.begin(), impl->first_seqs.end());
+  // Start at the last segment that begins at or before from_seq.
+  for (std::size_t index = 0; index < impl->first_seqs.size(); index++) {
+    if (impl->first_seqs[index] <= options.from_seq) impl->segment_index = index;
+  }
+  impl->chained = impl->segment_index == 0;
+  // Private constructor: make_unique cannot reach it.
+  return std::unique_ptr<LogReader>(new LogReader(std::move(impl)));
+}
+
+Result<bool> LogReader::next(Record* record) {
+  Impl& s = *impl_;
+  while (true) {
+    if (!s.error.ok()) return s.error;
+    if (s.done) return false;
+    if (!s.loaded) {
+      if (s.first_seqs.empty()) {
+        s.done = true;  // an empty log: the default LogEnd describes it
+        continue;
+      }
+      s.error = s.load_segment();
+      continue;
+    }
+    FrameHeader frame;
+    const FrameVerdict verdict = verify_frame(s.bytes(), s.pos, s.data_end, s.payload_max, &frame);
+    if (verdict == FrameVerdict::valid && frame.seq == s.expected_seq &&
+        frame.prev_checksum == s.expected_prev) {
+      record->seq = frame.seq;
+      record->checksum = frame.checksum;
+      record->payload = std::span(s.bytes() + s.pos + kFrameHeaderSize, frame.length);
+      record->segment_first_seq = s.header.first_seq;
+      record->offset = s.pos;
+      s.pos += frame_size(frame.length);
+      s.expected_seq++;
+      s.expected_prev = frame.checksum;
+      if (frame.seq < s.options.from_seq) continue;
+      return true;
+    }
+    s.error = verdict == FrameVerdict::valid ? s.chain_break(frame) : s.end_of_frames(verdict, frame);
+  }
+}
+
+const LogEnd& LogReader::end() const { return impl_->end; }
+
+const std::vector<std::uint64_t>& LogReader::segment_first_seqs() const {
+  return impl_->first_seqs;
+}
+
+}  // namespace tally::log

@@ -1,0 +1,379 @@
+#include "log/writer.h"
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <vector>
+
+namespace tally::log {
+
+namespace {
+
+std::int64_t system_now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// The directory holding `path`, or "." for a bare name.
+std::string parent_dir(const std::string& path) {
+  std::size_t end = path.size();
+  while (end > 1 && path[end - 1] == '/') end--;
+  const std::size_t slash = path.rfind('/', end - 1);
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+}  // namespace
+
+// One batch buffer and the writes it turns into: one part per segment the
+// batch touches, in order.
+class WriteBatch {
+ public:
+  struct Part {
+    std::uint64_t segment_first_seq = 0;
+    bool new_segment = false;                // create the segment before writing
+    std::uint64_t header_prev_checksum = 0;  // for the new segment's header
+    std::uint64_t file_offset = 0;
+    std::size_t begin = 0;                   // byte range in the buffer
+    std::size_t length = 0;
+  };
+
+  WriteBatch(std::size_t bytes_max, std::size_t parts_max)
+      : words_((bytes_max + 7) / 8), bytes_max_(bytes_max) {
+    parts_.reserve(parts_max);
+  }
+
+  std::byte* data() { return reinterpret_cast<std::byte*>(words_.data()); }
+  const std::byte* data() const { return reinterpret_cast<const std::byte*>(words_.data()); }
+  std::size_t used_bytes() const { return used_bytes_; }
+  std::size_t bytes_max() const { return bytes_max_; }
+  const std::vector<Part>& parts() const { return parts_; }
+  bool empty() const { return parts_.empty(); }
+
+  // Room for a frame of frame_bytes at the end of the current part.
+  std::byte* extend(std::size_t frame_bytes) {
+    TALLY_ASSERT(!parts_.empty());
+    TALLY_ASSERT(used_bytes_ + frame_bytes <= bytes_max_);
+    std::byte* out = data() + used_bytes_;
+    used_bytes_ += frame_bytes;
+    parts_.back().length += frame_bytes;
+    return out;
+  }
+  void start_part(const Part& part) {
+    // parts_max bounds the parts a full batch can need, so this never
+    // allocates on the append path.
+    TALLY_ASSERT(parts_.size() < parts_.capacity());
+    parts_.push_back(part);
+    parts_.back().begin = used_bytes_;
+    parts_.back().length = 0;
+  }
+  void reset() {
+    parts_.clear();
+    used_bytes_ = 0;
+  }
+
+  // Sealed and not yet written. Atomic because the appending side checks
+  // it while the I/O side may be finishing the write.
+  bool in_flight() const { return in_flight_.load(std::memory_order_acquire); }
+  void set_in_flight(bool value) { in_flight_.store(value, std::memory_order_release); }
+
+ private:
+  std::atomic<bool> in_flight_{false};
+  std::vector<std::uint64_t> words_;  // 8-byte aligned frames
+  std::size_t bytes_max_;
+  std::size_t used_bytes_ = 0;
+  std::vector<Part> parts_;
+};
+
+struct LogWriter::Impl {
+  FileSystem& fs;
+  std::string dir;
+  LogWriterOptions options;
+
+  // Appending side: where the next frame goes, counting batches not yet
+  // written.
+  std::uint64_t next_seq = 1;
+  std::uint64_t last_checksum = kChainSeed;
+  std::uint64_t append_segment_first_seq = 0;
+  std::uint64_t append_segment_size_bytes = 0;
+  std::uint64_t append_offset = 0;
+  std::array<std::unique_ptr<WriteBatch>, 2> batches;
+  std::size_t open_batch = 0;
+
+  // I/O side: the segment file being written.
+  std::unique_ptr<File> file;
+  std::uint64_t file_first_seq = 0;
+  Status failure;  // sticky
+
+  std::atomic<std::uint64_t> syncs{0};
+  std::atomic<std::uint64_t> writes{0};
+  std::atomic<std::uint64_t> bytes_written{0};
+  std::atomic<std::uint64_t> segments_created{0};
+
+  Impl(FileSystem& fs_in, std::string dir_in, const LogWriterOptions& options_in)
+      : fs(fs_in), dir(std::move(dir_in)), options(options_in) {}
+
+  WriteBatch& batch() { return *batches[open_batch]; }
+  // The first failure sticks: after a failed write or sync the file's
+  // contents are unknown, so nothing more may be written until a reopen
+  // scans and repairs the log.
+  Status fail(const Status& status) {
+    if (failure.ok()) failure = Status(ErrorCode::io_error, "log writer failed: " + status.message());
+    return failure;
+  }
+  Status sync_file();
+  Status write_file(std::uint64_t offset, std::span<const std::byte> data);
+  Status create_segment(std::uint64_t first_seq, std::uint64_t prev_checksum);
+  Status open_existing(const LogEnd& end);
+  Status zero_range(std::uint64_t from, std::uint64_t to);
+  Status write_part(const WriteBatch& batch, const WriteBatch::Part& part);
+};
+
+Status LogWriter::Impl::sync_file() {
+  TALLY_ASSERT(file != nullptr);
+  syncs.fetch_add(1, std::memory_order_relaxed);
+  return file->sync();
+}
+
+Status LogWriter::Impl::write_file(std::uint64_t offset, std::span<const std::byte> data) {
+  TALLY_ASSERT(file != nullptr);
+  writes.fetch_add(1, std::memory_order_relaxed);
+  TALLY_TRY(file->write_at(offset, data));
+  bytes_written.fetch_add(data.size(), std::memory_order_relaxed);
+  return Status();
+}
+
+// Creates (or recreates, after a torn header) the segment for first_seq and
+// makes its header and its name durable before any frame goes in, so that a
+// header that does not verify can only be a torn one (reader.cc).
+Status LogWriter::Impl::create_segment(std::uint64_t first_seq, std::uint64_t prev_checksum) {
+  const std::string path = join_path(dir, segment_file_name(first_seq));
+  auto created = fs.open(path, FileSystem::Mode::create);
+  if (!created) return created.status();
+  file = std::move(*created);
+  file_first_seq = first_seq;
+  TALLY_TRY(file->truncate(0));
+  TALLY_TRY(file->preallocate(options.segment_size_bytes));
+  SegmentHeader header;
+  header.first_seq = first_seq;
+  header.prev_checksum = prev_checksum;
+  header.size_bytes = options.segment_size_bytes;
+  header.created_ns = options.now_ns != nullptr ? options.now_ns() : system_now_ns();
+  std::array<std::byte, kSegmentHeaderSize> bytes;
+  encode_segment_header(header, bytes);
+  TALLY_TRY(write_file(0, bytes));
+  TALLY_TRY(sync_file());
+  TALLY_TRY(fs.sync_dir(dir));
+  segments_created.fetch_add(1, std::memory_order_relaxed);
+  return Status();
+}
+
+// Writes zeros over [from, to). Only open() calls it, while the batch
+// buffers are still all zeros from their allocation.
+Status LogWriter::Impl::zero_range(std::uint64_t from, std::uint64_t to) {
+  const WriteBatch& zeros = *batches[1 - open_batch];
+  TALLY_ASSERT(zeros.empty());
+  TALLY_ASSERT(zeros.used_bytes() == 0);
+  while (from < to) {
+    const std::size_t chunk = static_cast<std::size_t>(std::min<std::uint64_t>(to - from, zeros.bytes_max()));
+    TALLY_TRY(write_file(from, std::span<const std::byte>(zeros.data(), chunk)));
+    from += chunk;
+  }
+  return Status();
+}
+
+// Continues the last segment of a scanned log, repairing a torn tail first.
+Status LogWriter::Impl::open_existing(const LogEnd& end) {
+  const std::string path = join_path(dir, segment_file_name(end.segment_first_seq));
+  auto opened = fs.open(path, FileSystem::Mode::read_write);
+  if (!opened) return opened.status();
+  file = std::move(*opened);
+  file_first_seq = end.segment_first_seq;
+  bool dirty = false;
+  if (end.torn) {
+    TALLY_ASSERT(end.torn_end > end.offset);
+    TALLY_TRY(zero_range(end.offset, end.torn_end));
+    dirty = true;
+  }
+  // A file cut short (by a crash or by hand) gets its reserved blocks back.
+  auto size = file->size();
+  if (!size) return size.status();
+  if (*size < end.segment_size_bytes) {
+    TALLY_TRY(file->preallocate(end.segment_size_bytes));
+    dirty = true;
+  }
+  // The repair must be durable before new frames land after it, or a crash
+  // could leave old torn bytes behind valid new ones.
+  if (dirty) TALLY_TRY(sync_file());
+  return Status();
+}
+
+Status LogWriter::Impl::write_part(const WriteBatch& batch_ref, const WriteBatch::Part& part) {
+  if (part.new_segment) {
+    // The old segment is complete: make it durable before its successor
+    // exists, so that a later segment proves its predecessors whole.
+    if (file != nullptr) TALLY_TRY(sync_file());
+    TALLY_TRY(create_segment(part.segment_first_seq, part.header_prev_checksum));
+  }
+  TALLY_ASSERT(part.segment_first_seq == file_first_seq);
+  return write_file(part.file_offset,
+                    std::span<const std::byte>(batch_ref.data() + part.begin, part.length));
+}
+
+LogWriter::LogWriter(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+LogWriter::~LogWriter() = default;
+
+namespace {
+
+Status check_options(const LogWriterOptions& options) {
+  if (options.segment_size_bytes < kSegmentSizeBytesMin ||
+      options.segment_size_bytes > kSegmentSizeBytesMax ||
+      options.segment_size_bytes % kFrameAlignment != 0) {
+    return Status(ErrorCode::invalid, "segment size " + std::to_string(options.segment_size_bytes) +
+                                          " must be a multiple of 8 in [" +
+                                          std::to_string(kSegmentSizeBytesMin) + ", " +
+                                          std::to_string(kSegmentSizeBytesMax) + "]");
+  }
+  // Every record the segment size allows must fit an empty batch, or
+  // has_room() would never become true for it.
+  const std::size_t frame_bytes_max = frame_size(payload_bytes_max(options.segment_size_bytes));
+  if (options.batch_bytes_max < frame_bytes_max || options.batch_bytes_max % kFrameAlignment != 0) {
+    return Status(ErrorCode::invalid, "batch size " + std::to_string(options.batch_bytes_max) +
+                                          " must be a multiple of 8 and at least " +
+                                          std::to_string(frame_bytes_max));
+  }
+  return Status();
+}
+
+// The most parts a full batch can need. A part other than the first and the
+// last holds a whole segment's frames, and any two neighbours together hold
+// more than one segment's frame area (the second started because the next
+// frame did not fit the first).
+std::size_t batch_parts_max(const LogWriterOptions& options) {
+  const std::uint64_t area = options.segment_size_bytes - kSegmentHeaderSize;
+  return static_cast<std::size_t>(2 * (options.batch_bytes_max / area) + 3);
+}
+
+}  // namespace
+
+Result<std::unique_ptr<LogWriter>> LogWriter::open(FileSystem& fs, const std::string& dir,
+                                                   const LogEnd& end, LogWriterOptions options) {
+  TALLY_TRY(check_options(options));
+  TALLY_ASSERT(end.next_seq >= 1);
+  auto impl = std::make_unique<Impl>(fs, dir, options);
+  for (auto& batch : impl->batches) {
+    batch = std::make_unique<WriteBatch>(options.batch_bytes_max, batch_parts_max(options));
+  }
+  impl->next_seq = end.next_seq;
+  impl->last_checksum = end.last_checksum;
+  if (!end.has_segment || end.torn_header) {
+    if (!end.has_segment) {
+      TALLY_TRY(fs.make_dirs(dir));
+      // The log directory itself may be new: make its name durable too.
+      TALLY_TRY(fs.sync_dir(parent_dir(dir)));
+    }
+    // A torn header is only ever the segment the next record starts.
+    TALLY_ASSERT(!end.has_segment || end.segment_first_seq == end.next_seq);
+    TALLY_TRY(impl->create_segment(end.next_seq, end.last_checksum));
+    impl->append_segment_size_bytes = options.segment_size_bytes;
+    impl->append_offset = kSegmentHeaderSize;
+  } else {
+    TALLY_ASSERT(end.offset >= kSegmentHeaderSize);
+    TALLY_ASSERT(end.offset <= end.segment_size_bytes);
+    TALLY_TRY(impl->open_existing(end));
+    impl->append_segment_size_bytes = end.segment_size_bytes;
+    impl->append_offset = end.offset;
+  }
+  impl->append_segment_first_seq = impl->file_first_seq;
+  // Private constructor: make_unique cannot reach it.
+  return std::unique_ptr<LogWriter>(new LogWriter(std::move(impl)));
+}
+
+std::uint64_t LogWriter::next_seq() const { return impl_->next_seq; }
+
+bool LogWriter::has_room(std::size_t payload_bytes) const {
+  const WriteBatch& batch = *impl_->batches[impl_->open_batch];
+  return batch.used_bytes() + frame_size(payload_bytes) <= batch.bytes_max();
+}
+
+std::uint64_t LogWriter::append(std::span<const std::byte> payload) {
+  Impl& s = *impl_;
+  TALLY_ASSERT(!payload.empty());
+  TALLY_ASSERT(payload.size() <= payload_bytes_max(s.options.segment_size_bytes));
+  TALLY_ASSERT(payload.size() % kFrameAlignment == 0);
+  TALLY_ASSERT(has_room(payload.size()));
+  TALLY_ASSERT(s.next_seq <= kSeqMax);
+  const std::size_t frame_bytes = frame_size(payload.size());
+  WriteBatch& batch = s.batch();
+  if (s.append_offset + frame_bytes > s.append_segment_size_bytes) {
+    // A record never spans segments: this one starts the next segment,
+    // which is named by its seq.
+    WriteBatch::Part part;
+    part.segment_first_seq = s.next_seq;
+    part.new_segment = true;
+    part.header_prev_checksum = s.last_checksum;
+    part.file_offset = kSegmentHeaderSize;
+    batch.start_part(part);
+    s.append_segment_first_seq = s.next_seq;
+    s.append_segment_size_bytes = s.options.segment_size_bytes;
+    s.append_offset = kSegmentHeaderSize;
+  } else if (batch.empty()) {
+    WriteBatch::Part part;
+    part.segment_first_seq = s.append_segment_first_seq;
+    part.file_offset = s.append_offset;
+    batch.start_part(part);
+  }
+  std::byte* out = batch.extend(frame_bytes);
+  s.last_checksum = encode_frame(out, s.next_seq, s.last_checksum, payload);
+  s.append_offset += frame_bytes;
+  return s.next_seq++;
+}
+
+bool LogWriter::batch_empty() const { return impl_->batches[impl_->open_batch]->empty(); }
+
+WriteBatch* LogWriter::seal() {
+  Impl& s = *impl_;
+  WriteBatch* sealed = s.batches[s.open_batch].get();
+  sealed->set_in_flight(true);
+  s.open_batch = 1 - s.open_batch;
+  // The caller writes each sealed batch before sealing the next one, so
+  // the buffer we reopen is free.
+  TALLY_ASSERT(!s.batch().in_flight());
+  s.batch().reset();
+  return sealed;
+}
+
+Status LogWriter::write(WriteBatch* batch, bool sync) {
+  Impl& s = *impl_;
+  TALLY_ASSERT(batch != nullptr);
+  TALLY_ASSERT(batch->in_flight());
+  Status status = s.failure;
+  for (std::size_t part_index = 0; status.ok() && part_index < batch->parts().size(); part_index++) {
+    status = s.write_part(*batch, batch->parts()[part_index]);
+  }
+  if (status.ok() && sync) status = s.sync_file();
+  batch->set_in_flight(false);
+  if (!status.ok()) return s.fail(status);
+  return Status();
+}
+
+Status LogWriter::sync() {
+  Impl& s = *impl_;
+  if (!s.failure.ok()) return s.failure;
+  Status status = s.sync_file();
+  if (!status.ok()) return s.fail(status);
+  return Status();
+}
+
+LogWriterStats LogWriter::stats() const {
+  LogWriterStats stats;
+  stats.syncs = impl_->syncs.load(std::memory_order_relaxed);
+  stats.writes = impl_->writes.load(std::memory_order_relaxed);
+  stats.bytes_written = impl_->bytes_written.load(std::memory_order_relaxed);
+  stats.segments_created = impl_->segments_created.load(std::memory_order_relaxed);
+  return stats;
+}
+
+}  // namespace tally::log
