@@ -63,8 +63,10 @@ struct KeyRecord {
 };
 
 struct StateOptions {
-  // Keys and finalized holds are forgotten once an event stamped more than
-  // this after them is applied. 0 = remember forever.
+  // Keys and finalized holds are forgotten once an event stamped this long
+  // or longer after them is applied: a key stamped k is remembered by events
+  // stamped in [k, k + window) and gone for one stamped k + window.
+  // 0 = remember forever.
   std::int64_t idempotency_window_ns = 24ll * 3600 * 1'000'000'000;
 };
 
@@ -73,8 +75,11 @@ struct StateCounts {
   std::uint64_t open_holds = 0;
   std::uint64_t finalized_holds = 0; // remembered
   std::uint64_t keys = 0;            // remembered
-  std::uint64_t subjects = 0;
-  std::uint64_t items = 0;
+  std::uint64_t subjects = 0;        // distinct subject names seen (interned for life)
+  std::uint64_t items = 0;           // distinct item names seen (interned for life)
+  // Bytes held by the tables and arenas (capacity, not just use); excludes
+  // the allocator's own overhead.
+  std::uint64_t memory_bytes = 0;
 };
 
 class State {
@@ -88,7 +93,11 @@ class State {
   // with the state (decided by the engine against it, or written by one that
   // was): an applied op that would drive a balance negative, overflow, or
   // name a hold that is not open is a corrupt Status naming the seq, and the
-  // state is then unspecified. A rejected event changes only the key index.
+  // state is then unspecified. So are a key already remembered, a timestamp
+  // before the last one, settle copies (subject, item, qty) that differ from
+  // the hold, a commit or release of a hold already due at the event's
+  // timestamp, and an expire of one not yet due. A rejected event changes
+  // only the key index.
   Status apply(const log::Event& event);
 
   std::uint64_t last_seq() const;
@@ -127,6 +136,7 @@ class State {
   StateCounts counts() const;
 
  private:
+  friend struct StateTestPeer;  // state_test.cc: corrupts internals on purpose
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

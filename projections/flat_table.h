@@ -1,0 +1,282 @@
+// Containers for the projection's hot path: an open-addressing hash table,
+// a vector that grows in fixed chunks, and a FIFO ring. They exist so apply()
+// costs a few cache lines and no allocation in the steady state, and so the
+// bytes per entry are known (docs/performance.md).
+//
+// Thread safety: none; they belong to one State.
+#pragma once
+
+#include <array>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <xxhash.h>
+
+#include "log/status.h"
+
+namespace tally::proj {
+
+// splitmix64's finalizer: every input bit reaches every output bit, so the
+// low bits used as a table index are well spread even for sequential ids.
+constexpr std::uint64_t mix64(std::uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  x ^= x >> 31;
+  return x;
+}
+
+inline std::uint64_t hash_bytes(std::string_view bytes) {
+  return XXH3_64bits(bytes.data(), bytes.size());
+}
+
+// Open addressing with linear probing and backward-shift deletion (no
+// tombstones, so lookups never slow down as entries come and go).
+//
+// Slot is a trivially copyable struct whose value-initialized form is the
+// empty slot. Policy provides:
+//   static bool empty(const Slot&);
+//   static std::uint64_t hash(const Slot&);   // the hash the slot was inserted with
+//   static constexpr std::size_t kLoadNum, kLoadDen;  // grow above this load
+//   static constexpr std::size_t kCapacityMax;
+//   static constexpr int kHashBits;  // 32 or 64: how wide hash() is (ShardedTable)
+// Lookups pass the hash and a predicate, so a slot may hold a key that lives
+// elsewhere (an arena) and only a tag of it inline.
+//
+// Pointers to slots stay valid until the next insert or erase.
+template <class Slot, class Policy>
+class FlatTable {
+ public:
+  static constexpr std::size_t kCapacityMin = 16;
+  static_assert(Policy::kLoadNum < Policy::kLoadDen);
+  static_assert(std::has_single_bit(Policy::kCapacityMax));
+
+  std::size_t size() const { return size_; }
+  std::size_t capacity() const { return slots_.size(); }
+  std::size_t memory_bytes() const { return slots_.capacity() * sizeof(Slot); }
+
+  template <class Match>
+  const Slot* find(std::uint64_t hash, const Match& match) const {
+    if (slots_.empty()) return nullptr;
+    for (std::size_t index = hash & mask_;; index = (index + 1) & mask_) {
+      const Slot& slot = slots_[index];
+      if (Policy::empty(slot)) return nullptr;
+      if (match(slot)) return &slot;
+    }
+  }
+
+  template <class Match>
+  Slot* find(std::uint64_t hash, const Match& match) {
+    return const_cast<Slot*>(std::as_const(*this).find(hash, match));
+  }
+
+  // Starts loading the cache line where a lookup of `hash` begins, so
+  // several independent lookups can wait on memory at the same time.
+  void prefetch(std::uint64_t hash) const {
+    if (!slots_.empty()) __builtin_prefetch(&slots_[hash & mask_]);
+  }
+
+  // Precondition: no slot matches `slot`'s key. May move every slot.
+  Slot* insert(std::uint64_t hash, const Slot& slot) {
+    TALLY_ASSERT(!Policy::empty(slot));
+    if ((size_ + 1) * Policy::kLoadDen > slots_.size() * Policy::kLoadNum) grow();
+    std::size_t index = hash & mask_;
+    while (!Policy::empty(slots_[index])) index = (index + 1) & mask_;
+    slots_[index] = slot;
+    size_++;
+    return &slots_[index];
+  }
+
+  // Removes *slot. Later members of its cluster move back into the hole when
+  // their home allows, so every entry stays reachable from its home slot.
+  void erase(Slot* slot) {
+    TALLY_ASSERT(slot >= slots_.data());
+    TALLY_ASSERT(slot < slots_.data() + slots_.size());
+    std::size_t hole = static_cast<std::size_t>(slot - slots_.data());
+    for (std::size_t index = (hole + 1) & mask_; !Policy::empty(slots_[index]);
+         index = (index + 1) & mask_) {
+      const std::size_t home = Policy::hash(slots_[index]) & mask_;
+      // The entry may fill the hole when the hole lies on its probe path,
+      // i.e. between its home and where it sits now (cyclically).
+      if (((index - home) & mask_) >= ((index - hole) & mask_)) {
+        slots_[hole] = slots_[index];
+        hole = index;
+      }
+    }
+    slots_[hole] = Slot{};
+    size_--;
+  }
+
+  template <class Visit>
+  void for_each(const Visit& visit) const {
+    for (const Slot& slot : slots_) {
+      if (!Policy::empty(slot)) visit(slot);
+    }
+  }
+
+ private:
+  void grow() {
+    const std::size_t capacity = slots_.empty() ? kCapacityMin : slots_.size() * 2;
+    TALLY_ASSERT(capacity <= Policy::kCapacityMax);
+    std::vector<Slot> old(capacity);
+    old.swap(slots_);
+    mask_ = capacity - 1;
+    for (const Slot& slot : old) {
+      if (Policy::empty(slot)) continue;
+      std::size_t index = Policy::hash(slot) & mask_;
+      while (!Policy::empty(slots_[index])) index = (index + 1) & mask_;
+      slots_[index] = slot;
+    }
+  }
+
+  std::vector<Slot> slots_;
+  std::size_t mask_ = 0;
+  std::size_t size_ = 0;
+};
+
+// A FlatTable split into 2^kShardBits independent tables by the top bits of
+// the hash (Policy::kHashBits says how wide hashes are). Each shard grows on
+// its own, so one growth step copies 1/16 of the entries: memory peaks at
+// about 1.03x the table while growing instead of 1.5x, and no single insert
+// pays for rehashing everything. Policy::kCapacityMax is per shard.
+template <class Slot, class Policy, int kShardBits = 4>
+class ShardedTable {
+ public:
+  static constexpr std::size_t kShards = std::size_t{1} << kShardBits;
+  static_assert(Policy::kHashBits == 32 || Policy::kHashBits == 64);
+
+  std::size_t size() const { return size_; }
+  std::size_t memory_bytes() const {
+    std::size_t total = 0;
+    for (const auto& shard : shards_) total += shard.memory_bytes();
+    return total;
+  }
+
+  template <class Match>
+  const Slot* find(std::uint64_t hash, const Match& match) const {
+    return shards_[shard_of(hash)].find(hash, match);
+  }
+  template <class Match>
+  Slot* find(std::uint64_t hash, const Match& match) {
+    return shards_[shard_of(hash)].find(hash, match);
+  }
+  void prefetch(std::uint64_t hash) const { shards_[shard_of(hash)].prefetch(hash); }
+
+  // As FlatTable::insert; moves only slots of the same shard.
+  Slot* insert(std::uint64_t hash, const Slot& slot) {
+    Slot* inserted = shards_[shard_of(hash)].insert(hash, slot);
+    size_++;
+    return inserted;
+  }
+  void erase(Slot* slot) {
+    shards_[shard_of(Policy::hash(*slot))].erase(slot);
+    size_--;
+  }
+
+  template <class Visit>
+  void for_each(const Visit& visit) const {
+    for (const auto& shard : shards_) shard.for_each(visit);
+  }
+
+ private:
+  static std::size_t shard_of(std::uint64_t hash) {
+    return static_cast<std::size_t>(hash >> (Policy::kHashBits - kShardBits)) & (kShards - 1);
+  }
+
+  std::array<FlatTable<Slot, Policy>, kShards> shards_;
+  std::size_t size_ = 0;
+};
+
+// A vector that grows by whole chunks: elements never move (pointers stay
+// valid) and growth never copies or briefly doubles the memory.
+template <class T, int kChunkShift = 12>
+class ChunkedVector {
+ public:
+  static constexpr std::size_t kChunkElems = std::size_t{1} << kChunkShift;
+
+  std::size_t size() const { return size_; }
+  std::size_t memory_bytes() const {
+    return chunks_.size() * kChunkElems * sizeof(T) +
+           chunks_.capacity() * sizeof(std::unique_ptr<T[]>);
+  }
+
+  T& operator[](std::size_t index) {
+    TALLY_DEBUG_ASSERT(index < size_);
+    return chunks_[index >> kChunkShift][index & (kChunkElems - 1)];
+  }
+  const T& operator[](std::size_t index) const {
+    TALLY_DEBUG_ASSERT(index < size_);
+    return chunks_[index >> kChunkShift][index & (kChunkElems - 1)];
+  }
+
+  void push_back(const T& value) {
+    if (size_ == chunks_.size() * kChunkElems) {
+      chunks_.push_back(std::make_unique<T[]>(kChunkElems));
+    }
+    size_++;
+    (*this)[size_ - 1] = value;
+  }
+
+ private:
+  std::vector<std::unique_ptr<T[]>> chunks_;
+  std::size_t size_ = 0;
+};
+
+// A FIFO in a power-of-two ring that doubles when full: pushing and popping
+// in the steady state allocate nothing (a std::deque allocates a block every
+// few hundred bytes).
+template <class T>
+class RingBuffer {
+ public:
+  static constexpr std::size_t kCapacityMin = 16;
+
+  bool empty() const { return size_ == 0; }
+  std::size_t size() const { return size_; }
+  std::size_t memory_bytes() const { return slots_.capacity() * sizeof(T); }
+
+  T& operator[](std::size_t index) {
+    TALLY_DEBUG_ASSERT(index < size_);
+    return slots_[(head_ + index) & (slots_.size() - 1)];
+  }
+  const T& operator[](std::size_t index) const {
+    TALLY_DEBUG_ASSERT(index < size_);
+    return slots_[(head_ + index) & (slots_.size() - 1)];
+  }
+  T& front() { return (*this)[0]; }
+  const T& front() const { return (*this)[0]; }
+  T& back() { return (*this)[size_ - 1]; }
+
+  void push_back(T value) {
+    if (size_ == slots_.size()) grow();
+    slots_[(head_ + size_) & (slots_.size() - 1)] = std::move(value);
+    size_++;
+  }
+
+  void pop_front() {
+    TALLY_ASSERT(size_ > 0);
+    slots_[head_] = T{};  // drop what it owns now, not when overwritten
+    head_ = (head_ + 1) & (slots_.size() - 1);
+    size_--;
+  }
+
+ private:
+  void grow() {
+    const std::size_t capacity = slots_.empty() ? kCapacityMin : slots_.size() * 2;
+    std::vector<T> next(capacity);
+    for (std::size_t index = 0; index < size_; index++) next[index] = std::move((*this)[index]);
+    slots_.swap(next);
+    head_ = 0;
+  }
+
+  std::vector<T> slots_;
+  std::size_t head_ = 0;
+  std::size_t size_ = 0;
+};
+
+}  // namespace tally::proj

@@ -1,0 +1,101 @@
+#include "projections/key_index.h"
+
+#include <cstring>
+#include <new>
+
+namespace tally::proj {
+
+const KeyRecord* KeyIndex::record_of(const std::byte* record) {
+  return std::launder(reinterpret_cast<const KeyRecord*>(record));
+}
+
+std::string_view KeyIndex::key_of(const std::byte* record) {
+  const auto length = static_cast<std::size_t>(record[sizeof(KeyRecord)]);
+  return std::string_view(reinterpret_cast<const char*>(record + kRecordHeaderBytes), length);
+}
+
+const std::byte* KeyIndex::record_at(std::uint64_t loc) const {
+  TALLY_DEBUG_ASSERT(loc != 0);
+  const std::uint64_t offset = (loc - 1) * 8;
+  const std::uint64_t chunk_seq = offset / kChunkBytes;
+  TALLY_ASSERT(chunk_seq >= front_chunk_seq_);
+  TALLY_ASSERT(chunk_seq - front_chunk_seq_ < chunks_.size());
+  const Chunk& chunk = chunks_[static_cast<std::size_t>(chunk_seq - front_chunk_seq_)];
+  return chunk.bytes.get() + offset % kChunkBytes;
+}
+
+std::uint64_t KeyIndex::front_loc() const {
+  return (front_chunk_seq_ * kChunkBytes + front_offset_bytes_) / 8 + 1;
+}
+
+const KeyRecord* KeyIndex::find(std::string_view key, std::uint32_t hash) const {
+  TALLY_DEBUG_ASSERT(hash == hash_of(key));
+  const Slot* slot = index_.find(hash, [&](const Slot& candidate) {
+    return candidate.hash == hash && key_of(record_at(loc_of(candidate))) == key;
+  });
+  return slot == nullptr ? nullptr : record_of(record_at(loc_of(*slot)));
+}
+
+void KeyIndex::insert(std::string_view key, std::uint32_t hash, const KeyRecord& record) {
+  TALLY_ASSERT(!key.empty());
+  TALLY_ASSERT(key.size() <= kNameBytesMax);
+  TALLY_DEBUG_ASSERT(find(key, hash) == nullptr);
+  const std::uint64_t loc = append(key, record);
+  index_.insert(hash, Slot{hash, static_cast<std::uint32_t>(loc >> 32),
+                           static_cast<std::uint32_t>(loc)});
+  count_++;
+}
+
+std::uint64_t KeyIndex::append(std::string_view key, const KeyRecord& record) {
+  const std::size_t size_bytes = record_bytes(key.size());
+  if (chunks_.empty() || chunks_.back().used_bytes + size_bytes > kChunkBytes) {
+    Chunk chunk;
+    chunk.bytes = spare_ != nullptr ? std::move(spare_)
+                                    : std::make_unique_for_overwrite<std::byte[]>(kChunkBytes);
+    chunks_.push_back(std::move(chunk));
+  }
+  Chunk& chunk = chunks_.back();
+  std::byte* out = chunk.bytes.get() + chunk.used_bytes;
+  std::construct_at(reinterpret_cast<KeyRecord*>(out), record);
+  out[sizeof(KeyRecord)] = static_cast<std::byte>(key.size());
+  std::memcpy(out + kRecordHeaderBytes, key.data(), key.size());
+  const std::uint64_t chunk_seq = front_chunk_seq_ + chunks_.size() - 1;
+  const std::uint64_t loc = (chunk_seq * kChunkBytes + chunk.used_bytes) / 8 + 1;
+  chunk.used_bytes += static_cast<std::uint32_t>(size_bytes);
+  return loc;
+}
+
+void KeyIndex::evict_through(std::int64_t cutoff_ns) {
+  // Each pass forgets one key, so count_ bounds the loop.
+  while (count_ > 0) {
+    drop_spent_chunks();
+    const std::byte* record = chunks_.front().bytes.get() + front_offset_bytes_;
+    if (record_of(record)->timestamp_ns > cutoff_ns) break;
+    const std::string_view key = key_of(record);
+    const std::uint32_t hash = hash_of(key);
+    const std::uint64_t loc = front_loc();
+    Slot* slot = index_.find(hash, [&](const Slot& candidate) { return loc_of(candidate) == loc; });
+    TALLY_ASSERT(slot != nullptr);
+    index_.erase(slot);
+    front_offset_bytes_ += static_cast<std::uint32_t>(record_bytes(key.size()));
+    count_--;
+  }
+  drop_spent_chunks();
+}
+
+void KeyIndex::drop_spent_chunks() {
+  // The back chunk stays even when spent: the next key is written into it.
+  while (chunks_.size() > 1 && front_offset_bytes_ == chunks_.front().used_bytes) {
+    if (spare_ == nullptr) spare_ = std::move(chunks_.front().bytes);
+    chunks_.pop_front();
+    front_chunk_seq_++;
+    front_offset_bytes_ = 0;
+  }
+}
+
+std::size_t KeyIndex::memory_bytes() const {
+  return (chunks_.size() + (spare_ != nullptr ? 1 : 0)) * kChunkBytes + chunks_.memory_bytes() +
+         index_.memory_bytes();
+}
+
+}  // namespace tally::proj

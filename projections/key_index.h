@@ -1,0 +1,131 @@
+// KeyIndex: the remembered idempotency keys and their outcomes.
+//
+// Keys arrive in seq order with non-decreasing timestamps and leave in the
+// same order when the window passes them, so records live in a FIFO arena:
+// fixed-size chunks appended at the back and recycled from the front. An
+// open-addressing index maps a key to its record.
+//
+// Record, 8-byte aligned inside a chunk (never spanning two):
+//   KeyRecord (32 bytes) | key length (1 byte) | key bytes | pad to 8
+// Index slot (12 bytes): the low 32 bits of XXH3(key), which place the slot
+// and filter mismatches, and the record's location in the arena.
+//
+// Memory per key: round_up(33 + key length, 8) + 12 / load, with the load
+// between 7/16 and 7/8: 70..84 bytes for a 16-byte key, 86..100 for a
+// 36-byte UUID. Plus at most one partly used chunk at each end.
+//
+// Pointers to records stay valid until the key is evicted.
+// Thread safety: none.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string_view>
+
+#include "projections/flat_table.h"
+#include "projections/name_table.h"  // kNameBytesMax
+#include "projections/state.h"
+
+namespace tally::proj {
+
+class KeyIndex {
+ public:
+  KeyIndex() = default;
+  KeyIndex(const KeyIndex&) = delete;
+  KeyIndex& operator=(const KeyIndex&) = delete;
+
+  // The hash find() and insert() use; compute it once per key.
+  static std::uint32_t hash_of(std::string_view key) {
+    return static_cast<std::uint32_t>(hash_bytes(key));
+  }
+  // Starts loading the slot where a lookup of `hash` begins.
+  void prefetch(std::uint32_t hash) const { index_.prefetch(hash); }
+
+  // nullptr when the key is not remembered.
+  const KeyRecord* find(std::string_view key) const { return find(key, hash_of(key)); }
+  const KeyRecord* find(std::string_view key, std::uint32_t hash) const;
+
+  // Preconditions: the key is not remembered, is 1..kNameBytesMax bytes,
+  // hash == hash_of(key), and record.timestamp_ns is >= that of every key
+  // inserted before.
+  void insert(std::string_view key, std::uint32_t hash, const KeyRecord& record);
+
+  // Forgets every key whose timestamp_ns <= cutoff_ns. They are the oldest,
+  // at the front of the FIFO, so this touches only what it forgets.
+  void evict_through(std::int64_t cutoff_ns);
+
+  std::size_t size() const { return count_; }
+  std::size_t memory_bytes() const;
+
+  // Visits every remembered key, oldest first.
+  template <class Visit>
+  void for_each(const Visit& visit) const {
+    for (std::size_t chunk_index = 0; chunk_index < chunks_.size(); chunk_index++) {
+      const Chunk& chunk = chunks_[chunk_index];
+      std::uint32_t offset = chunk_index == 0 ? front_offset_bytes_ : 0;
+      while (offset < chunk.used_bytes) {
+        const std::byte* record = chunk.bytes.get() + offset;
+        visit(key_of(record), *record_of(record));
+        offset += record_bytes(key_of(record).size());
+      }
+    }
+  }
+
+ private:
+  struct Chunk {
+    std::unique_ptr<std::byte[]> bytes;
+    std::uint32_t used_bytes = 0;
+  };
+
+  // loc = arena offset / 8 + 1, so 0 marks an empty slot. Split in two u32
+  // so the slot packs into 12 bytes.
+  struct Slot {
+    std::uint32_t hash = 0;
+    std::uint32_t loc_hi = 0;
+    std::uint32_t loc_lo = 0;
+  };
+  struct SlotPolicy {
+    static bool empty(const Slot& slot) { return slot.loc_hi == 0 && slot.loc_lo == 0; }
+    static std::uint64_t hash(const Slot& slot) { return slot.hash; }
+    // Probing reads 12-byte slots and compares only the hash tag, so a high
+    // load costs little and saves memory per key.
+    static constexpr std::size_t kLoadNum = 7;
+    static constexpr std::size_t kLoadDen = 8;
+    // Per shard; the shard takes the hash's top 4 bits, home slots the low 28.
+    static constexpr std::size_t kCapacityMax = std::size_t{1} << 28;
+    static constexpr int kHashBits = 32;
+  };
+
+  static constexpr std::size_t kChunkBytes = 256 * 1024;
+  static constexpr std::size_t kRecordHeaderBytes = sizeof(KeyRecord) + 1;
+  static_assert(sizeof(KeyRecord) == 32);
+  static_assert(alignof(KeyRecord) <= 8);
+  static_assert(kChunkBytes % 8 == 0);
+  static_assert(kChunkBytes >= kRecordHeaderBytes + kNameBytesMax + 8);
+
+  static std::size_t record_bytes(std::size_t key_bytes) {
+    return (kRecordHeaderBytes + key_bytes + 7) & ~std::size_t{7};
+  }
+  static const KeyRecord* record_of(const std::byte* record);
+  static std::string_view key_of(const std::byte* record);
+  static std::uint64_t loc_of(const Slot& slot) {
+    return (std::uint64_t{slot.loc_hi} << 32) | slot.loc_lo;
+  }
+
+  const std::byte* record_at(std::uint64_t loc) const;
+  std::uint64_t front_loc() const;
+  // Writes a record at the back and returns its loc.
+  std::uint64_t append(std::string_view key, const KeyRecord& record);
+  // Recycles front chunks whose records are all forgotten.
+  void drop_spent_chunks();
+
+  RingBuffer<Chunk> chunks_;
+  std::uint64_t front_chunk_seq_ = 0;  // chunk number of chunks_[0] since the start
+  std::uint32_t front_offset_bytes_ = 0;  // the oldest record inside chunks_[0]
+  std::unique_ptr<std::byte[]> spare_;    // a recycled chunk, reused before allocating
+  std::size_t count_ = 0;
+  ShardedTable<Slot, SlotPolicy> index_;
+};
+
+}  // namespace tally::proj

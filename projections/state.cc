@@ -1,0 +1,516 @@
+// State: apply() and the reads. Invariants, digest and counts are in
+// state_check.cc; the tables are described in state_impl.h.
+#include "projections/state.h"
+
+#include <algorithm>
+#include <string>
+#include <utility>
+
+#include "projections/state_impl.h"
+
+namespace tally::proj {
+
+std::string_view hold_state_name(HoldState state) {
+  switch (state) {
+    case HoldState::open: return "open";
+    case HoldState::committed: return "committed";
+    case HoldState::released: return "released";
+    case HoldState::expired: return "expired";
+  }
+  return "unknown";
+}
+
+Status corrupt_at(std::uint64_t seq, const std::string& what) {
+  return Status(ErrorCode::corrupt, "seq " + std::to_string(seq) + ": " + what);
+}
+
+namespace {
+
+// Built by appending: GCC 12 warns falsely (-Wrestrict, PR 105651) on
+// "'" + std::string(...) at -O3.
+std::string quoted(std::string_view name) {
+  std::string out;
+  out.reserve(name.size() + 2);
+  out.push_back('\'');
+  out.append(name);
+  out.push_back('\'');
+  return out;
+}
+
+bool valid_name(std::string_view name) { return !name.empty() && name.size() <= kNameBytesMax; }
+
+// A read treats a due hold as released. available + held can pass INT64_MAX
+// only if the engine allowed it; a read then pins the value instead of
+// wrapping.
+void release_on_read(Balance* balance, std::int64_t qty) {
+  balance->held -= qty;
+  if (__builtin_add_overflow(balance->available, qty, &balance->available)) {
+    balance->available = INT64_MAX;
+  }
+}
+
+// *value += delta, unless that overflows: false then, and *value unchanged.
+bool add_to(std::int64_t* value, std::int64_t delta) {
+  std::int64_t sum = 0;
+  if (__builtin_add_overflow(*value, delta, &sum)) return false;
+  *value = sum;
+  return true;
+}
+
+Status check_op_fields(const log::Event& event, const log::Op& op) {
+  if (!valid_name(op.subject) || !valid_name(op.item)) {
+    return corrupt_at(event.seq, std::string(log::op_type_name(op.type)) +
+                                     " with an empty or over-long subject or item");
+  }
+  if (op.qty <= 0) {
+    return corrupt_at(event.seq, std::string(log::op_type_name(op.type)) + " of qty " +
+                                     std::to_string(op.qty));
+  }
+  return Status();
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- balances
+
+State::Impl::Impl(const StateOptions& state_options) : options(state_options) {
+  TALLY_ASSERT(options.idempotency_window_ns >= 0);
+  subject_heads.push_back(0);  // subject id 0 is "no subject"
+}
+
+const BalanceSlot* State::Impl::find_balance(std::uint32_t subject, std::uint32_t item) const {
+  if (subject == 0 || item == 0) return nullptr;
+  const std::uint64_t pair = pair_of(subject, item);
+  return balances.find(mix64(pair), [&](const BalanceSlot& slot) { return slot.pair == pair; });
+}
+
+BalanceSlot* State::Impl::find_balance(std::uint32_t subject, std::uint32_t item) {
+  return const_cast<BalanceSlot*>(std::as_const(*this).find_balance(subject, item));
+}
+
+BalanceSlot* State::Impl::upsert_balance(std::uint32_t subject, std::uint32_t item) {
+  BalanceSlot* slot = find_balance(subject, item);
+  if (slot != nullptr) return slot;
+  const std::uint32_t head = subject_heads[subject];
+  BalanceSlot fresh;
+  fresh.pair = pair_of(subject, item);
+  fresh.next_item = head;
+  BalanceSlot* inserted = balances.insert(mix64(fresh.pair), fresh);
+  // find() moves nothing, so `inserted` stays valid.
+  if (head != 0) {
+    BalanceSlot* old_head = find_balance(subject, head);
+    TALLY_ASSERT(old_head != nullptr);
+    old_head->prev_item = item;
+  }
+  subject_heads[subject] = item;
+  return inserted;
+}
+
+void State::Impl::drop_if_zero(BalanceSlot* slot) {
+  if (slot->available != 0 || slot->held != 0) return;
+  const std::uint32_t subject = subject_of(slot->pair);
+  const std::uint32_t prev = slot->prev_item;
+  const std::uint32_t next = slot->next_item;
+  if (prev != 0) {
+    BalanceSlot* before = find_balance(subject, prev);
+    TALLY_ASSERT(before != nullptr);
+    before->next_item = next;
+  } else {
+    subject_heads[subject] = next;
+  }
+  if (next != 0) {
+    BalanceSlot* after = find_balance(subject, next);
+    TALLY_ASSERT(after != nullptr);
+    after->prev_item = prev;
+  }
+  balances.erase(slot);
+}
+
+std::uint32_t State::Impl::intern_subject(std::string_view name, std::uint32_t hash) {
+  const std::uint32_t id = subjects.intern(name, hash);
+  while (subject_heads.size() <= id) subject_heads.push_back(0);
+  return id;
+}
+
+Balance State::Impl::read_balance(std::uint32_t subject, std::uint32_t item,
+                                  std::int64_t now_ns) const {
+  const BalanceSlot* slot = find_balance(subject, item);
+  if (slot == nullptr) return Balance{};
+  Balance balance{slot->available, slot->held};
+  if (now_ns == kStoredOnly || balance.held == 0) return balance;
+  holds.for_each_due(now_ns, [&](const HoldRecord& hold) {
+    if (hold.subject == subject && hold.item == item) release_on_read(&balance, hold.qty);
+  });
+  return balance;
+}
+
+HoldInfo State::Impl::info_of(const HoldRecord& hold) const {
+  HoldInfo info;
+  info.id = hold.id;
+  info.subject = subjects.view(hold.subject);
+  info.item = items.view(hold.item);
+  info.qty = hold.qty;
+  info.expires_at_ns = hold.expires_at_ns;
+  info.state = hold.state;
+  info.finalized_at_ns = hold.finalized_at_ns;
+  info.committed_qty = hold.committed_qty;
+  return info;
+}
+
+// ---------------------------------------------------------------- apply
+
+Status State::Impl::check_event(const log::Event& event) const {
+  if (event.seq != last_seq + 1) {
+    return corrupt_at(event.seq, "expected seq " + std::to_string(last_seq + 1));
+  }
+  // Batch hold ids keep the op index above the seq bits.
+  if (event.seq > log::kHoldSeqMask) return corrupt_at(event.seq, "seq past the HoldId range");
+  if (last_seq != 0 && event.timestamp_ns < last_timestamp_ns) {
+    return corrupt_at(event.seq, "timestamp " + std::to_string(event.timestamp_ns) +
+                                     " before the previous " + std::to_string(last_timestamp_ns));
+  }
+  if (event.key.size() > kNameBytesMax) return corrupt_at(event.seq, "over-long key");
+  if (event.ops.size() > log::kBatchOpsMax) return corrupt_at(event.seq, "too many ops");
+  if (event.ops.empty()) return corrupt_at(event.seq, "event without ops");
+  if (!event.batch && event.ops.size() != 1) {
+    return corrupt_at(event.seq,
+                      "single-op event with " + std::to_string(event.ops.size()) + " ops");
+  }
+  if (event.rejected != log::Reason::none && event.failed_index >= event.ops.size()) {
+    return corrupt_at(event.seq, "failed index past the request's ops");
+  }
+  const bool system = event.ops[0].type == log::OpType::expire;
+  if (system && (event.batch || event.rejected != log::Reason::none || !event.key.empty())) {
+    return corrupt_at(event.seq, "expire must be a single unkeyed applied event");
+  }
+  if (event.batch || event.rejected != log::Reason::none) {
+    for (const log::Op& op : event.ops) {
+      if (op.type == log::OpType::expire) return corrupt_at(event.seq, "expire inside a request");
+    }
+  }
+  return Status();
+}
+
+void State::Impl::forget_through(std::int64_t timestamp_ns) {
+  // Applying an event stamped t forgets what was recorded at or before
+  // t - window: a key stamped exactly t - window is gone, one stamped a
+  // nanosecond later is still there. So a key is remembered for events in
+  // [its timestamp, its timestamp + window).
+  if (options.idempotency_window_ns == 0) return;
+  std::int64_t cutoff_ns = 0;
+  if (__builtin_sub_overflow(timestamp_ns, options.idempotency_window_ns, &cutoff_ns)) return;
+  keys.evict_through(cutoff_ns);
+  holds.evict_through(cutoff_ns);
+}
+
+OpHashes State::Impl::hash_op(const log::Op& op) {
+  OpHashes hashes;
+  switch (op.type) {
+    case log::OpType::transfer: hashes.to = NameTable::hash_of(op.to); [[fallthrough]];
+    case log::OpType::acquire:
+    case log::OpType::consume:
+    case log::OpType::hold:
+      hashes.subject = NameTable::hash_of(op.subject);
+      hashes.item = NameTable::hash_of(op.item);
+      break;
+    case log::OpType::commit:
+    case log::OpType::release:
+    case log::OpType::expire: break;  // they name a hold, not names
+  }
+  return hashes;
+}
+
+void State::Impl::prefetch_op(const OpHashes& hashes) const {
+  subjects.prefetch(hashes.subject);
+  items.prefetch(hashes.item);
+  subjects.prefetch(hashes.to);
+}
+
+Status State::Impl::apply_op(const log::Event& event, const log::Op& op, std::size_t op_index,
+                             const OpHashes& hashes) {
+  switch (op.type) {
+    case log::OpType::acquire: return apply_acquire(event, op, hashes);
+    case log::OpType::consume: return apply_consume(event, op, hashes);
+    case log::OpType::transfer: return apply_transfer(event, op, hashes);
+    case log::OpType::hold: return apply_hold(event, op, op_index, hashes);
+    case log::OpType::commit:
+    case log::OpType::release:
+    case log::OpType::expire: return apply_settle(event, op);
+  }
+  return corrupt_at(event.seq, "unknown op type");
+}
+
+Result<BalanceSlot*> State::Impl::take_available(const log::Event& event, const log::Op& op,
+                                                 const OpHashes& hashes) {
+  BalanceSlot* slot = find_balance(subjects.find(op.subject, hashes.subject),
+                                   items.find(op.item, hashes.item));
+  const std::int64_t available = slot == nullptr ? 0 : slot->available;
+  if (available < op.qty) {
+    return corrupt_at(event.seq, std::string(log::op_type_name(op.type)) + " of " +
+                                     std::to_string(op.qty) + " " + quoted(op.item) + " from " +
+                                     quoted(op.subject) + " exceeds its available " +
+                                     std::to_string(available));
+  }
+  slot->available -= op.qty;
+  return slot;
+}
+
+Status State::Impl::apply_acquire(const log::Event& event, const log::Op& op,
+                                  const OpHashes& hashes) {
+  TALLY_TRY(check_op_fields(event, op));
+  const std::uint32_t subject = intern_subject(op.subject, hashes.subject);
+  BalanceSlot* slot = upsert_balance(subject, items.intern(op.item, hashes.item));
+  if (!add_to(&slot->available, op.qty)) {
+    return corrupt_at(event.seq, "acquire overflows " + quoted(op.subject) + " " + quoted(op.item));
+  }
+  return Status();
+}
+
+Status State::Impl::apply_consume(const log::Event& event, const log::Op& op,
+                                  const OpHashes& hashes) {
+  TALLY_TRY(check_op_fields(event, op));
+  Result<BalanceSlot*> slot = take_available(event, op, hashes);
+  if (!slot) return slot.status();
+  drop_if_zero(*slot);
+  return Status();
+}
+
+Status State::Impl::apply_transfer(const log::Event& event, const log::Op& op,
+                                   const OpHashes& hashes) {
+  TALLY_TRY(check_op_fields(event, op));
+  if (!valid_name(op.to)) return corrupt_at(event.seq, "transfer to an empty or over-long subject");
+  if (op.to == op.subject) return corrupt_at(event.seq, "transfer to its own source");
+  Result<BalanceSlot*> from = take_available(event, op, hashes);
+  if (!from) return from.status();
+  // The source held the item, so it is interned: reuse its id.
+  const std::uint32_t item = item_of((*from)->pair);
+  drop_if_zero(*from);
+  // After drop_if_zero: inserting the destination may move every slot.
+  BalanceSlot* to = upsert_balance(intern_subject(op.to, hashes.to), item);
+  if (!add_to(&to->available, op.qty)) {
+    return corrupt_at(event.seq, "transfer overflows " + quoted(op.to) + " " + quoted(op.item));
+  }
+  return Status();
+}
+
+Status State::Impl::apply_hold(const log::Event& event, const log::Op& op, std::size_t op_index,
+                               const OpHashes& hashes) {
+  TALLY_TRY(check_op_fields(event, op));
+  if (op.ttl_ns <= 0) return corrupt_at(event.seq, "hold with ttl " + std::to_string(op.ttl_ns));
+  HoldRecord hold;
+  hold.id = log::hold_id(event.seq, event.batch, op_index);
+  hold.qty = op.qty;
+  if (__builtin_add_overflow(event.timestamp_ns, op.ttl_ns, &hold.expires_at_ns)) {
+    return corrupt_at(event.seq, "hold expiry past the end of time");
+  }
+  if (holds.find(hold.id) != nullptr) {
+    return corrupt_at(event.seq, "hold " + std::to_string(hold.id) + " exists");
+  }
+  Result<BalanceSlot*> slot = take_available(event, op, hashes);
+  if (!slot) return slot.status();
+  if (!add_to(&(*slot)->held, op.qty)) {
+    (*slot)->available += op.qty;  // undo take_available: leave no half-applied op
+    return corrupt_at(event.seq, "hold overflows the held of " + quoted(op.subject) + " " +
+                                     quoted(op.item));
+  }
+  hold.subject = subject_of((*slot)->pair);
+  hold.item = item_of((*slot)->pair);
+  holds.open(hold);
+  return Status();
+}
+
+// commit, release and expire carry copies of the hold's subject, item and
+// quantities; a fact that disagrees with the hold it names is corrupt.
+Status State::Impl::check_settle(const log::Event& event, const log::Op& op,
+                                 const HoldRecord& hold) const {
+  // Messages are built only on failure: this runs for every settled hold.
+  const auto fail = [&](const std::string& why) {
+    return corrupt_at(event.seq, std::string(log::op_type_name(op.type)) + " of hold " +
+                                     std::to_string(op.hold) + ": " + why);
+  };
+  if (hold.state != HoldState::open) {
+    return fail("the hold is " + std::string(hold_state_name(hold.state)));
+  }
+  if (subjects.view(hold.subject) != op.subject || items.view(hold.item) != op.item) {
+    return fail("subject or item differs from the hold's");
+  }
+  // The engine expires every due hold before deciding a command at the same
+  // timestamp, so a settled hold is never due and an expired one always is.
+  const bool due = hold.expires_at_ns <= event.timestamp_ns;
+  if (due != (op.type == log::OpType::expire)) {
+    return fail(due ? "the hold was due" : "the hold was not due");
+  }
+  const bool quantities_match =
+      op.type == log::OpType::commit
+          ? op.qty > 0 && op.released >= 0 && op.released == hold.qty - op.qty
+          : op.qty == hold.qty && op.released == 0;
+  if (!quantities_match) {
+    return fail("qty " + std::to_string(op.qty) + " and released " + std::to_string(op.released) +
+                " do not fit the hold's " + std::to_string(hold.qty));
+  }
+  return Status();
+}
+
+Status State::Impl::apply_settle(const log::Event& event, const log::Op& op) {
+  HoldRecord* hold = holds.find(op.hold);
+  if (hold == nullptr) {
+    return corrupt_at(event.seq, std::string(log::op_type_name(op.type)) + " of unknown hold " +
+                                     std::to_string(op.hold));
+  }
+  TALLY_TRY(check_settle(event, op, *hold));
+  BalanceSlot* slot = find_balance(hold->subject, hold->item);
+  if (slot == nullptr || slot->held < hold->qty) {
+    return corrupt_at(event.seq, "hold " + std::to_string(op.hold) + " exceeds the pair's held");
+  }
+  const bool commit = op.type == log::OpType::commit;
+  const std::int64_t returned = commit ? op.released : hold->qty;
+  if (!add_to(&slot->available, returned)) {
+    return corrupt_at(event.seq,
+                      "settling hold " + std::to_string(op.hold) + " overflows available");
+  }
+  slot->held -= hold->qty;
+  drop_if_zero(slot);
+  const HoldState state = commit                             ? HoldState::committed
+                          : op.type == log::OpType::release ? HoldState::released
+                                                            : HoldState::expired;
+  holds.finalize(hold, state, event.timestamp_ns, commit ? op.qty : 0);
+  return Status();
+}
+
+// ---------------------------------------------------------------- State
+
+State::State(StateOptions options) : impl_(std::make_unique<Impl>(options)) {}
+State::~State() = default;
+
+Status State::apply(const log::Event& event) {
+  Impl& impl = *impl_;
+  TALLY_TRY(impl.check_event(event));
+  const bool applied = event.rejected == log::Reason::none;
+  // The lookups below are independent cache misses on a large state; start
+  // them all now so they overlap.
+  const std::uint32_t key_hash = KeyIndex::hash_of(event.key);
+  impl.keys.prefetch(key_hash);
+  const OpHashes first_hashes = applied ? Impl::hash_op(event.ops[0]) : OpHashes{};
+  impl.prefetch_op(first_hashes);
+  // Forget first: a key stamped t - window is gone for the event at t, even
+  // if that event carries the same key again.
+  impl.forget_through(event.timestamp_ns);
+  if (!event.key.empty() && impl.keys.find(event.key, key_hash) != nullptr) {
+    return corrupt_at(event.seq, "key " + quoted(event.key) + " was already decided");
+  }
+  if (applied) {
+    for (std::size_t op_index = 0; op_index < event.ops.size(); op_index++) {
+      const log::Op& op = event.ops[op_index];
+      TALLY_TRY(
+          impl.apply_op(event, op, op_index, op_index == 0 ? first_hashes : Impl::hash_op(op)));
+    }
+  }
+  if (!event.key.empty()) {
+    KeyRecord record;
+    record.fingerprint = event.fingerprint;
+    record.seq = event.seq;
+    record.timestamp_ns = event.timestamp_ns;
+    record.reason = event.rejected;
+    record.failed_index = event.failed_index;
+    impl.keys.insert(event.key, key_hash, record);
+  }
+  impl.last_seq = event.seq;
+  impl.last_timestamp_ns = event.timestamp_ns;
+  return Status();
+}
+
+std::uint64_t State::last_seq() const { return impl_->last_seq; }
+std::int64_t State::last_timestamp_ns() const { return impl_->last_timestamp_ns; }
+
+// ---------------------------------------------------------------- reads
+
+Balance State::balance(std::string_view subject, std::string_view item, std::int64_t now_ns) const {
+  return impl_->read_balance(impl_->subjects.find(subject), impl_->items.find(item), now_ns);
+}
+
+void State::list(std::string_view subject, std::int64_t now_ns,
+                 const std::function<void(std::string_view item, Balance)>& visit) const {
+  const Impl& impl = *impl_;
+  const std::uint32_t subject_id = impl.subjects.find(subject);
+  if (subject_id == 0) return;
+  std::vector<std::uint32_t> item_ids;
+  // Each step follows one link of the subject's list; the table's size
+  // bounds it.
+  for (std::uint32_t item = impl.subject_heads[subject_id]; item != 0;) {
+    TALLY_ASSERT(item_ids.size() < impl.balances.size());
+    item_ids.push_back(item);
+    item = impl.find_balance(subject_id, item)->next_item;
+  }
+  std::sort(item_ids.begin(), item_ids.end(), [&](std::uint32_t a, std::uint32_t b) {
+    return impl.items.view(a) < impl.items.view(b);
+  });
+  // The subject's due holds, gathered once rather than once per item.
+  std::vector<std::pair<std::uint32_t, std::int64_t>> due;
+  if (now_ns != kStoredOnly) {
+    impl.holds.for_each_due(now_ns, [&](const HoldRecord& hold) {
+      if (hold.subject == subject_id) due.emplace_back(hold.item, hold.qty);
+    });
+  }
+  for (std::uint32_t item : item_ids) {
+    const BalanceSlot* slot = impl.find_balance(subject_id, item);
+    Balance balance{slot->available, slot->held};
+    for (const auto& [due_item, qty] : due) {
+      if (due_item == item) release_on_read(&balance, qty);
+    }
+    visit(impl.items.view(item), balance);
+  }
+}
+
+void State::for_each_balance(
+    std::int64_t now_ns,
+    const std::function<void(std::string_view subject, std::string_view item, Balance)>& visit)
+    const {
+  const Impl& impl = *impl_;
+  std::vector<std::uint64_t> pairs;
+  pairs.reserve(impl.balances.size());
+  impl.balances.for_each([&](const BalanceSlot& slot) { pairs.push_back(slot.pair); });
+  std::sort(pairs.begin(), pairs.end(), [&](std::uint64_t a, std::uint64_t b) {
+    const std::string_view subject_a = impl.subjects.view(subject_of(a));
+    const std::string_view subject_b = impl.subjects.view(subject_of(b));
+    if (subject_a != subject_b) return subject_a < subject_b;
+    return impl.items.view(item_of(a)) < impl.items.view(item_of(b));
+  });
+  // Due holds, gathered once, sorted by pair for lookup.
+  std::vector<std::pair<std::uint64_t, std::int64_t>> due;
+  if (now_ns != kStoredOnly) {
+    impl.holds.for_each_due(now_ns, [&](const HoldRecord& hold) {
+      due.emplace_back(pair_of(hold.subject, hold.item), hold.qty);
+    });
+    std::sort(due.begin(), due.end());
+  }
+  for (std::uint64_t pair : pairs) {
+    const BalanceSlot* slot = impl.find_balance(subject_of(pair), item_of(pair));
+    Balance balance{slot->available, slot->held};
+    auto it = std::lower_bound(due.begin(), due.end(),
+                               std::pair<std::uint64_t, std::int64_t>(pair, INT64_MIN));
+    for (; it != due.end() && it->first == pair; ++it) release_on_read(&balance, it->second);
+    visit(impl.subjects.view(subject_of(pair)), impl.items.view(item_of(pair)), balance);
+  }
+}
+
+const KeyRecord* State::find_key(std::string_view key) const { return impl_->keys.find(key); }
+
+std::optional<HoldInfo> State::find_hold(HoldId id) const {
+  const HoldRecord* hold = impl_->holds.find(id);
+  if (hold == nullptr) return std::nullopt;
+  return impl_->info_of(*hold);
+}
+
+std::optional<HoldInfo> State::next_due_hold(std::int64_t t_ns) const {
+  const HoldRecord* hold = impl_->holds.first_expiring();
+  if (hold == nullptr || hold->expires_at_ns > t_ns) return std::nullopt;
+  return impl_->info_of(*hold);
+}
+
+std::optional<std::int64_t> State::next_expiry_ns() const {
+  const HoldRecord* hold = impl_->holds.first_expiring();
+  if (hold == nullptr) return std::nullopt;
+  return hold->expires_at_ns;
+}
+
+}  // namespace tally::proj

@@ -1,0 +1,308 @@
+// State: invariants, digest and counts; FlowTotals.
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <xxhash.h>
+
+#include "projections/state.h"
+#include "projections/state_impl.h"
+
+namespace tally::proj {
+
+namespace {
+
+Status invariant_broken(const std::string& what) {
+  return Status(ErrorCode::corrupt, "invariant: " + what);
+}
+
+std::string int128_text(Int128 value) {
+  if (value == 0) return "0";
+  const bool negative = value < 0;
+  std::string digits;
+  // An Int128 has at most 40 digits; each pass removes one.
+  while (value != 0) {
+    const int digit = static_cast<int>(value % 10);
+    digits.push_back(static_cast<char>('0' + (negative ? -digit : digit)));
+    value /= 10;
+  }
+  if (negative) digits.push_back('-');
+  std::reverse(digits.begin(), digits.end());
+  return digits;
+}
+
+// ---- canonical encoding for the digest ----
+//
+// Every entry of the state is encoded on its own, then hashed:
+//   u8, u32, u64: little-endian; i64: two's complement as u64;
+//   str: u32 length, then the bytes.
+//
+//   balance (seed 1): str subject, str item, i64 available, i64 held
+//       (only pairs with a non-zero stored balance exist; due holds are not
+//       released: the digest is of the state as the events left it)
+//   hold (seed 2):    u64 id, str subject, str item, i64 qty,
+//                     i64 expires_at_ns, u8 state (0 open, 1 committed,
+//                     2 released, 3 expired), i64 finalized_at_ns,
+//                     i64 committed_qty        (open holds: 0, 0)
+//   key (seed 3):     str key, u64 fingerprint, u64 seq, i64 timestamp_ns,
+//                     u8 reason (log::Reason's value), u32 failed_index
+//
+// A table's digest is the sum mod 2^64 of XXH3_64bits_withSeed(entry, seed)
+// over its entries: independent of order and layout. The state's digest is
+// XXH3_64bits (seed 0) of
+//   u32 kDigestFormat,
+//   u64 balance count, u64 balance sum, u64 hold count, u64 hold sum,
+//   u64 key count, u64 key sum, u64 last_seq, i64 last_timestamp_ns.
+// The idempotency window itself is configuration, not state.
+constexpr std::uint32_t kDigestFormat = 1;
+constexpr std::uint64_t kBalanceSeed = 1;
+constexpr std::uint64_t kHoldSeed = 2;
+constexpr std::uint64_t kKeySeed = 3;
+
+class Encoder {
+ public:
+  // Two names and a handful of integers: 2 * (4 + 255) + 64 bytes at most.
+  static constexpr std::size_t kBytesMax = 2 * (4 + kNameBytesMax) + 64;
+
+  void u8(std::uint8_t value) { put(&value, 1); }
+  void u32(std::uint32_t value) {
+    std::array<std::uint8_t, 4> bytes{};
+    for (std::size_t index = 0; index < bytes.size(); index++) {
+      bytes[index] = static_cast<std::uint8_t>(value >> (8 * index));
+    }
+    put(bytes.data(), bytes.size());
+  }
+  void u64(std::uint64_t value) {
+    std::array<std::uint8_t, 8> bytes{};
+    for (std::size_t index = 0; index < bytes.size(); index++) {
+      bytes[index] = static_cast<std::uint8_t>(value >> (8 * index));
+    }
+    put(bytes.data(), bytes.size());
+  }
+  void i64(std::int64_t value) { u64(static_cast<std::uint64_t>(value)); }
+  void str(std::string_view text) {
+    u32(static_cast<std::uint32_t>(text.size()));
+    put(text.data(), text.size());
+  }
+  std::uint64_t hash(std::uint64_t seed) const {
+    return XXH3_64bits_withSeed(bytes_.data(), size_, seed);
+  }
+
+ private:
+  void put(const void* data, std::size_t size) {
+    TALLY_ASSERT(size_ + size <= bytes_.size());
+    std::memcpy(bytes_.data() + size_, data, size);
+    size_ += size;
+  }
+  std::array<std::uint8_t, kBytesMax> bytes_{};
+  std::size_t size_ = 0;
+};
+
+struct TableSum {
+  std::uint64_t count = 0;
+  std::uint64_t sum = 0;
+  void add(const Encoder& encoder, std::uint64_t seed) {
+    count++;
+    sum += encoder.hash(seed);  // unsigned: wraps mod 2^64
+  }
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------- invariants
+
+std::string State::Impl::pair_name(std::uint64_t pair) const {
+  // Appended piece by piece: GCC 12 warns falsely (-Wrestrict, PR 105651)
+  // on "'" + std::string(...) at -O3.
+  std::string out;
+  out.push_back('\'');
+  out.append(subjects.view(subject_of(pair)));
+  out.append("' '");
+  out.append(items.view(item_of(pair)));
+  out.push_back('\'');
+  return out;
+}
+
+Status State::Impl::check_balances() const {
+  Status status;
+  balances.for_each([&](const BalanceSlot& slot) {
+    if (!status.ok()) return;
+    if (slot.available < 0) status = invariant_broken(pair_name(slot.pair) + " available < 0");
+    if (slot.held < 0) status = invariant_broken(pair_name(slot.pair) + " held < 0");
+    if (slot.available == 0 && slot.held == 0) {
+      status = invariant_broken(pair_name(slot.pair) + " stored with a zero balance");
+    }
+  });
+  TALLY_TRY(status);
+  std::size_t linked = 0;
+  for (std::uint32_t subject = 1; subject < subject_heads.size(); subject++) {
+    std::uint32_t prev = 0;
+    for (std::uint32_t item = subject_heads[subject]; item != 0; linked++) {
+      const BalanceSlot* slot = find_balance(subject, item);
+      if (slot == nullptr || slot->prev_item != prev || linked >= balances.size()) {
+        return invariant_broken("item list of subject '" +
+                                std::string(subjects.view(subject)) + "' is broken");
+      }
+      prev = item;
+      item = slot->next_item;
+    }
+  }
+  if (linked != balances.size()) return invariant_broken("item lists miss stored pairs");
+  return Status();
+}
+
+Status State::Impl::check_held() const {
+  std::vector<std::pair<std::uint64_t, std::int64_t>> open;
+  holds.for_each_open([&](const HoldRecord& hold) {
+    open.emplace_back(pair_of(hold.subject, hold.item), hold.qty);
+  });
+  std::sort(open.begin(), open.end());
+  std::size_t pairs_with_holds = 0;
+  for (std::size_t index = 0; index < open.size();) {
+    const std::uint64_t pair = open[index].first;
+    Int128 sum = 0;
+    for (; index < open.size() && open[index].first == pair; index++) sum += open[index].second;
+    pairs_with_holds++;
+    const BalanceSlot* slot = find_balance(subject_of(pair), item_of(pair));
+    const Int128 held = slot == nullptr ? 0 : slot->held;
+    if (held != sum) {
+      return invariant_broken(pair_name(pair) + " held " + int128_text(held) +
+                              " but its open holds sum to " + int128_text(sum));
+    }
+  }
+  std::size_t pairs_held = 0;
+  balances.for_each([&](const BalanceSlot& slot) { pairs_held += slot.held != 0 ? 1 : 0; });
+  if (pairs_held != pairs_with_holds) return invariant_broken("held without open holds");
+  return Status();
+}
+
+Status State::check_invariants() const {
+  TALLY_TRY(impl_->check_balances());
+  if (!impl_->holds.consistent()) return invariant_broken("hold index, heap or queue disagree");
+  return impl_->check_held();
+}
+
+// ---------------------------------------------------------------- digest
+
+std::uint64_t State::digest() const {
+  const Impl& impl = *impl_;
+  TableSum balances;
+  impl.balances.for_each([&](const BalanceSlot& slot) {
+    Encoder encoder;
+    encoder.str(impl.subjects.view(subject_of(slot.pair)));
+    encoder.str(impl.items.view(item_of(slot.pair)));
+    encoder.i64(slot.available);
+    encoder.i64(slot.held);
+    balances.add(encoder, kBalanceSeed);
+  });
+  TableSum holds;
+  impl.holds.for_each([&](const HoldRecord& hold) {
+    Encoder encoder;
+    encoder.u64(hold.id);
+    encoder.str(impl.subjects.view(hold.subject));
+    encoder.str(impl.items.view(hold.item));
+    encoder.i64(hold.qty);
+    encoder.i64(hold.expires_at_ns);
+    encoder.u8(static_cast<std::uint8_t>(hold.state));
+    encoder.i64(hold.finalized_at_ns);
+    encoder.i64(hold.committed_qty);
+    holds.add(encoder, kHoldSeed);
+  });
+  TableSum keys;
+  impl.keys.for_each([&](std::string_view key, const KeyRecord& record) {
+    Encoder encoder;
+    encoder.str(key);
+    encoder.u64(record.fingerprint);
+    encoder.u64(record.seq);
+    encoder.i64(record.timestamp_ns);
+    encoder.u8(static_cast<std::uint8_t>(record.reason));
+    encoder.u32(record.failed_index);
+    keys.add(encoder, kKeySeed);
+  });
+  Encoder total;
+  total.u32(kDigestFormat);
+  for (const TableSum& table : {balances, holds, keys}) {
+    total.u64(table.count);
+    total.u64(table.sum);
+  }
+  total.u64(impl.last_seq);
+  total.i64(impl.last_timestamp_ns);
+  return total.hash(0);
+}
+
+StateCounts State::counts() const {
+  StateCounts counts;
+  counts.balances = impl_->balances.size();
+  counts.open_holds = impl_->holds.open_count();
+  counts.finalized_holds = impl_->holds.finalized_count();
+  counts.keys = impl_->keys.size();
+  counts.subjects = impl_->subjects.size();
+  counts.items = impl_->items.size();
+  counts.memory_bytes = impl_->subjects.memory_bytes() + impl_->items.memory_bytes() +
+                        impl_->subject_heads.memory_bytes() + impl_->balances.memory_bytes() +
+                        impl_->holds.memory_bytes() + impl_->keys.memory_bytes();
+  return counts;
+}
+
+// ---------------------------------------------------------------- FlowTotals
+
+struct FlowTotals::Impl {
+  struct Totals {
+    Int128 acquired = 0;
+    Int128 consumed = 0;
+  };
+  Totals& of(std::string_view item) {
+    auto it = totals.find(item);
+    if (it == totals.end()) it = totals.emplace(std::string(item), Totals{}).first;
+    return it->second;
+  }
+  // Bytewise order (std::string compares as unsigned char), so check()
+  // reports the first mismatch in the same order as list().
+  std::map<std::string, Totals, std::less<>> totals;
+};
+
+FlowTotals::FlowTotals() : impl_(std::make_unique<Impl>()) {}
+FlowTotals::~FlowTotals() = default;
+
+void FlowTotals::apply(const log::Event& event) {
+  if (event.rejected != log::Reason::none) return;
+  for (const log::Op& op : event.ops) {
+    switch (op.type) {
+      case log::OpType::acquire: impl_->of(op.item).acquired += op.qty; break;
+      case log::OpType::consume: impl_->of(op.item).consumed += op.qty; break;
+      case log::OpType::commit: impl_->of(op.item).consumed += op.qty; break;
+      // Transfers move between subjects; holds, releases and expiries move
+      // between available and held. None changes an item's total.
+      case log::OpType::transfer:
+      case log::OpType::hold:
+      case log::OpType::release:
+      case log::OpType::expire: break;
+    }
+  }
+}
+
+Status FlowTotals::check(const State& state) const {
+  // item -> {expected from the flows, found in the balances}
+  std::map<std::string_view, std::pair<Int128, Int128>> sums;
+  for (const auto& [item, totals] : impl_->totals) {
+    sums[item].first = totals.acquired - totals.consumed;
+  }
+  state.for_each_balance(kStoredOnly,
+                         [&](std::string_view, std::string_view item, Balance balance) {
+                           sums[item].second += Int128{balance.available} + balance.held;
+                         });
+  for (const auto& [item, sum] : sums) {
+    if (sum.first != sum.second) {
+      return Status(ErrorCode::corrupt,
+                    "item '" + std::string(item) + "': balances add up to " +
+                        int128_text(sum.second) + ", the log's flows to " + int128_text(sum.first));
+    }
+  }
+  return Status();
+}
+
+}  // namespace tally::proj

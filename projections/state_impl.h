@@ -1,0 +1,127 @@
+// State::Impl: the tables behind State, shared by state.cc (apply, reads)
+// and state_check.cc (invariants, digest, counts). Not part of the API.
+//
+// Layout:
+//   - subjects, items: names interned to u32 ids (NameTable).
+//   - balances: open addressing keyed by subject_id << 32 | item_id, holding
+//     {available, held} inline. Only non-zero pairs are stored; a pair that
+//     returns to {0, 0} is erased.
+//   - each subject's stored items form a doubly linked list threaded through
+//     the balance slots by item id (next_item, prev_item), headed by
+//     subject_heads[subject id]. Links are ids, not positions, so they
+//     survive the table moving slots. list() walks it.
+//   - holds (HoldTable), keys (KeyIndex).
+//
+// Memory per stored balance: 32 / load (load 3/8..3/4, so 43..85 bytes; the
+// table is sharded, so growing adds ~1/16 briefly) + the subject's and
+// item's names when they are new (see NameTable) + 4 bytes of list head per
+// subject.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "projections/flat_table.h"
+#include "projections/hold_table.h"
+#include "projections/key_index.h"
+#include "projections/name_table.h"
+#include "projections/state.h"
+
+namespace tally::proj {
+
+__extension__ typedef __int128 Int128;  // sums of int64 that cannot overflow
+
+struct BalanceSlot {
+  std::uint64_t pair = 0;  // subject id << 32 | item id; 0 marks an empty slot
+  std::int64_t available = 0;
+  std::int64_t held = 0;
+  std::uint32_t next_item = 0;  // the subject's item list; 0 ends it
+  std::uint32_t prev_item = 0;
+};
+static_assert(sizeof(BalanceSlot) == 32);
+
+struct BalancePolicy {
+  static bool empty(const BalanceSlot& slot) { return slot.pair == 0; }
+  static std::uint64_t hash(const BalanceSlot& slot) { return mix64(slot.pair); }
+  static constexpr std::size_t kLoadNum = 3;
+  static constexpr std::size_t kLoadDen = 4;
+  static constexpr std::size_t kCapacityMax = std::size_t{1} << 40;
+  static constexpr int kHashBits = 64;
+};
+
+constexpr std::uint64_t pair_of(std::uint32_t subject, std::uint32_t item) {
+  return (std::uint64_t{subject} << 32) | item;
+}
+constexpr std::uint32_t subject_of(std::uint64_t pair) {
+  return static_cast<std::uint32_t>(pair >> 32);
+}
+constexpr std::uint32_t item_of(std::uint64_t pair) { return static_cast<std::uint32_t>(pair); }
+
+// The name hashes an op's lookups need, computed once per op so apply() can
+// prefetch the slots and the lookups reuse them.
+struct OpHashes {
+  std::uint32_t subject = 0;
+  std::uint32_t item = 0;
+  std::uint32_t to = 0;
+};
+
+struct State::Impl {
+  explicit Impl(const StateOptions& state_options);
+
+  // ---- balances ----
+  const BalanceSlot* find_balance(std::uint32_t subject, std::uint32_t item) const;
+  BalanceSlot* find_balance(std::uint32_t subject, std::uint32_t item);
+  // The pair's slot, inserted as {0, 0} at the head of the subject's list
+  // when missing. May move every slot.
+  BalanceSlot* upsert_balance(std::uint32_t subject, std::uint32_t item);
+  // Erases the slot (and unlinks it) when it went back to {0, 0}.
+  void drop_if_zero(BalanceSlot* slot);
+  std::uint32_t intern_subject(std::string_view name, std::uint32_t hash);
+  // Balance of the pair as stored, with holds due at now_ns released.
+  Balance read_balance(std::uint32_t subject, std::uint32_t item, std::int64_t now_ns) const;
+
+  // ---- apply ----
+  Status check_event(const log::Event& event) const;
+  void forget_through(std::int64_t timestamp_ns);
+  static OpHashes hash_op(const log::Op& op);
+  // Starts loading the name slots of the op, so that the misses overlap
+  // with each other and with the key lookup.
+  void prefetch_op(const OpHashes& hashes) const;
+  Status apply_op(const log::Event& event, const log::Op& op, std::size_t op_index,
+                  const OpHashes& hashes);
+  Result<BalanceSlot*> take_available(const log::Event& event, const log::Op& op,
+                                      const OpHashes& hashes);
+  Status apply_acquire(const log::Event& event, const log::Op& op, const OpHashes& hashes);
+  Status apply_consume(const log::Event& event, const log::Op& op, const OpHashes& hashes);
+  Status apply_transfer(const log::Event& event, const log::Op& op, const OpHashes& hashes);
+  Status apply_hold(const log::Event& event, const log::Op& op, std::size_t op_index,
+                    const OpHashes& hashes);
+  Status apply_settle(const log::Event& event, const log::Op& op);
+  Status check_settle(const log::Event& event, const log::Op& op, const HoldRecord& hold) const;
+
+  HoldInfo info_of(const HoldRecord& hold) const;
+
+  // ---- check_invariants ----
+  // Stored pairs are non-zero with available, held >= 0, and each subject's
+  // list reaches exactly its stored pairs.
+  Status check_balances() const;
+  // held of every pair equals the sum of its open holds.
+  Status check_held() const;
+  // "'subject' 'item'", for messages.
+  std::string pair_name(std::uint64_t pair) const;
+
+  StateOptions options;
+  NameTable subjects;
+  NameTable items;
+  ChunkedVector<std::uint32_t> subject_heads;  // by subject id: first item id, 0 = none
+  ShardedTable<BalanceSlot, BalancePolicy> balances;
+  HoldTable holds;
+  KeyIndex keys;
+  std::uint64_t last_seq = 0;
+  std::int64_t last_timestamp_ns = 0;
+};
+
+// "seq N: what", the corrupt Status every apply failure returns.
+Status corrupt_at(std::uint64_t seq, const std::string& what);
+
+}  // namespace tally::proj

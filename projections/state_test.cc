@@ -1,0 +1,934 @@
+#include "projections/state.h"
+
+#include <doctest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <map>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "projections/state_impl.h"
+
+namespace tally::proj {
+
+// Reaches into a State to break it on purpose (declared a friend in state.h).
+struct StateTestPeer {
+  static State::Impl& impl(State& state) { return *state.impl_; }
+};
+
+namespace {
+
+using log::Op;
+using log::OpType;
+using log::Reason;
+
+constexpr std::int64_t kStartNs = 1'700'000'000'000'000'000;
+constexpr std::int64_t kMsNs = 1'000'000;
+
+// Status-returning expressions, with the message shown on failure.
+#define REQUIRE_OK(expr)                                  \
+  do {                                                    \
+    const ::tally::Status status_ = (expr);               \
+    REQUIRE_MESSAGE(status_.ok(), status_.to_string());   \
+  } while (0)
+
+#define REQUIRE_CORRUPT(expr)                                                      \
+  do {                                                                             \
+    const ::tally::Status status_ = (expr);                                        \
+    REQUIRE_MESSAGE(status_.code() == ErrorCode::corrupt, status_.to_string());    \
+  } while (0)
+
+Op acquire_op(std::string_view subject, std::string_view item, std::int64_t qty) {
+  Op op;
+  op.type = OpType::acquire;
+  op.subject = subject;
+  op.item = item;
+  op.qty = qty;
+  return op;
+}
+
+Op consume_op(std::string_view subject, std::string_view item, std::int64_t qty) {
+  Op op = acquire_op(subject, item, qty);
+  op.type = OpType::consume;
+  return op;
+}
+
+Op transfer_op(std::string_view from, std::string_view to, std::string_view item,
+               std::int64_t qty) {
+  Op op = acquire_op(from, item, qty);
+  op.type = OpType::transfer;
+  op.to = to;
+  return op;
+}
+
+Op hold_op(std::string_view subject, std::string_view item, std::int64_t qty, std::int64_t ttl_ns) {
+  Op op = acquire_op(subject, item, qty);
+  op.type = OpType::hold;
+  op.ttl_ns = ttl_ns;
+  return op;
+}
+
+// commit, release or expire as applied: resolved from the hold.
+Op settle_op(OpType type, HoldId hold, std::string_view subject, std::string_view item,
+             std::int64_t qty, std::int64_t released = 0) {
+  Op op = acquire_op(subject, item, qty);
+  op.type = type;
+  op.hold = hold;
+  op.released = released;
+  return op;
+}
+
+// commit or release as a rejected request carries it: hold and qty only.
+Op request_op(OpType type, HoldId hold, std::int64_t qty = 0) {
+  Op op;
+  op.type = type;
+  op.hold = hold;
+  op.qty = qty;
+  return op;
+}
+
+// Numbers events and applies each to every State it feeds, and to totals.
+class Feed {
+ public:
+  explicit Feed(std::vector<State*> states) : states_(std::move(states)) {}
+
+  std::int64_t now_ns = kStartNs;
+  std::uint64_t fingerprint_salt = 0x5eed;  // fingerprint = XXH3(key) ^ salt
+  FlowTotals totals;
+
+  std::uint64_t next_seq() const { return states_[0]->last_seq() + 1; }
+
+  Status one(std::string_view key, const Op& op) {
+    return apply(key, std::span<const Op>(&op, 1), false, Reason::none, 0);
+  }
+  Status batch(std::string_view key, const std::vector<Op>& ops) {
+    return apply(key, ops, true, Reason::none, 0);
+  }
+  Status rejected(std::string_view key, Reason reason, const std::vector<Op>& ops, bool batch,
+                  std::uint32_t failed_index) {
+    return apply(key, ops, batch, reason, failed_index);
+  }
+  Status expire(HoldId hold, std::string_view subject, std::string_view item, std::int64_t qty) {
+    return one("", settle_op(OpType::expire, hold, subject, item, qty));
+  }
+
+  Status apply(std::string_view key, std::span<const Op> ops, bool batch, Reason reason,
+               std::uint32_t failed_index) {
+    log::Event event;
+    event.seq = next_seq();
+    event.timestamp_ns = now_ns;
+    event.key = key;
+    event.fingerprint = key.empty() ? 0 : hash_bytes(key) ^ fingerprint_salt;
+    event.batch = batch;
+    event.rejected = reason;
+    event.failed_index = failed_index;
+    event.ops = ops;
+    for (State* state : states_) TALLY_TRY(state->apply(event));
+    totals.apply(event);
+    return Status();
+  }
+
+ private:
+  std::vector<State*> states_;
+};
+
+Balance bal(std::int64_t available, std::int64_t held) { return Balance{available, held}; }
+
+struct Listed {
+  std::string subject;
+  std::string item;
+  Balance balance;
+  bool operator==(const Listed&) const = default;
+};
+
+std::vector<Listed> all_balances(const State& state, std::int64_t now_ns) {
+  std::vector<Listed> out;
+  state.for_each_balance(now_ns, [&](std::string_view subject, std::string_view item, Balance b) {
+    out.push_back({std::string(subject), std::string(item), b});
+  });
+  return out;
+}
+
+std::vector<std::pair<std::string, Balance>> list_of(const State& state, std::string_view subject,
+                                                     std::int64_t now_ns) {
+  std::vector<std::pair<std::string, Balance>> out;
+  state.list(subject, now_ns, [&](std::string_view item, Balance b) {
+    out.emplace_back(std::string(item), b);
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------- ops
+
+TEST_CASE("acquire, consume and transfer move available") {
+  State state;
+  Feed feed({&state});
+  REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", 100)));
+  CHECK(state.balance("alice", "gold", kStoredOnly) == bal(100, 0));
+  REQUIRE_OK(feed.one("k2", consume_op("alice", "gold", 30)));
+  CHECK(state.balance("alice", "gold", kStoredOnly) == bal(70, 0));
+  REQUIRE_OK(feed.one("k3", transfer_op("alice", "bob", "gold", 70)));
+  CHECK(state.balance("alice", "gold", kStoredOnly) == bal(0, 0));
+  CHECK(state.balance("bob", "gold", kStoredOnly) == bal(70, 0));
+  CHECK(state.balance("nobody", "gold", kStoredOnly) == bal(0, 0));
+  CHECK(state.last_seq() == 3);
+  CHECK(state.last_timestamp_ns() == kStartNs);
+  const StateCounts counts = state.counts();
+  CHECK(counts.balances == 1);  // alice's pair went back to zero
+  CHECK(counts.keys == 3);
+  CHECK(counts.subjects == 2);
+  CHECK(counts.items == 1);
+  REQUIRE_OK(state.check_invariants());
+  REQUIRE_OK(feed.totals.check(state));
+}
+
+TEST_CASE("a hold moves available to held under its seq, until commit") {
+  State state;
+  Feed feed({&state});
+  REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", 100)));
+  const HoldId id = feed.next_seq();
+  REQUIRE_OK(feed.one("k2", hold_op("alice", "gold", 40, 10 * kMsNs)));
+  CHECK(state.balance("alice", "gold", kStoredOnly) == bal(60, 40));
+  std::optional<HoldInfo> hold = state.find_hold(id);
+  REQUIRE(hold.has_value());
+  CHECK(hold->subject == "alice");
+  CHECK(hold->item == "gold");
+  CHECK(hold->qty == 40);
+  CHECK(hold->state == HoldState::open);
+  CHECK(hold->expires_at_ns == kStartNs + 10 * kMsNs);
+  CHECK(state.next_expiry_ns() == kStartNs + 10 * kMsNs);
+  CHECK_FALSE(state.next_due_hold(kStartNs + 10 * kMsNs - 1).has_value());
+  CHECK(state.next_due_hold(kStartNs + 10 * kMsNs)->id == id);
+
+  // A partial commit consumes 25 and gives 15 back.
+  feed.now_ns += kMsNs;
+  REQUIRE_OK(feed.one("k3", settle_op(OpType::commit, id, "alice", "gold", 25, 15)));
+  CHECK(state.balance("alice", "gold", kStoredOnly) == bal(75, 0));
+  hold = state.find_hold(id);
+  REQUIRE(hold.has_value());
+  CHECK(hold->state == HoldState::committed);
+  CHECK(hold->committed_qty == 25);
+  CHECK(hold->finalized_at_ns == kStartNs + kMsNs);
+  CHECK_FALSE(state.next_expiry_ns().has_value());
+  CHECK(state.counts().open_holds == 0);
+  CHECK(state.counts().finalized_holds == 1);
+  REQUIRE_OK(state.check_invariants());
+  REQUIRE_OK(feed.totals.check(state));
+}
+
+TEST_CASE("release and expire give the hold back to available") {
+  State state;
+  Feed feed({&state});
+  REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", 10)));
+  const HoldId released = feed.next_seq();
+  REQUIRE_OK(feed.one("k2", hold_op("alice", "gold", 4, 5 * kMsNs)));
+  const HoldId expired = feed.next_seq();
+  REQUIRE_OK(feed.one("k3", hold_op("alice", "gold", 6, 5 * kMsNs)));
+  CHECK(state.balance("alice", "gold", kStoredOnly) == bal(0, 10));
+  REQUIRE_OK(feed.one("k4", settle_op(OpType::release, released, "alice", "gold", 4)));
+  CHECK(state.balance("alice", "gold", kStoredOnly) == bal(4, 6));
+  feed.now_ns += 5 * kMsNs;
+  REQUIRE_OK(feed.expire(expired, "alice", "gold", 6));
+  CHECK(state.balance("alice", "gold", kStoredOnly) == bal(10, 0));
+  CHECK(state.find_hold(released)->state == HoldState::released);
+  CHECK(state.find_hold(expired)->state == HoldState::expired);
+  CHECK(state.counts().keys == 4);  // the expire event has no key
+  REQUIRE_OK(state.check_invariants());
+  REQUIRE_OK(feed.totals.check(state));
+}
+
+TEST_CASE("holds inside a batch get batch hold ids") {
+  State state;
+  Feed feed({&state});
+  const std::uint64_t seq = feed.next_seq();
+  REQUIRE_OK(feed.batch(
+      "b1", {acquire_op("alice", "gold", 10), hold_op("alice", "gold", 3, 5 * kMsNs),
+             transfer_op("alice", "bob", "gold", 2), hold_op("alice", "gold", 5, 2 * kMsNs)}));
+  CHECK(state.balance("alice", "gold", kStoredOnly) == bal(0, 8));
+  CHECK(state.balance("bob", "gold", kStoredOnly) == bal(2, 0));
+  CHECK_FALSE(state.find_hold(seq).has_value());
+  const HoldId first = log::hold_id(seq, true, 1);
+  const HoldId second = log::hold_id(seq, true, 3);
+  REQUIRE(state.find_hold(first).has_value());
+  REQUIRE(state.find_hold(second).has_value());
+  CHECK(state.find_hold(first)->qty == 3);
+  CHECK(state.find_hold(second)->qty == 5);
+  CHECK(log::hold_id_seq(second) == seq);
+  CHECK(state.next_due_hold(INT64_MAX)->id == second);
+
+  // Equal expiry times: the smaller id comes first.
+  feed.now_ns += kMsNs;
+  const HoldId standalone = feed.next_seq();
+  REQUIRE_OK(feed.one("k-tie", hold_op("bob", "gold", 1, kMsNs)));
+  CHECK(state.find_hold(standalone)->expires_at_ns == state.find_hold(second)->expires_at_ns);
+  CHECK(standalone < second);
+  CHECK(state.next_due_hold(INT64_MAX)->id == standalone);
+
+  REQUIRE_OK(feed.one("k2", settle_op(OpType::commit, second, "alice", "gold", 5, 0)));
+  CHECK(state.balance("alice", "gold", kStoredOnly) == bal(0, 3));
+  REQUIRE_OK(feed.one("k3", settle_op(OpType::release, standalone, "bob", "gold", 1)));
+  CHECK(state.next_due_hold(INT64_MAX)->id == first);
+  REQUIRE_OK(state.check_invariants());
+  REQUIRE_OK(feed.totals.check(state));
+}
+
+TEST_CASE("a rejected event records its key and changes no balance") {
+  State state;
+  Feed feed({&state});
+  REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", 10)));
+  const std::uint64_t digest_before = state.digest();
+  const std::uint64_t seq = feed.next_seq();
+  REQUIRE_OK(feed.rejected("k2", Reason::insufficient,
+                           {acquire_op("alice", "gold", 1), consume_op("alice", "gold", 50)}, true,
+                           1));
+  CHECK(state.balance("alice", "gold", kStoredOnly) == bal(10, 0));
+  CHECK(state.last_seq() == seq);
+  CHECK(state.digest() != digest_before);
+  const KeyRecord* record = state.find_key("k2");
+  REQUIRE(record != nullptr);
+  CHECK(record->seq == seq);
+  CHECK(record->reason == Reason::insufficient);
+  CHECK(record->failed_index == 1);
+  CHECK(record->timestamp_ns == kStartNs);
+  CHECK(record->fingerprint == (hash_bytes("k2") ^ 0x5eed));
+  REQUIRE_OK(
+      feed.rejected("k3", Reason::hold_unknown, {request_op(OpType::commit, 99, 0)}, false, 0));
+  CHECK(state.find_key("k3")->reason == Reason::hold_unknown);
+  const KeyRecord* applied = state.find_key("k1");
+  REQUIRE(applied != nullptr);
+  CHECK(applied->reason == Reason::none);
+  CHECK(state.find_key("nope") == nullptr);
+  REQUIRE_OK(feed.totals.check(state));
+}
+
+// ---------------------------------------------------------------- window
+
+TEST_CASE("the window forgets keys and finalized holds at exactly t - window") {
+  // A key stamped t0 is remembered by events stamped up to t0 + window - 1
+  // and forgotten by an event stamped t0 + window: the cutoff is inclusive.
+  constexpr std::int64_t kWindowNs = 1000;
+  State state(StateOptions{kWindowNs});
+  Feed feed({&state});
+  REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", 10)));
+  const HoldId id = feed.next_seq();
+  REQUIRE_OK(feed.one("k2", hold_op("alice", "gold", 5, kMsNs)));
+  const std::int64_t t0 = feed.now_ns;
+  REQUIRE_OK(feed.one("k3", settle_op(OpType::release, id, "alice", "gold", 5)));
+
+  feed.now_ns = t0 + kWindowNs - 1;
+  REQUIRE_OK(feed.one("k4", acquire_op("bob", "gold", 1)));
+  CHECK(state.find_key("k1") != nullptr);
+  CHECK(state.find_key("k3") != nullptr);
+  CHECK(state.find_hold(id).has_value());
+
+  feed.now_ns = t0 + kWindowNs;
+  REQUIRE_OK(feed.one("k5", acquire_op("bob", "gold", 1)));
+  CHECK(state.find_key("k1") == nullptr);
+  CHECK(state.find_key("k3") == nullptr);
+  CHECK_FALSE(state.find_hold(id).has_value());
+  CHECK(state.find_key("k4") != nullptr);
+  CHECK(state.counts().keys == 2);
+  CHECK(state.counts().finalized_holds == 0);
+  // A forgotten key may be decided again.
+  REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", 1)));
+  CHECK(state.find_key("k1")->seq == state.last_seq());
+}
+
+TEST_CASE("a window of 0 remembers forever, and open holds are never forgotten") {
+  State forever(StateOptions{0});
+  State windowed(StateOptions{10});
+  Feed feed({&forever, &windowed});
+  REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", 10)));
+  const HoldId id = feed.next_seq();
+  REQUIRE_OK(feed.one("k2", hold_op("alice", "gold", 5, 1'000'000 * kMsNs)));
+  feed.now_ns += 1000 * kMsNs;
+  REQUIRE_OK(feed.one("k3", acquire_op("alice", "gold", 1)));
+  CHECK(forever.find_key("k1") != nullptr);
+  CHECK(windowed.find_key("k1") == nullptr);
+  CHECK(windowed.find_hold(id)->state == HoldState::open);
+  CHECK(forever.digest() != windowed.digest());
+}
+
+TEST_CASE("the key arena recycles chunks as keys leave the window") {
+  // Enough keys to fill several arena chunks, so the FIFO wraps and frees.
+  State state(StateOptions{100});
+  Feed feed({&state});
+  REQUIRE_OK(feed.one("seed", acquire_op("alice", "gold", 1)));
+  std::vector<std::string> keys;
+  for (int index = 0; index < 40'000; index++) {
+    keys.push_back("key-" + std::string(static_cast<std::size_t>(index % 200), 'x') +
+                   std::to_string(index));
+    feed.now_ns += 10;
+    REQUIRE_OK(feed.one(keys.back(), acquire_op("alice", "gold", 1)));
+    // Keys stamped within the last 100 ns: this one and the 9 before.
+    if (index >= 10 && index % 997 == 0) CHECK(state.counts().keys == 10);
+  }
+  CHECK(state.find_key(keys.back()) != nullptr);
+  CHECK(state.find_key(keys[keys.size() - 10]) != nullptr);
+  CHECK(state.find_key(keys[keys.size() - 11]) == nullptr);
+  CHECK(state.find_key(keys[0]) == nullptr);
+}
+
+// ---------------------------------------------------------------- reads
+
+TEST_CASE("reads show a due hold as released before its expire event") {
+  State state;
+  Feed feed({&state});
+  REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", 10)));
+  REQUIRE_OK(feed.one("k2", acquire_op("alice", "silver", 10)));
+  REQUIRE_OK(feed.one("k3", hold_op("alice", "gold", 4, 5 * kMsNs)));
+  REQUIRE_OK(feed.one("k4", hold_op("alice", "gold", 3, 9 * kMsNs)));
+  REQUIRE_OK(feed.one("k5", hold_op("alice", "silver", 2, 5 * kMsNs)));
+  const std::int64_t early = feed.now_ns + 5 * kMsNs - 1;
+  const std::int64_t due = feed.now_ns + 5 * kMsNs;
+  CHECK(state.balance("alice", "gold", early) == bal(3, 7));
+  CHECK(state.balance("alice", "gold", due) == bal(7, 3));
+  CHECK(state.balance("alice", "gold", due + 4 * kMsNs) == bal(10, 0));
+  CHECK(state.balance("alice", "gold", kStoredOnly) == bal(3, 7));
+  CHECK(state.balance("alice", "silver", due) == bal(10, 0));
+
+  const std::vector<std::pair<std::string, Balance>> listed = list_of(state, "alice", due);
+  REQUIRE(listed.size() == 2);
+  CHECK(listed[0] == std::pair<std::string, Balance>("gold", bal(7, 3)));
+  CHECK(listed[1] == std::pair<std::string, Balance>("silver", bal(10, 0)));
+  const std::vector<Listed> all = all_balances(state, due);
+  REQUIRE(all.size() == 2);
+  CHECK(all[0] == Listed{"alice", "gold", bal(7, 3)});
+  CHECK(all[1] == Listed{"alice", "silver", bal(10, 0)});
+  CHECK(all_balances(state, kStoredOnly)[1] == Listed{"alice", "silver", bal(8, 2)});
+}
+
+TEST_CASE("list and for_each_balance are sorted bytewise and skip zero balances") {
+  State state;
+  Feed feed({&state});
+  // Inserted out of order; bytewise order puts upper case first and the
+  // UTF-8 bytes (>= 0x80) last.
+  const std::vector<std::string> items = {"\xc3\xa9pee", "b", "ab", "a", "B", "a\x01"};
+  const std::vector<std::string> subjects = {"zed", "\xe2\x82\xac", "Zed", "amy"};
+  int key = 0;
+  for (const std::string& subject : subjects) {
+    for (const std::string& item : items) {
+      // Appended: GCC 12 warns falsely (-Wrestrict) on "k" + std::string.
+      std::string name = "k";
+      name += std::to_string(key++);
+      REQUIRE_OK(feed.one(name, acquire_op(subject, item, 5)));
+    }
+  }
+  REQUIRE_OK(feed.one("k-zero", consume_op("amy", "ab", 5)));
+  std::vector<std::string> listed;
+  state.list("amy", kStoredOnly,
+             [&](std::string_view item, Balance) { listed.emplace_back(item); });
+  CHECK(listed == std::vector<std::string>{"B", "a", "a\x01", "b", "\xc3\xa9pee"});
+  CHECK(list_of(state, "nobody", kStoredOnly).empty());
+
+  std::vector<Listed> all = all_balances(state, kStoredOnly);
+  REQUIRE(all.size() == subjects.size() * items.size() - 1);
+  CHECK(all.front().subject == "Zed");
+  CHECK(all.front().item == "B");
+  CHECK(all.back().subject == "\xe2\x82\xac");
+  CHECK(std::is_sorted(all.begin(), all.end(), [](const Listed& a, const Listed& b) {
+    return std::pair(a.subject, a.item) < std::pair(b.subject, b.item);
+  }));
+  CHECK(state.counts().balances == all.size());
+  REQUIRE_OK(state.check_invariants());
+}
+
+// ---------------------------------------------------------------- corruption
+
+TEST_CASE("inconsistent events are corrupt, naming the seq") {
+  State state;
+  Feed feed({&state});
+  REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", 10)));
+  const HoldId hold = feed.next_seq();
+  REQUIRE_OK(feed.one("k2", hold_op("alice", "gold", 5, 10 * kMsNs)));
+
+  SUBCASE("insufficient") {
+    const Status status = feed.one("k3", consume_op("alice", "gold", 6));
+    CHECK(status.code() == ErrorCode::corrupt);
+    CHECK(status.message().find("seq 3:") == 0);
+  }
+  SUBCASE("unknown pair") { REQUIRE_CORRUPT(feed.one("k3", consume_op("bob", "gold", 1))); }
+  SUBCASE("qty <= 0") { REQUIRE_CORRUPT(feed.one("k3", acquire_op("alice", "gold", 0))); }
+  SUBCASE("overflow") { REQUIRE_CORRUPT(feed.one("k3", acquire_op("alice", "gold", INT64_MAX))); }
+  SUBCASE("transfer to itself") {
+    REQUIRE_CORRUPT(feed.one("k3", transfer_op("alice", "alice", "gold", 1)));
+  }
+  SUBCASE("duplicate key") { REQUIRE_CORRUPT(feed.one("k1", acquire_op("alice", "gold", 1))); }
+  SUBCASE("seq gap") {
+    const Op op = acquire_op("alice", "gold", 1);
+    log::Event event;
+    event.seq = 4;
+    event.timestamp_ns = feed.now_ns;
+    event.key = "k3";
+    event.ops = std::span<const Op>(&op, 1);
+    REQUIRE_CORRUPT(state.apply(event));
+  }
+  SUBCASE("time goes backwards") {
+    feed.now_ns -= 1;
+    REQUIRE_CORRUPT(feed.one("k3", acquire_op("alice", "gold", 1)));
+  }
+  SUBCASE("unknown hold") {
+    REQUIRE_CORRUPT(feed.one("k3", settle_op(OpType::release, hold + 1, "alice", "gold", 5)));
+  }
+  SUBCASE("settle copies disagree with the hold") {
+    REQUIRE_CORRUPT(feed.one("k3", settle_op(OpType::release, hold, "bob", "gold", 5)));
+    REQUIRE_CORRUPT(feed.one("k3", settle_op(OpType::release, hold, "alice", "gold", 4)));
+    REQUIRE_CORRUPT(feed.one("k3", settle_op(OpType::commit, hold, "alice", "gold", 3, 1)));
+  }
+  SUBCASE("a finalized hold is not open") {
+    REQUIRE_OK(feed.one("k3", settle_op(OpType::release, hold, "alice", "gold", 5)));
+    REQUIRE_CORRUPT(feed.one("k4", settle_op(OpType::commit, hold, "alice", "gold", 5, 0)));
+  }
+  SUBCASE("expire before due, commit after due") {
+    REQUIRE_CORRUPT(feed.expire(hold, "alice", "gold", 5));
+    feed.now_ns += 10 * kMsNs;
+    REQUIRE_CORRUPT(feed.one("k3", settle_op(OpType::commit, hold, "alice", "gold", 5, 0)));
+  }
+  SUBCASE("malformed shapes") {
+    REQUIRE_CORRUPT(feed.one("k3", settle_op(OpType::expire, hold, "alice", "gold", 5)));  // keyed
+    REQUIRE_CORRUPT(feed.batch("k3", {}));
+    REQUIRE_CORRUPT(feed.rejected("k3", Reason::insufficient, {consume_op("alice", "gold", 99)},
+                                  false, 1));
+    REQUIRE_CORRUPT(feed.one("k3", hold_op("alice", "gold", 1, 0)));
+    REQUIRE_CORRUPT(feed.one(std::string(256, 'k'), acquire_op("alice", "gold", 1)));
+    REQUIRE_CORRUPT(feed.one("k3", acquire_op("", "gold", 1)));
+  }
+}
+
+TEST_CASE("check_invariants finds a hand-corrupted state") {
+  State state;
+  Feed feed({&state});
+  REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", 10)));
+  REQUIRE_OK(feed.one("k2", hold_op("alice", "gold", 4, kMsNs)));
+  REQUIRE_OK(feed.one("k3", acquire_op("bob", "gold", 1)));
+  REQUIRE_OK(state.check_invariants());
+  auto& impl = StateTestPeer::impl(state);  // State::Impl is private to name
+  BalanceSlot* alice = impl.find_balance(impl.subjects.find("alice"), impl.items.find("gold"));
+  REQUIRE(alice != nullptr);
+
+  SUBCASE("held differs from the open holds") {
+    alice->held += 1;
+    REQUIRE_CORRUPT(state.check_invariants());
+  }
+  SUBCASE("negative available") {
+    alice->available = -1;
+    REQUIRE_CORRUPT(state.check_invariants());
+  }
+  SUBCASE("a zero pair left stored") {
+    BalanceSlot* bob = impl.find_balance(impl.subjects.find("bob"), impl.items.find("gold"));
+    bob->available = 0;
+    REQUIRE_CORRUPT(state.check_invariants());
+  }
+  SUBCASE("conservation") {
+    alice->available += 1;
+    REQUIRE_OK(state.check_invariants());
+    REQUIRE_CORRUPT(feed.totals.check(state));
+  }
+}
+
+// ---------------------------------------------------------------- digest
+
+TEST_CASE("the digest does not depend on order or layout") {
+  // Same final state reached with names interned in a different order, so
+  // ids and table slots differ. The window forgets the differing keys.
+  State one(StateOptions{100});
+  State two(StateOptions{100});
+  Feed feed_one({&one});
+  Feed feed_two({&two});
+  REQUIRE_OK(feed_one.one("a", acquire_op("alice", "gold", 5)));
+  REQUIRE_OK(feed_one.one("b", acquire_op("bob", "silver", 3)));
+  REQUIRE_OK(feed_two.one("b", acquire_op("bob", "silver", 3)));
+  REQUIRE_OK(feed_two.one("a", acquire_op("alice", "gold", 5)));
+  CHECK(one.digest() != two.digest());  // the keys remember different seqs
+  feed_one.now_ns += 100;
+  feed_two.now_ns += 100;
+  REQUIRE_OK(feed_one.one("c", acquire_op("carol", "gold", 1)));
+  REQUIRE_OK(feed_two.one("c", acquire_op("carol", "gold", 1)));
+  CHECK(one.digest() == two.digest());
+}
+
+TEST_CASE("the digest changes when any one thing differs") {
+  auto build = [](State* state, int variant) {
+    Feed feed({state});
+    REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", variant == 1 ? 11 : 10)));
+    REQUIRE_OK(feed.one("k2", hold_op("alice", "gold", 4, variant == 2 ? 2 * kMsNs : kMsNs)));
+    REQUIRE_OK(feed.one(variant == 3 ? "k3x" : "k3", acquire_op("bob", "gold", 1)));
+    const HoldId hold = feed.next_seq();
+    REQUIRE_OK(feed.one("k4", hold_op("bob", "gold", 1, kMsNs)));
+    if (variant == 4) {
+      REQUIRE_OK(feed.one("k5", settle_op(OpType::commit, hold, "bob", "gold", 1, 0)));
+    } else {
+      REQUIRE_OK(feed.one("k5", settle_op(OpType::release, hold, "bob", "gold", 1)));
+    }
+    if (variant == 5) feed.now_ns += 1;
+    REQUIRE_OK(feed.one("k6", acquire_op("carol", "gold", 1)));
+    if (variant == 6) REQUIRE_OK(feed.one("k7", acquire_op("carol", "gold", 1)));
+    if (variant == 7) feed.fingerprint_salt = 1;
+    REQUIRE_OK(feed.one("k8", acquire_op("dave", "gold", 1)));
+  };
+  State base;
+  build(&base, 0);
+  State same;
+  build(&same, 0);
+  CHECK(base.digest() == same.digest());
+  std::vector<std::uint64_t> digests = {base.digest()};
+  // 1 a balance, 2 an open hold, 3 a key, 4 a finalized hold, 5 a
+  // timestamp, 6 one more event, 7 a key's fingerprint.
+  for (int variant = 1; variant <= 7; variant++) {
+    State other;
+    build(&other, variant);
+    CAPTURE(variant);
+    CHECK(other.digest() != base.digest());
+    digests.push_back(other.digest());
+  }
+  std::sort(digests.begin(), digests.end());
+  CHECK(std::adjacent_find(digests.begin(), digests.end()) == digests.end());
+}
+
+// ---------------------------------------------------------------- random
+
+// A reference model in plain maps, and a generator of valid event streams
+// that behaves like the engine: due holds are expired before each command.
+struct ModelHold {
+  std::string subject;
+  std::string item;
+  std::int64_t qty = 0;
+  std::int64_t expires_at_ns = 0;
+  HoldState state = HoldState::open;
+  std::int64_t finalized_at_ns = 0;
+  std::int64_t committed_qty = 0;
+};
+
+class Model {
+ public:
+  explicit Model(std::int64_t window_ns) : window_ns_(window_ns) {}
+
+  std::map<std::pair<std::string, std::string>, Balance> balances;  // non-zero only
+  std::map<HoldId, ModelHold> holds;                                // open and remembered
+  std::map<std::string, KeyRecord> keys;
+
+  void add(const std::string& subject, const std::string& item, std::int64_t available,
+           std::int64_t held) {
+    Balance& balance = balances[{subject, item}];
+    balance.available += available;
+    balance.held += held;
+    REQUIRE(balance.available >= 0);
+    REQUIRE(balance.held >= 0);
+    if (balance == Balance{}) balances.erase({subject, item});
+  }
+  std::int64_t available(const std::string& subject, const std::string& item) const {
+    auto it = balances.find({subject, item});
+    return it == balances.end() ? 0 : it->second.available;
+  }
+  Balance read(const std::string& subject, const std::string& item, std::int64_t now_ns) const {
+    auto it = balances.find({subject, item});
+    Balance balance = it == balances.end() ? Balance{} : it->second;
+    for (const auto& [id, hold] : holds) {
+      if (hold.state == HoldState::open && hold.expires_at_ns <= now_ns &&
+          hold.subject == subject && hold.item == item) {
+        balance.held -= hold.qty;
+        balance.available += hold.qty;
+      }
+    }
+    return balance;
+  }
+  // What applying an event stamped t forgets first.
+  void forget(std::int64_t t_ns) {
+    if (window_ns_ == 0) return;
+    std::erase_if(
+        keys, [&](const auto& entry) { return entry.second.timestamp_ns <= t_ns - window_ns_; });
+    std::erase_if(holds, [&](const auto& entry) {
+      return entry.second.state != HoldState::open &&
+             entry.second.finalized_at_ns <= t_ns - window_ns_;
+    });
+  }
+  std::optional<HoldId> first_due(std::int64_t t_ns) const {
+    std::optional<std::pair<std::int64_t, HoldId>> best;
+    for (const auto& [id, hold] : holds) {
+      if (hold.state != HoldState::open || hold.expires_at_ns > t_ns) continue;
+      if (!best || std::pair(hold.expires_at_ns, id) < *best)
+        best = std::pair(hold.expires_at_ns, id);
+    }
+    if (!best) return std::nullopt;
+    return best->second;
+  }
+  std::vector<HoldId> holds_in(HoldState state) const {
+    std::vector<HoldId> out;
+    for (const auto& [id, hold] : holds) {
+      if (hold.state == state) out.push_back(id);
+    }
+    return out;
+  }
+
+ private:
+  std::int64_t window_ns_;
+};
+
+class RandomStream {
+ public:
+  RandomStream(std::uint64_t seed, std::int64_t window_ns, std::vector<State*> states)
+      : rng_(seed), model_(window_ns), feed_(std::move(states)) {}
+
+  Model& model() { return model_; }
+  Feed& feed() { return feed_; }
+
+  // Advances time, expires what is due, then applies one command.
+  void step(State& state) {
+    // Coarse steps and whole-ms ttls make equal expiry times common, so the
+    // (expires_at, id) tie-break is exercised.
+    feed_.now_ns += static_cast<std::int64_t>(pick(20)) * (kMsNs / 10);
+    expire_due(state);
+    const std::string key = "key-" + std::to_string(feed_.next_seq());
+    const std::uint64_t choice = pick(100);
+    if (choice < 25) return acquire(key);
+    if (choice < 37) return consume(key);
+    if (choice < 49) return transfer(key);
+    if (choice < 67) return hold(key);
+    if (choice < 75) return settle(key, OpType::commit);
+    if (choice < 80) return settle(key, OpType::release);
+    if (choice < 90) return batch(key);
+    return rejected(key);
+  }
+
+  const std::string& subject() { return kSubjects[pick(kSubjects.size())]; }
+  const std::string& item() { return kItems[pick(kItems.size())]; }
+  std::uint64_t pick(std::uint64_t bound) { return rng_() % bound; }
+
+ private:
+  // A few odd names (upper case, UTF-8, 0xff, one byte) among numbered ones,
+  // enough pairs that the tables grow several times.
+  static std::vector<std::string> names(std::vector<std::string> odd, const std::string& prefix,
+                                        int count) {
+    for (int index = 0; index < count; index++) odd.push_back(prefix + std::to_string(index));
+    return odd;
+  }
+  inline static const std::vector<std::string> kSubjects =
+      names({"alice", "bob", "Eve", "\xc3\xa9mile", "h"}, "subject-", 35);
+  inline static const std::vector<std::string> kItems =
+      names({"gold", "Gem", "\xff", "potion"}, "item-", 8);
+
+  void expire_due(State& state) {
+    while (std::optional<HoldId> id = model_.first_due(feed_.now_ns)) {
+      std::optional<HoldInfo> due = state.next_due_hold(feed_.now_ns);
+      REQUIRE(due.has_value());
+      REQUIRE(due->id == *id);
+      ModelHold& hold = model_.holds.at(*id);
+      REQUIRE_OK(feed_.expire(*id, hold.subject, hold.item, hold.qty));
+      model_.forget(feed_.now_ns);
+      finalize(&hold, HoldState::expired, hold.qty, 0);
+    }
+    REQUIRE_FALSE(state.next_due_hold(feed_.now_ns).has_value());
+  }
+
+  void finalize(ModelHold* hold, HoldState state, std::int64_t returned, std::int64_t committed) {
+    model_.add(hold->subject, hold->item, returned, -hold->qty);
+    hold->state = state;
+    hold->finalized_at_ns = feed_.now_ns;
+    hold->committed_qty = committed;
+  }
+
+  void record(const std::string& key, Reason reason, std::uint32_t failed_index) {
+    KeyRecord record;
+    record.fingerprint = hash_bytes(key) ^ 0x5eed;
+    record.seq = feed_.next_seq() - 1;
+    record.timestamp_ns = feed_.now_ns;
+    record.reason = reason;
+    record.failed_index = failed_index;
+    model_.keys[key] = record;
+  }
+
+  // Applies op to the model if it is valid there; false (and nothing) if not.
+  bool model_op(const Op& op, HoldId hold_id) {
+    const std::string subject(op.subject), item(op.item);
+    switch (op.type) {
+      case OpType::acquire: model_.add(subject, item, op.qty, 0); return true;
+      case OpType::consume:
+      case OpType::transfer:
+      case OpType::hold:
+        if (model_.available(subject, item) < op.qty) return false;
+        model_.add(subject, item, -op.qty, op.type == OpType::hold ? op.qty : 0);
+        if (op.type == OpType::transfer) model_.add(std::string(op.to), item, op.qty, 0);
+        if (op.type == OpType::hold) {
+          model_.holds[hold_id] = ModelHold{subject, item, op.qty, feed_.now_ns + op.ttl_ns};
+        }
+        return true;
+      default: return false;
+    }
+  }
+
+  Op amount_op(OpType type) {
+    const std::string& from = subject();
+    const std::string& what = item();
+    const std::int64_t available = model_.available(from, what);
+    std::int64_t qty = 1 + static_cast<std::int64_t>(pick(1000));
+    if (type != OpType::acquire && available > 0) {
+      // Often all of it, so pairs go back to zero and leave the table.
+      qty = pick(4) == 0
+                ? available
+                : 1 + static_cast<std::int64_t>(pick(static_cast<std::uint64_t>(available)));
+    }
+    Op op = acquire_op(from, what, qty);
+    op.type = type;
+    if (type == OpType::transfer) {
+      op.to = subject();
+      if (op.to == op.subject) op.to = from == kSubjects[0] ? kSubjects[1] : kSubjects[0];
+    }
+    if (type == OpType::hold) op.ttl_ns = (1 + static_cast<std::int64_t>(pick(80))) * kMsNs;
+    return op;
+  }
+
+  void apply_single(const std::string& key, const Op& op) {
+    model_.forget(feed_.now_ns);
+    if (!model_op(op, feed_.next_seq())) {
+      const Reason reason = Reason::insufficient;
+      REQUIRE_OK(feed_.rejected(key, reason, {op}, false, 0));
+      record(key, reason, 0);
+      return;
+    }
+    REQUIRE_OK(feed_.one(key, op));
+    record(key, Reason::none, 0);
+  }
+
+  void acquire(const std::string& key) { apply_single(key, amount_op(OpType::acquire)); }
+  void consume(const std::string& key) { apply_single(key, amount_op(OpType::consume)); }
+  void transfer(const std::string& key) { apply_single(key, amount_op(OpType::transfer)); }
+  void hold(const std::string& key) { apply_single(key, amount_op(OpType::hold)); }
+
+  void settle(const std::string& key, OpType type) {
+    model_.forget(feed_.now_ns);
+    const std::vector<HoldId> open = model_.holds_in(HoldState::open);
+    if (open.empty()) return acquire(key);
+    const HoldId id = open[pick(open.size())];
+    ModelHold& hold = model_.holds.at(id);
+    if (type == OpType::release) {
+      REQUIRE_OK(feed_.one(key, settle_op(type, id, hold.subject, hold.item, hold.qty)));
+      finalize(&hold, HoldState::released, hold.qty, 0);
+    } else {
+      const std::int64_t committed =
+          1 + static_cast<std::int64_t>(pick(static_cast<std::uint64_t>(hold.qty)));
+      REQUIRE_OK(feed_.one(key, settle_op(type, id, hold.subject, hold.item, committed,
+                                         hold.qty - committed)));
+      finalize(&hold, HoldState::committed, hold.qty - committed, committed);
+    }
+    record(key, Reason::none, 0);
+  }
+
+  void batch(const std::string& key) {
+    model_.forget(feed_.now_ns);
+    const std::uint64_t seq = feed_.next_seq();
+    std::vector<Op> ops;
+    const std::size_t count = 1 + pick(4);
+    for (std::size_t op_index = 0; op_index < count; op_index++) {
+      static constexpr OpType kTypes[] = {OpType::acquire, OpType::consume, OpType::transfer,
+                                          OpType::hold};
+      const Op op = amount_op(kTypes[pick(std::size(kTypes))]);
+      // Only ops valid after the ones before: an applied batch is all valid.
+      if (model_op(op, log::hold_id(seq, true, ops.size()))) ops.push_back(op);
+    }
+    if (ops.empty()) {
+      ops.push_back(amount_op(OpType::acquire));
+      model_op(ops.back(), 0);
+    }
+    REQUIRE_OK(feed_.batch(key, ops));
+    record(key, Reason::none, 0);
+  }
+
+  void rejected(const std::string& key) {
+    model_.forget(feed_.now_ns);
+    const std::vector<HoldId> finalized = model_.holds_in(HoldState::committed);
+    if (!finalized.empty() && pick(2) == 0) {
+      const HoldId id = finalized[pick(finalized.size())];
+      REQUIRE_OK(
+          feed_.rejected(key, Reason::hold_finalized, {request_op(OpType::release, id)}, false, 0));
+      record(key, Reason::hold_finalized, 0);
+      return;
+    }
+    const std::vector<Op> ops = {acquire_op(subject(), item(), 1),
+                                 request_op(OpType::commit, 1u << 30, 5)};
+    REQUIRE_OK(feed_.rejected(key, Reason::hold_unknown, ops, true, 1));
+    record(key, Reason::hold_unknown, 1);
+  }
+
+  std::mt19937_64 rng_;
+  Model model_;
+  Feed feed_;
+};
+
+void compare_with_model(const State& state, Model& model, std::int64_t now_ns) {
+  // Every stored balance, in bytewise order (std::map of std::string is).
+  std::vector<Listed> expected;
+  for (const auto& [pair, balance] : model.balances)
+    expected.push_back({pair.first, pair.second, balance});
+  CHECK(all_balances(state, kStoredOnly) == expected);
+  // Reads with due holds released.
+  for (Listed& entry : expected) entry.balance = model.read(entry.subject, entry.item, now_ns);
+  CHECK(all_balances(state, now_ns) == expected);
+  for (const Listed& entry : expected) {
+    CHECK(state.balance(entry.subject, entry.item, now_ns) == entry.balance);
+  }
+  // Holds, open and remembered.
+  const StateCounts counts = state.counts();
+  CHECK(counts.open_holds + counts.finalized_holds == model.holds.size());
+  for (const auto& [id, hold] : model.holds) {
+    const std::optional<HoldInfo> info = state.find_hold(id);
+    REQUIRE(info.has_value());
+    CHECK(info->subject == hold.subject);
+    CHECK(info->item == hold.item);
+    CHECK(info->qty == hold.qty);
+    CHECK(info->expires_at_ns == hold.expires_at_ns);
+    CHECK(info->state == hold.state);
+    CHECK(info->finalized_at_ns == hold.finalized_at_ns);
+    CHECK(info->committed_qty == hold.committed_qty);
+  }
+  // Keys.
+  CHECK(counts.keys == model.keys.size());
+  for (const auto& [key, record] : model.keys) {
+    const KeyRecord* found = state.find_key(key);
+    REQUIRE(found != nullptr);
+    CHECK(found->seq == record.seq);
+    CHECK(found->fingerprint == record.fingerprint);
+    CHECK(found->timestamp_ns == record.timestamp_ns);
+    CHECK(found->reason == record.reason);
+    CHECK(found->failed_index == record.failed_index);
+  }
+}
+
+void run_random(std::uint64_t seed, std::int64_t window_ns, int steps) {
+  State state(StateOptions{window_ns});
+  State mirror(StateOptions{window_ns});
+  RandomStream stream(seed, window_ns, {&state, &mirror});
+  for (int step = 0; step < steps; step++) {
+    stream.step(state);
+    if (step % 1000 == 0) {
+      CAPTURE(step);
+      const std::string& subject = stream.subject();
+      const std::string& item = stream.item();
+      const std::int64_t later =
+          stream.feed().now_ns + static_cast<std::int64_t>(stream.pick(40 * kMsNs));
+      CHECK(state.balance(subject, item, later) == stream.model().read(subject, item, later));
+      CHECK(state.balance(subject, item, kStoredOnly) ==
+            stream.model().read(subject, item, INT64_MIN));
+      REQUIRE_OK(state.check_invariants());
+    }
+  }
+  const std::int64_t later = stream.feed().now_ns + 15 * kMsNs;
+  compare_with_model(state, stream.model(), later);
+  REQUIRE_OK(state.check_invariants());
+  REQUIRE_OK(stream.feed().totals.check(state));
+  CHECK(state.digest() == mirror.digest());
+  CHECK(state.last_seq() == mirror.last_seq());
+}
+
+TEST_CASE("random streams match a reference model (window 50 ms)") {
+  run_random(1, 50 * kMsNs, 50'000);
+}
+
+TEST_CASE("random streams match a reference model (window 0: forever)") {
+  run_random(2, 0, 10'000);
+}
+
+}  // namespace
+}  // namespace tally::proj
