@@ -165,11 +165,17 @@ class Overlay {
 
 bool adds_past_max(std::int64_t value, std::int64_t qty) { return value > INT64_MAX - qty; }
 
+// available + held of a pair never exceeds INT64_MAX: checked where
+// quantity enters a pair (acquire, transfer in), so moving it between
+// available and held (hold, commit, release, and expire, which cannot be
+// refused) never overflows.
+std::int64_t total(const proj::Balance& balance) { return balance.available + balance.held; }
+
 Reason decide_amount(const OpRequest& request, Overlay* overlay) {
   const proj::Balance from = overlay->get(request.subject, request.item);
   switch (request.type) {
     case OpType::acquire:
-      if (adds_past_max(from.available, request.qty)) return Reason::overflow;
+      if (adds_past_max(total(from), request.qty)) return Reason::overflow;
       overlay->add(request.subject, request.item, request.qty, 0);
       return Reason::none;
     case OpType::consume:
@@ -179,14 +185,13 @@ Reason decide_amount(const OpRequest& request, Overlay* overlay) {
     case OpType::transfer: {
       if (from.available < request.qty) return Reason::insufficient;
       const proj::Balance to = overlay->get(request.to, request.item);
-      if (adds_past_max(to.available, request.qty)) return Reason::overflow;
+      if (adds_past_max(total(to), request.qty)) return Reason::overflow;
       overlay->add(request.subject, request.item, -request.qty, 0);
       overlay->add(request.to, request.item, request.qty, 0);
       return Reason::none;
     }
     case OpType::hold:
       if (from.available < request.qty) return Reason::insufficient;
-      if (adds_past_max(from.held, request.qty)) return Reason::overflow;
       overlay->add(request.subject, request.item, -request.qty, request.qty);
       return Reason::none;
     default:
@@ -213,8 +218,6 @@ Result<Reason> decide_settle(const OpRequest& request, Overlay* overlay, log::Op
                                           " exceeds the hold's qty " + std::to_string(hold->qty));
   }
   const std::int64_t returned = hold->qty - committed;
-  const proj::Balance balance = overlay->get(hold->subject, hold->item);
-  if (adds_past_max(balance.available, returned)) return Reason::overflow;
   overlay->add(hold->subject, hold->item, returned, -hold->qty);
   overlay->settle(id);
   op->hold = id;

@@ -15,6 +15,8 @@
 // is not yet durable reaches a caller.
 #include "engine/ledger.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
@@ -174,8 +176,14 @@ Status Ledger::Impl::start(LedgerStats* replayed) {
   log = std::move(*writer);
   last_timestamp_ns = state.last_timestamp_ns();
   queue.reserve(options.queue_depth_max);
-  writer_thread = std::thread([this] { writer_main(); });
-  io_thread = std::thread([this] { io_main(); });
+  writer_thread = std::thread([this] {
+    pthread_setname_np(pthread_self(), "tally-writer");
+    writer_main();
+  });
+  io_thread = std::thread([this] {
+    pthread_setname_np(pthread_self(), "tally-io");
+    io_main();
+  });
   return Status();
 }
 

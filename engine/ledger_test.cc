@@ -14,6 +14,13 @@
 namespace tally {
 namespace {
 
+// "s" + std::to_string(n) trips GCC 12's false -Wrestrict (PR 105651).
+std::string name(std::string_view prefix, long long n) {
+  std::string out(prefix);
+  out += std::to_string(n);
+  return out;
+}
+
 constexpr std::int64_t kSecond = 1'000'000'000;
 constexpr std::int64_t kStart = 1'700'000'000 * kSecond;
 
@@ -82,6 +89,14 @@ TEST_CASE("state rejections are outcomes and change nothing") {
   f.ok(f.ledger->acquire("a2", "rich", "gold", INT64_MAX));
   CHECK(outcome_of(f.ledger->acquire("a3", "rich", "gold", 1)) == Outcome::overflow);
   CHECK(outcome_of(f.ledger->transfer("t2", "alice", "rich", "gold", 1)) == Outcome::overflow);
+  // Held quantity counts too: an expiry must never overflow available.
+  f.ok(f.ledger->acquire("a4", "hoarder", "gold", INT64_MAX - 1));
+  f.ok(f.ledger->hold("h4", "hoarder", "gold", INT64_MAX - 1, kSecond));
+  CHECK(outcome_of(f.ledger->acquire("a5", "hoarder", "gold", 2)) == Outcome::overflow);
+  CHECK(outcome_of(f.ledger->acquire("a6", "hoarder", "gold", 1)) == Outcome::ok);
+  f.clock.advance_ns(kSecond);
+  CHECK(f.balance("hoarder", "gold") == Balance{INT64_MAX, 0});
+  REQUIRE(f.ledger->expire_due().ok());
   CHECK(outcome_of(f.ledger->commit("m1", 999)) == Outcome::hold_unknown);
   CHECK(outcome_of(f.ledger->release("r1", 999)) == Outcome::hold_unknown);
   CHECK(f.balance("alice", "gold") == Balance{10, 0});
@@ -323,9 +338,10 @@ TEST_CASE("the idempotency window forgets keys by log time") {
 TEST_CASE("reopening rebuilds the same state from the log") {
   Fixture f(Durability::sync);
   for (int op_index = 0; op_index < 200; op_index++) {
-    const std::string n = std::to_string(op_index);
-    f.ok(f.ledger->acquire("a" + n, "s" + std::to_string(op_index % 7), "i" + std::to_string(op_index % 3), 10 + op_index));
-    if (op_index % 5 == 0) f.ok(f.ledger->hold("h" + n, "s" + std::to_string(op_index % 7), "i" + std::to_string(op_index % 3), 5, 3600 * kSecond));
+    f.ok(f.ledger->acquire(name("a", op_index), name("s", op_index % 7), name("i", op_index % 3), 10 + op_index));
+    if (op_index % 5 == 0) {
+      f.ok(f.ledger->hold(name("h", op_index), name("s", op_index % 7), name("i", op_index % 3), 5, 3600 * kSecond));
+    }
   }
   const LedgerStats before = f.ledger->stats();
   f.reopen();
@@ -352,8 +368,8 @@ TEST_CASE("concurrent callers share fsyncs") {
   for (int thread_index = 0; thread_index < kThreads; thread_index++) {
     threads.emplace_back([&, thread_index] {
       for (int op_index = 0; op_index < kOpsPerThread; op_index++) {
-        const std::string key = std::to_string(thread_index) + "-" + std::to_string(op_index);
-        auto r = (*ledger)->acquire(key, "s" + std::to_string(thread_index), "gold", 1);
+        const std::string key = name(name("t", thread_index) + "-", op_index);
+        auto r = (*ledger)->acquire(key, name("s", thread_index), "gold", 1);
         if (!r.ok() || r->outcome != Outcome::ok) failures++;
       }
     });
@@ -365,7 +381,7 @@ TEST_CASE("concurrent callers share fsyncs") {
   CHECK(syncs > 0);
   CHECK(syncs < kThreads * kOpsPerThread / 2);
   for (int thread_index = 0; thread_index < kThreads; thread_index++) {
-    auto b = (*ledger)->balance("s" + std::to_string(thread_index), "gold");
+    auto b = (*ledger)->balance(name("s", thread_index), "gold");
     REQUIRE(b.ok());
     CHECK(b->available == kOpsPerThread);
   }
@@ -379,7 +395,7 @@ TEST_CASE("non-blocking submit completes in order once durable") {
   std::atomic<int> done{0};
   for (int op_index = 0; op_index < kOps; op_index++) {
     Command command;
-    command.key = "k" + std::to_string(op_index);
+    command.key = name("k", op_index);
     command.op = OpRequest::acquire("alice", "gold", 1);
     f.ledger->submit(std::move(command), [&](Result<Receipt> r) {
       REQUIRE(r.ok());
