@@ -1,0 +1,176 @@
+#include "tools/args.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+
+namespace tally::cli {
+
+namespace {
+
+Status usage(std::string message) { return Status(ErrorCode::invalid, std::move(message)); }
+
+const FlagSpec* find_flag(const CommandSpec& spec, std::string_view name) {
+  for (const FlagSpec& flag : spec.flags) {
+    if (flag.name == name) return &flag;
+  }
+  return nullptr;
+}
+
+std::string flag_text(const FlagSpec& flag) {
+  std::string text = "--";
+  text += flag.name;
+  if (!flag.placeholder.empty()) {
+    text += ' ';
+    text += flag.placeholder;
+  }
+  return text;
+}
+
+}  // namespace
+
+bool parse_int64(std::string_view text, std::int64_t* out) {
+  // from_chars accepts no '+' and no spaces, which is the strictness wanted.
+  const char* end = text.data() + text.size();
+  auto [ptr, error] = std::from_chars(text.data(), end, *out);
+  return !text.empty() && error == std::errc() && ptr == end;
+}
+
+bool parse_double(std::string_view text, double* out) {
+  const char* end = text.data() + text.size();
+  auto [ptr, error] = std::from_chars(text.data(), end, *out);
+  return !text.empty() && error == std::errc() && ptr == end && std::isfinite(*out);
+}
+
+void append_help(const CommandSpec& spec, std::string* out) {
+  *out += "usage: ";
+  *out += spec.usage;
+  *out += "\n\n";
+  *out += spec.summary;
+  *out += "\n";
+  if (!spec.details.empty()) {
+    *out += "\n";
+    *out += spec.details;
+  }
+  *out += "\nflags:\n";
+  std::size_t width = 6;  // "--help"
+  for (const FlagSpec& flag : spec.flags) width = std::max(width, flag_text(flag).size());
+  auto line = [&](const std::string& left, std::string_view help) {
+    *out += "  " + left + std::string(width - left.size() + 2, ' ');
+    *out += help;
+    *out += "\n";
+  };
+  for (const FlagSpec& flag : spec.flags) line(flag_text(flag), flag.help);
+  line("--help", "print this help and exit");
+}
+
+Result<Args> Args::parse(const CommandSpec& spec, std::span<const char* const> argv) {
+  Args args(&spec);
+  bool flags_ended = false;
+  for (std::size_t arg_index = 0; arg_index < argv.size(); arg_index++) {
+    const std::string_view arg = argv[arg_index];
+    if (flags_ended || arg == "-" || !arg.starts_with("-")) {
+      args.positionals_.push_back(arg);
+      continue;
+    }
+    if (arg == "--") {
+      flags_ended = true;
+      continue;
+    }
+    if (arg == "--help" || arg == "-h") {
+      // Help wins over every other problem on the line, so that a user who
+      // asks for it gets it.
+      args.help_ = true;
+      return args;
+    }
+    if (!arg.starts_with("--")) return usage("unknown flag '" + std::string(arg) + "'");
+    std::string_view name = arg.substr(2);
+    std::string_view value;
+    const std::size_t equals = name.find('=');
+    const bool inline_value = equals != std::string_view::npos;
+    if (inline_value) {
+      value = name.substr(equals + 1);
+      name = name.substr(0, equals);
+    }
+    const FlagSpec* flag = find_flag(spec, name);
+    if (flag == nullptr) return usage("unknown flag '--" + std::string(name) + "'");
+    if (flag->placeholder.empty()) {
+      if (inline_value) return usage("--" + std::string(name) + " takes no value");
+    } else if (!inline_value) {
+      if (arg_index + 1 >= argv.size()) return usage("missing value: " + flag_text(*flag));
+      value = argv[++arg_index];
+    }
+    TALLY_TRY(args.add_flag(name, value));
+  }
+  if (args.positionals_.size() != spec.positional_count) {
+    return usage("expected " + std::to_string(spec.positional_count) +
+                 " positional argument(s), got " + std::to_string(args.positionals_.size()));
+  }
+  return args;
+}
+
+Status Args::add_flag(std::string_view name, std::string_view value) {
+  if (has(name)) return usage("--" + std::string(name) + " given twice");
+  values_.emplace_back(name, value);
+  return Status();
+}
+
+bool Args::has(std::string_view flag) const {
+  for (const auto& [name, value] : values_) {
+    if (name == flag) return true;
+  }
+  return false;
+}
+
+std::string_view Args::get(std::string_view flag, std::string_view fallback) const {
+  for (const auto& [name, value] : values_) {
+    if (name == flag) return value;
+  }
+  return fallback;
+}
+
+Result<std::string_view> Args::required(std::string_view flag) const {
+  if (!has(flag)) {
+    const FlagSpec* spec = find_flag(*spec_, flag);
+    TALLY_ASSERT(spec != nullptr);
+    return usage("missing " + flag_text(*spec));
+  }
+  return get(flag);
+}
+
+Result<std::int64_t> Args::integer(std::string_view flag, std::int64_t fallback, std::int64_t min,
+                                   std::int64_t max) const {
+  if (!has(flag)) return fallback;
+  std::int64_t value = 0;
+  const std::string_view text = get(flag);
+  if (!parse_int64(text, &value) || value < min || value > max) {
+    return usage("--" + std::string(flag) + ": '" + std::string(text) +
+                 "' is not an integer in [" + std::to_string(min) + ", " + std::to_string(max) +
+                 "]");
+  }
+  return value;
+}
+
+Result<std::int64_t> Args::required_integer(std::string_view flag, std::int64_t min,
+                                            std::int64_t max) const {
+  auto present = required(flag);
+  if (!present) return present.status();
+  return integer(flag, 0, min, max);
+}
+
+Result<double> Args::number(std::string_view flag, double fallback, double min,
+                            double max) const {
+  if (!has(flag)) return fallback;
+  double value = 0;
+  const std::string_view text = get(flag);
+  if (!parse_double(text, &value) || value < min || value > max) {
+    char range[64];
+    std::snprintf(range, sizeof range, "[%g, %g]", min, max);
+    return usage("--" + std::string(flag) + ": '" + std::string(text) +
+                 "' is not a number in " + range);
+  }
+  return value;
+}
+
+}  // namespace tally::cli

@@ -1,0 +1,109 @@
+#include "tools/cli.h"
+
+#include <array>
+#include <cstdio>
+#include <string>
+
+#include "tools/format.h"
+
+#ifndef TALLY_VERSION
+#define TALLY_VERSION "unknown"
+#endif
+
+namespace tally::cli {
+
+namespace {
+
+constexpr std::array<const CliCommand*, 8> kCommands = {
+    &kApply, &kBench, &kExport, &kBalance, &kList, &kLog, &kVerify, &kWorkload,
+};
+
+const CliCommand* find_command(std::string_view name) {
+  for (const CliCommand* command : kCommands) {
+    if (command->spec->name == name) return command;
+  }
+  return nullptr;
+}
+
+void print_overview(std::FILE* file) {
+  std::string text =
+      "usage: tally COMMAND [flags]\n"
+      "\n"
+      "tally is an event-sourced ledger engine; this tool applies workloads to a\n"
+      "data directory and audits it.\n"
+      "\n"
+      "commands:\n";
+  for (const CliCommand* command : kCommands) {
+    text += "  " + std::string(command->spec->name);
+    text += std::string(10 - command->spec->name.size(), ' ');
+    text += command->spec->summary;
+    text += "\n";
+  }
+  text +=
+      "\n"
+      "`tally COMMAND --help` describes a command. Exit codes: 0 ok, 1 a check or\n"
+      "operation failed or the data is corrupt, 2 usage error.\n";
+  std::fputs(text.c_str(), file);
+}
+
+int print_help(const CommandSpec& spec) {
+  std::string text;
+  append_help(spec, &text);
+  std::fputs(text.c_str(), stdout);
+  return kExitOk;
+}
+
+}  // namespace
+
+int usage_error(std::string_view command, std::string_view message) {
+  std::fprintf(stderr, "tally: %.*s\n", static_cast<int>(message.size()), message.data());
+  std::fprintf(stderr, "tally: see 'tally %.*s --help'\n", static_cast<int>(command.size()),
+               command.data());
+  return kExitUsage;
+}
+
+int failure(const Status& status) {
+  std::fprintf(stderr, "tally: %s\n", status.to_string().c_str());
+  return kExitFailed;
+}
+
+int run_cli(int argc, const char* const* argv) {
+  const std::span<const char* const> args(argv, static_cast<std::size_t>(argc));
+  if (args.size() < 2) {
+    std::fputs("tally: missing command\n", stderr);
+    print_overview(stderr);
+    return kExitUsage;
+  }
+  const std::string_view name = args[1];
+  if (name == "--help" || name == "-h" || name == "help") {
+    if (name == "help" && args.size() > 2) {
+      const CliCommand* command = find_command(args[2]);
+      if (command != nullptr) return print_help(*command->spec);
+    }
+    print_overview(stdout);
+    return kExitOk;
+  }
+  if (name == "--version") {
+    std::printf("tally %s\n", TALLY_VERSION);
+    return kExitOk;
+  }
+  const CliCommand* command = find_command(name);
+  if (command == nullptr) {
+    std::fprintf(stderr, "tally: unknown command '%.*s'\n", static_cast<int>(name.size()),
+                 name.data());
+    std::fprintf(stderr, "tally: see 'tally --help'\n");
+    return kExitUsage;
+  }
+  auto parsed = Args::parse(*command->spec, args.subspan(2));
+  if (!parsed) return usage_error(name, parsed.status().message());
+  if (parsed->help()) return print_help(*command->spec);
+  const int exit_code = command->run(*parsed);
+  // A full disk or a closed stdout must not pass for success.
+  if (std::fflush(stdout) != 0 || std::ferror(stdout) != 0) {
+    std::fprintf(stderr, "tally: error writing the output\n");
+    return kExitFailed;
+  }
+  return exit_code;
+}
+
+}  // namespace tally::cli

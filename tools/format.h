@@ -1,0 +1,54 @@
+// Output helpers shared by the commands: JSON and text escaping of byte
+// strings, times, and a buffered writer for stdout.
+//
+// Subjects, items and keys are arbitrary bytes (DESIGN.md §1), so every
+// place that prints one escapes it through here.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <string_view>
+
+namespace tally::cli {
+
+// Appends `text` as a JSON string literal, quotes included. Quotes,
+// backslashes and control characters are escaped; valid UTF-8 is copied;
+// a byte that is not part of valid UTF-8 becomes \u00XX (the byte's value
+// as a code point), so the output is always valid JSON.
+void append_json_string(std::string* out, std::string_view text);
+
+// Appends `text` for people, on one line: control characters, DEL, space
+// and backslash become \xNN (backslash: \\); everything else is copied, so
+// UTF-8 stays readable and a field never splits at a space.
+void append_text_escaped(std::string* out, std::string_view text);
+
+// "2024-05-01T10:00:00.123456789Z" for ns since the Unix epoch.
+void append_rfc3339(std::string* out, std::int64_t time_ns);
+
+// 16 lower-case hex digits.
+void append_hex64(std::string* out, std::uint64_t value);
+
+// Collects output and writes it to a FILE in large pieces. flush_line()
+// makes each line visible at once where a reader depends on that.
+class Output {
+ public:
+  explicit Output(std::FILE* file) : file_(file) {}
+  ~Output() { flush(); }
+  Output(const Output&) = delete;
+  Output& operator=(const Output&) = delete;
+
+  std::string& buffer() { return buffer_; }
+  // Ends a line; writes the buffer once it is large.
+  void end_line();
+  // Ends a line and writes it (and anything before it) now.
+  void flush_line();
+  void flush();
+
+ private:
+  static constexpr std::size_t kBufferBytesMax = 1u << 16;
+  std::FILE* file_;
+  std::string buffer_;
+};
+
+}  // namespace tally::cli
