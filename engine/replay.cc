@@ -23,10 +23,8 @@ Result<ReplayReport> replay(const ReplayOptions& options, proj::State* state) {
     if (record.seq > options.to_seq) break;
     Status decoded = decoder.decode(record.payload, &event);
     if (!decoded.ok() || event.seq != record.seq) {
-      return Status(ErrorCode::corrupt,
-                    "segment " + log::segment_file_name(record.segment_first_seq) + " offset " +
-                        std::to_string(record.offset) + ": " +
-                        (decoded.ok() ? "event seq differs from its frame" : decoded.message()));
+      return log::corrupt_at(record.segment_first_seq, record.offset,
+                             decoded.ok() ? "event seq differs from its frame" : decoded.message());
     }
     if (options.visit) options.visit(event, record);
     TALLY_TRY(state->apply(event));

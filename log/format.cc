@@ -94,6 +94,17 @@ std::string segment_file_name(std::uint64_t first_seq) {
   return name;
 }
 
+std::string log_position(std::uint64_t segment_first_seq, std::uint64_t offset) {
+  return "segment " + segment_file_name(segment_first_seq) + " offset " + std::to_string(offset);
+}
+
+Status corrupt_at(std::uint64_t segment_first_seq, std::uint64_t offset, std::string_view why) {
+  std::string message = log_position(segment_first_seq, offset);
+  message += ": ";
+  message += why;
+  return Status(ErrorCode::corrupt, std::move(message));
+}
+
 bool parse_segment_file_name(const std::string& name, std::uint64_t* first_seq) {
   if (name.size() != kSegmentNameDigits + kSegmentSuffix.size()) return false;
   if (std::string_view(name).substr(kSegmentNameDigits) != kSegmentSuffix) return false;

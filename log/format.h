@@ -30,6 +30,9 @@
 #include <cstring>
 #include <span>
 #include <string>
+#include <string_view>
+
+#include "log/status.h"
 
 namespace tally::log {
 
@@ -163,5 +166,10 @@ inline constexpr std::uint64_t kSeqMax = 9'999'999'999'999'999ull;  // fits the 
 std::string segment_file_name(std::uint64_t first_seq);
 // Parses a segment file name; false when `name` is not one.
 bool parse_segment_file_name(const std::string& name, std::uint64_t* first_seq);
+// "segment 0000000000000001.seg offset 4160": how every message names a
+// place in the log.
+std::string log_position(std::uint64_t segment_first_seq, std::uint64_t offset);
+// A corrupt Status "<log_position>: <why>".
+Status corrupt_at(std::uint64_t segment_first_seq, std::uint64_t offset, std::string_view why);
 
 }  // namespace tally::log

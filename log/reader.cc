@@ -148,8 +148,7 @@ struct LogReader::Impl {
   bool last_segment() const { return segment_index + 1 == first_seqs.size(); }
 
   Status corrupt(std::uint64_t offset, const std::string& why) const {
-    return Status(ErrorCode::corrupt, "segment " + segment_file_name(first_seq()) + " offset " +
-                                          std::to_string(offset) + ": " + why);
+    return corrupt_at(first_seq(), offset, why);
   }
 
   Status read_segment();

@@ -55,7 +55,7 @@ std::vector<std::uint64_t> make_segments(const TempDir& dir, std::uint64_t count
 }
 
 std::string prefix(std::uint64_t segment_first_seq, std::uint64_t offset) {
-  return "segment " + segment_file_name(segment_first_seq) + " offset " + std::to_string(offset) + ": ";
+  return log_position(segment_first_seq, offset) + ": ";
 }
 
 bool starts_with(const std::string& text, const std::string& start) {

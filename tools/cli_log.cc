@@ -277,9 +277,7 @@ Status print_log(const std::string& data_dir, std::uint64_t from_seq, const LogF
     if (!*more || record.seq > filter.to_seq) return Status();
     Status decoded = decoder.decode(record.payload, &event);
     if (!decoded.ok()) {
-      return Status(ErrorCode::corrupt, "segment " + log::segment_file_name(record.segment_first_seq) +
-                                            " offset " + std::to_string(record.offset) + ": " +
-                                            decoded.message());
+      return log::corrupt_at(record.segment_first_seq, record.offset, decoded.message());
     }
     if (!filter.matches(event)) continue;
     append_event(event, json, &out.buffer());

@@ -192,8 +192,7 @@ void append_verify_text(const VerifySummary& summary, std::string* out) {
   append_hex64(&digest, summary.digest);
   line("digest", digest);
   const log::LogEnd& end = summary.report.end;
-  line("torn_tail", end.torn ? "segment " + log::segment_file_name(end.segment_first_seq) +
-                                   " offset " + std::to_string(end.offset) +
+  line("torn_tail", end.torn ? log::log_position(end.segment_first_seq, end.offset) +
                                    " (the next writer truncates it)"
                              : std::string("none"));
 }
