@@ -1,5 +1,7 @@
 #include "projections/hold_table.h"
 
+#include <climits>
+
 namespace tally::proj {
 
 const HoldRecord* HoldTable::find(HoldId id) const {
@@ -13,20 +15,24 @@ HoldRecord* HoldTable::find(HoldId id) {
   return const_cast<HoldRecord*>(std::as_const(*this).find(id));
 }
 
+std::uint32_t HoldTable::take_record(const HoldRecord& hold) {
+  if (!free_records_.empty()) {
+    const std::uint32_t record = free_records_.back();
+    free_records_.pop_back();
+    records_[record] = hold;
+    return record;
+  }
+  TALLY_ASSERT(records_.size() < UINT32_MAX);
+  const auto record = static_cast<std::uint32_t>(records_.size());
+  records_.push_back(hold);
+  return record;
+}
+
 void HoldTable::open(const HoldRecord& hold) {
   TALLY_ASSERT(hold.id != 0);
   TALLY_ASSERT(hold.state == HoldState::open);
   TALLY_DEBUG_ASSERT(find(hold.id) == nullptr);
-  std::uint32_t record = 0;
-  if (!free_records_.empty()) {
-    record = free_records_.back();
-    free_records_.pop_back();
-    records_[record] = hold;
-  } else {
-    TALLY_ASSERT(records_.size() < UINT32_MAX);
-    record = static_cast<std::uint32_t>(records_.size());
-    records_.push_back(hold);
-  }
+  const std::uint32_t record = take_record(hold);
   index_.insert(mix64(hold.id), Slot{hold.id, record});
   heap_.push_back({});
   heap_place(heap_.size() - 1, ExpiryEntry{hold.expires_at_ns, hold.id, record});
@@ -45,6 +51,21 @@ void HoldTable::finalize(HoldRecord* hold, HoldState state, std::int64_t at_ns,
   hold->finalized_at_ns = at_ns;
   hold->committed_qty = committed_qty;
   finalized_.push_back(Finalized{at_ns, record});
+}
+
+void HoldTable::restore_finalized(const HoldRecord& hold) {
+  TALLY_ASSERT(hold.id != 0);
+  TALLY_ASSERT(hold.state != HoldState::open);
+  TALLY_ASSERT(hold.finalized_at_ns >= last_finalized_at_ns());
+  TALLY_ASSERT(find(hold.id) == nullptr);
+  const std::uint32_t record = take_record(hold);
+  records_[record].heap_pos = 0;
+  index_.insert(mix64(hold.id), Slot{hold.id, record});
+  finalized_.push_back(Finalized{hold.finalized_at_ns, record});
+}
+
+std::int64_t HoldTable::last_finalized_at_ns() const {
+  return finalized_.empty() ? INT64_MIN : finalized_[finalized_.size() - 1].at_ns;
 }
 
 void HoldTable::evict_through(std::int64_t cutoff_ns) {

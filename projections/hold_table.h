@@ -66,11 +66,30 @@ class HoldTable {
     visit_due_from(0, t_ns, visit);
   }
 
-  // Visits every open hold, in no particular order.
+  // Visits every open hold in the expiry heap's array order: open()ing them
+  // in this order into an empty table rebuilds the same heap array (each
+  // arrives below a parent that sorts before it, so none moves).
   template <class Visit>
   void for_each_open(const Visit& visit) const {
     for (const ExpiryEntry& entry : heap_) visit(records_[entry.record]);
   }
+
+  // Visits every remembered finalized hold in the window's queue order,
+  // oldest first.
+  template <class Visit>
+  void for_each_finalized(const Visit& visit) const {
+    for (std::size_t index = 0; index < finalized_.size(); index++) {
+      visit(records_[finalized_[index].record]);
+    }
+  }
+
+  // Adds a finalized hold at the back of the window's queue, as when it was
+  // finalized (State::load). Preconditions: hold.id != 0 and is not known,
+  // hold.state != open, and hold.finalized_at_ns >= that of the queue's
+  // back (last_finalized_at_ns()).
+  void restore_finalized(const HoldRecord& hold);
+  // finalized_at_ns of the queue's back; INT64_MIN when the queue is empty.
+  std::int64_t last_finalized_at_ns() const;
 
   // Visits every open and remembered finalized hold, in no particular order.
   template <class Visit>
@@ -126,6 +145,8 @@ class HoldTable {
     visit_due_from(2 * pos + 2, t_ns, visit);
   }
 
+  // Stores the record in a free slab entry, or a new one; returns its index.
+  std::uint32_t take_record(const HoldRecord& hold);
   void heap_place(std::size_t pos, const ExpiryEntry& entry);
   void sift_up(std::size_t pos);
   void sift_down(std::size_t pos);

@@ -22,6 +22,7 @@
 
 #include "log/event.h"
 #include "log/status.h"
+#include "projections/state_format.h"
 
 namespace tally::proj {
 
@@ -135,9 +136,28 @@ class State {
 
   StateCounts counts() const;
 
+  // Writes the complete state — names in id order, balances, open holds in
+  // heap order, finalized holds and keys in window order, last seq and
+  // timestamp, and the idempotency window it was built with — as the image
+  // of projections/state_format.h, in chunks to `sink`. The state is only
+  // read. Returns the sink's first error.
+  Status save(StateSink& sink) const;
+
+  // Rebuilds a State from an image written by save(). The result has the
+  // same digest(), counts(), reads and name ids, and applies every later
+  // event exactly as the saved State would. `options` must carry the window
+  // the image was saved with (invalid otherwise: a different window would
+  // have remembered different keys, so the state would not be the one a
+  // full replay gives). The bytes are untrusted: a truncated, malformed or
+  // inconsistent image is corrupt, never a crash; the source's own error
+  // is returned as is. Memory is allocated as entries arrive, never from a
+  // count in the image.
+  static Result<std::unique_ptr<State>> load(StateSource& source, StateOptions options);
+
  private:
   friend struct StateTestPeer;  // state_test.cc: corrupts internals on purpose
   struct Impl;
+  struct Loader;  // state_save.cc: rebuilds an Impl from an image
   std::unique_ptr<Impl> impl_;
 };
 

@@ -1,0 +1,84 @@
+// The state image: the format State::save writes and State::load reads
+// (docs/snapshots.md gives the grammar). The constants live here, shared by
+// writer and reader; snapshots/ stores the image, it does not parse it.
+//
+// All integers are little-endian; i64 is two's complement. Version 1:
+//
+//   header    u32 kStateMagic, u32 kStateFormatVersion, u64 last_seq,
+//             i64 last_timestamp_ns, i64 idempotency_window_ns
+//   subjects  u32 count, count x name          (ids 1..count, in id order)
+//   items     u32 count, count x name
+//   balances  u64 count, count x (u32 subject id, u32 item id,
+//                                 i64 available, i64 held)
+//   open      u64 count, count x hold          (in expiry-heap order)
+//   finalized u64 count, count x hold          (in window-queue order)
+//   keys      u64 count, count x (name key, u64 fingerprint, u64 seq,
+//                                 i64 timestamp_ns, u8 reason,
+//                                 u32 failed_index)     (oldest first)
+//   trailer   u32 kStateEndMagic
+//
+//   name: u8 length (1..kNameBytesMax), then the bytes
+//   hold: u64 id, u32 subject id, u32 item id, i64 qty, i64 expires_at_ns,
+//         u8 state (HoldState's value), i64 finalized_at_ns, i64 committed_qty
+//
+// Balances are written subject by subject, each subject's item list from
+// its tail to its head, so inserting them in file order rebuilds the same
+// lists. Opening the holds in heap order rebuilds the same heap array.
+// The image has no checksum of its own: the store that keeps it checks its
+// bytes (snapshots/format.h), and the loader checks structure and
+// invariants, so a damaged image is corrupt, never a crash.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "log/status.h"
+
+namespace tally::proj {
+
+inline constexpr std::uint32_t kStateMagic = 0x41545354;     // "TSTA" read as LE bytes
+inline constexpr std::uint32_t kStateEndMagic = 0x444e4554;  // "TEND"
+inline constexpr std::uint32_t kStateFormatVersion = 1;
+// save() hands the sink chunks of at most this many bytes.
+inline constexpr std::size_t kStateChunkBytes = 64 * 1024;
+
+// Receives the image in order, in chunks of 1..kStateChunkBytes bytes. A
+// non-ok Status stops save() and is returned by it. The chunk is valid only
+// during the call.
+class StateSink {
+ public:
+  virtual ~StateSink() = default;
+  virtual Status write(std::span<const std::byte> chunk) = 0;
+};
+
+// Yields the image in order. read() fills a prefix of `out` and returns its
+// length; 0 means the image ended. A non-ok Status stops load().
+class StateSource {
+ public:
+  virtual ~StateSource() = default;
+  virtual Result<std::size_t> read(std::span<std::byte> out) = 0;
+};
+
+// Collects the image in memory (tests, tools).
+class BufferSink final : public StateSink {
+ public:
+  Status write(std::span<const std::byte> chunk) override {
+    bytes.insert(bytes.end(), chunk.begin(), chunk.end());
+    return Status();
+  }
+  std::vector<std::byte> bytes;
+};
+
+// Reads an image from memory. `bytes` must outlive the source.
+class SpanSource final : public StateSource {
+ public:
+  explicit SpanSource(std::span<const std::byte> bytes) : bytes_(bytes) {}
+  Result<std::size_t> read(std::span<std::byte> out) override;
+
+ private:
+  std::span<const std::byte> bytes_;
+};
+
+}  // namespace tally::proj

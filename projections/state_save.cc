@@ -1,0 +1,423 @@
+// State::save and State::load: the state image of projections/state_format.h.
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "projections/state.h"
+#include "projections/state_format.h"
+#include "projections/state_impl.h"
+
+namespace tally::proj {
+
+Result<std::size_t> SpanSource::read(std::span<std::byte> out) {
+  const std::size_t size = std::min(out.size(), bytes_.size());
+  if (size > 0) std::memcpy(out.data(), bytes_.data(), size);
+  bytes_ = bytes_.subspan(size);
+  return size;
+}
+
+namespace {
+
+Status bad_image(const std::string& what) {
+  return Status(ErrorCode::corrupt, "state image: " + what);
+}
+
+// Buffers little-endian fields and hands the sink full chunks.
+class ImageWriter {
+ public:
+  explicit ImageWriter(StateSink* sink) : sink_(sink) {}
+
+  void u8(std::uint8_t value) { put(&value, 1); }
+  void u32(std::uint32_t value) { le(value, 4); }
+  void u64(std::uint64_t value) { le(value, 8); }
+  void i64(std::int64_t value) { u64(static_cast<std::uint64_t>(value)); }
+  void name(std::string_view text) {
+    TALLY_ASSERT(!text.empty());
+    TALLY_ASSERT(text.size() <= kNameBytesMax);
+    u8(static_cast<std::uint8_t>(text.size()));
+    put(text.data(), text.size());
+  }
+  // The sink's first error; later writes are dropped once one failed.
+  Status finish() {
+    flush();
+    return status_;
+  }
+
+ private:
+  void le(std::uint64_t value, std::size_t width) {
+    std::array<std::uint8_t, 8> bytes{};
+    for (std::size_t index = 0; index < width; index++) {
+      bytes[index] = static_cast<std::uint8_t>(value >> (8 * index));
+    }
+    put(bytes.data(), width);
+  }
+  void put(const void* data, std::size_t size) {
+    const auto* bytes = static_cast<const std::byte*>(data);
+    // A field is at most 256 bytes, so this loops at most twice.
+    while (size > 0) {
+      if (used_ == buffer_.size()) flush();
+      const std::size_t part = std::min(size, buffer_.size() - used_);
+      std::memcpy(buffer_.data() + used_, bytes, part);
+      used_ += part;
+      bytes += part;
+      size -= part;
+    }
+  }
+  void flush() {
+    if (used_ > 0 && status_.ok()) status_ = sink_->write(std::span(buffer_.data(), used_));
+    used_ = 0;
+  }
+
+  StateSink* sink_;
+  std::vector<std::byte> buffer_ = std::vector<std::byte>(kStateChunkBytes);
+  std::size_t used_ = 0;
+  Status status_;
+};
+
+// Reads fields from a source through a buffer. Every read checks for the
+// end of the image; a short image is corrupt.
+class ImageReader {
+ public:
+  explicit ImageReader(StateSource* source) : source_(source) {}
+
+  Result<std::uint8_t> u8() {
+    std::uint8_t value = 0;
+    TALLY_TRY(take(&value, 1));
+    return value;
+  }
+  Result<std::uint32_t> u32() {
+    Result<std::uint64_t> value = le(4);
+    if (!value) return value.status();
+    return static_cast<std::uint32_t>(*value);
+  }
+  Result<std::uint64_t> u64() { return le(8); }
+  Result<std::int64_t> i64() {
+    Result<std::uint64_t> value = le(8);
+    if (!value) return value.status();
+    return static_cast<std::int64_t>(*value);
+  }
+  // A view into `scratch`, valid until the next name().
+  Result<std::string_view> name(std::string* scratch) {
+    Result<std::uint8_t> size = u8();
+    if (!size) return size.status();
+    if (*size == 0) return bad_image("empty name");
+    scratch->resize(*size);
+    TALLY_TRY(take(scratch->data(), *size));
+    return std::string_view(*scratch);
+  }
+  // ok when the image ends here.
+  Status expect_end() {
+    if (used_ < filled_) return bad_image("bytes after the trailer");
+    Result<std::size_t> more = source_->read(std::span(buffer_.data(), buffer_.size()));
+    if (!more) return more.status();
+    if (*more != 0) return bad_image("bytes after the trailer");
+    return Status();
+  }
+
+ private:
+  Result<std::uint64_t> le(std::size_t width) {
+    std::array<std::uint8_t, 8> bytes{};
+    TALLY_TRY(take(bytes.data(), width));
+    std::uint64_t value = 0;
+    for (std::size_t index = 0; index < width; index++) {
+      value |= std::uint64_t{bytes[index]} << (8 * index);
+    }
+    return value;
+  }
+  Status take(void* data, std::size_t size) {
+    auto* out = static_cast<std::byte*>(data);
+    // Each pass consumes buffered bytes or refills; a refill of 0 ends it.
+    while (size > 0) {
+      if (used_ == filled_) {
+        Result<std::size_t> got = source_->read(std::span(buffer_.data(), buffer_.size()));
+        if (!got) return got.status();
+        if (*got == 0) return bad_image("truncated");
+        TALLY_ASSERT(*got <= buffer_.size());
+        filled_ = *got;
+        used_ = 0;
+      }
+      const std::size_t part = std::min(size, filled_ - used_);
+      std::memcpy(out, buffer_.data() + used_, part);
+      used_ += part;
+      out += part;
+      size -= part;
+    }
+    return Status();
+  }
+
+  StateSource* source_;
+  std::vector<std::byte> buffer_ = std::vector<std::byte>(kStateChunkBytes);
+  std::size_t filled_ = 0;
+  std::size_t used_ = 0;
+};
+
+// Assigns `*out` from a Result, or returns its error from the caller.
+#define TALLY_READ(out, expr)                     \
+  do {                                            \
+    auto tally_read_ = (expr);                    \
+    if (!tally_read_) return tally_read_.status(); \
+    (out) = *tally_read_;                         \
+  } while (0)
+
+void write_hold(ImageWriter* out, const HoldRecord& hold) {
+  out->u64(hold.id);
+  out->u32(hold.subject);
+  out->u32(hold.item);
+  out->i64(hold.qty);
+  out->i64(hold.expires_at_ns);
+  out->u8(static_cast<std::uint8_t>(hold.state));
+  out->i64(hold.finalized_at_ns);
+  out->i64(hold.committed_qty);
+}
+
+void write_names(ImageWriter* out, const NameTable& names) {
+  TALLY_ASSERT(names.size() < UINT32_MAX);
+  out->u32(static_cast<std::uint32_t>(names.size()));
+  for (std::size_t id = 1; id <= names.size(); id++) {
+    out->name(names.view(static_cast<std::uint32_t>(id)));
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- save
+
+Status State::save(StateSink& sink) const {
+  const Impl& impl = *impl_;
+  ImageWriter out(&sink);
+  out.u32(kStateMagic);
+  out.u32(kStateFormatVersion);
+  out.u64(impl.last_seq);
+  out.i64(impl.last_timestamp_ns);
+  out.i64(impl.options.idempotency_window_ns);
+  write_names(&out, impl.subjects);
+  write_names(&out, impl.items);
+  out.u64(impl.balances.size());
+  std::vector<const BalanceSlot*> list;  // one subject's items, head first
+  std::size_t written = 0;
+  for (std::uint32_t subject = 1; subject < impl.subject_heads.size(); subject++) {
+    list.clear();
+    for (std::uint32_t item = impl.subject_heads[subject]; item != 0;) {
+      TALLY_ASSERT(list.size() < impl.balances.size());
+      list.push_back(impl.find_balance(subject, item));
+      TALLY_ASSERT(list.back() != nullptr);
+      item = list.back()->next_item;
+    }
+    // Tail first: loading inserts each at the head of the list.
+    for (auto it = list.rbegin(); it != list.rend(); ++it) {
+      out.u32(subject_of((*it)->pair));
+      out.u32(item_of((*it)->pair));
+      out.i64((*it)->available);
+      out.i64((*it)->held);
+    }
+    written += list.size();
+  }
+  TALLY_ASSERT(written == impl.balances.size());
+  out.u64(impl.holds.open_count());
+  impl.holds.for_each_open([&](const HoldRecord& hold) { write_hold(&out, hold); });
+  out.u64(impl.holds.finalized_count());
+  impl.holds.for_each_finalized([&](const HoldRecord& hold) { write_hold(&out, hold); });
+  out.u64(impl.keys.size());
+  impl.keys.for_each([&](std::string_view key, const KeyRecord& record) {
+    out.name(key);
+    out.u64(record.fingerprint);
+    out.u64(record.seq);
+    out.i64(record.timestamp_ns);
+    out.u8(static_cast<std::uint8_t>(record.reason));
+    out.u32(record.failed_index);
+  });
+  out.u32(kStateEndMagic);
+  return out.finish();
+}
+
+// ---------------------------------------------------------------- load
+
+// A nested class of State, so it may reach the Impl it fills.
+struct State::Loader {
+ public:
+  Loader(ImageReader* in, State::Impl* impl) : in_(in), impl_(impl) {}
+
+  Status header(std::int64_t window_ns);
+  Status names(NameTable* names, bool subjects);
+  Status balances();
+  Status holds(bool open);
+  Status keys();
+
+ private:
+  Result<HoldRecord> hold();
+  bool known_pair(std::uint32_t subject, std::uint32_t item) const {
+    return subject != 0 && subject <= impl_->subjects.size() && item != 0 &&
+           item <= impl_->items.size();
+  }
+
+  ImageReader* in_;
+  State::Impl* impl_;
+  std::string scratch_;
+};
+
+Status State::Loader::header(std::int64_t window_ns) {
+  std::uint32_t magic = 0;
+  std::uint32_t version = 0;
+  std::int64_t saved_window_ns = 0;
+  TALLY_READ(magic, in_->u32());
+  if (magic != kStateMagic) return bad_image("bad magic");
+  TALLY_READ(version, in_->u32());
+  if (version != kStateFormatVersion) {
+    return bad_image("format version " + std::to_string(version) + ", this build reads " +
+                     std::to_string(kStateFormatVersion));
+  }
+  TALLY_READ(impl_->last_seq, in_->u64());
+  TALLY_READ(impl_->last_timestamp_ns, in_->i64());
+  TALLY_READ(saved_window_ns, in_->i64());
+  if (impl_->last_seq > log::kHoldSeqMask) return bad_image("last seq past the HoldId range");
+  if (saved_window_ns != window_ns) {
+    return Status(ErrorCode::invalid,
+                  "state image: saved with an idempotency window of " +
+                      std::to_string(saved_window_ns) + " ns, the options say " +
+                      std::to_string(window_ns));
+  }
+  return Status();
+}
+
+Status State::Loader::names(NameTable* names, bool subjects) {
+  std::uint32_t count = 0;
+  TALLY_READ(count, in_->u32());
+  if (count == UINT32_MAX) return bad_image("too many names");
+  // Each pass reads one name (or fails), so the image's length bounds it.
+  for (std::uint32_t id = 1; id <= count; id++) {
+    std::string_view name;
+    TALLY_READ(name, in_->name(&scratch_));
+    if (names->find(name) != 0) return bad_image("name interned twice");
+    const std::uint32_t interned =
+        subjects ? impl_->intern_subject(name, NameTable::hash_of(name)) : names->intern(name);
+    TALLY_ASSERT(interned == id);
+  }
+  return Status();
+}
+
+Status State::Loader::balances() {
+  std::uint64_t count = 0;
+  TALLY_READ(count, in_->u64());
+  for (std::uint64_t index = 0; index < count; index++) {
+    std::uint32_t subject = 0;
+    std::uint32_t item = 0;
+    std::int64_t available = 0;
+    std::int64_t held = 0;
+    TALLY_READ(subject, in_->u32());
+    TALLY_READ(item, in_->u32());
+    TALLY_READ(available, in_->i64());
+    TALLY_READ(held, in_->i64());
+    if (!known_pair(subject, item)) return bad_image("balance of an unknown name id");
+    if (available < 0 || held < 0) return bad_image("negative balance");
+    if (available == 0 && held == 0) return bad_image("zero balance stored");
+    if (impl_->find_balance(subject, item) != nullptr) return bad_image("balance stored twice");
+    BalanceSlot* slot = impl_->upsert_balance(subject, item);
+    slot->available = available;
+    slot->held = held;
+  }
+  return Status();
+}
+
+Result<HoldRecord> State::Loader::hold() {
+  HoldRecord hold;
+  std::uint8_t state = 0;
+  TALLY_READ(hold.id, in_->u64());
+  TALLY_READ(hold.subject, in_->u32());
+  TALLY_READ(hold.item, in_->u32());
+  TALLY_READ(hold.qty, in_->i64());
+  TALLY_READ(hold.expires_at_ns, in_->i64());
+  TALLY_READ(state, in_->u8());
+  TALLY_READ(hold.finalized_at_ns, in_->i64());
+  TALLY_READ(hold.committed_qty, in_->i64());
+  if (hold.id == 0) return bad_image("hold id 0");
+  if (log::hold_id_seq(hold.id) > impl_->last_seq) return bad_image("hold from the future");
+  if (!known_pair(hold.subject, hold.item)) return bad_image("hold of an unknown name id");
+  if (hold.qty <= 0) return bad_image("hold qty not positive");
+  if (state > static_cast<std::uint8_t>(HoldState::expired)) return bad_image("bad hold state");
+  hold.state = static_cast<HoldState>(state);
+  if (impl_->holds.find(hold.id) != nullptr) return bad_image("hold stored twice");
+  return hold;
+}
+
+Status State::Loader::holds(bool open) {
+  std::uint64_t count = 0;
+  TALLY_READ(count, in_->u64());
+  for (std::uint64_t index = 0; index < count; index++) {
+    HoldRecord hold;
+    TALLY_READ(hold, this->hold());
+    if (open) {
+      if (hold.state != HoldState::open) return bad_image("finalized hold among the open");
+      impl_->holds.open(hold);
+      continue;
+    }
+    if (hold.state == HoldState::open) return bad_image("open hold among the finalized");
+    if (hold.finalized_at_ns < impl_->holds.last_finalized_at_ns() ||
+        hold.finalized_at_ns > impl_->last_timestamp_ns) {
+      return bad_image("finalized holds out of order");
+    }
+    impl_->holds.restore_finalized(hold);
+  }
+  return Status();
+}
+
+Status State::Loader::keys() {
+  std::uint64_t count = 0;
+  TALLY_READ(count, in_->u64());
+  std::int64_t previous_ns = INT64_MIN;
+  for (std::uint64_t index = 0; index < count; index++) {
+    std::string_view key;
+    KeyRecord record;
+    std::uint8_t reason = 0;
+    TALLY_READ(key, in_->name(&scratch_));
+    TALLY_READ(record.fingerprint, in_->u64());
+    TALLY_READ(record.seq, in_->u64());
+    TALLY_READ(record.timestamp_ns, in_->i64());
+    TALLY_READ(reason, in_->u8());
+    TALLY_READ(record.failed_index, in_->u32());
+    if (reason > static_cast<std::uint8_t>(log::Reason::hold_finalized)) {
+      return bad_image("bad key reason");
+    }
+    record.reason = static_cast<log::Reason>(reason);
+    if (record.seq == 0 || record.seq > impl_->last_seq) return bad_image("key from the future");
+    if (record.timestamp_ns < previous_ns || record.timestamp_ns > impl_->last_timestamp_ns) {
+      return bad_image("keys out of order");
+    }
+    previous_ns = record.timestamp_ns;
+    const std::uint32_t hash = KeyIndex::hash_of(key);
+    if (impl_->keys.find(key, hash) != nullptr) return bad_image("key stored twice");
+    impl_->keys.insert(key, hash, record);
+  }
+  return Status();
+}
+
+Result<std::unique_ptr<State>> State::load(StateSource& source, StateOptions options) {
+  if (options.idempotency_window_ns < 0) {
+    return Status(ErrorCode::invalid, "negative idempotency window");
+  }
+  auto state = std::make_unique<State>(options);
+  ImageReader in(&source);
+  Loader loader(&in, state->impl_.get());
+  TALLY_TRY(loader.header(options.idempotency_window_ns));
+  TALLY_TRY(loader.names(&state->impl_->subjects, true));
+  TALLY_TRY(loader.names(&state->impl_->items, false));
+  TALLY_TRY(loader.balances());
+  TALLY_TRY(loader.holds(true));
+  TALLY_TRY(loader.holds(false));
+  TALLY_TRY(loader.keys());
+  std::uint32_t end = 0;
+  TALLY_READ(end, in.u32());
+  if (end != kStateEndMagic) return bad_image("bad trailer");
+  TALLY_TRY(in.expect_end());
+  // held must equal the open holds of each pair; the image could agree
+  // with itself field by field and still not add up.
+  const Status invariants = state->check_invariants();
+  if (!invariants.ok()) return bad_image(invariants.message());
+  return state;
+}
+
+#undef TALLY_READ
+
+}  // namespace tally::proj

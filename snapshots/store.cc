@@ -1,0 +1,604 @@
+// SnapshotStore: the LMDB side. The only file besides the history
+// projection that includes lmdb.h (DESIGN.md §2).
+// XXH3_state_t on the stack needs the static-linking section of xxhash.h.
+#define XXH_STATIC_LINKING_ONLY
+#include "snapshots/store.h"
+
+#include <lmdb.h>
+#include <sys/stat.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "snapshots/format.h"
+
+namespace tally::snap {
+
+namespace {
+
+Status lmdb_error(const char* what, int rc) {
+  std::string message = "snapshots: ";
+  message += what;
+  message += ": ";
+  message += mdb_strerror(rc);
+  return Status(ErrorCode::io_error, std::move(message));
+}
+
+Status corrupt(const std::string& what) {
+  std::string message = "snapshot ";
+  message += what;
+  return Status(ErrorCode::corrupt, std::move(message));
+}
+
+void put_le(std::uint8_t* out, std::uint64_t value, std::size_t width) {
+  for (std::size_t index = 0; index < width; index++) {
+    out[index] = static_cast<std::uint8_t>(value >> (8 * index));
+  }
+}
+std::uint64_t get_le(const std::uint8_t* in, std::size_t width) {
+  std::uint64_t value = 0;
+  for (std::size_t index = 0; index < width; index++) {
+    value |= std::uint64_t{in[index]} << (8 * index);
+  }
+  return value;
+}
+void put_be(std::uint8_t* out, std::uint64_t value, std::size_t width) {
+  for (std::size_t index = 0; index < width; index++) {
+    out[index] = static_cast<std::uint8_t>(value >> (8 * (width - 1 - index)));
+  }
+}
+std::uint64_t get_be(const std::uint8_t* in, std::size_t width) {
+  std::uint64_t value = 0;
+  for (std::size_t index = 0; index < width; index++) value = (value << 8) | in[index];
+  return value;
+}
+
+using MetaKey = std::array<std::uint8_t, kMetaKeyBytes>;
+using ChunkKey = std::array<std::uint8_t, kChunkKeyBytes>;
+
+MetaKey meta_key(std::uint64_t seq) {
+  MetaKey key{};
+  put_be(key.data(), seq, 8);
+  return key;
+}
+ChunkKey chunk_key(std::uint64_t seq, std::uint32_t index) {
+  ChunkKey key{};
+  put_be(key.data(), seq, 8);
+  put_be(key.data() + 8, index, 4);
+  return key;
+}
+template <std::size_t N>
+MDB_val val_of(std::array<std::uint8_t, N>& bytes) {
+  return MDB_val{bytes.size(), bytes.data()};
+}
+
+struct Meta {
+  SnapshotInfo info;
+  std::uint32_t state_format = 0;
+  std::uint64_t payload_hash = 0;
+};
+
+std::array<std::uint8_t, kMetaBytes> encode_meta(const Meta& meta) {
+  std::array<std::uint8_t, kMetaBytes> out{};
+  std::uint8_t* at = out.data();
+  const auto put = [&](std::uint64_t value, std::size_t width) {
+    put_le(at, value, width);
+    at += width;
+  };
+  put(kMetaMagic, 4);
+  put(kMetaFormatVersion, 4);
+  put(meta.info.seq, 8);
+  put(static_cast<std::uint64_t>(meta.info.time_ns), 8);
+  put(meta.info.chain_checksum, 8);
+  put(meta.info.digest, 8);
+  put(meta.state_format, 4);
+  put(meta.info.chunk_count, 4);
+  put(meta.info.size_bytes, 8);
+  put(meta.payload_hash, 8);
+  TALLY_ASSERT(static_cast<std::size_t>(at - out.data()) == kMetaCheckedBytes);
+  put(XXH3_64bits(out.data(), kMetaCheckedBytes), 8);
+  return out;
+}
+
+// Verifies before it trusts: size, hash, magic, version, then the key.
+Result<Meta> decode_meta(const MDB_val& key, const MDB_val& value) {
+  if (key.mv_size != kMetaKeyBytes) return corrupt("metadata key of the wrong size");
+  const std::uint64_t key_seq = get_be(static_cast<const std::uint8_t*>(key.mv_data), 8);
+  const std::string name = std::to_string(key_seq) + ": ";
+  if (value.mv_size != kMetaBytes) return corrupt(name + "metadata of the wrong size");
+  const auto* in = static_cast<const std::uint8_t*>(value.mv_data);
+  if (get_le(in + kMetaCheckedBytes, 8) != XXH3_64bits(in, kMetaCheckedBytes)) {
+    return corrupt(name + "metadata checksum mismatch");
+  }
+  const auto get = [&](std::size_t width) {
+    const std::uint64_t value_read = get_le(in, width);
+    in += width;
+    return value_read;
+  };
+  if (get(4) != kMetaMagic) return corrupt(name + "bad metadata magic");
+  const std::uint64_t version = get(4);
+  if (version != kMetaFormatVersion) {
+    return corrupt(name + "metadata format " + std::to_string(version) + " is not known");
+  }
+  Meta meta;
+  meta.info.seq = get(8);
+  meta.info.time_ns = static_cast<std::int64_t>(get(8));
+  meta.info.chain_checksum = get(8);
+  meta.info.digest = get(8);
+  meta.state_format = static_cast<std::uint32_t>(get(4));
+  meta.info.chunk_count = static_cast<std::uint32_t>(get(4));
+  meta.info.size_bytes = get(8);
+  meta.payload_hash = get(8);
+  if (meta.info.seq != key_seq) return corrupt(name + "metadata names another seq");
+  return meta;
+}
+
+// Aborts a transaction unless it was committed.
+class Txn {
+ public:
+  Txn() = default;
+  ~Txn() { abort(); }
+  Txn(const Txn&) = delete;
+  Txn& operator=(const Txn&) = delete;
+  Status begin(MDB_env* env, unsigned flags) {
+    const int rc = mdb_txn_begin(env, nullptr, flags, &txn_);
+    if (rc != 0) {
+      txn_ = nullptr;
+      return lmdb_error("mdb_txn_begin", rc);
+    }
+    return Status();
+  }
+  int commit() {
+    const int rc = mdb_txn_commit(txn_);
+    txn_ = nullptr;  // freed by commit even when it fails
+    return rc;
+  }
+  void abort() {
+    if (txn_ != nullptr) mdb_txn_abort(txn_);
+    txn_ = nullptr;
+  }
+  MDB_txn* get() const { return txn_; }
+
+ private:
+  MDB_txn* txn_ = nullptr;
+};
+
+class Cursor {
+ public:
+  Cursor() = default;
+  ~Cursor() {
+    if (cursor_ != nullptr) mdb_cursor_close(cursor_);
+  }
+  Cursor(const Cursor&) = delete;
+  Cursor& operator=(const Cursor&) = delete;
+  Status open(MDB_txn* txn, MDB_dbi dbi) {
+    const int rc = mdb_cursor_open(txn, dbi, &cursor_);
+    if (rc != 0) {
+      cursor_ = nullptr;
+      return lmdb_error("mdb_cursor_open", rc);
+    }
+    return Status();
+  }
+  MDB_cursor* get() const { return cursor_; }
+
+ private:
+  MDB_cursor* cursor_ = nullptr;
+};
+
+}  // namespace
+
+struct SnapshotStore::Env {
+  ~Env() {
+    if (env != nullptr) mdb_env_close(env);
+  }
+  MDB_env* env = nullptr;
+  MDB_dbi meta = 0;
+  MDB_dbi chunks = 0;
+  SnapshotStoreOptions options;
+  std::size_t map_size_bytes = 0;
+
+  Status write_once(const proj::State& state, const Meta& meta_in, Meta* written, int* rc_out);
+  Status delete_snapshot(MDB_txn* txn, std::uint64_t seq);
+  Status verify_payload(MDB_txn* txn, const Meta& meta) const;
+  Result<std::unique_ptr<proj::State>> load_one(MDB_txn* txn, const Meta& meta,
+                                                const proj::StateOptions& options) const;
+};
+
+namespace {
+
+// Writes the image into chunk keys of one write transaction, hashing as it
+// goes. Gathers save()'s pieces into chunk_bytes values.
+class ChunkSink final : public proj::StateSink {
+ public:
+  ChunkSink(MDB_txn* txn, MDB_dbi dbi, std::uint64_t seq, std::size_t chunk_bytes)
+      : txn_(txn), dbi_(dbi), seq_(seq), chunk_bytes_(chunk_bytes) {
+    XXH3_64bits_reset(&hash_);
+    buffer_.reserve(chunk_bytes);
+  }
+  Status write(std::span<const std::byte> piece) override {
+    XXH3_64bits_update(&hash_, piece.data(), piece.size());
+    total_bytes_ += piece.size();
+    // Each pass moves at least one byte into the buffer or flushes it.
+    while (!piece.empty()) {
+      const std::size_t part = std::min(piece.size(), chunk_bytes_ - buffer_.size());
+      const auto part_end = piece.begin() + static_cast<std::ptrdiff_t>(part);
+      buffer_.insert(buffer_.end(), piece.begin(), part_end);
+      piece = piece.subspan(part);
+      if (buffer_.size() == chunk_bytes_) TALLY_TRY(flush());
+    }
+    return Status();
+  }
+  Status flush() {
+    if (buffer_.empty()) return Status();
+    if (chunks_ == kChunksMax) return Status(ErrorCode::invalid, "snapshots: too many chunks");
+    ChunkKey key = chunk_key(seq_, chunks_);
+    MDB_val key_val = val_of(key);
+    MDB_val data{buffer_.size(), buffer_.data()};
+    rc_ = mdb_put(txn_, dbi_, &key_val, &data, 0);
+    if (rc_ != 0) return lmdb_error("mdb_put (chunk)", rc_);
+    chunks_++;
+    buffer_.clear();
+    return Status();
+  }
+  std::uint32_t chunks() const { return chunks_; }
+  std::uint64_t total_bytes() const { return total_bytes_; }
+  std::uint64_t hash() const { return XXH3_64bits_digest(&hash_); }
+  int rc() const { return rc_; }
+
+ private:
+  MDB_txn* txn_;
+  MDB_dbi dbi_;
+  std::uint64_t seq_;
+  std::size_t chunk_bytes_;
+  std::vector<std::byte> buffer_;
+  std::uint32_t chunks_ = 0;
+  std::uint64_t total_bytes_ = 0;
+  XXH3_state_t hash_;
+  int rc_ = 0;
+};
+
+// Walks a snapshot's chunk keys in order through a read cursor. The values
+// are views into the map: nothing is copied until the reader asks.
+class ChunkWalker {
+ public:
+  ChunkWalker(MDB_cursor* cursor, const Meta& meta) : cursor_(cursor), meta_(meta) {}
+
+  // The next chunk, or an empty view after the last (chunk_count of them).
+  Result<std::span<const std::byte>> next() {
+    if (index_ == meta_.info.chunk_count) return std::span<const std::byte>();
+    ChunkKey key = chunk_key(meta_.info.seq, index_);
+    MDB_val key_val = val_of(key);
+    MDB_val data{};
+    const int rc = mdb_cursor_get(cursor_, &key_val, &data, MDB_SET_KEY);
+    if (rc == MDB_NOTFOUND) {
+      return corrupt(std::to_string(meta_.info.seq) + ": chunk " + std::to_string(index_) +
+                     " is missing");
+    }
+    if (rc != 0) return lmdb_error("mdb_cursor_get (chunk)", rc);
+    if (data.mv_size == 0) {
+      return corrupt(std::to_string(meta_.info.seq) + ": empty chunk " + std::to_string(index_));
+    }
+    index_++;
+    return std::span<const std::byte>(static_cast<const std::byte*>(data.mv_data), data.mv_size);
+  }
+
+ private:
+  MDB_cursor* cursor_;
+  const Meta& meta_;
+  std::uint32_t index_ = 0;
+};
+
+class ChunkSource final : public proj::StateSource {
+ public:
+  explicit ChunkSource(ChunkWalker* walker) : walker_(walker) {}
+  Result<std::size_t> read(std::span<std::byte> out) override {
+    // Each pass copies from the current chunk or fetches the next one; an
+    // empty fetch ends the image.
+    while (rest_.empty()) {
+      Result<std::span<const std::byte>> chunk = walker_->next();
+      if (!chunk) return chunk.status();
+      if (chunk->empty()) return std::size_t{0};
+      rest_ = *chunk;
+    }
+    const std::size_t size = std::min(out.size(), rest_.size());
+    std::memcpy(out.data(), rest_.data(), size);
+    rest_ = rest_.subspan(size);
+    return size;
+  }
+
+ private:
+  ChunkWalker* walker_;
+  std::span<const std::byte> rest_;
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------- open
+
+SnapshotStore::SnapshotStore(std::unique_ptr<Env> env) : env_(std::move(env)) {}
+SnapshotStore::~SnapshotStore() = default;
+
+Result<std::unique_ptr<SnapshotStore>> SnapshotStore::open(const std::string& dir,
+                                                           const SnapshotStoreOptions& options) {
+  if (options.chunk_bytes < kChunkBytesMin || options.chunk_bytes > kChunkBytesMax) {
+    return Status(ErrorCode::invalid, "snapshots: chunk_bytes out of range");
+  }
+  if (options.map_size_bytes == 0 || options.map_size_bytes > options.map_size_bytes_max) {
+    return Status(ErrorCode::invalid, "snapshots: map_size_bytes must be 1..map_size_bytes_max");
+  }
+  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
+    return Status(ErrorCode::io_error, "snapshots: mkdir " + dir + ": " + std::strerror(errno));
+  }
+  auto env = std::make_unique<Env>();
+  env->options = options;
+  int rc = mdb_env_create(&env->env);
+  if (rc != 0) {
+    env->env = nullptr;
+    return lmdb_error("mdb_env_create", rc);
+  }
+  rc = mdb_env_set_maxdbs(env->env, 2);
+  if (rc != 0) return lmdb_error("mdb_env_set_maxdbs", rc);
+  rc = mdb_env_set_mapsize(env->env, options.map_size_bytes);
+  if (rc != 0) return lmdb_error("mdb_env_set_mapsize", rc);
+  rc = mdb_env_open(env->env, dir.c_str(), 0, 0644);
+  if (rc != 0) return lmdb_error(("mdb_env_open " + dir).c_str(), rc);
+  MDB_envinfo info{};
+  rc = mdb_env_info(env->env, &info);
+  if (rc != 0) return lmdb_error("mdb_env_info", rc);
+  env->map_size_bytes = info.me_mapsize;  // an existing larger file keeps its size
+  Txn txn;
+  TALLY_TRY(txn.begin(env->env, 0));
+  rc = mdb_dbi_open(txn.get(), kMetaDbName, MDB_CREATE, &env->meta);
+  if (rc != 0) return lmdb_error("mdb_dbi_open meta", rc);
+  rc = mdb_dbi_open(txn.get(), kChunksDbName, MDB_CREATE, &env->chunks);
+  if (rc != 0) return lmdb_error("mdb_dbi_open chunks", rc);
+  rc = txn.commit();
+  if (rc != 0) return lmdb_error("mdb_txn_commit (open)", rc);
+  return std::unique_ptr<SnapshotStore>(new SnapshotStore(std::move(env)));
+}
+
+// ---------------------------------------------------------------- write
+
+Status SnapshotStore::Env::delete_snapshot(MDB_txn* txn, std::uint64_t seq) {
+  MetaKey key = meta_key(seq);
+  MDB_val key_val = val_of(key);
+  int rc = mdb_del(txn, meta, &key_val, nullptr);
+  if (rc != 0 && rc != MDB_NOTFOUND) return lmdb_error("mdb_del (meta)", rc);
+  // The chunks are keyed (seq, index): delete from (seq, 0) while the seq
+  // matches. Each pass deletes one key.
+  Cursor cursor;
+  TALLY_TRY(cursor.open(txn, chunks));
+  ChunkKey first = chunk_key(seq, 0);
+  MDB_val chunk_val = val_of(first);
+  MDB_val data{};
+  rc = mdb_cursor_get(cursor.get(), &chunk_val, &data, MDB_SET_RANGE);
+  while (rc == 0) {
+    if (chunk_val.mv_size != kChunkKeyBytes ||
+        get_be(static_cast<const std::uint8_t*>(chunk_val.mv_data), 8) != seq) {
+      break;
+    }
+    rc = mdb_cursor_del(cursor.get(), 0);
+    if (rc != 0) return lmdb_error("mdb_cursor_del (chunk)", rc);
+    // Seek again rather than trust the cursor's position after a delete.
+    chunk_val = val_of(first);
+    rc = mdb_cursor_get(cursor.get(), &chunk_val, &data, MDB_SET_RANGE);
+  }
+  if (rc != 0 && rc != MDB_NOTFOUND) return lmdb_error("mdb_cursor_get (chunks)", rc);
+  return Status();
+}
+
+Status SnapshotStore::Env::write_once(const proj::State& state, const Meta& meta_in,
+                                      Meta* written, int* rc_out) {
+  *rc_out = 0;
+  Txn txn;
+  TALLY_TRY(txn.begin(env, 0));
+  TALLY_TRY(delete_snapshot(txn.get(), meta_in.info.seq));
+  ChunkSink sink(txn.get(), chunks, meta_in.info.seq, options.chunk_bytes);
+  Status saved = state.save(sink);
+  if (saved.ok()) saved = sink.flush();
+  if (!saved.ok()) {
+    *rc_out = sink.rc();
+    return saved;
+  }
+  Meta meta = meta_in;
+  meta.info.chunk_count = sink.chunks();
+  meta.info.size_bytes = sink.total_bytes();
+  meta.payload_hash = sink.hash();
+  std::array<std::uint8_t, kMetaBytes> value = encode_meta(meta);
+  MetaKey key = meta_key(meta.info.seq);
+  MDB_val key_val = val_of(key);
+  MDB_val value_val = val_of(value);
+  int rc = mdb_put(txn.get(), this->meta, &key_val, &value_val, 0);
+  if (rc != 0) {
+    *rc_out = rc;
+    return lmdb_error("mdb_put (meta)", rc);
+  }
+  rc = txn.commit();
+  if (rc != 0) {
+    *rc_out = rc;
+    return lmdb_error("mdb_txn_commit (write)", rc);
+  }
+  *written = meta;
+  return Status();
+}
+
+Result<SnapshotInfo> SnapshotStore::write(const proj::State& state, const LogPosition& position) {
+  if (position.seq != state.last_seq() || position.timestamp_ns != state.last_timestamp_ns()) {
+    return Status(ErrorCode::invalid, "snapshots: the position is not the state's last event");
+  }
+  Meta meta;
+  meta.info.seq = position.seq;
+  meta.info.time_ns = position.timestamp_ns;
+  meta.info.chain_checksum = position.chain_checksum;
+  meta.info.digest = state.digest();
+  meta.state_format = proj::kStateFormatVersion;
+  // A full map aborts the transaction; grow it and write again. Each pass
+  // doubles the map, so kMapGrowthsMax bounds the loop.
+  for (int growth = 0;; growth++) {
+    Meta written;
+    int rc = 0;
+    const Status status = env_->write_once(state, meta, &written, &rc);
+    if (status.ok()) return written.info;
+    if (rc != MDB_MAP_FULL) return status;
+    if (growth == kMapGrowthsMax || env_->map_size_bytes >= env_->options.map_size_bytes_max) {
+      return Status(ErrorCode::io_error, "snapshots: map full at " +
+                                             std::to_string(env_->map_size_bytes) +
+                                             " bytes (map_size_bytes_max)");
+    }
+    const std::size_t grown = std::min(env_->map_size_bytes * 2, env_->options.map_size_bytes_max);
+    // No transaction is open here: write_once's has been aborted.
+    rc = mdb_env_set_mapsize(env_->env, grown);
+    if (rc != 0) return lmdb_error("mdb_env_set_mapsize (grow)", rc);
+    env_->map_size_bytes = grown;
+  }
+}
+
+// ---------------------------------------------------------------- read
+
+namespace {
+
+// Every meta record, oldest first: decoded, or with metadata_ok false.
+Status read_all_meta(MDB_txn* txn, MDB_dbi dbi, std::vector<Result<Meta>>* out,
+                     std::vector<std::uint64_t>* seqs) {
+  Cursor cursor;
+  TALLY_TRY(cursor.open(txn, dbi));
+  MDB_val key{};
+  MDB_val value{};
+  // Each pass steps to the next key.
+  int rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_FIRST);
+  for (; rc == 0; rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_NEXT)) {
+    const std::uint64_t seq =
+        key.mv_size == kMetaKeyBytes ? get_be(static_cast<const std::uint8_t*>(key.mv_data), 8) : 0;
+    seqs->push_back(seq);
+    out->push_back(decode_meta(key, value));
+  }
+  if (rc != MDB_NOTFOUND) return lmdb_error("mdb_cursor_get (meta)", rc);
+  return Status();
+}
+
+}  // namespace
+
+Result<std::vector<SnapshotInfo>> SnapshotStore::list() const {
+  Txn txn;
+  TALLY_TRY(txn.begin(env_->env, MDB_RDONLY));
+  std::vector<Result<Meta>> metas;
+  std::vector<std::uint64_t> seqs;
+  TALLY_TRY(read_all_meta(txn.get(), env_->meta, &metas, &seqs));
+  std::vector<SnapshotInfo> infos;
+  for (std::size_t index = 0; index < metas.size(); index++) {
+    if (metas[index].ok()) {
+      infos.push_back(metas[index]->info);
+    } else {
+      SnapshotInfo info;
+      info.seq = seqs[index];
+      info.metadata_ok = false;
+      infos.push_back(info);
+    }
+  }
+  return infos;
+}
+
+Result<std::size_t> SnapshotStore::prune(std::size_t retain_count) {
+  Txn txn;
+  TALLY_TRY(txn.begin(env_->env, 0));
+  std::vector<Result<Meta>> metas;
+  std::vector<std::uint64_t> seqs;
+  TALLY_TRY(read_all_meta(txn.get(), env_->meta, &metas, &seqs));
+  if (seqs.size() <= retain_count) return std::size_t{0};
+  const std::size_t doomed = seqs.size() - retain_count;
+  for (std::size_t index = 0; index < doomed; index++) {
+    TALLY_TRY(env_->delete_snapshot(txn.get(), seqs[index]));
+  }
+  // Deleting frees pages, so a full map cannot happen here.
+  const int rc = txn.commit();
+  if (rc != 0) return lmdb_error("mdb_txn_commit (prune)", rc);
+  return doomed;
+}
+
+Status SnapshotStore::Env::verify_payload(MDB_txn* txn, const Meta& meta) const {
+  const std::string name = std::to_string(meta.info.seq) + ": ";
+  if (meta.state_format != proj::kStateFormatVersion) {
+    return corrupt(name + "state format " + std::to_string(meta.state_format) + " is not known");
+  }
+  Cursor cursor;
+  TALLY_TRY(cursor.open(txn, chunks));
+  ChunkWalker walker(cursor.get(), meta);
+  XXH3_state_t hash;
+  XXH3_64bits_reset(&hash);
+  std::uint64_t total_bytes = 0;
+  // One pass per chunk; chunk_count bounds it.
+  while (true) {
+    Result<std::span<const std::byte>> chunk = walker.next();
+    if (!chunk) return chunk.status();
+    if (chunk->empty()) break;
+    XXH3_64bits_update(&hash, chunk->data(), chunk->size());
+    total_bytes += chunk->size();
+  }
+  if (total_bytes != meta.info.size_bytes) return corrupt(name + "payload size mismatch");
+  if (XXH3_64bits_digest(&hash) != meta.payload_hash) {
+    return corrupt(name + "payload checksum mismatch");
+  }
+  return Status();
+}
+
+Result<std::unique_ptr<proj::State>> SnapshotStore::Env::load_one(
+    MDB_txn* txn, const Meta& meta, const proj::StateOptions& state_options) const {
+  // Checksum first, so the loader parses only bytes that were written.
+  TALLY_TRY(verify_payload(txn, meta));
+  Cursor cursor;
+  TALLY_TRY(cursor.open(txn, chunks));
+  ChunkWalker walker(cursor.get(), meta);
+  ChunkSource source(&walker);
+  Result<std::unique_ptr<proj::State>> state = proj::State::load(source, state_options);
+  if (!state) return state.status();
+  const std::string name = std::to_string(meta.info.seq) + ": ";
+  if ((*state)->last_seq() != meta.info.seq) return corrupt(name + "image of another seq");
+  if ((*state)->last_timestamp_ns() != meta.info.time_ns) {
+    return corrupt(name + "image of another time");
+  }
+  if ((*state)->digest() != meta.info.digest) return corrupt(name + "state digest mismatch");
+  return state;
+}
+
+Result<LoadedSnapshot> SnapshotStore::load_newest_valid(
+    std::uint64_t max_seq, const proj::StateOptions& state_options,
+    std::vector<SkippedSnapshot>* skipped) const {
+  Txn txn;
+  TALLY_TRY(txn.begin(env_->env, MDB_RDONLY));
+  std::vector<Result<Meta>> metas;
+  std::vector<std::uint64_t> seqs;
+  TALLY_TRY(read_all_meta(txn.get(), env_->meta, &metas, &seqs));
+  const auto skip = [&](std::uint64_t seq, Status why) {
+    if (skipped != nullptr) skipped->push_back(SkippedSnapshot{seq, std::move(why)});
+  };
+  // Newest first; one pass per snapshot.
+  for (std::size_t index = metas.size(); index-- > 0;) {
+    if (!metas[index].ok()) {
+      skip(seqs[index], metas[index].status());
+      continue;
+    }
+    const Meta& meta = *metas[index];
+    if (meta.info.seq > max_seq) {
+      skip(meta.info.seq, Status(ErrorCode::invalid, "snapshot " + std::to_string(meta.info.seq) +
+                                                         ": past the log's last seq " +
+                                                         std::to_string(max_seq)));
+      continue;
+    }
+    Result<std::unique_ptr<proj::State>> state = env_->load_one(txn.get(), meta, state_options);
+    if (!state) {
+      // An LMDB failure is not a property of this snapshot: stop.
+      if (state.code() == ErrorCode::io_error) return state.status();
+      skip(meta.info.seq, state.status());
+      continue;
+    }
+    return LoadedSnapshot{std::move(state).value(), meta.info};
+  }
+  return Status(ErrorCode::not_found, "snapshots: no valid snapshot at or below seq " +
+                                          std::to_string(max_seq));
+}
+
+}  // namespace tally::snap

@@ -1,0 +1,111 @@
+// SnapshotStore: checkpoints of the whole projection State in an LMDB
+// environment (DATA/snapshots), so recovery replays only the log after one.
+//
+// write() saves a State with the log position it reflects, in one write
+// transaction (metadata + chunked image, snapshots/format.h), durable on
+// return (LMDB syncs at commit). load_newest_valid() walks from the newest
+// snapshot to the oldest and returns the first whose payload checksum,
+// image and State digest all verify; a damaged snapshot is skipped with the
+// reason, never loaded. Recovery rule (docs/snapshots.md): load the newest
+// valid snapshot at or below the log's last seq, check its chain checksum
+// against the log, replay the log after its seq; not_found means a full
+// replay.
+//
+// Not wired yet: the engine does not take snapshots (every N events or T
+// seconds, or on demand) nor recover from them, and the CLI has no
+// `snapshot` command. This is the store and the format they will use.
+//
+// Thread safety: none; one thread uses a store at a time. The directory
+// may be read by other processes (LMDB readers) while one writes.
+// Ownership: the store owns the LMDB environment; States it returns are the
+// caller's.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "log/status.h"
+#include "projections/state.h"
+
+namespace tally::snap {
+
+// Where in the log a State stands: the last event applied to it.
+struct LogPosition {
+  std::uint64_t seq = 0;
+  std::uint64_t chain_checksum = 0;  // the log's chain value after seq
+  std::int64_t timestamp_ns = 0;     // the timestamp of the event at seq
+};
+
+struct SnapshotStoreOptions {
+  // The LMDB map's initial size; a write that fills it doubles it (up to
+  // map_size_bytes_max) and retries. An existing larger file keeps its size.
+  std::size_t map_size_bytes = std::size_t{64} << 20;
+  std::size_t map_size_bytes_max = std::size_t{1} << 40;
+  // Image bytes per chunk key, kChunkBytesMin..kChunkBytesMax.
+  std::size_t chunk_bytes = std::size_t{1} << 20;
+};
+
+struct SnapshotInfo {
+  std::uint64_t seq = 0;
+  std::int64_t time_ns = 0;          // log timestamp of the event at seq
+  std::uint64_t size_bytes = 0;      // of the image (payload)
+  std::uint64_t digest = 0;          // State::digest() when written
+  std::uint64_t chain_checksum = 0;
+  std::uint32_t chunk_count = 0;
+  // false when the metadata record itself does not verify; only seq is
+  // meaningful then (list() still shows it, so a tool can say so).
+  bool metadata_ok = true;
+};
+
+struct SkippedSnapshot {
+  std::uint64_t seq = 0;
+  Status why;  // corrupt (checksum, image, digest), invalid (window), ...
+};
+
+struct LoadedSnapshot {
+  std::unique_ptr<proj::State> state;
+  SnapshotInfo info;
+};
+
+class SnapshotStore {
+ public:
+  // Opens or creates the environment in `dir` (created if missing; its
+  // parent must exist). invalid for bad options, io_error when LMDB or the
+  // file system refuses.
+  static Result<std::unique_ptr<SnapshotStore>> open(const std::string& dir,
+                                                     const SnapshotStoreOptions& options);
+  ~SnapshotStore();
+  SnapshotStore(const SnapshotStore&) = delete;
+  SnapshotStore& operator=(const SnapshotStore&) = delete;
+
+  // Saves `state` as the snapshot at position.seq, replacing one already
+  // there. Preconditions checked (invalid): position.seq and timestamp_ns
+  // are the state's last_seq() and last_timestamp_ns(). All or nothing.
+  Result<SnapshotInfo> write(const proj::State& state, const LogPosition& position);
+
+  // Every snapshot, oldest first. Reads metadata only.
+  Result<std::vector<SnapshotInfo>> list() const;
+
+  // Deletes all but the newest retain_count snapshots, in one transaction;
+  // returns how many it deleted.
+  Result<std::size_t> prune(std::size_t retain_count);
+
+  // The newest snapshot with seq <= max_seq that verifies (metadata hash,
+  // payload checksum, image structure and invariants, digest, seq), loaded
+  // with `options`. Every snapshot passed over is appended to *skipped
+  // (if not null) with its reason; one above max_seq is skipped as invalid.
+  // not_found when none verifies: replay the whole log.
+  Result<LoadedSnapshot> load_newest_valid(std::uint64_t max_seq,
+                                           const proj::StateOptions& options,
+                                           std::vector<SkippedSnapshot>* skipped) const;
+
+ private:
+  struct Env;
+  explicit SnapshotStore(std::unique_ptr<Env> env);
+  std::unique_ptr<Env> env_;
+};
+
+}  // namespace tally::snap

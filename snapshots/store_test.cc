@@ -1,0 +1,304 @@
+#include "snapshots/store.h"
+
+#include <doctest.h>
+#include <lmdb.h>
+#include <stdlib.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "projections/state_fixture.h"
+#include "snapshots/format.h"
+
+namespace tally::snap {
+namespace {
+
+using proj::Feed;
+using proj::kWindowNs;
+using proj::ScriptHolds;
+using proj::State;
+using proj::StateOptions;
+
+// A temporary directory, removed with everything in it.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "tally-snap-XXXXXX").string();
+    REQUIRE(mkdtemp(pattern.data()) != nullptr);
+    path_ = pattern;
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  std::string store_dir() const { return (path_ / "snapshots").string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+SnapshotStoreOptions small_options() {
+  SnapshotStoreOptions options;
+  options.map_size_bytes = 1 << 20;
+  options.chunk_bytes = kChunkBytesMin;
+  return options;
+}
+
+std::unique_ptr<SnapshotStore> open_store(const TempDir& dir,
+                                          SnapshotStoreOptions options = small_options()) {
+  Result<std::unique_ptr<SnapshotStore>> store = SnapshotStore::open(dir.store_dir(), options);
+  REQUIRE_MESSAGE(store.ok(), store.status().to_string());
+  return std::move(store).value();
+}
+
+LogPosition position_of(const State& state) {
+  return LogPosition{state.last_seq(), 0xc0ffee00 + state.last_seq(), state.last_timestamp_ns()};
+}
+
+SnapshotInfo write_ok(SnapshotStore* store, const State& state) {
+  Result<SnapshotInfo> info = store->write(state, position_of(state));
+  REQUIRE_MESSAGE(info.ok(), info.status().to_string());
+  return *info;
+}
+
+// Runs the script to its end, writing a snapshot after every event.
+struct ScriptRun {
+  State state{StateOptions{kWindowNs}};
+  ScriptHolds holds;
+  std::vector<std::uint64_t> digests;  // by seq; [0] is the empty state
+};
+
+void run_script(SnapshotStore* store, ScriptRun* run) {
+  Feed feed({&run->state});
+  run->digests.push_back(run->state.digest());
+  for (const proj::Step& step : proj::script()) {
+    REQUIRE_OK(step(feed, run->holds));
+    run->digests.push_back(run->state.digest());
+    if (store != nullptr) write_ok(store, run->state);
+  }
+}
+
+TEST_CASE("snapshot + tail replay equals full replay, from every event of the script") {
+  TempDir dir;
+  std::unique_ptr<SnapshotStore> store = open_store(dir);
+  ScriptRun full;
+  run_script(store.get(), &full);
+  const std::vector<proj::Step> steps = proj::script();
+  for (std::uint64_t max_seq = 1; max_seq <= steps.size(); max_seq++) {
+    CAPTURE(max_seq);
+    std::vector<SkippedSnapshot> skipped;
+    Result<LoadedSnapshot> loaded =
+        store->load_newest_valid(max_seq, StateOptions{kWindowNs}, &skipped);
+    REQUIRE_MESSAGE(loaded.ok(), loaded.status().to_string());
+    CHECK(loaded->info.seq == max_seq);
+    CHECK(loaded->info.chain_checksum == 0xc0ffee00 + max_seq);
+    CHECK(skipped.size() == steps.size() - max_seq);  // the newer ones, past max_seq
+    State& restored = *loaded->state;
+    CHECK(restored.digest() == full.digests[max_seq]);
+    // Replay the tail onto the restored State, as recovery will.
+    Feed tail({&restored});
+    tail.now_ns = restored.last_timestamp_ns();
+    ScriptHolds holds = full.holds;
+    for (std::size_t index = max_seq; index < steps.size(); index++) {
+      REQUIRE_OK(steps[index](tail, holds));
+      CHECK(restored.digest() == full.digests[index + 1]);
+    }
+  }
+}
+
+TEST_CASE("list shows seq, time, size and digest, oldest first; prune keeps the newest") {
+  TempDir dir;
+  std::unique_ptr<SnapshotStore> store = open_store(dir);
+  ScriptRun run;
+  run_script(store.get(), &run);
+  Result<std::vector<SnapshotInfo>> listed = store->list();
+  REQUIRE(listed.ok());
+  REQUIRE(listed->size() == run.digests.size() - 1);
+  for (std::size_t index = 0; index < listed->size(); index++) {
+    const SnapshotInfo& info = (*listed)[index];
+    CHECK(info.metadata_ok);
+    CHECK(info.seq == index + 1);
+    CHECK(info.digest == run.digests[index + 1]);
+    CHECK(info.size_bytes > 0);
+    CHECK(info.chunk_count >= 1);
+    CHECK(info.time_ns >= proj::kStartNs);
+  }
+  // Writing the same seq again replaces it.
+  write_ok(store.get(), run.state);
+  CHECK(store->list()->size() == run.digests.size() - 1);
+
+  Result<std::size_t> pruned = store->prune(3);
+  REQUIRE(pruned.ok());
+  CHECK(*pruned == run.digests.size() - 1 - 3);
+  listed = store->list();
+  REQUIRE(listed->size() == 3);
+  CHECK(listed->back().seq == run.state.last_seq());
+  CHECK(listed->front().seq == run.state.last_seq() - 2);
+  CHECK(*store->prune(5) == 0);
+  CHECK(*store->prune(0) == 3);
+  CHECK(store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, nullptr).code() ==
+        ErrorCode::not_found);
+}
+
+// Opens the environment directly (the store must be closed: one process
+// may not open an LMDB environment twice) and flips a byte of one chunk.
+void flip_chunk_byte(const TempDir& dir, std::uint64_t seq, std::uint32_t chunk, std::size_t at) {
+  MDB_env* env = nullptr;
+  REQUIRE(mdb_env_create(&env) == 0);
+  REQUIRE(mdb_env_set_maxdbs(env, 2) == 0);
+  REQUIRE(mdb_env_open(env, dir.store_dir().c_str(), 0, 0644) == 0);
+  MDB_txn* txn = nullptr;
+  REQUIRE(mdb_txn_begin(env, nullptr, 0, &txn) == 0);
+  MDB_dbi dbi = 0;
+  REQUIRE(mdb_dbi_open(txn, kChunksDbName, 0, &dbi) == 0);
+  std::uint8_t key_bytes[kChunkKeyBytes] = {};
+  for (int index = 0; index < 8; index++) {
+    key_bytes[index] = static_cast<std::uint8_t>(seq >> (8 * (7 - index)));
+  }
+  for (int index = 0; index < 4; index++) {
+    key_bytes[8 + index] = static_cast<std::uint8_t>(chunk >> (8 * (3 - index)));
+  }
+  MDB_val key{sizeof(key_bytes), key_bytes};
+  MDB_val value{};
+  REQUIRE(mdb_get(txn, dbi, &key, &value) == 0);
+  REQUIRE(at < value.mv_size);
+  std::vector<std::uint8_t> bytes(static_cast<std::uint8_t*>(value.mv_data),
+                                  static_cast<std::uint8_t*>(value.mv_data) + value.mv_size);
+  bytes[at] ^= 0x20;
+  MDB_val changed{bytes.size(), bytes.data()};
+  REQUIRE(mdb_put(txn, dbi, &key, &changed, 0) == 0);
+  REQUIRE(mdb_txn_commit(txn) == 0);
+  mdb_env_close(env);
+}
+
+TEST_CASE("a corrupt newest snapshot falls back to the older; all corrupt is not_found") {
+  TempDir dir;
+  ScriptRun run;
+  {
+    std::unique_ptr<SnapshotStore> store = open_store(dir);
+    run_script(store.get(), &run);
+    REQUIRE(store->prune(2).ok());
+  }
+  const std::uint64_t newest = run.state.last_seq();
+  flip_chunk_byte(dir, newest, 0, 40);
+  std::unique_ptr<SnapshotStore> store = open_store(dir);
+  std::vector<SkippedSnapshot> skipped;
+  Result<LoadedSnapshot> loaded =
+      store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, &skipped);
+  REQUIRE_MESSAGE(loaded.ok(), loaded.status().to_string());
+  CHECK(loaded->info.seq == newest - 1);
+  CHECK(loaded->state->digest() == run.digests[newest - 1]);
+  REQUIRE(skipped.size() == 1);
+  CHECK(skipped[0].seq == newest);
+  CHECK(skipped[0].why.code() == ErrorCode::corrupt);
+  CHECK(skipped[0].why.message().find("checksum") != std::string::npos);
+
+  store.reset();
+  flip_chunk_byte(dir, newest - 1, 0, 0);
+  store = open_store(dir);
+  skipped.clear();
+  CHECK(store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, &skipped).code() ==
+        ErrorCode::not_found);
+  CHECK(skipped.size() == 2);
+}
+
+TEST_CASE("a byte flipped in the data file is caught and skipped") {
+  TempDir dir;
+  State state(StateOptions{kWindowNs});
+  Feed feed({&state});
+  std::uint64_t older_digest = 0;
+  {
+    std::unique_ptr<SnapshotStore> store = open_store(dir);
+    REQUIRE_OK(feed.one("k1", proj::acquire_op("alice", "gold", 5)));
+    write_ok(store.get(), state);
+    older_digest = state.digest();
+    // A name only the newest snapshot holds, to find its bytes in the file.
+    REQUIRE_OK(feed.one("k2", proj::acquire_op("only-in-the-newest-snapshot", "gold", 5)));
+    write_ok(store.get(), state);
+  }
+  const std::string data_path = dir.store_dir() + "/data.mdb";
+  std::string data;
+  {
+    std::ifstream in(data_path, std::ios::binary);
+    data.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  const std::string marker = "only-in-the-newest-snapshot";
+  std::size_t flipped = 0;
+  // Copy-on-write may leave stale copies in free pages; flip them all.
+  for (std::size_t at = data.find(marker); at != std::string::npos;
+       at = data.find(marker, at + 1)) {
+    data[at + 3] ^= 0x01;
+    flipped++;
+  }
+  REQUIRE(flipped >= 1);
+  {
+    std::ofstream out(data_path, std::ios::binary | std::ios::trunc);
+    out.write(data.data(), static_cast<std::streamsize>(data.size()));
+  }
+  std::unique_ptr<SnapshotStore> store = open_store(dir);
+  std::vector<SkippedSnapshot> skipped;
+  Result<LoadedSnapshot> loaded =
+      store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, &skipped);
+  REQUIRE_MESSAGE(loaded.ok(), loaded.status().to_string());
+  CHECK(loaded->info.seq == 1);
+  CHECK(loaded->state->digest() == older_digest);
+  REQUIRE(skipped.size() == 1);
+  CHECK(skipped[0].seq == 2);
+}
+
+TEST_CASE("a different idempotency window skips the snapshot as invalid") {
+  TempDir dir;
+  std::unique_ptr<SnapshotStore> store = open_store(dir);
+  ScriptRun run;
+  run_script(store.get(), &run);
+  REQUIRE(store->prune(1).ok());
+  std::vector<SkippedSnapshot> skipped;
+  CHECK(store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs * 2}, &skipped).code() ==
+        ErrorCode::not_found);
+  REQUIRE(skipped.size() == 1);
+  CHECK(skipped[0].why.code() == ErrorCode::invalid);
+}
+
+TEST_CASE("a full map grows and the write succeeds") {
+  TempDir dir;
+  SnapshotStoreOptions options = small_options();
+  options.map_size_bytes = 64 * 1024;
+  std::unique_ptr<SnapshotStore> store = open_store(dir, options);
+  State state(StateOptions{0});
+  Feed feed({&state});
+  for (int index = 0; index < 3000; index++) {
+    std::string key = "a-rather-long-idempotency-key-";
+    key += std::to_string(index);
+    REQUIRE_OK(feed.one(key, proj::acquire_op(key, "gold", 1)));
+  }
+  const SnapshotInfo info = write_ok(store.get(), state);
+  CHECK(info.size_bytes > options.map_size_bytes);
+  Result<LoadedSnapshot> loaded = store->load_newest_valid(UINT64_MAX, StateOptions{0}, nullptr);
+  REQUIRE(loaded.ok());
+  CHECK(loaded->state->digest() == state.digest());
+
+  options.map_size_bytes_max = options.map_size_bytes;
+  store.reset();
+  TempDir capped_dir;
+  store = open_store(capped_dir, options);
+  CHECK(store->write(state, position_of(state)).code() == ErrorCode::io_error);
+  CHECK(store->list()->empty());  // nothing half-written
+}
+
+TEST_CASE("bad options and a position that is not the state's are invalid") {
+  TempDir dir;
+  SnapshotStoreOptions options = small_options();
+  options.chunk_bytes = 1;
+  CHECK(SnapshotStore::open(dir.store_dir(), options).code() == ErrorCode::invalid);
+  std::unique_ptr<SnapshotStore> store = open_store(dir);
+  State state;
+  LogPosition position = position_of(state);
+  position.seq = 7;
+  CHECK(store->write(state, position).code() == ErrorCode::invalid);
+}
+
+}  // namespace
+}  // namespace tally::snap
