@@ -25,6 +25,7 @@
 #include <string_view>
 #include <vector>
 
+#include "engine/api.h"
 #include "engine/clock.h"
 #include "engine/types.h"
 #include "log/file.h"
@@ -62,48 +63,27 @@ struct LedgerStats {
   std::uint64_t digest = 0;            // of the state after the last applied event
 };
 
-class Ledger {
+class Ledger final : public LedgerApi {
  public:
   // Takes the data directory's lock, replays the log, resumes appending.
   // Errors: locked (another process has it), corrupt (with segment and
   // offset), io_error, invalid (options).
   static Result<std::unique_ptr<Ledger>> open(const LedgerOptions& options);
   // close(), ignoring its Status.
-  ~Ledger();
+  ~Ledger() override;
   Ledger(const Ledger&) = delete;
   Ledger& operator=(const Ledger&) = delete;
 
-  // ---- blocking mutations: return once the outcome is durable ----
-  Result<Receipt> acquire(std::string_view key, std::string_view subject, std::string_view item,
-                          std::int64_t qty, const Metadata& meta = {});
-  Result<Receipt> consume(std::string_view key, std::string_view subject, std::string_view item,
-                          std::int64_t qty, const Metadata& meta = {});
-  Result<Receipt> transfer(std::string_view key, std::string_view from, std::string_view to,
-                           std::string_view item, std::int64_t qty, const Metadata& meta = {});
-  // Receipt::hold is the new hold's id.
-  Result<Receipt> hold(std::string_view key, std::string_view subject, std::string_view item,
-                       std::int64_t qty, std::int64_t ttl_ns, const Metadata& meta = {});
-  // qty: commit part and release the rest; nullopt commits the whole hold.
-  Result<Receipt> commit(std::string_view key, HoldId hold, std::optional<std::int64_t> qty = {},
-                         const Metadata& meta = {});
-  Result<Receipt> release(std::string_view key, HoldId hold, const Metadata& meta = {});
-  Result<Receipt> batch(std::string_view key, std::vector<OpRequest> ops,
-                        const Metadata& meta = {});
-  // Any command; the general form of the calls above.
-  Result<Receipt> execute(Command command);
-
-  // ---- non-blocking ----
-  using Completion = std::function<void(Result<Receipt>)>;
+  // ---- LedgerApi: mutations return once the outcome is durable ----
+  Result<Receipt> execute(Command command) override;
   // Queues a command; `done` runs once its outcome is durable (or it failed).
   // Waits only when the queue is full.
-  void submit(Command command, Completion done);
+  void submit(Command command, Completion done) override;
 
   // ---- reads: consistent with every acknowledged mutation ----
-  Result<Balance> balance(std::string_view subject, std::string_view item);
-  // Non-zero balances of a subject, items sorted bytewise.
-  Result<std::vector<ItemBalance>> list(std::string_view subject);
-  // not_found for a hold never seen or forgotten.
-  Result<HoldView> hold_info(HoldId hold);
+  Result<Balance> balance(std::string_view subject, std::string_view item) override;
+  Result<std::vector<ItemBalance>> list(std::string_view subject) override;
+  Result<HoldView> hold_info(HoldId hold) override;
 
   // Appends expire events for every hold due at the clock's now. The writer
   // does this by itself before each command and when idle; tests with a

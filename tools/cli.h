@@ -46,5 +46,7 @@ extern const CliCommand kLog;
 extern const CliCommand kVerify;
 // The workload generator (tools/workload.cc).
 extern const CliCommand kWorkload;
+// The server (tools/cli_serve.cc).
+extern const CliCommand kServe;
 
 }  // namespace tally::cli

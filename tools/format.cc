@@ -1,5 +1,7 @@
 #include "tools/format.h"
 
+#include "engine/json.h"
+
 #include <ctime>
 
 namespace tally::cli {
@@ -13,72 +15,10 @@ void append_byte_hex(std::string* out, unsigned char byte) {
   out->push_back(kHexDigits[byte & 0xf]);
 }
 
-// Length of the valid UTF-8 sequence starting text[0], or 0 when it is not
-// one (overlong forms, surrogates and code points past U+10FFFF are not).
-std::size_t utf8_sequence_bytes(std::string_view text) {
-  const auto byte = [&](std::size_t index) { return static_cast<unsigned char>(text[index]); };
-  const unsigned char lead = byte(0);
-  std::size_t length = 0;
-  std::uint32_t code_point = 0;
-  if (lead >= 0xc2 && lead <= 0xdf) {
-    length = 2;
-    code_point = lead & 0x1f;
-  } else if (lead >= 0xe0 && lead <= 0xef) {
-    length = 3;
-    code_point = lead & 0x0f;
-  } else if (lead >= 0xf0 && lead <= 0xf4) {
-    length = 4;
-    code_point = lead & 0x07;
-  } else {
-    return 0;
-  }
-  if (text.size() < length) return 0;
-  for (std::size_t index = 1; index < length; index++) {
-    if ((byte(index) & 0xc0) != 0x80) return 0;
-    code_point = code_point << 6 | (byte(index) & 0x3f);
-  }
-  const bool overlong = (length == 3 && code_point < 0x800) || (length == 4 && code_point < 0x10000);
-  const bool surrogate = code_point >= 0xd800 && code_point <= 0xdfff;
-  if (overlong || surrogate || code_point > 0x10ffff) return 0;
-  return length;
-}
-
 }  // namespace
 
 void append_json_string(std::string* out, std::string_view text) {
-  out->push_back('"');
-  std::size_t index = 0;
-  while (index < text.size()) {
-    const auto byte = static_cast<unsigned char>(text[index]);
-    if (byte >= 0x80) {
-      const std::size_t length = utf8_sequence_bytes(text.substr(index));
-      if (length == 0) {
-        *out += "\\u00";
-        append_byte_hex(out, byte);
-        index++;
-      } else {
-        out->append(text.substr(index, length));
-        index += length;
-      }
-      continue;
-    }
-    switch (byte) {
-      case '"': *out += "\\\""; break;
-      case '\\': *out += "\\\\"; break;
-      case '\n': *out += "\\n"; break;
-      case '\r': *out += "\\r"; break;
-      case '\t': *out += "\\t"; break;
-      default:
-        if (byte < 0x20 || byte == 0x7f) {
-          *out += "\\u00";
-          append_byte_hex(out, byte);
-        } else {
-          out->push_back(static_cast<char>(byte));
-        }
-    }
-    index++;
-  }
-  out->push_back('"');
+  json::append_string(out, text);
 }
 
 void append_text_escaped(std::string* out, std::string_view text) {

@@ -1,0 +1,53 @@
+// LedgerApi: the calls an embedded Ledger (engine/ledger.h) and a remote
+// Client (engine/client.h) share, so a backend switches between them by
+// configuration: code written against LedgerApi& runs on either.
+//
+// Implementations provide execute, submit and the reads; the convenience
+// mutations below are written once, here, as commands.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string_view>
+#include <vector>
+
+#include "engine/types.h"
+#include "log/status.h"
+
+namespace tally {
+
+class LedgerApi {
+ public:
+  virtual ~LedgerApi() = default;
+
+  // Any mutation; returns once its outcome is durable (or it failed).
+  virtual Result<Receipt> execute(Command command) = 0;
+  using Completion = std::function<void(Result<Receipt>)>;
+  // Queues a mutation and returns; `done` runs once its outcome is known.
+  virtual void submit(Command command, Completion done) = 0;
+
+  virtual Result<Balance> balance(std::string_view subject, std::string_view item) = 0;
+  // Non-zero balances of a subject, items sorted bytewise.
+  virtual Result<std::vector<ItemBalance>> list(std::string_view subject) = 0;
+  // not_found for a hold never seen or forgotten.
+  virtual Result<HoldView> hold_info(HoldId hold) = 0;
+
+  Result<Receipt> acquire(std::string_view key, std::string_view subject, std::string_view item,
+                          std::int64_t qty, const Metadata& meta = {});
+  Result<Receipt> consume(std::string_view key, std::string_view subject, std::string_view item,
+                          std::int64_t qty, const Metadata& meta = {});
+  Result<Receipt> transfer(std::string_view key, std::string_view from, std::string_view to,
+                           std::string_view item, std::int64_t qty, const Metadata& meta = {});
+  // Receipt::hold is the new hold's id.
+  Result<Receipt> hold(std::string_view key, std::string_view subject, std::string_view item,
+                       std::int64_t qty, std::int64_t ttl_ns, const Metadata& meta = {});
+  // qty: commit part and release the rest; nullopt commits the whole hold.
+  Result<Receipt> commit(std::string_view key, HoldId hold, std::optional<std::int64_t> qty = {},
+                         const Metadata& meta = {});
+  Result<Receipt> release(std::string_view key, HoldId hold, const Metadata& meta = {});
+  Result<Receipt> batch(std::string_view key, std::vector<OpRequest> ops,
+                        const Metadata& meta = {});
+};
+
+}  // namespace tally

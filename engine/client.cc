@@ -1,0 +1,326 @@
+#include "engine/client.h"
+
+#include <boost/asio.hpp>
+#include <chrono>
+#include <condition_variable>
+#include <future>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "engine/server.h"
+
+namespace tally {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+
+namespace {
+
+using ResponseDone = std::function<void(Result<wire::Response>)>;
+
+struct Pending {
+  std::string frame;  // the encoded request, sent again after a reconnect
+  ResponseDone done;
+  int attempts = 0;
+};
+
+Status io_status(std::string_view what, const boost::system::error_code& ec) {
+  return Status(ErrorCode::io_error, std::string(what) + ": " + ec.message());
+}
+
+// Reads one frame with the same limits as the server.
+Result<wire::FrameWords> read_frame(tcp::socket& socket, std::size_t frame_bytes_max) {
+  wire::FrameWords frame(wire::kFirstBytes / sizeof(std::uint64_t));
+  auto* bytes = reinterpret_cast<std::byte*>(frame.data());
+  boost::system::error_code ec;
+  asio::read(socket, asio::buffer(bytes, wire::kFirstBytes), ec);
+  if (ec) return io_status("read", ec);
+  auto table = wire::table_bytes(std::span(bytes, wire::kFirstBytes));
+  if (!table) return table.status();
+  frame.resize(*table / sizeof(std::uint64_t));
+  bytes = reinterpret_cast<std::byte*>(frame.data());
+  asio::read(socket, asio::buffer(bytes + wire::kFirstBytes, *table - wire::kFirstBytes), ec);
+  if (ec) return io_status("read", ec);
+  auto total = wire::frame_bytes(std::span(bytes, *table), frame_bytes_max);
+  if (!total) return total.status();
+  frame.resize(*total / sizeof(std::uint64_t));
+  bytes = reinterpret_cast<std::byte*>(frame.data());
+  asio::read(socket, asio::buffer(bytes + *table, *total - *table), ec);
+  if (ec) return io_status("read", ec);
+  return frame;
+}
+
+Result<Receipt> to_receipt(Result<wire::Response> response) {
+  if (!response) return response.status();
+  if (response->kind == wire::Response::Kind::error) return response->error;
+  if (response->kind != wire::Response::Kind::receipt) {
+    return Status(ErrorCode::invalid, "the server answered a mutation with something else");
+  }
+  return std::move(response->receipt);
+}
+
+}  // namespace
+
+struct Client::Impl {
+  explicit Impl(ClientOptions options_in) : options(std::move(options_in)) {}
+
+  Status connect_locked();
+  Status connect_once_locked();
+  void send(wire::Request request, ResponseDone done);
+  void reader_main();
+  void on_connection_lost_locked(std::vector<ResponseDone>* failed, const Status& why);
+  void fail(std::vector<ResponseDone> failed, const Status& why);
+
+  ClientOptions options;
+  std::string host;
+  std::uint16_t port = 0;
+  asio::io_context io;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::unique_ptr<tcp::socket> socket;  // replaced only while !connected
+  bool connected = false;
+  bool closing = false;
+  std::uint64_t next_id = 1;
+  std::map<std::uint64_t, Pending> pending;  // by id: resent in the order sent
+  std::thread reader;
+};
+
+Status Client::Impl::connect_once_locked() {
+  boost::system::error_code ec;
+  const auto ip = asio::ip::make_address(host, ec);
+  if (ec) return Status(ErrorCode::invalid, "bad address '" + host + "': " + ec.message());
+  auto fresh = std::make_unique<tcp::socket>(io);
+  if (fresh->connect(tcp::endpoint(ip, port), ec)) return io_status("connect", ec);
+  fresh->set_option(tcp::no_delay(true), ec);
+  wire::Request hello;
+  hello.id = 0;
+  hello.kind = wire::Request::Kind::hello;
+  hello.token = options.token;
+  asio::write(*fresh, asio::buffer(wire::encode_request(hello)), ec);
+  if (ec) return io_status("hello", ec);
+  auto frame = read_frame(*fresh, options.frame_bytes_max);
+  if (!frame) return frame.status();
+  auto response = wire::decode_response(*frame);
+  if (!response) return response.status();
+  if (response->kind == wire::Response::Kind::error) return response->error;
+  socket = std::move(fresh);
+  connected = true;
+  return Status();
+}
+
+// Connects with retries and backoff, then sends every unanswered request
+// again. A wrong token or version (an `invalid` answer) is not retried.
+Status Client::Impl::connect_locked() {
+  Status status;
+  std::int64_t backoff_ms = options.retry_backoff_ms;
+  for (int attempt = 0; attempt <= options.retries_max && !closing; attempt++) {
+    status = connect_once_locked();
+    if (status.ok() || status.code() == ErrorCode::invalid) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(backoff_ms));
+    backoff_ms *= 2;
+  }
+  if (closing) return Status(ErrorCode::closed, "the client is closed");
+  if (!status.ok()) return status;
+  cv.notify_all();
+  boost::system::error_code ec;
+  for (auto& [id, request] : pending) {
+    if (asio::write(*socket, asio::buffer(request.frame), ec); ec) break;  // the reader sees it too
+  }
+  return Status();
+}
+
+void Client::Impl::fail(std::vector<ResponseDone> failed, const Status& why) {
+  for (ResponseDone& done : failed) done(why);
+}
+
+// Drops the connection; reconnects and resends what survives its retries.
+void Client::Impl::on_connection_lost_locked(std::vector<ResponseDone>* failed, const Status& why) {
+  connected = false;
+  boost::system::error_code ignored;
+  socket->close(ignored);
+  for (auto entry = pending.begin(); entry != pending.end();) {
+    if (++entry->second.attempts > options.retries_max) {
+      failed->push_back(std::move(entry->second.done));
+      entry = pending.erase(entry);
+    } else {
+      ++entry;
+    }
+  }
+  if (pending.empty() || closing) return;
+  const Status reconnected = connect_locked();
+  if (reconnected.ok()) return;
+  for (auto& [id, request] : pending) failed->push_back(std::move(request.done));
+  pending.clear();
+  (void)why;
+}
+
+void Client::Impl::send(wire::Request request, ResponseDone done) {
+  std::unique_lock<std::mutex> guard(mu);
+  cv.wait(guard, [&] { return pending.size() < options.inflight_max || closing; });
+  if (closing) {
+    guard.unlock();
+    return done(Status(ErrorCode::closed, "the client is closed"));
+  }
+  request.id = next_id++;
+  auto [entry, added] = pending.emplace(request.id, Pending{wire::encode_request(request), std::move(done), 0});
+  TALLY_ASSERT(added);
+  if (!connected) {
+    // connect_locked() sends every pending request, this one included.
+    const Status status = connect_locked();
+    if (status.ok()) return;
+    std::vector<ResponseDone> failed;
+    for (auto& [id, request_entry] : pending) failed.push_back(std::move(request_entry.done));
+    pending.clear();
+    guard.unlock();
+    return fail(std::move(failed), status);
+  }
+  boost::system::error_code ec;
+  asio::write(*socket, asio::buffer(entry->second.frame), ec);
+  // On a failed write the reader thread notices the broken connection and
+  // resends this request with the others.
+  if (ec) socket->shutdown(tcp::socket::shutdown_both, ec);
+}
+
+void Client::Impl::reader_main() {
+  std::unique_lock<std::mutex> guard(mu);
+  while (true) {
+    cv.wait(guard, [&] { return connected || closing; });
+    if (closing) return;
+    // The socket is replaced only after this thread marks the connection
+    // lost, so reading it without the lock is safe; writers share it under
+    // the lock (one sync read and one sync write may overlap).
+    tcp::socket& current = *socket;
+    guard.unlock();
+    Status lost;
+    while (true) {
+      auto frame = read_frame(current, options.frame_bytes_max);
+      auto response = frame ? wire::decode_response(*frame) : Result<wire::Response>(frame.status());
+      if (!response) {
+        lost = response.status();
+        break;
+      }
+      std::unique_lock<std::mutex> entry_guard(mu);
+      auto entry = pending.find(response->id);
+      if (entry == pending.end()) {
+        lost = Status(ErrorCode::invalid, "response to an unknown request id");
+        break;
+      }
+      ResponseDone done = std::move(entry->second.done);
+      pending.erase(entry);
+      cv.notify_all();
+      entry_guard.unlock();
+      done(std::move(*response));
+    }
+    guard.lock();
+    if (closing) return;
+    std::vector<ResponseDone> failed;
+    on_connection_lost_locked(&failed, lost);
+    if (!failed.empty()) {
+      guard.unlock();
+      fail(std::move(failed), Status(ErrorCode::io_error, "connection lost: " + lost.message()));
+      guard.lock();
+    }
+  }
+}
+
+Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
+  auto impl = std::make_unique<Impl>(std::move(options));
+  TALLY_TRY(parse_host_port(impl->options.address, &impl->host, &impl->port));
+  {
+    std::lock_guard<std::mutex> guard(impl->mu);
+    TALLY_TRY(impl->connect_locked());
+  }
+  impl->reader = std::thread([raw = impl.get()] { raw->reader_main(); });
+  return std::unique_ptr<Client>(new Client(std::move(impl)));
+}
+
+Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Client::~Client() { close(); }
+
+void Client::close() {
+  Impl& impl = *impl_;
+  std::vector<ResponseDone> failed;
+  {
+    std::lock_guard<std::mutex> guard(impl.mu);
+    if (impl.closing) return;
+    impl.closing = true;
+    boost::system::error_code ignored;
+    if (impl.socket) impl.socket->shutdown(tcp::socket::shutdown_both, ignored);
+    impl.cv.notify_all();
+  }
+  if (impl.reader.joinable()) impl.reader.join();
+  {
+    std::lock_guard<std::mutex> guard(impl.mu);
+    for (auto& [id, request] : impl.pending) failed.push_back(std::move(request.done));
+    impl.pending.clear();
+    boost::system::error_code ignored;
+    if (impl.socket) impl.socket->close(ignored);
+  }
+  impl.fail(std::move(failed), Status(ErrorCode::closed, "the client is closed"));
+}
+
+void Client::submit(Command command, Completion done) {
+  wire::Request request;
+  request.kind = wire::Request::Kind::mutation;
+  request.command = std::move(command);
+  impl_->send(std::move(request), [done = std::move(done)](Result<wire::Response> response) {
+    done(to_receipt(std::move(response)));
+  });
+}
+
+Result<Receipt> Client::execute(Command command) {
+  std::promise<Result<Receipt>> answer;
+  auto future = answer.get_future();
+  submit(std::move(command), [&answer](Result<Receipt> result) { answer.set_value(std::move(result)); });
+  return future.get();
+}
+
+namespace {
+
+// A blocking read: sends `request`, waits, extracts the answer of `kind`.
+template <class T, class Extract>
+Result<T> call(const std::function<void(wire::Request, ResponseDone)>& send,
+               wire::Request request, wire::Response::Kind kind, Extract extract) {
+  std::promise<Result<wire::Response>> answer;
+  auto future = answer.get_future();
+  send(std::move(request), [&answer](Result<wire::Response> response) { answer.set_value(std::move(response)); });
+  Result<wire::Response> response = future.get();
+  if (!response) return response.status();
+  if (response->kind == wire::Response::Kind::error) return response->error;
+  if (response->kind != kind) return Status(ErrorCode::invalid, "unexpected response kind");
+  return extract(*response);
+}
+
+}  // namespace
+
+Result<Balance> Client::balance(std::string_view subject, std::string_view item) {
+  wire::Request request;
+  request.kind = wire::Request::Kind::balance;
+  request.subject = std::string(subject);
+  request.item = std::string(item);
+  return call<Balance>([this](wire::Request r, ResponseDone d) { impl_->send(std::move(r), std::move(d)); },
+                       std::move(request), wire::Response::Kind::balance,
+                       [](wire::Response& response) { return response.balance; });
+}
+
+Result<std::vector<ItemBalance>> Client::list(std::string_view subject) {
+  wire::Request request;
+  request.kind = wire::Request::Kind::list;
+  request.subject = std::string(subject);
+  return call<std::vector<ItemBalance>>(
+      [this](wire::Request r, ResponseDone d) { impl_->send(std::move(r), std::move(d)); },
+      std::move(request), wire::Response::Kind::list,
+      [](wire::Response& response) { return std::move(response.items); });
+}
+
+Result<HoldView> Client::hold_info(HoldId hold) {
+  wire::Request request;
+  request.kind = wire::Request::Kind::hold_info;
+  request.hold = hold;
+  return call<HoldView>([this](wire::Request r, ResponseDone d) { impl_->send(std::move(r), std::move(d)); },
+                        std::move(request), wire::Response::Kind::hold_info,
+                        [](wire::Response& response) { return std::move(response.hold); });
+}
+
+}  // namespace tally

@@ -1,0 +1,548 @@
+// HTTP/1.1 JSON API (docs/http-api.md): one request at a time per
+// connection, keep-alive, bodies and headers bounded, problem+json errors.
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <optional>
+
+#include "engine/json.h"
+#include "engine/server_impl.h"
+
+namespace tally::server_detail {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+
+namespace {
+
+using Body = http::string_body;
+using HttpRequest = http::request<Body>;
+using HttpResponse = http::response<Body>;
+
+constexpr std::size_t kPathSegmentsMax = 8;
+constexpr std::int64_t kNsPerMs = 1'000'000;
+
+// ---- responses ---------------------------------------------------------------
+
+HttpResponse json_response(http::status status, std::string body,
+                           std::string_view content_type = "application/json") {
+  HttpResponse response(status, 11);
+  response.set(http::field::content_type, beast::string_view(content_type.data(), content_type.size()));
+  response.body() = std::move(body);
+  return response;
+}
+
+// An application/problem+json body (RFC 9457) with a stable `code`. `extra`
+// is more members, each already encoded as ,"name":value.
+HttpResponse problem(http::status status, std::string_view code, std::string_view detail,
+                     std::string_view extra = {}) {
+  std::string body = "{\"type\":\"urn:tally:problem:";
+  body += code;
+  body += "\",\"title\":";
+  json::append_string(&body, code);
+  body += ",\"status\":" + std::to_string(static_cast<unsigned>(status));
+  body += ",\"code\":";
+  json::append_string(&body, code);
+  body += ",\"detail\":";
+  json::append_string(&body, detail);
+  body += extra;
+  body += "}";
+  return json_response(status, std::move(body), "application/problem+json");
+}
+
+http::status status_of(ErrorCode code) {
+  switch (code) {
+    case ErrorCode::invalid: return http::status::bad_request;
+    case ErrorCode::idempotency_conflict: return http::status::conflict;
+    case ErrorCode::not_found: return http::status::not_found;
+    case ErrorCode::read_only:
+    case ErrorCode::io_error:
+    case ErrorCode::closed:
+    case ErrorCode::busy: return http::status::service_unavailable;
+    default: return http::status::internal_server_error;
+  }
+}
+
+HttpResponse error_response(const Status& status) {
+  return problem(status_of(status.code()), error_code_name(status.code()), status.message());
+}
+
+HttpResponse receipt_response(const Command& command, const Receipt& receipt) {
+  std::string extra = ",\"seq\":" + std::to_string(receipt.seq) +
+                      ",\"replayed\":" + (receipt.replay ? "true" : "false") +
+                      ",\"timestamp_ns\":" + std::to_string(receipt.timestamp_ns);
+  HttpResponse response;
+  if (receipt.outcome != Outcome::ok) {
+    if (command.batch) extra += ",\"index\":" + std::to_string(receipt.failed_index);
+    // An unknown hold is a 404 like GET /v1/holds/{id}; the other state
+    // rejections are 422. Either way the outcome is durable and replayable.
+    const auto status = receipt.outcome == Outcome::hold_unknown ? http::status::not_found
+                                                                  : http::status::unprocessable_entity;
+    const std::string_view code = outcome_name(receipt.outcome);
+    response = problem(status, code, "the request was rejected: " + std::string(code), extra);
+  } else {
+    std::string body = "{\"outcome\":\"ok\"" + extra;
+    if (!command.batch && command.op.type == OpType::hold) {
+      body += ",\"hold_id\":" + std::to_string(receipt.hold);
+    }
+    if (command.batch) {
+      body += ",\"hold_ids\":[";
+      for (std::size_t index = 0; index < receipt.holds.size(); index++) {
+        if (index > 0) body += ",";
+        body += std::to_string(receipt.holds[index]);
+      }
+      body += "]";
+    }
+    body += "}";
+    response = json_response(http::status::ok, std::move(body));
+  }
+  if (receipt.replay) response.set("Idempotent-Replayed", "true");
+  return response;
+}
+
+void append_balance_fields(std::string* out, const Balance& balance) {
+  *out += ",\"available\":" + std::to_string(balance.available);
+  *out += ",\"held\":" + std::to_string(balance.held);
+}
+
+HttpResponse hold_response(const HoldView& hold) {
+  std::string body = "{\"hold_id\":" + std::to_string(hold.id) + ",\"subject\":";
+  json::append_string(&body, hold.subject);
+  body += ",\"item\":";
+  json::append_string(&body, hold.item);
+  body += ",\"qty\":" + std::to_string(hold.qty);
+  body += ",\"expires_at_ns\":" + std::to_string(hold.expires_at_ns);
+  body += ",\"status\":\"" + std::string(hold_status_name(hold.status)) + "\"";
+  body += ",\"committed_qty\":" + std::to_string(hold.committed_qty) + "}";
+  return json_response(http::status::ok, std::move(body));
+}
+
+// ---- request bodies ------------------------------------------------------------
+
+Status bad(std::string message) { return Status(ErrorCode::invalid, std::move(message)); }
+
+Status check_fields(const json::Value& object, std::initializer_list<std::string_view> allowed) {
+  for (const auto& [name, value] : object.members) {
+    bool known = false;
+    for (const std::string_view field : allowed) known = known || name == field;
+    if (!known) return bad("unknown field \"" + name + "\"");
+  }
+  return Status();
+}
+
+Status get_string(const json::Value& object, std::string_view name, bool required, std::string* out) {
+  const json::Value* value = object.find(name);
+  if (value == nullptr) return required ? bad("missing \"" + std::string(name) + "\"") : Status();
+  if (value->type != json::Value::Type::string) return bad("\"" + std::string(name) + "\" must be a string");
+  *out = value->text;
+  return Status();
+}
+
+Status get_int64(const json::Value& object, std::string_view name, bool required, std::int64_t* out) {
+  const json::Value* value = object.find(name);
+  if (value == nullptr) return required ? bad("missing \"" + std::string(name) + "\"") : Status();
+  if (!json::to_int64(*value, out)) return bad("\"" + std::string(name) + "\" must be an integer");
+  return Status();
+}
+
+Status get_meta(const json::Value& object, Metadata* meta) {
+  TALLY_TRY(get_string(object, "reason", false, &meta->reason));
+  TALLY_TRY(get_string(object, "reference", false, &meta->reference));
+  return get_string(object, "actor", false, &meta->actor);
+}
+
+Status parse_hold_id(std::string_view text, HoldId* out) {
+  json::Value number;
+  number.type = json::Value::Type::number;
+  number.text = std::string(text);
+  if (text.empty() || !json::to_uint64(number, out)) return bad("a hold id is a decimal number");
+  return Status();
+}
+
+// commit/release inside a batch: "hold_id" (number or string) or "hold_key".
+Status get_hold_ref(const json::Value& object, OpRequest* op) {
+  TALLY_TRY(get_string(object, "hold_key", false, &op->hold_key));
+  const json::Value* id = object.find("hold_id");
+  if (id == nullptr) return op->hold_key.empty() ? bad("missing \"hold_id\" or \"hold_key\"") : Status();
+  if (id->type == json::Value::Type::string) return parse_hold_id(id->text, &op->hold);
+  if (!json::to_uint64(*id, &op->hold)) return bad("\"hold_id\" must be a non-negative integer");
+  return Status();
+}
+
+Status get_ttl(const json::Value& object, std::int64_t* ttl_ns) {
+  std::int64_t ttl_ms = 0;
+  TALLY_TRY(get_int64(object, "ttl_ms", true, &ttl_ms));
+  if (ttl_ms <= 0 || ttl_ms > INT64_MAX / kNsPerMs) return bad("\"ttl_ms\" out of range");
+  *ttl_ns = ttl_ms * kNsPerMs;
+  return Status();
+}
+
+// The fields of one op of `type` (the path's op, or a batch item's "op").
+// `extra` names fields the caller handles itself.
+Status parse_op(const json::Value& object, OpType type, std::string_view extra, OpRequest* op) {
+  op->type = type;
+  switch (type) {
+    case OpType::acquire:
+    case OpType::consume:
+      TALLY_TRY(check_fields(object, {"subject", "item", "qty", "reason", "reference", "actor", extra}));
+      TALLY_TRY(get_string(object, "subject", true, &op->subject));
+      TALLY_TRY(get_string(object, "item", true, &op->item));
+      return get_int64(object, "qty", true, &op->qty);
+    case OpType::transfer:
+      TALLY_TRY(check_fields(object, {"from", "to", "item", "qty", "reason", "reference", "actor", extra}));
+      TALLY_TRY(get_string(object, "from", true, &op->subject));
+      TALLY_TRY(get_string(object, "to", true, &op->to));
+      TALLY_TRY(get_string(object, "item", true, &op->item));
+      return get_int64(object, "qty", true, &op->qty);
+    case OpType::hold:
+      TALLY_TRY(check_fields(object, {"subject", "item", "qty", "ttl_ms", "reason", "reference", "actor", extra}));
+      TALLY_TRY(get_string(object, "subject", true, &op->subject));
+      TALLY_TRY(get_string(object, "item", true, &op->item));
+      TALLY_TRY(get_int64(object, "qty", true, &op->qty));
+      return get_ttl(object, &op->ttl_ns);
+    case OpType::commit:
+      TALLY_TRY(check_fields(object, {"qty", "hold_id", "hold_key", "reason", "reference", "actor", extra}));
+      TALLY_TRY(get_int64(object, "qty", false, &op->qty));
+      // 0 means "the whole hold" inside the engine; here that is an absent qty.
+      if (object.find("qty") != nullptr && op->qty <= 0) return bad("\"qty\" must be > 0");
+      return Status();
+    case OpType::release:
+      return check_fields(object, {"hold_id", "hold_key", "reason", "reference", "actor", extra});
+    case OpType::expire: break;
+  }
+  return bad("unknown op");
+}
+
+Status parse_batch_ops(const json::Value& body, Command* command) {
+  const json::Value* ops = body.find("ops");
+  if (ops == nullptr || ops->type != json::Value::Type::array) return bad("\"ops\" must be an array");
+  command->ops.resize(ops->items.size());
+  for (std::size_t index = 0; index < ops->items.size(); index++) {
+    const json::Value& item = ops->items[index];
+    const std::string where = "ops[" + std::to_string(index) + "]: ";
+    if (item.type != json::Value::Type::object) return bad(where + "must be an object");
+    std::string name;
+    Status status = get_string(item, "op", true, &name);
+    OpType type = OpType::acquire;
+    bool known = false;
+    for (const OpType candidate : {OpType::acquire, OpType::consume, OpType::transfer,
+                                   OpType::hold, OpType::commit, OpType::release}) {
+      if (name == log::op_type_name(candidate)) type = candidate, known = true;
+    }
+    if (status.ok() && !known) status = bad("unknown op \"" + name + "\"");
+    if (status.ok()) status = parse_op(item, type, "op", &command->ops[index]);
+    if (status.ok() && (type == OpType::commit || type == OpType::release)) {
+      status = get_hold_ref(item, &command->ops[index]);
+    }
+    if (!status.ok()) return bad(where + status.message());
+  }
+  return Status();
+}
+
+// ---- routing -------------------------------------------------------------------
+
+struct Target {
+  std::vector<std::string> segments;  // percent-decoded
+};
+
+bool hex_value(char c, int* out) {
+  if (c >= '0' && c <= '9') return *out = c - '0', true;
+  if (c >= 'a' && c <= 'f') return *out = c - 'a' + 10, true;
+  if (c >= 'A' && c <= 'F') return *out = c - 'A' + 10, true;
+  return false;
+}
+
+Status percent_decode(std::string_view text, std::string* out) {
+  for (std::size_t index = 0; index < text.size(); index++) {
+    if (text[index] != '%') {
+      out->push_back(text[index]);
+      continue;
+    }
+    int high = 0;
+    int low = 0;
+    if (index + 2 >= text.size() + 0 || !hex_value(text[index + 1], &high) ||
+        !hex_value(text[index + 2], &low)) {
+      return bad("bad percent-encoding in the path");
+    }
+    out->push_back(static_cast<char>(high * 16 + low));
+    index += 2;
+  }
+  return Status();
+}
+
+Result<Target> parse_target(std::string_view target) {
+  const std::size_t query = target.find('?');
+  std::string_view path = target.substr(0, query);
+  if (path.empty() || path.front() != '/') return bad("the target must be an absolute path");
+  Target out;
+  path.remove_prefix(1);
+  while (!path.empty()) {
+    if (out.segments.size() >= kPathSegmentsMax) return bad("path too long");
+    const std::size_t slash = path.find('/');
+    std::string segment;
+    TALLY_TRY(percent_decode(path.substr(0, slash), &segment));
+    out.segments.push_back(std::move(segment));
+    if (slash == std::string_view::npos) break;
+    path.remove_prefix(slash + 1);
+  }
+  return out;
+}
+
+std::string_view view(beast::string_view text) { return std::string_view(text.data(), text.size()); }
+
+// One HTTP connection. Every method runs on its strand.
+class HttpSession final : public Session, public std::enable_shared_from_this<HttpSession> {
+ public:
+  HttpSession(Core& core, tcp::socket socket) : core_(core), stream_(std::move(socket)) {}
+  ~HttpSession() override {
+    if (id_ != 0) core_.remove_session(id_);
+    core_.metrics().connection_closed(Metrics::Protocol::http);
+  }
+
+  void start(std::uint64_t id) {
+    id_ = id;
+    read_request();
+  }
+
+  void begin_shutdown() override {
+    asio::post(stream_.get_executor(), [self = shared_from_this()] {
+      self->stopping_ = true;
+      // Between requests nothing is in flight: close. Otherwise the answer
+      // is sent with Connection: close.
+      if (self->reading_) self->close();
+    });
+  }
+
+  void close_now() override {
+    asio::post(stream_.get_executor(), [self = shared_from_this()] { self->close(); });
+  }
+
+ private:
+  void read_request() {
+    if (stopping_ || closed_) return close();
+    parser_.emplace();
+    parser_->body_limit(core_.options().http_body_bytes_max);
+    parser_->header_limit(core_.options().http_header_bytes_max);
+    stream_.expires_after(std::chrono::milliseconds(core_.options().idle_timeout_ms));
+    reading_ = true;
+    http::async_read(stream_, buffer_, *parser_,
+                     [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_read(ec); });
+  }
+
+  void on_read(beast::error_code ec) {
+    reading_ = false;
+    if (ec == http::error::end_of_stream || closed_) return close();
+    if (ec == beast::error::timeout) {
+      core_.log("http connection: closing: idle timeout");
+      return close();
+    }
+    if (ec == http::error::body_limit) {
+      return refuse(http::status::payload_too_large, "too_large", "the body exceeds the limit of " +
+                                                                      std::to_string(core_.options().http_body_bytes_max) + " bytes");
+    }
+    if (ec == http::error::header_limit) {
+      return refuse(http::status::request_header_fields_too_large, "too_large", "headers too large");
+    }
+    if (ec) return refuse(http::status::bad_request, "invalid", "malformed HTTP request: " + ec.message());
+    handle(parser_->release());
+  }
+
+  // A request that cannot be read any further: answer, then close.
+  void refuse(http::status status, std::string_view code, std::string detail) {
+    core_.metrics().malformed();
+    core_.log("http connection: closing: " + detail);
+    send(problem(status, code, detail), true);
+  }
+
+  void handle(HttpRequest request);
+  void route_get(const Target& target);
+  void route_post(const Target& target, const HttpRequest& request);
+  void mutate(const HttpRequest& request, Command command);
+
+  template <class T>
+  void read(Metrics::Op op, std::function<Result<T>()> read, std::function<HttpResponse(const T&)> render) {
+    auto self = shared_from_this();
+    core_.read<T>(op, std::move(read), [self, render = std::move(render)](Result<T> result) {
+      asio::post(self->stream_.get_executor(), [self, render, result = std::move(result)] {
+        self->send(result ? render(*result) : error_response(result.status()), false);
+      });
+    });
+  }
+
+  void send(HttpResponse response, bool close_after) {
+    response_ = std::move(response);
+    response_.keep_alive(keep_alive_ && !close_after && !stopping_);
+    response_.prepare_payload();
+    stream_.expires_after(std::chrono::milliseconds(core_.options().idle_timeout_ms));
+    http::async_write(stream_, response_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
+      if (ec || !self->response_.keep_alive()) return self->close();
+      self->read_request();
+    });
+  }
+
+  void close() {
+    if (closed_) return;
+    closed_ = true;
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
+    stream_.close();
+  }
+
+  Core& core_;
+  beast::tcp_stream stream_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<Body>> parser_;
+  HttpResponse response_;
+  std::uint64_t id_ = 0;
+  bool keep_alive_ = true;
+  bool reading_ = false;
+  bool stopping_ = false;
+  bool closed_ = false;
+};
+
+void HttpSession::handle(HttpRequest request) {
+  keep_alive_ = request.keep_alive();
+  auto target = parse_target(view(request.target()));
+  if (!target) return send(error_response(target.status()), false);
+  const std::vector<std::string>& path = target->segments;
+  if (path.size() == 1 && path[0] == "health") {
+    if (request.method() != http::verb::get) return send(problem(http::status::method_not_allowed, "method_not_allowed", "use GET"), false);
+    // Serving at all means the ledger's log is open; stopping means not ready.
+    if (stopping_ || core_.stopping()) return send(problem(http::status::service_unavailable, "closed", "shutting down"), false);
+    return send(json_response(http::status::ok, "{\"status\":\"ready\"}"), false);
+  }
+  if (!core_.options().token.empty()) {
+    const std::string_view header = view(request[http::field::authorization]);
+    constexpr std::string_view kBearer = "Bearer ";
+    const bool has_bearer = header.substr(0, kBearer.size()) == kBearer;
+    if (!has_bearer || !core_.token_ok(header.substr(kBearer.size()))) {
+      HttpResponse response = problem(http::status::unauthorized, "unauthorized", "a valid bearer token is required");
+      response.set(http::field::www_authenticate, "Bearer");
+      return send(std::move(response), false);
+    }
+  }
+  if (path.size() == 1 && path[0] == "metrics" && request.method() == http::verb::get) {
+    return read<LedgerStats>(
+        Metrics::Op::count, [this] { return Result<LedgerStats>(core_.ledger().stats()); },
+        [this](const LedgerStats& stats) {
+          return json_response(http::status::ok, core_.metrics().render(stats), "text/plain; version=0.0.4");
+        });
+  }
+  if (path.empty() || path[0] != "v1") return send(problem(http::status::not_found, "not_found", "no such route"), false);
+  if (request.method() == http::verb::get) return route_get(*target);
+  if (request.method() == http::verb::post) return route_post(*target, request);
+  send(problem(http::status::method_not_allowed, "method_not_allowed", "use GET or POST"), false);
+}
+
+void HttpSession::route_get(const Target& target) {
+  const std::vector<std::string>& path = target.segments;
+  if (path.size() == 4 && path[1] == "balances") {
+    return read<Balance>(
+        Metrics::Op::balance, [this, s = path[2], i = path[3]] { return core_.ledger().balance(s, i); },
+        [s = path[2], i = path[3]](const Balance& balance) {
+          std::string body = "{\"subject\":";
+          json::append_string(&body, s);
+          body += ",\"item\":";
+          json::append_string(&body, i);
+          append_balance_fields(&body, balance);
+          return json_response(http::status::ok, body + "}");
+        });
+  }
+  if (path.size() == 3 && path[1] == "balances") {
+    return read<std::vector<ItemBalance>>(
+        Metrics::Op::list, [this, s = path[2]] { return core_.ledger().list(s); },
+        [s = path[2]](const std::vector<ItemBalance>& items) {
+          std::string body = "{\"subject\":";
+          json::append_string(&body, s);
+          body += ",\"balances\":[";
+          for (std::size_t index = 0; index < items.size(); index++) {
+            body += index == 0 ? "{\"item\":" : ",{\"item\":";
+            json::append_string(&body, items[index].item);
+            append_balance_fields(&body, items[index].balance);
+            body += "}";
+          }
+          return json_response(http::status::ok, body + "]}");
+        });
+  }
+  if (path.size() == 3 && path[1] == "holds") {
+    HoldId hold = 0;
+    const Status valid = parse_hold_id(path[2], &hold);
+    if (!valid.ok()) return send(error_response(valid), false);
+    return read<HoldView>(
+        Metrics::Op::hold_info, [this, hold] { return core_.ledger().hold_info(hold); }, hold_response);
+  }
+  send(problem(http::status::not_found, "not_found", "no such route"), false);
+}
+
+// Builds the Command of a POST route; `mutate` submits it.
+Status command_for(const std::vector<std::string>& path, const json::Value& body, Command* command) {
+  const std::string_view route = path.size() >= 2 ? std::string_view(path[1]) : std::string_view();
+  if (path.size() == 2 && (route == "acquire" || route == "consume" || route == "transfer")) {
+    const OpType type = route == "acquire" ? OpType::acquire
+                        : route == "consume" ? OpType::consume
+                                             : OpType::transfer;
+    TALLY_TRY(parse_op(body, type, {}, &command->op));
+  } else if (path.size() == 2 && route == "holds") {
+    TALLY_TRY(parse_op(body, OpType::hold, {}, &command->op));
+  } else if (path.size() == 4 && route == "holds" && (path[3] == "commit" || path[3] == "release")) {
+    TALLY_TRY(parse_op(body, path[3] == "commit" ? OpType::commit : OpType::release, {}, &command->op));
+    if (body.find("hold_id") != nullptr || body.find("hold_key") != nullptr) {
+      return bad("the hold is named by the path");
+    }
+    TALLY_TRY(parse_hold_id(path[2], &command->op.hold));
+  } else if (path.size() == 2 && route == "batch") {
+    TALLY_TRY(check_fields(body, {"ops", "reason", "reference", "actor"}));
+    command->batch = true;
+    TALLY_TRY(parse_batch_ops(body, command));
+  } else {
+    return Status(ErrorCode::not_found, "no such route");
+  }
+  return get_meta(body, &command->meta);
+}
+
+void HttpSession::route_post(const Target& target, const HttpRequest& request) {
+  const std::string_view key = view(request["Idempotency-Key"]);
+  Command command;
+  json::Value body;
+  body.type = json::Value::Type::object;
+  if (!request.body().empty()) {
+    auto parsed = json::parse(request.body());
+    if (!parsed) return send(error_response(parsed.status()), false);
+    body = std::move(*parsed);
+  }
+  if (body.type != json::Value::Type::object) return send(error_response(bad("the body must be a JSON object")), false);
+  const Status built = command_for(target.segments, body, &command);
+  if (built.code() == ErrorCode::not_found) return send(problem(http::status::not_found, "not_found", "no such route"), false);
+  if (!built.ok()) return send(error_response(built), false);
+  if (key.empty()) return send(error_response(bad("the Idempotency-Key header is required")), false);
+  command.key = std::string(key);
+  mutate(request, std::move(command));
+}
+
+void HttpSession::mutate(const HttpRequest&, Command command) {
+  auto self = shared_from_this();
+  // The Command is moved into the Ledger; the response needs its shape only.
+  Command shape;
+  shape.batch = command.batch;
+  shape.op.type = command.op.type;
+  core_.submit(std::move(command), [self, shape = std::move(shape)](Result<Receipt> result) {
+    asio::post(self->stream_.get_executor(), [self, shape, result = std::move(result)] {
+      self->send(result ? receipt_response(shape, *result) : error_response(result.status()), false);
+    });
+  });
+}
+
+}  // namespace
+
+void start_http_session(Core& core, tcp::socket socket) {
+  core.metrics().connection_opened(Metrics::Protocol::http);
+  auto session = std::make_shared<HttpSession>(core, std::move(socket));
+  std::uint64_t id = 0;
+  if (!core.add_session(session, &id)) {
+    core.metrics().connection_rejected();
+    session->close_now();
+    return;
+  }
+  session->start(id);
+}
+
+}  // namespace tally::server_detail

@@ -1,0 +1,48 @@
+// A small, strict JSON reader and writer for the HTTP API (engine/http.cc).
+//
+// Boost 1.74 has no Boost.JSON, and the API needs little: objects of
+// strings and integers, one level of arrays. Numbers keep their literal text
+// so that 64-bit ids and quantities convert exactly (a double would round
+// HoldIds above 2^53). Input is untrusted: nesting, sizes and counts are
+// bounded, and every error is an `invalid` Status naming the byte offset.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "log/status.h"
+
+namespace tally::json {
+
+inline constexpr int kDepthMax = 8;
+inline constexpr std::size_t kMembersMax = 64;      // per object
+inline constexpr std::size_t kItemsMax = 1000;      // per array (kBatchOpsMax)
+inline constexpr std::size_t kNumberBytesMax = 32;
+
+struct Value {
+  enum class Type : std::uint8_t { null, boolean, number, string, array, object };
+  Type type = Type::null;
+  bool boolean = false;
+  std::string text;  // a string's bytes, or a number's literal
+  std::vector<Value> items;
+  std::vector<std::pair<std::string, Value>> members;
+
+  // The first member named `key`, or nullptr (also when not an object).
+  const Value* find(std::string_view key) const;
+};
+
+// Parses exactly one JSON value (surrounding whitespace allowed).
+Result<Value> parse(std::string_view text);
+
+// An integer literal without fraction or exponent, in range. False otherwise.
+bool to_int64(const Value& value, std::int64_t* out);
+bool to_uint64(const Value& value, std::uint64_t* out);
+
+// Appends `text` as a JSON string literal. Bytes that are not valid UTF-8
+// become \u00XX, so the output is always valid JSON.
+void append_string(std::string* out, std::string_view text);
+
+}  // namespace tally::json

@@ -1,0 +1,156 @@
+#include "engine/metrics.h"
+
+#include <cstdio>
+
+namespace tally {
+
+namespace {
+
+constexpr std::array<std::string_view, static_cast<std::size_t>(Metrics::Op::count)> kOpNames = {
+    "acquire", "consume", "transfer", "hold", "commit",
+    "release", "batch",   "balance",  "list", "hold_info"};
+constexpr std::array<std::string_view, 2> kProtocolNames = {"binary", "http"};
+
+std::string slot_name(std::size_t slot) {
+  if (slot < 6) return std::string(outcome_name(static_cast<Outcome>(slot)));
+  return std::string(error_code_name(static_cast<ErrorCode>(slot - 6)));
+}
+
+void append_line(std::string* out, std::string_view name, std::string_view labels,
+                 std::uint64_t value) {
+  out->append(name);
+  if (!labels.empty()) {
+    out->push_back('{');
+    out->append(labels);
+    out->push_back('}');
+  }
+  out->push_back(' ');
+  *out += std::to_string(value);
+  out->push_back('\n');
+}
+
+void append_help(std::string* out, std::string_view name, std::string_view type,
+                 std::string_view help) {
+  *out += "# HELP " + std::string(name) + " " + std::string(help) + "\n";
+  *out += "# TYPE " + std::string(name) + " " + std::string(type) + "\n";
+}
+
+}  // namespace
+
+Metrics::Op Metrics::op_of(const Command& command) {
+  if (command.batch) return Op::batch;
+  switch (command.op.type) {
+    case OpType::acquire: return Op::acquire;
+    case OpType::consume: return Op::consume;
+    case OpType::transfer: return Op::transfer;
+    case OpType::hold: return Op::hold;
+    case OpType::commit: return Op::commit;
+    case OpType::release:
+    case OpType::expire: return Op::release;
+  }
+  return Op::release;
+}
+
+void Metrics::record(Op op, std::size_t outcome_slot, std::int64_t latency_ns) {
+  const auto op_index = static_cast<std::size_t>(op);
+  TALLY_ASSERT(op_index < kOps);
+  TALLY_ASSERT(outcome_slot < kOutcomeSlots);
+  ops_[op_index][outcome_slot].fetch_add(1, std::memory_order_relaxed);
+  Histogram& histogram = latency_[op_index];
+  const std::int64_t latency_us = latency_ns / 1000;
+  std::size_t bucket = 0;
+  while (bucket < kBucketsUs.size() && latency_us > kBucketsUs[bucket]) bucket++;
+  histogram.buckets[bucket].fetch_add(1, std::memory_order_relaxed);
+  histogram.sum_ns.fetch_add(static_cast<std::uint64_t>(latency_ns < 0 ? 0 : latency_ns),
+                             std::memory_order_relaxed);
+  histogram.count.fetch_add(1, std::memory_order_relaxed);
+}
+
+void Metrics::connection_opened(Protocol protocol) {
+  connections_[static_cast<std::size_t>(protocol)].fetch_add(1, std::memory_order_relaxed);
+  connections_total_[static_cast<std::size_t>(protocol)].fetch_add(1, std::memory_order_relaxed);
+}
+
+void Metrics::connection_closed(Protocol protocol) {
+  connections_[static_cast<std::size_t>(protocol)].fetch_sub(1, std::memory_order_relaxed);
+}
+
+void Metrics::render_ops(std::string* out) const {
+  append_help(out, "tally_ops_total", "counter", "Requests answered, by op and outcome.");
+  for (std::size_t op = 0; op < kOps; op++) {
+    for (std::size_t slot = 0; slot < kOutcomeSlots; slot++) {
+      const std::uint64_t value = ops_[op][slot].load(std::memory_order_relaxed);
+      if (value == 0) continue;
+      append_line(out, "tally_ops_total",
+                  "op=\"" + std::string(kOpNames[op]) + "\",outcome=\"" + slot_name(slot) + "\"",
+                  value);
+    }
+  }
+}
+
+void Metrics::render_latency(std::string* out) const {
+  append_help(out, "tally_request_duration_seconds", "histogram",
+              "Time from a request's decoding to its answer, by op.");
+  for (std::size_t op = 0; op < kOps; op++) {
+    const Histogram& histogram = latency_[op];
+    const std::string op_label = "op=\"" + std::string(kOpNames[op]) + "\"";
+    std::uint64_t cumulative = 0;
+    for (std::size_t bucket = 0; bucket <= kBucketsUs.size(); bucket++) {
+      cumulative += histogram.buckets[bucket].load(std::memory_order_relaxed);
+      char le[32];
+      if (bucket < kBucketsUs.size()) {
+        std::snprintf(le, sizeof le, "%g", static_cast<double>(kBucketsUs[bucket]) / 1e6);
+      } else {
+        std::snprintf(le, sizeof le, "+Inf");
+      }
+      append_line(out, "tally_request_duration_seconds_bucket",
+                  op_label + ",le=\"" + le + "\"", cumulative);
+    }
+    char sum[48];
+    std::snprintf(sum, sizeof sum, "%.9f",
+                  static_cast<double>(histogram.sum_ns.load(std::memory_order_relaxed)) / 1e9);
+    *out += "tally_request_duration_seconds_sum{" + op_label + "} " + sum + "\n";
+    append_line(out, "tally_request_duration_seconds_count", op_label,
+                histogram.count.load(std::memory_order_relaxed));
+  }
+}
+
+std::string Metrics::render(const LedgerStats& stats) const {
+  std::string out;
+  render_ops(&out);
+  render_latency(&out);
+  append_help(&out, "tally_fsyncs_total", "counter", "fdatasync calls on the log.");
+  append_line(&out, "tally_fsyncs_total", "", stats.syncs);
+  append_help(&out, "tally_log_bytes_total", "counter", "Bytes appended to the log since open.");
+  append_line(&out, "tally_log_bytes_total", "", stats.log_bytes_written);
+  append_help(&out, "tally_next_seq", "gauge", "The seq the next event will get.");
+  append_line(&out, "tally_next_seq", "", stats.next_seq);
+  append_help(&out, "tally_open_holds", "gauge", "Holds neither committed, released nor expired.");
+  append_line(&out, "tally_open_holds", "", stats.open_holds);
+  append_help(&out, "tally_queue_depth", "gauge", "Requests submitted and not yet answered.");
+  const std::int64_t inflight = inflight_.load(std::memory_order_relaxed);
+  append_line(&out, "tally_queue_depth", "", static_cast<std::uint64_t>(inflight < 0 ? 0 : inflight));
+  append_help(&out, "tally_connections", "gauge", "Open connections, by protocol.");
+  for (std::size_t protocol = 0; protocol < kProtocols; protocol++) {
+    const std::int64_t open = connections_[protocol].load(std::memory_order_relaxed);
+    append_line(&out, "tally_connections",
+                "protocol=\"" + std::string(kProtocolNames[protocol]) + "\"",
+                static_cast<std::uint64_t>(open < 0 ? 0 : open));
+  }
+  append_help(&out, "tally_connections_total", "counter", "Connections accepted, by protocol.");
+  for (std::size_t protocol = 0; protocol < kProtocols; protocol++) {
+    append_line(&out, "tally_connections_total",
+                "protocol=\"" + std::string(kProtocolNames[protocol]) + "\"",
+                connections_total_[protocol].load(std::memory_order_relaxed));
+  }
+  append_help(&out, "tally_connections_rejected_total", "counter",
+              "Connections closed at once because connections_max were open.");
+  append_line(&out, "tally_connections_rejected_total", "",
+              connections_rejected_.load(std::memory_order_relaxed));
+  append_help(&out, "tally_malformed_total", "counter",
+              "Connections closed for a malformed or oversized frame or request.");
+  append_line(&out, "tally_malformed_total", "", malformed_.load(std::memory_order_relaxed));
+  return out;
+}
+
+}  // namespace tally

@@ -1,0 +1,66 @@
+// Metrics: the server's counters, gauges and latency histograms, rendered in
+// the Prometheus text format for GET /metrics. Lock-free: every method may
+// be called from any thread.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "engine/ledger.h"
+
+namespace tally {
+
+class Metrics {
+ public:
+  // What a request asked for.
+  enum class Op : std::uint8_t {
+    acquire, consume, transfer, hold, commit, release, batch, balance, list, hold_info, count
+  };
+  // A request's result: an Outcome (ok, insufficient, ...) or an ErrorCode.
+  static constexpr std::size_t kOutcomeSlots = 6 + 16;
+  static std::size_t outcome_slot(Outcome outcome) { return static_cast<std::size_t>(outcome); }
+  static std::size_t error_slot(ErrorCode code) { return 6 + static_cast<std::size_t>(code); }
+  static Op op_of(const Command& command);
+
+  enum class Protocol : std::uint8_t { binary, http, count };
+
+  void record(Op op, std::size_t outcome_slot, std::int64_t latency_ns);
+  void connection_opened(Protocol protocol);
+  void connection_closed(Protocol protocol);
+  void connection_rejected() { connections_rejected_.fetch_add(1, std::memory_order_relaxed); }
+  void malformed() { malformed_.fetch_add(1, std::memory_order_relaxed); }
+  void inflight_add(std::int64_t delta) { inflight_.fetch_add(delta, std::memory_order_acq_rel); }
+  std::int64_t inflight() const { return inflight_.load(std::memory_order_acquire); }
+
+  // The text exposition, with the ledger's own counters.
+  std::string render(const LedgerStats& stats) const;
+
+ private:
+  // Upper bounds in microseconds; the last bucket is +Inf.
+  static constexpr std::array<std::int64_t, 12> kBucketsUs = {
+      100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 1000000};
+  static constexpr std::size_t kOps = static_cast<std::size_t>(Op::count);
+  static constexpr std::size_t kProtocols = static_cast<std::size_t>(Protocol::count);
+
+  struct Histogram {
+    std::array<std::atomic<std::uint64_t>, kBucketsUs.size() + 1> buckets{};
+    std::atomic<std::uint64_t> sum_ns{0};
+    std::atomic<std::uint64_t> count{0};
+  };
+
+  void render_ops(std::string* out) const;
+  void render_latency(std::string* out) const;
+
+  std::array<std::array<std::atomic<std::uint64_t>, kOutcomeSlots>, kOps> ops_{};
+  std::array<Histogram, kOps> latency_{};
+  std::array<std::atomic<std::int64_t>, kProtocols> connections_{};
+  std::array<std::atomic<std::uint64_t>, kProtocols> connections_total_{};
+  std::atomic<std::uint64_t> connections_rejected_{0};
+  std::atomic<std::uint64_t> malformed_{0};
+  std::atomic<std::int64_t> inflight_{0};
+};
+
+}  // namespace tally

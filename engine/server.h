@@ -1,0 +1,90 @@
+// Server: serves one Ledger over the binary protocol (docs/protocol.md) and
+// HTTP/1.1 JSON (docs/http-api.md). Every connection feeds the same Ledger,
+// so concurrent clients share its group commits.
+//
+//   auto server = tally::Server::start(ledger.get(), options);
+//   ... until SIGTERM ...
+//   (*server)->stop();      // graceful: every accepted request is answered
+//   ledger->close();
+//
+// Limits: connections_max connections in all, inflight_per_connection_max
+// requests in flight on each, frame and body sizes, idle timeouts. A
+// malformed or oversized frame closes only its connection, with a logged
+// reason. Tokens are compared in constant time.
+//
+// Thread safety: start() and stop() from one thread; ports from any.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "engine/ledger.h"
+#include "engine/wire.h"
+#include "log/status.h"
+
+namespace tally {
+
+struct ServerOptions {
+  // "host:port" of each listener; port 0 picks an ephemeral port; empty: off.
+  std::string binary_listen = "127.0.0.1:7420";
+  std::string http_listen = "127.0.0.1:7421";
+  // Non-empty: every client must present it (binary hello, HTTP bearer).
+  // Required when either listener is not on a loopback address.
+  std::string token;
+  std::size_t io_threads = 2;
+  // Reads (balance, list, hold_info) wait for the ledger's writer; they run
+  // here so that the I/O threads never block.
+  std::size_t read_threads = 2;
+  std::size_t connections_max = 256;
+  // Together with connections_max this bounds the Ledger's queue; keep the
+  // product below LedgerOptions::queue_depth_max so submit() never waits.
+  std::size_t inflight_per_connection_max = 64;
+  std::int64_t idle_timeout_ms = 60'000;
+  std::size_t frame_bytes_max = wire::kFrameBytesMaxDefault;
+  std::size_t http_body_bytes_max = 1u << 20;
+  std::uint32_t http_header_bytes_max = 16u << 10;
+  // How long stop() waits for connections to finish before closing them.
+  std::int64_t shutdown_grace_ms = 10'000;
+  // Where connection-level problems are reported; nullptr: stderr.
+  std::function<void(std::string_view)> log;
+};
+
+// Splits "host:port" ("[::1]:7420" for IPv6). invalid when malformed.
+Status parse_host_port(std::string_view text, std::string* host, std::uint16_t* port);
+
+// Compares in time that depends only on the lengths, not on the contents.
+bool constant_time_equal(std::string_view a, std::string_view b);
+
+class Server {
+ public:
+  // Borrows `ledger`, which must stay open until stop() returns. Binds both
+  // listeners and starts serving. Errors: invalid (addresses; a non-loopback
+  // address without a token), io_error (bind, listen).
+  static Result<std::unique_ptr<Server>> start(Ledger* ledger, ServerOptions options);
+  // stop().
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // The bound ports (useful with port 0); 0 when that listener is off.
+  std::uint16_t binary_port() const;
+  std::uint16_t http_port() const;
+
+  // Stops accepting, reads no new requests, answers every request already
+  // read (they are in the Ledger and will be durable), then closes the
+  // connections and joins the threads. After shutdown_grace_ms the remaining
+  // connections are closed; their accepted requests still complete in the
+  // Ledger. Idempotent; blocks.
+  void stop();
+
+ private:
+  struct Impl;
+  explicit Server(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tally

@@ -1,0 +1,104 @@
+// The server's internals shared by the binary protocol (engine/server.cc)
+// and HTTP (engine/http.cc). Not installed.
+#pragma once
+
+#include <atomic>
+#include <boost/asio.hpp>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+
+#include "engine/ledger.h"
+#include "engine/metrics.h"
+#include "engine/server.h"
+
+namespace tally::server_detail {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+
+// A connection. Every method runs on the connection's strand.
+class Session {
+ public:
+  virtual ~Session() = default;
+  // Graceful stop: read no more requests, answer those in flight, close.
+  virtual void begin_shutdown() = 0;
+  // Closes now.
+  virtual void close_now() = 0;
+};
+
+std::int64_t steady_now_ns();
+
+// What every connection shares. Outlives every Session (Server::Impl
+// destroys the io_context, and with it the sessions, first).
+class Core {
+ public:
+  Core(Ledger* ledger, ServerOptions options);
+
+  Ledger& ledger() { return *ledger_; }
+  const ServerOptions& options() const { return options_; }
+  Metrics& metrics() { return metrics_; }
+  bool stopping() const { return stopping_.load(std::memory_order_acquire); }
+  void log(std::string_view message) const;
+  // True when no token is configured or `presented` matches it.
+  bool token_ok(std::string_view presented) const;
+
+  // Registers a session; false when connections_max are open or stopping.
+  bool add_session(const std::shared_ptr<Session>& session, std::uint64_t* id);
+  void remove_session(std::uint64_t id);
+
+  // Submits a mutation; `done` runs on a ledger thread (post to a strand).
+  void submit(Command command, std::function<void(Result<Receipt>)> done);
+  // Runs `read` on the read pool (it may block on the Ledger), then `done`
+  // there too, with what it returned. `op` is for the metrics; Op::count
+  // records nothing (GET /metrics itself).
+  template <class R>
+  void read(Metrics::Op op, std::function<Result<R>()> read, std::function<void(Result<R>)> done);
+
+  // For Server::stop().
+  void begin_stop();
+  // Waits until no sessions remain or the deadline passes; true: none remain.
+  bool wait_sessions(std::chrono::steady_clock::time_point deadline);
+  void close_sessions_now();
+  void join_reads() { read_pool_.join(); }
+
+ private:
+  void for_each_session(void (Session::*method)());
+
+  Ledger* ledger_;
+  const ServerOptions options_;
+  Metrics metrics_;
+  asio::thread_pool read_pool_;
+  std::atomic<bool> stopping_{false};
+  std::mutex mu_;
+  std::condition_variable sessions_cv_;
+  std::unordered_map<std::uint64_t, std::weak_ptr<Session>> sessions_;
+  std::uint64_t next_session_id_ = 1;
+};
+
+template <class R>
+void Core::read(Metrics::Op op, std::function<Result<R>()> read,
+                std::function<void(Result<R>)> done) {
+  metrics_.inflight_add(1);
+  const std::int64_t start_ns = steady_now_ns();
+  asio::post(read_pool_, [this, op, start_ns, read = std::move(read), done = std::move(done)] {
+    Result<R> result = read();
+    if (op != Metrics::Op::count) {
+      metrics_.record(op, result ? Metrics::outcome_slot(Outcome::ok)
+                                 : Metrics::error_slot(result.code()),
+                      steady_now_ns() - start_ns);
+    }
+    metrics_.inflight_add(-1);
+    done(std::move(result));
+  });
+}
+
+// Takes over an accepted socket (whose executor is a strand).
+void start_binary_session(Core& core, tcp::socket socket);
+void start_http_session(Core& core, tcp::socket socket);
+
+}  // namespace tally::server_detail

@@ -1,0 +1,668 @@
+// Server, HTTP API, binary protocol and Client, against a real server on
+// ephemeral 127.0.0.1 ports. No timed assertions: tests wait for events
+// (answers, closed connections), never for durations.
+#include "engine/server.h"
+
+#include <doctest.h>
+
+#include <atomic>
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "engine/client.h"
+#include "engine/json.h"
+#include "engine/wire.h"
+#include "tests/testing.h"
+
+namespace tally {
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+
+constexpr std::int64_t kMinuteNs = 60ll * 1'000'000'000;
+
+// "p3-17". Built by appending: g++ 12 warns (-Wrestrict, a false positive)
+// about "literal" + std::to_string(...) once inlined.
+std::string key_of(std::string_view prefix, int first, int second) {
+  std::string key(prefix);
+  key += std::to_string(first);
+  key += '-';
+  key += std::to_string(second);
+  return key;
+}
+
+// A ledger and a server on ephemeral ports, restartable on the same data.
+struct Fixture {
+  testing::TempDir dir;
+  std::unique_ptr<Ledger> ledger;
+  std::unique_ptr<Server> server;
+  ServerOptions options;
+  std::mutex log_mu;
+  std::vector<std::string> logs;
+
+  explicit Fixture(std::string token = {}) {
+    options.binary_listen = "127.0.0.1:0";
+    options.http_listen = "127.0.0.1:0";
+    options.token = std::move(token);
+    options.log = [this](std::string_view line) {
+      std::lock_guard<std::mutex> guard(log_mu);
+      logs.emplace_back(line);
+    };
+    start();
+  }
+  ~Fixture() { stop(); }
+
+  void start() {
+    LedgerOptions ledger_options;
+    ledger_options.data_dir = dir.sub("data");
+    ledger_options.durability = Durability::none;
+    auto opened = Ledger::open(ledger_options);
+    REQUIRE(opened.ok());
+    ledger = std::move(*opened);
+    auto started = Server::start(ledger.get(), options);
+    REQUIRE(started.ok());
+    server = std::move(*started);
+  }
+  void stop() {
+    if (server) server->stop();
+    server.reset();
+    if (ledger) CHECK(ledger->close().ok());
+    ledger.reset();
+  }
+  bool logged(std::string_view fragment) {
+    std::lock_guard<std::mutex> guard(log_mu);
+    for (const auto& line : logs) {
+      if (line.find(fragment) != std::string::npos) return true;
+    }
+    return false;
+  }
+  std::unique_ptr<Client> client(ClientOptions client_options = {}) {
+    client_options.address = "127.0.0.1:" + std::to_string(server->binary_port());
+    if (client_options.token.empty()) client_options.token = options.token;
+    auto connected = Client::connect(client_options);
+    REQUIRE(connected.ok());
+    return std::move(*connected);
+  }
+};
+
+struct Reply {
+  unsigned status = 0;
+  std::string body;
+  std::map<std::string, std::string> headers;
+  json::Value json() const {
+    auto parsed = json::parse(body);
+    REQUIRE(parsed.ok());
+    return *parsed;
+  }
+  std::int64_t integer(std::string_view field) const {
+    std::int64_t value = -1;
+    const json::Value parsed = json();
+    const json::Value* member = parsed.find(field);
+    REQUIRE(member != nullptr);
+    CHECK(json::to_int64(*member, &value));
+    return value;
+  }
+  std::string string(std::string_view field) const {
+    const json::Value parsed = json();
+    const json::Value* member = parsed.find(field);
+    REQUIRE(member != nullptr);
+    return member->text;
+  }
+};
+
+// One HTTP request on a fresh connection.
+Reply http_call(std::uint16_t port, http::verb method, std::string target, std::string body = {},
+                std::map<std::string, std::string> headers = {}) {
+  asio::io_context io;
+  beast::tcp_stream stream(io);
+  stream.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+  http::request<http::string_body> request(method, target, 11);
+  request.set(http::field::host, "127.0.0.1");
+  for (const auto& [name, value] : headers) request.set(name, value);
+  if (!body.empty()) request.set(http::field::content_type, "application/json");
+  request.body() = std::move(body);
+  request.prepare_payload();
+  http::write(stream, request);
+  beast::flat_buffer buffer;
+  http::response<http::string_body> response;
+  http::read(stream, buffer, response);
+  Reply reply;
+  reply.status = response.result_int();
+  reply.body = response.body();
+  for (const auto& field : response) {
+    reply.headers[std::string(field.name_string())] = std::string(field.value());
+  }
+  beast::error_code ignored;
+  stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+  return reply;
+}
+
+Reply post(std::uint16_t port, std::string target, std::string body, std::string key) {
+  std::map<std::string, std::string> headers;
+  if (!key.empty()) headers["Idempotency-Key"] = key;
+  return http_call(port, http::verb::post, std::move(target), std::move(body), headers);
+}
+
+Reply get(std::uint16_t port, std::string target) { return http_call(port, http::verb::get, std::move(target)); }
+
+// Writes `bytes` on a raw connection and reads until the server closes it.
+// Returns what was read before the close.
+std::string send_raw_until_closed(std::uint16_t port, const std::string& bytes) {
+  asio::io_context io;
+  tcp::socket socket(io);
+  socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+  boost::system::error_code ec;
+  asio::write(socket, asio::buffer(bytes), ec);
+  std::string received;
+  char chunk[4096];
+  while (true) {
+    const std::size_t n = socket.read_some(asio::buffer(chunk), ec);
+    if (ec) break;
+    received.append(chunk, n);
+  }
+  return received;
+}
+
+TEST_CASE("json: parses objects, arrays, escapes and exact integers") {
+  auto value = json::parse(R"( {"a":"x\u00e9\n","n":18446744073709551615,"l":[1,-2,true,null]} )");
+  REQUIRE(value.ok());
+  CHECK(value->find("a")->text == "x\xc3\xa9\n");
+  std::uint64_t big = 0;
+  CHECK(json::to_uint64(*value->find("n"), &big));
+  CHECK(big == UINT64_MAX);
+  CHECK(value->find("l")->items.size() == 4);
+  CHECK_FALSE(json::parse("{\"a\":1,}").ok());
+  CHECK_FALSE(json::parse("[[[[[[[[[[[[1]]]]]]]]]]]]").ok());
+  CHECK_FALSE(json::parse("{\"a\":1} x").ok());
+  std::string out;
+  json::append_string(&out, std::string("q\"\\\x01\xff", 5));
+  CHECK(out == "\"q\\\"\\\\\\u0001\\u00ff\"");
+}
+
+TEST_CASE("wire: requests and responses round-trip; framing limits hold") {
+  wire::Request request;
+  request.id = 42;
+  request.kind = wire::Request::Kind::mutation;
+  request.command.key = "k";
+  request.command.batch = true;
+  request.command.ops = {OpRequest::hold_of("s", "i", 3, kMinuteNs), OpRequest::commit_key("h", 2)};
+  const std::string bytes = wire::encode_request(request);
+  wire::FrameWords frame(bytes.size() / 8);
+  std::memcpy(frame.data(), bytes.data(), bytes.size());
+  const auto table = wire::table_bytes(std::as_bytes(std::span(frame)));
+  REQUIRE(table.ok());
+  const auto total = wire::frame_bytes(std::as_bytes(std::span(frame)), 1 << 20);
+  REQUIRE(total.ok());
+  CHECK(*total == bytes.size());
+  CHECK_FALSE(wire::frame_bytes(std::as_bytes(std::span(frame)), 8).ok());
+  auto decoded = wire::decode_request(frame);
+  REQUIRE(decoded.ok());
+  CHECK(decoded->id == 42);
+  REQUIRE(decoded->command.ops.size() == 2);
+  CHECK(decoded->command.ops[1].hold_key == "h");
+  CHECK(decoded->command.ops[0].ttl_ns == kMinuteNs);
+  // A pointer far outside the frame: a kj::Exception, caught, turned invalid.
+  wire::FrameWords bad = {0, ~std::uint64_t{0}};
+  bad[0] = std::uint64_t{1} << 32;  // one segment of one word
+  CHECK(wire::decode_request(bad).code() == ErrorCode::invalid);
+}
+
+TEST_CASE("http: every mutation and read route, problem+json, idempotency") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  CHECK(get(port, "/health").status == 200);
+
+  Reply acquired = post(port, "/v1/acquire", R"({"subject":"berlin","item":"sku-42","qty":10,"reason":"restock"})", "a1");
+  CHECK(acquired.status == 200);
+  CHECK(acquired.string("outcome") == "ok");
+  CHECK(acquired.integer("seq") > 0);
+  CHECK(acquired.headers.count("Idempotent-Replayed") == 0);
+  Reply replayed = post(port, "/v1/acquire", R"({"subject":"berlin","item":"sku-42","qty":10})", "a1");
+  CHECK(replayed.status == 200);
+  CHECK(replayed.headers["Idempotent-Replayed"] == "true");
+  CHECK(replayed.integer("seq") == acquired.integer("seq"));
+  Reply conflict = post(port, "/v1/acquire", R"({"subject":"berlin","item":"sku-42","qty":11})", "a1");
+  CHECK(conflict.status == 409);
+  CHECK(conflict.headers["Content-Type"] == "application/problem+json");
+  CHECK(conflict.string("code") == "idempotency_conflict");
+  CHECK(post(port, "/v1/acquire", R"({"subject":"berlin","item":"sku-42","qty":1})", "").status == 400);
+
+  CHECK(post(port, "/v1/consume", R"({"subject":"berlin","item":"sku-42","qty":1})", "c1").status == 200);
+  Reply short_of = post(port, "/v1/consume", R"({"subject":"berlin","item":"sku-42","qty":100})", "c2");
+  CHECK(short_of.status == 422);
+  CHECK(short_of.string("code") == "insufficient");
+  CHECK(post(port, "/v1/transfer", R"({"from":"berlin","to":"paris","item":"sku-42","qty":2})", "t1").status == 200);
+
+  Reply held = post(port, "/v1/holds", R"({"subject":"berlin","item":"sku-42","qty":3,"ttl_ms":60000})", "h1");
+  CHECK(held.status == 200);
+  const std::int64_t hold = held.integer("hold_id");
+  CHECK(hold == held.integer("seq"));
+  Reply info = get(port, "/v1/holds/" + std::to_string(hold));
+  CHECK(info.status == 200);
+  CHECK(info.string("status") == "open");
+  CHECK(get(port, "/v1/holds/999999").status == 404);
+  CHECK(post(port, "/v1/holds/" + std::to_string(hold) + "/commit", R"({"qty":2})", "h1c").status == 200);
+  Reply again = post(port, "/v1/holds/" + std::to_string(hold) + "/release", "", "h1r");
+  CHECK(again.status == 422);
+  CHECK(again.string("code") == "hold_finalized");
+  Reply unknown = post(port, "/v1/holds/777777/release", "{}", "r-unknown");
+  CHECK(unknown.status == 404);
+  CHECK(unknown.string("code") == "hold_unknown");
+
+  Reply balance = get(port, "/v1/balances/berlin/sku-42");
+  CHECK(balance.status == 200);
+  // 10 - 1 consumed - 2 moved - 2 committed (and 1 released back).
+  CHECK(balance.integer("available") == 5);
+  CHECK(balance.integer("held") == 0);
+  Reply list = get(port, "/v1/balances/paris");
+  CHECK(list.status == 200);
+  CHECK(list.json().find("balances")->items.size() == 1);
+
+  Reply metrics = get(port, "/metrics");
+  CHECK(metrics.status == 200);
+  CHECK(metrics.body.find("tally_ops_total{op=\"acquire\",outcome=\"ok\"} 2") != std::string::npos);
+  CHECK(metrics.body.find("tally_fsyncs_total") != std::string::npos);
+  CHECK(metrics.body.find("tally_request_duration_seconds_bucket{op=\"hold\",le=\"+Inf\"} 1") != std::string::npos);
+  CHECK(metrics.body.find("tally_connections{protocol=\"http\"} 1") != std::string::npos);
+}
+
+TEST_CASE("http: batch of two holds, commit, release; rejected batch names its index") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  CHECK(post(port, "/v1/acquire", R"({"subject":"berlin","item":"sku","qty":5})", "s1").status == 200);
+  CHECK(post(port, "/v1/acquire", R"({"subject":"hamburg","item":"sku","qty":5})", "s2").status == 200);
+  Reply batch = post(port, "/v1/batch", R"({"ops":[
+      {"op":"hold","subject":"berlin","item":"sku","qty":2,"ttl_ms":900000},
+      {"op":"hold","subject":"hamburg","item":"sku","qty":1,"ttl_ms":900000}],
+      "reference":"order-7"})", "order-7/reserve");
+  REQUIRE(batch.status == 200);
+  const auto ids = batch.json().find("hold_ids")->items;
+  REQUIRE(ids.size() == 2);
+  std::uint64_t first = 0;
+  CHECK(json::to_uint64(ids[0], &first));
+  CHECK(post(port, "/v1/holds/" + ids[0].text + "/commit", "{}", "order-7/pay-1").status == 200);
+  CHECK(post(port, "/v1/holds/" + ids[1].text + "/release", "{}", "order-7/fail-2").status == 200);
+  CHECK(get(port, "/v1/balances/berlin/sku").integer("available") == 3);
+  CHECK(get(port, "/v1/balances/hamburg/sku").integer("available") == 5);
+
+  Reply rejected = post(port, "/v1/batch", R"({"ops":[
+      {"op":"consume","subject":"berlin","item":"sku","qty":1},
+      {"op":"consume","subject":"hamburg","item":"sku","qty":99}]})", "too-much");
+  CHECK(rejected.status == 422);
+  CHECK(rejected.string("code") == "insufficient");
+  CHECK(rejected.integer("index") == 1);
+  CHECK(get(port, "/v1/balances/berlin/sku").integer("available") == 3);  // all or nothing
+}
+
+TEST_CASE("http: malformed and oversized requests close only their connection") {
+  Fixture fx;
+  fx.options.http_body_bytes_max = 1024;
+  fx.stop();
+  fx.start();
+  const std::uint16_t port = fx.server->http_port();
+  CHECK(post(port, "/v1/acquire", "{not json", "k").status == 400);
+  CHECK(post(port, "/v1/acquire", R"({"subject":"a","item":"b","qty":1,"extra":1})", "k").status == 400);
+  CHECK(post(port, "/v1/acquire", R"({"subject":"a","item":"b","qty":1.5})", "k").status == 400);
+  CHECK(post(port, "/v1/acquire", R"({"subject":"","item":"b","qty":1})", "k").status == 400);
+  CHECK(post(port, "/v1/holds", R"({"subject":"a","item":"b","qty":1,"ttl_ms":0})", "k").status == 400);
+  CHECK(post(port, "/v1/nope", "{}", "k").status == 404);
+  CHECK(http_call(port, http::verb::delete_, "/v1/acquire").status == 405);
+  const std::string big = R"({"subject":"a","item":"b","qty":1,"reason":")" + std::string(4096, 'x') + "\"}";
+  CHECK(post(port, "/v1/acquire", big, "big").status == 413);
+  const std::string garbage = send_raw_until_closed(port, "GARBAGE\x01\x02 / HTTP/9\r\n\r\n");
+  CHECK(garbage.find("400") != std::string::npos);
+  CHECK(fx.logged("http connection: closing"));
+  CHECK(post(port, "/v1/acquire", R"({"subject":"a","item":"b","qty":1})", "still-serving").status == 200);
+}
+
+TEST_CASE("http and binary: auth on") {
+  Fixture fx("s3cret-token");
+  const std::uint16_t port = fx.server->http_port();
+  CHECK(get(port, "/health").status == 200);
+  Reply missing = get(port, "/v1/balances/a/b");
+  CHECK(missing.status == 401);
+  CHECK(missing.string("code") == "unauthorized");
+  CHECK(http_call(port, http::verb::get, "/v1/balances/a/b", {}, {{"Authorization", "Bearer wrong"}}).status == 401);
+  CHECK(http_call(port, http::verb::get, "/metrics", {}, {}).status == 401);
+  CHECK(http_call(port, http::verb::get, "/v1/balances/a/b", {}, {{"Authorization", "Bearer s3cret-token"}}).status == 200);
+
+  ClientOptions wrong;
+  wrong.address = "127.0.0.1:" + std::to_string(fx.server->binary_port());
+  wrong.token = "nope";
+  auto refused = Client::connect(wrong);
+  CHECK_FALSE(refused.ok());
+  CHECK(refused.status().message().find("unauthorized") != std::string::npos);
+
+  // A request before the hello is refused, and the connection closed.
+  wire::Request request;
+  request.id = 9;
+  request.kind = wire::Request::Kind::balance;
+  request.subject = "a";
+  request.item = "b";
+  const std::string answer = send_raw_until_closed(fx.server->binary_port(), wire::encode_request(request));
+  wire::FrameWords frame((answer.size() + 7) / 8);
+  std::memcpy(frame.data(), answer.data(), answer.size());
+  auto response = wire::decode_response(frame);
+  REQUIRE(response.ok());
+  CHECK(response->unauthorized);
+
+  auto client = fx.client();
+  CHECK(client->acquire("k", "a", "b", 1).ok());
+  CHECK(client->balance("a", "b")->available == 1);
+}
+
+TEST_CASE("server: a non-loopback listener needs a token") {
+  testing::TempDir dir;
+  LedgerOptions ledger_options;
+  ledger_options.data_dir = dir.sub("data");
+  ledger_options.durability = Durability::none;
+  auto ledger = Ledger::open(ledger_options);
+  REQUIRE(ledger.ok());
+  ServerOptions options;
+  options.binary_listen = "0.0.0.0:0";
+  options.http_listen = "";
+  auto server = Server::start(ledger->get(), options);
+  CHECK(server.code() == ErrorCode::invalid);
+  CHECK(constant_time_equal("abc", "abc"));
+  CHECK_FALSE(constant_time_equal("abc", "abd"));
+  CHECK_FALSE(constant_time_equal("abc", "ab"));
+  CHECK_FALSE(constant_time_equal("", "a"));
+}
+
+TEST_CASE("client: every call, with the Ledger's results") {
+  Fixture fx;
+  auto client = fx.client();
+  CHECK(client->acquire("a", "alice", "gold", 100, {.reason = "grant", .reference = {}, .actor = {}})->outcome == Outcome::ok);
+  CHECK(client->consume("c", "alice", "gold", 1000)->outcome == Outcome::insufficient);
+  CHECK(client->transfer("t", "alice", "bob", "gold", 10)->outcome == Outcome::ok);
+  auto hold = client->hold("h", "alice", "gold", 5, kMinuteNs);
+  REQUIRE(hold.ok());
+  CHECK(hold->hold == hold->seq);
+  CHECK(client->commit("hc", hold->hold, 3)->outcome == Outcome::ok);
+  CHECK(client->commit("bad", hold->hold, 0).code() == ErrorCode::invalid);
+  CHECK(client->release("hr", hold->hold)->outcome == Outcome::hold_finalized);
+  auto batch = client->batch("b", {OpRequest::hold_of("alice", "gold", 1, kMinuteNs),
+                                   OpRequest::hold_of("bob", "gold", 1, kMinuteNs)});
+  REQUIRE(batch.ok());
+  CHECK(batch->holds.size() == 2);
+  CHECK(client->release("br", batch->holds[1])->outcome == Outcome::ok);
+  CHECK(client->acquire("a", "alice", "gold", 100)->replay);
+  CHECK(client->acquire("a", "alice", "gold", 7).code() == ErrorCode::idempotency_conflict);
+  CHECK(client->acquire("", "alice", "gold", 7).code() == ErrorCode::invalid);
+  CHECK(*client->balance("alice", "gold") == Balance{100 - 10 - 3 - 1, 1});
+  auto items = client->list("bob");
+  REQUIRE(items.ok());
+  REQUIRE(items->size() == 1);
+  CHECK(items->front().balance == Balance{10, 0});
+  auto info = client->hold_info(hold->hold);
+  REQUIRE(info.ok());
+  CHECK(info->status == HoldStatus::committed);
+  CHECK(info->committed_qty == 3);
+  CHECK(client->hold_info(424242).code() == ErrorCode::not_found);
+  // The same answers as the embedded Ledger gives.
+  CHECK(*fx.ledger->balance("alice", "gold") == *client->balance("alice", "gold"));
+}
+
+TEST_CASE("binary: pipelined requests on one connection, matched by id") {
+  Fixture fx;
+  REQUIRE(fx.client()->acquire("seed", "s", "i", 1000)->outcome == Outcome::ok);
+  asio::io_context io;
+  tcp::socket socket(io);
+  socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), fx.server->binary_port()));
+  std::string burst;
+  constexpr std::uint64_t kRequests = 40;
+  for (std::uint64_t index = 0; index < kRequests; index++) {
+    wire::Request request;
+    request.id = 1000 + index;
+    if (index % 2 == 0) {
+      request.kind = wire::Request::Kind::mutation;
+      request.command.key = "p" + std::to_string(index);
+      request.command.op = OpRequest::consume("s", "i", 1);
+    } else {
+      request.kind = wire::Request::Kind::hold_info;
+      request.hold = 999999;
+    }
+    burst += wire::encode_request(request);
+  }
+  asio::write(socket, asio::buffer(burst));  // all before reading any answer
+  std::map<std::uint64_t, wire::Response> answers;
+  while (answers.size() < kRequests) {
+    wire::FrameWords frame(1);
+    asio::read(socket, asio::buffer(frame.data(), 8));
+    const std::size_t table = *wire::table_bytes(std::as_bytes(std::span(frame)));
+    frame.resize(table / 8);
+    asio::read(socket, asio::buffer(reinterpret_cast<char*>(frame.data()) + 8, table - 8));
+    const std::size_t total = *wire::frame_bytes(std::as_bytes(std::span(frame)), 1 << 20);
+    frame.resize(total / 8);
+    asio::read(socket, asio::buffer(reinterpret_cast<char*>(frame.data()) + table, total - table));
+    auto response = wire::decode_response(frame);
+    REQUIRE(response.ok());
+    answers[response->id] = *response;
+  }
+  for (std::uint64_t index = 0; index < kRequests; index++) {
+    const wire::Response& response = answers.at(1000 + index);
+    if (index % 2 == 0) {
+      CHECK(response.kind == wire::Response::Kind::receipt);
+      CHECK(response.receipt.outcome == Outcome::ok);
+    } else {
+      CHECK(response.kind == wire::Response::Kind::error);
+      CHECK(response.error.code() == ErrorCode::not_found);
+    }
+  }
+  CHECK(fx.ledger->balance("s", "i")->available == 1000 - static_cast<std::int64_t>(kRequests / 2));
+}
+
+TEST_CASE("binary: many concurrent clients share one ledger") {
+  Fixture fx;
+  constexpr int kClients = 8;
+  constexpr int kOpsPerClient = 100;
+  std::atomic<int> ok_count{0};
+  std::vector<std::thread> threads;
+  for (int client_index = 0; client_index < kClients; client_index++) {
+    threads.emplace_back([&, client_index] {
+      auto client = fx.client();
+      std::atomic<int> answered{0};
+      for (int op = 0; op < kOpsPerClient; op++) {
+        Command command;
+        command.key = key_of("c", client_index, op);
+        command.op = OpRequest::acquire("pool", "coin", 1);
+        client->submit(std::move(command), [&](Result<Receipt> result) {
+          if (result.ok() && result->outcome == Outcome::ok) ok_count++;
+          answered++;
+        });
+      }
+      // A blocking read after the pipelined writes: answered after them.
+      CHECK(client->balance("pool", "coin").ok());
+      while (answered.load() < kOpsPerClient) std::this_thread::yield();
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  CHECK(ok_count.load() == kClients * kOpsPerClient);
+  CHECK(fx.ledger->balance("pool", "coin")->available == kClients * kOpsPerClient);
+}
+
+// Forwards one connection at a time to the server; on the first connection
+// it drops both sides instead of forwarding the server's second answer
+// (the first is the hello), after the server has applied the request.
+class DroppingProxy {
+ public:
+  explicit DroppingProxy(std::uint16_t upstream)
+      : upstream_(upstream), acceptor_(io_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)) {
+    thread_ = std::thread([this] { run(); });
+  }
+  ~DroppingProxy() {
+    stopping_ = true;
+    boost::system::error_code ignored;
+    // Wake the acceptor with a connection of our own.
+    tcp::socket poke(io_);
+    poke.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port()), ignored);
+    thread_.join();
+  }
+  std::uint16_t port() const { return acceptor_.local_endpoint().port(); }
+  int connections() const { return connections_.load(); }
+
+ private:
+  void run() {
+    while (!stopping_) {
+      tcp::socket downstream(io_);
+      boost::system::error_code ec;
+      acceptor_.accept(downstream, ec);
+      if (ec || stopping_) return;
+      tcp::socket upstream(io_);
+      upstream.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), upstream_), ec);
+      const bool drop = connections_++ == 0;
+      std::thread up([&] { pump(downstream, upstream, false); });
+      pump(upstream, downstream, drop);
+      up.join();
+    }
+  }
+  void pump(tcp::socket& from, tcp::socket& to, bool drop_second) {
+    char chunk[4096];
+    int chunks = 0;
+    boost::system::error_code ec;
+    while (true) {
+      const std::size_t n = from.read_some(asio::buffer(chunk), ec);
+      if (ec || (drop_second && ++chunks == 2)) break;
+      asio::write(to, asio::buffer(chunk, n), ec);
+      if (ec) break;
+    }
+    from.shutdown(tcp::socket::shutdown_both, ec);
+    to.shutdown(tcp::socket::shutdown_both, ec);
+  }
+
+  std::uint16_t upstream_;
+  asio::io_context io_;
+  tcp::acceptor acceptor_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<int> connections_{0};
+  std::thread thread_;
+};
+
+TEST_CASE("client: a dropped connection is retried with the same key, applied once") {
+  Fixture fx;
+  DroppingProxy proxy(fx.server->binary_port());
+  ClientOptions options;
+  options.address = "127.0.0.1:" + std::to_string(proxy.port());
+  auto client = Client::connect(options);
+  REQUIRE(client.ok());
+  auto receipt = (*client)->acquire("once", "alice", "gold", 7);
+  REQUIRE(receipt.ok());
+  CHECK(receipt->outcome == Outcome::ok);
+  CHECK(receipt->replay);  // the first attempt was applied; its answer was lost
+  CHECK(proxy.connections() == 2);
+  CHECK((*client)->balance("alice", "gold")->available == 7);
+  (*client)->close();
+}
+
+TEST_CASE("binary: malformed and oversized frames close only their connection") {
+  Fixture fx;
+  fx.options.frame_bytes_max = 4096;
+  fx.stop();
+  fx.start();
+  auto client = fx.client();
+  const std::uint16_t port = fx.server->binary_port();
+  // 1000 segments.
+  std::string many(8, '\0');
+  many[0] = static_cast<char>(0xE7), many[1] = 0x03;
+  CHECK(send_raw_until_closed(port, many).empty());
+  // One segment of 2^20 words: over frame_bytes_max.
+  std::string huge(8, '\0');
+  huge[6] = 0x10;
+  CHECK(send_raw_until_closed(port, huge).empty());
+  // Well framed, but its root pointer points far outside the segment.
+  std::string wild(16, '\xff');
+  wild.replace(0, 8, std::string("\0\0\0\0\1\0\0\0", 8));
+  CHECK(send_raw_until_closed(port, wild).empty());
+  CHECK(fx.logged("segments"));
+  CHECK(fx.logged("exceeds the limit"));
+  CHECK(fx.logged("malformed request"));
+  CHECK(client->acquire("after", "a", "b", 1)->outcome == Outcome::ok);
+}
+
+TEST_CASE("server: connection limit") {
+  Fixture fx;
+  fx.options.connections_max = 1;
+  fx.stop();
+  fx.start();
+  auto client = fx.client();
+  // The one slot is taken: the next connection is closed at once.
+  CHECK(send_raw_until_closed(fx.server->binary_port(), "").empty());
+  CHECK(send_raw_until_closed(fx.server->http_port(), "").empty());
+  CHECK(client->acquire("k", "a", "b", 1).ok());
+}
+
+TEST_CASE("server: idle connections are closed") {
+  Fixture fx;
+  fx.options.idle_timeout_ms = 100;
+  fx.stop();
+  fx.start();
+  // Nobody sends anything: the server closes each connection by itself.
+  CHECK(send_raw_until_closed(fx.server->http_port(), "").empty());
+  CHECK(send_raw_until_closed(fx.server->binary_port(), "").empty());
+  CHECK(fx.logged("http connection: closing: idle timeout"));
+  CHECK(fx.logged("binary connection: closing: idle timeout"));
+}
+
+TEST_CASE("server: graceful shutdown answers what it accepted; a restart serves the same state") {
+  Fixture fx;
+  constexpr int kClients = 4;
+  constexpr int kBatches = 200;
+  std::atomic<int> acked{0};
+  std::atomic<int> answered{0};
+  std::vector<std::unique_ptr<Client>> clients;
+  ClientOptions options;
+  options.retries_max = 0;
+  for (int index = 0; index < kClients; index++) clients.push_back(fx.client(options));
+  std::atomic<int> submitted{0};
+  std::vector<std::thread> threads;
+  for (int client_index = 0; client_index < kClients; client_index++) {
+    threads.emplace_back([&, client_index] {
+      for (int op = 0; op < kBatches; op++) {
+        Command command;
+        command.key = key_of("g", client_index, op);
+        command.batch = true;
+        command.ops = {OpRequest::acquire("left", "coin", 1), OpRequest::acquire("right", "coin", 1)};
+        clients[client_index]->submit(std::move(command), [&](Result<Receipt> result) {
+          if (result.ok()) acked++;
+          answered++;
+        });
+        submitted++;
+      }
+    });
+  }
+  while (submitted.load() < kClients * kBatches / 4) std::this_thread::yield();
+  fx.server->stop();  // with requests in flight
+  for (auto& thread : threads) thread.join();
+  while (answered.load() < kClients * kBatches) std::this_thread::yield();
+  for (auto& client : clients) client->close();
+  fx.stop();
+
+  fx.start();
+  const std::uint16_t port = fx.server->http_port();
+  const std::int64_t left = get(port, "/v1/balances/left/coin").integer("available");
+  const std::int64_t right = get(port, "/v1/balances/right/coin").integer("available");
+  CHECK(left == right);         // no batch half-applied
+  CHECK(left >= acked.load());  // nothing acknowledged lost
+  CHECK(acked.load() > 0);
+  // An acknowledged key is remembered across the restart.
+  auto client = fx.client();
+  Command again;
+  again.key = "g0-0";
+  again.batch = true;
+  again.ops = {OpRequest::acquire("left", "coin", 1), OpRequest::acquire("right", "coin", 1)};
+  auto replay = client->execute(std::move(again));
+  REQUIRE(replay.ok());
+  CHECK(replay->replay);
+  CHECK(get(port, "/v1/balances/left/coin").integer("available") == left);
+}
+
+}  // namespace
+}  // namespace tally

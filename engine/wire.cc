@@ -1,0 +1,359 @@
+#include "engine/wire.h"
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+#include <kj/exception.h>
+
+#include <cstring>
+
+#include "engine/protocol.capnp.h"
+
+namespace tally::wire {
+
+namespace {
+
+static_assert(sizeof(capnp::word) == sizeof(std::uint64_t));
+static_assert(static_cast<int>(ErrorCode::busy) == static_cast<int>(proto::ErrorCode::BUSY));
+static_assert(static_cast<int>(ErrorCode::invalid) == static_cast<int>(proto::ErrorCode::INVALID));
+static_assert(static_cast<int>(Outcome::hold_finalized) ==
+              static_cast<int>(proto::Outcome::HOLD_FINALIZED));
+static_assert(static_cast<int>(OpType::release) == static_cast<int>(proto::OpType::RELEASE));
+static_assert(static_cast<int>(HoldStatus::expired) == static_cast<int>(proto::HoldStatus::EXPIRED));
+
+std::uint32_t load_le32(const std::byte* bytes) {
+  std::uint32_t value = 0;
+  for (int index = 3; index >= 0; index--) {
+    value = (value << 8) | std::to_integer<std::uint32_t>(bytes[index]);
+  }
+  return value;
+}
+
+capnp::Data::Reader as_data(std::string_view text) {
+  return capnp::Data::Reader(reinterpret_cast<const kj::byte*>(text.data()), text.size());
+}
+
+std::string as_string(capnp::Data::Reader bytes) {
+  return std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+}
+
+std::string frame(capnp::MessageBuilder& builder) {
+  const kj::Array<capnp::word> words = capnp::messageToFlatArray(builder);
+  const kj::ArrayPtr<const kj::byte> bytes = words.asBytes();
+  return std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+}
+
+capnp::ReaderOptions reader_options(const FrameWords& frame) {
+  capnp::ReaderOptions options;
+  // A frame cannot legitimately point at more than it holds; twice its size
+  // leaves room for Cap'n Proto's accounting of list headers.
+  options.traversalLimitInWords = 2 * frame.size() + 16;
+  options.nestingLimit = kNestingMax;
+  return options;
+}
+
+kj::ArrayPtr<const capnp::word> words_of(const FrameWords& frame) {
+  return kj::ArrayPtr<const capnp::word>(reinterpret_cast<const capnp::word*>(frame.data()),
+                                         frame.size());
+}
+
+void encode_op(const OpRequest& op, proto::Op::Builder out) {
+  out.setType(static_cast<proto::OpType>(op.type));
+  out.setSubject(as_data(op.subject));
+  out.setItem(as_data(op.item));
+  out.setTo(as_data(op.to));
+  out.setQty(op.qty);
+  out.setTtlNs(op.ttl_ns);
+  out.setHold(op.hold);
+  out.setHoldKey(as_data(op.hold_key));
+}
+
+Status decode_op(proto::Op::Reader op, OpRequest* out) {
+  const auto type = static_cast<std::uint16_t>(op.getType());
+  if (type > static_cast<std::uint16_t>(proto::OpType::RELEASE)) {
+    return Status(ErrorCode::invalid, "unknown op type " + std::to_string(type));
+  }
+  out->type = static_cast<OpType>(type);
+  out->subject = as_string(op.getSubject());
+  out->item = as_string(op.getItem());
+  out->to = as_string(op.getTo());
+  out->qty = op.getQty();
+  out->ttl_ns = op.getTtlNs();
+  out->hold = op.getHold();
+  out->hold_key = as_string(op.getHoldKey());
+  return Status();
+}
+
+void encode_mutation(const Command& command, proto::Mutation::Builder out) {
+  out.setKey(as_data(command.key));
+  out.setReason(as_data(command.meta.reason));
+  out.setReference(as_data(command.meta.reference));
+  out.setActor(as_data(command.meta.actor));
+  out.setBatch(command.batch);
+  if (!command.batch) {
+    encode_op(command.op, out.initOps(1)[0]);
+    return;
+  }
+  auto ops = out.initOps(static_cast<unsigned>(command.ops.size()));
+  for (std::size_t index = 0; index < command.ops.size(); index++) {
+    encode_op(command.ops[index], ops[static_cast<unsigned>(index)]);
+  }
+}
+
+Status decode_mutation(proto::Mutation::Reader mutation, Command* out) {
+  out->key = as_string(mutation.getKey());
+  out->meta.reason = as_string(mutation.getReason());
+  out->meta.reference = as_string(mutation.getReference());
+  out->meta.actor = as_string(mutation.getActor());
+  out->batch = mutation.getBatch();
+  const auto ops = mutation.getOps();
+  if (ops.size() > kBatchOpsMax) return Status(ErrorCode::invalid, "too many ops");
+  if (!out->batch) {
+    if (ops.size() != 1) return Status(ErrorCode::invalid, "a single mutation needs one op");
+    return decode_op(ops[0], &out->op);
+  }
+  out->ops.resize(ops.size());
+  for (unsigned index = 0; index < ops.size(); index++) {
+    TALLY_TRY(decode_op(ops[index], &out->ops[index]));
+  }
+  return Status();
+}
+
+Status decode_request_fields(proto::Request::Reader in, Request* out) {
+  out->id = in.getId();
+  switch (in.which()) {
+    case proto::Request::HELLO:
+      out->kind = Request::Kind::hello;
+      out->version = in.getHello().getVersion();
+      out->token = as_string(in.getHello().getToken());
+      if (out->token.size() > kTokenBytesMax) return Status(ErrorCode::invalid, "token too long");
+      return Status();
+    case proto::Request::MUTATION:
+      out->kind = Request::Kind::mutation;
+      return decode_mutation(in.getMutation(), &out->command);
+    case proto::Request::BALANCE:
+      out->kind = Request::Kind::balance;
+      out->subject = as_string(in.getBalance().getSubject());
+      out->item = as_string(in.getBalance().getItem());
+      return Status();
+    case proto::Request::LIST:
+      out->kind = Request::Kind::list;
+      out->subject = as_string(in.getList().getSubject());
+      return Status();
+    case proto::Request::HOLD_INFO:
+      out->kind = Request::Kind::hold_info;
+      out->hold = in.getHoldInfo();
+      return Status();
+  }
+  return Status(ErrorCode::invalid, "unknown request kind");
+}
+
+void encode_receipt(const Receipt& receipt, proto::Receipt::Builder out) {
+  out.setOutcome(static_cast<proto::Outcome>(receipt.outcome));
+  out.setReplay(receipt.replay);
+  out.setSeq(receipt.seq);
+  out.setTimestampNs(receipt.timestamp_ns);
+  out.setHold(receipt.hold);
+  out.setFailedIndex(receipt.failed_index);
+  auto holds = out.initHolds(static_cast<unsigned>(receipt.holds.size()));
+  for (unsigned index = 0; index < holds.size(); index++) holds.set(index, receipt.holds[index]);
+}
+
+Status decode_receipt(proto::Receipt::Reader in, Receipt* out) {
+  const auto outcome = static_cast<std::uint16_t>(in.getOutcome());
+  if (outcome > static_cast<std::uint16_t>(proto::Outcome::HOLD_FINALIZED)) {
+    return Status(ErrorCode::invalid, "unknown outcome " + std::to_string(outcome));
+  }
+  out->outcome = static_cast<Outcome>(outcome);
+  out->replay = in.getReplay();
+  out->seq = in.getSeq();
+  out->timestamp_ns = in.getTimestampNs();
+  out->hold = in.getHold();
+  out->failed_index = in.getFailedIndex();
+  for (const std::uint64_t hold : in.getHolds()) out->holds.push_back(hold);
+  return Status();
+}
+
+void encode_hold_view(const HoldView& hold, proto::HoldView::Builder out) {
+  out.setId(hold.id);
+  out.setSubject(as_data(hold.subject));
+  out.setItem(as_data(hold.item));
+  out.setQty(hold.qty);
+  out.setExpiresAtNs(hold.expires_at_ns);
+  out.setStatus(static_cast<proto::HoldStatus>(hold.status));
+  out.setCommittedQty(hold.committed_qty);
+}
+
+Status decode_hold_view(proto::HoldView::Reader in, HoldView* out) {
+  const auto status = static_cast<std::uint16_t>(in.getStatus());
+  if (status > static_cast<std::uint16_t>(proto::HoldStatus::EXPIRED)) {
+    return Status(ErrorCode::invalid, "unknown hold status");
+  }
+  out->id = in.getId();
+  out->subject = as_string(in.getSubject());
+  out->item = as_string(in.getItem());
+  out->qty = in.getQty();
+  out->expires_at_ns = in.getExpiresAtNs();
+  out->status = static_cast<HoldStatus>(status);
+  out->committed_qty = in.getCommittedQty();
+  return Status();
+}
+
+Status decode_error(proto::Error::Reader in, Response* out) {
+  const auto code = static_cast<std::uint16_t>(in.getCode());
+  const std::string message(in.getMessage().cStr());
+  if (code == static_cast<std::uint16_t>(proto::ErrorCode::UNAUTHORIZED)) {
+    out->unauthorized = true;
+    out->error = Status(ErrorCode::invalid, "unauthorized: " + message);
+    return Status();
+  }
+  if (code == 0 || code > static_cast<std::uint16_t>(proto::ErrorCode::BUSY)) {
+    return Status(ErrorCode::invalid, "unknown error code " + std::to_string(code));
+  }
+  out->error = Status(static_cast<ErrorCode>(code), message);
+  return Status();
+}
+
+Status decode_response_fields(proto::Response::Reader in, Response* out) {
+  out->id = in.getId();
+  switch (in.which()) {
+    case proto::Response::ERROR:
+      out->kind = Response::Kind::error;
+      return decode_error(in.getError(), out);
+    case proto::Response::RECEIPT:
+      out->kind = Response::Kind::receipt;
+      return decode_receipt(in.getReceipt(), &out->receipt);
+    case proto::Response::BALANCE:
+      out->kind = Response::Kind::balance;
+      out->balance = Balance{in.getBalance().getAvailable(), in.getBalance().getHeld()};
+      return Status();
+    case proto::Response::LIST:
+      out->kind = Response::Kind::list;
+      for (const auto item : in.getList()) {
+        out->items.push_back(ItemBalance{as_string(item.getItem()),
+                                         Balance{item.getAvailable(), item.getHeld()}});
+      }
+      return Status();
+    case proto::Response::HOLD_INFO:
+      out->kind = Response::Kind::hold_info;
+      return decode_hold_view(in.getHoldInfo(), &out->hold);
+    case proto::Response::HELLO:
+      out->kind = Response::Kind::hello;
+      return Status();
+  }
+  return Status(ErrorCode::invalid, "unknown response kind");
+}
+
+}  // namespace
+
+Result<std::size_t> table_bytes(std::span<const std::byte> first) {
+  TALLY_ASSERT(first.size() >= kFirstBytes);
+  const std::uint64_t segments = std::uint64_t{load_le32(first.data())} + 1;
+  if (segments > kSegmentsMax) {
+    return Status(ErrorCode::invalid, "frame has " + std::to_string(segments) + " segments");
+  }
+  // One uint32 for the count, one per segment size, padded to a word.
+  return static_cast<std::size_t>((4 + 4 * segments + 7) / 8 * 8);
+}
+
+Result<std::size_t> frame_bytes(std::span<const std::byte> table, std::size_t frame_bytes_max) {
+  auto table_size = table_bytes(table);
+  if (!table_size) return table_size.status();
+  TALLY_ASSERT(table.size() >= *table_size);
+  const std::uint64_t segments = std::uint64_t{load_le32(table.data())} + 1;
+  std::uint64_t total = *table_size;
+  for (std::uint64_t segment = 0; segment < segments; segment++) {
+    total += std::uint64_t{load_le32(table.data() + 4 + 4 * segment)} * sizeof(capnp::word);
+  }
+  if (total > frame_bytes_max) {
+    return Status(ErrorCode::invalid, "frame of " + std::to_string(total) +
+                                          " bytes exceeds the limit of " +
+                                          std::to_string(frame_bytes_max));
+  }
+  return static_cast<std::size_t>(total);
+}
+
+std::string encode_request(const Request& request) {
+  capnp::MallocMessageBuilder builder;
+  auto out = builder.initRoot<proto::Request>();
+  out.setId(request.id);
+  switch (request.kind) {
+    case Request::Kind::hello: {
+      auto hello = out.initHello();
+      hello.setVersion(request.version);
+      hello.setToken(as_data(request.token));
+      break;
+    }
+    case Request::Kind::mutation: encode_mutation(request.command, out.initMutation()); break;
+    case Request::Kind::balance: {
+      auto query = out.initBalance();
+      query.setSubject(as_data(request.subject));
+      query.setItem(as_data(request.item));
+      break;
+    }
+    case Request::Kind::list: out.initList().setSubject(as_data(request.subject)); break;
+    case Request::Kind::hold_info: out.setHoldInfo(request.hold); break;
+  }
+  return frame(builder);
+}
+
+std::string encode_response(const Response& response) {
+  capnp::MallocMessageBuilder builder;
+  auto out = builder.initRoot<proto::Response>();
+  out.setId(response.id);
+  switch (response.kind) {
+    case Response::Kind::error: {
+      auto error = out.initError();
+      error.setCode(response.unauthorized ? proto::ErrorCode::UNAUTHORIZED
+                                          : static_cast<proto::ErrorCode>(response.error.code()));
+      error.setMessage(response.error.message());
+      break;
+    }
+    case Response::Kind::receipt: encode_receipt(response.receipt, out.initReceipt()); break;
+    case Response::Kind::balance: {
+      auto balance = out.initBalance();
+      balance.setAvailable(response.balance.available);
+      balance.setHeld(response.balance.held);
+      break;
+    }
+    case Response::Kind::list: {
+      auto items = out.initList(static_cast<unsigned>(response.items.size()));
+      for (unsigned index = 0; index < items.size(); index++) {
+        items[index].setItem(as_data(response.items[index].item));
+        items[index].setAvailable(response.items[index].balance.available);
+        items[index].setHeld(response.items[index].balance.held);
+      }
+      break;
+    }
+    case Response::Kind::hold_info: encode_hold_view(response.hold, out.initHoldInfo()); break;
+    case Response::Kind::hello: out.setHello(); break;
+  }
+  return frame(builder);
+}
+
+// The one place untrusted frames are decoded: kj::Exception is caught here
+// and turned into an invalid Status (STYLE.md).
+Result<Request> decode_request(const FrameWords& frame) {
+  Request request;
+  try {
+    capnp::FlatArrayMessageReader reader(words_of(frame), reader_options(frame));
+    TALLY_TRY(decode_request_fields(reader.getRoot<proto::Request>(), &request));
+  } catch (const kj::Exception& exception) {
+    return Status(ErrorCode::invalid, "malformed request: " +
+                                          std::string(exception.getDescription().cStr()));
+  }
+  return request;
+}
+
+Result<Response> decode_response(const FrameWords& frame) {
+  Response response;
+  try {
+    capnp::FlatArrayMessageReader reader(words_of(frame), reader_options(frame));
+    TALLY_TRY(decode_response_fields(reader.getRoot<proto::Response>(), &response));
+  } catch (const kj::Exception& exception) {
+    return Status(ErrorCode::invalid, "malformed response: " +
+                                          std::string(exception.getDescription().cStr()));
+  }
+  return response;
+}
+
+}  // namespace tally::wire

@@ -1,0 +1,74 @@
+// The binary protocol's messages (engine/protocol.capnp) as C++ values, and
+// their codec and framing, shared by the server and tally::Client so that
+// the encoding lives in one place. docs/protocol.md is the grammar.
+//
+// Frames use Cap'n Proto's standard stream framing: a segment table (count-1
+// and one size per segment, as little-endian uint32 words, padded to 8 bytes)
+// then the segments. A reader learns a frame's size in two steps:
+// table_bytes() from the first 8 bytes, then frame_bytes() from the table.
+// Both check the limits before anything is allocated.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "engine/types.h"
+#include "log/status.h"
+
+namespace tally::wire {
+
+inline constexpr std::uint32_t kProtocolVersion = 1;
+inline constexpr std::size_t kFrameBytesMaxDefault = 1u << 20;
+inline constexpr std::size_t kSegmentsMax = 64;
+inline constexpr std::size_t kFirstBytes = 8;  // the table's first word
+inline constexpr int kNestingMax = 16;
+inline constexpr std::size_t kTokenBytesMax = 256;
+
+// A frame as read: whole words, so Cap'n Proto can read it in place.
+using FrameWords = std::vector<std::uint64_t>;
+
+// The segment table's size in bytes (>= kFirstBytes), from its first 8
+// bytes. invalid: more than kSegmentsMax segments.
+Result<std::size_t> table_bytes(std::span<const std::byte> first);
+// The whole frame's size in bytes, from the complete table. invalid: larger
+// than frame_bytes_max.
+Result<std::size_t> frame_bytes(std::span<const std::byte> table, std::size_t frame_bytes_max);
+
+struct Request {
+  enum class Kind : std::uint8_t { hello, mutation, balance, list, hold_info };
+  std::uint64_t id = 0;
+  Kind kind = Kind::hello;
+  std::uint32_t version = kProtocolVersion;  // hello
+  std::string token;                         // hello
+  Command command;                           // mutation
+  std::string subject;                       // balance, list
+  std::string item;                          // balance
+  HoldId hold = 0;                           // hold_info
+};
+
+struct Response {
+  enum class Kind : std::uint8_t { error, receipt, balance, list, hold_info, hello };
+  std::uint64_t id = 0;
+  Kind kind = Kind::hello;
+  Status error;               // error (never ok)
+  bool unauthorized = false;  // error: the token was missing or wrong
+  Receipt receipt;
+  Balance balance;
+  std::vector<ItemBalance> items;
+  HoldView hold;
+};
+
+// One framed message, ready to write.
+std::string encode_request(const Request& request);
+std::string encode_response(const Response& response);
+
+// Decodes one frame of untrusted bytes with explicit ReaderOptions limits
+// (traversal bounded by the frame's size, nesting by kNestingMax). invalid:
+// malformed, or an enum value this version does not know.
+Result<Request> decode_request(const FrameWords& frame);
+Result<Response> decode_response(const FrameWords& frame);
+
+}  // namespace tally::wire

@@ -1,0 +1,128 @@
+// tally serve: opens a ledger and serves it over the binary protocol and
+// HTTP (engine/server.h) until SIGINT or SIGTERM, then shuts down
+// gracefully: stop accepting, answer what was accepted, close the log.
+#include <signal.h>
+
+#include <cctype>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "engine/ledger.h"
+#include "engine/server.h"
+#include "tools/cli.h"
+
+namespace tally::cli {
+
+namespace {
+
+constexpr std::size_t kTokenFileBytesMax = 4096;
+
+constexpr FlagSpec kServeFlags[] = {
+    {"data", "DIR", "the data directory (created when missing)"},
+    {"listen", "HOST:PORT", "binary protocol address (default 127.0.0.1:7420)"},
+    {"http", "HOST:PORT", "HTTP/JSON address (default 127.0.0.1:7421)"},
+    {"durability", "MODE", "sync (default), async or none"},
+    {"token-file", "FILE", "require the token in FILE from every client"},
+};
+
+constexpr CommandSpec kServeSpec = {
+    "serve",
+    "Serve a ledger over the binary protocol and HTTP/JSON until SIGINT or SIGTERM.",
+    "tally serve --data DIR [--listen 127.0.0.1:7420] [--http 127.0.0.1:7421]\n"
+    "                   [--durability M] [--token-file F]",
+    "Prints `serving binary=HOST:PORT http=HOST:PORT` once both listeners are\n"
+    "bound (port 0 picks a free port). A listen address that is not loopback\n"
+    "requires --token-file; clients then present the token (HTTP: Authorization:\n"
+    "Bearer TOKEN; binary: in the hello). On SIGINT or SIGTERM the server stops\n"
+    "accepting, answers every request it has read, closes the log and exits 0.\n"
+    "docs/http-api.md and docs/protocol.md describe the protocols.\n",
+    kServeFlags,
+    0,
+};
+
+// The token is the file's content without surrounding whitespace.
+Result<std::string> read_token(std::string_view path) {
+  std::ifstream file{std::string(path), std::ios::binary};
+  if (!file) return Status(ErrorCode::invalid, "cannot read the token file " + std::string(path));
+  std::ostringstream content;
+  content << file.rdbuf();
+  std::string token = content.str();
+  if (token.size() > kTokenFileBytesMax) return Status(ErrorCode::invalid, "the token file is too large");
+  while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
+  std::size_t start = 0;
+  while (start < token.size() && std::isspace(static_cast<unsigned char>(token[start]))) start++;
+  token.erase(0, start);
+  if (token.empty()) return Status(ErrorCode::invalid, "the token file " + std::string(path) + " is empty");
+  return token;
+}
+
+Result<ServerOptions> server_options(const Args& args) {
+  ServerOptions options;
+  options.binary_listen = std::string(args.get("listen", "127.0.0.1:7420"));
+  options.http_listen = std::string(args.get("http", "127.0.0.1:7421"));
+  if (args.has("token-file")) {
+    auto token = read_token(args.get("token-file"));
+    if (!token) return token.status();
+    options.token = std::move(*token);
+  }
+  return options;
+}
+
+std::string address_of(std::string_view listen, std::uint16_t port) {
+  std::string host;
+  std::uint16_t ignored = 0;
+  if (!parse_host_port(listen, &host, &ignored).ok()) return std::string(listen);
+  return (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(port);
+}
+
+int run_serve(const Args& args) {
+  auto data = args.required("data");
+  if (!data) return usage_error("serve", data.status().message());
+  Durability durability = Durability::sync;
+  if (!parse_durability(args.get("durability", "sync"), &durability)) {
+    return usage_error("serve", "--durability must be sync, async or none");
+  }
+  auto options = server_options(args);
+  if (!options) return usage_error("serve", options.status().message());
+
+  // Block the signals before any thread starts, so every thread inherits the
+  // mask and only sigwait() below ever sees them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  LedgerOptions ledger_options;
+  ledger_options.data_dir = std::string(*data);
+  ledger_options.durability = durability;
+  auto ledger = Ledger::open(ledger_options);
+  if (!ledger) return failure(ledger.status());
+  auto server = Server::start(ledger->get(), *options);
+  if (!server) {
+    ignore_status((*ledger)->close());
+    // A bad address or a missing token is the command line's fault.
+    if (server.code() == ErrorCode::invalid) return usage_error("serve", server.status().message());
+    return failure(server.status());
+  }
+  std::printf("serving binary=%s http=%s\n",
+              address_of(options->binary_listen, (*server)->binary_port()).c_str(),
+              address_of(options->http_listen, (*server)->http_port()).c_str());
+  std::fflush(stdout);
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  std::fprintf(stderr, "tally serve: %s: shutting down\n", signal_number == SIGINT ? "SIGINT" : "SIGTERM");
+  (*server)->stop();
+  const Status closed = (*ledger)->close();
+  if (!closed.ok()) return failure(closed);
+  std::printf("stopped\n");
+  return kExitOk;
+}
+
+}  // namespace
+
+const CliCommand kServe = {&kServeSpec, run_serve};
+
+}  // namespace tally::cli
