@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs tally or its tests.
 #
-#   ./make.sh run     build, then apply a generated workload to ./data and verify it
+#   ./make.sh run     build, then serve ./data (binary 127.0.0.1:7420, HTTP 127.0.0.1:7421)
+#   ./make.sh demo    build, then apply a generated workload to ./demo-data and verify it
 #   ./make.sh test    build (release and address+undefined sanitizers), run every test
 #   ./make.sh build   build only
 #   ./make.sh deps    install the Debian packages the build needs
@@ -46,18 +47,25 @@ build() {
 
 run() {
   build
+  echo "serving ./data; stop with Ctrl-C (the log is closed cleanly)"
+  exec "${BUILD_DIR:-build}/tools/tally" serve --data data
+}
+
+demo() {
+  build
   local tally="${BUILD_DIR:-build}/tools/tally"
-  if [ -d data/log ]; then
-    echo "./data already holds a ledger; verifying it (remove ./data to start over)"
-    "$tally" verify --data data
+  if [ -d demo-data/log ]; then
+    echo "./demo-data already holds a ledger; verifying it (remove ./demo-data to start over)"
+    "$tally" verify --data demo-data
     return
   fi
-  mkdir -p data
+  mkdir -p demo-data
   "$tally" workload --subjects 10000 --ops 200000 --seed 1 \
-    --out data/workload.csv --expect data/workload.expect
-  echo "applying data/workload.csv to ./data"
-  "$tally" bench --data data --workload data/workload.csv --expect data/workload.expect --progress
-  "$tally" verify --data data
+    --out demo-data/workload.csv --expect demo-data/workload.expect
+  echo "applying demo-data/workload.csv to ./demo-data"
+  "$tally" bench --data demo-data --workload demo-data/workload.csv \
+    --expect demo-data/workload.expect --progress
+  "$tally" verify --data demo-data
 }
 
 test_all() {
@@ -74,6 +82,7 @@ case "${1:-}" in
   deps) deps ;;
   build) build ;;
   run) run ;;
+  demo) demo ;;
   test) test_all ;;
-  *) sed -n '2,12p' "$0"; exit 2 ;;
+  *) sed -n '2,13p' "$0"; exit 2 ;;
 esac
