@@ -81,6 +81,7 @@ struct Ack {
 };
 
 constexpr std::int64_t kIdleWaitNsMax = 1'000'000'000;
+constexpr std::size_t kPrefetchDistance = 16;
 constexpr std::int64_t kIdleWaitNsMin = 1'000'000;
 
 }  // namespace
@@ -216,7 +217,15 @@ void Ledger::Impl::writer_main() {
     bool expire_now = false;
     wait_for_work(&tasks, &stop, &expire_now);
     if (stop) break;
-    for (Task& task : tasks) process(task);
+    for (std::size_t task_index = 0; task_index < tasks.size(); task_index++) {
+      // The lookups of a command miss the cache on a large ledger; start
+      // loading those of a command a few places ahead.
+      if (task_index + kPrefetchDistance < tasks.size()) {
+        const Command& ahead = tasks[task_index + kPrefetchDistance].command;
+        state.prefetch(ahead.key, ahead.op.subject, ahead.op.item, ahead.op.to);
+      }
+      process(tasks[task_index]);
+    }
     tasks.clear();
     if (expire_now && !failed.load()) expire_due(next_timestamp());
   }

@@ -220,6 +220,14 @@ OpHashes State::Impl::hash_op(const log::Op& op) {
   return hashes;
 }
 
+void State::prefetch(std::string_view key, std::string_view subject, std::string_view item,
+                     std::string_view to) const {
+  if (!key.empty()) impl_->keys.prefetch(KeyIndex::hash_of(key));
+  if (!subject.empty()) impl_->subjects.prefetch(NameTable::hash_of(subject));
+  if (!item.empty()) impl_->items.prefetch(NameTable::hash_of(item));
+  if (!to.empty()) impl_->subjects.prefetch(NameTable::hash_of(to));
+}
+
 void State::Impl::prefetch_op(const OpHashes& hashes) const {
   subjects.prefetch(hashes.subject);
   items.prefetch(hashes.item);

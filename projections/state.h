@@ -118,6 +118,13 @@ class State {
 
   // nullptr when the key is not remembered.
   const KeyRecord* find_key(std::string_view key) const;
+
+  // Starts loading the table slots a command with these names will look up,
+  // so that a caller working through a queue overlaps the cache misses of
+  // the commands ahead with the work on the current one. Empty names are
+  // skipped. Changes nothing.
+  void prefetch(std::string_view key, std::string_view subject, std::string_view item,
+                std::string_view to) const;
   // Open or remembered finalized hold; nullopt when unknown.
   std::optional<HoldInfo> find_hold(HoldId id) const;
   // The open hold that expires first (ties: smaller id) if it is due at t.
