@@ -12,11 +12,13 @@ import json
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
 import tempfile
 import traceback
+import urllib.request
 
 TALLY = os.path.abspath(sys.argv[1])
 SCRATCH = os.path.abspath(sys.argv[2])
@@ -541,6 +543,64 @@ def test_a_second_writer_is_refused():
         # The audit commands never take the lock.
         tally("verify", "--data", data, expect_exit=0)
         tally("export", "--data", data, expect_exit=0)
+
+
+# ---- serve ----------------------------------------------------------------------------
+
+class Server:
+    """`tally serve` on ephemeral loopback ports, stopped with SIGTERM."""
+
+    def __init__(self, data):
+        self.proc = subprocess.Popen([TALLY, "serve", "--data", data, "--listen", "127.0.0.1:0",
+                                      "--http", "127.0.0.1:0"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        line = text(self.proc.stdout.readline())
+        match = re.match(r"serving binary=(\S+) http=(\S+)", line)
+        assert match, line
+        self.binary, self.http = match.group(1), match.group(2)
+
+    def get(self, path):
+        with urllib.request.urlopen("http://%s%s" % (self.http, path), timeout=30) as response:
+            return json.loads(response.read())
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=60)
+        assert code == 0, (code, text(self.proc.stderr.read()))
+
+
+def test_bench_drives_a_server_and_the_server_keeps_its_state():
+    f = fixture()
+    data = new_dir("serve")
+    server = Server(data)
+    try:
+        _, out, err = tally("bench", "--connect", server.binary, "--workload", f.csv,
+                            "--expect", f.expect, expect_exit=0)
+        assert BENCH_LINE.match(text(out).strip()), text(out)
+        subject, item, available, held = expect_balance_lines(f.expect)[0].split(",")
+        seen = server.get("/v1/balances/%s/%s" % (subject, item))
+        assert (seen["available"], seen["held"]) == (int(available), int(held)), seen
+    finally:
+        server.stop()
+    # The log the server wrote is the state: the audit tools agree with it.
+    _, out, _ = tally("export", "--data", data, expect_exit=0)
+    assert text(out).splitlines() == expect_balance_lines(f.expect)
+    tally("verify", "--data", data, expect_exit=0)
+    # A restarted server serves the same state.
+    server = Server(data)
+    try:
+        seen = server.get("/v1/balances/%s/%s" % (subject, item))
+        assert (seen["available"], seen["held"]) == (int(available), int(held)), seen
+    finally:
+        server.stop()
+
+
+def test_bench_connect_usage():
+    f = fixture()
+    tally("bench", "--connect", "127.0.0.1:1", "--data", "x", "--workload", f.csv, expect_exit=2)
+    tally("bench", "--data", "x", "--workload", f.csv, "--connections", "2", expect_exit=2)
+    code, _, err = tally("bench", "--connect", "127.0.0.1:1", "--workload", f.csv)
+    assert code == 1 and err, (code, err)
 
 
 # ---- workload -----------------------------------------------------------------------

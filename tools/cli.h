@@ -25,6 +25,10 @@ int usage_error(std::string_view command, std::string_view message);
 // Prints "tally: <code>: <message>"; returns kExitFailed.
 int failure(const Status& status);
 
+// The token in a --token-file: the file's content without surrounding
+// whitespace. invalid when it cannot be read, is empty or is too large.
+Result<std::string> read_token(std::string_view path);
+
 // Runs `tally <command> ...`; returns the process's exit code.
 int run_cli(int argc, const char* const* argv);
 

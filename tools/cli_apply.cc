@@ -1,5 +1,6 @@
-// tally apply and tally bench: drive a workload CSV through Ledger::submit
-// with a bounded number of commands in flight.
+// tally apply and tally bench: drive a workload CSV through LedgerApi::submit
+// (an embedded Ledger, or Clients of a running `tally serve`) with a bounded
+// number of commands in flight.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -8,6 +9,9 @@
 #include <mutex>
 #include <unordered_map>
 
+#include <set>
+
+#include "engine/client.h"
 #include "engine/clock.h"
 #include "engine/ledger.h"
 #include "tools/audit.h"
@@ -96,7 +100,7 @@ std::int64_t steady_now_ns() {
 // never wait on stdout. Every buffer is sized before the first submit.
 class Driver {
  public:
-  Driver(Ledger* ledger, const Workload& workload, DriverOptions options)
+  Driver(LedgerApi* ledger, const Workload& workload, DriverOptions options)
       : ledger_(ledger),
         workload_(workload),
         options_(options),
@@ -120,7 +124,7 @@ class Driver {
   void print_completed(std::uint64_t done, Output* out);
   void report_progress(std::uint64_t submitted);
 
-  Ledger* ledger_;
+  LedgerApi* ledger_;
   const Workload& workload_;
   const DriverOptions options_;
   std::vector<OpResult> results_;
@@ -278,6 +282,10 @@ struct RunOptions {
   std::string workload_path;
   Durability durability = Durability::sync;
   std::uint64_t pipeline = 1;
+  // bench --connect: drive a server instead of an embedded ledger.
+  std::string connect;
+  std::int64_t connections = 1;
+  std::string token;
 };
 
 Result<RunOptions> parse_run_options(const Args& args, std::int64_t pipeline_default) {
@@ -297,6 +305,103 @@ Result<RunOptions> parse_run_options(const Args& args, std::int64_t pipeline_def
   options.workload_path = std::string(*workload);
   options.pipeline = static_cast<std::uint64_t>(*pipeline);
   return options;
+}
+
+constexpr std::int64_t kConnectionsMax = 256;
+
+// bench: exactly one of --data and --connect.
+Result<RunOptions> parse_bench_options(const Args& args) {
+  if (!args.has("connect")) {
+    if (args.has("connections") || args.has("token-file")) {
+      return Status(ErrorCode::invalid, "--connections and --token-file go with --connect");
+    }
+    return parse_run_options(args, kBenchPipelineDefault);
+  }
+  if (args.has("data") || args.has("durability")) {
+    return Status(ErrorCode::invalid,
+                  "--connect drives a server, whose --data and --durability are its own");
+  }
+  RunOptions options;
+  auto workload = args.required("workload");
+  if (!workload) return workload.status();
+  auto pipeline = args.integer("pipeline", kBenchPipelineDefault, 1, kPipelineMax);
+  if (!pipeline) return pipeline.status();
+  auto connections = args.integer("connections", 1, 1, kConnectionsMax);
+  if (!connections) return connections.status();
+  if (args.has("token-file")) {
+    auto token = read_token(args.get("token-file"));
+    if (!token) return token.status();
+    options.token = std::move(*token);
+  }
+  options.workload_path = std::string(*workload);
+  options.pipeline = static_cast<std::uint64_t>(*pipeline);
+  options.connect = std::string(args.get("connect"));
+  options.connections = *connections;
+  return options;
+}
+
+// Several connections to one server as one LedgerApi: mutations go round
+// robin, reads to the first. Completions then arrive in no particular order
+// across connections, which the driver allows (it counts them).
+class ClientPool final : public LedgerApi {
+ public:
+  static Result<std::unique_ptr<ClientPool>> connect(const RunOptions& options) {
+    auto pool = std::make_unique<ClientPool>();
+    for (std::int64_t index = 0; index < options.connections; index++) {
+      ClientOptions client_options;
+      client_options.address = options.connect;
+      client_options.token = options.token;
+      client_options.inflight_max = static_cast<std::size_t>(options.pipeline);
+      auto client = Client::connect(client_options);
+      if (!client) return client.status();
+      pool->clients_.push_back(std::move(*client));
+    }
+    return pool;
+  }
+
+  Result<Receipt> execute(Command command) override { return next().execute(std::move(command)); }
+  void submit(Command command, Completion done) override {
+    next().submit(std::move(command), std::move(done));
+  }
+  Result<Balance> balance(std::string_view subject, std::string_view item) override {
+    return clients_.front()->balance(subject, item);
+  }
+  Result<std::vector<ItemBalance>> list(std::string_view subject) override {
+    return clients_.front()->list(subject);
+  }
+  Result<HoldView> hold_info(HoldId hold) override { return clients_.front()->hold_info(hold); }
+
+  void close() {
+    for (auto& client : clients_) client->close();
+  }
+
+ private:
+  Client& next() { return *clients_[next_index_++ % clients_.size()]; }
+
+  std::vector<std::unique_ptr<Client>> clients_;
+  std::size_t next_index_ = 0;  // the driver's thread only
+};
+
+// The export of a server's ledger, as `tally export` prints it: every
+// subject the workload names, listed through the server, in bytewise order.
+Result<std::string> remote_export_csv(LedgerApi& ledger, const Workload& workload) {
+  std::set<std::string_view> subjects;
+  for (const WorkloadOp& op : workload.ops) {
+    if (!op.subject.empty()) subjects.insert(op.subject);
+    if (!op.to.empty()) subjects.insert(op.to);
+  }
+  std::string csv;
+  for (std::string_view subject : subjects) {
+    auto items = ledger.list(subject);
+    if (!items) return items.status();
+    for (const ItemBalance& row : *items) {
+      csv.append(subject);
+      csv += ',';
+      csv += row.item;
+      csv += ',' + std::to_string(row.balance.available) + ',' + std::to_string(row.balance.held) + '\n';
+    }
+  }
+  return csv;
 }
 
 Result<std::unique_ptr<Ledger>> open_ledger(const RunOptions& options) {
@@ -427,9 +532,8 @@ std::vector<std::string> compare_state(const Expectation& expected, std::string_
   return differences;
 }
 
-int check_expectation(const RunOptions& options, const std::string& expect_path,
+int check_expectation(const Result<std::string>& actual_csv, const std::string& expect_path,
                       const Expectation& expected, const std::vector<OpResult>& results) {
-  auto actual_csv = export_csv(options.data_dir, system_clock().now_ns());
   if (!actual_csv) return failure(actual_csv.status());
   const std::vector<std::string> differences =
       compare_state(expected, *actual_csv, count_outcomes(results));
@@ -442,8 +546,22 @@ int check_expectation(const RunOptions& options, const std::string& expect_path,
   return kExitFailed;
 }
 
+// Runs the driver against `ledger` and prints the bench line.
+Result<std::vector<OpResult>> drive_bench(LedgerApi* ledger, const Workload& workload,
+                                          const RunOptions& options, bool progress) {
+  Output out(stdout);
+  Driver driver(ledger, workload, {options.pipeline, false, true, progress});
+  const std::int64_t start_ns = steady_now_ns();
+  const Status ran = driver.run(&out);
+  const double seconds = static_cast<double>(steady_now_ns() - start_ns) / 1e9;
+  if (!ran.ok()) return ran;
+  out.buffer() += bench_line(driver.results(), seconds);
+  out.flush_line();
+  return driver.results();
+}
+
 int run_bench(const Args& args) {
-  auto options = parse_run_options(args, kBenchPipelineDefault);
+  auto options = parse_bench_options(args);
   if (!options) return usage_error("bench", options.status().message());
   auto workload = read_workload(options->workload_path);
   if (!workload) return input_error(workload.status());
@@ -453,23 +571,29 @@ int run_bench(const Args& args) {
     auto read = read_expect(expect_path);
     if (!read) return input_error(read.status());
     expected = std::move(*read);
+    // File order: one connection, so the server decides the ops in order.
+    options->connections = 1;
+  }
+  if (!options->connect.empty()) {
+    auto pool = ClientPool::connect(*options);
+    if (!pool) return failure(pool.status());
+    auto results = drive_bench(pool->get(), **workload, *options, args.has("progress"));
+    if (!results) return failure(results.status());
+    if (expect_path.empty()) return kExitOk;
+    const int verdict = check_expectation(remote_export_csv(**pool, **workload), expect_path,
+                                          expected, *results);
+    (*pool)->close();
+    return verdict;
   }
   auto ledger = open_ledger(*options);
   if (!ledger) return failure(ledger.status());
-
-  Output out(stdout);
-  Driver driver(ledger->get(), **workload,
-                {options->pipeline, false, true, args.has("progress")});
-  const std::int64_t start_ns = steady_now_ns();
-  const Status ran = driver.run(&out);
-  const double seconds = static_cast<double>(steady_now_ns() - start_ns) / 1e9;
+  auto results = drive_bench(ledger->get(), **workload, *options, args.has("progress"));
   const Status closed = (*ledger)->close();
-  if (!ran.ok()) return failure(ran);
+  if (!results) return failure(results.status());
   if (!closed.ok()) return failure(closed);
-  out.buffer() += bench_line(driver.results(), seconds);
-  out.flush_line();
   if (expect_path.empty()) return kExitOk;
-  return check_expectation(*options, expect_path, expected, driver.results());
+  return check_expectation(export_csv(options->data_dir, system_clock().now_ns()), expect_path,
+                           expected, *results);
 }
 
 // ---- specs -----------------------------------------------------------------
@@ -501,17 +625,25 @@ constexpr FlagSpec kBenchFlags[] = {
     {"durability", "MODE", "sync (default), async or none"},
     {"pipeline", "N", "commands in flight at most (default 4096)"},
     {"progress", "", "report progress on stderr every second"},
+    {"connect", "HOST:PORT", "drive a running `tally serve` (binary protocol) instead of --data"},
+    {"connections", "C", "with --connect: connections, ops round robin (default 1)"},
+    {"token-file", "FILE", "with --connect: the server's token"},
 };
 
 constexpr CommandSpec kBenchSpec = {
     "bench",
     "Apply a workload CSV as fast as possible and report throughput and latency.",
     "tally bench --data DIR --workload FILE.csv [--expect FILE] [--durability M] [--pipeline N]\n"
-    "                   [--progress]",
+    "                   [--progress]\n"
+    "       tally bench --connect HOST:PORT --workload FILE.csv [--expect FILE] [--connections C]\n"
+    "                   [--pipeline N] [--token-file F] [--progress]",
     "Prints one line:\n"
     "  ops=N seconds=S ops_per_s=R p50_us=A p99_us=B\n"
     "Latency is per op, from submit to completion. With --expect, exits 1 when\n"
-    "the final balances or the outcome counts differ from the file.\n",
+    "the final balances or the outcome counts differ from the file. With\n"
+    "--connect and --expect, one connection carries the ops in file order, and\n"
+    "the final balances are listed through the server for every subject the\n"
+    "workload names.\n",
     kBenchFlags,
     0,
 };

@@ -41,22 +41,6 @@ constexpr CommandSpec kServeSpec = {
     0,
 };
 
-// The token is the file's content without surrounding whitespace.
-Result<std::string> read_token(std::string_view path) {
-  std::ifstream file{std::string(path), std::ios::binary};
-  if (!file) return Status(ErrorCode::invalid, "cannot read the token file " + std::string(path));
-  std::ostringstream content;
-  content << file.rdbuf();
-  std::string token = content.str();
-  if (token.size() > kTokenFileBytesMax) return Status(ErrorCode::invalid, "the token file is too large");
-  while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
-  std::size_t start = 0;
-  while (start < token.size() && std::isspace(static_cast<unsigned char>(token[start]))) start++;
-  token.erase(0, start);
-  if (token.empty()) return Status(ErrorCode::invalid, "the token file " + std::string(path) + " is empty");
-  return token;
-}
-
 Result<ServerOptions> server_options(const Args& args) {
   ServerOptions options;
   options.binary_listen = std::string(args.get("listen", "127.0.0.1:7420"));
@@ -122,6 +106,22 @@ int run_serve(const Args& args) {
 }
 
 }  // namespace
+
+Result<std::string> read_token(std::string_view path) {
+  std::ifstream file{std::string(path), std::ios::binary};
+  if (!file) return Status(ErrorCode::invalid, "cannot read the token file " + std::string(path));
+  std::ostringstream content;
+  content << file.rdbuf();
+  std::string token = content.str();
+  if (token.size() > kTokenFileBytesMax) return Status(ErrorCode::invalid, "the token file is too large");
+  while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
+  std::size_t start = 0;
+  while (start < token.size() && std::isspace(static_cast<unsigned char>(token[start]))) start++;
+  token.erase(0, start);
+  if (token.empty()) return Status(ErrorCode::invalid, "the token file " + std::string(path) + " is empty");
+  return token;
+}
+
 
 const CliCommand kServe = {&kServeSpec, run_serve};
 
