@@ -307,17 +307,20 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     if (!writing_) write_next();
   }
 
+  // Sends every answer queued so far in one gathered write: a pipelining
+  // client then costs one syscall per batch of answers, not per answer.
   void write_next() {
     writing_ = true;
-    asio::async_write(socket_, asio::buffer(writes_.front()),
-                      [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
-                        self->on_written(ec);
-                      });
+    gather_.clear();
+    for (const std::string& bytes : writes_) gather_.push_back(asio::buffer(bytes));
+    asio::async_write(socket_, gather_,
+                      [self = shared_from_this(), count = writes_.size()](
+                          boost::system::error_code ec, std::size_t) { self->on_written(ec, count); });
   }
 
-  void on_written(boost::system::error_code ec) {
+  void on_written(boost::system::error_code ec, std::size_t count) {
     writing_ = false;
-    writes_.pop_front();
+    writes_.erase(writes_.begin(), writes_.begin() + static_cast<std::ptrdiff_t>(count));
     if (ec) {
       if (!closed_) core_.log("binary connection: write failed: " + ec.message());
       return close();
@@ -371,6 +374,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   bool authenticated_;
   wire::FrameWords frame_;
   std::deque<std::string> writes_;  // bounded by inflight_per_connection_max + 1
+  std::vector<asio::const_buffer> gather_;  // the buffers of the write in progress
   std::size_t inflight_ = 0;
   bool reading_ = false;
   bool writing_ = false;

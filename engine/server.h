@@ -42,7 +42,7 @@ struct ServerOptions {
   std::size_t connections_max = 256;
   // Together with connections_max this bounds the Ledger's queue; keep the
   // product below LedgerOptions::queue_depth_max so submit() never waits.
-  std::size_t inflight_per_connection_max = 64;
+  std::size_t inflight_per_connection_max = 1024;
   std::int64_t idle_timeout_ms = 60'000;
   std::size_t frame_bytes_max = wire::kFrameBytesMaxDefault;
   std::size_t http_body_bytes_max = 1u << 20;
