@@ -534,15 +534,7 @@ void HttpSession::mutate(const HttpRequest&, Command command) {
 }  // namespace
 
 void start_http_session(Core& core, tcp::socket socket) {
-  core.metrics().connection_opened(Metrics::Protocol::http);
-  auto session = std::make_shared<HttpSession>(core, std::move(socket));
-  std::uint64_t id = 0;
-  if (!core.add_session(session, &id)) {
-    core.metrics().connection_rejected();
-    session->close_now();
-    return;
-  }
-  session->start(id);
+  start_session<HttpSession>(core, std::move(socket), Metrics::Protocol::http);
 }
 
 }  // namespace tally::server_detail

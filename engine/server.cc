@@ -387,15 +387,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
 }  // namespace
 
 void start_binary_session(Core& core, tcp::socket socket) {
-  core.metrics().connection_opened(Metrics::Protocol::binary);
-  auto session = std::make_shared<BinarySession>(core, std::move(socket));
-  std::uint64_t id = 0;
-  if (!core.add_session(session, &id)) {
-    core.metrics().connection_rejected();
-    session->close_now();
-    return;
-  }
-  session->start(id);
+  start_session<BinarySession>(core, std::move(socket), Metrics::Protocol::binary);
 }
 
 }  // namespace server_detail

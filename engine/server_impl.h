@@ -101,4 +101,20 @@ void Core::read(Metrics::Op op, std::function<Result<R>()> read,
 void start_binary_session(Core& core, tcp::socket socket);
 void start_http_session(Core& core, tcp::socket socket);
 
+// What both start_*_session do: register a new SessionType (constructed
+// from the core and the socket, with start(id) and close_now()), or refuse
+// it when the server is full or stopping.
+template <class SessionType>
+void start_session(Core& core, tcp::socket socket, Metrics::Protocol protocol) {
+  core.metrics().connection_opened(protocol);
+  auto session = std::make_shared<SessionType>(core, std::move(socket));
+  std::uint64_t id = 0;
+  if (!core.add_session(session, &id)) {
+    core.metrics().connection_rejected();
+    session->close_now();
+    return;
+  }
+  session->start(id);
+}
+
 }  // namespace tally::server_detail
