@@ -56,12 +56,18 @@ void Core::submit(Command command, std::function<void(Result<Receipt>)> done) {
   metrics_.inflight_add(1);
   const std::int64_t start_ns = steady_now_ns();
   ledger_->submit(std::move(command),
-                  [this, op, start_ns, done = std::move(done)](Result<Receipt> result) {
+                  [this, op, start_ns, done = std::move(done)](Result<Receipt> result) mutable {
                     metrics_.record(op, result ? Metrics::outcome_slot(result->outcome)
                                                : Metrics::error_slot(result.code()),
                                     steady_now_ns() - start_ns);
+                    {
+                      // `done` may hold the last reference to its session:
+                      // destroy it here, while Server::stop() still waits
+                      // for this request, not later on a ledger thread.
+                      auto finish = std::move(done);
+                      finish(std::move(result));
+                    }
                     metrics_.inflight_add(-1);
-                    done(std::move(result));
                   });
 }
 
