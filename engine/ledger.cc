@@ -117,6 +117,7 @@ struct Ledger::Impl {
   // ---- I/O thread ----
   void write_group(log::WriteBatch* batch, std::vector<Ack>* acks);
   void fail(const Status& status);
+  void publish_committed(std::uint64_t seq);
 
   const LedgerOptions options;
   Clock* const clock;
@@ -144,10 +145,18 @@ struct Ledger::Impl {
   bool io_busy = false;
   bool io_stop = false;
   log::WriteBatch* io_batch = nullptr;
+  std::uint64_t io_last_seq = 0;  // the last seq in io_batch
   std::vector<Ack> io_acks;
   Status failure;
   std::atomic<bool> failed{false};
   std::uint64_t groups = 0;
+
+  // The last seq acknowledged (durable per the durability mode); readers of
+  // the live log go up to it. Guarded by committed_mu.
+  std::mutex committed_mu;
+  std::condition_variable committed_cv;
+  std::uint64_t committed = 0;
+  bool committed_closed = false;
 
   std::thread writer_thread;
   std::thread io_thread;
@@ -176,6 +185,7 @@ Status Ledger::Impl::start(LedgerStats* replayed) {
   if (!writer) return writer.status();
   log = std::move(*writer);
   last_timestamp_ns = state.last_timestamp_ns();
+  committed = state.last_seq();
   queue.reserve(options.queue_depth_max);
   writer_thread = std::thread([this] {
     pthread_setname_np(pthread_self(), "tally-writer");
@@ -265,6 +275,7 @@ void Ledger::Impl::wait_for_work(std::vector<Task>* tasks, bool* stop, bool* exp
 
 void Ledger::Impl::handoff_locked() {
   io_batch = log->batch_empty() ? nullptr : log->seal();
+  io_last_seq = log->next_seq() - 1;
   TALLY_ASSERT(io_acks.empty());
   io_acks.swap(pending);
   io_busy = true;
@@ -395,9 +406,11 @@ void Ledger::Impl::io_main() {
     }
     if (io_busy) {
       log::WriteBatch* batch = io_batch;
+      const std::uint64_t last_seq = io_last_seq;
       acks.swap(io_acks);
       guard.unlock();
       write_group(batch, &acks);
+      if (batch != nullptr && !failed.load()) publish_committed(last_seq);
       unsynced = unsynced || (batch != nullptr && !sync_each);
       guard.lock();
       io_busy = false;
@@ -445,6 +458,12 @@ void Ledger::Impl::write_group(log::WriteBatch* batch, std::vector<Ack>* acks) {
     if (ack.result) ack.result.emplace(Status(ErrorCode::io_error, written.message()));
     if (ack.read_done) ack.status = Status(ErrorCode::io_error, written.message());
   }
+}
+
+void Ledger::Impl::publish_committed(std::uint64_t seq) {
+  std::lock_guard<std::mutex> guard(committed_mu);
+  committed = seq;
+  committed_cv.notify_all();
 }
 
 void Ledger::Impl::fail(const Status& status) {
@@ -570,10 +589,32 @@ Status Ledger::close() {
   impl.room_cv.notify_all();
   impl.writer_thread.join();
   impl.io_thread.join();
+  {
+    std::lock_guard<std::mutex> guard(impl.committed_mu);
+    impl.committed_closed = true;
+  }
+  impl.committed_cv.notify_all();
   impl.lock.reset();
   std::lock_guard<std::mutex> guard(impl.failure_mu);
   return impl.failure;
 }
+
+std::uint64_t Ledger::committed_seq() {
+  std::lock_guard<std::mutex> guard(impl_->committed_mu);
+  return impl_->committed;
+}
+
+std::uint64_t Ledger::wait_committed(std::uint64_t after, std::chrono::milliseconds timeout) {
+  Impl& impl = *impl_;
+  std::unique_lock<std::mutex> guard(impl.committed_mu);
+  impl.committed_cv.wait_for(guard, timeout,
+                             [&] { return impl.committed > after || impl.committed_closed; });
+  return impl.committed;
+}
+
+const std::string& Ledger::data_dir() const { return impl_->options.data_dir; }
+
+log::FileSystem& Ledger::file_system() const { return *impl_->fs; }
 
 Status Ledger::Impl::run_read(ReadFn read, bool expire) {
   Impl& impl = *this;

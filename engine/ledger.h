@@ -17,6 +17,7 @@
 // submit() run on a ledger thread, in submission order, and must not block.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -91,6 +92,17 @@ class Ledger final : public LedgerApi {
   Status expire_due();
 
   LedgerStats stats();
+
+  // The last seq whose outcome has been acknowledged: durable per the
+  // durability mode (written and fdatasync'd under sync). Readers of the
+  // live log (snapshots, the history projection, event feeds) read up to it
+  // and never past it.
+  std::uint64_t committed_seq();
+  // Waits until committed_seq() > after, the timeout passes or the ledger
+  // closes; returns committed_seq().
+  std::uint64_t wait_committed(std::uint64_t after, std::chrono::milliseconds timeout);
+  const std::string& data_dir() const;
+  log::FileSystem& file_system() const;
 
   // Finishes queued commands, syncs the log, stops the threads, releases the
   // lock. Later calls answer `closed`. Idempotent.

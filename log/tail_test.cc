@@ -1,0 +1,112 @@
+#include "log/tail.h"
+
+#include <doctest.h>
+
+#include <vector>
+
+#include "log/log_test_util.h"
+
+namespace tally::log {
+namespace {
+
+using test::TempDir;
+
+// Reads every record up to max_seq, checking seqs and payloads from `first`.
+std::uint64_t drain(LogTail& tail, std::uint64_t first, std::uint64_t max_seq) {
+  Record record;
+  std::uint64_t seq = first;
+  for (;;) {
+    auto more = tail.next(&record, max_seq);
+    REQUIRE(more.ok());
+    if (!*more) break;
+    CHECK(record.seq == seq);
+    const std::vector<std::byte> expected = test::payload_for(seq);
+    CHECK(std::vector<std::byte>(record.payload.begin(), record.payload.end()) == expected);
+    seq++;
+  }
+  return seq - 1;
+}
+
+TEST_CASE("a tail follows appends across rotations, never past the bound") {
+  TempDir dir;
+  auto writer = test::open_writer(posix_file_system(), dir.log_dir());
+  auto tail = LogTail::open(posix_file_system(), dir.log_dir(), 1);
+  REQUIRE(tail.ok());
+  Record record;
+  auto none = (*tail)->next(&record, 0);
+  REQUIRE(none.ok());
+  CHECK_FALSE(*none);
+
+  std::uint64_t last = 0;
+  for (int round = 0; round < 20; round++) {
+    test::append_records(*writer, 97, 13);
+    // A bound below what is written: the tail stops there.
+    CHECK(drain(**tail, last + 1, last + 50) == last + 50);
+    last += 97;
+    CHECK(drain(**tail, last - 46, last) == last);
+    CHECK((*tail)->position().next_seq == last + 1);
+  }
+  CHECK(test::read_log(posix_file_system(), dir.log_dir()).records.size() == last);
+}
+
+TEST_CASE("a tail opens at any seq and resumes from a reported position") {
+  TempDir dir;
+  auto writer = test::open_writer(posix_file_system(), dir.log_dir());
+  test::append_records(*writer, 1500, 31);
+  for (std::uint64_t from : {1ull, 2ull, 700ull, 1499ull, 1500ull, 1501ull}) {
+    CAPTURE(from);
+    auto tail = LogTail::open(posix_file_system(), dir.log_dir(), from);
+    REQUIRE(tail.ok());
+    CHECK((*tail)->position().next_seq == from);
+    CHECK(drain(**tail, from, 1500) == 1500);
+  }
+  // Every segment's first seq: the tail starts on a segment boundary.
+  const auto back = test::read_log(posix_file_system(), dir.log_dir());
+  std::uint64_t previous_segment = 0;
+  for (const Record& record : back.records) {
+    if (record.segment_first_seq == previous_segment) continue;
+    previous_segment = record.segment_first_seq;
+    auto tail = LogTail::open(posix_file_system(), dir.log_dir(), record.seq);
+    REQUIRE(tail.ok());
+    CHECK(drain(**tail, record.seq, record.seq + 10) == record.seq + 10);
+    auto resumed = LogTail::resume(posix_file_system(), dir.log_dir(), (*tail)->position());
+    REQUIRE(resumed.ok());
+    CHECK(drain(**resumed, record.seq + 11, 1500) == 1500);
+  }
+}
+
+TEST_CASE("a committed record that does not verify is corrupt, with its place") {
+  TempDir dir;
+  auto writer = test::open_writer(posix_file_system(), dir.log_dir());
+  test::append_records(*writer, 40, 40);
+  const auto back = test::read_log(posix_file_system(), dir.log_dir());
+  const Record& victim = back.records[20];
+  const std::string path = test::segment_path(dir.log_dir(), victim.segment_first_seq);
+  std::vector<std::byte> bytes = test::read_bytes(path);
+  bytes[victim.offset + kFrameHeaderSize] ^= std::byte{0x10};
+  test::write_bytes(path, bytes);
+
+  auto tail = LogTail::open(posix_file_system(), dir.log_dir(), 1);
+  REQUIRE(tail.ok());
+  CHECK(drain(**tail, 1, 20) == 20);
+  Record record;
+  auto bad = (*tail)->next(&record, 40);
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.code() == ErrorCode::corrupt);
+  CHECK(bad.status().message().find(log_position(victim.segment_first_seq, victim.offset)) !=
+        std::string::npos);
+  // Sticky.
+  CHECK((*tail)->next(&record, 40).code() == ErrorCode::corrupt);
+
+  // A bound past the end of the log: the missing record is corrupt too.
+  TempDir short_dir;
+  auto short_writer = test::open_writer(posix_file_system(), short_dir.log_dir());
+  test::append_records(*short_writer, 5, 5);
+  auto short_tail = LogTail::open(posix_file_system(), short_dir.log_dir(), 1);
+  REQUIRE(short_tail.ok());
+  CHECK(drain(**short_tail, 1, 5) == 5);
+  CHECK((*short_tail)->next(&record, 6).code() == ErrorCode::corrupt);
+}
+
+}  // namespace
+}  // namespace tally::log
