@@ -70,12 +70,12 @@ Status Environment::write_growing(const std::function<Status(int* rc)>& attempt)
     int rc = 0;
     Status status;
     {
-      std::shared_lock<std::shared_mutex> lock(map_lock_);
+      const std::shared_lock<std::shared_mutex> shared = share_map();
       status = attempt(&rc);
     }
     if (status.ok()) return status;
     if (rc != MDB_MAP_FULL) return status;
-    std::unique_lock<std::shared_mutex> lock(map_lock_);
+    const RemapLock remap(*this);
     if (growth == kMapGrowthsMax || map_size_bytes_ >= options_.map_size_bytes_max) {
       return Status(ErrorCode::io_error, std::string(component()) + ": map full at " +
                                              std::to_string(map_size_bytes_) +
@@ -90,8 +90,13 @@ Status Environment::write_growing(const std::function<Status(int* rc)>& attempt)
   }
 }
 
+std::shared_lock<std::shared_mutex> Environment::share_map() const {
+  const std::lock_guard<std::mutex> gate(map_gate_);
+  return std::shared_lock<std::shared_mutex>(map_lock_);
+}
+
 Status Environment::adopt_map_size() {
-  std::unique_lock<std::shared_mutex> lock(map_lock_);
+  const RemapLock remap(*this);
   // Size 0 takes the size the file's current meta page records.
   int rc = mdb_env_set_mapsize(env_, 0);
   if (rc != 0) return error("mdb_env_set_mapsize (adopt)", rc);
@@ -114,7 +119,7 @@ Status ReadTxn::begin(Environment& env) {
   // Each pass begins once; a pass that meets a map grown by another process
   // adopts the new size first.
   for (int attempt = 0; attempt < kReadBeginAttemptsMax; attempt++) {
-    lock_ = std::shared_lock<std::shared_mutex>(env.map_lock());
+    lock_ = env.share_map();
     const int rc = txn_.try_begin(env, MDB_RDONLY);
     if (rc == 0) return Status();
     lock_ = {};

@@ -12,6 +12,7 @@
 
 #include <lmdb.h>
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -57,6 +58,18 @@ inline std::uint64_t get_be(const std::uint8_t* in, std::size_t width) {
 inline const std::uint8_t* bytes_of(const MDB_val& val) {
   return static_cast<const std::uint8_t*>(val.mv_data);
 }
+inline std::string_view view_of(const MDB_val& val) {
+  return std::string_view(static_cast<const char*>(val.mv_data), val.mv_size);
+}
+template <std::size_t N>
+MDB_val val_of(std::array<std::uint8_t, N>& bytes) {
+  return MDB_val{bytes.size(), bytes.data()};
+}
+inline MDB_val val_of(std::string_view bytes) {
+  // LMDB takes a non-const pointer, but only reads the keys and values it
+  // is given to store or look up.
+  return MDB_val{bytes.size(), const_cast<char*>(bytes.data())};
+}
 
 // io_error "<component>: <what>: <mdb_strerror(rc)>".
 Status error(std::string_view component, std::string_view what, int rc);
@@ -75,10 +88,12 @@ struct EnvironmentOptions {
 //
 // The map lock: LMDB remaps the file when the map grows, which moves every
 // page under any transaction open in this process. So every transaction of
-// a store used by several threads holds map_lock() shared (ReadTxn does;
-// write_growing() does for its attempt), and a remap holds it exclusive.
-// A store used by one thread only may ignore the lock: a remap happens only
-// between its own transactions.
+// a store used by several threads holds the map shared (share_map(): ReadTxn
+// does, and write_growing() for its attempt), and a remap holds it
+// exclusive. A remap first closes a gate that new sharers pass through, so
+// a steady stream of readers cannot starve it: it waits only for the
+// transactions already open. A store used by one thread only may ignore the
+// lock: a remap happens only between its own transactions.
 class Environment {
  public:
   // Creates `dir` if missing (its parent must exist) unless MDB_RDONLY is
@@ -92,7 +107,8 @@ class Environment {
 
   MDB_env* get() const { return env_; }
   std::string_view component() const { return component_; }
-  std::shared_mutex& map_lock() const { return map_lock_; }
+  // Holds the map in place while it lives (see the map lock above).
+  std::shared_lock<std::shared_mutex> share_map() const;
 
   // io_error naming this environment's component.
   Status error(std::string_view what, int rc) const { return lmdb::error(component(), what, rc); }
@@ -102,7 +118,7 @@ class Environment {
   // aborted the transaction, so nothing of it is written — doubles the map
   // (at most to map_size_bytes_max) and runs it again. attempt runs under
   // the map lock, shared; the growth takes it exclusive, so the caller must
-  // not hold it. io_error when the map is at its maximum.
+  // not share the map. io_error when the map is at its maximum.
   Status write_growing(const std::function<Status(int* rc)>& attempt);
 
   // Adopts the map size another process grew the file to (a transaction
@@ -116,7 +132,16 @@ class Environment {
   EnvironmentOptions options_;  // its component views component_
   std::string component_;
   std::size_t map_size_bytes_ = 0;
+  // Lock order: gate, then map lock.
+  mutable std::mutex map_gate_;
   mutable std::shared_mutex map_lock_;
+
+  // Closes the gate and takes the map lock exclusive.
+  struct RemapLock {
+    explicit RemapLock(const Environment& env) : gate(env.map_gate_), map(env.map_lock_) {}
+    std::lock_guard<std::mutex> gate;
+    std::unique_lock<std::shared_mutex> map;
+  };
 };
 
 // A transaction that aborts unless it was committed.

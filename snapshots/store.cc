@@ -25,6 +25,7 @@ using lmdb::get_le;
 using lmdb::put_be;
 using lmdb::put_le;
 using lmdb::Txn;
+using lmdb::val_of;
 
 constexpr std::string_view kComponent = "snapshots";
 
@@ -49,10 +50,6 @@ ChunkKey chunk_key(std::uint64_t seq, std::uint32_t index) {
   put_be(key.data(), seq, 8);
   put_be(key.data() + 8, index, 4);
   return key;
-}
-template <std::size_t N>
-MDB_val val_of(std::array<std::uint8_t, N>& bytes) {
-  return MDB_val{bytes.size(), bytes.data()};
 }
 
 struct Meta {
