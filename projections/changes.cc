@@ -53,7 +53,7 @@ void event_deltas(const log::Event& event, std::vector<PairDelta>* out) {
 }
 
 std::string_view event_op_name(const log::Event& event) {
-  if (event.batch) return "batch";
+  if (event.batch) return kBatchOpName;
   // A decoded or applied event has one op when it is not a batch; the guard
   // keeps a malformed one from reading past its span.
   if (event.ops.empty()) return "unknown";

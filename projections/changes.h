@@ -43,8 +43,9 @@ struct PairDelta {
 void event_deltas(const log::Event& event, std::vector<PairDelta>* out);
 
 // The name of an event's operation for people and audit tools: the op
-// type's name (log::op_type_name) for a single-op event, "batch" for a
+// type's name (log::op_type_name) for a single-op event, kBatchOpName for a
 // batch. Static storage.
+inline constexpr std::string_view kBatchOpName = "batch";
 std::string_view event_op_name(const log::Event& event);
 
 }  // namespace tally::proj
