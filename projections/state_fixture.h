@@ -1,6 +1,7 @@
 // Test fixtures shared by the projections' unit tests: op builders, a Feed
-// that numbers events and applies them to several States, and readers that
-// collect balances. Test-only; included by *_test.cc files.
+// that numbers events and applies them to several States (and shows each to
+// an observer), and readers that collect balances. Test-only; included by
+// *_test.cc files.
 #pragma once
 
 #include <doctest.h>
@@ -97,6 +98,9 @@ class Feed {
   std::int64_t now_ns = kStartNs;
   std::uint64_t fingerprint_salt = 0x5eed;  // fingerprint = XXH3(key) ^ salt
   FlowTotals totals;
+  // Called with each event once every State has applied it; the event's
+  // views are valid during the call only.
+  std::function<void(const log::Event&)> on_applied;
 
   std::uint64_t next_seq() const { return states_[0]->last_seq() + 1; }
 
@@ -127,6 +131,7 @@ class Feed {
     event.ops = ops;
     for (State* state : states_) TALLY_TRY(state->apply(event));
     totals.apply(event);
+    if (on_applied) on_applied(event);
     return Status();
   }
 

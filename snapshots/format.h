@@ -38,7 +38,6 @@ inline constexpr std::size_t kChunkKeyBytes = 12;
 inline constexpr std::size_t kChunkBytesMin = 4096;
 inline constexpr std::size_t kChunkBytesMax = 64 * 1024 * 1024;
 inline constexpr std::uint32_t kChunksMax = UINT32_MAX;
-inline constexpr int kMapGrowthsMax = 48;  // doublings of the map per write
 
 static_assert(kMetaBytes == 4 + 4 + 8 + 8 + 8 + 8 + 4 + 4 + 8 + 8 + 8);
 static_assert(kChunkKeyBytes == kMetaKeyBytes + 4);

@@ -1,60 +1,40 @@
-// SnapshotStore: the LMDB side. The only file besides the history
-// projection that includes lmdb.h (DESIGN.md §2).
+// SnapshotStore: the LMDB side. Only snapshots/ includes lmdb.h (DESIGN.md
+// §2); the pieces it shares with the history projection are in lmdb_util.h.
 // XXH3_state_t on the stack needs the static-linking section of xxhash.h.
 #define XXH_STATIC_LINKING_ONLY
 #include "snapshots/store.h"
 
 #include <lmdb.h>
-#include <sys/stat.h>
 #include <xxhash.h>
 
 #include <algorithm>
 #include <array>
-#include <cerrno>
 #include <cstring>
 #include <utility>
 
 #include "snapshots/format.h"
+#include "snapshots/lmdb_util.h"
 
 namespace tally::snap {
 
 namespace {
 
-Status lmdb_error(const char* what, int rc) {
-  std::string message = "snapshots: ";
-  message += what;
-  message += ": ";
-  message += mdb_strerror(rc);
-  return Status(ErrorCode::io_error, std::move(message));
-}
+using lmdb::Cursor;
+using lmdb::get_be;
+using lmdb::get_le;
+using lmdb::put_be;
+using lmdb::put_le;
+using lmdb::Txn;
+using lmdb::val_of;
+
+constexpr std::string_view kComponent = "snapshots";
+
+Status lmdb_error(std::string_view what, int rc) { return lmdb::error(kComponent, what, rc); }
 
 Status corrupt(const std::string& what) {
   std::string message = "snapshot ";
   message += what;
   return Status(ErrorCode::corrupt, std::move(message));
-}
-
-void put_le(std::uint8_t* out, std::uint64_t value, std::size_t width) {
-  for (std::size_t index = 0; index < width; index++) {
-    out[index] = static_cast<std::uint8_t>(value >> (8 * index));
-  }
-}
-std::uint64_t get_le(const std::uint8_t* in, std::size_t width) {
-  std::uint64_t value = 0;
-  for (std::size_t index = 0; index < width; index++) {
-    value |= std::uint64_t{in[index]} << (8 * index);
-  }
-  return value;
-}
-void put_be(std::uint8_t* out, std::uint64_t value, std::size_t width) {
-  for (std::size_t index = 0; index < width; index++) {
-    out[index] = static_cast<std::uint8_t>(value >> (8 * (width - 1 - index)));
-  }
-}
-std::uint64_t get_be(const std::uint8_t* in, std::size_t width) {
-  std::uint64_t value = 0;
-  for (std::size_t index = 0; index < width; index++) value = (value << 8) | in[index];
-  return value;
 }
 
 using MetaKey = std::array<std::uint8_t, kMetaKeyBytes>;
@@ -70,10 +50,6 @@ ChunkKey chunk_key(std::uint64_t seq, std::uint32_t index) {
   put_be(key.data(), seq, 8);
   put_be(key.data() + 8, index, 4);
   return key;
-}
-template <std::size_t N>
-MDB_val val_of(std::array<std::uint8_t, N>& bytes) {
-  return MDB_val{bytes.size(), bytes.data()};
 }
 
 struct Meta {
@@ -137,74 +113,18 @@ Result<Meta> decode_meta(const MDB_val& key, const MDB_val& value) {
   return meta;
 }
 
-// Aborts a transaction unless it was committed.
-class Txn {
- public:
-  Txn() = default;
-  ~Txn() { abort(); }
-  Txn(const Txn&) = delete;
-  Txn& operator=(const Txn&) = delete;
-  Status begin(MDB_env* env, unsigned flags) {
-    const int rc = mdb_txn_begin(env, nullptr, flags, &txn_);
-    if (rc != 0) {
-      txn_ = nullptr;
-      return lmdb_error("mdb_txn_begin", rc);
-    }
-    return Status();
-  }
-  int commit() {
-    const int rc = mdb_txn_commit(txn_);
-    txn_ = nullptr;  // freed by commit even when it fails
-    return rc;
-  }
-  void abort() {
-    if (txn_ != nullptr) mdb_txn_abort(txn_);
-    txn_ = nullptr;
-  }
-  MDB_txn* get() const { return txn_; }
-
- private:
-  MDB_txn* txn_ = nullptr;
-};
-
-class Cursor {
- public:
-  Cursor() = default;
-  ~Cursor() {
-    if (cursor_ != nullptr) mdb_cursor_close(cursor_);
-  }
-  Cursor(const Cursor&) = delete;
-  Cursor& operator=(const Cursor&) = delete;
-  Status open(MDB_txn* txn, MDB_dbi dbi) {
-    const int rc = mdb_cursor_open(txn, dbi, &cursor_);
-    if (rc != 0) {
-      cursor_ = nullptr;
-      return lmdb_error("mdb_cursor_open", rc);
-    }
-    return Status();
-  }
-  MDB_cursor* get() const { return cursor_; }
-
- private:
-  MDB_cursor* cursor_ = nullptr;
-};
-
 }  // namespace
 
 struct SnapshotStore::Env {
-  ~Env() {
-    if (env != nullptr) mdb_env_close(env);
-  }
-  MDB_env* env = nullptr;
+  std::unique_ptr<lmdb::Environment> env;
   MDB_dbi meta = 0;
   MDB_dbi chunks = 0;
   SnapshotStoreOptions options;
-  std::size_t map_size_bytes = 0;
 
   Status write_once(const proj::State& state, const Meta& meta_in, Meta* written, int* rc_out);
-  Status delete_snapshot(MDB_txn* txn, std::uint64_t seq);
-  Status verify_payload(MDB_txn* txn, const Meta& meta) const;
-  Result<std::unique_ptr<proj::State>> load_one(MDB_txn* txn, const Meta& meta,
+  Status delete_snapshot(const Txn& txn, std::uint64_t seq);
+  Status verify_payload(const Txn& txn, const Meta& meta) const;
+  Result<std::unique_ptr<proj::State>> load_one(const Txn& txn, const Meta& meta,
                                                 const proj::StateOptions& options) const;
 };
 
@@ -327,32 +247,19 @@ Result<std::unique_ptr<SnapshotStore>> SnapshotStore::open(const std::string& di
   if (options.chunk_bytes < kChunkBytesMin || options.chunk_bytes > kChunkBytesMax) {
     return Status(ErrorCode::invalid, "snapshots: chunk_bytes out of range");
   }
-  if (options.map_size_bytes == 0 || options.map_size_bytes > options.map_size_bytes_max) {
-    return Status(ErrorCode::invalid, "snapshots: map_size_bytes must be 1..map_size_bytes_max");
-  }
-  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
-    return Status(ErrorCode::io_error, "snapshots: mkdir " + dir + ": " + std::strerror(errno));
-  }
+  lmdb::EnvironmentOptions env_options;
+  env_options.component = kComponent;
+  env_options.dbs_max = 2;
+  env_options.map_size_bytes = options.map_size_bytes;
+  env_options.map_size_bytes_max = options.map_size_bytes_max;
+  Result<std::unique_ptr<lmdb::Environment>> opened = lmdb::Environment::open(dir, env_options);
+  if (!opened) return opened.status();
   auto env = std::make_unique<Env>();
+  env->env = std::move(opened).value();
   env->options = options;
-  int rc = mdb_env_create(&env->env);
-  if (rc != 0) {
-    env->env = nullptr;
-    return lmdb_error("mdb_env_create", rc);
-  }
-  rc = mdb_env_set_maxdbs(env->env, 2);
-  if (rc != 0) return lmdb_error("mdb_env_set_maxdbs", rc);
-  rc = mdb_env_set_mapsize(env->env, options.map_size_bytes);
-  if (rc != 0) return lmdb_error("mdb_env_set_mapsize", rc);
-  rc = mdb_env_open(env->env, dir.c_str(), 0, 0644);
-  if (rc != 0) return lmdb_error(("mdb_env_open " + dir).c_str(), rc);
-  MDB_envinfo info{};
-  rc = mdb_env_info(env->env, &info);
-  if (rc != 0) return lmdb_error("mdb_env_info", rc);
-  env->map_size_bytes = info.me_mapsize;  // an existing larger file keeps its size
   Txn txn;
-  TALLY_TRY(txn.begin(env->env, 0));
-  rc = mdb_dbi_open(txn.get(), kMetaDbName, MDB_CREATE, &env->meta);
+  TALLY_TRY(txn.begin(*env->env, 0));
+  int rc = mdb_dbi_open(txn.get(), kMetaDbName, MDB_CREATE, &env->meta);
   if (rc != 0) return lmdb_error("mdb_dbi_open meta", rc);
   rc = mdb_dbi_open(txn.get(), kChunksDbName, MDB_CREATE, &env->chunks);
   if (rc != 0) return lmdb_error("mdb_dbi_open chunks", rc);
@@ -363,10 +270,10 @@ Result<std::unique_ptr<SnapshotStore>> SnapshotStore::open(const std::string& di
 
 // ---------------------------------------------------------------- write
 
-Status SnapshotStore::Env::delete_snapshot(MDB_txn* txn, std::uint64_t seq) {
+Status SnapshotStore::Env::delete_snapshot(const Txn& txn, std::uint64_t seq) {
   MetaKey key = meta_key(seq);
   MDB_val key_val = val_of(key);
-  int rc = mdb_del(txn, meta, &key_val, nullptr);
+  int rc = mdb_del(txn.get(), meta, &key_val, nullptr);
   if (rc != 0 && rc != MDB_NOTFOUND) return lmdb_error("mdb_del (meta)", rc);
   // The chunks are keyed (seq, index): delete from (seq, 0) while the seq
   // matches. Each pass deletes one key.
@@ -395,8 +302,8 @@ Status SnapshotStore::Env::write_once(const proj::State& state, const Meta& meta
                                       Meta* written, int* rc_out) {
   *rc_out = 0;
   Txn txn;
-  TALLY_TRY(txn.begin(env, 0));
-  TALLY_TRY(delete_snapshot(txn.get(), meta_in.info.seq));
+  TALLY_TRY(txn.begin(*env, 0));
+  TALLY_TRY(delete_snapshot(txn, meta_in.info.seq));
   ChunkSink sink(txn.get(), chunks, meta_in.info.seq, options.chunk_bytes);
   Status saved = state.save(sink);
   if (saved.ok()) saved = sink.flush();
@@ -436,25 +343,12 @@ Result<SnapshotInfo> SnapshotStore::write(const proj::State& state, const LogPos
   meta.info.chain_checksum = position.chain_checksum;
   meta.info.digest = state.digest();
   meta.state_format = proj::kStateFormatVersion;
-  // A full map aborts the transaction; grow it and write again. Each pass
-  // doubles the map, so kMapGrowthsMax bounds the loop.
-  for (int growth = 0;; growth++) {
-    Meta written;
-    int rc = 0;
-    const Status status = env_->write_once(state, meta, &written, &rc);
-    if (status.ok()) return written.info;
-    if (rc != MDB_MAP_FULL) return status;
-    if (growth == kMapGrowthsMax || env_->map_size_bytes >= env_->options.map_size_bytes_max) {
-      return Status(ErrorCode::io_error, "snapshots: map full at " +
-                                             std::to_string(env_->map_size_bytes) +
-                                             " bytes (map_size_bytes_max)");
-    }
-    const std::size_t grown = std::min(env_->map_size_bytes * 2, env_->options.map_size_bytes_max);
-    // No transaction is open here: write_once's has been aborted.
-    rc = mdb_env_set_mapsize(env_->env, grown);
-    if (rc != 0) return lmdb_error("mdb_env_set_mapsize (grow)", rc);
-    env_->map_size_bytes = grown;
-  }
+  // A full map aborts the transaction: the map grows and write_once runs
+  // again.
+  Meta written;
+  TALLY_TRY(env_->env->write_growing(
+      [&](int* rc) { return env_->write_once(state, meta, &written, rc); }));
+  return written.info;
 }
 
 // ---------------------------------------------------------------- read
@@ -462,7 +356,7 @@ Result<SnapshotInfo> SnapshotStore::write(const proj::State& state, const LogPos
 namespace {
 
 // Every meta record, oldest first: decoded, or with metadata_ok false.
-Status read_all_meta(MDB_txn* txn, MDB_dbi dbi, std::vector<Result<Meta>>* out,
+Status read_all_meta(const Txn& txn, MDB_dbi dbi, std::vector<Result<Meta>>* out,
                      std::vector<std::uint64_t>* seqs) {
   Cursor cursor;
   TALLY_TRY(cursor.open(txn, dbi));
@@ -484,10 +378,10 @@ Status read_all_meta(MDB_txn* txn, MDB_dbi dbi, std::vector<Result<Meta>>* out,
 
 Result<std::vector<SnapshotInfo>> SnapshotStore::list() const {
   Txn txn;
-  TALLY_TRY(txn.begin(env_->env, MDB_RDONLY));
+  TALLY_TRY(txn.begin(*env_->env, MDB_RDONLY));
   std::vector<Result<Meta>> metas;
   std::vector<std::uint64_t> seqs;
-  TALLY_TRY(read_all_meta(txn.get(), env_->meta, &metas, &seqs));
+  TALLY_TRY(read_all_meta(txn, env_->meta, &metas, &seqs));
   std::vector<SnapshotInfo> infos;
   for (std::size_t index = 0; index < metas.size(); index++) {
     if (metas[index].ok()) {
@@ -504,14 +398,14 @@ Result<std::vector<SnapshotInfo>> SnapshotStore::list() const {
 
 Result<std::size_t> SnapshotStore::prune(std::size_t retain_count) {
   Txn txn;
-  TALLY_TRY(txn.begin(env_->env, 0));
+  TALLY_TRY(txn.begin(*env_->env, 0));
   std::vector<Result<Meta>> metas;
   std::vector<std::uint64_t> seqs;
-  TALLY_TRY(read_all_meta(txn.get(), env_->meta, &metas, &seqs));
+  TALLY_TRY(read_all_meta(txn, env_->meta, &metas, &seqs));
   if (seqs.size() <= retain_count) return std::size_t{0};
   const std::size_t doomed = seqs.size() - retain_count;
   for (std::size_t index = 0; index < doomed; index++) {
-    TALLY_TRY(env_->delete_snapshot(txn.get(), seqs[index]));
+    TALLY_TRY(env_->delete_snapshot(txn, seqs[index]));
   }
   // Deleting frees pages, so a full map cannot happen here.
   const int rc = txn.commit();
@@ -519,7 +413,7 @@ Result<std::size_t> SnapshotStore::prune(std::size_t retain_count) {
   return doomed;
 }
 
-Status SnapshotStore::Env::verify_payload(MDB_txn* txn, const Meta& meta) const {
+Status SnapshotStore::Env::verify_payload(const Txn& txn, const Meta& meta) const {
   const std::string name = std::to_string(meta.info.seq) + ": ";
   if (meta.state_format != proj::kStateFormatVersion) {
     return corrupt(name + "state format " + std::to_string(meta.state_format) + " is not known");
@@ -546,7 +440,7 @@ Status SnapshotStore::Env::verify_payload(MDB_txn* txn, const Meta& meta) const 
 }
 
 Result<std::unique_ptr<proj::State>> SnapshotStore::Env::load_one(
-    MDB_txn* txn, const Meta& meta, const proj::StateOptions& state_options) const {
+    const Txn& txn, const Meta& meta, const proj::StateOptions& state_options) const {
   // Checksum first, so the loader parses only bytes that were written.
   TALLY_TRY(verify_payload(txn, meta));
   Cursor cursor;
@@ -568,10 +462,10 @@ Result<LoadedSnapshot> SnapshotStore::load_newest_valid(
     std::uint64_t max_seq, const proj::StateOptions& state_options,
     std::vector<SkippedSnapshot>* skipped) const {
   Txn txn;
-  TALLY_TRY(txn.begin(env_->env, MDB_RDONLY));
+  TALLY_TRY(txn.begin(*env_->env, MDB_RDONLY));
   std::vector<Result<Meta>> metas;
   std::vector<std::uint64_t> seqs;
-  TALLY_TRY(read_all_meta(txn.get(), env_->meta, &metas, &seqs));
+  TALLY_TRY(read_all_meta(txn, env_->meta, &metas, &seqs));
   const auto skip = [&](std::uint64_t seq, Status why) {
     if (skipped != nullptr) skipped->push_back(SkippedSnapshot{seq, std::move(why)});
   };
@@ -588,7 +482,7 @@ Result<LoadedSnapshot> SnapshotStore::load_newest_valid(
                                                          std::to_string(max_seq)));
       continue;
     }
-    Result<std::unique_ptr<proj::State>> state = env_->load_one(txn.get(), meta, state_options);
+    Result<std::unique_ptr<proj::State>> state = env_->load_one(txn, meta, state_options);
     if (!state) {
       // An LMDB failure is not a property of this snapshot: stop.
       if (state.code() == ErrorCode::io_error) return state.status();

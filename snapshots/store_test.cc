@@ -2,9 +2,7 @@
 
 #include <doctest.h>
 #include <lmdb.h>
-#include <stdlib.h>
 
-#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -12,6 +10,7 @@
 
 #include "projections/state_fixture.h"
 #include "snapshots/format.h"
+#include "snapshots/temp_dir.h"
 
 namespace tally::snap {
 namespace {
@@ -21,24 +20,6 @@ using proj::kWindowNs;
 using proj::ScriptHolds;
 using proj::State;
 using proj::StateOptions;
-
-// A temporary directory, removed with everything in it.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "tally-snap-XXXXXX").string();
-    REQUIRE(mkdtemp(pattern.data()) != nullptr);
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  std::string store_dir() const { return (path_ / "snapshots").string(); }
-
- private:
-  std::filesystem::path path_;
-};
 
 SnapshotStoreOptions small_options() {
   SnapshotStoreOptions options;

@@ -1,0 +1,1045 @@
+// HistoryStore: the LMDB side of the point-in-time index. The contract is in
+// history.h, the bytes in history_format.h.
+//
+// The writer keeps what it appends in memory (entries, new pairs, times)
+// and writes it all in flush()'s one transaction, rather than holding a
+// write transaction open across appends: a full map aborts an LMDB
+// transaction, and with the appends still in memory flush can grow the map
+// and write them again, all or nothing, as the snapshot store does. The
+// buffer is bounded (pending_bytes_max), and sorted by key before it is
+// written so that LMDB inserts in order (MDB_APPEND where the keys are past
+// every key written before: new pairs' entries, times).
+#include "snapshots/history.h"
+
+#include <lmdb.h>
+#include <sys/stat.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "projections/changes.h"
+#include "projections/name_table.h"  // proj::kNameBytesMax
+#include "snapshots/history_format.h"
+#include "snapshots/lmdb_util.h"
+
+namespace tally::snap {
+
+namespace {
+
+using history::kEntryBytesMax;
+using history::kEntryBytesMin;
+using history::kEntryCheckBytes;
+using history::kEntryFixedBytes;
+using history::kEntryKeyBytes;
+using history::kNameBytesMax;
+using history::kPositionBytes;
+using history::kPositionCheckedBytes;
+using history::kSeqBytes;
+using history::kTimeKeyBytes;
+using history::OpCode;
+using lmdb::bytes_of;
+using lmdb::Cursor;
+using lmdb::get_be;
+using lmdb::get_le;
+using lmdb::put_be;
+using lmdb::put_le;
+using lmdb::ReadTxn;
+using lmdb::Txn;
+using lmdb::val_of;
+using lmdb::view_of;
+
+static_assert(kNameBytesMax == proj::kNameBytesMax);
+
+constexpr std::string_view kComponent = "history";
+// pending_bytes_max at most this, so offsets into the buffered keys fit a
+// u32 (one event past the bound adds at most a few MiB).
+constexpr std::size_t kPendingBytesLimit = std::size_t{1} << 30;
+// Buckets the writer's pair cache starts with.
+constexpr std::size_t kPairCacheReserveMax = std::size_t{1} << 16;
+
+Status lmdb_error(std::string_view what, int rc) { return lmdb::error(kComponent, what, rc); }
+Status corrupt(const std::string& what) { return Status(ErrorCode::corrupt, "history: " + what); }
+Status invalid(const std::string& what) { return Status(ErrorCode::invalid, "history: " + what); }
+
+// Built by appending: GCC 12 warns falsely (-Wrestrict) on "'" + std::string.
+std::string quoted(std::string_view name) {
+  std::string out;
+  out.reserve(name.size() + 2);
+  out.push_back('\'');
+  out.append(name);
+  out.push_back('\'');
+  return out;
+}
+
+bool valid_name(std::string_view name) {
+  return !name.empty() && name.size() <= kNameBytesMax && name.find('\0') == std::string_view::npos;
+}
+
+Status check_name(const char* what, std::string_view name) {
+  if (valid_name(name)) return Status();
+  return invalid(std::string(what) + " " + quoted(name) + " is not 1..255 bytes without NUL");
+}
+
+Status check_names(std::string_view subject, std::string_view item) {
+  TALLY_TRY(check_name("subject", subject));
+  return check_name("item", item);
+}
+
+MDB_val position_key() {
+  return val_of(std::string_view(history::kPositionKey, history::kPositionKeyBytes));
+}
+
+void make_pair_key(std::string_view subject, std::string_view item, std::string* out) {
+  out->clear();
+  out->append(subject);
+  out->push_back('\0');
+  out->append(item);
+}
+
+// Splits a "pairs" key; false unless it is subject \0 item, both valid.
+bool split_pair_key(std::string_view key, std::string_view* subject, std::string_view* item) {
+  const std::size_t nul = key.find('\0');
+  if (nul == std::string_view::npos) return false;
+  *subject = key.substr(0, nul);
+  *item = key.substr(nul + 1);
+  return valid_name(*subject) && valid_name(*item);
+}
+
+using EntryKey = std::array<std::uint8_t, kEntryKeyBytes>;
+using TimeKey = std::array<std::uint8_t, kTimeKeyBytes>;
+
+EntryKey entry_key(std::uint64_t pair_id, std::uint64_t seq) {
+  EntryKey key{};
+  put_be(key.data(), pair_id, 8);
+  put_be(key.data() + 8, seq, 8);
+  return key;
+}
+
+TimeKey time_key(std::int64_t time_ns) {
+  TimeKey key{};
+  put_be(key.data(), static_cast<std::uint64_t>(time_ns) ^ history::kTimeBias, 8);
+  return key;
+}
+
+std::uint8_t op_code_of(const log::Event& event) {
+  if (event.batch) return static_cast<std::uint8_t>(OpCode::batch);
+  switch (event.ops[0].type) {
+    case log::OpType::acquire: return static_cast<std::uint8_t>(OpCode::acquire);
+    case log::OpType::consume: return static_cast<std::uint8_t>(OpCode::consume);
+    case log::OpType::transfer: return static_cast<std::uint8_t>(OpCode::transfer);
+    case log::OpType::hold: return static_cast<std::uint8_t>(OpCode::hold);
+    case log::OpType::commit: return static_cast<std::uint8_t>(OpCode::commit);
+    case log::OpType::release: return static_cast<std::uint8_t>(OpCode::release);
+    case log::OpType::expire: return static_cast<std::uint8_t>(OpCode::expire);
+  }
+  return 0;
+}
+
+// The same names proj::event_op_name gives the event. Precondition: a code
+// decode_entry accepted.
+std::string_view op_name_of(std::uint8_t code) {
+  switch (static_cast<OpCode>(code)) {
+    case OpCode::acquire: return log::op_type_name(log::OpType::acquire);
+    case OpCode::consume: return log::op_type_name(log::OpType::consume);
+    case OpCode::transfer: return log::op_type_name(log::OpType::transfer);
+    case OpCode::hold: return log::op_type_name(log::OpType::hold);
+    case OpCode::commit: return log::op_type_name(log::OpType::commit);
+    case OpCode::release: return log::op_type_name(log::OpType::release);
+    case OpCode::expire: return log::op_type_name(log::OpType::expire);
+    case OpCode::batch: return proj::kBatchOpName;
+  }
+  return "unknown";
+}
+
+// ---------------------------------------------------------------- records
+
+// The position record's content.
+struct Position {
+  HistoryPosition at;
+  std::uint64_t pair_count = 0;
+  bool operator==(const Position&) const = default;
+};
+
+std::array<std::uint8_t, kPositionBytes> encode_position(const Position& position) {
+  std::array<std::uint8_t, kPositionBytes> out{};
+  std::uint8_t* at = out.data();
+  const auto put = [&](std::uint64_t value, std::size_t width) {
+    put_le(at, value, width);
+    at += width;
+  };
+  put(history::kPositionMagic, 4);
+  put(history::kFormatVersion, 4);
+  put(position.at.seq, 8);
+  put(position.at.chain_checksum, 8);
+  put(static_cast<std::uint64_t>(position.at.time_ns), 8);
+  put(position.pair_count, 8);
+  TALLY_ASSERT(static_cast<std::size_t>(at - out.data()) == kPositionCheckedBytes);
+  put(XXH3_64bits(out.data(), kPositionCheckedBytes), 8);
+  return out;
+}
+
+// Verifies before it trusts: size, hash, magic, version.
+Result<Position> decode_position(const MDB_val& value) {
+  if (value.mv_size != kPositionBytes) return corrupt("position record of the wrong size");
+  const std::uint8_t* in = bytes_of(value);
+  if (get_le(in + kPositionCheckedBytes, 8) != XXH3_64bits(in, kPositionCheckedBytes)) {
+    return corrupt("position record checksum mismatch");
+  }
+  const auto get = [&](std::size_t width) {
+    const std::uint64_t value_read = get_le(in, width);
+    in += width;
+    return value_read;
+  };
+  if (get(4) != history::kPositionMagic) return corrupt("bad position record magic");
+  const std::uint64_t version = get(4);
+  if (version != history::kFormatVersion) {
+    return corrupt("format " + std::to_string(version) + " is not known");
+  }
+  Position position;
+  position.at.seq = get(8);
+  position.at.chain_checksum = get(8);
+  position.at.time_ns = static_cast<std::int64_t>(get(8));
+  position.pair_count = get(8);
+  return position;
+}
+
+Result<Position> read_position(const Txn& txn, MDB_dbi meta) {
+  MDB_val key = position_key();
+  MDB_val value{};
+  const int rc = mdb_get(txn.get(), meta, &key, &value);
+  if (rc == MDB_NOTFOUND) return corrupt("the position record is missing");
+  if (rc != 0) return lmdb_error("mdb_get (position)", rc);
+  return decode_position(value);
+}
+
+// One entry as stored, with the key it is stored under.
+struct EntryRecord {
+  std::uint64_t pair_id = 0;
+  std::uint64_t seq = 0;
+  std::int64_t time_ns = 0;
+  std::int64_t delta_available = 0;
+  std::int64_t delta_held = 0;
+  proj::Balance after;
+  std::uint8_t op_code = 0;
+  std::string_view key;  // views the value it was decoded from
+};
+
+// The key and the value of an entry side by side, as the check covers them.
+struct EntryBytes {
+  std::array<std::uint8_t, kEntryKeyBytes + kEntryBytesMax> bytes{};
+  std::size_t value_bytes = 0;
+  MDB_val key() { return MDB_val{kEntryKeyBytes, bytes.data()}; }
+  MDB_val value() { return MDB_val{value_bytes, bytes.data() + kEntryKeyBytes}; }
+};
+
+std::uint32_t entry_check(const std::uint8_t* key_and_value, std::size_t bytes) {
+  return static_cast<std::uint32_t>(XXH3_64bits(key_and_value, bytes));
+}
+
+void encode_entry(const EntryRecord& entry, EntryBytes* out) {
+  TALLY_ASSERT(entry.key.size() <= kNameBytesMax);
+  put_be(out->bytes.data(), entry.pair_id, 8);
+  put_be(out->bytes.data() + 8, entry.seq, 8);
+  std::uint8_t* at = out->bytes.data() + kEntryKeyBytes;
+  const auto put = [&](std::uint64_t value, std::size_t width) {
+    put_le(at, value, width);
+    at += width;
+  };
+  put(static_cast<std::uint64_t>(entry.time_ns), 8);
+  put(static_cast<std::uint64_t>(entry.delta_available), 8);
+  put(static_cast<std::uint64_t>(entry.delta_held), 8);
+  put(static_cast<std::uint64_t>(entry.after.available), 8);
+  put(static_cast<std::uint64_t>(entry.after.held), 8);
+  put(entry.op_code, 1);
+  put(entry.key.size(), 1);
+  std::memcpy(at, entry.key.data(), entry.key.size());
+  at += entry.key.size();
+  const std::size_t checked_bytes = static_cast<std::size_t>(at - out->bytes.data());
+  put(entry_check(out->bytes.data(), checked_bytes), kEntryCheckBytes);
+  out->value_bytes = checked_bytes + kEntryCheckBytes - kEntryKeyBytes;
+}
+
+Status entry_corrupt(std::uint64_t pair_id, std::uint64_t seq, const char* what) {
+  return corrupt("entry of pair " + std::to_string(pair_id) + " at seq " + std::to_string(seq) +
+                 ": " + what);
+}
+
+// Verifies before it trusts: key size, value size, check, op code, balance.
+// Messages are built only on failure: this runs for every entry read.
+Status decode_entry(const MDB_val& key, const MDB_val& value, EntryRecord* out) {
+  if (key.mv_size != kEntryKeyBytes) return corrupt("entry key of the wrong size");
+  const std::uint64_t pair_id = get_be(bytes_of(key), 8);
+  const std::uint64_t seq = get_be(bytes_of(key) + 8, 8);
+  const std::size_t size = value.mv_size;
+  const std::uint8_t* in = bytes_of(value);
+  if (size < kEntryBytesMin || size > kEntryBytesMax) {
+    return entry_corrupt(pair_id, seq, "record of the wrong size");
+  }
+  const std::size_t key_bytes = in[kEntryFixedBytes - 1];
+  if (size != kEntryBytesMin + key_bytes) return entry_corrupt(pair_id, seq, "bad key length");
+  std::array<std::uint8_t, kEntryKeyBytes + kEntryBytesMax> checked;
+  const std::size_t value_checked_bytes = size - kEntryCheckBytes;
+  std::memcpy(checked.data(), key.mv_data, kEntryKeyBytes);
+  std::memcpy(checked.data() + kEntryKeyBytes, in, value_checked_bytes);
+  if (get_le(in + value_checked_bytes, kEntryCheckBytes) !=
+      entry_check(checked.data(), kEntryKeyBytes + value_checked_bytes)) {
+    return entry_corrupt(pair_id, seq, "check mismatch");
+  }
+  const auto get = [&](std::size_t width) {
+    const std::uint64_t value_read = get_le(in, width);
+    in += width;
+    return static_cast<std::int64_t>(value_read);
+  };
+  out->pair_id = pair_id;
+  out->seq = seq;
+  out->time_ns = get(8);
+  out->delta_available = get(8);
+  out->delta_held = get(8);
+  out->after.available = get(8);
+  out->after.held = get(8);
+  out->op_code = static_cast<std::uint8_t>(get(1));
+  in += 1;  // the key length, read above
+  out->key = std::string_view(reinterpret_cast<const char*>(in), key_bytes);
+  if (out->op_code < history::kOpCodeMin || out->op_code > history::kOpCodeMax) {
+    return entry_corrupt(pair_id, seq, "unknown op code");
+  }
+  if (out->after.available < 0 || out->after.held < 0) {
+    return entry_corrupt(pair_id, seq, "negative balance");
+  }
+  return Status();
+}
+
+// The pair's last entry at or before seq, in *found (nullopt when none).
+Status last_entry(MDB_cursor* cursor, std::uint64_t pair_id, std::uint64_t seq,
+                  std::optional<EntryRecord>* found) {
+  found->reset();
+  EntryKey target = entry_key(pair_id, seq);
+  MDB_val key = val_of(target);
+  MDB_val value{};
+  int rc = mdb_cursor_get(cursor, &key, &value, MDB_SET_RANGE);
+  const bool exact = rc == 0 && key.mv_size == kEntryKeyBytes &&
+                     std::memcmp(key.mv_data, target.data(), kEntryKeyBytes) == 0;
+  if (rc == MDB_NOTFOUND) {
+    // Every key is before the target: the last may be the pair's.
+    rc = mdb_cursor_get(cursor, &key, &value, MDB_LAST);
+  } else if (rc == 0 && !exact) {
+    // The first key past the target: the one before it may be the pair's.
+    rc = mdb_cursor_get(cursor, &key, &value, MDB_PREV);
+  }
+  if (rc == MDB_NOTFOUND) return Status();
+  if (rc != 0) return lmdb_error("mdb_cursor_get (entries)", rc);
+  if (key.mv_size != kEntryKeyBytes) return corrupt("entry key of the wrong size");
+  if (get_be(bytes_of(key), 8) != pair_id) return Status();
+  EntryRecord record;
+  TALLY_TRY(decode_entry(key, value, &record));
+  *found = record;
+  return Status();
+}
+
+// ---------------------------------------------------------------- writer state
+
+struct PairSlot {
+  std::uint64_t id = 0;   // 0: the pair has no entry yet
+  proj::Balance balance;  // after its last entry, flushed or not
+};
+
+struct NameHash {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view name) const {
+    return static_cast<std::size_t>(XXH3_64bits(name.data(), name.size()));
+  }
+};
+// Keyed by the "pairs" key. Node-based: a slot's address and its key's stay
+// put until the slot is erased, which only a flush does.
+using PairCache = std::unordered_map<std::string, PairSlot, NameHash, std::equal_to<>>;
+
+// One entry appended and not flushed. Its key is in the pending key buffer.
+struct PendingEntry {
+  std::uint64_t pair_id = 0;
+  std::uint64_t seq = 0;
+  std::int64_t time_ns = 0;
+  std::int64_t delta_available = 0;
+  std::int64_t delta_held = 0;
+  proj::Balance after;
+  std::uint32_t key_offset = 0;
+  std::uint8_t key_bytes = 0;
+  std::uint8_t op_code = 0;
+};
+
+// A pair first changed since the last flush; its key is in the buffer.
+struct PendingPair {
+  std::uint64_t id = 0;
+  std::uint32_t key_offset = 0;
+  std::uint32_t key_bytes = 0;
+};
+
+struct PendingTime {
+  std::int64_t time_ns = 0;
+  std::uint64_t seq = 0;
+};
+
+// One pair's change by the event being appended, before it is recorded.
+struct Change {
+  const std::string* pair_key = nullptr;  // the cache's
+  PairSlot* slot = nullptr;
+  std::int64_t delta_available = 0;
+  std::int64_t delta_held = 0;
+  proj::Balance after;
+};
+
+}  // namespace
+
+struct HistoryStore::Impl {
+  std::unique_ptr<lmdb::Environment> env;
+  MDB_dbi meta = 0;
+  MDB_dbi pairs = 0;
+  MDB_dbi entries = 0;
+  MDB_dbi times = 0;
+  HistoryStoreOptions options;
+
+  // The writer's. flushed: as the last flush wrote it (or open found it);
+  // appended: with what is buffered since.
+  Position flushed;
+  Position appended;
+  PairCache cache;
+  std::vector<PendingEntry> pending_entries;
+  std::vector<PendingPair> pending_pairs;
+  std::vector<PendingTime> pending_times;
+  std::string pending_keys;  // idempotency keys and new pairs' keys
+  // Scratch of one append, reused.
+  std::vector<proj::PairDelta> deltas;
+  std::vector<Change> changes;
+  std::string pair_key;
+
+  Status open_dbs(bool read_only);
+  Status check_writable() const;
+  Status check_event(const log::Event& event) const;
+  Status check_sole_writer(const Txn& txn) const;
+  std::size_t pending_bytes() const;
+  bool fits(const log::Event& event) const;
+  Status resolve(const log::Event& event);
+  Result<PairCache::value_type*> slot_for(std::string_view subject, std::string_view item,
+                                          std::optional<ReadTxn>* txn);
+  Status load_slot(const Txn& txn, PairSlot* slot) const;
+  void record(const log::Event& event, std::uint64_t chain_checksum);
+  void drop_pending();
+
+  Status write_pending(int* rc);
+  Status put_pairs(const Txn& txn, int* rc);
+  Status put_entries(const Txn& txn, int* rc);
+  Status put_times(const Txn& txn, int* rc);
+  Status put_position(const Txn& txn, const Position& position, int* rc);
+  Status clear_once(int* rc);
+
+  Status begin_read(ReadTxn* txn, Position* position) const;
+  Result<std::uint64_t> find_pair(const Txn& txn, std::string_view key,
+                                  std::uint64_t pair_count) const;
+  Result<std::uint64_t> pair_id_of(const MDB_val& value, std::uint64_t pair_count) const;
+  Status visit_pairs(const Txn& txn, const Position& position, std::string_view prefix,
+                     std::uint64_t seq,
+                     const std::function<void(std::string_view, std::string_view,
+                                              proj::Balance)>& visit) const;
+};
+
+namespace {
+
+// mdb_put through a cursor; a key that must be new and is not means the
+// index holds more than its position says.
+Status put(MDB_cursor* cursor, MDB_val* key, MDB_val* value, unsigned flags, const char* what,
+           int* rc) {
+  *rc = mdb_cursor_put(cursor, key, value, flags);
+  if (*rc == MDB_KEYEXIST) {
+    *rc = 0;
+    return corrupt(std::string(what) + ": a key past the indexed position is there already");
+  }
+  if (*rc != 0) return lmdb_error(std::string("mdb_cursor_put (") + what + ")", *rc);
+  return Status();
+}
+
+Status check_seq(std::uint64_t seq, const Position& position) {
+  if (seq > position.at.seq) {
+    return invalid("seq " + std::to_string(seq) + " is past the indexed position " +
+                   std::to_string(position.at.seq));
+  }
+  return Status();
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- open
+
+HistoryStore::HistoryStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+HistoryStore::~HistoryStore() = default;
+
+Result<std::unique_ptr<HistoryStore>> HistoryStore::open(const std::string& dir,
+                                                         const HistoryStoreOptions& options) {
+  if (options.pending_bytes_max == 0 || options.pending_bytes_max > kPendingBytesLimit) {
+    return invalid("pending_bytes_max must be 1.." + std::to_string(kPendingBytesLimit));
+  }
+  if (options.read_only) {
+    // LMDB would create lock.mdb in a directory that holds no index.
+    struct stat file_stat {};
+    const std::string data_path = dir + "/data.mdb";
+    if (::stat(data_path.c_str(), &file_stat) != 0) {
+      if (errno == ENOENT || errno == ENOTDIR) {
+        return Status(ErrorCode::not_found, "history: no index in " + dir);
+      }
+      return Status(ErrorCode::io_error,
+                    "history: stat " + data_path + ": " + std::strerror(errno));
+    }
+  }
+  lmdb::EnvironmentOptions env_options;
+  env_options.component = kComponent;
+  env_options.dbs_max = history::kDbCount;
+  env_options.flags = MDB_NOTLS | MDB_NOMETASYNC | (options.read_only ? MDB_RDONLY : 0);
+  env_options.map_size_bytes = options.map_size_bytes;
+  env_options.map_size_bytes_max = options.map_size_bytes_max;
+  Result<std::unique_ptr<lmdb::Environment>> env = lmdb::Environment::open(dir, env_options);
+  if (!env) return env.status();
+  if (static_cast<std::size_t>(mdb_env_get_maxkeysize((*env)->get())) <
+      history::kPairKeyBytesMax) {
+    return Status(ErrorCode::io_error, "history: this LMDB's key size limit is below " +
+                                           std::to_string(history::kPairKeyBytesMax) + " bytes");
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->env = std::move(env).value();
+  impl->options = options;
+  TALLY_TRY(impl->open_dbs(options.read_only));
+  impl->cache.reserve(std::min(options.pair_cache_max, kPairCacheReserveMax));
+  return std::unique_ptr<HistoryStore>(new HistoryStore(std::move(impl)));
+}
+
+// Opens (the writer: creates) the four databases and reads the position.
+Status HistoryStore::Impl::open_dbs(bool read_only) {
+  Txn txn;
+  TALLY_TRY(txn.begin(*env, read_only ? MDB_RDONLY : 0));
+  const unsigned flags = read_only ? 0 : MDB_CREATE;
+  const std::pair<const char*, MDB_dbi*> dbs[] = {{history::kMetaDbName, &meta},
+                                                  {history::kPairsDbName, &pairs},
+                                                  {history::kEntriesDbName, &entries},
+                                                  {history::kTimesDbName, &times}};
+  for (const auto& [name, dbi] : dbs) {
+    const int rc = mdb_dbi_open(txn.get(), name, flags, dbi);
+    if (rc == MDB_NOTFOUND) {
+      return Status(ErrorCode::not_found, std::string("history: no '") + name + "' database");
+    }
+    if (rc != 0) return lmdb_error(std::string("mdb_dbi_open ") + name, rc);
+  }
+  if (!read_only) {
+    // A new index starts at position 0. An existing record, even a damaged
+    // one, is left as it is (NOOVERWRITE), to be reported below.
+    MDB_val key = position_key();
+    std::array<std::uint8_t, kPositionBytes> record = encode_position(Position{});
+    MDB_val value = val_of(record);
+    const int rc = mdb_put(txn.get(), meta, &key, &value, MDB_NOOVERWRITE);
+    if (rc != 0 && rc != MDB_KEYEXIST) return lmdb_error("mdb_put (position)", rc);
+  }
+  Result<Position> position = read_position(txn, meta);
+  if (!position) return position.status();
+  MDB_stat pairs_stat{};
+  int rc = mdb_stat(txn.get(), pairs, &pairs_stat);
+  if (rc != 0) return lmdb_error("mdb_stat (pairs)", rc);
+  if (pairs_stat.ms_entries != position->pair_count) {
+    return corrupt(std::to_string(pairs_stat.ms_entries) + " pairs where the position counts " +
+                   std::to_string(position->pair_count));
+  }
+  // Committing keeps the database handles, for a read transaction too.
+  rc = txn.commit();
+  if (rc != 0) return lmdb_error("mdb_txn_commit (open)", rc);
+  flushed = *position;
+  appended = *position;
+  return Status();
+}
+
+// ---------------------------------------------------------------- append
+
+HistoryPosition HistoryStore::appended_position() const { return impl_->appended.at; }
+
+Status HistoryStore::Impl::check_writable() const {
+  if (options.read_only) return invalid("the index was opened read-only");
+  return Status();
+}
+
+Status HistoryStore::Impl::check_event(const log::Event& event) const {
+  if (event.seq != appended.at.seq + 1) {
+    return invalid("seq " + std::to_string(event.seq) + " does not follow the appended seq " +
+                   std::to_string(appended.at.seq));
+  }
+  if (appended.at.seq != 0 && event.timestamp_ns < appended.at.time_ns) {
+    return invalid("seq " + std::to_string(event.seq) + ": timestamp " +
+                   std::to_string(event.timestamp_ns) + " before the previous " +
+                   std::to_string(appended.at.time_ns));
+  }
+  if (event.key.size() > kNameBytesMax) return invalid("over-long idempotency key");
+  if (event.ops.empty() || event.ops.size() > log::kBatchOpsMax) {
+    return invalid("seq " + std::to_string(event.seq) + " has " +
+                   std::to_string(event.ops.size()) + " ops");
+  }
+  return Status();
+}
+
+std::size_t HistoryStore::Impl::pending_bytes() const {
+  return pending_entries.size() * sizeof(PendingEntry) +
+         pending_pairs.size() * sizeof(PendingPair) + pending_times.size() * sizeof(PendingTime) +
+         pending_keys.size();
+}
+
+// Whether the event's worst case fits the buffer; an empty buffer takes any.
+bool HistoryStore::Impl::fits(const log::Event& event) const {
+  if (appended.at.seq == flushed.at.seq) return true;
+  const std::size_t per_change =
+      sizeof(PendingEntry) + sizeof(PendingPair) + history::kPairKeyBytesMax;
+  const std::size_t worst = deltas.size() * per_change + event.key.size() + sizeof(PendingTime);
+  return pending_bytes() + worst <= options.pending_bytes_max;
+}
+
+// The index is where this writer's last flush left it: no other process
+// wrote it since (its pairs and ids would clash with this one's).
+Status HistoryStore::Impl::check_sole_writer(const Txn& txn) const {
+  Result<Position> on_disk = read_position(txn, meta);
+  if (!on_disk) return on_disk.status();
+  if (*on_disk == flushed) return Status();
+  return Status(ErrorCode::locked, "history: another writer flushed this index (to seq " +
+                                       std::to_string(on_disk->at.seq) + ") since it was opened");
+}
+
+// The pair's slot: cached, or loaded from the index (a read transaction is
+// begun at the first miss and serves the event's other misses).
+Result<PairCache::value_type*> HistoryStore::Impl::slot_for(std::string_view subject,
+                                                            std::string_view item,
+                                                            std::optional<ReadTxn>* txn) {
+  make_pair_key(subject, item, &pair_key);
+  const auto found = cache.find(std::string_view(pair_key));
+  if (found != cache.end()) return &*found;
+  if (!txn->has_value()) {
+    txn->emplace();
+    TALLY_TRY((*txn)->begin(*env));
+    TALLY_TRY(check_sole_writer((*txn)->txn()));
+  }
+  PairSlot slot;
+  TALLY_TRY(load_slot((*txn)->txn(), &slot));
+  return &*cache.emplace(pair_key, slot).first;
+}
+
+// The flushed id and last balance of the pair named by pair_key, if any.
+Status HistoryStore::Impl::load_slot(const Txn& txn, PairSlot* slot) const {
+  Result<std::uint64_t> id = find_pair(txn, pair_key, flushed.pair_count);
+  if (!id) return id.status();
+  slot->id = *id;
+  if (*id == 0) return Status();
+  Cursor cursor;
+  TALLY_TRY(cursor.open(txn, entries));
+  std::optional<EntryRecord> last;
+  TALLY_TRY(last_entry(cursor.get(), *id, UINT64_MAX, &last));
+  if (last.has_value()) slot->balance = last->after;
+  return Status();
+}
+
+// Fills `changes` with the pairs the event changes and their balances
+// after it. Changes nothing but the cache, where it adds flushed pairs.
+Status HistoryStore::Impl::resolve(const log::Event& event) {
+  changes.clear();
+  std::optional<ReadTxn> txn;
+  for (const proj::PairDelta& delta : deltas) {
+    if (delta.available == 0 && delta.held == 0) continue;  // the pair did not change
+    Result<PairCache::value_type*> cached = slot_for(delta.subject, delta.item, &txn);
+    if (!cached) return cached.status();
+    PairSlot* slot = &(*cached)->second;
+    proj::Balance after = slot->balance;
+    const bool overflow =
+        __builtin_add_overflow(after.available, delta.available, &after.available) ||
+        __builtin_add_overflow(after.held, delta.held, &after.held);
+    if (overflow || after.available < 0 || after.held < 0) {
+      return corrupt("seq " + std::to_string(event.seq) + " takes " + quoted(delta.subject) +
+                     " " + quoted(delta.item) + " out of range from available " +
+                     std::to_string(slot->balance.available) + ", held " +
+                     std::to_string(slot->balance.held) +
+                     ": the event does not follow the indexed history");
+    }
+    changes.push_back(Change{&(*cached)->first, slot, delta.available, delta.held, after});
+  }
+  return Status();
+}
+
+// Buffers the resolved changes and the event's time. Cannot fail.
+void HistoryStore::Impl::record(const log::Event& event, std::uint64_t chain_checksum) {
+  const auto key_offset = static_cast<std::uint32_t>(pending_keys.size());
+  if (!changes.empty()) pending_keys.append(event.key);
+  const std::uint8_t op_code = op_code_of(event);
+  for (const Change& change : changes) {
+    if (change.slot->id == 0) {
+      change.slot->id = ++appended.pair_count;
+      pending_pairs.push_back(PendingPair{change.slot->id,
+                                          static_cast<std::uint32_t>(pending_keys.size()),
+                                          static_cast<std::uint32_t>(change.pair_key->size())});
+      pending_keys.append(*change.pair_key);
+    }
+    change.slot->balance = change.after;
+    PendingEntry entry;
+    entry.pair_id = change.slot->id;
+    entry.seq = event.seq;
+    entry.time_ns = event.timestamp_ns;
+    entry.delta_available = change.delta_available;
+    entry.delta_held = change.delta_held;
+    entry.after = change.after;
+    entry.key_offset = key_offset;
+    entry.key_bytes = static_cast<std::uint8_t>(event.key.size());
+    entry.op_code = op_code;
+    pending_entries.push_back(entry);
+  }
+  // "times" keeps the last seq of each timestamp.
+  if (!pending_times.empty() && pending_times.back().time_ns == event.timestamp_ns) {
+    pending_times.back().seq = event.seq;
+  } else {
+    pending_times.push_back(PendingTime{event.timestamp_ns, event.seq});
+  }
+  appended.at = HistoryPosition{event.seq, chain_checksum, event.timestamp_ns};
+}
+
+Status HistoryStore::append(const log::Event& event, std::uint64_t chain_checksum) {
+  Impl& impl = *impl_;
+  TALLY_TRY(impl.check_writable());
+  TALLY_TRY(impl.check_event(event));
+  proj::event_deltas(event, &impl.deltas);
+  for (const proj::PairDelta& delta : impl.deltas) {
+    TALLY_TRY(check_names(delta.subject, delta.item));
+  }
+  if (!impl.fits(event)) {
+    return Status(ErrorCode::busy, "history: " + std::to_string(impl.pending_bytes()) +
+                                       " bytes appended and not flushed (pending_bytes_max)");
+  }
+  TALLY_TRY(impl.resolve(event));
+  impl.record(event, chain_checksum);
+  return Status();
+}
+
+// ---------------------------------------------------------------- flush
+
+Status HistoryStore::Impl::put_pairs(const Txn& txn, int* rc) {
+  Cursor cursor;
+  TALLY_TRY(cursor.open(txn, pairs));
+  for (const PendingPair& pair : pending_pairs) {
+    MDB_val key = val_of(std::string_view(pending_keys).substr(pair.key_offset, pair.key_bytes));
+    std::array<std::uint8_t, history::kPairIdBytes> id{};
+    put_le(id.data(), pair.id, history::kPairIdBytes);
+    MDB_val value = val_of(id);
+    TALLY_TRY(put(cursor.get(), &key, &value, MDB_NOOVERWRITE, "pairs", rc));
+  }
+  return Status();
+}
+
+Status HistoryStore::Impl::put_entries(const Txn& txn, int* rc) {
+  Cursor cursor;
+  TALLY_TRY(cursor.open(txn, entries));
+  EntryBytes bytes;
+  for (const PendingEntry& pending : pending_entries) {
+    EntryRecord entry;
+    entry.pair_id = pending.pair_id;
+    entry.seq = pending.seq;
+    entry.time_ns = pending.time_ns;
+    entry.delta_available = pending.delta_available;
+    entry.delta_held = pending.delta_held;
+    entry.after = pending.after;
+    entry.op_code = pending.op_code;
+    entry.key = std::string_view(pending_keys).substr(pending.key_offset, pending.key_bytes);
+    encode_entry(entry, &bytes);
+    MDB_val key = bytes.key();
+    MDB_val value = bytes.value();
+    // Sorted, a new pair's entries come after every key there is.
+    const unsigned flags = pending.pair_id > flushed.pair_count ? MDB_APPEND : MDB_NOOVERWRITE;
+    TALLY_TRY(put(cursor.get(), &key, &value, flags, "entries", rc));
+  }
+  return Status();
+}
+
+Status HistoryStore::Impl::put_times(const Txn& txn, int* rc) {
+  Cursor cursor;
+  TALLY_TRY(cursor.open(txn, times));
+  for (std::size_t index = 0; index < pending_times.size(); index++) {
+    const PendingTime& time = pending_times[index];
+    TimeKey key_bytes = time_key(time.time_ns);
+    std::array<std::uint8_t, kSeqBytes> seq{};
+    put_le(seq.data(), time.seq, kSeqBytes);
+    MDB_val key = val_of(key_bytes);
+    MDB_val value = val_of(seq);
+    // Timestamps never go back: each is past every key but the flushed
+    // last one, which the first may repeat (and then overwrites).
+    const bool repeats = index == 0 && flushed.at.seq != 0 && time.time_ns == flushed.at.time_ns;
+    TALLY_TRY(put(cursor.get(), &key, &value, repeats ? 0 : MDB_APPEND, "times", rc));
+  }
+  return Status();
+}
+
+Status HistoryStore::Impl::put_position(const Txn& txn, const Position& position, int* rc) {
+  MDB_val key = position_key();
+  std::array<std::uint8_t, kPositionBytes> record = encode_position(position);
+  MDB_val value = val_of(record);
+  *rc = mdb_put(txn.get(), meta, &key, &value, 0);
+  if (*rc != 0) return lmdb_error("mdb_put (position)", *rc);
+  return Status();
+}
+
+Status HistoryStore::Impl::write_pending(int* rc) {
+  *rc = 0;
+  Txn txn;
+  TALLY_TRY(txn.begin(*env, 0));
+  TALLY_TRY(check_sole_writer(txn));
+  TALLY_TRY(put_pairs(txn, rc));
+  TALLY_TRY(put_entries(txn, rc));
+  TALLY_TRY(put_times(txn, rc));
+  TALLY_TRY(put_position(txn, appended, rc));
+  *rc = txn.commit();
+  if (*rc != 0) return lmdb_error("mdb_txn_commit (flush)", *rc);
+  return Status();
+}
+
+void HistoryStore::Impl::drop_pending() {
+  pending_entries.clear();
+  pending_pairs.clear();
+  pending_times.clear();
+  pending_keys.clear();
+}
+
+Status HistoryStore::flush() {
+  Impl& impl = *impl_;
+  TALLY_TRY(impl.check_writable());
+  if (impl.appended == impl.flushed) return Status();
+  // Key order: LMDB inserts in order, and new pairs' entries go last. A
+  // pair's entries were appended in seq order already.
+  std::sort(impl.pending_entries.begin(), impl.pending_entries.end(),
+            [](const PendingEntry& a, const PendingEntry& b) {
+              return a.pair_id != b.pair_id ? a.pair_id < b.pair_id : a.seq < b.seq;
+            });
+  const std::string_view keys = impl.pending_keys;
+  std::sort(impl.pending_pairs.begin(), impl.pending_pairs.end(),
+            [keys](const PendingPair& a, const PendingPair& b) {
+              return keys.substr(a.key_offset, a.key_bytes) <
+                     keys.substr(b.key_offset, b.key_bytes);
+            });
+  TALLY_TRY(impl.env->write_growing([&](int* rc) { return impl.write_pending(rc); }));
+  impl.flushed = impl.appended;
+  impl.drop_pending();
+  // Every slot is flushed now, so any may go.
+  if (impl.cache.size() > impl.options.pair_cache_max) impl.cache.clear();
+  return Status();
+}
+
+Status HistoryStore::Impl::clear_once(int* rc) {
+  *rc = 0;
+  Txn txn;
+  TALLY_TRY(txn.begin(*env, 0));
+  for (const MDB_dbi dbi : {pairs, entries, times}) {
+    *rc = mdb_drop(txn.get(), dbi, 0);
+    if (*rc != 0) return lmdb_error("mdb_drop", *rc);
+  }
+  TALLY_TRY(put_position(txn, Position{}, rc));
+  *rc = txn.commit();
+  if (*rc != 0) return lmdb_error("mdb_txn_commit (clear)", *rc);
+  return Status();
+}
+
+Status HistoryStore::clear() {
+  Impl& impl = *impl_;
+  TALLY_TRY(impl.check_writable());
+  TALLY_TRY(impl.env->write_growing([&](int* rc) { return impl.clear_once(rc); }));
+  impl.flushed = Position{};
+  impl.appended = Position{};
+  impl.drop_pending();
+  impl.cache.clear();
+  return Status();
+}
+
+// ---------------------------------------------------------------- readers
+
+Status HistoryStore::Impl::begin_read(ReadTxn* txn, Position* position) const {
+  TALLY_TRY(txn->begin(*env));
+  Result<Position> read = read_position(txn->txn(), meta);
+  if (!read) return read.status();
+  *position = *read;
+  return Status();
+}
+
+Result<std::uint64_t> HistoryStore::Impl::pair_id_of(const MDB_val& value,
+                                                     std::uint64_t pair_count) const {
+  if (value.mv_size != history::kPairIdBytes) return corrupt("pair id of the wrong size");
+  const std::uint64_t id = get_le(bytes_of(value), history::kPairIdBytes);
+  if (id == 0 || id > pair_count) {
+    return corrupt("pair id " + std::to_string(id) + " outside 1.." + std::to_string(pair_count));
+  }
+  return id;
+}
+
+// The pair's id, 0 when the index has no such pair.
+Result<std::uint64_t> HistoryStore::Impl::find_pair(const Txn& txn, std::string_view key,
+                                                    std::uint64_t pair_count) const {
+  MDB_val key_val = val_of(key);
+  MDB_val value{};
+  const int rc = mdb_get(txn.get(), pairs, &key_val, &value);
+  if (rc == MDB_NOTFOUND) return std::uint64_t{0};
+  if (rc != 0) return lmdb_error("mdb_get (pairs)", rc);
+  return pair_id_of(value, pair_count);
+}
+
+Result<HistoryPosition> HistoryStore::position() const {
+  ReadTxn txn;
+  Position position;
+  TALLY_TRY(impl_->begin_read(&txn, &position));
+  return position.at;
+}
+
+Result<std::uint64_t> HistoryStore::seq_at_time(std::int64_t time_ns) const {
+  ReadTxn txn;
+  Position position;
+  TALLY_TRY(impl_->begin_read(&txn, &position));
+  Cursor cursor;
+  TALLY_TRY(cursor.open(txn.txn(), impl_->times));
+  TimeKey target = time_key(time_ns);
+  MDB_val key = val_of(target);
+  MDB_val value{};
+  // The first time at or after T; if it is not T, the one before it.
+  int rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_SET_RANGE);
+  const bool exact = rc == 0 && key.mv_size == kTimeKeyBytes &&
+                     std::memcmp(key.mv_data, target.data(), kTimeKeyBytes) == 0;
+  if (rc == MDB_NOTFOUND) {
+    rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_LAST);
+  } else if (rc == 0 && !exact) {
+    rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_PREV);
+  }
+  if (rc == MDB_NOTFOUND) return std::uint64_t{0};
+  if (rc != 0) return lmdb_error("mdb_cursor_get (times)", rc);
+  if (key.mv_size != kTimeKeyBytes || value.mv_size != kSeqBytes) {
+    return corrupt("time record of the wrong size");
+  }
+  const std::uint64_t seq = get_le(bytes_of(value), kSeqBytes);
+  if (seq == 0 || seq > position.at.seq) {
+    return corrupt("time record names seq " + std::to_string(seq) + " outside 1.." +
+                   std::to_string(position.at.seq));
+  }
+  return seq;
+}
+
+Result<proj::Balance> HistoryStore::balance_at(std::string_view subject, std::string_view item,
+                                               std::uint64_t seq) const {
+  TALLY_TRY(check_names(subject, item));
+  ReadTxn txn;
+  Position position;
+  TALLY_TRY(impl_->begin_read(&txn, &position));
+  TALLY_TRY(check_seq(seq, position));
+  std::string key;
+  make_pair_key(subject, item, &key);
+  Result<std::uint64_t> id = impl_->find_pair(txn.txn(), key, position.pair_count);
+  if (!id) return id.status();
+  if (*id == 0 || seq == 0) return proj::Balance{};
+  Cursor cursor;
+  TALLY_TRY(cursor.open(txn.txn(), impl_->entries));
+  std::optional<EntryRecord> last;
+  TALLY_TRY(last_entry(cursor.get(), *id, seq, &last));
+  return last.has_value() ? last->after : proj::Balance{};
+}
+
+// Walks the pairs whose key starts with `prefix` (all of them for an empty
+// one), in key order, and visits each non-zero balance after seq.
+Status HistoryStore::Impl::visit_pairs(
+    const Txn& txn, const Position& position, std::string_view prefix, std::uint64_t seq,
+    const std::function<void(std::string_view, std::string_view, proj::Balance)>& visit) const {
+  Cursor pairs_cursor;
+  TALLY_TRY(pairs_cursor.open(txn, pairs));
+  Cursor entries_cursor;
+  TALLY_TRY(entries_cursor.open(txn, entries));
+  MDB_val key = val_of(prefix);
+  MDB_val value{};
+  int rc = prefix.empty() ? mdb_cursor_get(pairs_cursor.get(), &key, &value, MDB_FIRST)
+                          : mdb_cursor_get(pairs_cursor.get(), &key, &value, MDB_SET_RANGE);
+  // Each pass visits one pair and steps to the next key.
+  for (; rc == 0; rc = mdb_cursor_get(pairs_cursor.get(), &key, &value, MDB_NEXT)) {
+    const std::string_view pair_key = view_of(key);
+    if (!pair_key.starts_with(prefix)) break;
+    std::string_view subject;
+    std::string_view item;
+    if (!split_pair_key(pair_key, &subject, &item)) return corrupt("malformed pair key");
+    Result<std::uint64_t> id = pair_id_of(value, position.pair_count);
+    if (!id) return id.status();
+    std::optional<EntryRecord> last;
+    if (seq != 0) TALLY_TRY(last_entry(entries_cursor.get(), *id, seq, &last));
+    if (last.has_value() && last->after != proj::Balance{}) visit(subject, item, last->after);
+  }
+  if (rc != 0 && rc != MDB_NOTFOUND) return lmdb_error("mdb_cursor_get (pairs)", rc);
+  return Status();
+}
+
+Status HistoryStore::list_at(
+    std::string_view subject, std::uint64_t seq,
+    const std::function<void(std::string_view item, proj::Balance)>& visit) const {
+  TALLY_TRY(check_name("subject", subject));
+  ReadTxn txn;
+  Position position;
+  TALLY_TRY(impl_->begin_read(&txn, &position));
+  TALLY_TRY(check_seq(seq, position));
+  std::string prefix(subject);
+  prefix.push_back('\0');
+  return impl_->visit_pairs(
+      txn.txn(), position, prefix, seq,
+      [&](std::string_view, std::string_view item, proj::Balance balance) {
+        visit(item, balance);
+      });
+}
+
+Status HistoryStore::for_each_at(
+    std::uint64_t seq,
+    const std::function<void(std::string_view subject, std::string_view item, proj::Balance)>&
+        visit) const {
+  ReadTxn txn;
+  Position position;
+  TALLY_TRY(impl_->begin_read(&txn, &position));
+  TALLY_TRY(check_seq(seq, position));
+  return impl_->visit_pairs(txn.txn(), position, std::string_view(), seq, visit);
+}
+
+Status HistoryStore::entries(std::string_view subject, std::string_view item,
+                             std::uint64_t from_seq, std::uint64_t to_seq,
+                             const std::function<bool(const HistoryEntry&)>& visit) const {
+  TALLY_TRY(check_names(subject, item));
+  ReadTxn txn;
+  Position position;
+  TALLY_TRY(impl_->begin_read(&txn, &position));
+  std::string key_bytes;
+  make_pair_key(subject, item, &key_bytes);
+  Result<std::uint64_t> id = impl_->find_pair(txn.txn(), key_bytes, position.pair_count);
+  if (!id) return id.status();
+  if (*id == 0 || from_seq > to_seq) return Status();
+  Cursor cursor;
+  TALLY_TRY(cursor.open(txn.txn(), impl_->entries));
+  EntryKey first = entry_key(*id, from_seq);
+  MDB_val key = val_of(first);
+  MDB_val value{};
+  int rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_SET_RANGE);
+  // Each pass visits one entry; the pair's entries bound the loop.
+  for (; rc == 0; rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_NEXT)) {
+    if (key.mv_size != kEntryKeyBytes) return corrupt("entry key of the wrong size");
+    if (get_be(bytes_of(key), 8) != *id) break;
+    EntryRecord record;
+    TALLY_TRY(decode_entry(key, value, &record));
+    if (record.seq > to_seq) break;
+    HistoryEntry entry;
+    entry.seq = record.seq;
+    entry.time_ns = record.time_ns;
+    entry.key = record.key;
+    entry.op = op_name_of(record.op_code);
+    entry.delta_available = record.delta_available;
+    entry.delta_held = record.delta_held;
+    entry.after = record.after;
+    if (!visit(entry)) return Status();
+  }
+  if (rc != 0 && rc != MDB_NOTFOUND) return lmdb_error("mdb_cursor_get (entries)", rc);
+  return Status();
+}
+
+}  // namespace tally::snap

@@ -1,0 +1,806 @@
+#include "snapshots/history.h"
+
+#include <doctest.h>
+#include <lmdb.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <ostream>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "projections/changes.h"
+#include "projections/state_fixture.h"
+#include "projections/stream_fixture.h"
+#include "snapshots/history_format.h"
+#include "snapshots/temp_dir.h"
+
+namespace tally::proj {
+
+// For doctest's messages.
+std::ostream& operator<<(std::ostream& out, const Balance& balance) {
+  return out << "{" << balance.available << ", " << balance.held << "}";
+}
+
+}  // namespace tally::proj
+
+namespace tally::snap {
+namespace {
+
+using proj::acquire_op;
+using proj::Balance;
+using proj::bal;
+using proj::consume_op;
+using proj::Feed;
+using proj::hold_op;
+using proj::kMsNs;
+using proj::kStartNs;
+using proj::kStoredOnly;
+using proj::Listed;
+using proj::State;
+using proj::StateOptions;
+using proj::transfer_op;
+
+constexpr std::int64_t kWindowNs = 50 * kMsNs;
+
+// The chain value the tests pretend the log has after each seq.
+std::uint64_t chain_of(std::uint64_t seq) { return 0x9e3779b97f4a7c15ULL * seq + 0xc4a1; }
+
+// "k<n>", built by appending: GCC 12 warns falsely (-Wrestrict, PR 105651)
+// on "k" + std::to_string(n) at -O3.
+std::string key_of(std::uint64_t n) {
+  std::string key = "k";
+  key += std::to_string(n);
+  return key;
+}
+
+HistoryStoreOptions small_options() {
+  HistoryStoreOptions options;
+  options.map_size_bytes = 64 * 1024;  // grows several times in most tests
+  return options;
+}
+
+std::unique_ptr<HistoryStore> open_history(const TempDir& dir,
+                                           HistoryStoreOptions options = small_options()) {
+  Result<std::unique_ptr<HistoryStore>> store = HistoryStore::open(dir.path("history"), options);
+  REQUIRE_MESSAGE(store.ok(), store.status().to_string());
+  return std::move(store).value();
+}
+
+// Appends every event the feed applies to the store.
+void index_into(Feed* feed, HistoryStore* store) {
+  feed->on_applied = [store](const log::Event& event) {
+    REQUIRE_OK(store->append(event, chain_of(event.seq)));
+  };
+}
+
+HistoryPosition position_ok(const HistoryStore& store) {
+  Result<HistoryPosition> position = store.position();
+  REQUIRE_MESSAGE(position.ok(), position.status().to_string());
+  return *position;
+}
+
+Balance balance_ok(const HistoryStore& store, std::string_view subject, std::string_view item,
+                   std::uint64_t seq) {
+  Result<Balance> balance = store.balance_at(subject, item, seq);
+  REQUIRE_MESSAGE(balance.ok(), balance.status().to_string());
+  return *balance;
+}
+
+std::uint64_t seq_at_time_ok(const HistoryStore& store, std::int64_t time_ns) {
+  Result<std::uint64_t> seq = store.seq_at_time(time_ns);
+  REQUIRE_MESSAGE(seq.ok(), seq.status().to_string());
+  return *seq;
+}
+
+std::vector<Listed> all_at(const HistoryStore& store, std::uint64_t seq) {
+  std::vector<Listed> out;
+  REQUIRE_OK(store.for_each_at(seq, [&](std::string_view subject, std::string_view item,
+                                        Balance balance) {
+    out.push_back({std::string(subject), std::string(item), balance});
+  }));
+  return out;
+}
+
+std::vector<std::pair<std::string, Balance>> list_at(const HistoryStore& store,
+                                                     std::string_view subject,
+                                                     std::uint64_t seq) {
+  std::vector<std::pair<std::string, Balance>> out;
+  REQUIRE_OK(store.list_at(subject, seq, [&](std::string_view item, Balance balance) {
+    out.emplace_back(std::string(item), balance);
+  }));
+  return out;
+}
+
+// A HistoryEntry that owns its strings.
+struct Entry {
+  std::uint64_t seq = 0;
+  std::int64_t time_ns = 0;
+  std::string key;
+  std::string op;
+  std::int64_t delta_available = 0;
+  std::int64_t delta_held = 0;
+  Balance after;
+};
+
+std::vector<Entry> entries_of(const HistoryStore& store, std::string_view subject,
+                              std::string_view item, std::uint64_t from_seq = 0,
+                              std::uint64_t to_seq = UINT64_MAX) {
+  std::vector<Entry> out;
+  REQUIRE_OK(store.entries(subject, item, from_seq, to_seq, [&](const HistoryEntry& entry) {
+    out.push_back(Entry{entry.seq, entry.time_ns, std::string(entry.key), std::string(entry.op),
+                        entry.delta_available, entry.delta_held, entry.after});
+    return true;
+  }));
+  return out;
+}
+
+std::vector<std::uint64_t> seqs_of(const std::vector<Entry>& entries) {
+  std::vector<std::uint64_t> seqs;
+  for (const Entry& entry : entries) seqs.push_back(entry.seq);
+  return seqs;
+}
+
+// Every non-zero balance after each seq, as a State replay gives them, and
+// the history's answers for all of them.
+void check_every_seq(const HistoryStore& store, const std::vector<std::vector<Listed>>& at_seq) {
+  for (std::uint64_t seq = 0; seq < at_seq.size(); seq++) {
+    CAPTURE(seq);
+    CHECK(all_at(store, seq) == at_seq[seq]);
+    for (const Listed& listed : at_seq[seq]) {
+      CHECK(balance_ok(store, listed.subject, listed.item, seq) == listed.balance);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- basics
+
+TEST_CASE("append, flush and reopen keep the position and the answers") {
+  TempDir dir;
+  State state(StateOptions{kWindowNs});
+  Feed feed({&state});
+  std::vector<std::vector<Listed>> at_seq = {{}};
+  std::unique_ptr<HistoryStore> store = open_history(dir);
+  feed.on_applied = [&](const log::Event& event) {
+    REQUIRE_OK(store->append(event, chain_of(event.seq)));
+    at_seq.push_back(proj::all_balances(state, kStoredOnly));
+  };
+  CHECK(position_ok(*store) == HistoryPosition{});
+  proj::ScriptHolds holds;
+  for (const proj::Step& step : proj::script()) REQUIRE_OK(step(feed, holds));
+  const HistoryPosition last{state.last_seq(), chain_of(state.last_seq()),
+                             state.last_timestamp_ns()};
+  CHECK(store->appended_position() == last);
+  // Nothing is visible before the flush.
+  CHECK(position_ok(*store) == HistoryPosition{});
+  CHECK(store->balance_at("alice", "gold", 1).code() == ErrorCode::invalid);
+  CHECK(all_at(*store, 0).empty());
+  REQUIRE_OK(store->flush());
+  CHECK(position_ok(*store) == last);
+  check_every_seq(*store, at_seq);
+  CHECK(store->balance_at("alice", "gold", last.seq + 1).code() == ErrorCode::invalid);
+
+  store.reset();
+  store = open_history(dir);
+  CHECK(position_ok(*store) == last);
+  CHECK(store->appended_position() == last);
+  check_every_seq(*store, at_seq);
+  // Appending goes on after the reopen, for a known pair and a new one.
+  REQUIRE_OK(feed.one("after-1", acquire_op("alice", "gold", 1)));
+  REQUIRE_OK(feed.one("after-2", acquire_op("newcomer", "gold", 2)));
+  REQUIRE_OK(store->flush());
+  CHECK(position_ok(*store).seq == last.seq + 2);
+  check_every_seq(*store, at_seq);
+  feed.on_applied = nullptr;
+}
+
+TEST_CASE("entries list one pair's changes with their keys, ops and balances, within bounds") {
+  TempDir dir;
+  std::unique_ptr<HistoryStore> store = open_history(dir);
+  State state(StateOptions{kWindowNs});
+  Feed feed({&state});
+  index_into(&feed, store.get());
+  REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", 10)));
+  REQUIRE_OK(feed.one("k2", acquire_op("bob", "gold", 5)));
+  REQUIRE_OK(feed.one("k3", hold_op("alice", "gold", 4, 5 * kMsNs)));
+  feed.now_ns += kMsNs;
+  REQUIRE_OK(feed.one("k4", transfer_op("alice", "bob", "gold", 1)));
+  feed.now_ns += 5 * kMsNs;
+  REQUIRE_OK(feed.expire(3, "alice", "gold", 4));
+  REQUIRE_OK(feed.batch("k6", {consume_op("alice", "gold", 2), acquire_op("alice", "silver", 3),
+                               acquire_op("carol", "gold", 1), consume_op("carol", "gold", 1)}));
+  REQUIRE_OK(feed.rejected("k7", proj::Reason::insufficient, {consume_op("alice", "gold", 99)},
+                           false, 0));
+  REQUIRE_OK(feed.one("k8", consume_op("alice", "gold", 1)));
+  REQUIRE_OK(store->flush());
+
+  const std::vector<Entry> gold = entries_of(*store, "alice", "gold");
+  REQUIRE(seqs_of(gold) == std::vector<std::uint64_t>{1, 3, 4, 5, 6, 8});
+  const auto check_entry = [](const Entry& entry, std::string_view key, std::string_view op,
+                              std::int64_t delta_available, std::int64_t delta_held,
+                              Balance after) {
+    CAPTURE(entry.seq);
+    CHECK(entry.key == key);
+    CHECK(entry.op == op);
+    CHECK(entry.delta_available == delta_available);
+    CHECK(entry.delta_held == delta_held);
+    CHECK(entry.after == after);
+  };
+  check_entry(gold[0], "k1", "acquire", 10, 0, bal(10, 0));
+  check_entry(gold[1], "k3", "hold", -4, 4, bal(6, 4));
+  check_entry(gold[2], "k4", "transfer", -1, 0, bal(5, 4));
+  check_entry(gold[3], "", "expire", 4, -4, bal(9, 0));
+  check_entry(gold[4], "k6", "batch", -2, 0, bal(7, 0));
+  check_entry(gold[5], "k8", "consume", -1, 0, bal(6, 0));
+  CHECK(gold[0].time_ns == kStartNs);
+  CHECK(gold[2].time_ns == kStartNs + kMsNs);
+  CHECK(gold[3].time_ns == kStartNs + 6 * kMsNs);
+
+  CHECK(seqs_of(entries_of(*store, "bob", "gold")) == std::vector<std::uint64_t>{2, 4});
+  CHECK(seqs_of(entries_of(*store, "alice", "silver")) == std::vector<std::uint64_t>{6});
+  // A batch that changes a pair by zero in all writes no entry for it.
+  CHECK(entries_of(*store, "carol", "gold").empty());
+  CHECK(entries_of(*store, "nobody", "gold").empty());
+
+  CHECK(seqs_of(entries_of(*store, "alice", "gold", 3, 5)) == std::vector<std::uint64_t>{3, 4, 5});
+  CHECK(seqs_of(entries_of(*store, "alice", "gold", 2, 2)).empty());
+  CHECK(seqs_of(entries_of(*store, "alice", "gold", 6, UINT64_MAX)) ==
+        std::vector<std::uint64_t>{6, 8});
+  CHECK(seqs_of(entries_of(*store, "alice", "gold", 7, 7)).empty());
+  CHECK(seqs_of(entries_of(*store, "alice", "gold", 9, 100)).empty());
+  CHECK(seqs_of(entries_of(*store, "alice", "gold", 5, 3)).empty());
+  std::vector<std::uint64_t> first_only;
+  REQUIRE_OK(store->entries("alice", "gold", 0, UINT64_MAX, [&](const HistoryEntry& entry) {
+    first_only.push_back(entry.seq);
+    return false;
+  }));
+  CHECK(first_only == std::vector<std::uint64_t>{1});
+  const auto ignore = [](const HistoryEntry&) { return true; };
+  CHECK(store->entries("", "gold", 0, 9, ignore).code() == ErrorCode::invalid);
+  CHECK(store->entries("alice", std::string(256, 'x'), 0, 9, ignore).code() ==
+        ErrorCode::invalid);
+  CHECK(store->entries(std::string("a\0b", 3), "gold", 0, 9, ignore).code() ==
+        ErrorCode::invalid);
+
+  // Between entries a pair keeps its balance; before its first it is zero.
+  CHECK(balance_ok(*store, "alice", "gold", 7) == bal(7, 0));
+  CHECK(balance_ok(*store, "alice", "silver", 5) == bal(0, 0));
+  CHECK(balance_ok(*store, "alice", "silver", 8) == bal(3, 0));
+  feed.on_applied = nullptr;
+}
+
+TEST_CASE("seq_at_time: events sharing a time, a time before the first, at one, after the last") {
+  TempDir dir;
+  std::unique_ptr<HistoryStore> store = open_history(dir);
+  CHECK(seq_at_time_ok(*store, kStartNs) == 0);
+  State state(StateOptions{kWindowNs});
+  Feed feed({&state});
+  index_into(&feed, store.get());
+  REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", 1)));
+  REQUIRE_OK(feed.one("k2", acquire_op("alice", "gold", 1)));
+  REQUIRE_OK(store->flush());
+  feed.now_ns = kStartNs + 5;
+  REQUIRE_OK(feed.one("k3", acquire_op("alice", "gold", 1)));
+  REQUIRE_OK(store->flush());
+  // The same time again, after a flush, and a rejected event: both count.
+  REQUIRE_OK(feed.rejected("k4", proj::Reason::insufficient, {consume_op("bob", "gold", 1)},
+                           false, 0));
+  feed.now_ns = kStartNs + 10;
+  REQUIRE_OK(feed.one("k5", acquire_op("alice", "gold", 1)));
+  REQUIRE_OK(store->flush());
+
+  CHECK(seq_at_time_ok(*store, INT64_MIN) == 0);
+  CHECK(seq_at_time_ok(*store, kStartNs - 1) == 0);
+  CHECK(seq_at_time_ok(*store, kStartNs) == 2);
+  CHECK(seq_at_time_ok(*store, kStartNs + 1) == 2);
+  CHECK(seq_at_time_ok(*store, kStartNs + 4) == 2);
+  CHECK(seq_at_time_ok(*store, kStartNs + 5) == 4);
+  CHECK(seq_at_time_ok(*store, kStartNs + 9) == 4);
+  CHECK(seq_at_time_ok(*store, kStartNs + 10) == 5);
+  CHECK(seq_at_time_ok(*store, INT64_MAX) == 5);
+  // As of a time: the balance after that seq.
+  CHECK(balance_ok(*store, "alice", "gold", seq_at_time_ok(*store, kStartNs + 7)) == bal(3, 0));
+
+  // Not flushed: not seen.
+  feed.now_ns = kStartNs + 20;
+  REQUIRE_OK(feed.one("k6", acquire_op("alice", "gold", 1)));
+  CHECK(seq_at_time_ok(*store, kStartNs + 20) == 5);
+  feed.on_applied = nullptr;
+}
+
+TEST_CASE("seq_at_time orders negative timestamps numerically") {
+  TempDir dir;
+  std::unique_ptr<HistoryStore> store = open_history(dir);
+  State state(StateOptions{0});
+  Feed feed({&state});
+  index_into(&feed, store.get());
+  const std::int64_t times[] = {-5, -5, 0, 3};
+  for (const std::int64_t time_ns : times) {
+    feed.now_ns = time_ns;
+    REQUIRE_OK(feed.one(key_of(feed.next_seq()), acquire_op("a", "b", 1)));
+  }
+  REQUIRE_OK(store->flush());
+  CHECK(seq_at_time_ok(*store, -6) == 0);
+  CHECK(seq_at_time_ok(*store, -5) == 2);
+  CHECK(seq_at_time_ok(*store, -1) == 2);
+  CHECK(seq_at_time_ok(*store, 0) == 3);
+  CHECK(seq_at_time_ok(*store, 2) == 3);
+  CHECK(seq_at_time_ok(*store, 3) == 4);
+  feed.on_applied = nullptr;
+}
+
+TEST_CASE("clear removes everything and the index is rebuilt from seq 1") {
+  TempDir dir;
+  std::unique_ptr<HistoryStore> store = open_history(dir);
+  State state(StateOptions{kWindowNs});
+  Feed feed({&state});
+  index_into(&feed, store.get());
+  REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", 7)));
+  REQUIRE_OK(feed.one("k2", acquire_op("bob", "gold", 3)));
+  REQUIRE_OK(store->flush());
+  REQUIRE_OK(feed.one("k3", acquire_op("carol", "gold", 1)));  // buffered, dropped by clear
+  REQUIRE_OK(store->clear());
+  CHECK(position_ok(*store) == HistoryPosition{});
+  CHECK(store->appended_position() == HistoryPosition{});
+  CHECK(all_at(*store, 0).empty());
+  CHECK(store->balance_at("alice", "gold", 1).code() == ErrorCode::invalid);
+  CHECK(seq_at_time_ok(*store, INT64_MAX) == 0);
+  CHECK(entries_of(*store, "alice", "gold").empty());
+
+  // The rebuild: the same log again from seq 1, here with other quantities.
+  State rebuilt(StateOptions{kWindowNs});
+  Feed again({&rebuilt});
+  index_into(&again, store.get());
+  REQUIRE_OK(again.one("k1", acquire_op("bob", "gold", 2)));
+  REQUIRE_OK(store->flush());
+  CHECK(position_ok(*store).seq == 1);
+  CHECK(all_at(*store, 1) == std::vector<Listed>{{"bob", "gold", bal(2, 0)}});
+  store.reset();
+  store = open_history(dir);
+  CHECK(all_at(*store, 1) == std::vector<Listed>{{"bob", "gold", bal(2, 0)}});
+  feed.on_applied = nullptr;
+  again.on_applied = nullptr;
+}
+
+TEST_CASE("appends not flushed are gone when the store is destroyed") {
+  TempDir dir;
+  State state(StateOptions{kWindowNs});
+  Feed feed({&state});
+  {
+    std::unique_ptr<HistoryStore> store = open_history(dir);
+    index_into(&feed, store.get());
+    for (std::uint64_t seq = 1; seq <= 3; seq++) {
+      REQUIRE_OK(feed.one(key_of(seq), acquire_op("alice", "gold", static_cast<std::int64_t>(seq))));
+    }
+    REQUIRE_OK(store->flush());
+    REQUIRE_OK(feed.one("k4", acquire_op("alice", "gold", 100)));
+    REQUIRE_OK(feed.one("k5", acquire_op("zed", "gold", 100)));
+    CHECK(store->appended_position().seq == 5);
+    feed.on_applied = nullptr;
+  }
+  std::unique_ptr<HistoryStore> store = open_history(dir);
+  CHECK(position_ok(*store).seq == 3);
+  CHECK(store->appended_position().seq == 3);
+  CHECK(balance_ok(*store, "alice", "gold", 3) == bal(6, 0));
+  CHECK(store->balance_at("alice", "gold", 4).code() == ErrorCode::invalid);
+  CHECK(entries_of(*store, "zed", "gold").empty());
+  CHECK(all_at(*store, 3) == std::vector<Listed>{{"alice", "gold", bal(6, 0)}});
+}
+
+TEST_CASE("append refuses what does not follow, and a full buffer, changing nothing") {
+  TempDir dir;
+  HistoryStoreOptions options = small_options();
+  options.pending_bytes_max = 1;  // one event at a time
+  std::unique_ptr<HistoryStore> store = open_history(dir, options);
+  const std::vector<log::Op> ops = {acquire_op("alice", "gold", 5)};
+  log::Event event;
+  event.seq = 2;
+  event.timestamp_ns = kStartNs;
+  event.key = "k";
+  event.ops = ops;
+  CHECK(store->append(event, 1).code() == ErrorCode::invalid);  // seq 2 before seq 1
+  event.seq = 1;
+  REQUIRE_OK(store->append(event, 1));
+  event.seq = 2;
+  event.key = "k2";
+  CHECK(store->append(event, 2).code() == ErrorCode::busy);
+  CHECK(store->appended_position().seq == 1);
+  REQUIRE_OK(store->flush());
+  event.timestamp_ns = kStartNs - 1;
+  CHECK(store->append(event, 2).code() == ErrorCode::invalid);  // time goes back
+  event.timestamp_ns = kStartNs;
+  const std::vector<log::Op> too_much = {consume_op("alice", "gold", 6)};
+  event.ops = too_much;
+  CHECK(store->append(event, 2).code() == ErrorCode::corrupt);  // below zero
+  const std::vector<log::Op> nul_name = {acquire_op(std::string_view("a\0b", 3), "gold", 1)};
+  event.ops = nul_name;
+  CHECK(store->append(event, 2).code() == ErrorCode::invalid);
+  event.ops = {};
+  CHECK(store->append(event, 2).code() == ErrorCode::invalid);
+  const std::string long_key(256, 'k');
+  event.ops = ops;
+  event.key = long_key;
+  CHECK(store->append(event, 2).code() == ErrorCode::invalid);
+  CHECK(store->appended_position().seq == 1);
+  // A transfer from alice's 5 and a hold of the rest: still accepted whole.
+  const std::vector<log::Op> both = {transfer_op("alice", "bob", "gold", 2),
+                                     hold_op("alice", "gold", 3, kMsNs)};
+  event.ops = both;
+  event.batch = true;
+  event.key = "k2";
+  REQUIRE_OK(store->append(event, 2));
+  REQUIRE_OK(store->flush());
+  CHECK(balance_ok(*store, "alice", "gold", 2) == bal(0, 3));
+  CHECK(balance_ok(*store, "bob", "gold", 2) == bal(2, 0));
+  CHECK(balance_ok(*store, "alice", "gold", 1) == bal(5, 0));
+}
+
+TEST_CASE("bad options are invalid; a capped map fails the flush and keeps the appends") {
+  TempDir dir;
+  HistoryStoreOptions options = small_options();
+  options.pending_bytes_max = 0;
+  CHECK(HistoryStore::open(dir.path("history"), options).code() == ErrorCode::invalid);
+  options = small_options();
+  options.map_size_bytes_max = options.map_size_bytes / 2;
+  CHECK(HistoryStore::open(dir.path("history"), options).code() == ErrorCode::invalid);
+
+  options = small_options();
+  options.map_size_bytes_max = options.map_size_bytes;
+  std::unique_ptr<HistoryStore> store = open_history(dir, options);
+  State state(StateOptions{0});
+  Feed feed({&state});
+  index_into(&feed, store.get());
+  for (int index = 0; index < 2000; index++) {
+    const std::string name = "a-subject-with-a-rather-long-name-" + std::to_string(index);
+    REQUIRE_OK(feed.one(name, acquire_op(name, "gold", 1)));
+  }
+  CHECK(store->flush().code() == ErrorCode::io_error);
+  CHECK(position_ok(*store) == HistoryPosition{});
+  CHECK(store->appended_position().seq == 2000);
+  feed.on_applied = nullptr;
+}
+
+// ---------------------------------------------------------------- random
+
+// Indexes a random stream (flushing at random, and whenever the buffer is
+// full), then replays the same stream into a fresh State and compares the
+// index with it after every event.
+void run_random_history(std::uint64_t seed, int steps, const HistoryStoreOptions& options) {
+  TempDir dir;
+  std::unique_ptr<HistoryStore> store = open_history(dir, options);
+  {
+    State state(StateOptions{kWindowNs});
+    proj::RandomStream stream(seed, kWindowNs, {&state});
+    std::mt19937_64 flushes(seed + 1);
+    stream.feed().on_applied = [&](const log::Event& event) {
+      Status appended = store->append(event, chain_of(event.seq));
+      if (appended.code() == ErrorCode::busy) {
+        REQUIRE_OK(store->flush());
+        appended = store->append(event, chain_of(event.seq));
+      }
+      REQUIRE_OK(appended);
+      if (flushes() % 64 == 0) {
+        REQUIRE_OK(store->flush());
+        CHECK(position_ok(*store).seq == event.seq);
+      }
+    };
+    for (int step = 0; step < steps; step++) stream.step(state);
+    REQUIRE_OK(store->flush());
+    CHECK(position_ok(*store).seq == state.last_seq());
+  }
+
+  State replay(StateOptions{kWindowNs});
+  proj::RandomStream stream(seed, kWindowNs, {&replay});
+  std::mt19937_64 picks(seed + 2);
+  std::vector<std::pair<std::string, std::string>> seen;
+  std::set<std::pair<std::string, std::string>> seen_set;
+  std::vector<proj::PairDelta> deltas;
+  stream.feed().on_applied = [&](const log::Event& event) {
+    const std::uint64_t seq = event.seq;
+    CAPTURE(seq);
+    proj::event_deltas(event, &deltas);
+    for (const proj::PairDelta& delta : deltas) {
+      std::pair<std::string, std::string> pair(delta.subject, delta.item);
+      if (seen_set.insert(pair).second) seen.push_back(pair);
+      CHECK(balance_ok(*store, delta.subject, delta.item, seq) ==
+            replay.balance(delta.subject, delta.item, kStoredOnly));
+    }
+    // Two pairs this event did not touch, likely.
+    for (int pick = 0; pick < 2 && !seen.empty(); pick++) {
+      const auto& [subject, item] = seen[picks() % seen.size()];
+      CHECK(balance_ok(*store, subject, item, seq) == replay.balance(subject, item, kStoredOnly));
+    }
+    if (seq % 97 == 0 && !seen.empty()) {
+      CHECK(all_at(*store, seq) == proj::all_balances(replay, kStoredOnly));
+      const std::string& subject = seen[picks() % seen.size()].first;
+      CHECK(list_at(*store, subject, seq) == proj::list_of(replay, subject, kStoredOnly));
+    }
+  };
+  for (int step = 0; step < steps; step++) stream.step(replay);
+  CHECK(position_ok(*store).seq == replay.last_seq());
+  CHECK(all_at(*store, replay.last_seq()) == proj::all_balances(replay, kStoredOnly));
+  // Each pair's entries chain: the balance after one plus the next change
+  // is the balance after the next; the last is the balance now.
+  for (const auto& [subject, item] : seen) {
+    const std::vector<Entry> entries = entries_of(*store, subject, item);
+    Balance balance;
+    for (const Entry& entry : entries) {
+      balance.available += entry.delta_available;
+      balance.held += entry.delta_held;
+      CHECK(entry.after == balance);
+    }
+    CHECK(balance == replay.balance(subject, item, kStoredOnly));
+  }
+  stream.feed().on_applied = nullptr;
+}
+
+TEST_CASE("random streams: balance_at, list_at and for_each_at equal a State replay") {
+  run_random_history(5, 3000, small_options());
+}
+
+TEST_CASE("random streams with a small buffer and cache: appends read the flushed index") {
+  HistoryStoreOptions options = small_options();
+  options.pending_bytes_max = 8 * 1024;
+  options.pair_cache_max = 8;
+  run_random_history(6, 3000, options);
+}
+
+// ---------------------------------------------------------------- damage
+
+// Opens the environment directly (the store must be closed: a process may
+// not open an LMDB environment twice) and lets `edit` change one database.
+void edit_db(const TempDir& dir, const char* db,
+             const std::function<void(MDB_txn*, MDB_dbi)>& edit) {
+  MDB_env* env = nullptr;
+  REQUIRE(mdb_env_create(&env) == 0);
+  REQUIRE(mdb_env_set_maxdbs(env, history::kDbCount) == 0);
+  REQUIRE(mdb_env_open(env, dir.path("history").c_str(), 0, 0644) == 0);
+  MDB_txn* txn = nullptr;
+  REQUIRE(mdb_txn_begin(env, nullptr, 0, &txn) == 0);
+  MDB_dbi dbi = 0;
+  REQUIRE(mdb_dbi_open(txn, db, 0, &dbi) == 0);
+  edit(txn, dbi);
+  REQUIRE(mdb_txn_commit(txn) == 0);
+  mdb_env_close(env);
+}
+
+// Replaces the value of the first key of a database with f(old value).
+void rewrite_first(const TempDir& dir, const char* db,
+                   const std::function<std::string(const std::string&)>& rewrite) {
+  edit_db(dir, db, [&](MDB_txn* txn, MDB_dbi dbi) {
+    MDB_cursor* cursor = nullptr;
+    REQUIRE(mdb_cursor_open(txn, dbi, &cursor) == 0);
+    MDB_val key{};
+    MDB_val value{};
+    REQUIRE(mdb_cursor_get(cursor, &key, &value, MDB_FIRST) == 0);
+    std::string changed =
+        rewrite(std::string(static_cast<const char*>(value.mv_data), value.mv_size));
+    std::string key_copy(static_cast<const char*>(key.mv_data), key.mv_size);
+    mdb_cursor_close(cursor);
+    MDB_val key_val{key_copy.size(), key_copy.data()};
+    MDB_val changed_val{changed.size(), changed.data()};
+    REQUIRE(mdb_put(txn, dbi, &key_val, &changed_val, 0) == 0);
+  });
+}
+
+void write_small_index(const TempDir& dir) {
+  std::unique_ptr<HistoryStore> store = open_history(dir);
+  State state(StateOptions{kWindowNs});
+  Feed feed({&state});
+  index_into(&feed, store.get());
+  REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", 5)));
+  REQUIRE_OK(feed.one("k2", acquire_op("alice", "gold", 6)));
+  REQUIRE_OK(feed.one("k3", acquire_op("bob", "gold", 1)));
+  REQUIRE_OK(store->flush());
+  feed.on_applied = nullptr;
+}
+
+TEST_CASE("a damaged entry is corrupt for every reader, and its neighbours still read") {
+  const std::vector<std::function<std::string(const std::string&)>> damages = {
+      [](const std::string& value) {  // a flipped bit in the balance after
+        std::string flipped = value;
+        flipped.replace(24, 1, 1, static_cast<char>(value.at(24) ^ 0x01));
+        return flipped;
+      },
+      [](const std::string& value) { return value.substr(0, 3); },  // truncated
+      [](const std::string& value) { return value + "x"; },  // too long for its key length
+      [](const std::string& value) { return std::string(value.size(), '\xff'); },
+  };
+  for (std::size_t damage = 0; damage < damages.size(); damage++) {
+    CAPTURE(damage);
+    TempDir dir;
+    write_small_index(dir);
+    // The first entry is alice's gold at seq 1.
+    rewrite_first(dir, history::kEntriesDbName, damages[damage]);
+    std::unique_ptr<HistoryStore> store = open_history(dir);
+    CHECK(store->balance_at("alice", "gold", 1).code() == ErrorCode::corrupt);
+    CHECK(balance_ok(*store, "alice", "gold", 2) == bal(11, 0));  // the next entry is whole
+    CHECK(balance_ok(*store, "bob", "gold", 3) == bal(1, 0));
+    CHECK(store->for_each_at(1, [](std::string_view, std::string_view, Balance) {}).code() ==
+          ErrorCode::corrupt);
+    CHECK(store->entries("alice", "gold", 0, UINT64_MAX, [](const HistoryEntry&) {
+      return true;
+    }).code() == ErrorCode::corrupt);
+  }
+}
+
+TEST_CASE("a damaged pair id or position record is corrupt") {
+  {
+    TempDir dir;
+    write_small_index(dir);
+    rewrite_first(dir, history::kPairsDbName,
+                  [](const std::string&) { return std::string("\x09"); });
+    std::unique_ptr<HistoryStore> store = open_history(dir);
+    CHECK(store->balance_at("alice", "gold", 1).code() == ErrorCode::corrupt);
+    CHECK(store->list_at("alice", 1, [](std::string_view, Balance) {}).code() ==
+          ErrorCode::corrupt);
+  }
+  {
+    TempDir dir;
+    write_small_index(dir);
+    rewrite_first(dir, history::kPairsDbName, [](const std::string&) {
+      return std::string("\x63\0\0\0\0\0\0\0", 8);  // id 99 of 2
+    });
+    std::unique_ptr<HistoryStore> store = open_history(dir);
+    CHECK(store->balance_at("alice", "gold", 1).code() == ErrorCode::corrupt);
+  }
+  {
+    TempDir dir;
+    write_small_index(dir);
+    rewrite_first(dir, history::kMetaDbName, [](const std::string& value) {
+      std::string flipped = value;
+      flipped.replace(8, 1, 1, static_cast<char>(value.at(8) ^ 0x04));  // the seq
+      return flipped;
+    });
+    CHECK(HistoryStore::open(dir.path("history"), small_options()).code() == ErrorCode::corrupt);
+    HistoryStoreOptions read_only = small_options();
+    read_only.read_only = true;
+    CHECK(HistoryStore::open(dir.path("history"), read_only).code() == ErrorCode::corrupt);
+  }
+}
+
+// ---------------------------------------------------------------- read-only
+
+TEST_CASE("read_only: a missing index is not_found and creates nothing; a written one reads") {
+  TempDir dir;
+  HistoryStoreOptions options = small_options();
+  options.read_only = true;
+  CHECK(HistoryStore::open(dir.path("history"), options).code() == ErrorCode::not_found);
+  CHECK_FALSE(std::filesystem::exists(dir.path("history")));
+  std::filesystem::create_directory(dir.path("history"));
+  CHECK(HistoryStore::open(dir.path("history"), options).code() == ErrorCode::not_found);
+  CHECK(std::filesystem::is_empty(dir.path("history")));
+
+  write_small_index(dir);
+  Result<std::unique_ptr<HistoryStore>> opened = HistoryStore::open(dir.path("history"), options);
+  REQUIRE_MESSAGE(opened.ok(), opened.status().to_string());
+  HistoryStore& store = **opened;
+  CHECK(position_ok(store).seq == 3);
+  CHECK(store.appended_position().seq == 3);
+  CHECK(balance_ok(store, "alice", "gold", 2) == bal(11, 0));
+  CHECK(list_at(store, "bob", 3) ==
+        std::vector<std::pair<std::string, Balance>>{{"gold", bal(1, 0)}});
+  const std::vector<log::Op> ops = {acquire_op("alice", "gold", 1)};
+  log::Event event;
+  event.seq = 4;
+  event.key = "k4";
+  event.timestamp_ns = kStartNs;
+  event.ops = ops;
+  CHECK(store.append(event, 4).code() == ErrorCode::invalid);
+  CHECK(store.flush().code() == ErrorCode::invalid);
+  CHECK(store.clear().code() == ErrorCode::invalid);
+}
+
+// ---------------------------------------------------------------- processes
+
+TEST_CASE("a second writer's flush is locked, and the index keeps the first's") {
+  TempDir dir;
+  std::unique_ptr<HistoryStore> store = open_history(dir);
+  const std::vector<log::Op> ops = {acquire_op("alice", "gold", 1)};
+  log::Event event;
+  event.seq = 1;
+  event.key = "k1";
+  event.timestamp_ns = kStartNs;
+  event.ops = ops;
+  REQUIRE_OK(store->append(event, 8));  // buffered when the other writes
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    // Another process writes the same directory, through its own
+    // environment (the parent's may not be used after fork).
+    int code = 1;
+    Result<std::unique_ptr<HistoryStore>> other =
+        HistoryStore::open(dir.path("history"), small_options());
+    if (other.ok() && (*other)->append(event, 7).ok() && (*other)->flush().ok()) code = 0;
+    _exit(code);
+  }
+  int wait_status = 0;
+  REQUIRE(waitpid(child, &wait_status, 0) == child);
+  REQUIRE(WIFEXITED(wait_status));
+  REQUIRE(WEXITSTATUS(wait_status) == 0);
+  CHECK(store->flush().code() == ErrorCode::locked);
+  CHECK(position_ok(*store) == HistoryPosition{1, 7, kStartNs});
+  CHECK(balance_ok(*store, "alice", "gold", 1) == bal(1, 0));
+  // An append that reads the index notices too.
+  const std::vector<log::Op> more = {acquire_op("bob", "gold", 1)};
+  event.seq = 2;
+  event.key = "k2";
+  event.ops = more;
+  CHECK(store->append(event, 9).code() == ErrorCode::locked);
+}
+
+// ---------------------------------------------------------------- threads
+
+// Subject j's balance after seq, when event k acquires 1 for subject k % n.
+std::int64_t expected_count(std::uint64_t subject, std::uint64_t seq, std::uint64_t subjects) {
+  if (subject == 0) return static_cast<std::int64_t>(seq / subjects);
+  if (seq < subject) return 0;
+  return static_cast<std::int64_t>((seq - subject) / subjects + 1);
+}
+
+TEST_CASE("readers on other threads see whole flushes while the writer appends and grows the map") {
+  TempDir dir;
+  std::unique_ptr<HistoryStore> store = open_history(dir);  // 64 KiB: grows under the readers
+  constexpr std::uint64_t kSubjects = 100;
+  constexpr std::uint64_t kEvents = 20'000;
+  std::vector<std::string> names;
+  for (std::uint64_t subject = 0; subject < kSubjects; subject++) {
+    names.push_back("subject-" + std::to_string(subject));
+  }
+  std::atomic<bool> done{false};
+  std::atomic<std::uint64_t> reads{0};
+  std::atomic<std::uint64_t> failures{0};
+  const auto reader = [&](std::uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    // Each pass reads once; the writer's end stops the loop.
+    while (!done.load()) {
+      Result<HistoryPosition> position = store->position();
+      if (!position) {
+        failures++;
+        continue;
+      }
+      const std::uint64_t subject = rng() % kSubjects;
+      Result<Balance> balance = store->balance_at(names[subject], "gold", position->seq);
+      if (!balance || balance->available != expected_count(subject, position->seq, kSubjects)) {
+        failures++;
+      }
+      if (rng() % 16 == 0) {
+        std::int64_t total = 0;
+        const Status walked = store->for_each_at(
+            position->seq,
+            [&](std::string_view, std::string_view, Balance b) { total += b.available; });
+        if (!walked.ok() || total != static_cast<std::int64_t>(position->seq)) failures++;
+      }
+      reads++;
+    }
+  };
+  std::thread first(reader, 1);
+  std::thread second(reader, 2);
+  State state(StateOptions{0});
+  Feed feed({&state});
+  index_into(&feed, store.get());
+  for (std::uint64_t seq = 1; seq <= kEvents; seq++) {
+    feed.now_ns += 1000;
+    REQUIRE_OK(feed.one(key_of(seq), acquire_op(names[seq % kSubjects], "gold", 1)));
+    if (seq % 250 == 0) REQUIRE_OK(store->flush());
+  }
+  done = true;
+  first.join();
+  second.join();
+  feed.on_applied = nullptr;
+  CHECK(failures.load() == 0);
+  CHECK(reads.load() > 0);
+  CHECK(position_ok(*store).seq == kEvents);
+  CHECK(std::filesystem::file_size(dir.path("history") + "/data.mdb") > 64 * 1024);
+}
+
+}  // namespace
+}  // namespace tally::snap

@@ -1,0 +1,132 @@
+#include "snapshots/lmdb_util.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+namespace tally::snap::lmdb {
+
+namespace {
+
+// A reader adopts the grown map and begins again; the writer would have to
+// grow the map this many times while one reader begins for it to give up.
+constexpr int kReadBeginAttemptsMax = 8;
+
+}  // namespace
+
+Status error(std::string_view component, std::string_view what, int rc) {
+  std::string message(component);
+  message += ": ";
+  message += what;
+  message += ": ";
+  message += mdb_strerror(rc);
+  return Status(ErrorCode::io_error, std::move(message));
+}
+
+Result<std::unique_ptr<Environment>> Environment::open(const std::string& dir,
+                                                       const EnvironmentOptions& options) {
+  const std::string component(options.component);
+  if (options.map_size_bytes == 0 || options.map_size_bytes > options.map_size_bytes_max) {
+    return Status(ErrorCode::invalid,
+                  component + ": map_size_bytes must be 1..map_size_bytes_max");
+  }
+  const bool read_only = (options.flags & MDB_RDONLY) != 0;
+  if (!read_only && ::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
+    return Status(ErrorCode::io_error, component + ": mkdir " + dir + ": " + std::strerror(errno));
+  }
+  std::unique_ptr<Environment> env(new Environment());
+  env->component_ = component;
+  env->options_ = options;
+  env->options_.component = env->component_;
+  int rc = mdb_env_create(&env->env_);
+  if (rc != 0) {
+    env->env_ = nullptr;
+    return lmdb::error(component, "mdb_env_create", rc);
+  }
+  rc = mdb_env_set_maxdbs(env->env_, options.dbs_max);
+  if (rc != 0) return env->error("mdb_env_set_maxdbs", rc);
+  rc = mdb_env_set_mapsize(env->env_, options.map_size_bytes);
+  if (rc != 0) return env->error("mdb_env_set_mapsize", rc);
+  rc = mdb_env_open(env->env_, dir.c_str(), options.flags, 0644);
+  if (rc != 0) return env->error("mdb_env_open " + dir, rc);
+  MDB_envinfo info{};
+  rc = mdb_env_info(env->env_, &info);
+  if (rc != 0) return env->error("mdb_env_info", rc);
+  env->map_size_bytes_ = info.me_mapsize;  // an existing larger file keeps its size
+  return env;
+}
+
+Environment::~Environment() {
+  if (env_ != nullptr) mdb_env_close(env_);
+}
+
+Status Environment::write_growing(const std::function<Status(int* rc)>& attempt) {
+  // A full map aborts the transaction; grow it and write again. Each pass
+  // doubles the map, so kMapGrowthsMax bounds the loop.
+  for (int growth = 0;; growth++) {
+    int rc = 0;
+    Status status;
+    {
+      const std::shared_lock<std::shared_mutex> shared = share_map();
+      status = attempt(&rc);
+    }
+    if (status.ok()) return status;
+    if (rc != MDB_MAP_FULL) return status;
+    const RemapLock remap(*this);
+    if (growth == kMapGrowthsMax || map_size_bytes_ >= options_.map_size_bytes_max) {
+      return Status(ErrorCode::io_error, std::string(component()) + ": map full at " +
+                                             std::to_string(map_size_bytes_) +
+                                             " bytes (map_size_bytes_max)");
+    }
+    const std::size_t grown = std::min(map_size_bytes_ * 2, options_.map_size_bytes_max);
+    // No transaction is open here: attempt's has been aborted, and the
+    // exclusive lock keeps every other thread's out.
+    rc = mdb_env_set_mapsize(env_, grown);
+    if (rc != 0) return error("mdb_env_set_mapsize (grow)", rc);
+    map_size_bytes_ = grown;
+  }
+}
+
+std::shared_lock<std::shared_mutex> Environment::share_map() const {
+  const std::lock_guard<std::mutex> gate(map_gate_);
+  return std::shared_lock<std::shared_mutex>(map_lock_);
+}
+
+Status Environment::adopt_map_size() {
+  const RemapLock remap(*this);
+  // Size 0 takes the size the file's current meta page records.
+  int rc = mdb_env_set_mapsize(env_, 0);
+  if (rc != 0) return error("mdb_env_set_mapsize (adopt)", rc);
+  MDB_envinfo info{};
+  rc = mdb_env_info(env_, &info);
+  if (rc != 0) return error("mdb_env_info", rc);
+  map_size_bytes_ = info.me_mapsize;
+  return Status();
+}
+
+int Txn::try_begin(const Environment& env, unsigned flags) {
+  abort();
+  env_ = &env;
+  const int rc = mdb_txn_begin(env.get(), nullptr, flags, &txn_);
+  if (rc != 0) txn_ = nullptr;
+  return rc;
+}
+
+Status ReadTxn::begin(Environment& env) {
+  // Each pass begins once; a pass that meets a map grown by another process
+  // adopts the new size first.
+  for (int attempt = 0; attempt < kReadBeginAttemptsMax; attempt++) {
+    lock_ = env.share_map();
+    const int rc = txn_.try_begin(env, MDB_RDONLY);
+    if (rc == 0) return Status();
+    lock_ = {};
+    if (rc != MDB_MAP_RESIZED) return env.error("mdb_txn_begin", rc);
+    TALLY_TRY(env.adopt_map_size());
+  }
+  return env.error("mdb_txn_begin", MDB_MAP_RESIZED);
+}
+
+}  // namespace tally::snap::lmdb

@@ -1,0 +1,217 @@
+// The LMDB pieces that the snapshot store and the history projection share:
+// fixed-width integers in keys and values, the error Status, transactions
+// and cursors that close themselves, and an environment in a directory whose
+// map grows when a write fills it. Internal to snapshots/, the one folder
+// that includes lmdb.h (DESIGN.md §2).
+//
+// Thread safety: an Environment may be used from several threads when they
+// follow its map lock (below); Txn and Cursor belong to one thread at a time.
+// Ownership: an Environment owns its MDB_env; Txn and Cursor own their LMDB
+// handles and borrow the Environment, which must outlive them.
+#pragma once
+
+#include <lmdb.h>
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <string_view>
+
+#include "log/status.h"
+
+namespace tally::snap::lmdb {
+
+// Doublings of the map in one write: from 4 KiB, 48 reach past any address
+// space, so the bound is never what stops a write.
+inline constexpr int kMapGrowthsMax = 48;
+
+// Big-endian in keys (so LMDB's bytewise order is numeric order),
+// little-endian in values.
+inline void put_le(std::uint8_t* out, std::uint64_t value, std::size_t width) {
+  for (std::size_t index = 0; index < width; index++) {
+    out[index] = static_cast<std::uint8_t>(value >> (8 * index));
+  }
+}
+inline std::uint64_t get_le(const std::uint8_t* in, std::size_t width) {
+  std::uint64_t value = 0;
+  for (std::size_t index = 0; index < width; index++) {
+    value |= std::uint64_t{in[index]} << (8 * index);
+  }
+  return value;
+}
+inline void put_be(std::uint8_t* out, std::uint64_t value, std::size_t width) {
+  for (std::size_t index = 0; index < width; index++) {
+    out[index] = static_cast<std::uint8_t>(value >> (8 * (width - 1 - index)));
+  }
+}
+inline std::uint64_t get_be(const std::uint8_t* in, std::size_t width) {
+  std::uint64_t value = 0;
+  for (std::size_t index = 0; index < width; index++) value = (value << 8) | in[index];
+  return value;
+}
+
+inline const std::uint8_t* bytes_of(const MDB_val& val) {
+  return static_cast<const std::uint8_t*>(val.mv_data);
+}
+inline std::string_view view_of(const MDB_val& val) {
+  return std::string_view(static_cast<const char*>(val.mv_data), val.mv_size);
+}
+template <std::size_t N>
+MDB_val val_of(std::array<std::uint8_t, N>& bytes) {
+  return MDB_val{bytes.size(), bytes.data()};
+}
+inline MDB_val val_of(std::string_view bytes) {
+  // LMDB takes a non-const pointer, but only reads the keys and values it
+  // is given to store or look up.
+  return MDB_val{bytes.size(), const_cast<char*>(bytes.data())};
+}
+
+// io_error "<component>: <what>: <mdb_strerror(rc)>".
+Status error(std::string_view component, std::string_view what, int rc);
+
+struct EnvironmentOptions {
+  std::string_view component;  // names the user in messages: "snapshots", "history"
+  unsigned dbs_max = 0;        // named databases
+  unsigned flags = 0;          // MDB_* environment flags; MDB_RDONLY opens read-only
+  // The map's initial size; write_growing() doubles it up to the maximum.
+  // An existing larger file keeps its size.
+  std::size_t map_size_bytes = 0;
+  std::size_t map_size_bytes_max = 0;
+};
+
+// An LMDB environment in a directory.
+//
+// The map lock: LMDB remaps the file when the map grows, which moves every
+// page under any transaction open in this process. So every transaction of
+// a store used by several threads holds the map shared (share_map(): ReadTxn
+// does, and write_growing() for its attempt), and a remap holds it
+// exclusive. A remap first closes a gate that new sharers pass through, so
+// a steady stream of readers cannot starve it: it waits only for the
+// transactions already open. A store used by one thread only may ignore the
+// lock: a remap happens only between its own transactions.
+class Environment {
+ public:
+  // Creates `dir` if missing (its parent must exist) unless MDB_RDONLY is
+  // among the flags, then opens the environment in it. io_error when LMDB
+  // or the file system refuses.
+  static Result<std::unique_ptr<Environment>> open(const std::string& dir,
+                                                   const EnvironmentOptions& options);
+  ~Environment();
+  Environment(const Environment&) = delete;
+  Environment& operator=(const Environment&) = delete;
+
+  MDB_env* get() const { return env_; }
+  std::string_view component() const { return component_; }
+  // Holds the map in place while it lives (see the map lock above).
+  std::shared_lock<std::shared_mutex> share_map() const;
+
+  // io_error naming this environment's component.
+  Status error(std::string_view what, int rc) const { return lmdb::error(component(), what, rc); }
+
+  // Runs `attempt`, one write transaction that stores in *rc the LMDB code
+  // it failed with (0 otherwise). While that is MDB_MAP_FULL — LMDB has
+  // aborted the transaction, so nothing of it is written — doubles the map
+  // (at most to map_size_bytes_max) and runs it again. attempt runs under
+  // the map lock, shared; the growth takes it exclusive, so the caller must
+  // not share the map. io_error when the map is at its maximum.
+  Status write_growing(const std::function<Status(int* rc)>& attempt);
+
+  // Adopts the map size another process grew the file to (a transaction
+  // began with MDB_MAP_RESIZED). Takes the map lock exclusive.
+  Status adopt_map_size();
+
+ private:
+  Environment() = default;
+
+  MDB_env* env_ = nullptr;
+  EnvironmentOptions options_;  // its component views component_
+  std::string component_;
+  std::size_t map_size_bytes_ = 0;
+  // Lock order: gate, then map lock.
+  mutable std::mutex map_gate_;
+  mutable std::shared_mutex map_lock_;
+
+  // Closes the gate and takes the map lock exclusive.
+  struct RemapLock {
+    explicit RemapLock(const Environment& env) : gate(env.map_gate_), map(env.map_lock_) {}
+    std::lock_guard<std::mutex> gate;
+    std::unique_lock<std::shared_mutex> map;
+  };
+};
+
+// A transaction that aborts unless it was committed.
+class Txn {
+ public:
+  Txn() = default;
+  ~Txn() { abort(); }
+  Txn(const Txn&) = delete;
+  Txn& operator=(const Txn&) = delete;
+
+  // flags: 0 for a write transaction, MDB_RDONLY for a read transaction.
+  // try_begin returns LMDB's code (a caller that handles MDB_MAP_RESIZED
+  // needs it); begin turns a failure into io_error.
+  int try_begin(const Environment& env, unsigned flags);
+  Status begin(const Environment& env, unsigned flags) {
+    const int rc = try_begin(env, flags);
+    return rc == 0 ? Status() : env.error("mdb_txn_begin", rc);
+  }
+  // The LMDB code; the transaction is gone either way.
+  int commit() {
+    const int rc = mdb_txn_commit(txn_);
+    txn_ = nullptr;  // freed by commit even when it fails
+    return rc;
+  }
+  void abort() {
+    if (txn_ != nullptr) mdb_txn_abort(txn_);
+    txn_ = nullptr;
+  }
+  MDB_txn* get() const { return txn_; }
+  const Environment& env() const { return *env_; }
+
+ private:
+  MDB_txn* txn_ = nullptr;
+  const Environment* env_ = nullptr;
+};
+
+// A read transaction that holds the environment's map lock shared while it
+// lives, and adopts a map another process grew before it begins.
+class ReadTxn {
+ public:
+  ReadTxn() = default;
+  Status begin(Environment& env);
+  MDB_txn* get() const { return txn_.get(); }
+  const Txn& txn() const { return txn_; }
+
+ private:
+  std::shared_lock<std::shared_mutex> lock_;
+  Txn txn_;  // declared after lock_: aborted before the lock is released
+};
+
+class Cursor {
+ public:
+  Cursor() = default;
+  ~Cursor() {
+    if (cursor_ != nullptr) mdb_cursor_close(cursor_);
+  }
+  Cursor(const Cursor&) = delete;
+  Cursor& operator=(const Cursor&) = delete;
+  Status open(const Txn& txn, MDB_dbi dbi) {
+    const int rc = mdb_cursor_open(txn.get(), dbi, &cursor_);
+    if (rc != 0) {
+      cursor_ = nullptr;
+      return txn.env().error("mdb_cursor_open", rc);
+    }
+    return Status();
+  }
+  MDB_cursor* get() const { return cursor_; }
+
+ private:
+  MDB_cursor* cursor_ = nullptr;
+};
+
+}  // namespace tally::snap::lmdb
