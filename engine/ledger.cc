@@ -20,12 +20,15 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <filesystem>
 #include <mutex>
 #include <optional>
 #include <thread>
 #include <utility>
 
+#include "engine/archivist.h"
 #include "engine/decide.h"
+#include "engine/point_in_time.h"
 #include "engine/replay.h"
 #include "log/lock.h"
 #include "log/writer.h"
@@ -84,6 +87,19 @@ constexpr std::int64_t kIdleWaitNsMax = 1'000'000'000;
 constexpr std::size_t kPrefetchDistance = 16;
 constexpr std::int64_t kIdleWaitNsMin = 1'000'000;
 
+ArchivistOptions archivist_options(const LedgerOptions& options) {
+  ArchivistOptions archive;
+  archive.snapshot_every_events = options.snapshot_every_events;
+  archive.snapshot_every_seconds = options.snapshot_every_seconds;
+  archive.snapshot_retain = options.snapshot_retain;
+  archive.history = options.history;
+  return archive;
+}
+
+// How long a point-in-time read waits for the history projection to reach
+// its point before it answers by a replay instead.
+constexpr std::chrono::milliseconds kHistoryWaitMax{2000};
+
 }  // namespace
 
 struct Ledger::Impl {
@@ -91,11 +107,12 @@ struct Ledger::Impl {
       : options(opts),
         clock(opts.clock != nullptr ? opts.clock : &system_clock()),
         fs(opts.fs != nullptr ? opts.fs : &log::posix_file_system()),
-        state(proj::StateOptions{opts.idempotency_window_ns}) {
+        state_options{opts.idempotency_window_ns} {
     limits.hold_ttl_ns_max = opts.hold_ttl_ns_max;
   }
 
-  Status start(LedgerStats* replayed);
+  Status start(LedgerStats* replayed_stats);
+  Status start_archivist();
   void writer_main();
   void io_main();
 
@@ -118,6 +135,8 @@ struct Ledger::Impl {
   void write_group(log::WriteBatch* batch, std::vector<Ack>* acks);
   void fail(const Status& status);
   void publish_committed(std::uint64_t seq);
+  std::uint64_t wait_committed(std::uint64_t after, std::chrono::milliseconds timeout);
+  PointInTimeSource point_in_time_source(AsOf at);
 
   const LedgerOptions options;
   Clock* const clock;
@@ -126,8 +145,14 @@ struct Ledger::Impl {
   std::unique_ptr<log::DirLock> lock;
   std::unique_ptr<log::LogWriter> log;
 
+  const proj::StateOptions state_options;
+  SharedSnapshots snapshots;
+  std::unique_ptr<snap::HistoryStore> history;
+  std::unique_ptr<Archivist> archivist;
+
   // Owned by the writer thread once started.
-  proj::State state;
+  std::unique_ptr<proj::State> state_owner;
+  proj::State* state = nullptr;
   log::EventEncoder encoder;
   std::vector<log::Op> ops;
   detail::DecideScratch decide_scratch;
@@ -168,24 +193,43 @@ struct Ledger::Impl {
 
 // ---------------------------------------------------------------- open
 
-Status Ledger::Impl::start(LedgerStats* replayed) {
+Status Ledger::Impl::start(LedgerStats* replayed_stats) {
   TALLY_TRY(fs->make_dirs(options.data_dir));
   auto locked = log::DirLock::acquire(options.data_dir);
   if (!locked) return locked.status();
   lock = std::move(*locked);
 
-  auto report = replay(ReplayOptions{options.data_dir, fs, UINT64_MAX, {}}, &state);
-  if (!report) return report.status();
-  replayed->events_replayed = report->events;
-  replayed->replay_seconds = report->seconds;
+  const ArchivistOptions archive = archivist_options(options);
+  if (snapshots_enabled(archive) || fs->exists(snapshot_dir(options.data_dir))) {
+    auto store = snap::SnapshotStore::open(snapshot_dir(options.data_dir), {});
+    if (!store) return store.status();
+    snapshots.store = std::move(*store);
+  }
+  ReplayOptions replay_options;
+  replay_options.data_dir = options.data_dir;
+  replay_options.fs = fs;
+  replay_options.state_options = state_options;
+  replay_options.snapshots = &snapshots;
+  auto replayed = replay(replay_options);
+  if (!replayed) return replayed.status();
+  for (const snap::SkippedSnapshot& skipped : replayed->report.skipped) {
+    std::fprintf(stderr, "tally: skipped the snapshot at seq %llu: %s\n",
+                 static_cast<unsigned long long>(skipped.seq), skipped.why.to_string().c_str());
+  }
+  state_owner = std::move(replayed->state);
+  state = state_owner.get();
+  const ReplayReport& report = replayed->report;
+  replayed_stats->events_replayed = report.events;
+  replayed_stats->replay_seconds = report.seconds;
+  replayed_stats->snapshot_seq = report.snapshot_seq;
 
   log::LogWriterOptions writer_options;
   writer_options.segment_size_bytes = options.segment_size_bytes;
-  auto writer = log::LogWriter::open(*fs, log_dir(options.data_dir), report->end, writer_options);
+  auto writer = log::LogWriter::open(*fs, log_dir(options.data_dir), report.end, writer_options);
   if (!writer) return writer.status();
   log = std::move(*writer);
-  last_timestamp_ns = state.last_timestamp_ns();
-  committed = state.last_seq();
+  last_timestamp_ns = state->last_timestamp_ns();
+  committed = state->last_seq();
   queue.reserve(options.queue_depth_max);
   writer_thread = std::thread([this] {
     pthread_setname_np(pthread_self(), "tally-writer");
@@ -195,6 +239,37 @@ Status Ledger::Impl::start(LedgerStats* replayed) {
     pthread_setname_np(pthread_self(), "tally-io");
     io_main();
   });
+  return start_archivist();
+}
+
+Status Ledger::Impl::start_archivist() {
+  const ArchivistOptions archive = archivist_options(options);
+  if (!archive.history && !snapshots_enabled(archive)) return Status();
+  if (archive.history) {
+    auto store = snap::HistoryStore::open(history_dir(options.data_dir), {});
+    if (!store && store.code() == ErrorCode::corrupt) {
+      // A projection: drop it and rebuild it from the log.
+      std::fprintf(stderr, "tally: rebuilding the history projection: %s\n", store.status().to_string().c_str());
+      std::error_code removed;
+      std::filesystem::remove_all(history_dir(options.data_dir), removed);
+      if (removed) return Status(ErrorCode::io_error, "removing " + history_dir(options.data_dir) + ": " + removed.message());
+      store = snap::HistoryStore::open(history_dir(options.data_dir), {});
+    }
+    if (!store) return store.status();
+    history = std::move(*store);
+  }
+  ArchivistContext context;
+  context.data_dir = options.data_dir;
+  context.fs = fs;
+  context.state_options = state_options;
+  context.snapshots = &snapshots;
+  context.history = history.get();
+  context.wait_committed = [this](std::uint64_t after, std::chrono::milliseconds timeout) {
+    return wait_committed(after, timeout);
+  };
+  auto started = Archivist::start(std::move(context), archive);
+  if (!started) return started.status();
+  archivist = std::move(*started);
   return Status();
 }
 
@@ -232,7 +307,7 @@ void Ledger::Impl::writer_main() {
       // loading those of a command a few places ahead.
       if (task_index + kPrefetchDistance < tasks.size()) {
         const Command& ahead = tasks[task_index + kPrefetchDistance].command;
-        state.prefetch(ahead.key, ahead.op.subject, ahead.op.item, ahead.op.to);
+        state->prefetch(ahead.key, ahead.op.subject, ahead.op.item, ahead.op.to);
       }
       process(tasks[task_index]);
     }
@@ -248,7 +323,7 @@ void Ledger::Impl::writer_main() {
 // every queued task. Sleeps when there is nothing to do; wakes on its own
 // when the first open hold comes due.
 void Ledger::Impl::wait_for_work(std::vector<Task>* tasks, bool* stop, bool* expire_now) {
-  std::optional<std::int64_t> expiry = state.next_expiry_ns();
+  std::optional<std::int64_t> expiry = state->next_expiry_ns();
   std::unique_lock<std::mutex> guard(mu);
   for (;;) {
     if (!io_busy && group_ready()) handoff_locked();
@@ -290,7 +365,7 @@ void Ledger::Impl::process(Task& task) {
       return;
     case Task::Kind::read: {
       Status status = failed.load() ? Status(ErrorCode::read_only, "the ledger failed a write; reopen it")
-                                    : task.read(state, std::max(clock->now_ns(), last_timestamp_ns));
+                                    : task.read(*state, std::max(clock->now_ns(), last_timestamp_ns));
       pending.push_back(Ack{{}, std::nullopt, std::move(task.read_done), std::move(status)});
       return;
     }
@@ -316,7 +391,7 @@ void Ledger::Impl::process_command(Task& task) {
   const std::int64_t now_ns = next_timestamp();
   expire_due(now_ns);
 
-  if (const proj::KeyRecord* record = state.find_key(command.key)) {
+  if (const proj::KeyRecord* record = state->find_key(command.key)) {
     if (record->fingerprint != fingerprint) {
       return answer(task, Status(ErrorCode::idempotency_conflict,
                                  "key was used for a different request at seq " +
@@ -327,7 +402,7 @@ void Ledger::Impl::process_command(Task& task) {
                                              record->timestamp_ns, true));
   }
 
-  auto decision = detail::decide(command, state, &ops, &decide_scratch);
+  auto decision = detail::decide(command, *state, &ops, &decide_scratch);
   if (!decision) return answer(task, decision.status());
   log::Event event;
   event.seq = log->next_seq();
@@ -348,7 +423,7 @@ void Ledger::Impl::process_command(Task& task) {
 }
 
 void Ledger::Impl::expire_due(std::int64_t now_ns) {
-  while (std::optional<proj::HoldInfo> hold = state.next_due_hold(now_ns)) {
+  while (std::optional<proj::HoldInfo> hold = state->next_due_hold(now_ns)) {
     log::Op op;
     op.type = log::OpType::expire;
     op.hold = hold->id;
@@ -368,7 +443,7 @@ void Ledger::Impl::append(const log::Event& event, std::span<const std::byte> pa
   const std::uint64_t seq = log->append(payload);
   TALLY_ASSERT(seq == event.seq);
   // The event was decided against this very state; a refusal is a bug.
-  Status applied = state.apply(event);
+  Status applied = state->apply(event);
   if (!applied.ok()) {
     std::fprintf(stderr, "tally: %s\n", applied.to_string().c_str());
     TALLY_ASSERT(applied.ok());
@@ -571,6 +646,13 @@ LedgerStats Ledger::stats() {
     stats.digest = state.digest();
     return Status();
   }, false));
+  if (impl_->archivist != nullptr) {
+    const ArchivistStats archive = impl_->archivist->stats();
+    stats.history_seq = archive.history_seq;
+    stats.snapshots_written = archive.snapshots_written;
+    stats.last_snapshot_seq = archive.last_snapshot_seq;
+    stats.last_snapshot_seconds = archive.last_snapshot_seconds;
+  }
   std::lock_guard<std::mutex> guard(impl_->mu);
   stats.groups = impl_->groups;
   return stats;
@@ -594,6 +676,7 @@ Status Ledger::close() {
     impl.committed_closed = true;
   }
   impl.committed_cv.notify_all();
+  if (impl.archivist != nullptr) impl.archivist->stop();
   impl.lock.reset();
   std::lock_guard<std::mutex> guard(impl.failure_mu);
   return impl.failure;
@@ -605,16 +688,61 @@ std::uint64_t Ledger::committed_seq() {
 }
 
 std::uint64_t Ledger::wait_committed(std::uint64_t after, std::chrono::milliseconds timeout) {
-  Impl& impl = *impl_;
-  std::unique_lock<std::mutex> guard(impl.committed_mu);
-  impl.committed_cv.wait_for(guard, timeout,
-                             [&] { return impl.committed > after || impl.committed_closed; });
-  return impl.committed;
+  return impl_->wait_committed(after, timeout);
+}
+
+std::uint64_t Ledger::Impl::wait_committed(std::uint64_t after, std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> guard(committed_mu);
+  committed_cv.wait_for(guard, timeout, [&] { return committed > after || committed_closed; });
+  return committed;
 }
 
 const std::string& Ledger::data_dir() const { return impl_->options.data_dir; }
 
 log::FileSystem& Ledger::file_system() const { return *impl_->fs; }
+
+PointInTimeSource Ledger::Impl::point_in_time_source(AsOf at) {
+  PointInTimeSource source;
+  source.data_dir = options.data_dir;
+  source.fs = fs;
+  source.state_options = state_options;
+  source.snapshots = &snapshots;
+  source.history = history.get();
+  source.last_seq = wait_committed(UINT64_MAX, std::chrono::milliseconds(0));
+  // The archivist follows the committed log closely; wait for it rather
+  // than replay, unless it is far behind.
+  if (archivist != nullptr && history != nullptr && !history_covers(source, at)) {
+    const std::uint64_t target = at.kind == AsOf::Kind::seq ? std::min(at.seq, source.last_seq)
+                                                            : source.last_seq;
+    archivist->wait_history(target, kHistoryWaitMax);
+  }
+  return source;
+}
+
+Result<Balance> Ledger::balance(std::string_view subject, std::string_view item, AsOf at) {
+  if (subject.empty() || item.empty() || subject.size() > kIdBytesMax || item.size() > kIdBytesMax) {
+    return Status(ErrorCode::invalid, "subject and item must be 1..255 bytes");
+  }
+  return balance_at(impl_->point_in_time_source(at), subject, item, at);
+}
+
+Result<std::vector<ItemBalance>> Ledger::list(std::string_view subject, AsOf at) {
+  if (subject.empty() || subject.size() > kIdBytesMax) {
+    return Status(ErrorCode::invalid, "subject must be 1..255 bytes");
+  }
+  return list_at(impl_->point_in_time_source(at), subject, at);
+}
+
+Status Ledger::for_each_balance(AsOf at, const std::function<void(std::string_view subject, std::string_view item, Balance balance)>& visit) {
+  return for_each_at(impl_->point_in_time_source(at), at, visit);
+}
+
+Result<std::uint64_t> Ledger::snapshot_now() {
+  if (impl_->archivist == nullptr || !snapshots_enabled(archivist_options(impl_->options))) {
+    return Status(ErrorCode::invalid, "snapshots are off for this ledger");
+  }
+  return impl_->archivist->snapshot_now(std::chrono::minutes(10));
+}
 
 Status Ledger::Impl::run_read(ReadFn read, bool expire) {
   Impl& impl = *this;

@@ -46,6 +46,18 @@ struct LedgerOptions {
   std::uint64_t segment_size_bytes = log::kSegmentSizeBytesDefault;
   // Commands waiting for the writer; submit() waits for room beyond it.
   std::size_t queue_depth_max = 1u << 16;
+  // Snapshots (docs/snapshots.md): a follower thread applies the committed
+  // log to its own copy of the state and writes it to DATA/snapshots every
+  // snapshot_every_events events or snapshot_every_seconds seconds (0 turns
+  // a trigger off; both 0: no snapshots, and no second copy of the state in
+  // memory), keeping the newest snapshot_retain. Opening starts from the
+  // newest valid snapshot and replays only the log after it.
+  std::uint64_t snapshot_every_events = 1'000'000;
+  std::int64_t snapshot_every_seconds = 3600;
+  std::size_t snapshot_retain = 2;
+  // The history projection in DATA/history, for point-in-time reads; kept
+  // by the same follower. Off: point-in-time reads replay from a snapshot.
+  bool history = true;
   // Borrowed; must outlive the Ledger. nullptr: the system clock / POSIX files.
   Clock* clock = nullptr;
   log::FileSystem* fs = nullptr;
@@ -53,7 +65,8 @@ struct LedgerOptions {
 
 struct LedgerStats {
   std::uint64_t next_seq = 0;
-  std::uint64_t events_replayed = 0;   // at open
+  std::uint64_t events_replayed = 0;   // at open, after the snapshot
+  std::uint64_t snapshot_seq = 0;      // the snapshot open started from; 0: none
   double replay_seconds = 0;
   std::uint64_t syncs = 0;
   std::uint64_t log_bytes_written = 0;
@@ -62,6 +75,11 @@ struct LedgerStats {
   std::uint64_t open_holds = 0;
   std::uint64_t keys = 0;
   std::uint64_t digest = 0;            // of the state after the last applied event
+  // The follower of docs/snapshots.md (zero when it is off).
+  std::uint64_t history_seq = 0;       // the history projection reaches here
+  std::uint64_t snapshots_written = 0; // since open
+  std::uint64_t last_snapshot_seq = 0;
+  double last_snapshot_seconds = 0;    // to write it
 };
 
 class Ledger final : public LedgerApi {
@@ -85,6 +103,19 @@ class Ledger final : public LedgerApi {
   Result<Balance> balance(std::string_view subject, std::string_view item) override;
   Result<std::vector<ItemBalance>> list(std::string_view subject) override;
   Result<HoldView> hold_info(HoldId hold) override;
+
+  // ---- point-in-time reads (engine/point_in_time.h) ----
+  // As of a committed seq or a time; invalid for a seq not committed yet.
+  // From the history projection, or a snapshot plus a replay where it lags.
+  Result<Balance> balance(std::string_view subject, std::string_view item, AsOf at);
+  Result<std::vector<ItemBalance>> list(std::string_view subject, AsOf at);
+  Status for_each_balance(AsOf at, const std::function<void(std::string_view subject,
+                                                            std::string_view item, Balance balance)>& visit);
+
+  // Takes a snapshot of the state at the committed seq now, without
+  // stopping the writer; returns its seq once it is durable. invalid when
+  // snapshots are off.
+  Result<std::uint64_t> snapshot_now();
 
   // Appends expire events for every hold due at the clock's now. The writer
   // does this by itself before each command and when idle; tests with a

@@ -1,43 +1,80 @@
-// Replay: rebuild a projection from a data directory's log, read-only.
+// Replay: rebuild a projection from a data directory, read-only.
 //
-// Used by Ledger::open and by the audit tools (export, balance, list,
-// verify). Verifies every checksum and the chain on the way (log/reader.h);
-// never modifies the directory, so it may run beside a live writer, in which
-// case it sees a prefix of the log.
+// Used by Ledger::open, by point-in-time queries and by the audit tools
+// (export, balance, list, verify). Starts from the newest snapshot that
+// verifies and whose chain checksum matches the log at its seq, or from an
+// empty state when there is none (docs/snapshots.md, "Recovery"), then
+// applies the log after it, verifying every checksum and the chain on the
+// way (log/reader.h). Never modifies the directory, so it may run beside a
+// live writer, in which case it sees a prefix of the log.
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "log/event.h"
 #include "log/file.h"
 #include "log/reader.h"
 #include "log/status.h"
 #include "projections/state.h"
+#include "snapshots/store.h"
 
 namespace tally {
+
+// A snapshot store shared by the threads of one process: LMDB allows one
+// open environment per process, so every user of a data directory's
+// snapshots in a process goes through one of these.
+struct SharedSnapshots {
+  std::mutex mu;
+  std::unique_ptr<snap::SnapshotStore> store;  // guarded by mu
+};
 
 struct ReplayOptions {
   std::string data_dir;
   log::FileSystem* fs = nullptr;  // borrowed; nullptr: POSIX
-  // Stop after applying the event with this seq.
+  proj::StateOptions state_options;
+  // Stop after the event with this seq, and before the first event stamped
+  // after to_time_ns.
   std::uint64_t to_seq = UINT64_MAX;
-  // Called for each event before it is applied.
+  std::int64_t to_time_ns = INT64_MAX;
+  // Start from a snapshot when one verifies. false: replay the whole log.
+  bool use_snapshots = true;
+  // The snapshot started from has at most this seq (verify --from-seq).
+  std::uint64_t snapshot_seq_max = UINT64_MAX;
+  // Borrowed; nullptr: open DATA/snapshots if it exists (a process that
+  // keeps one open must pass it).
+  SharedSnapshots* snapshots = nullptr;
+  // Called for each event before it is applied, and after (a failure stops
+  // the replay with that Status).
   std::function<void(const log::Event&, const log::Record&)> visit;
+  std::function<Status(const proj::State&, const log::Record&)> applied;
 };
 
 struct ReplayReport {
-  std::uint64_t events = 0;        // applied
-  log::LogEnd end;                 // where the log ends (torn tail included)
+  std::uint64_t events = 0;         // applied from the log
+  std::uint64_t snapshot_seq = 0;   // the snapshot started from; 0: none
+  std::vector<snap::SkippedSnapshot> skipped;  // newer snapshots passed over, and why
+  bool reached_end = false;         // read to the end of the log (no bound stopped it)
+  log::LogEnd end;                  // where the log ends, when reached_end
   double seconds = 0;
 };
 
-// Applies the log of options.data_dir to `state` (which must be fresh).
-// Errors: corrupt (with segment and offset, or the seq apply refused), io_error.
-Result<ReplayReport> replay(const ReplayOptions& options, proj::State* state);
+struct Replayed {
+  std::unique_ptr<proj::State> state;
+  ReplayReport report;
+};
 
-// The log directory inside a data directory.
+// Errors: corrupt (with segment and offset, or the seq apply refused),
+// io_error.
+Result<Replayed> replay(const ReplayOptions& options);
+
+// The log, snapshot and history directories inside a data directory.
 std::string log_dir(const std::string& data_dir);
+std::string snapshot_dir(const std::string& data_dir);
+std::string history_dir(const std::string& data_dir);
 
 }  // namespace tally

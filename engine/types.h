@@ -93,6 +93,20 @@ struct Balance {
   bool operator==(const Balance&) const = default;
 };
 
+// A point in the log's history, for point-in-time reads: after the event
+// with seq `seq`, or after every event stamped at or before `time_ns`.
+// Point-in-time balances are what the log's events say as of then: a hold
+// is held until its commit, release or expire event.
+struct AsOf {
+  enum class Kind : std::uint8_t { seq, time };
+  Kind kind = Kind::seq;
+  std::uint64_t seq = 0;
+  std::int64_t time_ns = 0;
+
+  static AsOf at_seq(std::uint64_t seq) { return AsOf{Kind::seq, seq, 0}; }
+  static AsOf at_time(std::int64_t time_ns) { return AsOf{Kind::time, 0, time_ns}; }
+};
+
 struct ItemBalance {
   std::string item;
   Balance balance;

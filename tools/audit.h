@@ -19,10 +19,11 @@ namespace tally::cli {
 // mistyped directory for an empty log.
 Status require_data_dir(const std::string& data_dir);
 
-// Replays DATA's log into `state` (fresh). Errors: not_found when DATA is
-// not there; corrupt (naming segment and offset) and io_error from replay.
-Result<ReplayReport> replay_data(const std::string& data_dir, proj::State* state,
-                                 ReplayOptions options = {});
+// Rebuilds DATA's state: from its newest valid snapshot (unless
+// options.use_snapshots is false) and the log after it. Errors: not_found
+// when DATA is not there; corrupt (naming segment and offset) and io_error
+// from replay.
+Result<Replayed> replay_data(const std::string& data_dir, ReplayOptions options = {});
 
 // Appends every non-zero balance as "subject,item,available,held\n", sorted
 // bytewise by subject then item. A hold due at now_ns counts as released.

@@ -22,11 +22,10 @@ Status require_data_dir(const std::string& data_dir) {
   return Status();
 }
 
-Result<ReplayReport> replay_data(const std::string& data_dir, proj::State* state,
-                                 ReplayOptions options) {
+Result<Replayed> replay_data(const std::string& data_dir, ReplayOptions options) {
   TALLY_TRY(require_data_dir(data_dir));
   options.data_dir = data_dir;
-  return replay(options, state);
+  return replay(options);
 }
 
 void append_export(const proj::State& state, std::int64_t now_ns, std::string* out) {
@@ -37,11 +36,10 @@ void append_export(const proj::State& state, std::int64_t now_ns, std::string* o
 }
 
 Result<std::string> export_csv(const std::string& data_dir, std::int64_t now_ns) {
-  proj::State state;
-  auto report = replay_data(data_dir, &state);
-  if (!report) return report.status();
+  auto replayed = replay_data(data_dir);
+  if (!replayed) return replayed.status();
   std::string out;
-  append_export(state, now_ns, &out);
+  append_export(*replayed->state, now_ns, &out);
   return out;
 }
 
@@ -64,10 +62,9 @@ void append_balance_json(std::string* out, std::string_view subject, std::string
 
 // A fresh State with DATA's log replayed into it.
 Result<std::unique_ptr<proj::State>> load_state(std::string_view data_dir) {
-  auto state = std::make_unique<proj::State>();
-  auto report = replay_data(std::string(data_dir), state.get());
-  if (!report) return report.status();
-  return state;
+  auto replayed = replay_data(std::string(data_dir));
+  if (!replayed) return replayed.status();
+  return std::move(replayed->state);
 }
 
 int run_export(const Args& args) {
@@ -149,19 +146,20 @@ struct VerifySummary {
 // Replays with checksums and chain checked, then the state's invariants
 // and the per-item conservation of flows.
 Result<VerifySummary> verify_data(const std::string& data_dir) {
-  proj::State state;
   proj::FlowTotals flows;
   ReplayOptions options;
+  options.use_snapshots = false;
   options.visit = [&](const log::Event& event, const log::Record&) { flows.apply(event); };
-  auto report = replay_data(data_dir, &state, options);
-  if (!report) return report.status();
+  auto replayed = replay_data(data_dir, options);
+  if (!replayed) return replayed.status();
+  const proj::State& state = *replayed->state;
   TALLY_TRY(state.check_invariants());
   TALLY_TRY(flows.check(state));
   auto reader = log::LogReader::open(log::posix_file_system(), log_dir(data_dir));
   if (!reader) return reader.status();
 
   VerifySummary summary;
-  summary.report = *report;
+  summary.report = replayed->report;
   summary.segments = (*reader)->segment_first_seqs().size();
   summary.last_seq = state.last_seq();
   summary.last_time_ns = state.last_timestamp_ns();

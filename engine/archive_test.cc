@@ -1,0 +1,405 @@
+// Snapshots and point-in-time reads of a live Ledger (engine/archivist.h,
+// engine/point_in_time.h), checked against brute-force replays of the log.
+#include <doctest.h>
+
+#include <atomic>
+#include <map>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "engine/ledger.h"
+#include "engine/point_in_time.h"
+#include "engine/replay.h"
+#include "projections/state.h"
+#include "snapshots/history.h"
+#include "snapshots/store.h"
+#include "tests/testing.h"
+
+namespace tally {
+namespace {
+
+constexpr std::int64_t kSecond = 1'000'000'000;
+constexpr std::int64_t kStart = 1'700'000'000 * kSecond;
+constexpr std::int64_t kEventsOnly = INT64_MIN;
+
+std::string name(std::string_view prefix, long long n) {
+  std::string out(prefix);
+  out += std::to_string(n);
+  return out;
+}
+
+struct Fixture {
+  testing::TempDir dir;
+  ManualClock clock{kStart};
+  LedgerOptions options;
+  std::unique_ptr<Ledger> ledger;
+
+  Fixture() {
+    options.data_dir = dir.sub("data");
+    options.durability = Durability::none;
+    options.clock = &clock;
+    // Snapshots on, taken when asked.
+    options.snapshot_every_events = UINT64_MAX;
+    options.snapshot_every_seconds = 0;
+    options.snapshot_retain = 100;
+  }
+
+  void open() {
+    auto opened = Ledger::open(options);
+    REQUIRE_MESSAGE(opened.ok(), opened.status().to_string());
+    ledger = std::move(*opened);
+  }
+  void close() {
+    REQUIRE(ledger->close().ok());
+    ledger.reset();
+  }
+  void ok(Result<Receipt> result) { REQUIRE_MESSAGE(result.ok(), result.status().to_string()); }
+  std::uint64_t snapshot() {
+    auto seq = ledger->snapshot_now();
+    REQUIRE_MESSAGE(seq.ok(), seq.status().to_string());
+    return *seq;
+  }
+  std::uint64_t last_seq() { return ledger->stats().next_seq - 1; }
+};
+
+// The state after `to_seq`, from the whole log, no snapshot.
+std::unique_ptr<proj::State> brute_force(const std::string& data_dir, std::uint64_t to_seq = UINT64_MAX) {
+  ReplayOptions options;
+  options.data_dir = data_dir;
+  options.use_snapshots = false;
+  options.to_seq = to_seq;
+  auto replayed = replay(options);
+  REQUIRE_MESSAGE(replayed.ok(), replayed.status().to_string());
+  return std::move(replayed->state);
+}
+
+std::vector<snap::SnapshotInfo> list_snapshots(const std::string& data_dir) {
+  auto store = snap::SnapshotStore::open(snapshot_dir(data_dir), {});
+  REQUIRE(store.ok());
+  auto infos = (*store)->list();
+  REQUIRE(infos.ok());
+  return *infos;
+}
+
+TEST_CASE("a snapshot plus the log after it replays to the state of the whole log, after every kind of event") {
+  Fixture f;
+  f.open();
+  std::vector<std::uint64_t> taken;
+  const auto step = [&](auto&& mutate) {
+    mutate();
+    taken.push_back(f.snapshot());
+    CHECK(taken.back() == f.last_seq());
+  };
+  step([&] { f.ok(f.ledger->acquire("a1", "alice", "gold", 100)); });
+  step([&] { f.ok(f.ledger->consume("c1", "alice", "gold", 10)); });
+  step([&] { f.ok(f.ledger->transfer("t1", "alice", "bob", "gold", 20)); });
+  HoldId h1 = 0;
+  step([&] {
+    auto r = f.ledger->hold("h1", "alice", "gold", 30, 10 * kSecond);
+    REQUIRE(r.ok());
+    h1 = r->hold;
+  });
+  step([&] { f.ok(f.ledger->commit("m1", h1, 12)); });
+  step([&] {
+    auto r = f.ledger->hold("h2", "bob", "gold", 5, 10 * kSecond);
+    REQUIRE(r.ok());
+    f.ok(f.ledger->release("r2", r->hold));
+  });
+  step([&] {
+    f.ok(f.ledger->hold("h3", "bob", "gold", 4, 5 * kSecond));
+    f.clock.advance_ns(6 * kSecond);
+    REQUIRE(f.ledger->expire_due().ok());
+  });
+  step([&] {
+    f.ok(f.ledger->batch("b1", {OpRequest::acquire("carol", "silver", 9),
+                                OpRequest::hold_of("carol", "silver", 3, 60 * kSecond),
+                                OpRequest::transfer("alice", "carol", "gold", 1)}));
+  });
+  step([&] { f.ok(f.ledger->consume("c2", "alice", "gold", 1'000'000)); });  // rejected: insufficient
+  step([&] { f.ok(f.ledger->commit("m9", 987654321)); });                    // rejected: hold_unknown
+  // Events after the last snapshot: the tail.
+  f.ok(f.ledger->acquire("a2", "dave", "gold", 7));
+  f.ok(f.ledger->hold("h4", "dave", "gold", 7, 100 * kSecond));
+  const std::uint64_t digest = f.ledger->stats().digest;
+  f.close();
+
+  CHECK(brute_force(f.options.data_dir)->digest() == digest);
+  const std::vector<snap::SnapshotInfo> infos = list_snapshots(f.options.data_dir);
+  REQUIRE(infos.size() == taken.size());
+  for (std::size_t index = 0; index < infos.size(); index++) {
+    CAPTURE(index);
+    CHECK(infos[index].seq == taken[index]);
+    CHECK(infos[index].digest == brute_force(f.options.data_dir, taken[index])->digest());
+    // From exactly this snapshot, then the log after it.
+    ReplayOptions options;
+    options.data_dir = f.options.data_dir;
+    options.snapshot_seq_max = taken[index];
+    auto replayed = replay(options);
+    REQUIRE(replayed.ok());
+    CHECK(replayed->report.snapshot_seq == taken[index]);
+    CHECK(replayed->state->digest() == digest);
+  }
+
+  // Reopening starts from the newest snapshot and replays only the tail.
+  f.open();
+  CHECK(f.ledger->stats().snapshot_seq == taken.back());
+  CHECK(f.ledger->stats().events_replayed == 2);
+  CHECK(f.ledger->stats().digest == digest);
+}
+
+TEST_CASE("a snapshot the log does not continue is skipped; the older one is used") {
+  Fixture f;
+  f.open();
+  f.ok(f.ledger->acquire("a1", "alice", "gold", 100));
+  const std::uint64_t older = f.snapshot();
+  f.ok(f.ledger->transfer("t1", "alice", "bob", "gold", 20));
+  f.ok(f.ledger->acquire("a2", "alice", "gold", 1));
+  const std::uint64_t digest = f.ledger->stats().digest;
+  f.close();
+  {
+    // A valid snapshot of this very state, but with a chain checksum the
+    // log does not have: as if taken of another log, or of events lost.
+    auto state = brute_force(f.options.data_dir);
+    auto store = snap::SnapshotStore::open(snapshot_dir(f.options.data_dir), {});
+    REQUIRE(store.ok());
+    snap::LogPosition position{state->last_seq(), 0x1234, state->last_timestamp_ns()};
+    REQUIRE((*store)->write(*state, position).ok());
+  }
+  f.open();
+  CHECK(f.ledger->stats().snapshot_seq == older);
+  CHECK(f.ledger->stats().digest == digest);
+}
+
+TEST_CASE("snapshots taken while writes continue are each the state at their seq") {
+  Fixture f;
+  f.options.snapshot_every_events = 300;  // and on demand below
+  f.open();
+  std::atomic<bool> done{false};
+  std::thread writer([&] {
+    for (int n = 0; n < 4000; n++) {
+      const std::string subject = name("s", n % 17);
+      REQUIRE(f.ledger->acquire(name("a", n), subject, "gold", 5).ok());
+      REQUIRE(f.ledger->transfer(name("t", n), subject, name("s", (n + 3) % 17), "gold", 2).ok());
+    }
+    done = true;
+  });
+  std::vector<std::uint64_t> asked;
+  while (!done) asked.push_back(f.snapshot());
+  writer.join();
+  const std::uint64_t last = f.last_seq();
+  f.close();
+  const std::vector<snap::SnapshotInfo> infos = list_snapshots(f.options.data_dir);
+  CHECK(!asked.empty());
+  for (const snap::SnapshotInfo& info : infos) {
+    CAPTURE(info.seq);
+    CHECK(info.seq <= last);
+    CHECK(info.digest == brute_force(f.options.data_dir, info.seq)->digest());
+  }
+}
+
+std::string other_subject(const std::string& subject, std::uint32_t pick) {
+  std::string other = name("s", pick % 6);
+  return other == subject ? subject + "x" : other;
+}
+
+// A random workload over a few pairs, with holds, commits, releases,
+// expiries and batches, and a clock that moves in steps (so several events
+// share a timestamp).
+std::uint64_t run_random_workload(Fixture& f, int ops, std::uint32_t seed) {
+  std::mt19937 random(seed);
+  std::vector<HoldId> holds;
+  for (int n = 0; n < ops; n++) {
+    const std::string subject = name("s", random() % 6);
+    const std::string item = name("i", random() % 3);
+    const std::string key = name("k", n);
+    if (random() % 4 == 0) f.clock.advance_ns(static_cast<std::int64_t>(random() % 3) * kSecond);
+    switch (random() % 7) {
+      case 0:
+      case 1: f.ok(f.ledger->acquire(key, subject, item, 1 + random() % 50)); break;
+      case 2: f.ok(f.ledger->consume(key, subject, item, 1 + random() % 30)); break;
+      case 3: f.ok(f.ledger->transfer(key, subject, other_subject(subject, random()), item, 1 + random() % 30)); break;
+      case 4: {
+        auto r = f.ledger->hold(key, subject, item, 1 + random() % 20, (1 + random() % 5) * kSecond);
+        REQUIRE(r.ok());
+        if (r->outcome == Outcome::ok) holds.push_back(r->hold);
+        break;
+      }
+      case 5:
+        if (!holds.empty()) {
+          const HoldId hold = holds[random() % holds.size()];
+          if (random() % 2 == 0) {
+            f.ok(f.ledger->commit(key, hold, random() % 3 == 0 ? std::optional<std::int64_t>(1) : std::nullopt));
+          } else {
+            f.ok(f.ledger->release(key, hold));
+          }
+        }
+        break;
+      default:
+        f.ok(f.ledger->batch(key, {OpRequest::acquire(subject, item, 3),
+                                   OpRequest::transfer(subject, other_subject(subject, random()), item, 2)}));
+    }
+  }
+  REQUIRE(f.ledger->expire_due().ok());
+  return f.last_seq();
+}
+
+Balance raw_balance(const proj::State& state, std::string_view subject, std::string_view item) {
+  const proj::Balance b = state.balance(subject, item, kEventsOnly);
+  return Balance{b.available, b.held};
+}
+
+TEST_CASE("point-in-time reads equal a brute-force replay, through the history and through a replay") {
+  Fixture f;
+  f.open();
+  const std::uint64_t last = run_random_workload(f, 600, 7);
+  f.snapshot();
+  run_random_workload(f, 0, 8);
+  std::mt19937 random(11);
+  // Through the live ledger (history, or a replay where it lags).
+  for (int sample = 0; sample < 60; sample++) {
+    const std::uint64_t seq = random() % (last + 1);
+    const std::string subject = name("s", random() % 6);
+    const std::string item = name("i", random() % 3);
+    CAPTURE(seq);
+    auto state = brute_force(f.options.data_dir, seq);
+    auto balance = f.ledger->balance(subject, item, AsOf::at_seq(seq));
+    REQUIRE_MESSAGE(balance.ok(), balance.status().to_string());
+    CHECK(*balance == raw_balance(*state, subject, item));
+  }
+  CHECK(f.ledger->balance("s1", "i1", AsOf::at_seq(last + 1000)).code() == ErrorCode::invalid);
+  f.close();
+
+  // The same samples through each path on its own.
+  auto history = snap::HistoryStore::open(history_dir(f.options.data_dir), {.read_only = true});
+  REQUIRE(history.ok());
+  PointInTimeSource indexed;
+  indexed.data_dir = f.options.data_dir;
+  indexed.history = history->get();
+  indexed.last_seq = last;
+  PointInTimeSource replayed = indexed;
+  replayed.history = nullptr;
+  for (int sample = 0; sample < 80; sample++) {
+    const std::uint64_t seq = random() % (last + 1);
+    const std::string subject = name("s", random() % 6);
+    const std::string item = name("i", random() % 3);
+    CAPTURE(seq);
+    auto state = brute_force(f.options.data_dir, seq);
+    PointInTimeRead read;
+    auto from_index = balance_at(indexed, subject, item, AsOf::at_seq(seq), &read);
+    REQUIRE(from_index.ok());
+    CHECK(read.path == PointInTimePath::history);
+    auto from_replay = balance_at(replayed, subject, item, AsOf::at_seq(seq), &read);
+    REQUIRE(from_replay.ok());
+    CHECK(read.path == PointInTimePath::replay);
+    CHECK(*from_index == raw_balance(*state, subject, item));
+    CHECK(*from_replay == raw_balance(*state, subject, item));
+
+    auto list_index = list_at(indexed, subject, AsOf::at_seq(seq));
+    auto list_replay = list_at(replayed, subject, AsOf::at_seq(seq));
+    REQUIRE(list_index.ok());
+    REQUIRE(list_replay.ok());
+    std::vector<std::pair<std::string, Balance>> expected;
+    state->list(subject, kEventsOnly, [&](std::string_view item_name, proj::Balance b) {
+      expected.emplace_back(std::string(item_name), Balance{b.available, b.held});
+    });
+    REQUIRE(list_index->size() == expected.size());
+    REQUIRE(list_replay->size() == expected.size());
+    for (std::size_t index = 0; index < expected.size(); index++) {
+      CHECK((*list_index)[index].item == expected[index].first);
+      CHECK((*list_index)[index].balance == expected[index].second);
+      CHECK((*list_replay)[index].item == expected[index].first);
+      CHECK((*list_replay)[index].balance == expected[index].second);
+    }
+  }
+  // The whole ledger as of a seq (a trial balance), both ways.
+  for (std::uint64_t seq : {std::uint64_t{0}, last / 3, last}) {
+    std::string want;
+    brute_force(f.options.data_dir, seq)
+        ->for_each_balance(kEventsOnly, [&](std::string_view s, std::string_view i, proj::Balance b) {
+          want += std::string(s) + "," + std::string(i) + "," + std::to_string(b.available) + "," +
+                  std::to_string(b.held) + "\n";
+        });
+    for (const PointInTimeSource* source : {&indexed, &replayed}) {
+      std::string got;
+      REQUIRE(for_each_at(*source, AsOf::at_seq(seq), [&](std::string_view s, std::string_view i, Balance b) {
+                got += std::string(s) + "," + std::string(i) + "," + std::to_string(b.available) + "," +
+                       std::to_string(b.held) + "\n";
+              }).ok());
+      CHECK(got == want);
+    }
+  }
+}
+
+TEST_CASE("as of time T includes every event stamped T, and none after") {
+  Fixture f;
+  f.open();
+  f.clock.set_ns(kStart + 10 * kSecond);
+  f.ok(f.ledger->acquire("a1", "alice", "gold", 1));
+  f.ok(f.ledger->acquire("a2", "alice", "gold", 2));  // same timestamp
+  f.clock.set_ns(kStart + 20 * kSecond);
+  f.ok(f.ledger->acquire("a3", "alice", "gold", 4));
+  f.clock.set_ns(kStart + 30 * kSecond);
+  f.ok(f.ledger->acquire("a4", "alice", "gold", 8));
+  const std::uint64_t last = f.last_seq();
+  const struct {
+    std::int64_t t;
+    std::int64_t available;
+  } cases[] = {{kStart, 0},
+               {kStart + 10 * kSecond - 1, 0},
+               {kStart + 10 * kSecond, 3},
+               {kStart + 20 * kSecond - 1, 3},
+               {kStart + 20 * kSecond, 7},
+               {kStart + 30 * kSecond, 15},
+               {kStart + 1000 * kSecond, 15}};
+  for (const auto& c : cases) {
+    CAPTURE(c.t);
+    auto balance = f.ledger->balance("alice", "gold", AsOf::at_time(c.t));
+    REQUIRE(balance.ok());
+    CHECK(balance->available == c.available);
+  }
+  f.close();
+  auto history = snap::HistoryStore::open(history_dir(f.options.data_dir), {.read_only = true});
+  REQUIRE(history.ok());
+  PointInTimeSource indexed;
+  indexed.data_dir = f.options.data_dir;
+  indexed.history = history->get();
+  indexed.last_seq = last;
+  PointInTimeSource replayed = indexed;
+  replayed.history = nullptr;
+  for (const auto& c : cases) {
+    CAPTURE(c.t);
+    for (const PointInTimeSource* source : {&indexed, &replayed}) {
+      auto balance = balance_at(*source, "alice", "gold", AsOf::at_time(c.t));
+      REQUIRE(balance.ok());
+      CHECK(balance->available == c.available);
+    }
+  }
+}
+
+TEST_CASE("a history projection the log does not continue is rebuilt") {
+  Fixture f;
+  f.open();
+  f.ok(f.ledger->acquire("a1", "alice", "gold", 5));
+  f.ok(f.ledger->acquire("a2", "alice", "gold", 6));
+  f.close();
+  // Another ledger's history in this directory.
+  Fixture other;
+  other.open();
+  other.ok(other.ledger->acquire("x1", "zed", "gold", 1));
+  other.ok(other.ledger->acquire("x2", "zed", "gold", 1));
+  other.ok(other.ledger->acquire("x3", "zed", "gold", 1));
+  other.close();
+  std::filesystem::remove_all(history_dir(f.options.data_dir));
+  std::filesystem::copy(history_dir(other.options.data_dir), history_dir(f.options.data_dir));
+  f.open();
+  auto balance = f.ledger->balance("alice", "gold", AsOf::at_seq(2));
+  REQUIRE(balance.ok());
+  CHECK(balance->available == 11);
+  auto zed = f.ledger->balance("zed", "gold", AsOf::at_seq(2));
+  REQUIRE(zed.ok());
+  CHECK(zed->available == 0);
+}
+
+}  // namespace
+}  // namespace tally

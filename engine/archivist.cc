@@ -1,0 +1,312 @@
+#include "engine/archivist.h"
+
+#include <pthread.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <cstdio>
+#include <mutex>
+#include <thread>
+
+#include "log/event.h"
+#include "log/tail.h"
+
+namespace tally {
+
+namespace {
+
+// Records read between checks for a flush, a snapshot or stop.
+constexpr std::size_t kRoundRecordsMax = 16384;
+// How long the thread waits for new records before looking at requests.
+constexpr std::chrono::milliseconds kPollInterval{50};
+// Below the writer and I/O threads: under full load the archivist lags.
+constexpr int kNice = 10;
+
+}  // namespace
+
+bool snapshots_enabled(const ArchivistOptions& options) {
+  return options.snapshot_every_events > 0 || options.snapshot_every_seconds > 0;
+}
+
+struct Archivist::Impl {
+  Impl(ArchivistContext context_in, ArchivistOptions options_in)
+      : context(std::move(context_in)),
+        options(options_in),
+        fs(context.fs != nullptr ? context.fs : &log::posix_file_system()) {}
+
+  void main();
+  Status run();
+  Status prepare();
+  Status check_history();
+  Status read_round(std::uint64_t committed);
+  Status flush_history();
+  Status write_snapshot();
+  void finish_snapshot_request(std::uint64_t seq, Status status);
+
+  const ArchivistContext context;
+  const ArchivistOptions options;
+  log::FileSystem* const fs;
+
+  // Guarded by mu.
+  std::mutex mu;
+  std::condition_variable cv;  // history flushed, snapshot written, stopped
+  bool stopping = false;
+  bool stopped = false;
+  std::uint64_t snapshot_requests = 0;   // tickets handed out
+  std::uint64_t snapshot_answered = 0;   // tickets answered
+  Result<std::uint64_t> snapshot_answer{std::uint64_t{0}};
+  ArchivistStats stats;
+
+  // Owned by the thread.
+  std::unique_ptr<proj::State> state;  // nullptr when snapshots are off
+  std::unique_ptr<log::LogTail> tail;
+  log::EventDecoder decoder;
+  std::uint64_t history_seq = 0;
+  std::uint64_t read_seq = 0;       // the last record read
+  std::uint64_t read_checksum = 0;  // its checksum: the chain value after it
+  std::uint64_t events_since_snapshot = 0;
+  std::chrono::steady_clock::time_point last_snapshot = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point last_flush = std::chrono::steady_clock::now();
+  bool history_dirty = false;
+
+  std::thread thread;
+  std::mutex stop_mu;
+};
+
+// A history projection that the log does not continue is rebuilt.
+Status Archivist::Impl::check_history() {
+  auto position = context.history->position();
+  if (!position) return position.status();
+  history_seq = position->seq;
+  if (history_seq == 0) return Status();
+  const std::uint64_t committed = context.wait_committed(UINT64_MAX, std::chrono::milliseconds(0));
+  bool matches = false;
+  if (history_seq <= committed) {
+    auto at = log::LogTail::open(*fs, log_dir(context.data_dir), history_seq);
+    log::Record record;
+    if (at) {
+      auto found = (*at)->next(&record, history_seq);
+      matches = found.ok() && *found && record.checksum == position->chain_checksum;
+    }
+  }
+  if (matches) return Status();
+  std::fprintf(stderr, "tally: the history projection does not match the log at seq %llu; rebuilding it\n",
+               static_cast<unsigned long long>(history_seq));
+  TALLY_TRY(context.history->clear());
+  history_seq = 0;
+  return Status();
+}
+
+Status Archivist::Impl::prepare() {
+  if (options.history) TALLY_TRY(check_history());
+  std::uint64_t start = options.history ? history_seq : UINT64_MAX;
+  if (snapshots_enabled(options)) {
+    ReplayOptions replay_options;
+    replay_options.data_dir = context.data_dir;
+    replay_options.fs = fs;
+    replay_options.state_options = context.state_options;
+    replay_options.snapshots = context.snapshots;
+    replay_options.to_seq = context.wait_committed(UINT64_MAX, std::chrono::milliseconds(0));
+    auto replayed = replay(replay_options);
+    if (!replayed) return replayed.status();
+    state = std::move(replayed->state);
+    start = std::min(start, state->last_seq());
+  }
+  auto opened = log::LogTail::open(*fs, log_dir(context.data_dir), start + 1);
+  if (!opened) return opened.status();
+  tail = std::move(*opened);
+  read_seq = start;
+  read_checksum = tail->position().prev_checksum;
+  std::lock_guard<std::mutex> guard(mu);
+  stats.history_seq = history_seq;
+  stats.state_seq = state != nullptr ? state->last_seq() : 0;
+  return Status();
+}
+
+Status Archivist::Impl::read_round(std::uint64_t committed) {
+  log::Record record;
+  log::Event event;
+  for (std::size_t count = 0; count < kRoundRecordsMax; count++) {
+    auto more = tail->next(&record, committed);
+    if (!more) return more.status();
+    if (!*more) break;
+    Status decoded = decoder.decode(record.payload, &event);
+    if (!decoded.ok()) return log::corrupt_at(record.segment_first_seq, record.offset, decoded.message());
+    if (options.history && record.seq > history_seq) {
+      Status appended = context.history->append(event, record.checksum);
+      if (appended.code() == ErrorCode::busy) {  // its buffer is full
+        TALLY_TRY(flush_history());
+        appended = context.history->append(event, record.checksum);
+      }
+      TALLY_TRY(appended);
+      history_seq = record.seq;
+      history_dirty = true;
+    }
+    if (state != nullptr && record.seq > state->last_seq()) {
+      TALLY_TRY(state->apply(event));
+      events_since_snapshot++;
+    }
+    read_seq = record.seq;
+    read_checksum = record.checksum;
+  }
+  return Status();
+}
+
+Status Archivist::Impl::flush_history() {
+  if (!history_dirty) return Status();
+  TALLY_TRY(context.history->flush());
+  history_dirty = false;
+  last_flush = std::chrono::steady_clock::now();
+  std::lock_guard<std::mutex> guard(mu);
+  stats.history_seq = history_seq;
+  cv.notify_all();
+  return Status();
+}
+
+Status Archivist::Impl::write_snapshot() {
+  const auto started = std::chrono::steady_clock::now();
+  TALLY_ASSERT(state->last_seq() == read_seq);
+  snap::LogPosition position{read_seq, read_checksum, state->last_timestamp_ns()};
+  {
+    std::lock_guard<std::mutex> guard(context.snapshots->mu);
+    auto written = context.snapshots->store->write(*state, position);
+    if (!written) return written.status();
+    auto pruned = context.snapshots->store->prune(options.snapshot_retain);
+    if (!pruned) return pruned.status();
+  }
+  events_since_snapshot = 0;
+  last_snapshot = std::chrono::steady_clock::now();
+  std::lock_guard<std::mutex> guard(mu);
+  stats.snapshots_written++;
+  stats.last_snapshot_seq = read_seq;
+  stats.last_snapshot_seconds = std::chrono::duration<double>(last_snapshot - started).count();
+  return Status();
+}
+
+void Archivist::Impl::finish_snapshot_request(std::uint64_t seq, Status status) {
+  std::lock_guard<std::mutex> guard(mu);
+  if (status.ok()) {
+    snapshot_answer = seq;
+  } else {
+    snapshot_answer = std::move(status);
+  }
+  snapshot_answered = snapshot_requests;
+  cv.notify_all();
+}
+
+Status Archivist::Impl::run() {
+  TALLY_TRY(prepare());
+  for (;;) {
+    std::uint64_t requests = 0;
+    {
+      std::lock_guard<std::mutex> guard(mu);
+      if (stopping) break;
+      requests = snapshot_requests;
+    }
+    const std::uint64_t committed = context.wait_committed(read_seq, kPollInterval);
+    // A request is answered with a snapshot at the seq committed when it
+    // was read here, or later.
+    const bool requested = requests > snapshot_answered && state != nullptr;
+    TALLY_TRY(read_round(committed));
+    if (state != nullptr) {
+      std::lock_guard<std::mutex> guard(mu);
+      stats.state_seq = state->last_seq();
+    }
+    const bool caught_up = read_seq >= committed;
+    const auto now = std::chrono::steady_clock::now();
+    if (caught_up || now - last_flush >= options.flush_interval) TALLY_TRY(flush_history());
+    if (state == nullptr) {
+      if (requests > snapshot_answered) {
+        finish_snapshot_request(0, Status(ErrorCode::invalid, "snapshots are off"));
+      }
+      continue;
+    }
+    const bool count_due = options.snapshot_every_events > 0 &&
+                           events_since_snapshot >= options.snapshot_every_events;
+    const bool time_due = options.snapshot_every_seconds > 0 && events_since_snapshot > 0 &&
+                          now - last_snapshot >= std::chrono::seconds(options.snapshot_every_seconds);
+    if (count_due || time_due || (requested && caught_up)) {
+      TALLY_TRY(write_snapshot());
+      if (requested && caught_up) finish_snapshot_request(read_seq, Status());
+    }
+  }
+  return flush_history();
+}
+
+void Archivist::Impl::main() {
+  pthread_setname_np(pthread_self(), "tally-archive");
+  // Best effort: a failure only means the archivist competes evenly.
+  (void)setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), kNice);
+  Status status = run();
+  if (!status.ok()) {
+    std::fprintf(stderr, "tally: snapshots and history stopped: %s\n", status.to_string().c_str());
+  }
+  std::lock_guard<std::mutex> guard(mu);
+  stats.failure = status;
+  stopped = true;
+  if (snapshot_requests > snapshot_answered) {
+    snapshot_answer = status.ok() ? Status(ErrorCode::closed, "the ledger is closing") : status;
+    snapshot_answered = snapshot_requests;
+  }
+  cv.notify_all();
+}
+
+Archivist::Archivist(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Archivist::~Archivist() { stop(); }
+
+Result<std::unique_ptr<Archivist>> Archivist::start(ArchivistContext context, ArchivistOptions options) {
+  if (options.history && context.history == nullptr) {
+    return Status(ErrorCode::invalid, "history is on but there is no history store");
+  }
+  if (snapshots_enabled(options) && (context.snapshots == nullptr || context.snapshots->store == nullptr)) {
+    return Status(ErrorCode::invalid, "snapshots are on but there is no snapshot store");
+  }
+  if (options.snapshot_retain == 0) return Status(ErrorCode::invalid, "snapshot_retain is 0");
+  auto impl = std::make_unique<Impl>(std::move(context), options);
+  Impl* raw = impl.get();
+  raw->thread = std::thread([raw] { raw->main(); });
+  return std::unique_ptr<Archivist>(new Archivist(std::move(impl)));
+}
+
+Result<std::uint64_t> Archivist::snapshot_now(std::chrono::milliseconds timeout) {
+  Impl& impl = *impl_;
+  if (!snapshots_enabled(impl.options)) return Status(ErrorCode::invalid, "snapshots are off");
+  std::unique_lock<std::mutex> guard(impl.mu);
+  if (impl.stopped) {
+    return impl.stats.failure.ok() ? Status(ErrorCode::closed, "the archivist has stopped")
+                                   : impl.stats.failure;
+  }
+  const std::uint64_t ticket = ++impl.snapshot_requests;
+  if (!impl.cv.wait_for(guard, timeout, [&] { return impl.snapshot_answered >= ticket; })) {
+    return Status(ErrorCode::busy, "the snapshot did not finish in time; it is still being taken");
+  }
+  return impl.snapshot_answer;
+}
+
+bool Archivist::wait_history(std::uint64_t seq, std::chrono::milliseconds timeout) {
+  Impl& impl = *impl_;
+  std::unique_lock<std::mutex> guard(impl.mu);
+  return impl.cv.wait_for(guard, timeout,
+                          [&] { return impl.stats.history_seq >= seq || impl.stopped; }) &&
+         impl.stats.history_seq >= seq;
+}
+
+ArchivistStats Archivist::stats() {
+  std::lock_guard<std::mutex> guard(impl_->mu);
+  return impl_->stats;
+}
+
+void Archivist::stop() {
+  Impl& impl = *impl_;
+  std::lock_guard<std::mutex> stop_guard(impl.stop_mu);
+  {
+    std::lock_guard<std::mutex> guard(impl.mu);
+    impl.stopping = true;
+  }
+  if (impl.thread.joinable()) impl.thread.join();
+}
+
+}  // namespace tally

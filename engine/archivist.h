@@ -1,0 +1,96 @@
+// Archivist: keeps the snapshots and the history projection of a live
+// ledger, off the write path.
+//
+// A follower thread reads the committed log with a LogTail (log/tail.h) as
+// the writer appends it — the only handoff from the writer is its committed
+// seq, so the writer never waits for it — and
+//   - appends every event to the history projection (snapshots/history.h),
+//     flushing at least every flush_interval;
+//   - applies every event to its own copy of the state and writes that copy
+//     as a snapshot every snapshot_every_events events or
+//     snapshot_every_seconds seconds, or when asked (snapshot_now), then
+//     prunes to snapshot_retain.
+// The copy costs the state's memory a second time; the alternatives (a
+// copy-on-write fork, stopping the writer to serialise its state) stall
+// the writer instead. docs/snapshots.md gives the measurements.
+//
+// The thread runs at a lower CPU priority than the writer: under full load
+// it lags and catches up later, which point-in-time reads account for
+// (engine/point_in_time.h falls back to a replay where the index lags).
+//
+// Thread safety: every method may be called from any thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "engine/replay.h"
+#include "log/file.h"
+#include "log/status.h"
+#include "projections/state.h"
+#include "snapshots/history.h"
+
+namespace tally {
+
+struct ArchivistOptions {
+  std::uint64_t snapshot_every_events = 1'000'000;  // 0: no count trigger
+  std::int64_t snapshot_every_seconds = 3600;       // 0: no time trigger
+  std::size_t snapshot_retain = 2;
+  bool history = true;
+  std::chrono::milliseconds flush_interval{100};
+};
+
+// What the archivist works on; every pointer is borrowed and must outlive it.
+struct ArchivistContext {
+  std::string data_dir;
+  log::FileSystem* fs = nullptr;
+  proj::StateOptions state_options;
+  SharedSnapshots* snapshots = nullptr;   // required when snapshots are on
+  snap::HistoryStore* history = nullptr;  // required when history is on
+  // Waits until the committed seq exceeds `after` or the timeout passes;
+  // returns the committed seq.
+  std::function<std::uint64_t(std::uint64_t after, std::chrono::milliseconds timeout)> wait_committed;
+};
+
+struct ArchivistStats {
+  std::uint64_t history_seq = 0;   // indexed up to here
+  std::uint64_t state_seq = 0;     // the follower's copy is here (0 when snapshots are off)
+  std::uint64_t snapshots_written = 0;
+  std::uint64_t last_snapshot_seq = 0;
+  double last_snapshot_seconds = 0;  // time to write it
+  Status failure;                  // why the archivist stopped, if it did
+};
+
+class Archivist {
+ public:
+  // Starts the thread. The history projection is checked against the log
+  // first: one that is ahead of the log, or whose chain checksum differs
+  // from the log's at its seq (another log, or events a crash lost), is
+  // cleared and rebuilt.
+  static Result<std::unique_ptr<Archivist>> start(ArchivistContext context, ArchivistOptions options);
+  ~Archivist();  // stop()
+  Archivist(const Archivist&) = delete;
+  Archivist& operator=(const Archivist&) = delete;
+
+  // Writes a snapshot of the state at the committed seq as it is when
+  // called; returns its seq. invalid when snapshots are off.
+  Result<std::uint64_t> snapshot_now(std::chrono::milliseconds timeout);
+  // Waits until the history projection reaches `seq` or the timeout
+  // passes; true when it did.
+  bool wait_history(std::uint64_t seq, std::chrono::milliseconds timeout);
+  ArchivistStats stats();
+  // Flushes the history, stops the thread. Idempotent.
+  void stop();
+
+ private:
+  struct Impl;
+  explicit Archivist(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+bool snapshots_enabled(const ArchivistOptions& options);
+
+}  // namespace tally

@@ -1,0 +1,139 @@
+#include "engine/point_in_time.h"
+
+#include <memory>
+
+#include "log/reader.h"
+
+namespace tally {
+
+namespace {
+
+// Balances as the events left them: no hold counts as released early.
+constexpr std::int64_t kEventsOnly = INT64_MIN;
+
+Balance to_balance(proj::Balance b) { return Balance{b.available, b.held}; }
+
+Status check_seq(const PointInTimeSource& source, AsOf at) {
+  if (at.kind == AsOf::Kind::seq && at.seq > source.last_seq) {
+    return Status(ErrorCode::invalid, "seq " + std::to_string(at.seq) +
+                                          " is past the end of the log (last seq " +
+                                          std::to_string(source.last_seq) + ")");
+  }
+  return Status();
+}
+
+// The seq the history projection resolves `at` to; history_covers(at).
+Result<std::uint64_t> index_seq(const PointInTimeSource& source, AsOf at) {
+  if (at.kind == AsOf::Kind::seq) return at.seq;
+  return source.history->seq_at_time(at.time_ns);
+}
+
+// The state as of `at`: a snapshot plus the log after it, bounded by
+// source.last_seq so that a live log is never read past its committed end.
+Result<std::unique_ptr<proj::State>> replay_to(const PointInTimeSource& source, AsOf at) {
+  ReplayOptions options;
+  options.data_dir = source.data_dir;
+  options.fs = source.fs;
+  options.state_options = source.state_options;
+  options.snapshots = source.snapshots;
+  options.to_seq = at.kind == AsOf::Kind::seq ? at.seq : source.last_seq;
+  if (at.kind == AsOf::Kind::time) options.to_time_ns = at.time_ns;
+  auto replayed = replay(options);
+  if (!replayed) return replayed.status();
+  if (at.kind == AsOf::Kind::seq && replayed->state->last_seq() < at.seq) {
+    return Status(ErrorCode::invalid, "seq " + std::to_string(at.seq) +
+                                          " is past the end of the log (last seq " +
+                                          std::to_string(replayed->state->last_seq()) + ")");
+  }
+  return std::move(replayed->state);
+}
+
+void note(PointInTimeRead* read, std::uint64_t seq, PointInTimePath path) {
+  if (read != nullptr) *read = PointInTimeRead{seq, path};
+}
+
+}  // namespace
+
+bool history_covers(const PointInTimeSource& source, AsOf at) {
+  if (source.history == nullptr) return false;
+  auto position = source.history->position();
+  if (!position) return false;
+  if (at.kind == AsOf::Kind::seq) return position->seq >= at.seq;
+  // Every event stamped <= T is indexed once the index holds a later one,
+  // or everything there is.
+  return position->time_ns > at.time_ns || position->seq >= source.last_seq;
+}
+
+Result<Balance> balance_at(const PointInTimeSource& source, std::string_view subject,
+                           std::string_view item, AsOf at, PointInTimeRead* read) {
+  TALLY_TRY(check_seq(source, at));
+  if (history_covers(source, at)) {
+    auto seq = index_seq(source, at);
+    if (!seq) return seq.status();
+    auto balance = source.history->balance_at(subject, item, *seq);
+    if (!balance) return balance.status();
+    note(read, *seq, PointInTimePath::history);
+    return to_balance(*balance);
+  }
+  auto state = replay_to(source, at);
+  if (!state) return state.status();
+  note(read, (*state)->last_seq(), PointInTimePath::replay);
+  return to_balance((*state)->balance(subject, item, kEventsOnly));
+}
+
+Result<std::vector<ItemBalance>> list_at(const PointInTimeSource& source, std::string_view subject,
+                                         AsOf at, PointInTimeRead* read) {
+  TALLY_TRY(check_seq(source, at));
+  std::vector<ItemBalance> items;
+  auto add = [&](std::string_view item, proj::Balance b) {
+    items.push_back(ItemBalance{std::string(item), to_balance(b)});
+  };
+  if (history_covers(source, at)) {
+    auto seq = index_seq(source, at);
+    if (!seq) return seq.status();
+    TALLY_TRY(source.history->list_at(subject, *seq, add));
+    note(read, *seq, PointInTimePath::history);
+    return items;
+  }
+  auto state = replay_to(source, at);
+  if (!state) return state.status();
+  (*state)->list(subject, kEventsOnly, add);
+  note(read, (*state)->last_seq(), PointInTimePath::replay);
+  return items;
+}
+
+Status for_each_at(const PointInTimeSource& source, AsOf at,
+                   const std::function<void(std::string_view subject, std::string_view item,
+                                            Balance balance)>& visit,
+                   PointInTimeRead* read) {
+  TALLY_TRY(check_seq(source, at));
+  auto each = [&](std::string_view subject, std::string_view item, proj::Balance b) {
+    visit(subject, item, to_balance(b));
+  };
+  if (history_covers(source, at)) {
+    auto seq = index_seq(source, at);
+    if (!seq) return seq.status();
+    TALLY_TRY(source.history->for_each_at(*seq, each));
+    note(read, *seq, PointInTimePath::history);
+    return Status();
+  }
+  auto state = replay_to(source, at);
+  if (!state) return state.status();
+  (*state)->for_each_balance(kEventsOnly, each);
+  note(read, (*state)->last_seq(), PointInTimePath::replay);
+  return Status();
+}
+
+Result<std::uint64_t> log_last_seq(log::FileSystem& fs, const std::string& data_dir) {
+  auto reader = log::LogReader::open(fs, log_dir(data_dir), {.from_seq = UINT64_MAX});
+  if (!reader) return reader.status();
+  log::Record record;
+  for (;;) {
+    auto more = (*reader)->next(&record);
+    if (!more) return more.status();
+    if (!*more) break;
+  }
+  return (*reader)->end().next_seq - 1;
+}
+
+}  // namespace tally

@@ -1,0 +1,69 @@
+// Point-in-time reads: balances as of a seq or a time (engine/types.h, AsOf).
+//
+// Answered from the history projection (snapshots/history.h) where it
+// reaches the point asked for, else from the newest snapshot at or before
+// the point plus a replay of the log after it (engine/replay.h). Both give
+// the balances the log's events give as of then, so they answer the same;
+// tests check it.
+//
+// The Ledger uses these with its own stores and its committed seq as the
+// bound; the audit tools with stores they open read-only and the log's end.
+// Thread safety: as the stores' (the history store's reads are thread-safe,
+// the snapshot store is locked through SharedSnapshots).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "engine/replay.h"
+#include "engine/types.h"
+#include "log/file.h"
+#include "log/status.h"
+#include "projections/state.h"
+#include "snapshots/history.h"
+
+namespace tally {
+
+struct PointInTimeSource {
+  std::string data_dir;
+  log::FileSystem* fs = nullptr;        // borrowed; nullptr: POSIX
+  proj::StateOptions state_options;     // the ledger's idempotency window
+  SharedSnapshots* snapshots = nullptr; // borrowed; nullptr: open DATA/snapshots if there
+  const snap::HistoryStore* history = nullptr;  // borrowed; nullptr: replay only
+  // The last seq known to be complete: the ledger's committed seq, or the
+  // log's end for a tool. A seq past it is invalid.
+  std::uint64_t last_seq = 0;
+};
+
+// Which path answered, for reports and tests.
+enum class PointInTimePath : std::uint8_t { history, replay };
+
+struct PointInTimeRead {
+  std::uint64_t seq = 0;  // the point resolved to a seq (0: before the first event)
+  PointInTimePath path = PointInTimePath::replay;
+};
+
+// Each returns invalid for a seq past source.last_seq. `read` (optional)
+// receives the seq the point resolved to and the path taken.
+Result<Balance> balance_at(const PointInTimeSource& source, std::string_view subject,
+                           std::string_view item, AsOf at, PointInTimeRead* read = nullptr);
+// Non-zero balances of a subject, items sorted bytewise.
+Result<std::vector<ItemBalance>> list_at(const PointInTimeSource& source, std::string_view subject,
+                                         AsOf at, PointInTimeRead* read = nullptr);
+// Every non-zero balance, sorted bytewise by subject then item.
+Status for_each_at(const PointInTimeSource& source, AsOf at,
+                   const std::function<void(std::string_view subject, std::string_view item,
+                                            Balance balance)>& visit,
+                   PointInTimeRead* read = nullptr);
+
+// Whether the history projection alone can answer `at`.
+bool history_covers(const PointInTimeSource& source, AsOf at);
+
+// The seq of the last record of DATA's log (0 when empty), reading only its
+// last segment.
+Result<std::uint64_t> log_last_seq(log::FileSystem& fs, const std::string& data_dir);
+
+}  // namespace tally
