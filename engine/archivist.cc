@@ -10,6 +10,7 @@
 #include <mutex>
 #include <thread>
 
+#include "engine/point_in_time.h"
 #include "log/event.h"
 #include "log/tail.h"
 
@@ -77,21 +78,13 @@ struct Archivist::Impl {
 
 // A history projection that the log does not continue is rebuilt.
 Status Archivist::Impl::check_history() {
+  const std::uint64_t committed = context.wait_committed(UINT64_MAX, std::chrono::milliseconds(0));
+  auto matches = history_continues_log(*fs, context.data_dir, *context.history, committed);
+  if (!matches) return matches.status();
   auto position = context.history->position();
   if (!position) return position.status();
   history_seq = position->seq;
-  if (history_seq == 0) return Status();
-  const std::uint64_t committed = context.wait_committed(UINT64_MAX, std::chrono::milliseconds(0));
-  bool matches = false;
-  if (history_seq <= committed) {
-    auto at = log::LogTail::open(*fs, log_dir(context.data_dir), history_seq);
-    log::Record record;
-    if (at) {
-      auto found = (*at)->next(&record, history_seq);
-      matches = found.ok() && *found && record.checksum == position->chain_checksum;
-    }
-  }
-  if (matches) return Status();
+  if (*matches) return Status();
   std::fprintf(stderr, "tally: the history projection does not match the log at seq %llu; rebuilding it\n",
                static_cast<unsigned long long>(history_seq));
   TALLY_TRY(context.history->clear());
@@ -100,7 +93,6 @@ Status Archivist::Impl::check_history() {
 }
 
 Status Archivist::Impl::prepare() {
-  if (options.history) TALLY_TRY(check_history());
   std::uint64_t start = options.history ? history_seq : UINT64_MAX;
   if (snapshots_enabled(options)) {
     ReplayOptions replay_options;
@@ -266,6 +258,8 @@ Result<std::unique_ptr<Archivist>> Archivist::start(ArchivistContext context, Ar
   }
   if (options.snapshot_retain == 0) return Status(ErrorCode::invalid, "snapshot_retain is 0");
   auto impl = std::make_unique<Impl>(std::move(context), options);
+  // Before anyone reads the history: it must be this log's.
+  if (options.history) TALLY_TRY(impl->check_history());
   Impl* raw = impl.get();
   raw->thread = std::thread([raw] { raw->main(); });
   return std::unique_ptr<Archivist>(new Archivist(std::move(impl)));

@@ -67,9 +67,9 @@ struct ArchivistStats {
 class Archivist {
  public:
   // Starts the thread. The history projection is checked against the log
-  // first: one that is ahead of the log, or whose chain checksum differs
-  // from the log's at its seq (another log, or events a crash lost), is
-  // cleared and rebuilt.
+  // first, before start returns: one that is ahead of the log, or whose
+  // chain checksum differs from the log's at its seq (another log, or
+  // events a crash lost), is cleared, and the thread rebuilds it.
   static Result<std::unique_ptr<Archivist>> start(ArchivistContext context, ArchivistOptions options);
   ~Archivist();  // stop()
   Archivist(const Archivist&) = delete;

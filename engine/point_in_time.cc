@@ -3,6 +3,7 @@
 #include <memory>
 
 #include "log/reader.h"
+#include "log/tail.h"
 
 namespace tally {
 
@@ -122,6 +123,20 @@ Status for_each_at(const PointInTimeSource& source, AsOf at,
   (*state)->for_each_balance(kEventsOnly, each);
   note(read, (*state)->last_seq(), PointInTimePath::replay);
   return Status();
+}
+
+Result<bool> history_continues_log(log::FileSystem& fs, const std::string& data_dir,
+                                   const snap::HistoryStore& history, std::uint64_t last_seq) {
+  auto position = history.position();
+  if (!position) return position.status();
+  if (position->seq == 0) return true;
+  if (position->seq > last_seq) return false;
+  auto tail = log::LogTail::open(fs, log_dir(data_dir), position->seq);
+  if (!tail) return tail.status();
+  log::Record record;
+  auto found = (*tail)->next(&record, position->seq);
+  if (!found) return found.status();
+  return *found && record.checksum == position->chain_checksum;
 }
 
 Result<std::uint64_t> log_last_seq(log::FileSystem& fs, const std::string& data_dir) {

@@ -62,6 +62,14 @@ Status for_each_at(const PointInTimeSource& source, AsOf at,
 // Whether the history projection alone can answer `at`.
 bool history_covers(const PointInTimeSource& source, AsOf at);
 
+// Whether the history projection belongs to DATA's log up to last_seq: its
+// position is at most last_seq and the log's record there carries its
+// chain checksum (an empty projection always does). A projection that
+// does not (another log's, or one of events a crash lost) must not answer;
+// rebuild it.
+Result<bool> history_continues_log(log::FileSystem& fs, const std::string& data_dir,
+                                   const snap::HistoryStore& history, std::uint64_t last_seq);
+
 // The seq of the last record of DATA's log (0 when empty), reading only its
 // last segment.
 Result<std::uint64_t> log_last_seq(log::FileSystem& fs, const std::string& data_dir);

@@ -18,6 +18,7 @@
 #include "tools/cli.h"
 #include "tools/csv.h"
 #include "tools/format.h"
+#include "tools/ledger_flags.h"
 
 namespace tally::cli {
 
@@ -286,6 +287,8 @@ struct RunOptions {
   std::string connect;
   std::int64_t connections = 1;
   std::string token;
+  // Snapshots and history of an embedded ledger (tools/ledger_flags.h).
+  LedgerOptions ledger;
 };
 
 Result<RunOptions> parse_run_options(const Args& args, std::int64_t pipeline_default) {
@@ -301,6 +304,7 @@ Result<RunOptions> parse_run_options(const Args& args, std::int64_t pipeline_def
   }
   auto pipeline = args.integer("pipeline", pipeline_default, 1, kPipelineMax);
   if (!pipeline) return pipeline.status();
+  TALLY_TRY(parse_ledger_flags(args, &options.ledger));
   options.data_dir = std::string(*data);
   options.workload_path = std::string(*workload);
   options.pipeline = static_cast<std::uint64_t>(*pipeline);
@@ -317,9 +321,11 @@ Result<RunOptions> parse_bench_options(const Args& args) {
     }
     return parse_run_options(args, kBenchPipelineDefault);
   }
-  if (args.has("data") || args.has("durability")) {
+  bool ledger_flags = args.has("data") || args.has("durability");
+  for (const FlagSpec& flag : kLedgerFlags) ledger_flags = ledger_flags || args.has(flag.name);
+  if (ledger_flags) {
     return Status(ErrorCode::invalid,
-                  "--connect drives a server, whose --data and --durability are its own");
+                  "--connect drives a server, whose --data, --durability, snapshots and history are its own");
   }
   RunOptions options;
   auto workload = args.required("workload");
@@ -405,7 +411,7 @@ Result<std::string> remote_export_csv(LedgerApi& ledger, const Workload& workloa
 }
 
 Result<std::unique_ptr<Ledger>> open_ledger(const RunOptions& options) {
-  LedgerOptions ledger_options;
+  LedgerOptions ledger_options = options.ledger;
   ledger_options.data_dir = options.data_dir;
   ledger_options.durability = options.durability;
   return Ledger::open(ledger_options);
@@ -605,16 +611,19 @@ constexpr FlagSpec kApplyFlags[] = {
     {"pipeline", "N", "commands in flight at most (default 64)"},
 };
 
+constexpr auto kApplyAllFlags = with_ledger_flags(kApplyFlags);
+
 constexpr CommandSpec kApplySpec = {
     "apply",
     "Apply a workload CSV to a ledger, printing each op's outcome as it is acknowledged.",
-    "tally apply --data DIR --workload FILE.csv [--durability sync|async|none] [--pipeline N]",
+    "tally apply --data DIR --workload FILE.csv [--durability sync|async|none] [--pipeline N]\n"
+    "                   [--snapshot-every N] [--snapshot-seconds S] [--snapshot-retain K] [--history on|off]",
     "Prints one line per op, in file order, once its outcome is durable:\n"
     "  key,outcome[,hold_id][,replay]\n"
     "outcome: ok, insufficient, overflow, hold_unknown, hold_expired,\n"
     "hold_finalized, invalid or idempotency_conflict. hold_id follows a\n"
     "successful hold; replay marks a key that was decided before.\n",
-    kApplyFlags,
+    kApplyAllFlags,
     0,
 };
 
@@ -630,11 +639,14 @@ constexpr FlagSpec kBenchFlags[] = {
     {"token-file", "FILE", "with --connect: the server's token"},
 };
 
+constexpr auto kBenchAllFlags = with_ledger_flags(kBenchFlags);
+
 constexpr CommandSpec kBenchSpec = {
     "bench",
     "Apply a workload CSV as fast as possible and report throughput and latency.",
     "tally bench --data DIR --workload FILE.csv [--expect FILE] [--durability M] [--pipeline N]\n"
-    "                   [--progress]\n"
+    "                   [--progress] [--snapshot-every N] [--snapshot-seconds S] [--snapshot-retain K]\n"
+    "                   [--history on|off]\n"
     "       tally bench --connect HOST:PORT --workload FILE.csv [--expect FILE] [--connections C]\n"
     "                   [--pipeline N] [--token-file F] [--progress]",
     "Prints one line:\n"
@@ -644,7 +656,7 @@ constexpr CommandSpec kBenchSpec = {
     "--connect and --expect, one connection carries the ops in file order, and\n"
     "the final balances are listed through the server for every subject the\n"
     "workload names.\n",
-    kBenchFlags,
+    kBenchAllFlags,
     0,
 };
 

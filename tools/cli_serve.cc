@@ -11,6 +11,7 @@
 #include "engine/ledger.h"
 #include "engine/server.h"
 #include "tools/cli.h"
+#include "tools/ledger_flags.h"
 
 namespace tally::cli {
 
@@ -26,18 +27,21 @@ constexpr FlagSpec kServeFlags[] = {
     {"token-file", "FILE", "require the token in FILE from every client"},
 };
 
+constexpr auto kServeAllFlags = with_ledger_flags(kServeFlags);
+
 constexpr CommandSpec kServeSpec = {
     "serve",
     "Serve a ledger over the binary protocol and HTTP/JSON until SIGINT or SIGTERM.",
     "tally serve --data DIR [--listen 127.0.0.1:7420] [--http 127.0.0.1:7421]\n"
-    "                   [--durability M] [--token-file F]",
+    "                   [--durability M] [--token-file F] [--snapshot-every N]\n"
+    "                   [--snapshot-seconds S] [--snapshot-retain K] [--history on|off]",
     "Prints `serving binary=HOST:PORT http=HOST:PORT` once both listeners are\n"
     "bound (port 0 picks a free port). A listen address that is not loopback\n"
     "requires --token-file; clients then present the token (HTTP: Authorization:\n"
     "Bearer TOKEN; binary: in the hello). On SIGINT or SIGTERM the server stops\n"
     "accepting, answers every request it has read, closes the log and exits 0.\n"
     "docs/http-api.md and docs/protocol.md describe the protocols.\n",
-    kServeFlags,
+    kServeAllFlags,
     0,
 };
 
@@ -70,6 +74,13 @@ int run_serve(const Args& args) {
   auto options = server_options(args);
   if (!options) return usage_error("serve", options.status().message());
 
+  LedgerOptions ledger_options;
+  ledger_options.data_dir = std::string(*data);
+  ledger_options.durability = durability;
+  if (Status tuned = parse_ledger_flags(args, &ledger_options); !tuned.ok()) {
+    return usage_error("serve", tuned.message());
+  }
+
   // Block the signals before any thread starts, so every thread inherits the
   // mask and only sigwait() below ever sees them.
   sigset_t signals;
@@ -78,9 +89,6 @@ int run_serve(const Args& args) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  LedgerOptions ledger_options;
-  ledger_options.data_dir = std::string(*data);
-  ledger_options.durability = durability;
   auto ledger = Ledger::open(ledger_options);
   if (!ledger) return failure(ledger.status());
   auto server = Server::start(ledger->get(), *options);

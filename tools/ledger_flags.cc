@@ -1,0 +1,35 @@
+#include "tools/ledger_flags.h"
+
+#include <string>
+
+namespace tally::cli {
+
+namespace {
+
+constexpr std::int64_t kSnapshotEveryMax = INT64_MAX;
+constexpr std::int64_t kSnapshotSecondsMax = 365ll * 24 * 3600;
+constexpr std::int64_t kSnapshotRetainMax = 1000;
+
+}  // namespace
+
+Status parse_ledger_flags(const Args& args, LedgerOptions* options) {
+  auto every = args.integer("snapshot-every", static_cast<std::int64_t>(options->snapshot_every_events), 0,
+                            kSnapshotEveryMax);
+  if (!every) return every.status();
+  auto seconds = args.integer("snapshot-seconds", options->snapshot_every_seconds, 0, kSnapshotSecondsMax);
+  if (!seconds) return seconds.status();
+  auto retain = args.integer("snapshot-retain", static_cast<std::int64_t>(options->snapshot_retain), 1,
+                             kSnapshotRetainMax);
+  if (!retain) return retain.status();
+  const std::string_view history = args.get("history", options->history ? "on" : "off");
+  if (history != "on" && history != "off") {
+    return Status(ErrorCode::invalid, "--history: '" + std::string(history) + "' is not on or off");
+  }
+  options->snapshot_every_events = static_cast<std::uint64_t>(*every);
+  options->snapshot_every_seconds = *seconds;
+  options->snapshot_retain = static_cast<std::size_t>(*retain);
+  options->history = history == "on";
+  return Status();
+}
+
+}  // namespace tally::cli

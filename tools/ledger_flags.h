@@ -1,0 +1,34 @@
+// Flags that tune how a command opens its ledger: snapshots and the history
+// projection (docs/snapshots.md). serve, apply and bench take them.
+#pragma once
+
+#include <array>
+#include <cstddef>
+
+#include "engine/ledger.h"
+#include "log/status.h"
+#include "tools/args.h"
+
+namespace tally::cli {
+
+inline constexpr FlagSpec kLedgerFlags[] = {
+    {"snapshot-every", "N", "take a snapshot every N events (default 1000000; 0: no count trigger)"},
+    {"snapshot-seconds", "S", "and every S seconds (default 3600; 0: no time trigger; both 0: no snapshots)"},
+    {"snapshot-retain", "K", "keep the newest K snapshots (default 2)"},
+    {"history", "on|off", "keep the point-in-time history projection (default on)"},
+};
+
+// A command's own flags followed by kLedgerFlags.
+template <std::size_t N>
+constexpr std::array<FlagSpec, N + std::size(kLedgerFlags)> with_ledger_flags(const FlagSpec (&own)[N]) {
+  std::array<FlagSpec, N + std::size(kLedgerFlags)> all{};
+  std::size_t at = 0;
+  for (const FlagSpec& flag : own) all[at++] = flag;
+  for (const FlagSpec& flag : kLedgerFlags) all[at++] = flag;
+  return all;
+}
+
+// Sets options from kLedgerFlags; invalid (a usage error) for bad values.
+Status parse_ledger_flags(const Args& args, LedgerOptions* options);
+
+}  // namespace tally::cli
