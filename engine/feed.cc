@@ -92,7 +92,9 @@ void EventFeed::remember(const log::TailPosition& position) {
 
 FeedStats EventFeed::stats() {
   std::lock_guard<std::mutex> guard(mu_);
-  return stats_;
+  FeedStats stats = stats_;
+  stats.waiters = waiters_.size();
+  return stats;
 }
 
 // ---- waiting -----------------------------------------------------------------

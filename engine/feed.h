@@ -73,6 +73,7 @@ struct FeedCursor {
 struct FeedStats {
   std::uint64_t tails_opened = 0;   // a segment scanned to reach a seq
   std::uint64_t tails_resumed = 0;  // a cursor's or a cached position reused
+  std::uint64_t waiters = 0;        // waits not ended yet
 };
 
 class EventFeed {

@@ -26,7 +26,7 @@ std::int64_t steady_now_ns() {
 }
 
 Core::Core(Ledger* ledger, ServerOptions options)
-    : ledger_(ledger), options_(std::move(options)), read_pool_(options_.read_threads) {}
+    : ledger_(ledger), options_(std::move(options)), feed_(ledger), read_pool_(options_.read_threads) {}
 
 void Core::log(std::string_view message) const {
   if (options_.log) return options_.log(message);
@@ -86,6 +86,9 @@ void Core::for_each_session(void (Session::*method)()) {
 
 void Core::begin_stop() {
   stopping_.store(true, std::memory_order_release);
+  // Long polls and follow streams waiting for a commit end now; their
+  // sessions answer and close like the others.
+  feed_.stop();
   for_each_session(&Session::begin_shutdown);
 }
 

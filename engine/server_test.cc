@@ -22,8 +22,12 @@
 #include <vector>
 
 #include "engine/client.h"
+#include "engine/event_format.h"
 #include "engine/json.h"
+#include "engine/replay.h"
 #include "engine/wire.h"
+#include "log/event.h"
+#include "log/reader.h"
 #include "tests/testing.h"
 
 namespace tally {
@@ -52,6 +56,7 @@ struct Fixture {
   std::unique_ptr<Ledger> ledger;
   std::unique_ptr<Server> server;
   ServerOptions options;
+  std::uint64_t segment_size_bytes = log::kSegmentSizeBytesDefault;
   std::mutex log_mu;
   std::vector<std::string> logs;
 
@@ -71,6 +76,7 @@ struct Fixture {
     LedgerOptions ledger_options;
     ledger_options.data_dir = dir.sub("data");
     ledger_options.durability = Durability::none;
+    ledger_options.segment_size_bytes = segment_size_bytes;
     auto opened = Ledger::open(ledger_options);
     REQUIRE(opened.ok());
     ledger = std::move(*opened);
@@ -159,6 +165,43 @@ Reply post(std::uint16_t port, std::string target, std::string body, std::string
 }
 
 Reply get(std::uint16_t port, std::string target) { return http_call(port, http::verb::get, std::move(target)); }
+
+// Each event of the data directory's log as `tally log --json` prints it.
+std::vector<std::string> log_json(const std::string& data_dir) {
+  auto reader = log::LogReader::open(log::posix_file_system(), log_dir(data_dir));
+  REQUIRE(reader.ok());
+  log::EventDecoder decoder;
+  log::Record record;
+  log::Event event;
+  std::vector<std::string> out;
+  for (;;) {
+    auto more = (*reader)->next(&record);
+    REQUIRE(more.ok());
+    if (!*more) return out;
+    REQUIRE(decoder.decode(record.payload, &event).ok());
+    append_event(event, EventFormat::json, &out.emplace_back());
+  }
+}
+
+// The value of a metric line "name value" in /metrics, or -1.
+std::int64_t metric(std::uint16_t port, std::string_view name) {
+  const std::string body = get(port, "/metrics").body;
+  const std::string prefix = "\n" + std::string(name) + " ";
+  const std::size_t at = body.find(prefix);
+  if (at == std::string::npos) return -1;
+  return std::stoll(body.substr(at + prefix.size()));
+}
+
+// Waits (without a clock) until `count` readers wait for a commit.
+void await_event_waits(std::uint16_t port, std::int64_t count) {
+  while (metric(port, "tally_event_waits") != count) std::this_thread::yield();
+}
+
+std::uint64_t uint_of(const json::Value& value) {
+  std::uint64_t out = 0;
+  CHECK(json::to_uint64(value, &out));
+  return out;
+}
 
 // Writes `bytes` on a raw connection and reads until the server closes it.
 // Returns what was read before the close.
@@ -340,6 +383,9 @@ TEST_CASE("http and binary: auth on") {
   CHECK(http_call(port, http::verb::get, "/v1/balances/a/b", {}, {{"Authorization", "Bearer wrong"}}).status == 401);
   CHECK(http_call(port, http::verb::get, "/metrics", {}, {}).status == 401);
   CHECK(http_call(port, http::verb::get, "/v1/balances/a/b", {}, {{"Authorization", "Bearer s3cret-token"}}).status == 200);
+  CHECK(get(port, "/v1/events").status == 401);
+  CHECK(http_call(port, http::verb::get, "/v1/events?wait_ms=0", {}, {{"Authorization", "Bearer wrong"}}).status == 401);
+  CHECK(http_call(port, http::verb::get, "/v1/events?wait_ms=0", {}, {{"Authorization", "Bearer s3cret-token"}}).status == 200);
 
   ClientOptions wrong;
   wrong.address = "127.0.0.1:" + std::to_string(fx.server->binary_port());
@@ -364,6 +410,135 @@ TEST_CASE("http and binary: auth on") {
   auto client = fx.client();
   CHECK(client->acquire("k", "a", "b", 1).ok());
   CHECK(client->balance("a", "b")->available == 1);
+}
+
+// Seeds a few events of every shape: acquire, transfer, hold, batch,
+// commit, a rejection. Returns how many events the log holds.
+std::uint64_t seed_events(std::uint16_t port) {
+  REQUIRE(post(port, "/v1/acquire", R"({"subject":"berlin","item":"sku","qty":10,"reason":"restock","reference":"PO-1"})", "e1").status == 200);
+  REQUIRE(post(port, "/v1/transfer", R"({"from":"berlin","to":"paris","item":"sku","qty":2})", "e2").status == 200);
+  const Reply held = post(port, "/v1/holds", R"({"subject":"berlin","item":"sku","qty":3,"ttl_ms":60000})", "e3");
+  REQUIRE(held.status == 200);
+  REQUIRE(post(port, "/v1/batch", R"({"ops":[{"op":"consume","subject":"paris","item":"sku","qty":1},
+      {"op":"acquire","subject":"rome","item":"sku","qty":4}]})", "e4").status == 200);
+  REQUIRE(post(port, "/v1/holds/" + std::to_string(held.integer("hold_id")) + "/commit", "{}", "e5").status == 200);
+  REQUIRE(post(port, "/v1/consume", R"({"subject":"rome","item":"sku","qty":99})", "e6").status == 422);
+  return 6;
+}
+
+TEST_CASE("http: GET /v1/events answers committed events in order, as tally log --json prints them") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  const std::uint64_t count = seed_events(port);
+  const std::vector<std::string> expected = log_json(fx.dir.sub("data"));
+  REQUIRE(expected.size() == count);
+
+  const Reply all = get(port, "/v1/events?from_seq=1&limit=100");
+  CHECK(all.status == 200);
+  CHECK(all.headers.at("Content-Type") == "application/json");
+  std::string body = "{\"events\":[";
+  for (std::size_t index = 0; index < expected.size(); index++) body += (index ? "," : "") + expected[index];
+  body += "],\"next_seq\":" + std::to_string(count + 1) + "}";
+  CHECK(all.body == body);
+
+  const json::Value parsed = all.json();
+  const auto& events = parsed.find("events")->items;
+  REQUIRE(events.size() == count);
+  CHECK(events[0].find("type")->text == "acquire");
+  CHECK(events[0].find("key")->text == "e1");
+  CHECK(events[0].find("subject")->text == "berlin");
+  CHECK(uint_of(*events[0].find("qty")) == 10);
+  CHECK(events[0].find("meta")->find("reference")->text == "PO-1");
+  CHECK(events[1].find("to")->text == "paris");
+  CHECK(events[3].find("type")->text == "batch");
+  CHECK(events[3].find("ops")->items.size() == 2);
+  CHECK(events[4].find("type")->text == "commit");
+  CHECK(events[5].find("type")->text == "rejected");
+  CHECK(events[5].find("reason")->text == "insufficient");
+  for (std::size_t index = 0; index < events.size(); index++) CHECK(uint_of(*events[index].find("seq")) == index + 1);
+
+  // Defaults: from the first seq, no wait.
+  CHECK(get(port, "/v1/events").body == body);
+  // from_seq 0 is the start too.
+  CHECK(get(port, "/v1/events?from_seq=0").body == body);
+}
+
+TEST_CASE("http: paging with next_seq covers every event exactly once") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  std::uint64_t count = seed_events(port);
+  for (int index = 0; index < 25; index++) {
+    REQUIRE(post(port, "/v1/acquire", R"({"subject":"a","item":"b","qty":1})", key_of("p", index, 0)).status == 200);
+    count++;
+  }
+  std::vector<std::uint64_t> seqs;
+  std::uint64_t next_seq = 1;
+  for (int page = 0; page < 100; page++) {
+    const Reply reply = get(port, "/v1/events?from_seq=" + std::to_string(next_seq) + "&limit=4");
+    REQUIRE(reply.status == 200);
+    const json::Value parsed = reply.json();
+    const auto& events = parsed.find("events")->items;
+    CHECK(events.size() <= 4);
+    for (const json::Value& event : events) seqs.push_back(uint_of(*event.find("seq")));
+    const std::uint64_t next = uint_of(*parsed.find("next_seq"));
+    CHECK(next == next_seq + events.size());
+    next_seq = next;
+    if (events.empty()) break;
+  }
+  std::vector<std::uint64_t> all;
+  for (std::uint64_t seq = 1; seq <= count; seq++) all.push_back(seq);
+  CHECK(seqs == all);
+  CHECK(next_seq == count + 1);
+  // Past the end: empty, and the position stays where it was asked for.
+  const Reply beyond = get(port, "/v1/events?from_seq=1000&wait_ms=0");
+  CHECK(beyond.status == 200);
+  CHECK(beyond.body == "{\"events\":[],\"next_seq\":1000}");
+  // A limit above the cap is capped, not refused.
+  CHECK(get(port, "/v1/events?limit=100000").status == 200);
+}
+
+TEST_CASE("http: a long poll wakes when a mutation commits; wait_ms=0 answers at once") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  const std::uint64_t count = seed_events(port);
+  // Nothing at or after from_seq: an empty answer, with or without wait_ms=0.
+  const std::string from = "/v1/events?from_seq=" + std::to_string(count + 1);
+  CHECK(get(port, from + "&wait_ms=0").body == "{\"events\":[],\"next_seq\":" + std::to_string(count + 1) + "}");
+  CHECK(get(port, from).body == "{\"events\":[],\"next_seq\":" + std::to_string(count + 1) + "}");
+  // A short wait that nothing ends: empty at its deadline.
+  CHECK(get(port, from + "&wait_ms=20").body == "{\"events\":[],\"next_seq\":" + std::to_string(count + 1) + "}");
+
+  Reply polled;
+  std::thread poller([&] { polled = get(port, from + "&wait_ms=30000"); });
+  await_event_waits(port, 1);  // the poll is parked in the feed, not on an I/O thread
+  // The server still answers everything else meanwhile.
+  CHECK(get(port, "/v1/balances/berlin/sku").status == 200);
+  REQUIRE(post(port, "/v1/acquire", R"({"subject":"late","item":"sku","qty":1})", "late").status == 200);
+  poller.join();
+  CHECK(polled.status == 200);
+  const json::Value parsed = polled.json();
+  const auto& events = parsed.find("events")->items;
+  REQUIRE(events.size() == 1);
+  CHECK(uint_of(*events[0].find("seq")) == count + 1);
+  CHECK(events[0].find("key")->text == "late");
+  CHECK(uint_of(*parsed.find("next_seq")) == count + 2);
+  CHECK(metric(port, "tally_event_waits") == 0);
+}
+
+TEST_CASE("http: bad event feed parameters are 400 invalid") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  for (const char* target : {"/v1/events?from_seq=abc", "/v1/events?from_seq=-1", "/v1/events?limit=0",
+                             "/v1/events?wait_ms=-5", "/v1/events?wait_ms=1.5", "/v1/events?limit=",
+                             "/v1/events?from=1", "/v1/events?from_seq=1&from_seq=2",
+                             "/v1/events?from_seq=99999999999999999999999", "/v1/events?limit=%zz"}) {
+    CAPTURE(target);
+    const Reply reply = get(port, target);
+    CHECK(reply.status == 400);
+    CHECK(reply.string("code") == "invalid");
+  }
+  CHECK(post(port, "/v1/events", "{}", "k").status == 405);
+  CHECK(get(port, "/v1/events?from_seq=%31&limit=2&").status == 200);  // percent-encoded, trailing &
 }
 
 TEST_CASE("server: a non-loopback listener needs a token") {
