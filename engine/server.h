@@ -8,7 +8,9 @@
 //   ledger->close();
 //
 // Limits: connections_max connections in all, inflight_per_connection_max
-// requests in flight on each, frame and body sizes, idle timeouts. A
+// requests in flight and follows_per_connection_max follow streams on each
+// (each with at most one batch written at a time), frame and body sizes,
+// idle timeouts. A
 // malformed or oversized frame closes only its connection, with a logged
 // reason. Tokens are compared in constant time.
 //
@@ -43,6 +45,9 @@ struct ServerOptions {
   // Together with connections_max this bounds the Ledger's queue; keep the
   // product below LedgerOptions::queue_depth_max so submit() never waits.
   std::size_t inflight_per_connection_max = 1024;
+  // Open follow streams (docs/protocol.md) per binary connection. Each has
+  // at most one batch (about 256 KiB at most) waiting to be written.
+  std::size_t follows_per_connection_max = 16;
   std::int64_t idle_timeout_ms = 60'000;
   std::size_t frame_bytes_max = wire::kFrameBytesMaxDefault;
   std::size_t http_body_bytes_max = 1u << 20;

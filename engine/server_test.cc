@@ -16,8 +16,11 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #pragma GCC diagnostic pop
+#include <condition_variable>
+#include <filesystem>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -203,6 +206,81 @@ std::uint64_t uint_of(const json::Value& value) {
   return out;
 }
 
+// Reads one response frame from a raw binary connection.
+wire::Response read_response(tcp::socket& socket) {
+  wire::FrameWords frame(1);
+  asio::read(socket, asio::buffer(frame.data(), 8));
+  const std::size_t table = *wire::table_bytes(std::as_bytes(std::span(frame)));
+  frame.resize(table / 8);
+  asio::read(socket, asio::buffer(reinterpret_cast<char*>(frame.data()) + 8, table - 8));
+  const std::size_t total = *wire::frame_bytes(std::as_bytes(std::span(frame)), 1 << 20);
+  frame.resize(total / 8);
+  asio::read(socket, asio::buffer(reinterpret_cast<char*>(frame.data()) + table, total - table));
+  auto response = wire::decode_response(frame);
+  REQUIRE(response.ok());
+  return std::move(*response);
+}
+
+// What a follow delivered, for a test thread to wait on.
+struct FollowSink {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<std::uint64_t> seqs;
+  std::vector<std::string> keys;
+  std::size_t batches = 0;
+  std::size_t largest_batch = 0;
+  bool gap = false;  // a batch did not start where the last one ended
+  std::optional<Status> end;
+
+  Client::BatchHandler on_batch() {
+    return [this](const EventBatch& batch) {
+      std::lock_guard<std::mutex> guard(mu);
+      gap = gap || (!seqs.empty() && batch.first_seq() != seqs.back() + 1);
+      batches++;
+      largest_batch = std::max(largest_batch, batch.size());
+      CHECK(batch.for_each([&](const log::Event& event) {
+        seqs.push_back(event.seq);
+        keys.emplace_back(event.key);
+      }).ok());
+      CHECK(batch.next_seq() == seqs.back() + 1);
+      cv.notify_all();
+    };
+  }
+  Client::EndHandler on_end() {
+    return [this](Status why) {
+      std::lock_guard<std::mutex> guard(mu);
+      end = std::move(why);
+      cv.notify_all();
+    };
+  }
+  void await_count(std::size_t count) {
+    std::unique_lock<std::mutex> guard(mu);
+    cv.wait(guard, [&] { return seqs.size() >= count || end.has_value(); });
+  }
+  Status await_end() {
+    std::unique_lock<std::mutex> guard(mu);
+    cv.wait(guard, [&] { return end.has_value(); });
+    return *end;
+  }
+};
+
+// Acquires keyed <prefix><first>.. with 1 KiB of metadata each, so that a
+// 64 KiB segment holds a few dozen.
+void append_large(LedgerApi& ledger, std::string_view prefix, int first, int count) {
+  const Metadata meta{std::string(1000, 'r'), {}, {}};
+  for (int index = first; index < first + count; index++) {
+    auto receipt = ledger.acquire(key_of(prefix, index, 0), "alice", "gold", 1, meta);
+    REQUIRE(receipt.ok());
+    REQUIRE(receipt->outcome == Outcome::ok);
+  }
+}
+
+std::vector<std::uint64_t> seq_range(std::uint64_t first, std::uint64_t last) {
+  std::vector<std::uint64_t> out;
+  for (std::uint64_t seq = first; seq <= last; seq++) out.push_back(seq);
+  return out;
+}
+
 // Writes `bytes` on a raw connection and reads until the server closes it.
 // Returns what was read before the close.
 std::string send_raw_until_closed(std::uint16_t port, const std::string& bytes) {
@@ -237,6 +315,12 @@ TEST_CASE("json: parses objects, arrays, escapes and exact integers") {
   CHECK(out == "\"q\\\"\\\\\\u0001\\u00ff\"");
 }
 
+wire::FrameWords frame_of(const std::string& bytes) {
+  wire::FrameWords frame((bytes.size() + 7) / 8);
+  std::memcpy(frame.data(), bytes.data(), bytes.size());
+  return frame;
+}
+
 TEST_CASE("wire: requests and responses round-trip; framing limits hold") {
   wire::Request request;
   request.id = 42;
@@ -259,6 +343,37 @@ TEST_CASE("wire: requests and responses round-trip; framing limits hold") {
   REQUIRE(decoded->command.ops.size() == 2);
   CHECK(decoded->command.ops[1].hold_key == "h");
   CHECK(decoded->command.ops[0].ttl_ns == kMinuteNs);
+  // A follow, a cancel and a batch of events.
+  wire::Request follow;
+  follow.id = 5;
+  follow.kind = wire::Request::Kind::follow;
+  follow.from_seq = 77;
+  follow.max_events = 9;
+  auto follow_back = wire::decode_request(frame_of(wire::encode_request(follow)));
+  REQUIRE(follow_back.ok());
+  CHECK(follow_back->kind == wire::Request::Kind::follow);
+  CHECK(follow_back->from_seq == 77);
+  CHECK(follow_back->max_events == 9);
+  wire::Request cancel;
+  cancel.kind = wire::Request::Kind::cancel;
+  cancel.follow_id = 5;
+  CHECK(wire::decode_request(frame_of(wire::encode_request(cancel)))->follow_id == 5);
+  wire::Response batch;
+  batch.id = 5;
+  batch.kind = wire::Response::Kind::events;
+  const std::string odd = "abc";  // not a multiple of 8: the next one still starts aligned
+  batch.events.append(std::as_bytes(std::span(odd)));
+  batch.events.append(std::as_bytes(std::span(std::string_view("0123456789"))));
+  batch.next_seq = 79;
+  auto batch_back = wire::decode_response(frame_of(wire::encode_response(batch)));
+  REQUIRE(batch_back.ok());
+  REQUIRE(batch_back->events.size() == 2);
+  CHECK(reinterpret_cast<std::uintptr_t>(batch_back->events[1].data()) % 8 == 0);
+  CHECK(std::string(reinterpret_cast<const char*>(batch_back->events[1].data()), 10) == "0123456789");
+  CHECK(batch_back->next_seq == 79);
+  CHECK_FALSE(batch_back->end);
+  batch.next_seq = 1;  // two events cannot end before seq 2
+  CHECK(wire::decode_response(frame_of(wire::encode_response(batch))).code() == ErrorCode::invalid);
   // A pointer far outside the frame: a kj::Exception, caught, turned invalid.
   wire::FrameWords bad = {0, ~std::uint64_t{0}};
   bad[0] = std::uint64_t{1} << 32;  // one segment of one word
@@ -541,6 +656,133 @@ TEST_CASE("http: bad event feed parameters are 400 invalid") {
   CHECK(get(port, "/v1/events?from_seq=%31&limit=2&").status == 200);  // percent-encoded, trailing &
 }
 
+TEST_CASE("client: a follow gets the events committed before and after it started, across rotations") {
+  Fixture fx;
+  fx.segment_size_bytes = log::kSegmentSizeBytesMin;
+  fx.stop();
+  std::filesystem::remove_all(fx.dir.sub("data"));  // its first segment has the default size
+  fx.start();
+  append_large(*fx.ledger, "before", 0, 60);
+  auto client = fx.client();
+  FollowSink sink;
+  const FollowId id = client->follow(1, sink.on_batch(), sink.on_end());
+  sink.await_count(60);
+  // A second client writes while the follow waits; the follow sees each
+  // event once, as it is committed, through several new segments.
+  auto writer = fx.client();
+  append_large(*writer, "after", 0, 150);
+  sink.await_count(210);
+  std::size_t segments = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(fx.dir.sub("data") + "/log")) {
+    segments += entry.path().extension() == ".seg" ? 1 : 0;
+  }
+  CHECK(segments >= 3);
+  client->cancel_follow(id);
+  CHECK(sink.await_end().ok());
+  std::lock_guard<std::mutex> guard(sink.mu);
+  CHECK(sink.seqs == seq_range(1, 210));
+  CHECK_FALSE(sink.gap);
+  CHECK(sink.keys[0] == "before0-0");
+  CHECK(sink.keys[60] == "after0-0");
+  CHECK(sink.keys[209] == "after149-0");
+}
+
+TEST_CASE("client: a follow from a later seq, in small batches; cancel and close end follows") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  auto client = fx.client();
+  for (int index = 0; index < 30; index++) REQUIRE(client->acquire(key_of("k", index, 0), "a", "b", 1).ok());
+  FollowSink small;
+  FollowOptions options;
+  options.batch_events_max = 4;
+  const FollowId id = client->follow(11, small.on_batch(), small.on_end(), options);
+  small.await_count(20);
+  {
+    std::lock_guard<std::mutex> guard(small.mu);
+    CHECK(small.seqs == seq_range(11, 30));
+    CHECK(small.largest_batch <= 4);
+    CHECK(small.batches >= 5);
+  }
+  // The same client keeps answering while its follow is open.
+  CHECK(client->balance("a", "b")->available == 30);
+  client->cancel_follow(id);
+  CHECK(small.await_end().ok());
+  client->cancel_follow(id);  // ended: ignored
+
+  // A follow ahead of the log waits; closing the client ends it.
+  FollowSink ahead;
+  client->follow(1000, ahead.on_batch(), ahead.on_end());
+  await_event_waits(port, 1);
+  client->close();
+  CHECK(ahead.await_end().code() == ErrorCode::closed);
+  // The server lets go of the connection and of its wait.
+  await_event_waits(port, 0);
+  while (metric(port, "tally_connections{protocol=\"binary\"}") != 0) std::this_thread::yield();
+}
+
+TEST_CASE("binary: a follow ends cleanly when its connection closes; too many follows are refused") {
+  Fixture fx;
+  fx.options.follows_per_connection_max = 1;
+  fx.stop();
+  fx.start();
+  const std::uint16_t port = fx.server->http_port();
+  REQUIRE(fx.client()->acquire("seed", "s", "i", 5).ok());
+  {
+    asio::io_context io;
+    tcp::socket socket(io);
+    socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), fx.server->binary_port()));
+    wire::Request follow;
+    follow.id = 7;
+    follow.kind = wire::Request::Kind::follow;
+    follow.from_seq = 1;
+    wire::Request second = follow;
+    second.id = 8;
+    asio::write(socket, asio::buffer(wire::encode_request(follow) + wire::encode_request(second)));
+    std::map<std::uint64_t, wire::Response> answers;
+    while (answers.size() < 2) {
+      wire::Response response = read_response(socket);
+      answers[response.id] = std::move(response);
+    }
+    CHECK(answers[7].kind == wire::Response::Kind::events);
+    CHECK(answers[7].events.size() == 1);
+    CHECK(answers[7].next_seq == 2);
+    CHECK(answers[8].kind == wire::Response::Kind::error);
+    CHECK(answers[8].error.code() == ErrorCode::invalid);
+    await_event_waits(port, 1);  // follow 7 waits for seq 2
+  }  // the peer goes away without a cancel
+  await_event_waits(port, 0);
+  while (metric(port, "tally_connections{protocol=\"binary\"}") != 0) std::this_thread::yield();
+  CHECK(fx.client()->acquire("after", "s", "i", 1).ok());
+}
+
+TEST_CASE("server: stop ends an open long poll and an open follow with an answer, not a cut") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  REQUIRE(post(port, "/v1/acquire", R"({"subject":"a","item":"b","qty":1})", "k").status == 200);
+  ClientOptions options;
+  options.retries_max = 0;
+  auto client = fx.client(options);
+  FollowSink sink;
+  client->follow(1, sink.on_batch(), sink.on_end());
+  sink.await_count(1);
+  std::atomic<bool> polled_ok{false};
+  std::string poll_connection;
+  std::thread poller([&] {
+    // Longer than shutdown_grace_ms: only the server's wake-up answers it.
+    const Reply reply = get(port, "/v1/events?from_seq=2&wait_ms=30000");
+    polled_ok = reply.status == 200 && reply.body == "{\"events\":[],\"next_seq\":2}";
+    poll_connection = reply.headers.count("Connection") ? reply.headers.at("Connection") : "";
+  });
+  await_event_waits(port, 2);  // the poll and the follow
+  fx.server->stop();
+  poller.join();
+  CHECK(polled_ok.load());
+  CHECK(poll_connection == "close");
+  // The follow got the server's own last word, not a dropped connection.
+  CHECK(sink.await_end().code() == ErrorCode::closed);
+  client->close();
+}
+
 TEST_CASE("server: a non-loopback listener needs a token") {
   testing::TempDir dir;
   LedgerOptions ledger_options;
@@ -617,17 +859,8 @@ TEST_CASE("binary: pipelined requests on one connection, matched by id") {
   asio::write(socket, asio::buffer(burst));  // all before reading any answer
   std::map<std::uint64_t, wire::Response> answers;
   while (answers.size() < kRequests) {
-    wire::FrameWords frame(1);
-    asio::read(socket, asio::buffer(frame.data(), 8));
-    const std::size_t table = *wire::table_bytes(std::as_bytes(std::span(frame)));
-    frame.resize(table / 8);
-    asio::read(socket, asio::buffer(reinterpret_cast<char*>(frame.data()) + 8, table - 8));
-    const std::size_t total = *wire::frame_bytes(std::as_bytes(std::span(frame)), 1 << 20);
-    frame.resize(total / 8);
-    asio::read(socket, asio::buffer(reinterpret_cast<char*>(frame.data()) + table, total - table));
-    auto response = wire::decode_response(frame);
-    REQUIRE(response.ok());
-    answers[response->id] = *response;
+    wire::Response response = read_response(socket);
+    answers[response.id] = std::move(response);
   }
   for (std::uint64_t index = 0; index < kRequests; index++) {
     const wire::Response& response = answers.at(1000 + index);
@@ -672,12 +905,14 @@ TEST_CASE("binary: many concurrent clients share one ledger") {
 }
 
 // Forwards one connection at a time to the server; on the first connection
-// it drops both sides instead of forwarding the server's second answer
-// (the first is the hello), after the server has applied the request.
+// it drops both sides instead of forwarding the server's `drop_chunk`th
+// piece of answers (the first is the hello's), after the server has done
+// what was asked.
 class DroppingProxy {
  public:
-  explicit DroppingProxy(std::uint16_t upstream)
-      : upstream_(upstream), acceptor_(io_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)) {
+  explicit DroppingProxy(std::uint16_t upstream, int drop_chunk = 2)
+      : upstream_(upstream), drop_chunk_(drop_chunk),
+        acceptor_(io_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)) {
     thread_ = std::thread([this] { run(); });
   }
   ~DroppingProxy() {
@@ -706,13 +941,13 @@ class DroppingProxy {
       up.join();
     }
   }
-  void pump(tcp::socket& from, tcp::socket& to, bool drop_second) {
+  void pump(tcp::socket& from, tcp::socket& to, bool drop) {
     char chunk[4096];
     int chunks = 0;
     boost::system::error_code ec;
     while (true) {
       const std::size_t n = from.read_some(asio::buffer(chunk), ec);
-      if (ec || (drop_second && ++chunks == 2)) break;
+      if (ec || (drop && ++chunks == drop_chunk_)) break;
       asio::write(to, asio::buffer(chunk, n), ec);
       if (ec) break;
     }
@@ -721,6 +956,7 @@ class DroppingProxy {
   }
 
   std::uint16_t upstream_;
+  const int drop_chunk_;
   asio::io_context io_;
   tcp::acceptor acceptor_;
   std::atomic<bool> stopping_{false};
@@ -741,6 +977,30 @@ TEST_CASE("client: a dropped connection is retried with the same key, applied on
   CHECK(receipt->replay);  // the first attempt was applied; its answer was lost
   CHECK(proxy.connections() == 2);
   CHECK((*client)->balance("alice", "gold")->available == 7);
+  (*client)->close();
+}
+
+TEST_CASE("client: a follow survives a dropped connection without losing or repeating a batch") {
+  Fixture fx;
+  // Answers: the hello, the first batch, then the second batch is lost.
+  DroppingProxy proxy(fx.server->binary_port(), 3);
+  auto writer = fx.client();
+  for (int index = 0; index < 5; index++) REQUIRE(writer->acquire(key_of("a", index, 0), "s", "i", 1).ok());
+  ClientOptions options;
+  options.address = "127.0.0.1:" + std::to_string(proxy.port());
+  auto client = Client::connect(options);
+  REQUIRE(client.ok());
+  FollowSink sink;
+  const FollowId id = (*client)->follow(1, sink.on_batch(), sink.on_end());
+  sink.await_count(5);
+  for (int index = 0; index < 5; index++) REQUIRE(writer->acquire(key_of("b", index, 0), "s", "i", 1).ok());
+  sink.await_count(10);
+  CHECK(proxy.connections() == 2);  // the follow was sent again, from seq 6
+  (*client)->cancel_follow(id);
+  CHECK(sink.await_end().ok());
+  std::lock_guard<std::mutex> guard(sink.mu);
+  CHECK(sink.seqs == seq_range(1, 10));
+  CHECK_FALSE(sink.gap);
   (*client)->close();
 }
 
