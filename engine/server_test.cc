@@ -755,6 +755,73 @@ TEST_CASE("binary: a follow ends cleanly when its connection closes; too many fo
   CHECK(fx.client()->acquire("after", "s", "i", 1).ok());
 }
 
+TEST_CASE("binary: responses complete out of order: an open follow is overtaken by later requests") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  auto writer = fx.client();
+  REQUIRE(writer->acquire("seed", "s", "i", 10).ok());
+  asio::io_context io;
+  tcp::socket socket(io);
+  socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), fx.server->binary_port()));
+  // Sent in one burst: a follow of seq 2 (not committed yet), then reads.
+  std::vector<std::uint64_t> sent;
+  std::string burst;
+  wire::Request follow;
+  follow.id = 1;
+  follow.kind = wire::Request::Kind::follow;
+  follow.from_seq = 2;
+  burst += wire::encode_request(follow);
+  sent.push_back(1);
+  for (std::uint64_t id = 2; id <= 6; id++) {
+    wire::Request read;
+    read.id = id;
+    read.kind = id % 2 == 0 ? wire::Request::Kind::balance : wire::Request::Kind::hold_info;
+    read.subject = "s";
+    read.item = "i";
+    read.hold = 424242;
+    burst += wire::encode_request(read);
+    sent.push_back(id);
+  }
+  asio::write(socket, asio::buffer(burst));
+  std::vector<std::uint64_t> received;
+  for (int index = 0; index < 5; index++) {
+    const wire::Response response = read_response(socket);
+    CHECK(response.kind == (response.id % 2 == 0 ? wire::Response::Kind::balance : wire::Response::Kind::error));
+    received.push_back(response.id);
+  }
+  // Every read is answered while the follow (sent first) is still open.
+  await_event_waits(port, 1);
+  REQUIRE(writer->acquire("second", "s", "i", 1).ok());
+  const wire::Response batch = read_response(socket);
+  received.push_back(batch.id);
+  CHECK(batch.id == 1);
+  CHECK(batch.kind == wire::Response::Kind::events);
+  REQUIRE(batch.events.size() == 1);
+  CHECK(batch.next_seq == 3);
+  log::EventDecoder decoder;
+  log::Event event;
+  REQUIRE(decoder.decode(batch.events[0], &event).ok());
+  CHECK(event.seq == 2);
+  CHECK(event.key == "second");
+  std::vector<std::uint64_t> sorted = received;
+  std::sort(sorted.begin(), sorted.end());
+  CHECK(sorted == sent);      // one response each (the follow's first batch)...
+  CHECK(received != sent);    // ...in another order than sent
+  CHECK(received.back() == 1);
+
+  // Cancel: the follow's last message carries its id and `end`.
+  wire::Request cancel;
+  cancel.id = 9;
+  cancel.kind = wire::Request::Kind::cancel;
+  cancel.follow_id = 1;
+  asio::write(socket, asio::buffer(wire::encode_request(cancel)));
+  const wire::Response last = read_response(socket);
+  CHECK(last.id == 1);
+  CHECK(last.kind == wire::Response::Kind::events);
+  CHECK(last.end);
+  CHECK(last.next_seq == 3);
+}
+
 TEST_CASE("server: stop ends an open long poll and an open follow with an answer, not a cut") {
   Fixture fx;
   const std::uint16_t port = fx.server->http_port();
