@@ -1,6 +1,8 @@
 // Server: serves one Ledger over the binary protocol (docs/protocol.md) and
 // HTTP/1.1 JSON (docs/http-api.md). Every connection feeds the same Ledger,
-// so concurrent clients share its group commits.
+// so concurrent clients share its group commits. The event feeds (GET
+// /v1/events, the binary follow stream) read the Ledger's log through one
+// EventFeed (engine/feed.h), up to its committed seq.
 //
 //   auto server = tally::Server::start(ledger.get(), options);
 //   ... until SIGTERM ...
@@ -80,7 +82,8 @@ class Server {
   std::uint16_t http_port() const;
 
   // Stops accepting, reads no new requests, answers every request already
-  // read (they are in the Ledger and will be durable), then closes the
+  // read (they are in the Ledger and will be durable; a waiting long poll
+  // at once, with what it has), ends open follow streams, then closes the
   // connections and joins the threads. After shutdown_grace_ms the remaining
   // connections are closed; their accepted requests still complete in the
   // Ledger. Idempotent; blocks.
