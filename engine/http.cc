@@ -467,6 +467,8 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   void poll_events(const EventsQuery& query, EventFeed::Deadline deadline, bool may_wait);
   void on_events(const EventsQuery& query, EventFeed::Deadline deadline, bool may_wait,
                  Result<EventsPage> page);
+  void on_poll_ready(const EventsQuery& query, EventFeed::Deadline deadline);
+  void watch_peer();
   void route_post(const Target& target, const HttpRequest& request);
   void mutate(const HttpRequest& request, Command command);
 
@@ -509,6 +511,8 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   bool reading_ = false;
   bool stopping_ = false;
   bool closed_ = false;
+  bool poll_waiting_ = false;  // a GET /v1/events waits in the feed
+  EventFeed::WaiterId poll_waiter_ = 0;
 };
 
 void HttpSession::handle(HttpRequest request) {
@@ -619,10 +623,43 @@ void HttpSession::on_events(const EventsQuery& query, EventFeed::Deadline deadli
   // commit past from_seq - 1, at the deadline, or when the server stops;
   // then the poll reads once more and answers whatever it finds.
   auto self = shared_from_this();
-  core_.feed().wait(query.from_seq - 1, deadline, [self, query, deadline](std::uint64_t) {
-    asio::post(self->stream_.get_executor(), [self, query, deadline] {
-      self->poll_events(query, deadline, false);
-    });
+  poll_waiting_ = true;
+  poll_waiter_ = core_.feed().wait(query.from_seq - 1, deadline, [self, query, deadline](std::uint64_t) {
+    asio::post(self->stream_.get_executor(), [self, query, deadline] { self->on_poll_ready(query, deadline); });
+  });
+  watch_peer();
+}
+
+void HttpSession::on_poll_ready(const EventsQuery& query, EventFeed::Deadline deadline) {
+  poll_waiting_ = false;
+  poll_waiter_ = 0;
+  // Ends watch_peer()'s wait; nothing else is pending on the socket now.
+  beast::error_code ignored;
+  stream_.socket().cancel(ignored);
+  if (closed_) return;
+  poll_events(query, deadline, false);
+}
+
+// While a poll waits, notices a client that goes away (a consumer's own
+// timeout is often shorter than its wait_ms), so that neither the wait nor
+// the connection lingers until the deadline.
+void HttpSession::watch_peer() {
+  stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this()](beast::error_code ec) {
+    if (ec || !self->poll_waiting_ || self->closed_) return;
+    // Peek without blocking the I/O thread: the socket is readable, but
+    // Beast may have taken what was there.
+    tcp::socket& socket = self->stream_.socket();
+    char byte = 0;
+    beast::error_code peeked;
+    beast::error_code ignored;
+    socket.non_blocking(true, ignored);
+    socket.receive(asio::buffer(&byte, 1), tcp::socket::message_peek, peeked);
+    socket.non_blocking(false, ignored);
+    if (!peeked) return;  // a pipelined request: it waits for read_request()
+    if (peeked == asio::error::would_block || peeked == asio::error::try_again) return self->watch_peer();
+    // End of stream or a reset: the client is gone.
+    self->close();
+    self->core_.feed().cancel(self->poll_waiter_);
   });
 }
 

@@ -640,6 +640,21 @@ TEST_CASE("http: a long poll wakes when a mutation commits; wait_ms=0 answers at
   CHECK(metric(port, "tally_event_waits") == 0);
 }
 
+TEST_CASE("http: a long poll whose client goes away stops waiting") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  {
+    asio::io_context io;
+    tcp::socket socket(io);
+    socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+    asio::write(socket, asio::buffer(std::string(
+        "GET /v1/events?from_seq=5&wait_ms=30000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")));
+    await_event_waits(port, 1);
+  }  // closed long before wait_ms
+  await_event_waits(port, 0);
+  CHECK(post(port, "/v1/acquire", R"({"subject":"a","item":"b","qty":1})", "k").status == 200);
+}
+
 TEST_CASE("http: bad event feed parameters are 400 invalid") {
   Fixture fx;
   const std::uint16_t port = fx.server->http_port();
