@@ -1,5 +1,6 @@
 #include "engine/client.h"
 
+#include <algorithm>
 #include <boost/asio.hpp>
 #include <chrono>
 #include <condition_variable>
@@ -23,7 +24,21 @@ struct Pending {
   std::string frame;  // the encoded request, sent again after a reconnect
   ResponseDone done;
   int attempts = 0;
+  // A follow: `done` runs for each batch and the entry stays until the
+  // follow ends; `frame` is re-encoded after each batch, so that a resend
+  // continues after the last batch delivered.
+  bool follow = false;
+  bool cancelled = false;
+  wire::Request request;  // follow only
 };
+
+// The response a follow ends with after a cancel.
+wire::Response follow_end() {
+  wire::Response response;
+  response.kind = wire::Response::Kind::events;
+  response.end = true;
+  return response;
+}
 
 Status io_status(std::string_view what, const boost::system::error_code& ec) {
   return Status(ErrorCode::io_error, std::string(what) + ": " + ec.message());
@@ -67,8 +82,10 @@ struct Client::Impl {
 
   Status connect_locked();
   Status connect_once_locked();
-  void send(wire::Request request, ResponseDone done);
+  // Sends `request` with a fresh id (returned); `follow` marks a stream.
+  std::uint64_t send(wire::Request request, ResponseDone done, bool follow = false);
   void reader_main();
+  bool take_batch(Pending& entry, const wire::Response& response, ResponseDone* deliver);
   void on_connection_lost_locked(std::vector<ResponseDone>* failed, const Status& why);
   void fail(std::vector<ResponseDone> failed, const Status& why);
 
@@ -140,7 +157,11 @@ void Client::Impl::on_connection_lost_locked(std::vector<ResponseDone>* failed, 
   boost::system::error_code ignored;
   socket->close(ignored);
   for (auto entry = pending.begin(); entry != pending.end();) {
-    if (++entry->second.attempts > options.retries_max) {
+    if (entry->second.cancelled) {
+      // The new connection will not know the follow; it is over.
+      failed->push_back([done = std::move(entry->second.done)](Result<wire::Response>) { done(follow_end()); });
+      entry = pending.erase(entry);
+    } else if (++entry->second.attempts > options.retries_max) {
       failed->push_back(std::move(entry->second.done));
       entry = pending.erase(entry);
     } else {
@@ -155,31 +176,48 @@ void Client::Impl::on_connection_lost_locked(std::vector<ResponseDone>* failed, 
   (void)why;
 }
 
-void Client::Impl::send(wire::Request request, ResponseDone done) {
+std::uint64_t Client::Impl::send(wire::Request request, ResponseDone done, bool follow) {
   std::unique_lock<std::mutex> guard(mu);
   cv.wait(guard, [&] { return pending.size() < options.inflight_max || closing; });
   if (closing) {
     guard.unlock();
-    return done(Status(ErrorCode::closed, "the client is closed"));
+    done(Status(ErrorCode::closed, "the client is closed"));
+    return 0;
   }
   request.id = next_id++;
-  auto [entry, added] = pending.emplace(request.id, Pending{wire::encode_request(request), std::move(done), 0});
+  const std::uint64_t id = request.id;
+  Pending entry_value{wire::encode_request(request), std::move(done), 0, follow, false, {}};
+  if (follow) entry_value.request = std::move(request);
+  auto [entry, added] = pending.emplace(id, std::move(entry_value));
   TALLY_ASSERT(added);
   if (!connected) {
     // connect_locked() sends every pending request, this one included.
     const Status status = connect_locked();
-    if (status.ok()) return;
+    if (status.ok()) return id;
     std::vector<ResponseDone> failed;
-    for (auto& [id, request_entry] : pending) failed.push_back(std::move(request_entry.done));
+    for (auto& [pending_id, request_entry] : pending) failed.push_back(std::move(request_entry.done));
     pending.clear();
     guard.unlock();
-    return fail(std::move(failed), status);
+    fail(std::move(failed), status);
+    return id;
   }
   boost::system::error_code ec;
   asio::write(*socket, asio::buffer(entry->second.frame), ec);
   // On a failed write the reader thread notices the broken connection and
   // resends this request with the others.
   if (ec) socket->shutdown(tcp::socket::shutdown_both, ec);
+  return id;
+}
+
+// A follow's batch that does not end it: the entry stays, and its request
+// moves past the batch. *deliver is its handler, or empty once cancelled.
+bool Client::Impl::take_batch(Pending& entry, const wire::Response& response, ResponseDone* deliver) {
+  if (!entry.follow || response.kind != wire::Response::Kind::events || response.end) return false;
+  entry.request.from_seq = response.next_seq;
+  entry.frame = wire::encode_request(entry.request);
+  entry.attempts = 0;
+  if (!entry.cancelled) *deliver = entry.done;
+  return true;
 }
 
 void Client::Impl::reader_main() {
@@ -206,11 +244,14 @@ void Client::Impl::reader_main() {
         lost = Status(ErrorCode::invalid, "response to an unknown request id");
         break;
       }
-      ResponseDone done = std::move(entry->second.done);
-      pending.erase(entry);
-      cv.notify_all();
+      ResponseDone done;
+      if (!take_batch(entry->second, *response, &done)) {
+        done = std::move(entry->second.done);
+        pending.erase(entry);
+        cv.notify_all();
+      }
       entry_guard.unlock();
-      done(std::move(*response));
+      if (done) done(std::move(*response));
     }
     guard.lock();
     if (closing) return;
@@ -293,6 +334,53 @@ Result<T> call(const std::function<void(wire::Request, ResponseDone)>& send,
 }
 
 }  // namespace
+
+Status EventBatch::for_each(const std::function<void(const log::Event&)>& visit) const {
+  log::EventDecoder decoder;
+  log::Event event;
+  for (std::size_t index = 0; index < events_.size(); index++) {
+    const Status decoded = decoder.decode(events_[index], &event);
+    if (!decoded.ok()) {
+      return Status(ErrorCode::corrupt, "event " + std::to_string(first_seq() + index) + ": " + decoded.message());
+    }
+    visit(event);
+  }
+  return Status();
+}
+
+FollowId Client::follow(std::uint64_t from_seq, BatchHandler on_batch, EndHandler on_end,
+                        FollowOptions options) {
+  wire::Request request;
+  request.kind = wire::Request::Kind::follow;
+  request.from_seq = std::max<std::uint64_t>(from_seq, 1);
+  request.max_events = options.batch_events_max;
+  auto handlers = std::make_shared<std::pair<BatchHandler, EndHandler>>(std::move(on_batch), std::move(on_end));
+  return impl_->send(std::move(request), [handlers](Result<wire::Response> response) {
+    if (!response) return handlers->second(response.status());
+    if (response->kind == wire::Response::Kind::error) return handlers->second(response->error);
+    if (response->kind != wire::Response::Kind::events) {
+      return handlers->second(Status(ErrorCode::invalid, "the server answered a follow with something else"));
+    }
+    if (response->end) return handlers->second(Status());
+    handlers->first(EventBatch(std::move(response->events), response->next_seq));
+  }, true);
+}
+
+void Client::cancel_follow(FollowId follow) {
+  Impl& impl = *impl_;
+  std::lock_guard<std::mutex> guard(impl.mu);
+  auto entry = impl.pending.find(follow);
+  if (entry == impl.pending.end() || !entry->second.follow || entry->second.cancelled) return;
+  entry->second.cancelled = true;
+  if (!impl.connected) return;  // the reconnect ends it (on_connection_lost_locked)
+  wire::Request cancel;
+  cancel.kind = wire::Request::Kind::cancel;
+  cancel.id = impl.next_id++;
+  cancel.follow_id = follow;
+  boost::system::error_code ec;
+  asio::write(*impl.socket, asio::buffer(wire::encode_request(cancel)), ec);
+  if (ec) impl.socket->shutdown(tcp::socket::shutdown_both, ec);
+}
 
 Result<Balance> Client::balance(std::string_view subject, std::string_view item) {
   wire::Request request;

@@ -13,9 +13,23 @@
 // outcome (Receipt::replay). A request that cannot be delivered fails with
 // io_error; its outcome is then unknown until it is retried with its key.
 //
+// follow() streams committed events as they are committed, for audit and
+// integration (docs/protocol.md, "Follow"):
+//
+//   auto id = client->follow(position, [&](const tally::EventBatch& batch) {
+//     batch.for_each([&](const tally::log::Event& event) { ... });
+//     store(batch.next_seq());   // resume from here after a restart
+//   }, [&](tally::Status end) { ... });
+//
+// A dropped connection does not lose or repeat a batch: the follow is sent
+// again from the seq after the last batch delivered.
+//
 // Thread safety: every method may be called from any thread. Completions of
-// submit() run on the client's reader thread, must not block, and must not
-// call the client's blocking methods.
+// submit() and follow()'s callbacks run on the client's reader thread and
+// must not call the client's blocking methods. A slow on_batch slows the
+// server's stream down (the server writes the next batch only once the last
+// one was taken), and with it every other answer on this client: give a
+// follow doing slow work a Client of its own.
 #pragma once
 
 #include <cstdint>
@@ -29,6 +43,7 @@
 #include "engine/api.h"
 #include "engine/types.h"
 #include "engine/wire.h"
+#include "log/event.h"
 #include "log/status.h"
 
 namespace tally {
@@ -41,6 +56,35 @@ struct ClientOptions {
   std::size_t frame_bytes_max = wire::kFrameBytesMaxDefault;
   std::size_t inflight_max = 1024;          // submit() waits beyond it
 };
+
+// One batch of a follow: committed events with consecutive seqs, in order.
+class EventBatch {
+ public:
+  EventBatch(wire::EventPayloads events, std::uint64_t next_seq)
+      : events_(std::move(events)), next_seq_(next_seq) {}
+
+  std::size_t size() const { return events_.size(); }
+  std::uint64_t first_seq() const { return next_seq_ - events_.size(); }
+  // The seq after the last event: where to follow from again.
+  std::uint64_t next_seq() const { return next_seq_; }
+  // Event `index`, as logged: the Cap'n Proto Event message of
+  // log/events.capnp, 8-byte aligned, for log::EventDecoder.
+  std::span<const std::byte> payload(std::size_t index) const { return events_[index]; }
+  // Decodes each event in order and calls `visit` with it; the Event's
+  // views are valid during the call. corrupt when one does not decode (then
+  // the later ones are not visited).
+  Status for_each(const std::function<void(const log::Event&)>& visit) const;
+
+ private:
+  wire::EventPayloads events_;
+  std::uint64_t next_seq_;
+};
+
+struct FollowOptions {
+  std::uint32_t batch_events_max = 0;  // 0: the server's maximum (1000)
+};
+
+using FollowId = std::uint64_t;
 
 class Client final : public LedgerApi {
  public:
@@ -59,6 +103,23 @@ class Client final : public LedgerApi {
   Result<Balance> balance(std::string_view subject, std::string_view item) override;
   Result<std::vector<ItemBalance>> list(std::string_view subject) override;
   Result<HoldView> hold_info(HoldId hold) override;
+
+  using BatchHandler = std::function<void(const EventBatch& batch)>;
+  using EndHandler = std::function<void(Status why)>;
+  // Streams the committed events with seq >= from_seq (0 and 1: from the
+  // first): `on_batch` runs for each batch as its events are committed, in
+  // seq order, without gaps or repeats, also across reconnects. `on_end`
+  // runs once when the stream ends: ok after cancel_follow(); closed when
+  // the server shuts down or the client closes; io_error when the
+  // connection could not be restored; corrupt or io_error when the server
+  // could not read its log; invalid when the server refused the follow
+  // (too many on the connection). It may run before follow() returns.
+  FollowId follow(std::uint64_t from_seq, BatchHandler on_batch, EndHandler on_end,
+                  FollowOptions options = {});
+  // Ends a follow: batches arriving after this returns are dropped, and
+  // its on_end runs with ok once the server confirms (or the connection
+  // drops). An unknown or ended id is ignored.
+  void cancel_follow(FollowId follow);
 
   // Fails unanswered requests with `closed`, closes the connection, joins
   // the reader thread. Idempotent.

@@ -9,10 +9,13 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #pragma GCC diagnostic pop
+#include <algorithm>
 #include <optional>
 
+#include "engine/event_format.h"
 #include "engine/json.h"
 #include "engine/server_impl.h"
+#include "log/event.h"
 
 namespace tally::server_detail {
 
@@ -27,6 +30,12 @@ using HttpResponse = http::response<Body>;
 
 constexpr std::size_t kPathSegmentsMax = 8;
 constexpr std::int64_t kNsPerMs = 1'000'000;
+// GET /v1/events: events per answer by default and at most (larger limits
+// are capped), and the longest a poll waits (larger waits are capped).
+constexpr std::size_t kEventsLimitDefault = 100;
+constexpr std::size_t kEventsLimitMax = kFeedEventsMax;
+constexpr std::int64_t kEventsWaitMsMax = 30'000;
+constexpr std::size_t kQueryParamsMax = 8;
 
 // ---- responses ---------------------------------------------------------------
 
@@ -249,6 +258,7 @@ Status parse_batch_ops(const json::Value& body, Command* command) {
 
 struct Target {
   std::vector<std::string> segments;  // percent-decoded
+  std::string query;                  // after '?', still encoded
 };
 
 bool hex_value(char c, int* out) {
@@ -281,6 +291,7 @@ Result<Target> parse_target(std::string_view target) {
   std::string_view path = target.substr(0, query);
   if (path.empty() || path.front() != '/') return bad("the target must be an absolute path");
   Target out;
+  if (query != std::string_view::npos) out.query = std::string(target.substr(query + 1));
   path.remove_prefix(1);
   while (!path.empty()) {
     if (out.segments.size() >= kPathSegmentsMax) return bad("path too long");
@@ -292,6 +303,94 @@ Result<Target> parse_target(std::string_view target) {
     path.remove_prefix(slash + 1);
   }
   return out;
+}
+
+// ---- the event feed ------------------------------------------------------------
+
+struct EventsQuery {
+  std::uint64_t from_seq = 1;
+  std::size_t limit = kEventsLimitDefault;
+  std::int64_t wait_ms = 0;
+};
+
+// A decimal number without sign; false when empty, not digits, or over max.
+bool parse_decimal(std::string_view text, std::uint64_t max, std::uint64_t* out) {
+  if (text.empty()) return false;
+  std::uint64_t value = 0;
+  for (const char c : text) {
+    if (c < '0' || c > '9') return false;
+    const auto digit = static_cast<std::uint64_t>(c - '0');
+    if (value > (max - digit) / 10) return false;
+    value = value * 10 + digit;
+  }
+  *out = value;
+  return true;
+}
+
+// from_seq=N&limit=M&wait_ms=W, each optional and at most once. limit and
+// wait_ms above their maximum are capped; from_seq 0 means 1, the first seq.
+Status parse_events_query(std::string_view query, EventsQuery* out) {
+  bool seen[3] = {false, false, false};
+  std::size_t params = 0;
+  while (!query.empty()) {
+    const std::size_t amp = query.find('&');
+    const std::string_view param = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
+    if (param.empty()) continue;
+    if (++params > kQueryParamsMax) return bad("too many query parameters");
+    const std::size_t eq = param.find('=');
+    std::string name;
+    std::string value;
+    TALLY_TRY(percent_decode(param.substr(0, eq), &name));
+    if (eq != std::string_view::npos) TALLY_TRY(percent_decode(param.substr(eq + 1), &value));
+    constexpr std::string_view kNames[3] = {"from_seq", "limit", "wait_ms"};
+    std::size_t which = 0;
+    while (which < 3 && name != kNames[which]) which++;
+    if (which == 3) return bad("unknown query parameter \"" + name + "\"");
+    if (seen[which]) return bad("\"" + name + "\" is given twice");
+    seen[which] = true;
+    std::uint64_t number = 0;
+    if (!parse_decimal(value, UINT64_MAX, &number)) {
+      return bad("\"" + name + "\" must be a non-negative integer");
+    }
+    if (which == 0) {
+      out->from_seq = std::max<std::uint64_t>(number, 1);
+    } else if (which == 1) {
+      if (number == 0) return bad("\"limit\" must be at least 1");
+      out->limit = static_cast<std::size_t>(std::min<std::uint64_t>(number, kEventsLimitMax));
+    } else {
+      out->wait_ms = static_cast<std::int64_t>(std::min<std::uint64_t>(number, kEventsWaitMsMax));
+    }
+  }
+  return Status();
+}
+
+// One answer of GET /v1/events: {"events":[...],"next_seq":N}, each event
+// the object `tally log --json` prints for it.
+struct EventsPage {
+  std::string body;
+  std::size_t count = 0;
+};
+
+Result<EventsPage> read_events_page(EventFeed& feed, const EventsQuery& query) {
+  EventsPage page;
+  page.body = "{\"events\":[";
+  log::EventDecoder decoder;
+  log::Event event;
+  std::uint64_t next_seq = query.from_seq;
+  FeedLimits limits;
+  limits.events_max = query.limit;
+  auto count = feed.poll(&next_seq, limits, [&](const log::Record& record) {
+    const Status decoded = decoder.decode(record.payload, &event);
+    if (!decoded.ok()) return log::corrupt_at(record.segment_first_seq, record.offset, decoded.message());
+    if (record.seq != query.from_seq) page.body += ',';
+    append_event(event, EventFormat::json, &page.body);
+    return Status();
+  });
+  if (!count) return count.status();
+  page.count = *count;
+  page.body += "],\"next_seq\":" + std::to_string(next_seq) + "}";
+  return page;
 }
 
 std::string_view view(beast::string_view text) { return std::string_view(text.data(), text.size()); }
@@ -362,6 +461,14 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
 
   void handle(HttpRequest request);
   void route_get(const Target& target);
+  // GET /v1/events: read; if nothing is there yet and wait_ms allows, wait
+  // for a commit (EventFeed::wait, off the I/O threads) and read once more.
+  void events(const Target& target);
+  void poll_events(const EventsQuery& query, EventFeed::Deadline deadline, bool may_wait);
+  void on_events(const EventsQuery& query, EventFeed::Deadline deadline, bool may_wait,
+                 Result<EventsPage> page);
+  void on_poll_ready(const EventsQuery& query, EventFeed::Deadline deadline);
+  void watch_peer();
   void route_post(const Target& target, const HttpRequest& request);
   void mutate(const HttpRequest& request, Command command);
 
@@ -377,7 +484,7 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
 
   void send(HttpResponse response, bool close_after) {
     response_ = std::move(response);
-    response_.keep_alive(keep_alive_ && !close_after && !stopping_);
+    response_.keep_alive(keep_alive_ && !close_after && !stopping_ && !core_.stopping());
     response_.prepare_payload();
     stream_.expires_after(std::chrono::milliseconds(core_.options().idle_timeout_ms));
     http::async_write(stream_, response_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
@@ -404,6 +511,8 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   bool reading_ = false;
   bool stopping_ = false;
   bool closed_ = false;
+  bool poll_waiting_ = false;  // a GET /v1/events waits in the feed
+  EventFeed::WaiterId poll_waiter_ = 0;
 };
 
 void HttpSession::handle(HttpRequest request) {
@@ -431,10 +540,14 @@ void HttpSession::handle(HttpRequest request) {
     return read<LedgerStats>(
         Metrics::Op::count, [this] { return Result<LedgerStats>(core_.ledger().stats()); },
         [this](const LedgerStats& stats) {
-          return json_response(http::status::ok, core_.metrics().render(stats), "text/plain; version=0.0.4");
+          return json_response(http::status::ok, core_.metrics().render(stats, core_.feed().stats()),
+                               "text/plain; version=0.0.4");
         });
   }
   if (path.empty() || path[0] != "v1") return send(problem(http::status::not_found, "not_found", "no such route"), false);
+  if (path.size() == 2 && path[1] == "events" && request.method() != http::verb::get) {
+    return send(problem(http::status::method_not_allowed, "method_not_allowed", "use GET"), false);
+  }
   if (request.method() == http::verb::get) return route_get(*target);
   if (request.method() == http::verb::post) return route_post(*target, request);
   send(problem(http::status::method_not_allowed, "method_not_allowed", "use GET or POST"), false);
@@ -442,6 +555,7 @@ void HttpSession::handle(HttpRequest request) {
 
 void HttpSession::route_get(const Target& target) {
   const std::vector<std::string>& path = target.segments;
+  if (path.size() == 2 && path[1] == "events") return events(target);
   if (path.size() == 4 && path[1] == "balances") {
     return read<Balance>(
         Metrics::Op::balance, [this, s = path[2], i = path[3]] { return core_.ledger().balance(s, i); },
@@ -478,6 +592,75 @@ void HttpSession::route_get(const Target& target) {
         Metrics::Op::hold_info, [this, hold] { return core_.ledger().hold_info(hold); }, hold_response);
   }
   send(problem(http::status::not_found, "not_found", "no such route"), false);
+}
+
+void HttpSession::events(const Target& target) {
+  EventsQuery query;
+  const Status parsed = parse_events_query(target.query, &query);
+  if (!parsed.ok()) return send(error_response(parsed), false);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(query.wait_ms);
+  poll_events(query, deadline, query.wait_ms > 0);
+}
+
+void HttpSession::poll_events(const EventsQuery& query, EventFeed::Deadline deadline, bool may_wait) {
+  auto self = shared_from_this();
+  core_.read<EventsPage>(
+      Metrics::Op::events, [this, query] { return read_events_page(core_.feed(), query); },
+      [self, query, deadline, may_wait](Result<EventsPage> page) {
+        asio::post(self->stream_.get_executor(), [self, query, deadline, may_wait, page = std::move(page)]() mutable {
+          self->on_events(query, deadline, may_wait, std::move(page));
+        });
+      });
+}
+
+void HttpSession::on_events(const EventsQuery& query, EventFeed::Deadline deadline, bool may_wait,
+                            Result<EventsPage> page) {
+  if (!page) return send(error_response(page.status()), false);
+  if (page->count > 0 || !may_wait || stopping_ || core_.stopping()) {
+    return send(json_response(http::status::ok, std::move(page->body)), false);
+  }
+  // Nothing at or after from_seq is committed yet. The feed calls back on a
+  // commit past from_seq - 1, at the deadline, or when the server stops;
+  // then the poll reads once more and answers whatever it finds.
+  auto self = shared_from_this();
+  poll_waiting_ = true;
+  poll_waiter_ = core_.feed().wait(query.from_seq - 1, deadline, [self, query, deadline](std::uint64_t) {
+    asio::post(self->stream_.get_executor(), [self, query, deadline] { self->on_poll_ready(query, deadline); });
+  });
+  watch_peer();
+}
+
+void HttpSession::on_poll_ready(const EventsQuery& query, EventFeed::Deadline deadline) {
+  poll_waiting_ = false;
+  poll_waiter_ = 0;
+  // Ends watch_peer()'s wait; nothing else is pending on the socket now.
+  beast::error_code ignored;
+  stream_.socket().cancel(ignored);
+  if (closed_) return;
+  poll_events(query, deadline, false);
+}
+
+// While a poll waits, notices a client that goes away (a consumer's own
+// timeout is often shorter than its wait_ms), so that neither the wait nor
+// the connection lingers until the deadline.
+void HttpSession::watch_peer() {
+  stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this()](beast::error_code ec) {
+    if (ec || !self->poll_waiting_ || self->closed_) return;
+    // Peek without blocking the I/O thread: the socket is readable, but
+    // Beast may have taken what was there.
+    tcp::socket& socket = self->stream_.socket();
+    char byte = 0;
+    beast::error_code peeked;
+    beast::error_code ignored;
+    socket.non_blocking(true, ignored);
+    socket.receive(asio::buffer(&byte, 1), tcp::socket::message_peek, peeked);
+    socket.non_blocking(false, ignored);
+    if (!peeked) return;  // a pipelined request: it waits for read_request()
+    if (peeked == asio::error::would_block || peeked == asio::error::try_again) return self->watch_peer();
+    // End of stream or a reset: the client is gone.
+    self->close();
+    self->core_.feed().cancel(self->poll_waiter_);
+  });
 }
 
 // Builds the Command of a POST route; `mutate` submits it.

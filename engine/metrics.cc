@@ -8,7 +8,7 @@ namespace {
 
 constexpr std::array<std::string_view, static_cast<std::size_t>(Metrics::Op::count)> kOpNames = {
     "acquire", "consume", "transfer", "hold", "commit",
-    "release", "batch",   "balance",  "list", "hold_info"};
+    "release", "batch",   "balance",  "list", "hold_info", "events"};
 constexpr std::array<std::string_view, 2> kProtocolNames = {"binary", "http"};
 
 std::string slot_name(std::size_t slot) {
@@ -115,7 +115,7 @@ void Metrics::render_latency(std::string* out) const {
   }
 }
 
-std::string Metrics::render(const LedgerStats& stats) const {
+std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed) const {
   std::string out;
   render_ops(&out);
   render_latency(&out);
@@ -150,6 +150,9 @@ std::string Metrics::render(const LedgerStats& stats) const {
   append_help(&out, "tally_malformed_total", "counter",
               "Connections closed for a malformed or oversized frame or request.");
   append_line(&out, "tally_malformed_total", "", malformed_.load(std::memory_order_relaxed));
+  append_help(&out, "tally_event_waits", "gauge",
+              "Event feed readers (long polls, follow streams) waiting for a commit.");
+  append_line(&out, "tally_event_waits", "", feed.waiters);
   return out;
 }
 

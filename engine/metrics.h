@@ -9,15 +9,18 @@
 #include <string>
 #include <string_view>
 
+#include "engine/feed.h"
 #include "engine/ledger.h"
 
 namespace tally {
 
 class Metrics {
  public:
-  // What a request asked for.
+  // What a request asked for. `events` is one read of the event feed: one
+  // per GET /v1/events answer and per follow batch (the wait before it is
+  // not part of its latency).
   enum class Op : std::uint8_t {
-    acquire, consume, transfer, hold, commit, release, batch, balance, list, hold_info, count
+    acquire, consume, transfer, hold, commit, release, batch, balance, list, hold_info, events, count
   };
   // A request's result: an Outcome (ok, insufficient, ...) or an ErrorCode.
   static constexpr std::size_t kOutcomeSlots = 6 + 16;
@@ -35,8 +38,8 @@ class Metrics {
   void inflight_add(std::int64_t delta) { inflight_.fetch_add(delta, std::memory_order_acq_rel); }
   std::int64_t inflight() const { return inflight_.load(std::memory_order_acquire); }
 
-  // The text exposition, with the ledger's own counters.
-  std::string render(const LedgerStats& stats) const;
+  // The text exposition, with the ledger's and the event feed's own counters.
+  std::string render(const LedgerStats& stats, const FeedStats& feed) const;
 
  private:
   // Upper bounds in microseconds; the last bucket is +Inf.

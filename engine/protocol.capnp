@@ -52,7 +52,19 @@ struct Request {
     balance @3 :BalanceQuery;
     list @4 :ListQuery;
     holdInfo @5 :UInt64;
+    follow @6 :Follow;
+    cancel @7 :UInt64;   # ends the open follow with this id; no response of its own
   }
+}
+
+# Streams committed events: the server answers with `events` batches that
+# carry this request's id, as events are committed, until the follow is
+# cancelled (a last batch with `end`), the connection closes, or the server
+# stops or cannot read its log (an `error`). The next batch is read only
+# once the previous one is written.
+struct Follow {
+  fromSeq @0 :UInt64;    # the first seq wanted; 0 and 1 both mean the first event
+  maxEvents @1 :UInt32;  # per batch; 0: the server's maximum (1000), which also caps it
 }
 
 struct BalanceQuery {
@@ -141,5 +153,13 @@ struct Response {
     list @4 :List(ItemBalance);
     holdInfo @5 :HoldView;
     hello @6 :Void;
+    events @7 :EventBatch;
   }
+}
+
+# One batch of a follow: consecutive seqs, from nextSeq - length(events).
+struct EventBatch {
+  events @0 :List(Data);  # each the Event message of log/events.capnp, as logged
+  nextSeq @1 :UInt64;     # the seq after the last event: where to follow from again
+  end @2 :Bool;           # the follow's last message (after a cancel); no events
 }

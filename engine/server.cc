@@ -2,8 +2,10 @@
 // connections (HTTP is in engine/http.cc).
 #include "engine/server.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <deque>
+#include <map>
 #include <thread>
 #include <vector>
 
@@ -26,7 +28,7 @@ std::int64_t steady_now_ns() {
 }
 
 Core::Core(Ledger* ledger, ServerOptions options)
-    : ledger_(ledger), options_(std::move(options)), read_pool_(options_.read_threads) {}
+    : ledger_(ledger), options_(std::move(options)), feed_(ledger), read_pool_(options_.read_threads) {}
 
 void Core::log(std::string_view message) const {
   if (options_.log) return options_.log(message);
@@ -86,6 +88,9 @@ void Core::for_each_session(void (Session::*method)()) {
 
 void Core::begin_stop() {
   stopping_.store(true, std::memory_order_release);
+  // Long polls and follow streams waiting for a commit end now; their
+  // sessions answer and close like the others.
+  feed_.stop();
   for_each_session(&Session::begin_shutdown);
 }
 
@@ -98,10 +103,53 @@ bool Core::wait_sessions(std::chrono::steady_clock::time_point deadline) {
 
 namespace {
 
+// A follow stream of a binary connection (docs/protocol.md): batches of
+// committed events pushed under the follow request's id. Its cycle: wait in
+// the EventFeed for a commit past the cursor, read a batch on the read
+// pool, write it, and wait again only once it is written, so a slow reader
+// holds at most one batch here. Every field is touched on the session's
+// strand, except `cursor`, which the read in flight owns.
+struct Follow {
+  std::uint64_t id = 0;  // the follow request's id
+  FeedCursor cursor;
+  FeedLimits limits;
+  EventFeed::WaiterId waiter = 0;
+  bool waiting = false;    // in the feed, for a commit
+  bool reading = false;    // a batch is being read
+  bool unwritten = false;  // its last batch is queued or being written
+  bool ending = false;     // ends once none of the above holds
+  Status end_status;       // ok: a last batch with `end`; else this error
+};
+
+// A batch read for a follow: the encoded response, and how many events.
+struct FollowBatch {
+  std::string frame;
+  std::size_t count = 0;
+};
+
+// Reads the follow's next batch (on the read pool) and encodes it.
+Result<FollowBatch> read_follow_batch(EventFeed& feed, Follow& follow) {
+  wire::Response response;
+  response.id = follow.id;
+  response.kind = wire::Response::Kind::events;
+  auto count = feed.read(&follow.cursor, follow.limits, [&](const log::Record& record) {
+    response.events.append(record.payload);
+    return Status();
+  });
+  if (!count) return count.status();
+  FollowBatch batch;
+  batch.count = *count;
+  response.next_seq = follow.cursor.next_seq;
+  if (batch.count > 0) batch.frame = wire::encode_response(response);
+  return batch;
+}
+
 // One binary-protocol connection: reads frames, submits them, writes the
 // responses in completion order (so they may overtake each other). At most
 // inflight_per_connection_max requests are in flight; beyond that it stops
-// reading, which is the client's backpressure.
+// reading, which is the client's backpressure. Follow streams (at most
+// follows_per_connection_max) are not requests in flight: they last until
+// cancelled, and end when the peer closes or the server stops.
 class BinarySession final : public Session, public std::enable_shared_from_this<BinarySession> {
  public:
   BinarySession(Core& core, tcp::socket socket)
@@ -125,6 +173,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
       // Makes a pending read end (EOF) without cancelling pending writes.
       boost::system::error_code ignored;
       self->socket_.shutdown(tcp::socket::shutdown_receive, ignored);
+      self->end_follows(Status(ErrorCode::closed, "the server is shutting down"));
       self->maybe_finish();
     });
   }
@@ -183,6 +232,8 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     if (ec != asio::error::eof && ec != asio::error::operation_aborted && !stopping_) {
       core_.log("binary connection: read failed: " + ec.message());
     }
+    // The peer sends no more, so it can cancel nothing: its follows end.
+    end_follows(Status());
     maybe_finish();
   }
 
@@ -217,6 +268,8 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   void dispatch(wire::Request request) {
     using Kind = wire::Request::Kind;
     if (request.kind == Kind::hello) return hello(request);
+    if (request.kind == Kind::follow) return start_follow(request);
+    if (request.kind == Kind::cancel) return cancel_follow(request.follow_id);
     inflight_++;
     auto self = shared_from_this();
     const std::uint64_t id = request.id;
@@ -247,9 +300,127 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
             Metrics::Op::hold_info, [this, hold = request.hold] { return core_.ledger().hold_info(hold); },
             [self, id](Result<HoldView> result) { self->answer_later(id, std::move(result)); });
         return;
-      case Kind::hello: break;
+      case Kind::hello:
+      case Kind::follow:
+      case Kind::cancel: break;
     }
     TALLY_ASSERT(false);
+  }
+
+  // ---- follow streams ----------------------------------------------------------
+
+  void start_follow(const wire::Request& request) {
+    if (follows_.count(request.id) != 0) {
+      return send_error(request.id, Status(ErrorCode::invalid, "a follow with this id is open"));
+    }
+    if (follows_.size() >= core_.options().follows_per_connection_max) {
+      return send_error(request.id, Status(ErrorCode::invalid, "too many follows on this connection"));
+    }
+    auto follow = std::make_shared<Follow>();
+    follow->id = request.id;
+    follow->cursor.next_seq = std::max<std::uint64_t>(request.from_seq, 1);
+    if (request.max_events != 0) follow->limits.events_max = std::min<std::size_t>(request.max_events, kFeedEventsMax);
+    follows_.emplace(follow->id, follow);
+    pump(follow);
+  }
+
+  void cancel_follow(std::uint64_t id) {
+    auto entry = follows_.find(id);
+    if (entry == follows_.end()) return;  // ended already, or never was
+    end_follow(entry->second, Status());
+  }
+
+  void end_follows(const Status& why) {
+    std::vector<std::shared_ptr<Follow>> open;
+    for (const auto& [id, follow] : follows_) open.push_back(follow);
+    for (const auto& follow : open) end_follow(follow, why);
+  }
+
+  void end_follow(const std::shared_ptr<Follow>& follow, Status why) {
+    mark_ending(*follow, std::move(why));
+    pump(follow);
+  }
+
+  // The first reason a follow ends is the one its last message gives.
+  static void mark_ending(Follow& follow, Status why) {
+    if (follow.ending) return;
+    follow.ending = true;
+    follow.end_status = std::move(why);
+  }
+
+  // Moves a follow on: waits for a commit once its last batch is written;
+  // when ending, stops its wait and sends its last message once nothing of
+  // it is in flight.
+  void pump(const std::shared_ptr<Follow>& follow) {
+    if (closed_ || follow->reading || follow->unwritten) return;
+    if (stopping_ || core_.stopping()) {
+      mark_ending(*follow, Status(ErrorCode::closed, "the server is shutting down"));
+    }
+    if (follow->waiting) {
+      // Its Ready runs now and pumps again once it is back on the strand.
+      if (follow->ending) core_.feed().cancel(follow->waiter);
+      return;
+    }
+    if (follow->ending) return finish_follow(follow);
+    follow->waiting = true;
+    auto self = shared_from_this();
+    follow->waiter = core_.feed().wait(follow->cursor.next_seq - 1, EventFeed::Deadline::max(),
+                                       [self, follow](std::uint64_t) {
+                                         asio::post(self->socket_.get_executor(), [self, follow] {
+                                           self->on_follow_ready(follow);
+                                         });
+                                       });
+  }
+
+  void on_follow_ready(const std::shared_ptr<Follow>& follow) {
+    follow->waiting = false;
+    follow->waiter = 0;
+    if (closed_) return;
+    if (follow->ending || stopping_ || core_.stopping()) return pump(follow);
+    follow->reading = true;
+    auto self = shared_from_this();
+    core_.read<FollowBatch>(
+        Metrics::Op::events, [this, follow] { return read_follow_batch(core_.feed(), *follow); },
+        [self, follow](Result<FollowBatch> batch) {
+          asio::post(self->socket_.get_executor(), [self, follow, batch = std::move(batch)]() mutable {
+            self->on_follow_read(follow, std::move(batch));
+          });
+        });
+  }
+
+  void on_follow_read(const std::shared_ptr<Follow>& follow, Result<FollowBatch> batch) {
+    follow->reading = false;
+    if (closed_) return;
+    if (!batch) {
+      core_.log("binary connection: a follow failed: " + batch.status().to_string());
+      return end_follow(follow, batch.status());
+    }
+    if (batch->count == 0) {
+      // Woken without a new event: only a closed ledger does that.
+      return end_follow(follow, Status(ErrorCode::closed, "the ledger is closed"));
+    }
+    // Sent even when the follow is ending: it was read, and the cursor is past it.
+    follow->unwritten = true;
+    send(std::move(batch->frame), follow);
+  }
+
+  void finish_follow(const std::shared_ptr<Follow>& follow) {
+    follows_.erase(follow->id);
+    if (!follow->end_status.ok()) return send_error(follow->id, follow->end_status);
+    wire::Response response;
+    response.id = follow->id;
+    response.kind = wire::Response::Kind::events;
+    response.next_seq = follow->cursor.next_seq;
+    response.end = true;
+    send(wire::encode_response(response));
+  }
+
+  void send_error(std::uint64_t id, Status status) {
+    wire::Response response;
+    response.id = id;
+    response.kind = wire::Response::Kind::error;
+    response.error = std::move(status);
+    send(wire::encode_response(response));
   }
 
   void hello(const wire::Request& request) {
@@ -307,9 +478,11 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     if (!reading_) read_head();
   }
 
-  void send(std::string bytes) {
+  // Queues a frame; `follow`: the batch of that follow, which reads its
+  // next one only once this one is written.
+  void send(std::string bytes, std::shared_ptr<Follow> follow = nullptr) {
     if (closed_) return;
-    writes_.push_back(std::move(bytes));
+    writes_.push_back(Outgoing{std::move(bytes), std::move(follow)});
     if (!writing_) write_next();
   }
 
@@ -318,7 +491,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   void write_next() {
     writing_ = true;
     gather_.clear();
-    for (const std::string& bytes : writes_) gather_.push_back(asio::buffer(bytes));
+    for (const Outgoing& outgoing : writes_) gather_.push_back(asio::buffer(outgoing.bytes));
     asio::async_write(socket_, gather_,
                       [self = shared_from_this(), count = writes_.size()](
                           boost::system::error_code ec, std::size_t) { self->on_written(ec, count); });
@@ -326,13 +499,21 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
 
   void on_written(boost::system::error_code ec, std::size_t count) {
     writing_ = false;
+    std::vector<std::shared_ptr<Follow>> written;
+    for (std::size_t index = 0; index < count; index++) {
+      if (writes_[index].follow) written.push_back(std::move(writes_[index].follow));
+    }
     writes_.erase(writes_.begin(), writes_.begin() + static_cast<std::ptrdiff_t>(count));
     if (ec) {
       if (!closed_) core_.log("binary connection: write failed: " + ec.message());
       return close();
     }
     touch();
-    if (!writes_.empty()) return write_next();
+    for (const auto& follow : written) {
+      follow->unwritten = false;
+      pump(follow);
+    }
+    if (!writing_ && !writes_.empty()) return write_next();
     maybe_finish();
   }
 
@@ -342,7 +523,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     if (closed_) return;
     if (!read_closed_ && !stopping_) return;
     if (reading_ && !read_closed_) return;  // the shutdown's EOF is on its way
-    if (inflight_ > 0 || writing_ || !writes_.empty()) return;
+    if (inflight_ > 0 || writing_ || !writes_.empty() || !follows_.empty()) return;
     close();
   }
 
@@ -351,7 +532,8 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     idle_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
       if (ec || self->closed_) return;
       const std::int64_t idle_ns = steady_now_ns() - self->last_activity_ns_;
-      const bool busy = self->inflight_ > 0 || self->writing_;
+      // An open follow is a connection in use, however quiet the ledger.
+      const bool busy = self->inflight_ > 0 || self->writing_ || !self->follows_.empty();
       if (!busy && idle_ns >= core_idle_ns(self->core_)) {
         self->core_.log("binary connection: closing: idle timeout");
         return self->close();
@@ -371,6 +553,14 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     socket_.shutdown(tcp::socket::shutdown_both, ignored);
     socket_.close(ignored);
     idle_timer_.cancel();
+    // Waiting follows hold this session in the feed: release them now.
+    // Their Ready and their reads in flight find the session closed.
+    std::vector<EventFeed::WaiterId> waiters;
+    for (const auto& [id, follow] : follows_) {
+      if (follow->waiting) waiters.push_back(follow->waiter);
+    }
+    follows_.clear();
+    for (const EventFeed::WaiterId waiter : waiters) core_.feed().cancel(waiter);
   }
 
   Core& core_;
@@ -378,8 +568,15 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   asio::steady_timer idle_timer_;
   std::uint64_t id_ = 0;
   bool authenticated_;
+  struct Outgoing {
+    std::string bytes;
+    std::shared_ptr<Follow> follow;  // a follow's batch, or nullptr
+  };
+
   wire::FrameWords frame_;
-  std::deque<std::string> writes_;  // bounded by inflight_per_connection_max + 1
+  // Bounded by inflight_per_connection_max + follows_per_connection_max + 1.
+  std::deque<Outgoing> writes_;
+  std::map<std::uint64_t, std::shared_ptr<Follow>> follows_;  // by request id
   std::vector<asio::const_buffer> gather_;  // the buffers of the write in progress
   std::size_t inflight_ = 0;
   bool reading_ = false;
@@ -516,7 +713,8 @@ struct Server::Impl {
 Result<std::unique_ptr<Server>> Server::start(Ledger* ledger, ServerOptions options) {
   TALLY_ASSERT(ledger != nullptr);
   if (options.io_threads == 0 || options.read_threads == 0 || options.connections_max == 0 ||
-      options.inflight_per_connection_max == 0 || options.idle_timeout_ms <= 0) {
+      options.inflight_per_connection_max == 0 || options.follows_per_connection_max == 0 ||
+      options.idle_timeout_ms <= 0) {
     return Status(ErrorCode::invalid, "server limits must be positive");
   }
   if (options.token.size() > wire::kTokenBytesMax) {

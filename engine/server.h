@@ -1,6 +1,8 @@
 // Server: serves one Ledger over the binary protocol (docs/protocol.md) and
 // HTTP/1.1 JSON (docs/http-api.md). Every connection feeds the same Ledger,
-// so concurrent clients share its group commits.
+// so concurrent clients share its group commits. The event feeds (GET
+// /v1/events, the binary follow stream) read the Ledger's log through one
+// EventFeed (engine/feed.h), up to its committed seq.
 //
 //   auto server = tally::Server::start(ledger.get(), options);
 //   ... until SIGTERM ...
@@ -8,7 +10,9 @@
 //   ledger->close();
 //
 // Limits: connections_max connections in all, inflight_per_connection_max
-// requests in flight on each, frame and body sizes, idle timeouts. A
+// requests in flight and follows_per_connection_max follow streams on each
+// (each with at most one batch written at a time), frame and body sizes,
+// idle timeouts. A
 // malformed or oversized frame closes only its connection, with a logged
 // reason. Tokens are compared in constant time.
 //
@@ -43,6 +47,9 @@ struct ServerOptions {
   // Together with connections_max this bounds the Ledger's queue; keep the
   // product below LedgerOptions::queue_depth_max so submit() never waits.
   std::size_t inflight_per_connection_max = 1024;
+  // Open follow streams (docs/protocol.md) per binary connection. Each has
+  // at most one batch (about 256 KiB at most) waiting to be written.
+  std::size_t follows_per_connection_max = 16;
   std::int64_t idle_timeout_ms = 60'000;
   std::size_t frame_bytes_max = wire::kFrameBytesMaxDefault;
   std::size_t http_body_bytes_max = 1u << 20;
@@ -75,7 +82,8 @@ class Server {
   std::uint16_t http_port() const;
 
   // Stops accepting, reads no new requests, answers every request already
-  // read (they are in the Ledger and will be durable), then closes the
+  // read (they are in the Ledger and will be durable; a waiting long poll
+  // at once, with what it has), ends open follow streams, then closes the
   // connections and joins the threads. After shutdown_grace_ms the remaining
   // connections are closed; their accepted requests still complete in the
   // Ledger. Idempotent; blocks.

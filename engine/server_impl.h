@@ -12,6 +12,7 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "engine/feed.h"
 #include "engine/ledger.h"
 #include "engine/metrics.h"
 #include "engine/server.h"
@@ -40,6 +41,9 @@ class Core {
   Core(Ledger* ledger, ServerOptions options);
 
   Ledger& ledger() { return *ledger_; }
+  // The committed events, for GET /v1/events and the binary follow stream.
+  // Its waits all end when the server begins to stop.
+  EventFeed& feed() { return feed_; }
   const ServerOptions& options() const { return options_; }
   Metrics& metrics() { return metrics_; }
   bool stopping() const { return stopping_.load(std::memory_order_acquire); }
@@ -72,6 +76,7 @@ class Core {
   Ledger* ledger_;
   const ServerOptions options_;
   Metrics metrics_;
+  EventFeed feed_;  // before read_pool_: reads use it until the pool is joined
   asio::thread_pool read_pool_;
   std::atomic<bool> stopping_{false};
   std::mutex mu_;

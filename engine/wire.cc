@@ -143,6 +143,15 @@ Status decode_request_fields(proto::Request::Reader in, Request* out) {
       out->kind = Request::Kind::hold_info;
       out->hold = in.getHoldInfo();
       return Status();
+    case proto::Request::FOLLOW:
+      out->kind = Request::Kind::follow;
+      out->from_seq = in.getFollow().getFromSeq();
+      out->max_events = in.getFollow().getMaxEvents();
+      return Status();
+    case proto::Request::CANCEL:
+      out->kind = Request::Kind::cancel;
+      out->follow_id = in.getCancel();
+      return Status();
   }
   return Status(ErrorCode::invalid, "unknown request kind");
 }
@@ -213,6 +222,28 @@ Status decode_error(proto::Error::Reader in, Response* out) {
   return Status();
 }
 
+void encode_event_batch(const Response& response, proto::EventBatch::Builder out) {
+  auto events = out.initEvents(static_cast<unsigned>(response.events.size()));
+  for (unsigned index = 0; index < events.size(); index++) {
+    const std::span<const std::byte> payload = response.events[index];
+    events.set(index, capnp::Data::Reader(reinterpret_cast<const kj::byte*>(payload.data()), payload.size()));
+  }
+  out.setNextSeq(response.next_seq);
+  out.setEnd(response.end);
+}
+
+Status decode_event_batch(proto::EventBatch::Reader in, Response* out) {
+  const auto events = in.getEvents();
+  out->next_seq = in.getNextSeq();
+  out->end = in.getEnd();
+  if (events.size() > out->next_seq) return Status(ErrorCode::invalid, "a batch ends before seq 1");
+  if (out->end && events.size() != 0) return Status(ErrorCode::invalid, "a follow's end carries events");
+  for (const capnp::Data::Reader event : events) {
+    out->events.append(std::span(reinterpret_cast<const std::byte*>(event.begin()), event.size()));
+  }
+  return Status();
+}
+
 Status decode_response_fields(proto::Response::Reader in, Response* out) {
   out->id = in.getId();
   switch (in.which()) {
@@ -239,11 +270,27 @@ Status decode_response_fields(proto::Response::Reader in, Response* out) {
     case proto::Response::HELLO:
       out->kind = Response::Kind::hello;
       return Status();
+    case proto::Response::EVENTS:
+      out->kind = Response::Kind::events;
+      return decode_event_batch(in.getEvents(), out);
   }
   return Status(ErrorCode::invalid, "unknown response kind");
 }
 
 }  // namespace
+
+void EventPayloads::append(std::span<const std::byte> payload) {
+  const std::size_t word = words_.size();
+  words_.resize(word + (payload.size() + sizeof(std::uint64_t) - 1) / sizeof(std::uint64_t), 0);
+  if (!payload.empty()) std::memcpy(words_.data() + word, payload.data(), payload.size());
+  spans_.push_back(Span{word, payload.size()});
+}
+
+std::span<const std::byte> EventPayloads::operator[](std::size_t index) const {
+  TALLY_ASSERT(index < spans_.size());
+  const Span& span = spans_[index];
+  return std::span(reinterpret_cast<const std::byte*>(words_.data() + span.word), span.bytes);
+}
 
 Result<std::size_t> table_bytes(std::span<const std::byte> first) {
   TALLY_ASSERT(first.size() >= kFirstBytes);
@@ -292,6 +339,13 @@ std::string encode_request(const Request& request) {
     }
     case Request::Kind::list: out.initList().setSubject(as_data(request.subject)); break;
     case Request::Kind::hold_info: out.setHoldInfo(request.hold); break;
+    case Request::Kind::follow: {
+      auto follow = out.initFollow();
+      follow.setFromSeq(request.from_seq);
+      follow.setMaxEvents(request.max_events);
+      break;
+    }
+    case Request::Kind::cancel: out.setCancel(request.follow_id); break;
   }
   return frame(builder);
 }
@@ -326,6 +380,7 @@ std::string encode_response(const Response& response) {
     }
     case Response::Kind::hold_info: encode_hold_view(response.hold, out.initHoldInfo()); break;
     case Response::Kind::hello: out.setHello(); break;
+    case Response::Kind::events: encode_event_batch(response, out.initEvents()); break;
   }
   return frame(builder);
 }

@@ -38,7 +38,7 @@ Result<std::size_t> table_bytes(std::span<const std::byte> first);
 Result<std::size_t> frame_bytes(std::span<const std::byte> table, std::size_t frame_bytes_max);
 
 struct Request {
-  enum class Kind : std::uint8_t { hello, mutation, balance, list, hold_info };
+  enum class Kind : std::uint8_t { hello, mutation, balance, list, hold_info, follow, cancel };
   std::uint64_t id = 0;
   Kind kind = Kind::hello;
   std::uint32_t version = kProtocolVersion;  // hello
@@ -47,10 +47,31 @@ struct Request {
   std::string subject;                       // balance, list
   std::string item;                          // balance
   HoldId hold = 0;                           // hold_info
+  std::uint64_t from_seq = 1;                // follow
+  std::uint32_t max_events = 0;              // follow; 0: the server's maximum
+  std::uint64_t follow_id = 0;               // cancel: the follow's request id
+};
+
+// The events of a follow batch, each the serialized Event message of
+// log/events.capnp, copied into one buffer at 8-byte boundaries so that
+// log::EventDecoder can read them in place.
+class EventPayloads {
+ public:
+  void append(std::span<const std::byte> payload);
+  std::size_t size() const { return spans_.size(); }
+  std::span<const std::byte> operator[](std::size_t index) const;
+
+ private:
+  struct Span {
+    std::size_t word = 0;  // where it starts in words_
+    std::size_t bytes = 0;
+  };
+  std::vector<std::uint64_t> words_;
+  std::vector<Span> spans_;
 };
 
 struct Response {
-  enum class Kind : std::uint8_t { error, receipt, balance, list, hold_info, hello };
+  enum class Kind : std::uint8_t { error, receipt, balance, list, hold_info, hello, events };
   std::uint64_t id = 0;
   Kind kind = Kind::hello;
   Status error;               // error (never ok)
@@ -59,6 +80,9 @@ struct Response {
   Balance balance;
   std::vector<ItemBalance> items;
   HoldView hold;
+  EventPayloads events;       // events: consecutive seqs ending before next_seq
+  std::uint64_t next_seq = 0; // events
+  bool end = false;           // events: the follow's last message
 };
 
 // One framed message, ready to write.

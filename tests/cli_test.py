@@ -563,6 +563,13 @@ class Server:
         with urllib.request.urlopen("http://%s%s" % (self.http, path), timeout=30) as response:
             return json.loads(response.read())
 
+    def post(self, path, body, key):
+        request = urllib.request.Request("http://%s%s" % (self.http, path), method="POST",
+                                         data=json.dumps(body).encode(),
+                                         headers={"Idempotency-Key": key})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout=60)
@@ -593,6 +600,26 @@ def test_bench_drives_a_server_and_the_server_keeps_its_state():
         assert (seen["available"], seen["held"]) == (int(available), int(held)), seen
     finally:
         server.stop()
+
+
+def test_serve_event_feed_matches_tally_log():
+    data = new_dir("feed")
+    server = Server(data)
+    try:
+        server.post("/v1/acquire", {"subject": "berlin", "item": "sku", "qty": 5,
+                                    "reason": "restock"}, "a1")
+        server.post("/v1/transfer", {"from": "berlin", "to": "paris", "item": "sku", "qty": 2}, "t1")
+        hold = server.post("/v1/holds", {"subject": "paris", "item": "sku", "qty": 1,
+                                         "ttl_ms": 60000}, "h1")
+        server.post("/v1/holds/%d/commit" % hold["hold_id"], {}, "c1")
+        first = server.get("/v1/events?from_seq=1&limit=3")
+        rest = server.get("/v1/events?from_seq=%d&wait_ms=0" % first["next_seq"])
+        assert first["next_seq"] == 4 and rest["next_seq"] == 5, (first, rest)
+        events = first["events"] + rest["events"]
+    finally:
+        server.stop()
+    _, out, _ = tally("log", "--data", data, "--json", expect_exit=0)
+    assert events == [json.loads(line) for line in text(out).splitlines()], events
 
 
 def test_bench_connect_usage():

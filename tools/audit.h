@@ -9,7 +9,6 @@
 #include <string>
 
 #include "engine/replay.h"
-#include "log/event.h"
 #include "log/status.h"
 #include "projections/state.h"
 
@@ -31,9 +30,5 @@ void append_export(const proj::State& state, std::int64_t now_ns, std::string* o
 
 // Replays DATA and returns append_export's text.
 Result<std::string> export_csv(const std::string& data_dir, std::int64_t now_ns);
-
-// Appends one event as `tally log` prints it, without the newline: text for
-// people, or a JSON object (docs/cli.md lists the fields).
-void append_event(const log::Event& event, bool json, std::string* out);
 
 }  // namespace tally::cli

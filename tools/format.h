@@ -1,14 +1,18 @@
-// Output helpers shared by the commands: JSON and text escaping of byte
-// strings, times, and a buffered writer for stdout.
+// Output helpers shared by the commands: JSON escaping of byte strings and
+// a buffered writer for stdout. Text escaping, times, hex and whole events
+// are in engine/event_format.h, which the server's event feed shares.
 //
 // Subjects, items and keys are arbitrary bytes (DESIGN.md §1), so every
-// place that prints one escapes it through here.
+// place that prints one escapes it through here or through
+// engine/event_format.h.
 #pragma once
 
 #include <cstdint>
 #include <cstdio>
 #include <string>
 #include <string_view>
+
+#include "engine/event_format.h"
 
 namespace tally::cli {
 
@@ -17,17 +21,6 @@ namespace tally::cli {
 // a byte that is not part of valid UTF-8 becomes \u00XX (the byte's value
 // as a code point), so the output is always valid JSON.
 void append_json_string(std::string* out, std::string_view text);
-
-// Appends `text` for people, on one line: control characters, DEL, space
-// and backslash become \xNN (backslash: \\); everything else is copied, so
-// UTF-8 stays readable and a field never splits at a space.
-void append_text_escaped(std::string* out, std::string_view text);
-
-// "2024-05-01T10:00:00.123456789Z" for ns since the Unix epoch.
-void append_rfc3339(std::string* out, std::int64_t time_ns);
-
-// 16 lower-case hex digits.
-void append_hex64(std::string* out, std::uint64_t value);
 
 // Collects output and writes it to a FILE in large pieces. flush_line()
 // makes each line visible at once where a reader depends on that.
