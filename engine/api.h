@@ -30,6 +30,11 @@ class LedgerApi {
   virtual Result<Balance> balance(std::string_view subject, std::string_view item) = 0;
   // Non-zero balances of a subject, items sorted bytewise.
   virtual Result<std::vector<ItemBalance>> list(std::string_view subject) = 0;
+  // As of a point in the log's history (engine/types.h, AsOf): after a
+  // committed seq, or after every event stamped at or before a time.
+  // invalid for a seq past the last committed one. docs/snapshots.md.
+  virtual Result<Balance> balance(std::string_view subject, std::string_view item, AsOf at) = 0;
+  virtual Result<std::vector<ItemBalance>> list(std::string_view subject, AsOf at) = 0;
   // not_found for a hold never seen or forgotten.
   virtual Result<HoldView> hold_info(HoldId hold) = 0;
 

@@ -383,19 +383,38 @@ void Client::cancel_follow(FollowId follow) {
 }
 
 Result<Balance> Client::balance(std::string_view subject, std::string_view item) {
+  return read_balance(subject, item, std::nullopt);
+}
+
+Result<Balance> Client::balance(std::string_view subject, std::string_view item, AsOf at) {
+  return read_balance(subject, item, at);
+}
+
+Result<std::vector<ItemBalance>> Client::list(std::string_view subject) {
+  return read_list(subject, std::nullopt);
+}
+
+Result<std::vector<ItemBalance>> Client::list(std::string_view subject, AsOf at) {
+  return read_list(subject, at);
+}
+
+Result<Balance> Client::read_balance(std::string_view subject, std::string_view item,
+                                     std::optional<AsOf> at) {
   wire::Request request;
   request.kind = wire::Request::Kind::balance;
   request.subject = std::string(subject);
   request.item = std::string(item);
+  request.as_of = at;
   return call<Balance>([this](wire::Request r, ResponseDone d) { impl_->send(std::move(r), std::move(d)); },
                        std::move(request), wire::Response::Kind::balance,
                        [](wire::Response& response) { return response.balance; });
 }
 
-Result<std::vector<ItemBalance>> Client::list(std::string_view subject) {
+Result<std::vector<ItemBalance>> Client::read_list(std::string_view subject, std::optional<AsOf> at) {
   wire::Request request;
   request.kind = wire::Request::Kind::list;
   request.subject = std::string(subject);
+  request.as_of = at;
   return call<std::vector<ItemBalance>>(
       [this](wire::Request r, ResponseDone d) { impl_->send(std::move(r), std::move(d)); },
       std::move(request), wire::Response::Kind::list,

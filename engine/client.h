@@ -102,6 +102,8 @@ class Client final : public LedgerApi {
   void submit(Command command, Completion done) override;
   Result<Balance> balance(std::string_view subject, std::string_view item) override;
   Result<std::vector<ItemBalance>> list(std::string_view subject) override;
+  Result<Balance> balance(std::string_view subject, std::string_view item, AsOf at) override;
+  Result<std::vector<ItemBalance>> list(std::string_view subject, AsOf at) override;
   Result<HoldView> hold_info(HoldId hold) override;
 
   using BatchHandler = std::function<void(const EventBatch& batch)>;
@@ -128,6 +130,8 @@ class Client final : public LedgerApi {
  private:
   struct Impl;
   explicit Client(std::unique_ptr<Impl> impl);
+  Result<Balance> read_balance(std::string_view subject, std::string_view item, std::optional<AsOf> at);
+  Result<std::vector<ItemBalance>> read_list(std::string_view subject, std::optional<AsOf> at);
   std::unique_ptr<Impl> impl_;
 };
 

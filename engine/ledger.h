@@ -107,8 +107,8 @@ class Ledger final : public LedgerApi {
   // ---- point-in-time reads (engine/point_in_time.h) ----
   // As of a committed seq or a time; invalid for a seq not committed yet.
   // From the history projection, or a snapshot plus a replay where it lags.
-  Result<Balance> balance(std::string_view subject, std::string_view item, AsOf at);
-  Result<std::vector<ItemBalance>> list(std::string_view subject, AsOf at);
+  Result<Balance> balance(std::string_view subject, std::string_view item, AsOf at) override;
+  Result<std::vector<ItemBalance>> list(std::string_view subject, AsOf at) override;
   Status for_each_balance(AsOf at, const std::function<void(std::string_view subject,
                                                             std::string_view item, Balance balance)>& visit);
 

@@ -70,10 +70,20 @@ struct Follow {
 struct BalanceQuery {
   subject @0 :Data;
   item @1 :Data;
+  asOf @2 :AsOf;  # absent: the current balance
 }
 
 struct ListQuery {
   subject @0 :Data;
+  asOf @1 :AsOf;  # absent: the current balances
+}
+
+# A point in the log's history (docs/snapshots.md, "Point-in-time reads").
+struct AsOf {
+  union {
+    seq @0 :UInt64;    # after the event with this seq
+    timeNs @1 :Int64;  # after every event stamped at or before this time
+  }
 }
 
 # tally::ErrorCode (log/status.h) in the same order, then protocol codes.

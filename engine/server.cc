@@ -282,15 +282,19 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
       case Kind::balance:
         core_.read<Balance>(
             Metrics::Op::balance,
-            [this, subject = std::move(request.subject), item = std::move(request.item)] {
-              return core_.ledger().balance(subject, item);
+            [this, subject = std::move(request.subject), item = std::move(request.item),
+             as_of = request.as_of] {
+              return as_of ? core_.ledger().balance(subject, item, *as_of)
+                           : core_.ledger().balance(subject, item);
             },
             [self, id](Result<Balance> result) { self->answer_later(id, std::move(result)); });
         return;
       case Kind::list:
         core_.read<std::vector<ItemBalance>>(
             Metrics::Op::list,
-            [this, subject = std::move(request.subject)] { return core_.ledger().list(subject); },
+            [this, subject = std::move(request.subject), as_of = request.as_of] {
+              return as_of ? core_.ledger().list(subject, *as_of) : core_.ledger().list(subject);
+            },
             [self, id](Result<std::vector<ItemBalance>> result) {
               self->answer_later(id, std::move(result));
             });

@@ -919,6 +919,30 @@ TEST_CASE("client: every call, with the Ledger's results") {
   CHECK(*fx.ledger->balance("alice", "gold") == *client->balance("alice", "gold"));
 }
 
+TEST_CASE("client: point-in-time balance and list, as the embedded Ledger answers them") {
+  Fixture fx;
+  auto client = fx.client();
+  REQUIRE(client->acquire("a1", "alice", "gold", 10)->outcome == Outcome::ok);
+  const std::uint64_t first = client->acquire("a2", "alice", "silver", 5)->seq;
+  REQUIRE(client->transfer("t1", "alice", "bob", "gold", 4)->outcome == Outcome::ok);
+  auto before = client->balance("alice", "gold", AsOf::at_seq(first));
+  REQUIRE(before.ok());
+  CHECK(*before == Balance{10, 0});
+  CHECK(*before == *fx.ledger->balance("alice", "gold", AsOf::at_seq(first)));
+  auto items = client->list("alice", AsOf::at_seq(first));
+  REQUIRE(items.ok());
+  REQUIRE(items->size() == 2);
+  CHECK(items->at(1).item == "silver");
+  auto empty = client->list("bob", AsOf::at_seq(first));
+  REQUIRE(empty.ok());
+  CHECK(empty->empty());
+  // Every event is stamped at or before now.
+  auto now = client->balance("bob", "gold", AsOf::at_time(INT64_MAX));
+  REQUIRE(now.ok());
+  CHECK(*now == Balance{4, 0});
+  CHECK(client->balance("alice", "gold", AsOf::at_seq(1000)).code() == ErrorCode::invalid);
+}
+
 TEST_CASE("binary: pipelined requests on one connection, matched by id") {
   Fixture fx;
   REQUIRE(fx.client()->acquire("seed", "s", "i", 1000)->outcome == Outcome::ok);

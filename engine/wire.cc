@@ -83,6 +83,18 @@ Status decode_op(proto::Op::Reader op, OpRequest* out) {
   return Status();
 }
 
+void encode_as_of(const AsOf& at, proto::AsOf::Builder out) {
+  if (at.kind == AsOf::Kind::seq) {
+    out.setSeq(at.seq);
+  } else {
+    out.setTimeNs(at.time_ns);
+  }
+}
+
+AsOf decode_as_of(proto::AsOf::Reader in) {
+  return in.which() == proto::AsOf::SEQ ? AsOf::at_seq(in.getSeq()) : AsOf::at_time(in.getTimeNs());
+}
+
 void encode_mutation(const Command& command, proto::Mutation::Builder out) {
   out.setKey(as_data(command.key));
   out.setReason(as_data(command.meta.reason));
@@ -134,10 +146,12 @@ Status decode_request_fields(proto::Request::Reader in, Request* out) {
       out->kind = Request::Kind::balance;
       out->subject = as_string(in.getBalance().getSubject());
       out->item = as_string(in.getBalance().getItem());
+      if (in.getBalance().hasAsOf()) out->as_of = decode_as_of(in.getBalance().getAsOf());
       return Status();
     case proto::Request::LIST:
       out->kind = Request::Kind::list;
       out->subject = as_string(in.getList().getSubject());
+      if (in.getList().hasAsOf()) out->as_of = decode_as_of(in.getList().getAsOf());
       return Status();
     case proto::Request::HOLD_INFO:
       out->kind = Request::Kind::hold_info;
@@ -335,9 +349,15 @@ std::string encode_request(const Request& request) {
       auto query = out.initBalance();
       query.setSubject(as_data(request.subject));
       query.setItem(as_data(request.item));
+      if (request.as_of) encode_as_of(*request.as_of, query.initAsOf());
       break;
     }
-    case Request::Kind::list: out.initList().setSubject(as_data(request.subject)); break;
+    case Request::Kind::list: {
+      auto query = out.initList();
+      query.setSubject(as_data(request.subject));
+      if (request.as_of) encode_as_of(*request.as_of, query.initAsOf());
+      break;
+    }
     case Request::Kind::hold_info: out.setHoldInfo(request.hold); break;
     case Request::Kind::follow: {
       auto follow = out.initFollow();

@@ -375,6 +375,12 @@ class ClientPool final : public LedgerApi {
   Result<std::vector<ItemBalance>> list(std::string_view subject) override {
     return clients_.front()->list(subject);
   }
+  Result<Balance> balance(std::string_view subject, std::string_view item, AsOf at) override {
+    return clients_.front()->balance(subject, item, at);
+  }
+  Result<std::vector<ItemBalance>> list(std::string_view subject, AsOf at) override {
+    return clients_.front()->list(subject, at);
+  }
   Result<HoldView> hold_info(HoldId hold) override { return clients_.front()->hold_info(hold); }
 
   void close() {
