@@ -327,35 +327,50 @@ bool parse_decimal(std::string_view text, std::uint64_t max, std::uint64_t* out)
   return true;
 }
 
-// from_seq=N&limit=M&wait_ms=W, each optional and at most once. limit and
-// wait_ms above their maximum are capped; from_seq 0 means 1, the first seq.
-Status parse_events_query(std::string_view query, EventsQuery* out) {
-  bool seen[3] = {false, false, false};
-  std::size_t params = 0;
+struct QueryParam {
+  std::string name;
+  std::string value;
+};
+
+// The name=value parameters of a query string, percent-decoded; each name
+// must be one of `allowed` and given at most once.
+Result<std::vector<QueryParam>> parse_query(std::string_view query,
+                                            std::initializer_list<std::string_view> allowed) {
+  std::vector<QueryParam> params;
   while (!query.empty()) {
     const std::size_t amp = query.find('&');
     const std::string_view param = query.substr(0, amp);
     query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
     if (param.empty()) continue;
-    if (++params > kQueryParamsMax) return bad("too many query parameters");
+    if (params.size() >= kQueryParamsMax) return bad("too many query parameters");
     const std::size_t eq = param.find('=');
-    std::string name;
-    std::string value;
-    TALLY_TRY(percent_decode(param.substr(0, eq), &name));
-    if (eq != std::string_view::npos) TALLY_TRY(percent_decode(param.substr(eq + 1), &value));
-    constexpr std::string_view kNames[3] = {"from_seq", "limit", "wait_ms"};
-    std::size_t which = 0;
-    while (which < 3 && name != kNames[which]) which++;
-    if (which == 3) return bad("unknown query parameter \"" + name + "\"");
-    if (seen[which]) return bad("\"" + name + "\" is given twice");
-    seen[which] = true;
-    std::uint64_t number = 0;
-    if (!parse_decimal(value, UINT64_MAX, &number)) {
-      return bad("\"" + name + "\" must be a non-negative integer");
+    QueryParam decoded;
+    TALLY_TRY(percent_decode(param.substr(0, eq), &decoded.name));
+    if (eq != std::string_view::npos) TALLY_TRY(percent_decode(param.substr(eq + 1), &decoded.value));
+    if (std::find(allowed.begin(), allowed.end(), decoded.name) == allowed.end()) {
+      return bad("unknown query parameter \"" + decoded.name + "\"");
     }
-    if (which == 0) {
+    for (const QueryParam& seen : params) {
+      if (seen.name == decoded.name) return bad("\"" + decoded.name + "\" is given twice");
+    }
+    params.push_back(std::move(decoded));
+  }
+  return params;
+}
+
+// from_seq=N&limit=M&wait_ms=W, each optional and at most once. limit and
+// wait_ms above their maximum are capped; from_seq 0 means 1, the first seq.
+Status parse_events_query(std::string_view query, EventsQuery* out) {
+  auto params = parse_query(query, {"from_seq", "limit", "wait_ms"});
+  if (!params) return params.status();
+  for (const QueryParam& param : *params) {
+    std::uint64_t number = 0;
+    if (!parse_decimal(param.value, UINT64_MAX, &number)) {
+      return bad("\"" + param.name + "\" must be a non-negative integer");
+    }
+    if (param.name == "from_seq") {
       out->from_seq = std::max<std::uint64_t>(number, 1);
-    } else if (which == 1) {
+    } else if (param.name == "limit") {
       if (number == 0) return bad("\"limit\" must be at least 1");
       out->limit = static_cast<std::size_t>(std::min<std::uint64_t>(number, kEventsLimitMax));
     } else {
