@@ -42,7 +42,8 @@ struct CliCommand {
 // apply and bench (tools/cli_apply.cc).
 extern const CliCommand kApply;
 extern const CliCommand kBench;
-// Read-only audit commands (tools/cli_read.cc, tools/cli_log.cc).
+// Read-only audit commands (tools/cli_read.cc, tools/cli_log.cc,
+// tools/cli_verify.cc).
 extern const CliCommand kExport;
 extern const CliCommand kBalance;
 extern const CliCommand kList;
