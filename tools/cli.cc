@@ -14,8 +14,8 @@ namespace tally::cli {
 
 namespace {
 
-constexpr std::array<const CliCommand*, 9> kCommands = {
-    &kApply, &kBench, &kExport, &kBalance, &kList, &kLog, &kVerify, &kWorkload, &kServe,
+constexpr std::array<const CliCommand*, 10> kCommands = {
+    &kApply, &kBench, &kExport, &kBalance, &kList, &kLog, &kVerify, &kSnapshot, &kWorkload, &kServe,
 };
 
 const CliCommand* find_command(std::string_view name) {

@@ -49,6 +49,8 @@ extern const CliCommand kBalance;
 extern const CliCommand kList;
 extern const CliCommand kLog;
 extern const CliCommand kVerify;
+// Snapshots: take one now, or list them (tools/cli_snapshot.cc).
+extern const CliCommand kSnapshot;
 // The workload generator (tools/workload.cc).
 extern const CliCommand kWorkload;
 // The server (tools/cli_serve.cc).
