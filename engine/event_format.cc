@@ -239,25 +239,6 @@ void append_text_escaped(std::string* out, std::string_view text) {
   }
 }
 
-void append_rfc3339(std::string* out, std::int64_t time_ns) {
-  constexpr std::int64_t kNsPerSecond = 1'000'000'000;
-  std::int64_t seconds = time_ns / kNsPerSecond;
-  std::int64_t fraction_ns = time_ns % kNsPerSecond;
-  if (fraction_ns < 0) {  // times before 1970 round toward the past
-    fraction_ns += kNsPerSecond;
-    seconds--;
-  }
-  const std::time_t whole = static_cast<std::time_t>(seconds);
-  std::tm parts{};
-  gmtime_r(&whole, &parts);
-  char text[64];
-  const int length = std::snprintf(text, sizeof text, "%04d-%02d-%02dT%02d:%02d:%02d.%09lldZ",
-                                   parts.tm_year + 1900, parts.tm_mon + 1, parts.tm_mday,
-                                   parts.tm_hour, parts.tm_min, parts.tm_sec,
-                                   static_cast<long long>(fraction_ns));
-  out->append(text, static_cast<std::size_t>(length));
-}
-
 void append_hex64(std::string* out, std::uint64_t value) {
   for (int shift = 60; shift >= 0; shift -= 4) out->push_back(kHexDigits[(value >> shift) & 0xf]);
 }

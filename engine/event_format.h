@@ -14,6 +14,7 @@
 #include <string>
 #include <string_view>
 
+#include "engine/time_text.h"
 #include "log/event.h"
 
 namespace tally {
@@ -29,9 +30,6 @@ void append_event(const log::Event& event, EventFormat format, std::string* out)
 // and backslash become \xNN (backslash: \\); everything else is copied, so
 // UTF-8 stays readable and a field never splits at a space.
 void append_text_escaped(std::string* out, std::string_view text);
-
-// "2024-05-01T10:00:00.123456789Z" for ns since the Unix epoch.
-void append_rfc3339(std::string* out, std::int64_t time_ns);
 
 // 16 lower-case hex digits.
 void append_hex64(std::string* out, std::uint64_t value);

@@ -37,6 +37,7 @@ Result<std::unique_ptr<proj::State>> replay_to(const PointInTimeSource& source, 
   options.fs = source.fs;
   options.state_options = source.state_options;
   options.snapshots = source.snapshots;
+  options.visit = source.visit;
   options.to_seq = at.kind == AsOf::Kind::seq ? at.seq : source.last_seq;
   if (at.kind == AsOf::Kind::time) options.to_time_ns = at.time_ns;
   auto replayed = replay(options);

@@ -36,6 +36,9 @@ struct PointInTimeSource {
   // The last seq known to be complete: the ledger's committed seq, or the
   // log's end for a tool. A seq past it is invalid.
   std::uint64_t last_seq = 0;
+  // Passed to the fallback replay as ReplayOptions::visit (a tool's
+  // progress line); empty: none.
+  std::function<void(const log::Event&, const log::Record&)> visit;
 };
 
 // Which path answered, for reports and tests.

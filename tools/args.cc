@@ -5,6 +5,8 @@
 #include <cmath>
 #include <cstdio>
 
+#include "tools/format.h"
+
 namespace tally::cli {
 
 namespace {
@@ -103,9 +105,11 @@ Result<Args> Args::parse(const CommandSpec& spec, std::span<const char* const> a
     }
     TALLY_TRY(args.add_flag(name, value));
   }
-  if (args.positionals_.size() != spec.positional_count) {
-    return usage("expected " + std::to_string(spec.positional_count) +
-                 " positional argument(s), got " + std::to_string(args.positionals_.size()));
+  const std::size_t count = args.positionals_.size();
+  if (count != spec.positional_count && !(spec.positionals_optional && count == 0)) {
+    return usage("expected " + std::string(spec.positionals_optional ? "0 or " : "") +
+                 std::to_string(spec.positional_count) + " positional argument(s), got " +
+                 std::to_string(count));
   }
   return args;
 }
@@ -169,6 +173,19 @@ Result<double> Args::number(std::string_view flag, double fallback, double min,
     std::snprintf(range, sizeof range, "[%g, %g]", min, max);
     return usage("--" + std::string(flag) + ": '" + std::string(text) +
                  "' is not a number in " + range);
+  }
+  return value;
+}
+
+Result<std::int64_t> Args::time(std::string_view flag, std::int64_t fallback) const {
+  if (!has(flag)) return fallback;
+  std::int64_t value = 0;
+  const std::string_view text = get(flag);
+  if (!parse_time(text, &value)) {
+    return usage("--" + std::string(flag) + ": '" + std::string(text) +
+                 "' is not a time: give RFC 3339 with an offset "
+                 "(2026-03-31T23:59:59.999999999Z, 2026-04-01T01:59:59+02:00) or ns since the "
+                 "epoch");
   }
   return value;
 }

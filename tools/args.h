@@ -33,7 +33,10 @@ struct CommandSpec {
   std::string_view usage;        // "tally apply --data DIR --workload FILE.csv [...]"
   std::string_view details;      // more text for `tally CMD --help`; may be empty
   std::span<const FlagSpec> flags;
-  std::size_t positional_count = 0;  // exactly this many
+  std::size_t positional_count = 0;  // exactly this many...
+  // ...or none, when true: the command has a mode without them, chosen by a
+  // flag (`tally history --rebuild`), and checks which it got.
+  bool positionals_optional = false;
 };
 
 // Writes `tally <name> --help` text to *out.
@@ -62,6 +65,9 @@ class Args {
                                         std::int64_t max) const;
   // A decimal number in [min, max]; `fallback` when the flag is absent.
   Result<double> number(std::string_view flag, double fallback, double min, double max) const;
+  // A point in time, RFC 3339 or ns since the epoch (tools/format.h,
+  // parse_time); `fallback` when the flag is absent.
+  Result<std::int64_t> time(std::string_view flag, std::int64_t fallback) const;
 
  private:
   explicit Args(const CommandSpec* spec) : spec_(spec) {}

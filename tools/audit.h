@@ -1,16 +1,21 @@
 // Read-only access to a data directory for the audit commands (export,
-// balance, list, verify) and for `tally bench --expect`. Nothing here takes
-// the directory's lock or writes to it, so it may run beside a live writer
-// and then sees a prefix of the log.
+// balance, list, history, verify, snapshot) and for `tally bench --expect`.
+// Nothing here takes the directory's lock or writes to the log, so it may
+// run beside a live writer and then sees a prefix of the log.
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 
+#include "engine/point_in_time.h"
 #include "engine/replay.h"
 #include "log/status.h"
 #include "projections/state.h"
+#include "snapshots/history.h"
 
 namespace tally::cli {
 
@@ -18,8 +23,15 @@ namespace tally::cli {
 // mistyped directory for an empty log.
 Status require_data_dir(const std::string& data_dir);
 
+// invalid unless `name` is 1..255 bytes (DESIGN.md §1), naming `what`
+// ("subject", "item"); the caller reports it as a usage error.
+Status check_name(std::string_view what, std::string_view name);
+
 // Rebuilds DATA's state: from its newest valid snapshot (unless
-// options.use_snapshots is false) and the log after it. Errors: not_found
+// options.use_snapshots is false) and the log after it, with a progress
+// line on stderr when it is a terminal (tools/progress.h). The tools
+// replay with the default idempotency window (StateOptions{}): the data
+// directory does not record the window its ledger used. Errors: not_found
 // when DATA is not there; corrupt (naming segment and offset) and io_error
 // from replay.
 Result<Replayed> replay_data(const std::string& data_dir, ReplayOptions options = {});
@@ -30,5 +42,71 @@ void append_export(const proj::State& state, std::int64_t now_ns, std::string* o
 
 // Replays DATA and returns append_export's text.
 Result<std::string> export_csv(const std::string& data_dir, std::int64_t now_ns);
+
+// ---- the history index (DATA/history) as the tools use it
+
+// How the index stands against the log. The tools answer from it only when
+// it is usable; otherwise they replay the log, which gives the same answers
+// more slowly (the index is a projection of the log).
+enum class HistoryStanding : std::uint8_t {
+  absent,      // DATA/history holds no index
+  unreadable,  // it does not open: a corrupt position record, an LMDB error
+  usable,      // the log has the index's last seq, with the same chain checksum
+  mismatch,    // the log's chain checksum at that seq differs (another log)
+  ahead,       // the index's last seq is past the end of the log (lost events)
+};
+std::string_view history_standing_name(HistoryStanding standing);
+
+struct HistoryIndex {
+  HistoryStanding standing = HistoryStanding::absent;
+  std::unique_ptr<snap::HistoryStore> store;  // open unless absent or unreadable
+  snap::HistoryPosition position;             // read at open, when open
+  Status problem;                             // unreadable: why
+  std::uint64_t log_last_seq = 0;             // the log's last seq, by check_history_chain
+
+  // The store when it is usable, else nullptr.
+  const snap::HistoryStore* trusted() const {
+    return standing == HistoryStanding::usable ? store.get() : nullptr;
+  }
+};
+
+// Opens DATA/history read-only (creating nothing) and reads its position;
+// standing is absent, unreadable, or — until check_history_chain() — usable.
+HistoryIndex open_history_store(const std::string& data_dir);
+
+// What one pass over DATA's log from `seq` to its end tells: the chain
+// checksum after seq (its record's checksum; nullopt when the log ends
+// before seq; kChainSeed for seq 0), and the log's last seq. Reads only the
+// segments from the one holding seq (for seq 0, the last one): log
+// segments are read whole, so the tools read each as few times as they can.
+// Errors are the log's: corrupt, io_error.
+struct LogScan {
+  std::optional<std::uint64_t> chain_at;
+  std::uint64_t last_seq = 0;
+};
+Result<LogScan> scan_log(const std::string& data_dir, std::uint64_t seq);
+
+// Sets index->log_last_seq, and index->standing to usable, mismatch or
+// ahead by reading the log from the index's position (an index absent or
+// unreadable keeps its standing), in one scan_log. Errors are the log's.
+Status check_history_chain(const std::string& data_dir, HistoryIndex* index);
+
+// Tells stderr why an index that is there is not used (not usable).
+void note_history_not_used(const HistoryIndex& index);
+
+// open_history_store then check_history_chain.
+Result<HistoryIndex> open_history_index(const std::string& data_dir);
+
+// Everything a point-in-time read by a tool needs: the index (when usable)
+// and the log's last seq, read after the index's position so that it is at
+// least that position even beside a live writer.
+struct PointInTimeData {
+  HistoryIndex history;
+  PointInTimeSource source;  // source.history borrows history.store
+};
+
+// Prints a note on stderr when the index exists but is not used. Errors:
+// not_found (no DATA), corrupt and io_error (the log).
+Result<std::unique_ptr<PointInTimeData>> open_point_in_time(const std::string& data_dir);
 
 }  // namespace tally::cli

@@ -14,8 +14,9 @@ namespace tally::cli {
 
 namespace {
 
-constexpr std::array<const CliCommand*, 9> kCommands = {
-    &kApply, &kBench, &kExport, &kBalance, &kList, &kLog, &kVerify, &kWorkload, &kServe,
+constexpr std::array<const CliCommand*, 11> kCommands = {
+    &kApply, &kBench,    &kExport,   &kBalance,  &kList,  &kHistory,
+    &kLog,   &kVerify,   &kSnapshot, &kWorkload, &kServe,
 };
 
 const CliCommand* find_command(std::string_view name) {

@@ -42,12 +42,17 @@ struct CliCommand {
 // apply and bench (tools/cli_apply.cc).
 extern const CliCommand kApply;
 extern const CliCommand kBench;
-// Read-only audit commands (tools/cli_read.cc, tools/cli_log.cc).
+// Read-only audit commands (tools/cli_read.cc, tools/cli_log.cc,
+// tools/cli_verify.cc, tools/cli_history.cc; history --rebuild writes the
+// history index).
 extern const CliCommand kExport;
 extern const CliCommand kBalance;
 extern const CliCommand kList;
+extern const CliCommand kHistory;
 extern const CliCommand kLog;
 extern const CliCommand kVerify;
+// Snapshots: take one now, or list them (tools/cli_snapshot.cc).
+extern const CliCommand kSnapshot;
 // The workload generator (tools/workload.cc).
 extern const CliCommand kWorkload;
 // The server (tools/cli_serve.cc).

@@ -5,9 +5,11 @@
 #include "log/event.h"
 #include "log/file.h"
 #include "log/reader.h"
+#include "projections/changes.h"
 #include "tools/audit.h"
 #include "tools/cli.h"
 #include "tools/format.h"
+#include "tools/progress.h"
 
 namespace tally::cli {
 
@@ -16,8 +18,32 @@ namespace {
 using log::Event;
 using log::Op;
 
+// The values of --type, the `type` field of `tally log`: an op type for an
+// applied single-op event, "batch" for an applied batch, "rejected" for a
+// rejected request.
+constexpr std::string_view kEventTypes[] = {"acquire", "consume", "transfer", "hold",  "commit",
+                                            "release", "expire",  "batch",    "rejected"};
+constexpr std::size_t kEventTypeCount = std::size(kEventTypes);
+static_assert(kEventTypeCount <= 32, "a type mask is 32 bits");
+
+std::string_view event_type(const Event& event) {
+  return event.rejected != log::Reason::none ? "rejected" : proj::event_op_name(event);
+}
+
+std::uint32_t type_bit(std::string_view type) {
+  for (std::size_t index = 0; index < kEventTypeCount; index++) {
+    if (kEventTypes[index] == type) return std::uint32_t{1} << index;
+  }
+  return 0;
+}
+
 struct LogFilter {
   std::uint64_t to_seq = UINT64_MAX;
+  // Event timestamps, inclusive. The log's timestamps never go backwards,
+  // so the first event after `until_ns` ends the scan.
+  std::int64_t since_ns = INT64_MIN;
+  std::int64_t until_ns = INT64_MAX;
+  std::uint32_t types = 0;  // bits of kEventTypes; 0: every type
   bool by_subject = false;
   std::string_view subject;
   bool by_item = false;
@@ -26,6 +52,8 @@ struct LogFilter {
   std::string_view key;
 
   bool matches(const Event& event) const {
+    if (event.timestamp_ns < since_ns) return false;
+    if (types != 0 && (types & type_bit(event_type(event))) == 0) return false;
     if (by_key && event.key != key) return false;
     bool subject_found = !by_subject;
     bool item_found = !by_item;
@@ -36,6 +64,27 @@ struct LogFilter {
     return subject_found && item_found;
   }
 };
+
+// --type T[,T...]: the event types to keep.
+Status parse_types(std::string_view list, std::uint32_t* types) {
+  *types = 0;
+  for (;;) {
+    const std::size_t comma = list.find(',');
+    const std::string_view type = list.substr(0, comma);
+    const std::uint32_t bit = type_bit(type);
+    if (bit == 0) {
+      std::string message = "--type: '" + std::string(type) + "' is not one of ";
+      for (const std::string_view known : kEventTypes) {
+        if (known != kEventTypes[0]) message += ", ";
+        message += known;
+      }
+      return Status(ErrorCode::invalid, std::move(message));
+    }
+    *types |= bit;
+    if (comma == std::string_view::npos) return Status();
+    list.remove_prefix(comma + 1);
+  }
+}
 
 Result<LogFilter> parse_filter(const Args& args, std::uint64_t* from_seq) {
   LogFilter filter;
@@ -51,6 +100,13 @@ Result<LogFilter> parse_filter(const Args& args, std::uint64_t* from_seq) {
   filter.item = args.get("item");
   filter.by_key = args.has("key");
   filter.key = args.get("key");
+  auto since = args.time("since", INT64_MIN);
+  if (!since) return since.status();
+  auto until = args.time("until", INT64_MAX);
+  if (!until) return until.status();
+  filter.since_ns = *since;
+  filter.until_ns = *until;
+  if (args.has("type")) TALLY_TRY(parse_types(args.get("type"), &filter.types));
   return filter;
 }
 
@@ -65,14 +121,17 @@ Status print_log(const std::string& data_dir, std::uint64_t from_seq, const LogF
   log::Record record;
   Event event;
   Output out(stdout);
+  Progress progress("log", 0, Streams::stdout_while_working);
   for (;;) {
     auto more = (*reader)->next(&record);
     if (!more) return more.status();
     if (!*more || record.seq > filter.to_seq) return Status();
+    progress.update(record.seq);
     Status decoded = decoder.decode(record.payload, &event);
     if (!decoded.ok()) {
       return log::corrupt_at(record.segment_first_seq, record.offset, decoded.message());
     }
+    if (event.timestamp_ns > filter.until_ns) return Status();
     if (!filter.matches(event)) continue;
     append_event(event, json ? EventFormat::json : EventFormat::text, &out.buffer());
     out.end_line();
@@ -97,16 +156,26 @@ constexpr FlagSpec kLogFlags[] = {
     {"subject", "S", "only events with an op whose subject or `to` is S"},
     {"item", "I", "only events with an op on item I"},
     {"key", "K", "only events with idempotency key K"},
+    {"since", "T", "only events stamped at or after time T"},
+    {"until", "T", "only events stamped at or before time T"},
+    {"type", "T[,T]", "only events of these types (the `type` field)"},
     {"json", "", "one JSON object per line"},
 };
 
 constexpr CommandSpec kLogSpec = {
     "log",
     "Print the events of the log, one per line, optionally filtered.",
-    "tally log --data DIR [--from-seq N] [--to-seq N] [--subject S] [--item I] [--key K] [--json]",
+    "tally log --data DIR [--from-seq N] [--to-seq N] [--since T] [--until T] [--type T[,T]]\n"
+    "                 [--subject S] [--item I] [--key K] [--json]",
     "Text: `<seq> <time> <type> key=K field=value ...`. --json: one object per\n"
     "line with seq, time (ns), time_rfc3339, type, key, the op's fields,\n"
-    "fingerprint (docs/cli.md lists them). Filters combine with AND.\n",
+    "fingerprint (docs/cli.md lists them). Filters combine with AND.\n"
+    "\n"
+    "--since/--until take RFC 3339 with an offset (2026-03-31T23:59:59.999999999Z)\n"
+    "or ns since the epoch, and are inclusive. --type matches the event's `type`:\n"
+    "acquire, consume, transfer, hold, commit, release, expire for a single applied\n"
+    "op, batch for an applied batch (whatever its ops), rejected for a rejected\n"
+    "request (single or batch); a comma-separated list matches any of them.\n",
     kLogFlags,
     0,
 };

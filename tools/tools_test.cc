@@ -10,6 +10,7 @@
 #include "tools/args.h"
 #include "tools/csv.h"
 #include "tools/format.h"
+#include "tools/progress.h"
 #include "tools/workload.h"
 
 namespace tally::cli {
@@ -76,6 +77,21 @@ TEST_CASE("args: --help wins, -- ends flags, numbers are strict") {
   auto missing = parse({"s"});
   REQUIRE(missing.ok());
   CHECK(missing->required("data").status().message() == "missing --data DIR");
+}
+
+TEST_CASE("args: optional positionals and times") {
+  constexpr CommandSpec spec = {"pair", "a test command", "tally pair", "", kTestFlags, 2, true};
+  auto parse_pair = [&](std::initializer_list<const char*> argv) {
+    return Args::parse(spec, std::span<const char* const>(argv.begin(), argv.size()));
+  };
+  CHECK(parse_pair({}).ok());
+  CHECK(parse_pair({"a", "b"}).ok());
+  CHECK(error_of(parse_pair({"a"})) == "expected 0 or 2 positional argument(s), got 1");
+  auto args = parse_pair({"--data", "2023-11-14T22:13:20Z", "--rate", "x"});
+  REQUIRE(args.ok());
+  CHECK(*args->time("data", 0) == 1'700'000'000'000'000'000);
+  CHECK(*args->time("pipeline", -3) == -3);
+  CHECK(args->time("rate", 0).code() == ErrorCode::invalid);
 }
 
 TEST_CASE("args: help text lists every flag") {
@@ -194,6 +210,109 @@ TEST_CASE("json strings escape what JSON needs and keep valid UTF-8") {
   CHECK(json("\xed\xa0\x80") == "\"\\u00ed\\u00a0\\u0080\"");
 }
 
+TEST_CASE("times print as RFC 3339 over the whole int64 range, hex as 16 digits") {
+  std::string out;
+  append_rfc3339(&out, 1'700'000'000'123'456'789);
+  CHECK(out == "2023-11-14T22:13:20.123456789Z");
+  out.clear();
+  append_rfc3339(&out, -1);
+  CHECK(out == "1969-12-31T23:59:59.999999999Z");
+  out.clear();
+  append_hex64(&out, 0xabcdef0123456789ull);
+  CHECK(out == "abcdef0123456789");
+  out.clear();
+  append_rfc3339(&out, INT64_MIN);
+  CHECK(out == "1677-09-21T00:12:43.145224192Z");
+  out.clear();
+  append_rfc3339(&out, INT64_MAX);
+  CHECK(out == "2262-04-11T23:47:16.854775807Z");
+}
+
+std::int64_t time_of(std::string_view text) {
+  std::int64_t ns = 12345;
+  REQUIRE_MESSAGE(parse_time(text, &ns), text);
+  return ns;
+}
+
+TEST_CASE("times parse from RFC 3339 or ns, and print back") {
+  CHECK(time_of("2023-11-14T22:13:20.123456789Z") == 1'700'000'000'123'456'789);
+  CHECK(time_of("2023-11-14t22:13:20.123456789z") == 1'700'000'000'123'456'789);
+  CHECK(time_of("2023-11-15T00:13:20.123456789+02:00") == 1'700'000'000'123'456'789);
+  CHECK(time_of("2023-11-14T17:43:20.123456789-04:30") == 1'700'000'000'123'456'789);
+  CHECK(time_of("2023-11-14T22:13:20Z") == 1'700'000'000'000'000'000);
+  CHECK(time_of("2023-11-14T22:13:20.5Z") == 1'700'000'000'500'000'000);
+  CHECK(time_of("1970-01-01T00:00:00Z") == 0);
+  CHECK(time_of("1969-12-31T23:59:59.999999999Z") == -1);
+  CHECK(time_of("2024-02-29T00:00:00Z") == 1'709'164'800'000'000'000);  // a leap day
+  CHECK(time_of("2000-02-29T00:00:00Z") == 951'782'400'000'000'000);
+  CHECK(time_of("1700000000123456789") == 1'700'000'000'123'456'789);
+  CHECK(time_of("-5") == -5);
+  CHECK(time_of("1677-09-21T00:12:43.145224192Z") == INT64_MIN);
+  CHECK(time_of("2262-04-11T23:47:16.854775807Z") == INT64_MAX);
+  for (const char* bad :
+       {"", "x", "2023-11-14", "2023-11-14T22:13:20", "2023-11-14 22:13:20Z",
+        "2023-11-14T22:13:20.Z", "2023-11-14T22:13:20.1234567891Z", "2023-02-29T00:00:00Z",
+        "1900-02-29T00:00:00Z", "2023-04-31T00:00:00Z", "2023-00-10T00:00:00Z",
+        "2023-13-10T00:00:00Z", "2023-11-14T24:00:00Z", "2023-11-14T23:60:00Z",
+        "2023-11-14T23:59:60Z", "2023-11-14T22:13:20+2:00", "2023-11-14T22:13:20+24:00",
+        "2023-11-14T22:13:20+02", "2023-11-14T22:13:20Z ", "2262-04-11T23:47:16.854775808Z",
+        "1677-09-21T00:12:43.145224191Z", "+5", "1.5", "9223372036854775808", "23-11-14T22:13:20Z"}) {
+    std::int64_t ns = 7;
+    CHECK_MESSAGE(!parse_time(bad, &ns), bad);
+    CHECK(ns == 7);
+  }
+  // Every printed time parses back to itself.
+  for (std::int64_t ns : {std::int64_t{0}, std::int64_t{1}, std::int64_t{-1},
+                          std::int64_t{951'782'399'999'999'999}, std::int64_t{4'102'444'800'000'000'000},
+                          INT64_MIN, INT64_MAX}) {
+    std::string printed;
+    append_rfc3339(&printed, ns);
+    CHECK(time_of(printed) == ns);
+  }
+  std::uint64_t state = 42;
+  for (int sample = 0; sample < 10000; sample++) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    const auto ns = static_cast<std::int64_t>(state);
+    std::string printed;
+    append_rfc3339(&printed, ns);
+    REQUIRE_MESSAGE(time_of(printed) == ns, printed);
+  }
+}
+
+TEST_CASE("integers and changes print as std::to_string would, changes signed") {
+  std::string out;
+  for (std::int64_t value : {std::int64_t{0}, std::int64_t{7}, std::int64_t{-42}, INT64_MIN, INT64_MAX}) {
+    out.clear();
+    append_int(&out, value);
+    CHECK(out == std::to_string(value));
+  }
+  out.clear();
+  append_signed(&out, 5);
+  out += ' ';
+  append_signed(&out, -5);
+  out += ' ';
+  append_signed(&out, 0);
+  CHECK(out == "+5 -5 0");
+}
+
+TEST_CASE("progress stays quiet when disabled and erases what it drew") {
+  std::FILE* file = std::tmpfile();
+  REQUIRE(file != nullptr);
+  {
+    Progress progress("test", 100, file, false);
+    for (std::uint64_t done = 0; done < 100'000; done++) progress.update(done);
+  }
+  CHECK(std::ftell(file) == 0);
+  {
+    Progress progress("test", 0, file, true);
+    progress.finish();  // nothing drawn: nothing to erase
+    progress.update(5);
+  }
+  CHECK(std::ftell(file) == 0);
+  std::fclose(file);
+}
+
+// ---- log events ----------------------------------------------------------------
 // ---- reference model ---------------------------------------------------------
 
 WorkloadOp op_of(OpType type, std::string_view key, std::string_view subject = {},
