@@ -514,6 +514,9 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     beast::error_code ignored;
     stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
     stream_.close();
+    // A waiting poll holds this session in the feed: release it now; its
+    // Ready finds the session closed.
+    if (poll_waiting_) core_.feed().cancel(poll_waiter_);
   }
 
   Core& core_;
@@ -674,7 +677,6 @@ void HttpSession::watch_peer() {
     if (peeked == asio::error::would_block || peeked == asio::error::try_again) return self->watch_peer();
     // End of stream or a reset: the client is gone.
     self->close();
-    self->core_.feed().cancel(self->poll_waiter_);
   });
 }
 

@@ -146,8 +146,9 @@ Result<FollowBatch> read_follow_batch(EventFeed& feed, Follow& follow) {
 
 // One binary-protocol connection: reads frames, submits them, writes the
 // responses in completion order (so they may overtake each other). At most
-// inflight_per_connection_max requests are in flight; beyond that it stops
-// reading, which is the client's backpressure. Follow streams (at most
+// inflight_per_connection_max requests are in flight (read, and not yet
+// answered and written out); beyond that it stops reading, which is the
+// client's backpressure. Follow streams (at most
 // follows_per_connection_max) are not requests in flight: they last until
 // cancelled, and end when the peer closes or the server stops.
 class BinarySession final : public Session, public std::enable_shared_from_this<BinarySession> {
@@ -188,7 +189,10 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
 
   void read_head() {
     if (closed_ || stopping_ || read_closed_) return;
-    if (inflight_ >= core_.options().inflight_per_connection_max) return;  // resumes in answer()
+    // Requests read and not yet written out count, answered or not: a peer
+    // that does not read its answers stops being read. Resumes in
+    // answer() or on_written().
+    if (inflight_ + writes_.size() >= core_.options().inflight_per_connection_max) return;
     reading_ = true;
     frame_.assign(wire::kFirstBytes / sizeof(std::uint64_t), 0);
     asio::async_read(socket_, asio::buffer(frame_bytes(), wire::kFirstBytes),
@@ -517,6 +521,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
       follow->unwritten = false;
       pump(follow);
     }
+    if (!reading_) read_head();
     if (!writing_ && !writes_.empty()) return write_next();
     maybe_finish();
   }
@@ -578,7 +583,8 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   };
 
   wire::FrameWords frame_;
-  // Bounded by inflight_per_connection_max + follows_per_connection_max + 1.
+  // Bounded by inflight_per_connection_max (read_head()) plus one batch and
+  // one last message per follow.
   std::deque<Outgoing> writes_;
   std::map<std::uint64_t, std::shared_ptr<Follow>> follows_;  // by request id
   std::vector<asio::const_buffer> gather_;  // the buffers of the write in progress

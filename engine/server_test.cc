@@ -983,6 +983,37 @@ TEST_CASE("binary: pipelined requests on one connection, matched by id") {
   CHECK(fx.ledger->balance("s", "i")->available == 1000 - static_cast<std::int64_t>(kRequests / 2));
 }
 
+TEST_CASE("binary: a peer pipelining far ahead of its reading gets every answer") {
+  Fixture fx;
+  fx.options.inflight_per_connection_max = 2;  // read, or answered and not yet written
+  fx.stop();
+  fx.start();
+  asio::io_context io;
+  tcp::socket socket(io);
+  socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), fx.server->binary_port()));
+  constexpr std::uint64_t kRequests = 5000;
+  std::string burst;
+  for (std::uint64_t id = 1; id <= kRequests; id++) {
+    wire::Request request;
+    request.id = id;
+    request.kind = wire::Request::Kind::hold_info;
+    request.hold = id;
+    burst += wire::encode_request(request);
+  }
+  // Sent from another thread: the server reads it only as fast as this
+  // thread takes the answers.
+  std::thread sender([&] { asio::write(socket, asio::buffer(burst)); });
+  std::vector<bool> seen(kRequests + 1, false);
+  for (std::uint64_t count = 0; count < kRequests; count++) {
+    const wire::Response response = read_response(socket);
+    REQUIRE(response.id >= 1);
+    REQUIRE(response.id <= kRequests);
+    CHECK_FALSE(seen[response.id]);
+    seen[response.id] = true;
+  }
+  sender.join();
+}
+
 TEST_CASE("binary: many concurrent clients share one ledger") {
   Fixture fx;
   constexpr int kClients = 8;
