@@ -15,6 +15,7 @@
 #include "engine/event_format.h"
 #include "engine/json.h"
 #include "engine/server_impl.h"
+#include "engine/time_text.h"
 #include "log/event.h"
 
 namespace tally::server_detail {
@@ -380,6 +381,26 @@ Status parse_events_query(std::string_view query, EventsQuery* out) {
   return Status();
 }
 
+// at_seq=N or at_time=T (RFC 3339 or ns since the epoch), at most one:
+// a point-in-time read (docs/snapshots.md). Neither: nullopt, now.
+Result<std::optional<AsOf>> parse_as_of_query(std::string_view query) {
+  auto params = parse_query(query, {"at_seq", "at_time"});
+  if (!params) return params.status();
+  if (params->empty()) return std::optional<AsOf>();
+  if (params->size() > 1) return bad("give at_seq or at_time, not both");
+  const QueryParam& param = params->front();
+  if (param.name == "at_seq") {
+    std::uint64_t seq = 0;
+    if (!parse_decimal(param.value, UINT64_MAX, &seq)) return bad("\"at_seq\" must be a non-negative integer");
+    return std::optional<AsOf>(AsOf::at_seq(seq));
+  }
+  std::int64_t time_ns = 0;
+  if (!parse_time(param.value, &time_ns)) {
+    return bad("\"at_time\" must be an RFC 3339 time with an offset or ns since the epoch");
+  }
+  return std::optional<AsOf>(AsOf::at_time(time_ns));
+}
+
 // One answer of GET /v1/events: {"events":[...],"next_seq":N}, each event
 // the object `tally log --json` prints for it.
 struct EventsPage {
@@ -479,6 +500,8 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   // GET /v1/events: read; if nothing is there yet and wait_ms allows, wait
   // for a commit (EventFeed::wait, off the I/O threads) and read once more.
   void events(const Target& target);
+  void balance(std::string subject, std::string item, std::optional<AsOf> at);
+  void list(std::string subject, std::optional<AsOf> at);
   void poll_events(const EventsQuery& query, EventFeed::Deadline deadline, bool may_wait);
   void on_events(const EventsQuery& query, EventFeed::Deadline deadline, bool may_wait,
                  Result<EventsPage> page);
@@ -574,33 +597,11 @@ void HttpSession::handle(HttpRequest request) {
 void HttpSession::route_get(const Target& target) {
   const std::vector<std::string>& path = target.segments;
   if (path.size() == 2 && path[1] == "events") return events(target);
-  if (path.size() == 4 && path[1] == "balances") {
-    return read<Balance>(
-        Metrics::Op::balance, [this, s = path[2], i = path[3]] { return core_.ledger().balance(s, i); },
-        [s = path[2], i = path[3]](const Balance& balance) {
-          std::string body = "{\"subject\":";
-          json::append_string(&body, s);
-          body += ",\"item\":";
-          json::append_string(&body, i);
-          append_balance_fields(&body, balance);
-          return json_response(http::status::ok, body + "}");
-        });
-  }
-  if (path.size() == 3 && path[1] == "balances") {
-    return read<std::vector<ItemBalance>>(
-        Metrics::Op::list, [this, s = path[2]] { return core_.ledger().list(s); },
-        [s = path[2]](const std::vector<ItemBalance>& items) {
-          std::string body = "{\"subject\":";
-          json::append_string(&body, s);
-          body += ",\"balances\":[";
-          for (std::size_t index = 0; index < items.size(); index++) {
-            body += index == 0 ? "{\"item\":" : ",{\"item\":";
-            json::append_string(&body, items[index].item);
-            append_balance_fields(&body, items[index].balance);
-            body += "}";
-          }
-          return json_response(http::status::ok, body + "]}");
-        });
+  if (path.size() >= 3 && path.size() <= 4 && path[1] == "balances") {
+    auto at = parse_as_of_query(target.query);
+    if (!at) return send(error_response(at.status()), false);
+    if (path.size() == 4) return balance(path[2], path[3], *at);
+    return list(path[2], *at);
   }
   if (path.size() == 3 && path[1] == "holds") {
     HoldId hold = 0;
@@ -610,6 +611,40 @@ void HttpSession::route_get(const Target& target) {
         Metrics::Op::hold_info, [this, hold] { return core_.ledger().hold_info(hold); }, hold_response);
   }
   send(problem(http::status::not_found, "not_found", "no such route"), false);
+}
+
+void HttpSession::balance(std::string subject, std::string item, std::optional<AsOf> at) {
+  read<Balance>(
+      Metrics::Op::balance,
+      [this, subject, item, at] {
+        return at ? core_.ledger().balance(subject, item, *at) : core_.ledger().balance(subject, item);
+      },
+      [subject, item](const Balance& balance) {
+        std::string body = "{\"subject\":";
+        json::append_string(&body, subject);
+        body += ",\"item\":";
+        json::append_string(&body, item);
+        append_balance_fields(&body, balance);
+        return json_response(http::status::ok, body + "}");
+      });
+}
+
+void HttpSession::list(std::string subject, std::optional<AsOf> at) {
+  read<std::vector<ItemBalance>>(
+      Metrics::Op::list,
+      [this, subject, at] { return at ? core_.ledger().list(subject, *at) : core_.ledger().list(subject); },
+      [subject](const std::vector<ItemBalance>& items) {
+        std::string body = "{\"subject\":";
+        json::append_string(&body, subject);
+        body += ",\"balances\":[";
+        for (std::size_t index = 0; index < items.size(); index++) {
+          body += index == 0 ? "{\"item\":" : ",{\"item\":";
+          json::append_string(&body, items[index].item);
+          append_balance_fields(&body, items[index].balance);
+          body += "}";
+        }
+        return json_response(http::status::ok, body + "]}");
+      });
 }
 
 void HttpSession::events(const Target& target) {

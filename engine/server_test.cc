@@ -441,6 +441,33 @@ TEST_CASE("http: every mutation and read route, problem+json, idempotency") {
   while (metric(port, "tally_connections{protocol=\"http\"}") != 1) std::this_thread::yield();
 }
 
+TEST_CASE("http: balances as of a seq or a time") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  Reply first = post(port, "/v1/acquire", R"({"subject":"berlin","item":"sku-42","qty":10})", "a1");
+  REQUIRE(first.status == 200);
+  const std::int64_t seq = first.integer("seq");
+  REQUIRE(post(port, "/v1/consume", R"({"subject":"berlin","item":"sku-42","qty":3})", "c1").status == 200);
+  REQUIRE(post(port, "/v1/acquire", R"({"subject":"berlin","item":"sku-7","qty":1})", "a2").status == 200);
+
+  Reply then = get(port, "/v1/balances/berlin/sku-42?at_seq=" + std::to_string(seq));
+  CHECK(then.status == 200);
+  CHECK(then.integer("available") == 10);
+  CHECK(get(port, "/v1/balances/berlin/sku-42").integer("available") == 7);
+  Reply listed = get(port, "/v1/balances/berlin?at_seq=" + std::to_string(seq));
+  CHECK(listed.status == 200);
+  CHECK(listed.json().find("balances")->items.size() == 1);
+  // Every event is stamped after the epoch and before the end of int64.
+  CHECK(get(port, "/v1/balances/berlin/sku-42?at_time=1970-01-01T00:00:00Z").integer("available") == 0);
+  CHECK(get(port, "/v1/balances/berlin?at_time=9223372036854775807").json().find("balances")->items.size() == 2);
+
+  CHECK(get(port, "/v1/balances/berlin/sku-42?at_seq=999").string("code") == "invalid");
+  CHECK(get(port, "/v1/balances/berlin/sku-42?at_seq=999").status == 400);
+  CHECK(get(port, "/v1/balances/berlin/sku-42?at_time=yesterday").status == 400);
+  CHECK(get(port, "/v1/balances/berlin/sku-42?at_seq=1&at_time=0").status == 400);
+  CHECK(get(port, "/v1/balances/berlin/sku-42?at=1").status == 400);
+}
+
 TEST_CASE("http: batch of two holds, commit, release; rejected batch names its index") {
   Fixture fx;
   const std::uint16_t port = fx.server->http_port();
