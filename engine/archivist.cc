@@ -1,9 +1,7 @@
 #include "engine/archivist.h"
 
 #include <pthread.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
-#include <unistd.h>
+#include <sched.h>
 
 #include <condition_variable>
 #include <cstdio>
@@ -20,10 +18,11 @@ namespace {
 
 // Records read between checks for a flush, a snapshot or stop.
 constexpr std::size_t kRoundRecordsMax = 16384;
-// How long the thread waits for new records before looking at requests.
-constexpr std::chrono::milliseconds kPollInterval{50};
-// Below the writer and I/O threads: under full load the archivist lags.
-constexpr int kNice = 10;
+// The thread wakes when this many records are committed past what it read,
+// or after kPollInterval: in large steps, so that under load it takes a
+// core from the writer rarely, and not once per group commit.
+constexpr std::uint64_t kWakeRecords = 8192;
+constexpr std::chrono::milliseconds kPollInterval{20};
 
 }  // namespace
 
@@ -197,7 +196,7 @@ Status Archivist::Impl::run() {
       if (stopping) break;
       requests = snapshot_requests;
     }
-    const std::uint64_t committed = context.wait_committed(read_seq, kPollInterval);
+    const std::uint64_t committed = context.wait_committed(read_seq + kWakeRecords - 1, kPollInterval);
     // A request is answered with a snapshot at the seq committed when it
     // was read here, or later.
     const bool requested = requests > snapshot_answered && state != nullptr;
@@ -229,8 +228,11 @@ Status Archivist::Impl::run() {
 
 void Archivist::Impl::main() {
   pthread_setname_np(pthread_self(), "tally-archive");
-  // Best effort: a failure only means the archivist competes evenly.
-  (void)setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), kNice);
+  // Runs only on a core nothing else wants: under full load the archivist
+  // lags rather than slow the writer (measured in docs/performance.md).
+  // Best effort: a failure only means it competes evenly.
+  sched_param param{};
+  (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &param);
   Status status = run();
   if (!status.ok()) {
     std::fprintf(stderr, "tally: snapshots and history stopped: %s\n", status.to_string().c_str());
