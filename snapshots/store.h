@@ -11,9 +11,8 @@
 // against the log, replay the log after its seq; not_found means a full
 // replay.
 //
-// Not wired yet: the engine does not take snapshots (every N events or T
-// seconds, or on demand) nor recover from them, and the CLI has no
-// `snapshot` command. This is the store and the format they will use.
+// The engine's archivist (engine/archivist.h) writes and prunes snapshots;
+// recovery (engine/replay.h) loads them and checks the chain checksum.
 //
 // Thread safety: none; one thread uses a store at a time. The directory
 // may be read by other processes (LMDB readers) while one writes.
