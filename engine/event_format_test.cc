@@ -16,18 +16,6 @@ TEST_CASE("text escaping keeps one field per word") {
   CHECK(out == "a\\x20b\\\\c\\x0a\xc3\xbc");
 }
 
-TEST_CASE("times and hex") {
-  std::string out;
-  append_rfc3339(&out, 1'700'000'000'123'456'789);
-  CHECK(out == "2023-11-14T22:13:20.123456789Z");
-  out.clear();
-  append_rfc3339(&out, -1);
-  CHECK(out == "1969-12-31T23:59:59.999999999Z");
-  out.clear();
-  append_hex64(&out, 0xabcdef0123456789ull);
-  CHECK(out == "abcdef0123456789");
-}
-
 std::string event_text(const log::Event& event, bool json) {
   std::string out;
   append_event(event, json ? EventFormat::json : EventFormat::text, &out);
