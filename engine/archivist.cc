@@ -23,6 +23,8 @@ constexpr std::size_t kRoundRecordsMax = 16384;
 // core from the writer rarely, and not once per group commit.
 constexpr std::uint64_t kWakeRecords = 8192;
 constexpr std::chrono::milliseconds kPollInterval{20};
+// How long stop() lets the history catch up with the committed log.
+constexpr std::chrono::milliseconds kDrainMax{1000};
 
 }  // namespace
 
@@ -222,6 +224,14 @@ Status Archivist::Impl::run() {
       TALLY_TRY(write_snapshot());
       if (requested && caught_up) finish_snapshot_request(read_seq, Status());
     }
+  }
+  // Catch the history up with what the ledger committed, for a while: a
+  // short-lived ledger (a batch job, a test) then leaves a current index.
+  const auto drain_until = std::chrono::steady_clock::now() + kDrainMax;
+  while (options.history && std::chrono::steady_clock::now() < drain_until) {
+    const std::uint64_t committed = context.wait_committed(UINT64_MAX, std::chrono::milliseconds(0));
+    if (read_seq >= committed) break;
+    TALLY_TRY(read_round(committed));
   }
   return flush_history();
 }

@@ -84,7 +84,8 @@ class Archivist {
   // passes; true when it did.
   bool wait_history(std::uint64_t seq, std::chrono::milliseconds timeout);
   ArchivistStats stats();
-  // Flushes the history, stops the thread. Idempotent.
+  // Lets the history catch up with the committed log for up to a second,
+  // flushes it, stops the thread. Idempotent.
   void stop();
 
  private:
