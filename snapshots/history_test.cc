@@ -737,6 +737,51 @@ TEST_CASE("a second writer's flush is locked, and the index keeps the first's") 
   CHECK(store->append(event, 9).code() == ErrorCode::locked);
 }
 
+TEST_CASE("a reader adopts the map another process grew") {
+  TempDir dir;
+  write_small_index(dir);
+  HistoryStoreOptions options = small_options();
+  options.read_only = true;
+  Result<std::unique_ptr<HistoryStore>> opened = HistoryStore::open(dir.path("history"), options);
+  REQUIRE_MESSAGE(opened.ok(), opened.status().to_string());
+  HistoryStore& reader = **opened;
+  CHECK(position_ok(reader).seq == 3);
+  constexpr std::uint64_t kEvents = 3000;
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    int code = 1;
+    Result<std::unique_ptr<HistoryStore>> writer =
+        HistoryStore::open(dir.path("history"), small_options());
+    if (writer.ok()) {
+      code = 0;
+      // Long names, so the map grows well past the reader's.
+      for (std::uint64_t seq = 4; seq <= 3 + kEvents && code == 0; seq++) {
+        std::string subject(200, 's');
+        subject += std::to_string(seq);
+        const std::vector<log::Op> ops = {acquire_op(subject, "gold", 1)};
+        log::Event event;
+        event.seq = seq;
+        event.timestamp_ns = kStartNs + static_cast<std::int64_t>(seq);
+        event.ops = ops;
+        if (!(*writer)->append(event, seq).ok()) code = 2;
+      }
+      if (code == 0 && !(*writer)->flush().ok()) code = 3;
+    }
+    _exit(code);
+  }
+  int wait_status = 0;
+  REQUIRE(waitpid(child, &wait_status, 0) == child);
+  REQUIRE(WIFEXITED(wait_status));
+  REQUIRE(WEXITSTATUS(wait_status) == 0);
+  CHECK(std::filesystem::file_size(dir.path("history") + "/data.mdb") > 4 * 64 * 1024);
+  CHECK(position_ok(reader).seq == 3 + kEvents);
+  std::string last(200, 's');
+  last += std::to_string(3 + kEvents);
+  CHECK(balance_ok(reader, last, "gold", 3 + kEvents) == bal(1, 0));
+  CHECK(all_at(reader, 3 + kEvents).size() == 2 + kEvents);
+}
+
 // ---------------------------------------------------------------- threads
 
 // Subject j's balance after seq, when event k acquires 1 for subject k % n.
