@@ -244,6 +244,25 @@ std::uint64_t run_random_workload(Fixture& f, int ops, std::uint32_t seed) {
   return f.last_seq();
 }
 
+// A closed ledger's data read both ways: through its history projection,
+// and by replays alone.
+struct ClosedLedger {
+  std::unique_ptr<snap::HistoryStore> history;
+  PointInTimeSource indexed;
+  PointInTimeSource replayed;
+
+  ClosedLedger(const std::string& data_dir, std::uint64_t last_seq) {
+    auto opened = snap::HistoryStore::open(history_dir(data_dir), {.read_only = true});
+    REQUIRE(opened.ok());
+    history = std::move(*opened);
+    indexed.data_dir = data_dir;
+    indexed.history = history.get();
+    indexed.last_seq = last_seq;
+    replayed = indexed;
+    replayed.history = nullptr;
+  }
+};
+
 Balance raw_balance(const proj::State& state, std::string_view subject, std::string_view item) {
   const proj::Balance b = state.balance(subject, item, kEventsOnly);
   return Balance{b.available, b.held};
@@ -271,14 +290,9 @@ TEST_CASE("point-in-time reads equal a brute-force replay, through the history a
   f.close();
 
   // The same samples through each path on its own.
-  auto history = snap::HistoryStore::open(history_dir(f.options.data_dir), {.read_only = true});
-  REQUIRE(history.ok());
-  PointInTimeSource indexed;
-  indexed.data_dir = f.options.data_dir;
-  indexed.history = history->get();
-  indexed.last_seq = last;
-  PointInTimeSource replayed = indexed;
-  replayed.history = nullptr;
+  ClosedLedger closed(f.options.data_dir, last);
+  const PointInTimeSource& indexed = closed.indexed;
+  const PointInTimeSource& replayed = closed.replayed;
   for (int sample = 0; sample < 80; sample++) {
     const std::uint64_t seq = random() % (last + 1);
     const std::string subject = name("s", random() % 6);
@@ -359,14 +373,9 @@ TEST_CASE("as of time T includes every event stamped T, and none after") {
     CHECK(balance->available == c.available);
   }
   f.close();
-  auto history = snap::HistoryStore::open(history_dir(f.options.data_dir), {.read_only = true});
-  REQUIRE(history.ok());
-  PointInTimeSource indexed;
-  indexed.data_dir = f.options.data_dir;
-  indexed.history = history->get();
-  indexed.last_seq = last;
-  PointInTimeSource replayed = indexed;
-  replayed.history = nullptr;
+  ClosedLedger closed(f.options.data_dir, last);
+  const PointInTimeSource& indexed = closed.indexed;
+  const PointInTimeSource& replayed = closed.replayed;
   for (const auto& c : cases) {
     CAPTURE(c.t);
     for (const PointInTimeSource* source : {&indexed, &replayed}) {
