@@ -96,9 +96,12 @@ ArchivistOptions archivist_options(const LedgerOptions& options) {
   return archive;
 }
 
-// How long a point-in-time read waits for the history projection to reach
-// its point before it answers by a replay instead.
+// A point-in-time read the history projection does not reach yet waits for
+// it, at most this long, when it is at most kHistoryWaitLagMax events behind
+// (the archivist catches up with that in well under the wait); further
+// behind (a ledger under full load), it answers by a replay at once.
 constexpr std::chrono::milliseconds kHistoryWaitMax{2000};
+constexpr std::uint64_t kHistoryWaitLagMax = 65536;
 
 }  // namespace
 
@@ -714,7 +717,9 @@ PointInTimeSource Ledger::Impl::point_in_time_source(AsOf at) {
   if (archivist != nullptr && history != nullptr && !history_covers(source, at)) {
     const std::uint64_t target = at.kind == AsOf::Kind::seq ? std::min(at.seq, source.last_seq)
                                                             : source.last_seq;
-    archivist->wait_history(target, kHistoryWaitMax);
+    if (target - std::min(target, archivist->stats().history_seq) <= kHistoryWaitLagMax) {
+      archivist->wait_history(target, kHistoryWaitMax);
+    }
   }
   return source;
 }
