@@ -220,8 +220,8 @@ Result<Position> read_position(const Txn& txn, MDB_dbi meta) {
   return decode_position(value);
 }
 
-// One entry as stored, with the key it is stored under.
-struct EntryRecord {
+// What an entry says, but its event's idempotency key.
+struct EntryFields {
   std::uint64_t pair_id = 0;
   std::uint64_t seq = 0;
   std::int64_t time_ns = 0;
@@ -229,6 +229,10 @@ struct EntryRecord {
   std::int64_t delta_held = 0;
   proj::Balance after;
   std::uint8_t op_code = 0;
+};
+
+// One entry as stored, with the key it is stored under.
+struct EntryRecord : EntryFields {
   std::string_view key;  // views the value it was decoded from
 };
 
@@ -362,16 +366,9 @@ struct NameHash {
 using PairCache = std::unordered_map<std::string, PairSlot, NameHash, std::equal_to<>>;
 
 // One entry appended and not flushed. Its key is in the pending key buffer.
-struct PendingEntry {
-  std::uint64_t pair_id = 0;
-  std::uint64_t seq = 0;
-  std::int64_t time_ns = 0;
-  std::int64_t delta_available = 0;
-  std::int64_t delta_held = 0;
-  proj::Balance after;
+struct PendingEntry : EntryFields {
   std::uint32_t key_offset = 0;
   std::uint8_t key_bytes = 0;
-  std::uint8_t op_code = 0;
 };
 
 // A pair first changed since the last flush; its key is in the buffer.
@@ -742,13 +739,7 @@ Status HistoryStore::Impl::put_entries(const Txn& txn, int* rc) {
   EntryBytes bytes;
   for (const PendingEntry& pending : pending_entries) {
     EntryRecord entry;
-    entry.pair_id = pending.pair_id;
-    entry.seq = pending.seq;
-    entry.time_ns = pending.time_ns;
-    entry.delta_available = pending.delta_available;
-    entry.delta_held = pending.delta_held;
-    entry.after = pending.after;
-    entry.op_code = pending.op_code;
+    static_cast<EntryFields&>(entry) = pending;
     entry.key = std::string_view(pending_keys).substr(pending.key_offset, pending.key_bytes);
     encode_entry(entry, &bytes);
     MDB_val key = bytes.key();
