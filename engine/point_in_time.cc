@@ -14,12 +14,13 @@ constexpr std::int64_t kEventsOnly = INT64_MIN;
 
 Balance to_balance(proj::Balance b) { return Balance{b.available, b.held}; }
 
+Status past_end(std::uint64_t seq, std::uint64_t last_seq) {
+  return Status(ErrorCode::invalid, "seq " + std::to_string(seq) + " is past the end of the log (last seq " +
+                                        std::to_string(last_seq) + ")");
+}
+
 Status check_seq(const PointInTimeSource& source, AsOf at) {
-  if (at.kind == AsOf::Kind::seq && at.seq > source.last_seq) {
-    return Status(ErrorCode::invalid, "seq " + std::to_string(at.seq) +
-                                          " is past the end of the log (last seq " +
-                                          std::to_string(source.last_seq) + ")");
-  }
+  if (at.kind == AsOf::Kind::seq && at.seq > source.last_seq) return past_end(at.seq, source.last_seq);
   return Status();
 }
 
@@ -43,9 +44,7 @@ Result<std::unique_ptr<proj::State>> replay_to(const PointInTimeSource& source, 
   auto replayed = replay(options);
   if (!replayed) return replayed.status();
   if (at.kind == AsOf::Kind::seq && replayed->state->last_seq() < at.seq) {
-    return Status(ErrorCode::invalid, "seq " + std::to_string(at.seq) +
-                                          " is past the end of the log (last seq " +
-                                          std::to_string(replayed->state->last_seq()) + ")");
+    return past_end(at.seq, replayed->state->last_seq());
   }
   return std::move(replayed->state);
 }
