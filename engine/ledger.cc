@@ -62,6 +62,33 @@ class Waiter {
   bool done_ = false;
 };
 
+Status check_subject(std::string_view subject) {
+  if (subject.empty() || subject.size() > kIdBytesMax) {
+    return Status(ErrorCode::invalid, "subject must be 1..255 bytes");
+  }
+  return Status();
+}
+
+Status check_pair(std::string_view subject, std::string_view item) {
+  if (subject.empty() || item.empty() || subject.size() > kIdBytesMax || item.size() > kIdBytesMax) {
+    return Status(ErrorCode::invalid, "subject and item must be 1..255 bytes");
+  }
+  return Status();
+}
+
+// Calls start(done) and waits for what done is given.
+template <class Answer, class Start>
+Answer await_answer(Start start) {
+  Waiter waiter;
+  std::optional<Answer> result;
+  start([&](Answer answer) {
+    result.emplace(std::move(answer));
+    waiter.notify();
+  });
+  waiter.wait();
+  return std::move(*result);
+}
+
 using ReadFn = std::function<Status(const proj::State&, std::int64_t now_ns)>;
 using ReadDone = std::function<void(Status)>;
 
@@ -130,8 +157,29 @@ struct Ledger::Impl {
   bool group_ready() const { return !log->batch_empty() || !pending.empty(); }
   void handoff_locked();
   void answer(Task& task, Result<Receipt> result);
-  // Runs `read` on the writer thread and waits for its group to be durable.
+  // Queues a task for the writer, waiting for room. False once closing
+  // (the task is left as it was).
+  bool enqueue(Task& task);
+  // Runs `read` on the writer thread; `done` runs once its group is durable.
+  void submit_read(ReadFn read, ReadDone done, bool expire);
+  // The same, waiting for it.
   Status run_read(ReadFn read, bool expire);
+  // Reads an R from the state on the writer thread into a shared slot and
+  // hands it to `done` once the read's group is durable.
+  template <class R>
+  void submit_state_read(std::function<Status(const proj::State&, std::int64_t now_ns, R*)> read,
+                         std::function<void(Result<R>)> done) {
+    auto answer = std::make_shared<R>();
+    submit_read(
+        [answer, read = std::move(read)](const proj::State& state, std::int64_t now_ns) {
+          return read(state, now_ns, answer.get());
+        },
+        [answer, done = std::move(done)](Status status) {
+          if (status.ok()) return done(std::move(*answer));
+          done(std::move(status));
+        },
+        false);
+  }
   void wait_for_work(std::vector<Task>* tasks, bool* stop, bool* expire_now);
 
   // ---- I/O thread ----
@@ -555,80 +603,75 @@ void Ledger::Impl::fail(const Status& status) {
 // ---------------------------------------------------------------- public API
 
 void Ledger::submit(Command command, Completion done) {
-  Impl& impl = *impl_;
-  std::unique_lock<std::mutex> guard(impl.mu);
-  impl.room_cv.wait(guard, [&] { return impl.queue.size() < impl.options.queue_depth_max || impl.closing; });
-  if (impl.closing) {
-    guard.unlock();
-    done(Status(ErrorCode::closed, "the ledger is closed"));
-    return;
-  }
   Task task;
   task.command = std::move(command);
   task.done = std::move(done);
-  impl.queue.push_back(std::move(task));
-  const bool was_empty = impl.queue.size() == 1;
-  guard.unlock();
-  if (was_empty) impl.writer_cv.notify_one();
+  if (!impl_->enqueue(task)) task.done(Status(ErrorCode::closed, "the ledger is closed"));
 }
 
 Result<Receipt> Ledger::execute(Command command) {
-  Waiter waiter;
-  std::optional<Result<Receipt>> result;
-  submit(std::move(command), [&](Result<Receipt> answer) {
-    result.emplace(std::move(answer));
-    waiter.notify();
-  });
-  waiter.wait();
-  return std::move(*result);
+  return await_answer<Result<Receipt>>([&](Completion done) { submit(std::move(command), std::move(done)); });
+}
+
+
+void Ledger::submit_balance(std::string subject, std::string item, std::function<void(Result<Balance>)> done) {
+  const Status valid = check_pair(subject, item);
+  if (!valid.ok()) return done(valid);
+  impl_->submit_state_read<Balance>(
+      [subject = std::move(subject), item = std::move(item)](const proj::State& state, std::int64_t now_ns,
+                                                            Balance* balance) {
+        const proj::Balance b = state.balance(subject, item, now_ns);
+        *balance = Balance{b.available, b.held};
+        return Status();
+      },
+      std::move(done));
+}
+
+void Ledger::submit_list(std::string subject, std::function<void(Result<std::vector<ItemBalance>>)> done) {
+  const Status valid = check_subject(subject);
+  if (!valid.ok()) return done(valid);
+  impl_->submit_state_read<std::vector<ItemBalance>>(
+      [subject = std::move(subject)](const proj::State& state, std::int64_t now_ns,
+                                     std::vector<ItemBalance>* items) {
+        state.list(subject, now_ns, [&](std::string_view item, proj::Balance b) {
+          items->push_back(ItemBalance{std::string(item), Balance{b.available, b.held}});
+        });
+        return Status();
+      },
+      std::move(done));
+}
+
+void Ledger::submit_hold_info(HoldId id, std::function<void(Result<HoldView>)> done) {
+  impl_->submit_state_read<HoldView>(
+      [id](const proj::State& state, std::int64_t now_ns, HoldView* view) {
+        std::optional<proj::HoldInfo> hold = state.find_hold(id);
+        if (!hold) return Status(ErrorCode::not_found, "no hold " + std::to_string(id));
+        view->id = hold->id;
+        view->subject = hold->subject;
+        view->item = hold->item;
+        view->qty = hold->qty;
+        view->expires_at_ns = hold->expires_at_ns;
+        view->committed_qty = hold->committed_qty;
+        view->status = static_cast<HoldStatus>(hold->state);
+        // Reads never show a due hold as open.
+        if (hold->state == proj::HoldState::open && hold->expires_at_ns <= now_ns) {
+          view->status = HoldStatus::expired;
+        }
+        return Status();
+      },
+      std::move(done));
 }
 
 Result<Balance> Ledger::balance(std::string_view subject, std::string_view item) {
-  if (subject.empty() || item.empty() || subject.size() > kIdBytesMax || item.size() > kIdBytesMax) {
-    return Status(ErrorCode::invalid, "subject and item must be 1..255 bytes");
-  }
-  Balance balance;
-  TALLY_TRY(impl_->run_read([&](const proj::State& state, std::int64_t now_ns) {
-    const proj::Balance b = state.balance(subject, item, now_ns);
-    balance = Balance{b.available, b.held};
-    return Status();
-  }, false));
-  return balance;
+  return await_answer<Result<Balance>>([&](auto done) { submit_balance(std::string(subject), std::string(item), done); });
 }
 
 Result<std::vector<ItemBalance>> Ledger::list(std::string_view subject) {
-  if (subject.empty() || subject.size() > kIdBytesMax) {
-    return Status(ErrorCode::invalid, "subject must be 1..255 bytes");
-  }
-  std::vector<ItemBalance> items;
-  TALLY_TRY(impl_->run_read([&](const proj::State& state, std::int64_t now_ns) {
-    state.list(subject, now_ns, [&](std::string_view item, proj::Balance b) {
-      items.push_back(ItemBalance{std::string(item), Balance{b.available, b.held}});
-    });
-    return Status();
-  }, false));
-  return items;
+  return await_answer<Result<std::vector<ItemBalance>>>([&](auto done) { submit_list(std::string(subject), done); });
 }
 
 Result<HoldView> Ledger::hold_info(HoldId id) {
-  HoldView view;
-  TALLY_TRY(impl_->run_read([&](const proj::State& state, std::int64_t now_ns) {
-    std::optional<proj::HoldInfo> hold = state.find_hold(id);
-    if (!hold) return Status(ErrorCode::not_found, "no hold " + std::to_string(id));
-    view.id = hold->id;
-    view.subject = hold->subject;
-    view.item = hold->item;
-    view.qty = hold->qty;
-    view.expires_at_ns = hold->expires_at_ns;
-    view.committed_qty = hold->committed_qty;
-    view.status = static_cast<HoldStatus>(hold->state);
-    // Reads never show a due hold as open.
-    if (hold->state == proj::HoldState::open && hold->expires_at_ns <= now_ns) {
-      view.status = HoldStatus::expired;
-    }
-    return Status();
-  }, false));
-  return view;
+  return await_answer<Result<HoldView>>([&](auto done) { submit_hold_info(id, done); });
 }
 
 Status Ledger::expire_due() {
@@ -725,16 +768,12 @@ PointInTimeSource Ledger::Impl::point_in_time_source(AsOf at) {
 }
 
 Result<Balance> Ledger::balance(std::string_view subject, std::string_view item, AsOf at) {
-  if (subject.empty() || item.empty() || subject.size() > kIdBytesMax || item.size() > kIdBytesMax) {
-    return Status(ErrorCode::invalid, "subject and item must be 1..255 bytes");
-  }
+  TALLY_TRY(check_pair(subject, item));
   return balance_at(impl_->point_in_time_source(at), subject, item, at);
 }
 
 Result<std::vector<ItemBalance>> Ledger::list(std::string_view subject, AsOf at) {
-  if (subject.empty() || subject.size() > kIdBytesMax) {
-    return Status(ErrorCode::invalid, "subject must be 1..255 bytes");
-  }
+  TALLY_TRY(check_subject(subject));
   return list_at(impl_->point_in_time_source(at), subject, at);
 }
 
@@ -749,26 +788,27 @@ Result<std::uint64_t> Ledger::snapshot_now() {
   return impl_->archivist->snapshot_now(std::chrono::minutes(10));
 }
 
-Status Ledger::Impl::run_read(ReadFn read, bool expire) {
-  Impl& impl = *this;
-  Waiter waiter;
-  Status result;
+bool Ledger::Impl::enqueue(Task& task) {
+  std::unique_lock<std::mutex> guard(mu);
+  room_cv.wait(guard, [&] { return queue.size() < options.queue_depth_max || closing; });
+  if (closing) return false;
+  queue.push_back(std::move(task));
+  const bool was_empty = queue.size() == 1;
+  guard.unlock();
+  if (was_empty) writer_cv.notify_one();
+  return true;
+}
+
+void Ledger::Impl::submit_read(ReadFn read, ReadDone done, bool expire) {
   Task task;
   task.kind = expire ? Task::Kind::expire : Task::Kind::read;
   task.read = std::move(read);
-  task.read_done = [&](Status status) {
-    result = std::move(status);
-    waiter.notify();
-  };
-  {
-    std::unique_lock<std::mutex> guard(impl.mu);
-    impl.room_cv.wait(guard, [&] { return impl.queue.size() < impl.options.queue_depth_max || impl.closing; });
-    if (impl.closing) return Status(ErrorCode::closed, "the ledger is closed");
-    impl.queue.push_back(std::move(task));
-  }
-  impl.writer_cv.notify_one();
-  waiter.wait();
-  return result;
+  task.read_done = std::move(done);
+  if (!enqueue(task)) task.read_done(Status(ErrorCode::closed, "the ledger is closed"));
+}
+
+Status Ledger::Impl::run_read(ReadFn read, bool expire) {
+  return await_answer<Status>([&](ReadDone done) { submit_read(std::move(read), std::move(done), expire); });
 }
 
 }  // namespace tally

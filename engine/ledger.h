@@ -104,6 +104,14 @@ class Ledger final : public LedgerApi {
   Result<std::vector<ItemBalance>> list(std::string_view subject) override;
   Result<HoldView> hold_info(HoldId hold) override;
 
+  // The same reads without blocking the caller, for event loops and
+  // servers: `done` gets the answer on a ledger thread (or at once, on this
+  // one, for invalid arguments and a closed ledger) and must not block.
+  // Waits only when the queue is full, as submit() does.
+  void submit_balance(std::string subject, std::string item, std::function<void(Result<Balance>)> done);
+  void submit_list(std::string subject, std::function<void(Result<std::vector<ItemBalance>>)> done);
+  void submit_hold_info(HoldId hold, std::function<void(Result<HoldView>)> done);
+
   // ---- point-in-time reads (engine/point_in_time.h) ----
   // As of a committed seq or a time; invalid for a seq not committed yet.
   // From the history projection, or a snapshot plus a replay where it lags.

@@ -236,9 +236,12 @@ TEST_CASE("expiry is a logged fact driven by the injected clock") {
   REQUIRE(view.ok());
   CHECK(view->status == HoldStatus::expired);
 
-  const std::uint64_t before = f.ledger->stats().next_seq;
+  // acquire (1), hold (2), then one expire event (3): written by this call,
+  // or by the writer's own idle check if it ran first.
   REQUIRE(f.ledger->expire_due().ok());
-  CHECK(f.ledger->stats().next_seq == before + 1);
+  CHECK(f.ledger->stats().next_seq == 4);
+  REQUIRE(f.ledger->expire_due().ok());
+  CHECK(f.ledger->stats().next_seq == 4);
   CHECK(outcome_of(f.ledger->commit("m1", h.hold)) == Outcome::hold_expired);
   CHECK(outcome_of(f.ledger->release("r1", h.hold)) == Outcome::hold_expired);
 
@@ -409,6 +412,69 @@ TEST_CASE("non-blocking submit completes in order once durable") {
   CHECK(std::is_sorted(seqs.begin(), seqs.end()));
   f.reopen();
   CHECK(f.balance("alice", "gold") == Balance{kOps, 0});
+}
+
+TEST_CASE("non-blocking reads see every mutation submitted before them, in order") {
+  Fixture f(Durability::sync);
+  constexpr int kOps = 500;
+  std::mutex mutex;
+  std::vector<std::int64_t> seen;  // the balance each read saw, in completion order
+  std::vector<std::string> order; // "m" for a mutation's completion, "r" for a read's
+  for (int op_index = 0; op_index < kOps; op_index++) {
+    Command command;
+    command.key = name("k", op_index);
+    command.op = OpRequest::acquire("alice", "gold", 1);
+    f.ledger->submit(std::move(command), [&](Result<Receipt> r) {
+      REQUIRE(r.ok());
+      std::lock_guard<std::mutex> guard(mutex);
+      order.push_back("m");
+    });
+    f.ledger->submit_balance("alice", "gold", [&](Result<Balance> b) {
+      REQUIRE(b.ok());
+      std::lock_guard<std::mutex> guard(mutex);
+      seen.push_back(b->available);
+      order.push_back("r");
+    });
+  }
+  Result<Receipt> hold = f.ledger->hold("h", "alice", "gold", 5, 60 * kSecond);
+  REQUIRE(hold.ok());
+  std::optional<Result<std::vector<ItemBalance>>> listed;
+  std::optional<Result<HoldView>> held;
+  std::optional<Result<HoldView>> unknown;
+  std::optional<Result<Balance>> invalid;
+  f.ledger->submit_list("alice", [&](Result<std::vector<ItemBalance>> items) { listed = std::move(items); });
+  f.ledger->submit_hold_info(hold->hold, [&](Result<HoldView> view) { held = std::move(view); });
+  f.ledger->submit_hold_info(999999, [&](Result<HoldView> view) { unknown = std::move(view); });
+  // Invalid arguments are answered at once, on the caller's thread.
+  f.ledger->submit_balance("", "gold", [&](Result<Balance> b) { invalid = std::move(b); });
+  REQUIRE(invalid.has_value());
+  CHECK(invalid->code() == ErrorCode::invalid);
+  REQUIRE(f.ledger->close().ok());
+
+  // Read i follows mutation i: it sees i + 1 acquired, and is answered after it.
+  REQUIRE(seen.size() == kOps);
+  for (int op_index = 0; op_index < kOps; op_index++) CHECK(seen[op_index] == op_index + 1);
+  REQUIRE(order.size() == 2 * kOps);
+  for (int op_index = 0; op_index < kOps; op_index++) {
+    CHECK(order[2 * op_index] == "m");
+    CHECK(order[2 * op_index + 1] == "r");
+  }
+  REQUIRE(listed.has_value());
+  REQUIRE(listed->ok());
+  REQUIRE((*listed)->size() == 1);
+  CHECK((**listed)[0].balance == Balance{kOps - 5, 5});
+  REQUIRE(held.has_value());
+  REQUIRE(held->ok());
+  CHECK((*held)->qty == 5);
+  CHECK((*held)->status == HoldStatus::open);
+  REQUIRE(unknown.has_value());
+  CHECK(unknown->code() == ErrorCode::not_found);
+
+  // After close, a read is answered `closed` at once.
+  std::optional<Result<Balance>> closed;
+  f.ledger->submit_balance("alice", "gold", [&](Result<Balance> b) { closed = std::move(b); });
+  REQUIRE(closed.has_value());
+  CHECK(closed->code() == ErrorCode::closed);
 }
 
 TEST_CASE("a failed fsync turns the ledger read-only until reopened") {
