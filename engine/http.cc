@@ -510,14 +510,14 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   void route_post(const Target& target, const HttpRequest& request);
   void mutate(const HttpRequest& request, Command command);
 
+  // The completion of a read: renders its answer (or error) on the strand.
   template <class T>
-  void read(Metrics::Op op, std::function<Result<T>()> read, std::function<HttpResponse(const T&)> render) {
-    auto self = shared_from_this();
-    core_.read<T>(op, std::move(read), [self, render = std::move(render)](Result<T> result) {
+  std::function<void(Result<T>)> reply(std::function<HttpResponse(const T&)> render) {
+    return [self = shared_from_this(), render = std::move(render)](Result<T> result) {
       asio::post(self->stream_.get_executor(), [self, render, result = std::move(result)] {
         self->send(result ? render(*result) : error_response(result.status()), false);
       });
-    });
+    };
   }
 
   void send(HttpResponse response, bool close_after) {
@@ -578,12 +578,12 @@ void HttpSession::handle(HttpRequest request) {
     }
   }
   if (path.size() == 1 && path[0] == "metrics" && request.method() == http::verb::get) {
-    return read<LedgerStats>(
+    return core_.read<LedgerStats>(
         Metrics::Op::count, [this] { return Result<LedgerStats>(core_.ledger().stats()); },
-        [this](const LedgerStats& stats) {
+        reply<LedgerStats>([this](const LedgerStats& stats) {
           return json_response(http::status::ok, core_.metrics().render(stats, core_.feed().stats()),
                                "text/plain; version=0.0.4");
-        });
+        }));
   }
   if (path.empty() || path[0] != "v1") return send(problem(http::status::not_found, "not_found", "no such route"), false);
   if (path.size() == 2 && path[1] == "events" && request.method() != http::verb::get) {
@@ -607,33 +607,24 @@ void HttpSession::route_get(const Target& target) {
     HoldId hold = 0;
     const Status valid = parse_hold_id(path[2], &hold);
     if (!valid.ok()) return send(error_response(valid), false);
-    return read<HoldView>(
-        Metrics::Op::hold_info, [this, hold] { return core_.ledger().hold_info(hold); }, hold_response);
+    return core_.hold_info(hold, reply<HoldView>(hold_response));
   }
   send(problem(http::status::not_found, "not_found", "no such route"), false);
 }
 
 void HttpSession::balance(std::string subject, std::string item, std::optional<AsOf> at) {
-  read<Balance>(
-      Metrics::Op::balance,
-      [this, subject, item, at] {
-        return at ? core_.ledger().balance(subject, item, *at) : core_.ledger().balance(subject, item);
-      },
-      [subject, item](const Balance& balance) {
+  core_.balance(subject, item, at, reply<Balance>([subject, item](const Balance& balance) {
         std::string body = "{\"subject\":";
         json::append_string(&body, subject);
         body += ",\"item\":";
         json::append_string(&body, item);
         append_balance_fields(&body, balance);
         return json_response(http::status::ok, body + "}");
-      });
+      }));
 }
 
 void HttpSession::list(std::string subject, std::optional<AsOf> at) {
-  read<std::vector<ItemBalance>>(
-      Metrics::Op::list,
-      [this, subject, at] { return at ? core_.ledger().list(subject, *at) : core_.ledger().list(subject); },
-      [subject](const std::vector<ItemBalance>& items) {
+  core_.list(subject, at, reply<std::vector<ItemBalance>>([subject](const std::vector<ItemBalance>& items) {
         std::string body = "{\"subject\":";
         json::append_string(&body, subject);
         body += ",\"balances\":[";
@@ -644,7 +635,7 @@ void HttpSession::list(std::string subject, std::optional<AsOf> at) {
           body += "}";
         }
         return json_response(http::status::ok, body + "]}");
-      });
+      }));
 }
 
 void HttpSession::events(const Target& target) {

@@ -55,22 +55,45 @@ void Core::remove_session(std::uint64_t id) {
 
 void Core::submit(Command command, std::function<void(Result<Receipt>)> done) {
   const Metrics::Op op = Metrics::op_of(command);
-  metrics_.inflight_add(1);
-  const std::int64_t start_ns = steady_now_ns();
-  ledger_->submit(std::move(command),
-                  [this, op, start_ns, done = std::move(done)](Result<Receipt> result) mutable {
-                    metrics_.record(op, result ? Metrics::outcome_slot(result->outcome)
-                                               : Metrics::error_slot(result.code()),
-                                    steady_now_ns() - start_ns);
-                    {
-                      // `done` may hold the last reference to its session:
-                      // destroy it here, while Server::stop() still waits
-                      // for this request, not later on a ledger thread.
-                      auto finish = std::move(done);
-                      finish(std::move(result));
-                    }
-                    metrics_.inflight_add(-1);
-                  });
+  ledger_->submit(std::move(command), track(op, std::move(done)));
+}
+
+void Core::balance(std::string subject, std::string item, std::optional<AsOf> at,
+                   std::function<void(Result<Balance>)> done) {
+  if (at) {
+    return read<Balance>(
+        Metrics::Op::balance,
+        [this, subject = std::move(subject), item = std::move(item), at] { return ledger_->balance(subject, item, *at); },
+        std::move(done));
+  }
+  query<Balance>(
+      Metrics::Op::balance,
+      [this, subject = std::move(subject), item = std::move(item)](auto answer) mutable {
+        ledger_->submit_balance(std::move(subject), std::move(item), std::move(answer));
+      },
+      std::move(done));
+}
+
+void Core::list(std::string subject, std::optional<AsOf> at,
+                std::function<void(Result<std::vector<ItemBalance>>)> done) {
+  using Items = std::vector<ItemBalance>;
+  if (at) {
+    return read<Items>(
+        Metrics::Op::list, [this, subject = std::move(subject), at] { return ledger_->list(subject, *at); },
+        std::move(done));
+  }
+  query<Items>(
+      Metrics::Op::list,
+      [this, subject = std::move(subject)](auto answer) mutable {
+        ledger_->submit_list(std::move(subject), std::move(answer));
+      },
+      std::move(done));
+}
+
+void Core::hold_info(HoldId hold, std::function<void(Result<HoldView>)> done) {
+  query<HoldView>(
+      Metrics::Op::hold_info,
+      [this, hold](auto answer) { ledger_->submit_hold_info(hold, std::move(answer)); }, std::move(done));
 }
 
 void Core::for_each_session(void (Session::*method)()) {
@@ -155,7 +178,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
  public:
   BinarySession(Core& core, tcp::socket socket)
       : core_(core), socket_(std::move(socket)), idle_timer_(socket_.get_executor()),
-        authenticated_(core.options().token.empty()) {}
+        authenticated_(core.options().token.empty()), reader_(core.options().frame_bytes_max) {}
   ~BinarySession() override {
     if (id_ != 0) core_.remove_session(id_);
     core_.metrics().connection_closed(Metrics::Protocol::binary);
@@ -165,7 +188,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     id_ = id;
     touch();
     arm_idle_timer();
-    read_head();
+    read_frames();
   }
 
   void begin_shutdown() override {
@@ -184,54 +207,39 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   }
 
  private:
-  std::byte* frame_bytes() { return reinterpret_cast<std::byte*>(frame_.data()); }
   void touch() { last_activity_ns_ = steady_now_ns(); }
 
-  void read_head() {
-    if (closed_ || stopping_ || read_closed_) return;
-    // Requests read and not yet written out count, answered or not: a peer
-    // that does not read its answers stops being read. Resumes in
-    // answer() or on_written().
-    if (inflight_ + writes_.size() >= core_.options().inflight_per_connection_max) return;
+  // Handles the frames read so far, then reads more: one read takes in
+  // every request a pipelining client has sent.
+  void read_frames() {
+    while (!closed_ && !reading_) {
+      // Stopping or at EOF, it reads no more: close once all is answered.
+      if (stopping_ || read_closed_) return maybe_finish();
+      // Requests read and not yet written out count, answered or not: a
+      // peer that does not read its answers stops being read. Resumes in
+      // send_answered() or on_written().
+      if (inflight_ + writes_.size() >= core_.options().inflight_per_connection_max) return;
+      auto frame = reader_.next();
+      if (!frame) return malformed(frame.status().message());
+      if (frame->empty()) return read_some();
+      on_frame(*frame);
+    }
+  }
+
+  void read_some() {
     reading_ = true;
-    frame_.assign(wire::kFirstBytes / sizeof(std::uint64_t), 0);
-    asio::async_read(socket_, asio::buffer(frame_bytes(), wire::kFirstBytes),
-                     [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
-                       self->on_head(ec);
-                     });
-  }
-
-  void on_head(boost::system::error_code ec) {
-    if (ec) return on_read_error(ec);
-    touch();
-    auto table = wire::table_bytes(std::span(frame_bytes(), wire::kFirstBytes));
-    if (!table) return malformed(table.status().message());
-    frame_.resize(*table / sizeof(std::uint64_t));
-    read_more(wire::kFirstBytes, *table, [self = shared_from_this()] { self->on_table(); });
-  }
-
-  void on_table() {
-    const std::size_t table = frame_.size() * sizeof(std::uint64_t);
-    auto total = wire::frame_bytes(std::span(frame_bytes(), table), core_.options().frame_bytes_max);
-    if (!total) return malformed(total.status().message());
-    frame_.resize(*total / sizeof(std::uint64_t));
-    read_more(table, *total, [self = shared_from_this()] { self->on_frame(); });
-  }
-
-  // Reads bytes [from, to) of the frame, then calls `next`.
-  template <class Next>
-  void read_more(std::size_t from, std::size_t to, Next next) {
-    if (from == to) return next();
-    asio::async_read(socket_, asio::buffer(frame_bytes() + from, to - from),
-                     [self = shared_from_this(), next](boost::system::error_code ec, std::size_t) {
-                       if (ec) return self->on_read_error(ec);
-                       self->touch();
-                       next();
-                     });
+    const std::span<std::byte> space = reader_.space();
+    socket_.async_read_some(asio::buffer(space.data(), space.size()),
+                            [self = shared_from_this()](boost::system::error_code ec, std::size_t bytes) {
+                              self->reading_ = false;
+                              if (ec) return self->on_read_error(ec);
+                              self->reader_.commit(bytes);
+                              self->touch();
+                              self->read_frames();
+                            });
   }
 
   void on_read_error(boost::system::error_code ec) {
-    reading_ = false;
     read_closed_ = true;
     if (ec != asio::error::eof && ec != asio::error::operation_aborted && !stopping_) {
       core_.log("binary connection: read failed: " + ec.message());
@@ -247,15 +255,13 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     close();
   }
 
-  void on_frame() {
-    reading_ = false;
-    auto request = wire::decode_request(frame_);
+  void on_frame(wire::FrameView frame) {
+    auto request = wire::decode_request(frame);
     if (!request) return malformed(request.status().message());
     if (!authenticated_ && request->kind != wire::Request::Kind::hello) {
       return refuse(request->id, "the first request must be a hello with the token");
     }
     dispatch(std::move(*request));
-    read_head();
   }
 
   // Answers unauthorized and closes once the answer is written.
@@ -284,29 +290,18 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
         });
         return;
       case Kind::balance:
-        core_.read<Balance>(
-            Metrics::Op::balance,
-            [this, subject = std::move(request.subject), item = std::move(request.item),
-             as_of = request.as_of] {
-              return as_of ? core_.ledger().balance(subject, item, *as_of)
-                           : core_.ledger().balance(subject, item);
-            },
-            [self, id](Result<Balance> result) { self->answer_later(id, std::move(result)); });
+        core_.balance(std::move(request.subject), std::move(request.item), request.as_of,
+                      [self, id](Result<Balance> result) { self->answer_later(id, std::move(result)); });
         return;
       case Kind::list:
-        core_.read<std::vector<ItemBalance>>(
-            Metrics::Op::list,
-            [this, subject = std::move(request.subject), as_of = request.as_of] {
-              return as_of ? core_.ledger().list(subject, *as_of) : core_.ledger().list(subject);
-            },
-            [self, id](Result<std::vector<ItemBalance>> result) {
-              self->answer_later(id, std::move(result));
-            });
+        core_.list(std::move(request.subject), request.as_of,
+                   [self, id](Result<std::vector<ItemBalance>> result) {
+                     self->answer_later(id, std::move(result));
+                   });
         return;
       case Kind::hold_info:
-        core_.read<HoldView>(
-            Metrics::Op::hold_info, [this, hold = request.hold] { return core_.ledger().hold_info(hold); },
-            [self, id](Result<HoldView> result) { self->answer_later(id, std::move(result)); });
+        core_.hold_info(request.hold,
+                        [self, id](Result<HoldView> result) { self->answer_later(id, std::move(result)); });
         return;
       case Kind::hello:
       case Kind::follow:
@@ -451,19 +446,23 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     send(wire::encode_response(response));
   }
 
+  // Called on a ledger or read-pool thread with the answer to request `id`:
+  // encodes it there, and hops onto the strand once for every burst of
+  // answers (a group commit answers many at once), not once per answer.
   template <class T>
   void answer_later(std::uint64_t id, Result<T> result) {
-    // Called on a ledger or read-pool thread: hop onto the strand.
-    asio::post(socket_.get_executor(),
-               [self = shared_from_this(), id, result = std::move(result)]() mutable {
-                 self->answer(id, std::move(result));
-               });
+    std::string frame = wire::encode_response(response_of(id, std::move(result)));
+    bool first = false;
+    {
+      std::lock_guard<std::mutex> guard(answered_mu_);
+      first = answered_.empty();
+      answered_.push_back(std::move(frame));
+    }
+    if (first) asio::post(socket_.get_executor(), [self = shared_from_this()] { self->send_answered(); });
   }
 
   template <class T>
-  void answer(std::uint64_t id, Result<T> result) {
-    TALLY_ASSERT(inflight_ > 0);
-    inflight_--;
+  static wire::Response response_of(std::uint64_t id, Result<T> result) {
     wire::Response response;
     response.id = id;
     if (!result) {
@@ -482,8 +481,22 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
       response.kind = wire::Response::Kind::list;
       response.items = std::move(*result);
     }
-    send(wire::encode_response(response));
-    if (!reading_) read_head();
+    return response;
+  }
+
+  void send_answered() {
+    std::vector<std::string> frames;
+    {
+      std::lock_guard<std::mutex> guard(answered_mu_);
+      frames.swap(answered_);
+    }
+    TALLY_ASSERT(inflight_ >= frames.size());
+    inflight_ -= frames.size();
+    if (!closed_) {
+      for (std::string& frame : frames) writes_.push_back(Outgoing{std::move(frame), nullptr});
+      if (!writing_) write_next();
+    }
+    read_frames();
   }
 
   // Queues a frame; `follow`: the batch of that follow, which reads its
@@ -521,7 +534,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
       follow->unwritten = false;
       pump(follow);
     }
-    if (!reading_) read_head();
+    read_frames();
     if (!writing_ && !writes_.empty()) return write_next();
     maybe_finish();
   }
@@ -582,8 +595,11 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     std::shared_ptr<Follow> follow;  // a follow's batch, or nullptr
   };
 
-  wire::FrameWords frame_;
-  // Bounded by inflight_per_connection_max (read_head()) plus one batch and
+  wire::FrameReader reader_;
+  // Answers encoded on ledger threads, waiting for send_answered().
+  std::mutex answered_mu_;
+  std::vector<std::string> answered_;
+  // Bounded by inflight_per_connection_max (read_frames()) plus one batch and
   // one last message per follow.
   std::deque<Outgoing> writes_;
   std::map<std::uint64_t, std::shared_ptr<Follow>> follows_;  // by request id

@@ -44,9 +44,13 @@ struct ServerOptions {
   // here so that the I/O threads never block.
   std::size_t read_threads = 2;
   std::size_t connections_max = 256;
-  // Together with connections_max this bounds the Ledger's queue; keep the
-  // product below LedgerOptions::queue_depth_max so submit() never waits.
-  std::size_t inflight_per_connection_max = 1024;
+  // Together with connections_max this bounds the requests held in memory.
+  // Deep enough that one pipelining client keeps the writer busy while a
+  // group is being synced. When all connections together fill the Ledger's
+  // queue (LedgerOptions::queue_depth_max), submit() waits for the writer
+  // to take it: an I/O thread pauses for about one group, the backpressure
+  // of an overloaded server.
+  std::size_t inflight_per_connection_max = 4096;
   // Open follow streams (docs/protocol.md) per binary connection. Each has
   // at most one batch (about 256 KiB at most) waiting to be written.
   std::size_t follows_per_connection_max = 16;

@@ -10,6 +10,9 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <type_traits>
+#include <optional>
+#include <string>
 #include <unordered_map>
 
 #include "engine/feed.h"
@@ -57,11 +60,25 @@ class Core {
 
   // Submits a mutation; `done` runs on a ledger thread (post to a strand).
   void submit(Command command, std::function<void(Result<Receipt>)> done);
+  // The reads of both protocols. `done` runs on a ledger or read-pool
+  // thread (post to a strand). Current reads go to the ledger without
+  // blocking a thread; point-in-time reads may block, so they run on the
+  // read pool.
+  void balance(std::string subject, std::string item, std::optional<AsOf> at,
+               std::function<void(Result<Balance>)> done);
+  void list(std::string subject, std::optional<AsOf> at,
+            std::function<void(Result<std::vector<ItemBalance>>)> done);
+  void hold_info(HoldId hold, std::function<void(Result<HoldView>)> done);
   // Runs `read` on the read pool (it may block on the Ledger), then `done`
   // there too, with what it returned. `op` is for the metrics; Op::count
   // records nothing (GET /metrics itself).
   template <class R>
   void read(Metrics::Op op, std::function<Result<R>()> read, std::function<void(Result<R>)> done);
+  // Starts a non-blocking ledger read: `start` hands its callback to a
+  // Ledger::submit_* call, which passes it what `done` then gets.
+  template <class R>
+  void query(Metrics::Op op, std::function<void(std::function<void(Result<R>)>)> start,
+             std::function<void(Result<R>)> done);
 
   // For Server::stop().
   void begin_stop();
@@ -72,6 +89,10 @@ class Core {
 
  private:
   void for_each_session(void (Session::*method)());
+  // Counts a read in flight; the returned function records its outcome and
+  // latency (nothing for Op::count) and counts it out.
+  template <class R>
+  std::function<void(Result<R>)> track(Metrics::Op op, std::function<void(Result<R>)> done);
 
   Ledger* ledger_;
   const ServerOptions options_;
@@ -86,20 +107,40 @@ class Core {
 };
 
 template <class R>
-void Core::read(Metrics::Op op, std::function<Result<R>()> read,
-                std::function<void(Result<R>)> done) {
+std::function<void(Result<R>)> Core::track(Metrics::Op op, std::function<void(Result<R>)> done) {
   metrics_.inflight_add(1);
   const std::int64_t start_ns = steady_now_ns();
-  asio::post(read_pool_, [this, op, start_ns, read = std::move(read), done = std::move(done)] {
-    Result<R> result = read();
+  return [this, op, start_ns, done = std::move(done)](Result<R> result) mutable {
     if (op != Metrics::Op::count) {
-      metrics_.record(op, result ? Metrics::outcome_slot(Outcome::ok)
-                                 : Metrics::error_slot(result.code()),
-                      steady_now_ns() - start_ns);
+      std::size_t slot = Metrics::outcome_slot(Outcome::ok);
+      if (!result) {
+        slot = Metrics::error_slot(result.code());
+      } else if constexpr (std::is_same_v<R, Receipt>) {
+        slot = Metrics::outcome_slot(result->outcome);
+      }
+      metrics_.record(op, slot, steady_now_ns() - start_ns);
+    }
+    {
+      // `done` may hold the last reference to its session: destroy it here,
+      // while Server::stop() still waits for this request, not later on a
+      // ledger thread.
+      auto finish = std::move(done);
+      finish(std::move(result));
     }
     metrics_.inflight_add(-1);
-    done(std::move(result));
-  });
+  };
+}
+
+template <class R>
+void Core::read(Metrics::Op op, std::function<Result<R>()> read,
+                std::function<void(Result<R>)> done) {
+  asio::post(read_pool_, [read = std::move(read), done = track(op, std::move(done))] { done(read()); });
+}
+
+template <class R>
+void Core::query(Metrics::Op op, std::function<void(std::function<void(Result<R>)>)> start,
+                 std::function<void(Result<R>)> done) {
+  start(track(op, std::move(done)));
 }
 
 // Takes over an accepted socket (whose executor is a strand).

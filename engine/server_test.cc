@@ -380,6 +380,76 @@ TEST_CASE("wire: requests and responses round-trip; framing limits hold") {
   CHECK(wire::decode_request(bad).code() == ErrorCode::invalid);
 }
 
+// Feeds `stream` to a FrameReader in reads of at most `read_bytes` (cycling
+// through `read_sizes`) and returns the ids of the requests it yields.
+std::vector<std::uint64_t> ids_through_reader(const std::string& stream, std::vector<std::size_t> read_sizes,
+                                              std::size_t buffer_bytes) {
+  wire::FrameReader reader(1 << 20, buffer_bytes);
+  std::vector<std::uint64_t> ids;
+  std::size_t offset = 0;
+  std::size_t read_index = 0;
+  while (true) {
+    auto frame = reader.next();
+    REQUIRE(frame.ok());
+    if (!frame->empty()) {
+      CHECK(reinterpret_cast<std::uintptr_t>(frame->data()) % 8 == 0);
+      auto request = wire::decode_request(*frame);
+      REQUIRE(request.ok());
+      ids.push_back(request->id);
+      continue;
+    }
+    if (offset == stream.size()) break;
+    const std::span<std::byte> space = reader.space();
+    REQUIRE_FALSE(space.empty());
+    const std::size_t bytes =
+        std::min({space.size(), read_sizes[read_index++ % read_sizes.size()], stream.size() - offset});
+    std::memcpy(space.data(), stream.data() + offset, bytes);
+    reader.commit(bytes);
+    offset += bytes;
+  }
+  CHECK(reader.buffered_bytes() == 0);
+  return ids;
+}
+
+TEST_CASE("wire: a FrameReader cuts a stream into frames however the reads split it") {
+  std::string stream;
+  std::vector<std::uint64_t> sent;
+  for (std::uint64_t id = 1; id <= 60; id++) {
+    wire::Request request;
+    request.id = id;
+    request.kind = wire::Request::Kind::mutation;
+    request.command.key = "key-" + std::to_string(id);
+    // Every tenth request is larger than the reader's buffer.
+    const std::size_t subject_bytes = id % 10 == 0 ? 5000 : id % 7;
+    request.command.op = OpRequest::acquire(std::string(subject_bytes + 1, 's'), "i", 1);
+    stream += wire::encode_request(request);
+    sent.push_back(id);
+  }
+  // Everything at once, byte by byte, and in uneven reads that end inside
+  // segment tables and bodies.
+  CHECK(ids_through_reader(stream, {stream.size()}, 1024) == sent);
+  CHECK(ids_through_reader(stream, {1}, 1024) == sent);
+  CHECK(ids_through_reader(stream, {3, 700, 13, 4096, 9}, 1024) == sent);
+  CHECK(ids_through_reader(stream, {5}, 16 * 1024) == sent);
+
+  // Too many segments, and a frame over the limit, are errors before the
+  // body arrives.
+  wire::FrameReader small(64);
+  std::string big = wire::encode_request(wire::Request{});
+  big.resize(8);
+  big[4] = 100;  // one segment of 100 words
+  std::span<std::byte> space = small.space();
+  std::memcpy(space.data(), big.data(), big.size());
+  small.commit(big.size());
+  CHECK(small.next().code() == ErrorCode::invalid);
+  wire::FrameReader segments(1 << 20);
+  const std::uint32_t count_minus_one = 1000;
+  space = segments.space();
+  std::memcpy(space.data(), &count_minus_one, sizeof count_minus_one);
+  segments.commit(8);
+  CHECK(segments.next().code() == ErrorCode::invalid);
+}
+
 TEST_CASE("http: every mutation and read route, problem+json, idempotency") {
   Fixture fx;
   const std::uint16_t port = fx.server->http_port();

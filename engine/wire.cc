@@ -4,6 +4,7 @@
 #include <capnp/serialize.h>
 #include <kj/exception.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "engine/protocol.capnp.h"
@@ -36,13 +37,20 @@ std::string as_string(capnp::Data::Reader bytes) {
   return std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
 }
 
+// Most messages fit in this, so building one zeroes 512 bytes, not the
+// builder's default 8 KiB; a larger one grows into more segments.
+constexpr unsigned kFirstSegmentWords = 64;
+
+// The message in stream framing, written straight into the string.
 std::string frame(capnp::MessageBuilder& builder) {
-  const kj::Array<capnp::word> words = capnp::messageToFlatArray(builder);
-  const kj::ArrayPtr<const kj::byte> bytes = words.asBytes();
-  return std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+  const auto segments = builder.getSegmentsForOutput();
+  std::string out(capnp::computeSerializedSizeInWords(segments) * sizeof(capnp::word), '\0');
+  kj::ArrayOutputStream stream(kj::arrayPtr(reinterpret_cast<kj::byte*>(out.data()), out.size()));
+  capnp::writeMessage(stream, segments);
+  return out;
 }
 
-capnp::ReaderOptions reader_options(const FrameWords& frame) {
+capnp::ReaderOptions reader_options(FrameView frame) {
   capnp::ReaderOptions options;
   // A frame cannot legitimately point at more than it holds; twice its size
   // leaves room for Cap'n Proto's accounting of list headers.
@@ -51,7 +59,7 @@ capnp::ReaderOptions reader_options(const FrameWords& frame) {
   return options;
 }
 
-kj::ArrayPtr<const capnp::word> words_of(const FrameWords& frame) {
+kj::ArrayPtr<const capnp::word> words_of(FrameView frame) {
   return kj::ArrayPtr<const capnp::word>(reinterpret_cast<const capnp::word*>(frame.data()),
                                          frame.size());
 }
@@ -334,7 +342,7 @@ Result<std::size_t> frame_bytes(std::span<const std::byte> table, std::size_t fr
 }
 
 std::string encode_request(const Request& request) {
-  capnp::MallocMessageBuilder builder;
+  capnp::MallocMessageBuilder builder(kFirstSegmentWords);
   auto out = builder.initRoot<proto::Request>();
   out.setId(request.id);
   switch (request.kind) {
@@ -371,7 +379,7 @@ std::string encode_request(const Request& request) {
 }
 
 std::string encode_response(const Response& response) {
-  capnp::MallocMessageBuilder builder;
+  capnp::MallocMessageBuilder builder(kFirstSegmentWords);
   auto out = builder.initRoot<proto::Response>();
   out.setId(response.id);
   switch (response.kind) {
@@ -405,9 +413,60 @@ std::string encode_response(const Response& response) {
   return frame(builder);
 }
 
+FrameReader::FrameReader(std::size_t frame_bytes_max, std::size_t buffer_bytes)
+    : frame_bytes_max_(frame_bytes_max), buffer_bytes_(std::max(buffer_bytes, std::size_t{1024})),
+      words_(buffer_bytes_ / sizeof(std::uint64_t)) {}
+
+std::span<std::byte> FrameReader::space() {
+  if (begin_ == end_) {
+    begin_ = end_ = 0;
+    // A large frame grew the buffer; give the memory back once it is gone.
+    if (words_.size() * sizeof(std::uint64_t) > 4 * buffer_bytes_) {
+      words_.assign(buffer_bytes_ / sizeof(std::uint64_t), 0);
+      words_.shrink_to_fit();
+    }
+  }
+  // Room for the whole frame begun (or, before its size is known, for a
+  // buffer's worth, which holds any segment table) from begin_ on.
+  const std::size_t wanted = std::max(frame_bytes_, buffer_bytes_);
+  if (begin_ + wanted > words_.size() * sizeof(std::uint64_t) || end_ == words_.size() * sizeof(std::uint64_t)) {
+    std::memmove(bytes(), bytes() + begin_, end_ - begin_);
+    end_ -= begin_;
+    begin_ = 0;
+    if (wanted > words_.size() * sizeof(std::uint64_t)) words_.resize((wanted + 7) / 8);
+  }
+  // Full only if next() was not asked until it wanted more.
+  TALLY_ASSERT(end_ < words_.size() * sizeof(std::uint64_t));
+  return std::span(bytes() + end_, words_.size() * sizeof(std::uint64_t) - end_);
+}
+
+void FrameReader::commit(std::size_t bytes) {
+  TALLY_ASSERT(end_ + bytes <= words_.size() * sizeof(std::uint64_t));
+  end_ += bytes;
+}
+
+Result<FrameView> FrameReader::next() {
+  const std::size_t available = end_ - begin_;
+  if (frame_bytes_ == 0) {
+    if (available < kFirstBytes) return FrameView();
+    const std::span<const std::byte> table(bytes() + begin_, available);
+    auto table_size = table_bytes(table);
+    if (!table_size) return table_size.status();
+    if (available < *table_size) return FrameView();
+    auto total = frame_bytes(table, frame_bytes_max_);
+    if (!total) return total.status();
+    frame_bytes_ = *total;
+  }
+  if (available < frame_bytes_) return FrameView();
+  const FrameView frame(words_.data() + begin_ / sizeof(std::uint64_t), frame_bytes_ / sizeof(std::uint64_t));
+  begin_ += frame_bytes_;
+  frame_bytes_ = 0;
+  return frame;
+}
+
 // The one place untrusted frames are decoded: kj::Exception is caught here
 // and turned into an invalid Status (STYLE.md).
-Result<Request> decode_request(const FrameWords& frame) {
+Result<Request> decode_request(FrameView frame) {
   Request request;
   try {
     capnp::FlatArrayMessageReader reader(words_of(frame), reader_options(frame));
@@ -419,7 +478,7 @@ Result<Request> decode_request(const FrameWords& frame) {
   return request;
 }
 
-Result<Response> decode_response(const FrameWords& frame) {
+Result<Response> decode_response(FrameView frame) {
   Response response;
   try {
     capnp::FlatArrayMessageReader reader(words_of(frame), reader_options(frame));

@@ -28,6 +28,7 @@ inline constexpr int kNestingMax = 16;
 inline constexpr std::size_t kTokenBytesMax = 256;
 
 // A frame as read: whole words, so Cap'n Proto can read it in place.
+using FrameView = std::span<const std::uint64_t>;
 using FrameWords = std::vector<std::uint64_t>;
 
 // The segment table's size in bytes (>= kFirstBytes), from its first 8
@@ -36,6 +37,39 @@ Result<std::size_t> table_bytes(std::span<const std::byte> first);
 // The whole frame's size in bytes, from the complete table. invalid: larger
 // than frame_bytes_max.
 Result<std::size_t> frame_bytes(std::span<const std::byte> table, std::size_t frame_bytes_max);
+
+// Cuts the byte stream of a connection into frames, so that one read from
+// the socket brings in every frame that has arrived: read into space(),
+// commit() what came, then take next() until it asks for more. Frames are
+// whole words, so each one stays word-aligned in the buffer and is decoded
+// where it lies.
+class FrameReader {
+ public:
+  static constexpr std::size_t kBufferBytesDefault = 16 * 1024;
+
+  explicit FrameReader(std::size_t frame_bytes_max, std::size_t buffer_bytes = kBufferBytesDefault);
+  // Where to read next, once next() has asked for more bytes: never empty,
+  // and large enough for the rest of the frame begun (the buffer grows to
+  // frame_bytes_max at most).
+  std::span<std::byte> space();
+  void commit(std::size_t bytes);
+  // The next complete frame, valid until the next call of space() or
+  // next(); an empty view when more bytes are needed. invalid: the stream
+  // is malformed (too many segments, or a frame over the limit).
+  Result<FrameView> next();
+  // Bytes read and not yet taken as frames.
+  std::size_t buffered_bytes() const { return end_ - begin_; }
+
+ private:
+  std::byte* bytes() { return reinterpret_cast<std::byte*>(words_.data()); }
+
+  std::size_t frame_bytes_max_;
+  std::size_t buffer_bytes_;
+  std::vector<std::uint64_t> words_;
+  std::size_t begin_ = 0;       // the first byte not taken, always word-aligned
+  std::size_t end_ = 0;         // the end of what was read
+  std::size_t frame_bytes_ = 0; // of the frame at begin_, once its table is in; else 0
+};
 
 struct Request {
   enum class Kind : std::uint8_t { hello, mutation, balance, list, hold_info, follow, cancel };
@@ -93,7 +127,7 @@ std::string encode_response(const Response& response);
 // Decodes one frame of untrusted bytes with explicit ReaderOptions limits
 // (traversal bounded by the frame's size, nesting by kNestingMax). invalid:
 // malformed, or an enum value this version does not know.
-Result<Request> decode_request(const FrameWords& frame);
-Result<Response> decode_response(const FrameWords& frame);
+Result<Request> decode_request(FrameView frame);
+Result<Response> decode_response(FrameView frame);
 
 }  // namespace tally::wire
