@@ -44,29 +44,21 @@ Status io_status(std::string_view what, const boost::system::error_code& ec) {
   return Status(ErrorCode::io_error, std::string(what) + ": " + ec.message());
 }
 
-// Reads one frame with the same limits as the server.
-Result<wire::FrameWords> read_frame(tcp::socket& socket, std::size_t frame_bytes_max) {
-  wire::FrameWords frame(wire::kFirstBytes / sizeof(std::uint64_t));
-  auto* bytes = reinterpret_cast<std::byte*>(frame.data());
-  boost::system::error_code ec;
-  asio::read(socket, asio::buffer(bytes, wire::kFirstBytes), ec);
-  if (ec) return io_status("read", ec);
-  auto table = wire::table_bytes(std::span(bytes, wire::kFirstBytes));
-  if (!table) return table.status();
-  frame.resize(*table / sizeof(std::uint64_t));
-  bytes = reinterpret_cast<std::byte*>(frame.data());
-  asio::read(socket, asio::buffer(bytes + wire::kFirstBytes, *table - wire::kFirstBytes), ec);
-  if (ec) return io_status("read", ec);
-  auto total = wire::frame_bytes(std::span(bytes, *table), frame_bytes_max);
-  if (!total) return total.status();
-  frame.resize(*total / sizeof(std::uint64_t));
-  bytes = reinterpret_cast<std::byte*>(frame.data());
-  asio::read(socket, asio::buffer(bytes + *table, *total - *table), ec);
-  if (ec) return io_status("read", ec);
-  return frame;
+// Reads from `socket` until `reader` has a whole frame; decodes it.
+Result<wire::Response> read_response(tcp::socket& socket, wire::FrameReader& reader) {
+  while (true) {
+    auto frame = reader.next();
+    if (!frame) return frame.status();
+    if (!frame->empty()) return wire::decode_response(*frame);
+    const std::span<std::byte> space = reader.space();
+    boost::system::error_code ec;
+    const std::size_t bytes = socket.read_some(asio::buffer(space.data(), space.size()), ec);
+    if (ec) return io_status("read", ec);
+    reader.commit(bytes);
+  }
 }
 
-Result<Receipt> to_receipt(Result<wire::Response> response) {
+Result<Receipt> to_receipt(Result<wire::Response>& response) {
   if (!response) return response.status();
   if (response->kind == wire::Response::Kind::error) return response->error;
   if (response->kind != wire::Response::Kind::receipt) {
@@ -84,9 +76,16 @@ struct Client::Impl {
   Status connect_once_locked();
   // Sends `request` with a fresh id (returned); `follow` marks a stream.
   std::uint64_t send(wire::Request request, ResponseDone done, bool follow = false);
+  // Queues frame bytes for the writer thread.
+  void write_locked(std::string_view frame);
+  // Waits until the writer thread is not writing to the socket.
+  void wait_writer_idle_locked(std::unique_lock<std::mutex>& guard);
   void reader_main();
+  void writer_main();
+  // Hands the answers to one read's frames to their handlers.
+  Status deliver(std::vector<wire::Response>* responses);
   bool take_batch(Pending& entry, const wire::Response& response, ResponseDone* deliver);
-  void on_connection_lost_locked(std::vector<ResponseDone>* failed, const Status& why);
+  void on_connection_lost_locked(std::unique_lock<std::mutex>& guard, std::vector<ResponseDone>* failed);
   void fail(std::vector<ResponseDone> failed, const Status& why);
 
   ClientOptions options;
@@ -100,7 +99,13 @@ struct Client::Impl {
   bool closing = false;
   std::uint64_t next_id = 1;
   std::map<std::uint64_t, Pending> pending;  // by id: resent in the order sent
+  // Frames queued for the writer thread, which sends all that are queued in
+  // one write: a pipelining caller costs one syscall per burst.
+  std::string out;
+  bool writing = false;  // the writer thread is in a write to *socket
+  std::condition_variable writer_cv;
   std::thread reader;
+  std::thread writer;
 };
 
 Status Client::Impl::connect_once_locked() {
@@ -116,9 +121,8 @@ Status Client::Impl::connect_once_locked() {
   hello.token = options.token;
   asio::write(*fresh, asio::buffer(wire::encode_request(hello)), ec);
   if (ec) return io_status("hello", ec);
-  auto frame = read_frame(*fresh, options.frame_bytes_max);
-  if (!frame) return frame.status();
-  auto response = wire::decode_response(*frame);
+  wire::FrameReader reader(options.frame_bytes_max);
+  auto response = read_response(*fresh, reader);
   if (!response) return response.status();
   if (response->kind == wire::Response::Kind::error) return response->error;
   socket = std::move(fresh);
@@ -140,10 +144,10 @@ Status Client::Impl::connect_locked() {
   if (closing) return Status(ErrorCode::closed, "the client is closed");
   if (!status.ok()) return status;
   cv.notify_all();
-  boost::system::error_code ec;
-  for (auto& [id, request] : pending) {
-    if (asio::write(*socket, asio::buffer(request.frame), ec); ec) break;  // the reader sees it too
-  }
+  // Bytes queued for the old connection are gone with it: send every
+  // unanswered request again, in the order sent.
+  out.clear();
+  for (auto& [id, request] : pending) write_locked(request.frame);
   return Status();
 }
 
@@ -152,9 +156,14 @@ void Client::Impl::fail(std::vector<ResponseDone> failed, const Status& why) {
 }
 
 // Drops the connection; reconnects and resends what survives its retries.
-void Client::Impl::on_connection_lost_locked(std::vector<ResponseDone>* failed, const Status& why) {
+void Client::Impl::on_connection_lost_locked(std::unique_lock<std::mutex>& guard,
+                                             std::vector<ResponseDone>* failed) {
   connected = false;
   boost::system::error_code ignored;
+  // A write in progress fails at once on a shut down socket; the socket is
+  // closed (and replaced) only once the writer is out of it.
+  socket->shutdown(tcp::socket::shutdown_both, ignored);
+  wait_writer_idle_locked(guard);
   socket->close(ignored);
   for (auto entry = pending.begin(); entry != pending.end();) {
     if (entry->second.cancelled) {
@@ -173,7 +182,38 @@ void Client::Impl::on_connection_lost_locked(std::vector<ResponseDone>* failed, 
   if (reconnected.ok()) return;
   for (auto& [id, request] : pending) failed->push_back(std::move(request.done));
   pending.clear();
-  (void)why;
+}
+
+void Client::Impl::wait_writer_idle_locked(std::unique_lock<std::mutex>& guard) {
+  writer_cv.wait(guard, [&] { return !writing; });
+}
+
+void Client::Impl::write_locked(std::string_view frame) {
+  const bool was_empty = out.empty();
+  out += frame;
+  if (was_empty) writer_cv.notify_all();
+}
+
+void Client::Impl::writer_main() {
+  std::unique_lock<std::mutex> guard(mu);
+  std::string batch;
+  while (true) {
+    writer_cv.wait(guard, [&] { return closing || (connected && !out.empty()); });
+    if (closing) return;
+    batch.clear();
+    batch.swap(out);
+    writing = true;
+    tcp::socket& current = *socket;
+    guard.unlock();
+    boost::system::error_code ec;
+    asio::write(current, asio::buffer(batch), ec);
+    // On a failed write the reader thread notices the broken connection and
+    // resends every unanswered request.
+    if (ec) current.shutdown(tcp::socket::shutdown_both, ec);
+    guard.lock();
+    writing = false;
+    writer_cv.notify_all();
+  }
 }
 
 std::uint64_t Client::Impl::send(wire::Request request, ResponseDone done, bool follow) {
@@ -201,11 +241,7 @@ std::uint64_t Client::Impl::send(wire::Request request, ResponseDone done, bool 
     fail(std::move(failed), status);
     return id;
   }
-  boost::system::error_code ec;
-  asio::write(*socket, asio::buffer(entry->second.frame), ec);
-  // On a failed write the reader thread notices the broken connection and
-  // resends this request with the others.
-  if (ec) socket->shutdown(tcp::socket::shutdown_both, ec);
+  write_locked(entry->second.frame);
   return id;
 }
 
@@ -220,43 +256,74 @@ bool Client::Impl::take_batch(Pending& entry, const wire::Response& response, Re
   return true;
 }
 
+// Hands each answer to its handler (outside the lock); a follow's batch
+// keeps its entry. invalid: an answer to no request.
+Status Client::Impl::deliver(std::vector<wire::Response>* responses) {
+  std::vector<std::pair<ResponseDone, wire::Response*>> ready;
+  Status status;
+  {
+    std::lock_guard<std::mutex> guard(mu);
+    for (wire::Response& response : *responses) {
+      auto entry = pending.find(response.id);
+      if (entry == pending.end()) {
+        status = Status(ErrorCode::invalid, "response to an unknown request id");
+        break;
+      }
+      ResponseDone done;
+      if (!take_batch(entry->second, response, &done)) {
+        done = std::move(entry->second.done);
+        pending.erase(entry);
+      }
+      if (done) ready.emplace_back(std::move(done), &response);
+    }
+    cv.notify_all();
+  }
+  for (auto& [done, response] : ready) done(std::move(*response));
+  return status;
+}
+
 void Client::Impl::reader_main() {
   std::unique_lock<std::mutex> guard(mu);
+  std::vector<wire::Response> responses;
   while (true) {
     cv.wait(guard, [&] { return connected || closing; });
     if (closing) return;
     // The socket is replaced only after this thread marks the connection
-    // lost, so reading it without the lock is safe; writers share it under
-    // the lock (one sync read and one sync write may overlap).
+    // lost, so reading it without the lock is safe.
     tcp::socket& current = *socket;
     guard.unlock();
+    wire::FrameReader reader(options.frame_bytes_max);
     Status lost;
-    while (true) {
-      auto frame = read_frame(current, options.frame_bytes_max);
-      auto response = frame ? wire::decode_response(*frame) : Result<wire::Response>(frame.status());
-      if (!response) {
-        lost = response.status();
+    while (lost.ok()) {
+      // The first answer (reading as needed), then every other whole one
+      // the same read brought in: delivered together, under one lock.
+      responses.clear();
+      auto first = read_response(current, reader);
+      if (!first) {
+        lost = first.status();
         break;
       }
-      std::unique_lock<std::mutex> entry_guard(mu);
-      auto entry = pending.find(response->id);
-      if (entry == pending.end()) {
-        lost = Status(ErrorCode::invalid, "response to an unknown request id");
-        break;
+      responses.push_back(std::move(*first));
+      while (true) {
+        auto frame = reader.next();
+        if (!frame || frame->empty()) {
+          if (!frame) lost = frame.status();
+          break;
+        }
+        auto response = wire::decode_response(*frame);
+        if (!response) {
+          lost = response.status();
+          break;
+        }
+        responses.push_back(std::move(*response));
       }
-      ResponseDone done;
-      if (!take_batch(entry->second, *response, &done)) {
-        done = std::move(entry->second.done);
-        pending.erase(entry);
-        cv.notify_all();
-      }
-      entry_guard.unlock();
-      if (done) done(std::move(*response));
+      const Status delivered = deliver(&responses);
+      if (lost.ok()) lost = delivered;
     }
     guard.lock();
     if (closing) return;
     std::vector<ResponseDone> failed;
-    on_connection_lost_locked(&failed, lost);
+    on_connection_lost_locked(guard, &failed);
     if (!failed.empty()) {
       guard.unlock();
       fail(std::move(failed), Status(ErrorCode::io_error, "connection lost: " + lost.message()));
@@ -273,6 +340,7 @@ Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
     TALLY_TRY(impl->connect_locked());
   }
   impl->reader = std::thread([raw = impl.get()] { raw->reader_main(); });
+  impl->writer = std::thread([raw = impl.get()] { raw->writer_main(); });
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
 
@@ -289,8 +357,10 @@ void Client::close() {
     boost::system::error_code ignored;
     if (impl.socket) impl.socket->shutdown(tcp::socket::shutdown_both, ignored);
     impl.cv.notify_all();
+    impl.writer_cv.notify_all();
   }
   if (impl.reader.joinable()) impl.reader.join();
+  if (impl.writer.joinable()) impl.writer.join();
   {
     std::lock_guard<std::mutex> guard(impl.mu);
     for (auto& [id, request] : impl.pending) failed.push_back(std::move(request.done));
@@ -306,7 +376,7 @@ void Client::submit(Command command, Completion done) {
   request.kind = wire::Request::Kind::mutation;
   request.command = std::move(command);
   impl_->send(std::move(request), [done = std::move(done)](Result<wire::Response> response) {
-    done(to_receipt(std::move(response)));
+    done(to_receipt(response));
   });
 }
 
@@ -377,9 +447,7 @@ void Client::cancel_follow(FollowId follow) {
   cancel.kind = wire::Request::Kind::cancel;
   cancel.id = impl.next_id++;
   cancel.follow_id = follow;
-  boost::system::error_code ec;
-  asio::write(*impl.socket, asio::buffer(wire::encode_request(cancel)), ec);
-  if (ec) impl.socket->shutdown(tcp::socket::shutdown_both, ec);
+  impl.write_locked(wire::encode_request(cancel));
 }
 
 Result<Balance> Client::balance(std::string_view subject, std::string_view item) {

@@ -6,7 +6,8 @@
 //   auto receipt = (*client)->acquire("order-1", "alice", "gold", 100);
 //
 // Requests are pipelined on one connection; responses may arrive in any
-// order. When the connection drops, the client reconnects (up to
+// order. A writer thread sends every request queued meanwhile in one write,
+// and the reader thread delivers every answer one read brought in. When the connection drops, the client reconnects (up to
 // retries_max times per request, with backoff) and sends every unanswered
 // request again, unchanged: a mutation keeps its idempotency key, so the
 // server applies it at most once and answers a retry with the recorded
