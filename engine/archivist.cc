@@ -23,6 +23,9 @@ constexpr std::size_t kRoundRecordsMax = 16384;
 // core from the writer rarely, and not once per group commit.
 constexpr std::uint64_t kWakeRecords = 8192;
 constexpr std::chrono::milliseconds kPollInterval{20};
+// How often it looks at the committed seq while it waits: it polls rather
+// than wait on the ledger's lock (ArchivistContext::committed_seq).
+constexpr std::chrono::milliseconds kPollStep{4};
 // How long stop() lets the history catch up with the committed log.
 constexpr std::chrono::milliseconds kDrainMax{1000};
 
@@ -42,6 +45,9 @@ struct Archivist::Impl {
   Status run();
   Status prepare();
   Status check_history();
+  // Waits for kWakeRecords committed records, kPollInterval, a snapshot
+  // request or stop; returns the committed seq.
+  std::uint64_t wait_for_work(std::uint64_t requests);
   Status read_round(std::uint64_t committed);
   Status flush_history();
   Status write_snapshot();
@@ -53,7 +59,8 @@ struct Archivist::Impl {
 
   // Guarded by mu.
   std::mutex mu;
-  std::condition_variable cv;  // history flushed, snapshot written, stopped
+  std::condition_variable cv;       // history flushed, snapshot written, stopped
+  std::condition_variable wake_cv;  // a snapshot request, or stop
   bool stopping = false;
   bool stopped = false;
   std::uint64_t snapshot_requests = 0;   // tickets handed out
@@ -79,7 +86,7 @@ struct Archivist::Impl {
 
 // A history projection that the log does not continue is rebuilt.
 Status Archivist::Impl::check_history() {
-  const std::uint64_t committed = context.wait_committed(UINT64_MAX, std::chrono::milliseconds(0));
+  const std::uint64_t committed = context.committed_seq();
   auto matches = history_continues_log(*fs, context.data_dir, *context.history, committed);
   if (!matches) return matches.status();
   auto position = context.history->position();
@@ -101,7 +108,7 @@ Status Archivist::Impl::prepare() {
     replay_options.fs = fs;
     replay_options.state_options = context.state_options;
     replay_options.snapshots = context.snapshots;
-    replay_options.to_seq = context.wait_committed(UINT64_MAX, std::chrono::milliseconds(0));
+    replay_options.to_seq = context.committed_seq();
     auto replayed = replay(replay_options);
     if (!replayed) return replayed.status();
     state = std::move(replayed->state);
@@ -189,6 +196,19 @@ void Archivist::Impl::finish_snapshot_request(std::uint64_t seq, Status status) 
   cv.notify_all();
 }
 
+std::uint64_t Archivist::Impl::wait_for_work(std::uint64_t requests) {
+  const auto until = std::chrono::steady_clock::now() + kPollInterval;
+  std::unique_lock<std::mutex> guard(mu);
+  while (true) {
+    const std::uint64_t committed = context.committed_seq();
+    if (committed >= read_seq + kWakeRecords || stopping || snapshot_requests > requests ||
+        std::chrono::steady_clock::now() >= until) {
+      return committed;
+    }
+    wake_cv.wait_for(guard, kPollStep);
+  }
+}
+
 Status Archivist::Impl::run() {
   TALLY_TRY(prepare());
   for (;;) {
@@ -198,7 +218,7 @@ Status Archivist::Impl::run() {
       if (stopping) break;
       requests = snapshot_requests;
     }
-    const std::uint64_t committed = context.wait_committed(read_seq + kWakeRecords - 1, kPollInterval);
+    const std::uint64_t committed = wait_for_work(requests);
     // A request is answered with a snapshot at the seq committed when it
     // was read here, or later.
     const bool requested = requests > snapshot_answered && state != nullptr;
@@ -229,7 +249,7 @@ Status Archivist::Impl::run() {
   // short-lived ledger (a batch job, a test) then leaves a current index.
   const auto drain_until = std::chrono::steady_clock::now() + kDrainMax;
   while (options.history && std::chrono::steady_clock::now() < drain_until) {
-    const std::uint64_t committed = context.wait_committed(UINT64_MAX, std::chrono::milliseconds(0));
+    const std::uint64_t committed = context.committed_seq();
     if (read_seq >= committed) break;
     TALLY_TRY(read_round(committed));
   }
@@ -286,6 +306,7 @@ Result<std::uint64_t> Archivist::snapshot_now(std::chrono::milliseconds timeout)
                                    : impl.stats.failure;
   }
   const std::uint64_t ticket = ++impl.snapshot_requests;
+  impl.wake_cv.notify_all();
   if (!impl.cv.wait_for(guard, timeout, [&] { return impl.snapshot_answered >= ticket; })) {
     return Status(ErrorCode::busy, "the snapshot did not finish in time; it is still being taken");
   }
@@ -312,6 +333,7 @@ void Archivist::stop() {
     std::lock_guard<std::mutex> guard(impl.mu);
     impl.stopping = true;
   }
+  impl.wake_cv.notify_all();
   if (impl.thread.joinable()) impl.thread.join();
 }
 

@@ -52,9 +52,10 @@ struct ArchivistContext {
   proj::StateOptions state_options;
   SharedSnapshots* snapshots = nullptr;   // required when snapshots are on
   snap::HistoryStore* history = nullptr;  // required when history is on
-  // Waits until the committed seq exceeds `after` or the timeout passes;
-  // returns the committed seq.
-  std::function<std::uint64_t(std::uint64_t after, std::chrono::milliseconds timeout)> wait_committed;
+  // The committed seq. Must not block or take a lock the ledger's threads
+  // take: the archivist runs at SCHED_IDLE, and preempted while holding
+  // such a lock it would stall the writer (priority inversion).
+  std::function<std::uint64_t()> committed_seq;
 };
 
 struct ArchivistStats {

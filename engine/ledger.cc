@@ -18,6 +18,7 @@
 #include <pthread.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
@@ -228,11 +229,12 @@ struct Ledger::Impl {
   std::uint64_t groups = 0;
 
   // The last seq acknowledged (durable per the durability mode); readers of
-  // the live log go up to it. Guarded by committed_mu.
+  // the live log go up to it. Written under committed_mu (for the waiters
+  // of committed_cv), read without it.
   std::mutex committed_mu;
   std::condition_variable committed_cv;
-  std::uint64_t committed = 0;
-  bool committed_closed = false;
+  std::atomic<std::uint64_t> committed{0};
+  bool committed_closed = false;  // guarded by committed_mu
 
   std::thread writer_thread;
   std::thread io_thread;
@@ -315,9 +317,7 @@ Status Ledger::Impl::start_archivist() {
   context.state_options = state_options;
   context.snapshots = &snapshots;
   context.history = history.get();
-  context.wait_committed = [this](std::uint64_t after, std::chrono::milliseconds timeout) {
-    return wait_committed(after, timeout);
-  };
+  context.committed_seq = [this] { return committed.load(std::memory_order_acquire); };
   auto started = Archivist::start(std::move(context), archive);
   if (!started) return started.status();
   archivist = std::move(*started);
@@ -588,7 +588,7 @@ void Ledger::Impl::write_group(log::WriteBatch* batch, std::vector<Ack>* acks) {
 
 void Ledger::Impl::publish_committed(std::uint64_t seq) {
   std::lock_guard<std::mutex> guard(committed_mu);
-  committed = seq;
+  committed.store(seq, std::memory_order_release);
   committed_cv.notify_all();
 }
 
@@ -729,8 +729,7 @@ Status Ledger::close() {
 }
 
 std::uint64_t Ledger::committed_seq() {
-  std::lock_guard<std::mutex> guard(impl_->committed_mu);
-  return impl_->committed;
+  return impl_->committed.load(std::memory_order_acquire);
 }
 
 std::uint64_t Ledger::wait_committed(std::uint64_t after, std::chrono::milliseconds timeout) {
@@ -738,9 +737,11 @@ std::uint64_t Ledger::wait_committed(std::uint64_t after, std::chrono::milliseco
 }
 
 std::uint64_t Ledger::Impl::wait_committed(std::uint64_t after, std::chrono::milliseconds timeout) {
+  const std::uint64_t now = committed.load(std::memory_order_acquire);
+  if (now > after || timeout.count() <= 0) return now;
   std::unique_lock<std::mutex> guard(committed_mu);
-  committed_cv.wait_for(guard, timeout, [&] { return committed > after || committed_closed; });
-  return committed;
+  committed_cv.wait_for(guard, timeout, [&] { return committed.load() > after || committed_closed; });
+  return committed.load();
 }
 
 const std::string& Ledger::data_dir() const { return impl_->options.data_dir; }
