@@ -390,6 +390,14 @@ TEST_CASE("concurrent callers share fsyncs") {
   }
 }
 
+// The op_index-th acquire of one gold for alice, under key k<op_index>.
+Command gold_for_alice(int op_index) {
+  Command command;
+  command.key = name("k", op_index);
+  command.op = OpRequest::acquire("alice", "gold", 1);
+  return command;
+}
+
 TEST_CASE("non-blocking submit completes in order once durable") {
   Fixture f(Durability::sync);
   constexpr int kOps = 2000;
@@ -397,10 +405,7 @@ TEST_CASE("non-blocking submit completes in order once durable") {
   std::mutex mutex;
   std::atomic<int> done{0};
   for (int op_index = 0; op_index < kOps; op_index++) {
-    Command command;
-    command.key = name("k", op_index);
-    command.op = OpRequest::acquire("alice", "gold", 1);
-    f.ledger->submit(std::move(command), [&](Result<Receipt> r) {
+    f.ledger->submit(gold_for_alice(op_index), [&](Result<Receipt> r) {
       REQUIRE(r.ok());
       std::lock_guard<std::mutex> guard(mutex);
       seqs.push_back(r->seq);
@@ -421,10 +426,7 @@ TEST_CASE("non-blocking reads see every mutation submitted before them, in order
   std::vector<std::int64_t> seen;  // the balance each read saw, in completion order
   std::vector<std::string> order; // "m" for a mutation's completion, "r" for a read's
   for (int op_index = 0; op_index < kOps; op_index++) {
-    Command command;
-    command.key = name("k", op_index);
-    command.op = OpRequest::acquire("alice", "gold", 1);
-    f.ledger->submit(std::move(command), [&](Result<Receipt> r) {
+    f.ledger->submit(gold_for_alice(op_index), [&](Result<Receipt> r) {
       REQUIRE(r.ok());
       std::lock_guard<std::mutex> guard(mutex);
       order.push_back("m");
