@@ -6,6 +6,7 @@
 // Thread safety: none; they belong to one State.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <bit>
 #include <cstddef>
@@ -82,6 +83,16 @@ class FlatTable {
     if (!slots_.empty()) __builtin_prefetch(&slots_[hash & mask_]);
   }
 
+  // Makes room for `count` entries in all, so that inserting up to that
+  // many moves nothing (a loader that knows its count rehashes once).
+  void reserve(std::size_t count) {
+    std::size_t capacity = std::max(slots_.size(), kCapacityMin);
+    while (count * Policy::kLoadDen > capacity * Policy::kLoadNum && capacity < Policy::kCapacityMax) {
+      capacity *= 2;
+    }
+    if (capacity > slots_.size()) rehash(capacity);
+  }
+
   // Precondition: no slot matches `slot`'s key. May move every slot.
   Slot* insert(std::uint64_t hash, const Slot& slot) {
     TALLY_ASSERT(!Policy::empty(slot));
@@ -121,8 +132,9 @@ class FlatTable {
   }
 
  private:
-  void grow() {
-    const std::size_t capacity = slots_.empty() ? kCapacityMin : slots_.size() * 2;
+  void grow() { rehash(slots_.empty() ? kCapacityMin : slots_.size() * 2); }
+
+  void rehash(std::size_t capacity) {
     TALLY_ASSERT(capacity <= Policy::kCapacityMax);
     std::vector<Slot> old(capacity);
     old.swap(slots_);
@@ -167,6 +179,12 @@ class ShardedTable {
     return shards_[shard_of(hash)].find(hash, match);
   }
   void prefetch(std::uint64_t hash) const { shards_[shard_of(hash)].prefetch(hash); }
+
+  // As FlatTable::reserve, for hashes spread evenly over the shards (with
+  // an eighth to spare for the unevenness of a real spread).
+  void reserve(std::size_t count) {
+    for (auto& shard : shards_) shard.reserve(count / kShards + count / kShards / 8 + 1);
+  }
 
   // As FlatTable::insert; moves only slots of the same shard.
   Slot* insert(std::uint64_t hash, const Slot& slot) {

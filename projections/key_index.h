@@ -51,6 +51,9 @@ class KeyIndex {
   // inserted before.
   void insert(std::string_view key, std::uint32_t hash, const KeyRecord& record);
 
+  // Sizes the index for `count` keys in all (FlatTable::reserve).
+  void reserve(std::size_t count) { index_.reserve(count); }
+
   // Forgets every key whose timestamp_ns <= cutoff_ns. They are the oldest,
   // at the front of the FIFO, so this touches only what it forgets.
   void evict_through(std::int64_t cutoff_ns);

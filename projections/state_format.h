@@ -31,6 +31,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -59,6 +60,9 @@ class StateSource {
  public:
   virtual ~StateSource() = default;
   virtual Result<std::size_t> read(std::span<std::byte> out) = 0;
+  // The image's whole size when known. load() then sizes its tables once
+  // for the counts the image gives, as far as that many bytes can hold.
+  virtual std::optional<std::uint64_t> size_bytes() const { return std::nullopt; }
 };
 
 // Collects the image in memory (tests, tools).
@@ -74,11 +78,13 @@ class BufferSink final : public StateSink {
 // Reads an image from memory. `bytes` must outlive the source.
 class SpanSource final : public StateSource {
  public:
-  explicit SpanSource(std::span<const std::byte> bytes) : bytes_(bytes) {}
+  explicit SpanSource(std::span<const std::byte> bytes) : bytes_(bytes), size_bytes_(bytes.size()) {}
   Result<std::size_t> read(std::span<std::byte> out) override;
+  std::optional<std::uint64_t> size_bytes() const override { return size_bytes_; }
 
  private:
   std::span<const std::byte> bytes_;
+  std::uint64_t size_bytes_;
 };
 
 }  // namespace tally::proj

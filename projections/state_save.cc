@@ -108,6 +108,8 @@ class ImageReader {
     TALLY_TRY(take(scratch->data(), *size));
     return std::string_view(*scratch);
   }
+  std::optional<std::uint64_t> source_size_bytes() const { return source_->size_bytes(); }
+
   // ok when the image ends here.
   Status expect_end() {
     if (used_ < filled_) return bad_image("bytes after the trailer");
@@ -253,9 +255,20 @@ struct State::Loader {
            item <= impl_->items.size();
   }
 
+  // How many of `count` entries to size a table for: no more than the rest
+  // of the image can hold at `entry_bytes_min` each.
+  std::uint64_t reserve_count(std::uint64_t count, std::uint64_t entry_bytes_min) const {
+    const std::optional<std::uint64_t> size = in_->source_size_bytes();
+    return size ? std::min(count, *size / entry_bytes_min) : 0;
+  }
+
   ImageReader* in_;
   State::Impl* impl_;
   std::string scratch_;
+  // Entries are read a batch at a time and their table slots prefetched
+  // before any is inserted, so that the cache misses of a batch overlap.
+  static constexpr std::size_t kBatch = 32;
+  std::array<std::string, kBatch> key_scratch_;
 };
 
 Status State::Loader::header(std::int64_t window_ns) {
@@ -301,22 +314,36 @@ Status State::Loader::names(NameTable* names, bool subjects) {
 Status State::Loader::balances() {
   std::uint64_t count = 0;
   TALLY_READ(count, in_->u64());
-  for (std::uint64_t index = 0; index < count; index++) {
+  // subject, item, available, held
+  impl_->balances.reserve(reserve_count(count, 4 + 4 + 8 + 8));
+  struct Entry {
     std::uint32_t subject = 0;
     std::uint32_t item = 0;
     std::int64_t available = 0;
     std::int64_t held = 0;
-    TALLY_READ(subject, in_->u32());
-    TALLY_READ(item, in_->u32());
-    TALLY_READ(available, in_->i64());
-    TALLY_READ(held, in_->i64());
-    if (!known_pair(subject, item)) return bad_image("balance of an unknown name id");
-    if (available < 0 || held < 0) return bad_image("negative balance");
-    if (available == 0 && held == 0) return bad_image("zero balance stored");
-    if (impl_->find_balance(subject, item) != nullptr) return bad_image("balance stored twice");
-    BalanceSlot* slot = impl_->upsert_balance(subject, item);
-    slot->available = available;
-    slot->held = held;
+  };
+  std::array<Entry, kBatch> batch;
+  for (std::uint64_t done = 0; done < count;) {
+    const std::size_t size = static_cast<std::size_t>(std::min<std::uint64_t>(kBatch, count - done));
+    for (std::size_t index = 0; index < size; index++) {
+      Entry& entry = batch[index];
+      TALLY_READ(entry.subject, in_->u32());
+      TALLY_READ(entry.item, in_->u32());
+      TALLY_READ(entry.available, in_->i64());
+      TALLY_READ(entry.held, in_->i64());
+      if (!known_pair(entry.subject, entry.item)) return bad_image("balance of an unknown name id");
+      if (entry.available < 0 || entry.held < 0) return bad_image("negative balance");
+      if (entry.available == 0 && entry.held == 0) return bad_image("zero balance stored");
+      impl_->balances.prefetch(mix64(pair_of(entry.subject, entry.item)));
+    }
+    for (std::size_t index = 0; index < size; index++) {
+      const Entry& entry = batch[index];
+      if (impl_->find_balance(entry.subject, entry.item) != nullptr) return bad_image("balance stored twice");
+      BalanceSlot* slot = impl_->upsert_balance(entry.subject, entry.item);
+      slot->available = entry.available;
+      slot->held = entry.held;
+    }
+    done += size;
   }
   return Status();
 }
@@ -366,29 +393,45 @@ Status State::Loader::holds(bool open) {
 Status State::Loader::keys() {
   std::uint64_t count = 0;
   TALLY_READ(count, in_->u64());
-  std::int64_t previous_ns = INT64_MIN;
-  for (std::uint64_t index = 0; index < count; index++) {
-    std::string_view key;
+  // key length and at least one byte, fingerprint, seq, time, reason, failed index
+  impl_->keys.reserve(reserve_count(count, 1 + 1 + 8 + 8 + 8 + 1 + 4));
+  struct Entry {
+    std::string_view key;  // in key_scratch_
     KeyRecord record;
-    std::uint8_t reason = 0;
-    TALLY_READ(key, in_->name(&scratch_));
-    TALLY_READ(record.fingerprint, in_->u64());
-    TALLY_READ(record.seq, in_->u64());
-    TALLY_READ(record.timestamp_ns, in_->i64());
-    TALLY_READ(reason, in_->u8());
-    TALLY_READ(record.failed_index, in_->u32());
-    if (reason > static_cast<std::uint8_t>(log::Reason::hold_finalized)) {
-      return bad_image("bad key reason");
+    std::uint32_t hash = 0;
+  };
+  std::array<Entry, kBatch> batch;
+  std::int64_t previous_ns = INT64_MIN;
+  for (std::uint64_t done = 0; done < count;) {
+    const std::size_t size = static_cast<std::size_t>(std::min<std::uint64_t>(kBatch, count - done));
+    for (std::size_t index = 0; index < size; index++) {
+      Entry& entry = batch[index];
+      KeyRecord& record = entry.record;
+      std::uint8_t reason = 0;
+      TALLY_READ(entry.key, in_->name(&key_scratch_[index]));
+      TALLY_READ(record.fingerprint, in_->u64());
+      TALLY_READ(record.seq, in_->u64());
+      TALLY_READ(record.timestamp_ns, in_->i64());
+      TALLY_READ(reason, in_->u8());
+      TALLY_READ(record.failed_index, in_->u32());
+      if (reason > static_cast<std::uint8_t>(log::Reason::hold_finalized)) {
+        return bad_image("bad key reason");
+      }
+      record.reason = static_cast<log::Reason>(reason);
+      if (record.seq == 0 || record.seq > impl_->last_seq) return bad_image("key from the future");
+      if (record.timestamp_ns < previous_ns || record.timestamp_ns > impl_->last_timestamp_ns) {
+        return bad_image("keys out of order");
+      }
+      previous_ns = record.timestamp_ns;
+      entry.hash = KeyIndex::hash_of(entry.key);
+      impl_->keys.prefetch(entry.hash);
     }
-    record.reason = static_cast<log::Reason>(reason);
-    if (record.seq == 0 || record.seq > impl_->last_seq) return bad_image("key from the future");
-    if (record.timestamp_ns < previous_ns || record.timestamp_ns > impl_->last_timestamp_ns) {
-      return bad_image("keys out of order");
+    for (std::size_t index = 0; index < size; index++) {
+      const Entry& entry = batch[index];
+      if (impl_->keys.find(entry.key, entry.hash) != nullptr) return bad_image("key stored twice");
+      impl_->keys.insert(entry.key, entry.hash, entry.record);
     }
-    previous_ns = record.timestamp_ns;
-    const std::uint32_t hash = KeyIndex::hash_of(key);
-    if (impl_->keys.find(key, hash) != nullptr) return bad_image("key stored twice");
-    impl_->keys.insert(key, hash, record);
+    done += size;
   }
   return Status();
 }

@@ -527,3 +527,42 @@ TEST_CASE("random streams match a reference model (window 0: forever)") {
 
 }  // namespace
 }  // namespace tally::proj
+
+namespace tally::proj {
+namespace {
+
+struct CountSlot {
+  std::uint64_t key = 0;  // 0: empty
+};
+struct CountPolicy {
+  static bool empty(const CountSlot& slot) { return slot.key == 0; }
+  static std::uint64_t hash(const CountSlot& slot) { return mix64(slot.key); }
+  static constexpr std::size_t kLoadNum = 7;
+  static constexpr std::size_t kLoadDen = 8;
+  static constexpr std::size_t kCapacityMax = std::size_t{1} << 20;
+  static constexpr int kHashBits = 64;
+};
+
+TEST_CASE("a reserved table holds that many entries without moving one; reserve keeps what it holds") {
+  ShardedTable<CountSlot, CountPolicy> table;
+  table.insert(mix64(1), CountSlot{1});
+  constexpr std::uint64_t kCount = 20000;
+  table.reserve(kCount);
+  const std::size_t memory = table.memory_bytes();
+  REQUIRE(table.find(mix64(1), [](const CountSlot& slot) { return slot.key == 1; }) != nullptr);
+  std::vector<const CountSlot*> inserted;
+  for (std::uint64_t key = 2; key <= kCount; key++) inserted.push_back(table.insert(mix64(key), CountSlot{key}));
+  CHECK(table.memory_bytes() == memory);  // no shard grew
+  for (std::uint64_t key = 2; key <= kCount; key++) {
+    const CountSlot* found = table.find(mix64(key), [&](const CountSlot& slot) { return slot.key == key; });
+    REQUIRE(found != nullptr);
+    CHECK(found == inserted[key - 2]);  // nothing moved
+  }
+  // Reserving less than it holds changes nothing.
+  table.reserve(10);
+  CHECK(table.memory_bytes() == memory);
+  CHECK(table.size() == kCount);
+}
+
+}  // namespace
+}  // namespace tally::proj

@@ -214,7 +214,8 @@ class ChunkWalker {
 
 class ChunkSource final : public proj::StateSource {
  public:
-  explicit ChunkSource(ChunkWalker* walker) : walker_(walker) {}
+  ChunkSource(ChunkWalker* walker, std::uint64_t size_bytes) : walker_(walker), size_bytes_(size_bytes) {}
+  std::optional<std::uint64_t> size_bytes() const override { return size_bytes_; }
   Result<std::size_t> read(std::span<std::byte> out) override {
     // Each pass copies from the current chunk or fetches the next one; an
     // empty fetch ends the image.
@@ -232,6 +233,7 @@ class ChunkSource final : public proj::StateSource {
 
  private:
   ChunkWalker* walker_;
+  std::uint64_t size_bytes_;
   std::span<const std::byte> rest_;
 };
 
@@ -446,7 +448,7 @@ Result<std::unique_ptr<proj::State>> SnapshotStore::Env::load_one(
   Cursor cursor;
   TALLY_TRY(cursor.open(txn, chunks));
   ChunkWalker walker(cursor.get(), meta);
-  ChunkSource source(&walker);
+  ChunkSource source(&walker, meta.info.size_bytes);
   Result<std::unique_ptr<proj::State>> state = proj::State::load(source, state_options);
   if (!state) return state.status();
   const std::string name = std::to_string(meta.info.seq) + ": ";
