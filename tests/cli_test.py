@@ -334,6 +334,22 @@ def test_bench_checks_the_expect_file():
     assert code == 1 and "outcomes" in err, (code, err)
 
 
+def test_bench_times_point_in_time_reads():
+    f = fixture()
+    d = new_dir("bench_pit")
+    _, out, err = tally("bench", "--data", os.path.join(d, "data"), "--workload", f.csv,
+                        "--expect", f.expect, "--point-in-time", "500", expect_exit=0)
+    lines = text(out).splitlines()
+    assert len(lines) == 2, out
+    assert BENCH_LINE.match(lines[0]), lines[0]
+    assert re.fullmatch(r"queries=500 seconds=[0-9.]+ queries_per_s=[0-9]+ p50_us=[0-9]+ p99_us=[0-9]+",
+                        lines[1]), lines[1]
+    tally("bench", "--data", os.path.join(d, "bad"), "--workload", f.csv, "--point-in-time", "-1",
+          expect_exit=2)
+    tally("bench", "--connect", "127.0.0.1:1", "--workload", f.csv, "--point-in-time", "5",
+          expect_exit=2)
+
+
 def test_outcomes_of_a_handmade_workload():
     d = new_dir("handmade")
     csv = write(os.path.join(d, "w.csv"), HEADER + "".join([

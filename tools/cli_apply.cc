@@ -7,6 +7,8 @@
 #include <cmath>
 #include <condition_variable>
 #include <mutex>
+#include <random>
+#include <thread>
 #include <unordered_map>
 
 #include <set>
@@ -289,6 +291,8 @@ struct RunOptions {
   std::string token;
   // Snapshots and history of an embedded ledger (tools/ledger_flags.h).
   LedgerOptions ledger;
+  // bench --data: point-in-time reads to time after the workload.
+  std::uint64_t point_in_time_queries = 0;
 };
 
 Result<RunOptions> parse_run_options(const Args& args, std::int64_t pipeline_default) {
@@ -312,6 +316,7 @@ Result<RunOptions> parse_run_options(const Args& args, std::int64_t pipeline_def
 }
 
 constexpr std::int64_t kConnectionsMax = 256;
+constexpr std::int64_t kPointInTimeQueriesMax = 100'000'000;
 
 // bench: exactly one of --data and --connect.
 Result<RunOptions> parse_bench_options(const Args& args) {
@@ -319,13 +324,19 @@ Result<RunOptions> parse_bench_options(const Args& args) {
     if (args.has("connections") || args.has("token-file")) {
       return Status(ErrorCode::invalid, "--connections and --token-file go with --connect");
     }
-    return parse_run_options(args, kBenchPipelineDefault);
+    auto options = parse_run_options(args, kBenchPipelineDefault);
+    if (!options) return options.status();
+    auto queries = args.integer("point-in-time", 0, 0, kPointInTimeQueriesMax);
+    if (!queries) return queries.status();
+    options->point_in_time_queries = static_cast<std::uint64_t>(*queries);
+    return options;
   }
-  bool ledger_flags = args.has("data") || args.has("durability");
+  bool ledger_flags = args.has("data") || args.has("durability") || args.has("point-in-time");
   for (const FlagSpec& flag : kLedgerFlags) ledger_flags = ledger_flags || args.has(flag.name);
   if (ledger_flags) {
     return Status(ErrorCode::invalid,
-                  "--connect drives a server, whose --data, --durability, snapshots and history are its own");
+                  "--connect drives a server, whose --data, --durability, snapshots and history are its own "
+                  "(and --point-in-time times an embedded ledger)");
   }
   RunOptions options;
   auto workload = args.required("workload");
@@ -475,10 +486,9 @@ Counted count_outcomes(const std::vector<OpResult>& results) {
 }
 
 // "ops=N seconds=S ops_per_s=R p50_us=A p99_us=B"
-std::string bench_line(const std::vector<OpResult>& results, double seconds) {
-  std::vector<std::int64_t> latencies_ns;
-  latencies_ns.reserve(results.size());
-  for (const OpResult& op_result : results) latencies_ns.push_back(op_result.latency_ns);
+// "<what>=N seconds=S <what>_per_s=R p50_us=A p99_us=B" over the latency
+// of each call.
+std::string latency_line(std::string_view what, std::vector<std::int64_t> latencies_ns, double seconds) {
   // Nearest-rank percentiles.
   const auto percentile_us = [&](double fraction) -> long long {
     if (latencies_ns.empty()) return 0;
@@ -490,12 +500,60 @@ std::string bench_line(const std::vector<OpResult>& results, double seconds) {
   };
   const long long p50_us = percentile_us(0.50);
   const long long p99_us = percentile_us(0.99);
-  const double ops = static_cast<double>(results.size());
-  const long long ops_per_s = seconds > 0 ? std::llround(ops / seconds) : 0;
-  char text[160];
-  std::snprintf(text, sizeof text, "ops=%zu seconds=%.3f ops_per_s=%lld p50_us=%lld p99_us=%lld",
-                results.size(), seconds, ops_per_s, p50_us, p99_us);
+  const double count = static_cast<double>(latencies_ns.size());
+  const long long per_s = seconds > 0 ? std::llround(count / seconds) : 0;
+  const std::string name(what);
+  char text[200];
+  std::snprintf(text, sizeof text, "%s=%zu seconds=%.3f %s_per_s=%lld p50_us=%lld p99_us=%lld", name.c_str(),
+                latencies_ns.size(), seconds, name.c_str(), per_s, p50_us, p99_us);
   return text;
+}
+
+std::string bench_line(const std::vector<OpResult>& results, double seconds) {
+  std::vector<std::int64_t> latencies_ns;
+  latencies_ns.reserve(results.size());
+  for (const OpResult& op_result : results) latencies_ns.push_back(op_result.latency_ns);
+  return latency_line("ops", std::move(latencies_ns), seconds);
+}
+
+// Times `count` point-in-time balance reads, one at a time, of (subject,
+// item) pairs the workload names at seqs drawn evenly from the log, and
+// prints their line. An embedded ledger first lets its history projection
+// catch up with the log (for up to kHistoryWaitMax), so the reads measure
+// the index, not the replay it falls back to.
+Status bench_point_in_time(LedgerApi& api, Ledger* embedded, std::uint64_t last_seq,
+                           const Workload& workload, std::uint64_t count) {
+  constexpr auto kHistoryWaitMax = std::chrono::minutes(10);
+  if (embedded != nullptr) {
+    const auto deadline = std::chrono::steady_clock::now() + kHistoryWaitMax;
+    while (embedded->stats().history_seq < last_seq && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  std::vector<std::pair<std::string_view, std::string_view>> pairs;
+  for (const WorkloadOp& op : workload.ops) {
+    if (!op.subject.empty() && !op.item.empty()) pairs.emplace_back(op.subject, op.item);
+  }
+  if (pairs.empty() || last_seq == 0) return Status(ErrorCode::invalid, "no pairs or no events to query");
+  std::mt19937_64 random(1);  // the same queries every run
+  std::uniform_int_distribution<std::size_t> pick_pair(0, pairs.size() - 1);
+  std::uniform_int_distribution<std::uint64_t> pick_seq(1, last_seq);
+  std::vector<std::int64_t> latencies_ns;
+  latencies_ns.reserve(count);
+  const std::int64_t start_ns = steady_now_ns();
+  for (std::uint64_t query = 0; query < count; query++) {
+    const auto& [subject, item] = pairs[pick_pair(random)];
+    const AsOf at = AsOf::at_seq(pick_seq(random));
+    const std::int64_t query_start_ns = steady_now_ns();
+    auto balance = api.balance(subject, item, at);
+    latencies_ns.push_back(steady_now_ns() - query_start_ns);
+    if (!balance) return balance.status();
+  }
+  const double seconds = static_cast<double>(steady_now_ns() - start_ns) / 1e9;
+  Output out(stdout);
+  out.buffer() += latency_line("queries", std::move(latencies_ns), seconds);
+  out.flush_line();
+  return Status();
 }
 
 // "subject,item" of a balance line, and its "available,held".
@@ -600,6 +658,11 @@ int run_bench(const Args& args) {
   auto ledger = open_ledger(*options);
   if (!ledger) return failure(ledger.status());
   auto results = drive_bench(ledger->get(), **workload, *options, args.has("progress"));
+  if (results && options->point_in_time_queries > 0) {
+    const Status timed = bench_point_in_time(**ledger, ledger->get(), (*ledger)->committed_seq(), **workload,
+                                             options->point_in_time_queries);
+    if (!timed.ok()) results = timed;
+  }
   const Status closed = (*ledger)->close();
   if (!results) return failure(results.status());
   if (!closed.ok()) return failure(closed);
@@ -643,6 +706,7 @@ constexpr FlagSpec kBenchFlags[] = {
     {"connect", "HOST:PORT", "drive a running `tally serve` (binary protocol) instead of --data"},
     {"connections", "C", "with --connect: connections, ops round robin (default 1)"},
     {"token-file", "FILE", "with --connect: the server's token"},
+    {"point-in-time", "N", "with --data: then time N point-in-time balance reads (a second line)"},
 };
 
 constexpr auto kBenchAllFlags = with_ledger_flags(kBenchFlags);
@@ -652,7 +716,7 @@ constexpr CommandSpec kBenchSpec = {
     "Apply a workload CSV as fast as possible and report throughput and latency.",
     "tally bench --data DIR --workload FILE.csv [--expect FILE] [--durability M] [--pipeline N]\n"
     "                   [--progress] [--snapshot-every N] [--snapshot-seconds S] [--snapshot-retain K]\n"
-    "                   [--history on|off]\n"
+    "                   [--history on|off] [--point-in-time N]\n"
     "       tally bench --connect HOST:PORT --workload FILE.csv [--expect FILE] [--connections C]\n"
     "                   [--pipeline N] [--token-file F] [--progress]",
     "Prints one line:\n"
@@ -661,7 +725,11 @@ constexpr CommandSpec kBenchSpec = {
     "the final balances or the outcome counts differ from the file. With\n"
     "--connect and --expect, one connection carries the ops in file order, and\n"
     "the final balances are listed through the server for every subject the\n"
-    "workload names.\n",
+    "workload names.\n"
+    "With --point-in-time N, it then waits for the history projection to reach\n"
+    "the end of the log and times N balance reads, one at a time, of pairs the\n"
+    "workload names at random seqs (the same ones every run), printing:\n"
+    "  queries=N seconds=S queries_per_s=R p50_us=A p99_us=B\n",
     kBenchAllFlags,
     0,
 };
