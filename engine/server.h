@@ -40,8 +40,9 @@ struct ServerOptions {
   // Required when either listener is not on a loopback address.
   std::string token;
   std::size_t io_threads = 2;
-  // Reads (balance, list, hold_info) wait for the ledger's writer; they run
-  // here so that the I/O threads never block.
+  // Reads that may block (point-in-time balances and lists, the event
+  // feed) run here so that the I/O threads never do. Current balance, list
+  // and hold reads need no thread: they go to the ledger without blocking.
   std::size_t read_threads = 2;
   std::size_t connections_max = 256;
   // Together with connections_max this bounds the requests held in memory.
