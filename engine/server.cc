@@ -623,6 +623,10 @@ void start_binary_session(Core& core, tcp::socket socket) {
 
 // ---- listeners and the Server ----------------------------------------------
 
+std::size_t io_threads_default() {
+  return std::max<std::size_t>(1, std::thread::hardware_concurrency() / 2);
+}
+
 Status parse_host_port(std::string_view text, std::string* host, std::uint16_t* port) {
   const std::size_t colon = text.rfind(':');
   if (colon == std::string_view::npos || colon == 0) {

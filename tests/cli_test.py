@@ -184,6 +184,7 @@ def test_usage_errors_exit_2():
         [],
         ["frobnicate"],
         ["serve"],
+        ["serve", "--data", f.data, "--io-threads", "0"],
         ["apply", "--workload", f.csv],
         ["apply", "--data", f.data],
         ["apply", "--data", f.data, "--workload", f.csv, "--pipeline", "0"],
@@ -599,8 +600,10 @@ class Server:
     """`tally serve` on ephemeral loopback ports, stopped with SIGTERM."""
 
     def __init__(self, data):
+        # Two I/O threads whatever the machine: connections served
+        # concurrently are part of what the tests cover.
         self.proc = subprocess.Popen([TALLY, "serve", "--data", data, "--listen", "127.0.0.1:0",
-                                      "--http", "127.0.0.1:0"],
+                                      "--http", "127.0.0.1:0", "--io-threads", "2"],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         line = text(self.proc.stdout.readline())
         match = re.match(r"serving binary=(\S+) http=(\S+)", line)

@@ -18,6 +18,7 @@ namespace tally::cli {
 namespace {
 
 constexpr std::size_t kTokenFileBytesMax = 4096;
+constexpr std::int64_t kIoThreadsMax = 256;
 
 constexpr FlagSpec kServeFlags[] = {
     {"data", "DIR", "the data directory (created when missing)"},
@@ -25,6 +26,7 @@ constexpr FlagSpec kServeFlags[] = {
     {"http", "HOST:PORT", "HTTP/JSON address (default 127.0.0.1:7421)"},
     {"durability", "MODE", "sync (default), async or none"},
     {"token-file", "FILE", "require the token in FILE from every client"},
+    {"io-threads", "N", "threads serving the connections (default: half the cores, at least 1)"},
 };
 
 constexpr auto kServeAllFlags = with_ledger_flags(kServeFlags);
@@ -33,7 +35,7 @@ constexpr CommandSpec kServeSpec = {
     "serve",
     "Serve a ledger over the binary protocol and HTTP/JSON until SIGINT or SIGTERM.",
     "tally serve --data DIR [--listen 127.0.0.1:7420] [--http 127.0.0.1:7421]\n"
-    "                   [--durability M] [--token-file F] [--snapshot-every N]\n"
+    "                   [--durability M] [--token-file F] [--io-threads N] [--snapshot-every N]\n"
     "                   [--snapshot-seconds S] [--snapshot-retain K] [--history on|off]",
     "Prints `serving binary=HOST:PORT http=HOST:PORT` once both listeners are\n"
     "bound (port 0 picks a free port). A listen address that is not loopback\n"
@@ -54,6 +56,9 @@ Result<ServerOptions> server_options(const Args& args) {
     if (!token) return token.status();
     options.token = std::move(*token);
   }
+  auto io_threads = args.integer("io-threads", static_cast<std::int64_t>(options.io_threads), 1, kIoThreadsMax);
+  if (!io_threads) return io_threads.status();
+  options.io_threads = static_cast<std::size_t>(*io_threads);
   return options;
 }
 
