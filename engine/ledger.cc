@@ -613,7 +613,6 @@ Result<Receipt> Ledger::execute(Command command) {
   return await_answer<Result<Receipt>>([&](Completion done) { submit(std::move(command), std::move(done)); });
 }
 
-
 void Ledger::submit_balance(std::string subject, std::string item, std::function<void(Result<Balance>)> done) {
   const Status valid = check_pair(subject, item);
   if (!valid.ok()) return done(valid);
