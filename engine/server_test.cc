@@ -1326,8 +1326,11 @@ TEST_CASE("server: graceful shutdown answers what it accepted; a restart serves 
       }
     });
   }
-  while (submitted.load() < kClients * kBatches / 4) std::this_thread::yield();
-  fx.server->stop();  // with requests in flight
+  // Stop with requests in flight, once the server has acknowledged at least
+  // one: a client queues a submit before it writes it, so "submitted" alone
+  // does not mean the server has seen anything yet.
+  while (submitted.load() < kClients * kBatches / 4 || acked.load() == 0) std::this_thread::yield();
+  fx.server->stop();
   for (auto& thread : threads) thread.join();
   while (answered.load() < kClients * kBatches) std::this_thread::yield();
   for (auto& client : clients) client->close();
