@@ -157,9 +157,14 @@ class State {
   // have remembered different keys, so the state would not be the one a
   // full replay gives). The bytes are untrusted: a truncated, malformed or
   // inconsistent image is corrupt, never a crash; the source's own error
-  // is returned as is. Memory is allocated as entries arrive, never from a
-  // count in the image.
-  static Result<std::unique_ptr<State>> load(StateSource& source, StateOptions options);
+  // is returned as is. Tables are sized from the counts in the image only
+  // as far as the source's size can hold that many entries.
+  //
+  // When `digest` is not null, *digest receives the loaded state's digest(),
+  // taken from the entries as they are read: one pass in image order instead
+  // of a second walk of every table.
+  static Result<std::unique_ptr<State>> load(StateSource& source, StateOptions options,
+                                             std::uint64_t* digest = nullptr);
 
  private:
   friend struct StateTestPeer;  // state_test.cc: corrupts internals on purpose

@@ -10,6 +10,7 @@
 #include <xxhash.h>
 
 #include "projections/state.h"
+#include "projections/state_digest.h"
 #include "projections/state_impl.h"
 
 namespace tally::proj {
@@ -35,34 +36,12 @@ std::string int128_text(Int128 value) {
   return digits;
 }
 
-// ---- canonical encoding for the digest ----
-//
-// Every entry of the state is encoded on its own, then hashed:
-//   u8, u32, u64: little-endian; i64: two's complement as u64;
-//   str: u32 length, then the bytes.
-//
-//   balance (seed 1): str subject, str item, i64 available, i64 held
-//       (only pairs with a non-zero stored balance exist; due holds are not
-//       released: the digest is of the state as the events left it)
-//   hold (seed 2):    u64 id, str subject, str item, i64 qty,
-//                     i64 expires_at_ns, u8 state (0 open, 1 committed,
-//                     2 released, 3 expired), i64 finalized_at_ns,
-//                     i64 committed_qty        (open holds: 0, 0)
-//   key (seed 3):     str key, u64 fingerprint, u64 seq, i64 timestamp_ns,
-//                     u8 reason (log::Reason's value), u32 failed_index
-//
-// A table's digest is the sum mod 2^64 of XXH3_64bits_withSeed(entry, seed)
-// over its entries: independent of order and layout. The state's digest is
-// XXH3_64bits (seed 0) of
-//   u32 kDigestFormat,
-//   u64 balance count, u64 balance sum, u64 hold count, u64 hold sum,
-//   u64 key count, u64 key sum, u64 last_seq, i64 last_timestamp_ns.
-// The idempotency window itself is configuration, not state.
-constexpr std::uint32_t kDigestFormat = 1;
+constexpr std::uint32_t kDigestFormat = 1;  // state_digest.h gives the encoding
 constexpr std::uint64_t kBalanceSeed = 1;
 constexpr std::uint64_t kHoldSeed = 2;
 constexpr std::uint64_t kKeySeed = 3;
 
+// One entry's canonical encoding (state_digest.h).
 class Encoder {
  public:
   // Two names and a handful of integers: 2 * (4 + 255) + 64 bytes at most.
@@ -98,17 +77,8 @@ class Encoder {
     std::memcpy(bytes_.data() + size_, data, size);
     size_ += size;
   }
-  std::array<std::uint8_t, kBytesMax> bytes_{};
+  std::array<std::uint8_t, kBytesMax> bytes_;  // only the first size_ are hashed
   std::size_t size_ = 0;
-};
-
-struct TableSum {
-  std::uint64_t count = 0;
-  std::uint64_t sum = 0;
-  void add(const Encoder& encoder, std::uint64_t seed) {
-    count++;
-    sum += encoder.hash(seed);  // unsigned: wraps mod 2^64
-  }
 };
 
 }  // namespace
@@ -188,50 +158,67 @@ Status State::check_invariants() const {
 
 // ---------------------------------------------------------------- digest
 
-std::uint64_t State::digest() const {
-  const Impl& impl = *impl_;
-  TableSum balances;
-  impl.balances.for_each([&](const BalanceSlot& slot) {
-    Encoder encoder;
-    encoder.str(impl.subjects.view(subject_of(slot.pair)));
-    encoder.str(impl.items.view(item_of(slot.pair)));
-    encoder.i64(slot.available);
-    encoder.i64(slot.held);
-    balances.add(encoder, kBalanceSeed);
-  });
-  TableSum holds;
-  impl.holds.for_each([&](const HoldRecord& hold) {
-    Encoder encoder;
-    encoder.u64(hold.id);
-    encoder.str(impl.subjects.view(hold.subject));
-    encoder.str(impl.items.view(hold.item));
-    encoder.i64(hold.qty);
-    encoder.i64(hold.expires_at_ns);
-    encoder.u8(static_cast<std::uint8_t>(hold.state));
-    encoder.i64(hold.finalized_at_ns);
-    encoder.i64(hold.committed_qty);
-    holds.add(encoder, kHoldSeed);
-  });
-  TableSum keys;
-  impl.keys.for_each([&](std::string_view key, const KeyRecord& record) {
-    Encoder encoder;
-    encoder.str(key);
-    encoder.u64(record.fingerprint);
-    encoder.u64(record.seq);
-    encoder.i64(record.timestamp_ns);
-    encoder.u8(static_cast<std::uint8_t>(record.reason));
-    encoder.u32(record.failed_index);
-    keys.add(encoder, kKeySeed);
-  });
+void StateDigest::balance(std::string_view subject, std::string_view item,
+                          std::int64_t available, std::int64_t held) {
+  Encoder encoder;
+  encoder.str(subject);
+  encoder.str(item);
+  encoder.i64(available);
+  encoder.i64(held);
+  balances_.count++;
+  balances_.sum += encoder.hash(kBalanceSeed);  // unsigned: wraps mod 2^64
+}
+
+void StateDigest::hold(const HoldRecord& hold, std::string_view subject, std::string_view item) {
+  Encoder encoder;
+  encoder.u64(hold.id);
+  encoder.str(subject);
+  encoder.str(item);
+  encoder.i64(hold.qty);
+  encoder.i64(hold.expires_at_ns);
+  encoder.u8(static_cast<std::uint8_t>(hold.state));
+  encoder.i64(hold.finalized_at_ns);
+  encoder.i64(hold.committed_qty);
+  holds_.count++;
+  holds_.sum += encoder.hash(kHoldSeed);
+}
+
+void StateDigest::key(std::string_view key, const KeyRecord& record) {
+  Encoder encoder;
+  encoder.str(key);
+  encoder.u64(record.fingerprint);
+  encoder.u64(record.seq);
+  encoder.i64(record.timestamp_ns);
+  encoder.u8(static_cast<std::uint8_t>(record.reason));
+  encoder.u32(record.failed_index);
+  keys_.count++;
+  keys_.sum += encoder.hash(kKeySeed);
+}
+
+std::uint64_t StateDigest::finish(std::uint64_t last_seq, std::int64_t last_timestamp_ns) const {
   Encoder total;
   total.u32(kDigestFormat);
-  for (const TableSum& table : {balances, holds, keys}) {
+  for (const TableSum& table : {balances_, holds_, keys_}) {
     total.u64(table.count);
     total.u64(table.sum);
   }
-  total.u64(impl.last_seq);
-  total.i64(impl.last_timestamp_ns);
+  total.u64(last_seq);
+  total.i64(last_timestamp_ns);
   return total.hash(0);
+}
+
+std::uint64_t State::digest() const {
+  const Impl& impl = *impl_;
+  StateDigest digest;
+  impl.balances.for_each([&](const BalanceSlot& slot) {
+    digest.balance(impl.subjects.view(subject_of(slot.pair)), impl.items.view(item_of(slot.pair)),
+                   slot.available, slot.held);
+  });
+  impl.holds.for_each([&](const HoldRecord& hold) {
+    digest.hold(hold, impl.subjects.view(hold.subject), impl.items.view(hold.item));
+  });
+  impl.keys.for_each([&](std::string_view key, const KeyRecord& record) { digest.key(key, record); });
+  return digest.finish(impl.last_seq, impl.last_timestamp_ns);
 }
 
 StateCounts State::counts() const {

@@ -27,8 +27,10 @@ std::vector<std::byte> image_of(const State& state) {
 std::unique_ptr<State> load_image(const std::vector<std::byte>& bytes,
                                   StateOptions options = StateOptions{kWindowNs}) {
   SpanSource source(bytes);
-  Result<std::unique_ptr<State>> loaded = State::load(source, options);
+  std::uint64_t digest = 0;
+  Result<std::unique_ptr<State>> loaded = State::load(source, options, &digest);
   REQUIRE_MESSAGE(loaded.ok(), loaded.status().to_string());
+  CHECK(digest == (*loaded)->digest());  // taken while reading, the same
   return std::move(loaded).value();
 }
 

@@ -449,14 +449,15 @@ Result<std::unique_ptr<proj::State>> SnapshotStore::Env::load_one(
   TALLY_TRY(cursor.open(txn, chunks));
   ChunkWalker walker(cursor.get(), meta);
   ChunkSource source(&walker, meta.info.size_bytes);
-  Result<std::unique_ptr<proj::State>> state = proj::State::load(source, state_options);
+  std::uint64_t digest = 0;
+  Result<std::unique_ptr<proj::State>> state = proj::State::load(source, state_options, &digest);
   if (!state) return state.status();
   const std::string name = std::to_string(meta.info.seq) + ": ";
   if ((*state)->last_seq() != meta.info.seq) return corrupt(name + "image of another seq");
   if ((*state)->last_timestamp_ns() != meta.info.time_ns) {
     return corrupt(name + "image of another time");
   }
-  if ((*state)->digest() != meta.info.digest) return corrupt(name + "state digest mismatch");
+  if (digest != meta.info.digest) return corrupt(name + "state digest mismatch");
   return state;
 }
 
