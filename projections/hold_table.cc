@@ -57,7 +57,7 @@ void HoldTable::restore_finalized(const HoldRecord& hold) {
   TALLY_ASSERT(hold.id != 0);
   TALLY_ASSERT(hold.state != HoldState::open);
   TALLY_ASSERT(hold.finalized_at_ns >= last_finalized_at_ns());
-  TALLY_ASSERT(find(hold.id) == nullptr);
+  TALLY_DEBUG_ASSERT(find(hold.id) == nullptr);
   const std::uint32_t record = take_record(hold);
   records_[record].heap_pos = 0;
   index_.insert(mix64(hold.id), Slot{hold.id, record});

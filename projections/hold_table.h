@@ -99,6 +99,11 @@ class HoldTable {
     }
   }
 
+  // Starts loading the index slot where find(id) begins.
+  void prefetch(HoldId id) const { index_.prefetch(mix64(id)); }
+  // Sizes the index for `count` holds in all (FlatTable::reserve).
+  void reserve(std::size_t count) { index_.reserve(count); }
+
   std::size_t open_count() const { return heap_.size(); }
   std::size_t finalized_count() const { return finalized_.size(); }
   std::size_t memory_bytes() const;

@@ -378,28 +378,39 @@ Result<HoldRecord> State::Loader::hold() {
   if (hold.qty <= 0) return bad_image("hold qty not positive");
   if (state > static_cast<std::uint8_t>(HoldState::expired)) return bad_image("bad hold state");
   hold.state = static_cast<HoldState>(state);
-  if (impl_->holds.find(hold.id) != nullptr) return bad_image("hold stored twice");
-  digest.hold(hold, impl_->subjects.view(hold.subject), impl_->items.view(hold.item));
   return hold;
 }
 
 Status State::Loader::holds(bool open) {
   std::uint64_t count = 0;
   TALLY_READ(count, in_->u64());
-  for (std::uint64_t index = 0; index < count; index++) {
-    HoldRecord hold;
-    TALLY_READ(hold, this->hold());
-    if (open) {
-      if (hold.state != HoldState::open) return bad_image("finalized hold among the open");
-      impl_->holds.open(hold);
-      continue;
+  // id, subject, item, qty, expires_at, state, finalized_at, committed_qty
+  impl_->holds.reserve(impl_->holds.open_count() + impl_->holds.finalized_count() +
+                       reserve_count(count, 8 + 4 + 4 + 8 + 8 + 1 + 8 + 8));
+  std::array<HoldRecord, kBatch> batch;
+  for (std::uint64_t done = 0; done < count;) {
+    const std::size_t size = static_cast<std::size_t>(std::min<std::uint64_t>(kBatch, count - done));
+    for (std::size_t index = 0; index < size; index++) {
+      TALLY_READ(batch[index], hold());
+      impl_->holds.prefetch(batch[index].id);
     }
-    if (hold.state == HoldState::open) return bad_image("open hold among the finalized");
-    if (hold.finalized_at_ns < impl_->holds.last_finalized_at_ns() ||
-        hold.finalized_at_ns > impl_->last_timestamp_ns) {
-      return bad_image("finalized holds out of order");
+    for (std::size_t index = 0; index < size; index++) {
+      const HoldRecord& hold = batch[index];
+      if (impl_->holds.find(hold.id) != nullptr) return bad_image("hold stored twice");
+      digest.hold(hold, impl_->subjects.view(hold.subject), impl_->items.view(hold.item));
+      if (open) {
+        if (hold.state != HoldState::open) return bad_image("finalized hold among the open");
+        impl_->holds.open(hold);
+        continue;
+      }
+      if (hold.state == HoldState::open) return bad_image("open hold among the finalized");
+      if (hold.finalized_at_ns < impl_->holds.last_finalized_at_ns() ||
+          hold.finalized_at_ns > impl_->last_timestamp_ns) {
+        return bad_image("finalized holds out of order");
+      }
+      impl_->holds.restore_finalized(hold);
     }
-    impl_->holds.restore_finalized(hold);
+    done += size;
   }
   return Status();
 }
