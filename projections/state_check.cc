@@ -125,7 +125,8 @@ Status State::Impl::check_balances() const {
   return Status();
 }
 
-Status State::Impl::check_held() const {
+Status State::Impl::check_holds() const {
+  if (!holds.consistent()) return invariant_broken("hold index, heap or queue disagree");
   std::vector<std::pair<std::uint64_t, std::int64_t>> open;
   holds.for_each_open([&](const HoldRecord& hold) {
     open.emplace_back(pair_of(hold.subject, hold.item), hold.qty);
@@ -152,8 +153,7 @@ Status State::Impl::check_held() const {
 
 Status State::check_invariants() const {
   TALLY_TRY(impl_->check_balances());
-  if (!impl_->holds.consistent()) return invariant_broken("hold index, heap or queue disagree");
-  return impl_->check_held();
+  return impl_->check_holds();
 }
 
 // ---------------------------------------------------------------- digest

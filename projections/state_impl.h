@@ -105,8 +105,9 @@ struct State::Impl {
   // Stored pairs are non-zero with available, held >= 0, and each subject's
   // list reaches exactly its stored pairs.
   Status check_balances() const;
-  // held of every pair equals the sum of its open holds.
-  Status check_held() const;
+  // The hold table's structures agree, and held of every pair equals the
+  // sum of its open holds.
+  Status check_holds() const;
   // "'subject' 'item'", for messages.
   std::string pair_name(std::uint64_t pair) const;
 

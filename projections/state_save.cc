@@ -486,9 +486,7 @@ Result<std::unique_ptr<State>> State::load(StateSource& source, StateOptions opt
   // check_invariants() holds by construction: balances() refused negative,
   // zero and repeated entries, and linked each pair into its subject's list
   // as it inserted it.
-  Status invariants = state->impl_->holds.consistent()
-                          ? state->impl_->check_held()
-                          : Status(ErrorCode::corrupt, "hold index, heap or queue disagree");
+  const Status invariants = state->impl_->check_holds();
   if (!invariants.ok()) return bad_image(invariants.message());
   if (digest != nullptr) {
     *digest = loader.digest.finish(state->impl_->last_seq, state->impl_->last_timestamp_ns);
