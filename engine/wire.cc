@@ -421,7 +421,7 @@ std::span<std::byte> FrameReader::space() {
   if (begin_ == end_) {
     begin_ = end_ = 0;
     // A large frame grew the buffer; give the memory back once it is gone.
-    if (words_.size() * sizeof(std::uint64_t) > 4 * buffer_bytes_) {
+    if (capacity_bytes() > 4 * buffer_bytes_) {
       words_.assign(buffer_bytes_ / sizeof(std::uint64_t), 0);
       words_.shrink_to_fit();
     }
@@ -429,19 +429,19 @@ std::span<std::byte> FrameReader::space() {
   // Room for the whole frame begun (or, before its size is known, for a
   // buffer's worth, which holds any segment table) from begin_ on.
   const std::size_t wanted = std::max(frame_bytes_, buffer_bytes_);
-  if (begin_ + wanted > words_.size() * sizeof(std::uint64_t) || end_ == words_.size() * sizeof(std::uint64_t)) {
+  if (begin_ + wanted > capacity_bytes() || end_ == capacity_bytes()) {
     std::memmove(bytes(), bytes() + begin_, end_ - begin_);
     end_ -= begin_;
     begin_ = 0;
-    if (wanted > words_.size() * sizeof(std::uint64_t)) words_.resize((wanted + 7) / 8);
+    if (wanted > capacity_bytes()) words_.resize((wanted + 7) / 8);
   }
   // Full only if next() was not asked until it wanted more.
-  TALLY_ASSERT(end_ < words_.size() * sizeof(std::uint64_t));
-  return std::span(bytes() + end_, words_.size() * sizeof(std::uint64_t) - end_);
+  TALLY_ASSERT(end_ < capacity_bytes());
+  return std::span(bytes() + end_, capacity_bytes() - end_);
 }
 
 void FrameReader::commit(std::size_t bytes) {
-  TALLY_ASSERT(end_ + bytes <= words_.size() * sizeof(std::uint64_t));
+  TALLY_ASSERT(end_ + bytes <= capacity_bytes());
   end_ += bytes;
 }
 

@@ -62,6 +62,7 @@ class FrameReader {
 
  private:
   std::byte* bytes() { return reinterpret_cast<std::byte*>(words_.data()); }
+  std::size_t capacity_bytes() const { return words_.size() * sizeof(std::uint64_t); }
 
   std::size_t frame_bytes_max_;
   std::size_t buffer_bytes_;
