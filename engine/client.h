@@ -7,11 +7,12 @@
 //
 // Requests are pipelined on one connection; responses may arrive in any
 // order. A writer thread sends every request queued meanwhile in one write,
-// and the reader thread delivers every answer one read brought in. When the connection drops, the client reconnects (up to
-// retries_max times per request, with backoff) and sends every unanswered
-// request again, unchanged: a mutation keeps its idempotency key, so the
-// server applies it at most once and answers a retry with the recorded
-// outcome (Receipt::replay). A request that cannot be delivered fails with
+// and the reader thread delivers every answer one read brought in. When the
+// connection drops, the client reconnects (up to retries_max times per
+// request, with backoff) and sends every unanswered request again,
+// unchanged: a mutation keeps its idempotency key, so the server applies it
+// at most once and answers a retry with the recorded outcome
+// (Receipt::replay). A request that cannot be delivered fails with
 // io_error; its outcome is then unknown until it is retried with its key.
 //
 // follow() streams committed events as they are committed, for audit and

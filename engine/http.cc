@@ -613,29 +613,31 @@ void HttpSession::route_get(const Target& target) {
 }
 
 void HttpSession::balance(std::string subject, std::string item, std::optional<AsOf> at) {
-  core_.balance(subject, item, at, reply<Balance>([subject, item](const Balance& balance) {
-        std::string body = "{\"subject\":";
-        json::append_string(&body, subject);
-        body += ",\"item\":";
-        json::append_string(&body, item);
-        append_balance_fields(&body, balance);
-        return json_response(http::status::ok, body + "}");
-      }));
+  auto render = [subject, item](const Balance& balance) {
+    std::string body = "{\"subject\":";
+    json::append_string(&body, subject);
+    body += ",\"item\":";
+    json::append_string(&body, item);
+    append_balance_fields(&body, balance);
+    return json_response(http::status::ok, body + "}");
+  };
+  core_.balance(std::move(subject), std::move(item), at, reply<Balance>(std::move(render)));
 }
 
 void HttpSession::list(std::string subject, std::optional<AsOf> at) {
-  core_.list(subject, at, reply<std::vector<ItemBalance>>([subject](const std::vector<ItemBalance>& items) {
-        std::string body = "{\"subject\":";
-        json::append_string(&body, subject);
-        body += ",\"balances\":[";
-        for (std::size_t index = 0; index < items.size(); index++) {
-          body += index == 0 ? "{\"item\":" : ",{\"item\":";
-          json::append_string(&body, items[index].item);
-          append_balance_fields(&body, items[index].balance);
-          body += "}";
-        }
-        return json_response(http::status::ok, body + "]}");
-      }));
+  auto render = [subject](const std::vector<ItemBalance>& items) {
+    std::string body = "{\"subject\":";
+    json::append_string(&body, subject);
+    body += ",\"balances\":[";
+    for (std::size_t index = 0; index < items.size(); index++) {
+      body += index == 0 ? "{\"item\":" : ",{\"item\":";
+      json::append_string(&body, items[index].item);
+      append_balance_fields(&body, items[index].balance);
+      body += "}";
+    }
+    return json_response(http::status::ok, body + "]}");
+  };
+  core_.list(std::move(subject), at, reply<std::vector<ItemBalance>>(std::move(render)));
 }
 
 void HttpSession::events(const Target& target) {

@@ -32,6 +32,7 @@
 
 namespace tally {
 
+// ServerOptions::io_threads unless set: half the cores, at least one.
 std::size_t io_threads_default();
 
 struct ServerOptions {

@@ -10,9 +10,9 @@
 #include <functional>
 #include <memory>
 #include <mutex>
-#include <type_traits>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <unordered_map>
 
 #include "engine/feed.h"
@@ -89,8 +89,8 @@ class Core {
 
  private:
   void for_each_session(void (Session::*method)());
-  // Counts a read in flight; the returned function records its outcome and
-  // latency (nothing for Op::count) and counts it out.
+  // Counts a request in flight; the returned function records its outcome
+  // and latency (nothing for Op::count), calls `done` and counts it out.
   template <class R>
   std::function<void(Result<R>)> track(Metrics::Op op, std::function<void(Result<R>)> done);
 
