@@ -485,7 +485,6 @@ Counted count_outcomes(const std::vector<OpResult>& results) {
   return counted;
 }
 
-// "ops=N seconds=S ops_per_s=R p50_us=A p99_us=B"
 // "<what>=N seconds=S <what>_per_s=R p50_us=A p99_us=B" over the latency
 // of each call.
 std::string latency_line(std::string_view what, std::vector<std::int64_t> latencies_ns, double seconds) {
@@ -518,17 +517,15 @@ std::string bench_line(const std::vector<OpResult>& results, double seconds) {
 
 // Times `count` point-in-time balance reads, one at a time, of (subject,
 // item) pairs the workload names at seqs drawn evenly from the log, and
-// prints their line. An embedded ledger first lets its history projection
-// catch up with the log (for up to kHistoryWaitMax), so the reads measure
-// the index, not the replay it falls back to.
-Status bench_point_in_time(LedgerApi& api, Ledger* embedded, std::uint64_t last_seq,
-                           const Workload& workload, std::uint64_t count) {
+// prints their line. The history projection first catches up with the log
+// (for up to kHistoryWaitMax), so the reads measure the index, not the
+// replay it falls back to.
+Status bench_point_in_time(Ledger& ledger, const Workload& workload, std::uint64_t count) {
   constexpr auto kHistoryWaitMax = std::chrono::minutes(10);
-  if (embedded != nullptr) {
-    const auto deadline = std::chrono::steady_clock::now() + kHistoryWaitMax;
-    while (embedded->stats().history_seq < last_seq && std::chrono::steady_clock::now() < deadline) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
+  const std::uint64_t last_seq = ledger.committed_seq();
+  const auto deadline = std::chrono::steady_clock::now() + kHistoryWaitMax;
+  while (ledger.stats().history_seq < last_seq && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   std::vector<std::pair<std::string_view, std::string_view>> pairs;
   for (const WorkloadOp& op : workload.ops) {
@@ -545,7 +542,7 @@ Status bench_point_in_time(LedgerApi& api, Ledger* embedded, std::uint64_t last_
     const auto& [subject, item] = pairs[pick_pair(random)];
     const AsOf at = AsOf::at_seq(pick_seq(random));
     const std::int64_t query_start_ns = steady_now_ns();
-    auto balance = api.balance(subject, item, at);
+    auto balance = ledger.balance(subject, item, at);
     latencies_ns.push_back(steady_now_ns() - query_start_ns);
     if (!balance) return balance.status();
   }
@@ -659,8 +656,7 @@ int run_bench(const Args& args) {
   if (!ledger) return failure(ledger.status());
   auto results = drive_bench(ledger->get(), **workload, *options, args.has("progress"));
   if (results && options->point_in_time_queries > 0) {
-    const Status timed = bench_point_in_time(**ledger, ledger->get(), (*ledger)->committed_seq(), **workload,
-                                             options->point_in_time_queries);
+    const Status timed = bench_point_in_time(**ledger, **workload, options->point_in_time_queries);
     if (!timed.ok()) results = timed;
   }
   const Status closed = (*ledger)->close();
