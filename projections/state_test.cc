@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "projections/flat_table.h"
 #include "projections/state_fixture.h"
 #include "projections/state_impl.h"
 #include "projections/stream_fixture.h"
@@ -525,11 +526,7 @@ TEST_CASE("random streams match a reference model (window 0: forever)") {
   run_random(2, 0, 10'000);
 }
 
-}  // namespace
-}  // namespace tally::proj
-
-namespace tally::proj {
-namespace {
+// ---------------------------------------------------------------- tables
 
 struct CountSlot {
   std::uint64_t key = 0;  // 0: empty
