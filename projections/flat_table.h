@@ -80,7 +80,14 @@ class FlatTable {
   // Starts loading the cache line where a lookup of `hash` begins, so
   // several independent lookups can wait on memory at the same time.
   void prefetch(std::uint64_t hash) const {
-    if (!slots_.empty()) __builtin_prefetch(&slots_[hash & mask_]);
+    if (slots_.empty()) return;
+    const Slot* slot = &slots_[hash & mask_];
+    __builtin_prefetch(slot);
+    // GCC (12, -O3) may find a function whose only effect is a prefetch
+    // free of side effects and delete calls to it before inlining them;
+    // State::prepare lost its hold prefetch that way. This empty asm is a
+    // side effect it must keep, and costs no instruction.
+    asm volatile("" : : "r"(slot));
   }
 
   // Makes room for `count` entries in all, so that inserting up to that
