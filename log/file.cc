@@ -3,6 +3,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -23,6 +24,45 @@ Status errno_status(const char* what, const std::string& path, int error) {
   const ErrorCode code = error == ENOENT ? ErrorCode::not_found : ErrorCode::io_error;
   return Status(code, std::string(what) + " " + path + ": " + std::strerror(error));
 }
+
+// A view read into memory.
+class CopiedView final : public FileView {
+ public:
+  explicit CopiedView(std::uint64_t size_bytes)
+      : words_(std::make_unique_for_overwrite<std::uint64_t[]>(words_for(size_bytes))),
+        size_bytes_(static_cast<std::size_t>(size_bytes)) {
+    if (size_bytes % 8 != 0) words_[size_bytes / 8] = 0;
+  }
+  std::span<std::byte> writable() { return {reinterpret_cast<std::byte*>(words_.get()), size_bytes_}; }
+  std::span<const std::byte> bytes() const override {
+    return {reinterpret_cast<const std::byte*>(words_.get()), size_bytes_};
+  }
+
+ private:
+  static std::size_t words_for(std::uint64_t size_bytes) {
+    return static_cast<std::size_t>((size_bytes + 7) / 8);
+  }
+  std::unique_ptr<std::uint64_t[]> words_;
+  std::size_t size_bytes_;
+};
+
+// A read-only shared mapping. The kernel zero-fills the last page past the
+// end of the file, which gives FileView's trailing zeros when the view ends
+// at the end of the file.
+class MappedView final : public FileView {
+ public:
+  MappedView(void* base, std::size_t size_bytes) : base_(base), size_bytes_(size_bytes) {}
+  ~MappedView() override { ::munmap(base_, size_bytes_); }
+  MappedView(const MappedView&) = delete;
+  MappedView& operator=(const MappedView&) = delete;
+  std::span<const std::byte> bytes() const override {
+    return {static_cast<const std::byte*>(base_), size_bytes_};
+  }
+
+ private:
+  void* base_;
+  std::size_t size_bytes_;
+};
 
 class PosixFile final : public File {
  public:
@@ -82,6 +122,25 @@ class PosixFile final : public File {
     return static_cast<std::uint64_t>(st.st_size);
   }
 
+  Result<std::unique_ptr<FileView>> view(std::uint64_t size_bytes) override {
+    auto file_bytes = size();
+    if (!file_bytes) return file_bytes.status();
+    size_bytes = std::min(size_bytes, *file_bytes);
+    // A view ending inside a word but before the end of the file would show
+    // the file's next bytes where FileView promises zeros: copy that one.
+    if (size_bytes == 0 || (size_bytes % 8 != 0 && size_bytes != *file_bytes) ||
+        size_bytes > std::numeric_limits<std::size_t>::max()) {
+      return File::view(size_bytes);
+    }
+    const auto length = static_cast<std::size_t>(size_bytes);
+    // Pages are mapped as the scan reaches them (not MAP_POPULATE), so a
+    // reader that keeps its previous segment a little longer does not hold
+    // two whole segments at once.
+    void* base = ::mmap(nullptr, length, PROT_READ, MAP_SHARED, fd_, 0);
+    if (base == MAP_FAILED) return errno_status("map", path_, errno);
+    return std::unique_ptr<FileView>(std::make_unique<MappedView>(base, length));
+  }
+
   Status truncate(std::uint64_t size_bytes) override {
     while (::ftruncate(fd_, static_cast<off_t>(size_bytes)) != 0) {
       if (errno != EINTR) return errno_status("truncate", path_, errno);
@@ -103,6 +162,22 @@ class PosixFile final : public File {
   int fd_;
   std::string path_;
 };
+
+}  // namespace
+
+Result<std::unique_ptr<FileView>> File::view(std::uint64_t size_bytes) {
+  auto file_bytes = size();
+  if (!file_bytes) return file_bytes.status();
+  size_bytes = std::min(size_bytes, *file_bytes);
+  if (size_bytes > std::numeric_limits<std::size_t>::max() - 8) {
+    return Status(ErrorCode::io_error, "view: file too large for memory");
+  }
+  auto view = std::make_unique<CopiedView>(size_bytes);
+  TALLY_TRY(read_at(0, view->writable()));
+  return std::unique_ptr<FileView>(std::move(view));
+}
+
+namespace {
 
 class PosixFileSystem final : public FileSystem {
  public:

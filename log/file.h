@@ -19,9 +19,24 @@
 
 namespace tally::log {
 
+// Bytes of a file held for reading: 8-byte aligned, and zero from the end
+// of the file up to the next multiple of 8, so scans may read whole words.
+// Stays valid after the File that made it is closed.
+class FileView {
+ public:
+  virtual ~FileView() = default;
+  virtual std::span<const std::byte> bytes() const = 0;
+};
+
 class File {
  public:
   virtual ~File() = default;
+
+  // The first size_bytes of the file (at most its size). The base version
+  // reads them into memory with read_at; the POSIX file maps them instead,
+  // which copies nothing, so the file must not shrink below size_bytes while
+  // the view lives (reading a page past its end would fault).
+  virtual Result<std::unique_ptr<FileView>> view(std::uint64_t size_bytes);
 
   // Reads exactly out.size() bytes at offset; io_error on a short read.
   virtual Status read_at(std::uint64_t offset, std::span<std::byte> out) = 0;

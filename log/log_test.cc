@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <string>
 
 #include "log/faulty_file.h"
@@ -172,6 +173,83 @@ TEST_CASE("the POSIX file system") {
   REQUIRE(fs.remove(join_path(nested, "z")).ok());
   CHECK(fs.remove(join_path(nested, "z")).code() == ErrorCode::not_found);
   CHECK(fs.sync_dir(nested).ok());
+}
+
+TEST_CASE("a file view holds the file's bytes, zeros to the next word, mapped or copied") {
+  TempDir dir;
+  const std::string path = join_path(dir.path(), "f");
+  std::vector<std::byte> data = payload_for(3, 0, 8192);
+  data.resize(8189);  // ends inside a word
+  write_bytes(path, data);
+  FaultyFileSystem faulty(posix());  // its files copy: File::view
+  for (FileSystem* fs : {&posix(), static_cast<FileSystem*>(&faulty)}) {
+    CAPTURE(fs == &faulty);
+    auto file = fs->open(path, FileSystem::Mode::read_only);
+    REQUIRE(file.ok());
+    const auto check = [&](std::uint64_t size_bytes, std::size_t expected) {
+      CAPTURE(size_bytes);
+      auto view = (*file)->view(size_bytes);
+      REQUIRE(view.ok());
+      const std::span<const std::byte> bytes = (*view)->bytes();
+      REQUIRE(bytes.size() == expected);
+      CHECK(reinterpret_cast<std::uintptr_t>(bytes.data()) % 8 == 0);
+      CHECK(std::equal(bytes.begin(), bytes.end(), data.begin()));
+      // Whole words may be read: past the view's end, zeros up to the word.
+      for (std::size_t index = bytes.size(); index % 8 != 0; index++) {
+        CHECK(bytes.data()[index] == std::byte{0});
+      }
+    };
+    check(UINT64_MAX, data.size());  // at most the file
+    check(data.size(), data.size());
+    check(4096, 4096);
+    check(4093, 4093);  // inside a word, before the end of the file
+    check(0, 0);
+    // A view outlives its file.
+    auto view = (*file)->view(64);
+    REQUIRE(view.ok());
+    file->reset();
+    CHECK(std::equal((*view)->bytes().begin(), (*view)->bytes().end(), data.begin()));
+  }
+  faulty.tear_next_write(0);
+  auto writable = faulty.open(path, FileSystem::Mode::read_write);
+  REQUIRE(writable.ok());
+  CHECK((*writable)->write_at(0, data).code() == ErrorCode::io_error);
+  CHECK((*writable)->view(64).code() == ErrorCode::io_error);  // a crashed process reads nothing
+}
+
+TEST_CASE("keep_previous_segment: the previous segment's payloads stay until released") {
+  TempDir dir;
+  {
+    auto writer = open_writer(posix(), dir.log_dir());
+    append_records(*writer, 1200, 40);
+  }
+  ReadBack all = read_log(posix(), dir.log_dir());
+  REQUIRE(all.status.ok());
+  LogReaderOptions options;
+  options.keep_previous_segment = true;
+  auto reader = LogReader::open(posix(), dir.log_dir(), options);
+  REQUIRE(reader.ok());
+  REQUIRE((*reader)->segment_first_seqs().size() > 3);
+  Record last_of_previous;
+  Record record;
+  std::size_t moves = 0;
+  for (std::size_t index = 0;; index++) {
+    auto more = (*reader)->next(&record);
+    REQUIRE(more.ok());
+    if (!*more) break;
+    REQUIRE(record.seq == all.records[index].seq);
+    if (index > 0 && record.segment_first_seq != all.records[index - 1].segment_first_seq) {
+      // The reader moved on; the record before is still readable.
+      CHECK(std::equal(last_of_previous.payload.begin(), last_of_previous.payload.end(),
+                       all.payloads[index - 1].begin(), all.payloads[index - 1].end()));
+      (*reader)->release_previous_segment();
+      moves++;
+    }
+    CHECK(std::equal(record.payload.begin(), record.payload.end(), all.payloads[index].begin(),
+                     all.payloads[index].end()));
+    last_of_previous = record;
+  }
+  CHECK(moves + 1 == (*reader)->segment_first_seqs().size());
 }
 
 TEST_CASE("an empty log, then its first segment") {

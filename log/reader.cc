@@ -72,8 +72,8 @@ struct LogReader::Impl {
   LogEnd end;
 
   // The loaded segment: bytes [0, file_bytes) of its file.
-  std::unique_ptr<std::uint64_t[]> buffer;
-  std::size_t buffer_words = 0;
+  std::unique_ptr<FileView> segment;
+  std::unique_ptr<FileView> previous;  // with keep_previous_segment
   std::uint64_t file_bytes = 0;
   std::uint64_t data_end = 0;  // frames end by here: min(file, declared size)
   std::uint64_t pos = 0;       // of the next frame
@@ -83,7 +83,7 @@ struct LogReader::Impl {
   Impl(FileSystem& fs_in, std::string dir_in, LogReaderOptions options_in)
       : fs(fs_in), dir(std::move(dir_in)), options(options_in) {}
 
-  const std::byte* bytes() const { return reinterpret_cast<const std::byte*>(buffer.get()); }
+  const std::byte* bytes() const { return segment->bytes().data(); }
   std::uint64_t first_seq() const { return first_seqs[segment_index]; }
   bool last_segment() const { return segment_index + 1 == first_seqs.size(); }
 
@@ -99,25 +99,21 @@ struct LogReader::Impl {
   void finish(std::uint64_t torn_end);
 };
 
-// Reads the current segment's file into the reused buffer.
+// Maps (or reads) the current segment's file, releasing the one before
+// (or, with keep_previous_segment, the one before that).
 Status LogReader::Impl::read_segment() {
+  previous = options.keep_previous_segment ? std::move(segment) : nullptr;
+  segment.reset();
   const std::string path = join_path(dir, segment_file_name(first_seq()));
   auto file = fs.open(path, FileSystem::Mode::read_only);
   if (!file) return file.status();
-  auto size = (*file)->size();
-  if (!size) return size.status();
   // Bytes past the largest segment cannot hold frames; do not let an
   // oversized file decide how much memory we take.
-  file_bytes = std::min<std::uint64_t>(*size, kSegmentSizeBytesMax);
-  const std::size_t words = static_cast<std::size_t>((file_bytes + 7) / 8);
-  if (words > buffer_words) {
-    buffer = std::make_unique_for_overwrite<std::uint64_t[]>(words);
-    buffer_words = words;
-  }
-  // The file may end inside the last word; the scans read whole words.
-  if (words > 0) buffer[words - 1] = 0;
-  auto out = std::span(reinterpret_cast<std::byte*>(buffer.get()), static_cast<std::size_t>(file_bytes));
-  return (*file)->read_at(0, out);
+  auto view = (*file)->view(kSegmentSizeBytesMax);
+  if (!view) return view.status();
+  segment = std::move(*view);
+  file_bytes = segment->bytes().size();
+  return Status();
 }
 
 // Loads the current segment and checks its header against its name and the
@@ -303,6 +299,8 @@ Result<bool> LogReader::next(Record* record) {
     s.error = verdict == FrameVerdict::valid ? s.chain_break(frame) : s.end_of_frames(verdict, frame);
   }
 }
+
+void LogReader::release_previous_segment() { impl_->previous.reset(); }
 
 const LogEnd& LogReader::end() const { return impl_->end; }
 

@@ -19,8 +19,10 @@
 //     then says why. Such a Status is sticky: next() keeps returning it.
 //
 // Thread safety: none; one thread uses a reader. The reader holds one segment
-// in memory at a time; Record payloads stay valid until the next call to
-// next() that moves to another segment (at least until the next call).
+// in memory at a time (mapped where the file system allows); Record payloads
+// stay valid until the next call to next() that moves to another segment (at
+// least until the next call). With keep_previous_segment they stay valid
+// one segment longer, until release_previous_segment() or the move after.
 #pragma once
 
 #include <cstdint>
@@ -63,6 +65,10 @@ struct LogReaderOptions {
   // before the one holding from_seq are skipped unread (so the chain into
   // the first segment read is taken from its header).
   std::uint64_t from_seq = 1;
+  // Keep the segment before the current one in memory until
+  // release_previous_segment(), for a caller that works some records behind
+  // the reader.
+  bool keep_previous_segment = false;
 };
 
 class LogReader {
@@ -75,6 +81,10 @@ class LogReader {
 
   // True with *record set; false at the end of the log (see end()).
   Result<bool> next(Record* record);
+
+  // With keep_previous_segment: the caller is done with the payloads of
+  // every segment before the one of the last record returned.
+  void release_previous_segment();
 
   // Valid after next() returned false.
   const LogEnd& end() const;
