@@ -84,6 +84,10 @@ const BalanceSlot* State::Impl::find_balance(std::uint32_t subject, std::uint32_
   return balances.find(mix64(pair), [&](const BalanceSlot& slot) { return slot.pair == pair; });
 }
 
+void State::Impl::prefetch_balance(std::uint32_t subject, std::uint32_t item) const {
+  if (subject != 0 && item != 0) balances.prefetch(mix64(pair_of(subject, item)));
+}
+
 BalanceSlot* State::Impl::find_balance(std::uint32_t subject, std::uint32_t item) {
   return const_cast<BalanceSlot*>(std::as_const(*this).find_balance(subject, item));
 }
@@ -390,16 +394,61 @@ Status State::Impl::apply_settle(const log::Event& event, const log::Op& op) {
 State::State(StateOptions options) : impl_(std::make_unique<Impl>(options)) {}
 State::~State() = default;
 
+namespace {
+
+bool settles(log::OpType type) {
+  return type == log::OpType::commit || type == log::OpType::release ||
+         type == log::OpType::expire;
+}
+
+// The op prepare() and prefetch_balances() look ahead for, if any.
+const log::Op* first_applied_op(const log::Event& event) {
+  return event.rejected == log::Reason::none && !event.ops.empty() ? &event.ops[0] : nullptr;
+}
+
+}  // namespace
+
+EventHashes State::prepare(const log::Event& event) const {
+  const Impl& impl = *impl_;
+  EventHashes hashes;
+  hashes.key = KeyIndex::hash_of(event.key);
+  impl.keys.prefetch(hashes.key);
+  if (const log::Op* op = first_applied_op(event)) {
+    hashes.first = Impl::hash_op(*op);
+    impl.prefetch_op(hashes.first);
+    if (settles(op->type)) impl.holds.prefetch(op->hold);
+  }
+  return hashes;
+}
+
+void State::prefetch_balances(const log::Event& event, const EventHashes& hashes) const {
+  const log::Op* op = first_applied_op(event);
+  if (op == nullptr) return;
+  if (settles(op->type)) {
+    if (const HoldRecord* hold = impl_->holds.find(op->hold)) {
+      impl_->prefetch_balance(hold->subject, hold->item);
+    }
+    return;
+  }
+  const std::uint32_t item = impl_->items.find(op->item, hashes.first.item);
+  impl_->prefetch_balance(impl_->subjects.find(op->subject, hashes.first.subject), item);
+  if (op->type == log::OpType::transfer) {
+    impl_->prefetch_balance(impl_->subjects.find(op->to, hashes.first.to), item);
+  }
+}
+
 Status State::apply(const log::Event& event) {
+  // The lookups below are independent cache misses on a large state;
+  // prepare() starts them all now so they overlap.
+  return apply(event, prepare(event));
+}
+
+Status State::apply(const log::Event& event, const EventHashes& hashes) {
   Impl& impl = *impl_;
   TALLY_TRY(impl.check_event(event));
   const bool applied = event.rejected == log::Reason::none;
-  // The lookups below are independent cache misses on a large state; start
-  // them all now so they overlap.
-  const std::uint32_t key_hash = KeyIndex::hash_of(event.key);
-  impl.keys.prefetch(key_hash);
-  const OpHashes first_hashes = applied ? Impl::hash_op(event.ops[0]) : OpHashes{};
-  impl.prefetch_op(first_hashes);
+  const std::uint32_t key_hash = hashes.key;
+  const OpHashes& first_hashes = hashes.first;
   // Forget first: a key stamped t - window is gone for the event at t, even
   // if that event carries the same key again.
   impl.forget_through(event.timestamp_ns);

@@ -83,6 +83,21 @@ struct StateCounts {
   std::uint64_t memory_bytes = 0;
 };
 
+// The name hashes an op's lookups need, computed once per op so apply() can
+// prefetch the slots and the lookups reuse them.
+struct OpHashes {
+  std::uint32_t subject = 0;
+  std::uint32_t item = 0;
+  std::uint32_t to = 0;
+};
+
+// What apply() hashes an event's lookups by: its key and its first op's
+// names. State::prepare() computes them ahead of apply().
+struct EventHashes {
+  std::uint32_t key = 0;
+  OpHashes first;
+};
+
 class State {
  public:
   explicit State(StateOptions options = {});
@@ -100,6 +115,20 @@ class State {
   // timestamp, and an expire of one not yet due. A rejected event changes
   // only the key index.
   Status apply(const log::Event& event);
+
+  // Look-ahead for a caller with a run of events to apply (replay): for an
+  // event some places ahead, prepare() computes the hashes apply() needs
+  // and starts loading the key, name and hold slots they lead to; a few
+  // events later, prefetch_balances() looks the names up (in the cache by
+  // then) and starts loading the balance slots of the first op. The misses
+  // of several events then overlap instead of following each other. Both
+  // change nothing and may be called for events not yet applicable; they
+  // are hints, so an answer made stale by the events applied in between
+  // costs only a miss.
+  EventHashes prepare(const log::Event& event) const;
+  void prefetch_balances(const log::Event& event, const EventHashes& hashes) const;
+  // apply() with the hashes prepare() returned for this event.
+  Status apply(const log::Event& event, const EventHashes& hashes);
 
   std::uint64_t last_seq() const;
   std::int64_t last_timestamp_ns() const;

@@ -57,20 +57,14 @@ constexpr std::uint32_t subject_of(std::uint64_t pair) {
 }
 constexpr std::uint32_t item_of(std::uint64_t pair) { return static_cast<std::uint32_t>(pair); }
 
-// The name hashes an op's lookups need, computed once per op so apply() can
-// prefetch the slots and the lookups reuse them.
-struct OpHashes {
-  std::uint32_t subject = 0;
-  std::uint32_t item = 0;
-  std::uint32_t to = 0;
-};
-
 struct State::Impl {
   explicit Impl(const StateOptions& state_options);
 
   // ---- balances ----
   const BalanceSlot* find_balance(std::uint32_t subject, std::uint32_t item) const;
   BalanceSlot* find_balance(std::uint32_t subject, std::uint32_t item);
+  // Starts loading the cache line where find_balance() of the pair begins.
+  void prefetch_balance(std::uint32_t subject, std::uint32_t item) const;
   // The pair's slot, inserted as {0, 0} at the head of the subject's list
   // when missing. May move every slot.
   BalanceSlot* upsert_balance(std::uint32_t subject, std::uint32_t item);
