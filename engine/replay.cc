@@ -63,7 +63,7 @@ Result<Start> start_from_snapshot(const ReplayOptions& options, log::FileSystem&
       return Start{};
     }
     const snap::SnapshotInfo& info = loaded->info;
-    auto reader = log::LogReader::open(fs, log_dir(options.data_dir), {.from_seq = info.seq});
+    auto reader = log::LogReader::open(fs, log_dir(options.data_dir), {.from_seq = info.seq, .keep_previous_segment = true});
     if (!reader) return reader.status();
     log::Record record;
     auto more = (*reader)->next(&record);
@@ -108,36 +108,78 @@ Result<Replayed> replay(const ReplayOptions& options) {
     out.report.snapshot_seq = start.state->last_seq();
   } else {
     start.state = std::make_unique<proj::State>(options.state_options);
-    auto reader = log::LogReader::open(fs, log_dir(options.data_dir));
+    auto reader = log::LogReader::open(fs, log_dir(options.data_dir), {.keep_previous_segment = true});
     if (!reader) return reader.status();
     start.reader = std::move(*reader);
   }
   out.state = std::move(start.state);
 
-  log::EventDecoder decoder;
-  log::Record record;
-  log::Event event;
-  for (;;) {
-    // Never look past to_seq: on a live log the bytes after a committed
-    // bound may be in flight.
-    if (out.state->last_seq() >= options.to_seq) break;
-    auto more = start.reader->next(&record);
-    if (!more) return more.status();
-    if (!*more) {
-      out.report.reached_end = true;
-      out.report.end = start.reader->end();
-      break;
+  // Events are read up to kLookahead ahead of the one applied, so that the
+  // cache misses of their lookups overlap (proj::State::prepare). Their
+  // payloads must stay in memory until applied: the reader keeps the
+  // segment before its current one, and reading ahead waits while any
+  // pending event is from that one (a read may move the reader on again,
+  // however few records a segment holds).
+  struct Pending {
+    log::EventDecoder decoder;  // owns the event's ops
+    log::Event event;
+    log::Record record;
+    proj::EventHashes hashes;
+  };
+  constexpr std::size_t kLookahead = 16;
+  std::vector<Pending> ring(kLookahead);
+  std::size_t first = 0;  // the next to apply
+  std::size_t count = 0;
+  bool reading = true;
+  std::uint64_t segment_first_seq = 0;  // of the last record the reader returned
+  std::uint64_t read_seq = out.state->last_seq();
+  const auto at = [&](std::size_t index) -> Pending& { return ring[(first + index) % kLookahead]; };
+  while (reading || count > 0) {
+    const bool pending_in_current = count == 0 || at(0).record.segment_first_seq == segment_first_seq;
+    if (reading && count < kLookahead && pending_in_current) {
+      // Never look past to_seq: on a live log the bytes after a committed
+      // bound may be in flight.
+      if (read_seq >= options.to_seq) {
+        reading = false;
+        continue;
+      }
+      Pending& next = at(count);
+      auto more = start.reader->next(&next.record);
+      if (!more) return more.status();
+      if (!*more) {
+        out.report.reached_end = true;
+        out.report.end = start.reader->end();
+        reading = false;
+        continue;
+      }
+      const log::Record& record = next.record;
+      segment_first_seq = record.segment_first_seq;
+      Status decoded = next.decoder.decode(record.payload, &next.event);
+      if (!decoded.ok() || next.event.seq != record.seq) {
+        return log::corrupt_at(record.segment_first_seq, record.offset,
+                               decoded.ok() ? "event seq differs from its frame" : decoded.message());
+      }
+      if (next.event.timestamp_ns > options.to_time_ns) {
+        reading = false;
+        continue;
+      }
+      read_seq = record.seq;
+      next.hashes = out.state->prepare(next.event);
+      count++;
+      if (count > kLookahead / 2) {
+        const Pending& middle = at(count - 1 - kLookahead / 2);
+        out.state->prefetch_balances(middle.event, middle.hashes);
+      }
+      if (count < kLookahead) continue;
     }
-    Status decoded = decoder.decode(record.payload, &event);
-    if (!decoded.ok() || event.seq != record.seq) {
-      return log::corrupt_at(record.segment_first_seq, record.offset,
-                             decoded.ok() ? "event seq differs from its frame" : decoded.message());
-    }
-    if (event.timestamp_ns > options.to_time_ns) break;
-    if (options.visit) options.visit(event, record);
-    TALLY_TRY(out.state->apply(event));
+    Pending& due = at(0);
+    if (options.visit) options.visit(due.event, due.record);
+    TALLY_TRY(out.state->apply(due.event, due.hashes));
     out.report.events++;
-    if (options.applied) TALLY_TRY(options.applied(*out.state, record));
+    if (options.applied) TALLY_TRY(options.applied(*out.state, due.record));
+    if (due.record.segment_first_seq == segment_first_seq) start.reader->release_previous_segment();
+    first = (first + 1) % kLookahead;
+    count--;
   }
   out.report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   return out;

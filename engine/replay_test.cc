@@ -1,0 +1,203 @@
+// replay() reads ahead of the event it applies (engine/replay.cc); these
+// tests check it against the plainest possible replay: every record of the
+// log decoded and applied one at a time, on a log of many small segments.
+#include <doctest.h>
+
+#include <algorithm>
+#include <optional>
+#include <random>
+#include <set>
+#include <vector>
+
+#include "engine/ledger.h"
+#include "engine/replay.h"
+#include "log/event.h"
+#include "log/reader.h"
+#include "projections/state.h"
+#include "tests/testing.h"
+
+namespace tally {
+namespace {
+
+constexpr std::int64_t kMs = 1'000'000;
+constexpr std::int64_t kStart = 1'700'000'000'000 * kMs;
+
+// After each seq of the log: its timestamp and the digest of the state.
+struct Reference {
+  std::vector<std::int64_t> timestamps{0};  // [seq]; seq 0 is the empty state
+  std::vector<std::uint64_t> digests;
+  std::vector<std::uint64_t> segments;      // first seq of each
+};
+
+Reference one_at_a_time(const std::string& data_dir) {
+  Reference out;
+  proj::State state{proj::StateOptions{}};
+  out.digests.push_back(state.digest());
+  auto reader = log::LogReader::open(log::posix_file_system(), log_dir(data_dir));
+  REQUIRE(reader.ok());
+  out.segments = (*reader)->segment_first_seqs();
+  log::EventDecoder decoder;
+  log::Record record;
+  log::Event event;
+  for (;;) {
+    auto more = (*reader)->next(&record);
+    REQUIRE(more.ok());
+    if (!*more) break;
+    REQUIRE(decoder.decode(record.payload, &event).ok());
+    REQUIRE(state.apply(event).ok());
+    out.timestamps.push_back(event.timestamp_ns);
+    out.digests.push_back(state.digest());
+  }
+  return out;
+}
+
+// A ledger on 64 KiB segments, given a few thousand commands of every kind
+// with the clock a millisecond apart (and a run of large batches), and
+// snapshots at two points.
+std::string write_log(const testing::TempDir& dir) {
+  ManualClock clock{kStart};
+  LedgerOptions options;
+  options.data_dir = dir.sub("data");
+  options.durability = Durability::none;
+  options.clock = &clock;
+  options.segment_size_bytes = log::kSegmentSizeBytesMin;
+  options.history = false;
+  options.snapshot_every_events = UINT64_MAX;
+  options.snapshot_every_seconds = 0;
+  auto opened = Ledger::open(options);
+  REQUIRE(opened.ok());
+  Ledger& ledger = **opened;
+  std::mt19937_64 random(7);
+  const auto pick = [&](int n) { return static_cast<int>(random() % static_cast<unsigned>(n)); };
+  const auto subject = [&](int not_this = -1) {
+    int n = pick(40);
+    if (n == not_this) n = (n + 1) % 40;
+    return n;
+  };
+  const auto name = [](int n) { return "s" + std::to_string(n); };
+  const auto item = [&] { return "i" + std::to_string(pick(3)); };
+  std::vector<HoldId> holds;
+  const auto some_hold = [&] { return holds[static_cast<std::size_t>(pick(static_cast<int>(holds.size())))]; };
+  for (int n = 0; n < 3000; n++) {
+    clock.advance_ns(kMs);
+    const std::string key = "k" + std::to_string(n);
+    std::optional<Result<Receipt>> done;
+    if (n >= 1500 && n < 1560) {
+      // Events of about 16 KiB: segments of four records or fewer.
+      std::vector<OpRequest> ops;
+      for (int op = 0; op < 30; op++) {
+        ops.push_back(OpRequest::acquire(std::string(200, 'a') + name(op), item(), 1));
+      }
+      const Metadata meta{std::string(1000, 'r'), std::string(1000, 'f'), std::string(1000, 'w')};
+      REQUIRE(ledger.batch(key, std::move(ops), meta).ok());
+      continue;
+    }
+    switch (pick(7)) {
+      case 0:
+      case 1: done = ledger.acquire(key, name(subject()), item(), 1 + pick(50)); break;
+      case 2: done = ledger.consume(key, name(subject()), item(), 1 + pick(30)); break;
+      case 3: {
+        const int from = subject();
+        done = ledger.transfer(key, name(from), name(subject(from)), item(), 1 + pick(30));
+        break;
+      }
+      case 4:
+        done = ledger.hold(key, name(subject()), item(), 1 + pick(20), (1 + pick(40)) * kMs);
+        if (done->ok() && (*done)->hold != 0) holds.push_back((*done)->hold);
+        break;
+      case 5:
+        if (holds.empty()) continue;
+        done = pick(2) == 0 ? ledger.commit(key, some_hold()) : ledger.release(key, some_hold());
+        break;
+      case 6: REQUIRE(ledger.expire_due().ok()); continue;
+    }
+    // Rejections (insufficient, a settled hold, ...) are outcomes, not errors.
+    REQUIRE_MESSAGE(done->ok(), done->status().to_string());
+    if (n == 1000 || n == 2200) REQUIRE(ledger.snapshot_now().ok());
+  }
+  REQUIRE(ledger.close().ok());
+  return options.data_dir;
+}
+
+Replayed replay_to(const std::string& data_dir, std::uint64_t to_seq, std::int64_t to_time_ns,
+                   bool use_snapshots) {
+  ReplayOptions options;
+  options.data_dir = data_dir;
+  options.to_seq = to_seq;
+  options.to_time_ns = to_time_ns;
+  options.use_snapshots = use_snapshots;
+  std::uint64_t visited = 0;
+  bool in_order = true;
+  std::uint64_t previous = 0;
+  options.visit = [&](const log::Event& event, const log::Record& record) {
+    in_order = in_order && event.seq == record.seq && (previous == 0 || event.seq == previous + 1);
+    previous = event.seq;
+    visited++;
+  };
+  auto replayed = replay(options);
+  REQUIRE_MESSAGE(replayed.ok(), replayed.status().to_string());
+  CHECK(in_order);
+  CHECK(visited == replayed->report.events);
+  return std::move(*replayed);
+}
+
+TEST_CASE("replay across many segments stops exactly at its seq and time bounds") {
+  testing::TempDir dir;
+  const std::string data_dir = write_log(dir);
+  const Reference reference = one_at_a_time(data_dir);
+  const std::uint64_t last = reference.digests.size() - 1;
+  REQUIRE(reference.segments.size() >= 5);
+  // Some segments hold fewer records than replay reads ahead.
+  std::uint64_t fewest = UINT64_MAX;
+  for (std::size_t index = 0; index + 1 < reference.segments.size(); index++) {
+    fewest = std::min(fewest, reference.segments[index + 1] - reference.segments[index]);
+  }
+  CHECK(fewest < 8);
+
+  // Every segment's edges, the snapshots' neighbourhoods and some others.
+  std::set<std::uint64_t> seqs{1, 2, last - 1, last};
+  for (std::uint64_t first : reference.segments) {
+    for (std::uint64_t seq : {first - 1, first, first + 1}) {
+      if (seq >= 1 && seq <= last) seqs.insert(seq);
+    }
+  }
+  for (std::uint64_t seq = 97; seq < last; seq += 211) seqs.insert(seq);
+
+  for (std::uint64_t seq : seqs) {
+    CAPTURE(seq);
+    for (bool use_snapshots : {false, true}) {
+      CAPTURE(use_snapshots);
+      const Replayed replayed = replay_to(data_dir, seq, INT64_MAX, use_snapshots);
+      CHECK(replayed.state->last_seq() == seq);
+      CHECK(replayed.state->digest() == reference.digests[seq]);
+      CHECK(replayed.report.events == seq - replayed.report.snapshot_seq);
+      // A bounded replay never reads past its bound (on a live log the
+      // bytes after it may be in flight), so it does not see the end.
+      CHECK_FALSE(replayed.report.reached_end);
+    }
+  }
+
+  // As of time T: every event stamped <= T, none after.
+  for (std::uint64_t seq : seqs) {
+    const std::int64_t t = reference.timestamps[seq];
+    const auto after = std::upper_bound(reference.timestamps.begin() + 1, reference.timestamps.end(), t);
+    const auto expected = static_cast<std::uint64_t>(after - reference.timestamps.begin()) - 1;
+    CAPTURE(t);
+    for (bool use_snapshots : {false, true}) {
+      const Replayed replayed = replay_to(data_dir, UINT64_MAX, t, use_snapshots);
+      CHECK(replayed.state->last_seq() == expected);
+      CHECK(replayed.state->digest() == reference.digests[expected]);
+    }
+  }
+
+  // The whole log, from a snapshot and from the start.
+  for (bool use_snapshots : {false, true}) {
+    const Replayed replayed = replay_to(data_dir, UINT64_MAX, INT64_MAX, use_snapshots);
+    CHECK((replayed.report.snapshot_seq != 0) == use_snapshots);
+    CHECK(replayed.report.reached_end);
+    CHECK(replayed.state->digest() == reference.digests[last]);
+  }
+}
+
+}  // namespace
+}  // namespace tally
