@@ -355,10 +355,16 @@ void Ledger::Impl::writer_main() {
     if (stop) break;
     for (std::size_t task_index = 0; task_index < tasks.size(); task_index++) {
       // The lookups of a command miss the cache on a large ledger; start
-      // loading those of a command a few places ahead.
+      // loading those of a command a few places ahead, and halfway there,
+      // its balances (which need the names prefetch() brought in).
       if (task_index + kPrefetchDistance < tasks.size()) {
-        const Command& ahead = tasks[task_index + kPrefetchDistance].command;
-        state->prefetch(ahead.key, ahead.op.subject, ahead.op.item, ahead.op.to);
+        const OpRequest& ahead = tasks[task_index + kPrefetchDistance].command.op;
+        state->prefetch(tasks[task_index + kPrefetchDistance].command.key, ahead.subject, ahead.item,
+                        ahead.to, ahead.hold);
+      }
+      if (task_index + kPrefetchDistance / 2 < tasks.size()) {
+        const OpRequest& ahead = tasks[task_index + kPrefetchDistance / 2].command.op;
+        state->prefetch_balances(ahead.subject, ahead.item, ahead.to, ahead.hold);
       }
       process(tasks[task_index]);
     }

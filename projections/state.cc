@@ -224,18 +224,44 @@ OpHashes State::Impl::hash_op(const log::Op& op) {
   return hashes;
 }
 
+OpHashes State::Impl::hash_names(std::string_view subject, std::string_view item,
+                                 std::string_view to) {
+  OpHashes hashes;
+  if (!subject.empty()) hashes.subject = NameTable::hash_of(subject);
+  if (!item.empty()) hashes.item = NameTable::hash_of(item);
+  if (!to.empty()) hashes.to = NameTable::hash_of(to);
+  return hashes;
+}
+
 void State::prefetch(std::string_view key, std::string_view subject, std::string_view item,
-                     std::string_view to) const {
+                     std::string_view to, HoldId hold) const {
   if (!key.empty()) impl_->keys.prefetch(KeyIndex::hash_of(key));
-  if (!subject.empty()) impl_->subjects.prefetch(NameTable::hash_of(subject));
-  if (!item.empty()) impl_->items.prefetch(NameTable::hash_of(item));
-  if (!to.empty()) impl_->subjects.prefetch(NameTable::hash_of(to));
+  impl_->prefetch_op(Impl::hash_names(subject, item, to));
+  if (hold != 0) impl_->holds.prefetch(hold);
+}
+
+void State::prefetch_balances(std::string_view subject, std::string_view item,
+                              std::string_view to, HoldId hold) const {
+  impl_->prefetch_balances(subject, item, to, hold, Impl::hash_names(subject, item, to));
+}
+
+void State::Impl::prefetch_balances(std::string_view subject, std::string_view item,
+                                    std::string_view to, HoldId hold,
+                                    const OpHashes& hashes) const {
+  if (hold != 0) {
+    if (const HoldRecord* record = holds.find(hold)) prefetch_balance(record->subject, record->item);
+    return;
+  }
+  if (item.empty()) return;
+  const std::uint32_t item_id = items.find(item, hashes.item);
+  if (!subject.empty()) prefetch_balance(subjects.find(subject, hashes.subject), item_id);
+  if (!to.empty()) prefetch_balance(subjects.find(to, hashes.to), item_id);
 }
 
 void State::Impl::prefetch_op(const OpHashes& hashes) const {
-  subjects.prefetch(hashes.subject);
-  items.prefetch(hashes.item);
-  subjects.prefetch(hashes.to);
+  if (hashes.subject != 0) subjects.prefetch(hashes.subject);
+  if (hashes.item != 0) items.prefetch(hashes.item);
+  if (hashes.to != 0) subjects.prefetch(hashes.to);
 }
 
 Status State::Impl::apply_op(const log::Event& event, const log::Op& op, std::size_t op_index,
@@ -422,18 +448,9 @@ EventHashes State::prepare(const log::Event& event) const {
 }
 
 void State::prefetch_balances(const log::Event& event, const EventHashes& hashes) const {
-  const log::Op* op = first_applied_op(event);
-  if (op == nullptr) return;
-  if (settles(op->type)) {
-    if (const HoldRecord* hold = impl_->holds.find(op->hold)) {
-      impl_->prefetch_balance(hold->subject, hold->item);
-    }
-    return;
-  }
-  const std::uint32_t item = impl_->items.find(op->item, hashes.first.item);
-  impl_->prefetch_balance(impl_->subjects.find(op->subject, hashes.first.subject), item);
-  if (op->type == log::OpType::transfer) {
-    impl_->prefetch_balance(impl_->subjects.find(op->to, hashes.first.to), item);
+  if (const log::Op* op = first_applied_op(event)) {
+    impl_->prefetch_balances(op->subject, op->item, op->to, settles(op->type) ? op->hold : 0,
+                             hashes.first);
   }
 }
 

@@ -148,12 +148,17 @@ class State {
   // nullptr when the key is not remembered.
   const KeyRecord* find_key(std::string_view key) const;
 
-  // Starts loading the table slots a command with these names will look up,
-  // so that a caller working through a queue overlaps the cache misses of
-  // the commands ahead with the work on the current one. Empty names are
-  // skipped. Changes nothing.
+  // Starts loading the table slots a command with these names (or this
+  // hold) will look up, so that a caller working through a queue overlaps
+  // the cache misses of the commands ahead with the work on the current
+  // one. Empty names and hold 0 are skipped. Changes nothing.
   void prefetch(std::string_view key, std::string_view subject, std::string_view item,
-                std::string_view to) const;
+                std::string_view to, HoldId hold = 0) const;
+  // The second stage, a few commands later, once prefetch() has brought the
+  // name and hold slots in: starts loading the balance slots the command
+  // will read. Changes nothing.
+  void prefetch_balances(std::string_view subject, std::string_view item, std::string_view to,
+                         HoldId hold = 0) const;
   // Open or remembered finalized hold; nullopt when unknown.
   std::optional<HoldInfo> find_hold(HoldId id) const;
   // The open hold that expires first (ties: smaller id) if it is due at t.

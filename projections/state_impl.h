@@ -78,9 +78,15 @@ struct State::Impl {
   Status check_event(const log::Event& event) const;
   void forget_through(std::int64_t timestamp_ns);
   static OpHashes hash_op(const log::Op& op);
+  // Empty names hash to 0, which prefetch_op() skips.
+  static OpHashes hash_names(std::string_view subject, std::string_view item, std::string_view to);
   // Starts loading the name slots of the op, so that the misses overlap
   // with each other and with the key lookup.
   void prefetch_op(const OpHashes& hashes) const;
+  // The balance slots of (subject, item) and (to, item), or of the pair a
+  // hold is on when hold != 0, for names already interned.
+  void prefetch_balances(std::string_view subject, std::string_view item, std::string_view to,
+                         HoldId hold, const OpHashes& hashes) const;
   Status apply_op(const log::Event& event, const log::Op& op, std::size_t op_index,
                   const OpHashes& hashes);
   Result<BalanceSlot*> take_available(const log::Event& event, const log::Op& op,
