@@ -1,7 +1,11 @@
 #include "engine/replay.h"
 
+#include <pthread.h>
+
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <thread>
 
 namespace tally {
 
@@ -79,6 +83,160 @@ Result<Start> start_from_snapshot(const ReplayOptions& options, log::FileSystem&
   return Start{};
 }
 
+// Reads, verifies, decodes and hashes the records of a replay on a thread
+// of its own, some way ahead of the caller's thread, which applies them:
+// in a profile of replaying 1.2M events, the two halves take about the
+// same CPU time. They meet in a ring of slots, handed over in chunks so
+// that neither touches the other's counter for every event.
+//
+// Payloads stay in the reader's mapped segments until applied: the reader
+// keeps the segment before its current one, and reading waits while any
+// pending event is from that one (a read may move the reader on again,
+// however few records a segment holds).
+class ReadAhead {
+ public:
+  struct Slot {
+    log::EventDecoder decoder;  // owns the event's ops
+    log::Event event;
+    log::Record record;
+    proj::EventHashes hashes;
+  };
+
+  // Reads the records after seq `after` up to the options' bounds.
+  ReadAhead(log::LogReader& reader, const ReplayOptions& options, std::uint64_t after)
+      : reader_(reader), to_seq_(options.to_seq), to_time_ns_(options.to_time_ns),
+        read_seq_(after), slots_(kSlots), thread_([this] { read_all(); }) {}
+
+  // Stops the reading thread, wherever it is.
+  ~ReadAhead() {
+    stop_.store(true);
+    // Waits are on a change of value: change it.
+    consumed_.fetch_add(1, std::memory_order_release);
+    consumed_.notify_one();
+    thread_.join();
+  }
+  ReadAhead(const ReadAhead&) = delete;
+  ReadAhead& operator=(const ReadAhead&) = delete;
+
+  // The next event to apply, waiting for it if need be; nullptr once the
+  // reading stopped before it (then status() and reached_end() say why).
+  const Slot* next() {
+    for (;;) {
+      const std::uint64_t published = published_.load(std::memory_order_acquire);
+      published_count_ = published & ~kFinished;
+      if (head_ < published_count_) return &slots_[head_ % kSlots];
+      if ((published & kFinished) != 0) return nullptr;
+      hand_back();  // the reader may be waiting for room
+      published_.wait(published, std::memory_order_acquire);
+    }
+  }
+  // The event `distance` places after the next one, if it is read already.
+  const Slot* peek(std::size_t distance) const {
+    const std::uint64_t index = head_ + distance;
+    return index < published_count_ ? &slots_[index % kSlots] : nullptr;
+  }
+  // Done with the event next() returned.
+  void pop() {
+    head_++;
+    if (head_ % kChunk == 0) consumed_.store(head_, std::memory_order_release);
+    // A reader waiting for room sleeps until a good part of the ring is
+    // free, not for every chunk: each wake is a futex call and a switch.
+    if (head_ % kWakeEvery == 0) consumed_.notify_one();
+  }
+
+  // Once next() returned nullptr: ok, or why reading stopped early.
+  const Status& status() const { return status_; }
+  // Once next() returned nullptr: whether reading reached the end of the
+  // log (rather than a bound).
+  bool reached_end() const { return reached_end_; }
+
+ private:
+  static constexpr std::uint64_t kSlots = 512;
+  static constexpr std::uint64_t kChunk = 32;
+  static constexpr std::uint64_t kWakeEvery = kSlots / 2;
+  static constexpr std::uint64_t kFinished = std::uint64_t{1} << 63;
+
+  void hand_back() {
+    consumed_.store(head_, std::memory_order_release);
+    consumed_.notify_one();
+  }
+
+  // ---- the reading thread ----
+  void publish(std::uint64_t flags = 0) {
+    published_.store(tail_ | flags, std::memory_order_release);
+    published_.notify_one();
+  }
+  // Waits until `ready` holds for the applied count; false when stopped.
+  template <class Ready>
+  bool wait_for(const Ready& ready) {
+    for (;;) {
+      if (stop_.load()) return false;
+      const std::uint64_t consumed = consumed_.load(std::memory_order_acquire);
+      if (ready(consumed)) return true;
+      publish();  // the applying thread may be waiting for these
+      consumed_.wait(consumed, std::memory_order_acquire);
+    }
+  }
+  void finish(Status status, bool reached_end) {
+    status_ = std::move(status);
+    reached_end_ = reached_end;
+    publish(kFinished);
+  }
+  void read_all() {
+    pthread_setname_np(pthread_self(), "tally-reader");
+    for (;;) {
+      // Room for the next slot, and every pending event in the reader's
+      // current segment before a read that may move it on.
+      const bool ready = wait_for([&](std::uint64_t consumed) {
+        return tail_ - consumed < kSlots &&
+               (consumed == tail_ || slots_[consumed % kSlots].record.segment_first_seq == segment_);
+      });
+      if (!ready) return;
+      reader_.release_previous_segment();
+      // Never look past to_seq: on a live log the bytes after a committed
+      // bound may be in flight.
+      if (read_seq_ >= to_seq_) return finish(Status(), false);
+      Slot& slot = slots_[tail_ % kSlots];
+      Result<bool> more = reader_.next(&slot.record);
+      if (!more) return finish(more.status(), false);
+      if (!*more) return finish(Status(), true);
+      const log::Record& record = slot.record;
+      segment_ = record.segment_first_seq;
+      const Status decoded = slot.decoder.decode(record.payload, &slot.event);
+      if (!decoded.ok() || slot.event.seq != record.seq) {
+        return finish(log::corrupt_at(record.segment_first_seq, record.offset,
+                                      decoded.ok() ? "event seq differs from its frame" : decoded.message()),
+                      false);
+      }
+      if (slot.event.timestamp_ns > to_time_ns_) return finish(Status(), false);
+      read_seq_ = record.seq;
+      slot.hashes = proj::State::hash(slot.event);
+      tail_++;
+      if (tail_ % kChunk == 0) publish();
+    }
+  }
+
+  log::LogReader& reader_;
+  const std::uint64_t to_seq_;
+  const std::int64_t to_time_ns_;
+  // The reading thread's; the applying thread reads status_ and
+  // reached_end_ after the kFinished publication.
+  std::uint64_t read_seq_;
+  std::uint64_t tail_ = 0;     // slots filled
+  std::uint64_t segment_ = 0;  // first seq of the reader's current segment
+  Status status_;
+  bool reached_end_ = false;
+  // The applying thread's.
+  std::uint64_t head_ = 0;             // slots applied
+  std::uint64_t published_count_ = 0;  // as last seen
+  // Shared.
+  std::vector<Slot> slots_;
+  std::atomic<std::uint64_t> published_{0};  // slots filled | kFinished
+  std::atomic<std::uint64_t> consumed_{0};   // slots applied, handed back
+  std::atomic<bool> stop_{false};
+  std::thread thread_;  // last: starts once the rest is built
+};
+
 }  // namespace
 
 Result<Replayed> replay(const ReplayOptions& options) {
@@ -114,73 +272,26 @@ Result<Replayed> replay(const ReplayOptions& options) {
   }
   out.state = std::move(start.state);
 
-  // Events are read up to kLookahead ahead of the one applied, so that the
-  // cache misses of their lookups overlap (proj::State::prepare). Their
-  // payloads must stay in memory until applied: the reader keeps the
-  // segment before its current one, and reading ahead waits while any
-  // pending event is from that one (a read may move the reader on again,
-  // however few records a segment holds).
-  struct Pending {
-    log::EventDecoder decoder;  // owns the event's ops
-    log::Event event;
-    log::Record record;
-    proj::EventHashes hashes;
-  };
-  constexpr std::size_t kLookahead = 16;
-  std::vector<Pending> ring(kLookahead);
-  std::size_t first = 0;  // the next to apply
-  std::size_t count = 0;
-  bool reading = true;
-  std::uint64_t segment_first_seq = 0;  // of the last record the reader returned
-  std::uint64_t read_seq = out.state->last_seq();
-  const auto at = [&](std::size_t index) -> Pending& { return ring[(first + index) % kLookahead]; };
-  while (reading || count > 0) {
-    const bool pending_in_current = count == 0 || at(0).record.segment_first_seq == segment_first_seq;
-    if (reading && count < kLookahead && pending_in_current) {
-      // Never look past to_seq: on a live log the bytes after a committed
-      // bound may be in flight.
-      if (read_seq >= options.to_seq) {
-        reading = false;
-        continue;
-      }
-      Pending& next = at(count);
-      auto more = start.reader->next(&next.record);
-      if (!more) return more.status();
-      if (!*more) {
-        out.report.reached_end = true;
-        out.report.end = start.reader->end();
-        reading = false;
-        continue;
-      }
-      const log::Record& record = next.record;
-      segment_first_seq = record.segment_first_seq;
-      Status decoded = next.decoder.decode(record.payload, &next.event);
-      if (!decoded.ok() || next.event.seq != record.seq) {
-        return log::corrupt_at(record.segment_first_seq, record.offset,
-                               decoded.ok() ? "event seq differs from its frame" : decoded.message());
-      }
-      if (next.event.timestamp_ns > options.to_time_ns) {
-        reading = false;
-        continue;
-      }
-      read_seq = record.seq;
-      next.hashes = out.state->prepare(next.event);
-      count++;
-      if (count > kLookahead / 2) {
-        const Pending& middle = at(count - 1 - kLookahead / 2);
-        out.state->prefetch_balances(middle.event, middle.hashes);
-      }
-      if (count < kLookahead) continue;
+  ReadAhead ahead(*start.reader, options, out.state->last_seq());
+  for (;;) {
+    const ReadAhead::Slot* due = ahead.next();
+    if (due == nullptr) break;
+    // The cache misses of the events ahead overlap with this one's: their
+    // key, name and hold slots 16 places ahead, their balances (which need
+    // the names) 8 places ahead.
+    if (const ReadAhead::Slot* later = ahead.peek(16)) out.state->prefetch(later->event, later->hashes);
+    if (const ReadAhead::Slot* later = ahead.peek(8)) {
+      out.state->prefetch_balances(later->event, later->hashes);
     }
-    Pending& due = at(0);
-    if (options.visit) options.visit(due.event, due.record);
-    TALLY_TRY(out.state->apply(due.event, due.hashes));
+    if (options.visit) options.visit(due->event, due->record);
+    TALLY_TRY(out.state->apply(due->event, due->hashes));
     out.report.events++;
-    if (options.applied) TALLY_TRY(options.applied(*out.state, due.record));
-    if (due.record.segment_first_seq == segment_first_seq) start.reader->release_previous_segment();
-    first = (first + 1) % kLookahead;
-    count--;
+    if (options.applied) TALLY_TRY(options.applied(*out.state, due->record));
+    ahead.pop();
   }
+  TALLY_TRY(ahead.status());
+  out.report.reached_end = ahead.reached_end();
+  if (out.report.reached_end) out.report.end = start.reader->end();
   out.report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   return out;
 }

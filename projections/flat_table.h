@@ -85,7 +85,7 @@ class FlatTable {
     __builtin_prefetch(slot);
     // GCC (12, -O3) may find a function whose only effect is a prefetch
     // free of side effects and delete calls to it before inlining them;
-    // State::prepare lost its hold prefetch that way. This empty asm is a
+    // replay lost its hold prefetch that way. This empty asm is a
     // side effect it must keep, and costs no instruction.
     asm volatile("" : : "r"(slot));
   }

@@ -427,24 +427,27 @@ bool settles(log::OpType type) {
          type == log::OpType::expire;
 }
 
-// The op prepare() and prefetch_balances() look ahead for, if any.
+// The op the look-ahead (hash(), prefetch()) is for, if any.
 const log::Op* first_applied_op(const log::Event& event) {
   return event.rejected == log::Reason::none && !event.ops.empty() ? &event.ops[0] : nullptr;
 }
 
 }  // namespace
 
-EventHashes State::prepare(const log::Event& event) const {
-  const Impl& impl = *impl_;
+EventHashes State::hash(const log::Event& event) {
   EventHashes hashes;
   hashes.key = KeyIndex::hash_of(event.key);
+  if (const log::Op* op = first_applied_op(event)) hashes.first = Impl::hash_op(*op);
+  return hashes;
+}
+
+void State::prefetch(const log::Event& event, const EventHashes& hashes) const {
+  const Impl& impl = *impl_;
   impl.keys.prefetch(hashes.key);
   if (const log::Op* op = first_applied_op(event)) {
-    hashes.first = Impl::hash_op(*op);
     impl.prefetch_op(hashes.first);
     if (settles(op->type)) impl.holds.prefetch(op->hold);
   }
-  return hashes;
 }
 
 void State::prefetch_balances(const log::Event& event, const EventHashes& hashes) const {
@@ -456,8 +459,10 @@ void State::prefetch_balances(const log::Event& event, const EventHashes& hashes
 
 Status State::apply(const log::Event& event) {
   // The lookups below are independent cache misses on a large state;
-  // prepare() starts them all now so they overlap.
-  return apply(event, prepare(event));
+  // start them all now so they overlap.
+  const EventHashes hashes = hash(event);
+  prefetch(event, hashes);
+  return apply(event, hashes);
 }
 
 Status State::apply(const log::Event& event, const EventHashes& hashes) {

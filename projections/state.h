@@ -92,7 +92,7 @@ struct OpHashes {
 };
 
 // What apply() hashes an event's lookups by: its key and its first op's
-// names. State::prepare() computes them ahead of apply().
+// names. State::hash() computes them ahead of apply().
 struct EventHashes {
   std::uint32_t key = 0;
   OpHashes first;
@@ -116,18 +116,20 @@ class State {
   // only the key index.
   Status apply(const log::Event& event);
 
-  // Look-ahead for a caller with a run of events to apply (replay): for an
-  // event some places ahead, prepare() computes the hashes apply() needs
-  // and starts loading the key, name and hold slots they lead to; a few
-  // events later, prefetch_balances() looks the names up (in the cache by
-  // then) and starts loading the balance slots of the first op. The misses
-  // of several events then overlap instead of following each other. Both
+  // Look-ahead for a caller with a run of events to apply (replay). hash()
+  // computes what apply() would hash; it reads no state, so another thread
+  // may run it. For an event some places ahead, prefetch() starts loading
+  // the key, name and hold slots the hashes lead to; a few events later,
+  // prefetch_balances() looks the names up (in the cache by then) and
+  // starts loading the balance slots of the first op. The misses of several
+  // events then overlap instead of following each other. The prefetches
   // change nothing and may be called for events not yet applicable; they
   // are hints, so an answer made stale by the events applied in between
   // costs only a miss.
-  EventHashes prepare(const log::Event& event) const;
+  static EventHashes hash(const log::Event& event);
+  void prefetch(const log::Event& event, const EventHashes& hashes) const;
   void prefetch_balances(const log::Event& event, const EventHashes& hashes) const;
-  // apply() with the hashes prepare() returned for this event.
+  // apply() with the hashes hash() returned for this event.
   Status apply(const log::Event& event, const EventHashes& hashes);
 
   std::uint64_t last_seq() const;
