@@ -74,13 +74,19 @@ std::string write_log(const testing::TempDir& dir) {
     if (n == not_this) n = (n + 1) % 40;
     return n;
   };
-  const auto name = [](int n) { return "s" + std::to_string(n); };
-  const auto item = [&] { return "i" + std::to_string(pick(3)); };
+  // Not "s" + std::to_string(n): GCC 12 warns about that (-Wrestrict) at -O3.
+  const auto numbered = [](char prefix, int n) {
+    std::string out(1, prefix);
+    out += std::to_string(n);
+    return out;
+  };
+  const auto name = [&](int n) { return numbered('s', n); };
+  const auto item = [&] { return numbered('i', pick(3)); };
   std::vector<HoldId> holds;
   const auto some_hold = [&] { return holds[static_cast<std::size_t>(pick(static_cast<int>(holds.size())))]; };
   for (int n = 0; n < 3000; n++) {
     clock.advance_ns(kMs);
-    const std::string key = "k" + std::to_string(n);
+    const std::string key = numbered('k', n);
     std::optional<Result<Receipt>> done;
     if (n >= 1500 && n < 1560) {
       // Events of about 16 KiB: segments of four records or fewer.
