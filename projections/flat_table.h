@@ -100,6 +100,21 @@ class FlatTable {
     if (capacity > slots_.size()) rehash(capacity);
   }
 
+  // Inserts make() unless a slot matches, in one probe: nullptr when one
+  // does (make() is then not called). May move every slot.
+  template <class Match, class Make>
+  Slot* insert_unique(std::uint64_t hash, const Match& match, const Make& make) {
+    if ((size_ + 1) * Policy::kLoadDen > slots_.size() * Policy::kLoadNum) grow();
+    std::size_t index = hash & mask_;
+    for (; !Policy::empty(slots_[index]); index = (index + 1) & mask_) {
+      if (match(slots_[index])) return nullptr;
+    }
+    slots_[index] = make();
+    TALLY_ASSERT(!Policy::empty(slots_[index]));
+    size_++;
+    return &slots_[index];
+  }
+
   // Precondition: no slot matches `slot`'s key. May move every slot.
   Slot* insert(std::uint64_t hash, const Slot& slot) {
     TALLY_ASSERT(!Policy::empty(slot));
@@ -191,6 +206,14 @@ class ShardedTable {
   // an eighth to spare for the unevenness of a real spread).
   void reserve(std::size_t count) {
     for (auto& shard : shards_) shard.reserve(count / kShards + count / kShards / 8 + 1);
+  }
+
+  // As FlatTable::insert_unique; moves only slots of the same shard.
+  template <class Match, class Make>
+  Slot* insert_unique(std::uint64_t hash, const Match& match, const Make& make) {
+    Slot* inserted = shards_[shard_of(hash)].insert_unique(hash, match, make);
+    if (inserted != nullptr) size_++;
+    return inserted;
   }
 
   // As FlatTable::insert; moves only slots of the same shard.

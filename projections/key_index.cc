@@ -37,13 +37,26 @@ const KeyRecord* KeyIndex::find(std::string_view key, std::uint32_t hash) const 
 }
 
 void KeyIndex::insert(std::string_view key, std::uint32_t hash, const KeyRecord& record) {
+  const bool inserted = insert_new(key, hash, record);
+  TALLY_ASSERT(inserted);
+}
+
+bool KeyIndex::insert_new(std::string_view key, std::uint32_t hash, const KeyRecord& record) {
+  TALLY_DEBUG_ASSERT(hash == hash_of(key));
   TALLY_ASSERT(!key.empty());
   TALLY_ASSERT(key.size() <= kNameBytesMax);
-  TALLY_DEBUG_ASSERT(find(key, hash) == nullptr);
-  const std::uint64_t loc = append(key, record);
-  index_.insert(hash, Slot{hash, static_cast<std::uint32_t>(loc >> 32),
-                           static_cast<std::uint32_t>(loc)});
+  const Slot* inserted = index_.insert_unique(
+      hash,
+      [&](const Slot& candidate) {
+        return candidate.hash == hash && key_of(record_at(loc_of(candidate))) == key;
+      },
+      [&] {
+        const std::uint64_t loc = append(key, record);
+        return Slot{hash, static_cast<std::uint32_t>(loc >> 32), static_cast<std::uint32_t>(loc)};
+      });
+  if (inserted == nullptr) return false;
   count_++;
+  return true;
 }
 
 std::uint64_t KeyIndex::append(std::string_view key, const KeyRecord& record) {

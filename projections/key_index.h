@@ -50,6 +50,9 @@ class KeyIndex {
   // hash == hash_of(key), and record.timestamp_ns is >= that of every key
   // inserted before.
   void insert(std::string_view key, std::uint32_t hash, const KeyRecord& record);
+  // insert() for a key that may be remembered already (a loader checking
+  // its input): false, and nothing changed, when it is. One probe.
+  bool insert_new(std::string_view key, std::uint32_t hash, const KeyRecord& record);
 
   // Sizes the index for `count` keys in all (FlatTable::reserve).
   void reserve(std::size_t count) { index_.reserve(count); }
