@@ -195,6 +195,14 @@ void StateDigest::key(std::string_view key, const KeyRecord& record) {
   keys_.sum += encoder.hash(kKeySeed);
 }
 
+void StateDigest::add(const StateDigest& other) {
+  for (auto [mine, theirs] : {std::pair{&balances_, &other.balances_}, std::pair{&holds_, &other.holds_},
+                              std::pair{&keys_, &other.keys_}}) {
+    mine->count += theirs->count;
+    mine->sum += theirs->sum;
+  }
+}
+
 std::uint64_t StateDigest::finish(std::uint64_t last_seq, std::int64_t last_timestamp_ns) const {
   Encoder total;
   total.u32(kDigestFormat);

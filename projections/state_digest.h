@@ -41,6 +41,8 @@ class StateDigest {
   // hold.subject and hold.item are ids; `subject` and `item` are their names.
   void hold(const HoldRecord& hold, std::string_view subject, std::string_view item);
   void key(std::string_view key, const KeyRecord& record);
+  // Adds the entries another digest took (of another part of one state).
+  void add(const StateDigest& other);
   std::uint64_t finish(std::uint64_t last_seq, std::int64_t last_timestamp_ns) const;
 
  private:

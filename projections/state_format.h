@@ -31,6 +31,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <span>
 #include <vector>
@@ -63,6 +64,14 @@ class StateSource {
   // The image's whole size when known. load() then sizes its tables once
   // for the counts the image gives, as far as that many bytes can hold.
   virtual std::optional<std::uint64_t> size_bytes() const { return std::nullopt; }
+  // A second source over the same image, starting at byte `offset` (at most
+  // the end), independent of this one and usable from another thread while
+  // this one is in use. nullptr where the source cannot: load() then reads
+  // the image in one pass instead of two sections at once.
+  virtual std::unique_ptr<StateSource> open_at(std::uint64_t offset) const {
+    (void)offset;
+    return nullptr;
+  }
 };
 
 // Collects the image in memory (tests, tools).
@@ -75,16 +84,23 @@ class BufferSink final : public StateSink {
   std::vector<std::byte> bytes;
 };
 
-// Reads an image from memory. `bytes` must outlive the source.
+// Reads an image from memory, whole or in pieces (a snapshot's chunks, in
+// order). The bytes must outlive the source and every source open_at()
+// makes from it.
 class SpanSource final : public StateSource {
  public:
-  explicit SpanSource(std::span<const std::byte> bytes) : bytes_(bytes), size_bytes_(bytes.size()) {}
+  explicit SpanSource(std::span<const std::byte> bytes)
+      : SpanSource(std::vector<std::span<const std::byte>>{bytes}) {}
+  explicit SpanSource(std::vector<std::span<const std::byte>> pieces, std::uint64_t offset = 0);
   Result<std::size_t> read(std::span<std::byte> out) override;
   std::optional<std::uint64_t> size_bytes() const override { return size_bytes_; }
+  std::unique_ptr<StateSource> open_at(std::uint64_t offset) const override;
 
  private:
-  std::span<const std::byte> bytes_;
-  std::uint64_t size_bytes_;
+  std::vector<std::span<const std::byte>> pieces_;
+  std::uint64_t size_bytes_ = 0;  // of all pieces
+  std::size_t piece_ = 0;         // the one read next
+  std::size_t used_ = 0;          // bytes of it read
 };
 
 }  // namespace tally::proj

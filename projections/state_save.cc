@@ -1,8 +1,12 @@
 // State::save and State::load: the state image of projections/state_format.h.
+#include <pthread.h>
+
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -13,11 +17,33 @@
 
 namespace tally::proj {
 
+SpanSource::SpanSource(std::vector<std::span<const std::byte>> pieces, std::uint64_t offset)
+    : pieces_(std::move(pieces)) {
+  for (const std::span<const std::byte> piece : pieces_) size_bytes_ += piece.size();
+  // Skip whole pieces, then part of one: each pass moves to the next piece.
+  while (piece_ < pieces_.size() && offset >= pieces_[piece_].size()) {
+    offset -= pieces_[piece_].size();
+    piece_++;
+  }
+  if (piece_ < pieces_.size()) used_ = static_cast<std::size_t>(offset);
+}
+
 Result<std::size_t> SpanSource::read(std::span<std::byte> out) {
-  const std::size_t size = std::min(out.size(), bytes_.size());
-  if (size > 0) std::memcpy(out.data(), bytes_.data(), size);
-  bytes_ = bytes_.subspan(size);
+  // Fills from the current piece; an exhausted one moves to the next.
+  while (piece_ < pieces_.size() && used_ == pieces_[piece_].size()) {
+    piece_++;
+    used_ = 0;
+  }
+  if (piece_ == pieces_.size()) return std::size_t{0};
+  const std::span<const std::byte> rest = pieces_[piece_].subspan(used_);
+  const std::size_t size = std::min(out.size(), rest.size());
+  if (size > 0) std::memcpy(out.data(), rest.data(), size);
+  used_ += size;
   return size;
+}
+
+std::unique_ptr<StateSource> SpanSource::open_at(std::uint64_t offset) const {
+  return std::make_unique<SpanSource>(pieces_, offset);
 }
 
 namespace {
@@ -78,11 +104,25 @@ class ImageWriter {
   Status status_;
 };
 
+// The little-endian unsigned integer of `width` (at most 8) bytes at `at`.
+std::uint64_t decode_le(const std::byte* at, std::size_t width) {
+  std::uint64_t value = 0;
+  for (std::size_t index = 0; index < width; index++) {
+    value |= std::uint64_t{std::to_integer<std::uint8_t>(at[index])} << (8 * index);
+  }
+  return value;
+}
+
 // Reads fields from a source through a buffer. Every read checks for the
 // end of the image; a short image is corrupt.
 class ImageReader {
  public:
-  explicit ImageReader(StateSource* source) : source_(source) {}
+  // `start`: where in the image the source begins.
+  explicit ImageReader(StateSource* source, std::uint64_t start = 0)
+      : source_(source), start_(start) {}
+
+  // Where in the image the next field begins.
+  std::uint64_t offset() const { return start_ + source_bytes_ - (filled_ - used_); }
 
   Result<std::uint8_t> u8() {
     std::uint8_t value = 0;
@@ -109,6 +149,9 @@ class ImageReader {
     TALLY_TRY(take(scratch->data(), *size));
     return std::string_view(*scratch);
   }
+  // The next out.size() bytes, for a caller that decodes several fields
+  // at once (decode_le).
+  Status bytes(std::span<std::byte> out) { return take(out.data(), out.size()); }
   std::optional<std::uint64_t> source_size_bytes() const { return source_->size_bytes(); }
 
   // ok when the image ends here.
@@ -122,13 +165,9 @@ class ImageReader {
 
  private:
   Result<std::uint64_t> le(std::size_t width) {
-    std::array<std::uint8_t, 8> bytes{};
+    std::array<std::byte, 8> bytes{};
     TALLY_TRY(take(bytes.data(), width));
-    std::uint64_t value = 0;
-    for (std::size_t index = 0; index < width; index++) {
-      value |= std::uint64_t{bytes[index]} << (8 * index);
-    }
-    return value;
+    return decode_le(bytes.data(), width);
   }
   Status take(void* data, std::size_t size) {
     if (filled_ - used_ >= size) {  // nearly always: the field is buffered whole
@@ -147,6 +186,7 @@ class ImageReader {
         if (!got) return got.status();
         if (*got == 0) return bad_image("truncated");
         TALLY_ASSERT(*got <= buffer_.size());
+        source_bytes_ += *got;
         filled_ = *got;
         used_ = 0;
       }
@@ -160,6 +200,8 @@ class ImageReader {
   }
 
   StateSource* source_;
+  std::uint64_t start_;
+  std::uint64_t source_bytes_ = 0;  // read from the source so far
   std::vector<std::byte> buffer_ = std::vector<std::byte>(kStateChunkBytes);
   std::size_t filled_ = 0;
   std::size_t used_ = 0;
@@ -256,6 +298,8 @@ struct State::Loader {
   Status balances();
   Status holds(bool open);
   Status keys();
+  // keys(), then the trailer and the end of the image.
+  Status keys_to_end();
 
   StateDigest digest;  // of every entry read so far
 
@@ -432,13 +476,16 @@ Status State::Loader::keys() {
     for (std::size_t index = 0; index < size; index++) {
       Entry& entry = batch[index];
       KeyRecord& record = entry.record;
-      std::uint8_t reason = 0;
       TALLY_READ(entry.key, in_->name(&key_scratch_[index]));
-      TALLY_READ(record.fingerprint, in_->u64());
-      TALLY_READ(record.seq, in_->u64());
-      TALLY_READ(record.timestamp_ns, in_->i64());
-      TALLY_READ(reason, in_->u8());
-      TALLY_READ(record.failed_index, in_->u32());
+      // fingerprint, seq, timestamp_ns, reason, failed_index: read at once,
+      // this loop runs for every remembered key.
+      std::array<std::byte, 8 + 8 + 8 + 1 + 4> fields;
+      TALLY_TRY(in_->bytes(fields));
+      record.fingerprint = decode_le(&fields[0], 8);
+      record.seq = decode_le(&fields[8], 8);
+      record.timestamp_ns = static_cast<std::int64_t>(decode_le(&fields[16], 8));
+      const auto reason = static_cast<std::uint8_t>(decode_le(&fields[24], 1));
+      record.failed_index = static_cast<std::uint32_t>(decode_le(&fields[25], 4));
       if (reason > static_cast<std::uint8_t>(log::Reason::hold_finalized)) {
         return bad_image("bad key reason");
       }
@@ -453,8 +500,9 @@ Status State::Loader::keys() {
     }
     for (std::size_t index = 0; index < size; index++) {
       const Entry& entry = batch[index];
-      if (impl_->keys.find(entry.key, entry.hash) != nullptr) return bad_image("key stored twice");
-      impl_->keys.insert(entry.key, entry.hash, entry.record);
+      if (!impl_->keys.insert_new(entry.key, entry.hash, entry.record)) {
+        return bad_image("key stored twice");
+      }
       digest.key(entry.key, entry.record);
     }
     done += size;
@@ -462,35 +510,102 @@ Status State::Loader::keys() {
   return Status();
 }
 
+Status State::Loader::keys_to_end() {
+  TALLY_TRY(keys());
+  std::uint32_t end = 0;
+  TALLY_READ(end, in_->u32());
+  if (end != kStateEndMagic) return bad_image("bad trailer");
+  return in_->expect_end();
+}
+
+namespace {
+
+// Bytes per entry of the fixed-size sections, as save() writes them.
+constexpr std::uint64_t kBalanceEntryBytes = 4 + 4 + 8 + 8;
+constexpr std::uint64_t kHoldEntryBytes = 8 + 4 + 4 + 8 + 8 + 1 + 8 + 8;
+
+// Where the keys section begins, for an image whose names start at
+// `offset`: the names are skimmed (only their lengths matter) and the
+// fixed-size sections skipped by their counts, through sources of their
+// own. nullopt when the source cannot be read from other places, or the
+// image does not add up (the load in one pass then says how).
+std::optional<std::uint64_t> find_keys_offset(const StateSource& source, std::uint64_t offset) {
+  std::unique_ptr<StateSource> names_source = source.open_at(offset);
+  if (names_source == nullptr) return std::nullopt;
+  ImageReader names(names_source.get(), offset);
+  std::string scratch;
+  for (int table = 0; table < 2; table++) {  // subjects, items
+    Result<std::uint32_t> count = names.u32();
+    if (!count) return std::nullopt;
+    for (std::uint32_t index = 0; index < *count; index++) {
+      if (!names.name(&scratch)) return std::nullopt;
+    }
+  }
+  offset = names.offset();
+  const std::uint64_t size = source.size_bytes().value_or(0);
+  for (const std::uint64_t entry_bytes : {kBalanceEntryBytes, kHoldEntryBytes, kHoldEntryBytes}) {
+    std::unique_ptr<StateSource> section = source.open_at(offset);
+    ImageReader in(section.get(), offset);
+    Result<std::uint64_t> count = in.u64();
+    if (!count || *count > size / entry_bytes) return std::nullopt;
+    offset += 8 + *count * entry_bytes;
+  }
+  return offset;
+}
+
+}  // namespace
+
 Result<std::unique_ptr<State>> State::load(StateSource& source, StateOptions options,
                                            std::uint64_t* digest) {
   if (options.idempotency_window_ns < 0) {
     return Status(ErrorCode::invalid, "negative idempotency window");
   }
   auto state = std::make_unique<State>(options);
+  Impl* impl = state->impl_.get();
   ImageReader in(&source);
-  Loader loader(&in, state->impl_.get());
+  Loader loader(&in, impl);
   TALLY_TRY(loader.header(options.idempotency_window_ns));
-  TALLY_TRY(loader.names(&state->impl_->subjects, true));
-  TALLY_TRY(loader.names(&state->impl_->items, false));
-  TALLY_TRY(loader.balances());
-  TALLY_TRY(loader.holds(true));
-  TALLY_TRY(loader.holds(false));
-  TALLY_TRY(loader.keys());
-  std::uint32_t end = 0;
-  TALLY_READ(end, in.u32());
-  if (end != kStateEndMagic) return bad_image("bad trailer");
-  TALLY_TRY(in.expect_end());
+  // The idempotency keys, half of a large image, need nothing loaded before
+  // them: where the source can be read from two places, a second thread
+  // loads them (into the key index only) while this one loads the rest.
+  const std::optional<std::uint64_t> keys_offset = find_keys_offset(source, in.offset());
+  std::unique_ptr<StateSource> keys_source =
+      keys_offset ? source.open_at(*keys_offset) : nullptr;
+  std::optional<ImageReader> keys_in;
+  std::optional<Loader> keys_loader;
+  Status keys_status;
+  std::thread keys_thread;
+  if (keys_source != nullptr) {
+    keys_in.emplace(keys_source.get(), *keys_offset);
+    keys_loader.emplace(&*keys_in, impl);
+    keys_thread = std::thread([&] {
+      pthread_setname_np(pthread_self(), "tally-keys");
+      keys_status = keys_loader->keys_to_end();
+    });
+  }
+  Status rest = [&]() -> Status {
+    TALLY_TRY(loader.names(&impl->subjects, true));
+    TALLY_TRY(loader.names(&impl->items, false));
+    TALLY_TRY(loader.balances());
+    TALLY_TRY(loader.holds(true));
+    TALLY_TRY(loader.holds(false));
+    if (keys_source == nullptr) return loader.keys_to_end();
+    if (in.offset() != *keys_offset) return bad_image("sections do not line up");
+    return Status();
+  }();
+  if (keys_thread.joinable()) keys_thread.join();
+  // The earlier problem in the image is the one reported.
+  TALLY_TRY(rest);
+  TALLY_TRY(keys_status);
   // held must equal the open holds of each pair; the image could agree
   // with itself field by field and still not add up. The rest of
   // check_invariants() holds by construction: balances() refused negative,
   // zero and repeated entries, and linked each pair into its subject's list
   // as it inserted it.
-  const Status invariants = state->impl_->check_holds();
+  const Status invariants = impl->check_holds();
   if (!invariants.ok()) return bad_image(invariants.message());
-  if (digest != nullptr) {
-    *digest = loader.digest.finish(state->impl_->last_seq, state->impl_->last_timestamp_ns);
-  }
+  if (keys_loader) loader.digest.add(keys_loader->digest);
+  if (digest != nullptr) *digest = loader.digest.finish(impl->last_seq, impl->last_timestamp_ns);
   return state;
 }
 

@@ -2,6 +2,7 @@
 // damaged image is an error, never a crash.
 #include <doctest.h>
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -24,14 +25,40 @@ std::vector<std::byte> image_of(const State& state) {
   return sink.bytes;
 }
 
+// A source that cannot be read from two places: load() reads it in one
+// pass, where a SpanSource lets it load the keys on a second thread.
+class OnePassSource final : public StateSource {
+ public:
+  explicit OnePassSource(std::span<const std::byte> bytes) : inner_(bytes) {}
+  Result<std::size_t> read(std::span<std::byte> out) override { return inner_.read(out); }
+  std::optional<std::uint64_t> size_bytes() const override { return inner_.size_bytes(); }
+
+ private:
+  SpanSource inner_;
+};
+
+Result<std::unique_ptr<State>> load_bytes(std::span<const std::byte> bytes, StateOptions options,
+                                          bool one_pass, std::uint64_t* digest = nullptr) {
+  SpanSource two_places(bytes);
+  OnePassSource one_place(bytes);
+  StateSource& source = one_pass ? static_cast<StateSource&>(one_place) : two_places;
+  return State::load(source, options, digest);
+}
+
+// Loads the image both ways; they must agree.
 std::unique_ptr<State> load_image(const std::vector<std::byte>& bytes,
                                   StateOptions options = StateOptions{kWindowNs}) {
-  SpanSource source(bytes);
-  std::uint64_t digest = 0;
-  Result<std::unique_ptr<State>> loaded = State::load(source, options, &digest);
-  REQUIRE_MESSAGE(loaded.ok(), loaded.status().to_string());
-  CHECK(digest == (*loaded)->digest());  // taken while reading, the same
-  return std::move(loaded).value();
+  std::unique_ptr<State> out;
+  for (bool one_pass : {false, true}) {
+    CAPTURE(one_pass);
+    std::uint64_t digest = 0;
+    Result<std::unique_ptr<State>> loaded = load_bytes(bytes, options, one_pass, &digest);
+    REQUIRE_MESSAGE(loaded.ok(), loaded.status().to_string());
+    CHECK(digest == (*loaded)->digest());  // taken while reading, the same
+    if (out != nullptr) CHECK(out->digest() == (*loaded)->digest());
+    out = std::move(loaded).value();
+  }
+  return out;
 }
 
 // Everything a caller can observe, compared between two States.
@@ -152,36 +179,81 @@ std::vector<std::byte> scripted_image(std::size_t steps_count) {
 
 TEST_CASE("every truncation of an image is corrupt") {
   const std::vector<std::byte> image = scripted_image(13);
-  for (std::size_t size = 0; size < image.size(); size++) {
-    CAPTURE(size);
-    SpanSource source(std::span(image.data(), size));
-    CHECK(State::load(source, StateOptions{kWindowNs}).code() == ErrorCode::corrupt);
-  }
   std::vector<std::byte> longer = image;
   longer.push_back(std::byte{0});
-  SpanSource source(longer);
-  CHECK(State::load(source, StateOptions{kWindowNs}).code() == ErrorCode::corrupt);
+  for (bool one_pass : {false, true}) {
+    CAPTURE(one_pass);
+    for (std::size_t size = 0; size < image.size(); size++) {
+      CAPTURE(size);
+      CHECK(load_bytes(std::span(image.data(), size), StateOptions{kWindowNs}, one_pass).code() ==
+            ErrorCode::corrupt);
+    }
+    CHECK(load_bytes(longer, StateOptions{kWindowNs}, one_pass).code() == ErrorCode::corrupt);
+  }
+}
+
+TEST_CASE("an image in pieces reads the same from any offset, and loads alike") {
+  const std::vector<std::byte> image = scripted_image(13);
+  const std::span<const std::byte> whole(image);
+  // Pieces of 1, 7, 300 and 4096 bytes, in turn.
+  std::vector<std::span<const std::byte>> pieces;
+  const std::size_t sizes[] = {1, 7, 300, 4096};
+  for (std::size_t at = 0, turn = 0; at < image.size(); turn++) {
+    const std::size_t size = std::min(sizes[turn % 4], image.size() - at);
+    pieces.push_back(whole.subspan(at, size));
+    at += size;
+  }
+  SpanSource source(pieces);
+  REQUIRE(source.size_bytes() == image.size());
+  for (std::size_t offset : {std::size_t{0}, std::size_t{1}, std::size_t{8}, std::size_t{308},
+                             image.size() / 2, image.size() - 1, image.size(), image.size() + 5}) {
+    CAPTURE(offset);
+    std::unique_ptr<StateSource> at = source.open_at(offset);
+    REQUIRE(at != nullptr);
+    std::vector<std::byte> back;
+    std::array<std::byte, 333> buffer;
+    // Each pass reads at least one byte, or ends.
+    for (;;) {
+      Result<std::size_t> got = at->read(buffer);
+      REQUIRE(got.ok());
+      if (*got == 0) break;
+      back.insert(back.end(), buffer.begin(), buffer.begin() + static_cast<std::ptrdiff_t>(*got));
+    }
+    CHECK(back == std::vector<std::byte>(image.begin() + static_cast<std::ptrdiff_t>(std::min(offset, image.size())), image.end()));
+  }
+  std::uint64_t digest = 0;
+  Result<std::unique_ptr<State>> loaded = State::load(source, StateOptions{kWindowNs}, &digest);
+  REQUIRE(loaded.ok());
+  CHECK(digest == load_image(image)->digest());
 }
 
 TEST_CASE("a flipped bit anywhere is an error or a consistent state, never a crash") {
   // The store's checksum catches flips before load; this checks that the
   // loader itself never trusts the bytes.
+  // Both ways of loading (one pass, or the keys on a second thread) must
+  // hold to that, and agree where both load.
   const std::vector<std::byte> image = scripted_image(13);
   std::size_t errors = 0;
   for (std::size_t offset = 0; offset < image.size(); offset++) {
     for (int bit : {0, 7}) {
+      CAPTURE(offset);
+      CAPTURE(bit);
       std::vector<std::byte> damaged = image;
       damaged[offset] ^= std::byte{static_cast<unsigned char>(1u << bit)};
-      SpanSource source(damaged);
-      Result<std::unique_ptr<State>> loaded = State::load(source, StateOptions{kWindowNs});
-      if (!loaded.ok()) {
-        errors++;
-        continue;
+      std::optional<std::uint64_t> loaded_digest;
+      for (bool one_pass : {false, true}) {
+        Result<std::unique_ptr<State>> loaded = load_bytes(damaged, StateOptions{kWindowNs}, one_pass);
+        if (!loaded.ok()) {
+          errors++;
+          continue;
+        }
+        REQUIRE_OK((*loaded)->check_invariants());
+        if (loaded_digest) CHECK(*loaded_digest == (*loaded)->digest());
+        loaded_digest = (*loaded)->digest();
       }
-      REQUIRE_OK((*loaded)->check_invariants());
     }
   }
-  CHECK(errors > image.size());  // most flips are caught by structure alone
+  CHECK(errors > 2 * image.size());  // most flips are caught by structure alone
 }
 
 class FailingSource final : public StateSource {

@@ -123,7 +123,10 @@ struct SnapshotStore::Env {
 
   Status write_once(const proj::State& state, const Meta& meta_in, Meta* written, int* rc_out);
   Status delete_snapshot(const Txn& txn, std::uint64_t seq);
-  Status verify_payload(const Txn& txn, const Meta& meta) const;
+  // The snapshot's chunks, in order, views into the map valid while `txn`
+  // lives, once their size and checksum match the metadata.
+  Result<std::vector<std::span<const std::byte>>> verified_chunks(const Txn& txn,
+                                                                 const Meta& meta) const;
   Result<std::unique_ptr<proj::State>> load_one(const Txn& txn, const Meta& meta,
                                                 const proj::StateOptions& options) const;
 };
@@ -210,31 +213,6 @@ class ChunkWalker {
   MDB_cursor* cursor_;
   const Meta& meta_;
   std::uint32_t index_ = 0;
-};
-
-class ChunkSource final : public proj::StateSource {
- public:
-  ChunkSource(ChunkWalker* walker, std::uint64_t size_bytes) : walker_(walker), size_bytes_(size_bytes) {}
-  std::optional<std::uint64_t> size_bytes() const override { return size_bytes_; }
-  Result<std::size_t> read(std::span<std::byte> out) override {
-    // Each pass copies from the current chunk or fetches the next one; an
-    // empty fetch ends the image.
-    while (rest_.empty()) {
-      Result<std::span<const std::byte>> chunk = walker_->next();
-      if (!chunk) return chunk.status();
-      if (chunk->empty()) return std::size_t{0};
-      rest_ = *chunk;
-    }
-    const std::size_t size = std::min(out.size(), rest_.size());
-    std::memcpy(out.data(), rest_.data(), size);
-    rest_ = rest_.subspan(size);
-    return size;
-  }
-
- private:
-  ChunkWalker* walker_;
-  std::uint64_t size_bytes_;
-  std::span<const std::byte> rest_;
 };
 
 }  // namespace
@@ -415,7 +393,8 @@ Result<std::size_t> SnapshotStore::prune(std::size_t retain_count) {
   return doomed;
 }
 
-Status SnapshotStore::Env::verify_payload(const Txn& txn, const Meta& meta) const {
+Result<std::vector<std::span<const std::byte>>> SnapshotStore::Env::verified_chunks(
+    const Txn& txn, const Meta& meta) const {
   const std::string name = std::to_string(meta.info.seq) + ": ";
   if (meta.state_format != proj::kStateFormatVersion) {
     return corrupt(name + "state format " + std::to_string(meta.state_format) + " is not known");
@@ -425,6 +404,7 @@ Status SnapshotStore::Env::verify_payload(const Txn& txn, const Meta& meta) cons
   ChunkWalker walker(cursor.get(), meta);
   XXH3_state_t hash;
   XXH3_64bits_reset(&hash);
+  std::vector<std::span<const std::byte>> out;
   std::uint64_t total_bytes = 0;
   // One pass per chunk; chunk_count bounds it.
   while (true) {
@@ -433,22 +413,23 @@ Status SnapshotStore::Env::verify_payload(const Txn& txn, const Meta& meta) cons
     if (chunk->empty()) break;
     XXH3_64bits_update(&hash, chunk->data(), chunk->size());
     total_bytes += chunk->size();
+    out.push_back(*chunk);
   }
   if (total_bytes != meta.info.size_bytes) return corrupt(name + "payload size mismatch");
   if (XXH3_64bits_digest(&hash) != meta.payload_hash) {
     return corrupt(name + "payload checksum mismatch");
   }
-  return Status();
+  return out;
 }
 
 Result<std::unique_ptr<proj::State>> SnapshotStore::Env::load_one(
     const Txn& txn, const Meta& meta, const proj::StateOptions& state_options) const {
-  // Checksum first, so the loader parses only bytes that were written.
-  TALLY_TRY(verify_payload(txn, meta));
-  Cursor cursor;
-  TALLY_TRY(cursor.open(txn, chunks));
-  ChunkWalker walker(cursor.get(), meta);
-  ChunkSource source(&walker, meta.info.size_bytes);
+  // Checksum first, so the loader parses only bytes that were written. The
+  // chunks stay in LMDB's map while the transaction lives, so the loader
+  // reads them in place, two sections at once where it can.
+  auto chunks = verified_chunks(txn, meta);
+  if (!chunks) return chunks.status();
+  proj::SpanSource source(std::move(*chunks));
   std::uint64_t digest = 0;
   Result<std::unique_ptr<proj::State>> state = proj::State::load(source, state_options, &digest);
   if (!state) return state.status();
