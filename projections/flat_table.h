@@ -117,13 +117,7 @@ class FlatTable {
 
   // Precondition: no slot matches `slot`'s key. May move every slot.
   Slot* insert(std::uint64_t hash, const Slot& slot) {
-    TALLY_ASSERT(!Policy::empty(slot));
-    if ((size_ + 1) * Policy::kLoadDen > slots_.size() * Policy::kLoadNum) grow();
-    std::size_t index = hash & mask_;
-    while (!Policy::empty(slots_[index])) index = (index + 1) & mask_;
-    slots_[index] = slot;
-    size_++;
-    return &slots_[index];
+    return insert_unique(hash, [](const Slot&) { return false; }, [&] { return slot; });
   }
 
   // Removes *slot. Later members of its cluster move back into the hole when
@@ -218,9 +212,7 @@ class ShardedTable {
 
   // As FlatTable::insert; moves only slots of the same shard.
   Slot* insert(std::uint64_t hash, const Slot& slot) {
-    Slot* inserted = shards_[shard_of(hash)].insert(hash, slot);
-    size_++;
-    return inserted;
+    return insert_unique(hash, [](const Slot&) { return false; }, [&] { return slot; });
   }
   void erase(Slot* slot) {
     shards_[shard_of(Policy::hash(*slot))].erase(slot);
