@@ -427,6 +427,11 @@ bool settles(log::OpType type) {
          type == log::OpType::expire;
 }
 
+[[maybe_unused]] bool same_hashes(const EventHashes& a, const EventHashes& b) {
+  return a.key == b.key && a.first.subject == b.first.subject && a.first.item == b.first.item &&
+         a.first.to == b.first.to;
+}
+
 // The op the look-ahead (hash(), prefetch()) is for, if any.
 const log::Op* first_applied_op(const log::Event& event) {
   return event.rejected == log::Reason::none && !event.ops.empty() ? &event.ops[0] : nullptr;
@@ -469,6 +474,8 @@ Status State::apply(const log::Event& event, const EventHashes& hashes) {
   Impl& impl = *impl_;
   TALLY_TRY(impl.check_event(event));
   const bool applied = event.rejected == log::Reason::none;
+  // Hashes of another event would make every lookup below miss.
+  TALLY_DEBUG_ASSERT(same_hashes(hashes, hash(event)));
   const std::uint32_t key_hash = hashes.key;
   const OpHashes& first_hashes = hashes.first;
   // Forget first: a key stamped t - window is gone for the event at t, even
