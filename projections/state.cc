@@ -481,16 +481,6 @@ Status State::apply(const log::Event& event, const EventHashes& hashes) {
   // Forget first: a key stamped t - window is gone for the event at t, even
   // if that event carries the same key again.
   impl.forget_through(event.timestamp_ns);
-  if (!event.key.empty() && impl.keys.find(event.key, key_hash) != nullptr) {
-    return corrupt_at(event.seq, "key " + quoted(event.key) + " was already decided");
-  }
-  if (applied) {
-    for (std::size_t op_index = 0; op_index < event.ops.size(); op_index++) {
-      const log::Op& op = event.ops[op_index];
-      TALLY_TRY(
-          impl.apply_op(event, op, op_index, op_index == 0 ? first_hashes : Impl::hash_op(op)));
-    }
-  }
   if (!event.key.empty()) {
     KeyRecord record;
     record.fingerprint = event.fingerprint;
@@ -498,7 +488,19 @@ Status State::apply(const log::Event& event, const EventHashes& hashes) {
     record.timestamp_ns = event.timestamp_ns;
     record.reason = event.rejected;
     record.failed_index = event.failed_index;
-    impl.keys.insert(event.key, key_hash, record);
+    // Remembered before the ops are applied, so that one probe both refuses
+    // a key already decided and places the new one. (A refused event leaves
+    // the state unspecified either way.)
+    if (!impl.keys.insert_new(event.key, key_hash, record)) {
+      return corrupt_at(event.seq, "key " + quoted(event.key) + " was already decided");
+    }
+  }
+  if (applied) {
+    for (std::size_t op_index = 0; op_index < event.ops.size(); op_index++) {
+      const log::Op& op = event.ops[op_index];
+      TALLY_TRY(
+          impl.apply_op(event, op, op_index, op_index == 0 ? first_hashes : Impl::hash_op(op)));
+    }
   }
   impl.last_seq = event.seq;
   impl.last_timestamp_ns = event.timestamp_ns;
