@@ -4,6 +4,7 @@
 #include <doctest.h>
 
 #include <algorithm>
+#include <fstream>
 #include <optional>
 #include <random>
 #include <set>
@@ -12,6 +13,7 @@
 #include "engine/ledger.h"
 #include "engine/replay.h"
 #include "log/event.h"
+#include "log/format.h"
 #include "log/reader.h"
 #include "projections/state.h"
 #include "tests/testing.h"
@@ -27,6 +29,7 @@ struct Reference {
   std::vector<std::int64_t> timestamps{0};  // [seq]; seq 0 is the empty state
   std::vector<std::uint64_t> digests;
   std::vector<std::uint64_t> segments;      // first seq of each
+  std::vector<log::Record> records{{}};     // [seq]; payloads dangle, sizes hold
 };
 
 Reference one_at_a_time(const std::string& data_dir) {
@@ -46,6 +49,7 @@ Reference one_at_a_time(const std::string& data_dir) {
     REQUIRE(decoder.decode(record.payload, &event).ok());
     REQUIRE(state.apply(event).ok());
     out.timestamps.push_back(event.timestamp_ns);
+    out.records.push_back(record);
     out.digests.push_back(state.digest());
   }
   return out;
@@ -203,6 +207,52 @@ TEST_CASE("replay across many segments stops exactly at its seq and time bounds"
     CHECK(replayed.report.reached_end);
     CHECK(replayed.state->digest() == reference.digests[last]);
   }
+}
+
+TEST_CASE("a damaged record stops replay at its segment and offset, after every record before it") {
+  testing::TempDir dir;
+  const std::string data_dir = write_log(dir);
+  const Reference reference = one_at_a_time(data_dir);
+  // A record well inside a segment in the middle of the log.
+  std::size_t index = reference.segments.size() / 2;
+  while (index + 1 < reference.segments.size() &&
+         reference.segments[index + 1] - reference.segments[index] < 40) {
+    index++;
+  }
+  REQUIRE(index + 1 < reference.segments.size());
+  const std::uint64_t seq = reference.segments[index] + 20;
+  const log::Record& damaged = reference.records[seq];
+  {
+    const std::string path =
+        log::join_path(log_dir(data_dir), log::segment_file_name(damaged.segment_first_seq));
+    std::fstream file(path, std::ios::in | std::ios::out | std::ios::binary);
+    REQUIRE(file.good());
+    const auto at = static_cast<std::streamoff>(damaged.offset + log::kFrameHeaderSize +
+                                                damaged.payload.size() / 2);
+    file.seekg(at);
+    const char byte = static_cast<char>(file.get() ^ 0x20);
+    file.seekp(at);
+    file.put(byte);
+    REQUIRE(file.good());
+  }
+
+  ReplayOptions options;
+  options.data_dir = data_dir;
+  options.use_snapshots = false;
+  std::uint64_t visited = 0;
+  options.visit = [&](const log::Event&, const log::Record&) { visited++; };
+  auto replayed = replay(options);
+  REQUIRE(replayed.code() == ErrorCode::corrupt);
+  CHECK(replayed.status().message().starts_with(
+      "segment " + log::segment_file_name(damaged.segment_first_seq) + " offset " +
+      std::to_string(damaged.offset) + ": "));
+  CHECK(visited == seq - 1);
+
+  // A replay bounded before the damage never reads it.
+  options.to_seq = seq - 1;
+  replayed = replay(options);
+  REQUIRE_MESSAGE(replayed.ok(), replayed.status().to_string());
+  CHECK(replayed->state->digest() == reference.digests[seq - 1]);
 }
 
 }  // namespace
