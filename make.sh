@@ -4,11 +4,14 @@
 #   ./make.sh run     build, then serve ./data (binary 127.0.0.1:7420, HTTP 127.0.0.1:7421)
 #   ./make.sh demo    build, then apply a generated workload to ./demo-data and verify it
 #   ./make.sh test    build (release and address+undefined sanitizers), run every test
+#   ./make.sh tsan    build with ThreadSanitizer, run the C++ unit tests (not in CI)
 #   ./make.sh build   build only
 #   ./make.sh deps    install the Debian packages the build needs
 #
 # Environment: BUILD_DIR (default build), ASAN_BUILD_DIR (default build-asan),
-# TALLY_SKIP_DEPS=1 to skip the package check, CI=true adds -Dwerror=true.
+# TSAN_BUILD_DIR (default build-tsan), TALLY_SKIP_DEPS=1 to skip the package
+# check, CI=true adds -Dwerror=true (not to tsan: GCC warns about the fences
+# Boost.Asio uses, which ThreadSanitizer cannot see).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -78,11 +81,26 @@ test_all() {
     meson test -C "${ASAN_BUILD_DIR:-build-asan}" --print-errorlogs
 }
 
+# The threads of replay, snapshot loading, the ledger and the server under
+# ThreadSanitizer. Slower than the other builds; run it when threads change.
+tsan() {
+  deps
+  local dir=${TSAN_BUILD_DIR:-build-tsan}
+  if [ ! -f "$dir/build.ninja" ]; then
+    meson setup "$dir" -Dwerror=false -Db_sanitize=thread -Dbuildtype=debugoptimized -Db_lundef=false
+  fi
+  ninja -C "$dir"
+  TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+    meson test -C "$dir" --print-errorlogs --suite log --suite projections --suite snapshots \
+    --suite engine --suite server
+}
+
 case "${1:-}" in
   deps) deps ;;
   build) build ;;
   run) run ;;
   demo) demo ;;
   test) test_all ;;
-  *) sed -n '2,13p' "$0"; exit 2 ;;
+  tsan) tsan ;;
+  *) sed -n '2,14p' "$0"; exit 2 ;;
 esac
