@@ -183,7 +183,7 @@ class ReadAhead {
     publish(kFinished);
   }
   void read_all() {
-    pthread_setname_np(pthread_self(), "tally-reader");
+    pthread_setname_np(pthread_self(), "tally-replay");
     for (;;) {
       // Room for the next slot, and every pending event in the reader's
       // current segment before a read that may move it on.
