@@ -18,6 +18,7 @@
 #include <pthread.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -348,6 +349,11 @@ Ledger::~Ledger() { ignore_status(close()); }
 void Ledger::Impl::writer_main() {
   std::vector<Task> tasks;
   tasks.reserve(options.queue_depth_max);
+  // The names of the commands ahead are hashed once, when prefetch() starts
+  // loading their slots; the balance stage reuses the hashes. Task j's are
+  // at j % kPrefetchDistance, written kPrefetchDistance places ahead and
+  // read half as far ahead, before the slot is written again.
+  std::array<proj::OpHashes, kPrefetchDistance> ahead_hashes;
   for (;;) {
     bool stop = false;
     bool expire_now = false;
@@ -357,14 +363,18 @@ void Ledger::Impl::writer_main() {
       // The lookups of a command miss the cache on a large ledger; start
       // loading those of a command a few places ahead, and halfway there,
       // its balances (which need the names prefetch() brought in).
-      if (task_index + kPrefetchDistance < tasks.size()) {
-        const OpRequest& ahead = tasks[task_index + kPrefetchDistance].command.op;
-        state->prefetch(tasks[task_index + kPrefetchDistance].command.key, ahead.subject, ahead.item,
-                        ahead.to, ahead.hold);
+      const std::size_t far = task_index + kPrefetchDistance;
+      if (far < tasks.size()) {
+        const Command& ahead = tasks[far].command;
+        ahead_hashes[far % kPrefetchDistance] =
+            state->prefetch(ahead.key, ahead.op.subject, ahead.op.item, ahead.op.to, ahead.op.hold);
       }
-      if (task_index + kPrefetchDistance / 2 < tasks.size()) {
-        const OpRequest& ahead = tasks[task_index + kPrefetchDistance / 2].command.op;
-        state->prefetch_balances(ahead.subject, ahead.item, ahead.to, ahead.hold);
+      // Only tasks that had the first stage (far enough into the batch).
+      const std::size_t near = task_index + kPrefetchDistance / 2;
+      if (near < tasks.size() && near >= kPrefetchDistance) {
+        const OpRequest& ahead = tasks[near].command.op;
+        state->prefetch_balances(ahead.subject, ahead.item, ahead.to, ahead.hold,
+                                 ahead_hashes[near % kPrefetchDistance]);
       }
       process(tasks[task_index]);
     }

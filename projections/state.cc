@@ -233,16 +233,23 @@ OpHashes State::Impl::hash_names(std::string_view subject, std::string_view item
   return hashes;
 }
 
-void State::prefetch(std::string_view key, std::string_view subject, std::string_view item,
-                     std::string_view to, HoldId hold) const {
+OpHashes State::prefetch(std::string_view key, std::string_view subject, std::string_view item,
+                         std::string_view to, HoldId hold) const {
   if (!key.empty()) impl_->keys.prefetch(KeyIndex::hash_of(key));
-  impl_->prefetch_op(Impl::hash_names(subject, item, to));
+  const OpHashes hashes = Impl::hash_names(subject, item, to);
+  impl_->prefetch_op(hashes);
   if (hold != 0) impl_->holds.prefetch(hold);
+  return hashes;
 }
 
 void State::prefetch_balances(std::string_view subject, std::string_view item,
-                              std::string_view to, HoldId hold) const {
-  impl_->prefetch_balances(subject, item, to, hold, Impl::hash_names(subject, item, to));
+                              std::string_view to, HoldId hold, const OpHashes& hashes) const {
+#ifndef NDEBUG
+  const OpHashes expected = Impl::hash_names(subject, item, to);
+  TALLY_ASSERT(hashes.subject == expected.subject && hashes.item == expected.item &&
+               hashes.to == expected.to);
+#endif
+  impl_->prefetch_balances(subject, item, to, hold, hashes);
 }
 
 void State::Impl::prefetch_balances(std::string_view subject, std::string_view item,

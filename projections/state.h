@@ -153,14 +153,16 @@ class State {
   // Starts loading the table slots a command with these names (or this
   // hold) will look up, so that a caller working through a queue overlaps
   // the cache misses of the commands ahead with the work on the current
-  // one. Empty names and hold 0 are skipped. Changes nothing.
-  void prefetch(std::string_view key, std::string_view subject, std::string_view item,
-                std::string_view to, HoldId hold = 0) const;
+  // one. Empty names and hold 0 are skipped. Changes nothing. Returns the
+  // names' hashes, for prefetch_balances().
+  OpHashes prefetch(std::string_view key, std::string_view subject, std::string_view item,
+                    std::string_view to, HoldId hold = 0) const;
   // The second stage, a few commands later, once prefetch() has brought the
   // name and hold slots in: starts loading the balance slots the command
-  // will read. Changes nothing.
+  // will read. `hashes`: what prefetch() returned for the same names.
+  // Changes nothing.
   void prefetch_balances(std::string_view subject, std::string_view item, std::string_view to,
-                         HoldId hold = 0) const;
+                         HoldId hold, const OpHashes& hashes) const;
   // Open or remembered finalized hold; nullopt when unknown.
   std::optional<HoldInfo> find_hold(HoldId id) const;
   // The open hold that expires first (ties: smaller id) if it is due at t.
