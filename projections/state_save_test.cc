@@ -159,6 +159,53 @@ TEST_CASE("many keys and names cross chunk boundaries and round-trip") {
   CHECK(image_of(*restored) == image);
 }
 
+// A SpanSource that records where load() opened second sources.
+class RecordingSource final : public StateSource {
+ public:
+  explicit RecordingSource(std::span<const std::byte> bytes) : inner_(bytes) {}
+  Result<std::size_t> read(std::span<std::byte> out) override { return inner_.read(out); }
+  std::optional<std::uint64_t> size_bytes() const override { return inner_.size_bytes(); }
+  std::unique_ptr<StateSource> open_at(std::uint64_t offset) const override {
+    opened.push_back(offset);
+    return inner_.open_at(offset);
+  }
+  mutable std::vector<std::uint64_t> opened;
+
+ private:
+  SpanSource inner_;
+};
+
+TEST_CASE("where the source allows it, the keys load from a second source at their section") {
+  State original(StateOptions{kWindowNs});
+  Feed feed({&original});
+  for (int index = 0; index < 300; index++) {
+    std::string key = "key-";
+    key += std::to_string(index);
+    REQUIRE_OK(feed.one(key, acquire_op(index % 2 == 0 ? "alice" : "bob", "gold", 1)));
+    feed.now_ns += 1;
+  }
+  const std::vector<std::byte> image = image_of(original);
+  RecordingSource source(image);
+  std::uint64_t digest = 0;
+  Result<std::unique_ptr<State>> loaded = State::load(source, StateOptions{kWindowNs}, &digest);
+  REQUIRE(loaded.ok());
+  CHECK(digest == original.digest());
+  REQUIRE_FALSE(source.opened.empty());
+  // The last source opened is the keys': it starts with their count, and
+  // its section runs to the trailer, 4 bytes before the end.
+  const std::uint64_t keys_at = source.opened.back();
+  REQUIRE(keys_at + 8 <= image.size());
+  std::uint64_t count = 0;
+  for (int index = 7; index >= 0; index--) {
+    count = (count << 8) | std::to_integer<std::uint64_t>(image[keys_at + static_cast<std::size_t>(index)]);
+  }
+  CHECK(count == 300);
+  // By the grammar: header 4+4+8+8+8; subjects u32 + "alice" + "bob" (a
+  // length byte each); items u32 + "gold"; 2 balances of 24 bytes; no open
+  // and no finalized holds (a u64 count each).
+  CHECK(keys_at == 32 + (4 + 6 + 4) + (4 + 5) + (8 + 2 * 24) + 8 + 8);
+}
+
 TEST_CASE("loading with a different idempotency window is invalid") {
   State original(StateOptions{kWindowNs});
   const std::vector<std::byte> image = image_of(original);
