@@ -36,12 +36,7 @@ const KeyRecord* KeyIndex::find(std::string_view key, std::uint32_t hash) const 
   return slot == nullptr ? nullptr : record_of(record_at(loc_of(*slot)));
 }
 
-void KeyIndex::insert(std::string_view key, std::uint32_t hash, const KeyRecord& record) {
-  const bool inserted = insert_new(key, hash, record);
-  TALLY_ASSERT(inserted);
-}
-
-bool KeyIndex::insert_new(std::string_view key, std::uint32_t hash, const KeyRecord& record) {
+bool KeyIndex::insert(std::string_view key, std::uint32_t hash, const KeyRecord& record) {
   TALLY_DEBUG_ASSERT(hash == hash_of(key));
   TALLY_ASSERT(!key.empty());
   TALLY_ASSERT(key.size() <= kNameBytesMax);

@@ -46,13 +46,11 @@ class KeyIndex {
   const KeyRecord* find(std::string_view key) const { return find(key, hash_of(key)); }
   const KeyRecord* find(std::string_view key, std::uint32_t hash) const;
 
-  // Preconditions: the key is not remembered, is 1..kNameBytesMax bytes,
-  // hash == hash_of(key), and record.timestamp_ns is >= that of every key
-  // inserted before.
-  void insert(std::string_view key, std::uint32_t hash, const KeyRecord& record);
-  // insert() for a key that may be remembered already (a loader checking
-  // its input): false, and nothing changed, when it is. One probe.
-  bool insert_new(std::string_view key, std::uint32_t hash, const KeyRecord& record);
+  // Remembers the key, or returns false and changes nothing when it is
+  // remembered already; one probe does both. Preconditions: the key is
+  // 1..kNameBytesMax bytes, hash == hash_of(key), and record.timestamp_ns
+  // is >= that of every key inserted before.
+  [[nodiscard]] bool insert(std::string_view key, std::uint32_t hash, const KeyRecord& record);
 
   // Sizes the index for `count` keys in all (FlatTable::reserve).
   void reserve(std::size_t count) { index_.reserve(count); }

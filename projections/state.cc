@@ -498,7 +498,7 @@ Status State::apply(const log::Event& event, const EventHashes& hashes) {
     // Remembered before the ops are applied, so that one probe both refuses
     // a key already decided and places the new one. (A refused event leaves
     // the state unspecified either way.)
-    if (!impl.keys.insert_new(event.key, key_hash, record)) {
+    if (!impl.keys.insert(event.key, key_hash, record)) {
       return corrupt_at(event.seq, "key " + quoted(event.key) + " was already decided");
     }
   }

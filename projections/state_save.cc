@@ -500,7 +500,7 @@ Status State::Loader::keys() {
     }
     for (std::size_t index = 0; index < size; index++) {
       const Entry& entry = batch[index];
-      if (!impl_->keys.insert_new(entry.key, entry.hash, entry.record)) {
+      if (!impl_->keys.insert(entry.key, entry.hash, entry.record)) {
         return bad_image("key stored twice");
       }
       digest.key(entry.key, entry.record);
