@@ -698,6 +698,8 @@ LedgerStats Ledger::stats() {
   const log::LogWriterStats log_stats = impl_->log->stats();
   stats.syncs = log_stats.syncs;
   stats.log_bytes_written = log_stats.bytes_written;
+  stats.sync_ns = log_stats.sync_ns;
+  stats.group_events = log_stats.write_records;
   ignore_status(impl_->run_read([&](const proj::State& state, std::int64_t) {
     const proj::StateCounts counts = state.counts();
     stats.next_seq = state.last_seq() + 1;

@@ -31,6 +31,7 @@
 #include "engine/types.h"
 #include "log/file.h"
 #include "log/format.h"
+#include "log/histogram.h"
 #include "log/status.h"
 
 namespace tally {
@@ -71,6 +72,8 @@ struct LedgerStats {
   std::uint64_t syncs = 0;
   std::uint64_t log_bytes_written = 0;
   std::uint64_t groups = 0;            // group commits written
+  log::HistogramSnapshot sync_ns;       // how long each fdatasync of the log took
+  log::HistogramSnapshot group_events;  // events per group commit
   std::uint64_t balances = 0;
   std::uint64_t open_holds = 0;
   std::uint64_t keys = 0;

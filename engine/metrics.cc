@@ -35,6 +35,33 @@ void append_help(std::string* out, std::string_view name, std::string_view type,
   *out += "# TYPE " + std::string(name) + " " + std::string(type) + "\n";
 }
 
+// The _bucket, _sum and _count lines of one histogram; `scale` converts
+// its bounds and sum to the metric's unit (1e-9: nanoseconds to seconds).
+void append_histogram(std::string* out, std::string_view name, const std::string& labels,
+                      const log::HistogramSnapshot& histogram, double scale) {
+  const std::string prefix = labels.empty() ? "" : labels + ",";
+  const auto append_number = [&](double value) {
+    char text[48];
+    std::snprintf(text, sizeof text, "%.9g", value);
+    *out += text;
+  };
+  std::uint64_t cumulative = 0;
+  for (std::size_t bucket = 0; bucket < histogram.counts.size(); bucket++) {
+    cumulative += histogram.counts[bucket];
+    *out += std::string(name) + "_bucket{" + prefix + "le=\"";
+    if (bucket < histogram.upper_bounds.size()) {
+      append_number(static_cast<double>(histogram.upper_bounds[bucket]) * scale);
+    } else {
+      *out += "+Inf";
+    }
+    *out += "\"} " + std::to_string(cumulative) + "\n";
+  }
+  *out += std::string(name) + "_sum" + (labels.empty() ? "" : "{" + labels + "}") + " ";
+  append_number(static_cast<double>(histogram.sum) * scale);
+  out->push_back('\n');
+  append_line(out, std::string(name) + "_count", labels, cumulative);
+}
+
 }  // namespace
 
 Metrics::Op Metrics::op_of(const Command& command) {
@@ -56,14 +83,7 @@ void Metrics::record(Op op, std::size_t outcome_slot, std::int64_t latency_ns) {
   TALLY_ASSERT(op_index < kOps);
   TALLY_ASSERT(outcome_slot < kOutcomeSlots);
   ops_[op_index][outcome_slot].fetch_add(1, std::memory_order_relaxed);
-  Histogram& histogram = latency_[op_index];
-  const std::int64_t latency_us = latency_ns / 1000;
-  std::size_t bucket = 0;
-  while (bucket < kBucketsUs.size() && latency_us > kBucketsUs[bucket]) bucket++;
-  histogram.buckets[bucket].fetch_add(1, std::memory_order_relaxed);
-  histogram.sum_ns.fetch_add(static_cast<std::uint64_t>(latency_ns < 0 ? 0 : latency_ns),
-                             std::memory_order_relaxed);
-  histogram.count.fetch_add(1, std::memory_order_relaxed);
+  latency_[op_index].observe(static_cast<std::uint64_t>(latency_ns < 0 ? 0 : latency_ns));
 }
 
 void Metrics::connection_opened(Protocol protocol) {
@@ -92,26 +112,8 @@ void Metrics::render_latency(std::string* out) const {
   append_help(out, "tally_request_duration_seconds", "histogram",
               "Time from a request's decoding to its answer, by op.");
   for (std::size_t op = 0; op < kOps; op++) {
-    const Histogram& histogram = latency_[op];
-    const std::string op_label = "op=\"" + std::string(kOpNames[op]) + "\"";
-    std::uint64_t cumulative = 0;
-    for (std::size_t bucket = 0; bucket <= kBucketsUs.size(); bucket++) {
-      cumulative += histogram.buckets[bucket].load(std::memory_order_relaxed);
-      char le[32];
-      if (bucket < kBucketsUs.size()) {
-        std::snprintf(le, sizeof le, "%g", static_cast<double>(kBucketsUs[bucket]) / 1e6);
-      } else {
-        std::snprintf(le, sizeof le, "+Inf");
-      }
-      append_line(out, "tally_request_duration_seconds_bucket",
-                  op_label + ",le=\"" + le + "\"", cumulative);
-    }
-    char sum[48];
-    std::snprintf(sum, sizeof sum, "%.9f",
-                  static_cast<double>(histogram.sum_ns.load(std::memory_order_relaxed)) / 1e9);
-    *out += "tally_request_duration_seconds_sum{" + op_label + "} " + sum + "\n";
-    append_line(out, "tally_request_duration_seconds_count", op_label,
-                histogram.count.load(std::memory_order_relaxed));
+    append_histogram(out, "tally_request_duration_seconds",
+                     "op=\"" + std::string(kOpNames[op]) + "\"", latency_[op].snapshot(), 1e-9);
   }
 }
 
@@ -121,6 +123,11 @@ std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed) con
   render_latency(&out);
   append_help(&out, "tally_fsyncs_total", "counter", "fdatasync calls on the log.");
   append_line(&out, "tally_fsyncs_total", "", stats.syncs);
+  append_help(&out, "tally_fsync_duration_seconds", "histogram", "How long each fdatasync of the log took.");
+  append_histogram(&out, "tally_fsync_duration_seconds", "", stats.sync_ns, 1e-9);
+  append_help(&out, "tally_group_commit_events", "histogram",
+              "Events per group commit: one write of the log for all of them.");
+  append_histogram(&out, "tally_group_commit_events", "", stats.group_events, 1);
   append_help(&out, "tally_log_bytes_total", "counter", "Bytes appended to the log since open.");
   append_line(&out, "tally_log_bytes_total", "", stats.log_bytes_written);
   append_help(&out, "tally_next_seq", "gauge", "The seq the next event will get.");

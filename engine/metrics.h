@@ -11,6 +11,7 @@
 
 #include "engine/feed.h"
 #include "engine/ledger.h"
+#include "log/histogram.h"
 
 namespace tally {
 
@@ -42,23 +43,20 @@ class Metrics {
   std::string render(const LedgerStats& stats, const FeedStats& feed) const;
 
  private:
-  // Upper bounds in microseconds; the last bucket is +Inf.
-  static constexpr std::array<std::int64_t, 12> kBucketsUs = {
-      100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 1000000};
+  // Upper bounds of the latency buckets, in nanoseconds.
+  static constexpr std::array<std::uint64_t, 12> kLatencyBoundsNs = {
+      100'000,    250'000,    500'000,     1'000'000,   2'500'000,   5'000'000,
+      10'000'000, 25'000'000, 50'000'000, 100'000'000, 250'000'000, 1'000'000'000};
   static constexpr std::size_t kOps = static_cast<std::size_t>(Op::count);
   static constexpr std::size_t kProtocols = static_cast<std::size_t>(Protocol::count);
 
-  struct Histogram {
-    std::array<std::atomic<std::uint64_t>, kBucketsUs.size() + 1> buckets{};
-    std::atomic<std::uint64_t> sum_ns{0};
-    std::atomic<std::uint64_t> count{0};
-  };
+  using Histogram = log::Histogram<kLatencyBoundsNs>;
 
   void render_ops(std::string* out) const;
   void render_latency(std::string* out) const;
 
   std::array<std::array<std::atomic<std::uint64_t>, kOutcomeSlots>, kOps> ops_{};
-  std::array<Histogram, kOps> latency_{};
+  std::array<Histogram, kOps> latency_;
   std::array<std::atomic<std::int64_t>, kProtocols> connections_{};
   std::array<std::atomic<std::uint64_t>, kProtocols> connections_total_{};
   std::atomic<std::uint64_t> connections_rejected_{0};

@@ -509,6 +509,10 @@ TEST_CASE("http: every mutation and read route, problem+json, idempotency") {
   CHECK(metrics.body.find("tally_ops_total{op=\"acquire\",outcome=\"ok\"} 2") != std::string::npos);
   CHECK(metrics.body.find("tally_fsyncs_total") != std::string::npos);
   CHECK(metrics.body.find("tally_request_duration_seconds_bucket{op=\"hold\",le=\"+Inf\"} 1") != std::string::npos);
+  CHECK(metric(port, "tally_fsync_duration_seconds_count") == metric(port, "tally_fsyncs_total"));
+  // Every event was written in some group commit.
+  CHECK(metric(port, "tally_group_commit_events_sum") == metric(port, "tally_next_seq") - 1);
+  CHECK(metric(port, "tally_group_commit_events_count") > 0);
   // The server sees each earlier connection's close on its own time: wait
   // until only the one asking is left, rather than race the closes.
   while (metric(port, "tally_connections{protocol=\"http\"}") != 1) std::this_thread::yield();

@@ -7,11 +7,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <string>
+#include <vector>
 
 #include "log/faulty_file.h"
 #include "log/file.h"
 #include "log/format.h"
+#include "log/histogram.h"
 #include "log/lock.h"
 #include "log/log_test_util.h"
 #include "log/reader.h"
@@ -404,6 +407,17 @@ TEST_CASE("the two batch buffers alternate: append while the other is written") 
   check_records(back, 0, 1, 20, 0);
 }
 
+TEST_CASE("a histogram counts each value in the first bucket whose bound is >= it") {
+  static constexpr std::array<std::uint64_t, 3> kBounds = {1, 10, 100};
+  Histogram<kBounds> histogram;
+  for (const std::uint64_t value : {0, 1, 2, 10, 11, 100, 101, 5000}) histogram.observe(value);
+  const HistogramSnapshot snapshot = histogram.snapshot();
+  CHECK(snapshot.upper_bounds == std::vector<std::uint64_t>{1, 10, 100});
+  CHECK(snapshot.counts == std::vector<std::uint64_t>{2, 2, 2, 2});
+  CHECK(snapshot.count() == 8);
+  CHECK(snapshot.sum == 0 + 1 + 2 + 10 + 11 + 100 + 101 + 5000);
+}
+
 TEST_CASE("group commit: one write and one sync for many appends") {
   TempDir dir;
   FaultyFileSystem fs(posix());
@@ -424,6 +438,9 @@ TEST_CASE("group commit: one write and one sync for many appends") {
   CHECK(after.syncs - before.syncs == 1);
   CHECK(after.writes - before.writes == 1);
   CHECK(after.bytes_written - before.bytes_written == bytes);
+  CHECK(after.sync_ns.count() - before.sync_ns.count() == 1);
+  CHECK(after.write_records.count() - before.write_records.count() == 1);
+  CHECK(after.write_records.sum - before.write_records.sum == 100);
 
   // Without sync, nothing is synced until sync() is asked for.
   writer->append(payload_for(101));

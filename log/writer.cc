@@ -52,12 +52,15 @@ class WriteBatch {
   const std::vector<Part>& parts() const { return parts_; }
   bool empty() const { return parts_.empty(); }
 
+  std::size_t records() const { return records_; }
+
   // Room for a frame of frame_bytes at the end of the current part.
   std::byte* extend(std::size_t frame_bytes) {
     TALLY_ASSERT(!parts_.empty());
     TALLY_ASSERT(used_bytes_ + frame_bytes <= bytes_max_);
     std::byte* out = data() + used_bytes_;
     used_bytes_ += frame_bytes;
+    records_++;
     parts_.back().length += frame_bytes;
     return out;
   }
@@ -72,6 +75,7 @@ class WriteBatch {
   void reset() {
     parts_.clear();
     used_bytes_ = 0;
+    records_ = 0;
   }
 
   // Sealed and not yet written. Atomic because the appending side checks
@@ -84,6 +88,7 @@ class WriteBatch {
   std::vector<std::uint64_t> words_;  // 8-byte aligned frames
   std::size_t bytes_max_;
   std::size_t used_bytes_ = 0;
+  std::size_t records_ = 0;
   std::vector<Part> parts_;
 };
 
@@ -111,6 +116,8 @@ struct LogWriter::Impl {
   std::atomic<std::uint64_t> writes{0};
   std::atomic<std::uint64_t> bytes_written{0};
   std::atomic<std::uint64_t> segments_created{0};
+  Histogram<kSyncBoundsNs> sync_ns;
+  Histogram<kWriteRecordsBounds> write_records;
 
   Impl(FileSystem& fs_in, std::string dir_in, const LogWriterOptions& options_in)
       : fs(fs_in), dir(std::move(dir_in)), options(options_in) {}
@@ -134,7 +141,11 @@ struct LogWriter::Impl {
 Status LogWriter::Impl::sync_file() {
   TALLY_ASSERT(file != nullptr);
   syncs.fetch_add(1, std::memory_order_relaxed);
-  return file->sync();
+  const auto started = std::chrono::steady_clock::now();
+  Status status = file->sync();
+  const auto took = std::chrono::steady_clock::now() - started;
+  sync_ns.observe(static_cast<std::uint64_t>(std::chrono::nanoseconds(took).count()));
+  return status;
 }
 
 Status LogWriter::Impl::write_file(std::uint64_t offset, std::span<const std::byte> data) {
@@ -349,6 +360,7 @@ Status LogWriter::write(WriteBatch* batch, bool sync) {
   Impl& s = *impl_;
   TALLY_ASSERT(batch != nullptr);
   TALLY_ASSERT(batch->in_flight());
+  if (batch->records() > 0) s.write_records.observe(batch->records());
   Status status = s.failure;
   for (std::size_t part_index = 0; status.ok() && part_index < batch->parts().size(); part_index++) {
     status = s.write_part(*batch, batch->parts()[part_index]);
@@ -373,6 +385,8 @@ LogWriterStats LogWriter::stats() const {
   stats.writes = impl_->writes.load(std::memory_order_relaxed);
   stats.bytes_written = impl_->bytes_written.load(std::memory_order_relaxed);
   stats.segments_created = impl_->segments_created.load(std::memory_order_relaxed);
+  stats.sync_ns = impl_->sync_ns.snapshot();
+  stats.write_records = impl_->write_records.snapshot();
   return stats;
 }
 

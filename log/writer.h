@@ -20,6 +20,7 @@
 // owner reopens the log to go on.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -27,6 +28,7 @@
 
 #include "log/file.h"
 #include "log/format.h"
+#include "log/histogram.h"
 #include "log/reader.h"
 #include "log/status.h"
 
@@ -46,11 +48,20 @@ struct LogWriterOptions {
 
 class WriteBatch;
 
+// Bucket bounds of LogWriterStats' histograms.
+inline constexpr std::array<std::uint64_t, 13> kSyncBoundsNs = {
+    50'000,     100'000,    250'000,    500'000,     1'000'000,   2'500'000,
+    5'000'000, 10'000'000, 25'000'000, 50'000'000, 100'000'000, 250'000'000, 1'000'000'000};
+inline constexpr std::array<std::uint64_t, 12> kWriteRecordsBounds = {
+    1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384};
+
 struct LogWriterStats {
   std::uint64_t syncs = 0;         // fdatasync calls on segments
   std::uint64_t writes = 0;        // write calls
   std::uint64_t bytes_written = 0;
   std::uint64_t segments_created = 0;
+  HistogramSnapshot sync_ns;        // how long each fdatasync took
+  HistogramSnapshot write_records;  // records per write() of a batch: group commit sizes
 };
 
 class LogWriter {
