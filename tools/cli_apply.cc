@@ -89,6 +89,11 @@ struct DriverOptions {
   bool print = false;    // apply: one line per op as it is acknowledged
   bool measure = false;  // bench: latency per op
   bool progress = false; // bench --progress: a line on stderr every second
+  // bench --rate: an open loop, op i is due i / rate_per_s seconds after the
+  // start, and its latency counts from then, so a stall of the ledger also
+  // delays (and counts against) the ops due during it. 0: as fast as the
+  // pipeline allows.
+  std::uint64_t rate_per_s = 0;
 };
 
 std::int64_t steady_now_ns() {
@@ -117,6 +122,8 @@ class Driver {
 
  private:
   void submit(std::size_t index);
+  // With a rate: when op `index` is due, on the steady clock.
+  std::int64_t due_ns(std::size_t index) const;
   void complete(std::size_t index, Result<Receipt> result);
   // Blocks until at least `count` ops completed.
   void wait_for(std::uint64_t count);
@@ -132,6 +139,7 @@ class Driver {
   const DriverOptions options_;
   std::vector<OpResult> results_;
   std::vector<std::int64_t> submit_ns_;
+  std::int64_t start_ns_ = 0;
   std::atomic<std::uint64_t> completed_{0};
   // The completion count the driver sleeps for; completions below it do not
   // touch the mutex, so a deep pipeline costs one wake-up per batch.
@@ -147,6 +155,7 @@ class Driver {
 
 Status Driver::run(Output* out) {
   const std::uint64_t pipeline = options_.pipeline;
+  start_ns_ = steady_now_ns();
   std::size_t index = 0;  // also the number of ops submitted
   for (; index < workload_.ops.size(); index++) {
     if (failed_.load(std::memory_order_acquire)) break;
@@ -161,6 +170,10 @@ Status Driver::run(Output* out) {
       }
     }
     if (options_.print) print_completed(completed_.load(), out);
+    if (options_.rate_per_s > 0) {
+      std::this_thread::sleep_until(
+          std::chrono::steady_clock::time_point(std::chrono::nanoseconds(due_ns(index))));
+    }
     submit(index);
     if (options_.progress && (index + 1) % kProgressCheckOps == 0) report_progress(index + 1);
   }
@@ -196,10 +209,17 @@ void Driver::submit(std::size_t index) {
   // for the hold's ack; a key that never made a hold is decided
   // hold_unknown, durably, and a retry of the line is the same request.
   request.hold_key.assign(op.hold_key);
-  if (options_.measure) submit_ns_[index] = steady_now_ns();
+  if (options_.measure) submit_ns_[index] = options_.rate_per_s > 0 ? due_ns(index) : steady_now_ns();
   ledger_->submit(std::move(command), [this, index](Result<Receipt> result) {
     complete(index, std::move(result));
   });
+}
+
+std::int64_t Driver::due_ns(std::size_t index) const {
+  // In two parts, so that index * 1e9 cannot overflow (rate <= kRateMax).
+  const std::uint64_t rate = options_.rate_per_s;
+  const std::uint64_t offset_ns = index / rate * 1'000'000'000u + index % rate * 1'000'000'000u / rate;
+  return start_ns_ + static_cast<std::int64_t>(offset_ns);
 }
 
 void Driver::complete(std::size_t index, Result<Receipt> result) {
@@ -293,6 +313,8 @@ struct RunOptions {
   LedgerOptions ledger;
   // bench --data: point-in-time reads to time after the workload.
   std::uint64_t point_in_time_queries = 0;
+  // bench --rate (DriverOptions::rate_per_s).
+  std::uint64_t rate_per_s = 0;
 };
 
 Result<RunOptions> parse_run_options(const Args& args, std::int64_t pipeline_default) {
@@ -316,10 +338,11 @@ Result<RunOptions> parse_run_options(const Args& args, std::int64_t pipeline_def
 }
 
 constexpr std::int64_t kConnectionsMax = 256;
+constexpr std::int64_t kRateMax = 1'000'000'000;
 constexpr std::int64_t kPointInTimeQueriesMax = 100'000'000;
 
 // bench: exactly one of --data and --connect.
-Result<RunOptions> parse_bench_options(const Args& args) {
+Result<RunOptions> parse_bench_target(const Args& args) {
   if (!args.has("connect")) {
     if (args.has("connections") || args.has("token-file")) {
       return Status(ErrorCode::invalid, "--connections and --token-file go with --connect");
@@ -354,6 +377,14 @@ Result<RunOptions> parse_bench_options(const Args& args) {
   options.pipeline = static_cast<std::uint64_t>(*pipeline);
   options.connect = std::string(args.get("connect"));
   options.connections = *connections;
+  return options;
+}
+
+Result<RunOptions> parse_bench_options(const Args& args) {
+  auto rate = args.integer("rate", 0, 1, kRateMax);
+  if (!rate) return rate.status();
+  auto options = parse_bench_target(args);
+  if (options) options->rate_per_s = static_cast<std::uint64_t>(*rate);
   return options;
 }
 
@@ -617,7 +648,7 @@ int check_expectation(const Result<std::string>& actual_csv, const std::string& 
 Result<std::vector<OpResult>> drive_bench(LedgerApi* ledger, const Workload& workload,
                                           const RunOptions& options, bool progress) {
   Output out(stdout);
-  Driver driver(ledger, workload, {options.pipeline, false, true, progress});
+  Driver driver(ledger, workload, {options.pipeline, false, true, progress, options.rate_per_s});
   const std::int64_t start_ns = steady_now_ns();
   const Status ran = driver.run(&out);
   const double seconds = static_cast<double>(steady_now_ns() - start_ns) / 1e9;
@@ -699,6 +730,7 @@ constexpr FlagSpec kBenchFlags[] = {
     {"durability", "MODE", "sync (default), async or none"},
     {"pipeline", "N", "commands in flight at most (default 4096)"},
     {"progress", "", "report progress on stderr every second"},
+    {"rate", "R", "submit R ops per second on a fixed schedule instead of as fast as possible"},
     {"connect", "HOST:PORT", "drive a running `tally serve` (binary protocol) instead of --data"},
     {"connections", "C", "with --connect: connections, ops round robin (default 1)"},
     {"token-file", "FILE", "with --connect: the server's token"},
@@ -712,12 +744,15 @@ constexpr CommandSpec kBenchSpec = {
     "Apply a workload CSV as fast as possible and report throughput and latency.",
     "tally bench --data DIR --workload FILE.csv [--expect FILE] [--durability M] [--pipeline N]\n"
     "                   [--progress] [--snapshot-every N] [--snapshot-seconds S] [--snapshot-retain K]\n"
-    "                   [--history on|off] [--point-in-time N]\n"
+    "                   [--history on|off] [--point-in-time N] [--rate R]\n"
     "       tally bench --connect HOST:PORT --workload FILE.csv [--expect FILE] [--connections C]\n"
-    "                   [--pipeline N] [--token-file F] [--progress]",
+    "                   [--pipeline N] [--token-file F] [--progress] [--rate R]",
     "Prints one line:\n"
     "  ops=N seconds=S ops_per_s=R p50_us=A p99_us=B\n"
-    "Latency is per op, from submit to completion. With --expect, exits 1 when\n"
+    "Latency is per op, from submit to completion. With --rate R, op i is\n"
+    "submitted i/R seconds after the start (an open loop, still at most\n"
+    "--pipeline in flight) and its latency counts from then, so that a\n"
+    "stall counts against every op it delayed. With --expect, exits 1 when\n"
     "the final balances or the outcome counts differ from the file. With\n"
     "--connect and --expect, one connection carries the ops in file order, and\n"
     "the final balances are listed through the server for every subject the\n"
