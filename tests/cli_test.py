@@ -351,6 +351,24 @@ def test_bench_times_point_in_time_reads():
           expect_exit=2)
 
 
+def test_bench_rate_paces_the_ops():
+    f = fixture()
+    d = new_dir("bench_rate")
+    # The last op is due (ops - 1) / rate seconds after the first, so the
+    # run lasts at least that long, and the answers are still checked.
+    rate = 4 * len(f.keys)
+    _, out, _ = tally("bench", "--data", os.path.join(d, "data"), "--workload", f.csv,
+                      "--expect", f.expect, "--durability", "none", "--rate", str(rate),
+                      expect_exit=0)
+    line = text(out).strip()
+    assert BENCH_LINE.match(line), line
+    seconds = float(re.search(r"seconds=([0-9.]+)", line).group(1))
+    assert seconds >= (len(f.keys) - 1) / rate - 0.001, line
+    for bad in ("0", "-5", "x"):
+        tally("bench", "--data", os.path.join(d, "bad"), "--workload", f.csv, "--rate", bad,
+              expect_exit=2)
+
+
 def test_outcomes_of_a_handmade_workload():
     d = new_dir("handmade")
     csv = write(os.path.join(d, "w.csv"), HEADER + "".join([
