@@ -93,6 +93,11 @@ Result<Start> start_from_snapshot(const ReplayOptions& options, log::FileSystem&
 // keeps the segment before its current one, and reading waits while any
 // pending event is from that one (a read may move the reader on again,
 // however few records a segment holds).
+//
+// Given the state, the reading thread also remembers each event's key
+// (State::remember_key) before it hands the event over, and the applying
+// thread applies only its ops: the key index is the largest table replay
+// inserts into, and the other half of the work.
 class ReadAhead {
  public:
   struct Slot {
@@ -102,9 +107,11 @@ class ReadAhead {
     proj::EventHashes hashes;
   };
 
-  // Reads the records after seq `after` up to the options' bounds.
-  ReadAhead(log::LogReader& reader, const ReplayOptions& options, std::uint64_t after)
-      : reader_(reader), to_seq_(options.to_seq), to_time_ns_(options.to_time_ns),
+  // Reads the records after seq `after` up to the options' bounds, and
+  // remembers their keys in *keys unless it is nullptr.
+  ReadAhead(log::LogReader& reader, const ReplayOptions& options, std::uint64_t after,
+            proj::State* keys)
+      : reader_(reader), keys_(keys), to_seq_(options.to_seq), to_time_ns_(options.to_time_ns),
         read_seq_(after), slots_(kSlots), thread_([this] { read_all(); }) {}
 
   // Stops the reading thread, wherever it is.
@@ -155,6 +162,8 @@ class ReadAhead {
   static constexpr std::uint64_t kChunk = 32;
   static constexpr std::uint64_t kWakeEvery = kSlots / 2;
   static constexpr std::uint64_t kFinished = std::uint64_t{1} << 63;
+  // How far ahead of remembering a key its slot is prefetched.
+  static constexpr std::uint64_t kKeyLead = 8;
 
   void hand_back() {
     consumed_.store(head_, std::memory_order_release);
@@ -162,9 +171,25 @@ class ReadAhead {
   }
 
   // ---- the reading thread ----
+  // Hands over the slots whose keys are remembered.
   void publish(std::uint64_t flags = 0) {
-    published_.store(tail_ | flags, std::memory_order_release);
+    published_.store(keyed_ | flags, std::memory_order_release);
     published_.notify_one();
+  }
+  // Remembers the keys of the slots before `count`; on a refusal, finishes
+  // with it after the slots before the refused one, and returns false.
+  bool remember_keys(std::uint64_t count) {
+    for (; keyed_ < count; keyed_++) {
+      if (keys_ == nullptr) continue;
+      const Slot& slot = slots_[keyed_ % kSlots];
+      Status remembered = keys_->remember_key(slot.event, slot.hashes.key);
+      if (!remembered.ok()) {
+        status_ = std::move(remembered);
+        publish(kFinished);
+        return false;
+      }
+    }
+    return true;
   }
   // Waits until `ready` holds for the applied count; false when stopped.
   template <class Ready>
@@ -173,11 +198,15 @@ class ReadAhead {
       if (stop_.load()) return false;
       const std::uint64_t consumed = consumed_.load(std::memory_order_acquire);
       if (ready(consumed)) return true;
-      publish();  // the applying thread may be waiting for these
+      // The applying thread may be waiting for these.
+      if (!remember_keys(tail_)) return false;
+      publish();
       consumed_.wait(consumed, std::memory_order_acquire);
     }
   }
   void finish(Status status, bool reached_end) {
+    // A key refused before here is the earlier problem.
+    if (!remember_keys(tail_)) return;
     status_ = std::move(status);
     reached_end_ = reached_end;
     publish(kFinished);
@@ -211,18 +240,23 @@ class ReadAhead {
       if (slot.event.timestamp_ns > to_time_ns_) return finish(Status(), false);
       read_seq_ = record.seq;
       slot.hashes = proj::State::hash(slot.event);
+      if (keys_ != nullptr) keys_->prefetch_key(slot.hashes.key);
       tail_++;
-      if (tail_ % kChunk == 0) publish();
+      const std::uint64_t keyed = keyed_;
+      if (!remember_keys(tail_ - std::min(tail_, kKeyLead))) return;
+      if (keyed_ / kChunk != keyed / kChunk) publish();
     }
   }
 
   log::LogReader& reader_;
+  proj::State* const keys_;
   const std::uint64_t to_seq_;
   const std::int64_t to_time_ns_;
   // The reading thread's; the applying thread reads status_ and
   // reached_end_ after the kFinished publication.
   std::uint64_t read_seq_;
   std::uint64_t tail_ = 0;     // slots filled
+  std::uint64_t keyed_ = 0;    // of them, with their keys remembered
   std::uint64_t segment_ = 0;  // first seq of the reader's current segment
   Status status_;
   bool reached_end_ = false;
@@ -272,19 +306,26 @@ Result<Replayed> replay(const ReplayOptions& options) {
   }
   out.state = std::move(start.state);
 
-  ReadAhead ahead(*start.reader, options, out.state->last_seq());
+  // A caller that looks at the state after each event needs its keys
+  // remembered in step with its ops.
+  const bool keys_ahead = !options.applied;
+  ReadAhead ahead(*start.reader, options, out.state->last_seq(), keys_ahead ? out.state.get() : nullptr);
   for (;;) {
     const ReadAhead::Slot* due = ahead.next();
     if (due == nullptr) break;
     // The cache misses of the events ahead overlap with this one's: their
     // key, name and hold slots 16 places ahead, their balances (which need
     // the names) 8 places ahead.
-    if (const ReadAhead::Slot* later = ahead.peek(16)) out.state->prefetch(later->event, later->hashes);
+    if (const ReadAhead::Slot* later = ahead.peek(16)) {
+      if (!keys_ahead) out.state->prefetch_key(later->hashes.key);
+      out.state->prefetch(later->event, later->hashes);
+    }
     if (const ReadAhead::Slot* later = ahead.peek(8)) {
       out.state->prefetch_balances(later->event, later->hashes);
     }
     if (options.visit) options.visit(due->event, due->record);
-    TALLY_TRY(out.state->apply(due->event, due->hashes));
+    TALLY_TRY(keys_ahead ? out.state->apply_ops(due->event, due->hashes)
+                         : out.state->apply(due->event, due->hashes));
     out.report.events++;
     if (options.applied) TALLY_TRY(options.applied(*out.state, due->record));
     ahead.pop();

@@ -14,6 +14,7 @@
 #include "engine/replay.h"
 #include "log/event.h"
 #include "log/format.h"
+#include "log/writer.h"
 #include "log/reader.h"
 #include "projections/state.h"
 #include "tests/testing.h"
@@ -129,9 +130,19 @@ std::string write_log(const testing::TempDir& dir) {
   return options.data_dir;
 }
 
+// step_by_step: with an `applied` callback, which makes replay remember
+// each key in step with its ops instead of on the reading thread.
 Replayed replay_to(const std::string& data_dir, std::uint64_t to_seq, std::int64_t to_time_ns,
-                   bool use_snapshots) {
+                   bool use_snapshots, bool step_by_step = false) {
   ReplayOptions options;
+  std::uint64_t applied = 0;
+  if (step_by_step) {
+    options.applied = [&](const proj::State& state, const log::Record& record) {
+      CHECK(state.last_seq() == record.seq);
+      applied++;
+      return Status();
+    };
+  }
   options.data_dir = data_dir;
   options.to_seq = to_seq;
   options.to_time_ns = to_time_ns;
@@ -148,6 +159,7 @@ Replayed replay_to(const std::string& data_dir, std::uint64_t to_seq, std::int64
   REQUIRE_MESSAGE(replayed.ok(), replayed.status().to_string());
   CHECK(in_order);
   CHECK(visited == replayed->report.events);
+  if (step_by_step) CHECK(applied == replayed->report.events);
   return std::move(*replayed);
 }
 
@@ -200,12 +212,72 @@ TEST_CASE("replay across many segments stops exactly at its seq and time bounds"
     }
   }
 
-  // The whole log, from a snapshot and from the start.
+  // The whole log, from a snapshot and from the start, with the keys
+  // remembered on the reading thread and in step.
   for (bool use_snapshots : {false, true}) {
-    const Replayed replayed = replay_to(data_dir, UINT64_MAX, INT64_MAX, use_snapshots);
-    CHECK((replayed.report.snapshot_seq != 0) == use_snapshots);
-    CHECK(replayed.report.reached_end);
-    CHECK(replayed.state->digest() == reference.digests[last]);
+    for (bool step_by_step : {false, true}) {
+      CAPTURE(step_by_step);
+      const Replayed replayed = replay_to(data_dir, UINT64_MAX, INT64_MAX, use_snapshots, step_by_step);
+      CHECK((replayed.report.snapshot_seq != 0) == use_snapshots);
+      CHECK(replayed.report.reached_end);
+      CHECK(replayed.state->digest() == reference.digests[last]);
+    }
+  }
+  for (std::uint64_t seq = 1; seq <= last; seq += 97) {
+    const Replayed replayed = replay_to(data_dir, seq, INT64_MAX, false, true);
+    CHECK(replayed.state->digest() == reference.digests[seq]);
+  }
+}
+
+TEST_CASE("a key decided twice in the log stops replay after every event before it") {
+  testing::TempDir dir;
+  const std::string data_dir = dir.sub("data");
+  {
+    auto writer = log::LogWriter::open(log::posix_file_system(), log_dir(data_dir), log::LogEnd{});
+    REQUIRE(writer.ok());
+    log::EventEncoder encoder;
+    // Far more events than replay reads ahead; the repeat is deep inside.
+    constexpr std::uint64_t kEvents = 3000;
+    constexpr std::uint64_t kRepeatAt = 2100;
+    for (std::uint64_t seq = 1; seq <= kEvents; seq++) {
+      log::Op op;
+      op.subject = "alice";
+      op.item = "gold";
+      op.qty = 1;
+      std::string key(1, 'k');
+      key += std::to_string(seq == kRepeatAt ? 7 : seq);
+      log::Event event;
+      event.seq = seq;
+      event.timestamp_ns = kStart + static_cast<std::int64_t>(seq) * kMs;
+      event.key = key;
+      event.ops = std::span<const log::Op>(&op, 1);
+      REQUIRE((*writer)->has_room(encoder.encode(event).size()));
+      (*writer)->append(encoder.encode(event));
+      if (seq % 500 == 0 || seq == kEvents) REQUIRE((*writer)->write((*writer)->seal(), false).ok());
+    }
+  }
+  for (bool step_by_step : {false, true}) {
+    CAPTURE(step_by_step);
+    ReplayOptions options;
+    options.data_dir = data_dir;
+    options.use_snapshots = false;
+    std::uint64_t visited = 0;
+    std::uint64_t applied = 0;
+    options.visit = [&](const log::Event&, const log::Record&) { visited++; };
+    if (step_by_step) {
+      options.applied = [&](const proj::State&, const log::Record&) {
+        applied++;
+        return Status();
+      };
+    }
+    auto replayed = replay(options);
+    REQUIRE(replayed.code() == ErrorCode::corrupt);
+    CHECK(replayed.status().message().find("seq 2100") != std::string::npos);
+    CHECK(replayed.status().message().find("already decided") != std::string::npos);
+    // On the reading thread the key is refused before the event is handed
+    // over; in step, the event is visited, then refused.
+    CHECK(visited == (step_by_step ? 2100 : 2099));
+    if (step_by_step) CHECK(applied == 2099);
   }
 }
 

@@ -51,6 +51,7 @@ bool KeyIndex::insert(std::string_view key, std::uint32_t hash, const KeyRecord&
       });
   if (inserted == nullptr) return false;
   count_++;
+  newest_timestamp_ns_ = record.timestamp_ns;
   return true;
 }
 

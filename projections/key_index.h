@@ -60,6 +60,9 @@ class KeyIndex {
   void evict_through(std::int64_t cutoff_ns);
 
   std::size_t size() const { return count_; }
+  // The timestamp_ns of the last key inserted (INT64_MIN before any),
+  // evicted or not: the least the next one may have.
+  std::int64_t newest_timestamp_ns() const { return newest_timestamp_ns_; }
   std::size_t memory_bytes() const;
 
   // Visits every remembered key, oldest first.
@@ -129,6 +132,7 @@ class KeyIndex {
   std::uint32_t front_offset_bytes_ = 0;  // the oldest record inside chunks_[0]
   std::unique_ptr<std::byte[]> spare_;    // a recycled chunk, reused before allocating
   std::size_t count_ = 0;
+  std::int64_t newest_timestamp_ns_ = INT64_MIN;
   ShardedTable<Slot, SlotPolicy> index_;
 };
 

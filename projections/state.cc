@@ -195,16 +195,17 @@ Status State::Impl::check_event(const log::Event& event) const {
   return Status();
 }
 
-void State::Impl::forget_through(std::int64_t timestamp_ns) {
+std::optional<std::int64_t> State::Impl::forget_cutoff(std::int64_t timestamp_ns) const {
   // Applying an event stamped t forgets what was recorded at or before
   // t - window: a key stamped exactly t - window is gone, one stamped a
   // nanosecond later is still there. So a key is remembered for events in
   // [its timestamp, its timestamp + window).
-  if (options.idempotency_window_ns == 0) return;
+  if (options.idempotency_window_ns == 0) return std::nullopt;
   std::int64_t cutoff_ns = 0;
-  if (__builtin_sub_overflow(timestamp_ns, options.idempotency_window_ns, &cutoff_ns)) return;
-  keys.evict_through(cutoff_ns);
-  holds.evict_through(cutoff_ns);
+  if (__builtin_sub_overflow(timestamp_ns, options.idempotency_window_ns, &cutoff_ns)) {
+    return std::nullopt;
+  }
+  return cutoff_ns;
 }
 
 OpHashes State::Impl::hash_op(const log::Op& op) {
@@ -453,9 +454,10 @@ EventHashes State::hash(const log::Event& event) {
   return hashes;
 }
 
+void State::prefetch_key(std::uint32_t key_hash) const { impl_->keys.prefetch(key_hash); }
+
 void State::prefetch(const log::Event& event, const EventHashes& hashes) const {
   const Impl& impl = *impl_;
-  impl.keys.prefetch(hashes.key);
   if (const log::Op* op = first_applied_op(event)) {
     impl.prefetch_op(hashes.first);
     if (settles(op->type)) impl.holds.prefetch(op->hold);
@@ -473,34 +475,57 @@ Status State::apply(const log::Event& event) {
   // The lookups below are independent cache misses on a large state;
   // start them all now so they overlap.
   const EventHashes hashes = hash(event);
+  prefetch_key(hashes.key);
   prefetch(event, hashes);
   return apply(event, hashes);
 }
 
 Status State::apply(const log::Event& event, const EventHashes& hashes) {
+  // The key first, so that one probe both refuses a key already decided
+  // and places the new one. (A refused event leaves the state unspecified
+  // either way.)
+  TALLY_TRY(remember_key(event, hashes.key));
+  return apply_ops(event, hashes);
+}
+
+Status State::remember_key(const log::Event& event, std::uint32_t key_hash) {
+  Impl& impl = *impl_;
+  TALLY_DEBUG_ASSERT(key_hash == KeyIndex::hash_of(event.key));
+  // Checked here too, not only by apply_ops(): on another thread this may
+  // run ahead of it, and the key index needs both.
+  if (event.key.size() > kNameBytesMax) return corrupt_at(event.seq, "over-long key");
+  if (event.timestamp_ns < impl.keys.newest_timestamp_ns()) {
+    return corrupt_at(event.seq, "timestamp " + std::to_string(event.timestamp_ns) +
+                                     " before that of an earlier key, " +
+                                     std::to_string(impl.keys.newest_timestamp_ns()));
+  }
+  // Forget first: a key stamped t - window is gone for the event at t, even
+  // if that event carries the same key again.
+  if (const auto cutoff_ns = impl.forget_cutoff(event.timestamp_ns)) {
+    impl.keys.evict_through(*cutoff_ns);
+  }
+  if (event.key.empty()) return Status();
+  KeyRecord record;
+  record.fingerprint = event.fingerprint;
+  record.seq = event.seq;
+  record.timestamp_ns = event.timestamp_ns;
+  record.reason = event.rejected;
+  record.failed_index = event.failed_index;
+  if (!impl.keys.insert(event.key, key_hash, record)) {
+    return corrupt_at(event.seq, "key " + quoted(event.key) + " was already decided");
+  }
+  return Status();
+}
+
+Status State::apply_ops(const log::Event& event, const EventHashes& hashes) {
   Impl& impl = *impl_;
   TALLY_TRY(impl.check_event(event));
   const bool applied = event.rejected == log::Reason::none;
   // Hashes of another event would make every lookup below miss.
   TALLY_DEBUG_ASSERT(same_hashes(hashes, hash(event)));
-  const std::uint32_t key_hash = hashes.key;
   const OpHashes& first_hashes = hashes.first;
-  // Forget first: a key stamped t - window is gone for the event at t, even
-  // if that event carries the same key again.
-  impl.forget_through(event.timestamp_ns);
-  if (!event.key.empty()) {
-    KeyRecord record;
-    record.fingerprint = event.fingerprint;
-    record.seq = event.seq;
-    record.timestamp_ns = event.timestamp_ns;
-    record.reason = event.rejected;
-    record.failed_index = event.failed_index;
-    // Remembered before the ops are applied, so that one probe both refuses
-    // a key already decided and places the new one. (A refused event leaves
-    // the state unspecified either way.)
-    if (!impl.keys.insert(event.key, key_hash, record)) {
-      return corrupt_at(event.seq, "key " + quoted(event.key) + " was already decided");
-    }
+  if (const auto cutoff_ns = impl.forget_cutoff(event.timestamp_ns)) {
+    impl.holds.evict_through(*cutoff_ns);
   }
   if (applied) {
     for (std::size_t op_index = 0; op_index < event.ops.size(); op_index++) {

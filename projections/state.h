@@ -118,8 +118,9 @@ class State {
 
   // Look-ahead for a caller with a run of events to apply (replay). hash()
   // computes what apply() would hash; it reads no state, so another thread
-  // may run it. For an event some places ahead, prefetch() starts loading
-  // the key, name and hold slots the hashes lead to; a few events later,
+  // may run it. For an event some places ahead, prefetch_key() and
+  // prefetch() start loading the key, name and hold slots the hashes lead
+  // to; a few events later,
   // prefetch_balances() looks the names up (in the cache by then) and
   // starts loading the balance slots of the first op. The misses of several
   // events then overlap instead of following each other. The prefetches
@@ -127,10 +128,21 @@ class State {
   // are hints, so an answer made stale by the events applied in between
   // costs only a miss.
   static EventHashes hash(const log::Event& event);
+  void prefetch_key(std::uint32_t key_hash) const;
   void prefetch(const log::Event& event, const EventHashes& hashes) const;
   void prefetch_balances(const log::Event& event, const EventHashes& hashes) const;
   // apply() with the hashes hash() returned for this event.
   Status apply(const log::Event& event, const EventHashes& hashes);
+
+  // apply(event, hashes) in two parts, which change disjoint parts of the
+  // state: remember_key() the key index, apply_ops() everything else. So
+  // replay may run them on two threads, one remembering the keys of events
+  // in seq order while the other applies the ops of earlier ones in seq
+  // order, provided nothing else uses the state meanwhile (a read, a
+  // digest or a prefetch_key() touches the key index). Either part reports
+  // what it finds corrupt; the state is then unspecified, as for apply().
+  Status remember_key(const log::Event& event, std::uint32_t key_hash);
+  Status apply_ops(const log::Event& event, const EventHashes& hashes);
 
   std::uint64_t last_seq() const;
   std::int64_t last_timestamp_ns() const;

@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "projections/flat_table.h"
@@ -76,7 +77,9 @@ struct State::Impl {
 
   // ---- apply ----
   Status check_event(const log::Event& event) const;
-  void forget_through(std::int64_t timestamp_ns);
+  // What an event stamped timestamp_ns forgets: keys and finalized holds
+  // recorded at or before the result; nullopt: nothing (no window).
+  std::optional<std::int64_t> forget_cutoff(std::int64_t timestamp_ns) const;
   static OpHashes hash_op(const log::Op& op);
   // Empty names hash to 0, which prefetch_op() skips.
   static OpHashes hash_names(std::string_view subject, std::string_view item, std::string_view to);
