@@ -195,19 +195,6 @@ Status State::Impl::check_event(const log::Event& event) const {
   return Status();
 }
 
-std::optional<std::int64_t> State::Impl::forget_cutoff(std::int64_t timestamp_ns) const {
-  // Applying an event stamped t forgets what was recorded at or before
-  // t - window: a key stamped exactly t - window is gone, one stamped a
-  // nanosecond later is still there. So a key is remembered for events in
-  // [its timestamp, its timestamp + window).
-  if (options.idempotency_window_ns == 0) return std::nullopt;
-  std::int64_t cutoff_ns = 0;
-  if (__builtin_sub_overflow(timestamp_ns, options.idempotency_window_ns, &cutoff_ns)) {
-    return std::nullopt;
-  }
-  return cutoff_ns;
-}
-
 OpHashes State::Impl::hash_op(const log::Op& op) {
   OpHashes hashes;
   switch (op.type) {

@@ -79,7 +79,18 @@ struct State::Impl {
   Status check_event(const log::Event& event) const;
   // What an event stamped timestamp_ns forgets: keys and finalized holds
   // recorded at or before the result; nullopt: nothing (no window).
-  std::optional<std::int64_t> forget_cutoff(std::int64_t timestamp_ns) const;
+  // Applying an event stamped t forgets what was recorded at or before
+  // t - window: a key stamped exactly t - window is gone, one stamped a
+  // nanosecond later is still there. So a key is remembered for events in
+  // [its timestamp, its timestamp + window).
+  std::optional<std::int64_t> forget_cutoff(std::int64_t timestamp_ns) const {
+    std::int64_t cutoff_ns = 0;
+    if (options.idempotency_window_ns == 0 ||
+        __builtin_sub_overflow(timestamp_ns, options.idempotency_window_ns, &cutoff_ns)) {
+      return std::nullopt;
+    }
+    return cutoff_ns;
+  }
   static OpHashes hash_op(const log::Op& op);
   // Empty names hash to 0, which prefetch_op() skips.
   static OpHashes hash_names(std::string_view subject, std::string_view item, std::string_view to);
