@@ -175,6 +175,7 @@ bool read_op(s::Op::Reader r, Op* out) {
 
 bool read_ops(capnp::List<s::Op>::Reader list, std::vector<Op>* ops) {
   if (list.size() > kBatchOpsMax) return false;
+  ops->reserve(list.size());
   for (auto r : list) {
     Op op;
     if (!read_op(r, &op)) return false;
@@ -277,7 +278,12 @@ std::span<const std::byte> EventEncoder::encode(const Event& event) {
                                     impl_->out.size() * sizeof(capnp::word));
 }
 
-EventDecoder::EventDecoder() { ops_.reserve(kBatchOpsMax); }
+// Room for a single-op event. ops_ grows to the largest batch decoded and
+// stays, so a decoder allocates only for a batch larger than any before,
+// and one that sees none costs no more: replay keeps hundreds of them
+// (engine/replay.cc), and reserving kBatchOpsMax ops each was 100 MB of
+// address space and a few thousand page faults per open.
+EventDecoder::EventDecoder() { ops_.reserve(1); }
 EventDecoder::~EventDecoder() = default;
 
 Status EventDecoder::decode(std::span<const std::byte> payload, Event* event) {
