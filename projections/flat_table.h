@@ -61,6 +61,8 @@ class FlatTable {
   std::size_t size() const { return size_; }
   std::size_t capacity() const { return slots_.size(); }
   std::size_t memory_bytes() const { return slots_.capacity() * sizeof(Slot); }
+  // The slot where a lookup of `hash` begins (0 while the table is empty).
+  std::size_t home(std::uint64_t hash) const { return hash & mask_; }
 
   template <class Match>
   const Slot* find(std::uint64_t hash, const Match& match) const {
@@ -195,6 +197,14 @@ class ShardedTable {
     return shards_[shard_of(hash)].find(hash, match);
   }
   void prefetch(std::uint64_t hash) const { shards_[shard_of(hash)].prefetch(hash); }
+  // Where the slot of `hash` lies, as a number: inserting entries in the
+  // increasing order of this fills each shard front to back (while no
+  // insert grows a shard). Fits in kShardBits + log2(kCapacityMax) bits.
+  std::uint64_t slot_order(std::uint64_t hash) const {
+    const std::size_t shard = shard_of(hash);
+    return (std::uint64_t{shard} << kHomeBits) | shards_[shard].home(hash);
+  }
+  static constexpr int kSlotOrderBits = kShardBits + std::countr_zero(Policy::kCapacityMax);
 
   // As FlatTable::reserve, for hashes spread evenly over the shards (with
   // an eighth to spare for the unevenness of a real spread).
@@ -225,6 +235,8 @@ class ShardedTable {
   }
 
  private:
+  static constexpr int kHomeBits = std::countr_zero(Policy::kCapacityMax);
+
   static std::size_t shard_of(std::uint64_t hash) {
     return static_cast<std::size_t>(hash >> (Policy::kHashBits - kShardBits)) & (kShards - 1);
   }

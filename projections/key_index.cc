@@ -1,7 +1,9 @@
 #include "projections/key_index.h"
 
+#include <array>
 #include <cstring>
 #include <new>
+#include <utility>
 
 namespace tally::proj {
 
@@ -40,18 +42,51 @@ bool KeyIndex::insert(std::string_view key, std::uint32_t hash, const KeyRecord&
   TALLY_DEBUG_ASSERT(hash == hash_of(key));
   TALLY_ASSERT(!key.empty());
   TALLY_ASSERT(key.size() <= kNameBytesMax);
-  const Slot* inserted = index_.insert_unique(
-      hash,
-      [&](const Slot& candidate) {
-        return candidate.hash == hash && key_of(record_at(loc_of(candidate))) == key;
-      },
-      [&] {
-        const std::uint64_t loc = append(key, record);
-        return Slot{hash, static_cast<std::uint32_t>(loc >> 32), static_cast<std::uint32_t>(loc)};
-      });
-  if (inserted == nullptr) return false;
-  count_++;
+  if (!place([&] { return key; }, hash, [&] { return append(key, record); })) return false;
   newest_timestamp_ns_ = record.timestamp_ns;
+  return true;
+}
+
+KeyIndex::Added KeyIndex::add_unindexed(std::string_view key, std::uint32_t hash,
+                                        const KeyRecord& record) {
+  TALLY_DEBUG_ASSERT(hash == hash_of(key));
+  TALLY_ASSERT(!key.empty());
+  TALLY_ASSERT(key.size() <= kNameBytesMax);
+  newest_timestamp_ns_ = record.timestamp_ns;
+  return Added{append(key, record), hash, 0};
+}
+
+bool KeyIndex::index_added(std::span<Added> added, std::span<Added> scratch) {
+  TALLY_ASSERT(scratch.size() >= added.size());
+  std::uint32_t orders = 0;
+  for (Added& entry : added) {
+    entry.order = static_cast<std::uint32_t>(index_.slot_order(entry.hash));
+    orders |= entry.order;
+  }
+  // Least significant digit first, each pass stable, between the two
+  // buffers; the digits no order uses are skipped.
+  constexpr int kDigitBits = 11;
+  constexpr std::size_t kDigits = std::size_t{1} << kDigitBits;
+  std::span<Added> from = added;
+  std::span<Added> to = scratch.first(added.size());
+  for (int shift = 0; shift < 32 && (orders >> shift) != 0; shift += kDigitBits) {
+    std::array<std::size_t, kDigits> starts{};
+    for (const Added& entry : from) starts[(entry.order >> shift) & (kDigits - 1)]++;
+    std::size_t start = 0;
+    for (std::size_t& bucket : starts) start += std::exchange(bucket, start);
+    for (const Added& entry : from) to[starts[(entry.order >> shift) & (kDigits - 1)]++] = entry;
+    std::swap(from, to);
+  }
+  // Ascending, but with gaps the hardware does not predict: prefetch.
+  constexpr std::size_t kAhead = 16;
+  for (std::size_t index = 0; index < from.size(); index++) {
+    if (index + kAhead < from.size()) index_.prefetch(from[index + kAhead].hash);
+    const Added& entry = from[index];
+    // The records lie in arena order, not slot order: read one only to
+    // compare it.
+    const auto key = [&] { return key_of(record_at(entry.loc)); };
+    if (!place(key, entry.hash, [&] { return entry.loc; })) return false;
+  }
   return true;
 }
 

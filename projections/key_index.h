@@ -21,6 +21,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string_view>
 
 #include "projections/flat_table.h"
@@ -54,6 +55,24 @@ class KeyIndex {
 
   // Sizes the index for `count` keys in all (FlatTable::reserve).
   void reserve(std::size_t count) { index_.reserve(count); }
+
+  // Loading many keys at once (a snapshot's). Inserted as they come, keys
+  // land at random in an index far larger than the caches and the TLB: a
+  // miss or two each. Instead, add_unindexed() each key (with insert()'s
+  // preconditions), keeping what it returns, then index_added() a run of
+  // them: sorted by slot (a radix sort), they fill the index front to back.
+  // Until every added key is indexed, only these two may be called:
+  // find(), insert() and evict_through() would not see the added keys.
+  struct Added {
+    std::uint64_t loc = 0;
+    std::uint32_t hash = 0;
+    std::uint32_t order = 0;  // scratch of index_added()
+  };
+  Added add_unindexed(std::string_view key, std::uint32_t hash, const KeyRecord& record);
+  // Indexes `added` (reordering it), with `scratch` of at least its size.
+  // False when a key added twice, or already remembered, was found; the
+  // index is then unspecified.
+  [[nodiscard]] bool index_added(std::span<Added> added, std::span<Added> scratch);
 
   // Forgets every key whose timestamp_ns <= cutoff_ns. They are the oldest,
   // at the front of the FIFO, so this touches only what it forgets.
@@ -121,6 +140,24 @@ class KeyIndex {
   }
 
   const std::byte* record_at(std::uint64_t loc) const;
+  // Indexes the record at make_loc() under the key get_key() returns
+  // unless a slot matches it (then make_loc is not called): false. The key
+  // is got only to compare with a slot of the same hash.
+  template <class GetKey, class MakeLoc>
+  bool place(const GetKey& get_key, std::uint32_t hash, const MakeLoc& make_loc) {
+    const Slot* placed = index_.insert_unique(
+        hash,
+        [&](const Slot& candidate) {
+          return candidate.hash == hash && key_of(record_at(loc_of(candidate))) == get_key();
+        },
+        [&] {
+          const std::uint64_t loc = make_loc();
+          return Slot{hash, static_cast<std::uint32_t>(loc >> 32), static_cast<std::uint32_t>(loc)};
+        });
+    if (placed == nullptr) return false;
+    count_++;
+    return true;
+  }
   std::uint64_t front_loc() const;
   // Writes a record at the back and returns its loc.
   std::uint64_t append(std::string_view key, const KeyRecord& record);
@@ -134,6 +171,7 @@ class KeyIndex {
   std::size_t count_ = 0;
   std::int64_t newest_timestamp_ns_ = INT64_MIN;
   ShardedTable<Slot, SlotPolicy> index_;
+  static_assert(decltype(index_)::kSlotOrderBits <= 32);  // fits Added::order
 };
 
 }  // namespace tally::proj

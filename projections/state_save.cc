@@ -4,7 +4,9 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <thread>
 #include <utility>
@@ -323,7 +325,6 @@ struct State::Loader {
   // Entries are read a batch at a time and their table slots prefetched
   // before any is inserted, so that the cache misses of a batch overlap.
   static constexpr std::size_t kBatch = 32;
-  std::array<std::string, kBatch> key_scratch_;
 };
 
 Status State::Loader::header(std::int64_t window_ns) {
@@ -464,48 +465,45 @@ Status State::Loader::keys() {
   TALLY_READ(count, in_->u64());
   // key length and at least one byte, fingerprint, seq, time, reason, failed index
   impl_->keys.reserve(reserve_count(count, 1 + 1 + 8 + 8 + 8 + 1 + 4));
-  struct Entry {
-    std::string_view key;  // in key_scratch_
-    KeyRecord record;
-    std::uint32_t hash = 0;
-  };
-  std::array<Entry, kBatch> batch;
+  // Indexed a million at a time, in the order of their slots
+  // (KeyIndex::index_added): the index fills front to back instead of at
+  // random, and the keys waiting cost 16 MB.
+  constexpr std::uint64_t kIndexEvery = std::uint64_t{1} << 20;
+  const auto run_max = static_cast<std::size_t>(std::min(count, kIndexEvery));
+  std::vector<KeyIndex::Added> added;
+  added.reserve(run_max);
+  const auto scratch = std::make_unique_for_overwrite<KeyIndex::Added[]>(run_max);
   std::int64_t previous_ns = INT64_MIN;
-  for (std::uint64_t done = 0; done < count;) {
-    const std::size_t size = static_cast<std::size_t>(std::min<std::uint64_t>(kBatch, count - done));
-    for (std::size_t index = 0; index < size; index++) {
-      Entry& entry = batch[index];
-      KeyRecord& record = entry.record;
-      TALLY_READ(entry.key, in_->name(&key_scratch_[index]));
-      // fingerprint, seq, timestamp_ns, reason, failed_index: read at once,
-      // this loop runs for every remembered key.
-      std::array<std::byte, 8 + 8 + 8 + 1 + 4> fields;
-      TALLY_TRY(in_->bytes(fields));
-      record.fingerprint = decode_le(&fields[0], 8);
-      record.seq = decode_le(&fields[8], 8);
-      record.timestamp_ns = static_cast<std::int64_t>(decode_le(&fields[16], 8));
-      const auto reason = static_cast<std::uint8_t>(decode_le(&fields[24], 1));
-      record.failed_index = static_cast<std::uint32_t>(decode_le(&fields[25], 4));
-      if (reason > static_cast<std::uint8_t>(log::Reason::hold_finalized)) {
-        return bad_image("bad key reason");
-      }
-      record.reason = static_cast<log::Reason>(reason);
-      if (record.seq == 0 || record.seq > impl_->last_seq) return bad_image("key from the future");
-      if (record.timestamp_ns < previous_ns || record.timestamp_ns > impl_->last_timestamp_ns) {
-        return bad_image("keys out of order");
-      }
-      previous_ns = record.timestamp_ns;
-      entry.hash = KeyIndex::hash_of(entry.key);
-      impl_->keys.prefetch(entry.hash);
+  for (std::uint64_t done = 0; done < count; done++) {
+    std::string_view key;
+    KeyRecord record;
+    TALLY_READ(key, in_->name(&scratch_));
+    // fingerprint, seq, timestamp_ns, reason, failed_index: read at once,
+    // this loop runs for every remembered key.
+    std::array<std::byte, 8 + 8 + 8 + 1 + 4> fields;
+    TALLY_TRY(in_->bytes(fields));
+    record.fingerprint = decode_le(&fields[0], 8);
+    record.seq = decode_le(&fields[8], 8);
+    record.timestamp_ns = static_cast<std::int64_t>(decode_le(&fields[16], 8));
+    const auto reason = static_cast<std::uint8_t>(decode_le(&fields[24], 1));
+    record.failed_index = static_cast<std::uint32_t>(decode_le(&fields[25], 4));
+    if (reason > static_cast<std::uint8_t>(log::Reason::hold_finalized)) {
+      return bad_image("bad key reason");
     }
-    for (std::size_t index = 0; index < size; index++) {
-      const Entry& entry = batch[index];
-      if (!impl_->keys.insert(entry.key, entry.hash, entry.record)) {
+    record.reason = static_cast<log::Reason>(reason);
+    if (record.seq == 0 || record.seq > impl_->last_seq) return bad_image("key from the future");
+    if (record.timestamp_ns < previous_ns || record.timestamp_ns > impl_->last_timestamp_ns) {
+      return bad_image("keys out of order");
+    }
+    previous_ns = record.timestamp_ns;
+    added.push_back(impl_->keys.add_unindexed(key, KeyIndex::hash_of(key), record));
+    digest.key(key, record);
+    if (added.size() == run_max || done + 1 == count) {
+      if (!impl_->keys.index_added(added, std::span(scratch.get(), run_max))) {
         return bad_image("key stored twice");
       }
-      digest.key(entry.key, entry.record);
+      added.clear();
     }
-    done += size;
   }
   return Status();
 }

@@ -235,6 +235,70 @@ TEST_CASE("the key arena recycles chunks as keys leave the window") {
   CHECK(state.find_key(keys[0]) == nullptr);
 }
 
+TEST_CASE("keys added unindexed, then indexed in slot order, act as if inserted") {
+  const auto key_of = [](int index) {
+    std::string key = "key-";
+    key += std::to_string(index);
+    key.append(static_cast<std::size_t>(index % 40), 'k');
+    return key;
+  };
+  const auto record_of = [](int index) {
+    KeyRecord record;
+    record.seq = static_cast<std::uint64_t>(index) + 1;
+    record.timestamp_ns = index;
+    record.fingerprint = static_cast<std::uint64_t>(index) * 7;
+    return record;
+  };
+  std::vector<KeyIndex::Added> added;
+  std::vector<KeyIndex::Added> scratch(30'000);
+  const auto add = [&](KeyIndex& index, int key, int record) {
+    const std::string name = key_of(key);
+    added.push_back(index.add_unindexed(name, KeyIndex::hash_of(name), record_of(record)));
+  };
+  const auto index_added = [&](KeyIndex& index) {
+    const bool unique = index.index_added(added, scratch);
+    added.clear();
+    return unique;
+  };
+  constexpr int kKeys = 30'000;
+  KeyIndex index;
+  index.reserve(kKeys);
+  // Three runs, the last of a single key.
+  for (int key = 0; key < kKeys; key++) {
+    add(index, key, key);
+    if (key == 9'999 || key == kKeys - 2 || key == kKeys - 1) REQUIRE(index_added(index));
+  }
+  CHECK(index.size() == kKeys);
+  CHECK(index.newest_timestamp_ns() == kKeys - 1);
+  for (int key = 0; key < kKeys; key++) {
+    const KeyRecord* found = index.find(key_of(key));
+    REQUIRE(found != nullptr);
+    CHECK(found->seq == record_of(key).seq);
+    CHECK(found->fingerprint == record_of(key).fingerprint);
+  }
+  CHECK(index.find("key-nope") == nullptr);
+  // An indexed key is refused by insert, and the next one taken.
+  CHECK_FALSE(index.insert(key_of(5), KeyIndex::hash_of(key_of(5)), record_of(kKeys)));
+  CHECK(index.insert(key_of(kKeys), KeyIndex::hash_of(key_of(kKeys)), record_of(kKeys)));
+  index.evict_through(kKeys / 2);
+  CHECK(index.size() == kKeys / 2);
+  CHECK(index.find(key_of(kKeys / 2)) == nullptr);
+  CHECK(index.find(key_of(kKeys / 2 + 1)) != nullptr);
+
+  SUBCASE("a key added twice in one run is found") {
+    KeyIndex twice;
+    for (const int key : {1, 2, 3, 2}) add(twice, key, key);
+    CHECK_FALSE(index_added(twice));
+  }
+  SUBCASE("a key added again after it was indexed is found") {
+    KeyIndex again;
+    add(again, 1, 1);
+    REQUIRE(index_added(again));
+    add(again, 1, 2);
+    CHECK_FALSE(index_added(again));
+  }
+}
+
 // ---------------------------------------------------------------- reads
 
 TEST_CASE("reads show a due hold as released before its expire event") {
