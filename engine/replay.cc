@@ -179,8 +179,8 @@ class ReadAhead {
   // Remembers the keys of the slots before `count`; on a refusal, finishes
   // with it after the slots before the refused one, and returns false.
   bool remember_keys(std::uint64_t count) {
+    if (keys_ == nullptr) keyed_ = std::max(keyed_, count);
     for (; keyed_ < count; keyed_++) {
-      if (keys_ == nullptr) continue;
       const Slot& slot = slots_[keyed_ % kSlots];
       Status remembered = keys_->remember_key(slot.event, slot.hashes.key);
       if (!remembered.ok()) {
@@ -309,13 +309,14 @@ Result<Replayed> replay(const ReplayOptions& options) {
   // A caller that looks at the state after each event needs its keys
   // remembered in step with its ops.
   const bool keys_ahead = !options.applied;
-  ReadAhead ahead(*start.reader, options, out.state->last_seq(), keys_ahead ? out.state.get() : nullptr);
+  ReadAhead ahead(*start.reader, options, out.state->last_seq(),
+                  keys_ahead ? out.state.get() : nullptr);
   for (;;) {
     const ReadAhead::Slot* due = ahead.next();
     if (due == nullptr) break;
     // The cache misses of the events ahead overlap with this one's: their
-    // key, name and hold slots 16 places ahead, their balances (which need
-    // the names) 8 places ahead.
+    // name and hold slots (and keys, unless the reader remembers them) 16
+    // places ahead, their balances (which need the names) 8 places ahead.
     if (const ReadAhead::Slot* later = ahead.peek(16)) {
       if (!keys_ahead) out.state->prefetch_key(later->hashes.key);
       out.state->prefetch(later->event, later->hashes);
