@@ -464,12 +464,15 @@ Status State::Loader::keys() {
   std::uint64_t count = 0;
   TALLY_READ(count, in_->u64());
   // key length and at least one byte, fingerprint, seq, time, reason, failed index
-  impl_->keys.reserve(reserve_count(count, 1 + 1 + 8 + 8 + 8 + 1 + 4));
+  constexpr std::uint64_t kKeyBytesMin = 1 + 1 + 8 + 8 + 8 + 1 + 4;
+  impl_->keys.reserve(reserve_count(count, kKeyBytesMin));
   // Indexed a million at a time, in the order of their slots
   // (KeyIndex::index_added): the index fills front to back instead of at
-  // random, and the keys waiting cost 16 MB.
+  // random, and the keys waiting cost at most 16 MB (and as much scratch),
+  // fewer when the image is too small to hold a million.
   constexpr std::uint64_t kIndexEvery = std::uint64_t{1} << 20;
-  const auto run_max = static_cast<std::size_t>(std::min(count, kIndexEvery));
+  const std::uint64_t count_max = in_->source_size_bytes() ? reserve_count(count, kKeyBytesMin) : count;
+  const auto run_max = static_cast<std::size_t>(std::clamp<std::uint64_t>(count_max, 1, kIndexEvery));
   std::vector<KeyIndex::Added> added;
   added.reserve(run_max);
   const auto scratch = std::make_unique_for_overwrite<KeyIndex::Added[]>(run_max);
