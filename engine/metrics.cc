@@ -130,6 +130,17 @@ std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed) con
   append_histogram(&out, "tally_group_commit_events", "", stats.group_events, 1);
   append_help(&out, "tally_log_bytes_total", "counter", "Bytes appended to the log since open.");
   append_line(&out, "tally_log_bytes_total", "", stats.log_bytes_written);
+  append_help(&out, "tally_open_snapshot_seq", "gauge",
+              "The seq of the snapshot the ledger opened from; 0: none.");
+  append_line(&out, "tally_open_snapshot_seq", "", stats.snapshot_seq);
+  append_help(&out, "tally_open_replayed_events", "gauge",
+              "Events replayed from the log at open, after the snapshot.");
+  append_line(&out, "tally_open_replayed_events", "", stats.events_replayed);
+  append_help(&out, "tally_open_replay_seconds", "gauge",
+              "How long loading the snapshot and replaying the log took at open.");
+  char replay_seconds[32];
+  std::snprintf(replay_seconds, sizeof replay_seconds, "%.6f", stats.replay_seconds);
+  out += std::string("tally_open_replay_seconds ") + replay_seconds + "\n";
   append_help(&out, "tally_next_seq", "gauge", "The seq the next event will get.");
   append_line(&out, "tally_next_seq", "", stats.next_seq);
   append_help(&out, "tally_open_holds", "gauge", "Holds neither committed, released nor expired.");

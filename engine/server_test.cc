@@ -1342,6 +1342,10 @@ TEST_CASE("server: graceful shutdown answers what it accepted; a restart serves 
 
   fx.start();
   const std::uint16_t port = fx.server->http_port();
+  // The reopen replayed the log (no snapshot was due), and says so.
+  CHECK(metric(port, "tally_open_snapshot_seq") == 0);
+  CHECK(metric(port, "tally_open_replayed_events") == metric(port, "tally_next_seq") - 1);
+  CHECK(metric(port, "tally_open_replayed_events") > 0);
   const std::int64_t left = get(port, "/v1/balances/left/coin").integer("available");
   const std::int64_t right = get(port, "/v1/balances/right/coin").integer("available");
   CHECK(left == right);         // no batch half-applied
