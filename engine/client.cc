@@ -29,7 +29,9 @@ struct Pending {
   // continues after the last batch delivered.
   bool follow = false;
   bool cancelled = false;
-  wire::Request request;  // follow only
+  // A follow's request; nullptr for the rest, which keep only their frame
+  // (a Request is large, and every in-flight mutation has a Pending).
+  std::unique_ptr<wire::Request> request;
 };
 
 // The response a follow ends with after a cancel.
@@ -227,7 +229,7 @@ std::uint64_t Client::Impl::send(wire::Request request, ResponseDone done, bool 
   request.id = next_id++;
   const std::uint64_t id = request.id;
   Pending entry_value{wire::encode_request(request), std::move(done), 0, follow, false, {}};
-  if (follow) entry_value.request = std::move(request);
+  if (follow) entry_value.request = std::make_unique<wire::Request>(std::move(request));
   auto [entry, added] = pending.emplace(id, std::move(entry_value));
   TALLY_ASSERT(added);
   if (!connected) {
@@ -249,8 +251,8 @@ std::uint64_t Client::Impl::send(wire::Request request, ResponseDone done, bool 
 // moves past the batch. *deliver is its handler, or empty once cancelled.
 bool Client::Impl::take_batch(Pending& entry, const wire::Response& response, ResponseDone* deliver) {
   if (!entry.follow || response.kind != wire::Response::Kind::events || response.end) return false;
-  entry.request.from_seq = response.next_seq;
-  entry.frame = wire::encode_request(entry.request);
+  entry.request->from_seq = response.next_seq;
+  entry.frame = wire::encode_request(*entry.request);
   entry.attempts = 0;
   if (!entry.cancelled) *deliver = entry.done;
   return true;
