@@ -123,7 +123,8 @@ std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed) con
   render_latency(&out);
   append_help(&out, "tally_fsyncs_total", "counter", "fdatasync calls on the log.");
   append_line(&out, "tally_fsyncs_total", "", stats.syncs);
-  append_help(&out, "tally_fsync_duration_seconds", "histogram", "How long each fdatasync of the log took.");
+  append_help(&out, "tally_fsync_duration_seconds", "histogram",
+              "How long each fdatasync of the log took.");
   append_histogram(&out, "tally_fsync_duration_seconds", "", stats.sync_ns, 1e-9);
   append_help(&out, "tally_group_commit_events", "histogram",
               "Events per group commit: one write of the log for all of them.");

@@ -217,7 +217,8 @@ TEST_CASE("replay across many segments stops exactly at its seq and time bounds"
   for (bool use_snapshots : {false, true}) {
     for (bool step_by_step : {false, true}) {
       CAPTURE(step_by_step);
-      const Replayed replayed = replay_to(data_dir, UINT64_MAX, INT64_MAX, use_snapshots, step_by_step);
+      const Replayed replayed =
+          replay_to(data_dir, UINT64_MAX, INT64_MAX, use_snapshots, step_by_step);
       CHECK((replayed.report.snapshot_seq != 0) == use_snapshots);
       CHECK(replayed.report.reached_end);
       CHECK(replayed.state->digest() == reference.digests[last]);
@@ -253,7 +254,9 @@ TEST_CASE("a key decided twice in the log stops replay after every event before 
       event.ops = std::span<const log::Op>(&op, 1);
       REQUIRE((*writer)->has_room(encoder.encode(event).size()));
       (*writer)->append(encoder.encode(event));
-      if (seq % 500 == 0 || seq == kEvents) REQUIRE((*writer)->write((*writer)->seal(), false).ok());
+      if (seq % 500 == 0 || seq == kEvents) {
+        REQUIRE((*writer)->write((*writer)->seal(), false).ok());
+      }
     }
   }
   for (bool step_by_step : {false, true}) {

@@ -471,8 +471,10 @@ Status State::Loader::keys() {
   // random, and the keys waiting cost at most 16 MB (and as much scratch),
   // fewer when the image is too small to hold a million.
   constexpr std::uint64_t kIndexEvery = std::uint64_t{1} << 20;
-  const std::uint64_t count_max = in_->source_size_bytes() ? reserve_count(count, kKeyBytesMin) : count;
-  const auto run_max = static_cast<std::size_t>(std::clamp<std::uint64_t>(count_max, 1, kIndexEvery));
+  const std::uint64_t count_max =
+      in_->source_size_bytes() ? reserve_count(count, kKeyBytesMin) : count;
+  const auto run_max =
+      static_cast<std::size_t>(std::clamp<std::uint64_t>(count_max, 1, kIndexEvery));
   std::vector<KeyIndex::Added> added;
   added.reserve(run_max);
   const auto scratch = std::make_unique_for_overwrite<KeyIndex::Added[]>(run_max);

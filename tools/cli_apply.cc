@@ -209,7 +209,9 @@ void Driver::submit(std::size_t index) {
   // for the hold's ack; a key that never made a hold is decided
   // hold_unknown, durably, and a retry of the line is the same request.
   request.hold_key.assign(op.hold_key);
-  if (options_.measure) submit_ns_[index] = options_.rate_per_s > 0 ? due_ns(index) : steady_now_ns();
+  if (options_.measure) {
+    submit_ns_[index] = options_.rate_per_s > 0 ? due_ns(index) : steady_now_ns();
+  }
   ledger_->submit(std::move(command), [this, index](Result<Receipt> result) {
     complete(index, std::move(result));
   });
@@ -218,7 +220,8 @@ void Driver::submit(std::size_t index) {
 std::int64_t Driver::due_ns(std::size_t index) const {
   // In two parts, so that index * 1e9 cannot overflow (rate <= kRateMax).
   const std::uint64_t rate = options_.rate_per_s;
-  const std::uint64_t offset_ns = index / rate * 1'000'000'000u + index % rate * 1'000'000'000u / rate;
+  const std::uint64_t offset_ns =
+      index / rate * 1'000'000'000u + index % rate * 1'000'000'000u / rate;
   return start_ns_ + static_cast<std::int64_t>(offset_ns);
 }
 
