@@ -510,7 +510,9 @@ void Ledger::Impl::append(const log::Event& event, std::span<const std::byte> pa
   const std::uint64_t seq = log->append(payload);
   TALLY_ASSERT(seq == event.seq);
   // The event was decided against this very state; a refusal is a bug.
-  Status applied = state->apply(event);
+  // decide() has just brought the slots in, so apply() without its
+  // prefetches.
+  Status applied = state->apply(event, proj::State::hash(event));
   if (!applied.ok()) {
     std::fprintf(stderr, "tally: %s\n", applied.to_string().c_str());
     TALLY_ASSERT(applied.ok());
