@@ -419,6 +419,31 @@ TEST_CASE("non-blocking submit completes in order once durable") {
   CHECK(f.balance("alice", "gold") == Balance{kOps, 0});
 }
 
+TEST_CASE("an event is stamped no earlier than its command arrived, nor later than its ack") {
+  // The writer reuses one clock read for a run of queued commands; each of
+  // them still arrived before that read.
+  Fixture f(Durability::sync);
+  constexpr int kOps = 3000;
+  std::vector<std::int64_t> submitted_ns(kOps);
+  std::vector<std::int64_t> acked_ns(kOps);
+  std::vector<std::int64_t> stamped_ns(kOps);
+  for (int op_index = 0; op_index < kOps; op_index++) {
+    f.clock.advance_ns(1000);
+    submitted_ns[op_index] = f.clock.now_ns();
+    f.ledger->submit(gold_for_alice(op_index), [&, op_index](Result<Receipt> r) {
+      REQUIRE(r.ok());
+      acked_ns[op_index] = f.clock.now_ns();
+      stamped_ns[op_index] = r->timestamp_ns;
+    });
+  }
+  REQUIRE(f.ledger->close().ok());
+  for (int op_index = 0; op_index < kOps; op_index++) {
+    CHECK(stamped_ns[op_index] >= submitted_ns[op_index]);
+    CHECK(stamped_ns[op_index] <= acked_ns[op_index]);
+    if (op_index > 0) CHECK(stamped_ns[op_index] >= stamped_ns[op_index - 1]);
+  }
+}
+
 TEST_CASE("non-blocking reads see every mutation submitted before them, in order") {
   Fixture f(Durability::sync);
   constexpr int kOps = 500;
