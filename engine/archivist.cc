@@ -11,6 +11,7 @@
 #include "engine/point_in_time.h"
 #include "log/event.h"
 #include "log/tail.h"
+#include "log/thread.h"
 
 namespace tally {
 
@@ -257,7 +258,6 @@ Status Archivist::Impl::run() {
 }
 
 void Archivist::Impl::main() {
-  pthread_setname_np(pthread_self(), "tally-archive");
   // Runs only on a core nothing else wants: under full load the archivist
   // lags rather than slow the writer (measured in docs/performance.md).
   // Best effort: a failure only means it competes evenly.
@@ -293,7 +293,9 @@ Result<std::unique_ptr<Archivist>> Archivist::start(ArchivistContext context, Ar
   // Before anyone reads the history: it must be this log's.
   if (options.history) TALLY_TRY(impl->check_history());
   Impl* raw = impl.get();
-  raw->thread = std::thread([raw] { raw->main(); });
+  auto started = start_thread("tally-archive", [raw] { raw->main(); });
+  if (!started) return started.status();
+  raw->thread = std::move(*started);
   return std::unique_ptr<Archivist>(new Archivist(std::move(impl)));
 }
 

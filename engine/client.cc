@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "engine/server.h"
+#include "log/thread.h"
 
 namespace tally {
 
@@ -341,9 +342,16 @@ Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
     std::lock_guard<std::mutex> guard(impl->mu);
     TALLY_TRY(impl->connect_locked());
   }
-  impl->reader = std::thread([raw = impl.get()] { raw->reader_main(); });
-  impl->writer = std::thread([raw = impl.get()] { raw->writer_main(); });
-  return std::unique_ptr<Client>(new Client(std::move(impl)));
+  // ~Client closes the connection and stops what started if the rest fails.
+  std::unique_ptr<Client> client(new Client(std::move(impl)));
+  Impl* raw = client->impl_.get();
+  auto reader = start_thread("tally-client-rd", [raw] { raw->reader_main(); });
+  if (!reader) return reader.status();
+  raw->reader = std::move(*reader);
+  auto writer = start_thread("tally-client-wr", [raw] { raw->writer_main(); });
+  if (!writer) return writer.status();
+  raw->writer = std::move(*writer);
+  return client;
 }
 
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

@@ -87,7 +87,9 @@ class EventFeed {
   using WaiterId = std::uint64_t;
   using Deadline = std::chrono::steady_clock::time_point;
 
-  // Starts the watcher thread; it sleeps while nobody waits.
+  // Starts the watcher thread; it sleeps while nobody waits. Throws
+  // std::system_error when the thread cannot start (Server::start, which
+  // builds the feed, answers that with a Status).
   explicit EventFeed(Ledger* ledger);
   // stop().
   ~EventFeed();

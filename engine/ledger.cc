@@ -15,8 +15,6 @@
 // is not yet durable reaches a caller.
 #include "engine/ledger.h"
 
-#include <pthread.h>
-
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -33,6 +31,7 @@
 #include "engine/point_in_time.h"
 #include "engine/replay.h"
 #include "log/lock.h"
+#include "log/thread.h"
 #include "log/writer.h"
 #include "projections/state.h"
 
@@ -288,14 +287,12 @@ Status Ledger::Impl::start(LedgerStats* replayed_stats) {
   last_timestamp_ns = state->last_timestamp_ns();
   committed = state->last_seq();
   queue.reserve(options.queue_depth_max);
-  writer_thread = std::thread([this] {
-    pthread_setname_np(pthread_self(), "tally-writer");
-    writer_main();
-  });
-  io_thread = std::thread([this] {
-    pthread_setname_np(pthread_self(), "tally-io");
-    io_main();
-  });
+  auto writer_started = start_thread("tally-writer", [this] { writer_main(); });
+  if (!writer_started) return writer_started.status();
+  writer_thread = std::move(*writer_started);
+  auto io_started = start_thread("tally-io", [this] { io_main(); });
+  if (!io_started) return io_started.status();
+  io_thread = std::move(*io_started);
   return start_archivist();
 }
 
@@ -338,9 +335,11 @@ Result<std::unique_ptr<Ledger>> Ledger::open(const LedgerOptions& options) {
   if (options.idempotency_window_ns < 0 || options.hold_ttl_ns_max < kHoldTtlNsMin) {
     return Status(ErrorCode::invalid, "idempotency window or hold ttl limit out of range");
   }
-  auto impl = std::make_unique<Impl>(options);
-  TALLY_TRY(impl->start(&impl->open_stats));
-  return std::unique_ptr<Ledger>(new Ledger(std::move(impl)));
+  std::unique_ptr<Ledger> ledger(new Ledger(std::make_unique<Impl>(options)));
+  // A start that fails part way is undone by ~Ledger: close() stops what
+  // started and unlocks the directory.
+  TALLY_TRY(ledger->impl_->start(&ledger->impl_->open_stats));
+  return ledger;
 }
 
 Ledger::Ledger(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -748,8 +747,10 @@ Status Ledger::close() {
   }
   impl.writer_cv.notify_all();
   impl.room_cv.notify_all();
-  impl.writer_thread.join();
-  impl.io_thread.join();
+  // After an open that failed part way, either may never have started (the
+  // I/O thread only after the writer, which stops it as it exits).
+  if (impl.writer_thread.joinable()) impl.writer_thread.join();
+  if (impl.io_thread.joinable()) impl.io_thread.join();
   {
     std::lock_guard<std::mutex> guard(impl.committed_mu);
     impl.committed_closed = true;

@@ -3,6 +3,8 @@
 #include <doctest.h>
 
 #include <atomic>
+#include <filesystem>
+#include <fstream>
 #include <thread>
 #include <vector>
 
@@ -536,6 +538,27 @@ TEST_CASE("a second ledger on the same directory is refused") {
   REQUIRE_FALSE(second.ok());
   CHECK(second.code() == ErrorCode::locked);
   CHECK(second.status().message().find(f.options.data_dir) != std::string::npos);
+}
+
+TEST_CASE("an open that fails after its threads started returns the error and unlocks") {
+  Fixture f;
+  CHECK(outcome_of(f.ledger->acquire("a1", "alice", "gold", 5)) == Outcome::ok);
+  REQUIRE(f.ledger->close().ok());
+  f.ledger.reset();
+  // The history projection's directory, made a file: the ledger has
+  // replayed the log and started its writer when that open fails.
+  const std::string history = history_dir(f.options.data_dir);
+  std::filesystem::remove_all(history);
+  std::ofstream(history) << "not a directory";
+  LedgerOptions options = f.options;
+  options.history = true;
+  auto failed = Ledger::open(options);
+  REQUIRE_FALSE(failed.ok());
+  CHECK(failed.code() == ErrorCode::io_error);
+  CHECK(failed.status().message().find(history) != std::string::npos);
+  std::filesystem::remove(history);
+  f.reopen();
+  CHECK(f.balance("alice", "gold") == Balance{5, 0});
 }
 
 }  // namespace

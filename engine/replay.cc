@@ -1,11 +1,11 @@
 #include "engine/replay.h"
 
-#include <pthread.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <thread>
+
+#include "log/thread.h"
 
 namespace tally {
 
@@ -112,10 +112,19 @@ class ReadAhead {
   ReadAhead(log::LogReader& reader, const ReplayOptions& options, std::uint64_t after,
             proj::State* keys)
       : reader_(reader), keys_(keys), to_seq_(options.to_seq), to_time_ns_(options.to_time_ns),
-        read_seq_(after), slots_(kSlots), thread_([this] { read_all(); }) {}
+        read_seq_(after), slots_(kSlots) {}
+
+  // Starts the reading thread; next() may be called once it has.
+  Status start() {
+    auto started = start_thread("tally-replay", [this] { read_all(); });
+    if (!started) return started.status();
+    thread_ = std::move(*started);
+    return Status();
+  }
 
   // Stops the reading thread, wherever it is.
   ~ReadAhead() {
+    if (!thread_.joinable()) return;
     stop_.store(true);
     // Waits are on a change of value: change it.
     consumed_.fetch_add(1, std::memory_order_release);
@@ -212,7 +221,6 @@ class ReadAhead {
     publish(kFinished);
   }
   void read_all() {
-    pthread_setname_np(pthread_self(), "tally-replay");
     for (;;) {
       // Room for the next slot, and every pending event in the reader's
       // current segment before a read that may move it on.
@@ -268,7 +276,7 @@ class ReadAhead {
   std::atomic<std::uint64_t> published_{0};  // slots filled | kFinished
   std::atomic<std::uint64_t> consumed_{0};   // slots applied, handed back
   std::atomic<bool> stop_{false};
-  std::thread thread_;  // last: starts once the rest is built
+  std::thread thread_;
 };
 
 }  // namespace
@@ -311,6 +319,7 @@ Result<Replayed> replay(const ReplayOptions& options) {
   const bool keys_ahead = !options.applied;
   ReadAhead ahead(*start.reader, options, out.state->last_seq(),
                   keys_ahead ? out.state.get() : nullptr);
+  TALLY_TRY(ahead.start());
   for (;;) {
     const ReadAhead::Slot* due = ahead.next();
     if (due == nullptr) break;

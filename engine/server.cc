@@ -11,6 +11,7 @@
 
 #include "engine/server_impl.h"
 #include "engine/wire.h"
+#include "log/thread.h"
 
 namespace tally {
 
@@ -751,7 +752,15 @@ Result<std::unique_ptr<Server>> Server::start(Ledger* ledger, ServerOptions opti
     return Status(ErrorCode::invalid, "the token is longer than " +
                                           std::to_string(wire::kTokenBytesMax) + " bytes");
   }
-  auto impl = std::make_unique<Impl>(ledger, std::move(options));
+  std::unique_ptr<Impl> impl;
+  try {
+    // The event feed's watcher and the read pool start threads as they are
+    // built, and the io_context opens an epoll descriptor: Asio and
+    // std::thread report failures by throwing, which must not cross the API.
+    impl = std::make_unique<Impl>(ledger, std::move(options));
+  } catch (const std::exception& error) {
+    return Status(ErrorCode::io_error, std::string("starting the server: ") + error.what());
+  }
   const ServerOptions& opts = impl->core.options();
   if (!opts.binary_listen.empty()) {
     auto listener = std::make_unique<Listener>(impl->io, impl->core, &server_detail::start_binary_session);
@@ -766,10 +775,15 @@ Result<std::unique_ptr<Server>> Server::start(Ledger* ledger, ServerOptions opti
     impl->listeners.push_back(std::move(listener));
   }
   for (auto& listener : impl->listeners) listener->accept();
+  // ~Server stops what started if a thread fails to.
+  std::unique_ptr<Server> server(new Server(std::move(impl)));
+  Impl& started = *server->impl_;
   for (std::size_t index = 0; index < opts.io_threads; index++) {
-    impl->threads.emplace_back([io = &impl->io] { io->run(); });
+    auto thread = start_thread("tally-net", [io = &started.io] { io->run(); });
+    if (!thread) return thread.status();
+    started.threads.push_back(std::move(*thread));
   }
-  return std::unique_ptr<Server>(new Server(std::move(impl)));
+  return server;
 }
 
 Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

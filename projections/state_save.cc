@@ -1,6 +1,4 @@
 // State::save and State::load: the state image of projections/state_format.h.
-#include <pthread.h>
-
 #include <algorithm>
 #include <array>
 #include <cstring>
@@ -12,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "log/thread.h"
 #include "projections/state.h"
 #include "projections/state_digest.h"
 #include "projections/state_format.h"
@@ -581,10 +580,9 @@ Result<std::unique_ptr<State>> State::load(StateSource& source, StateOptions opt
   if (keys_source != nullptr) {
     keys_in.emplace(keys_source.get(), *keys_offset);
     keys_loader.emplace(&*keys_in, impl);
-    keys_thread = std::thread([&] {
-      pthread_setname_np(pthread_self(), "tally-keys");
-      keys_status = keys_loader->keys_to_end();
-    });
+    auto started = start_thread("tally-keys", [&] { keys_status = keys_loader->keys_to_end(); });
+    // Without a second thread, this one loads the keys after the rest.
+    if (started) keys_thread = std::move(*started);
   }
   Status rest = [&]() -> Status {
     TALLY_TRY(loader.names(&impl->subjects, true));
@@ -596,7 +594,11 @@ Result<std::unique_ptr<State>> State::load(StateSource& source, StateOptions opt
     if (in.offset() != *keys_offset) return bad_image("sections do not line up");
     return Status();
   }();
-  if (keys_thread.joinable()) keys_thread.join();
+  if (keys_thread.joinable()) {
+    keys_thread.join();
+  } else if (keys_loader && rest.ok()) {
+    keys_status = keys_loader->keys_to_end();
+  }
   // The earlier problem in the image is the one reported.
   TALLY_TRY(rest);
   TALLY_TRY(keys_status);
