@@ -12,10 +12,12 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <new>
 #include <string_view>
 #include <utility>
 #include <vector>
 
+#include <sys/mman.h>
 #include <xxhash.h>
 
 #include "log/status.h"
@@ -36,6 +38,36 @@ constexpr std::uint64_t mix64(std::uint64_t x) {
 inline std::uint64_t hash_bytes(std::string_view bytes) {
   return XXH3_64bits(bytes.data(), bytes.size());
 }
+
+// Allocates a table's slots. Large tables are probed at random, so every
+// lookup of a large ledger would miss the TLB on 4 KiB pages: an array of
+// 2 MiB or more gets its own mapping, advised to use transparent huge pages
+// (where the system allows them; otherwise this changes nothing).
+template <class T>
+struct TableAllocator {
+  using value_type = T;
+  static constexpr std::size_t kHugePageBytes = std::size_t{2} << 20;
+
+  TableAllocator() = default;
+  template <class U>
+  TableAllocator(const TableAllocator<U>&) {}  // NOLINT: allocators convert
+
+  T* allocate(std::size_t count) {
+    const std::size_t bytes = count * sizeof(T);
+    if (bytes < kHugePageBytes) return std::allocator<T>().allocate(count);
+    void* memory = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (memory == MAP_FAILED) throw std::bad_alloc();
+    (void)::madvise(memory, bytes, MADV_HUGEPAGE);
+    return static_cast<T*>(memory);
+  }
+  void deallocate(T* memory, std::size_t count) {
+    const std::size_t bytes = count * sizeof(T);
+    if (bytes < kHugePageBytes) return std::allocator<T>().deallocate(memory, count);
+    ::munmap(memory, bytes);
+  }
+  template <class U>
+  bool operator==(const TableAllocator<U>&) const { return true; }
+};
 
 // Open addressing with linear probing and backward-shift deletion (no
 // tombstones, so lookups never slow down as entries come and go).
@@ -154,7 +186,7 @@ class FlatTable {
 
   void rehash(std::size_t capacity) {
     TALLY_ASSERT(capacity <= Policy::kCapacityMax);
-    std::vector<Slot> old(capacity);
+    std::vector<Slot, TableAllocator<Slot>> old(capacity);
     old.swap(slots_);
     mask_ = capacity - 1;
     for (const Slot& slot : old) {
@@ -165,7 +197,7 @@ class FlatTable {
     }
   }
 
-  std::vector<Slot> slots_;
+  std::vector<Slot, TableAllocator<Slot>> slots_;
   std::size_t mask_ = 0;
   std::size_t size_ = 0;
 };

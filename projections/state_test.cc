@@ -625,5 +625,28 @@ TEST_CASE("a reserved table holds that many entries without moving one; reserve 
   CHECK(table.size() == kCount);
 }
 
+TEST_CASE("a table keeps its entries as it grows past the size that gets its own mapping") {
+  // 8-byte slots: a FlatTable of 2^19 slots is 4 MiB, past TableAllocator's
+  // 2 MiB; growing there copies every entry into the new mapping and
+  // returns the old array to the heap.
+  FlatTable<CountSlot, CountPolicy> table;
+  constexpr std::uint64_t kCount = 400'000;
+  for (std::uint64_t key = 1; key <= kCount; key++) table.insert(mix64(key), CountSlot{key});
+  CHECK(table.capacity() * sizeof(CountSlot) >= TableAllocator<CountSlot>::kHugePageBytes);
+  for (std::uint64_t key = 1; key <= kCount; key += 2) {
+    CountSlot* found = table.find(mix64(key), [&](const CountSlot& slot) { return slot.key == key; });
+    REQUIRE(found != nullptr);
+    table.erase(found);
+  }
+  CHECK(table.size() == kCount / 2);
+  std::uint64_t wrong = 0;  // found when erased, or missing when kept
+  for (std::uint64_t key = 1; key <= kCount; key++) {
+    const bool present =
+        table.find(mix64(key), [&](const CountSlot& slot) { return slot.key == key; }) != nullptr;
+    if (present != (key % 2 == 0)) wrong++;
+  }
+  CHECK(wrong == 0);
+}
+
 }  // namespace
 }  // namespace tally::proj
