@@ -39,14 +39,17 @@ inline std::uint64_t hash_bytes(std::string_view bytes) {
   return XXH3_64bits(bytes.data(), bytes.size());
 }
 
-// Allocates a table's slots. Large tables are probed at random, so every
-// lookup of a large ledger would miss the TLB on 4 KiB pages: an array of
-// 2 MiB or more gets its own mapping, advised to use transparent huge pages
-// (where the system allows them; otherwise this changes nothing).
+// Allocates a table's slots. Tables are probed at random, so on 4 KiB pages
+// nearly every lookup into one much larger than the TLB's reach (a few MiB)
+// misses it: an array of kOwnMappingBytesMin or more gets its own mapping,
+// advised to use transparent huge pages (where the system allows them;
+// otherwise this changes nothing). Smaller arrays stay on the heap: the
+// TLB covers most of them anyway, and a table growing from small would pay
+// a mapping and its page faults at every doubling.
 template <class T>
 struct TableAllocator {
   using value_type = T;
-  static constexpr std::size_t kHugePageBytes = std::size_t{2} << 20;
+  static constexpr std::size_t kOwnMappingBytesMin = std::size_t{8} << 20;
 
   TableAllocator() = default;
   template <class U>
@@ -54,7 +57,7 @@ struct TableAllocator {
 
   T* allocate(std::size_t count) {
     const std::size_t bytes = count * sizeof(T);
-    if (bytes < kHugePageBytes) return std::allocator<T>().allocate(count);
+    if (bytes < kOwnMappingBytesMin) return std::allocator<T>().allocate(count);
     void* memory = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (memory == MAP_FAILED) throw std::bad_alloc();
     (void)::madvise(memory, bytes, MADV_HUGEPAGE);
@@ -62,7 +65,7 @@ struct TableAllocator {
   }
   void deallocate(T* memory, std::size_t count) {
     const std::size_t bytes = count * sizeof(T);
-    if (bytes < kHugePageBytes) return std::allocator<T>().deallocate(memory, count);
+    if (bytes < kOwnMappingBytesMin) return std::allocator<T>().deallocate(memory, count);
     ::munmap(memory, bytes);
   }
   template <class U>
