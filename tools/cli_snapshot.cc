@@ -35,10 +35,10 @@ Result<Taken> take_snapshot(const std::string& data_dir, std::size_t retain) {
   ReplayOptions options;
   options.snapshots = &shared;
   std::uint64_t chain = 0;  // the log's chain checksum after the last event applied
-  options.applied = [&chain](const proj::State&, const log::Record& record) {
-    chain = record.checksum;
-    return Status();
-  };
+  // visit, not applied: an `applied` callback makes replay remember keys in
+  // step with the ops, on one thread. The replay either applies the event
+  // visited or fails.
+  options.visit = [&chain](const log::Event&, const log::Record& record) { chain = record.checksum; };
   auto replayed = replay_data(data_dir, options);
   if (!replayed) return replayed.status();
   const proj::State& state = *replayed->state;
