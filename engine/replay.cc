@@ -108,11 +108,13 @@ class ReadAhead {
   };
 
   // Reads the records after seq `after` up to the options' bounds, and
-  // remembers their keys in *keys unless it is nullptr.
+  // remembers their keys in *keys unless it is nullptr. Given `pauses`
+  // (ascending seqs), it remembers the key of an event after a pause seq
+  // only once the applying thread has applied the event at that seq.
   ReadAhead(log::LogReader& reader, const ReplayOptions& options, std::uint64_t after,
-            proj::State* keys)
-      : reader_(reader), keys_(keys), to_seq_(options.to_seq), to_time_ns_(options.to_time_ns),
-        read_seq_(after), slots_(kSlots) {}
+            proj::State* keys, const std::vector<std::uint64_t>* pauses)
+      : reader_(reader), keys_(keys), pauses_(pauses), to_seq_(options.to_seq),
+        to_time_ns_(options.to_time_ns), read_seq_(after), slots_(kSlots) {}
 
   // Starts the reading thread; next() may be called once it has.
   Status start() {
@@ -171,6 +173,7 @@ class ReadAhead {
   static constexpr std::uint64_t kChunk = 32;
   static constexpr std::uint64_t kWakeEvery = kSlots / 2;
   static constexpr std::uint64_t kFinished = std::uint64_t{1} << 63;
+  static constexpr std::uint64_t kNoPause = UINT64_MAX;
   // How far ahead of remembering a key its slot is prefetched.
   static constexpr std::uint64_t kKeyLead = 8;
 
@@ -185,12 +188,14 @@ class ReadAhead {
     published_.store(keyed_ | flags, std::memory_order_release);
     published_.notify_one();
   }
-  // Remembers the keys of the slots before `count`; on a refusal, finishes
-  // with it after the slots before the refused one, and returns false.
+  // Remembers the keys of the slots before `count`, up to a pause the
+  // applying thread has not passed; on a refusal, finishes with it after
+  // the slots before the refused one, and returns false.
   bool remember_keys(std::uint64_t count) {
     if (keys_ == nullptr) keyed_ = std::max(keyed_, count);
     for (; keyed_ < count; keyed_++) {
       const Slot& slot = slots_[keyed_ % kSlots];
+      if (paused(slot.event.seq)) return true;
       Status remembered = keys_->remember_key(slot.event, slot.hashes.key);
       if (!remembered.ok()) {
         status_ = std::move(remembered);
@@ -199,6 +204,40 @@ class ReadAhead {
       }
     }
     return true;
+  }
+  // Whether the key of event `seq`, the next to remember, must wait: it
+  // follows a pause seq whose event is not applied yet, and the applying
+  // thread must find the keys in step with the ops there. Hands over every
+  // keyed slot once per pause, so that the applying thread gets there.
+  bool paused(std::uint64_t seq) {
+    if (pause_slot_ != kNoPause) {
+      if (consumed_.load(std::memory_order_acquire) <= pause_slot_) {
+        if (!pause_published_) publish();
+        pause_published_ = true;
+        return true;
+      }
+      pause_slot_ = kNoPause;
+      pause_published_ = false;
+    }
+    if (pauses_ == nullptr) return false;
+    while (next_pause_ < pauses_->size() && (*pauses_)[next_pause_] < seq) next_pause_++;
+    if (next_pause_ < pauses_->size() && (*pauses_)[next_pause_] == seq) {
+      pause_slot_ = keyed_;
+      next_pause_++;
+    }
+    return false;
+  }
+  // remember_keys(count) to the end, waiting out pauses; false on a
+  // refusal (finished already) or when stopped.
+  bool remember_all_keys(std::uint64_t count) {
+    for (;;) {
+      if (!remember_keys(count)) return false;
+      if (keyed_ >= count) return true;
+      const std::uint64_t consumed = consumed_.load(std::memory_order_acquire);
+      if (stop_.load()) return false;
+      if (consumed > pause_slot_) continue;
+      consumed_.wait(consumed, std::memory_order_acquire);
+    }
   }
   // Waits until `ready` holds for the applied count; false when stopped.
   template <class Ready>
@@ -215,7 +254,7 @@ class ReadAhead {
   }
   void finish(Status status, bool reached_end) {
     // A key refused before here is the earlier problem.
-    if (!remember_keys(tail_)) return;
+    if (!remember_all_keys(tail_)) return;
     status_ = std::move(status);
     reached_end_ = reached_end;
     publish(kFinished);
@@ -258,6 +297,7 @@ class ReadAhead {
 
   log::LogReader& reader_;
   proj::State* const keys_;
+  const std::vector<std::uint64_t>* const pauses_;
   const std::uint64_t to_seq_;
   const std::int64_t to_time_ns_;
   // The reading thread's; the applying thread reads status_ and
@@ -266,6 +306,9 @@ class ReadAhead {
   std::uint64_t tail_ = 0;     // slots filled
   std::uint64_t keyed_ = 0;    // of them, with their keys remembered
   std::uint64_t segment_ = 0;  // first seq of the reader's current segment
+  std::size_t next_pause_ = 0;            // into *pauses_
+  std::uint64_t pause_slot_ = kNoPause;   // the keyed slot of the pause seq waited on
+  bool pause_published_ = false;          // its slots handed over already
   Status status_;
   bool reached_end_ = false;
   // The applying thread's.
@@ -315,11 +358,17 @@ Result<Replayed> replay(const ReplayOptions& options) {
   out.state = std::move(start.state);
 
   // A caller that looks at the state after each event needs its keys
-  // remembered in step with its ops.
-  const bool keys_ahead = !options.applied;
+  // remembered in step with its ops; one that looks after some, in step
+  // there.
+  const std::vector<std::uint64_t>& applied_seqs = options.applied_seqs;
+  TALLY_ASSERT(std::is_sorted(applied_seqs.begin(), applied_seqs.end()));
+  const bool every_event = options.applied && applied_seqs.empty();
+  const bool keys_ahead = !every_event;
   ReadAhead ahead(*start.reader, options, out.state->last_seq(),
-                  keys_ahead ? out.state.get() : nullptr);
+                  keys_ahead ? out.state.get() : nullptr,
+                  options.applied ? &applied_seqs : nullptr);
   TALLY_TRY(ahead.start());
+  std::size_t next_applied = 0;  // into applied_seqs
   for (;;) {
     const ReadAhead::Slot* due = ahead.next();
     if (due == nullptr) break;
@@ -337,7 +386,13 @@ Result<Replayed> replay(const ReplayOptions& options) {
     TALLY_TRY(keys_ahead ? out.state->apply_ops(due->event, due->hashes)
                          : out.state->apply(due->event, due->hashes));
     out.report.events++;
-    if (options.applied) TALLY_TRY(options.applied(*out.state, due->record));
+    if (options.applied) {
+      const std::uint64_t seq = due->record.seq;
+      while (next_applied < applied_seqs.size() && applied_seqs[next_applied] < seq) next_applied++;
+      if (every_event || (next_applied < applied_seqs.size() && applied_seqs[next_applied] == seq)) {
+        TALLY_TRY(options.applied(*out.state, due->record));
+      }
+    }
     ahead.pop();
   }
   TALLY_TRY(ahead.status());

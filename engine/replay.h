@@ -52,6 +52,11 @@ struct ReplayOptions {
   // the replay with that Status).
   std::function<void(const log::Event&, const log::Record&)> visit;
   std::function<Status(const proj::State&, const log::Record&)> applied;
+  // When not empty (ascending), `applied` is called only after the events
+  // with these seqs. The state it sees is exact either way, but replay
+  // then remembers keys ahead of the ops on its reading thread, pausing
+  // only at these seqs, instead of in step on the applying thread: faster.
+  std::vector<std::uint64_t> applied_seqs;
 };
 
 struct ReplayReport {

@@ -230,6 +230,38 @@ TEST_CASE("replay across many segments stops exactly at its seq and time bounds"
   }
 }
 
+TEST_CASE("applied at chosen seqs sees the state exactly there, keys included") {
+  // The keys are remembered ahead of the ops except across these seqs.
+  testing::TempDir dir;
+  const std::string data_dir = write_log(dir);
+  const Reference reference = one_at_a_time(data_dir);
+  const std::uint64_t last = reference.digests.size() - 1;
+  REQUIRE(last > 2000);
+  const std::vector<std::uint64_t> seqs = {1, 2, 3, 40, 41, 700, 1200, 1201, 2100, last, last + 5};
+  for (const bool use_snapshots : {false, true}) {
+    ReplayOptions options;
+    options.data_dir = data_dir;
+    options.use_snapshots = use_snapshots;
+    options.applied_seqs = seqs;
+    std::vector<std::uint64_t> seen;
+    options.applied = [&](const proj::State& state, const log::Record& record) {
+      CHECK(state.last_seq() == record.seq);
+      CHECK(state.digest() == reference.digests[record.seq]);
+      seen.push_back(record.seq);
+      return Status();
+    };
+    auto replayed = replay(options);
+    REQUIRE_MESSAGE(replayed.ok(), replayed.status().to_string());
+    CHECK(replayed->state->digest() == reference.digests[last]);
+    std::vector<std::uint64_t> expected;
+    for (const std::uint64_t seq : seqs) {
+      if (seq > replayed->report.snapshot_seq && seq <= last) expected.push_back(seq);
+    }
+    CHECK(seen == expected);
+    if (use_snapshots) CHECK(replayed->report.snapshot_seq > 0);
+  }
+}
+
 TEST_CASE("a key decided twice in the log stops replay after every event before it") {
   testing::TempDir dir;
   const std::string data_dir = dir.sub("data");

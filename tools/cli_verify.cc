@@ -265,7 +265,7 @@ Result<VerifySummary> verify_data(const std::string& data_dir, std::uint64_t fro
   options.to_seq = to_seq;
   options.snapshots = snapshots.store != nullptr ? &snapshots : nullptr;
   options.visit = [&](const log::Event& event, const log::Record&) { flows.apply(event); };
-  options.applied = [&](const proj::State& state, const log::Record& record) {
+  const auto compare = [&](const proj::State& state, const log::Record& record) {
     std::vector<SnapshotCheck>& checks = summary.snapshots;
     while (next_snapshot < checks.size() && checks[next_snapshot].info.seq < record.seq) {
       next_snapshot++;
@@ -278,6 +278,14 @@ Result<VerifySummary> verify_data(const std::string& data_dir, std::uint64_t fro
     }
     return Status();
   };
+  // The state is looked at only where a snapshot or the history index
+  // stands; replay keeps its keys ahead of the ops everywhere else.
+  for (const SnapshotCheck& check : summary.snapshots) {
+    options.applied_seqs.push_back(check.info.seq);
+  }
+  if (summary.history.index.store != nullptr) options.applied_seqs.push_back(history_seq);
+  std::sort(options.applied_seqs.begin(), options.applied_seqs.end());
+  if (!options.applied_seqs.empty()) options.applied = compare;
   auto replayed = replay_data(data_dir, options);
   if (!replayed) return replayed.status();
   const proj::State& state = *replayed->state;
