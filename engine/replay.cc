@@ -389,9 +389,9 @@ Result<Replayed> replay(const ReplayOptions& options) {
     if (options.applied) {
       const std::uint64_t seq = due->record.seq;
       while (next_applied < applied_seqs.size() && applied_seqs[next_applied] < seq) next_applied++;
-      if (every_event || (next_applied < applied_seqs.size() && applied_seqs[next_applied] == seq)) {
-        TALLY_TRY(options.applied(*out.state, due->record));
-      }
+      const bool listed =
+          next_applied < applied_seqs.size() && applied_seqs[next_applied] == seq;
+      if (every_event || listed) TALLY_TRY(options.applied(*out.state, due->record));
     }
     ahead.pop();
   }

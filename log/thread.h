@@ -28,7 +28,8 @@ Result<std::thread> start_thread(const char* name, Body body) {
       body();
     });
   } catch (const std::system_error& error) {
-    return Status(ErrorCode::io_error, std::string("starting thread ") + name + ": " + error.what());
+    return Status(ErrorCode::io_error,
+                  std::string("starting thread ") + name + ": " + error.what());
   }
 }
 

@@ -635,7 +635,8 @@ TEST_CASE("a table keeps its entries as it grows past the size that gets its own
   CHECK(table.capacity() * sizeof(CountSlot) >= TableAllocator<CountSlot>::kOwnMappingBytesMin);
   std::uint64_t missing = 0;
   for (std::uint64_t key = 1; key <= kCount; key += 2) {
-    CountSlot* found = table.find(mix64(key), [&](const CountSlot& slot) { return slot.key == key; });
+    CountSlot* found =
+        table.find(mix64(key), [&](const CountSlot& slot) { return slot.key == key; });
     if (found == nullptr) {
       missing++;
       continue;

@@ -38,7 +38,9 @@ Result<Taken> take_snapshot(const std::string& data_dir, std::size_t retain) {
   // visit, not applied: an `applied` callback makes replay remember keys in
   // step with the ops, on one thread. The replay either applies the event
   // visited or fails.
-  options.visit = [&chain](const log::Event&, const log::Record& record) { chain = record.checksum; };
+  options.visit = [&chain](const log::Event&, const log::Record& record) {
+    chain = record.checksum;
+  };
   auto replayed = replay_data(data_dir, options);
   if (!replayed) return replayed.status();
   const proj::State& state = *replayed->state;
