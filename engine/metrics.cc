@@ -29,6 +29,13 @@ void append_line(std::string* out, std::string_view name, std::string_view label
   out->push_back('\n');
 }
 
+// A value in seconds or another fractional unit, as the text format takes it.
+void append_number(std::string* out, double value) {
+  char text[48];
+  std::snprintf(text, sizeof text, "%.9g", value);
+  *out += text;
+}
+
 void append_help(std::string* out, std::string_view name, std::string_view type,
                  std::string_view help) {
   *out += "# HELP " + std::string(name) + " " + std::string(help) + "\n";
@@ -40,24 +47,19 @@ void append_help(std::string* out, std::string_view name, std::string_view type,
 void append_histogram(std::string* out, std::string_view name, const std::string& labels,
                       const log::HistogramSnapshot& histogram, double scale) {
   const std::string prefix = labels.empty() ? "" : labels + ",";
-  const auto append_number = [&](double value) {
-    char text[48];
-    std::snprintf(text, sizeof text, "%.9g", value);
-    *out += text;
-  };
   std::uint64_t cumulative = 0;
   for (std::size_t bucket = 0; bucket < histogram.counts.size(); bucket++) {
     cumulative += histogram.counts[bucket];
     *out += std::string(name) + "_bucket{" + prefix + "le=\"";
     if (bucket < histogram.upper_bounds.size()) {
-      append_number(static_cast<double>(histogram.upper_bounds[bucket]) * scale);
+      append_number(out, static_cast<double>(histogram.upper_bounds[bucket]) * scale);
     } else {
       *out += "+Inf";
     }
     *out += "\"} " + std::to_string(cumulative) + "\n";
   }
   *out += std::string(name) + "_sum" + (labels.empty() ? "" : "{" + labels + "}") + " ";
-  append_number(static_cast<double>(histogram.sum) * scale);
+  append_number(out, static_cast<double>(histogram.sum) * scale);
   out->push_back('\n');
   append_line(out, std::string(name) + "_count", labels, cumulative);
 }
@@ -139,9 +141,9 @@ std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed) con
   append_line(&out, "tally_open_replayed_events", "", stats.events_replayed);
   append_help(&out, "tally_open_replay_seconds", "gauge",
               "How long loading the snapshot and replaying the log took at open.");
-  char replay_seconds[32];
-  std::snprintf(replay_seconds, sizeof replay_seconds, "%.6f", stats.replay_seconds);
-  out += std::string("tally_open_replay_seconds ") + replay_seconds + "\n";
+  out += "tally_open_replay_seconds ";
+  append_number(&out, stats.replay_seconds);
+  out.push_back('\n');
   append_help(&out, "tally_next_seq", "gauge", "The seq the next event will get.");
   append_line(&out, "tally_next_seq", "", stats.next_seq);
   append_help(&out, "tally_open_holds", "gauge", "Holds neither committed, released nor expired.");

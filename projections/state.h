@@ -121,8 +121,9 @@ class State {
   // may run it. For an event some places ahead, prefetch_key() and
   // prefetch() start loading the key, name and hold slots the hashes lead
   // to; a few events later, prefetch_balances() looks the names up (in the
-  // cache by then) and starts loading the balance slots of the first op. The misses of several
-  // events then overlap instead of following each other. The prefetches
+  // cache by then) and starts loading the balance slots of the first op.
+  // The misses of several events then overlap instead of following each
+  // other. The prefetches
   // change nothing and may be called for events not yet applicable; they
   // are hints, so an answer made stale by the events applied in between
   // costs only a miss.
