@@ -83,6 +83,13 @@ Result<Start> start_from_snapshot(const ReplayOptions& options, log::FileSystem&
   return Start{};
 }
 
+// Whether the ascending `seqs` hold `seq`, for a caller that asks in
+// increasing seq order; *next is where it left off (0 to begin).
+bool listed_next(const std::vector<std::uint64_t>& seqs, std::size_t* next, std::uint64_t seq) {
+  while (*next < seqs.size() && seqs[*next] < seq) ++*next;
+  return *next < seqs.size() && seqs[*next] == seq;
+}
+
 // Reads, verifies, decodes and hashes the records of a replay on a thread
 // of its own, some way ahead of the caller's thread, which applies them:
 // in a profile of replaying 1.2M events, the two halves take about the
@@ -219,12 +226,7 @@ class ReadAhead {
       pause_slot_ = kNoPause;
       pause_published_ = false;
     }
-    if (pauses_ == nullptr) return false;
-    while (next_pause_ < pauses_->size() && (*pauses_)[next_pause_] < seq) next_pause_++;
-    if (next_pause_ < pauses_->size() && (*pauses_)[next_pause_] == seq) {
-      pause_slot_ = keyed_;
-      next_pause_++;
-    }
+    if (pauses_ != nullptr && listed_next(*pauses_, &next_pause_, seq)) pause_slot_ = keyed_;
     return false;
   }
   // remember_keys(count) to the end, waiting out pauses; false on a
@@ -386,12 +388,9 @@ Result<Replayed> replay(const ReplayOptions& options) {
     TALLY_TRY(keys_ahead ? out.state->apply_ops(due->event, due->hashes)
                          : out.state->apply(due->event, due->hashes));
     out.report.events++;
-    if (options.applied) {
-      const std::uint64_t seq = due->record.seq;
-      while (next_applied < applied_seqs.size() && applied_seqs[next_applied] < seq) next_applied++;
-      const bool listed =
-          next_applied < applied_seqs.size() && applied_seqs[next_applied] == seq;
-      if (every_event || listed) TALLY_TRY(options.applied(*out.state, due->record));
+    if (options.applied &&
+        (every_event || listed_next(applied_seqs, &next_applied, due->record.seq))) {
+      TALLY_TRY(options.applied(*out.state, due->record));
     }
     ahead.pop();
   }
