@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/archivist.h"
 #include "engine/ledger.h"
 #include "engine/point_in_time.h"
 #include "engine/replay.h"
@@ -412,6 +413,35 @@ TEST_CASE("a history projection the log does not continue is rebuilt") {
   auto zed = f.ledger->balance("zed", "gold", AsOf::at_seq(2));
   REQUIRE(zed.ok());
   CHECK(zed->available == 0);
+}
+
+TEST_CASE("the history is flushed at once for a reader waiting for it, not only on the interval") {
+  Fixture f;
+  f.options.history = false;
+  f.options.snapshot_every_events = 0;
+  f.open();
+  const std::uint64_t last = run_random_workload(f, 300, 5);
+  f.close();
+
+  auto history = snap::HistoryStore::open(history_dir(f.options.data_dir), {});
+  REQUIRE(history.ok());
+  ArchivistContext context;
+  context.data_dir = f.options.data_dir;
+  context.history = history->get();
+  context.committed_seq = [last] { return last; };
+  ArchivistOptions options;
+  options.snapshot_every_events = 0;
+  options.snapshot_every_seconds = 0;
+  // No flush on the interval while the test runs.
+  options.flush_interval = std::chrono::hours(1);
+  auto archivist = Archivist::start(std::move(context), options);
+  REQUIRE(archivist.ok());
+  CHECK((*archivist)->wait_history(last, std::chrono::seconds(60)));
+  CHECK((*archivist)->stats().history_seq == last);
+  // Flushed: what a reader of the index sees.
+  auto position = (*history)->position();
+  REQUIRE(position.ok());
+  CHECK(position->seq == last);
 }
 
 }  // namespace

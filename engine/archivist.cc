@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <sched.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdio>
 #include <mutex>
@@ -47,7 +48,8 @@ struct Archivist::Impl {
   Status prepare();
   Status check_history();
   // Waits for kWakeRecords committed records, kPollInterval, a snapshot
-  // request or stop; returns the committed seq.
+  // request, a reader waiting for committed history, or stop; returns the
+  // committed seq.
   std::uint64_t wait_for_work(std::uint64_t requests);
   Status read_round(std::uint64_t committed);
   Status flush_history();
@@ -66,6 +68,7 @@ struct Archivist::Impl {
   bool stopped = false;
   std::uint64_t snapshot_requests = 0;   // tickets handed out
   std::uint64_t snapshot_answered = 0;   // tickets answered
+  std::uint64_t history_wanted = 0;      // the highest seq a wait_history() waits for
   Result<std::uint64_t> snapshot_answer{std::uint64_t{0}};
   ArchivistStats stats;
 
@@ -203,6 +206,7 @@ std::uint64_t Archivist::Impl::wait_for_work(std::uint64_t requests) {
   while (true) {
     const std::uint64_t committed = context.committed_seq();
     if (committed >= read_seq + kWakeRecords || stopping || snapshot_requests > requests ||
+        (history_wanted > stats.history_seq && history_wanted <= committed) ||
         std::chrono::steady_clock::now() >= until) {
       return committed;
     }
@@ -220,6 +224,11 @@ Status Archivist::Impl::run() {
       requests = snapshot_requests;
     }
     const std::uint64_t committed = wait_for_work(requests);
+    bool reader_waits = false;
+    {
+      std::lock_guard<std::mutex> guard(mu);
+      reader_waits = history_wanted > stats.history_seq;
+    }
     // A request is answered with a snapshot at the seq committed when it
     // was read here, or later.
     const bool requested = requests > snapshot_answered && state != nullptr;
@@ -230,7 +239,9 @@ Status Archivist::Impl::run() {
     }
     const bool caught_up = read_seq >= committed;
     const auto now = std::chrono::steady_clock::now();
-    if (caught_up || now - last_flush >= options.flush_interval) TALLY_TRY(flush_history());
+    // On the interval (ArchivistOptions::flush_interval), or at once for
+    // a reader waiting for the index.
+    if (reader_waits || now - last_flush >= options.flush_interval) TALLY_TRY(flush_history());
     if (state == nullptr) {
       if (requests > snapshot_answered) {
         finish_snapshot_request(0, Status(ErrorCode::invalid, "snapshots are off"));
@@ -318,6 +329,8 @@ Result<std::uint64_t> Archivist::snapshot_now(std::chrono::milliseconds timeout)
 bool Archivist::wait_history(std::uint64_t seq, std::chrono::milliseconds timeout) {
   Impl& impl = *impl_;
   std::unique_lock<std::mutex> guard(impl.mu);
+  impl.history_wanted = std::max(impl.history_wanted, seq);
+  impl.wake_cv.notify_all();
   return impl.cv.wait_for(guard, timeout,
                           [&] { return impl.stats.history_seq >= seq || impl.stopped; }) &&
          impl.stats.history_seq >= seq;

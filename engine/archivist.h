@@ -5,7 +5,8 @@
 // the writer appends it — the only handoff from the writer is its committed
 // seq, so the writer never waits for it — and
 //   - appends every event to the history projection (snapshots/history.h),
-//     flushing at least every flush_interval;
+//     flushing it every flush_interval, and at once when a reader waits
+//     for it (wait_history);
 //   - applies every event to its own copy of the state and writes that copy
 //     as a snapshot every snapshot_every_events events or
 //     snapshot_every_seconds seconds, or when asked (snapshot_now), then
@@ -42,7 +43,12 @@ struct ArchivistOptions {
   std::int64_t snapshot_every_seconds = 3600;       // 0: no time trigger
   std::size_t snapshot_retain = 2;
   bool history = true;
-  std::chrono::milliseconds flush_interval{100};
+  // How often the history is flushed while events keep coming. Each flush
+  // rewrites every B-tree page its entries land on, so rarer, larger ones
+  // write less (docs/performance.md); a reader waiting for the index
+  // (wait_history) gets a flush at once, and a crash costs only a re-read
+  // of the log since the last one.
+  std::chrono::milliseconds flush_interval{1000};
 };
 
 // What the archivist works on; every pointer is borrowed and must outlive it.
