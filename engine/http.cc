@@ -563,8 +563,15 @@ void HttpSession::handle(HttpRequest request) {
   const std::vector<std::string>& path = target->segments;
   if (path.size() == 1 && path[0] == "health") {
     if (request.method() != http::verb::get) return send(problem(http::status::method_not_allowed, "method_not_allowed", "use GET"), false);
-    // Serving at all means the ledger's log is open; stopping means not ready.
+    // Serving at all means the ledger's log is open; stopping means not
+    // ready, and so does a ledger that failed a write (it refuses every
+    // request until it is reopened: restart the server).
     if (stopping_ || core_.stopping()) return send(problem(http::status::service_unavailable, "closed", "shutting down"), false);
+    if (core_.ledger().read_only()) {
+      return send(problem(http::status::service_unavailable, "read_only",
+                          "the ledger failed a write; restart the server to reopen it"),
+                  false);
+    }
     return send(json_response(http::status::ok, "{\"status\":\"ready\"}"), false);
   }
   if (!core_.options().token.empty()) {

@@ -721,7 +721,6 @@ LedgerStats Ledger::stats() {
     stats.balances = counts.balances;
     stats.open_holds = counts.open_holds;
     stats.keys = counts.keys;
-    stats.digest = state.digest();
     return Status();
   }, false));
   if (impl_->archivist != nullptr) {
@@ -731,6 +730,7 @@ LedgerStats Ledger::stats() {
     stats.last_snapshot_seq = archive.last_snapshot_seq;
     stats.last_snapshot_seconds = archive.last_snapshot_seconds;
   }
+  stats.read_only = read_only();
   std::lock_guard<std::mutex> guard(impl_->mu);
   stats.groups = impl_->groups;
   return stats;
@@ -760,6 +760,17 @@ Status Ledger::close() {
   impl.lock.reset();
   std::lock_guard<std::mutex> guard(impl.failure_mu);
   return impl.failure;
+}
+
+bool Ledger::read_only() const { return impl_->failed.load(); }
+
+Result<std::uint64_t> Ledger::digest() {
+  std::uint64_t digest = 0;
+  TALLY_TRY(impl_->run_read([&](const proj::State& state, std::int64_t) {
+    digest = state.digest();
+    return Status();
+  }, false));
+  return digest;
 }
 
 std::uint64_t Ledger::committed_seq() {

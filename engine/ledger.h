@@ -77,7 +77,7 @@ struct LedgerStats {
   std::uint64_t balances = 0;
   std::uint64_t open_holds = 0;
   std::uint64_t keys = 0;
-  std::uint64_t digest = 0;            // of the state after the last applied event
+  bool read_only = false;              // read_only(): a write failed
   // The follower of docs/snapshots.md (zero when it is off).
   std::uint64_t history_seq = 0;       // the history projection reaches here
   std::uint64_t snapshots_written = 0; // since open
@@ -133,7 +133,17 @@ class Ledger final : public LedgerApi {
   // manual clock call it to make time pass.
   Status expire_due();
 
+  // Cheap: counters, and the state's sizes. Fit for monitoring.
   LedgerStats stats();
+  // True once a write has failed: every call then answers read_only, reads
+  // included, until the ledger is closed and opened again (which finds
+  // what reached the disk). What a health check should watch.
+  bool read_only() const;
+  // proj::State::digest() of the state after the last applied event: what
+  // `tally verify` prints for the log. It hashes every balance, hold and
+  // key on the writer thread, holding up commands meanwhile (about 0.1 s
+  // per million keys): for tests and audits, not for monitoring.
+  Result<std::uint64_t> digest();
 
   // The last seq whose outcome has been acknowledged: durable per the
   // durability mode (written and fdatasync'd under sync). Readers of the

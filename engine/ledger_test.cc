@@ -254,10 +254,10 @@ TEST_CASE("expiry is a logged fact driven by the injected clock") {
   CHECK(f.balance("alice", "gold") == Balance{10, 0});
 
   // Replay reproduces the expiries from the log, without the clock.
-  const std::uint64_t digest = f.ledger->stats().digest;
+  const std::uint64_t digest = *f.ledger->digest();
   f.clock.set_ns(kStart);  // a clock gone backwards changes nothing
   f.reopen();
-  CHECK(f.ledger->stats().digest == digest);
+  CHECK(*f.ledger->digest() == digest);
   CHECK(outcome_of(f.ledger->commit("m2", h2.hold)) == Outcome::hold_expired);
   auto seen = f.ledger->hold_info(h2.hold);
   REQUIRE(seen.ok());
@@ -349,9 +349,10 @@ TEST_CASE("reopening rebuilds the same state from the log") {
     }
   }
   const LedgerStats before = f.ledger->stats();
+  const std::uint64_t digest_before = *f.ledger->digest();
   f.reopen();
   const LedgerStats after = f.ledger->stats();
-  CHECK(after.digest == before.digest);
+  CHECK(*f.ledger->digest() == digest_before);
   CHECK(after.next_seq == before.next_seq);
   CHECK(after.events_replayed == before.next_seq - 1);
 }
@@ -516,8 +517,11 @@ TEST_CASE("a failed fsync turns the ledger read-only until reopened") {
     auto ledger = Ledger::open(options);
     REQUIRE(ledger.ok());
     REQUIRE(outcome_of((*ledger)->acquire("a1", "alice", "gold", 1)) == Outcome::ok);
+    CHECK_FALSE((*ledger)->read_only());
     fs.fail_sync(1);
     CHECK((*ledger)->acquire("a2", "alice", "gold", 1).code() == ErrorCode::io_error);
+    CHECK((*ledger)->read_only());
+    CHECK((*ledger)->stats().read_only);
     CHECK((*ledger)->acquire("a3", "alice", "gold", 1).code() == ErrorCode::read_only);
     CHECK((*ledger)->balance("alice", "gold").code() == ErrorCode::read_only);
     CHECK_FALSE((*ledger)->close().ok());

@@ -148,6 +148,9 @@ std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed) con
   append_line(&out, "tally_next_seq", "", stats.next_seq);
   append_help(&out, "tally_open_holds", "gauge", "Holds neither committed, released nor expired.");
   append_line(&out, "tally_open_holds", "", stats.open_holds);
+  append_help(&out, "tally_read_only", "gauge",
+              "1 once a write failed: every request is refused until the server restarts.");
+  append_line(&out, "tally_read_only", "", stats.read_only ? 1 : 0);
   append_help(&out, "tally_queue_depth", "gauge", "Requests submitted and not yet answered.");
   const std::int64_t inflight = inflight_.load(std::memory_order_relaxed);
   append_line(&out, "tally_queue_depth", "", static_cast<std::uint64_t>(inflight < 0 ? 0 : inflight));

@@ -30,6 +30,7 @@
 #include "engine/replay.h"
 #include "engine/wire.h"
 #include "log/event.h"
+#include "log/faulty_file.h"
 #include "log/reader.h"
 #include "tests/testing.h"
 
@@ -61,6 +62,7 @@ struct Fixture {
   ServerOptions options;
   std::uint64_t segment_size_bytes = log::kSegmentSizeBytesDefault;
   Durability durability = Durability::none;
+  log::FileSystem* fs = nullptr;  // nullptr: POSIX
   std::mutex log_mu;
   std::vector<std::string> logs;
 
@@ -83,6 +85,7 @@ struct Fixture {
     LedgerOptions ledger_options;
     ledger_options.data_dir = dir.sub("data");
     ledger_options.durability = durability;
+    ledger_options.fs = fs;
     ledger_options.segment_size_bytes = segment_size_bytes;
     auto opened = Ledger::open(ledger_options);
     REQUIRE(opened.ok());
@@ -533,6 +536,34 @@ TEST_CASE("http: under durability sync, /metrics counts each fdatasync and its d
   CHECK(fsyncs >= 3);
   CHECK(metric(port, "tally_fsync_duration_seconds_count") == fsyncs);
   CHECK(metric(port, "tally_group_commit_events_count") >= 3);
+}
+
+TEST_CASE("http: /health and /metrics tell when a failed write turned the ledger read-only") {
+  log::FaultyFileSystem fs(log::posix_file_system());
+  Fixture fx;
+  fx.stop();
+  fx.fs = &fs;
+  fx.durability = Durability::sync;
+  fx.start();
+  const std::uint16_t port = fx.server->http_port();
+  REQUIRE(post(port, "/v1/acquire", R"({"subject":"s","item":"i","qty":1})", "a1").status == 200);
+  CHECK(get(port, "/health").status == 200);
+  CHECK(metric(port, "tally_read_only") == 0);
+
+  fs.fail_sync(1);
+  Reply failed = post(port, "/v1/acquire", R"({"subject":"s","item":"i","qty":1})", "a2");
+  CHECK(failed.status == 503);
+  CHECK(failed.string("code") == "io_error");
+  Reply health = get(port, "/health");
+  CHECK(health.status == 503);
+  CHECK(health.string("code") == "read_only");
+  CHECK(metric(port, "tally_read_only") == 1);
+  CHECK(get(port, "/v1/balances/s/i").status == 503);
+
+  fx.server->stop();
+  fx.server.reset();
+  CHECK_FALSE(fx.ledger->close().ok());  // it reports the failed write
+  fx.ledger.reset();
 }
 
 TEST_CASE("http: balances as of a seq or a time") {
