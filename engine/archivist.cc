@@ -4,6 +4,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstdio>
 #include <mutex>
@@ -65,6 +66,7 @@ struct Archivist::Impl {
   std::condition_variable cv;       // history flushed, snapshot written, stopped
   std::condition_variable wake_cv;  // a snapshot request, or stop
   bool stopping = false;
+  std::atomic<bool> cancel{false};  // stop() was called: the opening replay stops
   bool stopped = false;
   std::uint64_t snapshot_requests = 0;   // tickets handed out
   std::uint64_t snapshot_answered = 0;   // tickets answered
@@ -113,6 +115,7 @@ Status Archivist::Impl::prepare() {
     replay_options.state_options = context.state_options;
     replay_options.snapshots = context.snapshots;
     replay_options.to_seq = context.committed_seq();
+    replay_options.cancel = &cancel;
     auto replayed = replay(replay_options);
     if (!replayed) return replayed.status();
     state = std::move(replayed->state);
@@ -215,7 +218,10 @@ std::uint64_t Archivist::Impl::wait_for_work(std::uint64_t requests) {
 }
 
 Status Archivist::Impl::run() {
-  TALLY_TRY(prepare());
+  Status prepared = prepare();
+  // Stopped while it was still replaying: nothing to drain or flush.
+  if (!prepared.ok() && cancel.load()) return Status();
+  TALLY_TRY(prepared);
   for (;;) {
     std::uint64_t requests = 0;
     {
@@ -348,8 +354,15 @@ void Archivist::stop() {
     std::lock_guard<std::mutex> guard(impl.mu);
     impl.stopping = true;
   }
+  impl.cancel.store(true);
   impl.wake_cv.notify_all();
-  if (impl.thread.joinable()) impl.thread.join();
+  if (!impl.thread.joinable()) return;
+  // What is left (the end of a replay, draining and flushing the history)
+  // runs at normal priority: under SCHED_IDLE, a machine busy with other
+  // work would keep the close waiting for as long as it stays busy.
+  sched_param param{};
+  (void)pthread_setschedparam(impl.thread.native_handle(), SCHED_OTHER, &param);
+  impl.thread.join();
 }
 
 }  // namespace tally

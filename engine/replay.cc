@@ -372,6 +372,9 @@ Result<Replayed> replay(const ReplayOptions& options) {
   TALLY_TRY(ahead.start());
   std::size_t next_applied = 0;  // into applied_seqs
   for (;;) {
+    if (options.cancel != nullptr && options.cancel->load(std::memory_order_relaxed)) {
+      return Status(ErrorCode::closed, "the replay was cancelled");
+    }
     const ReadAhead::Slot* due = ahead.next();
     if (due == nullptr) break;
     // The cache misses of the events ahead overlap with this one's: their

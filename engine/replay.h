@@ -9,6 +9,7 @@
 // live writer, in which case it sees a prefix of the log.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -57,6 +58,9 @@ struct ReplayOptions {
   // then remembers keys ahead of the ops on its reading thread, pausing
   // only at these seqs, instead of in step on the applying thread: faster.
   std::vector<std::uint64_t> applied_seqs;
+  // Borrowed; when set, checked before each event: once it is true the
+  // replay stops with `closed` (an owner that is shutting down).
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 struct ReplayReport {

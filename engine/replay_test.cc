@@ -4,6 +4,7 @@
 #include <doctest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <fstream>
 #include <optional>
 #include <random>
@@ -260,6 +261,30 @@ TEST_CASE("applied at chosen seqs sees the state exactly there, keys included") 
     CHECK(seen == expected);
     if (use_snapshots) CHECK(replayed->report.snapshot_seq > 0);
   }
+}
+
+TEST_CASE("a replay stops with closed once its cancel flag is set, and only then") {
+  testing::TempDir dir;
+  const std::string data_dir = write_log(dir);
+  std::atomic<bool> cancel{false};
+  ReplayOptions options;
+  options.data_dir = data_dir;
+  options.use_snapshots = false;
+  options.cancel = &cancel;
+  std::uint64_t visited = 0;
+  options.visit = [&](const log::Event&, const log::Record&) {
+    if (++visited == 100) cancel.store(true);
+  };
+  auto cancelled = replay(options);
+  CHECK(cancelled.code() == ErrorCode::closed);
+  CHECK(visited == 100);  // checked before each event: none after the one that set it
+  cancel.store(false);
+  visited = 0;
+  options.visit = [&](const log::Event&, const log::Record&) { visited++; };
+  auto whole = replay(options);
+  REQUIRE(whole.ok());
+  CHECK(visited == whole->report.events);
+  CHECK(whole->report.reached_end);
 }
 
 TEST_CASE("a key decided twice in the log stops replay after every event before it") {
