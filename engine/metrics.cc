@@ -148,6 +148,14 @@ std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed) con
   append_line(&out, "tally_next_seq", "", stats.next_seq);
   append_help(&out, "tally_open_holds", "gauge", "Holds neither committed, released nor expired.");
   append_line(&out, "tally_open_holds", "", stats.open_holds);
+  append_help(&out, "tally_history_seq", "gauge",
+              "The history projection is flushed up to this seq (0: none, or off).");
+  append_line(&out, "tally_history_seq", "", stats.history_seq);
+  append_help(&out, "tally_snapshots_written_total", "counter", "Snapshots written since open.");
+  append_line(&out, "tally_snapshots_written_total", "", stats.snapshots_written);
+  append_help(&out, "tally_last_snapshot_seq", "gauge",
+              "The seq of the last snapshot written since open; 0: none yet.");
+  append_line(&out, "tally_last_snapshot_seq", "", stats.last_snapshot_seq);
   append_help(&out, "tally_read_only", "gauge",
               "1 once a write failed: every request is refused until the server restarts.");
   append_line(&out, "tally_read_only", "", stats.read_only ? 1 : 0);
