@@ -42,6 +42,13 @@ void append_help(std::string* out, std::string_view name, std::string_view type,
   *out += "# TYPE " + std::string(name) + " " + std::string(type) + "\n";
 }
 
+// One metric without labels: its HELP and TYPE lines, then its value.
+void append_single(std::string* out, std::string_view name, std::string_view type,
+                   std::string_view help, std::uint64_t value) {
+  append_help(out, name, type, help);
+  append_line(out, name, "", value);
+}
+
 // The _bucket, _sum and _count lines of one histogram; `scale` converts
 // its bounds and sum to the metric's unit (1e-9: nanoseconds to seconds).
 void append_histogram(std::string* out, std::string_view name, const std::string& labels,
@@ -123,45 +130,42 @@ std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed) con
   std::string out;
   render_ops(&out);
   render_latency(&out);
-  append_help(&out, "tally_fsyncs_total", "counter", "fdatasync calls on the log.");
-  append_line(&out, "tally_fsyncs_total", "", stats.syncs);
+  append_single(&out, "tally_fsyncs_total", "counter", "fdatasync calls on the log.", stats.syncs);
   append_help(&out, "tally_fsync_duration_seconds", "histogram",
               "How long each fdatasync of the log took.");
   append_histogram(&out, "tally_fsync_duration_seconds", "", stats.sync_ns, 1e-9);
   append_help(&out, "tally_group_commit_events", "histogram",
               "Events per group commit: one write of the log for all of them.");
   append_histogram(&out, "tally_group_commit_events", "", stats.group_events, 1);
-  append_help(&out, "tally_log_bytes_total", "counter", "Bytes appended to the log since open.");
-  append_line(&out, "tally_log_bytes_total", "", stats.log_bytes_written);
-  append_help(&out, "tally_open_snapshot_seq", "gauge",
-              "The seq of the snapshot the ledger opened from; 0: none.");
-  append_line(&out, "tally_open_snapshot_seq", "", stats.snapshot_seq);
-  append_help(&out, "tally_open_replayed_events", "gauge",
-              "Events replayed from the log at open, after the snapshot.");
-  append_line(&out, "tally_open_replayed_events", "", stats.events_replayed);
+  append_single(&out, "tally_log_bytes_total", "counter",
+                "Bytes appended to the log since open.", stats.log_bytes_written);
+  append_single(&out, "tally_open_snapshot_seq", "gauge",
+                "The seq of the snapshot the ledger opened from; 0: none.", stats.snapshot_seq);
+  append_single(&out, "tally_open_replayed_events", "gauge",
+                "Events replayed from the log at open, after the snapshot.", stats.events_replayed);
   append_help(&out, "tally_open_replay_seconds", "gauge",
               "How long loading the snapshot and replaying the log took at open.");
   out += "tally_open_replay_seconds ";
   append_number(&out, stats.replay_seconds);
   out.push_back('\n');
-  append_help(&out, "tally_next_seq", "gauge", "The seq the next event will get.");
-  append_line(&out, "tally_next_seq", "", stats.next_seq);
-  append_help(&out, "tally_open_holds", "gauge", "Holds neither committed, released nor expired.");
-  append_line(&out, "tally_open_holds", "", stats.open_holds);
-  append_help(&out, "tally_history_seq", "gauge",
-              "The history projection is flushed up to this seq (0: none, or off).");
-  append_line(&out, "tally_history_seq", "", stats.history_seq);
-  append_help(&out, "tally_snapshots_written_total", "counter", "Snapshots written since open.");
-  append_line(&out, "tally_snapshots_written_total", "", stats.snapshots_written);
-  append_help(&out, "tally_last_snapshot_seq", "gauge",
-              "The seq of the last snapshot written since open; 0: none yet.");
-  append_line(&out, "tally_last_snapshot_seq", "", stats.last_snapshot_seq);
-  append_help(&out, "tally_read_only", "gauge",
-              "1 once a write failed: every request is refused until the server restarts.");
-  append_line(&out, "tally_read_only", "", stats.read_only ? 1 : 0);
-  append_help(&out, "tally_queue_depth", "gauge", "Requests submitted and not yet answered.");
+  append_single(&out, "tally_next_seq", "gauge",
+                "The seq the next event will get.", stats.next_seq);
+  append_single(&out, "tally_open_holds", "gauge",
+                "Holds neither committed, released nor expired.", stats.open_holds);
+  append_single(&out, "tally_history_seq", "gauge",
+                "The history projection is flushed up to this seq (0: none, or off).",
+                stats.history_seq);
+  append_single(&out, "tally_snapshots_written_total", "counter",
+                "Snapshots written since open.", stats.snapshots_written);
+  append_single(&out, "tally_last_snapshot_seq", "gauge",
+                "The seq of the last snapshot written since open; 0: none yet.",
+                stats.last_snapshot_seq);
+  append_single(&out, "tally_read_only", "gauge",
+                "1 once a write failed: every request is refused until the server restarts.",
+                stats.read_only ? 1 : 0);
   const std::int64_t inflight = inflight_.load(std::memory_order_relaxed);
-  append_line(&out, "tally_queue_depth", "", static_cast<std::uint64_t>(inflight < 0 ? 0 : inflight));
+  append_single(&out, "tally_queue_depth", "gauge", "Requests submitted and not yet answered.",
+                static_cast<std::uint64_t>(inflight < 0 ? 0 : inflight));
   append_help(&out, "tally_connections", "gauge", "Open connections, by protocol.");
   for (std::size_t protocol = 0; protocol < kProtocols; protocol++) {
     const std::int64_t open = connections_[protocol].load(std::memory_order_relaxed);
@@ -179,12 +183,12 @@ std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed) con
               "Connections closed at once because connections_max were open.");
   append_line(&out, "tally_connections_rejected_total", "",
               connections_rejected_.load(std::memory_order_relaxed));
-  append_help(&out, "tally_malformed_total", "counter",
-              "Connections closed for a malformed or oversized frame or request.");
-  append_line(&out, "tally_malformed_total", "", malformed_.load(std::memory_order_relaxed));
-  append_help(&out, "tally_event_waits", "gauge",
-              "Event feed readers (long polls, follow streams) waiting for a commit.");
-  append_line(&out, "tally_event_waits", "", feed.waiters);
+  append_single(&out, "tally_malformed_total", "counter",
+                "Connections closed for a malformed or oversized frame or request.",
+                malformed_.load(std::memory_order_relaxed));
+  append_single(&out, "tally_event_waits", "gauge",
+                "Event feed readers (long polls, follow streams) waiting for a commit.",
+                feed.waiters);
   return out;
 }
 
