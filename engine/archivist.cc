@@ -65,8 +65,8 @@ struct Archivist::Impl {
   std::mutex mu;
   std::condition_variable cv;       // history flushed, snapshot written, stopped
   std::condition_variable wake_cv;  // a snapshot request, or stop
-  bool stopping = false;
-  std::atomic<bool> cancel{false};  // stop() was called: the opening replay stops
+  // Atomic too: the opening replay reads it without the lock (its cancel).
+  std::atomic<bool> stopping{false};
   bool stopped = false;
   std::uint64_t snapshot_requests = 0;   // tickets handed out
   std::uint64_t snapshot_answered = 0;   // tickets answered
@@ -115,7 +115,7 @@ Status Archivist::Impl::prepare() {
     replay_options.state_options = context.state_options;
     replay_options.snapshots = context.snapshots;
     replay_options.to_seq = context.committed_seq();
-    replay_options.cancel = &cancel;
+    replay_options.cancel = &stopping;
     auto replayed = replay(replay_options);
     if (!replayed) return replayed.status();
     state = std::move(replayed->state);
@@ -218,10 +218,23 @@ std::uint64_t Archivist::Impl::wait_for_work(std::uint64_t requests) {
 }
 
 Status Archivist::Impl::run() {
+  // Loading its copy of the state runs at normal priority, like the open
+  // it follows, and so do the threads that replay starts for it: under
+  // SCHED_IDLE, a machine busy with other work could keep it (and a close
+  // that waits for it) from finishing for as long as the load lasts.
   Status prepared = prepare();
   // Stopped while it was still replaying: nothing to drain or flush.
-  if (!prepared.ok() && cancel.load()) return Status();
+  if (!prepared.ok() && stopping.load()) return Status();
   TALLY_TRY(prepared);
+  {
+    // From here on it runs only on a core nothing else wants: under full
+    // load it lags rather than slow the writer (measured in
+    // docs/performance.md). Not once stop() began: it has made the thread
+    // normal again. Best effort: a failure only means it competes evenly.
+    std::lock_guard<std::mutex> guard(mu);
+    sched_param param{};
+    if (!stopping) (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &param);
+  }
   for (;;) {
     std::uint64_t requests = 0;
     {
@@ -275,11 +288,6 @@ Status Archivist::Impl::run() {
 }
 
 void Archivist::Impl::main() {
-  // Runs only on a core nothing else wants: under full load the archivist
-  // lags rather than slow the writer (measured in docs/performance.md).
-  // Best effort: a failure only means it competes evenly.
-  sched_param param{};
-  (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &param);
   Status status = run();
   if (!status.ok()) {
     std::fprintf(stderr, "tally: snapshots and history stopped: %s\n", status.to_string().c_str());
@@ -354,12 +362,11 @@ void Archivist::stop() {
     std::lock_guard<std::mutex> guard(impl.mu);
     impl.stopping = true;
   }
-  impl.cancel.store(true);
   impl.wake_cv.notify_all();
   if (!impl.thread.joinable()) return;
-  // What is left (the end of a replay, draining and flushing the history)
-  // runs at normal priority: under SCHED_IDLE, a machine busy with other
-  // work would keep the close waiting for as long as it stays busy.
+  // What is left (draining and flushing the history) runs at normal
+  // priority: under SCHED_IDLE, a machine busy with other work would keep
+  // the close waiting for as long as it stays busy.
   sched_param param{};
   (void)pthread_setschedparam(impl.thread.native_handle(), SCHED_OTHER, &param);
   impl.thread.join();

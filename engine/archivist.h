@@ -15,11 +15,12 @@
 // copy-on-write fork, stopping the writer to serialise its state) stall
 // the writer instead. docs/snapshots.md gives the measurements.
 //
-// The thread runs under SCHED_IDLE, only on a core nothing else wants:
-// under full load it lags and catches up later, which point-in-time reads
-// account for (engine/point_in_time.h falls back to a replay where the
-// index lags). It wakes every 8192 committed records or 20 ms, not once
-// per group commit.
+// Once it has loaded its copy of the state (at normal priority, like the
+// open), the thread runs under SCHED_IDLE, only on a core nothing else
+// wants: under full load it lags and catches up later, which point-in-time
+// reads account for (engine/point_in_time.h falls back to a replay where
+// the index lags). It wakes every 8192 committed records or 20 ms, not
+// once per group commit. stop() makes it normal again for the drain.
 //
 // Thread safety: every method may be called from any thread.
 #pragma once
