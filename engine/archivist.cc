@@ -50,8 +50,8 @@ struct Archivist::Impl {
   Status check_history();
   // Waits for kWakeRecords committed records, kPollInterval, a snapshot
   // request, a reader waiting for committed history, or stop; returns the
-  // committed seq.
-  std::uint64_t wait_for_work(std::uint64_t requests);
+  // committed seq, and in *reader_waits whether a wait_history() waits.
+  std::uint64_t wait_for_work(std::uint64_t requests, bool* reader_waits);
   Status read_round(std::uint64_t committed);
   Status flush_history();
   Status write_snapshot();
@@ -203,13 +203,16 @@ void Archivist::Impl::finish_snapshot_request(std::uint64_t seq, Status status) 
   cv.notify_all();
 }
 
-std::uint64_t Archivist::Impl::wait_for_work(std::uint64_t requests) {
+std::uint64_t Archivist::Impl::wait_for_work(std::uint64_t requests, bool* reader_waits) {
   const auto until = std::chrono::steady_clock::now() + kPollInterval;
   std::unique_lock<std::mutex> guard(mu);
   while (true) {
     const std::uint64_t committed = context.committed_seq();
+    *reader_waits = history_wanted > stats.history_seq;
+    // A reader waiting for a seq not committed yet wakes nothing: there is
+    // nothing to read for it.
     if (committed >= read_seq + kWakeRecords || stopping || snapshot_requests > requests ||
-        (history_wanted > stats.history_seq && history_wanted <= committed) ||
+        (*reader_waits && history_wanted <= committed) ||
         std::chrono::steady_clock::now() >= until) {
       return committed;
     }
@@ -242,12 +245,8 @@ Status Archivist::Impl::run() {
       if (stopping) break;
       requests = snapshot_requests;
     }
-    const std::uint64_t committed = wait_for_work(requests);
     bool reader_waits = false;
-    {
-      std::lock_guard<std::mutex> guard(mu);
-      reader_waits = history_wanted > stats.history_seq;
-    }
+    const std::uint64_t committed = wait_for_work(requests, &reader_waits);
     // A request is answered with a snapshot at the seq committed when it
     // was read here, or later.
     const bool requested = requests > snapshot_answered && state != nullptr;
