@@ -6,6 +6,10 @@ usage: cli_test.py TALLY SCRATCH_DIR
 Every command is run as a user would run it: a generated workload is applied,
 exported, logged, verified, corrupted and verified again. Each check is a
 function named test_*; the last line printed is "N passed, N failed".
+
+Each run works in a directory of its own under SCRATCH_DIR, removed when
+every check passes and kept (its path printed) when one fails: every ledger
+preallocates a 64 MiB segment, so runs left behind would fill the disk.
 """
 import fcntl
 import json
@@ -22,7 +26,8 @@ import traceback
 import urllib.request
 
 TALLY = os.path.abspath(sys.argv[1])
-SCRATCH = os.path.abspath(sys.argv[2])
+SCRATCH_ROOT = os.path.abspath(sys.argv[2])
+SCRATCH = None  # this run's directory under SCRATCH_ROOT, made by main()
 
 COMMANDS = ["apply", "bench", "export", "balance", "list", "history", "log", "verify", "snapshot",
             "workload"]
@@ -1180,7 +1185,9 @@ def test_log_time_and_type_filters():
 
 
 def main():
-    os.makedirs(SCRATCH, exist_ok=True)
+    global SCRATCH
+    os.makedirs(SCRATCH_ROOT, exist_ok=True)
+    SCRATCH = tempfile.mkdtemp(prefix="run-", dir=SCRATCH_ROOT)
     tests = [(name, fn) for name, fn in sorted(globals().items())
              if name.startswith("test_") and callable(fn)]
     failed = 0
@@ -1192,6 +1199,10 @@ def main():
             failed += 1
             print("FAIL", name, flush=True)
             traceback.print_exc()
+    if failed:
+        print("kept the scratch files of this run in", SCRATCH)
+    else:
+        shutil.rmtree(SCRATCH)
     print("%d passed, %d failed" % (len(tests) - failed, failed))
     return 1 if failed else 0
 

@@ -19,6 +19,7 @@ import argparse
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -116,6 +117,17 @@ def main():
 
     os.makedirs(a.scratch, exist_ok=True)
     work = tempfile.mkdtemp(prefix="crash-", dir=a.scratch)
+    try:
+        campaign(a, rng, work)
+    except BaseException:
+        print("kept the files of this run in", work, flush=True)
+        raise
+    shutil.rmtree(work)  # every ledger preallocates a 64 MiB segment
+    return 0
+
+
+def campaign(a, rng, work):
+    """The kills and the checks after each; raises AssertionError on a failure."""
     workload = os.path.join(work, "w.csv")
     expect = os.path.join(work, "w.expect")
     data = os.path.join(work, "data")
@@ -183,7 +195,6 @@ def main():
     assert out.decode().splitlines() == expected, "the final state differs from the expected one"
     print("crash test passed: %d kills, %d keys acknowledged before the last run, %.1f s" % (
         a.kills, len(before), time.monotonic() - started))
-    return 0
 
 
 if __name__ == "__main__":
