@@ -1,22 +1,6 @@
 #include "log/log_test_util.h"
 
-#include <stdlib.h>
-
-#include <filesystem>
-
 namespace tally::log::test {
-
-TempDir::TempDir() {
-  char pattern[] = "/tmp/tally-log-test-XXXXXX";
-  const char* made = ::mkdtemp(pattern);
-  REQUIRE(made != nullptr);
-  path_ = made;
-}
-
-TempDir::~TempDir() {
-  std::error_code error;
-  std::filesystem::remove_all(path_, error);
-}
 
 std::size_t payload_size_for(std::uint64_t seq) { return 8 * (1 + (seq * 7919) % 120); }
 

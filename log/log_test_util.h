@@ -14,21 +14,15 @@
 #include "log/format.h"
 #include "log/reader.h"
 #include "log/writer.h"
+#include "tests/testing.h"
 
 namespace tally::log::test {
 
-// A fresh directory under /tmp, removed with its contents at the end.
-class TempDir {
+// A fresh directory, removed with its contents at the end; the log goes in
+// DIR/log.
+class TempDir : public testing::TempDir {
  public:
-  TempDir();
-  ~TempDir();
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-  std::string log_dir() const { return path_ + "/log"; }
-
- private:
-  std::string path_;
+  std::string log_dir() const { return sub("log"); }
 };
 
 // Payload sizes vary with the seq (8..960 bytes, multiples of 8), so frames

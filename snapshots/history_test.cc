@@ -21,7 +21,7 @@
 #include "projections/state_fixture.h"
 #include "projections/stream_fixture.h"
 #include "snapshots/history_format.h"
-#include "snapshots/temp_dir.h"
+#include "tests/testing.h"
 
 namespace tally::proj {
 
@@ -48,6 +48,7 @@ using proj::Listed;
 using proj::State;
 using proj::StateOptions;
 using proj::transfer_op;
+using testing::TempDir;
 
 constexpr std::int64_t kWindowNs = 50 * kMsNs;
 
@@ -70,7 +71,7 @@ HistoryStoreOptions small_options() {
 
 std::unique_ptr<HistoryStore> open_history(const TempDir& dir,
                                            HistoryStoreOptions options = small_options()) {
-  Result<std::unique_ptr<HistoryStore>> store = HistoryStore::open(dir.path("history"), options);
+  Result<std::unique_ptr<HistoryStore>> store = HistoryStore::open(dir.sub("history"), options);
   REQUIRE_MESSAGE(store.ok(), store.status().to_string());
   return std::move(store).value();
 }
@@ -447,10 +448,10 @@ TEST_CASE("bad options are invalid; a capped map fails the flush and keeps the a
   TempDir dir;
   HistoryStoreOptions options = small_options();
   options.pending_bytes_max = 0;
-  CHECK(HistoryStore::open(dir.path("history"), options).code() == ErrorCode::invalid);
+  CHECK(HistoryStore::open(dir.sub("history"), options).code() == ErrorCode::invalid);
   options = small_options();
   options.map_size_bytes_max = options.map_size_bytes / 2;
-  CHECK(HistoryStore::open(dir.path("history"), options).code() == ErrorCode::invalid);
+  CHECK(HistoryStore::open(dir.sub("history"), options).code() == ErrorCode::invalid);
 
   options = small_options();
   options.map_size_bytes_max = options.map_size_bytes;
@@ -562,7 +563,7 @@ void edit_db(const TempDir& dir, const char* db,
   MDB_env* env = nullptr;
   REQUIRE(mdb_env_create(&env) == 0);
   REQUIRE(mdb_env_set_maxdbs(env, history::kDbCount) == 0);
-  REQUIRE(mdb_env_open(env, dir.path("history").c_str(), 0, 0644) == 0);
+  REQUIRE(mdb_env_open(env, dir.sub("history").c_str(), 0, 0644) == 0);
   MDB_txn* txn = nullptr;
   REQUIRE(mdb_txn_begin(env, nullptr, 0, &txn) == 0);
   MDB_dbi dbi = 0;
@@ -660,10 +661,10 @@ TEST_CASE("a damaged pair id or position record is corrupt") {
       flipped.replace(8, 1, 1, static_cast<char>(value.at(8) ^ 0x04));  // the seq
       return flipped;
     });
-    CHECK(HistoryStore::open(dir.path("history"), small_options()).code() == ErrorCode::corrupt);
+    CHECK(HistoryStore::open(dir.sub("history"), small_options()).code() == ErrorCode::corrupt);
     HistoryStoreOptions read_only = small_options();
     read_only.read_only = true;
-    CHECK(HistoryStore::open(dir.path("history"), read_only).code() == ErrorCode::corrupt);
+    CHECK(HistoryStore::open(dir.sub("history"), read_only).code() == ErrorCode::corrupt);
   }
 }
 
@@ -673,14 +674,14 @@ TEST_CASE("read_only: a missing index is not_found and creates nothing; a writte
   TempDir dir;
   HistoryStoreOptions options = small_options();
   options.read_only = true;
-  CHECK(HistoryStore::open(dir.path("history"), options).code() == ErrorCode::not_found);
-  CHECK_FALSE(std::filesystem::exists(dir.path("history")));
-  std::filesystem::create_directory(dir.path("history"));
-  CHECK(HistoryStore::open(dir.path("history"), options).code() == ErrorCode::not_found);
-  CHECK(std::filesystem::is_empty(dir.path("history")));
+  CHECK(HistoryStore::open(dir.sub("history"), options).code() == ErrorCode::not_found);
+  CHECK_FALSE(std::filesystem::exists(dir.sub("history")));
+  std::filesystem::create_directory(dir.sub("history"));
+  CHECK(HistoryStore::open(dir.sub("history"), options).code() == ErrorCode::not_found);
+  CHECK(std::filesystem::is_empty(dir.sub("history")));
 
   write_small_index(dir);
-  Result<std::unique_ptr<HistoryStore>> opened = HistoryStore::open(dir.path("history"), options);
+  Result<std::unique_ptr<HistoryStore>> opened = HistoryStore::open(dir.sub("history"), options);
   REQUIRE_MESSAGE(opened.ok(), opened.status().to_string());
   HistoryStore& store = **opened;
   CHECK(position_ok(store).seq == 3);
@@ -718,7 +719,7 @@ TEST_CASE("a second writer's flush is locked, and the index keeps the first's") 
     // environment (the parent's may not be used after fork).
     int code = 1;
     Result<std::unique_ptr<HistoryStore>> other =
-        HistoryStore::open(dir.path("history"), small_options());
+        HistoryStore::open(dir.sub("history"), small_options());
     if (other.ok() && (*other)->append(event, 7).ok() && (*other)->flush().ok()) code = 0;
     _exit(code);
   }
@@ -742,7 +743,7 @@ TEST_CASE("a reader adopts the map another process grew") {
   write_small_index(dir);
   HistoryStoreOptions options = small_options();
   options.read_only = true;
-  Result<std::unique_ptr<HistoryStore>> opened = HistoryStore::open(dir.path("history"), options);
+  Result<std::unique_ptr<HistoryStore>> opened = HistoryStore::open(dir.sub("history"), options);
   REQUIRE_MESSAGE(opened.ok(), opened.status().to_string());
   HistoryStore& reader = **opened;
   CHECK(position_ok(reader).seq == 3);
@@ -752,7 +753,7 @@ TEST_CASE("a reader adopts the map another process grew") {
   if (child == 0) {
     int code = 1;
     Result<std::unique_ptr<HistoryStore>> writer =
-        HistoryStore::open(dir.path("history"), small_options());
+        HistoryStore::open(dir.sub("history"), small_options());
     if (writer.ok()) {
       code = 0;
       // Long names, so the map grows well past the reader's.
@@ -774,7 +775,7 @@ TEST_CASE("a reader adopts the map another process grew") {
   REQUIRE(waitpid(child, &wait_status, 0) == child);
   REQUIRE(WIFEXITED(wait_status));
   REQUIRE(WEXITSTATUS(wait_status) == 0);
-  CHECK(std::filesystem::file_size(dir.path("history") + "/data.mdb") > 4 * 64 * 1024);
+  CHECK(std::filesystem::file_size(dir.sub("history") + "/data.mdb") > 4 * 64 * 1024);
   CHECK(position_ok(reader).seq == 3 + kEvents);
   std::string last(200, 's');
   last += std::to_string(3 + kEvents);
@@ -844,7 +845,7 @@ TEST_CASE("readers on other threads see whole flushes while the writer appends a
   CHECK(failures.load() == 0);
   CHECK(reads.load() > 0);
   CHECK(position_ok(*store).seq == kEvents);
-  CHECK(std::filesystem::file_size(dir.path("history") + "/data.mdb") > 64 * 1024);
+  CHECK(std::filesystem::file_size(dir.sub("history") + "/data.mdb") > 64 * 1024);
 }
 
 }  // namespace

@@ -10,7 +10,7 @@
 
 #include "projections/state_fixture.h"
 #include "snapshots/format.h"
-#include "snapshots/temp_dir.h"
+#include "tests/testing.h"
 
 namespace tally::snap {
 namespace {
@@ -20,6 +20,7 @@ using proj::kWindowNs;
 using proj::ScriptHolds;
 using proj::State;
 using proj::StateOptions;
+using testing::TempDir;
 
 SnapshotStoreOptions small_options() {
   SnapshotStoreOptions options;
@@ -30,7 +31,7 @@ SnapshotStoreOptions small_options() {
 
 std::unique_ptr<SnapshotStore> open_store(const TempDir& dir,
                                           SnapshotStoreOptions options = small_options()) {
-  Result<std::unique_ptr<SnapshotStore>> store = SnapshotStore::open(dir.store_dir(), options);
+  Result<std::unique_ptr<SnapshotStore>> store = SnapshotStore::open(dir.sub("snapshots"), options);
   REQUIRE_MESSAGE(store.ok(), store.status().to_string());
   return std::move(store).value();
 }
@@ -130,7 +131,7 @@ void flip_chunk_byte(const TempDir& dir, std::uint64_t seq, std::uint32_t chunk,
   MDB_env* env = nullptr;
   REQUIRE(mdb_env_create(&env) == 0);
   REQUIRE(mdb_env_set_maxdbs(env, 2) == 0);
-  REQUIRE(mdb_env_open(env, dir.store_dir().c_str(), 0, 0644) == 0);
+  REQUIRE(mdb_env_open(env, dir.sub("snapshots").c_str(), 0, 0644) == 0);
   MDB_txn* txn = nullptr;
   REQUIRE(mdb_txn_begin(env, nullptr, 0, &txn) == 0);
   MDB_dbi dbi = 0;
@@ -200,7 +201,7 @@ TEST_CASE("a byte flipped in the data file is caught and skipped") {
     REQUIRE_OK(feed.one("k2", proj::acquire_op("only-in-the-newest-snapshot", "gold", 5)));
     write_ok(store.get(), state);
   }
-  const std::string data_path = dir.store_dir() + "/data.mdb";
+  const std::string data_path = dir.sub("snapshots") + "/data.mdb";
   std::string data;
   {
     std::ifstream in(data_path, std::ios::binary);
@@ -273,7 +274,7 @@ TEST_CASE("bad options and a position that is not the state's are invalid") {
   TempDir dir;
   SnapshotStoreOptions options = small_options();
   options.chunk_bytes = 1;
-  CHECK(SnapshotStore::open(dir.store_dir(), options).code() == ErrorCode::invalid);
+  CHECK(SnapshotStore::open(dir.sub("snapshots"), options).code() == ErrorCode::invalid);
   std::unique_ptr<SnapshotStore> store = open_store(dir);
   State state;
   LogPosition position = position_of(state);
