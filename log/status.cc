@@ -32,4 +32,15 @@ void assert_fail(const char* expr, const char* file, int line) {
   std::abort();
 }
 
+// Built by appending: GCC 12 warns falsely (-Wrestrict, PR 105651) on
+// "'" + std::string(...) at -O3.
+std::string quoted(std::string_view name) {
+  std::string out;
+  out.reserve(name.size() + 2);
+  out.push_back('\'');
+  out.append(name);
+  out.push_back('\'');
+  return out;
+}
+
 }  // namespace tally

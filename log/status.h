@@ -90,6 +90,9 @@ class [[nodiscard]] Result {
 // Drops a Status on purpose, visibly.
 inline void ignore_status(const Status&) {}
 
+// 'name', for naming a subject, item or key in an error message.
+std::string quoted(std::string_view name);
+
 [[noreturn]] void assert_fail(const char* expr, const char* file, int line);
 
 }  // namespace tally

@@ -27,17 +27,6 @@ Status corrupt_at(std::uint64_t seq, const std::string& what) {
 
 namespace {
 
-// Built by appending: GCC 12 warns falsely (-Wrestrict, PR 105651) on
-// "'" + std::string(...) at -O3.
-std::string quoted(std::string_view name) {
-  std::string out;
-  out.reserve(name.size() + 2);
-  out.push_back('\'');
-  out.append(name);
-  out.push_back('\'');
-  return out;
-}
-
 bool valid_name(std::string_view name) { return !name.empty() && name.size() <= kNameBytesMax; }
 
 // A read treats a due hold as released. available + held can pass INT64_MAX

@@ -86,14 +86,9 @@ class Encoder {
 // ---------------------------------------------------------------- invariants
 
 std::string State::Impl::pair_name(std::uint64_t pair) const {
-  // Appended piece by piece: GCC 12 warns falsely (-Wrestrict, PR 105651)
-  // on "'" + std::string(...) at -O3.
-  std::string out;
-  out.push_back('\'');
-  out.append(subjects.view(subject_of(pair)));
-  out.append("' '");
-  out.append(items.view(item_of(pair)));
-  out.push_back('\'');
+  std::string out = quoted(subjects.view(subject_of(pair)));
+  out.push_back(' ');
+  out.append(quoted(items.view(item_of(pair))));
   return out;
 }
 

@@ -69,16 +69,6 @@ Status lmdb_error(std::string_view what, int rc) { return lmdb::error(kComponent
 Status corrupt(const std::string& what) { return Status(ErrorCode::corrupt, "history: " + what); }
 Status invalid(const std::string& what) { return Status(ErrorCode::invalid, "history: " + what); }
 
-// Built by appending: GCC 12 warns falsely (-Wrestrict) on "'" + std::string.
-std::string quoted(std::string_view name) {
-  std::string out;
-  out.reserve(name.size() + 2);
-  out.push_back('\'');
-  out.append(name);
-  out.push_back('\'');
-  return out;
-}
-
 bool valid_name(std::string_view name) {
   return !name.empty() && name.size() <= kNameBytesMax && name.find('\0') == std::string_view::npos;
 }
