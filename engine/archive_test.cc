@@ -12,6 +12,8 @@
 #include "engine/ledger.h"
 #include "engine/point_in_time.h"
 #include "engine/replay.h"
+#include "log/faulty_file.h"
+#include "log/format.h"
 #include "projections/state.h"
 #include "snapshots/history.h"
 #include "snapshots/store.h"
@@ -442,6 +444,33 @@ TEST_CASE("the history is flushed at once for a reader waiting for it, not only 
   auto position = (*history)->position();
   REQUIRE(position.ok());
   CHECK(position->seq == last);
+}
+
+TEST_CASE("an archivist stopped by a log that no longer reads back shows in the stats") {
+  log::FaultyFileSystem faulty(log::posix_file_system());
+  Fixture f;
+  f.options.fs = &faulty;
+  f.open();
+  f.ok(f.ledger->acquire("a1", "alice", "gold", 5));
+  CHECK_FALSE(f.ledger->stats().archivist_failed);
+  // Media corruption: the next record lands with a payload bit flipped,
+  // and the write reports success.
+  faulty.flip_bit_in_next_write((log::kFrameHeaderSize + 5) * 8 + 3);
+  f.ok(f.ledger->acquire("a2", "alice", "gold", 6));
+  // The archivist reads that record back and stops on it.
+  bool failed = false;
+  for (int wait = 0; wait < 6000 && !failed; wait++) {
+    failed = f.ledger->stats().archivist_failed;
+    if (!failed) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CHECK(failed);
+  CHECK(f.ledger->snapshot_now().code() == ErrorCode::corrupt);
+  // The ledger itself goes on, from its memory.
+  f.ok(f.ledger->acquire("a3", "alice", "gold", 1));
+  auto balance = f.ledger->balance("alice", "gold");
+  REQUIRE(balance.ok());
+  CHECK(balance->available == 12);
+  f.close();
 }
 
 }  // namespace

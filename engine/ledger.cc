@@ -729,6 +729,7 @@ LedgerStats Ledger::stats() {
     stats.snapshots_written = archive.snapshots_written;
     stats.last_snapshot_seq = archive.last_snapshot_seq;
     stats.last_snapshot_seconds = archive.last_snapshot_seconds;
+    stats.archivist_failed = !archive.failure.ok();
   }
   stats.read_only = read_only();
   std::lock_guard<std::mutex> guard(impl_->mu);

@@ -83,6 +83,11 @@ struct LedgerStats {
   std::uint64_t snapshots_written = 0; // since open
   std::uint64_t last_snapshot_seq = 0;
   double last_snapshot_seconds = 0;    // to write it
+  // The follower stopped on an error (logged on stderr): snapshots and the
+  // history no longer advance until the ledger is reopened, while the
+  // ledger itself goes on. A log that no longer reads back (media
+  // corruption) is one cause, and the next open would refuse it.
+  bool archivist_failed = false;
 };
 
 class Ledger final : public LedgerApi {

@@ -160,6 +160,10 @@ std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed) con
   append_single(&out, "tally_last_snapshot_seq", "gauge",
                 "The seq of the last snapshot written since open; 0: none yet.",
                 stats.last_snapshot_seq);
+  append_single(&out, "tally_archivist_failed", "gauge",
+                "1 once snapshots and history stopped on an error (logged); "
+                "0 while they run or are off.",
+                stats.archivist_failed ? 1 : 0);
   append_single(&out, "tally_read_only", "gauge",
                 "1 once a write failed: every request is refused until the server restarts.",
                 stats.read_only ? 1 : 0);
