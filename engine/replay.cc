@@ -102,9 +102,12 @@ bool listed_next(const std::vector<std::uint64_t>& seqs, std::size_t* next, std:
 // however few records a segment holds).
 //
 // Given the state, the reading thread also remembers each event's key
-// (State::remember_key) before it hands the event over, and the applying
-// thread applies only its ops: the key index is the largest table replay
-// inserts into, and the other half of the work.
+// before it hands the event over, and the applying thread applies only its
+// ops: the key index is the largest table replay inserts into, and the
+// other half of the work. Keys are indexed in runs, in the order of their
+// slots (State::remember_key_batched); the reading thread indexes the
+// waiting ones before it hands over a pause seq or the end, where the
+// applying thread looks at the whole state.
 class ReadAhead {
  public:
   struct Slot {
@@ -181,8 +184,6 @@ class ReadAhead {
   static constexpr std::uint64_t kWakeEvery = kSlots / 2;
   static constexpr std::uint64_t kFinished = std::uint64_t{1} << 63;
   static constexpr std::uint64_t kNoPause = UINT64_MAX;
-  // How far ahead of remembering a key its slot is prefetched.
-  static constexpr std::uint64_t kKeyLead = 8;
 
   void hand_back() {
     consumed_.store(head_, std::memory_order_release);
@@ -202,27 +203,39 @@ class ReadAhead {
     if (keys_ == nullptr) keyed_ = std::max(keyed_, count);
     for (; keyed_ < count; keyed_++) {
       const Slot& slot = slots_[keyed_ % kSlots];
-      if (paused(slot.event.seq)) return true;
-      Status remembered = keys_->remember_key(slot.event, slot.hashes.key);
-      if (!remembered.ok()) {
-        status_ = std::move(remembered);
-        publish(kFinished);
-        return false;
-      }
-    }
-    return true;
-  }
-  // Whether the key of event `seq`, the next to remember, must wait: it
-  // follows a pause seq whose event is not applied yet, and the applying
-  // thread must find the keys in step with the ops there. Hands over every
-  // keyed slot once per pause, so that the applying thread gets there.
-  bool paused(std::uint64_t seq) {
-    if (pause_slot_ != kNoPause) {
-      if (consumed_.load(std::memory_order_acquire) <= pause_slot_) {
-        if (!pause_published_) publish();
+      if (paused(slot.event.seq)) {
+        // Hands over every keyed slot once per pause, so that the applying
+        // thread gets there, and finds every key up to it indexed.
+        if (pause_published_) return true;
+        if (!index_keys()) return false;
+        publish();
         pause_published_ = true;
         return true;
       }
+      Status remembered = keys_->remember_key_batched(slot.event, slot.hashes.key);
+      if (!remembered.ok()) return refuse(std::move(remembered));
+    }
+    return true;
+  }
+  // Indexes the keys remembered so far (State::index_keys); false on a
+  // refusal.
+  bool index_keys() {
+    if (keys_ == nullptr) return true;
+    Status indexed = keys_->index_keys();
+    return indexed.ok() || refuse(std::move(indexed));
+  }
+  // Finishes with a refused key after the slots keyed before it; false.
+  bool refuse(Status status) {
+    status_ = std::move(status);
+    publish(kFinished);
+    return false;
+  }
+  // Whether the key of event `seq`, the next to remember, must wait: it
+  // follows a pause seq whose event is not applied yet, and the applying
+  // thread must find the keys in step with the ops there.
+  bool paused(std::uint64_t seq) {
+    if (pause_slot_ != kNoPause) {
+      if (consumed_.load(std::memory_order_acquire) <= pause_slot_) return true;
       pause_slot_ = kNoPause;
       pause_published_ = false;
     }
@@ -256,7 +269,7 @@ class ReadAhead {
   }
   void finish(Status status, bool reached_end) {
     // A key refused before here is the earlier problem.
-    if (!remember_all_keys(tail_)) return;
+    if (!remember_all_keys(tail_) || !index_keys()) return;
     status_ = std::move(status);
     reached_end_ = reached_end;
     publish(kFinished);
@@ -289,10 +302,9 @@ class ReadAhead {
       if (slot.event.timestamp_ns > to_time_ns_) return finish(Status(), false);
       read_seq_ = record.seq;
       slot.hashes = proj::State::hash(slot.event);
-      if (keys_ != nullptr) keys_->prefetch_key(slot.hashes.key);
       tail_++;
       const std::uint64_t keyed = keyed_;
-      if (!remember_keys(tail_ - std::min(tail_, kKeyLead))) return;
+      if (!remember_keys(tail_)) return;
       if (keyed_ / kChunk != keyed / kChunk) publish();
     }
   }

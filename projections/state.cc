@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <numeric>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <utility>
 
 #include "projections/state_impl.h"
@@ -465,33 +467,110 @@ Status State::apply(const log::Event& event, const EventHashes& hashes) {
   return apply_ops(event, hashes);
 }
 
-Status State::remember_key(const log::Event& event, std::uint32_t key_hash) {
-  Impl& impl = *impl_;
-  TALLY_DEBUG_ASSERT(key_hash == KeyIndex::hash_of(event.key));
+Status State::Impl::check_key(const log::Event& event) const {
   // Checked here too, not only by apply_ops(): on another thread this may
   // run ahead of it, and the key index needs both.
   if (event.key.size() > kNameBytesMax) return corrupt_at(event.seq, "over-long key");
-  if (event.timestamp_ns < impl.keys.newest_timestamp_ns()) {
+  if (event.timestamp_ns < keys.newest_timestamp_ns()) {
     return corrupt_at(event.seq, "timestamp " + std::to_string(event.timestamp_ns) +
                                      " before that of an earlier key, " +
-                                     std::to_string(impl.keys.newest_timestamp_ns()));
+                                     std::to_string(keys.newest_timestamp_ns()));
   }
-  // Forget first: a key stamped t - window is gone for the event at t, even
-  // if that event carries the same key again.
-  if (const auto cutoff_ns = impl.forget_cutoff(event.timestamp_ns)) {
-    impl.keys.evict_through(*cutoff_ns);
-  }
-  if (event.key.empty()) return Status();
+  return Status();
+}
+
+KeyRecord State::Impl::key_record_of(const log::Event& event) {
   KeyRecord record;
   record.fingerprint = event.fingerprint;
   record.seq = event.seq;
   record.timestamp_ns = event.timestamp_ns;
   record.reason = event.rejected;
   record.failed_index = event.failed_index;
-  if (!impl.keys.insert(event.key, key_hash, record)) {
+  return record;
+}
+
+Status State::remember_key(const log::Event& event, std::uint32_t key_hash) {
+  Impl& impl = *impl_;
+  TALLY_DEBUG_ASSERT(key_hash == KeyIndex::hash_of(event.key));
+  TALLY_ASSERT(impl.keys_waiting.empty());
+  TALLY_TRY(impl.check_key(event));
+  // Forget first: a key stamped t - window is gone for the event at t, even
+  // if that event carries the same key again.
+  if (const auto cutoff_ns = impl.forget_cutoff(event.timestamp_ns)) {
+    impl.keys.evict_through(*cutoff_ns);
+  }
+  if (event.key.empty()) return Status();
+  if (!impl.keys.insert(event.key, key_hash, Impl::key_record_of(event))) {
     return corrupt_at(event.seq, "key " + quoted(event.key) + " was already decided");
   }
   return Status();
+}
+
+Status State::remember_key_batched(const log::Event& event, std::uint32_t key_hash) {
+  Impl& impl = *impl_;
+  TALLY_DEBUG_ASSERT(key_hash == KeyIndex::hash_of(event.key));
+  TALLY_TRY(impl.check_key(event));
+  if (const auto cutoff_ns = impl.forget_cutoff(event.timestamp_ns)) {
+    // Index the waiting keys before any key is forgotten: a waiting key
+    // may repeat it (a key decided twice within the window), or be due
+    // itself (only indexed keys can be forgotten). In a log longer than the
+    // window, that is most events, and the runs stay short.
+    if (!impl.keys_waiting.empty() && (*cutoff_ns >= impl.keys_waiting_first_ns ||
+                                       impl.keys.oldest_timestamp_ns() <= *cutoff_ns)) {
+      TALLY_TRY(index_keys());
+    }
+    impl.keys.evict_through(*cutoff_ns);
+  }
+  if (event.key.empty()) return Status();
+  if (impl.keys_waiting.empty()) {
+    impl.keys_waiting_first_seq = event.seq;
+    impl.keys_waiting_first_ns = event.timestamp_ns;
+  }
+  impl.keys_waiting.push_back(
+      impl.keys.add_unindexed(event.key, key_hash, Impl::key_record_of(event)));
+  if (impl.keys_waiting.size() == kKeysWaitingMax) return index_keys();
+  return Status();
+}
+
+Status State::index_keys() {
+  Impl& impl = *impl_;
+  if (impl.keys_waiting.empty()) return Status();
+  if (impl.keys_scratch == nullptr) {
+    impl.keys_scratch = std::make_unique_for_overwrite<KeyIndex::Added[]>(kKeysWaitingMax);
+  }
+  const std::size_t count = impl.keys_waiting.size();
+  impl.keys.reserve(impl.keys.size() + count);
+  const bool unique = impl.keys.index_added(impl.keys_waiting,
+                                            std::span(impl.keys_scratch.get(), kKeysWaitingMax));
+  impl.keys_waiting.clear();
+  if (!unique) return impl.repeated_key(impl.keys_waiting_first_seq);
+  return Status();
+}
+
+Status State::Impl::repeated_key(std::uint64_t first_seq) const {
+  // The slow way, for a corrupt log only: the run's keys (in the arena,
+  // oldest first, with the keys remembered before them), then the first of
+  // them in seq order that repeats an earlier one.
+  std::unordered_map<std::string_view, std::uint64_t> run;  // key, its first seq in the run
+  std::uint64_t repeat_seq = UINT64_MAX;
+  std::string_view repeated;
+  const auto found = [&](std::string_view key, std::uint64_t seq) {
+    if (seq < repeat_seq) {
+      repeat_seq = seq;
+      repeated = key;
+    }
+  };
+  keys.for_each([&](std::string_view key, const KeyRecord& record) {
+    if (record.seq >= first_seq && !run.emplace(key, record.seq).second) found(key, record.seq);
+  });
+  keys.for_each([&](std::string_view key, const KeyRecord& record) {
+    if (record.seq >= first_seq) return;
+    if (const auto in_run = run.find(key); in_run != run.end()) found(key, in_run->second);
+  });
+  if (repeat_seq == UINT64_MAX) {
+    return corrupt_at(first_seq, "a key from this event on was already decided");
+  }
+  return corrupt_at(repeat_seq, "key " + quoted(repeated) + " was already decided");
 }
 
 Status State::apply_ops(const log::Event& event, const EventHashes& hashes) {
@@ -613,7 +692,10 @@ void State::for_each_balance(
   }
 }
 
-const KeyRecord* State::find_key(std::string_view key) const { return impl_->keys.find(key); }
+const KeyRecord* State::find_key(std::string_view key) const {
+  TALLY_ASSERT(impl_->keys_waiting.empty());
+  return impl_->keys.find(key);
+}
 
 std::optional<HoldInfo> State::find_hold(HoldId id) const {
   const HoldRecord* hold = impl_->holds.find(id);

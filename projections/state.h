@@ -144,6 +144,18 @@ class State {
   Status remember_key(const log::Event& event, std::uint32_t key_hash);
   Status apply_ops(const log::Event& event, const EventHashes& hashes);
 
+  // remember_key() for replay: the key is stored at once but indexed later,
+  // with up to kKeysWaitingMax others, in the order of their slots
+  // (KeyIndex::index_added): the index fills front to back instead of at
+  // random, a cache miss saved per key. A key the idempotency window
+  // forgets gets indexed first. Until index_keys(), the key index must not
+  // be read (find_key, save, digest, counts: they assert it); a key
+  // decided twice is reported by the index_keys() or
+  // remember_key_batched() that indexes it, naming the seqs of the run.
+  Status remember_key_batched(const log::Event& event, std::uint32_t key_hash);
+  Status index_keys();
+  static constexpr std::size_t kKeysWaitingMax = std::size_t{1} << 16;
+
   std::uint64_t last_seq() const;
   std::int64_t last_timestamp_ns() const;
 

@@ -212,6 +212,7 @@ std::uint64_t StateDigest::finish(std::uint64_t last_seq, std::int64_t last_time
 
 std::uint64_t State::digest() const {
   const Impl& impl = *impl_;
+  TALLY_ASSERT(impl.keys_waiting.empty());
   StateDigest digest;
   impl.balances.for_each([&](const BalanceSlot& slot) {
     digest.balance(impl.subjects.view(subject_of(slot.pair)), impl.items.view(item_of(slot.pair)),
@@ -225,6 +226,7 @@ std::uint64_t State::digest() const {
 }
 
 StateCounts State::counts() const {
+  TALLY_ASSERT(impl_->keys_waiting.empty());
   StateCounts counts;
   counts.balances = impl_->balances.size();
   counts.open_holds = impl_->holds.open_count();

@@ -19,8 +19,10 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "projections/flat_table.h"
 #include "projections/hold_table.h"
@@ -83,6 +85,11 @@ struct State::Impl {
   // t - window: a key stamped exactly t - window is gone, one stamped a
   // nanosecond later is still there. So a key is remembered for events in
   // [its timestamp, its timestamp + window).
+  // remember_key()'s checks of the event, which apply_ops() makes too.
+  Status check_key(const log::Event& event) const;
+  static KeyRecord key_record_of(const log::Event& event);
+  // Why index_keys() refused the run of keys from first_seq on.
+  Status repeated_key(std::uint64_t first_seq) const;
   std::optional<std::int64_t> forget_cutoff(std::int64_t timestamp_ns) const {
     std::int64_t cutoff_ns = 0;
     if (options.idempotency_window_ns == 0 ||
@@ -132,6 +139,12 @@ struct State::Impl {
   ShardedTable<BalanceSlot, BalancePolicy> balances;
   HoldTable holds;
   KeyIndex keys;
+  // remember_key_batched()'s keys, in the arena and not yet indexed; the
+  // seq and time of the first; index_added()'s scratch.
+  std::vector<KeyIndex::Added> keys_waiting;
+  std::uint64_t keys_waiting_first_seq = 0;
+  std::int64_t keys_waiting_first_ns = 0;
+  std::unique_ptr<KeyIndex::Added[]> keys_scratch;
   std::uint64_t last_seq = 0;
   std::int64_t last_timestamp_ns = 0;
 };

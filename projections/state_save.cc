@@ -241,6 +241,7 @@ void write_names(ImageWriter* out, const NameTable& names) {
 
 Status State::save(StateSink& sink) const {
   const Impl& impl = *impl_;
+  TALLY_ASSERT(impl.keys_waiting.empty());
   ImageWriter out(&sink);
   out.u32(kStateMagic);
   out.u32(kStateFormatVersion);

@@ -301,6 +301,90 @@ TEST_CASE("keys added unindexed, then indexed in slot order, act as if inserted"
 
 // ---------------------------------------------------------------- reads
 
+// ---------------------------------------------------------------- keys in runs
+
+struct KeyEvent {
+  std::string key;  // empty: an event without one (an expire)
+  std::int64_t time_ns = 0;
+};
+
+// Remembers the keys of events 1, 2, ... one by one (remember_key) and in
+// runs (remember_key_batched, then index_keys): both must refuse the same
+// event, with the same message, or agree on the keys remembered.
+void check_runs_match_one_by_one(const std::vector<KeyEvent>& events, std::int64_t window_ns) {
+  State one(StateOptions{window_ns});
+  State runs(StateOptions{window_ns});
+  Status one_status;
+  Status runs_status;
+  for (std::size_t index = 0; index < events.size(); index++) {
+    log::Event event;
+    event.seq = index + 1;
+    event.timestamp_ns = events[index].time_ns;
+    event.key = events[index].key;
+    event.fingerprint = index * 7919;
+    const std::uint32_t hash = KeyIndex::hash_of(event.key);
+    if (one_status.ok()) one_status = one.remember_key(event, hash);
+    if (runs_status.ok()) runs_status = runs.remember_key_batched(event, hash);
+  }
+  if (runs_status.ok()) runs_status = runs.index_keys();
+  CHECK(runs_status.code() == one_status.code());
+  CHECK(runs_status.message() == one_status.message());
+  if (!one_status.ok()) return;
+  CHECK(runs.counts().keys == one.counts().keys);
+  CHECK(runs.digest() == one.digest());
+}
+
+// "k" and the number. Appended: GCC 12 warns falsely (-Wrestrict) on
+// "k" + std::to_string(...).
+std::string key_number(std::int64_t number) {
+  std::string key = "k";
+  key += std::to_string(number);
+  return key;
+}
+
+std::vector<KeyEvent> unique_keys(std::size_t count) {
+  std::vector<KeyEvent> events;
+  for (std::size_t index = 0; index < count; index++) {
+    // Every seventh event has no key.
+    std::string key = index % 7 == 6 ? std::string() : key_number(static_cast<std::int64_t>(index));
+    events.push_back({std::move(key), static_cast<std::int64_t>(index)});
+  }
+  return events;
+}
+
+TEST_CASE("keys remembered in runs match keys remembered one by one") {
+  // Longer than a run, so that runs fill up.
+  const std::size_t count = State::kKeysWaitingMax * 2 + 1000;
+  SUBCASE("remembered forever") { check_runs_match_one_by_one(unique_keys(count), 0); }
+  SUBCASE("a window that forgets keys all along, and keys decided again after it") {
+    std::vector<KeyEvent> events;
+    for (std::int64_t index = 0; index < 20'000; index++) {
+      events.push_back({key_number(index % 1500), index});
+    }
+    check_runs_match_one_by_one(events, 1000);
+  }
+  SUBCASE("a key repeated within a run") {
+    std::vector<KeyEvent> events = unique_keys(count);
+    events[State::kKeysWaitingMax + 5000].key = events[State::kKeysWaitingMax + 100].key;
+    check_runs_match_one_by_one(events, 0);
+  }
+  SUBCASE("a key repeated from an earlier run") {
+    std::vector<KeyEvent> events = unique_keys(count);
+    events[State::kKeysWaitingMax + 5000].key = events[100].key;
+    check_runs_match_one_by_one(events, 0);
+  }
+  SUBCASE("a key repeated within the window, whose first time the window forgets later") {
+    // "a" is indexed (the cutoff of event 3 forgets x); event 5 repeats it
+    // within the window while it waits; event 6 would forget the first "a"
+    // before the run is indexed, which must not hide the repeat.
+    check_runs_match_one_by_one(
+        {{"x", 0}, {"a", 500}, {"y", 1000}, {"b", 1100}, {"a", 1200}, {"c", 1600}}, 1000);
+  }
+  SUBCASE("a key repeated after the window forgot it, within a run") {
+    check_runs_match_one_by_one({{"a", 0}, {"b", 100}, {"a", 1000}, {"c", 1001}}, 1000);
+  }
+}
+
 TEST_CASE("reads show a due hold as released before its expire event") {
   State state;
   Feed feed({&state});
