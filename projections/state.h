@@ -149,9 +149,9 @@ class State {
   // (KeyIndex::index_added): the index fills front to back instead of at
   // random, a cache miss saved per key. A key the idempotency window
   // forgets gets indexed first. Until index_keys(), the key index must not
-  // be read (find_key, save, digest, counts: they assert it); a key
-  // decided twice is reported by the index_keys() or
-  // remember_key_batched() that indexes it, naming the seqs of the run.
+  // be read (find_key, save, digest, counts: they assert it). A key
+  // decided twice is refused by the call that indexes its run, which names
+  // the event that repeats it, as remember_key() would.
   Status remember_key_batched(const log::Event& event, std::uint32_t key_hash);
   Status index_keys();
   static constexpr std::size_t kKeysWaitingMax = std::size_t{1} << 16;
