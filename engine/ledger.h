@@ -86,7 +86,8 @@ struct LedgerStats {
   // The follower stopped on an error (logged on stderr): snapshots and the
   // history no longer advance until the ledger is reopened, while the
   // ledger itself goes on. A log that no longer reads back (media
-  // corruption) is one cause, and the next open would refuse it.
+  // corruption) is one cause: the next open would refuse it, or drop the
+  // damaged record as a torn write when it is the last.
   bool archivist_failed = false;
 };
 
