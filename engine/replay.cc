@@ -197,23 +197,23 @@ class ReadAhead {
     published_.notify_one();
   }
   // Remembers the keys of the slots before `count`, up to a pause the
-  // applying thread has not passed; on a refusal, finishes with it after
-  // the slots before the refused one, and returns false.
+  // applying thread has not passed; on a refusal, finishes with it and
+  // returns false.
   bool remember_keys(std::uint64_t count) {
     if (keys_ == nullptr) keyed_ = std::max(keyed_, count);
-    for (; keyed_ < count; keyed_++) {
+    while (keyed_ < count) {
       const Slot& slot = slots_[keyed_ % kSlots];
-      if (paused(slot.event.seq)) {
-        // Hands over every keyed slot once per pause, so that the applying
-        // thread gets there, and finds every key up to it indexed.
-        if (pause_published_) return true;
-        if (!index_keys()) return false;
-        publish();
-        pause_published_ = true;
-        return true;
-      }
+      if (paused(slot.event.seq)) return true;
       Status remembered = keys_->remember_key_batched(slot.event, slot.hashes.key);
       if (!remembered.ok()) return refuse(std::move(remembered));
+      if (pause_slot_ == keyed_++) {
+        // A pause seq: the applying thread looks at the state after it,
+        // every key up to it included. Index them before this slot can be
+        // handed over, then hand over every keyed slot, so that the
+        // applying thread gets there.
+        if (!index_keys()) return false;
+        publish();
+      }
     }
     return true;
   }
@@ -232,12 +232,12 @@ class ReadAhead {
   }
   // Whether the key of event `seq`, the next to remember, must wait: it
   // follows a pause seq whose event is not applied yet, and the applying
-  // thread must find the keys in step with the ops there.
+  // thread must find the keys in step with the ops there. Notes the slot
+  // of a pause seq in pause_slot_.
   bool paused(std::uint64_t seq) {
     if (pause_slot_ != kNoPause) {
       if (consumed_.load(std::memory_order_acquire) <= pause_slot_) return true;
       pause_slot_ = kNoPause;
-      pause_published_ = false;
     }
     if (pauses_ != nullptr && listed_next(*pauses_, &next_pause_, seq)) pause_slot_ = keyed_;
     return false;
@@ -322,7 +322,6 @@ class ReadAhead {
   std::uint64_t segment_ = 0;  // first seq of the reader's current segment
   std::size_t next_pause_ = 0;            // into *pauses_
   std::uint64_t pause_slot_ = kNoPause;   // the keyed slot of the pause seq waited on
-  bool pause_published_ = false;          // its slots handed over already
   Status status_;
   bool reached_end_ = false;
   // The applying thread's.
