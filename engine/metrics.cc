@@ -183,10 +183,9 @@ std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed) con
                 "protocol=\"" + std::string(kProtocolNames[protocol]) + "\"",
                 connections_total_[protocol].load(std::memory_order_relaxed));
   }
-  append_help(&out, "tally_connections_rejected_total", "counter",
-              "Connections closed at once because connections_max were open.");
-  append_line(&out, "tally_connections_rejected_total", "",
-              connections_rejected_.load(std::memory_order_relaxed));
+  append_single(&out, "tally_connections_rejected_total", "counter",
+                "Connections closed at once because connections_max were open.",
+                connections_rejected_.load(std::memory_order_relaxed));
   append_single(&out, "tally_malformed_total", "counter",
                 "Connections closed for a malformed or oversized frame or request.",
                 malformed_.load(std::memory_order_relaxed));
