@@ -56,11 +56,13 @@ class KeyIndex {
   // Sizes the index for `count` keys in all (FlatTable::reserve).
   void reserve(std::size_t count) { index_.reserve(count); }
 
-  // Loading many keys at once (a snapshot's). Inserted as they come, keys
+  // Loading many keys at once (a snapshot's, or a replay's). Inserted as they come, keys
   // land at random in an index far larger than the caches and the TLB: a
   // miss or two each. Instead, add_unindexed() each key (with insert()'s
   // preconditions), keeping what it returns, then index_added() a run of
-  // them: sorted by slot (a radix sort), they fill the index front to back.
+  // them: sorted by slot (a radix sort), they fill the index front to back
+  // (a run under 256 keys, too short to gain from the sort, goes in as it
+  // comes).
   // Until every added key is indexed, only these two may be called:
   // find(), insert() and evict_through() would not see the added keys.
   struct Added {

@@ -514,12 +514,13 @@ Status State::remember_key_batched(const log::Event& event, std::uint32_t key_ha
     // Index the waiting keys before any key is forgotten: a waiting key
     // may repeat it (a key decided twice within the window), or be due
     // itself (only indexed keys can be forgotten). In a log longer than the
-    // window, that is most events, and the runs stay short.
-    if (!impl.keys_waiting.empty() && (*cutoff_ns >= impl.keys_waiting_first_ns ||
-                                       impl.keys.oldest_timestamp_ns() <= *cutoff_ns)) {
+    // window, that is most events, and the runs stay short. When no key is
+    // due, nothing is forgotten and the keys go on waiting.
+    if (impl.keys.oldest_timestamp_ns() <= *cutoff_ns ||
+        (!impl.keys_waiting.empty() && *cutoff_ns >= impl.keys_waiting_first_ns)) {
       TALLY_TRY(index_keys());
+      impl.keys.evict_through(*cutoff_ns);
     }
-    impl.keys.evict_through(*cutoff_ns);
   }
   if (event.key.empty()) return Status();
   if (impl.keys_waiting.empty()) {
