@@ -8,7 +8,9 @@
 // and write them again, all or nothing, as the snapshot store does. The
 // buffer is bounded (pending_bytes_max), and sorted by key before it is
 // written so that LMDB inserts in order (MDB_APPEND where the keys are past
-// every key written before: new pairs' entries, times).
+// every key written before: new pairs' entries, all of an epoch's first
+// flush, openings, times). A flush writes into the newest epoch only, and
+// may end it (history_format.h).
 #include "snapshots/history.h"
 
 #include <lmdb.h>
@@ -38,8 +40,13 @@ using history::kEntryBytesMax;
 using history::kEntryBytesMin;
 using history::kEntryCheckBytes;
 using history::kEntryFixedBytes;
+using history::kCheckBytes;
 using history::kEntryKeyBytes;
+using history::kEpochBytes;
+using history::kEpochValueBytes;
 using history::kNameBytesMax;
+using history::kOpeningKeyBytes;
+using history::kOpeningValueBytes;
 using history::kPositionBytes;
 using history::kPositionCheckedBytes;
 using history::kSeqBytes;
@@ -104,12 +111,28 @@ bool split_pair_key(std::string_view key, std::string_view* subject, std::string
 }
 
 using EntryKey = std::array<std::uint8_t, kEntryKeyBytes>;
+using EpochKey = std::array<std::uint8_t, kEpochBytes>;
+using OpeningKey = std::array<std::uint8_t, kOpeningKeyBytes>;
 using TimeKey = std::array<std::uint8_t, kTimeKeyBytes>;
 
-EntryKey entry_key(std::uint64_t pair_id, std::uint64_t seq) {
+EntryKey entry_key(std::uint64_t epoch, std::uint64_t pair_id, std::uint64_t seq) {
   EntryKey key{};
-  put_be(key.data(), pair_id, 8);
-  put_be(key.data() + 8, seq, 8);
+  put_be(key.data(), epoch, 8);
+  put_be(key.data() + 8, pair_id, 8);
+  put_be(key.data() + 16, seq, 8);
+  return key;
+}
+
+EpochKey epoch_key(std::uint64_t epoch) {
+  EpochKey key{};
+  put_be(key.data(), epoch, 8);
+  return key;
+}
+
+OpeningKey opening_key(std::uint64_t epoch, std::uint64_t pair_id) {
+  OpeningKey key{};
+  put_be(key.data(), epoch, 8);
+  put_be(key.data() + 8, pair_id, 8);
   return key;
 }
 
@@ -155,6 +178,9 @@ std::string_view op_name_of(std::uint8_t code) {
 struct Position {
   HistoryPosition at;
   std::uint64_t pair_count = 0;
+  std::uint64_t epoch = 1;  // the newest epoch's first seq
+  std::uint64_t epoch_entries = 0;
+  std::uint64_t epoch_openings = 0;
   bool operator==(const Position&) const = default;
 };
 
@@ -171,15 +197,24 @@ std::array<std::uint8_t, kPositionBytes> encode_position(const Position& positio
   put(position.at.chain_checksum, 8);
   put(static_cast<std::uint64_t>(position.at.time_ns), 8);
   put(position.pair_count, 8);
+  put(position.epoch, 8);
+  put(position.epoch_entries, 8);
+  put(position.epoch_openings, 8);
   TALLY_ASSERT(static_cast<std::size_t>(at - out.data()) == kPositionCheckedBytes);
   put(XXH3_64bits(out.data(), kPositionCheckedBytes), 8);
   return out;
 }
 
 // Verifies before it trusts: size, hash, magic, version.
+// The version is read first: another format's record has another size.
 Result<Position> decode_position(const MDB_val& value) {
-  if (value.mv_size != kPositionBytes) return corrupt("position record of the wrong size");
   const std::uint8_t* in = bytes_of(value);
+  if (value.mv_size >= 8 && get_le(in, 4) == history::kPositionMagic &&
+      get_le(in + 4, 4) != history::kFormatVersion) {
+    return corrupt("format " + std::to_string(get_le(in + 4, 4)) + " is not this version's (" +
+                   std::to_string(history::kFormatVersion) + "): rebuild the index");
+  }
+  if (value.mv_size != kPositionBytes) return corrupt("position record of the wrong size");
   if (get_le(in + kPositionCheckedBytes, 8) != XXH3_64bits(in, kPositionCheckedBytes)) {
     return corrupt("position record checksum mismatch");
   }
@@ -189,15 +224,19 @@ Result<Position> decode_position(const MDB_val& value) {
     return value_read;
   };
   if (get(4) != history::kPositionMagic) return corrupt("bad position record magic");
-  const std::uint64_t version = get(4);
-  if (version != history::kFormatVersion) {
-    return corrupt("format " + std::to_string(version) + " is not known");
-  }
+  get(4);  // the version, read above
   Position position;
   position.at.seq = get(8);
   position.at.chain_checksum = get(8);
   position.at.time_ns = static_cast<std::int64_t>(get(8));
   position.pair_count = get(8);
+  position.epoch = get(8);
+  position.epoch_entries = get(8);
+  position.epoch_openings = get(8);
+  if (position.epoch == 0 || position.epoch > position.at.seq + 1) {
+    return corrupt("position record names epoch " + std::to_string(position.epoch) +
+                   " at seq " + std::to_string(position.at.seq));
+  }
   return position;
 }
 
@@ -212,6 +251,7 @@ Result<Position> read_position(const Txn& txn, MDB_dbi meta) {
 
 // What an entry says, but its event's idempotency key.
 struct EntryFields {
+  std::uint64_t epoch = 0;
   std::uint64_t pair_id = 0;
   std::uint64_t seq = 0;
   std::int64_t time_ns = 0;
@@ -234,14 +274,15 @@ struct EntryBytes {
   MDB_val value() { return MDB_val{value_bytes, bytes.data() + kEntryKeyBytes}; }
 };
 
-std::uint32_t entry_check(const std::uint8_t* key_and_value, std::size_t bytes) {
+// The u32 check of entries, epochs and openings, over their key and value.
+std::uint32_t check_of(const std::uint8_t* key_and_value, std::size_t bytes) {
   return static_cast<std::uint32_t>(XXH3_64bits(key_and_value, bytes));
 }
 
 void encode_entry(const EntryRecord& entry, EntryBytes* out) {
   TALLY_ASSERT(entry.key.size() <= kNameBytesMax);
-  put_be(out->bytes.data(), entry.pair_id, 8);
-  put_be(out->bytes.data() + 8, entry.seq, 8);
+  const EntryKey key = entry_key(entry.epoch, entry.pair_id, entry.seq);
+  std::memcpy(out->bytes.data(), key.data(), kEntryKeyBytes);
   std::uint8_t* at = out->bytes.data() + kEntryKeyBytes;
   const auto put = [&](std::uint64_t value, std::size_t width) {
     put_le(at, value, width);
@@ -257,7 +298,7 @@ void encode_entry(const EntryRecord& entry, EntryBytes* out) {
   std::memcpy(at, entry.key.data(), entry.key.size());
   at += entry.key.size();
   const std::size_t checked_bytes = static_cast<std::size_t>(at - out->bytes.data());
-  put(entry_check(out->bytes.data(), checked_bytes), kEntryCheckBytes);
+  put(check_of(out->bytes.data(), checked_bytes), kEntryCheckBytes);
   out->value_bytes = checked_bytes + kEntryCheckBytes - kEntryKeyBytes;
 }
 
@@ -270,8 +311,9 @@ Status entry_corrupt(std::uint64_t pair_id, std::uint64_t seq, const char* what)
 // Messages are built only on failure: this runs for every entry read.
 Status decode_entry(const MDB_val& key, const MDB_val& value, EntryRecord* out) {
   if (key.mv_size != kEntryKeyBytes) return corrupt("entry key of the wrong size");
-  const std::uint64_t pair_id = get_be(bytes_of(key), 8);
-  const std::uint64_t seq = get_be(bytes_of(key) + 8, 8);
+  const std::uint64_t epoch = get_be(bytes_of(key), 8);
+  const std::uint64_t pair_id = get_be(bytes_of(key) + 8, 8);
+  const std::uint64_t seq = get_be(bytes_of(key) + 16, 8);
   const std::size_t size = value.mv_size;
   const std::uint8_t* in = bytes_of(value);
   if (size < kEntryBytesMin || size > kEntryBytesMax) {
@@ -284,7 +326,7 @@ Status decode_entry(const MDB_val& key, const MDB_val& value, EntryRecord* out) 
   std::memcpy(checked.data(), key.mv_data, kEntryKeyBytes);
   std::memcpy(checked.data() + kEntryKeyBytes, in, value_checked_bytes);
   if (get_le(in + value_checked_bytes, kEntryCheckBytes) !=
-      entry_check(checked.data(), kEntryKeyBytes + value_checked_bytes)) {
+      check_of(checked.data(), kEntryKeyBytes + value_checked_bytes)) {
     return entry_corrupt(pair_id, seq, "check mismatch");
   }
   const auto get = [&](std::size_t width) {
@@ -292,6 +334,7 @@ Status decode_entry(const MDB_val& key, const MDB_val& value, EntryRecord* out) 
     in += width;
     return static_cast<std::int64_t>(value_read);
   };
+  out->epoch = epoch;
   out->pair_id = pair_id;
   out->seq = seq;
   out->time_ns = get(8);
@@ -308,14 +351,16 @@ Status decode_entry(const MDB_val& key, const MDB_val& value, EntryRecord* out) 
   if (out->after.available < 0 || out->after.held < 0) {
     return entry_corrupt(pair_id, seq, "negative balance");
   }
+  if (seq < epoch) return entry_corrupt(pair_id, seq, "before its epoch");
   return Status();
 }
 
-// The pair's last entry at or before seq, in *found (nullopt when none).
-Status last_entry(MDB_cursor* cursor, std::uint64_t pair_id, std::uint64_t seq,
-                  std::optional<EntryRecord>* found) {
+// The pair's last entry at or before seq within an epoch, in *found
+// (nullopt when none).
+Status last_entry(MDB_cursor* cursor, std::uint64_t epoch, std::uint64_t pair_id,
+                  std::uint64_t seq, std::optional<EntryRecord>* found) {
   found->reset();
-  EntryKey target = entry_key(pair_id, seq);
+  EntryKey target = entry_key(epoch, pair_id, seq);
   MDB_val key = val_of(target);
   MDB_val value{};
   int rc = mdb_cursor_get(cursor, &key, &value, MDB_SET_RANGE);
@@ -331,10 +376,153 @@ Status last_entry(MDB_cursor* cursor, std::uint64_t pair_id, std::uint64_t seq,
   if (rc == MDB_NOTFOUND) return Status();
   if (rc != 0) return lmdb_error("mdb_cursor_get (entries)", rc);
   if (key.mv_size != kEntryKeyBytes) return corrupt("entry key of the wrong size");
-  if (get_be(bytes_of(key), 8) != pair_id) return Status();
+  // The epoch and pair: the key up to its seq.
+  if (std::memcmp(key.mv_data, target.data(), kEntryKeyBytes - kSeqBytes) != 0) return Status();
   EntryRecord record;
   TALLY_TRY(decode_entry(key, value, &record));
   *found = record;
+  return Status();
+}
+
+// ---------------------------------------------------------------- epochs
+
+struct EpochRecord {
+  std::uint64_t epoch = 0;     // its first seq
+  std::uint64_t openings = 0;  // its opening count
+};
+
+std::array<std::uint8_t, kEpochValueBytes> encode_epoch(const EpochRecord& record) {
+  std::array<std::uint8_t, kEpochBytes + kEpochValueBytes> bytes{};
+  put_be(bytes.data(), record.epoch, 8);
+  put_le(bytes.data() + kEpochBytes, record.openings, 8);
+  put_le(bytes.data() + kEpochBytes + 8, check_of(bytes.data(), kEpochBytes + 8), kCheckBytes);
+  std::array<std::uint8_t, kEpochValueBytes> value{};
+  std::memcpy(value.data(), bytes.data() + kEpochBytes, kEpochValueBytes);
+  return value;
+}
+
+Result<EpochRecord> decode_epoch(const MDB_val& key, const MDB_val& value) {
+  if (key.mv_size != kEpochBytes || value.mv_size != kEpochValueBytes) {
+    return corrupt("epoch record of the wrong size");
+  }
+  EpochRecord record{get_be(bytes_of(key), 8), get_le(bytes_of(value), 8)};
+  std::array<std::uint8_t, kEpochBytes + 8> checked{};
+  std::memcpy(checked.data(), key.mv_data, kEpochBytes);
+  std::memcpy(checked.data() + kEpochBytes, value.mv_data, 8);
+  if (get_le(bytes_of(value) + 8, kCheckBytes) != check_of(checked.data(), checked.size()) ||
+      record.epoch == 0) {
+    return corrupt("the record of epoch " + std::to_string(record.epoch) + " does not verify");
+  }
+  return record;
+}
+
+Status put_epoch(const Txn& txn, MDB_dbi epochs, const EpochRecord& record, unsigned flags,
+                 int* rc) {
+  EpochKey key_bytes = epoch_key(record.epoch);
+  std::array<std::uint8_t, kEpochValueBytes> value_bytes = encode_epoch(record);
+  MDB_val key = val_of(key_bytes);
+  MDB_val value = val_of(value_bytes);
+  *rc = mdb_put(txn.get(), epochs, &key, &value, flags);
+  if (*rc == MDB_KEYEXIST) {
+    *rc = 0;
+    return corrupt("epoch " + std::to_string(record.epoch) + " is there already");
+  }
+  if (*rc != 0) return lmdb_error("mdb_put (epochs)", *rc);
+  return Status();
+}
+
+// The epoch holding seq (1..the indexed position): the last one that
+// begins at or before it. Leaves the cursor on it, for next_epoch.
+Result<std::uint64_t> seek_epoch(MDB_cursor* cursor, std::uint64_t seq) {
+  EpochKey target = epoch_key(seq + 1);
+  MDB_val key = val_of(target);
+  MDB_val value{};
+  // The first epoch past seq, then the one before it; or the last.
+  int rc = mdb_cursor_get(cursor, &key, &value, MDB_SET_RANGE);
+  rc = mdb_cursor_get(cursor, &key, &value, rc == MDB_NOTFOUND ? MDB_LAST : MDB_PREV);
+  if (rc == MDB_NOTFOUND) return corrupt("no epoch holds seq " + std::to_string(seq));
+  if (rc != 0) return lmdb_error("mdb_cursor_get (epochs)", rc);
+  Result<EpochRecord> record = decode_epoch(key, value);
+  if (!record) return record.status();
+  if (record->epoch > seq) return corrupt("no epoch holds seq " + std::to_string(seq));
+  return record->epoch;
+}
+
+// The epoch after the cursor's, moving to it; 0 past the last.
+Result<std::uint64_t> next_epoch(MDB_cursor* cursor) {
+  MDB_val key{};
+  MDB_val value{};
+  const int rc = mdb_cursor_get(cursor, &key, &value, MDB_NEXT);
+  if (rc == MDB_NOTFOUND) return std::uint64_t{0};
+  if (rc != 0) return lmdb_error("mdb_cursor_get (epochs)", rc);
+  Result<EpochRecord> record = decode_epoch(key, value);
+  if (!record) return record.status();
+  return record->epoch;
+}
+
+// ---------------------------------------------------------------- openings
+
+std::array<std::uint8_t, kOpeningValueBytes> encode_opening(const OpeningKey& key,
+                                                            proj::Balance balance) {
+  std::array<std::uint8_t, kOpeningKeyBytes + kOpeningValueBytes> bytes{};
+  std::memcpy(bytes.data(), key.data(), kOpeningKeyBytes);
+  std::uint8_t* at = bytes.data() + kOpeningKeyBytes;
+  put_le(at, static_cast<std::uint64_t>(balance.available), 8);
+  put_le(at + 8, static_cast<std::uint64_t>(balance.held), 8);
+  put_le(at + 16, check_of(bytes.data(), kOpeningKeyBytes + 16), kCheckBytes);
+  std::array<std::uint8_t, kOpeningValueBytes> value{};
+  std::memcpy(value.data(), at, kOpeningValueBytes);
+  return value;
+}
+
+Result<proj::Balance> decode_opening(const MDB_val& key, const MDB_val& value) {
+  if (key.mv_size != kOpeningKeyBytes || value.mv_size != kOpeningValueBytes) {
+    return corrupt("opening balance of the wrong size");
+  }
+  std::array<std::uint8_t, kOpeningKeyBytes + 16> checked{};
+  std::memcpy(checked.data(), key.mv_data, kOpeningKeyBytes);
+  std::memcpy(checked.data() + kOpeningKeyBytes, value.mv_data, 16);
+  const std::uint8_t* in = bytes_of(value);
+  const proj::Balance balance{static_cast<std::int64_t>(get_le(in, 8)),
+                              static_cast<std::int64_t>(get_le(in + 8, 8))};
+  if (get_le(in + 16, kCheckBytes) != check_of(checked.data(), checked.size()) ||
+      balance.available < 0 || balance.held < 0 || balance == proj::Balance{}) {
+    return corrupt("the opening balance of pair " + std::to_string(get_be(bytes_of(key) + 8, 8)) +
+                   " in epoch " + std::to_string(get_be(bytes_of(key), 8)) +
+                   " does not verify");
+  }
+  return balance;
+}
+
+// The cursors a balance lookup reads: one pair's entries and openings.
+struct BalanceCursors {
+  Cursor entries;
+  Cursor openings;
+};
+
+// The pair's balance after seq, where `epoch` holds seq (or seq is past
+// everything, for the newest epoch): its last entry at or before seq in
+// the epoch, or else its opening balance, or else zero.
+Status balance_in_epoch(const BalanceCursors& cursors, std::uint64_t epoch, std::uint64_t pair_id,
+                        std::uint64_t seq, proj::Balance* out) {
+  std::optional<EntryRecord> last;
+  TALLY_TRY(last_entry(cursors.entries.get(), epoch, pair_id, seq, &last));
+  if (last.has_value()) {
+    *out = last->after;
+    return Status();
+  }
+  OpeningKey target = opening_key(epoch, pair_id);
+  MDB_val key = val_of(target);
+  MDB_val value{};
+  const int rc = mdb_cursor_get(cursors.openings.get(), &key, &value, MDB_SET_KEY);
+  if (rc == MDB_NOTFOUND) {
+    *out = proj::Balance{};
+    return Status();
+  }
+  if (rc != 0) return lmdb_error("mdb_cursor_get (openings)", rc);
+  Result<proj::Balance> opening = decode_opening(key, value);
+  if (!opening) return opening.status();
+  *out = *opening;
   return Status();
 }
 
@@ -390,12 +578,16 @@ struct HistoryStore::Impl {
   MDB_dbi pairs = 0;
   MDB_dbi entries = 0;
   MDB_dbi times = 0;
+  MDB_dbi epochs = 0;
+  MDB_dbi openings = 0;
   HistoryStoreOptions options;
 
   // The writer's. flushed: as the last flush wrote it (or open found it);
-  // appended: with what is buffered since.
+  // appended: with what is buffered since; written: what the flush under
+  // way writes (appended, and a new epoch if it begins one).
   Position flushed;
   Position appended;
+  Position written;
   PairCache cache;
   std::vector<PendingEntry> pending_entries;
   std::vector<PendingPair> pending_pairs;
@@ -407,6 +599,8 @@ struct HistoryStore::Impl {
   std::string pair_key;
 
   Status open_dbs(bool read_only);
+  Status check_epoch(const Txn& txn, const Position& position) const;
+  Status open_balance_cursors(const Txn& txn, BalanceCursors* cursors) const;
   Status check_writable() const;
   Status check_event(const log::Event& event) const;
   Status check_sole_writer(const Txn& txn) const;
@@ -423,6 +617,7 @@ struct HistoryStore::Impl {
   Status put_pairs(const Txn& txn, int* rc);
   Status put_entries(const Txn& txn, int* rc);
   Status put_times(const Txn& txn, int* rc);
+  Status begin_epoch(const Txn& txn, Position* position, int* rc);
   Status put_position(const Txn& txn, const Position& position, int* rc);
   Status clear_once(int* rc);
 
@@ -471,6 +666,7 @@ Result<std::unique_ptr<HistoryStore>> HistoryStore::open(const std::string& dir,
   if (options.pending_bytes_max == 0 || options.pending_bytes_max > kPendingBytesLimit) {
     return invalid("pending_bytes_max must be 1.." + std::to_string(kPendingBytesLimit));
   }
+  if (options.epoch_entries_min == 0) return invalid("epoch_entries_min must be at least 1");
   if (options.read_only) {
     // LMDB would create lock.mdb in a directory that holds no index.
     struct stat file_stat {};
@@ -504,22 +700,22 @@ Result<std::unique_ptr<HistoryStore>> HistoryStore::open(const std::string& dir,
   return std::unique_ptr<HistoryStore>(new HistoryStore(std::move(impl)));
 }
 
-// Opens (the writer: creates) the four databases and reads the position.
+// Opens (the writer: creates) the databases and reads the position.
 Status HistoryStore::Impl::open_dbs(bool read_only) {
   Txn txn;
   TALLY_TRY(txn.begin(*env, read_only ? MDB_RDONLY : 0));
   const unsigned flags = read_only ? 0 : MDB_CREATE;
-  const std::pair<const char*, MDB_dbi*> dbs[] = {{history::kMetaDbName, &meta},
-                                                  {history::kPairsDbName, &pairs},
-                                                  {history::kEntriesDbName, &entries},
-                                                  {history::kTimesDbName, &times}};
-  for (const auto& [name, dbi] : dbs) {
+  const auto open_db = [&](const char* name, MDB_dbi* dbi) {
     const int rc = mdb_dbi_open(txn.get(), name, flags, dbi);
     if (rc == MDB_NOTFOUND) {
       return Status(ErrorCode::not_found, std::string("history: no '") + name + "' database");
     }
     if (rc != 0) return lmdb_error(std::string("mdb_dbi_open ") + name, rc);
-  }
+    return Status();
+  };
+  // The position first: an index of another format has other databases.
+  TALLY_TRY(open_db(history::kMetaDbName, &meta));
+  bool created = false;
   if (!read_only) {
     // A new index starts at position 0. An existing record, even a damaged
     // one, is left as it is (NOOVERWRITE), to be reported below.
@@ -528,22 +724,57 @@ Status HistoryStore::Impl::open_dbs(bool read_only) {
     MDB_val value = val_of(record);
     const int rc = mdb_put(txn.get(), meta, &key, &value, MDB_NOOVERWRITE);
     if (rc != 0 && rc != MDB_KEYEXIST) return lmdb_error("mdb_put (position)", rc);
+    created = rc == 0;
   }
   Result<Position> position = read_position(txn, meta);
   if (!position) return position.status();
+  const std::pair<const char*, MDB_dbi*> dbs[] = {{history::kPairsDbName, &pairs},
+                                                  {history::kEntriesDbName, &entries},
+                                                  {history::kTimesDbName, &times},
+                                                  {history::kEpochsDbName, &epochs},
+                                                  {history::kOpeningsDbName, &openings}};
+  for (const auto& [name, dbi] : dbs) TALLY_TRY(open_db(name, dbi));
+  int rc = 0;
+  if (created) TALLY_TRY(put_epoch(txn, epochs, EpochRecord{1, 0}, MDB_NOOVERWRITE, &rc));
   MDB_stat pairs_stat{};
-  int rc = mdb_stat(txn.get(), pairs, &pairs_stat);
+  rc = mdb_stat(txn.get(), pairs, &pairs_stat);
   if (rc != 0) return lmdb_error("mdb_stat (pairs)", rc);
   if (pairs_stat.ms_entries != position->pair_count) {
     return corrupt(std::to_string(pairs_stat.ms_entries) + " pairs where the position counts " +
                    std::to_string(position->pair_count));
   }
+  TALLY_TRY(check_epoch(txn, *position));
   // Committing keeps the database handles, for a read transaction too.
   rc = txn.commit();
   if (rc != 0) return lmdb_error("mdb_txn_commit (open)", rc);
   flushed = *position;
   appended = *position;
   return Status();
+}
+
+// The newest epoch's record is there and agrees with the position.
+Status HistoryStore::Impl::check_epoch(const Txn& txn, const Position& position) const {
+  EpochKey key_bytes = epoch_key(position.epoch);
+  MDB_val key = val_of(key_bytes);
+  MDB_val value{};
+  const int rc = mdb_get(txn.get(), epochs, &key, &value);
+  if (rc == MDB_NOTFOUND) {
+    return corrupt("the record of epoch " + std::to_string(position.epoch) + " is missing");
+  }
+  if (rc != 0) return lmdb_error("mdb_get (epochs)", rc);
+  Result<EpochRecord> record = decode_epoch(key, value);
+  if (!record) return record.status();
+  if (record->openings != position.epoch_openings) {
+    return corrupt("epoch " + std::to_string(position.epoch) + " has " +
+                   std::to_string(record->openings) + " openings where the position counts " +
+                   std::to_string(position.epoch_openings));
+  }
+  return Status();
+}
+
+Status HistoryStore::Impl::open_balance_cursors(const Txn& txn, BalanceCursors* cursors) const {
+  TALLY_TRY(cursors->entries.open(txn, entries));
+  return cursors->openings.open(txn, openings);
 }
 
 // ---------------------------------------------------------------- append
@@ -622,12 +853,9 @@ Status HistoryStore::Impl::load_slot(const Txn& txn, PairSlot* slot) const {
   if (!id) return id.status();
   slot->id = *id;
   if (*id == 0) return Status();
-  Cursor cursor;
-  TALLY_TRY(cursor.open(txn, entries));
-  std::optional<EntryRecord> last;
-  TALLY_TRY(last_entry(cursor.get(), *id, UINT64_MAX, &last));
-  if (last.has_value()) slot->balance = last->after;
-  return Status();
+  BalanceCursors cursors;
+  TALLY_TRY(open_balance_cursors(txn, &cursors));
+  return balance_in_epoch(cursors, flushed.epoch, *id, UINT64_MAX, &slot->balance);
 }
 
 // Fills `changes` with the pairs the event changes and their balances
@@ -681,6 +909,7 @@ void HistoryStore::Impl::record(const log::Event& event, std::uint64_t chain_che
     entry.key_bytes = static_cast<std::uint8_t>(event.key.size());
     entry.op_code = op_code;
     pending_entries.push_back(entry);
+    appended.epoch_entries++;
   }
   // "times" keeps the last seq of each timestamp.
   if (!pending_times.empty() && pending_times.back().time_ns == event.timestamp_ns) {
@@ -730,12 +959,15 @@ Status HistoryStore::Impl::put_entries(const Txn& txn, int* rc) {
   for (const PendingEntry& pending : pending_entries) {
     EntryRecord entry;
     static_cast<EntryFields&>(entry) = pending;
+    entry.epoch = flushed.epoch;
     entry.key = std::string_view(pending_keys).substr(pending.key_offset, pending.key_bytes);
     encode_entry(entry, &bytes);
     MDB_val key = bytes.key();
     MDB_val value = bytes.value();
-    // Sorted, a new pair's entries come after every key there is.
-    const unsigned flags = pending.pair_id > flushed.pair_count ? MDB_APPEND : MDB_NOOVERWRITE;
+    // Sorted, a new pair's entries come after every key there is, and so do
+    // all of them in an epoch that has none yet.
+    const bool last = pending.pair_id > flushed.pair_count || flushed.epoch_entries == 0;
+    const unsigned flags = last ? MDB_APPEND : MDB_NOOVERWRITE;
     TALLY_TRY(put(cursor.get(), &key, &value, flags, "entries", rc));
   }
   return Status();
@@ -759,6 +991,74 @@ Status HistoryStore::Impl::put_times(const Txn& txn, int* rc) {
   return Status();
 }
 
+// Ends the position's epoch and begins the next, at the seq after the
+// position: its openings are the pairs' balances then, each the last entry
+// of the pair in the old epoch or else its opening there, merged in pair
+// order (both are keyed by pair within an epoch) and appended in order.
+Status HistoryStore::Impl::begin_epoch(const Txn& txn, Position* position, int* rc) {
+  const std::uint64_t old_epoch = position->epoch;
+  const std::uint64_t new_epoch = position->at.seq + 1;
+  BalanceCursors in;
+  TALLY_TRY(open_balance_cursors(txn, &in));
+  Cursor out;
+  TALLY_TRY(out.open(txn, openings));
+  OpeningKey opening_first = opening_key(old_epoch, 0);
+  MDB_val opening = val_of(opening_first);
+  MDB_val opening_value{};
+  int opening_rc = mdb_cursor_get(in.openings.get(), &opening, &opening_value, MDB_SET_RANGE);
+  EntryKey entry_first = entry_key(old_epoch, 0, 0);
+  MDB_val entry = val_of(entry_first);
+  MDB_val entry_value{};
+  int entry_rc = mdb_cursor_get(in.entries.get(), &entry, &entry_value, MDB_SET_RANGE);
+  // The pair of a cursor's record, UINT64_MAX past the old epoch.
+  const auto pair_of = [old_epoch](int cursor_rc, const MDB_val& key) {
+    if (cursor_rc != 0 || key.mv_size < kOpeningKeyBytes ||
+        get_be(bytes_of(key), 8) != old_epoch) {
+      return UINT64_MAX;
+    }
+    return get_be(bytes_of(key) + 8, 8);
+  };
+  std::uint64_t count = 0;
+  // Each pass writes (or skips, at zero) the opening of one pair.
+  for (;;) {
+    if (opening_rc != 0 && opening_rc != MDB_NOTFOUND) {
+      return lmdb_error("mdb_cursor_get (openings)", opening_rc);
+    }
+    if (entry_rc != 0 && entry_rc != MDB_NOTFOUND) {
+      return lmdb_error("mdb_cursor_get (entries)", entry_rc);
+    }
+    const std::uint64_t pair_id =
+        std::min(pair_of(opening_rc, opening), pair_of(entry_rc, entry));
+    if (pair_id == UINT64_MAX) break;
+    proj::Balance balance;
+    if (pair_of(opening_rc, opening) == pair_id) {
+      Result<proj::Balance> decoded = decode_opening(opening, opening_value);
+      if (!decoded) return decoded.status();
+      balance = *decoded;
+      opening_rc = mdb_cursor_get(in.openings.get(), &opening, &opening_value, MDB_NEXT);
+    }
+    // Every entry of the pair in the old epoch; the last one's balance counts.
+    while (pair_of(entry_rc, entry) == pair_id) {
+      EntryRecord record;
+      TALLY_TRY(decode_entry(entry, entry_value, &record));
+      balance = record.after;
+      entry_rc = mdb_cursor_get(in.entries.get(), &entry, &entry_value, MDB_NEXT);
+    }
+    if (balance == proj::Balance{}) continue;
+    OpeningKey key_bytes = opening_key(new_epoch, pair_id);
+    std::array<std::uint8_t, kOpeningValueBytes> value_bytes = encode_opening(key_bytes, balance);
+    MDB_val key = val_of(key_bytes);
+    MDB_val value = val_of(value_bytes);
+    TALLY_TRY(put(out.get(), &key, &value, MDB_APPEND, "openings", rc));
+    count++;
+  }
+  TALLY_TRY(put_epoch(txn, epochs, EpochRecord{new_epoch, count}, MDB_APPEND, rc));
+  position->epoch = new_epoch;
+  position->epoch_entries = 0;
+  position->epoch_openings = count;
+  return Status();
+}
+
 Status HistoryStore::Impl::put_position(const Txn& txn, const Position& position, int* rc) {
   MDB_val key = position_key();
   std::array<std::uint8_t, kPositionBytes> record = encode_position(position);
@@ -776,7 +1076,11 @@ Status HistoryStore::Impl::write_pending(int* rc) {
   TALLY_TRY(put_pairs(txn, rc));
   TALLY_TRY(put_entries(txn, rc));
   TALLY_TRY(put_times(txn, rc));
-  TALLY_TRY(put_position(txn, appended, rc));
+  written = appended;
+  if (written.epoch_entries >= std::max(options.epoch_entries_min, written.epoch_openings)) {
+    TALLY_TRY(begin_epoch(txn, &written, rc));
+  }
+  TALLY_TRY(put_position(txn, written, rc));
   *rc = txn.commit();
   if (*rc != 0) return lmdb_error("mdb_txn_commit (flush)", *rc);
   return Status();
@@ -806,7 +1110,8 @@ Status HistoryStore::flush() {
                      keys.substr(b.key_offset, b.key_bytes);
             });
   TALLY_TRY(impl.env->write_growing([&](int* rc) { return impl.write_pending(rc); }));
-  impl.flushed = impl.appended;
+  impl.flushed = impl.written;
+  impl.appended = impl.written;
   impl.drop_pending();
   // Every slot is flushed now, so any may go.
   if (impl.cache.size() > impl.options.pair_cache_max) impl.cache.clear();
@@ -817,11 +1122,12 @@ Status HistoryStore::Impl::clear_once(int* rc) {
   *rc = 0;
   Txn txn;
   TALLY_TRY(txn.begin(*env, 0));
-  for (const MDB_dbi dbi : {pairs, entries, times}) {
+  for (const MDB_dbi dbi : {pairs, entries, times, epochs, openings}) {
     *rc = mdb_drop(txn.get(), dbi, 0);
     if (*rc != 0) return lmdb_error("mdb_drop", *rc);
   }
   TALLY_TRY(put_position(txn, Position{}, rc));
+  TALLY_TRY(put_epoch(txn, epochs, EpochRecord{1, 0}, MDB_APPEND, rc));
   *rc = txn.commit();
   if (*rc != 0) return lmdb_error("mdb_txn_commit (clear)", *rc);
   return Status();
@@ -919,11 +1225,15 @@ Result<proj::Balance> HistoryStore::balance_at(std::string_view subject, std::st
   Result<std::uint64_t> id = impl_->find_pair(txn.txn(), key, position.pair_count);
   if (!id) return id.status();
   if (*id == 0 || seq == 0) return proj::Balance{};
-  Cursor cursor;
-  TALLY_TRY(cursor.open(txn.txn(), impl_->entries));
-  std::optional<EntryRecord> last;
-  TALLY_TRY(last_entry(cursor.get(), *id, seq, &last));
-  return last.has_value() ? last->after : proj::Balance{};
+  Cursor epochs_cursor;
+  TALLY_TRY(epochs_cursor.open(txn.txn(), impl_->epochs));
+  Result<std::uint64_t> epoch = seek_epoch(epochs_cursor.get(), seq);
+  if (!epoch) return epoch.status();
+  BalanceCursors cursors;
+  TALLY_TRY(impl_->open_balance_cursors(txn.txn(), &cursors));
+  proj::Balance balance;
+  TALLY_TRY(balance_in_epoch(cursors, *epoch, *id, seq, &balance));
+  return balance;
 }
 
 // Walks the pairs whose key starts with `prefix` (all of them for an empty
@@ -933,8 +1243,16 @@ Status HistoryStore::Impl::visit_pairs(
     const std::function<void(std::string_view, std::string_view, proj::Balance)>& visit) const {
   Cursor pairs_cursor;
   TALLY_TRY(pairs_cursor.open(txn, pairs));
-  Cursor entries_cursor;
-  TALLY_TRY(entries_cursor.open(txn, entries));
+  BalanceCursors cursors;
+  TALLY_TRY(open_balance_cursors(txn, &cursors));
+  std::uint64_t epoch = 0;
+  if (seq != 0) {
+    Cursor epochs_cursor;
+    TALLY_TRY(epochs_cursor.open(txn, epochs));
+    Result<std::uint64_t> found = seek_epoch(epochs_cursor.get(), seq);
+    if (!found) return found.status();
+    epoch = *found;
+  }
   MDB_val key = val_of(prefix);
   MDB_val value{};
   int rc = prefix.empty() ? mdb_cursor_get(pairs_cursor.get(), &key, &value, MDB_FIRST)
@@ -948,9 +1266,9 @@ Status HistoryStore::Impl::visit_pairs(
     if (!split_pair_key(pair_key, &subject, &item)) return corrupt("malformed pair key");
     Result<std::uint64_t> id = pair_id_of(value, position.pair_count);
     if (!id) return id.status();
-    std::optional<EntryRecord> last;
-    if (seq != 0) TALLY_TRY(last_entry(entries_cursor.get(), *id, seq, &last));
-    if (last.has_value() && last->after != proj::Balance{}) visit(subject, item, last->after);
+    proj::Balance balance;
+    if (seq != 0) TALLY_TRY(balance_in_epoch(cursors, epoch, *id, seq, &balance));
+    if (balance != proj::Balance{}) visit(subject, item, balance);
   }
   if (rc != 0 && rc != MDB_NOTFOUND) return lmdb_error("mdb_cursor_get (pairs)", rc);
   return Status();
@@ -995,32 +1313,40 @@ Status HistoryStore::entries(std::string_view subject, std::string_view item,
   make_pair_key(subject, item, &key_bytes);
   Result<std::uint64_t> id = impl_->find_pair(txn.txn(), key_bytes, position.pair_count);
   if (!id) return id.status();
+  to_seq = std::min(to_seq, position.at.seq);
+  from_seq = std::max<std::uint64_t>(from_seq, 1);
   if (*id == 0 || from_seq > to_seq) return Status();
+  Cursor epochs_cursor;
+  TALLY_TRY(epochs_cursor.open(txn.txn(), impl_->epochs));
+  Result<std::uint64_t> epoch = seek_epoch(epochs_cursor.get(), from_seq);
   Cursor cursor;
   TALLY_TRY(cursor.open(txn.txn(), impl_->entries));
-  EntryKey first = entry_key(*id, from_seq);
-  MDB_val key = val_of(first);
-  MDB_val value{};
-  int rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_SET_RANGE);
-  // Each pass visits one entry; the pair's entries bound the loop.
-  for (; rc == 0; rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_NEXT)) {
-    if (key.mv_size != kEntryKeyBytes) return corrupt("entry key of the wrong size");
-    if (get_be(bytes_of(key), 8) != *id) break;
-    EntryRecord record;
-    TALLY_TRY(decode_entry(key, value, &record));
-    if (record.seq > to_seq) break;
-    HistoryEntry entry;
-    entry.seq = record.seq;
-    entry.time_ns = record.time_ns;
-    entry.key = record.key;
-    entry.op = op_name_of(record.op_code);
-    entry.delta_available = record.delta_available;
-    entry.delta_held = record.delta_held;
-    entry.after = record.after;
-    if (!visit(entry)) return Status();
+  // Each pass visits the pair's entries in one epoch, in seq order.
+  for (; epoch.ok() && *epoch != 0 && *epoch <= to_seq; epoch = next_epoch(epochs_cursor.get())) {
+    EntryKey first = entry_key(*epoch, *id, from_seq);
+    MDB_val key = val_of(first);
+    MDB_val value{};
+    int rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_SET_RANGE);
+    // Each pass visits one entry; the pair's entries in the epoch bound it.
+    for (; rc == 0; rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_NEXT)) {
+      if (key.mv_size != kEntryKeyBytes) return corrupt("entry key of the wrong size");
+      if (std::memcmp(key.mv_data, first.data(), kEntryKeyBytes - kSeqBytes) != 0) break;
+      EntryRecord record;
+      TALLY_TRY(decode_entry(key, value, &record));
+      if (record.seq > to_seq) return Status();
+      HistoryEntry entry;
+      entry.seq = record.seq;
+      entry.time_ns = record.time_ns;
+      entry.key = record.key;
+      entry.op = op_name_of(record.op_code);
+      entry.delta_available = record.delta_available;
+      entry.delta_held = record.delta_held;
+      entry.after = record.after;
+      if (!visit(entry)) return Status();
+    }
+    if (rc != 0 && rc != MDB_NOTFOUND) return lmdb_error("mdb_cursor_get (entries)", rc);
   }
-  if (rc != 0 && rc != MDB_NOTFOUND) return lmdb_error("mdb_cursor_get (entries)", rc);
-  return Status();
+  return epoch.status();
 }
 
 }  // namespace tally::snap

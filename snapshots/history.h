@@ -1,7 +1,8 @@
 // HistoryStore: the point-in-time history projection (DESIGN.md §2, §3), an
 // LMDB index in DATA/history/ of every balance change keyed (subject, item,
-// seq), so "the balance at seq N" or "at time T" is a seek, not a replay.
-// Format: snapshots/history_format.h.
+// seq) within epochs of consecutive seqs, each opening with the non-zero
+// balances at its start, so "the balance at seq N" or "at time T" is two
+// seeks, not a replay. Format: snapshots/history_format.h.
 //
 // The writer — one thread: the engine's writer after it applies an event,
 // or a rebuild reading the log — calls append() for every event in seq
@@ -98,6 +99,12 @@ struct HistoryStoreOptions {
   // finds more cached empties the cache. Pairs changed since the last flush
   // are always cached (their balance is nowhere else), on top of this.
   std::size_t pair_cache_max = std::size_t{1} << 18;
+  // A flush ends the newest epoch once it holds this many entries, or as
+  // many as it has opening balances if that is more (history_format.h). A
+  // flush rewrites the leaves of the newest epoch only, so this bounds the
+  // pages one flush touches; each epoch costs the writing of every
+  // non-zero balance as the next one's openings. At least 1.
+  std::uint64_t epoch_entries_min = std::uint64_t{1} << 18;
 };
 
 class HistoryStore {

@@ -76,11 +76,31 @@ std::unique_ptr<HistoryStore> open_history(const TempDir& dir,
   return std::move(store).value();
 }
 
-// Appends every event the feed applies to the store.
-void index_into(Feed* feed, HistoryStore* store) {
-  feed->on_applied = [store](const log::Event& event) {
+// Appends every event the feed applies to the store, and flushes after
+// each when asked.
+void index_into(Feed* feed, HistoryStore* store, bool flush_each = false) {
+  feed->on_applied = [store, flush_each](const log::Event& event) {
     REQUIRE_OK(store->append(event, chain_of(event.seq)));
+    if (flush_each) REQUIRE_OK(store->flush());
   };
+}
+
+// How a test indexes: its options, and whether it flushes after every
+// event. With epoch_entries_min 1, such a flush also ends the epoch.
+struct Indexing {
+  const char* name;
+  HistoryStoreOptions options;
+  bool flush_each = false;
+};
+
+std::vector<Indexing> indexings() {
+  HistoryStoreOptions one_epoch_each = small_options();
+  one_epoch_each.epoch_entries_min = 1;
+  HistoryStoreOptions epochs_of_three = small_options();
+  epochs_of_three.epoch_entries_min = 3;
+  return {{"one epoch", small_options(), false},
+          {"an epoch per flush, a flush per event", one_epoch_each, true},
+          {"epochs of three entries, a flush per event", epochs_of_three, true}};
 }
 
 HistoryPosition position_ok(const HistoryStore& store) {
@@ -165,117 +185,133 @@ void check_every_seq(const HistoryStore& store, const std::vector<std::vector<Li
 // ---------------------------------------------------------------- basics
 
 TEST_CASE("append, flush and reopen keep the position and the answers") {
-  TempDir dir;
-  State state(StateOptions{kWindowNs});
-  Feed feed({&state});
-  std::vector<std::vector<Listed>> at_seq = {{}};
-  std::unique_ptr<HistoryStore> store = open_history(dir);
-  feed.on_applied = [&](const log::Event& event) {
-    REQUIRE_OK(store->append(event, chain_of(event.seq)));
-    at_seq.push_back(proj::all_balances(state, kStoredOnly));
-  };
-  CHECK(position_ok(*store) == HistoryPosition{});
-  proj::ScriptHolds holds;
-  for (const proj::Step& step : proj::script()) REQUIRE_OK(step(feed, holds));
-  const HistoryPosition last{state.last_seq(), chain_of(state.last_seq()),
-                             state.last_timestamp_ns()};
-  CHECK(store->appended_position() == last);
-  // Nothing is visible before the flush.
-  CHECK(position_ok(*store) == HistoryPosition{});
-  CHECK(store->balance_at("alice", "gold", 1).code() == ErrorCode::invalid);
-  CHECK(all_at(*store, 0).empty());
-  REQUIRE_OK(store->flush());
-  CHECK(position_ok(*store) == last);
-  check_every_seq(*store, at_seq);
-  CHECK(store->balance_at("alice", "gold", last.seq + 1).code() == ErrorCode::invalid);
+  for (const Indexing& indexing : indexings()) {
+    CAPTURE(indexing.name);
+    TempDir dir;
+    State state(StateOptions{kWindowNs});
+    Feed feed({&state});
+    std::vector<std::vector<Listed>> at_seq = {{}};
+    std::unique_ptr<HistoryStore> store = open_history(dir, indexing.options);
+    bool flush_each = false;  // not before the first flush's checks
+    feed.on_applied = [&](const log::Event& event) {
+      REQUIRE_OK(store->append(event, chain_of(event.seq)));
+      if (flush_each) REQUIRE_OK(store->flush());
+      at_seq.push_back(proj::all_balances(state, kStoredOnly));
+    };
+    CHECK(position_ok(*store) == HistoryPosition{});
+    proj::ScriptHolds holds;
+    const std::vector<proj::Step> script = proj::script();
+    for (std::size_t step = 0; step < script.size(); step++) {
+      REQUIRE_OK(script[step](feed, holds));
+      // The first few in one flush, then one flush each when asked.
+      if (step == 3) {
+        CHECK(position_ok(*store) == HistoryPosition{});  // nothing is visible before the flush
+        CHECK(store->balance_at("alice", "gold", 1).code() == ErrorCode::invalid);
+        CHECK(all_at(*store, 0).empty());
+        REQUIRE_OK(store->flush());
+        flush_each = indexing.flush_each;
+      }
+    }
+    const HistoryPosition last{state.last_seq(), chain_of(state.last_seq()),
+                               state.last_timestamp_ns()};
+    CHECK(store->appended_position() == last);
+    REQUIRE_OK(store->flush());
+    CHECK(position_ok(*store) == last);
+    check_every_seq(*store, at_seq);
+    CHECK(store->balance_at("alice", "gold", last.seq + 1).code() == ErrorCode::invalid);
 
-  store.reset();
-  store = open_history(dir);
-  CHECK(position_ok(*store) == last);
-  CHECK(store->appended_position() == last);
-  check_every_seq(*store, at_seq);
-  // Appending goes on after the reopen, for a known pair and a new one.
-  REQUIRE_OK(feed.one("after-1", acquire_op("alice", "gold", 1)));
-  REQUIRE_OK(feed.one("after-2", acquire_op("newcomer", "gold", 2)));
-  REQUIRE_OK(store->flush());
-  CHECK(position_ok(*store).seq == last.seq + 2);
-  check_every_seq(*store, at_seq);
-  feed.on_applied = nullptr;
+    store.reset();
+    store = open_history(dir, indexing.options);
+    CHECK(position_ok(*store) == last);
+    CHECK(store->appended_position() == last);
+    check_every_seq(*store, at_seq);
+    // Appending goes on after the reopen, for a known pair and a new one.
+    REQUIRE_OK(feed.one("after-1", acquire_op("alice", "gold", 1)));
+    REQUIRE_OK(feed.one("after-2", acquire_op("newcomer", "gold", 2)));
+    REQUIRE_OK(store->flush());
+    CHECK(position_ok(*store).seq == last.seq + 2);
+    check_every_seq(*store, at_seq);
+    feed.on_applied = nullptr;
+  }
 }
 
 TEST_CASE("entries list one pair's changes with their keys, ops and balances, within bounds") {
-  TempDir dir;
-  std::unique_ptr<HistoryStore> store = open_history(dir);
-  State state(StateOptions{kWindowNs});
-  Feed feed({&state});
-  index_into(&feed, store.get());
-  REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", 10)));
-  REQUIRE_OK(feed.one("k2", acquire_op("bob", "gold", 5)));
-  REQUIRE_OK(feed.one("k3", hold_op("alice", "gold", 4, 5 * kMsNs)));
-  feed.now_ns += kMsNs;
-  REQUIRE_OK(feed.one("k4", transfer_op("alice", "bob", "gold", 1)));
-  feed.now_ns += 5 * kMsNs;
-  REQUIRE_OK(feed.expire(3, "alice", "gold", 4));
-  REQUIRE_OK(feed.batch("k6", {consume_op("alice", "gold", 2), acquire_op("alice", "silver", 3),
-                               acquire_op("carol", "gold", 1), consume_op("carol", "gold", 1)}));
-  REQUIRE_OK(feed.rejected("k7", proj::Reason::insufficient, {consume_op("alice", "gold", 99)},
-                           false, 0));
-  REQUIRE_OK(feed.one("k8", consume_op("alice", "gold", 1)));
-  REQUIRE_OK(store->flush());
+  for (const Indexing& indexing : indexings()) {
+    CAPTURE(indexing.name);
+    TempDir dir;
+    std::unique_ptr<HistoryStore> store = open_history(dir, indexing.options);
+    State state(StateOptions{kWindowNs});
+    Feed feed({&state});
+    index_into(&feed, store.get(), indexing.flush_each);
+    REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", 10)));
+    REQUIRE_OK(feed.one("k2", acquire_op("bob", "gold", 5)));
+    REQUIRE_OK(feed.one("k3", hold_op("alice", "gold", 4, 5 * kMsNs)));
+    feed.now_ns += kMsNs;
+    REQUIRE_OK(feed.one("k4", transfer_op("alice", "bob", "gold", 1)));
+    feed.now_ns += 5 * kMsNs;
+    REQUIRE_OK(feed.expire(3, "alice", "gold", 4));
+    REQUIRE_OK(feed.batch("k6", {consume_op("alice", "gold", 2), acquire_op("alice", "silver", 3),
+                                 acquire_op("carol", "gold", 1), consume_op("carol", "gold", 1)}));
+    REQUIRE_OK(feed.rejected("k7", proj::Reason::insufficient, {consume_op("alice", "gold", 99)},
+                             false, 0));
+    REQUIRE_OK(feed.one("k8", consume_op("alice", "gold", 1)));
+    REQUIRE_OK(store->flush());
 
-  const std::vector<Entry> gold = entries_of(*store, "alice", "gold");
-  REQUIRE(seqs_of(gold) == std::vector<std::uint64_t>{1, 3, 4, 5, 6, 8});
-  const auto check_entry = [](const Entry& entry, std::string_view key, std::string_view op,
-                              std::int64_t delta_available, std::int64_t delta_held,
-                              Balance after) {
-    CAPTURE(entry.seq);
-    CHECK(entry.key == key);
-    CHECK(entry.op == op);
-    CHECK(entry.delta_available == delta_available);
-    CHECK(entry.delta_held == delta_held);
-    CHECK(entry.after == after);
-  };
-  check_entry(gold[0], "k1", "acquire", 10, 0, bal(10, 0));
-  check_entry(gold[1], "k3", "hold", -4, 4, bal(6, 4));
-  check_entry(gold[2], "k4", "transfer", -1, 0, bal(5, 4));
-  check_entry(gold[3], "", "expire", 4, -4, bal(9, 0));
-  check_entry(gold[4], "k6", "batch", -2, 0, bal(7, 0));
-  check_entry(gold[5], "k8", "consume", -1, 0, bal(6, 0));
-  CHECK(gold[0].time_ns == kStartNs);
-  CHECK(gold[2].time_ns == kStartNs + kMsNs);
-  CHECK(gold[3].time_ns == kStartNs + 6 * kMsNs);
+    const std::vector<Entry> gold = entries_of(*store, "alice", "gold");
+    REQUIRE(seqs_of(gold) == std::vector<std::uint64_t>{1, 3, 4, 5, 6, 8});
+    const auto check_entry = [](const Entry& entry, std::string_view key, std::string_view op,
+                                std::int64_t delta_available, std::int64_t delta_held,
+                                Balance after) {
+      CAPTURE(entry.seq);
+      CHECK(entry.key == key);
+      CHECK(entry.op == op);
+      CHECK(entry.delta_available == delta_available);
+      CHECK(entry.delta_held == delta_held);
+      CHECK(entry.after == after);
+    };
+    check_entry(gold[0], "k1", "acquire", 10, 0, bal(10, 0));
+    check_entry(gold[1], "k3", "hold", -4, 4, bal(6, 4));
+    check_entry(gold[2], "k4", "transfer", -1, 0, bal(5, 4));
+    check_entry(gold[3], "", "expire", 4, -4, bal(9, 0));
+    check_entry(gold[4], "k6", "batch", -2, 0, bal(7, 0));
+    check_entry(gold[5], "k8", "consume", -1, 0, bal(6, 0));
+    CHECK(gold[0].time_ns == kStartNs);
+    CHECK(gold[2].time_ns == kStartNs + kMsNs);
+    CHECK(gold[3].time_ns == kStartNs + 6 * kMsNs);
 
-  CHECK(seqs_of(entries_of(*store, "bob", "gold")) == std::vector<std::uint64_t>{2, 4});
-  CHECK(seqs_of(entries_of(*store, "alice", "silver")) == std::vector<std::uint64_t>{6});
-  // A batch that changes a pair by zero in all writes no entry for it.
-  CHECK(entries_of(*store, "carol", "gold").empty());
-  CHECK(entries_of(*store, "nobody", "gold").empty());
+    CHECK(seqs_of(entries_of(*store, "bob", "gold")) == std::vector<std::uint64_t>{2, 4});
+    CHECK(seqs_of(entries_of(*store, "alice", "silver")) == std::vector<std::uint64_t>{6});
+    // A batch that changes a pair by zero in all writes no entry for it.
+    CHECK(entries_of(*store, "carol", "gold").empty());
+    CHECK(entries_of(*store, "nobody", "gold").empty());
 
-  CHECK(seqs_of(entries_of(*store, "alice", "gold", 3, 5)) == std::vector<std::uint64_t>{3, 4, 5});
-  CHECK(seqs_of(entries_of(*store, "alice", "gold", 2, 2)).empty());
-  CHECK(seqs_of(entries_of(*store, "alice", "gold", 6, UINT64_MAX)) ==
-        std::vector<std::uint64_t>{6, 8});
-  CHECK(seqs_of(entries_of(*store, "alice", "gold", 7, 7)).empty());
-  CHECK(seqs_of(entries_of(*store, "alice", "gold", 9, 100)).empty());
-  CHECK(seqs_of(entries_of(*store, "alice", "gold", 5, 3)).empty());
-  std::vector<std::uint64_t> first_only;
-  REQUIRE_OK(store->entries("alice", "gold", 0, UINT64_MAX, [&](const HistoryEntry& entry) {
-    first_only.push_back(entry.seq);
-    return false;
-  }));
-  CHECK(first_only == std::vector<std::uint64_t>{1});
-  const auto ignore = [](const HistoryEntry&) { return true; };
-  CHECK(store->entries("", "gold", 0, 9, ignore).code() == ErrorCode::invalid);
-  CHECK(store->entries("alice", std::string(256, 'x'), 0, 9, ignore).code() ==
-        ErrorCode::invalid);
-  CHECK(store->entries(std::string("a\0b", 3), "gold", 0, 9, ignore).code() ==
-        ErrorCode::invalid);
+    CHECK(seqs_of(entries_of(*store, "alice", "gold", 3, 5)) ==
+          std::vector<std::uint64_t>{3, 4, 5});
+    CHECK(seqs_of(entries_of(*store, "alice", "gold", 2, 2)).empty());
+    CHECK(seqs_of(entries_of(*store, "alice", "gold", 6, UINT64_MAX)) ==
+          std::vector<std::uint64_t>{6, 8});
+    CHECK(seqs_of(entries_of(*store, "alice", "gold", 7, 7)).empty());
+    CHECK(seqs_of(entries_of(*store, "alice", "gold", 9, 100)).empty());
+    CHECK(seqs_of(entries_of(*store, "alice", "gold", 5, 3)).empty());
+    std::vector<std::uint64_t> first_only;
+    REQUIRE_OK(store->entries("alice", "gold", 0, UINT64_MAX, [&](const HistoryEntry& entry) {
+      first_only.push_back(entry.seq);
+      return false;
+    }));
+    CHECK(first_only == std::vector<std::uint64_t>{1});
+    const auto ignore = [](const HistoryEntry&) { return true; };
+    CHECK(store->entries("", "gold", 0, 9, ignore).code() == ErrorCode::invalid);
+    CHECK(store->entries("alice", std::string(256, 'x'), 0, 9, ignore).code() ==
+          ErrorCode::invalid);
+    CHECK(store->entries(std::string("a\0b", 3), "gold", 0, 9, ignore).code() ==
+          ErrorCode::invalid);
 
-  // Between entries a pair keeps its balance; before its first it is zero.
-  CHECK(balance_ok(*store, "alice", "gold", 7) == bal(7, 0));
-  CHECK(balance_ok(*store, "alice", "silver", 5) == bal(0, 0));
-  CHECK(balance_ok(*store, "alice", "silver", 8) == bal(3, 0));
-  feed.on_applied = nullptr;
+    // Between entries a pair keeps its balance; before its first it is zero.
+    CHECK(balance_ok(*store, "alice", "gold", 7) == bal(7, 0));
+    CHECK(balance_ok(*store, "alice", "silver", 5) == bal(0, 0));
+    CHECK(balance_ok(*store, "alice", "silver", 8) == bal(3, 0));
+    feed.on_applied = nullptr;
+  }
 }
 
 TEST_CASE("seq_at_time: events sharing a time, a time before the first, at one, after the last") {
@@ -450,6 +486,9 @@ TEST_CASE("bad options are invalid; a capped map fails the flush and keeps the a
   options.pending_bytes_max = 0;
   CHECK(HistoryStore::open(dir.sub("history"), options).code() == ErrorCode::invalid);
   options = small_options();
+  options.epoch_entries_min = 0;
+  CHECK(HistoryStore::open(dir.sub("history"), options).code() == ErrorCode::invalid);
+  options = small_options();
   options.map_size_bytes_max = options.map_size_bytes / 2;
   CHECK(HistoryStore::open(dir.sub("history"), options).code() == ErrorCode::invalid);
 
@@ -552,6 +591,19 @@ TEST_CASE("random streams with a small buffer and cache: appends read the flushe
   options.pending_bytes_max = 8 * 1024;
   options.pair_cache_max = 8;
   run_random_history(6, 3000, options);
+}
+
+TEST_CASE("random streams over many epochs: openings carry the balances a flush leaves") {
+  for (const std::uint64_t entries_min : {1, 5, 40}) {
+    CAPTURE(entries_min);
+    HistoryStoreOptions options = small_options();
+    options.epoch_entries_min = entries_min;
+    run_random_history(7 + entries_min, 3000, options);
+    // Appends that read openings of pairs the cache dropped.
+    options.pending_bytes_max = 8 * 1024;
+    options.pair_cache_max = 8;
+    run_random_history(8 + entries_min, 3000, options);
+  }
 }
 
 // ---------------------------------------------------------------- damage
@@ -666,6 +718,72 @@ TEST_CASE("a damaged pair id or position record is corrupt") {
     read_only.read_only = true;
     CHECK(HistoryStore::open(dir.sub("history"), read_only).code() == ErrorCode::corrupt);
   }
+}
+
+// Three epochs: seq 1 (alice's gold), seq 2 (bob's gold, with alice's 5
+// as an opening balance), and seq 3 on, empty (opening with both).
+void write_epochs_index(const TempDir& dir) {
+  HistoryStoreOptions options = small_options();
+  options.epoch_entries_min = 1;
+  std::unique_ptr<HistoryStore> store = open_history(dir, options);
+  State state(StateOptions{kWindowNs});
+  Feed feed({&state});
+  index_into(&feed, store.get(), true);
+  REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", 5)));
+  REQUIRE_OK(feed.one("k2", acquire_op("bob", "gold", 1)));
+  feed.on_applied = nullptr;
+  CHECK(balance_ok(*store, "alice", "gold", 2) == bal(5, 0));
+}
+
+TEST_CASE("a damaged opening balance or epoch record is corrupt where it is read") {
+  {
+    TempDir dir;
+    write_epochs_index(dir);
+    // The first opening is alice's gold in epoch 2.
+    rewrite_first(dir, history::kOpeningsDbName, [](const std::string& value) {
+      std::string flipped = value;
+      flipped.replace(0, 1, 1, static_cast<char>(value.at(0) ^ 0x02));
+      return flipped;
+    });
+    std::unique_ptr<HistoryStore> store = open_history(dir);
+    CHECK(balance_ok(*store, "alice", "gold", 1) == bal(5, 0));  // its entry, in epoch 1
+    CHECK(store->balance_at("alice", "gold", 2).code() == ErrorCode::corrupt);
+    CHECK(balance_ok(*store, "bob", "gold", 2) == bal(1, 0));
+    CHECK(store->list_at("alice", 2, [](std::string_view, Balance) {}).code() ==
+          ErrorCode::corrupt);
+  }
+  {
+    TempDir dir;
+    write_epochs_index(dir);
+    rewrite_first(dir, history::kEpochsDbName, [](const std::string& value) {
+      std::string changed = value;
+      changed.replace(0, 1, 1, '\x07');  // epoch 1's opening count
+      return changed;
+    });
+    std::unique_ptr<HistoryStore> store = open_history(dir);
+    CHECK(store->balance_at("alice", "gold", 1).code() == ErrorCode::corrupt);
+    CHECK(balance_ok(*store, "bob", "gold", 2) == bal(1, 0));
+    CHECK(store->entries("alice", "gold", 0, UINT64_MAX, [](const HistoryEntry&) {
+      return true;
+    }).code() == ErrorCode::corrupt);
+  }
+}
+
+TEST_CASE("an index of format 1 is corrupt, naming its format, for the writer and readers") {
+  TempDir dir;
+  write_small_index(dir);
+  rewrite_first(dir, history::kMetaDbName, [](const std::string& value) {
+    std::string older = value.substr(0, 48);  // format 1's position record had 48 bytes
+    older[4] = 1;
+    return older;
+  });
+  Result<std::unique_ptr<HistoryStore>> writer =
+      HistoryStore::open(dir.sub("history"), small_options());
+  CHECK(writer.code() == ErrorCode::corrupt);
+  CHECK(writer.status().to_string().find("format 1") != std::string::npos);
+  HistoryStoreOptions read_only = small_options();
+  read_only.read_only = true;
+  CHECK(HistoryStore::open(dir.sub("history"), read_only).code() == ErrorCode::corrupt);
 }
 
 // ---------------------------------------------------------------- read-only
