@@ -116,30 +116,17 @@ using OpeningKey = std::array<std::uint8_t, kOpeningKeyBytes>;
 using TimeKey = std::array<std::uint8_t, kTimeKeyBytes>;
 
 EntryKey entry_key(std::uint64_t epoch, std::uint64_t pair_id, std::uint64_t seq) {
-  EntryKey key{};
-  put_be(key.data(), epoch, 8);
-  put_be(key.data() + 8, pair_id, 8);
-  put_be(key.data() + 16, seq, 8);
-  return key;
+  return lmdb::be_key<3>({epoch, pair_id, seq});
 }
 
-EpochKey epoch_key(std::uint64_t epoch) {
-  EpochKey key{};
-  put_be(key.data(), epoch, 8);
-  return key;
-}
+EpochKey epoch_key(std::uint64_t epoch) { return lmdb::be_key<1>({epoch}); }
 
 OpeningKey opening_key(std::uint64_t epoch, std::uint64_t pair_id) {
-  OpeningKey key{};
-  put_be(key.data(), epoch, 8);
-  put_be(key.data() + 8, pair_id, 8);
-  return key;
+  return lmdb::be_key<2>({epoch, pair_id});
 }
 
 TimeKey time_key(std::int64_t time_ns) {
-  TimeKey key{};
-  put_be(key.data(), static_cast<std::uint64_t>(time_ns) ^ history::kTimeBias, 8);
-  return key;
+  return lmdb::be_key<1>({static_cast<std::uint64_t>(time_ns) ^ history::kTimeBias});
 }
 
 std::uint8_t op_code_of(const log::Event& event) {

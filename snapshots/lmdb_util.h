@@ -54,6 +54,13 @@ inline std::uint64_t get_be(const std::uint8_t* in, std::size_t width) {
   for (std::size_t index = 0; index < width; index++) value = (value << 8) | in[index];
   return value;
 }
+// A key of N big-endian u64 fields: bytewise order is the fields' order.
+template <std::size_t N>
+std::array<std::uint8_t, 8 * N> be_key(const std::array<std::uint64_t, N>& fields) {
+  std::array<std::uint8_t, 8 * N> key{};
+  for (std::size_t index = 0; index < N; index++) put_be(key.data() + 8 * index, fields[index], 8);
+  return key;
+}
 
 inline const std::uint8_t* bytes_of(const MDB_val& val) {
   return static_cast<const std::uint8_t*>(val.mv_data);

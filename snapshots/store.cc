@@ -40,11 +40,7 @@ Status corrupt(const std::string& what) {
 using MetaKey = std::array<std::uint8_t, kMetaKeyBytes>;
 using ChunkKey = std::array<std::uint8_t, kChunkKeyBytes>;
 
-MetaKey meta_key(std::uint64_t seq) {
-  MetaKey key{};
-  put_be(key.data(), seq, 8);
-  return key;
-}
+MetaKey meta_key(std::uint64_t seq) { return lmdb::be_key<1>({seq}); }
 ChunkKey chunk_key(std::uint64_t seq, std::uint32_t index) {
   ChunkKey key{};
   put_be(key.data(), seq, 8);
