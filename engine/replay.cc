@@ -155,7 +155,14 @@ class ReadAhead {
       if (head_ < published_count_) return &slots_[head_ % kSlots];
       if ((published & kFinished) != 0) return nullptr;
       hand_back();  // the reader may be waiting for room
-      published_.wait(published, std::memory_order_acquire);
+      // Sleep until a batch is ready, not the next chunk: each wake is a
+      // futex call and a switch, which the reader (the slower half) pays.
+      // Stored before published_ is read again, and the reader reads it
+      // after storing published_ (both seq_cst): either this thread sees
+      // the new count or the reader sees what it waits for.
+      wanted_.store(head_ + kWakeBatch);
+      if (published_.load() == published) published_.wait(published, std::memory_order_acquire);
+      wanted_.store(kNever, std::memory_order_relaxed);
     }
   }
   // The event `distance` places after the next one, if it is read already.
@@ -182,6 +189,8 @@ class ReadAhead {
   static constexpr std::uint64_t kSlots = 512;
   static constexpr std::uint64_t kChunk = 32;
   static constexpr std::uint64_t kWakeEvery = kSlots / 2;
+  static constexpr std::uint64_t kWakeBatch = kSlots / 4;
+  static constexpr std::uint64_t kNever = UINT64_MAX;
   static constexpr std::uint64_t kFinished = std::uint64_t{1} << 63;
   static constexpr std::uint64_t kNoPause = UINT64_MAX;
 
@@ -191,10 +200,13 @@ class ReadAhead {
   }
 
   // ---- the reading thread ----
-  // Hands over the slots whose keys are remembered.
-  void publish(std::uint64_t flags = 0) {
-    published_.store(keyed_ | flags, std::memory_order_release);
-    published_.notify_one();
+  // Hands over the slots whose keys are remembered. Wakes the applying
+  // thread if it waits for no more than these, or always (the reading
+  // thread is about to wait itself, or is done).
+  enum class Wake { if_wanted, always };
+  void publish(Wake wake, std::uint64_t flags = 0) {
+    published_.store(keyed_ | flags);
+    if (wake == Wake::always || keyed_ >= wanted_.load()) published_.notify_one();
   }
   // Remembers the keys of the slots before `count`, up to a pause the
   // applying thread has not passed; on a refusal, finishes with it and
@@ -212,7 +224,7 @@ class ReadAhead {
         // handed over, then hand over every keyed slot, so that the
         // applying thread gets there.
         if (!index_keys()) return false;
-        publish();
+        publish(Wake::always);
       }
     }
     return true;
@@ -227,7 +239,7 @@ class ReadAhead {
   // Finishes with a refused key after the slots keyed before it; false.
   bool refuse(Status status) {
     status_ = std::move(status);
-    publish(kFinished);
+    publish(Wake::always, kFinished);
     return false;
   }
   // Whether the key of event `seq`, the next to remember, must wait: it
@@ -263,7 +275,7 @@ class ReadAhead {
       if (ready(consumed)) return true;
       // The applying thread may be waiting for these.
       if (!remember_keys(tail_)) return false;
-      publish();
+      publish(Wake::always);
       consumed_.wait(consumed, std::memory_order_acquire);
     }
   }
@@ -272,7 +284,7 @@ class ReadAhead {
     if (!remember_all_keys(tail_) || !index_keys()) return;
     status_ = std::move(status);
     reached_end_ = reached_end;
-    publish(kFinished);
+    publish(Wake::always, kFinished);
   }
   void read_all() {
     for (;;) {
@@ -305,7 +317,7 @@ class ReadAhead {
       tail_++;
       const std::uint64_t keyed = keyed_;
       if (!remember_keys(tail_)) return;
-      if (keyed_ / kChunk != keyed / kChunk) publish();
+      if (keyed_ / kChunk != keyed / kChunk) publish(Wake::if_wanted);
     }
   }
 
@@ -331,6 +343,7 @@ class ReadAhead {
   std::vector<Slot> slots_;
   std::atomic<std::uint64_t> published_{0};  // slots filled | kFinished
   std::atomic<std::uint64_t> consumed_{0};   // slots applied, handed back
+  std::atomic<std::uint64_t> wanted_{kNever};  // the count a sleeping applier waits for
   std::atomic<bool> stop_{false};
   std::thread thread_;
 };
