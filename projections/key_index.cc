@@ -105,7 +105,7 @@ std::uint64_t KeyIndex::append(std::string_view key, const KeyRecord& record) {
   if (chunks_.empty() || chunks_.back().used_bytes + size_bytes > kChunkBytes) {
     Chunk chunk;
     chunk.bytes = spare_ != nullptr ? std::move(spare_)
-                                    : std::make_unique_for_overwrite<std::byte[]>(kChunkBytes);
+                                    : new_arena_chunk<std::byte>(kChunkBytes);
     chunks_.push_back(std::move(chunk));
   }
   Chunk& chunk = chunks_.back();
