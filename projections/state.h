@@ -225,8 +225,15 @@ class State {
   // When `digest` is not null, *digest receives the loaded state's digest(),
   // taken from the entries as they are read: one pass in image order instead
   // of a second walk of every table.
+  //
+  // When `check` is given, it runs beside the load, on the thread that
+  // loads the keys, before them (first of all where the load has one
+  // thread): a check of the source's bytes as a whole, such as a checksum,
+  // that the load need not wait for. Its failure is returned in preference
+  // to anything the load finds.
   static Result<std::unique_ptr<State>> load(StateSource& source, StateOptions options,
-                                             std::uint64_t* digest = nullptr);
+                                             std::uint64_t* digest = nullptr,
+                                             const std::function<Status()>& check = {});
 
  private:
   friend struct StateTestPeer;  // state_test.cc: corrupts internals on purpose

@@ -559,7 +559,8 @@ std::optional<std::uint64_t> find_keys_offset(const StateSource& source, std::ui
 }  // namespace
 
 Result<std::unique_ptr<State>> State::load(StateSource& source, StateOptions options,
-                                           std::uint64_t* digest) {
+                                           std::uint64_t* digest,
+                                           const std::function<Status()>& check) {
   if (options.idempotency_window_ns < 0) {
     return Status(ErrorCode::invalid, "negative idempotency window");
   }
@@ -576,15 +577,23 @@ Result<std::unique_ptr<State>> State::load(StateSource& source, StateOptions opt
       keys_offset ? source.open_at(*keys_offset) : nullptr;
   std::optional<ImageReader> keys_in;
   std::optional<Loader> keys_loader;
+  Status checked;
+  const auto run_check = [&] {
+    if (check) checked = check();
+    return checked.ok();
+  };
   Status keys_status;
   std::thread keys_thread;
   if (keys_source != nullptr) {
     keys_in.emplace(keys_source.get(), *keys_offset);
     keys_loader.emplace(&*keys_in, impl);
-    auto started = start_thread("tally-keys", [&] { keys_status = keys_loader->keys_to_end(); });
+    auto started = start_thread("tally-keys", [&] {
+      if (run_check()) keys_status = keys_loader->keys_to_end();
+    });
     // Without a second thread, this one loads the keys after the rest.
     if (started) keys_thread = std::move(*started);
   }
+  if (!keys_thread.joinable() && !run_check()) return checked;
   Status rest = [&]() -> Status {
     TALLY_TRY(loader.names(&impl->subjects, true));
     TALLY_TRY(loader.names(&impl->items, false));
@@ -600,7 +609,8 @@ Result<std::unique_ptr<State>> State::load(StateSource& source, StateOptions opt
   } else if (keys_loader && rest.ok()) {
     keys_status = keys_loader->keys_to_end();
   }
-  // The earlier problem in the image is the one reported.
+  // A failed check first; then the earlier problem in the image.
+  TALLY_TRY(checked);
   TALLY_TRY(rest);
   TALLY_TRY(keys_status);
   // held must equal the open holds of each pair; the image could agree

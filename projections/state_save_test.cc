@@ -3,6 +3,7 @@
 #include <doctest.h>
 
 #include <array>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -301,6 +302,36 @@ TEST_CASE("a flipped bit anywhere is an error or a consistent state, never a cra
     }
   }
   CHECK(errors > 2 * image.size());  // most flips are caught by structure alone
+}
+
+TEST_CASE("a check of the bytes runs once, beside the load, and its failure comes first") {
+  const std::vector<std::byte> image = scripted_image(13);
+  const std::vector<std::byte> truncated(image.begin(), image.end() - 1);
+  for (const bool one_pass : {false, true}) {
+    CAPTURE(one_pass);
+    SpanSource two_places(image);
+    OnePassSource one_place(image);
+    StateSource& source = one_pass ? static_cast<StateSource&>(one_place) : two_places;
+    std::atomic<int> checks = 0;
+    Result<std::unique_ptr<State>> loaded =
+        State::load(source, StateOptions{kWindowNs}, nullptr, [&] {
+          checks++;
+          return Status();
+        });
+    REQUIRE_OK(loaded.status());
+    CHECK(checks == 1);
+
+    // A failed check is the answer, even for an image the load refuses.
+    for (const std::vector<std::byte>* bytes : std::array{&image, &truncated}) {
+      SpanSource again_two(*bytes);
+      OnePassSource again_one(*bytes);
+      StateSource& again = one_pass ? static_cast<StateSource&>(again_one) : again_two;
+      loaded = State::load(again, StateOptions{kWindowNs}, nullptr,
+                           [] { return Status(ErrorCode::corrupt, "checksum mismatch"); });
+      CHECK(loaded.code() == ErrorCode::corrupt);
+      CHECK(loaded.status().message() == "checksum mismatch");
+    }
+  }
 }
 
 class FailingSource final : public StateSource {

@@ -120,9 +120,12 @@ struct SnapshotStore::Env {
   Status write_once(const proj::State& state, const Meta& meta_in, Meta* written, int* rc_out);
   Status delete_snapshot(const Txn& txn, std::uint64_t seq);
   // The snapshot's chunks, in order, views into the map valid while `txn`
-  // lives, once their size and checksum match the metadata.
-  Result<std::vector<std::span<const std::byte>>> verified_chunks(const Txn& txn,
-                                                                 const Meta& meta) const;
+  // lives, once their total size matches the metadata.
+  Result<std::vector<std::span<const std::byte>>> sized_chunks(const Txn& txn,
+                                                              const Meta& meta) const;
+  // corrupt unless the chunks hash to the metadata's payload checksum.
+  static Status check_payload(std::span<const std::span<const std::byte>> chunks,
+                              const Meta& meta);
   Result<std::unique_ptr<proj::State>> load_one(const Txn& txn, const Meta& meta,
                                                 const proj::StateOptions& options) const;
 };
@@ -389,7 +392,7 @@ Result<std::size_t> SnapshotStore::prune(std::size_t retain_count) {
   return doomed;
 }
 
-Result<std::vector<std::span<const std::byte>>> SnapshotStore::Env::verified_chunks(
+Result<std::vector<std::span<const std::byte>>> SnapshotStore::Env::sized_chunks(
     const Txn& txn, const Meta& meta) const {
   const std::string name = std::to_string(meta.info.seq) + ": ";
   if (meta.state_format != proj::kStateFormatVersion) {
@@ -398,8 +401,6 @@ Result<std::vector<std::span<const std::byte>>> SnapshotStore::Env::verified_chu
   Cursor cursor;
   TALLY_TRY(cursor.open(txn, chunks));
   ChunkWalker walker(cursor.get(), meta);
-  XXH3_state_t hash;
-  XXH3_64bits_reset(&hash);
   std::vector<std::span<const std::byte>> out;
   std::uint64_t total_bytes = 0;
   // One pass per chunk; chunk_count bounds it.
@@ -407,27 +408,39 @@ Result<std::vector<std::span<const std::byte>>> SnapshotStore::Env::verified_chu
     Result<std::span<const std::byte>> chunk = walker.next();
     if (!chunk) return chunk.status();
     if (chunk->empty()) break;
-    XXH3_64bits_update(&hash, chunk->data(), chunk->size());
     total_bytes += chunk->size();
     out.push_back(*chunk);
   }
   if (total_bytes != meta.info.size_bytes) return corrupt(name + "payload size mismatch");
-  if (XXH3_64bits_digest(&hash) != meta.payload_hash) {
-    return corrupt(name + "payload checksum mismatch");
-  }
   return out;
+}
+
+Status SnapshotStore::Env::check_payload(std::span<const std::span<const std::byte>> chunks,
+                                         const Meta& meta) {
+  XXH3_state_t hash;
+  XXH3_64bits_reset(&hash);
+  for (const std::span<const std::byte> chunk : chunks) {
+    XXH3_64bits_update(&hash, chunk.data(), chunk.size());
+  }
+  if (XXH3_64bits_digest(&hash) != meta.payload_hash) {
+    return corrupt(std::to_string(meta.info.seq) + ": payload checksum mismatch");
+  }
+  return Status();
 }
 
 Result<std::unique_ptr<proj::State>> SnapshotStore::Env::load_one(
     const Txn& txn, const Meta& meta, const proj::StateOptions& state_options) const {
-  // Checksum first, so the loader parses only bytes that were written. The
-  // chunks stay in LMDB's map while the transaction lives, so the loader
-  // reads them in place, two sections at once where it can.
-  auto chunks = verified_chunks(txn, meta);
+  // The chunks stay in LMDB's map while the transaction lives, so the
+  // loader reads them in place, two sections at once where it can. The
+  // checksum runs beside the load instead of before it (one pass over a
+  // large image, on the loading thread with less to do): the loader reads
+  // the bytes as untrusted either way, and a mismatch is what it reports.
+  auto chunks = sized_chunks(txn, meta);
   if (!chunks) return chunks.status();
-  proj::SpanSource source(std::move(*chunks));
+  proj::SpanSource source(*chunks);
   std::uint64_t digest = 0;
-  Result<std::unique_ptr<proj::State>> state = proj::State::load(source, state_options, &digest);
+  Result<std::unique_ptr<proj::State>> state = proj::State::load(
+      source, state_options, &digest, [&] { return check_payload(*chunks, meta); });
   if (!state) return state.status();
   const std::string name = std::to_string(meta.info.seq) + ": ";
   if ((*state)->last_seq() != meta.info.seq) return corrupt(name + "image of another seq");
