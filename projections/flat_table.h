@@ -14,6 +14,7 @@
 #include <memory>
 #include <new>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -302,16 +303,21 @@ class ShardedTable {
 };
 
 // A vector that grows by whole chunks: elements never move (pointers stay
-// valid) and growth never copies or briefly doubles the memory.
+// valid) and growth never copies or briefly doubles the memory. Each chunk
+// is faulted in at once (new_arena_chunk); new elements are
+// value-initialized.
 template <class T, int kChunkShift = 12>
 class ChunkedVector {
+  static_assert(std::is_trivially_destructible_v<T>);
+  static_assert(alignof(T) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__);
+
  public:
   static constexpr std::size_t kChunkElems = std::size_t{1} << kChunkShift;
 
   std::size_t size() const { return size_; }
   std::size_t memory_bytes() const {
     return chunks_.size() * kChunkElems * sizeof(T) +
-           chunks_.capacity() * sizeof(std::unique_ptr<T[]>);
+           chunks_.capacity() * sizeof(std::unique_ptr<T[], FreeChunk>);
   }
 
   T& operator[](std::size_t index) {
@@ -325,14 +331,20 @@ class ChunkedVector {
 
   void push_back(const T& value) {
     if (size_ == chunks_.size() * kChunkElems) {
-      chunks_.push_back(std::make_unique<T[]>(kChunkElems));
+      std::unique_ptr<std::byte[]> bytes = new_arena_chunk<std::byte>(kChunkElems * sizeof(T));
+      std::uninitialized_value_construct_n(reinterpret_cast<T*>(bytes.get()), kChunkElems);
+      chunks_.emplace_back(std::launder(reinterpret_cast<T*>(bytes.release())));
     }
     size_++;
     (*this)[size_ - 1] = value;
   }
 
  private:
-  std::vector<std::unique_ptr<T[]>> chunks_;
+  // Elements are trivially destructible: freeing a chunk frees its bytes.
+  struct FreeChunk {
+    void operator()(T* elems) const { delete[] reinterpret_cast<std::byte*>(elems); }
+  };
+  std::vector<std::unique_ptr<T[], FreeChunk>> chunks_;
   std::size_t size_ = 0;
 };
 
