@@ -188,29 +188,24 @@ Status State::Impl::check_event(const log::Event& event) const {
 }
 
 OpHashes State::Impl::hash_op(const log::Op& op) {
-  OpHashes hashes;
   switch (op.type) {
-    case log::OpType::transfer: hashes.to = NameTable::hash_of(op.to); [[fallthrough]];
+    case log::OpType::transfer: return hash_names(op.subject, op.item, op.to);
     case log::OpType::acquire:
     case log::OpType::consume:
-    case log::OpType::hold:
-      hashes.subject = NameTable::hash_of(op.subject);
-      hashes.item = NameTable::hash_of(op.item);
-      break;
+    case log::OpType::hold: return hash_names(op.subject, op.item, {});
     case log::OpType::commit:
     case log::OpType::release:
     case log::OpType::expire: break;  // they name a hold, not names
   }
-  return hashes;
+  return OpHashes{};
 }
 
 OpHashes State::Impl::hash_names(std::string_view subject, std::string_view item,
                                  std::string_view to) {
-  OpHashes hashes;
-  if (!subject.empty()) hashes.subject = NameTable::hash_of(subject);
-  if (!item.empty()) hashes.item = NameTable::hash_of(item);
-  if (!to.empty()) hashes.to = NameTable::hash_of(to);
-  return hashes;
+  const std::uint32_t subject_hash = subject.empty() ? 0 : NameTable::hash_of(subject);
+  const std::uint32_t item_hash = item.empty() ? 0 : NameTable::hash_of(item);
+  const std::uint32_t to_hash = to.empty() ? 0 : NameTable::hash_of(to);
+  return OpHashes{subject_hash, item_hash, to_hash};
 }
 
 OpHashes State::prefetch(std::string_view key, std::string_view subject, std::string_view item,
