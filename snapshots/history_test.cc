@@ -14,6 +14,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -649,6 +650,71 @@ ErrorCode all_entries_code(const HistoryStore& store, std::string_view subject,
                            std::string_view item) {
   return store.entries(subject, item, 0, UINT64_MAX, [](const HistoryEntry&) { return true; })
       .code();
+}
+
+// Every record of a database, in key order: key bytes, value bytes.
+std::vector<std::pair<std::string, std::string>> records_of(const TempDir& dir, const char* db) {
+  std::vector<std::pair<std::string, std::string>> out;
+  edit_db(dir, db, [&](MDB_txn* txn, MDB_dbi dbi) {
+    MDB_cursor* cursor = nullptr;
+    REQUIRE(mdb_cursor_open(txn, dbi, &cursor) == 0);
+    MDB_val key{};
+    MDB_val value{};
+    for (int rc = mdb_cursor_get(cursor, &key, &value, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cursor, &key, &value, MDB_NEXT)) {
+      out.emplace_back(std::string(static_cast<const char*>(key.mv_data), key.mv_size),
+                       std::string(static_cast<const char*>(value.mv_data), value.mv_size));
+    }
+    mdb_cursor_close(cursor);
+  });
+  return out;
+}
+
+// The u64 at `at` in `bytes`, big-endian (keys) or little-endian (values).
+std::uint64_t u64_at(const std::string& bytes, std::size_t at, bool big_endian) {
+  std::uint64_t value = 0;
+  for (std::size_t index = 0; index < 8; index++) {
+    const auto byte = static_cast<std::uint8_t>(bytes.at(at + (big_endian ? index : 7 - index)));
+    value = (value << 8) | byte;
+  }
+  return value;
+}
+
+TEST_CASE("a flush ends an epoch once it holds enough entries; the next opens with the balances") {
+  TempDir dir;
+  {
+    HistoryStoreOptions options = small_options();
+    options.epoch_entries_min = 2;
+    std::unique_ptr<HistoryStore> store = open_history(dir, options);
+    State state(StateOptions{kWindowNs});
+    Feed feed({&state});
+    index_into(&feed, store.get(), true);
+    // Epoch 1 opens with nothing and ends at the flush after its 2nd entry;
+    // epoch 3 opens with alice's 11 gold and needs max(2, 1) entries; the
+    // consume empties alice, so epoch 5 opens with bob's alone.
+    REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", 5)));
+    REQUIRE_OK(feed.one("k2", acquire_op("alice", "gold", 6)));
+    REQUIRE_OK(feed.one("k3", acquire_op("bob", "gold", 1)));
+    REQUIRE_OK(feed.one("k4", consume_op("alice", "gold", 11)));
+    feed.on_applied = nullptr;
+    CHECK(balance_ok(*store, "alice", "gold", 2) == bal(11, 0));
+    CHECK(balance_ok(*store, "alice", "gold", 4) == bal(0, 0));
+    CHECK(balance_ok(*store, "bob", "gold", 4) == bal(1, 0));
+  }
+  // Epoch records: first seq (key) and opening count (value).
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> epochs;
+  for (const auto& [key, value] : records_of(dir, history::kEpochsDbName)) {
+    epochs.emplace_back(u64_at(key, 0, true), u64_at(value, 0, false));
+  }
+  CHECK(epochs == std::vector<std::pair<std::uint64_t, std::uint64_t>>{{1, 0}, {3, 1}, {5, 1}});
+  // Openings: (epoch, pair id) and the available balance. alice's pair
+  // changed first (id 1), bob's second.
+  std::vector<std::tuple<std::uint64_t, std::uint64_t, std::uint64_t>> openings;
+  for (const auto& [key, value] : records_of(dir, history::kOpeningsDbName)) {
+    openings.emplace_back(u64_at(key, 0, true), u64_at(key, 8, true), u64_at(value, 0, false));
+  }
+  CHECK(openings == std::vector<std::tuple<std::uint64_t, std::uint64_t, std::uint64_t>>{
+                        {3, 1, 11}, {5, 2, 1}});
 }
 
 void write_small_index(const TempDir& dir) {
