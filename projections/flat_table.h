@@ -50,6 +50,7 @@ template <class Byte>
 std::unique_ptr<Byte[]> new_arena_chunk(std::size_t bytes) {
   static_assert(sizeof(Byte) == 1);
   auto chunk = std::make_unique_for_overwrite<Byte[]>(bytes);
+#ifdef MADV_POPULATE_WRITE  // Linux 5.14
   const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
   const auto start = reinterpret_cast<std::uintptr_t>(chunk.get());
   const std::uintptr_t begin = (start + page - 1) & ~(page - 1);
@@ -57,6 +58,7 @@ std::unique_ptr<Byte[]> new_arena_chunk(std::size_t bytes) {
   if (end > begin) {
     (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
   }
+#endif
   return chunk;
 }
 
