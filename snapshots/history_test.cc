@@ -680,27 +680,41 @@ std::uint64_t u64_at(const std::string& bytes, std::size_t at, bool big_endian) 
   return value;
 }
 
+// Indexes into DATA/history what `feed_events` applies, flushing after
+// each event, with epochs of at least `entries_min` entries; then lets
+// `check` read the index.
+void index_flushing_each(const TempDir& dir, std::uint64_t entries_min,
+                         const std::function<void(Feed&)>& feed_events,
+                         const std::function<void(const HistoryStore&)>& check) {
+  HistoryStoreOptions options = small_options();
+  options.epoch_entries_min = entries_min;
+  std::unique_ptr<HistoryStore> store = open_history(dir, options);
+  State state(StateOptions{kWindowNs});
+  Feed feed({&state});
+  index_into(&feed, store.get(), true);
+  feed_events(feed);
+  feed.on_applied = nullptr;
+  check(*store);
+}
+
 TEST_CASE("a flush ends an epoch once it holds enough entries; the next opens with the balances") {
   TempDir dir;
-  {
-    HistoryStoreOptions options = small_options();
-    options.epoch_entries_min = 2;
-    std::unique_ptr<HistoryStore> store = open_history(dir, options);
-    State state(StateOptions{kWindowNs});
-    Feed feed({&state});
-    index_into(&feed, store.get(), true);
-    // Epoch 1 opens with nothing and ends at the flush after its 2nd entry;
-    // epoch 3 opens with alice's 11 gold and needs max(2, 1) entries; the
-    // consume empties alice, so epoch 5 opens with bob's alone.
-    REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", 5)));
-    REQUIRE_OK(feed.one("k2", acquire_op("alice", "gold", 6)));
-    REQUIRE_OK(feed.one("k3", acquire_op("bob", "gold", 1)));
-    REQUIRE_OK(feed.one("k4", consume_op("alice", "gold", 11)));
-    feed.on_applied = nullptr;
-    CHECK(balance_ok(*store, "alice", "gold", 2) == bal(11, 0));
-    CHECK(balance_ok(*store, "alice", "gold", 4) == bal(0, 0));
-    CHECK(balance_ok(*store, "bob", "gold", 4) == bal(1, 0));
-  }
+  // Epoch 1 opens with nothing and ends at the flush after its 2nd entry;
+  // epoch 3 opens with alice's 11 gold and needs max(2, 1) entries; the
+  // consume empties alice, so epoch 5 opens with bob's alone.
+  index_flushing_each(
+      dir, 2,
+      [](Feed& feed) {
+        REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", 5)));
+        REQUIRE_OK(feed.one("k2", acquire_op("alice", "gold", 6)));
+        REQUIRE_OK(feed.one("k3", acquire_op("bob", "gold", 1)));
+        REQUIRE_OK(feed.one("k4", consume_op("alice", "gold", 11)));
+      },
+      [](const HistoryStore& store) {
+        CHECK(balance_ok(store, "alice", "gold", 2) == bal(11, 0));
+        CHECK(balance_ok(store, "alice", "gold", 4) == bal(0, 0));
+        CHECK(balance_ok(store, "bob", "gold", 4) == bal(1, 0));
+      });
   // Epoch records: first seq (key) and opening count (value).
   std::vector<std::pair<std::uint64_t, std::uint64_t>> epochs;
   for (const auto& [key, value] : records_of(dir, history::kEpochsDbName)) {
@@ -794,16 +808,15 @@ TEST_CASE("a damaged pair id or position record is corrupt") {
 // Three epochs: seq 1 (alice's gold), seq 2 (bob's gold, with alice's 5
 // as an opening balance), and seq 3 on, empty (opening with both).
 void write_epochs_index(const TempDir& dir) {
-  HistoryStoreOptions options = small_options();
-  options.epoch_entries_min = 1;
-  std::unique_ptr<HistoryStore> store = open_history(dir, options);
-  State state(StateOptions{kWindowNs});
-  Feed feed({&state});
-  index_into(&feed, store.get(), true);
-  REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", 5)));
-  REQUIRE_OK(feed.one("k2", acquire_op("bob", "gold", 1)));
-  feed.on_applied = nullptr;
-  CHECK(balance_ok(*store, "alice", "gold", 2) == bal(5, 0));
+  index_flushing_each(
+      dir, 1,
+      [](Feed& feed) {
+        REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", 5)));
+        REQUIRE_OK(feed.one("k2", acquire_op("bob", "gold", 1)));
+      },
+      [](const HistoryStore& store) {
+        CHECK(balance_ok(store, "alice", "gold", 2) == bal(5, 0));
+      });
 }
 
 TEST_CASE("a damaged opening balance or epoch record is corrupt where it is read") {
