@@ -66,13 +66,14 @@ std::unique_ptr<Byte[]> new_arena_chunk(std::size_t bytes) {
 // nearly every lookup into one much larger than the TLB's reach (a few MiB)
 // misses it: an array of kOwnMappingBytesMin or more gets its own mapping,
 // advised to use transparent huge pages (where the system allows them;
-// otherwise this changes nothing). Smaller arrays stay on the heap: the
-// TLB covers most of them anyway, and a table growing from small would pay
-// a mapping and its page faults at every doubling.
+// otherwise this changes nothing). The threshold is one huge page: a
+// ShardedTable is 16 such arrays probed together, so what the TLB must
+// reach is 16 times the array. Smaller arrays stay on the heap, so that a
+// table growing from small does not pay a mapping at every doubling.
 template <class T>
 struct TableAllocator {
   using value_type = T;
-  static constexpr std::size_t kOwnMappingBytesMin = std::size_t{8} << 20;
+  static constexpr std::size_t kOwnMappingBytesMin = std::size_t{2} << 20;
 
   TableAllocator() = default;
   template <class U>

@@ -710,7 +710,7 @@ TEST_CASE("a reserved table holds that many entries without moving one; reserve 
 }
 
 TEST_CASE("a table keeps its entries as it grows past the size that gets its own mapping") {
-  // 8-byte slots: 2^20 of them are 8 MiB, TableAllocator's threshold;
+  // 8-byte slots: 2^18 of them are 2 MiB, TableAllocator's threshold;
   // growing there copies every entry into the new mapping and returns the
   // old array to the heap.
   FlatTable<CountSlot, CountPolicy> table;
