@@ -226,11 +226,11 @@ class State {
   // taken from the entries as they are read: one pass in image order instead
   // of a second walk of every table.
   //
-  // When `check` is given, it runs beside the load, on the thread that
-  // loads the keys, before them (first of all where the load has one
-  // thread): a check of the source's bytes as a whole, such as a checksum,
-  // that the load need not wait for. Its failure is returned in preference
-  // to anything the load finds.
+  // When `check` is given, it runs once beside the load, on whichever of
+  // its two threads is done with its part first (first of all where the
+  // load has one thread): a check of the source's bytes as a whole, such
+  // as a checksum, that the load need not wait for. Its failure is
+  // returned in preference to anything the load finds.
   static Result<std::unique_ptr<State>> load(StateSource& source, StateOptions options,
                                              std::uint64_t* digest = nullptr,
                                              const std::function<Status()>& check = {});

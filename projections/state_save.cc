@@ -1,5 +1,6 @@
 // State::save and State::load: the state image of projections/state_format.h.
 #include <algorithm>
+#include <atomic>
 #include <array>
 #include <cstring>
 #include <memory>
@@ -577,10 +578,12 @@ Result<std::unique_ptr<State>> State::load(StateSource& source, StateOptions opt
       keys_offset ? source.open_at(*keys_offset) : nullptr;
   std::optional<ImageReader> keys_in;
   std::optional<Loader> keys_loader;
+  // The check runs on whichever loading thread is done with its part first
+  // (which one that is depends on the state's shape: keys or balances).
   Status checked;
-  const auto run_check = [&] {
-    if (check) checked = check();
-    return checked.ok();
+  std::atomic<bool> check_taken{!check};
+  const auto take_check = [&] {
+    if (!check_taken.exchange(true)) checked = check();
   };
   Status keys_status;
   std::thread keys_thread;
@@ -588,12 +591,16 @@ Result<std::unique_ptr<State>> State::load(StateSource& source, StateOptions opt
     keys_in.emplace(keys_source.get(), *keys_offset);
     keys_loader.emplace(&*keys_in, impl);
     auto started = start_thread("tally-keys", [&] {
-      if (run_check()) keys_status = keys_loader->keys_to_end();
+      keys_status = keys_loader->keys_to_end();
+      take_check();
     });
     // Without a second thread, this one loads the keys after the rest.
     if (started) keys_thread = std::move(*started);
   }
-  if (!keys_thread.joinable() && !run_check()) return checked;
+  if (!keys_thread.joinable()) {
+    take_check();  // first: no thread runs beside this one
+    TALLY_TRY(checked);
+  }
   Status rest = [&]() -> Status {
     TALLY_TRY(loader.names(&impl->subjects, true));
     TALLY_TRY(loader.names(&impl->items, false));
@@ -605,6 +612,7 @@ Result<std::unique_ptr<State>> State::load(StateSource& source, StateOptions opt
     return Status();
   }();
   if (keys_thread.joinable()) {
+    take_check();
     keys_thread.join();
   } else if (keys_loader && rest.ok()) {
     keys_status = keys_loader->keys_to_end();

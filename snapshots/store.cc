@@ -433,8 +433,8 @@ Result<std::unique_ptr<proj::State>> SnapshotStore::Env::load_one(
   // The chunks stay in LMDB's map while the transaction lives, so the
   // loader reads them in place, two sections at once where it can. The
   // checksum runs beside the load instead of before it (one pass over a
-  // large image, on the loading thread with less to do): the loader reads
-  // the bytes as untrusted either way, and a mismatch is what it reports.
+  // large image, on the loading thread done first): the loader reads the
+  // bytes as untrusted either way, and a mismatch is what it reports.
   auto chunks = sized_chunks(txn, meta);
   if (!chunks) return chunks.status();
   proj::SpanSource source(*chunks);
