@@ -1,7 +1,7 @@
 // State::save and State::load: the state image of projections/state_format.h.
 #include <algorithm>
-#include <atomic>
 #include <array>
+#include <atomic>
 #include <cstring>
 #include <memory>
 #include <optional>
