@@ -22,6 +22,7 @@
 #include <cerrno>
 #include <cstring>
 #include <optional>
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -268,12 +269,16 @@ std::uint32_t check_of(const std::uint8_t* key_and_value, std::size_t bytes) {
 
 // The same over a key and the value bytes before its check, apart: copied
 // side by side, since a one-shot hash of a short record beats a streaming one.
-std::uint32_t check_of(const MDB_val& key, const std::uint8_t* value, std::size_t value_bytes) {
+std::uint32_t check_of(std::span<const std::uint8_t> key, const std::uint8_t* value,
+                       std::size_t value_bytes) {
   std::array<std::uint8_t, kEntryKeyBytes + kEntryBytesMax> checked;  // the largest record
-  TALLY_ASSERT(key.mv_size + value_bytes <= checked.size());
-  std::memcpy(checked.data(), key.mv_data, key.mv_size);
-  std::memcpy(checked.data() + key.mv_size, value, value_bytes);
-  return check_of(checked.data(), key.mv_size + value_bytes);
+  TALLY_ASSERT(key.size() + value_bytes <= checked.size());
+  std::memcpy(checked.data(), key.data(), key.size());
+  std::memcpy(checked.data() + key.size(), value, value_bytes);
+  return check_of(checked.data(), key.size() + value_bytes);
+}
+std::uint32_t check_of(const MDB_val& key, const std::uint8_t* value, std::size_t value_bytes) {
+  return check_of(std::span(bytes_of(key), key.mv_size), value, value_bytes);
 }
 
 void encode_entry(const EntryRecord& entry, EntryBytes* out) {
@@ -385,11 +390,11 @@ struct EpochRecord {
   std::uint64_t openings = 0;  // its opening count
 };
 
-std::array<std::uint8_t, kEpochValueBytes> encode_epoch(EpochKey& key,
+std::array<std::uint8_t, kEpochValueBytes> encode_epoch(const EpochKey& key,
                                                         const EpochRecord& record) {
   std::array<std::uint8_t, kEpochValueBytes> value{};
   put_le(value.data(), record.openings, 8);
-  put_le(value.data() + 8, check_of(val_of(key), value.data(), 8), kCheckBytes);
+  put_le(value.data() + 8, check_of(key, value.data(), 8), kCheckBytes);
   return value;
 }
 
@@ -451,12 +456,12 @@ Result<std::uint64_t> next_epoch(MDB_cursor* cursor) {
 
 // ---------------------------------------------------------------- openings
 
-std::array<std::uint8_t, kOpeningValueBytes> encode_opening(OpeningKey& key,
+std::array<std::uint8_t, kOpeningValueBytes> encode_opening(const OpeningKey& key,
                                                             proj::Balance balance) {
   std::array<std::uint8_t, kOpeningValueBytes> value{};
   put_le(value.data(), static_cast<std::uint64_t>(balance.available), 8);
   put_le(value.data() + 8, static_cast<std::uint64_t>(balance.held), 8);
-  put_le(value.data() + 16, check_of(val_of(key), value.data(), 16), kCheckBytes);
+  put_le(value.data() + 16, check_of(key, value.data(), 16), kCheckBytes);
   return value;
 }
 
