@@ -39,7 +39,6 @@ namespace {
 
 using history::kEntryBytesMax;
 using history::kEntryBytesMin;
-using history::kEntryCheckBytes;
 using history::kEntryFixedBytes;
 using history::kCheckBytes;
 using history::kEntryKeyBytes;
@@ -300,8 +299,8 @@ void encode_entry(const EntryRecord& entry, EntryBytes* out) {
   std::memcpy(at, entry.key.data(), entry.key.size());
   at += entry.key.size();
   const std::size_t checked_bytes = static_cast<std::size_t>(at - out->bytes.data());
-  put(check_of(out->bytes.data(), checked_bytes), kEntryCheckBytes);
-  out->value_bytes = checked_bytes + kEntryCheckBytes - kEntryKeyBytes;
+  put(check_of(out->bytes.data(), checked_bytes), kCheckBytes);
+  out->value_bytes = checked_bytes + kCheckBytes - kEntryKeyBytes;
 }
 
 Status entry_corrupt(std::uint64_t pair_id, std::uint64_t seq, const char* what) {
@@ -323,8 +322,8 @@ Status decode_entry(const MDB_val& key, const MDB_val& value, EntryRecord* out) 
   }
   const std::size_t key_bytes = in[kEntryFixedBytes - 1];
   if (size != kEntryBytesMin + key_bytes) return entry_corrupt(pair_id, seq, "bad key length");
-  const std::size_t value_checked_bytes = size - kEntryCheckBytes;
-  if (get_le(in + value_checked_bytes, kEntryCheckBytes) !=
+  const std::size_t value_checked_bytes = size - kCheckBytes;
+  if (get_le(in + value_checked_bytes, kCheckBytes) !=
       check_of(key, in, value_checked_bytes)) {
     return entry_corrupt(pair_id, seq, "check mismatch");
   }

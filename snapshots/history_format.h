@@ -109,8 +109,7 @@ inline constexpr std::size_t kEpochBytes = 8;
 inline constexpr std::size_t kCheckBytes = 4;  // the u32 checks of entries, epochs, openings
 inline constexpr std::size_t kEntryKeyBytes = 24;
 inline constexpr std::size_t kEntryFixedBytes = 8 * 5 + 1 + 1;  // before the key
-inline constexpr std::size_t kEntryCheckBytes = kCheckBytes;
-inline constexpr std::size_t kEntryBytesMin = kEntryFixedBytes + kEntryCheckBytes;
+inline constexpr std::size_t kEntryBytesMin = kEntryFixedBytes + kCheckBytes;
 inline constexpr std::size_t kEntryBytesMax = kEntryBytesMin + kNameBytesMax;
 
 inline constexpr std::size_t kTimeKeyBytes = 8;
