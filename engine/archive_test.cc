@@ -417,6 +417,25 @@ TEST_CASE("a history projection the log does not continue is rebuilt") {
   CHECK(zed->available == 0);
 }
 
+TEST_CASE("a ledger closed right after its writes leaves a history index at its last seq") {
+  Fixture f;
+  // Each session closes as soon as its writes are acknowledged, most
+  // likely before the archivist has loaded its copy of the state.
+  for (int session = 1; session <= 3; session++) {
+    f.open();
+    for (int op = 0; op < session; op++) {
+      f.ok(f.ledger->acquire(name("k", session * 10 + op), "alice", "gold", 1));
+    }
+    const std::uint64_t last = f.last_seq();
+    f.close();
+    auto history = snap::HistoryStore::open(history_dir(f.options.data_dir), {});
+    REQUIRE(history.ok());
+    auto position = (*history)->position();
+    REQUIRE(position.ok());
+    CHECK(position->seq == last);
+  }
+}
+
 TEST_CASE("the history is flushed at once for a reader waiting for it, not only on the interval") {
   Fixture f;
   f.options.history = false;

@@ -29,7 +29,8 @@ constexpr std::chrono::milliseconds kPollInterval{20};
 // How often it looks at the committed seq while it waits: it polls rather
 // than wait on the ledger's lock (ArchivistContext::committed_seq).
 constexpr std::chrono::milliseconds kPollStep{4};
-// How long stop() lets the history catch up with the committed log.
+// How long stop() lets the thread finish: load its copy of the state if it
+// has not yet, and catch the history up with the committed log.
 constexpr std::chrono::milliseconds kDrainMax{1000};
 
 }  // namespace
@@ -65,8 +66,10 @@ struct Archivist::Impl {
   std::mutex mu;
   std::condition_variable cv;       // history flushed, snapshot written, stopped
   std::condition_variable wake_cv;  // a snapshot request, or stop
-  // Atomic too: the opening replay reads it without the lock (its cancel).
-  std::atomic<bool> stopping{false};
+  bool stopping = false;
+  // Set by stop() kDrainMax after stopping: the loading replay (its cancel)
+  // and the drain give up. Read without the lock.
+  std::atomic<bool> abandon{false};
   bool stopped = false;
   std::uint64_t snapshot_requests = 0;   // tickets handed out
   std::uint64_t snapshot_answered = 0;   // tickets answered
@@ -115,7 +118,7 @@ Status Archivist::Impl::prepare() {
     replay_options.state_options = context.state_options;
     replay_options.snapshots = context.snapshots;
     replay_options.to_seq = context.committed_seq();
-    replay_options.cancel = &stopping;
+    replay_options.cancel = &abandon;
     auto replayed = replay(replay_options);
     if (!replayed) return replayed.status();
     state = std::move(replayed->state);
@@ -226,8 +229,8 @@ Status Archivist::Impl::run() {
   // SCHED_IDLE, a machine busy with other work could keep it (and a close
   // that waits for it) from finishing for as long as the load lasts.
   Status prepared = prepare();
-  // Stopped while it was still replaying: nothing to drain or flush.
-  if (!prepared.ok() && stopping.load()) return Status();
+  // Stopped, and not done loading within kDrainMax: nothing to flush.
+  if (!prepared.ok() && abandon.load()) return Status();
   TALLY_TRY(prepared);
   {
     // From here on it runs only on a core nothing else wants: under full
@@ -275,10 +278,10 @@ Status Archivist::Impl::run() {
       if (requested && caught_up) finish_snapshot_request(read_seq, Status());
     }
   }
-  // Catch the history up with what the ledger committed, for a while: a
-  // short-lived ledger (a batch job, a test) then leaves a current index.
-  const auto drain_until = std::chrono::steady_clock::now() + kDrainMax;
-  while (options.history && std::chrono::steady_clock::now() < drain_until) {
+  // Catch the history up with what the ledger committed, until stop() gives
+  // up: a short-lived ledger (a batch job, a test) then leaves a current
+  // index.
+  while (options.history && !abandon.load()) {
     const std::uint64_t committed = context.committed_seq();
     if (read_seq >= committed) break;
     TALLY_TRY(read_round(committed));
@@ -368,6 +371,11 @@ void Archivist::stop() {
   // the close waiting for as long as it stays busy.
   sched_param param{};
   (void)pthread_setschedparam(impl.thread.native_handle(), SCHED_OTHER, &param);
+  {
+    std::unique_lock<std::mutex> guard(impl.mu);
+    impl.cv.wait_for(guard, kDrainMax, [&] { return impl.stopped; });
+  }
+  impl.abandon = true;
   impl.thread.join();
 }
 

@@ -92,8 +92,9 @@ class Archivist {
   // passes; true when it did.
   bool wait_history(std::uint64_t seq, std::chrono::milliseconds timeout);
   ArchivistStats stats();
-  // Lets the history catch up with the committed log for up to a second,
-  // flushes it, stops the thread. Idempotent.
+  // Lets the thread finish loading its copy of the state and catch the
+  // history up with the committed log, for up to a second in all; flushes
+  // the history, stops the thread. Idempotent.
   void stop();
 
  private:
