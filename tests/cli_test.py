@@ -179,8 +179,10 @@ def test_help_exits_0_for_every_command():
         assert "--help" in text(out)
     _, out, _ = tally("help", "apply", expect_exit=0)
     assert text(out).startswith("usage: tally apply")
-    # Help wins even over a missing required flag.
+    # Help wins over every other problem on the line, before or after it.
     tally("apply", "--help", "--data", expect_exit=0)
+    tally("apply", "--bogus", "--help", expect_exit=0)
+    tally("apply", "--data", "x", "--data", "y", "-h", expect_exit=0)
 
 
 def test_usage_errors_exit_2():
@@ -243,7 +245,8 @@ def test_malformed_csv_names_the_line():
         HEADER + "acquire,k1,s1,i1,5,,,\nacquire,k2,s1,i1,5,,\n": "line 3",
         HEADER + "acquire,k1,s1,i1,lots,,,\n": "line 2",
         HEADER + "steal,k1,s1,i1,5,,,\n": "line 2",
-        HEADER + "commit,k1,,,,,,\n": "line 2",
+        HEADER + "commit,k1,,,5,,,h1\n": "line 2",
+        HEADER + "acquire,k1,s1,i1,,,,\n": "line 2",
         HEADER + "hold,k1,s1,i1,5,,soon,\n": "line 2",
     }
     for content, where in cases.items():
@@ -393,6 +396,9 @@ def test_outcomes_of_a_handmade_workload():
         "hold,h1,alice,gold,30,,60000,\n",       # a retry of a hold
         "transfer,t2,alice,gold,20,bob,,\n",
         "consume,x1,bob,gold,21,,,\n",
+        "acquire,,alice,gold,5,,,\n",            # no key
+        "acquire,e1,,gold,5,,,\n",              # no subject
+        "commit,e2,,,,,,\n",                    # names no hold
     ]))
     _, out, _ = tally("apply", "--data", os.path.join(d, "data"), "--workload", csv, expect_exit=0)
     lines = text(out).splitlines()
@@ -414,6 +420,9 @@ def test_outcomes_of_a_handmade_workload():
         "h1,ok,%s,replay" % hold_id,
         "t2,ok",
         "x1,insufficient",
+        ",invalid",
+        "e1,invalid",
+        "e2,hold_unknown",
     ], lines
     _, out, _ = tally("export", "--data", os.path.join(d, "data"), expect_exit=0)
     assert text(out) == "alice,gold,50,0\nbob,gold,20,0\n", text(out)

@@ -69,6 +69,15 @@ void append_help(const CommandSpec& spec, std::string* out) {
 
 Result<Args> Args::parse(const CommandSpec& spec, std::span<const char* const> argv) {
   Args args(&spec);
+  // Help anywhere before `--` wins over every other problem on the line,
+  // before or after it, so that a user who asks for it gets it.
+  for (const std::string_view arg : argv) {
+    if (arg == "--") break;
+    if (arg == "--help" || arg == "-h") {
+      args.help_ = true;
+      return args;
+    }
+  }
   bool flags_ended = false;
   for (std::size_t arg_index = 0; arg_index < argv.size(); arg_index++) {
     const std::string_view arg = argv[arg_index];
@@ -79,12 +88,6 @@ Result<Args> Args::parse(const CommandSpec& spec, std::span<const char* const> a
     if (arg == "--") {
       flags_ended = true;
       continue;
-    }
-    if (arg == "--help" || arg == "-h") {
-      // Help wins over every other problem on the line, so that a user who
-      // asks for it gets it.
-      args.help_ = true;
-      return args;
     }
     if (!arg.starts_with("--")) return usage("unknown flag '" + std::string(arg) + "'");
     std::string_view name = arg.substr(2);

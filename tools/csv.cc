@@ -65,12 +65,13 @@ Status parse_op_line(std::string_view line, std::size_t line_number, WorkloadOp*
   if (shape == nullptr) {
     return line_error(line_number, "unknown op '" + std::string(fields[kOp]) + "'");
   }
+  // A used field left empty is the ledger's to judge: an empty key or
+  // name is the outcome `invalid`, as through the API; an empty number
+  // does not parse below.
   for (std::size_t field_index = 0; field_index < kFieldCount; field_index++) {
-    const bool present = !fields[field_index].empty();
-    if (present == shape->used[field_index]) continue;
+    if (shape->used[field_index] || fields[field_index].empty()) continue;
     return line_error(line_number, std::string(shape->name) + ": field '" +
-                                       std::string(kFieldNames[field_index]) +
-                                       (present ? "' must be empty" : "' is missing"));
+                                       std::string(kFieldNames[field_index]) + "' must be empty");
   }
   op->type = shape->type;
   op->key = fields[kKey];
