@@ -5,6 +5,7 @@
 #include <chrono>
 #include <thread>
 
+#include "log/tail.h"
 #include "log/thread.h"
 
 namespace tally {
@@ -14,6 +15,19 @@ std::string snapshot_dir(const std::string& data_dir) { return log::join_path(da
 std::string history_dir(const std::string& data_dir) { return log::join_path(data_dir, "history"); }
 
 namespace {
+
+// A refusal of the state that names an event, led by where that event is
+// in the log.
+Status located(log::FileSystem& fs, const std::string& data_dir, Status status) {
+  const std::optional<std::uint64_t> seq = proj::refused_seq(status);
+  if (!seq) return status;
+  auto tail = log::LogTail::open(fs, log_dir(data_dir), *seq);
+  if (!tail) return status;
+  log::Record record;
+  auto found = (*tail)->next(&record, *seq);
+  if (!found || !*found) return status;
+  return log::corrupt_at(record.segment_first_seq, record.offset, status.message());
+}
 
 // Where a replay starts: a snapshot's state with a reader positioned on the
 // record after it, or (state == nullptr) the beginning of the log.
@@ -412,8 +426,9 @@ Result<Replayed> replay(const ReplayOptions& options) {
       out.state->prefetch_balances(later->event, later->hashes);
     }
     if (options.visit) options.visit(due->event, due->record);
-    TALLY_TRY(keys_ahead ? out.state->apply_ops(due->event, due->hashes)
-                         : out.state->apply(due->event, due->hashes));
+    Status applied = keys_ahead ? out.state->apply_ops(due->event, due->hashes)
+                                : out.state->apply(due->event, due->hashes);
+    if (!applied.ok()) return located(fs, options.data_dir, std::move(applied));
     out.report.events++;
     if (options.applied &&
         (every_event || listed_next(applied_seqs, &next_applied, due->record.seq))) {
@@ -421,7 +436,7 @@ Result<Replayed> replay(const ReplayOptions& options) {
     }
     ahead.pop();
   }
-  TALLY_TRY(ahead.status());
+  if (!ahead.status().ok()) return located(fs, options.data_dir, ahead.status());
   out.report.reached_end = ahead.reached_end();
   if (out.report.reached_end) out.report.end = start.reader->end();
   out.report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();

@@ -3,6 +3,7 @@
 #include "projections/state.h"
 
 #include <algorithm>
+#include <charconv>
 #include <numeric>
 #include <string>
 #include <string_view>
@@ -23,8 +24,21 @@ std::string_view hold_state_name(HoldState state) {
   return "unknown";
 }
 
+constexpr std::string_view kSeqPrefix = "seq ";
+
 Status corrupt_at(std::uint64_t seq, const std::string& what) {
-  return Status(ErrorCode::corrupt, "seq " + std::to_string(seq) + ": " + what);
+  return Status(ErrorCode::corrupt, std::string(kSeqPrefix) + std::to_string(seq) + ": " + what);
+}
+
+std::optional<std::uint64_t> refused_seq(const Status& status) {
+  const std::string& message = status.message();
+  if (status.code() != ErrorCode::corrupt || !message.starts_with(kSeqPrefix)) return std::nullopt;
+  std::uint64_t seq = 0;
+  const char* const first = message.data() + kSeqPrefix.size();
+  const char* const last = message.data() + message.size();
+  const auto [end, error] = std::from_chars(first, last, seq);
+  if (error != std::errc() || end == first || end == last || *end != ':') return std::nullopt;
+  return seq;
 }
 
 namespace {

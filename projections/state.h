@@ -38,6 +38,10 @@ struct Balance {
   bool operator==(const Balance&) const = default;
 };
 
+// The seq of the event a corrupt Status of State names ("seq N: ..."), if
+// it names one: where a caller looks for the event in the log.
+std::optional<std::uint64_t> refused_seq(const Status& status);
+
 enum class HoldState : std::uint8_t { open, committed, released, expired };
 std::string_view hold_state_name(HoldState state);
 

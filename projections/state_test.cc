@@ -460,6 +460,7 @@ TEST_CASE("inconsistent events are corrupt, naming the seq") {
     const Status status = feed.one("k3", consume_op("alice", "gold", 6));
     CHECK(status.code() == ErrorCode::corrupt);
     CHECK(status.message().find("seq 3:") == 0);
+    CHECK(refused_seq(status) == 3u);
   }
   SUBCASE("unknown pair") { REQUIRE_CORRUPT(feed.one("k3", consume_op("bob", "gold", 1))); }
   SUBCASE("qty <= 0") { REQUIRE_CORRUPT(feed.one("k3", acquire_op("alice", "gold", 0))); }
@@ -736,6 +737,15 @@ TEST_CASE("a table keeps its entries as it grows past the size that gets its own
     if (present != (key % 2 == 0)) wrong++;
   }
   CHECK(wrong == 0);
+}
+
+TEST_CASE("refused_seq reads the seq a refusal names, and only that") {
+  CHECK(refused_seq(Status(ErrorCode::corrupt, "seq 12: why")) == 12u);
+  CHECK_FALSE(refused_seq(Status(ErrorCode::invalid, "seq 12: why")).has_value());
+  CHECK_FALSE(refused_seq(Status(ErrorCode::corrupt, "segment 1 offset 2: why")).has_value());
+  CHECK_FALSE(refused_seq(Status(ErrorCode::corrupt, "seq : why")).has_value());
+  CHECK_FALSE(refused_seq(Status(ErrorCode::corrupt, "seq 12")).has_value());
+  CHECK_FALSE(refused_seq(Status()).has_value());
 }
 
 }  // namespace
