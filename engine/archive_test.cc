@@ -3,6 +3,7 @@
 #include <doctest.h>
 
 #include <atomic>
+#include <filesystem>
 #include <map>
 #include <random>
 #include <thread>
@@ -434,6 +435,33 @@ TEST_CASE("a ledger closed right after its writes leaves a history index at its 
     REQUIRE(position.ok());
     CHECK(position->seq == last);
   }
+}
+
+TEST_CASE("a ledger sets damaged snapshot and history files aside and rebuilds from the log") {
+  Fixture f;
+  f.open();
+  for (int op = 0; op < 2000; op++) f.ok(f.ledger->acquire(name("k", op), name("s", op), "gold", 1));
+  f.snapshot();
+  const std::uint64_t last = f.last_seq();
+  f.close();
+  for (const std::string& dir : {snapshot_dir(f.options.data_dir), history_dir(f.options.data_dir)}) {
+    // Their meta pages stay; the pages they point at are gone.
+    std::filesystem::resize_file(dir + "/data.mdb", 3 * 4096);
+  }
+  f.open();
+  CHECK(f.ledger->stats().snapshot_seq == 0);  // a full replay
+  auto balance = f.ledger->balance("s7", "gold", AsOf::at_seq(last));
+  REQUIRE(balance.ok());
+  CHECK(balance->available == 1);
+  f.close();
+  for (const std::string& dir : {snapshot_dir(f.options.data_dir), history_dir(f.options.data_dir)}) {
+    CHECK(std::filesystem::exists(dir + ".damaged/data.mdb"));
+  }
+  auto history = snap::HistoryStore::open(history_dir(f.options.data_dir), {});
+  REQUIRE(history.ok());
+  auto position = (*history)->position();
+  REQUIRE(position.ok());
+  CHECK(position->seq == last);
 }
 
 TEST_CASE("the history is flushed at once for a reader waiting for it, not only on the interval") {

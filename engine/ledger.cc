@@ -20,7 +20,6 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <filesystem>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -34,6 +33,7 @@
 #include "log/thread.h"
 #include "log/writer.h"
 #include "projections/state.h"
+#include "snapshots/renew.h"
 
 namespace tally {
 
@@ -257,7 +257,8 @@ Status Ledger::Impl::start(LedgerStats* replayed_stats) {
 
   const ArchivistOptions archive = archivist_options(options);
   if (snapshots_enabled(archive) || fs->exists(snapshot_dir(options.data_dir))) {
-    auto store = snap::SnapshotStore::open(snapshot_dir(options.data_dir), {});
+    auto store = snap::open_renewing<snap::SnapshotStore>(snapshot_dir(options.data_dir),
+                                                           snap::SnapshotStoreOptions{});
     if (!store) return store.status();
     snapshots.store = std::move(*store);
   }
@@ -300,15 +301,9 @@ Status Ledger::Impl::start_archivist() {
   const ArchivistOptions archive = archivist_options(options);
   if (!archive.history && !snapshots_enabled(archive)) return Status();
   if (archive.history) {
-    auto store = snap::HistoryStore::open(history_dir(options.data_dir), {});
-    if (!store && store.code() == ErrorCode::corrupt) {
-      // A projection: drop it and rebuild it from the log.
-      std::fprintf(stderr, "tally: rebuilding the history projection: %s\n", store.status().to_string().c_str());
-      std::error_code removed;
-      std::filesystem::remove_all(history_dir(options.data_dir), removed);
-      if (removed) return Status(ErrorCode::io_error, "removing " + history_dir(options.data_dir) + ": " + removed.message());
-      store = snap::HistoryStore::open(history_dir(options.data_dir), {});
-    }
+    // A new one is rebuilt from the log (Archivist::start).
+    auto store = snap::open_renewing<snap::HistoryStore>(history_dir(options.data_dir),
+                                                          snap::HistoryStoreOptions{});
     if (!store) return store.status();
     history = std::move(*store);
   }

@@ -23,8 +23,39 @@ Status error(std::string_view component, std::string_view what, int rc) {
   message += what;
   message += ": ";
   message += mdb_strerror(rc);
-  return Status(ErrorCode::io_error, std::move(message));
+  // The codes of a file that is not (or no longer) a sound LMDB file.
+  const bool damaged = rc == MDB_INVALID || rc == MDB_CORRUPTED || rc == MDB_PAGE_NOTFOUND ||
+                       rc == MDB_VERSION_MISMATCH;
+  return Status(damaged ? ErrorCode::corrupt : ErrorCode::io_error, std::move(message));
 }
+
+namespace {
+
+// corrupt when data.mdb is shorter than the pages its newest meta page
+// says are in use: LMDB maps the file, and the first read of a page past
+// its end would kill the process (SIGBUS) instead of failing.
+Status check_file_size(const Environment& env, const std::string& dir) {
+  MDB_envinfo info{};
+  int rc = mdb_env_info(env.get(), &info);
+  if (rc != 0) return env.error("mdb_env_info", rc);
+  MDB_stat stat{};
+  rc = mdb_env_stat(env.get(), &stat);
+  if (rc != 0) return env.error("mdb_env_stat", rc);
+  const std::string path = dir + "/data.mdb";
+  struct stat file_stat {};
+  if (::stat(path.c_str(), &file_stat) != 0) {
+    return Status(ErrorCode::io_error,
+                  std::string(env.component()) + ": stat " + path + ": " + std::strerror(errno));
+  }
+  const std::uint64_t needed = (std::uint64_t{info.me_last_pgno} + 1) * stat.ms_psize;
+  if (static_cast<std::uint64_t>(file_stat.st_size) >= needed) return Status();
+  return Status(ErrorCode::corrupt, std::string(env.component()) + ": " + path + " is " +
+                                        std::to_string(file_stat.st_size) +
+                                        " bytes, shorter than the " + std::to_string(needed) +
+                                        " its pages in use need (truncated)");
+}
+
+}  // namespace
 
 Result<std::unique_ptr<Environment>> Environment::open(const std::string& dir,
                                                        const EnvironmentOptions& options) {
@@ -52,6 +83,7 @@ Result<std::unique_ptr<Environment>> Environment::open(const std::string& dir,
   if (rc != 0) return env->error("mdb_env_set_mapsize", rc);
   rc = mdb_env_open(env->env_, dir.c_str(), options.flags, 0644);
   if (rc != 0) return env->error("mdb_env_open " + dir, rc);
+  TALLY_TRY(check_file_size(*env, dir));
   MDB_envinfo info{};
   rc = mdb_env_info(env->env_, &info);
   if (rc != 0) return env->error("mdb_env_info", rc);

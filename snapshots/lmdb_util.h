@@ -78,7 +78,9 @@ inline MDB_val val_of(std::string_view bytes) {
   return MDB_val{bytes.size(), const_cast<char*>(bytes.data())};
 }
 
-// io_error "<component>: <what>: <mdb_strerror(rc)>".
+// io_error "<component>: <what>: <mdb_strerror(rc)>"; corrupt for the codes
+// of a damaged file (MDB_INVALID, MDB_CORRUPTED, MDB_PAGE_NOTFOUND,
+// MDB_VERSION_MISMATCH).
 Status error(std::string_view component, std::string_view what, int rc);
 
 struct EnvironmentOptions {
@@ -104,8 +106,9 @@ struct EnvironmentOptions {
 class Environment {
  public:
   // Creates `dir` if missing (its parent must exist) unless MDB_RDONLY is
-  // among the flags, then opens the environment in it. io_error when LMDB
-  // or the file system refuses.
+  // among the flags, then opens the environment in it. corrupt when the
+  // file is damaged or shorter than its pages in use; io_error when LMDB or
+  // the file system refuses otherwise.
   static Result<std::unique_ptr<Environment>> open(const std::string& dir,
                                                    const EnvironmentOptions& options);
   ~Environment();

@@ -3,6 +3,7 @@
 #include <doctest.h>
 #include <lmdb.h>
 
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -10,6 +11,7 @@
 
 #include "projections/state_fixture.h"
 #include "snapshots/format.h"
+#include "snapshots/renew.h"
 #include "tests/testing.h"
 
 namespace tally::snap {
@@ -229,6 +231,45 @@ TEST_CASE("a byte flipped in the data file is caught and skipped") {
   CHECK(loaded->state->digest() == older_digest);
   REQUIRE(skipped.size() == 1);
   CHECK(skipped[0].seq == 2);
+}
+
+TEST_CASE("a truncated or foreign data file is corrupt, never a crash, and is set aside for a new one") {
+  for (const bool truncated : {true, false}) {
+    CAPTURE(truncated);
+    TempDir dir;
+    State state(StateOptions{kWindowNs});
+    Feed feed({&state});
+    {
+      std::unique_ptr<SnapshotStore> store = open_store(dir);
+      // Enough names that the image takes pages well past the first few.
+      for (int index = 0; index < 2000; index++) {
+        std::string key = "k";
+        key += std::to_string(index);
+        REQUIRE_OK(feed.one(key, proj::acquire_op(key, "gold", 5)));
+      }
+      write_ok(store.get(), state);
+    }
+    const std::string snapshots = dir.sub("snapshots");
+    const std::string data_path = snapshots + "/data.mdb";
+    if (truncated) {
+      // The meta pages stay; the pages they point at are gone.
+      std::filesystem::resize_file(data_path, 3 * 4096);
+    } else {
+      std::ofstream out(data_path, std::ios::binary | std::ios::trunc);
+      out << std::string(64 * 1024, 'x');
+    }
+    auto reopened = SnapshotStore::open(snapshots, small_options());
+    REQUIRE(reopened.code() == ErrorCode::corrupt);
+    CHECK(reopened.status().message().find(truncated ? "truncated" : "MDB_INVALID") !=
+          std::string::npos);
+
+    auto renewed = open_renewing<SnapshotStore>(snapshots, small_options());
+    REQUIRE_MESSAGE(renewed.ok(), renewed.status().to_string());
+    auto infos = (*renewed)->list();
+    REQUIRE(infos.ok());
+    CHECK(infos->empty());
+    CHECK(std::filesystem::exists(snapshots + ".damaged/data.mdb"));
+  }
 }
 
 TEST_CASE("a different idempotency window skips the snapshot as invalid") {

@@ -5,7 +5,6 @@
 // The answer never depends on the index: where it is absent, stale or
 // behind, the rest comes from the log's events (proj::event_deltas, the
 // same changes the index records), continuing the running balance.
-#include <filesystem>
 #include <vector>
 
 #include "log/event.h"
@@ -14,6 +13,7 @@
 #include "log/reader.h"
 #include "projections/changes.h"
 #include "snapshots/history.h"
+#include "snapshots/renew.h"
 #include "tools/audit.h"
 #include "tools/cli.h"
 #include "tools/format.h"
@@ -223,15 +223,10 @@ struct Rebuilt {
   std::uint64_t last_seq = 0;
 };
 
-// An index that does not open is removed first: it is a projection.
+// An index that does not open is set aside first: it is a projection.
 Result<std::unique_ptr<snap::HistoryStore>> open_for_rebuild(const std::string& data_dir) {
-  const std::string dir = history_dir(data_dir);
-  auto store = snap::HistoryStore::open(dir, {});
-  if (store || store.code() != ErrorCode::corrupt) return store;
-  std::error_code removed;
-  std::filesystem::remove_all(dir, removed);
-  if (removed) return Status(ErrorCode::io_error, "removing " + dir + ": " + removed.message());
-  return snap::HistoryStore::open(dir, {});
+  return snap::open_renewing<snap::HistoryStore>(history_dir(data_dir),
+                                                 snap::HistoryStoreOptions{});
 }
 
 Status index_event(snap::HistoryStore* store, const log::Event& event, std::uint64_t checksum) {

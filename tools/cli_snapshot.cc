@@ -11,6 +11,7 @@
 // matches the log and recovery skips it (engine/replay.h), never loads it.
 #include "engine/ledger.h"
 #include "log/file.h"
+#include "snapshots/renew.h"
 #include "snapshots/store.h"
 #include "tools/audit.h"
 #include "tools/cli.h"
@@ -29,7 +30,8 @@ struct Taken {
 Result<Taken> take_snapshot(const std::string& data_dir, std::size_t retain) {
   TALLY_TRY(require_data_dir(data_dir));
   SharedSnapshots shared;
-  auto store = snap::SnapshotStore::open(snapshot_dir(data_dir), {});
+  auto store = snap::open_renewing<snap::SnapshotStore>(snapshot_dir(data_dir),
+                                                         snap::SnapshotStoreOptions{});
   if (!store) return store.status();
   shared.store = std::move(*store);
   ReplayOptions options;
