@@ -464,6 +464,24 @@ TEST_CASE("a ledger sets damaged snapshot and history files aside and rebuilds f
   CHECK(position->seq == last);
 }
 
+TEST_CASE("events logged before the open count towards the next snapshot, with no write after") {
+  Fixture f;
+  f.options.snapshot_every_events = 0;
+  f.open();
+  for (int op = 0; op < 50; op++) f.ok(f.ledger->acquire(name("k", op), "alice", "gold", 1));
+  const std::uint64_t last = f.last_seq();
+  f.close();
+  SUBCASE("by count") { f.options.snapshot_every_events = 40; }
+  SUBCASE("by time") { f.options.snapshot_every_seconds = 1; }
+  f.open();
+  std::uint64_t snapshot_seq = 0;
+  for (int wait = 0; wait < 6000 && snapshot_seq == 0; wait++) {
+    snapshot_seq = f.ledger->stats().last_snapshot_seq;
+    if (snapshot_seq == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CHECK(snapshot_seq == last);
+}
+
 TEST_CASE("the history is flushed at once for a reader waiting for it, not only on the interval") {
   Fixture f;
   f.options.history = false;

@@ -122,6 +122,10 @@ Status Archivist::Impl::prepare() {
     auto replayed = replay(replay_options);
     if (!replayed) return replayed.status();
     state = std::move(replayed->state);
+    // The events since the newest snapshot count towards the next, so a
+    // ledger opened on a log far past its last snapshot takes one soon,
+    // idle or not.
+    events_since_snapshot = state->last_seq() - replayed->report.snapshot_seq;
     start = std::min(start, state->last_seq());
   }
   auto opened = log::LogTail::open(*fs, log_dir(context.data_dir), start + 1);
