@@ -104,7 +104,9 @@ Result<bool> LogTail::Impl::fill(std::uint64_t offset, std::size_t need) {
 Result<bool> LogTail::Impl::step(Record* record, std::uint64_t max_seq) {
   if (expected_seq > max_seq) return false;
   if (file == nullptr) TALLY_TRY(open_segment(segment_first_seq, pos));
-  bool fresh = false;
+  // The bytes the last window read for this frame was asked to hold; 0:
+  // none read for it yet.
+  std::size_t asked = 0;
   for (;;) {
     const bool in_window = pos >= window_begin && pos < window_begin + window_bytes;
     FrameHeader frame;
@@ -112,19 +114,20 @@ Result<bool> LogTail::Impl::step(Record* record, std::uint64_t max_seq) {
     if (in_window) {
       verdict = verify_frame(bytes(), pos - window_begin, window_bytes, payload_max, &frame);
     }
-    if (verdict != FrameVerdict::valid && !fresh) {
-      // The window may predate this frame, or end inside it: read again.
-      const std::size_t need = verdict == FrameVerdict::truncated ? frame_size(frame.length)
-                                                                  : kFrameHeaderSize;
+    const std::size_t need = verdict == FrameVerdict::truncated ? frame_size(frame.length)
+                                                                : kFrameHeaderSize;
+    if (verdict != FrameVerdict::valid && need > asked) {
+      // The window may predate this frame, or end inside it (a frame larger
+      // than a window is read whole once its header is): read again.
       auto filled = fill(pos, need);
       if (!filled) return filled.status();
-      fresh = true;
+      asked = need;
       continue;
     }
     if (verdict == FrameVerdict::zero) {
       // Record expected_seq is committed but not here: the writer rotated.
       TALLY_TRY(open_segment(expected_seq, 0));
-      fresh = false;
+      asked = 0;
       continue;
     }
     if (verdict != FrameVerdict::valid) return corrupt(pos, describe(verdict, frame));

@@ -75,6 +75,34 @@ TEST_CASE("a tail opens at any seq and resumes from a reported position") {
   }
 }
 
+TEST_CASE("records larger than a read window are read whole, from anywhere") {
+  TempDir dir;
+  auto writer = test::open_writer(posix_file_system(), dir.log_dir(), LogWriterOptions{});
+  // Around the 256 KiB window, and up to the 1 MiB payload limit.
+  const std::vector<std::size_t> sizes = {104, 300 * 1024, 64, 256 * 1024, (1 << 20) - 8, 8};
+  for (std::size_t index = 0; index < sizes.size(); index++) {
+    const std::uint64_t seq = writer->next_seq();
+    const auto payload = test::payload_for(seq, 0, sizes[index]);
+    REQUIRE(writer->has_room(payload.size()));
+    REQUIRE(writer->append(payload) == seq);
+    REQUIRE(writer->write(writer->seal(), true).ok());
+  }
+  for (std::uint64_t from = 1; from <= sizes.size(); from++) {
+    CAPTURE(from);
+    auto tail = LogTail::open(posix_file_system(), dir.log_dir(), from);
+    REQUIRE(tail.ok());
+    Record record;
+    for (std::uint64_t seq = from; seq <= sizes.size(); seq++) {
+      auto more = (*tail)->next(&record, sizes.size());
+      REQUIRE_MESSAGE(more.ok(), more.status().to_string());
+      REQUIRE(*more);
+      CHECK(record.seq == seq);
+      const auto expected = test::payload_for(seq, 0, sizes[seq - 1]);
+      CHECK(std::vector<std::byte>(record.payload.begin(), record.payload.end()) == expected);
+    }
+  }
+}
+
 TEST_CASE("a committed record that does not verify is corrupt, with its place") {
   TempDir dir;
   auto writer = test::open_writer(posix_file_system(), dir.log_dir());
