@@ -127,6 +127,11 @@ bool Core::wait_sessions(std::chrono::steady_clock::time_point deadline) {
 
 namespace {
 
+// How long a stopping binary session waits for its peer to close once it
+// has sent every answer (BinarySession::linger()).
+constexpr std::int64_t kLingerMs = 2000;
+constexpr std::size_t kDrainBytes = 16 * 1024;
+
 // A follow stream of a binary connection (docs/protocol.md): batches of
 // committed events pushed under the follow request's id. Its cycle: wait in
 // the EventFeed for a commit past the cursor, read a batch on the read
@@ -195,9 +200,6 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   void begin_shutdown() override {
     asio::post(socket_.get_executor(), [self = shared_from_this()] {
       self->stopping_ = true;
-      // Makes a pending read end (EOF) without cancelling pending writes.
-      boost::system::error_code ignored;
-      self->socket_.shutdown(tcp::socket::shutdown_receive, ignored);
       self->end_follows(Status(ErrorCode::closed, "the server is shutting down"));
       self->maybe_finish();
     });
@@ -234,6 +236,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
                             [self = shared_from_this()](boost::system::error_code ec, std::size_t bytes) {
                               self->reading_ = false;
                               if (ec) return self->on_read_error(ec);
+                              if (self->lingering_) return self->drain();  // dropped
                               self->reader_.commit(bytes);
                               self->touch();
                               self->read_frames();
@@ -545,9 +548,39 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   void maybe_finish() {
     if (closed_) return;
     if (!read_closed_ && !stopping_) return;
-    if (reading_ && !read_closed_) return;  // the shutdown's EOF is on its way
     if (inflight_ > 0 || writing_ || !writes_.empty() || !follows_.empty()) return;
-    close();
+    if (read_closed_) return close();  // nothing the peer sent is left unread
+    linger();
+  }
+
+  // The server stops while the peer may still be sending requests, which
+  // get no answer (they were never read). Closing with bytes unread would
+  // reset the connection, and a reset makes the peer's system drop the
+  // answers it has received but the peer has not read yet. So: end the
+  // answers with a FIN, then read and drop what the peer still sends until
+  // it closes too, for kLingerMs at most.
+  void linger() {
+    if (lingering_) return;
+    lingering_ = true;
+    boost::system::error_code ignored;
+    socket_.shutdown(tcp::socket::shutdown_send, ignored);
+    idle_timer_.expires_after(std::chrono::milliseconds(kLingerMs));
+    idle_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+      if (ec != asio::error::operation_aborted) self->close();
+    });
+    if (!reading_) drain();
+  }
+
+  void drain() {
+    reading_ = true;
+    // Not the frame reader's space: it may be full of frames never handled.
+    drained_.resize(kDrainBytes);
+    socket_.async_read_some(asio::buffer(drained_),
+                            [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
+                              self->reading_ = false;
+                              if (ec || self->closed_) return self->close();
+                              self->drain();
+                            });
   }
 
   void arm_idle_timer() {
@@ -610,6 +643,8 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   bool writing_ = false;
   bool read_closed_ = false;
   bool stopping_ = false;
+  bool lingering_ = false;  // linger(): reads only to drop, into drained_
+  std::vector<std::byte> drained_;
   bool closed_ = false;
   std::int64_t last_activity_ns_ = 0;
 };

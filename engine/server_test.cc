@@ -215,17 +215,28 @@ std::uint64_t uint_of(const json::Value& value) {
 }
 
 // Reads one response frame from a raw binary connection.
-wire::Response read_response(tcp::socket& socket) {
+// The next response, or nullopt with *ec set when the connection ends first.
+std::optional<wire::Response> next_response(tcp::socket& socket, boost::system::error_code* ec) {
   wire::FrameWords frame(1);
-  asio::read(socket, asio::buffer(frame.data(), 8));
+  if (asio::read(socket, asio::buffer(frame.data(), 8), *ec); *ec) return std::nullopt;
   const std::size_t table = *wire::table_bytes(std::as_bytes(std::span(frame)));
   frame.resize(table / 8);
-  asio::read(socket, asio::buffer(reinterpret_cast<char*>(frame.data()) + 8, table - 8));
+  asio::read(socket, asio::buffer(reinterpret_cast<char*>(frame.data()) + 8, table - 8), *ec);
+  if (*ec) return std::nullopt;
   const std::size_t total = *wire::frame_bytes(std::as_bytes(std::span(frame)), 1 << 20);
   frame.resize(total / 8);
-  asio::read(socket, asio::buffer(reinterpret_cast<char*>(frame.data()) + table, total - table));
+  asio::read(socket, asio::buffer(reinterpret_cast<char*>(frame.data()) + table, total - table),
+             *ec);
+  if (*ec) return std::nullopt;
   auto response = wire::decode_response(frame);
   REQUIRE(response.ok());
+  return std::move(*response);
+}
+
+wire::Response read_response(tcp::socket& socket) {
+  boost::system::error_code ec;
+  std::optional<wire::Response> response = next_response(socket, &ec);
+  REQUIRE_MESSAGE(response.has_value(), ec.message());
   return std::move(*response);
 }
 
@@ -1216,6 +1227,45 @@ TEST_CASE("binary: a peer pipelining far ahead of its reading gets every answer"
     seen[response.id] = true;
   }
   sender.join();
+}
+
+TEST_CASE("binary: a stop mid-pipeline answers every request it applied, then ends the stream") {
+  Fixture fx;
+  asio::io_context io;
+  tcp::socket socket(io);
+  socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), fx.server->binary_port()));
+  constexpr std::uint64_t kRequests = 20000;
+  std::string burst;
+  for (std::uint64_t id = 1; id <= kRequests; id++) {
+    wire::Request request;
+    request.id = id;
+    request.kind = wire::Request::Kind::mutation;
+    request.command.key = "m";
+    request.command.key += std::to_string(id);
+    request.command.op = OpRequest::acquire("s", "i", 1);
+    burst += wire::encode_request(request);
+  }
+  // The peer keeps sending while the server stops: what the server has not
+  // read when it stops gets no answer, and must not cost the answers sent.
+  std::thread sender([&] {
+    boost::system::error_code ignored;
+    asio::write(socket, asio::buffer(burst), ignored);
+  });
+  std::uint64_t answers = 0;
+  std::thread stopper;
+  boost::system::error_code ended;
+  while (next_response(socket, &ended)) {
+    if (++answers == 100) stopper = std::thread([&] { fx.server->stop(); });
+  }
+  // A clean end of stream after the last answer, not a reset.
+  CHECK(ended == asio::error::eof);
+  socket.close();
+  sender.join();
+  stopper.join();
+  CHECK(answers >= 100);
+  CHECK(answers < kRequests);  // it stopped before the end
+  // Every request the server applied was answered.
+  CHECK(fx.ledger->balance("s", "i")->available == static_cast<std::int64_t>(answers));
 }
 
 TEST_CASE("binary: many concurrent clients share one ledger") {
