@@ -262,9 +262,10 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   void on_frame(wire::FrameView frame) {
     auto request = wire::decode_request(frame);
     if (!request) return malformed(request.status().message());
-    if (!authenticated_ && request->kind != wire::Request::Kind::hello) {
+    if (!authenticated_ && (request->kind != wire::Request::Kind::hello || !request->refused.ok())) {
       return refuse(request->id, "the first request must be a hello with the token");
     }
+    if (!request->refused.ok()) return send_error(request->id, request->refused);
     dispatch(std::move(*request));
   }
 

@@ -15,6 +15,8 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <capnp/message.h>
+#include <capnp/serialize.h>
 #pragma GCC diagnostic pop
 #include <condition_variable>
 #include <filesystem>
@@ -27,6 +29,7 @@
 #include "engine/client.h"
 #include "engine/event_format.h"
 #include "engine/json.h"
+#include "engine/protocol.capnp.h"
 #include "engine/replay.h"
 #include "engine/wire.h"
 #include "log/event.h"
@@ -1395,6 +1398,50 @@ TEST_CASE("client: a follow survives a dropped connection without losing or repe
   CHECK(sink.seqs == seq_range(1, 10));
   CHECK_FALSE(sink.gap);
   (*client)->close();
+}
+
+TEST_CASE("binary: a request that decodes but cannot be taken is answered invalid; the connection stays") {
+  Fixture fx;
+  asio::io_context io;
+  tcp::socket socket(io);
+  socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), fx.server->binary_port()));
+  // Built with the schema directly: wire::encode_request only writes what
+  // the server takes.
+  const auto send_mutation = [&](std::uint64_t id, unsigned op_count, std::uint16_t type) {
+    capnp::MallocMessageBuilder builder;
+    auto request = builder.initRoot<proto::Request>();
+    request.setId(id);
+    auto mutation = request.initMutation();
+    mutation.setKey(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>("k"), 1));
+    auto ops = mutation.initOps(op_count);
+    for (auto op : ops) {
+      op.setType(static_cast<proto::OpType>(type));
+      op.setSubject(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>("s"), 1));
+      op.setItem(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>("i"), 1));
+      op.setQty(1);
+    }
+    const kj::Array<capnp::word> words = capnp::messageToFlatArray(builder);
+    asio::write(socket, asio::buffer(words.begin(), words.size() * sizeof(capnp::word)));
+  };
+  send_mutation(1, 0, 0);  // a single mutation with no op
+  send_mutation(2, 2, 0);  // ... with two
+  send_mutation(3, 1, 9);  // an op type this version does not know
+  for (std::uint64_t id = 1; id <= 3; id++) {
+    const wire::Response response = read_response(socket);
+    CHECK(response.id == id);
+    CHECK(response.kind == wire::Response::Kind::error);
+    CHECK(response.error.code() == ErrorCode::invalid);
+  }
+  wire::Request balance;
+  balance.id = 4;
+  balance.kind = wire::Request::Kind::balance;
+  balance.subject = "s";
+  balance.item = "i";
+  asio::write(socket, asio::buffer(wire::encode_request(balance)));
+  const wire::Response answer = read_response(socket);
+  CHECK(answer.id == 4);
+  CHECK(answer.kind == wire::Response::Kind::balance);
+  CHECK(fx.ledger->stats().next_seq == 1);  // nothing was applied
 }
 
 TEST_CASE("binary: malformed and oversized frames close only their connection") {

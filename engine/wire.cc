@@ -478,7 +478,13 @@ Result<Request> decode_request(FrameView frame) {
   Request request;
   try {
     capnp::FlatArrayMessageReader reader(words_of(frame), reader_options(frame));
-    TALLY_TRY(decode_request_fields(reader.getRoot<proto::Request>(), &request));
+    Status refused = decode_request_fields(reader.getRoot<proto::Request>(), &request);
+    if (!refused.ok()) {
+      const std::uint64_t id = request.id;
+      request = Request();
+      request.id = id;
+      request.refused = std::move(refused);
+    }
   } catch (const kj::Exception& exception) {
     return Status(ErrorCode::invalid, "malformed request: " +
                                           std::string(exception.getDescription().cStr()));

@@ -86,6 +86,10 @@ struct Request {
   std::uint64_t from_seq = 1;                // follow
   std::uint32_t max_events = 0;              // follow; 0: the server's maximum
   std::uint64_t follow_id = 0;               // cancel: the follow's request id
+  // Not ok: a well-formed message this server does not take (an unknown
+  // kind or op type, a single mutation without exactly one op, too many
+  // ops): answered with this error under `id`, the rest unset.
+  Status refused;
 };
 
 // The events of a follow batch, each the serialized Event message of
@@ -127,7 +131,8 @@ std::string encode_response(const Response& response);
 
 // Decodes one frame of untrusted bytes with explicit ReaderOptions limits
 // (traversal bounded by the frame's size, nesting by kNestingMax). invalid:
-// malformed, or an enum value this version does not know.
+// malformed. A request that decodes but cannot be taken is a Request whose
+// `refused` says why.
 Result<Request> decode_request(FrameView frame);
 Result<Response> decode_response(FrameView frame);
 
