@@ -187,7 +187,7 @@ Status Archivist::Impl::write_snapshot() {
     std::lock_guard<std::mutex> guard(context.snapshots->mu);
     auto written = context.snapshots->store->write(*state, position);
     if (!written) return written.status();
-    auto pruned = context.snapshots->store->prune(options.snapshot_retain);
+    auto pruned = context.snapshots->store->prune(options.snapshot_retain, read_seq);
     if (!pruned) return pruned.status();
   }
   events_since_snapshot = 0;

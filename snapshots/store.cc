@@ -375,17 +375,22 @@ Result<std::vector<SnapshotInfo>> SnapshotStore::list() const {
   return infos;
 }
 
-Result<std::size_t> SnapshotStore::prune(std::size_t retain_count) {
+Result<std::size_t> SnapshotStore::prune(std::size_t retain_count, std::uint64_t newest_seq) {
   Txn txn;
   TALLY_TRY(txn.begin(*env_->env, 0));
   std::vector<Result<Meta>> metas;
-  std::vector<std::uint64_t> seqs;
+  std::vector<std::uint64_t> seqs;  // oldest first
   TALLY_TRY(read_all_meta(txn, env_->meta, &metas, &seqs));
-  if (seqs.size() <= retain_count) return std::size_t{0};
-  const std::size_t doomed = seqs.size() - retain_count;
-  for (std::size_t index = 0; index < doomed; index++) {
+  const std::size_t usable = static_cast<std::size_t>(
+      std::upper_bound(seqs.begin(), seqs.end(), newest_seq) - seqs.begin());
+  const std::size_t older = usable > retain_count ? usable - retain_count : 0;
+  std::size_t doomed = 0;
+  for (std::size_t index = 0; index < seqs.size(); index++) {
+    if (index >= older && index < usable) continue;
     TALLY_TRY(env_->delete_snapshot(txn, seqs[index]));
+    doomed++;
   }
+  if (doomed == 0) return std::size_t{0};
   // Deleting frees pages, so a full map cannot happen here.
   const int rc = txn.commit();
   if (rc != 0) return lmdb_error("mdb_txn_commit (prune)", rc);

@@ -88,9 +88,12 @@ class SnapshotStore {
   // Every snapshot, oldest first. Reads metadata only.
   Result<std::vector<SnapshotInfo>> list() const;
 
-  // Deletes all but the newest retain_count snapshots, in one transaction;
-  // returns how many it deleted.
-  Result<std::size_t> prune(std::size_t retain_count);
+  // Deletes every snapshot past newest_seq, then all but the newest
+  // retain_count of the rest, in one transaction; returns how many it
+  // deleted. Called after writing a snapshot of the log's state at
+  // newest_seq: a later one is of events the log no longer has (a lost
+  // tail), unusable for good, and must not take the place of usable ones.
+  Result<std::size_t> prune(std::size_t retain_count, std::uint64_t newest_seq);
 
   // The newest snapshot with seq <= max_seq that verifies (metadata hash,
   // payload checksum, image structure and invariants, digest, seq), loaded

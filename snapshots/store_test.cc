@@ -93,7 +93,7 @@ TEST_CASE("snapshot + tail replay equals full replay, from every event of the sc
   }
 }
 
-TEST_CASE("list shows seq, time, size and digest, oldest first; prune keeps the newest") {
+TEST_CASE("list shows seq, time, size and digest, oldest first; prune keeps the newest usable") {
   TempDir dir;
   std::unique_ptr<SnapshotStore> store = open_store(dir);
   ScriptRun run;
@@ -114,15 +114,21 @@ TEST_CASE("list shows seq, time, size and digest, oldest first; prune keeps the 
   write_ok(store.get(), run.state);
   CHECK(store->list()->size() == run.digests.size() - 1);
 
-  Result<std::size_t> pruned = store->prune(3);
+  Result<std::size_t> pruned = store->prune(3, UINT64_MAX);
   REQUIRE(pruned.ok());
   CHECK(*pruned == run.digests.size() - 1 - 3);
   listed = store->list();
   REQUIRE(listed->size() == 3);
   CHECK(listed->back().seq == run.state.last_seq());
   CHECK(listed->front().seq == run.state.last_seq() - 2);
-  CHECK(*store->prune(5) == 0);
-  CHECK(*store->prune(0) == 3);
+  CHECK(*store->prune(5, UINT64_MAX) == 0);
+  // Past the seq given: a lost tail's, gone whatever the count.
+  const std::uint64_t last = run.state.last_seq();
+  CHECK(*store->prune(5, last - 1) == 1);
+  listed = store->list();
+  REQUIRE(listed->size() == 2);
+  CHECK(listed->back().seq == last - 1);
+  CHECK(*store->prune(0, UINT64_MAX) == 2);
   CHECK(store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, nullptr).code() ==
         ErrorCode::not_found);
 }
@@ -164,7 +170,7 @@ TEST_CASE("a corrupt newest snapshot falls back to the older; all corrupt is not
   {
     std::unique_ptr<SnapshotStore> store = open_store(dir);
     run_script(store.get(), &run);
-    REQUIRE(store->prune(2).ok());
+    REQUIRE(store->prune(2, UINT64_MAX).ok());
   }
   const std::uint64_t newest = run.state.last_seq();
   flip_chunk_byte(dir, newest, 0, 40);
@@ -277,7 +283,7 @@ TEST_CASE("a different idempotency window skips the snapshot as invalid") {
   std::unique_ptr<SnapshotStore> store = open_store(dir);
   ScriptRun run;
   run_script(store.get(), &run);
-  REQUIRE(store->prune(1).ok());
+  REQUIRE(store->prune(1, UINT64_MAX).ok());
   std::vector<SkippedSnapshot> skipped;
   CHECK(store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs * 2}, &skipped).code() ==
         ErrorCode::not_found);

@@ -16,6 +16,7 @@
 #include "tools/audit.h"
 #include "tools/cli.h"
 #include "tools/format.h"
+#include "tools/ledger_flags.h"
 
 namespace tally::cli {
 
@@ -62,7 +63,7 @@ Result<Taken> take_snapshot(const std::string& data_dir, std::size_t retain) {
                                                               state.last_timestamp_ns()});
   if (!written) return written.status();
   taken.info = *written;
-  auto pruned = shared.store->prune(retain);
+  auto pruned = shared.store->prune(retain, taken.info.seq);
   if (!pruned) return pruned.status();
   taken.pruned = *pruned;
   return taken;
@@ -129,7 +130,7 @@ int run_snapshot(const Args& args) {
     return list_snapshots(std::string(*data), json);
   }
   const auto retain_default = static_cast<std::int64_t>(LedgerOptions{}.snapshot_retain);
-  auto retain = args.integer("retain", retain_default, 1, 1'000'000);
+  auto retain = args.integer("retain", retain_default, 1, kSnapshotRetainMax);
   if (!retain) return usage_error("snapshot", retain.status().message());
   auto taken = take_snapshot(std::string(*data), static_cast<std::size_t>(*retain));
   if (!taken) return failure(taken.status());
@@ -147,7 +148,7 @@ int run_snapshot(const Args& args) {
 
 constexpr FlagSpec kSnapshotFlags[] = {
     {"data", "DIR", "the data directory (required)"},
-    {"retain", "N", "keep the newest N snapshots (default 2, the ledger's default)"},
+    {"retain", "N", "keep the newest N snapshots (default 2, the ledger's default; 1..1000)"},
     {"list", "", "list the snapshots instead of taking one"},
     {"json", "", "JSON lines"},
 };

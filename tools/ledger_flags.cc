@@ -8,7 +8,6 @@ namespace {
 
 constexpr std::int64_t kSnapshotEveryMax = INT64_MAX;
 constexpr std::int64_t kSnapshotSecondsMax = 365ll * 24 * 3600;
-constexpr std::int64_t kSnapshotRetainMax = 1000;
 
 }  // namespace
 

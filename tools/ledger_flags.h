@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstddef>
+#include <cstdint>
 
 #include "engine/ledger.h"
 #include "log/status.h"
@@ -11,10 +12,13 @@
 
 namespace tally::cli {
 
+// The most snapshots --snapshot-retain (and tally snapshot --retain) keeps.
+inline constexpr std::int64_t kSnapshotRetainMax = 1000;
+
 inline constexpr FlagSpec kLedgerFlags[] = {
     {"snapshot-every", "N", "take a snapshot every N events (default 1000000; 0: no count trigger)"},
     {"snapshot-seconds", "S", "and every S seconds (default 3600; 0: no time trigger; both 0: no snapshots)"},
-    {"snapshot-retain", "K", "keep the newest K snapshots (default 2)"},
+    {"snapshot-retain", "K", "keep the newest K snapshots (default 2; 1..1000)"},
     {"history", "on|off", "keep the point-in-time history projection (default on)"},
 };
 
