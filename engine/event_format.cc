@@ -188,7 +188,7 @@ void write_event(FieldWriter* writer, const Event& event, bool json, std::string
   writer->type(event.rejected != log::Reason::none ? "rejected"
                : event.batch                      ? "batch"
                                                   : log::op_type_name(event.ops[0].type));
-  if (json || !event.key.empty()) writer->string("key", event.key);
+  writer->string("key", event.key);  // empty for expire, a system event
   if (single) {
     write_op_fields(writer, event.ops[0], log::hold_id(event.seq, false, 0), false);
   } else if (event.rejected == log::Reason::none) {

@@ -82,7 +82,7 @@ TEST_CASE("log events: a rejected commit and an expiry") {
         "\"type\":\"expire\",\"key\":\"\",\"hold\":7,\"subject\":\"s\",\"item\":\"i\","
         "\"qty\":4,\"fingerprint\":\"0000000000000000\"}");
   CHECK(event_text(expiry, false) ==
-        "13 1970-01-01T00:00:00.000000000Z expire hold=7 subject=s item=i qty=4");
+        "13 1970-01-01T00:00:00.000000000Z expire key= hold=7 subject=s item=i qty=4");
 }
 
 }  // namespace

@@ -129,6 +129,9 @@ Status load_snapshots(const std::string& data_dir, SharedSnapshots* shared,
     } else {
       check.verdict = Verdict::bad;
       check.detail = why.message();
+      // The store names the snapshot ("snapshot N: why"); the report does.
+      const std::string named = "snapshot " + std::to_string(info.seq) + ": ";
+      if (check.detail.starts_with(named)) check.detail.erase(0, named.size());
     }
     checks->push_back(std::move(check));
   }
