@@ -468,17 +468,11 @@ Result<std::unique_ptr<Ledger>> open_ledger(const RunOptions& options) {
   return Ledger::open(ledger_options);
 }
 
-// Prints "tally: <message>" for a bad input file; returns kExitUsage.
-int input_error(const Status& status) {
-  std::fprintf(stderr, "tally: %s\n", status.message().c_str());
-  return kExitUsage;
-}
-
 int run_apply(const Args& args) {
   auto options = parse_run_options(args, kApplyPipelineDefault);
   if (!options) return usage_error("apply", options.status().message());
   auto workload = read_workload(options->workload_path);
-  if (!workload) return input_error(workload.status());
+  if (!workload) return usage_error("apply", workload.status().message());
   auto ledger = open_ledger(*options);
   if (!ledger) return failure(ledger.status());
 
@@ -665,12 +659,12 @@ int run_bench(const Args& args) {
   auto options = parse_bench_options(args);
   if (!options) return usage_error("bench", options.status().message());
   auto workload = read_workload(options->workload_path);
-  if (!workload) return input_error(workload.status());
+  if (!workload) return usage_error("bench", workload.status().message());
   const std::string expect_path(args.get("expect"));
   Expectation expected;
   if (!expect_path.empty()) {
     auto read = read_expect(expect_path);
-    if (!read) return input_error(read.status());
+    if (!read) return usage_error("bench", read.status().message());
     expected = std::move(*read);
     // File order: one connection, so the server decides the ops in order.
     options->connections = 1;
