@@ -482,6 +482,26 @@ TEST_CASE("events logged before the open count towards the next snapshot, with n
   CHECK(snapshot_seq == last);
 }
 
+TEST_CASE("a ledger whose log is gone refuses to start over beside its snapshots or history") {
+  Fixture f;
+  f.open();
+  for (int op = 0; op < 20; op++) f.ok(f.ledger->acquire(name("k", op), "alice", "gold", 1));
+  f.snapshot();
+  f.close();
+  std::filesystem::remove_all(log_dir(f.options.data_dir));
+  for (const std::string& dir : {snapshot_dir(f.options.data_dir), history_dir(f.options.data_dir)}) {
+    CAPTURE(dir);
+    auto refused = Ledger::open(f.options);
+    REQUIRE(refused.code() == ErrorCode::corrupt);
+    CHECK(refused.status().message().find("the log is missing") != std::string::npos);
+    CHECK(refused.status().message().find("up to seq 20") != std::string::npos);
+    std::filesystem::remove_all(dir);
+  }
+  // With neither left, it is a new ledger.
+  f.open();
+  CHECK(f.last_seq() == 0);
+}
+
 TEST_CASE("the history is flushed at once for a reader waiting for it, not only on the interval") {
   Fixture f;
   f.options.history = false;

@@ -145,6 +145,7 @@ struct Ledger::Impl {
   }
 
   Status start(LedgerStats* replayed_stats);
+  Status refuse_lost_log();
   Status start_archivist();
   void writer_main();
   void io_main();
@@ -276,6 +277,7 @@ Status Ledger::Impl::start(LedgerStats* replayed_stats) {
   state_owner = std::move(replayed->state);
   state = state_owner.get();
   const ReplayReport& report = replayed->report;
+  if (!report.end.has_segment) TALLY_TRY(refuse_lost_log());
   replayed_stats->events_replayed = report.events;
   replayed_stats->replay_seconds = report.seconds;
   replayed_stats->snapshot_seq = report.snapshot_seq;
@@ -295,6 +297,41 @@ Status Ledger::Impl::start(LedgerStats* replayed_stats) {
   if (!io_started) return io_started.status();
   io_thread = std::move(*io_started);
   return start_archivist();
+}
+
+// The log has no segment. A new ledger has no snapshot and no history
+// index of events either; one that has them lost its log (deleted, or
+// another directory restored without it), and starting over would write
+// new events under the seqs they describe.
+Status Ledger::Impl::refuse_lost_log() {
+  std::uint64_t known_seq = 0;
+  std::string where;
+  if (snapshots.store != nullptr) {
+    auto infos = snapshots.store->list();
+    if (!infos) return infos.status();
+    if (!infos->empty()) {
+      known_seq = infos->back().seq;
+      where = snapshot_dir(options.data_dir);
+    }
+  }
+  const std::string history_path = history_dir(options.data_dir);
+  if (known_seq == 0 && fs->exists(history_path)) {
+    snap::HistoryStoreOptions read_only;
+    read_only.read_only = true;
+    auto store = snap::HistoryStore::open(history_path, read_only);
+    auto position = store ? (*store)->position() : Result<snap::HistoryPosition>(store.status());
+    if (position && position->seq > 0) {
+      known_seq = position->seq;
+      where = history_path;
+    }
+  }
+  if (known_seq == 0) return Status();
+  return Status(ErrorCode::corrupt,
+                "the log in " + log_dir(options.data_dir) + " has no segment, but " + where +
+                    " holds events up to seq " + std::to_string(known_seq) +
+                    ": the log is missing. Restore it, or remove " +
+                    snapshot_dir(options.data_dir) + " and " + history_path +
+                    " to begin a new ledger in this directory");
 }
 
 Status Ledger::Impl::start_archivist() {
