@@ -379,9 +379,14 @@ void append_verify_text(const VerifySummary& summary, std::string* out) {
   line("keys", std::to_string(summary.counts.keys));
   line("digest", hex_text(summary.digest));
   const log::LogEnd& end = summary.report.end;
-  line("torn_tail", end.torn ? log::log_position(end.segment_first_seq, end.offset) +
-                                   " (the next writer truncates it)"
-                             : std::string("none"));
+  std::string torn = "none";
+  if (end.torn_header) {
+    torn = log::log_position(end.next_seq, 0) + " (a torn segment header; the next writer "
+                                                "makes the segment again)";
+  } else if (end.torn) {
+    torn = log::log_position(end.segment_first_seq, end.offset) + " (the next writer truncates it)";
+  }
+  line("torn_tail", torn);
   line("from_seq", std::to_string(summary.report.snapshot_seq + 1));
   line("to_seq", std::to_string(summary.last_seq));
   line("log_last_seq", std::to_string(summary.log_last_seq));
@@ -471,7 +476,9 @@ void append_verify_json(const VerifySummary& summary, std::string* out) {
   field("digest", "\"" + hex_text(summary.digest) + "\"");
   const log::LogEnd& end = summary.report.end;
   std::string torn = "null";
-  if (end.torn) {
+  if (end.torn_header) {
+    torn = "{\"segment\":\"" + log::segment_file_name(end.next_seq) + "\",\"offset\":0}";
+  } else if (end.torn) {
     torn = "{\"segment\":\"" + log::segment_file_name(end.segment_first_seq) +
            "\",\"offset\":" + std::to_string(end.offset) + "}";
   }
