@@ -8,10 +8,10 @@
 #include <condition_variable>
 #include <mutex>
 #include <random>
+#include <set>
 #include <thread>
 #include <unordered_map>
-
-#include <set>
+#include <unordered_set>
 
 #include "engine/client.h"
 #include "engine/clock.h"
@@ -493,11 +493,17 @@ struct Counted {
 };
 
 // The expect file's classes: every hold_* rejection is hold_unknown, and a
-// replay is a retry whatever its outcome.
-Counted count_outcomes(const std::vector<OpResult>& results) {
+// replay of a line whose key an earlier line has is a retry whatever its
+// outcome. A replay of a key's first line — the client's own resend after
+// a lost connection, or a ledger that had the key before — counts by its
+// outcome, as the line's first decision.
+Counted count_outcomes(const std::vector<OpResult>& results, const Workload& workload) {
   Counted counted;
-  for (const OpResult& op_result : results) {
-    if (op_result.replay) {
+  std::unordered_set<std::string_view> keys;
+  for (std::size_t index = 0; index < results.size(); index++) {
+    const OpResult& op_result = results[index];
+    const bool first = keys.insert(workload.ops[index].key).second;
+    if (op_result.replay && !first) {
       counted.counts.retry++;
       continue;
     }
@@ -628,10 +634,11 @@ std::vector<std::string> compare_state(const Expectation& expected, std::string_
 }
 
 int check_expectation(const Result<std::string>& actual_csv, const std::string& expect_path,
-                      const Expectation& expected, const std::vector<OpResult>& results) {
+                      const Expectation& expected, const std::vector<OpResult>& results,
+                      const Workload& workload) {
   if (!actual_csv) return failure(actual_csv.status());
   const std::vector<std::string> differences =
-      compare_state(expected, *actual_csv, count_outcomes(results));
+      compare_state(expected, *actual_csv, count_outcomes(results, workload));
   if (differences.empty()) return kExitOk;
   std::fprintf(stderr, "tally: the result differs from %s (%zu differences):\n",
                expect_path.c_str(), differences.size());
@@ -676,7 +683,7 @@ int run_bench(const Args& args) {
     if (!results) return failure(results.status());
     if (expect_path.empty()) return kExitOk;
     const int verdict = check_expectation(remote_export_csv(**pool, **workload), expect_path,
-                                          expected, *results);
+                                          expected, *results, **workload);
     (*pool)->close();
     return verdict;
   }
@@ -692,7 +699,7 @@ int run_bench(const Args& args) {
   if (!closed.ok()) return failure(closed);
   if (expect_path.empty()) return kExitOk;
   return check_expectation(export_csv(options->data_dir, system_clock().now_ns()), expect_path,
-                           expected, *results);
+                           expected, *results, **workload);
 }
 
 // ---- specs -----------------------------------------------------------------
