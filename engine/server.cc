@@ -40,17 +40,23 @@ bool Core::token_ok(std::string_view presented) const {
   return options_.token.empty() || constant_time_equal(presented, options_.token);
 }
 
-bool Core::add_session(const std::shared_ptr<Session>& session, std::uint64_t* id) {
+bool Core::add_session(const std::shared_ptr<Session>& session, Metrics::Protocol protocol,
+                       std::uint64_t* id) {
   std::lock_guard<std::mutex> guard(mu_);
-  if (stopping() || sessions_.size() >= options_.connections_max) return false;
+  std::size_t& open = open_[static_cast<std::size_t>(protocol)];
+  if (stopping() || open >= options_.connections_max) return false;
+  open++;
   *id = next_session_id_++;
-  sessions_.emplace(*id, session);
+  sessions_.emplace(*id, Registered{session, protocol});
   return true;
 }
 
 void Core::remove_session(std::uint64_t id) {
   std::lock_guard<std::mutex> guard(mu_);
-  sessions_.erase(id);
+  const auto found = sessions_.find(id);
+  if (found == sessions_.end()) return;
+  open_[static_cast<std::size_t>(found->second.protocol)]--;
+  sessions_.erase(found);
   if (sessions_.empty()) sessions_cv_.notify_all();
 }
 
@@ -101,8 +107,8 @@ void Core::for_each_session(void (Session::*method)()) {
   std::vector<std::shared_ptr<Session>> live;
   {
     std::lock_guard<std::mutex> guard(mu_);
-    for (const auto& [id, weak] : sessions_) {
-      if (auto session = weak.lock()) live.push_back(std::move(session));
+    for (const auto& [id, registered] : sessions_) {
+      if (auto session = registered.session.lock()) live.push_back(std::move(session));
     }
   }
   // Session methods run on their strands; the session's executor is not

@@ -9,7 +9,7 @@
 //   (*server)->stop();      // graceful: every accepted request is answered
 //   ledger->close();
 //
-// Limits: connections_max connections in all, inflight_per_connection_max
+// Limits: connections_max connections of each protocol, inflight_per_connection_max
 // requests in flight and follows_per_connection_max follow streams on each
 // (each with at most one batch written at a time), frame and body sizes,
 // idle timeouts. A
@@ -51,7 +51,7 @@ struct ServerOptions {
   // feed) run here so that the I/O threads never do. Current balance, list
   // and hold reads need no thread: they go to the ledger without blocking.
   std::size_t read_threads = 2;
-  std::size_t connections_max = 256;
+  std::size_t connections_max = 256;  // binary; and HTTP, counted on its own
   // Together with connections_max this bounds the requests held in memory.
   // Deep enough that one pipelining client keeps the writer busy while a
   // group is being synced. When all connections together fill the Ledger's

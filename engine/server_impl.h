@@ -2,6 +2,7 @@
 // and HTTP (engine/http.cc). Not installed.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <boost/asio.hpp>
 #include <chrono>
@@ -54,8 +55,11 @@ class Core {
   // True when no token is configured or `presented` matches it.
   bool token_ok(std::string_view presented) const;
 
-  // Registers a session; false when connections_max are open or stopping.
-  bool add_session(const std::shared_ptr<Session>& session, std::uint64_t* id);
+  // Registers a session; false when connections_max of its protocol are
+  // open, or stopping. Each protocol has its own connections_max, so that
+  // a flood of one (binary clients) never locks out the other (GET /health).
+  bool add_session(const std::shared_ptr<Session>& session, Metrics::Protocol protocol,
+                   std::uint64_t* id);
   void remove_session(std::uint64_t id);
 
   // Submits a mutation; `done` runs on a ledger thread (post to a strand).
@@ -102,7 +106,12 @@ class Core {
   std::atomic<bool> stopping_{false};
   std::mutex mu_;
   std::condition_variable sessions_cv_;
-  std::unordered_map<std::uint64_t, std::weak_ptr<Session>> sessions_;
+  struct Registered {
+    std::weak_ptr<Session> session;
+    Metrics::Protocol protocol;
+  };
+  std::unordered_map<std::uint64_t, Registered> sessions_;
+  std::array<std::size_t, static_cast<std::size_t>(Metrics::Protocol::count)> open_{};
   std::uint64_t next_session_id_ = 1;
 };
 
@@ -155,7 +164,7 @@ void start_session(Core& core, tcp::socket socket, Metrics::Protocol protocol) {
   core.metrics().connection_opened(protocol);
   auto session = std::make_shared<SessionType>(core, std::move(socket));
   std::uint64_t id = 0;
-  if (!core.add_session(session, &id)) {
+  if (!core.add_session(session, protocol, &id)) {
     core.metrics().connection_rejected();
     session->close_now();
     return;
