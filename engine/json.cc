@@ -72,6 +72,12 @@ class Parser {
       if (at_end() || text_[pos_] != '"') return error("expected a member name");
       std::pair<std::string, Value> member;
       TALLY_TRY(parse_string(&member.first));
+      // RFC 8259 leaves the meaning of a repeated name open (parsers keep
+      // the first, the last, or both); a ledger request must not be read
+      // one way here and another way by whoever wrote it.
+      for (const auto& seen : out->members) {
+        if (seen.first == member.first) return error("duplicate member name");
+      }
       skip_space();
       if (at_end() || text_[pos_] != ':') return error("expected ':'");
       pos_++;
@@ -103,19 +109,38 @@ class Parser {
     }
   }
 
+  // RFC 8259: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?. A leading zero
+  // (01) is not JSON: some readers take it as octal.
   Status parse_number(Value* out) {
     out->type = Value::Type::number;
     const std::size_t start = pos_;
-    while (!at_end()) {
-      const char c = text_[pos_];
-      const bool number_char = (c >= '0' && c <= '9') || c == '-' || c == '+' || c == '.' ||
-                               c == 'e' || c == 'E';
-      if (!number_char) break;
-      pos_++;
+    consume_char('-');
+    if (consume_char('0')) {
+      if (digit_at_pos()) return error("leading zero in a number");
+    } else if (!consume_digits()) {
+      return error("expected a digit");
+    }
+    if (consume_char('.') && !consume_digits()) return error("expected a digit after '.'");
+    if (consume_char('e') || consume_char('E')) {
+      if (!consume_char('+')) consume_char('-');
+      if (!consume_digits()) return error("expected a digit in the exponent");
     }
     if (pos_ - start > kNumberBytesMax) return error("number too long");
     out->text = std::string(text_.substr(start, pos_ - start));
     return Status();
+  }
+
+  bool digit_at_pos() const { return !at_end() && text_[pos_] >= '0' && text_[pos_] <= '9'; }
+  bool consume_char(char c) {
+    if (at_end() || text_[pos_] != c) return false;
+    pos_++;
+    return true;
+  }
+  // One or more digits; false when there is none.
+  bool consume_digits() {
+    const std::size_t start = pos_;
+    while (digit_at_pos()) pos_++;
+    return pos_ > start;
   }
 
   Status parse_hex4(std::uint32_t* out) {

@@ -5,6 +5,9 @@
 // so that 64-bit ids and quantities convert exactly (a double would round
 // HoldIds above 2^53). Input is untrusted: nesting, sizes and counts are
 // bounded, and every error is an `invalid` Status naming the byte offset.
+// Strict RFC 8259: numbers follow its grammar (no leading zeros, no '+'),
+// and an object that repeats a member name is an error, since readers
+// disagree on which of the two counts.
 #pragma once
 
 #include <cstdint>
@@ -30,7 +33,8 @@ struct Value {
   std::vector<Value> items;
   std::vector<std::pair<std::string, Value>> members;
 
-  // The first member named `key`, or nullptr (also when not an object).
+  // The member named `key` (parse() admits one at most), or nullptr (also
+  // when not an object).
   const Value* find(std::string_view key) const;
 };
 
