@@ -7,20 +7,25 @@
 
 namespace tally::detail {
 
+Status check_id(std::string_view what, std::string_view id) {
+  std::string why;
+  if (id.empty()) {
+    why = " is empty";
+  } else if (id.size() > kIdBytesMax) {
+    why = " is longer than " + std::to_string(kIdBytesMax) + " bytes";
+  } else if (id.find('\0') != std::string_view::npos) {
+    why = " contains NUL";
+  } else {
+    return Status();
+  }
+  return Status(ErrorCode::invalid, std::string(what) + why);
+}
+
 namespace {
 
 using log::Reason;
 
 Status invalid(std::string message) { return Status(ErrorCode::invalid, std::move(message)); }
-
-Status check_id(std::string_view what, std::string_view id) {
-  if (id.empty()) return invalid(std::string(what) + " is empty");
-  if (id.size() > kIdBytesMax) {
-    return invalid(std::string(what) + " is longer than " + std::to_string(kIdBytesMax) + " bytes");
-  }
-  if (id.find('\0') != std::string_view::npos) return invalid(std::string(what) + " contains NUL");
-  return Status();
-}
 
 Status check_qty(std::int64_t qty) {
   if (qty <= 0) return invalid("qty must be > 0");

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "engine/types.h"
@@ -20,6 +21,11 @@ struct Limits {
 
 // invalid, naming the offending field, when the command is malformed.
 Status validate(const Command& command, const Limits& limits);
+
+// invalid ("<what> is empty", "... is longer than 255 bytes", "... contains
+// NUL") unless `id` is a valid key, subject or item: what a mutation may
+// write, and so what a read may name.
+Status check_id(std::string_view what, std::string_view id);
 
 // XXH3-64 of the command's canonical encoding (docs/architecture.md): the
 // ops and the batch flag, not the key or the metadata. `scratch` is reused.

@@ -63,18 +63,13 @@ class Waiter {
   bool done_ = false;
 };
 
-Status check_subject(std::string_view subject) {
-  if (subject.empty() || subject.size() > kIdBytesMax) {
-    return Status(ErrorCode::invalid, "subject must be 1..255 bytes");
-  }
-  return Status();
-}
+// A read names what a mutation could have written (detail::check_id): a
+// name no mutation can write would read as a zero balance.
+Status check_subject(std::string_view subject) { return detail::check_id("subject", subject); }
 
 Status check_pair(std::string_view subject, std::string_view item) {
-  if (subject.empty() || item.empty() || subject.size() > kIdBytesMax || item.size() > kIdBytesMax) {
-    return Status(ErrorCode::invalid, "subject and item must be 1..255 bytes");
-  }
-  return Status();
+  TALLY_TRY(check_subject(subject));
+  return detail::check_id("item", item);
 }
 
 // Calls start(done) and waits for what done is given.
