@@ -10,7 +10,9 @@
 #include <boost/beast/http.hpp>
 #pragma GCC diagnostic pop
 #include <algorithm>
+#include <array>
 #include <optional>
+#include <span>
 
 #include "engine/event_format.h"
 #include "engine/json.h"
@@ -137,10 +139,21 @@ HttpResponse hold_response(const HoldView& hold) {
 
 Status bad(std::string message) { return Status(ErrorCode::invalid, std::move(message)); }
 
-Status check_fields(const json::Value& object, std::initializer_list<std::string_view> allowed) {
+using FieldNames = std::span<const std::string_view>;
+
+// The audit fields of a mutation. They belong to the request, at the top
+// level of its body: a batch is one event with one Metadata, so its ops do
+// not take them (an op that has them is refused, as any unknown field is).
+constexpr std::array<std::string_view, 3> kMetaFields = {"reason", "reference", "actor"};
+// What a batch item has besides its op's fields.
+constexpr std::array<std::string_view, 1> kBatchItemFields = {"op"};
+
+// invalid when `object` has a member named in neither list.
+Status check_fields(const json::Value& object, std::initializer_list<std::string_view> allowed,
+                    FieldNames extra = {}) {
   for (const auto& [name, value] : object.members) {
-    bool known = false;
-    for (const std::string_view field : allowed) known = known || name == field;
+    const bool known = std::find(allowed.begin(), allowed.end(), name) != allowed.end() ||
+                       std::find(extra.begin(), extra.end(), name) != extra.end();
     if (!known) return bad("unknown field \"" + name + "\"");
   }
   return Status();
@@ -194,36 +207,37 @@ Status get_ttl(const json::Value& object, std::int64_t* ttl_ns) {
 }
 
 // The fields of one op of `type` (the path's op, or a batch item's "op").
-// `extra` names fields the caller handles itself.
-Status parse_op(const json::Value& object, OpType type, std::string_view extra, OpRequest* op) {
+// `extra` names the other fields its object may have, which the caller
+// handles: the request's audit fields, or a batch item's "op".
+Status parse_op(const json::Value& object, OpType type, FieldNames extra, OpRequest* op) {
   op->type = type;
   switch (type) {
     case OpType::acquire:
     case OpType::consume:
-      TALLY_TRY(check_fields(object, {"subject", "item", "qty", "reason", "reference", "actor", extra}));
+      TALLY_TRY(check_fields(object, {"subject", "item", "qty"}, extra));
       TALLY_TRY(get_string(object, "subject", true, &op->subject));
       TALLY_TRY(get_string(object, "item", true, &op->item));
       return get_int64(object, "qty", true, &op->qty);
     case OpType::transfer:
-      TALLY_TRY(check_fields(object, {"from", "to", "item", "qty", "reason", "reference", "actor", extra}));
+      TALLY_TRY(check_fields(object, {"from", "to", "item", "qty"}, extra));
       TALLY_TRY(get_string(object, "from", true, &op->subject));
       TALLY_TRY(get_string(object, "to", true, &op->to));
       TALLY_TRY(get_string(object, "item", true, &op->item));
       return get_int64(object, "qty", true, &op->qty);
     case OpType::hold:
-      TALLY_TRY(check_fields(object, {"subject", "item", "qty", "ttl_ms", "reason", "reference", "actor", extra}));
+      TALLY_TRY(check_fields(object, {"subject", "item", "qty", "ttl_ms"}, extra));
       TALLY_TRY(get_string(object, "subject", true, &op->subject));
       TALLY_TRY(get_string(object, "item", true, &op->item));
       TALLY_TRY(get_int64(object, "qty", true, &op->qty));
       return get_ttl(object, &op->ttl_ns);
     case OpType::commit:
-      TALLY_TRY(check_fields(object, {"qty", "hold_id", "hold_key", "reason", "reference", "actor", extra}));
+      TALLY_TRY(check_fields(object, {"qty", "hold_id", "hold_key"}, extra));
       TALLY_TRY(get_int64(object, "qty", false, &op->qty));
       // 0 means "the whole hold" inside the engine; here that is an absent qty.
       if (object.find("qty") != nullptr && op->qty <= 0) return bad("\"qty\" must be > 0");
       return Status();
     case OpType::release:
-      return check_fields(object, {"hold_id", "hold_key", "reason", "reference", "actor", extra});
+      return check_fields(object, {"hold_id", "hold_key"}, extra);
     case OpType::expire: break;
   }
   return bad("unknown op");
@@ -246,7 +260,7 @@ Status parse_batch_ops(const json::Value& body, Command* command) {
       if (name == log::op_type_name(candidate)) type = candidate, known = true;
     }
     if (status.ok() && !known) status = bad("unknown op \"" + name + "\"");
-    if (status.ok()) status = parse_op(item, type, "op", &command->ops[index]);
+    if (status.ok()) status = parse_op(item, type, kBatchItemFields, &command->ops[index]);
     if (status.ok() && (type == OpType::commit || type == OpType::release)) {
       status = get_hold_ref(item, &command->ops[index]);
     }
@@ -306,6 +320,77 @@ Result<Target> parse_target(std::string_view target) {
   return out;
 }
 
+// What a path names, whatever the method. Routing by path first lets a
+// wrong method on a route be told apart (405, with Allow) from no route
+// (404).
+enum class RouteKind : std::uint8_t {
+  none, health, metrics, events, balance, list, hold_info, mutation
+};
+
+struct Route {
+  RouteKind kind = RouteKind::none;
+  http::verb method = http::verb::unknown;  // the one method the route answers
+  // Under which op tally_ops_total counts its requests; count: none.
+  Metrics::Op op = Metrics::Op::count;
+};
+
+// The mutation a POST path names, as Metrics counts it; count: none.
+Metrics::Op mutation_op(const std::vector<std::string>& path) {
+  if (path.size() == 2) {
+    if (path[1] == "acquire") return Metrics::Op::acquire;
+    if (path[1] == "consume") return Metrics::Op::consume;
+    if (path[1] == "transfer") return Metrics::Op::transfer;
+    if (path[1] == "holds") return Metrics::Op::hold;
+    if (path[1] == "batch") return Metrics::Op::batch;
+  }
+  if (path.size() == 4 && path[1] == "holds") {
+    if (path[3] == "commit") return Metrics::Op::commit;
+    if (path[3] == "release") return Metrics::Op::release;
+  }
+  return Metrics::Op::count;
+}
+
+// The routes of docs/http-api.md.
+Route match_route(const std::vector<std::string>& path) {
+  using Op = Metrics::Op;
+  const auto get = [](RouteKind kind, Op op) { return Route{kind, http::verb::get, op}; };
+  const std::size_t size = path.size();
+  if (size == 1 && path[0] == "health") return get(RouteKind::health, Op::count);
+  if (size == 1 && path[0] == "metrics") return get(RouteKind::metrics, Op::count);
+  if (size < 2 || path[0] != "v1") return Route{};
+  if (size == 2 && path[1] == "events") return get(RouteKind::events, Op::events);
+  if (size == 4 && path[1] == "balances") return get(RouteKind::balance, Op::balance);
+  if (size == 3 && path[1] == "balances") return get(RouteKind::list, Op::list);
+  if (size == 3 && path[1] == "holds") return get(RouteKind::hold_info, Op::hold_info);
+  const Op op = mutation_op(path);
+  if (op != Op::count) return Route{RouteKind::mutation, http::verb::post, op};
+  return Route{};
+}
+
+HttpResponse method_not_allowed(http::verb allowed) {
+  const beast::string_view name = http::to_string(allowed);
+  HttpResponse response = problem(http::status::method_not_allowed, "method_not_allowed",
+                                  "use " + std::string(name.data(), name.size()));
+  response.set(http::field::allow, name);
+  return response;
+}
+
+// The token of an Authorization header "Bearer TOKEN", or nullopt for
+// another scheme. The scheme's name is case-insensitive (RFC 7235 §2.1);
+// one or more spaces separate it from the token.
+std::optional<std::string_view> bearer_token(std::string_view header) {
+  constexpr std::string_view kScheme = "bearer";
+  if (header.size() <= kScheme.size() || header[kScheme.size()] != ' ') return std::nullopt;
+  for (std::size_t index = 0; index < kScheme.size(); index++) {
+    const char c = header[index];
+    const char lower = c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
+    if (lower != kScheme[index]) return std::nullopt;
+  }
+  header.remove_prefix(kScheme.size());
+  while (!header.empty() && header.front() == ' ') header.remove_prefix(1);
+  return header;
+}
+
 // ---- the event feed ------------------------------------------------------------
 
 struct EventsQuery {
@@ -325,6 +410,21 @@ bool parse_decimal(std::string_view text, std::uint64_t max, std::uint64_t* out)
     value = value * 10 + digit;
   }
   *out = value;
+  return true;
+}
+
+// A decimal number without sign, however many digits, taken as `cap` when
+// larger; false when empty or not digits.
+bool parse_decimal_capped(std::string_view text, std::uint64_t cap, std::uint64_t* out) {
+  TALLY_ASSERT(cap < UINT64_MAX / 10);
+  if (text.empty()) return false;
+  std::uint64_t value = 0;
+  for (const char c : text) {
+    if (c < '0' || c > '9') return false;
+    // Past the cap the value stays above it: the rest need only be digits.
+    if (value <= cap) value = value * 10 + static_cast<std::uint64_t>(c - '0');
+  }
+  *out = std::min(value, cap);
   return true;
 }
 
@@ -360,22 +460,28 @@ Result<std::vector<QueryParam>> parse_query(std::string_view query,
 }
 
 // from_seq=N&limit=M&wait_ms=W, each optional and at most once. limit and
-// wait_ms above their maximum are capped; from_seq 0 means 1, the first seq.
+// wait_ms above their maximum are capped, however large; from_seq 0 means
+// 1, the first seq, and a from_seq must fit in 64 bits.
 Status parse_events_query(std::string_view query, EventsQuery* out) {
   auto params = parse_query(query, {"from_seq", "limit", "wait_ms"});
   if (!params) return params.status();
   for (const QueryParam& param : *params) {
     std::uint64_t number = 0;
-    if (!parse_decimal(param.value, UINT64_MAX, &number)) {
-      return bad("\"" + param.name + "\" must be a non-negative integer");
+    bool parsed = false;
+    if (param.name == "from_seq") {
+      parsed = parse_decimal(param.value, UINT64_MAX, &number);
+    } else {
+      const std::uint64_t cap = param.name == "limit" ? kEventsLimitMax : kEventsWaitMsMax;
+      parsed = parse_decimal_capped(param.value, cap, &number);
     }
+    if (!parsed) return bad("\"" + param.name + "\" must be a non-negative integer");
     if (param.name == "from_seq") {
       out->from_seq = std::max<std::uint64_t>(number, 1);
     } else if (param.name == "limit") {
       if (number == 0) return bad("\"limit\" must be at least 1");
-      out->limit = static_cast<std::size_t>(std::min<std::uint64_t>(number, kEventsLimitMax));
+      out->limit = static_cast<std::size_t>(number);
     } else {
-      out->wait_ms = static_cast<std::int64_t>(std::min<std::uint64_t>(number, kEventsWaitMsMax));
+      out->wait_ms = static_cast<std::int64_t>(number);
     }
   }
   return Status();
@@ -399,6 +505,19 @@ Result<std::optional<AsOf>> parse_as_of_query(std::string_view query) {
     return bad("\"at_time\" must be an RFC 3339 time with an offset or ns since the epoch");
   }
   return std::optional<AsOf>(AsOf::at_time(time_ns));
+}
+
+// GET /v1/holds/{id} takes no parameter. The engine has no read of a hold
+// as of a seq or a time (engine/point_in_time.h reads balances only), so
+// at_seq and at_time are refused rather than ignored: an answer about now
+// must not pass for one about then.
+Status check_hold_query(std::string_view query) {
+  auto params = parse_query(query, {"at_seq", "at_time"});
+  if (!params) return params.status();
+  if (!params->empty()) {
+    return bad("holds have no point-in-time read: at_seq and at_time are for balances only");
+  }
+  return Status();
 }
 
 // One answer of GET /v1/events: {"events":[...],"next_seq":N}, each event
@@ -496,10 +615,17 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   }
 
   void handle(HttpRequest request);
-  void route_get(const Target& target);
+  void health(http::verb method);
+  bool authorized(const HttpRequest& request);
+  void metrics();
+  // A request of `route` refused before it reached the ledger (its path,
+  // query or body did not decode): answered, and counted under the route's
+  // op as the ledger's own refusals are.
+  void reject(const Route& route, const Status& status);
+  void route_get(const Route& route, const Target& target);
   // GET /v1/events: read; if nothing is there yet and wait_ms allows, wait
   // for a commit (EventFeed::wait, off the I/O threads) and read once more.
-  void events(const Target& target);
+  void events(const Route& route, const Target& target);
   void balance(std::string subject, std::string item, std::optional<AsOf> at);
   void list(std::string subject, std::optional<AsOf> at);
   void poll_events(const EventsQuery& query, EventFeed::Deadline deadline, bool may_wait);
@@ -507,8 +633,8 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
                  Result<EventsPage> page);
   void on_poll_ready(const EventsQuery& query, EventFeed::Deadline deadline);
   void watch_peer();
-  void route_post(const Target& target, const HttpRequest& request);
-  void mutate(const HttpRequest& request, Command command);
+  void route_post(const Route& route, const Target& target, const HttpRequest& request);
+  void mutate(Command command);
 
   // The completion of a read: renders its answer (or error) on the strand.
   template <class T>
@@ -554,69 +680,98 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   bool closed_ = false;
   bool poll_waiting_ = false;  // a GET /v1/events waits in the feed
   EventFeed::WaiterId poll_waiter_ = 0;
+  std::int64_t request_start_ns_ = 0;  // when handle() took the request
 };
 
 void HttpSession::handle(HttpRequest request) {
-  keep_alive_ = request.keep_alive();
+  request_start_ns_ = steady_now_ns();
+  // Every answer has a body, and the answer to a HEAD must not send it: the
+  // client would read it as the next response. Closing after ends the body.
+  keep_alive_ = request.keep_alive() && request.method() != http::verb::head;
   auto target = parse_target(view(request.target()));
   if (!target) return send(error_response(target.status()), false);
-  const std::vector<std::string>& path = target->segments;
-  if (path.size() == 1 && path[0] == "health") {
-    if (request.method() != http::verb::get) return send(problem(http::status::method_not_allowed, "method_not_allowed", "use GET"), false);
-    // Serving at all means the ledger's log is open; stopping means not
-    // ready, and so does a ledger that failed a write (it refuses every
-    // request until it is reopened: restart the server).
-    if (stopping_ || core_.stopping()) return send(problem(http::status::service_unavailable, "closed", "shutting down"), false);
-    if (core_.ledger().read_only()) {
-      return send(problem(http::status::service_unavailable, "read_only",
-                          "the ledger failed a write; restart the server to reopen it"),
-                  false);
-    }
-    return send(json_response(http::status::ok, "{\"status\":\"ready\"}"), false);
+  const Route route = match_route(target->segments);
+  if (route.kind == RouteKind::health) return health(request.method());
+  if (!authorized(request)) {
+    HttpResponse response =
+        problem(http::status::unauthorized, "unauthorized", "a valid bearer token is required");
+    response.set(http::field::www_authenticate, "Bearer");
+    return send(std::move(response), false);
   }
-  if (!core_.options().token.empty()) {
-    const std::string_view header = view(request[http::field::authorization]);
-    constexpr std::string_view kBearer = "Bearer ";
-    const bool has_bearer = header.substr(0, kBearer.size()) == kBearer;
-    if (!has_bearer || !core_.token_ok(header.substr(kBearer.size()))) {
-      HttpResponse response = problem(http::status::unauthorized, "unauthorized", "a valid bearer token is required");
-      response.set(http::field::www_authenticate, "Bearer");
-      return send(std::move(response), false);
-    }
+  if (route.kind == RouteKind::none) {
+    return send(problem(http::status::not_found, "not_found", "no such route"), false);
   }
-  if (path.size() == 1 && path[0] == "metrics" && request.method() == http::verb::get) {
-    return core_.read<LedgerStats>(
-        Metrics::Op::count, [this] { return Result<LedgerStats>(core_.ledger().stats()); },
-        reply<LedgerStats>([this](const LedgerStats& stats) {
-          return json_response(http::status::ok, core_.metrics().render(stats, core_.feed().stats()),
-                               "text/plain; version=0.0.4");
-        }));
-  }
-  if (path.empty() || path[0] != "v1") return send(problem(http::status::not_found, "not_found", "no such route"), false);
-  if (path.size() == 2 && path[1] == "events" && request.method() != http::verb::get) {
-    return send(problem(http::status::method_not_allowed, "method_not_allowed", "use GET"), false);
-  }
-  if (request.method() == http::verb::get) return route_get(*target);
-  if (request.method() == http::verb::post) return route_post(*target, request);
-  send(problem(http::status::method_not_allowed, "method_not_allowed", "use GET or POST"), false);
+  if (request.method() != route.method) return send(method_not_allowed(route.method), false);
+  if (route.kind == RouteKind::metrics) return metrics();
+  if (route.kind == RouteKind::mutation) return route_post(route, *target, request);
+  route_get(route, *target);
 }
 
-void HttpSession::route_get(const Target& target) {
+void HttpSession::health(http::verb method) {
+  if (method != http::verb::get) return send(method_not_allowed(http::verb::get), false);
+  // Serving at all means the ledger's log is open; stopping means not
+  // ready, and so does a ledger that failed a write (it refuses every
+  // request until it is reopened: restart the server).
+  if (stopping_ || core_.stopping()) {
+    return send(problem(http::status::service_unavailable, "closed", "shutting down"), false);
+  }
+  if (core_.ledger().read_only()) {
+    return send(problem(http::status::service_unavailable, "read_only",
+                        "the ledger failed a write; restart the server to reopen it"),
+                false);
+  }
+  send(json_response(http::status::ok, "{\"status\":\"ready\"}"), false);
+}
+
+bool HttpSession::authorized(const HttpRequest& request) {
+  if (core_.options().token.empty()) return true;
+  const auto token = bearer_token(view(request[http::field::authorization]));
+  return token.has_value() && core_.token_ok(*token);
+}
+
+void HttpSession::metrics() {
+  core_.read<LedgerStats>(
+      Metrics::Op::count, [this] { return Result<LedgerStats>(core_.ledger().stats()); },
+      reply<LedgerStats>([this](const LedgerStats& stats) {
+        return json_response(http::status::ok,
+                             core_.metrics().render(stats, core_.feed().stats()),
+                             "text/plain; version=0.0.4");
+      }));
+}
+
+void HttpSession::reject(const Route& route, const Status& status) {
+  if (route.op != Metrics::Op::count) {
+    core_.metrics().record(route.op, Metrics::error_slot(status.code()),
+                           steady_now_ns() - request_start_ns_);
+  }
+  send(error_response(status), false);
+}
+
+void HttpSession::route_get(const Route& route, const Target& target) {
   const std::vector<std::string>& path = target.segments;
-  if (path.size() == 2 && path[1] == "events") return events(target);
-  if (path.size() >= 3 && path.size() <= 4 && path[1] == "balances") {
-    auto at = parse_as_of_query(target.query);
-    if (!at) return send(error_response(at.status()), false);
-    if (path.size() == 4) return balance(path[2], path[3], *at);
-    return list(path[2], *at);
+  switch (route.kind) {
+    case RouteKind::events: return events(route, target);
+    case RouteKind::balance:
+    case RouteKind::list: {
+      auto at = parse_as_of_query(target.query);
+      if (!at) return reject(route, at.status());
+      // The ledger checks the names (as a mutation's).
+      if (route.kind == RouteKind::balance) return balance(path[2], path[3], *at);
+      return list(path[2], *at);
+    }
+    case RouteKind::hold_info: {
+      HoldId hold = 0;
+      Status valid = check_hold_query(target.query);
+      if (valid.ok()) valid = parse_hold_id(path[2], &hold);
+      if (!valid.ok()) return reject(route, valid);
+      return core_.hold_info(hold, reply<HoldView>(hold_response));
+    }
+    case RouteKind::none:
+    case RouteKind::health:
+    case RouteKind::metrics:
+    case RouteKind::mutation: break;
   }
-  if (path.size() == 3 && path[1] == "holds") {
-    HoldId hold = 0;
-    const Status valid = parse_hold_id(path[2], &hold);
-    if (!valid.ok()) return send(error_response(valid), false);
-    return core_.hold_info(hold, reply<HoldView>(hold_response));
-  }
-  send(problem(http::status::not_found, "not_found", "no such route"), false);
+  TALLY_ASSERT(false);  // handle() passes the read routes only
 }
 
 void HttpSession::balance(std::string subject, std::string item, std::optional<AsOf> at) {
@@ -647,10 +802,10 @@ void HttpSession::list(std::string subject, std::optional<AsOf> at) {
   core_.list(std::move(subject), at, reply<std::vector<ItemBalance>>(std::move(render)));
 }
 
-void HttpSession::events(const Target& target) {
+void HttpSession::events(const Route& route, const Target& target) {
   EventsQuery query;
   const Status parsed = parse_events_query(target.query, &query);
-  if (!parsed.ok()) return send(error_response(parsed), false);
+  if (!parsed.ok()) return reject(route, parsed);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(query.wait_ms);
   poll_events(query, deadline, query.wait_ms > 0);
 }
@@ -715,52 +870,71 @@ void HttpSession::watch_peer() {
   });
 }
 
-// Builds the Command of a POST route; `mutate` submits it.
-Status command_for(const std::vector<std::string>& path, const json::Value& body, Command* command) {
-  const std::string_view route = path.size() >= 2 ? std::string_view(path[1]) : std::string_view();
-  if (path.size() == 2 && (route == "acquire" || route == "consume" || route == "transfer")) {
-    const OpType type = route == "acquire" ? OpType::acquire
-                        : route == "consume" ? OpType::consume
-                                             : OpType::transfer;
-    TALLY_TRY(parse_op(body, type, {}, &command->op));
-  } else if (path.size() == 2 && route == "holds") {
-    TALLY_TRY(parse_op(body, OpType::hold, {}, &command->op));
-  } else if (path.size() == 4 && route == "holds" && (path[3] == "commit" || path[3] == "release")) {
-    TALLY_TRY(parse_op(body, path[3] == "commit" ? OpType::commit : OpType::release, {}, &command->op));
-    if (body.find("hold_id") != nullptr || body.find("hold_key") != nullptr) {
-      return bad("the hold is named by the path");
-    }
-    TALLY_TRY(parse_hold_id(path[2], &command->op.hold));
-  } else if (path.size() == 2 && route == "batch") {
-    TALLY_TRY(check_fields(body, {"ops", "reason", "reference", "actor"}));
+// The op of a single-op mutation route's Metrics op (match_route()).
+OpType op_type_of(Metrics::Op op) {
+  switch (op) {
+    case Metrics::Op::acquire: return OpType::acquire;
+    case Metrics::Op::consume: return OpType::consume;
+    case Metrics::Op::transfer: return OpType::transfer;
+    case Metrics::Op::hold: return OpType::hold;
+    case Metrics::Op::commit: return OpType::commit;
+    case Metrics::Op::release: return OpType::release;
+    default: break;
+  }
+  TALLY_ASSERT(false);  // not a single-op mutation route
+  return OpType::acquire;
+}
+
+// Builds the Command of the mutation route `route` from its body; `mutate`
+// submits it.
+Status command_for(const Route& route, const std::vector<std::string>& path,
+                   const json::Value& body, Command* command) {
+  if (route.op == Metrics::Op::batch) {
+    TALLY_TRY(check_fields(body, {"ops"}, kMetaFields));
     command->batch = true;
     TALLY_TRY(parse_batch_ops(body, command));
   } else {
-    return Status(ErrorCode::not_found, "no such route");
+    const OpType type = op_type_of(route.op);
+    TALLY_TRY(parse_op(body, type, kMetaFields, &command->op));
+    if (type == OpType::commit || type == OpType::release) {
+      if (body.find("hold_id") != nullptr || body.find("hold_key") != nullptr) {
+        return bad("the hold is named by the path");
+      }
+      TALLY_TRY(parse_hold_id(path[2], &command->op.hold));
+    }
   }
   return get_meta(body, &command->meta);
 }
 
-void HttpSession::route_post(const Target& target, const HttpRequest& request) {
-  const std::string_view key = view(request["Idempotency-Key"]);
-  Command command;
+// The Command of a POST to a mutation route: no query parameters, a JSON
+// object body (an empty body is {}), and an Idempotency-Key.
+Status decode_mutation(const Route& route, const Target& target, const HttpRequest& request,
+                       Command* command) {
+  TALLY_TRY(parse_query(target.query, {}).status());
   json::Value body;
   body.type = json::Value::Type::object;
   if (!request.body().empty()) {
     auto parsed = json::parse(request.body());
-    if (!parsed) return send(error_response(parsed.status()), false);
+    if (!parsed) return parsed.status();
     body = std::move(*parsed);
   }
-  if (body.type != json::Value::Type::object) return send(error_response(bad("the body must be a JSON object")), false);
-  const Status built = command_for(target.segments, body, &command);
-  if (built.code() == ErrorCode::not_found) return send(problem(http::status::not_found, "not_found", "no such route"), false);
-  if (!built.ok()) return send(error_response(built), false);
-  if (key.empty()) return send(error_response(bad("the Idempotency-Key header is required")), false);
-  command.key = std::string(key);
-  mutate(request, std::move(command));
+  if (body.type != json::Value::Type::object) return bad("the body must be a JSON object");
+  TALLY_TRY(command_for(route, target.segments, body, command));
+  const std::string_view key = view(request["Idempotency-Key"]);
+  if (key.empty()) return bad("the Idempotency-Key header is required");
+  command->key = std::string(key);
+  return Status();
 }
 
-void HttpSession::mutate(const HttpRequest&, Command command) {
+void HttpSession::route_post(const Route& route, const Target& target,
+                             const HttpRequest& request) {
+  Command command;
+  const Status decoded = decode_mutation(route, target, request, &command);
+  if (!decoded.ok()) return reject(route, decoded);
+  mutate(std::move(command));
+}
+
+void HttpSession::mutate(Command command) {
   auto self = shared_from_this();
   // The Command is moved into the Ledger; the response needs its shape only.
   Command shape;
@@ -768,7 +942,8 @@ void HttpSession::mutate(const HttpRequest&, Command command) {
   shape.op.type = command.op.type;
   core_.submit(std::move(command), [self, shape = std::move(shape)](Result<Receipt> result) {
     asio::post(self->stream_.get_executor(), [self, shape, result = std::move(result)] {
-      self->send(result ? receipt_response(shape, *result) : error_response(result.status()), false);
+      self->send(result ? receipt_response(shape, *result) : error_response(result.status()),
+                 false);
     });
   });
 }
