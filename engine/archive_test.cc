@@ -4,6 +4,8 @@
 
 #include <atomic>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <random>
 #include <thread>
@@ -500,6 +502,61 @@ TEST_CASE("a ledger whose log is gone refuses to start over beside its snapshots
   // With neither left, it is a new ledger.
   f.open();
   CHECK(f.last_seq() == 0);
+}
+
+TEST_CASE("a damaged record of the history index leaves the read to the log") {
+  Fixture f;
+  // A balance whose bytes are easy to find in the index's file.
+  constexpr std::int64_t kMarked = 0x5a5a5a5a5a5a;
+  f.open();
+  f.ok(f.ledger->acquire("a1", "alice", "gold", kMarked));
+  f.ok(f.ledger->acquire("a2", "alice", "gold", 1));
+  f.close();
+  const std::string data_path = history_dir(f.options.data_dir) + "/data.mdb";
+  std::string data;
+  {
+    std::ifstream in(data_path, std::ios::binary);
+    data.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  std::string marked(8, '\0');
+  for (int index = 0; index < 8; index++) {
+    marked[index] = static_cast<char>((kMarked >> (8 * index)) & 0xff);
+  }
+  std::size_t flipped = 0;
+  // Copy-on-write may leave stale copies in free pages; flip them all.
+  for (std::size_t at = data.find(marked); at != std::string::npos; at = data.find(marked, at + 1)) {
+    data[at] = static_cast<char>(data[at] ^ 0x01);
+    flipped++;
+  }
+  REQUIRE(flipped >= 1);
+  {
+    std::ofstream out(data_path, std::ios::binary | std::ios::trunc);
+    out.write(data.data(), static_cast<std::streamsize>(data.size()));
+  }
+  PointInTimeSource source;
+  source.data_dir = f.options.data_dir;
+  auto history = snap::HistoryStore::open(history_dir(f.options.data_dir), {.read_only = true});
+  REQUIRE(history.ok());
+  source.history = history->get();
+  source.last_seq = 2;
+  PointInTimeRead read;
+  auto balance = balance_at(source, "alice", "gold", AsOf::at_seq(1), &read);
+  REQUIRE_MESSAGE(balance.ok(), balance.status().to_string());
+  CHECK(balance->available == kMarked);
+  CHECK(read.path == PointInTimePath::replay);
+  CHECK(read.index_damage.code() == ErrorCode::corrupt);
+  PointInTimeRead listed;
+  auto items = list_at(source, "alice", AsOf::at_seq(1), &listed);
+  REQUIRE(items.ok());
+  REQUIRE(items->size() == 1);
+  CHECK((*items)[0].balance.available == kMarked);
+  CHECK(listed.index_damage.code() == ErrorCode::corrupt);
+  // Through the ledger too (one process opens an LMDB environment once).
+  history->reset();
+  f.open();
+  auto through = f.ledger->balance("alice", "gold", AsOf::at_seq(1));
+  REQUIRE(through.ok());
+  CHECK(through->available == kMarked);
 }
 
 TEST_CASE("the history is flushed at once for a reader waiting for it, not only on the interval") {

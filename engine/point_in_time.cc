@@ -50,7 +50,18 @@ Result<std::unique_ptr<proj::State>> replay_to(const PointInTimeSource& source, 
 }
 
 void note(PointInTimeRead* read, std::uint64_t seq, PointInTimePath path) {
-  if (read != nullptr) *read = PointInTimeRead{seq, path};
+  if (read != nullptr) {
+    read->seq = seq;
+    read->path = path;
+  }
+}
+
+// Whether a failed read of the index leaves the log to answer: the index
+// is a projection, so a damaged record of it (corrupt) does.
+bool log_answers(const Status& index_failure, PointInTimeRead* read) {
+  if (index_failure.code() != ErrorCode::corrupt) return false;
+  if (read != nullptr) read->index_damage = index_failure;
+  return true;
 }
 
 }  // namespace
@@ -70,11 +81,13 @@ Result<Balance> balance_at(const PointInTimeSource& source, std::string_view sub
   TALLY_TRY(check_seq(source, at));
   if (history_covers(source, at)) {
     auto seq = index_seq(source, at);
-    if (!seq) return seq.status();
-    auto balance = source.history->balance_at(subject, item, *seq);
-    if (!balance) return balance.status();
-    note(read, *seq, PointInTimePath::history);
-    return to_balance(*balance);
+    auto balance = seq ? source.history->balance_at(subject, item, *seq)
+                       : Result<proj::Balance>(seq.status());
+    if (balance) {
+      note(read, *seq, PointInTimePath::history);
+      return to_balance(*balance);
+    }
+    if (!log_answers(balance.status(), read)) return balance.status();
   }
   auto state = replay_to(source, at);
   if (!state) return state.status();
@@ -91,10 +104,13 @@ Result<std::vector<ItemBalance>> list_at(const PointInTimeSource& source, std::s
   };
   if (history_covers(source, at)) {
     auto seq = index_seq(source, at);
-    if (!seq) return seq.status();
-    TALLY_TRY(source.history->list_at(subject, *seq, add));
-    note(read, *seq, PointInTimePath::history);
-    return items;
+    const Status listed = seq ? source.history->list_at(subject, *seq, add) : seq.status();
+    if (listed.ok()) {
+      note(read, *seq, PointInTimePath::history);
+      return items;
+    }
+    if (!log_answers(listed, read)) return listed;
+    items.clear();
   }
   auto state = replay_to(source, at);
   if (!state) return state.status();

@@ -47,10 +47,16 @@ enum class PointInTimePath : std::uint8_t { history, replay };
 struct PointInTimeRead {
   std::uint64_t seq = 0;  // the point resolved to a seq (0: before the first event)
   PointInTimePath path = PointInTimePath::replay;
+  // Not ok: the index covered the point but a record of it was damaged
+  // (corrupt); the answer came from the log instead.
+  Status index_damage;
 };
 
 // Each returns invalid for a seq past source.last_seq. `read` (optional)
-// receives the seq the point resolved to and the path taken.
+// receives the seq the point resolved to and the path taken. balance_at
+// and list_at answer from the log where an index record they read is
+// damaged; for_each_at, which has visited balances by then, returns the
+// corrupt Status.
 Result<Balance> balance_at(const PointInTimeSource& source, std::string_view subject,
                            std::string_view item, AsOf at, PointInTimeRead* read = nullptr);
 // Non-zero balances of a subject, items sorted bytewise.

@@ -151,6 +151,15 @@ void note_history_not_used(const HistoryIndex& index) {
                why.c_str());
 }
 
+// A read answered from the log because a record of the index was damaged.
+void note_index_damage(const PointInTimeRead& read) {
+  if (read.index_damage.ok()) return;
+  std::fprintf(stderr,
+               "tally: the history index is damaged (%s); answered from the log instead. "
+               "`tally history --rebuild` rebuilds it\n",
+               read.index_damage.to_string().c_str());
+}
+
 Result<HistoryIndex> open_history_index(const std::string& data_dir) {
   HistoryIndex index = open_history_store(data_dir);
   TALLY_TRY(check_history_chain(data_dir, &index));
@@ -315,9 +324,11 @@ int run_balance(const Args& args) {
   if (at->has_value()) {
     auto run = open_run(*data);
     if (!run) return failure(run.status());
-    auto read = balance_at(run->data->source, subject, item, **at);
+    PointInTimeRead how;
+    auto read = balance_at(run->data->source, subject, item, **at, &how);
     run->progress->finish();
     if (!read) return failure(read.status());
+    note_index_damage(how);
     balance = *read;
   } else {
     auto loaded = load_state(*data);
@@ -351,9 +362,11 @@ int run_list(const Args& args) {
   if (at->has_value()) {
     auto run = open_run(*data);
     if (!run) return failure(run.status());
-    auto items = list_at(run->data->source, subject, **at);
+    PointInTimeRead how;
+    auto items = list_at(run->data->source, subject, **at, &how);
     run->progress->finish();
     if (!items) return failure(items.status());
+    note_index_damage(how);
     for (const ItemBalance& one : *items) {
       printer.line(subject, one.item, one.balance.available, one.balance.held, false);
     }
