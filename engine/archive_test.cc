@@ -80,6 +80,15 @@ std::unique_ptr<proj::State> brute_force(const std::string& data_dir, std::uint6
   return std::move(replayed->state);
 }
 
+// The seq the history index of a closed ledger is flushed to.
+std::uint64_t indexed_seq(const std::string& data_dir) {
+  auto history = snap::HistoryStore::open(history_dir(data_dir), {});
+  REQUIRE(history.ok());
+  auto position = (*history)->position();
+  REQUIRE(position.ok());
+  return position->seq;
+}
+
 std::vector<snap::SnapshotInfo> list_snapshots(const std::string& data_dir) {
   auto store = snap::SnapshotStore::open(snapshot_dir(data_dir), {});
   REQUIRE(store.ok());
@@ -431,11 +440,7 @@ TEST_CASE("a ledger closed right after its writes leaves a history index at its 
     }
     const std::uint64_t last = f.last_seq();
     f.close();
-    auto history = snap::HistoryStore::open(history_dir(f.options.data_dir), {});
-    REQUIRE(history.ok());
-    auto position = (*history)->position();
-    REQUIRE(position.ok());
-    CHECK(position->seq == last);
+    CHECK(indexed_seq(f.options.data_dir) == last);
   }
 }
 
@@ -459,11 +464,7 @@ TEST_CASE("a ledger sets damaged snapshot and history files aside and rebuilds f
   for (const std::string& dir : {snapshot_dir(f.options.data_dir), history_dir(f.options.data_dir)}) {
     CHECK(std::filesystem::exists(dir + ".damaged/data.mdb"));
   }
-  auto history = snap::HistoryStore::open(history_dir(f.options.data_dir), {});
-  REQUIRE(history.ok());
-  auto position = (*history)->position();
-  REQUIRE(position.ok());
-  CHECK(position->seq == last);
+  CHECK(indexed_seq(f.options.data_dir) == last);
 }
 
 TEST_CASE("events logged before the open count towards the next snapshot, with no write after") {

@@ -1,25 +1,17 @@
 // Server, HTTP API, binary protocol and Client, against a real server on
 // ephemeral 127.0.0.1 ports. No timed assertions: tests wait for events
-// (answers, closed connections), never for durations.
+// (answers, closed connections), never for durations. The fixture and the
+// HTTP helpers are engine/server_fixture.h's.
 #include "engine/server.h"
 
 #include <doctest.h>
 
 #include <atomic>
-#include <boost/asio.hpp>
-// GCC 12 reports a false maybe-uninitialized inside Beast's parser
-// (boost::optional in basic_parser.hpp) once sanitizers change inlining;
-// the diagnostic is attributed to these headers, so it is silenced for them
-// alone.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
 #include <capnp/message.h>
 #include <capnp/serialize.h>
-#pragma GCC diagnostic pop
 #include <condition_variable>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -31,6 +23,7 @@
 #include "engine/json.h"
 #include "engine/protocol.capnp.h"
 #include "engine/replay.h"
+#include "engine/server_fixture.h"
 #include "engine/wire.h"
 #include "log/event.h"
 #include "log/faulty_file.h"
@@ -41,144 +34,7 @@
 namespace tally {
 namespace {
 
-namespace asio = boost::asio;
-namespace beast = boost::beast;
-namespace http = beast::http;
-using tcp = asio::ip::tcp;
-
 constexpr std::int64_t kMinuteNs = 60ll * 1'000'000'000;
-
-// "p3-17". Built by appending: g++ 12 warns (-Wrestrict, a false positive)
-// about "literal" + std::to_string(...) once inlined.
-std::string key_of(std::string_view prefix, int first, int second) {
-  std::string key(prefix);
-  key += std::to_string(first);
-  key += '-';
-  key += std::to_string(second);
-  return key;
-}
-
-// A ledger and a server on ephemeral ports, restartable on the same data.
-struct Fixture {
-  testing::TempDir dir;
-  std::unique_ptr<Ledger> ledger;
-  std::unique_ptr<Server> server;
-  ServerOptions options;
-  std::uint64_t segment_size_bytes = log::kSegmentSizeBytesDefault;
-  Durability durability = Durability::none;
-  log::FileSystem* fs = nullptr;  // nullptr: POSIX
-  std::mutex log_mu;
-  std::vector<std::string> logs;
-
-  explicit Fixture(std::string token = {}) {
-    options.binary_listen = "127.0.0.1:0";
-    options.http_listen = "127.0.0.1:0";
-    // Connections served on two threads whatever the machine has: the
-    // strands' work is part of what these tests cover.
-    options.io_threads = 2;
-    options.token = std::move(token);
-    options.log = [this](std::string_view line) {
-      std::lock_guard<std::mutex> guard(log_mu);
-      logs.emplace_back(line);
-    };
-    start();
-  }
-  ~Fixture() { stop(); }
-
-  void start() {
-    LedgerOptions ledger_options;
-    ledger_options.data_dir = dir.sub("data");
-    ledger_options.durability = durability;
-    ledger_options.fs = fs;
-    ledger_options.segment_size_bytes = segment_size_bytes;
-    auto opened = Ledger::open(ledger_options);
-    REQUIRE(opened.ok());
-    ledger = std::move(*opened);
-    auto started = Server::start(ledger.get(), options);
-    REQUIRE(started.ok());
-    server = std::move(*started);
-  }
-  void stop() {
-    if (server) server->stop();
-    server.reset();
-    if (ledger) CHECK(ledger->close().ok());
-    ledger.reset();
-  }
-  bool logged(std::string_view fragment) {
-    std::lock_guard<std::mutex> guard(log_mu);
-    for (const auto& line : logs) {
-      if (line.find(fragment) != std::string::npos) return true;
-    }
-    return false;
-  }
-  std::unique_ptr<Client> client(ClientOptions client_options = {}) {
-    client_options.address = "127.0.0.1:" + std::to_string(server->binary_port());
-    if (client_options.token.empty()) client_options.token = options.token;
-    auto connected = Client::connect(client_options);
-    REQUIRE(connected.ok());
-    return std::move(*connected);
-  }
-};
-
-struct Reply {
-  unsigned status = 0;
-  std::string body;
-  std::map<std::string, std::string> headers;
-  json::Value json() const {
-    auto parsed = json::parse(body);
-    REQUIRE(parsed.ok());
-    return *parsed;
-  }
-  std::int64_t integer(std::string_view field) const {
-    std::int64_t value = -1;
-    const json::Value parsed = json();
-    const json::Value* member = parsed.find(field);
-    REQUIRE(member != nullptr);
-    CHECK(json::to_int64(*member, &value));
-    return value;
-  }
-  std::string string(std::string_view field) const {
-    const json::Value parsed = json();
-    const json::Value* member = parsed.find(field);
-    REQUIRE(member != nullptr);
-    return member->text;
-  }
-};
-
-// One HTTP request on a fresh connection.
-Reply http_call(std::uint16_t port, http::verb method, std::string target, std::string body = {},
-                std::map<std::string, std::string> headers = {}) {
-  asio::io_context io;
-  beast::tcp_stream stream(io);
-  stream.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
-  http::request<http::string_body> request(method, target, 11);
-  request.set(http::field::host, "127.0.0.1");
-  for (const auto& [name, value] : headers) request.set(name, value);
-  if (!body.empty()) request.set(http::field::content_type, "application/json");
-  request.body() = std::move(body);
-  request.prepare_payload();
-  http::write(stream, request);
-  beast::flat_buffer buffer;
-  http::response<http::string_body> response;
-  http::read(stream, buffer, response);
-  Reply reply;
-  reply.status = response.result_int();
-  reply.body = response.body();
-  for (const auto& field : response) {
-    reply.headers[std::string(field.name_string())] = std::string(field.value());
-  }
-  beast::error_code ignored;
-  stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
-  return reply;
-}
-
-Reply post(std::uint16_t port, std::string target, std::string body, std::string key) {
-  std::map<std::string, std::string> headers;
-  if (!key.empty()) headers["Idempotency-Key"] = key;
-  return http_call(port, http::verb::post, std::move(target), std::move(body), headers);
-}
-
-Reply get(std::uint16_t port, std::string target) { return http_call(port, http::verb::get, std::move(target)); }
 
 // Each event of the data directory's log as `tally log --json` prints it.
 std::vector<std::string> log_json(const std::string& data_dir) {
@@ -195,15 +51,6 @@ std::vector<std::string> log_json(const std::string& data_dir) {
     REQUIRE(decoder.decode(record.payload, &event).ok());
     append_event(event, EventFormat::json, &out.emplace_back());
   }
-}
-
-// The value of a metric line "name value" in /metrics, or -1.
-std::int64_t metric(std::uint16_t port, std::string_view name) {
-  const std::string body = get(port, "/metrics").body;
-  const std::string prefix = "\n" + std::string(name) + " ";
-  const std::size_t at = body.find(prefix);
-  if (at == std::string::npos) return -1;
-  return std::stoll(body.substr(at + prefix.size()));
 }
 
 // Waits (without a clock) until `count` readers wait for a commit.
@@ -305,6 +152,18 @@ std::vector<std::uint64_t> seq_range(std::uint64_t first, std::uint64_t last) {
 
 // Writes `bytes` on a raw connection and reads until the server closes it.
 // Returns what was read before the close.
+// Requests with ids 1..count, each filled in by `fill`, framed back to back.
+std::string burst_of(std::uint64_t count, const std::function<void(wire::Request*)>& fill) {
+  std::string burst;
+  for (std::uint64_t id = 1; id <= count; id++) {
+    wire::Request request;
+    request.id = id;
+    fill(&request);
+    burst += wire::encode_request(request);
+  }
+  return burst;
+}
+
 std::string send_raw_until_closed(std::uint16_t port, const std::string& bytes) {
   asio::io_context io;
   tcp::socket socket(io);
@@ -1210,14 +1069,10 @@ TEST_CASE("binary: a peer pipelining far ahead of its reading gets every answer"
   tcp::socket socket(io);
   socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), fx.server->binary_port()));
   constexpr std::uint64_t kRequests = 5000;
-  std::string burst;
-  for (std::uint64_t id = 1; id <= kRequests; id++) {
-    wire::Request request;
-    request.id = id;
-    request.kind = wire::Request::Kind::hold_info;
-    request.hold = id;
-    burst += wire::encode_request(request);
-  }
+  const std::string burst = burst_of(kRequests, [](wire::Request* request) {
+    request->kind = wire::Request::Kind::hold_info;
+    request->hold = request->id;
+  });
   // Sent from another thread: the server reads it only as fast as this
   // thread takes the answers.
   std::thread sender([&] { asio::write(socket, asio::buffer(burst)); });
@@ -1238,16 +1093,12 @@ TEST_CASE("binary: a stop mid-pipeline answers every request it applied, then en
   tcp::socket socket(io);
   socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), fx.server->binary_port()));
   constexpr std::uint64_t kRequests = 20000;
-  std::string burst;
-  for (std::uint64_t id = 1; id <= kRequests; id++) {
-    wire::Request request;
-    request.id = id;
-    request.kind = wire::Request::Kind::mutation;
-    request.command.key = "m";
-    request.command.key += std::to_string(id);
-    request.command.op = OpRequest::acquire("s", "i", 1);
-    burst += wire::encode_request(request);
-  }
+  const std::string burst = burst_of(kRequests, [](wire::Request* request) {
+    request->kind = wire::Request::Kind::mutation;
+    request->command.key = "m";
+    request->command.key += std::to_string(request->id);
+    request->command.op = OpRequest::acquire("s", "i", 1);
+  });
   // The peer keeps sending while the server stops: what the server has not
   // read when it stops gets no answer, and must not cost the answers sent.
   std::thread sender([&] {

@@ -1,0 +1,338 @@
+// The HTTP API's contract (docs/http-api.md) where an audit found it loose:
+// point-in-time parameters of holds, audit fields inside batch ops, 405 and
+// Allow, strict JSON, capped feed parameters, names in read paths, metrics
+// of refused requests, the bearer scheme's case, and hold_key. Against a
+// real server on ephemeral 127.0.0.1 ports (engine/server_fixture.h); no
+// timed assertions.
+#include <doctest.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "engine/json.h"
+#include "engine/server.h"
+#include "engine/server_fixture.h"
+
+namespace tally {
+namespace {
+
+std::uint64_t next_seq(std::uint16_t port) {
+  return static_cast<std::uint64_t>(metric(port, "tally_next_seq"));
+}
+
+std::vector<json::Value> events_of(const Reply& answer) {
+  REQUIRE(answer.status == 200);
+  const json::Value page = answer.json();
+  const json::Value* events = page.find("events");
+  REQUIRE(events != nullptr);
+  return events->items;
+}
+
+// An answer refusing the request as invalid: 400, problem code "invalid".
+// A macro, so that a failure names the test's line rather than a helper's.
+#define CHECK_INVALID(reply)           \
+  do {                                 \
+    const Reply& reply_ = (reply);     \
+    CHECK(reply_.status == 400);       \
+    CHECK(reply_.code() == "invalid"); \
+  } while (0)
+
+constexpr std::string_view kAcquire = R"({"subject":"berlin","item":"sku","qty":5})";
+
+TEST_CASE("http api: GET /v1/holds/{id} refuses at_seq, at_time and unknown parameters") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  REQUIRE(post(port, "/v1/acquire", std::string(kAcquire), "a1").status == 200);
+  const Reply held =
+      post(port, "/v1/holds", R"({"subject":"berlin","item":"sku","qty":2,"ttl_ms":60000})",
+           "h1");
+  REQUIRE(held.status == 200);
+  const std::string hold = "/v1/holds/" + std::to_string(held.integer("hold_id"));
+  CHECK(get(port, hold).status == 200);
+  // The engine has no read of a hold as of a point: an answer about now
+  // must not pass for one about then.
+  for (const std::string query : {"?at_seq=1", "?at_time=2026-03-31T23:59:59Z", "?at_time=1",
+                                  "?verbose=1", "?at_seq=1&at_time=1", "?%zz"}) {
+    CAPTURE(query);
+    const Reply answer = get(port, hold + query);
+    CHECK_INVALID(answer);
+  }
+  CHECK(get(port, hold + "?").status == 200);  // an empty query is no parameter
+
+  // Mutations take no query parameter either; nothing is written.
+  const std::uint64_t before = next_seq(port);
+  const Reply dry = post(port, "/v1/acquire?dry_run=1", std::string(kAcquire), "a2");
+  CHECK_INVALID(dry);
+  CHECK(next_seq(port) == before);
+}
+
+TEST_CASE("http api: audit fields belong to the batch, not to its ops") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  const std::uint64_t before = next_seq(port);
+  for (const std::string field : {"reason", "reference", "actor"}) {
+    CAPTURE(field);
+    const std::string body = R"({"ops":[{"op":"acquire","subject":"s","item":"i","qty":1,")" +
+                             field + R"(":"restock"}]})";
+    const Reply answer = post(port, "/v1/batch", body, "b-" + field);
+    CHECK_INVALID(answer);
+    CHECK(answer.json().find("detail")->text.find("unknown field") != std::string::npos);
+  }
+  CHECK(next_seq(port) == before);  // nothing written
+
+  // At the top level they are stored in the batch's event.
+  const Reply batch = post(port, "/v1/batch",
+                            R"({"reason":"restock","reference":"PO-9","actor":"ann",
+                                "ops":[{"op":"acquire","subject":"s","item":"i","qty":1}]})",
+                            "b-top");
+  REQUIRE(batch.status == 200);
+  const auto events = events_of(get(port, "/v1/events?from_seq=" + std::to_string(before)));
+  REQUIRE(events.size() == 1);
+  const json::Value* meta = events[0].find("meta");
+  REQUIRE(meta != nullptr);
+  CHECK(meta->find("reason")->text == "restock");
+  CHECK(meta->find("reference")->text == "PO-9");
+  CHECK(meta->find("actor")->text == "ann");
+}
+
+TEST_CASE("http api: a method a route does not answer is 405 with Allow") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  struct Case {
+    http::verb method;
+    std::string target;
+    std::string allow;
+  };
+  const std::vector<Case> cases = {
+      {http::verb::get, "/v1/acquire", "POST"},
+      {http::verb::get, "/v1/consume", "POST"},
+      {http::verb::put, "/v1/transfer", "POST"},
+      {http::verb::get, "/v1/batch", "POST"},
+      {http::verb::get, "/v1/holds", "POST"},
+      {http::verb::get, "/v1/holds/5/commit", "POST"},
+      {http::verb::delete_, "/v1/holds/5/release", "POST"},
+      {http::verb::post, "/v1/holds/5", "GET"},
+      {http::verb::post, "/v1/balances/a/b", "GET"},
+      {http::verb::delete_, "/v1/balances/a", "GET"},
+      {http::verb::post, "/v1/events", "GET"},
+      {http::verb::post, "/metrics", "GET"},
+      {http::verb::post, "/health", "GET"},
+      {http::verb::delete_, "/v1/acquire", "POST"},
+  };
+  for (const Case& test : cases) {
+    CAPTURE(test.target);
+    CAPTURE(http::to_string(test.method));
+    const Reply answer = http_call(port, test.method, test.target);
+    CHECK(answer.status == 405);
+    CHECK(answer.code() == "method_not_allowed");
+    CHECK(answer.header("Allow") == test.allow);
+  }
+  // No route at all is still 404, whatever the method.
+  for (const http::verb method : {http::verb::get, http::verb::post}) {
+    for (const std::string target : {"/v1/nope", "/v2/acquire", "/v1/holds/5/undo", "/"}) {
+      CAPTURE(target);
+      const Reply answer = http_call(port, method, target);
+      CHECK(answer.status == 404);
+      CHECK(answer.code() == "not_found");
+      CHECK(answer.header("Allow").empty());
+    }
+  }
+  // An answer to HEAD would carry a body it must not send: the connection
+  // is closed after it, so that no client reads the body as an answer.
+  const Reply head = http_call(port, http::verb::head, "/health");
+  CHECK(head.status == 405);
+  CHECK(head.header("Allow") == "GET");
+  CHECK(head.header("Connection") == "close");
+}
+
+TEST_CASE("http api: JSON with a repeated member or a leading zero is malformed") {
+  for (const std::string_view text :
+       {R"({"a":1,"a":1})", R"({"a":1,"b":{"c":1,"c":2}})", R"([{"x":"a","x":"b"}])", "01",
+        "-01", "00", "[1,02]", "1.", ".5", "-", "+1", "1e", "1e+", "1.5e", "--1", "0x10", "1-2"}) {
+    CAPTURE(text);
+    const auto parsed = json::parse(text);
+    REQUIRE_FALSE(parsed.ok());
+    CHECK(parsed.code() == ErrorCode::invalid);
+    CHECK(parsed.status().message().find("malformed JSON") != std::string::npos);
+  }
+  for (const std::string_view text : {"0", "-0", "10", "1.5", "0.25", "-1.5E-3", "1e5", "2E+2",
+                                      R"({"a":1,"b":1})", R"([{"a":1},{"a":2}])"}) {
+    CAPTURE(text);
+    CHECK(json::parse(text).ok());
+  }
+
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  const std::uint64_t before = next_seq(port);
+  for (const std::string body :
+       {R"({"subject":"a","subject":"b","item":"i","qty":1})",
+        R"({"subject":"a","item":"i","qty":01})", R"({"subject":"a","item":"i","qty":-01})",
+        R"({"ops":[{"op":"acquire","op":"consume","subject":"a","item":"i","qty":1}]})"}) {
+    CAPTURE(body);
+    const std::string route = body.find("ops") != std::string::npos ? "/v1/batch" : "/v1/acquire";
+    const Reply answer = post(port, route, body, "k");
+    CHECK_INVALID(answer);
+  }
+  CHECK(next_seq(port) == before);
+}
+
+TEST_CASE("http api: limit and wait_ms of any size are capped; non-digits are 400") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  // More events than one answer may hold, small enough that the answer's
+  // byte bound is not what stops it.
+  for (int index = 0; index < 1001; index++) {
+    REQUIRE(fx.ledger->acquire(key_of("k", index, 0), "s", "i", 1).ok());
+  }
+  const auto capped = events_of(get(port, "/v1/events?limit=1000"));
+  CHECK(capped.size() == 1000);
+  for (const std::string& limit :
+       std::vector<std::string>{"1001", "4294967296", "18446744073709551616",
+                                "99999999999999999999", std::string(300, '9')}) {
+    CAPTURE(limit);
+    const Reply answer = get(port, "/v1/events?limit=" + limit);
+    CHECK(events_of(answer).size() == 1000);
+    CHECK(answer.integer("next_seq") == 1001);
+  }
+  // wait_ms likewise (events are there: the poll answers at once).
+  CHECK(events_of(get(port, "/v1/events?wait_ms=99999999999999999999&limit=1")).size() == 1);
+  for (const std::string target :
+       {"/v1/events?limit=-1", "/v1/events?limit=99999999999999999999x", "/v1/events?limit=1e3",
+        "/v1/events?limit=+5", "/v1/events?limit=", "/v1/events?limit=0", "/v1/events?limit=000",
+        "/v1/events?wait_ms=-99999999999999999999", "/v1/events?wait_ms=1.5"}) {
+    CAPTURE(target);
+    const Reply answer = get(port, target);
+    CHECK_INVALID(answer);
+  }
+}
+
+TEST_CASE("http api: read paths refuse the names mutations refuse, with the same answer") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  const Reply mutation =
+      post(port, "/v1/acquire", R"({"subject":"a\u0000b","item":"g","qty":1})", "nul");
+  REQUIRE(mutation.status == 400);
+  REQUIRE(mutation.code() == "invalid");
+  const std::string long_name(256, 'x');
+  for (const std::string& target : std::vector<std::string>{
+           "/v1/balances/a%00b/g", "/v1/balances/a/g%00", "/v1/balances/%00", "/v1/balances/a%00b",
+        "/v1/balances/a%00b/g?at_seq=0", "/v1/balances/" + long_name + "/g",
+        "/v1/balances/a/" + long_name, "/v1/balances/" + long_name, "/v1/balances//g"}) {
+    CAPTURE(target);
+    const Reply answer = get(port, target);
+    CHECK(answer.status == mutation.status);
+    CHECK(answer.code() == mutation.code());
+  }
+  const Reply nul = get(port, "/v1/balances/a%00b/g");
+  CHECK(nul.json().find("detail")->text == "subject contains NUL");
+  CHECK(get(port, "/v1/balances/a/g").status == 200);
+}
+
+TEST_CASE("http api: requests refused while decoding count in the metrics as invalid") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  const auto ops = [&](std::string_view op) {
+    return metric(port, "tally_ops_total{op=\"" + std::string(op) + "\",outcome=\"invalid\"}");
+  };
+  const auto latency_count = [&](std::string_view op) {
+    return metric(port, "tally_request_duration_seconds_count{op=\"" + std::string(op) + "\"}");
+  };
+  CHECK(post(port, "/v1/acquire", "{not json", "k1").status == 400);
+  CHECK(post(port, "/v1/acquire", R"({"subject":"a","item":"b","qty":"1"})", "k2").status ==
+        400);
+  CHECK(post(port, "/v1/acquire", R"({"subject":"a","item":"b"})", "k3").status == 400);
+  CHECK(post(port, "/v1/acquire", R"({"subject":"a","item":"b","qty":1,"x":1})", "k4")
+            .status == 400);
+  CHECK(post(port, "/v1/acquire", std::string(kAcquire), "").status == 400);  // no key
+  CHECK(ops("acquire") == 5);
+  CHECK(latency_count("acquire") == 5);
+  // The ledger's own refusal (an empty subject) is counted as before.
+  CHECK(post(port, "/v1/acquire", R"({"subject":"","item":"b","qty":1})", "k5").status == 400);
+  CHECK(ops("acquire") == 6);
+
+  CHECK(post(port, "/v1/transfer", "[]", "k6").status == 400);
+  CHECK(post(port, "/v1/holds", R"({"subject":"a","item":"b","qty":1})", "k7").status == 400);
+  CHECK(post(port, "/v1/holds/x/commit", "{}", "k8").status == 400);
+  CHECK(post(port, "/v1/holds/5/release", R"({"hold_id":5})", "k9").status == 400);
+  CHECK(post(port, "/v1/batch", R"({"ops":{}})", "k10").status == 400);
+  CHECK(get(port, "/v1/balances/a%00/b").status == 400);
+  CHECK(get(port, "/v1/balances/a?at_seq=x").status == 400);
+  CHECK(get(port, "/v1/holds/x").status == 400);
+  CHECK(get(port, "/v1/events?limit=x").status == 400);
+  for (const std::string_view op :
+       {"transfer", "hold", "commit", "release", "batch", "balance", "list", "hold_info",
+        "events"}) {
+    CAPTURE(op);
+    CHECK(ops(op) == 1);
+    CHECK(latency_count(op) == 1);
+  }
+  // A request of no route, or of a route it used the wrong method on, is
+  // no request of an op.
+  CHECK(post(port, "/v1/nope", "{}", "k11").status == 404);
+  CHECK(get(port, "/v1/acquire").status == 405);
+  CHECK(ops("acquire") == 6);
+  CHECK(latency_count("acquire") == 6);
+}
+
+TEST_CASE("http api: the bearer scheme's name is case-insensitive") {
+  Fixture fx("s3cret");
+  const std::uint16_t port = fx.server->http_port();
+  const auto status = [&](std::string authorization) {
+    return http_call(port, http::verb::get, "/v1/balances/a/b", {},
+                {{"Authorization", std::move(authorization)}})
+        .status;
+  };
+  for (const std::string header : {"Bearer s3cret", "bearer s3cret", "BEARER s3cret",
+                                   "bEaReR s3cret", "Bearer   s3cret"}) {
+    CAPTURE(header);
+    CHECK(status(header) == 200);
+  }
+  for (const std::string header : {"bearer wrong", "Bearers3cret", "Bearerx s3cret",
+                                   "Basic s3cret", "bearer", "bearer ", "s3cret", "beare s3cret"}) {
+    CAPTURE(header);
+    CHECK(status(header) == 401);
+  }
+}
+
+TEST_CASE("http api: hold_key names a hold made by POST /v1/holds; a batch's key names none") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  REQUIRE(post(port, "/v1/acquire", std::string(kAcquire), "stock").status == 200);
+  // As docs/http-api.md's checkout: two holds reserved by one batch...
+  const Reply reserved = post(port, "/v1/batch", R"({"ops":[
+      {"op":"hold","subject":"berlin","item":"sku","qty":1,"ttl_ms":900000},
+      {"op":"hold","subject":"berlin","item":"sku","qty":1,"ttl_ms":900000}]})",
+                               "order-7/reserve");
+  REQUIRE(reserved.status == 200);
+  const auto ids = reserved.json().find("hold_ids")->items;
+  REQUIRE(ids.size() == 2);
+  // ...are not named by the batch's key: its holds have ids of their own.
+  const Reply by_batch_key = post(port, "/v1/batch",
+                                   R"({"ops":[{"op":"commit","hold_key":"order-7/reserve"}]})",
+                                   "order-7/pay-by-key");
+  CHECK(by_batch_key.status == 404);
+  CHECK(by_batch_key.code() == "hold_unknown");
+  // By their ids, as decimal strings, both at once.
+  const Reply paid = post(port, "/v1/batch",
+                           R"({"ops":[{"op":"commit","hold_id":")" + ids[0].text +
+                               R"("},{"op":"commit","hold_id":")" + ids[1].text + R"("}]})",
+                           "order-7/pay");
+  CHECK(paid.status == 200);
+
+  // A hold made on its own is named by the key of its request.
+  REQUIRE(post(port, "/v1/holds", R"({"subject":"berlin","item":"sku","qty":1,"ttl_ms":900000})",
+               "order-8/reserve")
+              .status == 200);
+  const Reply by_key = post(port, "/v1/batch",
+                             R"({"ops":[{"op":"commit","hold_key":"order-8/reserve"}]})",
+                             "order-8/pay");
+  CHECK(by_key.status == 200);
+  const Reply balance = get(port, "/v1/balances/berlin/sku");
+  CHECK(balance.integer("available") == 2);
+  CHECK(balance.integer("held") == 0);
+}
+
+}  // namespace
+}  // namespace tally
