@@ -142,7 +142,7 @@ Status Client::Impl::connect_locked() {
     status = connect_once_locked();
     if (status.ok() || status.code() == ErrorCode::invalid) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(backoff_ms));
-    backoff_ms *= 2;
+    backoff_ms = std::min(backoff_ms * 2, std::max(options.retry_backoff_max_ms, backoff_ms));
   }
   if (closing) return Status(ErrorCode::closed, "the client is closed");
   if (!status.ok()) return status;

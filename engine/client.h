@@ -53,8 +53,11 @@ namespace tally {
 struct ClientOptions {
   std::string address = "127.0.0.1:7420";  // HOST:PORT, HOST an IP address
   std::string token;                        // the server's token, if it has one
-  int retries_max = 5;                      // reconnects a request survives
+  // Reconnects a request survives. With the waits below, about 5 s in all:
+  // enough to ride out a server restart (the reopen of a large ledger).
+  int retries_max = 10;
   std::int64_t retry_backoff_ms = 20;       // first wait; doubles each attempt
+  std::int64_t retry_backoff_max_ms = 1000; // up to this
   std::size_t frame_bytes_max = wire::kFrameBytesMaxDefault;
   std::size_t inflight_max = 1024;          // submit() waits beyond it
 };
