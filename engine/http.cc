@@ -507,19 +507,6 @@ Result<std::optional<AsOf>> parse_as_of_query(std::string_view query) {
   return std::optional<AsOf>(AsOf::at_time(time_ns));
 }
 
-// GET /v1/holds/{id} takes no parameter. The engine has no read of a hold
-// as of a seq or a time (engine/point_in_time.h reads balances only), so
-// at_seq and at_time are refused rather than ignored: an answer about now
-// must not pass for one about then.
-Status check_hold_query(std::string_view query) {
-  auto params = parse_query(query, {"at_seq", "at_time"});
-  if (!params) return params.status();
-  if (!params->empty()) {
-    return bad("holds have no point-in-time read: at_seq and at_time are for balances only");
-  }
-  return Status();
-}
-
 // One answer of GET /v1/events: {"events":[...],"next_seq":N}, each event
 // the object `tally log --json` prints for it.
 struct EventsPage {
@@ -761,10 +748,11 @@ void HttpSession::route_get(const Route& route, const Target& target) {
     }
     case RouteKind::hold_info: {
       HoldId hold = 0;
-      Status valid = check_hold_query(target.query);
-      if (valid.ok()) valid = parse_hold_id(path[2], &hold);
+      auto at = parse_as_of_query(target.query);
+      if (!at) return reject(route, at.status());
+      const Status valid = parse_hold_id(path[2], &hold);
       if (!valid.ok()) return reject(route, valid);
-      return core_.hold_info(hold, reply<HoldView>(hold_response));
+      return core_.hold_info(hold, *at, reply<HoldView>(hold_response));
     }
     case RouteKind::none:
     case RouteKind::health:

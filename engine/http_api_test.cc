@@ -1,6 +1,6 @@
 // The HTTP API's contract (docs/http-api.md) where an audit found it loose:
-// point-in-time parameters of holds, audit fields inside batch ops, 405 and
-// Allow, strict JSON, capped feed parameters, names in read paths, metrics
+// holds as of a point, unknown parameters, audit fields inside batch ops,
+// 405 and Allow, strict JSON, capped feed parameters, names in read paths, metrics
 // of refused requests, the bearer scheme's case, and hold_key. Against a
 // real server on ephemeral 127.0.0.1 ports (engine/server_fixture.h); no
 // timed assertions.
@@ -41,7 +41,7 @@ std::vector<json::Value> events_of(const Reply& answer) {
 
 constexpr std::string_view kAcquire = R"({"subject":"berlin","item":"sku","qty":5})";
 
-TEST_CASE("http api: GET /v1/holds/{id} refuses at_seq, at_time and unknown parameters") {
+TEST_CASE("http api: GET /v1/holds/{id} as of a seq or a time; unknown parameters refused") {
   Fixture fx;
   const std::uint16_t port = fx.server->http_port();
   REQUIRE(post(port, "/v1/acquire", std::string(kAcquire), "a1").status == 200);
@@ -50,11 +50,19 @@ TEST_CASE("http api: GET /v1/holds/{id} refuses at_seq, at_time and unknown para
            "h1");
   REQUIRE(held.status == 200);
   const std::string hold = "/v1/holds/" + std::to_string(held.integer("hold_id"));
-  CHECK(get(port, hold).status == 200);
-  // The engine has no read of a hold as of a point: an answer about now
-  // must not pass for one about then.
-  for (const std::string query : {"?at_seq=1", "?at_time=2026-03-31T23:59:59Z", "?at_time=1",
-                                  "?verbose=1", "?at_seq=1&at_time=1", "?%zz"}) {
+  REQUIRE(post(port, hold + "/commit", "{}", "c1").status == 200);
+  CHECK(get(port, hold).string("status") == "committed");
+  // As the events left it: open after the hold (seq 2), committed after
+  // the commit (seq 3), no hold before it.
+  CHECK(get(port, hold + "?at_seq=2").string("status") == "open");
+  CHECK(get(port, hold + "?at_seq=3").string("status") == "committed");
+  const Reply not_yet = get(port, hold + "?at_seq=1");
+  CHECK(not_yet.status == 404);
+  CHECK(not_yet.code() == "not_found");
+  const std::int64_t held_at = held.integer("timestamp_ns");
+  CHECK(get(port, hold + "?at_time=" + std::to_string(held_at)).string("status") == "open");
+  CHECK(get(port, hold + "?at_seq=9").status == 400);  // past the end of the log
+  for (const std::string query : {"?verbose=1", "?at_seq=1&at_time=1", "?%zz", "?at_seq=x"}) {
     CAPTURE(query);
     const Reply answer = get(port, hold + query);
     CHECK_INVALID(answer);

@@ -703,13 +703,7 @@ void Ledger::submit_hold_info(HoldId id, std::function<void(Result<HoldView>)> d
       [id](const proj::State& state, std::int64_t now_ns, HoldView* view) {
         std::optional<proj::HoldInfo> hold = state.find_hold(id);
         if (!hold) return Status(ErrorCode::not_found, "no hold " + std::to_string(id));
-        view->id = hold->id;
-        view->subject = hold->subject;
-        view->item = hold->item;
-        view->qty = hold->qty;
-        view->expires_at_ns = hold->expires_at_ns;
-        view->committed_qty = hold->committed_qty;
-        view->status = static_cast<HoldStatus>(hold->state);
+        *view = hold_view(*hold);
         // Reads never show a due hold as open.
         if (hold->state == proj::HoldState::open && hold->expires_at_ns <= now_ns) {
           view->status = HoldStatus::expired;
@@ -844,6 +838,10 @@ PointInTimeSource Ledger::Impl::point_in_time_source(AsOf at) {
 Result<Balance> Ledger::balance(std::string_view subject, std::string_view item, AsOf at) {
   TALLY_TRY(check_pair(subject, item));
   return balance_at(impl_->point_in_time_source(at), subject, item, at);
+}
+
+Result<HoldView> Ledger::hold_info(HoldId hold, AsOf at) {
+  return hold_at(impl_->point_in_time_source(at), hold, at);
 }
 
 Result<std::vector<ItemBalance>> Ledger::list(std::string_view subject, AsOf at) {

@@ -128,6 +128,9 @@ class Ledger final : public LedgerApi {
   Result<std::vector<ItemBalance>> list(std::string_view subject, AsOf at) override;
   Status for_each_balance(AsOf at, const std::function<void(std::string_view subject,
                                                             std::string_view item, Balance balance)>& visit);
+  // A hold as the events up to `at` left it (open until its commit,
+  // release or expire event); always from a replay.
+  Result<HoldView> hold_info(HoldId hold, AsOf at);
 
   // Takes a snapshot of the state at the committed seq now, without
   // stopping the writer; returns its seq once it is durable. invalid when

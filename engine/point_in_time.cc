@@ -119,6 +119,32 @@ Result<std::vector<ItemBalance>> list_at(const PointInTimeSource& source, std::s
   return items;
 }
 
+HoldView hold_view(const proj::HoldInfo& hold) {
+  HoldView view;
+  view.id = hold.id;
+  view.subject = hold.subject;
+  view.item = hold.item;
+  view.qty = hold.qty;
+  view.expires_at_ns = hold.expires_at_ns;
+  view.committed_qty = hold.committed_qty;
+  view.status = static_cast<HoldStatus>(hold.state);
+  return view;
+}
+
+Result<HoldView> hold_at(const PointInTimeSource& source, HoldId hold, AsOf at,
+                         PointInTimeRead* read) {
+  TALLY_TRY(check_seq(source, at));
+  auto state = replay_to(source, at);
+  if (!state) return state.status();
+  note(read, (*state)->last_seq(), PointInTimePath::replay);
+  const std::optional<proj::HoldInfo> found = (*state)->find_hold(hold);
+  if (!found) {
+    return Status(ErrorCode::not_found, "no hold " + std::to_string(hold) + " at seq " +
+                                            std::to_string((*state)->last_seq()));
+  }
+  return hold_view(*found);
+}
+
 Status for_each_at(const PointInTimeSource& source, AsOf at,
                    const std::function<void(std::string_view subject, std::string_view item,
                                             Balance balance)>& visit,

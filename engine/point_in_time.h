@@ -68,6 +68,16 @@ Status for_each_at(const PointInTimeSource& source, AsOf at,
                                             Balance balance)>& visit,
                    PointInTimeRead* read = nullptr);
 
+// A hold as the events up to `at` left it, from a replay (the history
+// index holds balances only): open until its commit, release or expire
+// event, even when due by then. not_found when no hold had that id then,
+// or when it was finalized longer ago than the idempotency window.
+Result<HoldView> hold_at(const PointInTimeSource& source, HoldId hold, AsOf at,
+                         PointInTimeRead* read = nullptr);
+
+// What a read shows of a hold of the State.
+HoldView hold_view(const proj::HoldInfo& hold);
+
 // Whether the history projection alone can answer `at`.
 bool history_covers(const PointInTimeSource& source, AsOf at);
 

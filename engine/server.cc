@@ -97,7 +97,13 @@ void Core::list(std::string subject, std::optional<AsOf> at,
       std::move(done));
 }
 
-void Core::hold_info(HoldId hold, std::function<void(Result<HoldView>)> done) {
+void Core::hold_info(HoldId hold, std::optional<AsOf> at,
+                     std::function<void(Result<HoldView>)> done) {
+  if (at) {
+    return read<HoldView>(
+        Metrics::Op::hold_info, [this, hold, at] { return ledger_->hold_info(hold, *at); },
+        std::move(done));
+  }
   query<HoldView>(
       Metrics::Op::hold_info,
       [this, hold](auto answer) { ledger_->submit_hold_info(hold, std::move(answer)); }, std::move(done));
@@ -311,7 +317,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
                    });
         return;
       case Kind::hold_info:
-        core_.hold_info(request.hold,
+        core_.hold_info(request.hold, std::nullopt,
                         [self, id](Result<HoldView> result) { self->answer_later(id, std::move(result)); });
         return;
       case Kind::hello:

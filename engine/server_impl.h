@@ -72,7 +72,8 @@ class Core {
                std::function<void(Result<Balance>)> done);
   void list(std::string subject, std::optional<AsOf> at,
             std::function<void(Result<std::vector<ItemBalance>>)> done);
-  void hold_info(HoldId hold, std::function<void(Result<HoldView>)> done);
+  void hold_info(HoldId hold, std::optional<AsOf> at,
+                 std::function<void(Result<HoldView>)> done);
   // Runs `read` on the read pool (it may block on the Ledger), then `done`
   // there too, with what it returned. `op` is for the metrics; Op::count
   // records nothing (GET /metrics itself).
