@@ -569,6 +569,18 @@ TEST_CASE("a damaged record of the history index leaves the read to the log") {
   REQUIRE(items->size() == 1);
   CHECK((*items)[0].balance.available == kMarked);
   CHECK(listed.index_damage.code() == ErrorCode::corrupt);
+  PointInTimeRead exported;
+  std::vector<std::pair<std::string, std::int64_t>> all;
+  const Status whole = for_each_at(
+      source, AsOf::at_seq(1),
+      [&](std::string_view subject, std::string_view item, Balance balance) {
+        all.emplace_back(std::string(subject) + "/" + std::string(item), balance.available);
+      },
+      &exported);
+  REQUIRE_MESSAGE(whole.ok(), whole.to_string());
+  CHECK(all == std::vector<std::pair<std::string, std::int64_t>>{{"alice/gold", kMarked}});
+  CHECK(exported.path == PointInTimePath::replay);
+  CHECK(exported.index_damage.code() == ErrorCode::corrupt);
   // Through the ledger too (one process opens an LMDB environment once).
   history->reset();
   f.open();

@@ -1,9 +1,14 @@
 #include "engine/point_in_time.h"
 
+#include <cstdint>
+#include <functional>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "log/reader.h"
 #include "log/tail.h"
+#include "projections/name_table.h"  // kNameBytesMax
 
 namespace tally {
 
@@ -63,6 +68,35 @@ bool log_answers(const Status& index_failure, PointInTimeRead* read) {
   if (read != nullptr) read->index_damage = index_failure;
   return true;
 }
+
+// Balances kept in visiting order, their names packed in one string.
+class BalanceBuffer {
+ public:
+  void add(std::string_view subject, std::string_view item, proj::Balance balance) {
+    entries_.push_back(Entry{names_.size(), static_cast<std::uint16_t>(subject.size()),
+                             static_cast<std::uint16_t>(item.size()), to_balance(balance)});
+    names_.append(subject);
+    names_.append(item);
+  }
+  void visit_all(const std::function<void(std::string_view, std::string_view, Balance)>& visit) const {
+    const std::string_view names = names_;
+    for (const Entry& entry : entries_) {
+      visit(names.substr(entry.offset, entry.subject_bytes),
+            names.substr(entry.offset + entry.subject_bytes, entry.item_bytes), entry.balance);
+    }
+  }
+
+ private:
+  struct Entry {
+    std::size_t offset = 0;  // of the subject in names_; the item follows it
+    std::uint16_t subject_bytes = 0;
+    std::uint16_t item_bytes = 0;
+    Balance balance;
+  };
+  static_assert(proj::kNameBytesMax <= UINT16_MAX);
+  std::string names_;
+  std::vector<Entry> entries_;
+};
 
 }  // namespace
 
@@ -150,19 +184,30 @@ Status for_each_at(const PointInTimeSource& source, AsOf at,
                                             Balance balance)>& visit,
                    PointInTimeRead* read) {
   TALLY_TRY(check_seq(source, at));
-  auto each = [&](std::string_view subject, std::string_view item, proj::Balance b) {
-    visit(subject, item, to_balance(b));
-  };
   if (history_covers(source, at)) {
+    // Read whole before any is visited, so that a damaged record found part
+    // way leaves the whole answer to the log.
+    BalanceBuffer found;
     auto seq = index_seq(source, at);
-    if (!seq) return seq.status();
-    TALLY_TRY(source.history->for_each_at(*seq, each));
-    note(read, *seq, PointInTimePath::history);
-    return Status();
+    const Status listed =
+        seq ? source.history->for_each_at(
+                  *seq, [&](std::string_view subject, std::string_view item, proj::Balance b) {
+                    found.add(subject, item, b);
+                  })
+            : seq.status();
+    if (listed.ok()) {
+      found.visit_all(visit);
+      note(read, *seq, PointInTimePath::history);
+      return Status();
+    }
+    if (!log_answers(listed, read)) return listed;
   }
   auto state = replay_to(source, at);
   if (!state) return state.status();
-  (*state)->for_each_balance(kEventsOnly, each);
+  (*state)->for_each_balance(kEventsOnly, [&](std::string_view subject, std::string_view item,
+                                              proj::Balance b) {
+    visit(subject, item, to_balance(b));
+  });
   note(read, (*state)->last_seq(), PointInTimePath::replay);
   return Status();
 }

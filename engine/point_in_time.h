@@ -53,10 +53,10 @@ struct PointInTimeRead {
 };
 
 // Each returns invalid for a seq past source.last_seq. `read` (optional)
-// receives the seq the point resolved to and the path taken. balance_at
-// and list_at answer from the log where an index record they read is
-// damaged; for_each_at, which has visited balances by then, returns the
-// corrupt Status.
+// receives the seq the point resolved to and the path taken. Each answers
+// from the log where an index record it reads is damaged (for_each_at reads
+// the index whole before it visits any balance, so it holds them all in
+// memory meanwhile: about 40 bytes each and their names).
 Result<Balance> balance_at(const PointInTimeSource& source, std::string_view subject,
                            std::string_view item, AsOf at, PointInTimeRead* read = nullptr);
 // Non-zero balances of a subject, items sorted bytewise.

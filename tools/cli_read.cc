@@ -292,12 +292,15 @@ int run_export(const Args& args) {
   if (at->has_value()) {
     auto run = open_run(*data);
     if (!run) return failure(run.status());
+    PointInTimeRead how;
     const Status status = for_each_at(
         run->data->source, **at,
         [&](std::string_view subject, std::string_view item, Balance balance) {
           printer.line(subject, item, balance.available, balance.held, true);
-        });
+        },
+        &how);
     run->progress->finish();
+    note_index_damage(how);
     return status.ok() ? kExitOk : fail_output(&out, status);
   }
   auto loaded = load_state(*data);
