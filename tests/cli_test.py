@@ -938,6 +938,28 @@ def test_verify_finds_a_damaged_snapshot():
     assert after == before
 
 
+def test_verify_reports_a_snapshot_store_that_does_not_open():
+    f = fixture()
+    data = f.copy_data("unreadable-snapshots")
+    tally("snapshot", "--data", data, expect_exit=0)
+    _, before, _ = tally("export", "--data", data, expect_exit=0)
+    with open(os.path.join(data, "snapshots", "data.mdb"), "wb") as file:
+        file.write(b"not an LMDB file" * 1024)
+    code, out, err = tally("verify", "--data", data)
+    assert code == 1 and "MDB_INVALID" in err and ".damaged" in err, (code, err)
+    # The whole report still comes, the log's checks first.
+    assert text(out).startswith("failed: snapshots: "), text(out)
+    assert re.search(r"^snapshots: unreadable: corrupt: ", text(out), re.M), text(out)
+    assert re.search(r"^events: %d$" % len(f.events), text(out), re.M), text(out)
+    code, out, _ = tally("verify", "--data", data, "--json")
+    report = json.loads(text(out))
+    assert code == 1 and report["ok"] is False and "MDB_INVALID" in report["error"], report
+    assert report["snapshots"] == [] and report["events"] == len(f.events), report
+    # Reads replay the whole log instead.
+    _, after, _ = tally("export", "--data", data, expect_exit=0)
+    assert after == before
+
+
 def test_snapshot_beside_a_running_server():
     f = fixture()
     data = f.copy_data("snapshot-serve")

@@ -59,6 +59,7 @@ struct VerifySummary {
   std::uint64_t log_last_seq = 0;  // the log's end, whatever --to-seq said
   bool flows_checked = false;
   std::vector<SnapshotCheck> snapshots;
+  Status snapshots_unreadable;  // corrupt: DATA/snapshots does not open or list
   HistoryCheck history;
   Status failed;  // the first bad snapshot or index: verify exits 1
 };
@@ -91,17 +92,21 @@ class BalanceHash {
 };
 
 // Opens DATA/snapshots (when it exists), lists it and checks that each
-// snapshot loads: load_newest_valid(its seq) returns it. A store that does
-// not open is a failure: a ledger would refuse to open too.
+// snapshot loads: load_newest_valid(its seq) returns it. A store too
+// damaged to open or list (corrupt) is left in *unreadable, and the check
+// goes on without it, as recovery would (a ledger sets such a store aside).
 Status load_snapshots(const std::string& data_dir, SharedSnapshots* shared,
-                      std::vector<SnapshotCheck>* checks) {
+                      std::vector<SnapshotCheck>* checks, Status* unreadable) {
   const std::string dir = snapshot_dir(data_dir);
   if (!log::posix_file_system().exists(dir)) return Status();
   auto store = snap::SnapshotStore::open(dir, {});
-  if (!store) return store.status();
+  auto infos = store ? (*store)->list() : Result<std::vector<snap::SnapshotInfo>>(store.status());
+  if (!infos) {
+    if (infos.code() != ErrorCode::corrupt) return infos.status();
+    *unreadable = infos.status();
+    return Status();
+  }
   shared->store = std::move(*store);
-  auto infos = shared->store->list();
-  if (!infos) return infos.status();
   for (const snap::SnapshotInfo& info : *infos) {
     SnapshotCheck check{info, Verdict::unchecked, {}, false};
     if (!info.metadata_ok) {
@@ -233,6 +238,12 @@ Status settle_history(const std::string& data_dir, const VerifySummary& summary,
 
 // The first bad part, for the exit code and stderr.
 Status first_failure(const std::string& data_dir, const VerifySummary& summary) {
+  if (!summary.snapshots_unreadable.ok()) {
+    // The store's message names its directory.
+    return Status(ErrorCode::corrupt, summary.snapshots_unreadable.message() +
+                                          "; the next ledger to open moves it to " +
+                                          snapshot_dir(data_dir) + ".damaged");
+  }
   for (const SnapshotCheck& check : summary.snapshots) {
     if (check.verdict == Verdict::bad) {
       return Status(ErrorCode::corrupt, "snapshot at seq " + std::to_string(check.info.seq) +
@@ -256,7 +267,8 @@ Result<VerifySummary> verify_data(const std::string& data_dir, std::uint64_t fro
   TALLY_TRY(require_data_dir(data_dir));
   VerifySummary summary;
   SharedSnapshots snapshots;
-  TALLY_TRY(load_snapshots(data_dir, &snapshots, &summary.snapshots));
+  TALLY_TRY(
+      load_snapshots(data_dir, &snapshots, &summary.snapshots, &summary.snapshots_unreadable));
   summary.history.index = open_history_store(data_dir);
   const std::uint64_t history_seq = summary.history.index.position.seq;
 
@@ -396,9 +408,11 @@ void append_verify_text(const VerifySummary& summary, std::string* out) {
   line("flows", summary.flows_checked ? "ok" : "skipped");
   std::size_t counts[3] = {0, 0, 0};
   for (const SnapshotCheck& check : summary.snapshots) counts[static_cast<int>(check.verdict)]++;
-  line("snapshots", std::to_string(summary.snapshots.size()) + " (ok " +
-                        std::to_string(counts[0]) + ", bad " + std::to_string(counts[1]) +
-                        ", unchecked " + std::to_string(counts[2]) + ")");
+  line("snapshots", !summary.snapshots_unreadable.ok()
+                        ? "unreadable: " + summary.snapshots_unreadable.to_string()
+                        : std::to_string(summary.snapshots.size()) + " (ok " +
+                              std::to_string(counts[0]) + ", bad " + std::to_string(counts[1]) +
+                              ", unchecked " + std::to_string(counts[2]) + ")");
   for (const SnapshotCheck& check : summary.snapshots) {
     std::string value(verdict_name(check.verdict));
     if (check.info.metadata_ok) {
