@@ -712,6 +712,22 @@ bool constant_time_equal(std::string_view a, std::string_view b) {
 
 namespace {
 
+// Where `address` ("host:port") listens; invalid when it is malformed, or
+// not on loopback and no token is required.
+Result<tcp::endpoint> listen_endpoint(std::string_view address, bool has_token) {
+  std::string host;
+  std::uint16_t port = 0;
+  TALLY_TRY(parse_host_port(address, &host, &port));
+  boost::system::error_code ec;
+  const auto ip = asio::ip::make_address(host, ec);
+  if (ec) return Status(ErrorCode::invalid, "bad address '" + host + "': " + ec.message());
+  if (!ip.is_loopback() && !has_token) {
+    return Status(ErrorCode::invalid, "listening on " + std::string(address) +
+                                          " (not loopback) requires a token (--token-file)");
+  }
+  return tcp::endpoint(ip, port);
+}
+
 using StartSession = void (*)(Core&, tcp::socket);
 
 class Listener {
@@ -720,17 +736,10 @@ class Listener {
       : io_(io), core_(core), acceptor_(asio::make_strand(io)), start_session_(start_session) {}
 
   Status open(std::string_view address) {
-    std::string host;
-    std::uint16_t port = 0;
-    TALLY_TRY(parse_host_port(address, &host, &port));
+    auto found = listen_endpoint(address, !core_.options().token.empty());
+    if (!found) return found.status();
+    const tcp::endpoint& endpoint = *found;
     boost::system::error_code ec;
-    const auto ip = asio::ip::make_address(host, ec);
-    if (ec) return Status(ErrorCode::invalid, "bad address '" + host + "': " + ec.message());
-    if (!ip.is_loopback() && core_.options().token.empty()) {
-      return Status(ErrorCode::invalid, "listening on " + std::string(address) +
-                                            " (not loopback) requires a token (--token-file)");
-    }
-    const tcp::endpoint endpoint(ip, port);
     if (acceptor_.open(endpoint.protocol(), ec) ||
         acceptor_.set_option(tcp::acceptor::reuse_address(true), ec) ||
         acceptor_.bind(endpoint, ec) || acceptor_.listen(asio::socket_base::max_listen_connections, ec)) {
@@ -789,8 +798,7 @@ struct Server::Impl {
   bool stopped = false;
 };
 
-Result<std::unique_ptr<Server>> Server::start(Ledger* ledger, ServerOptions options) {
-  TALLY_ASSERT(ledger != nullptr);
+Status Server::check_options(const ServerOptions& options) {
   if (options.io_threads == 0 || options.read_threads == 0 || options.connections_max == 0 ||
       options.inflight_per_connection_max == 0 || options.follows_per_connection_max == 0 ||
       options.idle_timeout_ms <= 0) {
@@ -800,6 +808,17 @@ Result<std::unique_ptr<Server>> Server::start(Ledger* ledger, ServerOptions opti
     return Status(ErrorCode::invalid, "the token is longer than " +
                                           std::to_string(wire::kTokenBytesMax) + " bytes");
   }
+  for (const std::string& address : {options.binary_listen, options.http_listen}) {
+    if (address.empty()) continue;  // that listener is off
+    auto endpoint = listen_endpoint(address, !options.token.empty());
+    if (!endpoint) return endpoint.status();
+  }
+  return Status();
+}
+
+Result<std::unique_ptr<Server>> Server::start(Ledger* ledger, ServerOptions options) {
+  TALLY_ASSERT(ledger != nullptr);
+  TALLY_TRY(check_options(options));
   std::unique_ptr<Impl> impl;
   try {
     // The event feed's watcher and the read pool start threads as they are

@@ -84,6 +84,10 @@ class Server {
   // listeners and starts serving. Errors: invalid (addresses; a non-loopback
   // address without a token), io_error (bind, listen).
   static Result<std::unique_ptr<Server>> start(Ledger* ledger, ServerOptions options);
+  // The checks start() makes before it binds anything (limits, token size,
+  // addresses): call it before opening the ledger, so that a command line
+  // start() would refuse touches no data directory.
+  static Status check_options(const ServerOptions& options);
   // stop().
   ~Server();
   Server(const Server&) = delete;

@@ -238,6 +238,16 @@ def test_usage_errors_exit_2():
         assert out == b"", args
 
 
+def test_serve_refuses_its_command_line_before_touching_the_data_directory():
+    data = os.path.join(new_dir("serve-refused"), "data")
+    for listen in (["--listen", "0.0.0.0:0"], ["--http", "0.0.0.0:0"], ["--listen", "nowhere:1"]):
+        code, _, err = tally("serve", "--data", data, *listen)
+        assert code == 2 and err.startswith("tally: "), (listen, code, err)
+        assert not os.path.exists(data), listen
+    _, _, err = tally("serve", "--data", data, "--http", "0.0.0.0:0", expect_exit=2)
+    assert "requires a token (--token-file)" in err, err
+
+
 def test_malformed_csv_names_the_line():
     d = new_dir("malformed")
     cases = {

@@ -78,6 +78,9 @@ int run_serve(const Args& args) {
   }
   auto options = server_options(args);
   if (!options) return usage_error("serve", options.status().message());
+  if (Status checked = Server::check_options(*options); !checked.ok()) {
+    return usage_error("serve", checked.message());
+  }
 
   LedgerOptions ledger_options;
   ledger_options.data_dir = std::string(*data);
