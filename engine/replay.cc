@@ -373,11 +373,13 @@ Result<Replayed> replay(const ReplayOptions& options) {
     SharedSnapshots local;
     SharedSnapshots* shared = options.snapshots;
     if (shared == nullptr && fs.exists(snapshot_dir(options.data_dir))) {
-      auto store = snap::SnapshotStore::open(snapshot_dir(options.data_dir), {});
+      // Read-only: a reader's replay changes nothing in DATA (an audit of a
+      // backup on a read-only mount).
+      auto store = snap::SnapshotStore::open(snapshot_dir(options.data_dir), {.read_only = true});
       if (store) {
         local.store = std::move(*store);
         shared = &local;
-      } else {
+      } else if (store.code() != ErrorCode::not_found) {
         out.report.skipped.push_back(snap::SkippedSnapshot{0, store.status()});
       }
     }

@@ -68,6 +68,23 @@ Result<std::unique_ptr<Environment>> Environment::open(const std::string& dir,
   if (!read_only && ::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
     return Status(ErrorCode::io_error, component + ": mkdir " + dir + ": " + std::strerror(errno));
   }
+  if (read_only) {
+    // A reader makes nothing: LMDB would create data.mdb (and lock.mdb)
+    // where there is none. No file, or an empty one (a writer stopped as it
+    // made it; a writer's open starts it afresh), holds no store.
+    struct stat file_stat {};
+    const std::string data_path = dir + "/data.mdb";
+    if (::stat(data_path.c_str(), &file_stat) != 0) {
+      if (errno != ENOENT && errno != ENOTDIR) {
+        return Status(ErrorCode::io_error,
+                      component + ": stat " + data_path + ": " + std::strerror(errno));
+      }
+      return Status(ErrorCode::not_found, component + ": no store in " + dir);
+    }
+    if (file_stat.st_size == 0) {
+      return Status(ErrorCode::not_found, component + ": " + data_path + " is empty");
+    }
+  }
   std::unique_ptr<Environment> env(new Environment());
   env->component_ = component;
   env->options_ = options;

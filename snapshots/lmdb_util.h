@@ -108,7 +108,9 @@ class Environment {
   // Creates `dir` if missing (its parent must exist) unless MDB_RDONLY is
   // among the flags, then opens the environment in it. corrupt when the
   // file is damaged or shorter than its pages in use; io_error when LMDB or
-  // the file system refuses otherwise.
+  // the file system refuses otherwise. With MDB_RDONLY, not_found when
+  // there is no data.mdb or it is empty (nothing is created then; on a
+  // read-only file system LMDB reads without its lock file).
   static Result<std::unique_ptr<Environment>> open(const std::string& dir,
                                                    const EnvironmentOptions& options);
   ~Environment();

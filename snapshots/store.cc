@@ -231,18 +231,23 @@ Result<std::unique_ptr<SnapshotStore>> SnapshotStore::open(const std::string& di
   env_options.dbs_max = 2;
   env_options.map_size_bytes = options.map_size_bytes;
   env_options.map_size_bytes_max = options.map_size_bytes_max;
+  env_options.flags = options.read_only ? MDB_RDONLY : 0;
   Result<std::unique_ptr<lmdb::Environment>> opened = lmdb::Environment::open(dir, env_options);
   if (!opened) return opened.status();
   auto env = std::make_unique<Env>();
   env->env = std::move(opened).value();
   env->options = options;
   Txn txn;
-  TALLY_TRY(txn.begin(*env->env, 0));
-  int rc = mdb_dbi_open(txn.get(), kMetaDbName, MDB_CREATE, &env->meta);
-  if (rc != 0) return lmdb_error("mdb_dbi_open meta", rc);
-  rc = mdb_dbi_open(txn.get(), kChunksDbName, MDB_CREATE, &env->chunks);
-  if (rc != 0) return lmdb_error("mdb_dbi_open chunks", rc);
-  rc = txn.commit();
+  TALLY_TRY(txn.begin(*env->env, options.read_only ? MDB_RDONLY : 0));
+  const unsigned db_flags = options.read_only ? 0 : MDB_CREATE;
+  for (const auto& [name, dbi] : {std::pair{kMetaDbName, &env->meta},
+                                  std::pair{kChunksDbName, &env->chunks}}) {
+    const int rc = mdb_dbi_open(txn.get(), name, db_flags, dbi);
+    // Read-only, a store whose first write never committed.
+    if (rc == MDB_NOTFOUND) return Status(ErrorCode::not_found, "snapshots: none in " + dir);
+    if (rc != 0) return lmdb_error(std::string("mdb_dbi_open ") + name, rc);
+  }
+  const int rc = txn.commit();
   if (rc != 0) return lmdb_error("mdb_txn_commit (open)", rc);
   return std::unique_ptr<SnapshotStore>(new SnapshotStore(std::move(env)));
 }

@@ -45,6 +45,10 @@ struct SnapshotStoreOptions {
   std::size_t map_size_bytes_max = std::size_t{1} << 40;
   // Image bytes per chunk key, kChunkBytesMin..kChunkBytesMax.
   std::size_t chunk_bytes = std::size_t{1} << 20;
+  // For readers (the audit tools): opens an existing store without
+  // creating or changing anything, so a backup on a read-only mount can be
+  // read; not_found when there is none. write() and prune() then fail.
+  bool read_only = false;
 };
 
 struct SnapshotInfo {

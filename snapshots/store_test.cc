@@ -278,6 +278,35 @@ TEST_CASE("a truncated or foreign data file is corrupt, never a crash, and is se
   }
 }
 
+TEST_CASE("a read-only store reads what a writer left and creates nothing") {
+  TempDir dir;
+  SnapshotStoreOptions read_only = small_options();
+  read_only.read_only = true;
+  const std::string path = dir.sub("snapshots");
+  // Nothing there: not_found, and nothing made.
+  CHECK(SnapshotStore::open(path, read_only).code() == ErrorCode::not_found);
+  CHECK_FALSE(std::filesystem::exists(path));
+  std::filesystem::create_directory(path);
+  { std::ofstream empty(path + "/data.mdb"); }  // a writer stopped as it made it
+  CHECK(SnapshotStore::open(path, read_only).code() == ErrorCode::not_found);
+  CHECK(std::filesystem::file_size(path + "/data.mdb") == 0);
+  CHECK_FALSE(std::filesystem::exists(path + "/lock.mdb"));
+  ScriptRun run;
+  {
+    std::unique_ptr<SnapshotStore> writer = open_store(dir);
+    run_script(writer.get(), &run);
+  }
+  auto reader = SnapshotStore::open(path, read_only);
+  REQUIRE_MESSAGE(reader.ok(), reader.status().to_string());
+  auto listed = (*reader)->list();
+  REQUIRE(listed.ok());
+  CHECK(listed->size() == run.digests.size() - 1);
+  auto loaded = (*reader)->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, nullptr);
+  REQUIRE(loaded.ok());
+  CHECK(loaded->state->digest() == run.digests.back());
+  CHECK_FALSE((*reader)->write(run.state, position_of(run.state)).ok());
+}
+
 TEST_CASE("a different idempotency window skips the snapshot as invalid") {
   TempDir dir;
   std::unique_ptr<SnapshotStore> store = open_store(dir);

@@ -970,6 +970,39 @@ def test_verify_reports_a_snapshot_store_that_does_not_open():
     assert after == before
 
 
+def test_reads_change_nothing_in_the_data_directory():
+    f = fixture()
+    data = f.copy_data("reads-write-nothing")
+    tally("snapshot", "--data", data, expect_exit=0)
+    tally("history", "--data", data, "--rebuild", expect_exit=0)
+
+    def files():
+        found = {}
+        for root, _, names in os.walk(data):
+            for name in names:
+                path = os.path.join(root, name)
+                with open(path, "rb") as file:
+                    found[os.path.relpath(path, data)] = file.read()
+        return found
+
+    reads = [["verify"], ["export"], ["export", "--at-seq", "5"], ["balance", "s1", "i1"],
+             ["list", "s1"], ["snapshot", "--list"], ["log", "--to-seq", "3"]]
+    # lock.mdb holds readers' slots, which LMDB writes as they come and go.
+    before = {name: content for name, content in files().items() if name.endswith("data.mdb")}
+    for args in reads:
+        tally(args[0], "--data", data, *args[1:], expect_exit=0)
+    after = {name: content for name, content in files().items() if name.endswith("data.mdb")}
+    assert before == after
+    # A store a writer never finished making (an empty file) stays as it is.
+    with open(os.path.join(data, "snapshots", "data.mdb"), "wb"):
+        pass
+    os.remove(os.path.join(data, "snapshots", "lock.mdb"))
+    for args in reads:
+        tally(args[0], "--data", data, *args[1:], expect_exit=0)
+    assert os.path.getsize(os.path.join(data, "snapshots", "data.mdb")) == 0
+    assert not os.path.exists(os.path.join(data, "snapshots", "lock.mdb"))
+
+
 def test_snapshot_beside_a_running_server():
     f = fixture()
     data = f.copy_data("snapshot-serve")

@@ -108,7 +108,8 @@ int list_snapshots(const std::string& data_dir, bool json) {
   if (!exists.ok()) return failure(exists);
   const std::string dir = snapshot_dir(data_dir);
   if (!log::posix_file_system().exists(dir)) return kExitOk;  // none, and nothing created
-  auto store = snap::SnapshotStore::open(dir, {});
+  auto store = snap::SnapshotStore::open(dir, {.read_only = true});
+  if (!store && store.code() == ErrorCode::not_found) return kExitOk;  // none
   if (!store) return failure(store.status());
   auto infos = (*store)->list();
   if (!infos) return failure(infos.status());

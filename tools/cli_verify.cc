@@ -99,9 +99,10 @@ Status load_snapshots(const std::string& data_dir, SharedSnapshots* shared,
                       std::vector<SnapshotCheck>* checks, Status* unreadable) {
   const std::string dir = snapshot_dir(data_dir);
   if (!log::posix_file_system().exists(dir)) return Status();
-  auto store = snap::SnapshotStore::open(dir, {});
+  auto store = snap::SnapshotStore::open(dir, {.read_only = true});
   auto infos = store ? (*store)->list() : Result<std::vector<snap::SnapshotInfo>>(store.status());
   if (!infos) {
+    if (infos.code() == ErrorCode::not_found) return Status();  // none
     if (infos.code() != ErrorCode::corrupt) return infos.status();
     *unreadable = infos.status();
     return Status();
