@@ -36,6 +36,15 @@ std::string read_holder_pid(int fd) {
   return pid.empty() ? "unknown" : pid;
 }
 
+// An exclusive flock on fd without waiting: 0, or the errno.
+int lock_now(int fd) {
+  int result = -1;
+  do {
+    result = ::flock(fd, LOCK_EX | LOCK_NB);
+  } while (result != 0 && errno == EINTR);
+  return result == 0 ? 0 : errno;
+}
+
 Status write_own_pid(int fd, const std::string& path) {
   const std::string text = std::to_string(::getpid()) + "\n";
   if (::ftruncate(fd, 0) != 0) return lock_error("truncate", path, errno);
@@ -63,12 +72,7 @@ Result<std::unique_ptr<DirLock>> DirLock::acquire(const std::string& data_dir) {
   // flock, not fcntl locks: an flock belongs to this open file description,
   // so it survives other code in the process opening and closing LOCK, and
   // the kernel drops it when the process dies, however it dies.
-  int result = -1;
-  do {
-    result = ::flock(fd, LOCK_EX | LOCK_NB);
-  } while (result != 0 && errno == EINTR);
-  if (result != 0) {
-    const int error = errno;
+  if (const int error = lock_now(fd); error != 0) {
     const std::string pid = error == EWOULDBLOCK ? read_holder_pid(fd) : std::string();
     ::close(fd);
     if (error == EWOULDBLOCK) {
@@ -77,13 +81,33 @@ Result<std::unique_ptr<DirLock>> DirLock::acquire(const std::string& data_dir) {
     }
     return lock_error("lock", path, error);
   }
+  int dir_fd = -1;
+  do {
+    dir_fd = ::open(data_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  } while (dir_fd < 0 && errno == EINTR);
+  if (dir_fd < 0) {
+    const int error = errno;
+    ::close(fd);
+    return lock_error("open", data_dir, error);
+  }
+  if (const int error = lock_now(dir_fd); error != 0) {
+    ::close(dir_fd);
+    ::close(fd);
+    if (error == EWOULDBLOCK) {
+      return Status(ErrorCode::locked, "data directory " + data_dir +
+                                           " is locked by another process (its LOCK file was "
+                                           "removed or replaced while that process ran)");
+    }
+    return lock_error("lock", data_dir, error);
+  }
   Status written = write_own_pid(fd, path);
   if (!written.ok()) {
+    ::close(dir_fd);
     ::close(fd);
     return written;
   }
   // Private constructor: make_unique cannot reach it.
-  return std::unique_ptr<DirLock>(new DirLock(fd));
+  return std::unique_ptr<DirLock>(new DirLock(fd, dir_fd));
 }
 
 DirLock::~DirLock() {
@@ -93,6 +117,7 @@ DirLock::~DirLock() {
   // report a failure to.
   if (::ftruncate(fd_, 0) != 0) {
   }
+  ::close(dir_fd_);
   ::close(fd_);
 }
 

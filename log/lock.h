@@ -2,8 +2,11 @@
 //
 // acquire() takes an exclusive flock on DATA/LOCK and writes the holder's
 // pid into it. A second process gets a `locked` Status naming the directory
-// and the holder's pid. The lock is released when the DirLock is destroyed
-// or the process exits, however it exits.
+// and the holder's pid. It also takes one on the directory itself, which
+// no file operation inside it can take away: a LOCK file deleted (or
+// replaced) while its holder runs does not let a second writer in. The
+// locks are released when the DirLock is destroyed or the process exits,
+// however it exits.
 #pragma once
 
 #include <memory>
@@ -21,8 +24,9 @@ class DirLock {
   DirLock& operator=(const DirLock&) = delete;
 
  private:
-  explicit DirLock(int fd) : fd_(fd) {}
-  int fd_;
+  DirLock(int fd, int dir_fd) : fd_(fd), dir_fd_(dir_fd) {}
+  int fd_;      // DATA/LOCK
+  int dir_fd_;  // DATA
 };
 
 }  // namespace tally::log

@@ -3,6 +3,7 @@
 // Recovery from damage is in recovery_test.cc.
 #include <doctest.h>
 
+#include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -622,6 +623,28 @@ TEST_CASE("a second process cannot take the data directory's lock") {
   CHECK(DirLock::acquire(data_dir).code() == ErrorCode::locked);
   lock.value().reset();  // releases it
   CHECK(child_lock_attempt(data_dir, ::getpid()) == 1);
+  CHECK(DirLock::acquire(data_dir).ok());
+}
+
+TEST_CASE("a LOCK file removed or replaced while its holder runs lets no second writer in") {
+  TempDir dir;
+  const std::string data_dir = join_path(dir.path(), "data");
+  auto lock = DirLock::acquire(data_dir);
+  REQUIRE(lock.ok());
+  const std::string lock_path = join_path(data_dir, "LOCK");
+  for (const bool replaced : {false, true}) {
+    CAPTURE(replaced);
+    REQUIRE(::unlink(lock_path.c_str()) == 0);
+    if (replaced) {
+      const int fd = ::open(lock_path.c_str(), O_CREAT | O_WRONLY, 0644);
+      REQUIRE(fd >= 0);
+      ::close(fd);
+    }
+    auto second = DirLock::acquire(data_dir);
+    REQUIRE(second.code() == ErrorCode::locked);
+    CHECK(second.status().message().find("removed or replaced") != std::string::npos);
+  }
+  lock.value().reset();
   CHECK(DirLock::acquire(data_dir).ok());
 }
 
