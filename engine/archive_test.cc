@@ -17,6 +17,7 @@
 #include "engine/replay.h"
 #include "log/faulty_file.h"
 #include "log/format.h"
+#include "log/reader.h"
 #include "projections/state.h"
 #include "snapshots/history.h"
 #include "snapshots/store.h"
@@ -520,6 +521,61 @@ TEST_CASE("a ledger whose log is gone refuses to start over beside its snapshots
   // With neither left, it is a new ledger.
   f.open();
   CHECK(f.last_seq() == 0);
+}
+
+TEST_CASE("a log emptied beside its snapshots is a lost log; one cut short goes on from its end") {
+  Fixture f;
+  f.open();
+  for (int op = 0; op < 20; op++) f.ok(f.ledger->acquire(name("k", op), "alice", "gold", 1));
+  f.snapshot();
+  for (int op = 20; op < 25; op++) f.ok(f.ledger->acquire(name("k", op), "alice", "gold", 1));
+  f.close();
+  const std::string segment = log_dir(f.options.data_dir) + "/" + log::segment_file_name(1);
+  const std::string saved = f.dir.sub("segment");
+  std::filesystem::copy_file(segment, saved);
+  // Emptied: the first segment's header is gone too, as if torn as it was made.
+  std::filesystem::resize_file(segment, 0);
+  auto refused = Ledger::open(f.options);
+  REQUIRE(refused.code() == ErrorCode::corrupt);
+  CHECK(refused.status().message().find("holds no event") != std::string::npos);
+  CHECK(refused.status().message().find("up to seq 25") != std::string::npos);
+  // Cut short inside the snapshot's events: they are lost, and the ledger
+  // goes on from the log's end, never from the snapshot.
+  std::filesystem::copy_file(saved, segment, std::filesystem::copy_options::overwrite_existing);
+  std::uint64_t cut_at = 0;
+  {
+    auto reader = log::LogReader::open(log::posix_file_system(), log_dir(f.options.data_dir));
+    REQUIRE(reader.ok());
+    log::Record record;
+    while (cut_at == 0 && *(*reader)->next(&record)) {
+      if (record.seq == 11) cut_at = record.offset;
+    }
+  }
+  REQUIRE(cut_at > 0);
+  std::filesystem::resize_file(segment, cut_at);
+  f.open();
+  CHECK(f.last_seq() == 10);
+  CHECK(f.ledger->stats().snapshot_seq == 0);
+  f.ok(f.ledger->acquire("after", "alice", "gold", 1));
+  CHECK(f.last_seq() == 11);
+  auto balance = f.ledger->balance("alice", "gold");
+  REQUIRE(balance.ok());
+  CHECK(balance->available == 11);
+}
+
+TEST_CASE("with async durability, the archivist indexes only what a sync made durable") {
+  Fixture f;
+  f.options.durability = Durability::async;
+  f.options.sync_interval_ms = 3'600'000;  // no periodic sync during the test
+  f.open();
+  for (int op = 0; op < 10; op++) f.ok(f.ledger->acquire(name("k", op), "alice", "gold", 1));
+  // Written and acknowledged, not synced: the archivist, which wakes every
+  // 20 ms and flushes the index once a second, must not take them in.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  CHECK(f.ledger->stats().history_seq == 0);
+  // Closing syncs, and then the archivist catches up.
+  f.close();
+  CHECK(indexed_seq(f.options.data_dir) == 10);
 }
 
 TEST_CASE("a damaged record of the history index leaves the read to the log") {

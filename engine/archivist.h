@@ -59,7 +59,9 @@ struct ArchivistContext {
   proj::StateOptions state_options;
   SharedSnapshots* snapshots = nullptr;   // required when snapshots are on
   snap::HistoryStore* history = nullptr;  // required when history is on
-  // The committed seq. Must not block or take a lock the ledger's threads
+  // The last seq to read: the ledger's durable seq (committed, and for
+  // async durability also synced), so that nothing the archivist writes
+  // describes events a crash can take back. Must not block or take a lock the ledger's threads
   // take: the archivist runs at SCHED_IDLE, and preempted while holding
   // such a lock it would stall the writer (priority inversion).
   std::function<std::uint64_t()> committed_seq;

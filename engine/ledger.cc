@@ -140,7 +140,7 @@ struct Ledger::Impl {
   }
 
   Status start(LedgerStats* replayed_stats);
-  Status refuse_lost_log();
+  Status check_lost_events(const log::LogEnd& end);
   Status start_archivist();
   void writer_main();
   void io_main();
@@ -234,6 +234,12 @@ struct Ledger::Impl {
   std::condition_variable committed_cv;
   std::atomic<std::uint64_t> committed{0};
   bool committed_closed = false;  // guarded by committed_mu
+  // The last seq on disk for good (fdatasync returned): committed, but for
+  // async durability, where it follows the periodic syncs. The archivist
+  // reads the log up to it, so that snapshots and the history index never
+  // describe events a crash can take back, and a log that ends before them
+  // has lost events (check_lost_events).
+  std::atomic<std::uint64_t> durable{0};
 
   std::thread writer_thread;
   std::thread io_thread;
@@ -272,7 +278,7 @@ Status Ledger::Impl::start(LedgerStats* replayed_stats) {
   state_owner = std::move(replayed->state);
   state = state_owner.get();
   const ReplayReport& report = replayed->report;
-  if (!report.end.has_segment) TALLY_TRY(refuse_lost_log());
+  TALLY_TRY(check_lost_events(report.end));
   replayed_stats->events_replayed = report.events;
   replayed_stats->replay_seconds = report.seconds;
   replayed_stats->snapshot_seq = report.snapshot_seq;
@@ -284,6 +290,7 @@ Status Ledger::Impl::start(LedgerStats* replayed_stats) {
   log = std::move(*writer);
   last_timestamp_ns = state->last_timestamp_ns();
   committed = state->last_seq();
+  durable = state->last_seq();
   queue.reserve(options.queue_depth_max);
   auto writer_started = start_thread("tally-writer", [this] { writer_main(); });
   if (!writer_started) return writer_started.status();
@@ -294,11 +301,17 @@ Status Ledger::Impl::start(LedgerStats* replayed_stats) {
   return start_archivist();
 }
 
-// The log has no segment. A new ledger has no snapshot and no history
-// index of events either; one that has them lost its log (deleted, or
-// another directory restored without it), and starting over would write
-// new events under the seqs they describe.
-Status Ledger::Impl::refuse_lost_log() {
+// Snapshots and the history index describe only durable events, so a log
+// that ends before the newest of them lost events after the fact. With no
+// event at all (no segment, or only a first one whose header is torn), it
+// lost the log (deleted, emptied, or another directory restored without
+// it): starting over would write new events under the seqs they describe,
+// so the ledger refuses. With a shorter log, the events past its end are
+// gone for good (a last segment cut short by hand ends like a torn tail);
+// the ledger says so loudly and goes on from the log's end, and prunes the
+// snapshots past it once it writes a new one.
+Status Ledger::Impl::check_lost_events(const log::LogEnd& end) {
+  const std::uint64_t last_seq = end.next_seq - 1;
   std::uint64_t known_seq = 0;
   std::string where;
   if (snapshots.store != nullptr) {
@@ -310,23 +323,37 @@ Status Ledger::Impl::refuse_lost_log() {
     }
   }
   const std::string history_path = history_dir(options.data_dir);
-  if (known_seq == 0 && fs->exists(history_path)) {
+  if (fs->exists(history_path)) {
     snap::HistoryStoreOptions read_only;
     read_only.read_only = true;
     auto store = snap::HistoryStore::open(history_path, read_only);
     auto position = store ? (*store)->position() : Result<snap::HistoryPosition>(store.status());
-    if (position && position->seq > 0) {
+    if (position && position->seq > known_seq) {
       known_seq = position->seq;
       where = history_path;
     }
   }
-  if (known_seq == 0) return Status();
-  return Status(ErrorCode::corrupt,
-                "the log in " + log_dir(options.data_dir) + " has no segment, but " + where +
-                    " holds events up to seq " + std::to_string(known_seq) +
-                    ": the log is missing. Restore it, or remove " +
-                    snapshot_dir(options.data_dir) + " and " + history_path +
-                    " to begin a new ledger in this directory");
+  if (known_seq <= last_seq) return Status();
+  if (last_seq == 0) {
+    return Status(ErrorCode::corrupt,
+                  "the log in " + log_dir(options.data_dir) +
+                      (end.has_segment ? " holds no event" : " has no segment") + ", but " +
+                      where + " holds events up to seq " + std::to_string(known_seq) +
+                      ": the log is missing. Restore it, or remove " +
+                      snapshot_dir(options.data_dir) + " and " + history_path +
+                      " to begin a new ledger in this directory");
+  }
+  std::fprintf(stderr,
+               "tally: warning: the log in %s ends at seq %llu, but %s holds events up to seq "
+               "%llu: the %llu events after seq %llu are lost (the log was cut short, or its "
+               "last records damaged, after they were written). Going on from seq %llu; "
+               "restore the log from a backup instead if you have one\n",
+               log_dir(options.data_dir).c_str(), static_cast<unsigned long long>(last_seq),
+               where.c_str(), static_cast<unsigned long long>(known_seq),
+               static_cast<unsigned long long>(known_seq - last_seq),
+               static_cast<unsigned long long>(last_seq),
+               static_cast<unsigned long long>(last_seq + 1));
+  return Status();
 }
 
 Status Ledger::Impl::start_archivist() {
@@ -345,7 +372,7 @@ Status Ledger::Impl::start_archivist() {
   context.state_options = state_options;
   context.snapshots = &snapshots;
   context.history = history.get();
-  context.committed_seq = [this] { return committed.load(std::memory_order_acquire); };
+  context.committed_seq = [this] { return durable.load(std::memory_order_acquire); };
   auto started = Archivist::start(std::move(context), archive);
   if (!started) return started.status();
   archivist = std::move(*started);
@@ -594,7 +621,10 @@ void Ledger::Impl::io_main() {
       acks.swap(io_acks);
       guard.unlock();
       write_group(batch, &acks);
-      if (batch != nullptr && !failed.load()) publish_committed(last_seq);
+      if (batch != nullptr && !failed.load()) {
+        publish_committed(last_seq);
+        if (options.durability != Durability::async) durable.store(last_seq, std::memory_order_release);
+      }
       unsynced = unsynced || (batch != nullptr && !sync_each);
       guard.lock();
       io_busy = false;
@@ -612,8 +642,14 @@ void Ledger::Impl::io_main() {
     const bool due = std::chrono::steady_clock::now() >= last_sync + sync_interval;
     if (unsynced && (due || io_stop) && options.durability == Durability::async && !failed.load()) {
       guard.unlock();
+      // Every committed seq is written: this thread writes them.
+      const std::uint64_t written = committed.load(std::memory_order_acquire);
       Status synced = log->sync();
-      if (!synced.ok()) fail(synced);
+      if (synced.ok()) {
+        durable.store(written, std::memory_order_release);
+      } else {
+        fail(synced);
+      }
       guard.lock();
       unsynced = false;
       last_sync = std::chrono::steady_clock::now();
@@ -736,14 +772,17 @@ LedgerStats Ledger::stats() {
   stats.log_bytes_written = log_stats.bytes_written;
   stats.sync_ns = log_stats.sync_ns;
   stats.group_events = log_stats.write_records;
-  ignore_status(impl_->run_read([&](const proj::State& state, std::int64_t) {
+  const Status read = impl_->run_read([&](const proj::State& state, std::int64_t) {
     const proj::StateCounts counts = state.counts();
     stats.next_seq = state.last_seq() + 1;
     stats.balances = counts.balances;
     stats.open_holds = counts.open_holds;
     stats.keys = counts.keys;
     return Status();
-  }, false));
+  }, false);
+  // Read-only after a failed write, the state is not read (it may hold
+  // events the log does not); the log goes up to what was committed.
+  if (!read.ok()) stats.next_seq = impl_->committed.load(std::memory_order_acquire) + 1;
   if (impl_->archivist != nullptr) {
     const ArchivistStats archive = impl_->archivist->stats();
     stats.history_seq = archive.history_seq;

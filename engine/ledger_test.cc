@@ -522,6 +522,7 @@ TEST_CASE("a failed fsync turns the ledger read-only until reopened") {
     CHECK((*ledger)->acquire("a2", "alice", "gold", 1).code() == ErrorCode::io_error);
     CHECK((*ledger)->read_only());
     CHECK((*ledger)->stats().read_only);
+    CHECK((*ledger)->stats().next_seq == 2);  // the log's, though the state is not read
     CHECK((*ledger)->acquire("a3", "alice", "gold", 1).code() == ErrorCode::read_only);
     CHECK((*ledger)->balance("alice", "gold").code() == ErrorCode::read_only);
     CHECK_FALSE((*ledger)->close().ok());
