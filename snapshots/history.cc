@@ -14,12 +14,10 @@
 #include "snapshots/history.h"
 
 #include <lmdb.h>
-#include <sys/stat.h>
 #include <xxhash.h>
 
 #include <algorithm>
 #include <array>
-#include <cerrno>
 #include <cstring>
 #include <optional>
 #include <span>
@@ -353,11 +351,50 @@ Status decode_entry(const MDB_val& key, const MDB_val& value, EntryRecord* out) 
   return Status();
 }
 
-// The pair's last entry at or before seq within an epoch, in *found
-// (nullopt when none).
-Status last_entry(MDB_cursor* cursor, std::uint64_t epoch, std::uint64_t pair_id,
-                  std::uint64_t seq, std::optional<EntryRecord>* found) {
-  found->reset();
+// Whether an entry continues `before`, the pair's balance after its
+// previous entry (or its opening balance, or zero): the entry's balance
+// after, less its change. An entry lost from between two (a damaged key
+// moves it out of the pair's range) breaks this, since no change is zero.
+bool continues(const EntryRecord& entry, proj::Balance before) {
+  proj::Balance start;
+  if (__builtin_sub_overflow(entry.after.available, entry.delta_available, &start.available) ||
+      __builtin_sub_overflow(entry.after.held, entry.delta_held, &start.held)) {
+    return false;
+  }
+  return start == before;
+}
+
+Status chain_broken(std::uint64_t pair_id, std::uint64_t seq) {
+  return corrupt("entries of pair " + std::to_string(pair_id) + " do not chain at seq " +
+                 std::to_string(seq));
+}
+
+Status carry_broken(std::uint64_t pair_id, std::uint64_t epoch) {
+  return corrupt("the opening balance of pair " + std::to_string(pair_id) + " in epoch " +
+                 std::to_string(epoch) + " is not its balance at the end of the epoch before");
+}
+
+// Decodes into *out the entry a cursor is on when it is the target's pair's
+// in the target's epoch (the key up to its seq); leaves *out empty if not.
+Status take_if_pair(const MDB_val& key, const MDB_val& value, const EntryKey& target,
+                    std::optional<EntryRecord>* out) {
+  if (key.mv_size != kEntryKeyBytes) return corrupt("entry key of the wrong size");
+  if (std::memcmp(key.mv_data, target.data(), kEntryKeyBytes - kSeqBytes) != 0) return Status();
+  EntryRecord record;
+  TALLY_TRY(decode_entry(key, value, &record));
+  *out = record;
+  return Status();
+}
+
+// The pair's last entry at or before seq within an epoch, in *last, and its
+// first entry after seq there, in *next (each nullopt when none). The next
+// entry costs one cursor step past the last, usually on the same page, or
+// none when the seek lands on it.
+Status entries_around(MDB_cursor* cursor, std::uint64_t epoch, std::uint64_t pair_id,
+                      std::uint64_t seq, std::optional<EntryRecord>* last,
+                      std::optional<EntryRecord>* next) {
+  last->reset();
+  next->reset();
   EntryKey target = entry_key(epoch, pair_id, seq);
   MDB_val key = val_of(target);
   MDB_val value{};
@@ -368,17 +405,23 @@ Status last_entry(MDB_cursor* cursor, std::uint64_t epoch, std::uint64_t pair_id
     // Every key is before the target: the last may be the pair's.
     rc = mdb_cursor_get(cursor, &key, &value, MDB_LAST);
   } else if (rc == 0 && !exact) {
-    // The first key past the target: the one before it may be the pair's.
+    // The first key past the target: the pair's next entry if it is the
+    // pair's; the one before it may be the pair's last.
+    TALLY_TRY(take_if_pair(key, value, target, next));
     rc = mdb_cursor_get(cursor, &key, &value, MDB_PREV);
   }
   if (rc == MDB_NOTFOUND) return Status();
   if (rc != 0) return lmdb_error("mdb_cursor_get (entries)", rc);
-  if (key.mv_size != kEntryKeyBytes) return corrupt("entry key of the wrong size");
-  // The epoch and pair: the key up to its seq.
-  if (std::memcmp(key.mv_data, target.data(), kEntryKeyBytes - kSeqBytes) != 0) return Status();
-  EntryRecord record;
-  TALLY_TRY(decode_entry(key, value, &record));
-  *found = record;
+  TALLY_TRY(take_if_pair(key, value, target, last));
+  if (exact) {
+    rc = mdb_cursor_get(cursor, &key, &value, MDB_NEXT);
+    if (rc != 0 && rc != MDB_NOTFOUND) return lmdb_error("mdb_cursor_get (entries)", rc);
+    if (rc == 0) TALLY_TRY(take_if_pair(key, value, target, next));
+  }
+  // A damaged page can break the order a seek relies on.
+  if ((last->has_value() && (*last)->seq > seq) || (next->has_value() && (*next)->seq <= seq)) {
+    return entry_corrupt(pair_id, seq, "entries out of order");
+  }
   return Status();
 }
 
@@ -486,21 +529,13 @@ struct BalanceCursors {
   Cursor openings;
 };
 
-// The pair's balance after seq, where `epoch` holds seq (or seq is past
-// everything, for the newest epoch): its last entry at or before seq in
-// the epoch, or else its opening balance, or else zero.
-Status balance_in_epoch(const BalanceCursors& cursors, std::uint64_t epoch, std::uint64_t pair_id,
-                        std::uint64_t seq, proj::Balance* out) {
-  std::optional<EntryRecord> last;
-  TALLY_TRY(last_entry(cursors.entries.get(), epoch, pair_id, seq, &last));
-  if (last.has_value()) {
-    *out = last->after;
-    return Status();
-  }
+// The pair's opening balance in an epoch, zero when it has none.
+Status opening_of(MDB_cursor* cursor, std::uint64_t epoch, std::uint64_t pair_id,
+                  proj::Balance* out) {
   OpeningKey target = opening_key(epoch, pair_id);
   MDB_val key = val_of(target);
   MDB_val value{};
-  const int rc = mdb_cursor_get(cursors.openings.get(), &key, &value, MDB_SET_KEY);
+  const int rc = mdb_cursor_get(cursor, &key, &value, MDB_SET_KEY);
   if (rc == MDB_NOTFOUND) {
     *out = proj::Balance{};
     return Status();
@@ -509,6 +544,39 @@ Status balance_in_epoch(const BalanceCursors& cursors, std::uint64_t epoch, std:
   Result<proj::Balance> opening = decode_opening(key, value);
   if (!opening) return opening.status();
   *out = *opening;
+  return Status();
+}
+
+// The pair's balance after seq, where `epoch` holds seq (or seq is past
+// everything, for the newest epoch): its last entry at or before seq in
+// the epoch, or else its opening balance, or else zero.
+//
+// Checked against what follows it (history_format.h, "Chains"): the pair's
+// next entry in the epoch must continue it, or with none, its opening
+// balance in `following_epoch` (the epoch after, 0 for the newest) must
+// be it.
+// So an entry lost from before the next change is corrupt, not an older
+// balance; a lost last entry of the newest epoch has nothing after it.
+Status balance_in_epoch(const BalanceCursors& cursors, std::uint64_t epoch,
+                        std::uint64_t following_epoch, std::uint64_t pair_id,
+                        std::uint64_t seq, proj::Balance* out) {
+  std::optional<EntryRecord> last;
+  std::optional<EntryRecord> next;
+  TALLY_TRY(entries_around(cursors.entries.get(), epoch, pair_id, seq, &last, &next));
+  proj::Balance balance;
+  if (last.has_value()) {
+    balance = last->after;
+  } else {
+    TALLY_TRY(opening_of(cursors.openings.get(), epoch, pair_id, &balance));
+  }
+  if (next.has_value()) {
+    if (!continues(*next, balance)) return chain_broken(pair_id, next->seq);
+  } else if (following_epoch != 0) {
+    proj::Balance carried;
+    TALLY_TRY(opening_of(cursors.openings.get(), following_epoch, pair_id, &carried));
+    if (carried != balance) return carry_broken(pair_id, following_epoch);
+  }
+  *out = balance;
   return Status();
 }
 
@@ -611,6 +679,10 @@ struct HistoryStore::Impl {
   Result<std::uint64_t> find_pair(const Txn& txn, std::string_view key,
                                   std::uint64_t pair_count) const;
   Result<std::uint64_t> pair_id_of(const MDB_val& value, std::uint64_t pair_count) const;
+  Status check_pair_ids(const Txn& txn, const Position& position) const;
+  Status check_epochs(const Txn& txn, const Position& position) const;
+  Status check_counts(const Txn& txn, std::uint64_t entries_walked,
+                      std::uint64_t openings_walked) const;
   Status visit_pairs(const Txn& txn, const Position& position, std::string_view prefix,
                      std::uint64_t seq,
                      const std::function<void(std::string_view, std::string_view,
@@ -653,18 +725,6 @@ Result<std::unique_ptr<HistoryStore>> HistoryStore::open(const std::string& dir,
     return invalid("pending_bytes_max must be 1.." + std::to_string(kPendingBytesLimit));
   }
   if (options.epoch_entries_min == 0) return invalid("epoch_entries_min must be at least 1");
-  if (options.read_only) {
-    // LMDB would create lock.mdb in a directory that holds no index.
-    struct stat file_stat {};
-    const std::string data_path = dir + "/data.mdb";
-    if (::stat(data_path.c_str(), &file_stat) != 0) {
-      if (errno == ENOENT || errno == ENOTDIR) {
-        return Status(ErrorCode::not_found, "history: no index in " + dir);
-      }
-      return Status(ErrorCode::io_error,
-                    "history: stat " + data_path + ": " + std::strerror(errno));
-    }
-  }
   lmdb::EnvironmentOptions env_options;
   env_options.component = kComponent;
   env_options.dbs_max = history::kDbCount;
@@ -841,7 +901,7 @@ Status HistoryStore::Impl::load_slot(const Txn& txn, PairSlot* slot) const {
   if (*id == 0) return Status();
   BalanceCursors cursors;
   TALLY_TRY(open_balance_cursors(txn, &cursors));
-  return balance_in_epoch(cursors, flushed.epoch, *id, UINT64_MAX, &slot->balance);
+  return balance_in_epoch(cursors, flushed.epoch, 0, *id, UINT64_MAX, &slot->balance);
 }
 
 // Fills `changes` with the pairs the event changes and their balances
@@ -1215,10 +1275,13 @@ Result<proj::Balance> HistoryStore::balance_at(std::string_view subject, std::st
   TALLY_TRY(epochs_cursor.open(txn.txn(), impl_->epochs));
   Result<std::uint64_t> epoch = seek_epoch(epochs_cursor.get(), seq);
   if (!epoch) return epoch.status();
+  // The epoch after, whose openings the chain check reads.
+  Result<std::uint64_t> following = next_epoch(epochs_cursor.get());
+  if (!following) return following.status();
   BalanceCursors cursors;
   TALLY_TRY(impl_->open_balance_cursors(txn.txn(), &cursors));
   proj::Balance balance;
-  TALLY_TRY(balance_in_epoch(cursors, *epoch, *id, seq, &balance));
+  TALLY_TRY(balance_in_epoch(cursors, *epoch, *following, *id, seq, &balance));
   return balance;
 }
 
@@ -1232,12 +1295,16 @@ Status HistoryStore::Impl::visit_pairs(
   BalanceCursors cursors;
   TALLY_TRY(open_balance_cursors(txn, &cursors));
   std::uint64_t epoch = 0;
+  std::uint64_t following_epoch = 0;  // the one after, whose openings the chain check reads
   if (seq != 0) {
     Cursor epochs_cursor;
     TALLY_TRY(epochs_cursor.open(txn, epochs));
     Result<std::uint64_t> found = seek_epoch(epochs_cursor.get(), seq);
     if (!found) return found.status();
     epoch = *found;
+    Result<std::uint64_t> following = next_epoch(epochs_cursor.get());
+    if (!following) return following.status();
+    following_epoch = *following;
   }
   MDB_val key = val_of(prefix);
   MDB_val value{};
@@ -1253,7 +1320,9 @@ Status HistoryStore::Impl::visit_pairs(
     Result<std::uint64_t> id = pair_id_of(value, position.pair_count);
     if (!id) return id.status();
     proj::Balance balance;
-    if (seq != 0) TALLY_TRY(balance_in_epoch(cursors, epoch, *id, seq, &balance));
+    if (seq != 0) {
+      TALLY_TRY(balance_in_epoch(cursors, epoch, following_epoch, *id, seq, &balance));
+    }
     if (balance != proj::Balance{}) visit(subject, item, balance);
   }
   if (rc != 0 && rc != MDB_NOTFOUND) return lmdb_error("mdb_cursor_get (pairs)", rc);
@@ -1288,9 +1357,55 @@ Status HistoryStore::for_each_at(
   return impl_->visit_pairs(txn.txn(), position, std::string_view(), seq, visit);
 }
 
+namespace {
+
+using EntryVisit = std::function<bool(const HistoryEntry&)>;
+
+// Visits the pair's entries in one epoch from from_seq, in seq order, up
+// to to_seq or until visit returns false (then *done), checking that each
+// continues *before, the pair's balance before it, which it then becomes.
+// The entry past to_seq, read to find the end, is checked too.
+Status visit_epoch_entries(MDB_cursor* cursor, std::uint64_t epoch, std::uint64_t pair_id,
+                           std::uint64_t from_seq, std::uint64_t to_seq, const EntryVisit& visit,
+                           proj::Balance* before, bool* done) {
+  EntryKey first = entry_key(epoch, pair_id, from_seq);
+  MDB_val key = val_of(first);
+  MDB_val value{};
+  int rc = mdb_cursor_get(cursor, &key, &value, MDB_SET_RANGE);
+  // Each pass visits one entry; the pair's entries in the epoch bound it.
+  for (; rc == 0; rc = mdb_cursor_get(cursor, &key, &value, MDB_NEXT)) {
+    if (key.mv_size != kEntryKeyBytes) return corrupt("entry key of the wrong size");
+    if (std::memcmp(key.mv_data, first.data(), kEntryKeyBytes - kSeqBytes) != 0) break;
+    EntryRecord record;
+    TALLY_TRY(decode_entry(key, value, &record));
+    if (!continues(record, *before)) return chain_broken(pair_id, record.seq);
+    *before = record.after;
+    *done = record.seq > to_seq;
+    if (*done) return Status();
+    HistoryEntry entry;
+    entry.seq = record.seq;
+    entry.time_ns = record.time_ns;
+    entry.key = record.key;
+    entry.op = op_name_of(record.op_code);
+    entry.delta_available = record.delta_available;
+    entry.delta_held = record.delta_held;
+    entry.after = record.after;
+    *done = !visit(entry);
+    if (*done) return Status();
+  }
+  if (rc != 0 && rc != MDB_NOTFOUND) return lmdb_error("mdb_cursor_get (entries)", rc);
+  return Status();
+}
+
+}  // namespace
+
+// The walk checks the chain as it goes: it starts from the pair's balance
+// before from_seq (one seek), each entry must continue the one before, and
+// the opening balance of each epoch it passes into (or stops before) must
+// be the balance the epoch before left.
 Status HistoryStore::entries(std::string_view subject, std::string_view item,
                              std::uint64_t from_seq, std::uint64_t to_seq,
-                             const std::function<bool(const HistoryEntry&)>& visit) const {
+                             const EntryVisit& visit) const {
   TALLY_TRY(check_names(subject, item));
   ReadTxn txn;
   Position position;
@@ -1305,34 +1420,290 @@ Status HistoryStore::entries(std::string_view subject, std::string_view item,
   Cursor epochs_cursor;
   TALLY_TRY(epochs_cursor.open(txn.txn(), impl_->epochs));
   Result<std::uint64_t> epoch = seek_epoch(epochs_cursor.get(), from_seq);
-  Cursor cursor;
-  TALLY_TRY(cursor.open(txn.txn(), impl_->entries));
-  // Each pass visits the pair's entries in one epoch, in seq order.
-  for (; epoch.ok() && *epoch != 0 && *epoch <= to_seq; epoch = next_epoch(epochs_cursor.get())) {
-    EntryKey first = entry_key(*epoch, *id, from_seq);
-    MDB_val key = val_of(first);
-    MDB_val value{};
-    int rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_SET_RANGE);
-    // Each pass visits one entry; the pair's entries in the epoch bound it.
-    for (; rc == 0; rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_NEXT)) {
-      if (key.mv_size != kEntryKeyBytes) return corrupt("entry key of the wrong size");
-      if (std::memcmp(key.mv_data, first.data(), kEntryKeyBytes - kSeqBytes) != 0) break;
-      EntryRecord record;
-      TALLY_TRY(decode_entry(key, value, &record));
-      if (record.seq > to_seq) return Status();
-      HistoryEntry entry;
-      entry.seq = record.seq;
-      entry.time_ns = record.time_ns;
-      entry.key = record.key;
-      entry.op = op_name_of(record.op_code);
-      entry.delta_available = record.delta_available;
-      entry.delta_held = record.delta_held;
-      entry.after = record.after;
-      if (!visit(entry)) return Status();
+  if (!epoch) return epoch.status();
+  BalanceCursors cursors;
+  TALLY_TRY(impl_->open_balance_cursors(txn.txn(), &cursors));
+  proj::Balance before;
+  {
+    std::optional<EntryRecord> last;
+    std::optional<EntryRecord> next;  // checked by the walk
+    TALLY_TRY(entries_around(cursors.entries.get(), *epoch, *id, from_seq - 1, &last, &next));
+    if (last.has_value()) {
+      before = last->after;
+    } else {
+      TALLY_TRY(opening_of(cursors.openings.get(), *epoch, *id, &before));
     }
-    if (rc != 0 && rc != MDB_NOTFOUND) return lmdb_error("mdb_cursor_get (entries)", rc);
   }
-  return epoch.status();
+  // Each pass visits the pair's entries in one epoch, then checks the next
+  // epoch's opening; the epochs bound it.
+  for (std::uint64_t at = *epoch; at != 0;) {
+    bool done = false;
+    TALLY_TRY(visit_epoch_entries(cursors.entries.get(), at, *id, from_seq, to_seq, visit,
+                                  &before, &done));
+    if (done) return Status();
+    Result<std::uint64_t> following = next_epoch(epochs_cursor.get());
+    if (!following) return following.status();
+    if (*following == 0) return Status();
+    proj::Balance carried;
+    TALLY_TRY(opening_of(cursors.openings.get(), *following, *id, &carried));
+    if (carried != before) return carry_broken(*id, *following);
+    if (*following > to_seq) return Status();
+    at = *following;
+  }
+  return Status();
+}
+
+// ---------------------------------------------------------------- check_chains
+
+namespace {
+
+// A cursor over one epoch's records of "entries" or "openings" (both keyed
+// epoch, pair id, ...), in key order. Not started, it is past the end.
+class EpochWalk {
+ public:
+  EpochWalk(MDB_cursor* cursor, std::size_t key_bytes, const char* what)
+      : cursor_(cursor), key_bytes_(key_bytes), what_(what) {}
+
+  Status start(std::uint64_t epoch) {
+    epoch_ = epoch;
+    OpeningKey first = opening_key(epoch, 0);  // before every key of the epoch
+    key_ = val_of(first);
+    rc_ = mdb_cursor_get(cursor_, &key_, &value_, MDB_SET_RANGE);
+    return settle();
+  }
+  Status step() {
+    rc_ = mdb_cursor_get(cursor_, &key_, &value_, MDB_NEXT);
+    return settle();
+  }
+  // The pair of the record it is on; UINT64_MAX past the epoch.
+  std::uint64_t pair() const {
+    if (rc_ != 0 || get_be(bytes_of(key_), 8) != epoch_) return UINT64_MAX;
+    return get_be(bytes_of(key_) + 8, 8);
+  }
+  const MDB_val& key() const { return key_; }
+  const MDB_val& value() const { return value_; }
+
+ private:
+  Status settle() {
+    if (rc_ == MDB_NOTFOUND) return Status();
+    if (rc_ != 0) return lmdb_error(std::string("mdb_cursor_get (") + what_ + ")", rc_);
+    if (key_.mv_size != key_bytes_) return corrupt(std::string(what_) + " key of the wrong size");
+    return Status();
+  }
+
+  MDB_cursor* cursor_;
+  std::size_t key_bytes_;
+  const char* what_;
+  std::uint64_t epoch_ = 0;
+  int rc_ = MDB_NOTFOUND;
+  MDB_val key_{};
+  MDB_val value_{};
+};
+
+// What check_epoch_chains counted in one epoch.
+struct EpochTally {
+  std::uint64_t entries = 0;
+  std::uint64_t openings = 0;
+};
+
+// The three walks that check one epoch: its openings, its entries and the
+// next epoch's openings, all in pair order.
+struct ChainWalks {
+  EpochWalk openings;
+  EpochWalk entries;
+  EpochWalk next_openings;
+};
+
+// Checks one pair in one epoch: each of its entries (seqs increasing, from
+// the epoch to seq_max) continues the one before, the first its opening
+// balance (or zero); the next epoch's opening (when `following` is not 0)
+// is the last balance.
+Status check_pair_chain(ChainWalks* walks, std::uint64_t pair_id, std::uint64_t seq_max,
+                        std::uint64_t following, EpochTally* tally) {
+  proj::Balance balance;
+  if (walks->openings.pair() == pair_id) {
+    Result<proj::Balance> opening = decode_opening(walks->openings.key(), walks->openings.value());
+    if (!opening) return opening.status();
+    balance = *opening;
+    tally->openings++;
+    TALLY_TRY(walks->openings.step());
+  }
+  std::uint64_t seq_before = 0;
+  // Each pass checks one entry of the pair; its entries in the epoch bound it.
+  while (walks->entries.pair() == pair_id) {
+    EntryRecord record;
+    TALLY_TRY(decode_entry(walks->entries.key(), walks->entries.value(), &record));
+    if (record.seq <= seq_before || record.seq > seq_max) {
+      return entry_corrupt(pair_id, record.seq, "out of order or past its epoch");
+    }
+    if (!continues(record, balance)) return chain_broken(pair_id, record.seq);
+    balance = record.after;
+    seq_before = record.seq;
+    tally->entries++;
+    TALLY_TRY(walks->entries.step());
+  }
+  if (following == 0) return Status();
+  proj::Balance carried;
+  if (walks->next_openings.pair() == pair_id) {
+    const EpochWalk& next = walks->next_openings;
+    Result<proj::Balance> opening = decode_opening(next.key(), next.value());
+    if (!opening) return opening.status();
+    carried = *opening;
+    TALLY_TRY(walks->next_openings.step());
+  }
+  if (carried != balance) return carry_broken(pair_id, following);
+  return Status();
+}
+
+// Checks every pair of `epoch` (the epoch after it: `following`, 0 for the
+// newest), merging the three walks by pair id, as begin_epoch does.
+Status check_epoch_chains(ChainWalks* walks, const Position& position, std::uint64_t epoch,
+                          std::uint64_t following, EpochTally* tally) {
+  TALLY_TRY(walks->openings.start(epoch));
+  TALLY_TRY(walks->entries.start(epoch));
+  if (following != 0) TALLY_TRY(walks->next_openings.start(following));
+  const std::uint64_t seq_max = following != 0 ? following - 1 : position.at.seq;
+  std::uint64_t pair_before = 0;
+  // Each pass checks one pair; pair ids 1..pair_count bound it.
+  for (;;) {
+    const std::uint64_t pair_id = std::min(
+        {walks->openings.pair(), walks->entries.pair(),
+         following != 0 ? walks->next_openings.pair() : UINT64_MAX});
+    if (pair_id == UINT64_MAX) return Status();
+    if (pair_id <= pair_before || pair_id > position.pair_count) {
+      return corrupt("epoch " + std::to_string(epoch) + " names pair " +
+                     std::to_string(pair_id) + " out of order or outside 1.." +
+                     std::to_string(position.pair_count));
+    }
+    pair_before = pair_id;
+    TALLY_TRY(check_pair_chain(walks, pair_id, seq_max, following, tally));
+  }
+}
+
+// The number of records in a database, as LMDB counts them.
+Result<std::uint64_t> records_in(const Txn& txn, MDB_dbi dbi, const char* what) {
+  MDB_stat stat{};
+  const int rc = mdb_stat(txn.get(), dbi, &stat);
+  if (rc != 0) return lmdb_error(std::string("mdb_stat (") + what + ")", rc);
+  return std::uint64_t{stat.ms_entries};
+}
+
+}  // namespace
+
+// Every pair key is well formed and names an id in 1..pair_count, each id
+// once: so every pair id an entry names has one name, and no two pairs
+// read the same entries.
+Status HistoryStore::Impl::check_pair_ids(const Txn& txn, const Position& position) const {
+  Cursor cursor;
+  TALLY_TRY(cursor.open(txn, pairs));
+  // One bit per pair id: an allocation the size of the index's pair count.
+  std::vector<bool> named(position.pair_count + 1, false);
+  std::uint64_t count = 0;
+  MDB_val key{};
+  MDB_val value{};
+  int rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_FIRST);
+  // Each pass checks one pair; the pairs database bounds it.
+  for (; rc == 0; rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_NEXT)) {
+    std::string_view subject;
+    std::string_view item;
+    if (!split_pair_key(view_of(key), &subject, &item)) return corrupt("malformed pair key");
+    Result<std::uint64_t> id = pair_id_of(value, position.pair_count);
+    if (!id) return id.status();
+    if (named[*id]) return corrupt("two pairs have id " + std::to_string(*id));
+    named[*id] = true;
+    count++;
+  }
+  if (rc != MDB_NOTFOUND) return lmdb_error("mdb_cursor_get (pairs)", rc);
+  if (count != position.pair_count) {
+    return corrupt(std::to_string(count) + " pairs where the position counts " +
+                   std::to_string(position.pair_count));
+  }
+  return Status();
+}
+
+// Walks the epochs in order and checks each (check_epoch_chains); then
+// that they hold every entry and opening there is, and that the newest
+// agrees with the position.
+Status HistoryStore::Impl::check_epochs(const Txn& txn, const Position& position) const {
+  Cursor epochs_cursor;
+  Cursor entries_cursor;
+  Cursor openings_cursor;
+  Cursor next_openings_cursor;
+  TALLY_TRY(epochs_cursor.open(txn, epochs));
+  TALLY_TRY(entries_cursor.open(txn, entries));
+  TALLY_TRY(openings_cursor.open(txn, openings));
+  TALLY_TRY(next_openings_cursor.open(txn, openings));
+  ChainWalks walks{EpochWalk(openings_cursor.get(), kOpeningKeyBytes, "openings"),
+                   EpochWalk(entries_cursor.get(), kEntryKeyBytes, "entries"),
+                   EpochWalk(next_openings_cursor.get(), kOpeningKeyBytes, "openings")};
+  // The epoch record the cursor moves to; epoch 0 past the last.
+  const auto epoch_at = [&](MDB_cursor_op op) -> Result<EpochRecord> {
+    MDB_val key{};
+    MDB_val value{};
+    const int rc = mdb_cursor_get(epochs_cursor.get(), &key, &value, op);
+    if (rc == MDB_NOTFOUND) return EpochRecord{};
+    if (rc != 0) return lmdb_error("mdb_cursor_get (epochs)", rc);
+    return decode_epoch(key, value);
+  };
+  Result<EpochRecord> epoch = epoch_at(MDB_FIRST);
+  if (!epoch) return epoch.status();
+  if (epoch->epoch != 1) return corrupt("the first epoch is " + std::to_string(epoch->epoch));
+  EpochTally total;
+  // Each pass checks one epoch; the epochs database bounds it.
+  for (;;) {
+    Result<EpochRecord> following = epoch_at(MDB_NEXT);
+    if (!following) return following.status();
+    const std::uint64_t next = following->epoch;
+    if (next != 0 && (next <= epoch->epoch || next > position.epoch)) {
+      return corrupt("epoch " + std::to_string(next) + " after epoch " +
+                     std::to_string(epoch->epoch) + " (the newest is " +
+                     std::to_string(position.epoch) + ")");
+    }
+    EpochTally tally;
+    TALLY_TRY(check_epoch_chains(&walks, position, epoch->epoch, next, &tally));
+    if (tally.openings != epoch->openings) {
+      return corrupt("epoch " + std::to_string(epoch->epoch) + " has " +
+                     std::to_string(tally.openings) + " opening balances where its record says " +
+                     std::to_string(epoch->openings));
+    }
+    total.entries += tally.entries;
+    total.openings += tally.openings;
+    if (next == 0) {
+      if (epoch->epoch != position.epoch || tally.entries != position.epoch_entries) {
+        return corrupt("the newest epoch is " + std::to_string(epoch->epoch) + " with " +
+                       std::to_string(tally.entries) + " entries where the position says " +
+                       std::to_string(position.epoch) + " with " +
+                       std::to_string(position.epoch_entries));
+      }
+      break;
+    }
+    epoch = following;
+  }
+  return check_counts(txn, total.entries, total.openings);
+}
+
+// Entries or openings outside every epoch (under a damaged key) are not
+// walked: LMDB's counts of the records then exceed the walk's.
+Status HistoryStore::Impl::check_counts(const Txn& txn, std::uint64_t entries_walked,
+                                        std::uint64_t openings_walked) const {
+  Result<std::uint64_t> entry_count = records_in(txn, entries, "entries");
+  if (!entry_count) return entry_count.status();
+  Result<std::uint64_t> opening_count = records_in(txn, openings, "openings");
+  if (!opening_count) return opening_count.status();
+  if (*entry_count != entries_walked || *opening_count != openings_walked) {
+    return corrupt(std::to_string(*entry_count) + " entries and " +
+                   std::to_string(*opening_count) + " opening balances, of which the epochs hold " +
+                   std::to_string(entries_walked) + " and " + std::to_string(openings_walked));
+  }
+  return Status();
+}
+
+Status HistoryStore::check_chains() const {
+  ReadTxn txn;
+  Position position;
+  TALLY_TRY(impl_->begin_read(&txn, &position));
+  TALLY_TRY(impl_->check_pair_ids(txn.txn(), position));
+  return impl_->check_epochs(txn.txn(), position);
 }
 
 }  // namespace tally::snap

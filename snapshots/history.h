@@ -44,6 +44,14 @@
 // codes, non-negative balances, the entry check); a malformed one is a
 // corrupt Status, never a crash.
 //
+// Chains: LMDB has no page checksums, and a damaged key moves a whole
+// record out of the range a read seeks in, unread. So the readers also
+// check what surrounds the answer (history_format.h, "Chains"): an entry's
+// balance after, less its change, must be the pair's balance before it. A
+// read of the balance at seq N looks one entry past N (or, past the pair's
+// last entry in N's epoch, at its opening balance in the next epoch), and
+// is corrupt rather than an older balance when a change between is lost.
+//
 // Ownership: the store owns the LMDB environment. Views handed to a visit
 // callback (names, keys) point into the map and are valid during the call.
 #pragma once
@@ -180,10 +188,23 @@ class HistoryStore {
                                               proj::Balance)>& visit) const;
 
   // Every entry of one pair with from_seq <= seq <= to_seq, in seq order,
-  // until visit returns false. None for a pair never changed.
+  // until visit returns false. None for a pair never changed. corrupt, once
+  // visit has had the entries before the problem, when one of them does not
+  // continue the one before (Chains, below).
   Status entries(std::string_view subject, std::string_view item, std::uint64_t from_seq,
                  std::uint64_t to_seq,
                  const std::function<bool(const HistoryEntry&)>& visit) const;
+
+  // Walks the whole index once (for `tally verify`: it reads every record)
+  // and checks that it hangs together: every pair key names an id in
+  // 1..pair count, each id once; every epoch, opening and entry record
+  // verifies; each pair's entries chain within each epoch, the first from
+  // the pair's opening balance (or zero); each epoch's opening balances are
+  // the balances the epoch before ended with; and the epochs hold every
+  // entry and opening there is, the newest as many entries as the position
+  // counts (which is what shows a lost last entry of a pair in the newest
+  // epoch: no chain follows it). corrupt names the first problem.
+  Status check_chains() const;
 
  private:
   struct Impl;

@@ -73,6 +73,16 @@
 //   an entry copied under another pair, seq or epoch does not verify
 //   either.
 //
+// Chains. An entry's balance after, less its delta, is the pair's balance
+// before it: the previous entry's balance after in the epoch, or else the
+// pair's opening balance there, or else zero; and an epoch's openings are
+// the balances the epoch before ended with. No change is zero, so a record
+// lost from the middle (deleted, or moved away by a damaged key, which the
+// check above catches only when the record is read) breaks a chain.
+// Readers check the link after the balance they answer; the format carries
+// nothing more for it (the checks already cover the keys), so format 2
+// stands.
+//
 // Format 1 (no epochs: entries keyed by pair, then seq) is not read; a
 // writer finding it rebuilds the index from the log.
 #pragma once

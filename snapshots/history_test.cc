@@ -5,10 +5,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <ostream>
 #include <random>
 #include <set>
@@ -568,6 +570,7 @@ void run_random_history(std::uint64_t seed, int steps, const HistoryStoreOptions
   for (int step = 0; step < steps; step++) stream.step(replay);
   CHECK(position_ok(*store).seq == replay.last_seq());
   CHECK(all_at(*store, replay.last_seq()) == proj::all_balances(replay, kStoredOnly));
+  REQUIRE_OK(store->check_chains());
   // Each pair's entries chain: the balance after one plus the next change
   // is the balance after the next; the last is the balance now.
   for (const auto& [subject, item] : seen) {
@@ -616,6 +619,8 @@ void edit_db(const TempDir& dir, const char* db,
   MDB_env* env = nullptr;
   REQUIRE(mdb_env_create(&env) == 0);
   REQUIRE(mdb_env_set_maxdbs(env, history::kDbCount) == 0);
+  // Room for the edit: the store's small maps may be full.
+  REQUIRE(mdb_env_set_mapsize(env, std::size_t{16} << 20) == 0);
   REQUIRE(mdb_env_open(env, dir.sub("history").c_str(), 0, 0644) == 0);
   MDB_txn* txn = nullptr;
   REQUIRE(mdb_txn_begin(env, nullptr, 0, &txn) == 0);
@@ -830,7 +835,9 @@ TEST_CASE("a damaged opening balance or epoch record is corrupt where it is read
       return flipped;
     });
     std::unique_ptr<HistoryStore> store = open_history(dir);
-    CHECK(balance_ok(*store, "alice", "gold", 1) == bal(5, 0));  // its entry, in epoch 1
+    // At seq 1 too: with no later entry in epoch 1, the read checks that
+    // epoch 2's opening carries alice's balance on.
+    CHECK(store->balance_at("alice", "gold", 1).code() == ErrorCode::corrupt);
     CHECK(store->balance_at("alice", "gold", 2).code() == ErrorCode::corrupt);
     CHECK(balance_ok(*store, "bob", "gold", 2) == bal(1, 0));
     CHECK(store->list_at("alice", 2, [](std::string_view, Balance) {}).code() ==
@@ -869,6 +876,259 @@ TEST_CASE("an index of format 1 is corrupt, naming its format, for the writer an
 }
 
 // ---------------------------------------------------------------- read-only
+
+// ---------------------------------------------------------------- chains
+
+// Forty events over six pairs (acquires, transfers, consumes that the
+// balances allow), so that each pair changes several times, in several
+// epochs when they are short. The same every time.
+void feed_chain_workload(Feed& feed, const State& state) {
+  const std::string subjects[] = {"alice", "bob", "carol"};
+  const std::string items[] = {"gold", "silver"};
+  std::mt19937_64 rng(11);
+  for (std::uint64_t step = 0; step < 40; step++) {
+    const std::size_t from = rng() % 3;
+    const std::string& item = items[rng() % 2];
+    const auto qty = static_cast<std::int64_t>(rng() % 5) + 1;
+    const std::uint64_t choice = rng() % 3;
+    const bool covered = state.balance(subjects[from], item, kStoredOnly).available >= qty;
+    if (choice == 1 && covered) {
+      const std::string& to = subjects[(from + 1 + rng() % 2) % 3];
+      REQUIRE_OK(feed.one(key_of(step), transfer_op(subjects[from], to, item, qty)));
+    } else if (choice == 2 && covered) {
+      REQUIRE_OK(feed.one(key_of(step), consume_op(subjects[from], item, qty)));
+    } else {
+      REQUIRE_OK(feed.one(key_of(step), acquire_op(subjects[from], item, qty + 4)));
+    }
+  }
+}
+
+// What the damaged-index checks compare with: every non-zero balance after
+// each seq, by a State replay of the same workload, and the pairs' names.
+struct ChainFixture {
+  std::vector<std::vector<Listed>> at_seq;  // [seq]
+  std::map<std::uint64_t, std::pair<std::string, std::string>> pairs;  // by id
+};
+
+ChainFixture write_chain_index(const TempDir& dir, const Indexing& indexing) {
+  {
+    std::unique_ptr<HistoryStore> store = open_history(dir, indexing.options);
+    State state(StateOptions{kWindowNs});
+    Feed feed({&state});
+    index_into(&feed, store.get(), indexing.flush_each);
+    feed_chain_workload(feed, state);
+    REQUIRE_OK(store->flush());
+    feed.on_applied = nullptr;
+    REQUIRE_OK(store->check_chains());  // a whole index passes
+  }
+  ChainFixture fixture;
+  State state(StateOptions{kWindowNs});
+  Feed feed({&state});
+  fixture.at_seq.emplace_back();
+  feed.on_applied = [&](const log::Event&) {
+    fixture.at_seq.push_back(proj::all_balances(state, kStoredOnly));
+  };
+  feed_chain_workload(feed, state);
+  feed.on_applied = nullptr;
+  for (const auto& [key, value] : records_of(dir, history::kPairsDbName)) {
+    const std::size_t nul = key.find('\0');
+    fixture.pairs[u64_at(value, 0, false)] = {key.substr(0, nul), key.substr(nul + 1)};
+  }
+  return fixture;
+}
+
+Balance expected_at(const ChainFixture& fixture, const std::pair<std::string, std::string>& pair,
+                    std::uint64_t seq) {
+  for (const Listed& listed : fixture.at_seq[seq]) {
+    if (listed.subject == pair.first && listed.item == pair.second) return listed.balance;
+  }
+  return Balance{};
+}
+
+// One record removed from "entries" or "openings" (deleted, or moved under
+// its key with one bit flipped, as a damaged page would): the pair it
+// belongs to, from which seq on it is lost, a seq where a read of the pair
+// must find that out, and whether it is beyond what the chains can show (a
+// lost last change of a pair in the newest epoch).
+struct LostRecord {
+  std::uint64_t pair_id = 0;
+  std::uint64_t seq = 0;
+  std::uint64_t seq_found = 0;
+  bool past_chains = false;
+};
+
+// Every read of the damaged index answers what the log says, or corrupt;
+// the reads of the lost record's pair at seq_found are corrupt unless it is
+// past the chains (then the reads from its seq on may answer the balance
+// before it: only verify's comparison with the log sees that).
+void check_reads_of_damaged(const HistoryStore& store, const ChainFixture& fixture,
+                            const LostRecord& lost) {
+  for (std::uint64_t seq = 0; seq < fixture.at_seq.size(); seq++) {
+    CAPTURE(seq);
+    const bool unseen = lost.past_chains && seq >= lost.seq;
+    for (const auto& [id, pair] : fixture.pairs) {
+      CAPTURE(pair.first);
+      CAPTURE(pair.second);
+      Result<Balance> read = store.balance_at(pair.first, pair.second, seq);
+      if (read.ok()) {
+        if (!(unseen && id == lost.pair_id)) CHECK(*read == expected_at(fixture, pair, seq));
+      } else {
+        CHECK(read.code() == ErrorCode::corrupt);
+      }
+      if (id == lost.pair_id && seq == lost.seq_found && !lost.past_chains) CHECK(!read.ok());
+    }
+    std::vector<Listed> all;
+    const Status whole = store.for_each_at(
+        seq, [&](std::string_view subject, std::string_view item, Balance balance) {
+          all.push_back({std::string(subject), std::string(item), balance});
+        });
+    if (whole.ok()) {
+      if (!unseen) CHECK(all == fixture.at_seq[seq]);
+    } else {
+      CHECK(whole.code() == ErrorCode::corrupt);
+    }
+    if (seq == lost.seq_found && !lost.past_chains) CHECK(!whole.ok());
+    const std::string& subject = fixture.pairs.at(lost.pair_id).first;
+    const Status listed = store.list_at(subject, seq, [](std::string_view, Balance) {});
+    CHECK((listed.ok() || listed.code() == ErrorCode::corrupt));
+    if (seq == lost.seq_found && !lost.past_chains) CHECK(!listed.ok());
+  }
+  const auto& [subject, item] = fixture.pairs.at(lost.pair_id);
+  if (!lost.past_chains) CHECK(all_entries_code(store, subject, item) == ErrorCode::corrupt);
+}
+
+// Removes one record from `db` of a copy of `source`'s index: deleted when
+// flip_byte is negative, else moved under its key with bit 0x01 (or 0x80
+// at byte 0, an epoch's top bit) of that byte flipped. False when the
+// flipped key is taken, and nothing changed.
+bool remove_record(const TempDir& source, const TempDir& copy, const char* db,
+                   const std::string& key, int flip_byte) {
+  std::filesystem::copy(source.sub("history"), copy.sub("history"));
+  bool removed = false;
+  edit_db(copy, db, [&](MDB_txn* txn, MDB_dbi dbi) {
+    std::string key_bytes = key;
+    MDB_val key_val{key_bytes.size(), key_bytes.data()};
+    MDB_val value{};
+    REQUIRE(mdb_get(txn, dbi, &key_val, &value) == 0);
+    std::string value_bytes(static_cast<const char*>(value.mv_data), value.mv_size);
+    if (flip_byte >= 0) {
+      std::string moved = key;
+      moved[flip_byte] = static_cast<char>(moved[flip_byte] ^ (flip_byte == 0 ? 0x80 : 0x01));
+      MDB_val moved_val{moved.size(), moved.data()};
+      MDB_val value_val{value_bytes.size(), value_bytes.data()};
+      const int rc = mdb_put(txn, dbi, &moved_val, &value_val, MDB_NOOVERWRITE);
+      if (rc == MDB_KEYEXIST) return;
+      REQUIRE(rc == 0);
+    }
+    const int deleted = mdb_del(txn, dbi, &key_val, nullptr);
+    REQUIRE_MESSAGE(deleted == 0, mdb_strerror(deleted));
+    removed = true;
+  });
+  return removed;
+}
+
+TEST_CASE("a lost entry is corrupt for the reads that pass it, and for check_chains") {
+  // Deleted; moved to another seq, pair or epoch (a flipped key bit).
+  const int flips[] = {-1, history::kEntryKeyBytes - 1, 15, 0};
+  for (const Indexing& indexing : indexings()) {
+    CAPTURE(std::string(indexing.name));
+    TempDir dir;
+    const ChainFixture fixture = write_chain_index(dir, indexing);
+    const auto records = records_of(dir, history::kEntriesDbName);
+    std::uint64_t newest_epoch = 0;
+    for (const auto& [key, value] : records_of(dir, history::kEpochsDbName)) {
+      newest_epoch = std::max(newest_epoch, u64_at(key, 0, true));
+    }
+    int trials = 0;
+    for (std::size_t index = 0; index < records.size(); index++) {
+      const std::string& key = records[index].first;
+      const std::uint64_t seq = u64_at(key, 16, true);
+      LostRecord lost{u64_at(key, 8, true), seq, seq, false};
+      const bool last_of_pair = index + 1 == records.size() ||
+                                records[index + 1].first.compare(0, 16, key, 0, 16) != 0;
+      lost.past_chains = last_of_pair && u64_at(key, 0, true) == newest_epoch;
+      for (const int flip : flips) {
+        CAPTURE(lost.pair_id);
+        CAPTURE(lost.seq);
+        CAPTURE(flip);
+        TempDir copy;
+        if (!remove_record(dir, copy, history::kEntriesDbName, key, flip)) continue;
+        trials++;
+        std::unique_ptr<HistoryStore> store = open_history(copy);
+        check_reads_of_damaged(*store, fixture, lost);
+        // A lost last change of the newest epoch too: the position counts
+        // the newest epoch's entries.
+        CHECK(store->check_chains().code() == ErrorCode::corrupt);
+      }
+    }
+    CHECK(trials > 100);
+  }
+}
+
+TEST_CASE("a lost opening balance is corrupt for the reads that pass it, and for check_chains") {
+  for (const Indexing& indexing : indexings()) {
+    CAPTURE(std::string(indexing.name));
+    if (!indexing.flush_each) continue;  // one epoch has no openings
+    TempDir dir;
+    const ChainFixture fixture = write_chain_index(dir, indexing);
+    const auto entries = records_of(dir, history::kEntriesDbName);
+    const auto openings = records_of(dir, history::kOpeningsDbName);
+    REQUIRE(openings.size() > 10);
+    std::uint64_t newest_epoch = 0;
+    for (const auto& [key, value] : records_of(dir, history::kEpochsDbName)) {
+      newest_epoch = std::max(newest_epoch, u64_at(key, 0, true));
+    }
+    for (const auto& [key, value] : openings) {
+      // The epoch's first seq; the last of the epoch before reads the
+      // opening to check that the pair's balance carries on.
+      const std::uint64_t epoch = u64_at(key, 0, true);
+      LostRecord lost{u64_at(key, 8, true), epoch, epoch - 1, false};
+      // Past the chains: the newest epoch's opening of a pair with no
+      // entry after it.
+      const bool changes_after = std::any_of(entries.begin(), entries.end(), [&](const auto& e) {
+        return e.first.compare(0, 16, key) == 0;
+      });
+      lost.past_chains = lost.seq == newest_epoch && !changes_after;
+      CAPTURE(lost.pair_id);
+      CAPTURE(lost.seq);
+      TempDir copy;
+      REQUIRE(remove_record(dir, copy, history::kOpeningsDbName, key, -1));
+      std::unique_ptr<HistoryStore> store = open_history(copy);
+      check_reads_of_damaged(*store, fixture, lost);
+      // The epoch before ends with a balance nothing carries on.
+      CHECK(store->check_chains().code() == ErrorCode::corrupt);
+    }
+  }
+}
+
+TEST_CASE("check_chains: a pair id named twice, and entries outside every epoch, are corrupt") {
+  {
+    TempDir dir;
+    write_small_index(dir);
+    // alice's gold (id 1) renamed to bob's id 2.
+    rewrite_first(dir, history::kPairsDbName,
+                  [](const std::string&) { return std::string("\x02\0\0\0\0\0\0\0", 8); });
+    std::unique_ptr<HistoryStore> store = open_history(dir);
+    const Status chains = store->check_chains();
+    CHECK(chains.code() == ErrorCode::corrupt);
+    CHECK(chains.message().find("two pairs have id 2") != std::string::npos);
+  }
+  {
+    TempDir dir;
+    TempDir copy;
+    write_small_index(dir);
+    // bob's only entry, the last change of the newest epoch, moved under
+    // epoch 1 with its top bit set: an epoch there is no record of. No
+    // chain shows it; the count of entries does.
+    const std::string key = records_of(dir, history::kEntriesDbName).back().first;
+    REQUIRE(remove_record(dir, copy, history::kEntriesDbName, key, 0));
+    std::unique_ptr<HistoryStore> store = open_history(copy);
+    const Status chains = store->check_chains();
+    CAPTURE(chains.to_string());
+    CHECK(chains.code() == ErrorCode::corrupt);
+    CHECK(chains.message().find("the newest epoch is 1 with 2 entries") != std::string::npos);
+  }
+}
 
 TEST_CASE("read_only: a missing index is not_found and creates nothing; a written one reads") {
   TempDir dir;

@@ -234,6 +234,16 @@ Status settle_history(const std::string& data_dir, const VerifySummary& summary,
                         ? "its seq is before the range checked"
                         : "its seq is after the range checked";
   }
+  if (index.standing != HistoryStanding::usable || check->balances == Verdict::bad) {
+    return Status();
+  }
+  // Every entry of every pair, once: a change lost anywhere breaks a chain,
+  // where the comparison above sees only the balances at the index's seq.
+  const Status chains = index.store->check_chains();
+  if (!chains.ok()) {
+    check->balances = Verdict::bad;
+    check->detail = chains.to_string();
+  }
   return Status();
 }
 
@@ -250,6 +260,17 @@ Status first_failure(const std::string& data_dir, const VerifySummary& summary) 
       return Status(ErrorCode::corrupt, "snapshot at seq " + std::to_string(check.info.seq) +
                                             ": " + check.detail);
     }
+  }
+  const HistoryIndex& index = summary.history.index;
+  if (index.standing == HistoryStanding::unreadable) {
+    // A writer sets a store that does not open (corrupt) aside and
+    // rebuilds the index (snapshots/renew.h).
+    std::string what = "history index (" + history_dir(data_dir) + "): " +
+                       index.problem.message();
+    if (index.problem.code() == ErrorCode::corrupt) {
+      what += "; the next ledger to open moves it to " + history_dir(data_dir) + ".damaged";
+    }
+    return Status(ErrorCode::corrupt, what);
   }
   if (summary.history.balances == Verdict::bad) {
     return Status(ErrorCode::corrupt, "history index (" + history_dir(data_dir) + "): " +
@@ -560,11 +581,12 @@ constexpr CommandSpec kVerifySpec = {
     "Replays the log checking every checksum and the chain, then the state's\n"
     "invariants and the per-item flow totals. Every snapshot must load and\n"
     "equal the replay at its seq (digest and chain checksum); the history\n"
-    "index's position is compared with the log, and its balances with the\n"
-    "replay's at that seq. Exits 1 at the first problem in the log (naming the\n"
-    "segment and byte offset), or after the report when a snapshot or the\n"
-    "index's balances are bad. A torn tail (an unfinished last write) and a\n"
-    "stale or lagging index are reported but are not failures.\n"
+    "index's position is compared with the log, its balances with the\n"
+    "replay's at that seq, and every entry with the one before (the chains).\n"
+    "Exits 1 at the first problem in the log (naming the segment and byte\n"
+    "offset), or after the report when a snapshot or the index is bad or does\n"
+    "not open. A torn tail (an unfinished last write) and a stale or lagging\n"
+    "index are reported but are not failures.\n"
     "\n"
     "--from-seq N replays from the newest valid snapshot at or below N-1\n"
     "instead of seq 1: flows are then skipped (they need the whole log), and\n"
