@@ -1,9 +1,9 @@
 #include "engine/decide.h"
 
-#include <xxhash.h>
-
 #include <algorithm>
 #include <climits>
+
+#include "log/hash.h"
 
 namespace tally::detail {
 

@@ -1,9 +1,8 @@
 #include "log/format.h"
 
-#include <xxhash.h>
-
 #include <algorithm>
 
+#include "log/hash.h"
 #include "log/status.h"
 
 namespace tally::log {

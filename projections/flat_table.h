@@ -20,8 +20,8 @@
 
 #include <sys/mman.h>
 #include <unistd.h>
-#include <xxhash.h>
 
+#include "log/hash.h"
 #include "log/status.h"
 
 namespace tally::proj {

@@ -7,7 +7,7 @@
 #include <utility>
 #include <vector>
 
-#include <xxhash.h>
+#include "log/hash.h"
 
 #include "projections/state.h"
 #include "projections/state_digest.h"

@@ -14,7 +14,6 @@
 #include "snapshots/history.h"
 
 #include <lmdb.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <array>
@@ -26,6 +25,7 @@
 #include <utility>
 #include <vector>
 
+#include "log/hash.h"
 #include "projections/changes.h"
 #include "projections/name_table.h"  // proj::kNameBytesMax
 #include "snapshots/history_format.h"

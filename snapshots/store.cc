@@ -1,17 +1,15 @@
 // SnapshotStore: the LMDB side. Only snapshots/ includes lmdb.h (DESIGN.md
 // §2); the pieces it shares with the history projection are in lmdb_util.h.
-// XXH3_state_t on the stack needs the static-linking section of xxhash.h.
-#define XXH_STATIC_LINKING_ONLY
 #include "snapshots/store.h"
 
 #include <lmdb.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <array>
 #include <cstring>
 #include <utility>
 
+#include "log/hash.h"  // with XXH3_state_t, which lives on the stack here
 #include "snapshots/format.h"
 #include "snapshots/lmdb_util.h"
 

@@ -3,13 +3,12 @@
 // every snapshot against a replay of the log to its seq, and how far the
 // history index reaches and whether it agrees with the log. Read-only;
 // never takes the directory's lock.
-#include <xxhash.h>
-
 #include <algorithm>
 #include <memory>
 #include <vector>
 
 #include "log/file.h"
+#include "log/hash.h"
 #include "log/reader.h"
 #include "snapshots/store.h"
 #include "tools/audit.h"
