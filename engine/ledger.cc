@@ -308,8 +308,10 @@ Status Ledger::Impl::start(LedgerStats* replayed_stats) {
 // it): starting over would write new events under the seqs they describe,
 // so the ledger refuses. With a shorter log, the events past its end are
 // gone for good (a last segment cut short by hand ends like a torn tail);
-// the ledger says so loudly and goes on from the log's end, and prunes the
-// snapshots past it once it writes a new one.
+// the ledger says so loudly, deletes the snapshots past the log's end
+// (new events will take their seqs, so they can never be used again) and
+// goes on from the log's end; the archivist rebuilds the history index,
+// which no longer continues the log.
 Status Ledger::Impl::check_lost_events(const log::LogEnd& end) {
   const std::uint64_t last_seq = end.next_seq - 1;
   std::uint64_t known_seq = 0;
@@ -353,6 +355,10 @@ Status Ledger::Impl::check_lost_events(const log::LogEnd& end) {
                static_cast<unsigned long long>(known_seq - last_seq),
                static_cast<unsigned long long>(last_seq),
                static_cast<unsigned long long>(last_seq + 1));
+  if (snapshots.store != nullptr) {
+    auto pruned = snapshots.store->prune(options.snapshot_retain, last_seq);
+    if (!pruned) return pruned.status();
+  }
   return Status();
 }
 
