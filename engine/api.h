@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -37,6 +38,24 @@ class LedgerApi {
   virtual Result<std::vector<ItemBalance>> list(std::string_view subject, AsOf at) = 0;
   // not_found for a hold never seen or forgotten.
   virtual Result<HoldView> hold_info(HoldId hold) = 0;
+  // A hold as the events up to `at` left it: open until its commit,
+  // release or expire event.
+  virtual Result<HoldView> hold_info(HoldId hold, AsOf at) = 0;
+
+  // The current reads without blocking the caller (event loops, servers):
+  // `done` gets the answer on the implementation's thread (or at once, on
+  // this one, when it is closed or the arguments are invalid) and must not
+  // call the blocking methods.
+  virtual void submit_balance(std::string subject, std::string item,
+                              std::function<void(Result<Balance>)> done) = 0;
+  virtual void submit_list(std::string subject,
+                           std::function<void(Result<std::vector<ItemBalance>>)> done) = 0;
+  virtual void submit_hold_info(HoldId hold, std::function<void(Result<HoldView>)> done) = 0;
+
+  // Ends the session: later calls fail with `closed`. Idempotent. Ledger:
+  // stops its threads and closes the log (the Status of a failed write);
+  // Client: closes the connection.
+  virtual Status close() = 0;
 
   Result<Receipt> acquire(std::string_view key, std::string_view subject, std::string_view item,
                           std::int64_t qty, const Metadata& meta = {});

@@ -25,6 +25,9 @@ struct Pending {
   std::string frame;  // the encoded request, sent again after a reconnect
   ResponseDone done;
   int attempts = 0;
+  // Queued for a connection at least once: the server may have it, so its
+  // outcome is unknown if the client closes before the answer.
+  bool written = false;
   // A follow: `done` runs for each batch and the entry stays until the
   // follow ends; `frame` is re-encoded after each batch, so that a resend
   // continues after the last batch delivered.
@@ -61,6 +64,24 @@ Result<wire::Response> read_response(tcp::socket& socket, wire::FrameReader& rea
   }
 }
 
+// Runs `io` until `done` or the deadline. Past the deadline, closes the
+// socket and runs the aborted handler, so that nothing is left pending on
+// `io`: false.
+bool run_until(asio::io_context& io, tcp::socket& socket,
+               std::chrono::steady_clock::time_point deadline, const bool& done) {
+  io.restart();
+  while (!done) {
+    if (io.run_one_until(deadline) == 0 && !done) {
+      boost::system::error_code ignored;
+      socket.close(ignored);
+      io.restart();
+      io.run();
+      return false;
+    }
+  }
+  return true;
+}
+
 Result<Receipt> to_receipt(Result<wire::Response>& response) {
   if (!response) return response.status();
   if (response->kind == wire::Response::Kind::error) return response->error;
@@ -70,13 +91,71 @@ Result<Receipt> to_receipt(Result<wire::Response>& response) {
   return std::move(response->receipt);
 }
 
+// The answer of `kind` in a read's response, or the error it carries.
+template <class T, class Extract>
+Result<T> read_answer(Result<wire::Response>& response, wire::Response::Kind kind,
+                      const Extract& extract) {
+  if (!response) return response.status();
+  if (response->kind == wire::Response::Kind::error) return response->error;
+  if (response->kind != kind) return Status(ErrorCode::invalid, "unexpected response kind");
+  return extract(*response);
+}
+
+// Waits for what submitting with a completion delivers.
+template <class T, class Submit>
+Result<T> wait_for(const Submit& submit) {
+  std::promise<Result<T>> answer;
+  auto future = answer.get_future();
+  submit([&answer](Result<T> result) { answer.set_value(std::move(result)); });
+  return future.get();
+}
+
+wire::Request balance_request(std::string subject, std::string item, std::optional<AsOf> at) {
+  wire::Request request;
+  request.kind = wire::Request::Kind::balance;
+  request.subject = std::move(subject);
+  request.item = std::move(item);
+  request.as_of = at;
+  return request;
+}
+
+wire::Request list_request(std::string subject, std::optional<AsOf> at) {
+  wire::Request request;
+  request.kind = wire::Request::Kind::list;
+  request.subject = std::move(subject);
+  request.as_of = at;
+  return request;
+}
+
+wire::Request hold_request(HoldId hold, std::optional<AsOf> at) {
+  wire::Request request;
+  request.kind = wire::Request::Kind::hold_info;
+  request.hold = hold;
+  request.as_of = at;
+  return request;
+}
+
+Balance balance_of(wire::Response& response) { return response.balance; }
+std::vector<ItemBalance> items_of(wire::Response& response) { return std::move(response.items); }
+HoldView hold_of(wire::Response& response) { return std::move(response.hold); }
+
+
 }  // namespace
 
 struct Client::Impl {
   explicit Impl(ClientOptions options_in) : options(std::move(options_in)) {}
 
-  Status connect_locked();
-  Status connect_once_locked();
+  // Connects (with retries, waiting without the lock between them) and
+  // sends every unanswered request again.
+  Status connect_locked(std::unique_lock<std::mutex>& guard);
+  // One attempt to connect and say hello, within connect_timeout_ms. Runs
+  // without the lock: after Client::connect only the reader thread
+  // connects, so nothing else uses `io` meanwhile.
+  Result<std::unique_ptr<tcp::socket>> connect_once();
+  // Fails every unanswered request: sent ones with `sent`, the rest (and
+  // follows) with `unsent`. Unlocks to run the handlers.
+  void fail_all_locked(std::unique_lock<std::mutex>& guard, const Status& sent,
+                       const Status& unsent);
   // Sends `request` with a fresh id (returned); `follow` marks a stream.
   std::uint64_t send(wire::Request request, ResponseDone done, bool follow = false);
   // Queues frame bytes for the writer thread.
@@ -85,6 +164,15 @@ struct Client::Impl {
   void wait_writer_idle_locked(std::unique_lock<std::mutex>& guard);
   void reader_main();
   void writer_main();
+  // Sends a read; `done` gets its answer of `kind` on the reader thread.
+  template <class T, class Extract>
+  void submit_read(wire::Request request, wire::Response::Kind kind, Extract extract,
+                   std::function<void(Result<T>)> done) {
+    send(std::move(request),
+         [kind, extract, done = std::move(done)](Result<wire::Response> response) {
+           done(read_answer<T>(response, kind, extract));
+         });
+  }
   // Hands the answers to one read's frames to their handlers.
   Status deliver(std::vector<wire::Response>* responses);
   bool take_batch(Pending& entry, const wire::Response& response, ResponseDone* deliver);
@@ -111,38 +199,83 @@ struct Client::Impl {
   std::thread writer;
 };
 
-Status Client::Impl::connect_once_locked() {
+Result<std::unique_ptr<tcp::socket>> Client::Impl::connect_once() {
   boost::system::error_code ec;
   const auto ip = asio::ip::make_address(host, ec);
   if (ec) return Status(ErrorCode::invalid, "bad address '" + host + "': " + ec.message());
   auto fresh = std::make_unique<tcp::socket>(io);
-  if (fresh->connect(tcp::endpoint(ip, port), ec)) return io_status("connect", ec);
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::milliseconds(std::max<std::int64_t>(options.connect_timeout_ms, 1));
+  const auto timed_out = [&](const char* step) {
+    return Status(ErrorCode::io_error, std::string(step) + ": no answer within " +
+                                           std::to_string(options.connect_timeout_ms) + " ms");
+  };
+  bool done = false;
+  fresh->async_connect(tcp::endpoint(ip, port), [&](const boost::system::error_code& error) {
+    ec = error;
+    done = true;
+  });
+  if (!run_until(io, *fresh, deadline, done)) return timed_out("connect");
+  if (ec) return io_status("connect", ec);
   fresh->set_option(tcp::no_delay(true), ec);
   wire::Request hello;
   hello.id = 0;
   hello.kind = wire::Request::Kind::hello;
   hello.token = options.token;
-  asio::write(*fresh, asio::buffer(wire::encode_request(hello)), ec);
+  const std::string frame = wire::encode_request(hello);
+  done = false;
+  asio::async_write(*fresh, asio::buffer(frame),
+                    [&](const boost::system::error_code& error, std::size_t) {
+                      ec = error;
+                      done = true;
+                    });
+  if (!run_until(io, *fresh, deadline, done)) return timed_out("hello");
   if (ec) return io_status("hello", ec);
   wire::FrameReader reader(options.frame_bytes_max);
-  auto response = read_response(*fresh, reader);
-  if (!response) return response.status();
-  if (response->kind == wire::Response::Kind::error) return response->error;
-  socket = std::move(fresh);
-  connected = true;
-  return Status();
+  // Each pass reads once, until the answer is whole.
+  while (true) {
+    auto answer = reader.next();
+    if (!answer) return answer.status();
+    if (!answer->empty()) {
+      auto response = wire::decode_response(*answer);
+      if (!response) return response.status();
+      if (response->kind == wire::Response::Kind::error) return response->error;
+      return fresh;
+    }
+    const std::span<std::byte> space = reader.space();
+    std::size_t bytes = 0;
+    done = false;
+    fresh->async_read_some(asio::buffer(space.data(), space.size()),
+                           [&](const boost::system::error_code& error, std::size_t got) {
+                             ec = error;
+                             bytes = got;
+                             done = true;
+                           });
+    if (!run_until(io, *fresh, deadline, done)) return timed_out("hello");
+    if (ec) return io_status("hello", ec);
+    reader.commit(bytes);
+  }
 }
 
-// Connects with retries and backoff, then sends every unanswered request
-// again. A wrong token or version (an `invalid` answer) is not retried.
-Status Client::Impl::connect_locked() {
+// A wrong token or version (an `invalid` answer) is not retried.
+Status Client::Impl::connect_locked(std::unique_lock<std::mutex>& guard) {
   Status status;
   std::int64_t backoff_ms = options.retry_backoff_ms;
   for (int attempt = 0; attempt <= options.retries_max && !closing; attempt++) {
-    status = connect_once_locked();
-    if (status.ok() || status.code() == ErrorCode::invalid) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(backoff_ms));
-    backoff_ms = std::min(backoff_ms * 2, std::max(options.retry_backoff_max_ms, backoff_ms));
+    if (attempt > 0) {
+      if (cv.wait_for(guard, std::chrono::milliseconds(backoff_ms), [&] { return closing; })) break;
+      backoff_ms = std::min(backoff_ms * 2, std::max(options.retry_backoff_max_ms, backoff_ms));
+    }
+    guard.unlock();
+    auto fresh = connect_once();
+    guard.lock();
+    status = fresh.status();
+    if (fresh) {
+      socket = std::move(*fresh);
+      connected = true;
+      break;
+    }
+    if (status.code() == ErrorCode::invalid) break;
   }
   if (closing) return Status(ErrorCode::closed, "the client is closed");
   if (!status.ok()) return status;
@@ -150,8 +283,27 @@ Status Client::Impl::connect_locked() {
   // Bytes queued for the old connection are gone with it: send every
   // unanswered request again, in the order sent.
   out.clear();
-  for (auto& [id, request] : pending) write_locked(request.frame);
+  for (auto& [id, request] : pending) {
+    write_locked(request.frame);
+    request.written = true;
+  }
   return Status();
+}
+
+void Client::Impl::fail_all_locked(std::unique_lock<std::mutex>& guard, const Status& sent,
+                                   const Status& unsent) {
+  std::vector<ResponseDone> failed_sent;
+  std::vector<ResponseDone> failed_unsent;
+  for (auto& [id, request] : pending) {
+    (request.written && !request.follow ? failed_sent : failed_unsent)
+        .push_back(std::move(request.done));
+  }
+  pending.clear();
+  cv.notify_all();  // senders waiting for room
+  guard.unlock();
+  fail(std::move(failed_sent), sent);
+  fail(std::move(failed_unsent), unsent);
+  guard.lock();
 }
 
 void Client::Impl::fail(std::vector<ResponseDone> failed, const Status& why) {
@@ -180,11 +332,7 @@ void Client::Impl::on_connection_lost_locked(std::unique_lock<std::mutex>& guard
       ++entry;
     }
   }
-  if (pending.empty() || closing) return;
-  const Status reconnected = connect_locked();
-  if (reconnected.ok()) return;
-  for (auto& [id, request] : pending) failed->push_back(std::move(request.done));
-  pending.clear();
+  // The reader thread reconnects for what is left (reader_main).
 }
 
 void Client::Impl::wait_writer_idle_locked(std::unique_lock<std::mutex>& guard) {
@@ -229,22 +377,18 @@ std::uint64_t Client::Impl::send(wire::Request request, ResponseDone done, bool 
   }
   request.id = next_id++;
   const std::uint64_t id = request.id;
-  Pending entry_value{wire::encode_request(request), std::move(done), 0, follow, false, {}};
+  Pending entry_value{wire::encode_request(request), std::move(done), 0, false, follow, false, {}};
   if (follow) entry_value.request = std::make_unique<wire::Request>(std::move(request));
   auto [entry, added] = pending.emplace(id, std::move(entry_value));
   TALLY_ASSERT(added);
   if (!connected) {
-    // connect_locked() sends every pending request, this one included.
-    const Status status = connect_locked();
-    if (status.ok()) return id;
-    std::vector<ResponseDone> failed;
-    for (auto& [pending_id, request_entry] : pending) failed.push_back(std::move(request_entry.done));
-    pending.clear();
-    guard.unlock();
-    fail(std::move(failed), status);
+    // The reader thread reconnects and sends every pending request, this
+    // one included: the caller does not wait for it.
+    cv.notify_all();
     return id;
   }
   write_locked(entry->second.frame);
+  entry->second.written = true;
   return id;
 }
 
@@ -289,8 +433,19 @@ void Client::Impl::reader_main() {
   std::unique_lock<std::mutex> guard(mu);
   std::vector<wire::Response> responses;
   while (true) {
-    cv.wait(guard, [&] { return connected || closing; });
+    // Not connected with requests waiting: reconnect, here, so that no
+    // caller waits for it.
+    cv.wait(guard, [&] { return connected || closing || !pending.empty(); });
     if (closing) return;
+    if (!connected) {
+      const Status status = connect_locked(guard);
+      if (closing) return;
+      if (!status.ok()) {
+        const Status lost(status.code(), "could not reconnect: " + status.message());
+        fail_all_locked(guard, lost, lost);
+        continue;
+      }
+    }
     // The socket is replaced only after this thread marks the connection
     // lost, so reading it without the lock is safe.
     tcp::socket& current = *socket;
@@ -339,8 +494,8 @@ Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
   auto impl = std::make_unique<Impl>(std::move(options));
   TALLY_TRY(parse_host_port(impl->options.address, &impl->host, &impl->port));
   {
-    std::lock_guard<std::mutex> guard(impl->mu);
-    TALLY_TRY(impl->connect_locked());
+    std::unique_lock<std::mutex> guard(impl->mu);
+    TALLY_TRY(impl->connect_locked(guard));
   }
   // ~Client closes the connection and stops what started if the rest fails.
   std::unique_ptr<Client> client(new Client(std::move(impl)));
@@ -355,14 +510,13 @@ Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
 }
 
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-Client::~Client() { close(); }
+Client::~Client() { ignore_status(close()); }
 
-void Client::close() {
+Status Client::close() {
   Impl& impl = *impl_;
-  std::vector<ResponseDone> failed;
   {
     std::lock_guard<std::mutex> guard(impl.mu);
-    if (impl.closing) return;
+    if (impl.closing) return Status();
     impl.closing = true;
     boost::system::error_code ignored;
     if (impl.socket) impl.socket->shutdown(tcp::socket::shutdown_both, ignored);
@@ -371,14 +525,15 @@ void Client::close() {
   }
   if (impl.reader.joinable()) impl.reader.join();
   if (impl.writer.joinable()) impl.writer.join();
-  {
-    std::lock_guard<std::mutex> guard(impl.mu);
-    for (auto& [id, request] : impl.pending) failed.push_back(std::move(request.done));
-    impl.pending.clear();
-    boost::system::error_code ignored;
-    if (impl.socket) impl.socket->close(ignored);
-  }
-  impl.fail(std::move(failed), Status(ErrorCode::closed, "the client is closed"));
+  std::unique_lock<std::mutex> guard(impl.mu);
+  boost::system::error_code ignored;
+  if (impl.socket) impl.socket->close(ignored);
+  impl.fail_all_locked(guard,
+                       Status(ErrorCode::io_error,
+                              "the client closed before the answer came: the outcome is unknown "
+                              "until the request is sent again with its key"),
+                       Status(ErrorCode::closed, "the client is closed"));
+  return Status();
 }
 
 void Client::submit(Command command, Completion done) {
@@ -391,29 +546,9 @@ void Client::submit(Command command, Completion done) {
 }
 
 Result<Receipt> Client::execute(Command command) {
-  std::promise<Result<Receipt>> answer;
-  auto future = answer.get_future();
-  submit(std::move(command), [&answer](Result<Receipt> result) { answer.set_value(std::move(result)); });
-  return future.get();
+  return wait_for<Receipt>([&](Completion done) { submit(std::move(command), std::move(done)); });
 }
 
-namespace {
-
-// A blocking read: sends `request`, waits, extracts the answer of `kind`.
-template <class T, class Extract>
-Result<T> call(const std::function<void(wire::Request, ResponseDone)>& send,
-               wire::Request request, wire::Response::Kind kind, Extract extract) {
-  std::promise<Result<wire::Response>> answer;
-  auto future = answer.get_future();
-  send(std::move(request), [&answer](Result<wire::Response> response) { answer.set_value(std::move(response)); });
-  Result<wire::Response> response = future.get();
-  if (!response) return response.status();
-  if (response->kind == wire::Response::Kind::error) return response->error;
-  if (response->kind != kind) return Status(ErrorCode::invalid, "unexpected response kind");
-  return extract(*response);
-}
-
-}  // namespace
 
 Status EventBatch::for_each(const std::function<void(const log::Event&)>& visit) const {
   log::EventDecoder decoder;
@@ -460,52 +595,57 @@ void Client::cancel_follow(FollowId follow) {
   impl.write_locked(wire::encode_request(cancel));
 }
 
+void Client::submit_balance(std::string subject, std::string item,
+                            std::function<void(Result<Balance>)> done) {
+  impl_->submit_read<Balance>(balance_request(std::move(subject), std::move(item), std::nullopt),
+                       wire::Response::Kind::balance, balance_of, std::move(done));
+}
+
+void Client::submit_list(std::string subject,
+                         std::function<void(Result<std::vector<ItemBalance>>)> done) {
+  impl_->submit_read<std::vector<ItemBalance>>(list_request(std::move(subject), std::nullopt),
+                                        wire::Response::Kind::list, items_of, std::move(done));
+}
+
+void Client::submit_hold_info(HoldId hold, std::function<void(Result<HoldView>)> done) {
+  impl_->submit_read<HoldView>(hold_request(hold, std::nullopt), wire::Response::Kind::hold_info,
+                        hold_of, std::move(done));
+}
+
 Result<Balance> Client::balance(std::string_view subject, std::string_view item) {
-  return read_balance(subject, item, std::nullopt);
+  return wait_for<Balance>([&](auto done) {
+    submit_balance(std::string(subject), std::string(item), std::move(done));
+  });
 }
 
 Result<Balance> Client::balance(std::string_view subject, std::string_view item, AsOf at) {
-  return read_balance(subject, item, at);
+  return wait_for<Balance>([&](auto done) {
+    impl_->submit_read<Balance>(balance_request(std::string(subject), std::string(item), at),
+                         wire::Response::Kind::balance, balance_of, std::move(done));
+  });
 }
 
 Result<std::vector<ItemBalance>> Client::list(std::string_view subject) {
-  return read_list(subject, std::nullopt);
+  return wait_for<std::vector<ItemBalance>>(
+      [&](auto done) { submit_list(std::string(subject), std::move(done)); });
 }
 
 Result<std::vector<ItemBalance>> Client::list(std::string_view subject, AsOf at) {
-  return read_list(subject, at);
-}
-
-Result<Balance> Client::read_balance(std::string_view subject, std::string_view item,
-                                     std::optional<AsOf> at) {
-  wire::Request request;
-  request.kind = wire::Request::Kind::balance;
-  request.subject = std::string(subject);
-  request.item = std::string(item);
-  request.as_of = at;
-  return call<Balance>([this](wire::Request r, ResponseDone d) { impl_->send(std::move(r), std::move(d)); },
-                       std::move(request), wire::Response::Kind::balance,
-                       [](wire::Response& response) { return response.balance; });
-}
-
-Result<std::vector<ItemBalance>> Client::read_list(std::string_view subject, std::optional<AsOf> at) {
-  wire::Request request;
-  request.kind = wire::Request::Kind::list;
-  request.subject = std::string(subject);
-  request.as_of = at;
-  return call<std::vector<ItemBalance>>(
-      [this](wire::Request r, ResponseDone d) { impl_->send(std::move(r), std::move(d)); },
-      std::move(request), wire::Response::Kind::list,
-      [](wire::Response& response) { return std::move(response.items); });
+  return wait_for<std::vector<ItemBalance>>([&](auto done) {
+    impl_->submit_read<std::vector<ItemBalance>>(list_request(std::string(subject), at),
+                                          wire::Response::Kind::list, items_of, std::move(done));
+  });
 }
 
 Result<HoldView> Client::hold_info(HoldId hold) {
-  wire::Request request;
-  request.kind = wire::Request::Kind::hold_info;
-  request.hold = hold;
-  return call<HoldView>([this](wire::Request r, ResponseDone d) { impl_->send(std::move(r), std::move(d)); },
-                        std::move(request), wire::Response::Kind::hold_info,
-                        [](wire::Response& response) { return std::move(response.hold); });
+  return wait_for<HoldView>([&](auto done) { submit_hold_info(hold, std::move(done)); });
+}
+
+Result<HoldView> Client::hold_info(HoldId hold, AsOf at) {
+  return wait_for<HoldView>([&](auto done) {
+    impl_->submit_read<HoldView>(hold_request(hold, at), wire::Response::Kind::hold_info, hold_of,
+                          std::move(done));
+  });
 }
 
 }  // namespace tally

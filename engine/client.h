@@ -8,12 +8,19 @@
 // Requests are pipelined on one connection; responses may arrive in any
 // order. A writer thread sends every request queued meanwhile in one write,
 // and the reader thread delivers every answer one read brought in. When the
-// connection drops, the client reconnects (up to retries_max times per
-// request, with backoff) and sends every unanswered request again,
+// connection drops, the reader thread reconnects (up to retries_max times
+// per request, with backoff; each attempt to connect and say hello gives up
+// after connect_timeout_ms) and sends every unanswered request again,
 // unchanged: a mutation keeps its idempotency key, so the server applies it
 // at most once and answers a retry with the recorded outcome
 // (Receipt::replay). A request that cannot be delivered fails with
 // io_error; its outcome is then unknown until it is retried with its key.
+// submit() and the submit_* reads never wait for a connection: while the
+// client reconnects they queue (up to inflight_max). A server that keeps
+// the connection open but stops answering (a stopped process) holds the
+// requests sent to it until it answers or the connection drops: the client
+// sets no deadline on an answer, since a mutation's outcome would be
+// unknown after it anyway.
 //
 // follow() streams committed events as they are committed, for audit and
 // integration (docs/protocol.md, "Follow"):
@@ -27,8 +34,9 @@
 // again from the seq after the last batch delivered.
 //
 // Thread safety: every method may be called from any thread. Completions of
-// submit() and follow()'s callbacks run on the client's reader thread and
-// must not call the client's blocking methods. A slow on_batch slows the
+// submit(), the submit_* reads and follow()'s callbacks run on the client's
+// reader thread (or at once, on the caller's, once the client is closed)
+// and must not call the client's blocking methods. A slow on_batch slows the
 // server's stream down (the server writes the next batch only once the last
 // one was taken), and with it every other answer on this client: give a
 // follow doing slow work a Client of its own.
@@ -58,6 +66,9 @@ struct ClientOptions {
   int retries_max = 10;
   std::int64_t retry_backoff_ms = 20;       // first wait; doubles each attempt
   std::int64_t retry_backoff_max_ms = 1000; // up to this
+  // One attempt to connect and exchange hellos gives up after this long (a
+  // host that does not answer, or a port that accepts and stays silent).
+  std::int64_t connect_timeout_ms = 2000;
   std::size_t frame_bytes_max = wire::kFrameBytesMaxDefault;
   std::size_t inflight_max = 1024;          // submit() waits beyond it
 };
@@ -110,6 +121,12 @@ class Client final : public LedgerApi {
   Result<Balance> balance(std::string_view subject, std::string_view item, AsOf at) override;
   Result<std::vector<ItemBalance>> list(std::string_view subject, AsOf at) override;
   Result<HoldView> hold_info(HoldId hold) override;
+  Result<HoldView> hold_info(HoldId hold, AsOf at) override;
+  void submit_balance(std::string subject, std::string item,
+                      std::function<void(Result<Balance>)> done) override;
+  void submit_list(std::string subject,
+                   std::function<void(Result<std::vector<ItemBalance>>)> done) override;
+  void submit_hold_info(HoldId hold, std::function<void(Result<HoldView>)> done) override;
 
   using BatchHandler = std::function<void(const EventBatch& batch)>;
   using EndHandler = std::function<void(Status why)>;
@@ -128,15 +145,16 @@ class Client final : public LedgerApi {
   // drops). An unknown or ended id is ignored.
   void cancel_follow(FollowId follow);
 
-  // Fails unanswered requests with `closed`, closes the connection, joins
-  // the reader thread. Idempotent.
-  void close();
+  // Closes the connection and joins the client's threads. Requests not
+  // answered yet fail: with `closed` when they were never sent (nothing was
+  // decided), with io_error when they were (the server may have applied a
+  // mutation: its outcome is unknown until it is sent again with its key);
+  // follows end with `closed`. Idempotent; always ok.
+  Status close() override;
 
  private:
   struct Impl;
   explicit Client(std::unique_ptr<Impl> impl);
-  Result<Balance> read_balance(std::string_view subject, std::string_view item, std::optional<AsOf> at);
-  Result<std::vector<ItemBalance>> read_list(std::string_view subject, std::optional<AsOf> at);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -117,9 +117,11 @@ class Ledger final : public LedgerApi {
   // servers: `done` gets the answer on a ledger thread (or at once, on this
   // one, for invalid arguments and a closed ledger) and must not block.
   // Waits only when the queue is full, as submit() does.
-  void submit_balance(std::string subject, std::string item, std::function<void(Result<Balance>)> done);
-  void submit_list(std::string subject, std::function<void(Result<std::vector<ItemBalance>>)> done);
-  void submit_hold_info(HoldId hold, std::function<void(Result<HoldView>)> done);
+  void submit_balance(std::string subject, std::string item,
+                      std::function<void(Result<Balance>)> done) override;
+  void submit_list(std::string subject,
+                   std::function<void(Result<std::vector<ItemBalance>>)> done) override;
+  void submit_hold_info(HoldId hold, std::function<void(Result<HoldView>)> done) override;
 
   // ---- point-in-time reads (engine/point_in_time.h) ----
   // As of a committed seq or a time; invalid for a seq not committed yet.
@@ -130,7 +132,7 @@ class Ledger final : public LedgerApi {
                                                             std::string_view item, Balance balance)>& visit);
   // A hold as the events up to `at` left it (open until its commit,
   // release or expire event); always from a replay.
-  Result<HoldView> hold_info(HoldId hold, AsOf at);
+  Result<HoldView> hold_info(HoldId hold, AsOf at) override;
 
   // Takes a snapshot of the state at the committed seq now, without
   // stopping the writer; returns its seq once it is durable. invalid when
@@ -167,7 +169,7 @@ class Ledger final : public LedgerApi {
 
   // Finishes queued commands, syncs the log, stops the threads, releases the
   // lock. Later calls answer `closed`. Idempotent.
-  Status close();
+  Status close() override;
 
  private:
   struct Impl;

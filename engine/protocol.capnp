@@ -54,7 +54,13 @@ struct Request {
     holdInfo @5 :UInt64;
     follow @6 :Follow;
     cancel @7 :UInt64;   # ends the open follow with this id; no response of its own
+    holdInfoAt @8 :HoldInfoQuery;  # a hold as of a point; answered like holdInfo
   }
+}
+
+struct HoldInfoQuery {
+  hold @0 :UInt64;
+  asOf @1 :AsOf;
 }
 
 # Streams committed events: the server answers with `events` batches that

@@ -317,7 +317,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
                    });
         return;
       case Kind::hold_info:
-        core_.hold_info(request.hold, std::nullopt,
+        core_.hold_info(request.hold, request.as_of,
                         [self, id](Result<HoldView> result) { self->answer_later(id, std::move(result)); });
         return;
       case Kind::hello:

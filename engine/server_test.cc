@@ -805,7 +805,7 @@ TEST_CASE("client: a follow from a later seq, in small batches; cancel and close
   FollowSink ahead;
   client->follow(1000, ahead.on_batch(), ahead.on_end());
   await_event_waits(port, 1);
-  client->close();
+  CHECK(client->close().ok());
   CHECK(ahead.await_end().code() == ErrorCode::closed);
   // The server lets go of the connection and of its wait.
   await_event_waits(port, 0);
@@ -939,7 +939,7 @@ TEST_CASE("server: stop ends an open long poll and an open follow with an answer
   CHECK(poll_connection == "close");
   // The follow got the server's own last word, not a dropped connection.
   CHECK(sink.await_end().code() == ErrorCode::closed);
-  client->close();
+  CHECK(client->close().ok());
 }
 
 TEST_CASE("server: a non-loopback listener needs a token") {
@@ -1224,7 +1224,194 @@ TEST_CASE("client: a dropped connection is retried with the same key, applied on
   CHECK(receipt->replay);  // the first attempt was applied; its answer was lost
   CHECK(proxy.connections() == 2);
   CHECK((*client)->balance("alice", "gold")->available == 7);
-  (*client)->close();
+  CHECK((*client)->close().ok());
+}
+
+// A peer that accepts connections and answers nothing, or only the hello:
+// a stopped server, or one whose answers never come.
+class SilentServer {
+ public:
+  explicit SilentServer(bool answer_hello)
+      : answer_hello_(answer_hello),
+        acceptor_(io_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)) {
+    thread_ = std::thread([this] { run(); });
+  }
+  ~SilentServer() {
+    stopping_ = true;
+    boost::system::error_code ignored;
+    tcp::socket poke(io_);  // wakes the acceptor
+    poke.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port()), ignored);
+    thread_.join();
+  }
+  std::uint16_t port() const { return acceptor_.local_endpoint().port(); }
+  // Bytes read from the client after its hello.
+  std::size_t bytes_after_hello() const { return bytes_.load(); }
+
+ private:
+  void run() {
+    std::vector<std::unique_ptr<tcp::socket>> kept;  // open until the end
+    while (!stopping_) {
+      auto socket = std::make_unique<tcp::socket>(io_);
+      boost::system::error_code ec;
+      acceptor_.accept(*socket, ec);
+      if (ec || stopping_) return;
+      if (answer_hello_) {
+        wire::FrameReader reader(wire::kFrameBytesMaxDefault);
+        while (true) {  // the hello
+          auto frame = reader.next();
+          if (!frame || !frame->empty()) break;
+          const std::span<std::byte> space = reader.space();
+          const std::size_t n = socket->read_some(asio::buffer(space.data(), space.size()), ec);
+          if (ec) break;
+          reader.commit(n);
+        }
+        wire::Response hello;
+        hello.kind = wire::Response::Kind::hello;
+        asio::write(*socket, asio::buffer(wire::encode_response(hello)), ec);
+        socket->non_blocking(true, ec);
+      }
+      kept.push_back(std::move(socket));
+      // What the client sends next is read and never answered.
+      for (int poll = 0; poll < 50 && !stopping_; poll++) {
+        char chunk[4096];
+        for (auto& open : kept) {
+          bytes_ += open->read_some(asio::buffer(chunk), ec);
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    }
+  }
+
+  const bool answer_hello_;
+  asio::io_context io_;
+  tcp::acceptor acceptor_;
+  std::thread thread_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<std::size_t> bytes_{0};
+};
+
+TEST_CASE("client: a server that never answers the hello is given up after connect_timeout_ms") {
+  SilentServer silent(false);
+  ClientOptions options;
+  options.address = "127.0.0.1:" + std::to_string(silent.port());
+  options.connect_timeout_ms = 100;
+  options.retries_max = 1;
+  auto client = Client::connect(options);
+  REQUIRE(client.code() == ErrorCode::io_error);
+  CHECK(client.status().message().find("no answer within 100 ms") != std::string::npos);
+}
+
+TEST_CASE("client: close fails what it sent with io_error (outcome unknown), never closed") {
+  SilentServer silent(true);
+  ClientOptions options;
+  options.address = "127.0.0.1:" + std::to_string(silent.port());
+  auto client = Client::connect(options);
+  REQUIRE(client.ok());
+  std::mutex mu;
+  std::vector<Status> results;
+  for (int op = 0; op < 3; op++) {
+    Command command;
+    command.key = key_of("k", op, 0);
+    command.ops.push_back(OpRequest::acquire("alice", "gold", 1));
+    (*client)->submit(std::move(command), [&](Result<Receipt> result) {
+      std::lock_guard<std::mutex> guard(mu);
+      results.push_back(result.status());
+    });
+  }
+  // The server has the requests (it may have applied them), but answers none.
+  for (int wait = 0; wait < 500 && silent.bytes_after_hello() == 0; wait++) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  REQUIRE(silent.bytes_after_hello() > 0);
+  CHECK((*client)->close().ok());
+  REQUIRE(results.size() == 3);
+  for (const Status& result : results) {
+    CHECK(result.code() == ErrorCode::io_error);
+    CHECK(result.message().find("outcome is unknown") != std::string::npos);
+  }
+  // After close, a call fails at once with closed: nothing was sent.
+  CHECK((*client)->acquire("late", "alice", "gold", 1).code() == ErrorCode::closed);
+}
+
+TEST_CASE("client: with the server gone, submit returns and its completion runs on the client's thread") {
+  Fixture fx;
+  ClientOptions options;
+  options.retries_max = 2;
+  options.retry_backoff_ms = 10;
+  auto client = fx.client(options);
+  REQUIRE(client->acquire("a", "alice", "gold", 1)->outcome == Outcome::ok);
+  fx.stop();
+  std::promise<std::pair<std::thread::id, Status>> answered;
+  Command command;
+  command.key = "b";
+  command.ops.push_back(OpRequest::acquire("alice", "gold", 1));
+  client->submit(std::move(command), [&](Result<Receipt> result) {
+    answered.set_value({std::this_thread::get_id(), result.status()});
+  });
+  const auto [thread, status] = answered.get_future().get();
+  CHECK(thread != std::this_thread::get_id());
+  CHECK(status.code() == ErrorCode::io_error);
+}
+
+// The same calls on an embedded Ledger and on a Client, through LedgerApi.
+std::vector<std::string> api_script(LedgerApi& api) {
+  std::vector<std::string> seen;
+  const auto note = [&](const auto& result) {
+    seen.push_back(result.ok() ? "ok" : std::string(error_code_name(result.code())));
+  };
+  REQUIRE(api.acquire("a", "alice", "gold", 10)->outcome == Outcome::ok);
+  const std::uint64_t hold = api.hold("h", "alice", "gold", 5, kMinuteNs)->hold;
+  const std::uint64_t before_commit = api.commit("c", hold, 2)->seq - 1;
+  auto then = api.hold_info(hold, AsOf::at_seq(before_commit));
+  note(then);
+  if (then.ok()) seen.push_back(std::string(hold_status_name(then->status)));
+  auto now = api.hold_info(hold, AsOf::at_seq(before_commit + 1));
+  if (now.ok()) seen.push_back(std::to_string(now->committed_qty));
+  note(api.hold_info(hold + 1000, AsOf::at_seq(before_commit)));
+  std::promise<void> reads;
+  std::atomic<int> left{3};
+  std::mutex mu;
+  const auto done = [&] {
+    if (--left == 0) reads.set_value();
+  };
+  api.submit_balance("alice", "gold", [&](Result<Balance> balance) {
+    std::lock_guard<std::mutex> guard(mu);
+    seen.push_back("balance " + std::to_string(balance->available) + "/" +
+                   std::to_string(balance->held));
+    done();
+  });
+  api.submit_list("alice", [&](Result<std::vector<ItemBalance>> items) {
+    std::lock_guard<std::mutex> guard(mu);
+    seen.push_back("items " + std::to_string(items->size()));
+    done();
+  });
+  api.submit_hold_info(hold, [&](Result<HoldView> info) {
+    std::lock_guard<std::mutex> guard(mu);
+    seen.push_back("hold " + std::string(hold_status_name(info->status)));
+    done();
+  });
+  reads.get_future().wait();
+  std::sort(seen.end() - 3, seen.end());  // the three reads may answer in any order
+  CHECK(api.close().ok());
+  CHECK(api.balance("alice", "gold").code() == ErrorCode::closed);
+  return seen;
+}
+
+TEST_CASE("client: the non-blocking reads and holds as of a seq, as the Ledger answers them") {
+  Fixture fx;
+  auto client = fx.client();
+  const std::vector<std::string> remote = api_script(*client);
+  fx.stop();
+  testing::TempDir dir;
+  LedgerOptions options;
+  options.data_dir = dir.sub("embedded");
+  options.durability = Durability::none;
+  auto ledger = Ledger::open(options);
+  REQUIRE(ledger.ok());
+  const std::vector<std::string> embedded = api_script(**ledger);
+  CHECK(remote == embedded);
+  CHECK(remote == std::vector<std::string>{"ok", "open", "2", "not_found", "balance 8/0",
+                                           "hold committed", "items 1"});
 }
 
 TEST_CASE("client: a follow survives a dropped connection without losing or repeating a batch") {
@@ -1248,7 +1435,7 @@ TEST_CASE("client: a follow survives a dropped connection without losing or repe
   std::lock_guard<std::mutex> guard(sink.mu);
   CHECK(sink.seqs == seq_range(1, 10));
   CHECK_FALSE(sink.gap);
-  (*client)->close();
+  CHECK((*client)->close().ok());
 }
 
 TEST_CASE("binary: a request that decodes but cannot be taken is answered invalid; the connection stays") {
@@ -1386,7 +1573,7 @@ TEST_CASE("server: graceful shutdown answers what it accepted; a restart serves 
   fx.server->stop();
   for (auto& thread : threads) thread.join();
   while (answered.load() < kClients * kBatches) std::this_thread::yield();
-  for (auto& client : clients) client->close();
+  for (auto& client : clients) CHECK(client->close().ok());
   fx.stop();
 
   fx.start();

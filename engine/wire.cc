@@ -173,6 +173,11 @@ Status decode_request_fields(proto::Request::Reader in, Request* out) {
       out->kind = Request::Kind::hold_info;
       out->hold = in.getHoldInfo();
       return Status();
+    case proto::Request::HOLD_INFO_AT:
+      out->kind = Request::Kind::hold_info;
+      out->hold = in.getHoldInfoAt().getHold();
+      if (in.getHoldInfoAt().hasAsOf()) out->as_of = decode_as_of(in.getHoldInfoAt().getAsOf());
+      return Status();
     case proto::Request::FOLLOW:
       out->kind = Request::Kind::follow;
       out->from_seq = in.getFollow().getFromSeq();
@@ -374,7 +379,17 @@ std::string encode_request(const Request& request) {
       if (request.as_of) encode_as_of(*request.as_of, query.initAsOf());
       break;
     }
-    case Request::Kind::hold_info: out.setHoldInfo(request.hold); break;
+    case Request::Kind::hold_info:
+      if (!request.as_of) {
+        out.setHoldInfo(request.hold);
+        break;
+      }
+      {
+        auto query = out.initHoldInfoAt();
+        query.setHold(request.hold);
+        encode_as_of(*request.as_of, query.initAsOf());
+      }
+      break;
     case Request::Kind::follow: {
       auto follow = out.initFollow();
       follow.setFromSeq(request.from_seq);

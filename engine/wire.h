@@ -81,7 +81,7 @@ struct Request {
   Command command;                           // mutation
   std::string subject;                       // balance, list
   std::string item;                          // balance
-  std::optional<AsOf> as_of;                 // balance, list: point in time
+  std::optional<AsOf> as_of;                 // balance, list, hold_info: point in time
   HoldId hold = 0;                           // hold_info
   std::uint64_t from_seq = 1;                // follow
   std::uint32_t max_events = 0;              // follow; 0: the server's maximum
