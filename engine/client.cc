@@ -4,6 +4,7 @@
 #include <boost/asio.hpp>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <future>
 #include <map>
 #include <mutex>
@@ -253,6 +254,13 @@ Result<std::unique_ptr<tcp::socket>> Client::Impl::connect_once() {
                            });
     if (!run_until(io, *fresh, deadline, done)) return timed_out("hello");
     if (ec) return io_status("hello", ec);
+    // An HTTP server answers a frame it cannot parse with a status line.
+    constexpr std::string_view kHttp = "HTTP/";
+    if (bytes >= kHttp.size() &&
+        std::memcmp(space.data(), kHttp.data(), kHttp.size()) == 0) {
+      return Status(ErrorCode::invalid, options.address + " answered in HTTP: that is the HTTP "
+                                        "port; the binary protocol listens on serve's --listen");
+    }
     reader.commit(bytes);
   }
 }

@@ -1301,6 +1301,15 @@ TEST_CASE("client: a server that never answers the hello is given up after conne
   CHECK(client.status().message().find("no answer within 100 ms") != std::string::npos);
 }
 
+TEST_CASE("client: pointed at the HTTP port, connect says so") {
+  Fixture fx;
+  ClientOptions options;
+  options.address = "127.0.0.1:" + std::to_string(fx.server->http_port());
+  auto client = Client::connect(options);
+  REQUIRE(client.code() == ErrorCode::invalid);
+  CHECK(client.status().message().find("that is the HTTP port") != std::string::npos);
+}
+
 TEST_CASE("client: close fails what it sent with io_error (outcome unknown), never closed") {
   SilentServer silent(true);
   ClientOptions options;
