@@ -679,6 +679,8 @@ struct HistoryStore::Impl {
   Result<std::uint64_t> find_pair(const Txn& txn, std::string_view key,
                                   std::uint64_t pair_count) const;
   Result<std::uint64_t> pair_id_of(const MDB_val& value, std::uint64_t pair_count) const;
+  // As many pair records as the position counts.
+  Status check_pair_count(const Txn& txn, const Position& position) const;
   Status check_pair_ids(const Txn& txn, const Position& position) const;
   Status check_epochs(const Txn& txn, const Position& position) const;
   Status check_counts(const Txn& txn, std::uint64_t entries_walked,
@@ -702,6 +704,14 @@ Status put(MDB_cursor* cursor, MDB_val* key, MDB_val* value, unsigned flags, con
   }
   if (*rc != 0) return lmdb_error(std::string("mdb_cursor_put (") + what + ")", *rc);
   return Status();
+}
+
+// The number of records in a database, as LMDB counts them.
+Result<std::uint64_t> records_in(const Txn& txn, MDB_dbi dbi, const char* what) {
+  MDB_stat stat{};
+  const int rc = mdb_stat(txn.get(), dbi, &stat);
+  if (rc != 0) return lmdb_error(std::string("mdb_stat (") + what + ")", rc);
+  return std::uint64_t{stat.ms_entries};
 }
 
 Status check_seq(std::uint64_t seq, const Position& position) {
@@ -782,13 +792,7 @@ Status HistoryStore::Impl::open_dbs(bool read_only) {
   for (const auto& [name, dbi] : dbs) TALLY_TRY(open_db(name, dbi));
   int rc = 0;
   if (created) TALLY_TRY(put_epoch(txn, epochs, EpochRecord{1, 0}, MDB_NOOVERWRITE, &rc));
-  MDB_stat pairs_stat{};
-  rc = mdb_stat(txn.get(), pairs, &pairs_stat);
-  if (rc != 0) return lmdb_error("mdb_stat (pairs)", rc);
-  if (pairs_stat.ms_entries != position->pair_count) {
-    return corrupt(std::to_string(pairs_stat.ms_entries) + " pairs where the position counts " +
-                   std::to_string(position->pair_count));
-  }
+  TALLY_TRY(check_pair_count(txn, *position));
   TALLY_TRY(check_epoch(txn, *position));
   // Committing keeps the database handles, for a read transaction too.
   rc = txn.commit();
@@ -1580,15 +1584,17 @@ Status check_epoch_chains(ChainWalks* walks, const Position& position, std::uint
   }
 }
 
-// The number of records in a database, as LMDB counts them.
-Result<std::uint64_t> records_in(const Txn& txn, MDB_dbi dbi, const char* what) {
-  MDB_stat stat{};
-  const int rc = mdb_stat(txn.get(), dbi, &stat);
-  if (rc != 0) return lmdb_error(std::string("mdb_stat (") + what + ")", rc);
-  return std::uint64_t{stat.ms_entries};
-}
-
 }  // namespace
+
+Status HistoryStore::Impl::check_pair_count(const Txn& txn, const Position& position) const {
+  Result<std::uint64_t> count = records_in(txn, pairs, "pairs");
+  if (!count) return count.status();
+  if (*count != position.pair_count) {
+    return corrupt(std::to_string(*count) + " pairs where the position counts " +
+                   std::to_string(position.pair_count));
+  }
+  return Status();
+}
 
 // Every pair key is well formed and names an id in 1..pair_count, each id
 // once: so every pair id an entry names has one name, and no two pairs
@@ -1598,7 +1604,6 @@ Status HistoryStore::Impl::check_pair_ids(const Txn& txn, const Position& positi
   TALLY_TRY(cursor.open(txn, pairs));
   // One bit per pair id: an allocation the size of the index's pair count.
   std::vector<bool> named(position.pair_count + 1, false);
-  std::uint64_t count = 0;
   MDB_val key{};
   MDB_val value{};
   int rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_FIRST);
@@ -1611,14 +1616,9 @@ Status HistoryStore::Impl::check_pair_ids(const Txn& txn, const Position& positi
     if (!id) return id.status();
     if (named[*id]) return corrupt("two pairs have id " + std::to_string(*id));
     named[*id] = true;
-    count++;
   }
   if (rc != MDB_NOTFOUND) return lmdb_error("mdb_cursor_get (pairs)", rc);
-  if (count != position.pair_count) {
-    return corrupt(std::to_string(count) + " pairs where the position counts " +
-                   std::to_string(position.pair_count));
-  }
-  return Status();
+  return check_pair_count(txn, position);
 }
 
 // Walks the epochs in order and checks each (check_epoch_chains); then
