@@ -247,12 +247,20 @@ Status settle_history(const std::string& data_dir, const VerifySummary& summary,
 }
 
 // The first bad part, for the exit code and stderr.
+// A store that does not open: `what`, then why. A writer moves a corrupt
+// one aside and begins a new one (snapshots/renew.h).
+Status unreadable_store(std::string what, const Status& problem, const std::string& dir) {
+  what += problem.message();
+  if (problem.code() == ErrorCode::corrupt) {
+    what += "; the next ledger to open moves it to " + dir + ".damaged";
+  }
+  return Status(ErrorCode::corrupt, what);
+}
+
 Status first_failure(const std::string& data_dir, const VerifySummary& summary) {
   if (!summary.snapshots_unreadable.ok()) {
     // The store's message names its directory.
-    return Status(ErrorCode::corrupt, summary.snapshots_unreadable.message() +
-                                          "; the next ledger to open moves it to " +
-                                          snapshot_dir(data_dir) + ".damaged");
+    return unreadable_store("", summary.snapshots_unreadable, snapshot_dir(data_dir));
   }
   for (const SnapshotCheck& check : summary.snapshots) {
     if (check.verdict == Verdict::bad) {
@@ -262,14 +270,8 @@ Status first_failure(const std::string& data_dir, const VerifySummary& summary) 
   }
   const HistoryIndex& index = summary.history.index;
   if (index.standing == HistoryStanding::unreadable) {
-    // A writer sets a store that does not open (corrupt) aside and
-    // rebuilds the index (snapshots/renew.h).
-    std::string what = "history index (" + history_dir(data_dir) + "): " +
-                       index.problem.message();
-    if (index.problem.code() == ErrorCode::corrupt) {
-      what += "; the next ledger to open moves it to " + history_dir(data_dir) + ".damaged";
-    }
-    return Status(ErrorCode::corrupt, what);
+    return unreadable_store("history index (" + history_dir(data_dir) + "): ", index.problem,
+                            history_dir(data_dir));
   }
   if (summary.history.balances == Verdict::bad) {
     return Status(ErrorCode::corrupt, "history index (" + history_dir(data_dir) + "): " +
