@@ -205,8 +205,8 @@ Result<std::unique_ptr<tcp::socket>> Client::Impl::connect_once() {
   const auto ip = asio::ip::make_address(host, ec);
   if (ec) return Status(ErrorCode::invalid, "bad address '" + host + "': " + ec.message());
   auto fresh = std::make_unique<tcp::socket>(io);
-  const auto deadline = std::chrono::steady_clock::now() +
-                        std::chrono::milliseconds(std::max<std::int64_t>(options.connect_timeout_ms, 1));
+  const std::int64_t timeout_ms = std::max<std::int64_t>(options.connect_timeout_ms, 1);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   const auto timed_out = [&](const char* step) {
     return Status(ErrorCode::io_error, std::string(step) + ": no answer within " +
                                            std::to_string(options.connect_timeout_ms) + " ms");

@@ -629,7 +629,9 @@ void Ledger::Impl::io_main() {
       write_group(batch, &acks);
       if (batch != nullptr && !failed.load()) {
         publish_committed(last_seq);
-        if (options.durability != Durability::async) durable.store(last_seq, std::memory_order_release);
+        if (options.durability != Durability::async) {
+          durable.store(last_seq, std::memory_order_release);
+        }
       }
       unsynced = unsynced || (batch != nullptr && !sync_each);
       guard.lock();

@@ -78,7 +78,8 @@ class BalanceBuffer {
     names_.append(subject);
     names_.append(item);
   }
-  void visit_all(const std::function<void(std::string_view, std::string_view, Balance)>& visit) const {
+  void visit_all(
+      const std::function<void(std::string_view, std::string_view, Balance)>& visit) const {
     const std::string_view names = names_;
     for (const Entry& entry : entries_) {
       visit(names.substr(entry.offset, entry.subject_bytes),

@@ -1342,7 +1342,7 @@ TEST_CASE("client: close fails what it sent with io_error (outcome unknown), nev
   CHECK((*client)->acquire("late", "alice", "gold", 1).code() == ErrorCode::closed);
 }
 
-TEST_CASE("client: with the server gone, submit returns and its completion runs on the client's thread") {
+TEST_CASE("client: with no server, submit returns; the completion runs on the client's thread") {
   Fixture fx;
   ClientOptions options;
   options.retries_max = 2;
