@@ -9,6 +9,7 @@
 #include <map>
 #include <mutex>
 #include <thread>
+#include <utility>
 
 #include "engine/server.h"
 #include "log/thread.h"
@@ -37,6 +38,9 @@ struct Pending {
   // A follow's request; nullptr for the rest, which keep only their frame
   // (a Request is large, and every in-flight mutation has a Pending).
   std::unique_ptr<wire::Request> request;
+  // When it was last queued for a connection: its answer is due
+  // answer_timeout_ms later.
+  std::chrono::steady_clock::time_point sent_at;
 };
 
 // The response a follow ends with after a cancel.
@@ -163,8 +167,15 @@ struct Client::Impl {
   void write_locked(std::string_view frame);
   // Waits until the writer thread is not writing to the socket.
   void wait_writer_idle_locked(std::unique_lock<std::mutex>& guard);
+  // Queues a request's frame for the connection, its answer due from now.
+  void write_request_locked(Pending& request);
+  // When the oldest request sent and not answered is overdue:
+  // time_point::max() when there is none, no connection or no timeout.
+  std::chrono::steady_clock::time_point answer_due_locked() const;
   void reader_main();
   void writer_main();
+  // Drops the connection once an answer is overdue (answer_timeout_ms).
+  void watchdog_main();
   // Sends a read; `done` gets its answer of `kind` on the reader thread.
   template <class T, class Extract>
   void submit_read(wire::Request request, wire::Response::Kind kind, Extract extract,
@@ -196,8 +207,13 @@ struct Client::Impl {
   std::string out;
   bool writing = false;  // the writer thread is in a write to *socket
   std::condition_variable writer_cv;
+  // The watchdog sleeps until watch_until; an earlier due wakes it.
+  std::condition_variable watchdog_cv;
+  std::chrono::steady_clock::time_point watch_until = std::chrono::steady_clock::time_point::max();
+  bool overdue = false;  // the watchdog dropped the connection: an answer was late
   std::thread reader;
   std::thread writer;
+  std::thread watchdog;
 };
 
 Result<std::unique_ptr<tcp::socket>> Client::Impl::connect_once() {
@@ -291,10 +307,8 @@ Status Client::Impl::connect_locked(std::unique_lock<std::mutex>& guard) {
   // Bytes queued for the old connection are gone with it: send every
   // unanswered request again, in the order sent.
   out.clear();
-  for (auto& [id, request] : pending) {
-    write_locked(request.frame);
-    request.written = true;
-  }
+  for (auto& [id, request] : pending) write_request_locked(request);
+  watchdog_cv.notify_all();
   return Status();
 }
 
@@ -385,7 +399,10 @@ std::uint64_t Client::Impl::send(wire::Request request, ResponseDone done, bool 
   }
   request.id = next_id++;
   const std::uint64_t id = request.id;
-  Pending entry_value{wire::encode_request(request), std::move(done), 0, false, follow, false, {}};
+  Pending entry_value;
+  entry_value.frame = wire::encode_request(request);
+  entry_value.done = std::move(done);
+  entry_value.follow = follow;
   if (follow) entry_value.request = std::make_unique<wire::Request>(std::move(request));
   auto [entry, added] = pending.emplace(id, std::move(entry_value));
   TALLY_ASSERT(added);
@@ -395,9 +412,50 @@ std::uint64_t Client::Impl::send(wire::Request request, ResponseDone done, bool 
     cv.notify_all();
     return id;
   }
-  write_locked(entry->second.frame);
-  entry->second.written = true;
+  write_request_locked(entry->second);
   return id;
+}
+
+void Client::Impl::write_request_locked(Pending& request) {
+  write_locked(request.frame);
+  request.written = true;
+  request.sent_at = std::chrono::steady_clock::now();
+  if (!request.follow && options.answer_timeout_ms > 0 &&
+      request.sent_at + std::chrono::milliseconds(options.answer_timeout_ms) < watch_until) {
+    watchdog_cv.notify_all();
+  }
+}
+
+std::chrono::steady_clock::time_point Client::Impl::answer_due_locked() const {
+  if (options.answer_timeout_ms > 0 && connected) {
+    // Ids grow in the order sent, and a reconnect sends all again at once:
+    // the first in the map is the oldest.
+    for (const auto& [id, request] : pending) {
+      if (request.written && !request.follow) {
+        return request.sent_at + std::chrono::milliseconds(options.answer_timeout_ms);
+      }
+    }
+  }
+  return std::chrono::steady_clock::time_point::max();
+}
+
+void Client::Impl::watchdog_main() {
+  std::unique_lock<std::mutex> guard(mu);
+  while (!closing) {
+    watch_until = answer_due_locked();
+    if (watch_until == std::chrono::steady_clock::time_point::max()) {
+      watchdog_cv.wait(guard);
+    } else {
+      watchdog_cv.wait_until(guard, watch_until);
+    }
+    if (closing || !connected || overdue) continue;
+    if (answer_due_locked() <= std::chrono::steady_clock::now()) {
+      // The reader's read fails and it reconnects (reader_main).
+      overdue = true;
+      boost::system::error_code ignored;
+      socket->shutdown(tcp::socket::shutdown_both, ignored);
+    }
+  }
 }
 
 // A follow's batch that does not end it: the entry stays, and its request
@@ -488,6 +546,10 @@ void Client::Impl::reader_main() {
     }
     guard.lock();
     if (closing) return;
+    if (std::exchange(overdue, false)) {
+      lost = Status(ErrorCode::io_error, "no answer within " +
+                                             std::to_string(options.answer_timeout_ms) + " ms");
+    }
     std::vector<ResponseDone> failed;
     on_connection_lost_locked(guard, &failed);
     if (!failed.empty()) {
@@ -514,6 +576,11 @@ Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
   auto writer = start_thread("tally-client-wr", [raw] { raw->writer_main(); });
   if (!writer) return writer.status();
   raw->writer = std::move(*writer);
+  if (raw->options.answer_timeout_ms > 0) {
+    auto watchdog = start_thread("tally-client-wd", [raw] { raw->watchdog_main(); });
+    if (!watchdog) return watchdog.status();
+    raw->watchdog = std::move(*watchdog);
+  }
   return client;
 }
 
@@ -530,9 +597,11 @@ Status Client::close() {
     if (impl.socket) impl.socket->shutdown(tcp::socket::shutdown_both, ignored);
     impl.cv.notify_all();
     impl.writer_cv.notify_all();
+    impl.watchdog_cv.notify_all();
   }
   if (impl.reader.joinable()) impl.reader.join();
   if (impl.writer.joinable()) impl.writer.join();
+  if (impl.watchdog.joinable()) impl.watchdog.join();
   std::unique_lock<std::mutex> guard(impl.mu);
   boost::system::error_code ignored;
   if (impl.socket) impl.socket->close(ignored);

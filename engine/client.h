@@ -17,10 +17,11 @@
 // io_error; its outcome is then unknown until it is retried with its key.
 // submit() and the submit_* reads never wait for a connection: while the
 // client reconnects they queue (up to inflight_max). A server that keeps
-// the connection open but stops answering (a stopped process) holds the
-// requests sent to it until it answers or the connection drops: the client
-// sets no deadline on an answer, since a mutation's outcome would be
-// unknown after it anyway.
+// the connection open but stops answering (a stopped process) is given up
+// once a request sent to it waits answer_timeout_ms: the connection is
+// dropped and the unanswered requests go through the reconnects above, so
+// a caller hears io_error after at most about answer_timeout_ms plus the
+// reconnects, never waits forever.
 //
 // follow() streams committed events as they are committed, for audit and
 // integration (docs/protocol.md, "Follow"):
@@ -69,6 +70,12 @@ struct ClientOptions {
   // One attempt to connect and exchange hellos gives up after this long (a
   // host that does not answer, or a port that accepts and stays silent).
   std::int64_t connect_timeout_ms = 2000;
+  // A request sent and not answered for this long means the server is not
+  // answering: the connection is dropped and re-established as above. A
+  // follow waiting for events does not count. 0: wait for ever. A longer
+  // one suits reads at a point in time that the server answers by
+  // replaying a long log (its history index off or lagging).
+  std::int64_t answer_timeout_ms = 30000;
   std::size_t frame_bytes_max = wire::kFrameBytesMaxDefault;
   std::size_t inflight_max = 1024;          // submit() waits beyond it
 };

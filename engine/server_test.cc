@@ -1342,6 +1342,42 @@ TEST_CASE("client: close fails what it sent with io_error (outcome unknown), nev
   CHECK((*client)->acquire("late", "alice", "gold", 1).code() == ErrorCode::closed);
 }
 
+TEST_CASE("client: a server that stops answering is given up after answer_timeout_ms") {
+  SilentServer silent(true);
+  ClientOptions options;
+  options.address = "127.0.0.1:" + std::to_string(silent.port());
+  options.answer_timeout_ms = 100;
+  options.retries_max = 1;
+  auto client = Client::connect(options);
+  REQUIRE(client.ok());
+  // Sent, dropped after 100 ms, sent again on a new connection, dropped
+  // again: then io_error, the outcome unknown, instead of waiting for ever.
+  auto receipt = (*client)->acquire("late", "alice", "gold", 1);
+  REQUIRE(receipt.code() == ErrorCode::io_error);
+  CHECK(receipt.status().message().find("no answer within 100 ms") != std::string::npos);
+  CHECK(silent.bytes_after_hello() > 0);
+  CHECK((*client)->close().ok());
+}
+
+TEST_CASE("client: a follow waiting for events is not an overdue answer") {
+  Fixture fx;
+  DroppingProxy proxy(fx.server->binary_port(), 1 << 30);  // forwards, never drops
+  ClientOptions options;
+  options.address = "127.0.0.1:" + std::to_string(proxy.port());
+  options.answer_timeout_ms = 20;
+  auto client = Client::connect(options);
+  REQUIRE(client.ok());
+  FollowSink sink;
+  const FollowId id = (*client)->follow(1, sink.on_batch(), sink.on_end());
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // ten timeouts, no events
+  REQUIRE((*client)->acquire("k1", "alice", "gold", 3).ok());
+  sink.await_count(1);
+  (*client)->cancel_follow(id);
+  CHECK(sink.await_end().ok());
+  CHECK(proxy.connections() == 1);
+  CHECK((*client)->close().ok());
+}
+
 TEST_CASE("client: with no server, submit returns; the completion runs on the client's thread") {
   Fixture fx;
   ClientOptions options;
