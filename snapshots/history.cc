@@ -268,7 +268,10 @@ std::uint32_t check_of(const std::uint8_t* key_and_value, std::size_t bytes) {
 // side by side, since a one-shot hash of a short record beats a streaming one.
 std::uint32_t check_of(std::span<const std::uint8_t> key, const std::uint8_t* value,
                        std::size_t value_bytes) {
-  std::array<std::uint8_t, kEntryKeyBytes + kEntryBytesMax> checked;  // the largest record
+  // The largest key and value: an entry's, or a pair's.
+  std::array<std::uint8_t, std::max(kEntryKeyBytes + kEntryBytesMax,
+                                    history::kPairKeyBytesMax + history::kPairIdBytes)>
+      checked;
   TALLY_ASSERT(key.size() + value_bytes <= checked.size());
   std::memcpy(checked.data(), key.data(), key.size());
   std::memcpy(checked.data() + key.size(), value, value_bytes);
@@ -678,7 +681,9 @@ struct HistoryStore::Impl {
   Status begin_read(ReadTxn* txn, Position* position) const;
   Result<std::uint64_t> find_pair(const Txn& txn, std::string_view key,
                                   std::uint64_t pair_count) const;
-  Result<std::uint64_t> pair_id_of(const MDB_val& value, std::uint64_t pair_count) const;
+  // The id in a pair's record, once its check (over `key` too) verifies.
+  Result<std::uint64_t> pair_id_of(const MDB_val& key, const MDB_val& value,
+                                   std::uint64_t pair_count) const;
   // As many pair records as the position counts.
   Status check_pair_count(const Txn& txn, const Position& position) const;
   Status check_pair_ids(const Txn& txn, const Position& position) const;
@@ -994,9 +999,11 @@ Status HistoryStore::Impl::put_pairs(const Txn& txn, int* rc) {
   TALLY_TRY(cursor.open(txn, pairs));
   for (const PendingPair& pair : pending_pairs) {
     MDB_val key = val_of(std::string_view(pending_keys).substr(pair.key_offset, pair.key_bytes));
-    std::array<std::uint8_t, history::kPairIdBytes> id{};
-    put_le(id.data(), pair.id, history::kPairIdBytes);
-    MDB_val value = val_of(id);
+    std::array<std::uint8_t, history::kPairValueBytes> record{};
+    put_le(record.data(), pair.id, history::kPairIdBytes);
+    put_le(record.data() + history::kPairIdBytes,
+           check_of(key, record.data(), history::kPairIdBytes), history::kCheckBytes);
+    MDB_val value = val_of(record);
     TALLY_TRY(put(cursor.get(), &key, &value, MDB_NOOVERWRITE, "pairs", rc));
   }
   return Status();
@@ -1204,10 +1211,15 @@ Status HistoryStore::Impl::begin_read(ReadTxn* txn, Position* position) const {
   return Status();
 }
 
-Result<std::uint64_t> HistoryStore::Impl::pair_id_of(const MDB_val& value,
+Result<std::uint64_t> HistoryStore::Impl::pair_id_of(const MDB_val& key, const MDB_val& value,
                                                      std::uint64_t pair_count) const {
-  if (value.mv_size != history::kPairIdBytes) return corrupt("pair id of the wrong size");
-  const std::uint64_t id = get_le(bytes_of(value), history::kPairIdBytes);
+  if (value.mv_size != history::kPairValueBytes) return corrupt("pair record of the wrong size");
+  const std::uint8_t* record = bytes_of(value);
+  if (get_le(record + history::kPairIdBytes, history::kCheckBytes) !=
+      check_of(key, record, history::kPairIdBytes)) {
+    return corrupt("a pair's record does not verify (its name or id is damaged)");
+  }
+  const std::uint64_t id = get_le(record, history::kPairIdBytes);
   if (id == 0 || id > pair_count) {
     return corrupt("pair id " + std::to_string(id) + " outside 1.." + std::to_string(pair_count));
   }
@@ -1222,7 +1234,7 @@ Result<std::uint64_t> HistoryStore::Impl::find_pair(const Txn& txn, std::string_
   const int rc = mdb_get(txn.get(), pairs, &key_val, &value);
   if (rc == MDB_NOTFOUND) return std::uint64_t{0};
   if (rc != 0) return lmdb_error("mdb_get (pairs)", rc);
-  return pair_id_of(value, pair_count);
+  return pair_id_of(key_val, value, pair_count);
 }
 
 Result<HistoryPosition> HistoryStore::position() const {
@@ -1321,7 +1333,7 @@ Status HistoryStore::Impl::visit_pairs(
     std::string_view subject;
     std::string_view item;
     if (!split_pair_key(pair_key, &subject, &item)) return corrupt("malformed pair key");
-    Result<std::uint64_t> id = pair_id_of(value, position.pair_count);
+    Result<std::uint64_t> id = pair_id_of(key, value, position.pair_count);
     if (!id) return id.status();
     proj::Balance balance;
     if (seq != 0) {
@@ -1612,7 +1624,7 @@ Status HistoryStore::Impl::check_pair_ids(const Txn& txn, const Position& positi
     std::string_view subject;
     std::string_view item;
     if (!split_pair_key(view_of(key), &subject, &item)) return corrupt("malformed pair key");
-    Result<std::uint64_t> id = pair_id_of(value, position.pair_count);
+    Result<std::uint64_t> id = pair_id_of(key, value, position.pair_count);
     if (!id) return id.status();
     if (named[*id]) return corrupt("two pairs have id " + std::to_string(*id));
     named[*id] = true;

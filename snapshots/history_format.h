@@ -28,7 +28,8 @@
 //              order by subject, then item, and a subject's pairs are the
 //              keys that start with "subject\0".
 //              value: u64 pair id (1, 2, ... in the order pairs first
-//              change)
+//              change), u32 check over the key bytes followed by the 8 id
+//              bytes (12 bytes): a name damaged in the key does not verify
 //   "entries"  key: u64 epoch, u64 pair id, u64 seq, all big-endian (24
 //              bytes)
 //              value: the entry record below, 46..301 bytes
@@ -79,12 +80,14 @@
 // the balances the epoch before ended with. No change is zero, so a record
 // lost from the middle (deleted, or moved away by a damaged key, which the
 // check above catches only when the record is read) breaks a chain.
-// Readers check the link after the balance they answer; the format carries
-// nothing more for it (the checks already cover the keys), so format 2
-// stands.
+// Readers check the link after the balance they answer. A pair's name has
+// no chain: a damaged name key hides the pair from a read by name (it
+// reads as zero), and only a walk of the pairs, which reads every record
+// and so its check, finds it (HistoryStore::check_chains).
 //
-// Format 1 (no epochs: entries keyed by pair, then seq) is not read; a
-// writer finding it rebuilds the index from the log.
+// Older formats are not read; a writer finding one rebuilds the index from
+// the log. Format 1 had no epochs (entries keyed by pair, then seq);
+// format 2 had no check in a pair's record.
 #pragma once
 
 #include <cstddef>
@@ -103,7 +106,7 @@ inline constexpr unsigned kDbCount = 6;
 inline constexpr char kPositionKey[] = "position";
 inline constexpr std::size_t kPositionKeyBytes = sizeof(kPositionKey) - 1;
 inline constexpr std::uint32_t kPositionMagic = 0x53494854;  // "THIS" read as LE bytes
-inline constexpr std::uint32_t kFormatVersion = 2;
+inline constexpr std::uint32_t kFormatVersion = 3;
 inline constexpr std::size_t kPositionBytes = 72;
 inline constexpr std::size_t kPositionCheckedBytes = kPositionBytes - 8;
 
@@ -126,6 +129,7 @@ inline constexpr std::size_t kTimeKeyBytes = 8;
 inline constexpr std::size_t kSeqBytes = 8;
 inline constexpr std::size_t kEpochValueBytes = 8 + kCheckBytes;
 inline constexpr std::size_t kOpeningKeyBytes = kEpochBytes + kPairIdBytes;
+inline constexpr std::size_t kPairValueBytes = kPairIdBytes + kCheckBytes;
 inline constexpr std::size_t kOpeningValueBytes = 8 + 8 + kCheckBytes;
 inline constexpr std::uint64_t kTimeBias = std::uint64_t{1} << 63;
 

@@ -20,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "log/hash.h"
 #include "projections/changes.h"
 #include "projections/state_fixture.h"
 #include "projections/stream_fixture.h"
@@ -789,11 +790,14 @@ TEST_CASE("a damaged pair id or position record is corrupt") {
   {
     TempDir dir;
     write_small_index(dir);
-    rewrite_first(dir, history::kPairsDbName, [](const std::string&) {
-      return std::string("\x63\0\0\0\0\0\0\0", 8);  // id 99 of 2
+    rewrite_first(dir, history::kPairsDbName, [](const std::string& value) {
+      std::string flipped = value;
+      flipped[0] = static_cast<char>(flipped[0] ^ 0x02);  // id 3 of 2, the check unchanged
+      return flipped;
     });
     std::unique_ptr<HistoryStore> store = open_history(dir);
     CHECK(store->balance_at("alice", "gold", 1).code() == ErrorCode::corrupt);
+    CHECK(store->check_chains().code() == ErrorCode::corrupt);
   }
   {
     TempDir dir;
@@ -858,21 +862,26 @@ TEST_CASE("a damaged opening balance or epoch record is corrupt where it is read
   }
 }
 
-TEST_CASE("an index of format 1 is corrupt, naming its format, for the writer and readers") {
-  TempDir dir;
-  write_small_index(dir);
-  rewrite_first(dir, history::kMetaDbName, [](const std::string& value) {
-    std::string older = value.substr(0, 48);  // format 1's position record had 48 bytes
-    older[4] = 1;
-    return older;
-  });
-  Result<std::unique_ptr<HistoryStore>> writer =
-      HistoryStore::open(dir.sub("history"), small_options());
-  CHECK(writer.code() == ErrorCode::corrupt);
-  CHECK(writer.status().to_string().find("format 1") != std::string::npos);
-  HistoryStoreOptions read_only = small_options();
-  read_only.read_only = true;
-  CHECK(HistoryStore::open(dir.sub("history"), read_only).code() == ErrorCode::corrupt);
+TEST_CASE("an index of an older format is corrupt, naming its format, for the writer and readers") {
+  // Format 1's position record had 48 bytes, format 2's as many as now.
+  for (const auto& [format, position_bytes] : {std::pair{1, 48}, std::pair{2, 72}}) {
+    CAPTURE(format);
+    TempDir dir;
+    write_small_index(dir);
+    rewrite_first(dir, history::kMetaDbName, [&](const std::string& value) {
+      std::string older = value.substr(0, static_cast<std::size_t>(position_bytes));
+      older[4] = static_cast<char>(format);
+      return older;
+    });
+    Result<std::unique_ptr<HistoryStore>> writer =
+        HistoryStore::open(dir.sub("history"), small_options());
+    CHECK(writer.code() == ErrorCode::corrupt);
+    CHECK(writer.status().to_string().find("format " + std::to_string(format)) !=
+          std::string::npos);
+    HistoryStoreOptions read_only = small_options();
+    read_only.read_only = true;
+    CHECK(HistoryStore::open(dir.sub("history"), read_only).code() == ErrorCode::corrupt);
+  }
 }
 
 // ---------------------------------------------------------------- read-only
@@ -1105,9 +1114,14 @@ TEST_CASE("check_chains: a pair id named twice, and entries outside every epoch,
   {
     TempDir dir;
     write_small_index(dir);
-    // alice's gold (id 1) renamed to bob's id 2.
-    rewrite_first(dir, history::kPairsDbName,
-                  [](const std::string&) { return std::string("\x02\0\0\0\0\0\0\0", 8); });
+    // alice's gold (id 1) given bob's id 2, with a check that verifies.
+    const std::string key = records_of(dir, history::kPairsDbName).front().first;
+    REQUIRE(key == std::string("alice\0gold", 10));
+    std::string record = key + std::string("\x02\0\0\0\0\0\0\0", 8);
+    const auto check = static_cast<std::uint32_t>(XXH3_64bits(record.data(), record.size()));
+    record = record.substr(key.size());
+    for (int byte = 0; byte < 4; byte++) record.push_back(static_cast<char>(check >> (8 * byte)));
+    rewrite_first(dir, history::kPairsDbName, [&](const std::string&) { return record; });
     std::unique_ptr<HistoryStore> store = open_history(dir);
     const Status chains = store->check_chains();
     CHECK(chains.code() == ErrorCode::corrupt);
@@ -1128,6 +1142,24 @@ TEST_CASE("check_chains: a pair id named twice, and entries outside every epoch,
     CHECK(chains.code() == ErrorCode::corrupt);
     CHECK(chains.message().find("the newest epoch is 1 with 2 entries") != std::string::npos);
   }
+}
+
+TEST_CASE("a damaged pair name is corrupt wherever its record is read, and for check_chains") {
+  TempDir dir;
+  TempDir copy;
+  write_small_index(dir);
+  // "alice\0gold" moved to "amice\0gold" (a flipped bit), its record unchanged.
+  REQUIRE(remove_record(dir, copy, history::kPairsDbName, std::string("alice\0gold", 10), 1));
+  std::unique_ptr<HistoryStore> store = open_history(copy);
+  const auto visit = [](std::string_view, std::string_view, Balance) {};
+  CHECK(store->for_each_at(2, visit).code() == ErrorCode::corrupt);
+  CHECK(store->list_at("amice", 2, [](std::string_view, Balance) {}).code() == ErrorCode::corrupt);
+  const Status chains = store->check_chains();
+  CHECK(chains.code() == ErrorCode::corrupt);
+  CHECK(chains.message().find("does not verify") != std::string::npos);
+  // What a read by the lost name cannot see (snapshots.md, "Chains").
+  CHECK(balance_ok(*store, "alice", "gold", 2) == bal(0, 0));
+  CHECK(balance_ok(*store, "bob", "gold", 3) == bal(1, 0));
 }
 
 TEST_CASE("read_only: a missing index is not_found and creates nothing; a written one reads") {
