@@ -1244,6 +1244,12 @@ class SilentServer {
     thread_.join();
   }
   std::uint16_t port() const { return acceptor_.local_endpoint().port(); }
+  // Options of a client of this peer.
+  ClientOptions client_options() const {
+    ClientOptions options;
+    options.address = "127.0.0.1:" + std::to_string(port());
+    return options;
+  }
   // Bytes read from the client after its hello.
   std::size_t bytes_after_hello() const { return bytes_.load(); }
 
@@ -1292,8 +1298,7 @@ class SilentServer {
 
 TEST_CASE("client: a server that never answers the hello is given up after connect_timeout_ms") {
   SilentServer silent(false);
-  ClientOptions options;
-  options.address = "127.0.0.1:" + std::to_string(silent.port());
+  ClientOptions options = silent.client_options();
   options.connect_timeout_ms = 100;
   options.retries_max = 1;
   auto client = Client::connect(options);
@@ -1312,8 +1317,7 @@ TEST_CASE("client: pointed at the HTTP port, connect says so") {
 
 TEST_CASE("client: close fails what it sent with io_error (outcome unknown), never closed") {
   SilentServer silent(true);
-  ClientOptions options;
-  options.address = "127.0.0.1:" + std::to_string(silent.port());
+  ClientOptions options = silent.client_options();
   auto client = Client::connect(options);
   REQUIRE(client.ok());
   std::mutex mu;
@@ -1344,8 +1348,7 @@ TEST_CASE("client: close fails what it sent with io_error (outcome unknown), nev
 
 TEST_CASE("client: a server that stops answering is given up after answer_timeout_ms") {
   SilentServer silent(true);
-  ClientOptions options;
-  options.address = "127.0.0.1:" + std::to_string(silent.port());
+  ClientOptions options = silent.client_options();
   options.answer_timeout_ms = 100;
   options.retries_max = 1;
   auto client = Client::connect(options);
