@@ -308,7 +308,9 @@ Result<Target> parse_target(std::string_view target) {
   Target out;
   if (query != std::string_view::npos) out.query = std::string(target.substr(query + 1));
   path.remove_prefix(1);
-  while (!path.empty()) {
+  if (path.empty()) return out;  // "/"
+  // Empty segments count: "/v1/balances/a/" names an empty item.
+  while (true) {
     if (out.segments.size() >= kPathSegmentsMax) return bad("path too long");
     const std::size_t slash = path.find('/');
     std::string segment;
@@ -572,8 +574,30 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     parser_->header_limit(core_.options().http_header_bytes_max);
     stream_.expires_after(std::chrono::milliseconds(core_.options().idle_timeout_ms));
     reading_ = true;
-    http::async_read(stream_, buffer_, *parser_,
-                     [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_read(ec); });
+    http::async_read_header(stream_, buffer_, *parser_,
+                            [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                              self->on_header(ec);
+                            });
+  }
+
+  // The headers are in: answer in the request's version, and tell a client
+  // that waits before sending its body (Expect: 100-continue, as curl does
+  // for bodies over 1 KiB) to send it.
+  void on_header(beast::error_code ec) {
+    if (ec) return on_read(ec);
+    version_ = parser_->get().version();
+    const auto read_body = [self = shared_from_this()] {
+      http::async_read(self->stream_, self->buffer_, *self->parser_,
+                       [self](beast::error_code read_ec, std::size_t) { self->on_read(read_ec); });
+    };
+    if (parser_->is_done()) return on_read(ec);
+    if (!beast::iequals(parser_->get()[http::field::expect], "100-continue")) return read_body();
+    continue_.emplace(http::status::continue_, version_);
+    http::async_write(stream_, *continue_,
+                      [self = shared_from_this(), read_body](beast::error_code write_ec, std::size_t) {
+                        if (write_ec) return self->close();
+                        read_body();
+                      });
   }
 
   void on_read(beast::error_code ec) {
@@ -635,6 +659,7 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
 
   void send(HttpResponse response, bool close_after) {
     response_ = std::move(response);
+    response_.version(version_);
     response_.keep_alive(keep_alive_ && !close_after && !stopping_ && !core_.stopping());
     response_.prepare_payload();
     stream_.expires_after(std::chrono::milliseconds(core_.options().idle_timeout_ms));
@@ -660,6 +685,8 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<Body>> parser_;
   HttpResponse response_;
+  std::optional<http::response<http::empty_body>> continue_;  // 100 Continue, while written
+  unsigned version_ = 11;  // the request's HTTP version: 10 or 11
   std::uint64_t id_ = 0;
   bool keep_alive_ = true;
   bool reading_ = false;
@@ -678,6 +705,11 @@ void HttpSession::handle(HttpRequest request) {
   auto target = parse_target(view(request.target()));
   if (!target) return send(error_response(target.status()), false);
   const Route route = match_route(target->segments);
+  if (route.kind == RouteKind::health || route.kind == RouteKind::metrics) {
+    // They take no parameters either.
+    const Status query = parse_query(target->query, {}).status();
+    if (!query.ok() && request.method() == route.method) return reject(route, query);
+  }
   if (route.kind == RouteKind::health) return health(request.method());
   if (!authorized(request)) {
     HttpResponse response =
@@ -908,6 +940,7 @@ Status decode_mutation(const Route& route, const Target& target, const HttpReque
   }
   if (body.type != json::Value::Type::object) return bad("the body must be a JSON object");
   TALLY_TRY(command_for(route, target.segments, body, command));
+  if (request.count("Idempotency-Key") > 1) return bad("more than one Idempotency-Key header");
   const std::string_view key = view(request["Idempotency-Key"]);
   if (key.empty()) return bad("the Idempotency-Key header is required");
   command->key = std::string(key);

@@ -155,10 +155,12 @@ TEST_CASE("http api: a method a route does not answer is 405 with Allow") {
   CHECK(head.header("Connection") == "close");
 }
 
-TEST_CASE("http api: JSON with a repeated member or a leading zero is malformed") {
+TEST_CASE("http api: JSON with a repeated member, a leading zero or bytes not UTF-8 is malformed") {
+  // Bytes that are not UTF-8: stray, overlong, an encoded surrogate, cut short.
   for (const std::string_view text :
        {R"({"a":1,"a":1})", R"({"a":1,"b":{"c":1,"c":2}})", R"([{"x":"a","x":"b"}])", "01",
-        "-01", "00", "[1,02]", "1.", ".5", "-", "+1", "1e", "1e+", "1.5e", "--1", "0x10", "1-2"}) {
+        "-01", "00", "[1,02]", "1.", ".5", "-", "+1", "1e", "1e+", "1.5e", "--1", "0x10", "1-2",
+        "\"\xff\"", "\"\xc0\xaf\"", "\"\xed\xa0\x80\"", "\"\xe2\x82\"", "{\"\xfe\":1}"}) {
     CAPTURE(text);
     const auto parsed = json::parse(text);
     REQUIRE_FALSE(parsed.ok());
@@ -166,7 +168,8 @@ TEST_CASE("http api: JSON with a repeated member or a leading zero is malformed"
     CHECK(parsed.status().message().find("malformed JSON") != std::string::npos);
   }
   for (const std::string_view text : {"0", "-0", "10", "1.5", "0.25", "-1.5E-3", "1e5", "2E+2",
-                                      R"({"a":1,"b":1})", R"([{"a":1},{"a":2}])"}) {
+                                      R"({"a":1,"b":1})", R"([{"a":1},{"a":2}])",
+                                      "\"\xc3\xbf\"", "\"\xf0\x9f\x98\x80\""}) {
     CAPTURE(text);
     CHECK(json::parse(text).ok());
   }
@@ -184,6 +187,69 @@ TEST_CASE("http api: JSON with a repeated member or a leading zero is malformed"
     CHECK_INVALID(answer);
   }
   CHECK(next_seq(port) == before);
+}
+
+TEST_CASE("http api: /health and /metrics take no parameters; a path's empty item is 400") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  CHECK(get(port, "/health").status == 200);
+  CHECK_INVALID(get(port, "/health?x=1"));
+  CHECK(get(port, "/metrics").status == 200);
+  CHECK_INVALID(get(port, "/metrics?x=1"));
+  // "/v1/balances/a/" names subject a's empty item, not subject a.
+  const Reply empty_item = get(port, "/v1/balances/a/");
+  CHECK_INVALID(empty_item);
+  CHECK(empty_item.string("detail") == "item is empty");
+  CHECK(get(port, "/v1/balances/a").status == 200);
+  CHECK(get(port, "/health/").status == 404);
+}
+
+TEST_CASE("http api: a request with two Idempotency-Key headers is 400 and writes nothing") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  const std::uint64_t before = next_seq(port);
+  const std::string body(kAcquire);
+  const std::string answer = send_raw_until_closed(
+      port, "POST /v1/acquire HTTP/1.1\r\nHost: h\r\nIdempotency-Key: k1\r\n"
+            "Idempotency-Key: k2\r\nConnection: close\r\nContent-Length: " +
+                std::to_string(body.size()) + "\r\n\r\n" + body);
+  CHECK(answer.starts_with("HTTP/1.1 400 "));
+  CHECK(answer.find("more than one Idempotency-Key header") != std::string::npos);
+  CHECK(next_seq(port) == before);
+}
+
+TEST_CASE("http api: HTTP/1.0 keep-alive is answered in 1.0 and kept; Expect: 100-continue") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  const std::string answers = send_raw_until_closed(
+      port, "GET /health HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /health HTTP/1.0\r\n\r\n");
+  // Both answered on the one connection; the first says it stays open.
+  CHECK(answers.starts_with("HTTP/1.0 200 OK\r\n"));
+  const std::size_t second = answers.find("HTTP/1.0 200 OK\r\n", 1);
+  REQUIRE(second != std::string::npos);
+  CHECK(answers.substr(0, second).find("Connection: keep-alive\r\n") != std::string::npos);
+  CHECK(answers.find("Connection: keep-alive", second) == std::string::npos);
+
+  // A client that waits for "100 Continue" before its body gets it.
+  asio::io_context io;
+  tcp::socket socket(io);
+  socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+  const std::string body(kAcquire);
+  asio::write(socket, asio::buffer("POST /v1/acquire HTTP/1.1\r\nHost: h\r\nIdempotency-Key: e1\r\n"
+                                   "Expect: 100-continue\r\nConnection: close\r\n"
+                                   "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n"));
+  std::string interim;
+  char chunk[256];
+  while (interim.find("\r\n\r\n") == std::string::npos) {
+    interim.append(chunk, socket.read_some(asio::buffer(chunk)));
+  }
+  CHECK(interim == "HTTP/1.1 100 Continue\r\n\r\n");
+  asio::write(socket, asio::buffer(body));
+  std::string final_answer;
+  boost::system::error_code ec;
+  while (!ec) final_answer.append(chunk, socket.read_some(asio::buffer(chunk), ec));
+  CHECK(final_answer.starts_with("HTTP/1.1 200 OK\r\n"));
+  CHECK(fx.ledger->balance("berlin", "sku")->available == 5);
 }
 
 TEST_CASE("http api: limit and wait_ms of any size are capped; non-digits are 400") {

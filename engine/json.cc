@@ -6,6 +6,31 @@ namespace tally::json {
 
 namespace {
 
+// The length of the valid UTF-8 sequence at text[pos], or 0.
+std::size_t utf8_length(std::string_view text, std::size_t pos) {
+  const auto byte = [&](std::size_t at) { return static_cast<unsigned char>(text[at]); };
+  const unsigned char lead = byte(pos);
+  std::size_t length = 0;
+  std::uint32_t min = 0;
+  if (lead >= 0xC2 && lead <= 0xDF) {
+    length = 2, min = 0x80;
+  } else if (lead >= 0xE0 && lead <= 0xEF) {
+    length = 3, min = 0x800;
+  } else if (lead >= 0xF0 && lead <= 0xF4) {
+    length = 4, min = 0x10000;
+  } else {
+    return 0;
+  }
+  if (text.size() - pos < length) return 0;
+  std::uint32_t code = lead & (0x7F >> length);
+  for (std::size_t index = 1; index < length; index++) {
+    if ((byte(pos + index) & 0xC0) != 0x80) return 0;
+    code = (code << 6) | (byte(pos + index) & 0x3F);
+  }
+  const bool surrogate = code >= 0xD800 && code <= 0xDFFF;
+  return code < min || code > 0x10FFFF || surrogate ? 0 : length;
+}
+
 class Parser {
  public:
   explicit Parser(std::string_view text) : text_(text) {}
@@ -192,6 +217,15 @@ class Parser {
       const char c = text_[pos_++];
       if (c == '"') return Status();
       if (static_cast<unsigned char>(c) < 0x20) return error("control character in string");
+      if (static_cast<unsigned char>(c) >= 0x80) {
+        // RFC 8259 text is UTF-8: a stray byte, an overlong form or an
+        // encoded surrogate is malformed, as "\ud800" is.
+        const std::size_t length = utf8_length(text_, pos_ - 1);
+        if (length == 0) return error("string is not valid UTF-8");
+        out->append(text_.substr(pos_ - 1, length));
+        pos_ += length - 1;
+        continue;
+      }
       if (c != '\\') {
         out->push_back(c);
         continue;
@@ -217,31 +251,6 @@ class Parser {
   std::string_view text_;
   std::size_t pos_ = 0;
 };
-
-// The length of the valid UTF-8 sequence at text[pos], or 0.
-std::size_t utf8_length(std::string_view text, std::size_t pos) {
-  const auto byte = [&](std::size_t at) { return static_cast<unsigned char>(text[at]); };
-  const unsigned char lead = byte(pos);
-  std::size_t length = 0;
-  std::uint32_t min = 0;
-  if (lead >= 0xC2 && lead <= 0xDF) {
-    length = 2, min = 0x80;
-  } else if (lead >= 0xE0 && lead <= 0xEF) {
-    length = 3, min = 0x800;
-  } else if (lead >= 0xF0 && lead <= 0xF4) {
-    length = 4, min = 0x10000;
-  } else {
-    return 0;
-  }
-  if (text.size() - pos < length) return 0;
-  std::uint32_t code = lead & (0x7F >> length);
-  for (std::size_t index = 1; index < length; index++) {
-    if ((byte(pos + index) & 0xC0) != 0x80) return 0;
-    code = (code << 6) | (byte(pos + index) & 0x3F);
-  }
-  const bool surrogate = code >= 0xD800 && code <= 0xDFFF;
-  return code < min || code > 0x10FFFF || surrogate ? 0 : length;
-}
 
 }  // namespace
 

@@ -196,6 +196,24 @@ inline Reply post(std::uint16_t port, std::string target, std::string body, std:
   return http_call(port, http::verb::post, std::move(target), std::move(body), headers);
 }
 
+// Sends `bytes` on a fresh connection and returns all that comes back
+// until the server closes it.
+inline std::string send_raw_until_closed(std::uint16_t port, const std::string& bytes) {
+  asio::io_context io;
+  tcp::socket socket(io);
+  socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+  boost::system::error_code ec;
+  asio::write(socket, asio::buffer(bytes), ec);
+  std::string received;
+  char chunk[4096];
+  while (true) {
+    const std::size_t n = socket.read_some(asio::buffer(chunk), ec);
+    if (ec) break;
+    received.append(chunk, n);
+  }
+  return received;
+}
+
 // The value of the line "name value" of /metrics (name with its labels), or
 // -1 when there is no such line. Some counters (tally_ops_total) print no
 // line while they are zero: -1 keeps "absent" apart from a printed 0.

@@ -164,22 +164,6 @@ std::string burst_of(std::uint64_t count, const std::function<void(wire::Request
   return burst;
 }
 
-std::string send_raw_until_closed(std::uint16_t port, const std::string& bytes) {
-  asio::io_context io;
-  tcp::socket socket(io);
-  socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
-  boost::system::error_code ec;
-  asio::write(socket, asio::buffer(bytes), ec);
-  std::string received;
-  char chunk[4096];
-  while (true) {
-    const std::size_t n = socket.read_some(asio::buffer(chunk), ec);
-    if (ec) break;
-    received.append(chunk, n);
-  }
-  return received;
-}
-
 TEST_CASE("json: parses objects, arrays, escapes and exact integers") {
   auto value = json::parse(R"( {"a":"x\u00e9\n","n":18446744073709551615,"l":[1,-2,true,null]} )");
   REQUIRE(value.ok());
