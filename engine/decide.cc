@@ -32,7 +32,32 @@ Status check_qty(std::int64_t qty) {
   return Status();
 }
 
+// The fields `op`'s type does not use are empty or zero (types.h): a stray
+// one is the caller's mistake to hear about, not a value to drop unseen.
+Status check_unused(const OpRequest& op) {
+  const bool names_hold = op.hold != 0 || !op.hold_key.empty();
+  const bool settles = op.type == OpType::commit || op.type == OpType::release;
+  const std::pair<bool, std::string_view> fields[] = {
+      {!op.subject.empty() && settles, "subject"},
+      {!op.item.empty() && settles, "item"},
+      {!op.to.empty() && op.type != OpType::transfer, "to"},
+      {op.qty != 0 && op.type == OpType::release, "qty"},
+      {op.ttl_ns != 0 && op.type != OpType::hold, "ttl"},
+      {names_hold && !settles, "hold"},
+  };
+  for (const auto& [stray, name] : fields) {
+    if (stray) return invalid(std::string(op_type_name(op.type)) + " takes no " + std::string(name));
+  }
+  // Both is ambiguous. Neither (hold 0, no key) names a hold that does not
+  // exist: decided hold_unknown, as a key that made no hold is.
+  if (settles && op.hold != 0 && !op.hold_key.empty()) {
+    return invalid("name the hold by hold id or by hold_key, not both");
+  }
+  return Status();
+}
+
 Status validate_op(const OpRequest& op, const Limits& limits) {
+  if (op.type != OpType::expire) TALLY_TRY(check_unused(op));
   switch (op.type) {
     case OpType::acquire:
     case OpType::consume:

@@ -222,7 +222,57 @@ TEST_CASE("a commit or release may name its hold by the hold's key") {
   wrong.key = "k3";
   wrong.op = OpRequest::commit_key("never-seen");
   CHECK(outcome_of(f.ledger->execute(wrong)) == Outcome::hold_unknown);
+  // Hold 0 is no hold's id: a release naming it names none.
   CHECK(outcome_of(f.ledger->release("k4", 0)) == Outcome::hold_unknown);
+}
+
+TEST_CASE("an op with a field its type does not use, or naming its hold twice, is invalid "
+          "and writes nothing") {
+  Fixture f;
+  f.ok(f.ledger->acquire("a1", "shop", "sku", 10));
+  const Receipt held = f.ok(f.ledger->hold("h1", "shop", "sku", 4, 60 * kSecond));
+  std::vector<std::pair<OpRequest, std::string>> cases;
+  OpRequest op = OpRequest::acquire("shop", "sku", 1);
+  op.to = "b";
+  cases.emplace_back(op, "acquire takes no to");
+  op = OpRequest::consume("shop", "sku", 1);
+  op.ttl_ns = kSecond;
+  cases.emplace_back(op, "consume takes no ttl");
+  op = OpRequest::transfer("shop", "b", "sku", 1);
+  op.hold = held.hold;
+  cases.emplace_back(op, "transfer takes no hold");
+  op = OpRequest::hold_of("shop", "sku", 1, kSecond);
+  op.hold_key = "h1";
+  cases.emplace_back(op, "hold takes no hold");
+  op = OpRequest::commit(held.hold);
+  op.subject = "shop";
+  cases.emplace_back(op, "commit takes no subject");
+  op = OpRequest::release(held.hold);
+  op.qty = 1;
+  cases.emplace_back(op, "release takes no qty");
+  op = OpRequest::commit_key("h1");
+  op.hold = held.hold;
+  cases.emplace_back(op, "not both");
+  const std::uint64_t before = f.ledger->stats().next_seq;
+  int index = 0;
+  for (const auto& [request, why] : cases) {
+    CAPTURE(why);
+    Command single;
+    single.key = "bad" + std::to_string(index++);
+    single.op = request;
+    const Result<Receipt> alone = f.ledger->execute(single);
+    CHECK(alone.code() == ErrorCode::invalid);
+    CHECK(alone.status().message().find(why) != std::string::npos);
+    Command batch;
+    batch.key = "bad" + std::to_string(index++);
+    batch.batch = true;
+    batch.ops = {OpRequest::acquire("shop", "sku", 1), request};
+    const Result<Receipt> inside = f.ledger->execute(batch);
+    CHECK(inside.code() == ErrorCode::invalid);
+    CHECK(inside.status().message().find("op 1: ") != std::string::npos);
+  }
+  CHECK(f.ledger->stats().next_seq == before);
+  CHECK(f.balance("shop", "sku") == Balance{6, 4});
 }
 
 TEST_CASE("expiry is a logged fact driven by the injected clock") {

@@ -40,7 +40,8 @@ struct Metadata {
   std::string actor;      // who did it
 };
 
-// One operation. Fields a type does not use stay empty or zero.
+// One operation. Fields a type does not use stay empty or zero: a command
+// setting one is invalid (so is a commit or release naming a hold twice).
 struct OpRequest {
   OpType type = OpType::acquire;
   std::string subject;  // transfer: the source
@@ -50,7 +51,7 @@ struct OpRequest {
   std::int64_t ttl_ns = 0;
   HoldId hold = 0;
   // commit, release: names the hold by the idempotency key of the request
-  // that created it instead of by id (then `hold` is ignored). Lets a caller
+  // that created it instead of by id (then `hold` stays 0). Lets a caller
   // pipeline a commit right behind its hold, or settle a hold whose id it
   // lost in a crash.
   std::string hold_key;
