@@ -190,6 +190,9 @@ struct Client::Impl {
   bool take_batch(Pending& entry, const wire::Response& response, ResponseDone* deliver);
   void on_connection_lost_locked(std::unique_lock<std::mutex>& guard, std::vector<ResponseDone>* failed);
   void fail(std::vector<ResponseDone> failed, const Status& why);
+  // fail(), without the lock; meanwhile `failing` (send()).
+  void fail_locked(std::unique_lock<std::mutex>& guard, std::vector<ResponseDone> failed,
+                   const Status& why);
 
   ClientOptions options;
   std::string host;
@@ -200,6 +203,10 @@ struct Client::Impl {
   std::unique_ptr<tcp::socket> socket;  // replaced only while !connected
   bool connected = false;
   bool closing = false;
+  // Handlers of failed requests are running. A request another thread
+  // sends meanwhile fails at once: its caller has not heard of the
+  // failures yet, and it must not be delivered after them.
+  bool failing = false;
   std::uint64_t next_id = 1;
   std::map<std::uint64_t, Pending> pending;  // by id: resent in the order sent
   // Frames queued for the writer thread, which sends all that are queued in
@@ -322,14 +329,26 @@ void Client::Impl::fail_all_locked(std::unique_lock<std::mutex>& guard, const St
   }
   pending.clear();
   cv.notify_all();  // senders waiting for room
+  failing = true;
   guard.unlock();
   fail(std::move(failed_sent), sent);
   fail(std::move(failed_unsent), unsent);
   guard.lock();
+  failing = false;
 }
 
 void Client::Impl::fail(std::vector<ResponseDone> failed, const Status& why) {
   for (ResponseDone& done : failed) done(why);
+}
+
+void Client::Impl::fail_locked(std::unique_lock<std::mutex>& guard,
+                               std::vector<ResponseDone> failed, const Status& why) {
+  if (failed.empty()) return;
+  failing = true;
+  guard.unlock();
+  fail(std::move(failed), why);
+  guard.lock();
+  failing = false;
 }
 
 // Drops the connection; reconnects and resends what survives its retries.
@@ -342,13 +361,23 @@ void Client::Impl::on_connection_lost_locked(std::unique_lock<std::mutex>& guard
   socket->shutdown(tcp::socket::shutdown_both, ignored);
   wait_writer_idle_locked(guard);
   socket->close(ignored);
+  // Once a request has used up its retries, every request sent after it
+  // fails with it: none is delivered after one sent before it failed (a
+  // commit must not be decided without the hold it names). Follows are
+  // streams of their own and keep their own count.
+  bool giving_up = false;
   for (auto entry = pending.begin(); entry != pending.end();) {
-    if (entry->second.cancelled) {
+    Pending& request = entry->second;
+    if (request.cancelled) {
       // The new connection will not know the follow; it is over.
-      failed->push_back([done = std::move(entry->second.done)](Result<wire::Response>) { done(follow_end()); });
+      failed->push_back([done = std::move(request.done)](Result<wire::Response>) { done(follow_end()); });
       entry = pending.erase(entry);
-    } else if (++entry->second.attempts > options.retries_max) {
-      failed->push_back(std::move(entry->second.done));
+      continue;
+    }
+    const bool spent = ++request.attempts > options.retries_max;
+    if (spent || (giving_up && !request.follow)) {
+      giving_up = giving_up || !request.follow;
+      failed->push_back(std::move(request.done));
       entry = pending.erase(entry);
     } else {
       ++entry;
@@ -395,6 +424,12 @@ std::uint64_t Client::Impl::send(wire::Request request, ResponseDone done, bool 
   if (closing) {
     guard.unlock();
     done(Status(ErrorCode::closed, "the client is closed"));
+    return 0;
+  }
+  if (failing && std::this_thread::get_id() != reader.get_id()) {
+    guard.unlock();
+    done(Status(ErrorCode::io_error,
+                "not sent: a request sent before it could not be delivered"));
     return 0;
   }
   request.id = next_id++;
@@ -552,11 +587,8 @@ void Client::Impl::reader_main() {
     }
     std::vector<ResponseDone> failed;
     on_connection_lost_locked(guard, &failed);
-    if (!failed.empty()) {
-      guard.unlock();
-      fail(std::move(failed), Status(ErrorCode::io_error, "connection lost: " + lost.message()));
-      guard.lock();
-    }
+    fail_locked(guard, std::move(failed),
+                Status(ErrorCode::io_error, "connection lost: " + lost.message()));
   }
 }
 

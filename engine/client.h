@@ -23,6 +23,14 @@
 // a caller hears io_error after at most about answer_timeout_ms plus the
 // reconnects, never waits forever.
 //
+// Order: requests go out, and again after a reconnect, in the order
+// submitted. When one fails for want of a connection, every request sent
+// after it fails with it, and a request another thread submits while those
+// failures are handed out fails at once: none is delivered after one
+// submitted before it failed. A caller that needs order (a commit behind
+// its hold) stops at its first failure and sends the failed requests
+// again, in order, with their keys.
+//
 // follow() streams committed events as they are committed, for audit and
 // integration (docs/protocol.md, "Follow"):
 //

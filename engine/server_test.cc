@@ -1236,6 +1236,7 @@ class SilentServer {
   }
   // Bytes read from the client after its hello.
   std::size_t bytes_after_hello() const { return bytes_.load(); }
+  int connections() const { return connections_.load(); }
 
  private:
   void run() {
@@ -1245,6 +1246,7 @@ class SilentServer {
       boost::system::error_code ec;
       acceptor_.accept(*socket, ec);
       if (ec || stopping_) return;
+      connections_++;
       if (answer_hello_) {
         wire::FrameReader reader(wire::kFrameBytesMaxDefault);
         while (true) {  // the hello
@@ -1278,6 +1280,7 @@ class SilentServer {
   std::thread thread_;
   std::atomic<bool> stopping_{false};
   std::atomic<std::size_t> bytes_{0};
+  std::atomic<int> connections_{0};
 };
 
 TEST_CASE("client: a server that never answers the hello is given up after connect_timeout_ms") {
@@ -1344,6 +1347,47 @@ TEST_CASE("client: a server that stops answering is given up after answer_timeou
   CHECK(receipt.status().message().find("no answer within 100 ms") != std::string::npos);
   CHECK(silent.bytes_after_hello() > 0);
   CHECK((*client)->close().ok());
+}
+
+TEST_CASE("client: a request that gives up takes every request sent after it along") {
+  SilentServer silent(true);
+  ClientOptions options = silent.client_options();
+  options.answer_timeout_ms = 300;
+  options.retries_max = 1;
+  auto client = Client::connect(options);
+  REQUIRE(client.ok());
+  std::mutex mu;
+  std::vector<std::string> failed;  // keys, in the order they failed
+  const auto submit = [&](const std::string& key) {
+    Command command;
+    command.key = key;
+    command.ops.push_back(OpRequest::acquire("alice", "gold", 1));
+    (*client)->submit(std::move(command), [&, key](Result<Receipt> result) {
+      CHECK(result.code() == ErrorCode::io_error);
+      std::lock_guard<std::mutex> guard(mu);
+      failed.push_back(key);
+    });
+  };
+  submit("first");
+  // Its answer overdue, "first" goes out again on a second connection;
+  // "second" follows it there, with one retry left to its name.
+  for (int wait = 0; wait < 500 && silent.connections() < 2; wait++) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  REQUIRE(silent.connections() == 2);
+  submit("second");
+  for (int wait = 0; wait < 500; wait++) {
+    {
+      std::lock_guard<std::mutex> guard(mu);
+      if (failed.size() == 2) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  // Both failed when "first" ran out of retries: "second" was not sent on
+  // a third connection, where it could have been decided without "first".
+  std::lock_guard<std::mutex> guard(mu);
+  CHECK(failed == std::vector<std::string>{"first", "second"});
+  CHECK(silent.connections() == 2);
 }
 
 TEST_CASE("client: a follow waiting for events is not an overdue answer") {

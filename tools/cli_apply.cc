@@ -148,6 +148,7 @@ class Driver {
   std::mutex mutex_;
   std::condition_variable completed_cv_;
   Status failure_;                 // guarded by mutex_
+  std::size_t failure_index_ = 0;  // failure_'s op; guarded by mutex_
   std::size_t printed_ = 0;        // driver thread only
   bool printing_stopped_ = false;  // driver thread only
   std::int64_t progress_at_ns_ = 0;  // driver thread only
@@ -158,7 +159,6 @@ Status Driver::run(Output* out) {
   start_ns_ = steady_now_ns();
   std::size_t index = 0;  // also the number of ops submitted
   for (; index < workload_.ops.size(); index++) {
-    if (failed_.load(std::memory_order_acquire)) break;
     const std::uint64_t needed = index >= pipeline ? index + 1 - pipeline : 0;
     if (completed_.load(std::memory_order_acquire) < needed) {
       if (options_.print) {
@@ -174,6 +174,10 @@ Status Driver::run(Output* out) {
       std::this_thread::sleep_until(
           std::chrono::steady_clock::time_point(std::chrono::nanoseconds(due_ns(index))));
     }
+    // Checked after the wait, which a failure may have ended: no line is
+    // submitted once an earlier one failed, so none is decided before it
+    // (a commit before its hold).
+    if (failed_.load(std::memory_order_acquire)) break;
     submit(index);
     if (options_.progress && (index + 1) % kProgressCheckOps == 0) report_progress(index + 1);
   }
@@ -239,9 +243,12 @@ void Driver::complete(std::size_t index, Result<Receipt> result) {
   } else {
     op_result.answer = Answer::failed;
     std::lock_guard lock(mutex_);
-    if (failure_.ok()) {
+    // The earliest line's: the failures of a lost connection arrive in no
+    // set order, and the first line's is the cause of the rest.
+    if (failure_.ok() || index < failure_index_) {
       failure_ = Status(result.code(), "line " + std::to_string(index + 2) + ": " +
                                            result.status().message());
+      failure_index_ = index;
     }
     failed_.store(true, std::memory_order_release);
   }
