@@ -265,10 +265,16 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     maybe_finish();
   }
 
+  // Reads no more, but answers the requests read before: they may be
+  // applied already, and their callers wait to hear the outcome. Then ends
+  // as a stopping server does (linger()), since the peer may still send.
   void malformed(std::string_view reason) {
     core_.metrics().malformed();
     core_.log("binary connection: closing: " + std::string(reason));
-    close();
+    read_closed_ = true;
+    malformed_ = true;
+    end_follows(Status(ErrorCode::invalid, "closing: " + std::string(reason)));
+    maybe_finish();
   }
 
   void on_frame(wire::FrameView frame) {
@@ -562,7 +568,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     if (closed_) return;
     if (!read_closed_ && !stopping_) return;
     if (inflight_ > 0 || writing_ || !writes_.empty() || !follows_.empty()) return;
-    if (read_closed_) return close();  // nothing the peer sent is left unread
+    if (read_closed_ && !malformed_) return close();  // nothing the peer sent is left unread
     linger();
   }
 
@@ -655,6 +661,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   bool reading_ = false;
   bool writing_ = false;
   bool read_closed_ = false;
+  bool malformed_ = false;  // read_closed_ by a malformed frame, with bytes perhaps unread
   bool stopping_ = false;
   bool lingering_ = false;  // linger(): reads only to drop, into drained_
   std::vector<std::byte> drained_;

@@ -10,11 +10,13 @@
 #include <capnp/message.h>
 #include <capnp/serialize.h>
 #include <condition_variable>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <thread>
 #include <vector>
 
@@ -150,8 +152,6 @@ std::vector<std::uint64_t> seq_range(std::uint64_t first, std::uint64_t last) {
   return out;
 }
 
-// Writes `bytes` on a raw connection and reads until the server closes it.
-// Returns what was read before the close.
 // Requests with ids 1..count, each filled in by `fill`, framed back to back.
 std::string burst_of(std::uint64_t count, const std::function<void(wire::Request*)>& fill) {
   std::string burst;
@@ -1575,6 +1575,35 @@ TEST_CASE("binary: malformed and oversized frames close only their connection") 
   CHECK(fx.logged("exceeds the limit"));
   CHECK(fx.logged("malformed request"));
   CHECK(client->acquire("after", "a", "b", 1)->outcome == Outcome::ok);
+}
+
+TEST_CASE("binary: requests read before a malformed frame are answered before the close") {
+  Fixture fx;
+  std::string bytes = burst_of(2, [](wire::Request* request) {
+    request->kind = wire::Request::Kind::mutation;
+    request->command.key = "k" + std::to_string(request->id);
+    request->command.op = OpRequest::acquire("g", "i", 1);
+  });
+  bytes += std::string(40, '\xff');  // in the same write
+  const std::string answers = send_raw_until_closed(fx.server->binary_port(), bytes);
+  // Applied, so answered: the caller is not left to guess the outcome.
+  wire::FrameReader reader(wire::kFrameBytesMaxDefault);
+  REQUIRE(reader.space().size() >= answers.size());
+  std::memcpy(reader.space().data(), answers.data(), answers.size());
+  reader.commit(answers.size());
+  std::set<std::uint64_t> answered;
+  while (true) {
+    auto frame = reader.next();
+    REQUIRE(frame.ok());
+    if (frame->empty()) break;
+    auto response = wire::decode_response(*frame);
+    REQUIRE(response.ok());
+    CHECK(response->kind == wire::Response::Kind::receipt);
+    answered.insert(response->id);
+  }
+  CHECK(answered == std::set<std::uint64_t>{1, 2});
+  CHECK(fx.ledger->balance("g", "i")->available == 2);
+  CHECK(fx.logged("binary connection: closing"));
 }
 
 TEST_CASE("server: connection limit, for each protocol on its own") {
