@@ -705,12 +705,13 @@ void HttpSession::handle(HttpRequest request) {
   auto target = parse_target(view(request.target()));
   if (!target) return send(error_response(target.status()), false);
   const Route route = match_route(target->segments);
-  if (route.kind == RouteKind::health || route.kind == RouteKind::metrics) {
-    // They take no parameters either.
-    const Status query = parse_query(target->query, {}).status();
+  // /health and /metrics take no parameters either.
+  const auto no_parameters = [&] { return parse_query(target->query, {}).status(); };
+  if (route.kind == RouteKind::health) {
+    const Status query = no_parameters();
     if (!query.ok() && request.method() == route.method) return reject(route, query);
+    return health(request.method());
   }
-  if (route.kind == RouteKind::health) return health(request.method());
   if (!authorized(request)) {
     HttpResponse response =
         problem(http::status::unauthorized, "unauthorized", "a valid bearer token is required");
@@ -721,7 +722,10 @@ void HttpSession::handle(HttpRequest request) {
     return send(problem(http::status::not_found, "not_found", "no such route"), false);
   }
   if (request.method() != route.method) return send(method_not_allowed(route.method), false);
-  if (route.kind == RouteKind::metrics) return metrics();
+  if (route.kind == RouteKind::metrics) {
+    const Status query = no_parameters();
+    return query.ok() ? metrics() : reject(route, query);
+  }
   if (route.kind == RouteKind::mutation) return route_post(route, *target, request);
   route_get(route, *target);
 }
