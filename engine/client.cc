@@ -370,7 +370,8 @@ void Client::Impl::on_connection_lost_locked(std::unique_lock<std::mutex>& guard
     Pending& request = entry->second;
     if (request.cancelled) {
       // The new connection will not know the follow; it is over.
-      failed->push_back([done = std::move(request.done)](Result<wire::Response>) { done(follow_end()); });
+      failed->push_back(
+          [done = std::move(request.done)](Result<wire::Response>) { done(follow_end()); });
       entry = pending.erase(entry);
       continue;
     }

@@ -46,7 +46,9 @@ Status check_unused(const OpRequest& op) {
       {names_hold && !settles, "hold"},
   };
   for (const auto& [stray, name] : fields) {
-    if (stray) return invalid(std::string(op_type_name(op.type)) + " takes no " + std::string(name));
+    if (stray) {
+      return invalid(std::string(op_type_name(op.type)) + " takes no " + std::string(name));
+    }
   }
   // Both is ambiguous. Neither (hold 0, no key) names a hold that does not
   // exist: decided hold_unknown, as a key that made no hold is.

@@ -593,11 +593,11 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     if (parser_->is_done()) return on_read(ec);
     if (!beast::iequals(parser_->get()[http::field::expect], "100-continue")) return read_body();
     continue_.emplace(http::status::continue_, version_);
-    http::async_write(stream_, *continue_,
-                      [self = shared_from_this(), read_body](beast::error_code write_ec, std::size_t) {
-                        if (write_ec) return self->close();
-                        read_body();
-                      });
+    auto sent = [self = shared_from_this(), read_body](beast::error_code write_ec, std::size_t) {
+      if (write_ec) return self->close();
+      read_body();
+    };
+    http::async_write(stream_, *continue_, std::move(sent));
   }
 
   void on_read(beast::error_code ec) {

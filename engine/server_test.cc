@@ -1333,36 +1333,40 @@ TEST_CASE("client: close fails what it sent with io_error (outcome unknown), nev
   CHECK((*client)->acquire("late", "alice", "gold", 1).code() == ErrorCode::closed);
 }
 
-TEST_CASE("client: a server that stops answering is given up after answer_timeout_ms") {
-  SilentServer silent(true);
+// A client of `silent` that gives up on an answer after answer_timeout_ms,
+// and reconnects once.
+std::unique_ptr<Client> impatient_client(const SilentServer& silent,
+                                         std::int64_t answer_timeout_ms) {
   ClientOptions options = silent.client_options();
-  options.answer_timeout_ms = 100;
+  options.answer_timeout_ms = answer_timeout_ms;
   options.retries_max = 1;
   auto client = Client::connect(options);
   REQUIRE(client.ok());
+  return std::move(*client);
+}
+
+TEST_CASE("client: a server that stops answering is given up after answer_timeout_ms") {
+  SilentServer silent(true);
+  auto client = impatient_client(silent, 100);
   // Sent, dropped after 100 ms, sent again on a new connection, dropped
   // again: then io_error, the outcome unknown, instead of waiting for ever.
-  auto receipt = (*client)->acquire("late", "alice", "gold", 1);
+  auto receipt = client->acquire("late", "alice", "gold", 1);
   REQUIRE(receipt.code() == ErrorCode::io_error);
   CHECK(receipt.status().message().find("no answer within 100 ms") != std::string::npos);
   CHECK(silent.bytes_after_hello() > 0);
-  CHECK((*client)->close().ok());
+  CHECK(client->close().ok());
 }
 
 TEST_CASE("client: a request that gives up takes every request sent after it along") {
   SilentServer silent(true);
-  ClientOptions options = silent.client_options();
-  options.answer_timeout_ms = 300;
-  options.retries_max = 1;
-  auto client = Client::connect(options);
-  REQUIRE(client.ok());
+  auto client = impatient_client(silent, 300);
   std::mutex mu;
   std::vector<std::string> failed;  // keys, in the order they failed
   const auto submit = [&](const std::string& key) {
     Command command;
     command.key = key;
     command.ops.push_back(OpRequest::acquire("alice", "gold", 1));
-    (*client)->submit(std::move(command), [&, key](Result<Receipt> result) {
+    client->submit(std::move(command), [&, key](Result<Receipt> result) {
       CHECK(result.code() == ErrorCode::io_error);
       std::lock_guard<std::mutex> guard(mu);
       failed.push_back(key);
