@@ -478,7 +478,9 @@ std::chrono::steady_clock::time_point Client::Impl::answer_due_locked() const {
 void Client::Impl::watchdog_main() {
   std::unique_lock<std::mutex> guard(mu);
   while (!closing) {
-    watch_until = answer_due_locked();
+    // Once it dropped a connection, nothing is due until the reader thread
+    // has taken note and connected again (connect_locked() wakes it).
+    watch_until = overdue ? std::chrono::steady_clock::time_point::max() : answer_due_locked();
     if (watch_until == std::chrono::steady_clock::time_point::max()) {
       watchdog_cv.wait(guard);
     } else {
