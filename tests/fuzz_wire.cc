@@ -241,6 +241,20 @@ bool same_response(const Response& a, const Response& b) {
 
 // ---- checks ----------------------------------------------------------------------
 
+// A decoded message, encoded again, decodes to the same message.
+template <class Message, class Encode, class Decode, class Same>
+void check_round_trip(Context& context, const Bytes& input, std::string_view what,
+                      const Message& decoded, const Encode& encode, const Decode& decode,
+                      const Same& same) {
+  const auto words = to_words(to_bytes(encode(decoded)));
+  auto redecoded = decode(words);
+  if (!redecoded) {
+    fail(context, std::string(what) + " re-encoded does not decode: " +
+                      redecoded.status().to_string(), input);
+  }
+  if (!same(decoded, *redecoded)) fail(context, std::string(what) + " round trip differs", input);
+}
+
 void check_request(Context& context, const Bytes& input, wire::FrameView frame) {
   auto decoded = wire::decode_request(frame);
   if (!decoded) {
@@ -251,13 +265,8 @@ void check_request(Context& context, const Bytes& input, wire::FrameView frame) 
     if (decoded->refused.code() != ErrorCode::invalid) fail(context, "refused: not invalid", input);
     return;  // the rest is unset by contract
   }
-  const std::string again = wire::encode_request(*decoded);
-  const auto words = to_words(to_bytes(again));
-  auto redecoded = wire::decode_request(words);
-  if (!redecoded) {
-    fail(context, "request re-encoded does not decode: " + redecoded.status().to_string(), input);
-  }
-  if (!same_request(*decoded, *redecoded)) fail(context, "request round trip differs", input);
+  check_round_trip(context, input, "request", *decoded, wire::encode_request,
+                   wire::decode_request, same_request);
 }
 
 void check_response(Context& context, const Bytes& input, wire::FrameView frame) {
@@ -278,13 +287,8 @@ void check_response(Context& context, const Bytes& input, wire::FrameView frame)
       fail(context, "event: not corrupt", input);
     }
   }
-  const std::string again = wire::encode_response(*decoded);
-  const auto words = to_words(to_bytes(again));
-  auto redecoded = wire::decode_response(words);
-  if (!redecoded) {
-    fail(context, "response re-encoded does not decode: " + redecoded.status().to_string(), input);
-  }
-  if (!same_response(*decoded, *redecoded)) fail(context, "response round trip differs", input);
+  check_round_trip(context, input, "response", *decoded, wire::encode_response,
+                   wire::decode_response, same_response);
 }
 
 // ---- framing ---------------------------------------------------------------------
