@@ -436,10 +436,14 @@ const log::Op* first_applied_op(const log::Event& event) {
 }  // namespace
 
 EventHashes State::hash(const log::Event& event) {
-  EventHashes hashes;
-  hashes.key = KeyIndex::hash_of(event.key);
-  if (const log::Op* op = first_applied_op(event)) hashes.first = Impl::hash_op(*op);
-  return hashes;
+  return EventHashes{hash_key(event), hash_first_op(event)};
+}
+
+std::uint32_t State::hash_key(const log::Event& event) { return KeyIndex::hash_of(event.key); }
+
+OpHashes State::hash_first_op(const log::Event& event) {
+  const log::Op* op = first_applied_op(event);
+  return op != nullptr ? Impl::hash_op(*op) : OpHashes{};
 }
 
 void State::prefetch_key(std::uint32_t key_hash) const { impl_->keys.prefetch(key_hash); }

@@ -132,6 +132,9 @@ class State {
   // are hints, so an answer made stale by the events applied in between
   // costs only a miss.
   static EventHashes hash(const log::Event& event);
+  // hash()'s two halves, for a caller that computes them on two threads.
+  static std::uint32_t hash_key(const log::Event& event);
+  static OpHashes hash_first_op(const log::Event& event);
   void prefetch_key(std::uint32_t key_hash) const;
   void prefetch(const log::Event& event, const EventHashes& hashes) const;
   void prefetch_balances(const log::Event& event, const EventHashes& hashes) const;
