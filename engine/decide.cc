@@ -271,7 +271,12 @@ Status validate(const Command& command, const Limits& limits) {
       return invalid("metadata longer than " + std::to_string(kMetaBytesMax) + " bytes");
     }
   }
-  if (!command.batch) return validate_op(command.op, limits);
+  if (!command.batch) {
+    // A command carries one op, or a batch of them: ops without batch would
+    // be dropped unseen.
+    if (!command.ops.empty()) return invalid("ops are given but batch is not set");
+    return validate_op(command.op, limits);
+  }
   if (command.ops.empty()) return invalid("batch has no ops");
   if (command.ops.size() > kBatchOpsMax) {
     return invalid("batch has more than " + std::to_string(kBatchOpsMax) + " ops");

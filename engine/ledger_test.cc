@@ -226,8 +226,8 @@ TEST_CASE("a commit or release may name its hold by the hold's key") {
   CHECK(outcome_of(f.ledger->release("k4", 0)) == Outcome::hold_unknown);
 }
 
-TEST_CASE("an op with a field its type does not use, or naming its hold twice, is invalid "
-          "and writes nothing") {
+TEST_CASE("an op with a field its type does not use, naming its hold twice, or ops without "
+          "batch, is invalid and writes nothing") {
   Fixture f;
   f.ok(f.ledger->acquire("a1", "shop", "sku", 10));
   const Receipt held = f.ok(f.ledger->hold("h1", "shop", "sku", 4, 60 * kSecond));
@@ -271,6 +271,14 @@ TEST_CASE("an op with a field its type does not use, or naming its hold twice, i
     CHECK(inside.code() == ErrorCode::invalid);
     CHECK(inside.status().message().find("op 1: ") != std::string::npos);
   }
+  // Ops meant for a batch, on a command that is not one, would be dropped.
+  Command stray;
+  stray.key = "stray";
+  stray.op = OpRequest::acquire("shop", "sku", 1);
+  stray.ops = {OpRequest::consume("shop", "sku", 5)};
+  const Result<Receipt> refused = f.ledger->execute(stray);
+  CHECK(refused.code() == ErrorCode::invalid);
+  CHECK(refused.status().message().find("batch is not set") != std::string::npos);
   CHECK(f.ledger->stats().next_seq == before);
   CHECK(f.balance("shop", "sku") == Balance{6, 4});
 }
