@@ -421,13 +421,16 @@ void Client::Impl::writer_main() {
 
 std::uint64_t Client::Impl::send(wire::Request request, ResponseDone done, bool follow) {
   std::unique_lock<std::mutex> guard(mu);
-  cv.wait(guard, [&] { return pending.size() < options.inflight_max || closing; });
+  // A completion runs on the reader thread, the only one that makes room:
+  // what it submits goes past inflight_max rather than wait for ever.
+  const bool on_reader = std::this_thread::get_id() == reader.get_id();
+  cv.wait(guard, [&] { return pending.size() < options.inflight_max || closing || on_reader; });
   if (closing) {
     guard.unlock();
     done(Status(ErrorCode::closed, "the client is closed"));
     return 0;
   }
-  if (failing && std::this_thread::get_id() != reader.get_id()) {
+  if (failing && !on_reader) {
     guard.unlock();
     done(Status(ErrorCode::io_error,
                 "not sent: a request sent before it could not be delivered"));

@@ -85,7 +85,9 @@ struct ClientOptions {
   // replaying a long log (its history index off or lagging).
   std::int64_t answer_timeout_ms = 30000;
   std::size_t frame_bytes_max = wire::kFrameBytesMaxDefault;
-  std::size_t inflight_max = 1024;          // submit() waits beyond it
+  // submit() waits beyond it, except from a completion (the reader thread
+  // would wait for itself): a request submitted there goes past it.
+  std::size_t inflight_max = 1024;
 };
 
 // One batch of a follow: committed events with consecutive seqs, in order.

@@ -1312,7 +1312,7 @@ TEST_CASE("client: close fails what it sent with io_error (outcome unknown), nev
   for (int op = 0; op < 3; op++) {
     Command command;
     command.key = key_of("k", op, 0);
-    command.ops.push_back(OpRequest::acquire("alice", "gold", 1));
+    command.op = OpRequest::acquire("alice", "gold", 1);
     (*client)->submit(std::move(command), [&](Result<Receipt> result) {
       std::lock_guard<std::mutex> guard(mu);
       results.push_back(result.status());
@@ -1365,7 +1365,7 @@ TEST_CASE("client: a request that gives up takes every request sent after it alo
   const auto submit = [&](const std::string& key) {
     Command command;
     command.key = key;
-    command.ops.push_back(OpRequest::acquire("alice", "gold", 1));
+    command.op = OpRequest::acquire("alice", "gold", 1);
     client->submit(std::move(command), [&, key](Result<Receipt> result) {
       CHECK(result.code() == ErrorCode::io_error);
       std::lock_guard<std::mutex> guard(mu);
@@ -1392,6 +1392,46 @@ TEST_CASE("client: a request that gives up takes every request sent after it alo
   std::lock_guard<std::mutex> guard(mu);
   CHECK(failed == std::vector<std::string>{"first", "second"});
   CHECK(silent.connections() == 2);
+}
+
+TEST_CASE("client: a completion that submits goes past inflight_max instead of waiting for itself") {
+  Fixture fx;
+  ClientOptions options;
+  options.inflight_max = 4;
+  auto client = fx.client(options);
+  REQUIRE(client->acquire("fund", "alice", "gold", 1000).ok());
+  constexpr int kHolds = 200;
+  std::mutex mu;
+  std::condition_variable done_cv;
+  int committed = 0;
+  for (int index = 0; index < kHolds; index++) {
+    Command hold;
+    hold.key = "hold-" + std::to_string(index);
+    hold.op = OpRequest::hold_of("alice", "gold", 1, 60'000'000'000);
+    // The commit right behind its hold, sent from the hold's completion,
+    // while the caller fills the window with more holds.
+    client->submit(std::move(hold), [&, index](Result<Receipt> held) {
+      CHECK_MESSAGE(held.ok(), held.status().to_string());
+      if (!held.ok()) return;
+      Command commit;
+      commit.key = "commit-" + std::to_string(index);
+      commit.op = OpRequest::commit(held->hold);
+      client->submit(std::move(commit), [&](Result<Receipt> result) {
+        CHECK(result.ok());
+        std::lock_guard<std::mutex> guard(mu);
+        committed++;
+        done_cv.notify_all();
+      });
+    });
+  }
+  std::unique_lock<std::mutex> guard(mu);
+  REQUIRE(done_cv.wait_for(guard, std::chrono::seconds(30), [&] { return committed == kHolds; }));
+  guard.unlock();
+  const Result<Balance> balance = client->balance("alice", "gold");
+  REQUIRE(balance.ok());
+  CHECK(balance->available == 1000 - kHolds);
+  CHECK(balance->held == 0);
+  CHECK(client->close().ok());
 }
 
 TEST_CASE("client: a follow waiting for events is not an overdue answer") {
@@ -1425,7 +1465,7 @@ TEST_CASE("client: with no server, submit returns; the completion runs on the cl
   std::promise<std::pair<std::thread::id, Status>> answered;
   Command command;
   command.key = "b";
-  command.ops.push_back(OpRequest::acquire("alice", "gold", 1));
+  command.op = OpRequest::acquire("alice", "gold", 1);
   client->submit(std::move(command), [&](Result<Receipt> result) {
     answered.set_value({std::this_thread::get_id(), result.status()});
   });
