@@ -1,5 +1,7 @@
 // tally log: print the events of a data directory's log, filtered, as text
 // for people or JSON lines for scripts. Reads records directly (no replay).
+#include <tuple>
+
 #include "engine/event_format.h"
 #include "engine/replay.h"
 #include "log/event.h"
@@ -100,6 +102,13 @@ Result<LogFilter> parse_filter(const Args& args, std::uint64_t* from_seq) {
   filter.item = args.get("item");
   filter.by_key = args.has("key");
   filter.key = args.get("key");
+  // An empty name would match the empty fields of ops that lack one (an
+  // acquire's `to`, an expiry's key): no name is empty, so refuse it.
+  for (const auto& [given, what, name] : {std::tuple(filter.by_subject, "subject", filter.subject),
+                                          std::tuple(filter.by_item, "item", filter.item),
+                                          std::tuple(filter.by_key, "key", filter.key)}) {
+    if (given) TALLY_TRY(check_name(what, name));
+  }
   auto since = args.time("since", INT64_MIN);
   if (!since) return since.status();
   auto until = args.time("until", INT64_MAX);
