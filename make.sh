@@ -4,6 +4,7 @@
 #   ./make.sh run     build, then serve ./data (binary 127.0.0.1:7420, HTTP 127.0.0.1:7421)
 #   ./make.sh demo    build, then apply a generated workload to ./demo-data and verify it
 #   ./make.sh test    build (release and address+undefined sanitizers), run every test
+#                     suite but soak (meson test --setup soak --suite soak runs that)
 #   ./make.sh tsan    build with ThreadSanitizer, run the C++ unit tests (not in CI)
 #   ./make.sh build   build only
 #   ./make.sh deps    install the Debian packages the build needs

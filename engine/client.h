@@ -70,7 +70,9 @@ namespace tally {
 struct ClientOptions {
   std::string address = "127.0.0.1:7420";  // HOST:PORT, HOST an IP address
   std::string token;                        // the server's token, if it has one
-  // Reconnects a request survives. With the waits below, about 5 s in all:
+  // Reconnects a request survives: a reconnect makes up to retries_max + 1
+  // attempts, with 5.26 s of the waits below between them, each attempt
+  // taking up to connect_timeout_ms (docs/api.md gives the whole bound):
   // enough to ride out a server restart (the reopen of a large ledger).
   int retries_max = 10;
   std::int64_t retry_backoff_ms = 20;       // first wait; doubles each attempt

@@ -581,8 +581,8 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   }
 
   // The headers are in: answer in the request's version, and tell a client
-  // that waits before sending its body (Expect: 100-continue, as curl does
-  // for bodies over 1 KiB) to send it.
+  // that waits before sending its body (Expect: 100-continue, as curl 7.88
+  // does for bodies over 1 MiB) to send it.
   void on_header(beast::error_code ec) {
     if (ec) return on_read(ec);
     version_ = parser_->get().version();
