@@ -76,8 +76,12 @@ Result<std::unique_ptr<DirLock>> DirLock::acquire(const std::string& data_dir) {
     const std::string pid = error == EWOULDBLOCK ? read_holder_pid(fd) : std::string();
     ::close(fd);
     if (error == EWOULDBLOCK) {
-      return Status(ErrorCode::locked, "data directory " + data_dir +
-                                           " is locked by another process (pid " + pid + ")");
+      // A second open in the same process (two Ledgers on one directory)
+      // meets its own pid: say so rather than blame another process.
+      const std::string holder = pid == std::to_string(::getpid())
+                                     ? "this process (pid " + pid + ", opened it already)"
+                                     : "another process (pid " + pid + ")";
+      return Status(ErrorCode::locked, "data directory " + data_dir + " is locked by " + holder);
     }
     return lock_error("lock", path, error);
   }

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <array>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,13 @@ namespace tally::log::test {
 namespace {
 
 FileSystem& posix() { return posix_file_system(); }
+
+TEST_CASE("a Result's value moves out of a temporary") {
+  const auto make = [] { return Result<std::unique_ptr<int>>(std::make_unique<int>(7)); };
+  const std::unique_ptr<int> taken = *make();  // would not compile as a copy
+  REQUIRE(taken != nullptr);
+  CHECK(*taken == 7);
+}
 
 TEST_CASE("segment file names are 16 digits and parse back") {
   CHECK(segment_file_name(1) == "0000000000000001.seg");
@@ -619,8 +627,10 @@ TEST_CASE("a second process cannot take the data directory's lock") {
   auto lock = DirLock::acquire(data_dir);
   REQUIRE_MESSAGE(lock.ok(), lock.status().to_string());
   CHECK(child_lock_attempt(data_dir, ::getpid()) == 0);
-  // Within the process too: a second acquire is refused.
-  CHECK(DirLock::acquire(data_dir).code() == ErrorCode::locked);
+  // Within the process too: a second acquire is refused, and says whose.
+  const auto again = DirLock::acquire(data_dir);
+  CHECK(again.code() == ErrorCode::locked);
+  CHECK(again.status().message().find("locked by this process") != std::string::npos);
   lock.value().reset();  // releases it
   CHECK(child_lock_attempt(data_dir, ::getpid()) == 1);
   CHECK(DirLock::acquire(data_dir).ok());
