@@ -392,6 +392,10 @@ Result<std::unique_ptr<Ledger>> Ledger::open(const LedgerOptions& options) {
     return Status(ErrorCode::invalid, "segment_size_bytes out of range");
   }
   if (options.queue_depth_max == 0) return Status(ErrorCode::invalid, "queue_depth_max is 0");
+  if (options.durability != Durability::sync && options.durability != Durability::async &&
+      options.durability != Durability::none) {
+    return Status(ErrorCode::invalid, "durability is not sync, async or none");
+  }
   if (options.idempotency_window_ns < 0 || options.hold_ttl_ns_max < kHoldTtlNsMin) {
     return Status(ErrorCode::invalid, "idempotency window or hold ttl limit out of range");
   }

@@ -603,6 +603,28 @@ TEST_CASE("a second ledger on the same directory is refused") {
   CHECK(second.status().message().find(f.options.data_dir) != std::string::npos);
 }
 
+TEST_CASE("options a ledger cannot honour are refused before it touches the directory") {
+  testing::TempDir dir;
+  LedgerOptions options;
+  options.data_dir = dir.sub("data");
+  std::vector<std::pair<LedgerOptions, std::string>> cases;
+  cases.emplace_back(options, "segment_size_bytes");
+  cases.back().first.segment_size_bytes = 1;
+  cases.emplace_back(options, "queue_depth_max");
+  cases.back().first.queue_depth_max = 0;
+  cases.emplace_back(options, "durability");
+  cases.back().first.durability = static_cast<Durability>(7);
+  cases.emplace_back(options, "idempotency window");
+  cases.back().first.idempotency_window_ns = -1;
+  for (const auto& [bad, why] : cases) {
+    CAPTURE(why);
+    const auto opened = Ledger::open(bad);
+    CHECK(opened.code() == ErrorCode::invalid);
+    CHECK(opened.status().message().find(why) != std::string::npos);
+  }
+  CHECK_FALSE(std::filesystem::exists(options.data_dir));
+}
+
 TEST_CASE("an open that fails after its threads started returns the error and unlocks") {
   Fixture f;
   CHECK(outcome_of(f.ledger->acquire("a1", "alice", "gold", 5)) == Outcome::ok);
