@@ -35,8 +35,9 @@
 // integration (docs/protocol.md, "Follow"):
 //
 //   auto id = client->follow(position, [&](const tally::EventBatch& batch) {
-//     batch.for_each([&](const tally::log::Event& event) { ... });
-//     store(batch.next_seq());   // resume from here after a restart
+//     const tally::Status decoded =
+//         batch.for_each([&](const tally::log::Event& event) { ... });
+//     if (decoded.ok()) store(batch.next_seq());  // resume from here after a restart
 //   }, [&](tally::Status end) { ... });
 //
 // A dropped connection does not lose or repeat a batch: the follow is sent
