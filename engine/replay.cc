@@ -107,8 +107,9 @@ bool listed_next(const std::vector<std::uint64_t>& seqs, std::size_t* next, std:
 // Reads, verifies, decodes and hashes the keys of the records of a replay
 // on a thread of its own, some way ahead of the caller's thread, which
 // hashes their ops (hash_ahead()) and applies them: in a profile of
-// replaying 1.2M events, the two halves take about the same CPU time. They meet in a ring of slots, handed over in chunks so
-// that neither touches the other's counter for every event.
+// replaying 1.2M events, the two halves take about the same CPU time.
+// They meet in a ring of slots, handed over in chunks so that neither
+// touches the other's counter for every event.
 //
 // Payloads stay in the reader's mapped segments until applied: the reader
 // keeps the segment before its current one, and reading waits while any

@@ -1394,7 +1394,7 @@ TEST_CASE("client: a request that gives up takes every request sent after it alo
   CHECK(silent.connections() == 2);
 }
 
-TEST_CASE("client: a completion that submits goes past inflight_max instead of waiting for itself") {
+TEST_CASE("client: a completion that submits goes past inflight_max, not waiting for itself") {
   Fixture fx;
   ClientOptions options;
   options.inflight_max = 4;
