@@ -366,6 +366,11 @@ def test_bench_times_point_in_time_reads():
     assert BENCH_LINE.match(lines[0]), lines[0]
     assert re.fullmatch(r"queries=500 seconds=[0-9.]+ queries_per_s=[0-9]+ p50_us=[0-9]+ p99_us=[0-9]+",
                         lines[1]), lines[1]
+    # Without a history projection there is nothing to wait for (it once
+    # waited 10 minutes, past tally()'s timeout): the reads replay.
+    _, out, _ = tally("bench", "--data", os.path.join(d, "off"), "--workload", f.csv,
+                      "--history", "off", "--point-in-time", "20", expect_exit=0)
+    assert text(out).splitlines()[1].startswith("queries=20 "), out
     tally("bench", "--data", os.path.join(d, "bad"), "--workload", f.csv, "--point-in-time", "-1",
           expect_exit=2)
     tally("bench", "--connect", "127.0.0.1:1", "--workload", f.csv, "--point-in-time", "5",
