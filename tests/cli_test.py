@@ -230,6 +230,11 @@ def test_usage_errors_exit_2():
         ["workload", "--subjects", "10", "--ops", "10"],
         ["workload", "--subjects", "x", "--ops", "10", "--out", "-"],
         ["workload", "--subjects", "10", "--ops", "10", "--out", "-", "--retry-rate", "2"],
+        ["workload", "--subjects", "10", "--ops", "10", "--out", "-", "--ttl-ms", "0"],
+        ["help", "frobnicate"],
+        ["export", "--data", ""],
+        ["apply", "--data=", "--workload", f.csv],
+        ["log", "--data", f.data, "--from-seq", "5", "--to-seq", "3"],
     ]
     for bad_time in BAD_TIMES:
         cases.append(["export", "--data", f.data, "--at-time", bad_time])
@@ -261,6 +266,7 @@ def test_malformed_csv_names_the_line():
         HEADER + "commit,k1,,,5,,,h1\n": "line 2",
         HEADER + "acquire,k1,s1,i1,,,,\n": "line 2",
         HEADER + "hold,k1,s1,i1,5,,soon,\n": "line 2",
+        HEADER + "acquire,k1,s1,i1,5,,,\n\nacquire,k2,s1,i1,5,,,\n": "line 3",
     }
     for content, where in cases.items():
         csv = write(os.path.join(d, "bad.csv"), content)
@@ -269,6 +275,11 @@ def test_malformed_csv_names_the_line():
             assert code == 2, (content, code, err)
             assert where in err and err.startswith("tally: "), (content, err)
             assert out == b""
+    # Blank lines at the end are no ops.
+    csv = write(os.path.join(d, "trailing.csv"), HEADER + "acquire,k1,s1,i1,5,,,\n\n\r\n")
+    _, out, _ = tally("apply", "--data", os.path.join(d, "trailing"), "--workload", csv,
+                      expect_exit=0)
+    assert out == b"k1,ok\n", out
 
 
 # ---- apply, export, bench -----------------------------------------------------
@@ -354,6 +365,13 @@ def test_bench_checks_the_expect_file():
     code, _, err = tally("bench", "--data", os.path.join(d, "bad2"), "--workload", f.csv,
                          "--expect", bad_counts)
     assert code == 1 and "outcomes" in err, (code, err)
+
+    # A second, different line for a pair is a difference even after the right one.
+    repeated = write(os.path.join(d, "repeated.expect"),
+                     "\n".join(lines[:1] + altered[:1] + lines[1:] + [outcomes]) + "\n")
+    code, _, err = tally("bench", "--data", os.path.join(d, "bad3"), "--workload", f.csv,
+                         "--expect", repeated)
+    assert code == 1 and "%s,%s: listed twice" % (subject, item) in err, (code, err)
 
 
 def test_bench_times_point_in_time_reads():
@@ -721,6 +739,27 @@ def test_serve_event_feed_matches_tally_log():
         server.stop()
     _, out, _ = tally("log", "--data", data, "--json", expect_exit=0)
     assert events == [json.loads(line) for line in text(out).splitlines()], events
+
+
+def test_log_subject_and_item_match_one_op():
+    data = new_dir("log-pair")
+    server = Server(data)
+    try:
+        server.post("/v1/acquire", {"subject": "berlin", "item": "sku", "qty": 5}, "a1")
+        # berlin's gold and paris's sku: no op of this batch is berlin's sku.
+        server.post("/v1/batch", {"ops": [
+            {"op": "acquire", "subject": "berlin", "item": "gold", "qty": 1},
+            {"op": "acquire", "subject": "paris", "item": "sku", "qty": 1}]}, "b1")
+        server.post("/v1/batch", {"ops": [
+            {"op": "transfer", "from": "berlin", "to": "paris", "item": "sku", "qty": 2}]}, "b2")
+    finally:
+        server.stop()
+    _, out, _ = tally("log", "--data", data, "--json", "--subject", "berlin", "--item", "sku",
+                      expect_exit=0)
+    assert [json.loads(line)["key"] for line in text(out).splitlines()] == ["a1", "b2"], out
+    _, out, _ = tally("log", "--data", data, "--json", "--subject", "paris", "--item", "sku",
+                      expect_exit=0)
+    assert [json.loads(line)["key"] for line in text(out).splitlines()] == ["b1", "b2"], out
 
 
 def test_bench_connect_usage():

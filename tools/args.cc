@@ -143,6 +143,7 @@ Result<std::string_view> Args::required(std::string_view flag) const {
     TALLY_ASSERT(spec != nullptr);
     return usage("missing " + flag_text(*spec));
   }
+  if (get(flag).empty()) return usage("--" + std::string(flag) + ": the value is empty");
   return get(flag);
 }
 

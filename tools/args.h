@@ -56,7 +56,7 @@ class Args {
   // The flag's value, or `fallback` when the flag is absent.
   std::string_view get(std::string_view flag, std::string_view fallback = {}) const;
 
-  // invalid ("missing --data DIR") when the flag is absent.
+  // invalid ("missing --data DIR") when the flag is absent or its value empty.
   Result<std::string_view> required(std::string_view flag) const;
   // A decimal integer in [min, max]; `fallback` when the flag is absent.
   Result<std::int64_t> integer(std::string_view flag, std::int64_t fallback, std::int64_t min,

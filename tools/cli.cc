@@ -76,10 +76,17 @@ int run_cli(int argc, const char* const* argv) {
     return kExitUsage;
   }
   const std::string_view name = args[1];
+  const auto unknown = [](std::string_view unknown_name) {
+    std::fprintf(stderr, "tally: unknown command '%.*s'\n", static_cast<int>(unknown_name.size()),
+                 unknown_name.data());
+    std::fprintf(stderr, "tally: see 'tally --help'\n");
+    return kExitUsage;
+  };
   if (name == "--help" || name == "-h" || name == "help") {
     if (name == "help" && args.size() > 2) {
       const CliCommand* command = find_command(args[2]);
-      if (command != nullptr) return print_help(*command->spec);
+      if (command == nullptr) return unknown(args[2]);
+      return print_help(*command->spec);
     }
     print_overview(stdout);
     return kExitOk;
@@ -89,12 +96,7 @@ int run_cli(int argc, const char* const* argv) {
     return kExitOk;
   }
   const CliCommand* command = find_command(name);
-  if (command == nullptr) {
-    std::fprintf(stderr, "tally: unknown command '%.*s'\n", static_cast<int>(name.size()),
-                 name.data());
-    std::fprintf(stderr, "tally: see 'tally --help'\n");
-    return kExitUsage;
-  }
+  if (command == nullptr) return unknown(name);
   auto parsed = Args::parse(*command->spec, args.subspan(2));
   if (!parsed) return usage_error(name, parsed.status().message());
   if (parsed->help()) return print_help(*command->spec);

@@ -630,7 +630,9 @@ std::vector<std::string> compare_state(const Expectation& expected, std::string_
   std::unordered_map<std::string_view, std::string_view> expected_values;
   for (const std::string& line : expected.balance_lines) {
     const auto [pair, values] = split_balance_line(line);
-    expected_values.emplace(pair, values);
+    if (!expected_values.emplace(pair, values).second) {
+      differences.push_back(std::string(pair) + ": listed twice in the expect file");
+    }
   }
   for (const std::string_view line : split_lines(actual_csv)) {
     const auto [pair, values] = split_balance_line(line);

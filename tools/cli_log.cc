@@ -1,5 +1,6 @@
 // tally log: print the events of a data directory's log, filtered, as text
 // for people or JSON lines for scripts. Reads records directly (no replay).
+#include <algorithm>
 #include <tuple>
 
 #include "engine/event_format.h"
@@ -57,13 +58,13 @@ struct LogFilter {
     if (event.timestamp_ns < since_ns) return false;
     if (types != 0 && (types & type_bit(event_type(event))) == 0) return false;
     if (by_key && event.key != key) return false;
-    bool subject_found = !by_subject;
-    bool item_found = !by_item;
-    for (const Op& op : event.ops) {
-      subject_found = subject_found || op.subject == subject || op.to == subject;
-      item_found = item_found || op.item == item;
-    }
-    return subject_found && item_found;
+    if (!by_subject && !by_item) return true;
+    // Both on one op: the pair's events, not a batch that touches the
+    // subject in one op and the item in another.
+    return std::any_of(event.ops.begin(), event.ops.end(), [&](const Op& op) {
+      return (!by_subject || op.subject == subject || op.to == subject) &&
+             (!by_item || op.item == item);
+    });
   }
 };
 
@@ -94,6 +95,7 @@ Result<LogFilter> parse_filter(const Args& args, std::uint64_t* from_seq) {
   if (!from) return from.status();
   auto to = args.integer("to-seq", INT64_MAX, 1, INT64_MAX);
   if (!to) return to.status();
+  if (*from > *to) return Status(ErrorCode::invalid, "--from-seq is after --to-seq");
   *from_seq = static_cast<std::uint64_t>(*from);
   filter.to_seq = static_cast<std::uint64_t>(*to);
   filter.by_subject = args.has("subject");

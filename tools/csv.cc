@@ -131,6 +131,12 @@ std::vector<std::string_view> split_lines(std::string_view text) {
   return lines;
 }
 
+// Blank lines at the end of a file (an editor's, or a script's extra "\n")
+// are no data; a blank line between two lines still is a malformed line.
+void drop_trailing_blank_lines(std::vector<std::string_view>* lines) {
+  while (!lines->empty() && lines->back().empty()) lines->pop_back();
+}
+
 Result<std::string> read_file(const std::string& path) {
   std::FILE* file = std::fopen(path.c_str(), "rb");
   if (file == nullptr) {
@@ -150,7 +156,8 @@ Result<std::string> read_file(const std::string& path) {
 Result<std::unique_ptr<Workload>> parse_workload(std::string text) {
   auto workload = std::make_unique<Workload>();
   workload->text = std::move(text);
-  const std::vector<std::string_view> lines = split_lines(workload->text);
+  std::vector<std::string_view> lines = split_lines(workload->text);
+  drop_trailing_blank_lines(&lines);
   if (lines.empty() || lines[0] != kWorkloadHeader) {
     return line_error(1, "expected the header '" + std::string(kWorkloadHeader) + "'");
   }
@@ -210,7 +217,8 @@ void append_outcomes_line(std::string* out, const OutcomeCounts& counts) {
 
 Result<Expectation> parse_expect(std::string_view text) {
   Expectation expectation;
-  const std::vector<std::string_view> lines = split_lines(text);
+  std::vector<std::string_view> lines = split_lines(text);
+  drop_trailing_blank_lines(&lines);
   bool counts_seen = false;
   for (std::size_t line_index = 0; line_index < lines.size(); line_index++) {
     const std::string_view line = lines[line_index];

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "engine/ledger.h"
 #include "tools/cli.h"
 #include "tools/format.h"
 
@@ -295,7 +296,7 @@ constexpr FlagSpec kWorkloadFlags[] = {
     {"items", "N", "item types (default 100)"},
     {"seed", "S", "random seed; the same seed gives the same files (default 1)"},
     {"retry-rate", "R", "share of mixed lines that repeat an earlier line (default 0.02)"},
-    {"ttl-ms", "N", "ttl of every hold (default 3600000)"},
+    {"ttl-ms", "N", "ttl of every hold, 1 to 2592000000 (default 3600000)"},
     {"zipf", "S", "skew of the subject choice, 0 = uniform (default 1.1)"},
 };
 
@@ -325,7 +326,10 @@ Result<WorkloadSpec> parse_spec(const Args& args) {
   if (!seed) return seed.status();
   auto retry_rate = args.number("retry-rate", spec.retry_rate, 0, 1);
   if (!retry_rate) return retry_rate.status();
-  auto ttl_ms = args.integer("ttl-ms", spec.ttl_ms, 0, kTtlMsMax);
+  // The ttls a ledger with default options accepts; the model takes every
+  // hold for valid and never expiring during the run.
+  auto ttl_ms = args.integer("ttl-ms", spec.ttl_ms, kHoldTtlNsMin / 1'000'000,
+                             LedgerOptions{}.hold_ttl_ns_max / 1'000'000);
   if (!ttl_ms) return ttl_ms.status();
   auto zipf = args.number("zipf", spec.zipf, 0, 10);
   if (!zipf) return zipf.status();
