@@ -149,12 +149,10 @@ log::Op as_requested(const OpRequest& request) {
 }
 
 // The hold a commit or release names. By key: the key's request must have
-// been a standalone hold that succeeded; its id is the seq of its event.
+// been a standalone hold that succeeded (State::hold_of_key).
 HoldId resolve_hold(const OpRequest& request, const proj::State& state) {
   if (request.hold_key.empty()) return request.hold;
-  const proj::KeyRecord* record = state.find_key(request.hold_key);
-  if (record == nullptr || record->reason != Reason::none) return 0;
-  return log::hold_id(record->seq, false, 0);
+  return state.hold_of_key(request.hold_key);
 }
 
 // Balances as the state holds them plus what earlier ops of this command did.

@@ -398,6 +398,39 @@ TEST_CASE("the idempotency window forgets keys by log time") {
   CHECK(f.balance("alice", "gold") == Balance{3, 0});
 }
 
+TEST_CASE("a hold longer than the window can be settled by its key after the window") {
+  Fixture f;  // the default window: 24 h
+  constexpr std::int64_t kHour = 3600 * kSecond;
+  f.ok(f.ledger->acquire("a1", "shop", "sku", 10));
+  const Receipt held = f.ok(f.ledger->hold("order-1/hold", "shop", "sku", 4, 48 * kHour));
+  f.clock.advance_ns(25 * kHour);
+  f.ok(f.ledger->acquire("a2", "shop", "sku", 1));  // its timestamp moves the window
+  // The key itself is forgotten: sent again, the hold request makes a new hold.
+  Command again;
+  again.key = "order-1/release";
+  again.op = OpRequest::release_key("order-1/hold");
+  for (bool reopen : {false, true}) {
+    CAPTURE(reopen);
+    if (reopen) {
+      REQUIRE(f.ledger->snapshot_now().ok());
+      f.reopen();
+    }
+    Command commit;
+    commit.key = reopen ? "order-1/pay-2" : "order-1/pay";
+    commit.op = OpRequest::commit_key("order-1/hold", 1);
+    const Receipt paid = f.ok(f.ledger->execute(commit));
+    CHECK(paid.outcome == (reopen ? Outcome::hold_finalized : Outcome::ok));
+  }
+  CHECK(f.balance("shop", "sku") == Balance{10, 0});  // 11 acquired, 1 of the 4 held committed
+  CHECK(f.ledger->hold_info(held.hold)->committed_qty == 1);
+  // Sent again after the window, the hold request is decided anew.
+  const Receipt second = f.ok(f.ledger->hold("order-1/hold", "shop", "sku", 2, 48 * kHour));
+  CHECK_FALSE(second.replay);
+  CHECK(second.hold != held.hold);
+  CHECK(f.ok(f.ledger->execute(again)).outcome == Outcome::ok);
+  CHECK(f.ledger->hold_info(second.hold)->status == HoldStatus::released);
+}
+
 TEST_CASE("reopening rebuilds the same state from the log") {
   Fixture f(Durability::sync);
   for (int op_index = 0; op_index < 200; op_index++) {

@@ -53,7 +53,9 @@ struct OpRequest {
   // commit, release: names the hold by the idempotency key of the request
   // that created it instead of by id (then `hold` stays 0). Lets a caller
   // pipeline a commit right behind its hold, or settle a hold whose id it
-  // lost in a crash.
+  // lost in a crash. The key names the hold while the key is remembered (the
+  // idempotency window), and past it while the hold is known if its ttl is
+  // at least the window (docs/snapshots.md, "Long holds' keys").
   std::string hold_key;
 
   static OpRequest acquire(std::string subject, std::string item, std::int64_t qty);

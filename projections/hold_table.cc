@@ -68,18 +68,17 @@ std::int64_t HoldTable::last_finalized_at_ns() const {
   return finalized_.empty() ? INT64_MIN : finalized_[finalized_.size() - 1].at_ns;
 }
 
-void HoldTable::evict_through(std::int64_t cutoff_ns) {
-  // Each pass forgets one hold, so the queue's size bounds the loop.
-  while (!finalized_.empty() && finalized_.front().at_ns <= cutoff_ns) {
-    const std::uint32_t record = finalized_.front().record;
-    const HoldId id = records_[record].id;
-    Slot* slot = index_.find(mix64(id), [&](const Slot& candidate) { return candidate.id == id; });
-    TALLY_ASSERT(slot != nullptr);
-    index_.erase(slot);
-    records_[record] = HoldRecord{};
-    free_records_.push_back(record);
-    finalized_.pop_front();
-  }
+HoldId HoldTable::evict_one_through(std::int64_t cutoff_ns) {
+  if (finalized_.empty() || finalized_.front().at_ns > cutoff_ns) return 0;
+  const std::uint32_t record = finalized_.front().record;
+  const HoldId id = records_[record].id;
+  Slot* slot = index_.find(mix64(id), [&](const Slot& candidate) { return candidate.id == id; });
+  TALLY_ASSERT(slot != nullptr);
+  index_.erase(slot);
+  records_[record] = HoldRecord{};
+  free_records_.push_back(record);
+  finalized_.pop_front();
+  return id;
 }
 
 const HoldRecord* HoldTable::first_expiring() const {

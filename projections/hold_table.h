@@ -54,8 +54,9 @@ class HoldTable {
   // the window forgets from. Precondition: hold is open and came from find().
   void finalize(HoldRecord* hold, HoldState state, std::int64_t at_ns, std::int64_t committed_qty);
 
-  // Forgets every finalized hold with finalized_at_ns <= cutoff_ns.
-  void evict_through(std::int64_t cutoff_ns);
+  // Forgets the oldest finalized hold if its finalized_at_ns <= cutoff_ns
+  // and returns its id; 0 when none is due. Repeat to forget every due one.
+  HoldId evict_one_through(std::int64_t cutoff_ns);
 
   // The open hold with the smallest (expires_at, id); nullptr when none.
   const HoldRecord* first_expiring() const;

@@ -167,6 +167,39 @@ HoldInfo State::Impl::info_of(const HoldRecord& hold) const {
   return info;
 }
 
+// ---------------------------------------------------------------- long holds' keys
+
+void LongHoldKeys::add(HoldId id, std::string_view key) {
+  if (const auto taken = holds_.find(key); taken != holds_.end()) forget(taken->second);
+  const auto [entry, added] = keys_.emplace(id, key);
+  TALLY_ASSERT(added);
+  holds_.emplace(entry->second, id);
+}
+
+void LongHoldKeys::forget(HoldId id) {
+  const auto entry = keys_.find(id);
+  if (entry == keys_.end()) return;
+  holds_.erase(entry->second);
+  keys_.erase(entry);
+}
+
+HoldId LongHoldKeys::find(std::string_view key) const {
+  const auto found = holds_.find(key);
+  return found == holds_.end() ? 0 : found->second;
+}
+
+std::size_t LongHoldKeys::memory_bytes() const {
+  // A map node (three pointers, a colour, the pair) and a hash node with its
+  // bucket, about; plus keys too long for the string's own buffer.
+  std::size_t bytes = keys_.size() * (32 + sizeof(HoldId) + sizeof(std::string)) +
+                      holds_.size() * (16 + sizeof(std::string_view) + sizeof(HoldId)) +
+                      holds_.bucket_count() * sizeof(void*);
+  for (const auto& [id, key] : keys_) {
+    if (key.size() >= sizeof(std::string)) bytes += key.size() + 1;
+  }
+  return bytes;
+}
+
 // ---------------------------------------------------------------- apply
 
 Status State::Impl::check_event(const log::Event& event) const {
@@ -350,6 +383,10 @@ Status State::Impl::apply_hold(const log::Event& event, const log::Op& op, std::
   hold.subject = subject_of((*slot)->pair);
   hold.item = item_of((*slot)->pair);
   holds.open(hold);
+  if (!event.batch && options.idempotency_window_ns > 0 &&
+      op.ttl_ns >= options.idempotency_window_ns) {
+    long_hold_keys.add(hold.id, event.key);
+  }
   return Status();
 }
 
@@ -595,7 +632,9 @@ Status State::apply_ops(const log::Event& event, const EventHashes& hashes) {
   TALLY_DEBUG_ASSERT(same_hashes(hashes, hash(event)));
   const OpHashes& first_hashes = hashes.first;
   if (const auto cutoff_ns = impl.forget_cutoff(event.timestamp_ns)) {
-    impl.holds.evict_through(*cutoff_ns);
+    while (const HoldId forgotten = impl.holds.evict_one_through(*cutoff_ns)) {
+      if (!impl.long_hold_keys.empty()) impl.long_hold_keys.forget(forgotten);
+    }
   }
   if (applied) {
     for (std::size_t op_index = 0; op_index < event.ops.size(); op_index++) {
@@ -709,6 +748,13 @@ void State::for_each_balance(
 const KeyRecord* State::find_key(std::string_view key) const {
   TALLY_ASSERT(impl_->keys_waiting.empty());
   return impl_->keys.find(key);
+}
+
+HoldId State::hold_of_key(std::string_view key) const {
+  if (const KeyRecord* record = find_key(key)) {
+    return record->reason == log::Reason::none ? log::hold_id(record->seq, false, 0) : 0;
+  }
+  return impl_->long_hold_keys.find(key);
 }
 
 std::optional<HoldInfo> State::find_hold(HoldId id) const {

@@ -180,6 +180,12 @@ class State {
 
   // nullptr when the key is not remembered.
   const KeyRecord* find_key(std::string_view key) const;
+  // The hold a commit or release naming its hold by key means: the id a
+  // successful request with that key would have made as a standalone hold
+  // (its event's seq; whether a hold has that id is for find_hold), or the
+  // standalone hold with that key whose ttl outlasts the key's window
+  // (remembered while the hold is); 0 when neither.
+  HoldId hold_of_key(std::string_view key) const;
 
   // Starts loading the table slots a command with these names (or this
   // hold) will look up, so that a caller working through a queue overlaps

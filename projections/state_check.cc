@@ -36,10 +36,11 @@ std::string int128_text(Int128 value) {
   return digits;
 }
 
-constexpr std::uint32_t kDigestFormat = 1;  // state_digest.h gives the encoding
+constexpr std::uint32_t kDigestFormat = 2;  // state_digest.h gives the encoding
 constexpr std::uint64_t kBalanceSeed = 1;
 constexpr std::uint64_t kHoldSeed = 2;
 constexpr std::uint64_t kKeySeed = 3;
+constexpr std::uint64_t kLongHoldKeySeed = 4;
 
 // One entry's canonical encoding (state_digest.h).
 class Encoder {
@@ -143,6 +144,11 @@ Status State::Impl::check_holds() const {
   std::size_t pairs_held = 0;
   balances.for_each([&](const BalanceSlot& slot) { pairs_held += slot.held != 0 ? 1 : 0; });
   if (pairs_held != pairs_with_holds) return invariant_broken("held without open holds");
+  for (const auto& [id, key] : long_hold_keys.entries()) {
+    if (holds.find(id) == nullptr) {
+      return invariant_broken("the key of hold " + std::to_string(id) + " outlives the hold");
+    }
+  }
   return Status();
 }
 
@@ -190,9 +196,18 @@ void StateDigest::key(std::string_view key, const KeyRecord& record) {
   keys_.sum += encoder.hash(kKeySeed);
 }
 
+void StateDigest::long_hold_key(HoldId id, std::string_view key) {
+  Encoder encoder;
+  encoder.u64(id);
+  encoder.str(key);
+  long_hold_keys_.count++;
+  long_hold_keys_.sum += encoder.hash(kLongHoldKeySeed);
+}
+
 void StateDigest::add(const StateDigest& other) {
   for (auto [mine, theirs] : {std::pair{&balances_, &other.balances_}, std::pair{&holds_, &other.holds_},
-                              std::pair{&keys_, &other.keys_}}) {
+                              std::pair{&keys_, &other.keys_},
+                              std::pair{&long_hold_keys_, &other.long_hold_keys_}}) {
     mine->count += theirs->count;
     mine->sum += theirs->sum;
   }
@@ -201,7 +216,7 @@ void StateDigest::add(const StateDigest& other) {
 std::uint64_t StateDigest::finish(std::uint64_t last_seq, std::int64_t last_timestamp_ns) const {
   Encoder total;
   total.u32(kDigestFormat);
-  for (const TableSum& table : {balances_, holds_, keys_}) {
+  for (const TableSum& table : {balances_, holds_, keys_, long_hold_keys_}) {
     total.u64(table.count);
     total.u64(table.sum);
   }
@@ -222,6 +237,7 @@ std::uint64_t State::digest() const {
     digest.hold(hold, impl.subjects.view(hold.subject), impl.items.view(hold.item));
   });
   impl.keys.for_each([&](std::string_view key, const KeyRecord& record) { digest.key(key, record); });
+  for (const auto& [id, key] : impl.long_hold_keys.entries()) digest.long_hold_key(id, key);
   return digest.finish(impl.last_seq, impl.last_timestamp_ns);
 }
 
@@ -236,7 +252,8 @@ StateCounts State::counts() const {
   counts.items = impl_->items.size();
   counts.memory_bytes = impl_->subjects.memory_bytes() + impl_->items.memory_bytes() +
                         impl_->subject_heads.memory_bytes() + impl_->balances.memory_bytes() +
-                        impl_->holds.memory_bytes() + impl_->keys.memory_bytes();
+                        impl_->holds.memory_bytes() + impl_->long_hold_keys.memory_bytes() +
+                        impl_->keys.memory_bytes();
   return counts;
 }
 

@@ -16,13 +16,15 @@
 //                     i64 committed_qty        (open holds: 0, 0)
 //   key (seed 3):     str key, u64 fingerprint, u64 seq, i64 timestamp_ns,
 //                     u8 reason (log::Reason's value), u32 failed_index
+//   long hold's key (seed 4): u64 hold id, str key   (LongHoldKeys)
 //
 // A table's digest is the sum mod 2^64 of XXH3_64bits_withSeed(entry, seed)
 // over its entries: independent of order and layout. The state's digest is
 // XXH3_64bits (seed 0) of
 //   u32 kDigestFormat,
 //   u64 balance count, u64 balance sum, u64 hold count, u64 hold sum,
-//   u64 key count, u64 key sum, u64 last_seq, i64 last_timestamp_ns.
+//   u64 key count, u64 key sum, u64 long hold key count, u64 long hold key
+//   sum, u64 last_seq, i64 last_timestamp_ns.
 // The idempotency window itself is configuration, not state.
 #pragma once
 
@@ -41,6 +43,7 @@ class StateDigest {
   // hold.subject and hold.item are ids; `subject` and `item` are their names.
   void hold(const HoldRecord& hold, std::string_view subject, std::string_view item);
   void key(std::string_view key, const KeyRecord& record);
+  void long_hold_key(HoldId id, std::string_view key);
   // Adds the entries another digest took (of another part of one state).
   void add(const StateDigest& other);
   std::uint64_t finish(std::uint64_t last_seq, std::int64_t last_timestamp_ns) const;
@@ -53,6 +56,7 @@ class StateDigest {
   TableSum balances_;
   TableSum holds_;
   TableSum keys_;
+  TableSum long_hold_keys_;
 };
 
 }  // namespace tally::proj

@@ -178,14 +178,16 @@ struct ScriptHolds {
   HoldId expired = 0;
   HoldId in_batch = 0;
   HoldId expired_late = 0;
+  HoldId long_open = 0;  // ttl past the window: open, its key kept, to the end
 };
 
 using Step = std::function<Status(Feed&, ScriptHolds&)>;
 
 // Every kind of event: acquire, consume, transfer, holds, a partial and a
 // full commit, release, expiries, a batch with a hold, rejected single and
-// batch requests, an unkeyed event, and a jump past the window that
-// forgets keys and finalized holds.
+// batch requests, an unkeyed event, a jump past the window that forgets
+// keys and finalized holds, and holds whose ttl is past the window (k6,
+// released; k9, open to the end: the state keeps their keys).
 inline std::vector<Step> script() {
   std::vector<Step> steps;
   steps.push_back(
@@ -233,6 +235,10 @@ inline std::vector<Step> script() {
   });
   steps.push_back([](Feed& f, ScriptHolds& h) {
     return f.one("k14", settle_op(OpType::commit, h.in_batch, "dave", "gold", 4, 0));
+  });
+  steps.push_back([](Feed& f, ScriptHolds& h) {
+    h.long_open = f.next_seq();
+    return f.one("k9", hold_op("carol", "gold", 5, 4 * kWindowNs));
   });
   steps.push_back([](Feed& f, ScriptHolds&) {
     f.now_ns += kWindowNs;  // forgets k1..k11 and the holds finalized with them

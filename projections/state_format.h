@@ -2,7 +2,7 @@
 // (docs/snapshots.md gives the grammar). The constants live here, shared by
 // writer and reader; snapshots/ stores the image, it does not parse it.
 //
-// All integers are little-endian; i64 is two's complement. Version 1:
+// All integers are little-endian; i64 is two's complement. Version 2:
 //
 //   header    u32 kStateMagic, u32 kStateFormatVersion, u64 last_seq,
 //             i64 last_timestamp_ns, i64 idempotency_window_ns
@@ -12,6 +12,8 @@
 //                                 i64 available, i64 held)
 //   open      u64 count, count x hold          (in expiry-heap order)
 //   finalized u64 count, count x hold          (in window-queue order)
+//   long hold keys  u64 count, count x (u64 hold id, name key)
+//                                              (ascending ids; LongHoldKeys)
 //   keys      u64 count, count x (name key, u64 fingerprint, u64 seq,
 //                                 i64 timestamp_ns, u8 reason,
 //                                 u32 failed_index)     (oldest first)
@@ -42,7 +44,7 @@ namespace tally::proj {
 
 inline constexpr std::uint32_t kStateMagic = 0x41545354;     // "TSTA" read as LE bytes
 inline constexpr std::uint32_t kStateEndMagic = 0x444e4554;  // "TEND"
-inline constexpr std::uint32_t kStateFormatVersion = 1;
+inline constexpr std::uint32_t kStateFormatVersion = 2;
 // save() hands the sink chunks of at most this many bytes.
 inline constexpr std::size_t kStateChunkBytes = 64 * 1024;
 

@@ -10,7 +10,8 @@
 //     the balance slots by item id (next_item, prev_item), headed by
 //     subject_heads[subject id]. Links are ids, not positions, so they
 //     survive the table moving slots. list() walks it.
-//   - holds (HoldTable), keys (KeyIndex).
+//   - holds (HoldTable), keys (KeyIndex), and the keys of holds that may
+//     outlive them there (LongHoldKeys).
 //
 // Memory per stored balance: 32 / load (load 3/8..3/4, so 43..85 bytes; the
 // table is sharded, so growing adds ~1/16 briefly) + the subject's and
@@ -19,9 +20,12 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "projections/flat_table.h"
@@ -50,6 +54,32 @@ struct BalancePolicy {
   static constexpr std::size_t kLoadDen = 4;
   static constexpr std::size_t kCapacityMax = std::size_t{1} << 40;
   static constexpr int kHashBits = 64;
+};
+
+// The keys of standalone holds whose ttl is at least the idempotency window.
+// The key index forgets a key one window after its event, while such a
+// hold may still be open; a commit or release naming the hold by its key
+// then finds it here (State::hold_of_key). An entry lives as long as its
+// hold is known (open, or finalized and remembered); a later standalone
+// hold with the same key (possible once the window forgot it) takes the key
+// over. Holds that long are rare, so node-based maps do.
+class LongHoldKeys {
+ public:
+  // Takes the key over from any hold that had it.
+  void add(HoldId id, std::string_view key);
+  // Drops the hold's entry, if it has one.
+  void forget(HoldId id);
+  // 0 when no entry has the key.
+  HoldId find(std::string_view key) const;
+  bool empty() const { return keys_.empty(); }
+  std::size_t size() const { return keys_.size(); }
+  std::size_t memory_bytes() const;
+  // In hold id order.
+  const std::map<HoldId, std::string>& entries() const { return keys_; }
+
+ private:
+  std::map<HoldId, std::string> keys_;
+  std::unordered_map<std::string_view, HoldId> holds_;  // views of keys_'s strings
 };
 
 constexpr std::uint64_t pair_of(std::uint32_t subject, std::uint32_t item) {
@@ -138,6 +168,7 @@ struct State::Impl {
   ChunkedVector<std::uint32_t> subject_heads;  // by subject id: first item id, 0 = none
   ShardedTable<BalanceSlot, BalancePolicy> balances;
   HoldTable holds;
+  LongHoldKeys long_hold_keys;
   KeyIndex keys;
   // remember_key_batched()'s keys, in the arena and not yet indexed; the
   // seq and time of the first; index_added()'s scratch.

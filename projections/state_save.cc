@@ -276,6 +276,11 @@ Status State::save(StateSink& sink) const {
   impl.holds.for_each_open([&](const HoldRecord& hold) { write_hold(&out, hold); });
   out.u64(impl.holds.finalized_count());
   impl.holds.for_each_finalized([&](const HoldRecord& hold) { write_hold(&out, hold); });
+  out.u64(impl.long_hold_keys.size());
+  for (const auto& [id, key] : impl.long_hold_keys.entries()) {
+    out.u64(id);
+    out.name(key);
+  }
   out.u64(impl.keys.size());
   impl.keys.for_each([&](std::string_view key, const KeyRecord& record) {
     out.name(key);
@@ -300,6 +305,7 @@ struct State::Loader {
   Status names(NameTable* names, bool subjects);
   Status balances();
   Status holds(bool open);
+  Status long_hold_keys();
   Status keys();
   // keys(), then the trailer and the end of the image.
   Status keys_to_end();
@@ -461,6 +467,26 @@ Status State::Loader::holds(bool open) {
   return Status();
 }
 
+Status State::Loader::long_hold_keys() {
+  std::uint64_t count = 0;
+  TALLY_READ(count, in_->u64());
+  HoldId previous = 0;
+  // Each pass reads an entry (or fails), so the image's length bounds it.
+  for (std::uint64_t done = 0; done < count; done++) {
+    HoldId id = 0;
+    std::string_view key;
+    TALLY_READ(id, in_->u64());
+    TALLY_READ(key, in_->name(&scratch_));
+    if (id <= previous) return bad_image("long holds' keys out of order");
+    previous = id;
+    if (impl_->holds.find(id) == nullptr) return bad_image("key of an unknown hold");
+    if (impl_->long_hold_keys.find(key) != 0) return bad_image("a long hold's key stored twice");
+    impl_->long_hold_keys.add(id, key);
+    digest.long_hold_key(id, key);
+  }
+  return Status();
+}
+
 Status State::Loader::keys() {
   std::uint64_t count = 0;
   TALLY_READ(count, in_->u64());
@@ -554,7 +580,15 @@ std::optional<std::uint64_t> find_keys_offset(const StateSource& source, std::ui
     if (!count || *count > size / entry_bytes) return std::nullopt;
     offset += 8 + *count * entry_bytes;
   }
-  return offset;
+  // The long holds' keys: few, skimmed like the names.
+  std::unique_ptr<StateSource> long_hold_keys_source = source.open_at(offset);
+  ImageReader long_hold_keys(long_hold_keys_source.get(), offset);
+  Result<std::uint64_t> count = long_hold_keys.u64();
+  if (!count) return std::nullopt;
+  for (std::uint64_t index = 0; index < *count; index++) {
+    if (!long_hold_keys.u64() || !long_hold_keys.name(&scratch)) return std::nullopt;
+  }
+  return long_hold_keys.offset();
 }
 
 }  // namespace
@@ -607,6 +641,7 @@ Result<std::unique_ptr<State>> State::load(StateSource& source, StateOptions opt
     TALLY_TRY(loader.balances());
     TALLY_TRY(loader.holds(true));
     TALLY_TRY(loader.holds(false));
+    TALLY_TRY(loader.long_hold_keys());
     if (keys_source == nullptr) return loader.keys_to_end();
     if (in.offset() != *keys_offset) return bad_image("sections do not line up");
     return Status();

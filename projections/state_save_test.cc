@@ -82,7 +82,7 @@ void check_same(const State& a, const State& b, std::int64_t now_ns, const Scrip
     CHECK(list_of(a, subject, now_ns) == list_of(b, subject, now_ns));
   }
   for (HoldId id : {holds.partly_committed, holds.released, holds.expired, holds.in_batch,
-                    holds.expired_late}) {
+                    holds.expired_late, holds.long_open}) {
     const std::optional<HoldInfo> hold_a = a.find_hold(id);
     const std::optional<HoldInfo> hold_b = b.find_hold(id);
     REQUIRE(hold_a.has_value() == hold_b.has_value());
@@ -104,6 +104,11 @@ void check_same(const State& a, const State& b, std::int64_t now_ns, const Scrip
     CHECK(key_a->fingerprint == key_b->fingerprint);
     CHECK(key_a->reason == key_b->reason);
     CHECK(key_a->failed_index == key_b->failed_index);
+  }
+  for (int index = 1; index <= 19; index++) {
+    std::string key = "k";
+    key += std::to_string(index);
+    CHECK(a.hold_of_key(key) == b.hold_of_key(key));
   }
   CHECK(a.next_expiry_ns() == b.next_expiry_ns());
   REQUIRE_OK(b.check_invariants());
@@ -203,8 +208,8 @@ TEST_CASE("where the source allows it, the keys load from a second source at the
   CHECK(count == 300);
   // By the grammar: header 4+4+8+8+8; subjects u32 + "alice" + "bob" (a
   // length byte each); items u32 + "gold"; 2 balances of 24 bytes; no open
-  // and no finalized holds (a u64 count each).
-  CHECK(keys_at == 32 + (4 + 6 + 4) + (4 + 5) + (8 + 2 * 24) + 8 + 8);
+  // and no finalized holds and no long holds' keys (a u64 count each).
+  CHECK(keys_at == 32 + (4 + 6 + 4) + (4 + 5) + (8 + 2 * 24) + 8 + 8 + 8);
 }
 
 TEST_CASE("loading with a different idempotency window is invalid") {

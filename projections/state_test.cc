@@ -200,6 +200,52 @@ TEST_CASE("the window forgets keys and finalized holds at exactly t - window") {
   CHECK(state.find_key("k1")->seq == state.last_seq());
 }
 
+TEST_CASE("a hold whose ttl is past the window keeps its key while the hold is known") {
+  constexpr std::int64_t kWindowNs = 10 * kMsNs;
+  State state(StateOptions{kWindowNs});
+  Feed feed({&state});
+  REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", 10)));
+  const HoldId long_hold = feed.next_seq();
+  REQUIRE_OK(feed.one("long", hold_op("alice", "gold", 2, 3 * kWindowNs)));
+  const HoldId short_hold = feed.next_seq();
+  REQUIRE_OK(feed.one("short", hold_op("alice", "gold", 1, kWindowNs - kMsNs)));
+  const HoldId in_batch = log::hold_id(feed.next_seq(), true, 0);
+  REQUIRE_OK(feed.batch("batch", {hold_op("alice", "gold", 1, 3 * kWindowNs)}));
+  CHECK(state.hold_of_key("long") == long_hold);
+  CHECK(state.hold_of_key("short") == short_hold);
+  CHECK(state.hold_of_key("k1") == 1);  // not a hold: find_hold says so
+  CHECK_FALSE(state.find_hold(state.hold_of_key("k1")).has_value());
+
+  // Past the window: the key index forgot every key, the long hold's stays.
+  feed.now_ns += kWindowNs;
+  REQUIRE_OK(feed.expire(short_hold, "alice", "gold", 1));
+  REQUIRE_OK(feed.one("k2", acquire_op("bob", "gold", 1)));
+  CHECK(state.find_key("long") == nullptr);
+  CHECK(state.hold_of_key("long") == long_hold);
+  CHECK(state.hold_of_key("short") == 0);
+  CHECK(state.hold_of_key("batch") == 0);  // a batch's key names none of its holds
+  CHECK(state.find_hold(in_batch)->state == HoldState::open);
+
+  // A new request with the forgotten key is decided anew; a new hold with it
+  // takes the key over, and the first hold keeps nothing.
+  const HoldId second = feed.next_seq();
+  REQUIRE_OK(feed.one("long", hold_op("alice", "gold", 1, 3 * kWindowNs)));
+  CHECK(state.hold_of_key("long") == second);
+  feed.now_ns += kWindowNs;
+  REQUIRE_OK(feed.one("k3", acquire_op("bob", "gold", 1)));
+  CHECK(state.find_key("long") == nullptr);
+  CHECK(state.hold_of_key("long") == second);
+
+  // Settled, then forgotten a window later: the key goes with the hold.
+  REQUIRE_OK(feed.one("k4", settle_op(OpType::commit, second, "alice", "gold", 1, 0)));
+  CHECK(state.hold_of_key("long") == second);
+  feed.now_ns += kWindowNs;
+  REQUIRE_OK(feed.one("k5", acquire_op("bob", "gold", 1)));
+  CHECK_FALSE(state.find_hold(second).has_value());
+  CHECK(state.hold_of_key("long") == 0);
+  REQUIRE_OK(state.check_invariants());
+}
+
 TEST_CASE("a window of 0 remembers forever, and open holds are never forgotten") {
   State forever(StateOptions{0});
   State windowed(StateOptions{10});

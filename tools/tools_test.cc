@@ -157,7 +157,7 @@ TEST_CASE("csv: malformed lines are errors with their line number") {
   CHECK(parse_error("acquire,k1,s1,i1,5,,,\nsteal,k2,s1,i1,5,,,\n") == "line 3: unknown op 'steal'");
   CHECK(parse_error("acquire,k1,s1,i1,5,,\n").starts_with("line 2: expected 8"));
   CHECK(parse_error("acquire,k1,s1,i1,5,,,,\n").starts_with("line 2: expected 8"));
-  CHECK(parse_error("\n").starts_with("line 2: expected 8"));
+  CHECK(parse_error("\nacquire,k1,s1,i1,5,,,\n").starts_with("line 2: expected 8"));
   CHECK(parse_error("acquire,k1,s1,i1,5,s2,,\n") == "line 2: acquire: field 'to' must be empty");
   CHECK(parse_error("commit,k1,,,5,,,k0\n") == "line 2: commit: field 'qty' must be empty");
   CHECK(parse_error("acquire,k1,s1,i1,five,,,\n") == "line 2: qty 'five' is not an int64");
