@@ -256,13 +256,19 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   }
 
   void on_read_error(boost::system::error_code ec) {
-    read_closed_ = true;
     if (ec != asio::error::eof && ec != asio::error::operation_aborted && !stopping_) {
       core_.log("binary connection: read failed: " + ec.message());
     }
-    // The peer sends no more, so it can cancel nothing: its follows end.
-    end_follows(Status());
+    stop_reading(Status());
     maybe_finish();
+  }
+
+  // Reads nothing more. The peer can then cancel nothing, and a follow kept
+  // open would keep the connection open for good: its follows end, `why`
+  // their last message.
+  void stop_reading(const Status& why) {
+    read_closed_ = true;
+    end_follows(why);
   }
 
   // Reads no more, but answers the requests read before: they may be
@@ -271,9 +277,8 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   void malformed(std::string_view reason) {
     core_.metrics().malformed();
     core_.log("binary connection: closing: " + std::string(reason));
-    read_closed_ = true;
     malformed_ = true;
-    end_follows(Status(ErrorCode::invalid, "closing: " + std::string(reason)));
+    stop_reading(Status(ErrorCode::invalid, "closing: " + std::string(reason)));
     maybe_finish();
   }
 
@@ -294,8 +299,8 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     response.kind = wire::Response::Kind::error;
     response.unauthorized = true;
     response.error = Status(ErrorCode::invalid, std::move(message));
-    read_closed_ = true;
     send(wire::encode_response(response));
+    stop_reading(Status(ErrorCode::invalid, "closing: " + response.error.message()));
   }
 
   void dispatch(wire::Request request) {
@@ -461,11 +466,11 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
       response.error = Status(ErrorCode::invalid, "protocol version " +
                                                       std::to_string(request.version) +
                                                       " is not supported");
-      read_closed_ = true;
-    } else {
-      authenticated_ = true;
-      response.kind = wire::Response::Kind::hello;
+      send(wire::encode_response(response));
+      return stop_reading(Status(ErrorCode::invalid, "closing: " + response.error.message()));
     }
+    authenticated_ = true;
+    response.kind = wire::Response::Kind::hello;
     send(wire::encode_response(response));
   }
 

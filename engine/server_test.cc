@@ -829,6 +829,33 @@ TEST_CASE("binary: a follow ends cleanly when its connection closes; too many fo
   await_event_waits(port, 0);
   while (metric(port, "tally_connections{protocol=\"binary\"}") != 0) std::this_thread::yield();
   CHECK(fx.client()->acquire("after", "s", "i", 1).ok());
+
+  // A hello refused while a follow waits: the server reads no more, so the
+  // follow ends and the connection closes (it stayed open for good).
+  asio::io_context io;
+  tcp::socket socket(io);
+  socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), fx.server->binary_port()));
+  wire::Request follow;
+  follow.id = 7;
+  follow.kind = wire::Request::Kind::follow;
+  follow.from_seq = 2;  // "after": one event, then a wait for seq 3
+  asio::write(socket, asio::buffer(wire::encode_request(follow)));
+  CHECK(read_response(socket).events.size() == 1);
+  await_event_waits(port, 1);
+  wire::Request hello;
+  hello.id = 9;
+  hello.kind = wire::Request::Kind::hello;
+  hello.version = wire::kProtocolVersion + 1;
+  asio::write(socket, asio::buffer(wire::encode_request(hello)));
+  std::map<std::uint64_t, wire::Response> last;
+  boost::system::error_code ec;
+  while (std::optional<wire::Response> response = next_response(socket, &ec)) {
+    last[response->id] = std::move(*response);
+  }
+  CHECK(last[9].kind == wire::Response::Kind::error);
+  CHECK(last.count(7) == 1);  // the follow's last message
+  await_event_waits(port, 0);
+  while (metric(port, "tally_connections{protocol=\"binary\"}") != 0) std::this_thread::yield();
 }
 
 TEST_CASE("binary: responses complete out of order: an open follow is overtaken by later requests") {
