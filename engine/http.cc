@@ -10,6 +10,7 @@
 #include <boost/beast/http.hpp>
 #pragma GCC diagnostic pop
 #include <algorithm>
+#include <cctype>
 #include <array>
 #include <optional>
 #include <span>
@@ -274,6 +275,7 @@ Status parse_batch_ops(const json::Value& body, Command* command) {
 struct Target {
   std::vector<std::string> segments;  // percent-decoded
   std::string query;                  // after '?', still encoded
+  bool too_long = false;              // more segments than any route has: no route
 };
 
 bool hex_value(char c, int* out) {
@@ -301,7 +303,29 @@ Status percent_decode(std::string_view text, std::string* out) {
   return Status();
 }
 
+// "http://host:port/path?query" (absolute form, which a server must take:
+// RFC 9112, 3.2.2) as "/path?query", in `storage` when the path is empty;
+// any other target as it is.
+std::string_view origin_form(std::string_view target, std::string* storage) {
+  for (const std::string_view scheme : {"http://", "https://"}) {
+    if (target.size() < scheme.size() ||
+        !std::equal(scheme.begin(), scheme.end(), target.begin(),
+                    [](char a, char b) { return a == std::tolower(static_cast<unsigned char>(b)); })) {
+      continue;
+    }
+    const std::string_view rest = target.substr(scheme.size());
+    const std::size_t path = rest.find_first_of("/?");
+    if (path != std::string_view::npos && rest[path] == '/') return rest.substr(path);
+    *storage = "/";
+    if (path != std::string_view::npos) *storage += rest.substr(path);
+    return *storage;
+  }
+  return target;
+}
+
 Result<Target> parse_target(std::string_view target) {
+  std::string storage;
+  target = origin_form(target, &storage);
   const std::size_t query = target.find('?');
   std::string_view path = target.substr(0, query);
   if (path.empty() || path.front() != '/') return bad("the target must be an absolute path");
@@ -311,7 +335,10 @@ Result<Target> parse_target(std::string_view target) {
   if (path.empty()) return out;  // "/"
   // Empty segments count: "/v1/balances/a/" names an empty item.
   while (true) {
-    if (out.segments.size() >= kPathSegmentsMax) return bad("path too long");
+    if (out.segments.size() >= kPathSegmentsMax) {
+      out.too_long = true;
+      return out;
+    }
     const std::size_t slash = path.find('/');
     std::string segment;
     TALLY_TRY(percent_decode(path.substr(0, slash), &segment));
@@ -704,7 +731,7 @@ void HttpSession::handle(HttpRequest request) {
   keep_alive_ = request.keep_alive() && request.method() != http::verb::head;
   auto target = parse_target(view(request.target()));
   if (!target) return send(error_response(target.status()), false);
-  const Route route = match_route(target->segments);
+  const Route route = target->too_long ? Route{} : match_route(target->segments);
   // /health and /metrics take no parameters either.
   const auto no_parameters = [&] { return parse_query(target->query, {}).status(); };
   if (route.kind == RouteKind::health) {
@@ -748,6 +775,8 @@ void HttpSession::health(http::verb method) {
 
 bool HttpSession::authorized(const HttpRequest& request) {
   if (core_.options().token.empty()) return true;
+  // Two credentials are none: which one would a proxy have checked?
+  if (request.count(http::field::authorization) != 1) return false;
   const auto token = bearer_token(view(request[http::field::authorization]));
   return token.has_value() && core_.token_ok(*token);
 }

@@ -157,13 +157,13 @@ struct Reply {
 // One HTTP request on a fresh connection; a non-empty body is sent as JSON.
 inline Reply http_call(std::uint16_t port, http::verb method, std::string target,
                        std::string body = {},
-                       const std::map<std::string, std::string>& headers = {}) {
+                       const std::vector<std::pair<std::string, std::string>>& headers = {}) {
   asio::io_context io;
   beast::tcp_stream stream(io);
   stream.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
   http::request<http::string_body> request(method, target, 11);
   request.set(http::field::host, "127.0.0.1");
-  for (const auto& [name, value] : headers) request.set(name, value);
+  for (const auto& [name, value] : headers) request.insert(name, value);  // repeats kept
   if (!body.empty()) request.set(http::field::content_type, "application/json");
   request.body() = std::move(body);
   request.prepare_payload();
@@ -191,8 +191,8 @@ inline Reply get(std::uint16_t port, std::string target) {
 
 // A POST with an Idempotency-Key, or without one when `key` is empty.
 inline Reply post(std::uint16_t port, std::string target, std::string body, std::string key) {
-  std::map<std::string, std::string> headers;
-  if (!key.empty()) headers["Idempotency-Key"] = std::move(key);
+  std::vector<std::pair<std::string, std::string>> headers;
+  if (!key.empty()) headers.emplace_back("Idempotency-Key", std::move(key));
   return http_call(port, http::verb::post, std::move(target), std::move(body), headers);
 }
 

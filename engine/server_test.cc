@@ -540,6 +540,9 @@ TEST_CASE("http: malformed and oversized requests close only their connection") 
   CHECK(post(port, "/v1/acquire", R"({"subject":"","item":"b","qty":1})", "k").status == 400);
   CHECK(post(port, "/v1/holds", R"({"subject":"a","item":"b","qty":1,"ttl_ms":0})", "k").status == 400);
   CHECK(post(port, "/v1/nope", "{}", "k").status == 404);
+  CHECK(get(port, "/v1/balances/a/b/c/d/e/f/g/h/i").status == 404);  // however long
+  CHECK(get(port, "http://localhost/v1/balances/a/b").status == 200);  // absolute form
+  CHECK(get(port, "HTTP://localhost?x=1").status == 404);  // "/?x=1"
   CHECK(http_call(port, http::verb::delete_, "/v1/acquire").status == 405);
   const std::string big = R"({"subject":"a","item":"b","qty":1,"reason":")" + std::string(4096, 'x') + "\"}";
   CHECK(post(port, "/v1/acquire", big, "big").status == 413);
@@ -559,6 +562,10 @@ TEST_CASE("http and binary: auth on") {
   CHECK(http_call(port, http::verb::get, "/v1/balances/a/b", {}, {{"Authorization", "Bearer wrong"}}).status == 401);
   CHECK(http_call(port, http::verb::get, "/metrics", {}, {}).status == 401);
   CHECK(http_call(port, http::verb::get, "/v1/balances/a/b", {}, {{"Authorization", "Bearer s3cret-token"}}).status == 200);
+  CHECK(http_call(port, http::verb::get, "/v1/balances/a/b", {},
+                  {{"Authorization", "Bearer s3cret-token"}, {"Authorization", "Bearer wrong"}})
+            .status == 401);
+  CHECK(get(port, "/v1/a/b/c/d/e/f/g/h/i/j").status == 401);  // no route, but no token either
   CHECK(get(port, "/v1/events").status == 401);
   CHECK(http_call(port, http::verb::get, "/v1/events?wait_ms=0", {}, {{"Authorization", "Bearer wrong"}}).status == 401);
   CHECK(http_call(port, http::verb::get, "/v1/events?wait_ms=0", {}, {{"Authorization", "Bearer s3cret-token"}}).status == 200);
