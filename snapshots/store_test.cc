@@ -278,6 +278,47 @@ TEST_CASE("a truncated or foreign data file is corrupt, never a crash, and is se
   }
 }
 
+TEST_CASE("a store that opens but whose metadata does not read is set aside for a new one") {
+  TempDir dir;
+  ScriptRun run;
+  {
+    std::unique_ptr<SnapshotStore> store = open_store(dir);
+    run_script(store.get(), &run);
+  }
+  const std::string snapshots = dir.sub("snapshots");
+  const std::string data_path = snapshots + "/data.mdb";
+  std::string bytes;
+  {
+    std::ifstream in(data_path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  const auto write_file = [&](const std::string& content) {
+    std::ofstream out(data_path, std::ios::binary | std::ios::trunc);
+    out << content;
+  };
+  // A page holding metadata records ("TSNP"; older copies of the page may
+  // lie about unused): clear its leaf flag (the page header's u16 flags at
+  // byte 10; P_LEAF is 2) until the live one makes list() fail.
+  bool listed_corrupt = false;
+  for (std::size_t record = bytes.find("TSNP"); record != std::string::npos && !listed_corrupt;
+       record = bytes.find("TSNP", record / 4096 * 4096 + 4096)) {
+    std::string damaged_bytes = bytes;
+    damaged_bytes[record / 4096 * 4096 + 10] ^= 2;
+    write_file(damaged_bytes);
+    auto damaged = SnapshotStore::open(snapshots, small_options());
+    REQUIRE(damaged.ok());
+    listed_corrupt = (*damaged)->list().code() == ErrorCode::corrupt;
+  }
+  REQUIRE(listed_corrupt);
+
+  auto renewed = open_renewing<SnapshotStore>(snapshots, small_options());
+  REQUIRE_MESSAGE(renewed.ok(), renewed.status().to_string());
+  auto infos = (*renewed)->list();
+  REQUIRE(infos.ok());
+  CHECK(infos->empty());
+  CHECK(std::filesystem::exists(snapshots + ".damaged/data.mdb"));
+}
+
 TEST_CASE("a read-only store reads what a writer left and creates nothing") {
   TempDir dir;
   SnapshotStoreOptions read_only = small_options();
