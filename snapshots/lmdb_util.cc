@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <utility>
 
@@ -55,6 +56,17 @@ Status check_file_size(const Environment& env, const std::string& dir) {
                                         " its pages in use need (truncated)");
 }
 
+// LMDB checks its pages with assert()s (Debian builds it with them on), so
+// some damaged pages end the process (SIGABRT) inside a read instead of
+// failing it. Before that, say which store it is and what to do.
+void on_lmdb_assert(MDB_env* env, const char* message) {
+  const auto* dir = static_cast<const std::string*>(mdb_env_get_userctx(env));
+  std::fprintf(stderr,
+               "tally: %s is damaged (LMDB: %s); it is made from the log: move it aside "
+               "(for the history, tally history --rebuild) and the ledger makes it again\n",
+               dir != nullptr ? dir->c_str() : "an LMDB store", message);
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Environment>> Environment::open(const std::string& dir,
@@ -87,6 +99,7 @@ Result<std::unique_ptr<Environment>> Environment::open(const std::string& dir,
   }
   std::unique_ptr<Environment> env(new Environment());
   env->component_ = component;
+  env->dir_ = dir;
   env->options_ = options;
   env->options_.component = env->component_;
   int rc = mdb_env_create(&env->env_);
@@ -94,6 +107,8 @@ Result<std::unique_ptr<Environment>> Environment::open(const std::string& dir,
     env->env_ = nullptr;
     return lmdb::error(component, "mdb_env_create", rc);
   }
+  mdb_env_set_userctx(env->env_, &env->dir_);
+  mdb_env_set_assert(env->env_, on_lmdb_assert);  // a no-op where LMDB has no asserts
   rc = mdb_env_set_maxdbs(env->env_, options.dbs_max);
   if (rc != 0) return env->error("mdb_env_set_maxdbs", rc);
   rc = mdb_env_set_mapsize(env->env_, options.map_size_bytes);

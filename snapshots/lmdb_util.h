@@ -143,6 +143,7 @@ class Environment {
   MDB_env* env_ = nullptr;
   EnvironmentOptions options_;  // its component views component_
   std::string component_;
+  std::string dir_;  // for the message of a failed LMDB assertion
   std::size_t map_size_bytes_ = 0;
   // Lock order: gate, then map lock.
   mutable std::mutex map_gate_;

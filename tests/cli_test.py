@@ -1297,6 +1297,33 @@ def test_verify_finds_a_history_entry_moved_by_a_flipped_key_bit():
     assert after == before
 
 
+def test_a_history_page_that_aborts_lmdb_is_named():
+    # LMDB asserts on some damaged pages (where it is built with assertions)
+    # and the process ends; before it does, tally names the store and what
+    # to do. Zero one page after another until a read aborts.
+    f = fixture()
+    data = f.copy_data("aborting-history")
+    tally("history", "--data", data, "--rebuild", expect_exit=0)
+    path = os.path.join(data, "history", "data.mdb")
+    with open(path, "rb") as file:
+        image = file.read()
+    aborted = None
+    for page in range(2, len(image) // 4096):
+        damaged = image[:page * 4096] + bytes(4096) + image[(page + 1) * 4096:]
+        with open(path, "wb") as file:
+            file.write(damaged)
+        code, _, err = tally("verify", "--data", data)
+        assert code in (1, -signal.SIGABRT), (page, code, err)
+        if code == -signal.SIGABRT:
+            aborted = err
+            break
+    if aborted is None:
+        return  # this LMDB has no assertions (built with NDEBUG)
+    assert "tally: %s is damaged (LMDB: " % os.path.join(data, "history") in aborted, aborted
+    with open(path, "wb") as file:
+        file.write(image)
+
+
 def test_a_stale_history_index_is_not_used():
     # An index of another log is reported by verify, not used by the reads, and not a failure.
     h = history_fixture()
