@@ -14,6 +14,7 @@
 #include "log/event.h"
 #include "log/tail.h"
 #include "log/thread.h"
+#include "snapshots/renew.h"
 
 namespace tally {
 
@@ -55,6 +56,10 @@ struct Archivist::Impl {
   std::uint64_t wait_for_work(std::uint64_t requests, bool* reader_waits);
   Status read_round(std::uint64_t committed);
   Status flush_history();
+  // What a failed history write or read turns into: a damaged index
+  // (corrupt) stops only the history, which is set aside for the next open
+  // to rebuild, while snapshots go on; any other error stops both.
+  Status history_failed(Status status);
   Status write_snapshot();
   void finish_snapshot_request(std::uint64_t seq, Status status);
 
@@ -78,6 +83,7 @@ struct Archivist::Impl {
   ArchivistStats stats;
 
   // Owned by the thread.
+  bool history_on = options.history;  // until history_failed()
   std::unique_ptr<proj::State> state;  // nullptr when snapshots are off
   std::unique_ptr<log::LogTail> tail;
   log::EventDecoder decoder;
@@ -148,15 +154,18 @@ Status Archivist::Impl::read_round(std::uint64_t committed) {
     if (!*more) break;
     Status decoded = decoder.decode(record.payload, &event);
     if (!decoded.ok()) return log::corrupt_at(record.segment_first_seq, record.offset, decoded.message());
-    if (options.history && record.seq > history_seq) {
+    if (history_on && record.seq > history_seq) {
       Status appended = context.history->append(event, record.checksum);
       if (appended.code() == ErrorCode::busy) {  // its buffer is full
         TALLY_TRY(flush_history());
         appended = context.history->append(event, record.checksum);
       }
-      TALLY_TRY(appended);
-      history_seq = record.seq;
-      history_dirty = true;
+      if (appended.ok()) {
+        history_seq = record.seq;
+        history_dirty = true;
+      } else {
+        TALLY_TRY(history_failed(std::move(appended)));
+      }
     }
     if (state != nullptr && record.seq > state->last_seq()) {
       TALLY_TRY(state->apply(event));
@@ -168,9 +177,29 @@ Status Archivist::Impl::read_round(std::uint64_t committed) {
   return Status();
 }
 
+Status Archivist::Impl::history_failed(Status status) {
+  if (status.code() != ErrorCode::corrupt) return status;
+  history_on = false;
+  history_dirty = false;
+  // The ledger holds the store open; its files move with the directory.
+  const Status aside = snap::set_aside(history_dir(context.data_dir));
+  std::fprintf(stderr,
+               "tally: the history index stopped: %s; point-in-time reads replay the log, "
+               "snapshots go on, and %s\n",
+               status.to_string().c_str(),
+               aside.ok() ? "the next open rebuilds it (the damaged one is in history.damaged)"
+                          : ("setting it aside failed: " + aside.to_string()).c_str());
+  std::lock_guard<std::mutex> guard(mu);
+  stats.history_failure = std::move(status);
+  cv.notify_all();  // a wait_history() waits no more
+  return Status();
+}
+
 Status Archivist::Impl::flush_history() {
   if (!history_dirty) return Status();
-  TALLY_TRY(context.history->flush());
+  if (Status flushed = context.history->flush(); !flushed.ok()) {
+    return history_failed(std::move(flushed));
+  }
   history_dirty = false;
   last_flush = std::chrono::steady_clock::now();
   std::lock_guard<std::mutex> guard(mu);
@@ -285,7 +314,7 @@ Status Archivist::Impl::run() {
   // Catch the history up with what the ledger committed, until stop() gives
   // up: a short-lived ledger (a batch job, a test) then leaves a current
   // index.
-  while (options.history && !abandon.load()) {
+  while (history_on && !abandon.load()) {
     const std::uint64_t committed = context.committed_seq();
     if (read_seq >= committed) break;
     TALLY_TRY(read_round(committed));
@@ -322,7 +351,11 @@ Result<std::unique_ptr<Archivist>> Archivist::start(ArchivistContext context, Ar
   if (options.snapshot_retain == 0) return Status(ErrorCode::invalid, "snapshot_retain is 0");
   auto impl = std::make_unique<Impl>(std::move(context), options);
   // Before anyone reads the history: it must be this log's.
-  if (options.history) TALLY_TRY(impl->check_history());
+  if (options.history) {
+    if (Status checked = impl->check_history(); !checked.ok()) {
+      TALLY_TRY(impl->history_failed(std::move(checked)));
+    }
+  }
   Impl* raw = impl.get();
   auto started = start_thread("tally-archive", [raw] { raw->main(); });
   if (!started) return started.status();
@@ -352,7 +385,10 @@ bool Archivist::wait_history(std::uint64_t seq, std::chrono::milliseconds timeou
   impl.history_wanted = std::max(impl.history_wanted, seq);
   impl.wake_cv.notify_all();
   return impl.cv.wait_for(guard, timeout,
-                          [&] { return impl.stats.history_seq >= seq || impl.stopped; }) &&
+                          [&] {
+                            return impl.stats.history_seq >= seq || impl.stopped ||
+                                   !impl.stats.history_failure.ok();
+                          }) &&
          impl.stats.history_seq >= seq;
 }
 

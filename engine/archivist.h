@@ -74,6 +74,9 @@ struct ArchivistStats {
   std::uint64_t last_snapshot_seq = 0;
   double last_snapshot_seconds = 0;  // time to write it
   Status failure;                  // why the archivist stopped, if it did
+  // Why the history stopped while snapshots go on: its index was found
+  // damaged (corrupt), and set aside for the next open to rebuild.
+  Status history_failure;
 };
 
 class Archivist {
@@ -81,7 +84,8 @@ class Archivist {
   // Starts the thread. The history projection is checked against the log
   // first, before start returns: one that is ahead of the log, or whose
   // chain checksum differs from the log's at its seq (another log, or
-  // events a crash lost), is cleared, and the thread rebuilds it.
+  // events a crash lost), is cleared, and the thread rebuilds it. One that
+  // reads as corrupt stops the history alone (ArchivistStats::history_failure).
   static Result<std::unique_ptr<Archivist>> start(ArchivistContext context, ArchivistOptions options);
   ~Archivist();  // stop()
   Archivist(const Archivist&) = delete;

@@ -802,6 +802,7 @@ LedgerStats Ledger::stats() {
     stats.last_snapshot_seq = archive.last_snapshot_seq;
     stats.last_snapshot_seconds = archive.last_snapshot_seconds;
     stats.archivist_failed = !archive.failure.ok();
+    stats.history_failed = !archive.history_failure.ok();
   }
   stats.read_only = read_only();
   std::lock_guard<std::mutex> guard(impl_->mu);
@@ -872,11 +873,13 @@ PointInTimeSource Ledger::Impl::point_in_time_source(AsOf at) {
   source.fs = fs;
   source.state_options = state_options;
   source.snapshots = &snapshots;
-  source.history = history.get();
+  // A history index the archivist found damaged is not read again.
+  const bool history_failed = archivist != nullptr && !archivist->stats().history_failure.ok();
+  source.history = history_failed ? nullptr : history.get();
   source.last_seq = wait_committed(UINT64_MAX, std::chrono::milliseconds(0));
   // The archivist follows the committed log closely; wait for it rather
   // than replay, unless it is far behind.
-  if (archivist != nullptr && history != nullptr && !history_covers(source, at)) {
+  if (archivist != nullptr && source.history != nullptr && !history_covers(source, at)) {
     const std::uint64_t target = at.kind == AsOf::Kind::seq ? std::min(at.seq, source.last_seq)
                                                             : source.last_seq;
     if (target - std::min(target, archivist->stats().history_seq) <= kHistoryWaitLagMax) {

@@ -89,6 +89,10 @@ struct LedgerStats {
   // corruption) is one cause: the next open would refuse it, or drop the
   // damaged record as a torn write when it is the last.
   bool archivist_failed = false;
+  // The history index was found damaged: it stopped (and was set aside for
+  // the next open to rebuild) while snapshots go on; point-in-time reads
+  // replay from the nearest snapshot.
+  bool history_failed = false;
 };
 
 class Ledger final : public LedgerApi {

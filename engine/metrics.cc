@@ -164,6 +164,10 @@ std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed) con
                 "1 once snapshots and history stopped on an error (logged); "
                 "0 while they run or are off.",
                 stats.archivist_failed ? 1 : 0);
+  append_single(&out, "tally_history_failed", "gauge",
+                "1 once the history index was found damaged (logged): it stopped, and the next "
+                "open rebuilds it; snapshots go on.",
+                stats.history_failed ? 1 : 0);
   append_single(&out, "tally_read_only", "gauge",
                 "1 once a write failed: every request is refused until the server restarts.",
                 stats.read_only ? 1 : 0);

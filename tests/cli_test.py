@@ -1324,6 +1324,42 @@ def test_a_history_page_that_aborts_lmdb_is_named():
         file.write(image)
 
 
+def test_a_history_index_found_damaged_stops_alone():
+    # Zero one page of the index after another until a ledger finds it
+    # corrupt: the history stops and moves aside, snapshots go on, and the
+    # ledger's answers stay right.
+    f = fixture()
+    base = f.copy_data("damaged-history-base")
+    tally("history", "--data", base, "--rebuild", expect_exit=0)
+    with open(os.path.join(base, "history", "data.mdb"), "rb") as file:
+        image = file.read()
+    csv = write(os.path.join(SCRATCH, "more.csv"), HEADER + "".join(
+        "acquire,more-%d,s%d,i1,5,,,\n" % (n, n % 13) for n in range(300)))
+    found = False
+    for page in range(2, len(image) // 4096):
+        data = os.path.join(SCRATCH, "damaged-history-%d" % page)
+        shutil.copytree(base, data)
+        with open(os.path.join(data, "history", "data.mdb"), "r+b") as file:
+            file.seek(page * 4096)
+            file.write(bytes(4096))
+        code, _, err = tally("apply", "--data", data, "--workload", csv, "--snapshot-every", "100")
+        if code == 0 and "tally: the history index stopped: corrupt: " in err:
+            found = True
+            break
+        shutil.rmtree(data)
+    assert found
+    assert "snapshots and history stopped" not in err, err
+    assert os.path.isdir(os.path.join(data, "history.damaged")), os.listdir(data)
+    assert not os.path.exists(os.path.join(data, "history"))  # the next open makes it anew
+    clean = f.copy_data("damaged-history-clean")
+    tally("apply", "--data", clean, "--workload", csv, expect_exit=0)
+    for at in ([], ["--at-seq", str(len(f.events) + 1)]):
+        _, out, _ = tally("export", "--data", data, *at, expect_exit=0)
+        _, expected, _ = tally("export", "--data", clean, *at, expect_exit=0)
+        assert out == expected, at
+    tally("verify", "--data", data, expect_exit=0)
+
+
 def test_a_stale_history_index_is_not_used():
     # An index of another log is reported by verify, not used by the reads, and not a failure.
     h = history_fixture()
