@@ -560,6 +560,12 @@ Status opening_of(MDB_cursor* cursor, std::uint64_t epoch, std::uint64_t pair_id
 // be it.
 // So an entry lost from before the next change is corrupt, not an older
 // balance; a lost last entry of the newest epoch has nothing after it.
+// Unless it is the only epoch (the first, with none after it): a pair gets
+// its id with its first entry, so there a pair with none at all lost them.
+Status no_entry_in_only_epoch(std::uint64_t pair_id) {
+  return corrupt("pair " + std::to_string(pair_id) + " has an id but no entry");
+}
+
 Status balance_in_epoch(const BalanceCursors& cursors, std::uint64_t epoch,
                         std::uint64_t following_epoch, std::uint64_t pair_id,
                         std::uint64_t seq, proj::Balance* out) {
@@ -569,6 +575,8 @@ Status balance_in_epoch(const BalanceCursors& cursors, std::uint64_t epoch,
   proj::Balance balance;
   if (last.has_value()) {
     balance = last->after;
+  } else if (!next.has_value() && epoch == 1 && following_epoch == 0) {
+    return no_entry_in_only_epoch(pair_id);
   } else {
     TALLY_TRY(opening_of(cursors.openings.get(), epoch, pair_id, &balance));
   }
@@ -1444,6 +1452,9 @@ Status HistoryStore::entries(std::string_view subject, std::string_view item,
     std::optional<EntryRecord> last;
     std::optional<EntryRecord> next;  // checked by the walk
     TALLY_TRY(entries_around(cursors.entries.get(), *epoch, *id, from_seq - 1, &last, &next));
+    if (!last.has_value() && !next.has_value() && *epoch == 1 && position.epoch == 1) {
+      return no_entry_in_only_epoch(*id);
+    }
     if (last.has_value()) {
       before = last->after;
     } else {

@@ -1074,6 +1074,40 @@ TEST_CASE("a lost entry is corrupt for the reads that pass it, and for check_cha
   }
 }
 
+TEST_CASE("in an index of one epoch, a pair whose entries are all lost is corrupt, not zero") {
+  // A damaged branch page can hide every entry of some pairs at once, with
+  // nothing after them to break a chain. In the only epoch, no pair may
+  // lack entries: it got its id with its first.
+  TempDir dir;
+  const ChainFixture fixture = write_chain_index(dir, indexings()[0]);
+  const auto& [lost_id, pair] = *fixture.pairs.begin();
+  edit_db(dir, history::kEntriesDbName, [&](MDB_txn* txn, MDB_dbi dbi) {
+    MDB_cursor* cursor = nullptr;
+    REQUIRE(mdb_cursor_open(txn, dbi, &cursor) == 0);
+    MDB_val key{};
+    MDB_val value{};
+    int deleted = 0;
+    for (int rc = mdb_cursor_get(cursor, &key, &value, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cursor, &key, &value, MDB_NEXT)) {
+      const std::string key_bytes(static_cast<const char*>(key.mv_data), key.mv_size);
+      if (u64_at(key_bytes, 8, true) != lost_id) continue;
+      REQUIRE(mdb_cursor_del(cursor, 0) == 0);
+      deleted++;
+    }
+    mdb_cursor_close(cursor);
+    REQUIRE(deleted > 0);
+  });
+  std::unique_ptr<HistoryStore> store = open_history(dir, indexings()[0].options);
+  const std::uint64_t last_seq = fixture.at_seq.size() - 1;
+  for (std::uint64_t seq = 1; seq <= last_seq; seq++) {
+    CAPTURE(seq);
+    CHECK(store->balance_at(pair.first, pair.second, seq).code() == ErrorCode::corrupt);
+    CHECK(store->list_at(pair.first, seq, [](std::string_view, Balance) {}).code() ==
+          ErrorCode::corrupt);
+  }
+  CHECK(all_entries_code(*store, pair.first, pair.second) == ErrorCode::corrupt);
+}
+
 TEST_CASE("a lost opening balance is corrupt for the reads that pass it, and for check_chains") {
   for (const Indexing& indexing : indexings()) {
     CAPTURE(std::string(indexing.name));

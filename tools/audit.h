@@ -93,6 +93,9 @@ Status check_history_chain(const std::string& data_dir, HistoryIndex* index);
 
 // Tells stderr why an index that is there is not used (not usable).
 void note_history_not_used(const HistoryIndex& index);
+// Tells stderr that a read went to the log because a record of the index
+// was damaged (read.index_damage; nothing when that is ok).
+void note_index_damage(const PointInTimeRead& read);
 
 // open_history_store then check_history_chain.
 Result<HistoryIndex> open_history_index(const std::string& data_dir);

@@ -91,23 +91,34 @@ class ChangePrinter {
   const bool json_;
 };
 
+// Where print_from_index got to: the seq after the last entry it printed,
+// and that entry's balance after (none printed: from_seq, nullopt).
+struct IndexProgress {
+  std::uint64_t next_seq = 0;
+  std::optional<proj::Balance> after;
+};
+
 // The index's entries of the pair in [from_seq, to_seq], a chunk of output
-// per read transaction.
+// per read transaction. Every entry printed passed its checks, so a damaged
+// record found later leaves *progress where the log can take over.
 Status print_from_index(const snap::HistoryStore& store, std::string_view subject,
                         std::string_view item, std::uint64_t from_seq, std::uint64_t to_seq,
-                        ChangePrinter* printer) {
-  std::uint64_t next_seq = from_seq;
+                        ChangePrinter* printer, IndexProgress* progress) {
+  progress->next_seq = from_seq;
   for (;;) {
     bool stopped = false;
-    TALLY_TRY(store.entries(subject, item, next_seq, to_seq, [&](const snap::HistoryEntry& entry) {
-      printer->line(entry.seq, entry.time_ns, entry.key, entry.op, entry.delta_available,
-                    entry.delta_held, entry.after);
-      next_seq = entry.seq + 1;
-      stopped = printer->full();
-      return !stopped;
-    }));
+    const Status read =
+        store.entries(subject, item, progress->next_seq, to_seq, [&](const snap::HistoryEntry& entry) {
+          printer->line(entry.seq, entry.time_ns, entry.key, entry.op, entry.delta_available,
+                        entry.delta_held, entry.after);
+          progress->next_seq = entry.seq + 1;
+          progress->after = entry.after;
+          stopped = printer->full();
+          return !stopped;
+        });
     printer->flush();
-    if (!stopped || next_seq > to_seq) return Status();
+    TALLY_TRY(read);
+    if (!stopped || progress->next_seq > to_seq) return Status();
   }
 }
 
@@ -206,8 +217,21 @@ Status print_history(const std::string& data_dir, std::string_view subject, std:
     return print_from_log(data_dir, subject, item, *start, from_seq, to_seq, &printer);
   }
   const std::uint64_t indexed_seq = index->position.seq;
-  TALLY_TRY(print_from_index(*store, subject, item, from_seq, std::min(to_seq, indexed_seq),
-                             &printer));
+  IndexProgress progress;
+  const Status indexed = print_from_index(*store, subject, item, from_seq,
+                                          std::min(to_seq, indexed_seq), &printer, &progress);
+  if (!indexed.ok()) {
+    // The index is a projection: a damaged record of it leaves the rest to
+    // the log, from where the index got to.
+    if (indexed.code() != ErrorCode::corrupt) return indexed;
+    PointInTimeRead read;
+    read.index_damage = indexed;
+    note_index_damage(read);
+    auto start = progress.after ? Result<LogStart>(LogStart{progress.next_seq, *progress.after})
+                                : start_without_index(data_dir, subject, item, from_seq);
+    if (!start) return start.status();
+    return print_from_log(data_dir, subject, item, *start, from_seq, to_seq, &printer);
+  }
   if (to_seq <= indexed_seq) return Status();
   // The log goes further than the index.
   auto balance = store->balance_at(subject, item, indexed_seq);
