@@ -334,6 +334,7 @@ int run_history(const Args& args) {
   if (!from) return usage_error("history", from.status().message());
   auto to = args.integer("to-seq", INT64_MAX, 1, INT64_MAX);
   if (!to) return usage_error("history", to.status().message());
+  if (*from > *to) return usage_error("history", "--from-seq is after --to-seq");
   const Status printed = print_history(std::string(*data), subject, item,
                                        static_cast<std::uint64_t>(*from),
                                        static_cast<std::uint64_t>(*to), args.has("json"));
