@@ -158,13 +158,14 @@ Status Archivist::Impl::read_round(std::uint64_t committed) {
       Status appended = context.history->append(event, record.checksum);
       if (appended.code() == ErrorCode::busy) {  // its buffer is full
         TALLY_TRY(flush_history());
-        appended = context.history->append(event, record.checksum);
+        // The flush may have found the index damaged and stopped it.
+        appended = history_on ? context.history->append(event, record.checksum) : Status();
       }
-      if (appended.ok()) {
+      if (!appended.ok()) {
+        TALLY_TRY(history_failed(std::move(appended)));
+      } else if (history_on) {
         history_seq = record.seq;
         history_dirty = true;
-      } else {
-        TALLY_TRY(history_failed(std::move(appended)));
       }
     }
     if (state != nullptr && record.seq > state->last_seq()) {

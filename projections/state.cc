@@ -190,12 +190,14 @@ HoldId LongHoldKeys::find(std::string_view key) const {
 
 std::size_t LongHoldKeys::memory_bytes() const {
   // A map node (three pointers, a colour, the pair) and a hash node with its
-  // bucket, about; plus keys too long for the string's own buffer.
+  // bucket, about; plus keys too long for the string's own buffer (15
+  // chars in libstdc++).
+  constexpr std::size_t kInlineChars = 15;
   std::size_t bytes = keys_.size() * (32 + sizeof(HoldId) + sizeof(std::string)) +
                       holds_.size() * (16 + sizeof(std::string_view) + sizeof(HoldId)) +
                       holds_.bucket_count() * sizeof(void*);
   for (const auto& [id, key] : keys_) {
-    if (key.size() >= sizeof(std::string)) bytes += key.size() + 1;
+    if (key.size() > kInlineChars) bytes += key.capacity() + 1;
   }
   return bytes;
 }
@@ -383,7 +385,7 @@ Status State::Impl::apply_hold(const log::Event& event, const log::Op& op, std::
   hold.subject = subject_of((*slot)->pair);
   hold.item = item_of((*slot)->pair);
   holds.open(hold);
-  if (!event.batch && options.idempotency_window_ns > 0 &&
+  if (!event.batch && !event.key.empty() && options.idempotency_window_ns > 0 &&
       op.ttl_ns >= options.idempotency_window_ns) {
     long_hold_keys.add(hold.id, event.key);
   }
