@@ -404,7 +404,12 @@ Result<std::vector<std::span<const std::byte>>> SnapshotStore::Env::sized_chunks
     const Txn& txn, const Meta& meta) const {
   const std::string name = std::to_string(meta.info.seq) + ": ";
   if (meta.state_format != proj::kStateFormatVersion) {
-    return corrupt(name + "state format " + std::to_string(meta.state_format) + " is not known");
+    // Its metadata verified: another version's snapshot, not a damaged one.
+    // Skipped like one taken with another window (invalid), not counted bad.
+    return Status(ErrorCode::invalid, "snapshot " + name + "state format " +
+                                          std::to_string(meta.state_format) +
+                                          " is another version's (this one reads " +
+                                          std::to_string(proj::kStateFormatVersion) + ")");
   }
   Cursor cursor;
   TALLY_TRY(cursor.open(txn, chunks));

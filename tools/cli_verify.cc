@@ -127,16 +127,17 @@ Status load_snapshots(const std::string& data_dir, SharedSnapshots* shared,
     for (const snap::SkippedSnapshot& one : skipped) {
       if (one.seq == info.seq) why = one.why;
     }
+    // The store names the snapshot ("snapshot N: why"); the report does.
+    std::string detail = why.message();
+    const std::string named = "snapshot " + std::to_string(info.seq) + ": ";
+    if (detail.starts_with(named)) detail.erase(0, named.size());
     if (why.code() == ErrorCode::invalid) {
-      // Taken by a ledger with another idempotency window: not damaged, but
-      // not comparable with the tools' replay (default window).
-      check.detail = "not comparable: " + why.message();
+      // Taken by a ledger with another idempotency window, or by another
+      // version: not damaged, but not comparable with the tools' replay.
+      check.detail = "not comparable: " + detail;
     } else {
       check.verdict = Verdict::bad;
-      check.detail = why.message();
-      // The store names the snapshot ("snapshot N: why"); the report does.
-      const std::string named = "snapshot " + std::to_string(info.seq) + ": ";
-      if (check.detail.starts_with(named)) check.detail.erase(0, named.size());
+      check.detail = std::move(detail);
     }
     checks->push_back(std::move(check));
   }
