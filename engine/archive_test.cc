@@ -503,6 +503,31 @@ TEST_CASE("events logged before the open count towards the next snapshot, with n
   CHECK(snapshot_seq == last);
 }
 
+TEST_CASE("a due snapshot waits while the history catches up from far behind the state") {
+  // The archivist reads from where the history is; its copy of the state,
+  // loaded from the log, is far ahead then. A snapshot is only of the state
+  // at the seq read: taking one before the reading reached it aborted.
+  Fixture f;
+  f.options.history = false;
+  f.options.snapshot_every_events = 0;
+  f.open();
+  constexpr int kEvents = 40'000;  // more than one read round
+  for (int op = 0; op < kEvents; op++) f.ok(f.ledger->acquire(name("k", op), "alice", "gold", 1));
+  const std::uint64_t last = f.last_seq();
+  f.close();
+  f.options.history = true;
+  f.options.snapshot_every_events = 1000;
+  f.open();
+  std::uint64_t snapshot_seq = 0;
+  for (int wait = 0; wait < 6000 && snapshot_seq == 0; wait++) {
+    snapshot_seq = f.ledger->stats().last_snapshot_seq;
+    if (snapshot_seq == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CHECK(snapshot_seq == last);
+  f.close();
+  CHECK(indexed_seq(f.options.data_dir) == last);
+}
+
 TEST_CASE("a ledger whose log is gone refuses to start over beside its snapshots or history") {
   Fixture f;
   f.open();

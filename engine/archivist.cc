@@ -56,10 +56,12 @@ struct Archivist::Impl {
   std::uint64_t wait_for_work(std::uint64_t requests, bool* reader_waits);
   Status read_round(std::uint64_t committed);
   Status flush_history();
-  // What a failed history write or read turns into: a damaged index
+  // Takes a failed read or write of the history index: a damaged index
   // (corrupt) stops only the history, which is set aside for the next open
-  // to rebuild, while snapshots go on; any other error stops both.
-  Status history_failed(Status status);
+  // to rebuild, while snapshots go on, and Status() comes back; any other
+  // error comes back as it is, to stop both. Only for the store's own
+  // errors: a damaged log is not the index's fault.
+  Status stop_history(Status status);
   Status write_snapshot();
   void finish_snapshot_request(std::uint64_t seq, Status status);
 
@@ -83,7 +85,7 @@ struct Archivist::Impl {
   ArchivistStats stats;
 
   // Owned by the thread.
-  bool history_on = options.history;  // until history_failed()
+  bool history_on = options.history;  // until stop_history()
   std::unique_ptr<proj::State> state;  // nullptr when snapshots are off
   std::unique_ptr<log::LogTail> tail;
   log::EventDecoder decoder;
@@ -101,22 +103,22 @@ struct Archivist::Impl {
 
 // A history projection that the log does not continue is rebuilt.
 Status Archivist::Impl::check_history() {
+  auto position = context.history->position();
+  if (!position) return stop_history(position.status());
+  history_seq = position->seq;
+  // Reads the log at the index's position: its errors are the log's.
   const std::uint64_t committed = context.committed_seq();
   auto matches = history_continues_log(*fs, context.data_dir, *context.history, committed);
   if (!matches) return matches.status();
-  auto position = context.history->position();
-  if (!position) return position.status();
-  history_seq = position->seq;
   if (*matches) return Status();
   std::fprintf(stderr, "tally: the history projection does not match the log at seq %llu; rebuilding it\n",
                static_cast<unsigned long long>(history_seq));
-  TALLY_TRY(context.history->clear());
   history_seq = 0;
-  return Status();
+  return stop_history(context.history->clear());
 }
 
 Status Archivist::Impl::prepare() {
-  std::uint64_t start = options.history ? history_seq : UINT64_MAX;
+  std::uint64_t start = history_on ? history_seq : UINT64_MAX;
   if (snapshots_enabled(options)) {
     ReplayOptions replay_options;
     replay_options.data_dir = context.data_dir;
@@ -162,7 +164,7 @@ Status Archivist::Impl::read_round(std::uint64_t committed) {
         appended = history_on ? context.history->append(event, record.checksum) : Status();
       }
       if (!appended.ok()) {
-        TALLY_TRY(history_failed(std::move(appended)));
+        TALLY_TRY(stop_history(std::move(appended)));
       } else if (history_on) {
         history_seq = record.seq;
         history_dirty = true;
@@ -178,8 +180,8 @@ Status Archivist::Impl::read_round(std::uint64_t committed) {
   return Status();
 }
 
-Status Archivist::Impl::history_failed(Status status) {
-  if (status.code() != ErrorCode::corrupt) return status;
+Status Archivist::Impl::stop_history(Status status) {
+  if (status.ok() || status.code() != ErrorCode::corrupt) return status;
   history_on = false;
   history_dirty = false;
   // The ledger holds the store open; its files move with the directory.
@@ -199,7 +201,7 @@ Status Archivist::Impl::history_failed(Status status) {
 Status Archivist::Impl::flush_history() {
   if (!history_dirty) return Status();
   if (Status flushed = context.history->flush(); !flushed.ok()) {
-    return history_failed(std::move(flushed));
+    return stop_history(std::move(flushed));
   }
   history_dirty = false;
   last_flush = std::chrono::steady_clock::now();
@@ -303,6 +305,9 @@ Status Archivist::Impl::run() {
       }
       continue;
     }
+    // The reading starts where the history or the state is, whichever is
+    // behind: while the history catches up, the state is ahead of it.
+    if (state->last_seq() != read_seq) continue;
     const bool count_due = options.snapshot_every_events > 0 &&
                            events_since_snapshot >= options.snapshot_every_events;
     const bool time_due = options.snapshot_every_seconds > 0 && events_since_snapshot > 0 &&
@@ -352,11 +357,7 @@ Result<std::unique_ptr<Archivist>> Archivist::start(ArchivistContext context, Ar
   if (options.snapshot_retain == 0) return Status(ErrorCode::invalid, "snapshot_retain is 0");
   auto impl = std::make_unique<Impl>(std::move(context), options);
   // Before anyone reads the history: it must be this log's.
-  if (options.history) {
-    if (Status checked = impl->check_history(); !checked.ok()) {
-      TALLY_TRY(impl->history_failed(std::move(checked)));
-    }
-  }
+  if (options.history) TALLY_TRY(impl->check_history());
   Impl* raw = impl.get();
   auto started = start_thread("tally-archive", [raw] { raw->main(); });
   if (!started) return started.status();

@@ -10,8 +10,8 @@
 #include <boost/beast/http.hpp>
 #pragma GCC diagnostic pop
 #include <algorithm>
-#include <cctype>
 #include <array>
+#include <cctype>
 #include <optional>
 #include <span>
 

@@ -259,15 +259,19 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     if (ec != asio::error::eof && ec != asio::error::operation_aborted && !stopping_) {
       core_.log("binary connection: read failed: " + ec.message());
     }
-    stop_reading(Status());
+    read_closed_ = true;
+    // The peer sends no more, so it can cancel nothing: its follows end.
+    end_follows(Status());
     maybe_finish();
   }
 
-  // Reads nothing more. The peer can then cancel nothing, and a follow kept
-  // open would keep the connection open for good: its follows end, `why`
-  // their last message.
+  // Reads nothing more, before the peer's end: the bytes it may still send
+  // are left unread, so the close lingers (linger()). A follow kept open
+  // would keep the connection open for good: its follows end, `why` their
+  // last message.
   void stop_reading(const Status& why) {
     read_closed_ = true;
+    unread_ = true;
     end_follows(why);
   }
 
@@ -277,7 +281,6 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   void malformed(std::string_view reason) {
     core_.metrics().malformed();
     core_.log("binary connection: closing: " + std::string(reason));
-    malformed_ = true;
     stop_reading(Status(ErrorCode::invalid, "closing: " + std::string(reason)));
     maybe_finish();
   }
@@ -573,7 +576,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     if (closed_) return;
     if (!read_closed_ && !stopping_) return;
     if (inflight_ > 0 || writing_ || !writes_.empty() || !follows_.empty()) return;
-    if (read_closed_ && !malformed_) return close();  // nothing the peer sent is left unread
+    if (read_closed_ && !unread_) return close();  // nothing the peer sent is left unread
     linger();
   }
 
@@ -666,7 +669,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   bool reading_ = false;
   bool writing_ = false;
   bool read_closed_ = false;
-  bool malformed_ = false;  // read_closed_ by a malformed frame, with bytes perhaps unread
+  bool unread_ = false;  // read_closed_ before the peer's end, with bytes perhaps unread
   bool stopping_ = false;
   bool lingering_ = false;  // linger(): reads only to drop, into drained_
   std::vector<std::byte> drained_;

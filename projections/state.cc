@@ -170,7 +170,7 @@ HoldInfo State::Impl::info_of(const HoldRecord& hold) const {
 // ---------------------------------------------------------------- long holds' keys
 
 void LongHoldKeys::add(HoldId id, std::string_view key) {
-  if (const auto taken = holds_.find(key); taken != holds_.end()) forget(taken->second);
+  forget_key(key);
   const auto [entry, added] = keys_.emplace(id, key);
   TALLY_ASSERT(added);
   holds_.emplace(entry->second, id);
@@ -183,19 +183,26 @@ void LongHoldKeys::forget(HoldId id) {
   keys_.erase(entry);
 }
 
+void LongHoldKeys::forget_key(std::string_view key) {
+  if (const auto taken = holds_.find(key); taken != holds_.end()) forget(taken->second);
+}
+
 HoldId LongHoldKeys::find(std::string_view key) const {
   const auto found = holds_.find(key);
   return found == holds_.end() ? 0 : found->second;
 }
 
 std::size_t LongHoldKeys::memory_bytes() const {
-  // A map node (three pointers, a colour, the pair) and a hash node with its
-  // bucket, about; plus keys too long for the string's own buffer (15
-  // chars in libstdc++).
+  // libstdc++, about: a map node is three pointers and a colour before its
+  // pair, a hash node a next pointer and the cached hash before its pair,
+  // a bucket a pointer; a string keeps up to 15 chars in itself.
+  constexpr std::size_t kMapNodeBytes = 32;
+  constexpr std::size_t kHashNodeBytes = 16;
   constexpr std::size_t kInlineChars = 15;
-  std::size_t bytes = keys_.size() * (32 + sizeof(HoldId) + sizeof(std::string)) +
-                      holds_.size() * (16 + sizeof(std::string_view) + sizeof(HoldId)) +
-                      holds_.bucket_count() * sizeof(void*);
+  std::size_t bytes =
+      keys_.size() * (kMapNodeBytes + sizeof(HoldId) + sizeof(std::string)) +
+      holds_.size() * (kHashNodeBytes + sizeof(std::string_view) + sizeof(HoldId)) +
+      holds_.bucket_count() * sizeof(void*);
   for (const auto& [id, key] : keys_) {
     if (key.size() > kInlineChars) bytes += key.capacity() + 1;
   }
@@ -637,6 +644,9 @@ Status State::apply_ops(const log::Event& event, const EventHashes& hashes) {
     while (const HoldId forgotten = impl.holds.evict_one_through(*cutoff_ns)) {
       if (!impl.long_hold_keys.empty()) impl.long_hold_keys.forget(forgotten);
     }
+  }
+  if (!impl.long_hold_keys.empty() && !event.key.empty()) {
+    impl.long_hold_keys.forget_key(event.key);  // applied or rejected, it is the key's now
   }
   if (applied) {
     for (std::size_t op_index = 0; op_index < event.ops.size(); op_index++) {

@@ -145,8 +145,15 @@ Status State::Impl::check_holds() const {
   balances.for_each([&](const BalanceSlot& slot) { pairs_held += slot.held != 0 ? 1 : 0; });
   if (pairs_held != pairs_with_holds) return invariant_broken("held without open holds");
   for (const auto& [id, key] : long_hold_keys.entries()) {
-    if (holds.find(id) == nullptr) {
-      return invariant_broken("the key of hold " + std::to_string(id) + " outlives the hold");
+    const std::string hold = "hold " + std::to_string(id);
+    if (options.idempotency_window_ns == 0) return invariant_broken(hold + " keeps a key, with no window");
+    if (log::hold_id_seq(id) != id) return invariant_broken(hold + ", of a batch, keeps a key");
+    if (holds.find(id) == nullptr) return invariant_broken("the key of " + hold + " outlives it");
+    // While the key index has the key, it names the same hold.
+    const KeyRecord* record = keys_waiting.empty() ? keys.find(key) : nullptr;
+    if (record != nullptr && record->seq != id) {
+      return invariant_broken(hold + " keeps a key the key index gives seq " +
+                              std::to_string(record->seq));
     }
   }
   return Status();

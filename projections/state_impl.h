@@ -60,15 +60,23 @@ struct BalancePolicy {
 // The key index forgets a key one window after its event, while such a
 // hold may still be open; a commit or release naming the hold by its key
 // then finds it here (State::hold_of_key). An entry lives as long as its
-// hold is known (open, or finalized and remembered); a later standalone
-// hold with the same key (possible once the window forgot it) takes the key
-// over. Holds that long are rare, so node-based maps do.
+// hold is known (open, or finalized and remembered), or until a new request
+// uses the key again (possible once the key index forgot it): the key then
+// names that request. The entries are bounded by the holds known; holds that
+// long are rare, so node-based maps do.
 class LongHoldKeys {
  public:
+  LongHoldKeys() = default;
+  LongHoldKeys(const LongHoldKeys&) = delete;  // holds_ views keys_'s strings
+  LongHoldKeys& operator=(const LongHoldKeys&) = delete;
+
   // Takes the key over from any hold that had it.
   void add(HoldId id, std::string_view key);
   // Drops the hold's entry, if it has one.
   void forget(HoldId id);
+  // Drops the entry with this key, if there is one: a new request with the
+  // key (possible only once the key index forgot it) names that request.
+  void forget_key(std::string_view key);
   // 0 when no entry has the key.
   HoldId find(std::string_view key) const;
   bool empty() const { return keys_.empty(); }

@@ -244,6 +244,32 @@ TEST_CASE("a hold whose ttl is past the window keeps its key while the hold is k
   CHECK_FALSE(state.find_hold(second).has_value());
   CHECK(state.hold_of_key("long") == 0);
   REQUIRE_OK(state.check_invariants());
+
+  // A key used again by any other request names that request from then on,
+  // also once the key index forgets it again: never the long hold before.
+  for (const bool rejected : {false, true}) {
+    CAPTURE(rejected);
+    const HoldId third = feed.next_seq();
+    REQUIRE_OK(feed.one("again", hold_op("alice", "gold", 1, 3 * kWindowNs)));
+    feed.now_ns += kWindowNs;
+    REQUIRE_OK(feed.one(rejected ? "k6" : "k7", acquire_op("bob", "gold", 1)));
+    CHECK(state.hold_of_key("again") == third);
+    if (rejected) {
+      REQUIRE_OK(feed.rejected("again", Reason::insufficient, {consume_op("bob", "gold", 99)},
+                               false, 0));
+    } else {
+      REQUIRE_OK(feed.one("again", acquire_op("bob", "gold", 1)));
+    }
+    CHECK(state.hold_of_key("again") == (rejected ? 0 : feed.next_seq() - 1));
+    feed.now_ns += kWindowNs;
+    REQUIRE_OK(feed.one(rejected ? "k8" : "k9", acquire_op("bob", "gold", 1)));
+    CHECK(state.find_key("again") == nullptr);
+    CHECK(state.hold_of_key("again") == 0);
+    CHECK(state.find_hold(third)->state == HoldState::open);
+    REQUIRE_OK(state.check_invariants());
+    REQUIRE_OK(feed.one(rejected ? "k10" : "k11",
+                        settle_op(OpType::release, third, "alice", "gold", 1)));
+  }
 }
 
 TEST_CASE("a window of 0 remembers forever, and open holds are never forgotten") {

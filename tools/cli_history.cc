@@ -220,22 +220,23 @@ Status print_history(const std::string& data_dir, std::string_view subject, std:
   IndexProgress progress;
   const Status indexed = print_from_index(*store, subject, item, from_seq,
                                           std::min(to_seq, indexed_seq), &printer, &progress);
-  if (!indexed.ok()) {
-    // The index is a projection: a damaged record of it leaves the rest to
-    // the log, from where the index got to.
-    if (indexed.code() != ErrorCode::corrupt) return indexed;
+  // The index is a projection: a damaged record of it leaves the rest to
+  // the log, from where the index got to.
+  const auto from_log_after_damage = [&](const Status& damage) -> Status {
+    if (damage.code() != ErrorCode::corrupt) return damage;
     PointInTimeRead read;
-    read.index_damage = indexed;
+    read.index_damage = damage;
     note_index_damage(read);
     auto start = progress.after ? Result<LogStart>(LogStart{progress.next_seq, *progress.after})
                                 : start_without_index(data_dir, subject, item, from_seq);
     if (!start) return start.status();
     return print_from_log(data_dir, subject, item, *start, from_seq, to_seq, &printer);
-  }
+  };
+  if (!indexed.ok()) return from_log_after_damage(indexed);
   if (to_seq <= indexed_seq) return Status();
   // The log goes further than the index.
   auto balance = store->balance_at(subject, item, indexed_seq);
-  if (!balance) return balance.status();
+  if (!balance) return from_log_after_damage(balance.status());
   return print_from_log(data_dir, subject, item, LogStart{indexed_seq + 1, *balance}, from_seq,
                         to_seq, &printer);
 }

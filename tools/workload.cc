@@ -296,7 +296,7 @@ constexpr FlagSpec kWorkloadFlags[] = {
     {"items", "N", "item types (default 100)"},
     {"seed", "S", "random seed; the same seed gives the same files (default 1)"},
     {"retry-rate", "R", "share of mixed lines that repeat an earlier line (default 0.02)"},
-    {"ttl-ms", "N", "ttl of every hold, 1 to 2592000000 (default 3600000)"},
+    {"ttl-ms", "N", "ttl of every hold in ms, up to 30 days (default 3600000)"},
     {"zipf", "S", "skew of the subject choice, 0 = uniform (default 1.1)"},
 };
 
