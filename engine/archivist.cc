@@ -62,6 +62,10 @@ struct Archivist::Impl {
   // error comes back as it is, to stop both. Only for the store's own
   // errors: a damaged log is not the index's fault.
   Status stop_history(Status status);
+  // The same for a failed write of a snapshot: a damaged store (corrupt)
+  // stops only the snapshots and is set aside (the next open begins a new
+  // one and replays the log), while the history goes on.
+  Status stop_snapshots(Status status);
   Status write_snapshot();
   void finish_snapshot_request(std::uint64_t seq, Status status);
 
@@ -198,6 +202,26 @@ Status Archivist::Impl::stop_history(Status status) {
   return Status();
 }
 
+Status Archivist::Impl::stop_snapshots(Status status) {
+  if (status.ok() || status.code() != ErrorCode::corrupt) return status;
+  state.reset();  // snapshots off, as when the options turn them off
+  {
+    std::lock_guard<std::mutex> guard(context.snapshots->mu);
+    context.snapshots->failed = true;
+  }
+  // The ledger holds the store open; its files move with the directory.
+  const Status aside = snap::set_aside(snapshot_dir(context.data_dir));
+  std::fprintf(stderr,
+               "tally: snapshots stopped: %s; the history goes on, and %s\n",
+               status.to_string().c_str(),
+               aside.ok() ? "the next open begins a new store and replays the log (the damaged "
+                            "one is in snapshots.damaged)"
+                          : ("setting it aside failed: " + aside.to_string()).c_str());
+  std::lock_guard<std::mutex> guard(mu);
+  stats.snapshot_failure = std::move(status);
+  return Status();
+}
+
 Status Archivist::Impl::flush_history() {
   if (!history_dirty) return Status();
   if (Status flushed = context.history->flush(); !flushed.ok()) {
@@ -313,8 +337,9 @@ Status Archivist::Impl::run() {
     const bool time_due = options.snapshot_every_seconds > 0 && events_since_snapshot > 0 &&
                           now - last_snapshot >= std::chrono::seconds(options.snapshot_every_seconds);
     if (count_due || time_due || (requested && caught_up)) {
-      TALLY_TRY(write_snapshot());
-      if (requested && caught_up) finish_snapshot_request(read_seq, Status());
+      Status written = write_snapshot();
+      if (requested && caught_up) finish_snapshot_request(read_seq, written);
+      TALLY_TRY(stop_snapshots(std::move(written)));
     }
   }
   // Catch the history up with what the ledger committed, until stop() gives

@@ -77,6 +77,9 @@ struct ArchivistStats {
   // Why the history stopped while snapshots go on: its index was found
   // damaged (corrupt), and set aside for the next open to rebuild.
   Status history_failure;
+  // Why the snapshots stopped while the history goes on: their store was
+  // found damaged (corrupt) as one was written, and set aside.
+  Status snapshot_failure;
 };
 
 class Archivist {

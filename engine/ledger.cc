@@ -319,9 +319,13 @@ Status Ledger::Impl::check_lost_events(const log::LogEnd& end) {
   if (snapshots.store != nullptr) {
     auto infos = snapshots.store->list();
     if (!infos) return infos.status();
-    if (!infos->empty()) {
-      known_seq = infos->back().seq;
-      where = snapshot_dir(options.data_dir);
+    // A record that does not verify says nothing of the log (its seq may
+    // be anything); recovery skipped it, and pruning deletes it.
+    for (const snap::SnapshotInfo& info : *infos) {
+      if (info.metadata_ok && info.seq > known_seq) {
+        known_seq = info.seq;
+        where = snapshot_dir(options.data_dir);
+      }
     }
   }
   const std::string history_path = history_dir(options.data_dir);
@@ -803,6 +807,7 @@ LedgerStats Ledger::stats() {
     stats.last_snapshot_seconds = archive.last_snapshot_seconds;
     stats.archivist_failed = !archive.failure.ok();
     stats.history_failed = !archive.history_failure.ok();
+    stats.snapshots_failed = !archive.snapshot_failure.ok();
   }
   stats.read_only = read_only();
   std::lock_guard<std::mutex> guard(impl_->mu);

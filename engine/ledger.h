@@ -93,6 +93,10 @@ struct LedgerStats {
   // the next open to rebuild) while snapshots go on; point-in-time reads
   // replay from the nearest snapshot.
   bool history_failed = false;
+  // The snapshot store was found damaged as a snapshot was written: the
+  // snapshots stopped (the store set aside; the next open begins a new one
+  // and replays the log) while the history goes on.
+  bool snapshots_failed = false;
 };
 
 class Ledger final : public LedgerApi {

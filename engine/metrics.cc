@@ -168,6 +168,10 @@ std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed) con
                 "1 once the history index was found damaged (logged): it stopped, and the next "
                 "open rebuilds it; snapshots go on.",
                 stats.history_failed ? 1 : 0);
+  append_single(&out, "tally_snapshots_failed", "gauge",
+                "1 once the snapshot store was found damaged (logged): snapshots stopped, and the "
+                "next open begins a new store; the history goes on.",
+                stats.snapshots_failed ? 1 : 0);
   append_single(&out, "tally_read_only", "gauge",
                 "1 once a write failed: every request is refused until the server restarts.",
                 stats.read_only ? 1 : 0);

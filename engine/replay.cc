@@ -60,6 +60,7 @@ Result<std::uint64_t> snapshot_seq_max(const snap::SnapshotStore& store, const R
 Result<Start> start_from_snapshot(const ReplayOptions& options, log::FileSystem& fs,
                                   SharedSnapshots& shared, ReplayReport* report) {
   std::lock_guard<std::mutex> guard(shared.mu);
+  if (shared.failed) return Start{};
   snap::SnapshotStore& store = *shared.store;
   auto seq_max = snapshot_seq_max(store, options);
   if (!seq_max) {

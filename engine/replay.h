@@ -32,6 +32,9 @@ namespace tally {
 struct SharedSnapshots {
   std::mutex mu;
   std::unique_ptr<snap::SnapshotStore> store;  // guarded by mu
+  // Guarded by mu: the store was found damaged and set aside (the
+  // archivist's stop_snapshots); nothing reads it again.
+  bool failed = false;
 };
 
 struct ReplayOptions {

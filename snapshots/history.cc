@@ -379,12 +379,14 @@ Status carry_broken(std::uint64_t pair_id, std::uint64_t epoch) {
 
 // Decodes into *out the entry a cursor is on when it is the target's pair's
 // in the target's epoch (the key up to its seq); leaves *out empty if not.
+// Another pair's entry is checked too: where a read stops is as much its
+// answer as what it took, and a key damaged into another pair or epoch
+// (its check covers the key) would otherwise end the pair's entries early.
 Status take_if_pair(const MDB_val& key, const MDB_val& value, const EntryKey& target,
                     std::optional<EntryRecord>* out) {
-  if (key.mv_size != kEntryKeyBytes) return corrupt("entry key of the wrong size");
-  if (std::memcmp(key.mv_data, target.data(), kEntryKeyBytes - kSeqBytes) != 0) return Status();
   EntryRecord record;
   TALLY_TRY(decode_entry(key, value, &record));
+  if (std::memcmp(key.mv_data, target.data(), kEntryKeyBytes - kSeqBytes) != 0) return Status();
   *out = record;
   return Status();
 }
@@ -1398,10 +1400,10 @@ Status visit_epoch_entries(MDB_cursor* cursor, std::uint64_t epoch, std::uint64_
   int rc = mdb_cursor_get(cursor, &key, &value, MDB_SET_RANGE);
   // Each pass visits one entry; the pair's entries in the epoch bound it.
   for (; rc == 0; rc = mdb_cursor_get(cursor, &key, &value, MDB_NEXT)) {
-    if (key.mv_size != kEntryKeyBytes) return corrupt("entry key of the wrong size");
-    if (std::memcmp(key.mv_data, first.data(), kEntryKeyBytes - kSeqBytes) != 0) break;
     EntryRecord record;
+    // The entry that ends the pair's is checked too (take_if_pair).
     TALLY_TRY(decode_entry(key, value, &record));
+    if (std::memcmp(key.mv_data, first.data(), kEntryKeyBytes - kSeqBytes) != 0) break;
     if (!continues(record, *before)) return chain_broken(pair_id, record.seq);
     *before = record.after;
     *done = record.seq > to_seq;

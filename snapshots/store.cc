@@ -493,6 +493,10 @@ Result<LoadedSnapshot> SnapshotStore::load_newest_valid(
       // An LMDB failure is not a property of this snapshot: stop.
       if (state.code() == ErrorCode::io_error) return state.status();
       skip(meta.info.seq, state.status());
+      // A damaged page fails the transaction too (MDB_CORRUPTED leaves it
+      // unusable): the next snapshot is read in a new one.
+      txn.abort();
+      TALLY_TRY(txn.begin(*env_->env, MDB_RDONLY));
       continue;
     }
     return LoadedSnapshot{std::move(state).value(), meta.info};

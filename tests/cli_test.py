@@ -22,6 +22,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 import urllib.request
 
@@ -668,11 +669,11 @@ def test_a_second_writer_is_refused():
 class Server:
     """`tally serve` on ephemeral loopback ports, stopped with SIGTERM."""
 
-    def __init__(self, data):
+    def __init__(self, data, *flags):
         # Two I/O threads whatever the machine: connections served
         # concurrently are part of what the tests cover.
         self.proc = subprocess.Popen([TALLY, "serve", "--data", data, "--listen", "127.0.0.1:0",
-                                      "--http", "127.0.0.1:0", "--io-threads", "2"],
+                                      "--http", "127.0.0.1:0", "--io-threads", "2", *flags],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         line = text(self.proc.stdout.readline())
         match = re.match(r"serving binary=(\S+) http=(\S+)", line)
@@ -689,6 +690,13 @@ class Server:
                                          headers={"Idempotency-Key": key})
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
+
+    def metric(self, name):
+        with urllib.request.urlopen("http://%s/metrics" % self.http, timeout=30) as response:
+            for line in text(response.read()).splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split(" ")[1])
+        raise AssertionError("no metric " + name)
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -1359,6 +1367,59 @@ def test_a_history_index_found_damaged_stops_alone():
         _, expected, _ = tally("export", "--data", clean, *at, expect_exit=0)
         assert out == expected, at
     tally("verify", "--data", data, expect_exit=0)
+
+
+def test_a_snapshot_store_found_damaged_stops_alone():
+    # Zero one page of the store after another until the server, writing a
+    # snapshot, finds it corrupt: the snapshots stop and move aside, the
+    # history goes on, and the server serves on.
+    f = fixture()
+    base = f.copy_data("damaged-snapshots-base")
+    tally("snapshot", "--data", base, expect_exit=0)
+    csv = write(os.path.join(SCRATCH, "later.csv"), HEADER + "".join(
+        "acquire,later-%d,s%d,i1,5,,,\n" % (n, n % 13) for n in range(300)))
+    # 300 events past the newest snapshot: one is due as soon as a server opens.
+    tally("apply", "--data", base, "--workload", csv, "--snapshot-every", "0",
+          "--snapshot-seconds", "0", expect_exit=0)
+    with open(os.path.join(base, "snapshots", "data.mdb"), "rb") as file:
+        pages = len(file.read()) // 4096
+    found = None
+    for page in range(2, pages):
+        data = os.path.join(SCRATCH, "damaged-snapshots-%d" % page)
+        shutil.copytree(base, data)
+        with open(os.path.join(data, "snapshots", "data.mdb"), "r+b") as file:
+            file.seek(page * 4096)
+            file.write(bytes(4096))
+        try:
+            server = Server(data, "--snapshot-every", "100")
+        except AssertionError:  # LMDB died on the damage at the open
+            shutil.rmtree(data)
+            continue
+        try:
+            for _ in range(1000):
+                if server.metric("tally_snapshots_failed") or server.metric("tally_last_snapshot_seq"):
+                    break
+                time.sleep(0.01)
+            if server.metric("tally_snapshots_failed") == 1:
+                found = server
+                assert server.metric("tally_archivist_failed") == 0
+                assert server.get("/v1/balances/s1/i1?at_seq=%d" % len(f.events)) is not None
+                server.post("/v1/acquire", {"subject": "s1", "item": "i1", "qty": 1}, "after-damage")
+                break
+        finally:
+            if found is None:
+                server.proc.kill()
+                server.proc.wait()
+        shutil.rmtree(data)
+    assert found is not None
+    found.stop()
+    assert "tally: snapshots stopped: corrupt: " in text(found.proc.stderr.read())
+    assert os.path.isdir(os.path.join(data, "snapshots.damaged")), os.listdir(data)
+    tally("verify", "--data", data, expect_exit=0)
+    _, out, _ = tally("balance", "--data", data, "s1", "i1", expect_exit=0)
+    _, before, _ = tally("balance", "--data", base, "s1", "i1", expect_exit=0)
+    available = lambda line: int(text(line).split()[0].split("=")[1])
+    assert available(out) == available(before) + 1
 
 
 def test_a_stale_history_index_is_not_used():

@@ -59,8 +59,21 @@ Result<Taken> take_snapshot(const std::string& data_dir, std::size_t retain) {
   }
   Taken taken;
   taken.replayed = replayed->report.events;
-  auto written = shared.store->write(state, snap::LogPosition{state.last_seq(), chain,
-                                                              state.last_timestamp_ns()});
+  const snap::LogPosition position{state.last_seq(), chain, state.last_timestamp_ns()};
+  auto written = shared.store->write(state, position);
+  if (!written && written.code() == ErrorCode::corrupt) {
+    // Damage the open's first read did not meet: set the store aside, as
+    // the open would have, and write into a new one.
+    shared.store.reset();
+    TALLY_TRY(snap::set_aside(snapshot_dir(data_dir)));
+    std::fprintf(stderr, "tally: %s; moved %s to %s.damaged and began a new one\n",
+                 written.status().to_string().c_str(), snapshot_dir(data_dir).c_str(),
+                 snapshot_dir(data_dir).c_str());
+    auto renewed = snap::SnapshotStore::open(snapshot_dir(data_dir), snap::SnapshotStoreOptions{});
+    if (!renewed) return renewed.status();
+    shared.store = std::move(*renewed);
+    written = shared.store->write(state, position);
+  }
   if (!written) return written.status();
   taken.info = *written;
   auto pruned = shared.store->prune(retain, taken.info.seq);
