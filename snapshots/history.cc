@@ -1247,6 +1247,8 @@ Result<std::uint64_t> HistoryStore::Impl::find_pair(const Txn& txn, std::string_
   return pair_id_of(key_val, value, pair_count);
 }
 
+Status HistoryStore::probe() const { return position().status(); }
+
 Result<HistoryPosition> HistoryStore::position() const {
   ReadTxn txn;
   Position position;

@@ -164,7 +164,7 @@ class HistoryStore {
   // {0, 0, 0} when empty.
   Result<HistoryPosition> position() const;
   // position()'s status: whether the index's metadata reads (open_renewing).
-  Status probe() const { return position().status(); }
+  Status probe() const;
 
   // The last indexed seq stamped at or before time_ns (events stamped
   // exactly time_ns included), 0 if none: "as of time T" is "after that

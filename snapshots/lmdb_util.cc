@@ -117,11 +117,51 @@ Result<std::unique_ptr<Environment>> Environment::open(const std::string& dir,
   rc = mdb_env_open(env->env_, dir.c_str(), options.flags, 0644);
   if (rc != 0) return env->error("mdb_env_open " + dir, rc);
   TALLY_TRY(check_file_size(*env, dir));
+  TALLY_TRY(env->check_free_list());
   MDB_envinfo info{};
   rc = mdb_env_info(env->env_, &info);
   if (rc != 0) return env->error("mdb_env_info", rc);
   env->map_size_bytes_ = info.me_mapsize;  // an existing larger file keeps its size
   return env;
+}
+
+Status Environment::check_free_list() const {
+  MDB_envinfo info{};
+  int rc = mdb_env_info(env_, &info);
+  if (rc != 0) return error("mdb_env_info", rc);
+  const std::shared_lock<std::shared_mutex> shared = share_map();
+  Txn txn;
+  TALLY_TRY(txn.begin(*this, MDB_RDONLY));
+  Cursor cursor;
+  TALLY_TRY(cursor.open(txn, 0));  // dbi 0: LMDB's free list, as mdb_stat -f reads it
+  MDB_val key{};
+  MDB_val value{};
+  // Each pass reads one record; the list's records bound it.
+  for (rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_FIRST); rc == 0;
+       rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_NEXT)) {
+    // A record: a count, then that many page numbers, each a size_t.
+    const auto damaged = [&](const char* what) {
+      return Status(ErrorCode::corrupt, std::string(component_) + ": free list: " + what);
+    };
+    if (value.mv_size < sizeof(std::size_t) || value.mv_size % sizeof(std::size_t) != 0) {
+      return damaged("a record of the wrong size");
+    }
+    // Words at any even address in the page: copied out, not cast.
+    const auto word = [&](std::size_t index) {
+      std::size_t out = 0;
+      std::memcpy(&out, static_cast<const std::byte*>(value.mv_data) + index * sizeof out,
+                  sizeof out);
+      return out;
+    };
+    const std::size_t count = word(0);
+    if (count != value.mv_size / sizeof(std::size_t) - 1) return damaged("a count that does not fit");
+    for (std::size_t index = 1; index <= count; index++) {
+      const std::size_t page = word(index);
+      if (page < 2 || page > info.me_last_pgno) return damaged("a page past the pages in use");
+    }
+  }
+  if (rc != MDB_NOTFOUND) return error("mdb_cursor_get (free list)", rc);
+  return Status();
 }
 
 Environment::~Environment() {

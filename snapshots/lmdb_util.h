@@ -125,6 +125,13 @@ class Environment {
   // io_error naming this environment's component.
   Status error(std::string_view what, int rc) const { return lmdb::error(component(), what, rc); }
 
+  // corrupt when a record of LMDB's free list does not hold together: a
+  // count that does not match its size, or a page number outside the pages
+  // in use. LMDB reads the list only in write transactions and trusts it,
+  // so a damaged one ends the first writer (SIGBUS, SIGSEGV, a double free)
+  // instead of failing it. open() runs it before anything is written.
+  Status check_free_list() const;
+
   // Runs `attempt`, one write transaction that stores in *rc the LMDB code
   // it failed with (0 otherwise). While that is MDB_MAP_FULL — LMDB has
   // aborted the transaction, so nothing of it is written — doubles the map

@@ -358,6 +358,8 @@ Status read_all_meta(const Txn& txn, MDB_dbi dbi, std::vector<Result<Meta>>* out
 
 }  // namespace
 
+Status SnapshotStore::probe() const { return list().status(); }
+
 Result<std::vector<SnapshotInfo>> SnapshotStore::list() const {
   Txn txn;
   TALLY_TRY(txn.begin(*env_->env, MDB_RDONLY));

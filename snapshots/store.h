@@ -92,7 +92,7 @@ class SnapshotStore {
   // Every snapshot, oldest first. Reads metadata only.
   Result<std::vector<SnapshotInfo>> list() const;
   // list()'s status: whether the metadata reads (open_renewing).
-  Status probe() const { return list().status(); }
+  Status probe() const;
 
   // Deletes every snapshot past newest_seq, then all but the newest
   // retain_count of the rest, in one transaction; returns how many it
