@@ -485,6 +485,16 @@ TEST_CASE("a ledger sets damaged snapshot and history files aside and rebuilds f
   CHECK(indexed_seq(f.options.data_dir) == last);
 }
 
+// The seq of the first snapshot the open ledger writes, waiting up to a minute.
+std::uint64_t first_snapshot_seq(Fixture& f) {
+  std::uint64_t snapshot_seq = 0;
+  for (int wait = 0; wait < 6000 && snapshot_seq == 0; wait++) {
+    snapshot_seq = f.ledger->stats().last_snapshot_seq;
+    if (snapshot_seq == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return snapshot_seq;
+}
+
 TEST_CASE("events logged before the open count towards the next snapshot, with no write after") {
   Fixture f;
   f.options.snapshot_every_events = 0;
@@ -495,12 +505,7 @@ TEST_CASE("events logged before the open count towards the next snapshot, with n
   SUBCASE("by count") { f.options.snapshot_every_events = 40; }
   SUBCASE("by time") { f.options.snapshot_every_seconds = 1; }
   f.open();
-  std::uint64_t snapshot_seq = 0;
-  for (int wait = 0; wait < 6000 && snapshot_seq == 0; wait++) {
-    snapshot_seq = f.ledger->stats().last_snapshot_seq;
-    if (snapshot_seq == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  CHECK(snapshot_seq == last);
+  CHECK(first_snapshot_seq(f) == last);
 }
 
 TEST_CASE("a due snapshot waits while the history catches up from far behind the state") {
@@ -518,12 +523,7 @@ TEST_CASE("a due snapshot waits while the history catches up from far behind the
   f.options.history = true;
   f.options.snapshot_every_events = 1000;
   f.open();
-  std::uint64_t snapshot_seq = 0;
-  for (int wait = 0; wait < 6000 && snapshot_seq == 0; wait++) {
-    snapshot_seq = f.ledger->stats().last_snapshot_seq;
-    if (snapshot_seq == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  CHECK(snapshot_seq == last);
+  CHECK(first_snapshot_seq(f) == last);
   f.close();
   CHECK(indexed_seq(f.options.data_dir) == last);
 }

@@ -308,9 +308,11 @@ Status percent_decode(std::string_view text, std::string* out) {
 // any other target as it is.
 std::string_view origin_form(std::string_view target, std::string* storage) {
   for (const std::string_view scheme : {"http://", "https://"}) {
+    const auto same = [](char lower, char any) {
+      return lower == std::tolower(static_cast<unsigned char>(any));
+    };
     if (target.size() < scheme.size() ||
-        !std::equal(scheme.begin(), scheme.end(), target.begin(),
-                    [](char a, char b) { return a == std::tolower(static_cast<unsigned char>(b)); })) {
+        !std::equal(scheme.begin(), scheme.end(), target.begin(), same)) {
       continue;
     }
     const std::string_view rest = target.substr(scheme.size());

@@ -92,6 +92,20 @@ wire::Response read_response(tcp::socket& socket) {
   return std::move(*response);
 }
 
+// A raw connection to the binary port.
+void connect_binary(tcp::socket& socket, std::uint16_t port) {
+  socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+}
+
+// A follow request, framed.
+std::string follow_frame(std::uint64_t id, std::uint64_t from_seq) {
+  wire::Request follow;
+  follow.id = id;
+  follow.kind = wire::Request::Kind::follow;
+  follow.from_seq = from_seq;
+  return wire::encode_request(follow);
+}
+
 // What a follow delivered, for a test thread to wait on.
 struct FollowSink {
   std::mutex mu;
@@ -813,14 +827,8 @@ TEST_CASE("binary: a follow ends cleanly when its connection closes; too many fo
   {
     asio::io_context io;
     tcp::socket socket(io);
-    socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), fx.server->binary_port()));
-    wire::Request follow;
-    follow.id = 7;
-    follow.kind = wire::Request::Kind::follow;
-    follow.from_seq = 1;
-    wire::Request second = follow;
-    second.id = 8;
-    asio::write(socket, asio::buffer(wire::encode_request(follow) + wire::encode_request(second)));
+    connect_binary(socket, fx.server->binary_port());
+    asio::write(socket, asio::buffer(follow_frame(7, 1) + follow_frame(8, 1)));
     std::map<std::uint64_t, wire::Response> answers;
     while (answers.size() < 2) {
       wire::Response response = read_response(socket);
@@ -841,12 +849,9 @@ TEST_CASE("binary: a follow ends cleanly when its connection closes; too many fo
   // follow ends and the connection closes (it stayed open for good).
   asio::io_context io;
   tcp::socket socket(io);
-  socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), fx.server->binary_port()));
-  wire::Request follow;
-  follow.id = 7;
-  follow.kind = wire::Request::Kind::follow;
-  follow.from_seq = 2;  // "after": one event, then a wait for seq 3
-  asio::write(socket, asio::buffer(wire::encode_request(follow)));
+  connect_binary(socket, fx.server->binary_port());
+  // From "after": one event, then a wait for seq 3.
+  asio::write(socket, asio::buffer(follow_frame(7, 2)));
   CHECK(read_response(socket).events.size() == 1);
   await_event_waits(port, 1);
   wire::Request hello;
@@ -876,11 +881,7 @@ TEST_CASE("binary: responses complete out of order: an open follow is overtaken 
   // Sent in one burst: a follow of seq 2 (not committed yet), then reads.
   std::vector<std::uint64_t> sent;
   std::string burst;
-  wire::Request follow;
-  follow.id = 1;
-  follow.kind = wire::Request::Kind::follow;
-  follow.from_seq = 2;
-  burst += wire::encode_request(follow);
+  burst += follow_frame(1, 2);
   sent.push_back(1);
   for (std::uint64_t id = 2; id <= 6; id++) {
     wire::Request read;

@@ -146,7 +146,9 @@ Status State::Impl::check_holds() const {
   if (pairs_held != pairs_with_holds) return invariant_broken("held without open holds");
   for (const auto& [id, key] : long_hold_keys.entries()) {
     const std::string hold = "hold " + std::to_string(id);
-    if (options.idempotency_window_ns == 0) return invariant_broken(hold + " keeps a key, with no window");
+    if (options.idempotency_window_ns == 0) {
+      return invariant_broken(hold + " keeps a key, with no window");
+    }
     if (log::hold_id_seq(id) != id) return invariant_broken(hold + ", of a batch, keeps a key");
     if (holds.find(id) == nullptr) return invariant_broken("the key of " + hold + " outlives it");
     // While the key index has the key, it names the same hold.

@@ -154,7 +154,9 @@ Status Environment::check_free_list() const {
       return out;
     };
     const std::size_t count = word(0);
-    if (count != value.mv_size / sizeof(std::size_t) - 1) return damaged("a count that does not fit");
+    if (count != value.mv_size / sizeof(std::size_t) - 1) {
+      return damaged("a count that does not fit");
+    }
     for (std::size_t index = 1; index <= count; index++) {
       const std::size_t page = word(index);
       if (page < 2 || page > info.me_last_pgno) return damaged("a page past the pages in use");

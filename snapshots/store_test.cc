@@ -239,6 +239,16 @@ TEST_CASE("a byte flipped in the data file is caught and skipped") {
   CHECK(skipped[0].seq == 2);
 }
 
+// open_renewing on a damaged store: a new, empty one, the old set aside.
+void check_renewed(const std::string& snapshots) {
+  auto renewed = open_renewing<SnapshotStore>(snapshots, small_options());
+  REQUIRE_MESSAGE(renewed.ok(), renewed.status().to_string());
+  auto infos = (*renewed)->list();
+  REQUIRE(infos.ok());
+  CHECK(infos->empty());
+  CHECK(std::filesystem::exists(snapshots + ".damaged/data.mdb"));
+}
+
 TEST_CASE("a truncated or foreign data file is corrupt, never a crash, and is set aside for a new one") {
   for (const bool truncated : {true, false}) {
     CAPTURE(truncated);
@@ -269,23 +279,22 @@ TEST_CASE("a truncated or foreign data file is corrupt, never a crash, and is se
     CHECK(reopened.status().message().find(truncated ? "truncated" : "MDB_INVALID") !=
           std::string::npos);
 
-    auto renewed = open_renewing<SnapshotStore>(snapshots, small_options());
-    REQUIRE_MESSAGE(renewed.ok(), renewed.status().to_string());
-    auto infos = (*renewed)->list();
-    REQUIRE(infos.ok());
-    CHECK(infos->empty());
-    CHECK(std::filesystem::exists(snapshots + ".damaged/data.mdb"));
+    check_renewed(snapshots);
   }
+}
+
+// A closed store in dir/snapshots holding a snapshot of every step of the
+// script (LMDB's copy-on-write has freed pages too); its path.
+std::string script_store(const TempDir& dir) {
+  ScriptRun run;
+  std::unique_ptr<SnapshotStore> store = open_store(dir);
+  run_script(store.get(), &run);
+  return dir.sub("snapshots");
 }
 
 TEST_CASE("a store that opens but whose metadata does not read is set aside for a new one") {
   TempDir dir;
-  ScriptRun run;
-  {
-    std::unique_ptr<SnapshotStore> store = open_store(dir);
-    run_script(store.get(), &run);
-  }
-  const std::string snapshots = dir.sub("snapshots");
+  const std::string snapshots = script_store(dir);
   const std::string data_path = snapshots + "/data.mdb";
   std::string bytes;
   {
@@ -310,23 +319,12 @@ TEST_CASE("a store that opens but whose metadata does not read is set aside for 
     listed_corrupt = (*damaged)->list().code() == ErrorCode::corrupt;
   }
   REQUIRE(listed_corrupt);
-
-  auto renewed = open_renewing<SnapshotStore>(snapshots, small_options());
-  REQUIRE_MESSAGE(renewed.ok(), renewed.status().to_string());
-  auto infos = (*renewed)->list();
-  REQUIRE(infos.ok());
-  CHECK(infos->empty());
-  CHECK(std::filesystem::exists(snapshots + ".damaged/data.mdb"));
+  check_renewed(snapshots);
 }
 
 TEST_CASE("a store whose free list does not hold together is set aside for a new one") {
   TempDir dir;
-  ScriptRun run;
-  {
-    std::unique_ptr<SnapshotStore> store = open_store(dir);
-    run_script(store.get(), &run);  // writes and prunes: pages go to the free list
-  }
-  const std::string snapshots = dir.sub("snapshots");
+  const std::string snapshots = script_store(dir);
   // The first free-list record's bytes, read as mdb_stat -f reads them.
   std::string record;
   {
@@ -367,10 +365,7 @@ TEST_CASE("a store whose free list does not hold together is set aside for a new
   auto damaged = SnapshotStore::open(snapshots, small_options());
   CHECK(damaged.code() == ErrorCode::corrupt);
   CHECK(damaged.status().message().find("free list") != std::string::npos);
-  auto renewed = open_renewing<SnapshotStore>(snapshots, small_options());
-  REQUIRE_MESSAGE(renewed.ok(), renewed.status().to_string());
-  CHECK((*renewed)->list()->empty());
-  CHECK(std::filesystem::exists(snapshots + ".damaged/data.mdb"));
+  check_renewed(snapshots);
 }
 
 TEST_CASE("a read-only store reads what a writer left and creates nothing") {

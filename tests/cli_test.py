@@ -1397,14 +1397,16 @@ def test_a_snapshot_store_found_damaged_stops_alone():
             continue
         try:
             for _ in range(1000):
-                if server.metric("tally_snapshots_failed") or server.metric("tally_last_snapshot_seq"):
+                if (server.metric("tally_snapshots_failed") or
+                        server.metric("tally_last_snapshot_seq")):
                     break
                 time.sleep(0.01)
             if server.metric("tally_snapshots_failed") == 1:
                 found = server
                 assert server.metric("tally_archivist_failed") == 0
                 assert server.get("/v1/balances/s1/i1?at_seq=%d" % len(f.events)) is not None
-                server.post("/v1/acquire", {"subject": "s1", "item": "i1", "qty": 1}, "after-damage")
+                server.post("/v1/acquire", {"subject": "s1", "item": "i1", "qty": 1},
+                            "after-damage")
                 break
         finally:
             if found is None:

@@ -107,15 +107,15 @@ Status print_from_index(const snap::HistoryStore& store, std::string_view subjec
   progress->next_seq = from_seq;
   for (;;) {
     bool stopped = false;
-    const Status read =
-        store.entries(subject, item, progress->next_seq, to_seq, [&](const snap::HistoryEntry& entry) {
-          printer->line(entry.seq, entry.time_ns, entry.key, entry.op, entry.delta_available,
-                        entry.delta_held, entry.after);
-          progress->next_seq = entry.seq + 1;
-          progress->after = entry.after;
-          stopped = printer->full();
-          return !stopped;
-        });
+    const auto print = [&](const snap::HistoryEntry& entry) {
+      printer->line(entry.seq, entry.time_ns, entry.key, entry.op, entry.delta_available,
+                    entry.delta_held, entry.after);
+      progress->next_seq = entry.seq + 1;
+      progress->after = entry.after;
+      stopped = printer->full();
+      return !stopped;
+    };
+    const Status read = store.entries(subject, item, progress->next_seq, to_seq, print);
     printer->flush();
     TALLY_TRY(read);
     if (!stopped || progress->next_seq > to_seq) return Status();
