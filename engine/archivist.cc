@@ -82,6 +82,7 @@ struct Archivist::Impl {
   // and the drain give up. Read without the lock.
   std::atomic<bool> abandon{false};
   bool stopped = false;
+  std::atomic<bool> history_stopped{false};  // set with stats.history_failure
   std::uint64_t snapshot_requests = 0;   // tickets handed out
   std::uint64_t snapshot_answered = 0;   // tickets answered
   std::uint64_t history_wanted = 0;      // the highest seq a wait_history() waits for
@@ -196,6 +197,7 @@ Status Archivist::Impl::stop_history(Status status) {
                status.to_string().c_str(),
                aside.ok() ? "the next open rebuilds it (the damaged one is in history.damaged)"
                           : ("setting it aside failed: " + aside.to_string()).c_str());
+  history_stopped.store(true, std::memory_order_release);
   std::lock_guard<std::mutex> guard(mu);
   stats.history_failure = std::move(status);
   cv.notify_all();  // a wait_history() waits no more
@@ -417,6 +419,10 @@ bool Archivist::wait_history(std::uint64_t seq, std::chrono::milliseconds timeou
                                    !impl.stats.history_failure.ok();
                           }) &&
          impl.stats.history_seq >= seq;
+}
+
+bool Archivist::history_stopped() const {
+  return impl_->history_stopped.load(std::memory_order_acquire);
 }
 
 ArchivistStats Archivist::stats() {

@@ -100,6 +100,9 @@ class Archivist {
   // Waits until the history projection reaches `seq` or the timeout
   // passes; true when it did.
   bool wait_history(std::uint64_t seq, std::chrono::milliseconds timeout);
+  // Whether the history stopped on a damaged index (stats().history_failure
+  // is set): a read's check, without the lock and the copy of stats().
+  bool history_stopped() const;
   ArchivistStats stats();
   // Lets the thread finish loading its copy of the state and catch the
   // history up with the committed log, for up to a second in all; flushes

@@ -879,7 +879,7 @@ PointInTimeSource Ledger::Impl::point_in_time_source(AsOf at) {
   source.state_options = state_options;
   source.snapshots = &snapshots;
   // A history index the archivist found damaged is not read again.
-  const bool history_failed = archivist != nullptr && !archivist->stats().history_failure.ok();
+  const bool history_failed = archivist != nullptr && archivist->history_stopped();
   source.history = history_failed ? nullptr : history.get();
   source.last_seq = wait_committed(UINT64_MAX, std::chrono::milliseconds(0));
   // The archivist follows the committed log closely; wait for it rather
