@@ -731,6 +731,12 @@ void HttpSession::handle(HttpRequest request) {
   // Every answer has a body, and the answer to a HEAD must not send it: the
   // client would read it as the next response. Closing after ends the body.
   keep_alive_ = request.keep_alive() && request.method() != http::verb::head;
+  // RFC 9112 3.2: an HTTP/1.1 request names exactly one Host, and no
+  // request names two (a proxy and the server could read different ones).
+  const std::size_t hosts = request.count(http::field::host);
+  if (hosts > 1 || (hosts == 0 && request.version() >= 11)) {
+    return send(error_response(bad("exactly one Host header is required")), false);
+  }
   auto target = parse_target(view(request.target()));
   if (!target) return send(error_response(target.status()), false);
   const Route route = target->too_long ? Route{} : match_route(target->segments);

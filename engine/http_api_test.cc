@@ -218,6 +218,23 @@ TEST_CASE("http api: a request with two Idempotency-Key headers is 400 and write
   CHECK(next_seq(port) == before);
 }
 
+TEST_CASE("http api: an HTTP/1.1 request names exactly one Host; HTTP/1.0 may name none") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  const std::uint64_t before = next_seq(port);
+  const std::string body(kAcquire);
+  const std::string mutation = "POST /v1/acquire HTTP/1.1\r\nIdempotency-Key: h1\r\n"
+                               "Content-Length: " + std::to_string(body.size()) + "\r\n";
+  for (const std::string& hosts : {std::string(), std::string("Host: a\r\nHost: b\r\n")}) {
+    const std::string answer = send_raw_until_closed(port, mutation + hosts + "\r\n" + body);
+    CHECK(answer.starts_with("HTTP/1.1 400 "));
+    CHECK(answer.find("exactly one Host header") != std::string::npos);
+  }
+  CHECK(next_seq(port) == before);
+  CHECK(send_raw_until_closed(port, "GET /health HTTP/1.0\r\n\r\n")
+            .starts_with("HTTP/1.0 200 OK\r\n"));
+}
+
 TEST_CASE("http api: HTTP/1.0 keep-alive is answered in 1.0 and kept; Expect: 100-continue") {
   Fixture fx;
   const std::uint16_t port = fx.server->http_port();
