@@ -19,6 +19,7 @@
 //   before it.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 
@@ -26,6 +27,7 @@ namespace tally::snap {
 
 inline constexpr const char* kMetaDbName = "meta";
 inline constexpr const char* kChunksDbName = "chunks";
+inline constexpr std::array<const char*, 2> kDbNames = {kMetaDbName, kChunksDbName};
 
 inline constexpr std::uint32_t kMetaMagic = 0x504e5354;  // "TSNP" read as LE bytes
 inline constexpr std::uint32_t kMetaFormatVersion = 1;

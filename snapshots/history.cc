@@ -752,7 +752,7 @@ Result<std::unique_ptr<HistoryStore>> HistoryStore::open(const std::string& dir,
   if (options.epoch_entries_min == 0) return invalid("epoch_entries_min must be at least 1");
   lmdb::EnvironmentOptions env_options;
   env_options.component = kComponent;
-  env_options.dbs_max = history::kDbCount;
+  env_options.db_names = history::kDbNames;
   env_options.flags = MDB_NOTLS | MDB_NOMETASYNC | (options.read_only ? MDB_RDONLY : 0);
   env_options.map_size_bytes = options.map_size_bytes;
   env_options.map_size_bytes_max = options.map_size_bytes_max;

@@ -90,6 +90,7 @@
 // format 2 had no check in a pair's record.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 
@@ -101,7 +102,8 @@ inline constexpr const char* kEntriesDbName = "entries";
 inline constexpr const char* kTimesDbName = "times";
 inline constexpr const char* kEpochsDbName = "epochs";
 inline constexpr const char* kOpeningsDbName = "openings";
-inline constexpr unsigned kDbCount = 6;
+inline constexpr std::array<const char*, 6> kDbNames = {
+    kMetaDbName, kPairsDbName, kEntriesDbName, kTimesDbName, kEpochsDbName, kOpeningsDbName};
 
 inline constexpr char kPositionKey[] = "position";
 inline constexpr std::size_t kPositionKeyBytes = sizeof(kPositionKey) - 1;

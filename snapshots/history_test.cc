@@ -619,7 +619,7 @@ void edit_db(const TempDir& dir, const char* db,
              const std::function<void(MDB_txn*, MDB_dbi)>& edit) {
   MDB_env* env = nullptr;
   REQUIRE(mdb_env_create(&env) == 0);
-  REQUIRE(mdb_env_set_maxdbs(env, history::kDbCount) == 0);
+  REQUIRE(mdb_env_set_maxdbs(env, history::kDbNames.size()) == 0);
   // Room for the edit: the store's small maps may be full.
   REQUIRE(mdb_env_set_mapsize(env, std::size_t{16} << 20) == 0);
   REQUIRE(mdb_env_open(env, dir.sub("history").c_str(), 0, 0644) == 0);

@@ -110,7 +110,7 @@ Result<std::unique_ptr<Environment>> Environment::open(const std::string& dir,
   mdb_env_set_userctx(env->env_, &env->dir_);
   // Fails only for a null env; a no-op where LMDB is built without asserts.
   (void)mdb_env_set_assert(env->env_, on_lmdb_assert);
-  rc = mdb_env_set_maxdbs(env->env_, options.dbs_max);
+  rc = mdb_env_set_maxdbs(env->env_, static_cast<MDB_dbi>(options.db_names.size()));
   if (rc != 0) return env->error("mdb_env_set_maxdbs", rc);
   rc = mdb_env_set_mapsize(env->env_, options.map_size_bytes);
   if (rc != 0) return env->error("mdb_env_set_mapsize", rc);
@@ -118,6 +118,7 @@ Result<std::unique_ptr<Environment>> Environment::open(const std::string& dir,
   if (rc != 0) return env->error("mdb_env_open " + dir, rc);
   TALLY_TRY(check_file_size(*env, dir));
   TALLY_TRY(env->check_free_list());
+  TALLY_TRY(env->check_db_names());
   MDB_envinfo info{};
   rc = mdb_env_info(env->env_, &info);
   if (rc != 0) return env->error("mdb_env_info", rc);
@@ -163,6 +164,35 @@ Status Environment::check_free_list() const {
     }
   }
   if (rc != MDB_NOTFOUND) return error("mdb_cursor_get (free list)", rc);
+  return Status();
+}
+
+Status Environment::check_db_names() const {
+  const std::shared_lock<std::shared_mutex> shared = share_map();
+  Txn txn;
+  TALLY_TRY(txn.begin(*this, MDB_RDONLY));
+  MDB_dbi main_db = 0;
+  int rc = mdb_dbi_open(txn.get(), nullptr, 0, &main_db);
+  if (rc != 0) return error("mdb_dbi_open (main)", rc);
+  Cursor cursor;
+  TALLY_TRY(cursor.open(txn, main_db));
+  MDB_val key{};
+  MDB_val value{};
+  for (rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_FIRST); rc == 0;
+       rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_NEXT)) {
+    const std::string_view name = view_of(key);
+    const bool known = std::any_of(options_.db_names.begin(), options_.db_names.end(),
+                                   [&](const char* ours) { return name == ours; });
+    if (known) continue;
+    const bool printable = name.size() <= 32 && std::all_of(name.begin(), name.end(), [](char c) {
+                             return c >= 0x20 && c < 0x7f;
+                           });
+    return Status(ErrorCode::corrupt,
+                  component_ + ": the file holds " +
+                      (printable ? "a database '" + std::string(name) + "'" : "a record") +
+                      ", which is not this store's");
+  }
+  if (rc != MDB_NOTFOUND) return error("mdb_cursor_get (main)", rc);
   return Status();
 }
 

@@ -19,6 +19,7 @@
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -85,7 +86,10 @@ Status error(std::string_view component, std::string_view what, int rc);
 
 struct EnvironmentOptions {
   std::string_view component;  // names the user in messages: "snapshots", "history"
-  unsigned dbs_max = 0;        // named databases
+  // The named databases the store keeps. A file that holds any other is
+  // another store's (a data.mdb copied into the wrong directory): open()
+  // says corrupt rather than take its records for this store's.
+  std::span<const char* const> db_names;
   unsigned flags = 0;          // MDB_* environment flags; MDB_RDONLY opens read-only
   // The map's initial size; write_growing() doubles it up to the maximum.
   // An existing larger file keeps its size.
@@ -131,6 +135,10 @@ class Environment {
   // so a damaged one ends the first writer (SIGBUS, SIGSEGV, a double free)
   // instead of failing it. open() runs it before anything is written.
   Status check_free_list() const;
+
+  // corrupt when the file holds a named database, or a record in LMDB's
+  // main database, that is not among options.db_names. open() runs it.
+  Status check_db_names() const;
 
   // Runs `attempt`, one write transaction that stores in *rc the LMDB code
   // it failed with (0 otherwise). While that is MDB_MAP_FULL — LMDB has

@@ -226,7 +226,7 @@ Result<std::unique_ptr<SnapshotStore>> SnapshotStore::open(const std::string& di
   }
   lmdb::EnvironmentOptions env_options;
   env_options.component = kComponent;
-  env_options.dbs_max = 2;
+  env_options.db_names = kDbNames;
   env_options.map_size_bytes = options.map_size_bytes;
   env_options.map_size_bytes_max = options.map_size_bytes_max;
   env_options.flags = options.read_only ? MDB_RDONLY : 0;

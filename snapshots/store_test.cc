@@ -11,6 +11,7 @@
 
 #include "projections/state_fixture.h"
 #include "snapshots/format.h"
+#include "snapshots/history.h"
 #include "snapshots/renew.h"
 #include "tests/testing.h"
 
@@ -281,6 +282,37 @@ TEST_CASE("a truncated or foreign data file is corrupt, never a crash, and is se
 
     check_renewed(snapshots);
   }
+}
+
+TEST_CASE("a data file of the other store is corrupt, read or written, and is set aside") {
+  TempDir dir;
+  State state(StateOptions{kWindowNs});
+  Feed feed({&state});
+  REQUIRE_OK(feed.one("k", proj::acquire_op("a", "gold", 5)));
+  write_ok(open_store(dir).get(), state);
+  REQUIRE(HistoryStore::open(dir.sub("history"), HistoryStoreOptions{}).ok());
+  // Each store's file copied where the other belongs (an operator's slip).
+  const auto swapped = [&](const std::string& from, const std::string& to) {
+    std::filesystem::create_directory(dir.sub(to));
+    std::filesystem::copy_file(dir.sub(from) + "/data.mdb", dir.sub(to) + "/data.mdb");
+    return dir.sub(to);
+  };
+  const std::string history_copy = swapped("snapshots", "history-copy");
+  const std::string snapshots_copy = swapped("history", "snapshots-copy");
+  for (const bool read_only : {true, false}) {
+    HistoryStoreOptions history_options;
+    history_options.read_only = read_only;
+    auto history = HistoryStore::open(history_copy, history_options);
+    REQUIRE(history.code() == ErrorCode::corrupt);
+    CHECK(history.status().message() ==
+          "history: the file holds a database 'chunks', which is not this store's");
+    SnapshotStoreOptions snapshot_options = small_options();
+    snapshot_options.read_only = read_only;
+    auto snapshots = SnapshotStore::open(snapshots_copy, snapshot_options);
+    REQUIRE(snapshots.code() == ErrorCode::corrupt);
+    CHECK(snapshots.status().message().find("a database 'entries'") != std::string::npos);
+  }
+  check_renewed(snapshots_copy);
 }
 
 // A closed store in dir/snapshots holding a snapshot of every step of the
