@@ -603,6 +603,7 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     parser_->header_limit(core_.options().http_header_bytes_max);
     stream_.expires_after(std::chrono::milliseconds(core_.options().idle_timeout_ms));
     reading_ = true;
+    head_ = false;
     http::async_read_header(stream_, buffer_, *parser_,
                             [self = shared_from_this()](beast::error_code ec, std::size_t) {
                               self->on_header(ec);
@@ -615,6 +616,7 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   void on_header(beast::error_code ec) {
     if (ec) return on_read(ec);
     version_ = parser_->get().version();
+    head_ = parser_->get().method() == http::verb::head;
     const auto read_body = [self = shared_from_this()] {
       http::async_read(self->stream_, self->buffer_, *self->parser_,
                        [self](beast::error_code read_ec, std::size_t) { self->on_read(read_ec); });
@@ -691,6 +693,9 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     response_.version(version_);
     response_.keep_alive(keep_alive_ && !close_after && !stopping_ && !core_.stopping());
     response_.prepare_payload();
+    // The answer to a HEAD has headers only (RFC 9110 9.3.2), its
+    // Content-Length still that of the body left out.
+    if (head_) response_.body().clear();
     stream_.expires_after(std::chrono::milliseconds(core_.options().idle_timeout_ms));
     http::async_write(stream_, response_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
       if (ec || !self->response_.keep_alive()) return self->close();
@@ -718,6 +723,7 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   unsigned version_ = 11;  // the request's HTTP version: 10 or 11
   std::uint64_t id_ = 0;
   bool keep_alive_ = true;
+  bool head_ = false;  // the request is a HEAD
   bool reading_ = false;
   bool stopping_ = false;
   bool closed_ = false;
@@ -728,8 +734,8 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
 
 void HttpSession::handle(HttpRequest request) {
   request_start_ns_ = steady_now_ns();
-  // Every answer has a body, and the answer to a HEAD must not send it: the
-  // client would read it as the next response. Closing after ends the body.
+  // A client may not know how a HEAD's answer ends (every one is a 405):
+  // closing after it leaves no doubt.
   keep_alive_ = request.keep_alive() && request.method() != http::verb::head;
   // RFC 9112 3.2: an HTTP/1.1 request names exactly one Host, and no
   // request names two (a proxy and the server could read different ones).

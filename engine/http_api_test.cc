@@ -147,12 +147,14 @@ TEST_CASE("http api: a method a route does not answer is 405 with Allow") {
       CHECK(answer.header("Allow").empty());
     }
   }
-  // An answer to HEAD would carry a body it must not send: the connection
-  // is closed after it, so that no client reads the body as an answer.
+  // An answer to HEAD is headers only, and its connection is closed after.
   const Reply head = http_call(port, http::verb::head, "/health");
   CHECK(head.status == 405);
   CHECK(head.header("Allow") == "GET");
   CHECK(head.header("Connection") == "close");
+  const std::string raw = send_raw_until_closed(port, "HEAD /health HTTP/1.1\r\nHost: h\r\n\r\n");
+  CHECK(raw.starts_with("HTTP/1.1 405 "));
+  CHECK(raw.find("\r\n\r\n") == raw.size() - 4);
 }
 
 TEST_CASE("http api: JSON with a repeated member, a leading zero or bytes not UTF-8 is malformed") {
