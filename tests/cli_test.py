@@ -500,6 +500,13 @@ def test_read_commands_need_an_existing_data_dir():
         assert code == 1 and err.startswith("tally: ") and missing in err, (args, code, err)
 
 
+def test_snapshot_of_an_empty_data_dir_fails_and_makes_nothing():
+    data = new_dir("empty")
+    code, out, err = tally("snapshot", "--data", data)
+    assert code == 1 and out == b"" and "nothing to snapshot" in err, (code, err)
+    assert os.listdir(data) == [], os.listdir(data)
+
+
 # ---- log -------------------------------------------------------------------------
 
 def test_log_json_lists_every_event():

@@ -9,6 +9,9 @@
 // which may include events the live writer has written and not yet synced;
 // if a crash then loses them, the snapshot's chain checksum no longer
 // matches the log and recovery skips it (engine/replay.h), never loads it.
+#include <filesystem>
+#include <system_error>
+
 #include "engine/ledger.h"
 #include "log/file.h"
 #include "snapshots/renew.h"
@@ -31,10 +34,18 @@ struct Taken {
 Result<Taken> take_snapshot(const std::string& data_dir, std::size_t retain) {
   TALLY_TRY(require_data_dir(data_dir));
   SharedSnapshots shared;
-  auto store = snap::open_renewing<snap::SnapshotStore>(snapshot_dir(data_dir),
-                                                         snap::SnapshotStoreOptions{});
-  if (!store) return store.status();
-  shared.store = std::move(*store);
+  const auto open_store = [&]() -> Status {
+    auto store = snap::open_renewing<snap::SnapshotStore>(snapshot_dir(data_dir),
+                                                           snap::SnapshotStoreOptions{});
+    if (!store) return store.status();
+    shared.store = std::move(*store);
+    return Status();
+  };
+  // The replay starts from the store's newest valid snapshot. Where there
+  // is no store, one is made only once there is a state to write: a
+  // command that fails leaves nothing behind.
+  std::error_code exists_error;
+  if (std::filesystem::exists(snapshot_dir(data_dir), exists_error)) TALLY_TRY(open_store());
   ReplayOptions options;
   options.snapshots = &shared;
   std::uint64_t chain = 0;  // the log's chain checksum after the last event applied
@@ -60,6 +71,7 @@ Result<Taken> take_snapshot(const std::string& data_dir, std::size_t retain) {
   Taken taken;
   taken.replayed = replayed->report.events;
   const snap::LogPosition position{state.last_seq(), chain, state.last_timestamp_ns()};
+  if (shared.store == nullptr) TALLY_TRY(open_store());
   auto written = shared.store->write(state, position);
   if (!written && written.code() == ErrorCode::corrupt) {
     // Damage the open's first read did not meet: set the store aside, as
