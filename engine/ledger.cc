@@ -351,13 +351,14 @@ Status Ledger::Impl::check_lost_events(const log::LogEnd& end) {
   }
   std::fprintf(stderr,
                "tally: warning: the log in %s ends at seq %llu, but %s holds events up to seq "
-               "%llu: the %llu events after seq %llu are lost (the log was cut short, or its "
+               "%llu: the %llu event%s after seq %llu %s lost (the log was cut short, or its "
                "last records damaged, after they were written). Going on from seq %llu; "
                "restore the log from a backup instead if you have one\n",
                log_dir(options.data_dir).c_str(), static_cast<unsigned long long>(last_seq),
                where.c_str(), static_cast<unsigned long long>(known_seq),
                static_cast<unsigned long long>(known_seq - last_seq),
-               static_cast<unsigned long long>(last_seq),
+               known_seq - last_seq == 1 ? "" : "s", static_cast<unsigned long long>(last_seq),
+               known_seq - last_seq == 1 ? "is" : "are",
                static_cast<unsigned long long>(last_seq + 1));
   if (snapshots.store != nullptr) {
     auto pruned = snapshots.store->prune(options.snapshot_retain, last_seq);

@@ -670,8 +670,8 @@ int check_expectation(const Result<std::string>& actual_csv, const std::string& 
   const std::vector<std::string> differences =
       compare_state(expected, *actual_csv, count_outcomes(results, workload));
   if (differences.empty()) return kExitOk;
-  std::fprintf(stderr, "tally: the result differs from %s (%zu differences):\n",
-               expect_path.c_str(), differences.size());
+  std::fprintf(stderr, "tally: the result differs from %s (%zu difference%s):\n",
+               expect_path.c_str(), differences.size(), differences.size() == 1 ? "" : "s");
   for (std::size_t index = 0; index < differences.size() && index < kDifferencesShownMax; index++) {
     std::fprintf(stderr, "tally:   %s\n", differences[index].c_str());
   }

@@ -36,7 +36,7 @@ std::int64_t wrapping_add(std::int64_t a, std::int64_t b) {
 }
 
 // One change per line:
-//   text: <seq> <time> <op> key=<key> delta_available=<+n> delta_held=<+n> available=<n> held=<n>
+//   text: <seq> <time> <op> key=<key> delta_available=<±n> delta_held=<±n> available=<n> held=<n>
 //   JSON: {"seq":..,"time":ns,"key":..,"op":..,"delta_available":..,"delta_held":..,
 //          "available":..,"held":..}
 class ChangePrinter {
@@ -357,7 +357,7 @@ constexpr CommandSpec kHistorySpec = {
     "tally history --data DIR [--from-seq N] [--to-seq N] [--json] SUBJECT ITEM\n"
     "       tally history --data DIR --rebuild [--json]",
     "One line per event that changed the pair, in seq order:\n"
-    "  <seq> <time> <op> key=<key> delta_available=<+n> delta_held=<+n> available=<n> held=<n>\n"
+    "  <seq> <time> <op> key=<key> delta_available=<±n> delta_held=<±n> available=<n> held=<n>\n"
     "op is acquire, consume, transfer, hold, commit, release, expire or batch; key is\n"
     "empty for expire. --json: {\"seq\":..,\"time\":ns,\"key\":..,\"op\":..,\n"
     "\"delta_available\":..,\"delta_held\":..,\"available\":..,\"held\":..} per line.\n"
