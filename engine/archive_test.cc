@@ -30,11 +30,7 @@ constexpr std::int64_t kSecond = 1'000'000'000;
 constexpr std::int64_t kStart = 1'700'000'000 * kSecond;
 constexpr std::int64_t kEventsOnly = INT64_MIN;
 
-std::string name(std::string_view prefix, long long n) {
-  std::string out(prefix);
-  out += std::to_string(n);
-  return out;
-}
+using testing::name;
 
 struct Fixture {
   testing::TempDir dir;

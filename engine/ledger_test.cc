@@ -16,12 +16,7 @@
 namespace tally {
 namespace {
 
-// "s" + std::to_string(n) trips GCC 12's false -Wrestrict (PR 105651).
-std::string name(std::string_view prefix, long long n) {
-  std::string out(prefix);
-  out += std::to_string(n);
-  return out;
-}
+using testing::name;
 
 constexpr std::int64_t kSecond = 1'000'000'000;
 constexpr std::int64_t kStart = 1'700'000'000 * kSecond;

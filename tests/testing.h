@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <string>
+#include <string_view>
 
 namespace tally::testing {
 
@@ -31,5 +32,13 @@ class TempDir {
  private:
   std::string path_;
 };
+
+// `prefix` followed by n in decimal ("k17"). Built by appending: "s" +
+// std::to_string(n) trips GCC 12's false -Wrestrict (PR 105651).
+inline std::string name(std::string_view prefix, long long n) {
+  std::string out(prefix);
+  out += std::to_string(n);
+  return out;
+}
 
 }  // namespace tally::testing
