@@ -277,6 +277,14 @@ std::string join_path(const std::string& dir, const std::string& name) {
   return dir + "/" + name;
 }
 
+std::string parent_dir(const std::string& path) {
+  std::size_t end = path.size();
+  while (end > 1 && path[end - 1] == '/') end--;
+  const std::size_t slash = path.rfind('/', end - 1);
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
 Result<std::vector<std::uint64_t>> read_whole_file(FileSystem& fs, const std::string& path,
                                                    std::uint64_t* size_bytes) {
   auto file = fs.open(path, FileSystem::Mode::read_only);

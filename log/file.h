@@ -76,6 +76,8 @@ FileSystem& posix_file_system();
 
 // Joins path components with '/'.
 std::string join_path(const std::string& dir, const std::string& name);
+// The directory holding `path`, or "." for a bare name.
+std::string parent_dir(const std::string& path);
 
 // Reads a whole file into memory (8-byte aligned storage).
 Result<std::vector<std::uint64_t>> read_whole_file(FileSystem& fs, const std::string& path,

@@ -16,15 +16,6 @@ std::int64_t system_now_ns() {
       .count();
 }
 
-// The directory holding `path`, or "." for a bare name.
-std::string parent_dir(const std::string& path) {
-  std::size_t end = path.size();
-  while (end > 1 && path[end - 1] == '/') end--;
-  const std::size_t slash = path.rfind('/', end - 1);
-  if (slash == std::string::npos) return ".";
-  return slash == 0 ? "/" : path.substr(0, slash);
-}
-
 }  // namespace
 
 // One batch buffer and the writes it turns into: one part per segment the
