@@ -1249,6 +1249,8 @@ Result<std::uint64_t> HistoryStore::Impl::find_pair(const Txn& txn, std::string_
 
 Status HistoryStore::probe() const { return position().status(); }
 
+Status HistoryStore::copy_to(const std::string& dir) const { return impl_->env->copy_to(dir); }
+
 Result<HistoryPosition> HistoryStore::position() const {
   ReadTxn txn;
   Position position;

@@ -165,6 +165,9 @@ class HistoryStore {
   Result<HistoryPosition> position() const;
   // position()'s status: whether the index's metadata reads (open_renewing).
   Status probe() const;
+  // A compacted copy of the index as of its last flush into `dir` (made by
+  // the caller, empty): lmdb::Environment::copy_to. A backup's.
+  Status copy_to(const std::string& dir) const;
 
   // The last indexed seq stamped at or before time_ns (events stamped
   // exactly time_ns included), 0 if none: "as of time T" is "after that

@@ -1,6 +1,8 @@
 #include "snapshots/lmdb_util.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -242,6 +244,35 @@ Status Environment::adopt_map_size() {
   if (rc != 0) return error("mdb_env_info", rc);
   map_size_bytes_ = info.me_mapsize;
   return Status();
+}
+
+Status Environment::copy_to(const std::string& dir) {
+  // The copy begins a read transaction of its own: as ReadTxn::begin, a
+  // map another process grew is adopted and the copy begun again.
+  for (int attempt = 0; attempt < kReadBeginAttemptsMax; attempt++) {
+    int rc = 0;
+    {
+      const std::shared_lock<std::shared_mutex> shared = share_map();
+      rc = mdb_env_copy2(env_, dir.c_str(), MDB_CP_COMPACT);
+    }
+    if (rc == MDB_MAP_RESIZED) {
+      TALLY_TRY(adopt_map_size());
+      continue;
+    }
+    if (rc != 0) return error("mdb_env_copy2 " + dir, rc);
+    // LMDB does not promise the copy is on disk when it returns.
+    const std::string path = dir + "/data.mdb";
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || ::fdatasync(fd) != 0) {
+      const int saved = errno;
+      if (fd >= 0) ::close(fd);
+      return Status(ErrorCode::io_error,
+                    component_ + ": sync " + path + ": " + std::strerror(saved));
+    }
+    ::close(fd);
+    return Status();
+  }
+  return error("mdb_env_copy2 " + dir, MDB_MAP_RESIZED);
 }
 
 int Txn::try_begin(const Environment& env, unsigned flags) {

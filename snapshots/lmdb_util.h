@@ -152,6 +152,12 @@ class Environment {
   // began with MDB_MAP_RESIZED). Takes the map lock exclusive.
   Status adopt_map_size();
 
+  // Writes a compacted copy of the environment as one read transaction
+  // sees it (mdb_env_copy2, MDB_CP_COMPACT) to `dir`/data.mdb, made here
+  // (`dir` must exist and hold no data.mdb), and syncs it. Safe while
+  // another process writes the environment.
+  Status copy_to(const std::string& dir);
+
  private:
   Environment() = default;
 

@@ -360,6 +360,8 @@ Status read_all_meta(const Txn& txn, MDB_dbi dbi, std::vector<Result<Meta>>* out
 
 Status SnapshotStore::probe() const { return list().status(); }
 
+Status SnapshotStore::copy_to(const std::string& dir) const { return env_->env->copy_to(dir); }
+
 Result<std::vector<SnapshotInfo>> SnapshotStore::list() const {
   Txn txn;
   TALLY_TRY(txn.begin(*env_->env, MDB_RDONLY));

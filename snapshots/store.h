@@ -93,6 +93,9 @@ class SnapshotStore {
   Result<std::vector<SnapshotInfo>> list() const;
   // list()'s status: whether the metadata reads (open_renewing).
   Status probe() const;
+  // A compacted copy of the store as of now into `dir` (made by the
+  // caller, empty): lmdb::Environment::copy_to. A backup's.
+  Status copy_to(const std::string& dir) const;
 
   // Deletes every snapshot past newest_seq, then all but the newest
   // retain_count of the rest, in one transaction; returns how many it

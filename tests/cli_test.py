@@ -507,6 +507,44 @@ def test_snapshot_of_an_empty_data_dir_fails_and_makes_nothing():
     assert os.listdir(data) == [], os.listdir(data)
 
 
+def test_backup_copies_a_data_dir_that_opens_and_verifies():
+    f = fixture()
+    data = f.copy_data("backup")
+    tally("snapshot", "--data", data, expect_exit=0)
+    out_dir = os.path.join(new_dir("backup-out"), "copy")
+    _, out, err = tally("backup", "--data", data, "--out", out_dir, "--json", expect_exit=0)
+    assert err == "", err
+    report = json.loads(text(out))
+    last = len(f.events)
+    assert report["last_seq"] == last and report["segments"] >= 1, report
+    assert report["snapshots"] == 1 and report["history_seq"] == last, report
+    assert report["log_bytes"] == sum(os.path.getsize(os.path.join(out_dir, "log", name))
+                                      for name in os.listdir(os.path.join(out_dir, "log")))
+    _, verified, _ = tally("verify", "--data", out_dir, "--json", expect_exit=0)
+    verified = json.loads(text(verified))
+    assert verified["ok"] and verified["torn_tail"] is None, verified
+    assert [s["status"] for s in verified["snapshots"]] == ["ok"], verified
+    assert verified["history"]["standing"] == "usable", verified
+    _, mine, _ = tally("export", "--data", data, expect_exit=0)
+    _, theirs, _ = tally("export", "--data", out_dir, expect_exit=0)
+    assert mine == theirs
+    # Text form; a destination that exists is refused.
+    code, out, err = tally("backup", "--data", data, "--out", out_dir)
+    assert code == 1 and out == b"" and "exists" in err, (code, err)
+    other = os.path.join(os.path.dirname(out_dir), "other")
+    _, out, _ = tally("backup", "--data", data, "--out", other, expect_exit=0)
+    assert re.fullmatch(r"last_seq=%d segments=\d+ log_bytes=\d+ snapshots=1 history_seq=%d\n"
+                        % (last, last), text(out)), text(out)
+    code, _, err = tally("backup", "--data", data)
+    assert code == 2 and "--out" in err, (code, err)
+    # No store at all: both are `none`.
+    bare = f.copy_data("backup-bare")
+    shutil.rmtree(os.path.join(bare, "snapshots"))
+    shutil.rmtree(os.path.join(bare, "history"))
+    _, out, _ = tally("backup", "--data", bare, "--out", bare + "-copy", expect_exit=0)
+    assert text(out).endswith(" snapshots=none history_seq=none\n"), text(out)
+
+
 # ---- log -------------------------------------------------------------------------
 
 def test_log_json_lists_every_event():

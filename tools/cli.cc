@@ -14,9 +14,9 @@ namespace tally::cli {
 
 namespace {
 
-constexpr std::array<const CliCommand*, 11> kCommands = {
-    &kApply, &kBench,    &kExport,   &kBalance,  &kList,  &kHistory,
-    &kLog,   &kVerify,   &kSnapshot, &kWorkload, &kServe,
+constexpr std::array<const CliCommand*, 12> kCommands = {
+    &kApply, &kBench,  &kExport,   &kBalance, &kList,     &kHistory,
+    &kLog,   &kVerify, &kSnapshot, &kBackup,  &kWorkload, &kServe,
 };
 
 const CliCommand* find_command(std::string_view name) {

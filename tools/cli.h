@@ -53,6 +53,8 @@ extern const CliCommand kLog;
 extern const CliCommand kVerify;
 // Snapshots: take one now, or list them (tools/cli_snapshot.cc).
 extern const CliCommand kSnapshot;
+// A copy of a data directory beside a live writer (tools/cli_backup.cc).
+extern const CliCommand kBackup;
 // The workload generator (tools/workload.cc).
 extern const CliCommand kWorkload;
 // The server (tools/cli_serve.cc).

@@ -1,0 +1,216 @@
+#include "engine/backup.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <span>
+#include <system_error>
+#include <utility>
+
+#include "engine/replay.h"
+#include "log/file.h"
+#include "log/reader.h"
+#include "log/writer.h"
+#include "snapshots/history.h"
+#include "snapshots/store.h"
+
+namespace tally {
+
+namespace {
+
+constexpr std::size_t kCopyChunkBytes = std::size_t{1} << 20;
+// Copies of the last segment before a log that does not verify in any of
+// them is reported as damaged. A copy races only the writes in flight
+// while it passes them, so a second one is nearly always clean.
+constexpr std::size_t kCopyAttemptsMax = 5;
+
+// Copies one file and syncs the copy; returns its size. The copy is
+// preallocated to the size, as the writer makes a segment (so a writer that
+// continues it allocates nothing), and chunks of zeros are not written: a
+// segment is mostly the zeros of its preallocation.
+Result<std::uint64_t> copy_file(log::FileSystem& fs, const std::string& from,
+                                const std::string& to) {
+  auto source = fs.open(from, log::FileSystem::Mode::read_only);
+  if (!source) return source.status();
+  auto size = (*source)->size();
+  if (!size) return size.status();
+  auto target = fs.open(to, log::FileSystem::Mode::create);
+  if (!target) return target.status();
+  TALLY_TRY((*target)->truncate(0));  // a copy made again starts from nothing
+  TALLY_TRY((*target)->preallocate(*size));
+  std::vector<std::byte> buffer(kCopyChunkBytes);
+  for (std::uint64_t offset = 0; offset < *size; offset += buffer.size()) {
+    const auto length =
+        static_cast<std::size_t>(std::min<std::uint64_t>(buffer.size(), *size - offset));
+    const std::span<std::byte> chunk(buffer.data(), length);
+    TALLY_TRY((*source)->read_at(offset, chunk));
+    if (std::all_of(chunk.begin(), chunk.end(), [](std::byte b) { return b == std::byte{0}; })) {
+      continue;
+    }
+    TALLY_TRY((*target)->write_at(offset, chunk));
+  }
+  TALLY_TRY((*target)->sync());
+  return *size;
+}
+
+// Reads a log as an open does (every checksum and the chain); its end.
+Result<log::LogEnd> read_log(log::FileSystem& fs, const std::string& dir) {
+  auto reader = log::LogReader::open(fs, dir);
+  if (!reader) return reader.status();
+  log::Record record;
+  while (true) {
+    auto more = (*reader)->next(&record);
+    if (!more) return more.status();
+    if (!*more) return (*reader)->end();
+  }
+}
+
+Status copy_log(log::FileSystem& fs, const std::string& from, const std::string& to,
+                BackupReport* report) {
+  TALLY_TRY(fs.make_dirs(to));
+  std::vector<std::string> segments;
+  auto names = fs.list(from);
+  if (!names && names.code() != ErrorCode::not_found) return names.status();
+  if (names) {
+    // Fixed-width names: bytewise order is seq order. The reader of the copy
+    // checks them.
+    for (const std::string& name : *names) {
+      if (name.ends_with(".seg")) segments.push_back(name);
+    }
+  }
+  std::vector<std::uint64_t> sizes;
+  for (const std::string& name : segments) {
+    auto size = copy_file(fs, log::join_path(from, name), log::join_path(to, name));
+    if (!size) return size.status();
+    sizes.push_back(*size);
+  }
+  report->segments = segments.size();
+  log::LogEnd end;
+  for (report->copy_attempts = 1;; report->copy_attempts++) {
+    auto read = read_log(fs, to);
+    if (read) {
+      end = *read;
+      break;
+    }
+    if (read.code() != ErrorCode::corrupt || segments.empty() ||
+        report->copy_attempts == kCopyAttemptsMax) {
+      return Status(read.code(), read.status().message() + " (the log as copied " +
+                                     std::to_string(report->copy_attempts) + " time(s))");
+    }
+    auto size = copy_file(fs, log::join_path(from, segments.back()),
+                          log::join_path(to, segments.back()));
+    if (!size) return size.status();
+    sizes.back() = *size;
+  }
+  for (const std::uint64_t size : sizes) report->log_bytes += size;
+  report->last_seq = end.next_seq - 1;
+  // A write in flight as the last segment was copied reads as a torn tail
+  // (or, for a segment being made, a torn header): repaired as the next
+  // writer would, so that the backup opens as a clean log.
+  if (end.torn || end.torn_header) {
+    auto repaired = log::LogWriter::open(fs, to, end, log::LogWriterOptions{});
+    if (!repaired) return repaired.status();
+  }
+  return fs.sync_dir(to);
+}
+
+// Copies the store in `from` (if it opens) into `to`; false with the reason
+// in report->left_out when it is left out.
+template <class Store, class Options>
+Result<bool> copy_store(log::FileSystem& fs, const std::string& from, const std::string& to,
+                        const Options& read_only, std::string_view what, BackupReport* report) {
+  if (!fs.exists(from)) return false;
+  auto store = Store::open(from, read_only);
+  if (!store && store.code() == ErrorCode::not_found) return false;
+  Status copied = store ? (*store)->probe() : store.status();
+  if (copied.ok()) {
+    TALLY_TRY(fs.make_dirs(to));
+    copied = (*store)->copy_to(to);
+  }
+  if (copied.code() == ErrorCode::corrupt) {
+    report->left_out.push_back(std::string(what) + ": " + copied.to_string());
+    std::error_code ignored;
+    std::filesystem::remove_all(to, ignored);
+    return false;
+  }
+  if (!copied.ok()) return copied;
+  TALLY_TRY(fs.sync_dir(to));
+  return true;
+}
+
+Status build(log::FileSystem& fs, const std::string& data_dir, const std::string& staging,
+             BackupReport* report) {
+  // The stores first: the log copied after them holds every event they
+  // describe.
+  auto snapshots = copy_store<snap::SnapshotStore>(fs, snapshot_dir(data_dir),
+                                                   snapshot_dir(staging),
+                                                   snap::SnapshotStoreOptions{.read_only = true},
+                                                   "snapshots", report);
+  if (!snapshots) return snapshots.status();
+  snap::HistoryStoreOptions history_read_only;
+  history_read_only.read_only = true;
+  auto history = copy_store<snap::HistoryStore>(fs, history_dir(data_dir), history_dir(staging),
+                                                history_read_only, "history", report);
+  if (!history) return history.status();
+  TALLY_TRY(copy_log(fs, log_dir(data_dir), log_dir(staging), report));
+
+  // What the copies describe, and that the copied log reaches it.
+  std::uint64_t described_seq = 0;
+  if (*snapshots) {
+    auto store = snap::SnapshotStore::open(snapshot_dir(staging), {.read_only = true});
+    if (!store) return store.status();
+    auto infos = (*store)->list();
+    if (!infos) return infos.status();
+    report->snapshots = infos->size();
+    for (const snap::SnapshotInfo& info : *infos) {
+      if (info.metadata_ok) described_seq = std::max(described_seq, info.seq);
+    }
+  }
+  if (*history) {
+    auto store = snap::HistoryStore::open(history_dir(staging), history_read_only);
+    if (!store) return store.status();
+    auto position = (*store)->position();
+    if (!position) return position.status();
+    report->history_seq = position->seq;
+    described_seq = std::max(described_seq, position->seq);
+  }
+  if (described_seq > report->last_seq) {
+    return Status(ErrorCode::corrupt, "the copied log ends at seq " +
+                                          std::to_string(report->last_seq) +
+                                          ", before the copied stores' seq " +
+                                          std::to_string(described_seq));
+  }
+  return fs.sync_dir(staging);
+}
+
+}  // namespace
+
+Result<BackupReport> backup_data(const std::string& data_dir, const std::string& out_dir,
+                                 log::FileSystem* file_system) {
+  log::FileSystem& fs = file_system != nullptr ? *file_system : log::posix_file_system();
+  if (!fs.exists(data_dir)) {
+    return Status(ErrorCode::not_found, "no data directory " + data_dir);
+  }
+  if (fs.exists(out_dir)) return Status(ErrorCode::invalid, out_dir + " exists");
+  const std::string staging = out_dir + ".partial";
+  std::error_code made_error;
+  if (!std::filesystem::create_directory(staging, made_error)) {
+    if (made_error) {
+      return Status(ErrorCode::io_error, "mkdir " + staging + ": " + made_error.message());
+    }
+    return Status(ErrorCode::invalid,
+                  staging + " exists (a backup that did not finish?): remove it first");
+  }
+  BackupReport report;
+  Status built = build(fs, data_dir, staging, &report);
+  if (built.ok()) built = fs.rename(staging, out_dir);
+  if (built.ok()) built = fs.sync_dir(log::parent_dir(out_dir));
+  if (!built.ok()) {
+    // Made by this call (create_directory said so): nothing of anyone else's.
+    std::error_code ignored;
+    std::filesystem::remove_all(staging, ignored);
+    return built;
+  }
+  return report;
+}
+
+}  // namespace tally

@@ -1,0 +1,51 @@
+// A backup of a data directory taken while a ledger may be writing it: the
+// log as of a moment, checked record by record, and copies of the snapshot
+// store and the history index that describe no event past the copied log.
+//
+// Copying log/ file by file while the writer appends can catch a later part
+// of the last segment before an earlier one is complete: an invalid frame
+// followed by valid ones, which an open reports as corruption. So the copy
+// is read back like an open reads a log; where it does not verify, the last
+// segment is copied again (its writes will have finished by then), and only
+// a log that fails every attempt is reported, as corrupt, with the
+// segment and offset. A torn tail left in the copy is repaired as a writer
+// would repair it at open, so the backup opens without a warning.
+//
+// The stores are copied before the log: they describe only events already
+// in the log's files, so the log copied after them reaches every event
+// they describe. A store that does not open is left out with a warning; it
+// is made from the log again.
+//
+// The backup is built in OUT.partial and renamed to OUT once it is whole
+// and synced, so OUT is either a complete backup or absent.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "log/file.h"
+#include "log/status.h"
+
+namespace tally {
+
+struct BackupReport {
+  std::uint64_t last_seq = 0;  // the copied log ends here (0: no event)
+  std::size_t segments = 0;
+  std::uint64_t log_bytes = 0;       // the segments' file sizes
+  std::size_t copy_attempts = 1;     // copies of the last segment it took
+  std::optional<std::size_t> snapshots;      // in the copied store; nullopt: not copied
+  std::optional<std::uint64_t> history_seq;  // the copied index's position; nullopt: not copied
+  std::vector<std::string> left_out;         // stores not copied, and why
+};
+
+// Copies `data_dir` to `out_dir`; out_dir and out_dir.partial must not
+// exist (invalid). Takes no lock and writes nothing in data_dir, so it runs
+// beside a live ledger. The log's files go through `fs` (nullptr: POSIX),
+// the LMDB stores' through LMDB.
+Result<BackupReport> backup_data(const std::string& data_dir, const std::string& out_dir,
+                                 log::FileSystem* fs = nullptr);
+
+}  // namespace tally

@@ -1,0 +1,230 @@
+// Backups of a data directory (engine/backup.h), taken beside a live ledger
+// and checked against replays of the source.
+#include <doctest.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "engine/backup.h"
+#include "engine/ledger.h"
+#include "engine/replay.h"
+#include "log/format.h"
+#include "projections/state.h"
+#include "tests/testing.h"
+
+namespace tally {
+namespace {
+
+// The digest of the state after `to_seq`, from the whole log, no snapshot.
+std::uint64_t replayed_digest(const std::string& data_dir, std::uint64_t to_seq = UINT64_MAX) {
+  ReplayOptions options;
+  options.data_dir = data_dir;
+  options.use_snapshots = false;
+  options.to_seq = to_seq;
+  auto replayed = replay(options);
+  REQUIRE_MESSAGE(replayed.ok(), replayed.status().to_string());
+  return replayed->state->digest();
+}
+
+LedgerOptions small_ledger(const std::string& data_dir) {
+  LedgerOptions options;
+  options.data_dir = data_dir;
+  options.durability = Durability::none;
+  options.segment_size_bytes = 64 << 10;  // rotations while the backups run
+  options.snapshot_every_events = 300;
+  options.snapshot_every_seconds = 0;
+  return options;
+}
+
+std::unique_ptr<Ledger> open_ledger(const LedgerOptions& options) {
+  auto opened = Ledger::open(options);
+  REQUIRE_MESSAGE(opened.ok(), opened.status().to_string());
+  return std::move(*opened);
+}
+
+// Mutations of every kind under keys "<prefix><n>", n from `first`.
+void mutate(Ledger& ledger, const std::string& prefix, int first, int count) {
+  for (int n = first; n < first + count; n++) {
+    const std::string key = testing::name(prefix, n);
+    const std::string subject = testing::name("s", n % 7);
+    REQUIRE(ledger.acquire(key + "a", subject, "gold", 10).ok());
+    REQUIRE(ledger.transfer(key + "t", subject, testing::name("s", n % 5 + 7), "gold", 3).ok());
+    auto hold = ledger.hold(key + "h", subject, "gold", 2, std::int64_t{3600} * 1'000'000'000);
+    REQUIRE(hold.ok());
+    if (n % 2 == 0) REQUIRE(ledger.commit(key + "c", hold->hold).ok());
+  }
+}
+
+// Checks a backup against its source: it replays to the source's state at
+// its last seq, and a ledger opens on it with that state.
+void check_backup(const std::string& source, const std::string& copy, const BackupReport& report) {
+  CHECK(report.last_seq > 0);
+  const std::uint64_t digest = replayed_digest(copy);
+  CHECK(digest == replayed_digest(source, report.last_seq));
+  LedgerOptions options = small_ledger(copy);
+  std::unique_ptr<Ledger> reopened = open_ledger(options);
+  CHECK(reopened->stats().next_seq == report.last_seq + 1);
+  auto reopened_digest = reopened->digest();
+  REQUIRE(reopened_digest.ok());
+  CHECK(*reopened_digest == digest);
+  REQUIRE(reopened->close().ok());
+}
+
+TEST_CASE("backups taken while a ledger writes open to the source's state at their last seq") {
+  testing::TempDir dir;
+  const std::string source = dir.sub("data");
+  std::unique_ptr<Ledger> ledger = open_ledger(small_ledger(source));
+  mutate(*ledger, "warm", 0, 200);
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    for (int round = 0; !stop.load(); round++) {
+      mutate(*ledger, testing::name("r", round) + "-", 0, 50);
+    }
+  });
+  std::vector<std::pair<std::string, BackupReport>> backups;
+  for (int index = 0; index < 3; index++) {
+    const std::string out = dir.sub(testing::name("backup", index));
+    auto report = backup_data(source, out);
+    REQUIRE_MESSAGE(report.ok(), report.status().to_string());
+    CHECK(report->left_out.empty());
+    CHECK(report->snapshots.has_value());
+    CHECK(report->history_seq.has_value());
+    CHECK(report->history_seq.value_or(0) <= report->last_seq);
+    backups.emplace_back(out, *report);
+  }
+  stop = true;
+  writer.join();
+  REQUIRE(ledger->close().ok());
+  CHECK(backups.back().second.last_seq > backups.front().second.last_seq);
+  CHECK(backups.back().second.segments > 1);
+  for (const auto& [out, report] : backups) {
+    CAPTURE(report.last_seq);
+    check_backup(source, out, report);
+  }
+}
+
+// POSIX files whose reads of one file, through the first `holed_opens`
+// opens of it, see [hole_begin, hole_end) as zeros: the bytes of a write
+// still in flight while a copy passes them.
+class InFlightFileSystem final : public log::FileSystem {
+ public:
+  InFlightFileSystem(std::string path, std::uint64_t hole_begin, std::uint64_t hole_end,
+                     int holed_opens)
+      : path_(std::move(path)), hole_begin_(hole_begin), hole_end_(hole_end),
+        holed_opens_(holed_opens) {}
+
+  Result<std::unique_ptr<log::File>> open(const std::string& path, Mode mode) override {
+    auto file = base_.open(path, mode);
+    if (!file || path != path_ || opens_++ >= holed_opens_) return file;
+    return std::unique_ptr<log::File>(new HoledFile(std::move(*file), hole_begin_, hole_end_));
+  }
+  bool exists(const std::string& path) override { return base_.exists(path); }
+  Result<std::vector<std::string>> list(const std::string& dir) override { return base_.list(dir); }
+  Status make_dirs(const std::string& dir) override { return base_.make_dirs(dir); }
+  Status remove(const std::string& path) override { return base_.remove(path); }
+  Status rename(const std::string& from, const std::string& to) override {
+    return base_.rename(from, to);
+  }
+  Status sync_dir(const std::string& dir) override { return base_.sync_dir(dir); }
+
+ private:
+  class HoledFile final : public log::File {
+   public:
+    HoledFile(std::unique_ptr<log::File> base, std::uint64_t begin, std::uint64_t end)
+        : base_(std::move(base)), begin_(begin), end_(end) {}
+    Status read_at(std::uint64_t offset, std::span<std::byte> out) override {
+      TALLY_TRY(base_->read_at(offset, out));
+      const std::uint64_t end = std::min(offset + out.size(), end_);
+      for (std::uint64_t at = std::max(offset, begin_); at < end; at++) out[at - offset] = std::byte{0};
+      return Status();
+    }
+    Status write_at(std::uint64_t offset, std::span<const std::byte> data) override {
+      return base_->write_at(offset, data);
+    }
+    Status sync() override { return base_->sync(); }
+    Result<std::uint64_t> size() override { return base_->size(); }
+    Status truncate(std::uint64_t size_bytes) override { return base_->truncate(size_bytes); }
+    Status preallocate(std::uint64_t size_bytes) override { return base_->preallocate(size_bytes); }
+
+   private:
+    std::unique_ptr<log::File> base_;
+    std::uint64_t begin_;
+    std::uint64_t end_;
+  };
+
+  log::FileSystem& base_ = log::posix_file_system();
+  std::string path_;
+  std::uint64_t hole_begin_;
+  std::uint64_t hole_end_;
+  int holed_opens_;
+  int opens_ = 0;
+};
+
+// A closed ledger of one segment with enough events that a hole early in it
+// has valid frames after it; the segment's path.
+std::string one_segment_source(const std::string& source) {
+  LedgerOptions options = small_ledger(source);
+  options.segment_size_bytes = log::kSegmentSizeBytesDefault;
+  std::unique_ptr<Ledger> ledger = open_ledger(options);
+  mutate(*ledger, "k", 0, 100);
+  REQUIRE(ledger->close().ok());
+  return log::join_path(log_dir(source), log::segment_file_name(1));
+}
+
+TEST_CASE("a log copied as a write landed is copied again; damage every copy meets fails") {
+  testing::TempDir dir;
+  const std::string source = dir.sub("data");
+  const std::string segment = one_segment_source(source);
+  const std::uint64_t last_seq = 350;  // 100 x (acquire, transfer, hold) + 50 commits
+
+  SUBCASE("in flight once") {
+    InFlightFileSystem fs(segment, 4096, 4096 + 200, 1);
+    auto report = backup_data(source, dir.sub("backup"), &fs);
+    REQUIRE_MESSAGE(report.ok(), report.status().to_string());
+    CHECK(report->copy_attempts == 2);
+    CHECK(report->last_seq == last_seq);
+    check_backup(source, dir.sub("backup"), *report);
+  }
+  SUBCASE("damaged for good") {
+    InFlightFileSystem fs(segment, 4096, 4096 + 200, 1000);
+    auto report = backup_data(source, dir.sub("backup"), &fs);
+    REQUIRE(report.code() == ErrorCode::corrupt);
+    CHECK(report.status().message().find("segment 0000000000000001.seg offset ") !=
+          std::string::npos);
+    CHECK(report.status().message().find("(the log as copied 5 time(s))") != std::string::npos);
+    CHECK_FALSE(std::filesystem::exists(dir.sub("backup")));
+    CHECK_FALSE(std::filesystem::exists(dir.sub("backup") + ".partial"));
+  }
+}
+
+TEST_CASE("a backup leaves out a store that does not open, and refuses a destination that exists") {
+  testing::TempDir dir;
+  const std::string source = dir.sub("data");
+  one_segment_source(source);
+  {
+    std::ofstream garbage(history_dir(source) + "/data.mdb", std::ios::binary | std::ios::trunc);
+    garbage << std::string(64 * 1024, 'x');
+  }
+  const std::string out = dir.sub("backup");
+  auto report = backup_data(source, out);
+  REQUIRE_MESSAGE(report.ok(), report.status().to_string());
+  REQUIRE(report->left_out.size() == 1);
+  CHECK(report->left_out[0].starts_with("history: corrupt: "));
+  CHECK_FALSE(report->history_seq.has_value());
+  CHECK_FALSE(std::filesystem::exists(history_dir(out)));
+  CHECK(report->snapshots.has_value());
+  check_backup(source, out, *report);
+
+  auto again = backup_data(source, out);
+  CHECK(again.code() == ErrorCode::invalid);
+  std::filesystem::create_directory(dir.sub("other.partial"));
+  auto stale = backup_data(source, dir.sub("other"));
+  CHECK(stale.code() == ErrorCode::invalid);
+  CHECK(stale.status().message().find("did not finish") != std::string::npos);
+  CHECK(backup_data(dir.sub("missing"), dir.sub("third")).code() == ErrorCode::not_found);
+}
+
+}  // namespace
+}  // namespace tally
