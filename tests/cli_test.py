@@ -237,6 +237,7 @@ def test_usage_errors_exit_2():
         ["apply", "--data=", "--workload", f.csv],
         ["log", "--data", f.data, "--from-seq", "5", "--to-seq", "3"],
         ["history", "--data", f.data, "s1", "i1", "--from-seq", "5", "--to-seq", "3"],
+        ["log", "--data", f.data, "--since", "2026-01-02T00:00:00Z", "--until", "2026-01-01T00:00:00Z"],
     ]
     for bad_time in BAD_TIMES:
         cases.append(["export", "--data", f.data, "--at-time", bad_time])

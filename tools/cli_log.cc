@@ -115,6 +115,7 @@ Result<LogFilter> parse_filter(const Args& args, std::uint64_t* from_seq) {
   if (!since) return since.status();
   auto until = args.time("until", INT64_MAX);
   if (!until) return until.status();
+  if (*since > *until) return Status(ErrorCode::invalid, "--since is after --until");
   filter.since_ns = *since;
   filter.until_ns = *until;
   if (args.has("type")) TALLY_TRY(parse_types(args.get("type"), &filter.types));
