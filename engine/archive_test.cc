@@ -544,6 +544,33 @@ TEST_CASE("a ledger whose log is gone refuses to start over beside its snapshots
   CHECK(f.last_seq() == 0);
 }
 
+TEST_CASE("a lost log beside damaged stores is refused too: they are set aside, not taken as empty") {
+  Fixture f;
+  f.open();
+  for (int op = 0; op < 20; op++) f.ok(f.ledger->acquire(name("k", op), "alice", "gold", 1));
+  f.snapshot();
+  f.close();
+  std::filesystem::remove_all(log_dir(f.options.data_dir));
+  std::filesystem::remove_all(history_dir(f.options.data_dir));
+  {
+    std::ofstream garbage(snapshot_dir(f.options.data_dir) + "/data.mdb",
+                          std::ios::binary | std::ios::trunc);
+    garbage << std::string(64 * 1024, 'x');
+  }
+  // The open sets the store aside, then finds no event beside it; so does
+  // every open after, until the operator decides.
+  for (int attempt = 0; attempt < 2; attempt++) {
+    auto refused = Ledger::open(f.options);
+    REQUIRE(refused.code() == ErrorCode::corrupt);
+    CHECK(refused.status().message().find(snapshot_dir(f.options.data_dir) +
+                                          ".damaged (a damaged store set aside) may hold "
+                                          "events") != std::string::npos);
+  }
+  std::filesystem::remove_all(snapshot_dir(f.options.data_dir) + ".damaged");
+  f.open();
+  CHECK(f.last_seq() == 0);
+}
+
 TEST_CASE("a log emptied beside its snapshots is a lost log; one cut short goes on from its end") {
   Fixture f;
   f.open();

@@ -339,6 +339,20 @@ Status Ledger::Impl::check_lost_events(const log::LogEnd& end) {
       where = history_path;
     }
   }
+  if (last_seq == 0 && known_seq == 0) {
+    // A store set aside as damaged says nothing of how far it reached, but
+    // that it was there: a log with no event beside one is as likely lost
+    // as new, and only the operator knows which.
+    for (const std::string& store : {snapshot_dir(options.data_dir), history_path}) {
+      const std::string damaged = store + ".damaged";
+      if (!fs->exists(damaged)) continue;
+      return Status(ErrorCode::corrupt,
+                    "the log in " + log_dir(options.data_dir) + " holds no event, but " + damaged +
+                        " (a damaged store set aside) may hold events: if the log is missing, "
+                        "restore it; else remove " + damaged +
+                        " to begin a new ledger in this directory");
+    }
+  }
   if (known_seq <= last_seq) return Status();
   if (last_seq == 0) {
     return Status(ErrorCode::corrupt,
