@@ -15,6 +15,7 @@
 #include "engine/ledger.h"
 #include "engine/point_in_time.h"
 #include "engine/replay.h"
+#include "engine/replay_fixture.h"
 #include "log/faulty_file.h"
 #include "log/format.h"
 #include "log/reader.h"
@@ -66,16 +67,7 @@ struct Fixture {
   std::uint64_t last_seq() { return ledger->stats().next_seq - 1; }
 };
 
-// The state after `to_seq`, from the whole log, no snapshot.
-std::unique_ptr<proj::State> brute_force(const std::string& data_dir, std::uint64_t to_seq = UINT64_MAX) {
-  ReplayOptions options;
-  options.data_dir = data_dir;
-  options.use_snapshots = false;
-  options.to_seq = to_seq;
-  auto replayed = replay(options);
-  REQUIRE_MESSAGE(replayed.ok(), replayed.status().to_string());
-  return std::move(replayed->state);
-}
+using testing::brute_force;
 
 // The seq the history index of a closed ledger is flushed to.
 std::uint64_t indexed_seq(const std::string& data_dir) {
@@ -524,13 +516,19 @@ TEST_CASE("a due snapshot waits while the history catches up from far behind the
   CHECK(indexed_seq(f.options.data_dir) == last);
 }
 
-TEST_CASE("a ledger whose log is gone refuses to start over beside its snapshots or history") {
-  Fixture f;
+// A ledger of 20 events and a snapshot of them, closed, whose log is then
+// lost.
+void lose_the_log(Fixture& f) {
   f.open();
   for (int op = 0; op < 20; op++) f.ok(f.ledger->acquire(name("k", op), "alice", "gold", 1));
   f.snapshot();
   f.close();
   std::filesystem::remove_all(log_dir(f.options.data_dir));
+}
+
+TEST_CASE("a ledger whose log is gone refuses to start over beside its snapshots or history") {
+  Fixture f;
+  lose_the_log(f);
   for (const std::string& dir : {snapshot_dir(f.options.data_dir), history_dir(f.options.data_dir)}) {
     CAPTURE(dir);
     auto refused = Ledger::open(f.options);
@@ -546,11 +544,7 @@ TEST_CASE("a ledger whose log is gone refuses to start over beside its snapshots
 
 TEST_CASE("a lost log beside damaged stores is refused too: they are set aside, not taken as empty") {
   Fixture f;
-  f.open();
-  for (int op = 0; op < 20; op++) f.ok(f.ledger->acquire(name("k", op), "alice", "gold", 1));
-  f.snapshot();
-  f.close();
-  std::filesystem::remove_all(log_dir(f.options.data_dir));
+  lose_the_log(f);
   std::filesystem::remove_all(history_dir(f.options.data_dir));
   {
     std::ofstream garbage(snapshot_dir(f.options.data_dir) + "/data.mdb",

@@ -10,6 +10,7 @@
 #include "engine/backup.h"
 #include "engine/ledger.h"
 #include "engine/replay.h"
+#include "engine/replay_fixture.h"
 #include "log/format.h"
 #include "projections/state.h"
 #include "tests/testing.h"
@@ -19,13 +20,7 @@ namespace {
 
 // The digest of the state after `to_seq`, from the whole log, no snapshot.
 std::uint64_t replayed_digest(const std::string& data_dir, std::uint64_t to_seq = UINT64_MAX) {
-  ReplayOptions options;
-  options.data_dir = data_dir;
-  options.use_snapshots = false;
-  options.to_seq = to_seq;
-  auto replayed = replay(options);
-  REQUIRE_MESSAGE(replayed.ok(), replayed.status().to_string());
-  return replayed->state->digest();
+  return testing::brute_force(data_dir, to_seq)->digest();
 }
 
 LedgerOptions small_ledger(const std::string& data_dir) {
