@@ -519,6 +519,7 @@ def test_backup_copies_a_data_dir_that_opens_and_verifies():
     last = len(f.events)
     assert report["last_seq"] == last and report["segments"] >= 1, report
     assert report["snapshots"] == 1 and report["history_seq"] == last, report
+    assert report["left_out"] == [], report
     assert report["log_bytes"] == sum(os.path.getsize(os.path.join(out_dir, "log", name))
                                       for name in os.listdir(os.path.join(out_dir, "log")))
     _, verified, _ = tally("verify", "--data", out_dir, "--json", expect_exit=0)
@@ -544,6 +545,15 @@ def test_backup_copies_a_data_dir_that_opens_and_verifies():
     shutil.rmtree(os.path.join(bare, "history"))
     _, out, _ = tally("backup", "--data", bare, "--out", bare + "-copy", expect_exit=0)
     assert text(out).endswith(" snapshots=none history_seq=none\n"), text(out)
+    # A damaged store is left out, with a warning.
+    with open(os.path.join(data, "history", "data.mdb"), "r+b") as damaged:
+        damaged.write(b"x" * 8192)
+    _, out, err = tally("backup", "--data", data, "--out", data + "-copy", "--json", expect_exit=0)
+    report = json.loads(text(out))
+    assert report["history_seq"] is None and len(report["left_out"]) == 1, report
+    assert report["left_out"][0].startswith("history: corrupt: "), report
+    assert err == "tally: left out of the backup (made from the log at open): %s\n" \
+        % report["left_out"][0], err
 
 
 # ---- log -------------------------------------------------------------------------

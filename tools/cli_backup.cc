@@ -49,7 +49,14 @@ int run_backup(const Args& args) {
   append_int(&line, static_cast<std::int64_t>(report->log_bytes));
   append_optional(&line, json, "snapshots", report->snapshots);
   append_optional(&line, json, "history_seq", report->history_seq);
-  if (json) line += "}";
+  if (json) {
+    line += ",\"left_out\":[";
+    for (std::size_t index = 0; index < report->left_out.size(); index++) {
+      if (index > 0) line += ",";
+      append_json_string(&line, report->left_out[index]);
+    }
+    line += "]}";
+  }
   out.end_line();
   return kExitOk;
 }
@@ -74,7 +81,8 @@ constexpr CommandSpec kBackupSpec = {
     "the log. The copy is built in DEST.partial and renamed to DEST once\n"
     "complete and synced. Takes no lock and writes nothing in DIR.\n"
     "Prints `last_seq=N segments=N log_bytes=N snapshots=N history_seq=N`\n"
-    "(`none` for a store not copied; with --json, one object, null).\n",
+    "(`none` for a store not copied; with --json, one object, null, and\n"
+    "`left_out`: the warnings, as a list).\n",
     kBackupFlags,
     0,
 };
