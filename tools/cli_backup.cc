@@ -79,7 +79,8 @@ constexpr CommandSpec kBackupSpec = {
     "opens as it is (`tally serve --data DEST`, `tally verify --data DEST`).\n"
     "A store that does not open is left out, with a warning: it is made from\n"
     "the log. The copy is built in DEST.partial and renamed to DEST once\n"
-    "complete and synced. Takes no lock and writes nothing in DIR.\n"
+    "complete and synced. Takes no lock and writes nothing in DIR (but its\n"
+    "reader slot in an LMDB store's lock.mdb, as every reader).\n"
     "Prints `last_seq=N segments=N log_bytes=N snapshots=N history_seq=N`\n"
     "(`none` for a store not copied; with --json, one object, null, and\n"
     "`left_out`: the warnings, as a list).\n",
