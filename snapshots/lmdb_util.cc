@@ -255,13 +255,19 @@ Status Environment::copy_to(const std::string& dir) {
       const std::shared_lock<std::shared_mutex> shared = share_map();
       rc = mdb_env_copy2(env_, dir.c_str(), MDB_CP_COMPACT);
     }
+    const std::string path = dir + "/data.mdb";
     if (rc == MDB_MAP_RESIZED) {
+      // The copy made its file (O_EXCL) before its transaction failed to
+      // begin: the next attempt makes it again.
+      if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+        return Status(ErrorCode::io_error,
+                      component_ + ": unlink " + path + ": " + std::strerror(errno));
+      }
       TALLY_TRY(adopt_map_size());
       continue;
     }
     if (rc != 0) return error("mdb_env_copy2 " + dir, rc);
     // LMDB does not promise the copy is on disk when it returns.
-    const std::string path = dir + "/data.mdb";
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0 || ::fdatasync(fd) != 0) {
       const int saved = errno;
