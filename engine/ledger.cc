@@ -329,6 +329,12 @@ Status Ledger::Impl::check_lost_events(const log::LogEnd& end) {
     }
   }
   const std::string history_path = history_dir(options.data_dir);
+  // A damaged store (set aside already, as the snapshots are by now, or
+  // about to be, as the history is once the archivist opens it) says
+  // nothing of how far it reached, but that it was there: a log with no
+  // event beside one is as likely lost as new, and only the operator knows
+  // which.
+  std::string damaged;
   if (fs->exists(history_path)) {
     snap::HistoryStoreOptions read_only;
     read_only.read_only = true;
@@ -338,20 +344,20 @@ Status Ledger::Impl::check_lost_events(const log::LogEnd& end) {
       known_seq = position->seq;
       where = history_path;
     }
-  }
-  if (last_seq == 0 && known_seq == 0) {
-    // A store set aside as damaged says nothing of how far it reached, but
-    // that it was there: a log with no event beside one is as likely lost
-    // as new, and only the operator knows which.
-    for (const std::string& store : {snapshot_dir(options.data_dir), history_path}) {
-      const std::string damaged = store + ".damaged";
-      if (!fs->exists(damaged)) continue;
-      return Status(ErrorCode::corrupt,
-                    "the log in " + log_dir(options.data_dir) + " holds no event, but " + damaged +
-                        " (a damaged store set aside) may hold events: if the log is missing, "
-                        "restore it; else remove " + damaged +
-                        " to begin a new ledger in this directory");
+    if (position.code() == ErrorCode::corrupt) {
+      damaged = history_path + " (damaged: " + position.status().message() + ")";
     }
+  }
+  for (const std::string& store : {snapshot_dir(options.data_dir), history_path}) {
+    if (damaged.empty() && fs->exists(store + ".damaged")) {
+      damaged = store + ".damaged (a damaged store set aside)";
+    }
+  }
+  if (last_seq == 0 && known_seq == 0 && !damaged.empty()) {
+    return Status(ErrorCode::corrupt,
+                  "the log in " + log_dir(options.data_dir) + " holds no event, but " + damaged +
+                      " may hold events: if the log is missing, restore it; else remove the "
+                      "damaged store to begin a new ledger in this directory");
   }
   if (known_seq <= last_seq) return Status();
   if (last_seq == 0) {
