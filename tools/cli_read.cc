@@ -3,8 +3,10 @@
 // share (tools/audit.h). Current reads replay the log into a fresh State
 // (engine/replay.h); point-in-time reads go through engine/point_in_time.h.
 // Nothing here takes the directory's lock.
+#include <filesystem>
 #include <memory>
 #include <optional>
+#include <system_error>
 
 #include "engine/clock.h"
 #include "log/file.h"
@@ -21,7 +23,8 @@ namespace tally::cli {
 Status require_data_dir(const std::string& data_dir) {
   // The log reader takes a missing log for an empty one, which is right for
   // a fresh ledger but hides a mistyped --data.
-  if (!log::posix_file_system().exists(data_dir)) {
+  std::error_code ignored;
+  if (!std::filesystem::is_directory(data_dir, ignored)) {
     return Status(ErrorCode::not_found, "no data directory at " + data_dir);
   }
   return Status();
