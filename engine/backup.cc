@@ -1,7 +1,14 @@
 #include "engine/backup.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <span>
 #include <system_error>
 #include <utility>
@@ -85,16 +92,16 @@ Status copy_log(log::FileSystem& fs, const std::string& from, const std::string&
   }
   report->segments = segments.size();
   log::LogEnd end;
-  for (report->copy_attempts = 1;; report->copy_attempts++) {
+  for (report->log_copies = 1;; report->log_copies++) {
     auto read = read_log(fs, to);
     if (read) {
       end = *read;
       break;
     }
     if (read.code() != ErrorCode::corrupt || segments.empty() ||
-        report->copy_attempts == kCopyAttemptsMax) {
+        report->log_copies == kCopyAttemptsMax) {
       return Status(read.code(), read.status().message() + " (the log as copied " +
-                                     std::to_string(report->copy_attempts) + " time(s))");
+                                     std::to_string(report->log_copies) + " time(s))");
     }
     auto size = copy_file(fs, log::join_path(from, segments.back()),
                           log::join_path(to, segments.back()));
@@ -182,15 +189,60 @@ Status build(log::FileSystem& fs, const std::string& data_dir, const std::string
   return fs.sync_dir(staging);
 }
 
+// Whether a ledger of this very process holds data_dir: DirLock writes the
+// holder's pid into DATA/LOCK and clears it at close.
+bool held_by_this_process(const std::string& data_dir) {
+  std::ifstream lock(log::join_path(data_dir, "LOCK"));
+  long long pid = 0;
+  return static_cast<bool>(lock >> pid) && pid == static_cast<long long>(::getpid());
+}
+
+// Whether `inner` is `outer` or lies under it, once both are resolved.
+bool within(const std::string& inner, const std::string& outer) {
+  std::error_code ignored;
+  const std::string a = std::filesystem::weakly_canonical(inner, ignored).string();
+  const std::string b = std::filesystem::weakly_canonical(outer, ignored).string();
+  return a == b || a.starts_with(b.ends_with('/') ? b : b + "/");
+}
+
+// rename(2) that fails (EEXIST) rather than replace a directory someone
+// made at `to` meanwhile, where the file system can say so.
+Status rename_new(const std::string& from, const std::string& to) {
+  if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) == 0) {
+    return Status();
+  }
+  if (errno != EINVAL && errno != ENOSYS) {
+    return Status(ErrorCode::io_error,
+                  "rename " + from + " to " + to + ": " + std::strerror(errno));
+  }
+  return log::posix_file_system().rename(from, to);
+}
+
 }  // namespace
 
-Result<BackupReport> backup_data(const std::string& data_dir, const std::string& out_dir,
+Result<BackupReport> backup_data(const std::string& data_dir, const std::string& out_path,
                                  log::FileSystem* file_system) {
   log::FileSystem& fs = file_system != nullptr ? *file_system : log::posix_file_system();
-  if (!fs.exists(data_dir)) {
-    return Status(ErrorCode::not_found, "no data directory " + data_dir);
+  std::error_code ignored;
+  if (!std::filesystem::is_directory(data_dir, ignored)) {
+    return Status(ErrorCode::not_found, "no data directory at " + data_dir);
   }
+  // "dest/" names dest, whose partial copy is "dest.partial".
+  std::string out_dir = out_path;
+  while (out_dir.size() > 1 && out_dir.back() == '/') out_dir.pop_back();
   if (fs.exists(out_dir)) return Status(ErrorCode::invalid, out_dir + " exists");
+  if (within(out_dir, data_dir)) {
+    return Status(ErrorCode::invalid, out_dir + " is inside " + data_dir);
+  }
+  // LMDB allows one open of an environment per process: a second one, once
+  // closed, drops the locks of the first (a live ledger's), and another
+  // process could then reset the lock file under it.
+  if (held_by_this_process(data_dir)) {
+    return Status(ErrorCode::invalid,
+                  "a ledger of this process has " + data_dir +
+                      " open, and LMDB allows one open of a store per process: back it "
+                      "up from another process (tally backup)");
+  }
   const std::string staging = out_dir + ".partial";
   std::error_code made_error;
   if (!std::filesystem::create_directory(staging, made_error)) {
@@ -202,11 +254,10 @@ Result<BackupReport> backup_data(const std::string& data_dir, const std::string&
   }
   BackupReport report;
   Status built = build(fs, data_dir, staging, &report);
-  if (built.ok()) built = fs.rename(staging, out_dir);
+  if (built.ok()) built = rename_new(staging, out_dir);
   if (built.ok()) built = fs.sync_dir(log::parent_dir(out_dir));
   if (!built.ok()) {
     // Made by this call (create_directory said so): nothing of anyone else's.
-    std::error_code ignored;
     std::filesystem::remove_all(staging, ignored);
     return built;
   }

@@ -34,8 +34,8 @@ namespace tally {
 struct BackupReport {
   std::uint64_t last_seq = 0;  // the copied log ends here (0: no event)
   std::size_t segments = 0;
-  std::uint64_t log_bytes = 0;       // the segments' file sizes
-  std::size_t copy_attempts = 1;     // copies of the last segment it took
+  std::uint64_t log_bytes = 0;  // the segments' file sizes
+  std::size_t log_copies = 1;   // copies of the last segment it took (1: it met no write)
   std::optional<std::size_t> snapshots;      // in the copied store; nullopt: not copied
   std::optional<std::uint64_t> history_seq;  // the copied index's position; nullopt: not copied
   std::vector<std::string> left_out;         // stores not copied, and why

@@ -2,7 +2,13 @@
 // and checked against replays of the source.
 #include <doctest.h>
 
-#include <atomic>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
+
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -39,18 +45,65 @@ std::unique_ptr<Ledger> open_ledger(const LedgerOptions& options) {
   return std::move(*opened);
 }
 
-// Mutations of every kind under keys "<prefix><n>", n from `first`.
-void mutate(Ledger& ledger, const std::string& prefix, int first, int count) {
+// Mutations of every kind under keys "<prefix><n>", n from `first`; false
+// when one fails. No doctest macros: a child process runs it too.
+bool mutate(Ledger& ledger, const std::string& prefix, int first, int count) {
   for (int n = first; n < first + count; n++) {
     const std::string key = testing::name(prefix, n);
     const std::string subject = testing::name("s", n % 7);
-    REQUIRE(ledger.acquire(key + "a", subject, "gold", 10).ok());
-    REQUIRE(ledger.transfer(key + "t", subject, testing::name("s", n % 5 + 7), "gold", 3).ok());
+    if (!ledger.acquire(key + "a", subject, "gold", 10).ok()) return false;
+    if (!ledger.transfer(key + "t", subject, testing::name("s", n % 5 + 7), "gold", 3).ok()) {
+      return false;
+    }
     auto hold = ledger.hold(key + "h", subject, "gold", 2, std::int64_t{3600} * 1'000'000'000);
-    REQUIRE(hold.ok());
-    if (n % 2 == 0) REQUIRE(ledger.commit(key + "c", hold->hold).ok());
+    if (!hold.ok()) return false;
+    if (n % 2 == 0 && !ledger.commit(key + "c", hold->hold).ok()) return false;
   }
+  return true;
 }
+
+// A child process that opens a ledger on `source` and writes to it until
+// stop() (or for kRoundsMax rounds at most); stop() answers whether every
+// write and the close succeeded. Stopped by the destructor too, so a
+// failing test leaves no writer behind; the child dies with its parent.
+class WriterProcess {
+ public:
+  static constexpr int kRoundsMax = 2000;
+
+  WriterProcess(const std::string& source, std::string stop_file)
+      : stop_file_(std::move(stop_file)) {
+    pid_ = ::fork();
+    REQUIRE(pid_ >= 0);
+    if (pid_ == 0) run(source);
+  }
+  ~WriterProcess() { (void)stop(); }
+
+  bool stop() {
+    if (pid_ <= 0) return exited_ok_;
+    { std::ofstream(stop_file_).put('\n'); }
+    int status = 0;
+    exited_ok_ = ::waitpid(pid_, &status, 0) == pid_ && WIFEXITED(status) &&
+                 WEXITSTATUS(status) == 0;
+    pid_ = 0;
+    return exited_ok_;
+  }
+
+ private:
+  [[noreturn]] void run(const std::string& source) {
+    (void)::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    auto opened = Ledger::open(small_ledger(source));
+    if (!opened.ok()) ::_exit(2);
+    bool ok = mutate(**opened, "warm", 0, 200);
+    for (int round = 0; ok && round < kRoundsMax && !std::filesystem::exists(stop_file_); round++) {
+      ok = mutate(**opened, testing::name("r", round) + "-", 0, 50);
+    }
+    ::_exit(ok && (*opened)->close().ok() ? 0 : 3);
+  }
+
+  std::string stop_file_;
+  pid_t pid_ = 0;
+  bool exited_ok_ = false;
+};
 
 // Checks a backup against its source: it replays to the source's state at
 // its last seq, and a ledger opens on it with that state.
@@ -67,33 +120,32 @@ void check_backup(const std::string& source, const std::string& copy, const Back
   REQUIRE(reopened->close().ok());
 }
 
-TEST_CASE("backups taken while a ledger writes open to the source's state at their last seq") {
+TEST_CASE("backups taken while another process writes open to the source's state at their seq") {
   testing::TempDir dir;
   const std::string source = dir.sub("data");
-  std::unique_ptr<Ledger> ledger = open_ledger(small_ledger(source));
-  mutate(*ledger, "warm", 0, 200);
-  std::atomic<bool> stop{false};
-  std::thread writer([&] {
-    for (int round = 0; !stop.load(); round++) {
-      mutate(*ledger, testing::name("r", round) + "-", 0, 50);
-    }
-  });
+  WriterProcess writer(source, dir.sub("stop"));
+  // Backups until three have events and the last has seen a rotation; a
+  // bound on the attempts keeps a writer that died from hanging the test.
   std::vector<std::pair<std::string, BackupReport>> backups;
-  for (int index = 0; index < 3; index++) {
+  for (int index = 0; index < 2000 && (backups.size() < 3 || backups.back().second.segments < 2);
+       index++) {
     const std::string out = dir.sub(testing::name("backup", index));
     auto report = backup_data(source, out);
+    // Until the writer has begun: no directory yet, or no event in it.
+    if (report.code() == ErrorCode::not_found || (report.ok() && report->last_seq == 0)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      continue;
+    }
     REQUIRE_MESSAGE(report.ok(), report.status().to_string());
     CHECK(report->left_out.empty());
-    CHECK(report->snapshots.has_value());
-    CHECK(report->history_seq.has_value());
     CHECK(report->history_seq.value_or(0) <= report->last_seq);
     backups.emplace_back(out, *report);
   }
-  stop = true;
-  writer.join();
-  REQUIRE(ledger->close().ok());
+  CHECK(writer.stop());
+  REQUIRE(backups.size() >= 3);
   CHECK(backups.back().second.last_seq > backups.front().second.last_seq);
   CHECK(backups.back().second.segments > 1);
+  CHECK(backups.back().second.snapshots.has_value());
   for (const auto& [out, report] : backups) {
     CAPTURE(report.last_seq);
     check_backup(source, out, report);
@@ -163,7 +215,7 @@ std::string one_segment_source(const std::string& source) {
   LedgerOptions options = small_ledger(source);
   options.segment_size_bytes = log::kSegmentSizeBytesDefault;
   std::unique_ptr<Ledger> ledger = open_ledger(options);
-  mutate(*ledger, "k", 0, 100);
+  REQUIRE(mutate(*ledger, "k", 0, 100));
   REQUIRE(ledger->close().ok());
   return log::join_path(log_dir(source), log::segment_file_name(1));
 }
@@ -178,7 +230,7 @@ TEST_CASE("a log copied as a write landed is copied again; damage every copy mee
     InFlightFileSystem fs(segment, 4096, 4096 + 200, 1);
     auto report = backup_data(source, dir.sub("backup"), &fs);
     REQUIRE_MESSAGE(report.ok(), report.status().to_string());
-    CHECK(report->copy_attempts == 2);
+    CHECK(report->log_copies == 2);
     CHECK(report->last_seq == last_seq);
     check_backup(source, dir.sub("backup"), *report);
   }
@@ -219,6 +271,28 @@ TEST_CASE("a backup leaves out a store that does not open, and refuses a destina
   CHECK(stale.code() == ErrorCode::invalid);
   CHECK(stale.status().message().find("did not finish") != std::string::npos);
   CHECK(backup_data(dir.sub("missing"), dir.sub("third")).code() == ErrorCode::not_found);
+}
+
+TEST_CASE("a backup refuses a directory its own process holds, and a destination inside it") {
+  testing::TempDir dir;
+  const std::string source = dir.sub("data");
+  std::unique_ptr<Ledger> ledger = open_ledger(small_ledger(source));
+  REQUIRE(mutate(*ledger, "k", 0, 5));
+  auto refused = backup_data(source, dir.sub("backup"));
+  REQUIRE(refused.code() == ErrorCode::invalid);
+  CHECK(refused.status().message().find("a ledger of this process has") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(dir.sub("backup.partial")));
+  REQUIRE(ledger->close().ok());
+  for (const std::string& inside : {source, source + "/copy", log_dir(source) + "/copy"}) {
+    CAPTURE(inside);
+    CHECK(backup_data(source, inside).code() == ErrorCode::invalid);
+  }
+  // A trailing slash names the same destination.
+  auto report = backup_data(source, dir.sub("backup") + "//");
+  REQUIRE_MESSAGE(report.ok(), report.status().to_string());
+  CHECK(std::filesystem::exists(dir.sub("backup")));
+  CHECK_FALSE(std::filesystem::exists(dir.sub("backup.partial")));
+  check_backup(source, dir.sub("backup"), *report);
 }
 
 }  // namespace

@@ -519,7 +519,7 @@ def test_backup_copies_a_data_dir_that_opens_and_verifies():
     last = len(f.events)
     assert report["last_seq"] == last and report["segments"] >= 1, report
     assert report["snapshots"] == 1 and report["history_seq"] == last, report
-    assert report["left_out"] == [], report
+    assert report["left_out"] == [] and report["log_copies"] == 1, report
     assert report["log_bytes"] == sum(os.path.getsize(os.path.join(out_dir, "log", name))
                                       for name in os.listdir(os.path.join(out_dir, "log")))
     _, verified, _ = tally("verify", "--data", out_dir, "--json", expect_exit=0)
@@ -535,8 +535,8 @@ def test_backup_copies_a_data_dir_that_opens_and_verifies():
     assert code == 1 and out == b"" and "exists" in err, (code, err)
     other = os.path.join(os.path.dirname(out_dir), "other")
     _, out, _ = tally("backup", "--data", data, "--out", other, expect_exit=0)
-    assert re.fullmatch(r"last_seq=%d segments=\d+ log_bytes=\d+ snapshots=1 history_seq=%d\n"
-                        % (last, last), text(out)), text(out)
+    assert re.fullmatch(r"last_seq=%d segments=\d+ log_bytes=\d+ log_copies=1 snapshots=1 "
+                        r"history_seq=%d\n" % (last, last), text(out)), text(out)
     code, _, err = tally("backup", "--data", data)
     assert code == 2 and "--out" in err, (code, err)
     # No store at all: both are `none`.

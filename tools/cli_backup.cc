@@ -47,6 +47,8 @@ int run_backup(const Args& args) {
   append_int(&line, static_cast<std::int64_t>(report->segments));
   line += json ? ",\"log_bytes\":" : " log_bytes=";
   append_int(&line, static_cast<std::int64_t>(report->log_bytes));
+  line += json ? ",\"log_copies\":" : " log_copies=";
+  append_int(&line, static_cast<std::int64_t>(report->log_copies));
   append_optional(&line, json, "snapshots", report->snapshots);
   append_optional(&line, json, "history_seq", report->history_seq);
   if (json) {
@@ -81,9 +83,11 @@ constexpr CommandSpec kBackupSpec = {
     "the log. The copy is built in DEST.partial and renamed to DEST once\n"
     "complete and synced. Takes no lock and writes nothing in DIR (but its\n"
     "reader slot in an LMDB store's lock.mdb, as every reader).\n"
-    "Prints `last_seq=N segments=N log_bytes=N snapshots=N history_seq=N`\n"
-    "(`none` for a store not copied; with --json, one object, null, and\n"
-    "`left_out`: the warnings, as a list).\n",
+    "Prints `last_seq=N segments=N log_bytes=N log_copies=N snapshots=N\n"
+    "history_seq=N` (`none` for a store not copied; with --json, one object,\n"
+    "null, and `left_out`: the warnings, as a list). DEST may not lie inside\n"
+    "DIR. A ledger embedded in a process backs up from another process: LMDB\n"
+    "allows one open of a store per process.\n",
     kBackupFlags,
     0,
 };
