@@ -42,9 +42,12 @@ struct BackupReport {
 };
 
 // Copies `data_dir` to `out_dir`; out_dir and out_dir.partial must not
-// exist (invalid). Takes no lock and writes nothing in data_dir (but its
-// reader slot in each LMDB store's lock file), so it runs beside a live
-// ledger. The log's files go through `fs` (nullptr: POSIX), the LMDB
+// exist, nor out_dir lie inside data_dir (invalid). Takes no lock and writes
+// nothing in data_dir (but its reader slot in each LMDB store's lock file),
+// so it runs beside a live ledger of another process. A data_dir that a
+// Ledger of this process holds is refused (invalid): LMDB allows one open
+// of a store per process, and closing a second one would drop the first
+// one's locks. The log's files go through `fs` (nullptr: POSIX), the LMDB
 // stores' through LMDB.
 Result<BackupReport> backup_data(const std::string& data_dir, const std::string& out_dir,
                                  log::FileSystem* fs = nullptr);
