@@ -1,5 +1,6 @@
 // tally backup: a copy of a data directory, taken beside a live writer
 // (engine/backup.h).
+#include <cstdint>
 #include <cstdio>
 #include <optional>
 #include <string>
@@ -13,11 +14,19 @@ namespace tally::cli {
 
 namespace {
 
-// `name=N`, or `name=none` (JSON: null) when there is no value.
-template <class T>
-void append_optional(std::string* line, bool json, const char* name,
-                     const std::optional<T>& value) {
-  *line += json ? std::string(",\"") + name + "\":" : std::string(" ") + name + "=";
+// ` name=N` (JSON: `,"name":N`), `none` (null) for no value; the first
+// field of the line opens it instead.
+void append_field(std::string* line, bool json, const char* name,
+                  std::optional<std::uint64_t> value) {
+  if (json) {
+    *line += line->empty() ? "{\"" : ",\"";
+    *line += name;
+    *line += "\":";
+  } else {
+    if (!line->empty()) *line += " ";
+    *line += name;
+    *line += "=";
+  }
   if (value.has_value()) {
     append_int(line, static_cast<std::int64_t>(*value));
   } else {
@@ -41,16 +50,12 @@ int run_backup(const Args& args) {
   const bool json = args.has("json");
   Output out(stdout);
   std::string& line = out.buffer();
-  line += json ? "{\"last_seq\":" : "last_seq=";
-  append_int(&line, static_cast<std::int64_t>(report->last_seq));
-  line += json ? ",\"segments\":" : " segments=";
-  append_int(&line, static_cast<std::int64_t>(report->segments));
-  line += json ? ",\"log_bytes\":" : " log_bytes=";
-  append_int(&line, static_cast<std::int64_t>(report->log_bytes));
-  line += json ? ",\"log_copies\":" : " log_copies=";
-  append_int(&line, static_cast<std::int64_t>(report->log_copies));
-  append_optional(&line, json, "snapshots", report->snapshots);
-  append_optional(&line, json, "history_seq", report->history_seq);
+  append_field(&line, json, "last_seq", report->last_seq);
+  append_field(&line, json, "segments", report->segments);
+  append_field(&line, json, "log_bytes", report->log_bytes);
+  append_field(&line, json, "log_copies", report->log_copies);
+  append_field(&line, json, "snapshots", report->snapshots);
+  append_field(&line, json, "history_seq", report->history_seq);
   if (json) {
     line += ",\"left_out\":[";
     for (std::size_t index = 0; index < report->left_out.size(); index++) {
