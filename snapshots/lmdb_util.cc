@@ -1,6 +1,5 @@
 #include "snapshots/lmdb_util.h"
 
-#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -9,6 +8,8 @@
 #include <cstdio>
 #include <cstring>
 #include <utility>
+
+#include "log/file.h"
 
 namespace tally::snap::lmdb {
 
@@ -268,15 +269,9 @@ Status Environment::copy_to(const std::string& dir) {
     }
     if (rc != 0) return error("mdb_env_copy2 " + dir, rc);
     // LMDB does not promise the copy is on disk when it returns.
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0 || ::fdatasync(fd) != 0) {
-      const int saved = errno;
-      if (fd >= 0) ::close(fd);
-      return Status(ErrorCode::io_error,
-                    component_ + ": sync " + path + ": " + std::strerror(saved));
-    }
-    ::close(fd);
-    return Status();
+    auto copy = log::posix_file_system().open(path, log::FileSystem::Mode::read_only);
+    if (!copy) return copy.status();
+    return (*copy)->sync();
   }
   return error("mdb_env_copy2 " + dir, MDB_MAP_RESIZED);
 }
