@@ -494,11 +494,14 @@ def test_balance_and_list_agree_with_export():
 
 def test_read_commands_need_an_existing_data_dir():
     missing = os.path.join(SCRATCH, "no-such-dir")
+    a_file = write(os.path.join(SCRATCH, "a-file"), "not a data directory\n")
     for args in (["export"], ["balance", "a", "b"], ["list", "a"], ["log"], ["verify"],
                  ["export", "--at-seq", "1"], ["history", "a", "b"], ["history", "--rebuild"],
-                 ["snapshot"], ["snapshot", "--list"]):
-        code, out, err = tally(args[0], "--data", missing, *args[1:])
-        assert code == 1 and err.startswith("tally: ") and missing in err, (args, code, err)
+                 ["snapshot"], ["snapshot", "--list"], ["backup", "--out", missing + "-copy"]):
+        for data in (missing, a_file):
+            code, out, err = tally(args[0], "--data", data, *args[1:])
+            assert code == 1 and err.startswith("tally: ") and data in err, (args, code, err)
+            assert "no data directory" in err, (args, err)
 
 
 def test_snapshot_of_an_empty_data_dir_fails_and_makes_nothing():
