@@ -36,13 +36,21 @@ std::string read_holder_pid(int fd) {
   return pid.empty() ? "unknown" : pid;
 }
 
-// An exclusive flock on fd without waiting: 0, or the errno.
-int lock_now(int fd) {
+// An flock on fd without waiting, exclusive unless `shared`: 0, or the errno.
+int lock_now(int fd, bool shared = false) {
   int result = -1;
   do {
-    result = ::flock(fd, LOCK_EX | LOCK_NB);
+    result = ::flock(fd, (shared ? LOCK_SH : LOCK_EX) | LOCK_NB);
   } while (result != 0 && errno == EINTR);
   return result == 0 ? 0 : errno;
+}
+
+// DATA itself, for its flock: 0 and *dir_fd, or the errno.
+int open_dir(const std::string& data_dir, int* dir_fd) {
+  do {
+    *dir_fd = ::open(data_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  } while (*dir_fd < 0 && errno == EINTR);
+  return *dir_fd < 0 ? errno : 0;
 }
 
 Status write_own_pid(int fd, const std::string& path) {
@@ -86,11 +94,7 @@ Result<std::unique_ptr<DirLock>> DirLock::acquire(const std::string& data_dir) {
     return lock_error("lock", path, error);
   }
   int dir_fd = -1;
-  do {
-    dir_fd = ::open(data_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  } while (dir_fd < 0 && errno == EINTR);
-  if (dir_fd < 0) {
-    const int error = errno;
+  if (const int error = open_dir(data_dir, &dir_fd); error != 0) {
     ::close(fd);
     return lock_error("open", data_dir, error);
   }
@@ -98,9 +102,10 @@ Result<std::unique_ptr<DirLock>> DirLock::acquire(const std::string& data_dir) {
     ::close(dir_fd);
     ::close(fd);
     if (error == EWOULDBLOCK) {
-      return Status(ErrorCode::locked, "data directory " + data_dir +
-                                           " is locked by another process (its LOCK file was "
-                                           "removed or replaced while that process ran)");
+      return Status(ErrorCode::locked,
+                    "data directory " + data_dir +
+                        " is in use by another process: a reader without write access to its "
+                        "stores, or a writer whose LOCK file was removed or replaced");
     }
     return lock_error("lock", data_dir, error);
   }
@@ -124,5 +129,22 @@ DirLock::~DirLock() {
   ::close(dir_fd_);
   ::close(fd_);
 }
+
+Result<std::unique_ptr<SharedDirLock>> SharedDirLock::acquire(const std::string& data_dir) {
+  int dir_fd = -1;
+  if (const int error = open_dir(data_dir, &dir_fd); error != 0) {
+    return lock_error("open", data_dir, error);
+  }
+  if (const int error = lock_now(dir_fd, /*shared=*/true); error != 0) {
+    ::close(dir_fd);
+    if (error == EWOULDBLOCK) {
+      return Status(ErrorCode::locked, "data directory " + data_dir + " is open for writing");
+    }
+    return lock_error("lock", data_dir, error);
+  }
+  return std::unique_ptr<SharedDirLock>(new SharedDirLock(dir_fd));
+}
+
+SharedDirLock::~SharedDirLock() { ::close(dir_fd_); }
 
 }  // namespace tally::log

@@ -29,4 +29,21 @@ class DirLock {
   int dir_fd_;  // DATA
 };
 
+// SharedDirLock: keeps writers out while it lives, for a reader that cannot
+// tell a writer it is reading (one without write access to an LMDB store's
+// lock.mdb, where LMDB keeps its table of readers). It takes a shared flock
+// on DATA itself, which any number of such readers share and on which a
+// writer's DirLock::acquire fails; `locked` when a writer holds DATA now.
+class SharedDirLock {
+ public:
+  static Result<std::unique_ptr<SharedDirLock>> acquire(const std::string& data_dir);
+  ~SharedDirLock();
+  SharedDirLock(const SharedDirLock&) = delete;
+  SharedDirLock& operator=(const SharedDirLock&) = delete;
+
+ private:
+  explicit SharedDirLock(int dir_fd) : dir_fd_(dir_fd) {}
+  int dir_fd_;  // DATA
+};
+
 }  // namespace tally::log

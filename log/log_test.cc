@@ -658,5 +658,28 @@ TEST_CASE("a LOCK file removed or replaced while its holder runs lets no second 
   CHECK(DirLock::acquire(data_dir).ok());
 }
 
+TEST_CASE("readers that share the data directory keep writers out, and a writer keeps them out") {
+  TempDir dir;
+  const std::string data_dir = join_path(dir.path(), "data");
+  REQUIRE(posix_file_system().make_dirs(data_dir).ok());
+  auto first = SharedDirLock::acquire(data_dir);
+  auto second = SharedDirLock::acquire(data_dir);
+  REQUIRE(first.ok());
+  REQUIRE(second.ok());
+  const auto writer = DirLock::acquire(data_dir);
+  REQUIRE(writer.code() == ErrorCode::locked);
+  CHECK(writer.status().message().find("a reader without write access") != std::string::npos);
+  first.value().reset();
+  CHECK(DirLock::acquire(data_dir).code() == ErrorCode::locked);  // the second still reads
+  second.value().reset();
+  auto lock = DirLock::acquire(data_dir);
+  REQUIRE(lock.ok());
+  const auto reader = SharedDirLock::acquire(data_dir);
+  REQUIRE(reader.code() == ErrorCode::locked);
+  CHECK(reader.status().message() == "data directory " + data_dir + " is open for writing");
+  lock.value().reset();
+  CHECK(SharedDirLock::acquire(data_dir).ok());
+}
+
 }  // namespace
 }  // namespace tally::log::test

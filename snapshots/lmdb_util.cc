@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "log/file.h"
+#include "log/lock.h"
 
 namespace tally::snap::lmdb {
 
@@ -105,19 +106,21 @@ Result<std::unique_ptr<Environment>> Environment::open(const std::string& dir,
   env->dir_ = dir;
   env->options_ = options;
   env->options_.component = env->component_;
-  int rc = mdb_env_create(&env->env_);
-  if (rc != 0) {
-    env->env_ = nullptr;
-    return lmdb::error(component, "mdb_env_create", rc);
+  int rc = env->open_handle(options.flags);
+  if (rc == EACCES && read_only) {
+    // No write access to lock.mdb, where LMDB keeps its table of readers: a
+    // writer could not see this reader and would reuse the pages it reads.
+    // Read without the table while no writer can start (a file system
+    // mounted read-only LMDB handles itself, with EROFS).
+    auto shared = log::SharedDirLock::acquire(log::parent_dir(dir));
+    if (!shared.ok()) {
+      return Status(shared.status().code(),
+                    component + ": " + shared.status().message() + "; reading " + dir +
+                        " beside a writer needs write access to its lock.mdb");
+    }
+    env->shared_dir_lock_ = std::move(shared).value();
+    rc = env->open_handle(options.flags | MDB_NOLOCK);
   }
-  mdb_env_set_userctx(env->env_, &env->dir_);
-  // Fails only for a null env; a no-op where LMDB is built without asserts.
-  (void)mdb_env_set_assert(env->env_, on_lmdb_assert);
-  rc = mdb_env_set_maxdbs(env->env_, static_cast<MDB_dbi>(options.db_names.size()));
-  if (rc != 0) return env->error("mdb_env_set_maxdbs", rc);
-  rc = mdb_env_set_mapsize(env->env_, options.map_size_bytes);
-  if (rc != 0) return env->error("mdb_env_set_mapsize", rc);
-  rc = mdb_env_open(env->env_, dir.c_str(), options.flags, 0644);
   if (rc != 0) return env->error("mdb_env_open " + dir, rc);
   TALLY_TRY(check_file_size(*env, dir));
   TALLY_TRY(env->check_free_list());
@@ -127,6 +130,22 @@ Result<std::unique_ptr<Environment>> Environment::open(const std::string& dir,
   if (rc != 0) return env->error("mdb_env_info", rc);
   env->map_size_bytes_ = info.me_mapsize;  // an existing larger file keeps its size
   return env;
+}
+
+int Environment::open_handle(unsigned flags) {
+  if (env_ != nullptr) mdb_env_close(env_);  // a failed open leaves a handle only to close
+  int rc = mdb_env_create(&env_);
+  if (rc != 0) {
+    env_ = nullptr;
+    return rc;
+  }
+  mdb_env_set_userctx(env_, &dir_);
+  // Fails only for a null env; a no-op where LMDB is built without asserts.
+  (void)mdb_env_set_assert(env_, on_lmdb_assert);
+  rc = mdb_env_set_maxdbs(env_, static_cast<MDB_dbi>(options_.db_names.size()));
+  if (rc == 0) rc = mdb_env_set_mapsize(env_, options_.map_size_bytes);
+  if (rc == 0) rc = mdb_env_open(env_, dir_.c_str(), flags, 0644);
+  return rc;
 }
 
 Status Environment::check_free_list() const {

@@ -25,6 +25,10 @@
 
 #include "log/status.h"
 
+namespace tally::log {
+class SharedDirLock;
+}  // namespace tally::log
+
 namespace tally::snap::lmdb {
 
 // Doublings of the map in one write: from 4 KiB, 48 reach past any address
@@ -114,7 +118,9 @@ class Environment {
   // file is damaged or shorter than its pages in use; io_error when LMDB or
   // the file system refuses otherwise. With MDB_RDONLY, not_found when
   // there is no data.mdb or it is empty (nothing is created then; on a
-  // read-only file system LMDB reads without its lock file).
+  // read-only file system LMDB reads without its lock file; so does a
+  // reader without write access to lock.mdb, keeping writers out of the
+  // data directory, `dir`'s parent, meanwhile: `locked` when one is in it).
   static Result<std::unique_ptr<Environment>> open(const std::string& dir,
                                                    const EnvironmentOptions& options);
   ~Environment();
@@ -160,12 +166,18 @@ class Environment {
 
  private:
   Environment() = default;
+  // Makes env_ afresh (closing any before) and opens it in dir_ with
+  // options_ and `flags`: LMDB's code.
+  int open_handle(unsigned flags);
 
   MDB_env* env_ = nullptr;
   EnvironmentOptions options_;  // its component views component_
   std::string component_;
   std::string dir_;  // for the message of a failed LMDB assertion
   std::size_t map_size_bytes_ = 0;
+  // Held by a reader that opened without lock.mdb (open()); released after
+  // env_ closes.
+  std::unique_ptr<log::SharedDirLock> shared_dir_lock_;
   // Lock order: gate, then map lock.
   mutable std::mutex map_gate_;
   mutable std::shared_mutex map_lock_;

@@ -1,14 +1,19 @@
 #include "snapshots/store.h"
 
 #include <doctest.h>
+#include <grp.h>
 #include <lmdb.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <string>
 #include <vector>
 
+#include "log/lock.h"
 #include "projections/state_fixture.h"
 #include "snapshots/format.h"
 #include "snapshots/history.h"
@@ -427,6 +432,73 @@ TEST_CASE("a read-only store reads what a writer left and creates nothing") {
   REQUIRE(loaded.ok());
   CHECK(loaded->state->digest() == run.digests.back());
   CHECK_FALSE((*reader)->write(run.state, position_of(run.state)).ok());
+}
+
+// Runs `read` in a child process that may not write the store's lock.mdb:
+// lock.mdb and the store's directory lose their write bits, and a child of
+// root (which writes anything) becomes nobody. The child's exit code, or
+// 100 + signal when it dies of one.
+int read_without_write_access(const TempDir& dir, const std::function<int()>& read) {
+  const std::string path = dir.sub("snapshots");
+  namespace fs = std::filesystem;
+  fs::permissions(path + "/lock.mdb", fs::perms::owner_write | fs::perms::group_write,
+                  fs::perm_options::remove);
+  fs::permissions(path, fs::perms::owner_write, fs::perm_options::remove);
+  fs::permissions(dir.path(), fs::perms::group_read | fs::perms::group_exec |
+                                  fs::perms::others_read | fs::perms::others_exec,
+                  fs::perm_options::add);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    constexpr uid_t kNobody = 65534;
+    const bool dropped = ::geteuid() != 0 ||
+                         (::setgroups(0, nullptr) == 0 &&
+                          ::setresgid(kNobody, kNobody, kNobody) == 0 &&
+                          ::setresuid(kNobody, kNobody, kNobody) == 0);
+    if (!dropped) ::_exit(99);
+    ::_exit(read());
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  fs::permissions(path, fs::perms::owner_write, fs::perm_options::add);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 100 + WTERMSIG(status);
+}
+
+TEST_CASE("a reader without write access to lock.mdb reads while it keeps writers out") {
+  TempDir dir;
+  ScriptRun run;
+  {
+    std::unique_ptr<SnapshotStore> writer = open_store(dir);
+    run_script(writer.get(), &run);
+  }
+  SnapshotStoreOptions read_only = small_options();
+  read_only.read_only = true;
+  // A LOCK file the child may open, so that what stops its writer is the lock.
+  { std::ofstream lock_file(dir.sub("LOCK")); }
+  std::filesystem::permissions(dir.sub("LOCK"), std::filesystem::perms::all);
+  // Reads every snapshot, and no writer can take the data directory meanwhile.
+  const int reads = read_without_write_access(dir, [&] {
+    auto reader = SnapshotStore::open(dir.sub("snapshots"), read_only);
+    if (!reader.ok()) return 1;
+    auto loaded = (*reader)->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, nullptr);
+    if (!loaded.ok() || loaded->state->digest() != run.digests.back()) return 2;
+    if (log::DirLock::acquire(dir.path()).code() != ErrorCode::locked) return 3;
+    reader->reset();
+    return log::DirLock::acquire(dir.path()).ok() ? 0 : 4;
+  });
+  CHECK(reads == 0);
+  // Beside a writer it says so, and reads nothing.
+  auto writer = log::DirLock::acquire(dir.path());
+  REQUIRE(writer.ok());
+  const int refused = read_without_write_access(dir, [&] {
+    auto reader = SnapshotStore::open(dir.sub("snapshots"), read_only);
+    if (reader.code() != ErrorCode::locked) return 1;
+    return reader.status().message().find("needs write access to its lock.mdb") !=
+                   std::string::npos
+               ? 0
+               : 2;
+  });
+  CHECK(refused == 0);
 }
 
 TEST_CASE("a different idempotency window skips the snapshot as invalid") {
