@@ -152,6 +152,40 @@ TEST_CASE("a snapshot plus the log after it replays to the state of the whole lo
   CHECK(*f.ledger->digest() == digest);
 }
 
+TEST_CASE("a snapshot asked for while every core is busy is taken, not left to the idle time") {
+  Fixture f;
+  f.open();
+  // Writes that never let up, and a busy thread at normal priority on every
+  // core: a follower left under SCHED_IDLE would fall ever further behind
+  // the log until they stop, and the snapshot would wait for it.
+  std::atomic<bool> stop{false};
+  std::atomic<bool> wrote{true};
+  std::vector<std::thread> busy;
+  busy.emplace_back([&] {
+    for (int n = 0; !stop.load() && wrote.load(); n++) {
+      wrote.store(f.ledger->acquire(name("k", n), name("s", n % 100), "gold", 1).ok());
+    }
+  });
+  for (unsigned index = 0; index < std::max(2u, std::thread::hardware_concurrency()); index++) {
+    busy.emplace_back([&] {
+      while (!stop.load(std::memory_order_relaxed)) {
+      }
+    });
+  }
+  while (f.ledger->committed_seq() < 1000) std::this_thread::yield();
+  std::vector<Result<std::uint64_t>> taken;
+  for (int round = 0; round < 2; round++) taken.push_back(f.ledger->snapshot_now());
+  stop.store(true);
+  for (std::thread& thread : busy) thread.join();
+  CHECK(wrote.load());
+  for (const Result<std::uint64_t>& seq : taken) {
+    REQUIRE_MESSAGE(seq.ok(), seq.status().to_string());
+    CHECK(*seq >= 1000);
+  }
+  CHECK(*taken[1] >= *taken[0]);
+  f.close();
+}
+
 TEST_CASE("a snapshot the log does not continue is skipped; the older one is used") {
   Fixture f;
   f.open();

@@ -265,6 +265,11 @@ void Archivist::Impl::finish_snapshot_request(std::uint64_t seq, Status status) 
     snapshot_answer = std::move(status);
   }
   snapshot_answered = snapshot_requests;
+  // Back to the cores nothing else wants (snapshot_now lifted it), unless
+  // stop() has made it normal for good. Under mu, as the lift is: a request
+  // made after this lifts it again.
+  sched_param param{};
+  if (!stopping) (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &param);
   cv.notify_all();
 }
 
@@ -297,11 +302,15 @@ Status Archivist::Impl::run() {
   {
     // From here on it runs only on a core nothing else wants: under full
     // load it lags rather than slow the writer (measured in
-    // docs/performance.md). Not once stop() began: it has made the thread
-    // normal again. Best effort: a failure only means it competes evenly.
+    // docs/performance.md). Not once stop() began, nor while snapshot_now
+    // waits: they have made the thread normal (finish_snapshot_request
+    // makes it idle again). Best effort: a failure only means it competes
+    // evenly.
     std::lock_guard<std::mutex> guard(mu);
     sched_param param{};
-    if (!stopping) (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &param);
+    if (!stopping && snapshot_requests == snapshot_answered) {
+      (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &param);
+    }
   }
   for (;;) {
     std::uint64_t requests = 0;
@@ -401,6 +410,11 @@ Result<std::uint64_t> Archivist::snapshot_now(std::chrono::milliseconds timeout)
                                    : impl.stats.failure;
   }
   const std::uint64_t ticket = ++impl.snapshot_requests;
+  // Someone waits for this one: until it is answered the thread runs at
+  // normal priority, or a busy machine could keep it waiting for as long as
+  // the load lasts.
+  sched_param param{};
+  (void)pthread_setschedparam(impl.thread.native_handle(), SCHED_OTHER, &param);
   impl.wake_cv.notify_all();
   if (!impl.cv.wait_for(guard, timeout, [&] { return impl.snapshot_answered >= ticket; })) {
     return Status(ErrorCode::busy, "the snapshot did not finish in time; it is still being taken");

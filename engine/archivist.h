@@ -20,7 +20,8 @@
 // wants: under full load it lags and catches up later, which point-in-time
 // reads account for (engine/point_in_time.h falls back to a replay where
 // the index lags). It wakes every 8192 committed records or 20 ms, not
-// once per group commit. stop() makes it normal again for the drain.
+// once per group commit. stop() makes it normal again for the drain, and
+// snapshot_now until the snapshot it waits for is taken.
 //
 // Thread safety: every method may be called from any thread.
 #pragma once
