@@ -120,43 +120,49 @@ Status copy_log(log::FileSystem& fs, const std::string& from, const std::string&
   return fs.sync_dir(to);
 }
 
-// Copies the store in `from` (if it opens) into `to`; false with the reason
-// in report->left_out when it is left out.
-template <class Store, class Options>
-Result<bool> copy_store(log::FileSystem& fs, const std::string& from, const std::string& to,
-                        const Options& read_only, std::string_view what, BackupReport* report) {
-  if (!fs.exists(from)) return false;
-  auto store = Store::open(from, read_only);
-  if (!store && store.code() == ErrorCode::not_found) return false;
-  Status copied = store ? (*store)->probe() : store.status();
-  if (copied.ok()) {
-    TALLY_TRY(fs.make_dirs(to));
-    copied = (*store)->copy_to(to);
+// Copies a store into `to` with `copy`; false when there is none, or with
+// the reason in report->left_out when it is damaged and left out.
+Result<bool> copy_store(log::FileSystem& fs, const detail::StoreCopy& copy, const std::string& to,
+                        std::string_view what, BackupReport* report) {
+  TALLY_TRY(fs.make_dirs(to));
+  const Status copied = copy(to);
+  if (!copied.ok() && copied.code() != ErrorCode::not_found &&
+      copied.code() != ErrorCode::corrupt) {
+    return copied;
   }
-  if (copied.code() == ErrorCode::corrupt) {
-    report->left_out.push_back(std::string(what) + ": " + copied.to_string());
+  if (!copied.ok()) {
+    if (copied.code() == ErrorCode::corrupt) {
+      report->left_out.push_back(std::string(what) + ": " + copied.to_string());
+    }
     std::error_code ignored;
     std::filesystem::remove_all(to, ignored);
     return false;
   }
-  if (!copied.ok()) return copied;
   TALLY_TRY(fs.sync_dir(to));
   return true;
 }
 
+// Opens the store in `from` read-only and copies it: not_found when there
+// is none.
+template <class Store, class Options>
+detail::StoreCopy opening_copy(log::FileSystem& fs, const std::string& from,
+                               const Options& read_only) {
+  return [&fs, from, read_only](const std::string& to) -> Status {
+    if (!fs.exists(from)) return Status(ErrorCode::not_found, "no store in " + from);
+    auto store = Store::open(from, read_only);
+    if (!store) return store.status();
+    TALLY_TRY((*store)->probe());
+    return (*store)->copy_to(to);
+  };
+}
+
 Status build(log::FileSystem& fs, const std::string& data_dir, const std::string& staging,
-             BackupReport* report) {
+             const detail::StoreCopies& copies, BackupReport* report) {
   // The stores first: the log copied after them holds every event they
   // describe.
-  auto snapshots = copy_store<snap::SnapshotStore>(fs, snapshot_dir(data_dir),
-                                                   snapshot_dir(staging),
-                                                   snap::SnapshotStoreOptions{.read_only = true},
-                                                   "snapshots", report);
+  auto snapshots = copy_store(fs, copies.snapshots, snapshot_dir(staging), "snapshots", report);
   if (!snapshots) return snapshots.status();
-  snap::HistoryStoreOptions history_read_only;
-  history_read_only.read_only = true;
-  auto history = copy_store<snap::HistoryStore>(fs, history_dir(data_dir), history_dir(staging),
-                                                history_read_only, "history", report);
+  auto history = copy_store(fs, copies.history, history_dir(staging), "history", report);
   if (!history) return history.status();
   TALLY_TRY(copy_log(fs, log_dir(data_dir), log_dir(staging), report));
 
@@ -173,7 +179,7 @@ Status build(log::FileSystem& fs, const std::string& data_dir, const std::string
     }
   }
   if (*history) {
-    auto store = snap::HistoryStore::open(history_dir(staging), history_read_only);
+    auto store = snap::HistoryStore::open(history_dir(staging), {.read_only = true});
     if (!store) return store.status();
     auto position = (*store)->position();
     if (!position) return position.status();
@@ -220,9 +226,10 @@ Status rename_new(const std::string& from, const std::string& to) {
 
 }  // namespace
 
+namespace detail {
+
 Result<BackupReport> backup_data(const std::string& data_dir, const std::string& out_path,
-                                 log::FileSystem* file_system) {
-  log::FileSystem& fs = file_system != nullptr ? *file_system : log::posix_file_system();
+                                 log::FileSystem& fs, const StoreCopies& copies) {
   std::error_code ignored;
   if (!std::filesystem::is_directory(data_dir, ignored)) {
     return Status(ErrorCode::not_found, "no data directory at " + data_dir);
@@ -234,15 +241,6 @@ Result<BackupReport> backup_data(const std::string& data_dir, const std::string&
   if (within(out_dir, data_dir)) {
     return Status(ErrorCode::invalid, out_dir + " is inside " + data_dir);
   }
-  // LMDB allows one open of an environment per process: a second one, once
-  // closed, drops the locks of the first (a live ledger's), and another
-  // process could then reset the lock file under it.
-  if (held_by_this_process(data_dir)) {
-    return Status(ErrorCode::invalid,
-                  "a ledger of this process has " + data_dir +
-                      " open, and LMDB allows one open of a store per process: back it "
-                      "up from another process (tally backup)");
-  }
   const std::string staging = out_dir + ".partial";
   std::error_code made_error;
   if (!std::filesystem::create_directory(staging, made_error)) {
@@ -253,7 +251,7 @@ Result<BackupReport> backup_data(const std::string& data_dir, const std::string&
                   staging + " exists (a backup that did not finish?): remove it first");
   }
   BackupReport report;
-  Status built = build(fs, data_dir, staging, &report);
+  Status built = build(fs, data_dir, staging, copies, &report);
   if (built.ok()) built = rename_new(staging, out_dir);
   if (built.ok()) built = fs.sync_dir(log::parent_dir(out_dir));
   if (!built.ok()) {
@@ -262,6 +260,29 @@ Result<BackupReport> backup_data(const std::string& data_dir, const std::string&
     return built;
   }
   return report;
+}
+
+}  // namespace detail
+
+Result<BackupReport> backup_data(const std::string& data_dir, const std::string& out_path,
+                                 log::FileSystem* file_system) {
+  log::FileSystem& fs = file_system != nullptr ? *file_system : log::posix_file_system();
+  // LMDB allows one open of an environment per process: a second one, once
+  // closed, drops the locks of the first (a live ledger's), and another
+  // process could then reset the lock file under it.
+  if (held_by_this_process(data_dir)) {
+    return Status(ErrorCode::invalid,
+                  "a ledger of this process has " + data_dir +
+                      " open, and LMDB allows one open of a store per process: back it "
+                      "up through that ledger (Ledger::backup) or from another process "
+                      "(tally backup)");
+  }
+  detail::StoreCopies copies;
+  copies.snapshots = opening_copy<snap::SnapshotStore>(
+      fs, snapshot_dir(data_dir), snap::SnapshotStoreOptions{.read_only = true});
+  copies.history = opening_copy<snap::HistoryStore>(fs, history_dir(data_dir),
+                                                   snap::HistoryStoreOptions{.read_only = true});
+  return detail::backup_data(data_dir, out_path, fs, copies);
 }
 
 }  // namespace tally

@@ -22,6 +22,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -47,9 +48,28 @@ struct BackupReport {
 // so it runs beside a live ledger of another process. A data_dir that a
 // Ledger of this process holds is refused (invalid): LMDB allows one open
 // of a store per process, and closing a second one would drop the first
-// one's locks. The log's files go through `fs` (nullptr: POSIX), the LMDB
-// stores' through LMDB.
+// one's locks; Ledger::backup backs it up through the ledger's own stores.
+// The log's files go through `fs` (nullptr: POSIX), the LMDB stores'
+// through LMDB.
 Result<BackupReport> backup_data(const std::string& data_dir, const std::string& out_dir,
                                  log::FileSystem* fs = nullptr);
+
+namespace detail {
+
+// Copies one LMDB store into `to`, an empty directory made for it:
+// not_found when there is no store, corrupt when it is damaged (the backup
+// leaves it out, as BackupReport::left_out says).
+using StoreCopy = std::function<Status(const std::string& to)>;
+struct StoreCopies {
+  StoreCopy snapshots;
+  StoreCopy history;
+};
+
+// backup_data, with the stores reached through `copies`: opened by the
+// backup, or a live ledger's own (Ledger::backup).
+Result<BackupReport> backup_data(const std::string& data_dir, const std::string& out_dir,
+                                 log::FileSystem& fs, const StoreCopies& copies);
+
+}  // namespace detail
 
 }  // namespace tally

@@ -8,6 +8,7 @@
 
 #include <csignal>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -293,6 +294,55 @@ TEST_CASE("a backup refuses a directory its own process holds, and a destination
   CHECK(std::filesystem::exists(dir.sub("backup")));
   CHECK_FALSE(std::filesystem::exists(dir.sub("backup.partial")));
   check_backup(source, dir.sub("backup"), *report);
+}
+
+TEST_CASE("a ledger backs itself up while its own threads write, through its own stores") {
+  testing::TempDir dir;
+  const std::string source = dir.sub("data");
+  // Snapshots on demand only: a follower that wrote one every 300 events
+  // would lag far behind these threads, and take long to catch up at close.
+  LedgerOptions options = small_ledger(source);
+  options.snapshot_every_events = 0;
+  options.snapshot_every_seconds = 3600;
+  std::unique_ptr<Ledger> ledger = open_ledger(options);
+  std::atomic<bool> stop{false};
+  std::atomic<bool> mutated{true};
+  std::thread writer([&] {
+    for (int round = 0; !stop.load() && mutated.load(); round++) {
+      mutated.store(mutate(*ledger, testing::name("r", round) + "-", 0, 20));
+    }
+  });
+  std::vector<std::pair<std::string, BackupReport>> backups;
+  for (int index = 0; index < 2000 && (backups.size() < 3 || backups.back().second.segments < 2);
+       index++) {
+    const std::string out = dir.sub(testing::name("backup", index));
+    auto report = ledger->backup(out);
+    REQUIRE_MESSAGE(report.ok(), report.status().to_string());
+    if (report->last_seq == 0) continue;
+    CHECK(report->left_out.empty());
+    CHECK(report->history_seq.has_value());
+    CHECK(report->history_seq.value_or(0) <= report->last_seq);
+    backups.emplace_back(out, *report);
+    if (backups.size() == 1) {
+      auto snapshot = ledger->snapshot_now();
+      REQUIRE_MESSAGE(snapshot.ok(), snapshot.status().to_string());
+    }
+  }
+  stop.store(true);
+  writer.join();
+  CHECK(mutated.load());
+  REQUIRE(backups.size() >= 3);
+  CHECK(backups.back().second.segments > 1);
+  CHECK(backups.back().second.snapshots.value_or(0) > 0);
+  // The ledger's stores are still its own: it snapshots and reads on.
+  CHECK(ledger->snapshot_now().ok());
+  CHECK(ledger->balance("s1", "gold", AsOf::at_seq(1)).ok());
+  REQUIRE(ledger->close().ok());
+  CHECK(ledger->backup(dir.sub("after-close")).code() == ErrorCode::closed);
+  for (const auto& [out, report] : backups) {
+    CAPTURE(report.last_seq);
+    check_backup(source, out, report);
+  }
 }
 
 }  // namespace

@@ -940,6 +940,35 @@ Result<std::uint64_t> Ledger::snapshot_now() {
   return impl_->archivist->snapshot_now(std::chrono::minutes(10));
 }
 
+Result<BackupReport> Ledger::backup(const std::string& out_dir) {
+  Impl& impl = *impl_;
+  {
+    // The stores stay open until the Ledger is destroyed, so a close that
+    // begins during the copy does not pull them away.
+    std::lock_guard<std::mutex> closing(impl.close_mu);
+    if (impl.closed) return Status(ErrorCode::closed, "the ledger is closed");
+  }
+  detail::StoreCopies copies;
+  copies.snapshots = [&impl](const std::string& to) -> Status {
+    std::lock_guard<std::mutex> guard(impl.snapshots.mu);
+    if (impl.snapshots.failed) {
+      return Status(ErrorCode::corrupt, "the store was found damaged and set aside");
+    }
+    if (impl.snapshots.store == nullptr) return Status(ErrorCode::not_found, "no store");
+    TALLY_TRY(impl.snapshots.store->probe());
+    return impl.snapshots.store->copy_to(to);
+  };
+  copies.history = [&impl](const std::string& to) -> Status {
+    if (impl.history == nullptr) return Status(ErrorCode::not_found, "no index");
+    if (impl.archivist != nullptr && impl.archivist->history_stopped()) {
+      return Status(ErrorCode::corrupt, "the index was found damaged and set aside");
+    }
+    TALLY_TRY(impl.history->probe());
+    return impl.history->copy_to(to);
+  };
+  return detail::backup_data(impl.options.data_dir, out_dir, *impl.fs, copies);
+}
+
 bool Ledger::Impl::enqueue(Task& task) {
   std::unique_lock<std::mutex> guard(mu);
   room_cv.wait(guard, [&] { return queue.size() < options.queue_depth_max || closing; });

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "engine/api.h"
+#include "engine/backup.h"
 #include "engine/clock.h"
 #include "engine/types.h"
 #include "log/file.h"
@@ -147,6 +148,12 @@ class Ledger final : public LedgerApi {
   // snapshots are off.
   Result<std::uint64_t> snapshot_now();
 
+  // Copies the data directory to `out_dir` while the ledger goes on, as
+  // backup_data (engine/backup.h) does from another process, but through
+  // this ledger's own snapshot store and history index: LMDB allows one
+  // open of a store per process. Blocks the writer at no point; snapshot
+  // writes wait for the copy of their store. closed once close() began.
+  Result<BackupReport> backup(const std::string& out_dir);
   // Appends expire events for every hold due at the clock's now. The writer
   // does this by itself before each command and when idle; tests with a
   // manual clock call it to make time pass.
