@@ -30,12 +30,23 @@ constexpr std::size_t kCopyChunkBytes = std::size_t{1} << 20;
 // while it passes them, so a second one is nearly always clean.
 constexpr std::size_t kCopyAttemptsMax = 5;
 
+// Counts the log's bytes copied for BackupProgress.
+struct ByteProgress {
+  const BackupProgress& progress;
+  std::uint64_t done = 0;
+  std::uint64_t total = 0;
+  void add(std::uint64_t bytes) {
+    done += bytes;
+    if (progress) progress(BackupStage::log_bytes, done, total);
+  }
+};
+
 // Copies one file and syncs the copy; returns its size. The copy is
 // preallocated to the size, as the writer makes a segment (so a writer that
 // continues it allocates nothing), and chunks of zeros are not written: a
 // segment is mostly the zeros of its preallocation.
 Result<std::uint64_t> copy_file(log::FileSystem& fs, const std::string& from,
-                                const std::string& to) {
+                                const std::string& to, ByteProgress* progress) {
   auto source = fs.open(from, log::FileSystem::Mode::read_only);
   if (!source) return source.status();
   auto size = (*source)->size();
@@ -50,6 +61,7 @@ Result<std::uint64_t> copy_file(log::FileSystem& fs, const std::string& from,
         static_cast<std::size_t>(std::min<std::uint64_t>(buffer.size(), *size - offset));
     const std::span<std::byte> chunk(buffer.data(), length);
     TALLY_TRY((*source)->read_at(offset, chunk));
+    progress->add(length);
     if (std::all_of(chunk.begin(), chunk.end(), [](std::byte b) { return b == std::byte{0}; })) {
       continue;
     }
@@ -60,7 +72,8 @@ Result<std::uint64_t> copy_file(log::FileSystem& fs, const std::string& from,
 }
 
 // Reads a log as an open does (every checksum and the chain); its end.
-Result<log::LogEnd> read_log(log::FileSystem& fs, const std::string& dir) {
+Result<log::LogEnd> read_log(log::FileSystem& fs, const std::string& dir,
+                             const BackupProgress& progress) {
   auto reader = log::LogReader::open(fs, dir);
   if (!reader) return reader.status();
   log::Record record;
@@ -68,11 +81,26 @@ Result<log::LogEnd> read_log(log::FileSystem& fs, const std::string& dir) {
     auto more = (*reader)->next(&record);
     if (!more) return more.status();
     if (!*more) return (*reader)->end();
+    if (progress) progress(BackupStage::log_events, record.seq, 0);
   }
 }
 
+// The sum of the files' sizes.
+Result<std::uint64_t> total_size(log::FileSystem& fs, const std::string& dir,
+                                 const std::vector<std::string>& names) {
+  std::uint64_t total = 0;
+  for (const std::string& name : names) {
+    auto file = fs.open(log::join_path(dir, name), log::FileSystem::Mode::read_only);
+    if (!file) return file.status();
+    auto size = (*file)->size();
+    if (!size) return size.status();
+    total += *size;
+  }
+  return total;
+}
+
 Status copy_log(log::FileSystem& fs, const std::string& from, const std::string& to,
-                BackupReport* report) {
+                const BackupProgress& progress, BackupReport* report) {
   TALLY_TRY(fs.make_dirs(to));
   std::vector<std::string> segments;
   auto names = fs.list(from);
@@ -84,16 +112,22 @@ Status copy_log(log::FileSystem& fs, const std::string& from, const std::string&
       if (name.ends_with(".seg")) segments.push_back(name);
     }
   }
+  ByteProgress copied{progress};
+  if (progress) {
+    auto total = total_size(fs, from, segments);
+    if (!total) return total.status();
+    copied.total = *total;
+  }
   std::vector<std::uint64_t> sizes;
   for (const std::string& name : segments) {
-    auto size = copy_file(fs, log::join_path(from, name), log::join_path(to, name));
+    auto size = copy_file(fs, log::join_path(from, name), log::join_path(to, name), &copied);
     if (!size) return size.status();
     sizes.push_back(*size);
   }
   report->segments = segments.size();
   log::LogEnd end;
   for (report->log_copies = 1;; report->log_copies++) {
-    auto read = read_log(fs, to);
+    auto read = read_log(fs, to, progress);
     if (read) {
       end = *read;
       break;
@@ -103,8 +137,9 @@ Status copy_log(log::FileSystem& fs, const std::string& from, const std::string&
       return Status(read.code(), read.status().message() + " (the log as copied " +
                                      std::to_string(report->log_copies) + " time(s))");
     }
+    copied.total += sizes.back();  // about what the copy again adds
     auto size = copy_file(fs, log::join_path(from, segments.back()),
-                          log::join_path(to, segments.back()));
+                          log::join_path(to, segments.back()), &copied);
     if (!size) return size.status();
     sizes.back() = *size;
   }
@@ -157,14 +192,15 @@ detail::StoreCopy opening_copy(log::FileSystem& fs, const std::string& from,
 }
 
 Status build(log::FileSystem& fs, const std::string& data_dir, const std::string& staging,
-             const detail::StoreCopies& copies, BackupReport* report) {
+             const detail::StoreCopies& copies, const BackupProgress& progress,
+             BackupReport* report) {
   // The stores first: the log copied after them holds every event they
   // describe.
   auto snapshots = copy_store(fs, copies.snapshots, snapshot_dir(staging), "snapshots", report);
   if (!snapshots) return snapshots.status();
   auto history = copy_store(fs, copies.history, history_dir(staging), "history", report);
   if (!history) return history.status();
-  TALLY_TRY(copy_log(fs, log_dir(data_dir), log_dir(staging), report));
+  TALLY_TRY(copy_log(fs, log_dir(data_dir), log_dir(staging), progress, report));
 
   // What the copies describe, and that the copied log reaches it.
   std::uint64_t described_seq = 0;
@@ -229,7 +265,8 @@ Status rename_new(const std::string& from, const std::string& to) {
 namespace detail {
 
 Result<BackupReport> backup_data(const std::string& data_dir, const std::string& out_path,
-                                 log::FileSystem& fs, const StoreCopies& copies) {
+                                 log::FileSystem& fs, const StoreCopies& copies,
+                                 const BackupProgress& progress) {
   std::error_code ignored;
   if (!std::filesystem::is_directory(data_dir, ignored)) {
     return Status(ErrorCode::not_found, "no data directory at " + data_dir);
@@ -251,7 +288,7 @@ Result<BackupReport> backup_data(const std::string& data_dir, const std::string&
                   staging + " exists (a backup that did not finish?): remove it first");
   }
   BackupReport report;
-  Status built = build(fs, data_dir, staging, copies, &report);
+  Status built = build(fs, data_dir, staging, copies, progress, &report);
   if (built.ok()) built = rename_new(staging, out_dir);
   if (built.ok()) built = fs.sync_dir(log::parent_dir(out_dir));
   if (!built.ok()) {
@@ -265,7 +302,7 @@ Result<BackupReport> backup_data(const std::string& data_dir, const std::string&
 }  // namespace detail
 
 Result<BackupReport> backup_data(const std::string& data_dir, const std::string& out_path,
-                                 log::FileSystem* file_system) {
+                                 log::FileSystem* file_system, const BackupProgress& progress) {
   log::FileSystem& fs = file_system != nullptr ? *file_system : log::posix_file_system();
   // LMDB allows one open of an environment per process: a second one, once
   // closed, drops the locks of the first (a live ledger's), and another
@@ -282,7 +319,7 @@ Result<BackupReport> backup_data(const std::string& data_dir, const std::string&
       fs, snapshot_dir(data_dir), snap::SnapshotStoreOptions{.read_only = true});
   copies.history = opening_copy<snap::HistoryStore>(fs, history_dir(data_dir),
                                                    snap::HistoryStoreOptions{.read_only = true});
-  return detail::backup_data(data_dir, out_path, fs, copies);
+  return detail::backup_data(data_dir, out_path, fs, copies, progress);
 }
 
 }  // namespace tally

@@ -51,8 +51,18 @@ struct BackupReport {
 // one's locks; Ledger::backup backs it up through the ledger's own stores.
 // The log's files go through `fs` (nullptr: POSIX), the LMDB stores'
 // through LMDB.
+//
+// `progress`, when set, is called on the backup's thread as the log is
+// copied (log_bytes: bytes copied so far, of `total`, the segments' sizes)
+// and as the copy is read back (log_events: the seq reached, of `total`, 0
+// while unknown); it must be cheap, as it runs per MiB and per event.
+enum class BackupStage : std::uint8_t { log_bytes, log_events };
+using BackupProgress =
+    std::function<void(BackupStage stage, std::uint64_t done, std::uint64_t total)>;
+
 Result<BackupReport> backup_data(const std::string& data_dir, const std::string& out_dir,
-                                 log::FileSystem* fs = nullptr);
+                                 log::FileSystem* fs = nullptr,
+                                 const BackupProgress& progress = {});
 
 namespace detail {
 
@@ -68,7 +78,8 @@ struct StoreCopies {
 // backup_data, with the stores reached through `copies`: opened by the
 // backup, or a live ledger's own (Ledger::backup).
 Result<BackupReport> backup_data(const std::string& data_dir, const std::string& out_dir,
-                                 log::FileSystem& fs, const StoreCopies& copies);
+                                 log::FileSystem& fs, const StoreCopies& copies,
+                                 const BackupProgress& progress);
 
 }  // namespace detail
 

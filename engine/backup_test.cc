@@ -288,9 +288,28 @@ TEST_CASE("a backup refuses a directory its own process holds, and a destination
     CAPTURE(inside);
     CHECK(backup_data(source, inside).code() == ErrorCode::invalid);
   }
-  // A trailing slash names the same destination.
-  auto report = backup_data(source, dir.sub("backup") + "//");
+  // A trailing slash names the same destination. Progress: every byte of
+  // the segments copied, then every event read back.
+  std::uint64_t bytes_done = 0;
+  std::uint64_t bytes_total = 0;
+  std::uint64_t events_done = 0;
+  bool in_order = true;
+  const auto progress = [&](BackupStage stage, std::uint64_t done, std::uint64_t total) {
+    if (stage == BackupStage::log_bytes) {
+      in_order = in_order && events_done == 0 && done > bytes_done;
+      bytes_done = done;
+      bytes_total = total;
+    } else {
+      in_order = in_order && done == events_done + 1;
+      events_done = done;
+    }
+  };
+  auto report = backup_data(source, dir.sub("backup") + "//", nullptr, progress);
   REQUIRE_MESSAGE(report.ok(), report.status().to_string());
+  CHECK(in_order);
+  CHECK(bytes_done == report->log_bytes);
+  CHECK(bytes_total == report->log_bytes);
+  CHECK(events_done == report->last_seq);
   CHECK(std::filesystem::exists(dir.sub("backup")));
   CHECK_FALSE(std::filesystem::exists(dir.sub("backup.partial")));
   check_backup(source, dir.sub("backup"), *report);

@@ -940,7 +940,7 @@ Result<std::uint64_t> Ledger::snapshot_now() {
   return impl_->archivist->snapshot_now(std::chrono::minutes(10));
 }
 
-Result<BackupReport> Ledger::backup(const std::string& out_dir) {
+Result<BackupReport> Ledger::backup(const std::string& out_dir, const BackupProgress& progress) {
   Impl& impl = *impl_;
   {
     // The stores stay open until the Ledger is destroyed, so a close that
@@ -966,7 +966,7 @@ Result<BackupReport> Ledger::backup(const std::string& out_dir) {
     TALLY_TRY(impl.history->probe());
     return impl.history->copy_to(to);
   };
-  return detail::backup_data(impl.options.data_dir, out_dir, *impl.fs, copies);
+  return detail::backup_data(impl.options.data_dir, out_dir, *impl.fs, copies, progress);
 }
 
 bool Ledger::Impl::enqueue(Task& task) {

@@ -152,8 +152,9 @@ class Ledger final : public LedgerApi {
   // backup_data (engine/backup.h) does from another process, but through
   // this ledger's own snapshot store and history index: LMDB allows one
   // open of a store per process. Blocks the writer at no point; snapshot
-  // writes wait for the copy of their store. closed once close() began.
-  Result<BackupReport> backup(const std::string& out_dir);
+  // writes wait for the copy of their store. `progress` as for
+  // backup_data. closed once close() began.
+  Result<BackupReport> backup(const std::string& out_dir, const BackupProgress& progress = {});
   // Appends expire events for every hold due at the clock's now. The writer
   // does this by itself before each command and when idle; tests with a
   // manual clock call it to make time pass.

@@ -9,6 +9,7 @@
 #include "tools/audit.h"
 #include "tools/cli.h"
 #include "tools/format.h"
+#include "tools/progress.h"
 
 namespace tally::cli {
 
@@ -41,7 +42,22 @@ int run_backup(const Args& args) {
   if (!out_dir) return usage_error("backup", out_dir.status().message());
   const Status exists = require_data_dir(std::string(*data));
   if (!exists.ok()) return failure(exists);
-  auto report = backup_data(std::string(*data), std::string(*out_dir));
+  Progress copying("backup: copying the log", 0);
+  copying.set_unit("MiB");
+  Progress checking("backup: checking the copy", 0);
+  const auto progress = [&](BackupStage stage, std::uint64_t done, std::uint64_t total) {
+    if (stage == BackupStage::log_bytes) {
+      copying.set_total(total >> 20);
+      copying.update_now(done >> 20);
+    } else {
+      copying.finish();
+      checking.update(done);
+    }
+  };
+  auto report = backup_data(std::string(*data), std::string(*out_dir), nullptr,
+                            copying.enabled() ? BackupProgress(progress) : BackupProgress());
+  copying.finish();
+  checking.finish();
   if (!report) return failure(report.status());
   for (const std::string& why : report->left_out) {
     std::fprintf(stderr, "tally: left out of the backup (made from the log at open): %s\n",
@@ -91,8 +107,9 @@ constexpr CommandSpec kBackupSpec = {
     "Prints `last_seq=N segments=N log_bytes=N log_copies=N snapshots=N\n"
     "history_seq=N` (`none` for a store not copied; with --json, one object,\n"
     "null, and `left_out`: the warnings, as a list). DEST may not lie inside\n"
-    "DIR. A ledger embedded in a process backs up from another process: LMDB\n"
-    "allows one open of a store per process.\n",
+    "DIR. A program that embeds the ledger backs it up with Ledger::backup\n"
+    "(LMDB allows one open of a store per process). Progress goes to stderr\n"
+    "when it is a terminal.\n",
     kBackupFlags,
     0,
 };

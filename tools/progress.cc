@@ -40,7 +40,9 @@ void Progress::maybe_draw(std::uint64_t done) {
     line += "%)";
   }
   const double seconds = std::chrono::duration<double>(now - started_).count();
-  line += " events, ";
+  line += " ";
+  line += unit_;
+  line += ", ";
   append_int(&line, static_cast<std::int64_t>(seconds));
   line += " s";
   // Pad over the rest of a longer previous line.

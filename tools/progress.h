@@ -38,11 +38,18 @@ class Progress {
   bool enabled() const { return enabled_; }
   // The count done reaches at the end; 0 when unknown.
   void set_total(std::uint64_t total) { total_ = total; }
+  // What is counted, after the numbers: "events" unless set.
+  void set_unit(std::string_view unit) { unit_ = unit; }
   // `done` so far (absolute, e.g. the seq reached). Reads the clock only
   // every kUpdatesPerClockRead calls, and draws when the last draw is old.
   void update(std::uint64_t done) {
     if (!enabled_ || ++updates_ % kUpdatesPerClockRead != 0) return;
     maybe_draw(done);
+  }
+  // update() for work counted in large steps (a MiB copied): reads the
+  // clock at every call.
+  void update_now(std::uint64_t done) {
+    if (enabled_) maybe_draw(done);
   }
   // Erases the line if one was drawn; later updates draw nothing.
   void finish();
@@ -54,6 +61,7 @@ class Progress {
   void maybe_draw(std::uint64_t done);
 
   std::string what_;
+  std::string unit_ = "events";
   std::uint64_t total_;
   std::FILE* file_;
   bool enabled_;

@@ -5,7 +5,10 @@
 #include <doctest.h>
 
 #include <array>
+#include <chrono>
 #include <set>
+#include <string>
+#include <thread>
 
 #include "tools/args.h"
 #include "tools/csv.h"
@@ -323,6 +326,26 @@ TEST_CASE("progress stays quiet when disabled and erases what it drew") {
   }
   CHECK(std::ftell(file) == 0);
   std::fclose(file);
+}
+
+TEST_CASE("progress counted in large steps draws its unit, and erases the line") {
+  std::FILE* file = std::tmpfile();
+  REQUIRE(file != nullptr);
+  {
+    Progress progress("backup", 10, file, true);
+    progress.set_unit("MiB");
+    // Past the redraw interval since the start: the next update draws.
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    progress.update_now(3);
+  }
+  std::string written(static_cast<std::size_t>(std::ftell(file)), '\0');
+  std::rewind(file);
+  REQUIRE(std::fread(written.data(), 1, written.size(), file) == written.size());
+  std::fclose(file);
+  const std::string drawn = "\rtally: backup: 3 / 10 (30%) MiB, 0 s";
+  CHECK(written.starts_with(drawn));
+  // Then blanks over it, from the start of the line.
+  CHECK(written.substr(drawn.size()) == "\r" + std::string(drawn.size(), ' ') + "\r");
 }
 
 // ---- log events ----------------------------------------------------------------
