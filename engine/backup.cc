@@ -161,14 +161,12 @@ Result<bool> copy_store(log::FileSystem& fs, const detail::StoreCopy& copy, cons
                         std::string_view what, BackupReport* report) {
   TALLY_TRY(fs.make_dirs(to));
   const Status copied = copy(to);
-  if (!copied.ok() && copied.code() != ErrorCode::not_found &&
-      copied.code() != ErrorCode::corrupt) {
+  if (copied.code() == ErrorCode::corrupt) {
+    report->left_out.push_back(std::string(what) + ": " + copied.to_string());
+  } else if (!copied.ok() && copied.code() != ErrorCode::not_found) {
     return copied;
   }
   if (!copied.ok()) {
-    if (copied.code() == ErrorCode::corrupt) {
-      report->left_out.push_back(std::string(what) + ": " + copied.to_string());
-    }
     std::error_code ignored;
     std::filesystem::remove_all(to, ignored);
     return false;
