@@ -42,6 +42,8 @@ using history::kCheckBytes;
 using history::kEntryKeyBytes;
 using history::kEpochBytes;
 using history::kEpochValueBytes;
+using history::kHashBytes;
+using history::kHashKeyBytes;
 using history::kNameBytesMax;
 using history::kOpeningKeyBytes;
 using history::kOpeningValueBytes;
@@ -279,6 +281,19 @@ std::uint32_t check_of(std::span<const std::uint8_t> key, const std::uint8_t* va
 }
 std::uint32_t check_of(const MDB_val& key, const std::uint8_t* value, std::size_t value_bytes) {
   return check_of(std::span(bytes_of(key), key.mv_size), value, value_bytes);
+}
+
+// A pair's "hashes" key: the hash of its subject (the pair key up to its
+// NUL), of its pair key, then its id; id 0 is where a pair key's records
+// begin.
+using HashKey = std::array<std::uint8_t, kHashKeyBytes>;
+HashKey hash_key(std::string_view pair_key, std::uint64_t id) {
+  const std::size_t subject_bytes = std::min(pair_key.find('\0'), pair_key.size());
+  HashKey key{};
+  put_be(key.data(), XXH3_64bits(pair_key.data(), subject_bytes), kHashBytes);
+  put_be(key.data() + kHashBytes, XXH3_64bits(pair_key.data(), pair_key.size()), kHashBytes);
+  put_be(key.data() + 2 * kHashBytes, id, history::kPairIdBytes);
+  return key;
 }
 
 void encode_entry(const EntryRecord& entry, EntryBytes* out) {
@@ -647,6 +662,7 @@ struct HistoryStore::Impl {
   MDB_dbi times = 0;
   MDB_dbi epochs = 0;
   MDB_dbi openings = 0;
+  MDB_dbi hashes = 0;
   HistoryStoreOptions options;
 
   // The writer's. flushed: as the last flush wrote it (or open found it);
@@ -691,6 +707,10 @@ struct HistoryStore::Impl {
   Status begin_read(ReadTxn* txn, Position* position) const;
   Result<std::uint64_t> find_pair(const Txn& txn, std::string_view key,
                                   std::uint64_t pair_count) const;
+  // The "hashes" records whose key begins with `prefix` (8 or 16 bytes),
+  // each checked: how many there are, and the id of the first.
+  Status count_hashes(const Txn& txn, std::span<const std::uint8_t> prefix,
+                      std::uint64_t* count, std::uint64_t* first_id) const;
   // The id in a pair's record, once its check (over `key` too) verifies.
   Result<std::uint64_t> pair_id_of(const MDB_val& key, const MDB_val& value,
                                    std::uint64_t pair_count) const;
@@ -803,7 +823,8 @@ Status HistoryStore::Impl::open_dbs(bool read_only) {
                                                   {history::kEntriesDbName, &entries},
                                                   {history::kTimesDbName, &times},
                                                   {history::kEpochsDbName, &epochs},
-                                                  {history::kOpeningsDbName, &openings}};
+                                                  {history::kOpeningsDbName, &openings},
+                                                  {history::kHashesDbName, &hashes}};
   for (const auto& [name, dbi] : dbs) TALLY_TRY(open_db(name, dbi));
   int rc = 0;
   if (created) TALLY_TRY(put_epoch(txn, epochs, EpochRecord{1, 0}, MDB_NOOVERWRITE, &rc));
@@ -1007,14 +1028,24 @@ Status HistoryStore::append(const log::Event& event, std::uint64_t chain_checksu
 Status HistoryStore::Impl::put_pairs(const Txn& txn, int* rc) {
   Cursor cursor;
   TALLY_TRY(cursor.open(txn, pairs));
+  Cursor hashes_cursor;
+  TALLY_TRY(hashes_cursor.open(txn, hashes));
   for (const PendingPair& pair : pending_pairs) {
-    MDB_val key = val_of(std::string_view(pending_keys).substr(pair.key_offset, pair.key_bytes));
+    const std::string_view pair_key =
+        std::string_view(pending_keys).substr(pair.key_offset, pair.key_bytes);
+    MDB_val key = val_of(pair_key);
     std::array<std::uint8_t, history::kPairValueBytes> record{};
     put_le(record.data(), pair.id, history::kPairIdBytes);
     put_le(record.data() + history::kPairIdBytes,
            check_of(key, record.data(), history::kPairIdBytes), history::kCheckBytes);
     MDB_val value = val_of(record);
     TALLY_TRY(put(cursor.get(), &key, &value, MDB_NOOVERWRITE, "pairs", rc));
+    HashKey hash = hash_key(pair_key, pair.id);
+    std::array<std::uint8_t, history::kHashValueBytes> check{};
+    put_le(check.data(), check_of(hash.data(), hash.size()), kCheckBytes);
+    MDB_val hash_val = val_of(hash);
+    MDB_val check_val = val_of(check);
+    TALLY_TRY(put(hashes_cursor.get(), &hash_val, &check_val, MDB_NOOVERWRITE, "hashes", rc));
   }
   return Status();
 }
@@ -1189,7 +1220,7 @@ Status HistoryStore::Impl::clear_once(int* rc) {
   *rc = 0;
   Txn txn;
   TALLY_TRY(txn.begin(*env, 0));
-  for (const MDB_dbi dbi : {pairs, entries, times, epochs, openings}) {
+  for (const MDB_dbi dbi : {pairs, entries, times, epochs, openings, hashes}) {
     *rc = mdb_drop(txn.get(), dbi, 0);
     if (*rc != 0) return lmdb_error("mdb_drop", *rc);
   }
@@ -1236,15 +1267,53 @@ Result<std::uint64_t> HistoryStore::Impl::pair_id_of(const MDB_val& key, const M
   return id;
 }
 
-// The pair's id, 0 when the index has no such pair.
+// The pair's id, 0 when the index has no such pair: no record by its name,
+// nor by its hashes.
 Result<std::uint64_t> HistoryStore::Impl::find_pair(const Txn& txn, std::string_view key,
                                                     std::uint64_t pair_count) const {
   MDB_val key_val = val_of(key);
   MDB_val value{};
   const int rc = mdb_get(txn.get(), pairs, &key_val, &value);
-  if (rc == MDB_NOTFOUND) return std::uint64_t{0};
+  if (rc == MDB_NOTFOUND) {
+    const HashKey hash = hash_key(key, 0);
+    std::uint64_t count = 0;
+    std::uint64_t id = 0;
+    TALLY_TRY(count_hashes(txn, std::span(hash).first(2 * kHashBytes), &count, &id));
+    if (count == 0) return std::uint64_t{0};
+    return corrupt("pair " + std::to_string(id) +
+                   " has the hashes of the name read but no record by that name (its name "
+                   "is damaged)");
+  }
   if (rc != 0) return lmdb_error("mdb_get (pairs)", rc);
   return pair_id_of(key_val, value, pair_count);
+}
+
+Status HistoryStore::Impl::count_hashes(const Txn& txn, std::span<const std::uint8_t> prefix,
+                                        std::uint64_t* count, std::uint64_t* first_id) const {
+  *count = 0;
+  *first_id = 0;
+  Cursor cursor;
+  TALLY_TRY(cursor.open(txn, hashes));
+  HashKey start{};
+  std::memcpy(start.data(), prefix.data(), prefix.size());
+  MDB_val key = val_of(start);
+  MDB_val value{};
+  int rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_SET_RANGE);
+  // Each pass counts one record; the database bounds it.
+  for (; rc == 0; rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_NEXT)) {
+    if (key.mv_size != kHashKeyBytes ||
+        std::memcmp(key.mv_data, prefix.data(), prefix.size()) != 0) {
+      break;
+    }
+    if (value.mv_size != history::kHashValueBytes ||
+        get_le(bytes_of(value), kCheckBytes) != check_of(bytes_of(key), kHashKeyBytes)) {
+      return corrupt("a pair's hashes record does not verify");
+    }
+    if (*count == 0) *first_id = get_be(bytes_of(key) + 2 * kHashBytes, history::kPairIdBytes);
+    ++*count;
+  }
+  if (rc != 0 && rc != MDB_NOTFOUND) return lmdb_error("mdb_cursor_get (hashes)", rc);
+  return Status();
 }
 
 Status HistoryStore::probe() const { return position().status(); }
@@ -1340,10 +1409,12 @@ Status HistoryStore::Impl::visit_pairs(
   MDB_val value{};
   int rc = prefix.empty() ? mdb_cursor_get(pairs_cursor.get(), &key, &value, MDB_FIRST)
                           : mdb_cursor_get(pairs_cursor.get(), &key, &value, MDB_SET_RANGE);
+  std::uint64_t walked = 0;
   // Each pass visits one pair and steps to the next key.
   for (; rc == 0; rc = mdb_cursor_get(pairs_cursor.get(), &key, &value, MDB_NEXT)) {
     const std::string_view pair_key = view_of(key);
     if (!pair_key.starts_with(prefix)) break;
+    walked++;
     std::string_view subject;
     std::string_view item;
     if (!split_pair_key(pair_key, &subject, &item)) return corrupt("malformed pair key");
@@ -1356,6 +1427,18 @@ Status HistoryStore::Impl::visit_pairs(
     if (balance != proj::Balance{}) visit(subject, item, balance);
   }
   if (rc != 0 && rc != MDB_NOTFOUND) return lmdb_error("mdb_cursor_get (pairs)", rc);
+  // A name key that damage moved out of the walk leaves a pair behind: as
+  // many pairs as the subject has hashes (the position's count for all).
+  std::uint64_t expected = position.pair_count;
+  if (!prefix.empty()) {
+    const HashKey hash = hash_key(prefix, 0);  // the subject's hash, from "subject\0"
+    std::uint64_t first_id = 0;
+    TALLY_TRY(count_hashes(txn, std::span(hash).first(kHashBytes), &expected, &first_id));
+  }
+  if (walked != expected) {
+    return corrupt(std::to_string(walked) + " pairs found by name where their hashes count " +
+                   std::to_string(expected) + " (a name is damaged)");
+  }
   return Status();
 }
 
@@ -1633,6 +1716,7 @@ Status HistoryStore::Impl::check_pair_ids(const Txn& txn, const Position& positi
   TALLY_TRY(cursor.open(txn, pairs));
   // One bit per pair id: an allocation the size of the index's pair count.
   std::vector<bool> named(position.pair_count + 1, false);
+  std::uint64_t unhashed = 0;  // the first pair without its hashes record
   MDB_val key{};
   MDB_val value{};
   int rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_FIRST);
@@ -1645,8 +1729,22 @@ Status HistoryStore::Impl::check_pair_ids(const Txn& txn, const Position& positi
     if (!id) return id.status();
     if (named[*id]) return corrupt("two pairs have id " + std::to_string(*id));
     named[*id] = true;
+    const HashKey hash = hash_key(view_of(key), *id);
+    std::uint64_t count = 0;
+    std::uint64_t first_id = 0;
+    TALLY_TRY(count_hashes(txn, hash, &count, &first_id));
+    // Reported after the walk: a pair given another's id has no hashes
+    // either, and the id named twice says more.
+    if (count != 1 && unhashed == 0) unhashed = *id;
   }
   if (rc != MDB_NOTFOUND) return lmdb_error("mdb_cursor_get (pairs)", rc);
+  if (unhashed != 0) return corrupt("pair " + std::to_string(unhashed) + " has no hashes record");
+  Result<std::uint64_t> hashed = records_in(txn, hashes, "hashes");
+  if (!hashed) return hashed.status();
+  if (*hashed != position.pair_count) {
+    return corrupt(std::to_string(*hashed) + " pair hashes where the position counts " +
+                   std::to_string(position.pair_count) + " pairs");
+  }
   return check_pair_count(txn, position);
 }
 

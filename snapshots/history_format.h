@@ -1,7 +1,7 @@
 // The history projection's on-disk format: named databases, keys and
 // records of the point-in-time index (snapshots/history.h).
 //
-// LMDB environment DATA/history/ (data.mdb, lock.mdb), six databases.
+// LMDB environment DATA/history/ (data.mdb, lock.mdb), seven databases.
 // Keys are big-endian where they hold numbers, so that LMDB's bytewise
 // order is numeric order; every value is little-endian.
 //
@@ -30,6 +30,13 @@
 //              value: u64 pair id (1, 2, ... in the order pairs first
 //              change), u32 check over the key bytes followed by the 8 id
 //              bytes (12 bytes): a name damaged in the key does not verify
+//   "hashes"   key: u64 XXH3-64 (seed 0) of the subject, u64 XXH3-64 of the
+//              pair's "pairs" key, u64 pair id, all big-endian (24 bytes)
+//              value: u32 check over the 24 key bytes (4 bytes)
+//              One per pair, written with its "pairs" record: what a read
+//              by name that finds no pair, or a walk of a subject's pairs,
+//              compares with, so that a damaged name key is corrupt
+//              rather than a pair that is not there.
 //   "entries"  key: u64 epoch, u64 pair id, u64 seq, all big-endian (24
 //              bytes)
 //              value: the entry record below, 46..301 bytes
@@ -81,13 +88,15 @@
 // lost from the middle (deleted, or moved away by a damaged key, which the
 // check above catches only when the record is read) breaks a chain.
 // Readers check the link after the balance they answer. A pair's name has
-// no chain: a damaged name key hides the pair from a read by name (it
-// reads as zero), and only a walk of the pairs, which reads every record
-// and so its check, finds it (HistoryStore::check_chains).
+// no chain; its "hashes" record stands in for one: a read by a name that
+// "pairs" does not hold looks for the name's hashes, and a walk of a
+// subject's pairs counts the subject's hashes, so a name key that damage
+// moved away is corrupt rather than a zero (a record whose own check
+// fails is corrupt where it is read).
 //
 // Older formats are not read; a writer finding one rebuilds the index from
 // the log. Format 1 had no epochs (entries keyed by pair, then seq);
-// format 2 had no check in a pair's record.
+// format 2 had no check in a pair's record; format 3 no "hashes".
 #pragma once
 
 #include <array>
@@ -102,13 +111,15 @@ inline constexpr const char* kEntriesDbName = "entries";
 inline constexpr const char* kTimesDbName = "times";
 inline constexpr const char* kEpochsDbName = "epochs";
 inline constexpr const char* kOpeningsDbName = "openings";
-inline constexpr std::array<const char*, 6> kDbNames = {
-    kMetaDbName, kPairsDbName, kEntriesDbName, kTimesDbName, kEpochsDbName, kOpeningsDbName};
+inline constexpr const char* kHashesDbName = "hashes";
+inline constexpr std::array<const char*, 7> kDbNames = {
+    kMetaDbName,   kPairsDbName,    kEntriesDbName, kTimesDbName,
+    kEpochsDbName, kOpeningsDbName, kHashesDbName};
 
 inline constexpr char kPositionKey[] = "position";
 inline constexpr std::size_t kPositionKeyBytes = sizeof(kPositionKey) - 1;
 inline constexpr std::uint32_t kPositionMagic = 0x53494854;  // "THIS" read as LE bytes
-inline constexpr std::uint32_t kFormatVersion = 3;
+inline constexpr std::uint32_t kFormatVersion = 4;
 inline constexpr std::size_t kPositionBytes = 72;
 inline constexpr std::size_t kPositionCheckedBytes = kPositionBytes - 8;
 
@@ -133,6 +144,9 @@ inline constexpr std::size_t kEpochValueBytes = 8 + kCheckBytes;
 inline constexpr std::size_t kOpeningKeyBytes = kEpochBytes + kPairIdBytes;
 inline constexpr std::size_t kPairValueBytes = kPairIdBytes + kCheckBytes;
 inline constexpr std::size_t kOpeningValueBytes = 8 + 8 + kCheckBytes;
+inline constexpr std::size_t kHashBytes = 8;
+inline constexpr std::size_t kHashKeyBytes = kHashBytes + kHashBytes + kPairIdBytes;
+inline constexpr std::size_t kHashValueBytes = kCheckBytes;
 inline constexpr std::uint64_t kTimeBias = std::uint64_t{1} << 63;
 
 // The op of an entry's event. 0 and 9..255 are never written.

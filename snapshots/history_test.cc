@@ -863,8 +863,9 @@ TEST_CASE("a damaged opening balance or epoch record is corrupt where it is read
 }
 
 TEST_CASE("an index of an older format is corrupt, naming its format, for the writer and readers") {
-  // Format 1's position record had 48 bytes, format 2's as many as now.
-  for (const auto& [format, position_bytes] : {std::pair{1, 48}, std::pair{2, 72}}) {
+  // Format 1's position record had 48 bytes, formats 2 and 3 as many as now.
+  for (const auto& [format, position_bytes] :
+       {std::pair{1, 48}, std::pair{2, 72}, std::pair{3, 72}}) {
     CAPTURE(format);
     TempDir dir;
     write_small_index(dir);
@@ -1186,14 +1187,50 @@ TEST_CASE("a damaged pair name is corrupt wherever its record is read, and for c
   REQUIRE(remove_record(dir, copy, history::kPairsDbName, std::string("alice\0gold", 10), 1));
   std::unique_ptr<HistoryStore> store = open_history(copy);
   const auto visit = [](std::string_view, std::string_view, Balance) {};
+  const auto list_visit = [](std::string_view, Balance) {};
   CHECK(store->for_each_at(2, visit).code() == ErrorCode::corrupt);
-  CHECK(store->list_at("amice", 2, [](std::string_view, Balance) {}).code() == ErrorCode::corrupt);
+  CHECK(store->list_at("amice", 2, list_visit).code() == ErrorCode::corrupt);
   const Status chains = store->check_chains();
   CHECK(chains.code() == ErrorCode::corrupt);
   CHECK(chains.message().find("does not verify") != std::string::npos);
-  // What a read by the lost name cannot see (snapshots.md, "Chains").
-  CHECK(balance_ok(*store, "alice", "gold", 2) == bal(0, 0));
+  // By the lost name: its hashes are still there, so not a zero.
+  const Result<Balance> lost = store->balance_at("alice", "gold", 2);
+  CHECK(lost.code() == ErrorCode::corrupt);
+  CHECK(lost.status().message().find("its name is damaged") != std::string::npos);
+  // The subject's walk misses the pair its hashes count.
+  const Status listed = store->list_at("alice", 2, list_visit);
+  CHECK(listed.code() == ErrorCode::corrupt);
+  CHECK(listed.message().find("a name is damaged") != std::string::npos);
+  // The other pairs read on; a name that never was is zero.
   CHECK(balance_ok(*store, "bob", "gold", 3) == bal(1, 0));
+  CHECK(balance_ok(*store, "alice", "copper", 3) == bal(0, 0));
+}
+
+TEST_CASE("a damaged or lost hashes record is corrupt for the walks that count it") {
+  for (const bool flipped : {false, true}) {
+    CAPTURE(flipped);
+    TempDir dir;
+    TempDir copy;
+    write_small_index(dir);
+    // alice's gold's hashes record, deleted or moved by a flipped bit in
+    // its first byte (the subject's hash: out of alice's range).
+    const std::string key = [&] {
+      for (const auto& [hash_key, value] : records_of(dir, history::kHashesDbName)) {
+        if (u64_at(hash_key, 16, true) == 1) return hash_key;
+      }
+      return std::string();
+    }();
+    REQUIRE(key.size() == history::kHashKeyBytes);
+    REQUIRE(remove_record(dir, copy, history::kHashesDbName, key, flipped ? 0 : -1));
+    std::unique_ptr<HistoryStore> store = open_history(copy);
+    // By name the pair reads as it was.
+    CHECK(balance_ok(*store, "alice", "gold", 2) != bal(0, 0));
+    const Status listed = store->list_at("alice", 2, [](std::string_view, Balance) {});
+    CHECK(listed.code() == ErrorCode::corrupt);
+    const Status chains = store->check_chains();
+    CHECK(chains.code() == ErrorCode::corrupt);
+    CHECK(chains.message().find("pair 1 has no hashes record") != std::string::npos);
+  }
 }
 
 TEST_CASE("read_only: a missing index is not_found and creates nothing; a written one reads") {
