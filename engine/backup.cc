@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -30,14 +31,21 @@ constexpr std::size_t kCopyChunkBytes = std::size_t{1} << 20;
 // while it passes them, so a second one is nearly always clean.
 constexpr std::size_t kCopyAttemptsMax = 5;
 
-// Counts the log's bytes copied for BackupProgress.
-struct ByteProgress {
+// One backup's progress reports and cancellation.
+struct Run {
   const BackupProgress& progress;
-  std::uint64_t done = 0;
-  std::uint64_t total = 0;
-  void add(std::uint64_t bytes) {
-    done += bytes;
-    if (progress) progress(BackupStage::log_bytes, done, total);
+  const std::atomic<bool>* cancel = nullptr;  // nullptr: never
+  std::uint64_t bytes_done = 0;
+  std::uint64_t bytes_total = 0;
+
+  // closed once the owner cancelled the backup.
+  Status check() const {
+    if (cancel == nullptr || !cancel->load(std::memory_order_relaxed)) return Status();
+    return Status(ErrorCode::closed, "the backup was cancelled: the ledger is closing");
+  }
+  void add_bytes(std::uint64_t bytes) {
+    bytes_done += bytes;
+    if (progress) progress(BackupStage::log_bytes, bytes_done, bytes_total);
   }
 };
 
@@ -46,7 +54,7 @@ struct ByteProgress {
 // continues it allocates nothing), and chunks of zeros are not written: a
 // segment is mostly the zeros of its preallocation.
 Result<std::uint64_t> copy_file(log::FileSystem& fs, const std::string& from,
-                                const std::string& to, ByteProgress* progress) {
+                                const std::string& to, Run* run) {
   auto source = fs.open(from, log::FileSystem::Mode::read_only);
   if (!source) return source.status();
   auto size = (*source)->size();
@@ -60,8 +68,9 @@ Result<std::uint64_t> copy_file(log::FileSystem& fs, const std::string& from,
     const auto length =
         static_cast<std::size_t>(std::min<std::uint64_t>(buffer.size(), *size - offset));
     const std::span<std::byte> chunk(buffer.data(), length);
+    TALLY_TRY(run->check());
     TALLY_TRY((*source)->read_at(offset, chunk));
-    progress->add(length);
+    run->add_bytes(length);
     if (std::all_of(chunk.begin(), chunk.end(), [](std::byte b) { return b == std::byte{0}; })) {
       continue;
     }
@@ -72,8 +81,7 @@ Result<std::uint64_t> copy_file(log::FileSystem& fs, const std::string& from,
 }
 
 // Reads a log as an open does (every checksum and the chain); its end.
-Result<log::LogEnd> read_log(log::FileSystem& fs, const std::string& dir,
-                             const BackupProgress& progress) {
+Result<log::LogEnd> read_log(log::FileSystem& fs, const std::string& dir, const Run& run) {
   auto reader = log::LogReader::open(fs, dir);
   if (!reader) return reader.status();
   log::Record record;
@@ -81,7 +89,8 @@ Result<log::LogEnd> read_log(log::FileSystem& fs, const std::string& dir,
     auto more = (*reader)->next(&record);
     if (!more) return more.status();
     if (!*more) return (*reader)->end();
-    if (progress) progress(BackupStage::log_events, record.seq, 0);
+    TALLY_TRY(run.check());
+    if (run.progress) run.progress(BackupStage::log_events, record.seq, 0);
   }
 }
 
@@ -99,8 +108,8 @@ Result<std::uint64_t> total_size(log::FileSystem& fs, const std::string& dir,
   return total;
 }
 
-Status copy_log(log::FileSystem& fs, const std::string& from, const std::string& to,
-                const BackupProgress& progress, BackupReport* report) {
+Status copy_log(log::FileSystem& fs, const std::string& from, const std::string& to, Run* run,
+                BackupReport* report) {
   TALLY_TRY(fs.make_dirs(to));
   std::vector<std::string> segments;
   auto names = fs.list(from);
@@ -112,22 +121,21 @@ Status copy_log(log::FileSystem& fs, const std::string& from, const std::string&
       if (name.ends_with(".seg")) segments.push_back(name);
     }
   }
-  ByteProgress copied{progress};
-  if (progress) {
+  if (run->progress) {
     auto total = total_size(fs, from, segments);
     if (!total) return total.status();
-    copied.total = *total;
+    run->bytes_total = *total;
   }
   std::vector<std::uint64_t> sizes;
   for (const std::string& name : segments) {
-    auto size = copy_file(fs, log::join_path(from, name), log::join_path(to, name), &copied);
+    auto size = copy_file(fs, log::join_path(from, name), log::join_path(to, name), run);
     if (!size) return size.status();
     sizes.push_back(*size);
   }
   report->segments = segments.size();
   log::LogEnd end;
   for (report->log_copies = 1;; report->log_copies++) {
-    auto read = read_log(fs, to, progress);
+    auto read = read_log(fs, to, *run);
     if (read) {
       end = *read;
       break;
@@ -137,9 +145,9 @@ Status copy_log(log::FileSystem& fs, const std::string& from, const std::string&
       return Status(read.code(), read.status().message() + " (the log as copied " +
                                      std::to_string(report->log_copies) + " time(s))");
     }
-    copied.total += sizes.back();  // about what the copy again adds
+    run->bytes_total += sizes.back();  // about what the copy again adds
     auto size = copy_file(fs, log::join_path(from, segments.back()),
-                          log::join_path(to, segments.back()), &copied);
+                          log::join_path(to, segments.back()), run);
     if (!size) return size.status();
     sizes.back() = *size;
   }
@@ -190,15 +198,16 @@ detail::StoreCopy opening_copy(log::FileSystem& fs, const std::string& from,
 }
 
 Status build(log::FileSystem& fs, const std::string& data_dir, const std::string& staging,
-             const detail::StoreCopies& copies, const BackupProgress& progress,
-             BackupReport* report) {
+             const detail::StoreCopies& copies, Run* run, BackupReport* report) {
   // The stores first: the log copied after them holds every event they
   // describe.
+  TALLY_TRY(run->check());
   auto snapshots = copy_store(fs, copies.snapshots, snapshot_dir(staging), "snapshots", report);
   if (!snapshots) return snapshots.status();
+  TALLY_TRY(run->check());
   auto history = copy_store(fs, copies.history, history_dir(staging), "history", report);
   if (!history) return history.status();
-  TALLY_TRY(copy_log(fs, log_dir(data_dir), log_dir(staging), progress, report));
+  TALLY_TRY(copy_log(fs, log_dir(data_dir), log_dir(staging), run, report));
 
   // What the copies describe, and that the copied log reaches it.
   std::uint64_t described_seq = 0;
@@ -264,7 +273,8 @@ namespace detail {
 
 Result<BackupReport> backup_data(const std::string& data_dir, const std::string& out_path,
                                  log::FileSystem& fs, const StoreCopies& copies,
-                                 const BackupProgress& progress) {
+                                 const BackupProgress& progress,
+                                 const std::atomic<bool>* cancel) {
   std::error_code ignored;
   if (!std::filesystem::is_directory(data_dir, ignored)) {
     return Status(ErrorCode::not_found, "no data directory at " + data_dir);
@@ -286,7 +296,8 @@ Result<BackupReport> backup_data(const std::string& data_dir, const std::string&
                   staging + " exists (a backup that did not finish?): remove it first");
   }
   BackupReport report;
-  Status built = build(fs, data_dir, staging, copies, progress, &report);
+  Run run{progress, cancel};
+  Status built = build(fs, data_dir, staging, copies, &run, &report);
   if (built.ok()) built = rename_new(staging, out_dir);
   if (built.ok()) built = fs.sync_dir(log::parent_dir(out_dir));
   if (!built.ok()) {
@@ -317,7 +328,7 @@ Result<BackupReport> backup_data(const std::string& data_dir, const std::string&
       fs, snapshot_dir(data_dir), snap::SnapshotStoreOptions{.read_only = true});
   copies.history = opening_copy<snap::HistoryStore>(fs, history_dir(data_dir),
                                                    snap::HistoryStoreOptions{.read_only = true});
-  return detail::backup_data(data_dir, out_path, fs, copies, progress);
+  return detail::backup_data(data_dir, out_path, fs, copies, progress, nullptr);
 }
 
 }  // namespace tally

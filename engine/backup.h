@@ -20,6 +20,7 @@
 // and synced, so OUT is either a complete backup or absent.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -76,10 +77,13 @@ struct StoreCopies {
 };
 
 // backup_data, with the stores reached through `copies`: opened by the
-// backup, or a live ledger's own (Ledger::backup).
+// backup, or a live ledger's own (Ledger::backup). Once *cancel (when not
+// nullptr) is true, it stops at the next MiB or event, removes what it made
+// and returns closed.
 Result<BackupReport> backup_data(const std::string& data_dir, const std::string& out_dir,
                                  log::FileSystem& fs, const StoreCopies& copies,
-                                 const BackupProgress& progress);
+                                 const BackupProgress& progress,
+                                 const std::atomic<bool>* cancel);
 
 }  // namespace detail
 

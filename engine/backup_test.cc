@@ -364,5 +364,36 @@ TEST_CASE("a ledger backs itself up while its own threads write, through its own
   }
 }
 
+TEST_CASE("close() cancels a backup under way and waits for it; later backups are closed") {
+  testing::TempDir dir;
+  const std::string source = dir.sub("data");
+  std::unique_ptr<Ledger> ledger = open_ledger(small_ledger(source));
+  REQUIRE(mutate(*ledger, "k", 0, 200));  // segments of several MiB in all
+  std::atomic<bool> copying{false};
+  std::atomic<bool> closing{false};
+  const auto progress = [&](BackupStage, std::uint64_t, std::uint64_t) {
+    copying.store(true);
+    // Held up until close() is about to begin, then a little longer.
+    while (!closing.load()) std::this_thread::yield();
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  };
+  Result<BackupReport> report = Status(ErrorCode::invalid, "not run");
+  std::thread backup([&] { report = ledger->backup(dir.sub("backup"), progress); });
+  while (!copying.load()) std::this_thread::yield();
+  closing.store(true);
+  CHECK(ledger->close().ok());
+  // close() returned only once the backup had: its result is in, and the
+  // ledger may go.
+  backup.join();
+  ledger.reset();
+  if (report.ok()) {
+    check_backup(source, dir.sub("backup"), *report);
+  } else {
+    CHECK(report.code() == ErrorCode::closed);
+    CHECK_FALSE(std::filesystem::exists(dir.sub("backup")));
+  }
+  CHECK_FALSE(std::filesystem::exists(dir.sub("backup.partial")));
+}
+
 }  // namespace
 }  // namespace tally

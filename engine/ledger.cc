@@ -245,6 +245,12 @@ struct Ledger::Impl {
   std::thread io_thread;
   std::mutex close_mu;
   bool closed = false;
+  // Backups under way (Ledger::backup): close() cancels them and waits for
+  // them to return before it stops what they use.
+  std::mutex backup_mu;
+  std::condition_variable backup_cv;
+  std::size_t backups_running = 0;  // guarded by backup_mu
+  std::atomic<bool> backups_cancelled{false};
   std::mutex failure_mu;
   LedgerStats open_stats;
 };
@@ -842,6 +848,13 @@ Status Ledger::close() {
   if (impl.closed) return Status();
   impl.closed = true;
   {
+    // A backup stops at its next MiB or event; one copying a store stops
+    // once that copy ends.
+    std::unique_lock<std::mutex> guard(impl.backup_mu);
+    impl.backups_cancelled.store(true);
+    impl.backup_cv.wait(guard, [&] { return impl.backups_running == 0; });
+  }
+  {
     std::lock_guard<std::mutex> guard(impl.mu);
     impl.closing = true;
   }
@@ -943,11 +956,19 @@ Result<std::uint64_t> Ledger::snapshot_now() {
 Result<BackupReport> Ledger::backup(const std::string& out_dir, const BackupProgress& progress) {
   Impl& impl = *impl_;
   {
-    // The stores stay open until the Ledger is destroyed, so a close that
-    // begins during the copy does not pull them away.
-    std::lock_guard<std::mutex> closing(impl.close_mu);
-    if (impl.closed) return Status(ErrorCode::closed, "the ledger is closed");
+    std::lock_guard<std::mutex> guard(impl.backup_mu);
+    if (impl.backups_cancelled.load()) return Status(ErrorCode::closed, "the ledger is closed");
+    impl.backups_running++;
   }
+  // close() waits for this to return before it stops anything.
+  struct Running {
+    Impl& impl;
+    ~Running() {
+      std::lock_guard<std::mutex> guard(impl.backup_mu);
+      impl.backups_running--;
+      impl.backup_cv.notify_all();
+    }
+  } running{impl};
   detail::StoreCopies copies;
   copies.snapshots = [&impl](const std::string& to) -> Status {
     std::lock_guard<std::mutex> guard(impl.snapshots.mu);
@@ -966,7 +987,8 @@ Result<BackupReport> Ledger::backup(const std::string& out_dir, const BackupProg
     TALLY_TRY(impl.history->probe());
     return impl.history->copy_to(to);
   };
-  return detail::backup_data(impl.options.data_dir, out_dir, *impl.fs, copies, progress);
+  return detail::backup_data(impl.options.data_dir, out_dir, *impl.fs, copies, progress,
+                             &impl.backups_cancelled);
 }
 
 bool Ledger::Impl::enqueue(Task& task) {

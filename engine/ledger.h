@@ -153,7 +153,7 @@ class Ledger final : public LedgerApi {
   // this ledger's own snapshot store and history index: LMDB allows one
   // open of a store per process. Blocks the writer at no point; snapshot
   // writes wait for the copy of their store. `progress` as for
-  // backup_data. closed once close() began.
+  // backup_data. close() cancels it (closed) and waits for it to return.
   Result<BackupReport> backup(const std::string& out_dir, const BackupProgress& progress = {});
   // Appends expire events for every hold due at the clock's now. The writer
   // does this by itself before each command and when idle; tests with a
