@@ -412,7 +412,9 @@ Result<std::uint64_t> Archivist::snapshot_now(std::chrono::milliseconds timeout)
   const std::uint64_t ticket = ++impl.snapshot_requests;
   // Someone waits for this one: until it is answered the thread runs at
   // normal priority, or a busy machine could keep it waiting for as long as
-  // the load lasts.
+  // the load lasts. Linux lets a thread out of SCHED_IDLE only with
+  // CAP_SYS_NICE or an RLIMIT_NICE of 20; without them this fails, and the
+  // request waits for the follower at idle priority.
   sched_param param{};
   (void)pthread_setschedparam(impl.thread.native_handle(), SCHED_OTHER, &param);
   impl.wake_cv.notify_all();

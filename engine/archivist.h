@@ -21,7 +21,8 @@
 // reads account for (engine/point_in_time.h falls back to a replay where
 // the index lags). It wakes every 8192 committed records or 20 ms, not
 // once per group commit. stop() makes it normal again for the drain, and
-// snapshot_now until the snapshot it waits for is taken.
+// snapshot_now until the snapshot it waits for is taken, where the process
+// may (docs/snapshots.md: root, CAP_SYS_NICE or RLIMIT_NICE 20).
 //
 // Thread safety: every method may be called from any thread.
 #pragma once
