@@ -45,7 +45,7 @@ int lock_now(int fd, bool shared = false) {
   return result == 0 ? 0 : errno;
 }
 
-// DATA itself, for its flock: 0 and *dir_fd, or the errno.
+// A directory itself, for its flock: 0 and *dir_fd, or the errno.
 int open_dir(const std::string& data_dir, int* dir_fd) {
   do {
     *dir_fd = ::open(data_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -130,21 +130,17 @@ DirLock::~DirLock() {
   ::close(fd_);
 }
 
-Result<std::unique_ptr<SharedDirLock>> SharedDirLock::acquire(const std::string& data_dir) {
+Result<std::unique_ptr<DirFlock>> DirFlock::acquire(const std::string& dir, Kind kind) {
   int dir_fd = -1;
-  if (const int error = open_dir(data_dir, &dir_fd); error != 0) {
-    return lock_error("open", data_dir, error);
-  }
-  if (const int error = lock_now(dir_fd, /*shared=*/true); error != 0) {
+  if (const int error = open_dir(dir, &dir_fd); error != 0) return lock_error("open", dir, error);
+  if (const int error = lock_now(dir_fd, kind == Kind::shared); error != 0) {
     ::close(dir_fd);
-    if (error == EWOULDBLOCK) {
-      return Status(ErrorCode::locked, "data directory " + data_dir + " is open for writing");
-    }
-    return lock_error("lock", data_dir, error);
+    if (error == EWOULDBLOCK) return Status(ErrorCode::locked, dir + " is locked by another process");
+    return lock_error("lock", dir, error);
   }
-  return std::unique_ptr<SharedDirLock>(new SharedDirLock(dir_fd));
+  return std::unique_ptr<DirFlock>(new DirFlock(dir_fd));
 }
 
-SharedDirLock::~SharedDirLock() { ::close(dir_fd_); }
+DirFlock::~DirFlock() { ::close(dir_fd_); }
 
 }  // namespace tally::log

@@ -9,6 +9,7 @@
 // however it exits.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -29,21 +30,25 @@ class DirLock {
   int dir_fd_;  // DATA
 };
 
-// SharedDirLock: keeps writers out while it lives, for a reader that cannot
-// tell a writer it is reading (one without write access to an LMDB store's
-// lock.mdb, where LMDB keeps its table of readers). It takes a shared flock
-// on DATA itself, which any number of such readers share and on which a
-// writer's DirLock::acquire fails; `locked` when a writer holds DATA now.
-class SharedDirLock {
+// DirFlock: an flock on a directory itself, held while it lives, taken
+// without waiting: `locked` when a conflicting one is held. Shared by a
+// reader that cannot tell a writer it is reading (one without write access
+// to an LMDB store's lock.mdb, where LMDB keeps its table of readers): on
+// DATA, where a writer's DirLock::acquire then fails, and on the store's
+// own directory, which `tally snapshot` (a writer of DATA/snapshots that
+// takes no DirLock) holds exclusive while it writes. Any number of such
+// readers share them.
+class DirFlock {
  public:
-  static Result<std::unique_ptr<SharedDirLock>> acquire(const std::string& data_dir);
-  ~SharedDirLock();
-  SharedDirLock(const SharedDirLock&) = delete;
-  SharedDirLock& operator=(const SharedDirLock&) = delete;
+  enum class Kind : std::uint8_t { shared, exclusive };
+  static Result<std::unique_ptr<DirFlock>> acquire(const std::string& dir, Kind kind);
+  ~DirFlock();
+  DirFlock(const DirFlock&) = delete;
+  DirFlock& operator=(const DirFlock&) = delete;
 
  private:
-  explicit SharedDirLock(int dir_fd) : dir_fd_(dir_fd) {}
-  int dir_fd_;  // DATA
+  explicit DirFlock(int dir_fd) : dir_fd_(dir_fd) {}
+  int dir_fd_;
 };
 
 }  // namespace tally::log

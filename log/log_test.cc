@@ -662,23 +662,29 @@ TEST_CASE("readers that share the data directory keep writers out, and a writer 
   TempDir dir;
   const std::string data_dir = join_path(dir.path(), "data");
   REQUIRE(posix_file_system().make_dirs(data_dir).ok());
-  auto first = SharedDirLock::acquire(data_dir);
-  auto second = SharedDirLock::acquire(data_dir);
+  const auto shared = [&] { return DirFlock::acquire(data_dir, DirFlock::Kind::shared); };
+  auto first = shared();
+  auto second = shared();
   REQUIRE(first.ok());
   REQUIRE(second.ok());
   const auto writer = DirLock::acquire(data_dir);
   REQUIRE(writer.code() == ErrorCode::locked);
   CHECK(writer.status().message().find("a reader without write access") != std::string::npos);
+  CHECK(DirFlock::acquire(data_dir, DirFlock::Kind::exclusive).code() == ErrorCode::locked);
   first.value().reset();
   CHECK(DirLock::acquire(data_dir).code() == ErrorCode::locked);  // the second still reads
   second.value().reset();
   auto lock = DirLock::acquire(data_dir);
   REQUIRE(lock.ok());
-  const auto reader = SharedDirLock::acquire(data_dir);
+  const auto reader = shared();
   REQUIRE(reader.code() == ErrorCode::locked);
-  CHECK(reader.status().message() == "data directory " + data_dir + " is open for writing");
+  CHECK(reader.status().message() == data_dir + " is locked by another process");
   lock.value().reset();
-  CHECK(SharedDirLock::acquire(data_dir).ok());
+  auto exclusive = DirFlock::acquire(data_dir, DirFlock::Kind::exclusive);
+  REQUIRE(exclusive.ok());
+  CHECK(shared().code() == ErrorCode::locked);
+  exclusive.value().reset();
+  CHECK(shared().ok());
 }
 
 }  // namespace

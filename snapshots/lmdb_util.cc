@@ -1,5 +1,6 @@
 #include "snapshots/lmdb_util.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -71,6 +72,14 @@ void on_lmdb_assert(MDB_env* env, const char* message) {
                dir != nullptr ? dir->c_str() : "an LMDB store", message);
 }
 
+// Whether this process may write `dir`/lock.mdb, or make it where there is
+// none: an EACCES from mdb_env_open otherwise came from data.mdb.
+bool lock_file_writable(const std::string& dir) {
+  const std::string path = dir + "/lock.mdb";
+  if (::faccessat(AT_FDCWD, path.c_str(), W_OK, AT_EACCESS) == 0) return true;
+  return errno == ENOENT && ::faccessat(AT_FDCWD, dir.c_str(), W_OK, AT_EACCESS) == 0;
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Environment>> Environment::open(const std::string& dir,
@@ -107,18 +116,12 @@ Result<std::unique_ptr<Environment>> Environment::open(const std::string& dir,
   env->options_ = options;
   env->options_.component = env->component_;
   int rc = env->open_handle(options.flags);
-  if (rc == EACCES && read_only) {
+  if (rc == EACCES && read_only && !lock_file_writable(dir)) {
     // No write access to lock.mdb, where LMDB keeps its table of readers: a
     // writer could not see this reader and would reuse the pages it reads.
     // Read without the table while no writer can start (a file system
     // mounted read-only LMDB handles itself, with EROFS).
-    auto shared = log::SharedDirLock::acquire(log::parent_dir(dir));
-    if (!shared.ok()) {
-      return Status(shared.status().code(),
-                    component + ": " + shared.status().message() + "; reading " + dir +
-                        " beside a writer needs write access to its lock.mdb");
-    }
-    env->shared_dir_lock_ = std::move(shared).value();
+    TALLY_TRY(env->keep_writers_out());
     rc = env->open_handle(options.flags | MDB_NOLOCK);
   }
   if (rc != 0) return env->error("mdb_env_open " + dir, rc);
@@ -130,6 +133,25 @@ Result<std::unique_ptr<Environment>> Environment::open(const std::string& dir,
   if (rc != 0) return env->error("mdb_env_info", rc);
   env->map_size_bytes_ = info.me_mapsize;  // an existing larger file keeps its size
   return env;
+}
+
+Status Environment::keep_writers_out() {
+  const std::string data_dir = log::parent_dir(dir_);
+  // DATA against a ledger, then the store against `tally snapshot`.
+  for (const std::string& held : {data_dir, dir_}) {
+    auto lock = log::DirFlock::acquire(held, log::DirFlock::Kind::shared);
+    if (lock.code() == ErrorCode::locked) {
+      return Status(ErrorCode::locked,
+                    component_ + ": " +
+                        (held == data_dir ? "data directory " + data_dir + " is open for writing"
+                                          : dir_ + " is being written (tally snapshot)") +
+                        "; reading " + dir_ + " beside a writer needs write access to its "
+                        "lock.mdb");
+    }
+    if (!lock.ok()) return lock.status();
+    writers_out_.push_back(std::move(lock).value());
+  }
+  return Status();
 }
 
 int Environment::open_handle(unsigned flags) {

@@ -22,11 +22,12 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "log/status.h"
 
 namespace tally::log {
-class SharedDirLock;
+class DirFlock;
 }  // namespace tally::log
 
 namespace tally::snap::lmdb {
@@ -120,7 +121,8 @@ class Environment {
   // there is no data.mdb or it is empty (nothing is created then; on a
   // read-only file system LMDB reads without its lock file; so does a
   // reader without write access to lock.mdb, keeping writers out of the
-  // data directory, `dir`'s parent, meanwhile: `locked` when one is in it).
+  // data directory, `dir`'s parent, and `tally snapshot` out of `dir`
+  // meanwhile: `locked` when one is in it).
   static Result<std::unique_ptr<Environment>> open(const std::string& dir,
                                                    const EnvironmentOptions& options);
   ~Environment();
@@ -169,6 +171,9 @@ class Environment {
   // Makes env_ afresh (closing any before) and opens it in dir_ with
   // options_ and `flags`: LMDB's code.
   int open_handle(unsigned flags);
+  // For a reader without lock.mdb: shared flocks on the data directory and
+  // on dir_ (log::DirFlock), held in writers_out_; locked beside a writer.
+  Status keep_writers_out();
 
   MDB_env* env_ = nullptr;
   EnvironmentOptions options_;  // its component views component_
@@ -177,7 +182,7 @@ class Environment {
   std::size_t map_size_bytes_ = 0;
   // Held by a reader that opened without lock.mdb (open()); released after
   // env_ closes.
-  std::unique_ptr<log::SharedDirLock> shared_dir_lock_;
+  std::vector<std::unique_ptr<log::DirFlock>> writers_out_;
   // Lock order: gate, then map lock.
   mutable std::mutex map_gate_;
   mutable std::shared_mutex map_lock_;

@@ -483,6 +483,10 @@ TEST_CASE("a reader without write access to lock.mdb reads while it keeps writer
     auto loaded = (*reader)->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, nullptr);
     if (!loaded.ok() || loaded->state->digest() != run.digests.back()) return 2;
     if (log::DirLock::acquire(dir.path()).code() != ErrorCode::locked) return 3;
+    // Nor `tally snapshot`, which writes the store without the DirLock.
+    const auto snapshot_writer =
+        log::DirFlock::acquire(dir.sub("snapshots"), log::DirFlock::Kind::exclusive);
+    if (snapshot_writer.code() != ErrorCode::locked) return 5;
     reader->reset();
     return log::DirLock::acquire(dir.path()).ok() ? 0 : 4;
   });
@@ -499,6 +503,20 @@ TEST_CASE("a reader without write access to lock.mdb reads while it keeps writer
                : 2;
   });
   CHECK(refused == 0);
+  writer.value().reset();
+  // Beside `tally snapshot` writing the store, too.
+  auto snapshot_writer =
+      log::DirFlock::acquire(dir.sub("snapshots"), log::DirFlock::Kind::exclusive);
+  REQUIRE(snapshot_writer.ok());
+  const int refused_store = read_without_write_access(dir, [&] {
+    auto reader = SnapshotStore::open(dir.sub("snapshots"), read_only);
+    if (reader.code() != ErrorCode::locked) return 1;
+    return reader.status().message().find("is being written (tally snapshot)") !=
+                   std::string::npos
+               ? 0
+               : 2;
+  });
+  CHECK(refused_store == 0);
 }
 
 TEST_CASE("a different idempotency window skips the snapshot as invalid") {

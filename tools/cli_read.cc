@@ -148,10 +148,12 @@ void note_history_not_used(const HistoryIndex& index) {
       : index.standing == HistoryStanding::ahead    ? "its seq " + seq + " is past the end of the log"
                                                     : "its chain checksum at seq " + seq +
                                                        " is not the log's";
-  std::fprintf(stderr,
-               "tally: not using the history index (%s); reading the log instead. "
-               "`tally history --rebuild` rebuilds it\n",
-               why.c_str());
+  // Rebuilding helps an index that is damaged or does not follow the log,
+  // not one that could not be opened now (locked, I/O).
+  const bool rebuild_helps = index.standing != HistoryStanding::unreadable ||
+                             index.problem.code() == ErrorCode::corrupt;
+  std::fprintf(stderr, "tally: not using the history index (%s); reading the log instead%s\n",
+               why.c_str(), rebuild_helps ? ". `tally history --rebuild` rebuilds it" : "");
 }
 
 // A read answered from the log because a record of the index was damaged.

@@ -14,6 +14,7 @@
 
 #include "engine/ledger.h"
 #include "log/file.h"
+#include "log/lock.h"
 #include "snapshots/renew.h"
 #include "snapshots/store.h"
 #include "tools/audit.h"
@@ -30,6 +31,21 @@ struct Taken {
   std::uint64_t replayed = 0;  // events applied from the log after the snapshot started from
   std::size_t pruned = 0;
 };
+
+// An exclusive flock on the store's directory while the snapshot is
+// written and pruned: a reader without write access to its lock.mdb reads
+// it without LMDB's table of readers, holding the flock shared, and pages
+// it reads must not be reused meanwhile (a ledger keeps such readers out
+// with its own DirLock).
+Result<std::unique_ptr<log::DirFlock>> hold_for_writing(const std::string& store_dir) {
+  auto lock = log::DirFlock::acquire(store_dir, log::DirFlock::Kind::exclusive);
+  if (lock.code() == ErrorCode::locked) {
+    return Status(ErrorCode::locked,
+                  store_dir + " is being read by a process without write access to its "
+                              "lock.mdb; take the snapshot once it is done");
+  }
+  return lock;
+}
 
 Result<Taken> take_snapshot(const std::string& data_dir, std::size_t retain) {
   TALLY_TRY(require_data_dir(data_dir));
@@ -72,6 +88,8 @@ Result<Taken> take_snapshot(const std::string& data_dir, std::size_t retain) {
   taken.replayed = replayed->report.events;
   const snap::LogPosition position{state.last_seq(), chain, state.last_timestamp_ns()};
   if (shared.store == nullptr) TALLY_TRY(open_store());
+  auto writing = hold_for_writing(snapshot_dir(data_dir));
+  if (!writing) return writing.status();
   auto written = shared.store->write(state, position);
   if (!written && written.code() == ErrorCode::corrupt) {
     // Damage the open's first read did not meet: set the store aside, as
@@ -84,6 +102,8 @@ Result<Taken> take_snapshot(const std::string& data_dir, std::size_t retain) {
     auto renewed = snap::SnapshotStore::open(snapshot_dir(data_dir), snap::SnapshotStoreOptions{});
     if (!renewed) return renewed.status();
     shared.store = std::move(*renewed);
+    writing = hold_for_writing(snapshot_dir(data_dir));
+    if (!writing) return writing.status();
     written = shared.store->write(state, position);
   }
   if (!written) return written.status();

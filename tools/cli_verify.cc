@@ -255,7 +255,9 @@ Status unreadable_store(std::string what, const Status& problem, const std::stri
   if (problem.code() == ErrorCode::corrupt) {
     what += "; the next ledger to open moves it to " + dir + ".damaged";
   }
-  return Status(ErrorCode::corrupt, what);
+  // A store that could not be read for another reason (locked, I/O) keeps
+  // its code: it is not damage.
+  return Status(problem.code(), what);
 }
 
 Status first_failure(const std::string& data_dir, const VerifySummary& summary) {
