@@ -135,7 +135,9 @@ Result<std::unique_ptr<DirFlock>> DirFlock::acquire(const std::string& dir, Kind
   if (const int error = open_dir(dir, &dir_fd); error != 0) return lock_error("open", dir, error);
   if (const int error = lock_now(dir_fd, kind == Kind::shared); error != 0) {
     ::close(dir_fd);
-    if (error == EWOULDBLOCK) return Status(ErrorCode::locked, dir + " is locked by another process");
+    if (error == EWOULDBLOCK) {
+      return Status(ErrorCode::locked, dir + " is locked by another process");
+    }
     return lock_error("lock", dir, error);
   }
   return std::unique_ptr<DirFlock>(new DirFlock(dir_fd));
