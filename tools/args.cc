@@ -152,7 +152,9 @@ Result<std::int64_t> Args::integer(std::string_view flag, std::int64_t fallback,
   if (!has(flag)) return fallback;
   std::int64_t value = 0;
   const std::string_view text = get(flag);
-  if (!parse_int64(text, &value) || value < min || value > max) {
+  // A flag that cannot be negative takes no sign at all: "-0" is a slip.
+  const bool sign_unwanted = min >= 0 && text.starts_with('-');
+  if (sign_unwanted || !parse_int64(text, &value) || value < min || value > max) {
     return usage("--" + std::string(flag) + ": '" + std::string(text) +
                  "' is not an integer in [" + std::to_string(min) + ", " + std::to_string(max) +
                  "]");

@@ -78,6 +78,10 @@ TEST_CASE("args: --help wins, -- ends flags, numbers are strict") {
     REQUIRE(args.ok());
     CHECK_MESSAGE(!args->integer("pipeline", 1, 1, 100).ok(), bad);
   }
+  auto negative_zero = parse({"--pipeline", "-0", "s"});
+  REQUIRE(negative_zero.ok());
+  CHECK_FALSE(negative_zero->integer("pipeline", 1, 0, 100).ok());
+  CHECK(negative_zero->integer("pipeline", 1, -1, 100).ok());  // where a sign is allowed
   auto rate = parse({"--rate", "nan", "s"});
   REQUIRE(rate.ok());
   CHECK_FALSE(rate->number("rate", 0, 0, 1).ok());
