@@ -1,15 +1,19 @@
 #include "snapshots/history.h"
 
 #include <doctest.h>
+#include <fcntl.h>
 #include <lmdb.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <csignal>
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <ostream>
 #include <random>
@@ -1264,6 +1268,72 @@ TEST_CASE("read_only: a missing index is not_found and creates nothing; a writte
 }
 
 // ---------------------------------------------------------------- processes
+
+TEST_CASE("a writer that meets a page LMDB asserts on moves its index aside first") {
+  // LMDB asserts on some damaged pages (where it is built with assertions)
+  // and the process ends; a writer moves its store aside before, so that
+  // the next open begins a new one instead of ending the same way. Zero one
+  // page after another until a child that opens the index for writing and
+  // walks it ends with SIGABRT.
+  TempDir dir;
+  {
+    std::unique_ptr<HistoryStore> store = open_history(dir);
+    State state(StateOptions{kWindowNs});
+    Feed feed({&state});
+    index_into(&feed, store.get());
+    for (std::uint64_t step = 0; step < 3000; step++) {
+      REQUIRE_OK(feed.one(key_of(step), acquire_op(key_of(step % 300), "gold", 1)));
+    }
+    REQUIRE_OK(store->flush());
+  }
+  const std::string path = dir.sub("history");
+  const std::string data_path = path + "/data.mdb";
+  std::string bytes;
+  {
+    std::ifstream in(data_path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  constexpr std::size_t kPage = 4096;
+  const std::string said = dir.sub("stderr");
+  for (std::size_t page = 2; page < bytes.size() / kPage; page++) {
+    std::string damaged = bytes;
+    std::fill_n(damaged.begin() + static_cast<std::ptrdiff_t>(page * kPage), kPage, '\0');
+    {
+      std::ofstream out(data_path, std::ios::binary | std::ios::trunc);
+      out << damaged;
+    }
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+      // LMDB's abort() ends the child as it would a server: not in the test
+      // framework's handler. Its note goes to a file (stderr unbuffered).
+      std::signal(SIGABRT, SIG_DFL);
+      const int fd = ::open(said.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      if (fd < 0 || ::dup2(fd, STDERR_FILENO) < 0) ::_exit(99);
+      auto store = HistoryStore::open(path, small_options());
+      if (store) (void)(*store)->check_chains();
+      ::_exit(0);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    if (WIFEXITED(status)) {
+      REQUIRE(WEXITSTATUS(status) == 0);
+      continue;
+    }
+    CAPTURE(page);
+    REQUIRE(WTERMSIG(status) == SIGABRT);
+    std::ifstream in(said);
+    const std::string message(std::istreambuf_iterator<char>(in), {});
+    CHECK(message.find("tally: " + path + " is damaged (LMDB: ") != std::string::npos);
+    CHECK(message.find("moved it to " + path + ".damaged") != std::string::npos);
+    CHECK_FALSE(std::filesystem::exists(path));
+    CHECK(std::filesystem::exists(path + ".damaged/data.mdb"));
+    std::unique_ptr<HistoryStore> renewed = open_history(dir);
+    CHECK(position_ok(*renewed).seq == 0);
+    return;
+  }
+  MESSAGE("no page made LMDB assert: it is built without assertions");
+}
 
 TEST_CASE("a second writer's flush is locked, and the index keeps the first's") {
   TempDir dir;

@@ -12,6 +12,7 @@
 
 #include "log/file.h"
 #include "log/lock.h"
+#include "snapshots/renew.h"
 
 namespace tally::snap::lmdb {
 
@@ -59,17 +60,6 @@ Status check_file_size(const Environment& env, const std::string& dir) {
                                         std::to_string(file_stat.st_size) +
                                         " bytes, shorter than the " + std::to_string(needed) +
                                         " its pages in use need (truncated)");
-}
-
-// LMDB checks its pages with assert()s (Debian builds it with them on), so
-// some damaged pages end the process (SIGABRT) inside a read instead of
-// failing it. Before that, say which store it is and what to do.
-void on_lmdb_assert(MDB_env* env, const char* message) {
-  const auto* dir = static_cast<const std::string*>(mdb_env_get_userctx(env));
-  std::fprintf(stderr,
-               "tally: %s is damaged (LMDB: %s); it is made from the log: move it aside "
-               "(for the history, tally history --rebuild) and the ledger makes it again\n",
-               dir != nullptr ? dir->c_str() : "an LMDB store", message);
 }
 
 // Whether this process may write `dir`/lock.mdb, or make it where there is
@@ -135,6 +125,35 @@ Result<std::unique_ptr<Environment>> Environment::open(const std::string& dir,
   return env;
 }
 
+// LMDB checks its pages with assert()s (Debian builds it with them on), so
+// some damaged pages end the process (SIGABRT) inside a read instead of
+// failing it. Before that, say which store it is; a store open for writing
+// moves aside first, so that the next open makes a new one instead of
+// meeting the same page (a reader, such as verify, changes nothing).
+void Environment::on_assert(MDB_env* env, const char* message) {
+  const auto* self = static_cast<const Environment*>(mdb_env_get_userctx(env));
+  if (self == nullptr) {
+    std::fprintf(stderr, "tally: an LMDB store is damaged (LMDB: %s)\n", message);
+    return;
+  }
+  const char* dir = self->dir_.c_str();
+  if ((self->options_.flags & MDB_RDONLY) == 0) {
+    const Status moved = set_aside(self->dir_);
+    if (moved.ok()) {
+      std::fprintf(stderr,
+                   "tally: %s is damaged (LMDB: %s); it is made from the log: moved it to "
+                   "%s.damaged, and the next open makes a new one\n",
+                   dir, message, dir);
+      return;
+    }
+    std::fprintf(stderr, "tally: %s\n", moved.to_string().c_str());
+  }
+  std::fprintf(stderr,
+               "tally: %s is damaged (LMDB: %s); it is made from the log: move it aside "
+               "(for the history, tally history --rebuild) and the ledger makes it again\n",
+               dir, message);
+}
+
 Status Environment::keep_writers_out() {
   const std::string data_dir = log::parent_dir(dir_);
   // DATA against a ledger, then the store against `tally snapshot`.
@@ -161,54 +180,13 @@ int Environment::open_handle(unsigned flags) {
     env_ = nullptr;
     return rc;
   }
-  mdb_env_set_userctx(env_, &dir_);
+  mdb_env_set_userctx(env_, this);
   // Fails only for a null env; a no-op where LMDB is built without asserts.
-  (void)mdb_env_set_assert(env_, on_lmdb_assert);
+  (void)mdb_env_set_assert(env_, on_assert);
   rc = mdb_env_set_maxdbs(env_, static_cast<MDB_dbi>(options_.db_names.size()));
   if (rc == 0) rc = mdb_env_set_mapsize(env_, options_.map_size_bytes);
   if (rc == 0) rc = mdb_env_open(env_, dir_.c_str(), flags, 0644);
   return rc;
-}
-
-Status Environment::check_free_list() const {
-  MDB_envinfo info{};
-  int rc = mdb_env_info(env_, &info);
-  if (rc != 0) return error("mdb_env_info", rc);
-  const std::shared_lock<std::shared_mutex> shared = share_map();
-  Txn txn;
-  TALLY_TRY(txn.begin(*this, MDB_RDONLY));
-  Cursor cursor;
-  TALLY_TRY(cursor.open(txn, 0));  // dbi 0: LMDB's free list, as mdb_stat -f reads it
-  MDB_val key{};
-  MDB_val value{};
-  // Each pass reads one record; the list's records bound it.
-  for (rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_FIRST); rc == 0;
-       rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_NEXT)) {
-    // A record: a count, then that many page numbers, each a size_t.
-    const auto damaged = [&](const char* what) {
-      return Status(ErrorCode::corrupt, std::string(component_) + ": free list: " + what);
-    };
-    if (value.mv_size < sizeof(std::size_t) || value.mv_size % sizeof(std::size_t) != 0) {
-      return damaged("a record of the wrong size");
-    }
-    // Words at any even address in the page: copied out, not cast.
-    const auto word = [&](std::size_t index) {
-      std::size_t out = 0;
-      std::memcpy(&out, static_cast<const std::byte*>(value.mv_data) + index * sizeof out,
-                  sizeof out);
-      return out;
-    };
-    const std::size_t count = word(0);
-    if (count != value.mv_size / sizeof(std::size_t) - 1) {
-      return damaged("a count that does not fit");
-    }
-    for (std::size_t index = 1; index <= count; index++) {
-      const std::size_t page = word(index);
-      if (page < 2 || page > info.me_last_pgno) return damaged("a page past the pages in use");
-    }
-  }
-  if (rc != MDB_NOTFOUND) return error("mdb_cursor_get (free list)", rc);
-  return Status();
 }
 
 Status Environment::check_db_names() const {

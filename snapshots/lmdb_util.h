@@ -137,11 +137,13 @@ class Environment {
   // io_error naming this environment's component.
   Status error(std::string_view what, int rc) const { return lmdb::error(component(), what, rc); }
 
-  // corrupt when a record of LMDB's free list does not hold together: a
-  // count that does not match its size, or a page number outside the pages
-  // in use. LMDB reads the list only in write transactions and trusts it,
-  // so a damaged one ends the first writer (SIGBUS, SIGSEGV, a double free)
-  // instead of failing it. open() runs it before anything is written.
+  // corrupt when LMDB's free list does not hold together: a page of its
+  // tree or an overflow page that is not what its parent says, bounds that
+  // run off a page, a record whose count does not match its size, a page
+  // number outside the pages in use. LMDB trusts the list: a damaged one
+  // ends the process in LMDB's own walk of it (SIGABRT, SIGBUS, SIGSEGV, a
+  // double free) instead of failing it. So this reads every page of it
+  // from the file (free_list.cc) before LMDB does; open() runs it.
   Status check_free_list() const;
 
   // corrupt when the file holds a named database, or a record in LMDB's
@@ -171,6 +173,8 @@ class Environment {
   // Makes env_ afresh (closing any before) and opens it in dir_ with
   // options_ and `flags`: LMDB's code.
   int open_handle(unsigned flags);
+  // LMDB's assert callback (its user context is the Environment).
+  static void on_assert(MDB_env* env, const char* message);
   // For a reader without lock.mdb: shared flocks on the data directory and
   // on dir_ (log::DirFlock), held in writers_out_; locked beside a writer.
   Status keep_writers_out();
@@ -178,7 +182,7 @@ class Environment {
   MDB_env* env_ = nullptr;
   EnvironmentOptions options_;  // its component views component_
   std::string component_;
-  std::string dir_;  // for the message of a failed LMDB assertion
+  std::string dir_;
   std::size_t map_size_bytes_ = 0;
   // Held by a reader that opened without lock.mdb (open()); released after
   // env_ closes.

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -403,6 +404,105 @@ TEST_CASE("a store whose free list does not hold together is set aside for a new
   CHECK(damaged.code() == ErrorCode::corrupt);
   CHECK(damaged.status().message().find("free list") != std::string::npos);
   check_renewed(snapshots);
+}
+
+// Grows the free list of the store in `dir` to several pages: with a
+// reader holding the first state, each of `commits` write transactions
+// frees pages that stay listed under its own txnid. The records it writes
+// it deletes again, so the store holds what it held.
+void grow_free_list(const std::string& dir, int commits) {
+  MDB_env* env = nullptr;
+  REQUIRE(mdb_env_create(&env) == 0);
+  REQUIRE(mdb_env_set_maxdbs(env, 4) == 0);
+  REQUIRE(mdb_env_set_mapsize(env, std::size_t{64} << 20) == 0);
+  REQUIRE(mdb_env_open(env, dir.c_str(), MDB_NOTLS, 0644) == 0);
+  MDB_txn* reader = nullptr;
+  REQUIRE(mdb_txn_begin(env, nullptr, MDB_RDONLY, &reader) == 0);
+  std::uint64_t filler = 0;
+  for (int commit = 0; commit < commits; commit++) {
+    MDB_txn* txn = nullptr;
+    REQUIRE(mdb_txn_begin(env, nullptr, 0, &txn) == 0);
+    MDB_dbi dbi = 0;
+    REQUIRE(mdb_dbi_open(txn, kChunksDbName, 0, &dbi) == 0);
+    // A key past every chunk's: u64 seq and u32 index, all ones.
+    std::string key(12, '\xff');
+    MDB_val key_val{key.size(), key.data()};
+    if (commit % 2 == 0) {
+      MDB_val value{sizeof filler, &++filler};
+      REQUIRE(mdb_put(txn, dbi, &key_val, &value, 0) == 0);
+    } else {
+      REQUIRE(mdb_del(txn, dbi, &key_val, nullptr) == 0);
+    }
+    REQUIRE(mdb_txn_commit(txn) == 0);
+  }
+  mdb_txn_abort(reader);
+  mdb_env_close(env);
+}
+
+std::uint64_t load_le(const std::string& bytes, std::size_t at) {
+  std::uint64_t value = 0;
+  std::memcpy(&value, bytes.data() + at, sizeof value);
+  return value;
+}
+
+TEST_CASE("damage to any page of a free list of several pages is corrupt, never a crash") {
+  TempDir dir;
+  const std::string snapshots = script_store(dir);
+  std::vector<SnapshotInfo> before;
+  {
+    auto store = SnapshotStore::open(snapshots, small_options());
+    REQUIRE(store.ok());
+    before = (*store)->list().value();
+  }
+  grow_free_list(snapshots, 600);
+  const std::string data_path = snapshots + "/data.mdb";
+  std::string bytes;
+  {
+    std::ifstream in(data_path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  const auto write_file = [&](const std::string& content) {
+    std::ofstream out(data_path, std::ios::binary | std::ios::trunc);
+    out << content;
+  };
+  // The free database's root and depth, from the newer meta page (LMDB's
+  // layout: MDB_db of the free database 40 bytes into the page; its depth
+  // at +6, root at +40; the txnid at 160).
+  constexpr std::size_t kPage = 4096;
+  const std::size_t meta = load_le(bytes, 160) > load_le(bytes, kPage + 160) ? 0 : kPage;
+  const std::uint64_t root = load_le(bytes, meta + 40 + 40);
+  REQUIRE(static_cast<unsigned char>(bytes[meta + 40 + 6]) == 2);  // a branch over leaves
+  // Every page of the tree: the root, then each child its nodes name (a
+  // branch node: u16 offset to it after the 16-byte header; the child's
+  // page number in its first six bytes).
+  std::vector<std::uint64_t> pages{root};
+  const std::size_t nodes = (load_le(bytes, root * kPage + 12) & 0xffff) / 2 - 8;
+  for (std::size_t index = 0; index < nodes; index++) {
+    const std::size_t at = root * kPage + (load_le(bytes, root * kPage + 16 + 2 * index) & 0xffff);
+    pages.push_back(load_le(bytes, at) & 0xffffffffffff);
+  }
+  REQUIRE(pages.size() >= 3);
+  {
+    auto store = SnapshotStore::open(snapshots, small_options());
+    REQUIRE_MESSAGE(store.ok(), store.status().to_string());
+    CHECK((*store)->list().value().size() == before.size());
+  }
+  for (const std::uint64_t page : pages) {
+    CAPTURE(page);
+    for (const bool zeroed : {true, false}) {
+      CAPTURE(zeroed);
+      std::string damaged = bytes;
+      for (std::size_t at = 0; at < kPage; at++) {
+        // Zeroes, or bytes of no pattern that LMDB would follow.
+        damaged[page * kPage + at] = zeroed ? '\0' : static_cast<char>((at * 131 + page) >> 1);
+      }
+      write_file(damaged);
+      auto store = SnapshotStore::open(snapshots, small_options());
+      CHECK(store.code() == ErrorCode::corrupt);
+      CHECK(store.status().message().find("free list") != std::string::npos);
+    }
+  }
+  check_renewed(snapshots);  // the last page damaged is still
 }
 
 TEST_CASE("a read-only store reads what a writer left and creates nothing") {

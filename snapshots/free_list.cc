@@ -1,0 +1,242 @@
+// Environment::check_free_list: LMDB's free list read from the file, page
+// by page, before LMDB itself reads it.
+//
+// LMDB trusts its pages. A free list damaged on disk ends the process in
+// LMDB's own walk of it: an assert() on a zeroed page (SIGABRT), a page
+// number past the file (SIGBUS), a count that runs off its record. So the
+// list is walked here first, with pread() and every bound checked, against
+// LMDB's layout of 64-bit little-endian builds (mdb.c: MDB_page, MDB_meta,
+// MDB_db, MDB_node): the B-tree of the free database from the root the
+// meta page gives, its overflow pages, and each record's page numbers.
+#include <unistd.h>
+
+#include <bit>
+#include <cerrno>
+#include <cstring>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "snapshots/lmdb_util.h"
+
+namespace tally::snap::lmdb {
+
+namespace {
+
+static_assert(std::endian::native == std::endian::little && sizeof(std::size_t) == 8,
+              "the layout below is LMDB's on 64-bit little-endian machines");
+
+// MDB_page: u64 pgno, u16 pad, u16 flags, then u16 lower and u16 upper (or,
+// on an overflow page, u32 pages); the node offsets (u16 each) follow.
+constexpr std::size_t kPageHeaderBytes = 16;
+constexpr std::size_t kFlagsAt = 10;
+constexpr std::size_t kLowerAt = 12;
+constexpr std::size_t kUpperAt = 14;
+constexpr std::size_t kOverflowPagesAt = 12;
+constexpr std::uint16_t kBranchPage = 0x01;
+constexpr std::uint16_t kLeafPage = 0x02;
+constexpr std::uint16_t kOverflowPage = 0x04;
+// The flags that say what a page is (branch, leaf, overflow, meta, leaf2,
+// sub-page); the others (dirty, loose, keep) are LMDB's bookkeeping.
+constexpr std::uint16_t kKindFlags = 0x6f;
+// MDB_meta after the page header: u32 magic, u32 version, u64 address, u64
+// map size, then MDB_db[2] (the free database first, 48 bytes each), u64
+// last page, u64 txnid. MDB_db: u32 pad, u16 flags, u16 depth, u64 branch,
+// leaf and overflow page counts, u64 entries, u64 root.
+constexpr std::size_t kMetaFreeDbAt = kPageHeaderBytes + 24;
+constexpr std::size_t kDbBytes = 48;
+constexpr std::size_t kDbDepthAt = 6;
+constexpr std::size_t kDbEntriesAt = 32;
+constexpr std::size_t kDbRootAt = 40;
+constexpr std::size_t kMetaLastPageAt = kMetaFreeDbAt + 2 * kDbBytes;
+constexpr std::size_t kMetaTxnidAt = kMetaLastPageAt + 8;
+constexpr std::size_t kMetaBytes = kMetaTxnidAt + 8;
+constexpr std::uint64_t kNoPage = ~std::uint64_t{0};  // an empty tree's root
+// MDB_node: u16 lo, u16 hi, u16 flags, u16 key size, then the key and the
+// data. A leaf's data size is lo | hi << 16; a branch's child page is
+// lo | hi << 16 | flags << 32.
+constexpr std::size_t kNodeHeaderBytes = 8;
+constexpr std::uint16_t kNodeBigData = 0x01;  // the data is on overflow pages
+constexpr std::size_t kTxnidBytes = 8;        // the free database's keys
+constexpr int kDepthMax = 64;                 // LMDB's CURSOR_STACK is 32
+
+std::uint64_t load(const std::vector<std::uint8_t>& bytes, std::size_t at, std::size_t width) {
+  return get_le(bytes.data() + at, width);
+}
+
+std::uint16_t kind_of(const std::vector<std::uint8_t>& page) {
+  return static_cast<std::uint16_t>(load(page, kFlagsAt, 2) & kKindFlags);
+}
+
+class FreeListWalk {
+ public:
+  FreeListWalk(const Environment& env, std::size_t page_bytes)
+      : env_(env), page_bytes_(page_bytes) {}
+
+  // Walks the free database the meta page of transaction `txnid` describes.
+  // ok without a walk when neither meta page is that transaction's any more
+  // (a writer in another process committed twice since it began: the pages
+  // it reads stay put, but the meta was overwritten).
+  Status walk(std::uint64_t txnid) {
+    const int fd = file();
+    if (fd < 0) return env_.error("mdb_env_get_fd", EINVAL);
+    for (std::uint64_t meta_page = 0; meta_page < 2; meta_page++) {
+      std::vector<std::uint8_t> meta;
+      TALLY_TRY(read(meta_page, kMetaBytes, &meta));
+      if (load(meta, kMetaTxnidAt, 8) != txnid) continue;
+      last_page_ = load(meta, kMetaLastPageAt, 8);
+      const std::uint64_t root = load(meta, kMetaFreeDbAt + kDbRootAt, 8);
+      const int depth = static_cast<int>(load(meta, kMetaFreeDbAt + kDbDepthAt, 2));
+      const std::uint64_t entries = load(meta, kMetaFreeDbAt + kDbEntriesAt, 8);
+      if (root == kNoPage) {
+        return depth == 0 && entries == 0 ? Status() : damaged("an empty tree with entries");
+      }
+      if (depth < 1 || depth > kDepthMax) return damaged("a tree depth of " + std::to_string(depth));
+      TALLY_TRY(visit(root, depth));
+      if (entries_ != entries) {
+        return damaged(std::to_string(entries_) + " records where the meta page counts " +
+                       std::to_string(entries));
+      }
+      return Status();
+    }
+    return Status();
+  }
+
+ private:
+  int file() const {
+    int fd = -1;
+    return mdb_env_get_fd(env_.get(), &fd) == 0 ? fd : -1;
+  }
+
+  Status damaged(const std::string& what) const {
+    return Status(ErrorCode::corrupt, std::string(env_.component()) + ": free list: " + what);
+  }
+
+  bool in_use(std::uint64_t page) const { return page >= 2 && page <= last_page_; }
+
+  // `bytes` bytes from the start of page `page`.
+  Status read(std::uint64_t page, std::size_t bytes, std::vector<std::uint8_t>* out) const {
+    out->resize(bytes);
+    const auto offset = static_cast<off_t>(page * page_bytes_);
+    std::size_t done = 0;
+    while (done < bytes) {
+      const ssize_t got = ::pread(file(), out->data() + done, bytes - done,
+                                  offset + static_cast<off_t>(done));
+      if (got < 0 && errno == EINTR) continue;
+      if (got < 0) {
+        return Status(ErrorCode::io_error, std::string(env_.component()) +
+                                               ": pread data.mdb: " + std::strerror(errno));
+      }
+      if (got == 0) return damaged("page " + std::to_string(page) + " is past the file's end");
+      done += static_cast<std::size_t>(got);
+    }
+    return Status();
+  }
+
+  // The page `page` of the tree, `depth` levels above the leaves and them.
+  Status visit(std::uint64_t page, int depth) {
+    const std::string where = "page " + std::to_string(page);
+    if (!in_use(page)) return damaged(where + ": not among the pages in use");
+    if (!visited_.insert(page).second) return damaged(where + ": reached twice");
+    std::vector<std::uint8_t> bytes;
+    TALLY_TRY(read(page, page_bytes_, &bytes));
+    const std::uint16_t kind = depth > 1 ? kBranchPage : kLeafPage;
+    if (load(bytes, 0, 8) != page || kind_of(bytes) != kind) {
+      return damaged(where + ": not the " + (depth > 1 ? "branch" : "leaf") + " page it should be");
+    }
+    const std::size_t lower = load(bytes, kLowerAt, 2);
+    const std::size_t upper = load(bytes, kUpperAt, 2);
+    if (lower < kPageHeaderBytes || lower % 2 != 0 || lower > upper || upper > page_bytes_) {
+      return damaged(where + ": its header's bounds do not hold");
+    }
+    const std::size_t nodes = (lower - kPageHeaderBytes) / 2;
+    if (nodes == 0) return damaged(where + ": empty");
+    for (std::size_t index = 0; index < nodes; index++) {
+      const std::size_t at = load(bytes, kPageHeaderBytes + 2 * index, 2);
+      if (at < upper || at % 2 != 0 || at + kNodeHeaderBytes > page_bytes_) {
+        return damaged(where + ": a node outside the page");
+      }
+      const std::size_t key_bytes = load(bytes, at + 6, 2);
+      const std::size_t key_end = at + kNodeHeaderBytes + key_bytes;
+      if (depth > 1) {
+        // The first branch key may be empty: the child holds all below the next.
+        if (key_bytes != kTxnidBytes && !(index == 0 && key_bytes == 0)) {
+          return damaged(where + ": a key of the wrong size");
+        }
+        if (key_end > page_bytes_) return damaged(where + ": a node outside the page");
+        TALLY_TRY(visit(load(bytes, at, 6), depth - 1));
+        continue;
+      }
+      if (key_bytes != kTxnidBytes) return damaged(where + ": a key of the wrong size");
+      const std::size_t data_bytes = load(bytes, at, 4);
+      const auto node_flags = static_cast<std::uint16_t>(load(bytes, at + 4, 2));
+      entries_++;
+      if (node_flags == 0) {
+        if (key_end + data_bytes > page_bytes_) return damaged(where + ": a node outside the page");
+        TALLY_TRY(check_record(std::span(bytes).subspan(key_end, data_bytes)));
+      } else if (node_flags == kNodeBigData) {
+        if (key_end + 8 > page_bytes_) return damaged(where + ": a node outside the page");
+        TALLY_TRY(check_overflow(load(bytes, key_end, 8), data_bytes));
+      } else {
+        return damaged(where + ": a node of an unknown kind");
+      }
+    }
+    return Status();
+  }
+
+  // A record kept on overflow pages from `page` on.
+  Status check_overflow(std::uint64_t page, std::size_t data_bytes) {
+    const std::string where = "overflow page " + std::to_string(page);
+    if (!in_use(page)) return damaged(where + ": not among the pages in use");
+    if (!visited_.insert(page).second) return damaged(where + ": reached twice");
+    std::vector<std::uint8_t> header;
+    TALLY_TRY(read(page, kPageHeaderBytes, &header));
+    const std::uint64_t pages = load(header, kOverflowPagesAt, 4);
+    if (load(header, 0, 8) != page || kind_of(header) != kOverflowPage || pages == 0 ||
+        pages - 1 > last_page_ - page ||
+        data_bytes > pages * page_bytes_ - kPageHeaderBytes) {
+      return damaged(where + ": not the overflow page it should be");
+    }
+    std::vector<std::uint8_t> bytes;
+    TALLY_TRY(read(page, kPageHeaderBytes + data_bytes, &bytes));
+    return check_record(std::span(bytes).subspan(kPageHeaderBytes));
+  }
+
+  // A record: a count, then that many page numbers, each a u64.
+  Status check_record(std::span<const std::uint8_t> record) const {
+    if (record.size() < 8 || record.size() % 8 != 0) {
+      return damaged("a record of the wrong size");
+    }
+    const std::uint64_t count = get_le(record.data(), 8);
+    if (count != record.size() / 8 - 1) return damaged("a count that does not fit");
+    for (std::size_t index = 1; index <= count; index++) {
+      if (!in_use(get_le(record.data() + 8 * index, 8))) {
+        return damaged("a page past the pages in use");
+      }
+    }
+    return Status();
+  }
+
+  const Environment& env_;
+  const std::size_t page_bytes_;
+  std::uint64_t last_page_ = 0;
+  std::uint64_t entries_ = 0;
+  std::unordered_set<std::uint64_t> visited_;
+};
+
+}  // namespace
+
+Status Environment::check_free_list() const {
+  MDB_stat stat{};
+  const int rc = mdb_env_stat(env_, &stat);
+  if (rc != 0) return error("mdb_env_stat", rc);
+  const std::shared_lock<std::shared_mutex> shared = share_map();
+  // The read transaction keeps the pages of its tree from reuse while they
+  // are walked.
+  Txn txn;
+  TALLY_TRY(txn.begin(*this, MDB_RDONLY));
+  FreeListWalk walk(*this, stat.ms_psize);
+  return walk.walk(mdb_txn_id(txn.get()));
+}
+
+}  // namespace tally::snap::lmdb
