@@ -44,7 +44,7 @@ struct LedgerOptions {
   std::int64_t sync_interval_ms = 10;
   // Keys (and finalized holds) are remembered this long, in log time. 0: forever.
   std::int64_t idempotency_window_ns = 24ll * 3600 * 1'000'000'000;
-  std::int64_t hold_ttl_ns_max = 30ll * 24 * 3600 * 1'000'000'000;
+  std::int64_t hold_ttl_ns_max = kHoldTtlNsMaxDefault;
   std::uint64_t segment_size_bytes = log::kSegmentSizeBytesDefault;
   // Commands waiting for the writer; submit() waits for room beyond it.
   std::size_t queue_depth_max = 1u << 16;

@@ -32,6 +32,8 @@ inline constexpr std::size_t kIdBytesMax = 255;        // subject, item, key
 inline constexpr std::size_t kMetaBytesMax = 1024;     // reason, reference, actor each
 inline constexpr std::size_t kBatchOpsMax = log::kBatchOpsMax;
 inline constexpr std::int64_t kHoldTtlNsMin = 1'000'000;  // 1 ms
+// LedgerOptions::hold_ttl_ns_max's default: 30 days.
+inline constexpr std::int64_t kHoldTtlNsMaxDefault = 30ll * 24 * 3600 * 1'000'000'000;
 
 // Optional audit metadata stored with a mutation's event.
 struct Metadata {

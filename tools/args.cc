@@ -30,6 +30,15 @@ std::string flag_text(const FlagSpec& flag) {
   return text;
 }
 
+// "; 1..1048576", "; 0 or more": what --help adds to an integer flag's line.
+std::string range_text(const IntegerRange& range) {
+  std::string text = "; " + std::to_string(range.min);
+  if (range.max == INT64_MAX) return text + " or more";
+  text += "..";
+  text += std::to_string(range.max);
+  return text;
+}
+
 }  // namespace
 
 bool parse_int64(std::string_view text, std::int64_t* out) {
@@ -58,12 +67,15 @@ void append_help(const CommandSpec& spec, std::string* out) {
   *out += "\nflags:\n";
   std::size_t width = 6;  // "--help"
   for (const FlagSpec& flag : spec.flags) width = std::max(width, flag_text(flag).size());
-  auto line = [&](const std::string& left, std::string_view help) {
+  auto line = [&](const std::string& left, const std::string& help) {
     *out += "  " + left + std::string(width - left.size() + 2, ' ');
     *out += help;
     *out += "\n";
   };
-  for (const FlagSpec& flag : spec.flags) line(flag_text(flag), flag.help);
+  for (const FlagSpec& flag : spec.flags) {
+    line(flag_text(flag), flag.range ? std::string(flag.help) + range_text(*flag.range)
+                                     : std::string(flag.help));
+  }
   line("--help", "print this help and exit");
 }
 
@@ -147,9 +159,11 @@ Result<std::string_view> Args::required(std::string_view flag) const {
   return get(flag);
 }
 
-Result<std::int64_t> Args::integer(std::string_view flag, std::int64_t fallback, std::int64_t min,
-                                   std::int64_t max) const {
+Result<std::int64_t> Args::integer(std::string_view flag, std::int64_t fallback) const {
+  const FlagSpec* spec = find_flag(*spec_, flag);
+  TALLY_ASSERT(spec != nullptr && spec->range.has_value());
   if (!has(flag)) return fallback;
+  const auto [min, max] = *spec->range;
   std::int64_t value = 0;
   const std::string_view text = get(flag);
   // A flag that cannot be negative takes no sign at all: "-0" is a slip.
@@ -162,11 +176,10 @@ Result<std::int64_t> Args::integer(std::string_view flag, std::int64_t fallback,
   return value;
 }
 
-Result<std::int64_t> Args::required_integer(std::string_view flag, std::int64_t min,
-                                            std::int64_t max) const {
+Result<std::int64_t> Args::required_integer(std::string_view flag) const {
   auto present = required(flag);
   if (!present) return present.status();
-  return integer(flag, 0, min, max);
+  return integer(flag, 0);
 }
 
 Result<double> Args::number(std::string_view flag, double fallback, double min,
@@ -174,7 +187,8 @@ Result<double> Args::number(std::string_view flag, double fallback, double min,
   if (!has(flag)) return fallback;
   double value = 0;
   const std::string_view text = get(flag);
-  if (!parse_double(text, &value) || value < min || value > max) {
+  const bool sign_unwanted = min >= 0 && text.starts_with('-');
+  if (sign_unwanted || !parse_double(text, &value) || value < min || value > max) {
     char range[64];
     std::snprintf(range, sizeof range, "[%g, %g]", min, max);
     return usage("--" + std::string(flag) + ": '" + std::string(text) +

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -21,10 +22,24 @@
 
 namespace tally::cli {
 
+// The values an integer flag takes, both ends included; --help shows them.
+struct IntegerRange {
+  std::int64_t min = 0;
+  std::int64_t max = INT64_MAX;
+};
+
 struct FlagSpec {
+  // A constructor rather than aggregate initialization: most flags have no
+  // range, and -Wmissing-field-initializers would flag every one of them.
+  constexpr FlagSpec() = default;
+  constexpr FlagSpec(std::string_view name_, std::string_view placeholder_, std::string_view help_,
+                     std::optional<IntegerRange> range_ = std::nullopt)
+      : name(name_), placeholder(placeholder_), help(help_), range(range_) {}
+
   std::string_view name;         // without the leading "--"
   std::string_view placeholder;  // "DIR", "N"; empty for a switch without a value
   std::string_view help;
+  std::optional<IntegerRange> range;  // an integer flag's, read by Args::integer
 };
 
 struct CommandSpec {
@@ -58,12 +73,13 @@ class Args {
 
   // invalid ("missing --data DIR") when the flag is absent or its value empty.
   Result<std::string_view> required(std::string_view flag) const;
-  // A decimal integer in [min, max]; `fallback` when the flag is absent.
-  Result<std::int64_t> integer(std::string_view flag, std::int64_t fallback, std::int64_t min,
-                               std::int64_t max) const;
-  Result<std::int64_t> required_integer(std::string_view flag, std::int64_t min,
-                                        std::int64_t max) const;
-  // A decimal number in [min, max]; `fallback` when the flag is absent.
+  // A decimal integer in the flag's range (FlagSpec::range, which it must
+  // have); `fallback` when the flag is absent. A flag whose range has no
+  // negative value takes no sign: "-0" is refused.
+  Result<std::int64_t> integer(std::string_view flag, std::int64_t fallback) const;
+  Result<std::int64_t> required_integer(std::string_view flag) const;
+  // A decimal number in [min, max]; `fallback` when the flag is absent; as
+  // integer(), no sign where min >= 0.
   Result<double> number(std::string_view flag, double fallback, double min, double max) const;
   // A point in time, RFC 3339 or ns since the epoch (tools/format.h,
   // parse_time); `fallback` when the flag is absent.

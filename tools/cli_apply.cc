@@ -338,7 +338,7 @@ Result<RunOptions> parse_run_options(const Args& args, std::int64_t pipeline_def
     return Status(ErrorCode::invalid, "--durability: '" + std::string(durability) +
                                           "' is not one of sync, async, none");
   }
-  auto pipeline = args.integer("pipeline", pipeline_default, 1, kPipelineMax);
+  auto pipeline = args.integer("pipeline", pipeline_default);
   if (!pipeline) return pipeline.status();
   TALLY_TRY(parse_ledger_flags(args, &options.ledger));
   options.data_dir = std::string(*data);
@@ -359,7 +359,7 @@ Result<RunOptions> parse_bench_target(const Args& args) {
     }
     auto options = parse_run_options(args, kBenchPipelineDefault);
     if (!options) return options.status();
-    auto queries = args.integer("point-in-time", 0, 0, kPointInTimeQueriesMax);
+    auto queries = args.integer("point-in-time", 0);
     if (!queries) return queries.status();
     options->point_in_time_queries = static_cast<std::uint64_t>(*queries);
     return options;
@@ -374,9 +374,9 @@ Result<RunOptions> parse_bench_target(const Args& args) {
   RunOptions options;
   auto workload = args.required("workload");
   if (!workload) return workload.status();
-  auto pipeline = args.integer("pipeline", kBenchPipelineDefault, 1, kPipelineMax);
+  auto pipeline = args.integer("pipeline", kBenchPipelineDefault);
   if (!pipeline) return pipeline.status();
-  auto connections = args.integer("connections", 1, 1, kConnectionsMax);
+  auto connections = args.integer("connections", 1);
   if (!connections) return connections.status();
   if (args.has("token-file")) {
     auto token = read_token(args.get("token-file"));
@@ -391,7 +391,7 @@ Result<RunOptions> parse_bench_target(const Args& args) {
 }
 
 Result<RunOptions> parse_bench_options(const Args& args) {
-  auto rate = args.integer("rate", 0, 1, kRateMax);
+  auto rate = args.integer("rate", 0);
   if (!rate) return rate.status();
   auto options = parse_bench_target(args);
   if (options) options->rate_per_s = static_cast<std::uint64_t>(*rate);
@@ -739,7 +739,7 @@ constexpr FlagSpec kApplyFlags[] = {
     {"data", "DIR", "the data directory (created when missing)"},
     {"workload", "FILE.csv", "the workload to apply, in file order"},
     {"durability", "MODE", "sync (default), async or none"},
-    {"pipeline", "N", "commands in flight at most (default 64)"},
+    {"pipeline", "N", "commands in flight at most (default 64)", IntegerRange{1, kPipelineMax}},
 };
 
 constexpr auto kApplyAllFlags = with_ledger_flags(kApplyFlags);
@@ -763,13 +763,16 @@ constexpr FlagSpec kBenchFlags[] = {
     {"workload", "FILE.csv", "the workload to apply, in file order"},
     {"expect", "FILE", "compare the final state and outcome counts with this file"},
     {"durability", "MODE", "sync (default), async or none"},
-    {"pipeline", "N", "commands in flight at most (default 4096)"},
+    {"pipeline", "N", "commands in flight at most (default 4096)", IntegerRange{1, kPipelineMax}},
     {"progress", "", "report progress on stderr every second"},
-    {"rate", "R", "submit R ops per second on a fixed schedule instead of as fast as possible"},
+    {"rate", "R", "submit R ops per second on a fixed schedule instead of as fast as possible",
+     IntegerRange{1, kRateMax}},
     {"connect", "HOST:PORT", "drive a running `tally serve` (binary protocol) instead of --data"},
-    {"connections", "C", "with --connect: connections, ops round robin (default 1)"},
+    {"connections", "C", "with --connect: connections, ops round robin (default 1)",
+     IntegerRange{1, kConnectionsMax}},
     {"token-file", "FILE", "with --connect: the server's token"},
-    {"point-in-time", "N", "with --data: then time N point-in-time balance reads (a second line)"},
+    {"point-in-time", "N", "with --data: then time N point-in-time balance reads (a second line)",
+     IntegerRange{0, kPointInTimeQueriesMax}},
 };
 
 constexpr auto kBenchAllFlags = with_ledger_flags(kBenchFlags);

@@ -331,9 +331,9 @@ int run_history(const Args& args) {
   for (const Status& name : {check_name("subject", subject), check_name("item", item)}) {
     if (!name.ok()) return usage_error("history", name.message());
   }
-  auto from = args.integer("from-seq", 1, 1, INT64_MAX);
+  auto from = args.integer("from-seq", 1);
   if (!from) return usage_error("history", from.status().message());
-  auto to = args.integer("to-seq", INT64_MAX, 1, INT64_MAX);
+  auto to = args.integer("to-seq", INT64_MAX);
   if (!to) return usage_error("history", to.status().message());
   if (*from > *to) return usage_error("history", "--from-seq is after --to-seq");
   const Status printed = print_history(std::string(*data), subject, item,
@@ -345,8 +345,8 @@ int run_history(const Args& args) {
 
 constexpr FlagSpec kHistoryFlags[] = {
     {"data", "DIR", "the data directory (required)"},
-    {"from-seq", "N", "changes at or after seq N (default 1)"},
-    {"to-seq", "N", "changes at or before seq N"},
+    {"from-seq", "N", "changes at or after seq N (default 1)", IntegerRange{1}},
+    {"to-seq", "N", "changes at or before seq N", IntegerRange{1}},
     {"rebuild", "", "rebuild the history index from the log (takes the directory's lock)"},
     {"json", "", "one JSON object per line"},
 };

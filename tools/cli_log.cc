@@ -91,9 +91,9 @@ Status parse_types(std::string_view list, std::uint32_t* types) {
 
 Result<LogFilter> parse_filter(const Args& args, std::uint64_t* from_seq) {
   LogFilter filter;
-  auto from = args.integer("from-seq", 1, 1, INT64_MAX);
+  auto from = args.integer("from-seq", 1);
   if (!from) return from.status();
-  auto to = args.integer("to-seq", INT64_MAX, 1, INT64_MAX);
+  auto to = args.integer("to-seq", INT64_MAX);
   if (!to) return to.status();
   if (*from > *to) return Status(ErrorCode::invalid, "--from-seq is after --to-seq");
   *from_seq = static_cast<std::uint64_t>(*from);
@@ -163,8 +163,8 @@ int run_log(const Args& args) {
 
 constexpr FlagSpec kLogFlags[] = {
     {"data", "DIR", "the data directory (required)"},
-    {"from-seq", "N", "start at this seq (default 1)"},
-    {"to-seq", "N", "stop after this seq"},
+    {"from-seq", "N", "start at this seq (default 1)", IntegerRange{1}},
+    {"to-seq", "N", "stop after this seq", IntegerRange{1}},
     {"subject", "S", "only events with an op whose subject or `to` is S"},
     {"item", "I", "only events with an op on item I"},
     {"key", "K", "only events with idempotency key K"},

@@ -212,7 +212,7 @@ Result<std::optional<AsOf>> parse_as_of(const Args& args) {
     return Status(ErrorCode::invalid, "--at-seq and --at-time exclude each other");
   }
   if (by_seq) {
-    auto seq = args.integer("at-seq", 0, 0, INT64_MAX);
+    auto seq = args.integer("at-seq", 0);
     if (!seq) return seq.status();
     return std::optional<AsOf>(AsOf::at_seq(static_cast<std::uint64_t>(*seq)));
   }
@@ -392,7 +392,7 @@ int run_list(const Args& args) {
 
 constexpr FlagSpec kReadFlags[] = {
     {"data", "DIR", "the data directory (required)"},
-    {"at-seq", "N", "as of the event with seq N (0: before the first event)"},
+    {"at-seq", "N", "as of the event with seq N (0: before the first event)", IntegerRange{0}},
     {"at-time", "T", "as of time T: after every event stamped at or before T"},
     {"json", "", "JSON output"},
 };

@@ -26,7 +26,8 @@ constexpr FlagSpec kServeFlags[] = {
     {"http", "HOST:PORT", "HTTP/JSON address (default 127.0.0.1:7421)"},
     {"durability", "MODE", "sync (default), async or none"},
     {"token-file", "FILE", "require the token in FILE from every client"},
-    {"io-threads", "N", "threads serving the connections (default: half the cores, at least 1)"},
+    {"io-threads", "N", "threads serving the connections (default: half the cores, at least 1)",
+     IntegerRange{1, kIoThreadsMax}},
 };
 
 constexpr auto kServeAllFlags = with_ledger_flags(kServeFlags);
@@ -56,7 +57,7 @@ Result<ServerOptions> server_options(const Args& args) {
     if (!token) return token.status();
     options.token = std::move(*token);
   }
-  auto io_threads = args.integer("io-threads", static_cast<std::int64_t>(options.io_threads), 1, kIoThreadsMax);
+  auto io_threads = args.integer("io-threads", static_cast<std::int64_t>(options.io_threads));
   if (!io_threads) return io_threads.status();
   options.io_threads = static_cast<std::size_t>(*io_threads);
   return options;

@@ -176,7 +176,7 @@ int run_snapshot(const Args& args) {
     return list_snapshots(std::string(*data), json);
   }
   const auto retain_default = static_cast<std::int64_t>(LedgerOptions{}.snapshot_retain);
-  auto retain = args.integer("retain", retain_default, 1, kSnapshotRetainMax);
+  auto retain = args.integer("retain", retain_default);
   if (!retain) return usage_error("snapshot", retain.status().message());
   auto taken = take_snapshot(std::string(*data), static_cast<std::size_t>(*retain));
   if (!taken) return failure(taken.status());
@@ -194,7 +194,8 @@ int run_snapshot(const Args& args) {
 
 constexpr FlagSpec kSnapshotFlags[] = {
     {"data", "DIR", "the data directory (required)"},
-    {"retain", "N", "keep the newest N snapshots (default 2, the ledger's default; 1..1000)"},
+    {"retain", "N", "keep the newest N snapshots (default 2, the ledger's default)",
+     IntegerRange{1, kSnapshotRetainMax}},
     {"list", "", "list the snapshots instead of taking one"},
     {"json", "", "JSON lines"},
 };

@@ -540,9 +540,9 @@ void append_verify_json(const VerifySummary& summary, std::string* out) {
 int run_verify(const Args& args) {
   auto data = args.required("data");
   if (!data) return usage_error("verify", data.status().message());
-  auto from = args.integer("from-seq", 1, 1, INT64_MAX);
+  auto from = args.integer("from-seq", 1);
   if (!from) return usage_error("verify", from.status().message());
-  auto to = args.integer("to-seq", INT64_MAX, 1, INT64_MAX);
+  auto to = args.integer("to-seq", INT64_MAX);
   if (!to) return usage_error("verify", to.status().message());
   if (*from > *to) return usage_error("verify", "--from-seq is after --to-seq");
   const bool json = args.has("json");
@@ -573,8 +573,9 @@ int run_verify(const Args& args) {
 
 constexpr FlagSpec kVerifyFlags[] = {
     {"data", "DIR", "the data directory (required)"},
-    {"from-seq", "N", "start from the newest valid snapshot at or below N-1 (default 1)"},
-    {"to-seq", "N", "stop the replay after seq N"},
+    {"from-seq", "N", "start from the newest valid snapshot at or below N-1 (default 1)",
+     IntegerRange{1}},
+    {"to-seq", "N", "stop the replay after seq N", IntegerRange{1}},
     {"json", "", "one JSON object"},
 };
 

@@ -4,21 +4,12 @@
 
 namespace tally::cli {
 
-namespace {
-
-constexpr std::int64_t kSnapshotEveryMax = INT64_MAX;
-constexpr std::int64_t kSnapshotSecondsMax = 365ll * 24 * 3600;
-
-}  // namespace
-
 Status parse_ledger_flags(const Args& args, LedgerOptions* options) {
-  auto every = args.integer("snapshot-every", static_cast<std::int64_t>(options->snapshot_every_events), 0,
-                            kSnapshotEveryMax);
+  auto every = args.integer("snapshot-every", static_cast<std::int64_t>(options->snapshot_every_events));
   if (!every) return every.status();
-  auto seconds = args.integer("snapshot-seconds", options->snapshot_every_seconds, 0, kSnapshotSecondsMax);
+  auto seconds = args.integer("snapshot-seconds", options->snapshot_every_seconds);
   if (!seconds) return seconds.status();
-  auto retain = args.integer("snapshot-retain", static_cast<std::int64_t>(options->snapshot_retain), 1,
-                             kSnapshotRetainMax);
+  auto retain = args.integer("snapshot-retain", static_cast<std::int64_t>(options->snapshot_retain));
   if (!retain) return retain.status();
   const std::string_view history = args.get("history", options->history ? "on" : "off");
   if (history != "on" && history != "off") {

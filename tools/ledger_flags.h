@@ -14,11 +14,14 @@ namespace tally::cli {
 
 // The most snapshots --snapshot-retain (and tally snapshot --retain) keeps.
 inline constexpr std::int64_t kSnapshotRetainMax = 1000;
+inline constexpr std::int64_t kSnapshotSecondsMax = 365ll * 24 * 3600;
 
 inline constexpr FlagSpec kLedgerFlags[] = {
-    {"snapshot-every", "N", "take a snapshot every N events (default 1000000; 0: no count trigger)"},
-    {"snapshot-seconds", "S", "and every S seconds (default 3600; 0: no time trigger; both 0: no snapshots)"},
-    {"snapshot-retain", "K", "keep the newest K snapshots (default 2; 1..1000)"},
+    {"snapshot-every", "N", "take a snapshot every N events (default 1000000; 0: no count trigger)",
+     IntegerRange{0}},
+    {"snapshot-seconds", "S", "and every S seconds (default 3600; 0: no time trigger; both 0: no snapshots)",
+     IntegerRange{0, kSnapshotSecondsMax}},
+    {"snapshot-retain", "K", "keep the newest K snapshots (default 2)", IntegerRange{1, kSnapshotRetainMax}},
     {"history", "on|off", "keep the point-in-time history projection (default on)"},
 };
 

@@ -23,8 +23,10 @@ using log::OpType;
 
 constexpr FlagSpec kTestFlags[] = {
     {"data", "DIR", "the data directory"},
-    {"pipeline", "N", "depth"},
+    {"pipeline", "N", "depth", IntegerRange{1, 100}},
     {"rate", "R", "a rate"},
+    {"offset", "N", "signed", IntegerRange{-5, INT64_MAX}},
+    {"count", "N", "from zero", IntegerRange{0}},
     {"json", "", "JSON output"},
 };
 constexpr CommandSpec kTestSpec = {"test", "a test command", "tally test", "", kTestFlags, 1};
@@ -42,7 +44,7 @@ TEST_CASE("args: flags in both spellings, switches and positionals") {
   CHECK(args->has("json"));
   CHECK_FALSE(args->has("rate"));
   CHECK(args->positionals() == std::vector<std::string_view>{"subject"});
-  auto pipeline = args->integer("pipeline", 1, 1, 100);
+  auto pipeline = args->integer("pipeline", 1);
   REQUIRE(pipeline.ok());
   CHECK(*pipeline == 8);
   CHECK(*args->number("rate", 0.5, 0, 1) == 0.5);
@@ -76,15 +78,23 @@ TEST_CASE("args: --help wins, -- ends flags, numbers are strict") {
   for (const char* bad : {"", "x", "12x", "+3", " 3", "0", "101", "1e2"}) {
     auto args = parse({"--pipeline", bad, "s"});
     REQUIRE(args.ok());
-    CHECK_MESSAGE(!args->integer("pipeline", 1, 1, 100).ok(), bad);
+    CHECK_MESSAGE(!args->integer("pipeline", 1).ok(), bad);
   }
-  auto negative_zero = parse({"--pipeline", "-0", "s"});
+  CHECK(parse({"--pipeline", "0", "s"})->integer("pipeline", 1).status().message() ==
+        "--pipeline: '0' is not an integer in [1, 100]");
+  // No sign where the range has no negative value; where it has, "-0" is 0.
+  auto negative_zero = parse({"--count", "-0", "--offset", "-0", "s"});
   REQUIRE(negative_zero.ok());
-  CHECK_FALSE(negative_zero->integer("pipeline", 1, 0, 100).ok());
-  CHECK(negative_zero->integer("pipeline", 1, -1, 100).ok());  // where a sign is allowed
-  auto rate = parse({"--rate", "nan", "s"});
-  REQUIRE(rate.ok());
-  CHECK_FALSE(rate->number("rate", 0, 0, 1).ok());
+  CHECK_FALSE(negative_zero->integer("count", 1).ok());
+  CHECK(*negative_zero->integer("offset", 1) == 0);
+  CHECK(*parse({"--offset", "-5", "s"})->integer("offset", 1) == -5);
+  CHECK_FALSE(parse({"--offset", "-6", "s"})->integer("offset", 1).ok());
+  for (const char* bad : {"nan", "-0", "-0.5", "+0.5", "2"}) {
+    auto rate = parse({"--rate", bad, "s"});
+    REQUIRE(rate.ok());
+    CHECK_MESSAGE(!rate->number("rate", 0, 0, 1).ok(), bad);
+  }
+  CHECK(*parse({"--rate", "-0.5", "s"})->number("rate", 0, -1, 1) == -0.5);
   auto missing = parse({"s"});
   REQUIRE(missing.ok());
   CHECK(missing->required("data").status().message() == "missing --data DIR");
@@ -111,6 +121,9 @@ TEST_CASE("args: help text lists every flag") {
   CHECK(help.find("--data DIR") != std::string::npos);
   CHECK(help.find("--json") != std::string::npos);
   CHECK(help.find("--help") != std::string::npos);
+  // An integer flag's range, after its text.
+  CHECK(help.find("depth; 1..100\n") != std::string::npos);
+  CHECK(help.find("from zero; 0 or more\n") != std::string::npos);
 }
 
 // ---- workload CSV ------------------------------------------------------------

@@ -289,15 +289,16 @@ constexpr std::int64_t kItemsMax = 1'000'000;
 constexpr std::int64_t kOpsMax = 1'000'000'000;
 
 constexpr FlagSpec kWorkloadFlags[] = {
-    {"subjects", "N", "subjects to fund and trade between (required)"},
-    {"ops", "N", "mixed lines after the funding lines (required)"},
+    {"subjects", "N", "subjects to fund and trade between (required)", IntegerRange{1, kSubjectsMax}},
+    {"ops", "N", "mixed lines after the funding lines (required)", IntegerRange{0, kOpsMax}},
     {"out", "FILE.csv", "where to write the workload; - for stdout (required)"},
     {"expect", "FILE", "also write the expected final state and outcome counts here"},
-    {"items", "N", "item types (default 100)"},
-    {"seed", "S", "random seed; the same seed gives the same files (default 1)"},
-    {"retry-rate", "R", "share of mixed lines that repeat an earlier line (default 0.02)"},
-    {"ttl-ms", "N", "ttl of every hold in ms, up to 30 days (default 3600000)"},
-    {"zipf", "S", "skew of the subject choice, 0 = uniform (default 1.1)"},
+    {"items", "N", "item types (default 100)", IntegerRange{1, kItemsMax}},
+    {"seed", "S", "random seed; the same seed gives the same files (default 1)", IntegerRange{0}},
+    {"retry-rate", "R", "share of mixed lines that repeat an earlier line (default 0.02); 0..1"},
+    {"ttl-ms", "N", "ttl of every hold in ms, up to 30 days (default 3600000)",
+     IntegerRange{kHoldTtlNsMin / 1'000'000, kHoldTtlNsMaxDefault / 1'000'000}},
+    {"zipf", "S", "skew of the subject choice, 0 = uniform (default 1.1); 0..10"},
 };
 
 constexpr CommandSpec kWorkloadSpec = {
@@ -316,20 +317,19 @@ constexpr CommandSpec kWorkloadSpec = {
 
 Result<WorkloadSpec> parse_spec(const Args& args) {
   WorkloadSpec spec;
-  auto subjects = args.required_integer("subjects", 1, kSubjectsMax);
+  auto subjects = args.required_integer("subjects");
   if (!subjects) return subjects.status();
-  auto ops = args.required_integer("ops", 0, kOpsMax);
+  auto ops = args.required_integer("ops");
   if (!ops) return ops.status();
-  auto items = args.integer("items", spec.items, 1, kItemsMax);
+  auto items = args.integer("items", spec.items);
   if (!items) return items.status();
-  auto seed = args.integer("seed", 1, 0, INT64_MAX);
+  auto seed = args.integer("seed", 1);
   if (!seed) return seed.status();
   auto retry_rate = args.number("retry-rate", spec.retry_rate, 0, 1);
   if (!retry_rate) return retry_rate.status();
   // The ttls a ledger with default options accepts; the model takes every
   // hold for valid and never expiring during the run.
-  auto ttl_ms = args.integer("ttl-ms", spec.ttl_ms, kHoldTtlNsMin / 1'000'000,
-                             LedgerOptions{}.hold_ttl_ns_max / 1'000'000);
+  auto ttl_ms = args.integer("ttl-ms", spec.ttl_ms);
   if (!ttl_ms) return ttl_ms.status();
   auto zipf = args.number("zipf", spec.zipf, 0, 10);
   if (!zipf) return zipf.status();
