@@ -6,8 +6,6 @@
 
 #include <atomic>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <map>
 #include <random>
 #include <thread>
@@ -606,10 +604,7 @@ TEST_CASE("a lost log beside damaged stores is refused too: they are set aside, 
     const std::string data = f.options.data_dir;
     std::filesystem::remove_all(snapshots ? history_dir(data) : snapshot_dir(data));
     const std::string store = snapshots ? snapshot_dir(data) : history_dir(data);
-    {
-      std::ofstream garbage(store + "/data.mdb", std::ios::binary | std::ios::trunc);
-      garbage << std::string(64 * 1024, 'x');
-    }
+    testing::write_file(store + "/data.mdb", std::string(64 * 1024, 'x'));
     for (int attempt = 0; attempt < 2; attempt++) {
       auto refused = Ledger::open(f.options);
       REQUIRE(refused.code() == ErrorCode::corrupt);
@@ -691,11 +686,7 @@ TEST_CASE("a damaged record of the history index leaves the read to the log") {
   f.ok(f.ledger->acquire("a2", "alice", "gold", 1));
   f.close();
   const std::string data_path = history_dir(f.options.data_dir) + "/data.mdb";
-  std::string data;
-  {
-    std::ifstream in(data_path, std::ios::binary);
-    data.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  }
+  std::string data = testing::read_file(data_path);
   std::string marked(8, '\0');
   for (int index = 0; index < 8; index++) {
     marked[index] = static_cast<char>((kMarked >> (8 * index)) & 0xff);
@@ -707,10 +698,7 @@ TEST_CASE("a damaged record of the history index leaves the read to the log") {
     flipped++;
   }
   REQUIRE(flipped >= 1);
-  {
-    std::ofstream out(data_path, std::ios::binary | std::ios::trunc);
-    out.write(data.data(), static_cast<std::streamsize>(data.size()));
-  }
+  testing::write_file(data_path, data);
   PointInTimeSource source;
   source.data_dir = f.options.data_dir;
   auto history = snap::HistoryStore::open(history_dir(f.options.data_dir), {.read_only = true});

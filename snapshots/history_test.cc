@@ -11,9 +11,7 @@
 #include <csignal>
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
 #include <functional>
-#include <iterator>
 #include <map>
 #include <ostream>
 #include <random>
@@ -1288,20 +1286,13 @@ TEST_CASE("a writer that meets a page LMDB asserts on moves its index aside firs
   }
   const std::string path = dir.sub("history");
   const std::string data_path = path + "/data.mdb";
-  std::string bytes;
-  {
-    std::ifstream in(data_path, std::ios::binary);
-    bytes.assign(std::istreambuf_iterator<char>(in), {});
-  }
+  const std::string bytes = testing::read_file(data_path);
   constexpr std::size_t kPage = 4096;
   const std::string said = dir.sub("stderr");
   for (std::size_t page = 2; page < bytes.size() / kPage; page++) {
     std::string damaged = bytes;
     std::fill_n(damaged.begin() + static_cast<std::ptrdiff_t>(page * kPage), kPage, '\0');
-    {
-      std::ofstream out(data_path, std::ios::binary | std::ios::trunc);
-      out << damaged;
-    }
+    testing::write_file(data_path, damaged);
     const pid_t child = ::fork();
     REQUIRE(child >= 0);
     if (child == 0) {
@@ -1322,8 +1313,7 @@ TEST_CASE("a writer that meets a page LMDB asserts on moves its index aside firs
     }
     CAPTURE(page);
     REQUIRE(WTERMSIG(status) == SIGABRT);
-    std::ifstream in(said);
-    const std::string message(std::istreambuf_iterator<char>(in), {});
+    const std::string message = testing::read_file(said);
     CHECK(message.find("tally: " + path + " is damaged (LMDB: ") != std::string::npos);
     CHECK(message.find("moved it to " + path + ".damaged") != std::string::npos);
     CHECK_FALSE(std::filesystem::exists(path));

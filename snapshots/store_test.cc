@@ -10,7 +10,6 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <iterator>
 #include <string>
 #include <vector>
 
@@ -29,7 +28,9 @@ using proj::kWindowNs;
 using proj::ScriptHolds;
 using proj::State;
 using proj::StateOptions;
+using testing::read_file;
 using testing::TempDir;
+using testing::write_file;
 
 SnapshotStoreOptions small_options() {
   SnapshotStoreOptions options;
@@ -217,11 +218,7 @@ TEST_CASE("a byte flipped in the data file is caught and skipped") {
     write_ok(store.get(), state);
   }
   const std::string data_path = dir.sub("snapshots") + "/data.mdb";
-  std::string data;
-  {
-    std::ifstream in(data_path, std::ios::binary);
-    data.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  }
+  std::string data = read_file(data_path);
   const std::string marker = "only-in-the-newest-snapshot";
   std::size_t flipped = 0;
   // Copy-on-write may leave stale copies in free pages; flip them all.
@@ -231,10 +228,7 @@ TEST_CASE("a byte flipped in the data file is caught and skipped") {
     flipped++;
   }
   REQUIRE(flipped >= 1);
-  {
-    std::ofstream out(data_path, std::ios::binary | std::ios::trunc);
-    out.write(data.data(), static_cast<std::streamsize>(data.size()));
-  }
+  write_file(data_path, data);
   std::unique_ptr<SnapshotStore> store = open_store(dir);
   std::vector<SkippedSnapshot> skipped;
   Result<LoadedSnapshot> loaded =
@@ -278,8 +272,7 @@ TEST_CASE("a truncated or foreign data file is corrupt, never a crash, and is se
       // The meta pages stay; the pages they point at are gone.
       std::filesystem::resize_file(data_path, 3 * 4096);
     } else {
-      std::ofstream out(data_path, std::ios::binary | std::ios::trunc);
-      out << std::string(64 * 1024, 'x');
+      write_file(data_path, std::string(64 * 1024, 'x'));
     }
     auto reopened = SnapshotStore::open(snapshots, small_options());
     REQUIRE(reopened.code() == ErrorCode::corrupt);
@@ -334,15 +327,7 @@ TEST_CASE("a store that opens but whose metadata does not read is set aside for 
   TempDir dir;
   const std::string snapshots = script_store(dir);
   const std::string data_path = snapshots + "/data.mdb";
-  std::string bytes;
-  {
-    std::ifstream in(data_path, std::ios::binary);
-    bytes.assign(std::istreambuf_iterator<char>(in), {});
-  }
-  const auto write_file = [&](const std::string& content) {
-    std::ofstream out(data_path, std::ios::binary | std::ios::trunc);
-    out << content;
-  };
+  const std::string bytes = read_file(data_path);
   // A page holding metadata records ("TSNP"; older copies of the page may
   // lie about unused): clear its leaf flag (the page header's u16 flags at
   // byte 10; P_LEAF is 2) until the live one makes list() fail.
@@ -351,7 +336,7 @@ TEST_CASE("a store that opens but whose metadata does not read is set aside for 
        record = bytes.find("TSNP", record / 4096 * 4096 + 4096)) {
     std::string damaged_bytes = bytes;
     damaged_bytes[record / 4096 * 4096 + 10] ^= 2;
-    write_file(damaged_bytes);
+    write_file(data_path, damaged_bytes);
     auto damaged = SnapshotStore::open(snapshots, small_options());
     REQUIRE(damaged.ok());
     listed_corrupt = (*damaged)->list().code() == ErrorCode::corrupt;
@@ -384,11 +369,7 @@ TEST_CASE("a store whose free list does not hold together is set aside for a new
   }
   // Its count one off, wherever the record lies (older copies too), as a
   // flipped bit would leave it.
-  std::string bytes;
-  {
-    std::ifstream in(snapshots + "/data.mdb", std::ios::binary);
-    bytes.assign(std::istreambuf_iterator<char>(in), {});
-  }
+  std::string bytes = read_file(snapshots + "/data.mdb");
   int patched = 0;
   for (std::size_t at = bytes.find(record); at != std::string::npos;
        at = bytes.find(record, at + 1)) {
@@ -396,10 +377,7 @@ TEST_CASE("a store whose free list does not hold together is set aside for a new
     patched++;
   }
   REQUIRE(patched > 0);
-  {
-    std::ofstream out(snapshots + "/data.mdb", std::ios::binary | std::ios::trunc);
-    out << bytes;
-  }
+  write_file(snapshots + "/data.mdb", bytes);
   auto damaged = SnapshotStore::open(snapshots, small_options());
   CHECK(damaged.code() == ErrorCode::corrupt);
   CHECK(damaged.status().message().find("free list") != std::string::npos);
@@ -456,15 +434,7 @@ TEST_CASE("damage to any page of a free list of several pages is corrupt, never 
   }
   grow_free_list(snapshots, 600);
   const std::string data_path = snapshots + "/data.mdb";
-  std::string bytes;
-  {
-    std::ifstream in(data_path, std::ios::binary);
-    bytes.assign(std::istreambuf_iterator<char>(in), {});
-  }
-  const auto write_file = [&](const std::string& content) {
-    std::ofstream out(data_path, std::ios::binary | std::ios::trunc);
-    out << content;
-  };
+  const std::string bytes = read_file(data_path);
   // The free database's root and depth, from the newer meta page (LMDB's
   // layout: MDB_db of the free database 40 bytes into the page; its depth
   // at +6, root at +40; the txnid at 160).
@@ -496,7 +466,7 @@ TEST_CASE("damage to any page of a free list of several pages is corrupt, never 
         // Zeroes, or bytes of no pattern that LMDB would follow.
         damaged[page * kPage + at] = zeroed ? '\0' : static_cast<char>((at * 131 + page) >> 1);
       }
-      write_file(damaged);
+      write_file(data_path, damaged);
       auto store = SnapshotStore::open(snapshots, small_options());
       CHECK(store.code() == ErrorCode::corrupt);
       CHECK(store.status().message().find("free list") != std::string::npos);
