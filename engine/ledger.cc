@@ -126,6 +126,8 @@ ArchivistOptions archivist_options(const LedgerOptions& options) {
 // (the archivist catches up with that in well under the wait); further
 // behind (a ledger under full load), it answers by a replay at once.
 constexpr std::chrono::milliseconds kHistoryWaitMax{2000};
+// How long snapshot_now() and a snapshot at close wait for the archivist.
+constexpr std::chrono::minutes kSnapshotTimeout{10};
 constexpr std::uint64_t kHistoryWaitLagMax = 65536;
 
 }  // namespace
@@ -141,6 +143,9 @@ struct Ledger::Impl {
 
   Status start(LedgerStats* replayed_stats);
   Status check_lost_events(const log::LogEnd& end);
+  // LedgerOptions::snapshot_due_at_close: a snapshot when the durable log
+  // is snapshot_every_events or more past the newest one.
+  void take_due_snapshot();
   Status start_archivist();
   void writer_main();
   void io_main();
@@ -305,6 +310,19 @@ Status Ledger::Impl::start(LedgerStats* replayed_stats) {
   if (!io_started) return io_started.status();
   io_thread = std::move(*io_started);
   return start_archivist();
+}
+
+void Ledger::Impl::take_due_snapshot() {
+  const std::uint64_t every = options.snapshot_every_events;
+  if (archivist == nullptr || every == 0 || !snapshots_enabled(archivist_options(options))) return;
+  const std::uint64_t newest =
+      std::max(open_stats.snapshot_seq, archivist->stats().last_snapshot_seq);
+  if (durable.load() - newest < every) return;
+  auto taken = archivist->snapshot_now(kSnapshotTimeout);
+  if (!taken) {
+    std::fprintf(stderr, "tally: warning: no snapshot at close: %s\n",
+                 taken.status().to_string().c_str());
+  }
 }
 
 // Snapshots and the history index describe only durable events, so a log
@@ -869,6 +887,8 @@ Status Ledger::close() {
     impl.committed_closed = true;
   }
   impl.committed_cv.notify_all();
+  // Every event is durable now (the I/O thread synced as it stopped).
+  if (impl.options.snapshot_due_at_close) impl.take_due_snapshot();
   if (impl.archivist != nullptr) impl.archivist->stop();
   impl.lock.reset();
   std::lock_guard<std::mutex> guard(impl.failure_mu);
@@ -950,7 +970,7 @@ Result<std::uint64_t> Ledger::snapshot_now() {
   if (impl_->archivist == nullptr || !snapshots_enabled(archivist_options(impl_->options))) {
     return Status(ErrorCode::invalid, "snapshots are off for this ledger");
   }
-  return impl_->archivist->snapshot_now(std::chrono::minutes(10));
+  return impl_->archivist->snapshot_now(kSnapshotTimeout);
 }
 
 Result<BackupReport> Ledger::backup(const std::string& out_dir, const BackupProgress& progress) {
