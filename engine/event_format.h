@@ -4,7 +4,7 @@
 // through here, so a consumer sees the same fields wherever it reads the
 // log. docs/cli.md lists them.
 //
-// Subjects, items and keys are arbitrary bytes (DESIGN.md §1): JSON output
+// Subjects, items and keys are arbitrary bytes (docs/architecture.md, "Names"): JSON output
 // escapes them with json::append_string, text with append_text_escaped.
 //
 // Thread safety: plain functions of their arguments.

@@ -18,7 +18,7 @@ enum OpType {
   release @5;
 }
 
-# Ids, keys and metadata are byte strings (DESIGN.md §1), hence Data.
+# Ids, keys and metadata are byte strings (docs/architecture.md, "Names"), hence Data.
 struct Op {
   type @0 :OpType;
   subject @1 :Data;   # transfer: the source

@@ -28,7 +28,7 @@
 
 namespace tally::proj {
 
-// Subjects, items and keys are 1..255 bytes (DESIGN.md §1); the one-byte
+// Subjects, items and keys are 1..255 bytes (docs/architecture.md, "Names"); the one-byte
 // length prefixes in the arenas depend on it.
 inline constexpr std::size_t kNameBytesMax = 255;
 

@@ -1,4 +1,4 @@
-// HistoryStore: the point-in-time history projection (DESIGN.md §2, §3), an
+// HistoryStore: the point-in-time history projection (docs/snapshots.md), an
 // LMDB index in DATA/history/ of every balance change keyed (subject, item,
 // seq) within epochs of consecutive seqs, each opening with the non-zero
 // balances at its start, so "the balance at seq N" or "at time T" is two

@@ -123,7 +123,7 @@ inline constexpr std::uint32_t kFormatVersion = 4;
 inline constexpr std::size_t kPositionBytes = 72;
 inline constexpr std::size_t kPositionCheckedBytes = kPositionBytes - 8;
 
-inline constexpr std::size_t kNameBytesMax = 255;  // subjects, items and keys (DESIGN.md §1)
+inline constexpr std::size_t kNameBytesMax = 255;  // subjects, items and keys (engine/types.h)
 inline constexpr std::size_t kPairKeyBytesMin = 1 + 1 + 1;
 inline constexpr std::size_t kPairKeyBytesMax = kNameBytesMax + 1 + kNameBytesMax;
 inline constexpr std::size_t kPairIdBytes = 8;

@@ -2,7 +2,7 @@
 // fixed-width integers in keys and values, the error Status, transactions
 // and cursors that close themselves, and an environment in a directory whose
 // map grows when a write fills it. Internal to snapshots/, the one folder
-// that includes lmdb.h (DESIGN.md §2).
+// that includes lmdb.h (docs/architecture.md, "Layers").
 //
 // Thread safety: an Environment may be used from several threads when they
 // follow its map lock (below); Txn and Cursor belong to one thread at a time.

@@ -1,5 +1,5 @@
-// SnapshotStore: the LMDB side. Only snapshots/ includes lmdb.h (DESIGN.md
-// §2); the pieces it shares with the history projection are in lmdb_util.h.
+// SnapshotStore: the LMDB side. Only snapshots/ includes lmdb.h
+// (docs/architecture.md, "Layers"); the pieces it shares with the history projection are in lmdb_util.h.
 #include "snapshots/store.h"
 
 #include <lmdb.h>

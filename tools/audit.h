@@ -23,7 +23,7 @@ namespace tally::cli {
 // mistyped directory for an empty log.
 Status require_data_dir(const std::string& data_dir);
 
-// invalid unless `name` is 1..255 bytes (DESIGN.md §1), naming `what`
+// invalid unless `name` is 1..255 bytes (docs/architecture.md, "Names"), naming `what`
 // ("subject", "item"); the caller reports it as a usage error.
 Status check_name(std::string_view what, std::string_view name);
 

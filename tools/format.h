@@ -3,7 +3,7 @@
 // events are in engine/event_format.h, which the server's event feed
 // shares; printing and parsing times in engine/time_text.h.
 //
-// Subjects, items and keys are arbitrary bytes (DESIGN.md §1), so every
+// Subjects, items and keys are arbitrary bytes (docs/architecture.md, "Names"), so every
 // place that prints one escapes it through here or through
 // engine/event_format.h.
 #pragma once
