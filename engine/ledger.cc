@@ -192,6 +192,8 @@ struct Ledger::Impl {
   void publish_committed(std::uint64_t seq);
   std::uint64_t wait_committed(std::uint64_t after, std::chrono::milliseconds timeout);
   PointInTimeSource point_in_time_source(AsOf at);
+  // closed once close() began.
+  Status check_open() const;
 
   const LedgerOptions options;
   Clock* const clock;
@@ -250,6 +252,10 @@ struct Ledger::Impl {
   std::thread io_thread;
   std::mutex close_mu;
   bool closed = false;
+  // Set as close() begins: the calls that do not go through the writer
+  // (point-in-time reads, snapshot_now) answer closed from then on, as the
+  // queued ones do.
+  std::atomic<bool> closing_began{false};
   // Backups under way (Ledger::backup): close() cancels them and waits for
   // them to return before it stops what they use.
   std::mutex backup_mu;
@@ -865,6 +871,7 @@ Status Ledger::close() {
   std::lock_guard<std::mutex> closing(impl.close_mu);
   if (impl.closed) return Status();
   impl.closed = true;
+  impl.closing_began.store(true);
   {
     // A backup stops at its next MiB or event; one copying a store stops
     // once that copy ends.
@@ -926,6 +933,11 @@ const std::string& Ledger::data_dir() const { return impl_->options.data_dir; }
 
 log::FileSystem& Ledger::file_system() const { return *impl_->fs; }
 
+Status Ledger::Impl::check_open() const {
+  if (closing_began.load()) return Status(ErrorCode::closed, "the ledger is closed");
+  return Status();
+}
+
 PointInTimeSource Ledger::Impl::point_in_time_source(AsOf at) {
   PointInTimeSource source;
   source.data_dir = options.data_dir;
@@ -950,23 +962,28 @@ PointInTimeSource Ledger::Impl::point_in_time_source(AsOf at) {
 
 Result<Balance> Ledger::balance(std::string_view subject, std::string_view item, AsOf at) {
   TALLY_TRY(check_pair(subject, item));
+  TALLY_TRY(impl_->check_open());
   return balance_at(impl_->point_in_time_source(at), subject, item, at);
 }
 
 Result<HoldView> Ledger::hold_info(HoldId hold, AsOf at) {
+  TALLY_TRY(impl_->check_open());
   return hold_at(impl_->point_in_time_source(at), hold, at);
 }
 
 Result<std::vector<ItemBalance>> Ledger::list(std::string_view subject, AsOf at) {
   TALLY_TRY(check_subject(subject));
+  TALLY_TRY(impl_->check_open());
   return list_at(impl_->point_in_time_source(at), subject, at);
 }
 
 Status Ledger::for_each_balance(AsOf at, const std::function<void(std::string_view subject, std::string_view item, Balance balance)>& visit) {
+  TALLY_TRY(impl_->check_open());
   return for_each_at(impl_->point_in_time_source(at), at, visit);
 }
 
 Result<std::uint64_t> Ledger::snapshot_now() {
+  TALLY_TRY(impl_->check_open());
   if (impl_->archivist == nullptr || !snapshots_enabled(archivist_options(impl_->options))) {
     return Status(ErrorCode::invalid, "snapshots are off for this ledger");
   }

@@ -590,6 +590,14 @@ TEST_CASE("non-blocking reads see every mutation submitted before them, in order
   f.ledger->submit_balance("alice", "gold", [&](Result<Balance> b) { closed = std::move(b); });
   REQUIRE(closed.has_value());
   CHECK(closed->code() == ErrorCode::closed);
+  // So are the reads that do not go through the writer.
+  const AsOf first = AsOf::at_seq(1);
+  CHECK(f.ledger->balance("alice", "gold").code() == ErrorCode::closed);
+  CHECK(f.ledger->balance("alice", "gold", first).code() == ErrorCode::closed);
+  CHECK(f.ledger->list("alice", first).code() == ErrorCode::closed);
+  CHECK(f.ledger->hold_info(hold->hold, first).code() == ErrorCode::closed);
+  CHECK(f.ledger->for_each_balance(first, [](auto, auto, Balance) {}).code() == ErrorCode::closed);
+  CHECK(f.ledger->snapshot_now().code() == ErrorCode::closed);
 }
 
 TEST_CASE("a failed fsync turns the ledger read-only until reopened") {
