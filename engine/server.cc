@@ -256,7 +256,13 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   }
 
   void on_read_error(boost::system::error_code ec) {
-    if (ec != asio::error::eof && ec != asio::error::operation_aborted && !stopping_) {
+    if (ec == asio::error::eof && reader_.buffered_bytes() > 0) {
+      // The peer ended its side in the middle of a frame: malformed, and
+      // said so, though the requests read before it are still answered.
+      core_.metrics().malformed();
+      core_.log("binary connection: closing: the stream ended inside a frame (" +
+                std::to_string(reader_.buffered_bytes()) + " bytes of it read)");
+    } else if (ec != asio::error::eof && ec != asio::error::operation_aborted && !stopping_) {
       core_.log("binary connection: read failed: " + ec.message());
     }
     read_closed_ = true;
@@ -610,18 +616,23 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
                             });
   }
 
-  void arm_idle_timer() {
-    idle_timer_.expires_after(std::chrono::milliseconds(core_.options().idle_timeout_ms));
+  // Checks again after `wait_ns` (the whole idle timeout by default): at the
+  // moment the connection would have been idle that long.
+  void arm_idle_timer(std::int64_t wait_ns = 0) {
+    if (wait_ns <= 0) wait_ns = core_idle_ns(core_);
+    idle_timer_.expires_after(std::chrono::nanoseconds(wait_ns));
     idle_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
       if (ec || self->closed_) return;
       const std::int64_t idle_ns = steady_now_ns() - self->last_activity_ns_;
       // An open follow is a connection in use, however quiet the ledger.
       const bool busy = self->inflight_ > 0 || self->writing_ || !self->follows_.empty();
-      if (!busy && idle_ns >= core_idle_ns(self->core_)) {
+      if (busy) return self->arm_idle_timer();
+      const std::int64_t left_ns = core_idle_ns(self->core_) - idle_ns;
+      if (left_ns <= 0) {
         self->core_.log("binary connection: closing: idle timeout");
         return self->close();
       }
-      self->arm_idle_timer();
+      self->arm_idle_timer(left_ns);
     });
   }
 

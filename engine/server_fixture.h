@@ -196,14 +196,16 @@ inline Reply post(std::uint16_t port, std::string target, std::string body, std:
   return http_call(port, http::verb::post, std::move(target), std::move(body), headers);
 }
 
-// Sends `bytes` on a fresh connection and returns all that comes back
-// until the server closes it.
-inline std::string send_raw_until_closed(std::uint16_t port, const std::string& bytes) {
+// Sends `bytes` on a fresh connection (then ends its side when
+// `end_after`) and returns all that comes back until the server closes it.
+inline std::string send_raw_until_closed(std::uint16_t port, const std::string& bytes,
+                                         bool end_after = false) {
   asio::io_context io;
   tcp::socket socket(io);
   socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
   boost::system::error_code ec;
   asio::write(socket, asio::buffer(bytes), ec);
+  if (end_after) socket.shutdown(tcp::socket::shutdown_send, ec);
   std::string received;
   char chunk[4096];
   while (true) {

@@ -1651,9 +1651,17 @@ TEST_CASE("binary: malformed and oversized frames close only their connection") 
   std::string wild(16, '\xff');
   wild.replace(0, 8, std::string("\0\0\0\0\1\0\0\0", 8));
   CHECK(send_raw_until_closed(port, wild).empty());
+  // Half a frame, then the end of the stream.
+  wire::Request balance;
+  balance.kind = wire::Request::Kind::balance;
+  balance.subject = "s";
+  balance.item = "i";
+  const std::string frame = wire::encode_request(balance);
+  CHECK(send_raw_until_closed(port, frame.substr(0, frame.size() / 2), true).empty());
   CHECK(fx.logged("segments"));
   CHECK(fx.logged("exceeds the limit"));
   CHECK(fx.logged("malformed request"));
+  CHECK(fx.logged("the stream ended inside a frame"));
   CHECK(client->acquire("after", "a", "b", 1)->outcome == Outcome::ok);
 }
 
