@@ -87,7 +87,8 @@ struct ClientOptions {
   // one suits reads at a point in time that the server answers by
   // replaying a long log (its history index off or lagging).
   std::int64_t answer_timeout_ms = 30000;
-  std::size_t frame_bytes_max = wire::kFrameBytesMaxDefault;
+  // The largest answer read (wire::kAnswerBytesMax, the most a server sends).
+  std::size_t frame_bytes_max = wire::kAnswerBytesMax;
   // submit() waits beyond it, except from a completion (the reader thread
   // would wait for itself): a request submitted there goes past it.
   std::size_t inflight_max = 1024;

@@ -489,6 +489,13 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   template <class T>
   void answer_later(std::uint64_t id, Result<T> result) {
     std::string frame = wire::encode_response(response_of(id, std::move(result)));
+    if (frame.size() > wire::kAnswerBytesMax) {
+      frame = wire::encode_response(response_of(
+          id, Result<T>(Status(ErrorCode::invalid,
+                               "the answer is " + std::to_string(frame.size()) +
+                                   " bytes, over the protocol's limit of " +
+                                   std::to_string(wire::kAnswerBytesMax)))));
+    }
     bool first = false;
     {
       std::lock_guard<std::mutex> guard(answered_mu_);

@@ -1037,6 +1037,35 @@ TEST_CASE("client: point-in-time balance and list, as the embedded Ledger answer
   CHECK(client->balance("alice", "gold", AsOf::at_seq(1000)).code() == ErrorCode::invalid);
 }
 
+TEST_CASE("client: a list far over the request limit is answered whole, as the Ledger answers it") {
+  // 5,000 items with names of 246 bytes: a list answer of about 1.4 MB.
+  Fixture fx;
+  auto client = fx.client();
+  for (int batch = 0; batch < 5; batch++) {
+    std::vector<OpRequest> ops;
+    for (int op = 0; op < 1000; op++) {
+      std::string item = testing::name("item-", batch * 1000 + op);
+      item.resize(246, 'x');
+      ops.push_back(OpRequest::acquire("big", item, 1));
+    }
+    REQUIRE(client->batch(testing::name("b", batch), ops)->outcome == Outcome::ok);
+  }
+  const auto same = [](const std::vector<ItemBalance>& a, const std::vector<ItemBalance>& b) {
+    return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](const auto& x, const auto& y) {
+      return x.item == y.item && x.balance == y.balance;
+    });
+  };
+  auto remote = client->list("big");
+  REQUIRE_MESSAGE(remote.ok(), remote.status().to_string());
+  CHECK(remote->size() == 5000);
+  CHECK(same(*remote, *fx.ledger->list("big")));
+  auto at_seq = client->list("big", AsOf::at_seq(5));
+  REQUIRE(at_seq.ok());
+  CHECK(same(*at_seq, *remote));
+  // The connection goes on.
+  CHECK(client->acquire("after", "big", "small", 1)->outcome == Outcome::ok);
+}
+
 TEST_CASE("binary: pipelined requests on one connection, matched by id") {
   Fixture fx;
   REQUIRE(fx.client()->acquire("seed", "s", "i", 1000)->outcome == Outcome::ok);

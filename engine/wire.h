@@ -21,7 +21,14 @@
 namespace tally::wire {
 
 inline constexpr std::uint32_t kProtocolVersion = 1;
+// The largest request a server reads (ServerOptions::frame_bytes_max).
 inline constexpr std::size_t kFrameBytesMaxDefault = 1u << 20;
+// The largest answer: a server sends none larger, and a client reads up to
+// it (ClientOptions::frame_bytes_max). Far above the request limit: the
+// list of a subject with very many items is one answer, and every event
+// (made from a request, or from an embedded caller's batch of at most
+// 1000 ops) fits in it.
+inline constexpr std::size_t kAnswerBytesMax = 64u << 20;
 inline constexpr std::size_t kSegmentsMax = 64;
 inline constexpr std::size_t kFirstBytes = 8;  // the table's first word
 inline constexpr int kNestingMax = 16;
