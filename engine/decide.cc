@@ -7,6 +7,10 @@
 
 namespace tally::detail {
 
+Status batch_too_large() {
+  return Status(ErrorCode::invalid, "batch has more than " + std::to_string(kBatchOpsMax) + " ops");
+}
+
 Status check_id(std::string_view what, std::string_view id) {
   std::string why;
   if (id.empty()) {
@@ -276,9 +280,7 @@ Status validate(const Command& command, const Limits& limits) {
     return validate_op(command.op, limits);
   }
   if (command.ops.empty()) return invalid("batch has no ops");
-  if (command.ops.size() > kBatchOpsMax) {
-    return invalid("batch has more than " + std::to_string(kBatchOpsMax) + " ops");
-  }
+  if (command.ops.size() > kBatchOpsMax) return batch_too_large();
   for (std::size_t op_index = 0; op_index < command.ops.size(); op_index++) {
     Status status = validate_op(command.ops[op_index], limits);
     if (!status.ok()) {

@@ -27,6 +27,10 @@ Status validate(const Command& command, const Limits& limits);
 // write, and so what a read may name.
 Status check_id(std::string_view what, std::string_view id);
 
+// invalid: a batch of more than kBatchOpsMax ops (validate's message, for
+// the decoders that meet one first).
+Status batch_too_large();
+
 // XXH3-64 of the command's canonical encoding (docs/architecture.md): the
 // ops and the batch flag, not the key or the metadata. `scratch` is reused.
 std::uint64_t fingerprint(const Command& command, std::string* scratch);

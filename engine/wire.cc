@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "engine/decide.h"
 #include "engine/protocol.capnp.h"
 
 namespace tally::wire {
@@ -134,7 +135,7 @@ Status decode_mutation(proto::Mutation::Reader mutation, Command* out) {
   out->meta.actor = as_string(mutation.getActor());
   out->batch = mutation.getBatch();
   const auto ops = mutation.getOps();
-  if (ops.size() > kBatchOpsMax) return Status(ErrorCode::invalid, "too many ops");
+  if (ops.size() > kBatchOpsMax) return detail::batch_too_large();
   if (!out->batch) {
     if (ops.size() != 1) return Status(ErrorCode::invalid, "a single mutation needs one op");
     return decode_op(ops[0], &out->op);
