@@ -4,19 +4,17 @@
 // LMDB trusts its pages. A free list damaged on disk ends the process in
 // LMDB's own walk of it: an assert() on a zeroed page (SIGABRT), a page
 // number past the file (SIGBUS), a count that runs off its record. So the
-// list is walked here first, with pread() and every bound checked, against
+// list is walked here first, read from the file and every bound checked, against
 // LMDB's layout of 64-bit little-endian builds (mdb.c: MDB_page, MDB_meta,
 // MDB_db, MDB_node): the B-tree of the free database from the root the
 // meta page gives, its overflow pages, and each record's page numbers.
-#include <unistd.h>
-
 #include <bit>
-#include <cerrno>
-#include <cstring>
+#include <span>
 #include <string>
 #include <unordered_set>
 #include <vector>
 
+#include "log/file.h"
 #include "snapshots/lmdb_util.h"
 
 namespace tally::snap::lmdb {
@@ -70,16 +68,15 @@ std::uint16_t kind_of(const std::vector<std::uint8_t>& page) {
 
 class FreeListWalk {
  public:
-  FreeListWalk(const Environment& env, std::size_t page_bytes)
-      : env_(env), page_bytes_(page_bytes) {}
+  // `file` is the environment's data.mdb.
+  FreeListWalk(std::string_view component, log::File& file, std::size_t page_bytes)
+      : component_(component), file_(file), page_bytes_(page_bytes) {}
 
   // Walks the free database the meta page of transaction `txnid` describes.
   // ok without a walk when neither meta page is that transaction's any more
   // (a writer in another process committed twice since it began: the pages
   // it reads stay put, but the meta was overwritten).
   Status walk(std::uint64_t txnid) {
-    const int fd = file();
-    if (fd < 0) return env_.error("mdb_env_get_fd", EINVAL);
     for (std::uint64_t meta_page = 0; meta_page < 2; meta_page++) {
       std::vector<std::uint8_t> meta;
       TALLY_TRY(read(meta_page, kMetaBytes, &meta));
@@ -91,7 +88,9 @@ class FreeListWalk {
       if (root == kNoPage) {
         return depth == 0 && entries == 0 ? Status() : damaged("an empty tree with entries");
       }
-      if (depth < 1 || depth > kDepthMax) return damaged("a tree depth of " + std::to_string(depth));
+      if (depth < 1 || depth > kDepthMax) {
+        return damaged("a tree depth of " + std::to_string(depth));
+      }
       TALLY_TRY(visit(root, depth));
       if (entries_ != entries) {
         return damaged(std::to_string(entries_) + " records where the meta page counts " +
@@ -103,34 +102,17 @@ class FreeListWalk {
   }
 
  private:
-  int file() const {
-    int fd = -1;
-    return mdb_env_get_fd(env_.get(), &fd) == 0 ? fd : -1;
-  }
-
   Status damaged(const std::string& what) const {
-    return Status(ErrorCode::corrupt, std::string(env_.component()) + ": free list: " + what);
+    return Status(ErrorCode::corrupt, std::string(component_) + ": free list: " + what);
   }
 
   bool in_use(std::uint64_t page) const { return page >= 2 && page <= last_page_; }
 
-  // `bytes` bytes from the start of page `page`.
+  // `bytes` bytes from the start of page `page`. Every page read is in use,
+  // and open() checked that the file holds those (check_file_size).
   Status read(std::uint64_t page, std::size_t bytes, std::vector<std::uint8_t>* out) const {
     out->resize(bytes);
-    const auto offset = static_cast<off_t>(page * page_bytes_);
-    std::size_t done = 0;
-    while (done < bytes) {
-      const ssize_t got = ::pread(file(), out->data() + done, bytes - done,
-                                  offset + static_cast<off_t>(done));
-      if (got < 0 && errno == EINTR) continue;
-      if (got < 0) {
-        return Status(ErrorCode::io_error, std::string(env_.component()) +
-                                               ": pread data.mdb: " + std::strerror(errno));
-      }
-      if (got == 0) return damaged("page " + std::to_string(page) + " is past the file's end");
-      done += static_cast<std::size_t>(got);
-    }
-    return Status();
+    return file_.read_at(page * page_bytes_, std::as_writable_bytes(std::span(*out)));
   }
 
   // The page `page` of the tree, `depth` levels above the leaves and them.
@@ -217,7 +199,8 @@ class FreeListWalk {
     return Status();
   }
 
-  const Environment& env_;
+  const std::string_view component_;
+  log::File& file_;
   const std::size_t page_bytes_;
   std::uint64_t last_page_ = 0;
   std::uint64_t entries_ = 0;
@@ -235,7 +218,10 @@ Status Environment::check_free_list() const {
   // are walked.
   Txn txn;
   TALLY_TRY(txn.begin(*this, MDB_RDONLY));
-  FreeListWalk walk(*this, stat.ms_psize);
+  auto file = log::posix_file_system().open(dir_ + "/data.mdb",
+                                            log::FileSystem::Mode::read_only);
+  if (!file) return file.status();
+  FreeListWalk walk(component_, **file, stat.ms_psize);
   return walk.walk(mdb_txn_id(txn.get()));
 }
 
