@@ -35,6 +35,7 @@ constexpr std::size_t kCopyAttemptsMax = 5;
 struct Run {
   const BackupProgress& progress;
   const std::atomic<bool>* cancel = nullptr;  // nullptr: never
+  std::uint64_t store_bytes_done = 0;  // of the stores copied before this one
   std::uint64_t bytes_done = 0;
   std::uint64_t bytes_total = 0;
 
@@ -42,6 +43,12 @@ struct Run {
   Status check() const {
     if (cancel == nullptr || !cancel->load(std::memory_order_relaxed)) return Status();
     return Status(ErrorCode::closed, "the backup was cancelled: the ledger is closing");
+  }
+  // A store's copy's CopyProgress: reports its bytes after those of the
+  // stores before it; false once the owner cancelled.
+  bool store_bytes(std::uint64_t bytes_written) const {
+    if (progress) progress(BackupStage::store_bytes, store_bytes_done + bytes_written, 0);
+    return check().ok();
   }
   void add_bytes(std::uint64_t bytes) {
     bytes_done += bytes;
@@ -166,9 +173,15 @@ Status copy_log(log::FileSystem& fs, const std::string& from, const std::string&
 // Copies a store into `to` with `copy`; false when there is none, or with
 // the reason in report->left_out when it is damaged and left out.
 Result<bool> copy_store(log::FileSystem& fs, const detail::StoreCopy& copy, const std::string& to,
-                        std::string_view what, BackupReport* report) {
+                        std::string_view what, Run* run, BackupReport* report) {
   TALLY_TRY(fs.make_dirs(to));
-  const Status copied = copy(to);
+  std::uint64_t written = 0;
+  const Status copied = copy(to, [run, &written](std::uint64_t bytes_written) {
+    written = bytes_written;
+    return run->store_bytes(bytes_written);
+  });
+  run->store_bytes_done += written;
+  TALLY_TRY(run->check());
   if (copied.code() == ErrorCode::corrupt) {
     report->left_out.push_back(std::string(what) + ": " + copied.to_string());
   } else if (!copied.ok() && copied.code() != ErrorCode::not_found) {
@@ -188,12 +201,13 @@ Result<bool> copy_store(log::FileSystem& fs, const detail::StoreCopy& copy, cons
 template <class Store, class Options>
 detail::StoreCopy opening_copy(log::FileSystem& fs, const std::string& from,
                                const Options& read_only) {
-  return [&fs, from, read_only](const std::string& to) -> Status {
+  return [&fs, from, read_only](const std::string& to,
+                                const snap::CopyProgress& keep_going) -> Status {
     if (!fs.exists(from)) return Status(ErrorCode::not_found, "no store in " + from);
     auto store = Store::open(from, read_only);
     if (!store) return store.status();
     TALLY_TRY((*store)->probe());
-    return (*store)->copy_to(to);
+    return (*store)->copy_to(to, keep_going);
   };
 }
 
@@ -202,10 +216,10 @@ Status build(log::FileSystem& fs, const std::string& data_dir, const std::string
   // The stores first: the log copied after them holds every event they
   // describe.
   TALLY_TRY(run->check());
-  auto snapshots = copy_store(fs, copies.snapshots, snapshot_dir(staging), "snapshots", report);
+  auto snapshots =
+      copy_store(fs, copies.snapshots, snapshot_dir(staging), "snapshots", run, report);
   if (!snapshots) return snapshots.status();
-  TALLY_TRY(run->check());
-  auto history = copy_store(fs, copies.history, history_dir(staging), "history", report);
+  auto history = copy_store(fs, copies.history, history_dir(staging), "history", run, report);
   if (!history) return history.status();
   TALLY_TRY(copy_log(fs, log_dir(data_dir), log_dir(staging), run, report));
 

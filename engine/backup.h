@@ -53,11 +53,13 @@ struct BackupReport {
 // The log's files go through `fs` (nullptr: POSIX), the LMDB stores'
 // through LMDB.
 //
-// `progress`, when set, is called on the backup's thread as the log is
+// `progress`, when set, is called on the backup's thread as the stores are
+// copied (store_bytes: bytes of both copies written so far; `total` is 0,
+// as a compacted copy's size is not known before it ends), as the log is
 // copied (log_bytes: bytes copied so far, of `total`, the segments' sizes)
 // and as the copy is read back (log_events: the seq reached, of `total`, 0
 // while unknown); it must be cheap, as it runs per MiB and per event.
-enum class BackupStage : std::uint8_t { log_bytes, log_events };
+enum class BackupStage : std::uint8_t { store_bytes, log_bytes, log_events };
 using BackupProgress =
     std::function<void(BackupStage stage, std::uint64_t done, std::uint64_t total)>;
 
@@ -69,8 +71,12 @@ namespace detail {
 
 // Copies one LMDB store into `to`, an empty directory made for it:
 // not_found when there is no store, corrupt when it is damaged (the backup
-// leaves it out, as BackupReport::left_out says).
-using StoreCopy = std::function<Status(const std::string& to)>;
+// leaves it out, as BackupReport::left_out says). The copy calls
+// `keep_going` with its bytes written after each MiB and stops (closed)
+// once that answers false: snap::CopyProgress, which this header does not
+// include.
+using StoreCopy = std::function<Status(
+    const std::string& to, const std::function<bool(std::uint64_t bytes_written)>& keep_going)>;
 struct StoreCopies {
   StoreCopy snapshots;
   StoreCopy history;
@@ -78,8 +84,8 @@ struct StoreCopies {
 
 // backup_data, with the stores reached through `copies`: opened by the
 // backup, or a live ledger's own (Ledger::backup). Once *cancel (when not
-// nullptr) is true, it stops at the next MiB or event, removes what it made
-// and returns closed.
+// nullptr) is true, it stops at the next MiB or event (of a store's copy
+// too), removes what it made and returns closed.
 Result<BackupReport> backup_data(const std::string& data_dir, const std::string& out_dir,
                                  log::FileSystem& fs, const StoreCopies& copies,
                                  const BackupProgress& progress,

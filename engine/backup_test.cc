@@ -288,25 +288,42 @@ TEST_CASE("a backup refuses a directory its own process holds, and a destination
     CAPTURE(inside);
     CHECK(backup_data(source, inside).code() == ErrorCode::invalid);
   }
-  // A trailing slash names the same destination. Progress: every byte of
-  // the segments copied, then every event read back.
+  // A trailing slash names the same destination. Progress: the stores'
+  // bytes, every byte of the segments copied, then every event read back.
+  std::uint64_t store_bytes = 0;
   std::uint64_t bytes_done = 0;
   std::uint64_t bytes_total = 0;
   std::uint64_t events_done = 0;
   bool in_order = true;
   const auto progress = [&](BackupStage stage, std::uint64_t done, std::uint64_t total) {
-    if (stage == BackupStage::log_bytes) {
-      in_order = in_order && events_done == 0 && done > bytes_done;
-      bytes_done = done;
-      bytes_total = total;
-    } else {
-      in_order = in_order && done == events_done + 1;
-      events_done = done;
+    switch (stage) {
+      case BackupStage::store_bytes:
+        in_order = in_order && bytes_done == 0 && done > store_bytes && total == 0;
+        store_bytes = done;
+        break;
+      case BackupStage::log_bytes:
+        in_order = in_order && events_done == 0 && done > bytes_done;
+        bytes_done = done;
+        bytes_total = total;
+        break;
+      case BackupStage::log_events:
+        in_order = in_order && done == events_done + 1;
+        events_done = done;
+        break;
     }
   };
   auto report = backup_data(source, dir.sub("backup") + "//", nullptr, progress);
   REQUIRE_MESSAGE(report.ok(), report.status().to_string());
   CHECK(in_order);
+  REQUIRE(report->history_seq.has_value());
+  std::uint64_t stored = 0;
+  for (const std::string& store :
+       {snapshot_dir(dir.sub("backup")), history_dir(dir.sub("backup"))}) {
+    std::error_code absent;
+    const std::uintmax_t size = std::filesystem::file_size(store + "/data.mdb", absent);
+    if (!absent) stored += size;
+  }
+  CHECK(store_bytes == stored);
   CHECK(bytes_done == report->log_bytes);
   CHECK(bytes_total == report->log_bytes);
   CHECK(events_done == report->last_seq);
@@ -392,6 +409,50 @@ TEST_CASE("close() cancels a backup under way and waits for it; later backups ar
     CHECK(report.code() == ErrorCode::closed);
     CHECK_FALSE(std::filesystem::exists(dir.sub("backup")));
   }
+  CHECK_FALSE(std::filesystem::exists(dir.sub("backup.partial")));
+}
+
+TEST_CASE("close() stops a backup inside a store's copy") {
+  testing::TempDir dir;
+  LedgerOptions options = small_ledger(dir.sub("data"));
+  options.snapshot_every_events = 0;  // on demand only
+  options.snapshot_every_seconds = 3600;
+  std::unique_ptr<Ledger> ledger = open_ledger(options);
+  // A snapshot of many long keys: a copy of several MiB.
+  REQUIRE(mutate(*ledger, std::string(200, 'k'), 0, 4000));
+  REQUIRE(ledger->snapshot_now().ok());
+  std::uint64_t store_bytes = 0;
+  auto whole = ledger->backup(dir.sub("whole"), [&](BackupStage stage, std::uint64_t done,
+                                                     std::uint64_t) {
+    if (stage == BackupStage::store_bytes) store_bytes = done;
+  });
+  REQUIRE_MESSAGE(whole.ok(), whole.status().to_string());
+  REQUIRE(store_bytes > 3 * (std::uint64_t{1} << 20));
+
+  // The first MiB of the copy is written; close() begins, and the copy
+  // stops there: the log is never reached.
+  std::atomic<int> store_reports{0};
+  std::atomic<bool> log_reached{false};
+  std::atomic<bool> closing{false};
+  const auto progress = [&](BackupStage stage, std::uint64_t, std::uint64_t) {
+    if (stage != BackupStage::store_bytes) {
+      log_reached.store(true);
+      return;
+    }
+    if (store_reports.fetch_add(1) > 0) return;
+    while (!closing.load()) std::this_thread::yield();
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  };
+  Result<BackupReport> report = Status(ErrorCode::invalid, "not run");
+  std::thread backup([&] { report = ledger->backup(dir.sub("backup"), progress); });
+  while (store_reports.load() == 0) std::this_thread::yield();
+  closing.store(true);
+  CHECK(ledger->close().ok());
+  backup.join();
+  CHECK(report.code() == ErrorCode::closed);
+  CHECK(store_reports.load() == 1);
+  CHECK_FALSE(log_reached.load());
+  CHECK_FALSE(std::filesystem::exists(dir.sub("backup")));
   CHECK_FALSE(std::filesystem::exists(dir.sub("backup.partial")));
 }
 

@@ -1007,22 +1007,24 @@ Result<BackupReport> Ledger::backup(const std::string& out_dir, const BackupProg
     }
   } running{impl};
   detail::StoreCopies copies;
-  copies.snapshots = [&impl](const std::string& to) -> Status {
+  copies.snapshots = [&impl](const std::string& to,
+                             const snap::CopyProgress& keep_going) -> Status {
     std::lock_guard<std::mutex> guard(impl.snapshots.mu);
     if (impl.snapshots.failed) {
       return Status(ErrorCode::corrupt, "the store was found damaged and set aside");
     }
     if (impl.snapshots.store == nullptr) return Status(ErrorCode::not_found, "no store");
     TALLY_TRY(impl.snapshots.store->probe());
-    return impl.snapshots.store->copy_to(to);
+    return impl.snapshots.store->copy_to(to, keep_going);
   };
-  copies.history = [&impl](const std::string& to) -> Status {
+  copies.history = [&impl](const std::string& to,
+                           const snap::CopyProgress& keep_going) -> Status {
     if (impl.history == nullptr) return Status(ErrorCode::not_found, "no index");
     if (impl.archivist != nullptr && impl.archivist->history_stopped()) {
       return Status(ErrorCode::corrupt, "the index was found damaged and set aside");
     }
     TALLY_TRY(impl.history->probe());
-    return impl.history->copy_to(to);
+    return impl.history->copy_to(to, keep_going);
   };
   return detail::backup_data(impl.options.data_dir, out_dir, *impl.fs, copies, progress,
                              &impl.backups_cancelled);

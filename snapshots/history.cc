@@ -1318,7 +1318,9 @@ Status HistoryStore::Impl::count_hashes(const Txn& txn, std::span<const std::uin
 
 Status HistoryStore::probe() const { return position().status(); }
 
-Status HistoryStore::copy_to(const std::string& dir) const { return impl_->env->copy_to(dir); }
+Status HistoryStore::copy_to(const std::string& dir, const CopyProgress& keep_going) const {
+  return impl_->env->copy_to(dir, keep_going);
+}
 
 Result<HistoryPosition> HistoryStore::position() const {
   ReadTxn txn;

@@ -65,6 +65,7 @@
 
 #include "log/event.h"
 #include "log/status.h"
+#include "snapshots/copy_progress.h"
 #include "projections/state.h"
 
 namespace tally::snap {
@@ -167,7 +168,7 @@ class HistoryStore {
   Status probe() const;
   // A compacted copy of the index as of its last flush into `dir` (made by
   // the caller, empty): lmdb::Environment::copy_to. A backup's.
-  Status copy_to(const std::string& dir) const;
+  Status copy_to(const std::string& dir, const CopyProgress& keep_going = {}) const;
 
   // The last indexed seq stamped at or before time_ns (events stamped
   // exactly time_ns included), 0 if none: "as of time T" is "after that

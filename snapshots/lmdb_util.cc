@@ -8,6 +8,8 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <span>
+#include <thread>
 #include <utility>
 
 #include "log/file.h"
@@ -266,33 +268,92 @@ Status Environment::adopt_map_size() {
   return Status();
 }
 
-Status Environment::copy_to(const std::string& dir) {
+namespace {
+
+// What LMDB writes of a copy goes through a chunk of this size at a time.
+constexpr std::size_t kCopyChunkBytes = std::size_t{1} << 20;
+
+// The two ends of a pipe(2), each closed once.
+struct Pipe {
+  int ends[2] = {-1, -1};
+  ~Pipe() {
+    close_end(0);
+    close_end(1);
+  }
+  int read_end() const { return ends[0]; }
+  int write_end() const { return ends[1]; }
+  void close_end(int which) {
+    if (ends[which] >= 0) ::close(ends[which]);
+    ends[which] = -1;
+  }
+};
+
+// Reads `pipe` until it ends or `chunk` is full: the bytes read, 0 at its end.
+Result<std::size_t> fill(int pipe, std::span<std::byte> chunk) {
+  std::size_t filled = 0;
+  while (filled < chunk.size()) {
+    const ssize_t got = ::read(pipe, chunk.data() + filled, chunk.size() - filled);
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) return Status(ErrorCode::io_error, std::string("read: ") + std::strerror(errno));
+    if (got == 0) break;
+    filled += static_cast<std::size_t>(got);
+  }
+  return filled;
+}
+
+}  // namespace
+
+Status Environment::copy_to(const std::string& dir, const CopyProgress& keep_going) {
+  const std::string path = dir + "/data.mdb";
+  log::FileSystem& fs = log::posix_file_system();
+  if (fs.exists(path)) return Status(ErrorCode::invalid, path + " exists");
+  auto out = fs.open(path, log::FileSystem::Mode::create);
+  if (!out) return out.status();
+  std::vector<std::byte> chunk(kCopyChunkBytes);
   // The copy begins a read transaction of its own: as ReadTxn::begin, a
-  // map another process grew is adopted and the copy begun again.
+  // map another process grew is adopted and the copy begun again (it wrote
+  // nothing).
   for (int attempt = 0; attempt < kReadBeginAttemptsMax; attempt++) {
-    int rc = 0;
-    {
-      const std::shared_lock<std::shared_mutex> shared = share_map();
-      rc = mdb_env_copy2(env_, dir.c_str(), MDB_CP_COMPACT);
+    Pipe pipe;
+    if (::pipe2(pipe.ends, O_CLOEXEC) != 0) {
+      return Status(ErrorCode::io_error, component_ + ": pipe: " + std::strerror(errno));
     }
-    const std::string path = dir + "/data.mdb";
-    if (rc == MDB_MAP_RESIZED) {
-      // The copy made its file (O_EXCL) before its transaction failed to
-      // begin: the next attempt makes it again.
-      if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
-        return Status(ErrorCode::io_error,
-                      component_ + ": unlink " + path + ": " + std::strerror(errno));
+    // LMDB writes from a thread it makes, which blocks SIGPIPE and takes
+    // the one a write to a closed pipe raises: a stopped copy fails EPIPE.
+    int rc = 0;
+    std::thread copier([&] {
+      const std::shared_lock<std::shared_mutex> shared = share_map();
+      rc = mdb_env_copyfd2(env_, pipe.write_end(), MDB_CP_COMPACT);
+      pipe.close_end(1);  // the end of the copy, for the reader
+    });
+    Status written;
+    bool stopped = false;
+    std::uint64_t offset = 0;
+    for (;;) {
+      auto filled = fill(pipe.read_end(), chunk);
+      if (!filled) written = filled.status();
+      if (!filled || *filled == 0) break;
+      written = (*out)->write_at(offset, std::span(chunk).first(*filled));
+      if (!written.ok()) break;
+      offset += *filled;
+      if (keep_going && !keep_going(offset)) {
+        stopped = true;
+        break;
       }
+    }
+    pipe.close_end(0);  // a copy still writing fails (EPIPE) and returns
+    copier.join();
+    if (stopped) return Status(ErrorCode::closed, component_ + ": the copy was stopped");
+    TALLY_TRY(written);
+    if (rc == MDB_MAP_RESIZED) {
       TALLY_TRY(adopt_map_size());
       continue;
     }
-    if (rc != 0) return error("mdb_env_copy2 " + dir, rc);
+    if (rc != 0) return error("mdb_env_copyfd2 " + path, rc);
     // LMDB does not promise the copy is on disk when it returns.
-    auto copy = log::posix_file_system().open(path, log::FileSystem::Mode::read_only);
-    if (!copy) return copy.status();
-    return (*copy)->sync();
+    return (*out)->sync();
   }
-  return error("mdb_env_copy2 " + dir, MDB_MAP_RESIZED);
+  return error("mdb_env_copyfd2 " + path, MDB_MAP_RESIZED);
 }
 
 int Txn::try_begin(const Environment& env, unsigned flags) {

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "log/status.h"
+#include "snapshots/copy_progress.h"
 
 namespace tally::log {
 class DirFlock;
@@ -163,10 +164,12 @@ class Environment {
   Status adopt_map_size();
 
   // Writes a compacted copy of the environment as one read transaction
-  // sees it (mdb_env_copy2, MDB_CP_COMPACT) to `dir`/data.mdb, made here
+  // sees it (mdb_env_copyfd2, MDB_CP_COMPACT) to `dir`/data.mdb, made here
   // (`dir` must exist and hold no data.mdb), and syncs it. Safe while
-  // another process writes the environment.
-  Status copy_to(const std::string& dir);
+  // another process writes the environment. LMDB writes the copy into a
+  // pipe from a thread of its own; this thread writes the file, so the
+  // copy can stop between chunks (CopyProgress).
+  Status copy_to(const std::string& dir, const CopyProgress& keep_going = {});
 
  private:
   Environment() = default;

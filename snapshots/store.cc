@@ -360,7 +360,9 @@ Status read_all_meta(const Txn& txn, MDB_dbi dbi, std::vector<Result<Meta>>* out
 
 Status SnapshotStore::probe() const { return list().status(); }
 
-Status SnapshotStore::copy_to(const std::string& dir) const { return env_->env->copy_to(dir); }
+Status SnapshotStore::copy_to(const std::string& dir, const CopyProgress& keep_going) const {
+  return env_->env->copy_to(dir, keep_going);
+}
 
 Result<std::vector<SnapshotInfo>> SnapshotStore::list() const {
   Txn txn;

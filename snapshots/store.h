@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "log/status.h"
+#include "snapshots/copy_progress.h"
 #include "projections/state.h"
 
 namespace tally::snap {
@@ -95,7 +96,7 @@ class SnapshotStore {
   Status probe() const;
   // A compacted copy of the store as of now into `dir` (made by the
   // caller, empty): lmdb::Environment::copy_to. A backup's.
-  Status copy_to(const std::string& dir) const;
+  Status copy_to(const std::string& dir, const CopyProgress& keep_going = {}) const;
 
   // Deletes every snapshot past newest_seq, then all but the newest
   // retain_count of the rest, in one transaction; returns how many it

@@ -42,20 +42,30 @@ int run_backup(const Args& args) {
   if (!out_dir) return usage_error("backup", out_dir.status().message());
   const Status exists = require_data_dir(std::string(*data));
   if (!exists.ok()) return failure(exists);
+  Progress stores("backup: copying the stores", 0);
+  stores.set_unit("MiB");
   Progress copying("backup: copying the log", 0);
   copying.set_unit("MiB");
   Progress checking("backup: checking the copy", 0);
   const auto progress = [&](BackupStage stage, std::uint64_t done, std::uint64_t total) {
-    if (stage == BackupStage::log_bytes) {
-      copying.set_total(total >> 20);
-      copying.update_now(done >> 20);
-    } else {
-      copying.finish();
-      checking.update(done);
+    switch (stage) {
+      case BackupStage::store_bytes:
+        stores.update_now(done >> 20);
+        break;
+      case BackupStage::log_bytes:
+        stores.finish();
+        copying.set_total(total >> 20);
+        copying.update_now(done >> 20);
+        break;
+      case BackupStage::log_events:
+        copying.finish();
+        checking.update(done);
+        break;
     }
   };
   auto report = backup_data(std::string(*data), std::string(*out_dir), nullptr,
                             copying.enabled() ? BackupProgress(progress) : BackupProgress());
+  stores.finish();
   copying.finish();
   checking.finish();
   if (!report) return failure(report.status());
