@@ -873,8 +873,8 @@ Status Ledger::close() {
   impl.closed = true;
   impl.closing_began.store(true);
   {
-    // A backup stops at its next MiB or event; one copying a store stops
-    // once that copy ends.
+    // A backup stops at its next MiB (of a store's copy or the log's) or
+    // event.
     std::unique_lock<std::mutex> guard(impl.backup_mu);
     impl.backups_cancelled.store(true);
     impl.backup_cv.wait(guard, [&] { return impl.backups_running == 0; });
