@@ -4,18 +4,22 @@ may be lost or change.
 
 usage: crash_test.py TALLY SCRATCH_DIR [--kills N] [--ops N] [--seed S]
 
-A generated workload is applied with sync durability and a random pipeline
-depth, and the process is killed with SIGKILL at a random moment: after a
-random delay (which also hits start-up and replay), or once it has printed a
-random number of lines. Every line a killed process printed was an
-acknowledged op. After each kill:
+A generated workload is applied with sync durability, a random pipeline
+depth and a random snapshot interval (so that kills also land while a
+snapshot or the history index is being written), and the process is killed
+with SIGKILL at a random moment: after a random delay (which also hits
+start-up and replay), or once it has printed a random number of lines. Every
+line a killed process printed was an acknowledged op. After each kill:
   - `tally verify` passes (a torn tail is allowed; corruption is not);
+  - the balances at a random seq, read through the snapshots and the
+    history index, equal those a replay of the log alone gives;
   - the next run prints every acknowledged key again with the same outcome
     and hold id, marked ,replay.
 A last run goes to completion; it must repeat every acknowledged outcome,
 and `tally export` must then equal the workload's expected balances.
 """
 import argparse
+import json
 import os
 import random
 import re
@@ -29,6 +33,7 @@ import time
 
 APPLY_LINE = re.compile(rb"^([^,]+),([a-z_]+)(?:,([0-9]+))?(,replay)?$")
 PIPELINES = [1, 4, 16, 64, 256]
+SNAPSHOT_EVERY = [1000000, 1009, 3001]  # events; the first is the default
 # Errors, not outcomes: nothing was written, so a retry is decided anew.
 NOT_DECIDED = {b"invalid", b"idempotency_conflict"}
 RUN_SECONDS_MAX = 5.0        # a run is killed by then whatever its target
@@ -37,11 +42,11 @@ RUN_SECONDS_MAX = 5.0        # a run is killed by then whatever its target
 class Child:
     """A `tally apply` whose stdout lines are collected as they arrive."""
 
-    def __init__(self, tally, data, workload, pipeline, stderr_path):
+    def __init__(self, tally, data, workload, pipeline, snapshot_every, stderr_path):
         self.stderr = open(stderr_path, "wb")
         self.proc = subprocess.Popen(
             [tally, "apply", "--data", data, "--workload", workload, "--durability", "sync",
-             "--pipeline", str(pipeline)],
+             "--pipeline", str(pipeline), "--snapshot-every", str(snapshot_every)],
             stdout=subprocess.PIPE, stderr=self.stderr)
         self.lines = []
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -103,6 +108,22 @@ def run(tally, *args):
     return proc.returncode, proc.stdout, proc.stderr.decode(errors="replace")
 
 
+def check_data(tally, data, log_only, rng, where):
+    """verify passes, and the balances at a random seq read through the
+    stores equal those of `log_only`, a data directory that holds only a
+    link to data's log (so the same question is answered by replaying it)."""
+    code, out, err = run(tally, "verify", "--data", data, "--json")
+    assert code == 0, "%s: verify failed after the kill: %s" % (where, err)
+    seq = rng.randint(0, json.loads(out)["last_seq"])
+    answers = []
+    for directory in (data, log_only):
+        code, out, err = run(tally, "export", "--data", directory, "--at-seq", str(seq))
+        assert code == 0, "%s: export --at-seq %d: %s" % (where, seq, err)
+        answers.append(out)
+    assert answers[0] == answers[1], (
+        "%s: the balances at seq %d read through the stores differ from the log's" % (where, seq))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -131,6 +152,9 @@ def campaign(a, rng, work):
     workload = os.path.join(work, "w.csv")
     expect = os.path.join(work, "w.expect")
     data = os.path.join(work, "data")
+    log_only = os.path.join(work, "log-only")
+    os.makedirs(log_only)
+    os.symlink(os.path.join(data, "log"), os.path.join(log_only, "log"))
     code, _, err = run(a.tally, "workload", "--subjects", "300", "--items", "20", "--ops",
                        str(a.ops), "--seed", str(a.seed), "--out", workload, "--expect", expect)
     assert code == 0, err
@@ -142,7 +166,8 @@ def campaign(a, rng, work):
     started = time.monotonic()
     for kill in range(a.kills):
         pipeline = rng.choice(PIPELINES)
-        child = Child(a.tally, data, workload, pipeline, os.path.join(work, "stderr.txt"))
+        child = Child(a.tally, data, workload, pipeline, rng.choice(SNAPSHOT_EVERY),
+                      os.path.join(work, "stderr.txt"))
         if rng.random() < 0.2:
             # Early: while the ledger opens and replays, or while the run
             # replays lines decided before.
@@ -172,12 +197,12 @@ def campaign(a, rng, work):
             # under sanitizers): nothing can have been acknowledged.
             assert not acked.outcomes, "%s: no data directory, yet acknowledged lines" % where
             continue
-        code, out, err = run(a.tally, "verify", "--data", data)
-        assert code == 0, "%s: verify failed after the kill: %s" % (where, err)
+        check_data(a.tally, data, log_only, rng, where)
         print("%s: %d lines, %d keys acknowledged so far" % (where, len(child.lines),
                                                            len(acked.outcomes)), flush=True)
 
-    child = Child(a.tally, data, workload, rng.choice(PIPELINES), os.path.join(work, "stderr.txt"))
+    child = Child(a.tally, data, workload, rng.choice(PIPELINES), rng.choice(SNAPSHOT_EVERY),
+                  os.path.join(work, "stderr.txt"))
     code = child.finish()
     assert code == 0, "the last run failed with exit %d" % code
     assert len(child.lines) == total_lines, (len(child.lines), total_lines)
@@ -186,8 +211,7 @@ def campaign(a, rng, work):
     printed = {APPLY_LINE.match(line).group(1) for line in child.lines}
     assert before <= printed, "acknowledged keys missing from the last run"
 
-    code, out, err = run(a.tally, "verify", "--data", data)
-    assert code == 0, "verify after the last run: " + err
+    check_data(a.tally, data, log_only, rng, "after the last run")
     code, out, err = run(a.tally, "export", "--data", data)
     assert code == 0, err
     with open(expect) as f:
