@@ -758,9 +758,12 @@ class Server:
         raise AssertionError("no metric " + name)
 
     def stop(self):
+        """Stops the server; returns what it wrote to stderr."""
         self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout=60)
-        assert code == 0, (code, text(self.proc.stderr.read()))
+        err = text(self.proc.stderr.read())
+        assert code == 0, (code, err)
+        return err
 
 
 def test_bench_drives_a_server_and_the_server_keeps_its_state():
@@ -787,6 +790,20 @@ def test_bench_drives_a_server_and_the_server_keeps_its_state():
         assert (seen["available"], seen["held"]) == (int(available), int(held)), seen
     finally:
         server.stop()
+
+
+def test_serve_warns_of_a_token_file_others_can_read():
+    d = new_dir("token")
+    token = write(os.path.join(d, "token"), "a-token-of-this-test\n")
+    for mode, warned in ((0o644, True), (0o600, False)):
+        os.chmod(token, mode)
+        server = Server(os.path.join(d, "data"), "--token-file", token)
+        request = urllib.request.Request("http://%s/v1/balances/s/i" % server.http,
+                                         headers={"Authorization": "Bearer a-token-of-this-test"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert json.loads(response.read())["available"] == 0
+        err = server.stop()
+        assert ("other users can read or write the token file" in err) == warned, (mode, err)
 
 
 def test_serve_event_feed_matches_tally_log():
@@ -1509,8 +1526,7 @@ def test_a_snapshot_store_found_damaged_stops_alone():
                 server.proc.wait()
         shutil.rmtree(data)
     assert found is not None
-    found.stop()
-    assert "tally: snapshots stopped: corrupt: " in text(found.proc.stderr.read())
+    assert "tally: snapshots stopped: corrupt: " in found.stop()
     assert os.path.isdir(os.path.join(data, "snapshots.damaged")), os.listdir(data)
     tally("verify", "--data", data, expect_exit=0)
     _, out, _ = tally("balance", "--data", data, "s1", "i1", expect_exit=0)

@@ -2,6 +2,7 @@
 // HTTP (engine/server.h) until SIGINT or SIGTERM, then shuts down
 // gracefully: stop accepting, answer what was accepted, close the log.
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <cctype>
 #include <cstdio>
@@ -136,6 +137,17 @@ Result<std::string> read_token(std::string_view path) {
   while (start < token.size() && std::isspace(static_cast<unsigned char>(token[start]))) start++;
   token.erase(0, start);
   if (token.empty()) return Status(ErrorCode::invalid, "the token file " + std::string(path) + " is empty");
+  // Not refused: mounted secrets are often 0644, readable only inside
+  // their container.
+  struct stat file_stat {};
+  constexpr mode_t kOthers = S_IRGRP | S_IWGRP | S_IROTH | S_IWOTH;
+  if (::stat(std::string(path).c_str(), &file_stat) == 0 && (file_stat.st_mode & kOthers) != 0) {
+    std::fprintf(stderr,
+                 "tally: warning: other users can read or write the token file %.*s "
+                 "(mode %03o); chmod 600 it\n",
+                 static_cast<int>(path.size()), path.data(),
+                 static_cast<unsigned>(file_stat.st_mode & 0777));
+  }
   return token;
 }
 
