@@ -11,6 +11,7 @@
 #include <thread>
 #include <utility>
 
+#include "engine/address.h"
 #include "engine/server.h"
 #include "log/thread.h"
 
@@ -224,9 +225,9 @@ struct Client::Impl {
 };
 
 Result<std::unique_ptr<tcp::socket>> Client::Impl::connect_once() {
-  boost::system::error_code ec;
-  const auto ip = asio::ip::make_address(host, ec);
-  if (ec) return Status(ErrorCode::invalid, "bad address '" + host + "': " + ec.message());
+  // Resolved at every attempt: a restarted server may have a new address.
+  auto endpoints = resolve_endpoints(host, port);
+  if (!endpoints) return endpoints.status();
   auto fresh = std::make_unique<tcp::socket>(io);
   const std::int64_t timeout_ms = std::max<std::int64_t>(options.connect_timeout_ms, 1);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
@@ -234,12 +235,20 @@ Result<std::unique_ptr<tcp::socket>> Client::Impl::connect_once() {
     return Status(ErrorCode::io_error, std::string(step) + ": no answer within " +
                                            std::to_string(options.connect_timeout_ms) + " ms");
   };
+  boost::system::error_code ec;
   bool done = false;
-  fresh->async_connect(tcp::endpoint(ip, port), [&](const boost::system::error_code& error) {
-    ec = error;
-    done = true;
-  });
-  if (!run_until(io, *fresh, deadline, done)) return timed_out("connect");
+  // Each endpoint in turn, until one takes the connection.
+  for (const tcp::endpoint& endpoint : *endpoints) {
+    boost::system::error_code ignored;
+    fresh->close(ignored);  // opened again for the endpoint's protocol
+    done = false;
+    fresh->async_connect(endpoint, [&](const boost::system::error_code& error) {
+      ec = error;
+      done = true;
+    });
+    if (!run_until(io, *fresh, deadline, done)) return timed_out("connect");
+    if (!ec) break;
+  }
   if (ec) return io_status("connect", ec);
   fresh->set_option(tcp::no_delay(true), ec);
   wire::Request hello;

@@ -69,7 +69,10 @@
 namespace tally {
 
 struct ClientOptions {
-  std::string address = "127.0.0.1:7420";  // HOST:PORT, HOST an IP address
+  // HOST:PORT, HOST an IP address ("[::1]:7420") or a name, resolved again
+  // at every connection attempt (a restarted server may have moved), whose
+  // addresses are tried in the resolver's order.
+  std::string address = "127.0.0.1:7420";
   std::string token;                        // the server's token, if it has one
   // Reconnects a request survives: a reconnect makes up to retries_max + 1
   // attempts, with 5.26 s of the waits below between them, each attempt

@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/address.h"
 #include "engine/server_impl.h"
 #include "engine/wire.h"
 #include "log/thread.h"
@@ -745,20 +746,25 @@ bool constant_time_equal(std::string_view a, std::string_view b) {
 
 namespace {
 
-// Where `address` ("host:port") listens; invalid when it is malformed, or
-// not on loopback and no token is required.
+// Where `address` ("host:port") listens: a name's first IPv4 address, or
+// its first address when it has none (so "localhost" is 127.0.0.1, where
+// clients of either family reach it); invalid when it is malformed, does
+// not resolve, or is not on loopback and no token is required.
 Result<tcp::endpoint> listen_endpoint(std::string_view address, bool has_token) {
   std::string host;
   std::uint16_t port = 0;
   TALLY_TRY(parse_host_port(address, &host, &port));
-  boost::system::error_code ec;
-  const auto ip = asio::ip::make_address(host, ec);
-  if (ec) return Status(ErrorCode::invalid, "bad address '" + host + "': " + ec.message());
-  if (!ip.is_loopback() && !has_token) {
+  auto endpoints = resolve_endpoints(host, port);
+  if (!endpoints) return Status(ErrorCode::invalid, endpoints.status().message());
+  const auto v4 = std::find_if(endpoints->begin(), endpoints->end(), [](const tcp::endpoint& at) {
+    return at.address().is_v4();
+  });
+  const tcp::endpoint endpoint = v4 != endpoints->end() ? *v4 : endpoints->front();
+  if (!endpoint.address().is_loopback() && !has_token) {
     return Status(ErrorCode::invalid, "listening on " + std::string(address) +
                                           " (not loopback) requires a token (--token-file)");
   }
-  return tcp::endpoint(ip, port);
+  return endpoint;
 }
 
 using StartSession = void (*)(Core&, tcp::socket);

@@ -979,6 +979,44 @@ TEST_CASE("server: a non-loopback listener needs a token") {
   CHECK_FALSE(constant_time_equal("", "a"));
 }
 
+TEST_CASE("server and client: host names are resolved; localhost is loopback") {
+  testing::TempDir dir;
+  LedgerOptions ledger_options;
+  ledger_options.data_dir = dir.sub("data");
+  ledger_options.durability = Durability::none;
+  auto ledger = Ledger::open(ledger_options);
+  REQUIRE(ledger.ok());
+  ServerOptions options;
+  options.binary_listen = "localhost:0";  // no token needed: loopback
+  options.http_listen = "";
+  auto server = Server::start(ledger->get(), options);
+  REQUIRE_MESSAGE(server.ok(), server.status().to_string());
+  ClientOptions client_options;
+  client_options.address = "localhost:" + std::to_string((*server)->binary_port());
+  auto client = Client::connect(client_options);
+  REQUIRE_MESSAGE(client.ok(), client.status().to_string());
+  CHECK((*client)->acquire("a", "alice", "gold", 3)->outcome == Outcome::ok);
+  CHECK((*ledger)->balance("alice", "gold")->available == 3);
+  CHECK((*client)->close().ok());
+
+  // A name that does not resolve: the server's address is invalid, the
+  // client's fails to connect (io_error: a name may resolve later).
+  ServerOptions nowhere;
+  nowhere.binary_listen = "no-such-host.invalid:0";
+  nowhere.http_listen = "";
+  auto refused = Server::start(ledger->get(), nowhere);
+  CHECK(refused.code() == ErrorCode::invalid);
+  CHECK(refused.status().message().find("cannot resolve 'no-such-host.invalid'") !=
+        std::string::npos);
+  client_options.address = "no-such-host.invalid:1";
+  client_options.retries_max = 0;
+  auto unreached = Client::connect(client_options);
+  CHECK(unreached.code() == ErrorCode::io_error);
+  CHECK(unreached.status().message().find("cannot resolve") != std::string::npos);
+  (*server)->stop();
+  CHECK((*ledger)->close().ok());
+}
+
 TEST_CASE("client: every call, with the Ledger's results") {
   Fixture fx;
   auto client = fx.client();

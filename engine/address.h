@@ -1,0 +1,21 @@
+// What a "host:port" address names (server.h's parse_host_port splits it):
+// the endpoints the server listens on and the client connects to.
+#pragma once
+
+#include <boost/asio/ip/tcp.hpp>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "log/status.h"
+
+namespace tally {
+
+// The endpoints of `host` at `port`: the address itself when host is an IP
+// address, else what the system's resolver (getaddrinfo) gives for the name,
+// in its order. io_error when the name does not resolve (which may pass: a
+// client retries it). Blocks while the resolver does.
+Result<std::vector<boost::asio::ip::tcp::endpoint>> resolve_endpoints(const std::string& host,
+                                                                      std::uint16_t port);
+
+}  // namespace tally
