@@ -14,6 +14,7 @@
 
 #include "log/file.h"
 #include "log/lock.h"
+#include "log/thread.h"
 #include "snapshots/renew.h"
 
 namespace tally::snap::lmdb {
@@ -321,11 +322,13 @@ Status Environment::copy_to(const std::string& dir, const CopyProgress& keep_goi
     // LMDB writes from a thread it makes, which blocks SIGPIPE and takes
     // the one a write to a closed pipe raises: a stopped copy fails EPIPE.
     int rc = 0;
-    std::thread copier([&] {
+    auto started = start_thread("tally-copy", [&] {
       const std::shared_lock<std::shared_mutex> shared = share_map();
       rc = mdb_env_copyfd2(env_, pipe.write_end(), MDB_CP_COMPACT);
       pipe.close_end(1);  // the end of the copy, for the reader
     });
+    if (!started) return started.status();
+    std::thread copier = std::move(*started);
     Status written;
     bool stopped = false;
     std::uint64_t offset = 0;
