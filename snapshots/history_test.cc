@@ -91,6 +91,19 @@ void index_into(Feed* feed, HistoryStore* store, bool flush_each = false) {
   };
 }
 
+// A history store, and a State whose Feed indexes into it (index_into).
+// Bound by name at each use: auto& [store, state, feed] = indexed.
+struct Indexed {
+  explicit Indexed(const TempDir& dir, HistoryStoreOptions options = small_options(),
+                   bool flush_each = false, std::int64_t window_ns = kWindowNs)
+      : store(open_history(dir, options)), state(StateOptions{window_ns}), feed({&state}) {
+    index_into(&feed, store.get(), flush_each);
+  }
+  std::unique_ptr<HistoryStore> store;
+  State state;
+  Feed feed;
+};
+
 // How a test indexes: its options, and whether it flushes after every
 // event. With epoch_entries_min 1, such a flush also ends the epoch.
 struct Indexing {
@@ -245,10 +258,8 @@ TEST_CASE("entries list one pair's changes with their keys, ops and balances, wi
   for (const Indexing& indexing : indexings()) {
     CAPTURE(indexing.name);
     TempDir dir;
-    std::unique_ptr<HistoryStore> store = open_history(dir, indexing.options);
-    State state(StateOptions{kWindowNs});
-    Feed feed({&state});
-    index_into(&feed, store.get(), indexing.flush_each);
+    Indexed indexed(dir, indexing.options, indexing.flush_each);
+    auto& [store, state, feed] = indexed;
     REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", 10)));
     REQUIRE_OK(feed.one("k2", acquire_op("bob", "gold", 5)));
     REQUIRE_OK(feed.one("k3", hold_op("alice", "gold", 4, 5 * kMsNs)));
@@ -322,11 +333,9 @@ TEST_CASE("entries list one pair's changes with their keys, ops and balances, wi
 
 TEST_CASE("seq_at_time: events sharing a time, a time before the first, at one, after the last") {
   TempDir dir;
-  std::unique_ptr<HistoryStore> store = open_history(dir);
+  Indexed indexed(dir);
+  auto& [store, state, feed] = indexed;
   CHECK(seq_at_time_ok(*store, kStartNs) == 0);
-  State state(StateOptions{kWindowNs});
-  Feed feed({&state});
-  index_into(&feed, store.get());
   REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", 1)));
   REQUIRE_OK(feed.one("k2", acquire_op("alice", "gold", 1)));
   REQUIRE_OK(store->flush());
@@ -361,10 +370,8 @@ TEST_CASE("seq_at_time: events sharing a time, a time before the first, at one, 
 
 TEST_CASE("seq_at_time orders negative timestamps numerically") {
   TempDir dir;
-  std::unique_ptr<HistoryStore> store = open_history(dir);
-  State state(StateOptions{0});
-  Feed feed({&state});
-  index_into(&feed, store.get());
+  Indexed indexed(dir, small_options(), false, 0);
+  auto& [store, state, feed] = indexed;
   const std::int64_t times[] = {-5, -5, 0, 3};
   for (const std::int64_t time_ns : times) {
     feed.now_ns = time_ns;
@@ -382,10 +389,8 @@ TEST_CASE("seq_at_time orders negative timestamps numerically") {
 
 TEST_CASE("clear removes everything and the index is rebuilt from seq 1") {
   TempDir dir;
-  std::unique_ptr<HistoryStore> store = open_history(dir);
-  State state(StateOptions{kWindowNs});
-  Feed feed({&state});
-  index_into(&feed, store.get());
+  Indexed indexed(dir);
+  auto& [store, state, feed] = indexed;
   REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", 7)));
   REQUIRE_OK(feed.one("k2", acquire_op("bob", "gold", 3)));
   REQUIRE_OK(store->flush());
@@ -500,10 +505,8 @@ TEST_CASE("bad options are invalid; a capped map fails the flush and keeps the a
 
   options = small_options();
   options.map_size_bytes_max = options.map_size_bytes;
-  std::unique_ptr<HistoryStore> store = open_history(dir, options);
-  State state(StateOptions{0});
-  Feed feed({&state});
-  index_into(&feed, store.get());
+  Indexed indexed(dir, options, false, 0);
+  auto& [store, state, feed] = indexed;
   for (int index = 0; index < 2000; index++) {
     const std::string name = "a-subject-with-a-rather-long-name-" + std::to_string(index);
     REQUIRE_OK(feed.one(name, acquire_op(name, "gold", 1)));
@@ -696,10 +699,8 @@ void index_flushing_each(const TempDir& dir, std::uint64_t entries_min,
                          const std::function<void(const HistoryStore&)>& check) {
   HistoryStoreOptions options = small_options();
   options.epoch_entries_min = entries_min;
-  std::unique_ptr<HistoryStore> store = open_history(dir, options);
-  State state(StateOptions{kWindowNs});
-  Feed feed({&state});
-  index_into(&feed, store.get(), true);
+  Indexed indexed(dir, options, true);
+  auto& [store, state, feed] = indexed;
   feed_events(feed);
   feed.on_applied = nullptr;
   check(*store);
@@ -740,10 +741,8 @@ TEST_CASE("a flush ends an epoch once it holds enough entries; the next opens wi
 }
 
 void write_small_index(const TempDir& dir) {
-  std::unique_ptr<HistoryStore> store = open_history(dir);
-  State state(StateOptions{kWindowNs});
-  Feed feed({&state});
-  index_into(&feed, store.get());
+  Indexed indexed(dir);
+  auto& [store, state, feed] = indexed;
   REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", 5)));
   REQUIRE_OK(feed.one("k2", acquire_op("alice", "gold", 6)));
   REQUIRE_OK(feed.one("k3", acquire_op("bob", "gold", 1)));
@@ -924,10 +923,8 @@ struct ChainFixture {
 
 ChainFixture write_chain_index(const TempDir& dir, const Indexing& indexing) {
   {
-    std::unique_ptr<HistoryStore> store = open_history(dir, indexing.options);
-    State state(StateOptions{kWindowNs});
-    Feed feed({&state});
-    index_into(&feed, store.get(), indexing.flush_each);
+    Indexed indexed(dir, indexing.options, indexing.flush_each);
+    auto& [store, state, feed] = indexed;
     feed_chain_workload(feed, state);
     REQUIRE_OK(store->flush());
     feed.on_applied = nullptr;
@@ -1275,10 +1272,8 @@ TEST_CASE("a writer that meets a page LMDB asserts on moves its index aside firs
   // walks it ends with SIGABRT.
   TempDir dir;
   {
-    std::unique_ptr<HistoryStore> store = open_history(dir);
-    State state(StateOptions{kWindowNs});
-    Feed feed({&state});
-    index_into(&feed, store.get());
+    Indexed indexed(dir);
+    auto& [store, state, feed] = indexed;
     for (std::uint64_t step = 0; step < 3000; step++) {
       REQUIRE_OK(feed.one(key_of(step), acquire_op(key_of(step % 300), "gold", 1)));
     }
