@@ -297,12 +297,16 @@ Result<std::unique_ptr<tcp::socket>> Client::Impl::connect_once() {
   }
 }
 
-// A wrong token or version (an `invalid` answer) is not retried.
+// A wrong token or version (an `invalid` answer) is not retried. A hello
+// answered `busy` comes from a server still opening its log: those
+// attempts are not counted against retries_max for start_wait_ms.
 Status Client::Impl::connect_locked(std::unique_lock<std::mutex>& guard) {
   Status status;
   std::int64_t backoff_ms = options.retry_backoff_ms;
-  for (int attempt = 0; attempt <= options.retries_max && !closing; attempt++) {
-    if (attempt > 0) {
+  int failures = 0;
+  std::optional<std::chrono::steady_clock::time_point> started_by;  // at the first `busy`
+  for (bool first = true; !closing; first = false) {
+    if (!first) {
       if (cv.wait_for(guard, std::chrono::milliseconds(backoff_ms), [&] { return closing; })) break;
       backoff_ms = std::min(backoff_ms * 2, std::max(options.retry_backoff_max_ms, backoff_ms));
     }
@@ -316,6 +320,12 @@ Status Client::Impl::connect_locked(std::unique_lock<std::mutex>& guard) {
       break;
     }
     if (status.code() == ErrorCode::invalid) break;
+    const auto now = std::chrono::steady_clock::now();
+    if (status.code() == ErrorCode::busy && !started_by) {
+      started_by = now + std::chrono::milliseconds(std::max<std::int64_t>(options.start_wait_ms, 0));
+    }
+    const bool starting = status.code() == ErrorCode::busy && now < *started_by;
+    if (!starting && ++failures > options.retries_max) break;
   }
   if (closing) return Status(ErrorCode::closed, "the client is closed");
   if (!status.ok()) return status;

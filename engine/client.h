@@ -10,7 +10,8 @@
 // and the reader thread delivers every answer one read brought in. When the
 // connection drops, the reader thread reconnects (up to retries_max times
 // per request, with backoff; each attempt to connect and say hello gives up
-// after connect_timeout_ms) and sends every unanswered request again,
+// after connect_timeout_ms; a server still opening its log, which answers
+// the hello busy, is waited for apart, up to start_wait_ms) and sends every unanswered request again,
 // unchanged: a mutation keeps its idempotency key, so the server applies it
 // at most once and answers a retry with the recorded outcome
 // (Receipt::replay). A request that cannot be delivered fails with
@@ -81,6 +82,10 @@ struct ClientOptions {
   int retries_max = 10;
   std::int64_t retry_backoff_ms = 20;       // first wait; doubles each attempt
   std::int64_t retry_backoff_max_ms = 1000; // up to this
+  // A server that is starting (opening, perhaps replaying, its log) answers
+  // the hello `busy`. Those attempts are not retries: the client keeps
+  // trying, with the waits above, for this long after the first of them.
+  std::int64_t start_wait_ms = 300'000;
   // One attempt to connect and exchange hellos gives up after this long (a
   // host that does not answer, or a port that accepts and stays silent).
   std::int64_t connect_timeout_ms = 2000;

@@ -138,8 +138,12 @@ void EventFeed::stop() {
     waiters_.clear();
   }
   cv_.notify_all();
-  const std::uint64_t committed = ledger_->committed_seq();
-  for (Ready& ready : all) ready(committed);
+  // Only while there are waiters: a stop after the first (the destructor's)
+  // may come after the ledger is gone (Server::stop() ends the borrow).
+  if (!all.empty()) {
+    const std::uint64_t committed = ledger_->committed_seq();
+    for (Ready& ready : all) ready(committed);
+  }
   if (watcher_.joinable()) watcher_.join();
 }
 

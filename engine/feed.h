@@ -88,7 +88,7 @@ class EventFeed {
   using Deadline = std::chrono::steady_clock::time_point;
 
   // Starts the watcher thread; it sleeps while nobody waits. Throws
-  // std::system_error when the thread cannot start (Server::start, which
+  // std::system_error when the thread cannot start (Server::serve, which
   // builds the feed, answers that with a Status).
   explicit EventFeed(Ledger* ledger);
   // stop().
@@ -117,7 +117,8 @@ class EventFeed {
 
   // Ends every wait, makes later waits end at once, joins the watcher
   // thread (within one slice). Reads still work. Idempotent; not from a
-  // Ready.
+  // Ready. Once it returned, only read(), poll() and wait() use the Ledger:
+  // a stopped feed may be destroyed after it.
   void stop();
 
   FeedStats stats();

@@ -759,6 +759,11 @@ void HttpSession::handle(HttpRequest request) {
     response.set(http::field::www_authenticate, "Bearer");
     return send(std::move(response), false);
   }
+  if (!core_.serving()) {
+    HttpResponse response = error_response(Core::starting());
+    response.set(http::field::retry_after, "1");
+    return send(std::move(response), false);
+  }
   if (route.kind == RouteKind::none) {
     return send(problem(http::status::not_found, "not_found", "no such route"), false);
   }
@@ -773,11 +778,17 @@ void HttpSession::handle(HttpRequest request) {
 
 void HttpSession::health(http::verb method) {
   if (method != http::verb::get) return send(method_not_allowed(http::verb::get), false);
-  // Serving at all means the ledger's log is open; stopping means not
+  // Ready once the ledger's log is open and served; stopping means not
   // ready, and so does a ledger that failed a write (it refuses every
   // request until it is reopened: restart the server).
   if (stopping_ || core_.stopping()) {
     return send(problem(http::status::service_unavailable, "closed", "shutting down"), false);
+  }
+  if (!core_.serving()) {
+    HttpResponse response =
+        problem(http::status::service_unavailable, "starting", Core::starting().message());
+    response.set(http::field::retry_after, "1");
+    return send(std::move(response), false);
   }
   if (core_.ledger().read_only()) {
     return send(problem(http::status::service_unavailable, "read_only",

@@ -29,8 +29,18 @@ std::int64_t steady_now_ns() {
       .count();
 }
 
-Core::Core(Ledger* ledger, ServerOptions options)
-    : ledger_(ledger), options_(std::move(options)), feed_(ledger), read_pool_(options_.read_threads) {}
+Core::Core(ServerOptions options)
+    : options_(std::move(options)), read_pool_(options_.read_threads) {}
+
+void Core::serve(Ledger* ledger) {
+  TALLY_ASSERT(ledger != nullptr && !serving() && !stopping());
+  feed_.emplace(ledger);
+  ledger_.store(ledger, std::memory_order_release);
+}
+
+Status Core::starting() {
+  return Status(ErrorCode::busy, "the server is starting: its log is being opened; retry");
+}
 
 void Core::log(std::string_view message) const {
   if (options_.log) return options_.log(message);
@@ -63,7 +73,7 @@ void Core::remove_session(std::uint64_t id) {
 
 void Core::submit(Command command, std::function<void(Result<Receipt>)> done) {
   const Metrics::Op op = Metrics::op_of(command);
-  ledger_->submit(std::move(command), track(op, std::move(done)));
+  ledger().submit(std::move(command), track(op, std::move(done)));
 }
 
 void Core::balance(std::string subject, std::string item, std::optional<AsOf> at,
@@ -71,13 +81,13 @@ void Core::balance(std::string subject, std::string item, std::optional<AsOf> at
   if (at) {
     return read<Balance>(
         Metrics::Op::balance,
-        [this, subject = std::move(subject), item = std::move(item), at] { return ledger_->balance(subject, item, *at); },
+        [this, subject = std::move(subject), item = std::move(item), at] { return ledger().balance(subject, item, *at); },
         std::move(done));
   }
   query<Balance>(
       Metrics::Op::balance,
       [this, subject = std::move(subject), item = std::move(item)](auto answer) mutable {
-        ledger_->submit_balance(std::move(subject), std::move(item), std::move(answer));
+        ledger().submit_balance(std::move(subject), std::move(item), std::move(answer));
       },
       std::move(done));
 }
@@ -87,13 +97,13 @@ void Core::list(std::string subject, std::optional<AsOf> at,
   using Items = std::vector<ItemBalance>;
   if (at) {
     return read<Items>(
-        Metrics::Op::list, [this, subject = std::move(subject), at] { return ledger_->list(subject, *at); },
+        Metrics::Op::list, [this, subject = std::move(subject), at] { return ledger().list(subject, *at); },
         std::move(done));
   }
   query<Items>(
       Metrics::Op::list,
       [this, subject = std::move(subject)](auto answer) mutable {
-        ledger_->submit_list(std::move(subject), std::move(answer));
+        ledger().submit_list(std::move(subject), std::move(answer));
       },
       std::move(done));
 }
@@ -102,12 +112,12 @@ void Core::hold_info(HoldId hold, std::optional<AsOf> at,
                      std::function<void(Result<HoldView>)> done) {
   if (at) {
     return read<HoldView>(
-        Metrics::Op::hold_info, [this, hold, at] { return ledger_->hold_info(hold, *at); },
+        Metrics::Op::hold_info, [this, hold, at] { return ledger().hold_info(hold, *at); },
         std::move(done));
   }
   query<HoldView>(
       Metrics::Op::hold_info,
-      [this, hold](auto answer) { ledger_->submit_hold_info(hold, std::move(answer)); }, std::move(done));
+      [this, hold](auto answer) { ledger().submit_hold_info(hold, std::move(answer)); }, std::move(done));
 }
 
 void Core::for_each_session(void (Session::*method)()) {
@@ -127,7 +137,7 @@ void Core::begin_stop() {
   stopping_.store(true, std::memory_order_release);
   // Long polls and follow streams waiting for a commit end now; their
   // sessions answer and close like the others.
-  feed_.stop();
+  if (feed_) feed_->stop();
   for_each_session(&Session::begin_shutdown);
 }
 
@@ -297,6 +307,13 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     if (!request) return malformed(request.status().message());
     if (!authenticated_ && (request->kind != wire::Request::Kind::hello || !request->refused.ok())) {
       return refuse(request->id, "the first request must be a hello with the token");
+    }
+    if (!core_.serving()) {
+      // Whatever the request (a hello, or a first request without one):
+      // the client connects again, and tally::Client counts these apart
+      // from its retries, since a server opening a long log is on its way.
+      send_error(request->id, Core::starting());
+      return stop_reading(Status(ErrorCode::busy, "closing: the server is starting"));
     }
     if (!request->refused.ok()) return send_error(request->id, request->refused);
     dispatch(std::move(*request));
@@ -821,8 +838,8 @@ class Listener {
 }  // namespace
 
 struct Server::Impl {
-  Impl(Ledger* ledger, ServerOptions options)
-      : core(ledger, std::move(options)), io(static_cast<int>(core.options().io_threads)),
+  explicit Impl(ServerOptions options)
+      : core(std::move(options)), io(static_cast<int>(core.options().io_threads)),
         work(asio::make_work_guard(io)) {}
 
   // Declared first, destroyed last: sessions reach it until the io_context
@@ -837,7 +854,10 @@ struct Server::Impl {
   bool stopped = false;
 };
 
-Status Server::check_options(const ServerOptions& options) {
+namespace {
+
+// What bind() checks before it binds anything: limits, token size, addresses.
+Status check_options(const ServerOptions& options) {
   if (options.io_threads == 0 || options.read_threads == 0 || options.connections_max == 0 ||
       options.inflight_per_connection_max == 0 || options.follows_per_connection_max == 0 ||
       options.idle_timeout_ms <= 0) {
@@ -855,15 +875,16 @@ Status Server::check_options(const ServerOptions& options) {
   return Status();
 }
 
-Result<std::unique_ptr<Server>> Server::start(Ledger* ledger, ServerOptions options) {
-  TALLY_ASSERT(ledger != nullptr);
+}  // namespace
+
+Result<std::unique_ptr<Server>> Server::bind(ServerOptions options) {
   TALLY_TRY(check_options(options));
   std::unique_ptr<Impl> impl;
   try {
-    // The event feed's watcher and the read pool start threads as they are
-    // built, and the io_context opens an epoll descriptor: Asio and
-    // std::thread report failures by throwing, which must not cross the API.
-    impl = std::make_unique<Impl>(ledger, std::move(options));
+    // The read pool starts threads as it is built, and the io_context opens
+    // an epoll descriptor: Asio and std::thread report failures by
+    // throwing, which must not cross the API.
+    impl = std::make_unique<Impl>(std::move(options));
   } catch (const std::exception& error) {
     return Status(ErrorCode::io_error, std::string("starting the server: ") + error.what());
   }
@@ -889,6 +910,24 @@ Result<std::unique_ptr<Server>> Server::start(Ledger* ledger, ServerOptions opti
     if (!thread) return thread.status();
     started.threads.push_back(std::move(*thread));
   }
+  return server;
+}
+
+Status Server::serve(Ledger* ledger) {
+  TALLY_ASSERT(ledger != nullptr && !impl_->stopped);
+  try {
+    impl_->core.serve(ledger);  // the event feed's watcher thread
+  } catch (const std::exception& error) {
+    return Status(ErrorCode::io_error, std::string("starting the server: ") + error.what());
+  }
+  return Status();
+}
+
+Result<std::unique_ptr<Server>> Server::start(Ledger* ledger, ServerOptions options) {
+  TALLY_ASSERT(ledger != nullptr);
+  auto server = bind(std::move(options));
+  if (!server) return server.status();
+  TALLY_TRY((*server)->serve(ledger));
   return server;
 }
 

@@ -16,7 +16,8 @@
 // malformed or oversized frame closes only its connection, with a logged
 // reason. Tokens are compared in constant time.
 //
-// Thread safety: start() and stop() from one thread; ports from any.
+// Thread safety: start(), bind(), serve() and stop() from one thread;
+// ports from any.
 #pragma once
 
 #include <cstddef>
@@ -80,14 +81,20 @@ bool constant_time_equal(std::string_view a, std::string_view b);
 
 class Server {
  public:
-  // Borrows `ledger`, which must stay open until stop() returns. Binds both
-  // listeners and starts serving. Errors: invalid (addresses; a non-loopback
-  // address without a token), io_error (bind, listen).
+  // Binds both listeners and answers on them before there is a ledger to
+  // serve: GET /health with 503 `starting`, every other request (and the
+  // binary hello) with `busy`, until serve(). `tally serve` binds first,
+  // so that an address it cannot bind fails before it touches the data
+  // directory, and so that while a long log is replayed its clients hear
+  // that the server is on its way (a Client keeps trying; docs/api.md).
+  // Errors: invalid (addresses; a non-loopback address without a token),
+  // io_error (bind, listen, threads).
+  static Result<std::unique_ptr<Server>> bind(ServerOptions options);
+  // Starts serving `ledger`, borrowed: it must stay open until stop()
+  // returns. Once, before stop(). io_error when a thread cannot start.
+  Status serve(Ledger* ledger);
+  // bind(), then serve(ledger).
   static Result<std::unique_ptr<Server>> start(Ledger* ledger, ServerOptions options);
-  // The checks start() makes before it binds anything (limits, token size,
-  // addresses): call it before opening the ledger, so that a command line
-  // start() would refuse touches no data directory.
-  static Status check_options(const ServerOptions& options);
   // stop().
   ~Server();
   Server(const Server&) = delete;

@@ -42,12 +42,21 @@ std::int64_t steady_now_ns();
 // destroys the io_context, and with it the sessions, first).
 class Core {
  public:
-  Core(Ledger* ledger, ServerOptions options);
+  explicit Core(ServerOptions options);
 
-  Ledger& ledger() { return *ledger_; }
+  // Starts serving `ledger`: builds the event feed (its watcher thread),
+  // then makes serving() true. Until then every request but GET /health
+  // is answered `busy` (Core::starting()). Once, before begin_stop().
+  // Throws std::system_error when the feed's thread cannot start.
+  void serve(Ledger* ledger);
+  bool serving() const { return ledger_.load(std::memory_order_acquire) != nullptr; }
+  // What a request hears while the ledger is not served yet.
+  static Status starting();
+  // ledger() and feed() only once serving() was true.
+  Ledger& ledger() { return *ledger_.load(std::memory_order_relaxed); }
   // The committed events, for GET /v1/events and the binary follow stream.
   // Its waits all end when the server begins to stop.
-  EventFeed& feed() { return feed_; }
+  EventFeed& feed() { return *feed_; }
   const ServerOptions& options() const { return options_; }
   Metrics& metrics() { return metrics_; }
   bool stopping() const { return stopping_.load(std::memory_order_acquire); }
@@ -99,10 +108,12 @@ class Core {
   template <class R>
   std::function<void(Result<R>)> track(Metrics::Op op, std::function<void(Result<R>)> done);
 
-  Ledger* ledger_;
   const ServerOptions options_;
   Metrics metrics_;
-  EventFeed feed_;  // before read_pool_: reads use it until the pool is joined
+  // Set by serve(), the feed first. The feed is before read_pool_: reads
+  // use it until the pool is joined.
+  std::optional<EventFeed> feed_;
+  std::atomic<Ledger*> ledger_{nullptr};
   asio::thread_pool read_pool_;
   std::atomic<bool> stopping_{false};
   std::mutex mu_;

@@ -166,6 +166,23 @@ std::vector<std::uint64_t> seq_range(std::uint64_t first, std::uint64_t last) {
   return out;
 }
 
+// Sends a balance request for a/b, alone, on a fresh binary connection
+// and decodes the one answer the server sends before it closes.
+wire::Response lone_balance_answer(std::uint16_t port) {
+  wire::Request request;
+  request.id = 9;
+  request.kind = wire::Request::Kind::balance;
+  request.subject = "a";
+  request.item = "b";
+  const std::string answer = send_raw_until_closed(port, wire::encode_request(request));
+  wire::FrameWords frame((answer.size() + 7) / 8);
+  std::memcpy(frame.data(), answer.data(), answer.size());
+  auto response = wire::decode_response(frame);
+  REQUIRE(response.ok());
+  CHECK(response->id == 9);
+  return *response;
+}
+
 // Requests with ids 1..count, each filled in by `fill`, framed back to back.
 std::string burst_of(std::uint64_t count, const std::function<void(wire::Request*)>& fill) {
   std::string burst;
@@ -592,17 +609,7 @@ TEST_CASE("http and binary: auth on") {
   CHECK(refused.status().message().find("unauthorized") != std::string::npos);
 
   // A request before the hello is refused, and the connection closed.
-  wire::Request request;
-  request.id = 9;
-  request.kind = wire::Request::Kind::balance;
-  request.subject = "a";
-  request.item = "b";
-  const std::string answer = send_raw_until_closed(fx.server->binary_port(), wire::encode_request(request));
-  wire::FrameWords frame((answer.size() + 7) / 8);
-  std::memcpy(frame.data(), answer.data(), answer.size());
-  auto response = wire::decode_response(frame);
-  REQUIRE(response.ok());
-  CHECK(response->unauthorized);
+  CHECK(lone_balance_answer(fx.server->binary_port()).unauthorized);
 
   auto client = fx.client();
   CHECK(client->acquire("k", "a", "b", 1).ok());
@@ -1002,6 +1009,63 @@ TEST_CASE("server: a non-loopback listener needs a token; names resolve, localho
   auto unreached = Client::connect(client_options);
   CHECK(unreached.code() == ErrorCode::io_error);
   CHECK(unreached.status().message().find("cannot resolve") != std::string::npos);
+  CHECK((*ledger)->close().ok());
+}
+
+TEST_CASE("server: bound before its ledger, it answers starting; a Client waits for serve()") {
+  ServerOptions options;
+  options.binary_listen = "127.0.0.1:0";
+  options.http_listen = "127.0.0.1:0";
+  options.log = [](std::string_view) {};
+  auto bound = Server::bind(options);
+  REQUIRE(bound.ok());
+  Server& server = **bound;
+  const Reply health = get(server.http_port(), "/health");
+  CHECK(health.status == 503);
+  CHECK(health.code() == "starting");
+  CHECK(health.header("Retry-After") == "1");
+  const Reply read = get(server.http_port(), "/v1/balances/alice/gold");
+  CHECK(read.status == 503);
+  CHECK(read.code() == "busy");
+  CHECK(read.header("Retry-After") == "1");
+
+  // A first request without a hello (this server has no token) is
+  // answered busy, and the connection closed.
+  const wire::Response early = lone_balance_answer(server.binary_port());
+  CHECK(early.kind == wire::Response::Kind::error);
+  CHECK(early.error.code() == ErrorCode::busy);
+
+  // So is the hello. A client whose start wait is over stops
+  // there (it has no retries left)...
+  ClientOptions client_options;
+  client_options.address = "127.0.0.1:" + std::to_string(server.binary_port());
+  client_options.retries_max = 0;
+  client_options.retry_backoff_max_ms = 20;
+  client_options.start_wait_ms = 50;
+  auto impatient = Client::connect(client_options);
+  CHECK(impatient.code() == ErrorCode::busy);
+  CHECK(impatient.status().message().find("starting") != std::string::npos);
+
+  // ...one still in its start wait keeps trying, however few its retries,
+  // and is served once the ledger is.
+  client_options.start_wait_ms = 60'000;
+  std::optional<Result<std::unique_ptr<Client>>> patient;
+  std::thread connecting([&] { patient.emplace(Client::connect(client_options)); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  testing::TempDir dir;
+  LedgerOptions ledger_options;
+  ledger_options.data_dir = dir.sub("data");
+  ledger_options.durability = Durability::none;
+  auto ledger = Ledger::open(ledger_options);
+  REQUIRE(ledger.ok());
+  REQUIRE(server.serve(ledger->get()).ok());
+  connecting.join();
+  REQUIRE_MESSAGE(patient->ok(), patient->status().to_string());
+  CHECK((**patient)->acquire("a", "alice", "gold", 3)->outcome == Outcome::ok);
+  CHECK(get(server.http_port(), "/health").status == 200);
+  CHECK(get(server.http_port(), "/v1/balances/alice/gold").integer("available") == 3);
+  CHECK((**patient)->close().ok());
+  server.stop();
   CHECK((*ledger)->close().ok());
 }
 

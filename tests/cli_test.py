@@ -18,6 +18,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -257,6 +258,16 @@ def test_serve_refuses_its_command_line_before_touching_the_data_directory():
         assert not os.path.exists(data), listen
     _, _, err = tally("serve", "--data", data, "--http", "0.0.0.0:0", expect_exit=2)
     assert "requires a token (--token-file)" in err, err
+    # A port already in use fails the start before the data directory is made.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = "127.0.0.1:%d" % taken.getsockname()[1]
+        for listen in (["--listen", port, "--http", "127.0.0.1:0"],
+                       ["--listen", "127.0.0.1:0", "--http", port]):
+            code, _, err = tally("serve", "--data", data, *listen)
+            assert code == 1 and "in use" in err, (listen, code, err)
+            assert not os.path.exists(data), listen
 
 
 def test_malformed_csv_names_the_line():

@@ -39,8 +39,10 @@ constexpr CommandSpec kServeSpec = {
     "tally serve --data DIR [--listen 127.0.0.1:7420] [--http 127.0.0.1:7421]\n"
     "                   [--durability M] [--token-file F] [--io-threads N] [--snapshot-every N]\n"
     "                   [--snapshot-seconds S] [--snapshot-retain K] [--history on|off]",
-    "Prints `serving binary=HOST:PORT http=HOST:PORT` once both listeners are\n"
-    "bound (port 0 picks a free port). A listen address that is not loopback\n"
+    "Binds both listeners first, then opens DATA: until the log is open,\n"
+    "GET /health answers 503 `starting` and every other request 503 `busy`.\n"
+    "Prints `serving binary=HOST:PORT http=HOST:PORT` once it serves the ledger\n"
+    "(port 0 picks a free port). A listen address that is not loopback\n"
     "requires --token-file; clients then present the token (HTTP: Authorization:\n"
     "Bearer TOKEN; binary: in the hello). On SIGINT or SIGTERM the server stops\n"
     "accepting, answers every request it has read, closes the log and exits 0.\n"
@@ -80,9 +82,6 @@ int run_serve(const Args& args) {
   }
   auto options = server_options(args);
   if (!options) return usage_error("serve", options.status().message());
-  if (Status checked = Server::check_options(*options); !checked.ok()) {
-    return usage_error("serve", checked.message());
-  }
 
   LedgerOptions ledger_options;
   ledger_options.data_dir = std::string(*data);
@@ -99,14 +98,21 @@ int run_serve(const Args& args) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  auto ledger = Ledger::open(ledger_options);
-  if (!ledger) return failure(ledger.status());
-  auto server = Server::start(ledger->get(), *options);
+  // Bound before the ledger opens: an address that cannot be bound fails
+  // before DATA is created or locked, and while a long log is replayed
+  // clients are told the server is starting instead of being refused.
+  auto server = Server::bind(*options);
   if (!server) {
-    ignore_status((*ledger)->close());
     // A bad address or a missing token is the command line's fault.
     if (server.code() == ErrorCode::invalid) return usage_error("serve", server.status().message());
     return failure(server.status());
+  }
+  auto ledger = Ledger::open(ledger_options);
+  if (!ledger) return failure(ledger.status());
+  if (Status served = (*server)->serve(ledger->get()); !served.ok()) {
+    (*server)->stop();
+    ignore_status((*ledger)->close());
+    return failure(served);
   }
   std::printf("serving binary=%s http=%s\n",
               address_of(options->binary_listen, (*server)->binary_port()).c_str(),
