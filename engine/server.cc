@@ -763,76 +763,132 @@ bool constant_time_equal(std::string_view a, std::string_view b) {
 
 namespace {
 
-// Where `address` ("host:port") listens: a name's first IPv4 address, or
-// its first address when it has none (so "localhost" is 127.0.0.1, where
-// clients of either family reach it); invalid when it is malformed, does
-// not resolve, or is not on loopback and no token is required.
-Result<tcp::endpoint> listen_endpoint(std::string_view address, bool has_token) {
+// Where `address` ("host:port") listens: every address it names, each once
+// (a name may resolve to 127.0.0.1 and ::1, and a client may try either
+// first); invalid when it is malformed, does not resolve, or names an
+// address off loopback while no token is required.
+Result<std::vector<tcp::endpoint>> listen_endpoints(std::string_view address, bool has_token) {
   std::string host;
   std::uint16_t port = 0;
   TALLY_TRY(parse_host_port(address, &host, &port));
-  auto endpoints = resolve_endpoints(host, port);
-  if (!endpoints) return Status(ErrorCode::invalid, endpoints.status().message());
-  const auto v4 = std::find_if(endpoints->begin(), endpoints->end(), [](const tcp::endpoint& at) {
-    return at.address().is_v4();
-  });
-  const tcp::endpoint endpoint = v4 != endpoints->end() ? *v4 : endpoints->front();
-  if (!endpoint.address().is_loopback() && !has_token) {
-    return Status(ErrorCode::invalid, "listening on " + std::string(address) +
-                                          " (not loopback) requires a token (--token-file)");
+  auto resolved = resolve_endpoints(host, port);
+  if (!resolved) return Status(ErrorCode::invalid, resolved.status().message());
+  std::vector<tcp::endpoint> endpoints;
+  for (const tcp::endpoint& endpoint : *resolved) {
+    if (!endpoint.address().is_loopback() && !has_token) {
+      return Status(ErrorCode::invalid, "listening on " + std::string(address) +
+                                            " (not loopback) requires a token (--token-file)");
+    }
+    if (std::find(endpoints.begin(), endpoints.end(), endpoint) == endpoints.end()) {
+      endpoints.push_back(endpoint);
+    }
   }
-  return endpoint;
+  return endpoints;
 }
 
 using StartSession = void (*)(Core&, tcp::socket);
 
+// The acceptors of one listen address, one per address it names, all on
+// one port.
 class Listener {
  public:
   Listener(asio::io_context& io, Core& core, StartSession start_session)
-      : io_(io), core_(core), acceptor_(asio::make_strand(io)), start_session_(start_session) {}
+      : io_(io), core_(core), start_session_(start_session) {}
 
   Status open(std::string_view address) {
-    auto found = listen_endpoint(address, !core_.options().token.empty());
-    if (!found) return found.status();
-    const tcp::endpoint& endpoint = *found;
-    boost::system::error_code ec;
-    if (acceptor_.open(endpoint.protocol(), ec) ||
-        acceptor_.set_option(tcp::acceptor::reuse_address(true), ec) ||
-        acceptor_.bind(endpoint, ec) || acceptor_.listen(asio::socket_base::max_listen_connections, ec)) {
-      return Status(ErrorCode::io_error, "cannot listen on " + std::string(address) + ": " + ec.message());
+    auto endpoints = listen_endpoints(address, !core_.options().token.empty());
+    if (!endpoints) return endpoints.status();
+    // Port 0 lets the first bind pick a port, which the other addresses may
+    // have taken: pick again then.
+    constexpr int kPortPicksMax = 8;
+    const bool pick = endpoints->front().port() == 0;
+    Status opened;
+    for (int picks = 0; picks < kPortPicksMax; picks++) {
+      opened = open_all(address, *endpoints);
+      if (opened.ok() || !pick || !port_in_use_) break;
     }
-    port_ = acceptor_.local_endpoint(ec).port();
-    return Status();
+    return opened;
   }
 
   std::uint16_t port() const { return port_; }
 
   void accept() {
-    acceptor_.async_accept(asio::make_strand(io_), [this](boost::system::error_code ec, tcp::socket socket) {
-      if (ec == asio::error::operation_aborted || !acceptor_.is_open()) return;
+    for (tcp::acceptor& acceptor : acceptors_) accept_on(acceptor);
+  }
+
+  void close() {
+    for (tcp::acceptor& acceptor : acceptors_) {
+      asio::post(acceptor.get_executor(), [&acceptor] {
+        boost::system::error_code ignored;
+        acceptor.close(ignored);
+      });
+    }
+  }
+
+ private:
+  // Binds every endpoint, on the port the first one got. An address this
+  // host cannot take (a name's ::1 where IPv6 is off) is skipped, with a
+  // logged line, as long as another one is bound.
+  Status open_all(std::string_view address, const std::vector<tcp::endpoint>& endpoints) {
+    acceptors_.clear();
+    port_ = 0;
+    port_in_use_ = false;
+    for (tcp::endpoint endpoint : endpoints) {
+      if (port_ != 0) endpoint.port(port_);
+      tcp::acceptor& acceptor = acceptors_.emplace_back(asio::make_strand(io_));
+      boost::system::error_code ec;
+      if (!acceptor.open(endpoint.protocol(), ec) &&
+          !acceptor.set_option(tcp::acceptor::reuse_address(true), ec) && endpoint.address().is_v6() &&
+          endpoints.size() > 1) {
+        acceptor.set_option(asio::ip::v6_only(true), ec);  // its IPv4 twin has its own
+      }
+      if (!ec && !acceptor.bind(endpoint, ec)) {
+        acceptor.listen(asio::socket_base::max_listen_connections, ec);
+      }
+      if (!ec) {
+        port_ = acceptor.local_endpoint(ec).port();
+        continue;
+      }
+      namespace errc = boost::system::errc;
+      const bool unavailable = ec == errc::address_not_available ||
+                               ec == errc::address_family_not_supported;
+      const std::string where = std::string(address) + " (" + endpoint.address().to_string() + ")";
+      acceptors_.pop_back();
+      if (unavailable && endpoints.size() > 1) {
+        core_.log("not listening on " + where + ": " + ec.message());
+        continue;
+      }
+      port_in_use_ = ec == asio::error::address_in_use && port_ != 0;
+      acceptors_.clear();
+      return Status(ErrorCode::io_error, "cannot listen on " + where + ": " + ec.message());
+    }
+    if (acceptors_.empty()) {
+      return Status(ErrorCode::io_error, "cannot listen on " + std::string(address) +
+                                             ": none of its addresses could be bound");
+    }
+    return Status();
+  }
+
+  void accept_on(tcp::acceptor& acceptor) {
+    acceptor.async_accept(asio::make_strand(io_), [this, &acceptor](boost::system::error_code ec,
+                                                                    tcp::socket socket) {
+      if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
       if (ec) {
         core_.log("accept failed: " + ec.message());
       } else {
         socket.set_option(tcp::no_delay(true), ec);
         start_session_(core_, std::move(socket));
       }
-      accept();
+      accept_on(acceptor);
     });
   }
 
-  void close() {
-    asio::post(acceptor_.get_executor(), [this] {
-      boost::system::error_code ignored;
-      acceptor_.close(ignored);
-    });
-  }
-
- private:
   asio::io_context& io_;
   Core& core_;
-  tcp::acceptor acceptor_;
+  std::deque<tcp::acceptor> acceptors_;  // a deque: accept_on() holds references
   StartSession start_session_;
   std::uint16_t port_ = 0;
+  bool port_in_use_ = false;  // open_all() failed on a port an earlier address picked
 };
 
 }  // namespace
@@ -869,8 +925,8 @@ Status check_options(const ServerOptions& options) {
   }
   for (const std::string& address : {options.binary_listen, options.http_listen}) {
     if (address.empty()) continue;  // that listener is off
-    auto endpoint = listen_endpoint(address, !options.token.empty());
-    if (!endpoint) return endpoint.status();
+    auto endpoints = listen_endpoints(address, !options.token.empty());
+    if (!endpoints) return endpoints.status();
   }
   return Status();
 }

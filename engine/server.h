@@ -38,6 +38,7 @@ std::size_t io_threads_default();
 
 struct ServerOptions {
   // "host:port" of each listener; port 0 picks an ephemeral port; empty: off.
+  // A name listens on every address it resolves to, on one port.
   std::string binary_listen = "127.0.0.1:7420";
   std::string http_listen = "127.0.0.1:7421";
   // Non-empty: every client must present it (binary hello, HTTP bearer).

@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/address.h"
 #include "engine/client.h"
 #include "engine/event_format.h"
 #include "engine/json.h"
@@ -995,6 +996,21 @@ TEST_CASE("server: a non-loopback listener needs a token; names resolve, localho
   CHECK((*client)->acquire("a", "alice", "gold", 3)->outcome == Outcome::ok);
   CHECK((*ledger)->balance("alice", "gold")->available == 3);
   CHECK((*client)->close().ok());
+  // It listens on every address the name has (127.0.0.1 and, on many
+  // hosts, ::1), so a client that tries only one of them gets in.
+  auto addresses = resolve_endpoints("localhost", (*server)->binary_port());
+  REQUIRE(addresses.ok());
+  for (const tcp::endpoint& address : *addresses) {
+    const std::string ip = address.address().to_string();
+    ClientOptions direct;
+    direct.address = (address.address().is_v6() ? "[" + ip + "]" : ip) + ":" +
+                     std::to_string(address.port());
+    direct.retries_max = 0;
+    auto reached = Client::connect(direct);
+    REQUIRE_MESSAGE(reached.ok(), direct.address << ": " << reached.status().to_string());
+    CHECK((*reached)->balance("alice", "gold")->available == 3);
+    CHECK((*reached)->close().ok());
+  }
   (*server)->stop();
 
   // A name that does not resolve: the server's address is invalid, the
