@@ -1854,6 +1854,39 @@ TEST_CASE("server: idle connections are closed") {
   CHECK(fx.logged("binary connection: closing: idle timeout"));
 }
 
+TEST_CASE("server: a binary connection closes one idle timeout after its last request") {
+  // The timer first fires a timeout after the connection opened and finds
+  // a request 200 ms old: the close is due 200 ms later, not a whole
+  // timeout later (2 s apart; the bounds leave 0.9 s of scheduling slack).
+  constexpr std::int64_t kTimeoutMs = 2000;
+  Fixture fx;
+  fx.options.idle_timeout_ms = kTimeoutMs;
+  fx.stop();
+  fx.start();
+  asio::io_context io;
+  tcp::socket socket(io);
+  socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), fx.server->binary_port()));
+  wire::Request hello;
+  asio::write(socket, asio::buffer(wire::encode_request(hello)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  wire::Request balance;
+  balance.id = 1;
+  balance.kind = wire::Request::Kind::balance;
+  balance.subject = "a";
+  balance.item = "b";
+  asio::write(socket, asio::buffer(wire::encode_request(balance)));
+  const auto last_request = std::chrono::steady_clock::now();
+  boost::system::error_code ec;
+  char chunk[4096];
+  while (!ec) socket.read_some(asio::buffer(chunk), ec);
+  const auto idle_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                           std::chrono::steady_clock::now() - last_request)
+                           .count();
+  CHECK(idle_ms >= kTimeoutMs - 100);
+  CHECK(idle_ms < kTimeoutMs + 900);
+  CHECK(fx.logged("binary connection: closing: idle timeout"));
+}
+
 TEST_CASE("server: graceful shutdown answers what it accepted; a restart serves the same state") {
   Fixture fx;
   constexpr int kClients = 4;
