@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <mutex>
+#include <thread>
 
 namespace tally::log {
 
@@ -28,6 +29,7 @@ struct FaultyFileSystem::State {
   std::atomic<std::uint64_t> dir_syncs{0};
   std::atomic<std::uint64_t> writes{0};
   std::atomic<std::uint64_t> bytes_written{0};
+  std::atomic<std::int64_t> read_delay_ms{0};  // 0: disarmed
 
   mutable std::mutex mutex;
   bool crashed = false;
@@ -95,6 +97,8 @@ class FaultyFile final : public File {
 
   Status read_at(std::uint64_t offset, std::span<std::byte> out) override {
     if (state_.is_crashed()) return crash_status();
+    const std::int64_t delay_ms = state_.read_delay_ms.load(std::memory_order_relaxed);
+    if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
     return base_->read_at(offset, out);
   }
 
@@ -189,7 +193,12 @@ void FaultyFileSystem::flip_bit_in_next_write(std::uint64_t bit_index) {
   state_->flip_bit_index = bit_index;
 }
 
+void FaultyFileSystem::delay_reads(std::chrono::milliseconds delay) {
+  state_->read_delay_ms.store(delay.count(), std::memory_order_relaxed);
+}
+
 void FaultyFileSystem::disarm() {
+  state_->read_delay_ms.store(0, std::memory_order_relaxed);
   std::lock_guard lock(state_->mutex);
   state_->crashed = false;
   state_->sync_countdown = 0;

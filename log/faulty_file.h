@@ -1,7 +1,7 @@
 // FaultyFileSystem: a FileSystem for tests that wraps another one and injects
 // the faults storage code has to survive, after SQLite's test harnesses:
 // failed syncs, a full disk, torn writes with a simulated crash, flipped
-// bits. It also counts syncs and writes, so tests can check group commit.
+// bits, slow reads. It also counts syncs and writes, so tests can check group commit.
 //
 // A test arms a fault; it fires on the next matching operation of any File
 // opened through this file system. Thread safety: every method may be called
@@ -9,6 +9,7 @@
 // outlive this one; Files it opens must not outlive it either.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -50,6 +51,9 @@ class FaultyFileSystem final : public FileSystem {
   // The next write_at lands with bit `bit_index` (modulo its length in bits)
   // of its data flipped and reports success: silent corruption.
   void flip_bit_in_next_write(std::uint64_t bit_index);
+  // Every read_at (and so every view) sleeps `delay` first: a slow disk.
+  // Stays armed until disarm().
+  void delay_reads(std::chrono::milliseconds delay);
   // Disarms every fault and ends a simulated crash.
   void disarm();
   bool crashed() const;
