@@ -347,7 +347,15 @@ Status Archivist::Impl::run() {
                            events_since_snapshot >= options.snapshot_every_events;
     const bool time_due = options.snapshot_every_seconds > 0 && events_since_snapshot > 0 &&
                           now - last_snapshot >= std::chrono::seconds(options.snapshot_every_seconds);
-    if (count_due || time_due || (requested && caught_up)) {
+    // A snapshot takes seconds on a large state: once stop() began, only
+    // one asked for (snapshot_now, which a close with snapshot_due_at_close
+    // waits for before it stops the archivist) is written.
+    bool stop_begun = false;
+    {
+      std::lock_guard<std::mutex> guard(mu);
+      stop_begun = stopping;
+    }
+    if (((count_due || time_due) && !stop_begun) || (requested && caught_up)) {
       Status written = write_snapshot();
       if (requested && caught_up) finish_snapshot_request(read_seq, written);
       TALLY_TRY(stop_snapshots(std::move(written)));
