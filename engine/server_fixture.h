@@ -55,6 +55,17 @@ inline std::string key_of(std::string_view prefix, int first, int second) {
   return key;
 }
 
+// A ledger in dir/data (durability none), for a test that starts its
+// server by hand.
+inline std::unique_ptr<Ledger> open_ledger(testing::TempDir& dir) {
+  LedgerOptions ledger_options;
+  ledger_options.data_dir = dir.sub("data");
+  ledger_options.durability = Durability::none;
+  auto ledger = Ledger::open(ledger_options);
+  REQUIRE(ledger.ok());
+  return std::move(*ledger);
+}
+
 // A ledger and a server on ephemeral ports (binary and HTTP), restartable
 // on the same data: change `options` (or the ledger's fields), then stop()
 // and start(). What the server logs is kept in `logs`, for logged().

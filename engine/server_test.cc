@@ -167,15 +167,20 @@ std::vector<std::uint64_t> seq_range(std::uint64_t first, std::uint64_t last) {
   return out;
 }
 
+// The frame of a current balance request.
+std::string balance_frame(std::uint64_t id, std::string subject, std::string item) {
+  wire::Request request;
+  request.id = id;
+  request.kind = wire::Request::Kind::balance;
+  request.subject = std::move(subject);
+  request.item = std::move(item);
+  return wire::encode_request(request);
+}
+
 // Sends a balance request for a/b, alone, on a fresh binary connection
 // and decodes the one answer the server sends before it closes.
 wire::Response lone_balance_answer(std::uint16_t port) {
-  wire::Request request;
-  request.id = 9;
-  request.kind = wire::Request::Kind::balance;
-  request.subject = "a";
-  request.item = "b";
-  const std::string answer = send_raw_until_closed(port, wire::encode_request(request));
+  const std::string answer = send_raw_until_closed(port, balance_frame(9, "a", "b"));
   wire::FrameWords frame((answer.size() + 7) / 8);
   std::memcpy(frame.data(), answer.data(), answer.size());
   auto response = wire::decode_response(frame);
@@ -971,15 +976,11 @@ TEST_CASE("server: stop ends an open long poll and an open follow with an answer
 
 TEST_CASE("server: a non-loopback listener needs a token; names resolve, localhost is loopback") {
   testing::TempDir dir;
-  LedgerOptions ledger_options;
-  ledger_options.data_dir = dir.sub("data");
-  ledger_options.durability = Durability::none;
-  auto ledger = Ledger::open(ledger_options);
-  REQUIRE(ledger.ok());
+  const std::unique_ptr<Ledger> ledger = open_ledger(dir);
   ServerOptions options;
   options.binary_listen = "0.0.0.0:0";
   options.http_listen = "";
-  CHECK(Server::start(ledger->get(), options).code() == ErrorCode::invalid);
+  CHECK(Server::start(ledger.get(), options).code() == ErrorCode::invalid);
   CHECK(constant_time_equal("abc", "abc"));
   CHECK_FALSE(constant_time_equal("abc", "abd"));
   CHECK_FALSE(constant_time_equal("abc", "ab"));
@@ -987,14 +988,14 @@ TEST_CASE("server: a non-loopback listener needs a token; names resolve, localho
 
   // A Client reaches a server by name.
   options.binary_listen = "localhost:0";  // no token needed: loopback
-  auto server = Server::start(ledger->get(), options);
+  auto server = Server::start(ledger.get(), options);
   REQUIRE_MESSAGE(server.ok(), server.status().to_string());
   ClientOptions client_options;
   client_options.address = "localhost:" + std::to_string((*server)->binary_port());
   auto client = Client::connect(client_options);
   REQUIRE_MESSAGE(client.ok(), client.status().to_string());
   CHECK((*client)->acquire("a", "alice", "gold", 3)->outcome == Outcome::ok);
-  CHECK((*ledger)->balance("alice", "gold")->available == 3);
+  CHECK(ledger->balance("alice", "gold")->available == 3);
   CHECK((*client)->close().ok());
   // It listens on every address the name has (127.0.0.1 and, on many
   // hosts, ::1), so a client that tries only one of them gets in.
@@ -1016,7 +1017,7 @@ TEST_CASE("server: a non-loopback listener needs a token; names resolve, localho
   // A name that does not resolve: the server's address is invalid, the
   // client's fails to connect (io_error: a name may resolve later).
   options.binary_listen = "no-such-host.invalid:0";
-  auto refused = Server::start(ledger->get(), options);
+  auto refused = Server::start(ledger.get(), options);
   CHECK(refused.code() == ErrorCode::invalid);
   CHECK(refused.status().message().find("cannot resolve 'no-such-host.invalid'") !=
         std::string::npos);
@@ -1025,7 +1026,7 @@ TEST_CASE("server: a non-loopback listener needs a token; names resolve, localho
   auto unreached = Client::connect(client_options);
   CHECK(unreached.code() == ErrorCode::io_error);
   CHECK(unreached.status().message().find("cannot resolve") != std::string::npos);
-  CHECK((*ledger)->close().ok());
+  CHECK(ledger->close().ok());
 }
 
 TEST_CASE("server: bound before its ledger, it answers starting; a Client waits for serve()") {
@@ -1069,12 +1070,8 @@ TEST_CASE("server: bound before its ledger, it answers starting; a Client waits 
   std::thread connecting([&] { patient.emplace(Client::connect(client_options)); });
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   testing::TempDir dir;
-  LedgerOptions ledger_options;
-  ledger_options.data_dir = dir.sub("data");
-  ledger_options.durability = Durability::none;
-  auto ledger = Ledger::open(ledger_options);
-  REQUIRE(ledger.ok());
-  REQUIRE(server.serve(ledger->get()).ok());
+  const std::unique_ptr<Ledger> ledger = open_ledger(dir);
+  REQUIRE(server.serve(ledger.get()).ok());
   connecting.join();
   REQUIRE_MESSAGE(patient->ok(), patient->status().to_string());
   CHECK((**patient)->acquire("a", "alice", "gold", 3)->outcome == Outcome::ok);
@@ -1082,7 +1079,7 @@ TEST_CASE("server: bound before its ledger, it answers starting; a Client waits 
   CHECK(get(server.http_port(), "/v1/balances/alice/gold").integer("available") == 3);
   CHECK((**patient)->close().ok());
   server.stop();
-  CHECK((*ledger)->close().ok());
+  CHECK(ledger->close().ok());
 }
 
 TEST_CASE("client: every call, with the Ledger's results") {
@@ -1755,12 +1752,7 @@ TEST_CASE("binary: a request that decodes but cannot be taken is answered invali
     CHECK(response.kind == wire::Response::Kind::error);
     CHECK(response.error.code() == ErrorCode::invalid);
   }
-  wire::Request balance;
-  balance.id = 4;
-  balance.kind = wire::Request::Kind::balance;
-  balance.subject = "s";
-  balance.item = "i";
-  asio::write(socket, asio::buffer(wire::encode_request(balance)));
+  asio::write(socket, asio::buffer(balance_frame(4, "s", "i")));
   const wire::Response answer = read_response(socket);
   CHECK(answer.id == 4);
   CHECK(answer.kind == wire::Response::Kind::balance);
@@ -1787,11 +1779,7 @@ TEST_CASE("binary: malformed and oversized frames close only their connection") 
   wild.replace(0, 8, std::string("\0\0\0\0\1\0\0\0", 8));
   CHECK(send_raw_until_closed(port, wild).empty());
   // Half a frame, then the end of the stream.
-  wire::Request balance;
-  balance.kind = wire::Request::Kind::balance;
-  balance.subject = "s";
-  balance.item = "i";
-  const std::string frame = wire::encode_request(balance);
+  const std::string frame = balance_frame(0, "s", "i");
   CHECK(send_raw_until_closed(port, frame.substr(0, frame.size() / 2), true).empty());
   CHECK(fx.logged("segments"));
   CHECK(fx.logged("exceeds the limit"));
@@ -1869,12 +1857,7 @@ TEST_CASE("server: a binary connection closes one idle timeout after its last re
   wire::Request hello;
   asio::write(socket, asio::buffer(wire::encode_request(hello)));
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  wire::Request balance;
-  balance.id = 1;
-  balance.kind = wire::Request::Kind::balance;
-  balance.subject = "a";
-  balance.item = "b";
-  asio::write(socket, asio::buffer(wire::encode_request(balance)));
+  asio::write(socket, asio::buffer(balance_frame(1, "a", "b")));
   const auto last_request = std::chrono::steady_clock::now();
   boost::system::error_code ec;
   char chunk[4096];
