@@ -17,6 +17,7 @@
 // submit() run on a ledger thread, in submission order, and must not block.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -69,6 +70,10 @@ struct LedgerOptions {
   // Borrowed; must outlive the Ledger. nullptr: the system clock / POSIX files.
   Clock* clock = nullptr;
   log::FileSystem* fs = nullptr;
+  // Borrowed, read during open() only: once it is true, the replay of the
+  // log stops and open() returns closed (a server told to stop while it
+  // starts). nullptr: the open runs to its end.
+  const std::atomic<bool>* cancel_open = nullptr;
 };
 
 struct LedgerStats {

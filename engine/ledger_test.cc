@@ -442,6 +442,22 @@ TEST_CASE("reopening rebuilds the same state from the log") {
   CHECK(after.events_replayed == before.next_seq - 1);
 }
 
+TEST_CASE("cancel_open stops the open's replay with closed; the log stays as it was") {
+  Fixture f;
+  for (int op_index = 0; op_index < 50; op_index++) {
+    f.ok(f.ledger->acquire(name("a", op_index), "alice", "gold", 1));
+  }
+  REQUIRE(f.ledger->close().ok());
+  f.ledger.reset();
+  std::atomic<bool> cancel{true};
+  f.options.cancel_open = &cancel;
+  CHECK(Ledger::open(f.options).code() == ErrorCode::closed);
+  cancel = false;
+  f.reopen();
+  CHECK(f.balance("alice", "gold").available == 50);
+  CHECK(f.ledger->stats().events_replayed == 50);
+}
+
 TEST_CASE("concurrent callers share fsyncs") {
   testing::TempDir dir;
   log::FaultyFileSystem fs(log::posix_file_system());

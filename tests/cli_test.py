@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.error
 import urllib.request
 
 TALLY = os.path.abspath(sys.argv[1])
@@ -801,6 +802,50 @@ def test_bench_drives_a_server_and_the_server_keeps_its_state():
         assert (seen["available"], seen["held"]) == (int(available), int(held)), seen
     finally:
         server.stop()
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_serve_answers_starting_and_stops_at_a_signal_while_its_log_opens():
+    d = new_dir("serve-opening")
+    csv = os.path.join(d, "w.csv")
+    tally("workload", "--subjects", "1000", "--items", "10", "--ops", "300000", "--seed", "1",
+          "--out", csv, expect_exit=0)
+    data = os.path.join(d, "data")
+    # No snapshot: the open replays all 300,000 events.
+    no_snapshots = ["--snapshot-every", "0", "--snapshot-seconds", "0", "--history", "off"]
+    tally("apply", "--data", data, "--workload", csv, "--durability", "none", *no_snapshots,
+          expect_exit=0)
+    http = "127.0.0.1:%d" % free_port()
+    proc = subprocess.Popen([TALLY, "serve", "--data", data, "--listen", "127.0.0.1:0",
+                             "--http", http, *no_snapshots],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 60
+        while True:
+            assert time.time() < deadline and proc.poll() is None
+            try:
+                with urllib.request.urlopen("http://%s/health" % http, timeout=10):
+                    raise AssertionError("ready before /health answered starting")
+            except urllib.error.HTTPError as error:
+                body = json.loads(error.read())
+                assert error.code == 503 and body["code"] == "starting", (error.code, body)
+                assert error.headers["Retry-After"] == "1"
+                break
+            except urllib.error.URLError:
+                time.sleep(0.005)  # not bound yet
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, (proc.returncode, err)
+    assert b"serving" not in out, out
+    assert "SIGTERM: shutting down while the log opened" in text(err), err
 
 
 def test_serve_warns_of_a_token_file_others_can_read():

@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 
+#include <atomic>
 #include <cctype>
 #include <cstdio>
 #include <fstream>
@@ -11,6 +12,7 @@
 
 #include "engine/ledger.h"
 #include "engine/server.h"
+#include "log/thread.h"
 #include "tools/cli.h"
 #include "tools/ledger_flags.h"
 
@@ -45,7 +47,8 @@ constexpr CommandSpec kServeSpec = {
     "(port 0 picks a free port). A listen address that is not loopback\n"
     "requires --token-file; clients then present the token (HTTP: Authorization:\n"
     "Bearer TOKEN; binary: in the hello). On SIGINT or SIGTERM the server stops\n"
-    "accepting, answers every request it has read, closes the log and exits 0.\n"
+    "accepting, answers every request it has read, closes the log and exits 0\n"
+    "(while the log still opens: at once).\n"
     "docs/http-api.md and docs/protocol.md describe the protocols.\n",
     kServeAllFlags,
     0,
@@ -71,6 +74,34 @@ std::string address_of(std::string_view listen, std::uint16_t port) {
   std::uint16_t ignored = 0;
   if (!parse_host_port(listen, &host, &ignored).ok()) return std::string(listen);
   return (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(port);
+}
+
+// Ledger::open, cancelled by SIGINT or SIGTERM (blocked in `signals`)
+// while it runs: a replay of a long log may take a while, and a server told
+// to stop should not finish it first. Sets *signal_number when one came;
+// the open may still have succeeded (it came as the open ended).
+Result<std::unique_ptr<Ledger>> open_until_signal(LedgerOptions* options, const sigset_t& signals,
+                                                   int* signal_number) {
+  std::atomic<bool> cancel{false};
+  std::atomic<bool> opened{false};
+  options->cancel_open = &cancel;
+  auto watcher = start_thread("tally-signals", [&] {
+    constexpr timespec kSlice{0, 100'000'000};
+    while (!opened.load()) {
+      const int got = sigtimedwait(&signals, nullptr, &kSlice);
+      if (got > 0) {
+        *signal_number = got;
+        cancel.store(true);
+        return;
+      }
+    }
+  });
+  if (!watcher) return watcher.status();
+  auto ledger = Ledger::open(*options);
+  opened.store(true);
+  watcher->join();
+  options->cancel_open = nullptr;
+  return ledger;
 }
 
 int run_serve(const Args& args) {
@@ -107,22 +138,26 @@ int run_serve(const Args& args) {
     if (server.code() == ErrorCode::invalid) return usage_error("serve", server.status().message());
     return failure(server.status());
   }
-  auto ledger = Ledger::open(ledger_options);
-  if (!ledger) return failure(ledger.status());
-  if (Status served = (*server)->serve(ledger->get()); !served.ok()) {
-    (*server)->stop();
-    ignore_status((*ledger)->close());
-    return failure(served);
-  }
-  std::printf("serving binary=%s http=%s\n",
-              address_of(options->binary_listen, (*server)->binary_port()).c_str(),
-              address_of(options->http_listen, (*server)->http_port()).c_str());
-  std::fflush(stdout);
-
   int signal_number = 0;
-  sigwait(&signals, &signal_number);
-  std::fprintf(stderr, "tally serve: %s: shutting down\n", signal_number == SIGINT ? "SIGINT" : "SIGTERM");
+  auto ledger = open_until_signal(&ledger_options, signals, &signal_number);
+  const bool cancelled = !ledger && signal_number != 0 && ledger.code() == ErrorCode::closed;
+  if (!ledger && !cancelled) return failure(ledger.status());
+  if (signal_number == 0) {
+    if (Status served = (*server)->serve(ledger->get()); !served.ok()) {
+      (*server)->stop();
+      ignore_status((*ledger)->close());
+      return failure(served);
+    }
+    std::printf("serving binary=%s http=%s\n",
+                address_of(options->binary_listen, (*server)->binary_port()).c_str(),
+                address_of(options->http_listen, (*server)->http_port()).c_str());
+    std::fflush(stdout);
+    sigwait(&signals, &signal_number);
+  }
+  std::fprintf(stderr, "tally serve: %s: shutting down%s\n",
+               signal_number == SIGINT ? "SIGINT" : "SIGTERM", cancelled ? " while the log opened" : "");
   (*server)->stop();
+  if (cancelled) return kExitOk;  // nothing was served
   const Status closed = (*ledger)->close();
   if (!closed.ok()) return failure(closed);
   std::printf("stopped\n");
