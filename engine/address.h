@@ -3,6 +3,7 @@
 #pragma once
 
 #include <boost/asio/ip/tcp.hpp>
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -17,5 +18,13 @@ namespace tally {
 // client retries it). Blocks while the resolver does.
 Result<std::vector<boost::asio::ip::tcp::endpoint>> resolve_endpoints(const std::string& host,
                                                                       std::uint16_t port);
+
+// resolve_endpoints, waiting for a name's resolution until `deadline` at
+// most: the system's resolver has timeouts of its own (seconds per name
+// server), longer than a client's attempt to connect. The resolution runs
+// on a thread of its own; one that outlives the deadline (io_error, "no
+// answer") finishes there and is dropped.
+Result<std::vector<boost::asio::ip::tcp::endpoint>> resolve_endpoints_until(
+    const std::string& host, std::uint16_t port, std::chrono::steady_clock::time_point deadline);
 
 }  // namespace tally

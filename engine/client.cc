@@ -225,12 +225,13 @@ struct Client::Impl {
 };
 
 Result<std::unique_ptr<tcp::socket>> Client::Impl::connect_once() {
-  // Resolved at every attempt: a restarted server may have a new address.
-  auto endpoints = resolve_endpoints(host, port);
-  if (!endpoints) return endpoints.status();
-  auto fresh = std::make_unique<tcp::socket>(io);
   const std::int64_t timeout_ms = std::max<std::int64_t>(options.connect_timeout_ms, 1);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  // Resolved at every attempt (a restarted server may have a new address),
+  // within the attempt's time.
+  auto endpoints = resolve_endpoints_until(host, port, deadline);
+  if (!endpoints) return endpoints.status();
+  auto fresh = std::make_unique<tcp::socket>(io);
   const auto timed_out = [&](const char* step) {
     return Status(ErrorCode::io_error, std::string(step) + ": no answer within " +
                                            std::to_string(options.connect_timeout_ms) + " ms");
@@ -322,7 +323,8 @@ Status Client::Impl::connect_locked(std::unique_lock<std::mutex>& guard) {
     if (status.code() == ErrorCode::invalid) break;
     const auto now = std::chrono::steady_clock::now();
     if (status.code() == ErrorCode::busy && !started_by) {
-      started_by = now + std::chrono::milliseconds(std::max<std::int64_t>(options.start_wait_ms, 0));
+      const std::int64_t wait_ms = std::max<std::int64_t>(options.start_wait_ms, 0);
+      started_by = now + std::chrono::milliseconds(wait_ms);
     }
     const bool starting = status.code() == ErrorCode::busy && now < *started_by;
     if (!starting && ++failures > options.retries_max) break;

@@ -10,12 +10,13 @@
 // and the reader thread delivers every answer one read brought in. When the
 // connection drops, the reader thread reconnects (up to retries_max times
 // per request, with backoff; each attempt to connect and say hello gives up
-// after connect_timeout_ms; a server still opening its log, which answers
-// the hello busy, is waited for apart, up to start_wait_ms) and sends every unanswered request again,
-// unchanged: a mutation keeps its idempotency key, so the server applies it
-// at most once and answers a retry with the recorded outcome
-// (Receipt::replay). A request that cannot be delivered fails with
-// io_error; its outcome is then unknown until it is retried with its key.
+// after connect_timeout_ms, its name's resolution included; a server still
+// opening its log, which answers the hello busy, is waited for apart, up to
+// start_wait_ms) and sends every unanswered request again, unchanged: a
+// mutation keeps its idempotency key, so the server applies it at most once
+// and answers a retry with the recorded outcome (Receipt::replay). A
+// request that cannot be delivered fails with io_error; its outcome is then
+// unknown until it is retried with its key.
 // submit() and the submit_* reads never wait for a connection: while the
 // client reconnects they queue (up to inflight_max). A server that keeps
 // the connection open but stops answering (a stopped process) is given up
@@ -86,8 +87,9 @@ struct ClientOptions {
   // the hello `busy`. Those attempts are not retries: the client keeps
   // trying, with the waits above, for this long after the first of them.
   std::int64_t start_wait_ms = 300'000;
-  // One attempt to connect and exchange hellos gives up after this long (a
-  // host that does not answer, or a port that accepts and stays silent).
+  // One attempt to resolve the name, connect and exchange hellos gives up
+  // after this long (a resolver or a host that does not answer, or a port
+  // that accepts and stays silent).
   std::int64_t connect_timeout_ms = 2000;
   // A request sent and not answered for this long means the server is not
   // answering: the connection is dropped and re-established as above. A

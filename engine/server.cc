@@ -81,7 +81,9 @@ void Core::balance(std::string subject, std::string item, std::optional<AsOf> at
   if (at) {
     return read<Balance>(
         Metrics::Op::balance,
-        [this, subject = std::move(subject), item = std::move(item), at] { return ledger().balance(subject, item, *at); },
+        [this, subject = std::move(subject), item = std::move(item), at] {
+          return ledger().balance(subject, item, *at);
+        },
         std::move(done));
   }
   query<Balance>(
@@ -97,7 +99,8 @@ void Core::list(std::string subject, std::optional<AsOf> at,
   using Items = std::vector<ItemBalance>;
   if (at) {
     return read<Items>(
-        Metrics::Op::list, [this, subject = std::move(subject), at] { return ledger().list(subject, *at); },
+        Metrics::Op::list,
+        [this, subject = std::move(subject), at] { return ledger().list(subject, *at); },
         std::move(done));
   }
   query<Items>(
@@ -117,7 +120,8 @@ void Core::hold_info(HoldId hold, std::optional<AsOf> at,
   }
   query<HoldView>(
       Metrics::Op::hold_info,
-      [this, hold](auto answer) { ledger().submit_hold_info(hold, std::move(answer)); }, std::move(done));
+      [this, hold](auto answer) { ledger().submit_hold_info(hold, std::move(answer)); },
+      std::move(done));
 }
 
 void Core::for_each_session(void (Session::*method)()) {
@@ -838,8 +842,8 @@ class Listener {
       tcp::acceptor& acceptor = acceptors_.emplace_back(asio::make_strand(io_));
       boost::system::error_code ec;
       if (!acceptor.open(endpoint.protocol(), ec) &&
-          !acceptor.set_option(tcp::acceptor::reuse_address(true), ec) && endpoint.address().is_v6() &&
-          endpoints.size() > 1) {
+          !acceptor.set_option(tcp::acceptor::reuse_address(true), ec) &&
+          endpoint.address().is_v6() && endpoints.size() > 1) {
         acceptor.set_option(asio::ip::v6_only(true), ec);  // its IPv4 twin has its own
       }
       if (!ec && !acceptor.bind(endpoint, ec)) {

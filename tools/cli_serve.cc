@@ -155,7 +155,8 @@ int run_serve(const Args& args) {
     sigwait(&signals, &signal_number);
   }
   std::fprintf(stderr, "tally serve: %s: shutting down%s\n",
-               signal_number == SIGINT ? "SIGINT" : "SIGTERM", cancelled ? " while the log opened" : "");
+               signal_number == SIGINT ? "SIGINT" : "SIGTERM",
+               cancelled ? " while the log opened" : "");
   (*server)->stop();
   if (cancelled) return kExitOk;  // nothing was served
   const Status closed = (*ledger)->close();
