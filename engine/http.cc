@@ -785,8 +785,12 @@ void HttpSession::health(http::verb method) {
     return send(problem(http::status::service_unavailable, "closed", "shutting down"), false);
   }
   if (!core_.serving()) {
+    const std::atomic<std::uint64_t>* replayed = core_.options().starting_events;
+    const std::string extra =
+        replayed == nullptr ? std::string()
+                            : ",\"replayed_events\":" + std::to_string(replayed->load());
     HttpResponse response =
-        problem(http::status::service_unavailable, "starting", Core::starting().message());
+        problem(http::status::service_unavailable, "starting", Core::starting().message(), extra);
     response.set(http::field::retry_after, "1");
     return send(std::move(response), false);
   }

@@ -287,6 +287,7 @@ Status Ledger::Impl::start(LedgerStats* replayed_stats) {
   replay_options.state_options = state_options;
   replay_options.snapshots = &snapshots;
   replay_options.cancel = options.cancel_open;
+  replay_options.progress = options.open_progress;
   auto replayed = replay(replay_options);
   if (!replayed) return replayed.status();
   for (const snap::SkippedSnapshot& skipped : replayed->report.skipped) {

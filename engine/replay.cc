@@ -448,6 +448,9 @@ Result<Replayed> replay(const ReplayOptions& options) {
                                 : out.state->apply(due->event, due->hashes);
     if (!applied.ok()) return located(fs, options.data_dir, std::move(applied));
     out.report.events++;
+    if (options.progress != nullptr && out.report.events % kProgressEvents == 0) {
+      options.progress->store(out.report.events, std::memory_order_relaxed);
+    }
     if (options.applied &&
         (every_event || listed_next(applied_seqs, &next_applied, due->record.seq))) {
       TALLY_TRY(options.applied(*out.state, due->record));
@@ -455,6 +458,9 @@ Result<Replayed> replay(const ReplayOptions& options) {
     ahead.pop();
   }
   if (!ahead.status().ok()) return located(fs, options.data_dir, ahead.status());
+  if (options.progress != nullptr) {
+    options.progress->store(out.report.events, std::memory_order_relaxed);
+  }
   out.report.reached_end = ahead.reached_end();
   if (out.report.reached_end) out.report.end = start.reader->end();
   out.report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();

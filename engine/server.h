@@ -20,6 +20,7 @@
 // ports from any.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -70,6 +71,9 @@ struct ServerOptions {
   std::uint32_t http_header_bytes_max = 16u << 10;
   // How long stop() waits for connections to finish before closing them.
   std::int64_t shutdown_grace_ms = 10'000;
+  // Borrowed; when set, GET /health reports it while the server starts, as
+  // the events its ledger's open replayed so far (LedgerOptions::open_progress).
+  const std::atomic<std::uint64_t>* starting_events = nullptr;
   // Where connection-level problems are reported; nullptr: stderr.
   std::function<void(std::string_view)> log;
 };

@@ -1034,6 +1034,8 @@ TEST_CASE("server: bound before its ledger, it answers starting; a Client waits 
   options.binary_listen = "127.0.0.1:0";
   options.http_listen = "127.0.0.1:0";
   options.log = [](std::string_view) {};
+  std::atomic<std::uint64_t> replayed{4096};  // what the open has done so far
+  options.starting_events = &replayed;
   auto bound = Server::bind(options);
   REQUIRE(bound.ok());
   Server& server = **bound;
@@ -1041,6 +1043,9 @@ TEST_CASE("server: bound before its ledger, it answers starting; a Client waits 
   CHECK(health.status == 503);
   CHECK(health.code() == "starting");
   CHECK(health.header("Retry-After") == "1");
+  CHECK(health.integer("replayed_events") == 4096);
+  replayed = 8192;
+  CHECK(get(server.http_port(), "/health").integer("replayed_events") == 8192);
   const Reply read = get(server.http_port(), "/v1/balances/alice/gold");
   CHECK(read.status == 503);
   CHECK(read.code() == "busy");

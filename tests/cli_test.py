@@ -818,8 +818,9 @@ def test_serve_answers_starting_and_stops_at_a_signal_while_its_log_opens():
     data = os.path.join(d, "data")
     # No snapshot: the open replays all 300,000 events.
     no_snapshots = ["--snapshot-every", "0", "--snapshot-seconds", "0", "--history", "off"]
-    tally("apply", "--data", data, "--workload", csv, "--durability", "none", *no_snapshots,
-          expect_exit=0)
+    _, out, _ = tally("apply", "--data", data, "--workload", csv, "--durability", "none",
+                      *no_snapshots, expect_exit=0)
+    events = len(out.splitlines())
     http = "127.0.0.1:%d" % free_port()
     proc = subprocess.Popen([TALLY, "serve", "--data", data, "--listen", "127.0.0.1:0",
                              "--http", http, *no_snapshots],
@@ -834,6 +835,7 @@ def test_serve_answers_starting_and_stops_at_a_signal_while_its_log_opens():
             except urllib.error.HTTPError as error:
                 body = json.loads(error.read())
                 assert error.code == 503 and body["code"] == "starting", (error.code, body)
+                assert 0 <= body["replayed_events"] <= events, body
                 assert error.headers["Retry-After"] == "1"
                 break
             except urllib.error.URLError:

@@ -131,7 +131,11 @@ int run_serve(const Args& args) {
 
   // Bound before the ledger opens: an address that cannot be bound fails
   // before DATA is created or locked, and while a long log is replayed
-  // clients are told the server is starting instead of being refused.
+  // clients are told the server is starting (and how far the replay is)
+  // instead of being refused.
+  std::atomic<std::uint64_t> replayed{0};
+  options->starting_events = &replayed;
+  ledger_options.open_progress = &replayed;
   auto server = Server::bind(*options);
   if (!server) {
     // A bad address or a missing token is the command line's fault.
