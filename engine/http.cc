@@ -86,6 +86,15 @@ HttpResponse error_response(const Status& status) {
   return problem(status_of(status.code()), error_code_name(status.code()), status.message());
 }
 
+// What a server whose ledger is not served yet answers: 503 with
+// Retry-After, `code` starting (GET /health) or busy (the rest).
+HttpResponse starting_response(std::string_view code, std::string extra = {}) {
+  HttpResponse response = problem(http::status::service_unavailable, code,
+                                  Core::starting().message(), extra);
+  response.set(http::field::retry_after, "1");
+  return response;
+}
+
 HttpResponse receipt_response(const Command& command, const Receipt& receipt) {
   std::string extra = ",\"seq\":" + std::to_string(receipt.seq) +
                       ",\"replayed\":" + (receipt.replay ? "true" : "false") +
@@ -759,11 +768,7 @@ void HttpSession::handle(HttpRequest request) {
     response.set(http::field::www_authenticate, "Bearer");
     return send(std::move(response), false);
   }
-  if (!core_.serving()) {
-    HttpResponse response = error_response(Core::starting());
-    response.set(http::field::retry_after, "1");
-    return send(std::move(response), false);
-  }
+  if (!core_.serving()) return send(starting_response("busy"), false);
   if (route.kind == RouteKind::none) {
     return send(problem(http::status::not_found, "not_found", "no such route"), false);
   }
@@ -785,14 +790,11 @@ void HttpSession::health(http::verb method) {
     return send(problem(http::status::service_unavailable, "closed", "shutting down"), false);
   }
   if (!core_.serving()) {
-    const std::atomic<std::uint64_t>* replayed = core_.options().starting_events;
-    const std::string extra =
-        replayed == nullptr ? std::string()
-                            : ",\"replayed_events\":" + std::to_string(replayed->load());
-    HttpResponse response =
-        problem(http::status::service_unavailable, "starting", Core::starting().message(), extra);
-    response.set(http::field::retry_after, "1");
-    return send(std::move(response), false);
+    std::string extra;
+    if (const std::atomic<std::uint64_t>* replayed = core_.options().starting_events) {
+      extra = ",\"replayed_events\":" + std::to_string(replayed->load());
+    }
+    return send(starting_response("starting", std::move(extra)), false);
   }
   if (core_.ledger().read_only()) {
     return send(problem(http::status::service_unavailable, "read_only",

@@ -10,6 +10,9 @@
 
 namespace tally {
 
+// How often replay() updates ReplayOptions::progress, in events.
+constexpr std::uint64_t kProgressEvents = 4096;
+
 std::string log_dir(const std::string& data_dir) { return log::join_path(data_dir, "log"); }
 std::string snapshot_dir(const std::string& data_dir) { return log::join_path(data_dir, "snapshots"); }
 std::string history_dir(const std::string& data_dir) { return log::join_path(data_dir, "history"); }

@@ -64,12 +64,10 @@ struct ReplayOptions {
   // Borrowed; when set, checked before each event: once it is true the
   // replay stops with `closed` (an owner that is shutting down).
   const std::atomic<bool>* cancel = nullptr;
-  // Borrowed; when set, the events applied so far: every kProgressEvents
-  // and at the end (for a server that says how far its open is).
+  // Borrowed; when set, the events applied so far: every 4096 and at the
+  // end (for a server that says how far its open is).
   std::atomic<std::uint64_t>* progress = nullptr;
 };
-
-constexpr std::uint64_t kProgressEvents = 4096;
 
 struct ReplayReport {
   std::uint64_t events = 0;         // applied from the log
