@@ -799,16 +799,15 @@ class Listener {
   Listener(asio::io_context& io, Core& core, StartSession start_session)
       : io_(io), core_(core), start_session_(start_session) {}
 
-  Status open(std::string_view address) {
-    auto endpoints = listen_endpoints(address, !core_.options().token.empty());
-    if (!endpoints) return endpoints.status();
+  // `endpoints`: what listen_endpoints(address) gave.
+  Status open(std::string_view address, const std::vector<tcp::endpoint>& endpoints) {
     // Port 0 lets the first bind pick a port, which the other addresses may
     // have taken: pick again then.
     constexpr int kPortPicksMax = 8;
-    const bool pick = endpoints->front().port() == 0;
+    const bool pick = endpoints.front().port() == 0;
     Status opened;
     for (int picks = 0; picks < kPortPicksMax; picks++) {
-      opened = open_all(address, *endpoints);
+      opened = open_all(address, endpoints);
       if (opened.ok() || !pick || !port_in_use_) break;
     }
     return opened;
@@ -916,8 +915,15 @@ struct Server::Impl {
 
 namespace {
 
-// What bind() checks before it binds anything: limits, token size, addresses.
-Status check_options(const ServerOptions& options) {
+// Where each listener binds; empty: that listener is off.
+struct ListenPlan {
+  std::vector<tcp::endpoint> binary;
+  std::vector<tcp::endpoint> http;
+};
+
+// What bind() checks before it binds anything (limits, token size,
+// addresses), and the addresses it then binds.
+Result<ListenPlan> check_options(const ServerOptions& options) {
   if (options.io_threads == 0 || options.read_threads == 0 || options.connections_max == 0 ||
       options.inflight_per_connection_max == 0 || options.follows_per_connection_max == 0 ||
       options.idle_timeout_ms <= 0) {
@@ -927,18 +933,22 @@ Status check_options(const ServerOptions& options) {
     return Status(ErrorCode::invalid, "the token is longer than " +
                                           std::to_string(wire::kTokenBytesMax) + " bytes");
   }
-  for (const std::string& address : {options.binary_listen, options.http_listen}) {
-    if (address.empty()) continue;  // that listener is off
-    auto endpoints = listen_endpoints(address, !options.token.empty());
-    if (!endpoints) return endpoints.status();
+  ListenPlan plan;
+  for (auto [address, endpoints] : {std::pair{&options.binary_listen, &plan.binary},
+                                    std::pair{&options.http_listen, &plan.http}}) {
+    if (address->empty()) continue;  // that listener is off
+    auto resolved = listen_endpoints(*address, !options.token.empty());
+    if (!resolved) return resolved.status();
+    *endpoints = std::move(*resolved);
   }
-  return Status();
+  return plan;
 }
 
 }  // namespace
 
 Result<std::unique_ptr<Server>> Server::bind(ServerOptions options) {
-  TALLY_TRY(check_options(options));
+  auto plan = check_options(options);
+  if (!plan) return plan.status();
   std::unique_ptr<Impl> impl;
   try {
     // The read pool starts threads as it is built, and the io_context opens
@@ -951,13 +961,13 @@ Result<std::unique_ptr<Server>> Server::bind(ServerOptions options) {
   const ServerOptions& opts = impl->core.options();
   if (!opts.binary_listen.empty()) {
     auto listener = std::make_unique<Listener>(impl->io, impl->core, &server_detail::start_binary_session);
-    TALLY_TRY(listener->open(opts.binary_listen));
+    TALLY_TRY(listener->open(opts.binary_listen, plan->binary));
     impl->binary_port = listener->port();
     impl->listeners.push_back(std::move(listener));
   }
   if (!opts.http_listen.empty()) {
     auto listener = std::make_unique<Listener>(impl->io, impl->core, &server_detail::start_http_session);
-    TALLY_TRY(listener->open(opts.http_listen));
+    TALLY_TRY(listener->open(opts.http_listen, plan->http));
     impl->http_port = listener->port();
     impl->listeners.push_back(std::move(listener));
   }
