@@ -30,7 +30,8 @@ Result<std::vector<boost::asio::ip::tcp::endpoint>> resolve_endpoints(const std:
 }
 
 Result<std::vector<boost::asio::ip::tcp::endpoint>> resolve_endpoints_until(
-    const std::string& host, std::uint16_t port, std::chrono::steady_clock::time_point deadline) {
+    const std::string& host, std::uint16_t port, std::chrono::steady_clock::time_point deadline,
+    ResolveFunction resolve) {
   using Endpoints = std::vector<boost::asio::ip::tcp::endpoint>;
   boost::system::error_code ec;
   (void)boost::asio::ip::make_address(host, ec);
@@ -42,8 +43,8 @@ Result<std::vector<boost::asio::ip::tcp::endpoint>> resolve_endpoints_until(
     std::optional<Result<Endpoints>> result;
   };
   auto pending = std::make_shared<Pending>();
-  auto thread = start_thread("tally-resolve", [pending, host, port] {
-    auto resolved = resolve_endpoints(host, port);
+  auto thread = start_thread("tally-resolve", [pending, host, port, resolve = std::move(resolve)] {
+    auto resolved = resolve(host, port);
     std::lock_guard<std::mutex> guard(pending->mu);
     pending->result.emplace(std::move(resolved));
     pending->cv.notify_all();

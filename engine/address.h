@@ -5,6 +5,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -23,8 +24,12 @@ Result<std::vector<boost::asio::ip::tcp::endpoint>> resolve_endpoints(const std:
 // most: the system's resolver has timeouts of its own (seconds per name
 // server), longer than a client's attempt to connect. The resolution runs
 // on a thread of its own; one that outlives the deadline (io_error, "no
-// answer") finishes there and is dropped.
+// answer") finishes there and is dropped. `resolve` stands in for
+// resolve_endpoints (tests).
+using ResolveFunction = std::function<Result<std::vector<boost::asio::ip::tcp::endpoint>>(
+    const std::string& host, std::uint16_t port)>;
 Result<std::vector<boost::asio::ip::tcp::endpoint>> resolve_endpoints_until(
-    const std::string& host, std::uint16_t port, std::chrono::steady_clock::time_point deadline);
+    const std::string& host, std::uint16_t port, std::chrono::steady_clock::time_point deadline,
+    ResolveFunction resolve = resolve_endpoints);
 
 }  // namespace tally

@@ -1029,6 +1029,43 @@ TEST_CASE("server: a non-loopback listener needs a token; names resolve, localho
   CHECK(ledger->close().ok());
 }
 
+TEST_CASE("address: a resolution that outlives its deadline is dropped, not waited for") {
+  // A resolver that answers only once let go, as a name server that does
+  // not answer; it outlives the call that gave up on it.
+  struct Gate {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool open = false;
+    bool answered = false;
+  };
+  auto gate = std::make_shared<Gate>();
+  const auto slow = [gate](const std::string&, std::uint16_t port) {
+    std::unique_lock<std::mutex> guard(gate->mu);
+    gate->cv.wait(guard, [&] { return gate->open; });
+    auto resolved = resolve_endpoints("127.0.0.1", port);
+    gate->answered = true;
+    gate->cv.notify_all();
+    return resolved;
+  };
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(50);
+  auto late = resolve_endpoints_until("slow.example", 7420, deadline, slow);
+  CHECK(late.code() == ErrorCode::io_error);
+  CHECK(late.status().message() == "cannot resolve 'slow.example': no answer in time");
+  CHECK(std::chrono::steady_clock::now() >= deadline);
+  {
+    std::unique_lock<std::mutex> guard(gate->mu);
+    gate->open = true;
+    gate->cv.notify_all();
+    gate->cv.wait(guard, [&] { return gate->answered; });  // its answer goes nowhere
+  }
+  // One that answers in time is returned as it answered.
+  auto prompt = resolve_endpoints_until(
+      "slow.example", 7420, std::chrono::steady_clock::now() + std::chrono::seconds(60), slow);
+  REQUIRE(prompt.ok());
+  REQUIRE(prompt->size() == 1);
+  CHECK(prompt->front() == tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), 7420));
+}
+
 TEST_CASE("server: bound before its ledger, it answers starting; a Client waits for serve()") {
   ServerOptions options;
   options.binary_listen = "127.0.0.1:0";
