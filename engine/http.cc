@@ -688,11 +688,20 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   void mutate(Command command);
 
   // The completion of a read: renders its answer (or error) on the strand.
+  // `not_found_code`, when given, is the problem code of a not_found: the
+  // route's name for what it did not find.
   template <class T>
-  std::function<void(Result<T>)> reply(std::function<HttpResponse(const T&)> render) {
-    return [self = shared_from_this(), render = std::move(render)](Result<T> result) {
-      asio::post(self->stream_.get_executor(), [self, render, result = std::move(result)] {
-        self->send(result ? render(*result) : error_response(result.status()), false);
+  std::function<void(Result<T>)> reply(std::function<HttpResponse(const T&)> render,
+                                       std::string_view not_found_code = {}) {
+    return [self = shared_from_this(), render = std::move(render),
+            not_found = std::string(not_found_code)](Result<T> result) {
+      asio::post(self->stream_.get_executor(), [self, render, not_found, result = std::move(result)] {
+        if (result) return self->send(render(*result), false);
+        if (result.code() == ErrorCode::not_found && !not_found.empty()) {
+          return self->send(problem(http::status::not_found, not_found, result.status().message()),
+                            false);
+        }
+        self->send(error_response(result.status()), false);
       });
     };
   }
@@ -848,7 +857,8 @@ void HttpSession::route_get(const Route& route, const Target& target) {
       if (!at) return reject(route, at.status());
       const Status valid = parse_hold_id(path[2], &hold);
       if (!valid.ok()) return reject(route, valid);
-      return core_.hold_info(hold, *at, reply<HoldView>(hold_response));
+      // An unknown hold is hold_unknown, as for a commit or release of one.
+      return core_.hold_info(hold, *at, reply<HoldView>(hold_response, "hold_unknown"));
     }
     case RouteKind::none:
     case RouteKind::health:

@@ -58,7 +58,10 @@ TEST_CASE("http api: GET /v1/holds/{id} as of a seq or a time; unknown parameter
   CHECK(get(port, hold + "?at_seq=3").string("status") == "committed");
   const Reply not_yet = get(port, hold + "?at_seq=1");
   CHECK(not_yet.status == 404);
-  CHECK(not_yet.code() == "not_found");
+  CHECK(not_yet.code() == "hold_unknown");  // as a commit of an unknown hold
+  const Reply never = get(port, "/v1/holds/999");
+  CHECK(never.status == 404);
+  CHECK(never.code() == "hold_unknown");
   const std::int64_t held_at = held.integer("timestamp_ns");
   CHECK(get(port, hold + "?at_time=" + std::to_string(held_at)).string("status") == "open");
   CHECK(get(port, hold + "?at_seq=9").status == 400);  // past the end of the log
