@@ -116,7 +116,11 @@ struct SnapshotStore::Env {
   SnapshotStoreOptions options;
 
   Status write_once(const proj::State& state, const Meta& meta_in, Meta* written, int* rc_out);
-  Status delete_snapshot(const Txn& txn, std::uint64_t seq);
+  // *rc_out: LMDB's code when that is what failed (MDB_MAP_FULL: deleting
+  // copies pages before it frees any).
+  Status delete_snapshot(const Txn& txn, std::uint64_t seq, int* rc_out);
+  Status prune_once(std::size_t retain_count, std::uint64_t newest_seq, std::size_t* pruned,
+                    int* rc_out);
   // The snapshot's chunks, in order, views into the map valid while `txn`
   // lives, once their total size matches the metadata.
   Result<std::vector<std::span<const std::byte>>> sized_chunks(const Txn& txn,
@@ -252,11 +256,14 @@ Result<std::unique_ptr<SnapshotStore>> SnapshotStore::open(const std::string& di
 
 // ---------------------------------------------------------------- write
 
-Status SnapshotStore::Env::delete_snapshot(const Txn& txn, std::uint64_t seq) {
+Status SnapshotStore::Env::delete_snapshot(const Txn& txn, std::uint64_t seq, int* rc_out) {
   MetaKey key = meta_key(seq);
   MDB_val key_val = val_of(key);
   int rc = mdb_del(txn.get(), meta, &key_val, nullptr);
-  if (rc != 0 && rc != MDB_NOTFOUND) return lmdb_error("mdb_del (meta)", rc);
+  if (rc != 0 && rc != MDB_NOTFOUND) {
+    *rc_out = rc;
+    return lmdb_error("mdb_del (meta)", rc);
+  }
   // The chunks are keyed (seq, index): delete from (seq, 0) while the seq
   // matches. Each pass deletes one key.
   Cursor cursor;
@@ -271,7 +278,10 @@ Status SnapshotStore::Env::delete_snapshot(const Txn& txn, std::uint64_t seq) {
       break;
     }
     rc = mdb_cursor_del(cursor.get(), 0);
-    if (rc != 0) return lmdb_error("mdb_cursor_del (chunk)", rc);
+    if (rc != 0) {
+      *rc_out = rc;
+      return lmdb_error("mdb_cursor_del (chunk)", rc);
+    }
     // Seek again rather than trust the cursor's position after a delete.
     chunk_val = val_of(first);
     rc = mdb_cursor_get(cursor.get(), &chunk_val, &data, MDB_SET_RANGE);
@@ -285,7 +295,7 @@ Status SnapshotStore::Env::write_once(const proj::State& state, const Meta& meta
   *rc_out = 0;
   Txn txn;
   TALLY_TRY(txn.begin(*env, 0));
-  TALLY_TRY(delete_snapshot(txn, meta_in.info.seq));
+  TALLY_TRY(delete_snapshot(txn, meta_in.info.seq, rc_out));
   ChunkSink sink(txn.get(), chunks, meta_in.info.seq, options.chunk_bytes);
   Status saved = state.save(sink);
   if (saved.ok()) saved = sink.flush();
@@ -384,26 +394,41 @@ Result<std::vector<SnapshotInfo>> SnapshotStore::list() const {
   return infos;
 }
 
-Result<std::size_t> SnapshotStore::prune(std::size_t retain_count, std::uint64_t newest_seq) {
+Status SnapshotStore::Env::prune_once(std::size_t retain_count, std::uint64_t newest_seq,
+                                      std::size_t* pruned, int* rc_out) {
+  *rc_out = 0;
+  *pruned = 0;
   Txn txn;
-  TALLY_TRY(txn.begin(*env_->env, 0));
+  TALLY_TRY(txn.begin(*env, 0));
   std::vector<Result<Meta>> metas;
   std::vector<std::uint64_t> seqs;  // oldest first
-  TALLY_TRY(read_all_meta(txn, env_->meta, &metas, &seqs));
+  TALLY_TRY(read_all_meta(txn, meta, &metas, &seqs));
   const std::size_t usable = static_cast<std::size_t>(
       std::upper_bound(seqs.begin(), seqs.end(), newest_seq) - seqs.begin());
   const std::size_t older = usable > retain_count ? usable - retain_count : 0;
   std::size_t doomed = 0;
   for (std::size_t index = 0; index < seqs.size(); index++) {
     if (index >= older && index < usable) continue;
-    TALLY_TRY(env_->delete_snapshot(txn, seqs[index]));
+    TALLY_TRY(delete_snapshot(txn, seqs[index], rc_out));
     doomed++;
   }
-  if (doomed == 0) return std::size_t{0};
-  // Deleting frees pages, so a full map cannot happen here.
+  if (doomed == 0) return Status();
   const int rc = txn.commit();
-  if (rc != 0) return lmdb_error("mdb_txn_commit (prune)", rc);
-  return doomed;
+  if (rc != 0) {
+    *rc_out = rc;
+    return lmdb_error("mdb_txn_commit (prune)", rc);
+  }
+  *pruned = doomed;
+  return Status();
+}
+
+Result<std::size_t> SnapshotStore::prune(std::size_t retain_count, std::uint64_t newest_seq) {
+  // Deleting copies the pages it changes before their old copies are free:
+  // in a full map it needs the map to grow, as a write does.
+  std::size_t pruned = 0;
+  TALLY_TRY(env_->env->write_growing(
+      [&](int* rc) { return env_->prune_once(retain_count, newest_seq, &pruned, rc); }));
+  return pruned;
 }
 
 Result<std::vector<std::span<const std::byte>>> SnapshotStore::Env::sized_chunks(

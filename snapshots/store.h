@@ -40,8 +40,9 @@ struct LogPosition {
 };
 
 struct SnapshotStoreOptions {
-  // The LMDB map's initial size; a write that fills it doubles it (up to
-  // map_size_bytes_max) and retries. An existing larger file keeps its size.
+  // The LMDB map's initial size; a write or prune that fills it doubles it
+  // (up to map_size_bytes_max) and retries. An existing larger file is
+  // mapped as large as its pages in use.
   std::size_t map_size_bytes = std::size_t{64} << 20;
   std::size_t map_size_bytes_max = std::size_t{1} << 40;
   // Image bytes per chunk key, kChunkBytesMin..kChunkBytesMax.

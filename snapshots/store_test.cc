@@ -620,6 +620,47 @@ TEST_CASE("a full map grows and the write succeeds") {
   CHECK(store->list()->empty());  // nothing half-written
 }
 
+TEST_CASE("a store reopened with a map smaller than its file grows it to rewrite and to prune") {
+  // LMDB maps a file larger than the size asked for exactly as large as its
+  // pages in use: the first page any write needs, a delete's too, is past
+  // the map's end (MDB_MAP_FULL).
+  TempDir dir;
+  SnapshotStoreOptions options = small_options();
+  options.map_size_bytes = 64 * 1024;
+  State state(StateOptions{0});
+  Feed feed({&state});
+  const auto grow_state = [&](int events) {
+    for (int index = 0; index < events; index++) {
+      std::string key = "a-rather-long-idempotency-key-" + std::to_string(state.last_seq());
+      REQUIRE_OK(feed.one(key, proj::acquire_op(key, "gold", 1)));
+    }
+  };
+  std::vector<std::uint64_t> seqs;
+  {
+    std::unique_ptr<SnapshotStore> store = open_store(dir, options);
+    for (int round = 0; round < 3; round++) {
+      grow_state(1500);
+      seqs.push_back(write_ok(store.get(), state).seq);
+    }
+  }
+  {
+    // The newest again, as `tally snapshot` does when no event came since.
+    std::unique_ptr<SnapshotStore> store = open_store(dir, options);
+    CHECK(write_ok(store.get(), state).seq == seqs.back());
+  }
+  std::unique_ptr<SnapshotStore> store = open_store(dir, options);
+  Result<std::size_t> pruned = store->prune(1, UINT64_MAX);
+  REQUIRE_MESSAGE(pruned.ok(), pruned.status().to_string());
+  CHECK(*pruned == 2);
+  Result<std::vector<SnapshotInfo>> left = store->list();
+  REQUIRE(left.ok());
+  REQUIRE(left->size() == 1);
+  CHECK(left->front().seq == seqs.back());
+  Result<LoadedSnapshot> loaded = store->load_newest_valid(UINT64_MAX, StateOptions{0}, nullptr);
+  REQUIRE(loaded.ok());
+  CHECK(loaded->state->digest() == state.digest());
+}
+
 TEST_CASE("bad options and a position that is not the state's are invalid") {
   TempDir dir;
   SnapshotStoreOptions options = small_options();
