@@ -40,6 +40,18 @@ bool snapshots_enabled(const ArchivistOptions& options) {
   return options.snapshot_every_events > 0 || options.snapshot_every_seconds > 0;
 }
 
+Status write_snapshot(SharedSnapshots& shared, const proj::State& state,
+                      const snap::LogPosition& position, std::size_t retain) {
+  std::lock_guard<std::mutex> guard(shared.mu);
+  if (shared.store == nullptr || shared.failed) {
+    return Status(ErrorCode::invalid, "the snapshot store is off or was set aside");
+  }
+  auto written = shared.store->write(state, position);
+  if (!written) return written.status();
+  auto pruned = shared.store->prune(retain, position.seq);
+  return pruned.status();
+}
+
 struct Archivist::Impl {
   Impl(ArchivistContext context_in, ArchivistOptions options_in)
       : context(std::move(context_in)),
@@ -240,14 +252,9 @@ Status Archivist::Impl::flush_history() {
 Status Archivist::Impl::write_snapshot() {
   const auto started = std::chrono::steady_clock::now();
   TALLY_ASSERT(state->last_seq() == read_seq);
-  snap::LogPosition position{read_seq, read_checksum, state->last_timestamp_ns()};
-  {
-    std::lock_guard<std::mutex> guard(context.snapshots->mu);
-    auto written = context.snapshots->store->write(*state, position);
-    if (!written) return written.status();
-    auto pruned = context.snapshots->store->prune(options.snapshot_retain, read_seq);
-    if (!pruned) return pruned.status();
-  }
+  TALLY_TRY(tally::write_snapshot(*context.snapshots, *state,
+                                  {read_seq, read_checksum, state->last_timestamp_ns()},
+                                  options.snapshot_retain));
   events_since_snapshot = 0;
   last_snapshot = std::chrono::steady_clock::now();
   std::lock_guard<std::mutex> guard(mu);
@@ -348,8 +355,9 @@ Status Archivist::Impl::run() {
     const bool time_due = options.snapshot_every_seconds > 0 && events_since_snapshot > 0 &&
                           now - last_snapshot >= std::chrono::seconds(options.snapshot_every_seconds);
     // A snapshot takes seconds on a large state: once stop() began, only
-    // one asked for (snapshot_now, which a close with snapshot_due_at_close
-    // waits for before it stops the archivist) is written.
+    // one asked for (snapshot_now) is written. A close with
+    // snapshot_due_at_close writes its own, from the ledger's state, once
+    // the archivist has stopped.
     bool stop_begun = false;
     {
       std::lock_guard<std::mutex> guard(mu);

@@ -119,4 +119,10 @@ class Archivist {
 
 bool snapshots_enabled(const ArchivistOptions& options);
 
+// Writes `state`, whose last event is at `position`, as a snapshot into the
+// shared store, then prunes it to `retain`: the archivist's snapshots, and
+// the ledger's at close. invalid when the store is missing or was set aside.
+Status write_snapshot(SharedSnapshots& shared, const proj::State& state,
+                      const snap::LogPosition& position, std::size_t retain);
+
 }  // namespace tally

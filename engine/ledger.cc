@@ -126,7 +126,7 @@ ArchivistOptions archivist_options(const LedgerOptions& options) {
 // (the archivist catches up with that in well under the wait); further
 // behind (a ledger under full load), it answers by a replay at once.
 constexpr std::chrono::milliseconds kHistoryWaitMax{2000};
-// How long snapshot_now() and a snapshot at close wait for the archivist.
+// How long snapshot_now() waits for the archivist.
 constexpr std::chrono::minutes kSnapshotTimeout{10};
 constexpr std::uint64_t kHistoryWaitLagMax = 65536;
 
@@ -320,16 +320,31 @@ Status Ledger::Impl::start(LedgerStats* replayed_stats) {
   return start_archivist();
 }
 
+// Called by close() once the writer and the archivist have stopped: the
+// ledger's own state is final then, so the snapshot is written from it at
+// once. Asking the archivist instead would wait for its copy to catch up,
+// which after a long run at full speed (the archivist follows at idle
+// priority, history and all) takes minutes.
 void Ledger::Impl::take_due_snapshot() {
   const std::uint64_t every = options.snapshot_every_events;
-  if (archivist == nullptr || every == 0 || !snapshots_enabled(archivist_options(options))) return;
-  const std::uint64_t newest =
-      std::max(open_stats.snapshot_seq, archivist->stats().last_snapshot_seq);
-  if (durable.load() - newest < every) return;
-  auto taken = archivist->snapshot_now(kSnapshotTimeout);
-  if (!taken) {
-    std::fprintf(stderr, "tally: warning: no snapshot at close: %s\n",
-                 taken.status().to_string().c_str());
+  if (every == 0 || !snapshots_enabled(archivist_options(options)) || failed.load() ||
+      state == nullptr || log == nullptr) {
+    return;
+  }
+  const std::uint64_t newest = std::max(
+      open_stats.snapshot_seq, archivist != nullptr ? archivist->stats().last_snapshot_seq : 0);
+  const std::uint64_t last = state->last_seq();
+  if (last < newest + every) return;
+  Status written;
+  if (last + 1 != log->next_seq()) {
+    written = Status(ErrorCode::invalid, "the state ends at seq " + std::to_string(last) +
+                                             ", the log at " + std::to_string(log->next_seq() - 1));
+  } else {
+    const snap::LogPosition position{last, log->last_checksum(), state->last_timestamp_ns()};
+    written = write_snapshot(snapshots, *state, position, options.snapshot_retain);
+  }
+  if (!written.ok()) {
+    std::fprintf(stderr, "tally: warning: no snapshot at close: %s\n", written.to_string().c_str());
   }
 }
 
@@ -897,8 +912,8 @@ Status Ledger::close() {
   }
   impl.committed_cv.notify_all();
   // Every event is durable now (the I/O thread synced as it stopped).
-  if (impl.options.snapshot_due_at_close) impl.take_due_snapshot();
   if (impl.archivist != nullptr) impl.archivist->stop();
+  if (impl.options.snapshot_due_at_close) impl.take_due_snapshot();
   impl.lock.reset();
   std::lock_guard<std::mutex> guard(impl.failure_mu);
   return impl.failure;

@@ -58,11 +58,14 @@ struct LedgerOptions {
   std::uint64_t snapshot_every_events = 1'000'000;
   std::int64_t snapshot_every_seconds = 3600;
   std::size_t snapshot_retain = 2;
-  // A batch job's choice: close() first takes the snapshot the count
+  // A batch job's choice: close() also writes the snapshot the count
   // trigger calls for when the archivist has not (it runs at idle priority
   // and lags a writer at full speed), so that the next open replays at most
-  // snapshot_every_events events. That close can take seconds; off, close()
-  // ends within about a second and the next open replays what was missed.
+  // snapshot_every_events events. It writes the ledger's own state, final
+  // once the writer stopped, without waiting for the archivist's copy; the
+  // write takes about as long as one of the archivist's (seconds for
+  // millions of balances). Off, close() ends within about a second and the
+  // next open replays what was missed.
   bool snapshot_due_at_close = false;
   // The history projection in DATA/history, for point-in-time reads; kept
   // by the same follower. Off: point-in-time reads replay from a snapshot.

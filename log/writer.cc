@@ -295,6 +295,8 @@ Result<std::unique_ptr<LogWriter>> LogWriter::open(FileSystem& fs, const std::st
 
 std::uint64_t LogWriter::next_seq() const { return impl_->next_seq; }
 
+std::uint64_t LogWriter::last_checksum() const { return impl_->last_checksum; }
+
 bool LogWriter::has_room(std::size_t payload_bytes) const {
   const WriteBatch& batch = *impl_->batches[impl_->open_batch];
   return batch.used_bytes() + frame_size(payload_bytes) <= batch.bytes_max();

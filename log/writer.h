@@ -76,6 +76,9 @@ class LogWriter {
   // ---- appending side ----
   // The seq the next appended record gets.
   std::uint64_t next_seq() const;
+  // The chain value after the last appended record (its checksum): what a
+  // snapshot of the state after it records.
+  std::uint64_t last_checksum() const;
   // Whether the open batch can take a record of payload_bytes.
   bool has_room(std::size_t payload_bytes) const;
   // Frames `payload` as record next_seq() into the open batch and returns its
