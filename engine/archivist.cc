@@ -167,7 +167,7 @@ Status Archivist::Impl::prepare() {
 Status Archivist::Impl::read_round(std::uint64_t committed) {
   log::Record record;
   log::Event event;
-  for (std::size_t count = 0; count < kRoundRecordsMax; count++) {
+  for (std::size_t count = 0; count < kRoundRecordsMax && !abandon.load(); count++) {
     auto more = tail->next(&record, committed);
     if (!more) return more.status();
     if (!*more) break;
@@ -177,6 +177,7 @@ Status Archivist::Impl::read_round(std::uint64_t committed) {
       Status appended = context.history->append(event, record.checksum);
       if (appended.code() == ErrorCode::busy) {  // its buffer is full
         TALLY_TRY(flush_history());
+        if (abandon.load()) break;  // not flushed: stop() gave up
         // The flush may have found the index damaged and stopped it.
         appended = history_on ? context.history->append(event, record.checksum) : Status();
       }
@@ -237,8 +238,12 @@ Status Archivist::Impl::stop_snapshots(Status status) {
 }
 
 Status Archivist::Impl::flush_history() {
-  if (!history_dirty) return Status();
-  if (Status flushed = context.history->flush(); !flushed.ok()) {
+  // Once stop() gave up waiting (abandon), nothing more is written, and a
+  // flush under way stops: the next open reads those events from the log
+  // again, as after a crash. A flush into a large index takes seconds.
+  if (!history_dirty || abandon.load()) return Status();
+  if (Status flushed = context.history->flush(&abandon); !flushed.ok()) {
+    if (flushed.code() == ErrorCode::closed && abandon.load()) return Status();
     return stop_history(std::move(flushed));
   }
   history_dirty = false;

@@ -73,12 +73,13 @@ Result<Start> start_from_snapshot(const ReplayOptions& options, log::FileSystem&
   std::uint64_t max_seq = *seq_max;
   while (max_seq > 0) {
     std::vector<snap::SkippedSnapshot> skipped;
-    auto loaded = store.load_newest_valid(max_seq, options.state_options, &skipped);
+    auto loaded = store.load_newest_valid(max_seq, options.state_options, &skipped, options.cancel);
     // A snapshot this walk already passed over is reported once.
     for (snap::SkippedSnapshot& one : skipped) {
       if (one.seq <= max_seq) report->skipped.push_back(std::move(one));
     }
     if (!loaded) {
+      if (loaded.code() == ErrorCode::closed) return loaded.status();  // cancelled
       if (loaded.code() != ErrorCode::not_found) {
         report->skipped.push_back(snap::SkippedSnapshot{0, loaded.status()});
       }

@@ -31,6 +31,7 @@
 // invariants, so a damaged image is corrupt, never a crash.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -103,6 +104,22 @@ class SpanSource final : public StateSource {
   std::uint64_t size_bytes_ = 0;  // of all pieces
   std::size_t piece_ = 0;         // the one read next
   std::size_t used_ = 0;          // bytes of it read
+};
+
+// Another source's bytes, until `cancel` is set: from then on every read
+// fails with closed, so a load stops at its next read (an owner that is
+// shutting down). Both pointers are borrowed.
+class CancellableSource final : public StateSource {
+ public:
+  CancellableSource(std::unique_ptr<StateSource> inner, const std::atomic<bool>* cancel)
+      : inner_(std::move(inner)), cancel_(cancel) {}
+  Result<std::size_t> read(std::span<std::byte> out) override;
+  std::optional<std::uint64_t> size_bytes() const override { return inner_->size_bytes(); }
+  std::unique_ptr<StateSource> open_at(std::uint64_t offset) const override;
+
+ private:
+  std::unique_ptr<StateSource> inner_;
+  const std::atomic<bool>* cancel_;
 };
 
 }  // namespace tally::proj

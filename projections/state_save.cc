@@ -48,6 +48,19 @@ std::unique_ptr<StateSource> SpanSource::open_at(std::uint64_t offset) const {
   return std::make_unique<SpanSource>(pieces_, offset);
 }
 
+Result<std::size_t> CancellableSource::read(std::span<std::byte> out) {
+  if (cancel_->load(std::memory_order_relaxed)) {
+    return Status(ErrorCode::closed, "loading the state was cancelled");
+  }
+  return inner_->read(out);
+}
+
+std::unique_ptr<StateSource> CancellableSource::open_at(std::uint64_t offset) const {
+  std::unique_ptr<StateSource> inner = inner_->open_at(offset);
+  if (inner == nullptr) return nullptr;
+  return std::make_unique<CancellableSource>(std::move(inner), cancel_);
+}
+
 namespace {
 
 Status bad_image(const std::string& what) {

@@ -676,6 +676,7 @@ struct HistoryStore::Impl {
   std::vector<PendingPair> pending_pairs;
   std::vector<PendingTime> pending_times;
   std::string pending_keys;  // idempotency keys and new pairs' keys
+  const std::atomic<bool>* flush_cancel = nullptr;  // the running flush's
   // Scratch of one append, reused.
   std::vector<proj::PairDelta> deltas;
   std::vector<Change> changes;
@@ -697,6 +698,13 @@ struct HistoryStore::Impl {
   void drop_pending();
 
   Status write_pending(int* rc);
+  // Between the puts of a flush: closed once the flush's cancel is set.
+  Status cancelled() const {
+    if (flush_cancel != nullptr && flush_cancel->load(std::memory_order_relaxed)) {
+      return Status(ErrorCode::closed, "the history flush was cancelled");
+    }
+    return Status();
+  }
   Status put_pairs(const Txn& txn, int* rc);
   Status put_entries(const Txn& txn, int* rc);
   Status put_times(const Txn& txn, int* rc);
@@ -1031,6 +1039,7 @@ Status HistoryStore::Impl::put_pairs(const Txn& txn, int* rc) {
   Cursor hashes_cursor;
   TALLY_TRY(hashes_cursor.open(txn, hashes));
   for (const PendingPair& pair : pending_pairs) {
+    TALLY_TRY(cancelled());
     const std::string_view pair_key =
         std::string_view(pending_keys).substr(pair.key_offset, pair.key_bytes);
     MDB_val key = val_of(pair_key);
@@ -1055,6 +1064,7 @@ Status HistoryStore::Impl::put_entries(const Txn& txn, int* rc) {
   TALLY_TRY(cursor.open(txn, entries));
   EntryBytes bytes;
   for (const PendingEntry& pending : pending_entries) {
+    TALLY_TRY(cancelled());
     EntryRecord entry;
     static_cast<EntryFields&>(entry) = pending;
     entry.epoch = flushed.epoch;
@@ -1179,6 +1189,7 @@ Status HistoryStore::Impl::write_pending(int* rc) {
     TALLY_TRY(begin_epoch(txn, &written, rc));
   }
   TALLY_TRY(put_position(txn, written, rc));
+  TALLY_TRY(cancelled());
   *rc = txn.commit();
   if (*rc != 0) return lmdb_error("mdb_txn_commit (flush)", *rc);
   return Status();
@@ -1191,10 +1202,11 @@ void HistoryStore::Impl::drop_pending() {
   pending_keys.clear();
 }
 
-Status HistoryStore::flush() {
+Status HistoryStore::flush(const std::atomic<bool>* cancel) {
   Impl& impl = *impl_;
   TALLY_TRY(impl.check_writable());
   if (impl.appended == impl.flushed) return Status();
+  impl.flush_cancel = cancel;
   // Key order: LMDB inserts in order, and new pairs' entries go last. A
   // pair's entries were appended in seq order already.
   std::sort(impl.pending_entries.begin(), impl.pending_entries.end(),
@@ -1207,7 +1219,9 @@ Status HistoryStore::flush() {
               return keys.substr(a.key_offset, a.key_bytes) <
                      keys.substr(b.key_offset, b.key_bytes);
             });
-  TALLY_TRY(impl.env->write_growing([&](int* rc) { return impl.write_pending(rc); }));
+  const Status written = impl.env->write_growing([&](int* rc) { return impl.write_pending(rc); });
+  impl.flush_cancel = nullptr;
+  TALLY_TRY(written);
   impl.flushed = impl.written;
   impl.appended = impl.written;
   impl.drop_pending();

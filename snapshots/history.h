@@ -56,6 +56,7 @@
 // callback (names, keys) point into the map and are valid during the call.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -153,8 +154,9 @@ class HistoryStore {
   // in one transaction: all or nothing. On an error nothing is written and
   // the appends stay buffered, so flush may be called again; locked when
   // another writer flushed this index since it was opened. Nothing
-  // appended: nothing written.
-  Status flush();
+  // appended: nothing written. `cancel` (borrowed; may be null) stops a
+  // flush under way once set: closed, nothing written.
+  Status flush(const std::atomic<bool>* cancel = nullptr);
 
   // Removes every pair, entry and time and puts the position back to 0,
   // dropping what is buffered, in one transaction (for a rebuild).

@@ -443,6 +443,31 @@ TEST_CASE("appends not flushed are gone when the store is destroyed") {
   CHECK(all_at(*store, 3) == std::vector<Listed>{{"alice", "gold", bal(6, 0)}});
 }
 
+TEST_CASE("a cancelled flush writes nothing and keeps the appends for the next") {
+  TempDir dir;
+  State state(StateOptions{kWindowNs});
+  Feed feed({&state});
+  std::unique_ptr<HistoryStore> store = open_history(dir);
+  index_into(&feed, store.get());
+  for (std::uint64_t seq = 1; seq <= 3; seq++) {
+    REQUIRE_OK(feed.one(key_of(seq), acquire_op("alice", "gold", static_cast<std::int64_t>(seq))));
+  }
+  REQUIRE_OK(store->flush());
+  REQUIRE_OK(feed.one("k4", acquire_op("alice", "gold", 100)));
+  REQUIRE_OK(feed.one("k5", acquire_op("zed", "gold", 100)));
+  std::atomic<bool> cancel{true};
+  CHECK(store->flush(&cancel).code() == ErrorCode::closed);
+  CHECK(position_ok(*store).seq == 3);
+  CHECK(store->appended_position().seq == 5);
+  CHECK(entries_of(*store, "zed", "gold").empty());
+  cancel = false;
+  REQUIRE_OK(store->flush(&cancel));
+  CHECK(position_ok(*store).seq == 5);
+  CHECK(balance_ok(*store, "alice", "gold", 5) == bal(106, 0));
+  CHECK(balance_ok(*store, "zed", "gold", 5) == bal(100, 0));
+  feed.on_applied = nullptr;
+}
+
 TEST_CASE("append refuses what does not follow, and a full buffer, changing nothing") {
   TempDir dir;
   HistoryStoreOptions options = small_options();

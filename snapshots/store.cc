@@ -129,7 +129,8 @@ struct SnapshotStore::Env {
   static Status check_payload(std::span<const std::span<const std::byte>> chunks,
                               const Meta& meta);
   Result<std::unique_ptr<proj::State>> load_one(const Txn& txn, const Meta& meta,
-                                                const proj::StateOptions& options) const;
+                                                const proj::StateOptions& options,
+                                                const std::atomic<bool>* cancel) const;
 };
 
 namespace {
@@ -473,7 +474,8 @@ Status SnapshotStore::Env::check_payload(std::span<const std::span<const std::by
 }
 
 Result<std::unique_ptr<proj::State>> SnapshotStore::Env::load_one(
-    const Txn& txn, const Meta& meta, const proj::StateOptions& state_options) const {
+    const Txn& txn, const Meta& meta, const proj::StateOptions& state_options,
+    const std::atomic<bool>* cancel) const {
   // The chunks stay in LMDB's map while the transaction lives, so the
   // loader reads them in place, two sections at once where it can. The
   // checksum runs beside the load instead of before it (one pass over a
@@ -481,10 +483,13 @@ Result<std::unique_ptr<proj::State>> SnapshotStore::Env::load_one(
   // bytes as untrusted either way, and a mismatch is what it reports.
   auto chunks = sized_chunks(txn, meta);
   if (!chunks) return chunks.status();
-  proj::SpanSource source(*chunks);
+  std::unique_ptr<proj::StateSource> source = std::make_unique<proj::SpanSource>(*chunks);
+  if (cancel != nullptr) {
+    source = std::make_unique<proj::CancellableSource>(std::move(source), cancel);
+  }
   std::uint64_t digest = 0;
   Result<std::unique_ptr<proj::State>> state = proj::State::load(
-      source, state_options, &digest, [&] { return check_payload(*chunks, meta); });
+      *source, state_options, &digest, [&] { return check_payload(*chunks, meta); });
   if (!state) return state.status();
   const std::string name = std::to_string(meta.info.seq) + ": ";
   if ((*state)->last_seq() != meta.info.seq) return corrupt(name + "image of another seq");
@@ -497,7 +502,7 @@ Result<std::unique_ptr<proj::State>> SnapshotStore::Env::load_one(
 
 Result<LoadedSnapshot> SnapshotStore::load_newest_valid(
     std::uint64_t max_seq, const proj::StateOptions& state_options,
-    std::vector<SkippedSnapshot>* skipped) const {
+    std::vector<SkippedSnapshot>* skipped, const std::atomic<bool>* cancel) const {
   Txn txn;
   TALLY_TRY(txn.begin(*env_->env, MDB_RDONLY));
   std::vector<Result<Meta>> metas;
@@ -519,10 +524,13 @@ Result<LoadedSnapshot> SnapshotStore::load_newest_valid(
                                                          std::to_string(max_seq)));
       continue;
     }
-    Result<std::unique_ptr<proj::State>> state = env_->load_one(txn, meta, state_options);
+    Result<std::unique_ptr<proj::State>> state = env_->load_one(txn, meta, state_options, cancel);
     if (!state) {
-      // An LMDB failure is not a property of this snapshot: stop.
-      if (state.code() == ErrorCode::io_error) return state.status();
+      // An LMDB failure is not a property of this snapshot, nor is a
+      // cancel: stop.
+      if (state.code() == ErrorCode::io_error || state.code() == ErrorCode::closed) {
+        return state.status();
+      }
       skip(meta.info.seq, state.status());
       // A damaged page fails the transaction too (MDB_CORRUPTED leaves it
       // unusable): the next snapshot is read in a new one.

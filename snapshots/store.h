@@ -20,6 +20,7 @@
 // caller's.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -110,10 +111,12 @@ class SnapshotStore {
   // payload checksum, image structure and invariants, digest, seq), loaded
   // with `options`. Every snapshot passed over is appended to *skipped
   // (if not null) with its reason; one above max_seq is skipped as invalid.
-  // not_found when none verifies: replay the whole log.
+  // not_found when none verifies: replay the whole log. `cancel` (borrowed;
+  // may be null) stops a load under way once set: closed.
   Result<LoadedSnapshot> load_newest_valid(std::uint64_t max_seq,
                                            const proj::StateOptions& options,
-                                           std::vector<SkippedSnapshot>* skipped) const;
+                                           std::vector<SkippedSnapshot>* skipped,
+                                           const std::atomic<bool>* cancel = nullptr) const;
 
  private:
   struct Env;

@@ -594,6 +594,24 @@ TEST_CASE("a different idempotency window skips the snapshot as invalid") {
   CHECK(skipped[0].why.code() == ErrorCode::invalid);
 }
 
+TEST_CASE("a cancelled load stops with closed and passes over no snapshot") {
+  TempDir dir;
+  std::unique_ptr<SnapshotStore> store = open_store(dir);
+  ScriptRun run;
+  run_script(store.get(), &run);
+  std::atomic<bool> cancel{true};
+  std::vector<SkippedSnapshot> skipped;
+  CHECK(store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, &skipped, &cancel).code() ==
+        ErrorCode::closed);
+  CHECK(skipped.empty());  // none of them is bad: the load was stopped
+  cancel = false;
+  Result<LoadedSnapshot> loaded =
+      store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, &skipped, &cancel);
+  REQUIRE(loaded.ok());
+  CHECK(loaded->info.seq == run.digests.size() - 1);
+  CHECK(skipped.empty());
+}
+
 TEST_CASE("a full map grows and the write succeeds") {
   TempDir dir;
   SnapshotStoreOptions options = small_options();
