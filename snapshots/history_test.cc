@@ -418,20 +418,26 @@ TEST_CASE("clear removes everything and the index is rebuilt from seq 1") {
   again.on_applied = nullptr;
 }
 
+// Indexes five acquires and flushes the first three: alice's 1, 2 and 3,
+// then, not flushed, alice's 100 and zed's 100.
+void index_three_flushed_two_not(Feed* feed, HistoryStore* store) {
+  index_into(feed, store);
+  for (std::uint64_t seq = 1; seq <= 3; seq++) {
+    REQUIRE_OK(feed->one(key_of(seq), acquire_op("alice", "gold", static_cast<std::int64_t>(seq))));
+  }
+  REQUIRE_OK(store->flush());
+  REQUIRE_OK(feed->one("k4", acquire_op("alice", "gold", 100)));
+  REQUIRE_OK(feed->one("k5", acquire_op("zed", "gold", 100)));
+  CHECK(store->appended_position().seq == 5);
+}
+
 TEST_CASE("appends not flushed are gone when the store is destroyed") {
   TempDir dir;
   State state(StateOptions{kWindowNs});
   Feed feed({&state});
   {
     std::unique_ptr<HistoryStore> store = open_history(dir);
-    index_into(&feed, store.get());
-    for (std::uint64_t seq = 1; seq <= 3; seq++) {
-      REQUIRE_OK(feed.one(key_of(seq), acquire_op("alice", "gold", static_cast<std::int64_t>(seq))));
-    }
-    REQUIRE_OK(store->flush());
-    REQUIRE_OK(feed.one("k4", acquire_op("alice", "gold", 100)));
-    REQUIRE_OK(feed.one("k5", acquire_op("zed", "gold", 100)));
-    CHECK(store->appended_position().seq == 5);
+    index_three_flushed_two_not(&feed, store.get());
     feed.on_applied = nullptr;
   }
   std::unique_ptr<HistoryStore> store = open_history(dir);
@@ -448,13 +454,7 @@ TEST_CASE("a cancelled flush writes nothing and keeps the appends for the next")
   State state(StateOptions{kWindowNs});
   Feed feed({&state});
   std::unique_ptr<HistoryStore> store = open_history(dir);
-  index_into(&feed, store.get());
-  for (std::uint64_t seq = 1; seq <= 3; seq++) {
-    REQUIRE_OK(feed.one(key_of(seq), acquire_op("alice", "gold", static_cast<std::int64_t>(seq))));
-  }
-  REQUIRE_OK(store->flush());
-  REQUIRE_OK(feed.one("k4", acquire_op("alice", "gold", 100)));
-  REQUIRE_OK(feed.one("k5", acquire_op("zed", "gold", 100)));
+  index_three_flushed_two_not(&feed, store.get());
   std::atomic<bool> cancel{true};
   CHECK(store->flush(&cancel).code() == ErrorCode::closed);
   CHECK(position_ok(*store).seq == 3);
