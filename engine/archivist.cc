@@ -31,8 +31,10 @@ constexpr std::chrono::milliseconds kPollInterval{20};
 // than wait on the ledger's lock (ArchivistContext::committed_seq).
 constexpr std::chrono::milliseconds kPollStep{4};
 // How long stop() lets the thread finish: load its copy of the state if it
-// has not yet, and catch the history up with the committed log.
+// has not yet, and catch the history up with the committed log; and then
+// how long it lets the last flush of the history run.
 constexpr std::chrono::milliseconds kDrainMax{1000};
+constexpr std::chrono::milliseconds kLastFlushMax{1000};
 
 }  // namespace
 
@@ -93,6 +95,8 @@ struct Archivist::Impl {
   // Set by stop() kDrainMax after stopping: the loading replay (its cancel)
   // and the drain give up. Read without the lock.
   std::atomic<bool> abandon{false};
+  // Set kLastFlushMax later: a history flush under way gives up too.
+  std::atomic<bool> abandon_flush{false};
   bool stopped = false;
   std::atomic<bool> history_stopped{false};  // set with stats.history_failure
   std::uint64_t snapshot_requests = 0;   // tickets handed out
@@ -238,12 +242,13 @@ Status Archivist::Impl::stop_snapshots(Status status) {
 }
 
 Status Archivist::Impl::flush_history() {
-  // Once stop() gave up waiting (abandon), nothing more is written, and a
-  // flush under way stops: the next open reads those events from the log
-  // again, as after a crash. A flush into a large index takes seconds.
-  if (!history_dirty || abandon.load()) return Status();
-  if (Status flushed = context.history->flush(&abandon); !flushed.ok()) {
-    if (flushed.code() == ErrorCode::closed && abandon.load()) return Status();
+  // Once stop() gave up waiting for the flush too (abandon_flush), nothing
+  // more is written, and a flush under way stops: the next open reads those
+  // events from the log again, as after a crash. A flush into an index of
+  // millions of events takes seconds.
+  if (!history_dirty || abandon_flush.load()) return Status();
+  if (Status flushed = context.history->flush(&abandon_flush); !flushed.ok()) {
+    if (flushed.code() == ErrorCode::closed && abandon_flush.load()) return Status();
     return stop_history(std::move(flushed));
   }
   history_dirty = false;
@@ -486,6 +491,11 @@ void Archivist::stop() {
     impl.cv.wait_for(guard, kDrainMax, [&] { return impl.stopped; });
   }
   impl.abandon = true;
+  {
+    std::unique_lock<std::mutex> guard(impl.mu);
+    impl.cv.wait_for(guard, kLastFlushMax, [&] { return impl.stopped; });
+  }
+  impl.abandon_flush = true;
   impl.thread.join();
 }
 

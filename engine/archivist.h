@@ -107,11 +107,12 @@ class Archivist {
   bool history_stopped() const;
   ArchivistStats stats();
   // Lets the thread finish loading its copy of the state and catch the
-  // history up with the committed log, for up to a second in all, and
-  // flush the history. Past that second it gives up: a load, a read or a
-  // history flush under way stops (the next open reads what was not
-  // flushed from the log again, as after a crash); only a snapshot being
-  // written is waited for. Stops the thread. Idempotent.
+  // history up with the committed log, for up to a second in all; past
+  // it, a load or read under way stops. Then lets it flush the history,
+  // for up to another second; past it, the flush stops (the next open
+  // reads what was not flushed from the log again, as after a crash).
+  // Only a snapshot being written is waited for. Stops the thread.
+  // Idempotent.
   void stop();
 
  private:

@@ -64,7 +64,7 @@ struct LedgerOptions {
   // snapshot_every_events events. It writes the ledger's own state, final
   // once the writer stopped, without waiting for the archivist's copy; the
   // write takes about as long as one of the archivist's (seconds for
-  // millions of balances). Off, close() ends within about a second and the
+  // millions of balances). Off, close() ends within about two seconds and the
   // next open replays what was missed.
   bool snapshot_due_at_close = false;
   // The history projection in DATA/history, for point-in-time reads; kept
