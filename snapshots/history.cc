@@ -652,6 +652,14 @@ struct Change {
   proj::Balance after;
 };
 
+// Between the puts of a flush: closed once its cancel (may be null) is set.
+Status cancelled(const std::atomic<bool>* cancel) {
+  if (cancel != nullptr && cancel->load(std::memory_order_relaxed)) {
+    return Status(ErrorCode::closed, "the history flush was cancelled");
+  }
+  return Status();
+}
+
 }  // namespace
 
 struct HistoryStore::Impl {
@@ -676,7 +684,6 @@ struct HistoryStore::Impl {
   std::vector<PendingPair> pending_pairs;
   std::vector<PendingTime> pending_times;
   std::string pending_keys;  // idempotency keys and new pairs' keys
-  const std::atomic<bool>* flush_cancel = nullptr;  // the running flush's
   // Scratch of one append, reused.
   std::vector<proj::PairDelta> deltas;
   std::vector<Change> changes;
@@ -697,16 +704,10 @@ struct HistoryStore::Impl {
   void record(const log::Event& event, std::uint64_t chain_checksum);
   void drop_pending();
 
-  Status write_pending(int* rc);
-  // Between the puts of a flush: closed once the flush's cancel is set.
-  Status cancelled() const {
-    if (flush_cancel != nullptr && flush_cancel->load(std::memory_order_relaxed)) {
-      return Status(ErrorCode::closed, "the history flush was cancelled");
-    }
-    return Status();
-  }
-  Status put_pairs(const Txn& txn, int* rc);
-  Status put_entries(const Txn& txn, int* rc);
+  // `cancel`: flush()'s, checked between puts (may be null).
+  Status write_pending(const std::atomic<bool>* cancel, int* rc);
+  Status put_pairs(const Txn& txn, const std::atomic<bool>* cancel, int* rc);
+  Status put_entries(const Txn& txn, const std::atomic<bool>* cancel, int* rc);
   Status put_times(const Txn& txn, int* rc);
   Status begin_epoch(const Txn& txn, Position* position, int* rc);
   Status put_position(const Txn& txn, const Position& position, int* rc);
@@ -1033,13 +1034,13 @@ Status HistoryStore::append(const log::Event& event, std::uint64_t chain_checksu
 
 // ---------------------------------------------------------------- flush
 
-Status HistoryStore::Impl::put_pairs(const Txn& txn, int* rc) {
+Status HistoryStore::Impl::put_pairs(const Txn& txn, const std::atomic<bool>* cancel, int* rc) {
   Cursor cursor;
   TALLY_TRY(cursor.open(txn, pairs));
   Cursor hashes_cursor;
   TALLY_TRY(hashes_cursor.open(txn, hashes));
   for (const PendingPair& pair : pending_pairs) {
-    TALLY_TRY(cancelled());
+    TALLY_TRY(cancelled(cancel));
     const std::string_view pair_key =
         std::string_view(pending_keys).substr(pair.key_offset, pair.key_bytes);
     MDB_val key = val_of(pair_key);
@@ -1059,12 +1060,13 @@ Status HistoryStore::Impl::put_pairs(const Txn& txn, int* rc) {
   return Status();
 }
 
-Status HistoryStore::Impl::put_entries(const Txn& txn, int* rc) {
+Status HistoryStore::Impl::put_entries(const Txn& txn, const std::atomic<bool>* cancel,
+                                       int* rc) {
   Cursor cursor;
   TALLY_TRY(cursor.open(txn, entries));
   EntryBytes bytes;
   for (const PendingEntry& pending : pending_entries) {
-    TALLY_TRY(cancelled());
+    TALLY_TRY(cancelled(cancel));
     EntryRecord entry;
     static_cast<EntryFields&>(entry) = pending;
     entry.epoch = flushed.epoch;
@@ -1176,20 +1178,20 @@ Status HistoryStore::Impl::put_position(const Txn& txn, const Position& position
   return Status();
 }
 
-Status HistoryStore::Impl::write_pending(int* rc) {
+Status HistoryStore::Impl::write_pending(const std::atomic<bool>* cancel, int* rc) {
   *rc = 0;
   Txn txn;
   TALLY_TRY(txn.begin(*env, 0));
   TALLY_TRY(check_sole_writer(txn));
-  TALLY_TRY(put_pairs(txn, rc));
-  TALLY_TRY(put_entries(txn, rc));
+  TALLY_TRY(put_pairs(txn, cancel, rc));
+  TALLY_TRY(put_entries(txn, cancel, rc));
   TALLY_TRY(put_times(txn, rc));
   written = appended;
   if (written.epoch_entries >= std::max(options.epoch_entries_min, written.epoch_openings)) {
     TALLY_TRY(begin_epoch(txn, &written, rc));
   }
   TALLY_TRY(put_position(txn, written, rc));
-  TALLY_TRY(cancelled());
+  TALLY_TRY(cancelled(cancel));
   *rc = txn.commit();
   if (*rc != 0) return lmdb_error("mdb_txn_commit (flush)", *rc);
   return Status();
@@ -1206,7 +1208,6 @@ Status HistoryStore::flush(const std::atomic<bool>* cancel) {
   Impl& impl = *impl_;
   TALLY_TRY(impl.check_writable());
   if (impl.appended == impl.flushed) return Status();
-  impl.flush_cancel = cancel;
   // Key order: LMDB inserts in order, and new pairs' entries go last. A
   // pair's entries were appended in seq order already.
   std::sort(impl.pending_entries.begin(), impl.pending_entries.end(),
@@ -1219,9 +1220,7 @@ Status HistoryStore::flush(const std::atomic<bool>* cancel) {
               return keys.substr(a.key_offset, a.key_bytes) <
                      keys.substr(b.key_offset, b.key_bytes);
             });
-  const Status written = impl.env->write_growing([&](int* rc) { return impl.write_pending(rc); });
-  impl.flush_cancel = nullptr;
-  TALLY_TRY(written);
+  TALLY_TRY(impl.env->write_growing([&](int* rc) { return impl.write_pending(cancel, rc); }));
   impl.flushed = impl.written;
   impl.appended = impl.written;
   impl.drop_pending();
