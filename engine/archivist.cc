@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "engine/point_in_time.h"
@@ -68,7 +69,16 @@ struct Archivist::Impl {
   // request, a reader waiting for committed history, or stop; returns the
   // committed seq, and in *reader_waits whether a wait_history() waits.
   std::uint64_t wait_for_work(std::uint64_t requests, bool* reader_waits);
-  Status read_round(std::uint64_t committed);
+  // Reads the lead tail up to `committed`: applies each event to the state
+  // and, when `history_rides` and the history is at the record before it,
+  // appends it to the history too. Leaves the history behind otherwise.
+  Status lead_round(std::uint64_t committed, bool history_rides);
+  // Brings the history towards the lead on its own tail, when it is
+  // behind; with `yield`, it stops early for a snapshot request.
+  Status history_round(bool yield);
+  // Appends one event to the history, flushing first if its buffer is full.
+  Status append_history(const log::Event& event, const log::Record& record);
+  bool history_behind() const { return history_on && history_seq < read_seq; }
   Status flush_history();
   // Takes a failed read or write of the history index: a damaged index
   // (corrupt) stops only the history, which is set aside for the next open
@@ -101,6 +111,9 @@ struct Archivist::Impl {
   std::atomic<bool> history_stopped{false};  // set with stats.history_failure
   std::uint64_t snapshot_requests = 0;   // tickets handed out
   std::uint64_t snapshot_answered = 0;   // tickets answered
+  // Whether a ticket is unanswered: read without the lock by the history's
+  // reading, which gives way to it.
+  std::atomic<bool> snapshot_waiting{false};
   std::uint64_t history_wanted = 0;      // the highest seq a wait_history() waits for
   Result<std::uint64_t> snapshot_answer{std::uint64_t{0}};
   ArchivistStats stats;
@@ -108,10 +121,18 @@ struct Archivist::Impl {
   // Owned by the thread.
   bool history_on = options.history;  // until stop_history()
   std::unique_ptr<proj::State> state;  // nullptr when snapshots are off
+  // The lead tail: the state's reading when snapshots are on, else the
+  // history's. The history rides on it while it keeps up, and reads on a
+  // tail of its own while it is behind (after an open that found the
+  // index behind the state, or while a snapshot request went first).
   std::unique_ptr<log::LogTail> tail;
+  std::unique_ptr<log::LogTail> history_tail;  // only while the history is behind
+  // Where the lead stood when the history stopped riding on it: the
+  // history's tail resumes there without reading its segment again.
+  std::optional<log::TailPosition> history_left_at;
   log::EventDecoder decoder;
-  std::uint64_t history_seq = 0;
-  std::uint64_t read_seq = 0;       // the last record read
+  std::uint64_t history_seq = 0;    // appended up to here
+  std::uint64_t read_seq = 0;       // the last record the lead read
   std::uint64_t read_checksum = 0;  // its checksum: the chain value after it
   std::uint64_t events_since_snapshot = 0;
   std::chrono::steady_clock::time_point last_snapshot = std::chrono::steady_clock::now();
@@ -139,7 +160,7 @@ Status Archivist::Impl::check_history() {
 }
 
 Status Archivist::Impl::prepare() {
-  std::uint64_t start = history_on ? history_seq : UINT64_MAX;
+  std::uint64_t start = history_seq;
   if (snapshots_enabled(options)) {
     ReplayOptions replay_options;
     replay_options.data_dir = context.data_dir;
@@ -155,7 +176,7 @@ Status Archivist::Impl::prepare() {
     // ledger opened on a log far past its last snapshot takes one soon,
     // idle or not.
     events_since_snapshot = state->last_seq() - replayed->report.snapshot_seq;
-    start = std::min(start, state->last_seq());
+    start = state->last_seq();
   }
   auto opened = log::LogTail::open(*fs, log_dir(context.data_dir), start + 1);
   if (!opened) return opened.status();
@@ -168,7 +189,24 @@ Status Archivist::Impl::prepare() {
   return Status();
 }
 
-Status Archivist::Impl::read_round(std::uint64_t committed) {
+Status Archivist::Impl::append_history(const log::Event& event, const log::Record& record) {
+  Status appended = context.history->append(event, record.checksum);
+  if (appended.code() == ErrorCode::busy) {  // its buffer is full
+    TALLY_TRY(flush_history());
+    // Not flushed: stop() gave up on the flush.
+    if (abandon_flush.load()) return Status(ErrorCode::closed, "the history flush was given up");
+    // The flush may have found the index damaged and stopped it.
+    appended = history_on ? context.history->append(event, record.checksum) : Status();
+  }
+  if (!appended.ok()) return stop_history(std::move(appended));
+  if (history_on) {
+    history_seq = record.seq;
+    history_dirty = true;
+  }
+  return Status();
+}
+
+Status Archivist::Impl::lead_round(std::uint64_t committed, bool history_rides) {
   log::Record record;
   log::Event event;
   for (std::size_t count = 0; count < kRoundRecordsMax && !abandon.load(); count++) {
@@ -177,20 +215,10 @@ Status Archivist::Impl::read_round(std::uint64_t committed) {
     if (!*more) break;
     Status decoded = decoder.decode(record.payload, &event);
     if (!decoded.ok()) return log::corrupt_at(record.segment_first_seq, record.offset, decoded.message());
-    if (history_on && record.seq > history_seq) {
-      Status appended = context.history->append(event, record.checksum);
-      if (appended.code() == ErrorCode::busy) {  // its buffer is full
-        TALLY_TRY(flush_history());
-        if (abandon.load()) break;  // not flushed: stop() gave up
-        // The flush may have found the index damaged and stopped it.
-        appended = history_on ? context.history->append(event, record.checksum) : Status();
-      }
-      if (!appended.ok()) {
-        TALLY_TRY(stop_history(std::move(appended)));
-      } else if (history_on) {
-        history_seq = record.seq;
-        history_dirty = true;
-      }
+    if (history_on && history_rides && history_seq + 1 == record.seq) {
+      Status appended = append_history(event, record);
+      if (appended.code() == ErrorCode::closed) break;  // stop() gave up on the flush
+      TALLY_TRY(appended);
     }
     if (state != nullptr && record.seq > state->last_seq()) {
       TALLY_TRY(state->apply(event));
@@ -199,6 +227,39 @@ Status Archivist::Impl::read_round(std::uint64_t committed) {
     read_seq = record.seq;
     read_checksum = record.checksum;
   }
+  return Status();
+}
+
+Status Archivist::Impl::history_round(bool yield) {
+  if (!history_behind()) {
+    history_tail.reset();
+    return Status();
+  }
+  if (history_tail == nullptr) {
+    const std::string dir = log_dir(context.data_dir);
+    auto opened = history_left_at.has_value() && history_left_at->next_seq == history_seq + 1
+                      ? log::LogTail::resume(*fs, dir, *history_left_at)
+                      : log::LogTail::open(*fs, dir, history_seq + 1);
+    history_left_at.reset();
+    if (!opened) return opened.status();
+    history_tail = std::move(*opened);
+  }
+  log::Record record;
+  log::Event event;
+  for (std::size_t count = 0; count < kRoundRecordsMax && history_behind() && !abandon.load();
+       count++) {
+    if (yield && snapshot_waiting.load(std::memory_order_relaxed)) break;
+    auto more = history_tail->next(&record, read_seq);
+    if (!more) return more.status();
+    if (!*more) break;
+    Status decoded = decoder.decode(record.payload, &event);
+    if (!decoded.ok()) return log::corrupt_at(record.segment_first_seq, record.offset, decoded.message());
+    Status appended = append_history(event, record);
+    if (appended.code() == ErrorCode::closed) break;  // stop() gave up on the flush
+    TALLY_TRY(appended);
+  }
+  // Caught up: it rides on the lead tail again.
+  if (!history_behind()) history_tail.reset();
   return Status();
 }
 
@@ -282,6 +343,7 @@ void Archivist::Impl::finish_snapshot_request(std::uint64_t seq, Status status) 
     snapshot_answer = std::move(status);
   }
   snapshot_answered = snapshot_requests;
+  snapshot_waiting.store(false, std::memory_order_relaxed);
   // Back to the cores nothing else wants (snapshot_now lifted it), unless
   // stop() has made it normal for good. Under mu, as the lift is: a request
   // made after this lifts it again.
@@ -297,8 +359,9 @@ std::uint64_t Archivist::Impl::wait_for_work(std::uint64_t requests, bool* reade
     const std::uint64_t committed = context.committed_seq();
     *reader_waits = history_wanted > stats.history_seq;
     // A reader waiting for a seq not committed yet wakes nothing: there is
-    // nothing to read for it.
-    if (committed >= read_seq + kWakeRecords || stopping || snapshot_requests > requests ||
+    // nothing to read for it. A history behind the lead is work at once.
+    if (committed >= read_seq + kWakeRecords || history_behind() || stopping ||
+        snapshot_requests > requests ||
         (*reader_waits && history_wanted <= committed) ||
         std::chrono::steady_clock::now() >= until) {
       return committed;
@@ -339,27 +402,30 @@ Status Archivist::Impl::run() {
     bool reader_waits = false;
     const std::uint64_t committed = wait_for_work(requests, &reader_waits);
     // A request is answered with a snapshot at the seq committed when it
-    // was read here, or later.
+    // was read here, or later. It goes first: the state reads ahead
+    // without the history (whose appends and flushes into a large index
+    // are the slow part), which catches up after it on a tail of its own.
     const bool requested = requests > snapshot_answered && state != nullptr;
-    TALLY_TRY(read_round(committed));
+    if (requested && history_on && history_seq == read_seq) history_left_at = tail->position();
+    TALLY_TRY(lead_round(committed, !requested));
     if (state != nullptr) {
       std::lock_guard<std::mutex> guard(mu);
       stats.state_seq = state->last_seq();
     }
+    if (!requested) TALLY_TRY(history_round(/*yield=*/true));
     const bool caught_up = read_seq >= committed;
     const auto now = std::chrono::steady_clock::now();
     // On the interval (ArchivistOptions::flush_interval), or at once for
     // a reader waiting for the index.
-    if (reader_waits || now - last_flush >= options.flush_interval) TALLY_TRY(flush_history());
+    if (reader_waits || (!requested && now - last_flush >= options.flush_interval)) {
+      TALLY_TRY(flush_history());
+    }
     if (state == nullptr) {
       if (requests > snapshot_answered) {
         finish_snapshot_request(0, Status(ErrorCode::invalid, "snapshots are off"));
       }
       continue;
     }
-    // The reading starts where the history or the state is, whichever is
-    // behind: while the history catches up, the state is ahead of it.
-    if (state->last_seq() != read_seq) continue;
     const bool count_due = options.snapshot_every_events > 0 &&
                            events_since_snapshot >= options.snapshot_every_events;
     const bool time_due = options.snapshot_every_seconds > 0 && events_since_snapshot > 0 &&
@@ -384,8 +450,9 @@ Status Archivist::Impl::run() {
   // index.
   while (history_on && !abandon.load()) {
     const std::uint64_t committed = context.committed_seq();
-    if (read_seq >= committed) break;
-    TALLY_TRY(read_round(committed));
+    if (read_seq >= committed && !history_behind()) break;
+    TALLY_TRY(lead_round(committed, /*history_rides=*/true));
+    TALLY_TRY(history_round(/*yield=*/false));
   }
   return flush_history();
 }
@@ -436,6 +503,7 @@ Result<std::uint64_t> Archivist::snapshot_now(std::chrono::milliseconds timeout)
                                    : impl.stats.failure;
   }
   const std::uint64_t ticket = ++impl.snapshot_requests;
+  impl.snapshot_waiting.store(true, std::memory_order_relaxed);
   // Someone waits for this one: until it is answered the thread runs at
   // normal priority, or a busy machine could keep it waiting for as long as
   // the load lasts. Linux lets a thread out of SCHED_IDLE only with

@@ -4,13 +4,18 @@
 // A follower thread reads the committed log with a LogTail (log/tail.h) as
 // the writer appends it — the only handoff from the writer is its committed
 // seq, so the writer never waits for it — and
-//   - appends every event to the history projection (snapshots/history.h),
-//     flushing it every flush_interval, and at once when a reader waits
-//     for it (wait_history);
 //   - applies every event to its own copy of the state and writes that copy
 //     as a snapshot every snapshot_every_events events or
 //     snapshot_every_seconds seconds, or when asked (snapshot_now), then
-//     prunes to snapshot_retain.
+//     prunes to snapshot_retain;
+//   - appends every event to the history projection (snapshots/history.h),
+//     flushing it every flush_interval, and at once when a reader waits
+//     for it (wait_history).
+// One read of the log serves both while the history keeps up. Where it is
+// behind (an index rebuilt or left behind at the last close, or while a
+// snapshot asked for went first), it reads on a second tail, so that the
+// state and its snapshots never wait for the history's catch-up, which
+// takes minutes on a large index.
 // The copy costs the state's memory a second time; the alternatives (a
 // copy-on-write fork, stopping the writer to serialise its state) stall
 // the writer instead. docs/snapshots.md gives the measurements.
