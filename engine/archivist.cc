@@ -416,10 +416,14 @@ Status Archivist::Impl::run() {
     const bool caught_up = read_seq >= committed;
     const auto now = std::chrono::steady_clock::now();
     // On the interval (ArchivistOptions::flush_interval), or at once for
-    // a reader waiting for the index.
-    if (reader_waits || (!requested && now - last_flush >= options.flush_interval)) {
-      TALLY_TRY(flush_history());
-    }
+    // a reader waiting for the index. While the history catches up on its
+    // own tail, only when its buffer fills (append_history): fewer, larger
+    // flushes rewrite fewer pages, and a 13M-event catch-up took 15% less
+    // time (docs/performance.md); a crash or a stop costs a re-read of
+    // what was not flushed, and a reader past the index replays meanwhile.
+    const bool interval_due = !requested && !history_behind() &&
+                              now - last_flush >= options.flush_interval;
+    if (reader_waits || interval_due) TALLY_TRY(flush_history());
     if (state == nullptr) {
       if (requests > snapshot_answered) {
         finish_snapshot_request(0, Status(ErrorCode::invalid, "snapshots are off"));

@@ -55,7 +55,8 @@ struct ArchivistOptions {
   // rewrites every B-tree page its entries land on, so rarer, larger ones
   // write less (docs/performance.md); a reader waiting for the index
   // (wait_history) gets a flush at once, and a crash costs only a re-read
-  // of the log since the last one.
+  // of the log since the last one. While the history catches up from far
+  // behind, it is flushed only when its buffer is full.
   std::chrono::milliseconds flush_interval{1000};
 };
 
