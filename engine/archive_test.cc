@@ -608,7 +608,7 @@ TEST_CASE("once close began, the archivist writes no snapshot the count calls fo
   CHECK(list_snapshots(f.options.data_dir).empty());
 }
 
-TEST_CASE("a due snapshot is taken at once while the history catches up from far behind the state") {
+TEST_CASE("a due snapshot is taken at once while the history catches up from far behind") {
   // The archivist's copy of the state, loaded from the log, is far ahead of
   // the history then; the history catches up on a tail of its own.
   Fixture f;
@@ -639,7 +639,9 @@ TEST_CASE("a snapshot asked for while the history catches up does not wait for t
   f.options.segment_size_bytes = log::kSegmentSizeBytesMin;
   f.options.history = false;
   f.open();
-  for (int op = 0; op < 30'000; op++) f.ok(f.ledger->acquire(name("k", op), name("s", op % 50), "gold", 1));
+  for (int op = 0; op < 30'000; op++) {
+    f.ok(f.ledger->acquire(name("k", op), name("s", op % 50), "gold", 1));
+  }
   const std::uint64_t loaded = f.snapshot();
   f.close();
   REQUIRE(std::distance(std::filesystem::directory_iterator(log_dir(f.options.data_dir)),

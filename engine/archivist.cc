@@ -76,6 +76,9 @@ struct Archivist::Impl {
   // Brings the history towards the lead on its own tail, when it is
   // behind; with `yield`, it stops early for a snapshot request.
   Status history_round(bool yield);
+  // The next record of `from` up to max_seq, decoded: false past it.
+  Result<bool> next_event(log::LogTail& from, std::uint64_t max_seq, log::Record* record,
+                          log::Event* event);
   // Appends one event to the history, flushing first if its buffer is full.
   Status append_history(const log::Event& event, const log::Record& record);
   bool history_behind() const { return history_on && history_seq < read_seq; }
@@ -189,6 +192,17 @@ Status Archivist::Impl::prepare() {
   return Status();
 }
 
+Result<bool> Archivist::Impl::next_event(log::LogTail& from, std::uint64_t max_seq,
+                                         log::Record* record, log::Event* event) {
+  auto more = from.next(record, max_seq);
+  if (!more || !*more) return more;
+  Status decoded = decoder.decode(record->payload, event);
+  if (!decoded.ok()) {
+    return log::corrupt_at(record->segment_first_seq, record->offset, decoded.message());
+  }
+  return true;
+}
+
 Status Archivist::Impl::append_history(const log::Event& event, const log::Record& record) {
   Status appended = context.history->append(event, record.checksum);
   if (appended.code() == ErrorCode::busy) {  // its buffer is full
@@ -210,11 +224,9 @@ Status Archivist::Impl::lead_round(std::uint64_t committed, bool history_rides) 
   log::Record record;
   log::Event event;
   for (std::size_t count = 0; count < kRoundRecordsMax && !abandon.load(); count++) {
-    auto more = tail->next(&record, committed);
+    auto more = next_event(*tail, committed, &record, &event);
     if (!more) return more.status();
     if (!*more) break;
-    Status decoded = decoder.decode(record.payload, &event);
-    if (!decoded.ok()) return log::corrupt_at(record.segment_first_seq, record.offset, decoded.message());
     if (history_on && history_rides && history_seq + 1 == record.seq) {
       Status appended = append_history(event, record);
       if (appended.code() == ErrorCode::closed) break;  // stop() gave up on the flush
@@ -249,11 +261,9 @@ Status Archivist::Impl::history_round(bool yield) {
   for (std::size_t count = 0; count < kRoundRecordsMax && history_behind() && !abandon.load();
        count++) {
     if (yield && snapshot_waiting.load(std::memory_order_relaxed)) break;
-    auto more = history_tail->next(&record, read_seq);
+    auto more = next_event(*history_tail, read_seq, &record, &event);
     if (!more) return more.status();
     if (!*more) break;
-    Status decoded = decoder.decode(record.payload, &event);
-    if (!decoded.ok()) return log::corrupt_at(record.segment_first_seq, record.offset, decoded.message());
     Status appended = append_history(event, record);
     if (appended.code() == ErrorCode::closed) break;  // stop() gave up on the flush
     TALLY_TRY(appended);
