@@ -82,6 +82,12 @@ struct Archivist::Impl {
   // Appends one event to the history, flushing first if its buffer is full.
   Status append_history(const log::Event& event, const log::Record& record);
   bool history_behind() const { return history_on && history_seq < read_seq; }
+  // Whether a wait_history() waits for a seq appended but not flushed: the
+  // reading stops for the flush.
+  bool reader_waits_for_flush() const {
+    const std::uint64_t wanted = history_wanted.load(std::memory_order_relaxed);
+    return history_dirty && wanted > flushed_seq && history_seq >= wanted;
+  }
   Status flush_history();
   // Takes a failed read or write of the history index: a damaged index
   // (corrupt) stops only the history, which is set aside for the next open
@@ -117,7 +123,9 @@ struct Archivist::Impl {
   // Whether a ticket is unanswered: read without the lock by the history's
   // reading, which gives way to it.
   std::atomic<bool> snapshot_waiting{false};
-  std::uint64_t history_wanted = 0;      // the highest seq a wait_history() waits for
+  // The highest seq a wait_history() waits for. Written under mu; read
+  // without it too, by the reading rounds, which stop once they reach it.
+  std::atomic<std::uint64_t> history_wanted{0};
   Result<std::uint64_t> snapshot_answer{std::uint64_t{0}};
   ArchivistStats stats;
 
@@ -135,6 +143,7 @@ struct Archivist::Impl {
   std::optional<log::TailPosition> history_left_at;
   log::EventDecoder decoder;
   std::uint64_t history_seq = 0;    // appended up to here
+  std::uint64_t flushed_seq = 0;    // flushed up to here (stats.history_seq, without the lock)
   std::uint64_t read_seq = 0;       // the last record the lead read
   std::uint64_t read_checksum = 0;  // its checksum: the chain value after it
   std::uint64_t events_since_snapshot = 0;
@@ -186,6 +195,7 @@ Status Archivist::Impl::prepare() {
   tail = std::move(*opened);
   read_seq = start;
   read_checksum = tail->position().prev_checksum;
+  flushed_seq = history_seq;  // where the index was opened
   std::lock_guard<std::mutex> guard(mu);
   stats.history_seq = history_seq;
   stats.state_seq = state != nullptr ? state->last_seq() : 0;
@@ -238,6 +248,7 @@ Status Archivist::Impl::lead_round(std::uint64_t committed, bool history_rides) 
     }
     read_seq = record.seq;
     read_checksum = record.checksum;
+    if (reader_waits_for_flush()) break;
   }
   return Status();
 }
@@ -267,6 +278,7 @@ Status Archivist::Impl::history_round(bool yield) {
     Status appended = append_history(event, record);
     if (appended.code() == ErrorCode::closed) break;  // stop() gave up on the flush
     TALLY_TRY(appended);
+    if (reader_waits_for_flush()) break;
   }
   // Caught up: it rides on the lead tail again.
   if (!history_behind()) history_tail.reset();
@@ -323,6 +335,7 @@ Status Archivist::Impl::flush_history() {
     return stop_history(std::move(flushed));
   }
   history_dirty = false;
+  flushed_seq = history_seq;
   last_flush = std::chrono::steady_clock::now();
   std::lock_guard<std::mutex> guard(mu);
   stats.history_seq = history_seq;
@@ -433,7 +446,7 @@ Status Archivist::Impl::run() {
     // what was not flushed, and a reader past the index replays meanwhile.
     const bool interval_due = !requested && !history_behind() &&
                               now - last_flush >= options.flush_interval;
-    if (reader_waits || interval_due) TALLY_TRY(flush_history());
+    if (reader_waits || interval_due || reader_waits_for_flush()) TALLY_TRY(flush_history());
     if (state == nullptr) {
       if (requests > snapshot_answered) {
         finish_snapshot_request(0, Status(ErrorCode::invalid, "snapshots are off"));
@@ -467,6 +480,7 @@ Status Archivist::Impl::run() {
     if (read_seq >= committed && !history_behind()) break;
     TALLY_TRY(lead_round(committed, /*history_rides=*/true));
     TALLY_TRY(history_round(/*yield=*/false));
+    if (reader_waits_for_flush()) TALLY_TRY(flush_history());
   }
   return flush_history();
 }
@@ -535,7 +549,7 @@ Result<std::uint64_t> Archivist::snapshot_now(std::chrono::milliseconds timeout)
 bool Archivist::wait_history(std::uint64_t seq, std::chrono::milliseconds timeout) {
   Impl& impl = *impl_;
   std::unique_lock<std::mutex> guard(impl.mu);
-  impl.history_wanted = std::max(impl.history_wanted, seq);
+  impl.history_wanted.store(std::max(impl.history_wanted.load(), seq));
   impl.wake_cv.notify_all();
   return impl.cv.wait_for(guard, timeout,
                           [&] {
