@@ -61,6 +61,12 @@ Status LogTail::Impl::open_segment(std::uint64_t first_seq, std::uint64_t offset
     return corrupt(0, "segment missing: the log continues at seq " + std::to_string(first_seq));
   }
   file = std::move(*opened);
+  // A committed record is in it, so its header was written whole before.
+  auto size = file->size();
+  if (!size) return size.status();
+  if (*size < kSegmentHeaderSize) {
+    return corrupt(0, "segment shorter than its header (" + std::to_string(*size) + " bytes)");
+  }
   std::vector<std::byte> raw(kSegmentHeaderSize);
   TALLY_TRY(file->read_at(0, raw));
   const auto header_bytes = std::span<const std::byte, kSegmentHeaderSize>(raw.data(), kSegmentHeaderSize);

@@ -136,5 +136,35 @@ TEST_CASE("a committed record that does not verify is corrupt, with its place") 
   CHECK((*short_tail)->next(&record, 6).code() == ErrorCode::corrupt);
 }
 
+TEST_CASE("a segment cut inside its header is corrupt, with its place") {
+  TempDir dir;
+  auto writer = test::open_writer(posix_file_system(), dir.log_dir());
+  test::append_records(*writer, 200, 20);
+  writer.reset();
+  const auto back = test::read_log(posix_file_system(), dir.log_dir());
+  const std::uint64_t last_segment = back.records.back().segment_first_seq;
+  REQUIRE(last_segment > 1);  // a rotation: the tail opens the cut segment on its way
+  const std::string path = test::segment_path(dir.log_dir(), last_segment);
+  std::vector<std::byte> bytes = test::read_bytes(path);
+  bytes.resize(kSegmentHeaderSize / 2);
+  test::write_bytes(path, bytes);
+  const std::string place = log_position(last_segment, 0);
+
+  auto tail = LogTail::open(posix_file_system(), dir.log_dir(), 1);
+  REQUIRE(tail.ok());
+  CHECK(drain(**tail, 1, last_segment - 1) == last_segment - 1);
+  Record record;
+  auto cut = (*tail)->next(&record, 200);
+  REQUIRE_FALSE(cut.ok());
+  CHECK(cut.code() == ErrorCode::corrupt);
+  CHECK(cut.status().message().find(place) != std::string::npos);
+
+  // Opened past its first seq, which it reads on the way: the same.
+  auto inside = LogTail::open(posix_file_system(), dir.log_dir(), last_segment + 1);
+  REQUIRE_FALSE(inside.ok());
+  CHECK(inside.code() == ErrorCode::corrupt);
+  CHECK(inside.status().message().find(place) != std::string::npos);
+}
+
 }  // namespace
 }  // namespace tally::log
