@@ -194,7 +194,7 @@ void fail(const Context& context, std::string_view what, std::span<const std::by
   std::fprintf(stderr, "written to %s\nreproduce: fuzz --target %s --seed %llu --iterations %llu\n",
                path.c_str(), context.target.c_str(),
                static_cast<unsigned long long>(context.seed),
-               static_cast<unsigned long long>(context.iterations));
+               static_cast<unsigned long long>(context.iterations_flag));
   std::fflush(stderr);
   std::abort();
 }
@@ -271,6 +271,7 @@ int main(int argc, char** argv) {
     context.seed = seed;
     context.iterations = std::max<std::uint64_t>(iterations / target.divisor,
                                                  std::min<std::uint64_t>(iterations, 20));
+    context.iterations_flag = iterations;
     context.verbose = verbose;
     std::printf("fuzz %-8s %8llu iterations, seed %llu ... ", target.name,
                 static_cast<unsigned long long>(context.iterations),

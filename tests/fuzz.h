@@ -43,7 +43,8 @@ class Rng {
 struct Context {
   std::string target;
   std::uint64_t seed = 0;
-  std::uint64_t iterations = 0;
+  std::uint64_t iterations = 0;  // this target's: --iterations / its divisor
+  std::uint64_t iterations_flag = 0;  // --iterations as given, for the reproduce line
   std::uint64_t iteration = 0;
   bool verbose = false;
 };
