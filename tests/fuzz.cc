@@ -4,13 +4,15 @@
 // a clean Status whatever the bytes: never crash, hang, leak or hit
 // undefined behaviour (the address+undefined build checks the last two).
 //
-//   fuzz [--target NAME|all] [--iterations N] [--seed S] [--verbose]
+//   fuzz [--target NAME|all] [--iterations N] [--seed S|random] [--verbose]
 //
 // --iterations is per target; the log and http targets, which touch the
 // disk and the network, run a tenth of it (at least 20). The default
 // suite runs a short campaign in both builds; `--suite soak --setup soak`
-// a long one (tests/meson.build). A failure prints the target, iteration
-// and input (hex, also written to fuzz-failure-<target>.bin) and aborts.
+// a long one with a fresh seed each run (tests/meson.build): each line
+// names its seed. A failure prints the target, iteration and input (hex,
+// also written to fuzz-failure-<target>.bin) and the command that
+// reproduces it, and aborts.
 //
 // The fixtures it reuses (projections/state_fixture.h, engine/
 // server_fixture.h) check with doctest macros, so this is doctest's main
@@ -24,6 +26,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <random>
 #include <string>
 #include <string_view>
 
@@ -219,8 +222,9 @@ constexpr Target kTargets[] = {
 };
 
 int usage() {
-  std::fprintf(stderr, "usage: fuzz [--target NAME|all] [--iterations N] [--seed S] [--verbose]\n"
-                       "targets:");
+  std::fprintf(stderr,
+               "usage: fuzz [--target NAME|all] [--iterations N] [--seed S|random] [--verbose]\n"
+               "targets:");
   for (const Target& target : kTargets) std::fprintf(stderr, " %s", target.name);
   std::fprintf(stderr, "\n");
   return 2;
@@ -256,7 +260,12 @@ int main(int argc, char** argv) {
     } else if (arg == "--iterations" && has_value) {
       if (!parse_number(argv[++index], &iterations)) return usage();
     } else if (arg == "--seed" && has_value) {
-      if (!parse_number(argv[++index], &seed)) return usage();
+      const std::string_view value = argv[++index];
+      if (value == "random") {
+        seed = std::random_device{}();
+      } else if (!parse_number(value.data(), &seed)) {
+        return usage();
+      }
     } else if (arg == "--verbose") {
       verbose = true;
     } else {
