@@ -1,8 +1,9 @@
 // A mutation fuzzer for the places tally decodes untrusted bytes: the
 // binary protocol and its framing, the JSON parser and the HTTP mutation
-// bodies, event payloads, log segments and state images. Each must answer
-// a clean Status whatever the bytes: never crash, hang, leak or hit
-// undefined behaviour (the address+undefined build checks the last two).
+// bodies, event payloads, log segments and state images, and the files and
+// times a person hands the tools. Each must answer a clean Status whatever
+// the bytes: never crash, hang, leak or hit undefined behaviour (the
+// address+undefined build checks the last two).
 //
 //   fuzz [--target NAME|all] [--iterations N] [--seed S|random] [--verbose]
 //
@@ -218,7 +219,7 @@ constexpr Target kTargets[] = {
     {"wire", tally::fuzz::fuzz_wire, 1},     {"framing", tally::fuzz::fuzz_framing, 1},
     {"json", tally::fuzz::fuzz_json, 1},     {"event", tally::fuzz::fuzz_event, 1},
     {"state", tally::fuzz::fuzz_state, 2},   {"log", tally::fuzz::fuzz_log, 10},
-    {"http", tally::fuzz::fuzz_http, 10},
+    {"http", tally::fuzz::fuzz_http, 10},    {"text", tally::fuzz::fuzz_text, 1},
 };
 
 int usage() {

@@ -84,5 +84,6 @@ void fuzz_http(Context& context);      // every mutation route's body, on a live
 void fuzz_event(Context& context);     // log::EventDecoder
 void fuzz_log(Context& context);       // LogReader and LogTail over a mutated segment
 void fuzz_state(Context& context);     // proj::State::load
+void fuzz_text(Context& context);      // workload CSV, expect files and times
 
 }  // namespace tally::fuzz
