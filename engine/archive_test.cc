@@ -3,6 +3,10 @@
 #include <doctest.h>
 #include <pthread.h>
 #include <sched.h>
+#include <sys/resource.h>
+
+#include <csignal>
+#include <functional>
 
 #include <atomic>
 #include <filesystem>
@@ -897,6 +901,110 @@ TEST_CASE("an archivist stopped by a log that no longer reads back shows in the 
   REQUIRE(balance.ok());
   CHECK(balance->available == 12);
   f.close();
+}
+
+// While it lives, every write of this process past `bytes` of a file fails
+// (EFBIG; SIGXFSZ ignored): a full disk, as LMDB meets it.
+class FileSizeLimit {
+ public:
+  explicit FileSizeLimit(rlim_t bytes) {
+    REQUIRE(getrlimit(RLIMIT_FSIZE, &saved_) == 0);
+    saved_handler_ = std::signal(SIGXFSZ, SIG_IGN);
+    const rlimit limit{bytes, saved_.rlim_max};
+    REQUIRE(setrlimit(RLIMIT_FSIZE, &limit) == 0);
+  }
+  ~FileSizeLimit() {
+    (void)setrlimit(RLIMIT_FSIZE, &saved_);
+    std::signal(SIGXFSZ, saved_handler_);
+  }
+  FileSizeLimit(const FileSizeLimit&) = delete;
+  FileSizeLimit& operator=(const FileSizeLimit&) = delete;
+
+ private:
+  rlimit saved_{};
+  void (*saved_handler_)(int) = SIG_DFL;
+};
+
+// Polls `done` for up to a minute.
+bool eventually(const std::function<bool()>& done) {
+  for (int wait = 0; wait < 6000; wait++) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return done();
+}
+
+TEST_CASE("a history flush or a snapshot that fails on a full disk is tried again, and catches up") {
+  Fixture f;
+  f.options.history = false;
+  f.options.snapshot_every_events = 0;
+  f.open();
+  const std::uint64_t last = run_random_workload(f, 300, 11);
+  f.close();
+
+  // Both stores made before the disk fills: their files hold no more
+  // than their first pages.
+  auto history = snap::HistoryStore::open(history_dir(f.options.data_dir), {});
+  REQUIRE(history.ok());
+  SharedSnapshots snapshots;
+  auto store = snap::SnapshotStore::open(snapshot_dir(f.options.data_dir), {});
+  REQUIRE(store.ok());
+  snapshots.store = std::move(*store);
+  std::uintmax_t largest = 0;
+  for (const std::string& dir :
+       {history_dir(f.options.data_dir), snapshot_dir(f.options.data_dir)}) {
+    largest = std::max(largest, std::filesystem::file_size(dir + "/data.mdb"));
+  }
+  auto full = std::make_unique<FileSizeLimit>(static_cast<rlim_t>(largest));
+
+  ArchivistContext context;
+  context.data_dir = f.options.data_dir;
+  context.snapshots = &snapshots;
+  context.history = history->get();
+  context.committed_seq = [last] { return last; };
+  ArchivistOptions options;
+  options.snapshot_every_events = 100;  // due at once: the log holds more since no snapshot
+  options.snapshot_every_seconds = 0;
+  options.retry_interval = std::chrono::milliseconds(50);
+  auto archivist = Archivist::start(std::move(context), options);
+  REQUIRE(archivist.ok());
+  Archivist& running = **archivist;
+  // Both writes fail, and neither stops the archivist.
+  CHECK(eventually([&] { return running.stats().retrying.code() == ErrorCode::io_error; }));
+  CHECK(running.snapshot_now(std::chrono::seconds(60)).code() == ErrorCode::io_error);
+  CHECK_FALSE(running.wait_history(1, std::chrono::milliseconds(300)));
+  ArchivistStats paused = running.stats();
+  CHECK(paused.failure.ok());
+  CHECK(paused.history_failure.ok());
+  CHECK(paused.snapshot_failure.ok());
+  CHECK(paused.history_seq == 0);
+  CHECK(paused.snapshots_written == 0);
+
+  // Space again: the next tries succeed.
+  full.reset();
+  CHECK(running.wait_history(last, std::chrono::seconds(60)));
+  CHECK(eventually([&] { return running.stats().snapshots_written > 0; }));
+  CHECK(eventually([&] { return running.stats().retrying.ok(); }));
+  const ArchivistStats resumed = running.stats();
+  CHECK(resumed.failure.ok());
+  CHECK(resumed.history_seq == last);
+  CHECK(resumed.last_snapshot_seq == last);
+  archivist->reset();
+
+  const std::unique_ptr<proj::State> truth = brute_force(f.options.data_dir, last);
+  const std::vector<snap::SnapshotInfo> infos = list_snapshots(f.options.data_dir);
+  REQUIRE(infos.size() == 1);
+  CHECK(infos.back().digest == truth->digest());
+  CHECK((*history)->check_chains().ok());
+  CHECK((*history)->position()->seq == last);
+  std::size_t pairs = 0;
+  const Status listed = (*history)->for_each_at(
+      last, [&](std::string_view subject, std::string_view item, proj::Balance balance) {
+        pairs++;
+        CHECK(Balance{balance.available, balance.held} == raw_balance(*truth, subject, item));
+      });
+  CHECK(listed.ok());
+  CHECK(pairs > 0);
 }
 
 }  // namespace

@@ -82,13 +82,29 @@ struct Archivist::Impl {
   // Appends one event to the history, flushing first if its buffer is full.
   Status append_history(const log::Event& event, const log::Record& record);
   bool history_behind() const { return history_on && history_seq < read_seq; }
+  // Whether the history waits to try a failed flush again (pause).
+  bool history_paused() const { return history_retry_at.has_value(); }
   // Whether a wait_history() waits for a seq appended but not flushed: the
   // reading stops for the flush.
   bool reader_waits_for_flush() const {
     const std::uint64_t wanted = history_wanted.load(std::memory_order_relaxed);
-    return history_dirty && wanted > flushed_seq && history_seq >= wanted;
+    return history_dirty && !history_paused() && wanted > flushed_seq && history_seq >= wanted;
   }
+  // Flushes what the history appended; while it is paused, only once its
+  // retry time has come.
   Status flush_history();
+  // A write of `what` that failed with an I/O error (a full disk, say):
+  // its part pauses, keeping what it has, until *retry_at, a retry_interval
+  // from now. resume() ends the pause once such a write succeeds.
+  void pause(const char* what, const Status& failed,
+             std::optional<std::chrono::steady_clock::time_point>* retry_at);
+  void resume(const char* what, std::optional<std::chrono::steady_clock::time_point>* retry_at);
+  // Ends a pause without a word (its part stopped, or resumed).
+  void end_pause(std::optional<std::chrono::steady_clock::time_point>* retry_at);
+  // Takes the outcome of a snapshot's write: an I/O error pauses the
+  // snapshots, damage stops them (stop_snapshots), any other error stops
+  // the archivist.
+  Status settle_snapshot(Status written);
   // Takes a failed read or write of the history index: a damaged index
   // (corrupt) stops only the history, which is set aside for the next open
   // to rebuild, while snapshots go on, and Status() comes back; any other
@@ -150,6 +166,10 @@ struct Archivist::Impl {
   std::chrono::steady_clock::time_point last_snapshot = std::chrono::steady_clock::now();
   std::chrono::steady_clock::time_point last_flush = std::chrono::steady_clock::now();
   bool history_dirty = false;
+  // Set while a failed write of the history or of a snapshot waits to be
+  // tried again (pause): at this time.
+  std::optional<std::chrono::steady_clock::time_point> history_retry_at;
+  std::optional<std::chrono::steady_clock::time_point> snapshot_retry_at;
 
   std::thread thread;
   std::mutex stop_mu;
@@ -219,6 +239,9 @@ Status Archivist::Impl::append_history(const log::Event& event, const log::Recor
     TALLY_TRY(flush_history());
     // Not flushed: stop() gave up on the flush.
     if (abandon_flush.load()) return Status(ErrorCode::closed, "the history flush was given up");
+    // Not flushed either: the flush failed and paused the history, which
+    // takes the event again once it catches up.
+    if (history_paused()) return Status();
     // The flush may have found the index damaged and stopped it.
     appended = history_on ? context.history->append(event, record.checksum) : Status();
   }
@@ -237,7 +260,7 @@ Status Archivist::Impl::lead_round(std::uint64_t committed, bool history_rides) 
     auto more = next_event(*tail, committed, &record, &event);
     if (!more) return more.status();
     if (!*more) break;
-    if (history_on && history_rides && history_seq + 1 == record.seq) {
+    if (history_on && history_rides && !history_paused() && history_seq + 1 == record.seq) {
       Status appended = append_history(event, record);
       if (appended.code() == ErrorCode::closed) break;  // stop() gave up on the flush
       TALLY_TRY(appended);
@@ -258,6 +281,7 @@ Status Archivist::Impl::history_round(bool yield) {
     history_tail.reset();
     return Status();
   }
+  if (history_paused()) return Status();
   if (history_tail == nullptr) {
     const std::string dir = log_dir(context.data_dir);
     auto opened = history_left_at.has_value() && history_left_at->next_seq == history_seq + 1
@@ -278,7 +302,7 @@ Status Archivist::Impl::history_round(bool yield) {
     Status appended = append_history(event, record);
     if (appended.code() == ErrorCode::closed) break;  // stop() gave up on the flush
     TALLY_TRY(appended);
-    if (reader_waits_for_flush()) break;
+    if (history_paused() || reader_waits_for_flush()) break;
   }
   // Caught up: it rides on the lead tail again.
   if (!history_behind()) history_tail.reset();
@@ -289,6 +313,7 @@ Status Archivist::Impl::stop_history(Status status) {
   if (status.ok() || status.code() != ErrorCode::corrupt) return status;
   history_on = false;
   history_dirty = false;
+  end_pause(&history_retry_at);
   // The ledger holds the store open; its files move with the directory.
   const Status aside = snap::set_aside(history_dir(context.data_dir));
   std::fprintf(stderr,
@@ -307,6 +332,7 @@ Status Archivist::Impl::stop_history(Status status) {
 Status Archivist::Impl::stop_snapshots(Status status) {
   if (status.ok() || status.code() != ErrorCode::corrupt) return status;
   state.reset();  // snapshots off, as when the options turn them off
+  end_pause(&snapshot_retry_at);
   {
     std::lock_guard<std::mutex> guard(context.snapshots->mu);
     context.snapshots->failed = true;
@@ -330,10 +356,17 @@ Status Archivist::Impl::flush_history() {
   // events from the log again, as after a crash. A flush into an index of
   // millions of events takes seconds.
   if (!history_dirty || abandon_flush.load()) return Status();
+  if (history_paused() && std::chrono::steady_clock::now() < *history_retry_at) return Status();
   if (Status flushed = context.history->flush(&abandon_flush); !flushed.ok()) {
     if (flushed.code() == ErrorCode::closed && abandon_flush.load()) return Status();
+    // What was appended stays in the store's buffer for the next try.
+    if (flushed.code() == ErrorCode::io_error) {
+      pause("the history flush", flushed, &history_retry_at);
+      return Status();
+    }
     return stop_history(std::move(flushed));
   }
+  resume("the history flush", &history_retry_at);
   history_dirty = false;
   flushed_seq = history_seq;
   last_flush = std::chrono::steady_clock::now();
@@ -341,6 +374,41 @@ Status Archivist::Impl::flush_history() {
   stats.history_seq = history_seq;
   cv.notify_all();
   return Status();
+}
+
+void Archivist::Impl::pause(const char* what, const Status& failed,
+                            std::optional<std::chrono::steady_clock::time_point>* retry_at) {
+  if (!retry_at->has_value()) {
+    std::fprintf(stderr, "tally: %s failed: %s; trying again every %lld ms\n", what,
+                 failed.to_string().c_str(),
+                 static_cast<long long>(options.retry_interval.count()));
+  }
+  *retry_at = std::chrono::steady_clock::now() + options.retry_interval;
+  std::lock_guard<std::mutex> guard(mu);
+  stats.retrying = failed;
+}
+
+void Archivist::Impl::resume(const char* what,
+                             std::optional<std::chrono::steady_clock::time_point>* retry_at) {
+  if (!retry_at->has_value()) return;
+  std::fprintf(stderr, "tally: %s succeeded again\n", what);
+  end_pause(retry_at);
+}
+
+void Archivist::Impl::end_pause(std::optional<std::chrono::steady_clock::time_point>* retry_at) {
+  retry_at->reset();
+  if (history_paused() || snapshot_retry_at.has_value()) return;  // the other still waits
+  std::lock_guard<std::mutex> guard(mu);
+  stats.retrying = Status();
+}
+
+Status Archivist::Impl::settle_snapshot(Status written) {
+  if (written.code() == ErrorCode::io_error) {
+    pause("a snapshot", written, &snapshot_retry_at);
+    return Status();
+  }
+  if (written.ok()) resume("a snapshot", &snapshot_retry_at);
+  return stop_snapshots(std::move(written));
 }
 
 Status Archivist::Impl::write_snapshot() {
@@ -382,9 +450,10 @@ std::uint64_t Archivist::Impl::wait_for_work(std::uint64_t requests, bool* reade
     const std::uint64_t committed = context.committed_seq();
     *reader_waits = history_wanted > stats.history_seq;
     // A reader waiting for a seq not committed yet wakes nothing: there is
-    // nothing to read for it. A history behind the lead is work at once.
-    if (committed >= read_seq + kWakeRecords || history_behind() || stopping ||
-        snapshot_requests > requests ||
+    // nothing to read for it. A history behind the lead is work at once,
+    // unless it waits to try a failed flush again.
+    if (committed >= read_seq + kWakeRecords || (history_behind() && !history_paused()) ||
+        stopping || snapshot_requests > requests ||
         (*reader_waits && history_wanted <= committed) ||
         std::chrono::steady_clock::now() >= until) {
       return committed;
@@ -446,7 +515,10 @@ Status Archivist::Impl::run() {
     // what was not flushed, and a reader past the index replays meanwhile.
     const bool interval_due = !requested && !history_behind() &&
                               now - last_flush >= options.flush_interval;
-    if (reader_waits || interval_due || reader_waits_for_flush()) TALLY_TRY(flush_history());
+    const bool retry_due = history_paused() && now >= *history_retry_at;
+    if (reader_waits || interval_due || retry_due || reader_waits_for_flush()) {
+      TALLY_TRY(flush_history());
+    }
     if (state == nullptr) {
       if (requests > snapshot_answered) {
         finish_snapshot_request(0, Status(ErrorCode::invalid, "snapshots are off"));
@@ -466,16 +538,19 @@ Status Archivist::Impl::run() {
       std::lock_guard<std::mutex> guard(mu);
       stop_begun = stopping;
     }
-    if (((count_due || time_due) && !stop_begun) || (requested && caught_up)) {
+    // After a failed write, a due one waits for its retry time.
+    const bool snapshot_paused = snapshot_retry_at.has_value() && now < *snapshot_retry_at;
+    if (((count_due || time_due) && !stop_begun && !snapshot_paused) ||
+        (requested && caught_up)) {
       Status written = write_snapshot();
       if (requested && caught_up) finish_snapshot_request(read_seq, written);
-      TALLY_TRY(stop_snapshots(std::move(written)));
+      TALLY_TRY(settle_snapshot(std::move(written)));
     }
   }
   // Catch the history up with what the ledger committed, until stop() gives
   // up: a short-lived ledger (a batch job, a test) then leaves a current
   // index.
-  while (history_on && !abandon.load()) {
+  while (history_on && !history_paused() && !abandon.load()) {
     const std::uint64_t committed = context.committed_seq();
     if (read_seq >= committed && !history_behind()) break;
     TALLY_TRY(lead_round(committed, /*history_rides=*/true));

@@ -16,6 +16,10 @@
 // snapshot asked for went first), it reads on a second tail, so that the
 // state and its snapshots never wait for the history's catch-up, which
 // takes minutes on a large index.
+// A write of either that fails with an I/O error (a full disk, say) pauses
+// that part, which keeps what it has and tries again every retry_interval;
+// the other part goes on. Any other error stops both, and damage stops the
+// damaged part (ArchivistStats).
 // The copy costs the state's memory a second time; the alternatives (a
 // copy-on-write fork, stopping the writer to serialise its state) stall
 // the writer instead. docs/snapshots.md gives the measurements.
@@ -58,6 +62,11 @@ struct ArchivistOptions {
   // of the log since the last one. While the history catches up from far
   // behind, it is flushed only when its buffer is full.
   std::chrono::milliseconds flush_interval{1000};
+  // How long after a write of the history or of a snapshot failed with an
+  // I/O error it is tried again. Meanwhile the history falls behind and
+  // catches up once a flush succeeds; due snapshots wait, while one asked
+  // for (snapshot_now) is tried at once.
+  std::chrono::milliseconds retry_interval{10'000};
 };
 
 // What the archivist works on; every pointer is borrowed and must outlive it.
@@ -88,6 +97,9 @@ struct ArchivistStats {
   // Why the snapshots stopped while the history goes on: their store was
   // found damaged (corrupt) as one was written, and set aside.
   Status snapshot_failure;
+  // The last I/O error of a write of the history or of a snapshot that is
+  // to be tried again (ArchivistOptions::retry_interval); ok when none is.
+  Status retrying;
 };
 
 class Archivist {

@@ -876,6 +876,7 @@ LedgerStats Ledger::stats() {
     stats.archivist_failed = !archive.failure.ok();
     stats.history_failed = !archive.history_failure.ok();
     stats.snapshots_failed = !archive.snapshot_failure.ok();
+    stats.archivist_retrying = !archive.retrying.ok();
   }
   stats.read_only = read_only();
   std::lock_guard<std::mutex> guard(impl_->mu);

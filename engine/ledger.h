@@ -115,6 +115,10 @@ struct LedgerStats {
   // snapshots stopped (the store set aside; the next open begins a new one
   // and replays the log) while the history goes on.
   bool snapshots_failed = false;
+  // A write of the history or of a snapshot failed with an I/O error (a
+  // full disk, say; logged) and is tried again every 10 s: the history
+  // falls behind, or due snapshots wait, until one succeeds.
+  bool archivist_retrying = false;
 };
 
 class Ledger final : public LedgerApi {

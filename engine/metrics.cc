@@ -172,6 +172,10 @@ std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed) con
                 "1 once the snapshot store was found damaged (logged): snapshots stopped, and the "
                 "next open begins a new store; the history goes on.",
                 stats.snapshots_failed ? 1 : 0);
+  append_single(&out, "tally_archivist_retrying", "gauge",
+                "1 while a write of the history or of a snapshot that failed with an I/O error "
+                "(logged) waits to be tried again.",
+                stats.archivist_retrying ? 1 : 0);
   append_single(&out, "tally_read_only", "gauge",
                 "1 once a write failed: every request is refused until the server restarts.",
                 stats.read_only ? 1 : 0);
