@@ -847,20 +847,44 @@ TEST_CASE("a damaged record of the history index leaves the read to the log") {
   CHECK(through->available == kMarked);
 }
 
-TEST_CASE("the history is flushed at once for a reader waiting for it, not only on the interval") {
-  Fixture f;
+// Polls `done` for up to a minute.
+bool eventually(const std::function<bool()>& done) {
+  for (int wait = 0; wait < 6000; wait++) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return done();
+}
+
+// Writes `ops` ops of a random workload with neither history nor
+// snapshots, and closes the ledger: its last seq.
+std::uint64_t write_log_only(Fixture& f, int ops, std::uint32_t seed) {
   f.options.history = false;
   f.options.snapshot_every_events = 0;
   f.open();
-  const std::uint64_t last = run_random_workload(f, 300, 5);
+  const std::uint64_t last = run_random_workload(f, ops, seed);
   f.close();
+  return last;
+}
+
+// What an archivist of the closed ledger's directory works on, its log
+// committed up to `last`.
+ArchivistContext closed_context(const Fixture& f, snap::HistoryStore* history,
+                                std::uint64_t last) {
+  ArchivistContext context;
+  context.data_dir = f.options.data_dir;
+  context.history = history;
+  context.committed_seq = [last] { return last; };
+  return context;
+}
+
+TEST_CASE("the history is flushed at once for a reader waiting for it, not only on the interval") {
+  Fixture f;
+  const std::uint64_t last = write_log_only(f, 300, 5);
 
   auto history = snap::HistoryStore::open(history_dir(f.options.data_dir), {});
   REQUIRE(history.ok());
-  ArchivistContext context;
-  context.data_dir = f.options.data_dir;
-  context.history = history->get();
-  context.committed_seq = [last] { return last; };
+  ArchivistContext context = closed_context(f, history->get(), last);
   ArchivistOptions options;
   options.snapshot_every_events = 0;
   options.snapshot_every_seconds = 0;
@@ -888,12 +912,7 @@ TEST_CASE("an archivist stopped by a log that no longer reads back shows in the 
   faulty.flip_bit_in_next_write((log::kFrameHeaderSize + 5) * 8 + 3);
   f.ok(f.ledger->acquire("a2", "alice", "gold", 6));
   // The archivist reads that record back and stops on it.
-  bool failed = false;
-  for (int wait = 0; wait < 6000 && !failed; wait++) {
-    failed = f.ledger->stats().archivist_failed;
-    if (!failed) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  CHECK(failed);
+  CHECK(eventually([&] { return f.ledger->stats().archivist_failed; }));
   CHECK(f.ledger->snapshot_now().code() == ErrorCode::corrupt);
   // The ledger itself goes on, from its memory.
   f.ok(f.ledger->acquire("a3", "alice", "gold", 1));
@@ -925,23 +944,9 @@ class FileSizeLimit {
   void (*saved_handler_)(int) = SIG_DFL;
 };
 
-// Polls `done` for up to a minute.
-bool eventually(const std::function<bool()>& done) {
-  for (int wait = 0; wait < 6000; wait++) {
-    if (done()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return done();
-}
-
 TEST_CASE("a history flush or a snapshot that fails on a full disk is tried again, and catches up") {
   Fixture f;
-  f.options.history = false;
-  f.options.snapshot_every_events = 0;
-  f.open();
-  const std::uint64_t last = run_random_workload(f, 300, 11);
-  f.close();
-
+  const std::uint64_t last = write_log_only(f, 300, 11);
   // Both stores made before the disk fills: their files hold no more
   // than their first pages.
   auto history = snap::HistoryStore::open(history_dir(f.options.data_dir), {});
@@ -957,11 +962,8 @@ TEST_CASE("a history flush or a snapshot that fails on a full disk is tried agai
   }
   auto full = std::make_unique<FileSizeLimit>(static_cast<rlim_t>(largest));
 
-  ArchivistContext context;
-  context.data_dir = f.options.data_dir;
+  ArchivistContext context = closed_context(f, history->get(), last);
   context.snapshots = &snapshots;
-  context.history = history->get();
-  context.committed_seq = [last] { return last; };
   ArchivistOptions options;
   options.snapshot_every_events = 100;  // due at once: the log holds more since no snapshot
   options.snapshot_every_seconds = 0;
