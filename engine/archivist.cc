@@ -144,6 +144,9 @@ struct Archivist::Impl {
   std::atomic<std::uint64_t> history_wanted{0};
   Result<std::uint64_t> snapshot_answer{std::uint64_t{0}};
   ArchivistStats stats;
+  // The history waits to try a failed flush again: a wait_history() does
+  // not wait for it.
+  bool history_waits_retry = false;
 
   // Owned by the thread.
   bool history_on = options.history;  // until stop_history()
@@ -386,6 +389,8 @@ void Archivist::Impl::pause(const char* what, const Status& failed,
   *retry_at = std::chrono::steady_clock::now() + options.retry_interval;
   std::lock_guard<std::mutex> guard(mu);
   stats.retrying = failed;
+  history_waits_retry = history_paused();
+  cv.notify_all();  // a wait_history() waits no more
 }
 
 void Archivist::Impl::resume(const char* what,
@@ -397,9 +402,10 @@ void Archivist::Impl::resume(const char* what,
 
 void Archivist::Impl::end_pause(std::optional<std::chrono::steady_clock::time_point>* retry_at) {
   retry_at->reset();
-  if (history_paused() || snapshot_retry_at.has_value()) return;  // the other still waits
   std::lock_guard<std::mutex> guard(mu);
-  stats.retrying = Status();
+  history_waits_retry = history_paused();
+  // Unless the other part still waits.
+  if (!history_paused() && !snapshot_retry_at.has_value()) stats.retrying = Status();
 }
 
 Status Archivist::Impl::settle_snapshot(Status written) {
@@ -629,7 +635,7 @@ bool Archivist::wait_history(std::uint64_t seq, std::chrono::milliseconds timeou
   return impl.cv.wait_for(guard, timeout,
                           [&] {
                             return impl.stats.history_seq >= seq || impl.stopped ||
-                                   !impl.stats.history_failure.ok();
+                                   !impl.stats.history_failure.ok() || impl.history_waits_retry;
                           }) &&
          impl.stats.history_seq >= seq;
 }

@@ -118,7 +118,9 @@ class Archivist {
   // called; returns its seq. invalid when snapshots are off.
   Result<std::uint64_t> snapshot_now(std::chrono::milliseconds timeout);
   // Waits until the history projection reaches `seq` or the timeout
-  // passes; true when it did.
+  // passes; true when it did. False at once when the history stopped, or
+  // waits to try a failed flush again (ArchivistOptions::retry_interval):
+  // the reader then goes to the log.
   bool wait_history(std::uint64_t seq, std::chrono::milliseconds timeout);
   // Whether the history stopped on a damaged index (stats().history_failure
   // is set): a read's check, without the lock and the copy of stats().
