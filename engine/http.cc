@@ -800,8 +800,9 @@ void HttpSession::health(http::verb method) {
   }
   if (!core_.serving()) {
     std::string extra;
-    if (const std::atomic<std::uint64_t>* replayed = core_.options().starting_events) {
-      extra = ",\"replayed_events\":" + std::to_string(replayed->load());
+    if (const OpenProgress* progress = core_.options().starting) {
+      extra = ",\"snapshot_seq\":" + std::to_string(progress->snapshot_seq.load()) +
+              ",\"replayed_events\":" + std::to_string(progress->events.load());
     }
     return send(starting_response("starting", std::move(extra)), false);
   }

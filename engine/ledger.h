@@ -77,9 +77,10 @@ struct LedgerOptions {
   // log stops and open() returns closed (a server told to stop while it
   // starts). nullptr: the open runs to its end.
   const std::atomic<bool>* cancel_open = nullptr;
-  // Borrowed; when set, open() keeps it at the events its replay of the log
-  // applied so far (a server says so while it starts).
-  std::atomic<std::uint64_t>* open_progress = nullptr;
+  // Borrowed; when set, open() keeps it at the snapshot it loads and the
+  // events its replay of the log applied so far (a server says so while it
+  // starts).
+  OpenProgress* open_progress = nullptr;
 };
 
 struct LedgerStats {

@@ -453,12 +453,25 @@ TEST_CASE("cancel_open stops the open's replay with closed; open_progress counts
   f.options.cancel_open = &cancel;
   CHECK(Ledger::open(f.options).code() == ErrorCode::closed);
   cancel = false;
-  std::atomic<std::uint64_t> progress{0};
+  OpenProgress progress;
   f.options.open_progress = &progress;
   f.reopen();
   CHECK(f.balance("alice", "gold").available == 50);
   CHECK(f.ledger->stats().events_replayed == 50);
-  CHECK(progress.load() == 50);
+  CHECK(progress.snapshot_seq.load() == 0);  // no snapshot: the whole log
+  CHECK(progress.events.load() == 50);
+
+  // From a snapshot: its seq, and the events after it.
+  REQUIRE(f.ledger->snapshot_now().ok());
+  for (int op_index = 50; op_index < 70; op_index++) {
+    f.ok(f.ledger->acquire(name("a", op_index), "alice", "gold", 1));
+  }
+  OpenProgress from_snapshot;
+  f.options.open_progress = &from_snapshot;
+  f.reopen();
+  CHECK(f.balance("alice", "gold").available == 70);
+  CHECK(from_snapshot.snapshot_seq.load() == 50);
+  CHECK(from_snapshot.events.load() == 20);
 }
 
 TEST_CASE("concurrent callers share fsyncs") {

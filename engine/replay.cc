@@ -73,7 +73,10 @@ Result<Start> start_from_snapshot(const ReplayOptions& options, log::FileSystem&
   std::uint64_t max_seq = *seq_max;
   while (max_seq > 0) {
     std::vector<snap::SkippedSnapshot> skipped;
-    auto loaded = store.load_newest_valid(max_seq, options.state_options, &skipped, options.cancel);
+    std::atomic<std::uint64_t>* loading =
+        options.progress != nullptr ? &options.progress->snapshot_seq : nullptr;
+    auto loaded = store.load_newest_valid(max_seq, options.state_options, &skipped, options.cancel,
+                                          loading);
     // A snapshot this walk already passed over is reported once.
     for (snap::SkippedSnapshot& one : skipped) {
       if (one.seq <= max_seq) report->skipped.push_back(std::move(one));
@@ -408,9 +411,11 @@ Result<Replayed> replay(const ReplayOptions& options) {
       start = std::move(*found);
     }
   }
-  if (start.state != nullptr) {
-    out.report.snapshot_seq = start.state->last_seq();
-  } else {
+  if (start.state != nullptr) out.report.snapshot_seq = start.state->last_seq();
+  if (options.progress != nullptr) {
+    options.progress->snapshot_seq.store(out.report.snapshot_seq, std::memory_order_relaxed);
+  }
+  if (start.state == nullptr) {
     start.state = std::make_unique<proj::State>(options.state_options);
     auto reader = log::LogReader::open(fs, log_dir(options.data_dir), {.keep_previous_segment = true});
     if (!reader) return reader.status();
@@ -453,7 +458,7 @@ Result<Replayed> replay(const ReplayOptions& options) {
     if (!applied.ok()) return located(fs, options.data_dir, std::move(applied));
     out.report.events++;
     if (options.progress != nullptr && out.report.events % kProgressEvents == 0) {
-      options.progress->store(out.report.events, std::memory_order_relaxed);
+      options.progress->events.store(out.report.events, std::memory_order_relaxed);
     }
     if (options.applied &&
         (every_event || listed_next(applied_seqs, &next_applied, due->record.seq))) {
@@ -463,7 +468,7 @@ Result<Replayed> replay(const ReplayOptions& options) {
   }
   if (!ahead.status().ok()) return located(fs, options.data_dir, ahead.status());
   if (options.progress != nullptr) {
-    options.progress->store(out.report.events, std::memory_order_relaxed);
+    options.progress->events.store(out.report.events, std::memory_order_relaxed);
   }
   out.report.reached_end = ahead.reached_end();
   if (out.report.reached_end) out.report.end = start.reader->end();

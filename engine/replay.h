@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/types.h"
 #include "log/event.h"
 #include "log/file.h"
 #include "log/reader.h"
@@ -64,9 +65,10 @@ struct ReplayOptions {
   // Borrowed; when set, checked before each event: once it is true the
   // replay stops with `closed` (an owner that is shutting down).
   const std::atomic<bool>* cancel = nullptr;
-  // Borrowed; when set, the events applied so far: every 4096 and at the
-  // end (for a server that says how far its open is).
-  std::atomic<std::uint64_t>* progress = nullptr;
+  // Borrowed; when set, the snapshot being loaded and then started from,
+  // and the events applied so far (for a server that says how far its open
+  // is).
+  OpenProgress* progress = nullptr;
 };
 
 struct ReplayReport {

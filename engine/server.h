@@ -71,9 +71,9 @@ struct ServerOptions {
   std::uint32_t http_header_bytes_max = 16u << 10;
   // How long stop() waits for connections to finish before closing them.
   std::int64_t shutdown_grace_ms = 10'000;
-  // Borrowed; when set, GET /health reports it while the server starts, as
-  // the events its ledger's open replayed so far (LedgerOptions::open_progress).
-  const std::atomic<std::uint64_t>* starting_events = nullptr;
+  // Borrowed; when set, GET /health reports it while the server starts: how
+  // far its ledger's open is (LedgerOptions::open_progress).
+  const OpenProgress* starting = nullptr;
   // Where connection-level problems are reported; nullptr: stderr.
   std::function<void(std::string_view)> log;
 };

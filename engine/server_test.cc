@@ -1071,8 +1071,10 @@ TEST_CASE("server: bound before its ledger, it answers starting; a Client waits 
   options.binary_listen = "127.0.0.1:0";
   options.http_listen = "127.0.0.1:0";
   options.log = [](std::string_view) {};
-  std::atomic<std::uint64_t> replayed{4096};  // what the open has done so far
-  options.starting_events = &replayed;
+  OpenProgress progress;  // what the open has done so far
+  progress.snapshot_seq = 1000;
+  progress.events = 4096;
+  options.starting = &progress;
   auto bound = Server::bind(options);
   REQUIRE(bound.ok());
   Server& server = **bound;
@@ -1080,8 +1082,9 @@ TEST_CASE("server: bound before its ledger, it answers starting; a Client waits 
   CHECK(health.status == 503);
   CHECK(health.code() == "starting");
   CHECK(health.header("Retry-After") == "1");
+  CHECK(health.integer("snapshot_seq") == 1000);
   CHECK(health.integer("replayed_events") == 4096);
-  replayed = 8192;
+  progress.events = 8192;
   CHECK(get(server.http_port(), "/health").integer("replayed_events") == 8192);
   const Reply read = get(server.http_port(), "/v1/balances/alice/gold");
   CHECK(read.status == 503);

@@ -1,6 +1,7 @@
 // Value types of the public API: requests, receipts, balances, options.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -137,5 +138,14 @@ enum class Durability : std::uint8_t {
 };
 std::string_view durability_name(Durability durability);
 bool parse_durability(std::string_view text, Durability* out);
+
+// How far an open is (LedgerOptions::open_progress), for a caller that says
+// so while it waits: the seq of the snapshot it loads, then of the one it
+// started from (0: none, the whole log is replayed), and the events it has
+// replayed from the log after that (every 4096, and at the end).
+struct OpenProgress {
+  std::atomic<std::uint64_t> snapshot_seq{0};
+  std::atomic<std::uint64_t> events{0};
+};
 
 }  // namespace tally

@@ -502,7 +502,8 @@ Result<std::unique_ptr<proj::State>> SnapshotStore::Env::load_one(
 
 Result<LoadedSnapshot> SnapshotStore::load_newest_valid(
     std::uint64_t max_seq, const proj::StateOptions& state_options,
-    std::vector<SkippedSnapshot>* skipped, const std::atomic<bool>* cancel) const {
+    std::vector<SkippedSnapshot>* skipped, const std::atomic<bool>* cancel,
+    std::atomic<std::uint64_t>* loading) const {
   Txn txn;
   TALLY_TRY(txn.begin(*env_->env, MDB_RDONLY));
   std::vector<Result<Meta>> metas;
@@ -524,6 +525,7 @@ Result<LoadedSnapshot> SnapshotStore::load_newest_valid(
                                                          std::to_string(max_seq)));
       continue;
     }
+    if (loading != nullptr) loading->store(meta.info.seq, std::memory_order_relaxed);
     Result<std::unique_ptr<proj::State>> state = env_->load_one(txn, meta, state_options, cancel);
     if (!state) {
       // An LMDB failure is not a property of this snapshot, nor is a

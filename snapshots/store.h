@@ -112,11 +112,14 @@ class SnapshotStore {
   // with `options`. Every snapshot passed over is appended to *skipped
   // (if not null) with its reason; one above max_seq is skipped as invalid.
   // not_found when none verifies: replay the whole log. `cancel` (borrowed;
-  // may be null) stops a load under way once set: closed.
+  // may be null) stops a load under way once set: closed. `loading`
+  // (borrowed; may be null) is set to each snapshot's seq as its load
+  // begins.
   Result<LoadedSnapshot> load_newest_valid(std::uint64_t max_seq,
                                            const proj::StateOptions& options,
                                            std::vector<SkippedSnapshot>* skipped,
-                                           const std::atomic<bool>* cancel = nullptr) const;
+                                           const std::atomic<bool>* cancel = nullptr,
+                                           std::atomic<std::uint64_t>* loading = nullptr) const;
 
  private:
   struct Env;

@@ -184,10 +184,12 @@ TEST_CASE("a corrupt newest snapshot falls back to the older; all corrupt is not
   flip_chunk_byte(dir, newest, 0, 40);
   std::unique_ptr<SnapshotStore> store = open_store(dir);
   std::vector<SkippedSnapshot> skipped;
+  std::atomic<std::uint64_t> loading{0};  // the seq of the snapshot whose load began last
   Result<LoadedSnapshot> loaded =
-      store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, &skipped);
+      store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, &skipped, nullptr, &loading);
   REQUIRE_MESSAGE(loaded.ok(), loaded.status().to_string());
   CHECK(loaded->info.seq == newest - 1);
+  CHECK(loading.load() == newest - 1);
   CHECK(loaded->state->digest() == run.digests[newest - 1]);
   REQUIRE(skipped.size() == 1);
   CHECK(skipped[0].seq == newest);

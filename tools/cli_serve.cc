@@ -133,9 +133,9 @@ int run_serve(const Args& args) {
   // before DATA is created or locked, and while a long log is replayed
   // clients are told the server is starting (and how far the replay is)
   // instead of being refused.
-  std::atomic<std::uint64_t> replayed{0};
-  options->starting_events = &replayed;
-  ledger_options.open_progress = &replayed;
+  OpenProgress progress;
+  options->starting = &progress;
+  ledger_options.open_progress = &progress;
   auto server = Server::bind(*options);
   if (!server) {
     // A bad address or a missing token is the command line's fault.
