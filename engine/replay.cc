@@ -70,11 +70,11 @@ Result<Start> start_from_snapshot(const ReplayOptions& options, log::FileSystem&
     report->skipped.push_back(snap::SkippedSnapshot{0, seq_max.status()});
     return Start{};
   }
+  std::atomic<std::uint64_t>* loading =
+      options.progress != nullptr ? &options.progress->snapshot_seq : nullptr;
   std::uint64_t max_seq = *seq_max;
   while (max_seq > 0) {
     std::vector<snap::SkippedSnapshot> skipped;
-    std::atomic<std::uint64_t>* loading =
-        options.progress != nullptr ? &options.progress->snapshot_seq : nullptr;
     auto loaded = store.load_newest_valid(max_seq, options.state_options, &skipped, options.cancel,
                                           loading);
     // A snapshot this walk already passed over is reported once.

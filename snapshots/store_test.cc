@@ -603,9 +603,12 @@ TEST_CASE("a cancelled load stops with closed and passes over no snapshot") {
   run_script(store.get(), &run);
   std::atomic<bool> cancel{true};
   std::vector<SkippedSnapshot> skipped;
-  CHECK(store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, &skipped, &cancel).code() ==
-        ErrorCode::closed);
+  std::atomic<std::uint64_t> loading{0};
+  CHECK(store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, &skipped, &cancel,
+                                 &loading).code() == ErrorCode::closed);
   CHECK(skipped.empty());  // none of them is bad: the load was stopped
+  // Named as its load began, before the cancel stopped it.
+  CHECK(loading.load() == run.digests.size() - 1);
   cancel = false;
   Result<LoadedSnapshot> loaded =
       store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, &skipped, &cancel);
