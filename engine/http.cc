@@ -14,6 +14,9 @@
 #include <cctype>
 #include <optional>
 #include <span>
+#include <string>
+#include <string_view>
+#include <vector>
 
 #include "engine/event_format.h"
 #include "engine/json.h"
@@ -577,6 +580,61 @@ Result<EventsPage> read_events_page(EventFeed& feed, const EventsQuery& query) {
 
 std::string_view view(beast::string_view text) { return std::string_view(text.data(), text.size()); }
 
+// ---- message framing -----------------------------------------------------------
+
+// Why a request's Transfer-Encoding leaves its body unreadable, or nothing
+// when it has none or only "chunked". Beast frames a body as chunked when
+// that coding is the last and ignores any other, so without this check a
+// request that says "gzip" would be read by its Content-Length (or as
+// bodiless) and its body as the next request. RFC 9112 6.1 and 6.3: a
+// final coding other than chunked, chunked twice, or any Transfer-Encoding
+// in HTTP/1.0 is 400; another coding before chunked is one tally does not
+// implement, 501. Either way the connection closes: the body is not read.
+struct FramingProblem {
+  http::status status;
+  std::string_view code;
+  std::string detail;
+};
+
+std::optional<FramingProblem> transfer_coding_problem(const http::request_header<>& header) {
+  std::vector<std::string_view> codings;
+  bool present = false;
+  const auto [first, last] = header.equal_range(http::field::transfer_encoding);
+  for (auto field = first; field != last; ++field) {
+    present = true;
+    std::string_view rest = view(field->value());
+    while (!rest.empty()) {
+      const std::size_t comma = rest.find(',');
+      std::string_view coding = rest.substr(0, comma);
+      rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+      const auto space = [](char c) { return c == ' ' || c == '\t'; };
+      while (!coding.empty() && space(coding.front())) coding.remove_prefix(1);
+      while (!coding.empty() && space(coding.back())) coding.remove_suffix(1);
+      if (!coding.empty()) codings.push_back(coding);
+    }
+  }
+  if (!present) return std::nullopt;
+  const auto bad = [](std::string detail) {
+    return FramingProblem{http::status::bad_request, "invalid", std::move(detail)};
+  };
+  if (header.version() < 11) return bad("Transfer-Encoding in an HTTP/1.0 request");
+  const auto is_chunked = [](std::string_view coding) {
+    return beast::iequals(beast::string_view(coding.data(), coding.size()), "chunked");
+  };
+  if (codings.empty() || !is_chunked(codings.back())) {
+    return bad("the last transfer coding of a request must be chunked");
+  }
+  if (std::count_if(codings.begin(), codings.end(), is_chunked) > 1) {
+    return bad("the chunked transfer coding is applied more than once");
+  }
+  if (codings.size() > 1) {
+    return FramingProblem{http::status::not_implemented, "not_implemented",
+                          "transfer coding \"" + std::string(codings.front()) +
+                              "\" is not supported: only chunked is"};
+  }
+  return std::nullopt;
+}
+
 // One HTTP connection. Every method runs on its strand.
 class HttpSession final : public Session, public std::enable_shared_from_this<HttpSession> {
  public:
@@ -626,6 +684,10 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     if (ec) return on_read(ec);
     version_ = parser_->get().version();
     head_ = parser_->get().method() == http::verb::head;
+    if (auto framing = transfer_coding_problem(parser_->get().base())) {
+      reading_ = false;
+      return refuse(framing->status, framing->code, std::move(framing->detail));
+    }
     const auto read_body = [self = shared_from_this()] {
       http::async_read(self->stream_, self->buffer_, *self->parser_,
                        [self](beast::error_code read_ec, std::size_t) { self->on_read(read_ec); });

@@ -1,9 +1,9 @@
 // The HTTP API's contract (docs/http-api.md) where an audit found it loose:
 // holds as of a point, unknown parameters, audit fields inside batch ops,
 // 405 and Allow, strict JSON, capped feed parameters, names in read paths, metrics
-// of refused requests, the bearer scheme's case, and hold_key. Against a
-// real server on ephemeral 127.0.0.1 ports (engine/server_fixture.h); no
-// timed assertions.
+// of refused requests, the bearer scheme's case, hold_key, and transfer
+// codings. Against a real server on ephemeral 127.0.0.1 ports
+// (engine/server_fixture.h); no timed assertions.
 #include <doctest.h>
 
 #include <cstdint>
@@ -238,6 +238,58 @@ TEST_CASE("http api: an HTTP/1.1 request names exactly one Host; HTTP/1.0 may na
   CHECK(next_seq(port) == before);
   CHECK(send_raw_until_closed(port, "GET /health HTTP/1.0\r\n\r\n")
             .starts_with("HTTP/1.0 200 OK\r\n"));
+}
+
+TEST_CASE("http api: a transfer coding other than one final chunked is refused, the body unread") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  const std::uint64_t before = next_seq(port);
+  // Read as a body, or as the next request by a server that ignored the
+  // coding: either way it must not be answered.
+  const std::string smuggled = "GET /v1/balances/berlin/sku HTTP/1.1\r\nHost: h\r\n\r\n";
+  const std::string body(kAcquire);
+  struct Case {
+    std::string version;
+    std::string headers;
+    std::string_view status;
+    std::string_view code;
+  };
+  const Case cases[] = {
+      {"1.1", "Transfer-Encoding: gzip\r\n", "400", "invalid"},
+      {"1.1", "Transfer-Encoding: gzip\r\nContent-Length: " + std::to_string(body.size()) + "\r\n",
+       "400", "invalid"},
+      {"1.1", "Transfer-Encoding: chunked, gzip\r\n", "400", "invalid"},
+      {"1.1", "Transfer-Encoding: chunked,chunked\r\n", "400", "invalid"},
+      {"1.1", "Transfer-Encoding: ,\r\n", "400", "invalid"},
+      {"1.0", "Transfer-Encoding: chunked\r\n", "400", "invalid"},
+      {"1.1", "Transfer-Encoding: xyz, chunked\r\n", "501", "not_implemented"},
+      {"1.1", "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n", "501",
+       "not_implemented"},
+  };
+  int key = 0;
+  for (const Case& test : cases) {
+    CAPTURE(test.headers);
+    const std::string answer = send_raw_until_closed(
+        port, "POST /v1/acquire HTTP/" + test.version + "\r\nHost: h\r\nIdempotency-Key: te" +
+                  std::to_string(key++) + "\r\n" + test.headers + "\r\n" + body + smuggled);
+    CHECK(answer.starts_with("HTTP/" + test.version + " " + std::string(test.status) + " "));
+    CHECK(answer.find("\"code\":\"" + std::string(test.code) + "\"") != std::string::npos);
+    // One answer (each has a Content-Length), then closed.
+    CHECK(answer.find("Content-Length:") == answer.rfind("Content-Length:"));
+  }
+  CHECK(next_seq(port) == before);
+
+  // One chunked coding, in any case, is read.
+  std::string chunks;
+  for (std::size_t at = 0; at < body.size(); at += 8) {
+    const std::string part = body.substr(at, 8);
+    chunks += std::to_string(part.size()) + "\r\n" + part + "\r\n";  // under 10: hex alike
+  }
+  const std::string answer = send_raw_until_closed(
+      port, "POST /v1/acquire HTTP/1.1\r\nHost: h\r\nIdempotency-Key: chunked\r\n"
+            "Connection: close\r\nTransfer-Encoding:  Chunked \r\n\r\n" + chunks + "0\r\n\r\n");
+  CHECK(answer.starts_with("HTTP/1.1 200 "));
+  CHECK(fx.ledger->balance("berlin", "sku")->available == 5);
 }
 
 TEST_CASE("http api: HTTP/1.0 keep-alive is answered in 1.0 and kept; Expect: 100-continue") {
