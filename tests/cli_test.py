@@ -709,8 +709,12 @@ def test_verify_finds_a_flipped_byte():
 
 
 def test_verify_accepts_a_torn_tail():
+    # A write that did not finish: no snapshot or index holds its events (they hold only
+    # durable ones), so these are removed; otherwise the loss is a failure (below).
     f = fixture()
     data = f.copy_data("torn")
+    for store in ("snapshots", "history"):
+        shutil.rmtree(os.path.join(data, store), ignore_errors=True)
     segment = only_segment(data)
     offset, length = segment_frames(segment)[-1]
     flip_byte(segment, offset + FRAME_HEADER_BYTES + length - 1)
@@ -1594,17 +1598,20 @@ def test_a_snapshot_store_found_damaged_stops_alone():
 
 
 def test_a_stale_history_index_is_not_used():
-    # An index of another log is reported by verify, not used by the reads, and not a failure.
+    # An index of another, longer log is not used by the reads. verify cannot tell it from an
+    # index of events this log lost, and fails.
     h = history_fixture()
     f = fixture()
     index_source = f.copy_data("other-index")
     tally("history", "--data", index_source, "--rebuild", expect_exit=0)
+    assert len(f.events) > h.last_seq
     data = os.path.join(new_dir("stale-index"), "data")
     shutil.copytree(h.absent, data)
     shutil.copytree(os.path.join(index_source, "history"), os.path.join(data, "history"))
-    _, out, _ = tally("verify", "--data", data, "--json", expect_exit=0)
+    _, out, err = tally("verify", "--data", data, "--json", expect_exit=1)
     history = json.loads(text(out))["history"]
-    assert history["standing"] in ("ahead", "mismatch"), history
+    assert history["standing"] == "ahead", history
+    assert "events after it are lost" in err, err
     seq = h.half_seq + 3
     want = export_lines(balances_at(h.events, [seq])[seq])
     _, out, err = tally("export", "--data", data, "--at-seq", str(seq), expect_exit=0)
@@ -1614,6 +1621,30 @@ def test_a_stale_history_index_is_not_used():
     assert [(r["seq"], r["delta_available"], r["delta_held"])
             for r in map(json.loads, text(out).splitlines())] == \
         [(c[0], c[4], c[5]) for c in pair_changes(h.events, *pair)]
+
+
+def test_verify_fails_when_a_snapshot_or_the_index_holds_events_the_log_lost():
+    # Both describe only durable events, so a log that ends before them lost events: its last
+    # record damaged (a torn tail to the reader) or the file cut at a frame boundary (a clean
+    # end). Either way verify names where the log ends and exits 1.
+    h = history_fixture()
+    for how in ("damaged", "cut"):
+        for kept in ("snapshots", "history"):
+            data = os.path.join(new_dir("lost-%s-%s" % (how, kept)), "data")
+            shutil.copytree(h.complete, data)
+            shutil.rmtree(os.path.join(data, "history" if kept == "snapshots" else "snapshots"))
+            segment = only_segment(data)
+            offset, length = segment_frames(segment)[-1]
+            if how == "damaged":
+                flip_byte(segment, offset + FRAME_HEADER_BYTES + length - 1)
+            else:
+                os.truncate(segment, offset)
+            code, out, err = tally("verify", "--data", data)
+            where = ("the log ends at seq %d (segment %s offset %d): the 1 event after it is lost"
+                     % (h.last_seq - 1, os.path.basename(segment), offset))
+            assert code == 1 and where in err, (how, kept, code, err)
+            assert text(out).startswith("failed: "), (how, kept, text(out))
+            assert ("torn_tail: none" in text(out)) == (how == "cut"), text(out)
 
 
 def test_log_time_and_type_filters():

@@ -190,6 +190,24 @@ void compare_history(const proj::State& state, const log::Record& record, Histor
   }
 }
 
+// For a snapshot or an index holding events up to `held_seq`, past the
+// log's end: they describe only durable events, so the log lost the ones
+// after its end (docs/operations.md). Names where the log ends, when this
+// run read that far: the loss begins there.
+std::string lost_events_text(const VerifySummary& summary, std::uint64_t held_seq) {
+  const std::uint64_t last_seq = summary.log_last_seq;
+  const std::uint64_t lost = held_seq - last_seq;
+  std::string text = "the log ends at seq " + std::to_string(last_seq);
+  if (summary.report.reached_end) {
+    const log::LogEnd& end = summary.report.end;
+    text += end.torn_header ? " (" + log::log_position(end.next_seq, 0) + ")"
+                            : " (" + log::log_position(end.segment_first_seq, end.offset) + ")";
+  }
+  return text + ": the " + std::to_string(lost) + (lost == 1 ? " event" : " events") +
+         " after it " + (lost == 1 ? "is" : "are") +
+         " lost (the log was cut short, or its last records damaged)";
+}
+
 // What the replay could not compare, and why.
 void settle_snapshots(const VerifySummary& summary, std::vector<SnapshotCheck>* checks) {
   for (SnapshotCheck& check : *checks) {
@@ -198,8 +216,7 @@ void settle_snapshots(const VerifySummary& summary, std::vector<SnapshotCheck>* 
     if (seq > summary.log_last_seq) {
       // Recovery cannot use it: the log lost events it holds.
       check.verdict = Verdict::bad;
-      check.detail = "it is past the end of the log (last seq " +
-                     std::to_string(summary.log_last_seq) + ")";
+      check.detail = "it is past the end of the log: " + lost_events_text(summary, seq);
     } else if (seq == summary.report.snapshot_seq) {
       check.detail = "the replay started from it";
     } else if (seq < summary.report.snapshot_seq) {
@@ -275,6 +292,12 @@ Status first_failure(const std::string& data_dir, const VerifySummary& summary) 
   if (index.standing == HistoryStanding::unreadable) {
     return unreadable_store("history index (" + history_dir(data_dir) + "): ", index.problem,
                             history_dir(data_dir));
+  }
+  if (index.standing == HistoryStanding::ahead) {
+    return Status(ErrorCode::corrupt, "history index (" + history_dir(data_dir) +
+                                          "): it holds events up to seq " +
+                                          std::to_string(index.position.seq) + ", but " +
+                                          lost_events_text(summary, index.position.seq));
   }
   if (summary.history.balances == Verdict::bad) {
     return Status(ErrorCode::corrupt, "history index (" + history_dir(data_dir) + "): " +
@@ -388,7 +411,7 @@ std::string history_text(const VerifySummary& summary) {
   }
   std::string text = "seq " + std::to_string(index.position.seq) + " of " +
                      std::to_string(summary.log_last_seq);
-  if (index.standing == HistoryStanding::ahead) return text + ": ahead of the log (stale)";
+  if (index.standing == HistoryStanding::ahead) return text + ": ahead of the log (events lost)";
   if (index.standing == HistoryStanding::mismatch) {
     return text + ": its chain checksum is not the log's (stale)";
   }
@@ -590,8 +613,9 @@ constexpr CommandSpec kVerifySpec = {
     "replay's at that seq, and every entry with the one before (the chains).\n"
     "Exits 1 at the first problem in the log (naming the segment and byte\n"
     "offset), or after the report when a snapshot or the index is bad or does\n"
-    "not open. A torn tail (an unfinished last write) and a stale or lagging\n"
-    "index are reported but are not failures.\n"
+    "not open, or when either holds events past the log's end (the log lost\n"
+    "them). A torn tail (an unfinished last write) and a lagging index, or one\n"
+    "that follows another log, are reported but are not failures.\n"
     "\n"
     "--from-seq N replays from the newest valid snapshot at or below N-1\n"
     "instead of seq 1: flows are then skipped (they need the whole log), and\n"
