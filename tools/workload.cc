@@ -6,6 +6,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <system_error>
 
 #include "engine/ledger.h"
 #include "tools/cli.h"
@@ -376,11 +378,26 @@ class OutFile {
   bool failed_ = false;
 };
 
+// Whether two output paths name one file ("-" is stdout), which would
+// leave the workload and its expect file mixed or one over the other.
+bool same_output(std::string_view a, std::string_view b) {
+  if (a == "-" || b == "-") return a == b;
+  std::error_code a_error;
+  std::error_code b_error;
+  const auto a_path = std::filesystem::weakly_canonical(std::filesystem::path(a), a_error);
+  const auto b_path = std::filesystem::weakly_canonical(std::filesystem::path(b), b_error);
+  if (a_error || b_error) return a == b;
+  return a_path == b_path;
+}
+
 int run_workload(const Args& args) {
   auto spec = parse_spec(args);
   if (!spec) return usage_error("workload", spec.status().message());
   auto out_path = args.required("out");
   if (!out_path) return usage_error("workload", out_path.status().message());
+  if (args.has("expect") && same_output(*out_path, args.get("expect"))) {
+    return usage_error("workload", "--out and --expect name the same file");
+  }
   auto out = OutFile::open(std::string(*out_path));
   if (!out) return failure(out.status());
 
