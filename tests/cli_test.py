@@ -1412,6 +1412,14 @@ def test_verify_reports_snapshots_and_the_history_index():
                       expect_exit=0)
     assert text(out).splitlines()[0].startswith("ok: checksums, chain and invariants verify")
     assert "flows: skipped" in text(out).splitlines()
+    # From the last seq, one event is checked; past it, none could be: that is no pass.
+    _, out, _ = tally("verify", "--data", h.complete, "--from-seq", str(h.last_seq), "--json",
+                      expect_exit=0)
+    assert json.loads(text(out))["from_seq"] <= h.last_seq
+    code, out, err = tally("verify", "--data", h.complete, "--from-seq", str(h.last_seq + 1))
+    assert code == 1 and out == b"" and \
+        "--from-seq %d is past the end of the log (last seq %d)" % (h.last_seq + 1, h.last_seq) \
+        in err, (code, err)
 
 
 def test_verify_fails_on_a_history_index_that_does_not_open():

@@ -372,6 +372,12 @@ Result<VerifySummary> verify_data(const std::string& data_dir, std::uint64_t fro
     if (!last) return last.status();
     summary.log_last_seq = *last;
   }
+  if (from_seq > 1 && from_seq > summary.log_last_seq) {
+    return Status(ErrorCode::invalid, "--from-seq " + std::to_string(from_seq) +
+                                          " is past the end of the log (last seq " +
+                                          std::to_string(summary.log_last_seq) +
+                                          "): nothing to check");
+  }
   settle_snapshots(summary, &summary.snapshots);
   TALLY_TRY(settle_history(data_dir, summary, &summary.history));
   summary.failed = first_failure(data_dir, summary);
