@@ -180,8 +180,11 @@ def test_help_exits_0_for_every_command():
         _, out, _ = tally(command, "--help", expect_exit=0)
         assert text(out).startswith("usage: tally " + command), text(out)
         assert "--help" in text(out)
-    _, out, _ = tally("help", "apply", expect_exit=0)
-    assert text(out).startswith("usage: tally apply")
+    for word in ("help", "--help", "-h"):
+        _, out, _ = tally(word, "apply", expect_exit=0)
+        assert text(out).startswith("usage: tally apply")
+        _, out, _ = tally(word, "help", expect_exit=0)
+        assert text(out).startswith("usage: tally COMMAND")
     # Help wins over every other problem on the line, before or after it.
     tally("apply", "--help", "--data", expect_exit=0)
     tally("apply", "--bogus", "--help", expect_exit=0)
@@ -238,6 +241,9 @@ def test_usage_errors_exit_2():
         ["workload", "--subjects", "10", "--ops", "10", "--out", os.path.join(f.dir, "same"),
          "--expect", os.path.join(f.dir, ".", "same")],
         ["help", "frobnicate"],
+        ["help", "apply", "extra"],
+        ["--version", "extra"],
+        ["--help", "apply", "extra"],
         ["export", "--data", ""],
         ["apply", "--data=", "--workload", f.csv],
         ["log", "--data", f.data, "--from-seq", "5", "--to-seq", "3"],

@@ -82,8 +82,17 @@ int run_cli(int argc, const char* const* argv) {
     std::fprintf(stderr, "tally: see 'tally --help'\n");
     return kExitUsage;
   };
+  // `help COMMAND` (or --help, -h) takes one word; --version none.
+  const std::size_t words_max = name == "--version" ? 2 : 3;
+  if ((name == "--help" || name == "-h" || name == "help" || name == "--version") &&
+      args.size() > words_max) {
+    std::fprintf(stderr, "tally: unexpected argument '%s' after '%s'\n", args[words_max],
+                 args[words_max - 1]);
+    std::fprintf(stderr, "tally: see 'tally --help'\n");
+    return kExitUsage;
+  }
   if (name == "--help" || name == "-h" || name == "help") {
-    if (name == "help" && args.size() > 2) {
+    if (args.size() > 2 && std::string_view(args[2]) != "help") {
       const CliCommand* command = find_command(args[2]);
       if (command == nullptr) return unknown(args[2]);
       return print_help(*command->spec);
