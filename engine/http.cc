@@ -340,6 +340,11 @@ std::string_view origin_form(std::string_view target, std::string* storage) {
 Result<Target> parse_target(std::string_view target) {
   std::string storage;
   target = origin_form(target, &storage);
+  // A fragment is the client's own (RFC 9112 3.2 leaves it out of the
+  // target): a raw '#' is a client that did not encode it in a name.
+  if (target.find('#') != std::string_view::npos) {
+    return bad("'#' in the target: a name holding it is written %23");
+  }
   const std::size_t query = target.find('?');
   std::string_view path = target.substr(0, query);
   if (path.empty() || path.front() != '/') return bad("the target must be an absolute path");

@@ -373,6 +373,10 @@ TEST_CASE("http api: read paths refuse the names mutations refuse, with the same
     CHECK(answer.status == mutation.status);
     CHECK(answer.code() == mutation.code());
   }
+  // A raw '#' is refused, in a path or a query; encoded, it is a name's byte.
+  CHECK_INVALID(get(port, "/v1/balances/a/g#frag"));
+  CHECK_INVALID(get(port, "/v1/balances/a/g?at_seq=0#frag"));
+  CHECK(get(port, "/v1/balances/a/g%23frag").status == 200);
   const Reply nul = get(port, "/v1/balances/a%00b/g");
   CHECK(nul.json().find("detail")->text == "subject contains NUL");
   CHECK(get(port, "/v1/balances/a/g").status == 200);
