@@ -1,6 +1,7 @@
 #include "log/reader.h"
 
 #include <algorithm>
+#include <array>
 #include <cinttypes>
 #include <cstdio>
 
@@ -49,6 +50,63 @@ std::uint64_t find_valid_frame(const std::byte* base, std::uint64_t from, std::u
     if (verify_frame(base, offset, data_end, payload_max, found) == FrameVerdict::valid) return offset;
   }
   return 0;
+}
+
+// Why a segment's header bytes are not those of the segment named for
+// `first_seq`, or "" when they are. *checksum_failed tells a header that
+// does not verify (in the last segment, maybe a torn creation) from one
+// that verifies but says something wrong.
+std::string header_problem(std::span<const std::byte, kSegmentHeaderSize> bytes,
+                           std::uint64_t first_seq, SegmentHeader* header,
+                           bool* checksum_failed) {
+  *checksum_failed = load_u64(bytes.data() + kSegChecksumOffset) != segment_header_checksum(bytes);
+  if (*checksum_failed) return "segment header checksum mismatch";
+  std::string why = decode_segment_header(bytes, header);
+  if (!why.empty()) return why;
+  if (header->first_seq != first_seq) {
+    return "header says first seq " + std::to_string(header->first_seq) +
+           ", the file name says otherwise";
+  }
+  return "";
+}
+
+// A read from a seq skips the segments before the one holding it unread,
+// but checks their headers, which costs one small read each: a log whose
+// first segment is missing, or whose skipped headers are damaged, is
+// refused by every open, not only by a read from the start. Damage inside
+// their frames is found by a full read (`tally verify`).
+Status check_skipped_headers(FileSystem& fs, const std::string& dir,
+                             std::span<const std::uint64_t> first_seqs) {
+  for (std::size_t index = 0; index < first_seqs.size(); index++) {
+    const std::uint64_t first_seq = first_seqs[index];
+    if (index == 0 && first_seq != 1) {
+      return corrupt_at(first_seq, 0, "gap: the segment starts at seq " +
+                                          std::to_string(first_seq) +
+                                          " but the log continues at seq 1");
+    }
+    auto file = fs.open(join_path(dir, segment_file_name(first_seq)), FileSystem::Mode::read_only);
+    if (!file) return file.status();
+    auto size = (*file)->size();
+    if (!size) return size.status();
+    if (*size < kSegmentHeaderSize) {
+      return corrupt_at(first_seq, 0, "damaged segment header: file shorter than the header");
+    }
+    std::array<std::byte, kSegmentHeaderSize> bytes;
+    TALLY_TRY((*file)->read_at(0, bytes));
+    SegmentHeader header;
+    bool checksum_failed = false;
+    const std::string why = header_problem(bytes, first_seq, &header, &checksum_failed);
+    if (!why.empty()) {
+      return corrupt_at(first_seq, 0, checksum_failed ? "damaged segment header: " + why : why);
+    }
+    if (index == 0 && header.prev_checksum != kChainSeed) {
+      return corrupt_at(first_seq, 0, "chain break: header prev_checksum " +
+                                          hex(header.prev_checksum) +
+                                          " is not the previous frame's checksum " +
+                                          hex(kChainSeed));
+    }
+  }
+  return Status();
 }
 
 }  // namespace
@@ -122,15 +180,10 @@ Status LogReader::Impl::load_segment() {
   TALLY_TRY(read_segment());
   if (file_bytes < kSegmentHeaderSize) return torn_or_damaged_header("file shorter than the header");
   const auto header_bytes = std::span<const std::byte, kSegmentHeaderSize>(bytes(), kSegmentHeaderSize);
-  if (load_u64(bytes() + kSegChecksumOffset) != segment_header_checksum(header_bytes)) {
-    return torn_or_damaged_header("segment header checksum mismatch");
-  }
-  const std::string why = decode_segment_header(header_bytes, &header);
+  bool checksum_failed = false;
+  const std::string why = header_problem(header_bytes, first_seq(), &header, &checksum_failed);
+  if (checksum_failed) return torn_or_damaged_header(why.c_str());
   if (!why.empty()) return corrupt(0, why);
-  if (header.first_seq != first_seq()) {
-    return corrupt(0, "header says first seq " + std::to_string(header.first_seq) +
-                          ", the file name says otherwise");
-  }
   if (!chained) {
     expected_seq = header.first_seq;
     expected_prev = header.prev_checksum;
@@ -264,6 +317,8 @@ Result<std::unique_ptr<LogReader>> LogReader::open(FileSystem& fs, const std::st
     if (impl->first_seqs[index] <= options.from_seq) impl->segment_index = index;
   }
   impl->chained = impl->segment_index == 0;
+  TALLY_TRY(check_skipped_headers(
+      fs, dir, std::span<const std::uint64_t>(impl->first_seqs.data(), impl->segment_index)));
   // Private constructor: make_unique cannot reach it.
   return std::unique_ptr<LogReader>(new LogReader(std::move(impl)));
 }

@@ -228,6 +228,14 @@ TEST_CASE("a zeroed middle record followed by valid ones is corruption, not the 
                                    std::to_string(log.offsets[5])) != std::string::npos);
 }
 
+// Reads from the last segment's first seq on: the segments before it are
+// skipped, their headers checked.
+ReadBack read_last_segment(const TempDir& dir, const std::vector<std::uint64_t>& segments) {
+  LogReaderOptions options;
+  options.from_seq = segments.back();
+  return read_log(posix(), dir.log_dir(), options);
+}
+
 TEST_CASE("damage in a segment that is not the last is corruption") {
   TempDir dir;
   const std::vector<std::uint64_t> segments = make_segments(dir, 600);
@@ -235,21 +243,36 @@ TEST_CASE("damage in a segment that is not the last is corruption") {
   const std::string path = segment_path(dir.log_dir(), second);
   const std::vector<std::byte> pristine = read_bytes(path);
 
+  // A damaged header is found by a read from a later seq too, which
+  // reads only the headers of the segments it skips.
   SUBCASE("a flipped bit in its header") {
     std::vector<std::byte> damaged = pristine;
     damaged[kSegFirstSeqOffset] ^= std::byte{1};
     write_bytes(path, damaged);
     require_corrupt(read_log(posix(), dir.log_dir()), prefix(second, 0));
+    require_corrupt(read_last_segment(dir, segments), prefix(second, 0) + "damaged segment header");
   }
   SUBCASE("a zeroed header") {
     std::vector<std::byte> damaged = pristine;
     std::fill(damaged.begin(), damaged.begin() + kSegmentHeaderSize, std::byte{0});
     write_bytes(path, damaged);
     require_corrupt(read_log(posix(), dir.log_dir()), prefix(second, 0));
+    require_corrupt(read_last_segment(dir, segments), prefix(second, 0) + "damaged segment header");
   }
   SUBCASE("a file shorter than its header") {
     write_bytes(path, std::vector<std::byte>(pristine.begin(), pristine.begin() + 20));
     require_corrupt(read_log(posix(), dir.log_dir()), prefix(second, 0));
+    require_corrupt(read_last_segment(dir, segments), prefix(second, 0) + "damaged segment header");
+  }
+  SUBCASE("a header that verifies but names another seq") {
+    std::vector<std::byte> damaged = pristine;
+    store_u64(damaged.data() + kSegFirstSeqOffset, second + 1);
+    const auto header = std::span<const std::byte, kSegmentHeaderSize>(damaged.data(),
+                                                                       kSegmentHeaderSize);
+    store_u64(damaged.data() + kSegChecksumOffset, segment_header_checksum(header));
+    write_bytes(path, damaged);
+    require_corrupt(read_log(posix(), dir.log_dir()), prefix(second, 0));
+    require_corrupt(read_last_segment(dir, segments), prefix(second, 0) + "header says first seq");
   }
   SUBCASE("a torn last record") {
     // Only the last segment can have a torn tail; here it is damage.
@@ -292,6 +315,9 @@ TEST_CASE("a missing segment is a gap") {
   SUBCASE("at the start") {
     REQUIRE(posix().remove(segment_path(dir.log_dir(), segments[0])).ok());
     require_corrupt(read_log(posix(), dir.log_dir()), prefix(segments[1], 0));
+    // A read from a later seq does not read that far, but sees the log
+    // does not begin at seq 1.
+    require_corrupt(read_last_segment(dir, segments), prefix(segments[1], 0) + "gap");
   }
 }
 
