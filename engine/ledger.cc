@@ -358,8 +358,16 @@ void Ledger::Impl::take_due_snapshot() {
 // the ledger says so loudly, deletes the snapshots past the log's end
 // (new events will take their seqs, so they can never be used again) and
 // goes on from the log's end; the archivist rebuilds the history index,
-// which no longer continues the log.
+// which no longer continues the log. A last segment cut short (shorter
+// than it was made, its frames running to its end) may have lost records
+// with no store to tell: the ledger says so too, and goes on.
 Status Ledger::Impl::check_lost_events(const log::LogEnd& end) {
+  if (end.cut_short) {
+    std::fprintf(stderr,
+                 "tally: warning: the log in %s: %s. Going on from there (the segment gets its "
+                 "size back); restore the log from a backup instead if you have one\n",
+                 log_dir(options.data_dir).c_str(), log::cut_short_status(end).message().c_str());
+  }
   const std::uint64_t last_seq = end.next_seq - 1;
   std::uint64_t known_seq = 0;
   std::string where;

@@ -288,7 +288,18 @@ void LogReader::Impl::finish(std::uint64_t torn_end) {
   end.offset = pos;
   end.torn = torn_end > pos;
   end.torn_end = end.torn ? torn_end : 0;
+  end.file_bytes = file_bytes;
+  // Zeros after the frames up to the file's end say no frame was cut off.
+  end.cut_short = file_bytes < header.size_bytes && (end.torn || file_bytes - pos < kFrameAlignment);
   done = true;
+}
+
+Status cut_short_status(const LogEnd& end) {
+  return corrupt_at(end.segment_first_seq, end.offset,
+                    "the segment's file is cut short (" + std::to_string(end.file_bytes) +
+                        " bytes of the " + std::to_string(end.segment_size_bytes) +
+                        " its header reserves): records after seq " +
+                        std::to_string(end.next_seq - 1) + " may be lost");
 }
 
 LogReader::LogReader(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

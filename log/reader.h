@@ -58,7 +58,17 @@ struct LogEnd {
   // The last segment's header itself is torn; the segment holds no frames
   // and is named next_seq.
   bool torn_header = false;
+  // The last segment's file is shorter than its header's size and its
+  // frames (or a torn tail) run to the file's end: it was cut short after
+  // it was made (the writer preallocates the whole size before it writes
+  // the header), so acknowledged records past `offset` may be lost.
+  bool cut_short = false;
+  std::uint64_t file_bytes = 0;         // the last segment's file size
 };
+
+// A corrupt Status naming where a cut_short log ends and what it may have
+// lost.
+Status cut_short_status(const LogEnd& end);
 
 struct LogReaderOptions {
   // Records with a smaller seq are verified but not returned; whole segments

@@ -94,6 +94,9 @@ void check_torn_and_repair(const TempDir& dir, const OneSegment& log,
   CHECK(back.end.torn == (torn_end > last_offset));
   if (back.end.torn) CHECK(back.end.torn_end == torn_end);
   CHECK(!back.end.torn_header);
+  // A file shorter than it was made may have lost records past its end.
+  CHECK(back.end.cut_short == (damaged.size() < log.pristine.size()));
+  CHECK(back.end.file_bytes == damaged.size());
 
   auto writer = open_writer(posix(), dir.log_dir());
   append_records(*writer, 2, 2, 1);
@@ -104,6 +107,7 @@ void check_torn_and_repair(const TempDir& dir, const OneSegment& log,
   check_records(after, 0, 1, count - 1, 0);
   check_records(after, count - 1, count, 2, 1);
   CHECK(!after.end.torn);
+  CHECK(!after.end.cut_short);  // the writer gave the file its size back
 }
 
 TEST_CASE("a truncated last record, cut at every byte offset, is a torn tail that open repairs") {
@@ -139,6 +143,34 @@ TEST_CASE("a last record zeroed from every byte offset on is a torn tail or the 
   }
   CHECK(saw_clean);
   CHECK(saw_torn);
+}
+
+TEST_CASE("a last segment cut short in the zeros after its frames lost nothing") {
+  TempDir dir;
+  const OneSegment log = make_one_segment(dir, 100);
+  const std::uint64_t end = log.offsets.back() + log.frame_bytes.back();
+  for (const std::uint64_t zeros : {std::uint64_t{0}, std::uint64_t{3}, std::uint64_t{8},
+                                    std::uint64_t{4096}}) {
+    INFO(zeros << " zero bytes kept after the frames");
+    write_bytes(log.path, std::vector<std::byte>(log.pristine.begin(),
+                                                 log.pristine.begin() +
+                                                     static_cast<std::ptrdiff_t>(end + zeros)));
+    ReadBack back = read_log(posix(), dir.log_dir());
+    REQUIRE(back.status.ok());
+    CHECK(back.records.size() == log.offsets.size());
+    CHECK(!back.end.torn);
+    // Fewer zeros than a frame's first word cannot tell a cut frame apart.
+    CHECK(back.end.cut_short == (zeros < kFrameAlignment));
+    if (back.end.cut_short) {
+      CHECK(cut_short_status(back.end).message() ==
+            prefix(1, end) + "the segment's file is cut short (" + std::to_string(end + zeros) +
+                " bytes of the " + std::to_string(back.end.segment_size_bytes) +
+                " its header reserves): records after seq " +
+                std::to_string(log.offsets.size()) + " may be lost");
+    }
+  }
+  write_bytes(log.path, log.pristine);
+  CHECK(!read_log(posix(), dir.log_dir()).end.cut_short);
 }
 
 TEST_CASE("garbage after the end with nothing valid in it is a torn tail") {

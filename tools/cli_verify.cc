@@ -304,6 +304,9 @@ Status first_failure(const std::string& data_dir, const VerifySummary& summary) 
                                           summary.history.detail +
                                           "; `tally history --rebuild` rebuilds it");
   }
+  // Last: a snapshot or the index past the log's end says more (how many).
+  const log::LogEnd& end = summary.report.end;
+  if (summary.report.reached_end && end.cut_short) return log::cut_short_status(end);
   return Status();
 }
 
@@ -451,7 +454,7 @@ void append_verify_text(const VerifySummary& summary, std::string* out) {
     torn = log::log_position(end.next_seq, 0) + " (a torn segment header; the next writer "
                                                 "makes the segment again)";
   } else if (end.torn) {
-    torn = log::log_position(end.segment_first_seq, end.offset) + " (the next writer truncates it)";
+    torn = log::log_position(end.segment_first_seq, end.offset) + " (the next writer zeroes it)";
   }
   line("torn_tail", torn);
   line("from_seq", std::to_string(summary.report.snapshot_seq + 1));
