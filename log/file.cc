@@ -219,11 +219,22 @@ class PosixFileSystem final : public FileSystem {
 
   Status make_dirs(const std::string& dir) override {
     // Walk the components from the root so that missing parents are made
-    // first; an existing directory at any level is fine.
+    // first; an existing directory at any level is fine. Each one made is
+    // made durable in its parent, so that a new ledger's first synced
+    // segment cannot outlive the directories that name it after a crash.
     for (std::size_t end = 1; end <= dir.size(); end++) {
       if (end != dir.size() && dir[end] != '/') continue;
       const std::string prefix = dir.substr(0, end);
-      if (::mkdir(prefix.c_str(), 0755) == 0) continue;
+      if (::mkdir(prefix.c_str(), 0755) == 0) {
+        const std::size_t slash = prefix.find_last_of('/');
+        const std::string parent = slash == std::string::npos ? "."
+                                   : slash == 0               ? "/"
+                                                              : prefix.substr(0, slash);
+        // A parent this process may search but not read cannot be opened
+        // to sync: its entry is left to the file system, as before.
+        if (::access(parent.c_str(), R_OK) == 0) TALLY_TRY(sync_dir(parent));
+        continue;
+      }
       const int error = errno;
       // EEXIST, or a refusal (EACCES, EROFS) for a directory that is there:
       // both are fine as long as it is a directory.
