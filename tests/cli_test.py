@@ -717,15 +717,23 @@ def test_verify_finds_a_flipped_byte():
     assert code == 1 and out == b"" and "corrupt" in err, (code, err)
 
 
-def test_verify_accepts_a_torn_tail():
-    # A write that did not finish: no snapshot or index holds its events (they hold only
-    # durable ones), so these are removed; otherwise the loss is a failure (below).
-    f = fixture()
-    data = f.copy_data("torn")
+def log_only_copy(f, name):
+    """A copy of the fixture's data without its snapshots and history index (they hold only
+    durable events, so they would count what a damaged end lost), its segment, and the offset
+    and payload length of the last frame."""
+    data = f.copy_data(name)
     for store in ("snapshots", "history"):
         shutil.rmtree(os.path.join(data, store), ignore_errors=True)
     segment = only_segment(data)
     offset, length = segment_frames(segment)[-1]
+    return data, segment, offset, length
+
+
+def test_verify_accepts_a_torn_tail():
+    # A write that did not finish: no snapshot or index holds its events; where they do, the
+    # loss is a failure (below).
+    f = fixture()
+    data, segment, offset, length = log_only_copy(f, "torn")
     flip_byte(segment, offset + FRAME_HEADER_BYTES + length - 1)
     code, out, err = tally("verify", "--data", data, "--json")
     assert code == 0, err
@@ -738,11 +746,7 @@ def test_verify_fails_on_a_last_segment_cut_short():
     # The writer makes a segment at its full size before its header, so a shorter file was cut
     # afterwards: records past its end may be lost, with no store here to count them.
     f = fixture()
-    data = f.copy_data("cut-short")
-    for store in ("snapshots", "history"):
-        shutil.rmtree(os.path.join(data, store), ignore_errors=True)
-    segment = only_segment(data)
-    offset, _ = segment_frames(segment)[-1]
+    data, segment, offset, _ = log_only_copy(f, "cut-short")
     os.truncate(segment, offset)
     where = "segment %s offset %d: the segment's file is cut short (%d bytes of the " % (
         os.path.basename(segment), offset, offset)
