@@ -158,6 +158,13 @@ Status copy_log(log::FileSystem& fs, const std::string& from, const std::string&
     if (!size) return size.status();
     sizes.back() = *size;
   }
+  // A source cut short after it was made may have lost records: the repair
+  // below would hide that in the copy. No copy in flight reads so (a file
+  // is preallocated before its header is written).
+  if (end.cut_short) {
+    return Status(ErrorCode::corrupt, log::cut_short_status(end).message() +
+                                          " (the source's log; tally verify reports it)");
+  }
   for (const std::uint64_t size : sizes) report->log_bytes += size;
   report->last_seq = end.next_seq - 1;
   // A write in flight as the last segment was copied reads as a torn tail

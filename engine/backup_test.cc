@@ -19,6 +19,7 @@
 #include "engine/replay.h"
 #include "engine/replay_fixture.h"
 #include "log/format.h"
+#include "log/reader.h"
 #include "projections/state.h"
 #include "tests/testing.h"
 
@@ -244,6 +245,23 @@ TEST_CASE("a log copied as a write landed is copied again; damage every copy mee
     CHECK(report.status().message().find("(the log as copied 5 time(s))") != std::string::npos);
     CHECK_FALSE(std::filesystem::exists(dir.sub("backup")));
     CHECK_FALSE(std::filesystem::exists(dir.sub("backup") + ".partial"));
+  }
+  SUBCASE("a source whose last segment was cut short") {
+    // Cut right after its frames: the repair a copy gets would hide that
+    // records past them may be lost.
+    auto reader = log::LogReader::open(log::posix_file_system(), log_dir(source));
+    REQUIRE(reader.ok());
+    log::Record record;
+    while (true) {
+      auto more = (*reader)->next(&record);
+      REQUIRE(more.ok());
+      if (!*more) break;
+    }
+    std::filesystem::resize_file(segment, (*reader)->end().offset);
+    auto report = backup_data(source, dir.sub("backup"));
+    REQUIRE(report.code() == ErrorCode::corrupt);
+    CHECK(report.status().message().find("the segment's file is cut short") != std::string::npos);
+    CHECK_FALSE(std::filesystem::exists(dir.sub("backup")));
   }
 }
 
