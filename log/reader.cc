@@ -290,7 +290,8 @@ void LogReader::Impl::finish(std::uint64_t torn_end) {
   end.torn_end = end.torn ? torn_end : 0;
   end.file_bytes = file_bytes;
   // Zeros after the frames up to the file's end say no frame was cut off.
-  end.cut_short = file_bytes < header.size_bytes && (end.torn || file_bytes - pos < kFrameAlignment);
+  end.cut_short =
+      file_bytes < header.size_bytes && (end.torn || file_bytes - pos < kFrameAlignment);
   done = true;
 }
 
