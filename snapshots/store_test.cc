@@ -285,6 +285,51 @@ TEST_CASE("a truncated or foreign data file is corrupt, never a crash, and is se
   }
 }
 
+TEST_CASE("a damaged page size in either meta page is corrupt, never a crash, and is set aside") {
+  // mm_psize, bytes 40..43 of each meta page (snapshots/lmdb_util.cc):
+  // 4096 made 4096 | 1 << 24 (LMDB died with SIGBUS), 0 (SIGFPE), 4097.
+  struct Flip {
+    std::uint64_t byte;
+    unsigned char mask;
+  };
+  for (const std::uint64_t page : {0, 1}) {
+    for (const Flip flip : {Flip{43, 0x01}, Flip{41, 0x10}, Flip{40, 0x01}}) {
+      CAPTURE(page);
+      CAPTURE(flip.byte);
+      TempDir dir;
+      State state(StateOptions{kWindowNs});
+      Feed feed({&state});
+      {
+        std::unique_ptr<SnapshotStore> store = open_store(dir);
+        REQUIRE_OK(feed.one("k", proj::acquire_op("k", "gold", 5)));
+        write_ok(store.get(), state);
+      }
+      const std::string snapshots = dir.sub("snapshots");
+      const std::string data_path = snapshots + "/data.mdb";
+      {
+        std::fstream file(data_path, std::ios::in | std::ios::out | std::ios::binary);
+        const auto at = static_cast<std::streamoff>(page * 4096 + flip.byte);
+        char byte = 0;
+        file.seekg(at);
+        file.read(&byte, 1);
+        byte = static_cast<char>(byte ^ static_cast<char>(flip.mask));
+        file.seekp(at);
+        file.write(&byte, 1);
+        REQUIRE(file.good());
+      }
+      SnapshotStoreOptions read_only = small_options();
+      read_only.read_only = true;
+      for (const SnapshotStoreOptions& options : {read_only, small_options()}) {
+        auto reopened = SnapshotStore::open(snapshots, options);
+        REQUIRE(reopened.code() == ErrorCode::corrupt);
+        CHECK(reopened.status().message().find("meta page " + std::to_string(page) +
+                                               " names a page size of") != std::string::npos);
+      }
+      check_renewed(snapshots);
+    }
+  }
+}
+
 TEST_CASE("a data file of the other store is corrupt, read or written, and is set aside") {
   TempDir dir;
   State state(StateOptions{kWindowNs});
