@@ -767,6 +767,15 @@ bool constant_time_equal(std::string_view a, std::string_view b) {
 
 namespace {
 
+// Loopback, counting an IPv4 loopback address written as IPv6
+// (::ffff:127.0.0.1), which Asio's is_loopback() does not.
+bool is_loopback(const asio::ip::address& address) {
+  if (address.is_v6() && address.to_v6().is_v4_mapped()) {
+    return asio::ip::make_address_v4(asio::ip::v4_mapped, address.to_v6()).is_loopback();
+  }
+  return address.is_loopback();
+}
+
 // Where `address` ("host:port") listens: every address it names, each once
 // (a name may resolve to 127.0.0.1 and ::1, and a client may try either
 // first); invalid when it is malformed, does not resolve, or names an
@@ -779,7 +788,7 @@ Result<std::vector<tcp::endpoint>> listen_endpoints(std::string_view address, bo
   if (!resolved) return Status(ErrorCode::invalid, resolved.status().message());
   std::vector<tcp::endpoint> endpoints;
   for (const tcp::endpoint& endpoint : *resolved) {
-    if (!endpoint.address().is_loopback() && !has_token) {
+    if (!is_loopback(endpoint.address()) && !has_token) {
       return Status(ErrorCode::invalid, "listening on " + std::string(address) +
                                             " (not loopback) requires a token (--token-file)");
     }

@@ -981,6 +981,10 @@ TEST_CASE("server: a non-loopback listener needs a token; names resolve, localho
   options.binary_listen = "0.0.0.0:0";
   options.http_listen = "";
   CHECK(Server::start(ledger.get(), options).code() == ErrorCode::invalid);
+  options.binary_listen = "[::ffff:10.0.0.1]:0";  // IPv4 written as IPv6: not loopback
+  CHECK(Server::start(ledger.get(), options).code() == ErrorCode::invalid);
+  options.binary_listen = "[::ffff:127.0.0.1]:0";  // IPv4 loopback written as IPv6
+  CHECK(Server::start(ledger.get(), options).ok());
   CHECK(constant_time_equal("abc", "abc"));
   CHECK_FALSE(constant_time_equal("abc", "abd"));
   CHECK_FALSE(constant_time_equal("abc", "ab"));
