@@ -190,6 +190,13 @@ void compare_history(const proj::State& state, const log::Record& record, Histor
   }
 }
 
+// Where the log's records end: the torn segment header, or the segment and
+// offset after its last whole record.
+std::string end_position(const log::LogEnd& end) {
+  return end.torn_header ? log::log_position(end.next_seq, 0)
+                         : log::log_position(end.segment_first_seq, end.offset);
+}
+
 // For a snapshot or an index holding events up to `held_seq`, past the
 // log's end: they describe only durable events, so the log lost the ones
 // after its end (docs/operations.md). Names where the log ends, when this
@@ -199,9 +206,7 @@ std::string lost_events_text(const VerifySummary& summary, std::uint64_t held_se
   const std::uint64_t lost = held_seq - last_seq;
   std::string text = "the log ends at seq " + std::to_string(last_seq);
   if (summary.report.reached_end) {
-    const log::LogEnd& end = summary.report.end;
-    text += end.torn_header ? " (" + log::log_position(end.next_seq, 0) + ")"
-                            : " (" + log::log_position(end.segment_first_seq, end.offset) + ")";
+    text += " (" + end_position(summary.report.end) + ")";
   }
   return text + ": the " + std::to_string(lost) + (lost == 1 ? " event" : " events") +
          " after it " + (lost == 1 ? "is" : "are") +
@@ -450,11 +455,10 @@ void append_verify_text(const VerifySummary& summary, std::string* out) {
   line("digest", hex_text(summary.digest));
   const log::LogEnd& end = summary.report.end;
   std::string torn = "none";
-  if (end.torn_header) {
-    torn = log::log_position(end.next_seq, 0) + " (a torn segment header; the next writer "
-                                                "makes the segment again)";
-  } else if (end.torn) {
-    torn = log::log_position(end.segment_first_seq, end.offset) + " (the next writer zeroes it)";
+  if (end.torn_header || end.torn) {
+    torn = end_position(end) + (end.torn_header ? " (a torn segment header; the next writer "
+                                                  "makes the segment again)"
+                                                : " (the next writer zeroes it)");
   }
   line("torn_tail", torn);
   line("from_seq", std::to_string(summary.report.snapshot_seq + 1));
