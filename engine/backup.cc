@@ -347,8 +347,10 @@ Result<BackupReport> backup_data(const std::string& data_dir, const std::string&
   detail::StoreCopies copies;
   copies.snapshots = opening_copy<snap::SnapshotStore>(
       fs, snapshot_dir(data_dir), snap::SnapshotStoreOptions{.read_only = true});
-  copies.history = opening_copy<snap::HistoryStore>(fs, history_dir(data_dir),
-                                                   snap::HistoryStoreOptions{.read_only = true});
+  // The copy reads every page of the index: they are checked first.
+  copies.history = opening_copy<snap::HistoryStore>(
+      fs, history_dir(data_dir),
+      snap::HistoryStoreOptions{.read_only = true, .check_all_pages = true});
   return detail::backup_data(data_dir, out_path, fs, copies, progress, nullptr);
 }
 

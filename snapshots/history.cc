@@ -782,6 +782,7 @@ Result<std::unique_ptr<HistoryStore>> HistoryStore::open(const std::string& dir,
   lmdb::EnvironmentOptions env_options;
   env_options.component = kComponent;
   env_options.db_names = history::kDbNames;
+  env_options.check_named_trees = options.check_all_pages;
   env_options.flags = MDB_NOTLS | MDB_NOMETASYNC | (options.read_only ? MDB_RDONLY : 0);
   env_options.map_size_bytes = options.map_size_bytes;
   env_options.map_size_bytes_max = options.map_size_bytes_max;

@@ -94,6 +94,12 @@ struct HistoryStoreOptions {
   // Readers only: append, flush and clear are invalid. Opening a directory
   // that holds no index is not_found, and creates nothing.
   bool read_only = false;
+  // open() first reads every page of the index's trees from the file, and
+  // says corrupt where they do not hold together, before LMDB follows them
+  // (lmdb::EnvironmentOptions::check_named_trees); without it only the
+  // free list and the main database are. For a reader of all of it
+  // (verify, a backup's copy): the walk reads the whole file.
+  bool check_all_pages = false;
   // The LMDB map's initial size; a flush that fills it doubles it (up to
   // map_size_bytes_max) and writes again. An existing larger file keeps its
   // size; a reader adopts a size another process grew the map to.

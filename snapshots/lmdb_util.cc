@@ -34,8 +34,10 @@ Status error(std::string_view component, std::string_view what, int rc) {
   message += ": ";
   message += mdb_strerror(rc);
   // The codes of a file that is not (or no longer) a sound LMDB file.
+  // A cursor runs out of room (MDB_CURSOR_FULL) only in a tree deeper
+  // than any LMDB builds.
   const bool damaged = rc == MDB_INVALID || rc == MDB_CORRUPTED || rc == MDB_PAGE_NOTFOUND ||
-                       rc == MDB_VERSION_MISMATCH;
+                       rc == MDB_VERSION_MISMATCH || rc == MDB_CURSOR_FULL;
   return Status(damaged ? ErrorCode::corrupt : ErrorCode::io_error, std::move(message));
 }
 
@@ -168,7 +170,7 @@ Result<std::unique_ptr<Environment>> Environment::open(const std::string& dir,
   }
   if (rc != 0) return env->error("mdb_env_open " + dir, rc);
   TALLY_TRY(check_file_size(*env, dir));
-  TALLY_TRY(env->check_free_list());
+  TALLY_TRY(env->check_trees());
   TALLY_TRY(env->check_db_names());
   MDB_envinfo info{};
   rc = mdb_env_info(env->env_, &info);

@@ -96,6 +96,10 @@ struct EnvironmentOptions {
   // another store's (a data.mdb copied into the wrong directory): open()
   // says corrupt rather than take its records for this store's.
   std::span<const char* const> db_names;
+  // open() walks every page of the named databases' trees, not only the
+  // free list's and the main database's (check_trees()): for a store
+  // small enough in pages to read whole at each open.
+  bool check_named_trees = false;
   unsigned flags = 0;          // MDB_* environment flags; MDB_RDONLY opens read-only
   // The map's initial size; write_growing() doubles it up to the maximum.
   // An existing larger file keeps its size.
@@ -138,14 +142,16 @@ class Environment {
   // io_error naming this environment's component.
   Status error(std::string_view what, int rc) const { return lmdb::error(component(), what, rc); }
 
-  // corrupt when LMDB's free list does not hold together: a page of its
-  // tree or an overflow page that is not what its parent says, bounds that
-  // run off a page, a record whose count does not match its size, a page
-  // number outside the pages in use. LMDB trusts the list: a damaged one
+  // corrupt when LMDB's trees do not hold together: a page of a tree or an
+  // overflow page that is not what its parent says, a page reached twice,
+  // bounds that run off a page, a record count other than the tree's, a
+  // free-list record whose count does not match its size or that names a
+  // page outside the pages in use. LMDB trusts its pages: a damaged one
   // ends the process in LMDB's own walk of it (SIGABRT, SIGBUS, SIGSEGV, a
-  // double free) instead of failing it. So this reads every page of it
-  // from the file (free_list.cc) before LMDB does; open() runs it.
-  Status check_free_list() const;
+  // double free) instead of failing it. So this reads the free list and
+  // the main database (and, with options.check_named_trees, every named
+  // database) from the file (tree_check.cc) before LMDB does; open() runs it.
+  Status check_trees() const;
 
   // corrupt when the file holds a named database, or a record in LMDB's
   // main database, that is not among options.db_names. open() runs it.

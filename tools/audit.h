@@ -72,7 +72,8 @@ struct HistoryIndex {
 
 // Opens DATA/history read-only (creating nothing) and reads its position;
 // standing is absent, unreadable, or — until check_history_chain() — usable.
-HistoryIndex open_history_store(const std::string& data_dir);
+// `check_all_pages`: snap::HistoryStoreOptions::check_all_pages.
+HistoryIndex open_history_store(const std::string& data_dir, bool check_all_pages = false);
 
 // What one pass over DATA's log from `seq` to its end tells: the chain
 // checksum after seq (its record's checksum; nullopt when the log ends

@@ -81,12 +81,13 @@ std::string_view history_standing_name(HistoryStanding standing) {
   return "unknown";
 }
 
-HistoryIndex open_history_store(const std::string& data_dir) {
+HistoryIndex open_history_store(const std::string& data_dir, bool check_all_pages) {
   HistoryIndex index;
   const std::string dir = history_dir(data_dir);
   if (!log::posix_file_system().exists(dir)) return index;
   snap::HistoryStoreOptions options;
   options.read_only = true;
+  options.check_all_pages = check_all_pages;
   auto store = snap::HistoryStore::open(dir, options);
   if (!store) {
     if (store.code() != ErrorCode::not_found) {
