@@ -42,9 +42,22 @@ bool KeyIndex::insert(std::string_view key, std::uint32_t hash, const KeyRecord&
   TALLY_DEBUG_ASSERT(hash == hash_of(key));
   TALLY_ASSERT(!key.empty());
   TALLY_ASSERT(key.size() <= kNameBytesMax);
-  if (!place([&] { return key; }, hash, [&] { return append(key, record); })) return false;
   newest_timestamp_ns_ = record.timestamp_ns;
-  return true;
+  if (place([&] { return key; }, hash, [&] { return append(key, record); })) return true;
+  replace(key, hash, append(key, record));
+  return false;
+}
+
+void KeyIndex::replace(std::string_view key, std::uint32_t hash, std::uint64_t loc) {
+  Slot* slot = index_.find(hash, [&](const Slot& candidate) {
+    return candidate.hash == hash && key_of(record_at(loc_of(candidate))) == key;
+  });
+  TALLY_ASSERT(slot != nullptr);
+  // The arena is this index's own: its records are written in place.
+  auto* earlier = const_cast<std::byte*>(record_at(loc_of(*slot)));
+  std::launder(reinterpret_cast<KeyRecord*>(earlier))->seq = kReplacedSeq;
+  slot->loc_hi = static_cast<std::uint32_t>(loc >> 32);
+  slot->loc_lo = static_cast<std::uint32_t>(loc);
 }
 
 KeyIndex::Added KeyIndex::add_unindexed(std::string_view key, std::uint32_t hash,
@@ -56,15 +69,23 @@ KeyIndex::Added KeyIndex::add_unindexed(std::string_view key, std::uint32_t hash
   return Added{append(key, record), hash, 0};
 }
 
-bool KeyIndex::index_added(std::span<Added> added, std::span<Added> scratch) {
+bool KeyIndex::index_added(std::span<Added> added, std::span<Added> scratch, Repeats repeats) {
   TALLY_ASSERT(scratch.size() >= added.size());
+  // Each added key in turn; a repeat replaces the record indexed before it
+  // (the sort below is stable, so a key's records come in arena order).
+  const auto index_one = [&](const Added& entry) {
+    const auto key = [&] { return key_of(record_at(entry.loc)); };
+    if (place(key, entry.hash, [&] { return entry.loc; })) return true;
+    if (repeats == Repeats::refused) return false;
+    replace(key(), entry.hash, entry.loc);
+    return true;
+  };
   // A short run gains nothing from the sort, whose passes clear 16 KiB of
   // counts each: inserted as they come.
   constexpr std::size_t kSortedRunMin = 256;
   if (added.size() < kSortedRunMin) {
     for (const Added& entry : added) {
-      const auto key = [&] { return key_of(record_at(entry.loc)); };
-      if (!place(key, entry.hash, [&] { return entry.loc; })) return false;
+      if (!index_one(entry)) return false;
     }
     return true;
   }
@@ -91,11 +112,9 @@ bool KeyIndex::index_added(std::span<Added> added, std::span<Added> scratch) {
   constexpr std::size_t kAhead = 16;
   for (std::size_t index = 0; index < from.size(); index++) {
     if (index + kAhead < from.size()) index_.prefetch(from[index + kAhead].hash);
-    const Added& entry = from[index];
-    // The records lie in arena order, not slot order: read one only to
+    // The records lie in arena order, not slot order: one is read only to
     // compare it.
-    const auto key = [&] { return key_of(record_at(entry.loc)); };
-    if (!place(key, entry.hash, [&] { return entry.loc; })) return false;
+    if (!index_one(from[index])) return false;
   }
   return true;
 }
@@ -132,12 +151,17 @@ std::int64_t KeyIndex::oldest_timestamp_ns() const {
 }
 
 void KeyIndex::evict_through(std::int64_t cutoff_ns) {
-  // Each pass forgets one key, so count_ bounds the loop.
+  // Each pass forgets one key or passes a replaced record, which precedes
+  // its key's indexed one: count_ bounds the loop.
   while (count_ > 0) {
     drop_spent_chunks();
     const std::byte* record = chunks_.front().bytes.get() + front_offset_bytes_;
     if (record_of(record)->timestamp_ns > cutoff_ns) break;
     const std::string_view key = key_of(record);
+    if (replaced(record)) {
+      front_offset_bytes_ += static_cast<std::uint32_t>(record_bytes(key.size()));
+      continue;
+    }
     const std::uint32_t hash = hash_of(key);
     const std::uint64_t loc = front_loc();
     Slot* slot = index_.find(hash, [&](const Slot& candidate) { return loc_of(candidate) == loc; });

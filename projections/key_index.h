@@ -14,6 +14,12 @@
 // between 7/16 and 7/8: 70..84 bytes for a 16-byte key, 86..100 for a
 // 36-byte UUID. Plus at most one partly used chunk at each end.
 //
+// A key decided again while remembered (a log written with a shorter
+// window than this index's forgot it, then decided it anew) takes the
+// later decision: its slot moves to the new record, and the old one stays
+// in the arena, marked replaced (seq 0; an event's is 1 or more), until
+// eviction passes it.
+//
 // Pointers to records stay valid until the key is evicted.
 // Thread safety: none.
 #pragma once
@@ -47,11 +53,12 @@ class KeyIndex {
   const KeyRecord* find(std::string_view key) const { return find(key, hash_of(key)); }
   const KeyRecord* find(std::string_view key, std::uint32_t hash) const;
 
-  // Remembers the key, or returns false and changes nothing when it is
-  // remembered already; one probe does both. Preconditions: the key is
-  // 1..kNameBytesMax bytes, hash == hash_of(key), and record.timestamp_ns
-  // is >= that of every key inserted before.
-  [[nodiscard]] bool insert(std::string_view key, std::uint32_t hash, const KeyRecord& record);
+  // Remembers the key with `record`; false when it was remembered already
+  // and now takes `record` instead (the later decision). One probe finds
+  // and places a new key. Preconditions: the key is 1..kNameBytesMax
+  // bytes, hash == hash_of(key), and record.timestamp_ns is >= that of
+  // every key inserted before.
+  bool insert(std::string_view key, std::uint32_t hash, const KeyRecord& record);
 
   // Sizes the index for `count` keys in all (FlatTable::reserve).
   void reserve(std::size_t count) { index_.reserve(count); }
@@ -71,10 +78,15 @@ class KeyIndex {
     std::uint32_t order = 0;  // scratch of index_added()
   };
   Added add_unindexed(std::string_view key, std::uint32_t hash, const KeyRecord& record);
+  // What index_added() does with a key added twice, or already remembered.
+  enum class Repeats {
+    refused,      // false; the index is then unspecified (a damaged image)
+    latest_wins,  // the later record replaces the earlier, as insert() does
+  };
   // Indexes `added` (reordering it), with `scratch` of at least its size.
-  // False when a key added twice, or already remembered, was found; the
-  // index is then unspecified.
-  [[nodiscard]] bool index_added(std::span<Added> added, std::span<Added> scratch);
+  // False when `repeats` refuses a key found twice.
+  [[nodiscard]] bool index_added(std::span<Added> added, std::span<Added> scratch,
+                                 Repeats repeats);
 
   // Forgets every key whose timestamp_ns <= cutoff_ns. They are the oldest,
   // at the front of the FIFO, so this touches only what it forgets.
@@ -97,7 +109,7 @@ class KeyIndex {
       std::uint32_t offset = chunk_index == 0 ? front_offset_bytes_ : 0;
       while (offset < chunk.used_bytes) {
         const std::byte* record = chunk.bytes.get() + offset;
-        visit(key_of(record), *record_of(record));
+        if (!replaced(record)) visit(key_of(record), *record_of(record));
         offset += record_bytes(key_of(record).size());
       }
     }
@@ -140,6 +152,12 @@ class KeyIndex {
   }
   static const KeyRecord* record_of(const std::byte* record);
   static std::string_view key_of(const std::byte* record);
+  // The seq that marks a record a later one of its key replaced.
+  static constexpr std::uint64_t kReplacedSeq = 0;
+  static bool replaced(const std::byte* record) { return record_of(record)->seq == kReplacedSeq; }
+  // Points the slot of `key` (remembered) at the record at `loc`, and marks
+  // the record it pointed at replaced.
+  void replace(std::string_view key, std::uint32_t hash, std::uint64_t loc);
   static std::uint64_t loc_of(const Slot& slot) {
     return (std::uint64_t{slot.loc_hi} << 32) | slot.loc_lo;
   }

@@ -559,9 +559,9 @@ Status State::remember_key(const log::Event& event, std::uint32_t key_hash) {
     impl.keys.evict_through(*cutoff_ns);
   }
   if (event.key.empty()) return Status();
-  if (!impl.keys.insert(event.key, key_hash, Impl::key_record_of(event))) {
-    return corrupt_at(event.seq, "key " + quoted(event.key) + " was already decided");
-  }
+  // A key remembered already was forgotten by the writer, whose window was
+  // shorter than this state's: the later decision is the one that stands.
+  (void)impl.keys.insert(event.key, key_hash, Impl::key_record_of(event));
   return Status();
 }
 
@@ -571,8 +571,8 @@ Status State::remember_key_batched(const log::Event& event, std::uint32_t key_ha
   TALLY_TRY(impl.check_key(event));
   if (const auto cutoff_ns = impl.forget_cutoff(event.timestamp_ns)) {
     // Index the waiting keys before any key is forgotten: a waiting key
-    // may repeat it (a key decided twice within the window), or be due
-    // itself (only indexed keys can be forgotten). In a log longer than the
+    // may repeat it (a key decided again under a shorter window), or be
+    // due itself (only indexed keys can be forgotten). In a log longer than the
     // window, that is most events, and the runs stay short. When no key is
     // due, nothing is forgotten and the keys go on waiting.
     if (impl.keys.oldest_timestamp_ns() <= *cutoff_ns ||
@@ -582,10 +582,7 @@ Status State::remember_key_batched(const log::Event& event, std::uint32_t key_ha
     }
   }
   if (event.key.empty()) return Status();
-  if (impl.keys_waiting.empty()) {
-    impl.keys_waiting_first_seq = event.seq;
-    impl.keys_waiting_first_ns = event.timestamp_ns;
-  }
+  if (impl.keys_waiting.empty()) impl.keys_waiting_first_ns = event.timestamp_ns;
   impl.keys_waiting.push_back(
       impl.keys.add_unindexed(event.key, key_hash, Impl::key_record_of(event)));
   if (impl.keys_waiting.size() == kKeysWaitingMax) return index_keys();
@@ -600,37 +597,12 @@ Status State::index_keys() {
   }
   const std::size_t count = impl.keys_waiting.size();
   impl.keys.reserve(impl.keys.size() + count);
-  const bool unique = impl.keys.index_added(impl.keys_waiting,
-                                            std::span(impl.keys_scratch.get(), kKeysWaitingMax));
+  const bool indexed =
+      impl.keys.index_added(impl.keys_waiting, std::span(impl.keys_scratch.get(), kKeysWaitingMax),
+                            KeyIndex::Repeats::latest_wins);
+  TALLY_ASSERT(indexed);  // latest_wins refuses nothing
   impl.keys_waiting.clear();
-  if (!unique) return impl.repeated_key(impl.keys_waiting_first_seq);
   return Status();
-}
-
-Status State::Impl::repeated_key(std::uint64_t first_seq) const {
-  // The slow way, for a corrupt log only: the run's keys (in the arena,
-  // oldest first, with the keys remembered before them), then the first of
-  // them in seq order that repeats an earlier one.
-  std::unordered_map<std::string_view, std::uint64_t> run;  // key, its first seq in the run
-  std::uint64_t repeat_seq = UINT64_MAX;
-  std::string_view repeated;
-  const auto found = [&](std::string_view key, std::uint64_t seq) {
-    if (seq < repeat_seq) {
-      repeat_seq = seq;
-      repeated = key;
-    }
-  };
-  keys.for_each([&](std::string_view key, const KeyRecord& record) {
-    if (record.seq >= first_seq && !run.emplace(key, record.seq).second) found(key, record.seq);
-  });
-  keys.for_each([&](std::string_view key, const KeyRecord& record) {
-    if (record.seq >= first_seq) return;
-    if (const auto in_run = run.find(key); in_run != run.end()) found(key, in_run->second);
-  });
-  if (repeat_seq == UINT64_MAX) {
-    return corrupt_at(first_seq, "a key from this event on was already decided");
-  }
-  return corrupt_at(repeat_seq, "key " + quoted(repeated) + " was already decided");
 }
 
 Status State::apply_ops(const log::Event& event, const EventHashes& hashes) {

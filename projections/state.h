@@ -113,11 +113,13 @@ class State {
   // with the state (decided by the engine against it, or written by one that
   // was): an applied op that would drive a balance negative, overflow, or
   // name a hold that is not open is a corrupt Status naming the seq, and the
-  // state is then unspecified. So are a key already remembered, a timestamp
-  // before the last one, settle copies (subject, item, qty) that differ from
-  // the hold, a commit or release of a hold already due at the event's
-  // timestamp, and an expire of one not yet due. A rejected event changes
-  // only the key index.
+  // state is then unspecified. So are a timestamp before the last one,
+  // settle copies (subject, item, qty) that differ from the hold, a commit
+  // or release of a hold already due at the event's timestamp, and an
+  // expire of one not yet due. A rejected event changes only the key index.
+  // A key already remembered takes the event's decision: a log written with
+  // a shorter window than this state's decides a key again once that window
+  // passed it, and the later decision is the one a retry meets.
   Status apply(const log::Event& event);
 
   // Look-ahead for a caller with a run of events to apply (replay). hash()
@@ -157,8 +159,7 @@ class State {
   // random, a cache miss saved per key. A key the idempotency window
   // forgets gets indexed first. Until index_keys(), the key index must not
   // be read (find_key, save, digest, counts: they assert it). A key
-  // decided twice is refused by the call that indexes its run, which names
-  // the event that repeats it, as remember_key() would.
+  // decided again takes its later decision, as with remember_key().
   Status remember_key_batched(const log::Event& event, std::uint32_t key_hash);
   Status index_keys();
   static constexpr std::size_t kKeysWaitingMax = std::size_t{1} << 16;

@@ -126,8 +126,6 @@ struct State::Impl {
   // remember_key()'s checks of the event, which apply_ops() makes too.
   Status check_key(const log::Event& event) const;
   static KeyRecord key_record_of(const log::Event& event);
-  // Why index_keys() refused the run of keys from first_seq on.
-  Status repeated_key(std::uint64_t first_seq) const;
   std::optional<std::int64_t> forget_cutoff(std::int64_t timestamp_ns) const {
     std::int64_t cutoff_ns = 0;
     if (options.idempotency_window_ns == 0 ||
@@ -179,9 +177,8 @@ struct State::Impl {
   LongHoldKeys long_hold_keys;
   KeyIndex keys;
   // remember_key_batched()'s keys, in the arena and not yet indexed; the
-  // seq and time of the first; index_added()'s scratch.
+  // time of the first; index_added()'s scratch.
   std::vector<KeyIndex::Added> keys_waiting;
-  std::uint64_t keys_waiting_first_seq = 0;
   std::int64_t keys_waiting_first_ns = 0;
   std::unique_ptr<KeyIndex::Added[]> keys_scratch;
   std::uint64_t last_seq = 0;

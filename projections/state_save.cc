@@ -544,7 +544,8 @@ Status State::Loader::keys() {
     added.push_back(impl_->keys.add_unindexed(key, KeyIndex::hash_of(key), record));
     digest.key(key, record);
     if (added.size() == run_max || done + 1 == count) {
-      if (!impl_->keys.index_added(added, std::span(scratch.get(), run_max))) {
+      if (!impl_->keys.index_added(added, std::span(scratch.get(), run_max),
+                                   KeyIndex::Repeats::refused)) {
         return bad_image("key stored twice");
       }
       added.clear();

@@ -328,7 +328,7 @@ TEST_CASE("keys added unindexed, then indexed in slot order, act as if inserted"
     added.push_back(index.add_unindexed(name, KeyIndex::hash_of(name), record_of(record)));
   };
   const auto index_added = [&](KeyIndex& index) {
-    const bool unique = index.index_added(added, scratch);
+    const bool unique = index.index_added(added, scratch, KeyIndex::Repeats::refused);
     added.clear();
     return unique;
   };
@@ -349,25 +349,46 @@ TEST_CASE("keys added unindexed, then indexed in slot order, act as if inserted"
     CHECK(found->fingerprint == record_of(key).fingerprint);
   }
   CHECK(index.find("key-nope") == nullptr);
-  // An indexed key is refused by insert, and the next one taken.
+  // An indexed key inserted again takes the later record; a new key is added.
   CHECK_FALSE(index.insert(key_of(5), KeyIndex::hash_of(key_of(5)), record_of(kKeys)));
+  CHECK(index.find(key_of(5))->seq == record_of(kKeys).seq);
   CHECK(index.insert(key_of(kKeys), KeyIndex::hash_of(key_of(kKeys)), record_of(kKeys)));
+  CHECK(index.size() == kKeys + 1);
+  // Eviction passes key 5's replaced record and keeps its later one.
   index.evict_through(kKeys / 2);
-  CHECK(index.size() == kKeys / 2);
+  CHECK(index.size() == kKeys / 2 + 1);
   CHECK(index.find(key_of(kKeys / 2)) == nullptr);
   CHECK(index.find(key_of(kKeys / 2 + 1)) != nullptr);
+  CHECK(index.find(key_of(5))->seq == record_of(kKeys).seq);
+  std::size_t visited = 0;
+  index.for_each([&](std::string_view, const KeyRecord&) { visited++; });
+  CHECK(visited == index.size());
 
-  SUBCASE("a key added twice in one run is found") {
+  SUBCASE("a key added twice in one run is refused, or its later record kept") {
     KeyIndex twice;
     for (const int key : {1, 2, 3, 2}) add(twice, key, key);
     CHECK_FALSE(index_added(twice));
+    KeyIndex latest;
+    for (const int record : {1, 2, 3, 4}) add(latest, record == 4 ? 2 : record, record);
+    REQUIRE(latest.index_added(added, scratch, KeyIndex::Repeats::latest_wins));
+    added.clear();
+    CHECK(latest.size() == 3);
+    CHECK(latest.find(key_of(2))->seq == record_of(4).seq);
   }
-  SUBCASE("a key added again after it was indexed is found") {
+  SUBCASE("a key added again after it was indexed is refused, or its later record kept") {
     KeyIndex again;
     add(again, 1, 1);
     REQUIRE(index_added(again));
     add(again, 1, 2);
     CHECK_FALSE(index_added(again));
+    KeyIndex latest;
+    add(latest, 1, 1);
+    REQUIRE(index_added(latest));
+    add(latest, 1, 2);
+    REQUIRE(latest.index_added(added, scratch, KeyIndex::Repeats::latest_wins));
+    added.clear();
+    CHECK(latest.size() == 1);
+    CHECK(latest.find(key_of(1))->seq == record_of(2).seq);
   }
 }
 
@@ -447,13 +468,37 @@ TEST_CASE("keys remembered in runs match keys remembered one by one") {
   }
   SUBCASE("a key repeated within the window, whose first time the window forgets later") {
     // "a" is indexed (the cutoff of event 3 forgets x); event 5 repeats it
-    // within the window while it waits; event 6 would forget the first "a"
-    // before the run is indexed, which must not hide the repeat.
+    // within the window while it waits; event 6 forgets the first "a"
+    // before the run is indexed, which must keep the second.
     check_runs_match_one_by_one(
         {{"x", 0}, {"a", 500}, {"y", 1000}, {"b", 1100}, {"a", 1200}, {"c", 1600}}, 1000);
   }
   SUBCASE("a key repeated after the window forgot it, within a run") {
     check_runs_match_one_by_one({{"a", 0}, {"b", 100}, {"a", 1000}, {"c", 1001}}, 1000);
+  }
+}
+
+TEST_CASE("a key decided again takes the later decision, one by one and in runs") {
+  // A log written with a shorter window than the reader's decides a key
+  // again once that window forgot it.
+  for (const bool in_runs : {false, true}) {
+    CAPTURE(in_runs);
+    State state(StateOptions{0});
+    for (const auto& [seq, key] : {std::pair{1, "a"}, {2, "b"}, {3, "a"}, {4, "c"}, {5, "a"}}) {
+      log::Event event;
+      event.seq = static_cast<std::uint64_t>(seq);
+      event.timestamp_ns = seq;
+      event.key = key;
+      event.fingerprint = static_cast<std::uint64_t>(seq);
+      const std::uint32_t hash = KeyIndex::hash_of(event.key);
+      REQUIRE_OK(in_runs ? state.remember_key_batched(event, hash)
+                         : state.remember_key(event, hash));
+    }
+    REQUIRE_OK(state.index_keys());
+    CHECK(state.counts().keys == 3);
+    REQUIRE(state.find_key("a") != nullptr);
+    CHECK(state.find_key("a")->seq == 5);
+    CHECK(state.find_key("a")->fingerprint == 5);
   }
 }
 
@@ -540,7 +585,10 @@ TEST_CASE("inconsistent events are corrupt, naming the seq") {
   SUBCASE("transfer to itself") {
     REQUIRE_CORRUPT(feed.one("k3", transfer_op("alice", "alice", "gold", 1)));
   }
-  SUBCASE("duplicate key") { REQUIRE_CORRUPT(feed.one("k1", acquire_op("alice", "gold", 1))); }
+  SUBCASE("a key decided again is not inconsistent: the later decision stands") {
+    REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", 1)));
+    CHECK(state.find_key("k1")->seq == state.last_seq());
+  }
   SUBCASE("seq gap") {
     const Op op = acquire_op("alice", "gold", 1);
     log::Event event;
