@@ -179,12 +179,11 @@ void EventFeed::watch() {
     Deadline until = std::chrono::steady_clock::now() + std::chrono::milliseconds(kFeedWatchSliceMs);
     for (const auto& [id, waiter] : waiters_) until = std::min(until, waiter.deadline);
     guard.unlock();
-    const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(
-        until - std::chrono::steady_clock::now() + std::chrono::microseconds(999));
-    const std::uint64_t committed = ledger_->wait_committed(seen, std::max(timeout, std::chrono::milliseconds(0)));
-    // wait_committed returns early without progress only once the ledger
-    // closed; from then on every wait ends at once instead of spinning here.
-    const bool closed = committed == seen && std::chrono::steady_clock::now() < until;
+    // Rounded up: a deadline under a millisecond away waits one.
+    const auto timeout = std::chrono::ceil<std::chrono::milliseconds>(
+        until - std::chrono::steady_clock::now());
+    // Once the ledger closed, every wait ends at once instead of spinning here.
+    const bool closed = ledger_->wait_committed(seen, timeout).closed;
     guard.lock();
     if (closed) ledger_closed_ = true;
   }

@@ -148,7 +148,7 @@ class EventFeed {
   std::map<WaiterId, Waiter> waiters_;  // bounded by the server's connections and follows
   WaiterId next_waiter_ = 1;
   bool stopping_ = false;
-  bool ledger_closed_ = false;  // wait_committed returned early: the ledger closed
+  bool ledger_closed_ = false;  // wait_committed said the ledger closed
   std::vector<CachedPosition> positions_;  // at most kFeedPositionsMax
   std::uint64_t use_clock_ = 0;
   FeedStats stats_;

@@ -221,5 +221,32 @@ TEST_CASE("feed: a wait ends on a commit, a deadline, cancel and stop") {
   CHECK(after_stop.done());
 }
 
+TEST_CASE("feed: deadlines under a millisecond away never make an open ledger look closed") {
+  Fixture fx;
+  fx.append(0, 1);
+  EventFeed feed(fx.ledger.get());
+  const auto far = std::chrono::steady_clock::now() + kFarAway;
+  for (int trial = 0; trial < 400; trial++) {
+    CAPTURE(trial);
+    Awaited soon;
+    const auto delay = std::chrono::nanoseconds(500 + (trial % 400) * 2500);  // 0.5 µs .. 1 ms
+    feed.wait(1, std::chrono::steady_clock::now() + delay, soon.ready());
+    CHECK(soon.future.get() == 1);
+    // Nothing was committed: a wait without a near deadline must go on.
+    Awaited open;
+    const EventFeed::WaiterId id = feed.wait(1, far, open.ready());
+    REQUIRE(id != 0);
+    REQUIRE_FALSE(open.done());
+    feed.cancel(id);
+  }
+  // Closing ends every wait.
+  Awaited closing;
+  feed.wait(1, far, closing.ready());
+  REQUIRE(fx.ledger->close().ok());
+  CHECK(closing.future.get() == 1);
+  Awaited after_close;
+  CHECK(feed.wait(1, far, after_close.ready()) == 0);
+}
+
 }  // namespace
 }  // namespace tally

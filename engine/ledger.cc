@@ -190,7 +190,7 @@ struct Ledger::Impl {
   void write_group(log::WriteBatch* batch, std::vector<Ack>* acks);
   void fail(const Status& status);
   void publish_committed(std::uint64_t seq);
-  std::uint64_t wait_committed(std::uint64_t after, std::chrono::milliseconds timeout);
+  Committed wait_committed(std::uint64_t after, std::chrono::milliseconds timeout);
   PointInTimeSource point_in_time_source(AsOf at);
   // closed once close() began.
   Status check_open() const;
@@ -943,16 +943,16 @@ std::uint64_t Ledger::committed_seq() {
   return impl_->committed.load(std::memory_order_acquire);
 }
 
-std::uint64_t Ledger::wait_committed(std::uint64_t after, std::chrono::milliseconds timeout) {
+Ledger::Committed Ledger::wait_committed(std::uint64_t after, std::chrono::milliseconds timeout) {
   return impl_->wait_committed(after, timeout);
 }
 
-std::uint64_t Ledger::Impl::wait_committed(std::uint64_t after, std::chrono::milliseconds timeout) {
-  const std::uint64_t now = committed.load(std::memory_order_acquire);
-  if (now > after || timeout.count() <= 0) return now;
+Ledger::Committed Ledger::Impl::wait_committed(std::uint64_t after,
+                                               std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> guard(committed_mu);
-  committed_cv.wait_for(guard, timeout, [&] { return committed.load() > after || committed_closed; });
-  return committed.load();
+  committed_cv.wait_for(guard, std::max(timeout, std::chrono::milliseconds(0)),
+                        [&] { return committed.load() > after || committed_closed; });
+  return Committed{committed.load(), committed_closed};
 }
 
 const std::string& Ledger::data_dir() const { return impl_->options.data_dir; }
@@ -973,7 +973,7 @@ PointInTimeSource Ledger::Impl::point_in_time_source(AsOf at) {
   // A history index the archivist found damaged is not read again.
   const bool history_failed = archivist != nullptr && archivist->history_stopped();
   source.history = history_failed ? nullptr : history.get();
-  source.last_seq = wait_committed(UINT64_MAX, std::chrono::milliseconds(0));
+  source.last_seq = committed.load(std::memory_order_acquire);
   // The archivist follows the committed log closely; wait for it rather
   // than replay, unless it is far behind.
   if (archivist != nullptr && source.history != nullptr && !history_covers(source, at)) {

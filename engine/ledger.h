@@ -199,9 +199,15 @@ class Ledger final : public LedgerApi {
   // live log (snapshots, the history projection, event feeds) read up to it
   // and never past it.
   std::uint64_t committed_seq();
+  // What wait_committed() saw: committed_seq(), and whether the ledger
+  // closed (the seq will not grow again).
+  struct Committed {
+    std::uint64_t seq = 0;
+    bool closed = false;
+  };
   // Waits until committed_seq() > after, the timeout passes or the ledger
-  // closes; returns committed_seq().
-  std::uint64_t wait_committed(std::uint64_t after, std::chrono::milliseconds timeout);
+  // closes.
+  Committed wait_committed(std::uint64_t after, std::chrono::milliseconds timeout);
   const std::string& data_dir() const;
   log::FileSystem& file_system() const;
 
