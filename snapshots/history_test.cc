@@ -1376,7 +1376,8 @@ TEST_CASE("with every page checked at open, damage to any page is corrupt or rea
       if (at == 48) {
         std::fill_n(damaged.begin() + static_cast<std::ptrdiff_t>(page * kPage), kPage, '\0');
       } else {
-        damaged[page * kPage + at] = static_cast<char>(damaged[page * kPage + at] ^ (1 << (at % 8)));
+        char& byte = damaged[page * kPage + at];
+        byte = static_cast<char>(byte ^ (1 << (at % 8)));
       }
       testing::write_file(data_path, damaged);
       auto store = HistoryStore::open(path, options);

@@ -396,7 +396,8 @@ TEST_CASE("damage to any page of the store's trees is corrupt at open or skipped
       if (at == 48) {
         std::fill_n(damaged.begin() + static_cast<std::ptrdiff_t>(page * kPage), kPage, '\0');
       } else {
-        damaged[page * kPage + at] = static_cast<char>(damaged[page * kPage + at] ^ (1 << (at % 8)));
+        char& byte = damaged[page * kPage + at];
+        byte = static_cast<char>(byte ^ (1 << (at % 8)));
       }
       write_file(data_path, damaged);
       auto store = SnapshotStore::open(snapshots, small_options());
