@@ -303,13 +303,20 @@ std::uint64_t fingerprint(const Command& command, std::string* scratch) {
 }
 
 Result<Decision> decide(const Command& command, const proj::State& state,
-                        std::vector<log::Op>* ops, DecideScratch* scratch) {
+                        std::int64_t timestamp_ns, std::vector<log::Op>* ops,
+                        DecideScratch* scratch) {
   std::span<const OpRequest> requests =
       command.batch ? std::span<const OpRequest>(command.ops) : std::span(&command.op, 1);
   ops->clear();
   Overlay overlay(state, scratch);
   for (std::size_t op_index = 0; op_index < requests.size(); op_index++) {
     const OpRequest& request = requests[op_index];
+    std::int64_t expires_at_ns = 0;
+    if (request.type == OpType::hold &&
+        __builtin_add_overflow(timestamp_ns, request.ttl_ns, &expires_at_ns)) {
+      const std::string op_name = command.batch ? "op " + std::to_string(op_index) + ": " : "";
+      return invalid(op_name + "ttl: the hold would expire past the largest timestamp");
+    }
     ops->push_back(as_requested(request));
     Reason reason = Reason::none;
     if (request.type == OpType::commit || request.type == OpType::release) {

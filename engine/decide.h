@@ -56,9 +56,12 @@ struct DecideScratch {
 };
 
 // Decides `command` (already validated) against `state`, in which no hold is
-// due. Fills *ops. invalid when a commit asks for more than its hold.
+// due, for an event stamped `timestamp_ns`. Fills *ops. invalid when a
+// commit asks for more than its hold, or a hold would expire past the
+// largest timestamp.
 Result<Decision> decide(const Command& command, const proj::State& state,
-                        std::vector<log::Op>* ops, DecideScratch* scratch);
+                        std::int64_t timestamp_ns, std::vector<log::Op>* ops,
+                        DecideScratch* scratch);
 
 // The receipt of `command` whose outcome was recorded by event `seq`: just
 // now (replay false), or for an earlier request with the same key.

@@ -471,7 +471,11 @@ Result<std::unique_ptr<Ledger>> Ledger::open(const LedgerOptions& options) {
       options.segment_size_bytes > log::kSegmentSizeBytesMax) {
     return Status(ErrorCode::invalid, "segment_size_bytes out of range");
   }
-  if (options.queue_depth_max == 0) return Status(ErrorCode::invalid, "queue_depth_max is 0");
+  // The queues are sized for it at open.
+  if (options.queue_depth_max == 0 || options.queue_depth_max > kQueueDepthMaxLimit) {
+    return Status(ErrorCode::invalid,
+                  "queue_depth_max must be 1.." + std::to_string(kQueueDepthMaxLimit));
+  }
   if (options.durability != Durability::sync && options.durability != Durability::async &&
       options.durability != Durability::none) {
     return Status(ErrorCode::invalid, "durability is not sync, async or none");
@@ -616,7 +620,7 @@ void Ledger::Impl::process_command(Task& task) {
                                              record->timestamp_ns, true));
   }
 
-  auto decision = detail::decide(command, *state, &ops, &decide_scratch);
+  auto decision = detail::decide(command, *state, now_ns, &ops, &decide_scratch);
   if (!decision) return answer(task, decision.status());
   log::Event event;
   event.seq = log->next_seq();

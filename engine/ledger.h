@@ -38,6 +38,9 @@
 
 namespace tally {
 
+// The largest LedgerOptions::queue_depth_max.
+inline constexpr std::size_t kQueueDepthMaxLimit = std::size_t{1} << 24;
+
 struct LedgerOptions {
   std::string data_dir;
   Durability durability = Durability::sync;
@@ -48,6 +51,7 @@ struct LedgerOptions {
   std::int64_t hold_ttl_ns_max = kHoldTtlNsMaxDefault;
   std::uint64_t segment_size_bytes = log::kSegmentSizeBytesDefault;
   // Commands waiting for the writer; submit() waits for room beyond it.
+  // 1..kQueueDepthMaxLimit: the queues are sized for it at open.
   std::size_t queue_depth_max = 1u << 16;
   // Snapshots (docs/snapshots.md): a follower thread applies the committed
   // log to its own copy of the state and writes it to DATA/snapshots every

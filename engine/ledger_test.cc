@@ -679,6 +679,8 @@ TEST_CASE("options a ledger cannot honour are refused before it touches the dire
   cases.back().first.segment_size_bytes = 1;
   cases.emplace_back(options, "queue_depth_max");
   cases.back().first.queue_depth_max = 0;
+  cases.emplace_back(options, "queue_depth_max");  // no queue of that size could be made
+  cases.back().first.queue_depth_max = SIZE_MAX;
   cases.emplace_back(options, "durability");
   cases.back().first.durability = static_cast<Durability>(7);
   cases.emplace_back(options, "idempotency window");
@@ -690,6 +692,31 @@ TEST_CASE("options a ledger cannot honour are refused before it touches the dire
     CHECK(opened.status().message().find(why) != std::string::npos);
   }
   CHECK_FALSE(std::filesystem::exists(options.data_dir));
+}
+
+TEST_CASE("a hold that would expire past the largest timestamp is invalid, and nothing written") {
+  Fixture f;
+  f.options.hold_ttl_ns_max = INT64_MAX;
+  f.reopen();
+  CHECK(outcome_of(f.ledger->acquire("a1", "alice", "gold", 5)) == Outcome::ok);
+  const auto past_the_end = f.ledger->hold("h1", "alice", "gold", 2, INT64_MAX);
+  CHECK(past_the_end.code() == ErrorCode::invalid);
+  CHECK(past_the_end.status().message().find("past the largest timestamp") != std::string::npos);
+  OpRequest hold;
+  hold.type = OpType::hold;
+  hold.subject = "alice";
+  hold.item = "gold";
+  hold.qty = 1;
+  hold.ttl_ns = INT64_MAX - kStart + 1;  // one past the largest timestamp
+  const auto in_batch = f.ledger->batch("b1", {hold, hold});
+  CHECK(in_batch.code() == ErrorCode::invalid);
+  CHECK(in_batch.status().message().starts_with("op 0: ttl"));
+  CHECK_FALSE(f.ledger->read_only());
+  CHECK(f.ledger->committed_seq() == 1);
+  // A ttl that ends on the largest timestamp is a hold.
+  hold.ttl_ns = INT64_MAX - f.clock.now_ns();
+  CHECK(outcome_of(f.ledger->batch("b2", {hold})) == Outcome::ok);
+  CHECK(f.balance("alice", "gold").held == 1);
 }
 
 TEST_CASE("an open that fails after its threads started returns the error and unlocks") {
