@@ -250,6 +250,10 @@ struct Ledger::Impl {
 
   std::thread writer_thread;
   std::thread io_thread;
+  // Their ids, kept as they started (join() clears a std::thread's): the
+  // threads completions run on.
+  std::thread::id writer_thread_id;
+  std::thread::id io_thread_id;
   std::mutex close_mu;
   bool closed = false;
   // Set as close() begins: the calls that do not go through the writer
@@ -314,9 +318,11 @@ Status Ledger::Impl::start(LedgerStats* replayed_stats) {
   auto writer_started = start_thread("tally-writer", [this] { writer_main(); });
   if (!writer_started) return writer_started.status();
   writer_thread = std::move(*writer_started);
+  writer_thread_id = writer_thread.get_id();
   auto io_started = start_thread("tally-io", [this] { io_main(); });
   if (!io_started) return io_started.status();
   io_thread = std::move(*io_started);
+  io_thread_id = io_thread.get_id();
   return start_archivist();
 }
 
@@ -582,8 +588,12 @@ void Ledger::Impl::process(Task& task) {
       process_command(task);
       return;
     case Task::Kind::read: {
+      // A read looks at the clock afresh, and the commands after it are
+      // stamped no earlier: a hold it finds due is due for them too.
+      clock_reuses_left = 0;
+      const std::int64_t now_ns = next_timestamp();
       Status status = failed.load() ? Status(ErrorCode::read_only, "the ledger failed a write; reopen it")
-                                    : task.read(*state, std::max(clock->now_ns(), last_timestamp_ns));
+                                    : task.read(*state, now_ns);
       pending.push_back(Ack{{}, std::nullopt, std::move(task.read_done), std::move(status)});
       return;
     }
@@ -796,7 +806,7 @@ void Ledger::submit(Command command, Completion done) {
   Task task;
   task.command = std::move(command);
   task.done = std::move(done);
-  if (!impl_->enqueue(task)) task.done(Status(ErrorCode::closed, "the ledger is closed"));
+  if (!impl_->enqueue(task) && task.done) task.done(Status(ErrorCode::closed, "the ledger is closed"));
 }
 
 Result<Receipt> Ledger::execute(Command command) {
@@ -804,6 +814,7 @@ Result<Receipt> Ledger::execute(Command command) {
 }
 
 void Ledger::submit_balance(std::string subject, std::string item, std::function<void(Result<Balance>)> done) {
+  if (!done) return;  // a read nobody hears
   const Status valid = check_pair(subject, item);
   if (!valid.ok()) return done(valid);
   impl_->submit_state_read<Balance>(
@@ -817,6 +828,7 @@ void Ledger::submit_balance(std::string subject, std::string item, std::function
 }
 
 void Ledger::submit_list(std::string subject, std::function<void(Result<std::vector<ItemBalance>>)> done) {
+  if (!done) return;
   const Status valid = check_subject(subject);
   if (!valid.ok()) return done(valid);
   impl_->submit_state_read<std::vector<ItemBalance>>(
@@ -831,6 +843,7 @@ void Ledger::submit_list(std::string subject, std::function<void(Result<std::vec
 }
 
 void Ledger::submit_hold_info(HoldId id, std::function<void(Result<HoldView>)> done) {
+  if (!done) return;
   impl_->submit_state_read<HoldView>(
       [id](const proj::State& state, std::int64_t now_ns, HoldView* view) {
         std::optional<proj::HoldInfo> hold = state.find_hold(id);
@@ -898,6 +911,13 @@ LedgerStats Ledger::stats() {
 
 Status Ledger::close() {
   Impl& impl = *impl_;
+  // Completions run on these threads, which close() waits for.
+  const std::thread::id caller = std::this_thread::get_id();
+  if (caller == impl.io_thread_id || caller == impl.writer_thread_id) {
+    return Status(ErrorCode::invalid,
+                  "close() called from a completion, on a thread it would wait for: close "
+                  "the ledger from another thread");
+  }
   std::lock_guard<std::mutex> closing(impl.close_mu);
   if (impl.closed) return Status();
   impl.closed = true;

@@ -14,7 +14,10 @@
 // decided; a Receipt carries the durable outcome, ok or a state rejection.
 //
 // Thread safety: every method may be called from any thread. Completions of
-// submit() run on a ledger thread, in submission order, and must not block.
+// submit() run on a ledger thread, in submission order, and must not block:
+// close() from one is invalid, and destroying the Ledger in one is not
+// allowed. An empty completion is allowed: a command still runs, a read
+// does not.
 #pragma once
 
 #include <atomic>

@@ -3,8 +3,11 @@
 #include <doctest.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
+#include <future>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -717,6 +720,112 @@ TEST_CASE("a hold that would expire past the largest timestamp is invalid, and n
   hold.ttl_ns = INT64_MAX - f.clock.now_ns();
   CHECK(outcome_of(f.ledger->batch("b2", {hold})) == Outcome::ok);
   CHECK(f.balance("alice", "gold").held == 1);
+}
+
+// A clock that, once armed, parks the next thread to read it until
+// released; from then on it reads the released values in turn, the last
+// one for good.
+class ParkingClock final : public Clock {
+ public:
+  explicit ParkingClock(std::int64_t now_ns) : readings_{now_ns} {}
+  std::int64_t now_ns() override {
+    std::unique_lock<std::mutex> guard(mu_);
+    if (armed_) {
+      armed_ = false;
+      parked_ = true;
+      cv_.notify_all();
+      cv_.wait(guard, [&] { return released_; });
+    }
+    const std::int64_t now = readings_.front();
+    if (readings_.size() > 1) readings_.erase(readings_.begin());
+    return now;
+  }
+  void arm() {
+    std::lock_guard<std::mutex> guard(mu_);
+    armed_ = true;
+  }
+  void await_parked() {
+    std::unique_lock<std::mutex> guard(mu_);
+    cv_.wait(guard, [&] { return parked_; });
+  }
+  void release(std::vector<std::int64_t> readings) {
+    std::lock_guard<std::mutex> guard(mu_);
+    readings_ = std::move(readings);
+    released_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::int64_t> readings_;
+  bool armed_ = false;
+  bool parked_ = false;
+  bool released_ = false;
+};
+
+TEST_CASE("a read that finds a hold due and the commit queued after it agree") {
+  testing::TempDir dir;
+  ParkingClock clock(kStart);
+  LedgerOptions options;
+  options.data_dir = dir.sub("data");
+  options.durability = Durability::none;
+  options.clock = &clock;
+  options.history = false;
+  options.snapshot_every_events = 0;
+  options.snapshot_every_seconds = 0;
+  auto opened = Ledger::open(options);
+  REQUIRE(opened.ok());
+  Ledger& ledger = **opened;
+  REQUIRE(outcome_of(ledger.acquire("a1", "alice", "gold", 10)) == Outcome::ok);
+  const Result<Receipt> held = ledger.hold("h1", "alice", "gold", 4, 10 * kSecond);
+  REQUIRE(outcome_of(held) == Outcome::ok);
+  // The writer parks in a read of the clock while a command, a read of the
+  // hold and a commit of it queue up behind, to be taken as one batch. The
+  // command reads the clock before the hold's expiry; every later reading
+  // is past it.
+  clock.arm();
+  ledger.submit_balance("alice", "gold", [](Result<Balance>) {});
+  clock.await_parked();
+  Command acquire;
+  acquire.key = "a2";
+  acquire.op = OpRequest::acquire("bob", "gold", 1);
+  ledger.submit(std::move(acquire), nullptr);
+  std::promise<Result<HoldView>> seen;
+  ledger.submit_hold_info(held->hold, [&](Result<HoldView> view) { seen.set_value(view); });
+  std::promise<Result<Receipt>> committed;
+  Command commit;
+  commit.key = "c1";
+  commit.op = OpRequest::commit(held->hold);
+  ledger.submit(std::move(commit), [&](Result<Receipt> receipt) { committed.set_value(receipt); });
+  clock.release({kStart + kSecond, kStart + 5 * kSecond, kStart + 20 * kSecond});
+  const Result<HoldView> view = seen.get_future().get();
+  REQUIRE(view.ok());
+  CHECK(view->status == HoldStatus::expired);
+  // Stamped no earlier than the read: the hold is due for it too.
+  CHECK(outcome_of(committed.get_future().get()) == Outcome::hold_expired);
+  CHECK(ledger.balance("alice", "gold")->available == 10);
+  REQUIRE(ledger.close().ok());
+}
+
+TEST_CASE("a completion may not close the ledger; an empty completion is allowed") {
+  Fixture f;
+  std::promise<Status> closed_inside;
+  Command command;
+  command.key = "a1";
+  command.op = OpRequest::acquire("alice", "gold", 5);
+  f.ledger->submit(command, [&](Result<Receipt>) { closed_inside.set_value(f.ledger->close()); });
+  const Status inside = closed_inside.get_future().get();
+  CHECK(inside.code() == ErrorCode::invalid);
+  // The ledger goes on: the command of an empty completion runs, and a
+  // read with none is skipped.
+  command.key = "a2";
+  f.ledger->submit(command, nullptr);
+  f.ledger->submit_balance("alice", "gold", nullptr);
+  CHECK(f.balance("alice", "gold").available == 10);
+  REQUIRE(f.ledger->close().ok());
+  command.key = "a3";
+  f.ledger->submit(command, nullptr);  // closed: nothing to tell
 }
 
 TEST_CASE("an open that fails after its threads started returns the error and unlocks") {
