@@ -43,78 +43,6 @@ Status error(std::string_view component, std::string_view what, int rc) {
 
 namespace {
 
-// corrupt when data.mdb is shorter than the pages its newest meta page
-// says are in use: LMDB maps the file, and the first read of a page past
-// its end would kill the process (SIGBUS) instead of failing.
-Status check_file_size(const Environment& env, const std::string& dir) {
-  MDB_envinfo info{};
-  int rc = mdb_env_info(env.get(), &info);
-  if (rc != 0) return env.error("mdb_env_info", rc);
-  MDB_stat stat{};
-  rc = mdb_env_stat(env.get(), &stat);
-  if (rc != 0) return env.error("mdb_env_stat", rc);
-  const std::string path = dir + "/data.mdb";
-  struct stat file_stat {};
-  if (::stat(path.c_str(), &file_stat) != 0) {
-    return Status(ErrorCode::io_error,
-                  std::string(env.component()) + ": stat " + path + ": " + std::strerror(errno));
-  }
-  const std::uint64_t needed = (std::uint64_t{info.me_last_pgno} + 1) * stat.ms_psize;
-  if (static_cast<std::uint64_t>(file_stat.st_size) >= needed) return Status();
-  return Status(ErrorCode::corrupt, std::string(env.component()) + ": " + path + " is " +
-                                        std::to_string(file_stat.st_size) +
-                                        " bytes, shorter than the " + std::to_string(needed) +
-                                        " its pages in use need (truncated)");
-}
-
-// LMDB takes the page size from a meta page and trusts it: a damaged one
-// makes mdb_env_open read and map at the wrong offsets and die (SIGBUS;
-// SIGFPE for 0) instead of failing. So before LMDB opens data.mdb, each
-// meta page (pages 0 and 1) that is one (its magic is LMDB's; LMDB itself
-// refuses one that is not, MDB_INVALID) must name the same page size, a
-// power of two in 512..65536. In LMDB's data format 1, after a 16-byte page
-// header, the meta holds its magic, version, address and map size, then
-// the free pages' MDB_db, whose first member is the page size (mm_psize).
-Status check_meta_page_sizes(const Environment& env, const std::string& dir) {
-  constexpr std::uint64_t kMagicOffset = 16;
-  constexpr std::uint64_t kPageSizeOffset = 16 + 4 + 4 + 8 + 8;
-  constexpr std::uint32_t kMagic = 0xBEEFC0DE;
-  const std::string path = dir + "/data.mdb";
-  const auto io_error = [&](const char* what) {
-    return Status(ErrorCode::io_error, std::string(env.component()) + ": " + what + " " + path +
-                                           ": " + std::strerror(errno));
-  };
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return errno == ENOENT ? Status() : io_error("open");
-  // Reads the u32 at `offset`; false past the file's end.
-  const auto read_u32 = [&](std::uint64_t offset, std::uint32_t* value) {
-    return ::pread(fd, value, sizeof *value, static_cast<off_t>(offset)) ==
-           static_cast<ssize_t>(sizeof *value);
-  };
-  std::uint32_t sizes[2] = {0, 0};
-  Status status;
-  for (int page = 0; page < 2; page++) {
-    const std::uint64_t start = page * std::uint64_t{sizes[0]};
-    std::uint32_t magic = 0;
-    if (!read_u32(start + kMagicOffset, &magic) || magic != kMagic ||
-        !read_u32(start + kPageSizeOffset, &sizes[page])) {
-      break;  // not a meta page, or none: LMDB's to refuse (or, empty, to make)
-    }
-    const std::uint32_t size = sizes[page];
-    const bool valid = size >= 512 && size <= 65536 && (size & (size - 1)) == 0;
-    if (!valid || (page == 1 && size != sizes[0])) {
-      status = Status(ErrorCode::corrupt, std::string(env.component()) + ": " + path +
-                                              ": meta page " + std::to_string(page) +
-                                              " names a page size of " + std::to_string(size) +
-                                              (valid ? ", not meta page 0's" : "") +
-                                              " (damaged)");
-      break;
-    }
-  }
-  ::close(fd);
-  return status;
-}
-
 // Whether this process may write `dir`/lock.mdb, or make it where there is
 // none: an EACCES from mdb_env_open otherwise came from data.mdb.
 bool lock_file_writable(const std::string& dir) {
@@ -158,7 +86,7 @@ Result<std::unique_ptr<Environment>> Environment::open(const std::string& dir,
   env->dir_ = dir;
   env->options_ = options;
   env->options_.component = env->component_;
-  TALLY_TRY(check_meta_page_sizes(*env, dir));
+  TALLY_TRY(env->check_meta_pages());
   int rc = env->open_handle(options.flags);
   if (rc == EACCES && read_only && !lock_file_writable(dir)) {
     // No write access to lock.mdb, where LMDB keeps its table of readers: a
@@ -169,7 +97,6 @@ Result<std::unique_ptr<Environment>> Environment::open(const std::string& dir,
     rc = env->open_handle(options.flags | MDB_NOLOCK);
   }
   if (rc != 0) return env->error("mdb_env_open " + dir, rc);
-  TALLY_TRY(check_file_size(*env, dir));
   TALLY_TRY(env->check_trees());
   TALLY_TRY(env->check_db_names());
   MDB_envinfo info{};

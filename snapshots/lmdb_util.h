@@ -142,6 +142,17 @@ class Environment {
   // io_error naming this environment's component.
   Status error(std::string_view what, int rc) const { return lmdb::error(component(), what, rc); }
 
+  // corrupt when a meta page of data.mdb (pages 0 and 1, where LMDB's magic
+  // marks one) names a page size that is not a power of two in 512..65536,
+  // or not the other's, or a last page in use past the file's end. LMDB
+  // trusts both: a damaged page size makes mdb_env_open read and map at
+  // the wrong offsets and die (SIGBUS; SIGFPE for 0), and a damaged last
+  // page makes it map that much (ENOMEM, an io_error on every open). So
+  // open() runs this before LMDB opens the file (tree_check.cc). A page
+  // without the magic is LMDB's to refuse (MDB_INVALID) or, in an empty
+  // file, to make.
+  Status check_meta_pages() const;
+
   // corrupt when LMDB's trees do not hold together: a page of a tree or an
   // overflow page that is not what its parent says, a page reached twice,
   // bounds that run off a page, a record count other than the tree's, a

@@ -285,15 +285,22 @@ TEST_CASE("a truncated or foreign data file is corrupt, never a crash, and is se
   }
 }
 
-TEST_CASE("a damaged page size in either meta page is corrupt, never a crash, and is set aside") {
-  // mm_psize, bytes 40..43 of each meta page (snapshots/lmdb_util.cc):
+TEST_CASE("a damaged page size or last page in either meta page is corrupt and set aside") {
+  // mm_psize, bytes 40..43 of each meta page (snapshots/tree_check.cc):
   // 4096 made 4096 | 1 << 24 (LMDB died with SIGBUS), 0 (SIGFPE), 4097.
+  // mm_last_pg, bytes 136..143: 256 pages past the file's end, and 2^40
+  // more (mdb_env_open failed ENOMEM, an io_error at every open).
   struct Flip {
     std::uint64_t byte;
     unsigned char mask;
+    const char* said;
   };
+  constexpr const char* kPageSize = " names a page size of";
+  constexpr const char* kLastPage = " names page ";
   for (const std::uint64_t page : {0, 1}) {
-    for (const Flip flip : {Flip{43, 0x01}, Flip{41, 0x10}, Flip{40, 0x01}}) {
+    for (const Flip flip : {Flip{43, 0x01, kPageSize}, Flip{41, 0x10, kPageSize},
+                            Flip{40, 0x01, kPageSize}, Flip{137, 0x01, kLastPage},
+                            Flip{141, 0x01, kLastPage}}) {
       CAPTURE(page);
       CAPTURE(flip.byte);
       TempDir dir;
@@ -323,7 +330,7 @@ TEST_CASE("a damaged page size in either meta page is corrupt, never a crash, an
         auto reopened = SnapshotStore::open(snapshots, options);
         REQUIRE(reopened.code() == ErrorCode::corrupt);
         CHECK(reopened.status().message().find("meta page " + std::to_string(page) +
-                                               " names a page size of") != std::string::npos);
+                                               flip.said) != std::string::npos);
       }
       check_renewed(snapshots);
     }

@@ -1,5 +1,5 @@
-// Environment::check_trees: LMDB's B-trees read from the file, page by
-// page, before LMDB itself reads them.
+// Environment::check_meta_pages and check_trees: LMDB's meta pages and
+// B-trees read from the file, page by page, before LMDB itself reads them.
 //
 // LMDB trusts its pages. A damaged page ends the process in LMDB's own
 // walk of it: an assert() on a zeroed page (SIGABRT), a page number past
@@ -12,7 +12,13 @@
 // the options ask, each of those databases' trees: every branch and leaf
 // page and the first page of every overflow run. The records' bytes are
 // the store's to check.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <bit>
+#include <cerrno>
+#include <cstring>
 #include <span>
 #include <string>
 #include <unordered_set>
@@ -45,7 +51,10 @@ constexpr std::uint16_t kKindFlags = 0x6f;
 // map size, then MDB_db[2] (the free database first, 48 bytes each), u64
 // last page, u64 txnid. MDB_db: u32 pad, u16 flags, u16 depth, u64 branch,
 // leaf and overflow page counts, u64 entries, u64 root.
+constexpr std::size_t kMetaMagicAt = kPageHeaderBytes;
+constexpr std::uint32_t kMetaMagic = 0xBEEFC0DE;
 constexpr std::size_t kMetaFreeDbAt = kPageHeaderBytes + 24;
+constexpr std::size_t kMetaPageSizeAt = kMetaFreeDbAt;  // the free database's pad
 constexpr std::size_t kDbBytes = 48;
 constexpr std::size_t kDbFlagsAt = 4;
 constexpr std::uint16_t kIntegerKeys = 0x08;  // MDB_INTEGERKEY, the free list's
@@ -286,6 +295,64 @@ class TreeWalk {
 };
 
 }  // namespace
+
+Status Environment::check_meta_pages() const {
+  const std::string path = dir_ + "/data.mdb";
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0 && errno == ENOENT) return Status();
+  const auto io_error = [&](const char* what) {
+    return Status(ErrorCode::io_error,
+                  component_ + ": " + what + " " + path + ": " + std::strerror(errno));
+  };
+  if (fd < 0) return io_error("open");
+  struct stat file_stat {};
+  if (::fstat(fd, &file_stat) != 0) {
+    const Status failed = io_error("stat");
+    ::close(fd);
+    return failed;
+  }
+  const auto file_bytes = static_cast<std::uint64_t>(file_stat.st_size);
+  // The u32 or u64 at `offset`; false past the file's end.
+  const auto read_le = [&](std::uint64_t offset, std::size_t width, std::uint64_t* value) {
+    std::uint8_t bytes[8] = {};
+    if (::pread(fd, bytes, width, static_cast<off_t>(offset)) != static_cast<ssize_t>(width)) {
+      return false;
+    }
+    *value = get_le(bytes, width);
+    return true;
+  };
+  const auto damaged = [&](std::uint64_t page, const std::string& what) {
+    return Status(ErrorCode::corrupt, component_ + ": " + path + ": meta page " +
+                                          std::to_string(page) + " " + what);
+  };
+  std::uint64_t sizes[2] = {0, 0};
+  Status status;
+  for (std::uint64_t page = 0; page < 2 && status.ok(); page++) {
+    const std::uint64_t start = page * sizes[0];
+    std::uint64_t magic = 0;
+    std::uint64_t last_page = 0;
+    if (!read_le(start + kMetaMagicAt, 4, &magic) || magic != kMetaMagic ||
+        !read_le(start + kMetaPageSizeAt, 4, &sizes[page]) ||
+        !read_le(start + kMetaLastPageAt, 8, &last_page)) {
+      break;  // not a meta page, or none: LMDB's to refuse (or, empty, to make)
+    }
+    const std::uint64_t size = sizes[page];
+    const bool valid = size >= 512 && size <= 65536 && (size & (size - 1)) == 0;
+    if (!valid || (page == 1 && size != sizes[0])) {
+      status = damaged(page, "names a page size of " + std::to_string(size) +
+                                 (valid ? ", not meta page 0's" : "") + " (damaged)");
+    } else if (last_page >= file_bytes / size) {
+      // LMDB maps the file: a read past its end would kill the process
+      // (SIGBUS) instead of failing.
+      status = damaged(page, "names page " + std::to_string(last_page) +
+                                 " as the last in use, but the file holds " +
+                                 std::to_string(file_bytes / size) +
+                                 " pages (truncated, or the meta page is damaged)");
+    }
+  }
+  ::close(fd);
+  return status;
+}
 
 Status Environment::check_trees() const {
   MDB_stat stat{};
