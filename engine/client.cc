@@ -159,7 +159,8 @@ struct Client::Impl {
   // connects, so nothing else uses `io` meanwhile.
   Result<std::unique_ptr<tcp::socket>> connect_once();
   // Fails every unanswered request: sent ones with `sent`, the rest (and
-  // follows) with `unsent`. Unlocks to run the handlers.
+  // follows) with `unsent`; ends the follows cancelled meanwhile. Unlocks
+  // to run the handlers.
   void fail_all_locked(std::unique_lock<std::mutex>& guard, const Status& sent,
                        const Status& unsent);
   // Sends `request` with a fresh id (returned); `follow` marks a stream.
@@ -191,6 +192,8 @@ struct Client::Impl {
   bool take_batch(Pending& entry, const wire::Response& response, ResponseDone* deliver);
   void on_connection_lost_locked(std::unique_lock<std::mutex>& guard, std::vector<ResponseDone>* failed);
   void fail(std::vector<ResponseDone> failed, const Status& why);
+  // Runs the on_end of every follow in `ended`, without the lock.
+  void end_cancelled_locked(std::unique_lock<std::mutex>& guard);
   // fail(), without the lock; meanwhile `failing` (send()).
   void fail_locked(std::unique_lock<std::mutex>& guard, std::vector<ResponseDone> failed,
                    const Status& why);
@@ -210,6 +213,10 @@ struct Client::Impl {
   bool failing = false;
   std::uint64_t next_id = 1;
   std::map<std::uint64_t, Pending> pending;  // by id: resent in the order sent
+  // The handlers of follows cancelled while the connection was down: no
+  // server will end them, and they are not sent again. The reader thread
+  // runs them (follow()'s callbacks run there), while it reconnects.
+  std::vector<ResponseDone> ended;
   // Frames queued for the writer thread, which sends all that are queued in
   // one write: a pipelining caller costs one syscall per burst.
   std::string out;
@@ -308,7 +315,14 @@ Status Client::Impl::connect_locked(std::unique_lock<std::mutex>& guard) {
   std::optional<std::chrono::steady_clock::time_point> started_by;  // at the first `busy`
   for (bool first = true; !closing; first = false) {
     if (!first) {
-      if (cv.wait_for(guard, std::chrono::milliseconds(backoff_ms), [&] { return closing; })) break;
+      // A follow cancelled meanwhile ends now, not once the server is back.
+      const auto wait_until =
+          std::chrono::steady_clock::now() + std::chrono::milliseconds(backoff_ms);
+      while (cv.wait_until(guard, wait_until, [&] { return closing || !ended.empty(); })) {
+        if (closing) break;
+        end_cancelled_locked(guard);
+      }
+      if (closing) break;
       backoff_ms = std::min(backoff_ms * 2, std::max(options.retry_backoff_max_ms, backoff_ms));
     }
     guard.unlock();
@@ -356,6 +370,18 @@ void Client::Impl::fail_all_locked(std::unique_lock<std::mutex>& guard, const St
   fail(std::move(failed_unsent), unsent);
   guard.lock();
   failing = false;
+  end_cancelled_locked(guard);
+}
+
+void Client::Impl::end_cancelled_locked(std::unique_lock<std::mutex>& guard) {
+  // A follow cancelled while these run joins `ended` again: take turns.
+  while (!ended.empty()) {
+    std::vector<ResponseDone> handlers = std::move(ended);
+    ended.clear();
+    guard.unlock();
+    for (ResponseDone& done : handlers) done(follow_end());
+    guard.lock();
+  }
 }
 
 void Client::Impl::fail(std::vector<ResponseDone> failed, const Status& why) {
@@ -563,17 +589,31 @@ void Client::Impl::reader_main() {
   while (true) {
     // Not connected with requests waiting: reconnect, here, so that no
     // caller waits for it.
-    cv.wait(guard, [&] { return connected || closing || !pending.empty(); });
+    cv.wait(guard,
+            [&] { return connected || closing || !pending.empty() || !ended.empty(); });
     if (closing) return;
+    end_cancelled_locked(guard);
+    if (!connected && pending.empty()) continue;  // only cancelled follows woke it
     if (!connected) {
       const Status status = connect_locked(guard);
       if (closing) return;
       if (!status.ok()) {
-        const Status lost(status.code(), "could not reconnect: " + status.message());
-        fail_all_locked(guard, lost, lost);
+        // A request sent and not answered may have been applied, whatever
+        // the reconnect ran into (a token the restarted server refuses is
+        // invalid, a server still starting busy): its outcome is unknown.
+        // Only a request never sent can carry the reconnect's reason.
+        const Status sent(ErrorCode::io_error,
+                          "could not reconnect (" + status.to_string() +
+                              "): the request was sent and not answered, so its outcome is "
+                              "unknown; sending it again (a mutation with the same key) is safe");
+        const Status unsent(status.code(), "could not reconnect: " + status.message());
+        fail_all_locked(guard, sent, unsent);
         continue;
       }
     }
+    // Follows cancelled while the connection was down (they were not sent
+    // again) end before any answer on the new connection is delivered.
+    end_cancelled_locked(guard);
     // The socket is replaced only after this thread marks the connection
     // lost, so reading it without the lock is safe.
     tcp::socket& current = *socket;
@@ -723,7 +763,15 @@ void Client::cancel_follow(FollowId follow) {
   auto entry = impl.pending.find(follow);
   if (entry == impl.pending.end() || !entry->second.follow || entry->second.cancelled) return;
   entry->second.cancelled = true;
-  if (!impl.connected) return;  // the reconnect ends it (on_connection_lost_locked)
+  if (!impl.connected) {
+    // The connection that had the follow is gone, and the reconnect would
+    // send it again: it ends here instead, its on_end run by the reader
+    // thread, which is reconnecting or waiting for work.
+    impl.ended.push_back(std::move(entry->second.done));
+    impl.pending.erase(entry);
+    impl.cv.notify_all();
+    return;
+  }
   wire::Request cancel;
   cancel.kind = wire::Request::Kind::cancel;
   cancel.id = impl.next_id++;

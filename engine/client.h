@@ -15,8 +15,12 @@
 // start_wait_ms) and sends every unanswered request again, unchanged: a
 // mutation keeps its idempotency key, so the server applies it at most once
 // and answers a retry with the recorded outcome (Receipt::replay). A
-// request that cannot be delivered fails with io_error; its outcome is then
-// unknown until it is retried with its key.
+// request sent and not answered when the client gives up fails with
+// io_error, whatever the reconnect ran into: the server may have applied
+// it, so its outcome is unknown until it is retried with its key (which is
+// safe). One never sent fails with the reconnect's reason (io_error;
+// invalid, "unauthorized: ...", when the server refuses the token; busy
+// when it is still starting after start_wait_ms): nothing was decided.
 // submit() and the submit_* reads never wait for a connection: while the
 // client reconnects they queue (up to inflight_max). A server that keeps
 // the connection open but stops answering (a stopped process) is given up
@@ -165,15 +169,18 @@ class Client final : public LedgerApi {
   // first): `on_batch` runs for each batch as its events are committed, in
   // seq order, without gaps or repeats, also across reconnects. `on_end`
   // runs once when the stream ends: ok after cancel_follow(); closed when
-  // the server shuts down or the client closes; io_error when the
-  // connection could not be restored; corrupt or io_error when the server
-  // could not read its log; invalid when the server refused the follow
-  // (too many on the connection). It may run before follow() returns.
+  // the server shuts down or the client closes; the reconnect's reason
+  // when the connection could not be restored (io_error; invalid or busy
+  // as for a request never sent, above); corrupt or io_error when the
+  // server could not read its log; invalid when the server refused the
+  // follow (too many on the connection). It may run before follow() returns.
   FollowId follow(std::uint64_t from_seq, BatchHandler on_batch, EndHandler on_end,
                   FollowOptions options = {});
   // Ends a follow: batches arriving after this returns are dropped, and
   // its on_end runs with ok once the server confirms (or the connection
-  // drops). An unknown or ended id is ignored.
+  // drops). Called while the client reconnects, the follow is not sent
+  // again and its on_end runs with ok (on the reader thread) without
+  // waiting for the connection. An unknown or ended id is ignored.
   void cancel_follow(FollowId follow);
 
   // Closes the connection and joins the client's threads. Requests not

@@ -158,6 +158,9 @@ namespace {
 // has sent every answer (BinarySession::linger()).
 constexpr std::int64_t kLingerMs = 2000;
 constexpr std::size_t kDrainBytes = 16 * 1024;
+// The most one piece of a binary session's write hands the socket (what
+// asio::transfer_all() allows): progress is marked after each piece.
+constexpr std::size_t kWritePieceBytesMax = 64 * 1024;
 
 // A follow stream of a binary connection (docs/protocol.md): batches of
 // committed events pushed under the follow request's id. Its cycle: wait in
@@ -237,6 +240,10 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   }
 
  private:
+  // Activity that keeps the connection from idling out: a whole request
+  // taken, or answers wholly written. Bytes of a frame not yet whole do not
+  // count, or a peer trickling one byte now and then would hold the
+  // connection (and its buffer) for ever.
   void touch() { last_activity_ns_ = steady_now_ns(); }
 
   // Handles the frames read so far, then reads more: one read takes in
@@ -252,6 +259,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
       auto frame = reader_.next();
       if (!frame) return malformed(frame.status().message());
       if (frame->empty()) return read_some();
+      touch();
       on_frame(*frame);
     }
   }
@@ -265,7 +273,6 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
                               if (ec) return self->on_read_error(ec);
                               if (self->lingering_) return self->drain();  // dropped
                               self->reader_.commit(bytes);
-                              self->touch();
                               self->read_frames();
                             });
   }
@@ -575,13 +582,24 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
 
   // Sends every answer queued so far in one gathered write: a pipelining
   // client then costs one syscall per batch of answers, not per answer.
+  // The completion condition runs (on the strand) as the write starts and
+  // after each piece of it goes out: it marks the progress that the idle
+  // timer checks, so that a peer that reads slowly keeps the connection
+  // and one that reads nothing does not.
   void write_next() {
     writing_ = true;
     gather_.clear();
     for (const Outgoing& outgoing : writes_) gather_.push_back(asio::buffer(outgoing.bytes));
-    asio::async_write(socket_, gather_,
-                      [self = shared_from_this(), count = writes_.size()](
-                          boost::system::error_code ec, std::size_t) { self->on_written(ec, count); });
+    asio::async_write(
+        socket_, gather_,
+        [self = shared_from_this()](boost::system::error_code ec, std::size_t) -> std::size_t {
+          self->write_progress_ns_ = steady_now_ns();
+          return ec ? 0 : kWritePieceBytesMax;
+        },
+        [self = shared_from_this(), count = writes_.size()](boost::system::error_code ec,
+                                                             std::size_t) {
+          self->on_written(ec, count);
+        });
   }
 
   void on_written(boost::system::error_code ec, std::size_t count) {
@@ -646,16 +664,17 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   }
 
   // Checks again after `wait_ns` (the whole idle timeout by default): at the
-  // moment the connection would have been idle that long.
+  // moment the connection would have been idle, or its write stalled, that
+  // long.
   void arm_idle_timer(std::int64_t wait_ns = 0) {
     if (wait_ns <= 0) wait_ns = core_idle_ns(core_);
     idle_timer_.expires_after(std::chrono::nanoseconds(wait_ns));
     idle_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
       if (ec || self->closed_) return;
-      const std::int64_t idle_ns = steady_now_ns() - self->last_activity_ns_;
+      if (self->writing_) return self->check_write_progress();
       // An open follow is a connection in use, however quiet the ledger.
-      const bool busy = self->inflight_ > 0 || self->writing_ || !self->follows_.empty();
-      if (busy) return self->arm_idle_timer();
+      if (self->inflight_ > 0 || !self->follows_.empty()) return self->arm_idle_timer();
+      const std::int64_t idle_ns = steady_now_ns() - self->last_activity_ns_;
       const std::int64_t left_ns = core_idle_ns(self->core_) - idle_ns;
       if (left_ns <= 0) {
         self->core_.log("binary connection: closing: idle timeout");
@@ -663,6 +682,20 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
       }
       self->arm_idle_timer(left_ns);
     });
+  }
+
+  // A write in progress keeps the connection open while it moves. One that
+  // has sent nothing for the idle timeout has a peer that reads nothing:
+  // waiting on it would hold the connection, its answers and its follows
+  // for ever.
+  void check_write_progress() {
+    const std::int64_t stalled_ns = steady_now_ns() - write_progress_ns_;
+    const std::int64_t left_ns = core_idle_ns(core_) - stalled_ns;
+    if (left_ns > 0) return arm_idle_timer(left_ns);
+    core_.log("binary connection: closing: no answer bytes written for " +
+              std::to_string(core_.options().idle_timeout_ms) +
+              " ms (the peer reads none)");
+    close();
   }
 
   static std::int64_t core_idle_ns(const Core& core) {
@@ -715,6 +748,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   std::vector<std::byte> drained_;
   bool closed_ = false;
   std::int64_t last_activity_ns_ = 0;
+  std::int64_t write_progress_ns_ = 0;  // the write in progress last sent bytes (or began)
 };
 
 }  // namespace

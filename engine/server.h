@@ -12,9 +12,9 @@
 // Limits: connections_max connections of each protocol, inflight_per_connection_max
 // requests in flight and follows_per_connection_max follow streams on each
 // (each with at most one batch written at a time), frame and body sizes,
-// idle timeouts. A
-// malformed or oversized frame closes only its connection, with a logged
-// reason. Tokens are compared in constant time.
+// idle timeouts, and (binary) a write that sends nothing for the idle
+// timeout. A malformed or oversized frame closes only its connection, with
+// a logged reason. Tokens are compared in constant time.
 //
 // Thread safety: start(), bind(), serve() and stop() from one thread;
 // ports from any.

@@ -6,13 +6,17 @@
 
 #include <doctest.h>
 
+#include <array>
 #include <atomic>
+#include <capnp/any.h>
 #include <capnp/message.h>
+#include <capnp/schema.h>
 #include <capnp/serialize.h>
 #include <condition_variable>
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <future>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -1165,6 +1169,21 @@ TEST_CASE("client: every call, with the Ledger's results") {
   CHECK(*fx.ledger->balance("alice", "gold") == *client->balance("alice", "gold"));
 }
 
+TEST_CASE("client: a single command that also has ops is refused, as the Ledger refuses it") {
+  Fixture fx;
+  auto client = fx.client();
+  Command command;
+  command.key = "both";
+  command.op = OpRequest::acquire("alice", "gold", 1);
+  command.ops = {OpRequest::acquire("bob", "gold", 1)};
+  const Result<Receipt> embedded = fx.ledger->execute(command);
+  const Result<Receipt> remote = client->execute(command);
+  CHECK(embedded.code() == ErrorCode::invalid);
+  CHECK(remote.code() == embedded.code());
+  CHECK(remote.status().message() == embedded.status().message());
+  CHECK(fx.ledger->stats().next_seq == 1);  // nothing was written
+}
+
 TEST_CASE("client: point-in-time balance and list, as the embedded Ledger answers them") {
   Fixture fx;
   auto client = fx.client();
@@ -1425,6 +1444,176 @@ TEST_CASE("client: a dropped connection is retried with the same key, applied on
   CHECK(proxy.connections() == 2);
   CHECK((*client)->balance("alice", "gold")->available == 7);
   CHECK((*client)->close().ok());
+}
+
+// Forwards one connection at a time to an upstream port the test may
+// change, or to none (0: each connection is closed at once, as by a server
+// that is down), and cuts the connection it forwards when told. With
+// `swallow_first`, the first connection forwards the server's first piece
+// of answers (the hello's) and swallows the rest, as a network that loses
+// them, until the server closes it.
+class SwitchingProxy {
+ public:
+  explicit SwitchingProxy(std::uint16_t upstream, bool swallow_first = false)
+      : upstream_(upstream), swallow_first_(swallow_first),
+        acceptor_(io_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)) {
+    thread_ = std::thread([this] { run(); });
+  }
+  ~SwitchingProxy() {
+    stopping_ = true;
+    cut();
+    boost::system::error_code ignored;
+    tcp::socket poke(io_);  // wakes the acceptor
+    poke.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port()), ignored);
+    thread_.join();
+  }
+  std::uint16_t port() const { return acceptor_.local_endpoint().port(); }
+  int connections() const { return connections_.load(); }
+  ClientOptions client_options() const {
+    ClientOptions options;
+    options.address = "127.0.0.1:" + std::to_string(port());
+    // Reconnects that outlast a server restart however slow the machine.
+    options.retries_max = 1000;
+    options.retry_backoff_max_ms = 20;
+    return options;
+  }
+  void redirect(std::uint16_t upstream) { upstream_ = upstream; }
+  // Ends the connection forwarded now, both ways.
+  void cut() {
+    std::lock_guard<std::mutex> guard(mu_);
+    boost::system::error_code ignored;
+    for (tcp::socket* socket : current_) {
+      if (socket != nullptr) socket->shutdown(tcp::socket::shutdown_both, ignored);
+    }
+  }
+  void await_connections(int count) const {
+    while (connections() < count) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+
+ private:
+  void run() {
+    while (!stopping_) {
+      tcp::socket downstream(io_);
+      boost::system::error_code ec;
+      acceptor_.accept(downstream, ec);
+      if (ec || stopping_) return;
+      const bool swallow = connections_++ == 0 && swallow_first_;
+      const std::uint16_t to = upstream_.load();
+      if (to == 0) continue;  // `downstream` closes as it goes
+      tcp::socket upstream(io_);
+      upstream.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), to), ec);
+      if (ec) continue;
+      {
+        std::lock_guard<std::mutex> guard(mu_);
+        current_ = {&downstream, &upstream};
+      }
+      std::thread up([&] { pump(downstream, upstream, false); });
+      pump(upstream, downstream, swallow);
+      up.join();
+      std::lock_guard<std::mutex> guard(mu_);
+      current_ = {nullptr, nullptr};
+    }
+  }
+  void pump(tcp::socket& from, tcp::socket& to, bool swallow) {
+    char chunk[4096];
+    bool forwarded = false;
+    boost::system::error_code ec;
+    while (true) {
+      const std::size_t n = from.read_some(asio::buffer(chunk), ec);
+      if (ec) break;
+      if (swallow && forwarded) continue;
+      forwarded = true;
+      asio::write(to, asio::buffer(chunk, n), ec);
+      if (ec) break;
+    }
+    from.shutdown(tcp::socket::shutdown_both, ec);
+    to.shutdown(tcp::socket::shutdown_both, ec);
+  }
+
+  std::atomic<std::uint16_t> upstream_;
+  const bool swallow_first_;
+  asio::io_context io_;
+  tcp::acceptor acceptor_;
+  std::mutex mu_;
+  std::array<tcp::socket*, 2> current_{nullptr, nullptr};  // the connection forwarded now
+  std::atomic<bool> stopping_{false};
+  std::atomic<int> connections_{0};
+  std::thread thread_;
+};
+
+TEST_CASE("client: a request sent, unanswered, then refused a reconnect is io_error, not invalid") {
+  Fixture fx;  // no token, for now
+  SwitchingProxy proxy(fx.server->binary_port(), true);
+  auto client = Client::connect(proxy.client_options());
+  REQUIRE(client.ok());
+  const auto submit = [&](const std::string& key, std::promise<Result<Receipt>>* answer) {
+    Command command;
+    command.key = key;
+    command.op = OpRequest::acquire("alice", "gold", 7);
+    (*client)->submit(std::move(command),
+                      [answer](Result<Receipt> result) { answer->set_value(std::move(result)); });
+  };
+  std::promise<Result<Receipt>> sent_answer;
+  submit("sent", &sent_answer);
+  // Applied; its answer is swallowed.
+  while (fx.ledger->balance("alice", "gold")->available != 7) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  // The server goes down: the client reconnects, and fails, until it is back.
+  proxy.redirect(0);
+  fx.stop();
+  proxy.await_connections(2);
+  std::promise<Result<Receipt>> unsent_answer;
+  submit("unsent", &unsent_answer);  // queued: there is no connection to send it on
+  // Back, with a token this client does not have: the reconnect is refused.
+  fx.options.token = "secret";
+  fx.start();
+  proxy.redirect(fx.server->binary_port());
+  const Result<Receipt> sent = sent_answer.get_future().get();
+  CHECK(sent.code() == ErrorCode::io_error);
+  CHECK(sent.status().message().find("outcome is unknown") != std::string::npos);
+  CHECK(sent.status().message().find("unauthorized") != std::string::npos);
+  // Never sent, so never decided: that one carries the reconnect's reason.
+  const Result<Receipt> unsent = unsent_answer.get_future().get();
+  CHECK(unsent.code() == ErrorCode::invalid);
+  CHECK(unsent.status().message().find("unauthorized") != std::string::npos);
+  // The retry the io_error calls for, with the same key, is safe.
+  Command again;
+  again.key = "sent";
+  again.op = OpRequest::acquire("alice", "gold", 7);
+  auto replay = fx.client()->execute(std::move(again));
+  REQUIRE(replay.ok());
+  CHECK(replay->replay);
+  CHECK(fx.ledger->balance("alice", "gold")->available == 7);
+}
+
+TEST_CASE("client: a follow cancelled while the client reconnects ends with ok, not sent again") {
+  Fixture fx;
+  SwitchingProxy proxy(fx.server->binary_port());
+  auto client = Client::connect(proxy.client_options());
+  REQUIRE(client.ok());
+  REQUIRE(fx.ledger->acquire("k1", "alice", "gold", 1).ok());
+  FollowSink sink;
+  const FollowId id = (*client)->follow(1, sink.on_batch(), sink.on_end());
+  sink.await_count(1);
+  // The connection drops, and the server cannot be reached for now.
+  proxy.redirect(0);
+  proxy.cut();
+  proxy.await_connections(2);  // the client is reconnecting
+  (*client)->cancel_follow(id);
+  proxy.redirect(fx.server->binary_port());
+  // Answered on the new connection, after the follow's end was delivered.
+  REQUIRE((*client)->acquire("k2", "alice", "gold", 1).ok());
+  {
+    std::lock_guard<std::mutex> guard(sink.mu);
+    REQUIRE(sink.end.has_value());
+    CHECK(sink.end->ok());
+    CHECK(sink.seqs == seq_range(1, 1));
+  }
+  CHECK((*client)->close().ok());
+  // close() does not end it a second time.
+  std::lock_guard<std::mutex> guard(sink.mu);
+  CHECK(sink.end->ok());
 }
 
 // A peer that accepts connections and answers nothing, or only the hello:
@@ -1793,19 +1982,89 @@ TEST_CASE("binary: a request that decodes but cannot be taken is answered invali
     asio::write(socket, asio::buffer(words.begin(), words.size() * sizeof(capnp::word)));
   };
   send_mutation(1, 0, 0);  // a single mutation with no op
-  send_mutation(2, 2, 0);  // ... with two
+  send_mutation(2, 2, 0);  // ... with two: the Ledger refuses it, as it would embedded
   send_mutation(3, 1, 9);  // an op type this version does not know
-  for (std::uint64_t id = 1; id <= 3; id++) {
+  // In completion order: the second goes to the Ledger, the others are
+  // refused as they are decoded.
+  std::set<std::uint64_t> refused;
+  for (int answer = 0; answer < 3; answer++) {
     const wire::Response response = read_response(socket);
-    CHECK(response.id == id);
     CHECK(response.kind == wire::Response::Kind::error);
     CHECK(response.error.code() == ErrorCode::invalid);
+    if (response.id == 2) CHECK(response.error.message() == "ops are given but batch is not set");
+    refused.insert(response.id);
   }
+  CHECK(refused == std::set<std::uint64_t>{1, 2, 3});
   asio::write(socket, asio::buffer(balance_frame(4, "s", "i")));
   const wire::Response answer = read_response(socket);
   CHECK(answer.id == 4);
   CHECK(answer.kind == wire::Response::Kind::balance);
   CHECK(fx.ledger->stats().next_seq == 1);  // nothing was applied
+}
+
+// The frame of a request that `build` makes with the schema, whose AsOf's
+// union discriminant is then set to `kind`: a kind of point in time the
+// schema does not have (yet).
+using AsOfBuild = std::function<proto::AsOf::Builder(proto::Request::Builder)>;
+std::string with_as_of_kind(std::uint16_t kind, const AsOfBuild& build) {
+  capnp::MallocMessageBuilder builder;
+  proto::AsOf::Builder at = build(builder.initRoot<proto::Request>());
+  at.setSeq(1);
+  // The discriminant's place, in 16-bit units of the data section.
+  const std::uint32_t offset =
+      capnp::Schema::from<proto::AsOf>().getProto().getStruct().getDiscriminantOffset();
+  kj::ArrayPtr<capnp::byte> data = capnp::AnyStruct::Builder(kj::mv(at)).getDataSection();
+  REQUIRE(data.size() >= 2 * offset + 2);
+  data[2 * offset] = static_cast<capnp::byte>(kind & 0xff);
+  data[2 * offset + 1] = static_cast<capnp::byte>(kind >> 8);
+  const kj::Array<capnp::word> words = capnp::messageToFlatArray(builder);
+  const auto bytes = words.asBytes();
+  return std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+}
+
+TEST_CASE("binary: an asOf of an unknown kind is answered invalid, not read as a time") {
+  Fixture fx;
+  REQUIRE(fx.ledger->acquire("k", "s", "i", 1).ok());
+  asio::io_context io;
+  tcp::socket socket(io);
+  connect_binary(socket, fx.server->binary_port());
+  const auto data = [](std::string_view text) {
+    return capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(text.data()), text.size());
+  };
+  std::string frames = with_as_of_kind(5, [&](proto::Request::Builder request) {
+    request.setId(1);
+    auto query = request.initBalance();
+    query.setSubject(data("s"));
+    query.setItem(data("i"));
+    return query.initAsOf();
+  });
+  frames += with_as_of_kind(5, [&](proto::Request::Builder request) {
+    request.setId(2);
+    auto query = request.initList();
+    query.setSubject(data("s"));
+    return query.initAsOf();
+  });
+  frames += with_as_of_kind(5, [&](proto::Request::Builder request) {
+    request.setId(3);
+    auto query = request.initHoldInfoAt();
+    query.setHold(1);
+    return query.initAsOf();
+  });
+  asio::write(socket, asio::buffer(frames));
+  std::set<std::uint64_t> refused;
+  for (int answer = 0; answer < 3; answer++) {
+    const wire::Response response = read_response(socket);
+    CHECK(response.kind == wire::Response::Kind::error);
+    CHECK(response.error.code() == ErrorCode::invalid);
+    CHECK(response.error.message().find("unknown asOf kind 5") != std::string::npos);
+    refused.insert(response.id);
+  }
+  CHECK(refused == std::set<std::uint64_t>{1, 2, 3});
+  // The connection stays.
+  asio::write(socket, asio::buffer(balance_frame(4, "s", "i")));
+  const wire::Response answer = read_response(socket);
+  CHECK(answer.id == 4);
+  CHECK(answer.balance.available == 1);
 }
 
 TEST_CASE("binary: malformed and oversized frames close only their connection") {
@@ -1917,6 +2176,70 @@ TEST_CASE("server: a binary connection closes one idle timeout after its last re
   CHECK(idle_ms >= kTimeoutMs - 100);
   CHECK(idle_ms < kTimeoutMs + 900);
   CHECK(fx.logged("binary connection: closing: idle timeout"));
+}
+
+// Polls `fx`'s log for `fragment` for up to `polls` times 10 ms.
+bool await_logged(Fixture& fx, std::string_view fragment, int polls) {
+  for (int poll = 0; poll < polls; poll++) {
+    if (fx.logged(fragment)) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return fx.logged(fragment);
+}
+
+TEST_CASE("server: a frame trickled a byte at a time does not hold a binary connection open") {
+  Fixture fx;
+  fx.options.idle_timeout_ms = 300;
+  fx.stop();
+  fx.start();
+  asio::io_context io;
+  tcp::socket socket(io);
+  connect_binary(socket, fx.server->binary_port());
+  // One segment of 100 words, sent a byte each 50 ms: ten idle timeouts'
+  // worth of bytes, none of them making a whole request.
+  std::string frame(8 + 100 * 8, '\0');
+  frame[4] = 100;
+  bool closed = false;
+  for (std::size_t sent = 0; sent < 60 && !closed; sent++) {
+    boost::system::error_code ec;
+    asio::write(socket, asio::buffer(frame.data() + sent, 1), ec);
+    closed = ec || await_logged(fx, "binary connection: closing: idle timeout", 5);
+  }
+  CHECK(closed);
+  CHECK(fx.logged("binary connection: closing: idle timeout"));
+}
+
+TEST_CASE("server: a peer that reads none of its answers is closed once the write stalls") {
+  Fixture fx;
+  fx.options.idle_timeout_ms = 300;
+  fx.stop();
+  fx.start();
+  // A list answer of about 280 KB; 48 of them fill any socket buffers.
+  std::vector<OpRequest> ops;
+  for (int op = 0; op < 1000; op++) {
+    std::string item = testing::name("item-", op);
+    item.resize(246, 'x');
+    ops.push_back(OpRequest::acquire("big", item, 1));
+  }
+  REQUIRE(fx.ledger->batch("b", ops)->outcome == Outcome::ok);
+  asio::io_context io;
+  tcp::socket socket(io);
+  socket.open(tcp::v4());
+  socket.set_option(asio::socket_base::receive_buffer_size(4096));
+  connect_binary(socket, fx.server->binary_port());
+  asio::write(socket, asio::buffer(burst_of(48, [](wire::Request* request) {
+    request->kind = wire::Request::Kind::list;
+    request->subject = "big";
+  })));
+  // Nothing is read; the server gives up one idle timeout after its write
+  // stopped moving, however busy the connection looks.
+  CHECK(await_logged(fx, "binary connection: closing: no answer bytes written", 1000));
+  CHECK_FALSE(fx.logged("binary connection: closing: idle timeout"));
+  // Closed: what the server had written comes, then the end.
+  boost::system::error_code ec;
+  std::vector<char> chunk(1 << 16);
+  while (!ec) socket.read_some(asio::buffer(chunk), ec);
+  CHECK((ec == asio::error::eof || ec == asio::error::connection_reset));
 }
 
 TEST_CASE("server: graceful shutdown answers what it accepted; a restart serves the same state") {

@@ -108,8 +108,16 @@ void encode_as_of(const AsOf& at, proto::AsOf::Builder out) {
   }
 }
 
-AsOf decode_as_of(proto::AsOf::Reader in) {
-  return in.which() == proto::AsOf::SEQ ? AsOf::at_seq(in.getSeq()) : AsOf::at_time(in.getTimeNs());
+// A discriminant this version does not know (a later client's kind of
+// point) is refused rather than read as one of ours: answering for another
+// point than the one asked would be a wrong answer, not an error.
+Status decode_as_of(proto::AsOf::Reader in, std::optional<AsOf>* out) {
+  switch (in.which()) {
+    case proto::AsOf::SEQ: *out = AsOf::at_seq(in.getSeq()); return Status();
+    case proto::AsOf::TIME_NS: *out = AsOf::at_time(in.getTimeNs()); return Status();
+  }
+  return Status(ErrorCode::invalid,
+                "unknown asOf kind " + std::to_string(static_cast<unsigned>(in.which())));
 }
 
 void encode_mutation(const Command& command, proto::Mutation::Builder out) {
@@ -118,13 +126,14 @@ void encode_mutation(const Command& command, proto::Mutation::Builder out) {
   out.setReference(as_data(command.meta.reference));
   out.setActor(as_data(command.meta.actor));
   out.setBatch(command.batch);
-  if (!command.batch) {
-    encode_op(command.op, out.initOps(1)[0]);
-    return;
-  }
-  auto ops = out.initOps(static_cast<unsigned>(command.ops.size()));
+  // A single command's op goes first, then any `ops` it also has: the
+  // server's Ledger refuses such a command as an embedded one does ("ops are
+  // given but batch is not set"), where dropping them would apply the op.
+  const unsigned first = command.batch ? 0 : 1;
+  auto ops = out.initOps(static_cast<unsigned>(first + command.ops.size()));
+  if (!command.batch) encode_op(command.op, ops[0]);
   for (std::size_t index = 0; index < command.ops.size(); index++) {
-    encode_op(command.ops[index], ops[static_cast<unsigned>(index)]);
+    encode_op(command.ops[index], ops[first + static_cast<unsigned>(index)]);
   }
 }
 
@@ -136,13 +145,18 @@ Status decode_mutation(proto::Mutation::Reader mutation, Command* out) {
   out->batch = mutation.getBatch();
   const auto ops = mutation.getOps();
   if (ops.size() > kBatchOpsMax) return detail::batch_too_large();
+  // A single mutation's first op is its op; more ops are kept as the
+  // Command's `ops`, for the Ledger to refuse as it refuses them from an
+  // embedded caller (one check, in engine/decide.cc, for both).
+  unsigned first = 0;
   if (!out->batch) {
-    if (ops.size() != 1) return Status(ErrorCode::invalid, "a single mutation needs one op");
-    return decode_op(ops[0], &out->op);
+    if (ops.size() == 0) return Status(ErrorCode::invalid, "a single mutation needs one op");
+    TALLY_TRY(decode_op(ops[0], &out->op));
+    first = 1;
   }
-  out->ops.resize(ops.size());
-  for (unsigned index = 0; index < ops.size(); index++) {
-    TALLY_TRY(decode_op(ops[index], &out->ops[index]));
+  out->ops.resize(ops.size() - first);
+  for (unsigned index = first; index < ops.size(); index++) {
+    TALLY_TRY(decode_op(ops[index], &out->ops[index - first]));
   }
   return Status();
 }
@@ -163,13 +177,13 @@ Status decode_request_fields(proto::Request::Reader in, Request* out) {
       out->kind = Request::Kind::balance;
       out->subject = as_string(in.getBalance().getSubject());
       out->item = as_string(in.getBalance().getItem());
-      if (in.getBalance().hasAsOf()) out->as_of = decode_as_of(in.getBalance().getAsOf());
-      return Status();
+      if (!in.getBalance().hasAsOf()) return Status();
+      return decode_as_of(in.getBalance().getAsOf(), &out->as_of);
     case proto::Request::LIST:
       out->kind = Request::Kind::list;
       out->subject = as_string(in.getList().getSubject());
-      if (in.getList().hasAsOf()) out->as_of = decode_as_of(in.getList().getAsOf());
-      return Status();
+      if (!in.getList().hasAsOf()) return Status();
+      return decode_as_of(in.getList().getAsOf(), &out->as_of);
     case proto::Request::HOLD_INFO:
       out->kind = Request::Kind::hold_info;
       out->hold = in.getHoldInfo();
@@ -177,8 +191,8 @@ Status decode_request_fields(proto::Request::Reader in, Request* out) {
     case proto::Request::HOLD_INFO_AT:
       out->kind = Request::Kind::hold_info;
       out->hold = in.getHoldInfoAt().getHold();
-      if (in.getHoldInfoAt().hasAsOf()) out->as_of = decode_as_of(in.getHoldInfoAt().getAsOf());
-      return Status();
+      if (!in.getHoldInfoAt().hasAsOf()) return Status();
+      return decode_as_of(in.getHoldInfoAt().getAsOf(), &out->as_of);
     case proto::Request::FOLLOW:
       out->kind = Request::Kind::follow;
       out->from_seq = in.getFollow().getFromSeq();

@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -94,8 +95,10 @@ struct Request {
   std::uint32_t max_events = 0;              // follow; 0: the server's maximum
   std::uint64_t follow_id = 0;               // cancel: the follow's request id
   // Not ok: a well-formed message this server does not take (an unknown
-  // kind or op type, a single mutation without exactly one op, too many
-  // ops): answered with this error under `id`, the rest unset.
+  // kind, op type or asOf kind, a single mutation without an op, too many
+  // ops): answered with this error under `id`, the rest unset. A single
+  // mutation with more than one op decodes, its first op as `command.op`
+  // and the rest as `command.ops`, for the Ledger's validation to refuse.
   Status refused;
 };
 
