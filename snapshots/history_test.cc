@@ -1289,6 +1289,16 @@ TEST_CASE("read_only: a missing index is not_found and creates nothing; a writte
 
 // ---------------------------------------------------------------- processes
 
+// An index of 3000 acquires over 300 pairs, flushed: dozens of pages.
+void write_many_pairs_index(const TempDir& dir) {
+  Indexed indexed(dir);
+  auto& [store, state, feed] = indexed;
+  for (std::uint64_t step = 0; step < 3000; step++) {
+    REQUIRE_OK(feed.one(key_of(step), acquire_op(key_of(step % 300), "gold", 1)));
+  }
+  REQUIRE_OK(store->flush());
+}
+
 TEST_CASE("a writer that meets a page LMDB asserts on moves its index aside first") {
   // LMDB asserts on some damaged pages (where it is built with assertions)
   // and the process ends; a writer moves its store aside before, so that
@@ -1296,14 +1306,7 @@ TEST_CASE("a writer that meets a page LMDB asserts on moves its index aside firs
   // page after another until a child that opens the index for writing and
   // walks it ends with SIGABRT.
   TempDir dir;
-  {
-    Indexed indexed(dir);
-    auto& [store, state, feed] = indexed;
-    for (std::uint64_t step = 0; step < 3000; step++) {
-      REQUIRE_OK(feed.one(key_of(step), acquire_op(key_of(step % 300), "gold", 1)));
-    }
-    REQUIRE_OK(store->flush());
-  }
+  write_many_pairs_index(dir);
   const std::string path = dir.sub("history");
   const std::string data_path = path + "/data.mdb";
   const std::string bytes = testing::read_file(data_path);
@@ -1347,49 +1350,28 @@ TEST_CASE("a writer that meets a page LMDB asserts on moves its index aside firs
 
 TEST_CASE("with every page checked at open, damage to any page is corrupt or read, never a crash") {
   TempDir dir;
-  {
-    Indexed indexed(dir);
-    auto& [store, state, feed] = indexed;
-    for (std::uint64_t step = 0; step < 3000; step++) {
-      REQUIRE_OK(feed.one(key_of(step), acquire_op(key_of(step % 300), "gold", 1)));
-    }
-    REQUIRE_OK(store->flush());
-  }
+  write_many_pairs_index(dir);
   const std::string path = dir.sub("history");
   const std::string data_path = path + "/data.mdb";
   const std::string bytes = testing::read_file(data_path);
+  REQUIRE(bytes.size() >= 8 * 4096);
   HistoryStoreOptions options = small_options();
   options.read_only = true;
   options.check_all_pages = true;
-  // Every page after the two meta pages: a bit flipped in each byte of its
-  // header, its node offsets and its first node, or the whole page zeroed.
   // What opens reads whole (check_chains reads every record), or is corrupt.
-  constexpr std::size_t kPage = 4096;
-  const std::size_t pages = bytes.size() / kPage;
-  REQUIRE(pages >= 8);
   std::size_t found_at_open = 0;
-  for (std::size_t page = 2; page < pages; page++) {
+  testing::for_each_page_damage(bytes, [&](std::size_t page, const std::string& damaged) {
     CAPTURE(page);
-    for (std::size_t at = 0; at <= 48; at++) {
-      CAPTURE(at);
-      std::string damaged = bytes;
-      if (at == 48) {
-        std::fill_n(damaged.begin() + static_cast<std::ptrdiff_t>(page * kPage), kPage, '\0');
-      } else {
-        char& byte = damaged[page * kPage + at];
-        byte = static_cast<char>(byte ^ (1 << (at % 8)));
-      }
-      testing::write_file(data_path, damaged);
-      auto store = HistoryStore::open(path, options);
-      if (!store.ok()) {
-        CHECK(store.code() == ErrorCode::corrupt);
-        found_at_open++;
-        continue;
-      }
-      const Status read = (*store)->check_chains();
-      CHECK((read.ok() || read.code() == ErrorCode::corrupt));
+    testing::write_file(data_path, damaged);
+    auto store = HistoryStore::open(path, options);
+    if (!store.ok()) {
+      CHECK(store.code() == ErrorCode::corrupt);
+      found_at_open++;
+      return;
     }
-  }
+    const Status read = (*store)->check_chains();
+    CHECK((read.ok() || read.code() == ErrorCode::corrupt));
+  });
   CHECK(found_at_open > 0);
 }
 

@@ -388,51 +388,37 @@ TEST_CASE("damage to any page of the store's trees is corrupt at open or skipped
     REQUIRE(store.ok());
     before = (*store)->list().value();
   }
-  // Every page after the two meta pages, the live ones (tree, overflow)
-  // and the free: a bit flipped in each byte of its header, its node
-  // offsets and its first node, or the whole page zeroed.
-  constexpr std::size_t kPage = 4096;
-  const std::size_t pages = bytes.size() / kPage;
-  REQUIRE(pages >= 8);
+  // Every page, the live ones (tree, overflow) and the free.
+  REQUIRE(bytes.size() >= 8 * 4096);
   std::string found_at_open;  // the last damaged file that did not open
-  for (std::size_t page = 2; page < pages; page++) {
+  testing::for_each_page_damage(bytes, [&](std::size_t page, const std::string& damaged) {
     CAPTURE(page);
-    for (std::size_t at = 0; at <= 48; at++) {
-      CAPTURE(at);
-      std::string damaged = bytes;
-      if (at == 48) {
-        std::fill_n(damaged.begin() + static_cast<std::ptrdiff_t>(page * kPage), kPage, '\0');
-      } else {
-        char& byte = damaged[page * kPage + at];
-        byte = static_cast<char>(byte ^ (1 << (at % 8)));
-      }
-      write_file(data_path, damaged);
-      auto store = SnapshotStore::open(snapshots, small_options());
-      if (!store.ok()) {
-        CHECK(store.code() == ErrorCode::corrupt);
-        found_at_open = damaged;
-        continue;
-      }
-      // What opens reads without a crash: every snapshot it lists loads,
-      // or is skipped as damaged.
-      auto listed = (*store)->list();
-      if (!listed.ok()) {
-        CHECK(listed.code() == ErrorCode::corrupt);
-        continue;
-      }
-      CHECK(listed->size() <= before.size());
-      std::vector<SkippedSnapshot> skipped;
-      auto loaded = (*store)->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, &skipped);
-      if (loaded.ok()) {
-        const bool known = std::any_of(before.begin(), before.end(), [&](const SnapshotInfo& info) {
-          return info.seq == loaded->info.seq && info.digest == loaded->state->digest();
-        });
-        CHECK(known);
-      } else {
-        CHECK(loaded.code() == ErrorCode::not_found);
-      }
+    write_file(data_path, damaged);
+    auto store = SnapshotStore::open(snapshots, small_options());
+    if (!store.ok()) {
+      CHECK(store.code() == ErrorCode::corrupt);
+      found_at_open = damaged;
+      return;
     }
-  }
+    // What opens reads without a crash: every snapshot it lists loads, or
+    // is skipped as damaged.
+    auto listed = (*store)->list();
+    if (!listed.ok()) {
+      CHECK(listed.code() == ErrorCode::corrupt);
+      return;
+    }
+    CHECK(listed->size() <= before.size());
+    std::vector<SkippedSnapshot> skipped;
+    auto loaded = (*store)->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, &skipped);
+    if (!loaded.ok()) {
+      CHECK(loaded.code() == ErrorCode::not_found);
+      return;
+    }
+    const bool known = std::any_of(before.begin(), before.end(), [&](const SnapshotInfo& info) {
+      return info.seq == loaded->info.seq && info.digest == loaded->state->digest();
+    });
+    CHECK(known);
+  });
   REQUIRE(!found_at_open.empty());
   write_file(data_path, found_at_open);
   check_renewed(snapshots);

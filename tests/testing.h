@@ -3,8 +3,11 @@
 
 #include <stdlib.h>
 
+#include <algorithm>
+#include <cstddef>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <string>
 #include <string_view>
@@ -45,6 +48,28 @@ inline std::string read_file(const std::string& path) {
 inline void write_file(const std::string& path, std::string_view bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+// The damage the LMDB store tests do to a data.mdb of 4 KiB pages whose
+// bytes are `bytes`: for every page after the two meta pages, a bit
+// flipped in each of its first 48 bytes (the page header, the node
+// offsets, the first node), then the page zeroed. `visit` gets each
+// damaged copy, with the page it damaged.
+inline void for_each_page_damage(
+    const std::string& bytes, const std::function<void(std::size_t, const std::string&)>& visit) {
+  constexpr std::size_t kPage = 4096;
+  for (std::size_t page = 2; page < bytes.size() / kPage; page++) {
+    for (std::size_t at = 0; at <= 48; at++) {
+      std::string damaged = bytes;
+      if (at == 48) {
+        std::fill_n(damaged.begin() + static_cast<std::ptrdiff_t>(page * kPage), kPage, '\0');
+      } else {
+        char& byte = damaged[page * kPage + at];
+        byte = static_cast<char>(byte ^ (1 << (at % 8)));
+      }
+      visit(page, damaged);
+    }
+  }
 }
 
 // `prefix` followed by n in decimal ("k17"). Built by appending: "s" +
