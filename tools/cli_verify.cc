@@ -206,7 +206,8 @@ std::string lost_events_text(const VerifySummary& summary, std::uint64_t held_se
   const std::uint64_t lost = held_seq - last_seq;
   std::string text = "the log ends at seq " + std::to_string(last_seq);
   if (summary.report.reached_end) {
-    text += " (" + end_position(summary.report.end) + ")";
+    const log::LogEnd& end = summary.report.end;
+    text += end.has_segment ? " (" + end_position(end) + ")" : " (it has no segment)";
   }
   return text + ": the " + std::to_string(lost) + (lost == 1 ? " event" : " events") +
          " after it " + (lost == 1 ? "is" : "are") +
