@@ -20,8 +20,11 @@
 // Waiting: one watcher thread waits on Ledger::wait_committed on behalf of
 // every waiter and calls them back, so that the server's I/O threads never
 // block on the ledger. Ledger::wait_committed cannot be interrupted, so the
-// watcher waits in slices of kFeedWatchSliceMs: deadlines and stop() are
-// noticed within one slice; commits at once.
+// watcher waits in slices of kFeedWatchSliceMs, or to the nearest deadline:
+// a waiter that comes meanwhile with an earlier deadline, and stop(), are
+// noticed within one slice; commits at once. The slice is short, so that a
+// long poll of a few ms is not held for long behind another's longer wait;
+// the watcher wakes that often only while someone waits.
 //
 // Errors: corrupt and io_error from the log (LogTail), or what a visitor
 // returned. A failed read leaves its cursor unchanged.
@@ -54,7 +57,7 @@ namespace tally {
 inline constexpr std::size_t kFeedEventsMax = 1000;              // per read
 inline constexpr std::size_t kFeedBytesMaxDefault = 256u << 10;  // payload bytes per read
 inline constexpr std::size_t kFeedPositionsMax = 64;             // poll()'s cache
-inline constexpr std::int64_t kFeedWatchSliceMs = 50;
+inline constexpr std::int64_t kFeedWatchSliceMs = 5;
 
 struct FeedLimits {
   std::size_t events_max = kFeedEventsMax;  // 1..kFeedEventsMax

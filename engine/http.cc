@@ -694,6 +694,9 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
       return refuse(framing->status, framing->code, std::move(framing->detail));
     }
     const auto read_body = [self = shared_from_this()] {
+      // The body has a timeout of its own: the headers' covered the idle
+      // wait before them too.
+      self->stream_.expires_after(std::chrono::milliseconds(self->core_.options().idle_timeout_ms));
       http::async_read(self->stream_, self->buffer_, *self->parser_,
                        [self](beast::error_code read_ec, std::size_t) { self->on_read(read_ec); });
     };
@@ -721,6 +724,8 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     if (ec == http::error::header_limit) {
       return refuse(http::status::request_header_fields_too_large, "too_large", "headers too large");
     }
+    // A client that resets the connection is gone, not malformed.
+    if (ec == asio::error::connection_reset) return close();
     if (ec) return refuse(http::status::bad_request, "invalid", "malformed HTTP request: " + ec.message());
     handle(parser_->release());
   }

@@ -30,7 +30,9 @@ std::int64_t steady_now_ns() {
 }
 
 Core::Core(ServerOptions options)
-    : options_(std::move(options)), read_pool_(options_.read_threads) {}
+    : options_(std::move(options)),
+      read_pool_(options_.read_threads),
+      point_in_time_pool_(options_.read_threads) {}
 
 void Core::serve(Ledger* ledger) {
   TALLY_ASSERT(ledger != nullptr && !serving() && !stopping());
@@ -84,7 +86,7 @@ void Core::balance(std::string subject, std::string item, std::optional<AsOf> at
         [this, subject = std::move(subject), item = std::move(item), at] {
           return ledger().balance(subject, item, *at);
         },
-        std::move(done));
+        std::move(done), ReadPool::point_in_time);
   }
   query<Balance>(
       Metrics::Op::balance,
@@ -101,7 +103,7 @@ void Core::list(std::string subject, std::optional<AsOf> at,
     return read<Items>(
         Metrics::Op::list,
         [this, subject = std::move(subject), at] { return ledger().list(subject, *at); },
-        std::move(done));
+        std::move(done), ReadPool::point_in_time);
   }
   query<Items>(
       Metrics::Op::list,
@@ -116,7 +118,7 @@ void Core::hold_info(HoldId hold, std::optional<AsOf> at,
   if (at) {
     return read<HoldView>(
         Metrics::Op::hold_info, [this, hold, at] { return ledger().hold_info(hold, *at); },
-        std::move(done));
+        std::move(done), ReadPool::point_in_time);
   }
   query<HoldView>(
       Metrics::Op::hold_info,

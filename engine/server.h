@@ -50,9 +50,12 @@ struct ServerOptions {
   // too (on two cores one I/O thread serves the binary protocol about 10%
   // faster than two; docs/performance.md).
   std::size_t io_threads = io_threads_default();
-  // Reads that may block (point-in-time balances, lists and holds, the
-  // event feed) run here so that the I/O threads never do. Current balance, list
-  // and hold reads need no thread: they go to the ledger without blocking.
+  // Reads that may block run on threads of their own so that the I/O
+  // threads never do: the event feed and /metrics on read_threads, and
+  // point-in-time balances, lists and holds (which may replay the log from
+  // a snapshot, for seconds) on as many more, so that they never hold up
+  // the feed. Current balance, list and hold reads need no thread: they go
+  // to the ledger without blocking.
   std::size_t read_threads = 2;
   std::size_t connections_max = 256;  // binary; and HTTP, counted on its own
   // Together with connections_max this bounds the requests held in memory.

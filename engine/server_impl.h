@@ -83,11 +83,18 @@ class Core {
             std::function<void(Result<std::vector<ItemBalance>>)> done);
   void hold_info(HoldId hold, std::optional<AsOf> at,
                  std::function<void(Result<HoldView>)> done);
-  // Runs `read` on the read pool (it may block on the Ledger), then `done`
-  // there too, with what it returned. `op` is for the metrics; Op::count
-  // records nothing (GET /metrics itself).
+  // The threads a blocking read runs on (ServerOptions::read_threads).
+  enum class ReadPool {
+    quick,          // the feed's pages, follow batches, GET /metrics
+    point_in_time,  // reads as of a seq or time: they may replay the log
+  };
+  // Runs `read` on `pool` (it may block on the Ledger), then `done` there
+  // too, with what it returned. `op` is for the metrics; Op::count records
+  // nothing (GET /metrics itself). A point-in-time read still queued when
+  // the server begins to stop is answered `closed` instead of run.
   template <class R>
-  void read(Metrics::Op op, std::function<Result<R>()> read, std::function<void(Result<R>)> done);
+  void read(Metrics::Op op, std::function<Result<R>()> read, std::function<void(Result<R>)> done,
+            ReadPool pool = ReadPool::quick);
   // Starts a non-blocking ledger read: `start` hands its callback to a
   // Ledger::submit_* call, which passes it what `done` then gets.
   template <class R>
@@ -99,7 +106,10 @@ class Core {
   // Waits until no sessions remain or the deadline passes; true: none remain.
   bool wait_sessions(std::chrono::steady_clock::time_point deadline);
   void close_sessions_now();
-  void join_reads() { read_pool_.join(); }
+  void join_reads() {
+    read_pool_.join();
+    point_in_time_pool_.join();
+  }
 
  private:
   void for_each_session(void (Session::*method)());
@@ -115,6 +125,7 @@ class Core {
   std::optional<EventFeed> feed_;
   std::atomic<Ledger*> ledger_{nullptr};
   asio::thread_pool read_pool_;
+  asio::thread_pool point_in_time_pool_;
   std::atomic<bool> stopping_{false};
   std::mutex mu_;
   std::condition_variable sessions_cv_;
@@ -154,8 +165,17 @@ std::function<void(Result<R>)> Core::track(Metrics::Op op, std::function<void(Re
 
 template <class R>
 void Core::read(Metrics::Op op, std::function<Result<R>()> read,
-                std::function<void(Result<R>)> done) {
-  asio::post(read_pool_, [read = std::move(read), done = track(op, std::move(done))] { done(read()); });
+                std::function<void(Result<R>)> done, ReadPool pool) {
+  if (pool == ReadPool::quick) {
+    asio::post(read_pool_,
+               [read = std::move(read), done = track(op, std::move(done))] { done(read()); });
+    return;
+  }
+  asio::post(point_in_time_pool_,
+             [this, read = std::move(read), done = track(op, std::move(done))] {
+               if (stopping()) return done(Status(ErrorCode::closed, "the server is stopping"));
+               done(read());
+             });
 }
 
 template <class R>
