@@ -546,8 +546,12 @@ Status Archivist::Impl::run() {
     }
     // After a failed write, a due one waits for its retry time.
     const bool snapshot_paused = snapshot_retry_at.has_value() && now < *snapshot_retry_at;
-    if (((count_due || time_due) && !stop_begun && !snapshot_paused) ||
-        (requested && caught_up)) {
+    if (requested && caught_up && read_seq == 0) {
+      // No event is durable yet: there is no state to snapshot.
+      finish_snapshot_request(
+          0, Status(ErrorCode::invalid, "no event is durable yet: there is nothing to snapshot"));
+    } else if (((count_due || time_due) && !stop_begun && !snapshot_paused) ||
+               (requested && caught_up)) {
       Status written = write_snapshot();
       if (requested && caught_up) finish_snapshot_request(read_seq, written);
       TALLY_TRY(settle_snapshot(std::move(written)));

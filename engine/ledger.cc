@@ -489,6 +489,9 @@ Result<std::unique_ptr<Ledger>> Ledger::open(const LedgerOptions& options) {
   if (options.idempotency_window_ns < 0 || options.hold_ttl_ns_max < kHoldTtlNsMin) {
     return Status(ErrorCode::invalid, "idempotency window or hold ttl limit out of range");
   }
+  if (options.snapshot_every_seconds < 0 || options.sync_interval_ms < 0) {
+    return Status(ErrorCode::invalid, "snapshot_every_seconds and sync_interval_ms must be >= 0");
+  }
   std::unique_ptr<Ledger> ledger(new Ledger(std::make_unique<Impl>(options)));
   // A start that fails part way is undone by ~Ledger: close() stops what
   // started and unlocks the directory.
@@ -597,10 +600,13 @@ void Ledger::Impl::process(Task& task) {
       pending.push_back(Ack{{}, std::nullopt, std::move(task.read_done), std::move(status)});
       return;
     }
-    case Task::Kind::expire:
-      if (!failed.load()) expire_due(next_timestamp());
-      pending.push_back(Ack{{}, std::nullopt, std::move(task.read_done), Status()});
+    case Task::Kind::expire: {
+      Status status = failed.load() ? Status(ErrorCode::read_only, "the ledger failed a write; reopen it")
+                                    : Status();
+      if (status.ok()) expire_due(next_timestamp());
+      pending.push_back(Ack{{}, std::nullopt, std::move(task.read_done), std::move(status)});
       return;
+    }
   }
 }
 
@@ -767,9 +773,15 @@ void Ledger::Impl::io_main() {
 void Ledger::Impl::write_group(log::WriteBatch* batch, std::vector<Ack>* acks) {
   if (batch == nullptr || failed.load()) {
     if (failed.load()) {
+      // Decided after a group whose write failed: on a state holding its
+      // events, which may never reach the log. A read must not show them.
       for (Ack& ack : *acks) {
         if (ack.result && ack.result->ok()) {
           ack.result.emplace(Status(ErrorCode::io_error, "the ledger failed a write; outcome unknown"));
+        }
+        if (ack.read_done && ack.status.ok()) {
+          ack.status = Status(ErrorCode::read_only,
+                              "the ledger failed a write while this read ran; reopen it");
         }
       }
     }

@@ -172,9 +172,11 @@ class Ledger final : public LedgerApi {
   // release or expire event); always from a replay.
   Result<HoldView> hold_info(HoldId hold, AsOf at) override;
 
-  // Takes a snapshot of the state at the committed seq now, without
-  // stopping the writer; returns its seq once it is durable. invalid when
-  // snapshots are off.
+  // Takes a snapshot of the state at the durable seq now (the committed
+  // one under sync; under async, the last one synced, since snapshots never
+  // hold events a crash could take back), without stopping the writer;
+  // returns its seq once it is written. invalid when snapshots are off, or
+  // while no event is durable.
   Result<std::uint64_t> snapshot_now();
 
   // Copies the data directory to `out_dir` while the ledger goes on, as
@@ -191,9 +193,12 @@ class Ledger final : public LedgerApi {
 
   // Cheap: counters, and the state's sizes. Fit for monitoring.
   LedgerStats stats();
-  // True once a write has failed: every call then answers read_only, reads
-  // included, until the ledger is closed and opened again (which finds
-  // what reached the disk). What a health check should watch.
+  // True once a write has failed: every mutation and every read of the
+  // current state (and expire_due, digest) then answers read_only, as do
+  // reads decided after the failed group, until the ledger is closed and
+  // opened again (which finds what reached the disk). Point-in-time reads,
+  // snapshot_now and backups go on: they read only durable events. What a
+  // health check should watch.
   bool read_only() const;
   // proj::State::digest() of the state after the last applied event: what
   // `tally verify` prints for the log. It hashes every balance, hold and

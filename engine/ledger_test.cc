@@ -477,6 +477,54 @@ TEST_CASE("cancel_open stops the open's replay with closed; open_progress counts
   CHECK(from_snapshot.events.load() == 20);
 }
 
+TEST_CASE("snapshot_now while no event is durable is invalid, and the ledger reopens") {
+  Fixture f;
+  CHECK(f.ledger->snapshot_now().code() == ErrorCode::invalid);
+  CHECK(outcome_of(f.ledger->acquire("a1", "alice", "gold", 5)) == Outcome::ok);
+  f.reopen();  // a snapshot of no event would make every open loop
+  CHECK(f.balance("alice", "gold").available == 5);
+  const auto taken = f.ledger->snapshot_now();
+  REQUIRE(taken.ok());
+  CHECK(*taken == 1);
+}
+
+TEST_CASE("no read answers with a mutation whose write failed") {
+  // A read decided with the failing group, or after it while it was being
+  // written, saw its events in the state: it answers an error, never them.
+  for (int round = 0; round < 10; round++) {
+    CAPTURE(round);
+    testing::TempDir dir;
+    log::FaultyFileSystem fs(log::posix_file_system());
+    LedgerOptions options;
+    options.data_dir = dir.sub("data");
+    options.durability = Durability::sync;
+    options.fs = &fs;
+    options.history = false;
+    options.snapshot_every_events = 0;
+    options.snapshot_every_seconds = 0;
+    auto ledger = Ledger::open(options);
+    REQUIRE(ledger.ok());
+    REQUIRE(outcome_of((*ledger)->acquire("a1", "alice", "gold", 5)) == Outcome::ok);
+    fs.fail_sync();
+    Command command;
+    command.key = "a2";
+    command.op = OpRequest::acquire("alice", "gold", 100);
+    std::promise<Result<Receipt>> applied;
+    (*ledger)->submit(command, [&](Result<Receipt> receipt) { applied.set_value(receipt); });
+    std::vector<std::promise<Result<Balance>>> reads(5);
+    for (auto& read : reads) {
+      (*ledger)->submit_balance("alice", "gold",
+                                [&read](Result<Balance> balance) { read.set_value(balance); });
+    }
+    CHECK(applied.get_future().get().code() == ErrorCode::io_error);
+    for (auto& read : reads) {
+      const Result<Balance> balance = read.get_future().get();
+      if (balance.ok()) CHECK(balance->available == 5);
+    }
+    CHECK((*ledger)->read_only());
+  }
+}
+
 TEST_CASE("concurrent callers share fsyncs") {
   testing::TempDir dir;
   log::FaultyFileSystem fs(log::posix_file_system());
@@ -688,6 +736,10 @@ TEST_CASE("options a ledger cannot honour are refused before it touches the dire
   cases.back().first.durability = static_cast<Durability>(7);
   cases.emplace_back(options, "idempotency window");
   cases.back().first.idempotency_window_ns = -1;
+  cases.emplace_back(options, "snapshot_every_seconds");
+  cases.back().first.snapshot_every_seconds = -5;
+  cases.emplace_back(options, "sync_interval_ms");
+  cases.back().first.sync_interval_ms = -1;
   for (const auto& [bad, why] : cases) {
     CAPTURE(why);
     const auto opened = Ledger::open(bad);

@@ -100,6 +100,7 @@ Result<Start> start_from_snapshot(const ReplayOptions& options, log::FileSystem&
     report->skipped.push_back(snap::SkippedSnapshot{
         info.seq, Status(ErrorCode::corrupt, *more ? "its chain checksum is not the log's at its seq"
                                                    : "it is past the end of the log")});
+    if (info.seq == 0) break;  // the store skips seq 0 itself; never wrap round
     max_seq = info.seq - 1;
   }
   return Start{};

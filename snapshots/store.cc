@@ -332,6 +332,8 @@ Result<SnapshotInfo> SnapshotStore::write(const proj::State& state, const LogPos
   if (position.seq != state.last_seq() || position.timestamp_ns != state.last_timestamp_ns()) {
     return Status(ErrorCode::invalid, "snapshots: the position is not the state's last event");
   }
+  // Recovery starts after a snapshot's seq: one of no event starts nothing.
+  if (position.seq == 0) return Status(ErrorCode::invalid, "snapshots: the state holds no event");
   Meta meta;
   meta.info.seq = position.seq;
   meta.info.time_ns = position.timestamp_ns;
@@ -521,6 +523,10 @@ Result<LoadedSnapshot> SnapshotStore::load_newest_valid(
       continue;
     }
     const Meta& meta = *metas[index];
+    if (meta.info.seq == 0) {  // written by an older version: of no event
+      skip(0, Status(ErrorCode::invalid, "snapshot 0: it holds no event"));
+      continue;
+    }
     if (meta.info.seq > max_seq) {
       skip(meta.info.seq, Status(ErrorCode::invalid, "snapshot " + std::to_string(meta.info.seq) +
                                                          ": past the log's last seq " +

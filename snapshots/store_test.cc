@@ -761,16 +761,19 @@ TEST_CASE("a store reopened with a map smaller than its file grows it to rewrite
   CHECK(loaded->state->digest() == state.digest());
 }
 
-TEST_CASE("bad options and a position that is not the state's are invalid") {
+TEST_CASE("bad options, a position that is not the state's, and a state of no event are invalid") {
   TempDir dir;
   SnapshotStoreOptions options = small_options();
   options.chunk_bytes = 1;
   CHECK(SnapshotStore::open(dir.sub("snapshots"), options).code() == ErrorCode::invalid);
   std::unique_ptr<SnapshotStore> store = open_store(dir);
   State state;
+  // Recovery begins after a snapshot's seq: one at seq 0 begins nothing.
+  CHECK(store->write(state, position_of(state)).code() == ErrorCode::invalid);
   LogPosition position = position_of(state);
   position.seq = 7;
   CHECK(store->write(state, position).code() == ErrorCode::invalid);
+  CHECK(store->list()->empty());
 }
 
 }  // namespace
