@@ -58,6 +58,18 @@ struct Fixture {
   }
 };
 
+// A ledger in dir/data with neither snapshots nor the history: no thread
+// but the ledger's own reads the clock or the files.
+LedgerOptions bare_options(const testing::TempDir& dir, Durability durability) {
+  LedgerOptions options;
+  options.data_dir = dir.sub("data");
+  options.durability = durability;
+  options.history = false;
+  options.snapshot_every_events = 0;
+  options.snapshot_every_seconds = 0;
+  return options;
+}
+
 Outcome outcome_of(Result<Receipt> result) {
   REQUIRE_MESSAGE(result.ok(), result.status().to_string());
   return result->outcome;
@@ -495,13 +507,8 @@ TEST_CASE("no read answers with a mutation whose write failed") {
     CAPTURE(round);
     testing::TempDir dir;
     log::FaultyFileSystem fs(log::posix_file_system());
-    LedgerOptions options;
-    options.data_dir = dir.sub("data");
-    options.durability = Durability::sync;
+    LedgerOptions options = bare_options(dir, Durability::sync);
     options.fs = &fs;
-    options.history = false;
-    options.snapshot_every_events = 0;
-    options.snapshot_every_seconds = 0;
     auto ledger = Ledger::open(options);
     REQUIRE(ledger.ok());
     REQUIRE(outcome_of((*ledger)->acquire("a1", "alice", "gold", 5)) == Outcome::ok);
@@ -819,13 +826,8 @@ class ParkingClock final : public Clock {
 TEST_CASE("a read that finds a hold due and the commit queued after it agree") {
   testing::TempDir dir;
   ParkingClock clock(kStart);
-  LedgerOptions options;
-  options.data_dir = dir.sub("data");
-  options.durability = Durability::none;
+  LedgerOptions options = bare_options(dir, Durability::none);
   options.clock = &clock;
-  options.history = false;
-  options.snapshot_every_events = 0;
-  options.snapshot_every_seconds = 0;
   auto opened = Ledger::open(options);
   REQUIRE(opened.ok());
   Ledger& ledger = **opened;
