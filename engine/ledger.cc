@@ -563,8 +563,14 @@ void Ledger::Impl::wait_for_work(std::vector<Task>* tasks, bool* stop, bool* exp
       writer_cv.wait(guard);
       continue;
     }
-    const std::int64_t wait_ns =
-        std::clamp(*expiry - clock->now_ns(), kIdleWaitNsMin, kIdleWaitNsMax);
+    // The clock is read without the lock, which submitters wait for: an
+    // injected clock may take its time. Whatever came meanwhile is seen
+    // before the wait.
+    guard.unlock();
+    const std::int64_t now_ns = clock->now_ns();
+    guard.lock();
+    if (!queue.empty() || closing) continue;
+    const std::int64_t wait_ns = std::clamp(*expiry - now_ns, kIdleWaitNsMin, kIdleWaitNsMax);
     if (writer_cv.wait_for(guard, std::chrono::nanoseconds(wait_ns)) == std::cv_status::timeout &&
         queue.empty()) {
       *expire_now = true;
