@@ -65,6 +65,8 @@ struct Archivist::Impl {
   Status run();
   Status prepare();
   Status check_history();
+  Status check_history_pages();
+  void mark_history_checked();
   // Waits for kWakeRecords committed records, kPollInterval, a snapshot
   // request, a reader waiting for committed history, or stop; returns the
   // committed seq, and in *reader_waits whether a wait_history() waits.
@@ -134,6 +136,8 @@ struct Archivist::Impl {
   std::atomic<bool> abandon_flush{false};
   bool stopped = false;
   std::atomic<bool> history_stopped{false};  // set with stats.history_failure
+  // The history's pages were walked (check_history_pages). Set under mu.
+  std::atomic<bool> history_checked{false};
   std::uint64_t snapshot_requests = 0;   // tickets handed out
   std::uint64_t snapshot_answered = 0;   // tickets answered
   // Whether a ticket is unanswered: read without the lock by the history's
@@ -191,7 +195,26 @@ Status Archivist::Impl::check_history() {
   std::fprintf(stderr, "tally: the history projection does not match the log at seq %llu; rebuilding it\n",
                static_cast<unsigned long long>(history_seq));
   history_seq = 0;
-  return stop_history(context.history->clear());
+  // LMDB reads the pages it frees: they are walked first.
+  Status cleared = context.history->check_pages();
+  if (cleared.ok()) cleared = context.history->clear();
+  if (cleared.ok()) mark_history_checked();  // empty now
+  return stop_history(std::move(cleared));
+}
+
+// Walks the history's pages before anything reads or writes them: one found
+// damaged stops the history alone (stop_history).
+Status Archivist::Impl::check_history_pages() {
+  if (!history_on || history_checked.load()) return Status();
+  TALLY_TRY(stop_history(context.history->check_pages()));
+  if (history_on) mark_history_checked();
+  return Status();
+}
+
+void Archivist::Impl::mark_history_checked() {
+  std::lock_guard<std::mutex> guard(mu);
+  history_checked.store(true, std::memory_order_release);
+  cv.notify_all();  // history_readable() waits no more
 }
 
 Status Archivist::Impl::prepare() {
@@ -472,7 +495,9 @@ Status Archivist::Impl::run() {
   // Loading its copy of the state runs at normal priority, like the open
   // it follows, and so do the threads that replay starts for it: under
   // SCHED_IDLE, a machine busy with other work could keep it (and a close
-  // that waits for it) from finishing for as long as the load lasts.
+  // that waits for it) from finishing for as long as the load lasts. The
+  // walk of the history's pages first: readers wait for it.
+  TALLY_TRY(check_history_pages());
   Status prepared = prepare();
   // Stopped, and not done loading within kDrainMax: nothing to flush.
   if (!prepared.ok() && abandon.load()) return Status();
@@ -642,6 +667,20 @@ bool Archivist::wait_history(std::uint64_t seq, std::chrono::milliseconds timeou
                                    !impl.stats.history_failure.ok() || impl.history_waits_retry;
                           }) &&
          impl.stats.history_seq >= seq;
+}
+
+bool Archivist::history_readable(std::chrono::milliseconds timeout) {
+  Impl& impl = *impl_;
+  const auto readable = [&impl] {
+    return impl.history_checked.load(std::memory_order_acquire) &&
+           !impl.history_stopped.load(std::memory_order_acquire);
+  };
+  if (readable() || impl.history_stopped.load(std::memory_order_acquire)) return readable();
+  std::unique_lock<std::mutex> guard(impl.mu);
+  impl.cv.wait_for(guard, timeout, [&] {
+    return impl.history_checked.load() || impl.history_stopped.load() || impl.stopped;
+  });
+  return readable();
 }
 
 bool Archivist::history_stopped() const {

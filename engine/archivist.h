@@ -108,7 +108,9 @@ class Archivist {
   // first, before start returns: one that is ahead of the log, or whose
   // chain checksum differs from the log's at its seq (another log, or
   // events a crash lost), is cleared, and the thread rebuilds it. One that
-  // reads as corrupt stops the history alone (ArchivistStats::history_failure).
+  // reads as corrupt stops the history alone (ArchivistStats::history_failure),
+  // and so does one whose pages the thread, before anything else, finds
+  // damaged (history_readable).
   static Result<std::unique_ptr<Archivist>> start(ArchivistContext context, ArchivistOptions options);
   ~Archivist();  // stop()
   Archivist(const Archivist&) = delete;
@@ -122,8 +124,17 @@ class Archivist {
   // waits to try a failed flush again (ArchivistOptions::retry_interval):
   // the reader then goes to the log.
   bool wait_history(std::uint64_t seq, std::chrono::milliseconds timeout);
+  // Whether the history index may be read: once the thread has walked its
+  // pages (snap::HistoryStore::check_pages, its first work: a page damaged
+  // on disk would end the process in LMDB's read of it) and while it has
+  // not stopped on a damaged index (stats().history_failure). Waits for the
+  // walk up to `timeout` (0.1 s for a 245 MB index in the page cache;
+  // about a second per 250 MB from the disk); false past it, or at once
+  // once the history stopped: the reader then goes to the log. Without the
+  // lock once the walk is done.
+  bool history_readable(std::chrono::milliseconds timeout);
   // Whether the history stopped on a damaged index (stats().history_failure
-  // is set): a read's check, without the lock and the copy of stats().
+  // is set): without the lock and the copy of stats().
   bool history_stopped() const;
   ArchivistStats stats();
   // Lets the thread finish loading its copy of the state and catch the

@@ -1012,9 +1012,11 @@ PointInTimeSource Ledger::Impl::point_in_time_source(AsOf at) {
   source.fs = fs;
   source.state_options = state_options;
   source.snapshots = &snapshots;
-  // A history index the archivist found damaged is not read again.
-  const bool history_failed = archivist != nullptr && archivist->history_stopped();
-  source.history = history_failed ? nullptr : history.get();
+  // An index is read once the archivist has walked its pages, and not
+  // again once it found it damaged.
+  const bool readable = archivist != nullptr && history != nullptr &&
+                        archivist->history_readable(kHistoryWaitMax);
+  source.history = readable ? history.get() : nullptr;
   source.last_seq = committed.load(std::memory_order_acquire);
   // The archivist follows the committed log closely; wait for it rather
   // than replay, unless it is far behind.
@@ -1092,6 +1094,8 @@ Result<BackupReport> Ledger::backup(const std::string& out_dir, const BackupProg
       return Status(ErrorCode::corrupt, "the index was found damaged and set aside");
     }
     TALLY_TRY(impl.history->probe());
+    // The copy reads every page, and LMDB trusts them: they are walked first.
+    TALLY_TRY(impl.history->check_pages());
     return impl.history->copy_to(to, keep_going);
   };
   return detail::backup_data(impl.options.data_dir, out_dir, *impl.fs, copies, progress,

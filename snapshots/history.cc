@@ -782,7 +782,11 @@ Result<std::unique_ptr<HistoryStore>> HistoryStore::open(const std::string& dir,
   lmdb::EnvironmentOptions env_options;
   env_options.component = kComponent;
   env_options.db_names = history::kDbNames;
-  env_options.check_named_trees = options.check_all_pages;
+  // The trees open() reads (the position, the newest epoch) are small.
+  static constexpr std::array<const char*, 2> kReadAtOpen = {history::kMetaDbName,
+                                                             history::kEpochsDbName};
+  env_options.db_names_checked =
+      options.check_all_pages ? std::span<const char* const>(history::kDbNames) : kReadAtOpen;
   env_options.flags = MDB_NOTLS | MDB_NOMETASYNC | (options.read_only ? MDB_RDONLY : 0);
   env_options.map_size_bytes = options.map_size_bytes;
   env_options.map_size_bytes_max = options.map_size_bytes_max;
@@ -1331,6 +1335,8 @@ Status HistoryStore::Impl::count_hashes(const Txn& txn, std::span<const std::uin
 }
 
 Status HistoryStore::probe() const { return position().status(); }
+
+Status HistoryStore::check_pages() const { return impl_->env->check_trees(history::kDbNames); }
 
 Status HistoryStore::copy_to(const std::string& dir, const CopyProgress& keep_going) const {
   return impl_->env->copy_to(dir, keep_going);

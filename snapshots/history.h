@@ -96,9 +96,11 @@ struct HistoryStoreOptions {
   bool read_only = false;
   // open() first reads every page of the index's trees from the file, and
   // says corrupt where they do not hold together, before LMDB follows them
-  // (lmdb::EnvironmentOptions::check_named_trees); without it only the
-  // free list and the main database are. For a reader of all of it
-  // (verify, a backup's copy): the walk reads the whole file.
+  // (check_pages()); without it, only the trees open() itself reads are
+  // (LMDB's free list and main database, the position's and the epochs'),
+  // and the others must be checked (check_pages()) before anything reads
+  // or writes them. The walk reads the whole file: 0.1 s for a 245 MB
+  // index in the page cache, 0.9 s from the disk.
   bool check_all_pages = false;
   // The LMDB map's initial size; a flush that fills it doubles it (up to
   // map_size_bytes_max) and writes again. An existing larger file keeps its
@@ -174,6 +176,12 @@ class HistoryStore {
   Result<HistoryPosition> position() const;
   // position()'s status: whether the index's metadata reads (open_renewing).
   Status probe() const;
+  // corrupt when a page of the index's trees does not hold together
+  // (lmdb::Environment::check_trees): what open() does with
+  // check_all_pages, for a store opened without it. LMDB trusts its pages,
+  // so a damaged one would end the process in a read or a write that
+  // reaches it. Safe beside appends and flushes from another thread.
+  Status check_pages() const;
   // A compacted copy of the index as of its last flush into `dir` (made by
   // the caller, empty): lmdb::Environment::copy_to. A backup's.
   Status copy_to(const std::string& dir, const CopyProgress& keep_going = {}) const;

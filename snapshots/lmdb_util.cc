@@ -97,7 +97,7 @@ Result<std::unique_ptr<Environment>> Environment::open(const std::string& dir,
     rc = env->open_handle(options.flags | MDB_NOLOCK);
   }
   if (rc != 0) return env->error("mdb_env_open " + dir, rc);
-  TALLY_TRY(env->check_trees());
+  TALLY_TRY(env->check_trees(options.db_names_checked));
   TALLY_TRY(env->check_db_names());
   MDB_envinfo info{};
   rc = mdb_env_info(env->env_, &info);

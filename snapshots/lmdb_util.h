@@ -96,10 +96,10 @@ struct EnvironmentOptions {
   // another store's (a data.mdb copied into the wrong directory): open()
   // says corrupt rather than take its records for this store's.
   std::span<const char* const> db_names;
-  // open() walks every page of the named databases' trees, not only the
-  // free list's and the main database's (check_trees()): for a store
-  // small enough in pages to read whole at each open.
-  bool check_named_trees = false;
+  // The named databases whose trees open() walks page by page besides the
+  // free list's and the main database's (check_trees()): those read at
+  // every open, and all of a store small enough to read whole each time.
+  std::span<const char* const> db_names_checked;
   unsigned flags = 0;          // MDB_* environment flags; MDB_RDONLY opens read-only
   // The map's initial size; write_growing() doubles it up to the maximum.
   // An existing larger file keeps its size.
@@ -159,10 +159,12 @@ class Environment {
   // free-list record whose count does not match its size or that names a
   // page outside the pages in use. LMDB trusts its pages: a damaged one
   // ends the process in LMDB's own walk of it (SIGABRT, SIGBUS, SIGSEGV, a
-  // double free) instead of failing it. So this reads the free list and
-  // the main database (and, with options.check_named_trees, every named
-  // database) from the file (tree_check.cc) before LMDB does; open() runs it.
-  Status check_trees() const;
+  // double free) instead of failing it. So this reads the free list, the
+  // main database and the trees of the named databases in `db_names` from
+  // the file (tree_check.cc) before LMDB does; open() runs it with
+  // options.db_names_checked. Safe beside a writer, in this process or
+  // another: it walks the pages of one read transaction.
+  Status check_trees(std::span<const char* const> db_names) const;
 
   // corrupt when the file holds a named database, or a record in LMDB's
   // main database, that is not among options.db_names. open() runs it.

@@ -233,7 +233,7 @@ Result<std::unique_ptr<SnapshotStore>> SnapshotStore::open(const std::string& di
   env_options.component = kComponent;
   env_options.db_names = kDbNames;
   // A few pages of tree over long overflow runs of chunks: cheap to walk.
-  env_options.check_named_trees = true;
+  env_options.db_names_checked = kDbNames;
   env_options.map_size_bytes = options.map_size_bytes;
   env_options.map_size_bytes_max = options.map_size_bytes_max;
   env_options.flags = options.read_only ? MDB_RDONLY : 0;

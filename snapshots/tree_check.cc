@@ -8,14 +8,14 @@
 // every bound checked, against LMDB's layout of 64-bit little-endian builds
 // (mdb.c: MDB_page, MDB_meta, MDB_db, MDB_node): from the roots the meta
 // page gives, the free database (its records too: counts and page numbers)
-// and the main one, whose records name the store's databases, and, when
-// the options ask, each of those databases' trees: every branch and leaf
-// page and the first page of every overflow run. The records' bytes are
-// the store's to check.
+// and the main one, whose records name the store's databases, and those of
+// the databases asked for: every branch and leaf page and the first page
+// of every overflow run. The records' bytes are the store's to check.
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <bit>
 #include <cerrno>
 #include <cstring>
@@ -86,10 +86,11 @@ std::uint16_t kind_of(const std::vector<std::uint8_t>& page) {
 
 class TreeWalk {
  public:
-  // `file` is the environment's data.mdb; `named_trees` walks the named
-  // databases' trees too.
-  TreeWalk(std::string_view component, log::File& file, std::size_t page_bytes, bool named_trees)
-      : component_(component), file_(file), page_bytes_(page_bytes), named_trees_(named_trees) {}
+  // `file` is the environment's data.mdb; the trees of the named databases
+  // in `db_names` are walked too.
+  TreeWalk(std::string_view component, log::File& file, std::size_t page_bytes,
+           std::span<const char* const> db_names)
+      : component_(component), file_(file), page_bytes_(page_bytes), db_names_(db_names) {}
 
   // Walks the trees the meta page of transaction `txnid` describes. ok
   // without a walk when neither meta page is that transaction's any more
@@ -236,9 +237,9 @@ class TreeWalk {
     if (walked->tree == Tree::free_list) return check_free_pages(record);
     if (!named_db) return Status();
     if (data_bytes != kDbBytes) return damaged(where, "a database record of the wrong size");
-    if (!named_trees_) return Status();
     const std::string name(reinterpret_cast<const char*>(bytes.data()) + at + kNodeHeaderBytes,
                            key_end - at - kNodeHeaderBytes);
+    if (std::find(db_names_.begin(), db_names_.end(), name) == db_names_.end()) return Status();
     return walk_tree(Tree::named, "database '" + printable(name) + "'", record.data());
   }
 
@@ -289,7 +290,7 @@ class TreeWalk {
   const std::string_view component_;
   log::File& file_;
   const std::size_t page_bytes_;
-  const bool named_trees_;
+  const std::span<const char* const> db_names_;
   std::uint64_t last_page_ = 0;
   std::vector<bool> visited_;
 };
@@ -354,7 +355,7 @@ Status Environment::check_meta_pages() const {
   return status;
 }
 
-Status Environment::check_trees() const {
+Status Environment::check_trees(std::span<const char* const> db_names) const {
   MDB_stat stat{};
   const int rc = mdb_env_stat(env_, &stat);
   if (rc != 0) return error("mdb_env_stat", rc);
@@ -366,7 +367,7 @@ Status Environment::check_trees() const {
   auto file = log::posix_file_system().open(dir_ + "/data.mdb",
                                             log::FileSystem::Mode::read_only);
   if (!file) return file.status();
-  TreeWalk walk(component_, **file, stat.ms_psize, options_.check_named_trees);
+  TreeWalk walk(component_, **file, stat.ms_psize, db_names);
   return walk.walk(mdb_txn_id(txn.get()));
 }
 

@@ -99,7 +99,7 @@ void note_history_not_used(const HistoryIndex& index);
 void note_index_damage(const PointInTimeRead& read);
 
 // open_history_store then check_history_chain.
-Result<HistoryIndex> open_history_index(const std::string& data_dir);
+Result<HistoryIndex> open_history_index(const std::string& data_dir, bool check_all_pages = false);
 
 // Everything a point-in-time read by a tool needs: the index (when usable)
 // and the log's last seq, read after the index's position so that it is at
@@ -110,7 +110,10 @@ struct PointInTimeData {
 };
 
 // Prints a note on stderr when the index exists but is not used. Errors:
-// not_found (no DATA), corrupt and io_error (the log).
-Result<std::unique_ptr<PointInTimeData>> open_point_in_time(const std::string& data_dir);
+// not_found (no DATA), corrupt and io_error (the log). `check_all_pages`
+// (open_history_store) for a read of every balance (export), which reads
+// much of the index anyway; a read of a pair or a subject reads a few pages.
+Result<std::unique_ptr<PointInTimeData>> open_point_in_time(const std::string& data_dir,
+                                                            bool check_all_pages = false);
 
 }  // namespace tally::cli

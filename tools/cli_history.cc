@@ -250,8 +250,10 @@ struct Rebuilt {
 
 // An index that does not open is set aside first: it is a projection.
 Result<std::unique_ptr<snap::HistoryStore>> open_for_rebuild(const std::string& data_dir) {
-  return snap::open_renewing<snap::HistoryStore>(history_dir(data_dir),
-                                                 snap::HistoryStoreOptions{});
+  // Clearing it frees every page, which LMDB reads to do it: they are
+  // walked first (check_all_pages).
+  return snap::open_renewing<snap::HistoryStore>(
+      history_dir(data_dir), snap::HistoryStoreOptions{.check_all_pages = true});
 }
 
 Status index_event(snap::HistoryStore* store, const log::Event& event, std::uint64_t checksum) {

@@ -166,16 +166,17 @@ void note_index_damage(const PointInTimeRead& read) {
                read.index_damage.to_string().c_str());
 }
 
-Result<HistoryIndex> open_history_index(const std::string& data_dir) {
-  HistoryIndex index = open_history_store(data_dir);
+Result<HistoryIndex> open_history_index(const std::string& data_dir, bool check_all_pages) {
+  HistoryIndex index = open_history_store(data_dir, check_all_pages);
   TALLY_TRY(check_history_chain(data_dir, &index));
   return index;
 }
 
-Result<std::unique_ptr<PointInTimeData>> open_point_in_time(const std::string& data_dir) {
+Result<std::unique_ptr<PointInTimeData>> open_point_in_time(const std::string& data_dir,
+                                                            bool check_all_pages) {
   TALLY_TRY(require_data_dir(data_dir));
   auto data = std::make_unique<PointInTimeData>();
-  auto index = open_history_index(data_dir);
+  auto index = open_history_index(data_dir, check_all_pages);
   if (!index) return index.status();
   data->history = std::move(*index);
   const HistoryIndex& history = data->history;
@@ -239,8 +240,9 @@ struct PointInTimeRun {
   std::unique_ptr<Progress> progress;
 };
 
-Result<PointInTimeRun> open_run(std::string_view data_dir) {
-  auto data = open_point_in_time(std::string(data_dir));
+// `whole_index`: the read goes through all of the index (export).
+Result<PointInTimeRun> open_run(std::string_view data_dir, bool whole_index = false) {
+  auto data = open_point_in_time(std::string(data_dir), whole_index);
   if (!data) return data.status();
   PointInTimeRun run{std::move(*data), nullptr};
   run.progress = std::make_unique<Progress>("replay", run.data->source.last_seq);
@@ -296,7 +298,7 @@ int run_export(const Args& args) {
   Output out(stdout);
   BalancePrinter printer{&out, args.has("json")};
   if (at->has_value()) {
-    auto run = open_run(*data);
+    auto run = open_run(*data, /*whole_index=*/true);
     if (!run) return failure(run.status());
     PointInTimeRead how;
     const Status status = for_each_at(
