@@ -459,6 +459,24 @@ TEST_CASE("group commit: one write and one sync for many appends") {
   CHECK(fs.syncs() == 2);
 }
 
+TEST_CASE("a reopened log is synced before it goes on: a crashed writer may not have") {
+  TempDir dir;
+  FaultyFileSystem fs(posix());
+  {
+    auto writer = open_writer(fs, dir.log_dir());
+    writer->append(payload_for(1));
+    REQUIRE(writer->write(writer->seal(), /*sync=*/false).ok());
+  }  // gone without a sync, as a crashed writer is
+  fs.reset_counters();
+  // The scan reads the record from the page cache; the open makes it durable
+  // before anyone can take it for so, and the segment's name with it.
+  auto writer = open_writer(fs, dir.log_dir());
+  CHECK(writer->next_seq() == 2);
+  CHECK(fs.syncs() == 1);
+  CHECK(fs.dir_syncs() == 1);
+  CHECK(fs.writes() == 0);
+}
+
 TEST_CASE("a batch that crosses into a new segment syncs the old one before creating it") {
   TempDir dir;
   FaultyFileSystem fs(posix());

@@ -193,23 +193,22 @@ Status LogWriter::Impl::open_existing(const LogEnd& end) {
   if (!opened) return opened.status();
   file = std::move(*opened);
   file_first_seq = end.segment_first_seq;
-  bool dirty = false;
   if (end.torn) {
     TALLY_ASSERT(end.torn_end > end.offset);
     TALLY_TRY(zero_range(end.offset, end.torn_end));
-    dirty = true;
   }
   // A file cut short (by a crash or by hand) gets its reserved blocks back.
   auto size = file->size();
   if (!size) return size.status();
-  if (*size < end.segment_size_bytes) {
-    TALLY_TRY(file->preallocate(end.segment_size_bytes));
-    dirty = true;
-  }
-  // The repair must be durable before new frames land after it, or a crash
-  // could leave old torn bytes behind valid new ones.
-  if (dirty) TALLY_TRY(sync_file());
-  return Status();
+  if (*size < end.segment_size_bytes) TALLY_TRY(file->preallocate(end.segment_size_bytes));
+  // Synced whatever the scan found: the repair must be durable before new
+  // frames land after it, or a crash could leave old torn bytes behind valid
+  // new ones; and the scan read the page cache, which may hold frames a
+  // crashed writer wrote but never synced. The ledger takes every scanned
+  // record for durable (a retry of its key is answered from it), so they
+  // are made so, with the segment's name, before anything is answered.
+  TALLY_TRY(sync_file());
+  return fs.sync_dir(dir);
 }
 
 Status LogWriter::Impl::write_part(const WriteBatch& batch_ref, const WriteBatch::Part& part) {

@@ -67,8 +67,10 @@ struct LogWriterStats {
 class LogWriter {
  public:
   // Continues the log in `dir` from `end`, the result of a LogReader scan of
-  // the same directory. Zeroes a torn tail (and syncs) first; creates the
-  // directory and the first segment when the log is empty.
+  // the same directory. Zeroes a torn tail first, then syncs the last
+  // segment and the directory (the scan may have read frames of a crashed
+  // writer that no sync made durable); creates the directory and the first
+  // segment when the log is empty.
   static Result<std::unique_ptr<LogWriter>> open(FileSystem& fs, const std::string& dir,
                                                  const LogEnd& end, LogWriterOptions options = {});
   ~LogWriter();
