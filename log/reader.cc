@@ -233,6 +233,11 @@ Status LogReader::Impl::torn_or_damaged_header(const char* why) {
   end.segment_first_seq = first_seq();
   end.offset = kSegmentHeaderSize;
   end.torn_header = true;
+  // The writer makes a segment's file whole (preallocated) before it writes
+  // the header: a crash leaves it empty or whole, never shorter than the
+  // header. Such a file was cut short by something else, maybe with frames.
+  end.file_bytes = file_bytes;
+  end.cut_short = file_bytes > 0 && file_bytes < kSegmentHeaderSize;
   done = true;
   return Status();
 }
@@ -296,10 +301,12 @@ void LogReader::Impl::finish(std::uint64_t torn_end) {
 }
 
 Status cut_short_status(const LogEnd& end) {
-  return corrupt_at(end.segment_first_seq, end.offset,
-                    "the segment's file is cut short (" + std::to_string(end.file_bytes) +
-                        " bytes of the " + std::to_string(end.segment_size_bytes) +
-                        " its header reserves): records after seq " +
+  const std::string size =
+      end.torn_header ? std::to_string(end.file_bytes) + " bytes, shorter than its header"
+                      : std::to_string(end.file_bytes) + " bytes of the " +
+                            std::to_string(end.segment_size_bytes) + " its header reserves";
+  return corrupt_at(end.segment_first_seq, end.torn_header ? 0 : end.offset,
+                    "the segment's file is cut short (" + size + "): records after seq " +
                         std::to_string(end.next_seq - 1) + " may be lost");
 }
 

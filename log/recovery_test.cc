@@ -362,7 +362,9 @@ TEST_CASE("a misnamed segment file is corruption; other files are ignored") {
   require_corrupt(read_log(posix(), dir.log_dir()), "segment 12.seg offset 0: ");
 }
 
-// The last segment as a crash while creating it leaves it: a torn header.
+// The last segment as a crash while creating it leaves it (empty, or
+// preallocated zeros), or cut short to part of its header: a torn header,
+// recreated by the next open; cut short, it may have lost frames.
 void check_torn_header(const TempDir& dir, const std::vector<std::byte>& last_file,
                        LogReaderOptions options) {
   auto reader = LogReader::open(posix(), dir.log_dir());
@@ -375,6 +377,14 @@ void check_torn_header(const TempDir& dir, const std::vector<std::byte>& last_fi
   CHECK(back.end.torn_header);
   CHECK(back.end.next_seq == last);
   CHECK(back.end.segment_first_seq == last);
+  const bool cut = !last_file.empty() && last_file.size() < kSegmentHeaderSize;
+  CHECK(back.end.cut_short == cut);
+  if (cut) {
+    CHECK(cut_short_status(back.end).message() ==
+          "segment " + segment_file_name(last) + " offset 0: the segment's file is cut short (" +
+              std::to_string(last_file.size()) + " bytes, shorter than its header): records " +
+              "after seq " + std::to_string(last - 1) + " may be lost");
+  }
   if (options.from_seq == 1) check_records(back, 0, 1, last - 1, 0);
 
   auto writer = open_writer(posix(), dir.log_dir());
