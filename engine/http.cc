@@ -724,8 +724,11 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     if (ec == http::error::header_limit) {
       return refuse(http::status::request_header_fields_too_large, "too_large", "headers too large");
     }
-    // A client that resets the connection is gone, not malformed.
-    if (ec == asio::error::connection_reset) return close();
+    // A client that resets the connection, or ends it in the middle of a
+    // request (gave up on it: a timeout, an upload cancelled), is gone, not
+    // malformed: there is no one to answer, and nothing for the malformed
+    // count's alerts.
+    if (ec == asio::error::connection_reset || ec == http::error::partial_message) return close();
     if (ec) return refuse(http::status::bad_request, "invalid", "malformed HTTP request: " + ec.message());
     handle(parser_->release());
   }

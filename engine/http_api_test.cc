@@ -1,8 +1,8 @@
 // The HTTP API's contract (docs/http-api.md) where an audit found it loose:
 // holds as of a point, unknown parameters, audit fields inside batch ops,
 // 405 and Allow, strict JSON, capped feed parameters, names in read paths, metrics
-// of refused requests, the bearer scheme's case, hold_key, and transfer
-// codings. Against a real server on ephemeral 127.0.0.1 ports
+// of refused requests, requests cut off by their client, the bearer scheme's
+// case, hold_key, and transfer codings. Against a real server on ephemeral 127.0.0.1 ports
 // (engine/server_fixture.h); no timed assertions.
 #include <doctest.h>
 
@@ -426,6 +426,24 @@ TEST_CASE("http api: requests refused while decoding count in the metrics as inv
   CHECK(get(port, "/v1/acquire").status == 405);
   CHECK(ops("acquire") == 6);
   CHECK(latency_count("acquire") == 6);
+}
+
+TEST_CASE("http api: a client that ends its side inside a request is gone, not malformed") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  // Within its headers, and within its body: nothing comes back.
+  CHECK(send_raw_until_closed(port, "GET /health HTTP/1.1\r\nHo", /*end_after=*/true).empty());
+  CHECK(send_raw_until_closed(port,
+                              "POST /v1/acquire HTTP/1.1\r\nHost: x\r\nIdempotency-Key: k1\r\n"
+                              "Content-Length: 40\r\n\r\n{\"subject\"",
+                              /*end_after=*/true)
+            .empty());
+  CHECK(metric(port, "tally_malformed_total") == 0);
+  CHECK(next_seq(port) == 1);  // nothing written
+  // A request that cannot be read is still malformed, and answered.
+  CHECK(send_raw_until_closed(port, "GET /health HTTP/1.1\r\nHost x\r\n\r\n").find("400") !=
+        std::string::npos);
+  CHECK(metric(port, "tally_malformed_total") == 1);
 }
 
 TEST_CASE("http api: the bearer scheme's name is case-insensitive") {
