@@ -780,9 +780,12 @@ void Ledger::Impl::write_group(log::WriteBatch* batch, std::vector<Ack>* acks) {
   if (batch == nullptr || failed.load()) {
     if (failed.load()) {
       // Decided after a group whose write failed: on a state holding its
-      // events, which may never reach the log. A read must not show them.
+      // events, which may never reach the log. No answer may rest on them:
+      // not a success, nor a refusal (idempotency_conflict with a key only
+      // that group used, invalid for a commit past a hold only it made).
+      // Those decided once the failure was known say read_only already.
       for (Ack& ack : *acks) {
-        if (ack.result && ack.result->ok()) {
+        if (ack.result && ack.result->code() != ErrorCode::read_only) {
           ack.result.emplace(Status(ErrorCode::io_error, "the ledger failed a write; outcome unknown"));
         }
         if (ack.read_done && ack.status.ok()) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <mutex>
 #include <thread>
 
@@ -40,6 +41,9 @@ struct FaultyFileSystem::State {
   bool tear_crash = false;
   bool flip_armed = false;
   std::uint64_t flip_bit_index = 0;
+  bool hold_armed = false;  // hold_next_sync
+  bool holding = false;     // a sync waits for release_sync
+  std::condition_variable hold_cv;
 
   bool is_crashed() const {
     std::lock_guard lock(mutex);
@@ -76,6 +80,16 @@ struct FaultyFileSystem::State {
   }
 
   // Whether this sync is the one armed to fail.
+  // A sync held by hold_next_sync waits here.
+  void wait_if_held() {
+    std::unique_lock lock(mutex);
+    if (!hold_armed) return;
+    hold_armed = false;
+    holding = true;
+    hold_cv.notify_all();
+    hold_cv.wait(lock, [this] { return !holding; });
+  }
+
   bool sync_fails() {
     std::lock_guard lock(mutex);
     if (sync_countdown == 0) return false;
@@ -122,6 +136,7 @@ class FaultyFile final : public File {
   Status sync() override {
     if (state_.is_crashed()) return crash_status();
     state_.syncs.fetch_add(1, std::memory_order_relaxed);
+    state_.wait_if_held();
     if (state_.sync_fails()) return Status(ErrorCode::io_error, "fdatasync: Input/output error (simulated)");
     return base_->sync();
   }
@@ -197,6 +212,22 @@ void FaultyFileSystem::delay_reads(std::chrono::milliseconds delay) {
   state_->read_delay_ms.store(delay.count(), std::memory_order_relaxed);
 }
 
+void FaultyFileSystem::hold_next_sync() {
+  std::lock_guard lock(state_->mutex);
+  state_->hold_armed = true;
+}
+
+bool FaultyFileSystem::wait_until_sync_held(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(state_->mutex);
+  return state_->hold_cv.wait_for(lock, timeout, [this] { return state_->holding; });
+}
+
+void FaultyFileSystem::release_sync() {
+  std::lock_guard lock(state_->mutex);
+  state_->holding = false;
+  state_->hold_cv.notify_all();
+}
+
 void FaultyFileSystem::disarm() {
   state_->read_delay_ms.store(0, std::memory_order_relaxed);
   std::lock_guard lock(state_->mutex);
@@ -205,6 +236,9 @@ void FaultyFileSystem::disarm() {
   state_->space_left_bytes = kNoLimit;
   state_->tear_armed = false;
   state_->flip_armed = false;
+  state_->hold_armed = false;
+  state_->holding = false;
+  state_->hold_cv.notify_all();
 }
 
 bool FaultyFileSystem::crashed() const { return state_->is_crashed(); }

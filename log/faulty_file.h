@@ -1,7 +1,7 @@
 // FaultyFileSystem: a FileSystem for tests that wraps another one and injects
 // the faults storage code has to survive, after SQLite's test harnesses:
 // failed syncs, a full disk, torn writes with a simulated crash, flipped
-// bits, slow reads. It also counts syncs and writes, so tests can check group commit.
+// bits, slow reads, syncs held until the test lets them go. It also counts syncs and writes, so tests can check group commit.
 //
 // A test arms a fault; it fires on the next matching operation of any File
 // opened through this file system. Thread safety: every method may be called
@@ -54,6 +54,13 @@ class FaultyFileSystem final : public FileSystem {
   // Every read_at (and so every view) sleeps `delay` first: a slow disk.
   // Stays armed until disarm().
   void delay_reads(std::chrono::milliseconds delay);
+  // The next File::sync waits, before it syncs (or fails, when fail_sync
+  // armed it), until release_sync() or disarm(): a sync the test lets
+  // finish once it has made what it wants happen meanwhile.
+  void hold_next_sync();
+  // Waits until a sync is held, for up to `timeout`: whether it is.
+  bool wait_until_sync_held(std::chrono::milliseconds timeout);
+  void release_sync();
   // Disarms every fault and ends a simulated crash.
   void disarm();
   bool crashed() const;
