@@ -57,9 +57,9 @@ FRAME_HEADER_BYTES = 32
 FRAME_LENGTH_OFFSET = 8
 
 
-def tally(*args, expect_exit=None, stdin=None):
+def tally(*args, expect_exit=None, stdin=None, cwd=None):
     """Runs tally; returns (exit code, stdout bytes, stderr text)."""
-    proc = subprocess.run([TALLY, *args], input=stdin, capture_output=True, timeout=300)
+    proc = subprocess.run([TALLY, *args], input=stdin, capture_output=True, timeout=300, cwd=cwd)
     stderr = proc.stderr.decode(errors="replace")
     if expect_exit is not None and proc.returncode != expect_exit:
         raise AssertionError("tally %s: exit %d, expected %d\nstderr: %s" %
@@ -390,12 +390,32 @@ def test_bench_checks_the_expect_file():
                          "--expect", bad_counts)
     assert code == 1 and "outcomes" in err, (code, err)
 
-    # A second, different line for a pair is a difference even after the right one.
-    repeated = write(os.path.join(d, "repeated.expect"),
-                     "\n".join(lines[:1] + altered[:1] + lines[1:] + [outcomes]) + "\n")
-    code, _, err = tally("bench", "--data", os.path.join(d, "bad3"), "--workload", f.csv,
-                         "--expect", repeated)
-    assert code == 1 and "%s,%s: listed twice" % (subject, item) in err, (code, err)
+    # Amounts are numbers: leading zeros are no difference.
+    padded = write(os.path.join(d, "padded.expect"), "\n".join(
+        ["%s,%s,0%s,00%s" % tuple(line.split(",")) for line in lines] + [outcomes]) + "\n")
+    tally("bench", "--data", os.path.join(d, "padded"), "--workload", f.csv, "--expect", padded,
+          expect_exit=0)
+
+
+def test_bench_refuses_a_malformed_expect_file_before_it_runs():
+    f = fixture()
+    d = new_dir("bench-expect")
+    lines = expect_balance_lines(f.expect)
+    subject, item, available, held = lines[0].split(",")
+    with open(f.expect) as src:
+        outcomes = src.read().splitlines()[-1]
+    # A pair listed twice, even once rightly; and five fields (no name holds a comma).
+    cases = {
+        "repeated": (lines[:1] + [",".join([subject, item, available + "1", held])] + lines[1:],
+                     "line 2: %s,%s is listed twice (first on line 1)" % (subject, item)),
+        "five_fields": (lines[:1] + ["a,x,10,0,5"] + lines[1:], "line 2: expected"),
+    }
+    for name, (balance_lines, message) in cases.items():
+        expect = write(os.path.join(d, name + ".expect"), "\n".join(balance_lines + [outcomes]))
+        data = os.path.join(d, name)
+        code, out, err = tally("bench", "--data", data, "--workload", f.csv, "--expect", expect)
+        assert code == 2 and message in err and "see 'tally bench --help'" in err, (name, code, err)
+        assert out == b"" and not os.path.exists(data), name
 
 
 def test_bench_times_point_in_time_reads():
@@ -952,6 +972,37 @@ def test_bench_connect_usage():
     tally("bench", "--data", "x", "--workload", f.csv, "--connections", "2", expect_exit=2)
     code, _, err = tally("bench", "--connect", "127.0.0.1:1", "--workload", f.csv)
     assert code == 1 and err, (code, err)
+    # A malformed address is a usage error, as for serve --listen, found
+    # before anything else: the workload named here does not exist.
+    missing = os.path.join(SCRATCH, "missing.csv")
+    for address in ("nohost", "127.0.0.1:99999", "127.0.0.1:abc", "[::1", "[]:7420", ":7420", ""):
+        code, out, err = tally("bench", "--connect", address, "--workload", missing)
+        assert code == 2 and out == b"", (address, code, err)
+        assert err.startswith("tally: --connect: "), (address, err)
+        assert err.endswith("tally: see 'tally bench --help'\n"), (address, err)
+
+
+def test_bench_reads_back_around_names_the_server_refuses():
+    d = new_dir("bench-invalid")
+    # A subject longer than 255 bytes and one with a NUL: answered invalid,
+    # they hold nothing, and the comparison still comes.
+    long_name = "x" * 300
+    csv = write(os.path.join(d, "w.csv"), HEADER + "acquire,k1,s1,i1,5,,,\n"
+                "acquire,k2,%s,i1,5,,,\nacquire,k3,a\0b,i1,5,,,\n"
+                "transfer,k4,s1,i1,2,%s,,\n" % (long_name, long_name))
+    expect = write(os.path.join(d, "w.expect"),
+                   "s1,i1,5,0\n#outcomes ok=1 insufficient=0 hold_unknown=0 retry=0\n")
+    code, _, embedded = tally("bench", "--data", os.path.join(d, "embedded"), "--workload", csv,
+                              "--expect", expect)
+    assert code == 1 and "got ok=1 insufficient=0 hold_unknown=0 retry=0 other=3" in embedded, \
+        (code, embedded)
+    server = Server(os.path.join(d, "served"))
+    try:
+        code, _, served = tally("bench", "--connect", server.binary, "--workload", csv,
+                                "--expect", expect)
+    finally:
+        server.stop()
+    assert code == 1 and served == embedded, (code, served)
 
 
 # ---- workload -----------------------------------------------------------------------
@@ -975,6 +1026,21 @@ def test_workload_is_deterministic():
     assert text(out) == first[0]
     ops = {line.split(",")[0] for line in first[0].splitlines()[1:]}
     assert ops == {"acquire", "consume", "transfer", "hold", "commit", "release"}, ops
+
+
+def test_workload_refuses_one_file_for_out_and_expect():
+    d = new_dir("workload-same")
+    flags = ["workload", "--subjects", "3", "--ops", "10"]
+    tally(*flags, "--out", "a.csv", "--expect", "a.expect", cwd=d, expect_exit=0)
+    os.link(os.path.join(d, "a.csv"), os.path.join(d, "hard.csv"))
+    os.symlink("a.csv", os.path.join(d, "soft.csv"))
+    # Two spellings of a file not there yet, a hard link, a symlink.
+    for out, expect in (("y.csv", "./y.csv"), ("y.csv", os.path.join(d, "y.csv")),
+                        ("a.csv", "hard.csv"), ("soft.csv", "a.csv")):
+        code, _, err = tally(*flags, "--out", out, "--expect", expect, cwd=d)
+        assert code == 2 and "name the same file" in err, (out, expect, code, err)
+        assert err.endswith("tally: see 'tally workload --help'\n"), err
+        assert not os.path.exists(os.path.join(d, "y.csv")), (out, expect)
 
 
 # ---- snapshots, point-in-time reads, history ------------------------------------------

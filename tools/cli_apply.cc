@@ -15,7 +15,9 @@
 
 #include "engine/client.h"
 #include "engine/clock.h"
+#include "engine/decide.h"
 #include "engine/ledger.h"
+#include "engine/server.h"
 #include "tools/audit.h"
 #include "tools/cli.h"
 #include "tools/csv.h"
@@ -351,6 +353,22 @@ constexpr std::int64_t kConnectionsMax = 256;
 constexpr std::int64_t kRateMax = 1'000'000'000;
 constexpr std::int64_t kPointInTimeQueriesMax = 100'000'000;
 
+// --connect's HOST:PORT, split as serve splits --listen (parse_host_port).
+// A host that is empty or keeps a bracket ("[::1" is host "[:") is no
+// address either: a client would only fail to resolve it, as an operation
+// failure, where serve refuses it as a usage error.
+Status check_connect_address(std::string_view address) {
+  std::string host;
+  std::uint16_t port = 0;
+  Status parsed = parse_host_port(address, &host, &port);
+  if (parsed.ok() && (host.empty() || host.find_first_of("[]") != std::string::npos)) {
+    parsed = Status(ErrorCode::invalid, "expected HOST:PORT ([::1]:7420 for IPv6), got '" +
+                                            std::string(address) + "'");
+  }
+  if (parsed.ok()) return parsed;
+  return Status(ErrorCode::invalid, "--connect: " + parsed.message());
+}
+
 // bench: exactly one of --data and --connect.
 Result<RunOptions> parse_bench_target(const Args& args) {
   if (!args.has("connect")) {
@@ -371,6 +389,7 @@ Result<RunOptions> parse_bench_target(const Args& args) {
                   "--connect drives a server, whose --data, --durability, snapshots and history are its own "
                   "(and --point-in-time times an embedded ledger)");
   }
+  TALLY_TRY(check_connect_address(args.get("connect")));
   RunOptions options;
   auto workload = args.required("workload");
   if (!workload) return workload.status();
@@ -467,11 +486,15 @@ class ClientPool final : public LedgerApi {
 
 // The export of a server's ledger, as `tally export` prints it: every
 // subject the workload names, listed through the server, in bytewise order.
+// A name the ledger refuses (empty, too long, with a NUL) can hold nothing,
+// and listing it would fail: it is skipped, as its lines were answered
+// `invalid`.
 Result<std::string> remote_export_csv(LedgerApi& ledger, const Workload& workload) {
   std::set<std::string_view> subjects;
   for (const WorkloadOp& op : workload.ops) {
-    if (!op.subject.empty()) subjects.insert(op.subject);
-    if (!op.to.empty()) subjects.insert(op.to);
+    for (const std::string_view name : {op.subject, op.to}) {
+      if (detail::check_id("subject", name).ok()) subjects.insert(name);
+    }
   }
   std::string csv;
   for (std::string_view subject : subjects) {
@@ -618,42 +641,52 @@ Status bench_point_in_time(Ledger& ledger, const Workload& workload, std::uint64
   return Status();
 }
 
-// "subject,item" of a balance line, and its "available,held".
-std::pair<std::string_view, std::string_view> split_balance_line(std::string_view line) {
-  const std::size_t held_comma = line.rfind(',');
-  const std::size_t available_comma = line.rfind(',', held_comma - 1);
-  return {line.substr(0, available_comma), line.substr(available_comma + 1)};
+// A line of Expectation::balance_lines, which parse_expect checked.
+BalanceLine expected_balance(std::string_view line) {
+  BalanceLine balance;
+  const bool parsed = parse_balance_line(line, &balance);
+  TALLY_ASSERT(parsed);
+  return balance;
 }
 
-// Differences between the expected and the actual balance lines and counts,
-// as messages; empty when they agree.
+// "available,held", as export prints them.
+std::string amounts_text(const BalanceLine& balance) {
+  return std::to_string(balance.available) + "," + std::to_string(balance.held);
+}
+
+// Differences between the expected and the actual balances and counts, as
+// messages; empty when they agree. Amounts compare as numbers.
 std::vector<std::string> compare_state(const Expectation& expected, std::string_view actual_csv,
                                        const Counted& actual) {
   std::vector<std::string> differences;
-  std::unordered_map<std::string_view, std::string_view> expected_values;
+  // parse_expect refused a pair listed twice: one entry per line.
+  std::unordered_map<std::string_view, BalanceLine> expected_balances;
   for (const std::string& line : expected.balance_lines) {
-    const auto [pair, values] = split_balance_line(line);
-    if (!expected_values.emplace(pair, values).second) {
-      differences.push_back(std::string(pair) + ": listed twice in the expect file");
-    }
+    const BalanceLine balance = expected_balance(line);
+    expected_balances.emplace(balance.pair, balance);
   }
   for (const std::string_view line : split_lines(actual_csv)) {
-    const auto [pair, values] = split_balance_line(line);
-    const auto found = expected_values.find(pair);
-    if (found == expected_values.end()) {
-      differences.push_back(std::string(pair) + ": expected nothing, got " + std::string(values));
+    BalanceLine got;
+    if (!parse_balance_line(line, &got)) {
+      differences.push_back("got '" + std::string(line) + "', not a balance line");
       continue;
     }
-    if (found->second != values) {
-      differences.push_back(std::string(pair) + ": expected " + std::string(found->second) +
-                            ", got " + std::string(values));
+    const auto found = expected_balances.find(got.pair);
+    if (found == expected_balances.end()) {
+      differences.push_back(std::string(got.pair) + ": expected nothing, got " +
+                            amounts_text(got));
+      continue;
     }
-    expected_values.erase(found);
+    if (found->second.available != got.available || found->second.held != got.held) {
+      differences.push_back(std::string(got.pair) + ": expected " + amounts_text(found->second) +
+                            ", got " + amounts_text(got));
+    }
+    expected_balances.erase(found);
   }
   for (const std::string& line : expected.balance_lines) {
-    const auto [pair, values] = split_balance_line(line);
-    if (expected_values.contains(pair)) {
-      differences.push_back(std::string(pair) + ": expected " + std::string(values) +
+    const BalanceLine balance = expected_balance(line);
+    if (expected_balances.contains(balance.pair)) {
+      differences.push_back(std::string(balance.pair) + ": expected " + amounts_text(balance) +
                             ", got nothing");
     }
   }

@@ -1,9 +1,11 @@
 #include "tools/csv.h"
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <unordered_map>
 
 #include "tools/args.h"
 
@@ -215,10 +217,27 @@ void append_outcomes_line(std::string* out, const OutcomeCounts& counts) {
   *out += "#outcomes " + outcome_counts_text(counts) + "\n";
 }
 
+bool parse_balance_line(std::string_view line, BalanceLine* out) {
+  const std::size_t held_comma = line.rfind(',');
+  if (held_comma == std::string_view::npos || held_comma == 0) return false;
+  const std::size_t available_comma = line.rfind(',', held_comma - 1);
+  if (available_comma == std::string_view::npos) return false;
+  const std::string_view pair = line.substr(0, available_comma);
+  if (pair.find(',') == std::string_view::npos ||
+      !parse_int64(line.substr(available_comma + 1, held_comma - available_comma - 1),
+                   &out->available) ||
+      !parse_int64(line.substr(held_comma + 1), &out->held)) {
+    return false;
+  }
+  out->pair = pair;
+  return true;
+}
+
 Result<Expectation> parse_expect(std::string_view text) {
   Expectation expectation;
   std::vector<std::string_view> lines = split_lines(text);
   drop_trailing_blank_lines(&lines);
+  std::unordered_map<std::string_view, std::size_t> pair_line_numbers;
   bool counts_seen = false;
   for (std::size_t line_index = 0; line_index < lines.size(); line_index++) {
     const std::string_view line = lines[line_index];
@@ -228,17 +247,21 @@ Result<Expectation> parse_expect(std::string_view text) {
       counts_seen = true;
       continue;
     }
-    // A balance line has four fields, the last two integers; the state
-    // comparison is by whole lines, so that is all that is checked here.
-    const std::size_t held_comma = line.rfind(',');
-    const std::size_t available_comma =
-        held_comma == std::string_view::npos ? held_comma : line.rfind(',', held_comma - 1);
-    std::int64_t value = 0;
-    if (available_comma == std::string_view::npos || available_comma == 0 ||
-        line.rfind(',', available_comma - 1) == std::string_view::npos ||
-        !parse_int64(line.substr(held_comma + 1), &value) ||
-        !parse_int64(line.substr(available_comma + 1, held_comma - available_comma - 1), &value)) {
-      return line_error(line_index + 1, "expected 'subject,item,available,held' or '#outcomes ...'");
+    // Exactly four fields: a fifth would be read from the right as a name
+    // with a comma in it, which no workload CSV can hold.
+    BalanceLine balance;
+    if (!parse_balance_line(line, &balance) ||
+        std::count(balance.pair.begin(), balance.pair.end(), ',') != 1) {
+      return line_error(line_index + 1, "expected 'subject,item,available,held' (names hold no "
+                                        "commas) or '#outcomes ...'");
+    }
+    // Two lines for one pair cannot both be the state: the file is wrong,
+    // whatever the ledger does.
+    const auto [first, inserted] = pair_line_numbers.emplace(balance.pair, line_index + 1);
+    if (!inserted) {
+      return line_error(line_index + 1, std::string(balance.pair) +
+                                            " is listed twice (first on line " +
+                                            std::to_string(first->second) + ")");
     }
     expectation.balance_lines.emplace_back(line);
   }

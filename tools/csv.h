@@ -22,6 +22,9 @@
 //   s1,i1,485,5
 //   #outcomes ok=N insufficient=N hold_unknown=N retry=N
 //
+// A balance line has exactly four fields (names hold no commas, as in a
+// workload) and names each pair once; amounts are numbers, so `010` is 10.
+//
 // Outcome classes: every hold_* rejection counts as hold_unknown, and a
 // retry counts as retry whatever its outcome.
 #pragma once
@@ -84,9 +87,22 @@ struct OutcomeCounts {
 };
 
 struct Expectation {
-  std::vector<std::string> balance_lines;  // without newlines, in file order
+  // Without newlines, in file order; each parses with parse_balance_line.
+  std::vector<std::string> balance_lines;
   OutcomeCounts counts;
 };
+
+// A balance line split: `pair` ("subject,item") views the line.
+struct BalanceLine {
+  std::string_view pair;
+  std::int64_t available = 0;
+  std::int64_t held = 0;
+};
+
+// Splits "subject,item,available,held" from the right, so that a name with
+// a comma, which only an export can show, stays in `pair`. False unless the
+// pair has a comma and the amounts are int64s (parse_int64).
+bool parse_balance_line(std::string_view line, BalanceLine* out);
 
 // Appends "subject,item,available,held\n": one line of an expect file and of
 // `tally export`.
@@ -97,7 +113,8 @@ void append_outcomes_line(std::string* out, const OutcomeCounts& counts);
 // Without the "#outcomes " prefix and the newline, for messages.
 std::string outcome_counts_text(const OutcomeCounts& counts);
 
-// Errors: invalid, "line N: ...".
+// Errors: invalid, "line N: ...", for a malformed line and for a pair
+// listed twice.
 Result<Expectation> parse_expect(std::string_view text);
 Result<Expectation> read_expect(const std::string& path);
 

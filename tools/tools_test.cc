@@ -220,6 +220,32 @@ TEST_CASE("expect: balance lines and outcome counts") {
   CHECK_FALSE(parse_expect("#outcomes ok=0 insufficient=0 hold_unknown=0 retry=0\ns1,i1,1,0\n").ok());
 }
 
+TEST_CASE("expect: four fields, each pair once, amounts as numbers") {
+  const std::string counts = "#outcomes ok=0 insufficient=0 hold_unknown=0 retry=0\n";
+  // No workload name holds a comma: a fifth field is no name "x,10".
+  CHECK(parse_expect("s1,i1,1,0\na,x,10,0,5\n" + counts)
+            .status()
+            .message()
+            .starts_with("line 2: expected 'subject,item,available,held'"));
+  CHECK(parse_expect("s1,i1,10,0\ns2,i1,1,0\ns1,i1,9,0\n" + counts).status().message() ==
+        "line 3: s1,i1 is listed twice (first on line 1)");
+  auto padded = parse_expect("s1,i1,010,00\n" + counts);
+  REQUIRE(padded.ok());
+  BalanceLine balance;
+  REQUIRE(parse_balance_line(padded->balance_lines[0], &balance));
+  CHECK(balance.pair == "s1,i1");
+  CHECK(balance.available == 10);
+  CHECK(balance.held == 0);
+  // An export's line splits from the right: a name with a comma stays whole.
+  REQUIRE(parse_balance_line("a,b,i1,5,2", &balance));
+  CHECK(balance.pair == "a,b,i1");
+  CHECK(balance.available == 5);
+  CHECK(balance.held == 2);
+  for (const std::string_view bad : {"i1,5,0", ",5,0", "s1,i1,5", "s1,i1,5,x", "s1,i1,,0", ""}) {
+    CHECK_FALSE(parse_balance_line(bad, &balance));
+  }
+}
+
 // ---- output escaping -----------------------------------------------------------
 
 std::string json(std::string_view text) {

@@ -378,16 +378,29 @@ class OutFile {
   bool failed_ = false;
 };
 
+// `path` as the file system will take it: absolute, with the part that
+// exists resolved (symlinks, "..") and the rest normalised lexically, so
+// that "y.csv" and "./y.csv" compare equal before either exists. Empty when
+// the file system cannot tell.
+std::filesystem::path resolved_path(std::string_view path) {
+  std::error_code error;
+  const std::filesystem::path absolute = std::filesystem::absolute(path, error);
+  if (error) return {};
+  std::filesystem::path resolved = std::filesystem::weakly_canonical(absolute, error);
+  if (error) return absolute.lexically_normal();
+  return resolved;
+}
+
 // Whether two output paths name one file ("-" is stdout), which would
 // leave the workload and its expect file mixed or one over the other.
 bool same_output(std::string_view a, std::string_view b) {
   if (a == "-" || b == "-") return a == b;
-  std::error_code a_error;
-  std::error_code b_error;
-  const auto a_path = std::filesystem::weakly_canonical(std::filesystem::path(a), a_error);
-  const auto b_path = std::filesystem::weakly_canonical(std::filesystem::path(b), b_error);
-  if (a_error || b_error) return a == b;
-  return a_path == b_path;
+  if (a == b) return true;
+  // Two existing files: one inode under two names (a hard link too).
+  std::error_code error;
+  if (std::filesystem::equivalent(a, b, error)) return true;
+  const std::filesystem::path a_path = resolved_path(a);
+  return !a_path.empty() && a_path == resolved_path(b);
 }
 
 int run_workload(const Args& args) {
