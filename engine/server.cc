@@ -776,6 +776,11 @@ Status parse_host_port(std::string_view text, std::string* host, std::uint16_t* 
   if (host_part.size() >= 2 && host_part.front() == '[' && host_part.back() == ']') {
     host_part = host_part.substr(1, host_part.size() - 2);
   }
+  // "[::1" (host "[:"), "[]:7420": no host a resolver could take.
+  if (host_part.empty() || host_part.find_first_of("[]") != std::string_view::npos) {
+    return Status(ErrorCode::invalid, "expected HOST:PORT ([::1]:7420 for IPv6), got '" +
+                                          std::string(text) + "'");
+  }
   const std::string_view port_part = text.substr(colon + 1);
   unsigned value = 0;
   if (port_part.empty() || port_part.size() > 5) {

@@ -354,17 +354,10 @@ constexpr std::int64_t kRateMax = 1'000'000'000;
 constexpr std::int64_t kPointInTimeQueriesMax = 100'000'000;
 
 // --connect's HOST:PORT, split as serve splits --listen (parse_host_port).
-// A host that is empty or keeps a bracket ("[::1" is host "[:") is no
-// address either: a client would only fail to resolve it, as an operation
-// failure, where serve refuses it as a usage error.
 Status check_connect_address(std::string_view address) {
   std::string host;
   std::uint16_t port = 0;
-  Status parsed = parse_host_port(address, &host, &port);
-  if (parsed.ok() && (host.empty() || host.find_first_of("[]") != std::string::npos)) {
-    parsed = Status(ErrorCode::invalid, "expected HOST:PORT ([::1]:7420 for IPv6), got '" +
-                                            std::string(address) + "'");
-  }
+  const Status parsed = parse_host_port(address, &host, &port);
   if (parsed.ok()) return parsed;
   return Status(ErrorCode::invalid, "--connect: " + parsed.message());
 }
