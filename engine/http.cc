@@ -205,7 +205,11 @@ Status parse_hold_id(std::string_view text, HoldId* out) {
 Status get_hold_ref(const json::Value& object, OpRequest* op) {
   TALLY_TRY(get_string(object, "hold_key", false, &op->hold_key));
   const json::Value* id = object.find("hold_id");
-  if (id == nullptr) return op->hold_key.empty() ? bad("missing \"hold_id\" or \"hold_key\"") : Status();
+  if (id == nullptr && op->hold_key.empty()) {
+    return bad(object.find("hold_key") != nullptr ? "\"hold_key\" is empty"
+                                                  : "missing \"hold_id\" or \"hold_key\"");
+  }
+  if (id == nullptr) return Status();
   if (id->type == json::Value::Type::string) return parse_hold_id(id->text, &op->hold);
   if (!json::to_uint64(*id, &op->hold)) return bad("\"hold_id\" must be a non-negative integer");
   return Status();

@@ -209,6 +209,26 @@ TEST_CASE("http api: /health and /metrics take no parameters; a path's empty ite
   CHECK(get(port, "/health/").status == 404);
 }
 
+TEST_CASE("http api: a batch of more than 1000 ops, an empty hold_key: refused with their rule") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  std::string body = R"({"ops":[)";
+  for (int index = 0; index < 1001; index++) {
+    if (index > 0) body += ',';
+    body += R"({"op":"acquire","subject":"a","item":"b","qty":1})";
+  }
+  body += "]}";
+  const Reply answer = post(port, "/v1/batch", body, "big");
+  CHECK_INVALID(answer);
+  CHECK(answer.string("detail").find("batch has more than 1000 ops") != std::string::npos);
+  // And an empty hold_key is said to be empty, not missing.
+  const Reply empty_key =
+      post(port, "/v1/batch", R"({"ops":[{"op":"release","hold_key":""}]})", "empty");
+  CHECK_INVALID(empty_key);
+  CHECK(empty_key.string("detail").find("\"hold_key\" is empty") != std::string::npos);
+  CHECK(next_seq(port) == 1);
+}
+
 TEST_CASE("http api: a request with two Idempotency-Key headers is 400 and writes nothing") {
   Fixture fx;
   const std::uint16_t port = fx.server->http_port();

@@ -22,7 +22,9 @@ namespace tally::json {
 
 inline constexpr int kDepthMax = 8;
 inline constexpr std::size_t kMembersMax = 64;      // per object
-inline constexpr std::size_t kItemsMax = 1000;      // per array (kBatchOpsMax)
+// Per array: one past a batch's most ops (log::kBatchOpsMax), so that a batch
+// one op too long is refused by the batch's rule, with its message.
+inline constexpr std::size_t kItemsMax = 1001;
 inline constexpr std::size_t kNumberBytesMax = 32;
 
 struct Value {
