@@ -808,7 +808,7 @@ Result<std::unique_ptr<HistoryStore>> HistoryStore::open(const std::string& dir,
 // Opens (the writer: creates) the databases and reads the position.
 Status HistoryStore::Impl::open_dbs(bool read_only) {
   Txn txn;
-  TALLY_TRY(txn.begin(*env, read_only ? MDB_RDONLY : 0));
+  TALLY_TRY(txn.begin_adopting(*env, read_only ? MDB_RDONLY : 0));
   const unsigned flags = read_only ? 0 : MDB_CREATE;
   const auto open_db = [&](const char* name, MDB_dbi* dbi) {
     const int rc = mdb_dbi_open(txn.get(), name, flags, dbi);
@@ -1186,7 +1186,7 @@ Status HistoryStore::Impl::put_position(const Txn& txn, const Position& position
 Status HistoryStore::Impl::write_pending(const std::atomic<bool>* cancel, int* rc) {
   *rc = 0;
   Txn txn;
-  TALLY_TRY(txn.begin(*env, 0));
+  TALLY_TRY(txn.begin(*env, 0, rc));
   TALLY_TRY(check_sole_writer(txn));
   TALLY_TRY(put_pairs(txn, cancel, rc));
   TALLY_TRY(put_entries(txn, cancel, rc));
@@ -1237,7 +1237,7 @@ Status HistoryStore::flush(const std::atomic<bool>* cancel) {
 Status HistoryStore::Impl::clear_once(int* rc) {
   *rc = 0;
   Txn txn;
-  TALLY_TRY(txn.begin(*env, 0));
+  TALLY_TRY(txn.begin(*env, 0, rc));
   for (const MDB_dbi dbi : {pairs, entries, times, epochs, openings, hashes}) {
     *rc = mdb_drop(txn.get(), dbi, 0);
     if (*rc != 0) return lmdb_error("mdb_drop", *rc);

@@ -170,15 +170,14 @@ int Environment::open_handle(unsigned flags) {
   return rc;
 }
 
-Status Environment::check_db_names() const {
-  const std::shared_lock<std::shared_mutex> shared = share_map();
-  Txn txn;
-  TALLY_TRY(txn.begin(*this, MDB_RDONLY));
+Status Environment::check_db_names() {
+  ReadTxn txn;
+  TALLY_TRY(txn.begin(*this));
   MDB_dbi main_db = 0;
   int rc = mdb_dbi_open(txn.get(), nullptr, 0, &main_db);
   if (rc != 0) return error("mdb_dbi_open (main)", rc);
   Cursor cursor;
-  TALLY_TRY(cursor.open(txn, main_db));
+  TALLY_TRY(cursor.open(txn.txn(), main_db));
   MDB_val key{};
   MDB_val value{};
   for (rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_FIRST); rc == 0;
@@ -206,7 +205,8 @@ Environment::~Environment() {
 Status Environment::write_growing(const std::function<Status(int* rc)>& attempt) {
   // A full map aborts the transaction; grow it and write again. Each pass
   // doubles the map, so kMapGrowthsMax bounds the loop.
-  for (int growth = 0;; growth++) {
+  int adoptions = 0;
+  for (int growth = 0;;) {
     int rc = 0;
     Status status;
     {
@@ -214,9 +214,16 @@ Status Environment::write_growing(const std::function<Status(int* rc)>& attempt)
       status = attempt(&rc);
     }
     if (status.ok()) return status;
+    // Another process grew the map: take its size (outside the shared lock,
+    // which the adoption takes exclusive) and write again.
+    if (rc == MDB_MAP_RESIZED && adoptions < kReadBeginAttemptsMax) {
+      adoptions++;
+      TALLY_TRY(adopt_map_size());
+      continue;
+    }
     if (rc != MDB_MAP_FULL) return status;
     const RemapLock remap(*this);
-    if (growth == kMapGrowthsMax || map_size_bytes_ >= options_.map_size_bytes_max) {
+    if (growth++ == kMapGrowthsMax || map_size_bytes_ >= options_.map_size_bytes_max) {
       return Status(ErrorCode::io_error, std::string(component()) + ": map full at " +
                                              std::to_string(map_size_bytes_) +
                                              " bytes (map_size_bytes_max)");
@@ -343,6 +350,16 @@ int Txn::try_begin(const Environment& env, unsigned flags) {
   const int rc = mdb_txn_begin(env.get(), nullptr, flags, &txn_);
   if (rc != 0) txn_ = nullptr;
   return rc;
+}
+
+Status Txn::begin_adopting(Environment& env, unsigned flags) {
+  for (int attempt = 0; attempt < kReadBeginAttemptsMax; attempt++) {
+    const int rc = try_begin(env, flags);
+    if (rc == 0) return Status();
+    if (rc != MDB_MAP_RESIZED) return env.error("mdb_txn_begin", rc);
+    TALLY_TRY(env.adopt_map_size());
+  }
+  return env.error("mdb_txn_begin", MDB_MAP_RESIZED);
 }
 
 Status ReadTxn::begin(Environment& env) {

@@ -164,16 +164,18 @@ class Environment {
   // the file (tree_check.cc) before LMDB does; open() runs it with
   // options.db_names_checked. Safe beside a writer, in this process or
   // another: it walks the pages of one read transaction.
-  Status check_trees(std::span<const char* const> db_names) const;
+  Status check_trees(std::span<const char* const> db_names);
 
   // corrupt when the file holds a named database, or a record in LMDB's
   // main database, that is not among options.db_names. open() runs it.
-  Status check_db_names() const;
+  Status check_db_names();
 
   // Runs `attempt`, one write transaction that stores in *rc the LMDB code
   // it failed with (0 otherwise). While that is MDB_MAP_FULL — LMDB has
   // aborted the transaction, so nothing of it is written — doubles the map
-  // (at most to map_size_bytes_max) and runs it again. attempt runs under
+  // (at most to map_size_bytes_max) and runs it again; MDB_MAP_RESIZED (its
+  // begin met a map another process grew: Txn::begin's `rc`) adopts that
+  // size and runs it again. attempt runs under
   // the map lock, shared; the growth takes it exclusive, so the caller must
   // not share the map. io_error when the map is at its maximum.
   Status write_growing(const std::function<Status(int* rc)>& attempt);
@@ -234,9 +236,17 @@ class Txn {
   // needs it); begin turns a failure into io_error.
   int try_begin(const Environment& env, unsigned flags);
   Status begin(const Environment& env, unsigned flags) {
-    const int rc = try_begin(env, flags);
-    return rc == 0 ? Status() : env.error("mdb_txn_begin", rc);
+    int rc = 0;
+    return begin(env, flags, &rc);
   }
+  // The same, storing LMDB's code in *rc: a write_growing attempt's.
+  Status begin(const Environment& env, unsigned flags, int* rc) {
+    *rc = try_begin(env, flags);
+    return *rc == 0 ? Status() : env.error("mdb_txn_begin", *rc);
+  }
+  // begin, adopting a map another process grew first (MDB_MAP_RESIZED), as
+  // ReadTxn does: for a caller that does not share the map.
+  Status begin_adopting(Environment& env, unsigned flags);
   // The LMDB code; the transaction is gone either way.
   int commit() {
     const int rc = mdb_txn_commit(txn_);

@@ -243,7 +243,7 @@ Result<std::unique_ptr<SnapshotStore>> SnapshotStore::open(const std::string& di
   env->env = std::move(opened).value();
   env->options = options;
   Txn txn;
-  TALLY_TRY(txn.begin(*env->env, options.read_only ? MDB_RDONLY : 0));
+  TALLY_TRY(txn.begin_adopting(*env->env, options.read_only ? MDB_RDONLY : 0));
   const unsigned db_flags = options.read_only ? 0 : MDB_CREATE;
   for (const auto& [name, dbi] : {std::pair{kMetaDbName, &env->meta},
                                   std::pair{kChunksDbName, &env->chunks}}) {
@@ -297,7 +297,7 @@ Status SnapshotStore::Env::write_once(const proj::State& state, const Meta& meta
                                       Meta* written, int* rc_out) {
   *rc_out = 0;
   Txn txn;
-  TALLY_TRY(txn.begin(*env, 0));
+  TALLY_TRY(txn.begin(*env, 0, rc_out));
   TALLY_TRY(delete_snapshot(txn, meta_in.info.seq, rc_out));
   ChunkSink sink(txn.get(), chunks, meta_in.info.seq, options.chunk_bytes);
   Status saved = state.save(sink);
@@ -381,7 +381,7 @@ Status SnapshotStore::copy_to(const std::string& dir, const CopyProgress& keep_g
 
 Result<std::vector<SnapshotInfo>> SnapshotStore::list() const {
   Txn txn;
-  TALLY_TRY(txn.begin(*env_->env, MDB_RDONLY));
+  TALLY_TRY(txn.begin_adopting(*env_->env, MDB_RDONLY));
   std::vector<Result<Meta>> metas;
   std::vector<std::uint64_t> seqs;
   TALLY_TRY(read_all_meta(txn, env_->meta, &metas, &seqs));
@@ -404,7 +404,7 @@ Status SnapshotStore::Env::prune_once(std::size_t retain_count, std::uint64_t ne
   *rc_out = 0;
   *pruned = 0;
   Txn txn;
-  TALLY_TRY(txn.begin(*env, 0));
+  TALLY_TRY(txn.begin(*env, 0, rc_out));
   std::vector<Result<Meta>> metas;
   std::vector<std::uint64_t> seqs;  // oldest first
   TALLY_TRY(read_all_meta(txn, meta, &metas, &seqs));
@@ -509,7 +509,7 @@ Result<LoadedSnapshot> SnapshotStore::load_newest_valid(
     std::vector<SkippedSnapshot>* skipped, const std::atomic<bool>* cancel,
     std::atomic<std::uint64_t>* loading) const {
   Txn txn;
-  TALLY_TRY(txn.begin(*env_->env, MDB_RDONLY));
+  TALLY_TRY(txn.begin_adopting(*env_->env, MDB_RDONLY));
   std::vector<Result<Meta>> metas;
   std::vector<std::uint64_t> seqs;
   TALLY_TRY(read_all_meta(txn, env_->meta, &metas, &seqs));
@@ -545,7 +545,7 @@ Result<LoadedSnapshot> SnapshotStore::load_newest_valid(
       // A damaged page fails the transaction too (MDB_CORRUPTED leaves it
       // unusable): the next snapshot is read in a new one.
       txn.abort();
-      TALLY_TRY(txn.begin(*env_->env, MDB_RDONLY));
+      TALLY_TRY(txn.begin_adopting(*env_->env, MDB_RDONLY));
       continue;
     }
     return LoadedSnapshot{std::move(state).value(), meta.info};

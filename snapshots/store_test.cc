@@ -720,6 +720,38 @@ TEST_CASE("a full map grows and the write succeeds") {
   CHECK(store->list()->empty());  // nothing half-written
 }
 
+TEST_CASE("a store adopts the map another process grew, to read and to write") {
+  TempDir dir;
+  SnapshotStoreOptions options = small_options();
+  options.map_size_bytes = 64 * 1024;
+  std::unique_ptr<SnapshotStore> store = open_store(dir, options);
+  State state(StateOptions{0});
+  Feed feed({&state});
+  for (int index = 0; index < 3000; index++) {
+    std::string key = "a-rather-long-idempotency-key-";
+    key += std::to_string(index);
+    REQUIRE_OK(feed.one(key, proj::acquire_op(key, "gold", 1)));
+  }
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    // Another process (a server beside `tally snapshot`) grows the map.
+    auto other = SnapshotStore::open(dir.sub("snapshots"), options);
+    ::_exit(other.ok() && (*other)->write(state, position_of(state)).ok() ? 0 : 1);
+  }
+  int wait_status = 0;
+  REQUIRE(::waitpid(child, &wait_status, 0) == child);
+  REQUIRE(WIFEXITED(wait_status));
+  REQUIRE(WEXITSTATUS(wait_status) == 0);
+  REQUIRE(std::filesystem::file_size(dir.sub("snapshots") + "/data.mdb") > 64 * 1024);
+  auto listed = store->list();
+  REQUIRE_MESSAGE(listed.ok(), listed.status().to_string());
+  CHECK(listed->size() == 1);
+  REQUIRE_OK(feed.one("one-more", proj::acquire_op("one-more", "gold", 1)));
+  write_ok(store.get(), state);
+  CHECK(store->list()->size() == 2);
+}
+
 TEST_CASE("a store reopened with a map smaller than its file grows it to rewrite and to prune") {
   // LMDB maps a file larger than the size asked for exactly as large as its
   // pages in use: the first page any write needs, a delete's too, is past

@@ -355,15 +355,14 @@ Status Environment::check_meta_pages() const {
   return status;
 }
 
-Status Environment::check_trees(std::span<const char* const> db_names) const {
+Status Environment::check_trees(std::span<const char* const> db_names) {
   MDB_stat stat{};
   const int rc = mdb_env_stat(env_, &stat);
   if (rc != 0) return error("mdb_env_stat", rc);
-  const std::shared_lock<std::shared_mutex> shared = share_map();
   // The read transaction keeps the pages of its tree from reuse while they
   // are walked.
-  Txn txn;
-  TALLY_TRY(txn.begin(*this, MDB_RDONLY));
+  ReadTxn txn;
+  TALLY_TRY(txn.begin(*this));
   auto file = log::posix_file_system().open(dir_ + "/data.mdb",
                                             log::FileSystem::Mode::read_only);
   if (!file) return file.status();
