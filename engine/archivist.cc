@@ -252,10 +252,7 @@ Result<bool> Archivist::Impl::next_event(log::LogTail& from, std::uint64_t max_s
                                          log::Record* record, log::Event* event) {
   auto more = from.next(record, max_seq);
   if (!more || !*more) return more;
-  Status decoded = decoder.decode(record->payload, event);
-  if (!decoded.ok()) {
-    return log::corrupt_at(record->segment_first_seq, record->offset, decoded.message());
-  }
+  TALLY_TRY(log::decode_record(decoder, *record, event));
   return true;
 }
 

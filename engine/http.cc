@@ -575,8 +575,7 @@ Result<EventsPage> read_events_page(EventFeed& feed, const EventsQuery& query) {
   FeedLimits limits;
   limits.events_max = query.limit;
   auto count = feed.poll(&next_seq, limits, [&](const log::Record& record) {
-    const Status decoded = decoder.decode(record.payload, &event);
-    if (!decoded.ok()) return log::corrupt_at(record.segment_first_seq, record.offset, decoded.message());
+    TALLY_TRY(log::decode_record(decoder, record, &event));
     if (record.seq != query.from_seq) page.body += ',';
     append_event(event, EventFormat::json, &page.body);
     return Status();

@@ -89,7 +89,10 @@ Result<Start> start_from_snapshot(const ReplayOptions& options, log::FileSystem&
       return Start{};
     }
     const snap::SnapshotInfo& info = loaded->info;
-    auto reader = log::LogReader::open(fs, log_dir(options.data_dir), {.from_seq = info.seq, .keep_previous_segment = true});
+    auto reader = log::LogReader::open(fs, log_dir(options.data_dir),
+                                       {.from_seq = info.seq,
+                                        .keep_previous_segment = true,
+                                        .writer_may_be_live = options.writer_may_be_live});
     if (!reader) return reader.status();
     log::Record record;
     auto more = (*reader)->next(&record);
@@ -339,12 +342,8 @@ class ReadAhead {
       if (!*more) return finish(Status(), true);
       const log::Record& record = slot.record;
       segment_ = record.segment_first_seq;
-      const Status decoded = slot.decoder.decode(record.payload, &slot.event);
-      if (!decoded.ok() || slot.event.seq != record.seq) {
-        return finish(log::corrupt_at(record.segment_first_seq, record.offset,
-                                      decoded.ok() ? "event seq differs from its frame" : decoded.message()),
-                      false);
-      }
+      Status decoded = log::decode_record(slot.decoder, record, &slot.event);
+      if (!decoded.ok()) return finish(std::move(decoded), false);
       if (slot.event.timestamp_ns > to_time_ns_) return finish(Status(), false);
       read_seq_ = record.seq;
       slot.hashes.key = proj::State::hash_key(slot.event);
@@ -418,7 +417,9 @@ Result<Replayed> replay(const ReplayOptions& options) {
   }
   if (start.state == nullptr) {
     start.state = std::make_unique<proj::State>(options.state_options);
-    auto reader = log::LogReader::open(fs, log_dir(options.data_dir), {.keep_previous_segment = true});
+    auto reader = log::LogReader::open(fs, log_dir(options.data_dir),
+                                       {.keep_previous_segment = true,
+                                        .writer_may_be_live = options.writer_may_be_live});
     if (!reader) return reader.status();
     start.reader = std::move(*reader);
   }

@@ -62,6 +62,9 @@ struct ReplayOptions {
   // then remembers keys ahead of the ops on its reading thread, pausing
   // only at these seqs, instead of in step on the applying thread: faster.
   std::vector<std::uint64_t> applied_seqs;
+  // log::LogReaderOptions::writer_may_be_live: a tool's replay of a log a
+  // server may be appending to.
+  bool writer_may_be_live = false;
   // Borrowed; when set, checked before each event: once it is true the
   // replay stops with `closed` (an owner that is shutting down).
   const std::atomic<bool>* cancel = nullptr;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "log/event.h"
+#include "log/reader.h"
 
 namespace tally::log {
 namespace {
@@ -118,6 +119,26 @@ TEST_CASE("every single-op event round-trips") {
     if (op.type == OpType::expire) event.key = "";  // a system event
     check_round_trip(event);
   }
+}
+
+TEST_CASE("a record whose event is not its frame's seq is corrupt where it lies") {
+  const Op op = amount(OpType::acquire, 100);
+  const Event event = event_of(std::span(&op, 1));
+  RoundTrip trip;
+  Event decoded;
+  REQUIRE(trip.run(event, &decoded).ok());
+  Record record;
+  record.payload = trip.bytes();
+  record.segment_first_seq = 1;
+  record.offset = 64;
+  record.seq = event.seq;
+  CHECK(decode_record(trip.decoder(), record, &decoded).ok());
+  // The frame of another seq carrying it: a copy of the whole frame.
+  record.seq = event.seq + 1;
+  const Status status = decode_record(trip.decoder(), record, &decoded);
+  CHECK(status.code() == ErrorCode::corrupt);
+  CHECK(status.message() ==
+        "segment 0000000000000001.seg offset 64: event seq differs from its frame");
 }
 
 TEST_CASE("a batch round-trips with every op type a request may carry") {

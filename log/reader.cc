@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cinttypes>
 #include <cstdio>
+#include <thread>
 
 #include "log/frame_check.h"
 
@@ -111,6 +113,10 @@ Status check_skipped_headers(FileSystem& fs, const std::string& dir,
 
 }  // namespace
 
+// end_of_frames' looks again at a frame in flight: 1 + 2 + ... + 128 ms.
+constexpr int kLiveRechecksMax = 8;
+constexpr std::chrono::milliseconds kLiveRecheckWait{1};
+
 struct LogReader::Impl {
   FileSystem& fs;
   std::string dir;
@@ -137,6 +143,7 @@ struct LogReader::Impl {
   std::uint64_t pos = 0;       // of the next frame
   SegmentHeader header;
   std::uint32_t payload_max = 0;
+  int live_rechecks = 0;  // end_of_frames' looks again, of kLiveRechecksMax
 
   Impl(FileSystem& fs_in, std::string dir_in, LogReaderOptions options_in)
       : fs(fs_in), dir(std::move(dir_in)), options(options_in) {}
@@ -260,6 +267,17 @@ Status LogReader::Impl::end_of_frames(FrameVerdict verdict, const FrameHeader& f
   FrameHeader later;
   const std::uint64_t found = find_valid_frame(bytes(), pos + kFrameAlignment, data_end,
                                                payload_max, expected_seq, &later);
+  // Beside a live writer (LogReaderOptions::writer_may_be_live), the
+  // reader may have read the frame's page before the writer filled it, and
+  // the pages after it once it had. Look again a few times, waiting longer
+  // each time, before calling it damage; a frame that was in flight is
+  // whole by then (next() reads it again at pos).
+  if (found != 0 && options.writer_may_be_live && last_segment() &&
+      live_rechecks < kLiveRechecksMax) {
+    std::this_thread::sleep_for(kLiveRecheckWait * (1 << live_rechecks));
+    live_rechecks++;
+    return Status();
+  }
   if (found != 0) {
     return corrupt(pos, describe(verdict, frame) + ", followed by a valid frame at offset " +
                             std::to_string(found) + " (seq " + std::to_string(later.seq) + ")");
@@ -298,6 +316,15 @@ void LogReader::Impl::finish(std::uint64_t torn_end) {
   end.cut_short =
       file_bytes < header.size_bytes && (end.torn || file_bytes - pos < kFrameAlignment);
   done = true;
+}
+
+Status decode_record(EventDecoder& decoder, const Record& record, Event* event) {
+  Status decoded = decoder.decode(record.payload, event);
+  if (decoded.ok() && event->seq != record.seq) {
+    decoded = Status(ErrorCode::corrupt, "event seq differs from its frame");
+  }
+  if (decoded.ok()) return decoded;
+  return corrupt_at(record.segment_first_seq, record.offset, decoded.message());
 }
 
 Status cut_short_status(const LogEnd& end) {

@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "log/event.h"
 #include "log/file.h"
 #include "log/format.h"
 #include "log/status.h"
@@ -80,7 +81,18 @@ struct LogReaderOptions {
   // release_previous_segment(), for a caller that works some records behind
   // the reader.
   bool keep_previous_segment = false;
+  // Another process may be appending to the log as it is read (a tool
+  // beside `tally serve`). A frame it is still writing can then read as
+  // damaged with whole frames after it (the mapped segment shows the page
+  // cache as the writer fills it), so such a frame in the last segment is
+  // read again, for up to a quarter of a second, before it is corruption.
+  bool writer_may_be_live = false;
 };
+
+// Decodes a record's payload into *event: corrupt, at the record's segment
+// and offset, when it is not a valid event or the event's seq is not its
+// frame's (a frame copied whole from elsewhere verifies on its own).
+Status decode_record(EventDecoder& decoder, const Record& record, Event* event);
 
 class LogReader {
  public:

@@ -3,7 +3,10 @@
 #include <doctest.h>
 
 #include <algorithm>
+#include <chrono>
+#include <span>
 #include <string>
+#include <thread>
 
 #include "log/faulty_file.h"
 #include "log/file.h"
@@ -258,6 +261,33 @@ TEST_CASE("a zeroed middle record followed by valid ones is corruption, not the 
   require_corrupt(back, prefix(1, log.offsets[4]));
   CHECK(back.status.message().find("followed by a valid frame at offset " +
                                    std::to_string(log.offsets[5])) != std::string::npos);
+}
+
+TEST_CASE("beside a live writer, a frame in flight is read again before it is corruption") {
+  TempDir dir;
+  const OneSegment log = make_one_segment(dir, 10);
+  // Frame 4 still being copied in while frames 5.. already are.
+  std::vector<std::byte> in_flight = log.pristine;
+  const auto begin = in_flight.begin() + static_cast<std::ptrdiff_t>(log.offsets[4]);
+  std::fill(begin, begin + static_cast<std::ptrdiff_t>(log.frame_bytes[4]), std::byte{0});
+  write_bytes(log.path, in_flight);
+  LogReaderOptions live;
+  live.writer_may_be_live = true;
+  // The writer finishes it while the reader looks again.
+  std::thread writer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    auto file = posix().open(log.path, FileSystem::Mode::read_write);
+    CHECK((file.ok() && (*file)->write_at(log.offsets[4], std::span(log.pristine).subspan(
+                                                              log.offsets[4], log.frame_bytes[4]))
+                            .ok()));
+  });
+  ReadBack back = read_log(posix(), dir.log_dir(), live);
+  writer.join();
+  REQUIRE_MESSAGE(back.status.ok(), back.status.to_string());
+  CHECK(back.records.size() == 10);
+  // One that stays so is corruption, after the looks.
+  write_bytes(log.path, in_flight);
+  require_corrupt(read_log(posix(), dir.log_dir(), live), prefix(1, log.offsets[4]));
 }
 
 // Reads from the last segment's first seq on: the segments before it are

@@ -143,7 +143,7 @@ Status print_from_log(const std::string& data_dir, std::string_view subject, std
                       LogStart start, std::uint64_t from_seq, std::uint64_t to_seq,
                       ChangePrinter* printer) {
   auto reader = log::LogReader::open(log::posix_file_system(), log_dir(data_dir),
-                                     {.from_seq = start.seq});
+                                     {.from_seq = start.seq, .writer_may_be_live = true});
   if (!reader) return reader.status();
   Progress progress("history", 0, Streams::stdout_while_working);
   if (progress.enabled()) {
@@ -160,11 +160,7 @@ Status print_from_log(const std::string& data_dir, std::string_view subject, std
     if (!more) return more.status();
     if (!*more || record.seq > to_seq) break;
     progress.update(record.seq);
-    Status decoded = decoder.decode(record.payload, &event);
-    if (!decoded.ok() || event.seq != record.seq) {
-      return log::corrupt_at(record.segment_first_seq, record.offset,
-                             decoded.ok() ? "event seq differs from its frame" : decoded.message());
-    }
+    TALLY_TRY(log::decode_record(decoder, record, &event));
     if (!touches(event, subject, item)) continue;
     proj::event_deltas(event, &deltas);
     for (const proj::PairDelta& delta : deltas) {
@@ -286,11 +282,7 @@ Result<Rebuilt> rebuild_history(const std::string& data_dir) {
     auto more = (*reader)->next(&record);
     if (!more) return more.status();
     if (!*more) break;
-    Status decoded = decoder.decode(record.payload, &event);
-    if (!decoded.ok() || event.seq != record.seq) {
-      return log::corrupt_at(record.segment_first_seq, record.offset,
-                             decoded.ok() ? "event seq differs from its frame" : decoded.message());
-    }
+    TALLY_TRY(log::decode_record(decoder, record, &event));
     TALLY_TRY(index_event(store->get(), event, record.checksum));
     rebuilt.events++;
     rebuilt.last_seq = record.seq;

@@ -127,6 +127,7 @@ Status print_log(const std::string& data_dir, std::uint64_t from_seq, const LogF
   TALLY_TRY(require_data_dir(data_dir));
   log::LogReaderOptions options;
   options.from_seq = from_seq;
+  options.writer_may_be_live = true;  // beside a server, maybe
   auto reader = log::LogReader::open(log::posix_file_system(), log_dir(data_dir), options);
   if (!reader) return reader.status();
   log::EventDecoder decoder;
@@ -139,10 +140,7 @@ Status print_log(const std::string& data_dir, std::uint64_t from_seq, const LogF
     if (!more) return more.status();
     if (!*more || record.seq > filter.to_seq) return Status();
     progress.update(record.seq);
-    Status decoded = decoder.decode(record.payload, &event);
-    if (!decoded.ok()) {
-      return log::corrupt_at(record.segment_first_seq, record.offset, decoded.message());
-    }
+    TALLY_TRY(log::decode_record(decoder, record, &event));
     if (event.timestamp_ns > filter.until_ns) return Status();
     if (!filter.matches(event)) continue;
     append_event(event, json ? EventFormat::json : EventFormat::text, &out.buffer());

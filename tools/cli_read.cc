@@ -39,6 +39,7 @@ Status check_name(std::string_view what, std::string_view name) {
 Result<Replayed> replay_data(const std::string& data_dir, ReplayOptions options) {
   TALLY_TRY(require_data_dir(data_dir));
   options.data_dir = data_dir;
+  options.writer_may_be_live = true;  // beside a server, maybe
   Progress progress("replay", 0);
   if (progress.enabled()) {
     // The total costs a read of the last segment: only for a terminal.
@@ -111,7 +112,8 @@ HistoryIndex open_history_store(const std::string& data_dir, bool check_all_page
 Result<LogScan> scan_log(const std::string& data_dir, std::uint64_t seq) {
   // From UINT64_MAX the reader opens the last segment only.
   auto reader = log::LogReader::open(log::posix_file_system(), log_dir(data_dir),
-                                     {.from_seq = seq == 0 ? UINT64_MAX : seq});
+                                     {.from_seq = seq == 0 ? UINT64_MAX : seq,
+                                      .writer_may_be_live = true});
   if (!reader) return reader.status();
   LogScan scan;
   if (seq == 0) scan.chain_at = log::kChainSeed;
