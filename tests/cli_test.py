@@ -775,6 +775,9 @@ def test_verify_fails_on_a_last_segment_cut_short():
     assert code == 1 and where in err and "records after seq %d may be lost" % (
         len(f.events) - 1) in err, (code, err)
     assert text(out).startswith("failed: "), text(out)
+    # A read answers what the log holds, and warns.
+    _, out, err = tally("export", "--data", data, expect_exit=0)
+    assert "tally: warning: " + where in err and "`tally verify` reports it" in err, err
     # The next writer says so, and gives the file its size back.
     empty = write(os.path.join(new_dir("cut-short-empty"), "empty.csv"),
                   "op,key,subject,item,qty,to,ttl_ms,hold_key\n")

@@ -228,10 +228,16 @@ Result<std::optional<AsOf>> parse_as_of(const Args& args) {
   return std::optional<AsOf>();
 }
 
-// A fresh State with DATA's log replayed into it.
+// A fresh State with DATA's log replayed into it. A log cut short may have
+// lost records: the answer is what it holds, with a warning (verify fails).
 Result<std::unique_ptr<proj::State>> load_state(std::string_view data_dir) {
   auto replayed = replay_data(std::string(data_dir));
   if (!replayed) return replayed.status();
+  const ReplayReport& report = replayed->report;
+  if (report.reached_end && report.end.cut_short) {
+    std::fprintf(stderr, "tally: warning: %s; `tally verify` reports it\n",
+                 log::cut_short_status(report.end).message().c_str());
+  }
   return std::move(replayed->state);
 }
 
