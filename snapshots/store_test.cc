@@ -694,18 +694,31 @@ TEST_CASE("a cancelled load stops with closed and passes over no snapshot") {
   CHECK(skipped.empty());
 }
 
-TEST_CASE("a full map grows and the write succeeds") {
+// A store with a 64 KiB map and a state of 3000 acquires under long keys,
+// whose snapshot outgrows it.
+struct SmallMapAndLongKeys {
   TempDir dir;
-  SnapshotStoreOptions options = small_options();
-  options.map_size_bytes = 64 * 1024;
+  SnapshotStoreOptions options = [] {
+    SnapshotStoreOptions small = small_options();
+    small.map_size_bytes = 64 * 1024;
+    return small;
+  }();
   std::unique_ptr<SnapshotStore> store = open_store(dir, options);
-  State state(StateOptions{0});
-  Feed feed({&state});
-  for (int index = 0; index < 3000; index++) {
-    std::string key = "a-rather-long-idempotency-key-";
-    key += std::to_string(index);
-    REQUIRE_OK(feed.one(key, proj::acquire_op(key, "gold", 1)));
+  State state{StateOptions{0}};
+  Feed feed{{&state}};
+
+  SmallMapAndLongKeys() {
+    for (int index = 0; index < 3000; index++) {
+      std::string key = "a-rather-long-idempotency-key-";
+      key += std::to_string(index);
+      REQUIRE_OK(feed.one(key, proj::acquire_op(key, "gold", 1)));
+    }
   }
+};
+
+TEST_CASE("a full map grows and the write succeeds") {
+  SmallMapAndLongKeys f;
+  auto& [dir, options, store, state, feed] = f;
   const SnapshotInfo info = write_ok(store.get(), state);
   CHECK(info.size_bytes > options.map_size_bytes);
   Result<LoadedSnapshot> loaded = store->load_newest_valid(UINT64_MAX, StateOptions{0}, nullptr);
@@ -721,17 +734,8 @@ TEST_CASE("a full map grows and the write succeeds") {
 }
 
 TEST_CASE("a store adopts the map another process grew, to read and to write") {
-  TempDir dir;
-  SnapshotStoreOptions options = small_options();
-  options.map_size_bytes = 64 * 1024;
-  std::unique_ptr<SnapshotStore> store = open_store(dir, options);
-  State state(StateOptions{0});
-  Feed feed({&state});
-  for (int index = 0; index < 3000; index++) {
-    std::string key = "a-rather-long-idempotency-key-";
-    key += std::to_string(index);
-    REQUIRE_OK(feed.one(key, proj::acquire_op(key, "gold", 1)));
-  }
+  SmallMapAndLongKeys f;
+  auto& [dir, options, store, state, feed] = f;
   const pid_t child = ::fork();
   REQUIRE(child >= 0);
   if (child == 0) {
