@@ -72,7 +72,8 @@ struct HistoryIndex {
 
 // Opens DATA/history read-only (creating nothing) and reads its position;
 // standing is absent, unreadable, or — until check_history_chain() — usable.
-// `check_all_pages`: snap::HistoryStoreOptions::check_all_pages.
+// `check_all_pages`: snap::HistoryStoreOptions::check_all_pages, which an
+// index of up to 64 MiB gets anyway.
 HistoryIndex open_history_store(const std::string& data_dir, bool check_all_pages = false);
 
 // What one pass over DATA's log from `seq` to its end tells: the chain
