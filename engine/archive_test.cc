@@ -852,7 +852,9 @@ TEST_CASE("a ledger over a history index with a damaged page answers from the lo
   f.options.snapshot_every_events = 0;  // every read the history cannot answer replays
   f.open();
   constexpr int kPairs = 1500;
-  for (int op = 0; op < kPairs; op++) f.ok(f.ledger->acquire(name("k", op), name("s", op), "gold", op + 1));
+  for (int op = 0; op < kPairs; op++) {
+    f.ok(f.ledger->acquire(name("k", op), name("s", op), "gold", op + 1));
+  }
   f.close();
   const std::string data_path = history_dir(f.options.data_dir) + "/data.mdb";
   const std::string bytes = testing::read_file(data_path);

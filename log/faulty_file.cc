@@ -79,7 +79,6 @@ struct FaultyFileSystem::State {
     return plan;
   }
 
-  // Whether this sync is the one armed to fail.
   // A sync held by hold_next_sync waits here.
   void wait_if_held() {
     std::unique_lock lock(mutex);
@@ -90,6 +89,7 @@ struct FaultyFileSystem::State {
     hold_cv.wait(lock, [this] { return !holding; });
   }
 
+  // Whether this sync is the one armed to fail.
   bool sync_fails() {
     std::lock_guard lock(mutex);
     if (sync_countdown == 0) return false;

@@ -1,7 +1,8 @@
 // FaultyFileSystem: a FileSystem for tests that wraps another one and injects
 // the faults storage code has to survive, after SQLite's test harnesses:
 // failed syncs, a full disk, torn writes with a simulated crash, flipped
-// bits, slow reads, syncs held until the test lets them go. It also counts syncs and writes, so tests can check group commit.
+// bits, slow reads, syncs held until the test lets them go. It also counts
+// syncs and writes, so tests can check group commit.
 //
 // A test arms a fault; it fires on the next matching operation of any File
 // opened through this file system. Thread safety: every method may be called
