@@ -61,8 +61,15 @@ Result<std::unique_ptr<Environment>> Environment::open(const std::string& dir,
                   component + ": map_size_bytes must be 1..map_size_bytes_max");
   }
   const bool read_only = (options.flags & MDB_RDONLY) != 0;
-  if (!read_only && ::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
-    return Status(ErrorCode::io_error, component + ": mkdir " + dir + ": " + std::strerror(errno));
+  if (!read_only) {
+    if (::mkdir(dir.c_str(), 0755) == 0) {
+      // Durable in its parent, so that a crash cannot drop a store whose
+      // pages LMDB synced.
+      TALLY_TRY(log::posix_file_system().sync_dir(log::parent_dir(dir)));
+    } else if (errno != EEXIST) {
+      return Status(ErrorCode::io_error,
+                    component + ": mkdir " + dir + ": " + std::strerror(errno));
+    }
   }
   if (read_only) {
     // A reader makes nothing: LMDB would create data.mdb (and lock.mdb)

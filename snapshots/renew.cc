@@ -3,6 +3,8 @@
 #include <filesystem>
 #include <system_error>
 
+#include "log/file.h"
+
 namespace tally::snap {
 
 Status set_aside(const std::string& dir) {
@@ -13,7 +15,9 @@ Status set_aside(const std::string& dir) {
   if (error) {
     return Status(ErrorCode::io_error, "moving " + dir + " to " + aside + ": " + error.message());
   }
-  return Status();
+  // Durable before a new store is made in its place: otherwise a crash
+  // could bring the damaged one back under the name.
+  return log::posix_file_system().sync_dir(log::parent_dir(dir));
 }
 
 }  // namespace tally::snap
