@@ -265,6 +265,18 @@ TEST_CASE("a log copied as a write landed is copied again; damage every copy mee
   }
 }
 
+TEST_CASE("a backup repairs an empty last segment, as a rotation on a full disk leaves it") {
+  testing::TempDir dir;
+  const std::string source = dir.sub("data");
+  one_segment_source(source);
+  const std::uint64_t last_seq = 350;  // as in the test above
+  { std::ofstream empty(log::join_path(log_dir(source), log::segment_file_name(last_seq + 1))); }
+  auto report = backup_data(source, dir.sub("backup"));
+  REQUIRE_MESSAGE(report.ok(), report.status().to_string());
+  CHECK(report->last_seq == last_seq);
+  check_backup(source, dir.sub("backup"), *report);
+}
+
 TEST_CASE("a backup leaves out a store that does not open, and refuses a destination that exists") {
   testing::TempDir dir;
   const std::string source = dir.sub("data");

@@ -149,6 +149,7 @@ class PosixFile final : public File {
   }
 
   Status preallocate(std::uint64_t size_bytes) override {
+    if (size_bytes == 0) return Status();  // posix_fallocate refuses a length of 0
     // posix_fallocate returns the error instead of setting errno.
     int error = 0;
     do {
