@@ -552,6 +552,35 @@ TEST_CASE("a full disk fails the write; reopening repairs the partial frame") {
   CHECK_FALSE(back.end.torn);
 }
 
+TEST_CASE("a segment whose preallocation finds the disk full is removed again") {
+  TempDir dir;
+  FaultyFileSystem fs(posix());
+  auto writer = open_writer(fs, dir.log_dir());
+  append_records(*writer, 10, 10);
+  // A record as large as a segment allows starts a segment of its own.
+  const std::uint64_t next = writer->next_seq();
+  const std::string path = join_path(dir.log_dir(), segment_file_name(next));
+  fs.fail_writes_after_bytes(0);
+  REQUIRE(writer->append(payload_for(next, 0, payload_bytes_max(kSegmentSizeBytesMin))) == next);
+  const Status failed = writer->write(writer->seal(), true);
+  CHECK(failed.message().find("preallocate") != std::string::npos);
+  CHECK_FALSE(posix().exists(path));
+  writer.reset();
+  fs.disarm();
+
+  // The log ends where it did, and a reopened writer makes the segment.
+  ReadBack back = read_log(posix(), dir.log_dir());
+  REQUIRE(back.status.ok());
+  check_records(back, 0, 1, 10, 0);
+  auto reopened = open_writer(posix(), dir.log_dir());
+  CHECK(reopened->next_seq() == next);
+  append_records(*reopened, 5, 5, 1);
+  reopened.reset();
+  back = read_log(posix(), dir.log_dir());
+  REQUIRE(back.status.ok());
+  check_records(back, 10, next, 5, 1);
+}
+
 TEST_CASE("a torn batch write and a crash: the complete frames survive, the rest is repaired") {
   // Frame sizes of records 11..20, to know which frames a tear leaves whole.
   std::vector<std::size_t> frame_bytes;

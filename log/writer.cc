@@ -124,6 +124,7 @@ struct LogWriter::Impl {
   Status sync_file();
   Status write_file(std::uint64_t offset, std::span<const std::byte> data);
   Status create_segment(std::uint64_t first_seq, std::uint64_t prev_checksum);
+  Status start_segment(std::uint64_t first_seq, std::uint64_t prev_checksum);
   Status open_existing(const LogEnd& end);
   Status zero_range(std::uint64_t from, std::uint64_t to);
   Status write_part(const WriteBatch& batch, const WriteBatch::Part& part);
@@ -150,12 +151,26 @@ Status LogWriter::Impl::write_file(std::uint64_t offset, std::span<const std::by
 // Creates (or recreates, after a torn header) the segment for first_seq and
 // makes its header and its name durable before any frame goes in, so that a
 // header that does not verify can only be a torn one (reader.cc).
+//
+// One that fails is removed again: it holds no frame, and a preallocation
+// cut short by a full disk would otherwise keep the room it took (on ext4,
+// all that was left) until a reopen.
 Status LogWriter::Impl::create_segment(std::uint64_t first_seq, std::uint64_t prev_checksum) {
   const std::string path = join_path(dir, segment_file_name(first_seq));
   auto created = fs.open(path, FileSystem::Mode::create);
   if (!created) return created.status();
   file = std::move(*created);
   file_first_seq = first_seq;
+  const Status made = start_segment(first_seq, prev_checksum);
+  if (!made.ok()) {
+    file.reset();
+    if (fs.remove(path).ok()) ignore_status(fs.sync_dir(dir));
+  }
+  return made;
+}
+
+// Preallocates the new `file` and makes its header and name durable.
+Status LogWriter::Impl::start_segment(std::uint64_t first_seq, std::uint64_t prev_checksum) {
   TALLY_TRY(file->truncate(0));
   TALLY_TRY(file->preallocate(options.segment_size_bytes));
   SegmentHeader header;
