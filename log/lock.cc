@@ -53,18 +53,21 @@ int open_dir(const std::string& data_dir, int* dir_fd) {
   return *dir_fd < 0 ? errno : 0;
 }
 
-Status write_own_pid(int fd, const std::string& path) {
+// Best effort, as in ~DirLock: the pid is informative, and the lock holds
+// without it. On a full disk the write fails, and a writer must still open
+// to serve what its preallocated segment has room for (a reader of LOCK
+// then says "pid unknown").
+void write_own_pid(int fd) {
   const std::string text = std::to_string(::getpid()) + "\n";
-  if (::ftruncate(fd, 0) != 0) return lock_error("truncate", path, errno);
+  if (::ftruncate(fd, 0) != 0) return;
   std::size_t done_bytes = 0;
   while (done_bytes < text.size()) {
     const ssize_t n = ::pwrite(fd, text.data() + done_bytes, text.size() - done_bytes,
                                static_cast<off_t>(done_bytes));
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return lock_error("write", path, errno);
+    if (n <= 0) return;
     done_bytes += static_cast<std::size_t>(n);
   }
-  return Status();
 }
 
 }  // namespace
@@ -109,12 +112,7 @@ Result<std::unique_ptr<DirLock>> DirLock::acquire(const std::string& data_dir) {
     }
     return lock_error("lock", data_dir, error);
   }
-  Status written = write_own_pid(fd, path);
-  if (!written.ok()) {
-    ::close(dir_fd);
-    ::close(fd);
-    return written;
-  }
+  write_own_pid(fd);
   // Private constructor: make_unique cannot reach it.
   return std::unique_ptr<DirLock>(new DirLock(fd, dir_fd));
 }
