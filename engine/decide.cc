@@ -262,6 +262,12 @@ Result<Reason> decide_settle(const OpRequest& request, Overlay* overlay, log::Op
   return Reason::none;
 }
 
+// Whether `op` is as a Command leaves it when it carries a batch.
+bool unset(const OpRequest& op) {
+  return op.type == OpType::acquire && op.subject.empty() && op.item.empty() && op.to.empty() &&
+         op.qty == 0 && op.ttl_ns == 0 && op.hold == 0 && op.hold_key.empty();
+}
+
 }  // namespace
 
 Status validate(const Command& command, const Limits& limits) {
@@ -279,6 +285,7 @@ Status validate(const Command& command, const Limits& limits) {
     if (!command.ops.empty()) return invalid("ops are given but batch is not set");
     return validate_op(command.op, limits);
   }
+  if (!unset(command.op)) return invalid("op is given but batch is set: a batch's ops are in ops");
   if (command.ops.empty()) return invalid("batch has no ops");
   if (command.ops.size() > kBatchOpsMax) return batch_too_large();
   for (std::size_t op_index = 0; op_index < command.ops.size(); op_index++) {
@@ -311,17 +318,20 @@ Result<Decision> decide(const Command& command, const proj::State& state,
   Overlay overlay(state, scratch);
   for (std::size_t op_index = 0; op_index < requests.size(); op_index++) {
     const OpRequest& request = requests[op_index];
+    // An op found invalid only here is named as validate() names one.
+    const auto invalid_op = [&](const std::string& why) {
+      return invalid(command.batch ? "op " + std::to_string(op_index) + ": " + why : why);
+    };
     std::int64_t expires_at_ns = 0;
     if (request.type == OpType::hold &&
         __builtin_add_overflow(timestamp_ns, request.ttl_ns, &expires_at_ns)) {
-      const std::string op_name = command.batch ? "op " + std::to_string(op_index) + ": " : "";
-      return invalid(op_name + "ttl: the hold would expire past the largest timestamp");
+      return invalid_op("ttl: the hold would expire past the largest timestamp");
     }
     ops->push_back(as_requested(request));
     Reason reason = Reason::none;
     if (request.type == OpType::commit || request.type == OpType::release) {
       auto settled = decide_settle(request, &overlay, &ops->back());
-      if (!settled) return settled.status();
+      if (!settled) return invalid_op(settled.status().message());
       reason = *settled;
     } else {
       reason = decide_amount(request, &overlay);

@@ -42,6 +42,10 @@ namespace {
 static_assert(static_cast<int>(Outcome::hold_finalized) == static_cast<int>(log::Reason::hold_finalized),
               "Outcome mirrors log::Reason");
 
+// The ledger (its Impl) whose backup this thread is running, if any: its
+// progress callback runs here, and a close() from it would wait for itself.
+thread_local const void* backup_caller = nullptr;
+
 // One caller waiting for one answer.
 class Waiter {
  public:
@@ -939,6 +943,11 @@ Status Ledger::close() {
                   "close() called from a completion, on a thread it would wait for: close "
                   "the ledger from another thread");
   }
+  if (backup_caller == &impl) {
+    return Status(ErrorCode::invalid,
+                  "close() called from a backup's progress, on the thread of the backup it "
+                  "would wait for: close the ledger from another thread");
+  }
   std::lock_guard<std::mutex> closing(impl.close_mu);
   if (impl.closed) return Status();
   impl.closed = true;
@@ -994,8 +1003,11 @@ Ledger::Committed Ledger::wait_committed(std::uint64_t after, std::chrono::milli
 
 Ledger::Committed Ledger::Impl::wait_committed(std::uint64_t after,
                                                std::chrono::milliseconds timeout) {
+  // A wait of up to a year stands for "forever": a steady_clock deadline
+  // overflows for timeouts near milliseconds::max(), and then passed at once.
+  constexpr std::chrono::milliseconds kWaitMax = std::chrono::hours(24 * 365);
   std::unique_lock<std::mutex> guard(committed_mu);
-  committed_cv.wait_for(guard, std::max(timeout, std::chrono::milliseconds(0)),
+  committed_cv.wait_for(guard, std::clamp(timeout, std::chrono::milliseconds(0), kWaitMax),
                         [&] { return committed.load() > after || committed_closed; });
   return Committed{committed.load(), committed_closed};
 }
@@ -1070,15 +1082,19 @@ Result<BackupReport> Ledger::backup(const std::string& out_dir, const BackupProg
     if (impl.backups_cancelled.load()) return Status(ErrorCode::closed, "the ledger is closed");
     impl.backups_running++;
   }
-  // close() waits for this to return before it stops anything.
+  // close() waits for this to return before it stops anything; a close()
+  // from the progress callback, on this thread, would wait for itself.
   struct Running {
     Impl& impl;
+    const void* outer = backup_caller;
+    explicit Running(Impl& impl_in) : impl(impl_in) { backup_caller = &impl; }
     ~Running() {
+      backup_caller = outer;
       std::lock_guard<std::mutex> guard(impl.backup_mu);
       impl.backups_running--;
       impl.backup_cv.notify_all();
     }
-  } running{impl};
+  } running(impl);
   detail::StoreCopies copies;
   copies.snapshots = [&impl](const std::string& to,
                              const snap::CopyProgress& keep_going) -> Status {

@@ -218,7 +218,7 @@ class Ledger final : public LedgerApi {
     bool closed = false;
   };
   // Waits until committed_seq() > after, the timeout passes or the ledger
-  // closes.
+  // closes. A timeout is at most a year (milliseconds::max() included).
   Committed wait_committed(std::uint64_t after, std::chrono::milliseconds timeout);
   const std::string& data_dir() const;
   log::FileSystem& file_system() const;

@@ -9,9 +9,11 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
+#include "engine/backup.h"
 #include "engine/replay.h"
 #include "log/faulty_file.h"
 #include "projections/state.h"
@@ -290,6 +292,21 @@ TEST_CASE("an op with a field its type does not use, naming its hold twice, or o
   const Result<Receipt> refused = f.ledger->execute(stray);
   CHECK(refused.code() == ErrorCode::invalid);
   CHECK(refused.status().message().find("batch is not set") != std::string::npos);
+  // And an op beside a batch's ops.
+  stray.key = "stray2";
+  stray.batch = true;
+  const Result<Receipt> beside = f.ledger->execute(stray);
+  CHECK(beside.code() == ErrorCode::invalid);
+  CHECK(beside.status().message().find("batch is set") != std::string::npos);
+  // A commit above its hold's qty, found only against the State, names
+  // its op in a batch too.
+  Command above;
+  above.key = "above";
+  above.batch = true;
+  above.ops = {OpRequest::acquire("shop", "sku", 1), OpRequest::commit(held.hold, 5)};
+  const Result<Receipt> too_much = f.ledger->execute(above);
+  CHECK(too_much.code() == ErrorCode::invalid);
+  CHECK(too_much.status().message() == "op 1: commit qty 5 exceeds the hold's qty 4");
   CHECK(f.ledger->stats().next_seq == before);
   CHECK(f.balance("shop", "sku") == Balance{6, 4});
 }
@@ -891,6 +908,33 @@ TEST_CASE("a completion may not close the ledger; an empty completion is allowed
   REQUIRE(f.ledger->close().ok());
   command.key = "a3";
   f.ledger->submit(command, nullptr);  // closed: nothing to tell
+}
+
+TEST_CASE("a backup's progress may not close the ledger") {
+  Fixture f;
+  f.ok(f.ledger->acquire("a1", "alice", "gold", 5));
+  testing::TempDir out;
+  std::optional<Status> inside;
+  auto copied = f.ledger->backup(out.sub("copy"), [&](BackupStage, std::uint64_t, std::uint64_t) {
+    if (!inside) inside = f.ledger->close();
+  });
+  REQUIRE_MESSAGE(copied.ok(), copied.status().to_string());
+  REQUIRE(inside.has_value());
+  CHECK(inside->code() == ErrorCode::invalid);
+  CHECK(f.balance("alice", "gold").available == 5);
+}
+
+TEST_CASE("wait_committed with the largest timeout waits") {
+  Fixture f;
+  const std::uint64_t before = f.ledger->committed_seq();
+  std::thread writer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    f.ok(f.ledger->acquire("a1", "alice", "gold", 5));
+  });
+  const Ledger::Committed seen = f.ledger->wait_committed(before, std::chrono::milliseconds::max());
+  writer.join();
+  CHECK(seen.seq > before);
+  CHECK_FALSE(seen.closed);
 }
 
 TEST_CASE("an open that fails after its threads started returns the error and unlocks") {
