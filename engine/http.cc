@@ -301,7 +301,8 @@ bool hex_value(char c, int* out) {
   return false;
 }
 
-Status percent_decode(std::string_view text, std::string* out) {
+// `where`: "path" or "query", for the message.
+Status percent_decode(std::string_view text, std::string_view where, std::string* out) {
   for (std::size_t index = 0; index < text.size(); index++) {
     if (text[index] != '%') {
       out->push_back(text[index]);
@@ -311,7 +312,7 @@ Status percent_decode(std::string_view text, std::string* out) {
     int low = 0;
     if (index + 2 >= text.size() + 0 || !hex_value(text[index + 1], &high) ||
         !hex_value(text[index + 2], &low)) {
-      return bad("bad percent-encoding in the path");
+      return bad("bad percent-encoding in the " + std::string(where));
     }
     out->push_back(static_cast<char>(high * 16 + low));
     index += 2;
@@ -364,7 +365,7 @@ Result<Target> parse_target(std::string_view target) {
     }
     const std::size_t slash = path.find('/');
     std::string segment;
-    TALLY_TRY(percent_decode(path.substr(0, slash), &segment));
+    TALLY_TRY(percent_decode(path.substr(0, slash), "path", &segment));
     out.segments.push_back(std::move(segment));
     if (slash == std::string_view::npos) break;
     path.remove_prefix(slash + 1);
@@ -498,8 +499,10 @@ Result<std::vector<QueryParam>> parse_query(std::string_view query,
     if (params.size() >= kQueryParamsMax) return bad("too many query parameters");
     const std::size_t eq = param.find('=');
     QueryParam decoded;
-    TALLY_TRY(percent_decode(param.substr(0, eq), &decoded.name));
-    if (eq != std::string_view::npos) TALLY_TRY(percent_decode(param.substr(eq + 1), &decoded.value));
+    TALLY_TRY(percent_decode(param.substr(0, eq), "query", &decoded.name));
+    if (eq != std::string_view::npos) {
+      TALLY_TRY(percent_decode(param.substr(eq + 1), "query", &decoded.value));
+    }
     if (std::find(allowed.begin(), allowed.end(), decoded.name) == allowed.end()) {
       return bad("unknown query parameter \"" + decoded.name + "\"");
     }

@@ -766,6 +766,7 @@ TEST_CASE("http: bad event feed parameters are 400 invalid") {
     CHECK(reply.status == 400);
     CHECK(reply.string("code") == "invalid");
   }
+  CHECK(get(port, "/v1/events?limit=%zz").string("detail").find("in the query") != std::string::npos);
   CHECK(post(port, "/v1/events", "{}", "k").status == 405);
   CHECK(get(port, "/v1/events?from_seq=%31&limit=2&").status == 200);  // percent-encoded, trailing &
 }
