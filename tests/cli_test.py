@@ -269,6 +269,14 @@ def test_serve_refuses_its_command_line_before_touching_the_data_directory():
         assert not os.path.exists(data), listen
     _, _, err = tally("serve", "--data", data, "--http", "0.0.0.0:0", expect_exit=2)
     assert "requires a token (--token-file)" in err, err
+    token_dir = new_dir("token-dir")
+    _, _, err = tally("serve", "--data", data, "--http", "0.0.0.0:0", "--token-file", token_dir,
+                      expect_exit=2)
+    assert "cannot read the token file" in err, err
+    empty = write(os.path.join(token_dir, "empty"), " \n")
+    _, _, err = tally("serve", "--data", data, "--http", "0.0.0.0:0", "--token-file", empty,
+                      expect_exit=2)
+    assert "is empty" in err, err
     # A port already in use fails the start before the data directory is made.
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

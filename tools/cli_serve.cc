@@ -173,7 +173,12 @@ int run_serve(const Args& args) {
 
 Result<std::string> read_token(std::string_view path) {
   std::ifstream file{std::string(path), std::ios::binary};
-  if (!file) return Status(ErrorCode::invalid, "cannot read the token file " + std::string(path));
+  struct stat file_stat {};
+  const bool stated = ::stat(std::string(path).c_str(), &file_stat) == 0;
+  // A directory opens, then reads as empty.
+  if (!file || (stated && S_ISDIR(file_stat.st_mode))) {
+    return Status(ErrorCode::invalid, "cannot read the token file " + std::string(path));
+  }
   std::ostringstream content;
   content << file.rdbuf();
   std::string token = content.str();
@@ -185,9 +190,8 @@ Result<std::string> read_token(std::string_view path) {
   if (token.empty()) return Status(ErrorCode::invalid, "the token file " + std::string(path) + " is empty");
   // Not refused: mounted secrets are often 0644, readable only inside
   // their container.
-  struct stat file_stat {};
   constexpr mode_t kOthers = S_IRGRP | S_IWGRP | S_IROTH | S_IWOTH;
-  if (::stat(std::string(path).c_str(), &file_stat) == 0 && (file_stat.st_mode & kOthers) != 0) {
+  if (stated && (file_stat.st_mode & kOthers) != 0) {
     std::fprintf(stderr,
                  "tally: warning: other users can read or write the token file %.*s "
                  "(mode %03o); chmod 600 it\n",
