@@ -163,6 +163,12 @@ constexpr std::size_t kDrainBytes = 16 * 1024;
 // The most one piece of a binary session's write hands the socket (what
 // asio::transfer_all() allows): progress is marked after each piece.
 constexpr std::size_t kWritePieceBytesMax = 64 * 1024;
+// Answers queued and not yet written, in bytes, past which a connection is
+// read no further. A list answer may be far larger than its request (a
+// subject's every item, up to wire::kAnswerBytesMax), so lists also run
+// one at a time per connection: a peer that pipelines lists and reads no
+// answers holds at most this plus one list's answer, not thousands.
+constexpr std::size_t kUnwrittenBytesMax = 8u << 20;
 
 // A follow stream of a binary connection (docs/protocol.md): batches of
 // committed events pushed under the follow request's id. Its cycle: wait in
@@ -258,6 +264,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
       // peer that does not read its answers stops being read. Resumes in
       // send_answered() or on_written().
       if (inflight_ + writes_.size() >= core_.options().inflight_per_connection_max) return;
+      if (unwritten_bytes_ >= kUnwrittenBytesMax || waiting_list_) return;
       auto frame = reader_.next();
       if (!frame) return malformed(frame.status().message());
       if (frame->empty()) return read_some();
@@ -348,6 +355,11 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     if (request.kind == Kind::hello) return hello(request);
     if (request.kind == Kind::follow) return start_follow(request);
     if (request.kind == Kind::cancel) return cancel_follow(request.follow_id);
+    if (request.kind == Kind::list && lists_inflight_ > 0) {
+      // Read on once it starts (resume()).
+      waiting_list_ = std::move(request);
+      return;
+    }
     inflight_++;
     auto self = shared_from_this();
     const std::uint64_t id = request.id;
@@ -362,6 +374,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
                       [self, id](Result<Balance> result) { self->answer_later(id, std::move(result)); });
         return;
       case Kind::list:
+        lists_inflight_++;
         core_.list(std::move(request.subject), request.as_of,
                    [self, id](Result<std::vector<ItemBalance>> result) {
                      self->answer_later(id, std::move(result));
@@ -532,6 +545,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
       std::lock_guard<std::mutex> guard(answered_mu_);
       first = answered_.empty();
       answered_.push_back(std::move(frame));
+      if constexpr (std::is_same_v<T, std::vector<ItemBalance>>) lists_answered_++;
     }
     if (first) asio::post(socket_.get_executor(), [self = shared_from_this()] { self->send_answered(); });
   }
@@ -561,15 +575,30 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
 
   void send_answered() {
     std::vector<std::string> frames;
+    std::size_t lists = 0;
     {
       std::lock_guard<std::mutex> guard(answered_mu_);
       frames.swap(answered_);
+      std::swap(lists, lists_answered_);
     }
     TALLY_ASSERT(inflight_ >= frames.size());
+    TALLY_ASSERT(lists_inflight_ >= lists);
     inflight_ -= frames.size();
+    lists_inflight_ -= lists;
     if (!closed_) {
-      for (std::string& frame : frames) writes_.push_back(Outgoing{std::move(frame), nullptr});
+      for (std::string& frame : frames) queue_write(std::move(frame), nullptr);
       if (!writing_) write_next();
+    }
+    resume();
+  }
+
+  // Starts a list that waited for the one before it, once the answers
+  // queued have room, then reads on.
+  void resume() {
+    if (waiting_list_ && lists_inflight_ == 0 && unwritten_bytes_ < kUnwrittenBytesMax) {
+      wire::Request list = std::move(*waiting_list_);
+      waiting_list_.reset();
+      dispatch(std::move(list));
     }
     read_frames();
   }
@@ -578,8 +607,13 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   // next one only once this one is written.
   void send(std::string bytes, std::shared_ptr<Follow> follow = nullptr) {
     if (closed_) return;
-    writes_.push_back(Outgoing{std::move(bytes), std::move(follow)});
+    queue_write(std::move(bytes), std::move(follow));
     if (!writing_) write_next();
+  }
+
+  void queue_write(std::string bytes, std::shared_ptr<Follow> follow) {
+    unwritten_bytes_ += bytes.size();
+    writes_.push_back(Outgoing{std::move(bytes), std::move(follow)});
   }
 
   // Sends every answer queued so far in one gathered write: a pipelining
@@ -608,6 +642,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     writing_ = false;
     std::vector<std::shared_ptr<Follow>> written;
     for (std::size_t index = 0; index < count; index++) {
+      unwritten_bytes_ -= writes_[index].bytes.size();
       if (writes_[index].follow) written.push_back(std::move(writes_[index].follow));
     }
     writes_.erase(writes_.begin(), writes_.begin() + static_cast<std::ptrdiff_t>(count));
@@ -620,7 +655,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
       follow->unwritten = false;
       pump(follow);
     }
-    read_frames();
+    resume();
     if (!writing_ && !writes_.empty()) return write_next();
     maybe_finish();
   }
@@ -630,7 +665,9 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   void maybe_finish() {
     if (closed_) return;
     if (!read_closed_ && !stopping_) return;
-    if (inflight_ > 0 || writing_ || !writes_.empty() || !follows_.empty()) return;
+    if (inflight_ > 0 || waiting_list_ || writing_ || !writes_.empty() || !follows_.empty()) {
+      return;
+    }
     if (read_closed_ && !unread_) return close();  // nothing the peer sent is left unread
     linger();
   }
@@ -735,12 +772,16 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   // Answers encoded on ledger threads, waiting for send_answered().
   std::mutex answered_mu_;
   std::vector<std::string> answered_;
+  std::size_t lists_answered_ = 0;  // of answered_, guarded by answered_mu_
   // Bounded by inflight_per_connection_max (read_frames()) plus one batch and
   // one last message per follow.
   std::deque<Outgoing> writes_;
   std::map<std::uint64_t, std::shared_ptr<Follow>> follows_;  // by request id
   std::vector<asio::const_buffer> gather_;  // the buffers of the write in progress
   std::size_t inflight_ = 0;
+  std::size_t lists_inflight_ = 0;             // of inflight_: one at most (dispatch())
+  std::optional<wire::Request> waiting_list_;  // read, and waiting for the list before it
+  std::size_t unwritten_bytes_ = 0;            // of writes_
   bool reading_ = false;
   bool writing_ = false;
   bool read_closed_ = false;

@@ -11,7 +11,8 @@
 //
 // Limits: connections_max connections of each protocol, inflight_per_connection_max
 // requests in flight and follows_per_connection_max follow streams on each
-// (each with at most one batch written at a time), frame and body sizes,
+// (each with at most one batch written at a time), 8 MiB of answers waiting
+// to be written and one list running on a binary connection, frame and body sizes,
 // idle timeouts, and (binary) a write that sends nothing for the idle
 // timeout. A malformed or oversized frame closes only its connection, with
 // a logged reason. Tokens are compared in constant time.

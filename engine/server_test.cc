@@ -1307,6 +1307,48 @@ TEST_CASE("binary: a peer pipelining far ahead of its reading gets every answer"
   sender.join();
 }
 
+TEST_CASE("binary: pipelined lists whose answers are not read are served a few at a time") {
+  Fixture fx;
+  // A list answer of about 280 KB, far larger than its request.
+  std::vector<OpRequest> ops;
+  for (int op = 0; op < 1000; op++) {
+    std::string item = testing::name("item-", op);
+    item.resize(246, 'x');
+    ops.push_back(OpRequest::acquire("big", item, 1));
+  }
+  REQUIRE(fx.ledger->batch("b", ops)->outcome == Outcome::ok);
+  asio::io_context io;
+  tcp::socket socket(io);
+  socket.open(tcp::v4());
+  socket.set_option(asio::socket_base::receive_buffer_size(4096));
+  connect_binary(socket, fx.server->binary_port());
+  constexpr std::uint64_t kLists = 200;  // 56 MB of answers
+  asio::write(socket, asio::buffer(burst_of(kLists, [](wire::Request* request) {
+    request->kind = wire::Request::Kind::list;
+    request->subject = "big";
+  })));
+  // Nothing read yet: the server runs lists until 8 MiB of answers wait to
+  // be written (and the socket's buffers hold what they take), then stops.
+  const auto lists_served = [&] {
+    const std::string body = get(fx.server->http_port(), "/metrics").body;
+    const std::string name = "tally_ops_total{op=\"list\",outcome=\"ok\"} ";
+    const std::size_t at = body.find(name);
+    return at == std::string::npos ? 0 : std::stoull(body.substr(at + name.size()));
+  };
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const std::uint64_t served = lists_served();
+  CHECK(served >= 1);
+  CHECK(served < 60);
+  // Read, every list is answered, in order.
+  for (std::uint64_t id = 1; id <= kLists; id++) {
+    const wire::Response response = read_response(socket);
+    REQUIRE(response.id == id);
+    REQUIRE(response.kind == wire::Response::Kind::list);
+    CHECK(response.items.size() == 1000);
+  }
+  CHECK(lists_served() == kLists);
+}
+
 TEST_CASE("binary: a stop mid-pipeline answers every request it applied, then ends the stream") {
   Fixture fx;
   asio::io_context io;
