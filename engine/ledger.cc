@@ -162,6 +162,8 @@ struct Ledger::Impl {
   void append(const log::Event& event, std::span<const std::byte> payload);
   void make_room(std::size_t payload_bytes);
   std::int64_t next_timestamp();
+  // Whether an open hold is due by the last clock reading.
+  bool hold_came_due() const;
   bool group_ready() const { return !log->batch_empty() || !pending.empty(); }
   void handoff_locked();
   void answer(Task& task, Result<Receipt> result);
@@ -543,7 +545,10 @@ void Ledger::Impl::writer_main() {
       process(tasks[task_index]);
     }
     tasks.clear();
-    if (expire_now && !failed.load()) expire_due(next_timestamp());
+    // Reads come as often as they like and restart the idle wait, so a
+    // batch also expires what came due by its own clock reading: reads
+    // alone must not put a due hold's expire event off.
+    if (!failed.load() && (expire_now || hold_came_due())) expire_due(next_timestamp());
   }
   std::lock_guard<std::mutex> guard(mu);
   io_stop = true;
@@ -710,6 +715,11 @@ void Ledger::Impl::make_room(std::size_t payload_bytes) {
 // of a batch was queued before the writer took the batch, and the batch's
 // first read comes after that: a stamp is never earlier than the request's
 // arrival, and lags the writer by at most that many commands.
+bool Ledger::Impl::hold_came_due() const {
+  const std::optional<std::int64_t> expiry = state->next_expiry_ns();
+  return expiry && *expiry <= last_timestamp_ns;
+}
+
 std::int64_t Ledger::Impl::next_timestamp() {
   if (clock_reuses_left > 0) {
     clock_reuses_left--;
