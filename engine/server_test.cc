@@ -205,6 +205,26 @@ std::string burst_of(std::uint64_t count, const std::function<void(wire::Request
   return burst;
 }
 
+// Gives subject "big" 1000 items of 246-byte names, so that a list of it
+// answers about 280 KB, far more than its request; then connects `socket`
+// with a small receive buffer and sends `count` pipelined lists of "big".
+void send_lists_of_a_wide_subject(Fixture& fx, tcp::socket& socket, std::uint64_t count) {
+  std::vector<OpRequest> ops;
+  for (int op = 0; op < 1000; op++) {
+    std::string item = testing::name("item-", op);
+    item.resize(246, 'x');
+    ops.push_back(OpRequest::acquire("big", item, 1));
+  }
+  REQUIRE(fx.ledger->batch("b", ops)->outcome == Outcome::ok);
+  socket.open(tcp::v4());
+  socket.set_option(asio::socket_base::receive_buffer_size(4096));
+  connect_binary(socket, fx.server->binary_port());
+  asio::write(socket, asio::buffer(burst_of(count, [](wire::Request* request) {
+    request->kind = wire::Request::Kind::list;
+    request->subject = "big";
+  })));
+}
+
 TEST_CASE("json: parses objects, arrays, escapes and exact integers") {
   auto value = json::parse(R"( {"a":"x\u00e9\n","n":18446744073709551615,"l":[1,-2,true,null]} )");
   REQUIRE(value.ok());
@@ -1309,24 +1329,10 @@ TEST_CASE("binary: a peer pipelining far ahead of its reading gets every answer"
 
 TEST_CASE("binary: pipelined lists whose answers are not read are served a few at a time") {
   Fixture fx;
-  // A list answer of about 280 KB, far larger than its request.
-  std::vector<OpRequest> ops;
-  for (int op = 0; op < 1000; op++) {
-    std::string item = testing::name("item-", op);
-    item.resize(246, 'x');
-    ops.push_back(OpRequest::acquire("big", item, 1));
-  }
-  REQUIRE(fx.ledger->batch("b", ops)->outcome == Outcome::ok);
   asio::io_context io;
   tcp::socket socket(io);
-  socket.open(tcp::v4());
-  socket.set_option(asio::socket_base::receive_buffer_size(4096));
-  connect_binary(socket, fx.server->binary_port());
   constexpr std::uint64_t kLists = 200;  // 56 MB of answers
-  asio::write(socket, asio::buffer(burst_of(kLists, [](wire::Request* request) {
-    request->kind = wire::Request::Kind::list;
-    request->subject = "big";
-  })));
+  send_lists_of_a_wide_subject(fx, socket, kLists);
   // Nothing read yet: the server runs lists until 8 MiB of answers wait to
   // be written (and the socket's buffers hold what they take), then stops.
   const auto lists_served = [&] {
@@ -2257,23 +2263,10 @@ TEST_CASE("server: a peer that reads none of its answers is closed once the writ
   fx.options.idle_timeout_ms = 300;
   fx.stop();
   fx.start();
-  // A list answer of about 280 KB; 48 of them fill any socket buffers.
-  std::vector<OpRequest> ops;
-  for (int op = 0; op < 1000; op++) {
-    std::string item = testing::name("item-", op);
-    item.resize(246, 'x');
-    ops.push_back(OpRequest::acquire("big", item, 1));
-  }
-  REQUIRE(fx.ledger->batch("b", ops)->outcome == Outcome::ok);
+  // 48 answers of 280 KB fill any socket buffers.
   asio::io_context io;
   tcp::socket socket(io);
-  socket.open(tcp::v4());
-  socket.set_option(asio::socket_base::receive_buffer_size(4096));
-  connect_binary(socket, fx.server->binary_port());
-  asio::write(socket, asio::buffer(burst_of(48, [](wire::Request* request) {
-    request->kind = wire::Request::Kind::list;
-    request->subject = "big";
-  })));
+  send_lists_of_a_wide_subject(fx, socket, 48);
   // Nothing is read; the server gives up one idle timeout after its write
   // stopped moving, however busy the connection looks.
   CHECK(await_logged(fx, "binary connection: closing: no answer bytes written", 1000));
