@@ -595,6 +595,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   // Starts a list that waited for the one before it, once the answers
   // queued have room, then reads on.
   void resume() {
+    if (closed_) return;  // close() dropped the waiting list: stop() may be past
     if (waiting_list_ && lists_inflight_ == 0 && unwritten_bytes_ < kUnwrittenBytesMax) {
       wire::Request list = std::move(*waiting_list_);
       waiting_list_.reset();
@@ -744,6 +745,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   void close() {
     if (closed_) return;
     closed_ = true;
+    waiting_list_.reset();  // never sent to the ledger
     boost::system::error_code ignored;
     socket_.shutdown(tcp::socket::shutdown_both, ignored);
     socket_.close(ignored);
