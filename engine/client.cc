@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "engine/address.h"
+#include "engine/decide.h"
 #include "engine/server.h"
 #include "log/thread.h"
 
@@ -713,6 +714,7 @@ Status Client::close() {
 }
 
 void Client::submit(Command command, Completion done) {
+  if (command.batch && !detail::op_unset(command.op)) return done(detail::batch_with_op());
   wire::Request request;
   request.kind = wire::Request::Kind::mutation;
   request.command = std::move(command);

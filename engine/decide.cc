@@ -262,13 +262,14 @@ Result<Reason> decide_settle(const OpRequest& request, Overlay* overlay, log::Op
   return Reason::none;
 }
 
-// Whether `op` is as a Command leaves it when it carries a batch.
-bool unset(const OpRequest& op) {
+}  // namespace
+
+bool op_unset(const OpRequest& op) {
   return op.type == OpType::acquire && op.subject.empty() && op.item.empty() && op.to.empty() &&
          op.qty == 0 && op.ttl_ns == 0 && op.hold == 0 && op.hold_key.empty();
 }
 
-}  // namespace
+Status batch_with_op() { return invalid("op is given but batch is set: a batch's ops are in ops"); }
 
 Status validate(const Command& command, const Limits& limits) {
   TALLY_TRY(check_id("key", command.key));
@@ -285,7 +286,7 @@ Status validate(const Command& command, const Limits& limits) {
     if (!command.ops.empty()) return invalid("ops are given but batch is not set");
     return validate_op(command.op, limits);
   }
-  if (!unset(command.op)) return invalid("op is given but batch is set: a batch's ops are in ops");
+  if (!op_unset(command.op)) return batch_with_op();
   if (command.ops.empty()) return invalid("batch has no ops");
   if (command.ops.size() > kBatchOpsMax) return batch_too_large();
   for (std::size_t op_index = 0; op_index < command.ops.size(); op_index++) {

@@ -31,6 +31,12 @@ Status check_id(std::string_view what, std::string_view id);
 // the decoders that meet one first).
 Status batch_too_large();
 
+// Whether `op` is as a Command that carries a batch must leave it, and
+// validate's refusal of one that does not. The wire has no op beside a
+// batch's ops, so a remote client refuses it before sending.
+bool op_unset(const OpRequest& op);
+Status batch_with_op();
+
 // XXH3-64 of the command's canonical encoding (docs/architecture.md): the
 // ops and the batch flag, not the key or the metadata. `scratch` is reused.
 std::uint64_t fingerprint(const Command& command, std::string* scratch);
