@@ -42,9 +42,22 @@ namespace {
 static_assert(static_cast<int>(Outcome::hold_finalized) == static_cast<int>(log::Reason::hold_finalized),
               "Outcome mirrors log::Reason");
 
-// The ledger (its Impl) whose backup this thread is running, if any: its
-// progress callback runs here, and a close() from it would wait for itself.
-thread_local const void* backup_caller = nullptr;
+// The backups this thread is running, innermost first, by their ledgers'
+// Impls: a backup's progress callback runs here (and may start a backup of
+// another ledger), and a close() of any of their ledgers from it would
+// wait for itself.
+struct BackupFrame {
+  const void* ledger = nullptr;
+  const BackupFrame* outer = nullptr;
+};
+thread_local const BackupFrame* backups_on_this_thread = nullptr;
+
+bool backing_up_on_this_thread(const void* ledger) {
+  for (const BackupFrame* frame = backups_on_this_thread; frame != nullptr; frame = frame->outer) {
+    if (frame->ledger == ledger) return true;
+  }
+  return false;
+}
 
 // One caller waiting for one answer.
 class Waiter {
@@ -507,7 +520,13 @@ Result<std::unique_ptr<Ledger>> Ledger::open(const LedgerOptions& options) {
 
 Ledger::Ledger(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
-Ledger::~Ledger() { ignore_status(close()); }
+Ledger::~Ledger() {
+  // invalid only from a thread close() would wait for, whose threads could
+  // then not be joined.
+  const Status closed = close();
+  TALLY_ASSERT(closed.code() != ErrorCode::invalid &&
+               "a Ledger destroyed from its own completion or backup progress");
+}
 
 // ---------------------------------------------------------------- writer thread
 
@@ -953,7 +972,7 @@ Status Ledger::close() {
                   "close() called from a completion, on a thread it would wait for: close "
                   "the ledger from another thread");
   }
-  if (backup_caller == &impl) {
+  if (backing_up_on_this_thread(&impl)) {
     return Status(ErrorCode::invalid,
                   "close() called from a backup's progress, on the thread of the backup it "
                   "would wait for: close the ledger from another thread");
@@ -1096,10 +1115,12 @@ Result<BackupReport> Ledger::backup(const std::string& out_dir, const BackupProg
   // from the progress callback, on this thread, would wait for itself.
   struct Running {
     Impl& impl;
-    const void* outer = backup_caller;
-    explicit Running(Impl& impl_in) : impl(impl_in) { backup_caller = &impl; }
+    BackupFrame frame{&impl, backups_on_this_thread};
+    explicit Running(Impl& impl_in) : impl(impl_in) { backups_on_this_thread = &frame; }
+    Running(const Running&) = delete;
+    Running& operator=(const Running&) = delete;
     ~Running() {
-      backup_caller = outer;
+      backups_on_this_thread = frame.outer;
       std::lock_guard<std::mutex> guard(impl.backup_mu);
       impl.backups_running--;
       impl.backup_cv.notify_all();

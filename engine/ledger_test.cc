@@ -923,6 +923,23 @@ TEST_CASE("a backup's progress may not close the ledger") {
   REQUIRE(inside.has_value());
   CHECK(inside->code() == ErrorCode::invalid);
   CHECK(f.balance("alice", "gold").available == 5);
+
+  // Nor from the progress of another ledger's backup that this backup's
+  // progress started, on the same thread.
+  Fixture other;
+  other.ok(other.ledger->acquire("b1", "bob", "gold", 5));
+  inside.reset();
+  auto outer = f.ledger->backup(out.sub("outer"), [&](BackupStage, std::uint64_t, std::uint64_t) {
+    if (inside) return;
+    auto inner = other.ledger->backup(out.sub("inner"), [&](BackupStage, std::uint64_t,
+                                                            std::uint64_t) {
+      if (!inside) inside = f.ledger->close();
+    });
+    REQUIRE_MESSAGE(inner.ok(), inner.status().to_string());
+  });
+  REQUIRE_MESSAGE(outer.ok(), outer.status().to_string());
+  REQUIRE(inside.has_value());
+  CHECK(inside->code() == ErrorCode::invalid);
 }
 
 TEST_CASE("wait_committed with the largest timeout waits") {
