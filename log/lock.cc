@@ -65,7 +65,12 @@ void write_own_pid(int fd) {
     const ssize_t n = ::pwrite(fd, text.data() + done_bytes, text.size() - done_bytes,
                                static_cast<off_t>(done_bytes));
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;
+    if (n <= 0) {
+      // Part of a pid would name another process: leave none at all.
+      if (::ftruncate(fd, 0) != 0) {
+      }
+      return;
+    }
     done_bytes += static_cast<std::size_t>(n);
   }
 }

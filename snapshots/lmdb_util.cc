@@ -61,10 +61,13 @@ Result<std::unique_ptr<Environment>> Environment::open(const std::string& dir,
                   component + ": map_size_bytes must be 1..map_size_bytes_max");
   }
   const bool read_only = (options.flags & MDB_RDONLY) != 0;
+  // A directory made here is synced in its parent, and once LMDB has made
+  // its files in it, itself: LMDB syncs its pages but no directory, and a
+  // crash could otherwise drop a store it had synced.
+  bool made = false;
   if (!read_only) {
-    if (::mkdir(dir.c_str(), 0755) == 0) {
-      // Durable in its parent, so that a crash cannot drop a store whose
-      // pages LMDB synced.
+    made = ::mkdir(dir.c_str(), 0755) == 0;
+    if (made) {
       TALLY_TRY(log::posix_file_system().sync_dir(log::parent_dir(dir)));
     } else if (errno != EEXIST) {
       return Status(ErrorCode::io_error,
@@ -104,6 +107,7 @@ Result<std::unique_ptr<Environment>> Environment::open(const std::string& dir,
     rc = env->open_handle(options.flags | MDB_NOLOCK);
   }
   if (rc != 0) return env->error("mdb_env_open " + dir, rc);
+  if (made) TALLY_TRY(log::posix_file_system().sync_dir(dir));
   TALLY_TRY(env->check_trees(options.db_names_checked));
   TALLY_TRY(env->check_db_names());
   MDB_envinfo info{};
