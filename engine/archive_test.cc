@@ -245,6 +245,8 @@ TEST_CASE("snapshots taken while writes continue are each the state at their seq
     done = true;
   });
   std::vector<std::uint64_t> asked;
+  // A snapshot needs an event to be durable first.
+  REQUIRE(f.ledger->wait_committed(0, std::chrono::seconds(30)).seq > 0);
   while (!done) asked.push_back(f.snapshot());
   writer.join();
   const std::uint64_t last = f.last_seq();
