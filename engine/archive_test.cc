@@ -469,6 +469,66 @@ TEST_CASE("as of time T includes every event stamped T, and none after") {
   }
 }
 
+TEST_CASE("as of time T a hold due by T is released, whether or not its expire event is by then") {
+  Fixture f;
+  f.open();
+  const std::int64_t t0 = kStart + 10 * kSecond;
+  f.clock.set_ns(t0);
+  f.ok(f.ledger->acquire("a1", "alice", "gold", 10));
+  f.ok(f.ledger->acquire("b1", "bob", "gold", 10));
+  auto held = f.ledger->hold("h1", "alice", "gold", 4, kSecond);  // due at t0 + 1 s
+  REQUIRE(held.ok());
+  const std::uint64_t hold_seq = f.last_seq();
+  // The next command, 5 s on, writes the expire event first, stamped then.
+  f.clock.set_ns(t0 + 5 * kSecond);
+  f.ok(f.ledger->acquire("a2", "carol", "gold", 1));
+  // A hold still open at the log's end, due after its last event.
+  auto open_hold = f.ledger->hold("h2", "bob", "gold", 3, kSecond);
+  REQUIRE(open_hold.ok());
+  const std::uint64_t last = f.last_seq();
+  f.close();
+  struct Case {
+    AsOf at;
+    Balance alice;
+    Balance bob;
+    HoldStatus first_hold;
+  };
+  const Case cases[] = {
+      {AsOf::at_time(t0 + kSecond - 1), {6, 4}, {10, 0}, HoldStatus::open},
+      {AsOf::at_time(t0 + kSecond), {10, 0}, {10, 0}, HoldStatus::expired},
+      {AsOf::at_time(t0 + 3 * kSecond), {10, 0}, {10, 0}, HoldStatus::expired},
+      {AsOf::at_time(t0 + 5 * kSecond), {10, 0}, {7, 3}, HoldStatus::expired},
+      {AsOf::at_time(t0 + 6 * kSecond), {10, 0}, {10, 0}, HoldStatus::expired},
+      // As of a seq, as the events left it: the hold is open until its
+      // expire event.
+      {AsOf::at_seq(hold_seq), {6, 4}, {10, 0}, HoldStatus::open},
+      {AsOf::at_seq(last), {10, 0}, {7, 3}, HoldStatus::expired},
+  };
+  ClosedLedger closed(f.options.data_dir, last);
+  for (const Case& c : cases) {
+    CAPTURE(c.at.kind == AsOf::Kind::seq ? c.at.seq : static_cast<std::uint64_t>(c.at.time_ns - t0));
+    for (const PointInTimeSource* source : {&closed.indexed, &closed.replayed}) {
+      CAPTURE(source->history != nullptr);
+      auto alice = balance_at(*source, "alice", "gold", c.at);
+      REQUIRE(alice.ok());
+      CHECK(*alice == c.alice);
+      auto bob = list_at(*source, "bob", c.at);
+      REQUIRE(bob.ok());
+      REQUIRE(bob->size() == 1);
+      CHECK((*bob)[0].balance == c.bob);
+      std::map<std::string, Balance> all;
+      REQUIRE(for_each_at(*source, c.at, [&](std::string_view subject, std::string_view, Balance b) {
+                all[std::string(subject)] = b;
+              }).ok());
+      CHECK(all["alice"] == c.alice);
+      CHECK(all["bob"] == c.bob);
+    }
+    auto view = hold_at(closed.replayed, held->hold, c.at);
+    REQUIRE(view.ok());
+    CHECK(view->status == c.first_hold);
+  }
+}
+
 TEST_CASE("a history projection the log does not continue is rebuilt") {
   Fixture f;
   f.open();

@@ -902,11 +902,7 @@ void Ledger::submit_hold_info(HoldId id, std::function<void(Result<HoldView>)> d
       [id](const proj::State& state, std::int64_t now_ns, HoldView* view) {
         std::optional<proj::HoldInfo> hold = state.find_hold(id);
         if (!hold) return Status(ErrorCode::not_found, "no hold " + std::to_string(id));
-        *view = hold_view(*hold);
-        // Reads never show a due hold as open.
-        if (hold->state == proj::HoldState::open && hold->expires_at_ns <= now_ns) {
-          view->status = HoldStatus::expired;
-        }
+        *view = hold_view(*hold, now_ns);
         return Status();
       },
       std::move(done));

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,14 @@ namespace {
 
 // Balances as the events left them: no hold counts as released early.
 constexpr std::int64_t kEventsOnly = INT64_MIN;
+
+// The time a read as of `at` is made at. A read at time T treats every hold
+// due by T as released, whether or not its expire event is in the log
+// (DESIGN §1), as a current read does; a seq has no time of its own, so a
+// read as of one shows the balances as the events left them.
+std::int64_t read_time(AsOf at) {
+  return at.kind == AsOf::Kind::time ? at.time_ns : kEventsOnly;
+}
 
 Balance to_balance(proj::Balance b) { return Balance{b.available, b.held}; }
 
@@ -69,6 +78,42 @@ bool log_answers(const Status& index_failure, PointInTimeRead* read) {
   return true;
 }
 
+// Whether a pair holding `held` after `seq` (the last event stamped at or
+// before T) in the index may count as held a hold due by T: then a replay
+// answers, which knows each hold's expiry. The index holds balances, not
+// holds, but the writer expires every hold due by an event's timestamp
+// before it writes that event, so a hold due by T and open after seq has
+// its expire event next among the pair's changes, or none yet: then T is
+// past the last event. Where the index lags the log, a replay answers too.
+Result<bool> may_hold_due(const PointInTimeSource& source, std::string_view subject,
+                          std::string_view item, std::int64_t held, std::uint64_t seq, AsOf at) {
+  if (at.kind != AsOf::Kind::time || held == 0) return false;
+  std::optional<bool> next_is_expire;
+  TALLY_TRY(source.history->entries(subject, item, seq + 1, UINT64_MAX,
+                                    [&](const snap::HistoryEntry& entry) {
+                                      next_is_expire = entry.op == "expire";
+                                      return false;
+                                    }));
+  if (next_is_expire) return *next_is_expire;
+  auto position = source.history->position();
+  if (!position) return position.status();
+  return position->seq < source.last_seq || at.time_ns > position->time_ns;
+}
+
+// The index's balance of a pair after `seq`, or nullopt where a hold due
+// by `at` leaves the answer to a replay.
+Result<std::optional<proj::Balance>> indexed_balance(const PointInTimeSource& source,
+                                                     std::string_view subject,
+                                                     std::string_view item, std::uint64_t seq,
+                                                     AsOf at) {
+  auto balance = source.history->balance_at(subject, item, seq);
+  if (!balance) return balance.status();
+  auto due = may_hold_due(source, subject, item, balance->held, seq, at);
+  if (!due) return due.status();
+  if (*due) return std::optional<proj::Balance>();
+  return std::optional<proj::Balance>(*balance);
+}
+
 // Balances kept in visiting order, their names packed in one string.
 class BalanceBuffer {
  public:
@@ -116,18 +161,18 @@ Result<Balance> balance_at(const PointInTimeSource& source, std::string_view sub
   TALLY_TRY(check_seq(source, at));
   if (history_covers(source, at)) {
     auto seq = index_seq(source, at);
-    auto balance = seq ? source.history->balance_at(subject, item, *seq)
-                       : Result<proj::Balance>(seq.status());
-    if (balance) {
+    auto balance = seq ? indexed_balance(source, subject, item, *seq, at)
+                       : Result<std::optional<proj::Balance>>(seq.status());
+    if (!balance && !log_answers(balance.status(), read)) return balance.status();
+    if (balance && *balance) {
       note(read, *seq, PointInTimePath::history);
-      return to_balance(*balance);
+      return to_balance(**balance);
     }
-    if (!log_answers(balance.status(), read)) return balance.status();
   }
   auto state = replay_to(source, at);
   if (!state) return state.status();
   note(read, (*state)->last_seq(), PointInTimePath::replay);
-  return to_balance((*state)->balance(subject, item, kEventsOnly));
+  return to_balance((*state)->balance(subject, item, read_time(at)));
 }
 
 Result<std::vector<ItemBalance>> list_at(const PointInTimeSource& source, std::string_view subject,
@@ -139,22 +184,28 @@ Result<std::vector<ItemBalance>> list_at(const PointInTimeSource& source, std::s
   };
   if (history_covers(source, at)) {
     auto seq = index_seq(source, at);
-    const Status listed = seq ? source.history->list_at(subject, *seq, add) : seq.status();
-    if (listed.ok()) {
+    Status listed = seq ? source.history->list_at(subject, *seq, add) : seq.status();
+    bool due = false;
+    for (std::size_t index = 0; listed.ok() && !due && index < items.size(); index++) {
+      auto may = may_hold_due(source, subject, items[index].item, items[index].balance.held, *seq, at);
+      if (may) due = *may;
+      else listed = may.status();
+    }
+    if (listed.ok() && !due) {
       note(read, *seq, PointInTimePath::history);
       return items;
     }
-    if (!log_answers(listed, read)) return listed;
+    if (!listed.ok() && !log_answers(listed, read)) return listed;
     items.clear();
   }
   auto state = replay_to(source, at);
   if (!state) return state.status();
-  (*state)->list(subject, kEventsOnly, add);
+  (*state)->list(subject, read_time(at), add);
   note(read, (*state)->last_seq(), PointInTimePath::replay);
   return items;
 }
 
-HoldView hold_view(const proj::HoldInfo& hold) {
+HoldView hold_view(const proj::HoldInfo& hold, std::int64_t now_ns) {
   HoldView view;
   view.id = hold.id;
   view.subject = hold.subject;
@@ -163,6 +214,10 @@ HoldView hold_view(const proj::HoldInfo& hold) {
   view.expires_at_ns = hold.expires_at_ns;
   view.committed_qty = hold.committed_qty;
   view.status = static_cast<HoldStatus>(hold.state);
+  // Reads never show a due hold as open.
+  if (hold.state == proj::HoldState::open && hold.expires_at_ns <= now_ns) {
+    view.status = HoldStatus::expired;
+  }
   return view;
 }
 
@@ -177,7 +232,7 @@ Result<HoldView> hold_at(const PointInTimeSource& source, HoldId hold, AsOf at,
     return Status(ErrorCode::not_found, "no hold " + std::to_string(hold) + " at seq " +
                                             std::to_string((*state)->last_seq()));
   }
-  return hold_view(*found);
+  return hold_view(*found, read_time(at));
 }
 
 Status for_each_at(const PointInTimeSource& source, AsOf at,
@@ -196,16 +251,26 @@ Status for_each_at(const PointInTimeSource& source, AsOf at,
                     found.add(subject, item, b);
                   })
             : seq.status();
-    if (listed.ok()) {
+    bool due = false;
+    Status checked = listed;
+    if (listed.ok() && at.kind == AsOf::Kind::time) {
+      found.visit_all([&](std::string_view subject, std::string_view item, Balance b) {
+        if (due || !checked.ok()) return;
+        auto may = may_hold_due(source, subject, item, b.held, *seq, at);
+        if (may) due = *may;
+        else checked = may.status();
+      });
+    }
+    if (checked.ok() && !due) {
       found.visit_all(visit);
       note(read, *seq, PointInTimePath::history);
       return Status();
     }
-    if (!log_answers(listed, read)) return listed;
+    if (!checked.ok() && !log_answers(checked, read)) return checked;
   }
   auto state = replay_to(source, at);
   if (!state) return state.status();
-  (*state)->for_each_balance(kEventsOnly, [&](std::string_view subject, std::string_view item,
+  (*state)->for_each_balance(read_time(at), [&](std::string_view subject, std::string_view item,
                                               proj::Balance b) {
     visit(subject, item, to_balance(b));
   });

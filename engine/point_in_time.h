@@ -52,6 +52,13 @@ struct PointInTimeRead {
   Status index_damage;
 };
 
+// Balances as of a time T count every hold due by T as released, whether
+// or not its expire event is stamped by then (DESIGN §1: reads never show
+// a due hold as held); as of a seq, as the events up to it left them. The
+// index holds balances, not holds: where a pair with held quantity may hold
+// one due by T (its next change is an expire event, or T is past the last
+// event indexed), a replay answers.
+//
 // Each returns invalid for a seq past source.last_seq. `read` (optional)
 // receives the seq the point resolved to and the path taken. Each answers
 // from the log where an index record it reads is damaged (for_each_at reads
@@ -69,14 +76,16 @@ Status for_each_at(const PointInTimeSource& source, AsOf at,
                    PointInTimeRead* read = nullptr);
 
 // A hold as the events up to `at` left it, from a replay (the history
-// index holds balances only): open until its commit, release or expire
-// event, even when due by then. not_found when no hold had that id then,
-// or when it was finalized longer ago than the idempotency window.
+// index holds balances only). As of a time T, a hold due by T is expired,
+// whether or not its expire event is stamped by then (as balances as of T
+// count it released); as of a seq, it is open until its commit, release or
+// expire event. not_found when no hold had that id then, or when it was
+// finalized longer ago than the idempotency window.
 Result<HoldView> hold_at(const PointInTimeSource& source, HoldId hold, AsOf at,
                          PointInTimeRead* read = nullptr);
 
-// What a read shows of a hold of the State.
-HoldView hold_view(const proj::HoldInfo& hold);
+// What a read at `now_ns` shows of a hold of the State: expired once due.
+HoldView hold_view(const proj::HoldInfo& hold, std::int64_t now_ns);
 
 // Whether the history projection alone can answer `at`.
 bool history_covers(const PointInTimeSource& source, AsOf at);
