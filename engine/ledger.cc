@@ -728,17 +728,17 @@ void Ledger::Impl::make_room(std::size_t payload_bytes) {
   TALLY_ASSERT(log->has_room(payload_bytes));
 }
 
+bool Ledger::Impl::hold_came_due() const {
+  const std::optional<std::int64_t> expiry = state->next_expiry_ns();
+  return expiry && *expiry <= last_timestamp_ns;
+}
+
 // Event timestamps never go backwards, whatever the clock does. Reading the
 // clock costs a few percent of a small command, so within one batch of
 // queued tasks a read serves up to kClockReuseMax more commands. Every task
 // of a batch was queued before the writer took the batch, and the batch's
 // first read comes after that: a stamp is never earlier than the request's
 // arrival, and lags the writer by at most that many commands.
-bool Ledger::Impl::hold_came_due() const {
-  const std::optional<std::int64_t> expiry = state->next_expiry_ns();
-  return expiry && *expiry <= last_timestamp_ns;
-}
-
 std::int64_t Ledger::Impl::next_timestamp() {
   if (clock_reuses_left > 0) {
     clock_reuses_left--;
