@@ -13,6 +13,7 @@
 #include <map>
 #include <random>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "engine/archivist.h"
@@ -486,6 +487,20 @@ TEST_CASE("as of time T a hold due by T is released, whether or not its expire e
   auto open_hold = f.ledger->hold("h2", "bob", "gold", 3, kSecond);
   REQUIRE(open_hold.ok());
   const std::uint64_t last = f.last_seq();
+  // A live ledger answers a time at or past its last event from its State
+  // read at that time, and an earlier one as the closed ledger below does.
+  for (const auto& [t, alice, bob] : {std::tuple{t0 + 3 * kSecond, Balance{10, 0}, Balance{10, 0}},
+                                      std::tuple{t0 + 5 * kSecond, Balance{10, 0}, Balance{7, 3}},
+                                      std::tuple{t0 + 6 * kSecond, Balance{10, 0}, Balance{10, 0}}}) {
+    CAPTURE(t - t0);
+    auto live = f.ledger->balance("alice", "gold", AsOf::at_time(t));
+    REQUIRE(live.ok());
+    CHECK(*live == alice);
+    auto items = f.ledger->list("bob", AsOf::at_time(t));
+    REQUIRE(items.ok());
+    REQUIRE(items->size() == 1);
+    CHECK((*items)[0].balance == bob);
+  }
   f.close();
   struct Case {
     AsOf at;

@@ -89,6 +89,20 @@ Status check_pair(std::string_view subject, std::string_view item) {
   return detail::check_id("item", item);
 }
 
+// A pair's balance, and a subject's non-zero balances, in a read at now_ns.
+Balance read_balance(const proj::State& state, std::string_view subject, std::string_view item,
+                     std::int64_t now_ns) {
+  const proj::Balance b = state.balance(subject, item, now_ns);
+  return Balance{b.available, b.held};
+}
+
+void read_list(const proj::State& state, std::string_view subject, std::int64_t now_ns,
+               std::vector<ItemBalance>* items) {
+  state.list(subject, now_ns, [&](std::string_view item, proj::Balance b) {
+    items->push_back(ItemBalance{std::string(item), Balance{b.available, b.held}});
+  });
+}
+
 // Calls start(done) and waits for what done is given.
 template <class Answer, class Start>
 Answer await_answer(Start start) {
@@ -187,6 +201,32 @@ struct Ledger::Impl {
   void submit_read(ReadFn read, ReadDone done, bool expire);
   // The same, waiting for it.
   Status run_read(ReadFn read, bool expire);
+  // A read as of a time T at or after the last committed event is the
+  // State read at T, as a current read with T for its clock: no index or
+  // replay needed (a pair with open holds may leave the index to a replay,
+  // point_in_time.h). nullopt where the State holds an event stamped after
+  // T, or does not answer (read-only): then the point-in-time path does.
+  template <class R>
+  std::optional<R> state_at(std::int64_t time_ns,
+                            std::function<void(const proj::State&, std::int64_t, R*)> read) {
+    if (time_ns < committed_time_ns.load(std::memory_order_relaxed)) return std::nullopt;
+    // A completion waiting on the writer would wait for itself.
+    const std::thread::id caller = std::this_thread::get_id();
+    if (caller == io_thread_id || caller == writer_thread_id) return std::nullopt;
+    Result<R> answer = await_answer<Result<R>>([&](std::function<void(Result<R>)> done) {
+      submit_state_read<R>(
+          [time_ns, read](const proj::State& state, std::int64_t, R* out) {
+            if (state.last_timestamp_ns() > time_ns) {
+              return Status(ErrorCode::not_found, "the State holds a later event");
+            }
+            read(state, time_ns, out);
+            return Status();
+          },
+          std::move(done));
+    });
+    if (!answer) return std::nullopt;
+    return std::move(*answer);
+  }
   // Reads an R from the state on the writer thread into a shared slot and
   // hands it to `done` once the read's group is durable.
   template <class R>
@@ -208,7 +248,7 @@ struct Ledger::Impl {
   // ---- I/O thread ----
   void write_group(log::WriteBatch* batch, std::vector<Ack>* acks);
   void fail(const Status& status);
-  void publish_committed(std::uint64_t seq);
+  void publish_committed(std::uint64_t seq, std::int64_t time_ns);
   Committed wait_committed(std::uint64_t after, std::chrono::milliseconds timeout);
   PointInTimeSource point_in_time_source(AsOf at);
   // closed once close() began.
@@ -248,6 +288,7 @@ struct Ledger::Impl {
   bool io_stop = false;
   log::WriteBatch* io_batch = nullptr;
   std::uint64_t io_last_seq = 0;  // the last seq in io_batch
+  std::int64_t io_last_time_ns = 0;  // the timestamp of the State's last event then
   std::vector<Ack> io_acks;
   Status failure;
   std::atomic<bool> failed{false};
@@ -259,6 +300,8 @@ struct Ledger::Impl {
   std::mutex committed_mu;
   std::condition_variable committed_cv;
   std::atomic<std::uint64_t> committed{0};
+  // The timestamp of the event at committed (or the State's last before).
+  std::atomic<std::int64_t> committed_time_ns{0};
   bool committed_closed = false;  // guarded by committed_mu
   // The last seq on disk for good (fdatasync returned): committed, but for
   // async durability, where it follows the periodic syncs. The archivist
@@ -332,6 +375,7 @@ Status Ledger::Impl::start(LedgerStats* replayed_stats) {
   log = std::move(*writer);
   last_timestamp_ns = state->last_timestamp_ns();
   committed = state->last_seq();
+  committed_time_ns = state->last_timestamp_ns();
   durable = state->last_seq();
   queue.reserve(options.queue_depth_max);
   auto writer_started = start_thread("tally-writer", [this] { writer_main(); });
@@ -612,6 +656,7 @@ void Ledger::Impl::wait_for_work(std::vector<Task>* tasks, bool* stop, bool* exp
 void Ledger::Impl::handoff_locked() {
   io_batch = log->batch_empty() ? nullptr : log->seal();
   io_last_seq = log->next_seq() - 1;
+  io_last_time_ns = state->last_timestamp_ns();
   TALLY_ASSERT(io_acks.empty());
   io_acks.swap(pending);
   io_busy = true;
@@ -767,11 +812,12 @@ void Ledger::Impl::io_main() {
     if (io_busy) {
       log::WriteBatch* batch = io_batch;
       const std::uint64_t last_seq = io_last_seq;
+      const std::int64_t last_time_ns = io_last_time_ns;
       acks.swap(io_acks);
       guard.unlock();
       write_group(batch, &acks);
       if (batch != nullptr && !failed.load()) {
-        publish_committed(last_seq);
+        publish_committed(last_seq, last_time_ns);
         if (options.durability != Durability::async) {
           durable.store(last_seq, std::memory_order_release);
         }
@@ -840,8 +886,9 @@ void Ledger::Impl::write_group(log::WriteBatch* batch, std::vector<Ack>* acks) {
   }
 }
 
-void Ledger::Impl::publish_committed(std::uint64_t seq) {
+void Ledger::Impl::publish_committed(std::uint64_t seq, std::int64_t time_ns) {
   std::lock_guard<std::mutex> guard(committed_mu);
+  committed_time_ns.store(time_ns, std::memory_order_relaxed);
   committed.store(seq, std::memory_order_release);
   committed_cv.notify_all();
 }
@@ -874,8 +921,7 @@ void Ledger::submit_balance(std::string subject, std::string item, std::function
   impl_->submit_state_read<Balance>(
       [subject = std::move(subject), item = std::move(item)](const proj::State& state, std::int64_t now_ns,
                                                             Balance* balance) {
-        const proj::Balance b = state.balance(subject, item, now_ns);
-        *balance = Balance{b.available, b.held};
+        *balance = read_balance(state, subject, item, now_ns);
         return Status();
       },
       std::move(done));
@@ -888,9 +934,7 @@ void Ledger::submit_list(std::string subject, std::function<void(Result<std::vec
   impl_->submit_state_read<std::vector<ItemBalance>>(
       [subject = std::move(subject)](const proj::State& state, std::int64_t now_ns,
                                      std::vector<ItemBalance>* items) {
-        state.list(subject, now_ns, [&](std::string_view item, proj::Balance b) {
-          items->push_back(ItemBalance{std::string(item), Balance{b.available, b.held}});
-        });
+        read_list(state, subject, now_ns, items);
         return Status();
       },
       std::move(done));
@@ -1073,6 +1117,13 @@ PointInTimeSource Ledger::Impl::point_in_time_source(AsOf at) {
 Result<Balance> Ledger::balance(std::string_view subject, std::string_view item, AsOf at) {
   TALLY_TRY(check_pair(subject, item));
   TALLY_TRY(impl_->check_open());
+  if (at.kind == AsOf::Kind::time) {
+    auto now = impl_->state_at<Balance>(
+        at.time_ns, [subject, item](const proj::State& state, std::int64_t time_ns, Balance* out) {
+          *out = read_balance(state, subject, item, time_ns);
+        });
+    if (now) return *now;
+  }
   return balance_at(impl_->point_in_time_source(at), subject, item, at);
 }
 
@@ -1084,6 +1135,14 @@ Result<HoldView> Ledger::hold_info(HoldId hold, AsOf at) {
 Result<std::vector<ItemBalance>> Ledger::list(std::string_view subject, AsOf at) {
   TALLY_TRY(check_subject(subject));
   TALLY_TRY(impl_->check_open());
+  if (at.kind == AsOf::Kind::time) {
+    auto now = impl_->state_at<std::vector<ItemBalance>>(
+        at.time_ns, [subject](const proj::State& state, std::int64_t time_ns,
+                              std::vector<ItemBalance>* items) {
+          read_list(state, subject, time_ns, items);
+        });
+    if (now) return std::move(*now);
+  }
   return list_at(impl_->point_in_time_source(at), subject, at);
 }
 
