@@ -32,14 +32,17 @@ class LedgerApi {
   // Non-zero balances of a subject, items sorted bytewise.
   virtual Result<std::vector<ItemBalance>> list(std::string_view subject) = 0;
   // As of a point in the log's history (engine/types.h, AsOf): after a
-  // committed seq, or after every event stamped at or before a time.
-  // invalid for a seq past the last committed one. docs/snapshots.md.
+  // committed seq, or after every event stamped at or before a time T, with
+  // every hold due by T counted as released, as a current read at T would
+  // (reads never show a due hold as held). invalid for a seq past the last
+  // committed one. docs/snapshots.md.
   virtual Result<Balance> balance(std::string_view subject, std::string_view item, AsOf at) = 0;
   virtual Result<std::vector<ItemBalance>> list(std::string_view subject, AsOf at) = 0;
   // not_found for a hold never seen or forgotten.
   virtual Result<HoldView> hold_info(HoldId hold) = 0;
-  // A hold as the events up to `at` left it: open until its commit,
-  // release or expire event.
+  // A hold as of `at`: as of a time T, expired once due by T, whether or
+  // not its expire event is stamped by then; as of a seq, open until its
+  // commit, release or expire event.
   virtual Result<HoldView> hold_info(HoldId hold, AsOf at) = 0;
 
   // The current reads without blocking the caller (event loops, servers):

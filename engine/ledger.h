@@ -163,13 +163,15 @@ class Ledger final : public LedgerApi {
 
   // ---- point-in-time reads (engine/point_in_time.h) ----
   // As of a committed seq or a time; invalid for a seq not committed yet.
-  // From the history projection, or a snapshot plus a replay where it lags.
+  // As of a time T, a hold due by T counts as released (engine/api.h).
+  // From the history projection, or a snapshot plus a replay where it lags;
+  // a time at or past the last committed event, from the State read then.
   Result<Balance> balance(std::string_view subject, std::string_view item, AsOf at) override;
   Result<std::vector<ItemBalance>> list(std::string_view subject, AsOf at) override;
   Status for_each_balance(AsOf at, const std::function<void(std::string_view subject,
                                                             std::string_view item, Balance balance)>& visit);
-  // A hold as the events up to `at` left it (open until its commit,
-  // release or expire event); always from a replay.
+  // A hold as of `at`, always from a replay: as of a time T, expired once
+  // due by T; as of a seq, open until its commit, release or expire event.
   Result<HoldView> hold_info(HoldId hold, AsOf at) override;
 
   // Takes a snapshot of the state at the durable seq now (the committed

@@ -19,9 +19,9 @@ namespace {
 constexpr std::int64_t kEventsOnly = INT64_MIN;
 
 // The time a read as of `at` is made at. A read at time T treats every hold
-// due by T as released, whether or not its expire event is in the log
-// (DESIGN §1), as a current read does; a seq has no time of its own, so a
-// read as of one shows the balances as the events left them.
+// due by T as released, whether or not its expire event is in the log, as
+// a current read does; a seq has no time of its own, so a read as of one
+// shows the balances as the events left them.
 std::int64_t read_time(AsOf at) {
   return at.kind == AsOf::Kind::time ? at.time_ns : kEventsOnly;
 }

@@ -53,11 +53,11 @@ struct PointInTimeRead {
 };
 
 // Balances as of a time T count every hold due by T as released, whether
-// or not its expire event is stamped by then (DESIGN §1: reads never show
-// a due hold as held); as of a seq, as the events up to it left them. The
-// index holds balances, not holds: where a pair with held quantity may hold
-// one due by T (its next change is an expire event, or T is past the last
-// event indexed), a replay answers.
+// or not its expire event is stamped by then (reads never show a due hold
+// as held); as of a seq, as the events up to it left them. The index holds
+// balances, not holds: where a pair with held quantity may hold one due by
+// T (its next change is an expire event, or T is past the last event
+// indexed), a replay answers.
 //
 // Each returns invalid for a seq past source.last_seq. `read` (optional)
 // receives the seq the point resolved to and the path taken. Each answers

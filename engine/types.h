@@ -101,8 +101,10 @@ struct Balance {
 
 // A point in the log's history, for point-in-time reads: after the event
 // with seq `seq`, or after every event stamped at or before `time_ns`.
-// Point-in-time balances are what the log's events say as of then: a hold
-// is held until its commit, release or expire event.
+// Point-in-time balances: as of a seq, what the log's events up to it say
+// (a hold is held until its commit, release or expire event); as of a time
+// T, the events stamped at or before T read at T, every hold due by T
+// released, as reads never show a due hold as held (docs/snapshots.md).
 struct AsOf {
   enum class Kind : std::uint8_t { seq, time };
   Kind kind = Kind::seq;
