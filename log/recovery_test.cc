@@ -26,6 +26,14 @@ struct OneSegment {
   std::vector<std::byte> pristine;
   std::vector<std::uint64_t> offsets;  // by seq - 1
   std::vector<std::size_t> frame_bytes;
+
+  // The segment's bytes with frame `index` (seq index + 1) zeroed.
+  std::vector<std::byte> with_frame_zeroed(std::size_t index) const {
+    std::vector<std::byte> bytes = pristine;
+    const auto begin = bytes.begin() + static_cast<std::ptrdiff_t>(offsets[index]);
+    std::fill(begin, begin + static_cast<std::ptrdiff_t>(frame_bytes[index]), std::byte{0});
+    return bytes;
+  }
 };
 
 OneSegment make_one_segment(const TempDir& dir, std::uint64_t count) {
@@ -253,10 +261,7 @@ TEST_CASE("swapped records are a chain break") {
 TEST_CASE("a zeroed middle record followed by valid ones is corruption, not the end") {
   TempDir dir;
   const OneSegment log = make_one_segment(dir, 9);
-  std::vector<std::byte> damaged = log.pristine;
-  const auto begin = damaged.begin() + static_cast<std::ptrdiff_t>(log.offsets[4]);
-  std::fill(begin, begin + static_cast<std::ptrdiff_t>(log.frame_bytes[4]), std::byte{0});
-  write_bytes(log.path, damaged);
+  write_bytes(log.path, log.with_frame_zeroed(4));
   ReadBack back = read_log(posix(), dir.log_dir());
   require_corrupt(back, prefix(1, log.offsets[4]));
   CHECK(back.status.message().find("followed by a valid frame at offset " +
@@ -267,10 +272,7 @@ TEST_CASE("beside a live writer, a frame in flight is read again before it is co
   TempDir dir;
   const OneSegment log = make_one_segment(dir, 10);
   // Frame 4 still being copied in while frames 5.. already are.
-  std::vector<std::byte> in_flight = log.pristine;
-  const auto begin = in_flight.begin() + static_cast<std::ptrdiff_t>(log.offsets[4]);
-  std::fill(begin, begin + static_cast<std::ptrdiff_t>(log.frame_bytes[4]), std::byte{0});
-  write_bytes(log.path, in_flight);
+  write_bytes(log.path, log.with_frame_zeroed(4));
   LogReaderOptions live;
   live.writer_may_be_live = true;
   // The writer finishes it while the reader looks again.
@@ -286,7 +288,7 @@ TEST_CASE("beside a live writer, a frame in flight is read again before it is co
   REQUIRE_MESSAGE(back.status.ok(), back.status.to_string());
   CHECK(back.records.size() == 10);
   // One that stays so is corruption, after the looks.
-  write_bytes(log.path, in_flight);
+  write_bytes(log.path, log.with_frame_zeroed(4));
   require_corrupt(read_log(posix(), dir.log_dir(), live), prefix(1, log.offsets[4]));
 }
 
