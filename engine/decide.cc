@@ -154,9 +154,9 @@ log::Op as_requested(const OpRequest& request) {
 
 // The hold a commit or release names. By key: the key's request must have
 // been a standalone hold that succeeded (State::hold_of_key).
-HoldId resolve_hold(const OpRequest& request, const proj::State& state) {
+HoldId resolve_hold(const OpRequest& request, const proj::State& state, std::int64_t now_ns) {
   if (request.hold_key.empty()) return request.hold;
-  return state.hold_of_key(request.hold_key);
+  return state.hold_of_key(request.hold_key, now_ns);
 }
 
 // Balances as the state holds them plus what earlier ops of this command did.
@@ -233,10 +233,12 @@ Reason decide_amount(const OpRequest& request, Overlay* overlay) {
   }
 }
 
-// commit and release. *op is resolved from the hold when the result is none.
-Result<Reason> decide_settle(const OpRequest& request, Overlay* overlay, log::Op* op) {
-  const HoldId id = resolve_hold(request, overlay->state());
-  const std::optional<proj::HoldInfo> hold = overlay->state().find_hold(id);
+// commit and release, stamped now_ns. *op is resolved from the hold when the
+// result is none.
+Result<Reason> decide_settle(const OpRequest& request, std::int64_t now_ns, Overlay* overlay,
+                             log::Op* op) {
+  const HoldId id = resolve_hold(request, overlay->state(), now_ns);
+  const std::optional<proj::HoldInfo> hold = overlay->state().find_hold(id, now_ns);
   if (!hold) return Reason::hold_unknown;
   if (overlay->settled(id)) return Reason::hold_finalized;
   switch (hold->state) {
@@ -331,7 +333,7 @@ Result<Decision> decide(const Command& command, const proj::State& state,
     ops->push_back(as_requested(request));
     Reason reason = Reason::none;
     if (request.type == OpType::commit || request.type == OpType::release) {
-      auto settled = decide_settle(request, &overlay, &ops->back());
+      auto settled = decide_settle(request, timestamp_ns, &overlay, &ops->back());
       if (!settled) return invalid_op(settled.status().message());
       reason = *settled;
     } else {

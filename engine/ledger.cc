@@ -704,7 +704,7 @@ void Ledger::Impl::process_command(Task& task) {
   const std::int64_t now_ns = next_timestamp();
   expire_due(now_ns);
 
-  if (const proj::KeyRecord* record = state->find_key(command.key)) {
+  if (const proj::KeyRecord* record = state->find_key(command.key, now_ns)) {
     if (record->fingerprint != fingerprint) {
       return answer(task, Status(ErrorCode::idempotency_conflict,
                                  "key was used for a different request at seq " +
@@ -944,7 +944,7 @@ void Ledger::submit_hold_info(HoldId id, std::function<void(Result<HoldView>)> d
   if (!done) return;
   impl_->submit_state_read<HoldView>(
       [id](const proj::State& state, std::int64_t now_ns, HoldView* view) {
-        std::optional<proj::HoldInfo> hold = state.find_hold(id);
+        std::optional<proj::HoldInfo> hold = state.find_hold(id, now_ns);
         if (!hold) return Status(ErrorCode::not_found, "no hold " + std::to_string(id));
         *view = hold_view(*hold, now_ns);
         return Status();

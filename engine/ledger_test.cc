@@ -427,6 +427,32 @@ TEST_CASE("the idempotency window forgets keys by log time") {
   CHECK(f.balance("alice", "gold") == Balance{3, 0});
 }
 
+TEST_CASE("a key and a finalized hold are forgotten one window after them, on a quiet ledger too") {
+  Fixture f;
+  f.options.idempotency_window_ns = 60 * kSecond;
+  f.reopen();
+  f.ok(f.ledger->acquire("a1", "alice", "gold", 10));  // stamped t0
+  f.clock.advance_ns(10 * kSecond);
+  const Receipt held = f.ok(f.ledger->hold("h1", "alice", "gold", 4, 5 * kSecond));
+  f.ok(f.ledger->commit("c1", held.hold, 4));  // the hold finalized at t0 + 10 s
+  // No event between t0 + 10 s and each request below: only the request's
+  // own stamp decides what it finds.
+  f.clock.advance_ns(50 * kSecond - 1);
+  CHECK(f.ok(f.ledger->acquire("a1", "alice", "gold", 10)).replay);
+  f.clock.advance_ns(1);
+  CHECK_FALSE(f.ok(f.ledger->acquire("a1", "alice", "gold", 10)).replay);
+  CHECK(f.balance("alice", "gold") == Balance{16, 0});
+  f.clock.advance_ns(10 * kSecond - 1);
+  CHECK(f.ledger->hold_info(held.hold).ok());
+  CHECK(outcome_of(f.ledger->commit("c2", held.hold, 4)) == Outcome::hold_finalized);
+  f.clock.advance_ns(1);
+  CHECK(f.ledger->hold_info(held.hold).code() == ErrorCode::not_found);
+  CHECK(outcome_of(f.ledger->release("r1", held.hold)) == Outcome::hold_unknown);
+  f.reopen();
+  CHECK(outcome_of(f.ledger->release("r1", held.hold)) == Outcome::hold_unknown);
+  CHECK(f.ok(f.ledger->release("r1", held.hold)).replay);
+}
+
 TEST_CASE("a hold longer than the window can be settled by its key after the window") {
   Fixture f;  // the default window: 24 h
   constexpr std::int64_t kHour = 3600 * kSecond;

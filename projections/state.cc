@@ -729,22 +729,28 @@ void State::for_each_balance(
   }
 }
 
-const KeyRecord* State::find_key(std::string_view key) const {
+const KeyRecord* State::find_key(std::string_view key, std::int64_t now_ns) const {
   TALLY_ASSERT(impl_->keys_waiting.empty());
-  return impl_->keys.find(key);
+  const KeyRecord* record = impl_->keys.find(key);
+  if (record == nullptr || impl_->forgotten_by(record->timestamp_ns, now_ns)) return nullptr;
+  return record;
 }
 
-HoldId State::hold_of_key(std::string_view key) const {
-  if (const KeyRecord* record = find_key(key)) {
+HoldId State::hold_of_key(std::string_view key, std::int64_t now_ns) const {
+  if (const KeyRecord* record = find_key(key, now_ns)) {
     return record->reason == log::Reason::none ? log::hold_id(record->seq, false, 0) : 0;
   }
   return impl_->long_hold_keys.find(key);
 }
 
-std::optional<HoldInfo> State::find_hold(HoldId id) const {
+std::optional<HoldInfo> State::find_hold(HoldId id, std::int64_t now_ns) const {
   const HoldRecord* hold = impl_->holds.find(id);
   if (hold == nullptr) return std::nullopt;
-  return impl_->info_of(*hold);
+  const HoldInfo info = impl_->info_of(*hold);
+  if (info.state != HoldState::open && impl_->forgotten_by(info.finalized_at_ns, now_ns)) {
+    return std::nullopt;
+  }
+  return info;
 }
 
 std::optional<HoldInfo> State::next_due_hold(std::int64_t t_ns) const {

@@ -75,6 +75,9 @@ struct StateOptions {
   std::int64_t idempotency_window_ns = 24ll * 3600 * 1'000'000'000;
 };
 
+// A request time before every event's: State's lookups as the state stands.
+inline constexpr std::int64_t kAsApplied = INT64_MIN;
+
 struct StateCounts {
   std::uint64_t balances = 0;        // pairs with a non-zero balance
   std::uint64_t open_holds = 0;
@@ -179,14 +182,21 @@ class State {
                         const std::function<void(std::string_view subject, std::string_view item,
                                                  Balance)>& visit) const;
 
+  // The lookups below answer as of a request stamped `now_ns`: what the
+  // window has passed by then (a key stamped, or a hold finalized, at or
+  // before now_ns - window) is forgotten, whether or not an event has been
+  // applied since to forget it. So a request gets the same answer however
+  // busy the ledger was, and an event decided by it forgets what it was
+  // decided without. kAsApplied: as the state stands.
+
   // nullptr when the key is not remembered.
-  const KeyRecord* find_key(std::string_view key) const;
+  const KeyRecord* find_key(std::string_view key, std::int64_t now_ns = kAsApplied) const;
   // The hold a commit or release naming its hold by key means: the id a
   // successful request with that key would have made as a standalone hold
   // (its event's seq; whether a hold has that id is for find_hold), or the
   // standalone hold with that key whose ttl outlasts the key's window
   // (remembered while the hold is); 0 when neither.
-  HoldId hold_of_key(std::string_view key) const;
+  HoldId hold_of_key(std::string_view key, std::int64_t now_ns = kAsApplied) const;
 
   // Starts loading the table slots a command with these names (or this
   // hold) will look up, so that a caller working through a queue overlaps
@@ -202,7 +212,7 @@ class State {
   void prefetch_balances(std::string_view subject, std::string_view item, std::string_view to,
                          HoldId hold, const OpHashes& hashes) const;
   // Open or remembered finalized hold; nullopt when unknown.
-  std::optional<HoldInfo> find_hold(HoldId id) const;
+  std::optional<HoldInfo> find_hold(HoldId id, std::int64_t now_ns = kAsApplied) const;
   // The open hold that expires first (ties: smaller id) if it is due at t.
   std::optional<HoldInfo> next_due_hold(std::int64_t t_ns) const;
   // The earliest expires_at of any open hold, if there is one.

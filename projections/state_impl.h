@@ -134,6 +134,12 @@ struct State::Impl {
     }
     return cutoff_ns;
   }
+  // Whether what was recorded at recorded_ns is forgotten for an event
+  // stamped now_ns (State::find_key).
+  bool forgotten_by(std::int64_t recorded_ns, std::int64_t now_ns) const {
+    const std::optional<std::int64_t> cutoff_ns = forget_cutoff(now_ns);
+    return cutoff_ns && recorded_ns <= *cutoff_ns;
+  }
   static OpHashes hash_op(const log::Op& op);
   // Empty names hash to 0, which prefetch_op() skips.
   static OpHashes hash_names(std::string_view subject, std::string_view item, std::string_view to);
