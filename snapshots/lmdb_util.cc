@@ -33,6 +33,9 @@ Status error(std::string_view component, std::string_view what, int rc) {
   message += what;
   message += ": ";
   message += mdb_strerror(rc);
+  // LMDB turns a short write (ENOSPC, EFBIG, EDQUOT) into EIO, which alone
+  // points at a failing disk.
+  if (rc == EIO) message += " (LMDB reports a full disk so too)";
   // The codes of a file that is not (or no longer) a sound LMDB file.
   // A cursor runs out of room (MDB_CURSOR_FULL) only in a tree deeper
   // than any LMDB builds.

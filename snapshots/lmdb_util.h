@@ -85,7 +85,8 @@ inline MDB_val val_of(std::string_view bytes) {
   return MDB_val{bytes.size(), const_cast<char*>(bytes.data())};
 }
 
-// io_error "<component>: <what>: <mdb_strerror(rc)>"; corrupt for the codes
+// io_error "<component>: <what>: <mdb_strerror(rc)>" (for EIO, a remark that
+// LMDB reports a full disk so too); corrupt for the codes
 // of a damaged file (MDB_INVALID, MDB_CORRUPTED, MDB_PAGE_NOTFOUND,
 // MDB_VERSION_MISMATCH).
 Status error(std::string_view component, std::string_view what, int rc);

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -17,6 +18,7 @@
 #include "projections/state_fixture.h"
 #include "snapshots/format.h"
 #include "snapshots/history.h"
+#include "snapshots/lmdb_util.h"
 #include "snapshots/renew.h"
 #include "tests/testing.h"
 
@@ -810,6 +812,14 @@ TEST_CASE("bad options, a position that is not the state's, and a state of no ev
   position.seq = 7;
   CHECK(store->write(state, position).code() == ErrorCode::invalid);
   CHECK(store->list()->empty());
+}
+
+TEST_CASE("LMDB's EIO is named as what a full disk gives too; damage is corrupt") {
+  const Status eio = lmdb::error("history", "commit", EIO);
+  CHECK(eio.code() == ErrorCode::io_error);
+  CHECK(eio.message().find("full disk") != std::string::npos);
+  CHECK(lmdb::error("history", "commit", EACCES).message().find("full disk") == std::string::npos);
+  CHECK(lmdb::error("history", "read", MDB_CORRUPTED).code() == ErrorCode::corrupt);
 }
 
 }  // namespace
