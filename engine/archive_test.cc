@@ -629,6 +629,21 @@ TEST_CASE("events logged before the open count towards the next snapshot, with n
   CHECK(first_snapshot_seq(f) == last);
 }
 
+TEST_CASE("a time trigger of any length waits that long") {
+  Fixture f;
+  f.options.snapshot_every_events = 0;
+  f.options.snapshot_every_seconds = INT64_MAX;  // in ns, past the largest duration
+  f.open();
+  for (int op = 0; op < 3; op++) f.ok(f.ledger->acquire(name("k", op), "alice", "gold", 1));
+  // A reader waiting for the last seq has the archivist follow the log there
+  // first; a trigger that took INT64_MAX s for a negative time snapshotted
+  // on the way.
+  REQUIRE(f.ledger->balance("alice", "gold", AsOf::at_seq(f.last_seq())).ok());
+  CHECK(f.ledger->stats().history_seq == f.last_seq());
+  f.snapshot();
+  CHECK(f.ledger->stats().snapshots_written == 1);
+}
+
 TEST_CASE("snapshot_due_at_close: close takes the snapshot the count trigger called for") {
   // A log of 2,500 events and no snapshot, opened again with a snapshot
   // due every 1,000 on a disk so slow that the archivist is still loading

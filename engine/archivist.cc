@@ -556,7 +556,8 @@ Status Archivist::Impl::run() {
     const bool count_due = options.snapshot_every_events > 0 &&
                            events_since_snapshot >= options.snapshot_every_events;
     const bool time_due = options.snapshot_every_seconds > 0 && events_since_snapshot > 0 &&
-                          now - last_snapshot >= std::chrono::seconds(options.snapshot_every_seconds);
+                          std::chrono::duration_cast<std::chrono::seconds>(now - last_snapshot)
+                                  .count() >= options.snapshot_every_seconds;
     // A snapshot takes seconds on a large state: once stop() began, only
     // one asked for (snapshot_now) is written. A close with
     // snapshot_due_at_close writes its own, from the ledger's state, once
