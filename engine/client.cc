@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "engine/address.h"
+#include "engine/clock.h"
 #include "engine/decide.h"
 #include "engine/server.h"
 #include "log/thread.h"
@@ -661,6 +662,15 @@ void Client::Impl::reader_main() {
 }
 
 Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
+  if (options.inflight_max == 0) return Status(ErrorCode::invalid, "inflight_max must be at least 1");
+  if (options.frame_bytes_max == 0) {
+    return Status(ErrorCode::invalid, "frame_bytes_max must be at least 1");
+  }
+  for (std::int64_t* time_ms : {&options.retry_backoff_ms, &options.retry_backoff_max_ms,
+                                &options.start_wait_ms, &options.connect_timeout_ms,
+                                &options.answer_timeout_ms}) {
+    *time_ms = bounded_wait(std::chrono::milliseconds(*time_ms)).count();
+  }
   auto impl = std::make_unique<Impl>(std::move(options));
   TALLY_TRY(parse_host_port(impl->options.address, &impl->host, &impl->port));
   {

@@ -74,6 +74,9 @@
 
 namespace tally {
 
+// Times are in ms; connect() takes a negative one for 0 and one over a year
+// (kWaitMax) for a year, which is "for ever" in effect. inflight_max and
+// frame_bytes_max of 0 are invalid.
 struct ClientOptions {
   // HOST:PORT, HOST an IP address ("[::1]:7420") or a name, resolved again
   // at every connection attempt (a restarted server may have moved), whose

@@ -2,7 +2,9 @@
 // log's timestamps come from it, and replay never reads it.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 
 namespace tally {
@@ -28,5 +30,13 @@ class ManualClock final : public Clock {
  private:
   std::atomic<std::int64_t> now_ns_;
 };
+
+// The longest wait the engine makes a steady_clock deadline of: a year
+// stands for "for ever". A deadline near milliseconds::max() from now
+// overflows, and would pass at once.
+inline constexpr std::chrono::milliseconds kWaitMax = std::chrono::hours(24 * 365);
+inline std::chrono::milliseconds bounded_wait(std::chrono::milliseconds wait) {
+  return std::clamp(wait, std::chrono::milliseconds(0), kWaitMax);
+}
 
 }  // namespace tally

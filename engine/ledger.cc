@@ -1072,11 +1072,8 @@ Ledger::Committed Ledger::wait_committed(std::uint64_t after, std::chrono::milli
 
 Ledger::Committed Ledger::Impl::wait_committed(std::uint64_t after,
                                                std::chrono::milliseconds timeout) {
-  // A wait of up to a year stands for "forever": a steady_clock deadline
-  // overflows for timeouts near milliseconds::max(), and then passed at once.
-  constexpr std::chrono::milliseconds kWaitMax = std::chrono::hours(24 * 365);
   std::unique_lock<std::mutex> guard(committed_mu);
-  committed_cv.wait_for(guard, std::clamp(timeout, std::chrono::milliseconds(0), kWaitMax),
+  committed_cv.wait_for(guard, bounded_wait(timeout),
                         [&] { return committed.load() > after || committed_closed; });
   return Committed{committed.load(), committed_closed};
 }

@@ -1042,6 +1042,9 @@ Result<ListenPlan> check_options(const ServerOptions& options) {
 Result<std::unique_ptr<Server>> Server::bind(ServerOptions options) {
   auto plan = check_options(options);
   if (!plan) return plan.status();
+  for (std::int64_t* time_ms : {&options.idle_timeout_ms, &options.shutdown_grace_ms}) {
+    *time_ms = bounded_wait(std::chrono::milliseconds(*time_ms)).count();
+  }
   std::unique_ptr<Impl> impl;
   try {
     // The read pool starts threads as it is built, and the io_context opens

@@ -69,6 +69,8 @@ struct ServerOptions {
   // Open follow streams (docs/protocol.md) per binary connection. Each has
   // at most one batch (about 256 KiB at most) waiting to be written.
   std::size_t follows_per_connection_max = 16;
+  // Times in ms: one over a year counts as a year (kWaitMax), for ever in
+  // effect.
   std::int64_t idle_timeout_ms = 60'000;
   std::size_t frame_bytes_max = wire::kFrameBytesMaxDefault;
   std::size_t http_body_bytes_max = 1u << 20;

@@ -1809,6 +1809,28 @@ std::unique_ptr<Client> impatient_client(const SilentServer& silent,
   return std::move(*client);
 }
 
+TEST_CASE("client: times of any size wait as long as they say; no room in flight is invalid") {
+  Fixture fx;
+  ClientOptions forever;
+  forever.retry_backoff_ms = INT64_MAX;
+  forever.retry_backoff_max_ms = INT64_MAX;
+  forever.start_wait_ms = INT64_MAX;
+  forever.connect_timeout_ms = INT64_MAX;
+  forever.answer_timeout_ms = INT64_MAX;
+  auto client = fx.client(forever);
+  // A deadline of now + INT64_MAX ms would have passed at once: the answer
+  // counted as overdue and the connection dropped.
+  for (int index = 0; index < 3; index++) {
+    CHECK(client->acquire("k" + std::to_string(index), "alice", "gold", 1).ok());
+  }
+  CHECK(client->balance("alice", "gold")->available == 3);
+  CHECK(client->close().ok());
+  ClientOptions none;
+  none.address = "127.0.0.1:" + std::to_string(fx.server->binary_port());
+  none.inflight_max = 0;
+  CHECK(Client::connect(none).code() == ErrorCode::invalid);
+}
+
 TEST_CASE("client: a server that stops answering is given up after answer_timeout_ms") {
   SilentServer silent(true);
   auto client = impatient_client(silent, 100);
@@ -2223,6 +2245,21 @@ TEST_CASE("server: idle connections are closed") {
   CHECK(send_raw_until_closed(fx.server->binary_port(), "").empty());
   CHECK(fx.logged("http connection: closing: idle timeout"));
   CHECK(fx.logged("binary connection: closing: idle timeout"));
+}
+
+TEST_CASE("server: an idle timeout and a grace of any length wait that long") {
+  Fixture fx;
+  fx.options.idle_timeout_ms = INT64_MAX;
+  fx.options.shutdown_grace_ms = INT64_MAX;
+  fx.stop();
+  fx.start();
+  // A deadline of now + INT64_MAX ms would have passed at once: every
+  // connection closed as idle before it was served.
+  auto client = fx.client();
+  CHECK(client->acquire("k", "alice", "gold", 1).ok());
+  CHECK(get(fx.server->http_port(), "/v1/balances/alice/gold").status == 200);
+  CHECK_FALSE(fx.logged("idle timeout"));
+  CHECK(client->close().ok());
 }
 
 TEST_CASE("server: a binary connection closes one idle timeout after its last request") {
