@@ -494,10 +494,7 @@ Result<std::string> remote_export_csv(LedgerApi& ledger, const Workload& workloa
     auto items = ledger.list(subject);
     if (!items) return items.status();
     for (const ItemBalance& row : *items) {
-      csv.append(subject);
-      csv += ',';
-      csv += row.item;
-      csv += ',' + std::to_string(row.balance.available) + ',' + std::to_string(row.balance.held) + '\n';
+      append_balance_line(&csv, subject, row.item, row.balance.available, row.balance.held);
     }
   }
   return csv;

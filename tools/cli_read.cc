@@ -289,7 +289,7 @@ struct BalancePrinter {
       out->flush_if_large();
       return;
     }
-    buffer += item;
+    append_csv_name(&buffer, item);
     buffer += ',';
     append_int(&buffer, available);
     buffer += ',';

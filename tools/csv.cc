@@ -195,11 +195,24 @@ void append_workload_line(std::string* out, const WorkloadOp& op) {
   out->push_back('\n');
 }
 
+void append_csv_name(std::string* out, std::string_view name) {
+  if (name.find_first_of(",\"\r\n") == std::string_view::npos) {
+    out->append(name);
+    return;
+  }
+  out->push_back('"');
+  for (const char byte : name) {
+    if (byte == '"') out->push_back('"');
+    out->push_back(byte);
+  }
+  out->push_back('"');
+}
+
 void append_balance_line(std::string* out, std::string_view subject, std::string_view item,
                          std::int64_t available, std::int64_t held) {
-  out->append(subject);
+  append_csv_name(out, subject);
   out->push_back(',');
-  out->append(item);
+  append_csv_name(out, item);
   out->push_back(',');
   out->append(std::to_string(available));
   out->push_back(',');

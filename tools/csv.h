@@ -104,8 +104,12 @@ struct BalanceLine {
 // pair has a comma and the amounts are int64s (parse_int64).
 bool parse_balance_line(std::string_view line, BalanceLine* out);
 
-// Appends "subject,item,available,held\n": one line of an expect file and of
-// `tally export`.
+// Appends a name as a CSV field: as it is, unless it holds a comma, a double
+// quote or a line break; then in double quotes, each quote doubled (RFC 4180).
+// Workload names hold none of them, so a workload's lines never need it.
+void append_csv_name(std::string* out, std::string_view name);
+// Appends "subject,item,available,held\n" (the names by append_csv_name):
+// one line of an expect file and of `tally export`.
 void append_balance_line(std::string* out, std::string_view subject, std::string_view item,
                          std::int64_t available, std::int64_t held);
 // Appends "#outcomes ok=N insufficient=N hold_unknown=N retry=N\n".

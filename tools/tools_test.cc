@@ -246,6 +246,19 @@ TEST_CASE("expect: four fields, each pair once, amounts as numbers") {
   }
 }
 
+TEST_CASE("csv: a name with a comma, a quote or a line break is quoted; others print as stored") {
+  std::string out;
+  append_balance_line(&out, "csv-x,y", "z", 1, 0);
+  append_balance_line(&out, "csv-x", "y,z", 1, 0);
+  append_balance_line(&out, "say \"hi\"", "a\nb", -0, 2);
+  append_balance_line(&out, "s 1\t\xff", "i'1", 3, 4);
+  CHECK(out ==
+        "\"csv-x,y\",z,1,0\n"
+        "csv-x,\"y,z\",1,0\n"
+        "\"say \"\"hi\"\"\",\"a\nb\",0,2\n"
+        "s 1\t\xff,i'1,3,4\n");
+}
+
 // ---- output escaping -----------------------------------------------------------
 
 std::string json(std::string_view text) {
