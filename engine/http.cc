@@ -197,7 +197,10 @@ Status parse_hold_id(std::string_view text, HoldId* out) {
   json::Value number;
   number.type = json::Value::Type::number;
   number.text = std::string(text);
-  if (text.empty() || !json::to_uint64(number, out)) return bad("a hold id is a decimal number");
+  // Written as the server writes ids: "049" is no id, as 049 is no JSON number.
+  if (text.empty() || (text.size() > 1 && text[0] == '0') || !json::to_uint64(number, out)) {
+    return bad("a hold id is a decimal number without leading zeros");
+  }
   return Status();
 }
 
