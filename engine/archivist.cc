@@ -51,7 +51,7 @@ Status write_snapshot(SharedSnapshots& shared, const proj::State& state,
   }
   auto written = shared.store->write(state, position);
   if (!written) return written.status();
-  auto pruned = shared.store->prune(retain, position.seq);
+  auto pruned = shared.store->prune(retain, position.seq, state.idempotency_window_ns());
   return pruned.status();
 }
 

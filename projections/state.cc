@@ -634,6 +634,7 @@ Status State::apply_ops(const log::Event& event, const EventHashes& hashes) {
 
 std::uint64_t State::last_seq() const { return impl_->last_seq; }
 std::int64_t State::last_timestamp_ns() const { return impl_->last_timestamp_ns; }
+std::int64_t State::idempotency_window_ns() const { return impl_->options.idempotency_window_ns; }
 
 // ---------------------------------------------------------------- reads
 

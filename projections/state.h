@@ -169,6 +169,8 @@ class State {
 
   std::uint64_t last_seq() const;
   std::int64_t last_timestamp_ns() const;
+  // StateOptions::idempotency_window_ns, as it was built with.
+  std::int64_t idempotency_window_ns() const;
 
   // Balance as of the last event. A hold that is due at now_ns (expires_at
   // <= now_ns) but whose expire event is not applied yet counts as released:

@@ -46,6 +46,9 @@ namespace tally::proj {
 inline constexpr std::uint32_t kStateMagic = 0x41545354;     // "TSTA" read as LE bytes
 inline constexpr std::uint32_t kStateEndMagic = 0x444e4554;  // "TEND"
 inline constexpr std::uint32_t kStateFormatVersion = 2;
+// Where the header's idempotency_window_ns lies: a store that keeps images
+// reads it to tell which ledger can load one, without parsing the rest.
+inline constexpr std::size_t kStateWindowOffset = 24;
 // save() hands the sink chunks of at most this many bytes.
 inline constexpr std::size_t kStateChunkBytes = 64 * 1024;
 

@@ -119,8 +119,11 @@ struct SnapshotStore::Env {
   // *rc_out: LMDB's code when that is what failed (MDB_MAP_FULL: deleting
   // copies pages before it frees any).
   Status delete_snapshot(const Txn& txn, std::uint64_t seq, int* rc_out);
-  Status prune_once(std::size_t retain_count, std::uint64_t newest_seq, std::size_t* pruned,
-                    int* rc_out);
+  Status prune_once(std::size_t retain_count, std::uint64_t newest_seq, std::int64_t window_ns,
+                    std::size_t* pruned, int* rc_out);
+  // Whether a ledger with `window_ns` can load the snapshot, as far as its
+  // metadata and its image's header tell (prune() counts these).
+  Result<bool> loadable(const Txn& txn, const Result<Meta>& meta, std::int64_t window_ns) const;
   // The snapshot's chunks, in order, views into the map valid while `txn`
   // lives, once their total size matches the metadata.
   Result<std::vector<std::span<const std::byte>>> sized_chunks(const Txn& txn,
@@ -399,8 +402,25 @@ Result<std::vector<SnapshotInfo>> SnapshotStore::list() const {
   return infos;
 }
 
+Result<bool> SnapshotStore::Env::loadable(const Txn& txn, const Result<Meta>& meta_read,
+                                          std::int64_t window_ns) const {
+  if (!meta_read.ok() || meta_read->state_format != proj::kStateFormatVersion) return false;
+  Cursor cursor;
+  TALLY_TRY(cursor.open(txn, chunks));
+  ChunkWalker walker(cursor.get(), *meta_read);
+  const Result<std::span<const std::byte>> first = walker.next();
+  // A missing chunk is damage, which a load passes over.
+  if (!first.ok()) {
+    if (first.status().code() == ErrorCode::corrupt) return false;
+    return first.status();
+  }
+  if (first->size() < proj::kStateWindowOffset + 8) return false;
+  const auto* header = reinterpret_cast<const std::uint8_t*>(first->data());
+  return static_cast<std::int64_t>(get_le(header + proj::kStateWindowOffset, 8)) == window_ns;
+}
+
 Status SnapshotStore::Env::prune_once(std::size_t retain_count, std::uint64_t newest_seq,
-                                      std::size_t* pruned, int* rc_out) {
+                                      std::int64_t window_ns, std::size_t* pruned, int* rc_out) {
   *rc_out = 0;
   *pruned = 0;
   Txn txn;
@@ -410,7 +430,15 @@ Status SnapshotStore::Env::prune_once(std::size_t retain_count, std::uint64_t ne
   TALLY_TRY(read_all_meta(txn, meta, &metas, &seqs));
   const std::size_t usable = static_cast<std::size_t>(
       std::upper_bound(seqs.begin(), seqs.end(), newest_seq) - seqs.begin());
-  const std::size_t older = usable > retain_count ? usable - retain_count : 0;
+  // The oldest kept: the retain_count-th loadable one back from the newest
+  // usable (or none kept when retain_count is 0).
+  std::size_t older = usable;
+  for (std::size_t counted = 0; counted < retain_count && older > 0;) {
+    older--;
+    Result<bool> counts = loadable(txn, metas[older], window_ns);
+    if (!counts) return counts.status();
+    if (*counts) counted++;
+  }
   std::size_t doomed = 0;
   for (std::size_t index = 0; index < seqs.size(); index++) {
     if (index >= older && index < usable) continue;
@@ -427,12 +455,14 @@ Status SnapshotStore::Env::prune_once(std::size_t retain_count, std::uint64_t ne
   return Status();
 }
 
-Result<std::size_t> SnapshotStore::prune(std::size_t retain_count, std::uint64_t newest_seq) {
+Result<std::size_t> SnapshotStore::prune(std::size_t retain_count, std::uint64_t newest_seq,
+                                         std::int64_t window_ns) {
   // Deleting copies the pages it changes before their old copies are free:
   // in a full map it needs the map to grow, as a write does.
   std::size_t pruned = 0;
-  TALLY_TRY(env_->env->write_growing(
-      [&](int* rc) { return env_->prune_once(retain_count, newest_seq, &pruned, rc); }));
+  TALLY_TRY(env_->env->write_growing([&](int* rc) {
+    return env_->prune_once(retain_count, newest_seq, window_ns, &pruned, rc);
+  }));
   return pruned;
 }
 

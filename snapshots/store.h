@@ -100,12 +100,17 @@ class SnapshotStore {
   // caller, empty): lmdb::Environment::copy_to. A backup's.
   Status copy_to(const std::string& dir, const CopyProgress& keep_going = {}) const;
 
-  // Deletes every snapshot past newest_seq, then all but the newest
-  // retain_count of the rest, in one transaction; returns how many it
-  // deleted. Called after writing a snapshot of the log's state at
-  // newest_seq: a later one is of events the log no longer has (a lost
-  // tail), unusable for good, and must not take the place of usable ones.
-  Result<std::size_t> prune(std::size_t retain_count, std::uint64_t newest_seq);
+  // Deletes every snapshot past newest_seq, then every one older than the
+  // retain_count newest of the rest that a ledger with `window_ns` can
+  // load (metadata that verifies, this version's state format, that
+  // window), in one transaction; returns how many it deleted. So a
+  // snapshot of another version or window, or with damaged metadata, is
+  // kept while it is newer than those, and never takes the place of one.
+  // Called after writing a snapshot of the log's state at newest_seq: a
+  // later one is of events the log no longer has (a lost tail), unusable
+  // for good.
+  Result<std::size_t> prune(std::size_t retain_count, std::uint64_t newest_seq,
+                            std::int64_t window_ns);
 
   // The newest snapshot with seq <= max_seq that verifies (metadata hash,
   // payload checksum, image structure and invariants, digest, seq), loaded

@@ -124,21 +124,21 @@ TEST_CASE("list shows seq, time, size and digest, oldest first; prune keeps the 
   write_ok(store.get(), run.state);
   CHECK(store->list()->size() == run.digests.size() - 1);
 
-  Result<std::size_t> pruned = store->prune(3, UINT64_MAX);
+  Result<std::size_t> pruned = store->prune(3, UINT64_MAX, kWindowNs);
   REQUIRE(pruned.ok());
   CHECK(*pruned == run.digests.size() - 1 - 3);
   listed = store->list();
   REQUIRE(listed->size() == 3);
   CHECK(listed->back().seq == run.state.last_seq());
   CHECK(listed->front().seq == run.state.last_seq() - 2);
-  CHECK(*store->prune(5, UINT64_MAX) == 0);
+  CHECK(*store->prune(5, UINT64_MAX, kWindowNs) == 0);
   // Past the seq given: a lost tail's, gone whatever the count.
   const std::uint64_t last = run.state.last_seq();
-  CHECK(*store->prune(5, last - 1) == 1);
+  CHECK(*store->prune(5, last - 1, kWindowNs) == 1);
   listed = store->list();
   REQUIRE(listed->size() == 2);
   CHECK(listed->back().seq == last - 1);
-  CHECK(*store->prune(0, UINT64_MAX) == 2);
+  CHECK(*store->prune(0, UINT64_MAX, kWindowNs) == 2);
   CHECK(store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, nullptr).code() ==
         ErrorCode::not_found);
 }
@@ -174,13 +174,44 @@ void flip_chunk_byte(const TempDir& dir, std::uint64_t seq, std::uint32_t chunk,
   mdb_env_close(env);
 }
 
+TEST_CASE("prune keeps the newest a ledger of its window can load, and others only among them") {
+  TempDir dir;
+  std::unique_ptr<SnapshotStore> store = open_store(dir);
+  State mine(StateOptions{kWindowNs});
+  State other(StateOptions{kWindowNs * 2});  // a ledger opened with another window
+  Feed feed({&mine, &other});
+  // Seqs 1..6, taken alternately by each: mine at 1, 3, 5; other at 2, 4, 6.
+  for (int index = 1; index <= 6; index++) {
+    const std::string key = "k" + std::to_string(index);
+    REQUIRE_OK(feed.one(key, proj::acquire_op("alice", "gold", 1)));
+    write_ok(store.get(), index % 2 == 1 ? mine : other);
+  }
+  const auto seqs = [&] {
+    Result<std::vector<SnapshotInfo>> listed = store->list();
+    REQUIRE(listed.ok());
+    std::vector<std::uint64_t> out;
+    for (const SnapshotInfo& info : *listed) out.push_back(info.seq);
+    return out;
+  };
+  // The two of its window kept are 3 and 5; 4 and 6 lie among them or past.
+  CHECK(*store->prune(2, UINT64_MAX, kWindowNs) == 2);
+  CHECK(seqs() == std::vector<std::uint64_t>{3, 4, 5, 6});
+  CHECK(store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, nullptr)->info.seq == 5);
+  // The other ledger's view: its newest is 6, then 4.
+  CHECK(*store->prune(2, UINT64_MAX, kWindowNs * 2) == 1);
+  CHECK(seqs() == std::vector<std::uint64_t>{4, 5, 6});
+  // None of its window: nothing counts, nothing goes but what is past the seq.
+  CHECK(*store->prune(1, 5, kWindowNs * 3) == 1);
+  CHECK(seqs() == std::vector<std::uint64_t>{4, 5});
+}
+
 TEST_CASE("a corrupt newest snapshot falls back to the older; all corrupt is not_found") {
   TempDir dir;
   ScriptRun run;
   {
     std::unique_ptr<SnapshotStore> store = open_store(dir);
     run_script(store.get(), &run);
-    REQUIRE(store->prune(2, UINT64_MAX).ok());
+    REQUIRE(store->prune(2, UINT64_MAX, kWindowNs).ok());
   }
   const std::uint64_t newest = run.state.last_seq();
   flip_chunk_byte(dir, newest, 0, 40);
@@ -667,7 +698,7 @@ TEST_CASE("a different idempotency window skips the snapshot as invalid") {
   std::unique_ptr<SnapshotStore> store = open_store(dir);
   ScriptRun run;
   run_script(store.get(), &run);
-  REQUIRE(store->prune(1, UINT64_MAX).ok());
+  REQUIRE(store->prune(1, UINT64_MAX, kWindowNs).ok());
   std::vector<SkippedSnapshot> skipped;
   CHECK(store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs * 2}, &skipped).code() ==
         ErrorCode::not_found);
@@ -787,7 +818,7 @@ TEST_CASE("a store reopened with a map smaller than its file grows it to rewrite
     CHECK(write_ok(store.get(), state).seq == seqs.back());
   }
   std::unique_ptr<SnapshotStore> store = open_store(dir, options);
-  Result<std::size_t> pruned = store->prune(1, UINT64_MAX);
+  Result<std::size_t> pruned = store->prune(1, UINT64_MAX, state.idempotency_window_ns());
   REQUIRE_MESSAGE(pruned.ok(), pruned.status().to_string());
   CHECK(*pruned == 2);
   Result<std::vector<SnapshotInfo>> left = store->list();

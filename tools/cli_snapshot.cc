@@ -108,7 +108,7 @@ Result<Taken> take_snapshot(const std::string& data_dir, std::size_t retain) {
   }
   if (!written) return written.status();
   taken.info = *written;
-  auto pruned = shared.store->prune(retain, taken.info.seq);
+  auto pruned = shared.store->prune(retain, taken.info.seq, state.idempotency_window_ns());
   if (!pruned) return pruned.status();
   taken.pruned = *pruned;
   return taken;
