@@ -88,14 +88,24 @@ Result<std::uint64_t> copy_file(log::FileSystem& fs, const std::string& from,
 }
 
 // Reads a log as an open does (every checksum and the chain); its end.
-Result<log::LogEnd> read_log(log::FileSystem& fs, const std::string& dir, const Run& run) {
+// *in_last_segment: whether what failed the read, if anything, lies in the
+// last segment, the only one a write can be landing in.
+Result<log::LogEnd> read_log(log::FileSystem& fs, const std::string& dir, const Run& run,
+                             bool* in_last_segment) {
+  *in_last_segment = true;
   auto reader = log::LogReader::open(fs, dir);
   if (!reader) return reader.status();
   log::Record record;
+  std::uint64_t next_seq = 1;  // of the record read next
   while (true) {
     auto more = (*reader)->next(&record);
-    if (!more) return more.status();
+    if (!more) {
+      const std::vector<std::uint64_t>& firsts = (*reader)->segment_first_seqs();
+      *in_last_segment = firsts.empty() || next_seq >= firsts.back();
+      return more.status();
+    }
     if (!*more) return (*reader)->end();
+    next_seq = record.seq + 1;
     TALLY_TRY(run.check());
     if (run.progress) run.progress(BackupStage::log_events, record.seq, 0);
   }
@@ -142,10 +152,17 @@ Status copy_log(log::FileSystem& fs, const std::string& from, const std::string&
   report->segments = segments.size();
   log::LogEnd end;
   for (report->log_copies = 1;; report->log_copies++) {
-    auto read = read_log(fs, to, *run);
+    bool in_last_segment = true;
+    auto read = read_log(fs, to, *run, &in_last_segment);
     if (read) {
       end = *read;
       break;
+    }
+    // No write changes a segment before the last: copying again cannot help.
+    if (read.code() == ErrorCode::corrupt && !in_last_segment) {
+      return Status(read.code(), read.status().message() +
+                                     " (in a segment before the last, as in the source's log: "
+                                     "tally verify reports it)");
     }
     if (read.code() != ErrorCode::corrupt || segments.empty() ||
         report->log_copies == kCopyAttemptsMax) {

@@ -8,6 +8,7 @@
 
 #include <csignal>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -263,6 +264,40 @@ TEST_CASE("a log copied as a write landed is copied again; damage every copy mee
     CHECK(report.status().message().find("the segment's file is cut short") != std::string::npos);
     CHECK_FALSE(std::filesystem::exists(dir.sub("backup")));
   }
+}
+
+TEST_CASE("damage in a segment before the last fails a backup at once") {
+  testing::TempDir dir;
+  const std::string source = dir.sub("data");
+  LedgerOptions options = small_ledger(source);
+  options.snapshot_every_events = 0;
+  {
+    auto ledger = open_ledger(options);
+    REQUIRE(mutate(*ledger, "k", 0, 300));
+    REQUIRE(ledger->close().ok());
+  }
+  std::vector<std::string> segments;
+  for (const auto& entry : std::filesystem::directory_iterator(log_dir(source))) {
+    if (entry.path().extension() == ".seg") segments.push_back(entry.path().string());
+  }
+  std::sort(segments.begin(), segments.end());
+  REQUIRE(segments.size() >= 3);
+  {
+    // A byte in the middle of the first segment: inside some frame.
+    std::fstream file(segments[0], std::ios::in | std::ios::out | std::ios::binary);
+    file.seekg(32 << 10);
+    const char byte = static_cast<char>(file.get());
+    file.seekp(32 << 10);
+    file.put(static_cast<char>(byte ^ 0x10));
+  }
+  auto report = backup_data(source, dir.sub("backup"));
+  REQUIRE(report.code() == ErrorCode::corrupt);
+  CHECK(report.status().message().find("segment 0000000000000001.seg offset ") !=
+        std::string::npos);
+  // Not copied again: no write lands in a segment before the last.
+  CHECK(report.status().message().find("in a segment before the last") != std::string::npos);
+  CHECK(report.status().message().find("as copied") == std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(dir.sub("backup")));
 }
 
 TEST_CASE("a backup repairs an empty last segment, as a rotation on a full disk leaves it") {
