@@ -509,8 +509,9 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
 
   void hello(const wire::Request& request) {
     if (!core_.token_ok(request.token)) {
-      core_.log("binary connection: closing: wrong token");
-      return refuse(request.id, "wrong token");
+      const char* why = request.token.empty() ? "no token (the server requires one)" : "wrong token";
+      core_.log(std::string("binary connection: closing: ") + why);
+      return refuse(request.id, why);
     }
     wire::Response response;
     response.id = request.id;

@@ -637,7 +637,10 @@ TEST_CASE("http and binary: auth on") {
   wrong.token = "nope";
   auto refused = Client::connect(wrong);
   CHECK_FALSE(refused.ok());
-  CHECK(refused.status().message().find("unauthorized") != std::string::npos);
+  CHECK(refused.status().message().find("unauthorized: wrong token") != std::string::npos);
+  wrong.token.clear();
+  refused = Client::connect(wrong);
+  CHECK(refused.status().message().find("unauthorized: no token") != std::string::npos);
 
   // A request before the hello is refused, and the connection closed.
   CHECK(lone_balance_answer(fx.server->binary_port()).unauthorized);
