@@ -453,6 +453,21 @@ TEST_CASE("a key and a finalized hold are forgotten one window after them, on a 
   CHECK(f.ok(f.ledger->release("r1", held.hold)).replay);
 }
 
+TEST_CASE("a hold as of a time is forgotten one window after it was finalized") {
+  Fixture f;
+  f.options.idempotency_window_ns = 60 * kSecond;
+  f.reopen();
+  f.ok(f.ledger->acquire("a1", "alice", "gold", 10));
+  const Receipt held = f.ok(f.ledger->hold("h1", "alice", "gold", 4, 5 * kSecond));
+  const Receipt paid = f.ok(f.ledger->commit("c1", held.hold, 4));
+  f.clock.advance_ns(60 * kSecond);  // no event after the commit
+  const std::int64_t gone_ns = paid.timestamp_ns + 60 * kSecond;
+  CHECK(f.ledger->hold_info(held.hold, AsOf::at_time(gone_ns - 1)).ok());
+  CHECK(f.ledger->hold_info(held.hold, AsOf::at_time(gone_ns)).code() == ErrorCode::not_found);
+  CHECK(f.ledger->hold_info(held.hold).code() == ErrorCode::not_found);
+  CHECK(f.ledger->hold_info(held.hold, AsOf::at_seq(paid.seq)).ok());
+}
+
 TEST_CASE("a hold longer than the window can be settled by its key after the window") {
   Fixture f;  // the default window: 24 h
   constexpr std::int64_t kHour = 3600 * kSecond;

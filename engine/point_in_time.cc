@@ -227,7 +227,9 @@ Result<HoldView> hold_at(const PointInTimeSource& source, HoldId hold, AsOf at,
   auto state = replay_to(source, at);
   if (!state) return state.status();
   note(read, (*state)->last_seq(), PointInTimePath::replay);
-  const std::optional<proj::HoldInfo> found = (*state)->find_hold(hold);
+  // As of a time, a hold the window had passed by then is forgotten, as a
+  // current read at that time finds it.
+  const std::optional<proj::HoldInfo> found = (*state)->find_hold(hold, read_time(at));
   if (!found) {
     return Status(ErrorCode::not_found, "no hold " + std::to_string(hold) + " at seq " +
                                             std::to_string((*state)->last_seq()));
