@@ -663,8 +663,10 @@ void Client::Impl::reader_main() {
 
 Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
   if (options.inflight_max == 0) return Status(ErrorCode::invalid, "inflight_max must be at least 1");
-  if (options.frame_bytes_max == 0) {
-    return Status(ErrorCode::invalid, "frame_bytes_max must be at least 1");
+  // Under it, the answer to a mutation the server applied might not be read.
+  if (options.frame_bytes_max < wire::kFrameBytesMaxDefault) {
+    return Status(ErrorCode::invalid, "frame_bytes_max must be at least " +
+                                          std::to_string(wire::kFrameBytesMaxDefault) + " bytes");
   }
   for (std::int64_t* time_ms : {&options.retry_backoff_ms, &options.retry_backoff_max_ms,
                                 &options.start_wait_ms, &options.connect_timeout_ms,

@@ -75,8 +75,9 @@
 namespace tally {
 
 // Times are in ms; connect() takes a negative one for 0 and one over a year
-// (kWaitMax) for a year, which is "for ever" in effect. inflight_max and
-// frame_bytes_max of 0 are invalid.
+// (kWaitMax) for a year, which is "for ever" in effect. An inflight_max of
+// 0 is invalid, and so is a frame_bytes_max under 1 MiB
+// (wire::kFrameBytesMaxDefault), which every mutation's answer fits in.
 struct ClientOptions {
   // HOST:PORT, HOST an IP address ("[::1]:7420") or a name, resolved again
   // at every connection attempt (a restarted server may have moved), whose
