@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <unordered_set>
 #include <utility>
 
 #include "log/hash.h"  // with XXH3_state_t, which lives on the stack here
@@ -122,8 +123,12 @@ struct SnapshotStore::Env {
   Status prune_once(std::size_t retain_count, std::uint64_t newest_seq, std::int64_t window_ns,
                     std::size_t* pruned, int* rc_out);
   // Whether a ledger with `window_ns` can load the snapshot, as far as its
-  // metadata and its image's header tell (prune() counts these).
-  Result<bool> loadable(const Txn& txn, const Result<Meta>& meta, std::int64_t window_ns) const;
+  // metadata, its payload's checksum and its image's header tell (prune()
+  // counts these).
+  Result<bool> loadable(const Txn& txn, const Result<Meta>& meta, std::int64_t window_ns);
+  // Snapshots whose payload this process wrote or hashed since it opened the
+  // store: prune() hashes each of the others once.
+  std::unordered_set<std::uint64_t> payload_checked;
   // The snapshot's chunks, in order, views into the map valid while `txn`
   // lives, once their total size matches the metadata.
   Result<std::vector<std::span<const std::byte>>> sized_chunks(const Txn& txn,
@@ -263,6 +268,7 @@ Result<std::unique_ptr<SnapshotStore>> SnapshotStore::open(const std::string& di
 // ---------------------------------------------------------------- write
 
 Status SnapshotStore::Env::delete_snapshot(const Txn& txn, std::uint64_t seq, int* rc_out) {
+  payload_checked.erase(seq);  // hashed again if the transaction aborts
   MetaKey key = meta_key(seq);
   MDB_val key_val = val_of(key);
   int rc = mdb_del(txn.get(), meta, &key_val, nullptr);
@@ -328,6 +334,7 @@ Status SnapshotStore::Env::write_once(const proj::State& state, const Meta& meta
     return lmdb_error("mdb_txn_commit (write)", rc);
   }
   *written = meta;
+  payload_checked.insert(meta.info.seq);
   return Status();
 }
 
@@ -403,20 +410,27 @@ Result<std::vector<SnapshotInfo>> SnapshotStore::list() const {
 }
 
 Result<bool> SnapshotStore::Env::loadable(const Txn& txn, const Result<Meta>& meta_read,
-                                          std::int64_t window_ns) const {
-  if (!meta_read.ok() || meta_read->state_format != proj::kStateFormatVersion) return false;
-  Cursor cursor;
-  TALLY_TRY(cursor.open(txn, chunks));
-  ChunkWalker walker(cursor.get(), *meta_read);
-  const Result<std::span<const std::byte>> first = walker.next();
-  // A missing chunk is damage, which a load passes over.
-  if (!first.ok()) {
-    if (first.status().code() == ErrorCode::corrupt) return false;
-    return first.status();
+                                          std::int64_t window_ns) {
+  if (!meta_read.ok()) return false;
+  const Result<std::vector<std::span<const std::byte>>> pieces = sized_chunks(txn, *meta_read);
+  // Another version's format (invalid) or damage (corrupt): a load passes
+  // over it too.
+  if (!pieces.ok()) {
+    const ErrorCode code = pieces.status().code();
+    if (code == ErrorCode::invalid || code == ErrorCode::corrupt) return false;
+    return pieces.status();
   }
-  if (first->size() < proj::kStateWindowOffset + 8) return false;
-  const auto* header = reinterpret_cast<const std::uint8_t*>(first->data());
-  return static_cast<std::int64_t>(get_le(header + proj::kStateWindowOffset, 8)) == window_ns;
+  if (pieces->empty() || pieces->front().size() < proj::kStateWindowOffset + 8) return false;
+  const auto* header = reinterpret_cast<const std::uint8_t*>(pieces->front().data());
+  if (static_cast<std::int64_t>(get_le(header + proj::kStateWindowOffset, 8)) != window_ns) {
+    return false;
+  }
+  const std::uint64_t seq = meta_read->info.seq;
+  if (!payload_checked.contains(seq)) {
+    if (!check_payload(*pieces, *meta_read).ok()) return false;
+    payload_checked.insert(seq);
+  }
+  return true;
 }
 
 Status SnapshotStore::Env::prune_once(std::size_t retain_count, std::uint64_t newest_seq,

@@ -103,9 +103,10 @@ class SnapshotStore {
   // Deletes every snapshot past newest_seq, then every one older than the
   // retain_count newest of the rest that a ledger with `window_ns` can
   // load (metadata that verifies, this version's state format, that
-  // window), in one transaction; returns how many it deleted. So a
-  // snapshot of another version or window, or with damaged metadata, is
-  // kept while it is newer than those, and never takes the place of one.
+  // window, a payload that matches its checksum: each hashed once per
+  // store opened), in one transaction; returns how many it deleted. So a
+  // snapshot of another version or window, or a damaged one, is kept while
+  // it is newer than those, and never takes the place of one.
   // Called after writing a snapshot of the log's state at newest_seq: a
   // later one is of events the log no longer has (a lost tail), unusable
   // for good.

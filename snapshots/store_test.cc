@@ -205,6 +205,27 @@ TEST_CASE("prune keeps the newest a ledger of its window can load, and others on
   CHECK(seqs() == std::vector<std::uint64_t>{4, 5});
 }
 
+TEST_CASE("prune does not count a snapshot whose payload is damaged") {
+  TempDir dir;
+  ScriptRun run;
+  {
+    std::unique_ptr<SnapshotStore> store = open_store(dir);
+    run_script(store.get(), &run);
+    REQUIRE(store->prune(3, UINT64_MAX, kWindowNs).ok());
+  }
+  const std::uint64_t newest = run.state.last_seq();
+  flip_chunk_byte(dir, newest - 1, 0, 40);  // past the header: the window still reads
+  std::unique_ptr<SnapshotStore> store = open_store(dir);
+  // The two loadable are newest and newest - 2; the damaged one lies among them.
+  CHECK(*store->prune(2, UINT64_MAX, kWindowNs) == 0);
+  Result<std::vector<SnapshotInfo>> listed = store->list();
+  REQUIRE(listed.ok());
+  REQUIRE(listed->size() == 3);
+  CHECK(listed->front().seq == newest - 2);
+  CHECK(*store->prune(1, UINT64_MAX, kWindowNs) == 2);
+  CHECK(store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, nullptr)->info.seq == newest);
+}
+
 TEST_CASE("a corrupt newest snapshot falls back to the older; all corrupt is not_found") {
   TempDir dir;
   ScriptRun run;
