@@ -420,10 +420,11 @@ constexpr FlagSpec kReadFlags[] = {
   "--at-seq N / --at-time T (one of them) read the balances as the log's events\n"        \
   "left them then: T is RFC 3339 with an offset (2026-03-31T23:59:59.999999999Z,\n"        \
   "2026-04-01T01:59:59+02:00) or ns since the epoch, and an event stamped exactly\n"       \
-  "T is included. A hold is held until its commit, release or expire event, even\n"       \
-  "when it was due earlier (current reads show a due hold as released). Answered\n"      \
-  "from the history index (DATA/history) where it reaches, else by replaying the\n"      \
-  "log from a snapshot: the same answer. A seq past the end of the log exits 1.\n"
+  "T is included. As of a seq, a hold is held until its commit, release or expire\n"     \
+  "event, even when it was due earlier; as of a time T, a hold due by T counts as\n"     \
+  "released, as in a current read. Answered from the history index (DATA/history)\n"    \
+  "where it reaches, else by replaying the log from a snapshot: the same answer.\n"      \
+  "A seq past the end of the log exits 1.\n"
 
 constexpr CommandSpec kExportSpec = {
     "export",
