@@ -187,9 +187,11 @@ class State {
   // The lookups below answer as of a request stamped `now_ns`: what the
   // window has passed by then (a key stamped, or a hold finalized, at or
   // before now_ns - window) is forgotten, whether or not an event has been
-  // applied since to forget it. So a request gets the same answer however
-  // busy the ledger was, and an event decided by it forgets what it was
-  // decided without. kAsApplied: as the state stands.
+  // applied since to forget it. So a request gets the same answer whether
+  // or not other events came between (a finalized hold's window runs from
+  // its finalizing event, whenever that was written), and an event decided
+  // by it forgets what it was decided without. kAsApplied: as the state
+  // stands.
 
   // nullptr when the key is not remembered.
   const KeyRecord* find_key(std::string_view key, std::int64_t now_ns = kAsApplied) const;
