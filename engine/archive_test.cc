@@ -629,6 +629,24 @@ TEST_CASE("events logged before the open count towards the next snapshot, with n
   CHECK(first_snapshot_seq(f) == last);
 }
 
+TEST_CASE("the history's seq is known from the open on, before the archivist loads its state") {
+  log::FaultyFileSystem slow(log::posix_file_system());
+  Fixture f;
+  f.options.fs = &slow;
+  f.options.history = true;
+  f.open();
+  for (int op = 0; op < 50; op++) f.ok(f.ledger->acquire(name("k", op), "alice", "gold", 1));
+  const std::uint64_t last = f.last_seq();
+  REQUIRE(f.ledger->balance("alice", "gold", AsOf::at_seq(last)).ok());  // the index reaches it
+  f.close();
+  // The archivist's replay of the log now takes a second or more.
+  slow.delay_reads(std::chrono::milliseconds(500));
+  f.open();
+  CHECK(f.ledger->stats().history_seq == last);
+  f.close();
+  slow.disarm();
+}
+
 TEST_CASE("a time trigger of any length waits that long") {
   Fixture f;
   f.options.snapshot_every_events = 0;

@@ -191,7 +191,13 @@ Status Archivist::Impl::check_history() {
   const std::uint64_t committed = context.committed_seq();
   auto matches = history_continues_log(*fs, context.data_dir, *context.history, committed);
   if (!matches) return matches.status();
-  if (*matches) return Status();
+  if (*matches) {
+    // Published now, not once prepare() has loaded the state: meanwhile the
+    // stats (and the metrics' lag) show where the index is, not 0.
+    std::lock_guard<std::mutex> guard(mu);
+    stats.history_seq = history_seq;
+    return Status();
+  }
   std::fprintf(stderr, "tally: the history projection does not match the log at seq %llu; rebuilding it\n",
                static_cast<unsigned long long>(history_seq));
   history_seq = 0;
