@@ -274,8 +274,10 @@ struct Ledger::Impl {
   detail::DecideScratch decide_scratch;
   std::string fingerprint_scratch;
   std::vector<Ack> pending;
-  std::int64_t last_timestamp_ns = 0;
-  std::uint32_t clock_reuses_left = 0;  // next_timestamp(): reads before the next clock read
+  // next_timestamp(): the last clock reading, and how many more tasks it
+  // serves before the next one.
+  std::int64_t clock_reading_ns = INT64_MIN;
+  std::uint32_t clock_reuses_left = 0;
 
   // Shared; guarded by mu.
   std::mutex mu;
@@ -373,7 +375,6 @@ Status Ledger::Impl::start(LedgerStats* replayed_stats) {
   auto writer = log::LogWriter::open(*fs, log_dir(options.data_dir), report.end, writer_options);
   if (!writer) return writer.status();
   log = std::move(*writer);
-  last_timestamp_ns = state->last_timestamp_ns();
   committed = state->last_seq();
   committed_time_ns = state->last_timestamp_ns();
   durable = state->last_seq();
@@ -642,7 +643,11 @@ void Ledger::Impl::wait_for_work(std::vector<Task>* tasks, bool* stop, bool* exp
     const std::int64_t now_ns = clock->now_ns();
     guard.lock();
     if (!queue.empty() || closing) continue;
-    const std::int64_t wait_ns = std::clamp(*expiry - now_ns, kIdleWaitNsMin, kIdleWaitNsMax);
+    std::int64_t until_ns = 0;
+    if (__builtin_sub_overflow(*expiry, now_ns, &until_ns)) {
+      until_ns = *expiry < now_ns ? kIdleWaitNsMin : kIdleWaitNsMax;
+    }
+    const std::int64_t wait_ns = std::clamp(until_ns, kIdleWaitNsMin, kIdleWaitNsMax);
     if (writer_cv.wait_for(guard, std::chrono::nanoseconds(wait_ns)) == std::cv_status::timeout &&
         queue.empty()) {
       *expire_now = true;
@@ -775,7 +780,7 @@ void Ledger::Impl::make_room(std::size_t payload_bytes) {
 
 bool Ledger::Impl::hold_came_due() const {
   const std::optional<std::int64_t> expiry = state->next_expiry_ns();
-  return expiry && *expiry <= last_timestamp_ns;
+  return expiry && *expiry <= std::max(clock_reading_ns, state->last_timestamp_ns());
 }
 
 // Event timestamps never go backwards, whatever the clock does. Reading the
@@ -784,14 +789,18 @@ bool Ledger::Impl::hold_came_due() const {
 // of a batch was queued before the writer took the batch, and the batch's
 // first read comes after that: a stamp is never earlier than the request's
 // arrival, and lags the writer by at most that many commands.
+// Log time moves only with the events stamped by it: a reading ahead of the
+// log that no event records (a read's, a replayed answer's) stamps nothing
+// later on its own, so that the log, not what the process happened to see,
+// decides what a later request finds (after a restart too).
 std::int64_t Ledger::Impl::next_timestamp() {
   if (clock_reuses_left > 0) {
     clock_reuses_left--;
-    return last_timestamp_ns;
+  } else {
+    clock_reuses_left = kClockReuseMax;
+    clock_reading_ns = clock->now_ns();
   }
-  clock_reuses_left = kClockReuseMax;
-  last_timestamp_ns = std::max(clock->now_ns(), last_timestamp_ns);
-  return last_timestamp_ns;
+  return std::max(clock_reading_ns, state->last_timestamp_ns());
 }
 
 // ---------------------------------------------------------------- I/O thread

@@ -453,6 +453,26 @@ TEST_CASE("a key and a finalized hold are forgotten one window after them, on a 
   CHECK(f.ok(f.ledger->release("r1", held.hold)).replay);
 }
 
+TEST_CASE("log time moves only with events: a clock seen ahead by reads stamps nothing later") {
+  Fixture f;
+  f.options.idempotency_window_ns = 10 * kSecond;
+  f.reopen();
+  f.ok(f.ledger->acquire("k1", "alice", "gold", 100));
+  // The clock runs ahead for a moment: a read and a refused command see it,
+  // and no event records it.
+  f.clock.advance_ns(100 * kSecond);
+  CHECK(f.balance("alice", "gold") == Balance{100, 0});
+  CHECK(f.ledger->acquire("k2", "alice", "gold", 0).code() == ErrorCode::invalid);
+  f.clock.advance_ns(-99 * kSecond);
+  // As after a restart: the retry is stamped by the clock and the log, a
+  // second after its key, and replays.
+  const Receipt retried = f.ok(f.ledger->acquire("k1", "alice", "gold", 100));
+  CHECK(retried.replay);
+  CHECK(f.ok(f.ledger->acquire("k3", "alice", "gold", 1)).timestamp_ns ==
+        retried.timestamp_ns + kSecond);
+  CHECK(f.balance("alice", "gold") == Balance{101, 0});
+}
+
 TEST_CASE("a hold as of a time is forgotten one window after it was finalized") {
   Fixture f;
   f.options.idempotency_window_ns = 60 * kSecond;
