@@ -70,6 +70,14 @@ struct Fixture {
     return *seq;
   }
   std::uint64_t last_seq() { return ledger->stats().next_seq - 1; }
+  // Acquires 1 gold for alice under keys "k<first>".."k<first + count - 1>";
+  // the last seq then.
+  std::uint64_t acquire_ones(int count, int first = 0) {
+    for (int op = first; op < first + count; op++) {
+      ok(ledger->acquire(name("k", op), "alice", "gold", 1));
+    }
+    return last_seq();
+  }
 };
 
 using testing::brute_force;
@@ -620,8 +628,7 @@ TEST_CASE("events logged before the open count towards the next snapshot, with n
   Fixture f;
   f.options.snapshot_every_events = 0;
   f.open();
-  for (int op = 0; op < 50; op++) f.ok(f.ledger->acquire(name("k", op), "alice", "gold", 1));
-  const std::uint64_t last = f.last_seq();
+  const std::uint64_t last = f.acquire_ones(50);
   f.close();
   SUBCASE("by count") { f.options.snapshot_every_events = 40; }
   SUBCASE("by time") { f.options.snapshot_every_seconds = 1; }
@@ -631,12 +638,10 @@ TEST_CASE("events logged before the open count towards the next snapshot, with n
 
 TEST_CASE("the history's seq is known from the open on, before the archivist loads its state") {
   log::FaultyFileSystem slow(log::posix_file_system());
-  Fixture f;
+  Fixture f;  // the history on, as by default
   f.options.fs = &slow;
-  f.options.history = true;
   f.open();
-  for (int op = 0; op < 50; op++) f.ok(f.ledger->acquire(name("k", op), "alice", "gold", 1));
-  const std::uint64_t last = f.last_seq();
+  const std::uint64_t last = f.acquire_ones(50);
   REQUIRE(f.ledger->balance("alice", "gold", AsOf::at_seq(last)).ok());  // the index reaches it
   f.close();
   // The archivist's replay of the log now takes a second or more.
@@ -652,7 +657,7 @@ TEST_CASE("a time trigger of any length waits that long") {
   f.options.snapshot_every_events = 0;
   f.options.snapshot_every_seconds = INT64_MAX;  // in ns, past the largest duration
   f.open();
-  for (int op = 0; op < 3; op++) f.ok(f.ledger->acquire(name("k", op), "alice", "gold", 1));
+  f.acquire_ones(3);
   // A reader waiting for the last seq has the archivist follow the log there
   // first; a trigger that took INT64_MAX s for a negative time snapshotted
   // on the way.
@@ -672,8 +677,7 @@ TEST_CASE("snapshot_due_at_close: close takes the snapshot the count trigger cal
   f.options.fs = &slow;
   f.options.history = false;
   f.open();
-  for (int op = 0; op < 2500; op++) f.ok(f.ledger->acquire(name("k", op), "alice", "gold", 1));
-  const std::uint64_t last = f.last_seq();
+  const std::uint64_t last = f.acquire_ones(2500);
   f.close();
   f.options.snapshot_every_events = 1000;
   for (const bool at_close : {false, true}) {
@@ -714,7 +718,7 @@ TEST_CASE("once close began, the archivist writes no snapshot the count calls fo
   f.options.sync_interval_ms = 3'600'000;
   f.options.snapshot_every_events = 1000;
   f.open();
-  for (int op = 0; op < 2500; op++) f.ok(f.ledger->acquire(name("k", op), "alice", "gold", 1));
+  f.acquire_ones(2500);
   CHECK(f.ledger->stats().snapshots_written == 0);
   slow.delay_reads(std::chrono::milliseconds(500));
   f.close();
@@ -730,8 +734,7 @@ TEST_CASE("a due snapshot is taken at once while the history catches up from far
   f.options.snapshot_every_events = 0;
   f.open();
   constexpr int kEvents = 40'000;  // more than one read round
-  for (int op = 0; op < kEvents; op++) f.ok(f.ledger->acquire(name("k", op), "alice", "gold", 1));
-  const std::uint64_t last = f.last_seq();
+  const std::uint64_t last = f.acquire_ones(kEvents);
   f.close();
   f.options.history = true;
   f.options.snapshot_every_events = 1000;
@@ -792,7 +795,7 @@ TEST_CASE("a snapshot asked for while the history catches up does not wait for t
 // lost.
 void lose_the_log(Fixture& f) {
   f.open();
-  for (int op = 0; op < 20; op++) f.ok(f.ledger->acquire(name("k", op), "alice", "gold", 1));
+  f.acquire_ones(20);
   f.snapshot();
   f.close();
   std::filesystem::remove_all(log_dir(f.options.data_dir));
@@ -841,9 +844,9 @@ TEST_CASE("a lost log beside damaged stores is refused too: they are set aside, 
 TEST_CASE("a log emptied beside its snapshots is a lost log; one cut short goes on from its end") {
   Fixture f;
   f.open();
-  for (int op = 0; op < 20; op++) f.ok(f.ledger->acquire(name("k", op), "alice", "gold", 1));
+  f.acquire_ones(20);
   f.snapshot();
-  for (int op = 20; op < 25; op++) f.ok(f.ledger->acquire(name("k", op), "alice", "gold", 1));
+  f.acquire_ones(5, 20);
   f.close();
   const std::string segment = log_dir(f.options.data_dir) + "/" + log::segment_file_name(1);
   const std::string saved = f.dir.sub("segment");
@@ -887,7 +890,7 @@ TEST_CASE("with async durability, the archivist indexes only what a sync made du
   f.options.durability = Durability::async;
   f.options.sync_interval_ms = 3'600'000;  // no periodic sync during the test
   f.open();
-  for (int op = 0; op < 10; op++) f.ok(f.ledger->acquire(name("k", op), "alice", "gold", 1));
+  f.acquire_ones(10);
   // Written and acknowledged, not synced: the archivist, which wakes every
   // 20 ms and flushes the index once a second, must not take them in.
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));

@@ -49,6 +49,12 @@ struct Fixture {
     ledger = std::move(*opened);
   }
 
+  // Reopens the ledger remembering keys and finalized holds for `window_ns`.
+  void reopen_with_window(std::int64_t window_ns) {
+    options.idempotency_window_ns = window_ns;
+    reopen();
+  }
+
   Balance balance(std::string_view subject, std::string_view item) {
     auto b = ledger->balance(subject, item);
     REQUIRE(b.ok());
@@ -417,8 +423,7 @@ TEST_CASE("a batch applies all its ops or none") {
 
 TEST_CASE("the idempotency window forgets keys by log time") {
   Fixture f;
-  f.options.idempotency_window_ns = 60 * kSecond;
-  f.reopen();
+  f.reopen_with_window(60 * kSecond);
   f.ok(f.ledger->acquire("a1", "alice", "gold", 1));
   f.clock.advance_ns(61 * kSecond);
   f.ok(f.ledger->acquire("a2", "alice", "gold", 1));  // its timestamp moves the window
@@ -429,8 +434,7 @@ TEST_CASE("the idempotency window forgets keys by log time") {
 
 TEST_CASE("a key and a finalized hold are forgotten one window after them, on a quiet ledger too") {
   Fixture f;
-  f.options.idempotency_window_ns = 60 * kSecond;
-  f.reopen();
+  f.reopen_with_window(60 * kSecond);
   f.ok(f.ledger->acquire("a1", "alice", "gold", 10));  // stamped t0
   f.clock.advance_ns(10 * kSecond);
   const Receipt held = f.ok(f.ledger->hold("h1", "alice", "gold", 4, 5 * kSecond));
@@ -455,8 +459,7 @@ TEST_CASE("a key and a finalized hold are forgotten one window after them, on a 
 
 TEST_CASE("log time moves only with events: a clock seen ahead by reads stamps nothing later") {
   Fixture f;
-  f.options.idempotency_window_ns = 10 * kSecond;
-  f.reopen();
+  f.reopen_with_window(10 * kSecond);
   f.ok(f.ledger->acquire("k1", "alice", "gold", 100));
   // The clock runs ahead for a moment: a read and a refused command see it,
   // and no event records it.
@@ -475,8 +478,7 @@ TEST_CASE("log time moves only with events: a clock seen ahead by reads stamps n
 
 TEST_CASE("a hold as of a time is forgotten one window after it was finalized") {
   Fixture f;
-  f.options.idempotency_window_ns = 60 * kSecond;
-  f.reopen();
+  f.reopen_with_window(60 * kSecond);
   f.ok(f.ledger->acquire("a1", "alice", "gold", 10));
   const Receipt held = f.ok(f.ledger->hold("h1", "alice", "gold", 4, 5 * kSecond));
   const Receipt paid = f.ok(f.ledger->commit("c1", held.hold, 4));

@@ -75,6 +75,13 @@ void run_script(SnapshotStore* store, ScriptRun* run) {
   }
 }
 
+// run_script into the store in `dir`, pruned to the newest `retain`, closed.
+void run_script_kept(const TempDir& dir, ScriptRun* run, std::size_t retain) {
+  std::unique_ptr<SnapshotStore> store = open_store(dir);
+  run_script(store.get(), run);
+  REQUIRE(store->prune(retain, UINT64_MAX, kWindowNs).ok());
+}
+
 TEST_CASE("snapshot + tail replay equals full replay, from every event of the script") {
   TempDir dir;
   std::unique_ptr<SnapshotStore> store = open_store(dir);
@@ -208,11 +215,7 @@ TEST_CASE("prune keeps the newest a ledger of its window can load, and others on
 TEST_CASE("prune does not count a snapshot whose payload is damaged") {
   TempDir dir;
   ScriptRun run;
-  {
-    std::unique_ptr<SnapshotStore> store = open_store(dir);
-    run_script(store.get(), &run);
-    REQUIRE(store->prune(3, UINT64_MAX, kWindowNs).ok());
-  }
+  run_script_kept(dir, &run, 3);
   const std::uint64_t newest = run.state.last_seq();
   flip_chunk_byte(dir, newest - 1, 0, 40);  // past the header: the window still reads
   std::unique_ptr<SnapshotStore> store = open_store(dir);
@@ -229,11 +232,7 @@ TEST_CASE("prune does not count a snapshot whose payload is damaged") {
 TEST_CASE("a corrupt newest snapshot falls back to the older; all corrupt is not_found") {
   TempDir dir;
   ScriptRun run;
-  {
-    std::unique_ptr<SnapshotStore> store = open_store(dir);
-    run_script(store.get(), &run);
-    REQUIRE(store->prune(2, UINT64_MAX, kWindowNs).ok());
-  }
+  run_script_kept(dir, &run, 2);
   const std::uint64_t newest = run.state.last_seq();
   flip_chunk_byte(dir, newest, 0, 40);
   std::unique_ptr<SnapshotStore> store = open_store(dir);
