@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs tally or its tests.
 #
-#   ./make.sh run     build, then serve ./data (binary 127.0.0.1:7420, HTTP 127.0.0.1:7421)
+#   ./make.sh run     build, then serve ./data (binary 127.0.0.1:7420, HTTP 127.0.0.1:7421;
+#                     flags after `run` go to `tally serve`: ./make.sh run --http 127.0.0.1:8080)
 #   ./make.sh demo    build, then apply a generated workload to ./demo-data and verify it
 #   ./make.sh test    build (release and address+undefined sanitizers), run every test
 #                     suite but soak (meson test --setup soak --suite soak runs that)
@@ -59,7 +60,7 @@ build() {
 run() {
   build
   echo "serving ./data; stop with Ctrl-C (the log is closed cleanly)"
-  exec "${BUILD_DIR:-build}/tools/tally" serve --data data
+  exec "${BUILD_DIR:-build}/tools/tally" serve --data data "$@"
 }
 
 demo() {
@@ -106,9 +107,9 @@ tsan() {
 case "${1:-}" in
   deps) deps ;;
   build) build ;;
-  run) run ;;
+  run) shift; run "$@" ;;
   demo) demo ;;
   test) test_all ;;
   tsan) tsan ;;
-  *) sed -n '2,14p' "$0"; exit 2 ;;
+  *) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 2 ;;
 esac

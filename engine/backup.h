@@ -57,8 +57,9 @@ struct BackupReport {
 // copied (store_bytes: bytes of both copies written so far; `total` is 0,
 // as a compacted copy's size is not known before it ends), as the log is
 // copied (log_bytes: bytes copied so far, of `total`, the segments' sizes)
-// and as the copy is read back (log_events: the seq reached, of `total`, 0
-// while unknown); it must be cheap, as it runs per MiB and per event.
+// and as the copy is read back (log_events: the seq reached; `total` is 0,
+// as the log's last seq is known only at its end); it must be cheap, as it
+// runs per MiB and per event.
 enum class BackupStage : std::uint8_t { store_bytes, log_bytes, log_events };
 using BackupProgress =
     std::function<void(BackupStage stage, std::uint64_t done, std::uint64_t total)>;

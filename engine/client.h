@@ -40,7 +40,7 @@
 // follow() streams committed events as they are committed, for audit and
 // integration (docs/protocol.md, "Follow"):
 //
-//   auto id = client->follow(position, [&](const tally::EventBatch& batch) {
+//   auto id = (*client)->follow(position, [&](const tally::EventBatch& batch) {
 //     const tally::Status decoded =
 //         batch.for_each([&](const tally::log::Event& event) { ... });
 //     if (decoded.ok()) store(batch.next_seq());  // resume from here after a restart
@@ -83,7 +83,7 @@ struct ClientOptions {
   // at every connection attempt (a restarted server may have moved), whose
   // addresses are tried in the resolver's order.
   std::string address = "127.0.0.1:7420";
-  std::string token;                        // the server's token, if it has one
+  std::string token = {};                   // the server's token, if it has one
   // Reconnects a request survives: a reconnect makes up to retries_max + 1
   // attempts, with 5.26 s of the waits below between them, each attempt
   // taking up to connect_timeout_ms (docs/api.md gives the whole bound):

@@ -10,8 +10,10 @@
 // acknowledged. Opening replays the log.
 //
 // Errors and outcomes: a call returns Result<Receipt>. An error (invalid,
-// idempotency_conflict, read_only, closed, io_error) means nothing was
-// decided; a Receipt carries the durable outcome, ok or a state rejection.
+// idempotency_conflict, read_only, closed) means nothing was decided, except
+// io_error: the write of its group failed, and the outcome is unknown (the
+// bytes may be on disk; retry with the same key once reopened). A Receipt
+// carries the durable outcome, ok or a state rejection.
 //
 // Thread safety: every method may be called from any thread. Completions of
 // submit() run on a ledger thread, in submission order, and must not block:
@@ -133,7 +135,7 @@ class Ledger final : public LedgerApi {
  public:
   // Takes the data directory's lock, replays the log, resumes appending.
   // Errors: locked (another process has it), corrupt (with segment and
-  // offset), io_error, invalid (options).
+  // offset), io_error, invalid (options), closed (cancel_open was set).
   static Result<std::unique_ptr<Ledger>> open(const LedgerOptions& options);
   // close(), ignoring its Status.
   ~Ledger() override;
