@@ -3,6 +3,10 @@
 library would: only a copy of the installed include/tally tree and the
 pkg-config flags of the packages tally.pc requires are on the include path,
 so a public header that includes a header meson does not install fails.
+Each compiles a second time with a decoy tree ahead of it on the -I path, as
+a user's own engine/ and log/ folders may be: a copy of every other public
+header's path that stops the compile, so a header that finds a sibling
+through -I rather than tally.pc's -iquote fails.
 
 Run by `meson test --suite headers` (docs/meson.build) with the same header
 list that install_headers() installs (tally_public_headers, meson.build)."""
@@ -49,6 +53,20 @@ def install_tree(source_root, headers, include_dir):
     return tally_dir
 
 
+def decoy_tree(work_dir, headers, header):
+    """A directory holding every public header but `header` at its path,
+    each an #error."""
+    decoy_dir = os.path.join(work_dir, "decoy-" + header.replace("/", "_"))
+    for other in headers:
+        if other == header:
+            continue
+        target = os.path.join(decoy_dir, other)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "w", encoding="utf-8") as f:
+            f.write('#error "the user\'s own %s, not tally\'s"\n' % other)
+    return decoy_dir
+
+
 def compile_alone(cxx, flags, work_dir, header):
     """Returns the compiler's complaint about a file that includes only
     `header`, or None if it compiles."""
@@ -67,10 +85,15 @@ def main():
     with tempfile.TemporaryDirectory(prefix="tally-headers-") as work_dir:
         include_dir = os.path.join(work_dir, "include")
         tally_dir = install_tree(args.source_root, args.headers, include_dir)
-        flags = ["-I" + tally_dir] + dependency_flags(args.pkg_config, args.requires)
+        # As tally.pc gives them.
+        tally_flags = ["-I" + tally_dir, "-iquote" + tally_dir]
+        dependencies = dependency_flags(args.pkg_config, args.requires)
         failed = []
         for header in args.headers:
-            complaint = compile_alone(args.cxx, flags, work_dir, header)
+            decoy = ["-I" + decoy_tree(work_dir, args.headers, header)]
+            complaint = (compile_alone(args.cxx, tally_flags + dependencies, work_dir, header) or
+                         compile_alone(args.cxx, decoy + tally_flags + dependencies, work_dir,
+                                       header))
             if complaint is None:
                 print("ok    %s" % header)
                 continue
@@ -79,7 +102,8 @@ def main():
     if failed:
         print("%d of %d installed headers do not compile alone against the installed "
               "tree: %s.\nA header they include is missing from tally_public_headers "
-              "(meson.build), or is not meant to be public." %
+              "(meson.build), or is not meant to be public, or is found through -I "
+              "instead of tally.pc's -iquote." %
               (len(failed), len(args.headers), ", ".join(failed)))
         return 1
     print("all %d installed headers compile alone" % len(args.headers))
