@@ -506,7 +506,8 @@ Status Ledger::Impl::check_lost_events(const log::LogEnd& end) {
                known_seq - last_seq == 1 ? "is" : "are",
                static_cast<unsigned long long>(last_seq + 1));
   if (snapshots.store != nullptr) {
-    auto pruned = snapshots.store->prune(options.snapshot_retain, last_seq, options.idempotency_window_ns);
+    auto pruned =
+        snapshots.store->prune(options.snapshot_retain, last_seq, options.idempotency_window_ns);
     if (!pruned) return pruned.status();
   }
   return Status();
