@@ -662,7 +662,9 @@ void Client::Impl::reader_main() {
 }
 
 Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
-  if (options.inflight_max == 0) return Status(ErrorCode::invalid, "inflight_max must be at least 1");
+  if (options.inflight_max == 0) {
+    return Status(ErrorCode::invalid, "inflight_max must be at least 1");
+  }
   // Under it, the answer to a mutation the server applied might not be read.
   if (options.frame_bytes_max < wire::kFrameBytesMaxDefault) {
     return Status(ErrorCode::invalid, "frame_bytes_max must be at least " +

@@ -510,7 +510,8 @@ TEST_CASE("http api: hold_key names a hold made by POST /v1/holds; a batch's key
                             "order-7/pay-padded");
   CHECK(padded.status == 400);
   CHECK(get(port, "/v1/holds/0" + ids[0].text).status == 400);
-  CHECK(post(port, "/v1/holds/0" + ids[0].text + "/commit", "{}", "order-7/pay-path").status == 400);
+  CHECK(post(port, "/v1/holds/0" + ids[0].text + "/commit", "{}", "order-7/pay-path").status ==
+        400);
   // By their ids, as decimal strings, both at once.
   const Reply paid = post(port, "/v1/batch",
                            R"({"ops":[{"op":"commit","hold_id":")" + ids[0].text +

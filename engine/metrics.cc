@@ -177,8 +177,8 @@ std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed) con
                 "(logged) waits to be tried again.",
                 stats.archivist_retrying ? 1 : 0);
   append_single(&out, "tally_read_only", "gauge",
-                "1 once a write failed: every mutation and balance read is refused until the server "
-                "restarts (the event feed and metrics still answer).",
+                "1 once a write failed: every mutation and balance read is refused until the "
+                "server restarts (the event feed and metrics still answer).",
                 stats.read_only ? 1 : 0);
   const std::int64_t inflight = inflight_.load(std::memory_order_relaxed);
   append_single(&out, "tally_queue_depth", "gauge", "Requests submitted and not yet answered.",

@@ -509,7 +509,8 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
 
   void hello(const wire::Request& request) {
     if (!core_.token_ok(request.token)) {
-      const char* why = request.token.empty() ? "no token (the server requires one)" : "wrong token";
+      const char* why =
+          request.token.empty() ? "no token (the server requires one)" : "wrong token";
       core_.log(std::string("binary connection: closing: ") + why);
       return refuse(request.id, why);
     }
