@@ -670,11 +670,8 @@ Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
     return Status(ErrorCode::invalid, "frame_bytes_max must be at least " +
                                           std::to_string(wire::kFrameBytesMaxDefault) + " bytes");
   }
-  for (std::int64_t* time_ms : {&options.retry_backoff_ms, &options.retry_backoff_max_ms,
-                                &options.start_wait_ms, &options.connect_timeout_ms,
-                                &options.answer_timeout_ms}) {
-    *time_ms = bounded_wait(std::chrono::milliseconds(*time_ms)).count();
-  }
+  bound_waits_ms({&options.retry_backoff_ms, &options.retry_backoff_max_ms, &options.start_wait_ms,
+                  &options.connect_timeout_ms, &options.answer_timeout_ms});
   auto impl = std::make_unique<Impl>(std::move(options));
   TALLY_TRY(parse_host_port(impl->options.address, &impl->host, &impl->port));
   {

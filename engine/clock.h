@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <initializer_list>
 
 namespace tally {
 
@@ -37,6 +38,12 @@ class ManualClock final : public Clock {
 inline constexpr std::chrono::milliseconds kWaitMax = std::chrono::hours(24 * 365);
 inline std::chrono::milliseconds bounded_wait(std::chrono::milliseconds wait) {
   return std::clamp(wait, std::chrono::milliseconds(0), kWaitMax);
+}
+// Each of the options' times in ms, bounded so.
+inline void bound_waits_ms(std::initializer_list<std::int64_t*> times_ms) {
+  for (std::int64_t* time_ms : times_ms) {
+    *time_ms = bounded_wait(std::chrono::milliseconds(*time_ms)).count();
+  }
 }
 
 }  // namespace tally

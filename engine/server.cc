@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "engine/address.h"
+#include "engine/clock.h"
 #include "engine/server_impl.h"
 #include "engine/wire.h"
 #include "log/thread.h"
@@ -1044,9 +1045,7 @@ Result<ListenPlan> check_options(const ServerOptions& options) {
 Result<std::unique_ptr<Server>> Server::bind(ServerOptions options) {
   auto plan = check_options(options);
   if (!plan) return plan.status();
-  for (std::int64_t* time_ms : {&options.idle_timeout_ms, &options.shutdown_grace_ms}) {
-    *time_ms = bounded_wait(std::chrono::milliseconds(*time_ms)).count();
-  }
+  bound_waits_ms({&options.idle_timeout_ms, &options.shutdown_grace_ms});
   std::unique_ptr<Impl> impl;
   try {
     // The read pool starts threads as it is built, and the io_context opens
