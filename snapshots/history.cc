@@ -51,6 +51,7 @@ using history::kPositionBytes;
 using history::kPositionCheckedBytes;
 using history::kSeqBytes;
 using history::kTimeKeyBytes;
+using history::kTimeValueBytes;
 using history::OpCode;
 using lmdb::bytes_of;
 using lmdb::Cursor;
@@ -516,6 +517,57 @@ Result<std::uint64_t> next_epoch(MDB_cursor* cursor) {
   return record->epoch;
 }
 
+// ---------------------------------------------------------------- times
+
+struct TimeRecord {
+  std::int64_t time_ns = 0;
+  std::uint64_t first = 0;  // the first and the last indexed seqs stamped with it
+  std::uint64_t last = 0;
+};
+
+std::array<std::uint8_t, kTimeValueBytes> encode_time(const TimeKey& key, const TimeRecord& record) {
+  std::array<std::uint8_t, kTimeValueBytes> value{};
+  put_le(value.data(), record.last, kSeqBytes);
+  put_le(value.data() + kSeqBytes, record.first, kSeqBytes);
+  put_le(value.data() + 2 * kSeqBytes, check_of(key, value.data(), 2 * kSeqBytes), kCheckBytes);
+  return value;
+}
+
+Result<TimeRecord> decode_time(const MDB_val& key, const MDB_val& value) {
+  if (key.mv_size != kTimeKeyBytes || value.mv_size != kTimeValueBytes) {
+    return corrupt("time record of the wrong size");
+  }
+  const std::uint8_t* in = bytes_of(value);
+  const TimeRecord record{static_cast<std::int64_t>(get_be(bytes_of(key), 8) ^ history::kTimeBias),
+                          get_le(in + kSeqBytes, kSeqBytes), get_le(in, kSeqBytes)};
+  if (get_le(in + 2 * kSeqBytes, kCheckBytes) != check_of(key, in, 2 * kSeqBytes) ||
+      record.first == 0 || record.first > record.last) {
+    return corrupt("the time record of " + std::to_string(record.time_ns) + " ns does not verify");
+  }
+  return record;
+}
+
+// The record the cursor call that returned rc found (none at MDB_NOTFOUND).
+Result<std::optional<TimeRecord>> time_found(int rc, const MDB_val& key, const MDB_val& value) {
+  if (rc == MDB_NOTFOUND) return std::optional<TimeRecord>();
+  if (rc != 0) return lmdb_error("mdb_cursor_get (times)", rc);
+  Result<TimeRecord> record = decode_time(key, value);
+  if (!record) return record.status();
+  return std::optional<TimeRecord>(*record);
+}
+
+// Whether `after` is the record next to `before` in "times" (either may be
+// none: before the first, past the last), nothing lost between them.
+Status check_time_link(const std::optional<TimeRecord>& before,
+                       const std::optional<TimeRecord>& after, std::uint64_t position_seq) {
+  const std::uint64_t last = before ? before->last : 0;
+  if (last > position_seq || (after ? after->first != last + 1 : last != position_seq)) {
+    return corrupt("the time records after seq " + std::to_string(last) +
+                   " do not follow on (lost, or damaged)");
+  }
+  return Status();
+}
+
 // ---------------------------------------------------------------- openings
 
 std::array<std::uint8_t, kOpeningValueBytes> encode_opening(const OpeningKey& key,
@@ -640,7 +692,8 @@ struct PendingPair {
 
 struct PendingTime {
   std::int64_t time_ns = 0;
-  std::uint64_t seq = 0;
+  std::uint64_t first = 0;
+  std::uint64_t last = 0;
 };
 
 // One pair's change by the event being appended, before it is recorded.
@@ -727,6 +780,7 @@ struct HistoryStore::Impl {
   Status check_pair_count(const Txn& txn, const Position& position) const;
   Status check_pair_ids(const Txn& txn, const Position& position) const;
   Status check_epochs(const Txn& txn, const Position& position) const;
+  Status check_times(const Txn& txn, const Position& position) const;
   Status check_counts(const Txn& txn, std::uint64_t entries_walked,
                       std::uint64_t openings_walked) const;
   Status visit_pairs(const Txn& txn, const Position& position, std::string_view prefix,
@@ -1011,11 +1065,11 @@ void HistoryStore::Impl::record(const log::Event& event, std::uint64_t chain_che
     pending_entries.push_back(entry);
     appended.epoch_entries++;
   }
-  // "times" keeps the last seq of each timestamp.
+  // "times" keeps the first and the last seq of each timestamp.
   if (!pending_times.empty() && pending_times.back().time_ns == event.timestamp_ns) {
-    pending_times.back().seq = event.seq;
+    pending_times.back().last = event.seq;
   } else {
-    pending_times.push_back(PendingTime{event.timestamp_ns, event.seq});
+    pending_times.push_back(PendingTime{event.timestamp_ns, event.seq, event.seq});
   }
   appended.at = HistoryPosition{event.seq, chain_checksum, event.timestamp_ns};
 }
@@ -1093,14 +1147,26 @@ Status HistoryStore::Impl::put_times(const Txn& txn, int* rc) {
   TALLY_TRY(cursor.open(txn, times));
   for (std::size_t index = 0; index < pending_times.size(); index++) {
     const PendingTime& time = pending_times[index];
+    TimeRecord record{time.time_ns, time.first, time.last};
     TimeKey key_bytes = time_key(time.time_ns);
-    std::array<std::uint8_t, kSeqBytes> seq{};
-    put_le(seq.data(), time.seq, kSeqBytes);
     MDB_val key = val_of(key_bytes);
-    MDB_val value = val_of(seq);
+    MDB_val value{};
     // Timestamps never go back: each is past every key but the flushed
-    // last one, which the first may repeat (and then overwrites).
+    // last one, which the first may repeat (and then overwrites, keeping
+    // the stored first seq).
     const bool repeats = index == 0 && flushed.at.seq != 0 && time.time_ns == flushed.at.time_ns;
+    if (repeats) {
+      const int found = mdb_cursor_get(cursor.get(), &key, &value, MDB_SET_KEY);
+      Result<std::optional<TimeRecord>> stored = time_found(found, key, value);
+      if (!stored) return stored.status();
+      if (!stored->has_value() || (*stored)->last + 1 != record.first) {
+        return corrupt("the time record of the indexed position does not verify");
+      }
+      record.first = (*stored)->first;
+    }
+    std::array<std::uint8_t, kTimeValueBytes> value_bytes = encode_time(key_bytes, record);
+    key = val_of(key_bytes);
+    value = val_of(value_bytes);
     TALLY_TRY(put(cursor.get(), &key, &value, repeats ? 0 : MDB_APPEND, "times", rc));
   }
   return Status();
@@ -1358,26 +1424,27 @@ Result<std::uint64_t> HistoryStore::seq_at_time(std::int64_t time_ns) const {
   TimeKey target = time_key(time_ns);
   MDB_val key = val_of(target);
   MDB_val value{};
-  // The first time at or after T; if it is not T, the one before it.
+  // The answer is the record at T, or else the one before it; the record
+  // after it shows by its link that none was lost between them.
   int rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_SET_RANGE);
   const bool exact = rc == 0 && key.mv_size == kTimeKeyBytes &&
                      std::memcmp(key.mv_data, target.data(), kTimeKeyBytes) == 0;
-  if (rc == MDB_NOTFOUND) {
-    rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_LAST);
-  } else if (rc == 0 && !exact) {
-    rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_PREV);
+  Result<std::optional<TimeRecord>> found = time_found(rc, key, value);
+  if (!found) return found.status();
+  std::optional<TimeRecord> at;
+  std::optional<TimeRecord> after;
+  if (exact) {
+    at = *found;
+    rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_NEXT);
+  } else {
+    after = *found;
+    rc = mdb_cursor_get(cursor.get(), &key, &value, after ? MDB_PREV : MDB_LAST);
   }
-  if (rc == MDB_NOTFOUND) return std::uint64_t{0};
-  if (rc != 0) return lmdb_error("mdb_cursor_get (times)", rc);
-  if (key.mv_size != kTimeKeyBytes || value.mv_size != kSeqBytes) {
-    return corrupt("time record of the wrong size");
-  }
-  const std::uint64_t seq = get_le(bytes_of(value), kSeqBytes);
-  if (seq == 0 || seq > position.at.seq) {
-    return corrupt("time record names seq " + std::to_string(seq) + " outside 1.." +
-                   std::to_string(position.at.seq));
-  }
-  return seq;
+  found = time_found(rc, key, value);
+  if (!found) return found.status();
+  (exact ? after : at) = *found;
+  TALLY_TRY(check_time_link(at, after, position.at.seq));
+  return at ? at->last : std::uint64_t{0};
 }
 
 Result<proj::Balance> HistoryStore::balance_at(std::string_view subject, std::string_view item,
@@ -1770,6 +1837,29 @@ Status HistoryStore::Impl::check_pair_ids(const Txn& txn, const Position& positi
   return check_pair_count(txn, position);
 }
 
+// Every time record verifies, each follows on from the one before, and
+// the last is the position's.
+Status HistoryStore::Impl::check_times(const Txn& txn, const Position& position) const {
+  Cursor cursor;
+  TALLY_TRY(cursor.open(txn, times));
+  std::optional<TimeRecord> before;
+  MDB_val key{};
+  MDB_val value{};
+  // Each pass checks one record; the times database bounds it.
+  for (int rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_FIRST);;
+       rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_NEXT)) {
+    Result<std::optional<TimeRecord>> found = time_found(rc, key, value);
+    if (!found) return found.status();
+    TALLY_TRY(check_time_link(before, *found, position.at.seq));
+    if (!found->has_value()) break;
+    before = *found;
+  }
+  if (before && before->time_ns != position.at.time_ns) {
+    return corrupt("the last time record is not the indexed position's time");
+  }
+  return Status();
+}
+
 // Walks the epochs in order and checks each (check_epoch_chains); then
 // that they hold every entry and opening there is, and that the newest
 // agrees with the position.
@@ -1852,6 +1942,7 @@ Status HistoryStore::check_chains() const {
   Position position;
   TALLY_TRY(impl_->begin_read(&txn, &position));
   TALLY_TRY(impl_->check_pair_ids(txn.txn(), position));
+  TALLY_TRY(impl_->check_times(txn.txn(), position));
   return impl_->check_epochs(txn.txn(), position);
 }
 

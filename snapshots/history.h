@@ -222,7 +222,8 @@ class HistoryStore {
   // 1..pair count, each id once; every epoch, opening and entry record
   // verifies; each pair's entries chain within each epoch, the first from
   // the pair's opening balance (or zero); each epoch's opening balances are
-  // the balances the epoch before ended with; and the epochs hold every
+  // the balances the epoch before ended with; every time record verifies
+  // and follows on from the one before; and the epochs hold every
   // entry and opening there is, the newest as many entries as the position
   // counts (which is what shows a lost last entry of a pair in the newest
   // epoch: no chain follows it). corrupt names the first problem.

@@ -51,7 +51,15 @@
 //   "times"    key: u64 big-endian of the timestamp_ns bits XOR 2^63 (a
 //              biased i64: bytewise order is numeric order, negative
 //              timestamps included)
-//              value: u64 seq, the last indexed seq stamped with that time
+//              value: u64 last, u64 first (the last and the first indexed
+//              seqs stamped with that time), u32 check over the 8 key bytes
+//              followed by the 16 value bytes before it (20 bytes)
+//              Timestamps never go back along the log, so in key order
+//              each record's first is the seq after the last of the one
+//              before it, the first record's first is 1 and the last
+//              record's last is the position's seq: a read checks the link
+//              to the record after the one it answers with, so a record
+//              lost or moved between them is corrupt, not an earlier seq.
 //
 // One entry per (pair, event) that changed the pair: an event whose ops on
 // a pair sum to zero (acquire 5, consume 5 in one batch) writes none there.
@@ -96,7 +104,8 @@
 //
 // Older formats are not read; a writer finding one rebuilds the index from
 // the log. Format 1 had no epochs (entries keyed by pair, then seq);
-// format 2 had no check in a pair's record; format 3 no "hashes".
+// format 2 had no check in a pair's record; format 3 no "hashes"; format 4
+// a bare seq in "times".
 #pragma once
 
 #include <array>
@@ -119,7 +128,7 @@ inline constexpr std::array<const char*, 7> kDbNames = {
 inline constexpr char kPositionKey[] = "position";
 inline constexpr std::size_t kPositionKeyBytes = sizeof(kPositionKey) - 1;
 inline constexpr std::uint32_t kPositionMagic = 0x53494854;  // "THIS" read as LE bytes
-inline constexpr std::uint32_t kFormatVersion = 4;
+inline constexpr std::uint32_t kFormatVersion = 5;
 inline constexpr std::size_t kPositionBytes = 72;
 inline constexpr std::size_t kPositionCheckedBytes = kPositionBytes - 8;
 
@@ -140,6 +149,7 @@ inline constexpr std::size_t kEntryBytesMax = kEntryBytesMin + kNameBytesMax;
 
 inline constexpr std::size_t kTimeKeyBytes = 8;
 inline constexpr std::size_t kSeqBytes = 8;
+inline constexpr std::size_t kTimeValueBytes = kSeqBytes + kSeqBytes + kCheckBytes;
 inline constexpr std::size_t kEpochValueBytes = 8 + kCheckBytes;
 inline constexpr std::size_t kOpeningKeyBytes = kEpochBytes + kPairIdBytes;
 inline constexpr std::size_t kPairValueBytes = kPairIdBytes + kCheckBytes;

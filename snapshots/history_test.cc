@@ -1099,6 +1099,53 @@ TEST_CASE("a lost entry is corrupt for the reads that pass it, and for check_cha
   }
 }
 
+TEST_CASE("a lost or damaged time record is corrupt for the times that read it, and for check_chains") {
+  // Two events a time, flushed one by one: a time's record is rewritten.
+  TempDir dir;
+  {
+    Indexed indexed(dir, small_options(), true);
+    auto& [store, state, feed] = indexed;
+    for (std::uint64_t step = 0; step < 12; step++) {
+      feed.now_ns = kStartNs + static_cast<std::int64_t>(10 * (step / 2));
+      REQUIRE_OK(feed.one(key_of(step), acquire_op("alice", "gold", 1)));
+    }
+    REQUIRE_OK(store->check_chains());
+    CHECK(seq_at_time_ok(*store, kStartNs + 25) == 6);
+  }
+  const auto records = records_of(dir, history::kTimesDbName);
+  REQUIRE(records.size() == 6);
+  for (const auto& [key, value] : records) {
+    const auto time_ns = static_cast<std::int64_t>(u64_at(key, 0, true) ^ history::kTimeBias);
+    CAPTURE(time_ns);
+    // Deleted; moved to another time (a flipped key bit).
+    for (const int flip : {-1, static_cast<int>(history::kTimeKeyBytes) - 1, 0}) {
+      CAPTURE(flip);
+      TempDir copy;
+      if (!remove_record(dir, copy, history::kTimesDbName, key, flip)) continue;
+      std::unique_ptr<HistoryStore> store = open_history(copy);
+      CHECK(store->seq_at_time(time_ns).code() == ErrorCode::corrupt);
+      CHECK(store->check_chains().code() == ErrorCode::corrupt);
+    }
+    // One bit of its seqs flipped.
+    for (std::size_t byte = 0; byte < value.size(); byte++) {
+      CAPTURE(byte);
+      TempDir copy;
+      std::filesystem::copy(dir.sub("history"), copy.sub("history"));
+      edit_db(copy, history::kTimesDbName, [&](MDB_txn* txn, MDB_dbi dbi) {
+        std::string key_bytes = key;
+        std::string damaged = value;
+        damaged[byte] = static_cast<char>(damaged[byte] ^ 0x01);
+        MDB_val key_val{key_bytes.size(), key_bytes.data()};
+        MDB_val damaged_val{damaged.size(), damaged.data()};
+        REQUIRE(mdb_put(txn, dbi, &key_val, &damaged_val, 0) == 0);
+      });
+      std::unique_ptr<HistoryStore> store = open_history(copy);
+      CHECK(store->seq_at_time(time_ns).code() == ErrorCode::corrupt);
+      CHECK(store->check_chains().code() == ErrorCode::corrupt);
+    }
+  }
+}
+
 TEST_CASE("in an index of one epoch, a pair whose entries are all lost is corrupt, not zero") {
   // A damaged branch page can hide every entry of some pairs at once, with
   // nothing after them to break a chain. In the only epoch, no pair may
