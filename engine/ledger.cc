@@ -20,6 +20,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <filesystem>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -538,6 +539,9 @@ Status Ledger::Impl::start_archivist() {
 
 Result<std::unique_ptr<Ledger>> Ledger::open(const LedgerOptions& options) {
   if (options.data_dir.empty()) return Status(ErrorCode::invalid, "data_dir is empty");
+  if (options.data_dir.find('\0') != std::string::npos) {
+    return Status(ErrorCode::invalid, "data_dir holds a NUL byte");
+  }
   if (options.segment_size_bytes < log::kSegmentSizeBytesMin ||
       options.segment_size_bytes > log::kSegmentSizeBytesMax) {
     return Status(ErrorCode::invalid, "segment_size_bytes out of range");
@@ -557,7 +561,13 @@ Result<std::unique_ptr<Ledger>> Ledger::open(const LedgerOptions& options) {
   if (options.snapshot_every_seconds < 0 || options.sync_interval_ms < 0) {
     return Status(ErrorCode::invalid, "snapshot_every_seconds and sync_interval_ms must be >= 0");
   }
-  std::unique_ptr<Ledger> ledger(new Ledger(std::make_unique<Impl>(options)));
+  // Made absolute once: segments, snapshots and the index are opened by
+  // path long after, and a chdir() of the process must not move them.
+  LedgerOptions resolved = options;
+  std::error_code error;
+  resolved.data_dir = std::filesystem::absolute(options.data_dir, error).string();
+  if (error) return Status(ErrorCode::io_error, "data_dir " + options.data_dir + ": " + error.message());
+  std::unique_ptr<Ledger> ledger(new Ledger(std::make_unique<Impl>(resolved)));
   // A start that fails part way is undone by ~Ledger: close() stops what
   // started and unlocks the directory.
   TALLY_TRY(ledger->impl_->start(&ledger->impl_->open_stats));

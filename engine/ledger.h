@@ -224,6 +224,8 @@ class Ledger final : public LedgerApi {
   // Waits until committed_seq() > after, the timeout passes or the ledger
   // closes. A timeout is at most a year (milliseconds::max() included).
   Committed wait_committed(std::uint64_t after, std::chrono::milliseconds timeout);
+  // LedgerOptions::data_dir made absolute at open (against the working
+  // directory then).
   const std::string& data_dir() const;
   log::FileSystem& file_system() const;
 

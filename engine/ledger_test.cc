@@ -539,6 +539,38 @@ TEST_CASE("reopening rebuilds the same state from the log") {
   CHECK(after.events_replayed == before.next_seq - 1);
 }
 
+TEST_CASE("a relative data_dir stays where it was opened when the process changes directory") {
+  testing::TempDir dir;
+  testing::TempDir elsewhere;
+  // Back where the test began however it ends.
+  struct Restore {
+    std::filesystem::path start = std::filesystem::current_path();
+    ~Restore() { std::filesystem::current_path(start); }
+  } restore;
+  std::filesystem::current_path(dir.path());
+  LedgerOptions options = bare_options(dir, Durability::none);
+  options.data_dir = "data";
+  options.segment_size_bytes = log::kSegmentSizeBytesMin;
+  auto opened = Ledger::open(options);
+  std::filesystem::current_path(elsewhere.path());
+  REQUIRE_MESSAGE(opened.ok(), opened.status().to_string());
+  std::unique_ptr<Ledger> ledger = std::move(*opened);
+  CHECK(ledger->data_dir() == (std::filesystem::path(dir.path()) / "data").string());
+  // Enough to fill several segments: each new one is opened after the chdir.
+  const std::string reason(1000, 'r');
+  for (int op_index = 0; op_index < 300; op_index++) {
+    const auto receipt = ledger->acquire(name("a", op_index), "alice", "gold", 1, Metadata{reason, "", ""});
+    REQUIRE_MESSAGE(receipt.ok(), receipt.status().to_string());
+  }
+  REQUIRE(ledger->close().ok());
+  ledger.reset();
+  CHECK_FALSE(std::filesystem::exists(elsewhere.sub("data")));
+  options.data_dir = dir.sub("data");
+  auto reopened = Ledger::open(options);
+  REQUIRE_MESSAGE(reopened.ok(), reopened.status().to_string());
+  CHECK((*reopened)->balance("alice", "gold")->available == 300);
+}
+
 TEST_CASE("cancel_open stops the open's replay with closed; open_progress counts the replay") {
   Fixture f;
   for (int op_index = 0; op_index < 50; op_index++) {
