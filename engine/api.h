@@ -47,8 +47,10 @@ class LedgerApi {
 
   // The current reads without blocking the caller (event loops, servers):
   // `done` gets the answer on the implementation's thread (or at once, on
-  // this one, when it is closed or the arguments are invalid) and must not
-  // call the blocking methods.
+  // this one, when it is closed or the arguments are invalid). A blocking
+  // method called there is invalid (it would wait for itself), and an
+  // exception must not leave it: std::terminate. An empty `done` skips
+  // the read.
   virtual void submit_balance(std::string subject, std::string item,
                               std::function<void(Result<Balance>)> done) = 0;
   virtual void submit_list(std::string subject,

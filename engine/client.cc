@@ -109,9 +109,11 @@ Result<T> read_answer(Result<wire::Response>& response, wire::Response::Kind kin
   return extract(*response);
 }
 
-// Waits for what submitting with a completion delivers.
+// Waits for what submitting with a completion delivers; from one of the
+// client's own threads (a completion) that would wait for itself.
 template <class T, class Submit>
-Result<T> wait_for(const Submit& submit) {
+Result<T> wait_for(bool own_thread, const Submit& submit) {
+  if (own_thread) return detail::blocking_in_completion();
   std::promise<Result<T>> answer;
   auto future = answer.get_future();
   submit([&answer](Result<T> result) { answer.set_value(std::move(result)); });
@@ -184,6 +186,7 @@ struct Client::Impl {
   template <class T, class Extract>
   void submit_read(wire::Request request, wire::Response::Kind kind, Extract extract,
                    std::function<void(Result<T>)> done) {
+    if (!done) return;  // a read nobody hears
     send(std::move(request),
          [kind, extract, done = std::move(done)](Result<wire::Response> response) {
            done(read_answer<T>(response, kind, extract));
@@ -231,6 +234,15 @@ struct Client::Impl {
   std::thread reader;
   std::thread writer;
   std::thread watchdog;
+  // Their ids, kept as they started (join() clears a std::thread's): the
+  // threads completions run on.
+  std::thread::id reader_id;
+  std::thread::id writer_id;
+  std::thread::id watchdog_id;
+  bool on_own_thread() const {
+    const std::thread::id caller = std::this_thread::get_id();
+    return caller == reader_id || caller == writer_id || caller == watchdog_id;
+  }
 };
 
 Result<std::unique_ptr<tcp::socket>> Client::Impl::connect_once() {
@@ -684,13 +696,16 @@ Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
   auto reader = start_thread("tally-client-rd", [raw] { raw->reader_main(); });
   if (!reader) return reader.status();
   raw->reader = std::move(*reader);
+  raw->reader_id = raw->reader.get_id();
   auto writer = start_thread("tally-client-wr", [raw] { raw->writer_main(); });
   if (!writer) return writer.status();
   raw->writer = std::move(*writer);
+  raw->writer_id = raw->writer.get_id();
   if (raw->options.answer_timeout_ms > 0) {
     auto watchdog = start_thread("tally-client-wd", [raw] { raw->watchdog_main(); });
     if (!watchdog) return watchdog.status();
     raw->watchdog = std::move(*watchdog);
+    raw->watchdog_id = raw->watchdog.get_id();
   }
   return client;
 }
@@ -700,6 +715,11 @@ Client::~Client() { ignore_status(close()); }
 
 Status Client::close() {
   Impl& impl = *impl_;
+  if (impl.on_own_thread()) {
+    return Status(ErrorCode::invalid,
+                  "close() called from a completion, on a thread it would wait for: close "
+                  "the client from another thread");
+  }
   {
     std::lock_guard<std::mutex> guard(impl.mu);
     if (impl.closing) return Status();
@@ -725,6 +745,7 @@ Status Client::close() {
 }
 
 void Client::submit(Command command, Completion done) {
+  if (!done) done = [](Result<Receipt>) {};  // the command runs; nobody hears its outcome
   if (command.batch && !detail::op_unset(command.op)) return done(detail::batch_with_op());
   wire::Request request;
   request.kind = wire::Request::Kind::mutation;
@@ -735,7 +756,9 @@ void Client::submit(Command command, Completion done) {
 }
 
 Result<Receipt> Client::execute(Command command) {
-  return wait_for<Receipt>([&](Completion done) { submit(std::move(command), std::move(done)); });
+  return wait_for<Receipt>(impl_->on_own_thread(), [&](Completion done) {
+    submit(std::move(command), std::move(done));
+  });
 }
 
 
@@ -810,13 +833,13 @@ void Client::submit_hold_info(HoldId hold, std::function<void(Result<HoldView>)>
 }
 
 Result<Balance> Client::balance(std::string_view subject, std::string_view item) {
-  return wait_for<Balance>([&](auto done) {
+  return wait_for<Balance>(impl_->on_own_thread(), [&](auto done) {
     submit_balance(std::string(subject), std::string(item), std::move(done));
   });
 }
 
 Result<Balance> Client::balance(std::string_view subject, std::string_view item, AsOf at) {
-  return wait_for<Balance>([&](auto done) {
+  return wait_for<Balance>(impl_->on_own_thread(), [&](auto done) {
     impl_->submit_read<Balance>(balance_request(std::string(subject), std::string(item), at),
                          wire::Response::Kind::balance, balance_of, std::move(done));
   });
@@ -824,22 +847,23 @@ Result<Balance> Client::balance(std::string_view subject, std::string_view item,
 
 Result<std::vector<ItemBalance>> Client::list(std::string_view subject) {
   return wait_for<std::vector<ItemBalance>>(
-      [&](auto done) { submit_list(std::string(subject), std::move(done)); });
+      impl_->on_own_thread(), [&](auto done) { submit_list(std::string(subject), std::move(done)); });
 }
 
 Result<std::vector<ItemBalance>> Client::list(std::string_view subject, AsOf at) {
-  return wait_for<std::vector<ItemBalance>>([&](auto done) {
+  return wait_for<std::vector<ItemBalance>>(impl_->on_own_thread(), [&](auto done) {
     impl_->submit_read<std::vector<ItemBalance>>(list_request(std::string(subject), at),
                                           wire::Response::Kind::list, items_of, std::move(done));
   });
 }
 
 Result<HoldView> Client::hold_info(HoldId hold) {
-  return wait_for<HoldView>([&](auto done) { submit_hold_info(hold, std::move(done)); });
+  return wait_for<HoldView>(impl_->on_own_thread(),
+                            [&](auto done) { submit_hold_info(hold, std::move(done)); });
 }
 
 Result<HoldView> Client::hold_info(HoldId hold, AsOf at) {
-  return wait_for<HoldView>([&](auto done) {
+  return wait_for<HoldView>(impl_->on_own_thread(), [&](auto done) {
     impl_->submit_read<HoldView>(hold_request(hold, at), wire::Response::Kind::hold_info, hold_of,
                           std::move(done));
   });

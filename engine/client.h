@@ -191,7 +191,8 @@ class Client final : public LedgerApi {
   // answered yet fail: with `closed` when they were never sent (nothing was
   // decided), with io_error when they were (the server may have applied a
   // mutation: its outcome is unknown until it is sent again with its key);
-  // follows end with `closed`. Idempotent; always ok.
+  // follows end with `closed`. Idempotent and ok, but from a completion
+  // (one of the threads it joins): invalid.
   Status close() override;
 
  private:

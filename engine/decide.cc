@@ -273,6 +273,11 @@ bool op_unset(const OpRequest& op) {
 
 Status batch_with_op() { return invalid("op is given but batch is set: a batch's ops are in ops"); }
 
+Status blocking_in_completion() {
+  return invalid(
+      "a blocking call from a completion would wait for itself: use the submit forms there");
+}
+
 Status validate(const Command& command, const Limits& limits) {
   TALLY_TRY(check_id("key", command.key));
   for (std::string_view field : {std::string_view(command.meta.reason),

@@ -37,6 +37,10 @@ Status batch_too_large();
 bool op_unset(const OpRequest& op);
 Status batch_with_op();
 
+// invalid: a blocking call of a Ledger or a Client from one of its own
+// threads (a completion), which would wait for itself.
+Status blocking_in_completion();
+
 // XXH3-64 of the command's canonical encoding (docs/architecture.md): the
 // ops and the batch flag, not the key or the metadata. `scratch` is reused.
 std::uint64_t fingerprint(const Command& command, std::string* scratch);

@@ -212,8 +212,7 @@ struct Ledger::Impl {
                             std::function<void(const proj::State&, std::int64_t, R*)> read) {
     if (time_ns < committed_time_ns.load(std::memory_order_relaxed)) return std::nullopt;
     // A completion waiting on the writer would wait for itself.
-    const std::thread::id caller = std::this_thread::get_id();
-    if (caller == io_thread_id || caller == writer_thread_id) return std::nullopt;
+    if (on_own_thread()) return std::nullopt;
     Result<R> answer = await_answer<Result<R>>([&](std::function<void(Result<R>)> done) {
       submit_state_read<R>(
           [time_ns, read](const proj::State& state, std::int64_t, R* out) {
@@ -319,6 +318,12 @@ struct Ledger::Impl {
   // threads completions run on.
   std::thread::id writer_thread_id;
   std::thread::id io_thread_id;
+  // Whether the caller is one of them: a completion, which close() and the
+  // blocking calls would wait for.
+  bool on_own_thread() const {
+    const std::thread::id caller = std::this_thread::get_id();
+    return caller == io_thread_id || caller == writer_thread_id;
+  }
   std::mutex close_mu;
   bool closed = false;
   // Set as close() begins: the calls that do not go through the writer
@@ -931,6 +936,7 @@ void Ledger::submit(Command command, Completion done) {
 }
 
 Result<Receipt> Ledger::execute(Command command) {
+  if (impl_->on_own_thread()) return detail::blocking_in_completion();
   return await_answer<Result<Receipt>>([&](Completion done) { submit(std::move(command), std::move(done)); });
 }
 
@@ -973,14 +979,17 @@ void Ledger::submit_hold_info(HoldId id, std::function<void(Result<HoldView>)> d
 }
 
 Result<Balance> Ledger::balance(std::string_view subject, std::string_view item) {
+  if (impl_->on_own_thread()) return detail::blocking_in_completion();
   return await_answer<Result<Balance>>([&](auto done) { submit_balance(std::string(subject), std::string(item), done); });
 }
 
 Result<std::vector<ItemBalance>> Ledger::list(std::string_view subject) {
+  if (impl_->on_own_thread()) return detail::blocking_in_completion();
   return await_answer<Result<std::vector<ItemBalance>>>([&](auto done) { submit_list(std::string(subject), done); });
 }
 
 Result<HoldView> Ledger::hold_info(HoldId id) {
+  if (impl_->on_own_thread()) return detail::blocking_in_completion();
   return await_answer<Result<HoldView>>([&](auto done) { submit_hold_info(id, done); });
 }
 
@@ -1025,9 +1034,7 @@ LedgerStats Ledger::stats() {
 
 Status Ledger::close() {
   Impl& impl = *impl_;
-  // Completions run on these threads, which close() waits for.
-  const std::thread::id caller = std::this_thread::get_id();
-  if (caller == impl.io_thread_id || caller == impl.writer_thread_id) {
+  if (impl.on_own_thread()) {
     return Status(ErrorCode::invalid,
                   "close() called from a completion, on a thread it would wait for: close "
                   "the ledger from another thread");
@@ -1244,6 +1251,7 @@ void Ledger::Impl::submit_read(ReadFn read, ReadDone done, bool expire) {
 }
 
 Status Ledger::Impl::run_read(ReadFn read, bool expire) {
+  if (on_own_thread()) return detail::blocking_in_completion();
   return await_answer<Status>([&](ReadDone done) { submit_read(std::move(read), std::move(done), expire); });
 }
 

@@ -1194,6 +1194,41 @@ TEST_CASE("client: every call, with the Ledger's results") {
   CHECK(*fx.ledger->balance("alice", "gold") == *client->balance("alice", "gold"));
 }
 
+// What a completion may not do, on either implementation: a blocking call
+// or close() there is invalid, not a wait for itself; and an empty
+// completion runs its command (or is a read nobody hears).
+void check_completion_misuse(LedgerApi& api, const std::string& subject) {
+  Command command;
+  command.key = subject + "-misuse";
+  command.op = OpRequest::acquire(subject, "gold", 1);
+  std::promise<std::array<ErrorCode, 3>> codes;
+  api.submit(command, [&](Result<Receipt> result) {
+    codes.set_value({result.code(), api.balance(subject, "gold").code(), api.close().code()});
+  });
+  CHECK(codes.get_future().get() ==
+        std::array<ErrorCode, 3>{ErrorCode::ok, ErrorCode::invalid, ErrorCode::invalid});
+  command.key = subject + "-unheard";
+  api.submit(command, {});
+  Command both = command;
+  both.key = subject + "-both";
+  both.batch = true;
+  api.submit(both, {});  // refused at once
+  api.submit_balance(subject, "gold", {});
+  api.submit_list(subject, {});
+  api.submit_hold_info(1, {});
+  const Result<Balance> balance = api.balance(subject, "gold");
+  REQUIRE(balance.ok());
+  CHECK(balance->available == 2);
+}
+
+TEST_CASE("client: completions that block, close or are empty, as the Ledger takes them") {
+  Fixture fx;
+  check_completion_misuse(*fx.ledger, "carol");
+  auto client = fx.client();
+  check_completion_misuse(*client, "dave");
+  CHECK(client->close().ok());
+}
+
 TEST_CASE("client: a single command that also has ops is refused, as the Ledger refuses it") {
   Fixture fx;
   auto client = fx.client();
