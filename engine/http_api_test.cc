@@ -6,8 +6,17 @@
 // (engine/server_fixture.h); no timed assertions.
 #include <doctest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <string>
+#include <thread>
 #include <string_view>
 #include <vector>
 
@@ -464,6 +473,47 @@ TEST_CASE("http api: a client that ends its side inside a request is gone, not m
   CHECK(send_raw_until_closed(port, "GET /health HTTP/1.1\r\nHost x\r\n\r\n").find("400") !=
         std::string::npos);
   CHECK(metric(port, "tally_malformed_total") == 1);
+}
+
+TEST_CASE("http api: out of file descriptors, accepts wait, say so once, and serve again after") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  rlimit before{};
+  REQUIRE(getrlimit(RLIMIT_NOFILE, &before) == 0);
+  std::vector<int> clients;
+  {
+    // Sockets take every descriptor the process may have; then they
+    // connect, which needs none, and wait for accepts that cannot get one.
+    const auto open_now = static_cast<rlim_t>(std::distance(
+        std::filesystem::directory_iterator("/proc/self/fd"), std::filesystem::directory_iterator()));
+    rlimit low = before;
+    low.rlim_cur = open_now + 16;
+    REQUIRE(setrlimit(RLIMIT_NOFILE, &low) == 0);
+    for (int fd = ::socket(AF_INET, SOCK_STREAM, 0); fd >= 0; fd = ::socket(AF_INET, SOCK_STREAM, 0)) {
+      clients.push_back(fd);
+    }
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(port);
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    for (const int fd : clients) {
+      CHECK(::connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(350));
+    REQUIRE(setrlimit(RLIMIT_NOFILE, &before) == 0);
+  }
+  for (const int fd : clients) ::close(fd);
+  CHECK(get(port, "/health").status == 200);
+  CHECK(metric(port, "tally_accept_failures_total") >= 2);
+  std::size_t failures_logged = 0;
+  {
+    std::lock_guard<std::mutex> guard(fx.log_mu);
+    for (const std::string& line : fx.logs) {
+      failures_logged += line.find("accept failed") != std::string::npos ? 1 : 0;
+    }
+  }
+  CHECK(failures_logged == 1);
+  CHECK(fx.logged("accepting connections again"));
 }
 
 TEST_CASE("http api: the bearer scheme's name is case-insensitive") {

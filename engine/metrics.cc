@@ -190,7 +190,8 @@ std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed) con
                 "protocol=\"" + std::string(kProtocolNames[protocol]) + "\"",
                 static_cast<std::uint64_t>(open < 0 ? 0 : open));
   }
-  append_help(&out, "tally_connections_total", "counter", "Connections accepted, by protocol.");
+  append_help(&out, "tally_connections_total", "counter",
+              "Connections accepted, by protocol (those refused over connections_max too).");
   for (std::size_t protocol = 0; protocol < kProtocols; protocol++) {
     append_line(&out, "tally_connections_total",
                 "protocol=\"" + std::string(kProtocolNames[protocol]) + "\"",
@@ -202,6 +203,9 @@ std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed) con
   append_single(&out, "tally_malformed_total", "counter",
                 "Connections closed for a malformed or oversized frame or request.",
                 malformed_.load(std::memory_order_relaxed));
+  append_single(&out, "tally_accept_failures_total", "counter",
+                "Accepts that failed (out of file descriptors or memory); each waits 100 ms.",
+                accept_failures_.load(std::memory_order_relaxed));
   append_single(&out, "tally_event_waits", "gauge",
                 "Event feed readers (long polls, follow streams) waiting for a commit.",
                 feed.waiters);

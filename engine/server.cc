@@ -3,6 +3,7 @@
 #include "engine/server.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <deque>
 #include <map>
@@ -912,14 +913,15 @@ class Listener {
   std::uint16_t port() const { return port_; }
 
   void accept() {
-    for (tcp::acceptor& acceptor : acceptors_) accept_on(acceptor);
+    for (Accepting& accepting : acceptors_) accept_on(accepting);
   }
 
   void close() {
-    for (tcp::acceptor& acceptor : acceptors_) {
-      asio::post(acceptor.get_executor(), [&acceptor] {
+    for (Accepting& accepting : acceptors_) {
+      asio::post(accepting.acceptor.get_executor(), [&accepting] {
         boost::system::error_code ignored;
-        acceptor.close(ignored);
+        accepting.acceptor.close(ignored);
+        accepting.retry.cancel();
       });
     }
   }
@@ -934,7 +936,7 @@ class Listener {
     port_in_use_ = false;
     for (tcp::endpoint endpoint : endpoints) {
       if (port_ != 0) endpoint.port(port_);
-      tcp::acceptor& acceptor = acceptors_.emplace_back(asio::make_strand(io_));
+      tcp::acceptor& acceptor = acceptors_.emplace_back(io_).acceptor;
       boost::system::error_code ec;
       if (!acceptor.open(endpoint.protocol(), ec) &&
           !acceptor.set_option(tcp::acceptor::reuse_address(true), ec) &&
@@ -968,23 +970,50 @@ class Listener {
     return Status();
   }
 
-  void accept_on(tcp::acceptor& acceptor) {
-    acceptor.async_accept(asio::make_strand(io_), [this, &acceptor](boost::system::error_code ec,
-                                                                    tcp::socket socket) {
-      if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
-      if (ec) {
-        core_.log("accept failed: " + ec.message());
-      } else {
-        socket.set_option(tcp::no_delay(true), ec);
-        start_session_(core_, std::move(socket));
-      }
-      accept_on(acceptor);
-    });
+  // An acceptor, and what it does when accepting fails.
+  struct Accepting {
+    explicit Accepting(asio::io_context& io)
+        : acceptor(asio::make_strand(io)), retry(acceptor.get_executor()) {}
+    tcp::acceptor acceptor;
+    asio::steady_timer retry;  // the pause after a failed accept
+    bool failing = false;      // a failure was logged; no accept has worked since
+  };
+
+  // Out of descriptors (EMFILE) or memory, an accept fails again at once
+  // for as long as it lasts: the next waits a while, and the failure is
+  // logged once, not once per try.
+  static constexpr std::chrono::milliseconds kAcceptRetry{100};
+
+  void accept_on(Accepting& accepting) {
+    accepting.acceptor.async_accept(
+        asio::make_strand(io_), [this, &accepting](boost::system::error_code ec, tcp::socket socket) {
+          tcp::acceptor& acceptor = accepting.acceptor;
+          if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
+          if (!ec) {
+            if (accepting.failing) core_.log("accepting connections again");
+            accepting.failing = false;
+            socket.set_option(tcp::no_delay(true), ec);
+            start_session_(core_, std::move(socket));
+            return accept_on(accepting);
+          }
+          // A peer that left before it was accepted is nobody's concern.
+          if (ec == asio::error::connection_aborted) return accept_on(accepting);
+          core_.metrics().accept_failed();
+          if (!accepting.failing) {
+            core_.log("accept failed: " + ec.message() + " (trying again every " +
+                      std::to_string(kAcceptRetry.count()) + " ms; said once until it works)");
+          }
+          accepting.failing = true;
+          accepting.retry.expires_after(kAcceptRetry);
+          accepting.retry.async_wait([this, &accepting](boost::system::error_code wait_ec) {
+            if (!wait_ec && accepting.acceptor.is_open()) accept_on(accepting);
+          });
+        });
   }
 
   asio::io_context& io_;
   Core& core_;
-  std::deque<tcp::acceptor> acceptors_;  // a deque: accept_on() holds references
+  std::deque<Accepting> acceptors_;  // a deque: accept_on() holds references
   StartSession start_session_;
   std::uint16_t port_ = 0;
   bool port_in_use_ = false;  // open_all() failed on a port an earlier address picked
