@@ -1803,6 +1803,11 @@ def test_verify_fails_when_a_snapshot_or_the_index_holds_events_the_log_lost():
             assert code == 1 and where in err, (how, kept, code, err)
             assert text(out).startswith("failed: "), (how, kept, text(out))
             assert ("torn_tail: none" in text(out)) == (how == "cut"), text(out)
+            # The reads of today's balances answer from the log, and say what it lost.
+            lost = "the 1 event after seq %d is lost" % (h.last_seq - 1)
+            for read in (("balance", "s1", "i1"), ("list", "s1"), ("export",)):
+                code, _, err = tally(read[0], "--data", data, *read[1:])
+                assert code == 0 and lost in err, (how, kept, read, code, err)
 
 
 def test_log_time_and_type_filters():

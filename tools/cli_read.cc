@@ -235,8 +235,41 @@ Result<std::optional<AsOf>> parse_as_of(const Args& args) {
   return std::optional<AsOf>();
 }
 
-// A fresh State with DATA's log replayed into it. A log cut short may have
-// lost records: the answer is what it holds, with a warning (verify fails).
+// Warns when a snapshot or the history index holds events past the end of
+// the log the replay read: the log lost them (cut short, or its last
+// records damaged after they were written). A snapshot past the end was
+// skipped by the replay; the index is checked against the log as it is
+// now, so that events a live writer appended since are not taken for lost.
+void warn_lost_events(const std::string& data_dir, const ReplayReport& report) {
+  const std::uint64_t last_seq = report.end.next_seq - 1;
+  std::uint64_t known_seq = last_seq;
+  std::string where;
+  for (const snap::SkippedSnapshot& skipped : report.skipped) {
+    if (skipped.seq > known_seq) {
+      known_seq = skipped.seq;
+      where = snapshot_dir(data_dir);
+    }
+  }
+  auto index = open_history_index(data_dir);
+  if (index && index->standing == HistoryStanding::ahead && index->position.seq > known_seq) {
+    known_seq = index->position.seq;
+    where = history_dir(data_dir);
+  }
+  if (known_seq == last_seq) return;
+  const std::uint64_t lost = known_seq - last_seq;
+  std::fprintf(stderr,
+               "tally: warning: the log ends at seq %llu, but %s holds events up to seq %llu: "
+               "the %llu event%s after seq %llu %s lost (the log was cut short, or its last "
+               "records damaged); the answer is the log's. `tally verify` reports it\n",
+               static_cast<unsigned long long>(last_seq), where.c_str(),
+               static_cast<unsigned long long>(known_seq), static_cast<unsigned long long>(lost),
+               lost == 1 ? "" : "s", static_cast<unsigned long long>(last_seq),
+               lost == 1 ? "is" : "are");
+}
+
+// A fresh State with DATA's log replayed into it. A log cut short, or one
+// that snapshots or the index show lost events, is answered from what it
+// holds, with a warning (verify fails).
 Result<std::unique_ptr<proj::State>> load_state(std::string_view data_dir) {
   auto replayed = replay_data(std::string(data_dir));
   if (!replayed) return replayed.status();
@@ -245,6 +278,7 @@ Result<std::unique_ptr<proj::State>> load_state(std::string_view data_dir) {
     std::fprintf(stderr, "tally: warning: %s; `tally verify` reports it\n",
                  log::cut_short_status(report.end).message().c_str());
   }
+  if (report.reached_end) warn_lost_events(std::string(data_dir), report);
   return std::move(replayed->state);
 }
 
