@@ -763,7 +763,10 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   void events(const Route& route, const Target& target);
   void balance(std::string subject, std::string item, std::optional<AsOf> at);
   void list(std::string subject, std::optional<AsOf> at);
-  void poll_events(const EventsQuery& query, EventFeed::Deadline deadline, bool may_wait);
+  // The first read of a poll counts in the metrics (`op`, Op::events); the
+  // one after a wait does not (Op::count): a request counts once.
+  void poll_events(const EventsQuery& query, EventFeed::Deadline deadline, bool may_wait,
+                   Metrics::Op op);
   void on_events(const EventsQuery& query, EventFeed::Deadline deadline, bool may_wait,
                  Result<EventsPage> page);
   void on_poll_ready(const EventsQuery& query, EventFeed::Deadline deadline);
@@ -907,12 +910,16 @@ bool HttpSession::authorized(const HttpRequest& request) {
 }
 
 void HttpSession::metrics() {
-  core_.read<LedgerStats>(
-      Metrics::Op::count, [this] { return Result<LedgerStats>(core_.ledger().stats()); },
-      reply<LedgerStats>([this](const LedgerStats& stats) {
-        return json_response(http::status::ok,
-                             core_.metrics().render(stats, core_.feed().stats()),
-                             "text/plain; version=0.0.4");
+  // Rendered while this scrape is in flight for certain, and left out of
+  // the queue depth.
+  core_.read<std::string>(
+      Metrics::Op::count,
+      [this] {
+        return Result<std::string>(
+            core_.metrics().render(core_.ledger().stats(), core_.feed().stats(), 1));
+      },
+      reply<std::string>([](const std::string& text) {
+        return json_response(http::status::ok, text, "text/plain; version=0.0.4");
       }));
 }
 
@@ -986,13 +993,14 @@ void HttpSession::events(const Route& route, const Target& target) {
   const Status parsed = parse_events_query(target.query, &query);
   if (!parsed.ok()) return reject(route, parsed);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(query.wait_ms);
-  poll_events(query, deadline, query.wait_ms > 0);
+  poll_events(query, deadline, query.wait_ms > 0, Metrics::Op::events);
 }
 
-void HttpSession::poll_events(const EventsQuery& query, EventFeed::Deadline deadline, bool may_wait) {
+void HttpSession::poll_events(const EventsQuery& query, EventFeed::Deadline deadline, bool may_wait,
+                              Metrics::Op op) {
   auto self = shared_from_this();
   core_.read<EventsPage>(
-      Metrics::Op::events, [this, query] { return read_events_page(core_.feed(), query); },
+      op, [this, query] { return read_events_page(core_.feed(), query); },
       [self, query, deadline, may_wait](Result<EventsPage> page) {
         asio::post(self->stream_.get_executor(), [self, query, deadline, may_wait, page = std::move(page)]() mutable {
           self->on_events(query, deadline, may_wait, std::move(page));
@@ -1024,7 +1032,7 @@ void HttpSession::on_poll_ready(const EventsQuery& query, EventFeed::Deadline de
   beast::error_code ignored;
   stream_.socket().cancel(ignored);
   if (closed_) return;
-  poll_events(query, deadline, false);
+  poll_events(query, deadline, false, Metrics::Op::count);
 }
 
 // While a poll waits, notices a client that goes away (a consumer's own

@@ -457,6 +457,25 @@ TEST_CASE("http api: requests refused while decoding count in the metrics as inv
   CHECK(latency_count("acquire") == 6);
 }
 
+TEST_CASE("http api: a long poll counts once, and a scrape is not in the queue depth") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  const std::string ok_events = "tally_ops_total{op=\"events\",outcome=\"ok\"}";
+  const std::string timed_events = "tally_request_duration_seconds_count{op=\"events\"}";
+  // One that waits out its time, one a commit wakes, one that need not wait.
+  CHECK(get(port, "/v1/events?from_seq=1&wait_ms=50").status == 200);
+  std::thread wake([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    CHECK(post(port, "/v1/acquire", R"({"subject":"a","item":"b","qty":1})", "k1").status == 200);
+  });
+  CHECK(get(port, "/v1/events?from_seq=1&wait_ms=20000").integer("next_seq") == 2);
+  wake.join();
+  CHECK(get(port, "/v1/events?from_seq=1&wait_ms=20000").integer("next_seq") == 2);
+  CHECK(metric(port, ok_events) == 3);
+  CHECK(metric(port, timed_events) == 3);
+  for (int scrape = 0; scrape < 20; scrape++) CHECK(metric(port, "tally_queue_depth") == 0);
+}
+
 TEST_CASE("http api: a client that ends its side inside a request is gone, not malformed") {
   Fixture fx;
   const std::uint16_t port = fx.server->http_port();

@@ -126,7 +126,8 @@ void Metrics::render_latency(std::string* out) const {
   }
 }
 
-std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed) const {
+std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed,
+                            std::int64_t self) const {
   std::string out;
   render_ops(&out);
   render_latency(&out);
@@ -180,7 +181,7 @@ std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed) con
                 "1 once a write failed: every mutation and balance read is refused until the "
                 "server restarts (the event feed and metrics still answer).",
                 stats.read_only ? 1 : 0);
-  const std::int64_t inflight = inflight_.load(std::memory_order_relaxed);
+  const std::int64_t inflight = inflight_.load(std::memory_order_relaxed) - self;
   append_single(&out, "tally_queue_depth", "gauge", "Requests submitted and not yet answered.",
                 static_cast<std::uint64_t>(inflight < 0 ? 0 : inflight));
   append_help(&out, "tally_connections", "gauge", "Open connections, by protocol.");

@@ -41,7 +41,9 @@ class Metrics {
   std::int64_t inflight() const { return inflight_.load(std::memory_order_acquire); }
 
   // The text exposition, with the ledger's and the event feed's own counters.
-  std::string render(const LedgerStats& stats, const FeedStats& feed) const;
+  // `self`: requests in flight to leave out of tally_queue_depth (the
+  // scrape rendering it).
+  std::string render(const LedgerStats& stats, const FeedStats& feed, std::int64_t self = 0) const;
 
  private:
   // Upper bounds of the latency buckets, in nanoseconds.
