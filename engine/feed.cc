@@ -19,7 +19,7 @@ Result<std::size_t> EventFeed::read(FeedCursor* cursor, const FeedLimits& limits
   TALLY_ASSERT(limits.events_max <= kFeedEventsMax);
   TALLY_ASSERT(limits.bytes_max >= 1);
   const std::uint64_t first = cursor->next_seq;
-  const std::uint64_t committed = ledger_->committed_seq();
+  const std::uint64_t committed = ledger_->durable_seq();
   if (first > committed) return std::size_t{0};
   const std::uint64_t last = committed - first < limits.events_max ? committed : first + limits.events_max - 1;
 
@@ -103,7 +103,7 @@ EventFeed::WaiterId EventFeed::wait(std::uint64_t after, Deadline deadline, Read
   std::uint64_t committed = 0;
   {
     std::lock_guard<std::mutex> guard(mu_);
-    committed = ledger_->committed_seq();
+    committed = ledger_->durable_seq();
     const bool over = committed > after || deadline <= std::chrono::steady_clock::now() ||
                       stopping_ || ledger_closed_;
     if (!over) {
@@ -126,7 +126,7 @@ void EventFeed::cancel(WaiterId waiter) {
     ready = std::move(entry->second.ready);
     waiters_.erase(entry);
   }
-  ready(ledger_->committed_seq());
+  ready(ledger_->durable_seq());
 }
 
 void EventFeed::stop() {
@@ -141,7 +141,7 @@ void EventFeed::stop() {
   // Only while there are waiters: a stop after the first (the destructor's)
   // may come after the ledger is gone (Server::stop() ends the borrow).
   if (!all.empty()) {
-    const std::uint64_t committed = ledger_->committed_seq();
+    const std::uint64_t committed = ledger_->durable_seq();
     for (Ready& ready : all) ready(committed);
   }
   if (watcher_.joinable()) watcher_.join();
@@ -167,7 +167,7 @@ void EventFeed::watch() {
   for (;;) {
     cv_.wait(guard, [this] { return stopping_ || !waiters_.empty(); });
     if (stopping_) return;
-    std::uint64_t seen = ledger_->committed_seq();
+    std::uint64_t seen = ledger_->durable_seq();
     take_due_locked(seen, std::chrono::steady_clock::now(), &due);
     if (!due.empty()) {
       guard.unlock();
@@ -183,7 +183,7 @@ void EventFeed::watch() {
     const auto timeout = std::chrono::ceil<std::chrono::milliseconds>(
         until - std::chrono::steady_clock::now());
     // Once the ledger closed, every wait ends at once instead of spinning here.
-    const bool closed = ledger_->wait_committed(seen, timeout).closed;
+    const bool closed = ledger_->wait_durable(seen, timeout).closed;
     guard.lock();
     if (closed) ledger_closed_ = true;
   }

@@ -1,4 +1,4 @@
-// EventFeed: the committed events of one Ledger's log, read from any seq.
+// EventFeed: the durable events of one Ledger's log, read from any seq.
 // It serves the event feeds of `tally serve` (GET /v1/events, the binary
 // protocol's follow stream); their consumers keep their own position and
 // ask from it.
@@ -9,17 +9,18 @@
 //   if (count.ok() && *count == 0) feed.wait(cursor.next_seq - 1, deadline, on_commit);
 //
 // Reading: a LogTail (log/tail.h) from the cursor, bounded by
-// Ledger::committed_seq(), so a reader never sees an event whose outcome is
-// not acknowledged yet, nor bytes still in flight. Opening a tail at an
+// Ledger::durable_seq(), so a reader never sees an event whose outcome is
+// not acknowledged yet, nor bytes still in flight, nor (under async
+// durability) one a crash of the system could still take back. Opening a tail at an
 // arbitrary seq scans its segment from the start, so a cursor keeps the
 // tail's position between reads, and poll() — for readers that keep only a
 // seq, such as an HTTP client — finds the position in a small LRU cache
 // keyed by next_seq: a consumer asking from where the last answer ended
 // resumes there instead of rescanning.
 //
-// Waiting: one watcher thread waits on Ledger::wait_committed on behalf of
+// Waiting: one watcher thread waits on Ledger::wait_durable on behalf of
 // every waiter and calls them back, so that the server's I/O threads never
-// block on the ledger. Ledger::wait_committed cannot be interrupted, so the
+// block on the ledger. Ledger::wait_durable cannot be interrupted, so the
 // watcher waits in slices of kFeedWatchSliceMs, or to the nearest deadline:
 // a waiter that comes meanwhile with an earlier deadline, and stop(), are
 // noticed within one slice; commits at once. The slice is short, so that a
@@ -85,8 +86,8 @@ class EventFeed {
   // Event message of log/events.capnp (log::EventDecoder reads it), valid
   // during the call. An error ends the read with that error.
   using Visit = std::function<Status(const log::Record& record)>;
-  // Called once per wait, with the committed seq at that moment.
-  using Ready = std::function<void(std::uint64_t committed_seq)>;
+  // Called once per wait, with the durable seq at that moment.
+  using Ready = std::function<void(std::uint64_t durable_seq)>;
   using WaiterId = std::uint64_t;
   using Deadline = std::chrono::steady_clock::time_point;
 
@@ -109,7 +110,7 @@ class EventFeed {
   // the cache, and the position after the read goes back into it.
   Result<std::size_t> poll(std::uint64_t* next_seq, const FeedLimits& limits, const Visit& visit);
 
-  // Calls `ready` once: as soon as committed_seq() > after, when `deadline`
+  // Calls `ready` once: as soon as durable_seq() > after, when `deadline`
   // passes, or when the wait is cancelled or the feed stops. It runs on the
   // watcher thread; on the calling thread when the wait is over at once
   // (then wait() returns 0) or is ended by cancel() or stop(). `ready` must
@@ -151,7 +152,7 @@ class EventFeed {
   std::map<WaiterId, Waiter> waiters_;  // bounded by the server's connections and follows
   WaiterId next_waiter_ = 1;
   bool stopping_ = false;
-  bool ledger_closed_ = false;  // wait_committed said the ledger closed
+  bool ledger_closed_ = false;  // wait_durable said the ledger closed
   std::vector<CachedPosition> positions_;  // at most kFeedPositionsMax
   std::uint64_t use_clock_ = 0;
   FeedStats stats_;

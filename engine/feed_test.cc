@@ -221,6 +221,38 @@ TEST_CASE("feed: a wait ends on a commit, a deadline, cancel and stop") {
   CHECK(after_stop.done());
 }
 
+TEST_CASE("feed: under async durability, an event is read once a sync covers it, not at its ack") {
+  testing::TempDir dir;
+  LedgerOptions options;
+  options.data_dir = dir.sub("data");
+  options.durability = Durability::async;
+  options.sync_interval_ms = 3'600'000;  // no periodic sync within the test: close() syncs
+  options.history = false;
+  options.snapshot_every_events = 0;
+  options.snapshot_every_seconds = 0;
+  auto opened = Ledger::open(options);
+  REQUIRE(opened.ok());
+  std::unique_ptr<Ledger> ledger = std::move(*opened);
+  EventFeed feed(ledger.get());
+  REQUIRE(ledger->acquire("k1", "alice", "gold", 1).ok());
+  CHECK(ledger->committed_seq() == 1);
+  CHECK(ledger->durable_seq() == 0);
+  Collector seen;
+  std::uint64_t next_seq = 1;
+  auto before = feed.poll(&next_seq, {}, seen.visit());
+  REQUIRE(before.ok());
+  CHECK(*before == 0);
+  Awaited synced;
+  CHECK(feed.wait(0, std::chrono::steady_clock::now() + kFarAway, synced.ready()) != 0);
+  CHECK_FALSE(synced.done());
+  REQUIRE(ledger->close().ok());  // its last sync makes seq 1 durable
+  CHECK(synced.future.get() == 1);
+  auto after = feed.poll(&next_seq, {}, seen.visit());
+  REQUIRE(after.ok());
+  CHECK(seen.seqs == range(1, 1));
+  feed.stop();
+}
+
 TEST_CASE("feed: deadlines under a millisecond away never make an open ledger look closed") {
   Fixture fx;
   fx.append(0, 1);

@@ -248,8 +248,14 @@ struct Ledger::Impl {
   // ---- I/O thread ----
   void write_group(log::WriteBatch* batch, std::vector<Ack>* acks);
   void fail(const Status& status);
-  void publish_committed(std::uint64_t seq, std::int64_t time_ns);
-  Committed wait_committed(std::uint64_t after, std::chrono::milliseconds timeout);
+  // Under committed_mu, waking wait_committed and wait_durable. durable_too:
+  // the seq is durable as it is committed (sync and none).
+  void publish_committed(std::uint64_t seq, std::int64_t time_ns, bool durable_too);
+  void publish_durable(std::uint64_t seq);
+  // Waits until `seq` (committed or durable) > after, the timeout passes or
+  // the ledger closes.
+  Committed wait_past(const std::atomic<std::uint64_t>& seq, std::uint64_t after,
+                      std::chrono::milliseconds timeout);
   PointInTimeSource point_in_time_source(AsOf at);
   // closed once close() began.
   Status check_open() const;
@@ -842,10 +848,7 @@ void Ledger::Impl::io_main() {
       guard.unlock();
       write_group(batch, &acks);
       if (batch != nullptr && !failed.load()) {
-        publish_committed(last_seq, last_time_ns);
-        if (options.durability != Durability::async) {
-          durable.store(last_seq, std::memory_order_release);
-        }
+        publish_committed(last_seq, last_time_ns, options.durability != Durability::async);
       }
       unsynced = unsynced || (batch != nullptr && !sync_each);
       guard.lock();
@@ -868,7 +871,7 @@ void Ledger::Impl::io_main() {
       const std::uint64_t written = committed.load(std::memory_order_acquire);
       Status synced = log->sync();
       if (synced.ok()) {
-        durable.store(written, std::memory_order_release);
+        publish_durable(written);
       } else {
         fail(synced);
       }
@@ -911,10 +914,17 @@ void Ledger::Impl::write_group(log::WriteBatch* batch, std::vector<Ack>* acks) {
   }
 }
 
-void Ledger::Impl::publish_committed(std::uint64_t seq, std::int64_t time_ns) {
+void Ledger::Impl::publish_committed(std::uint64_t seq, std::int64_t time_ns, bool durable_too) {
   std::lock_guard<std::mutex> guard(committed_mu);
   committed_time_ns.store(time_ns, std::memory_order_relaxed);
+  if (durable_too) durable.store(seq, std::memory_order_release);
   committed.store(seq, std::memory_order_release);
+  committed_cv.notify_all();
+}
+
+void Ledger::Impl::publish_durable(std::uint64_t seq) {
+  std::lock_guard<std::mutex> guard(committed_mu);
+  durable.store(seq, std::memory_order_release);
   committed_cv.notify_all();
 }
 
@@ -1094,15 +1104,21 @@ std::uint64_t Ledger::committed_seq() {
 }
 
 Ledger::Committed Ledger::wait_committed(std::uint64_t after, std::chrono::milliseconds timeout) {
-  return impl_->wait_committed(after, timeout);
+  return impl_->wait_past(impl_->committed, after, timeout);
 }
 
-Ledger::Committed Ledger::Impl::wait_committed(std::uint64_t after,
-                                               std::chrono::milliseconds timeout) {
+std::uint64_t Ledger::durable_seq() { return impl_->durable.load(std::memory_order_acquire); }
+
+Ledger::Committed Ledger::wait_durable(std::uint64_t after, std::chrono::milliseconds timeout) {
+  return impl_->wait_past(impl_->durable, after, timeout);
+}
+
+Ledger::Committed Ledger::Impl::wait_past(const std::atomic<std::uint64_t>& seq, std::uint64_t after,
+                                          std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> guard(committed_mu);
   committed_cv.wait_for(guard, bounded_wait(timeout),
-                        [&] { return committed.load() > after || committed_closed; });
-  return Committed{committed.load(), committed_closed};
+                        [&] { return seq.load() > after || committed_closed; });
+  return Committed{seq.load(), committed_closed};
 }
 
 const std::string& Ledger::data_dir() const { return impl_->options.data_dir; }

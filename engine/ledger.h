@@ -211,19 +211,25 @@ class Ledger final : public LedgerApi {
   Result<std::uint64_t> digest();
 
   // The last seq whose outcome has been acknowledged: durable per the
-  // durability mode (written and fdatasync'd under sync). Readers of the
-  // live log (snapshots, the history projection, event feeds) read up to it
-  // and never past it.
+  // durability mode (written and fdatasync'd under sync, written under
+  // async). Readers of the live log read up to it and never past it.
   std::uint64_t committed_seq();
-  // What wait_committed() saw: committed_seq(), and whether the ledger
-  // closed (the seq will not grow again).
+  // The last seq on disk for good: committed_seq(), but under async
+  // durability the last one a periodic fdatasync covered. Snapshots, the
+  // history projection and the event feeds read up to it, so that nothing
+  // they hand on can be taken back by a crash of the system.
+  std::uint64_t durable_seq();
+  // What wait_committed() or wait_durable() saw: the seq, and whether the
+  // ledger closed (the seq will not grow again).
   struct Committed {
     std::uint64_t seq = 0;
     bool closed = false;
   };
-  // Waits until committed_seq() > after, the timeout passes or the ledger
-  // closes. A timeout is at most a year (milliseconds::max() included).
+  // Wait until committed_seq() (durable_seq()) > after, the timeout passes
+  // or the ledger closes. A timeout is at most a year (milliseconds::max()
+  // included).
   Committed wait_committed(std::uint64_t after, std::chrono::milliseconds timeout);
+  Committed wait_durable(std::uint64_t after, std::chrono::milliseconds timeout);
   // LedgerOptions::data_dir made absolute at open (against the working
   // directory then).
   const std::string& data_dir() const;
