@@ -15,14 +15,19 @@
 // is not yet durable reaches a caller.
 #include "engine/ledger.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <filesystem>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <thread>
 #include <utility>
 
@@ -42,6 +47,43 @@ namespace {
 
 static_assert(static_cast<int>(Outcome::hold_finalized) == static_cast<int>(log::Reason::hold_finalized),
               "Outcome mirrors log::Reason");
+
+// A data directory by its device and inode, whatever path names it.
+struct DirId {
+  dev_t device = 0;
+  ino_t inode = 0;
+  auto operator<=>(const DirId&) const = default;
+};
+
+// The data directories of the Ledger objects this process holds, closed
+// or not. A closed Ledger keeps its stores' LMDB environments until it is
+// destroyed, and LMDB allows one environment per file and process: one
+// opened beside it on the same store would lose its locks when the closed
+// one goes. So a directory opens again in the same process only once the
+// Ledger that had it is destroyed.
+std::mutex held_dirs_mu;
+std::set<DirId> held_dirs;
+
+Result<DirId> hold_dir(const std::string& data_dir) {
+  struct stat info {};
+  if (::stat(data_dir.c_str(), &info) != 0) {
+    return Status(ErrorCode::io_error, "stat " + data_dir + ": " + std::strerror(errno));
+  }
+  const DirId id{info.st_dev, info.st_ino};
+  std::lock_guard<std::mutex> guard(held_dirs_mu);
+  if (!held_dirs.insert(id).second) {
+    return Status(ErrorCode::locked,
+                  "data directory " + data_dir +
+                      " is still held by a Ledger of this process, closed but not destroyed: "
+                      "destroy it before opening the directory again");
+  }
+  return id;
+}
+
+void release_dir(const DirId& id) {
+  std::lock_guard<std::mutex> guard(held_dirs_mu);
+  held_dirs.erase(id);
+}
 
 // The backups this thread is running, innermost first, by their ledgers'
 // Impls: a backup's progress callback runs here (and may start a backup of
@@ -172,6 +214,9 @@ struct Ledger::Impl {
         state_options{opts.idempotency_window_ns} {
     limits.hold_ttl_ns_max = opts.hold_ttl_ns_max;
   }
+  ~Impl() {
+    if (held_dir) release_dir(*held_dir);
+  }
 
   Status start(LedgerStats* replayed_stats);
   Status check_lost_events(const log::LogEnd& end);
@@ -265,6 +310,7 @@ struct Ledger::Impl {
   log::FileSystem* const fs;
   detail::Limits limits;
   std::unique_ptr<log::DirLock> lock;
+  std::optional<DirId> held_dir;  // hold_dir()'s, released with the Impl
   std::unique_ptr<log::LogWriter> log;
 
   const proj::StateOptions state_options;
@@ -353,6 +399,9 @@ Status Ledger::Impl::start(LedgerStats* replayed_stats) {
   auto locked = log::DirLock::acquire(options.data_dir);
   if (!locked) return locked.status();
   lock = std::move(*locked);
+  auto dir = hold_dir(options.data_dir);
+  if (!dir) return dir.status();
+  held_dir = *dir;
 
   const ArchivistOptions archive = archivist_options(options);
   if (snapshots_enabled(archive) || fs->exists(snapshot_dir(options.data_dir))) {

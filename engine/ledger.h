@@ -236,7 +236,10 @@ class Ledger final : public LedgerApi {
   log::FileSystem& file_system() const;
 
   // Finishes queued commands, syncs the log, stops the threads, releases the
-  // lock. Later calls answer `closed`. Idempotent.
+  // lock (another process may open the directory). Later calls answer
+  // `closed`. Idempotent. The stores' files and maps are released when the
+  // Ledger is destroyed; until then an open of the same directory in this
+  // process is `locked`.
   Status close() override;
 
  private:

@@ -571,6 +571,26 @@ TEST_CASE("a relative data_dir stays where it was opened when the process change
   CHECK((*reopened)->balance("alice", "gold")->available == 300);
 }
 
+TEST_CASE("a directory opens again in the same process once its closed Ledger is destroyed") {
+  testing::TempDir dir;
+  const LedgerOptions options = bare_options(dir, Durability::none);
+  auto first = Ledger::open(options);
+  REQUIRE(first.ok());
+  REQUIRE((*first)->acquire("k1", "alice", "gold", 1).ok());
+  REQUIRE((*first)->close().ok());
+  // Closed, it still holds its stores: a second Ledger beside it is refused,
+  // by whatever path it names the directory.
+  LedgerOptions again = options;
+  again.data_dir = dir.sub("data") + "/.";
+  const auto beside = Ledger::open(again);
+  CHECK(beside.code() == ErrorCode::locked);
+  CHECK(beside.status().message().find("destroy it") != std::string::npos);
+  first->reset();
+  auto reopened = Ledger::open(again);
+  REQUIRE_MESSAGE(reopened.ok(), reopened.status().to_string());
+  CHECK((*reopened)->balance("alice", "gold")->available == 1);
+}
+
 TEST_CASE("cancel_open stops the open's replay with closed; open_progress counts the replay") {
   Fixture f;
   for (int op_index = 0; op_index < 50; op_index++) {
