@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <span>
@@ -38,21 +39,34 @@ struct Run {
   std::uint64_t store_bytes_done = 0;  // of the stores copied before this one
   std::uint64_t bytes_done = 0;
   std::uint64_t bytes_total = 0;
+  // What `progress` threw: the backup stops as if cancelled, removes its
+  // partial copy, and backup_data throws it again to its caller (it never
+  // crosses a store copy's thread).
+  std::exception_ptr thrown;
 
-  // closed once the owner cancelled the backup.
+  // closed once the owner cancelled the backup or `progress` threw.
   Status check() const {
+    if (thrown) return Status(ErrorCode::closed, "the backup's progress callback threw");
     if (cancel == nullptr || !cancel->load(std::memory_order_relaxed)) return Status();
     return Status(ErrorCode::closed, "the backup was cancelled: the ledger is closing");
   }
+  void report(BackupStage stage, std::uint64_t done, std::uint64_t total) {
+    if (!progress || thrown) return;
+    try {
+      progress(stage, done, total);
+    } catch (...) {
+      thrown = std::current_exception();
+    }
+  }
   // A store's copy's CopyProgress: reports its bytes after those of the
   // stores before it; false once the owner cancelled.
-  bool store_bytes(std::uint64_t bytes_written) const {
-    if (progress) progress(BackupStage::store_bytes, store_bytes_done + bytes_written, 0);
+  bool store_bytes(std::uint64_t bytes_written) {
+    report(BackupStage::store_bytes, store_bytes_done + bytes_written, 0);
     return check().ok();
   }
   void add_bytes(std::uint64_t bytes) {
     bytes_done += bytes;
-    if (progress) progress(BackupStage::log_bytes, bytes_done, bytes_total);
+    report(BackupStage::log_bytes, bytes_done, bytes_total);
   }
 };
 
@@ -90,7 +104,7 @@ Result<std::uint64_t> copy_file(log::FileSystem& fs, const std::string& from,
 // Reads a log as an open does (every checksum and the chain); its end.
 // *in_last_segment: whether what failed the read, if anything, lies in the
 // last segment, the only one a write can be landing in.
-Result<log::LogEnd> read_log(log::FileSystem& fs, const std::string& dir, const Run& run,
+Result<log::LogEnd> read_log(log::FileSystem& fs, const std::string& dir, Run* run,
                              bool* in_last_segment) {
   *in_last_segment = true;
   auto reader = log::LogReader::open(fs, dir);
@@ -106,8 +120,8 @@ Result<log::LogEnd> read_log(log::FileSystem& fs, const std::string& dir, const 
     }
     if (!*more) return (*reader)->end();
     next_seq = record.seq + 1;
-    TALLY_TRY(run.check());
-    if (run.progress) run.progress(BackupStage::log_events, record.seq, 0);
+    run->report(BackupStage::log_events, record.seq, 0);
+    TALLY_TRY(run->check());
   }
 }
 
@@ -153,7 +167,7 @@ Status copy_log(log::FileSystem& fs, const std::string& from, const std::string&
   log::LogEnd end;
   for (report->log_copies = 1;; report->log_copies++) {
     bool in_last_segment = true;
-    auto read = read_log(fs, to, *run, &in_last_segment);
+    auto read = read_log(fs, to, run, &in_last_segment);
     if (read) {
       end = *read;
       break;
@@ -317,6 +331,7 @@ Result<BackupReport> backup_data(const std::string& data_dir, const std::string&
   if (!std::filesystem::is_directory(data_dir, ignored)) {
     return Status(ErrorCode::not_found, "no data directory at " + data_dir);
   }
+  if (out_path.empty()) return Status(ErrorCode::invalid, "the backup's directory is empty");
   // "dest/" names dest, whose partial copy is "dest.partial".
   std::string out_dir = out_path;
   while (out_dir.size() > 1 && out_dir.back() == '/') out_dir.pop_back();
@@ -334,13 +349,15 @@ Result<BackupReport> backup_data(const std::string& data_dir, const std::string&
                   staging + " exists (a backup that did not finish?): remove it first");
   }
   BackupReport report;
-  Run run{progress, cancel};
+  Run run{progress, cancel, 0, 0, 0, nullptr};
   Status built = build(fs, data_dir, staging, copies, &run, &report);
+  if (built.ok()) built = run.check();
   if (built.ok()) built = rename_new(staging, out_dir);
   if (built.ok()) built = fs.sync_dir(log::parent_dir(out_dir));
   if (!built.ok()) {
     // Made by this call (create_directory said so): nothing of anyone else's.
     std::filesystem::remove_all(staging, ignored);
+    if (run.thrown) std::rethrow_exception(run.thrown);
     return built;
   }
   return report;

@@ -59,7 +59,8 @@ struct BackupReport {
 // copied (log_bytes: bytes copied so far, of `total`, the segments' sizes)
 // and as the copy is read back (log_events: the seq reached; `total` is 0,
 // as the log's last seq is known only at its end); it must be cheap, as it
-// runs per MiB and per event.
+// runs per MiB and per event. An exception it throws ends the backup, whose
+// partial copy is removed, and is thrown again to the caller.
 enum class BackupStage : std::uint8_t { store_bytes, log_bytes, log_events };
 using BackupProgress =
     std::function<void(BackupStage stage, std::uint64_t done, std::uint64_t total)>;

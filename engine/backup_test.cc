@@ -13,6 +13,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <stdexcept>
 #include <thread>
 
 #include "engine/backup.h"
@@ -519,6 +520,33 @@ TEST_CASE("close() stops a backup inside a store's copy") {
   CHECK_FALSE(log_reached.load());
   CHECK_FALSE(std::filesystem::exists(dir.sub("backup")));
   CHECK_FALSE(std::filesystem::exists(dir.sub("backup.partial")));
+}
+
+TEST_CASE("a progress callback that throws ends the backup and reaches the caller; nothing is left") {
+  testing::TempDir dir;
+  LedgerOptions options = small_ledger(dir.sub("data"));
+  options.snapshot_every_events = 0;  // on demand only
+  options.snapshot_every_seconds = 3600;
+  std::unique_ptr<Ledger> ledger = open_ledger(options);
+  REQUIRE(mutate(*ledger, "k", 0, 200));
+  REQUIRE(ledger->snapshot_now().ok());
+  CHECK(ledger->backup("").code() == ErrorCode::invalid);
+  // In a store's copy (its own thread writes the copy), in the log's, and
+  // in the read back of the copy.
+  for (const BackupStage thrown_at :
+       {BackupStage::store_bytes, BackupStage::log_bytes, BackupStage::log_events}) {
+    CAPTURE(static_cast<int>(thrown_at));
+    const auto progress = [&](BackupStage stage, std::uint64_t, std::uint64_t) {
+      if (stage == thrown_at) throw std::runtime_error("stop here");
+    };
+    CHECK_THROWS_WITH_AS(static_cast<void>(ledger->backup(dir.sub("backup"), progress)), "stop here",
+                         std::runtime_error);
+    CHECK_FALSE(std::filesystem::exists(dir.sub("backup")));
+    CHECK_FALSE(std::filesystem::exists(dir.sub("backup.partial")));
+  }
+  auto report = ledger->backup(dir.sub("backup"));
+  CHECK_MESSAGE(report.ok(), report.status().to_string());
+  CHECK(ledger->close().ok());
 }
 
 }  // namespace
