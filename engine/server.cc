@@ -59,7 +59,21 @@ bool Core::add_session(const std::shared_ptr<Session>& session, Metrics::Protoco
                        std::uint64_t* id) {
   std::lock_guard<std::mutex> guard(mu_);
   std::size_t& open = open_[static_cast<std::size_t>(protocol)];
-  if (stopping() || open >= options_.connections_max) return false;
+  if (stopping()) return false;
+  if (open >= options_.connections_max) {
+    // Said once a minute at most while it lasts: a flood must not flood.
+    refused_++;
+    const std::int64_t now_ns = steady_now_ns();
+    if (refused_noted_ns_ == 0 || now_ns - refused_noted_ns_ >= kRefusedNoteNs) {
+      log(std::string("refusing connections: ") + std::to_string(open) + " " +
+          (protocol == Metrics::Protocol::http ? "HTTP" : "binary") +
+          " connections are open, the most it serves (connections_max); " +
+          std::to_string(refused_) + " refused since the last such line");
+      refused_noted_ns_ = now_ns;
+      refused_ = 0;
+    }
+    return false;
+  }
   open++;
   *id = next_session_id_++;
   sessions_.emplace(*id, Registered{session, protocol});

@@ -136,6 +136,11 @@ class Core {
   std::unordered_map<std::uint64_t, Registered> sessions_;
   std::array<std::size_t, static_cast<std::size_t>(Metrics::Protocol::count)> open_{};
   std::uint64_t next_session_id_ = 1;
+  // Connections refused over connections_max since the last line that said
+  // so, and when that was (steady ns; 0: never). Under mu_.
+  static constexpr std::int64_t kRefusedNoteNs = 60'000'000'000;
+  std::uint64_t refused_ = 0;
+  std::int64_t refused_noted_ns_ = 0;
 };
 
 template <class R>

@@ -2275,6 +2275,19 @@ TEST_CASE("server: connection limit, for each protocol on its own") {
   CHECK(send_raw_until_closed(fx.server->binary_port(), "").empty());
   CHECK(get(fx.server->http_port(), "/health").status == 200);
   CHECK(client->acquire("k", "a", "b", 1).ok());
+  // Refusals are said once, not once each.
+  for (int refused = 0; refused < 5; refused++) {
+    CHECK(send_raw_until_closed(fx.server->binary_port(), "").empty());
+  }
+  std::size_t said = 0;
+  {
+    std::lock_guard<std::mutex> guard(fx.log_mu);
+    for (const std::string& line : fx.logs) {
+      said += line.find("refusing connections: 1 binary connections are open") == 0 ? 1 : 0;
+    }
+  }
+  CHECK(said == 1);
+  CHECK(metric(fx.server->http_port(), "tally_connections_rejected_total") == 6);
 }
 
 TEST_CASE("server: idle connections are closed") {

@@ -22,6 +22,7 @@ namespace {
 
 constexpr std::size_t kTokenFileBytesMax = 4096;
 constexpr std::int64_t kIoThreadsMax = 256;
+constexpr std::int64_t kConnectionsMax = 65536;
 
 constexpr FlagSpec kServeFlags[] = {
     {"data", "DIR", "the data directory (created when missing)"},
@@ -31,6 +32,9 @@ constexpr FlagSpec kServeFlags[] = {
     {"token-file", "FILE", "require the token in FILE from every client"},
     {"io-threads", "N", "threads serving the connections (default: half the cores, at least 1)",
      IntegerRange{1, kIoThreadsMax}},
+    {"connections-max", "N",
+     "connections of each protocol served at once (default 256); more are closed at once",
+     IntegerRange{1, kConnectionsMax}},
 };
 
 constexpr auto kServeAllFlags = with_ledger_flags(kServeFlags);
@@ -39,8 +43,9 @@ constexpr CommandSpec kServeSpec = {
     "serve",
     "Serve a ledger over the binary protocol and HTTP/JSON until SIGINT or SIGTERM.",
     "tally serve --data DIR [--listen 127.0.0.1:7420] [--http 127.0.0.1:7421]\n"
-    "                   [--durability M] [--token-file F] [--io-threads N] [--snapshot-every N]\n"
-    "                   [--snapshot-seconds S] [--snapshot-retain K] [--history on|off]",
+    "                   [--durability M] [--token-file F] [--io-threads N] [--connections-max N]\n"
+    "                   [--snapshot-every N] [--snapshot-seconds S] [--snapshot-retain K]\n"
+    "                   [--history on|off]",
     "Binds both listeners first, then opens DATA: until the log is open,\n"
     "GET /health answers 503 `starting` and every other request 503 `busy`.\n"
     "Prints `serving binary=HOST:PORT http=HOST:PORT` once it serves the ledger\n"
@@ -66,6 +71,10 @@ Result<ServerOptions> server_options(const Args& args) {
   auto io_threads = args.integer("io-threads", static_cast<std::int64_t>(options.io_threads));
   if (!io_threads) return io_threads.status();
   options.io_threads = static_cast<std::size_t>(*io_threads);
+  auto connections =
+      args.integer("connections-max", static_cast<std::int64_t>(options.connections_max));
+  if (!connections) return connections.status();
+  options.connections_max = static_cast<std::size_t>(*connections);
   return options;
 }
 
