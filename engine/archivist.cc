@@ -192,6 +192,12 @@ Status Archivist::Impl::check_history() {
   auto matches = history_continues_log(*fs, context.data_dir, *context.history, committed);
   if (!matches) return matches.status();
   if (*matches) {
+    if (history_seq == 0 && committed > 0) {
+      std::fprintf(stderr,
+                   "tally: the history projection is empty; building it from the log's %llu "
+                   "events (reads as of a seq or time replay the log until it catches up)\n",
+                   static_cast<unsigned long long>(committed));
+    }
     // Published now, not once prepare() has loaded the state: meanwhile the
     // stats (and the metrics' lag) show where the index is, not 0.
     std::lock_guard<std::mutex> guard(mu);
