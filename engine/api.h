@@ -71,7 +71,8 @@ class LedgerApi {
   // Receipt::hold is the new hold's id.
   Result<Receipt> hold(std::string_view key, std::string_view subject, std::string_view item,
                        std::int64_t qty, std::int64_t ttl_ns, const Metadata& meta = {});
-  // qty: commit part and release the rest; nullopt commits the whole hold.
+  // qty: commit part and release the rest; nullopt commits the whole hold
+  // (a qty of 0 is invalid here; OpRequest::commit's 0 means the whole).
   Result<Receipt> commit(std::string_view key, HoldId hold, std::optional<std::int64_t> qty = {},
                          const Metadata& meta = {});
   Result<Receipt> release(std::string_view key, HoldId hold, const Metadata& meta = {});

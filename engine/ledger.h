@@ -134,8 +134,10 @@ struct LedgerStats {
 class Ledger final : public LedgerApi {
  public:
   // Takes the data directory's lock, replays the log, resumes appending.
-  // Errors: locked (another process has it), corrupt (with segment and
-  // offset), io_error, invalid (options), closed (cancel_open was set).
+  // Errors: locked (another process has it, or a closed Ledger of this
+  // process still does), corrupt (with segment and offset), io_error,
+  // not_found (a path the directory cannot be made in), invalid (options),
+  // closed (cancel_open was set).
   static Result<std::unique_ptr<Ledger>> open(const LedgerOptions& options);
   // close(), ignoring its Status.
   ~Ledger() override;

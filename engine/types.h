@@ -66,6 +66,7 @@ struct OpRequest {
   static OpRequest transfer(std::string from, std::string to, std::string item, std::int64_t qty);
   static OpRequest hold_of(std::string subject, std::string item, std::int64_t qty,
                            std::int64_t ttl_ns);
+  // qty 0: the whole hold.
   static OpRequest commit(HoldId hold, std::int64_t qty = 0);
   static OpRequest release(HoldId hold);
   static OpRequest commit_key(std::string hold_key, std::int64_t qty = 0);
