@@ -66,6 +66,19 @@ bool mutate(Ledger& ledger, const std::string& prefix, int first, int count) {
   return true;
 }
 
+// A ledger in `data_dir` that snapshots on demand only, with mutate()'s
+// `count` rounds under keys `prefix`... and a snapshot of them.
+std::unique_ptr<Ledger> open_snapshotted(const std::string& data_dir, const std::string& prefix,
+                                         int count) {
+  LedgerOptions options = small_ledger(data_dir);
+  options.snapshot_every_events = 0;
+  options.snapshot_every_seconds = 3600;
+  std::unique_ptr<Ledger> ledger = open_ledger(options);
+  REQUIRE(mutate(*ledger, prefix, 0, count));
+  REQUIRE(ledger->snapshot_now().ok());
+  return ledger;
+}
+
 // A child process that opens a ledger on `source` and writes to it until
 // stop() (or for kRoundsMax rounds at most); stop() answers whether every
 // write and the close succeeded. Stopped by the destructor too, so a
@@ -480,13 +493,8 @@ TEST_CASE("close() cancels a backup under way and waits for it; later backups ar
 
 TEST_CASE("close() stops a backup inside a store's copy") {
   testing::TempDir dir;
-  LedgerOptions options = small_ledger(dir.sub("data"));
-  options.snapshot_every_events = 0;  // on demand only
-  options.snapshot_every_seconds = 3600;
-  std::unique_ptr<Ledger> ledger = open_ledger(options);
   // A snapshot of many long keys: a copy of several MiB.
-  REQUIRE(mutate(*ledger, std::string(200, 'k'), 0, 4000));
-  REQUIRE(ledger->snapshot_now().ok());
+  std::unique_ptr<Ledger> ledger = open_snapshotted(dir.sub("data"), std::string(200, 'k'), 4000);
   std::uint64_t store_bytes = 0;
   auto whole = ledger->backup(dir.sub("whole"), [&](BackupStage stage, std::uint64_t done,
                                                      std::uint64_t) {
@@ -524,12 +532,7 @@ TEST_CASE("close() stops a backup inside a store's copy") {
 
 TEST_CASE("a progress callback that throws ends the backup and reaches the caller; nothing is left") {
   testing::TempDir dir;
-  LedgerOptions options = small_ledger(dir.sub("data"));
-  options.snapshot_every_events = 0;  // on demand only
-  options.snapshot_every_seconds = 3600;
-  std::unique_ptr<Ledger> ledger = open_ledger(options);
-  REQUIRE(mutate(*ledger, "k", 0, 200));
-  REQUIRE(ledger->snapshot_now().ok());
+  std::unique_ptr<Ledger> ledger = open_snapshotted(dir.sub("data"), "k", 200);
   CHECK(ledger->backup("").code() == ErrorCode::invalid);
   // In a store's copy (its own thread writes the copy), in the log's, and
   // in the read back of the copy.
