@@ -530,7 +530,7 @@ TEST_CASE("close() stops a backup inside a store's copy") {
   CHECK_FALSE(std::filesystem::exists(dir.sub("backup.partial")));
 }
 
-TEST_CASE("a progress callback that throws ends the backup and reaches the caller; nothing is left") {
+TEST_CASE("a progress callback that throws ends the backup, reaches the caller, leaves nothing") {
   testing::TempDir dir;
   std::unique_ptr<Ledger> ledger = open_snapshotted(dir.sub("data"), "k", 200);
   CHECK(ledger->backup("").code() == ErrorCode::invalid);
@@ -542,8 +542,8 @@ TEST_CASE("a progress callback that throws ends the backup and reaches the calle
     const auto progress = [&](BackupStage stage, std::uint64_t, std::uint64_t) {
       if (stage == thrown_at) throw std::runtime_error("stop here");
     };
-    CHECK_THROWS_WITH_AS(static_cast<void>(ledger->backup(dir.sub("backup"), progress)), "stop here",
-                         std::runtime_error);
+    CHECK_THROWS_WITH_AS(static_cast<void>(ledger->backup(dir.sub("backup"), progress)),
+                         "stop here", std::runtime_error);
     CHECK_FALSE(std::filesystem::exists(dir.sub("backup")));
     CHECK_FALSE(std::filesystem::exists(dir.sub("backup.partial")));
   }

@@ -846,8 +846,9 @@ Result<Balance> Client::balance(std::string_view subject, std::string_view item,
 }
 
 Result<std::vector<ItemBalance>> Client::list(std::string_view subject) {
-  return wait_for<std::vector<ItemBalance>>(
-      impl_->on_own_thread(), [&](auto done) { submit_list(std::string(subject), std::move(done)); });
+  return wait_for<std::vector<ItemBalance>>(impl_->on_own_thread(), [&](auto done) {
+    submit_list(std::string(subject), std::move(done));
+  });
 }
 
 Result<std::vector<ItemBalance>> Client::list(std::string_view subject, AsOf at) {

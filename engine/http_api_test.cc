@@ -503,12 +503,14 @@ TEST_CASE("http api: out of file descriptors, accepts wait, say so once, and ser
   {
     // Sockets take every descriptor the process may have; then they
     // connect, which needs none, and wait for accepts that cannot get one.
-    const auto open_now = static_cast<rlim_t>(std::distance(
-        std::filesystem::directory_iterator("/proc/self/fd"), std::filesystem::directory_iterator()));
+    const auto open_now =
+        static_cast<rlim_t>(std::distance(std::filesystem::directory_iterator("/proc/self/fd"),
+                                          std::filesystem::directory_iterator()));
     rlimit low = before;
     low.rlim_cur = open_now + 16;
     REQUIRE(setrlimit(RLIMIT_NOFILE, &low) == 0);
-    for (int fd = ::socket(AF_INET, SOCK_STREAM, 0); fd >= 0; fd = ::socket(AF_INET, SOCK_STREAM, 0)) {
+    for (int fd = ::socket(AF_INET, SOCK_STREAM, 0); fd >= 0;
+         fd = ::socket(AF_INET, SOCK_STREAM, 0)) {
       clients.push_back(fd);
     }
     sockaddr_in address{};

@@ -626,7 +626,9 @@ Result<std::unique_ptr<Ledger>> Ledger::open(const LedgerOptions& options) {
   LedgerOptions resolved = options;
   std::error_code error;
   resolved.data_dir = std::filesystem::absolute(options.data_dir, error).string();
-  if (error) return Status(ErrorCode::io_error, "data_dir " + options.data_dir + ": " + error.message());
+  if (error) {
+    return Status(ErrorCode::io_error, "data_dir " + options.data_dir + ": " + error.message());
+  }
   std::unique_ptr<Ledger> ledger(new Ledger(std::make_unique<Impl>(resolved)));
   // A start that fails part way is undone by ~Ledger: close() stops what
   // started and unlocks the directory.
@@ -1162,8 +1164,8 @@ Ledger::Committed Ledger::wait_durable(std::uint64_t after, std::chrono::millise
   return impl_->wait_past(impl_->durable, after, timeout);
 }
 
-Ledger::Committed Ledger::Impl::wait_past(const std::atomic<std::uint64_t>& seq, std::uint64_t after,
-                                          std::chrono::milliseconds timeout) {
+Ledger::Committed Ledger::Impl::wait_past(const std::atomic<std::uint64_t>& seq,
+                                          std::uint64_t after, std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> guard(committed_mu);
   committed_cv.wait_for(guard, bounded_wait(timeout),
                         [&] { return seq.load() > after || committed_closed; });

@@ -559,7 +559,8 @@ TEST_CASE("a relative data_dir stays where it was opened when the process change
   // Enough to fill several segments: each new one is opened after the chdir.
   const std::string reason(1000, 'r');
   for (int op_index = 0; op_index < 300; op_index++) {
-    const auto receipt = ledger->acquire(name("a", op_index), "alice", "gold", 1, Metadata{reason, "", ""});
+    const auto receipt =
+        ledger->acquire(name("a", op_index), "alice", "gold", 1, Metadata{reason, "", ""});
     REQUIRE_MESSAGE(receipt.ok(), receipt.status().to_string());
   }
   REQUIRE(ledger->close().ok());

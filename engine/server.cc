@@ -1000,7 +1000,8 @@ class Listener {
 
   void accept_on(Accepting& accepting) {
     accepting.acceptor.async_accept(
-        asio::make_strand(io_), [this, &accepting](boost::system::error_code ec, tcp::socket socket) {
+        asio::make_strand(io_),
+        [this, &accepting](boost::system::error_code ec, tcp::socket socket) {
           tcp::acceptor& acceptor = accepting.acceptor;
           if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
           if (!ec) {

@@ -525,7 +525,8 @@ struct TimeRecord {
   std::uint64_t last = 0;
 };
 
-std::array<std::uint8_t, kTimeValueBytes> encode_time(const TimeKey& key, const TimeRecord& record) {
+std::array<std::uint8_t, kTimeValueBytes> encode_time(const TimeKey& key,
+                                                      const TimeRecord& record) {
   std::array<std::uint8_t, kTimeValueBytes> value{};
   put_le(value.data(), record.last, kSeqBytes);
   put_le(value.data() + kSeqBytes, record.first, kSeqBytes);

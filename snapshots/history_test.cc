@@ -1099,7 +1099,7 @@ TEST_CASE("a lost entry is corrupt for the reads that pass it, and for check_cha
   }
 }
 
-TEST_CASE("a lost or damaged time record is corrupt for the times that read it, and for check_chains") {
+TEST_CASE("a lost or damaged time record is corrupt for the times that read it and check_chains") {
   // Two events a time, flushed one by one: a time's record is rewritten.
   TempDir dir;
   {
