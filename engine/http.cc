@@ -652,7 +652,8 @@ std::optional<FramingProblem> transfer_coding_problem(const http::request_header
 // One HTTP connection. Every method runs on its strand.
 class HttpSession final : public Session, public std::enable_shared_from_this<HttpSession> {
  public:
-  HttpSession(Core& core, tcp::socket socket) : core_(core), stream_(std::move(socket)) {}
+  HttpSession(Core& core, tcp::socket socket)
+      : peer_(peer_of(socket)), core_(core), stream_(std::move(socket)) {}
   ~HttpSession() override {
     if (id_ != 0) core_.remove_session(id_);
     core_.metrics().connection_closed(Metrics::Protocol::http);
@@ -723,7 +724,7 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     reading_ = false;
     if (ec == http::error::end_of_stream || closed_) return close();
     if (ec == beast::error::timeout) {
-      core_.log("http connection: closing: idle timeout");
+      note("closing: idle timeout");
       return close();
     }
     if (ec == http::error::body_limit) {
@@ -745,7 +746,7 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   // A request that cannot be read any further: answer, then close.
   void refuse(http::status status, std::string_view code, std::string detail) {
     core_.metrics().malformed();
-    core_.log("http connection: closing: " + detail);
+    note("closing: " + detail);
     send(problem(status, code, detail), true);
   }
 
@@ -819,6 +820,9 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     if (poll_waiting_) core_.feed().cancel(poll_waiter_);
   }
 
+  void note(const std::string& what) const { log_connection(core_, "http", peer_, what); }
+
+  const std::string peer_;
   Core& core_;
   beast::tcp_stream stream_;
   beast::flat_buffer buffer_;

@@ -46,6 +46,20 @@ Status Core::starting() {
   return Status(ErrorCode::busy, "the server is starting: its log is being opened; retry");
 }
 
+std::string peer_of(const tcp::socket& socket) {
+  boost::system::error_code ec;
+  const tcp::endpoint peer = socket.remote_endpoint(ec);
+  if (ec) return "unknown";
+  const std::string host = peer.address().to_string();
+  return (peer.address().is_v6() ? "[" + host + "]" : host) + ":" + std::to_string(peer.port());
+}
+
+void log_connection(const Core& core, std::string_view protocol, std::string_view peer,
+                    std::string_view what) {
+  core.log(std::string(protocol) + " connection: " + std::string(what) + " (peer " +
+           std::string(peer) + ")");
+}
+
 void Core::log(std::string_view message) const {
   if (options_.log) return options_.log(message);
   std::fprintf(stderr, "tally serve: %.*s\n", static_cast<int>(message.size()), message.data());
@@ -237,7 +251,8 @@ Result<FollowBatch> read_follow_batch(EventFeed& feed, Follow& follow) {
 class BinarySession final : public Session, public std::enable_shared_from_this<BinarySession> {
  public:
   BinarySession(Core& core, tcp::socket socket)
-      : core_(core), socket_(std::move(socket)), idle_timer_(socket_.get_executor()),
+      : peer_(peer_of(socket)), core_(core), socket_(std::move(socket)),
+        idle_timer_(socket_.get_executor()),
         authenticated_(core.options().token.empty()), reader_(core.options().frame_bytes_max) {}
   ~BinarySession() override {
     if (id_ != 0) core_.remove_session(id_);
@@ -307,10 +322,10 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
       // The peer ended its side in the middle of a frame: malformed, and
       // said so, though the requests read before it are still answered.
       core_.metrics().malformed();
-      core_.log("binary connection: closing: the stream ended inside a frame (" +
-                std::to_string(reader_.buffered_bytes()) + " bytes of it read)");
+      note("closing: the stream ended inside a frame (" +
+           std::to_string(reader_.buffered_bytes()) + " bytes of it read)");
     } else if (ec != asio::error::eof && ec != asio::error::operation_aborted && !stopping_) {
-      core_.log("binary connection: read failed: " + ec.message());
+      note("read failed: " + ec.message());
     }
     read_closed_ = true;
     // The peer sends no more, so it can cancel nothing: its follows end.
@@ -333,7 +348,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   // as a stopping server does (linger()), since the peer may still send.
   void malformed(std::string_view reason) {
     core_.metrics().malformed();
-    core_.log("binary connection: closing: " + std::string(reason));
+    note("closing: " + std::string(reason));
     stop_reading(Status(ErrorCode::invalid, "closing: " + std::string(reason)));
     maybe_finish();
   }
@@ -492,7 +507,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     follow->reading = false;
     if (closed_) return;
     if (!batch) {
-      core_.log("binary connection: a follow failed: " + batch.status().to_string());
+      note("a follow failed: " + batch.status().to_string());
       return end_follow(follow, batch.status());
     }
     if (batch->count == 0) {
@@ -527,7 +542,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     if (!core_.token_ok(request.token)) {
       const char* why =
           request.token.empty() ? "no token (the server requires one)" : "wrong token";
-      core_.log(std::string("binary connection: closing: ") + why);
+      note(std::string("closing: ") + why);
       return refuse(request.id, why);
     }
     wire::Response response;
@@ -666,7 +681,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     }
     writes_.erase(writes_.begin(), writes_.begin() + static_cast<std::ptrdiff_t>(count));
     if (ec) {
-      if (!closed_) core_.log("binary connection: write failed: " + ec.message());
+      if (!closed_) note("write failed: " + ec.message());
       return close();
     }
     touch();
@@ -735,7 +750,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
       const std::int64_t idle_ns = steady_now_ns() - self->last_activity_ns_;
       const std::int64_t left_ns = core_idle_ns(self->core_) - idle_ns;
       if (left_ns <= 0) {
-        self->core_.log("binary connection: closing: idle timeout");
+        self->note("closing: idle timeout");
         return self->close();
       }
       self->arm_idle_timer(left_ns);
@@ -750,9 +765,8 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     const std::int64_t stalled_ns = steady_now_ns() - write_progress_ns_;
     const std::int64_t left_ns = core_idle_ns(core_) - stalled_ns;
     if (left_ns > 0) return arm_idle_timer(left_ns);
-    core_.log("binary connection: closing: no answer bytes written for " +
-              std::to_string(core_.options().idle_timeout_ms) +
-              " ms (the peer reads none)");
+    note("closing: no answer bytes written for " +
+         std::to_string(core_.options().idle_timeout_ms) + " ms (the peer reads none)");
     close();
   }
 
@@ -778,6 +792,9 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     for (const EventFeed::WaiterId waiter : waiters) core_.feed().cancel(waiter);
   }
 
+  void note(const std::string& what) const { log_connection(core_, "binary", peer_, what); }
+
+  const std::string peer_;
   Core& core_;
   tcp::socket socket_;
   asio::steady_timer idle_timer_;

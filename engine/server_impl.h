@@ -38,6 +38,10 @@ class Session {
 
 std::int64_t steady_now_ns();
 
+// "HOST:PORT" of a connection's peer, taken as it is accepted ("unknown"
+// when the socket cannot say), for the lines a session logs.
+std::string peer_of(const tcp::socket& socket);
+
 // What every connection shares. Outlives every Session (Server::Impl
 // destroys the io_context, and with it the sessions, first).
 class Core {
@@ -189,7 +193,12 @@ void Core::query(Metrics::Op op, std::function<void(std::function<void(Result<R>
   start(track(op, std::move(done)));
 }
 
+// Logs "PROTOCOL connection: WHAT (peer HOST:PORT)".
+void log_connection(const Core& core, std::string_view protocol, std::string_view peer,
+                    std::string_view what);
+
 // Takes over an accepted socket (whose executor is a strand).
+
 void start_binary_session(Core& core, tcp::socket socket);
 void start_http_session(Core& core, tcp::socket socket);
 
