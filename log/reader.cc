@@ -72,11 +72,23 @@ std::string header_problem(std::span<const std::byte, kSegmentHeaderSize> bytes,
   return "";
 }
 
+// Why a segment before the last, whose file holds `file_bytes`, is
+// corrupt by its size alone, or "" when it is not. The writer preallocates
+// a segment's whole size before its header and syncs it whole before the
+// next one is made: shorter, it was cut afterwards, maybe with records.
+std::string cut_short_problem(std::uint64_t file_bytes, const SegmentHeader& header) {
+  if (file_bytes >= header.size_bytes) return "";
+  return "the segment's file is cut short (" + std::to_string(file_bytes) + " bytes of the " +
+         std::to_string(header.size_bytes) + " its header reserves) in a segment that is not " +
+         "the last: records may be lost";
+}
+
 // A read from a seq skips the segments before the one holding it unread,
-// but checks their headers, which costs one small read each: a log whose
-// first segment is missing, or whose skipped headers are damaged, is
-// refused by every open, not only by a read from the start. Damage inside
-// their frames is found by a full read (`tally verify`).
+// but checks their headers and sizes, which costs one small read each: a
+// log whose first segment is missing, or whose skipped segments are cut
+// short or have damaged headers, is refused by every open, not only by a
+// read from the start. Damage inside their frames is found by a full read
+// (`tally verify`).
 Status check_skipped_headers(FileSystem& fs, const std::string& dir,
                              std::span<const std::uint64_t> first_seqs) {
   for (std::size_t index = 0; index < first_seqs.size(); index++) {
@@ -101,6 +113,8 @@ Status check_skipped_headers(FileSystem& fs, const std::string& dir,
     if (!why.empty()) {
       return corrupt_at(first_seq, 0, checksum_failed ? "damaged segment header: " + why : why);
     }
+    const std::string cut = cut_short_problem(*size, header);
+    if (!cut.empty()) return corrupt_at(first_seq, *size, cut);
     if (index == 0 && header.prev_checksum != kChainSeed) {
       return corrupt_at(first_seq, 0, "chain break: header prev_checksum " +
                                           hex(header.prev_checksum) +
@@ -201,6 +215,10 @@ Status LogReader::Impl::load_segment() {
   } else if (header.prev_checksum != expected_prev) {
     return corrupt(0, "chain break: header prev_checksum " + hex(header.prev_checksum) +
                           " is not the previous frame's checksum " + hex(expected_prev));
+  }
+  if (!last_segment()) {
+    const std::string cut = cut_short_problem(file_bytes, header);
+    if (!cut.empty()) return corrupt(file_bytes, cut);
   }
   payload_max = static_cast<std::uint32_t>(payload_bytes_max(header.size_bytes));
   data_end = std::min(file_bytes, header.size_bytes);

@@ -351,6 +351,27 @@ TEST_CASE("damage in a segment that is not the last is corruption") {
     write_bytes(path, damaged);
     require_corrupt(read_log(posix(), dir.log_dir()), prefix(second, last->offset));
   }
+  SUBCASE("a file cut short, through its records or only in its zeros") {
+    // Either way it was cut after it was made whole; a read from a later
+    // seq, which reads none of its records, sees that by its size.
+    const ReadBack before = read_log(posix(), dir.log_dir());
+    std::uint64_t records_end = 0;
+    for (const Record& record : before.records) {
+      if (record.segment_first_seq == second) {
+        records_end = record.offset + frame_size(record.payload.size());
+      }
+    }
+    for (const std::uint64_t size : {records_end - 8, records_end + 8}) {
+      CAPTURE(size);
+      write_bytes(path, std::vector<std::byte>(pristine.begin(),
+                                               pristine.begin() + static_cast<std::ptrdiff_t>(size)));
+      const std::string cut = prefix(second, size) + "the segment's file is cut short (" +
+                              std::to_string(size) + " bytes of the " +
+                              std::to_string(pristine.size()) + " its header reserves)";
+      require_corrupt(read_log(posix(), dir.log_dir()), cut);
+      require_corrupt(read_last_segment(dir, segments), cut);
+    }
+  }
   SUBCASE("a zeroed last record: the next segment does not continue the chain") {
     ReadBack before = read_log(posix(), dir.log_dir());
     const Record* last = nullptr;
