@@ -820,7 +820,7 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     if (poll_waiting_) core_.feed().cancel(poll_waiter_);
   }
 
-  void note(const std::string& what) const { log_connection(core_, "http", peer_, what); }
+  void note(const std::string& what) { core_.log_connection("http", peer_, what); }
 
   const std::string peer_;
   Core& core_;

@@ -54,10 +54,32 @@ std::string peer_of(const tcp::socket& socket) {
   return (peer.address().is_v6() ? "[" + host + "]" : host) + ":" + std::to_string(peer.port());
 }
 
-void log_connection(const Core& core, std::string_view protocol, std::string_view peer,
-                    std::string_view what) {
-  core.log(std::string(protocol) + " connection: " + std::string(what) + " (peer " +
-           std::string(peer) + ")");
+void Core::log_connection(std::string_view protocol, std::string_view peer,
+                          std::string_view what) {
+  static constexpr std::int64_t kMinuteNs = 60'000'000'000;
+  std::lock_guard<std::mutex> guard(log_mu_);
+  const std::int64_t now_ns = steady_now_ns();
+  if (connection_minute_ns_ == 0 || now_ns - connection_minute_ns_ >= kMinuteNs) {
+    if (connection_lines_left_out_ > 0) {
+      log("connection lines: " + std::to_string(connection_lines_left_out_) +
+          " more were left out after the limit of " + std::to_string(kConnectionLinesPerMinute) +
+          " a minute");
+    }
+    connection_minute_ns_ = now_ns;
+    connection_lines_ = 0;
+    connection_lines_left_out_ = 0;
+  }
+  if (connection_lines_ >= kConnectionLinesPerMinute) {
+    connection_lines_left_out_++;
+    return;
+  }
+  log(std::string(protocol) + " connection: " + std::string(what) + " (peer " +
+      std::string(peer) + ")");
+  if (++connection_lines_ == kConnectionLinesPerMinute) {
+    log("connection lines: " + std::to_string(kConnectionLinesPerMinute) +
+        " this minute, the most logged; the rest of this minute's are left out"
+        " (the metrics still count them)");
+  }
 }
 
 void Core::log(std::string_view message) const {
@@ -792,7 +814,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     for (const EventFeed::WaiterId waiter : waiters) core_.feed().cancel(waiter);
   }
 
-  void note(const std::string& what) const { log_connection(core_, "binary", peer_, what); }
+  void note(const std::string& what) { core_.log_connection("binary", peer_, what); }
 
   const std::string peer_;
   Core& core_;

@@ -15,7 +15,8 @@
 // to be written and one list running on a binary connection, frame and body sizes,
 // idle timeouts, and (binary) a write that sends nothing for the idle
 // timeout. A malformed or oversized frame closes only its connection, with
-// a logged reason. Tokens are compared in constant time.
+// a logged reason (at most kConnectionLinesPerMinute such lines a minute).
+// Tokens are compared in constant time.
 //
 // Thread safety: start(), bind(), serve() and stop() from one thread;
 // ports from any.
@@ -34,6 +35,10 @@
 #include "log/status.h"
 
 namespace tally {
+
+// The most lines about single connections (why one closed) logged in a
+// minute: peers that each send garbage must not flood the log.
+inline constexpr std::uint64_t kConnectionLinesPerMinute = 100;
 
 // ServerOptions::io_threads unless set: half the cores, at least one.
 std::size_t io_threads_default();

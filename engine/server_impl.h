@@ -65,6 +65,11 @@ class Core {
   Metrics& metrics() { return metrics_; }
   bool stopping() const { return stopping_.load(std::memory_order_acquire); }
   void log(std::string_view message) const;
+  // Logs "PROTOCOL connection: WHAT (peer HOST:PORT)", at most
+  // kConnectionLinesPerMinute such lines a minute. The line that reaches
+  // the limit says so; the first one in a later minute says how many were
+  // left out.
+  void log_connection(std::string_view protocol, std::string_view peer, std::string_view what);
   // True when no token is configured or `presented` matches it.
   bool token_ok(std::string_view presented) const;
 
@@ -145,6 +150,12 @@ class Core {
   static constexpr std::int64_t kRefusedNoteNs = 60'000'000'000;
   std::uint64_t refused_ = 0;
   std::int64_t refused_noted_ns_ = 0;
+  // log_connection()'s minute: when it began (steady ns; 0: none yet), the
+  // lines logged in it and those left out. Under log_mu_.
+  std::mutex log_mu_;
+  std::int64_t connection_minute_ns_ = 0;
+  std::uint64_t connection_lines_ = 0;
+  std::uint64_t connection_lines_left_out_ = 0;
 };
 
 template <class R>
@@ -192,10 +203,6 @@ void Core::query(Metrics::Op op, std::function<void(std::function<void(Result<R>
                  std::function<void(Result<R>)> done) {
   start(track(op, std::move(done)));
 }
-
-// Logs "PROTOCOL connection: WHAT (peer HOST:PORT)".
-void log_connection(const Core& core, std::string_view protocol, std::string_view peer,
-                    std::string_view what);
 
 // Takes over an accepted socket (whose executor is a strand).
 

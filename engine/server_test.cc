@@ -2235,6 +2235,25 @@ TEST_CASE("binary: malformed and oversized frames close only their connection") 
   CHECK(client->acquire("after", "a", "b", 1)->outcome == Outcome::ok);
 }
 
+TEST_CASE("server: a flood of malformed connections logs a bounded number of lines") {
+  Fixture fx;
+  const std::uint64_t flood = kConnectionLinesPerMinute + 20;
+  for (std::uint64_t i = 0; i < flood; i++) {
+    CHECK(send_raw_until_closed(fx.server->binary_port(), std::string(16, '\xff')).empty());
+  }
+  std::size_t closing_lines = 0;
+  {
+    std::lock_guard<std::mutex> guard(fx.log_mu);
+    for (const auto& line : fx.logs) {
+      closing_lines += line.starts_with("binary connection: closing") ? 1 : 0;
+    }
+  }
+  CHECK(closing_lines == kConnectionLinesPerMinute);
+  CHECK(fx.logged("the rest of this minute's are left out"));
+  // Every one is still counted.
+  CHECK(metric(fx.server->http_port(), "tally_malformed_total") == static_cast<std::int64_t>(flood));
+}
+
 TEST_CASE("binary: requests read before a malformed frame are answered before the close") {
   Fixture fx;
   std::string bytes = burst_of(2, [](wire::Request* request) {
