@@ -172,14 +172,14 @@ std::function<void(Result<R>)> Core::track(Metrics::Op op, std::function<void(Re
       }
       metrics_.record(op, slot, steady_now_ns() - start_ns);
     }
-    {
-      // `done` may hold the last reference to its session: destroy it here,
-      // while Server::stop() still waits for this request, not later on a
-      // ledger thread.
-      auto finish = std::move(done);
-      finish(std::move(result));
-    }
+    // Out of the queue depth before the answer can reach the client: one
+    // that has it and scrapes at once must not see its request counted.
     metrics_.inflight_add(-1);
+    // `done` may hold the last reference to its session: destroy it here,
+    // while Server::stop() still waits for this request, not later on a
+    // ledger thread.
+    auto finish = std::move(done);
+    finish(std::move(result));
   };
 }
 
