@@ -258,6 +258,9 @@ def test_usage_errors_exit_2():
         assert code == 2, "%s: exit %d, stderr %s" % (args, code, err)
         assert err.startswith("tally: "), "%s: stderr %r" % (args, err)
         assert out == b"", args
+    # A flag that swallowed the next word is named, not the positionals.
+    _, _, err = tally("balance", "--data", f.data, "--at-seq", "s1", "i1", expect_exit=2)
+    assert err.startswith("tally: --at-seq: 's1' is not an integer"), err
 
 
 def test_serve_refuses_its_command_line_before_touching_the_data_directory():

@@ -119,6 +119,10 @@ Result<Args> Args::parse(const CommandSpec& spec, std::span<const char* const> a
       value = argv[++arg_index];
     }
     TALLY_TRY(args.add_flag(name, value));
+    // An integer flag's value is checked here, before the positionals are
+    // counted: `--at-seq s0 i1` is a slip in the flag, which the message
+    // should name, not a missing positional.
+    if (flag->range) TALLY_TRY(args.integer(name, 0).status());
   }
   const std::size_t count = args.positionals_.size();
   if (count != spec.positional_count && !(spec.positionals_optional && count == 0)) {
