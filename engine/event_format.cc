@@ -225,25 +225,6 @@ void append_event(const Event& event, EventFormat format, std::string* out) {
   write_event(&writer, event, json, out);
 }
 
-namespace {
-
-// How many bytes at text[at] are a character a reader may take for a line
-// break or a control in UTF-8: a C1 control (U+0080..U+009F, U+0085 NEL
-// among them) or U+2028/U+2029 (line and paragraph separators); 0 if none.
-std::size_t line_breaking_utf8(std::string_view text, std::size_t at) {
-  const auto byte_at = [&](std::size_t index) {
-    return index < text.size() ? static_cast<unsigned char>(text[index]) : 0;
-  };
-  if (byte_at(at) == 0xc2 && byte_at(at + 1) >= 0x80 && byte_at(at + 1) <= 0x9f) return 2;
-  if (byte_at(at) == 0xe2 && byte_at(at + 1) == 0x80 &&
-      (byte_at(at + 2) == 0xa8 || byte_at(at + 2) == 0xa9)) {
-    return 3;
-  }
-  return 0;
-}
-
-}  // namespace
-
 void append_text_escaped(std::string* out, std::string_view text) {
   for (std::size_t at = 0; at < text.size(); at++) {
     const auto byte = static_cast<unsigned char>(text[at]);
@@ -252,7 +233,7 @@ void append_text_escaped(std::string* out, std::string_view text) {
     } else if (byte <= 0x20 || byte == 0x7f) {
       *out += "\\x";
       append_byte_hex(out, byte);
-    } else if (const std::size_t bytes = line_breaking_utf8(text, at); bytes > 0) {
+    } else if (const std::size_t bytes = json::line_breaking_utf8(text, at); bytes > 0) {
       for (std::size_t index = 0; index < bytes; index++) {
         *out += "\\x";
         append_byte_hex(out, static_cast<unsigned char>(text[at + index]));

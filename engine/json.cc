@@ -283,12 +283,30 @@ bool to_uint64(const Value& value, std::uint64_t* out) {
   return ec == std::errc() && ptr == end;
 }
 
+std::size_t line_breaking_utf8(std::string_view text, std::size_t at) {
+  const auto byte_at = [&](std::size_t index) {
+    return index < text.size() ? static_cast<unsigned char>(text[index]) : 0;
+  };
+  if (byte_at(at) == 0xc2 && byte_at(at + 1) >= 0x80 && byte_at(at + 1) <= 0x9f) return 2;
+  if (byte_at(at) == 0xe2 && byte_at(at + 1) == 0x80 &&
+      (byte_at(at + 2) == 0xa8 || byte_at(at + 2) == 0xa9)) {
+    return 3;
+  }
+  return 0;
+}
+
 void append_string(std::string* out, std::string_view text) {
   static constexpr char kHex[] = "0123456789abcdef";
+  const auto escape_u00 = [out](unsigned char code) {
+    *out += "\\u00";
+    out->push_back(kHex[code >> 4]);
+    out->push_back(kHex[code & 0xF]);
+  };
   out->push_back('"');
   std::size_t pos = 0;
   while (pos < text.size()) {
     const unsigned char c = static_cast<unsigned char>(text[pos]);
+    std::size_t length = 1;
     if (c == '"' || c == '\\') {
       out->push_back('\\');
       out->push_back(static_cast<char>(c));
@@ -300,22 +318,22 @@ void append_string(std::string* out, std::string_view text) {
       *out += "\\t";
     } else if (c >= 0x20 && c < 0x7F) {
       out->push_back(static_cast<char>(c));
-    } else if (c >= 0x80) {
-      const std::size_t length = utf8_length(text, pos);
-      if (length > 0) {
-        out->append(text.substr(pos, length));
-        pos += length;
-        continue;
-      }
-      *out += "\\u00";
-      out->push_back(kHex[c >> 4]);
-      out->push_back(kHex[c & 0xF]);
+    } else if (c < 0x80) {
+      escape_u00(c);
+    } else if (const std::size_t breaking = line_breaking_utf8(text, pos); breaking == 2) {
+      // U+0080..U+009F: the code point is the second byte.
+      escape_u00(static_cast<unsigned char>(text[pos + 1]));
+      length = 2;
+    } else if (breaking == 3) {
+      *out += text[pos + 2] == '\xa8' ? "\\u2028" : "\\u2029";
+      length = 3;
+    } else if (const std::size_t valid = utf8_length(text, pos); valid > 0) {
+      out->append(text.substr(pos, valid));
+      length = valid;
     } else {
-      *out += "\\u00";
-      out->push_back(kHex[c >> 4]);
-      out->push_back(kHex[c & 0xF]);
+      escape_u00(c);  // not UTF-8: the byte, read as Latin-1
     }
-    pos++;
+    pos += length;
   }
   out->push_back('"');
 }
