@@ -561,6 +561,19 @@ Counted count_outcomes(const std::vector<OpResult>& results, const Workload& wor
   return counted;
 }
 
+// How many ops were the first line of their key yet answered as replays:
+// keys the ledger had decided before the run (or the client's own resend
+// after a lost connection).
+std::size_t earlier_replays(const std::vector<OpResult>& results, const Workload& workload) {
+  std::size_t count = 0;
+  std::unordered_set<std::string_view> keys;
+  for (std::size_t index = 0; index < results.size(); index++) {
+    const bool first = keys.insert(workload.ops[index].key).second;
+    if (first && results[index].replay) count++;
+  }
+  return count;
+}
+
 // "<what>=N seconds=S <what>_per_s=R p50_us=A p99_us=B" over the latency
 // of each call.
 std::string latency_line(std::string_view what, std::vector<std::int64_t> latencies_ns, double seconds) {
@@ -715,6 +728,14 @@ Result<std::vector<OpResult>> drive_bench(LedgerApi* ledger, const Workload& wor
   if (!ran.ok()) return ran;
   out.buffer() += bench_line(driver.results(), seconds);
   out.flush_line();
+  // A second run on the same data measures replays, not writes: say so.
+  if (const std::size_t replays = earlier_replays(driver.results(), workload); replays > 0) {
+    std::fprintf(stderr,
+                 "tally: note: %zu of the %zu ops named keys the ledger had decided before "
+                 "this run (a data directory used before?) and were answered as replays: "
+                 "the line above measures replays, not writes\n",
+                 replays, driver.results().size());
+  }
   return driver.results();
 }
 
