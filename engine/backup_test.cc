@@ -296,14 +296,8 @@ TEST_CASE("damage in a segment before the last fails a backup at once") {
   }
   std::sort(segments.begin(), segments.end());
   REQUIRE(segments.size() >= 3);
-  {
-    // A byte in the middle of the first segment: inside some frame.
-    std::fstream file(segments[0], std::ios::in | std::ios::out | std::ios::binary);
-    file.seekg(32 << 10);
-    const char byte = static_cast<char>(file.get());
-    file.seekp(32 << 10);
-    file.put(static_cast<char>(byte ^ 0x10));
-  }
+  // A byte in the middle of the first segment: inside some frame.
+  REQUIRE(testing::flip_byte(segments[0], 32 << 10));
   auto report = backup_data(source, dir.sub("backup"));
   REQUIRE(report.code() == ErrorCode::corrupt);
   CHECK(report.status().message().find("segment 0000000000000001.seg offset ") !=

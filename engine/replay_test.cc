@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <fstream>
 #include <optional>
 #include <random>
 #include <set>
@@ -355,19 +354,9 @@ TEST_CASE("a damaged record stops replay at its segment and offset, after every 
   REQUIRE(index + 1 < reference.segments.size());
   const std::uint64_t seq = reference.segments[index] + 20;
   const log::Record& damaged = reference.records[seq];
-  {
-    const std::string path =
-        log::join_path(log_dir(data_dir), log::segment_file_name(damaged.segment_first_seq));
-    std::fstream file(path, std::ios::in | std::ios::out | std::ios::binary);
-    REQUIRE(file.good());
-    const auto at = static_cast<std::streamoff>(damaged.offset + log::kFrameHeaderSize +
-                                                damaged.payload.size() / 2);
-    file.seekg(at);
-    const char byte = static_cast<char>(file.get() ^ 0x20);
-    file.seekp(at);
-    file.put(byte);
-    REQUIRE(file.good());
-  }
+  REQUIRE(testing::flip_byte(
+      log::join_path(log_dir(data_dir), log::segment_file_name(damaged.segment_first_seq)),
+      damaged.offset + log::kFrameHeaderSize + damaged.payload.size() / 2, 0x20));
 
   ReplayOptions options;
   options.data_dir = data_dir;

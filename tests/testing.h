@@ -50,6 +50,17 @@ inline void write_file(const std::string& path, std::string_view bytes) {
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
+// Flips bits `mask` of the byte at `offset` of the file, in place.
+inline bool flip_byte(const std::string& path, std::uint64_t offset, unsigned char mask = 0x10) {
+  std::fstream file(path, std::ios::in | std::ios::out | std::ios::binary);
+  const auto at = static_cast<std::streamoff>(offset);
+  file.seekg(at);
+  const int byte = file.get();
+  file.seekp(at);
+  file.put(static_cast<char>(byte ^ mask));
+  return byte != std::char_traits<char>::eof() && file.good();
+}
+
 // The damage the LMDB store tests do to a data.mdb of 4 KiB pages whose
 // bytes are `bytes`: for every page after the two meta pages, a bit
 // flipped in each of its first 48 bytes (the page header, the node
