@@ -614,6 +614,48 @@ TEST_CASE("a ledger sets damaged snapshot and history files aside and rebuilds f
   CHECK(indexed_seq(f.options.data_dir) == last);
 }
 
+// Whether the open ledger's check of the log before its snapshot is done,
+// waiting up to a minute.
+bool log_checked(Fixture& f) {
+  for (int wait = 0; wait < 6000 && !f.ledger->stats().log_checked; wait++) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return f.ledger->stats().log_checked;
+}
+
+TEST_CASE("an open from a snapshot checks the records before it in the background") {
+  Fixture f;
+  f.options.segment_size_bytes = 64 << 10;
+  f.open();
+  CHECK(f.ledger->stats().log_checked);  // an empty log: nothing before the start
+  const std::uint64_t last = f.acquire_ones(2000);
+  f.snapshot();
+  f.close();
+  const std::string first_segment =
+      log::join_path(log_dir(f.options.data_dir), log::segment_file_name(1));
+  SUBCASE("sound") {
+    f.open();
+    CHECK(f.ledger->stats().snapshot_seq == last);
+    REQUIRE(log_checked(f));
+    CHECK_FALSE(f.ledger->stats().log_damaged);
+  }
+  SUBCASE("a flipped bit in the first segment, which the open does not read") {
+    REQUIRE(testing::flip_byte(first_segment, 32 << 10));
+    f.open();
+    CHECK(f.ledger->stats().snapshot_seq == last);
+    REQUIRE(log_checked(f));
+    CHECK(f.ledger->stats().log_damaged);
+    // The ledger goes on: its state is the snapshot's and the log after it.
+    CHECK(f.ledger->balance("alice", "gold")->available == 2000);
+    f.ok(f.ledger->acquire("after", "alice", "gold", 1));
+  }
+  SUBCASE("a close while the check runs stops it") {
+    REQUIRE(testing::flip_byte(first_segment, 32 << 10));
+    f.open();
+  }
+  f.close();
+}
+
 // The seq of the first snapshot the open ledger writes, waiting up to a minute.
 std::uint64_t first_snapshot_seq(Fixture& f) {
   std::uint64_t snapshot_seq = 0;

@@ -177,6 +177,10 @@ std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed,
                 "1 while a write of the history or of a snapshot that failed with an I/O error "
                 "(logged) waits to be tried again.",
                 stats.archivist_retrying ? 1 : 0);
+  append_single(&out, "tally_log_damaged", "gauge",
+                "1 once the log's records before the snapshot the open started from were found "
+                "damaged (logged): run tally verify; the ledger goes on.",
+                stats.log_damaged ? 1 : 0);
   append_single(&out, "tally_read_only", "gauge",
                 "1 once a write failed: every mutation and balance read is refused until the "
                 "server restarts (the event feed and metrics still answer).",
