@@ -363,8 +363,8 @@ TEST_CASE("damage in a segment that is not the last is corruption") {
     }
     for (const std::uint64_t size : {records_end - 8, records_end + 8}) {
       CAPTURE(size);
-      write_bytes(path, std::vector<std::byte>(pristine.begin(),
-                                               pristine.begin() + static_cast<std::ptrdiff_t>(size)));
+      const auto end = pristine.begin() + static_cast<std::ptrdiff_t>(size);
+      write_bytes(path, std::vector<std::byte>(pristine.begin(), end));
       const std::string cut = prefix(second, size) + "the segment's file is cut short (" +
                               std::to_string(size) + " bytes of the " +
                               std::to_string(pristine.size()) + " its header reserves)";
