@@ -15,9 +15,9 @@
 // is not yet durable reaches a caller.
 #include "engine/ledger.h"
 
-#include <pthread.h>
-#include <sched.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -326,7 +326,7 @@ struct Ledger::Impl {
   std::unique_ptr<snap::HistoryStore> history;
   std::unique_ptr<Archivist> archivist;
   // The check of the log's records before the snapshot the open started
-  // from, on a thread of its own at idle priority: its thread, close()'s
+  // from, on a thread of its own at the lowest priority: its thread, close()'s
   // stop, and what it found (LedgerStats::log_checked, log_damaged).
   std::thread check_thread;
   std::atomic<bool> check_cancelled{false};
@@ -631,8 +631,10 @@ Status Ledger::Impl::start_log_check(std::uint64_t snapshot_seq) {
 // after the open as idle cores allow, rather than when one of those needs
 // the records. The ledger goes on: what it serves is unaffected.
 void Ledger::Impl::check_log_main(std::uint64_t to_seq) {
-  sched_param param{};
-  (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &param);  // best effort
+  // The lowest priority that still runs under load (SCHED_IDLE might not
+  // run while the cores are busy, and close() waits for it to see its
+  // cancel): about 1.5% of a busy core, all of an idle one. Best effort.
+  (void)setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 19);
   const Status found = check_log_before(to_seq);
   if (found.code() == ErrorCode::closed) return;
   if (!found.ok()) {
@@ -1186,10 +1188,10 @@ Status Ledger::close() {
   }
   impl.writer_cv.notify_all();
   impl.room_cv.notify_all();
-  // After an open that failed part way, either may never have started (the
-  // I/O thread only after the writer, which stops it as it exits).
   impl.check_cancelled.store(true);
   if (impl.check_thread.joinable()) impl.check_thread.join();
+  // After an open that failed part way, either may never have started (the
+  // I/O thread only after the writer, which stops it as it exits).
   if (impl.writer_thread.joinable()) impl.writer_thread.join();
   if (impl.io_thread.joinable()) impl.io_thread.join();
   {

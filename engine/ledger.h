@@ -130,8 +130,8 @@ struct LedgerStats {
   // falls behind, or due snapshots wait, until one succeeds.
   bool archivist_retrying = false;
   // An open that starts from a snapshot reads none of the log's records
-  // before it; a thread at idle priority then reads them all, verifying
-  // their checksums and chain. log_checked: done (or nothing to check);
+  // before it; a thread at the lowest priority (nice 19) then reads them
+  // all, verifying their checksums and chain. log_checked: done (or nothing to check);
   // log_damaged: it found them damaged (logged on stderr, with segment and
   // offset). The ledger goes on either way: its state does not depend on them.
   bool log_checked = false;
