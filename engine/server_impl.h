@@ -205,7 +205,6 @@ void Core::query(Metrics::Op op, std::function<void(std::function<void(Result<R>
 }
 
 // Takes over an accepted socket (whose executor is a strand).
-
 void start_binary_session(Core& core, tcp::socket socket);
 void start_http_session(Core& core, tcp::socket socket);
 
