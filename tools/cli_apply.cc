@@ -561,15 +561,19 @@ Counted count_outcomes(const std::vector<OpResult>& results, const Workload& wor
   return counted;
 }
 
-// How many ops were the first line of their key yet answered as replays:
-// keys the ledger had decided before the run (or the client's own resend
-// after a lost connection).
+// How many ops named keys that no line of this run decided, every line of
+// them answered as a replay: keys the ledger had decided before the run
+// (or the client's own resend after a lost connection). Not "the key's
+// first line was a replay": over several connections a later line of a
+// key may be decided before its first one is.
 std::size_t earlier_replays(const std::vector<OpResult>& results, const Workload& workload) {
-  std::size_t count = 0;
-  std::unordered_set<std::string_view> keys;
+  std::unordered_map<std::string_view, bool> decided_in_run;
   for (std::size_t index = 0; index < results.size(); index++) {
-    const bool first = keys.insert(workload.ops[index].key).second;
-    if (first && results[index].replay) count++;
+    decided_in_run[workload.ops[index].key] |= !results[index].replay;
+  }
+  std::size_t count = 0;
+  for (std::size_t index = 0; index < results.size(); index++) {
+    if (!decided_in_run[workload.ops[index].key]) count++;
   }
   return count;
 }
