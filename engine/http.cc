@@ -752,7 +752,9 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
 
   void handle(HttpRequest request);
   void health(http::verb method);
-  bool authorized(const HttpRequest& request);
+  // Why the request's credentials are refused (never the token itself);
+  // nullptr when they pass.
+  const char* unauthorized(const HttpRequest& request);
   void metrics();
   // A request of `route` refused before it reached the ledger (its path,
   // query or body did not decode): answered, and counted under the route's
@@ -862,7 +864,9 @@ void HttpSession::handle(HttpRequest request) {
     if (!query.ok() && request.method() == route.method) return reject(route, query);
     return health(request.method());
   }
-  if (!authorized(request)) {
+  if (const char* refused = unauthorized(request)) {
+    core_.metrics().unauthorized(Metrics::Protocol::http);
+    note(std::string("unauthorized: ") + refused);
     HttpResponse response =
         problem(http::status::unauthorized, "unauthorized", "a valid bearer token is required");
     response.set(http::field::www_authenticate, "Bearer");
@@ -905,12 +909,15 @@ void HttpSession::health(http::verb method) {
   send(json_response(http::status::ok, "{\"status\":\"ready\"}"), false);
 }
 
-bool HttpSession::authorized(const HttpRequest& request) {
-  if (core_.options().token.empty()) return true;
+const char* HttpSession::unauthorized(const HttpRequest& request) {
+  if (core_.options().token.empty()) return nullptr;
   // Two credentials are none: which one would a proxy have checked?
-  if (request.count(http::field::authorization) != 1) return false;
+  const std::size_t count = request.count(http::field::authorization);
+  if (count == 0) return "no token (the server requires one)";
+  if (count > 1) return "two Authorization headers";
   const auto token = bearer_token(view(request[http::field::authorization]));
-  return token.has_value() && core_.token_ok(*token);
+  if (!token.has_value()) return "not a bearer token";
+  return core_.token_ok(*token) ? nullptr : "wrong token";
 }
 
 void HttpSession::metrics() {

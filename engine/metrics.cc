@@ -208,6 +208,13 @@ std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed,
   append_single(&out, "tally_malformed_total", "counter",
                 "Connections closed for a malformed or oversized frame or request.",
                 malformed_.load(std::memory_order_relaxed));
+  append_help(&out, "tally_unauthorized_total", "counter",
+              "Requests (http) and hellos (binary) refused for a missing or wrong token.");
+  for (std::size_t protocol = 0; protocol < kProtocols; protocol++) {
+    append_line(&out, "tally_unauthorized_total",
+                "protocol=\"" + std::string(kProtocolNames[protocol]) + "\"",
+                unauthorized_[protocol].load(std::memory_order_relaxed));
+  }
   append_single(&out, "tally_accept_failures_total", "counter",
                 "Accepts that failed (out of file descriptors or memory); each waits 100 ms.",
                 accept_failures_.load(std::memory_order_relaxed));

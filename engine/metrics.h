@@ -36,6 +36,10 @@ class Metrics {
   void connection_closed(Protocol protocol);
   void connection_rejected() { connections_rejected_.fetch_add(1, std::memory_order_relaxed); }
   void malformed() { malformed_.fetch_add(1, std::memory_order_relaxed); }
+  // A request (HTTP) or hello (binary) refused for a missing or wrong token.
+  void unauthorized(Protocol protocol) {
+    unauthorized_[static_cast<std::size_t>(protocol)].fetch_add(1, std::memory_order_relaxed);
+  }
   void accept_failed() { accept_failures_.fetch_add(1, std::memory_order_relaxed); }
   void inflight_add(std::int64_t delta) { inflight_.fetch_add(delta, std::memory_order_acq_rel); }
   std::int64_t inflight() const { return inflight_.load(std::memory_order_acquire); }
@@ -64,6 +68,7 @@ class Metrics {
   std::array<std::atomic<std::uint64_t>, kProtocols> connections_total_{};
   std::atomic<std::uint64_t> connections_rejected_{0};
   std::atomic<std::uint64_t> malformed_{0};
+  std::array<std::atomic<std::uint64_t>, kProtocols> unauthorized_{};
   std::atomic<std::uint64_t> accept_failures_{0};
   std::atomic<std::int64_t> inflight_{0};
 };

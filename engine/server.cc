@@ -392,8 +392,11 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     dispatch(std::move(*request));
   }
 
-  // Answers unauthorized and closes once the answer is written.
+  // Answers unauthorized (counted, and logged with `message`) and closes
+  // once the answer is written.
   void refuse(std::uint64_t id, std::string message) {
+    core_.metrics().unauthorized(Metrics::Protocol::binary);
+    note("closing: " + message);
     wire::Response response;
     response.id = id;
     response.kind = wire::Response::Kind::error;
@@ -564,7 +567,6 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     if (!core_.token_ok(request.token)) {
       const char* why =
           request.token.empty() ? "no token (the server requires one)" : "wrong token";
-      note(std::string("closing: ") + why);
       return refuse(request.id, why);
     }
     wire::Response response;

@@ -644,6 +644,16 @@ TEST_CASE("http and binary: auth on") {
 
   // A request before the hello is refused, and the connection closed.
   CHECK(lone_balance_answer(fx.server->binary_port()).unauthorized);
+  // Each refusal counts, by protocol, and is logged without the token.
+  const std::string scraped =
+      http_call(port, http::verb::get, "/metrics", {}, {{"Authorization", "Bearer s3cret-token"}})
+          .body;
+  CHECK(scraped.find("\ntally_unauthorized_total{protocol=\"http\"} 7\n") != std::string::npos);
+  CHECK(scraped.find("\ntally_unauthorized_total{protocol=\"binary\"} 3\n") != std::string::npos);
+  CHECK(fx.logged("http connection: unauthorized: wrong token (peer 127.0.0.1:"));
+  CHECK(fx.logged("http connection: unauthorized: two Authorization headers"));
+  CHECK(fx.logged("binary connection: closing: the first request must be a hello"));
+  CHECK_FALSE(fx.logged("s3cret"));
 
   auto client = fx.client();
   CHECK(client->acquire("k", "a", "b", 1).ok());
