@@ -95,6 +95,12 @@ void Metrics::record(Op op, std::size_t outcome_slot, std::int64_t latency_ns) {
   latency_[op_index].observe(static_cast<std::uint64_t>(latency_ns < 0 ? 0 : latency_ns));
 }
 
+void Metrics::replayed(Op op) {
+  const auto op_index = static_cast<std::size_t>(op);
+  TALLY_ASSERT(op_index < kMutationOps);
+  replays_[op_index].fetch_add(1, std::memory_order_relaxed);
+}
+
 void Metrics::connection_opened(Protocol protocol) {
   connections_[static_cast<std::size_t>(protocol)].fetch_add(1, std::memory_order_relaxed);
   connections_total_[static_cast<std::size_t>(protocol)].fetch_add(1, std::memory_order_relaxed);
@@ -114,6 +120,13 @@ void Metrics::render_ops(std::string* out) const {
                   "op=\"" + std::string(kOpNames[op]) + "\",outcome=\"" + slot_name(slot) + "\"",
                   value);
     }
+  }
+  append_help(out, "tally_replays_total", "counter",
+              "Mutations answered as replays of a key decided before (in tally_ops_total too, "
+              "under their outcome).");
+  for (std::size_t op = 0; op < kMutationOps; op++) {
+    append_line(out, "tally_replays_total", "op=\"" + std::string(kOpNames[op]) + "\"",
+                replays_[op].load(std::memory_order_relaxed));
   }
 }
 

@@ -32,6 +32,9 @@ class Metrics {
   enum class Protocol : std::uint8_t { binary, http, count };
 
   void record(Op op, std::size_t outcome_slot, std::int64_t latency_ns);
+  // A mutation answered as a replay (its key decided before); record()
+  // counts it under its outcome as well.
+  void replayed(Op op);
   void connection_opened(Protocol protocol);
   void connection_closed(Protocol protocol);
   void connection_rejected() { connections_rejected_.fetch_add(1, std::memory_order_relaxed); }
@@ -64,6 +67,9 @@ class Metrics {
 
   std::array<std::array<std::atomic<std::uint64_t>, kOutcomeSlots>, kOps> ops_{};
   std::array<Histogram, kOps> latency_;
+  // The mutations: acquire .. batch.
+  static constexpr std::size_t kMutationOps = static_cast<std::size_t>(Op::batch) + 1;
+  std::array<std::atomic<std::uint64_t>, kMutationOps> replays_{};
   std::array<std::atomic<std::int64_t>, kProtocols> connections_{};
   std::array<std::atomic<std::uint64_t>, kProtocols> connections_total_{};
   std::atomic<std::uint64_t> connections_rejected_{0};

@@ -169,6 +169,7 @@ std::function<void(Result<R>)> Core::track(Metrics::Op op, std::function<void(Re
         slot = Metrics::error_slot(result.code());
       } else if constexpr (std::is_same_v<R, Receipt>) {
         slot = Metrics::outcome_slot(result->outcome);
+        if (result->replay) metrics_.replayed(op);
       }
       metrics_.record(op, slot, steady_now_ns() - start_ns);
     }
