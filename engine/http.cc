@@ -659,8 +659,9 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     core_.metrics().connection_closed(Metrics::Protocol::http);
   }
 
-  void start(std::uint64_t id) {
+  void start(std::uint64_t id, bool probe) {
     id_ = id;
+    probe_ = probe;
     read_request();
   }
 
@@ -683,7 +684,9 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     parser_.emplace();
     parser_->body_limit(core_.options().http_body_bytes_max);
     parser_->header_limit(core_.options().http_header_bytes_max);
-    stream_.expires_after(std::chrono::milliseconds(core_.options().idle_timeout_ms));
+    stream_.expires_after(std::chrono::milliseconds(
+        probe_ ? std::min(core_.options().idle_timeout_ms, kProbeTimeoutMs)
+               : core_.options().idle_timeout_ms));
     reading_ = true;
     head_ = false;
     http::async_read_header(stream_, buffer_, *parser_,
@@ -835,6 +838,10 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   std::uint64_t id_ = 0;
   bool keep_alive_ = true;
   bool head_ = false;  // the request is a HEAD
+  // Over connections_max (Core::Admission::probe): one request, answered
+  // only for GET /health and GET /metrics, within kProbeTimeoutMs.
+  bool probe_ = false;
+  static constexpr std::int64_t kProbeTimeoutMs = 5000;
   bool reading_ = false;
   bool stopping_ = false;
   bool closed_ = false;
@@ -847,7 +854,7 @@ void HttpSession::handle(HttpRequest request) {
   request_start_ns_ = steady_now_ns();
   // A client may not know how a HEAD's answer ends (every one is a 405):
   // closing after it leaves no doubt.
-  keep_alive_ = request.keep_alive() && request.method() != http::verb::head;
+  keep_alive_ = request.keep_alive() && request.method() != http::verb::head && !probe_;
   // RFC 9112 3.2: an HTTP/1.1 request names exactly one Host, and no
   // request names two (a proxy and the server could read different ones).
   const std::size_t hosts = request.count(http::field::host);
@@ -859,6 +866,15 @@ void HttpSession::handle(HttpRequest request) {
   const Route route = target->too_long ? Route{} : match_route(target->segments);
   // /health and /metrics take no parameters either.
   const auto no_parameters = [&] { return parse_query(target->query, {}).status(); };
+  if (probe_ && route.kind != RouteKind::health && route.kind != RouteKind::metrics) {
+    core_.refuse_probe();
+    HttpResponse response =
+        problem(http::status::service_unavailable, "busy",
+                "connections_max HTTP connections are open; over them only GET /health and "
+                "GET /metrics are answered");
+    response.set(http::field::retry_after, "1");
+    return send(std::move(response), true);
+  }
   if (route.kind == RouteKind::health) {
     const Status query = no_parameters();
     if (!query.ok() && request.method() == route.method) return reject(route, query);

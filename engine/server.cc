@@ -91,36 +91,62 @@ bool Core::token_ok(std::string_view presented) const {
   return options_.token.empty() || constant_time_equal(presented, options_.token);
 }
 
-bool Core::add_session(const std::shared_ptr<Session>& session, Metrics::Protocol protocol,
-                       std::uint64_t* id) {
+Core::Admission Core::add_session(const std::shared_ptr<Session>& session,
+                                  Metrics::Protocol protocol, std::uint64_t* id) {
   std::lock_guard<std::mutex> guard(mu_);
-  std::size_t& open = open_[static_cast<std::size_t>(protocol)];
-  if (stopping()) return false;
-  if (open >= options_.connections_max) {
-    // Said once a minute at most while it lasts: a flood must not flood.
-    refused_++;
-    const std::int64_t now_ns = steady_now_ns();
-    if (refused_noted_ns_ == 0 || now_ns - refused_noted_ns_ >= kRefusedNoteNs) {
-      log(std::string("refusing connections: ") + std::to_string(open) + " " +
-          (protocol == Metrics::Protocol::http ? "HTTP" : "binary") +
-          " connections are open, the most it serves (connections_max); " +
-          std::to_string(refused_) + " refused since the last such line");
-      refused_noted_ns_ = now_ns;
-      refused_ = 0;
-    }
-    return false;
+  if (stopping()) {
+    metrics_.connection_rejected();
+    return Admission::refused;
   }
-  open++;
+  std::size_t* open = &open_[static_cast<std::size_t>(protocol)];
+  bool probe = false;
+  if (*open >= options_.connections_max) {
+    if (protocol != Metrics::Protocol::http || probes_open_ >= kProbeSlots) {
+      note_refused_locked(protocol);
+      return Admission::refused;
+    }
+    probe = true;
+    open = &probes_open_;
+  }
+  ++*open;
   *id = next_session_id_++;
-  sessions_.emplace(*id, Registered{session, protocol});
-  return true;
+  sessions_.emplace(*id, Registered{session, protocol, probe});
+  return probe ? Admission::probe : Admission::served;
+}
+
+void Core::refuse_probe() {
+  std::lock_guard<std::mutex> guard(mu_);
+  note_refused_locked(Metrics::Protocol::http);
+}
+
+void Core::note_refused_locked(Metrics::Protocol protocol) {
+  metrics_.connection_rejected();
+  // Said once a minute at most while it lasts: a flood must not flood.
+  refused_++;
+  const std::int64_t now_ns = steady_now_ns();
+  if (refused_noted_ns_ != 0 && now_ns - refused_noted_ns_ < kRefusedNoteNs) return;
+  const bool http = protocol == Metrics::Protocol::http;
+  log(std::string("refusing connections: ") +
+      std::to_string(open_[static_cast<std::size_t>(protocol)]) + " " +
+      (http ? "HTTP" : "binary") +
+      " connections are open, the most it serves (connections_max); " +
+      std::to_string(refused_) + " refused since the last such line" +
+      (http ? " (GET /health and GET /metrics are still answered, on " +
+                  std::to_string(kProbeSlots) + " connections more)"
+            : ""));
+  refused_noted_ns_ = now_ns;
+  refused_ = 0;
 }
 
 void Core::remove_session(std::uint64_t id) {
   std::lock_guard<std::mutex> guard(mu_);
   const auto found = sessions_.find(id);
   if (found == sessions_.end()) return;
-  open_[static_cast<std::size_t>(found->second.protocol)]--;
+  if (found->second.probe) {
+    probes_open_--;
+  } else {
+    open_[static_cast<std::size_t>(found->second.protocol)]--;
+  }
   sessions_.erase(found);
   if (sessions_.empty()) sessions_cv_.notify_all();
 }
@@ -281,7 +307,9 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     core_.metrics().connection_closed(Metrics::Protocol::binary);
   }
 
-  void start(std::uint64_t id) {
+  // Binary connections are never probes (Core::add_session).
+  void start(std::uint64_t id, bool probe) {
+    TALLY_ASSERT(!probe);
     id_ = id;
     touch();
     arm_idle_timer();

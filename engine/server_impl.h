@@ -73,11 +73,25 @@ class Core {
   // True when no token is configured or `presented` matches it.
   bool token_ok(std::string_view presented) const;
 
-  // Registers a session; false when connections_max of its protocol are
-  // open, or stopping. Each protocol has its own connections_max, so that
-  // a flood of one (binary clients) never locks out the other (GET /health).
-  bool add_session(const std::shared_ptr<Session>& session, Metrics::Protocol protocol,
-                   std::uint64_t* id);
+  // How add_session() takes a connection. Each protocol has its own
+  // connections_max, so that a flood of one (binary clients) never locks
+  // out the other (GET /health). Over HTTP's, kProbeSlots more connections
+  // are probes: their one request is served if it is GET /health or GET
+  // /metrics (a supervisor's check, a scrape), refused otherwise, so that
+  // idle keep-alive clients or long polls never lock those out either.
+  enum class Admission {
+    refused,  // connections_max (and for HTTP the probe slots) are open, or stopping
+    served,
+    probe,
+  };
+  static constexpr std::size_t kProbeSlots = 4;
+  // Registers a session, or counts (tally_connections_rejected_total) and
+  // logs (once a minute at most) its refusal.
+  Admission add_session(const std::shared_ptr<Session>& session, Metrics::Protocol protocol,
+                        std::uint64_t* id);
+  // A probe's request was not one a probe serves: counted and logged as a
+  // connection refused over connections_max.
+  void refuse_probe();
   void remove_session(std::uint64_t id);
 
   // Submits a mutation; `done` runs on a ledger thread (post to a strand).
@@ -141,10 +155,15 @@ class Core {
   struct Registered {
     std::weak_ptr<Session> session;
     Metrics::Protocol protocol;
+    bool probe = false;
   };
   std::unordered_map<std::uint64_t, Registered> sessions_;
   std::array<std::size_t, static_cast<std::size_t>(Metrics::Protocol::count)> open_{};
+  std::size_t probes_open_ = 0;  // HTTP probes, beside open_
   std::uint64_t next_session_id_ = 1;
+  // Counts a connection refused over connections_max and says so, once a
+  // minute at most. Under mu_.
+  void note_refused_locked(Metrics::Protocol protocol);
   // Connections refused over connections_max since the last line that said
   // so, and when that was (steady ns; 0: never). Under mu_.
   static constexpr std::int64_t kRefusedNoteNs = 60'000'000'000;
@@ -210,19 +229,16 @@ void start_binary_session(Core& core, tcp::socket socket);
 void start_http_session(Core& core, tcp::socket socket);
 
 // What both start_*_session do: register a new SessionType (constructed
-// from the core and the socket, with start(id) and close_now()), or refuse
-// it when the server is full or stopping.
+// from the core and the socket, with start(id, probe) and close_now()), or
+// refuse it when the server is full or stopping.
 template <class SessionType>
 void start_session(Core& core, tcp::socket socket, Metrics::Protocol protocol) {
   core.metrics().connection_opened(protocol);
   auto session = std::make_shared<SessionType>(core, std::move(socket));
   std::uint64_t id = 0;
-  if (!core.add_session(session, protocol, &id)) {
-    core.metrics().connection_rejected();
-    session->close_now();
-    return;
-  }
-  session->start(id);
+  const Core::Admission admission = core.add_session(session, protocol, &id);
+  if (admission == Core::Admission::refused) return session->close_now();
+  session->start(id, admission == Core::Admission::probe);
 }
 
 }  // namespace tally::server_detail

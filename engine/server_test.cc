@@ -32,6 +32,7 @@
 #include "engine/protocol.capnp.h"
 #include "engine/replay.h"
 #include "engine/server_fixture.h"
+#include "engine/server_impl.h"  // Core::kProbeSlots
 #include "engine/wire.h"
 #include "log/event.h"
 #include "log/faulty_file.h"
@@ -2327,6 +2328,56 @@ TEST_CASE("server: connection limit, for each protocol on its own") {
   }
   CHECK(said == 1);
   CHECK(metric(fx.server->http_port(), "tally_connections_rejected_total") == 6);
+}
+
+TEST_CASE("server: over HTTP's connection limit, a few probes still get GET /health and /metrics") {
+  Fixture fx;
+  fx.options.connections_max = 1;
+  fx.stop();
+  fx.start();
+  const std::uint16_t port = fx.server->http_port();
+  // A keep-alive client takes the one HTTP slot, and keeps it.
+  asio::io_context io;
+  beast::tcp_stream held(io);
+  held.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+  http::request<http::empty_body> request(http::verb::get, "/health", 11);
+  request.set(http::field::host, "127.0.0.1");
+  http::write(held, request);
+  beast::flat_buffer buffer;
+  http::response<http::string_body> answer;
+  http::read(held, buffer, answer);
+  REQUIRE(answer.result_int() == 200);
+  REQUIRE(answer.keep_alive());
+
+  // A supervisor's check and a scrape are answered, then closed.
+  const Reply health = get(port, "/health");
+  CHECK(health.status == 200);
+  CHECK(health.header("Connection") == "close");
+  const Reply scrape = get(port, "/metrics");
+  CHECK(scrape.status == 200);
+  CHECK(scrape.body.find("\ntally_connections{protocol=\"http\"} 2\n") != std::string::npos);
+  // Anything else is refused, as a connection over the limit is.
+  const Reply refused = get(port, "/v1/balances/a/b");
+  CHECK(refused.status == 503);
+  CHECK(refused.code() == "busy");
+  CHECK(refused.header("Retry-After") == "1");
+  CHECK(fx.logged("refusing connections: 1 HTTP connections are open"));
+  CHECK(metric(port, "tally_connections_rejected_total") == 1);
+
+  // The probes are few: with every one of them taken too, a connection is
+  // closed at once.
+  std::vector<std::unique_ptr<tcp::socket>> idle;
+  for (std::size_t taken = 0; taken < server_detail::Core::kProbeSlots; taken++) {
+    idle.push_back(std::make_unique<tcp::socket>(io));
+    idle.back()->connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+  }
+  CHECK(send_raw_until_closed(port, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").empty());
+  idle.clear();
+  // The held client was served all along.
+  http::write(held, request);
+  http::response<http::string_body> again;
+  http::read(held, buffer, again);
+  CHECK(again.result_int() == 200);
 }
 
 TEST_CASE("server: idle connections are closed") {

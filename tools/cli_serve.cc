@@ -53,7 +53,8 @@ constexpr CommandSpec kServeSpec = {
     "requires --token-file; clients then present the token (HTTP: Authorization:\n"
     "Bearer TOKEN; binary: in the hello). On SIGINT or SIGTERM the server stops\n"
     "accepting, answers every request it has read, closes the log and exits 0\n"
-    "(while the log still opens: at once).\n"
+    "(while the log still opens: at once). Over --connections-max HTTP\n"
+    "connections, 4 more answer only GET /health and GET /metrics.\n"
     "docs/http-api.md and docs/protocol.md describe the protocols.\n",
     kServeAllFlags,
     0,
