@@ -403,7 +403,8 @@ TEST_CASE("http: every mutation and read route, problem+json, idempotency") {
   CHECK(short_of.status == 422);
   CHECK(short_of.string("code") == "insufficient");
   // A rejection is an outcome too: its retry is a replay of it.
-  Reply short_again = post(port, "/v1/consume", R"({"subject":"berlin","item":"sku-42","qty":100})", "c2");
+  Reply short_again =
+      post(port, "/v1/consume", R"({"subject":"berlin","item":"sku-42","qty":100})", "c2");
   CHECK(short_again.status == 422);
   CHECK(short_again.headers["Idempotent-Replayed"] == "true");
   CHECK(post(port, "/v1/transfer", R"({"from":"berlin","to":"paris","item":"sku-42","qty":2})", "t1").status == 200);
@@ -437,7 +438,8 @@ TEST_CASE("http: every mutation and read route, problem+json, idempotency") {
   CHECK(metrics.status == 200);
   CHECK(metrics.body.find("tally_ops_total{op=\"acquire\",outcome=\"ok\"} 2") != std::string::npos);
   // Replays count under their outcome, and apart by op.
-  CHECK(metrics.body.find("tally_ops_total{op=\"consume\",outcome=\"insufficient\"} 2") != std::string::npos);
+  CHECK(metrics.body.find("tally_ops_total{op=\"consume\",outcome=\"insufficient\"} 2") !=
+        std::string::npos);
   CHECK(metric(port, "tally_replays_total{op=\"acquire\"}") == 1);
   CHECK(metric(port, "tally_replays_total{op=\"consume\"}") == 1);
   CHECK(metric(port, "tally_replays_total{op=\"transfer\"}") == 0);
