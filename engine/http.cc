@@ -423,6 +423,16 @@ Route match_route(const std::vector<std::string>& path) {
   return Route{};
 }
 
+// Whether a probe connection (server.h, kProbeConnectionsMax) answers a
+// request for `target`: /health and /metrics do, whatever the method (its
+// 405 included).
+bool probe_target(std::string_view target) {
+  const Result<Target> parsed = parse_target(target);
+  if (!parsed || parsed->too_long) return false;
+  const RouteKind kind = match_route(parsed->segments).kind;
+  return kind == RouteKind::health || kind == RouteKind::metrics;
+}
+
 HttpResponse method_not_allowed(http::verb allowed) {
   const beast::string_view name = http::to_string(allowed);
   HttpResponse response = problem(http::status::method_not_allowed, "method_not_allowed",
@@ -679,14 +689,20 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   }
 
  private:
+  // A probe's whole exchange is short: it holds one of few connections.
+  static constexpr std::chrono::milliseconds kProbeTimeout{5000};
+  // The deadline of each read and write.
+  std::chrono::milliseconds timeout() const {
+    const std::chrono::milliseconds idle(core_.options().idle_timeout_ms);
+    return probe_ ? std::min(idle, kProbeTimeout) : idle;
+  }
+
   void read_request() {
     if (stopping_ || closed_) return close();
     parser_.emplace();
     parser_->body_limit(core_.options().http_body_bytes_max);
     parser_->header_limit(core_.options().http_header_bytes_max);
-    stream_.expires_after(std::chrono::milliseconds(
-        probe_ ? std::min(core_.options().idle_timeout_ms, kProbeTimeoutMs)
-               : core_.options().idle_timeout_ms));
+    stream_.expires_after(timeout());
     reading_ = true;
     head_ = false;
     http::async_read_header(stream_, buffer_, *parser_,
@@ -706,10 +722,21 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
       reading_ = false;
       return refuse(framing->status, framing->code, std::move(framing->detail));
     }
+    // Decided before a body is read, or a 100 Continue sent for one.
+    if (probe_ && !probe_target(view(parser_->get().target()))) {
+      reading_ = false;
+      core_.refuse_probe();
+      HttpResponse response =
+          problem(http::status::service_unavailable, "busy",
+                  "connections_max HTTP connections are open; over them only /health and "
+                  "/metrics are answered");
+      response.set(http::field::retry_after, "1");
+      return send(std::move(response), true);
+    }
     const auto read_body = [self = shared_from_this()] {
       // The body has a timeout of its own: the headers' covered the idle
       // wait before them too.
-      self->stream_.expires_after(std::chrono::milliseconds(self->core_.options().idle_timeout_ms));
+      self->stream_.expires_after(self->timeout());
       http::async_read(self->stream_, self->buffer_, *self->parser_,
                        [self](beast::error_code read_ec, std::size_t) { self->on_read(read_ec); });
     };
@@ -807,7 +834,7 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     // The answer to a HEAD has headers only (RFC 9110 9.3.2), its
     // Content-Length still that of the body left out.
     if (head_) response_.body().clear();
-    stream_.expires_after(std::chrono::milliseconds(core_.options().idle_timeout_ms));
+    stream_.expires_after(timeout());
     http::async_write(stream_, response_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
       if (ec || !self->response_.keep_alive()) return self->close();
       self->read_request();
@@ -839,9 +866,9 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   bool keep_alive_ = true;
   bool head_ = false;  // the request is a HEAD
   // Over connections_max (Core::Admission::probe): one request, answered
-  // only for GET /health and GET /metrics, within kProbeTimeoutMs.
+  // only for /health and /metrics (kProbeConnectionsMax), each read and
+  // write within kProbeTimeout.
   bool probe_ = false;
-  static constexpr std::int64_t kProbeTimeoutMs = 5000;
   bool reading_ = false;
   bool stopping_ = false;
   bool closed_ = false;
@@ -866,15 +893,6 @@ void HttpSession::handle(HttpRequest request) {
   const Route route = target->too_long ? Route{} : match_route(target->segments);
   // /health and /metrics take no parameters either.
   const auto no_parameters = [&] { return parse_query(target->query, {}).status(); };
-  if (probe_ && route.kind != RouteKind::health && route.kind != RouteKind::metrics) {
-    core_.refuse_probe();
-    HttpResponse response =
-        problem(http::status::service_unavailable, "busy",
-                "connections_max HTTP connections are open; over them only GET /health and "
-                "GET /metrics are answered");
-    response.set(http::field::retry_after, "1");
-    return send(std::move(response), true);
-  }
   if (route.kind == RouteKind::health) {
     const Status query = no_parameters();
     if (!query.ok() && request.method() == route.method) return reject(route, query);

@@ -222,7 +222,8 @@ std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed,
                 "Connections closed for a malformed or oversized frame or request.",
                 malformed_.load(std::memory_order_relaxed));
   append_help(&out, "tally_unauthorized_total", "counter",
-              "Requests (http) and hellos (binary) refused for a missing or wrong token.");
+              "Requests (http) and connections (binary) refused for a missing or wrong token "
+              "(binary: or a first request that is not a hello).");
   for (std::size_t protocol = 0; protocol < kProtocols; protocol++) {
     append_line(&out, "tally_unauthorized_total",
                 "protocol=\"" + std::string(kProtocolNames[protocol]) + "\"",

@@ -93,49 +93,59 @@ bool Core::token_ok(std::string_view presented) const {
 
 Core::Admission Core::add_session(const std::shared_ptr<Session>& session,
                                   Metrics::Protocol protocol, std::uint64_t* id) {
-  std::lock_guard<std::mutex> guard(mu_);
-  if (stopping()) {
-    metrics_.connection_rejected();
-    return Admission::refused;
-  }
-  std::size_t* open = &open_[static_cast<std::size_t>(protocol)];
-  bool probe = false;
-  if (*open >= options_.connections_max) {
-    if (protocol != Metrics::Protocol::http || probes_open_ >= kProbeSlots) {
-      note_refused_locked(protocol);
+  std::string refused_line;
+  {
+    std::lock_guard<std::mutex> guard(mu_);
+    if (stopping()) {
+      metrics_.connection_rejected();
       return Admission::refused;
     }
-    probe = true;
-    open = &probes_open_;
+    std::size_t& open = open_[static_cast<std::size_t>(protocol)];
+    Admission admission = Admission::refused;
+    if (open < options_.connections_max) {
+      open++;
+      admission = Admission::served;
+    } else if (protocol == Metrics::Protocol::http && probes_open_ < kProbeConnectionsMax) {
+      probes_open_++;
+      admission = Admission::probe;
+    }
+    if (admission != Admission::refused) {
+      *id = next_session_id_++;
+      sessions_.emplace(*id, Registered{session, protocol, admission == Admission::probe});
+      return admission;
+    }
+    refused_line = count_refused_locked(protocol);
   }
-  ++*open;
-  *id = next_session_id_++;
-  sessions_.emplace(*id, Registered{session, protocol, probe});
-  return probe ? Admission::probe : Admission::served;
+  if (!refused_line.empty()) log(refused_line);
+  return Admission::refused;
 }
 
 void Core::refuse_probe() {
-  std::lock_guard<std::mutex> guard(mu_);
-  note_refused_locked(Metrics::Protocol::http);
+  std::string refused_line;
+  {
+    std::lock_guard<std::mutex> guard(mu_);
+    refused_line = count_refused_locked(Metrics::Protocol::http);
+  }
+  if (!refused_line.empty()) log(refused_line);
 }
 
-void Core::note_refused_locked(Metrics::Protocol protocol) {
+std::string Core::count_refused_locked(Metrics::Protocol protocol) {
   metrics_.connection_rejected();
   // Said once a minute at most while it lasts: a flood must not flood.
   refused_++;
   const std::int64_t now_ns = steady_now_ns();
-  if (refused_noted_ns_ != 0 && now_ns - refused_noted_ns_ < kRefusedNoteNs) return;
+  if (refused_noted_ns_ != 0 && now_ns - refused_noted_ns_ < kRefusedNoteNs) return {};
   const bool http = protocol == Metrics::Protocol::http;
-  log(std::string("refusing connections: ") +
-      std::to_string(open_[static_cast<std::size_t>(protocol)]) + " " +
-      (http ? "HTTP" : "binary") +
-      " connections are open, the most it serves (connections_max); " +
-      std::to_string(refused_) + " refused since the last such line" +
-      (http ? " (GET /health and GET /metrics are still answered, on " +
-                  std::to_string(kProbeSlots) + " connections more)"
-            : ""));
+  std::string line = std::string("refusing connections over connections_max (") +
+                     std::to_string(options_.connections_max) + " " +
+                     (http ? "HTTP" : "binary") + " connections); " + std::to_string(refused_) +
+                     " refused since the last such line";
+  if (http && probes_open_ < kProbeConnectionsMax) {
+    line += "; GET /health and GET /metrics are still answered";
+  }
   refused_noted_ns_ = now_ns;
   refused_ = 0;
+  return line;
 }
 
 void Core::remove_session(std::uint64_t id) {

@@ -9,7 +9,8 @@
 //   (*server)->stop();      // graceful: every accepted request is answered
 //   ledger->close();
 //
-// Limits: connections_max connections of each protocol, inflight_per_connection_max
+// Limits: connections_max connections of each protocol (and over HTTP's,
+// kProbeConnectionsMax probes for GET /health and GET /metrics), inflight_per_connection_max
 // requests in flight and follows_per_connection_max follow streams on each
 // (each with at most one batch written at a time), 8 MiB of answers waiting
 // to be written and one list running on a binary connection, frame and body sizes,
@@ -40,6 +41,13 @@ namespace tally {
 // minute: peers that each send garbage must not flood the log.
 inline constexpr std::uint64_t kConnectionLinesPerMinute = 100;
 
+// Over ServerOptions::connections_max HTTP connections, this many more are
+// probes: each reads one request and answers it if it is for /health or
+// /metrics (a supervisor's check, a scrape; as usual, 405 for a method
+// other than GET), or 503 `busy` otherwise, then closes. Idle keep-alive
+// clients and long polls then never lock those two out.
+inline constexpr std::size_t kProbeConnectionsMax = 4;
+
 // ServerOptions::io_threads unless set: half the cores, at least one.
 std::size_t io_threads_default();
 
@@ -63,7 +71,8 @@ struct ServerOptions {
   // the feed. Current balance, list and hold reads need no thread: they go
   // to the ledger without blocking.
   std::size_t read_threads = 2;
-  std::size_t connections_max = 256;  // binary; and HTTP, counted on its own
+  // Binary; and HTTP, counted on its own (plus kProbeConnectionsMax).
+  std::size_t connections_max = 256;
   // Together with connections_max this bounds the requests held in memory.
   // Deep enough that one pipelining client keeps the writer busy while a
   // group is being synced. When all connections together fill the Ledger's

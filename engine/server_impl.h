@@ -75,22 +75,19 @@ class Core {
 
   // How add_session() takes a connection. Each protocol has its own
   // connections_max, so that a flood of one (binary clients) never locks
-  // out the other (GET /health). Over HTTP's, kProbeSlots more connections
-  // are probes: their one request is served if it is GET /health or GET
-  // /metrics (a supervisor's check, a scrape), refused otherwise, so that
-  // idle keep-alive clients or long polls never lock those out either.
+  // out the other (GET /health); over HTTP's, kProbeConnectionsMax more are
+  // probes (server.h).
   enum class Admission {
-    refused,  // connections_max (and for HTTP the probe slots) are open, or stopping
+    refused,  // connections_max (and for HTTP the probes) are open, or stopping
     served,
     probe,
   };
-  static constexpr std::size_t kProbeSlots = 4;
   // Registers a session, or counts (tally_connections_rejected_total) and
   // logs (once a minute at most) its refusal.
   Admission add_session(const std::shared_ptr<Session>& session, Metrics::Protocol protocol,
                         std::uint64_t* id);
-  // A probe's request was not one a probe serves: counted and logged as a
-  // connection refused over connections_max.
+  // A probe's request was not for /health or /metrics: counted and logged
+  // as a connection refused over connections_max.
   void refuse_probe();
   void remove_session(std::uint64_t id);
 
@@ -159,11 +156,12 @@ class Core {
   };
   std::unordered_map<std::uint64_t, Registered> sessions_;
   std::array<std::size_t, static_cast<std::size_t>(Metrics::Protocol::count)> open_{};
-  std::size_t probes_open_ = 0;  // HTTP probes, beside open_
+  std::size_t probes_open_ = 0;  // HTTP probes, beside open_[http]
   std::uint64_t next_session_id_ = 1;
-  // Counts a connection refused over connections_max and says so, once a
-  // minute at most. Under mu_.
-  void note_refused_locked(Metrics::Protocol protocol);
+  // Counts a connection refused over connections_max. Under mu_; returns
+  // the line to log once mu_ is released (empty: none, it was said less
+  // than a minute ago), so that a slow log sink never holds mu_.
+  std::string count_refused_locked(Metrics::Protocol protocol);
   // Connections refused over connections_max since the last line that said
   // so, and when that was (steady ns; 0: never). Under mu_.
   static constexpr std::int64_t kRefusedNoteNs = 60'000'000'000;

@@ -40,6 +40,7 @@ constexpr std::int64_t kProgressIntervalNs = 1'000'000'000;
 // What a line came to.
 enum class Answer : std::uint8_t {
   pending,
+  // ok .. hold_finalized: the outcomes (earlier_replays() relies on the order).
   ok,
   insufficient,
   overflow,
@@ -561,19 +562,23 @@ Counted count_outcomes(const std::vector<OpResult>& results, const Workload& wor
   return counted;
 }
 
-// How many ops named keys that no line of this run decided, every line of
-// them answered as a replay: keys the ledger had decided before the run
-// (or the client's own resend after a lost connection). Not "the key's
-// first line was a replay": over several connections a later line of a
-// key may be decided before its first one is.
+// How many ops were answered as replays of keys that no line of this run
+// decided: keys the ledger had decided before the run (or the client's own
+// resend after a lost connection). Not "the key's first line was a
+// replay": over several connections a later line of a key may be decided
+// before its first one is. Only an outcome decides a key; invalid and
+// idempotency_conflict answers do not.
 std::size_t earlier_replays(const std::vector<OpResult>& results, const Workload& workload) {
+  const auto decides = [](const OpResult& result) {
+    return !result.replay && result.answer >= Answer::ok && result.answer <= Answer::hold_finalized;
+  };
   std::unordered_map<std::string_view, bool> decided_in_run;
   for (std::size_t index = 0; index < results.size(); index++) {
-    decided_in_run[workload.ops[index].key] |= !results[index].replay;
+    decided_in_run[workload.ops[index].key] |= decides(results[index]);
   }
   std::size_t count = 0;
   for (std::size_t index = 0; index < results.size(); index++) {
-    if (!decided_in_run[workload.ops[index].key]) count++;
+    if (results[index].replay && !decided_in_run[workload.ops[index].key]) count++;
   }
   return count;
 }

@@ -33,7 +33,7 @@ constexpr FlagSpec kServeFlags[] = {
     {"io-threads", "N", "threads serving the connections (default: half the cores, at least 1)",
      IntegerRange{1, kIoThreadsMax}},
     {"connections-max", "N",
-     "connections of each protocol served at once (default 256); more are closed at once",
+     "connections of each protocol served at once (default 256); more are refused",
      IntegerRange{1, kConnectionsMax}},
 };
 
