@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <future>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -182,11 +183,20 @@ struct Client::Impl {
   void writer_main();
   // Drops the connection once an answer is overdue (answer_timeout_ms).
   void watchdog_main();
-  // Sends a read; `done` gets its answer of `kind` on the reader thread.
+  // Sends a read; `done` gets its answer of `kind` on the reader thread,
+  // or at once, on this one, when the read names what no mutation can
+  // write (as the Ledger answers it).
   template <class T, class Extract>
   void submit_read(wire::Request request, wire::Response::Kind kind, Extract extract,
                    std::function<void(Result<T>)> done) {
     if (!done) return;  // a read nobody hears
+    Status named;
+    if (request.kind == wire::Request::Kind::balance) {
+      named = detail::check_pair(request.subject, request.item);
+    } else if (request.kind == wire::Request::Kind::list) {
+      named = detail::check_subject(request.subject);
+    }
+    if (!named.ok()) return done(std::move(named));
     send(std::move(request),
          [kind, extract, done = std::move(done)](Result<wire::Response> response) {
            done(read_answer<T>(response, kind, extract));
@@ -746,7 +756,13 @@ Status Client::close() {
 
 void Client::submit(Command command, Completion done) {
   if (!done) done = [](Result<Receipt>) {};  // the command runs; nobody hears its outcome
-  if (command.batch && !detail::op_unset(command.op)) return done(detail::batch_with_op());
+  // Invalid on its face: refused here as the Ledger refuses it, at once and
+  // on this thread, instead of sent. (A request the server cannot read
+  // would cost the connection, and come back io_error after every retry.)
+  // The hold ttl's upper bound is the server's to set and check.
+  const Status valid =
+      detail::validate(command, detail::Limits{std::numeric_limits<std::int64_t>::max()});
+  if (!valid.ok()) return done(valid);
   wire::Request request;
   request.kind = wire::Request::Kind::mutation;
   request.command = std::move(command);

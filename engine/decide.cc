@@ -25,6 +25,13 @@ Status check_id(std::string_view what, std::string_view id) {
   return Status(ErrorCode::invalid, std::string(what) + why);
 }
 
+Status check_subject(std::string_view subject) { return check_id("subject", subject); }
+
+Status check_pair(std::string_view subject, std::string_view item) {
+  TALLY_TRY(check_subject(subject));
+  return check_id("item", item);
+}
+
 namespace {
 
 using log::Reason;
@@ -264,14 +271,15 @@ Result<Reason> decide_settle(const OpRequest& request, std::int64_t now_ns, Over
   return Reason::none;
 }
 
-}  // namespace
-
+// Whether `op` is as a Command that carries a batch must leave it. (The
+// wire has no op beside a batch's ops: a remote client refuses such a
+// command before sending, with validate().)
 bool op_unset(const OpRequest& op) {
   return op.type == OpType::acquire && op.subject.empty() && op.item.empty() && op.to.empty() &&
          op.qty == 0 && op.ttl_ns == 0 && op.hold == 0 && op.hold_key.empty();
 }
 
-Status batch_with_op() { return invalid("op is given but batch is set: a batch's ops are in ops"); }
+}  // namespace
 
 Status blocking_in_completion() {
   return invalid(
@@ -293,7 +301,9 @@ Status validate(const Command& command, const Limits& limits) {
     if (!command.ops.empty()) return invalid("ops are given but batch is not set");
     return validate_op(command.op, limits);
   }
-  if (!op_unset(command.op)) return batch_with_op();
+  if (!op_unset(command.op)) {
+    return invalid("op is given but batch is set: a batch's ops are in ops");
+  }
   if (command.ops.empty()) return invalid("batch has no ops");
   if (command.ops.size() > kBatchOpsMax) return batch_too_large();
   for (std::size_t op_index = 0; op_index < command.ops.size(); op_index++) {

@@ -26,16 +26,14 @@ Status validate(const Command& command, const Limits& limits);
 // NUL") unless `id` is a valid key, subject or item: what a mutation may
 // write, and so what a read may name.
 Status check_id(std::string_view what, std::string_view id);
+// The names a balance or list read gives: a name no mutation can write
+// would read as a zero balance, so it is refused as check_id() refuses it.
+Status check_subject(std::string_view subject);
+Status check_pair(std::string_view subject, std::string_view item);
 
 // invalid: a batch of more than kBatchOpsMax ops (validate's message, for
 // the decoders that meet one first).
 Status batch_too_large();
-
-// Whether `op` is as a Command that carries a batch must leave it, and
-// validate's refusal of one that does not. The wire has no op beside a
-// batch's ops, so a remote client refuses it before sending.
-bool op_unset(const OpRequest& op);
-Status batch_with_op();
 
 // invalid: a blocking call of a Ledger or a Client from one of its own
 // threads (a completion), which would wait for itself.

@@ -126,15 +126,6 @@ class Waiter {
   bool done_ = false;
 };
 
-// A read names what a mutation could have written (detail::check_id): a
-// name no mutation can write would read as a zero balance.
-Status check_subject(std::string_view subject) { return detail::check_id("subject", subject); }
-
-Status check_pair(std::string_view subject, std::string_view item) {
-  TALLY_TRY(check_subject(subject));
-  return detail::check_id("item", item);
-}
-
 // A pair's balance, and a subject's non-zero balances, in a read at now_ns.
 Balance read_balance(const proj::State& state, std::string_view subject, std::string_view item,
                      std::int64_t now_ns) {
@@ -1067,7 +1058,7 @@ Result<Receipt> Ledger::execute(Command command) {
 
 void Ledger::submit_balance(std::string subject, std::string item, std::function<void(Result<Balance>)> done) {
   if (!done) return;  // a read nobody hears
-  const Status valid = check_pair(subject, item);
+  const Status valid = detail::check_pair(subject, item);
   if (!valid.ok()) return done(valid);
   impl_->submit_state_read<Balance>(
       [subject = std::move(subject), item = std::move(item)](const proj::State& state, std::int64_t now_ns,
@@ -1080,7 +1071,7 @@ void Ledger::submit_balance(std::string subject, std::string item, std::function
 
 void Ledger::submit_list(std::string subject, std::function<void(Result<std::vector<ItemBalance>>)> done) {
   if (!done) return;
-  const Status valid = check_subject(subject);
+  const Status valid = detail::check_subject(subject);
   if (!valid.ok()) return done(valid);
   impl_->submit_state_read<std::vector<ItemBalance>>(
       [subject = std::move(subject)](const proj::State& state, std::int64_t now_ns,
@@ -1274,7 +1265,7 @@ PointInTimeSource Ledger::Impl::point_in_time_source(AsOf at) {
 }
 
 Result<Balance> Ledger::balance(std::string_view subject, std::string_view item, AsOf at) {
-  TALLY_TRY(check_pair(subject, item));
+  TALLY_TRY(detail::check_pair(subject, item));
   TALLY_TRY(impl_->check_open());
   if (at.kind == AsOf::Kind::time) {
     auto now = impl_->state_at<Balance>(
@@ -1292,7 +1283,7 @@ Result<HoldView> Ledger::hold_info(HoldId hold, AsOf at) {
 }
 
 Result<std::vector<ItemBalance>> Ledger::list(std::string_view subject, AsOf at) {
-  TALLY_TRY(check_subject(subject));
+  TALLY_TRY(detail::check_subject(subject));
   TALLY_TRY(impl_->check_open());
   if (at.kind == AsOf::Kind::time) {
     auto now = impl_->state_at<std::vector<ItemBalance>>(

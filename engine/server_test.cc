@@ -2102,20 +2102,75 @@ TEST_CASE("client: a follow survives a dropped connection without losing or repe
   CHECK((*client)->close().ok());
 }
 
-TEST_CASE("client: a batch command with op set is refused before it is sent, as embedded") {
+TEST_CASE("client: what is invalid on its face is refused at once, unsent, as embedded") {
   Fixture fx;
   auto client = fx.client();
-  Command command;
-  command.key = "k1";
-  command.batch = true;
-  command.op = OpRequest::consume("alice", "gold", 1000);
-  command.ops = {OpRequest::acquire("alice", "gold", 5)};
-  const Result<Receipt> remote = client->execute(command);
-  CHECK(remote.code() == ErrorCode::invalid);
-  const Result<Receipt> embedded = fx.ledger->execute(command);
-  CHECK(embedded.code() == ErrorCode::invalid);
-  CHECK(remote.status().message() == embedded.status().message());
-  CHECK(fx.ledger->balance("alice", "gold")->available == 0);
+  std::vector<Command> commands;
+  const auto add = [&](std::string key, OpRequest op) {
+    Command& command = commands.emplace_back();
+    command.key = std::move(key);
+    command.op = std::move(op);
+    return &command;
+  };
+  Command* batch_with_op = add("k1", OpRequest::consume("alice", "gold", 1000));
+  batch_with_op->batch = true;
+  batch_with_op->ops = {OpRequest::acquire("alice", "gold", 5)};
+  Command* too_many = add("k2", OpRequest{});
+  too_many->batch = true;
+  too_many->ops.assign(kBatchOpsMax + 1, OpRequest::acquire("alice", "gold", 1));
+  // Over the server's frame limit: sent, it would cost the connection.
+  add(std::string(2 << 20, 'k'), OpRequest::acquire("alice", "gold", 1));
+  add("k4", OpRequest::acquire("alice", "gold", 1))->meta.reason = std::string(2 << 20, 'r');
+  add("k5", OpRequest::acquire("", "gold", 1));
+  add("k6", OpRequest::transfer("alice", "alice", "gold", 1));
+  add("k7", OpRequest::acquire("alice", "gold", 1))->op.type = OpType::expire;
+
+  const std::string long_name(2 << 20, 's');
+  const std::vector<std::pair<std::string, std::string>> pairs = {
+      {"", "gold"}, {"alice", long_name}, {std::string("a\0b", 3), "gold"}};
+  // What the Ledger answers, then the Client alike.
+  std::vector<std::string> expected;
+  for (const Command& command : commands) {
+    const Result<Receipt> embedded = fx.ledger->execute(command);
+    REQUIRE(embedded.code() == ErrorCode::invalid);
+    expected.push_back(embedded.status().message());
+  }
+  for (const auto& [subject, item] : pairs) {
+    const Result<Balance> embedded = fx.ledger->balance(subject, item);
+    REQUIRE(embedded.code() == ErrorCode::invalid);
+    expected.push_back(embedded.status().message());
+  }
+  const Result<std::vector<ItemBalance>> listed = fx.ledger->list(long_name);
+  REQUIRE(listed.code() == ErrorCode::invalid);
+  expected.push_back(listed.status().message());
+
+  const auto check_client = [&] {
+    std::vector<std::string> seen;
+    for (const Command& command : commands) {
+      bool answered = false;
+      client->submit(command, [&](Result<Receipt> remote) {
+        answered = true;
+        seen.push_back(remote.status().message());
+      });
+      CHECK(answered);  // at once, on this thread
+    }
+    for (const auto& [subject, item] : pairs) {
+      bool answered = false;
+      client->submit_balance(subject, item, [&](Result<Balance> remote) {
+        answered = true;
+        seen.push_back(remote.status().message());
+      });
+      CHECK(answered);
+    }
+    seen.push_back(client->list(long_name).status().message());
+    CHECK(seen == expected);
+  };
+  check_client();
+  CHECK_FALSE(fx.logged("exceeds the limit"));  // nothing was sent
+  CHECK(fx.ledger->stats().next_seq == 1);      // nor written
+  // With the server gone, the same: no reconnect, no io_error.
+  fx.stop();
+  check_client();
 }
 
 TEST_CASE("binary: a request that decodes but cannot be taken is answered invalid; the connection stays") {
