@@ -44,7 +44,9 @@ struct Metadata {
 };
 
 // One operation. Fields a type does not use stay empty or zero: a command
-// setting one is invalid (so is a commit or release naming a hold twice).
+// setting one is invalid (so is a commit or release naming its hold both by
+// id and by key). A batch may settle one hold twice: its ops apply in order,
+// so the second finds the hold finalized: the batch is decided hold_finalized.
 struct OpRequest {
   OpType type = OpType::acquire;
   std::string subject;  // transfer: the source
