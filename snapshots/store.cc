@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <optional>
+#include <span>
 #include <unordered_set>
 #include <utility>
 
@@ -381,6 +383,14 @@ Status read_all_meta(const Txn& txn, MDB_dbi dbi, std::vector<Result<Meta>>* out
   return Status();
 }
 
+// The idempotency window an image's header records; none when its first
+// chunk is too short to hold it.
+std::optional<std::int64_t> header_window(std::span<const std::span<const std::byte>> pieces) {
+  if (pieces.empty() || pieces.front().size() < proj::kStateWindowOffset + 8) return std::nullopt;
+  const auto* header = reinterpret_cast<const std::uint8_t*>(pieces.front().data());
+  return static_cast<std::int64_t>(get_le(header + proj::kStateWindowOffset, 8));
+}
+
 }  // namespace
 
 Status SnapshotStore::probe() const { return list().status(); }
@@ -420,11 +430,7 @@ Result<bool> SnapshotStore::Env::loadable(const Txn& txn, const Result<Meta>& me
     if (code == ErrorCode::invalid || code == ErrorCode::corrupt) return false;
     return pieces.status();
   }
-  if (pieces->empty() || pieces->front().size() < proj::kStateWindowOffset + 8) return false;
-  const auto* header = reinterpret_cast<const std::uint8_t*>(pieces->front().data());
-  if (static_cast<std::int64_t>(get_le(header + proj::kStateWindowOffset, 8)) != window_ns) {
-    return false;
-  }
+  if (header_window(*pieces) != window_ns) return false;
   const std::uint64_t seq = meta_read->info.seq;
   if (!payload_checked.contains(seq)) {
     if (!check_payload(*pieces, *meta_read).ok()) return false;
@@ -546,6 +552,32 @@ Result<std::unique_ptr<proj::State>> SnapshotStore::Env::load_one(
   }
   if (digest != meta.info.digest) return corrupt(name + "state digest mismatch");
   return state;
+}
+
+Result<std::optional<std::int64_t>> SnapshotStore::newest_window() const {
+  Txn txn;
+  TALLY_TRY(txn.begin_adopting(*env_->env, MDB_RDONLY));
+  std::vector<Result<Meta>> metas;
+  std::vector<std::uint64_t> seqs;
+  TALLY_TRY(read_all_meta(txn, env_->meta, &metas, &seqs));
+  // Newest first; one pass per snapshot.
+  for (std::size_t index = metas.size(); index-- > 0;) {
+    if (!metas[index].ok() || metas[index]->info.seq == 0) continue;
+    const Result<std::vector<std::span<const std::byte>>> pieces =
+        env_->sized_chunks(txn, *metas[index]);
+    if (pieces.ok() && Env::check_payload(*pieces, *metas[index]).ok()) {
+      if (const std::optional<std::int64_t> window = header_window(*pieces)) return window;
+      continue;
+    }
+    if (!pieces.ok() && pieces.code() != ErrorCode::invalid &&
+        pieces.code() != ErrorCode::corrupt) {
+      return pieces.status();
+    }
+    // A damaged page may have failed the transaction (as in load_newest_valid).
+    txn.abort();
+    TALLY_TRY(txn.begin_adopting(*env_->env, MDB_RDONLY));
+  }
+  return std::optional<std::int64_t>();
 }
 
 Result<LoadedSnapshot> SnapshotStore::load_newest_valid(

@@ -24,6 +24,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -112,6 +113,12 @@ class SnapshotStore {
   // for good.
   Result<std::size_t> prune(std::size_t retain_count, std::uint64_t newest_seq,
                             std::int64_t window_ns);
+
+  // The idempotency window recorded in the newest snapshot whose metadata
+  // verifies and whose payload matches its checksum: the window of the
+  // ledger that took it (the data directory records no other). None when
+  // no snapshot is such.
+  Result<std::optional<std::int64_t>> newest_window() const;
 
   // The newest snapshot with seq <= max_seq that verifies (metadata hash,
   // payload checksum, image structure and invariants, digest, seq), loaded

@@ -212,6 +212,24 @@ TEST_CASE("prune keeps the newest a ledger of its window can load, and others on
   CHECK(seqs() == std::vector<std::uint64_t>{4, 5});
 }
 
+TEST_CASE("newest_window is the window of the newest snapshot whose payload verifies") {
+  TempDir dir;
+  std::unique_ptr<SnapshotStore> store = open_store(dir);
+  CHECK(*store->newest_window() == std::nullopt);
+  State mine(StateOptions{kWindowNs});
+  State other(StateOptions{0});  // a ledger that remembers keys forever
+  Feed feed({&mine, &other});
+  REQUIRE_OK(feed.one("k1", proj::acquire_op("alice", "gold", 1)));
+  write_ok(store.get(), mine);
+  REQUIRE_OK(feed.one("k2", proj::acquire_op("alice", "gold", 1)));
+  write_ok(store.get(), other);
+  CHECK(*store->newest_window() == std::optional<std::int64_t>(0));
+  store.reset();
+  flip_chunk_byte(dir, 2, 0, 40);  // past the header: only the checksum tells
+  store = open_store(dir);
+  CHECK(*store->newest_window() == std::optional<std::int64_t>(kWindowNs));
+}
+
 TEST_CASE("prune does not count a snapshot whose payload is damaged") {
   TempDir dir;
   ScriptRun run;

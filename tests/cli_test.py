@@ -204,6 +204,12 @@ def test_usage_errors_exit_2():
         ["apply", "--data", f.data, "--workload", f.csv, "--pipeline", "many"],
         ["apply", "--data", f.data, "--workload", f.csv, "--durability", "eventually"],
         ["apply", "--data", f.data, "--workload", f.csv, "--bogus"],
+        ["apply", "--data", f.data, "--workload", f.csv, "--idempotency-window", "-1"],
+        ["apply", "--data", f.data, "--workload", f.csv, "--hold-ttl-max", "0"],
+        ["apply", "--data", f.data, "--workload", f.csv, "--queue-depth", "0"],
+        ["apply", "--data", f.data, "--workload", f.csv, "--segment-bytes", "4096"],
+        ["serve", "--data", f.data, "--sync-interval-ms", "0"],
+        ["bench", "--connect", "127.0.0.1:1", "--workload", f.csv, "--idempotency-window", "0"],
         ["apply", "--data", f.data, "--workload", f.csv, "extra"],
         ["apply", "--data", f.data, "--workload", os.path.join(SCRATCH, "missing.csv")],
         ["bench", "--data", f.data, "--workload", f.csv, "--expect", os.path.join(SCRATCH, "no")],
@@ -860,6 +866,68 @@ class Server:
         err = text(self.proc.stderr.read())
         assert code == 0, (code, err)
         return err
+
+
+def test_ledger_flags_set_the_window_the_hold_ttl_limit_and_the_segments():
+    d = new_dir("ledger-flags")
+    data = os.path.join(d, "data")
+    csv = write(os.path.join(d, "one.csv"), HEADER + "acquire,k1,s1,i1,5,,,\n")
+    short = ["--idempotency-window", "1"]
+    _, out, _ = tally("apply", "--data", data, "--workload", csv, *short, expect_exit=0)
+    assert text(out) == "k1,ok\n", out
+    time.sleep(1.2)
+    # A second of log time later, a one-second window has forgotten the key:
+    # it is decided again...
+    _, out, _ = tally("apply", "--data", data, "--workload", csv, *short, expect_exit=0)
+    assert text(out) == "k1,ok\n", out
+    # ...while under the default window (24 h) that decision is remembered.
+    _, out, _ = tally("apply", "--data", data, "--workload", csv, expect_exit=0)
+    assert text(out) == "k1,ok,replay\n", out
+    _, out, _ = tally("balance", "--data", data, "--json", "s1", "i1", expect_exit=0)
+    assert json.loads(out)["available"] == 10, out
+
+    # 2,000 ops in segments of 64 KiB: several of them, none larger.
+    many = os.path.join(d, "many.csv")
+    tally("workload", "--subjects", "20", "--ops", "2000", "--seed", "3", "--out", many,
+          expect_exit=0)
+    segmented = os.path.join(d, "segmented")
+    tally("apply", "--data", segmented, "--workload", many, "--segment-bytes", "65536",
+          "--queue-depth", "8", "--durability", "async", "--sync-interval-ms", "5",
+          expect_exit=0)
+    sizes = [os.path.getsize(os.path.join(segmented, "log", name))
+             for name in os.listdir(os.path.join(segmented, "log"))]
+    assert len(sizes) > 2 and max(sizes) <= 65536, sizes
+    tally("verify", "--data", segmented, expect_exit=0)
+
+    # Snapshots record the ledger's window; the tools replay with it, so
+    # they check those snapshots, and `tally snapshot` writes one of it.
+    forever = os.path.join(d, "forever")
+    tally("apply", "--data", forever, "--workload", many, "--idempotency-window", "0",
+          "--snapshot-every", "500", "--snapshot-seconds", "0", expect_exit=0)
+    extra = write(os.path.join(d, "extra.csv"), HEADER + "acquire,extra-1,s1,i1,5,,,\n")
+    tally("apply", "--data", forever, "--workload", extra, "--idempotency-window", "0",
+          "--snapshot-every", "0", "--snapshot-seconds", "0", expect_exit=0)
+    tally("snapshot", "--data", forever, expect_exit=0)
+    _, out, _ = tally("verify", "--data", forever, "--json", expect_exit=0)
+    checked = json.loads(out)["snapshots"]
+    assert len(checked) == 2 and all(s["status"] == "ok" for s in checked), checked
+
+    # A server holds for at most --hold-ttl-max.
+    server = Server(os.path.join(d, "served"), "--hold-ttl-max", "60")
+    try:
+        server.post("/v1/acquire", {"subject": "s1", "item": "i1", "qty": 5}, "a1")
+        held = server.post("/v1/holds", {"subject": "s1", "item": "i1", "qty": 1,
+                                         "ttl_ms": 60000}, "h1")
+        assert held["outcome"] == "ok", held
+        try:
+            server.post("/v1/holds", {"subject": "s1", "item": "i1", "qty": 1, "ttl_ms": 60001},
+                        "h2")
+            raise AssertionError("a ttl over --hold-ttl-max was taken")
+        except urllib.error.HTTPError as error:
+            assert error.code == 400, error.code
+            assert "60000 ms" in text(error.read()), error
+    finally:
+        server.stop()
 
 
 def test_bench_over_several_connections_notes_only_keys_decided_before_it():

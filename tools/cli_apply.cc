@@ -380,8 +380,9 @@ Result<RunOptions> parse_bench_target(const Args& args) {
   for (const FlagSpec& flag : kLedgerFlags) ledger_flags = ledger_flags || args.has(flag.name);
   if (ledger_flags) {
     return Status(ErrorCode::invalid,
-                  "--connect drives a server, whose --data, --durability, snapshots and history are its own "
-                  "(and --point-in-time times an embedded ledger)");
+                  "--connect drives a server, whose --data, --durability and ledger flags "
+                  "(snapshots, history, window, limits) are its own (and --point-in-time "
+                  "times an embedded ledger)");
   }
   TALLY_TRY(check_connect_address(args.get("connect")));
   RunOptions options;
@@ -804,7 +805,9 @@ constexpr CommandSpec kApplySpec = {
     "apply",
     "Apply a workload CSV to a ledger, printing each op's outcome as it is acknowledged.",
     "tally apply --data DIR --workload FILE.csv [--durability sync|async|none] [--pipeline N]\n"
-    "                   [--snapshot-every N] [--snapshot-seconds S] [--snapshot-retain K] [--history on|off]",
+    "                   [--snapshot-every N] [--snapshot-seconds S] [--snapshot-retain K] [--history on|off]\n"
+    "                   [--idempotency-window S] [--hold-ttl-max S] [--queue-depth N]\n"
+    "                   [--segment-bytes N] [--sync-interval-ms N]",
     "Prints one line per op, in file order, once its outcome is durable:\n"
     "  key,outcome[,hold_id][,replay]\n"
     "outcome: ok, insufficient, overflow, hold_unknown, hold_expired,\n"
@@ -839,6 +842,8 @@ constexpr CommandSpec kBenchSpec = {
     "tally bench --data DIR --workload FILE.csv [--expect FILE] [--durability M] [--pipeline N]\n"
     "                   [--progress] [--snapshot-every N] [--snapshot-seconds S] [--snapshot-retain K]\n"
     "                   [--history on|off] [--point-in-time N] [--rate R]\n"
+    "                   [--idempotency-window S] [--hold-ttl-max S] [--queue-depth N]\n"
+    "                   [--segment-bytes N] [--sync-interval-ms N]\n"
     "       tally bench --connect HOST:PORT --workload FILE.csv [--expect FILE] [--connections C]\n"
     "                   [--pipeline N] [--token-file F] [--progress] [--rate R]",
     "Prints one line:\n"

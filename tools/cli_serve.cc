@@ -45,7 +45,9 @@ constexpr CommandSpec kServeSpec = {
     "tally serve --data DIR [--listen 127.0.0.1:7420] [--http 127.0.0.1:7421]\n"
     "                   [--durability M] [--token-file F] [--io-threads N] [--connections-max N]\n"
     "                   [--snapshot-every N] [--snapshot-seconds S] [--snapshot-retain K]\n"
-    "                   [--history on|off]",
+    "                   [--history on|off]\n"
+    "                   [--idempotency-window S] [--hold-ttl-max S] [--queue-depth N]\n"
+    "                   [--segment-bytes N] [--sync-interval-ms N]",
     "Binds both listeners first, then opens DATA: until the log is open,\n"
     "GET /health answers 503 `starting` and every other request 503 `busy`.\n"
     "Prints `serving binary=HOST:PORT http=HOST:PORT` once it serves the ledger\n"

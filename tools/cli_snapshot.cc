@@ -213,10 +213,10 @@ constexpr CommandSpec kSnapshotSpec = {
     "digest=HEX` (`seq=N metadata=bad` when its metadata record does not\n"
     "verify). --json prints the same fields as one object per line.\n"
     "\n"
-    "A snapshot records the idempotency window it was built with. The tools\n"
-    "always use the default window (24 h; the data directory does not record\n"
-    "the ledger's): a ledger opened with another window skips these snapshots\n"
-    "and replays instead, and the tools skip its snapshots likewise.\n",
+    "A snapshot records the idempotency window it was built with, and only a\n"
+    "ledger of that window loads it. The tools replay with the window of the\n"
+    "newest snapshot (the ledger's own; 24 h when there is none), so this\n"
+    "command writes one the ledger loads.\n",
     kSnapshotFlags,
     0,
 };

@@ -107,6 +107,8 @@ Status load_snapshots(const std::string& data_dir, SharedSnapshots* shared,
     return Status();
   }
   shared->store = std::move(*store);
+  // The window the replay compares with: snapshots of another are unchecked.
+  const proj::StateOptions state_options{replay_window_ns(data_dir, shared)};
   for (const snap::SnapshotInfo& info : *infos) {
     SnapshotCheck check{info, Verdict::unchecked, {}, false};
     if (!info.metadata_ok) {
@@ -116,7 +118,7 @@ Status load_snapshots(const std::string& data_dir, SharedSnapshots* shared,
       continue;
     }
     std::vector<snap::SkippedSnapshot> skipped;
-    auto loaded = shared->store->load_newest_valid(info.seq, proj::StateOptions{}, &skipped);
+    auto loaded = shared->store->load_newest_valid(info.seq, state_options, &skipped);
     if (loaded && loaded->info.seq == info.seq) {
       check.loads = true;
       checks->push_back(std::move(check));
@@ -635,8 +637,9 @@ constexpr CommandSpec kVerifySpec = {
     "--from-seq N replays from the newest valid snapshot at or below N-1\n"
     "instead of seq 1: flows are then skipped (they need the whole log), and\n"
     "snapshots outside the range replayed are unchecked. --to-seq N stops the\n"
-    "replay after seq N. The tools replay with the default idempotency window\n"
-    "(24 h); a snapshot a ledger took with another window is unchecked.\n",
+    "replay after seq N. The tools replay with the idempotency window the\n"
+    "newest snapshot records (the ledger's; 24 h when there is none): a\n"
+    "snapshot of another window is unchecked.\n",
     kVerifyFlags,
     0,
 };

@@ -4,7 +4,24 @@
 
 namespace tally::cli {
 
+namespace {
+
+constexpr std::int64_t kNsPerSecond = 1'000'000'000;
+
+}  // namespace
+
 Status parse_ledger_flags(const Args& args, LedgerOptions* options) {
+  auto window = args.integer("idempotency-window", options->idempotency_window_ns / kNsPerSecond);
+  if (!window) return window.status();
+  auto ttl_max = args.integer("hold-ttl-max", options->hold_ttl_ns_max / kNsPerSecond);
+  if (!ttl_max) return ttl_max.status();
+  auto queue = args.integer("queue-depth", static_cast<std::int64_t>(options->queue_depth_max));
+  if (!queue) return queue.status();
+  auto segment =
+      args.integer("segment-bytes", static_cast<std::int64_t>(options->segment_size_bytes));
+  if (!segment) return segment.status();
+  auto sync_interval = args.integer("sync-interval-ms", options->sync_interval_ms);
+  if (!sync_interval) return sync_interval.status();
   auto every = args.integer("snapshot-every", static_cast<std::int64_t>(options->snapshot_every_events));
   if (!every) return every.status();
   auto seconds = args.integer("snapshot-seconds", options->snapshot_every_seconds);
@@ -15,6 +32,13 @@ Status parse_ledger_flags(const Args& args, LedgerOptions* options) {
   if (history != "on" && history != "off") {
     return Status(ErrorCode::invalid, "--history: '" + std::string(history) + "' is not on or off");
   }
+  // Set only when given: a window or limit that is not whole seconds (an
+  // embedder's default) stays as it is.
+  if (args.has("idempotency-window")) options->idempotency_window_ns = *window * kNsPerSecond;
+  if (args.has("hold-ttl-max")) options->hold_ttl_ns_max = *ttl_max * kNsPerSecond;
+  options->queue_depth_max = static_cast<std::size_t>(*queue);
+  options->segment_size_bytes = static_cast<std::uint64_t>(*segment);
+  options->sync_interval_ms = *sync_interval;
   options->snapshot_every_events = static_cast<std::uint64_t>(*every);
   options->snapshot_every_seconds = *seconds;
   options->snapshot_retain = static_cast<std::size_t>(*retain);

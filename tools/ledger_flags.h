@@ -1,5 +1,7 @@
-// Flags that tune how a command opens its ledger: snapshots and the history
-// projection (docs/snapshots.md). serve, apply and bench take them.
+// Flags that set how a command opens its ledger (LedgerOptions): the
+// idempotency window and hold ttl limit, the queue, the log's segments and
+// async syncs, snapshots and the history projection (docs/snapshots.md).
+// serve, apply and bench --data take them.
 #pragma once
 
 #include <array>
@@ -7,6 +9,7 @@
 #include <cstdint>
 
 #include "engine/ledger.h"
+#include "log/format.h"
 #include "log/status.h"
 #include "tools/args.h"
 
@@ -15,8 +18,24 @@ namespace tally::cli {
 // The most snapshots --snapshot-retain (and tally snapshot --retain) keeps.
 inline constexpr std::int64_t kSnapshotRetainMax = 1000;
 inline constexpr std::int64_t kSnapshotSecondsMax = 365ll * 24 * 3600;
+// --idempotency-window and --hold-ttl-max, in seconds: 100 years, whose
+// nanoseconds (3.2e18) fit an int64 with room for a timestamp of today.
+inline constexpr std::int64_t kDurationSecondsMax = 100ll * 365 * 24 * 3600;
+inline constexpr std::int64_t kSyncIntervalMsMax = 60'000;
 
 inline constexpr FlagSpec kLedgerFlags[] = {
+    {"idempotency-window", "S",
+     "remember keys and finalized holds for S seconds of log time (default 86400; 0: forever)",
+     IntegerRange{0, kDurationSecondsMax}},
+    {"hold-ttl-max", "S", "the longest hold ttl, in seconds (default 2592000: 30 days)",
+     IntegerRange{1, kDurationSecondsMax}},
+    {"queue-depth", "N", "commands waiting for the writer at most (default 65536)",
+     IntegerRange{1, static_cast<std::int64_t>(kQueueDepthMaxLimit)}},
+    {"segment-bytes", "N", "the log's segment size (default 67108864)",
+     IntegerRange{static_cast<std::int64_t>(log::kSegmentSizeBytesMin),
+                  static_cast<std::int64_t>(log::kSegmentSizeBytesMax)}},
+    {"sync-interval-ms", "N", "async durability: fdatasync at least every N ms (default 10)",
+     IntegerRange{1, kSyncIntervalMsMax}},
     {"snapshot-every", "N", "take a snapshot every N events (default 1000000; 0: no count trigger)",
      IntegerRange{0}},
     {"snapshot-seconds", "S", "and every S seconds (default 3600; 0: no time trigger; both 0: no snapshots)",
