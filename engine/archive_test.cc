@@ -656,6 +656,40 @@ TEST_CASE("an open from a snapshot checks the records before it in the backgroun
   f.close();
 }
 
+TEST_CASE("a scrub reads the durable log again on its period and finds damage that came later") {
+  Fixture f;
+  f.options.segment_size_bytes = 64 << 10;
+  f.options.log_scrub_seconds = 1;
+  f.open();
+  f.acquire_ones(2000);
+  const auto wait_for = [&](auto done) {
+    for (int wait = 0; wait < 6000 && !done(f.ledger->stats()); wait++) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return done(f.ledger->stats());
+  };
+  REQUIRE(wait_for([](const LedgerStats& stats) { return stats.log_scrubs >= 1; }));
+  CHECK_FALSE(f.ledger->stats().log_damaged);
+  // A bit flips in the first segment, long written, while the ledger runs.
+  REQUIRE(testing::flip_byte(log::join_path(log_dir(f.options.data_dir),
+                                            log::segment_file_name(1)),
+                             32 << 10));
+  REQUIRE(wait_for([](const LedgerStats& stats) { return stats.log_damaged; }));
+  // The ledger goes on: its state does not depend on the records.
+  f.ok(f.ledger->acquire("after", "alice", "gold", 1));
+  CHECK(f.ledger->balance("alice", "gold")->available == 2001);
+  f.close();
+}
+
+TEST_CASE("a close ends the wait for the next scrub") {
+  Fixture f;
+  f.options.log_scrub_seconds = 3600;
+  f.open();
+  f.acquire_ones(10);
+  CHECK(f.ledger->stats().log_scrubs == 0);
+  f.close();  // not an hour later: the suite's timeout would fail it
+}
+
 // The seq of the first snapshot the open ledger writes, waiting up to a minute.
 std::uint64_t first_snapshot_seq(Fixture& f) {
   std::uint64_t snapshot_seq = 0;

@@ -222,7 +222,10 @@ struct Ledger::Impl {
   // snapshot's seq, reading none of the log's records before it.
   Status start_log_check(std::uint64_t snapshot_seq);
   void check_log_main(std::uint64_t to_seq);
-  Status check_log_before(std::uint64_t to_seq);
+  Status check_log_before(std::uint64_t to_seq, bool writer_live);
+  // check_log_before(), and damage logged ("the log up to seq N (why) does
+  // not read back: ...") and set in log_damaged; false once close() began.
+  bool check_log_said(std::uint64_t to_seq, bool writer_live, const char* why);
   void writer_main();
   void io_main();
 
@@ -317,12 +320,17 @@ struct Ledger::Impl {
   std::unique_ptr<snap::HistoryStore> history;
   std::unique_ptr<Archivist> archivist;
   // The check of the log's records before the snapshot the open started
-  // from, on a thread of its own at the lowest priority: its thread, close()'s
-  // stop, and what it found (LedgerStats::log_checked, log_damaged).
+  // from, then the scrubs, on a thread of its own at the lowest priority:
+  // its thread, close()'s stop (check_cancelled, under check_mu, wakes it
+  // from its wait for the next scrub), and what it found
+  // (LedgerStats::log_checked, log_damaged, log_scrubs).
   std::thread check_thread;
+  std::mutex check_mu;
+  std::condition_variable check_cv;
   std::atomic<bool> check_cancelled{false};
   std::atomic<bool> log_checked{false};
   std::atomic<bool> log_damaged{false};
+  std::atomic<std::uint64_t> log_scrubs{0};
 
   // Owned by the writer thread once started.
   std::unique_ptr<proj::State> state_owner;
@@ -605,10 +613,8 @@ Status Ledger::Impl::start_archivist() {
 }
 
 Status Ledger::Impl::start_log_check(std::uint64_t snapshot_seq) {
-  if (snapshot_seq <= 1) {
-    log_checked.store(true);  // the replay read every record
-    return Status();
-  }
+  if (snapshot_seq <= 1) log_checked.store(true);  // the replay read every record
+  if (snapshot_seq <= 1 && options.log_scrub_seconds == 0) return Status();
   auto started =
       start_thread("tally-logcheck", [this, snapshot_seq] { check_log_main(snapshot_seq); });
   if (!started) return started.status();
@@ -626,22 +632,47 @@ void Ledger::Impl::check_log_main(std::uint64_t to_seq) {
   // run while the cores are busy, and close() waits for it to see its
   // cancel): about 1.5% of a busy core, all of an idle one. Best effort.
   (void)setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 19);
-  const Status found = check_log_before(to_seq);
-  if (found.code() == ErrorCode::closed) return;
-  if (!found.ok()) {
-    std::fprintf(stderr,
-                 "tally: the log before seq %llu (the snapshot this open started from) does not "
-                 "read back: %s; run tally verify and see \"When the log is damaged\"\n",
-                 static_cast<unsigned long long>(to_seq), found.to_string().c_str());
-    log_damaged.store(true);
+  if (!log_checked.load()) {
+    if (!check_log_said(to_seq, /*writer_live=*/false, "the snapshot this open started from")) {
+      return;
+    }
+    log_checked.store(true);
   }
-  log_checked.store(true);
+  // Scrubs, until one finds damage: it is logged once, and stays in the
+  // stats until the ledger is reopened.
+  // At most a century: a longer wait would overflow the clock's time point.
+  const std::chrono::seconds period(std::min<std::int64_t>(options.log_scrub_seconds,
+                                                           100ll * 365 * 24 * 3600));
+  while (period.count() > 0 && !log_damaged.load()) {
+    {
+      std::unique_lock<std::mutex> guard(check_mu);
+      if (check_cv.wait_for(guard, period, [this] { return check_cancelled.load(); })) return;
+    }
+    const std::uint64_t durable_seq = durable.load(std::memory_order_acquire);
+    if (!check_log_said(durable_seq, /*writer_live=*/true, "a scrub")) return;
+    log_scrubs.fetch_add(1);
+  }
 }
 
-// Reads every record from seq 1 up to `to_seq`, which verifies their
-// checksums and chain; closed once close() began.
-Status Ledger::Impl::check_log_before(std::uint64_t to_seq) {
-  auto reader = log::LogReader::open(*fs, log_dir(options.data_dir), {});
+bool Ledger::Impl::check_log_said(std::uint64_t to_seq, bool writer_live, const char* why) {
+  const Status found = check_log_before(to_seq, writer_live);
+  if (found.code() == ErrorCode::closed) return false;
+  if (!found.ok()) {
+    std::fprintf(stderr,
+                 "tally: the log up to seq %llu (%s) does not read back: %s; run tally verify "
+                 "and see \"When the log is damaged\"\n",
+                 static_cast<unsigned long long>(to_seq), why, found.to_string().c_str());
+    log_damaged.store(true);
+  }
+  return true;
+}
+
+// Reads every record from seq 1 up to `to_seq` included, which verifies their
+// checksums and chain; closed once close() began. `writer_live`: the
+// writer may be appending past to_seq (a scrub).
+Status Ledger::Impl::check_log_before(std::uint64_t to_seq, bool writer_live) {
+  auto reader = log::LogReader::open(*fs, log_dir(options.data_dir),
+                                     {.writer_may_be_live = writer_live});
   if (!reader) return reader.status();
   log::Record record;
   while (!check_cancelled.load(std::memory_order_relaxed)) {
@@ -673,8 +704,10 @@ Result<std::unique_ptr<Ledger>> Ledger::open(const LedgerOptions& options) {
   if (options.idempotency_window_ns < 0 || options.hold_ttl_ns_max < kHoldTtlNsMin) {
     return Status(ErrorCode::invalid, "idempotency window or hold ttl limit out of range");
   }
-  if (options.snapshot_every_seconds < 0 || options.sync_interval_ms < 0) {
-    return Status(ErrorCode::invalid, "snapshot_every_seconds and sync_interval_ms must be >= 0");
+  if (options.snapshot_every_seconds < 0 || options.sync_interval_ms < 0 ||
+      options.log_scrub_seconds < 0) {
+    return Status(ErrorCode::invalid,
+                  "snapshot_every_seconds, sync_interval_ms and log_scrub_seconds must be >= 0");
   }
   // Made absolute once: segments, snapshots and the index are opened by
   // path long after, and a chdir() of the process must not move them.
@@ -1145,6 +1178,7 @@ LedgerStats Ledger::stats() {
   stats.read_only = read_only();
   stats.log_checked = impl_->log_checked.load();
   stats.log_damaged = impl_->log_damaged.load();
+  stats.log_scrubs = impl_->log_scrubs.load();
   std::lock_guard<std::mutex> guard(impl_->mu);
   stats.groups = impl_->groups;
   return stats;
@@ -1179,7 +1213,11 @@ Status Ledger::close() {
   }
   impl.writer_cv.notify_all();
   impl.room_cv.notify_all();
-  impl.check_cancelled.store(true);
+  {
+    std::lock_guard<std::mutex> guard(impl.check_mu);
+    impl.check_cancelled.store(true);
+  }
+  impl.check_cv.notify_all();
   if (impl.check_thread.joinable()) impl.check_thread.join();
   // After an open that failed part way, either may never have started (the
   // I/O thread only after the writer, which stops it as it exits).

@@ -76,6 +76,11 @@ struct LedgerOptions {
   // millions of balances). Off, close() ends within about two seconds and the
   // next open replays what was missed.
   bool snapshot_due_at_close = false;
+  // Scrub: every log_scrub_seconds, the thread of LedgerStats::log_checked
+  // reads every durable record again, verifying checksums and chain, so
+  // that damage that comes after the open (a flipped bit in an old segment)
+  // is found while backups still hold the events. 0: only the check at open.
+  std::int64_t log_scrub_seconds = 7ll * 24 * 3600;
   // The history projection in DATA/history, for point-in-time reads; kept
   // by the same follower. Off: point-in-time reads replay from a snapshot.
   bool history = true;
@@ -134,8 +139,11 @@ struct LedgerStats {
   // all, verifying their checksums and chain. log_checked: done (or nothing to check);
   // log_damaged: it found them damaged (logged on stderr, with segment and
   // offset). The ledger goes on either way: its state does not depend on them.
+  // A scrub (LedgerOptions::log_scrub_seconds) that finds damage sets
+  // log_damaged too; log_scrubs counts the scrubs done since open.
   bool log_checked = false;
   bool log_damaged = false;
+  std::uint64_t log_scrubs = 0;
 };
 
 class Ledger final : public LedgerApi {

@@ -892,6 +892,8 @@ TEST_CASE("options a ledger cannot honour are refused before it touches the dire
   cases.back().first.snapshot_every_seconds = -5;
   cases.emplace_back(options, "sync_interval_ms");
   cases.back().first.sync_interval_ms = -1;
+  cases.emplace_back(options, "log_scrub_seconds");
+  cases.back().first.log_scrub_seconds = -1;
   for (const auto& [bad, why] : cases) {
     CAPTURE(why);
     const auto opened = Ledger::open(bad);

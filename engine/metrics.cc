@@ -191,9 +191,13 @@ std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed,
                 "(logged) waits to be tried again.",
                 stats.archivist_retrying ? 1 : 0);
   append_single(&out, "tally_log_damaged", "gauge",
-                "1 once the log's records before the snapshot the open started from were found "
-                "damaged (logged): run tally verify; the ledger goes on.",
+                "1 once the log's records before the snapshot the open started from, or a scrub "
+                "of the durable log, were found damaged (logged): run tally verify; the ledger "
+                "goes on.",
                 stats.log_damaged ? 1 : 0);
+  append_single(&out, "tally_log_scrubs_total", "counter",
+                "Scrubs of the log since open: every durable record read again and verified.",
+                stats.log_scrubs);
   append_single(&out, "tally_read_only", "gauge",
                 "1 once a write failed: every mutation and balance read is refused until the "
                 "server restarts (the event feed and metrics still answer).",

@@ -807,7 +807,7 @@ constexpr CommandSpec kApplySpec = {
     "tally apply --data DIR --workload FILE.csv [--durability sync|async|none] [--pipeline N]\n"
     "                   [--snapshot-every N] [--snapshot-seconds S] [--snapshot-retain K] [--history on|off]\n"
     "                   [--idempotency-window S] [--hold-ttl-max S] [--queue-depth N]\n"
-    "                   [--segment-bytes N] [--sync-interval-ms N]",
+    "                   [--segment-bytes N] [--sync-interval-ms N] [--scrub-seconds S]",
     "Prints one line per op, in file order, once its outcome is durable:\n"
     "  key,outcome[,hold_id][,replay]\n"
     "outcome: ok, insufficient, overflow, hold_unknown, hold_expired,\n"
@@ -843,7 +843,7 @@ constexpr CommandSpec kBenchSpec = {
     "                   [--progress] [--snapshot-every N] [--snapshot-seconds S] [--snapshot-retain K]\n"
     "                   [--history on|off] [--point-in-time N] [--rate R]\n"
     "                   [--idempotency-window S] [--hold-ttl-max S] [--queue-depth N]\n"
-    "                   [--segment-bytes N] [--sync-interval-ms N]\n"
+    "                   [--segment-bytes N] [--sync-interval-ms N] [--scrub-seconds S]\n"
     "       tally bench --connect HOST:PORT --workload FILE.csv [--expect FILE] [--connections C]\n"
     "                   [--pipeline N] [--token-file F] [--progress] [--rate R]",
     "Prints one line:\n"

@@ -47,7 +47,7 @@ constexpr CommandSpec kServeSpec = {
     "                   [--snapshot-every N] [--snapshot-seconds S] [--snapshot-retain K]\n"
     "                   [--history on|off]\n"
     "                   [--idempotency-window S] [--hold-ttl-max S] [--queue-depth N]\n"
-    "                   [--segment-bytes N] [--sync-interval-ms N]",
+    "                   [--segment-bytes N] [--sync-interval-ms N] [--scrub-seconds S]",
     "Binds both listeners first, then opens DATA: until the log is open,\n"
     "GET /health answers 503 `starting` and every other request 503 `busy`.\n"
     "Prints `serving binary=HOST:PORT http=HOST:PORT` once it serves the ledger\n"

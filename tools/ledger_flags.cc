@@ -22,6 +22,8 @@ Status parse_ledger_flags(const Args& args, LedgerOptions* options) {
   if (!segment) return segment.status();
   auto sync_interval = args.integer("sync-interval-ms", options->sync_interval_ms);
   if (!sync_interval) return sync_interval.status();
+  auto scrub = args.integer("scrub-seconds", options->log_scrub_seconds);
+  if (!scrub) return scrub.status();
   auto every = args.integer("snapshot-every", static_cast<std::int64_t>(options->snapshot_every_events));
   if (!every) return every.status();
   auto seconds = args.integer("snapshot-seconds", options->snapshot_every_seconds);
@@ -39,6 +41,7 @@ Status parse_ledger_flags(const Args& args, LedgerOptions* options) {
   options->queue_depth_max = static_cast<std::size_t>(*queue);
   options->segment_size_bytes = static_cast<std::uint64_t>(*segment);
   options->sync_interval_ms = *sync_interval;
+  options->log_scrub_seconds = *scrub;
   options->snapshot_every_events = static_cast<std::uint64_t>(*every);
   options->snapshot_every_seconds = *seconds;
   options->snapshot_retain = static_cast<std::size_t>(*retain);

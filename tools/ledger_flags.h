@@ -1,6 +1,6 @@
 // Flags that set how a command opens its ledger (LedgerOptions): the
 // idempotency window and hold ttl limit, the queue, the log's segments and
-// async syncs, snapshots and the history projection (docs/snapshots.md).
+// async syncs, the log's scrubs, snapshots and the history projection (docs/snapshots.md).
 // serve, apply and bench --data take them.
 #pragma once
 
@@ -36,6 +36,10 @@ inline constexpr FlagSpec kLedgerFlags[] = {
                   static_cast<std::int64_t>(log::kSegmentSizeBytesMax)}},
     {"sync-interval-ms", "N", "async durability: fdatasync at least every N ms (default 10)",
      IntegerRange{1, kSyncIntervalMsMax}},
+    {"scrub-seconds", "S",
+     "read and verify the whole durable log again every S seconds (default 604800, 7 days; 0: "
+     "never)",
+     IntegerRange{0, kSnapshotSecondsMax}},
     {"snapshot-every", "N", "take a snapshot every N events (default 1000000; 0: no count trigger)",
      IntegerRange{0}},
     {"snapshot-seconds", "S", "and every S seconds (default 3600; 0: no time trigger; both 0: no snapshots)",
