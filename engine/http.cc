@@ -742,6 +742,14 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     };
     if (parser_->is_done()) return on_read(ec);
     if (!beast::iequals(parser_->get()[http::field::expect], "100-continue")) return read_body();
+    // A client that waits to be asked for its body is told at once what
+    // the headers decide (a 401, a 404...), and the connection closes, its
+    // body unsent, rather than asked for a body only to be refused.
+    reading_ = false;
+    body_unread_ = true;  // an answer now closes the connection
+    if (!route_headers(parser_->get())) return;
+    body_unread_ = false;
+    reading_ = true;
     continue_.emplace(http::status::continue_, version_);
     auto sent = [self = shared_from_this(), read_body](beast::error_code write_ec, std::size_t) {
       if (write_ec) return self->close();
@@ -780,6 +788,16 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     send(problem(status, code, detail), true);
   }
 
+  struct Routed {
+    Route route;
+    Target target;
+  };
+  // What a request's headers decide alone: its Host, target and route,
+  // credentials, the ledger serving, the method; and GET /health, answered.
+  // nullopt once it is answered (refused, or health); the route otherwise.
+  // It answers nothing for a request that passes, so it may run again on
+  // the same headers.
+  std::optional<Routed> route_headers(const HttpRequest& request);
   void handle(HttpRequest request);
   void health(http::verb method);
   // Why the request's credentials are refused (never the token itself);
@@ -829,7 +847,8 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   void send(HttpResponse response, bool close_after) {
     response_ = std::move(response);
     response_.version(version_);
-    response_.keep_alive(keep_alive_ && !close_after && !stopping_ && !core_.stopping());
+    response_.keep_alive(keep_alive_ && !close_after && !body_unread_ && !stopping_ &&
+                         !core_.stopping());
     response_.prepare_payload();
     // The answer to a HEAD has headers only (RFC 9110 9.3.2), its
     // Content-Length still that of the body left out.
@@ -861,6 +880,9 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   std::optional<http::request_parser<Body>> parser_;
   HttpResponse response_;
   std::optional<http::response<http::empty_body>> continue_;  // 100 Continue, while written
+  // An answer decided at the headers of a request whose body the client
+  // holds back (Expect: 100-continue): the connection ends after it.
+  bool body_unread_ = false;
   unsigned version_ = 11;  // the request's HTTP version: 10 or 11
   std::uint64_t id_ = 0;
   bool keep_alive_ = true;
@@ -877,7 +899,7 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   std::int64_t request_start_ns_ = 0;  // when handle() took the request
 };
 
-void HttpSession::handle(HttpRequest request) {
+std::optional<HttpSession::Routed> HttpSession::route_headers(const HttpRequest& request) {
   request_start_ns_ = steady_now_ns();
   // A client may not know how a HEAD's answer ends (every one is a 405):
   // closing after it leaves no doubt.
@@ -886,17 +908,24 @@ void HttpSession::handle(HttpRequest request) {
   // request names two (a proxy and the server could read different ones).
   const std::size_t hosts = request.count(http::field::host);
   if (hosts > 1 || (hosts == 0 && request.version() >= 11)) {
-    return send(error_response(bad("exactly one Host header is required")), false);
+    send(error_response(bad("exactly one Host header is required")), false);
+    return std::nullopt;
   }
   auto target = parse_target(view(request.target()));
-  if (!target) return send(error_response(target.status()), false);
+  if (!target) {
+    send(error_response(target.status()), false);
+    return std::nullopt;
+  }
   const Route route = target->too_long ? Route{} : match_route(target->segments);
-  // /health and /metrics take no parameters either.
-  const auto no_parameters = [&] { return parse_query(target->query, {}).status(); };
   if (route.kind == RouteKind::health) {
-    const Status query = no_parameters();
-    if (!query.ok() && request.method() == route.method) return reject(route, query);
-    return health(request.method());
+    // /health takes no parameters either.
+    const Status query = parse_query(target->query, {}).status();
+    if (!query.ok() && request.method() == route.method) {
+      reject(route, query);
+    } else {
+      health(request.method());
+    }
+    return std::nullopt;
   }
   if (const char* refused = unauthorized(request)) {
     core_.metrics().unauthorized(Metrics::Protocol::http);
@@ -904,19 +933,35 @@ void HttpSession::handle(HttpRequest request) {
     HttpResponse response =
         problem(http::status::unauthorized, "unauthorized", "a valid bearer token is required");
     response.set(http::field::www_authenticate, "Bearer");
-    return send(std::move(response), false);
+    send(std::move(response), false);
+    return std::nullopt;
   }
-  if (!core_.serving()) return send(starting_response("busy"), false);
+  if (!core_.serving()) {
+    send(starting_response("busy"), false);
+    return std::nullopt;
+  }
   if (route.kind == RouteKind::none) {
-    return send(problem(http::status::not_found, "not_found", "no such route"), false);
+    send(problem(http::status::not_found, "not_found", "no such route"), false);
+    return std::nullopt;
   }
-  if (request.method() != route.method) return send(method_not_allowed(route.method), false);
+  if (request.method() != route.method) {
+    send(method_not_allowed(route.method), false);
+    return std::nullopt;
+  }
+  return Routed{route, std::move(*target)};
+}
+
+void HttpSession::handle(HttpRequest request) {
+  std::optional<Routed> routed = route_headers(request);
+  if (!routed) return;  // answered
+  const auto& [route, target] = *routed;
   if (route.kind == RouteKind::metrics) {
-    const Status query = no_parameters();
+    // /metrics takes no parameters either.
+    const Status query = parse_query(target.query, {}).status();
     return query.ok() ? metrics() : reject(route, query);
   }
-  if (route.kind == RouteKind::mutation) return route_post(route, *target, request);
-  route_get(route, *target);
+  if (route.kind == RouteKind::mutation) return route_post(route, target, request);
+  route_get(route, target);
 }
 
 void HttpSession::health(http::verb method) {

@@ -353,6 +353,21 @@ TEST_CASE("http api: HTTP/1.0 keep-alive is answered in 1.0 and kept; Expect: 10
   while (!ec) final_answer.append(chunk, socket.read_some(asio::buffer(chunk), ec));
   CHECK(final_answer.starts_with("HTTP/1.1 200 OK\r\n"));
   CHECK(fx.ledger->balance("berlin", "sku")->available == 5);
+
+  // One the headers refuse is told so instead, and the connection closes
+  // with its body never asked for (nor sent).
+  for (const auto& [request, status] : std::vector<std::pair<std::string, std::string>>{
+           {"POST /v1/nowhere", "404"}, {"PUT /v1/acquire", "405"}}) {
+    CAPTURE(request);
+    const std::string refused = send_raw_until_closed(
+        port, request + " HTTP/1.1\r\nHost: h\r\nIdempotency-Key: e2\r\n"
+                        "Expect: 100-continue\r\nContent-Length: " +
+                  std::to_string(body.size()) + "\r\n\r\n");
+    CHECK(refused.starts_with("HTTP/1.1 " + status + " "));
+    CHECK(refused.find("100 Continue") == std::string::npos);
+    CHECK(refused.find("Connection: close\r\n") != std::string::npos);
+  }
+  CHECK(fx.ledger->balance("berlin", "sku")->available == 5);
 }
 
 TEST_CASE("http api: limit and wait_ms of any size are capped; non-digits are 400") {

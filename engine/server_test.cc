@@ -642,6 +642,12 @@ TEST_CASE("http and binary: auth on") {
   CHECK(get(port, "/v1/events").status == 401);
   CHECK(http_call(port, http::verb::get, "/v1/events?wait_ms=0", {}, {{"Authorization", "Bearer wrong"}}).status == 401);
   CHECK(http_call(port, http::verb::get, "/v1/events?wait_ms=0", {}, {{"Authorization", "Bearer s3cret-token"}}).status == 200);
+  // A client that holds its body back until asked is refused first.
+  const std::string expecting = send_raw_until_closed(
+      port, "POST /v1/acquire HTTP/1.1\r\nHost: h\r\nIdempotency-Key: x\r\n"
+            "Expect: 100-continue\r\nContent-Length: 40\r\n\r\n");
+  CHECK(expecting.starts_with("HTTP/1.1 401 "));
+  CHECK(expecting.find("Connection: close\r\n") != std::string::npos);
 
   ClientOptions wrong;
   wrong.address = "127.0.0.1:" + std::to_string(fx.server->binary_port());
@@ -659,7 +665,7 @@ TEST_CASE("http and binary: auth on") {
   const std::string scraped =
       http_call(port, http::verb::get, "/metrics", {}, {{"Authorization", "Bearer s3cret-token"}})
           .body;
-  CHECK(scraped.find("\ntally_unauthorized_total{protocol=\"http\"} 7\n") != std::string::npos);
+  CHECK(scraped.find("\ntally_unauthorized_total{protocol=\"http\"} 8\n") != std::string::npos);
   CHECK(scraped.find("\ntally_unauthorized_total{protocol=\"binary\"} 3\n") != std::string::npos);
   CHECK(fx.logged("http connection: unauthorized: wrong token (peer 127.0.0.1:"));
   CHECK(fx.logged("http connection: unauthorized: two Authorization headers"));
