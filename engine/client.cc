@@ -6,7 +6,6 @@
 #include <condition_variable>
 #include <cstring>
 #include <future>
-#include <limits>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -24,6 +23,8 @@ namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
 
 namespace {
+
+Status client_closed() { return Status(ErrorCode::closed, "the client is closed"); }
 
 using ResponseDone = std::function<void(Result<wire::Response>)>;
 
@@ -181,15 +182,18 @@ struct Client::Impl {
   std::chrono::steady_clock::time_point answer_due_locked() const;
   void reader_main();
   void writer_main();
+  // close() has begun.
+  bool is_closing();
   // Drops the connection once an answer is overdue (answer_timeout_ms).
   void watchdog_main();
   // Sends a read; `done` gets its answer of `kind` on the reader thread,
-  // or at once, on this one, when the read names what no mutation can
-  // write (as the Ledger answers it).
+  // or at once, on this one, when the client is closed or the read names
+  // what no mutation can write (as the Ledger answers it).
   template <class T, class Extract>
   void submit_read(wire::Request request, wire::Response::Kind kind, Extract extract,
                    std::function<void(Result<T>)> done) {
     if (!done) return;  // a read nobody hears
+    if (is_closing()) return done(client_closed());
     Status named;
     if (request.kind == wire::Request::Kind::balance) {
       named = detail::check_pair(request.subject, request.item);
@@ -367,7 +371,7 @@ Status Client::Impl::connect_locked(std::unique_lock<std::mutex>& guard) {
     const bool starting = status.code() == ErrorCode::busy && now < *started_by;
     if (!starting && ++failures > options.retries_max) break;
   }
-  if (closing) return Status(ErrorCode::closed, "the client is closed");
+  if (closing) return client_closed();
   if (!status.ok()) return status;
   cv.notify_all();
   // Bytes queued for the old connection are gone with it: send every
@@ -490,6 +494,11 @@ void Client::Impl::writer_main() {
   }
 }
 
+bool Client::Impl::is_closing() {
+  std::lock_guard<std::mutex> guard(mu);
+  return closing;
+}
+
 std::uint64_t Client::Impl::send(wire::Request request, ResponseDone done, bool follow) {
   std::unique_lock<std::mutex> guard(mu);
   // A completion runs on the reader thread, the only one that makes room:
@@ -498,7 +507,7 @@ std::uint64_t Client::Impl::send(wire::Request request, ResponseDone done, bool 
   cv.wait(guard, [&] { return pending.size() < options.inflight_max || closing || on_reader; });
   if (closing) {
     guard.unlock();
-    done(Status(ErrorCode::closed, "the client is closed"));
+    done(client_closed());
     return 0;
   }
   if (failing && !on_reader) {
@@ -750,7 +759,7 @@ Status Client::close() {
                        Status(ErrorCode::io_error,
                               "the client closed before the answer came: the outcome is unknown "
                               "until the request is sent again with its key"),
-                       Status(ErrorCode::closed, "the client is closed"));
+                       client_closed());
   return Status();
 }
 
@@ -759,9 +768,10 @@ void Client::submit(Command command, Completion done) {
   // Invalid on its face: refused here as the Ledger refuses it, at once and
   // on this thread, instead of sent. (A request the server cannot read
   // would cost the connection, and come back io_error after every retry.)
-  // The hold ttl's upper bound is the server's to set and check.
-  const Status valid =
-      detail::validate(command, detail::Limits{std::numeric_limits<std::int64_t>::max()});
+  // The hold's ttl is the server's to check: the limit is its setting. A
+  // closed client answers closed first, as a closed Ledger does.
+  if (impl_->is_closing()) return done(client_closed());
+  const Status valid = detail::validate(command, detail::Limits{});
   if (!valid.ok()) return done(valid);
   wire::Request request;
   request.kind = wire::Request::Kind::mutation;

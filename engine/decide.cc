@@ -87,7 +87,8 @@ Status validate_op(const OpRequest& op, const Limits& limits) {
       TALLY_TRY(check_id("subject", op.subject));
       TALLY_TRY(check_id("item", op.item));
       TALLY_TRY(check_qty(op.qty));
-      if (op.ttl_ns < kHoldTtlNsMin || op.ttl_ns > limits.hold_ttl_ns_max) {
+      if (limits.hold_ttl_ns_max != 0 &&
+          (op.ttl_ns < kHoldTtlNsMin || op.ttl_ns > limits.hold_ttl_ns_max)) {
         return invalid("ttl out of range [" + std::to_string(kHoldTtlNsMin / 1'000'000) + " ms, " +
                        std::to_string(limits.hold_ttl_ns_max / 1'000'000) + " ms]");
       }

@@ -16,6 +16,8 @@
 namespace tally::detail {
 
 struct Limits {
+  // 0: not known here (a remote client): a hold's ttl is left to the
+  // server, whose limit it is, to check and to name in its refusal.
   std::int64_t hold_ttl_ns_max = 0;
 };
 

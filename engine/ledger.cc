@@ -669,16 +669,31 @@ bool Ledger::Impl::check_log_said(std::uint64_t to_seq, bool writer_live, const 
 
 // Reads every record from seq 1 up to `to_seq` included, which verifies their
 // checksums and chain; closed once close() began. `writer_live`: the
-// writer may be appending past to_seq (a scrub).
+// writer may be appending past to_seq (a scrub). The records are there to
+// be read (durable, or before the snapshot the open started from): a log
+// that ends before to_seq, a damaged frame with nothing valid after it
+// say, lost them.
 Status Ledger::Impl::check_log_before(std::uint64_t to_seq, bool writer_live) {
-  auto reader = log::LogReader::open(*fs, log_dir(options.data_dir),
-                                     {.writer_may_be_live = writer_live});
+  // Read through, not only mapped: a sector the disk cannot read is an
+  // io_error here, where a mapped page would kill the process (SIGBUS).
+  log::FileSystem& files =
+      fs == &log::posix_file_system() ? log::posix_read_through_file_system() : *fs;
+  auto reader =
+      log::LogReader::open(files, log_dir(options.data_dir), {.writer_may_be_live = writer_live});
   if (!reader) return reader.status();
   log::Record record;
   while (!check_cancelled.load(std::memory_order_relaxed)) {
     auto more = (*reader)->next(&record);
     if (!more) return more.status();
-    if (!*more || record.seq >= to_seq) return Status();
+    if (*more && record.seq < to_seq) continue;
+    const log::LogEnd& end = (*reader)->end();
+    if (*more || end.next_seq > to_seq) return Status();
+    if (end.cut_short) return log::cut_short_status(end);
+    return Status(ErrorCode::corrupt,
+                  "the log ends at seq " + std::to_string(end.next_seq - 1) + " (segment " +
+                      log::segment_file_name(end.segment_first_seq) + ", offset " +
+                      std::to_string(end.offset) + "), before seq " + std::to_string(to_seq) +
+                      ", which was written");
   }
   return Status(ErrorCode::closed, "the ledger is closing");
 }

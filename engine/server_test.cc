@@ -2174,9 +2174,20 @@ TEST_CASE("client: what is invalid on its face is refused at once, unsent, as em
   check_client();
   CHECK_FALSE(fx.logged("exceeds the limit"));  // nothing was sent
   CHECK(fx.ledger->stats().next_seq == 1);      // nor written
+  // A hold's ttl is the server's limit: the server refuses it, in its words.
+  Command hold;
+  hold.key = "h";
+  hold.op = OpRequest::hold_of("alice", "gold", 1, 0);
+  const Result<Receipt> embedded_hold = fx.ledger->execute(hold);
+  REQUIRE(embedded_hold.code() == ErrorCode::invalid);
+  CHECK(client->execute(hold).status().message() == embedded_hold.status().message());
   // With the server gone, the same: no reconnect, no io_error.
   fx.stop();
   check_client();
+  // A closed client answers closed first, as a closed Ledger does.
+  REQUIRE(client->close().ok());
+  CHECK(client->execute(commands.front()).code() == ErrorCode::closed);
+  CHECK(client->balance("", "gold").code() == ErrorCode::closed);
 }
 
 TEST_CASE("binary: a request that decodes but cannot be taken is answered invalid; the connection stays") {

@@ -66,7 +66,8 @@ class MappedView final : public FileView {
 
 class PosixFile final : public File {
  public:
-  PosixFile(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
+  PosixFile(int fd, std::string path, bool read_through)
+      : fd_(fd), path_(std::move(path)), read_through_(read_through) {}
   ~PosixFile() override { ::close(fd_); }
   PosixFile(const PosixFile&) = delete;
   PosixFile& operator=(const PosixFile&) = delete;
@@ -136,6 +137,7 @@ class PosixFile final : public File {
     // Pages are mapped as the scan reaches them (not MAP_POPULATE), so a
     // reader that keeps its previous segment a little longer does not hold
     // two whole segments at once.
+    if (read_through_) TALLY_TRY(read_through(size_bytes));
     void* base = ::mmap(nullptr, length, PROT_READ, MAP_SHARED, fd_, 0);
     if (base == MAP_FAILED) return errno_status("map", path_, errno);
     return std::unique_ptr<FileView>(std::make_unique<MappedView>(base, length));
@@ -160,8 +162,23 @@ class PosixFile final : public File {
   }
 
  private:
+  // Reads the first size_bytes once with pread, so that a sector the disk
+  // cannot read fails here (EIO) rather than as a mapped page (SIGBUS).
+  // The pages it reads stay in the page cache for the mapping.
+  Status read_through(std::uint64_t size_bytes) {
+    std::vector<std::byte> chunk(std::min<std::uint64_t>(size_bytes, kReadThroughChunkBytes));
+    for (std::uint64_t offset = 0; offset < size_bytes; offset += chunk.size()) {
+      const std::size_t want =
+          static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), size_bytes - offset));
+      TALLY_TRY(read_at(offset, std::span<std::byte>(chunk.data(), want)));
+    }
+    return Status();
+  }
+
+  static constexpr std::uint64_t kReadThroughChunkBytes = 1 << 20;
   int fd_;
   std::string path_;
+  bool read_through_;
 };
 
 }  // namespace
@@ -182,6 +199,8 @@ namespace {
 
 class PosixFileSystem final : public FileSystem {
  public:
+  explicit PosixFileSystem(bool read_through) : read_through_(read_through) {}
+
   Result<std::unique_ptr<File>> open(const std::string& path, Mode mode) override {
     int flags = O_CLOEXEC;
     switch (mode) {
@@ -194,7 +213,7 @@ class PosixFileSystem final : public FileSystem {
       fd = ::open(path.c_str(), flags, 0644);
     } while (fd < 0 && errno == EINTR);
     if (fd < 0) return errno_status("open", path, errno);
-    return std::unique_ptr<File>(std::make_unique<PosixFile>(fd, path));
+    return std::unique_ptr<File>(std::make_unique<PosixFile>(fd, path, read_through_));
   }
 
   bool exists(const std::string& path) override {
@@ -272,6 +291,9 @@ class PosixFileSystem final : public FileSystem {
     if (result != 0) return errno_status("fsync directory", dir, error);
     return Status();
   }
+
+ private:
+  const bool read_through_;
 };
 
 }  // namespace
@@ -279,7 +301,12 @@ class PosixFileSystem final : public FileSystem {
 FileSystem& posix_file_system() {
   // Stateless, so one shared instance is safe; function-local so that its
   // construction is ordered before first use.
-  static PosixFileSystem file_system;
+  static PosixFileSystem file_system(/*read_through=*/false);
+  return file_system;
+}
+
+FileSystem& posix_read_through_file_system() {
+  static PosixFileSystem file_system(/*read_through=*/true);
   return file_system;
 }
 

@@ -73,6 +73,13 @@ class FileSystem {
 
 // The real file system (POSIX). One instance may serve the whole process.
 FileSystem& posix_file_system();
+// The same, but a file's view() first reads what it maps with pread, once:
+// a sector the disk cannot read is then an io_error of view() instead of a
+// SIGBUS where the mapping is read. For a long-lived process that reads old
+// segments (the ledger's log check and scrubs); the pages read stay in the
+// page cache for the mapping (one read of the disk, but it could evict them
+// again under memory pressure before the scan reaches them).
+FileSystem& posix_read_through_file_system();
 
 // Joins path components with '/'.
 std::string join_path(const std::string& dir, const std::string& name);

@@ -187,15 +187,17 @@ TEST_CASE("the POSIX file system") {
   CHECK(fs.sync_dir(nested).ok());
 }
 
-TEST_CASE("a file view holds the file's bytes, zeros to the next word, mapped or copied") {
+TEST_CASE("a file view holds the file's bytes, zeros to the next word, mapped, read through or copied") {
   TempDir dir;
   const std::string path = join_path(dir.path(), "f");
   std::vector<std::byte> data = payload_for(3, 0, 8192);
   data.resize(8189);  // ends inside a word
   write_bytes(path, data);
   FaultyFileSystem faulty(posix());  // its files copy: File::view
-  for (FileSystem* fs : {&posix(), static_cast<FileSystem*>(&faulty)}) {
+  for (FileSystem* fs : {&posix(), &posix_read_through_file_system(),
+                         static_cast<FileSystem*>(&faulty)}) {
     CAPTURE(fs == &faulty);
+    CAPTURE(fs == &posix_read_through_file_system());
     auto file = fs->open(path, FileSystem::Mode::read_only);
     REQUIRE(file.ok());
     const auto check = [&](std::uint64_t size_bytes, std::size_t expected) {

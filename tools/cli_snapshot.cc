@@ -216,7 +216,7 @@ constexpr CommandSpec kSnapshotSpec = {
     "A snapshot records the idempotency window it was built with, and only a\n"
     "ledger of that window loads it. The tools replay with the window of the\n"
     "newest snapshot (the ledger's own; 24 h when there is none), so this\n"
-    "command writes one the ledger loads.\n",
+    "command writes one of the window of the ledger's last snapshot.\n",
     kSnapshotFlags,
     0,
 };
