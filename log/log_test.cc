@@ -187,7 +187,7 @@ TEST_CASE("the POSIX file system") {
   CHECK(fs.sync_dir(nested).ok());
 }
 
-TEST_CASE("a file view holds the file's bytes, zeros to the next word, mapped, read through or copied") {
+TEST_CASE("a file view holds the file's bytes, zeros to the next word, mapped or copied") {
   TempDir dir;
   const std::string path = join_path(dir.path(), "f");
   std::vector<std::byte> data = payload_for(3, 0, 8192);
