@@ -184,6 +184,9 @@ struct Client::Impl {
   void writer_main();
   // close() has begun.
   bool is_closing();
+  // closed, or invalid for a read that names what no mutation can write:
+  // answered at once, unsent.
+  Status refuse_read(const wire::Request& request);
   // Drops the connection once an answer is overdue (answer_timeout_ms).
   void watchdog_main();
   // Sends a read; `done` gets its answer of `kind` on the reader thread,
@@ -193,14 +196,7 @@ struct Client::Impl {
   void submit_read(wire::Request request, wire::Response::Kind kind, Extract extract,
                    std::function<void(Result<T>)> done) {
     if (!done) return;  // a read nobody hears
-    if (is_closing()) return done(client_closed());
-    Status named;
-    if (request.kind == wire::Request::Kind::balance) {
-      named = detail::check_pair(request.subject, request.item);
-    } else if (request.kind == wire::Request::Kind::list) {
-      named = detail::check_subject(request.subject);
-    }
-    if (!named.ok()) return done(std::move(named));
+    if (Status refused = refuse_read(request); !refused.ok()) return done(std::move(refused));
     send(std::move(request),
          [kind, extract, done = std::move(done)](Result<wire::Response> response) {
            done(read_answer<T>(response, kind, extract));
@@ -497,6 +493,15 @@ void Client::Impl::writer_main() {
 bool Client::Impl::is_closing() {
   std::lock_guard<std::mutex> guard(mu);
   return closing;
+}
+
+Status Client::Impl::refuse_read(const wire::Request& request) {
+  if (is_closing()) return client_closed();
+  if (request.kind == wire::Request::Kind::balance) {
+    return detail::check_pair(request.subject, request.item);
+  }
+  if (request.kind == wire::Request::Kind::list) return detail::check_subject(request.subject);
+  return Status();
 }
 
 std::uint64_t Client::Impl::send(wire::Request request, ResponseDone done, bool follow) {

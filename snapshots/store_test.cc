@@ -189,7 +189,8 @@ TEST_CASE("prune keeps the newest a ledger of its window can load, and others on
   Feed feed({&mine, &other});
   // Seqs 1..6, taken alternately by each: mine at 1, 3, 5; other at 2, 4, 6.
   for (int index = 1; index <= 6; index++) {
-    const std::string key = "k" + std::to_string(index);
+    std::string key = "k";
+    key += std::to_string(index);
     REQUIRE_OK(feed.one(key, proj::acquire_op("alice", "gold", 1)));
     write_ok(store.get(), index % 2 == 1 ? mine : other);
   }
