@@ -175,7 +175,7 @@ class PosixFile final : public File {
     return Status();
   }
 
-  static constexpr std::uint64_t kReadThroughChunkBytes = 1 << 20;
+  static constexpr std::uint64_t kReadThroughChunkBytes = 1 << 18;
   int fd_;
   std::string path_;
   bool read_through_;

@@ -368,7 +368,7 @@ Result<VerifySummary> verify_data(const std::string& data_dir, std::uint64_t fro
   TALLY_TRY(state.check_invariants());
   summary.flows_checked = replayed->report.snapshot_seq == 0;
   if (summary.flows_checked) TALLY_TRY(flows.check(state));
-  auto reader = log::LogReader::open(log::posix_file_system(), log_dir(data_dir));
+  auto reader = log::LogReader::open(audit_files(), log_dir(data_dir));
   if (!reader) return reader.status();
 
   summary.report = replayed->report;
@@ -380,7 +380,7 @@ Result<VerifySummary> verify_data(const std::string& data_dir, std::uint64_t fro
   if (summary.report.reached_end) {
     summary.log_last_seq = summary.report.end.next_seq - 1;
   } else {
-    auto last = log_last_seq(log::posix_file_system(), data_dir);
+    auto last = log_last_seq(audit_files(), data_dir);
     if (!last) return last.status();
     summary.log_last_seq = *last;
   }
