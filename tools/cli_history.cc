@@ -155,10 +155,13 @@ Status print_from_log(const std::string& data_dir, std::string_view subject, std
   log::Event event;
   std::vector<proj::PairDelta> deltas;
   proj::Balance balance = start.balance;
-  for (;;) {
+  // Seqs run without gaps: the record after to_seq is neither read nor
+  // checked, so damage past the range asked for does not fail it.
+  for (bool wanted = true; wanted;) {
     auto more = (*reader)->next(&record);
     if (!more) return more.status();
     if (!*more || record.seq > to_seq) break;
+    wanted = record.seq < to_seq;
     progress.update(record.seq);
     TALLY_TRY(log::decode_record(decoder, record, &event));
     if (!touches(event, subject, item)) continue;
