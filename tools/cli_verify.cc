@@ -5,6 +5,7 @@
 // never takes the directory's lock.
 #include <algorithm>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "log/file.h"
@@ -321,9 +322,12 @@ Status first_failure(const std::string& data_dir, const VerifySummary& summary) 
 // Replays [from_seq, to_seq] with checksums and chain checked (from the
 // newest valid snapshot at or below from_seq - 1 when from_seq > 1), then
 // the state's invariants and, from seq 1 only, the per-item flows; compares
-// every snapshot and the history index the replay passes.
-Result<VerifySummary> verify_data(const std::string& data_dir, std::uint64_t from_seq,
+// every snapshot and the history index the replay passes. `from_seq`: as
+// given (a seq the log must hold), or nullopt for the whole log.
+Result<VerifySummary> verify_data(const std::string& data_dir,
+                                  std::optional<std::uint64_t> given_from_seq,
                                   std::uint64_t to_seq) {
+  const std::uint64_t from_seq = given_from_seq.value_or(1);
   TALLY_TRY(require_data_dir(data_dir));
   VerifySummary summary;
   SharedSnapshots snapshots;
@@ -384,7 +388,7 @@ Result<VerifySummary> verify_data(const std::string& data_dir, std::uint64_t fro
     if (!last) return last.status();
     summary.log_last_seq = *last;
   }
-  if (from_seq > 1 && from_seq > summary.log_last_seq) {
+  if (given_from_seq.has_value() && from_seq > summary.log_last_seq) {
     return Status(ErrorCode::invalid, "--from-seq " + std::to_string(from_seq) +
                                           " is past the end of the log (last seq " +
                                           std::to_string(summary.log_last_seq) +
@@ -586,7 +590,9 @@ int run_verify(const Args& args) {
   if (!to) return usage_error("verify", to.status().message());
   if (*from > *to) return usage_error("verify", "--from-seq is after --to-seq");
   const bool json = args.has("json");
-  auto summary = verify_data(std::string(*data), static_cast<std::uint64_t>(*from),
+  auto summary = verify_data(std::string(*data),
+                             args.has("from-seq") ? std::optional(static_cast<std::uint64_t>(*from))
+                                                  : std::nullopt,
                              args.has("to-seq") ? static_cast<std::uint64_t>(*to) : UINT64_MAX);
   Output out(stdout);
   if (!summary) {
