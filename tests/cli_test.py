@@ -963,9 +963,14 @@ def test_ledger_flags_set_the_window_the_hold_ttl_limit_and_the_segments():
     checked = json.loads(out)["snapshots"]
     assert len(checked) == 2 and all(s["status"] == "ok" for s in checked), checked
 
-    # A server holds for at most --hold-ttl-max.
-    server = Server(os.path.join(d, "served"), "--hold-ttl-max", "60")
+    # A server holds for at most --hold-ttl-max, and reads its log again
+    # every --scrub-seconds.
+    server = Server(os.path.join(d, "served"), "--hold-ttl-max", "60", "--scrub-seconds", "1")
     try:
+        deadline = time.monotonic() + 60
+        while server.metric("tally_log_scrubs_total") < 2:
+            assert time.monotonic() < deadline, "no two scrubs in 60 s"
+            time.sleep(0.1)
         server.post("/v1/acquire", {"subject": "s1", "item": "i1", "qty": 5}, "a1")
         held = server.post("/v1/holds", {"subject": "s1", "item": "i1", "qty": 1,
                                          "ttl_ms": 60000}, "h1")
