@@ -496,11 +496,13 @@ bool Client::Impl::is_closing() {
 }
 
 Status Client::Impl::refuse_read(const wire::Request& request) {
-  if (is_closing()) return client_closed();
+  // As the Ledger: a name no mutation can write is invalid, closed or not.
   if (request.kind == wire::Request::Kind::balance) {
-    return detail::check_pair(request.subject, request.item);
+    TALLY_TRY(detail::check_pair(request.subject, request.item));
+  } else if (request.kind == wire::Request::Kind::list) {
+    TALLY_TRY(detail::check_subject(request.subject));
   }
-  if (request.kind == wire::Request::Kind::list) return detail::check_subject(request.subject);
+  if (is_closing()) return client_closed();
   return Status();
 }
 
@@ -773,8 +775,9 @@ void Client::submit(Command command, Completion done) {
   // Invalid on its face: refused here as the Ledger refuses it, at once and
   // on this thread, instead of sent. (A request the server cannot read
   // would cost the connection, and come back io_error after every retry.)
-  // The hold's ttl is the server's to check: the limit is its setting. A
-  // closed client answers closed first, as a closed Ledger does.
+  // A hold's ttl is the server's to check (the limit is its setting), and
+  // so are a batch's ops after it. A closed client answers closed first,
+  // as a closed Ledger does.
   if (impl_->is_closing()) return done(client_closed());
   const Status valid = detail::validate(command, detail::Limits{});
   if (!valid.ok()) return done(valid);

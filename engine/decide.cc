@@ -308,10 +308,12 @@ Status validate(const Command& command, const Limits& limits) {
   if (command.ops.empty()) return invalid("batch has no ops");
   if (command.ops.size() > kBatchOpsMax) return batch_too_large();
   for (std::size_t op_index = 0; op_index < command.ops.size(); op_index++) {
-    Status status = validate_op(command.ops[op_index], limits);
+    const OpRequest& op = command.ops[op_index];
+    Status status = validate_op(op, limits);
     if (!status.ok()) {
       return invalid("op " + std::to_string(op_index) + ": " + status.message());
     }
+    if (op.type == OpType::hold && limits.hold_ttl_ns_max == 0) break;  // the rest: Limits
   }
   return Status();
 }

@@ -2181,13 +2181,31 @@ TEST_CASE("client: what is invalid on its face is refused at once, unsent, as em
   const Result<Receipt> embedded_hold = fx.ledger->execute(hold);
   REQUIRE(embedded_hold.code() == ErrorCode::invalid);
   CHECK(client->execute(hold).status().message() == embedded_hold.status().message());
+  // So are the ops of a batch after such a hold: the Ledger names the hold.
+  Command held_first;
+  held_first.key = "hb";
+  held_first.batch = true;
+  held_first.ops = {hold.op, OpRequest::acquire("", "gold", 1)};
+  const Result<Receipt> embedded_batch = fx.ledger->execute(held_first);
+  REQUIRE(embedded_batch.code() == ErrorCode::invalid);
+  CHECK(embedded_batch.status().message().starts_with("op 0: ttl out of range"));
+  CHECK(client->execute(held_first).status().message() == embedded_batch.status().message());
   // With the server gone, the same: no reconnect, no io_error.
   fx.stop();
   check_client();
-  // A closed client answers closed first, as a closed Ledger does.
+  // A closed client answers a mutation closed first, as a closed Ledger
+  // does, and a read of a name no mutation can write invalid, as it does.
   REQUIRE(client->close().ok());
+  testing::TempDir closed_dir;
+  const std::unique_ptr<Ledger> closed = open_ledger(closed_dir);
+  REQUIRE(closed->close().ok());
   CHECK(client->execute(commands.front()).code() == ErrorCode::closed);
-  CHECK(client->balance("", "gold").code() == ErrorCode::closed);
+  CHECK(closed->execute(commands.front()).code() == ErrorCode::closed);
+  CHECK(client->balance("", "gold").code() == ErrorCode::invalid);
+  CHECK(client->balance("", "gold").status().message() ==
+        closed->balance("", "gold").status().message());
+  CHECK(client->balance("alice", "gold").code() == ErrorCode::closed);
+  CHECK(closed->balance("alice", "gold").code() == ErrorCode::closed);
 }
 
 TEST_CASE("binary: a request that decodes but cannot be taken is answered invalid; the connection stays") {
