@@ -351,6 +351,13 @@ struct Ledger::Impl {
   std::condition_variable room_cv;    // the queue has room
   std::condition_variable io_cv;      // a group to write, or stop
   std::vector<Task> queue;
+  // Room reserved at open for the queue and the writer's batch: the default
+  // depth's worth at most. A deeper queue grows them as it fills, so that
+  // a depth near kQueueDepthMaxLimit (16M slots of a few hundred bytes)
+  // costs memory only when commands wait that deep.
+  std::size_t queue_reserve() const {
+    return std::min(options.queue_depth_max, LedgerOptions{}.queue_depth_max);
+  }
   bool closing = false;
   bool io_busy = false;
   bool io_stop = false;
@@ -453,7 +460,7 @@ Status Ledger::Impl::start(LedgerStats* replayed_stats) {
   committed = state->last_seq();
   committed_time_ns = state->last_timestamp_ns();
   durable = state->last_seq();
-  queue.reserve(options.queue_depth_max);
+  queue.reserve(queue_reserve());
   auto writer_started = start_thread("tally-writer", [this] { writer_main(); });
   if (!writer_started) return writer_started.status();
   writer_thread = std::move(*writer_started);
@@ -753,7 +760,7 @@ Ledger::~Ledger() {
 
 void Ledger::Impl::writer_main() {
   std::vector<Task> tasks;
-  tasks.reserve(options.queue_depth_max);
+  tasks.reserve(queue_reserve());
   // The names of the commands ahead are hashed once, when prefetch() starts
   // loading their slots; the balance stage reuses the hashes. Task j's are
   // at j % kPrefetchDistance, written kPrefetchDistance places ahead and
