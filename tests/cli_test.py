@@ -272,7 +272,7 @@ def test_usage_errors_exit_2():
 def test_serve_refuses_its_command_line_before_touching_the_data_directory():
     data = os.path.join(new_dir("serve-refused"), "data")
     for listen in (["--listen", "0.0.0.0:0"], ["--http", "0.0.0.0:0"], ["--listen", "nowhere:1"],
-                   ["--listen", "[::1"], ["--http", "[]:7421"]):
+                   ["--listen", "[::1"], ["--http", "[]:7421"], ["--segment-bytes", "100004"]):
         code, _, err = tally("serve", "--data", data, *listen)
         assert code == 2 and err.startswith("tally: "), (listen, code, err)
         assert not os.path.exists(data), listen

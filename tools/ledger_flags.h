@@ -31,7 +31,7 @@ inline constexpr FlagSpec kLedgerFlags[] = {
      IntegerRange{1, kDurationSecondsMax}},
     {"queue-depth", "N", "commands waiting for the writer at most (default 65536)",
      IntegerRange{1, static_cast<std::int64_t>(kQueueDepthMaxLimit)}},
-    {"segment-bytes", "N", "the log's segment size (default 67108864)",
+    {"segment-bytes", "N", "the log's segment size, a multiple of 8 (default 67108864)",
      IntegerRange{static_cast<std::int64_t>(log::kSegmentSizeBytesMin),
                   static_cast<std::int64_t>(log::kSegmentSizeBytesMax)}},
     {"sync-interval-ms", "N", "async durability: fdatasync at least every N ms (default 10)",
