@@ -220,7 +220,8 @@ std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed,
                 connections_total_[protocol].load(std::memory_order_relaxed));
   }
   append_single(&out, "tally_connections_rejected_total", "counter",
-                "Connections closed at once because connections_max were open.",
+                "Connections closed at once (connections_max were open, or the server was "
+                "stopping) and requests on a probe connection answered 503 busy.",
                 connections_rejected_.load(std::memory_order_relaxed));
   append_single(&out, "tally_malformed_total", "counter",
                 "Connections closed for a malformed or oversized frame or request.",
