@@ -13,19 +13,11 @@
 
 #include "engine/point_in_time.h"
 #include "engine/replay.h"
-#include "log/file.h"
 #include "log/status.h"
 #include "projections/state.h"
 #include "snapshots/history.h"
 
 namespace tally::cli {
-
-// The file system the tools read DATA's log through: each segment is read
-// with pread before it is mapped (log::posix_read_through_file_system), so
-// that a sector the disk cannot read is an io_error naming the segment, not
-// a SIGBUS where the mapping is read. An audit is where such damage should
-// come to light.
-log::FileSystem& audit_files();
 
 // not_found when DATA is not there: the log reader alone would take a
 // mistyped directory for an empty log.

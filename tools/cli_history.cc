@@ -142,12 +142,12 @@ struct LogStart {
 Status print_from_log(const std::string& data_dir, std::string_view subject, std::string_view item,
                       LogStart start, std::uint64_t from_seq, std::uint64_t to_seq,
                       ChangePrinter* printer) {
-  auto reader = log::LogReader::open(audit_files(), log_dir(data_dir),
+  auto reader = log::LogReader::open(log::posix_file_system(), log_dir(data_dir),
                                      {.from_seq = start.seq, .writer_may_be_live = true});
   if (!reader) return reader.status();
   Progress progress("history", 0, Streams::stdout_while_working);
   if (progress.enabled()) {
-    auto last = log_last_seq(audit_files(), data_dir);
+    auto last = log_last_seq(log::posix_file_system(), data_dir);
     if (last) progress.set_total(std::min(*last, to_seq));
   }
   log::EventDecoder decoder;
@@ -270,11 +270,11 @@ Result<Rebuilt> rebuild_history(const std::string& data_dir) {
   auto store = open_for_rebuild(data_dir);
   if (!store) return store.status();
   TALLY_TRY((*store)->clear());
-  auto reader = log::LogReader::open(audit_files(), log_dir(data_dir));
+  auto reader = log::LogReader::open(log::posix_file_system(), log_dir(data_dir));
   if (!reader) return reader.status();
   Progress progress("history --rebuild", 0);
   if (progress.enabled()) {
-    auto last = log_last_seq(audit_files(), data_dir);
+    auto last = log_last_seq(log::posix_file_system(), data_dir);
     if (last) progress.set_total(*last);
   }
   log::EventDecoder decoder;

@@ -128,7 +128,7 @@ Status print_log(const std::string& data_dir, std::uint64_t from_seq, const LogF
   log::LogReaderOptions options;
   options.from_seq = from_seq;
   options.writer_may_be_live = true;  // beside a server, maybe
-  auto reader = log::LogReader::open(audit_files(), log_dir(data_dir), options);
+  auto reader = log::LogReader::open(log::posix_file_system(), log_dir(data_dir), options);
   if (!reader) return reader.status();
   log::EventDecoder decoder;
   log::Record record;

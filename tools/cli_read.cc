@@ -21,8 +21,6 @@
 
 namespace tally::cli {
 
-log::FileSystem& audit_files() { return log::posix_read_through_file_system(); }
-
 Status require_data_dir(const std::string& data_dir) {
   // The log reader takes a missing log for an empty one, which is right for
   // a fresh ledger but hides a mistyped --data.
@@ -61,13 +59,12 @@ std::int64_t replay_window_ns(const std::string& data_dir, SharedSnapshots* snap
 Result<Replayed> replay_data(const std::string& data_dir, ReplayOptions options) {
   TALLY_TRY(require_data_dir(data_dir));
   options.data_dir = data_dir;
-  options.fs = &audit_files();
   options.state_options.idempotency_window_ns = replay_window_ns(data_dir, options.snapshots);
   options.writer_may_be_live = true;  // beside a server, maybe
   Progress progress("replay", 0);
   if (progress.enabled()) {
     // The total costs a read of the last segment: only for a terminal.
-    auto last = log_last_seq(audit_files(), data_dir);
+    auto last = log_last_seq(log::posix_file_system(), data_dir);
     if (last) progress.set_total(std::min(*last, options.to_seq));
     options.visit = [&progress, visit = std::move(options.visit)](const log::Event& event,
                                                                   const log::Record& record) {
@@ -142,7 +139,7 @@ HistoryIndex open_history_store(const std::string& data_dir, bool check_all_page
 
 Result<LogScan> scan_log(const std::string& data_dir, std::uint64_t seq) {
   // From UINT64_MAX the reader opens the last segment only.
-  auto reader = log::LogReader::open(audit_files(), log_dir(data_dir),
+  auto reader = log::LogReader::open(log::posix_file_system(), log_dir(data_dir),
                                      {.from_seq = seq == 0 ? UINT64_MAX : seq,
                                       .writer_may_be_live = true});
   if (!reader) return reader.status();
@@ -217,7 +214,6 @@ Result<std::unique_ptr<PointInTimeData>> open_point_in_time(const std::string& d
     note_history_not_used(history);
   }
   data->source.data_dir = data_dir;
-  data->source.fs = &audit_files();
   // Snapshots of the ledger's window load; a replay with another would skip them.
   data->source.state_options.idempotency_window_ns = replay_window_ns(data_dir, nullptr);
   data->source.history = history.trusted();

@@ -324,6 +324,12 @@ Status first_failure(const std::string& data_dir, const VerifySummary& summary) 
 // the state's invariants and, from seq 1 only, the per-item flows; compares
 // every snapshot and the history index the replay passes. `from_seq`: as
 // given (a seq the log must hold), or nullopt for the whole log.
+// What verify reads the log through: each segment with pread before it is
+// mapped (log::posix_read_through_file_system), so that a sector the disk
+// cannot read is an io_error naming the segment, not a SIGBUS where the
+// mapping is read. The other tools map without it, as a ledger's open does.
+log::FileSystem& verify_files() { return log::posix_read_through_file_system(); }
+
 Result<VerifySummary> verify_data(const std::string& data_dir,
                                   std::optional<std::uint64_t> given_from_seq,
                                   std::uint64_t to_seq) {
@@ -340,6 +346,7 @@ Result<VerifySummary> verify_data(const std::string& data_dir,
   proj::FlowTotals flows;
   std::size_t next_snapshot = 0;
   ReplayOptions options;
+  options.fs = &verify_files();
   options.use_snapshots = from_seq > 1;
   options.snapshot_seq_max = from_seq - 1;
   options.to_seq = to_seq;
@@ -372,7 +379,7 @@ Result<VerifySummary> verify_data(const std::string& data_dir,
   TALLY_TRY(state.check_invariants());
   summary.flows_checked = replayed->report.snapshot_seq == 0;
   if (summary.flows_checked) TALLY_TRY(flows.check(state));
-  auto reader = log::LogReader::open(audit_files(), log_dir(data_dir));
+  auto reader = log::LogReader::open(verify_files(), log_dir(data_dir));
   if (!reader) return reader.status();
 
   summary.report = replayed->report;
@@ -384,7 +391,7 @@ Result<VerifySummary> verify_data(const std::string& data_dir,
   if (summary.report.reached_end) {
     summary.log_last_seq = summary.report.end.next_seq - 1;
   } else {
-    auto last = log_last_seq(audit_files(), data_dir);
+    auto last = log_last_seq(verify_files(), data_dir);
     if (!last) return last.status();
     summary.log_last_seq = *last;
   }
