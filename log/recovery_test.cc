@@ -268,6 +268,27 @@ TEST_CASE("a zeroed middle record followed by valid ones is corruption, not the 
                                    std::to_string(log.offsets[5])) != std::string::npos);
 }
 
+TEST_CASE("a valid record after a long run of zeros is found wherever the run starts") {
+  // The search skips zeros a block at a time: runs of every length from one
+  // frame to many blocks, from and to every frame boundary.
+  TempDir dir;
+  const OneSegment log = make_one_segment(dir, 40);
+  for (std::size_t first = 1; first < log.offsets.size(); first++) {
+    for (std::size_t next = first + 1; next < log.offsets.size(); next++) {
+      CAPTURE(first);
+      CAPTURE(next);
+      std::vector<std::byte> damaged = log.pristine;
+      std::fill(damaged.begin() + static_cast<std::ptrdiff_t>(log.offsets[first]),
+                damaged.begin() + static_cast<std::ptrdiff_t>(log.offsets[next]), std::byte{0});
+      write_bytes(log.path, damaged);
+      ReadBack back = read_log(posix(), dir.log_dir());
+      require_corrupt(back, prefix(1, log.offsets[first]));
+      CHECK(back.status.message().find("followed by a valid frame at offset " +
+                                       std::to_string(log.offsets[next])) != std::string::npos);
+    }
+  }
+}
+
 TEST_CASE("beside a live writer, a frame in flight is read again before it is corruption") {
   TempDir dir;
   const OneSegment log = make_one_segment(dir, 10);
