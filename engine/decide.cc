@@ -313,7 +313,8 @@ Status validate(const Command& command, const Limits& limits) {
     if (!status.ok()) {
       return invalid("op " + std::to_string(op_index) + ": " + status.message());
     }
-    if (op.type == OpType::hold && limits.hold_ttl_ns_max == 0) break;  // the rest: Limits
+    // The server's to check from here (Limits).
+    if (op.type == OpType::hold && limits.hold_ttl_ns_max == 0) break;
   }
   return Status();
 }

@@ -319,17 +319,17 @@ Status first_failure(const std::string& data_dir, const VerifySummary& summary) 
   return Status();
 }
 
-// Replays [from_seq, to_seq] with checksums and chain checked (from the
-// newest valid snapshot at or below from_seq - 1 when from_seq > 1), then
-// the state's invariants and, from seq 1 only, the per-item flows; compares
-// every snapshot and the history index the replay passes. `from_seq`: as
-// given (a seq the log must hold), or nullopt for the whole log.
 // What verify reads the log through: each segment with pread before it is
 // mapped (log::posix_read_through_file_system), so that a sector the disk
 // cannot read is an io_error naming the segment, not a SIGBUS where the
 // mapping is read. The other tools map without it, as a ledger's open does.
 log::FileSystem& verify_files() { return log::posix_read_through_file_system(); }
 
+// Replays [from_seq, to_seq] with checksums and chain checked (from the
+// newest valid snapshot at or below from_seq - 1 when from_seq > 1), then
+// the state's invariants and, from seq 1 only, the per-item flows; compares
+// every snapshot and the history index the replay passes. `from_seq`: as
+// given (a seq the log must hold), or nullopt for the whole log.
 Result<VerifySummary> verify_data(const std::string& data_dir,
                                   std::optional<std::uint64_t> given_from_seq,
                                   std::uint64_t to_seq) {
