@@ -309,9 +309,7 @@ Result<std::unique_ptr<tcp::socket>> Client::Impl::connect_once() {
       auto response = wire::decode_response(*answer);
       if (!response) return response.status();
       if (response->kind == wire::Response::Kind::error) return response->error;
-      // A limit no ledger can have (below the shortest ttl) counts as unsaid.
-      const std::int64_t said = response->hold_ttl_ns_max;
-      hold_ttl_ns_max.store(said >= kHoldTtlNsMin ? said : 0, std::memory_order_relaxed);
+      hold_ttl_ns_max.store(response->hold_ttl_ns_max, std::memory_order_relaxed);
       return fresh;
     }
     const std::span<std::byte> space = reader.space();
