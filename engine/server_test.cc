@@ -2208,14 +2208,13 @@ TEST_CASE("client: a hold's ttl is refused at once against the limit the server'
   Command hold;
   hold.key = "h";
   hold.op = OpRequest::hold_of("alice", "gold", 1, fx.hold_ttl_ns_max + 1);
-  const std::string out_of_range = "invalid: ttl out of range [1 ms, 60000 ms]";
   bool answered = false;
   client->submit(hold, [&](Result<Receipt> refused) {
     answered = true;
-    CHECK(refused.status().to_string() == out_of_range);
+    CHECK(refused.status().to_string() == "invalid: ttl out of range [1 ms, 60000 ms]");
   });
   CHECK(answered);  // at once, unsent
-  CHECK(fx.ledger->execute(hold).status().to_string() == out_of_range);
+  CHECK(fx.ledger->execute(hold).status().to_string() == "invalid: ttl out of range [1 ms, 60000 ms]");
   hold.op.ttl_ns = fx.hold_ttl_ns_max;
   const Result<Receipt> taken = client->execute(hold);
   REQUIRE(taken.ok());
