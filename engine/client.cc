@@ -1,7 +1,6 @@
 #include "engine/client.h"
 
 #include <algorithm>
-#include <atomic>
 #include <boost/asio.hpp>
 #include <chrono>
 #include <condition_variable>
@@ -223,9 +222,6 @@ struct Client::Impl {
   std::unique_ptr<tcp::socket> socket;  // replaced only while !connected
   bool connected = false;
   bool closing = false;
-  // The longest hold ttl, as the last hello's answer told it; 0: not told
-  // (a server before it said so), and a hold's ttl is left to the server.
-  std::atomic<std::int64_t> hold_ttl_ns_max{0};
   // Handlers of failed requests are running. A request another thread
   // sends meanwhile fails at once: its caller has not heard of the
   // failures yet, and it must not be delivered after them.
@@ -309,7 +305,6 @@ Result<std::unique_ptr<tcp::socket>> Client::Impl::connect_once() {
       auto response = wire::decode_response(*answer);
       if (!response) return response.status();
       if (response->kind == wire::Response::Kind::error) return response->error;
-      hold_ttl_ns_max.store(response->hold_ttl_ns_max, std::memory_order_relaxed);
       return fresh;
     }
     const std::span<std::byte> space = reader.space();
@@ -780,11 +775,11 @@ void Client::submit(Command command, Completion done) {
   // Invalid on its face: refused here as the Ledger refuses it, at once and
   // on this thread, instead of sent. (A request the server cannot read
   // would cost the connection, and come back io_error after every retry.)
-  // A hold's ttl is checked against the limit the server's hello gave. A
-  // closed client answers closed first, as a closed Ledger does.
+  // A hold's ttl is the server's to check (the limit is its setting), and
+  // so are a batch's ops after it. A closed client answers closed first,
+  // as a closed Ledger does.
   if (impl_->is_closing()) return done(client_closed());
-  const Status valid = detail::validate(
-      command, detail::Limits{impl_->hold_ttl_ns_max.load(std::memory_order_relaxed)});
+  const Status valid = detail::validate(command, detail::Limits{});
   if (!valid.ok()) return done(valid);
   wire::Request request;
   request.kind = wire::Request::Kind::mutation;

@@ -16,10 +16,10 @@
 namespace tally::detail {
 
 struct Limits {
-  // 0: not known here (a remote client whose server did not say it in its
-  // hello): a hold's ttl is left to the server, whose limit it is, to check
-  // and to name in its refusal; so are the ops of a batch after such a
-  // hold, since the server's answer may be that the hold came first.
+  // 0: not known here (a remote client): a hold's ttl is left to the
+  // server, whose limit it is, to check and to name in its refusal; so are
+  // the ops of a batch after such a hold, since the server's answer may be
+  // that the hold came first.
   std::int64_t hold_ttl_ns_max = 0;
 };
 

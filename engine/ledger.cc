@@ -1295,8 +1295,6 @@ const std::string& Ledger::data_dir() const { return impl_->options.data_dir; }
 
 log::FileSystem& Ledger::file_system() const { return *impl_->fs; }
 
-std::int64_t Ledger::hold_ttl_ns_max() const { return impl_->options.hold_ttl_ns_max; }
-
 Status Ledger::Impl::check_open() const {
   if (closing_began.load()) return Status(ErrorCode::closed, "the ledger is closed");
   return Status();

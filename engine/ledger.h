@@ -251,8 +251,6 @@ class Ledger final : public LedgerApi {
   // directory then).
   const std::string& data_dir() const;
   log::FileSystem& file_system() const;
-  // LedgerOptions::hold_ttl_ns_max: the server tells its clients.
-  std::int64_t hold_ttl_ns_max() const;
 
   // Finishes queued commands, syncs the log, stops the threads, releases the
   // lock (another process may open the directory). Later calls answer

@@ -171,7 +171,6 @@ struct Response {
     hello @6 :Void;
     events @7 :EventBatch;
   }
-  holdTtlMaxNs @8 :Int64;  # hello: the server's longest hold ttl; 0: not said
 }
 
 # One batch of a follow: consecutive seqs, from nextSeq - length(events).

@@ -619,7 +619,6 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     }
     authenticated_ = true;
     response.kind = wire::Response::Kind::hello;
-    response.hold_ttl_ns_max = core_.ledger().hold_ttl_ns_max();
     send(wire::encode_response(response));
   }
 

@@ -76,7 +76,6 @@ struct Fixture {
   ServerOptions options;
   std::uint64_t segment_size_bytes = log::kSegmentSizeBytesDefault;
   Durability durability = Durability::none;
-  std::int64_t hold_ttl_ns_max = kHoldTtlNsMaxDefault;
   log::FileSystem* fs = nullptr;  // nullptr: POSIX
   std::mutex log_mu;
   std::vector<std::string> logs;
@@ -102,7 +101,6 @@ struct Fixture {
     ledger_options.durability = durability;
     ledger_options.fs = fs;
     ledger_options.segment_size_bytes = segment_size_bytes;
-    ledger_options.hold_ttl_ns_max = hold_ttl_ns_max;
     auto opened = Ledger::open(ledger_options);
     REQUIRE(opened.ok());
     ledger = std::move(*opened);

@@ -319,7 +319,6 @@ Status decode_response_fields(proto::Response::Reader in, Response* out) {
       return decode_hold_view(in.getHoldInfo(), &out->hold);
     case proto::Response::HELLO:
       out->kind = Response::Kind::hello;
-      out->hold_ttl_ns_max = in.getHoldTtlMaxNs();
       return Status();
     case proto::Response::EVENTS:
       out->kind = Response::Kind::events;
@@ -446,10 +445,7 @@ std::string encode_response(const Response& response) {
       break;
     }
     case Response::Kind::hold_info: encode_hold_view(response.hold, out.initHoldInfo()); break;
-    case Response::Kind::hello:
-      out.setHello();
-      out.setHoldTtlMaxNs(response.hold_ttl_ns_max);
-      break;
+    case Response::Kind::hello: out.setHello(); break;
     case Response::Kind::events: encode_event_batch(response, out.initEvents()); break;
   }
   return frame(builder);

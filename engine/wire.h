@@ -130,7 +130,6 @@ struct Response {
   Balance balance;
   std::vector<ItemBalance> items;
   HoldView hold;
-  std::int64_t hold_ttl_ns_max = 0;  // hello: the server's limit; 0: not said
   EventPayloads events;       // events: consecutive seqs ending before next_seq
   std::uint64_t next_seq = 0; // events
   bool end = false;           // events: the follow's last message
