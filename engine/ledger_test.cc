@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "engine/backup.h"
+#include "engine/decide.h"
 #include "engine/replay.h"
 #include "log/faulty_file.h"
 #include "projections/state.h"
@@ -82,6 +83,20 @@ LedgerOptions bare_options(const testing::TempDir& dir, Durability durability) {
 Outcome outcome_of(Result<Receipt> result) {
   REQUIRE_MESSAGE(result.ok(), result.status().to_string());
   return result->outcome;
+}
+
+TEST_CASE("validate: with the ttl limit unknown, a batch's ops from a hold on are not checked") {
+  // A remote client: the limit is the server's setting, and its answer may
+  // be the hold's ttl, so an op after it is not refused here.
+  Command batch;
+  batch.key = "k";
+  batch.batch = true;
+  batch.ops = {OpRequest::hold_of("s", "i", 1, 0), OpRequest::acquire("", "i", 1)};
+  CHECK(detail::validate(batch, detail::Limits{}).ok());
+  CHECK(detail::validate(batch, detail::Limits{kHoldTtlNsMaxDefault}).to_string() ==
+        "invalid: op 0: ttl out of range [1 ms, 2592000000 ms]");
+  batch.ops = {OpRequest::acquire("", "i", 1), OpRequest::hold_of("s", "i", 1, 0)};
+  CHECK(detail::validate(batch, detail::Limits{}).to_string() == "invalid: op 0: subject is empty");
 }
 
 TEST_CASE("acquire, consume and transfer move available quantities") {
