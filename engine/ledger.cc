@@ -683,10 +683,14 @@ bool Ledger::Impl::check_log_said(std::uint64_t to_seq, bool writer_live, const 
 Status Ledger::Impl::check_log_before(std::uint64_t to_seq, bool writer_live) {
   // Read through, not only mapped: a sector the disk cannot read is an
   // io_error here, where a mapped page would kill the process (SIGBUS).
-  log::FileSystem& files =
-      fs == &log::posix_file_system() ? log::posix_read_through_file_system() : *fs;
-  auto reader =
-      log::LogReader::open(files, log_dir(options.data_dir), {.writer_may_be_live = writer_live});
+  // The read of a segment stops at close()'s cancel as the records do.
+  std::unique_ptr<log::FileSystem> read_through;
+  if (fs == &log::posix_file_system()) {
+    read_through = log::make_posix_read_through_file_system(check_cancelled);
+  }
+  auto reader = log::LogReader::open(read_through ? *read_through : *fs,
+                                     log_dir(options.data_dir),
+                                     {.writer_may_be_live = writer_live});
   if (!reader) return reader.status();
   log::Record record;
   while (!check_cancelled.load(std::memory_order_relaxed)) {

@@ -66,8 +66,10 @@ class MappedView final : public FileView {
 
 class PosixFile final : public File {
  public:
-  PosixFile(int fd, std::string path, bool read_through)
-      : fd_(fd), path_(std::move(path)), read_through_(read_through) {}
+  // read_through: see posix_read_through_file_system; cancelled, when not
+  // null, stops that read (see make_posix_read_through_file_system).
+  PosixFile(int fd, std::string path, bool read_through, const std::atomic<bool>* cancelled)
+      : fd_(fd), path_(std::move(path)), read_through_(read_through), cancelled_(cancelled) {}
   ~PosixFile() override { ::close(fd_); }
   PosixFile(const PosixFile&) = delete;
   PosixFile& operator=(const PosixFile&) = delete;
@@ -168,6 +170,9 @@ class PosixFile final : public File {
   Status read_through(std::uint64_t size_bytes) {
     std::vector<std::byte> chunk(std::min<std::uint64_t>(size_bytes, kReadThroughChunkBytes));
     for (std::uint64_t offset = 0; offset < size_bytes; offset += chunk.size()) {
+      if (cancelled_ != nullptr && cancelled_->load(std::memory_order_relaxed)) {
+        return Status(ErrorCode::closed, "read " + path_ + ": cancelled");
+      }
       const std::size_t want =
           static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), size_bytes - offset));
       TALLY_TRY(read_at(offset, std::span<std::byte>(chunk.data(), want)));
@@ -179,6 +184,7 @@ class PosixFile final : public File {
   int fd_;
   std::string path_;
   bool read_through_;
+  const std::atomic<bool>* cancelled_;
 };
 
 }  // namespace
@@ -199,7 +205,8 @@ namespace {
 
 class PosixFileSystem final : public FileSystem {
  public:
-  explicit PosixFileSystem(bool read_through) : read_through_(read_through) {}
+  PosixFileSystem(bool read_through, const std::atomic<bool>* cancelled)
+      : read_through_(read_through), cancelled_(cancelled) {}
 
   Result<std::unique_ptr<File>> open(const std::string& path, Mode mode) override {
     int flags = O_CLOEXEC;
@@ -213,7 +220,7 @@ class PosixFileSystem final : public FileSystem {
       fd = ::open(path.c_str(), flags, 0644);
     } while (fd < 0 && errno == EINTR);
     if (fd < 0) return errno_status("open", path, errno);
-    return std::unique_ptr<File>(std::make_unique<PosixFile>(fd, path, read_through_));
+    return std::unique_ptr<File>(std::make_unique<PosixFile>(fd, path, read_through_, cancelled_));
   }
 
   bool exists(const std::string& path) override {
@@ -294,6 +301,7 @@ class PosixFileSystem final : public FileSystem {
 
  private:
   const bool read_through_;
+  const std::atomic<bool>* const cancelled_;
 };
 
 }  // namespace
@@ -301,13 +309,18 @@ class PosixFileSystem final : public FileSystem {
 FileSystem& posix_file_system() {
   // Stateless, so one shared instance is safe; function-local so that its
   // construction is ordered before first use.
-  static PosixFileSystem file_system(/*read_through=*/false);
+  static PosixFileSystem file_system(/*read_through=*/false, /*cancelled=*/nullptr);
   return file_system;
 }
 
 FileSystem& posix_read_through_file_system() {
-  static PosixFileSystem file_system(/*read_through=*/true);
+  static PosixFileSystem file_system(/*read_through=*/true, /*cancelled=*/nullptr);
   return file_system;
+}
+
+std::unique_ptr<FileSystem> make_posix_read_through_file_system(
+    const std::atomic<bool>& cancelled) {
+  return std::make_unique<PosixFileSystem>(/*read_through=*/true, &cancelled);
 }
 
 std::string join_path(const std::string& dir, const std::string& name) {

@@ -8,6 +8,7 @@
 // and the FileSystem itself may be used from any thread.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -80,6 +81,12 @@ FileSystem& posix_file_system();
 // page cache for the mapping (one read of the disk, but it could evict them
 // again under memory pressure before the scan reaches them).
 FileSystem& posix_read_through_file_system();
+// The same, but a read through stops once `cancelled` is true (checked
+// every 256 KiB): view() then fails with ErrorCode::closed. For a reader
+// that a close() must not wait for while it reads a whole segment.
+// `cancelled` must outlive the file system and the files it opens.
+std::unique_ptr<FileSystem> make_posix_read_through_file_system(
+    const std::atomic<bool>& cancelled);
 
 // Joins path components with '/'.
 std::string join_path(const std::string& dir, const std::string& name);

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <array>
 #include <memory>
 #include <string>
@@ -229,6 +230,23 @@ TEST_CASE("a file view holds the file's bytes, zeros to the next word, mapped or
   REQUIRE(writable.ok());
   CHECK((*writable)->write_at(0, data).code() == ErrorCode::io_error);
   CHECK((*writable)->view(64).code() == ErrorCode::io_error);  // a crashed process reads nothing
+}
+
+TEST_CASE("a read through stops once cancelled, and reads again once not") {
+  TempDir dir;
+  const std::string path = join_path(dir.path(), "f");
+  write_bytes(path, payload_for(5, 0, 1 << 20));
+  std::atomic<bool> cancelled{true};
+  const std::unique_ptr<FileSystem> fs = make_posix_read_through_file_system(cancelled);
+  auto file = fs->open(path, FileSystem::Mode::read_only);
+  REQUIRE(file.ok());
+  const auto cut = (*file)->view(UINT64_MAX);
+  CHECK(cut.code() == ErrorCode::closed);
+  CHECK(cut.status().message().find(path) != std::string::npos);
+  cancelled.store(false);
+  auto whole = (*file)->view(UINT64_MAX);
+  REQUIRE(whole.ok());
+  CHECK((*whole)->bytes().size() == std::size_t{1} << 20);
 }
 
 TEST_CASE("keep_previous_segment: the previous segment's payloads stay until released") {
