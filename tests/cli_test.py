@@ -798,7 +798,11 @@ def test_reads_that_stop_before_damage_pass():
                       expect_exit=0)
     assert [json.loads(line)["seq"] for line in text(out).splitlines()] == \
         [c[0] for c in pair_changes(f.events[:damaged - 1], subject, item)]
-    tally("balance", "--data", data, "--at-seq", before, subject, item, expect_exit=0)
+    _, out, _ = tally("balance", "--data", data, "--at-seq", before, subject, item,
+                      expect_exit=0)
+    want = balances_at(f.events, [damaged - 1])[damaged - 1]
+    available, held = want.get((subject, item), [0, 0])
+    assert text(out) == "available=%d held=%d\n" % (available, held), out
     tally("verify", "--data", data, "--to-seq", before, expect_exit=0)
     for args in (["log"], ["history", subject, item]):
         code, _, err = tally(args[0], "--data", data, "--to-seq", str(damaged), *args[1:])
