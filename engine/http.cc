@@ -1184,13 +1184,14 @@ Status command_for(const Route& route, const std::vector<std::string>& path,
 }
 
 // The Command of a POST to a mutation route: no query parameters, a JSON
-// object body (an empty body is {}), and an Idempotency-Key.
+// object body (an empty body, or one of JSON's whitespace only, is {}),
+// and an Idempotency-Key.
 Status decode_mutation(const Route& route, const Target& target, const HttpRequest& request,
                        Command* command) {
   TALLY_TRY(parse_query(target.query, {}).status());
   json::Value body;
   body.type = json::Value::Type::object;
-  if (!request.body().empty()) {
+  if (request.body().find_first_not_of(" \t\r\n") != std::string::npos) {
     auto parsed = json::parse(request.body());
     if (!parsed) return parsed.status();
     body = std::move(*parsed);

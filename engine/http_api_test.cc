@@ -50,6 +50,20 @@ std::vector<json::Value> events_of(const Reply& answer) {
 
 constexpr std::string_view kAcquire = R"({"subject":"berlin","item":"sku","qty":5})";
 
+TEST_CASE("http api: a body of whitespace only is an empty object") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  REQUIRE(post(port, "/v1/acquire", std::string(kAcquire), "a1").status == 200);
+  const Reply held =
+      post(port, "/v1/holds", R"({"subject":"berlin","item":"sku","qty":2,"ttl_ms":60000})",
+           "h1");
+  REQUIRE(held.status == 200);
+  const std::string hold = "/v1/holds/" + std::to_string(held.integer("hold_id"));
+  CHECK_INVALID(post(port, hold + "/commit", " \n x", "c1"));
+  CHECK(post(port, hold + "/commit", " \r\n\t", "c1").status == 200);  // commit all
+  CHECK(get(port, hold).integer("committed_qty") == 2);
+}
+
 TEST_CASE("http api: GET /v1/holds/{id} as of a seq or a time; unknown parameters refused") {
   Fixture fx;
   const std::uint16_t port = fx.server->http_port();
