@@ -855,6 +855,11 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     if (head_) response_.body().clear();
     stream_.expires_after(timeout());
     http::async_write(stream_, response_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
+      if (ec == beast::error::timeout) {
+        self->note("closing: the answer was not read for " +
+                   std::to_string(self->timeout().count()) + " ms");
+        close_abortively(self->stream_.socket());
+      }
       if (ec || !self->response_.keep_alive()) return self->close();
       self->read_request();
     });

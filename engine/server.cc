@@ -54,6 +54,12 @@ std::string peer_of(const tcp::socket& socket) {
   return (peer.address().is_v6() ? "[" + host + "]" : host) + ":" + std::to_string(peer.port());
 }
 
+void close_abortively(tcp::socket& socket) {
+  boost::system::error_code ignored;
+  socket.set_option(asio::socket_base::linger(true, 0), ignored);
+  socket.close(ignored);
+}
+
 void Core::log_connection(std::string_view protocol, std::string_view peer,
                           std::string_view what) {
   static constexpr std::int64_t kMinuteNs = 60'000'000'000;
@@ -829,6 +835,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     if (left_ns > 0) return arm_idle_timer(left_ns);
     note("closing: no answer bytes written for " +
          std::to_string(core_.options().idle_timeout_ms) + " ms (the peer reads none)");
+    close_abortively(socket_);
     close();
   }
 

@@ -42,6 +42,11 @@ std::int64_t steady_now_ns();
 // when the socket cannot say), for the lines a session logs.
 std::string peer_of(const tcp::socket& socket);
 
+// Closes a connection whose peer reads nothing with a reset: the answers
+// the system still holds for it are dropped, not kept (for minutes) in
+// memory that no connection limit counts.
+void close_abortively(tcp::socket& socket);
+
 // What every connection shares. Outlives every Session (Server::Impl
 // destroys the io_context, and with it the sessions, first).
 class Core {
