@@ -242,6 +242,16 @@ Status LogReader::Impl::load_segment() {
     const std::string cut = cut_short_problem(file_bytes, header);
     if (!cut.empty()) return corrupt(file_bytes, cut);
   }
+  // The writer never writes past the size it reserved: bytes there are not
+  // the log's, and would go unread (and unchecked) for ever.
+  if (file_bytes > header.size_bytes) {
+    const std::uint64_t past = nonzero_end(bytes(), header.size_bytes, file_bytes);
+    if (past != header.size_bytes) {
+      return corrupt(header.size_bytes,
+                     "nonzero bytes up to offset " + std::to_string(past) + " past the " +
+                         std::to_string(header.size_bytes) + " bytes its header reserves");
+    }
+  }
   payload_max = static_cast<std::uint32_t>(payload_bytes_max(header.size_bytes));
   data_end = std::min(file_bytes, header.size_bytes);
   pos = kSegmentHeaderSize;

@@ -409,6 +409,30 @@ TEST_CASE("damage in a segment that is not the last is corruption") {
   }
 }
 
+TEST_CASE("bytes past the size a segment's header reserves are corruption; zeros there are not") {
+  TempDir dir;
+  const std::vector<std::uint64_t> segments = make_segments(dir, 600);
+  const std::size_t record_count = read_log(posix(), dir.log_dir()).records.size();
+  for (const std::uint64_t segment : {segments[1], segments.back()}) {
+    CAPTURE(segment);
+    const std::string path = segment_path(dir.log_dir(), segment);
+    const std::vector<std::byte> pristine = read_bytes(path);
+    std::vector<std::byte> longer = pristine;
+    longer.resize(pristine.size() + 13);
+    write_bytes(path, longer);
+    const ReadBack zeros = read_log(posix(), dir.log_dir());
+    CHECK(zeros.status.ok());
+    CHECK(zeros.records.size() == record_count);
+    longer[pristine.size() + 11] = std::byte{1};  // not in a word of its own
+    write_bytes(path, longer);
+    require_corrupt(read_log(posix(), dir.log_dir()),
+                    prefix(segment, pristine.size()) + "nonzero bytes up to offset " +
+                        std::to_string(pristine.size() + 12) + " past the " +
+                        std::to_string(pristine.size()) + " bytes its header reserves");
+    write_bytes(path, pristine);
+  }
+}
+
 TEST_CASE("a missing segment is a gap") {
   TempDir dir;
   const std::vector<std::uint64_t> segments = make_segments(dir, 600);
