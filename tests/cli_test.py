@@ -866,6 +866,22 @@ def test_verify_fails_on_a_last_segment_cut_short():
     tally("verify", "--data", data, expect_exit=0)
 
 
+def test_verify_tells_a_torn_segment_header_from_one_cut_short():
+    # An empty next segment is what a crash as it was made leaves; one of 1 to 63 bytes was cut.
+    f = fixture()
+    data, _, _, _ = log_only_copy(f, "next-segment")
+    name = "%016d.seg" % (len(f.events) + 1)
+    for size, exit_code, what in ((0, 0, "a torn segment header"),
+                                  (30, 1, "a segment's file cut short inside its header")):
+        with open(os.path.join(data, "log", name), "wb") as segment:
+            segment.write(b"\0" * size)
+        code, out, err = tally("verify", "--data", data)
+        torn = "torn_tail: segment %s offset 0 (%s; the next writer makes the segment again)" % (
+            name, what)
+        assert code == exit_code and torn in text(out).splitlines(), (size, code, out, err)
+        assert (size == 0) == ("shorter than its header" not in err), (size, err)
+
+
 def test_a_second_writer_is_refused():
     f = fixture()
     data = f.copy_data("locked")

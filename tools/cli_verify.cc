@@ -471,9 +471,12 @@ void append_verify_text(const VerifySummary& summary, std::string* out) {
   const log::LogEnd& end = summary.report.end;
   std::string torn = "none";
   if (end.torn_header || end.torn) {
-    torn = end_position(end) + (end.torn_header ? " (a torn segment header; the next writer "
-                                                  "makes the segment again)"
-                                                : " (the next writer zeroes it)");
+    const char* what = !end.torn_header ? " (the next writer zeroes it)"
+                       : end.cut_short ? " (a segment's file cut short inside its header; the "
+                                         "next writer makes the segment again)"
+                                       : " (a torn segment header; the next writer makes the "
+                                         "segment again)";
+    torn = end_position(end) + what;
   }
   line("torn_tail", torn);
   line("from_seq", std::to_string(summary.report.snapshot_seq + 1));
