@@ -55,6 +55,17 @@ void release_on_read(Balance* balance, std::int64_t qty) {
   }
 }
 
+// Due holds by what they hold (an item, or a pair), sorted, for lookups.
+template <class Key>
+using DueHolds = std::vector<std::pair<Key, std::int64_t>>;
+
+// release_on_read of every hold of `key` in `due`.
+template <class Key>
+void release_due(const DueHolds<Key>& due, Key key, Balance* balance) {
+  auto hold = std::lower_bound(due.begin(), due.end(), std::make_pair(key, INT64_MIN));
+  for (; hold != due.end() && hold->first == key; ++hold) release_on_read(balance, hold->second);
+}
+
 // *value += delta, unless that overflows: false then, and *value unchanged.
 bool add_to(std::int64_t* value, std::int64_t delta) {
   std::int64_t sum = 0;
@@ -658,19 +669,19 @@ void State::list(std::string_view subject, std::int64_t now_ns,
   std::sort(item_ids.begin(), item_ids.end(), [&](std::uint32_t a, std::uint32_t b) {
     return impl.items.view(a) < impl.items.view(b);
   });
-  // The subject's due holds, gathered once rather than once per item.
-  std::vector<std::pair<std::uint32_t, std::int64_t>> due;
+  // The subject's due holds, gathered once rather than once per item, and
+  // sorted by item: a subject may have many of both.
+  DueHolds<std::uint32_t> due;
   if (now_ns != kStoredOnly) {
     impl.holds.for_each_due(now_ns, [&](const HoldRecord& hold) {
       if (hold.subject == subject_id) due.emplace_back(hold.item, hold.qty);
     });
+    std::sort(due.begin(), due.end());
   }
   for (std::uint32_t item : item_ids) {
     const BalanceSlot* slot = impl.find_balance(subject_id, item);
     Balance balance{slot->available, slot->held};
-    for (const auto& [due_item, qty] : due) {
-      if (due_item == item) release_on_read(&balance, qty);
-    }
+    release_due(due, item, &balance);
     visit(impl.items.view(item), balance);
   }
 }
@@ -713,7 +724,7 @@ void State::for_each_balance(
   std::sort(pairs.begin(), pairs.end(),
             [&](std::uint64_t a, std::uint64_t b) { return order(a) < order(b); });
   // Due holds, gathered once, sorted by pair for lookup.
-  std::vector<std::pair<std::uint64_t, std::int64_t>> due;
+  DueHolds<std::uint64_t> due;
   if (now_ns != kStoredOnly) {
     impl.holds.for_each_due(now_ns, [&](const HoldRecord& hold) {
       due.emplace_back(pair_of(hold.subject, hold.item), hold.qty);
@@ -723,9 +734,7 @@ void State::for_each_balance(
   for (std::uint64_t pair : pairs) {
     const BalanceSlot* slot = impl.find_balance(subject_of(pair), item_of(pair));
     Balance balance{slot->available, slot->held};
-    auto it = std::lower_bound(due.begin(), due.end(),
-                               std::pair<std::uint64_t, std::int64_t>(pair, INT64_MIN));
-    for (; it != due.end() && it->first == pair; ++it) release_on_read(&balance, it->second);
+    release_due(due, pair, &balance);
     visit(impl.subjects.view(subject_of(pair)), impl.items.view(item_of(pair)), balance);
   }
 }

@@ -522,6 +522,10 @@ TEST_CASE("reads show a due hold as released before its expire event") {
   REQUIRE(listed.size() == 2);
   CHECK(listed[0] == std::pair<std::string, Balance>("gold", bal(7, 3)));
   CHECK(listed[1] == std::pair<std::string, Balance>("silver", bal(10, 0)));
+  // Two due holds of one item and one of another.
+  CHECK(list_of(state, "alice", due + 4 * kMsNs) ==
+        std::vector<std::pair<std::string, Balance>>{{"gold", bal(10, 0)},
+                                                     {"silver", bal(10, 0)}});
   const std::vector<Listed> all = all_balances(state, due);
   REQUIRE(all.size() == 2);
   CHECK(all[0] == Listed{"alice", "gold", bal(7, 3)});
