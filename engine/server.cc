@@ -628,17 +628,40 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     send(wire::encode_response(response));
   }
 
-  // Called on a ledger or read-pool thread with the answer to request `id`:
-  // encodes it there, and hops onto the strand once for every burst of
-  // answers (a group commit answers many at once), not once per answer.
+  // Called on a ledger or read-pool thread with the answer to request `id`.
+  // A list's answer, which may be tens of MB, is encoded on the strand: on
+  // the ledger's thread every client's writes would wait for it.
   template <class T>
   void answer_later(std::uint64_t id, Result<T> result) {
-    std::string frame = wire::encode_response(response_of(id, std::move(result)));
-    if (frame.size() > wire::kAnswerBytesMax) {
+    if constexpr (std::is_same_v<T, std::vector<ItemBalance>>) {
+      asio::post(socket_.get_executor(),
+                 [self = shared_from_this(), id, result = std::move(result)]() mutable {
+                   self->queue_answer(id, std::move(result));
+                 });
+    } else {
+      queue_answer(id, std::move(result));
+    }
+  }
+
+  // Encodes the answer to request `id` on the calling thread, and hops onto
+  // the strand once for every burst of answers (a group commit answers many
+  // at once), not once per answer.
+  template <class T>
+  void queue_answer(std::uint64_t id, Result<T> result) {
+    std::size_t bytes_min = 0;
+    if constexpr (std::is_same_v<T, std::vector<ItemBalance>>) {
+      if (result) bytes_min = wire::list_answer_bytes_min(*result);
+    }
+    std::string frame;
+    if (bytes_min <= wire::kAnswerBytesMax) {
+      frame = wire::encode_response(response_of(id, std::move(result)));
+    }
+    if (bytes_min > wire::kAnswerBytesMax || frame.size() > wire::kAnswerBytesMax) {
+      const std::string size = frame.empty() ? "at least " + std::to_string(bytes_min)
+                                             : std::to_string(frame.size());
       frame = wire::encode_response(response_of(
           id, Result<T>(Status(ErrorCode::invalid,
-                               "the answer is " + std::to_string(frame.size()) +
-                                   " bytes, over the protocol's limit of " +
+                               "the answer is " + size + " bytes, over the protocol's limit of " +
                                    std::to_string(wire::kAnswerBytesMax)))));
     }
     bool first = false;

@@ -313,6 +313,20 @@ TEST_CASE("wire: requests and responses round-trip; framing limits hold") {
   CHECK(wire::decode_request(bad).code() == ErrorCode::invalid);
 }
 
+TEST_CASE("wire: the least size of a list answer is at most its frame's, by the frame's header") {
+  wire::Response list;
+  list.kind = wire::Response::Kind::list;
+  for (const std::size_t name_bytes : {1, 7, 8, 9, 255}) {
+    list.items.push_back(ItemBalance{std::string(name_bytes, 'x'), Balance{1, 2}});
+    const std::size_t least = wire::list_answer_bytes_min(list.items);
+    const std::size_t frame = wire::encode_response(list).size();
+    CAPTURE(name_bytes);
+    CHECK(least <= frame);
+    CHECK(frame - least <= 64);  // the segment table, the root and the list's pointer
+  }
+  CHECK(wire::list_answer_bytes_min({}) == 0);
+}
+
 // Feeds `stream` to a FrameReader in reads of at most `read_bytes` (cycling
 // through `read_sizes`) and returns the ids of the requests it yields.
 std::vector<std::uint64_t> ids_through_reader(const std::string& stream, std::vector<std::size_t> read_sizes,
@@ -1434,6 +1448,41 @@ TEST_CASE("binary: pipelined lists whose answers are not read are served a few a
     CHECK(response.items.size() == 1000);
   }
   CHECK(lists_served() == lists);
+}
+
+TEST_CASE("binary: a list answer over the protocol's limit is refused; the connection goes on") {
+  Fixture fx;
+  // 270,000 items of 255-byte names: about 75 MB of answer.
+  constexpr int kItems = 270'000;
+  for (int batch = 0; batch < kItems / 1000; batch++) {
+    std::vector<OpRequest> ops;
+    for (int op = 0; op < 1000; op++) {
+      std::string item = testing::name("item-", batch * 1000 + op);
+      item.resize(255, 'x');
+      ops.push_back(OpRequest::acquire("huge", item, 1));
+    }
+    REQUIRE(fx.ledger->batch(testing::name("b", batch), ops)->outcome == Outcome::ok);
+  }
+  asio::io_context io;
+  tcp::socket socket(io);
+  connect_binary(socket, fx.server->binary_port());
+  asio::write(socket, asio::buffer(burst_of(2, [](wire::Request* request) {
+    request->kind = request->id == 1 ? wire::Request::Kind::list : wire::Request::Kind::balance;
+    request->subject = "huge";
+    request->item = testing::name("item-", 7);
+    request->item.resize(255, 'x');
+  })));
+  std::map<std::uint64_t, wire::Response> answers;
+  for (int answer = 0; answer < 2; answer++) {
+    wire::Response response = read_response(socket);
+    answers[response.id] = std::move(response);
+  }
+  REQUIRE(answers[1].kind == wire::Response::Kind::error);
+  CHECK(answers[1].error.code() == ErrorCode::invalid);
+  CHECK(answers[1].error.message().find("bytes, over the protocol's limit of 67108864") !=
+        std::string::npos);
+  REQUIRE(answers[2].kind == wire::Response::Kind::balance);
+  CHECK(answers[2].balance.available == 1);
 }
 
 TEST_CASE("binary: a stop mid-pipeline answers every request it applied, then ends the stream") {

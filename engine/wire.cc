@@ -451,6 +451,18 @@ std::string encode_response(const Response& response) {
   return frame(builder);
 }
 
+std::size_t list_answer_bytes_min(const std::vector<ItemBalance>& items) {
+  // Each item: a struct of two data words and a pointer, and its name's
+  // bytes rounded up to whole words.
+  constexpr std::size_t kWordBytes = sizeof(capnp::word);
+  constexpr std::size_t kItemStructBytes = 3 * kWordBytes;
+  std::size_t bytes = 0;
+  for (const ItemBalance& item : items) {
+    bytes += kItemStructBytes + (item.item.size() + kWordBytes - 1) / kWordBytes * kWordBytes;
+  }
+  return bytes;
+}
+
 FrameReader::FrameReader(std::size_t frame_bytes_max, std::size_t buffer_bytes)
     : frame_bytes_max_(frame_bytes_max), buffer_bytes_(std::max(buffer_bytes, std::size_t{1024})),
       words_(buffer_bytes_ / sizeof(std::uint64_t)) {}

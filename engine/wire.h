@@ -138,6 +138,10 @@ struct Response {
 // One framed message, ready to write.
 std::string encode_request(const Request& request);
 std::string encode_response(const Response& response);
+// A lower bound of the size of the frame of a list answer holding `items`
+// (its items' structs and names alone), to refuse one far over
+// kAnswerBytesMax without encoding it.
+std::size_t list_answer_bytes_min(const std::vector<ItemBalance>& items);
 
 // Decodes one frame of untrusted bytes with explicit ReaderOptions limits
 // (traversal bounded by the frame's size, nesting by kNestingMax). invalid:
