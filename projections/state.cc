@@ -658,16 +658,17 @@ void State::list(std::string_view subject, std::int64_t now_ns,
   const Impl& impl = *impl_;
   const std::uint32_t subject_id = impl.subjects.find(subject);
   if (subject_id == 0) return;
-  std::vector<std::uint32_t> item_ids;
-  // Each step follows one link of the subject's list; the table's size
-  // bounds it.
+  // The subject's balances, each found once: each step follows one link of
+  // the subject's list; the table's size bounds it.
+  std::vector<std::pair<std::uint32_t, Balance>> listed;
   for (std::uint32_t item = impl.subject_heads[subject_id]; item != 0;) {
-    TALLY_ASSERT(item_ids.size() < impl.balances.size());
-    item_ids.push_back(item);
-    item = impl.find_balance(subject_id, item)->next_item;
+    TALLY_ASSERT(listed.size() < impl.balances.size());
+    const BalanceSlot* slot = impl.find_balance(subject_id, item);
+    listed.emplace_back(item, Balance{slot->available, slot->held});
+    item = slot->next_item;
   }
-  std::sort(item_ids.begin(), item_ids.end(), [&](std::uint32_t a, std::uint32_t b) {
-    return impl.items.view(a) < impl.items.view(b);
+  std::sort(listed.begin(), listed.end(), [&](const auto& a, const auto& b) {
+    return impl.items.view(a.first) < impl.items.view(b.first);
   });
   // The subject's due holds, gathered once rather than once per item, and
   // sorted by item: a subject may have many of both.
@@ -678,9 +679,7 @@ void State::list(std::string_view subject, std::int64_t now_ns,
     });
     std::sort(due.begin(), due.end());
   }
-  for (std::uint32_t item : item_ids) {
-    const BalanceSlot* slot = impl.find_balance(subject_id, item);
-    Balance balance{slot->available, slot->held};
+  for (auto& [item, balance] : listed) {
     release_due(due, item, &balance);
     visit(impl.items.view(item), balance);
   }
