@@ -50,15 +50,25 @@ std::vector<json::Value> events_of(const Reply& answer) {
 
 constexpr std::string_view kAcquire = R"({"subject":"berlin","item":"sku","qty":5})";
 
-TEST_CASE("http api: a body of whitespace only is an empty object") {
-  Fixture fx;
-  const std::uint16_t port = fx.server->http_port();
+// Acquires 5 sku in berlin and holds 2 of them for a minute (seqs 1 and
+// 2): the hold's path (/v1/holds/{id}) and the time of its event.
+struct HeldSku {
+  std::string path;
+  std::int64_t timestamp_ns = 0;
+};
+HeldSku acquire_and_hold(std::uint16_t port) {
   REQUIRE(post(port, "/v1/acquire", std::string(kAcquire), "a1").status == 200);
   const Reply held =
       post(port, "/v1/holds", R"({"subject":"berlin","item":"sku","qty":2,"ttl_ms":60000})",
            "h1");
   REQUIRE(held.status == 200);
-  const std::string hold = "/v1/holds/" + std::to_string(held.integer("hold_id"));
+  return {"/v1/holds/" + std::to_string(held.integer("hold_id")), held.integer("timestamp_ns")};
+}
+
+TEST_CASE("http api: a body of whitespace only is an empty object") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  const std::string hold = acquire_and_hold(port).path;
   CHECK_INVALID(post(port, hold + "/commit", " \n x", "c1"));
   CHECK(post(port, hold + "/commit", " \r\n\t", "c1").status == 200);  // commit all
   CHECK(get(port, hold).integer("committed_qty") == 2);
@@ -67,12 +77,8 @@ TEST_CASE("http api: a body of whitespace only is an empty object") {
 TEST_CASE("http api: GET /v1/holds/{id} as of a seq or a time; unknown parameters refused") {
   Fixture fx;
   const std::uint16_t port = fx.server->http_port();
-  REQUIRE(post(port, "/v1/acquire", std::string(kAcquire), "a1").status == 200);
-  const Reply held =
-      post(port, "/v1/holds", R"({"subject":"berlin","item":"sku","qty":2,"ttl_ms":60000})",
-           "h1");
-  REQUIRE(held.status == 200);
-  const std::string hold = "/v1/holds/" + std::to_string(held.integer("hold_id"));
+  const HeldSku held = acquire_and_hold(port);
+  const std::string& hold = held.path;
   REQUIRE(post(port, hold + "/commit", "{}", "c1").status == 200);
   CHECK(get(port, hold).string("status") == "committed");
   // As the events left it: open after the hold (seq 2), committed after
@@ -85,7 +91,7 @@ TEST_CASE("http api: GET /v1/holds/{id} as of a seq or a time; unknown parameter
   const Reply never = get(port, "/v1/holds/999");
   CHECK(never.status == 404);
   CHECK(never.code() == "hold_unknown");
-  const std::int64_t held_at = held.integer("timestamp_ns");
+  const std::int64_t held_at = held.timestamp_ns;
   CHECK(get(port, hold + "?at_time=" + std::to_string(held_at)).string("status") == "open");
   CHECK(get(port, hold + "?at_seq=9").status == 400);  // past the end of the log
   for (const std::string query : {"?verbose=1", "?at_seq=1&at_time=1", "?%zz", "?at_seq=x"}) {

@@ -2537,11 +2537,16 @@ TEST_CASE("server: over HTTP's connection limit, a few probes still get GET /hea
   CHECK(again.result_int() == 200);
 }
 
-TEST_CASE("server: idle connections are closed") {
-  Fixture fx;
-  fx.options.idle_timeout_ms = 100;
+// Restarts `fx`'s server with an idle timeout of `timeout_ms`.
+void restart_with_idle_timeout(Fixture& fx, std::int64_t timeout_ms) {
+  fx.options.idle_timeout_ms = timeout_ms;
   fx.stop();
   fx.start();
+}
+
+TEST_CASE("server: idle connections are closed") {
+  Fixture fx;
+  restart_with_idle_timeout(fx, 100);
   // Nobody sends anything: the server closes each connection by itself.
   CHECK(send_raw_until_closed(fx.server->http_port(), "").empty());
   CHECK(send_raw_until_closed(fx.server->binary_port(), "").empty());
@@ -2564,15 +2569,22 @@ TEST_CASE("server: an idle timeout and a grace of any length wait that long") {
   CHECK(client->close().ok());
 }
 
+// Reads `socket` until a read fails; that failure (eof once the server
+// closed it cleanly).
+boost::system::error_code read_to_the_end(tcp::socket& socket) {
+  boost::system::error_code ec;
+  std::vector<char> chunk(1 << 16);
+  while (!ec) socket.read_some(asio::buffer(chunk), ec);
+  return ec;
+}
+
 TEST_CASE("server: a binary connection closes one idle timeout after its last request") {
   // The timer first fires a timeout after the connection opened and finds
   // a request 200 ms old: the close is due 200 ms later, not a whole
   // timeout later (2 s apart; the bounds leave 0.9 s of scheduling slack).
   constexpr std::int64_t kTimeoutMs = 2000;
   Fixture fx;
-  fx.options.idle_timeout_ms = kTimeoutMs;
-  fx.stop();
-  fx.start();
+  restart_with_idle_timeout(fx, kTimeoutMs);
   asio::io_context io;
   tcp::socket socket(io);
   socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), fx.server->binary_port()));
@@ -2581,9 +2593,7 @@ TEST_CASE("server: a binary connection closes one idle timeout after its last re
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   asio::write(socket, asio::buffer(balance_frame(1, "a", "b")));
   const auto last_request = std::chrono::steady_clock::now();
-  boost::system::error_code ec;
-  char chunk[4096];
-  while (!ec) socket.read_some(asio::buffer(chunk), ec);
+  (void)read_to_the_end(socket);
   const auto idle_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                            std::chrono::steady_clock::now() - last_request)
                            .count();
@@ -2603,9 +2613,7 @@ bool await_logged(Fixture& fx, std::string_view fragment, int polls) {
 
 TEST_CASE("server: a frame trickled a byte at a time does not hold a binary connection open") {
   Fixture fx;
-  fx.options.idle_timeout_ms = 300;
-  fx.stop();
-  fx.start();
+  restart_with_idle_timeout(fx, 300);
   asio::io_context io;
   tcp::socket socket(io);
   connect_binary(socket, fx.server->binary_port());
@@ -2625,9 +2633,7 @@ TEST_CASE("server: a frame trickled a byte at a time does not hold a binary conn
 
 TEST_CASE("server: a peer that reads none of its answers is reset once the write stalls") {
   Fixture fx;
-  fx.options.idle_timeout_ms = 300;
-  fx.stop();
-  fx.start();
+  restart_with_idle_timeout(fx, 300);
   // 48 answers of 280 KB fill any socket buffers.
   asio::io_context io;
   tcp::socket socket(io);
@@ -2639,17 +2645,12 @@ TEST_CASE("server: a peer that reads none of its answers is reset once the write
   // Reset: what this side had received comes, then the reset. What the
   // server's system still held to send is dropped, not kept for a peer
   // that reads none.
-  boost::system::error_code ec;
-  std::vector<char> chunk(1 << 16);
-  while (!ec) socket.read_some(asio::buffer(chunk), ec);
-  CHECK(ec == asio::error::connection_reset);
+  CHECK(read_to_the_end(socket) == asio::error::connection_reset);
 }
 
 TEST_CASE("server: an HTTP client that reads none of its answers is reset once the write stalls") {
   Fixture fx;
-  fx.options.idle_timeout_ms = 300;
-  fx.stop();
-  fx.start();
+  restart_with_idle_timeout(fx, 300);
   asio::io_context io;
   tcp::socket socket(io);
   make_wide_subject(fx, socket);
@@ -2661,10 +2662,7 @@ TEST_CASE("server: an HTTP client that reads none of its answers is reset once t
   }
   asio::write(socket, asio::buffer(requests));
   CHECK(await_logged(fx, "http connection: closing: the answer was not read for 300 ms", 1000));
-  boost::system::error_code ec;
-  std::vector<char> chunk(1 << 16);
-  while (!ec) socket.read_some(asio::buffer(chunk), ec);
-  CHECK(ec == asio::error::connection_reset);
+  CHECK(read_to_the_end(socket) == asio::error::connection_reset);
 }
 
 TEST_CASE("server: graceful shutdown answers what it accepted; a restart serves the same state") {
