@@ -663,7 +663,8 @@ std::optional<FramingProblem> transfer_coding_problem(const http::request_header
 class HttpSession final : public Session, public std::enable_shared_from_this<HttpSession> {
  public:
   HttpSession(Core& core, tcp::socket socket)
-      : peer_(peer_of(socket)), core_(core), stream_(std::move(socket)) {}
+      : peer_(peer_of(socket)), core_(core), stream_(std::move(socket)),
+        write_deadline_(stream_.get_executor()) {}
   ~HttpSession() override {
     if (id_ != 0) core_.remove_session(id_);
     core_.metrics().connection_closed(Metrics::Protocol::http);
@@ -853,14 +854,23 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     // The answer to a HEAD has headers only (RFC 9110 9.3.2), its
     // Content-Length still that of the body left out.
     if (head_) response_.body().clear();
-    stream_.expires_after(timeout());
+    // The answer's deadline is the session's own rather than the stream's:
+    // the stream's closes the socket gracefully, and the system would then
+    // keep what the peer has not taken of the answer, for minutes.
+    stream_.expires_never();
+    writing_ = true;
+    write_deadline_.expires_after(timeout());
+    write_deadline_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+      if (ec || !self->writing_ || self->closed_) return;
+      self->note("closing: the peer did not take the answer within " +
+                 std::to_string(self->timeout().count()) + " ms");
+      close_abortively(self->stream_.socket());
+      self->close();
+    });
     http::async_write(stream_, response_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
-      if (ec == beast::error::timeout) {
-        self->note("closing: the answer was not read for " +
-                   std::to_string(self->timeout().count()) + " ms");
-        close_abortively(self->stream_.socket());
-      }
-      if (ec || !self->response_.keep_alive()) return self->close();
+      self->writing_ = false;
+      self->write_deadline_.cancel();
+      if (ec || self->closed_ || !self->response_.keep_alive()) return self->close();
       self->read_request();
     });
   }
@@ -868,6 +878,7 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   void close() {
     if (closed_) return;
     closed_ = true;
+    write_deadline_.cancel();
     beast::error_code ignored;
     stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
     stream_.close();
@@ -881,6 +892,8 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   const std::string peer_;
   Core& core_;
   beast::tcp_stream stream_;
+  asio::steady_timer write_deadline_;  // of the answer being written
+  bool writing_ = false;               // an answer is being written
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<Body>> parser_;
   HttpResponse response_;
