@@ -2661,7 +2661,8 @@ TEST_CASE("server: an HTTP client that reads none of its answers is reset once t
   // read whole: a close with requests left unread would reset anyway.
   make_wide_subject(fx, socket, 28);
   socket.connect(tcp::endpoint(asio::ip::address_v4::loopback(), fx.server->http_port()));
-  asio::write(socket, asio::buffer(std::string("GET /v1/balances/big HTTP/1.1\r\nHost: x\r\n\r\n")));
+  const std::string request = "GET /v1/balances/big HTTP/1.1\r\nHost: x\r\n\r\n";
+  asio::write(socket, asio::buffer(request));
   CHECK(await_logged(fx, "http connection: closing: the peer did not take the answer within 300 ms",
                      1000));
   CHECK(read_to_the_end(socket) == asio::error::connection_reset);
