@@ -870,7 +870,11 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     http::async_write(stream_, response_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
       self->writing_ = false;
       self->write_deadline_.cancel();
-      if (ec || self->closed_ || !self->response_.keep_alive()) return self->close();
+      const bool keep_alive = self->response_.keep_alive();
+      // A list's answer may be tens of MB: not kept until the next one.
+      self->response_ = {};
+      self->list_pass_.reset();
+      if (ec || self->closed_ || !keep_alive) return self->close();
       self->read_request();
     });
   }
@@ -879,6 +883,7 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     if (closed_) return;
     closed_ = true;
     write_deadline_.cancel();
+    if (!writing_) list_pass_.reset();  // else once the write ends
     beast::error_code ignored;
     stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
     stream_.close();
@@ -897,6 +902,7 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<Body>> parser_;
   HttpResponse response_;
+  ListPass list_pass_;  // of response_, a list's answer, until written
   std::optional<http::response<http::empty_body>> continue_;  // 100 Continue, while written
   // An answer decided at the headers of a request whose body the client
   // holds back (Expect: 100-continue): the connection ends after it.
@@ -1093,7 +1099,16 @@ void HttpSession::list(std::string subject, std::optional<AsOf> at) {
     }
     return json_response(http::status::ok, body + "]}");
   };
-  core_.list(std::move(subject), at, reply<std::vector<ItemBalance>>(std::move(render)));
+  auto answer = reply<std::vector<ItemBalance>>(std::move(render));
+  core_.list(std::move(subject), at,
+             [self = shared_from_this(), answer = std::move(answer)](
+                 Result<std::vector<ItemBalance>> result, ListPass pass) {
+               // Posted before the answer, so set before it is sent.
+               asio::post(self->stream_.get_executor(), [self, pass = std::move(pass)]() mutable {
+                 if (!self->closed_) self->list_pass_ = std::move(pass);
+               });
+               answer(std::move(result));
+             });
 }
 
 void HttpSession::events(const Route& route, const Target& target) {

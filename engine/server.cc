@@ -191,20 +191,70 @@ void Core::balance(std::string subject, std::string item, std::optional<AsOf> at
 }
 
 void Core::list(std::string subject, std::optional<AsOf> at,
-                std::function<void(Result<std::vector<ItemBalance>>)> done) {
+                std::function<void(Result<std::vector<ItemBalance>>, ListPass)> done) {
   using Items = std::vector<ItemBalance>;
-  if (at) {
-    return read<Items>(
-        Metrics::Op::list,
-        [this, subject = std::move(subject), at] { return ledger().list(subject, *at); },
-        std::move(done), ReadPool::point_in_time);
+  // Counted (track()) from now: a list waiting for its turn is in flight.
+  auto pass = std::make_shared<ListPass>();  // set once the list starts
+  auto answer = track<Items>(Metrics::Op::list,
+                             [done = std::move(done), pass](Result<Items> result) {
+                               done(std::move(result), std::move(*pass));
+                             });
+  lists_.enter([this, subject = std::move(subject), at, answer = std::move(answer),
+                pass](ListPass granted) mutable {
+    *pass = std::move(granted);
+    if (at) {
+      return run_read<Items>(
+          ReadPool::point_in_time,
+          [this, subject = std::move(subject), at] { return ledger().list(subject, *at); },
+          std::move(answer));
+    }
+    ledger().submit_list(std::move(subject), std::move(answer));
+  });
+}
+
+struct ListGate::Places {
+  std::mutex mu;
+  std::size_t free = 0;                                // under mu
+  std::deque<std::function<void(ListPass)>> waiting;  // under mu
+
+  // A pass whose last copy, destroyed, frees its place: to the list that
+  // waited longest, if any.
+  static ListPass pass(std::shared_ptr<Places> places) {
+    struct Held {
+      std::shared_ptr<Places> places;
+      ~Held() { leave(places); }
+    };
+    auto held = std::make_shared<Held>();
+    held->places = std::move(places);
+    return held;
   }
-  query<Items>(
-      Metrics::Op::list,
-      [this, subject = std::move(subject)](auto answer) mutable {
-        ledger().submit_list(std::move(subject), std::move(answer));
-      },
-      std::move(done));
+
+  static void leave(const std::shared_ptr<Places>& places) {
+    std::function<void(ListPass)> next;
+    {
+      std::lock_guard<std::mutex> guard(places->mu);
+      if (places->waiting.empty()) {
+        places->free++;
+        return;
+      }
+      next = std::move(places->waiting.front());
+      places->waiting.pop_front();
+    }
+    next(pass(places));
+  }
+};
+
+ListGate::ListGate(std::size_t places) : places_(std::make_shared<Places>()) {
+  places_->free = places;
+}
+
+void ListGate::enter(std::function<void(ListPass)> start) {
+  {
+    std::lock_guard<std::mutex> guard(places_->mu);
+    if (places_->free == 0) return places_->waiting.push_back(std::move(start));
+    places_->free--;
+  }
+  start(Places::pass(places_));
 }
 
 void Core::hold_info(HoldId hold, std::optional<AsOf> at,
@@ -313,6 +363,13 @@ Result<FollowBatch> read_follow_batch(EventFeed& feed, Follow& follow) {
 // follows_per_connection_max) are not requests in flight: they last until
 // cancelled, and end when the peer closes or the server stops.
 class BinarySession final : public Session, public std::enable_shared_from_this<BinarySession> {
+  // A frame to write: an answer or a follow's batch.
+  struct Outgoing {
+    std::string bytes;
+    std::shared_ptr<Follow> follow;  // a follow's batch, or nullptr
+    ListPass pass;                   // a list's answer: its pass, held until written
+  };
+
  public:
   BinarySession(Core& core, tcp::socket socket)
       : peer_(peer_of(socket)), core_(core), socket_(std::move(socket)),
@@ -476,8 +533,8 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
       case Kind::list:
         lists_inflight_++;
         core_.list(std::move(request.subject), request.as_of,
-                   [self, id](Result<std::vector<ItemBalance>> result) {
-                     self->answer_later(id, std::move(result));
+                   [self, id](Result<std::vector<ItemBalance>> result, ListPass pass) {
+                     self->answer_later(id, std::move(result), std::move(pass));
                    });
         return;
       case Kind::hold_info:
@@ -630,14 +687,15 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
 
   // Called on a ledger or read-pool thread with the answer to request `id`.
   // A list's answer, which may be tens of MB, is encoded on the strand: on
-  // the ledger's thread every client's writes would wait for it.
+  // the ledger's thread every client's writes would wait for it. Its pass
+  // goes with it until it is written.
   template <class T>
-  void answer_later(std::uint64_t id, Result<T> result) {
+  void answer_later(std::uint64_t id, Result<T> result, ListPass pass = nullptr) {
     if constexpr (std::is_same_v<T, std::vector<ItemBalance>>) {
-      asio::post(socket_.get_executor(),
-                 [self = shared_from_this(), id, result = std::move(result)]() mutable {
-                   self->queue_answer(id, std::move(result));
-                 });
+      asio::post(socket_.get_executor(), [self = shared_from_this(), id, result = std::move(result),
+                                          pass = std::move(pass)]() mutable {
+        self->queue_answer(id, std::move(result), std::move(pass));
+      });
     } else {
       queue_answer(id, std::move(result));
     }
@@ -647,7 +705,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   // the strand once for every burst of answers (a group commit answers many
   // at once), not once per answer.
   template <class T>
-  void queue_answer(std::uint64_t id, Result<T> result) {
+  void queue_answer(std::uint64_t id, Result<T> result, ListPass pass = nullptr) {
     std::size_t bytes_min = 0;
     if constexpr (std::is_same_v<T, std::vector<ItemBalance>>) {
       if (result) bytes_min = wire::list_answer_bytes_min(*result);
@@ -668,7 +726,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     {
       std::lock_guard<std::mutex> guard(answered_mu_);
       first = answered_.empty();
-      answered_.push_back(std::move(frame));
+      answered_.push_back(Outgoing{std::move(frame), nullptr, std::move(pass)});
       if constexpr (std::is_same_v<T, std::vector<ItemBalance>>) lists_answered_++;
     }
     if (first) asio::post(socket_.get_executor(), [self = shared_from_this()] { self->send_answered(); });
@@ -698,7 +756,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   }
 
   void send_answered() {
-    std::vector<std::string> frames;
+    std::vector<Outgoing> frames;
     std::size_t lists = 0;
     {
       std::lock_guard<std::mutex> guard(answered_mu_);
@@ -710,7 +768,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     inflight_ -= frames.size();
     lists_inflight_ -= lists;
     if (!closed_) {
-      for (std::string& frame : frames) queue_write(std::move(frame), nullptr);
+      for (Outgoing& frame : frames) queue_write(std::move(frame));
       if (!writing_) write_next();
     }
     resume();
@@ -732,13 +790,13 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   // next one only once this one is written.
   void send(std::string bytes, std::shared_ptr<Follow> follow = nullptr) {
     if (closed_) return;
-    queue_write(std::move(bytes), std::move(follow));
+    queue_write(Outgoing{std::move(bytes), std::move(follow), nullptr});
     if (!writing_) write_next();
   }
 
-  void queue_write(std::string bytes, std::shared_ptr<Follow> follow) {
-    unwritten_bytes_ += bytes.size();
-    writes_.push_back(Outgoing{std::move(bytes), std::move(follow)});
+  void queue_write(Outgoing outgoing) {
+    unwritten_bytes_ += outgoing.bytes.size();
+    writes_.push_back(std::move(outgoing));
   }
 
   // Sends every answer queued so far in one gathered write: a pipelining
@@ -892,15 +950,11 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   asio::steady_timer idle_timer_;
   std::uint64_t id_ = 0;
   bool authenticated_;
-  struct Outgoing {
-    std::string bytes;
-    std::shared_ptr<Follow> follow;  // a follow's batch, or nullptr
-  };
 
   wire::FrameReader reader_;
   // Answers encoded on ledger threads, waiting for send_answered().
   std::mutex answered_mu_;
-  std::vector<std::string> answered_;
+  std::vector<Outgoing> answered_;
   std::size_t lists_answered_ = 0;  // of answered_, guarded by answered_mu_
   // Bounded by inflight_per_connection_max (read_frames()) plus one batch and
   // one last message per follow.

@@ -13,7 +13,8 @@
 // kProbeConnectionsMax probes for GET /health and GET /metrics), inflight_per_connection_max
 // requests in flight and follows_per_connection_max follow streams on each
 // (each with at most one batch written at a time), 8 MiB of answers waiting
-// to be written and one list running on a binary connection, frame and body sizes,
+// to be written and one list running on a binary connection, kListsAtOnce
+// lists running in all, frame and body sizes,
 // idle timeouts, and (binary) a write that sends nothing for the idle
 // timeout. A malformed or oversized frame closes only its connection, with
 // a logged reason (at most kConnectionLinesPerMinute such lines a minute).
@@ -47,6 +48,12 @@ inline constexpr std::uint64_t kConnectionLinesPerMinute = 100;
 // other than GET), or 503 `busy` otherwise, then closes. Idle keep-alive
 // clients and long polls then never lock those two out.
 inline constexpr std::size_t kProbeConnectionsMax = 4;
+
+// The most `list` requests running at once, over every connection of both
+// protocols. A list's answer may be tens of MB (a binary one up to 64 MiB),
+// held from before it runs until it is written; more lists wait their turn,
+// in the order they came.
+inline constexpr std::size_t kListsAtOnce = 4;
 
 // ServerOptions::io_threads unless set: half the cores, at least one.
 std::size_t io_threads_default();

@@ -47,6 +47,25 @@ std::string peer_of(const tcp::socket& socket);
 // memory that no connection limit counts.
 void close_abortively(tcp::socket& socket);
 
+// A place among the kListsAtOnce lists the server runs at once. It is held
+// from before the list runs until its answer is written or dropped: the
+// last copy destroyed frees it.
+using ListPass = std::shared_ptr<void>;
+
+// Runs at most `places` lists at once; the others wait, in the order they
+// came. Thread-safe.
+class ListGate {
+ public:
+  explicit ListGate(std::size_t places);
+  // Calls `start` with a pass: at once when a place is free, else on the
+  // thread that frees one (so `start` must not block).
+  void enter(std::function<void(ListPass)> start);
+
+ private:
+  struct Places;
+  std::shared_ptr<Places> places_;  // shared with every pass
+};
+
 // What every connection shares. Outlives every Session (Server::Impl
 // destroys the io_context, and with it the sessions, first).
 class Core {
@@ -104,8 +123,10 @@ class Core {
   // read pool.
   void balance(std::string subject, std::string item, std::optional<AsOf> at,
                std::function<void(Result<Balance>)> done);
+  // A list starts once the ListGate lets it; `done` gets the answer with
+  // its pass, to hold until the answer is written.
   void list(std::string subject, std::optional<AsOf> at,
-            std::function<void(Result<std::vector<ItemBalance>>)> done);
+            std::function<void(Result<std::vector<ItemBalance>>, ListPass)> done);
   void hold_info(HoldId hold, std::optional<AsOf> at,
                  std::function<void(Result<HoldView>)> done);
   // The threads a blocking read runs on (ServerOptions::read_threads).
@@ -120,6 +141,10 @@ class Core {
   template <class R>
   void read(Metrics::Op op, std::function<Result<R>()> read, std::function<void(Result<R>)> done,
             ReadPool pool = ReadPool::quick);
+  // read() with `done` already counted by track().
+  template <class R>
+  void run_read(ReadPool pool, std::function<Result<R>()> read,
+                std::function<void(Result<R>)> done);
   // Starts a non-blocking ledger read: `start` hands its callback to a
   // Ledger::submit_* call, which passes it what `done` then gets.
   template <class R>
@@ -151,6 +176,7 @@ class Core {
   std::atomic<Ledger*> ledger_{nullptr};
   asio::thread_pool read_pool_;
   asio::thread_pool point_in_time_pool_;
+  ListGate lists_{kListsAtOnce};
   std::atomic<bool> stopping_{false};
   std::mutex mu_;
   std::condition_variable sessions_cv_;
@@ -209,16 +235,20 @@ std::function<void(Result<R>)> Core::track(Metrics::Op op, std::function<void(Re
 template <class R>
 void Core::read(Metrics::Op op, std::function<Result<R>()> read,
                 std::function<void(Result<R>)> done, ReadPool pool) {
+  run_read(pool, std::move(read), track(op, std::move(done)));
+}
+
+template <class R>
+void Core::run_read(ReadPool pool, std::function<Result<R>()> read,
+                    std::function<void(Result<R>)> done) {
   if (pool == ReadPool::quick) {
-    asio::post(read_pool_,
-               [read = std::move(read), done = track(op, std::move(done))] { done(read()); });
+    asio::post(read_pool_, [read = std::move(read), done = std::move(done)] { done(read()); });
     return;
   }
-  asio::post(point_in_time_pool_,
-             [this, read = std::move(read), done = track(op, std::move(done))] {
-               if (stopping()) return done(Status(ErrorCode::closed, "the server is stopping"));
-               done(read());
-             });
+  asio::post(point_in_time_pool_, [this, read = std::move(read), done = std::move(done)] {
+    if (stopping()) return done(Status(ErrorCode::closed, "the server is stopping"));
+    done(read());
+  });
 }
 
 template <class R>

@@ -81,7 +81,8 @@ std::optional<wire::Response> next_response(tcp::socket& socket, boost::system::
   frame.resize(table / 8);
   asio::read(socket, asio::buffer(reinterpret_cast<char*>(frame.data()) + 8, table - 8), *ec);
   if (*ec) return std::nullopt;
-  const std::size_t total = *wire::frame_bytes(std::as_bytes(std::span(frame)), 1 << 20);
+  const std::size_t total =
+      *wire::frame_bytes(std::as_bytes(std::span(frame)), wire::kAnswerBytesMax);
   frame.resize(total / 8);
   asio::read(socket, asio::buffer(reinterpret_cast<char*>(frame.data()) + table, total - table),
              *ec);
@@ -1415,6 +1416,14 @@ TEST_CASE("binary: a peer pipelining far ahead of its reading gets every answer"
   sender.join();
 }
 
+// How many lists the server has answered ok, by GET /metrics.
+std::uint64_t lists_answered(Fixture& fx) {
+  const std::string body = get(fx.server->http_port(), "/metrics").body;
+  const std::string name = "tally_ops_total{op=\"list\",outcome=\"ok\"} ";
+  const std::size_t at = body.find(name);
+  return at == std::string::npos ? 0 : std::stoull(body.substr(at + name.size()));
+}
+
 TEST_CASE("binary: pipelined lists whose answers are not read are served a few at a time") {
   Fixture fx;
   // What the server may run before it stops: 8 MiB of answers waiting, what
@@ -1432,14 +1441,8 @@ TEST_CASE("binary: pipelined lists whose answers are not read are served a few a
   send_lists_of_a_wide_subject(fx, socket, lists);
   // Nothing read yet: the server runs lists until 8 MiB of answers wait to
   // be written (and the socket's buffers hold what they take), then stops.
-  const auto lists_served = [&] {
-    const std::string body = get(fx.server->http_port(), "/metrics").body;
-    const std::string name = "tally_ops_total{op=\"list\",outcome=\"ok\"} ";
-    const std::size_t at = body.find(name);
-    return at == std::string::npos ? 0 : std::stoull(body.substr(at + name.size()));
-  };
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
-  const std::uint64_t served = lists_served();
+  const std::uint64_t served = lists_answered(fx);
   CHECK(served >= 1);
   CHECK(served <= served_max);
   // Read, every list is answered, in order.
@@ -1449,7 +1452,54 @@ TEST_CASE("binary: pipelined lists whose answers are not read are served a few a
     REQUIRE(response.kind == wire::Response::Kind::list);
     CHECK(response.items.size() == 1000);
   }
-  CHECK(lists_served() == lists);
+  CHECK(lists_answered(fx) == lists);
+}
+
+TEST_CASE("server: at most kListsAtOnce lists run at once, over both protocols; others wait") {
+  Fixture fx;
+  asio::io_context io;
+  // kListsAtOnce connections, one of them HTTP, each ask for a list of
+  // about 8 MB, more than any socket buffers hold, and read nothing: every
+  // answer stays unwritten, holding its place.
+  std::vector<tcp::socket> stuck;
+  for (std::size_t index = 0; index < kListsAtOnce; index++) stuck.emplace_back(io);
+  make_wide_subject(fx, stuck[0], 28);
+  for (std::size_t index = 1; index < kListsAtOnce; index++) {
+    stuck[index].open(tcp::v4());
+    stuck[index].set_option(asio::socket_base::receive_buffer_size(4096));
+  }
+  stuck[0].connect(tcp::endpoint(asio::ip::address_v4::loopback(), fx.server->http_port()));
+  asio::write(stuck[0], asio::buffer(std::string("GET /v1/balances/big HTTP/1.1\r\nHost: x\r\n\r\n")));
+  for (std::size_t index = 1; index < kListsAtOnce; index++) {
+    connect_binary(stuck[index], fx.server->binary_port());
+    asio::write(stuck[index], asio::buffer(burst_of(1, [](wire::Request* request) {
+      request->kind = wire::Request::Kind::list;
+      request->subject = "big";
+    })));
+  }
+  for (int poll = 0; poll < 1000 && lists_answered(fx) < kListsAtOnce; poll++) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  REQUIRE(lists_answered(fx) == kListsAtOnce);
+  // One more list waits for a place; a request after it on its connection
+  // does not.
+  tcp::socket waiting(io);
+  connect_binary(waiting, fx.server->binary_port());
+  asio::write(waiting, asio::buffer(burst_of(2, [](wire::Request* request) {
+    request->kind = request->id == 1 ? wire::Request::Kind::list : wire::Request::Kind::balance;
+    request->subject = "big";
+    request->item = "nothing";
+  })));
+  CHECK(read_response(waiting).id == 2);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  CHECK(lists_answered(fx) == kListsAtOnce);
+  // The HTTP client goes away, its answer unwritten: its place goes to the
+  // list that waited.
+  stuck[0].close();
+  const wire::Response list = read_response(waiting);
+  CHECK(list.id == 1);
+  REQUIRE(list.kind == wire::Response::Kind::list);
+  CHECK(list.items.size() == 28'000);
 }
 
 TEST_CASE("binary: a list answer over the protocol's limit is refused; the connection goes on") {
