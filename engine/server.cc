@@ -706,21 +706,13 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   // at once), not once per answer.
   template <class T>
   void queue_answer(std::uint64_t id, Result<T> result, ListPass pass = nullptr) {
-    std::size_t bytes_min = 0;
-    if constexpr (std::is_same_v<T, std::vector<ItemBalance>>) {
-      if (result) bytes_min = wire::list_answer_bytes_min(*result);
-    }
     std::string frame;
-    if (bytes_min <= wire::kAnswerBytesMax) {
-      frame = wire::encode_response(response_of(id, std::move(result)));
-    }
-    if (bytes_min > wire::kAnswerBytesMax || frame.size() > wire::kAnswerBytesMax) {
-      const std::string size = frame.empty() ? "at least " + std::to_string(bytes_min)
-                                             : std::to_string(frame.size());
-      frame = wire::encode_response(response_of(
-          id, Result<T>(Status(ErrorCode::invalid,
-                               "the answer is " + size + " bytes, over the protocol's limit of " +
-                                   std::to_string(wire::kAnswerBytesMax)))));
+    if constexpr (std::is_same_v<T, std::vector<ItemBalance>>) {
+      // On the strand (answer_later()): the answer of a connection closed
+      // meanwhile is not encoded, only counted out.
+      if (!closed_) frame = encode_answer(id, std::move(result));
+    } else {
+      frame = encode_answer(id, std::move(result));
     }
     bool first = false;
     {
@@ -730,6 +722,27 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
       if constexpr (std::is_same_v<T, std::vector<ItemBalance>>) lists_answered_++;
     }
     if (first) asio::post(socket_.get_executor(), [self = shared_from_this()] { self->send_answered(); });
+  }
+
+  // The frame of the answer to request `id`, or of an `invalid` error when
+  // the answer would pass kAnswerBytesMax.
+  template <class T>
+  static std::string encode_answer(std::uint64_t id, Result<T> result) {
+    std::size_t bytes_min = 0;
+    if constexpr (std::is_same_v<T, std::vector<ItemBalance>>) {
+      if (result) bytes_min = wire::list_answer_bytes_min(*result);
+    }
+    std::string frame;
+    if (bytes_min <= wire::kAnswerBytesMax) {
+      frame = wire::encode_response(response_of(id, std::move(result)));
+    }
+    if (bytes_min <= wire::kAnswerBytesMax && frame.size() <= wire::kAnswerBytesMax) return frame;
+    const std::string size =
+        frame.empty() ? "at least " + std::to_string(bytes_min) : std::to_string(frame.size());
+    return wire::encode_response(response_of(
+        id, Result<T>(Status(ErrorCode::invalid, "the answer is " + size +
+                                                     " bytes, over the protocol's limit of " +
+                                                     std::to_string(wire::kAnswerBytesMax)))));
   }
 
   template <class T>
