@@ -712,9 +712,9 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
                             });
   }
 
-  // The headers are in: answer in the request's version, and tell a client
-  // that waits before sending its body (Expect: 100-continue, as curl 7.88
-  // does for bodies over 1 MiB) to send it.
+  // The headers are in: answer in the request's version, and tell an
+  // HTTP/1.1 client that waits before sending its body (Expect:
+  // 100-continue, as curl 7.88 does for bodies over 1 MiB) to send it.
   void on_header(beast::error_code ec) {
     if (ec) return on_read(ec);
     version_ = parser_->get().version();
@@ -742,7 +742,12 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
                        [self](beast::error_code read_ec, std::size_t) { self->on_read(read_ec); });
     };
     if (parser_->is_done()) return on_read(ec);
-    if (!beast::iequals(parser_->get()[http::field::expect], "100-continue")) return read_body();
+    // HTTP/1.0 has no 1xx answers: its expectation is ignored (RFC 9110
+    // 10.1.1), the body read as it comes.
+    if (version_ < 11 ||
+        !beast::iequals(parser_->get()[http::field::expect], "100-continue")) {
+      return read_body();
+    }
     // A client that waits to be asked for its body is told at once what
     // the headers decide (a 401, a 404...), and the connection closes, its
     // body unsent, rather than asked for a body only to be refused.

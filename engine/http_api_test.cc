@@ -388,6 +388,14 @@ TEST_CASE("http api: HTTP/1.0 keep-alive is answered in 1.0 and kept; Expect: 10
     CHECK(refused.find("Connection: close\r\n") != std::string::npos);
   }
   CHECK(fx.ledger->balance("berlin", "sku")->available == 5);
+
+  // HTTP/1.0 has no 1xx answers: the expectation is ignored, the body read.
+  const std::string old_client = send_raw_until_closed(
+      port, "POST /v1/acquire HTTP/1.0\r\nIdempotency-Key: e3\r\nExpect: 100-continue\r\n"
+            "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
+  CHECK(old_client.starts_with("HTTP/1.0 200 OK\r\n"));
+  CHECK(old_client.find("100 Continue") == std::string::npos);
+  CHECK(fx.ledger->balance("berlin", "sku")->available == 10);
 }
 
 TEST_CASE("http api: limit and wait_ms of any size are capped; non-digits are 400") {
