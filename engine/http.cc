@@ -304,6 +304,48 @@ bool hex_value(char c, int* out) {
   return false;
 }
 
+// Whether `host` is a Host header's value, uri-host [":" port] (RFC 9112
+// 3.2, RFC 3986 3.2.2), or empty (RFC 9112 allows it).
+bool host_is_valid(std::string_view host) {
+  const auto in_name = [](std::string_view name, std::string_view also) {
+    for (std::size_t index = 0; index < name.size(); index++) {
+      const unsigned char c = static_cast<unsigned char>(name[index]);
+      int digit = 0;
+      if (c == '%') {  // pct-encoded
+        if (index + 2 >= name.size() || !hex_value(name[index + 1], &digit) ||
+            !hex_value(name[index + 2], &digit)) {
+          return false;
+        }
+        index += 2;
+        continue;
+      }
+      // unreserved and sub-delims, besides letters and digits
+      const bool punctuation =
+          std::string_view("-._~!$&'()*+,;=").find(name[index]) != std::string_view::npos;
+      if (!std::isalnum(c) && !punctuation && also.find(name[index]) == std::string_view::npos) {
+        return false;
+      }
+    }
+    return true;
+  };
+  std::size_t port = 0;  // where ":" port begins, if anywhere
+  if (host.starts_with('[')) {  // IP-literal: an IPv6 address, or IPvFuture
+    port = host.find(']');
+    if (port == std::string_view::npos || port == 1 || !in_name(host.substr(1, port - 1), ":")) {
+      return false;
+    }
+    port++;
+  } else {
+    port = std::min(host.find(':'), host.size());
+    if (!in_name(host.substr(0, port), "")) return false;
+  }
+  const std::string_view rest = host.substr(port);
+  if (rest.empty()) return true;
+  return rest[0] == ':' && std::all_of(rest.begin() + 1, rest.end(), [](char c) {
+           return c >= '0' && c <= '9';
+         });
+}
+
 // `where`: "path" or "query", for the message.
 Status percent_decode(std::string_view text, std::string_view where, std::string* out) {
   for (std::size_t index = 0; index < text.size(); index++) {
@@ -938,6 +980,12 @@ std::optional<HttpSession::Routed> HttpSession::route_headers(const HttpRequest&
   const std::size_t hosts = request.count(http::field::host);
   if (hosts > 1 || (hosts == 0 && request.version() >= 11)) {
     send(error_response(bad("exactly one Host header is required")), false);
+    return std::nullopt;
+  }
+  if (hosts == 1 && !host_is_valid(view(request[http::field::host]))) {
+    send(error_response(bad("the Host header is not a host name or address, with an optional "
+                            "port")),
+         false);
     return std::nullopt;
   }
   auto target = parse_target(view(request.target()));

@@ -272,7 +272,7 @@ TEST_CASE("http api: a request with two Idempotency-Key headers is 400 and write
   CHECK(next_seq(port) == before);
 }
 
-TEST_CASE("http api: an HTTP/1.1 request names exactly one Host; HTTP/1.0 may name none") {
+TEST_CASE("http api: an HTTP/1.1 request names exactly one valid Host; HTTP/1.0 may name none") {
   Fixture fx;
   const std::uint16_t port = fx.server->http_port();
   const std::uint64_t before = next_seq(port);
@@ -284,9 +284,24 @@ TEST_CASE("http api: an HTTP/1.1 request names exactly one Host; HTTP/1.0 may na
     CHECK(answer.starts_with("HTTP/1.1 400 "));
     CHECK(answer.find("exactly one Host header") != std::string::npos);
   }
+  // One whose value is not uri-host [":" port] is refused too (RFC 9112 3.2).
+  for (const std::string host : {"a b/c", "a:b", "a@b", "[::1", "[]", "a:1:2", "%4", "[::1]x"}) {
+    CAPTURE(host);
+    const std::string answer =
+        send_raw_until_closed(port, mutation + "Host: " + host + "\r\n\r\n" + body);
+    CHECK(answer.starts_with("HTTP/1.1 400 "));
+    CHECK(answer.find("the Host header is not a host name") != std::string::npos);
+  }
   CHECK(next_seq(port) == before);
   CHECK(send_raw_until_closed(port, "GET /health HTTP/1.0\r\n\r\n")
             .starts_with("HTTP/1.0 200 OK\r\n"));
+  for (const std::string host : {"", "localhost:7421", "127.0.0.1", "[::1]:80", "x.example:",
+                                 "a%2Db", "[v1.x]"}) {
+    CAPTURE(host);
+    CHECK(send_raw_until_closed(port, "GET /health HTTP/1.1\r\nConnection: close\r\nHost: " +
+                                          host + "\r\n\r\n")
+              .starts_with("HTTP/1.1 200 OK\r\n"));
+  }
 }
 
 TEST_CASE("http api: a transfer coding other than one final chunked is refused, the body unread") {
