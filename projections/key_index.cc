@@ -38,26 +38,37 @@ const KeyRecord* KeyIndex::find(std::string_view key, std::uint32_t hash) const 
   return slot == nullptr ? nullptr : record_of(record_at(loc_of(*slot)));
 }
 
-bool KeyIndex::insert(std::string_view key, std::uint32_t hash, const KeyRecord& record) {
+bool KeyIndex::insert(std::string_view key, std::uint32_t hash, const KeyRecord& record,
+                      Repeat* repeat) {
   TALLY_DEBUG_ASSERT(hash == hash_of(key));
   TALLY_ASSERT(!key.empty());
   TALLY_ASSERT(key.size() <= kNameBytesMax);
   newest_timestamp_ns_ = record.timestamp_ns;
   if (place([&] { return key; }, hash, [&] { return append(key, record); })) return true;
-  replace(key, hash, append(key, record));
-  return false;
+  return replace(key, hash, append(key, record), repeat);
 }
 
-void KeyIndex::replace(std::string_view key, std::uint32_t hash, std::uint64_t loc) {
+bool KeyIndex::replace(std::string_view key, std::uint32_t hash, std::uint64_t loc,
+                       Repeat* repeat) {
   Slot* slot = index_.find(hash, [&](const Slot& candidate) {
     return candidate.hash == hash && key_of(record_at(loc_of(candidate))) == key;
   });
   TALLY_ASSERT(slot != nullptr);
   // The arena is this index's own: its records are written in place.
-  auto* earlier = const_cast<std::byte*>(record_at(loc_of(*slot)));
-  std::launder(reinterpret_cast<KeyRecord*>(earlier))->seq = kReplacedSeq;
+  const auto writable = [&](std::uint64_t at) {
+    return std::launder(reinterpret_cast<KeyRecord*>(const_cast<std::byte*>(record_at(at))));
+  };
+  KeyRecord* earlier = writable(loc_of(*slot));
+  KeyRecord* later = writable(loc);
+  if (earlier->timestamp_ns == later->timestamp_ns) {
+    if (repeat != nullptr) *repeat = Repeat{std::string(key), earlier->seq, later->seq};
+    later->seq = kReplacedSeq;
+    return false;
+  }
+  earlier->seq = kReplacedSeq;
   slot->loc_hi = static_cast<std::uint32_t>(loc >> 32);
   slot->loc_lo = static_cast<std::uint32_t>(loc);
+  return true;
 }
 
 KeyIndex::Added KeyIndex::add_unindexed(std::string_view key, std::uint32_t hash,
@@ -69,7 +80,8 @@ KeyIndex::Added KeyIndex::add_unindexed(std::string_view key, std::uint32_t hash
   return Added{append(key, record), hash, 0};
 }
 
-bool KeyIndex::index_added(std::span<Added> added, std::span<Added> scratch, Repeats repeats) {
+bool KeyIndex::index_added(std::span<Added> added, std::span<Added> scratch, Repeats repeats,
+                           Repeat* repeat) {
   TALLY_ASSERT(scratch.size() >= added.size());
   // Each added key in turn; a repeat replaces the record indexed before it
   // (the sort below is stable, so a key's records come in arena order).
@@ -77,8 +89,7 @@ bool KeyIndex::index_added(std::span<Added> added, std::span<Added> scratch, Rep
     const auto key = [&] { return key_of(record_at(entry.loc)); };
     if (place(key, entry.hash, [&] { return entry.loc; })) return true;
     if (repeats == Repeats::refused) return false;
-    replace(key(), entry.hash, entry.loc);
-    return true;
+    return replace(key(), entry.hash, entry.loc, repeat);
   };
   // A short run gains nothing from the sort, whose passes clear 16 KiB of
   // counts each: inserted as they come.

@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 #include <string_view>
 
 #include "projections/flat_table.h"
@@ -53,12 +54,24 @@ class KeyIndex {
   const KeyRecord* find(std::string_view key) const { return find(key, hash_of(key)); }
   const KeyRecord* find(std::string_view key, std::uint32_t hash) const;
 
-  // Remembers the key with `record`; false when it was remembered already
-  // and now takes `record` instead (the later decision). One probe finds
-  // and places a new key. Preconditions: the key is 1..kNameBytesMax
-  // bytes, hash == hash_of(key), and record.timestamp_ns is >= that of
-  // every key inserted before.
-  bool insert(std::string_view key, std::uint32_t hash, const KeyRecord& record);
+  // A key decided again at the very time of a decision remembered
+  // (KeyRecord::timestamp_ns): no window is that short, so the ledger that
+  // wrote both still remembered the first and would have answered the
+  // second as its replay. insert() and index_added() refuse it.
+  struct Repeat {
+    std::string key;
+    std::uint64_t first_seq = 0;
+    std::uint64_t again_seq = 0;
+  };
+
+  // Remembers the key with `record`; a key remembered already takes
+  // `record` instead (the later decision). False for a Repeat: the key keeps
+  // its first record, and *repeat (when given) is filled in. One probe finds and
+  // places a new key. Preconditions: the key is 1..kNameBytesMax bytes,
+  // hash == hash_of(key), and record.timestamp_ns is >= that of every key
+  // inserted before.
+  [[nodiscard]] bool insert(std::string_view key, std::uint32_t hash, const KeyRecord& record,
+                            Repeat* repeat = nullptr);
 
   // Sizes the index for `count` keys in all (FlatTable::reserve).
   void reserve(std::size_t count) { index_.reserve(count); }
@@ -81,12 +94,14 @@ class KeyIndex {
   // What index_added() does with a key added twice, or already remembered.
   enum class Repeats {
     refused,      // false; the index is then unspecified (a damaged image)
-    latest_wins,  // the later record replaces the earlier, as insert() does
+    latest_wins,  // the later record replaces the earlier, as insert() does,
+                  // and a Repeat is refused, as insert() refuses it
   };
   // Indexes `added` (reordering it), with `scratch` of at least its size.
-  // False when `repeats` refuses a key found twice.
+  // False when `repeats` refuses a key found twice; for a Repeat,
+  // *repeat (when given) is filled in.
   [[nodiscard]] bool index_added(std::span<Added> added, std::span<Added> scratch,
-                                 Repeats repeats);
+                                 Repeats repeats, Repeat* repeat = nullptr);
 
   // Forgets every key whose timestamp_ns <= cutoff_ns. They are the oldest,
   // at the front of the FIFO, so this touches only what it forgets.
@@ -156,8 +171,9 @@ class KeyIndex {
   static constexpr std::uint64_t kReplacedSeq = 0;
   static bool replaced(const std::byte* record) { return record_of(record)->seq == kReplacedSeq; }
   // Points the slot of `key` (remembered) at the record at `loc`, and marks
-  // the record it pointed at replaced.
-  void replace(std::string_view key, std::uint32_t hash, std::uint64_t loc);
+  // the record it pointed at replaced; or, for a Repeat, marks the one at
+  // `loc` replaced instead, fills in *repeat (when given) and is false.
+  bool replace(std::string_view key, std::uint32_t hash, std::uint64_t loc, Repeat* repeat);
   static std::uint64_t loc_of(const Slot& slot) {
     return (std::uint64_t{slot.loc_hi} << 32) | slot.loc_lo;
   }

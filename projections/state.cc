@@ -549,6 +549,13 @@ Status State::Impl::check_key(const log::Event& event) const {
   return Status();
 }
 
+Status State::Impl::repeated(const KeyIndex::Repeat& repeat) {
+  return corrupt_at(repeat.again_seq, "key " + quoted(repeat.key) + ", decided at seq " +
+                                          std::to_string(repeat.first_seq) +
+                                          ", decided again at the same time, which no "
+                                          "idempotency window allows");
+}
+
 KeyRecord State::Impl::key_record_of(const log::Event& event) {
   KeyRecord record;
   record.fingerprint = event.fingerprint;
@@ -572,7 +579,10 @@ Status State::remember_key(const log::Event& event, std::uint32_t key_hash) {
   if (event.key.empty()) return Status();
   // A key remembered already was forgotten by the writer, whose window was
   // shorter than this state's: the later decision is the one that stands.
-  (void)impl.keys.insert(event.key, key_hash, Impl::key_record_of(event));
+  KeyIndex::Repeat repeat;
+  if (!impl.keys.insert(event.key, key_hash, Impl::key_record_of(event), &repeat)) {
+    return Impl::repeated(repeat);
+  }
   return Status();
 }
 
@@ -608,12 +618,12 @@ Status State::index_keys() {
   }
   const std::size_t count = impl.keys_waiting.size();
   impl.keys.reserve(impl.keys.size() + count);
+  KeyIndex::Repeat repeat;
   const bool indexed =
       impl.keys.index_added(impl.keys_waiting, std::span(impl.keys_scratch.get(), kKeysWaitingMax),
-                            KeyIndex::Repeats::latest_wins);
-  TALLY_ASSERT(indexed);  // latest_wins refuses nothing
+                            KeyIndex::Repeats::latest_wins, &repeat);
   impl.keys_waiting.clear();
-  return Status();
+  return indexed ? Status() : Impl::repeated(repeat);
 }
 
 Status State::apply_ops(const log::Event& event, const EventHashes& hashes) {

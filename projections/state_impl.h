@@ -126,6 +126,8 @@ struct State::Impl {
   // remember_key()'s checks of the event, which apply_ops() makes too.
   Status check_key(const log::Event& event) const;
   static KeyRecord key_record_of(const log::Event& event);
+  // The corruption a KeyIndex::Repeat is.
+  static Status repeated(const KeyIndex::Repeat& repeat);
   std::optional<std::int64_t> forget_cutoff(std::int64_t timestamp_ns) const {
     std::int64_t cutoff_ns = 0;
     if (options.idempotency_window_ns == 0 ||

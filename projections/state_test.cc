@@ -350,7 +350,16 @@ TEST_CASE("keys added unindexed, then indexed in slot order, act as if inserted"
   }
   CHECK(index.find("key-nope") == nullptr);
   // An indexed key inserted again takes the later record; a new key is added.
-  CHECK_FALSE(index.insert(key_of(5), KeyIndex::hash_of(key_of(5)), record_of(kKeys)));
+  CHECK(index.insert(key_of(5), KeyIndex::hash_of(key_of(5)), record_of(kKeys)));
+  CHECK(index.find(key_of(5))->seq == record_of(kKeys).seq);
+  // Again at the time of the record it has, it is refused.
+  KeyRecord same_time = record_of(kKeys);
+  same_time.seq++;
+  KeyIndex::Repeat repeat;
+  CHECK_FALSE(index.insert(key_of(5), KeyIndex::hash_of(key_of(5)), same_time, &repeat));
+  CHECK(repeat.key == key_of(5));
+  CHECK(repeat.first_seq == record_of(kKeys).seq);
+  CHECK(repeat.again_seq == same_time.seq);
   CHECK(index.find(key_of(5))->seq == record_of(kKeys).seq);
   CHECK(index.insert(key_of(kKeys), KeyIndex::hash_of(key_of(kKeys)), record_of(kKeys)));
   CHECK(index.size() == kKeys + 1);
@@ -403,8 +412,9 @@ struct KeyEvent {
 
 // Remembers the keys of events 1, 2, ... one by one (remember_key) and in
 // runs (remember_key_batched, then index_keys): both must refuse the same
-// event, with the same message, or agree on the keys remembered.
-void check_runs_match_one_by_one(const std::vector<KeyEvent>& events, std::int64_t window_ns) {
+// event, with the same message, or agree on the keys remembered. Returns
+// what one by one returned.
+Status remember_both_ways(const std::vector<KeyEvent>& events, std::int64_t window_ns) {
   State one(StateOptions{window_ns});
   State runs(StateOptions{window_ns});
   Status one_status;
@@ -422,9 +432,14 @@ void check_runs_match_one_by_one(const std::vector<KeyEvent>& events, std::int64
   if (runs_status.ok()) runs_status = runs.index_keys();
   CHECK(runs_status.code() == one_status.code());
   CHECK(runs_status.message() == one_status.message());
-  if (!one_status.ok()) return;
+  if (!one_status.ok()) return one_status;
   CHECK(runs.counts().keys == one.counts().keys);
   CHECK(runs.digest() == one.digest());
+  return one_status;
+}
+
+void check_runs_match_one_by_one(const std::vector<KeyEvent>& events, std::int64_t window_ns) {
+  REQUIRE_OK(remember_both_ways(events, window_ns));
 }
 
 // "k" and the number. Appended: GCC 12 warns falsely (-Wrestrict) on
@@ -476,6 +491,30 @@ TEST_CASE("keys remembered in runs match keys remembered one by one") {
   SUBCASE("a key repeated after the window forgot it, within a run") {
     check_runs_match_one_by_one({{"a", 0}, {"b", 100}, {"a", 1000}, {"c", 1001}}, 1000);
   }
+}
+
+TEST_CASE("a key decided again at the time of its first decision is corrupt, both ways") {
+  // No window is that short: the writer remembered the key then, and would
+  // have answered it as a replay.
+  const std::size_t count = State::kKeysWaitingMax * 2 + 1000;
+  std::vector<KeyEvent> events = unique_keys(count);
+  const std::size_t again = State::kKeysWaitingMax + 5000;
+  for (std::size_t index = 0; index < count; index++) events[index].time_ns = index < 50 ? 1 : 7;
+  std::size_t first = 0;
+  SUBCASE("within a run") { first = State::kKeysWaitingMax + 100; }
+  SUBCASE("from an earlier run") { first = 100; }
+  SUBCASE("at a later time, it is the later decision (a shorter window forgot it)") {
+    first = 10;
+  }
+  events[again].key = events[first].key;
+  if (first == 10) return check_runs_match_one_by_one(events, 0);
+  const Status status = remember_both_ways(events, 0);
+  CHECK(status.code() == ErrorCode::corrupt);
+  CHECK(status.message() == "seq " + std::to_string(again + 1) + ": key " +
+                                quoted(events[first].key) + ", decided at seq " +
+                                std::to_string(first + 1) +
+                                ", decided again at the same time, which no idempotency window "
+                                "allows");
 }
 
 TEST_CASE("a key decided again takes the later decision, one by one and in runs") {
@@ -590,8 +629,12 @@ TEST_CASE("inconsistent events are corrupt, naming the seq") {
     REQUIRE_CORRUPT(feed.one("k3", transfer_op("alice", "alice", "gold", 1)));
   }
   SUBCASE("a key decided again is not inconsistent: the later decision stands") {
+    feed.now_ns++;
     REQUIRE_OK(feed.one("k1", acquire_op("alice", "gold", 1)));
     CHECK(state.find_key("k1")->seq == state.last_seq());
+  }
+  SUBCASE("a key decided again at the time of its decision is") {
+    REQUIRE_CORRUPT(feed.one("k1", acquire_op("alice", "gold", 1)));
   }
   SUBCASE("seq gap") {
     const Op op = acquire_op("alice", "gold", 1);
