@@ -29,10 +29,13 @@ constexpr std::size_t kChunkBytes = std::size_t{1} << 16;
 // history --rebuild makes the index visible at least this often.
 constexpr std::uint64_t kRebuildFlushEvents = std::uint64_t{1} << 20;
 
-// a + b, wrapping: the log is trusted to keep balances in range, and if it
-// did not, the output is wrong but defined.
-std::int64_t wrapping_add(std::int64_t a, std::int64_t b) {
-  return static_cast<std::int64_t>(static_cast<std::uint64_t>(a) + static_cast<std::uint64_t>(b));
+// Adds a change to the pair's balance. The log alone is read, not checked
+// whole as a replay checks it, but a balance that leaves 0..INT64_MAX is
+// one no ledger wrote: false.
+bool add_change(proj::Balance* balance, const proj::PairDelta& delta) {
+  return !__builtin_add_overflow(balance->available, delta.available, &balance->available) &&
+         !__builtin_add_overflow(balance->held, delta.held, &balance->held) &&
+         balance->available >= 0 && balance->held >= 0;
 }
 
 // One change per line:
@@ -171,8 +174,17 @@ Status print_from_log(const std::string& data_dir, std::string_view subject, std
       // index records no entry for it either).
       if (delta.subject != subject || delta.item != item) continue;
       if (delta.available == 0 && delta.held == 0) continue;
-      balance.available = wrapping_add(balance.available, delta.available);
-      balance.held = wrapping_add(balance.held, delta.held);
+      const proj::Balance before = balance;
+      if (!add_change(&balance, delta)) {
+        return log::corrupt_at(
+            record.segment_first_seq, record.offset,
+            "seq " + std::to_string(record.seq) + ": a change of " +
+                std::to_string(delta.available) + " available and " +
+                std::to_string(delta.held) + " held takes " + quoted(subject) + " " +
+                quoted(item) + " (available=" + std::to_string(before.available) +
+                " held=" + std::to_string(before.held) +
+                ") below zero or past the largest quantity, which no ledger writes");
+      }
       if (record.seq < from_seq) continue;
       printer->line(record.seq, event.timestamp_ns, event.key, proj::event_op_name(event),
                     delta.available, delta.held, balance);

@@ -1,6 +1,8 @@
 // Unit tests of the tool's parts that need no ledger: the argument parser,
 // the workload and expect file formats, JSON escaping, and the workload
-// generator with its reference model. tests/cli_test.py covers the commands;
+// generator with its reference model; and the audit commands on logs no
+// ledger writes, which tests/cli_test.py, running the tool on what a
+// ledger wrote, cannot make. tests/cli_test.py covers the commands;
 // engine/event_format_test.cc the formatting of `tally log`.
 #include <doctest.h>
 
@@ -10,7 +12,12 @@
 #include <string>
 #include <thread>
 
+#include "engine/replay.h"
+#include "log/event.h"
+#include "log/writer.h"
+#include "tests/testing.h"
 #include "tools/args.h"
+#include "tools/cli.h"
 #include "tools/csv.h"
 #include "tools/format.h"
 #include "tools/progress.h"
@@ -545,6 +552,60 @@ TEST_CASE("generator: one subject and no mixed ops") {
   REQUIRE(workload.ok());
   CHECK((*workload)->ops.size() >= 1);
   CHECK((*workload)->ops.size() <= 3);
+}
+
+// ---- the audit commands on logs no ledger writes ----------------------------
+
+struct LoggedOp {
+  std::int64_t time_ns = 0;
+  std::string key;
+  OpType type = OpType::acquire;
+  std::int64_t qty = 1;
+};
+
+// A log of `ops` at seqs 1, 2, ..., each on "alice" "gold", in DATA/log.
+void write_log(const std::string& data_dir, const std::vector<LoggedOp>& ops) {
+  auto writer = log::LogWriter::open(log::posix_file_system(), log_dir(data_dir), log::LogEnd{});
+  REQUIRE(writer.ok());
+  log::EventEncoder encoder;
+  for (std::size_t index = 0; index < ops.size(); index++) {
+    log::Op op;
+    op.type = ops[index].type;
+    op.subject = "alice";
+    op.item = "gold";
+    op.qty = ops[index].qty;
+    log::Event event;
+    event.seq = index + 1;
+    event.timestamp_ns = ops[index].time_ns;
+    event.key = ops[index].key;
+    event.ops = std::span<const log::Op>(&op, 1);
+    (*writer)->append(encoder.encode(event));
+  }
+  REQUIRE((*writer)->write((*writer)->seal(), false).ok());
+}
+
+int run(std::initializer_list<const char*> argv) {
+  return run_cli(static_cast<int>(argv.size()), std::data(argv));
+}
+
+TEST_CASE("audit: history read from the log refuses a change that takes a balance below zero") {
+  testing::TempDir dir;
+  const std::string data = dir.sub("data");
+  write_log(data, {{1, "a", OpType::acquire, 5}, {2, "b", OpType::consume, 6}});
+  CHECK(run({"tally", "history", "--data", data.c_str(), "alice", "gold", "--to-seq", "1"}) == 0);
+  CHECK(run({"tally", "history", "--data", data.c_str(), "alice", "gold"}) == 1);
+  CHECK(run({"tally", "verify", "--data", data.c_str()}) == 1);
+}
+
+TEST_CASE("audit: verify refuses a key decided again at the time of its first decision") {
+  testing::TempDir dir;
+  const std::string at_once = dir.sub("at-once");
+  write_log(at_once, {{1, "a"}, {2, "b"}, {2, "b"}});
+  CHECK(run({"tally", "verify", "--data", at_once.c_str()}) == 1);
+  // Later, it is a key a shorter window forgot, decided again.
+  const std::string later = dir.sub("later");
+  write_log(later, {{1, "a"}, {2, "b"}, {3, "b"}});
+  CHECK(run({"tally", "verify", "--data", later.c_str()}) == 0);
 }
 
 }  // namespace
