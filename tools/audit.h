@@ -99,8 +99,9 @@ Result<LogScan> scan_log(const std::string& data_dir, std::uint64_t seq);
 // unreadable keeps its standing), in one scan_log. Errors are the log's.
 Status check_history_chain(const std::string& data_dir, HistoryIndex* index);
 
-// Tells stderr why an index that is there is not used (not usable).
-void note_history_not_used(const HistoryIndex& index);
+// Tells stderr why an index that is there is not used (not usable); one
+// ahead of the log, as a warning that the log lost events.
+void note_history_not_used(const std::string& data_dir, const HistoryIndex& index);
 // Tells stderr that a read went to the log because a record of the index
 // was damaged (read.index_damage; nothing when that is ok).
 void note_index_damage(const PointInTimeRead& read);

@@ -222,7 +222,7 @@ Status print_history(const std::string& data_dir, std::string_view subject, std:
   ChangePrinter printer(&out, json);
   const snap::HistoryStore* store = index->trusted();
   if (store == nullptr) {
-    if (index->standing != HistoryStanding::absent) note_history_not_used(*index);
+    if (index->standing != HistoryStanding::absent) note_history_not_used(data_dir, *index);
     auto start = start_without_index(data_dir, subject, item, from_seq);
     if (!start) return start.status();
     return print_from_log(data_dir, subject, item, *start, from_seq, to_seq, &printer);

@@ -172,13 +172,35 @@ Status check_history_chain(const std::string& data_dir, HistoryIndex* index) {
   return Status();
 }
 
-void note_history_not_used(const HistoryIndex& index) {
+namespace {
+
+// "the log ends at seq E, but WHERE holds events up to seq K: the N
+// events after seq E are lost (...)", for known_seq > last_seq.
+std::string lost_events(std::uint64_t last_seq, const std::string& where,
+                        std::uint64_t known_seq) {
+  const std::uint64_t lost = known_seq - last_seq;
+  return "the log ends at seq " + std::to_string(last_seq) + ", but " + where +
+         " holds events up to seq " + std::to_string(known_seq) + ": the " +
+         std::to_string(lost) + (lost == 1 ? " event" : " events") + " after seq " +
+         std::to_string(last_seq) + (lost == 1 ? " is" : " are") +
+         " lost (the log was cut short, or its last records damaged)";
+}
+
+}  // namespace
+
+void note_history_not_used(const std::string& data_dir, const HistoryIndex& index) {
+  if (index.standing == HistoryStanding::ahead) {
+    // Not only a projection to rebuild: the log lost what it holds.
+    std::fprintf(stderr,
+                 "tally: warning: %s; not using the history index, reading the log instead. "
+                 "`tally verify` reports it\n",
+                 lost_events(index.log_last_seq, history_dir(data_dir), index.position.seq).c_str());
+    return;
+  }
   const std::string seq = std::to_string(index.position.seq);
-  const std::string why =
-      index.standing == HistoryStanding::unreadable ? index.problem.to_string()
-      : index.standing == HistoryStanding::ahead    ? "its seq " + seq + " is past the end of the log"
-                                                    : "its chain checksum at seq " + seq +
-                                                       " is not the log's";
+  const std::string why = index.standing == HistoryStanding::unreadable
+                              ? index.problem.to_string()
+                              : "its chain checksum at seq " + seq + " is not the log's";
   // Rebuilding helps an index that is damaged or does not follow the log,
   // not one that could not be opened now (locked, I/O).
   const bool rebuild_helps = index.standing != HistoryStanding::unreadable ||
@@ -211,7 +233,7 @@ Result<std::unique_ptr<PointInTimeData>> open_point_in_time(const std::string& d
   data->history = std::move(*index);
   const HistoryIndex& history = data->history;
   if (history.standing != HistoryStanding::absent && history.trusted() == nullptr) {
-    note_history_not_used(history);
+    note_history_not_used(data_dir, history);
   }
   data->source.data_dir = data_dir;
   // Snapshots of the ledger's window load; a replay with another would skip them.
@@ -279,15 +301,8 @@ void warn_lost_events(const std::string& data_dir, const ReplayReport& report) {
     where = history_dir(data_dir);
   }
   if (known_seq == last_seq) return;
-  const std::uint64_t lost = known_seq - last_seq;
-  std::fprintf(stderr,
-               "tally: warning: the log ends at seq %llu, but %s holds events up to seq %llu: "
-               "the %llu event%s after seq %llu %s lost (the log was cut short, or its last "
-               "records damaged); the answer is the log's. `tally verify` reports it\n",
-               static_cast<unsigned long long>(last_seq), where.c_str(),
-               static_cast<unsigned long long>(known_seq), static_cast<unsigned long long>(lost),
-               lost == 1 ? "" : "s", static_cast<unsigned long long>(last_seq),
-               lost == 1 ? "is" : "are");
+  std::fprintf(stderr, "tally: warning: %s; the answer is the log's. `tally verify` reports it\n",
+               lost_events(last_seq, where, known_seq).c_str());
 }
 
 // A fresh State with DATA's log replayed into it. A log cut short, or one
