@@ -214,7 +214,7 @@ void Core::list(std::string subject, std::optional<AsOf> at,
 
 struct ListGate::Places {
   std::mutex mu;
-  std::size_t free = 0;                                // under mu
+  std::size_t unused = 0;                              // under mu
   std::deque<std::function<void(ListPass)>> waiting;  // under mu
 
   // A pass whose last copy, destroyed, frees its place: to the list that
@@ -234,7 +234,7 @@ struct ListGate::Places {
     {
       std::lock_guard<std::mutex> guard(places->mu);
       if (places->waiting.empty()) {
-        places->free++;
+        places->unused++;
         return;
       }
       next = std::move(places->waiting.front());
@@ -245,14 +245,14 @@ struct ListGate::Places {
 };
 
 ListGate::ListGate(std::size_t places) : places_(std::make_shared<Places>()) {
-  places_->free = places;
+  places_->unused = places;
 }
 
 void ListGate::enter(std::function<void(ListPass)> start) {
   {
     std::lock_guard<std::mutex> guard(places_->mu);
-    if (places_->free == 0) return places_->waiting.push_back(std::move(start));
-    places_->free--;
+    if (places_->unused == 0) return places_->waiting.push_back(std::move(start));
+    places_->unused--;
   }
   start(Places::pass(places_));
 }
@@ -310,8 +310,9 @@ constexpr std::size_t kWritePieceBytesMax = 64 * 1024;
 // Answers queued and not yet written, in bytes, past which a connection is
 // read no further. A list answer may be far larger than its request (a
 // subject's every item, up to wire::kAnswerBytesMax), so lists also run
-// one at a time per connection: a peer that pipelines lists and reads no
-// answers holds at most this plus one list's answer, not thousands.
+// one at a time per connection, each once the answer of the one before is
+// written: a peer that pipelines lists and reads no answers holds at most
+// this plus one list's answer, not thousands, and one ListGate place.
 constexpr std::size_t kUnwrittenBytesMax = 8u << 20;
 
 // A follow stream of a binary connection (docs/protocol.md): batches of
@@ -512,7 +513,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     if (request.kind == Kind::hello) return hello(request);
     if (request.kind == Kind::follow) return start_follow(request);
     if (request.kind == Kind::cancel) return cancel_follow(request.follow_id);
-    if (request.kind == Kind::list && lists_inflight_ > 0) {
+    if (request.kind == Kind::list && list_unwritten_) {
       // Read on once it starts (resume()).
       waiting_list_ = std::move(request);
       return;
@@ -531,7 +532,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
                       [self, id](Result<Balance> result) { self->answer_later(id, std::move(result)); });
         return;
       case Kind::list:
-        lists_inflight_++;
+        list_unwritten_ = true;
         core_.list(std::move(request.subject), request.as_of,
                    [self, id](Result<std::vector<ItemBalance>> result, ListPass pass) {
                      self->answer_later(id, std::move(result), std::move(pass));
@@ -719,7 +720,6 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
       std::lock_guard<std::mutex> guard(answered_mu_);
       first = answered_.empty();
       answered_.push_back(Outgoing{std::move(frame), nullptr, std::move(pass)});
-      if constexpr (std::is_same_v<T, std::vector<ItemBalance>>) lists_answered_++;
     }
     if (first) asio::post(socket_.get_executor(), [self = shared_from_this()] { self->send_answered(); });
   }
@@ -770,16 +770,12 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
 
   void send_answered() {
     std::vector<Outgoing> frames;
-    std::size_t lists = 0;
     {
       std::lock_guard<std::mutex> guard(answered_mu_);
       frames.swap(answered_);
-      std::swap(lists, lists_answered_);
     }
     TALLY_ASSERT(inflight_ >= frames.size());
-    TALLY_ASSERT(lists_inflight_ >= lists);
     inflight_ -= frames.size();
-    lists_inflight_ -= lists;
     if (!closed_) {
       for (Outgoing& frame : frames) queue_write(std::move(frame));
       if (!writing_) write_next();
@@ -787,11 +783,11 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     resume();
   }
 
-  // Starts a list that waited for the one before it, once the answers
-  // queued have room, then reads on.
+  // Starts a list that waited for the answer of the one before it to be
+  // written, once the answers queued have room, then reads on.
   void resume() {
     if (closed_) return;  // close() dropped the waiting list: stop() may be past
-    if (waiting_list_ && lists_inflight_ == 0 && unwritten_bytes_ < kUnwrittenBytesMax) {
+    if (waiting_list_ && !list_unwritten_ && unwritten_bytes_ < kUnwrittenBytesMax) {
       wire::Request list = std::move(*waiting_list_);
       waiting_list_.reset();
       dispatch(std::move(list));
@@ -840,11 +836,13 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     for (std::size_t index = 0; index < count; index++) {
       unwritten_bytes_ -= writes_[index].bytes.size();
       if (writes_[index].follow) written.push_back(std::move(writes_[index].follow));
+      if (writes_[index].pass) list_unwritten_ = false;
     }
     writes_.erase(writes_.begin(), writes_.begin() + static_cast<std::ptrdiff_t>(count));
-    if (ec) {
-      if (!closed_) note("write failed: " + ec.message());
-      return close();
+    if (ec || closed_) {
+      if (ec && !closed_) note("write failed: " + ec.message());
+      close();
+      return drop_writes();
     }
     touch();
     for (const auto& follow : written) {
@@ -941,6 +939,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     if (closed_) return;
     closed_ = true;
     waiting_list_.reset();  // never sent to the ledger
+    if (!writing_) drop_writes();  // else on_written() drops them
     boost::system::error_code ignored;
     socket_.shutdown(tcp::socket::shutdown_both, ignored);
     socket_.close(ignored);
@@ -953,6 +952,13 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     }
     follows_.clear();
     for (const EventFeed::WaiterId waiter : waiters) core_.feed().cancel(waiter);
+  }
+
+  // Once closed: what was never written goes now, and with it the places
+  // of the lists it answered (ListGate), not when the session is destroyed.
+  void drop_writes() {
+    writes_.clear();
+    unwritten_bytes_ = 0;
   }
 
   void note(const std::string& what) { core_.log_connection("binary", peer_, what); }
@@ -968,14 +974,15 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   // Answers encoded on ledger threads, waiting for send_answered().
   std::mutex answered_mu_;
   std::vector<Outgoing> answered_;
-  std::size_t lists_answered_ = 0;  // of answered_, guarded by answered_mu_
   // Bounded by inflight_per_connection_max (read_frames()) plus one batch and
   // one last message per follow.
   std::deque<Outgoing> writes_;
   std::map<std::uint64_t, std::shared_ptr<Follow>> follows_;  // by request id
   std::vector<asio::const_buffer> gather_;  // the buffers of the write in progress
   std::size_t inflight_ = 0;
-  std::size_t lists_inflight_ = 0;             // of inflight_: one at most (dispatch())
+  // A list read whose answer is not written yet: one at most (dispatch()),
+  // so that a connection holds one ListGate place at most.
+  bool list_unwritten_ = false;
   std::optional<wire::Request> waiting_list_;  // read, and waiting for the list before it
   std::size_t unwritten_bytes_ = 0;            // of writes_
   bool reading_ = false;

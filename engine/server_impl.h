@@ -53,12 +53,17 @@ void close_abortively(tcp::socket& socket);
 using ListPass = std::shared_ptr<void>;
 
 // Runs at most `places` lists at once; the others wait, in the order they
-// came. Thread-safe.
+// came: at most one per connection (a binary one runs its next list once
+// the answer of the one before is written; HTTP answers one request at a
+// time), so the connection limits bound the wait. Thread-safe.
 class ListGate {
  public:
   explicit ListGate(std::size_t places);
   // Calls `start` with a pass: at once when a place is free, else on the
-  // thread that frees one (so `start` must not block).
+  // thread that frees one, inside the destructor of the last copy of its
+  // pass. So `start` must not wait long (handing the list to the Ledger
+  // may wait for room in its queue, as any request does) nor drop its own
+  // pass there: Core::list()'s answer is posted to the connection's strand.
   void enter(std::function<void(ListPass)> start);
 
  private:

@@ -1469,7 +1469,8 @@ TEST_CASE("server: at most kListsAtOnce lists run at once, over both protocols; 
     stuck[index].set_option(asio::socket_base::receive_buffer_size(4096));
   }
   stuck[0].connect(tcp::endpoint(asio::ip::address_v4::loopback(), fx.server->http_port()));
-  asio::write(stuck[0], asio::buffer(std::string("GET /v1/balances/big HTTP/1.1\r\nHost: x\r\n\r\n")));
+  const std::string http_list = "GET /v1/balances/big HTTP/1.1\r\nHost: x\r\n\r\n";
+  asio::write(stuck[0], asio::buffer(http_list));
   for (std::size_t index = 1; index < kListsAtOnce; index++) {
     connect_binary(stuck[index], fx.server->binary_port());
     asio::write(stuck[index], asio::buffer(burst_of(1, [](wire::Request* request) {
@@ -1500,6 +1501,29 @@ TEST_CASE("server: at most kListsAtOnce lists run at once, over both protocols; 
   CHECK(list.id == 1);
   REQUIRE(list.kind == wire::Response::Kind::list);
   CHECK(list.items.size() == 28'000);
+  // A binary client that goes away frees its place too: the places are
+  // full again (the freed one taken by a list that is not read), one more
+  // list waits, and a binary client leaves.
+  const std::string one_list = burst_of(1, [](wire::Request* request) {
+    request->kind = wire::Request::Kind::list;
+    request->subject = "big";
+  });
+  stuck[0] = tcp::socket(io);
+  stuck[0].open(tcp::v4());
+  stuck[0].set_option(asio::socket_base::receive_buffer_size(4096));
+  connect_binary(stuck[0], fx.server->binary_port());
+  asio::write(stuck[0], asio::buffer(one_list));
+  for (int poll = 0; poll < 1000 && lists_answered(fx) < kListsAtOnce + 2; poll++) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  REQUIRE(lists_answered(fx) == kListsAtOnce + 2);
+  asio::write(waiting, asio::buffer(one_list));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  CHECK(lists_answered(fx) == kListsAtOnce + 2);
+  stuck[1].close();
+  const wire::Response again = read_response(waiting);
+  REQUIRE(again.kind == wire::Response::Kind::list);
+  CHECK(again.items.size() == 28'000);
 }
 
 TEST_CASE("binary: a list answer over the protocol's limit is refused; the connection goes on") {
