@@ -329,10 +329,31 @@ bool host_is_valid(std::string_view host) {
     return true;
   };
   std::size_t port = 0;  // where ":" port begins, if anywhere
-  if (host.starts_with('[')) {  // IP-literal: an IPv6 address, or IPvFuture
+  if (host.starts_with('[')) {  // IP-literal
     port = host.find(']');
-    if (port == std::string_view::npos || port == 1 || !in_name(host.substr(1, port - 1), ":")) {
-      return false;
+    if (port == std::string_view::npos) return false;
+    const std::string_view literal = host.substr(1, port - 1);
+    if (literal.starts_with('v') || literal.starts_with('V')) {
+      // IPvFuture: "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" )
+      const std::size_t dot = literal.find('.');
+      int digit = 0;
+      if (dot == std::string_view::npos || dot == 1 || dot + 1 == literal.size() ||
+          !std::all_of(literal.begin() + 1, literal.begin() + static_cast<std::ptrdiff_t>(dot),
+                       [&](char c) { return hex_value(c, &digit); }) ||
+          !in_name(literal.substr(dot + 1), ":")) {
+        return false;
+      }
+    } else {
+      // IPv6address, with a zone after "%25" (RFC 6874)
+      const std::size_t zone = literal.find("%25");
+      const std::string_view address = literal.substr(0, zone);
+      boost::system::error_code ec;
+      (void)asio::ip::make_address_v6(std::string(address), ec);
+      if (ec || address.find('%') != std::string_view::npos ||
+          (zone != std::string_view::npos &&
+                 (zone + 3 == literal.size() || !in_name(literal.substr(zone + 3), "")))) {
+        return false;
+      }
     }
     port++;
   } else {

@@ -278,14 +278,16 @@ TEST_CASE("http api: an HTTP/1.1 request names exactly one valid Host; HTTP/1.0 
   const std::uint64_t before = next_seq(port);
   const std::string body(kAcquire);
   const std::string mutation = "POST /v1/acquire HTTP/1.1\r\nIdempotency-Key: h1\r\n"
-                               "Content-Length: " + std::to_string(body.size()) + "\r\n";
+                               "Connection: close\r\nContent-Length: " +
+                               std::to_string(body.size()) + "\r\n";
   for (const std::string& hosts : {std::string(), std::string("Host: a\r\nHost: b\r\n")}) {
     const std::string answer = send_raw_until_closed(port, mutation + hosts + "\r\n" + body);
     CHECK(answer.starts_with("HTTP/1.1 400 "));
     CHECK(answer.find("exactly one Host header") != std::string::npos);
   }
   // One whose value is not uri-host [":" port] is refused too (RFC 9112 3.2).
-  for (const std::string host : {"a b/c", "a:b", "a@b", "[::1", "[]", "a:1:2", "%4", "[::1]x"}) {
+  for (const std::string host : {"a b/c", "a:b", "a@b", "[::1", "[]", "a:1:2", "%4", "[::1]x",
+                                 "[:]", "[zz]", "[1.2.3.4]", "[v.]", "[v1.]", "[fe80::1%eth0]"}) {
     CAPTURE(host);
     const std::string answer =
         send_raw_until_closed(port, mutation + "Host: " + host + "\r\n\r\n" + body);
@@ -296,7 +298,7 @@ TEST_CASE("http api: an HTTP/1.1 request names exactly one valid Host; HTTP/1.0 
   CHECK(send_raw_until_closed(port, "GET /health HTTP/1.0\r\n\r\n")
             .starts_with("HTTP/1.0 200 OK\r\n"));
   for (const std::string host : {"", "localhost:7421", "127.0.0.1", "[::1]:80", "x.example:",
-                                 "a%2Db", "[v1.x]"}) {
+                                 "a%2Db", "[v1.x]", "[fe80::1%25eth0]", "[::ffff:1.2.3.4]"}) {
     CAPTURE(host);
     CHECK(send_raw_until_closed(port, "GET /health HTTP/1.1\r\nConnection: close\r\nHost: " +
                                           host + "\r\n\r\n")
