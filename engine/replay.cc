@@ -162,13 +162,27 @@ class ReadAhead {
   }
 
   // Stops the reading thread, wherever it is.
-  ~ReadAhead() {
+  ~ReadAhead() { stop(); }
+  void stop() {
     if (!thread_.joinable()) return;
     stop_.store(true);
     // Waits are on a change of value: change it.
     consumed_.fetch_add(1, std::memory_order_release);
     consumed_.notify_one();
     thread_.join();
+  }
+  // `applied`: the state's refusal of an event whose key was remembered
+  // ahead. A key decided again at the time of its first decision is found
+  // only when its run of keys is indexed (State::index_keys), so one at an
+  // earlier seq may be waiting: that one is the first problem, reported
+  // instead. Stops the reading.
+  Status first_refusal(Status applied) {
+    stop();
+    Status keys = status_.ok() && keys_ != nullptr ? keys_->index_keys() : status_;
+    const std::optional<std::uint64_t> keys_seq = proj::refused_seq(keys);
+    const std::optional<std::uint64_t> applied_seq = proj::refused_seq(applied);
+    if (keys_seq && applied_seq && *keys_seq < *applied_seq) return keys;
+    return applied;
   }
   ReadAhead(const ReadAhead&) = delete;
   ReadAhead& operator=(const ReadAhead&) = delete;
@@ -457,7 +471,10 @@ Result<Replayed> replay(const ReplayOptions& options) {
     if (options.visit) options.visit(due->event, due->record);
     Status applied = keys_ahead ? out.state->apply_ops(due->event, due->hashes)
                                 : out.state->apply(due->event, due->hashes);
-    if (!applied.ok()) return located(fs, options.data_dir, std::move(applied));
+    if (!applied.ok()) {
+      if (keys_ahead) applied = ahead.first_refusal(std::move(applied));
+      return located(fs, options.data_dir, std::move(applied));
+    }
     out.report.events++;
     if (options.progress != nullptr && out.report.events % kProgressEvents == 0) {
       options.progress->events.store(out.report.events, std::memory_order_relaxed);

@@ -341,6 +341,51 @@ TEST_CASE("a key decided again in the log, as under a shorter window, replays it
   }
 }
 
+TEST_CASE("a key decided again at the time of its decision is refused before a later problem") {
+  testing::TempDir dir;
+  const std::string data_dir = dir.sub("data");
+  // Seq 2001 decides k2000 again, at its time; seq 2003 overdraws. Keys
+  // are remembered ahead and the repeat is found only as its run is
+  // indexed, but it is the first problem, and the one reported.
+  {
+    auto writer = log::LogWriter::open(log::posix_file_system(), log_dir(data_dir), log::LogEnd{});
+    REQUIRE(writer.ok());
+    log::EventEncoder encoder;
+    for (std::uint64_t seq = 1; seq <= 3000; seq++) {
+      log::Op op;
+      op.type = seq == 2003 ? log::OpType::consume : log::OpType::acquire;
+      op.subject = "alice";
+      op.item = "gold";
+      op.qty = seq == 2003 ? 1'000'000 : 1;
+      const std::uint64_t named = seq == 2001 ? 2000 : seq;
+      std::string key(1, 'k');
+      key += std::to_string(named);
+      log::Event event;
+      event.seq = seq;
+      event.timestamp_ns = kStart + static_cast<std::int64_t>(named) * kMs;
+      event.key = key;
+      event.ops = std::span<const log::Op>(&op, 1);
+      (*writer)->append(encoder.encode(event));
+    }
+    REQUIRE((*writer)->write((*writer)->seal(), false).ok());
+  }
+  for (bool step_by_step : {false, true}) {
+    CAPTURE(step_by_step);
+    ReplayOptions options;
+    options.data_dir = data_dir;
+    options.use_snapshots = false;
+    if (step_by_step) {
+      options.applied = [&](const proj::State&, const log::Record&) { return Status(); };
+    }
+    auto replayed = replay(options);
+    REQUIRE_FALSE(replayed.ok());
+    CHECK(replayed.status().code() == ErrorCode::corrupt);
+    CHECK(replayed.status().message().find(
+              "seq 2001: key 'k2000', decided at seq 2000, decided again at the same time") !=
+          std::string::npos);
+  }
+}
+
 TEST_CASE("a damaged record stops replay at its segment and offset, after every record before it") {
   testing::TempDir dir;
   const std::string data_dir = write_log(dir);

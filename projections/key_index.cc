@@ -85,11 +85,20 @@ bool KeyIndex::index_added(std::span<Added> added, std::span<Added> scratch, Rep
   TALLY_ASSERT(scratch.size() >= added.size());
   // Each added key in turn; a repeat replaces the record indexed before it
   // (the sort below is stable, so a key's records come in arena order).
+  // Under latest_wins, a Repeat refused does not stop the run: the one
+  // reported is the earliest by seq, as one by one would find first.
+  bool repeated = false;
   const auto index_one = [&](const Added& entry) {
     const auto key = [&] { return key_of(record_at(entry.loc)); };
     if (place(key, entry.hash, [&] { return entry.loc; })) return true;
     if (repeats == Repeats::refused) return false;
-    return replace(key(), entry.hash, entry.loc, repeat);
+    Repeat found;
+    if (replace(key(), entry.hash, entry.loc, &found)) return true;
+    if (repeat != nullptr && (!repeated || found.again_seq < repeat->again_seq)) {
+      *repeat = std::move(found);
+    }
+    repeated = true;
+    return true;
   };
   // A short run gains nothing from the sort, whose passes clear 16 KiB of
   // counts each: inserted as they come.
@@ -98,7 +107,7 @@ bool KeyIndex::index_added(std::span<Added> added, std::span<Added> scratch, Rep
     for (const Added& entry : added) {
       if (!index_one(entry)) return false;
     }
-    return true;
+    return !repeated;
   }
   std::uint32_t orders = 0;
   for (Added& entry : added) {
@@ -127,7 +136,7 @@ bool KeyIndex::index_added(std::span<Added> added, std::span<Added> scratch, Rep
     // compare it.
     if (!index_one(from[index])) return false;
   }
-  return true;
+  return !repeated;
 }
 
 std::uint64_t KeyIndex::append(std::string_view key, const KeyRecord& record) {
@@ -163,7 +172,8 @@ std::int64_t KeyIndex::oldest_timestamp_ns() const {
 
 void KeyIndex::evict_through(std::int64_t cutoff_ns) {
   // Each pass forgets one key or passes a replaced record, which precedes
-  // its key's indexed one: count_ bounds the loop.
+  // its key's indexed one (or, refused as a Repeat, follows it and is passed
+  // by a later eviction): count_ bounds the loop.
   while (count_ > 0) {
     drop_spent_chunks();
     const std::byte* record = chunks_.front().bytes.get() + front_offset_bytes_;

@@ -18,7 +18,8 @@
 // window than this index's forgot it, then decided it anew) takes the
 // later decision: its slot moves to the new record, and the old one stays
 // in the arena, marked replaced (seq 0; an event's is 1 or more), until
-// eviction passes it.
+// eviction passes it. Decided again at the very time of its remembered
+// decision, it is a Repeat, refused: the new record is the one marked.
 //
 // Pointers to records stay valid until the key is evicted.
 // Thread safety: none.
@@ -95,11 +96,12 @@ class KeyIndex {
   enum class Repeats {
     refused,      // false; the index is then unspecified (a damaged image)
     latest_wins,  // the later record replaces the earlier, as insert() does,
-                  // and a Repeat is refused, as insert() refuses it
+                  // and a Repeat is refused, as insert() refuses it, the
+                  // rest of the run still indexed
   };
   // Indexes `added` (reordering it), with `scratch` of at least its size.
   // False when `repeats` refuses a key found twice; for a Repeat,
-  // *repeat (when given) is filled in.
+  // *repeat (when given) is filled in with the one of the least again_seq.
   [[nodiscard]] bool index_added(std::span<Added> added, std::span<Added> scratch,
                                  Repeats repeats, Repeat* repeat = nullptr);
 

@@ -162,7 +162,9 @@ class State {
   // random, a cache miss saved per key. A key the idempotency window
   // forgets gets indexed first. Until index_keys(), the key index must not
   // be read (find_key, save, digest, counts: they assert it). A key
-  // decided again takes its later decision, as with remember_key().
+  // decided again takes its later decision, as with remember_key(); one
+  // decided again at the time of its first decision is corrupt, found by
+  // index_keys() (the earliest such seq of the run).
   Status remember_key_batched(const log::Event& event, std::uint32_t key_hash);
   Status index_keys();
   static constexpr std::size_t kKeysWaitingMax = std::size_t{1} << 16;

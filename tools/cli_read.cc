@@ -178,6 +178,7 @@ namespace {
 // events after seq E are lost (...)", for known_seq > last_seq.
 std::string lost_events(std::uint64_t last_seq, const std::string& where,
                         std::uint64_t known_seq) {
+  TALLY_ASSERT(known_seq > last_seq);
   const std::uint64_t lost = known_seq - last_seq;
   return "the log ends at seq " + std::to_string(last_seq) + ", but " + where +
          " holds events up to seq " + std::to_string(known_seq) + ": the " +
@@ -194,7 +195,8 @@ void note_history_not_used(const std::string& data_dir, const HistoryIndex& inde
     std::fprintf(stderr,
                  "tally: warning: %s; not using the history index, reading the log instead. "
                  "`tally verify` reports it\n",
-                 lost_events(index.log_last_seq, history_dir(data_dir), index.position.seq).c_str());
+                 lost_events(index.log_last_seq, history_dir(data_dir), index.position.seq)
+                     .c_str());
     return;
   }
   const std::string seq = std::to_string(index.position.seq);
