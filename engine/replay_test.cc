@@ -289,6 +289,19 @@ TEST_CASE("a replay stops with closed once its cancel flag is set, and only then
   CHECK(whole->report.reached_end);
 }
 
+// The whole log, without snapshots, its keys remembered ahead of the ops
+// (as an open replays) or, `step_by_step`, with each event (as a caller
+// that looks after every event does).
+Result<Replayed> replay_whole_log(const std::string& data_dir, bool step_by_step) {
+  ReplayOptions options;
+  options.data_dir = data_dir;
+  options.use_snapshots = false;
+  if (step_by_step) {
+    options.applied = [](const proj::State&, const log::Record&) { return Status(); };
+  }
+  return replay(options);
+}
+
 TEST_CASE("a key decided again in the log, as under a shorter window, replays its later decision") {
   testing::TempDir dir;
   const std::string data_dir = dir.sub("data");
@@ -321,13 +334,7 @@ TEST_CASE("a key decided again in the log, as under a shorter window, replays it
   std::optional<std::uint64_t> digest;
   for (bool step_by_step : {false, true}) {
     CAPTURE(step_by_step);
-    ReplayOptions options;
-    options.data_dir = data_dir;
-    options.use_snapshots = false;
-    if (step_by_step) {
-      options.applied = [&](const proj::State&, const log::Record&) { return Status(); };
-    }
-    auto replayed = replay(options);
+    auto replayed = replay_whole_log(data_dir, step_by_step);
     REQUIRE_MESSAGE(replayed.ok(), replayed.status().to_string());
     const proj::State& state = *replayed->state;
     REQUIRE(state.find_key("k7") != nullptr);
@@ -371,13 +378,7 @@ TEST_CASE("a key decided again at the time of its decision is refused before a l
   }
   for (bool step_by_step : {false, true}) {
     CAPTURE(step_by_step);
-    ReplayOptions options;
-    options.data_dir = data_dir;
-    options.use_snapshots = false;
-    if (step_by_step) {
-      options.applied = [&](const proj::State&, const log::Record&) { return Status(); };
-    }
-    auto replayed = replay(options);
+    auto replayed = replay_whole_log(data_dir, step_by_step);
     REQUIRE_FALSE(replayed.ok());
     CHECK(replayed.status().code() == ErrorCode::corrupt);
     CHECK(replayed.status().message().find(
