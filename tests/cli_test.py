@@ -1220,13 +1220,21 @@ def test_workload_refuses_one_file_for_out_and_expect():
     tally(*flags, "--out", "a.csv", "--expect", "a.expect", cwd=d, expect_exit=0)
     os.link(os.path.join(d, "a.csv"), os.path.join(d, "hard.csv"))
     os.symlink("a.csv", os.path.join(d, "soft.csv"))
-    # Two spellings of a file not there yet, a hard link, a symlink.
+    # Symlinks to files not there yet, which writing through them creates.
+    os.symlink("y.csv", os.path.join(d, "to-y.expect"))
+    os.symlink(os.path.join(d, "y.expect"), os.path.join(d, "to-y.csv"))
+    # Two spellings of a file not there yet, a hard link, a symlink, a
+    # symlink to a file not there yet either way round, and standard output
+    # by another name.
     for out, expect in (("y.csv", "./y.csv"), ("y.csv", os.path.join(d, "y.csv")),
-                        ("a.csv", "hard.csv"), ("soft.csv", "a.csv")):
+                        ("a.csv", "hard.csv"), ("soft.csv", "a.csv"),
+                        ("y.csv", "to-y.expect"), ("to-y.csv", "y.expect"),
+                        ("-", "/dev/stdout"), ("/dev/stdout", "-")):
         code, _, err = tally(*flags, "--out", out, "--expect", expect, cwd=d)
         assert code == 2 and "name the same file" in err, (out, expect, code, err)
         assert err.endswith("tally: see 'tally workload --help'\n"), err
         assert not os.path.exists(os.path.join(d, "y.csv")), (out, expect)
+        assert not os.path.exists(os.path.join(d, "y.expect")), (out, expect)
 
 
 # ---- snapshots, point-in-time reads, history ------------------------------------------

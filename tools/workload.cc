@@ -9,6 +9,9 @@
 #include <filesystem>
 #include <system_error>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include "engine/ledger.h"
 #include "tools/cli.h"
 #include "tools/format.h"
@@ -380,21 +383,39 @@ class OutFile {
 
 // `path` as the file system will take it: absolute, with the part that
 // exists resolved (symlinks, "..") and the rest normalised lexically, so
-// that "y.csv" and "./y.csv" compare equal before either exists. Empty when
-// the file system cannot tell.
+// that "y.csv" and "./y.csv" compare equal before either exists. A symlink
+// whose target does not exist yet is followed too: writing through it
+// creates the target. Empty when the file system cannot tell.
 std::filesystem::path resolved_path(std::string_view path) {
+  namespace fs = std::filesystem;
   std::error_code error;
-  const std::filesystem::path absolute = std::filesystem::absolute(path, error);
+  fs::path current = fs::absolute(path, error);
   if (error) return {};
-  std::filesystem::path resolved = std::filesystem::weakly_canonical(absolute, error);
-  if (error) return absolute.lexically_normal();
+  constexpr int kLinksMax = 40;  // as the kernel's path walk
+  for (int link = 0; link < kLinksMax; link++) {
+    if (!fs::is_symlink(fs::symlink_status(current, error))) break;
+    const fs::path target = fs::read_symlink(current, error);
+    if (error) break;
+    current = current.parent_path() / target;  // an absolute target replaces the whole
+  }
+  fs::path resolved = fs::weakly_canonical(current, error);
+  if (error) return current.lexically_normal();
   return resolved;
+}
+
+// Whether `path` names the file standard output writes to, as /dev/stdout
+// or the file it is redirected to does.
+bool is_stdout(std::string_view path) {
+  struct stat out {};
+  struct stat named {};
+  return ::fstat(STDOUT_FILENO, &out) == 0 && ::stat(std::string(path).c_str(), &named) == 0 &&
+         out.st_dev == named.st_dev && out.st_ino == named.st_ino;
 }
 
 // Whether two output paths name one file ("-" is stdout), which would
 // leave the workload and its expect file mixed or one over the other.
 bool same_output(std::string_view a, std::string_view b) {
-  if (a == "-" || b == "-") return a == b;
+  if (a == "-" || b == "-") return a == b || is_stdout(a == "-" ? b : a);
   if (a == b) return true;
   // Two existing files: one inode under two names (a hard link too).
   std::error_code error;
