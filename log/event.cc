@@ -5,7 +5,10 @@
 #include <kj/exception.h>
 #include <kj/io.h>
 
+#include <optional>
+
 #include "log/events.capnp.h"
+#include "log/format.h"
 
 namespace tally::log {
 
@@ -20,6 +23,7 @@ capnp::Data::Reader data_of(std::string_view text) {
 std::string_view view_of(capnp::Data::Reader data) {
   return std::string_view(reinterpret_cast<const char*>(data.begin()), data.size());
 }
+std::string_view view_of(std::string_view bytes) { return bytes; }
 
 s::Reason to_schema(Reason reason) {
   switch (reason) {
@@ -119,7 +123,277 @@ void fill_body(s::Event::Body::Builder body, const Event& event) {
   }
 }
 
-Op read_amount(OpType type, s::Amount::Reader r) {
+// ---- reading plain messages without the library ----------------------------
+//
+// Cap'n Proto's reader is the costliest part of reading the log: a
+// MessageReader with its arena for every message, and a call into the
+// library for every field, about a quarter of the replay's reading thread.
+// The messages the engine writes are one segment with plain pointers. The
+// structs below read those in place, where the schema's layout puts each
+// field (`capnp compile -ocapnp log/events.capnp` prints it), with every
+// pointer checked against the segment's bounds. Anything else, valid or
+// not (a second segment, a far pointer, a list of another encoding, a
+// target out of bounds, more words than the traversal limit), and they
+// give up: then the library decodes the message, and its answer or its
+// error is the one that stands. Where they do not give up, they read what
+// the library reads: a field outside its struct's sections is its default,
+// as is a null pointer's target.
+namespace plain {
+
+constexpr std::uint64_t kStructPointer = 0;
+constexpr std::uint64_t kListPointer = 1;
+constexpr std::uint64_t kByteElements = 2;
+constexpr std::uint64_t kInlineComposite = 7;
+
+// The one segment of a message; every read of a pointer goes through it.
+class Segment {
+ public:
+  // `message`: the segment table, then the segment. usable() says whether
+  // that table is one of a single segment inside `message`.
+  explicit Segment(std::span<const std::byte> message) {
+    const std::size_t words = message.size() / 8;
+    if (words < 2) return;
+    const std::uint64_t table = load_u64(message.data());
+    const std::uint64_t size = table >> 32;
+    if ((table & 0xffffffff) != 0 || size == 0 || size > words - 1) return;
+    words_ = message.data() + 8;
+    count_ = size;
+  }
+  bool usable() const { return words_ != nullptr && !gave_up_; }
+  bool gave_up() const { return gave_up_; }
+
+  std::uint64_t word(std::size_t index) const { return load_u64(words_ + index * 8); }
+
+  // The target of the struct pointer at `at`: nullopt for a null pointer
+  // or when giving up.
+  struct Target {
+    std::size_t start = 0;
+    std::size_t data_words = 0;
+    std::size_t pointers = 0;
+  };
+  std::optional<Target> struct_at(std::size_t at) {
+    const std::uint64_t bits = word(at);
+    if (bits == 0) return std::nullopt;
+    if ((bits & 3) != kStructPointer) return give_up();
+    Target target{0, (bits >> 32) & 0xffff, bits >> 48};
+    if (!locate(at, bits, target.data_words + target.pointers, &target.start)) return std::nullopt;
+    return target;
+  }
+  // The bytes of the Data pointer at `at`.
+  std::string_view data_at(std::size_t at) {
+    const std::uint64_t bits = word(at);
+    if (bits == 0) return {};
+    if ((bits & 3) != kListPointer || ((bits >> 32) & 7) != kByteElements) {
+      give_up();
+      return {};
+    }
+    const std::uint64_t bytes = bits >> 35;
+    std::size_t start = 0;
+    if (!locate(at, bits, (bytes + 7) / 8, &start)) return {};
+    return std::string_view(reinterpret_cast<const char*>(words_ + start * 8), bytes);
+  }
+  // The list of structs at `at`: its first element, and how many there are
+  // of which size.
+  struct ListTarget {
+    Target first;
+    std::size_t count = 0;
+  };
+  std::optional<ListTarget> list_at(std::size_t at) {
+    const std::uint64_t bits = word(at);
+    if (bits == 0) return std::nullopt;
+    if ((bits & 3) != kListPointer || ((bits >> 32) & 7) != kInlineComposite) return give_up();
+    const std::uint64_t words = bits >> 35;
+    std::size_t tag_at = 0;
+    if (!locate(at, bits, words + 1, &tag_at)) return std::nullopt;
+    const std::uint64_t tag = word(tag_at);
+    if ((tag & 3) != kStructPointer) return give_up();
+    ListTarget list{Target{tag_at + 1, (tag >> 32) & 0xffff, tag >> 48}, (tag & 0xffffffff) >> 2};
+    if (list.count * (list.first.data_words + list.first.pointers) > words) return give_up();
+    // The library counts an element of no words as one.
+    if (!charge(list.count)) return std::nullopt;
+    return list;
+  }
+
+ private:
+  std::nullopt_t give_up() {
+    gave_up_ = true;
+    return std::nullopt;
+  }
+  // Counts `words` against the traversal limit. The library counts each
+  // object it reads once, as here, or less.
+  bool charge(std::uint64_t words) {
+    charged_ += words;
+    if (charged_ > kDecodeTraversalWordsMax) give_up();
+    return !gave_up_;
+  }
+  // The target of the pointer `bits` at `at`, `words` long, in *start;
+  // false, giving up, when it is not inside the segment.
+  bool locate(std::size_t at, std::uint64_t bits, std::uint64_t words, std::size_t* start) {
+    const std::int64_t offset = static_cast<std::int32_t>(static_cast<std::uint32_t>(bits)) >> 2;
+    const std::int64_t target = static_cast<std::int64_t>(at) + 1 + offset;
+    if (target < 0 || static_cast<std::uint64_t>(target) > count_ ||
+        words > count_ - static_cast<std::uint64_t>(target)) {
+      give_up();
+      return false;
+    }
+    *start = static_cast<std::size_t>(target);
+    return charge(words);
+  }
+
+  const std::byte* words_ = nullptr;
+  std::size_t count_ = 0;
+  std::uint64_t charged_ = 0;
+  bool gave_up_ = false;
+};
+
+// A struct of the message, or none (default-constructed): fields past its
+// sections, and all of none's, read as their defaults (zero, empty).
+class Struct {
+ public:
+  Struct() = default;
+  Struct(Segment* segment, std::optional<Segment::Target> target)
+      : segment_(segment), target_(target.value_or(Segment::Target{})) {}
+
+ protected:
+  std::uint64_t word(std::size_t index) const {
+    return index < target_.data_words ? segment_->word(target_.start + index) : 0;
+  }
+  bool has(std::size_t pointer) const {
+    return pointer < target_.pointers && segment_->word(pointer_at(pointer)) != 0;
+  }
+  template <class T>
+  T struct_at(std::size_t pointer) const {
+    if (pointer >= target_.pointers) return T();
+    return T(segment_, segment_->struct_at(pointer_at(pointer)));
+  }
+  std::string_view data_at(std::size_t pointer) const {
+    return pointer < target_.pointers ? segment_->data_at(pointer_at(pointer)) : std::string_view();
+  }
+  template <class List>
+  List list_at(std::size_t pointer) const {
+    if (pointer >= target_.pointers) return List();
+    return List(segment_, segment_->list_at(pointer_at(pointer)));
+  }
+
+ private:
+  std::size_t pointer_at(std::size_t pointer) const {
+    return target_.start + target_.data_words + pointer;
+  }
+
+  Segment* segment_ = nullptr;
+  Segment::Target target_;
+};
+
+template <class T>
+class List {
+ public:
+  List() = default;
+  List(Segment* segment, std::optional<Segment::ListTarget> target)
+      : segment_(segment), target_(target.value_or(Segment::ListTarget{})) {}
+  unsigned size() const { return static_cast<unsigned>(target_.count); }
+  T operator[](unsigned index) const {
+    Segment::Target element = target_.first;
+    element.start += index * (element.data_words + element.pointers);
+    return T(segment_, element);
+  }
+
+ private:
+  Segment* segment_ = nullptr;
+  Segment::ListTarget target_;
+};
+
+// The schema's structs, with the names of the library's readers.
+struct Amount : Struct {
+  using Struct::Struct;
+  std::string_view getSubject() const { return data_at(0); }
+  std::string_view getItem() const { return data_at(1); }
+  std::int64_t getQty() const { return static_cast<std::int64_t>(word(0)); }
+};
+
+struct Transfer : Struct {
+  using Struct::Struct;
+  std::string_view getFrom() const { return data_at(0); }
+  std::string_view getTo() const { return data_at(1); }
+  std::string_view getItem() const { return data_at(2); }
+  std::int64_t getQty() const { return static_cast<std::int64_t>(word(0)); }
+};
+
+struct Hold : Struct {
+  using Struct::Struct;
+  std::string_view getSubject() const { return data_at(0); }
+  std::string_view getItem() const { return data_at(1); }
+  std::int64_t getQty() const { return static_cast<std::int64_t>(word(0)); }
+  std::int64_t getTtlNs() const { return static_cast<std::int64_t>(word(1)); }
+};
+
+struct Settle : Struct {
+  using Struct::Struct;
+  std::uint64_t getHold() const { return word(0); }
+  std::string_view getSubject() const { return data_at(0); }
+  std::string_view getItem() const { return data_at(1); }
+  std::int64_t getQty() const { return static_cast<std::int64_t>(word(1)); }
+  std::int64_t getReleased() const { return static_cast<std::int64_t>(word(2)); }
+  std::string_view getHoldKey() const { return data_at(2); }
+};
+
+struct Op : Struct {
+  using Struct::Struct;
+  s::Op::Which which() const { return static_cast<s::Op::Which>(word(0) & 0xffff); }
+  Amount getAcquire() const { return struct_at<Amount>(0); }
+  Amount getConsume() const { return struct_at<Amount>(0); }
+  Transfer getTransfer() const { return struct_at<Transfer>(0); }
+  Hold getHold() const { return struct_at<Hold>(0); }
+  Settle getCommit() const { return struct_at<Settle>(0); }
+  Settle getRelease() const { return struct_at<Settle>(0); }
+};
+
+struct Meta : Struct {
+  using Struct::Struct;
+  std::string_view getReason() const { return data_at(0); }
+  std::string_view getReference() const { return data_at(1); }
+  std::string_view getActor() const { return data_at(2); }
+};
+
+struct Rejected : Struct {
+  using Struct::Struct;
+  s::Reason getReason() const { return static_cast<s::Reason>(word(0) & 0xffff); }
+  std::uint32_t getIndex() const { return static_cast<std::uint32_t>(word(0) >> 32); }
+  bool getBatch() const { return ((word(0) >> 16) & 1) != 0; }
+  List<Op> getRequest() const { return list_at<List<Op>>(0); }
+};
+
+// Event's body: a group, so fields of Event's own struct.
+struct Body : Struct {
+  explicit Body(const Struct& event) : Struct(event) {}
+  s::Event::Body::Which which() const {
+    return static_cast<s::Event::Body::Which>(word(3) & 0xffff);
+  }
+  Amount getAcquire() const { return struct_at<Amount>(2); }
+  Amount getConsume() const { return struct_at<Amount>(2); }
+  Transfer getTransfer() const { return struct_at<Transfer>(2); }
+  Hold getHold() const { return struct_at<Hold>(2); }
+  Settle getCommit() const { return struct_at<Settle>(2); }
+  Settle getRelease() const { return struct_at<Settle>(2); }
+  Settle getExpire() const { return struct_at<Settle>(2); }
+  List<Op> getBatch() const { return list_at<List<Op>>(2); }
+  Rejected getRejected() const { return struct_at<Rejected>(2); }
+};
+
+struct Event : Struct {
+  using Struct::Struct;
+  std::uint64_t getSeq() const { return word(0); }
+  std::int64_t getTimestamp() const { return static_cast<std::int64_t>(word(1)); }
+  std::string_view getKey() const { return data_at(0); }
+  std::uint64_t getFingerprint() const { return word(2); }
+  bool hasMeta() const { return has(1); }
+  Meta getMeta() const { return struct_at<Meta>(1); }
+  Body getBody() const { return Body(*this); }
+};
+
+}  // namespace plain
+
+template <class Amount>
+Op read_amount(OpType type, Amount r) {
   Op op;
   op.type = type;
   op.subject = view_of(r.getSubject());
@@ -128,7 +402,8 @@ Op read_amount(OpType type, s::Amount::Reader r) {
   return op;
 }
 
-Op read_transfer(s::Transfer::Reader r) {
+template <class Transfer>
+Op read_transfer(Transfer r) {
   Op op;
   op.type = OpType::transfer;
   op.subject = view_of(r.getFrom());
@@ -138,7 +413,8 @@ Op read_transfer(s::Transfer::Reader r) {
   return op;
 }
 
-Op read_hold(s::Hold::Reader r) {
+template <class Hold>
+Op read_hold(Hold r) {
   Op op;
   op.type = OpType::hold;
   op.subject = view_of(r.getSubject());
@@ -148,7 +424,8 @@ Op read_hold(s::Hold::Reader r) {
   return op;
 }
 
-Op read_settle(OpType type, s::Settle::Reader r) {
+template <class Settle>
+Op read_settle(OpType type, Settle r) {
   Op op;
   op.type = type;
   op.hold = r.getHold();
@@ -161,7 +438,8 @@ Op read_settle(OpType type, s::Settle::Reader r) {
 }
 
 // False for a union member this build does not know.
-bool read_op(s::Op::Reader r, Op* out) {
+template <class OpReader>
+bool read_op(OpReader r, Op* out) {
   switch (r.which()) {
     case s::Op::ACQUIRE: *out = read_amount(OpType::acquire, r.getAcquire()); return true;
     case s::Op::CONSUME: *out = read_amount(OpType::consume, r.getConsume()); return true;
@@ -173,19 +451,21 @@ bool read_op(s::Op::Reader r, Op* out) {
   return false;
 }
 
-bool read_ops(capnp::List<s::Op>::Reader list, std::vector<Op>* ops) {
+template <class List>
+bool read_ops(List list, std::vector<Op>* ops) {
   if (list.size() > kBatchOpsMax) return false;
   ops->reserve(list.size());
-  for (auto r : list) {
+  for (unsigned index = 0; index < list.size(); index++) {
     Op op;
-    if (!read_op(r, &op)) return false;
+    if (!read_op(list[index], &op)) return false;
     ops->push_back(op);
   }
   return true;
 }
 
 // False when the body is of a kind this build does not know.
-bool read_body(s::Event::Body::Reader body, Event* event, std::vector<Op>* ops) {
+template <class Body>
+bool read_body(Body body, Event* event, std::vector<Op>* ops) {
   switch (body.which()) {
     case s::Event::Body::ACQUIRE: ops->push_back(read_amount(OpType::acquire, body.getAcquire())); return true;
     case s::Event::Body::CONSUME: ops->push_back(read_amount(OpType::consume, body.getConsume())); return true;
@@ -286,11 +566,51 @@ std::span<const std::byte> EventEncoder::encode(const Event& event) {
 EventDecoder::EventDecoder() { ops_.reserve(1); }
 EventDecoder::~EventDecoder() = default;
 
+namespace {
+
+// Reads the event at `root` into *event and *ops; false when it is of a
+// kind this build does not know.
+template <class Root>
+bool read_event(Root root, Event* event, std::vector<Op>* ops) {
+  event->seq = root.getSeq();
+  event->timestamp_ns = root.getTimestamp();
+  event->key = view_of(root.getKey());
+  event->fingerprint = root.getFingerprint();
+  if (root.hasMeta()) {
+    auto meta = root.getMeta();
+    event->meta.reason = view_of(meta.getReason());
+    event->meta.reference = view_of(meta.getReference());
+    event->meta.actor = view_of(meta.getActor());
+  }
+  return read_body(root.getBody(), event, ops);
+}
+
+bool word_aligned(std::span<const std::byte> payload) {
+  return payload.size() % sizeof(capnp::word) == 0 &&
+         reinterpret_cast<std::uintptr_t>(payload.data()) % alignof(capnp::word) == 0;
+}
+
+}  // namespace
+
 Status EventDecoder::decode(std::span<const std::byte> payload, Event* event) {
-  if (payload.size() % sizeof(capnp::word) != 0 ||
-      reinterpret_cast<std::uintptr_t>(payload.data()) % alignof(capnp::word) != 0) {
+  ops_.clear();
+  *event = Event{};
+  plain::Segment segment(payload);
+  if (word_aligned(payload) && segment.usable()) {
+    const bool known = read_event(plain::Event(&segment, segment.struct_at(0)), event, &ops_);
+    if (known && !segment.gave_up()) {
+      event->ops = std::span<const Op>(ops_.data(), ops_.size());
+      return Status();
+    }
+  }
+  return decode_with_library(payload, event);
+}
+
+Status EventDecoder::decode_with_library(std::span<const std::byte> payload, Event* event) {
+  if (!word_aligned(payload)) {
     return Status(ErrorCode::corrupt, "event payload is not word-aligned");
   }
+  library_decodes_++;
   ops_.clear();
   *event = Event{};
   bool known = false;
@@ -305,18 +625,7 @@ Status EventDecoder::decode(std::span<const std::byte> payload, Event* event) {
         kj::arrayPtr(reinterpret_cast<const capnp::word*>(payload.data()),
                      payload.size() / sizeof(capnp::word)),
         options);
-    auto root = reader.getRoot<s::Event>();
-    event->seq = root.getSeq();
-    event->timestamp_ns = root.getTimestamp();
-    event->key = view_of(root.getKey());
-    event->fingerprint = root.getFingerprint();
-    if (root.hasMeta()) {
-      auto meta = root.getMeta();
-      event->meta.reason = view_of(meta.getReason());
-      event->meta.reference = view_of(meta.getReference());
-      event->meta.actor = view_of(meta.getActor());
-    }
-    known = read_body(root.getBody(), event, &ops_);
+    known = read_event(reader.getRoot<s::Event>(), event, &ops_);
   });
   KJ_IF_MAYBE(exception, error) {
     return Status(ErrorCode::corrupt,

@@ -129,10 +129,17 @@ class EventDecoder {
   EventDecoder& operator=(const EventDecoder&) = delete;
 
   // corrupt when the bytes are not a valid Event within the limits above.
+  // One-segment messages with plain pointers, which is what the engine
+  // writes, are read in place; any other is decoded by Cap'n Proto's
+  // reader, as decode_with_library() does: the two agree on every message.
   Status decode(std::span<const std::byte> payload, Event* event);
+  Status decode_with_library(std::span<const std::byte> payload, Event* event);
+  // How many messages Cap'n Proto's reader decoded, through either call.
+  std::uint64_t library_decodes() const { return library_decodes_; }
 
  private:
   std::vector<Op> ops_;
+  std::uint64_t library_decodes_ = 0;
 };
 
 }  // namespace tally::log

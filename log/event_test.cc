@@ -2,12 +2,14 @@
 // an event are refused as corrupt without crashing.
 #include <doctest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "log/event.h"
+#include "log/format.h"
 #include "log/reader.h"
 
 namespace tally::log {
@@ -268,6 +270,120 @@ TEST_CASE("a batch over the decoder's op limit is corrupt") {
   event.ops = ops;
   CHECK(trip.run(event, &decoded).ok());
   CHECK(decoded.ops.size() == kBatchOpsMax);
+}
+
+// decode() reads one-segment messages in place and leaves the rest to
+// Cap'n Proto's reader: on any bytes at all, it must answer as that reader
+// does, status and event alike.
+bool same_decoding(std::span<const std::byte> bytes, EventDecoder& in_place) {
+  EventDecoder library;
+  Event want;
+  Event got;
+  const Status wanted = library.decode_with_library(bytes, &want);
+  const Status status = in_place.decode(bytes, &got);
+  if (wanted.code() != status.code() || wanted.message() != status.message()) return false;
+  const auto same_op = [](const Op& a, const Op& b) {
+    return a.type == b.type && a.subject == b.subject && a.item == b.item && a.to == b.to &&
+           a.qty == b.qty && a.ttl_ns == b.ttl_ns && a.hold == b.hold &&
+           a.released == b.released && a.hold_key == b.hold_key;
+  };
+  return want.seq == got.seq && want.timestamp_ns == got.timestamp_ns && want.key == got.key &&
+         want.fingerprint == got.fingerprint && want.meta.reason == got.meta.reason &&
+         want.meta.reference == got.meta.reference && want.meta.actor == got.meta.actor &&
+         want.batch == got.batch && want.rejected == got.rejected &&
+         want.failed_index == got.failed_index &&
+         std::equal(want.ops.begin(), want.ops.end(), got.ops.begin(), got.ops.end(), same_op);
+}
+
+TEST_CASE("the in-place reader reads what the engine writes as Cap'n Proto's reader does") {
+  Op commit = settle(OpType::commit, 3, 4, 6);
+  commit.hold_key = "hold-key";
+  const std::vector<Op> singles = {amount(OpType::acquire, 100), amount(OpType::consume, 1),
+                                   transfer_op(), hold_op(), commit,
+                                   settle(OpType::release, 9, 10, 0)};
+  std::vector<Event> events;
+  for (const Op& op : singles) events.push_back(event_of(std::span(&op, 1)));
+  const Op expire = settle(OpType::expire, 5, 10, 0);
+  events.push_back(event_of(std::span(&expire, 1)));
+  events.back().key = "";
+  events.push_back(event_of(singles));
+  events.back().batch = true;
+  events.back().meta = Meta{"why", "ref\0erence", "actor"};
+  events.push_back(event_of(singles));
+  events.back().rejected = Reason::insufficient;
+  events.back().batch = true;
+  events.back().failed_index = 4;
+  events.push_back(event_of(std::span(&singles[1], 1)));
+  events.back().rejected = Reason::hold_finalized;
+  RoundTrip trip;
+  Event decoded;
+  for (const Event& event : events) {
+    REQUIRE(trip.run(event, &decoded).ok());
+    EventDecoder in_place;
+    CHECK(same_decoding(trip.bytes(), in_place));
+    CHECK(in_place.library_decodes() == 0);
+  }
+  // A batch too large for the encoder's first segment: two segments, which
+  // the library reads.
+  std::vector<Op> large(kBatchOpsMax, amount(OpType::acquire, 1));
+  const std::string name(200, 'n');
+  for (Op& op : large) op.subject = name;
+  Event batch = event_of(large);
+  batch.batch = true;
+  REQUIRE(trip.run(batch, &decoded).ok());
+  REQUIRE(load_u64(trip.bytes().data()) % (std::uint64_t{1} << 32) != 0);  // segments - 1
+  EventDecoder in_place;
+  CHECK(same_decoding(trip.bytes(), in_place));
+  CHECK(in_place.library_decodes() == 1);
+  CHECK(decoded.ops.size() == kBatchOpsMax);
+}
+
+TEST_CASE("the in-place reader answers as Cap'n Proto's reader on every damaged byte") {
+  Op commit = settle(OpType::commit, 3, 4, 6);
+  commit.hold_key = "k";
+  const std::vector<Op> ops = {amount(OpType::acquire, 100), transfer_op(), hold_op(), commit};
+  Event batch = event_of(ops);
+  batch.batch = true;
+  batch.meta.actor = "who";
+  Event rejected = event_of(ops);
+  rejected.rejected = Reason::hold_unknown;
+  rejected.batch = true;
+  rejected.failed_index = 3;
+  EventDecoder in_place;
+  std::uint64_t disagreements = 0;
+  std::uint64_t flips = 0;
+  for (const Event& event : {batch, rejected, event_of(std::span(&ops[1], 1))}) {
+    RoundTrip trip;
+    Event decoded;
+    REQUIRE(trip.run(event, &decoded).ok());
+    std::vector<std::uint64_t> words(trip.bytes().size() / 8);
+    const auto bytes = std::as_writable_bytes(std::span(words));
+    for (std::size_t bit = 0; bit < bytes.size() * 8; bit++) {
+      std::memcpy(words.data(), trip.bytes().data(), bytes.size());
+      bytes[bit / 8] ^= static_cast<std::byte>(1u << (bit % 8));
+      if (!same_decoding(bytes, in_place)) disagreements++;
+      flips++;
+    }
+  }
+  CHECK(disagreements == 0);
+  // A flip outside the pointers leaves a message the in-place reader reads
+  // itself: more than half of them here.
+  CHECK(in_place.library_decodes() * 2 < flips);
+  // Random words under a plausible segment table.
+  std::mt19937_64 random(4242);
+  std::vector<std::uint64_t> words(32);
+  for (int round = 0; round < 20000; round++) {
+    const std::size_t count = 2 + random() % (words.size() - 1);
+    for (std::size_t index = 0; index < count; index++) {
+      // Small values, so that pointers often land inside the segment.
+      words[index] = round % 2 == 0 ? random() : random() & 0x000f0003000000fdull;
+    }
+    words[0] = (count - 1) << 32;
+    if (!same_decoding(std::as_bytes(std::span(words)).first(count * 8), in_place)) {
+      disagreements++;
+    }
+  }
+  CHECK(disagreements == 0);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // Fuzz targets of the log: the event payload decoder (log::EventDecoder) on
-// mutated payloads, with a round trip of whatever decodes; and LogReader and
+// mutated payloads, answering as Cap'n Proto's reader does, with a round
+// trip of whatever decodes; and LogReader and
 // LogTail over a small log whose segment files are mutated in place
 // (mostly after the header, as damage on disk would be). The reader must
 // return records or a corrupt Status; a record it returns must be the one
@@ -103,11 +104,19 @@ bool same_event(const Event& a, const Event& b) {
          std::equal(a.ops.begin(), a.ops.end(), b.ops.begin(), b.ops.end(), same_op);
 }
 
-// Decodes `payload`; corrupt or ok, and what decodes re-encodes to the same.
+// Decodes `payload`: corrupt or ok, as Cap'n Proto's reader has it, and what
+// decodes re-encodes to the same.
 Status check_event(Context& context, std::span<const std::byte> payload, const Bytes& input) {
   log::EventDecoder decoder;
   Event event;
   const Status status = decoder.decode(payload, &event);
+  log::EventDecoder library;
+  Event by_library;
+  const Status library_status = library.decode_with_library(payload, &by_library);
+  if (library_status.code() != status.code() || library_status.message() != status.message() ||
+      (status.ok() && !same_event(event, by_library))) {
+    fail(context, "event: the in-place reader and Cap'n Proto's disagree", input);
+  }
   if (!status.ok()) {
     if (status.code() != ErrorCode::corrupt) fail(context, "event: not corrupt", input);
     return status;
