@@ -176,20 +176,25 @@ struct State::Impl {
   // "'subject' 'item'", for messages.
   std::string pair_name(std::uint64_t pair) const;
 
+  // Replay remembers keys on one thread and applies ops on another
+  // (engine/replay.cc). What each of them writes begins a cache line of its
+  // own, so that one's stores do not take away the lines the other reads:
+  // the keys' part was next to last_seq, written for every event.
+  static constexpr std::size_t kCacheLineBytes = 64;
   StateOptions options;
-  NameTable subjects;
+  alignas(kCacheLineBytes) NameTable subjects;
   NameTable items;
   ChunkedVector<std::uint32_t> subject_heads;  // by subject id: first item id, 0 = none
   ShardedTable<BalanceSlot, BalancePolicy> balances;
   HoldTable holds;
   LongHoldKeys long_hold_keys;
-  KeyIndex keys;
+  alignas(kCacheLineBytes) KeyIndex keys;
   // remember_key_batched()'s keys, in the arena and not yet indexed; the
   // time of the first; index_added()'s scratch.
   std::vector<KeyIndex::Added> keys_waiting;
   std::int64_t keys_waiting_first_ns = 0;
   std::unique_ptr<KeyIndex::Added[]> keys_scratch;
-  std::uint64_t last_seq = 0;
+  alignas(kCacheLineBytes) std::uint64_t last_seq = 0;
   std::int64_t last_timestamp_ns = 0;
 };
 
