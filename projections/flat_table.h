@@ -41,15 +41,63 @@ inline std::uint64_t hash_bytes(std::string_view bytes) {
   return XXH3_64bits(bytes.data(), bytes.size());
 }
 
-// A chunk of an arena that fills front to back, uninitialized, its whole
-// pages faulted in by one call (MADV_POPULATE_WRITE) instead of a trap per
-// page as it fills: a virtual machine can take microseconds per trap, and
-// loading a large snapshot fills hundreds of thousands of pages. A hint:
+// Transparent huge pages are this size on x86-64 (and on arm64 with 4 KiB
+// pages).
+constexpr std::size_t kHugePageBytes = std::size_t{2} << 20;
+
+// Frees a chunk as new_arena_chunk made it.
+class ArenaChunkFree {
+ public:
+  ArenaChunkFree() = default;
+  explicit ArenaChunkFree(std::size_t mapped_bytes) : mapped_bytes_(mapped_bytes) {}
+  void operator()(std::byte* bytes) const {
+    if (mapped_bytes_ == 0) {
+      delete[] bytes;
+    } else {
+      ::munmap(bytes, mapped_bytes_);
+    }
+  }
+
+ private:
+  std::size_t mapped_bytes_ = 0;  // 0: the chunk is from the heap
+};
+using ArenaChunk = std::unique_ptr<std::byte[], ArenaChunkFree>;
+
+// When a new chunk's pages are faulted in: as they are touched (for an
+// arena that may stay small), or all at once.
+enum class ArenaFill { lazy, now };
+
+// A chunk of an arena that fills front to back, uninitialized.
+//
+// ArenaFill::now faults its whole pages in by one call (MADV_POPULATE_WRITE)
+// instead of a trap per page as it fills: a virtual machine can take
+// microseconds per trap, and loading a large snapshot fills hundreds of
+// thousands of pages. A chunk of whole huge pages then gets a mapping of its
+// own, advised to use them: where the hypervisor maps guest memory in
+// 4 KiB pages of its own, the first write to each 4 KiB page of a chunk
+// costs it, and 2 MiB pages take about a third off a replay
+// (docs/performance.md, "huge pages for the key arena"). Both are hints:
 // where the kernel cannot, the pages fault in as they are touched.
-template <class Byte>
-std::unique_ptr<Byte[]> new_arena_chunk(std::size_t bytes) {
-  static_assert(sizeof(Byte) == 1);
-  auto chunk = std::make_unique_for_overwrite<Byte[]>(bytes);
+inline ArenaChunk new_arena_chunk(std::size_t bytes, ArenaFill fill) {
+  if (fill == ArenaFill::lazy) return ArenaChunk(new std::byte[bytes]);
+  ArenaChunk chunk;
+  if (bytes % kHugePageBytes == 0) {
+    // Mapped one huge page over and trimmed to a huge page's alignment.
+    void* mapped = ::mmap(nullptr, bytes + kHugePageBytes, PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mapped == MAP_FAILED) throw std::bad_alloc();
+    const auto start = reinterpret_cast<std::uintptr_t>(mapped);
+    const std::uintptr_t aligned = (start + kHugePageBytes - 1) & ~(kHugePageBytes - 1);
+    if (aligned > start) ::munmap(mapped, aligned - start);
+    const std::uintptr_t end = start + bytes + kHugePageBytes;
+    if (end > aligned + bytes) {
+      ::munmap(reinterpret_cast<void*>(aligned + bytes), end - aligned - bytes);
+    }
+    chunk = ArenaChunk(reinterpret_cast<std::byte*>(aligned), ArenaChunkFree(bytes));
+    (void)::madvise(chunk.get(), bytes, MADV_HUGEPAGE);
+  } else {
+    chunk = ArenaChunk(new std::byte[bytes]);
+  }
 #ifdef MADV_POPULATE_WRITE  // Linux 5.14
   const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
   const auto start = reinterpret_cast<std::uintptr_t>(chunk.get());
@@ -320,34 +368,35 @@ class ChunkedVector {
   std::size_t size() const { return size_; }
   std::size_t memory_bytes() const {
     return chunks_.size() * kChunkElems * sizeof(T) +
-           chunks_.capacity() * sizeof(std::unique_ptr<T[], FreeChunk>);
+           chunks_.capacity() * sizeof(ArenaChunk);
   }
 
   T& operator[](std::size_t index) {
     TALLY_DEBUG_ASSERT(index < size_);
-    return chunks_[index >> kChunkShift][index & (kChunkElems - 1)];
+    return chunk(index >> kChunkShift)[index & (kChunkElems - 1)];
   }
   const T& operator[](std::size_t index) const {
     TALLY_DEBUG_ASSERT(index < size_);
-    return chunks_[index >> kChunkShift][index & (kChunkElems - 1)];
+    return chunk(index >> kChunkShift)[index & (kChunkElems - 1)];
   }
 
   void push_back(const T& value) {
     if (size_ == chunks_.size() * kChunkElems) {
-      std::unique_ptr<std::byte[]> bytes = new_arena_chunk<std::byte>(kChunkElems * sizeof(T));
+      ArenaChunk bytes = new_arena_chunk(kChunkElems * sizeof(T), ArenaFill::now);
       std::uninitialized_value_construct_n(reinterpret_cast<T*>(bytes.get()), kChunkElems);
-      chunks_.emplace_back(std::launder(reinterpret_cast<T*>(bytes.release())));
+      chunks_.push_back(std::move(bytes));
     }
     size_++;
     (*this)[size_ - 1] = value;
   }
 
  private:
+  T* chunk(std::size_t index) const {
+    return std::launder(reinterpret_cast<T*>(chunks_[index].get()));
+  }
+
   // Elements are trivially destructible: freeing a chunk frees its bytes.
-  struct FreeChunk {
-    void operator()(T* elems) const { delete[] reinterpret_cast<std::byte*>(elems); }
-  };
-  std::vector<std::unique_ptr<T[], FreeChunk>> chunks_;
+  std::vector<ArenaChunk> chunks_;
   std::size_t size_ = 0;
 };
 

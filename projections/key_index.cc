@@ -143,8 +143,11 @@ std::uint64_t KeyIndex::append(std::string_view key, const KeyRecord& record) {
   const std::size_t size_bytes = record_bytes(key.size());
   if (chunks_.empty() || chunks_.back().used_bytes + size_bytes > kChunkBytes) {
     Chunk chunk;
-    chunk.bytes = spare_ != nullptr ? std::move(spare_)
-                                    : new_arena_chunk<std::byte>(kChunkBytes);
+    // The first chunk fills as it is touched: most ledgers' keys fit in it.
+    const bool first = front_chunk_seq_ + chunks_.size() == 0;
+    chunk.bytes = spare_ != nullptr
+                      ? std::move(spare_)
+                      : new_arena_chunk(kChunkBytes, first ? ArenaFill::lazy : ArenaFill::now);
     chunks_.push_back(std::move(chunk));
   }
   Chunk& chunk = chunks_.back();

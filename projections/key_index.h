@@ -134,7 +134,7 @@ class KeyIndex {
 
  private:
   struct Chunk {
-    std::unique_ptr<std::byte[]> bytes;
+    ArenaChunk bytes;
     std::uint32_t used_bytes = 0;
   };
 
@@ -157,7 +157,7 @@ class KeyIndex {
     static constexpr int kHashBits = 32;
   };
 
-  static constexpr std::size_t kChunkBytes = 256 * 1024;
+  static constexpr std::size_t kChunkBytes = kHugePageBytes;
   static constexpr std::size_t kRecordHeaderBytes = sizeof(KeyRecord) + 1;
   static_assert(sizeof(KeyRecord) == 32);
   static_assert(alignof(KeyRecord) <= 8);
@@ -208,7 +208,7 @@ class KeyIndex {
   RingBuffer<Chunk> chunks_;
   std::uint64_t front_chunk_seq_ = 0;  // chunk number of chunks_[0] since the start
   std::uint32_t front_offset_bytes_ = 0;  // the oldest record inside chunks_[0]
-  std::unique_ptr<std::byte[]> spare_;    // a recycled chunk, reused before allocating
+  ArenaChunk spare_;  // a recycled chunk, reused before allocating
   std::size_t count_ = 0;
   std::int64_t newest_timestamp_ns_ = INT64_MIN;
   ShardedTable<Slot, SlotPolicy> index_;

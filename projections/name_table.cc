@@ -12,7 +12,8 @@ const std::uint8_t* NameTable::record_at(std::uint32_t loc) const {
   TALLY_DEBUG_ASSERT(loc != 0);
   const std::uint64_t offset = (std::uint64_t{loc} - 1) * 4;
   TALLY_DEBUG_ASSERT(offset / kChunkBytes < chunks_.size());
-  return chunks_[offset / kChunkBytes].get() + offset % kChunkBytes;
+  const std::byte* chunk = chunks_[offset / kChunkBytes].get();
+  return reinterpret_cast<const std::uint8_t*>(chunk) + offset % kChunkBytes;
 }
 
 std::string_view NameTable::name_of(const std::uint8_t* record) {
@@ -57,10 +58,10 @@ std::uint32_t NameTable::store(std::string_view name, std::uint32_t id) {
   if (chunk_used_bytes_ + need_bytes > kChunkBytes) {
     // The tail of the old chunk (< 264 bytes) is left unused.
     TALLY_ASSERT((chunks_.size() + 1) * kChunkBytes <= kArenaBytesMax);
-    chunks_.push_back(new_arena_chunk<std::uint8_t>(kChunkBytes));
+    chunks_.push_back(new_arena_chunk(kChunkBytes, ArenaFill::now));
     chunk_used_bytes_ = 0;
   }
-  std::uint8_t* out = chunks_.back().get() + chunk_used_bytes_;
+  std::uint8_t* out = reinterpret_cast<std::uint8_t*>(chunks_.back().get()) + chunk_used_bytes_;
   std::memcpy(out, &id, sizeof(id));
   out[4] = static_cast<std::uint8_t>(name.size());
   std::memcpy(out + kRecordHeaderBytes, name.data(), name.size());

@@ -89,7 +89,7 @@ class NameTable {
   // Appends a record to the arena and returns its loc.
   std::uint32_t store(std::string_view name, std::uint32_t id);
 
-  std::vector<std::unique_ptr<std::uint8_t[]>> chunks_;
+  std::vector<ArenaChunk> chunks_;
   std::size_t chunk_used_bytes_ = kChunkBytes;  // forces a chunk on first use
   ChunkedVector<std::uint32_t> locs_;           // id -> loc of its record
   ShardedTable<Slot, SlotPolicy> index_;

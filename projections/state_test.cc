@@ -877,6 +877,24 @@ TEST_CASE("a reserved table holds that many entries without moving one; reserve 
   CHECK(table.size() == kCount);
 }
 
+TEST_CASE("arena chunks hold their bytes, made either way; whole huge pages are aligned to them") {
+  for (const std::size_t bytes : {std::size_t{64} << 10, kHugePageBytes, 2 * kHugePageBytes}) {
+    for (const ArenaFill fill : {ArenaFill::lazy, ArenaFill::now}) {
+      ArenaChunk chunk = new_arena_chunk(bytes, fill);
+      REQUIRE(chunk != nullptr);
+      if (fill == ArenaFill::now && bytes % kHugePageBytes == 0) {
+        CHECK(reinterpret_cast<std::uintptr_t>(chunk.get()) % kHugePageBytes == 0);
+      }
+      for (std::size_t at = 0; at < bytes; at++) chunk[at] = static_cast<std::byte>(at * 7);
+      std::size_t wrong = 0;
+      for (std::size_t at = 0; at < bytes; at++) {
+        if (chunk[at] != static_cast<std::byte>(at * 7)) wrong++;
+      }
+      CHECK(wrong == 0);
+    }  // freed as it was made: ASan checks the heap's, munmap the mapping's
+  }
+}
+
 TEST_CASE("a table keeps its entries as it grows past the size that gets its own mapping") {
   // 8-byte slots: 2^18 of them are 2 MiB, TableAllocator's threshold;
   // growing there copies every entry into the new mapping and returns the
