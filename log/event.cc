@@ -5,8 +5,6 @@
 #include <kj/exception.h>
 #include <kj/io.h>
 
-#include <optional>
-
 #include "log/events.capnp.h"
 #include "log/format.h"
 
@@ -145,6 +143,24 @@ constexpr std::uint64_t kListPointer = 1;
 constexpr std::uint64_t kByteElements = 2;
 constexpr std::uint64_t kInlineComposite = 7;
 
+// Where a struct lies in the segment: its first word and the sizes of its
+// sections. Eight bytes, so that it travels in a register: the readers
+// below are passed by value, as the library's are, and a copy of one just
+// stored through memory waits for the store buffer. All zero reads as
+// defaults: no sections.
+struct Target {
+  std::uint32_t start = 0;
+  std::uint16_t data_words = 0;
+  std::uint16_t pointers = 0;
+  std::uint64_t words() const { return std::uint64_t{data_words} + pointers; }
+};
+
+// A list of structs: where its first element lies, and how many there are.
+struct ListTarget {
+  Target first;
+  std::uint32_t count = 0;
+};
+
 // The one segment of a message; every read of a pointer goes through it.
 class Segment {
  public:
@@ -164,19 +180,16 @@ class Segment {
 
   std::uint64_t word(std::size_t index) const { return load_u64(words_ + index * 8); }
 
-  // The target of the struct pointer at `at`: nullopt for a null pointer
-  // or when giving up.
-  struct Target {
-    std::size_t start = 0;
-    std::size_t data_words = 0;
-    std::size_t pointers = 0;
-  };
-  std::optional<Target> struct_at(std::size_t at) {
+  // The target of the struct pointer at `at`; none for a null pointer, or
+  // when giving up.
+  Target struct_at(std::size_t at) {
     const std::uint64_t bits = word(at);
-    if (bits == 0) return std::nullopt;
-    if ((bits & 3) != kStructPointer) return give_up();
-    Target target{0, (bits >> 32) & 0xffff, bits >> 48};
-    if (!locate(at, bits, target.data_words + target.pointers, &target.start)) return std::nullopt;
+    if (bits == 0) return Target();
+    if ((bits & 3) != kStructPointer) return give_up<Target>();
+    Target target;
+    target.data_words = static_cast<std::uint16_t>(bits >> 32);
+    target.pointers = static_cast<std::uint16_t>(bits >> 48);
+    if (!locate(at, bits, target.words(), &target.start)) return Target();
     return target;
   }
   // The bytes of the Data pointer at `at`.
@@ -184,64 +197,65 @@ class Segment {
     const std::uint64_t bits = word(at);
     if (bits == 0) return {};
     if ((bits & 3) != kListPointer || ((bits >> 32) & 7) != kByteElements) {
-      give_up();
-      return {};
+      return give_up<std::string_view>();
     }
     const std::uint64_t bytes = bits >> 35;
-    std::size_t start = 0;
+    std::uint32_t start = 0;
     if (!locate(at, bits, (bytes + 7) / 8, &start)) return {};
-    return std::string_view(reinterpret_cast<const char*>(words_ + start * 8), bytes);
+    return std::string_view(reinterpret_cast<const char*>(words_ + std::size_t{start} * 8), bytes);
   }
-  // The list of structs at `at`: its first element, and how many there are
-  // of which size.
-  struct ListTarget {
-    Target first;
-    std::size_t count = 0;
-  };
-  std::optional<ListTarget> list_at(std::size_t at) {
+  // The list of structs at `at`; none (no elements) for a null pointer, or
+  // when giving up.
+  ListTarget list_at(std::size_t at) {
     const std::uint64_t bits = word(at);
-    if (bits == 0) return std::nullopt;
-    if ((bits & 3) != kListPointer || ((bits >> 32) & 7) != kInlineComposite) return give_up();
+    if (bits == 0) return ListTarget();
+    if ((bits & 3) != kListPointer || ((bits >> 32) & 7) != kInlineComposite) {
+      return give_up<ListTarget>();
+    }
     const std::uint64_t words = bits >> 35;
-    std::size_t tag_at = 0;
-    if (!locate(at, bits, words + 1, &tag_at)) return std::nullopt;
+    std::uint32_t tag_at = 0;
+    if (!locate(at, bits, words + 1, &tag_at)) return ListTarget();
     const std::uint64_t tag = word(tag_at);
-    if ((tag & 3) != kStructPointer) return give_up();
-    ListTarget list{Target{tag_at + 1, (tag >> 32) & 0xffff, tag >> 48}, (tag & 0xffffffff) >> 2};
-    if (list.count * (list.first.data_words + list.first.pointers) > words) return give_up();
+    if ((tag & 3) != kStructPointer) return give_up<ListTarget>();
+    ListTarget list;
+    list.first.start = tag_at + 1;
+    list.first.data_words = static_cast<std::uint16_t>(tag >> 32);
+    list.first.pointers = static_cast<std::uint16_t>(tag >> 48);
+    list.count = static_cast<std::uint32_t>((tag & 0xffffffff) >> 2);
+    if (list.count * list.first.words() > words) return give_up<ListTarget>();
     // The library counts an element of no words as one.
-    if (!charge(list.count)) return std::nullopt;
+    if (!charge(list.count)) return ListTarget();
     return list;
   }
 
  private:
-  std::nullopt_t give_up() {
+  template <class T>
+  T give_up() {
     gave_up_ = true;
-    return std::nullopt;
+    return T();
   }
   // Counts `words` against the traversal limit. The library counts each
   // object it reads once, as here, or less.
   bool charge(std::uint64_t words) {
     charged_ += words;
-    if (charged_ > kDecodeTraversalWordsMax) give_up();
+    if (charged_ > kDecodeTraversalWordsMax) gave_up_ = true;
     return !gave_up_;
   }
   // The target of the pointer `bits` at `at`, `words` long, in *start;
   // false, giving up, when it is not inside the segment.
-  bool locate(std::size_t at, std::uint64_t bits, std::uint64_t words, std::size_t* start) {
+  bool locate(std::size_t at, std::uint64_t bits, std::uint64_t words, std::uint32_t* start) {
     const std::int64_t offset = static_cast<std::int32_t>(static_cast<std::uint32_t>(bits)) >> 2;
     const std::int64_t target = static_cast<std::int64_t>(at) + 1 + offset;
     if (target < 0 || static_cast<std::uint64_t>(target) > count_ ||
         words > count_ - static_cast<std::uint64_t>(target)) {
-      give_up();
-      return false;
+      return give_up<bool>();
     }
-    *start = static_cast<std::size_t>(target);
+    *start = static_cast<std::uint32_t>(target);  // count_ < 2^32
     return charge(words);
   }
 
   const std::byte* words_ = nullptr;
-  std::size_t count_ = 0;
+  std::uint64_t count_ = 0;
   std::uint64_t charged_ = 0;
   bool gave_up_ = false;
 };
@@ -251,8 +265,7 @@ class Segment {
 class Struct {
  public:
   Struct() = default;
-  Struct(Segment* segment, std::optional<Segment::Target> target)
-      : segment_(segment), target_(target.value_or(Segment::Target{})) {}
+  Struct(Segment* segment, Target target) : segment_(segment), target_(target) {}
 
  protected:
   std::uint64_t word(std::size_t index) const {
@@ -277,29 +290,29 @@ class Struct {
 
  private:
   std::size_t pointer_at(std::size_t pointer) const {
-    return target_.start + target_.data_words + pointer;
+    return std::size_t{target_.start} + target_.data_words + pointer;
   }
 
   Segment* segment_ = nullptr;
-  Segment::Target target_;
+  Target target_;
 };
 
 template <class T>
 class List {
  public:
   List() = default;
-  List(Segment* segment, std::optional<Segment::ListTarget> target)
-      : segment_(segment), target_(target.value_or(Segment::ListTarget{})) {}
-  unsigned size() const { return static_cast<unsigned>(target_.count); }
+  List(Segment* segment, ListTarget target) : segment_(segment), target_(target) {}
+  unsigned size() const { return target_.count; }
   T operator[](unsigned index) const {
-    Segment::Target element = target_.first;
-    element.start += index * (element.data_words + element.pointers);
+    Target element = target_.first;
+    // Inside the list: count * words() was checked against its length.
+    element.start += static_cast<std::uint32_t>(index * element.words());
     return T(segment_, element);
   }
 
  private:
   Segment* segment_ = nullptr;
-  Segment::ListTarget target_;
+  ListTarget target_;
 };
 
 // The schema's structs, with the names of the library's readers.
