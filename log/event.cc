@@ -142,6 +142,8 @@ constexpr std::uint64_t kStructPointer = 0;
 constexpr std::uint64_t kListPointer = 1;
 constexpr std::uint64_t kByteElements = 2;
 constexpr std::uint64_t kInlineComposite = 7;
+constexpr std::uint64_t kSegmentWordsMax = std::uint64_t{1} << 29;
+constexpr std::uint64_t kRootChargeWords = 2;
 
 // Where a struct lies in the segment: its first word and the sizes of its
 // sections. Eight bytes, so that it travels in a register: the readers
@@ -171,7 +173,10 @@ class Segment {
     if (words < 2) return;
     const std::uint64_t table = load_u64(message.data());
     const std::uint64_t size = table >> 32;
-    if ((table & 0xffffffff) != 0 || size == 0 || size > words - 1) return;
+    // The library refuses a segment of 2^29 words or more.
+    if ((table & 0xffffffff) != 0 || size == 0 || size > words - 1 || size >= kSegmentWordsMax) {
+      return;
+    }
     words_ = message.data() + 8;
     count_ = size;
   }
@@ -234,8 +239,8 @@ class Segment {
     gave_up_ = true;
     return T();
   }
-  // Counts `words` against the traversal limit. The library counts each
-  // object it reads once, as here, or less.
+  // Counts `words` against the traversal limit, as much as the library
+  // does or more: see charged_.
   bool charge(std::uint64_t words) {
     charged_ += words;
     if (charged_ > kDecodeTraversalWordsMax) gave_up_ = true;
@@ -256,7 +261,12 @@ class Segment {
 
   const std::byte* words_ = nullptr;
   std::uint64_t count_ = 0;
-  std::uint64_t charged_ = 0;
+  // The library charges two words for the root pointer before it reads
+  // anything, then for each object no more than its words (a list's tag
+  // included). These charge that much, and each list's elements once more:
+  // they give up on every message the library refuses for its limit
+  // (log/event_test.cc tries both sides of it).
+  std::uint64_t charged_ = kRootChargeWords;
   bool gave_up_ = false;
 };
 

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include <sys/mman.h>
+
 #include "log/event.h"
 #include "log/format.h"
 #include "log/reader.h"
@@ -376,7 +378,8 @@ TEST_CASE("the in-place reader answers as Cap'n Proto's reader on every damaged 
     const std::size_t count = 2 + random() % (words.size() - 1);
     for (std::size_t index = 0; index < count; index++) {
       // Small values, so that pointers often land inside the segment.
-      words[index] = round % 2 == 0 ? random() : random() & 0x000f0003000000fdull;
+      // Every pointer kind and list encoding among them.
+      words[index] = round % 2 == 0 ? random() : random() & 0x000f0007000000ffull;
     }
     words[0] = (count - 1) << 32;
     if (!same_decoding(std::as_bytes(std::span(words)).first(count * 8), in_place)) {
@@ -384,6 +387,116 @@ TEST_CASE("the in-place reader answers as Cap'n Proto's reader on every damaged 
     }
   }
   CHECK(disagreements == 0);
+}
+
+// Pointers of a hand-built segment, from the word at `at` to the one at
+// `target`.
+std::uint64_t offset_bits(std::size_t at, std::size_t target) {
+  const auto offset = static_cast<std::int64_t>(target) - static_cast<std::int64_t>(at) - 1;
+  return static_cast<std::uint32_t>(offset * 4);
+}
+std::uint64_t struct_pointer(std::size_t at, std::size_t target, std::uint64_t data_words,
+                             std::uint64_t pointers) {
+  return offset_bits(at, target) | data_words << 32 | pointers << 48;
+}
+std::uint64_t list_pointer(std::size_t at, std::size_t target, std::uint64_t size_code,
+                           std::uint64_t count) {
+  return offset_bits(at, target) | 1 | size_code << 32 | count << 35;
+}
+bool same_decoding_of(const std::vector<std::uint64_t>& message, EventDecoder& in_place) {
+  return same_decoding(std::as_bytes(std::span(message)), in_place);
+}
+
+// The message of one segment.
+std::vector<std::uint64_t> message_of(const std::vector<std::uint64_t>& segment) {
+  std::vector<std::uint64_t> message{std::uint64_t{segment.size()} << 32};
+  message.insert(message.end(), segment.begin(), segment.end());
+  return message;
+}
+
+// An acquire whose key, meta fields, subject and item all point at one blob
+// of `blob_words`, so that the words read add up to more than the message
+// holds; the Event has `data_words` data words.
+std::vector<std::uint64_t> aliased_blobs(std::size_t data_words, std::size_t blob_words) {
+  const std::size_t pointers = 1 + data_words;
+  const std::size_t meta = pointers + 3;
+  const std::size_t amount = meta + 3;
+  const std::size_t blob = amount + 3;
+  std::vector<std::uint64_t> segment(blob + blob_words, 0x4141414141414141ull);
+  segment[0] = struct_pointer(0, 1, data_words, 3);
+  std::fill(segment.begin() + 1, segment.begin() + pointers, 0);
+  segment[1] = 5;  // seq; the body's tag 0 is acquire
+  const auto blob_at = [&](std::size_t at) { return list_pointer(at, blob, 2, blob_words * 8); };
+  segment[pointers] = blob_at(pointers);
+  segment[pointers + 1] = struct_pointer(pointers + 1, meta, 0, 3);
+  segment[pointers + 2] = struct_pointer(pointers + 2, amount, 1, 2);
+  for (std::size_t index = 0; index < 3; index++) segment[meta + index] = blob_at(meta + index);
+  segment[amount] = 7;  // qty
+  segment[amount + 1] = blob_at(amount + 1);
+  segment[amount + 2] = blob_at(amount + 2);
+  return message_of(segment);
+}
+
+TEST_CASE("the in-place reader gives up wherever Cap'n Proto's limits refuse") {
+  EventDecoder in_place;
+  std::size_t accepted = 0;
+  std::size_t refused = 0;
+  // The words read: 2 for the root, then the Event, a blob, Meta, three
+  // blobs, Amount and two blobs: data_words + 11 + 6 * blob_words, swept
+  // across the traversal limit.
+  for (std::size_t data_words = 4; data_words <= 12; data_words++) {
+    for (std::size_t blob_words = 43'684; blob_words <= 43'690; blob_words++) {
+      const std::size_t charged = data_words + 11 + 6 * blob_words;
+      const bool near = charged + 4 >= kDecodeTraversalWordsMax &&
+                        charged <= kDecodeTraversalWordsMax + 4;
+      if (!near) continue;
+      const std::vector<std::uint64_t> message = aliased_blobs(data_words, blob_words);
+      CHECK_MESSAGE(same_decoding_of(message, in_place), charged);
+      Event event;
+      const auto bytes = std::as_bytes(std::span(message));
+      (EventDecoder().decode_with_library(bytes, &event).ok() ? accepted : refused)++;
+    }
+  }
+  CHECK(accepted > 0);
+  CHECK(refused > 0);
+  // Lists of elements of no words: the library counts each as one.
+  for (const std::uint64_t count : {0, 1, 1000, 1001}) {
+    std::vector<std::uint64_t> segment(9, 0);
+    segment[0] = struct_pointer(0, 1, 4, 3);
+    segment[4] = 7;  // batch
+    segment[7] = list_pointer(7, 8, 7, 0);
+    segment[8] = count << 2;  // the tag: a struct of no sections, `count` times
+    CHECK(same_decoding_of(message_of(segment), in_place));
+  }
+  // Meta pointing at itself with no sections, or far outside; words after
+  // the segment.
+  std::vector<std::uint64_t> segment(8, 0);
+  segment[0] = struct_pointer(0, 1, 4, 3);
+  segment[6] = struct_pointer(6, 6, 0, 0);
+  CHECK(same_decoding_of(message_of(segment), in_place));
+  segment[6] = struct_pointer(6, 1000, 0, 0);
+  std::vector<std::uint64_t> message = message_of(segment);
+  CHECK(same_decoding_of(message, in_place));
+  message.push_back(0xdeadbeef);
+  CHECK(same_decoding_of(message, in_place));
+}
+
+TEST_CASE("the in-place reader leaves a segment of 2^29 words or more to Cap'n Proto's reader") {
+  // 4 GiB of address space, of which the reader touches two pages.
+  const std::size_t words = (std::size_t{1} << 29) + 2;
+  void* mapped = ::mmap(nullptr, words * 8, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (mapped == MAP_FAILED) return;  // a system that will not reserve it
+  auto* message = static_cast<std::uint64_t*>(mapped);
+  message[1] = struct_pointer(0, 1, 4, 3);
+  message[2] = 42;  // seq
+  const auto bytes = std::span(static_cast<const std::byte*>(mapped), words * 8);
+  EventDecoder in_place;
+  for (const std::size_t segment_words : {words - 1, words - 2, words - 3}) {
+    message[0] = std::uint64_t{segment_words} << 32;
+    CHECK(same_decoding(bytes, in_place));
+  }
+  ::munmap(mapped, words * 8);
 }
 
 }  // namespace
