@@ -73,11 +73,10 @@ enum class ArenaFill { lazy, now };
 // instead of a trap per page as it fills: a virtual machine can take
 // microseconds per trap, and loading a large snapshot fills hundreds of
 // thousands of pages. A chunk of whole huge pages then gets a mapping of its
-// own, advised to use them: where the hypervisor maps guest memory in
-// 4 KiB pages of its own, the first write to each 4 KiB page of a chunk
-// costs it, and 2 MiB pages take about a third off a replay
-// (docs/performance.md, "huge pages for the key arena"). Both are hints:
-// where the kernel cannot, the pages fault in as they are touched.
+// own, advised to use them: a fault and a TLB entry per 2 MiB. For the key
+// arena that took about 5% off a replay (docs/performance.md, "events read
+// in place"). Both are hints: where the kernel cannot, the pages fault in
+// as they are touched.
 inline ArenaChunk new_arena_chunk(std::size_t bytes, ArenaFill fill) {
   if (fill == ArenaFill::lazy) return ArenaChunk(new std::byte[bytes]);
   ArenaChunk chunk;

@@ -891,7 +891,7 @@ TEST_CASE("arena chunks hold their bytes, made either way; whole huge pages are 
         if (chunk[at] != static_cast<std::byte>(at * 7)) wrong++;
       }
       CHECK(wrong == 0);
-    }  // freed as it was made: ASan checks the heap's, munmap the mapping's
+    }  // freed as it was made (ASan checks a heap chunk's delete[])
   }
 }
 
