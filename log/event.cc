@@ -281,6 +281,7 @@ class Struct {
   std::uint64_t word(std::size_t index) const {
     return index < target_.data_words ? segment_->word(target_.start + index) : 0;
   }
+  std::int64_t int64_at(std::size_t index) const { return static_cast<std::int64_t>(word(index)); }
   bool has(std::size_t pointer) const {
     return pointer < target_.pointers && segment_->word(pointer_at(pointer)) != 0;
   }
@@ -330,7 +331,7 @@ struct Amount : Struct {
   using Struct::Struct;
   std::string_view getSubject() const { return data_at(0); }
   std::string_view getItem() const { return data_at(1); }
-  std::int64_t getQty() const { return static_cast<std::int64_t>(word(0)); }
+  std::int64_t getQty() const { return int64_at(0); }
 };
 
 struct Transfer : Struct {
@@ -338,15 +339,15 @@ struct Transfer : Struct {
   std::string_view getFrom() const { return data_at(0); }
   std::string_view getTo() const { return data_at(1); }
   std::string_view getItem() const { return data_at(2); }
-  std::int64_t getQty() const { return static_cast<std::int64_t>(word(0)); }
+  std::int64_t getQty() const { return int64_at(0); }
 };
 
 struct Hold : Struct {
   using Struct::Struct;
   std::string_view getSubject() const { return data_at(0); }
   std::string_view getItem() const { return data_at(1); }
-  std::int64_t getQty() const { return static_cast<std::int64_t>(word(0)); }
-  std::int64_t getTtlNs() const { return static_cast<std::int64_t>(word(1)); }
+  std::int64_t getQty() const { return int64_at(0); }
+  std::int64_t getTtlNs() const { return int64_at(1); }
 };
 
 struct Settle : Struct {
@@ -354,8 +355,8 @@ struct Settle : Struct {
   std::uint64_t getHold() const { return word(0); }
   std::string_view getSubject() const { return data_at(0); }
   std::string_view getItem() const { return data_at(1); }
-  std::int64_t getQty() const { return static_cast<std::int64_t>(word(1)); }
-  std::int64_t getReleased() const { return static_cast<std::int64_t>(word(2)); }
+  std::int64_t getQty() const { return int64_at(1); }
+  std::int64_t getReleased() const { return int64_at(2); }
   std::string_view getHoldKey() const { return data_at(2); }
 };
 
@@ -405,7 +406,7 @@ struct Body : Struct {
 struct Event : Struct {
   using Struct::Struct;
   std::uint64_t getSeq() const { return word(0); }
-  std::int64_t getTimestamp() const { return static_cast<std::int64_t>(word(1)); }
+  std::int64_t getTimestamp() const { return int64_at(1); }
   std::string_view getKey() const { return data_at(0); }
   std::uint64_t getFingerprint() const { return word(2); }
   bool hasMeta() const { return has(1); }
