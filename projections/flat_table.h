@@ -11,6 +11,7 @@
 #include <bit>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <new>
 #include <string_view>
@@ -45,6 +46,55 @@ inline std::uint64_t hash_bytes(std::string_view bytes) {
 // pages).
 constexpr std::size_t kHugePageBytes = std::size_t{2} << 20;
 
+// `bytes` rounded up to whole huge pages.
+constexpr std::size_t huge_pages_bytes(std::size_t bytes) {
+  return (bytes + kHugePageBytes - 1) & ~(kHugePageBytes - 1);
+}
+
+// huge_pages_bytes(bytes) of zeros in a mapping of their own, aligned to a
+// huge page and advised to use them (a hint: where the system does not
+// allow them, this changes nothing). Unmapped by unmap_huge_pages(bytes).
+inline std::byte* map_huge_pages(std::size_t bytes) {
+  const std::size_t mapped_bytes = huge_pages_bytes(bytes);
+  // Mapped one huge page over and trimmed to a huge page's alignment.
+  void* mapped = ::mmap(nullptr, mapped_bytes + kHugePageBytes, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mapped == MAP_FAILED) throw std::bad_alloc();
+  const auto start = reinterpret_cast<std::uintptr_t>(mapped);
+  const std::uintptr_t aligned = (start + kHugePageBytes - 1) & ~(kHugePageBytes - 1);
+  if (aligned > start) ::munmap(mapped, aligned - start);
+  const std::uintptr_t end = start + mapped_bytes + kHugePageBytes;
+  if (end > aligned + mapped_bytes) {
+    ::munmap(reinterpret_cast<void*>(aligned + mapped_bytes), end - aligned - mapped_bytes);
+  }
+  auto* memory = reinterpret_cast<std::byte*>(aligned);
+  (void)::madvise(memory, mapped_bytes, MADV_HUGEPAGE);
+  return memory;
+}
+
+inline void unmap_huge_pages(std::byte* memory, std::size_t bytes) {
+  ::munmap(memory, huge_pages_bytes(bytes));
+}
+
+// Faults the whole pages of [memory, memory + bytes) in, writable, by one
+// call (MADV_POPULATE_WRITE) instead of a trap per page as they are
+// touched: a virtual machine can take microseconds per trap. A hint: where
+// the kernel cannot, the pages fault in as they are touched.
+inline void populate(std::byte* memory, std::size_t bytes) {
+#ifdef MADV_POPULATE_WRITE  // Linux 5.14
+  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto start = reinterpret_cast<std::uintptr_t>(memory);
+  const std::uintptr_t begin = (start + page - 1) & ~(page - 1);
+  const std::uintptr_t end = (start + bytes) & ~(page - 1);
+  if (end > begin) {
+    (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
+  }
+#else
+  (void)memory;
+  (void)bytes;
+#endif
+}
+
 // Frees a chunk as new_arena_chunk made it.
 class ArenaChunkFree {
  public:
@@ -54,7 +104,7 @@ class ArenaChunkFree {
     if (mapped_bytes_ == 0) {
       delete[] bytes;
     } else {
-      ::munmap(bytes, mapped_bytes_);
+      unmap_huge_pages(bytes, mapped_bytes_);
     }
   }
 
@@ -69,86 +119,108 @@ enum class ArenaFill { lazy, now };
 
 // A chunk of an arena that fills front to back, uninitialized.
 //
-// ArenaFill::now faults its whole pages in by one call (MADV_POPULATE_WRITE)
-// instead of a trap per page as it fills: a virtual machine can take
-// microseconds per trap, and loading a large snapshot fills hundreds of
-// thousands of pages. A chunk of whole huge pages then gets a mapping of its
-// own, advised to use them: a fault and a TLB entry per 2 MiB. For the key
-// arena that took about 5% off a replay (docs/performance.md, "events read
-// in place"). Both are hints: where the kernel cannot, the pages fault in
-// as they are touched.
+// ArenaFill::now faults its pages in at once (populate()): loading a large
+// snapshot fills hundreds of thousands of pages. A chunk of whole huge
+// pages then gets a mapping of its own (map_huge_pages): a fault and a TLB
+// entry per 2 MiB. For the key arena that took about 5% off a replay
+// (docs/performance.md, "events read in place").
 inline ArenaChunk new_arena_chunk(std::size_t bytes, ArenaFill fill) {
   if (fill == ArenaFill::lazy) return ArenaChunk(new std::byte[bytes]);
   ArenaChunk chunk;
   if (bytes % kHugePageBytes == 0) {
-    // Mapped one huge page over and trimmed to a huge page's alignment.
-    void* mapped = ::mmap(nullptr, bytes + kHugePageBytes, PROT_READ | PROT_WRITE,
-                          MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (mapped == MAP_FAILED) throw std::bad_alloc();
-    const auto start = reinterpret_cast<std::uintptr_t>(mapped);
-    const std::uintptr_t aligned = (start + kHugePageBytes - 1) & ~(kHugePageBytes - 1);
-    if (aligned > start) ::munmap(mapped, aligned - start);
-    const std::uintptr_t end = start + bytes + kHugePageBytes;
-    if (end > aligned + bytes) {
-      ::munmap(reinterpret_cast<void*>(aligned + bytes), end - aligned - bytes);
-    }
-    chunk = ArenaChunk(reinterpret_cast<std::byte*>(aligned), ArenaChunkFree(bytes));
-    (void)::madvise(chunk.get(), bytes, MADV_HUGEPAGE);
+    chunk = ArenaChunk(map_huge_pages(bytes), ArenaChunkFree(bytes));
   } else {
     chunk = ArenaChunk(new std::byte[bytes]);
   }
-#ifdef MADV_POPULATE_WRITE  // Linux 5.14
-  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const auto start = reinterpret_cast<std::uintptr_t>(chunk.get());
-  const std::uintptr_t begin = (start + page - 1) & ~(page - 1);
-  const std::uintptr_t end = (start + bytes) & ~(page - 1);
-  if (end > begin) {
-    (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
-  }
-#endif
+  populate(chunk.get(), bytes);
   return chunk;
 }
 
-// Allocates a table's slots. Tables are probed at random, so on 4 KiB pages
-// nearly every lookup into one much larger than the TLB's reach (a few MiB)
-// misses it: an array of kOwnMappingBytesMin or more gets its own mapping,
-// advised to use transparent huge pages (where the system allows them;
-// otherwise this changes nothing). The threshold is one huge page: a
-// ShardedTable is 16 such arrays probed together, so what the TLB must
-// reach is 16 times the array. Smaller arrays stay on the heap, so that a
-// table growing from small does not pay a mapping at every doubling.
-template <class T>
-struct TableAllocator {
-  using value_type = T;
-  static constexpr std::size_t kOwnMappingBytesMin = std::size_t{2} << 20;
+// A table's slots, every one zero bytes at first: the FlatTable's Policy
+// must read zero bytes as an empty slot.
+//
+// Tables are probed at random, so on 4 KiB pages nearly every lookup into
+// one much larger than the TLB's reach (a few MiB) misses it: an array of
+// kOwnMappingBytesMin or more gets its own mapping, advised to use
+// transparent huge pages (where the system allows them; otherwise this
+// changes nothing). The threshold is one huge page: a ShardedTable is 16
+// such arrays probed together, so what the TLB must reach is 16 times the
+// array. Smaller arrays stay on the heap, so that a table growing from
+// small does not pay a mapping at every doubling.
+//
+// A new mapping reads as zeros already, so it is not cleared again (a
+// std::vector of value-initialized slots wrote every page twice); its pages
+// are faulted in writable at once (populate()). Left to fault as the table
+// fills, the lookup before each insert would map the shared zero page, and
+// the insert would fault again to replace it, flushing the TLB of every
+// thread: slower than clearing twice.
+template <class Slot>
+class SlotArray {
+  static_assert(std::is_trivially_copyable_v<Slot>);
+  static_assert(std::is_trivially_destructible_v<Slot>);
+  static_assert(alignof(Slot) <= alignof(std::max_align_t));
 
-  TableAllocator() = default;
-  template <class U>
-  TableAllocator(const TableAllocator<U>&) {}  // NOLINT: allocators convert
+ public:
+  static constexpr std::size_t kOwnMappingBytesMin = kHugePageBytes;
 
-  T* allocate(std::size_t count) {
-    const std::size_t bytes = count * sizeof(T);
-    if (bytes < kOwnMappingBytesMin) return std::allocator<T>().allocate(count);
-    void* memory =
-        ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (memory == MAP_FAILED) throw std::bad_alloc();
-    (void)::madvise(memory, bytes, MADV_HUGEPAGE);
-    return static_cast<T*>(memory);
+  SlotArray() = default;
+  explicit SlotArray(std::size_t count) : count_(count) {
+    if (count == 0) return;
+    const std::size_t bytes = count * sizeof(Slot);
+    void* memory = nullptr;
+    if (bytes < kOwnMappingBytesMin) {
+      // Cleared by writing, for the zero-page reason above. Not malloc and
+      // memset, which the compiler may turn into a calloc that leaves
+      // fresh memory unwritten.
+      memory = ::operator new(bytes);
+      std::memset(memory, 0, bytes);
+    } else {
+      std::byte* mapped = map_huge_pages(bytes);
+      populate(mapped, bytes);
+      memory = mapped;
+    }
+    slots_ = static_cast<Slot*>(memory);
   }
-  void deallocate(T* memory, std::size_t count) {
-    const std::size_t bytes = count * sizeof(T);
-    if (bytes < kOwnMappingBytesMin) return std::allocator<T>().deallocate(memory, count);
-    ::munmap(memory, bytes);
+  SlotArray(SlotArray&& other) noexcept
+      : slots_(std::exchange(other.slots_, nullptr)), count_(std::exchange(other.count_, 0)) {}
+  SlotArray& operator=(SlotArray&& other) noexcept {
+    SlotArray(std::move(other)).swap(*this);
+    return *this;
   }
-  template <class U>
-  bool operator==(const TableAllocator<U>&) const { return true; }
+  ~SlotArray() {
+    if (slots_ == nullptr) return;
+    const std::size_t bytes = count_ * sizeof(Slot);
+    if (bytes < kOwnMappingBytesMin) {
+      ::operator delete(slots_);
+    } else {
+      unmap_huge_pages(reinterpret_cast<std::byte*>(slots_), bytes);
+    }
+  }
+
+  void swap(SlotArray& other) noexcept {
+    std::swap(slots_, other.slots_);
+    std::swap(count_, other.count_);
+  }
+
+  bool empty() const { return count_ == 0; }
+  std::size_t size() const { return count_; }
+  Slot* data() { return slots_; }
+  const Slot* data() const { return slots_; }
+  Slot& operator[](std::size_t index) { return slots_[index]; }
+  const Slot& operator[](std::size_t index) const { return slots_[index]; }
+  const Slot* begin() const { return slots_; }
+  const Slot* end() const { return slots_ + count_; }
+
+ private:
+  Slot* slots_ = nullptr;
+  std::size_t count_ = 0;
 };
 
 // Open addressing with linear probing and backward-shift deletion (no
 // tombstones, so lookups never slow down as entries come and go).
 //
-// Slot is a trivially copyable struct whose value-initialized form is the
-// empty slot. Policy provides:
+// Slot is a trivially copyable struct whose value-initialized form, and
+// zero bytes (SlotArray), are the empty slot. Policy provides:
 //   static bool empty(const Slot&);
 //   static std::uint64_t hash(const Slot&);   // the hash the slot was inserted with
 //   static constexpr std::size_t kLoadNum, kLoadDen;  // grow above this load
@@ -167,7 +239,7 @@ class FlatTable {
 
   std::size_t size() const { return size_; }
   std::size_t capacity() const { return slots_.size(); }
-  std::size_t memory_bytes() const { return slots_.capacity() * sizeof(Slot); }
+  std::size_t memory_bytes() const { return slots_.size() * sizeof(Slot); }
   // The slot where a lookup of `hash` begins (0 while the table is empty).
   std::size_t home(std::uint64_t hash) const { return hash & mask_; }
 
@@ -261,8 +333,9 @@ class FlatTable {
 
   void rehash(std::size_t capacity) {
     TALLY_ASSERT(capacity <= Policy::kCapacityMax);
-    std::vector<Slot, TableAllocator<Slot>> old(capacity);
+    SlotArray<Slot> old(capacity);
     old.swap(slots_);
+    TALLY_ASSERT(Policy::empty(slots_[0]));  // zero bytes are an empty slot
     mask_ = capacity - 1;
     for (const Slot& slot : old) {
       if (Policy::empty(slot)) continue;
@@ -272,7 +345,7 @@ class FlatTable {
     }
   }
 
-  std::vector<Slot, TableAllocator<Slot>> slots_;
+  SlotArray<Slot> slots_;
   std::size_t mask_ = 0;
   std::size_t size_ = 0;
 };

@@ -895,14 +895,47 @@ TEST_CASE("arena chunks hold their bytes, made either way; whole huge pages are 
   }
 }
 
+TEST_CASE("slot arrays start empty, on the heap or in a mapping of their own, and move") {
+  struct Wide {  // 12 bytes: 2^18 of them are 3 MiB, not whole huge pages
+    std::uint32_t a = 0, b = 0, c = 0;
+  };
+  constexpr std::size_t kSmall = 1000;
+  constexpr std::size_t kLarge = std::size_t{1} << 18;
+  static_assert(kSmall * sizeof(Wide) < SlotArray<Wide>::kOwnMappingBytesMin);
+  static_assert(kLarge * sizeof(Wide) > SlotArray<Wide>::kOwnMappingBytesMin);
+  for (const std::size_t count : {kSmall, kLarge}) {
+    SlotArray<Wide> slots(count);
+    REQUIRE(slots.size() == count);
+    if (count == kLarge) {
+      CHECK(reinterpret_cast<std::uintptr_t>(slots.data()) % kHugePageBytes == 0);
+    }
+    std::size_t nonzero = 0;
+    for (const Wide& slot : slots) nonzero += (slot.a | slot.b | slot.c) != 0;
+    CHECK(nonzero == 0);
+    for (std::size_t index = 0; index < count; index++) {
+      slots[index] = Wide{static_cast<std::uint32_t>(index), 1, 2};
+    }
+    SlotArray<Wide> moved(std::move(slots));
+    CHECK(slots.empty());
+    CHECK(moved.size() == count);
+    SlotArray<Wide> assigned(1);
+    assigned = std::move(moved);
+    std::size_t wrong = 0;
+    for (std::size_t index = 0; index < count; index++) {
+      wrong += assigned[index].a != index || assigned[index].c != 2;
+    }
+    CHECK(wrong == 0);
+  }  // freed as they were made (ASan checks the heap ones)
+}
+
 TEST_CASE("a table keeps its entries as it grows past the size that gets its own mapping") {
-  // 8-byte slots: 2^18 of them are 2 MiB, TableAllocator's threshold;
+  // 8-byte slots: 2^18 of them are 2 MiB, SlotArray's threshold;
   // growing there copies every entry into the new mapping and returns the
   // old array to the heap.
   FlatTable<CountSlot, CountPolicy> table;
   constexpr std::uint64_t kCount = 800'000;
   for (std::uint64_t key = 1; key <= kCount; key++) table.insert(mix64(key), CountSlot{key});
-  CHECK(table.capacity() * sizeof(CountSlot) >= TableAllocator<CountSlot>::kOwnMappingBytesMin);
+  CHECK(table.capacity() * sizeof(CountSlot) >= SlotArray<CountSlot>::kOwnMappingBytesMin);
   std::uint64_t missing = 0;
   for (std::uint64_t key = 1; key <= kCount; key += 2) {
     CountSlot* found =
