@@ -415,6 +415,24 @@ def test_bench_checks_the_expect_file():
     code, _, err = tally("bench", "--data", os.path.join(d, "bad2"), "--workload", f.csv,
                          "--expect", bad_counts)
     assert code == 1 and "outcomes" in err, (code, err)
+    # Only the first ten differences are shown, and the counts are one of them
+    # however many balances differ.
+    all_altered = [",".join(line.split(",")[:2] + ["%d" % (int(line.split(",")[2]) + 1),
+                                                   line.split(",")[3]]) for line in lines]
+    assert len(all_altered) > 10
+    bad_both = write(os.path.join(d, "bad_both.expect"), "\n".join(all_altered) + "\n#outcomes " +
+                     " ".join("%s=%s" % kv for kv in counts.items()) + "\n")
+    code, _, err = tally("bench", "--data", os.path.join(d, "bad3"), "--workload", f.csv,
+                         "--expect", bad_both)
+    assert code == 1, (code, err)
+    assert "(%d differences)" % (len(lines) + 1) in err, err
+    assert "tally:   outcomes: expected " in err, err
+
+    # A line of zeros names a pair with nothing, as no line does.
+    zeros = write(os.path.join(d, "zeros.expect"), "\n".join(
+        ["nobody,nothing,0,0"] + lines + [outcomes]) + "\n")
+    tally("bench", "--data", os.path.join(d, "zeros"), "--workload", f.csv, "--expect", zeros,
+          expect_exit=0)
 
     # Amounts are numbers: leading zeros are no difference.
     padded = write(os.path.join(d, "padded.expect"), "\n".join(

@@ -668,15 +668,24 @@ std::string amounts_text(const BalanceLine& balance) {
 }
 
 // Differences between the expected and the actual balances and counts, as
-// messages; empty when they agree. Amounts compare as numbers.
+// messages; empty when they agree. The counts come first, so that a long
+// list of balances cannot push them out of what is shown. Amounts compare
+// as numbers, and a line of zeros says what no line says: a pair with
+// nothing (export leaves such pairs out).
 std::vector<std::string> compare_state(const Expectation& expected, std::string_view actual_csv,
                                        const Counted& actual) {
   std::vector<std::string> differences;
+  if (!(actual.counts == expected.counts) || actual.other != 0) {
+    std::string got = outcome_counts_text(actual.counts);
+    if (actual.other != 0) got += " other=" + std::to_string(actual.other);
+    differences.push_back("outcomes: expected " + outcome_counts_text(expected.counts) + ", got " +
+                          got);
+  }
   // parse_expect refused a pair listed twice: one entry per line.
   std::unordered_map<std::string_view, BalanceLine> expected_balances;
   for (const std::string& line : expected.balance_lines) {
     const BalanceLine balance = expected_balance(line);
-    expected_balances.emplace(balance.pair, balance);
+    if (balance.available != 0 || balance.held != 0) expected_balances.emplace(balance.pair, balance);
   }
   for (const std::string_view line : split_lines(actual_csv)) {
     BalanceLine got;
@@ -702,12 +711,6 @@ std::vector<std::string> compare_state(const Expectation& expected, std::string_
       differences.push_back(std::string(balance.pair) + ": expected " + amounts_text(balance) +
                             ", got nothing");
     }
-  }
-  if (!(actual.counts == expected.counts) || actual.other != 0) {
-    std::string got = outcome_counts_text(actual.counts);
-    if (actual.other != 0) got += " other=" + std::to_string(actual.other);
-    differences.push_back("outcomes: expected " + outcome_counts_text(expected.counts) + ", got " +
-                          got);
   }
   return differences;
 }
