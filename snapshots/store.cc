@@ -9,7 +9,7 @@
 #include <cstring>
 #include <optional>
 #include <span>
-#include <unordered_set>
+#include <unordered_map>
 #include <utility>
 
 #include "log/hash.h"  // with XXH3_state_t, which lives on the stack here
@@ -129,8 +129,12 @@ struct SnapshotStore::Env {
   // counts these).
   Result<bool> loadable(const Txn& txn, const Result<Meta>& meta, std::int64_t window_ns);
   // Snapshots whose payload this process wrote or hashed since it opened the
-  // store: prune() hashes each of the others once.
-  std::unordered_set<std::uint64_t> payload_checked;
+  // store, each with the payload checksum its metadata gave then (the same
+  // seq deleted and written again by another process has another): so
+  // each is hashed once, by prune(), newest_window() or a load, whichever
+  // comes first.
+  std::unordered_map<std::uint64_t, std::uint64_t> payload_checked;
+  std::uint64_t payload_hashes = 0;  // by check_payload_once
   // The snapshot's chunks, in order, views into the map valid while `txn`
   // lives, once their total size matches the metadata.
   Result<std::vector<std::span<const std::byte>>> sized_chunks(const Txn& txn,
@@ -138,9 +142,12 @@ struct SnapshotStore::Env {
   // corrupt unless the chunks hash to the metadata's payload checksum.
   static Status check_payload(std::span<const std::span<const std::byte>> chunks,
                               const Meta& meta);
+  // check_payload, unless payload_checked says it passed; remembered when
+  // it passes.
+  Status check_payload_once(std::span<const std::span<const std::byte>> chunks, const Meta& meta);
   Result<std::unique_ptr<proj::State>> load_one(const Txn& txn, const Meta& meta,
                                                 const proj::StateOptions& options,
-                                                const std::atomic<bool>* cancel) const;
+                                                const std::atomic<bool>* cancel);
 };
 
 namespace {
@@ -336,7 +343,7 @@ Status SnapshotStore::Env::write_once(const proj::State& state, const Meta& meta
     return lmdb_error("mdb_txn_commit (write)", rc);
   }
   *written = meta;
-  payload_checked.insert(meta.info.seq);
+  payload_checked[meta.info.seq] = meta.payload_hash;
   return Status();
 }
 
@@ -431,12 +438,7 @@ Result<bool> SnapshotStore::Env::loadable(const Txn& txn, const Result<Meta>& me
     return pieces.status();
   }
   if (header_window(*pieces) != window_ns) return false;
-  const std::uint64_t seq = meta_read->info.seq;
-  if (!payload_checked.contains(seq)) {
-    if (!check_payload(*pieces, *meta_read).ok()) return false;
-    payload_checked.insert(seq);
-  }
-  return true;
+  return check_payload_once(*pieces, *meta_read).ok();
 }
 
 Status SnapshotStore::Env::prune_once(std::size_t retain_count, std::uint64_t newest_seq,
@@ -527,14 +529,25 @@ Status SnapshotStore::Env::check_payload(std::span<const std::span<const std::by
   return Status();
 }
 
+Status SnapshotStore::Env::check_payload_once(std::span<const std::span<const std::byte>> chunks,
+                                              const Meta& meta) {
+  const auto checked = payload_checked.find(meta.info.seq);
+  if (checked != payload_checked.end() && checked->second == meta.payload_hash) return Status();
+  payload_hashes++;
+  TALLY_TRY(check_payload(chunks, meta));
+  payload_checked[meta.info.seq] = meta.payload_hash;
+  return Status();
+}
+
 Result<std::unique_ptr<proj::State>> SnapshotStore::Env::load_one(
     const Txn& txn, const Meta& meta, const proj::StateOptions& state_options,
-    const std::atomic<bool>* cancel) const {
+    const std::atomic<bool>* cancel) {
   // The chunks stay in LMDB's map while the transaction lives, so the
   // loader reads them in place, two sections at once where it can. The
   // checksum runs beside the load instead of before it (one pass over a
   // large image, on the loading thread done first): the loader reads the
-  // bytes as untrusted either way, and a mismatch is what it reports.
+  // bytes as untrusted either way, and a mismatch is what it reports. A
+  // payload this store hashed before (newest_window()) is not hashed again.
   auto chunks = sized_chunks(txn, meta);
   if (!chunks) return chunks.status();
   std::unique_ptr<proj::StateSource> source = std::make_unique<proj::SpanSource>(*chunks);
@@ -543,7 +556,7 @@ Result<std::unique_ptr<proj::State>> SnapshotStore::Env::load_one(
   }
   std::uint64_t digest = 0;
   Result<std::unique_ptr<proj::State>> state = proj::State::load(
-      *source, state_options, &digest, [&] { return check_payload(*chunks, meta); });
+      *source, state_options, &digest, [&] { return check_payload_once(*chunks, meta); });
   if (!state) return state.status();
   const std::string name = std::to_string(meta.info.seq) + ": ";
   if ((*state)->last_seq() != meta.info.seq) return corrupt(name + "image of another seq");
@@ -553,6 +566,8 @@ Result<std::unique_ptr<proj::State>> SnapshotStore::Env::load_one(
   if (digest != meta.info.digest) return corrupt(name + "state digest mismatch");
   return state;
 }
+
+std::uint64_t SnapshotStore::payload_hashes() const { return env_->payload_hashes; }
 
 Result<std::optional<std::int64_t>> SnapshotStore::newest_window() const {
   Txn txn;
@@ -565,7 +580,7 @@ Result<std::optional<std::int64_t>> SnapshotStore::newest_window() const {
     if (!metas[index].ok() || metas[index]->info.seq == 0) continue;
     const Result<std::vector<std::span<const std::byte>>> pieces =
         env_->sized_chunks(txn, *metas[index]);
-    if (pieces.ok() && Env::check_payload(*pieces, *metas[index]).ok()) {
+    if (pieces.ok() && env_->check_payload_once(*pieces, *metas[index]).ok()) {
       if (const std::optional<std::int64_t> window = header_window(*pieces)) return window;
       continue;
     }

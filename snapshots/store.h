@@ -120,6 +120,11 @@ class SnapshotStore {
   // no snapshot is such.
   Result<std::optional<std::int64_t>> newest_window() const;
 
+  // How many payloads this store has hashed since it opened. A payload that
+  // passed is not hashed again by newest_window(), a load or prune() (nor
+  // one the store wrote), unless its metadata changed meanwhile.
+  std::uint64_t payload_hashes() const;
+
   // The newest snapshot with seq <= max_seq that verifies (metadata hash,
   // payload checksum, image structure and invariants, digest, seq), loaded
   // with `options`. Every snapshot passed over is appended to *skipped

@@ -231,6 +231,41 @@ TEST_CASE("newest_window is the window of the newest snapshot whose payload veri
   CHECK(*store->newest_window() == std::optional<std::int64_t>(kWindowNs));
 }
 
+TEST_CASE("a store hashes each payload once, whether newest_window or a load comes first") {
+  TempDir dir;
+  ScriptRun run;
+  run_script_kept(dir, &run, 3);
+  const std::uint64_t newest = run.state.last_seq();
+  std::unique_ptr<SnapshotStore> store = open_store(dir);
+  CHECK(store->payload_hashes() == 0);
+  CHECK(*store->newest_window() == std::optional<std::int64_t>(kWindowNs));
+  CHECK(store->payload_hashes() == 1);
+  Result<LoadedSnapshot> loaded = store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, nullptr);
+  REQUIRE_OK(loaded.status());
+  CHECK(loaded->info.seq == newest);
+  CHECK(store->payload_hashes() == 1);
+  store.reset();  // one environment per process
+  store = open_store(dir);
+  REQUIRE_OK(store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, nullptr).status());
+  CHECK(*store->newest_window() == std::optional<std::int64_t>(kWindowNs));
+  CHECK(store->payload_hashes() == 1);
+
+  // A damaged payload is never taken as checked: the load hashes it again,
+  // refuses it and falls back.
+  store.reset();
+  flip_chunk_byte(dir, newest, 0, 40);
+  store = open_store(dir);
+  CHECK(*store->newest_window() == std::optional<std::int64_t>(kWindowNs));
+  CHECK(store->payload_hashes() == 2);  // the damaged one, then the one before
+  std::vector<SkippedSnapshot> skipped;
+  loaded = store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, &skipped);
+  REQUIRE_OK(loaded.status());
+  CHECK(loaded->info.seq < newest);
+  REQUIRE(skipped.size() == 1);
+  CHECK(skipped[0].seq == newest);
+  CHECK(store->payload_hashes() == 3);
+}
+
 TEST_CASE("prune does not count a snapshot whose payload is damaged") {
   TempDir dir;
   ScriptRun run;
