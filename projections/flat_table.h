@@ -427,8 +427,8 @@ class ShardedTable {
 
 // A vector that grows by whole chunks: elements never move (pointers stay
 // valid) and growth never copies or briefly doubles the memory. Each chunk
-// is faulted in at once (new_arena_chunk); new elements are
-// value-initialized.
+// is faulted in at once (new_arena_chunk) and not cleared: an element is
+// constructed when it is pushed.
 template <class T, int kChunkShift = 12>
 class ChunkedVector {
   static_assert(std::is_trivially_destructible_v<T>);
@@ -454,12 +454,11 @@ class ChunkedVector {
 
   void push_back(const T& value) {
     if (size_ == chunks_.size() * kChunkElems) {
-      ArenaChunk bytes = new_arena_chunk(kChunkElems * sizeof(T), ArenaFill::now);
-      std::uninitialized_value_construct_n(reinterpret_cast<T*>(bytes.get()), kChunkElems);
-      chunks_.push_back(std::move(bytes));
+      chunks_.push_back(new_arena_chunk(kChunkElems * sizeof(T), ArenaFill::now));
     }
+    std::byte* bytes = chunks_[size_ >> kChunkShift].get();
+    std::construct_at(reinterpret_cast<T*>(bytes) + (size_ & (kChunkElems - 1)), value);
     size_++;
-    (*this)[size_ - 1] = value;
   }
 
  private:
