@@ -240,7 +240,8 @@ TEST_CASE("a store hashes each payload once, whether newest_window or a load com
   CHECK(store->payload_hashes() == 0);
   CHECK(*store->newest_window() == std::optional<std::int64_t>(kWindowNs));
   CHECK(store->payload_hashes() == 1);
-  Result<LoadedSnapshot> loaded = store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, nullptr);
+  Result<LoadedSnapshot> loaded =
+      store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, nullptr);
   REQUIRE_OK(loaded.status());
   CHECK(loaded->info.seq == newest);
   CHECK(store->payload_hashes() == 1);

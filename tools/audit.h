@@ -34,10 +34,6 @@ Status check_name(std::string_view what, std::string_view name);
 // store when the caller holds it open; nullptr: opened here for the read.
 std::int64_t replay_window_ns(const std::string& data_dir, SharedSnapshots* snapshots);
 
-// DATA/snapshots opened read-only into shared->store, when it exists and
-// opens (a store that does not is left for a replay to report).
-void open_snapshots(const std::string& data_dir, SharedSnapshots* shared);
-
 // Rebuilds DATA's state: from its newest valid snapshot (unless
 // options.use_snapshots is false) and the log after it, with a progress
 // line on stderr when it is a terminal (tools/progress.h), with the
@@ -118,9 +114,7 @@ Result<HistoryIndex> open_history_index(const std::string& data_dir, bool check_
 // least that position even beside a live writer.
 struct PointInTimeData {
   HistoryIndex history;
-  // DATA/snapshots, open once for the window and the replays (replay_data).
-  SharedSnapshots snapshots;
-  PointInTimeSource source;  // source.history and source.snapshots borrow these
+  PointInTimeSource source;  // source.history borrows history.store
 };
 
 // Prints a note on stderr when the index exists but is not used. Errors:

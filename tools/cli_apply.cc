@@ -685,7 +685,8 @@ std::vector<std::string> compare_state(const Expectation& expected, std::string_
   std::unordered_map<std::string_view, BalanceLine> expected_balances;
   for (const std::string& line : expected.balance_lines) {
     const BalanceLine balance = expected_balance(line);
-    if (balance.available != 0 || balance.held != 0) expected_balances.emplace(balance.pair, balance);
+    if (balance.available == 0 && balance.held == 0) continue;
+    expected_balances.emplace(balance.pair, balance);
   }
   for (const std::string_view line : split_lines(actual_csv)) {
     BalanceLine got;

@@ -37,37 +37,28 @@ Status check_name(std::string_view what, std::string_view name) {
                                         std::to_string(kIdBytesMax) + " bytes");
 }
 
-void open_snapshots(const std::string& data_dir, SharedSnapshots* shared) {
-  const std::string dir = snapshot_dir(data_dir);
-  if (!log::posix_file_system().exists(dir)) return;
-  auto store = snap::SnapshotStore::open(dir, {.read_only = true});
-  if (store) shared->store = std::move(*store);
-}
-
 std::int64_t replay_window_ns(const std::string& data_dir, SharedSnapshots* snapshots) {
   const std::int64_t fallback = proj::StateOptions{}.idempotency_window_ns;
-  SharedSnapshots opened;  // closed again on return: one environment per process
-  if (snapshots == nullptr) {
-    open_snapshots(data_dir, &opened);
-    snapshots = &opened;
+  const auto recorded = [fallback](const snap::SnapshotStore& store) {
+    const Result<std::optional<std::int64_t>> window = store.newest_window();
+    // State asserts a window >= 0; a header saying otherwise is not a ledger's.
+    return window.ok() && window->has_value() && **window >= 0 ? **window : fallback;
+  };
+  if (snapshots != nullptr) {
+    std::lock_guard<std::mutex> guard(snapshots->mu);
+    return snapshots->store != nullptr && !snapshots->failed ? recorded(*snapshots->store)
+                                                             : fallback;
   }
-  std::lock_guard<std::mutex> guard(snapshots->mu);
-  if (snapshots->store == nullptr || snapshots->failed) return fallback;
-  const Result<std::optional<std::int64_t>> window = snapshots->store->newest_window();
-  // State asserts a window >= 0; a header saying otherwise is not a ledger's.
-  return window.ok() && window->has_value() && **window >= 0 ? **window : fallback;
+  const std::string dir = snapshot_dir(data_dir);
+  if (!log::posix_file_system().exists(dir)) return fallback;
+  // Closed again before the replay opens it: one environment per process.
+  auto store = snap::SnapshotStore::open(dir, {.read_only = true});
+  return store ? recorded(**store) : fallback;
 }
 
 Result<Replayed> replay_data(const std::string& data_dir, ReplayOptions options) {
   TALLY_TRY(require_data_dir(data_dir));
   options.data_dir = data_dir;
-  // One store for the window and the replay: the newest snapshot's payload
-  // is then hashed once, not by each (SnapshotStore).
-  SharedSnapshots opened;
-  if (options.snapshots == nullptr && options.use_snapshots) {
-    open_snapshots(data_dir, &opened);
-    if (opened.store != nullptr) options.snapshots = &opened;
-  }
   options.state_options.idempotency_window_ns = replay_window_ns(data_dir, options.snapshots);
   options.writer_may_be_live = true;  // beside a server, maybe
   Progress progress("replay", 0);
@@ -247,11 +238,8 @@ Result<std::unique_ptr<PointInTimeData>> open_point_in_time(const std::string& d
     note_history_not_used(data_dir, history);
   }
   data->source.data_dir = data_dir;
-  open_snapshots(data_dir, &data->snapshots);
-  if (data->snapshots.store != nullptr) data->source.snapshots = &data->snapshots;
   // Snapshots of the ledger's window load; a replay with another would skip them.
-  data->source.state_options.idempotency_window_ns =
-      replay_window_ns(data_dir, data->source.snapshots);
+  data->source.state_options.idempotency_window_ns = replay_window_ns(data_dir, nullptr);
   data->source.history = history.trusted();
   data->source.last_seq = history.log_last_seq;
   return data;
