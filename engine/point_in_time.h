@@ -30,7 +30,7 @@ namespace tally {
 struct PointInTimeSource {
   std::string data_dir;
   log::FileSystem* fs = nullptr;        // borrowed; nullptr: POSIX
-  proj::StateOptions state_options;     // the ledger's idempotency window
+  proj::StateOptions state_options;     // the ledger's window, or window_from_image
   SharedSnapshots* snapshots = nullptr; // borrowed; nullptr: open DATA/snapshots if there
   const snap::HistoryStore* history = nullptr;  // borrowed; nullptr: replay only
   // The last seq known to be complete: the ledger's committed seq, or the

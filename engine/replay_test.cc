@@ -230,6 +230,36 @@ TEST_CASE("replay across many segments stops exactly at its seq and time bounds"
   }
 }
 
+TEST_CASE("a replay that takes the window from the image starts from a snapshot of any window") {
+  testing::TempDir dir;
+  const std::string data_dir = write_log(dir);
+  const Reference reference = one_at_a_time(data_dir);
+  const std::uint64_t last = reference.digests.size() - 1;
+  const std::int64_t ledger_window_ns = proj::StateOptions{}.idempotency_window_ns;
+  for (const bool from_image : {false, true}) {
+    CAPTURE(from_image);
+    ReplayOptions options;
+    options.data_dir = data_dir;
+    options.state_options.idempotency_window_ns = ledger_window_ns + 1;  // not the ledger's
+    options.state_options.window_from_image = from_image;
+    auto replayed = replay(options);
+    REQUIRE_MESSAGE(replayed.ok(), replayed.status().to_string());
+    if (from_image) {
+      CHECK(replayed->report.snapshot_seq != 0);
+      CHECK(replayed->report.skipped.empty());
+      CHECK(replayed->state->idempotency_window_ns() == ledger_window_ns);
+      CHECK(replayed->state->digest() == reference.digests[last]);
+    } else {
+      // Each snapshot is of another window: passed over, and the whole log
+      // replayed under the window asked for.
+      CHECK(replayed->report.snapshot_seq == 0);
+      CHECK(replayed->report.skipped.size() == 2);
+      CHECK(replayed->state->idempotency_window_ns() == ledger_window_ns + 1);
+      CHECK(replayed->state->last_seq() == last);
+    }
+  }
+}
+
 TEST_CASE("applied at chosen seqs sees the state exactly there, keys included") {
   // The keys are remembered ahead of the ops except across these seqs.
   testing::TempDir dir;

@@ -73,6 +73,11 @@ struct StateOptions {
   // stamped in [k, k + window) and gone for one stamped k + window.
   // 0 = remember forever.
   std::int64_t idempotency_window_ns = 24ll * 3600 * 1'000'000'000;
+  // For State::load only: the state takes the window its image was saved
+  // with, instead of refusing an image of another window than
+  // idempotency_window_ns. For a reader that does not know the window of
+  // the ledger that wrote the image, and learns it from the image.
+  bool window_from_image = false;
 };
 
 // A request time before every event's: State's lookups as the state stands.
@@ -247,7 +252,8 @@ class State {
   // event exactly as the saved State would. `options` must carry the window
   // the image was saved with (invalid otherwise: a different window would
   // have remembered different keys, so the state would not be the one a
-  // full replay gives). The bytes are untrusted: a truncated, malformed or
+  // full replay gives), unless options.window_from_image: the state then
+  // takes the image's window. The bytes are untrusted: a truncated, malformed or
   // inconsistent image is corrupt, never a crash; the source's own error
   // is returned as is. Tables are sized from the counts in the image only
   // as far as the source's size can hold that many entries.

@@ -314,7 +314,7 @@ struct State::Loader {
  public:
   Loader(ImageReader* in, State::Impl* impl) : in_(in), impl_(impl) {}
 
-  Status header(std::int64_t window_ns);
+  Status header(const StateOptions& options);
   Status names(NameTable* names, bool subjects);
   Status balances();
   Status holds(bool open);
@@ -347,7 +347,7 @@ struct State::Loader {
   static constexpr std::size_t kBatch = 32;
 };
 
-Status State::Loader::header(std::int64_t window_ns) {
+Status State::Loader::header(const StateOptions& options) {
   std::uint32_t magic = 0;
   std::uint32_t version = 0;
   std::int64_t saved_window_ns = 0;
@@ -362,11 +362,14 @@ Status State::Loader::header(std::int64_t window_ns) {
   TALLY_READ(impl_->last_timestamp_ns, in_->i64());
   TALLY_READ(saved_window_ns, in_->i64());
   if (impl_->last_seq > log::kHoldSeqMask) return bad_image("last seq past the HoldId range");
-  if (saved_window_ns != window_ns) {
+  if (options.window_from_image) {
+    if (saved_window_ns < 0) return bad_image("negative idempotency window");
+    impl_->options.idempotency_window_ns = saved_window_ns;
+  } else if (saved_window_ns != options.idempotency_window_ns) {
     return Status(ErrorCode::invalid,
                   "state image: saved with an idempotency window of " +
                       std::to_string(saved_window_ns) + " ns, the options say " +
-                      std::to_string(window_ns));
+                      std::to_string(options.idempotency_window_ns));
   }
   return Status();
 }
@@ -617,7 +620,7 @@ Result<std::unique_ptr<State>> State::load(StateSource& source, StateOptions opt
   Impl* impl = state->impl_.get();
   ImageReader in(&source);
   Loader loader(&in, impl);
-  TALLY_TRY(loader.header(options.idempotency_window_ns));
+  TALLY_TRY(loader.header(options));
   // The idempotency keys, half of a large image, need nothing loaded before
   // them: where the source can be read from two places, a second thread
   // loads them (into the key index only) while this one loads the rest.

@@ -230,6 +230,26 @@ std::vector<std::byte> scripted_image(std::size_t steps_count) {
   return image_of(original);
 }
 
+TEST_CASE("window_from_image loads an image of any window, and the state takes that window") {
+  const std::vector<std::byte> image = scripted_image(13);
+  const std::unique_ptr<State> expected = load_image(image);
+  StateOptions options{kWindowNs + 1};
+  options.window_from_image = true;
+  SpanSource source(image);
+  std::uint64_t digest = 0;
+  Result<std::unique_ptr<State>> loaded = State::load(source, options, &digest);
+  REQUIRE_OK(loaded.status());
+  CHECK((*loaded)->idempotency_window_ns() == kWindowNs);
+  CHECK((*loaded)->digest() == expected->digest());
+  CHECK(digest == expected->digest());
+
+  // A negative window is no ledger's: the image is corrupt.
+  std::vector<std::byte> negative = image;
+  negative[kStateWindowOffset + 7] = std::byte{0x80};  // little-endian: the sign byte
+  SpanSource negative_source(negative);
+  CHECK(State::load(negative_source, options).code() == ErrorCode::corrupt);
+}
+
 TEST_CASE("every truncation of an image is corrupt") {
   const std::vector<std::byte> image = scripted_image(13);
   std::vector<std::byte> longer = image;

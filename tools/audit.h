@@ -36,8 +36,10 @@ std::int64_t replay_window_ns(const std::string& data_dir, SharedSnapshots* snap
 
 // Rebuilds DATA's state: from its newest valid snapshot (unless
 // options.use_snapshots is false) and the log after it, with a progress
-// line on stderr when it is a terminal (tools/progress.h), with the
-// idempotency window of replay_window_ns(). Errors: not_found
+// line on stderr when it is a terminal (tools/progress.h). The
+// idempotency window is the snapshot's it starts from, the default when
+// none; replay_window_ns() when the caller passes its store
+// (options.snapshots) or replays without snapshots. Errors: not_found
 // when DATA is not there; corrupt (naming segment and offset) and io_error
 // from replay.
 Result<Replayed> replay_data(const std::string& data_dir, ReplayOptions options = {});

@@ -59,7 +59,14 @@ std::int64_t replay_window_ns(const std::string& data_dir, SharedSnapshots* snap
 Result<Replayed> replay_data(const std::string& data_dir, ReplayOptions options) {
   TALLY_TRY(require_data_dir(data_dir));
   options.data_dir = data_dir;
-  options.state_options.idempotency_window_ns = replay_window_ns(data_dir, options.snapshots);
+  if (options.use_snapshots && options.snapshots == nullptr) {
+    // The window of the snapshot the replay starts from, read from its
+    // image as it loads, so that its payload is hashed once, beside the
+    // load, and not also before it; the default when it starts from none.
+    options.state_options.window_from_image = true;
+  } else {
+    options.state_options.idempotency_window_ns = replay_window_ns(data_dir, options.snapshots);
+  }
   options.writer_may_be_live = true;  // beside a server, maybe
   Progress progress("replay", 0);
   if (progress.enabled()) {
@@ -238,8 +245,8 @@ Result<std::unique_ptr<PointInTimeData>> open_point_in_time(const std::string& d
     note_history_not_used(data_dir, history);
   }
   data->source.data_dir = data_dir;
-  // Snapshots of the ledger's window load; a replay with another would skip them.
-  data->source.state_options.idempotency_window_ns = replay_window_ns(data_dir, nullptr);
+  // A replay takes the window of the snapshot it starts from (as replay_data's).
+  data->source.state_options.window_from_image = true;
   data->source.history = history.trusted();
   data->source.last_seq = history.log_last_seq;
   return data;
