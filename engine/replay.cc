@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <mutex>
+#include <optional>
 #include <thread>
 
 #include "log/tail.h"
@@ -400,11 +402,20 @@ class ReadAhead {
 
 }  // namespace
 
+std::int64_t newest_snapshot_window_ns(SharedSnapshots& shared, std::int64_t fallback_ns) {
+  std::lock_guard<std::mutex> guard(shared.mu);
+  if (shared.store == nullptr || shared.failed) return fallback_ns;
+  const Result<std::optional<std::int64_t>> window = shared.store->newest_window();
+  // State asserts a window >= 0; a header saying otherwise is not a ledger's.
+  return window.ok() && window->has_value() && **window >= 0 ? **window : fallback_ns;
+}
+
 Result<Replayed> replay(const ReplayOptions& options) {
   const auto started = std::chrono::steady_clock::now();
   log::FileSystem& fs = options.fs != nullptr ? *options.fs : log::posix_file_system();
   Replayed out;
   Start start;
+  proj::StateOptions state_options = options.state_options;
   if (options.use_snapshots) {
     SharedSnapshots local;
     SharedSnapshots* shared = options.snapshots;
@@ -423,6 +434,12 @@ Result<Replayed> replay(const ReplayOptions& options) {
       auto found = start_from_snapshot(options, fs, *shared, &out.report);
       if (!found) return found.status();
       start = std::move(*found);
+      if (start.state == nullptr && state_options.window_from_image) {
+        // No image to take the window from (none at or below the bound, or
+        // none that loads): the newest snapshot's is the ledger's.
+        state_options.idempotency_window_ns =
+            newest_snapshot_window_ns(*shared, state_options.idempotency_window_ns);
+      }
     }
   }
   if (start.state != nullptr) out.report.snapshot_seq = start.state->last_seq();
@@ -430,7 +447,7 @@ Result<Replayed> replay(const ReplayOptions& options) {
     options.progress->snapshot_seq.store(out.report.snapshot_seq, std::memory_order_relaxed);
   }
   if (start.state == nullptr) {
-    start.state = std::make_unique<proj::State>(options.state_options);
+    start.state = std::make_unique<proj::State>(state_options);
     auto reader = log::LogReader::open(fs, log_dir(options.data_dir),
                                        {.keep_previous_segment = true,
                                         .writer_may_be_live = options.writer_may_be_live});

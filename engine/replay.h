@@ -89,8 +89,15 @@ struct Replayed {
 };
 
 // Errors: corrupt (with segment and offset, or the seq apply refused),
-// io_error.
+// io_error. With options.state_options.window_from_image, a replay that
+// starts from no snapshot takes newest_snapshot_window_ns()'s window.
 Result<Replayed> replay(const ReplayOptions& options);
+
+// The idempotency window recorded in the newest snapshot of `shared` whose
+// payload verifies (SnapshotStore::newest_window): the window of the
+// ledger that took it, which the data directory records nowhere else.
+// `fallback_ns` when there is none, or no usable store.
+std::int64_t newest_snapshot_window_ns(SharedSnapshots& shared, std::int64_t fallback_ns);
 
 // The log, snapshot and history directories inside a data directory.
 std::string log_dir(const std::string& data_dir);

@@ -59,10 +59,12 @@ Reference one_at_a_time(const std::string& data_dir) {
 // A ledger on 64 KiB segments, given a few thousand commands of every kind
 // with the clock a millisecond apart (and a run of large batches), and
 // snapshots at two points.
-std::string write_log(const testing::TempDir& dir) {
+std::string write_log(const testing::TempDir& dir,
+                      std::int64_t idempotency_window_ns = LedgerOptions{}.idempotency_window_ns) {
   ManualClock clock{kStart};
   LedgerOptions options;
   options.data_dir = dir.sub("data");
+  options.idempotency_window_ns = idempotency_window_ns;
   options.durability = Durability::none;
   options.clock = &clock;
   options.segment_size_bytes = log::kSegmentSizeBytesMin;
@@ -232,32 +234,43 @@ TEST_CASE("replay across many segments stops exactly at its seq and time bounds"
 
 TEST_CASE("a replay that takes the window from the image starts from a snapshot of any window") {
   testing::TempDir dir;
-  const std::string data_dir = write_log(dir);
+  // Remembers keys forever; its log spans seconds, so its states' digests
+  // are those of the default window's too.
+  constexpr std::int64_t kLedgerWindowNs = 0;
+  const std::string data_dir = write_log(dir, kLedgerWindowNs);
   const Reference reference = one_at_a_time(data_dir);
   const std::uint64_t last = reference.digests.size() - 1;
-  const std::int64_t ledger_window_ns = proj::StateOptions{}.idempotency_window_ns;
-  for (const bool from_image : {false, true}) {
-    CAPTURE(from_image);
+  const std::int64_t other_window_ns = proj::StateOptions{}.idempotency_window_ns;
+  const auto replay_with = [&](bool from_image, std::uint64_t to_seq) {
     ReplayOptions options;
     options.data_dir = data_dir;
-    options.state_options.idempotency_window_ns = ledger_window_ns + 1;  // not the ledger's
+    options.to_seq = to_seq;
+    options.state_options.idempotency_window_ns = other_window_ns;  // not the ledger's
     options.state_options.window_from_image = from_image;
     auto replayed = replay(options);
     REQUIRE_MESSAGE(replayed.ok(), replayed.status().to_string());
-    if (from_image) {
-      CHECK(replayed->report.snapshot_seq != 0);
-      CHECK(replayed->report.skipped.empty());
-      CHECK(replayed->state->idempotency_window_ns() == ledger_window_ns);
-      CHECK(replayed->state->digest() == reference.digests[last]);
-    } else {
-      // Each snapshot is of another window: passed over, and the whole log
-      // replayed under the window asked for.
-      CHECK(replayed->report.snapshot_seq == 0);
-      CHECK(replayed->report.skipped.size() == 2);
-      CHECK(replayed->state->idempotency_window_ns() == ledger_window_ns + 1);
-      CHECK(replayed->state->last_seq() == last);
-    }
-  }
+    return std::move(*replayed);
+  };
+
+  Replayed replayed = replay_with(true, UINT64_MAX);
+  CHECK(replayed.report.snapshot_seq != 0);
+  CHECK(replayed.report.skipped.empty());
+  CHECK(replayed.state->idempotency_window_ns() == kLedgerWindowNs);
+  CHECK(replayed.state->digest() == reference.digests[last]);
+  // Below every snapshot: no image to take it from, so the newest
+  // snapshot's window, not the one asked for.
+  replayed = replay_with(true, 10);
+  CHECK(replayed.report.snapshot_seq == 0);
+  CHECK(replayed.state->idempotency_window_ns() == kLedgerWindowNs);
+  CHECK(replayed.state->digest() == reference.digests[10]);
+
+  // Without the flag each snapshot is of another window: passed over, and
+  // the whole log replayed under the window asked for.
+  replayed = replay_with(false, UINT64_MAX);
+  CHECK(replayed.report.snapshot_seq == 0);
+  CHECK(replayed.report.skipped.size() == 2);
+  CHECK(replayed.state->idempotency_window_ns() == other_window_ns);
+  CHECK(replayed.state->last_seq() == last);
 }
 
 TEST_CASE("applied at chosen seqs sees the state exactly there, keys included") {

@@ -27,19 +27,20 @@ Status require_data_dir(const std::string& data_dir);
 // ("subject", "item"); the caller reports it as a usage error.
 Status check_name(std::string_view what, std::string_view name);
 
-// The idempotency window the tools replay DATA with: the one its newest
-// snapshot records (the window of the ledger that took it; the data
-// directory records it nowhere else), else the default, 24 h. A snapshot
-// of another window does not load into such a replay. `snapshots`: DATA's
-// store when the caller holds it open; nullptr: opened here for the read.
+// The idempotency window `verify` and `snapshot` replay DATA with: the one
+// its newest snapshot records (newest_snapshot_window_ns), else the
+// default, 24 h. A snapshot of another window does not load into such a
+// replay. `snapshots`: DATA's store when the caller holds it open;
+// nullptr: opened here for the read.
 std::int64_t replay_window_ns(const std::string& data_dir, SharedSnapshots* snapshots);
 
 // Rebuilds DATA's state: from its newest valid snapshot (unless
 // options.use_snapshots is false) and the log after it, with a progress
 // line on stderr when it is a terminal (tools/progress.h). The
-// idempotency window is the snapshot's it starts from, the default when
-// none; replay_window_ns() when the caller passes its store
-// (options.snapshots) or replays without snapshots. Errors: not_found
+// idempotency window is the snapshot's it starts from (window_from_image),
+// the newest snapshot's when it starts from none; replay_window_ns() when
+// the caller passes its store (options.snapshots) or replays without
+// snapshots. Errors: not_found
 // when DATA is not there; corrupt (naming segment and offset) and io_error
 // from replay.
 Result<Replayed> replay_data(const std::string& data_dir, ReplayOptions options = {});

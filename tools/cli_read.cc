@@ -39,21 +39,15 @@ Status check_name(std::string_view what, std::string_view name) {
 
 std::int64_t replay_window_ns(const std::string& data_dir, SharedSnapshots* snapshots) {
   const std::int64_t fallback = proj::StateOptions{}.idempotency_window_ns;
-  const auto recorded = [fallback](const snap::SnapshotStore& store) {
-    const Result<std::optional<std::int64_t>> window = store.newest_window();
-    // State asserts a window >= 0; a header saying otherwise is not a ledger's.
-    return window.ok() && window->has_value() && **window >= 0 ? **window : fallback;
-  };
-  if (snapshots != nullptr) {
-    std::lock_guard<std::mutex> guard(snapshots->mu);
-    return snapshots->store != nullptr && !snapshots->failed ? recorded(*snapshots->store)
-                                                             : fallback;
-  }
+  if (snapshots != nullptr) return newest_snapshot_window_ns(*snapshots, fallback);
   const std::string dir = snapshot_dir(data_dir);
   if (!log::posix_file_system().exists(dir)) return fallback;
   // Closed again before the replay opens it: one environment per process.
+  SharedSnapshots opened;
   auto store = snap::SnapshotStore::open(dir, {.read_only = true});
-  return store ? recorded(**store) : fallback;
+  if (!store) return fallback;
+  opened.store = std::move(*store);
+  return newest_snapshot_window_ns(opened, fallback);
 }
 
 Result<Replayed> replay_data(const std::string& data_dir, ReplayOptions options) {
@@ -62,7 +56,8 @@ Result<Replayed> replay_data(const std::string& data_dir, ReplayOptions options)
   if (options.use_snapshots && options.snapshots == nullptr) {
     // The window of the snapshot the replay starts from, read from its
     // image as it loads, so that its payload is hashed once, beside the
-    // load, and not also before it; the default when it starts from none.
+    // load, and not also before it (replay() asks the store only when it
+    // starts from none).
     options.state_options.window_from_image = true;
   } else {
     options.state_options.idempotency_window_ns = replay_window_ns(data_dir, options.snapshots);
