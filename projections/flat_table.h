@@ -55,6 +55,7 @@ constexpr std::size_t huge_pages_bytes(std::size_t bytes) {
 // huge page and advised to use them (a hint: where the system does not
 // allow them, this changes nothing). Unmapped by unmap_huge_pages(bytes).
 inline std::byte* map_huge_pages(std::size_t bytes) {
+  TALLY_ASSERT(bytes > 0);
   const std::size_t mapped_bytes = huge_pages_bytes(bytes);
   // Mapped one huge page over and trimmed to a huge page's alignment.
   void* mapped = ::mmap(nullptr, mapped_bytes + kHugePageBytes, PROT_READ | PROT_WRITE,
@@ -158,7 +159,7 @@ template <class Slot>
 class SlotArray {
   static_assert(std::is_trivially_copyable_v<Slot>);
   static_assert(std::is_trivially_destructible_v<Slot>);
-  static_assert(alignof(Slot) <= alignof(std::max_align_t));
+  static_assert(alignof(Slot) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__);
 
  public:
   static constexpr std::size_t kOwnMappingBytesMin = kHugePageBytes;
@@ -179,6 +180,8 @@ class SlotArray {
       populate(mapped, bytes);
       memory = mapped;
     }
+    // Slots are trivially copyable: their lifetimes begin implicitly in
+    // memory from operator new; a mapping is taken to do the same.
     slots_ = static_cast<Slot*>(memory);
   }
   SlotArray(SlotArray&& other) noexcept

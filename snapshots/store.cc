@@ -547,7 +547,8 @@ Result<std::unique_ptr<proj::State>> SnapshotStore::Env::load_one(
   // checksum runs beside the load instead of before it (one pass over a
   // large image, on the loading thread done first): the loader reads the
   // bytes as untrusted either way, and a mismatch is what it reports. A
-  // payload this store hashed before (newest_window()) is not hashed again.
+  // payload this store wrote or hashed before is not hashed again
+  // (check_payload_once).
   auto chunks = sized_chunks(txn, meta);
   if (!chunks) return chunks.status();
   std::unique_ptr<proj::StateSource> source = std::make_unique<proj::SpanSource>(*chunks);
