@@ -904,6 +904,12 @@ TEST_CASE("slot arrays start empty, on the heap or in a mapping of their own, an
   static_assert(kSmall * sizeof(Wide) < SlotArray<Wide>::kOwnMappingBytesMin);
   static_assert(kLarge * sizeof(Wide) > SlotArray<Wide>::kOwnMappingBytesMin);
   for (const std::size_t count : {kSmall, kLarge}) {
+    {
+      // Heap memory freed dirty, which the allocator is likely to hand to
+      // the array next: it must be cleared, not taken as fresh zeros.
+      std::unique_ptr<std::byte[]> dirty(new std::byte[count * sizeof(Wide)]);
+      std::memset(dirty.get(), 0xa5, count * sizeof(Wide));
+    }
     SlotArray<Wide> slots(count);
     REQUIRE(slots.size() == count);
     if (count == kLarge) {
