@@ -267,6 +267,57 @@ TEST_CASE("a store hashes each payload once, whether newest_window or a load com
   CHECK(store->payload_hashes() == 3);
 }
 
+TEST_CASE("a payload written again at a seq the store checked is hashed again") {
+  TempDir dir;
+  std::unique_ptr<SnapshotStore> store = open_store(dir);
+  State first(StateOptions{kWindowNs});
+  Feed feed({&first});
+  REQUIRE_OK(feed.one("k1", proj::acquire_op("alice", "gold", 1)));
+  write_ok(store.get(), first);
+  REQUIRE_OK(feed.one("k2", proj::acquire_op("alice", "gold", 2)));
+  write_ok(store.get(), first);
+  REQUIRE_OK(store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, nullptr).status());
+  CHECK(store->payload_hashes() == 0);  // it wrote both
+
+  // Another process (another ledger's `tally snapshot` after a restore)
+  // replaces seq 2 with a state of its own, whose payload is then damaged.
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    int code = 1;
+    try {
+      State second(StateOptions{kWindowNs});
+      Feed other({&second});
+      const bool fed = other.one("k1", proj::acquire_op("bob", "silver", 5)).ok() &&
+                       other.one("k2", proj::acquire_op("bob", "silver", 6)).ok();
+      auto writer = SnapshotStore::open(dir.sub("snapshots"), small_options());
+      if (fed && writer.ok() && (*writer)->prune(1, 1, kWindowNs).ok() &&
+          (*writer)->write(second, position_of(second)).ok()) {
+        writer->reset();
+        flip_chunk_byte(dir, 2, 0, 40);  // past the header: only the checksum tells
+        code = 0;
+      }
+    } catch (...) {  // a REQUIRE in flip_chunk_byte
+      code = 2;
+    }
+    ::_exit(code);
+  }
+  int wait_status = 0;
+  REQUIRE(::waitpid(child, &wait_status, 0) == child);
+  REQUIRE(WIFEXITED(wait_status));
+  REQUIRE(WEXITSTATUS(wait_status) == 0);
+
+  // Checked before at this seq, but under another checksum: hashed, refused.
+  std::vector<SkippedSnapshot> skipped;
+  Result<LoadedSnapshot> loaded =
+      store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, &skipped);
+  REQUIRE_OK(loaded.status());
+  CHECK(loaded->info.seq == 1);
+  REQUIRE(skipped.size() == 1);
+  CHECK(skipped[0].seq == 2);
+  CHECK(store->payload_hashes() == 1);
+}
+
 TEST_CASE("prune does not count a snapshot whose payload is damaged") {
   TempDir dir;
   ScriptRun run;
