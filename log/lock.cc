@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 
 #include "log/file.h"
 
@@ -97,7 +98,11 @@ Result<std::unique_ptr<DirLock>> DirLock::acquire(const std::string& data_dir) {
       const std::string holder = pid == std::to_string(::getpid())
                                      ? "this process (pid " + pid + ", opened it already)"
                                      : "another process (pid " + pid + ")";
-      return Status(ErrorCode::locked, "data directory " + data_dir + " is locked by " + holder);
+      // Named as the Ledger names it, whichever tool asks: absolute.
+      std::error_code error_code;
+      const std::filesystem::path absolute = std::filesystem::absolute(data_dir, error_code);
+      const std::string named = error_code ? data_dir : absolute.lexically_normal().string();
+      return Status(ErrorCode::locked, "data directory " + named + " is locked by " + holder);
     }
     return lock_error("lock", path, error);
   }

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <array>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -698,6 +699,11 @@ TEST_CASE("a second process cannot take the data directory's lock") {
   const auto again = DirLock::acquire(data_dir);
   CHECK(again.code() == ErrorCode::locked);
   CHECK(again.status().message().find("locked by this process") != std::string::npos);
+  // Named absolute however it was spelled, so that every tool names it alike.
+  const std::string relative = std::filesystem::relative(data_dir).string();
+  REQUIRE(relative.front() != '/');
+  const auto spelled = DirLock::acquire(relative);
+  CHECK(spelled.status().message().find("data directory " + data_dir + " is locked") == 0);
   lock.value().reset();  // releases it
   CHECK(child_lock_attempt(data_dir, ::getpid()) == 1);
   CHECK(DirLock::acquire(data_dir).ok());
