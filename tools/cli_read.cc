@@ -299,9 +299,12 @@ void warn_lost_events(const std::string& data_dir, const ReplayReport& report) {
       where = snapshot_dir(data_dir);
     }
   }
-  auto index = open_history_index(data_dir);
-  if (index && index->standing == HistoryStanding::ahead && index->position.seq > known_seq) {
-    known_seq = index->position.seq;
+  // Only an index that opens can be ahead of the log. Without one, nothing
+  // scans the log's last segment (the chain check does it to find the end).
+  HistoryIndex index = open_history_store(data_dir);
+  if (index.store != nullptr && check_history_chain(data_dir, &index).ok() &&
+      index.standing == HistoryStanding::ahead && index.position.seq > known_seq) {
+    known_seq = index.position.seq;
     where = history_dir(data_dir);
   }
   if (known_seq == last_seq) return;
