@@ -89,6 +89,11 @@ HttpResponse error_response(const Status& status) {
   return problem(status_of(status.code()), error_code_name(status.code()), status.message());
 }
 
+// The Prometheus text exposition of GET /metrics.
+HttpResponse metrics_response(std::string text) {
+  return json_response(http::status::ok, std::move(text), "text/plain; version=0.0.4");
+}
+
 // What a server whose ledger is not served yet answers: 503 with
 // Retry-After, `code` starting (GET /health) or busy (the rest).
 HttpResponse starting_response(std::string_view code, std::string extra = {}) {
@@ -1034,7 +1039,7 @@ std::optional<HttpSession::Routed> HttpSession::route_headers(const HttpRequest&
     send(std::move(response), false);
     return std::nullopt;
   }
-  if (!core_.serving()) {
+  if (!core_.serving() && route.kind != RouteKind::metrics) {
     send(starting_response("busy"), false);
     return std::nullopt;
   }
@@ -1098,6 +1103,11 @@ const char* HttpSession::unauthorized(const HttpRequest& request) {
 }
 
 void HttpSession::metrics() {
+  if (!core_.serving()) {
+    // No ledger yet: the server's own counters and how far its open is.
+    return send(metrics_response(core_.metrics().render_starting(core_.options().starting)),
+                false);
+  }
   // Rendered while this scrape is in flight for certain, and left out of
   // the queue depth.
   core_.read<std::string>(
@@ -1106,9 +1116,7 @@ void HttpSession::metrics() {
         return Result<std::string>(
             core_.metrics().render(core_.ledger().stats(), core_.feed().stats(), 1));
       },
-      reply<std::string>([](const std::string& text) {
-        return json_response(http::status::ok, text, "text/plain; version=0.0.4");
-      }));
+      reply<std::string>([](const std::string& text) { return metrics_response(text); }));
 }
 
 void HttpSession::reject(const Route& route, const Status& status) {

@@ -139,6 +139,32 @@ void Metrics::render_latency(std::string* out) const {
   }
 }
 
+void Metrics::render_open_progress(std::string* out, std::uint64_t snapshot_seq,
+                                   std::uint64_t events, bool starting) {
+  append_single(out, "tally_starting", "gauge",
+                "1 while the server opens its log (every other request is answered 503); 0 once "
+                "it serves.",
+                starting ? 1 : 0);
+  append_single(out, "tally_open_snapshot_seq", "gauge",
+                "The seq of the snapshot the ledger opened from (while starting: the one being "
+                "loaded, then the one the replay started from); 0: none.",
+                snapshot_seq);
+  append_single(out, "tally_open_replayed_events", "gauge",
+                "Events replayed from the log at open, after the snapshot (while starting: so "
+                "far).",
+                events);
+}
+
+std::string Metrics::render_starting(const OpenProgress* progress, std::int64_t self) const {
+  std::string out;
+  render_ops(&out);
+  render_latency(&out);
+  render_open_progress(&out, progress ? progress->snapshot_seq.load() : 0,
+                       progress ? progress->events.load() : 0, true);
+  render_server(&out, self);
+  return out;
+}
+
 std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed,
                             std::int64_t self) const {
   std::string out;
@@ -153,10 +179,7 @@ std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed,
   append_histogram(&out, "tally_group_commit_events", "", stats.group_events, 1);
   append_single(&out, "tally_log_bytes_total", "counter",
                 "Bytes appended to the log since open.", stats.log_bytes_written);
-  append_single(&out, "tally_open_snapshot_seq", "gauge",
-                "The seq of the snapshot the ledger opened from; 0: none.", stats.snapshot_seq);
-  append_single(&out, "tally_open_replayed_events", "gauge",
-                "Events replayed from the log at open, after the snapshot.", stats.events_replayed);
+  render_open_progress(&out, stats.snapshot_seq, stats.events_replayed, false);
   append_help(&out, "tally_open_replay_seconds", "gauge",
               "How long loading the snapshot and replaying the log took at open.");
   out += "tally_open_replay_seconds ";
@@ -202,45 +225,49 @@ std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed,
                 "1 once a write failed: every mutation and balance read is refused until the "
                 "server restarts (the event feed and metrics still answer).",
                 stats.read_only ? 1 : 0);
-  const std::int64_t inflight = inflight_.load(std::memory_order_relaxed) - self;
-  append_single(&out, "tally_queue_depth", "gauge", "Requests submitted and not yet answered.",
-                static_cast<std::uint64_t>(inflight < 0 ? 0 : inflight));
-  append_help(&out, "tally_connections", "gauge", "Open connections, by protocol.");
-  for (std::size_t protocol = 0; protocol < kProtocols; protocol++) {
-    const std::int64_t open = connections_[protocol].load(std::memory_order_relaxed);
-    append_line(&out, "tally_connections",
-                "protocol=\"" + std::string(kProtocolNames[protocol]) + "\"",
-                static_cast<std::uint64_t>(open < 0 ? 0 : open));
-  }
-  append_help(&out, "tally_connections_total", "counter",
-              "Connections accepted, by protocol (those refused over connections_max too).");
-  for (std::size_t protocol = 0; protocol < kProtocols; protocol++) {
-    append_line(&out, "tally_connections_total",
-                "protocol=\"" + std::string(kProtocolNames[protocol]) + "\"",
-                connections_total_[protocol].load(std::memory_order_relaxed));
-  }
-  append_single(&out, "tally_connections_rejected_total", "counter",
-                "Connections closed at once (connections_max were open, or the server was "
-                "stopping) and requests on a probe connection answered 503 busy.",
-                connections_rejected_.load(std::memory_order_relaxed));
-  append_single(&out, "tally_malformed_total", "counter",
-                "Connections closed for a malformed or oversized frame or request.",
-                malformed_.load(std::memory_order_relaxed));
-  append_help(&out, "tally_unauthorized_total", "counter",
-              "Requests (http) and connections (binary) refused for a missing or wrong token "
-              "(binary: or a first request that is not a hello).");
-  for (std::size_t protocol = 0; protocol < kProtocols; protocol++) {
-    append_line(&out, "tally_unauthorized_total",
-                "protocol=\"" + std::string(kProtocolNames[protocol]) + "\"",
-                unauthorized_[protocol].load(std::memory_order_relaxed));
-  }
-  append_single(&out, "tally_accept_failures_total", "counter",
-                "Accepts that failed (out of file descriptors or memory); each waits 100 ms.",
-                accept_failures_.load(std::memory_order_relaxed));
+  render_server(&out, self);
   append_single(&out, "tally_event_waits", "gauge",
                 "Event feed readers (long polls, follow streams) waiting for a commit.",
                 feed.waiters);
   return out;
+}
+
+void Metrics::render_server(std::string* out, std::int64_t self) const {
+  const std::int64_t inflight = inflight_.load(std::memory_order_relaxed) - self;
+  append_single(out, "tally_queue_depth", "gauge", "Requests submitted and not yet answered.",
+                static_cast<std::uint64_t>(inflight < 0 ? 0 : inflight));
+  append_help(out, "tally_connections", "gauge", "Open connections, by protocol.");
+  for (std::size_t protocol = 0; protocol < kProtocols; protocol++) {
+    const std::int64_t open = connections_[protocol].load(std::memory_order_relaxed);
+    append_line(out, "tally_connections",
+                "protocol=\"" + std::string(kProtocolNames[protocol]) + "\"",
+                static_cast<std::uint64_t>(open < 0 ? 0 : open));
+  }
+  append_help(out, "tally_connections_total", "counter",
+              "Connections accepted, by protocol (those refused over connections_max too).");
+  for (std::size_t protocol = 0; protocol < kProtocols; protocol++) {
+    append_line(out, "tally_connections_total",
+                "protocol=\"" + std::string(kProtocolNames[protocol]) + "\"",
+                connections_total_[protocol].load(std::memory_order_relaxed));
+  }
+  append_single(out, "tally_connections_rejected_total", "counter",
+                "Connections closed at once (connections_max were open, or the server was "
+                "stopping) and requests on a probe connection answered 503 busy.",
+                connections_rejected_.load(std::memory_order_relaxed));
+  append_single(out, "tally_malformed_total", "counter",
+                "Connections closed for a malformed or oversized frame or request.",
+                malformed_.load(std::memory_order_relaxed));
+  append_help(out, "tally_unauthorized_total", "counter",
+              "Requests (http) and connections (binary) refused for a missing or wrong token "
+              "(binary: or a first request that is not a hello).");
+  for (std::size_t protocol = 0; protocol < kProtocols; protocol++) {
+    append_line(out, "tally_unauthorized_total",
+                "protocol=\"" + std::string(kProtocolNames[protocol]) + "\"",
+                unauthorized_[protocol].load(std::memory_order_relaxed));
+  }
+  append_single(out, "tally_accept_failures_total", "counter",
+                "Accepts that failed (out of file descriptors or memory); each waits 100 ms.",
+                accept_failures_.load(std::memory_order_relaxed));
 }
 
 }  // namespace tally

@@ -51,6 +51,9 @@ class Metrics {
   // `self`: requests in flight to leave out of tally_queue_depth (the
   // scrape rendering it).
   std::string render(const LedgerStats& stats, const FeedStats& feed, std::int64_t self = 0) const;
+  // The text while the server opens its log: its own counters and how far
+  // the open is (`progress` may be null: nothing known yet).
+  std::string render_starting(const OpenProgress* progress, std::int64_t self = 0) const;
 
  private:
   // Upper bounds of the latency buckets, in nanoseconds.
@@ -64,6 +67,10 @@ class Metrics {
 
   void render_ops(std::string* out) const;
   void render_latency(std::string* out) const;
+  // The families of the server itself: queue depth, connections, refusals.
+  void render_server(std::string* out, std::int64_t self) const;
+  static void render_open_progress(std::string* out, std::uint64_t snapshot_seq,
+                                   std::uint64_t events, bool starting);
 
   std::array<std::array<std::atomic<std::uint64_t>, kOutcomeSlots>, kOps> ops_{};
   std::array<Histogram, kOps> latency_;

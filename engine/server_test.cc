@@ -1173,6 +1173,18 @@ TEST_CASE("server: bound before its ledger, it answers starting; a Client waits 
   CHECK(read.status == 503);
   CHECK(read.code() == "busy");
   CHECK(read.header("Retry-After") == "1");
+  // A scrape meanwhile gets the server's own counters and the open's
+  // progress, and no figure of a ledger that is not there yet.
+  const Reply scrape = get(server.http_port(), "/metrics");
+  CHECK(scrape.status == 200);
+  CHECK(scrape.header("Content-Type") == "text/plain; version=0.0.4");
+  CHECK(metric(server.http_port(), "tally_starting") == 1);
+  CHECK(metric(server.http_port(), "tally_open_snapshot_seq") == 1000);
+  CHECK(metric(server.http_port(), "tally_open_replayed_events") == 8192);
+  CHECK(metric(server.http_port(), "tally_connections_total{protocol=\"http\"}") >= 5);
+  CHECK(metric(server.http_port(), "tally_next_seq") == -1);
+  CHECK(metric(server.http_port(), "tally_fsyncs_total") == -1);
+  CHECK(get(server.http_port(), "/metrics?x=1").status == 400);
 
   // A first request without a hello (this server has no token) is
   // answered busy, and the connection closed.
@@ -1205,6 +1217,8 @@ TEST_CASE("server: bound before its ledger, it answers starting; a Client waits 
   CHECK((**patient)->acquire("a", "alice", "gold", 3)->outcome == Outcome::ok);
   CHECK(get(server.http_port(), "/health").status == 200);
   CHECK(get(server.http_port(), "/v1/balances/alice/gold").integer("available") == 3);
+  CHECK(metric(server.http_port(), "tally_starting") == 0);
+  CHECK(metric(server.http_port(), "tally_next_seq") == 2);
   CHECK((**patient)->close().ok());
   server.stop();
   CHECK(ledger->close().ok());

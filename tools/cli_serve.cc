@@ -49,7 +49,8 @@ constexpr CommandSpec kServeSpec = {
     "                   [--idempotency-window S] [--hold-ttl-max S] [--queue-depth N]\n"
     "                   [--segment-bytes N] [--sync-interval-ms N] [--scrub-seconds S]",
     "Binds both listeners first, then opens DATA: until the log is open,\n"
-    "GET /health answers 503 `starting` and every other request 503 `busy`.\n"
+    "GET /health answers 503 `starting`, GET /metrics the server's own counters\n"
+    "with tally_starting 1, and every other request 503 `busy`.\n"
     "Prints `serving binary=HOST:PORT http=HOST:PORT` once it serves the ledger\n"
     "(port 0 picks a free port). A listen address that is not loopback\n"
     "requires --token-file; clients then present the token (HTTP: Authorization:\n"
