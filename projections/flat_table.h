@@ -207,6 +207,11 @@ class SlotArray {
 
   bool empty() const { return count_ == 0; }
   std::size_t size() const { return count_; }
+  // What it holds of memory: a mapping of its own is whole huge pages.
+  std::size_t memory_bytes() const {
+    const std::size_t bytes = count_ * sizeof(Slot);
+    return bytes < kOwnMappingBytesMin ? bytes : huge_pages_bytes(bytes);
+  }
   Slot* data() { return slots_; }
   const Slot* data() const { return slots_; }
   Slot& operator[](std::size_t index) { return slots_[index]; }
@@ -242,7 +247,7 @@ class FlatTable {
 
   std::size_t size() const { return size_; }
   std::size_t capacity() const { return slots_.size(); }
-  std::size_t memory_bytes() const { return slots_.size() * sizeof(Slot); }
+  std::size_t memory_bytes() const { return slots_.memory_bytes(); }
   // The slot where a lookup of `hash` begins (0 while the table is empty).
   std::size_t home(std::uint64_t hash) const { return hash & mask_; }
 

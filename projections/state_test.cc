@@ -914,6 +914,9 @@ TEST_CASE("slot arrays start empty, on the heap or in a mapping of their own, an
     REQUIRE(slots.size() == count);
     if (count == kLarge) {
       CHECK(reinterpret_cast<std::uintptr_t>(slots.data()) % kHugePageBytes == 0);
+      CHECK(slots.memory_bytes() == 2 * kHugePageBytes);  // 3 MiB mapped as 4
+    } else {
+      CHECK(slots.memory_bytes() == count * sizeof(Wide));
     }
     std::size_t nonzero = 0;
     for (const Wide& slot : slots) nonzero += (slot.a | slot.b | slot.c) != 0;
