@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <vector>
 
 #include "log/tail.h"
 #include "log/thread.h"
@@ -93,7 +95,6 @@ Result<Start> start_from_snapshot(const ReplayOptions& options, log::FileSystem&
     const snap::SnapshotInfo& info = loaded->info;
     auto reader = log::LogReader::open(fs, log_dir(options.data_dir),
                                        {.from_seq = info.seq,
-                                        .keep_previous_segment = true,
                                         .writer_may_be_live = options.writer_may_be_live});
     if (!reader) return reader.status();
     log::Record record;
@@ -125,10 +126,10 @@ bool listed_next(const std::vector<std::uint64_t>& seqs, std::size_t* next, std:
 // They meet in a ring of slots, handed over in chunks so that neither
 // touches the other's counter for every event.
 //
-// Payloads stay in the reader's mapped segments until applied: the reader
-// keeps the segment before its current one, and reading waits while any
-// pending event is from that one (a read may move the reader on again,
-// however few records a segment holds).
+// A record's payload is valid only until the reader's next record, so the
+// reading thread copies each into a ring of payloads, where its decoded
+// event points until the event is applied: reading waits for room there
+// as it does for a slot.
 //
 // Given the state, the reading thread also remembers each event's key
 // before it hands the event over, and the applying thread applies only its
@@ -142,7 +143,8 @@ class ReadAhead {
   struct Slot {
     log::EventDecoder decoder;  // owns the event's ops
     log::Event event;
-    log::Record record;
+    log::Record record;  // its payload in the ring of payloads
+    std::uint64_t payload_at = 0;  // where: a position in payloads_ (payload_head_'s)
     proj::EventHashes hashes;
   };
 
@@ -153,7 +155,8 @@ class ReadAhead {
   ReadAhead(log::LogReader& reader, const ReplayOptions& options, std::uint64_t after,
             proj::State* keys, const std::vector<std::uint64_t>* pauses)
       : reader_(reader), keys_(keys), pauses_(pauses), to_seq_(options.to_seq),
-        to_time_ns_(options.to_time_ns), read_seq_(after), slots_(kSlots) {}
+        to_time_ns_(options.to_time_ns), read_seq_(after), slots_(kSlots),
+        payloads_(std::make_unique_for_overwrite<std::uint64_t[]>(kPayloadRingBytes / 8)) {}
 
   // Starts the reading thread; next() may be called once it has.
   Status start() {
@@ -246,6 +249,8 @@ class ReadAhead {
   static constexpr std::uint64_t kNever = UINT64_MAX;
   static constexpr std::uint64_t kFinished = std::uint64_t{1} << 63;
   static constexpr std::uint64_t kNoPause = UINT64_MAX;
+  // Two of the largest payloads, and thousands of the usual ones.
+  static constexpr std::uint64_t kPayloadRingBytes = 2 * std::uint64_t{log::kRecordPayloadBytesMax};
 
   void hand_back() {
     consumed_.store(head_, std::memory_order_release);
@@ -339,16 +344,34 @@ class ReadAhead {
     reached_end_ = reached_end;
     publish(Wake::always, kFinished);
   }
+  // Copies the slot's record's payload into the ring of payloads, in one
+  // piece, once the events still to apply leave room for it, and points
+  // the record there; false when stopped.
+  bool keep_payload(Slot* slot) {
+    const std::span<const std::byte> payload = slot->record.payload;
+    const std::uint64_t words = (payload.size() + 7) / 8;
+    std::uint64_t at = payload_head_;
+    const std::uint64_t word = at % (kPayloadRingBytes / 8);
+    if (word + words > kPayloadRingBytes / 8) at += kPayloadRingBytes / 8 - word;  // wrap
+    const bool room = wait_for([&](std::uint64_t consumed) {
+      return consumed == tail_ ||
+             at + words - slots_[consumed % kSlots].payload_at <= kPayloadRingBytes / 8;
+    });
+    if (!room) return false;
+    std::uint64_t* copy = payloads_.get() + at % (kPayloadRingBytes / 8);
+    copy[words - 1] = 0;  // the padding after the bytes
+    std::memcpy(copy, payload.data(), payload.size());
+    slot->record.payload = std::span(reinterpret_cast<const std::byte*>(copy), payload.size());
+    slot->payload_at = at;
+    payload_head_ = at + words;
+    return true;
+  }
   void read_all() {
     for (;;) {
-      // Room for the next slot, and every pending event in the reader's
-      // current segment before a read that may move it on.
-      const bool ready = wait_for([&](std::uint64_t consumed) {
-        return tail_ - consumed < kSlots &&
-               (consumed == tail_ || slots_[consumed % kSlots].record.segment_first_seq == segment_);
-      });
+      // Room for the next slot.
+      const bool ready =
+          wait_for([&](std::uint64_t consumed) { return tail_ - consumed < kSlots; });
       if (!ready) return;
-      reader_.release_previous_segment();
       // Never look past to_seq: on a live log the bytes after a committed
       // bound may be in flight.
       if (read_seq_ >= to_seq_) return finish(Status(), false);
@@ -356,8 +379,8 @@ class ReadAhead {
       Result<bool> more = reader_.next(&slot.record);
       if (!more) return finish(more.status(), false);
       if (!*more) return finish(Status(), true);
+      if (!keep_payload(&slot)) return;
       const log::Record& record = slot.record;
-      segment_ = record.segment_first_seq;
       Status decoded = log::decode_record(slot.decoder, record, &slot.event);
       if (!decoded.ok()) return finish(std::move(decoded), false);
       if (slot.event.timestamp_ns > to_time_ns_) return finish(Status(), false);
@@ -380,7 +403,7 @@ class ReadAhead {
   std::uint64_t read_seq_;
   std::uint64_t tail_ = 0;     // slots filled
   std::uint64_t keyed_ = 0;    // of them, with their keys remembered
-  std::uint64_t segment_ = 0;  // first seq of the reader's current segment
+  std::uint64_t payload_head_ = 0;  // words of payloads_ filled, wraps counted
   std::size_t next_pause_ = 0;            // into *pauses_
   std::uint64_t pause_slot_ = kNoPause;   // the keyed slot of the pause seq waited on
   Status status_;
@@ -393,6 +416,7 @@ class ReadAhead {
   std::uint64_t published_count_ = 0;  // as last seen
   // Shared; each counter one thread writes on a line of its own.
   alignas(kCacheLineBytes) std::vector<Slot> slots_;
+  const std::unique_ptr<std::uint64_t[]> payloads_;  // words: decoding wants 8-byte alignment
   alignas(kCacheLineBytes) std::atomic<std::uint64_t> published_{0};  // slots filled | kFinished
   alignas(kCacheLineBytes) std::atomic<std::uint64_t> consumed_{0};   // slots applied, handed back
   std::atomic<std::uint64_t> wanted_{kNever};  // the count a sleeping applier waits for
@@ -449,8 +473,7 @@ Result<Replayed> replay(const ReplayOptions& options) {
   if (start.state == nullptr) {
     start.state = std::make_unique<proj::State>(state_options);
     auto reader = log::LogReader::open(fs, log_dir(options.data_dir),
-                                       {.keep_previous_segment = true,
-                                        .writer_may_be_live = options.writer_may_be_live});
+                                       {.writer_may_be_live = options.writer_may_be_live});
     if (!reader) return reader.status();
     start.reader = std::move(*reader);
   }

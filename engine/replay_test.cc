@@ -232,6 +232,59 @@ TEST_CASE("replay across many segments stops exactly at its seq and time bounds"
   }
 }
 
+TEST_CASE("events of hundreds of KiB replay as they were, between small ones") {
+  // Batches of the most ops, each op naming the longest subject and item
+  // (over 500 KiB an event), among small events: the replay's ring of
+  // payloads holds a few such at a time, and wraps round again and again.
+  testing::TempDir dir;
+  ManualClock clock{kStart};
+  LedgerOptions options;
+  options.data_dir = dir.sub("data");
+  options.durability = Durability::none;
+  options.clock = &clock;
+  options.segment_size_bytes = std::uint64_t{4} << 20;
+  options.history = false;
+  options.snapshot_every_events = UINT64_MAX;
+  options.snapshot_every_seconds = 0;
+  {
+    auto opened = Ledger::open(options);
+    REQUIRE(opened.ok());
+    Ledger& ledger = **opened;
+    for (int n = 0; n < 400; n++) {
+      clock.advance_ns(kMs);
+      std::string key(1, 'k');  // not "k" + ...: GCC 12 warns (-Wrestrict) at -O3
+      key += std::to_string(n);
+      if (n % 13 == 5) {
+        std::vector<OpRequest> ops;
+        for (std::size_t op = 0; op < kBatchOpsMax; op++) {
+          std::string subject(kIdBytesMax, 's');
+          subject.replace(0, 8, std::to_string(10'000'000 + n * 1000 + op));
+          ops.push_back(OpRequest::acquire(subject, std::string(kIdBytesMax, 'i'), 1));
+        }
+        REQUIRE(ledger.batch(key, std::move(ops)).ok());
+        continue;
+      }
+      std::string subject(1, 's');
+      subject += std::to_string(n % 7);
+      REQUIRE(ledger.acquire(key, subject, "gold", 1 + n).ok());
+    }
+    REQUIRE(ledger.close().ok());
+  }
+  const Reference reference = one_at_a_time(options.data_dir);
+  const std::uint64_t last = reference.digests.size() - 1;
+  REQUIRE(last == 400);
+  REQUIRE(reference.records[6].payload.size() > 500 * 1024);
+  REQUIRE(reference.segments.size() > 3);
+  for (bool step_by_step : {false, true}) {
+    CAPTURE(step_by_step);
+    for (const std::uint64_t seq : {std::uint64_t{6}, std::uint64_t{7}, std::uint64_t{200}, last}) {
+      const Replayed replayed = replay_to(options.data_dir, seq, INT64_MAX, false, step_by_step);
+      CHECK(replayed.state->last_seq() == seq);
+      CHECK(replayed.state->digest() == reference.digests[seq]);
+    }
+  }
+}
+
 TEST_CASE("a replay that takes the window from the image starts from a snapshot of any window") {
   testing::TempDir dir;
   // Remembers keys forever; its log spans seconds, so its states' digests

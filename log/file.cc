@@ -75,6 +75,9 @@ class PosixFile final : public File {
   PosixFile& operator=(const PosixFile&) = delete;
 
   Status read_at(std::uint64_t offset, std::span<std::byte> out) override {
+    if (cancelled_ != nullptr && cancelled_->load(std::memory_order_relaxed)) {
+      return Status(ErrorCode::closed, "read " + path_ + ": cancelled");
+    }
     std::size_t done_bytes = 0;
     while (done_bytes < out.size()) {
       const std::size_t want = std::min(out.size() - done_bytes, kIoChunkBytesMax);
@@ -136,9 +139,9 @@ class PosixFile final : public File {
       return File::view(size_bytes);
     }
     const auto length = static_cast<std::size_t>(size_bytes);
-    // Pages are mapped as the scan reaches them (not MAP_POPULATE), so a
-    // reader that keeps its previous segment a little longer does not hold
-    // two whole segments at once.
+    // Pages are mapped as a scan reaches them (not MAP_POPULATE): a
+    // reader maps a segment to judge what follows its records, often a few
+    // pages of it.
     if (read_through_) TALLY_TRY(read_through(size_bytes));
     void* base = ::mmap(nullptr, length, PROT_READ, MAP_SHARED, fd_, 0);
     if (base == MAP_FAILED) return errno_status("map", path_, errno);
@@ -170,9 +173,6 @@ class PosixFile final : public File {
   Status read_through(std::uint64_t size_bytes) {
     std::vector<std::byte> chunk(std::min<std::uint64_t>(size_bytes, kReadThroughChunkBytes));
     for (std::uint64_t offset = 0; offset < size_bytes; offset += chunk.size()) {
-      if (cancelled_ != nullptr && cancelled_->load(std::memory_order_relaxed)) {
-        return Status(ErrorCode::closed, "read " + path_ + ": cancelled");
-      }
       const std::size_t want =
           static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), size_bytes - offset));
       TALLY_TRY(read_at(offset, std::span<std::byte>(chunk.data(), want)));

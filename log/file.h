@@ -81,9 +81,10 @@ FileSystem& posix_file_system();
 // page cache for the mapping (one read of the disk, but it could evict them
 // again under memory pressure before the scan reaches them).
 FileSystem& posix_read_through_file_system();
-// The same, but a read through stops once `cancelled` is true (checked
-// every 256 KiB): view() then fails with ErrorCode::closed. For a reader
-// that a close() must not wait for while it reads a whole segment.
+// The same, but reads stop once `cancelled` is true (checked at each
+// read_at, and every 256 KiB of a read through): read_at() and view() then
+// fail with ErrorCode::closed. For a reader that a close() must not wait
+// for while it reads a whole segment.
 // `cancelled` must outlive the file system and the files it opens.
 std::unique_ptr<FileSystem> make_posix_read_through_file_system(
     const std::atomic<bool>& cancelled);

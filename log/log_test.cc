@@ -233,7 +233,7 @@ TEST_CASE("a file view holds the file's bytes, zeros to the next word, mapped or
   CHECK((*writable)->view(64).code() == ErrorCode::io_error);  // a crashed process reads nothing
 }
 
-TEST_CASE("a read through stops once cancelled, and reads again once not") {
+TEST_CASE("reads through a cancellable file system stop once cancelled, and read again once not") {
   TempDir dir;
   const std::string path = join_path(dir.path(), "f");
   write_bytes(path, payload_for(5, 0, 1 << 20));
@@ -244,45 +244,86 @@ TEST_CASE("a read through stops once cancelled, and reads again once not") {
   const auto cut = (*file)->view(UINT64_MAX);
   CHECK(cut.code() == ErrorCode::closed);
   CHECK(cut.status().message().find(path) != std::string::npos);
+  std::vector<std::byte> some(4096);
+  CHECK((*file)->read_at(0, some).code() == ErrorCode::closed);  // so does each read
   cancelled.store(false);
   auto whole = (*file)->view(UINT64_MAX);
   REQUIRE(whole.ok());
   CHECK((*whole)->bytes().size() == std::size_t{1} << 20);
+  REQUIRE((*file)->read_at(0, some).ok());
+  CHECK(std::equal(some.begin(), some.end(), (*whole)->bytes().begin()));
 }
 
-TEST_CASE("keep_previous_segment: the previous segment's payloads stay until released") {
+TEST_CASE("frames larger than a window read, and frames across its reads, read back whole") {
+  // 4 MiB segments; payloads from 8 bytes to the largest a record may have,
+  // so frames straddle the reader's 256 KiB reads and some are longer
+  // than one, and segments end after frames of every size.
   TempDir dir;
+  LogWriterOptions options = small_options();
+  options.segment_size_bytes = std::uint64_t{4} << 20;
+  options.batch_bytes_max = std::uint64_t{8} << 20;
+  const std::vector<std::size_t> sizes = {8,       4096, 200'000, 300'000, 1'048'576,
+                                          262'136, 16,   700'000, 1'000,   262'144};
+  std::vector<std::vector<std::byte>> written;
   {
-    auto writer = open_writer(posix(), dir.log_dir());
-    append_records(*writer, 1200, 40);
+    auto writer = open_writer(posix(), dir.log_dir(), options);
+    for (std::size_t round = 0; round < 6; round++) {
+      for (const std::size_t size : sizes) {
+        const std::uint64_t seq = writer->next_seq();
+        written.push_back(payload_for(seq, 0, size));
+        if (!writer->has_room(size)) REQUIRE(writer->write(writer->seal(), true).ok());
+        REQUIRE(writer->append(written.back()) == seq);
+      }
+    }
+    REQUIRE(writer->write(writer->seal(), true).ok());
   }
-  ReadBack all = read_log(posix(), dir.log_dir());
-  REQUIRE(all.status.ok());
-  LogReaderOptions options;
-  options.keep_previous_segment = true;
-  auto reader = LogReader::open(posix(), dir.log_dir(), options);
+  auto reader = LogReader::open(posix(), dir.log_dir());
   REQUIRE(reader.ok());
   REQUIRE((*reader)->segment_first_seqs().size() > 3);
-  Record last_of_previous;
   Record record;
-  std::size_t moves = 0;
-  for (std::size_t index = 0;; index++) {
+  std::size_t read = 0;
+  for (;;) {
     auto more = (*reader)->next(&record);
     REQUIRE(more.ok());
     if (!*more) break;
-    REQUIRE(record.seq == all.records[index].seq);
-    if (index > 0 && record.segment_first_seq != all.records[index - 1].segment_first_seq) {
-      // The reader moved on; the record before is still readable.
-      CHECK(std::equal(last_of_previous.payload.begin(), last_of_previous.payload.end(),
-                       all.payloads[index - 1].begin(), all.payloads[index - 1].end()));
-      (*reader)->release_previous_segment();
-      moves++;
-    }
-    CHECK(std::equal(record.payload.begin(), record.payload.end(), all.payloads[index].begin(),
-                     all.payloads[index].end()));
-    last_of_previous = record;
+    REQUIRE(read < written.size());
+    CHECK(record.seq == read + 1);
+    CHECK(reinterpret_cast<std::uintptr_t>(record.payload.data()) % 8 == 0);
+    CHECK(std::equal(record.payload.begin(), record.payload.end(), written[read].begin(),
+                     written[read].end()));
+    read++;
   }
-  CHECK(moves + 1 == (*reader)->segment_first_seqs().size());
+  CHECK(read == written.size());
+  CHECK((*reader)->end().next_seq == written.size() + 1);
+  CHECK_FALSE((*reader)->end().torn);
+}
+
+TEST_CASE("bytes far past the zeros after the last record are found, past a window's reads") {
+  TempDir dir;
+  LogWriterOptions options = small_options();
+  options.segment_size_bytes = std::uint64_t{4} << 20;
+  options.batch_bytes_max = std::uint64_t{8} << 20;
+  {
+    auto writer = open_writer(posix(), dir.log_dir(), options);
+    append_records(*writer, 10, 10);
+  }
+  const ReadBack clean = read_log(posix(), dir.log_dir());
+  REQUIRE(clean.status.ok());
+  REQUIRE(clean.records.size() == 10);
+  CHECK_FALSE(clean.end.torn);
+  // Garbage 3 MiB into the segment: a torn tail there (nothing valid in
+  // it), whose end the reader finds.
+  const std::string path = segment_path(dir.log_dir(), 1);
+  std::vector<std::byte> bytes = read_bytes(path);
+  const std::size_t at = std::size_t{3} << 20;
+  for (std::size_t index = 0; index < 13; index++) bytes[at + index] = std::byte{0x5a};
+  write_bytes(path, bytes);
+  const ReadBack torn = read_log(posix(), dir.log_dir());
+  REQUIRE(torn.status.ok());
+  CHECK(torn.records.size() == 10);
+  CHECK(torn.end.offset == clean.end.offset);
+  CHECK(torn.end.torn);
+  CHECK(torn.end.torn_end == at + 13);
 }
 
 TEST_CASE("an empty log, then its first segment") {

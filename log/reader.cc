@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
+#include <cstring>
 #include <thread>
 
 #include "log/frame_check.h"
@@ -171,9 +172,23 @@ struct LogReader::Impl {
   std::uint64_t expected_prev = kChainSeed;
   LogEnd end;
 
-  // The loaded segment: bytes [0, file_bytes) of its file.
-  std::unique_ptr<FileView> segment;
-  std::unique_ptr<FileView> previous;  // with keep_previous_segment
+  // The loaded segment's file, of file_bytes. Its frames, and the zeros
+  // after them, are read through the window: bytes [window_start,
+  // window_end) of the file, read with pread into a buffer used again and
+  // again. That costs less than reading them through a mapping, which
+  // fills and drops a page table entry for every page, and leaves no
+  // mapped pages in the process's memory (docs/performance.md, "records
+  // read through a window"). The window is 8-byte aligned and zero from
+  // window_end to the next multiple of 8, as a FileView is.
+  //
+  // Bytes at pos that are neither the next frame nor zeros to the end of
+  // the data are judged on the whole segment, mapped (`mapped`): a torn
+  // tail or damage. The rest of that segment is read there too.
+  std::unique_ptr<File> file;
+  std::unique_ptr<FileView> mapped;
+  std::unique_ptr<std::uint64_t[]> window;
+  std::uint64_t window_start = 0;
+  std::uint64_t window_end = 0;
   std::uint64_t file_bytes = 0;
   std::uint64_t data_end = 0;  // frames end by here: min(file, declared size)
   std::uint64_t pos = 0;       // of the next frame
@@ -184,7 +199,9 @@ struct LogReader::Impl {
   Impl(FileSystem& fs_in, std::string dir_in, LogReaderOptions options_in)
       : fs(fs_in), dir(std::move(dir_in)), options(options_in) {}
 
-  const std::byte* bytes() const { return segment->bytes().data(); }
+  // The mapped segment (map() first).
+  const std::byte* bytes() const { return mapped->bytes().data(); }
+  const std::byte* window_bytes() const { return reinterpret_cast<const std::byte*>(window.get()); }
   std::uint64_t first_seq() const { return first_seqs[segment_index]; }
   bool last_segment() const { return segment_index + 1 == first_seqs.size(); }
 
@@ -192,37 +209,90 @@ struct LogReader::Impl {
     return corrupt_at(first_seq(), offset, why);
   }
 
-  Status read_segment();
+  Status map();
+  Status fill_window(std::uint64_t from, std::uint64_t to);
+  Status window_frame();
   Status load_segment();
   Status torn_or_damaged_header(const char* why);
   Status chain_break(const FrameHeader& frame) const;
   Status end_of_frames(FrameVerdict verdict, const FrameHeader& frame);
+  Result<bool> zeros_to_data_end();
+  Status frames_end();
   void finish(std::uint64_t torn_end);
 };
 
-// Maps (or reads) the current segment's file, releasing the one before
-// (or, with keep_previous_segment, the one before that).
-Status LogReader::Impl::read_segment() {
-  previous = options.keep_previous_segment ? std::move(segment) : nullptr;
-  segment.reset();
-  const std::string path = join_path(dir, segment_file_name(first_seq()));
-  auto file = fs.open(path, FileSystem::Mode::read_only);
-  if (!file) return file.status();
-  // Bytes past the largest segment cannot hold frames; do not let an
-  // oversized file decide how much memory we take.
-  auto view = (*file)->view(kSegmentSizeBytesMax);
+// Bytes a window read takes at least (less at the end of the data).
+constexpr std::uint64_t kWindowReadBytes = 256 * 1024;
+// The window's buffer: a read, or a whole frame of the largest, and the
+// word of zeros after it.
+constexpr std::size_t kWindowWords =
+    (std::max<std::uint64_t>(kWindowReadBytes, kFrameHeaderSize + kRecordPayloadBytesMax) + 8) / 8;
+
+// Maps the loaded segment's file, unless it is mapped already.
+Status LogReader::Impl::map() {
+  if (mapped != nullptr) return Status();
+  auto view = file->view(file_bytes);
   if (!view) return view.status();
-  segment = std::move(*view);
-  file_bytes = segment->bytes().size();
+  if ((*view)->bytes().size() != file_bytes) {
+    return corrupt(0, "the segment's file changed size while it was read (" +
+                          std::to_string(file_bytes) + " bytes, then " +
+                          std::to_string((*view)->bytes().size()) + ")");
+  }
+  mapped = std::move(*view);
+  return Status();
+}
+
+// Makes the window hold [from, to) of the segment, to <= data_end, and as
+// much after it as one read takes; keeps what it holds from `from` on.
+Status LogReader::Impl::fill_window(std::uint64_t from, std::uint64_t to) {
+  TALLY_ASSERT(from % 8 == 0 && from <= to && to <= data_end);
+  if (window == nullptr) window = std::make_unique_for_overwrite<std::uint64_t[]>(kWindowWords);
+  auto* buffer = reinterpret_cast<std::byte*>(window.get());
+  std::uint64_t kept = 0;
+  if (from >= window_start && from < window_end) {
+    kept = window_end - from;
+    std::memmove(buffer, buffer + (from - window_start), kept);
+  }
+  const std::uint64_t end = std::min(data_end, std::max(to, from + kWindowReadBytes));
+  TALLY_ASSERT(end - from + 8 <= kWindowWords * 8);
+  window_start = from;
+  window_end = from + kept;  // until the read below succeeds
+  TALLY_TRY(file->read_at(from + kept, std::span(buffer + kept, end - from - kept)));
+  window_end = end;
+  std::memset(buffer + (end - from), 0, (8 - end % 8) % 8);
+  return Status();
+}
+
+// Makes the window hold the frame at pos: its header, and all of it when
+// its length is one a frame can have (within the data).
+Status LogReader::Impl::window_frame() {
+  const std::uint64_t header_end = std::min(data_end, pos + kFrameHeaderSize);
+  if (pos < window_start || header_end > window_end) TALLY_TRY(fill_window(pos, header_end));
+  if (header_end - pos < kFrameHeaderSize) return Status();
+  const std::uint32_t length = load_u32(window_bytes() + (pos - window_start) + kFrameLengthOffset);
+  if (length == 0 || length > payload_max) return Status();
+  const std::uint64_t frame_end = std::min<std::uint64_t>(data_end, pos + frame_size(length));
+  if (frame_end > window_end) TALLY_TRY(fill_window(pos, frame_end));
   return Status();
 }
 
 // Loads the current segment and checks its header against its name and the
 // chain so far.
 Status LogReader::Impl::load_segment() {
-  TALLY_TRY(read_segment());
+  mapped.reset();
+  window_start = window_end = 0;
+  const std::string path = join_path(dir, segment_file_name(first_seq()));
+  auto opened = fs.open(path, FileSystem::Mode::read_only);
+  if (!opened) return opened.status();
+  file = std::move(*opened);
+  auto size = file->size();
+  if (!size) return size.status();
+  // Bytes past the largest segment cannot hold frames; do not let an
+  // oversized file decide how much memory a mapping takes.
+  file_bytes = std::min(*size, kSegmentSizeBytesMax);
   if (file_bytes < kSegmentHeaderSize) return torn_or_damaged_header("file shorter than the header");
-  const auto header_bytes = std::span<const std::byte, kSegmentHeaderSize>(bytes(), kSegmentHeaderSize);
+  std::array<std::byte, kSegmentHeaderSize> header_bytes;
+  TALLY_TRY(file->read_at(0, header_bytes));
   bool checksum_failed = false;
   const std::string why = header_problem(header_bytes, first_seq(), &header, &checksum_failed);
   if (checksum_failed) return torn_or_damaged_header(why.c_str());
@@ -245,6 +315,7 @@ Status LogReader::Impl::load_segment() {
   // The writer never writes past the size it reserved: bytes there are not
   // the log's, and would go unread (and unchecked) for ever.
   if (file_bytes > header.size_bytes) {
+    TALLY_TRY(map());
     const std::uint64_t past = nonzero_end(bytes(), header.size_bytes, file_bytes);
     if (past != header.size_bytes) {
       return corrupt(header.size_bytes,
@@ -272,6 +343,7 @@ Status LogReader::Impl::torn_or_damaged_header(const char* why) {
     segment_index--;
     return load_segment();
   }
+  TALLY_TRY(map());
   FrameHeader frame;
   const std::uint64_t found = find_valid_frame(bytes(), kSegmentHeaderSize, file_bytes,
                                                kRecordPayloadBytesMax, expected_seq, &frame);
@@ -314,6 +386,19 @@ Status LogReader::Impl::chain_break(const FrameHeader& frame) const {
 // No valid next frame at pos: the end of this segment's frames, a torn tail,
 // or corruption (docs/log-format.md, "Recovery").
 Status LogReader::Impl::end_of_frames(FrameVerdict verdict, const FrameHeader& frame) {
+  if (mapped == nullptr) {
+    // Zeros up to the end of the data, the usual end of a segment's frames,
+    // are read through the window. Anything else is judged on the mapped
+    // segment, where next() reads the frame again first: the window may
+    // hold an older copy of the bytes than the file does now (beside a
+    // live writer).
+    if (verdict == FrameVerdict::zero) {
+      auto zeros = zeros_to_data_end();
+      if (!zeros) return zeros.status();
+      if (*zeros) return frames_end();
+    }
+    return map();
+  }
   FrameHeader later;
   const std::uint64_t found = find_valid_frame(bytes(), pos + kFrameAlignment, data_end,
                                                payload_max, expected_seq, &later);
@@ -346,8 +431,28 @@ Status LogReader::Impl::end_of_frames(FrameVerdict verdict, const FrameHeader& f
     return corrupt(pos, "nonzero bytes up to offset " + std::to_string(torn_end) +
                             " after the last frame of a segment that is not the last");
   }
-  loaded = false;
-  segment_index++;
+  return frames_end();
+}
+
+// Whether the segment's bytes from pos to the end of its data are all
+// zeros, read through the window.
+Result<bool> LogReader::Impl::zeros_to_data_end() {
+  for (std::uint64_t from = pos; from < data_end; from = window_end) {
+    TALLY_TRY(fill_window(from, std::min(data_end, from + kWindowReadBytes)));
+    if (nonzero_end(window_bytes(), 0, window_end - window_start) != 0) return false;
+  }
+  return true;
+}
+
+// The segment's frames end at pos, with only zeros after them: the end of
+// the log in the last segment, else on to the next.
+Status LogReader::Impl::frames_end() {
+  if (last_segment()) {
+    finish(pos);
+  } else {
+    loaded = false;
+    segment_index++;
+  }
   return Status();
 }
 
@@ -432,13 +537,25 @@ Result<bool> LogReader::next(Record* record) {
       s.error = s.load_segment();
       continue;
     }
+    // The bytes from pos on: the window's, or the mapped segment's.
+    const std::byte* at = nullptr;
+    std::uint64_t data_bytes = 0;
+    if (s.mapped == nullptr) {
+      s.error = s.window_frame();
+      if (!s.error.ok()) continue;
+      at = s.window_bytes() + (s.pos - s.window_start);
+      data_bytes = s.window_end - s.pos;
+    } else {
+      at = s.bytes() + s.pos;
+      data_bytes = s.data_end - s.pos;
+    }
     FrameHeader frame;
-    const FrameVerdict verdict = verify_frame(s.bytes(), s.pos, s.data_end, s.payload_max, &frame);
+    const FrameVerdict verdict = verify_frame(at, 0, data_bytes, s.payload_max, &frame);
     if (verdict == FrameVerdict::valid && frame.seq == s.expected_seq &&
         frame.prev_checksum == s.expected_prev) {
       record->seq = frame.seq;
       record->checksum = frame.checksum;
-      record->payload = std::span(s.bytes() + s.pos + kFrameHeaderSize, frame.length);
+      record->payload = std::span(at + kFrameHeaderSize, frame.length);
       record->segment_first_seq = s.header.first_seq;
       record->offset = s.pos;
       s.pos += frame_size(frame.length);
@@ -450,8 +567,6 @@ Result<bool> LogReader::next(Record* record) {
     s.error = verdict == FrameVerdict::valid ? s.chain_break(frame) : s.end_of_frames(verdict, frame);
   }
 }
-
-void LogReader::release_previous_segment() { impl_->previous.reset(); }
 
 const LogEnd& LogReader::end() const { return impl_->end; }
 

@@ -18,11 +18,10 @@
 //     offset>: ", e.g. "segment 0000000000000001.seg offset 4160: ", and
 //     then says why. Such a Status is sticky: next() keeps returning it.
 //
-// Thread safety: none; one thread uses a reader. The reader holds one segment
-// in memory at a time (mapped where the file system allows); Record payloads
-// stay valid until the next call to next() that moves to another segment (at
-// least until the next call). With keep_previous_segment they stay valid
-// one segment longer, until release_previous_segment() or the move after.
+// Thread safety: none; one thread uses a reader. The reader reads a segment
+// through a window of its bytes, and maps the segment only to judge where
+// its frames end; a Record's payload stays valid until the next call to
+// next().
 #pragma once
 
 #include <cstdint>
@@ -77,10 +76,6 @@ struct LogReaderOptions {
   // before the one holding from_seq are skipped unread (so the chain into
   // the first segment read is taken from its header).
   std::uint64_t from_seq = 1;
-  // Keep the segment before the current one in memory until
-  // release_previous_segment(), for a caller that works some records behind
-  // the reader.
-  bool keep_previous_segment = false;
   // Another process may be appending to the log as it is read (a tool
   // beside `tally serve`). A frame it is still writing can then read as
   // damaged with whole frames after it (the mapped segment shows the page
@@ -104,10 +99,6 @@ class LogReader {
 
   // True with *record set; false at the end of the log (see end()).
   Result<bool> next(Record* record);
-
-  // With keep_previous_segment: the caller is done with the payloads of
-  // every segment before the one of the last record returned.
-  void release_previous_segment();
 
   // Valid after next() returned false.
   const LogEnd& end() const;
