@@ -56,21 +56,29 @@ Reference one_at_a_time(const std::string& data_dir) {
   return out;
 }
 
+// Options for a ledger in DIR/data on `clock` that writes only its log, on
+// segments of `segment_bytes`.
+LedgerOptions log_only(const testing::TempDir& dir, ManualClock* clock,
+                       std::uint64_t segment_bytes) {
+  LedgerOptions options;
+  options.data_dir = dir.sub("data");
+  options.durability = Durability::none;
+  options.clock = clock;
+  options.segment_size_bytes = segment_bytes;
+  options.history = false;
+  options.snapshot_every_events = UINT64_MAX;
+  options.snapshot_every_seconds = 0;
+  return options;
+}
+
 // A ledger on 64 KiB segments, given a few thousand commands of every kind
 // with the clock a millisecond apart (and a run of large batches), and
 // snapshots at two points.
 std::string write_log(const testing::TempDir& dir,
                       std::int64_t idempotency_window_ns = LedgerOptions{}.idempotency_window_ns) {
   ManualClock clock{kStart};
-  LedgerOptions options;
-  options.data_dir = dir.sub("data");
+  LedgerOptions options = log_only(dir, &clock, log::kSegmentSizeBytesMin);
   options.idempotency_window_ns = idempotency_window_ns;
-  options.durability = Durability::none;
-  options.clock = &clock;
-  options.segment_size_bytes = log::kSegmentSizeBytesMin;
-  options.history = false;
-  options.snapshot_every_events = UINT64_MAX;
-  options.snapshot_every_seconds = 0;
   auto opened = Ledger::open(options);
   REQUIRE(opened.ok());
   Ledger& ledger = **opened;
@@ -238,14 +246,7 @@ TEST_CASE("events of hundreds of KiB replay as they were, between small ones") {
   // payloads holds a few such at a time, and wraps round again and again.
   testing::TempDir dir;
   ManualClock clock{kStart};
-  LedgerOptions options;
-  options.data_dir = dir.sub("data");
-  options.durability = Durability::none;
-  options.clock = &clock;
-  options.segment_size_bytes = std::uint64_t{4} << 20;
-  options.history = false;
-  options.snapshot_every_events = UINT64_MAX;
-  options.snapshot_every_seconds = 0;
+  const LedgerOptions options = log_only(dir, &clock, std::uint64_t{4} << 20);
   {
     auto opened = Ledger::open(options);
     REQUIRE(opened.ok());
