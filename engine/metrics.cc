@@ -155,13 +155,13 @@ void Metrics::render_open_progress(std::string* out, std::uint64_t snapshot_seq,
                 events);
 }
 
-std::string Metrics::render_starting(const OpenProgress* progress, std::int64_t self) const {
+std::string Metrics::render_starting(const OpenProgress* progress) const {
   std::string out;
   render_ops(&out);
   render_latency(&out);
   render_open_progress(&out, progress ? progress->snapshot_seq.load() : 0,
                        progress ? progress->events.load() : 0, true);
-  render_server(&out, self);
+  render_server(&out, 0);
   return out;
 }
 

@@ -53,7 +53,7 @@ class Metrics {
   std::string render(const LedgerStats& stats, const FeedStats& feed, std::int64_t self = 0) const;
   // The text while the server opens its log: its own counters and how far
   // the open is (`progress` may be null: nothing known yet).
-  std::string render_starting(const OpenProgress* progress, std::int64_t self = 0) const;
+  std::string render_starting(const OpenProgress* progress) const;
 
  private:
   // Upper bounds of the latency buckets, in nanoseconds.

@@ -19,9 +19,9 @@
 //     then says why. Such a Status is sticky: next() keeps returning it.
 //
 // Thread safety: none; one thread uses a reader. The reader reads a segment
-// through a window of its bytes, and maps the segment only to judge where
-// its frames end; a Record's payload stays valid until the next call to
-// next().
+// with pread, a window of its bytes at a time, and maps the segment only to
+// judge bytes after its frames that are not zeros (a torn tail, damage); a
+// Record's payload stays valid until the next call to next().
 #pragma once
 
 #include <cstdint>
