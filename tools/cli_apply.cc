@@ -654,12 +654,23 @@ Status bench_point_in_time(Ledger& ledger, const Workload& workload, std::uint64
   return Status();
 }
 
-// A line of Expectation::balance_lines, which parse_expect checked.
-BalanceLine expected_balance(std::string_view line) {
-  BalanceLine balance;
-  const bool parsed = parse_balance_line(line, &balance);
+// A line of Expectation::balance_lines, which parse_expect checked. Its
+// names are as a workload holds them, never quoted; `pair` is in the form
+// export prints (append_csv_name), which quotes a name with a double quote.
+struct ExpectedBalance {
+  std::string pair;
+  BalanceLine amounts;
+};
+ExpectedBalance expected_balance(std::string_view line) {
+  ExpectedBalance expected;
+  const bool parsed = parse_balance_line(line, &expected.amounts);
   TALLY_ASSERT(parsed);
-  return balance;
+  const std::string_view pair = expected.amounts.pair;
+  const std::size_t comma = pair.find(',');
+  append_csv_name(&expected.pair, pair.substr(0, comma));
+  expected.pair.push_back(',');
+  append_csv_name(&expected.pair, pair.substr(comma + 1));
+  return expected;
 }
 
 // "available,held", as export prints them.
@@ -682,11 +693,11 @@ std::vector<std::string> compare_state(const Expectation& expected, std::string_
                           got);
   }
   // parse_expect refused a pair listed twice: one entry per line.
-  std::unordered_map<std::string_view, BalanceLine> expected_balances;
+  std::unordered_map<std::string, BalanceLine> expected_balances;
   for (const std::string& line : expected.balance_lines) {
-    const BalanceLine balance = expected_balance(line);
-    if (balance.available == 0 && balance.held == 0) continue;
-    expected_balances.emplace(balance.pair, balance);
+    ExpectedBalance balance = expected_balance(line);
+    if (balance.amounts.available == 0 && balance.amounts.held == 0) continue;
+    expected_balances.emplace(std::move(balance.pair), balance.amounts);
   }
   for (const std::string_view line : split_lines(actual_csv)) {
     BalanceLine got;
@@ -694,7 +705,7 @@ std::vector<std::string> compare_state(const Expectation& expected, std::string_
       differences.push_back("got '" + std::string(line) + "', not a balance line");
       continue;
     }
-    const auto found = expected_balances.find(got.pair);
+    const auto found = expected_balances.find(std::string(got.pair));
     if (found == expected_balances.end()) {
       differences.push_back(std::string(got.pair) + ": expected nothing, got " +
                             amounts_text(got));
@@ -707,9 +718,9 @@ std::vector<std::string> compare_state(const Expectation& expected, std::string_
     expected_balances.erase(found);
   }
   for (const std::string& line : expected.balance_lines) {
-    const BalanceLine balance = expected_balance(line);
+    const ExpectedBalance balance = expected_balance(line);
     if (expected_balances.contains(balance.pair)) {
-      differences.push_back(std::string(balance.pair) + ": expected " + amounts_text(balance) +
+      differences.push_back(balance.pair + ": expected " + amounts_text(balance.amounts) +
                             ", got nothing");
     }
   }

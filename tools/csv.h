@@ -106,7 +106,8 @@ bool parse_balance_line(std::string_view line, BalanceLine* out);
 
 // Appends a name as a CSV field: as it is, unless it holds a comma, a double
 // quote or a line break; then in double quotes, each quote doubled (RFC 4180).
-// Workload names hold none of them, so a workload's lines never need it.
+// Workload and expect files never quote: their names hold no comma or line
+// break, and a double quote in them is a byte of the name.
 void append_csv_name(std::string* out, std::string_view name);
 // Appends "subject,item,available,held\n" (the names by append_csv_name):
 // one line of an expect file and of `tally export`.
