@@ -893,9 +893,11 @@ def test_verify_fails_on_a_last_segment_cut_short():
     assert code == 1 and where in err and "records after seq %d may be lost" % (
         len(f.events) - 1) in err, (code, err)
     assert text(out).startswith("failed: "), text(out)
-    # A read answers what the log holds, and warns.
-    _, out, err = tally("export", "--data", data, expect_exit=0)
-    assert "tally: warning: " + where in err and "`tally verify` reports it" in err, err
+    # A read answers what the log holds, and warns; as of a time or a seq too.
+    for read in (("export",), ("export", "--at-time", str(2**63 - 1)),
+                 ("balance", "--at-seq", "1", "s1", "i1"), ("list", "--at-seq", "1", "s1")):
+        _, out, err = tally(read[0], "--data", data, *read[1:], expect_exit=0)
+        assert "tally: warning: " + where in err and "`tally verify` reports it" in err, (read, err)
     # The next writer says so, and gives the file its size back.
     empty = write(os.path.join(new_dir("cut-short-empty"), "empty.csv"),
                   "op,key,subject,item,qty,to,ttl_ms,hold_key\n")
@@ -2028,14 +2030,17 @@ def test_verify_fails_when_a_snapshot_or_the_index_holds_events_the_log_lost():
             for read in (("balance", "s1", "i1"), ("list", "s1"), ("export",)):
                 code, _, err = tally(read[0], "--data", data, *read[1:])
                 assert code == 0 and lost in err, (how, kept, read, code, err)
-            if kept != "history":
-                continue
-            # So do the reads that would have used the index, which they now pass by.
-            for read in (("balance", "--at-seq", "5", "s1", "i1"), ("export", "--at-seq", "5"),
-                         ("history", "s1", "i1")):
+            # So do the reads as of a seq or a time; those that would have used the index
+            # pass it by.
+            reads = [("balance", "--at-seq", "5", "s1", "i1"), ("export", "--at-seq", "5"),
+                     ("list", "--at-time", str(2**63 - 1), "s1")]
+            if kept == "history":
+                reads.append(("history", "s1", "i1"))
+            for read in reads:
                 code, _, err = tally(read[0], "--data", data, *read[1:])
-                assert code == 0 and lost in err and "not using the history index" in err, \
-                    (how, read, code, err)
+                assert code == 0 and lost in err, (how, kept, read, code, err)
+                assert ("not using the history index" in err) == (kept == "history"), \
+                    (how, kept, read, err)
 
 
 def test_log_time_and_type_filters():

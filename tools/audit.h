@@ -72,6 +72,7 @@ struct HistoryIndex {
   snap::HistoryPosition position;             // read at open, when open
   Status problem;                             // unreadable: why
   std::uint64_t log_last_seq = 0;             // the log's last seq, by check_history_chain
+  log::LogEnd log_end;                        // and where it ends
 
   // The store when it is usable, else nullptr.
   const snap::HistoryStore* trusted() const {
@@ -94,6 +95,7 @@ HistoryIndex open_history_store(const std::string& data_dir, bool check_all_page
 struct LogScan {
   std::optional<std::uint64_t> chain_at;
   std::uint64_t last_seq = 0;
+  log::LogEnd end;
 };
 Result<LogScan> scan_log(const std::string& data_dir, std::uint64_t seq);
 

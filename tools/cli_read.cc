@@ -154,7 +154,8 @@ Result<LogScan> scan_log(const std::string& data_dir, std::uint64_t seq) {
     if (!*more) break;
     if (record.seq == seq) scan.chain_at = record.checksum;
   }
-  scan.last_seq = (*reader)->end().next_seq - 1;
+  scan.end = (*reader)->end();
+  scan.last_seq = scan.end.next_seq - 1;
   return scan;
 }
 
@@ -163,6 +164,7 @@ Status check_history_chain(const std::string& data_dir, HistoryIndex* index) {
   auto scan = scan_log(data_dir, open ? index->position.seq : 0);
   if (!scan) return scan.status();
   index->log_last_seq = scan->last_seq;
+  index->log_end = scan->end;
   if (!open) return Status();
   if (!scan->chain_at.has_value()) {
     index->standing = HistoryStanding::ahead;
@@ -187,6 +189,48 @@ std::string lost_events(std::uint64_t last_seq, const std::string& where,
          std::to_string(lost) + (lost == 1 ? " event" : " events") + " after seq " +
          std::to_string(last_seq) + (lost == 1 ? " is" : " are") +
          " lost (the log was cut short, or its last records damaged)";
+}
+
+// The seq of DATA's newest snapshot; 0 for none, or for a store that
+// does not open or list (the replay says why, if it needs one).
+std::uint64_t newest_snapshot_seq(const std::string& data_dir) {
+  const std::string dir = snapshot_dir(data_dir);
+  if (!log::posix_file_system().exists(dir)) return 0;
+  // Closed again before a replay opens it: one environment per process.
+  auto store = snap::SnapshotStore::open(dir, {.read_only = true});
+  if (!store) return 0;
+  auto listed = (*store)->list();
+  if (!listed) return 0;
+  std::uint64_t newest = 0;
+  for (const snap::SnapshotInfo& info : *listed) newest = std::max(newest, info.seq);
+  return newest;
+}
+
+// Warns that DATA's log lost events, which `tally verify` fails on, before
+// an answer that is what the log holds: its last segment was cut short
+// (`end`), or a snapshot (up to `snapshot_seq`) or the history index
+// (`index`, when given and checked against the log) holds events past it.
+void warn_lost_events(const std::string& data_dir, const log::LogEnd& end,
+                      std::uint64_t snapshot_seq, const HistoryIndex* index) {
+  if (end.cut_short) {
+    std::fprintf(stderr, "tally: warning: %s; `tally verify` reports it\n",
+                 log::cut_short_status(end).message().c_str());
+  }
+  const std::uint64_t last_seq = end.next_seq - 1;
+  std::uint64_t known_seq = last_seq;
+  std::string where;
+  if (snapshot_seq > known_seq) {
+    known_seq = snapshot_seq;
+    where = snapshot_dir(data_dir);
+  }
+  if (index != nullptr && index->standing == HistoryStanding::ahead &&
+      index->position.seq > known_seq) {
+    known_seq = index->position.seq;
+    where = history_dir(data_dir);
+  }
+  if (known_seq == last_seq) return;
+  std::fprintf(stderr, "tally: warning: %s; the answer is the log's. `tally verify` reports it\n",
+               lost_events(last_seq, where, known_seq).c_str());
 }
 
 }  // namespace
@@ -239,6 +283,9 @@ Result<std::unique_ptr<PointInTimeData>> open_point_in_time(const std::string& d
   if (history.standing != HistoryStanding::absent && history.trusted() == nullptr) {
     note_history_not_used(data_dir, history);
   }
+  // An index ahead of the log was just named; the rest of what the log lost,
+  // as a current read warns of it.
+  warn_lost_events(data_dir, history.log_end, newest_snapshot_seq(data_dir), nullptr);
   data->source.data_dir = data_dir;
   // A replay takes the window of the snapshot it starts from (as replay_data's).
   data->source.state_options.window_from_image = true;
@@ -284,34 +331,6 @@ Result<std::optional<AsOf>> parse_as_of(const Args& args) {
   return std::optional<AsOf>();
 }
 
-// Warns when a snapshot or the history index holds events past the end of
-// the log the replay read: the log lost them (cut short, or its last
-// records damaged after they were written). A snapshot past the end was
-// skipped by the replay; the index is checked against the log as it is
-// now, so that events a live writer appended since are not taken for lost.
-void warn_lost_events(const std::string& data_dir, const ReplayReport& report) {
-  const std::uint64_t last_seq = report.end.next_seq - 1;
-  std::uint64_t known_seq = last_seq;
-  std::string where;
-  for (const snap::SkippedSnapshot& skipped : report.skipped) {
-    if (skipped.seq > known_seq) {
-      known_seq = skipped.seq;
-      where = snapshot_dir(data_dir);
-    }
-  }
-  // Only an index that opens can be ahead of the log. Without one, nothing
-  // scans the log's last segment (the chain check does it to find the end).
-  HistoryIndex index = open_history_store(data_dir);
-  if (index.store != nullptr && check_history_chain(data_dir, &index).ok() &&
-      index.standing == HistoryStanding::ahead && index.position.seq > known_seq) {
-    known_seq = index.position.seq;
-    where = history_dir(data_dir);
-  }
-  if (known_seq == last_seq) return;
-  std::fprintf(stderr, "tally: warning: %s; the answer is the log's. `tally verify` reports it\n",
-               lost_events(last_seq, where, known_seq).c_str());
-}
-
 // A fresh State with DATA's log replayed into it. A log cut short, or one
 // that snapshots or the index show lost events, is answered from what it
 // holds, with a warning (verify fails).
@@ -319,11 +338,20 @@ Result<std::unique_ptr<proj::State>> load_state(std::string_view data_dir) {
   auto replayed = replay_data(std::string(data_dir));
   if (!replayed) return replayed.status();
   const ReplayReport& report = replayed->report;
-  if (report.reached_end && report.end.cut_short) {
-    std::fprintf(stderr, "tally: warning: %s; `tally verify` reports it\n",
-                 log::cut_short_status(report.end).message().c_str());
+  if (report.reached_end) {
+    std::uint64_t snapshot_seq = 0;
+    for (const snap::SkippedSnapshot& skipped : report.skipped) {
+      snapshot_seq = std::max(snapshot_seq, skipped.seq);
+    }
+    // Checked against the log as it is now, so that events a live writer
+    // appended since the replay are not taken for lost. Only an index that
+    // opens can be ahead of the log.
+    HistoryIndex index = open_history_store(std::string(data_dir));
+    const bool checked =
+        index.store != nullptr && check_history_chain(std::string(data_dir), &index).ok();
+    warn_lost_events(std::string(data_dir), report.end, snapshot_seq,
+                     checked ? &index : nullptr);
   }
-  if (report.reached_end) warn_lost_events(std::string(data_dir), report);
   return std::move(replayed->state);
 }
 
