@@ -895,7 +895,8 @@ def test_verify_fails_on_a_last_segment_cut_short():
     assert text(out).startswith("failed: "), text(out)
     # A read answers what the log holds, and warns; as of a time or a seq too.
     for read in (("export",), ("export", "--at-time", str(2**63 - 1)),
-                 ("balance", "--at-seq", "1", "s1", "i1"), ("list", "--at-seq", "1", "s1")):
+                 ("balance", "--at-seq", "1", "s1", "i1"), ("list", "--at-seq", "1", "s1"),
+                 ("history", "s1", "i1"), ("history", "--rebuild")):
         _, out, err = tally(read[0], "--data", data, *read[1:], expect_exit=0)
         assert "tally: warning: " + where in err and "`tally verify` reports it" in err, (read, err)
     # The next writer says so, and gives the file its size back.
@@ -2033,14 +2034,16 @@ def test_verify_fails_when_a_snapshot_or_the_index_holds_events_the_log_lost():
             # So do the reads as of a seq or a time; those that would have used the index
             # pass it by.
             reads = [("balance", "--at-seq", "5", "s1", "i1"), ("export", "--at-seq", "5"),
-                     ("list", "--at-time", str(2**63 - 1), "s1")]
-            if kept == "history":
-                reads.append(("history", "s1", "i1"))
+                     ("list", "--at-time", str(2**63 - 1), "s1"), ("history", "s1", "i1")]
             for read in reads:
                 code, _, err = tally(read[0], "--data", data, *read[1:])
                 assert code == 0 and lost in err, (how, kept, read, code, err)
                 assert ("not using the history index" in err) == (kept == "history"), \
                     (how, kept, read, err)
+            if kept == "snapshots":
+                # An index rebuilt from such a log is the log's, and says so.
+                _, _, err = tally("history", "--data", data, "--rebuild", expect_exit=0)
+                assert lost in err and "the index is the log's" in err, (how, err)
 
 
 def test_log_time_and_type_filters():

@@ -107,6 +107,20 @@ Status check_history_chain(const std::string& data_dir, HistoryIndex* index);
 // Tells stderr why an index that is there is not used (not usable); one
 // ahead of the log, as a warning that the log lost events.
 void note_history_not_used(const std::string& data_dir, const HistoryIndex& index);
+// The seq of DATA's newest snapshot; 0 for none, or for a store that does
+// not open or list (a replay that needs one says why).
+std::uint64_t newest_snapshot_seq(const std::string& data_dir);
+// Warns that DATA's log lost events, which `tally verify` fails on, before
+// `what` ("the answer", "the index") is made of what the log holds: its
+// last segment was cut short (`end`), or a snapshot (up to `snapshot_seq`)
+// or the history index (`index`, when given and checked against the log)
+// holds events past its end.
+void warn_lost_events(const std::string& data_dir, const log::LogEnd& end,
+                      std::uint64_t snapshot_seq, const HistoryIndex* index,
+                      std::string_view what = "the answer");
+// Before a read from `index` (checked) or the log: why the index is not
+// used (note_history_not_used), then what the log lost (warn_lost_events).
+void note_before_read(const std::string& data_dir, const HistoryIndex& index);
 // Tells stderr that a read went to the log because a record of the index
 // was damaged (read.index_damage; nothing when that is ok).
 void note_index_damage(const PointInTimeRead& read);

@@ -221,8 +221,8 @@ Status print_history(const std::string& data_dir, std::string_view subject, std:
   Output out(stdout);
   ChangePrinter printer(&out, json);
   const snap::HistoryStore* store = index->trusted();
+  note_before_read(data_dir, *index);
   if (store == nullptr) {
-    if (index->standing != HistoryStanding::absent) note_history_not_used(data_dir, *index);
     auto start = start_without_index(data_dir, subject, item, from_seq);
     if (!start) return start.status();
     return print_from_log(data_dir, subject, item, *start, from_seq, to_seq, &printer);
@@ -305,6 +305,8 @@ Result<Rebuilt> rebuild_history(const std::string& data_dir) {
     progress.update(record.seq);
   }
   TALLY_TRY((*store)->flush());
+  warn_lost_events(data_dir, (*reader)->end(), newest_snapshot_seq(data_dir), nullptr,
+                   "the index");
   return rebuilt;
 }
 

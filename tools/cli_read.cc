@@ -191,48 +191,6 @@ std::string lost_events(std::uint64_t last_seq, const std::string& where,
          " lost (the log was cut short, or its last records damaged)";
 }
 
-// The seq of DATA's newest snapshot; 0 for none, or for a store that
-// does not open or list (the replay says why, if it needs one).
-std::uint64_t newest_snapshot_seq(const std::string& data_dir) {
-  const std::string dir = snapshot_dir(data_dir);
-  if (!log::posix_file_system().exists(dir)) return 0;
-  // Closed again before a replay opens it: one environment per process.
-  auto store = snap::SnapshotStore::open(dir, {.read_only = true});
-  if (!store) return 0;
-  auto listed = (*store)->list();
-  if (!listed) return 0;
-  std::uint64_t newest = 0;
-  for (const snap::SnapshotInfo& info : *listed) newest = std::max(newest, info.seq);
-  return newest;
-}
-
-// Warns that DATA's log lost events, which `tally verify` fails on, before
-// an answer that is what the log holds: its last segment was cut short
-// (`end`), or a snapshot (up to `snapshot_seq`) or the history index
-// (`index`, when given and checked against the log) holds events past it.
-void warn_lost_events(const std::string& data_dir, const log::LogEnd& end,
-                      std::uint64_t snapshot_seq, const HistoryIndex* index) {
-  if (end.cut_short) {
-    std::fprintf(stderr, "tally: warning: %s; `tally verify` reports it\n",
-                 log::cut_short_status(end).message().c_str());
-  }
-  const std::uint64_t last_seq = end.next_seq - 1;
-  std::uint64_t known_seq = last_seq;
-  std::string where;
-  if (snapshot_seq > known_seq) {
-    known_seq = snapshot_seq;
-    where = snapshot_dir(data_dir);
-  }
-  if (index != nullptr && index->standing == HistoryStanding::ahead &&
-      index->position.seq > known_seq) {
-    known_seq = index->position.seq;
-    where = history_dir(data_dir);
-  }
-  if (known_seq == last_seq) return;
-  std::fprintf(stderr, "tally: warning: %s; the answer is the log's. `tally verify` reports it\n",
-               lost_events(last_seq, where, known_seq).c_str());
-}
-
 }  // namespace
 
 void note_history_not_used(const std::string& data_dir, const HistoryIndex& index) {
@@ -255,6 +213,53 @@ void note_history_not_used(const std::string& data_dir, const HistoryIndex& inde
                              index.problem.code() == ErrorCode::corrupt;
   std::fprintf(stderr, "tally: not using the history index (%s); reading the log instead%s\n",
                why.c_str(), rebuild_helps ? ". `tally history --rebuild` rebuilds it" : "");
+}
+
+std::uint64_t newest_snapshot_seq(const std::string& data_dir) {
+  const std::string dir = snapshot_dir(data_dir);
+  if (!log::posix_file_system().exists(dir)) return 0;
+  // Closed again before a replay opens it: one environment per process.
+  auto store = snap::SnapshotStore::open(dir, {.read_only = true});
+  if (!store) return 0;
+  auto listed = (*store)->list();
+  if (!listed) return 0;
+  std::uint64_t newest = 0;
+  for (const snap::SnapshotInfo& info : *listed) newest = std::max(newest, info.seq);
+  return newest;
+}
+
+void warn_lost_events(const std::string& data_dir, const log::LogEnd& end,
+                      std::uint64_t snapshot_seq, const HistoryIndex* index,
+                      std::string_view what) {
+  if (end.cut_short) {
+    std::fprintf(stderr, "tally: warning: %s; `tally verify` reports it\n",
+                 log::cut_short_status(end).message().c_str());
+  }
+  const std::uint64_t last_seq = end.next_seq - 1;
+  std::uint64_t known_seq = last_seq;
+  std::string where;
+  if (snapshot_seq > known_seq) {
+    known_seq = snapshot_seq;
+    where = snapshot_dir(data_dir);
+  }
+  if (index != nullptr && index->standing == HistoryStanding::ahead &&
+      index->position.seq > known_seq) {
+    known_seq = index->position.seq;
+    where = history_dir(data_dir);
+  }
+  if (known_seq == last_seq) return;
+  std::fprintf(stderr, "tally: warning: %s; %.*s is the log's. `tally verify` reports it\n",
+               lost_events(last_seq, where, known_seq).c_str(), static_cast<int>(what.size()),
+               what.data());
+}
+
+void note_before_read(const std::string& data_dir, const HistoryIndex& index) {
+  if (index.standing != HistoryStanding::absent && index.trusted() == nullptr) {
+    note_history_not_used(data_dir, index);
+  }
+  // An index ahead of the log was just named; the rest of what the log
+  // lost, as a current read warns of it.
+  warn_lost_events(data_dir, index.log_end, newest_snapshot_seq(data_dir), nullptr);
 }
 
 // A read answered from the log because a record of the index was damaged.
@@ -280,12 +285,7 @@ Result<std::unique_ptr<PointInTimeData>> open_point_in_time(const std::string& d
   if (!index) return index.status();
   data->history = std::move(*index);
   const HistoryIndex& history = data->history;
-  if (history.standing != HistoryStanding::absent && history.trusted() == nullptr) {
-    note_history_not_used(data_dir, history);
-  }
-  // An index ahead of the log was just named; the rest of what the log lost,
-  // as a current read warns of it.
-  warn_lost_events(data_dir, history.log_end, newest_snapshot_seq(data_dir), nullptr);
+  note_before_read(data_dir, history);
   data->source.data_dir = data_dir;
   // A replay takes the window of the snapshot it starts from (as replay_data's).
   data->source.state_options.window_from_image = true;
