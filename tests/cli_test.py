@@ -183,8 +183,9 @@ def test_help_exits_0_for_every_command():
     for word in ("help", "--help", "-h"):
         _, out, _ = tally(word, "apply", expect_exit=0)
         assert text(out).startswith("usage: tally apply")
-        _, out, _ = tally(word, "help", expect_exit=0)
-        assert text(out).startswith("usage: tally COMMAND")
+        for about in ("help", "--help", "-h"):
+            _, out, _ = tally(word, about, expect_exit=0)
+            assert text(out).startswith("usage: tally COMMAND"), (word, about)
     # Help wins over every other problem on the line, before or after it.
     tally("apply", "--help", "--data", expect_exit=0)
     tally("apply", "--bogus", "--help", expect_exit=0)

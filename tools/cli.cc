@@ -82,17 +82,20 @@ int run_cli(int argc, const char* const* argv) {
     std::fprintf(stderr, "tally: see 'tally --help'\n");
     return kExitUsage;
   };
+  const auto asks_help = [](std::string_view word) {
+    return word == "--help" || word == "-h" || word == "help";
+  };
   // `help COMMAND` (or --help, -h) takes one word; --version none.
   const std::size_t words_max = name == "--version" ? 2 : 3;
-  if ((name == "--help" || name == "-h" || name == "help" || name == "--version") &&
-      args.size() > words_max) {
+  if ((asks_help(name) || name == "--version") && args.size() > words_max) {
     std::fprintf(stderr, "tally: unexpected argument '%s' after '%s'\n", args[words_max],
                  args[words_max - 1]);
     std::fprintf(stderr, "tally: see 'tally --help'\n");
     return kExitUsage;
   }
-  if (name == "--help" || name == "-h" || name == "help") {
-    if (args.size() > 2 && std::string_view(args[2]) != "help") {
+  if (asks_help(name)) {
+    // `help --help` is help about help: the overview.
+    if (args.size() > 2 && !asks_help(args[2])) {
       const CliCommand* command = find_command(args[2]);
       if (command == nullptr) return unknown(args[2]);
       return print_help(*command->spec);
