@@ -71,9 +71,9 @@ struct HistoryIndex {
   std::unique_ptr<snap::HistoryStore> store;  // open unless absent or unreadable
   snap::HistoryPosition position;             // read at open, when open
   Status problem;                             // unreadable: why
-  std::uint64_t log_last_seq = 0;             // the log's last seq, by check_history_chain
-  log::LogEnd log_end;                        // and where it ends
+  log::LogEnd log_end;                        // where the log ends, by check_history_chain
 
+  std::uint64_t log_last_seq() const { return log_end.next_seq - 1; }
   // The store when it is usable, else nullptr.
   const snap::HistoryStore* trusted() const {
     return standing == HistoryStanding::usable ? store.get() : nullptr;
@@ -88,18 +88,17 @@ HistoryIndex open_history_store(const std::string& data_dir, bool check_all_page
 
 // What one pass over DATA's log from `seq` to its end tells: the chain
 // checksum after seq (its record's checksum; nullopt when the log ends
-// before seq; kChainSeed for seq 0), and the log's last seq. Reads only the
+// before seq; kChainSeed for seq 0), and where the log ends. Reads only the
 // segments from the one holding seq (for seq 0, the last one): log
 // segments are read whole, so the tools read each as few times as they can.
 // Errors are the log's: corrupt, io_error.
 struct LogScan {
   std::optional<std::uint64_t> chain_at;
-  std::uint64_t last_seq = 0;
   log::LogEnd end;
 };
 Result<LogScan> scan_log(const std::string& data_dir, std::uint64_t seq);
 
-// Sets index->log_last_seq, and index->standing to usable, mismatch or
+// Sets index->log_end, and index->standing to usable, mismatch or
 // ahead by reading the log from the index's position (an index absent or
 // unreadable keeps its standing), in one scan_log. Errors are the log's.
 Status check_history_chain(const std::string& data_dir, HistoryIndex* index);

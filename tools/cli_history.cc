@@ -217,7 +217,7 @@ Status print_history(const std::string& data_dir, std::string_view subject, std:
   if (!index) return index.status();
   // The answer is as of the log when it was opened: beside a live writer,
   // a prefix, as every audit command sees.
-  to_seq = std::min(to_seq, index->log_last_seq);
+  to_seq = std::min(to_seq, index->log_last_seq());
   Output out(stdout);
   ChangePrinter printer(&out, json);
   const snap::HistoryStore* store = index->trusted();

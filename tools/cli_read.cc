@@ -155,7 +155,6 @@ Result<LogScan> scan_log(const std::string& data_dir, std::uint64_t seq) {
     if (record.seq == seq) scan.chain_at = record.checksum;
   }
   scan.end = (*reader)->end();
-  scan.last_seq = scan.end.next_seq - 1;
   return scan;
 }
 
@@ -163,7 +162,6 @@ Status check_history_chain(const std::string& data_dir, HistoryIndex* index) {
   const bool open = index->store != nullptr;
   auto scan = scan_log(data_dir, open ? index->position.seq : 0);
   if (!scan) return scan.status();
-  index->log_last_seq = scan->last_seq;
   index->log_end = scan->end;
   if (!open) return Status();
   if (!scan->chain_at.has_value()) {
@@ -199,7 +197,7 @@ void note_history_not_used(const std::string& data_dir, const HistoryIndex& inde
     std::fprintf(stderr,
                  "tally: warning: %s; not using the history index, reading the log instead. "
                  "`tally verify` reports it\n",
-                 lost_events(index.log_last_seq, history_dir(data_dir), index.position.seq)
+                 lost_events(index.log_last_seq(), history_dir(data_dir), index.position.seq)
                      .c_str());
     return;
   }
@@ -290,7 +288,7 @@ Result<std::unique_ptr<PointInTimeData>> open_point_in_time(const std::string& d
   // A replay takes the window of the snapshot it starts from (as replay_data's).
   data->source.state_options.window_from_image = true;
   data->source.history = history.trusted();
-  data->source.last_seq = history.log_last_seq;
+  data->source.last_seq = history.log_last_seq();
   return data;
 }
 
