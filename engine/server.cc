@@ -1172,14 +1172,19 @@ class Listener {
     explicit Accepting(asio::io_context& io)
         : acceptor(asio::make_strand(io)), retry(acceptor.get_executor()) {}
     tcp::acceptor acceptor;
-    asio::steady_timer retry;  // the pause after a failed accept
-    bool failing = false;      // a failure was logged; no accept has worked since
+    asio::steady_timer retry;     // the pause after a failed accept
+    bool failing = false;         // a failure was logged; no accept has worked since
+    std::int64_t said_ns = 0;     // when a failure was last logged (steady clock)
+    std::uint64_t unsaid = 0;     // failures since that were not logged
   };
 
   // Out of descriptors (EMFILE) or memory, an accept fails again at once
-  // for as long as it lasts: the next waits a while, and the failure is
-  // logged once, not once per try.
+  // for as long as it lasts: the next waits a while. A failure is logged
+  // once a minute at most, and the recovery after it once: a process at
+  // its limit whose connections come and go would otherwise log two lines
+  // for every connection that closes.
   static constexpr std::chrono::milliseconds kAcceptRetry{100};
+  static constexpr std::int64_t kAcceptFailureNoteNs = 60'000'000'000;
 
   void accept_on(Accepting& accepting) {
     accepting.acceptor.async_accept(
@@ -1197,11 +1202,23 @@ class Listener {
           // A peer that left before it was accepted is nobody's concern.
           if (ec == asio::error::connection_aborted) return accept_on(accepting);
           core_.metrics().accept_failed();
-          if (!accepting.failing) {
-            core_.log("accept failed: " + ec.message() + " (trying again every " +
-                      std::to_string(kAcceptRetry.count()) + " ms; said once until it works)");
+          const std::int64_t now_ns = server_detail::steady_now_ns();
+          if (accepting.said_ns != 0 && now_ns - accepting.said_ns < kAcceptFailureNoteNs) {
+            accepting.unsaid++;
+          } else {
+            std::string line = "accept failed: " + ec.message() + " (trying again every " +
+                               std::to_string(kAcceptRetry.count()) +
+                               " ms; said once a minute at most";
+            if (accepting.unsaid > 0) {
+              line += "; ";
+              line += std::to_string(accepting.unsaid);
+              line += " more failed since the last such line";
+            }
+            core_.log(line + ")");
+            accepting.failing = true;
+            accepting.said_ns = now_ns;
+            accepting.unsaid = 0;
           }
-          accepting.failing = true;
           accepting.retry.expires_after(kAcceptRetry);
           accepting.retry.async_wait([this, &accepting](boost::system::error_code wait_ec) {
             if (!wait_ec && accepting.acceptor.is_open()) accept_on(accepting);
