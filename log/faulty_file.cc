@@ -41,9 +41,23 @@ struct FaultyFileSystem::State {
   bool tear_crash = false;
   bool flip_armed = false;
   std::uint64_t flip_bit_index = 0;
+  std::uint64_t reads_to_pass = 0;  // fail_reads: these first
+  std::uint64_t reads_to_fail = 0;  // then these; 0: disarmed
   bool hold_armed = false;  // hold_next_sync
   bool holding = false;     // a sync waits for release_sync
   std::condition_variable hold_cv;
+
+  // Whether this read fails (fail_reads), counting it.
+  bool read_fails() {
+    std::lock_guard lock(mutex);
+    if (reads_to_fail == 0) return false;
+    if (reads_to_pass > 0) {
+      reads_to_pass--;
+      return false;
+    }
+    if (reads_to_fail != FaultyFileSystem::kUntilDisarmed) reads_to_fail--;
+    return true;
+  }
 
   bool is_crashed() const {
     std::lock_guard lock(mutex);
@@ -113,6 +127,9 @@ class FaultyFile final : public File {
     if (state_.is_crashed()) return crash_status();
     const std::int64_t delay_ms = state_.read_delay_ms.load(std::memory_order_relaxed);
     if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+    if (state_.read_fails()) {
+      return Status(ErrorCode::io_error, "read: Input/output error (simulated)");
+    }
     return base_->read_at(offset, out);
   }
 
@@ -212,6 +229,12 @@ void FaultyFileSystem::delay_reads(std::chrono::milliseconds delay) {
   state_->read_delay_ms.store(delay.count(), std::memory_order_relaxed);
 }
 
+void FaultyFileSystem::fail_reads(std::uint64_t count, std::uint64_t after) {
+  std::lock_guard lock(state_->mutex);
+  state_->reads_to_pass = after;
+  state_->reads_to_fail = count;
+}
+
 void FaultyFileSystem::hold_next_sync() {
   std::lock_guard lock(state_->mutex);
   state_->hold_armed = true;
@@ -231,6 +254,7 @@ void FaultyFileSystem::release_sync() {
 void FaultyFileSystem::disarm() {
   state_->read_delay_ms.store(0, std::memory_order_relaxed);
   std::lock_guard lock(state_->mutex);
+  state_->reads_to_fail = 0;
   state_->crashed = false;
   state_->sync_countdown = 0;
   state_->space_left_bytes = kNoLimit;

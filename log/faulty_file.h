@@ -55,6 +55,11 @@ class FaultyFileSystem final : public FileSystem {
   // Every read_at (and so every view) sleeps `delay` first: a slow disk.
   // Stays armed until disarm().
   void delay_reads(std::chrono::milliseconds delay);
+  // After `after` more read_at calls, the next `count` fail with io_error
+  // and read nothing: a passing read error (EIO on a retried sector).
+  // kUntilDisarmed: every read, until disarm(). Replaces what was armed.
+  static constexpr std::uint64_t kUntilDisarmed = UINT64_MAX;
+  void fail_reads(std::uint64_t count, std::uint64_t after = 0);
   // The next File::sync waits, before it syncs (or fails, when fail_sync
   // armed it), until release_sync() or disarm(): a sync the test lets
   // finish once it has made what it wants happen meanwhile.

@@ -202,8 +202,21 @@ Result<std::unique_ptr<LogTail>> LogTail::resume(FileSystem& fs, const std::stri
 Result<bool> LogTail::next(Record* record, std::uint64_t max_seq) {
   Impl& s = *impl_;
   if (!s.error.ok()) return s.error;
+  const TailPosition before = position();
   auto more = s.step(record, max_seq);
-  if (!more) s.error = more.status();
+  if (more) return more;
+  if (more.code() != ErrorCode::io_error) {
+    s.error = more.status();
+    return more;
+  }
+  // As resume() does: the segment is opened again at the next try, and a
+  // window the failed read may have written into is not trusted.
+  s.file.reset();
+  s.window_bytes = 0;
+  s.segment_first_seq = before.segment_first_seq;
+  s.pos = before.offset;
+  s.expected_seq = before.next_seq;
+  s.expected_prev = before.prev_checksum;
   return more;
 }
 

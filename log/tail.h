@@ -48,7 +48,10 @@ class LogTail {
   LogTail& operator=(const LogTail&) = delete;
 
   // The next record, if its seq is <= max_seq: true with *record set, false
-  // when the next record is past max_seq. Errors are sticky.
+  // when the next record is past max_seq. Damage (corrupt) is sticky. After
+  // an io_error (a read that failed, a segment that could not be opened:
+  // out of descriptors, say) the tail stands where it stood before the
+  // call, and the call may be tried again.
   Result<bool> next(Record* record, std::uint64_t max_seq);
 
   TailPosition position() const;

@@ -4,6 +4,7 @@
 
 #include <vector>
 
+#include "log/faulty_file.h"
 #include "log/log_test_util.h"
 
 namespace tally::log {
@@ -99,6 +100,64 @@ TEST_CASE("records larger than a read window are read whole, from anywhere") {
       CHECK(record.seq == seq);
       const auto expected = test::payload_for(seq, 0, sizes[seq - 1]);
       CHECK(std::vector<std::byte>(record.payload.begin(), record.payload.end()) == expected);
+    }
+  }
+}
+
+TEST_CASE("a read that fails leaves the tail where it stood: the next call goes on from there") {
+  // Two logs: small segments, so that reads fail around rotations too, and
+  // records around and above the read window.
+  TempDir small_dir;
+  test::append_records(*test::open_writer(posix_file_system(), small_dir.log_dir()), 1500, 31);
+  TempDir large_dir;
+  const std::vector<std::size_t> sizes = {104, 300 * 1024, 64, 256 * 1024, (1 << 20) - 8, 8};
+  {
+    auto writer = test::open_writer(posix_file_system(), large_dir.log_dir(), LogWriterOptions{});
+    for (const std::size_t size : sizes) {
+      const std::uint64_t seq = writer->next_seq();
+      const auto payload = test::payload_for(seq, 0, size);
+      REQUIRE(writer->has_room(payload.size()));
+      REQUIRE(writer->append(payload) == seq);
+      REQUIRE(writer->write(writer->seal(), true).ok());
+    }
+  }
+  const auto expected_payload = [&](bool large, std::uint64_t seq) {
+    return large ? test::payload_for(seq, 0, sizes[seq - 1]) : test::payload_for(seq);
+  };
+  for (const bool large : {false, true}) {
+    const std::string dir = large ? large_dir.log_dir() : small_dir.log_dir();
+    const std::uint64_t last = large ? sizes.size() : 1500;
+    // The first, second or third read of a call fails: a window's, a
+    // segment header's after a rotation, the one after it (a call with
+    // that many reads: only the small segments have them).
+    for (std::uint64_t after = 0; after < (large ? 2 : 3); after++) {
+      CAPTURE(large);
+      CAPTURE(after);
+      FaultyFileSystem faulty(posix_file_system());
+      auto tail = LogTail::open(faulty, dir, 1);
+      REQUIRE(tail.ok());
+      std::size_t failed = 0;
+      Record record;
+      for (std::uint64_t seq = 1; seq <= last; seq++) {
+        faulty.fail_reads(1, after);
+        auto more = (*tail)->next(&record, last);
+        if (!more) {
+          REQUIRE(more.code() == ErrorCode::io_error);
+          failed++;
+          faulty.fail_reads(0);
+          more = (*tail)->next(&record, last);
+        }
+        REQUIRE_MESSAGE(more.ok(), more.status().to_string());
+        REQUIRE(*more);
+        CHECK(record.seq == seq);
+        CHECK(std::vector<std::byte>(record.payload.begin(), record.payload.end()) ==
+              expected_payload(large, seq));
+      }
+      faulty.fail_reads(0);
+      auto end = (*tail)->next(&record, last);
+      REQUIRE(end.ok());
+      CHECK_FALSE(*end);
+      CHECK(failed > 0);
     }
   }
 }
