@@ -1258,5 +1258,64 @@ TEST_CASE("a history flush or a snapshot that fails on a full disk is tried agai
   CHECK(pairs > 0);
 }
 
+TEST_CASE("a read of the log that fails is tried again from where it stood, and catches up") {
+  Fixture f;
+  // Small segments: the second half of the log is in segments not yet
+  // opened when the reads begin to fail.
+  f.options.segment_size_bytes = 64 * 1024;
+  const std::uint64_t last = write_log_only(f, 2000, 17);
+  log::FaultyFileSystem faulty(log::posix_file_system());
+  auto history = snap::HistoryStore::open(history_dir(f.options.data_dir), {});
+  REQUIRE(history.ok());
+  SharedSnapshots snapshots;
+  auto store = snap::SnapshotStore::open(snapshot_dir(f.options.data_dir), {});
+  REQUIRE(store.ok());
+  snapshots.store = std::move(*store);
+  std::atomic<std::uint64_t> committed{last / 2};
+  ArchivistContext context = closed_context(f, history->get(), last);
+  context.fs = &faulty;
+  context.snapshots = &snapshots;
+  context.committed_seq = [&committed] { return committed.load(); };
+  ArchivistOptions options;
+  options.snapshot_every_events = UINT64_MAX;  // on, taken when asked
+  options.snapshot_every_seconds = 0;
+  options.retry_interval = std::chrono::milliseconds(50);
+  auto archivist = Archivist::start(std::move(context), options);
+  REQUIRE(archivist.ok());
+  Archivist& running = **archivist;
+  REQUIRE(running.wait_history(last / 2, std::chrono::seconds(60)));
+
+  // Reads fail (a process out of descriptors, an unreadable sector the
+  // disk retries): the archivist waits, and stops for none of it.
+  faulty.fail_reads(log::FaultyFileSystem::kUntilDisarmed);
+  committed = last;
+  CHECK(eventually([&] { return running.stats().retrying.code() == ErrorCode::io_error; }));
+  // A snapshot asked for tries at once, and is told; a reader of the
+  // history does not wait for it.
+  CHECK(running.snapshot_now(std::chrono::seconds(60)).code() == ErrorCode::io_error);
+  CHECK_FALSE(running.wait_history(last, std::chrono::minutes(10)));
+  const ArchivistStats paused = running.stats();
+  CHECK(paused.failure.ok());
+  CHECK(paused.history_failure.ok());
+  CHECK(paused.snapshot_failure.ok());
+  CHECK(paused.history_seq < last);
+
+  faulty.disarm();
+  CHECK(eventually([&] { return running.stats().history_seq == last; }));
+  CHECK(eventually([&] { return running.stats().retrying.ok(); }));
+  auto taken = running.snapshot_now(std::chrono::seconds(60));
+  REQUIRE(taken.ok());
+  CHECK(*taken == last);
+  CHECK(running.stats().failure.ok());
+  archivist->reset();
+
+  const std::unique_ptr<proj::State> truth = brute_force(f.options.data_dir, last);
+  const std::vector<snap::SnapshotInfo> infos = list_snapshots(f.options.data_dir);
+  REQUIRE(infos.size() == 1);
+  CHECK(infos.back().digest == truth->digest());
+  CHECK((*history)->check_chains().ok());
+  CHECK((*history)->position()->seq == last);
+}
+
 }  // namespace
 }  // namespace tally

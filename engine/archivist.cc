@@ -103,6 +103,16 @@ struct Archivist::Impl {
   void resume(const char* what, std::optional<std::chrono::steady_clock::time_point>* retry_at);
   // Ends a pause without a word (its part stopped, or resumed).
   void end_pause(std::optional<std::chrono::steady_clock::time_point>* retry_at);
+  // Takes a failed read of the log (either tail's, or a tail's open): an
+  // I/O error (out of descriptors, say) pauses the reading, which both
+  // tails then try again from where they stood; Status() comes back. Any
+  // other error (damage) comes back as it is, to stop both.
+  Status settle_read(Status failed);
+  // Whether reading waits to try a failed read again, at this time.
+  bool reads_paused() const { return read_retry_at.has_value(); }
+  bool reads_wait() const {
+    return reads_paused() && std::chrono::steady_clock::now() < *read_retry_at;
+  }
   // Takes the outcome of a snapshot's write: an I/O error pauses the
   // snapshots, damage stops them (stop_snapshots), any other error stops
   // the archivist.
@@ -177,6 +187,11 @@ struct Archivist::Impl {
   // tried again (pause): at this time.
   std::optional<std::chrono::steady_clock::time_point> history_retry_at;
   std::optional<std::chrono::steady_clock::time_point> snapshot_retry_at;
+  // Set while a read of the log that failed with an I/O error waits to be
+  // tried again (settle_read): at this time. The error, for a snapshot
+  // asked for meanwhile.
+  std::optional<std::chrono::steady_clock::time_point> read_retry_at;
+  Status read_failure;
 
   std::thread thread;
   std::mutex stop_mu;
@@ -289,11 +304,14 @@ Status Archivist::Impl::append_history(const log::Event& event, const log::Recor
 }
 
 Status Archivist::Impl::lead_round(std::uint64_t committed, bool history_rides) {
+  // A snapshot asked for tries at once (and is answered with the error).
+  if (reads_wait() && history_rides) return Status();
   log::Record record;
   log::Event event;
   for (std::size_t count = 0; count < kRoundRecordsMax && !abandon.load(); count++) {
     auto more = next_event(*tail, committed, &record, &event);
-    if (!more) return more.status();
+    if (!more) return settle_read(more.status());
+    if (reads_paused()) resume("reading the log", &read_retry_at);
     if (!*more) break;
     if (history_on && history_rides && !history_paused() && history_seq + 1 == record.seq) {
       Status appended = append_history(event, record);
@@ -316,14 +334,14 @@ Status Archivist::Impl::history_round(bool yield) {
     history_tail.reset();
     return Status();
   }
-  if (history_paused()) return Status();
+  if (history_paused() || reads_wait()) return Status();
   if (history_tail == nullptr) {
     const std::string dir = log_dir(context.data_dir);
     auto opened = history_left_at.has_value() && history_left_at->next_seq == history_seq + 1
                       ? log::LogTail::resume(*fs, dir, *history_left_at)
                       : log::LogTail::open(*fs, dir, history_seq + 1);
     history_left_at.reset();
-    if (!opened) return opened.status();
+    if (!opened) return settle_read(opened.status());
     history_tail = std::move(*opened);
   }
   log::Record record;
@@ -332,7 +350,8 @@ Status Archivist::Impl::history_round(bool yield) {
        count++) {
     if (yield && snapshot_waiting.load(std::memory_order_relaxed)) break;
     auto more = next_event(*history_tail, read_seq, &record, &event);
-    if (!more) return more.status();
+    if (!more) return settle_read(more.status());
+    if (reads_paused()) resume("reading the log", &read_retry_at);
     if (!*more) break;
     Status appended = append_history(event, record);
     if (appended.code() == ErrorCode::closed) break;  // stop() gave up on the flush
@@ -421,7 +440,7 @@ void Archivist::Impl::pause(const char* what, const Status& failed,
   *retry_at = std::chrono::steady_clock::now() + options.retry_interval;
   std::lock_guard<std::mutex> guard(mu);
   stats.retrying = failed;
-  history_waits_retry = history_paused();
+  history_waits_retry = history_paused() || reads_paused();
   cv.notify_all();  // a wait_history() waits no more
 }
 
@@ -435,9 +454,18 @@ void Archivist::Impl::resume(const char* what,
 void Archivist::Impl::end_pause(std::optional<std::chrono::steady_clock::time_point>* retry_at) {
   retry_at->reset();
   std::lock_guard<std::mutex> guard(mu);
-  history_waits_retry = history_paused();
-  // Unless the other part still waits.
-  if (!history_paused() && !snapshot_retry_at.has_value()) stats.retrying = Status();
+  history_waits_retry = history_paused() || reads_paused();
+  // Unless another part still waits.
+  if (!history_paused() && !snapshot_retry_at.has_value() && !reads_paused()) {
+    stats.retrying = Status();
+  }
+}
+
+Status Archivist::Impl::settle_read(Status failed) {
+  if (failed.code() != ErrorCode::io_error) return failed;
+  pause("reading the log", failed, &read_retry_at);
+  read_failure = std::move(failed);
+  return Status();
 }
 
 Status Archivist::Impl::settle_snapshot(Status written) {
@@ -490,7 +518,8 @@ std::uint64_t Archivist::Impl::wait_for_work(std::uint64_t requests, bool* reade
     // A reader waiting for a seq not committed yet wakes nothing: there is
     // nothing to read for it. A history behind the lead is work at once,
     // unless it waits to try a failed flush again.
-    if (committed >= read_seq + kWakeRecords || (history_behind() && !history_paused()) ||
+    if ((!reads_paused() && (committed >= read_seq + kWakeRecords ||
+                             (history_behind() && !history_paused()))) ||
         stopping || snapshot_requests > requests ||
         (*reader_waits && history_wanted <= committed) ||
         std::chrono::steady_clock::now() >= until) {
@@ -540,6 +569,11 @@ Status Archivist::Impl::run() {
     const bool requested = requests > snapshot_answered && state != nullptr;
     if (requested && history_on && history_seq == read_seq) history_left_at = tail->position();
     TALLY_TRY(lead_round(committed, !requested));
+    if (requested && reads_paused()) {
+      // Its try at once failed too: the state cannot reach the seq asked for.
+      finish_snapshot_request(0, read_failure);
+      continue;
+    }
     if (state != nullptr) {
       std::lock_guard<std::mutex> guard(mu);
       stats.state_seq = state->last_seq();
@@ -595,7 +629,7 @@ Status Archivist::Impl::run() {
   // Catch the history up with what the ledger committed, until stop() gives
   // up: a short-lived ledger (a batch job, a test) then leaves a current
   // index.
-  while (history_on && !history_paused() && !abandon.load()) {
+  while (history_on && !history_paused() && !reads_paused() && !abandon.load()) {
     const std::uint64_t committed = context.committed_seq();
     if (read_seq >= committed && !history_behind()) break;
     TALLY_TRY(lead_round(committed, /*history_rides=*/true));

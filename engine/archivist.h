@@ -18,7 +18,9 @@
 // takes minutes on a large index.
 // A write of either that fails with an I/O error (a full disk, say) pauses
 // that part, which keeps what it has and tries again every retry_interval;
-// the other part goes on. Any other error stops both, and damage stops the
+// the other part goes on. A read of the log that fails with one (out of
+// descriptors, say) pauses both, which read on from where they stood
+// every retry_interval. Any other error stops both, and damage stops the
 // damaged part (ArchivistStats).
 // The copy costs the state's memory a second time; the alternatives (a
 // copy-on-write fork, stopping the writer to serialise its state) stall
@@ -97,8 +99,9 @@ struct ArchivistStats {
   // Why the snapshots stopped while the history goes on: their store was
   // found damaged (corrupt) as one was written, and set aside.
   Status snapshot_failure;
-  // The last I/O error of a write of the history or of a snapshot that is
-  // to be tried again (ArchivistOptions::retry_interval); ok when none is.
+  // The last I/O error of a write of the history or of a snapshot, or of a
+  // read of the log, that is to be tried again
+  // (ArchivistOptions::retry_interval); ok when none is.
   Status retrying;
 };
 

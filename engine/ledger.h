@@ -132,7 +132,9 @@ struct LedgerStats {
   bool snapshots_failed = false;
   // A write of the history or of a snapshot failed with an I/O error (a
   // full disk, say; logged) and is tried again every 10 s: the history
-  // falls behind, or due snapshots wait, until one succeeds.
+  // falls behind, or due snapshots wait, until one succeeds. Or the
+  // archivist's read of the log failed so (out of file descriptors, say),
+  // and both wait the same way.
   bool archivist_retrying = false;
   // An open that starts from a snapshot reads none of the log's records
   // before it; a thread at the lowest priority (nice 19) then reads them

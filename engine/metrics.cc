@@ -210,8 +210,8 @@ std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed,
                 "next open begins a new store; the history goes on.",
                 stats.snapshots_failed ? 1 : 0);
   append_single(&out, "tally_archivist_retrying", "gauge",
-                "1 while a write of the history or of a snapshot that failed with an I/O error "
-                "(logged) waits to be tried again.",
+                "1 while a write of the history or of a snapshot, or a read of the log, that "
+                "failed with an I/O error (logged) waits to be tried again.",
                 stats.archivist_retrying ? 1 : 0);
   append_single(&out, "tally_log_damaged", "gauge",
                 "1 once the log's records before the snapshot the open started from, or a scrub "
