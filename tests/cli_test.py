@@ -16,6 +16,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -943,12 +944,16 @@ def test_a_second_writer_is_refused():
 class Server:
     """`tally serve` on ephemeral loopback ports, stopped with SIGTERM."""
 
-    def __init__(self, data, *flags):
+    def __init__(self, data, *flags, open_files=None):
         # Two I/O threads whatever the machine: connections served
-        # concurrently are part of what the tests cover.
+        # concurrently are part of what the tests cover. open_files: the
+        # (soft, hard) limit on open files it starts with.
+        def limit():
+            resource.setrlimit(resource.RLIMIT_NOFILE, open_files)
         self.proc = subprocess.Popen([TALLY, "serve", "--data", data, "--listen", "127.0.0.1:0",
                                       "--http", "127.0.0.1:0", "--io-threads", "2", *flags],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     preexec_fn=limit if open_files else None)
         line = text(self.proc.stdout.readline())
         match = re.match(r"serving binary=(\S+) http=(\S+)", line)
         assert match, line
@@ -1151,6 +1156,35 @@ def test_serve_warns_of_a_token_file_others_can_read():
             assert json.loads(response.read())["available"] == 0
         err = server.stop()
         assert ("other users can read or write the token file" in err) == warned, (mode, err)
+
+
+def open_files_limit(pid):
+    """The (soft, hard) limit on open files of a running process."""
+    for line in text(open("/proc/%d/limits" % pid, "rb").read()).splitlines():
+        if line.startswith("Max open files"):
+            return tuple(int(value) if value != "unlimited" else resource.RLIM_INFINITY
+                         for value in line.split()[3:5])
+    raise AssertionError("no open-file limit for %d" % pid)
+
+
+def test_serve_raises_its_open_file_limit_to_what_its_connections_need():
+    data = os.path.join(new_dir("open-files"), "data")
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    # Both protocols' connections, the 4 probes, 128 for the ledger.
+    needed = 2 * 1000 + 4 + 128
+    for start in ((256, hard), (300, min(hard, 600))):
+        server = Server(data, "--connections-max", "1000", open_files=start)
+        soft, _ = open_files_limit(server.proc.pid)
+        reachable = needed if start[1] == resource.RLIM_INFINITY else min(start[1], needed)
+        assert soft == reachable, (start, soft)
+        err = server.stop()
+        warning = ("--connections-max 1000 needs about %d open files, but the limit is %d"
+                   % (needed, soft))
+        assert (warning in err) == (soft < needed), (start, err)
+    # Within the limit already: left as it is.
+    server = Server(data, open_files=(1000, hard))
+    assert open_files_limit(server.proc.pid)[0] == 1000
+    assert "open files" not in server.stop()
 
 
 def test_serve_event_feed_matches_tally_log():

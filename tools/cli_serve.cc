@@ -2,8 +2,10 @@
 // HTTP (engine/server.h) until SIGINT or SIGTERM, then shuts down
 // gracefully: stop accepting, answer what was accepted, close the log.
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <cstdio>
@@ -23,6 +25,10 @@ namespace {
 constexpr std::size_t kTokenFileBytesMax = 4096;
 constexpr std::int64_t kIoThreadsMax = 256;
 constexpr std::int64_t kConnectionsMax = 65536;
+// The file descriptors the ledger and the server hold besides their
+// connections, with room to spare: segments, the snapshot and history
+// stores, the lock, the event loop's, the event feed's reads of the log.
+constexpr rlim_t kDescriptorsBesideConnections = 128;
 
 constexpr FlagSpec kServeFlags[] = {
     {"data", "DIR", "the data directory (created when missing)"},
@@ -82,6 +88,30 @@ Result<ServerOptions> server_options(const Args& args) {
   return options;
 }
 
+// Each connection holds a file descriptor. Out of them, the ledger could
+// not create its next log segment, and would turn read-only. So the soft
+// limit on open files is raised, as far as the hard one allows, to what
+// connections_max of both protocols, the probes and the ledger need; a
+// warning says when the hard limit is lower.
+void fit_descriptor_limit(const ServerOptions& options) {
+  const rlim_t needed =
+      2 * options.connections_max + kProbeConnectionsMax + kDescriptorsBesideConnections;
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur >= needed) return;
+  rlimit raised = limit;
+  raised.rlim_cur = limit.rlim_max == RLIM_INFINITY ? needed : std::min(limit.rlim_max, needed);
+  if (raised.rlim_cur > limit.rlim_cur && ::setrlimit(RLIMIT_NOFILE, &raised) == 0) {
+    limit = raised;
+  }
+  if (limit.rlim_cur >= needed) return;
+  std::fprintf(stderr,
+               "tally: warning: --connections-max %zu needs about %llu open files, but the "
+               "limit is %llu: lower it, or raise the hard limit (LimitNOFILE, ulimit -Hn); "
+               "out of them, the ledger turns read-only at its next log segment\n",
+               options.connections_max, static_cast<unsigned long long>(needed),
+               static_cast<unsigned long long>(limit.rlim_cur));
+}
+
 std::string address_of(std::string_view listen, std::uint16_t port) {
   std::string host;
   std::uint16_t ignored = 0;
@@ -126,6 +156,7 @@ int run_serve(const Args& args) {
   }
   auto options = server_options(args);
   if (!options) return usage_error("serve", options.status().message());
+  fit_descriptor_limit(*options);
 
   LedgerOptions ledger_options;
   ledger_options.data_dir = std::string(*data);
