@@ -1191,17 +1191,48 @@ class FileSizeLimit {
   void (*saved_handler_)(int) = SIG_DFL;
 };
 
+// The history and snapshot stores of a closed ledger's directory, for an
+// archivist started by hand.
+struct Stores {
+  std::unique_ptr<snap::HistoryStore> history;
+  SharedSnapshots snapshots;
+
+  explicit Stores(const std::string& data_dir) {
+    auto opened = snap::HistoryStore::open(history_dir(data_dir), {});
+    REQUIRE(opened.ok());
+    history = std::move(*opened);
+    auto store = snap::SnapshotStore::open(snapshot_dir(data_dir), {});
+    REQUIRE(store.ok());
+    snapshots.store = std::move(*store);
+  }
+};
+
+// After an archivist that paused caught up to `last`: its one snapshot
+// and its history index both say what a replay of the log says.
+void check_caught_up(const std::string& data_dir, snap::HistoryStore& history,
+                     std::uint64_t last) {
+  const std::unique_ptr<proj::State> truth = brute_force(data_dir, last);
+  const std::vector<snap::SnapshotInfo> infos = list_snapshots(data_dir);
+  REQUIRE(infos.size() == 1);
+  CHECK(infos.back().digest == truth->digest());
+  CHECK(history.check_chains().ok());
+  CHECK(history.position()->seq == last);
+  std::size_t pairs = 0;
+  const Status listed = history.for_each_at(
+      last, [&](std::string_view subject, std::string_view item, proj::Balance balance) {
+        pairs++;
+        CHECK(Balance{balance.available, balance.held} == raw_balance(*truth, subject, item));
+      });
+  CHECK(listed.ok());
+  CHECK(pairs > 0);
+}
+
 TEST_CASE("a history flush or a snapshot that fails on a full disk is tried again, and catches up") {
   Fixture f;
   const std::uint64_t last = write_log_only(f, 300, 11);
   // Both stores made before the disk fills: their files hold no more
   // than their first pages.
-  auto history = snap::HistoryStore::open(history_dir(f.options.data_dir), {});
-  REQUIRE(history.ok());
-  SharedSnapshots snapshots;
-  auto store = snap::SnapshotStore::open(snapshot_dir(f.options.data_dir), {});
-  REQUIRE(store.ok());
-  snapshots.store = std::move(*store);
+  Stores stores(f.options.data_dir);
   std::uintmax_t largest = 0;
   for (const std::string& dir :
        {history_dir(f.options.data_dir), snapshot_dir(f.options.data_dir)}) {
@@ -1209,8 +1240,8 @@ TEST_CASE("a history flush or a snapshot that fails on a full disk is tried agai
   }
   auto full = std::make_unique<FileSizeLimit>(static_cast<rlim_t>(largest));
 
-  ArchivistContext context = closed_context(f, history->get(), last);
-  context.snapshots = &snapshots;
+  ArchivistContext context = closed_context(f, stores.history.get(), last);
+  context.snapshots = &stores.snapshots;
   ArchivistOptions options;
   options.snapshot_every_events = 100;  // due at once: the log holds more since no snapshot
   options.snapshot_every_seconds = 0;
@@ -1242,20 +1273,7 @@ TEST_CASE("a history flush or a snapshot that fails on a full disk is tried agai
   CHECK(resumed.last_snapshot_seq == last);
   archivist->reset();
 
-  const std::unique_ptr<proj::State> truth = brute_force(f.options.data_dir, last);
-  const std::vector<snap::SnapshotInfo> infos = list_snapshots(f.options.data_dir);
-  REQUIRE(infos.size() == 1);
-  CHECK(infos.back().digest == truth->digest());
-  CHECK((*history)->check_chains().ok());
-  CHECK((*history)->position()->seq == last);
-  std::size_t pairs = 0;
-  const Status listed = (*history)->for_each_at(
-      last, [&](std::string_view subject, std::string_view item, proj::Balance balance) {
-        pairs++;
-        CHECK(Balance{balance.available, balance.held} == raw_balance(*truth, subject, item));
-      });
-  CHECK(listed.ok());
-  CHECK(pairs > 0);
+  check_caught_up(f.options.data_dir, *stores.history, last);
 }
 
 TEST_CASE("a read of the log that fails is tried again from where it stood, and catches up") {
@@ -1265,16 +1283,11 @@ TEST_CASE("a read of the log that fails is tried again from where it stood, and 
   f.options.segment_size_bytes = 64 * 1024;
   const std::uint64_t last = write_log_only(f, 2000, 17);
   log::FaultyFileSystem faulty(log::posix_file_system());
-  auto history = snap::HistoryStore::open(history_dir(f.options.data_dir), {});
-  REQUIRE(history.ok());
-  SharedSnapshots snapshots;
-  auto store = snap::SnapshotStore::open(snapshot_dir(f.options.data_dir), {});
-  REQUIRE(store.ok());
-  snapshots.store = std::move(*store);
+  Stores stores(f.options.data_dir);
   std::atomic<std::uint64_t> committed{last / 2};
-  ArchivistContext context = closed_context(f, history->get(), last);
+  ArchivistContext context = closed_context(f, stores.history.get(), last);
   context.fs = &faulty;
-  context.snapshots = &snapshots;
+  context.snapshots = &stores.snapshots;
   context.committed_seq = [&committed] { return committed.load(); };
   ArchivistOptions options;
   options.snapshot_every_events = UINT64_MAX;  // on, taken when asked
@@ -1309,12 +1322,7 @@ TEST_CASE("a read of the log that fails is tried again from where it stood, and 
   CHECK(running.stats().failure.ok());
   archivist->reset();
 
-  const std::unique_ptr<proj::State> truth = brute_force(f.options.data_dir, last);
-  const std::vector<snap::SnapshotInfo> infos = list_snapshots(f.options.data_dir);
-  REQUIRE(infos.size() == 1);
-  CHECK(infos.back().digest == truth->digest());
-  CHECK((*history)->check_chains().ok());
-  CHECK((*history)->position()->seq == last);
+  check_caught_up(f.options.data_dir, *stores.history, last);
 }
 
 }  // namespace
