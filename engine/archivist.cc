@@ -517,7 +517,8 @@ std::uint64_t Archivist::Impl::wait_for_work(std::uint64_t requests, bool* reade
     *reader_waits = history_wanted > stats.history_seq;
     // A reader waiting for a seq not committed yet wakes nothing: there is
     // nothing to read for it. A history behind the lead is work at once,
-    // unless it waits to try a failed flush again.
+    // unless it waits to try a failed flush again; neither is work while
+    // reading waits to try a failed read again.
     if ((!reads_paused() && (committed >= read_seq + kWakeRecords ||
                              (history_behind() && !history_paused()))) ||
         stopping || snapshot_requests > requests ||
