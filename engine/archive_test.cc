@@ -733,10 +733,16 @@ TEST_CASE("events logged before the open count towards the next snapshot, with n
   CHECK(first_snapshot_seq(f) == last);
 }
 
+// For the tests on a disk made slow (FaultyFileSystem::delay_reads): a
+// segment whose zeros after the last record take an open a few reads, not
+// the 256 windows of 256 KiB of a 64 MiB one.
+constexpr std::uint64_t kSlowSegmentBytes = 1 << 20;
+
 TEST_CASE("the history's seq is known from the open on, before the archivist loads its state") {
   log::FaultyFileSystem slow(log::posix_file_system());
   Fixture f;  // the history on, as by default
   f.options.fs = &slow;
+  f.options.segment_size_bytes = kSlowSegmentBytes;
   f.open();
   const std::uint64_t last = f.acquire_ones(50);
   REQUIRE(f.ledger->balance("alice", "gold", AsOf::at_seq(last)).ok());  // the index reaches it
@@ -772,6 +778,7 @@ TEST_CASE("snapshot_due_at_close: close takes the snapshot the count trigger cal
   log::FaultyFileSystem slow(log::posix_file_system());
   Fixture f;
   f.options.fs = &slow;
+  f.options.segment_size_bytes = kSlowSegmentBytes;
   f.options.history = false;
   f.open();
   const std::uint64_t last = f.acquire_ones(2500);
