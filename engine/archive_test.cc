@@ -1332,5 +1332,65 @@ TEST_CASE("a read of the log that fails is tried again from where it stood, and 
   check_caught_up(f.options.data_dir, *stores.history, last);
 }
 
+TEST_CASE("a load of the state that fails to read the log is tried again, and the archivist starts") {
+  Fixture f;
+  const std::uint64_t last = write_log_only(f, 300, 19);
+  log::FaultyFileSystem faulty(log::posix_file_system());
+  Stores stores(f.options.data_dir);
+  ArchivistContext context = closed_context(f, stores.history.get(), last);
+  context.fs = &faulty;
+  context.snapshots = &stores.snapshots;
+  ArchivistOptions options;
+  options.snapshot_every_events = UINT64_MAX;  // on, taken when asked
+  options.snapshot_every_seconds = 0;
+  options.retry_interval = std::chrono::milliseconds(50);
+  // Every read fails from the start: the replay that loads the state
+  // cannot read the log.
+  faulty.fail_reads(log::FaultyFileSystem::kUntilDisarmed);
+  auto archivist = Archivist::start(std::move(context), options);
+  REQUIRE(archivist.ok());
+  Archivist& running = **archivist;
+  CHECK(eventually([&] { return running.stats().retrying.code() == ErrorCode::io_error; }));
+  // A snapshot asked for tries at once, and is told; so is a second one.
+  CHECK(running.snapshot_now(std::chrono::seconds(60)).code() == ErrorCode::io_error);
+  CHECK(running.snapshot_now(std::chrono::seconds(60)).code() == ErrorCode::io_error);
+  CHECK_FALSE(running.wait_history(last, std::chrono::minutes(10)));
+  CHECK(running.stats().failure.ok());
+  CHECK(running.stats().history_seq == 0);
+
+  faulty.disarm();
+  CHECK(eventually([&] { return running.stats().history_seq == last; }));
+  CHECK(eventually([&] { return running.stats().retrying.ok(); }));
+  auto taken = running.snapshot_now(std::chrono::seconds(60));
+  REQUIRE(taken.ok());
+  CHECK(*taken == last);
+  CHECK(running.stats().failure.ok());
+  archivist->reset();
+
+  check_caught_up(f.options.data_dir, *stores.history, last);
+}
+
+TEST_CASE("an archivist stopped while a failed load of the state waits stops at once") {
+  Fixture f;
+  const std::uint64_t last = write_log_only(f, 50, 23);
+  log::FaultyFileSystem faulty(log::posix_file_system());
+  Stores stores(f.options.data_dir);
+  ArchivistContext context = closed_context(f, stores.history.get(), last);
+  context.fs = &faulty;
+  context.snapshots = &stores.snapshots;
+  ArchivistOptions options;
+  options.snapshot_every_events = UINT64_MAX;
+  options.snapshot_every_seconds = 0;
+  options.retry_interval = std::chrono::hours(1);
+  faulty.fail_reads(log::FaultyFileSystem::kUntilDisarmed);
+  auto archivist = Archivist::start(std::move(context), options);
+  REQUIRE(archivist.ok());
+  CHECK(eventually([&] { return (*archivist)->stats().retrying.code() == ErrorCode::io_error; }));
+  (*archivist)->stop();  // does not wait out the hour
+  const ArchivistStats stopped = (*archivist)->stats();
+  CHECK(stopped.failure.ok());
+  CHECK((*archivist)->snapshot_now(std::chrono::seconds(1)).code() == ErrorCode::closed);
+}
+
 }  // namespace
 }  // namespace tally

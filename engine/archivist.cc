@@ -64,6 +64,11 @@ struct Archivist::Impl {
   void main();
   Status run();
   Status prepare();
+  // prepare(), tried again every retry_interval while it fails with an I/O
+  // error (a read of the log, as settle_read() pauses one), or at once for
+  // a snapshot asked for, which is answered with the error if it fails
+  // again. false: stop() came first.
+  Result<bool> prepare_retrying();
   Status check_history();
   Status check_history_pages();
   void mark_history_checked();
@@ -128,7 +133,9 @@ struct Archivist::Impl {
   // one and replays the log), while the history goes on.
   Status stop_snapshots(Status status);
   Status write_snapshot();
-  void finish_snapshot_request(std::uint64_t seq, Status status);
+  // Answers every snapshot asked for so far; `idle`: the thread goes back
+  // under SCHED_IDLE (not while it loads the state, which runs normal).
+  void finish_snapshot_request(std::uint64_t seq, Status status, bool idle = true);
 
   const ArchivistContext context;
   const ArchivistOptions options;
@@ -273,6 +280,29 @@ Status Archivist::Impl::prepare() {
   stats.history_seq = history_seq;
   stats.state_seq = state != nullptr ? state->last_seq() : 0;
   return Status();
+}
+
+Result<bool> Archivist::Impl::prepare_retrying() {
+  for (;;) {
+    Status prepared = prepare();
+    if (prepared.code() != ErrorCode::io_error) {
+      if (!prepared.ok()) return prepared;
+      resume("reading the log", &read_retry_at);
+      return true;
+    }
+    TALLY_TRY(settle_read(std::move(prepared)));
+    bool asked = false;
+    {
+      std::lock_guard<std::mutex> guard(mu);
+      asked = snapshot_requests > snapshot_answered;
+    }
+    if (asked) finish_snapshot_request(0, read_failure, /*idle=*/false);
+    std::unique_lock<std::mutex> guard(mu);
+    wake_cv.wait_until(guard, *read_retry_at, [this] {
+      return stopping || snapshot_requests > snapshot_answered;
+    });
+    if (stopping) return false;
+  }
 }
 
 Result<bool> Archivist::Impl::next_event(log::LogTail& from, std::uint64_t max_seq,
@@ -492,7 +522,7 @@ Status Archivist::Impl::write_snapshot() {
   return Status();
 }
 
-void Archivist::Impl::finish_snapshot_request(std::uint64_t seq, Status status) {
+void Archivist::Impl::finish_snapshot_request(std::uint64_t seq, Status status, bool idle) {
   std::lock_guard<std::mutex> guard(mu);
   if (status.ok()) {
     snapshot_answer = seq;
@@ -505,7 +535,7 @@ void Archivist::Impl::finish_snapshot_request(std::uint64_t seq, Status status) 
   // stop() has made it normal for good. Under mu, as the lift is: a request
   // made after this lifts it again.
   sched_param param{};
-  if (!stopping) (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &param);
+  if (idle && !stopping) (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &param);
   cv.notify_all();
 }
 
@@ -537,10 +567,11 @@ Status Archivist::Impl::run() {
   // that waits for it) from finishing for as long as the load lasts. The
   // walk of the history's pages first: readers wait for it.
   TALLY_TRY(check_history_pages());
-  Status prepared = prepare();
+  auto prepared = prepare_retrying();
   // Stopped, and not done loading within kDrainMax: nothing to flush.
-  if (!prepared.ok() && abandon.load()) return Status();
-  TALLY_TRY(prepared);
+  if (!prepared && abandon.load()) return Status();
+  if (!prepared) return prepared.status();
+  if (!*prepared) return Status();  // stopped while a failed load waited
   {
     // From here on it runs only on a core nothing else wants: under full
     // load it lags rather than slow the writer (measured in

@@ -20,7 +20,7 @@
 // that part, which keeps what it has and tries again every retry_interval;
 // the other part goes on. A read of the log that fails with one (out of
 // descriptors, say) pauses both, which read on from where they stood
-// every retry_interval. Any other error stops both, and damage stops the
+// every retry_interval; so does the load of the state they start from. Any other error stops both, and damage stops the
 // damaged part (ArchivistStats).
 // The copy costs the state's memory a second time; the alternatives (a
 // copy-on-write fork, stopping the writer to serialise its state) stall
