@@ -702,6 +702,37 @@ TEST_CASE("a scrub reads the durable log again on its period and finds damage th
   f.close();
 }
 
+TEST_CASE("a scrub that cannot read the log tries again before it calls the log damaged") {
+  Fixture f;
+  log::FaultyFileSystem faulty(log::posix_file_system());
+  f.options.fs = &faulty;
+  f.options.log_scrub_seconds = 1;  // and its tries 1 s apart
+  f.options.history = false;  // nothing else reads the log
+  f.options.snapshot_every_events = 0;
+  f.options.snapshot_every_seconds = 0;
+  f.open();
+  f.acquire_ones(200);
+  const auto wait_for = [&](auto done) {
+    for (int wait = 0; wait < 6000 && !done(f.ledger->stats()); wait++) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return done(f.ledger->stats());
+  };
+  REQUIRE(wait_for([](const LedgerStats& stats) { return stats.log_scrubs >= 1; }));
+  SUBCASE("a read that fails once (out of file descriptors, say)") {
+    const std::uint64_t scrubs = f.ledger->stats().log_scrubs;
+    faulty.fail_reads(1);
+    REQUIRE(wait_for([&](const LedgerStats& stats) { return stats.log_scrubs >= scrubs + 2; }));
+    CHECK_FALSE(f.ledger->stats().log_damaged);
+  }
+  SUBCASE("reads that fail every time") {
+    faulty.fail_reads(log::FaultyFileSystem::kUntilDisarmed);
+    REQUIRE(wait_for([](const LedgerStats& stats) { return stats.log_damaged; }));
+    faulty.disarm();
+  }
+  f.close();
+}
+
 TEST_CASE("a close ends the wait for the next scrub") {
   Fixture f;
   f.options.log_scrub_seconds = 3600;

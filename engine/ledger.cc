@@ -197,6 +197,13 @@ constexpr std::chrono::milliseconds kHistoryWaitMax{2000};
 // How long snapshot_now() waits for the archivist.
 constexpr std::chrono::minutes kSnapshotTimeout{10};
 constexpr std::uint64_t kHistoryWaitLagMax = 65536;
+// A check of the log's records that cannot read them (an I/O error: out of
+// file descriptors, a sector the disk did not read this time) is tried
+// again, kCheckTries times in all, kCheckRetry apart (or a scrub period,
+// when shorter), before the log counts as damaged: what no try read is
+// lost to every reader.
+constexpr int kCheckTries = 3;
+constexpr std::chrono::seconds kCheckRetry{10};
 
 }  // namespace
 
@@ -225,7 +232,12 @@ struct Ledger::Impl {
   Status check_log_before(std::uint64_t to_seq, bool writer_live);
   // check_log_before(), and damage logged ("the log up to seq N (why) does
   // not read back: ...") and set in log_damaged; false once close() began.
-  bool check_log_said(std::uint64_t to_seq, bool writer_live, const char* why);
+  // A check that fails to read the log (an I/O error) is tried again, up to
+  // kCheckTries in all, `retry` apart.
+  bool check_log_said(std::uint64_t to_seq, bool writer_live, const char* why,
+                      std::chrono::seconds retry);
+  // Waits `period`, or less: true once close() began.
+  bool check_wait(std::chrono::seconds period);
   void writer_main();
   void io_main();
 
@@ -639,31 +651,48 @@ void Ledger::Impl::check_log_main(std::uint64_t to_seq) {
   // run while the cores are busy, and close() waits for it to see its
   // cancel): about 1.5% of a busy core, all of an idle one. Best effort.
   (void)setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 19);
+  // At most a century: a longer wait would overflow the clock's time point.
+  const std::chrono::seconds period(std::min<std::int64_t>(options.log_scrub_seconds,
+                                                           100ll * 365 * 24 * 3600));
+  // Tries again sooner where scrubs come sooner.
+  const std::chrono::seconds retry =
+      period.count() > 0 ? std::min(period, kCheckRetry) : kCheckRetry;
   if (!log_checked.load()) {
-    if (!check_log_said(to_seq, /*writer_live=*/false, "the snapshot this open started from")) {
+    if (!check_log_said(to_seq, /*writer_live=*/false, "the snapshot this open started from",
+                        retry)) {
       return;
     }
     log_checked.store(true);
   }
   // Scrubs, until one finds damage: it is logged once, and stays in the
   // stats until the ledger is reopened.
-  // At most a century: a longer wait would overflow the clock's time point.
-  const std::chrono::seconds period(std::min<std::int64_t>(options.log_scrub_seconds,
-                                                           100ll * 365 * 24 * 3600));
   while (period.count() > 0 && !log_damaged.load()) {
-    {
-      std::unique_lock<std::mutex> guard(check_mu);
-      if (check_cv.wait_for(guard, period, [this] { return check_cancelled.load(); })) return;
-    }
+    if (check_wait(period)) return;
     const std::uint64_t durable_seq = durable.load(std::memory_order_acquire);
-    if (!check_log_said(durable_seq, /*writer_live=*/true, "a scrub")) return;
+    if (!check_log_said(durable_seq, /*writer_live=*/true, "a scrub", retry)) return;
     log_scrubs.fetch_add(1);
   }
 }
 
-bool Ledger::Impl::check_log_said(std::uint64_t to_seq, bool writer_live, const char* why) {
-  const Status found = check_log_before(to_seq, writer_live);
-  if (found.code() == ErrorCode::closed) return false;
+bool Ledger::Impl::check_wait(std::chrono::seconds period) {
+  std::unique_lock<std::mutex> guard(check_mu);
+  return check_cv.wait_for(guard, period, [this] { return check_cancelled.load(); });
+}
+
+bool Ledger::Impl::check_log_said(std::uint64_t to_seq, bool writer_live, const char* why,
+                                  std::chrono::seconds retry) {
+  Status found;
+  for (int tries = 1;; tries++) {
+    found = check_log_before(to_seq, writer_live);
+    if (found.code() == ErrorCode::closed) return false;
+    if (found.code() != ErrorCode::io_error || tries == kCheckTries) break;
+    std::fprintf(stderr,
+                 "tally: the log up to seq %llu (%s) could not be read: %s; trying again in "
+                 "%lld s\n",
+                 static_cast<unsigned long long>(to_seq), why, found.to_string().c_str(),
+                 static_cast<long long>(retry.count()));
+    if (check_wait(retry)) return false;
+  }
   if (!found.ok()) {
     std::fprintf(stderr,
                  "tally: the log up to seq %llu (%s) does not read back: %s; run tally verify "

@@ -142,7 +142,9 @@ struct LedgerStats {
   // log_damaged: it found them damaged (logged on stderr, with segment and
   // offset). The ledger goes on either way: its state does not depend on them.
   // A scrub (LedgerOptions::log_scrub_seconds) that finds damage sets
-  // log_damaged too; log_scrubs counts the scrubs done since open.
+  // log_damaged too; log_scrubs counts the scrubs done since open. Either
+  // check that fails to read the log (an I/O error) tries twice more, 10 s
+  // apart, before it counts as damage.
   bool log_checked = false;
   bool log_damaged = false;
   std::uint64_t log_scrubs = 0;
