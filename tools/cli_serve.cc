@@ -99,7 +99,7 @@ void fit_descriptor_limit(const ServerOptions& options) {
   rlimit limit{};
   if (::getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur >= needed) return;
   rlimit raised = limit;
-  raised.rlim_cur = limit.rlim_max == RLIM_INFINITY ? needed : std::min(limit.rlim_max, needed);
+  raised.rlim_cur = std::min(limit.rlim_max, needed);  // RLIM_INFINITY is rlim_t's largest
   if (raised.rlim_cur > limit.rlim_cur && ::setrlimit(RLIMIT_NOFILE, &raised) == 0) {
     limit = raised;
   }
