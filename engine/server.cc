@@ -8,6 +8,7 @@
 #include <deque>
 #include <map>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "engine/address.h"
@@ -30,6 +31,28 @@ std::int64_t steady_now_ns() {
              std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
+
+std::optional<std::string> AcceptNotes::failed(std::int64_t now_ns, const std::string& why,
+                                               std::chrono::milliseconds retry) {
+  if (said_ns_ && now_ns - *said_ns_ < kIntervalNs) {
+    unsaid_++;
+    return std::nullopt;
+  }
+  std::string line = "accept failed: " + why + " (trying again every " +
+                     std::to_string(retry.count()) + " ms; said once a minute at most";
+  if (unsaid_ > 0) {
+    line += "; ";
+    line += std::to_string(unsaid_);
+    line += " more failed since the last such line";
+  }
+  line += ")";
+  failing_ = true;
+  said_ns_ = now_ns;
+  unsaid_ = 0;
+  return line;
+}
+
+bool AcceptNotes::accepted() { return std::exchange(failing_, false); }
 
 Core::Core(ServerOptions options)
     : options_(std::move(options)),
@@ -1172,19 +1195,13 @@ class Listener {
     explicit Accepting(asio::io_context& io)
         : acceptor(asio::make_strand(io)), retry(acceptor.get_executor()) {}
     tcp::acceptor acceptor;
-    asio::steady_timer retry;     // the pause after a failed accept
-    bool failing = false;         // a failure was logged; no accept has worked since
-    std::int64_t said_ns = 0;     // when a failure was last logged (steady clock)
-    std::uint64_t unsaid = 0;     // failures since that were not logged
+    asio::steady_timer retry;  // the pause after a failed accept
+    server_detail::AcceptNotes notes;
   };
 
   // Out of descriptors (EMFILE) or memory, an accept fails again at once
-  // for as long as it lasts: the next waits a while. A failure is logged
-  // once a minute at most, and the recovery after it once: a process at
-  // its limit whose connections come and go would otherwise log two lines
-  // for every connection that closes.
+  // for as long as it lasts: the next waits a while.
   static constexpr std::chrono::milliseconds kAcceptRetry{100};
-  static constexpr std::int64_t kAcceptFailureNoteNs = 60'000'000'000;
 
   void accept_on(Accepting& accepting) {
     accepting.acceptor.async_accept(
@@ -1193,8 +1210,7 @@ class Listener {
           tcp::acceptor& acceptor = accepting.acceptor;
           if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
           if (!ec) {
-            if (accepting.failing) core_.log("accepting connections again");
-            accepting.failing = false;
+            if (accepting.notes.accepted()) core_.log("accepting connections again");
             socket.set_option(tcp::no_delay(true), ec);
             start_session_(core_, std::move(socket));
             return accept_on(accepting);
@@ -1202,22 +1218,9 @@ class Listener {
           // A peer that left before it was accepted is nobody's concern.
           if (ec == asio::error::connection_aborted) return accept_on(accepting);
           core_.metrics().accept_failed();
-          const std::int64_t now_ns = server_detail::steady_now_ns();
-          if (accepting.said_ns != 0 && now_ns - accepting.said_ns < kAcceptFailureNoteNs) {
-            accepting.unsaid++;
-          } else {
-            std::string line = "accept failed: " + ec.message() + " (trying again every " +
-                               std::to_string(kAcceptRetry.count()) +
-                               " ms; said once a minute at most";
-            if (accepting.unsaid > 0) {
-              line += "; ";
-              line += std::to_string(accepting.unsaid);
-              line += " more failed since the last such line";
-            }
-            core_.log(line + ")");
-            accepting.failing = true;
-            accepting.said_ns = now_ns;
-            accepting.unsaid = 0;
+          if (auto line =
+                  accepting.notes.failed(server_detail::steady_now_ns(), ec.message(), kAcceptRetry)) {
+            core_.log(*line);
           }
           accepting.retry.expires_after(kAcceptRetry);
           accepting.retry.async_wait([this, &accepting](boost::system::error_code wait_ec) {

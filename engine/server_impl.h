@@ -38,6 +38,29 @@ class Session {
 
 std::int64_t steady_now_ns();
 
+// What a listener says of its failed accepts. Out of descriptors (EMFILE)
+// or memory, an accept fails again at once for as long as it lasts, and a
+// process at its limit whose connections come and go fails and recovers
+// once for every connection that closes: a failure is said once a minute
+// at most, with a count of those left unsaid, and the recovery once, after
+// a failure that was said.
+class AcceptNotes {
+ public:
+  static constexpr std::int64_t kIntervalNs = 60'000'000'000;
+
+  // An accept failed at now_ns (a steady clock) for `why`, and is tried
+  // again every `retry`: the line to log, or nothing.
+  std::optional<std::string> failed(std::int64_t now_ns, const std::string& why,
+                                    std::chrono::milliseconds retry);
+  // An accept worked: whether to say that accepting works again.
+  bool accepted();
+
+ private:
+  bool failing_ = false;                // a failure was said; no accept worked since
+  std::optional<std::int64_t> said_ns_;  // when a failure was last said
+  std::uint64_t unsaid_ = 0;            // failures since that were not said
+};
+
 // "HOST:PORT" of a connection's peer, taken as it is accepted ("unknown"
 // when the socket cannot say), for the lines a session logs.
 std::string peer_of(const tcp::socket& socket);

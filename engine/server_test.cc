@@ -32,6 +32,7 @@
 #include "engine/protocol.capnp.h"
 #include "engine/replay.h"
 #include "engine/server_fixture.h"
+#include "engine/server_impl.h"
 #include "engine/wire.h"
 #include "log/event.h"
 #include "log/faulty_file.h"
@@ -233,6 +234,34 @@ void send_lists_of_a_wide_subject(Fixture& fx, tcp::socket& socket, std::uint64_
     request->kind = wire::Request::Kind::list;
     request->subject = "big";
   })));
+}
+
+TEST_CASE("server: failed accepts are said once a minute at most, the recovery once") {
+  using server_detail::AcceptNotes;
+  constexpr std::int64_t kSecond = 1'000'000'000;
+  constexpr std::chrono::milliseconds kRetry{100};
+  AcceptNotes notes;
+  CHECK_FALSE(notes.accepted());  // nothing failed
+  const std::int64_t start = 5 * kSecond;
+  auto first = notes.failed(start, "Too many open files", kRetry);
+  REQUIRE(first.has_value());
+  CHECK(*first ==
+        "accept failed: Too many open files (trying again every 100 ms; said once a minute at most)");
+  // Within the minute: counted, not said; a recovery is said once.
+  CHECK_FALSE(notes.failed(start + kSecond, "Too many open files", kRetry).has_value());
+  CHECK(notes.accepted());
+  CHECK_FALSE(notes.accepted());
+  // A failure after that recovery, still within the minute: counted, and
+  // the recovery after it unsaid, as its failure was.
+  CHECK_FALSE(notes.failed(start + 59 * kSecond, "Too many open files", kRetry).has_value());
+  CHECK_FALSE(notes.accepted());
+  // A minute after the last line: said, with the count left unsaid.
+  auto later = notes.failed(start + AcceptNotes::kIntervalNs, "Cannot allocate memory", kRetry);
+  REQUIRE(later.has_value());
+  CHECK(*later ==
+        "accept failed: Cannot allocate memory (trying again every 100 ms; said once a minute at "
+        "most; 2 more failed since the last such line)");
+  CHECK(notes.accepted());
 }
 
 TEST_CASE("json: parses objects, arrays, escapes and exact integers") {
