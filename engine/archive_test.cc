@@ -1314,112 +1314,103 @@ TEST_CASE("a history flush or a snapshot that fails on a full disk is tried agai
   check_caught_up(f.options.data_dir, *stores.history, last);
 }
 
+// An archivist of a closed ledger's directory, committed up to `last`,
+// that reads the log through `faulty`: snapshots are taken when asked, and
+// failed reads are tried again every 50 ms.
+struct FaultyReads {
+  log::FaultyFileSystem faulty{log::posix_file_system()};
+  Stores stores;
+  ArchivistContext context;
+  ArchivistOptions options;
+  const std::uint64_t last;
+
+  FaultyReads(const Fixture& f, std::uint64_t last_in)
+      : stores(f.options.data_dir),
+        context(closed_context(f, stores.history.get(), last_in)),
+        last(last_in) {
+    context.fs = &faulty;
+    context.snapshots = &stores.snapshots;
+    options.snapshot_every_events = UINT64_MAX;  // on, taken when asked
+    options.snapshot_every_seconds = 0;
+    options.retry_interval = std::chrono::milliseconds(50);
+  }
+
+  // Reads fail now: the archivist waits, stops for none of it, and a
+  // snapshot asked for tries at once and is told.
+  static void check_paused(Archivist& running) {
+    CHECK(eventually([&] { return running.stats().retrying.code() == ErrorCode::io_error; }));
+    CHECK(running.snapshot_now(std::chrono::seconds(60)).code() == ErrorCode::io_error);
+    const ArchivistStats paused = running.stats();
+    CHECK(paused.failure.ok());
+    CHECK(paused.history_failure.ok());
+    CHECK(paused.snapshot_failure.ok());
+  }
+
+  // Disarms the faults: the archivist then reaches `last`, with its history
+  // and a snapshot asked for, and is stopped.
+  void check_recovers(const Fixture& f, std::unique_ptr<Archivist> archivist) {
+    faulty.disarm();
+    CHECK(eventually([&] { return archivist->stats().history_seq == last; }));
+    CHECK(eventually([&] { return archivist->stats().retrying.ok(); }));
+    auto taken = archivist->snapshot_now(std::chrono::seconds(60));
+    REQUIRE(taken.ok());
+    CHECK(*taken == last);
+    CHECK(archivist->stats().failure.ok());
+    archivist.reset();
+    check_caught_up(f.options.data_dir, *stores.history, last);
+  }
+};
+
 TEST_CASE("a read of the log that fails is tried again from where it stood, and catches up") {
   Fixture f;
   // Small segments: the second half of the log is in segments not yet
   // opened when the reads begin to fail.
   f.options.segment_size_bytes = 64 * 1024;
-  const std::uint64_t last = write_log_only(f, 2000, 17);
-  log::FaultyFileSystem faulty(log::posix_file_system());
-  Stores stores(f.options.data_dir);
+  FaultyReads reads(f, write_log_only(f, 2000, 17));
+  const std::uint64_t last = reads.last;
   std::atomic<std::uint64_t> committed{last / 2};
-  ArchivistContext context = closed_context(f, stores.history.get(), last);
-  context.fs = &faulty;
-  context.snapshots = &stores.snapshots;
-  context.committed_seq = [&committed] { return committed.load(); };
-  ArchivistOptions options;
-  options.snapshot_every_events = UINT64_MAX;  // on, taken when asked
-  options.snapshot_every_seconds = 0;
-  options.retry_interval = std::chrono::milliseconds(50);
-  auto archivist = Archivist::start(std::move(context), options);
+  reads.context.committed_seq = [&committed] { return committed.load(); };
+  auto archivist = Archivist::start(reads.context, reads.options);
   REQUIRE(archivist.ok());
   Archivist& running = **archivist;
   REQUIRE(running.wait_history(last / 2, std::chrono::seconds(60)));
 
   // Reads fail (a process out of descriptors, an unreadable sector the
-  // disk retries): the archivist waits, and stops for none of it.
-  faulty.fail_reads(log::FaultyFileSystem::kUntilDisarmed);
+  // disk retries): a reader of the history does not wait for them.
+  reads.faulty.fail_reads(log::FaultyFileSystem::kUntilDisarmed);
   committed = last;
-  CHECK(eventually([&] { return running.stats().retrying.code() == ErrorCode::io_error; }));
-  // A snapshot asked for tries at once, and is told; a reader of the
-  // history does not wait for it.
-  CHECK(running.snapshot_now(std::chrono::seconds(60)).code() == ErrorCode::io_error);
+  FaultyReads::check_paused(running);
   CHECK_FALSE(running.wait_history(last, std::chrono::minutes(10)));
-  const ArchivistStats paused = running.stats();
-  CHECK(paused.failure.ok());
-  CHECK(paused.history_failure.ok());
-  CHECK(paused.snapshot_failure.ok());
-  CHECK(paused.history_seq < last);
-
-  faulty.disarm();
-  CHECK(eventually([&] { return running.stats().history_seq == last; }));
-  CHECK(eventually([&] { return running.stats().retrying.ok(); }));
-  auto taken = running.snapshot_now(std::chrono::seconds(60));
-  REQUIRE(taken.ok());
-  CHECK(*taken == last);
-  CHECK(running.stats().failure.ok());
-  archivist->reset();
-
-  check_caught_up(f.options.data_dir, *stores.history, last);
+  CHECK(running.stats().history_seq < last);
+  reads.check_recovers(f, std::move(*archivist));
 }
 
 TEST_CASE("a load of the state that fails to read the log is tried again, and the archivist starts") {
   Fixture f;
-  const std::uint64_t last = write_log_only(f, 300, 19);
-  log::FaultyFileSystem faulty(log::posix_file_system());
-  Stores stores(f.options.data_dir);
-  ArchivistContext context = closed_context(f, stores.history.get(), last);
-  context.fs = &faulty;
-  context.snapshots = &stores.snapshots;
-  ArchivistOptions options;
-  options.snapshot_every_events = UINT64_MAX;  // on, taken when asked
-  options.snapshot_every_seconds = 0;
-  options.retry_interval = std::chrono::milliseconds(50);
+  FaultyReads reads(f, write_log_only(f, 300, 19));
   // Every read fails from the start: the replay that loads the state
   // cannot read the log.
-  faulty.fail_reads(log::FaultyFileSystem::kUntilDisarmed);
-  auto archivist = Archivist::start(std::move(context), options);
+  reads.faulty.fail_reads(log::FaultyFileSystem::kUntilDisarmed);
+  auto archivist = Archivist::start(reads.context, reads.options);
   REQUIRE(archivist.ok());
   Archivist& running = **archivist;
-  CHECK(eventually([&] { return running.stats().retrying.code() == ErrorCode::io_error; }));
-  // A snapshot asked for tries at once, and is told; so is a second one.
-  CHECK(running.snapshot_now(std::chrono::seconds(60)).code() == ErrorCode::io_error);
-  CHECK(running.snapshot_now(std::chrono::seconds(60)).code() == ErrorCode::io_error);
-  CHECK_FALSE(running.wait_history(last, std::chrono::minutes(10)));
-  CHECK(running.stats().failure.ok());
+  FaultyReads::check_paused(running);
+  CHECK(running.snapshot_now(std::chrono::seconds(60)).code() == ErrorCode::io_error);  // again
+  CHECK_FALSE(running.wait_history(reads.last, std::chrono::minutes(10)));
   CHECK(running.stats().history_seq == 0);
-
-  faulty.disarm();
-  CHECK(eventually([&] { return running.stats().history_seq == last; }));
-  CHECK(eventually([&] { return running.stats().retrying.ok(); }));
-  auto taken = running.snapshot_now(std::chrono::seconds(60));
-  REQUIRE(taken.ok());
-  CHECK(*taken == last);
-  CHECK(running.stats().failure.ok());
-  archivist->reset();
-
-  check_caught_up(f.options.data_dir, *stores.history, last);
+  reads.check_recovers(f, std::move(*archivist));
 }
 
 TEST_CASE("an archivist stopped while a failed load of the state waits stops at once") {
   Fixture f;
-  const std::uint64_t last = write_log_only(f, 50, 23);
-  log::FaultyFileSystem faulty(log::posix_file_system());
-  Stores stores(f.options.data_dir);
-  ArchivistContext context = closed_context(f, stores.history.get(), last);
-  context.fs = &faulty;
-  context.snapshots = &stores.snapshots;
-  ArchivistOptions options;
-  options.snapshot_every_events = UINT64_MAX;
-  options.snapshot_every_seconds = 0;
-  options.retry_interval = std::chrono::hours(1);
-  faulty.fail_reads(log::FaultyFileSystem::kUntilDisarmed);
-  auto archivist = Archivist::start(std::move(context), options);
+  FaultyReads reads(f, write_log_only(f, 50, 23));
+  reads.options.retry_interval = std::chrono::hours(1);
+  reads.faulty.fail_reads(log::FaultyFileSystem::kUntilDisarmed);
+  auto archivist = Archivist::start(reads.context, reads.options);
   REQUIRE(archivist.ok());
   CHECK(eventually([&] { return (*archivist)->stats().retrying.code() == ErrorCode::io_error; }));
   (*archivist)->stop();  // does not wait out the hour
-  const ArchivistStats stopped = (*archivist)->stats();
-  CHECK(stopped.failure.ok());
+  CHECK((*archivist)->stats().failure.ok());
   CHECK((*archivist)->snapshot_now(std::chrono::seconds(1)).code() == ErrorCode::closed);
 }
 
