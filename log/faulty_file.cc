@@ -43,6 +43,7 @@ struct FaultyFileSystem::State {
   std::uint64_t flip_bit_index = 0;
   std::uint64_t reads_to_pass = 0;  // fail_reads: these first
   std::uint64_t reads_to_fail = 0;  // then these; 0: disarmed
+  std::uint64_t creates_to_fail = 0;  // fail_creates; 0: disarmed
   bool hold_armed = false;  // hold_next_sync
   bool holding = false;     // a sync waits for release_sync
   std::condition_variable hold_cv;
@@ -56,6 +57,14 @@ struct FaultyFileSystem::State {
       return false;
     }
     if (reads_to_fail != FaultyFileSystem::kUntilDisarmed) reads_to_fail--;
+    return true;
+  }
+
+  // Whether this open in Mode::create fails (fail_creates), counting it.
+  bool create_fails() {
+    std::lock_guard lock(mutex);
+    if (creates_to_fail == 0) return false;
+    if (creates_to_fail != FaultyFileSystem::kUntilDisarmed) creates_to_fail--;
     return true;
   }
 
@@ -235,6 +244,11 @@ void FaultyFileSystem::fail_reads(std::uint64_t count, std::uint64_t after) {
   state_->reads_to_fail = count;
 }
 
+void FaultyFileSystem::fail_creates(std::uint64_t count) {
+  std::lock_guard lock(state_->mutex);
+  state_->creates_to_fail = count;
+}
+
 void FaultyFileSystem::hold_next_sync() {
   std::lock_guard lock(state_->mutex);
   state_->hold_armed = true;
@@ -255,6 +269,7 @@ void FaultyFileSystem::disarm() {
   state_->read_delay_ms.store(0, std::memory_order_relaxed);
   std::lock_guard lock(state_->mutex);
   state_->reads_to_fail = 0;
+  state_->creates_to_fail = 0;
   state_->crashed = false;
   state_->sync_countdown = 0;
   state_->space_left_bytes = kNoLimit;
@@ -269,6 +284,9 @@ bool FaultyFileSystem::crashed() const { return state_->is_crashed(); }
 
 Result<std::unique_ptr<File>> FaultyFileSystem::open(const std::string& path, Mode mode) {
   if (state_->is_crashed()) return crash_status();
+  if (mode == Mode::create && state_->create_fails()) {
+    return Status(ErrorCode::io_error, "open " + path + ": Too many open files (simulated)");
+  }
   auto file = base_.open(path, mode);
   if (!file) return file.status();
   return std::unique_ptr<File>(std::make_unique<FaultyFile>(*state_, std::move(*file)));

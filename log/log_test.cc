@@ -643,6 +643,48 @@ TEST_CASE("a segment whose preallocation finds the disk full is removed again") 
   check_records(back, 10, next, 5, 1);
 }
 
+TEST_CASE("a segment's file that cannot be created at once is tried again; for long, it fails") {
+  TempDir dir;
+  FaultyFileSystem fs(posix());
+  LogWriterOptions options = small_options();
+  options.create_retry_max = std::chrono::milliseconds(200);
+  auto writer = open_writer(fs, dir.log_dir(), options);
+  append_records(*writer, 10, 10);
+  // A record as large as a segment allows starts a segment of its own.
+  const auto segment_record = [&] {
+    const std::uint64_t seq = writer->next_seq();
+    REQUIRE(writer->append(payload_for(seq, 0, payload_bytes_max(kSegmentSizeBytesMin))) == seq);
+    return seq;
+  };
+  SUBCASE("out of descriptors for a few tries: the write goes through") {
+    fs.fail_creates(3);
+    const std::uint64_t seq = segment_record();
+    REQUIRE(writer->write(writer->seal(), true).ok());
+    CHECK(writer->stats().segments_created == 2);
+    append_records(*writer, 5, 5);
+    writer.reset();
+    ReadBack back = read_log(posix(), dir.log_dir());
+    REQUIRE(back.status.ok());
+    check_records(back, 0, 1, 10, 0);
+    CHECK(back.records[10].seq == seq);
+    CHECK(back.records.size() == 16);
+  }
+  SUBCASE("out of them for longer than the retries last: the write fails, and sticks") {
+    fs.fail_creates(FaultyFileSystem::kUntilDisarmed);
+    const std::uint64_t seq = segment_record();
+    const Status failed = writer->write(writer->seal(), true);
+    CHECK(failed.code() == ErrorCode::io_error);
+    CHECK(failed.message().find("Too many open files") != std::string::npos);
+    fs.disarm();
+    writer->append(payload_for(writer->next_seq()));
+    CHECK(writer->write(writer->seal(), true).code() == ErrorCode::io_error);
+    writer.reset();
+    // Nothing of the record was written: a reopened writer makes the segment.
+    auto reopened = open_writer(posix(), dir.log_dir());
+    CHECK(reopened->next_seq() == seq);
+  }
+}
+
 TEST_CASE("a torn batch write and a crash: the complete frames survive, the rest is repaired") {
   // Frame sizes of records 11..20, to know which frames a tear leaves whole.
   std::vector<std::size_t> frame_bytes;

@@ -4,6 +4,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <thread>
 #include <vector>
 
 namespace tally::log {
@@ -124,6 +125,9 @@ struct LogWriter::Impl {
   Status sync_file();
   Status write_file(std::uint64_t offset, std::span<const std::byte> data);
   Status create_segment(std::uint64_t first_seq, std::uint64_t prev_checksum);
+  // Opens `path` in Mode::create, tried again after an io_error
+  // (LogWriterOptions::create_retry_max).
+  Result<std::unique_ptr<File>> open_created(const std::string& path);
   Status start_segment(std::uint64_t first_seq, std::uint64_t prev_checksum);
   Status open_existing(const LogEnd& end);
   Status zero_range(std::uint64_t from, std::uint64_t to);
@@ -157,7 +161,7 @@ Status LogWriter::Impl::write_file(std::uint64_t offset, std::span<const std::by
 // all that was left) until a reopen.
 Status LogWriter::Impl::create_segment(std::uint64_t first_seq, std::uint64_t prev_checksum) {
   const std::string path = join_path(dir, segment_file_name(first_seq));
-  auto created = fs.open(path, FileSystem::Mode::create);
+  auto created = open_created(path);
   if (!created) return created.status();
   file = std::move(*created);
   file_first_seq = first_seq;
@@ -167,6 +171,21 @@ Status LogWriter::Impl::create_segment(std::uint64_t first_seq, std::uint64_t pr
     if (fs.remove(path).ok()) ignore_status(fs.sync_dir(dir));
   }
   return made;
+}
+
+Result<std::unique_ptr<File>> LogWriter::Impl::open_created(const std::string& path) {
+  constexpr std::chrono::milliseconds kWaitMax{256};
+  const auto give_up = std::chrono::steady_clock::now() + options.create_retry_max;
+  std::chrono::milliseconds wait{1};
+  for (;;) {
+    auto created = fs.open(path, FileSystem::Mode::create);
+    if (created || created.status().code() != ErrorCode::io_error ||
+        std::chrono::steady_clock::now() + wait > give_up) {
+      return created;
+    }
+    std::this_thread::sleep_for(wait);
+    wait = std::min(wait * 2, kWaitMax);
+  }
 }
 
 // Preallocates the new `file` and makes its header and name durable.

@@ -88,8 +88,9 @@ Result<ServerOptions> server_options(const Args& args) {
   return options;
 }
 
-// Each connection holds a file descriptor. Out of them, the ledger could
-// not create its next log segment, and would turn read-only. So the soft
+// Each connection holds a file descriptor. Out of them for more than the
+// writer's retries last (LogWriterOptions::create_retry_max), the ledger
+// could not create its next log segment, and would turn read-only. So the soft
 // limit on open files is raised, as far as the hard one allows, to what
 // connections_max of both protocols, the probes and the ledger need; a
 // warning says when the hard limit is lower.
