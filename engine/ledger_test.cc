@@ -881,6 +881,38 @@ TEST_CASE("a failed fsync turns the ledger read-only until reopened") {
   CHECK(outcome_of((*reopened)->acquire("a3", "alice", "gold", 1)) == Outcome::ok);
 }
 
+TEST_CASE("a ledger out of file descriptors for a moment at a segment rotation goes on writing") {
+  testing::TempDir dir;
+  log::FaultyFileSystem fs(log::posix_file_system());
+  LedgerOptions options;
+  options.data_dir = dir.sub("data");
+  options.fs = &fs;
+  options.segment_size_bytes = log::kSegmentSizeBytesMin;
+  options.history = false;
+  options.snapshot_every_events = 0;
+  options.snapshot_every_seconds = 0;
+  auto ledger = Ledger::open(options);
+  REQUIRE(ledger.ok());
+  // The first 4 tries to create the next segment's file fail.
+  fs.fail_creates(4);
+  constexpr int kAcquired = 2000;  // 4 segments and more
+  for (int index = 0; index < kAcquired; index++) {
+    std::string key = "k";
+    key += std::to_string(index);
+    REQUIRE(outcome_of((*ledger)->acquire(key, "alice", "gold", 1)) == Outcome::ok);
+  }
+  CHECK_FALSE((*ledger)->read_only());
+  auto segments = fs.list(log_dir(options.data_dir));
+  REQUIRE(segments.ok());
+  CHECK(segments->size() >= 4);
+  CHECK((*ledger)->balance("alice", "gold")->available == kAcquired);
+  REQUIRE((*ledger)->close().ok());
+  ledger->reset();
+  auto reopened = Ledger::open(options);
+  REQUIRE(reopened.ok());
+  CHECK((*reopened)->balance("alice", "gold")->available == kAcquired);
+}
+
 TEST_CASE("a second ledger on the same directory is refused") {
   Fixture f;
   LedgerOptions options = f.options;
