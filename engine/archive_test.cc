@@ -703,8 +703,9 @@ TEST_CASE("a scrub reads the durable log again on its period and finds damage th
 }
 
 TEST_CASE("a scrub that cannot read the log tries again before it calls the log damaged") {
-  Fixture f;
+  // Declared first, destroyed last: the ledger reads through it until closed.
   log::FaultyFileSystem faulty(log::posix_file_system());
+  Fixture f;
   f.options.fs = &faulty;
   f.options.log_scrub_seconds = 1;  // and its tries 1 s apart
   f.options.history = false;  // nothing else reads the log
@@ -1346,15 +1347,16 @@ struct FaultyReads {
     CHECK(paused.snapshot_failure.ok());
   }
 
-  // Disarms the faults: the archivist then reaches `last`, with its history
-  // and a snapshot asked for, and is stopped.
+  // Disarms the faults: a snapshot asked for then tries at once, whatever
+  // the retry interval, and reaches `last`; so does the history. Stops the
+  // archivist.
   void check_recovers(const Fixture& f, std::unique_ptr<Archivist> archivist) {
     faulty.disarm();
-    CHECK(eventually([&] { return archivist->stats().history_seq == last; }));
-    CHECK(eventually([&] { return archivist->stats().retrying.ok(); }));
     auto taken = archivist->snapshot_now(std::chrono::seconds(60));
     REQUIRE(taken.ok());
     CHECK(*taken == last);
+    CHECK(eventually([&] { return archivist->stats().history_seq == last; }));
+    CHECK(eventually([&] { return archivist->stats().retrying.ok(); }));
     CHECK(archivist->stats().failure.ok());
     archivist.reset();
     check_caught_up(f.options.data_dir, *stores.history, last);
@@ -1385,9 +1387,12 @@ TEST_CASE("a read of the log that fails is tried again from where it stood, and 
   reads.check_recovers(f, std::move(*archivist));
 }
 
-TEST_CASE("a load of the state that fails to read the log is tried again, and the archivist starts") {
+TEST_CASE("a failed load of the state is tried again on a request, and the archivist starts") {
   Fixture f;
   FaultyReads reads(f, write_log_only(f, 300, 19));
+  // No try comes of the interval while the test runs: the requests make
+  // them.
+  reads.options.retry_interval = std::chrono::hours(1);
   // Every read fails from the start: the replay that loads the state
   // cannot read the log.
   reads.faulty.fail_reads(log::FaultyFileSystem::kUntilDisarmed);
@@ -1399,6 +1404,14 @@ TEST_CASE("a load of the state that fails to read the log is tried again, and th
   CHECK_FALSE(running.wait_history(reads.last, std::chrono::minutes(10)));
   CHECK(running.stats().history_seq == 0);
   reads.check_recovers(f, std::move(*archivist));
+}
+
+TEST_CASE("an archivist refuses options it cannot honour") {
+  Fixture f;
+  FaultyReads reads(f, write_log_only(f, 10, 29));
+  SUBCASE("no snapshot to retain") { reads.options.snapshot_retain = 0; }
+  SUBCASE("no wait between tries") { reads.options.retry_interval = std::chrono::milliseconds(0); }
+  CHECK(Archivist::start(reads.context, reads.options).code() == ErrorCode::invalid);
 }
 
 TEST_CASE("an archivist stopped while a failed load of the state waits stops at once") {

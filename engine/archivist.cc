@@ -65,9 +65,9 @@ struct Archivist::Impl {
   Status run();
   Status prepare();
   // prepare(), tried again every retry_interval while it fails with an I/O
-  // error (a read of the log, as settle_read() pauses one), or at once for
-  // a snapshot asked for, which is answered with the error if it fails
-  // again. false: stop() came first.
+  // error (a read of the log, as settle_read() pauses one), and at once
+  // when a snapshot is asked for; what is asked for while a try runs is
+  // answered with that try's error. false: stop() came first.
   Result<bool> prepare_retrying();
   Status check_history();
   Status check_history_pages();
@@ -253,7 +253,9 @@ void Archivist::Impl::mark_history_checked() {
 
 Status Archivist::Impl::prepare() {
   std::uint64_t start = history_seq;
-  if (snapshots_enabled(options)) {
+  // A state loaded by a try whose open of the tail failed is kept: the
+  // tail opens after it, and the lead's reading catches it up.
+  if (snapshots_enabled(options) && state == nullptr) {
     ReplayOptions replay_options;
     replay_options.data_dir = context.data_dir;
     replay_options.fs = fs;
@@ -268,8 +270,8 @@ Status Archivist::Impl::prepare() {
     // ledger opened on a log far past its last snapshot takes one soon,
     // idle or not.
     events_since_snapshot = state->last_seq() - replayed->report.snapshot_seq;
-    start = state->last_seq();
   }
+  if (state != nullptr) start = state->last_seq();
   auto opened = log::LogTail::open(*fs, log_dir(context.data_dir), start + 1);
   if (!opened) return opened.status();
   tail = std::move(*opened);
@@ -698,6 +700,9 @@ Result<std::unique_ptr<Archivist>> Archivist::start(ArchivistContext context, Ar
     return Status(ErrorCode::invalid, "snapshots are on but there is no snapshot store");
   }
   if (options.snapshot_retain == 0) return Status(ErrorCode::invalid, "snapshot_retain is 0");
+  if (options.retry_interval.count() <= 0) {
+    return Status(ErrorCode::invalid, "retry_interval must be > 0");
+  }
   auto impl = std::make_unique<Impl>(std::move(context), options);
   // Before anyone reads the history: it must be this log's.
   if (options.history) TALLY_TRY(impl->check_history());

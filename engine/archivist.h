@@ -20,8 +20,9 @@
 // that part, which keeps what it has and tries again every retry_interval;
 // the other part goes on. A read of the log that fails with one (out of
 // descriptors, say) pauses both, which read on from where they stood
-// every retry_interval; so does the load of the state they start from. Any other error stops both, and damage stops the
-// damaged part (ArchivistStats).
+// every retry_interval; so does the load of the state they start from.
+// Any other error stops both, and damage stops the damaged part
+// (ArchivistStats).
 // The copy costs the state's memory a second time; the alternatives (a
 // copy-on-write fork, stopping the writer to serialise its state) stall
 // the writer instead. docs/snapshots.md gives the measurements.
@@ -64,10 +65,11 @@ struct ArchivistOptions {
   // of the log since the last one. While the history catches up from far
   // behind, it is flushed only when its buffer is full.
   std::chrono::milliseconds flush_interval{1000};
-  // How long after a write of the history or of a snapshot failed with an
-  // I/O error it is tried again. Meanwhile the history falls behind and
-  // catches up once a flush succeeds; due snapshots wait, while one asked
-  // for (snapshot_now) is tried at once.
+  // How long after a write of the history or of a snapshot, or a read of
+  // the log (the load of the state included), failed with an I/O error it
+  // is tried again. Meanwhile the history falls behind and catches up once
+  // a try succeeds; due snapshots wait, while one asked for (snapshot_now)
+  // is tried at once. Must be > 0.
   std::chrono::milliseconds retry_interval{10'000};
 };
 
