@@ -144,7 +144,7 @@ struct LedgerStats {
   // A scrub (LedgerOptions::log_scrub_seconds) that finds damage sets
   // log_damaged too; log_scrubs counts the scrubs done since open. Either
   // check that fails to read the log (an I/O error) tries twice more, 10 s
-  // apart, before it counts as damage.
+  // apart (or a scrub period, when shorter), before it counts as damage.
   bool log_checked = false;
   bool log_damaged = false;
   std::uint64_t log_scrubs = 0;

@@ -1218,8 +1218,8 @@ class Listener {
           // A peer that left before it was accepted is nobody's concern.
           if (ec == asio::error::connection_aborted) return accept_on(accepting);
           core_.metrics().accept_failed();
-          if (auto line =
-                  accepting.notes.failed(server_detail::steady_now_ns(), ec.message(), kAcceptRetry)) {
+          const std::int64_t now_ns = server_detail::steady_now_ns();
+          if (auto line = accepting.notes.failed(now_ns, ec.message(), kAcceptRetry)) {
             core_.log(*line);
           }
           accepting.retry.expires_after(kAcceptRetry);

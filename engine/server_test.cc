@@ -246,7 +246,8 @@ TEST_CASE("server: failed accepts are said once a minute at most, the recovery o
   auto first = notes.failed(start, "Too many open files", kRetry);
   REQUIRE(first.has_value());
   CHECK(*first ==
-        "accept failed: Too many open files (trying again every 100 ms; said once a minute at most)");
+        "accept failed: Too many open files (trying again every 100 ms; said once a minute at "
+        "most)");
   // Within the minute: counted, not said; a recovery is said once.
   CHECK_FALSE(notes.failed(start + kSecond, "Too many open files", kRetry).has_value());
   CHECK(notes.accepted());

@@ -16,9 +16,9 @@
 // So a write() with sync that rotates costs three fdatasyncs, not one.
 //
 // Errors: a failed write or sync is sticky (a segment's file that cannot
-// be created is tried again first: LogWriterOptions::create_retry_max). The writer refuses everything
-// after it (io_error), since the file's contents are then unknown; the
-// owner reopens the log to go on.
+// be created is tried again first: LogWriterOptions::create_retry_max).
+// The writer refuses everything after it (io_error), since the file's
+// contents are then unknown; the owner reopens the log to go on.
 #pragma once
 
 #include <array>

@@ -108,7 +108,7 @@ void fit_descriptor_limit(const ServerOptions& options) {
   std::fprintf(stderr,
                "tally: warning: --connections-max %zu needs about %llu open files, but the "
                "limit is %llu: lower it, or raise the hard limit (LimitNOFILE, ulimit -Hn); "
-               "out of them, the ledger turns read-only at its next log segment\n",
+               "out of them for over 5 s, the ledger turns read-only at its next log segment\n",
                options.connections_max, static_cast<unsigned long long>(needed),
                static_cast<unsigned long long>(limit.rlim_cur));
 }
