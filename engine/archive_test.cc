@@ -1336,6 +1336,15 @@ struct FaultyReads {
     options.retry_interval = std::chrono::milliseconds(50);
   }
 
+  // Starts the archivist with every read failing from the start: the
+  // replay that loads its state cannot read the log.
+  std::unique_ptr<Archivist> start_unreadable() {
+    faulty.fail_reads(log::FaultyFileSystem::kUntilDisarmed);
+    auto started = Archivist::start(context, options);
+    REQUIRE(started.ok());
+    return std::move(*started);
+  }
+
   // Reads fail now: the archivist waits, stops for none of it, and a
   // snapshot asked for tries at once and is told.
   static void check_paused(Archivist& running) {
@@ -1393,17 +1402,12 @@ TEST_CASE("a failed load of the state is tried again on a request, and the archi
   // No try comes of the interval while the test runs: the requests make
   // them.
   reads.options.retry_interval = std::chrono::hours(1);
-  // Every read fails from the start: the replay that loads the state
-  // cannot read the log.
-  reads.faulty.fail_reads(log::FaultyFileSystem::kUntilDisarmed);
-  auto archivist = Archivist::start(reads.context, reads.options);
-  REQUIRE(archivist.ok());
-  Archivist& running = **archivist;
-  FaultyReads::check_paused(running);
-  CHECK(running.snapshot_now(std::chrono::seconds(60)).code() == ErrorCode::io_error);  // again
-  CHECK_FALSE(running.wait_history(reads.last, std::chrono::minutes(10)));
-  CHECK(running.stats().history_seq == 0);
-  reads.check_recovers(f, std::move(*archivist));
+  std::unique_ptr<Archivist> archivist = reads.start_unreadable();
+  FaultyReads::check_paused(*archivist);
+  CHECK(archivist->snapshot_now(std::chrono::seconds(60)).code() == ErrorCode::io_error);  // again
+  CHECK_FALSE(archivist->wait_history(reads.last, std::chrono::minutes(10)));
+  CHECK(archivist->stats().history_seq == 0);
+  reads.check_recovers(f, std::move(archivist));
 }
 
 TEST_CASE("an archivist refuses options it cannot honour") {
@@ -1418,13 +1422,11 @@ TEST_CASE("an archivist stopped while a failed load of the state waits stops at 
   Fixture f;
   FaultyReads reads(f, write_log_only(f, 50, 23));
   reads.options.retry_interval = std::chrono::hours(1);
-  reads.faulty.fail_reads(log::FaultyFileSystem::kUntilDisarmed);
-  auto archivist = Archivist::start(reads.context, reads.options);
-  REQUIRE(archivist.ok());
-  CHECK(eventually([&] { return (*archivist)->stats().retrying.code() == ErrorCode::io_error; }));
-  (*archivist)->stop();  // does not wait out the hour
-  CHECK((*archivist)->stats().failure.ok());
-  CHECK((*archivist)->snapshot_now(std::chrono::seconds(1)).code() == ErrorCode::closed);
+  std::unique_ptr<Archivist> archivist = reads.start_unreadable();
+  CHECK(eventually([&] { return archivist->stats().retrying.code() == ErrorCode::io_error; }));
+  archivist->stop();  // does not wait out the hour
+  CHECK(archivist->stats().failure.ok());
+  CHECK(archivist->snapshot_now(std::chrono::seconds(1)).code() == ErrorCode::closed);
 }
 
 }  // namespace
