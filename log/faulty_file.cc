@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstring>
 #include <mutex>
 #include <thread>
 
@@ -44,6 +45,7 @@ struct FaultyFileSystem::State {
   std::uint64_t reads_to_pass = 0;  // fail_reads: these first
   std::uint64_t reads_to_fail = 0;  // then these; 0: disarmed
   std::uint64_t creates_to_fail = 0;  // fail_creates; 0: disarmed
+  int create_error = 0;               // the errno they fail with
   bool hold_armed = false;  // hold_next_sync
   bool holding = false;     // a sync waits for release_sync
   std::condition_variable hold_cv;
@@ -60,12 +62,13 @@ struct FaultyFileSystem::State {
     return true;
   }
 
-  // Whether this open in Mode::create fails (fail_creates), counting it.
-  bool create_fails() {
+  // The errno this open in Mode::create fails with (fail_creates), counting
+  // it; 0 when it does not fail.
+  int create_fails() {
     std::lock_guard lock(mutex);
-    if (creates_to_fail == 0) return false;
+    if (creates_to_fail == 0) return 0;
     if (creates_to_fail != FaultyFileSystem::kUntilDisarmed) creates_to_fail--;
-    return true;
+    return create_error;
   }
 
   bool is_crashed() const {
@@ -244,9 +247,11 @@ void FaultyFileSystem::fail_reads(std::uint64_t count, std::uint64_t after) {
   state_->reads_to_fail = count;
 }
 
-void FaultyFileSystem::fail_creates(std::uint64_t count) {
+void FaultyFileSystem::fail_creates(std::uint64_t count, int error) {
+  TALLY_ASSERT(error != 0);
   std::lock_guard lock(state_->mutex);
   state_->creates_to_fail = count;
+  state_->create_error = error;
 }
 
 void FaultyFileSystem::hold_next_sync() {
@@ -284,8 +289,13 @@ bool FaultyFileSystem::crashed() const { return state_->is_crashed(); }
 
 Result<std::unique_ptr<File>> FaultyFileSystem::open(const std::string& path, Mode mode) {
   if (state_->is_crashed()) return crash_status();
-  if (mode == Mode::create && state_->create_fails()) {
-    return Status(ErrorCode::io_error, "open " + path + ": Too many open files (simulated)");
+  if (mode == Mode::create) {
+    if (const int error = state_->create_fails(); error != 0) {
+      std::string message = "open " + path + ": ";
+      message += std::strerror(error);
+      message += " (simulated)";
+      return Status(ErrorCode::io_error, std::move(message), error);
+    }
   }
   auto file = base_.open(path, mode);
   if (!file) return file.status();

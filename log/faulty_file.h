@@ -10,6 +10,7 @@
 // outlive this one; Files it opens must not outlive it either.
 #pragma once
 
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -60,10 +61,10 @@ class FaultyFileSystem final : public FileSystem {
   // kUntilDisarmed: every read, until disarm(). Replaces what was armed.
   static constexpr std::uint64_t kUntilDisarmed = UINT64_MAX;
   void fail_reads(std::uint64_t count, std::uint64_t after = 0);
-  // The next `count` opens in Mode::create fail with io_error and create
-  // nothing: a process out of file descriptors (EMFILE). kUntilDisarmed:
-  // every one, until disarm().
-  void fail_creates(std::uint64_t count);
+  // The next `count` opens in Mode::create fail with io_error and errno
+  // `error`, and create nothing: by default a process out of file
+  // descriptors (EMFILE). kUntilDisarmed: every one, until disarm().
+  void fail_creates(std::uint64_t count, int error = EMFILE);
   // The next File::sync waits, before it syncs (or fails, when fail_sync
   // armed it), until release_sync() or disarm(): a sync the test lets
   // finish once it has made what it wants happen meanwhile.

@@ -22,7 +22,7 @@ constexpr std::size_t kIoChunkBytesMax = std::size_t{1} << 30;
 
 Status errno_status(const char* what, const std::string& path, int error) {
   const ErrorCode code = error == ENOENT ? ErrorCode::not_found : ErrorCode::io_error;
-  return Status(code, std::string(what) + " " + path + ": " + std::strerror(error));
+  return Status(code, std::string(what) + " " + path + ": " + std::strerror(error), error);
 }
 
 // A view read into memory.

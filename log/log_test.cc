@@ -643,7 +643,7 @@ TEST_CASE("a segment whose preallocation finds the disk full is removed again") 
   check_records(back, 10, next, 5, 1);
 }
 
-TEST_CASE("a segment's file that cannot be created at once is tried again; for long, it fails") {
+TEST_CASE("a segment's file that cannot be created for want of descriptors is tried again") {
   TempDir dir;
   FaultyFileSystem fs(posix());
   LogWriterOptions options = small_options();
@@ -682,6 +682,13 @@ TEST_CASE("a segment's file that cannot be created at once is tried again; for l
     // Nothing of the record was written: a reopened writer makes the segment.
     auto reopened = open_writer(posix(), dir.log_dir());
     CHECK(reopened->next_seq() == seq);
+  }
+  SUBCASE("refused: the write fails at once, though a second try would succeed") {
+    fs.fail_creates(1, EACCES);
+    segment_record();
+    const Status failed = writer->write(writer->seal(), true);
+    CHECK(failed.code() == ErrorCode::io_error);
+    CHECK(failed.message().find("Permission denied") != std::string::npos);
   }
 }
 

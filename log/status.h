@@ -43,17 +43,23 @@ class [[nodiscard]] Status {
   Status() = default;
   Status(ErrorCode code, std::string message)
       : code_(code), message_(std::move(message)) {}
+  // An error the operating system reported, with its errno.
+  Status(ErrorCode code, std::string message, int os_error)
+      : code_(code), os_error_(os_error), message_(std::move(message)) {}
 
   static Status ok_status() { return Status(); }
 
   bool ok() const { return code_ == ErrorCode::ok; }
   ErrorCode code() const { return code_; }
   const std::string& message() const { return message_; }
+  // The errno behind the error; 0 when none is known.
+  int os_error() const { return os_error_; }
   // "code: message", for logs and CLI output.
   std::string to_string() const;
 
  private:
   ErrorCode code_ = ErrorCode::ok;
+  int os_error_ = 0;
   std::string message_;
 };
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <thread>
 #include <vector>
@@ -15,6 +16,24 @@ std::int64_t system_now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
              std::chrono::system_clock::now().time_since_epoch())
       .count();
+}
+
+// Whether a failed create may succeed when tried again: the process or the
+// system was out of descriptors or memory, which other holders give back.
+// An error of unknown origin gets the benefit of the doubt; a refusal (a
+// permission, a read-only file system) fails at once.
+bool may_pass(const Status& status) {
+  if (status.code() != ErrorCode::io_error) return false;
+  switch (status.os_error()) {
+    case 0:
+    case EMFILE:
+    case ENFILE:
+    case ENOMEM:
+    case EAGAIN:
+      return true;
+    default:
+      return false;
+  }
 }
 
 }  // namespace
@@ -125,7 +144,7 @@ struct LogWriter::Impl {
   Status sync_file();
   Status write_file(std::uint64_t offset, std::span<const std::byte> data);
   Status create_segment(std::uint64_t first_seq, std::uint64_t prev_checksum);
-  // Opens `path` in Mode::create, tried again after an io_error
+  // Opens `path` in Mode::create, tried again after an error that may pass
   // (LogWriterOptions::create_retry_max).
   Result<std::unique_ptr<File>> open_created(const std::string& path);
   Status start_segment(std::uint64_t first_seq, std::uint64_t prev_checksum);
@@ -179,7 +198,7 @@ Result<std::unique_ptr<File>> LogWriter::Impl::open_created(const std::string& p
   std::chrono::milliseconds wait{1};
   for (;;) {
     auto created = fs.open(path, FileSystem::Mode::create);
-    if (created || created.status().code() != ErrorCode::io_error ||
+    if (created || !may_pass(created.status()) ||
         std::chrono::steady_clock::now() + wait > give_up) {
       return created;
     }

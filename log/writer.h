@@ -46,9 +46,9 @@ struct LogWriterOptions {
   std::size_t batch_bytes_max = 8u << 20;
   // Clock for the informative creation time in segment headers.
   std::int64_t (*now_ns)() = nullptr;
-  // Creating a segment's file that fails with io_error (out of file
-  // descriptors, say, in a process whose sockets come and go) is tried
-  // again for up to this long, waiting 1 ms, then twice as long each time
+  // Creating a segment's file that fails for want of file descriptors or
+  // memory (in a process whose sockets come and go, say) is tried again
+  // for up to this long, waiting 1 ms, then twice as long each time
   // up to 256 ms: nothing was written yet, so a passing shortage need not
   // fail the writer for good. The write waits meanwhile.
   std::chrono::milliseconds create_retry_max{5000};
