@@ -360,12 +360,15 @@ struct PointInTimeRun {
   std::unique_ptr<Progress> progress;
 };
 
-// `whole_index`: the read goes through all of the index (export).
-Result<PointInTimeRun> open_run(std::string_view data_dir, bool whole_index = false) {
+// `whole_index`: the read goes through all of the index (export). A replay
+// as of a seq ends there; one as of a time, at an event it cannot know yet.
+Result<PointInTimeRun> open_run(std::string_view data_dir, AsOf at, bool whole_index = false) {
   auto data = open_point_in_time(std::string(data_dir), whole_index);
   if (!data) return data.status();
   PointInTimeRun run{std::move(*data), nullptr};
-  run.progress = std::make_unique<Progress>("replay", run.data->source.last_seq);
+  std::uint64_t replay_end = run.data->source.last_seq;
+  if (at.kind == AsOf::Kind::seq) replay_end = std::min(replay_end, at.seq);
+  run.progress = std::make_unique<Progress>("replay", replay_end);
   if (run.progress->enabled()) {
     Progress* progress = run.progress.get();
     run.data->source.visit = [progress](const log::Event&, const log::Record& record) {
@@ -418,7 +421,7 @@ int run_export(const Args& args) {
   Output out(stdout);
   BalancePrinter printer{&out, args.has("json")};
   if (at->has_value()) {
-    auto run = open_run(*data, /*whole_index=*/true);
+    auto run = open_run(*data, **at, /*whole_index=*/true);
     if (!run) return failure(run.status());
     PointInTimeRead how;
     const Status status = for_each_at(
@@ -453,7 +456,7 @@ int run_balance(const Args& args) {
   }
   Balance balance;
   if (at->has_value()) {
-    auto run = open_run(*data);
+    auto run = open_run(*data, **at);
     if (!run) return failure(run.status());
     PointInTimeRead how;
     auto read = balance_at(run->data->source, subject, item, **at, &how);
@@ -491,7 +494,7 @@ int run_list(const Args& args) {
   Output out(stdout);
   BalancePrinter printer{&out, args.has("json")};
   if (at->has_value()) {
-    auto run = open_run(*data);
+    auto run = open_run(*data, **at);
     if (!run) return failure(run.status());
     PointInTimeRead how;
     auto items = list_at(run->data->source, subject, **at, &how);
