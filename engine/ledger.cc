@@ -452,10 +452,7 @@ Status Ledger::Impl::start(LedgerStats* replayed_stats) {
   replay_options.progress = options.open_progress;
   auto replayed = replay(replay_options);
   if (!replayed) return replayed.status();
-  for (const snap::SkippedSnapshot& skipped : replayed->report.skipped) {
-    std::fprintf(stderr, "tally: skipped the snapshot at seq %llu: %s\n",
-                 static_cast<unsigned long long>(skipped.seq), skipped.why.to_string().c_str());
-  }
+  warn_skipped_snapshots(replayed->report.skipped);
   state_owner = std::move(replayed->state);
   state = state_owner.get();
   const ReplayReport& report = replayed->report;

@@ -46,7 +46,8 @@ Result<std::uint64_t> index_seq(const PointInTimeSource& source, AsOf at) {
 
 // The state as of `at`: a snapshot plus the log after it, bounded by
 // source.last_seq so that a live log is never read past its committed end.
-Result<std::unique_ptr<proj::State>> replay_to(const PointInTimeSource& source, AsOf at) {
+Result<std::unique_ptr<proj::State>> replay_to(const PointInTimeSource& source, AsOf at,
+                                               PointInTimeRead* read) {
   ReplayOptions options;
   options.data_dir = source.data_dir;
   options.fs = source.fs;
@@ -57,6 +58,7 @@ Result<std::unique_ptr<proj::State>> replay_to(const PointInTimeSource& source, 
   if (at.kind == AsOf::Kind::time) options.to_time_ns = at.time_ns;
   auto replayed = replay(options);
   if (!replayed) return replayed.status();
+  if (read != nullptr) read->skipped_snapshots = std::move(replayed->report.skipped);
   if (at.kind == AsOf::Kind::seq && replayed->state->last_seq() < at.seq) {
     return past_end(at.seq, replayed->state->last_seq());
   }
@@ -169,7 +171,7 @@ Result<Balance> balance_at(const PointInTimeSource& source, std::string_view sub
       return to_balance(**balance);
     }
   }
-  auto state = replay_to(source, at);
+  auto state = replay_to(source, at, read);
   if (!state) return state.status();
   note(read, (*state)->last_seq(), PointInTimePath::replay);
   return to_balance((*state)->balance(subject, item, read_time(at)));
@@ -198,7 +200,7 @@ Result<std::vector<ItemBalance>> list_at(const PointInTimeSource& source, std::s
     if (!listed.ok() && !log_answers(listed, read)) return listed;
     items.clear();
   }
-  auto state = replay_to(source, at);
+  auto state = replay_to(source, at, read);
   if (!state) return state.status();
   (*state)->list(subject, read_time(at), add);
   note(read, (*state)->last_seq(), PointInTimePath::replay);
@@ -224,7 +226,7 @@ HoldView hold_view(const proj::HoldInfo& hold, std::int64_t now_ns) {
 Result<HoldView> hold_at(const PointInTimeSource& source, HoldId hold, AsOf at,
                          PointInTimeRead* read) {
   TALLY_TRY(check_seq(source, at));
-  auto state = replay_to(source, at);
+  auto state = replay_to(source, at, read);
   if (!state) return state.status();
   note(read, (*state)->last_seq(), PointInTimePath::replay);
   // As of a time, a hold the window had passed by then is forgotten, as a
@@ -270,7 +272,7 @@ Status for_each_at(const PointInTimeSource& source, AsOf at,
     }
     if (!checked.ok() && !log_answers(checked, read)) return checked;
   }
-  auto state = replay_to(source, at);
+  auto state = replay_to(source, at, read);
   if (!state) return state.status();
   (*state)->for_each_balance(read_time(at), [&](std::string_view subject, std::string_view item,
                                               proj::Balance b) {

@@ -50,6 +50,8 @@ struct PointInTimeRead {
   // Not ok: the index covered the point but a record of it was damaged
   // (corrupt); the answer came from the log instead.
   Status index_damage;
+  // Snapshots the replay passed over (ReplayReport::skipped).
+  std::vector<snap::SkippedSnapshot> skipped_snapshots;
 };
 
 // Balances as of a time T count every hold due by T as released, whether

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <mutex>
 #include <optional>
@@ -425,6 +426,13 @@ class ReadAhead {
 };
 
 }  // namespace
+
+void warn_skipped_snapshots(const std::vector<snap::SkippedSnapshot>& skipped) {
+  for (const snap::SkippedSnapshot& one : skipped) {
+    std::fprintf(stderr, "tally: skipped the snapshot at seq %llu: %s\n",
+                 static_cast<unsigned long long>(one.seq), one.why.to_string().c_str());
+  }
+}
 
 std::int64_t newest_snapshot_window_ns(SharedSnapshots& shared, std::int64_t fallback_ns) {
   std::lock_guard<std::mutex> guard(shared.mu);

@@ -93,6 +93,10 @@ struct Replayed {
 // starts from no snapshot takes newest_snapshot_window_ns()'s window.
 Result<Replayed> replay(const ReplayOptions& options);
 
+// Says on stderr which snapshots a replay passed over, and why: a damaged
+// snapshot is answered around, but its owner should know.
+void warn_skipped_snapshots(const std::vector<snap::SkippedSnapshot>& skipped);
+
 // The idempotency window recorded in the newest snapshot of `shared` whose
 // payload verifies (SnapshotStore::newest_window): the window of the
 // ledger that took it, which the data directory records nowhere else.

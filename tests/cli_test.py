@@ -1510,9 +1510,13 @@ def test_verify_finds_a_damaged_snapshot():
     assert code == 1 and report["ok"] is False and "snapshot at seq %d" % seq in report["error"]
     assert [s["status"] for s in report["snapshots"]] == ["bad"], report
     assert report["events"] == len(f.events)  # the log itself verified
-    # Reads skip the damaged snapshot and replay the whole log.
-    _, after, _ = tally("export", "--data", data, expect_exit=0)
-    assert after == before
+    # Reads skip the damaged snapshot, say so, and replay the whole log.
+    skipped = "tally: skipped the snapshot at seq %d: corrupt: " % seq
+    _, after, err = tally("export", "--data", data, expect_exit=0)
+    assert after == before and skipped in err, err
+    shutil.rmtree(os.path.join(data, "history"), ignore_errors=True)
+    _, after, err = tally("export", "--data", data, "--at-seq", str(seq), expect_exit=0)
+    assert after == before and skipped in err, err
 
 
 def verify_an_unreadable_store(name, make, failed):

@@ -120,9 +120,10 @@ void warn_lost_events(const std::string& data_dir, const log::LogEnd& end,
 // Before a read from `index` (checked) or the log: why the index is not
 // used (note_history_not_used), then what the log lost (warn_lost_events).
 void note_before_read(const std::string& data_dir, const HistoryIndex& index);
-// Tells stderr that a read went to the log because a record of the index
-// was damaged (read.index_damage; nothing when that is ok).
-void note_index_damage(const PointInTimeRead& read);
+// Tells stderr what a point-in-time read went around: snapshots its replay
+// skipped, and a damaged record of the index that left the read to the log
+// (read.index_damage). Nothing when there was neither.
+void note_read(const PointInTimeRead& read);
 
 // open_history_store then check_history_chain.
 Result<HistoryIndex> open_history_index(const std::string& data_dir, bool check_all_pages = false);

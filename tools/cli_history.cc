@@ -237,7 +237,7 @@ Status print_history(const std::string& data_dir, std::string_view subject, std:
     if (damage.code() != ErrorCode::corrupt) return damage;
     PointInTimeRead read;
     read.index_damage = damage;
-    note_index_damage(read);
+    note_read(read);
     auto start = progress.after ? Result<LogStart>(LogStart{progress.next_seq, *progress.after})
                                 : start_without_index(data_dir, subject, item, from_seq);
     if (!start) return start.status();

@@ -260,8 +260,8 @@ void note_before_read(const std::string& data_dir, const HistoryIndex& index) {
   warn_lost_events(data_dir, index.log_end, newest_snapshot_seq(data_dir), nullptr);
 }
 
-// A read answered from the log because a record of the index was damaged.
-void note_index_damage(const PointInTimeRead& read) {
+void note_read(const PointInTimeRead& read) {
+  warn_skipped_snapshots(read.skipped_snapshots);
   if (read.index_damage.ok()) return;
   std::fprintf(stderr,
                "tally: the history index is damaged (%s); answered from the log instead. "
@@ -336,6 +336,7 @@ Result<std::unique_ptr<proj::State>> load_state(std::string_view data_dir) {
   auto replayed = replay_data(std::string(data_dir));
   if (!replayed) return replayed.status();
   const ReplayReport& report = replayed->report;
+  warn_skipped_snapshots(report.skipped);
   if (report.reached_end) {
     std::uint64_t snapshot_seq = 0;
     for (const snap::SkippedSnapshot& skipped : report.skipped) {
@@ -431,7 +432,7 @@ int run_export(const Args& args) {
         },
         &how);
     run->progress->finish();
-    note_index_damage(how);
+    note_read(how);
     return status.ok() ? kExitOk : fail_output(&out, status);
   }
   auto loaded = load_state(*data);
@@ -462,7 +463,7 @@ int run_balance(const Args& args) {
     auto read = balance_at(run->data->source, subject, item, **at, &how);
     run->progress->finish();
     if (!read) return failure(read.status());
-    note_index_damage(how);
+    note_read(how);
     balance = *read;
   } else {
     auto loaded = load_state(*data);
@@ -500,7 +501,7 @@ int run_list(const Args& args) {
     auto items = list_at(run->data->source, subject, **at, &how);
     run->progress->finish();
     if (!items) return failure(items.status());
-    note_index_damage(how);
+    note_read(how);
     for (const ItemBalance& one : *items) {
       printer.line(subject, one.item, one.balance.available, one.balance.held, false);
     }
