@@ -193,6 +193,16 @@ def test_help_exits_0_for_every_command():
     tally("apply", "--data", "x", "--data", "y", "-h", expect_exit=0)
 
 
+def test_output_that_cannot_be_written_exits_1():
+    f = fixture()
+    for args in (["--help"], ["help", "export"], ["apply", "--help"], ["--version"],
+                 ["export", "--data", f.data]):
+        with open("/dev/full", "wb") as full:
+            proc = subprocess.run([TALLY, *args], stdout=full, stderr=subprocess.PIPE, timeout=60)
+        assert proc.returncode == 1, (args, proc.returncode)
+        assert b"tally: error writing the output" in proc.stderr, (args, proc.stderr)
+
+
 def test_usage_errors_exit_2():
     f = fixture()
     cases = [
@@ -215,6 +225,9 @@ def test_usage_errors_exit_2():
         ["apply", "--data", f.data, "--workload", f.csv, "extra"],
         ["apply", "--data", f.data, "--workload", os.path.join(SCRATCH, "missing.csv")],
         ["bench", "--data", f.data, "--workload", f.csv, "--expect", os.path.join(SCRATCH, "no")],
+        ["bench", "--data", f.data, "--workload", f.csv, "--expect", ""],
+        ["workload", "--subjects", "10", "--ops", "10", "--out", "-", "--expect", ""],
+        ["serve", "--data", f.data, "--token-file="],
         ["export"],
         ["export", "--data", f.data, "--json=yes"],
         ["balance", "--data", f.data, "s1"],

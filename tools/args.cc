@@ -118,6 +118,11 @@ Result<Args> Args::parse(const CommandSpec& spec, std::span<const char* const> a
       if (arg_index + 1 >= argv.size()) return usage("missing value: " + flag_text(*flag));
       value = argv[++arg_index];
     }
+    // No flag takes an empty value: one is a slip (an unset shell variable,
+    // say), which must not pass for the flag left out.
+    if (!flag->placeholder.empty() && value.empty()) {
+      return usage("--" + std::string(name) + ": the value is empty");
+    }
     TALLY_TRY(args.add_flag(name, value));
     // An integer flag's value is checked here, before the positionals are
     // counted: `--at-seq s0 i1` is a slip in the flag, which the message
@@ -159,7 +164,6 @@ Result<std::string_view> Args::required(std::string_view flag) const {
     TALLY_ASSERT(spec != nullptr);
     return usage("missing " + flag_text(*spec));
   }
-  if (get(flag).empty()) return usage("--" + std::string(flag) + ": the value is empty");
   return get(flag);
 }
 

@@ -71,7 +71,8 @@ class Args {
   // The flag's value, or `fallback` when the flag is absent.
   std::string_view get(std::string_view flag, std::string_view fallback = {}) const;
 
-  // invalid ("missing --data DIR") when the flag is absent or its value empty.
+  // invalid ("missing --data DIR") when the flag is absent. parse() refuses
+  // an empty value for any flag.
   Result<std::string_view> required(std::string_view flag) const;
   // A decimal integer in the flag's range (FlagSpec::range, which it must
   // have); `fallback` when the flag is absent. A flag whose range has no

@@ -68,8 +68,10 @@ int failure(const Status& status) {
   return kExitFailed;
 }
 
-int run_cli(int argc, const char* const* argv) {
-  const std::span<const char* const> args(argv, static_cast<std::size_t>(argc));
+namespace {
+
+// Runs what the command line asks for: help, the version or a command.
+int dispatch(std::span<const char* const> args) {
   if (args.size() < 2) {
     std::fputs("tally: missing command\n", stderr);
     print_overview(stderr);
@@ -112,8 +114,15 @@ int run_cli(int argc, const char* const* argv) {
   auto parsed = Args::parse(*command->spec, args.subspan(2));
   if (!parsed) return usage_error(name, parsed.status().message());
   if (parsed->help()) return print_help(*command->spec);
-  const int exit_code = command->run(*parsed);
-  // A full disk or a closed stdout must not pass for success.
+  return command->run(*parsed);
+}
+
+}  // namespace
+
+int run_cli(int argc, const char* const* argv) {
+  const int exit_code =
+      dispatch(std::span<const char* const>(argv, static_cast<std::size_t>(argc)));
+  // A full disk or a closed stdout must not pass for success, help included.
   if (std::fflush(stdout) != 0 || std::ferror(stdout) != 0) {
     std::fprintf(stderr, "tally: error writing the output\n");
     return kExitFailed;

@@ -63,6 +63,9 @@ TEST_CASE("args: usage errors name the problem") {
   CHECK(error_of(parse({"x", "--data"})) == "missing value: --data DIR");
   CHECK(error_of(parse({"--data", "a", "--data", "b", "x"})) == "--data given twice");
   CHECK(error_of(parse({"--json=yes", "x"})) == "--json takes no value");
+  // An empty value, an unset shell variable say, is no value at all.
+  CHECK(error_of(parse({"--rate", "", "x"})) == "--rate: the value is empty");
+  CHECK(error_of(parse({"--data=", "x"})) == "--data: the value is empty");
   CHECK(error_of(parse({})) == "expected 1 positional argument(s), got 0");
   CHECK(parse({"--data", "d"}).code() == ErrorCode::invalid);
 }
@@ -83,7 +86,7 @@ TEST_CASE("args: --help wins, -- ends flags, numbers are strict") {
   CHECK_FALSE(dashed->has("json"));
 
   // An integer flag's value is checked as the line is parsed.
-  for (const char* bad : {"", "x", "12x", "+3", " 3", "0", "101", "1e2"}) {
+  for (const char* bad : {"x", "12x", "+3", " 3", "0", "101", "1e2"}) {
     CHECK_MESSAGE(error_of(parse({"--pipeline", bad, "s"})) ==
                       "--pipeline: '" + std::string(bad) + "' is not an integer in [1, 100]",
                   bad);
