@@ -292,12 +292,14 @@ Result<bool> Archivist::Impl::prepare_retrying() {
       resume("reading the log", &read_retry_at);
       return true;
     }
-    TALLY_TRY(settle_read(std::move(prepared)));
     bool asked = false;
     {
+      // Stopped meanwhile: no "trying again" for a try that will not come.
       std::lock_guard<std::mutex> guard(mu);
+      if (stopping) return false;
       asked = snapshot_requests > snapshot_answered;
     }
+    TALLY_TRY(settle_read(std::move(prepared)));
     if (asked) finish_snapshot_request(0, read_failure, /*idle=*/false);
     std::unique_lock<std::mutex> guard(mu);
     wake_cv.wait_until(guard, *read_retry_at, [this] {
