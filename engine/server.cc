@@ -2,6 +2,9 @@
 // connections (HTTP is in engine/http.cc).
 #include "engine/server.h"
 
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -81,6 +84,24 @@ void close_abortively(tcp::socket& socket) {
   boost::system::error_code ignored;
   socket.set_option(asio::socket_base::linger(true, 0), ignored);
   socket.close(ignored);
+}
+
+std::int64_t unsent_bytes(tcp::socket& socket) {
+  int unsent = 0;
+  if (::ioctl(socket.native_handle(), SIOCOUTQ, &unsent) != 0) return -1;
+  return unsent;
+}
+
+DrainWatch::Seen DrainWatch::look(std::int64_t unsent, std::int64_t now_ns,
+                                  std::int64_t written_ns) {
+  const bool compares = unsent_ >= 0 && looked_ns_ >= written_ns;
+  const std::int64_t before = unsent_;
+  unsent_ = unsent;
+  looked_ns_ = now_ns;
+  if (unsent < 0) return Seen::unknown;
+  if (unsent == 0) return Seen::empty;
+  if (!compares) return Seen::first;
+  return unsent < before ? Seen::took : Seen::none;
 }
 
 void Core::log_connection(std::string_view protocol, std::string_view peer,
@@ -930,28 +951,61 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
       if (self->writing_) return self->check_write_progress();
       // An open follow is a connection in use, however quiet the ledger.
       if (self->inflight_ > 0 || !self->follows_.empty()) return self->arm_idle_timer();
-      const std::int64_t idle_ns = steady_now_ns() - self->last_activity_ns_;
-      const std::int64_t left_ns = core_idle_ns(self->core_) - idle_ns;
-      if (left_ns <= 0) {
-        self->note("closing: idle timeout");
-        return self->close();
+      const std::int64_t now_ns = steady_now_ns();
+      const std::int64_t left_ns = core_idle_ns(self->core_) - (now_ns - self->last_activity_ns_);
+      if (left_ns > 0) return self->arm_idle_timer(left_ns);
+      // Answers written whole may still wait in the system for the peer:
+      // the connection is idle once it has taken them, and stuck if it
+      // takes none.
+      switch (self->drain_.look(unsent_bytes(self->socket_), now_ns, self->last_activity_ns_)) {
+        case DrainWatch::Seen::took:
+          self->last_activity_ns_ = now_ns;  // the look's time: the next look compares
+          return self->arm_idle_timer();
+        case DrainWatch::Seen::first:
+          return self->arm_idle_timer(self->drain_probe_ns());
+        case DrainWatch::Seen::none:
+          return self->close_stuck("taken");
+        case DrainWatch::Seen::unknown:
+        case DrainWatch::Seen::empty:
+          break;
       }
-      self->arm_idle_timer(left_ns);
+      self->note("closing: idle timeout");
+      self->close();
     });
   }
 
-  // A write in progress keeps the connection open while it moves. One that
-  // has sent nothing for the idle timeout has a peer that reads nothing:
+  // A write in progress keeps the connection open while it moves, or while
+  // the peer takes what the system holds of it (DrainWatch). One that has
+  // sent nothing for the idle timeout has a peer that reads nothing:
   // waiting on it would hold the connection, its answers and its follows
   // for ever.
   void check_write_progress() {
-    const std::int64_t stalled_ns = steady_now_ns() - write_progress_ns_;
-    const std::int64_t left_ns = core_idle_ns(core_) - stalled_ns;
+    const std::int64_t now_ns = steady_now_ns();
+    const DrainWatch::Seen seen = drain_.look(unsent_bytes(socket_), now_ns, write_progress_ns_);
+    // Taken, or all taken: the write's next piece has room, or soon will.
+    if (seen == DrainWatch::Seen::took || seen == DrainWatch::Seen::empty) {
+      write_progress_ns_ = now_ns;
+    }
+    const std::int64_t left_ns = core_idle_ns(core_) - (now_ns - write_progress_ns_);
     if (left_ns > 0) return arm_idle_timer(left_ns);
-    note("closing: no answer bytes written for " +
+    if (seen == DrainWatch::Seen::first) return arm_idle_timer(drain_probe_ns());
+    close_stuck("written");
+  }
+
+  // Resets a connection whose peer took no answer bytes for the idle
+  // timeout: `what` the server's side did not do with them.
+  void close_stuck(const char* what) {
+    note(std::string("closing: no answer bytes ") + what + " for " +
          std::to_string(core_.options().idle_timeout_ms) + " ms (the peer reads none)");
     close_abortively(socket_);
     close();
+  }
+
+  // How long a first look at the bytes the peer has not taken waits for a
+  // second: a peer that reads at all, however slowly, takes some within it.
+  std::int64_t drain_probe_ns() const {
+    constexpr std::int64_t kDrainProbeNs = 10'000'000'000;
+    return std::min(kDrainProbeNs, core_idle_ns(core_));
   }
 
   static std::int64_t core_idle_ns(const Core& core) {
@@ -1018,6 +1072,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   bool closed_ = false;
   std::int64_t last_activity_ns_ = 0;
   std::int64_t write_progress_ns_ = 0;  // the write in progress last sent bytes (or began)
+  DrainWatch drain_;                    // whether the peer takes what the system holds
 };
 
 }  // namespace

@@ -70,6 +70,33 @@ std::string peer_of(const tcp::socket& socket);
 // memory that no connection limit counts.
 void close_abortively(tcp::socket& socket);
 
+// The bytes the system holds to send on `socket` that the peer has not
+// taken yet (SIOCOUTQ); -1 when the system cannot say.
+std::int64_t unsent_bytes(tcp::socket& socket);
+
+// Whether a peer takes the bytes the system holds for it. Its send buffer
+// may hold megabytes: a peer that reads slowly drains it for longer than
+// the idle timeout before a write finds room for its next piece, and a
+// peer that reads none leaves what was written there. Each look() counts
+// them (unsent_bytes); the peer took some when they are fewer than at the
+// look before, provided nothing was written since (`written_ns`, when the
+// connection last wrote, is not after that look).
+class DrainWatch {
+ public:
+  enum class Seen {
+    unknown,  // the system cannot say
+    empty,    // the peer has taken every byte
+    first,    // bytes wait, and no earlier look compares: look again
+    took,     // fewer bytes wait than at the last look
+    none,     // as many or more wait: the peer took none since
+  };
+  Seen look(std::int64_t unsent, std::int64_t now_ns, std::int64_t written_ns);
+
+ private:
+  std::int64_t unsent_ = -1;  // at the last look; -1: none
+  std::int64_t looked_ns_ = 0;
+};
+
 // A place among the kListsAtOnce lists the server runs at once. It is held
 // from before the list runs until its answer is written or dropped: the
 // last copy destroyed frees it.

@@ -2753,6 +2753,18 @@ TEST_CASE("server: a frame trickled a byte at a time does not hold a binary conn
   CHECK(fx.logged("binary connection: closing: idle timeout"));
 }
 
+// Checks that the server resets `socket`, whose peer reads none of its
+// answers, saying `why` ("no answer bytes written", say), and does not
+// take it for idle.
+void check_reset_as_reading_none(Fixture& fx, tcp::socket& socket, const std::string& why) {
+  CHECK(await_logged(fx, "binary connection: closing: " + why, 1000));
+  CHECK_FALSE(fx.logged("binary connection: closing: idle timeout"));
+  // Reset: what this side had received comes, then the reset. What the
+  // server's system still held to send is dropped, not kept for a peer
+  // that reads none.
+  CHECK(read_to_the_end(socket) == asio::error::connection_reset);
+}
+
 TEST_CASE("server: a peer that reads none of its answers is reset once the write stalls") {
   Fixture fx;
   restart_with_idle_timeout(fx, 300);
@@ -2760,14 +2772,61 @@ TEST_CASE("server: a peer that reads none of its answers is reset once the write
   asio::io_context io;
   tcp::socket socket(io);
   send_lists_of_a_wide_subject(fx, socket, 48);
-  // Nothing is read; the server gives up one idle timeout after its write
-  // stopped moving, however busy the connection looks.
-  CHECK(await_logged(fx, "binary connection: closing: no answer bytes written", 1000));
-  CHECK_FALSE(fx.logged("binary connection: closing: idle timeout"));
-  // Reset: what this side had received comes, then the reset. What the
-  // server's system still held to send is dropped, not kept for a peer
-  // that reads none.
-  CHECK(read_to_the_end(socket) == asio::error::connection_reset);
+  SUBCASE("none read: the server gives up one idle timeout after its write stopped moving") {
+    check_reset_as_reading_none(fx, socket, "no answer bytes written");
+  }
+  SUBCASE("read slowly: the connection stays") {
+    // 4 KiB every 20 ms: the system's send buffer, which may hold megabytes,
+    // drains too slowly for the server's write to find room in it for many
+    // idle timeouts, but the peer takes bytes all the while.
+    std::vector<char> chunk(4096);
+    std::size_t received = 0;
+    for (int read = 0; read < 100; read++) {
+      boost::system::error_code ec;
+      received += socket.read_some(asio::buffer(chunk), ec);
+      REQUIRE_FALSE(ec);
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    CHECK(received > 0);
+    CHECK_FALSE(fx.logged("binary connection: closing"));
+  }
+}
+
+TEST_CASE("server: a peer that takes none of answers written whole is reset, not idle") {
+  Fixture fx;
+  restart_with_idle_timeout(fx, 300);
+  asio::io_context io;
+  tcp::socket socket(io);
+  socket.open(tcp::v4());
+  socket.set_option(asio::socket_base::receive_buffer_size(4096));
+  connect_binary(socket, fx.server->binary_port());
+  // About 100 KB of answers: more than this side's buffer takes, and
+  // likely no more than the server's holds, so its writes all complete.
+  asio::write(socket, asio::buffer(burst_of(2000, [](wire::Request* request) {
+    request->kind = wire::Request::Kind::balance;
+    request->subject = "subject-with-a-long-name-to-answer";
+    request->item = "item-with-a-long-name-to-answer";
+  })));
+  // Whether the writes completed or stalled, the peer takes nothing: reset.
+  check_reset_as_reading_none(fx, socket, "no answer bytes");
+}
+
+TEST_CASE("server: DrainWatch tells a peer that takes its bytes from one that takes none") {
+  using server_detail::DrainWatch;
+  DrainWatch watch;
+  CHECK(watch.look(-1, 10, 0) == DrainWatch::Seen::unknown);
+  CHECK(watch.look(0, 20, 0) == DrainWatch::Seen::empty);
+  // Bytes wait; the look before saw none, so this one compares.
+  CHECK(watch.look(500, 30, 0) == DrainWatch::Seen::none);
+  CHECK(watch.look(400, 40, 0) == DrainWatch::Seen::took);
+  CHECK(watch.look(400, 50, 0) == DrainWatch::Seen::none);
+  // The connection wrote since the last look: more bytes may have come, so
+  // this look does not compare.
+  CHECK(watch.look(300, 70, 60) == DrainWatch::Seen::first);
+  CHECK(watch.look(200, 80, 60) == DrainWatch::Seen::took);
+  // An unknown count compares with nothing.
+  CHECK(watch.look(-1, 90, 60) == DrainWatch::Seen::unknown);
+  CHECK(watch.look(100, 100, 60) == DrainWatch::Seen::first);
 }
 
 TEST_CASE("server: an HTTP client that reads none of its answers is reset once the write stalls") {
