@@ -927,29 +927,58 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     // The answer to a HEAD has headers only (RFC 9110 9.3.2), its
     // Content-Length still that of the body left out.
     if (head_) response_.body().clear();
-    // The answer's deadline is the session's own rather than the stream's:
+    // The write's deadline is the session's own rather than the stream's:
     // the stream's closes the socket gracefully, and the system would then
-    // keep what the peer has not taken of the answer, for minutes.
+    // keep what the peer has not taken of the answer, for minutes. It is
+    // the binary protocol's write-stall rule (look_at_write): a client
+    // that reads a large answer slowly keeps its connection.
     stream_.expires_never();
     writing_ = true;
-    write_deadline_.expires_after(timeout());
+    write_moved_ns_ = steady_now_ns();
+    serializer_.emplace(response_);
+    look_at_write_after(idle_ns());
+    write_piece();
+  }
+
+  std::int64_t idle_ns() const { return std::chrono::nanoseconds(timeout()).count(); }
+
+  void look_at_write_after(std::int64_t wait_ns) {
+    write_deadline_.expires_after(std::chrono::nanoseconds(wait_ns));
     write_deadline_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
       if (ec || !self->writing_ || self->closed_) return;
-      self->note("closing: the peer did not take the answer within " +
-                 std::to_string(self->timeout().count()) + " ms");
+      const std::int64_t next_ns = look_at_write(self->drain_, self->stream_.socket(),
+                                                 self->idle_ns(), &self->write_moved_ns_);
+      if (next_ns > 0) return self->look_at_write_after(next_ns);
+      self->note("closing: no answer bytes written for " +
+                 std::to_string(self->timeout().count()) + " ms (the peer reads none)");
       close_abortively(self->stream_.socket());
       self->close();
     });
-    http::async_write(stream_, response_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
-      self->writing_ = false;
-      self->write_deadline_.cancel();
-      const bool keep_alive = self->response_.keep_alive();
-      // A list's answer may be tens of MB: not kept until the next one.
-      self->response_ = {};
-      self->list_pass_.reset();
-      if (ec || self->closed_ || !keep_alive) return self->close();
-      self->read_request();
-    });
+  }
+
+  // Writes the answer a piece at a time, each piece as much as the system
+  // takes: each one written is progress for the write's deadline.
+  void write_piece() {
+    http::async_write_some(stream_, *serializer_,
+                           [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                             self->write_moved_ns_ = steady_now_ns();
+                             if (!ec && !self->closed_ && !self->serializer_->is_done()) {
+                               return self->write_piece();
+                             }
+                             self->on_written(ec);
+                           });
+  }
+
+  void on_written(beast::error_code ec) {
+    writing_ = false;
+    write_deadline_.cancel();
+    const bool keep_alive = response_.keep_alive();
+    // A list's answer may be tens of MB: not kept until the next one.
+    serializer_.reset();
+    response_ = {};
+    list_pass_.reset();
+    if (ec || closed_ || !keep_alive) return close();
+    read_request();
   }
 
   void close() {
@@ -972,9 +1001,12 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   beast::tcp_stream stream_;
   asio::steady_timer write_deadline_;  // of the answer being written
   bool writing_ = false;               // an answer is being written
+  std::int64_t write_moved_ns_ = 0;    // the write last sent bytes (or began)
+  DrainWatch drain_;                   // whether the peer takes what the system holds
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<Body>> parser_;
   HttpResponse response_;
+  std::optional<http::response_serializer<Body>> serializer_;  // of response_, while written
   ListPass list_pass_;  // of response_, a list's answer, until written
   std::optional<http::response<http::empty_body>> continue_;  // 100 Continue, while written
   // An answer decided at the headers of a request whose body the client

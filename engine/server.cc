@@ -104,6 +104,24 @@ DrainWatch::Seen DrainWatch::look(std::int64_t unsent, std::int64_t now_ns,
   return unsent < before ? Seen::took : Seen::none;
 }
 
+std::int64_t drain_probe_ns(std::int64_t idle_ns) {
+  constexpr std::int64_t kDrainProbeNs = 10'000'000'000;
+  return std::min(kDrainProbeNs, idle_ns);
+}
+
+std::int64_t look_at_write(DrainWatch& drain, tcp::socket& socket, std::int64_t idle_ns,
+                           std::int64_t* moved_ns) {
+  const std::int64_t now_ns = steady_now_ns();
+  const DrainWatch::Seen seen = drain.look(unsent_bytes(socket), now_ns, *moved_ns);
+  // Taken, or all taken: the write's next piece has room, or soon will.
+  if (seen == DrainWatch::Seen::took || seen == DrainWatch::Seen::empty) *moved_ns = now_ns;
+  const std::int64_t left_ns = idle_ns - (now_ns - *moved_ns);
+  // A first look, often made just before the deadline, compares with none:
+  // the next one, a probe later, does.
+  if (seen == DrainWatch::Seen::first) return std::max(left_ns, drain_probe_ns(idle_ns));
+  return std::max<std::int64_t>(left_ns, 0);
+}
+
 void Core::log_connection(std::string_view protocol, std::string_view peer,
                           std::string_view what) {
   static constexpr std::int64_t kMinuteNs = 60'000'000'000;
@@ -962,7 +980,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
           self->last_activity_ns_ = now_ns;  // the look's time: the next look compares
           return self->arm_idle_timer();
         case DrainWatch::Seen::first:
-          return self->arm_idle_timer(self->drain_probe_ns());
+          return self->arm_idle_timer(drain_probe_ns(core_idle_ns(self->core_)));
         case DrainWatch::Seen::none:
           return self->close_stuck("taken");
         case DrainWatch::Seen::unknown:
@@ -974,21 +992,14 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     });
   }
 
-  // A write in progress keeps the connection open while it moves, or while
-  // the peer takes what the system holds of it (DrainWatch). One that has
-  // sent nothing for the idle timeout has a peer that reads nothing:
-  // waiting on it would hold the connection, its answers and its follows
-  // for ever.
+  // A write in progress keeps the connection open while it moves
+  // (look_at_write). One that has sent nothing for the idle timeout has a
+  // peer that reads nothing: waiting on it would hold the connection, its
+  // answers and its follows for ever.
   void check_write_progress() {
-    const std::int64_t now_ns = steady_now_ns();
-    const DrainWatch::Seen seen = drain_.look(unsent_bytes(socket_), now_ns, write_progress_ns_);
-    // Taken, or all taken: the write's next piece has room, or soon will.
-    if (seen == DrainWatch::Seen::took || seen == DrainWatch::Seen::empty) {
-      write_progress_ns_ = now_ns;
-    }
-    const std::int64_t left_ns = core_idle_ns(core_) - (now_ns - write_progress_ns_);
-    if (left_ns > 0) return arm_idle_timer(left_ns);
-    if (seen == DrainWatch::Seen::first) return arm_idle_timer(drain_probe_ns());
+    const std::int64_t wait_ns = look_at_write(drain_, socket_, core_idle_ns(core_),
+                                               &write_progress_ns_);
+    if (wait_ns > 0) return arm_idle_timer(wait_ns);
     close_stuck("written");
   }
 
@@ -999,13 +1010,6 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
          std::to_string(core_.options().idle_timeout_ms) + " ms (the peer reads none)");
     close_abortively(socket_);
     close();
-  }
-
-  // How long a first look at the bytes the peer has not taken waits for a
-  // second: a peer that reads at all, however slowly, takes some within it.
-  std::int64_t drain_probe_ns() const {
-    constexpr std::int64_t kDrainProbeNs = 10'000'000'000;
-    return std::min(kDrainProbeNs, core_idle_ns(core_));
   }
 
   static std::int64_t core_idle_ns(const Core& core) {

@@ -97,6 +97,19 @@ class DrainWatch {
   std::int64_t looked_ns_ = 0;
 };
 
+// How long a first look at the bytes the peer has not taken waits for a
+// second: a peer that reads at all, however slowly, takes some within it.
+std::int64_t drain_probe_ns(std::int64_t idle_ns);
+
+// The write-stall rule of both protocols. A write in progress moves while
+// its pieces go to the system (*moved_ns: when one last did, or the write
+// began) or while the peer takes what the system holds of it (`drain`; a
+// look that sees some taken sets *moved_ns to now). Returns how long to
+// wait before looking again, or 0 once the write has not moved for
+// `idle_ns`: its peer reads none.
+std::int64_t look_at_write(DrainWatch& drain, tcp::socket& socket, std::int64_t idle_ns,
+                           std::int64_t* moved_ns);
+
 // A place among the kListsAtOnce lists the server runs at once. It is held
 // from before the list runs until its answer is written or dropped: the
 // last copy destroyed frees it.
