@@ -2765,6 +2765,24 @@ void check_reset_as_reading_none(Fixture& fx, tcp::socket& socket, const std::st
   CHECK(read_to_the_end(socket) == asio::error::connection_reset);
 }
 
+// Reads `socket`, whose answers fill any socket buffers, 4 KiB every
+// 20 ms for 2 s: many idle timeouts of 300 ms, far from the whole answers.
+// The system's send buffer, which may hold megabytes, drains too slowly
+// for the server's write to find room in it for many idle timeouts, but
+// the peer takes bytes all the while: its `protocol` connection stays.
+void check_slow_reader_stays(Fixture& fx, tcp::socket& socket, const std::string& protocol) {
+  std::vector<char> chunk(4096);
+  std::size_t received = 0;
+  for (int read = 0; read < 100; read++) {
+    boost::system::error_code ec;
+    received += socket.read_some(asio::buffer(chunk), ec);
+    REQUIRE_FALSE(ec);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  CHECK(received > 0);
+  CHECK_FALSE(fx.logged(protocol + " connection: closing"));
+}
+
 TEST_CASE("server: a peer that reads none of its answers is reset once the write stalls") {
   Fixture fx;
   restart_with_idle_timeout(fx, 300);
@@ -2776,19 +2794,7 @@ TEST_CASE("server: a peer that reads none of its answers is reset once the write
     check_reset_as_reading_none(fx, socket, "no answer bytes written");
   }
   SUBCASE("read slowly: the connection stays") {
-    // 4 KiB every 20 ms: the system's send buffer, which may hold megabytes,
-    // drains too slowly for the server's write to find room in it for many
-    // idle timeouts, but the peer takes bytes all the while.
-    std::vector<char> chunk(4096);
-    std::size_t received = 0;
-    for (int read = 0; read < 100; read++) {
-      boost::system::error_code ec;
-      received += socket.read_some(asio::buffer(chunk), ec);
-      REQUIRE_FALSE(ec);
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    CHECK(received > 0);
-    CHECK_FALSE(fx.logged("binary connection: closing"));
+    check_slow_reader_stays(fx, socket, "binary");
   }
 }
 
@@ -2844,20 +2850,7 @@ TEST_CASE("server: an HTTP client that reads none of its answer is reset once th
     CHECK(await_logged(fx, "http connection: closing: no answer bytes written for 300 ms", 1000));
     CHECK(read_to_the_end(socket) == asio::error::connection_reset);
   }
-  SUBCASE("read slowly: the connection stays") {
-    // 4 KiB every 20 ms: about 400 KB in 2 s, many idle timeouts, and far
-    // from the whole answer, but the client takes bytes all the while.
-    std::vector<char> chunk(4096);
-    std::size_t received = 0;
-    for (int read = 0; read < 100; read++) {
-      boost::system::error_code ec;
-      received += socket.read_some(asio::buffer(chunk), ec);
-      REQUIRE_FALSE(ec);
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    CHECK(received > 0);
-    CHECK_FALSE(fx.logged("http connection: closing"));
-  }
+  SUBCASE("read slowly: the connection stays") { check_slow_reader_stays(fx, socket, "http"); }
 }
 
 TEST_CASE("server: graceful shutdown answers what it accepted; a restart serves the same state") {
