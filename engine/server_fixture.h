@@ -7,6 +7,7 @@
 
 #include <doctest.h>
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -178,6 +179,9 @@ inline Reply http_call(std::uint16_t port, http::verb method, std::string target
   if (!body.empty()) request.set(http::field::content_type, "application/json");
   request.body() = std::move(body);
   request.prepare_payload();
+  // A server that never answers fails the test here, named, rather than
+  // hanging the suite until its timeout.
+  stream.expires_after(std::chrono::seconds(60));
   http::write(stream, request);
   beast::flat_buffer buffer;
   http::response_parser<http::string_body> parser;
