@@ -946,11 +946,11 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     write_deadline_.expires_after(std::chrono::nanoseconds(wait_ns));
     write_deadline_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
       if (ec || !self->writing_ || self->closed_) return;
-      const std::int64_t next_ns = look_at_write(self->drain_, self->stream_.socket(),
-                                                 self->idle_ns(), &self->write_moved_ns_);
+      const std::int64_t next_ns =
+          look_at_write(self->drain_, unsent_bytes(self->stream_.socket()), steady_now_ns(),
+                        self->idle_ns(), &self->write_moved_ns_);
       if (next_ns > 0) return self->look_at_write_after(next_ns);
-      self->note("closing: no answer bytes written for " +
-                 std::to_string(self->timeout().count()) + " ms (the peer reads none)");
+      self->note(stuck_reason("written", self->timeout().count()));
       close_abortively(self->stream_.socket());
       self->close();
     });

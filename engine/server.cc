@@ -109,10 +109,9 @@ std::int64_t drain_probe_ns(std::int64_t idle_ns) {
   return std::min(kDrainProbeNs, idle_ns);
 }
 
-std::int64_t look_at_write(DrainWatch& drain, tcp::socket& socket, std::int64_t idle_ns,
-                           std::int64_t* moved_ns) {
-  const std::int64_t now_ns = steady_now_ns();
-  const DrainWatch::Seen seen = drain.look(unsent_bytes(socket), now_ns, *moved_ns);
+std::int64_t look_at_write(DrainWatch& drain, std::int64_t unsent, std::int64_t now_ns,
+                           std::int64_t idle_ns, std::int64_t* moved_ns) {
+  const DrainWatch::Seen seen = drain.look(unsent, now_ns, *moved_ns);
   // Taken, or all taken: the write's next piece has room, or soon will.
   if (seen == DrainWatch::Seen::took || seen == DrainWatch::Seen::empty) *moved_ns = now_ns;
   const std::int64_t left_ns = idle_ns - (now_ns - *moved_ns);
@@ -120,6 +119,11 @@ std::int64_t look_at_write(DrainWatch& drain, tcp::socket& socket, std::int64_t 
   // the next one, a probe later, does.
   if (seen == DrainWatch::Seen::first) return std::max(left_ns, drain_probe_ns(idle_ns));
   return std::max<std::int64_t>(left_ns, 0);
+}
+
+std::string stuck_reason(std::string_view what, std::int64_t idle_ms) {
+  return "closing: no answer bytes " + std::string(what) + " for " + std::to_string(idle_ms) +
+         " ms (the peer reads none)";
 }
 
 void Core::log_connection(std::string_view protocol, std::string_view peer,
@@ -997,8 +1001,8 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   // peer that reads nothing: waiting on it would hold the connection, its
   // answers and its follows for ever.
   void check_write_progress() {
-    const std::int64_t wait_ns = look_at_write(drain_, socket_, core_idle_ns(core_),
-                                               &write_progress_ns_);
+    const std::int64_t wait_ns = look_at_write(drain_, unsent_bytes(socket_), steady_now_ns(),
+                                               core_idle_ns(core_), &write_progress_ns_);
     if (wait_ns > 0) return arm_idle_timer(wait_ns);
     close_stuck("written");
   }
@@ -1006,8 +1010,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   // Resets a connection whose peer took no answer bytes for the idle
   // timeout: `what` the server's side did not do with them.
   void close_stuck(const char* what) {
-    note(std::string("closing: no answer bytes ") + what + " for " +
-         std::to_string(core_.options().idle_timeout_ms) + " ms (the peer reads none)");
+    note(stuck_reason(what, core_.options().idle_timeout_ms));
     close_abortively(socket_);
     close();
   }

@@ -13,6 +13,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <unordered_map>
 
@@ -106,9 +107,14 @@ std::int64_t drain_probe_ns(std::int64_t idle_ns);
 // began) or while the peer takes what the system holds of it (`drain`; a
 // look that sees some taken sets *moved_ns to now). Returns how long to
 // wait before looking again, or 0 once the write has not moved for
-// `idle_ns`: its peer reads none.
-std::int64_t look_at_write(DrainWatch& drain, tcp::socket& socket, std::int64_t idle_ns,
-                           std::int64_t* moved_ns);
+// `idle_ns`: its peer reads none. `unsent` is unsent_bytes() of the
+// connection's socket at `now_ns`.
+std::int64_t look_at_write(DrainWatch& drain, std::int64_t unsent, std::int64_t now_ns,
+                           std::int64_t idle_ns, std::int64_t* moved_ns);
+
+// The line a connection reset as stuck logs: its peer took no answer bytes
+// for `idle_ms`, which the server's side had `what` ("written", "taken").
+std::string stuck_reason(std::string_view what, std::int64_t idle_ms);
 
 // A place among the kListsAtOnce lists the server runs at once. It is held
 // from before the list runs until its answer is written or dropped: the

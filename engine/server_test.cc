@@ -2835,6 +2835,35 @@ TEST_CASE("server: DrainWatch tells a peer that takes its bytes from one that ta
   CHECK(watch.look(100, 100, 60) == DrainWatch::Seen::first);
 }
 
+TEST_CASE("server: look_at_write gives a write the idle time since it last moved") {
+  using server_detail::DrainWatch;
+  using server_detail::drain_probe_ns;
+  using server_detail::look_at_write;
+  constexpr std::int64_t kIdle = 300;
+  DrainWatch watch;
+  std::int64_t moved = 0;  // the write began at 0
+  // A first look compares with none: however near the deadline, the next
+  // waits a probe (here the idle time, shorter than 10 s).
+  CHECK(drain_probe_ns(kIdle) == kIdle);
+  CHECK(drain_probe_ns(60'000'000'000) == 10'000'000'000);
+  CHECK(look_at_write(watch, 1000, 298, kIdle, &moved) == kIdle);
+  CHECK(moved == 0);
+  // Some taken: the write moved at this look; the whole idle time is left.
+  CHECK(look_at_write(watch, 900, 598, kIdle, &moved) == kIdle);
+  CHECK(moved == 598);
+  // None taken, but the idle time since the move has not passed.
+  CHECK(look_at_write(watch, 900, 700, kIdle, &moved) == 198);
+  // None taken for the idle time: the peer reads none.
+  CHECK(look_at_write(watch, 900, 898, kIdle, &moved) == 0);
+  // A piece written since the last look: that look does not compare.
+  moved = 950;
+  CHECK(look_at_write(watch, 5000, 1000, kIdle, &moved) == kIdle);
+  // Everything taken is a move; a count the system cannot give is not.
+  CHECK(look_at_write(watch, 0, 1300, kIdle, &moved) == kIdle);
+  CHECK(moved == 1300);
+  CHECK(look_at_write(watch, -1, 1700, kIdle, &moved) == 0);
+}
+
 TEST_CASE("server: an HTTP client that reads none of its answer is reset once the write stalls") {
   Fixture fx;
   restart_with_idle_timeout(fx, 300);
