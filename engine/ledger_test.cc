@@ -884,13 +884,9 @@ TEST_CASE("a failed fsync turns the ledger read-only until reopened") {
 TEST_CASE("a ledger out of file descriptors for a moment at a segment rotation goes on writing") {
   testing::TempDir dir;
   log::FaultyFileSystem fs(log::posix_file_system());
-  LedgerOptions options;
-  options.data_dir = dir.sub("data");
+  LedgerOptions options = bare_options(dir, Durability::sync);
   options.fs = &fs;
   options.segment_size_bytes = log::kSegmentSizeBytesMin;
-  options.history = false;
-  options.snapshot_every_events = 0;
-  options.snapshot_every_seconds = 0;
   auto ledger = Ledger::open(options);
   REQUIRE(ledger.ok());
   // The first 4 tries to create the next segment's file fail.
