@@ -732,7 +732,7 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
  public:
   HttpSession(Core& core, tcp::socket socket)
       : peer_(peer_of(socket)), core_(core), stream_(std::move(socket)),
-        write_deadline_(stream_.get_executor()) {}
+        deadline_(stream_.get_executor()) {}
   ~HttpSession() override {
     if (id_ != 0) core_.remove_session(id_);
     core_.metrics().connection_closed(Metrics::Protocol::http);
@@ -771,8 +771,8 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     parser_.emplace();
     parser_->body_limit(core_.options().http_body_bytes_max);
     parser_->header_limit(core_.options().http_header_bytes_max);
-    stream_.expires_after(timeout());
     reading_ = true;
+    arm_read_deadline();
     head_ = false;
     http::async_read_header(stream_, buffer_, *parser_,
                             [self = shared_from_this()](beast::error_code ec, std::size_t) {
@@ -805,7 +805,7 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     const auto read_body = [self = shared_from_this()] {
       // The body has a timeout of its own: the headers' covered the idle
       // wait before them too.
-      self->stream_.expires_after(self->timeout());
+      self->arm_read_deadline();
       http::async_read(self->stream_, self->buffer_, *self->parser_,
                        [self](beast::error_code read_ec, std::size_t) { self->on_read(read_ec); });
     };
@@ -835,10 +835,6 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   void on_read(beast::error_code ec) {
     reading_ = false;
     if (ec == http::error::end_of_stream || closed_) return close();
-    if (ec == beast::error::timeout) {
-      note("closing: idle timeout");
-      return close();
-    }
     if (ec == http::error::body_limit) {
       return refuse(http::status::payload_too_large, "too_large", "the body exceeds the limit of " +
                                                                       std::to_string(core_.options().http_body_bytes_max) + " bytes");
@@ -927,12 +923,8 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     // The answer to a HEAD has headers only (RFC 9110 9.3.2), its
     // Content-Length still that of the body left out.
     if (head_) response_.body().clear();
-    // The write's deadline is the session's own rather than the stream's:
-    // the stream's closes the socket gracefully, and the system would then
-    // keep what the peer has not taken of the answer, for minutes. It is
-    // the binary protocol's write-stall rule (look_at_write): a client
-    // that reads a large answer slowly keeps its connection.
-    stream_.expires_never();
+    // The binary protocol's write-stall rule (look_at_write): a client that
+    // reads a large answer slowly keeps its connection.
     writing_ = true;
     write_moved_ns_ = steady_now_ns();
     serializer_.emplace(response_);
@@ -942,18 +934,46 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
 
   std::int64_t idle_ns() const { return std::chrono::nanoseconds(timeout()).count(); }
 
+  // A read (the headers, or a body) waits for the idle timeout, and longer
+  // while the peer still takes the answers written before it: the binary
+  // protocol's idle rule (look_when_idle).
+  void arm_read_deadline() {
+    read_began_ns_ = steady_now_ns();
+    look_at_read_after(idle_ns());
+  }
+
+  void look_at_read_after(std::int64_t wait_ns) {
+    deadline_.expires_after(std::chrono::nanoseconds(wait_ns));
+    deadline_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+      if (ec || !self->reading_ || self->closed_) return;
+      const std::int64_t next_ns =
+          look_when_idle(self->drain_, unsent_bytes(self->stream_.socket()), steady_now_ns(),
+                         self->idle_ns(), &self->read_began_ns_);
+      if (next_ns > 0) return self->look_at_read_after(next_ns);
+      if (next_ns < 0) return self->close_stuck("taken");
+      self->note("closing: idle timeout");
+      self->close();
+    });
+  }
+
   void look_at_write_after(std::int64_t wait_ns) {
-    write_deadline_.expires_after(std::chrono::nanoseconds(wait_ns));
-    write_deadline_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+    deadline_.expires_after(std::chrono::nanoseconds(wait_ns));
+    deadline_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
       if (ec || !self->writing_ || self->closed_) return;
       const std::int64_t next_ns =
           look_at_write(self->drain_, unsent_bytes(self->stream_.socket()), steady_now_ns(),
                         self->idle_ns(), &self->write_moved_ns_);
       if (next_ns > 0) return self->look_at_write_after(next_ns);
-      self->note(stuck_reason("written", self->timeout().count()));
-      close_abortively(self->stream_.socket());
-      self->close();
+      self->close_stuck("written");
     });
+  }
+
+  // Resets a connection whose peer took no answer bytes for the idle
+  // timeout: `what` the server's side did not do with them.
+  void close_stuck(const char* what) {
+    note(stuck_reason(what, timeout().count()));
+    close_abortively(stream_.socket());
+    close();
   }
 
   // Writes the answer a piece at a time, each piece as much as the system
@@ -971,7 +991,7 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
 
   void on_written(beast::error_code ec) {
     writing_ = false;
-    write_deadline_.cancel();
+    deadline_.cancel();
     const bool keep_alive = response_.keep_alive();
     // A list's answer may be tens of MB: not kept until the next one.
     serializer_.reset();
@@ -984,7 +1004,7 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   void close() {
     if (closed_) return;
     closed_ = true;
-    write_deadline_.cancel();
+    deadline_.cancel();
     if (!writing_) list_pass_.reset();  // else once the write ends
     beast::error_code ignored;
     stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
@@ -999,9 +1019,14 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   const std::string peer_;
   Core& core_;
   beast::tcp_stream stream_;
-  asio::steady_timer write_deadline_;  // of the answer being written
+  // The deadline of the read or the write in progress: the session's own
+  // rather than the stream's, which closes the socket gracefully, and the
+  // system would then keep what the peer has not taken of the answers, for
+  // minutes.
+  asio::steady_timer deadline_;
   bool writing_ = false;               // an answer is being written
   std::int64_t write_moved_ns_ = 0;    // the write last sent bytes (or began)
+  std::int64_t read_began_ns_ = 0;     // the read began, or the peer last took bytes
   DrainWatch drain_;                   // whether the peer takes what the system holds
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<Body>> parser_;

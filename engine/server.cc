@@ -121,6 +121,25 @@ std::int64_t look_at_write(DrainWatch& drain, std::int64_t unsent, std::int64_t 
   return std::max<std::int64_t>(left_ns, 0);
 }
 
+std::int64_t look_when_idle(DrainWatch& drain, std::int64_t unsent, std::int64_t now_ns,
+                            std::int64_t idle_ns, std::int64_t* active_ns) {
+  const std::int64_t left_ns = idle_ns - (now_ns - *active_ns);
+  if (left_ns > 0) return left_ns;
+  switch (drain.look(unsent, now_ns, *active_ns)) {
+    case DrainWatch::Seen::took:
+      *active_ns = now_ns;  // the look's time: the next look compares
+      return idle_ns;
+    case DrainWatch::Seen::first:
+      return drain_probe_ns(idle_ns);
+    case DrainWatch::Seen::none:
+      return -1;
+    case DrainWatch::Seen::unknown:
+    case DrainWatch::Seen::empty:
+      break;
+  }
+  return 0;
+}
+
 std::string stuck_reason(std::string_view what, std::int64_t idle_ms) {
   return "closing: no answer bytes " + std::string(what) + " for " + std::to_string(idle_ms) +
          " ms (the peer reads none)";
@@ -973,24 +992,11 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
       if (self->writing_) return self->check_write_progress();
       // An open follow is a connection in use, however quiet the ledger.
       if (self->inflight_ > 0 || !self->follows_.empty()) return self->arm_idle_timer();
-      const std::int64_t now_ns = steady_now_ns();
-      const std::int64_t left_ns = core_idle_ns(self->core_) - (now_ns - self->last_activity_ns_);
-      if (left_ns > 0) return self->arm_idle_timer(left_ns);
-      // Answers written whole may still wait in the system for the peer:
-      // the connection is idle once it has taken them, and stuck if it
-      // takes none.
-      switch (self->drain_.look(unsent_bytes(self->socket_), now_ns, self->last_activity_ns_)) {
-        case DrainWatch::Seen::took:
-          self->last_activity_ns_ = now_ns;  // the look's time: the next look compares
-          return self->arm_idle_timer();
-        case DrainWatch::Seen::first:
-          return self->arm_idle_timer(drain_probe_ns(core_idle_ns(self->core_)));
-        case DrainWatch::Seen::none:
-          return self->close_stuck("taken");
-        case DrainWatch::Seen::unknown:
-        case DrainWatch::Seen::empty:
-          break;
-      }
+      const std::int64_t next_ns =
+          look_when_idle(self->drain_, unsent_bytes(self->socket_), steady_now_ns(),
+                         core_idle_ns(self->core_), &self->last_activity_ns_);
+      if (next_ns > 0) return self->arm_idle_timer(next_ns);
+      if (next_ns < 0) return self->close_stuck("taken");
       self->note("closing: idle timeout");
       self->close();
     });

@@ -112,6 +112,19 @@ std::int64_t drain_probe_ns(std::int64_t idle_ns);
 std::int64_t look_at_write(DrainWatch& drain, std::int64_t unsent, std::int64_t now_ns,
                            std::int64_t idle_ns, std::int64_t* moved_ns);
 
+// The idle rule of both protocols, for a connection that waits for its
+// peer (*active_ns: since when) with no write in progress. Answers written
+// whole may still wait in the system for the peer: the connection is idle
+// once the peer has taken them, and stuck if it takes none. Returns how
+// long to wait before looking again (the idle time left; a probe after a
+// first look at bytes that wait; the whole idle time after a look that
+// sees some taken, which sets *active_ns to now), 0 once the connection has
+// been idle for `idle_ns` (close it), or -1 once its peer took none of the
+// bytes waiting for it in that time (reset it as stuck). `unsent` is
+// unsent_bytes() of the connection's socket at `now_ns`.
+std::int64_t look_when_idle(DrainWatch& drain, std::int64_t unsent, std::int64_t now_ns,
+                            std::int64_t idle_ns, std::int64_t* active_ns);
+
 // The line a connection reset as stuck logs: its peer took no answer bytes
 // for `idle_ms`, which the server's side had `what` ("written", "taken").
 std::string stuck_reason(std::string_view what, std::int64_t idle_ms);

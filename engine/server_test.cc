@@ -2753,12 +2753,13 @@ TEST_CASE("server: a frame trickled a byte at a time does not hold a binary conn
   CHECK(fx.logged("binary connection: closing: idle timeout"));
 }
 
-// Checks that the server resets `socket`, whose peer reads none of its
-// answers, saying `why` ("no answer bytes written", say), and does not
-// take it for idle.
-void check_reset_as_reading_none(Fixture& fx, tcp::socket& socket, const std::string& why) {
-  CHECK(await_logged(fx, "binary connection: closing: " + why, 1000));
-  CHECK_FALSE(fx.logged("binary connection: closing: idle timeout"));
+// Checks that the server resets `socket`, a `protocol` connection whose
+// peer reads none of its answers, saying `why` ("no answer bytes written",
+// say), and does not take it for idle.
+void check_reset_as_reading_none(Fixture& fx, tcp::socket& socket, const std::string& protocol,
+                                 const std::string& why) {
+  CHECK(await_logged(fx, protocol + " connection: closing: " + why, 1000));
+  CHECK_FALSE(fx.logged(protocol + " connection: closing: idle timeout"));
   // Reset: what this side had received comes, then the reset. What the
   // server's system still held to send is dropped, not kept for a peer
   // that reads none.
@@ -2791,7 +2792,7 @@ TEST_CASE("server: a peer that reads none of its answers is reset once the write
   tcp::socket socket(io);
   send_lists_of_a_wide_subject(fx, socket, 48);
   SUBCASE("none read: the server gives up one idle timeout after its write stopped moving") {
-    check_reset_as_reading_none(fx, socket, "no answer bytes written");
+    check_reset_as_reading_none(fx, socket, "binary", "no answer bytes written");
   }
   SUBCASE("read slowly: the connection stays") {
     check_slow_reader_stays(fx, socket, "binary");
@@ -2814,7 +2815,27 @@ TEST_CASE("server: a peer that takes none of answers written whole is reset, not
     request->item = "item-with-a-long-name-to-answer";
   })));
   // Whether the writes completed or stalled, the peer takes nothing: reset.
-  check_reset_as_reading_none(fx, socket, "no answer bytes");
+  check_reset_as_reading_none(fx, socket, "binary", "no answer bytes");
+}
+
+TEST_CASE("server: an HTTP client that takes none of answers written whole is reset, not idle") {
+  Fixture fx;
+  restart_with_idle_timeout(fx, 300);
+  asio::io_context io;
+  tcp::socket socket(io);
+  socket.open(tcp::v4());
+  socket.set_option(asio::socket_base::receive_buffer_size(4096));
+  socket.connect(tcp::endpoint(asio::ip::address_v4::loopback(), fx.server->http_port()));
+  // 60 pipelined answers of about 250 bytes: more than this side's buffer
+  // takes, and less than the server's holds, so its writes all complete
+  // and the connection waits for a next request that never comes.
+  const std::string name(100, 'n');
+  std::string requests;
+  for (int index = 0; index < 60; index++) {
+    requests += "GET /v1/balances/" + name + "/" + name + " HTTP/1.1\r\nHost: x\r\n\r\n";
+  }
+  asio::write(socket, asio::buffer(requests));
+  check_reset_as_reading_none(fx, socket, "http", "no answer bytes taken for 300 ms");
 }
 
 TEST_CASE("server: DrainWatch tells a peer that takes its bytes from one that takes none") {
@@ -2862,6 +2883,31 @@ TEST_CASE("server: look_at_write gives a write the idle time since it last moved
   CHECK(look_at_write(watch, 0, 1300, kIdle, &moved) == kIdle);
   CHECK(moved == 1300);
   CHECK(look_at_write(watch, -1, 1700, kIdle, &moved) == 0);
+}
+
+TEST_CASE("server: look_when_idle closes a connection idle, or stuck on answers not taken") {
+  using server_detail::DrainWatch;
+  using server_detail::look_when_idle;
+  constexpr std::int64_t kIdle = 300;
+  std::int64_t active = 0;  // the connection began to wait at 0
+  {
+    DrainWatch watch;
+    // The idle time has not passed: whatever waits, wait the rest.
+    CHECK(look_when_idle(watch, 1000, 100, kIdle, &active) == 200);
+    // Idle, and every answer taken (or a count the system cannot give).
+    CHECK(look_when_idle(watch, 0, 300, kIdle, &active) == 0);
+    CHECK(look_when_idle(watch, -1, 300, kIdle, &active) == 0);
+  }
+  DrainWatch watch;
+  // Bytes wait, and no look before compares: look again a probe later.
+  CHECK(look_when_idle(watch, 1000, 300, kIdle, &active) == kIdle);
+  // Some taken: the peer is there; a whole idle time from this look.
+  CHECK(look_when_idle(watch, 900, 600, kIdle, &active) == kIdle);
+  CHECK(active == 600);
+  CHECK(look_when_idle(watch, 900, 800, kIdle, &active) == 100);
+  // None taken for the idle time: stuck.
+  CHECK(look_when_idle(watch, 900, 900, kIdle, &active) == -1);
+  CHECK(active == 600);
 }
 
 TEST_CASE("server: an HTTP client that reads none of its answer is reset once the write stalls") {
