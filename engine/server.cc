@@ -1434,8 +1434,18 @@ void Server::stop() {
   }
   // Requests already in the Ledger complete there (and are durable) even if
   // their connection is gone; wait for their completions so that none runs
-  // against a destroyed io_context.
-  while (impl.core.metrics().inflight() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  // against a destroyed io_context. A wait that lasts (a disk whose syncs
+  // hang) says so every 10 s.
+  constexpr auto kSayEvery = std::chrono::seconds(10);
+  auto said = std::chrono::steady_clock::now();
+  for (std::int64_t left; (left = impl.core.metrics().inflight()) > 0;) {
+    if (std::chrono::steady_clock::now() - said >= kSayEvery) {
+      impl.core.log("shutdown: waiting for " + std::to_string(left) +
+                    " requests in flight in the ledger to complete");
+      said = std::chrono::steady_clock::now();
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   impl.work.reset();
   impl.io.stop();
   for (auto& thread : impl.threads) thread.join();
