@@ -928,7 +928,7 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     writing_ = true;
     write_moved_ns_ = steady_now_ns();
     serializer_.emplace(response_);
-    look_at_write_after(idle_ns());
+    look_after(idle_ns());
     write_piece();
   }
 
@@ -939,32 +939,29 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   // protocol's idle rule (look_when_idle).
   void arm_read_deadline() {
     read_began_ns_ = steady_now_ns();
-    look_at_read_after(idle_ns());
+    look_after(idle_ns());
   }
 
-  void look_at_read_after(std::int64_t wait_ns) {
+  // Looks at the read or the write in progress `wait_ns` from now: a write
+  // by the write-stall rule (look_at_write), a read by the idle rule.
+  void look_after(std::int64_t wait_ns) {
     deadline_.expires_after(std::chrono::nanoseconds(wait_ns));
     deadline_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
-      if (ec || !self->reading_ || self->closed_) return;
+      if (ec || self->closed_ || !(self->reading_ || self->writing_)) return;
+      const std::int64_t unsent = unsent_bytes(self->stream_.socket());
+      const std::int64_t now_ns = steady_now_ns();
+      if (self->writing_) {
+        const std::int64_t next_ns =
+            look_at_write(self->drain_, unsent, now_ns, self->idle_ns(), &self->write_moved_ns_);
+        if (next_ns > 0) return self->look_after(next_ns);
+        return self->close_stuck("written");
+      }
       const std::int64_t next_ns =
-          look_when_idle(self->drain_, unsent_bytes(self->stream_.socket()), steady_now_ns(),
-                         self->idle_ns(), &self->read_began_ns_);
-      if (next_ns > 0) return self->look_at_read_after(next_ns);
+          look_when_idle(self->drain_, unsent, now_ns, self->idle_ns(), &self->read_began_ns_);
+      if (next_ns > 0) return self->look_after(next_ns);
       if (next_ns < 0) return self->close_stuck("taken");
       self->note("closing: idle timeout");
       self->close();
-    });
-  }
-
-  void look_at_write_after(std::int64_t wait_ns) {
-    deadline_.expires_after(std::chrono::nanoseconds(wait_ns));
-    deadline_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
-      if (ec || !self->writing_ || self->closed_) return;
-      const std::int64_t next_ns =
-          look_at_write(self->drain_, unsent_bytes(self->stream_.socket()), steady_now_ns(),
-                        self->idle_ns(), &self->write_moved_ns_);
-      if (next_ns > 0) return self->look_at_write_after(next_ns);
-      self->close_stuck("written");
     });
   }
 

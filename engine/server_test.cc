@@ -2806,36 +2806,32 @@ TEST_CASE("server: a peer that takes none of answers written whole is reset, not
   tcp::socket socket(io);
   socket.open(tcp::v4());
   socket.set_option(asio::socket_base::receive_buffer_size(4096));
-  connect_binary(socket, fx.server->binary_port());
-  // About 100 KB of answers: more than this side's buffer takes, and
-  // likely no more than the server's holds, so its writes all complete.
-  asio::write(socket, asio::buffer(burst_of(2000, [](wire::Request* request) {
-    request->kind = wire::Request::Kind::balance;
-    request->subject = "subject-with-a-long-name-to-answer";
-    request->item = "item-with-a-long-name-to-answer";
-  })));
-  // Whether the writes completed or stalled, the peer takes nothing: reset.
-  check_reset_as_reading_none(fx, socket, "binary", "no answer bytes");
-}
-
-TEST_CASE("server: an HTTP client that takes none of answers written whole is reset, not idle") {
-  Fixture fx;
-  restart_with_idle_timeout(fx, 300);
-  asio::io_context io;
-  tcp::socket socket(io);
-  socket.open(tcp::v4());
-  socket.set_option(asio::socket_base::receive_buffer_size(4096));
-  socket.connect(tcp::endpoint(asio::ip::address_v4::loopback(), fx.server->http_port()));
-  // 60 pipelined answers of about 250 bytes: more than this side's buffer
-  // takes, and less than the server's holds, so its writes all complete
-  // and the connection waits for a next request that never comes.
-  const std::string name(100, 'n');
-  std::string requests;
-  for (int index = 0; index < 60; index++) {
-    requests += "GET /v1/balances/" + name + "/" + name + " HTTP/1.1\r\nHost: x\r\n\r\n";
+  SUBCASE("binary") {
+    connect_binary(socket, fx.server->binary_port());
+    // About 100 KB of answers: more than this side's buffer takes, and
+    // likely no more than the server's holds, so its writes all complete.
+    asio::write(socket, asio::buffer(burst_of(2000, [](wire::Request* request) {
+      request->kind = wire::Request::Kind::balance;
+      request->subject = "subject-with-a-long-name-to-answer";
+      request->item = "item-with-a-long-name-to-answer";
+    })));
+    // Whether the writes completed or stalled, the peer takes nothing: reset.
+    check_reset_as_reading_none(fx, socket, "binary", "no answer bytes");
   }
-  asio::write(socket, asio::buffer(requests));
-  check_reset_as_reading_none(fx, socket, "http", "no answer bytes taken for 300 ms");
+  SUBCASE("http") {
+    socket.connect(tcp::endpoint(asio::ip::address_v4::loopback(), fx.server->http_port()));
+    // 60 pipelined answers of about 250 bytes: more than this side's
+    // buffer takes, and less than the server's holds, so its writes all
+    // complete and the connection waits for a next request that never
+    // comes.
+    const std::string name(100, 'n');
+    std::string requests;
+    for (int index = 0; index < 60; index++) {
+      requests += "GET /v1/balances/" + name + "/" + name + " HTTP/1.1\r\nHost: x\r\n\r\n";
+    }
+    asio::write(socket, asio::buffer(requests));
+    check_reset_as_reading_none(fx, socket, "http", "no answer bytes taken for 300 ms");
+  }
 }
 
 TEST_CASE("server: DrainWatch tells a peer that takes its bytes from one that takes none") {
