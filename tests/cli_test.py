@@ -14,6 +14,7 @@ preallocates a 64 MiB segment, so runs left behind would fill the disk.
 import fcntl
 import json
 import os
+import pty
 import random
 import re
 import resource
@@ -803,6 +804,55 @@ def test_verify_passes_and_reports():
     assert re.fullmatch(r"[0-9a-f]{16}", report["digest"])
     assert report["balances"] == len(expect_balance_lines(f.expect))
     assert report["keys"] == len(set(f.keys))
+
+
+def with_stderr_on_a_terminal(*args):
+    """Runs tally with stderr on a pseudo-terminal (stdout on a pipe);
+    returns (exit code, stdout bytes, what the terminal got, seconds)."""
+    master, terminal = pty.openpty()
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen([TALLY, *args], stdout=subprocess.PIPE, stderr=terminal)
+    finally:
+        os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the process closed its side
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    out = proc.stdout.read()
+    proc.stdout.close()
+    proc.wait(timeout=300)
+    return proc.returncode, out, shown, time.monotonic() - started
+
+
+def test_verify_shows_progress_on_a_terminal_and_erases_it():
+    d = new_dir("progress")
+    csv = os.path.join(d, "w.csv")
+    tally("workload", "--subjects", "1000", "--items", "10", "--ops", "1000000", "--seed", "1",
+          "--out", csv, expect_exit=0)
+    data = os.path.join(d, "data")
+    tally("bench", "--data", data, "--workload", csv, "--durability", "none", "--history", "off",
+          "--snapshot-every", "0", "--snapshot-seconds", "0", expect_exit=0)
+    _, quiet_out, quiet_err = tally("verify", "--data", data, expect_exit=0)
+    assert quiet_err == "", quiet_err
+    code, out, shown, seconds = with_stderr_on_a_terminal("verify", "--data", data)
+    assert code == 0 and out == quiet_out, (code, out, quiet_out)
+    # Lines redrawn in place with \r, counting events, erased at the end:
+    # the terminal's line is blank again.
+    for line in shown.split(b"\r"):
+        assert line == b"" or line.strip() == b"" or re.fullmatch(
+            rb"tally: replay: \d+ / \d+ \(\d+%\) events, \d+ s *", line), shown
+    assert shown == b"" or shown.endswith(b"\r") and shown.split(b"\r")[-2].strip() == b"", shown
+    # A line is drawn a quarter second into the replay: a verify that took
+    # this long drew some, however fast the machine.
+    if seconds > 1.5:
+        assert b"tally: replay: " in shown, (seconds, shown)
 
 
 def test_verify_finds_a_flipped_byte():
