@@ -831,14 +831,27 @@ def with_stderr_on_a_terminal(*args):
     return proc.returncode, out, shown, time.monotonic() - started
 
 
-def test_verify_shows_progress_on_a_terminal_and_erases_it():
-    d = new_dir("progress")
+# Flags that leave a ledger without snapshots or a history index: its reads
+# replay the whole log.
+NO_ARCHIVES = ["--snapshot-every", "0", "--snapshot-seconds", "0", "--history", "off"]
+
+
+def large_ledger(name, ops):
+    """A ledger of a generated workload of `ops` ops over 1,000 subjects,
+    applied with NO_ARCHIVES; returns its data directory and how many lines
+    the workload had (at least its events: a retry adds none)."""
+    d = new_dir(name)
     csv = os.path.join(d, "w.csv")
-    tally("workload", "--subjects", "1000", "--items", "10", "--ops", "1000000", "--seed", "1",
+    tally("workload", "--subjects", "1000", "--items", "10", "--ops", str(ops), "--seed", "1",
           "--out", csv, expect_exit=0)
     data = os.path.join(d, "data")
-    tally("bench", "--data", data, "--workload", csv, "--durability", "none", "--history", "off",
-          "--snapshot-every", "0", "--snapshot-seconds", "0", expect_exit=0)
+    _, out, _ = tally("apply", "--data", data, "--workload", csv, "--durability", "none",
+                      *NO_ARCHIVES, expect_exit=0)
+    return data, len(out.splitlines())
+
+
+def test_verify_shows_progress_on_a_terminal_and_erases_it():
+    data, _ = large_ledger("progress", 1000000)
     _, quiet_out, quiet_err = tally("verify", "--data", data, expect_exit=0)
     assert quiet_err == "", quiet_err
     code, out, shown, seconds = with_stderr_on_a_terminal("verify", "--data", data)
@@ -1168,19 +1181,11 @@ def free_port():
 
 
 def test_serve_answers_starting_and_stops_at_a_signal_while_its_log_opens():
-    d = new_dir("serve-opening")
-    csv = os.path.join(d, "w.csv")
-    tally("workload", "--subjects", "1000", "--items", "10", "--ops", "300000", "--seed", "1",
-          "--out", csv, expect_exit=0)
-    data = os.path.join(d, "data")
     # No snapshot: the open replays all 300,000 events.
-    no_snapshots = ["--snapshot-every", "0", "--snapshot-seconds", "0", "--history", "off"]
-    _, out, _ = tally("apply", "--data", data, "--workload", csv, "--durability", "none",
-                      *no_snapshots, expect_exit=0)
-    events = len(out.splitlines())
+    data, lines = large_ledger("serve-opening", 300000)
     http = "127.0.0.1:%d" % free_port()
     proc = subprocess.Popen([TALLY, "serve", "--data", data, "--listen", "127.0.0.1:0",
-                             "--http", http, *no_snapshots],
+                             "--http", http, *NO_ARCHIVES],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 60
@@ -1192,7 +1197,7 @@ def test_serve_answers_starting_and_stops_at_a_signal_while_its_log_opens():
             except urllib.error.HTTPError as error:
                 body = json.loads(error.read())
                 assert error.code == 503 and body["code"] == "starting", (error.code, body)
-                assert 0 <= body["replayed_events"] <= events, body
+                assert 0 <= body["replayed_events"] <= lines, body
                 assert error.headers["Retry-After"] == "1"
                 break
             except urllib.error.URLError:
