@@ -1438,7 +1438,7 @@ void Server::stop() {
   // hang) says so every 10 s.
   constexpr auto kSayEvery = std::chrono::seconds(10);
   auto said = std::chrono::steady_clock::now();
-  for (std::int64_t left; (left = impl.core.metrics().inflight()) > 0;) {
+  for (std::int64_t left; (left = impl.core.completing()) > 0;) {
     if (std::chrono::steady_clock::now() - said >= kSayEvery) {
       impl.core.log("shutdown: waiting for " + std::to_string(left) +
                     " requests in flight in the ledger to complete");

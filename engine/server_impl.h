@@ -174,6 +174,9 @@ class Core {
   EventFeed& feed() { return *feed_; }
   const ServerOptions& options() const { return options_; }
   Metrics& metrics() { return metrics_; }
+  // Requests handed to the Ledger whose completion has not yet returned:
+  // Server::stop() waits for none to be left before it destroys the Core.
+  std::int64_t completing() const { return completing_.load(std::memory_order_acquire); }
   bool stopping() const { return stopping_.load(std::memory_order_acquire); }
   void log(std::string_view message) const;
   // Logs "PROTOCOL connection: WHAT (peer HOST:PORT)", at most
@@ -257,6 +260,7 @@ class Core {
 
   const ServerOptions options_;
   Metrics metrics_;
+  std::atomic<std::int64_t> completing_{0};
   // Set by serve(), the feed first. The feed is before read_pool_: reads
   // use it until the pool is joined.
   std::optional<EventFeed> feed_;
@@ -296,6 +300,7 @@ class Core {
 template <class R>
 std::function<void(Result<R>)> Core::track(Metrics::Op op, std::function<void(Result<R>)> done) {
   metrics_.inflight_add(1);
+  completing_.fetch_add(1, std::memory_order_relaxed);
   const std::int64_t start_ns = steady_now_ns();
   return [this, op, start_ns, done = std::move(done)](Result<R> result) mutable {
     if (op != Metrics::Op::count) {
@@ -311,11 +316,14 @@ std::function<void(Result<R>)> Core::track(Metrics::Op op, std::function<void(Re
     // Out of the queue depth before the answer can reach the client: one
     // that has it and scrapes at once must not see its request counted.
     metrics_.inflight_add(-1);
-    // `done` may hold the last reference to its session: destroy it here,
-    // while Server::stop() still waits for this request, not later on a
-    // ledger thread.
-    auto finish = std::move(done);
-    finish(std::move(result));
+    // `done` may hold the last reference to its session, whose destructor
+    // counts in the metrics: destroy it here, while Server::stop() still
+    // waits for this request, not later on a ledger thread.
+    {
+      auto finish = std::move(done);
+      finish(std::move(result));
+    }
+    completing_.fetch_sub(1, std::memory_order_acq_rel);
   };
 }
 
