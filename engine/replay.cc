@@ -429,8 +429,12 @@ class ReadAhead {
 
 void warn_skipped_snapshots(const std::vector<snap::SkippedSnapshot>& skipped) {
   for (const snap::SkippedSnapshot& one : skipped) {
-    std::fprintf(stderr, "tally: skipped the snapshot at seq %llu: %s\n",
-                 static_cast<unsigned long long>(one.seq), one.why.to_string().c_str());
+    if (one.seq == 0) {
+      std::fprintf(stderr, "tally: skipped the snapshot store: %s\n", one.why.to_string().c_str());
+    } else {
+      std::fprintf(stderr, "tally: skipped the snapshot at seq %llu: %s\n",
+                   static_cast<unsigned long long>(one.seq), one.why.to_string().c_str());
+    }
   }
 }
 

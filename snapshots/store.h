@@ -68,7 +68,7 @@ struct SnapshotInfo {
 };
 
 struct SkippedSnapshot {
-  std::uint64_t seq = 0;
+  std::uint64_t seq = 0;  // 0: the store as a whole (no snapshot has seq 0)
   Status why;  // corrupt (checksum, image, digest), invalid (window), ...
 };
 

@@ -1615,9 +1615,10 @@ def test_verify_reports_a_snapshot_store_that_does_not_open():
     _, before, _ = tally("export", "--data", fixture().data, expect_exit=0)
     data, report = verify_an_unreadable_store("snapshots", ["snapshot"], "failed: snapshots: ")
     assert report["snapshots"] == [], report
-    # Reads replay the whole log instead.
-    _, after, _ = tally("export", "--data", data, expect_exit=0)
+    # Reads replay the whole log instead, and name the store they skipped.
+    _, after, err = tally("export", "--data", data, expect_exit=0)
     assert after == before
+    assert "tally: skipped the snapshot store: corrupt: " in err and "at seq" not in err, err
 
 
 def test_reads_change_nothing_in_the_data_directory():
