@@ -223,19 +223,23 @@ void Core::refuse_probe() {
 std::string Core::count_refused_locked(Metrics::Protocol protocol) {
   metrics_.connection_rejected();
   // Said once a minute at most while it lasts: a flood must not flood.
-  refused_++;
+  // Each protocol's on its own: a line names the protocol and counts its
+  // refusals only.
+  std::uint64_t& refused = refused_[static_cast<std::size_t>(protocol)];
+  std::int64_t& noted_ns = refused_noted_ns_[static_cast<std::size_t>(protocol)];
+  refused++;
   const std::int64_t now_ns = steady_now_ns();
-  if (refused_noted_ns_ != 0 && now_ns - refused_noted_ns_ < kRefusedNoteNs) return {};
+  if (noted_ns != 0 && now_ns - noted_ns < kRefusedNoteNs) return {};
   const bool http = protocol == Metrics::Protocol::http;
   std::string line = std::string("refusing connections over connections_max (") +
                      std::to_string(options_.connections_max) + " " +
-                     (http ? "HTTP" : "binary") + " connections); " + std::to_string(refused_) +
+                     (http ? "HTTP" : "binary") + " connections); " + std::to_string(refused) +
                      " refused since the last such line";
   if (http && probes_open_ < kProbeConnectionsMax) {
     line += "; GET /health and GET /metrics are still answered";
   }
-  refused_noted_ns_ = now_ns;
-  refused_ = 0;
+  noted_ns = now_ns;
+  refused = 0;
   return line;
 }
 

@@ -284,11 +284,12 @@ class Core {
   // the line to log once mu_ is released (empty: none, it was said less
   // than a minute ago), so that a slow log sink never holds mu_.
   std::string count_refused_locked(Metrics::Protocol protocol);
-  // Connections refused over connections_max since the last line that said
-  // so, and when that was (steady ns; 0: never). Under mu_.
+  // Of each protocol, connections refused over connections_max since the
+  // last line that said so, and when that was (steady ns; 0: never). Under
+  // mu_.
   static constexpr std::int64_t kRefusedNoteNs = 60'000'000'000;
-  std::uint64_t refused_ = 0;
-  std::int64_t refused_noted_ns_ = 0;
+  std::array<std::uint64_t, static_cast<std::size_t>(Metrics::Protocol::count)> refused_{};
+  std::array<std::int64_t, static_cast<std::size_t>(Metrics::Protocol::count)> refused_noted_ns_{};
   // log_connection()'s minute: when it began (steady ns; 0: none yet), the
   // lines logged in it and those left out. Under log_mu_.
   std::mutex log_mu_;
