@@ -537,6 +537,19 @@ def test_bench_rate_paces_the_ops():
               expect_exit=2)
 
 
+def test_bench_progress_counts_from_the_start_of_the_run():
+    f = fixture()
+    d = new_dir("bench_progress")
+    # Progress is looked at every 1,024 ops. At 2,000 ops/s op 2,048 goes
+    # out over a second after the first, so that look writes a line, and the
+    # one at op 1,024 (half a second in) none.
+    assert len(f.keys) > 2048
+    _, _, err = tally("bench", "--data", os.path.join(d, "data"), "--workload", f.csv,
+                      "--durability", "none", "--rate", "2000", "--progress", expect_exit=0)
+    pattern = r"tally: 2048 of %d ops submitted, [0-9]+ completed" % len(f.keys)
+    assert re.fullmatch(pattern, err.strip()), err
+
+
 def test_outcomes_of_a_handmade_workload():
     d = new_dir("handmade")
     csv = write(os.path.join(d, "w.csv"), HEADER + "".join([

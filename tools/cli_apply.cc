@@ -154,12 +154,13 @@ class Driver {
   std::size_t failure_index_ = 0;  // failure_'s op; guarded by mutex_
   std::size_t printed_ = 0;        // driver thread only
   bool printing_stopped_ = false;  // driver thread only
-  std::int64_t progress_at_ns_ = 0;  // driver thread only
+  std::int64_t progress_at_ns_ = 0;  // the last line's time, or start_ns_; driver thread only
 };
 
 Status Driver::run(Output* out) {
   const std::uint64_t pipeline = options_.pipeline;
   start_ns_ = steady_now_ns();
+  progress_at_ns_ = start_ns_;
   std::size_t index = 0;  // also the number of ops submitted
   for (; index < workload_.ops.size(); index++) {
     const std::uint64_t needed = index >= pipeline ? index + 1 - pipeline : 0;
@@ -191,7 +192,6 @@ Status Driver::run(Output* out) {
 
 void Driver::report_progress(std::uint64_t submitted) {
   const std::int64_t now_ns = steady_now_ns();
-  if (progress_at_ns_ == 0) progress_at_ns_ = now_ns;
   if (now_ns - progress_at_ns_ < kProgressIntervalNs) return;
   progress_at_ns_ = now_ns;
   std::fprintf(stderr, "tally: %llu of %zu ops submitted, %llu completed\n",
