@@ -8,6 +8,7 @@
 #include <csignal>
 #include <functional>
 
+#include <algorithm>
 #include <atomic>
 #include <filesystem>
 #include <map>
@@ -763,6 +764,48 @@ TEST_CASE("events logged before the open count towards the next snapshot, with n
   SUBCASE("by time") { f.options.snapshot_every_seconds = 1; }
   f.open();
   CHECK(first_snapshot_seq(f) == last);
+}
+
+TEST_CASE("a snapshot taken before any read, at a segment's first seq, has the chain before it") {
+  // The log's last segment holds no record yet (a crash after a rotation
+  // made the segment and before a record reached it): the archivist's
+  // tail starts at that segment's first seq, and a snapshot is due at the
+  // open, before the tail reads anything.
+  Fixture f;
+  f.options.snapshot_every_events = 0;
+  f.options.segment_size_bytes = log::kSegmentSizeBytesMin;
+  f.open();
+  f.acquire_ones(3000);
+  f.close();
+  std::uint64_t last_segment = 0;
+  std::map<std::uint64_t, std::uint64_t> checksums;  // by seq
+  {
+    auto reader = log::LogReader::open(log::posix_file_system(), log_dir(f.options.data_dir), {});
+    REQUIRE(reader.ok());
+    log::Record record;
+    while (*(*reader)->next(&record)) {
+      checksums[record.seq] = record.checksum;
+      last_segment = record.segment_first_seq;
+    }
+  }
+  REQUIRE(last_segment > 1);
+  const std::string path =
+      log::join_path(log_dir(f.options.data_dir), log::segment_file_name(last_segment));
+  std::string bytes = testing::read_file(path);
+  REQUIRE(bytes.size() > log::kSegmentHeaderSize);
+  std::fill(bytes.begin() + log::kSegmentHeaderSize, bytes.end(), '\0');
+  testing::write_file(path, bytes);
+
+  f.options.snapshot_every_events = 1;
+  f.open();
+  CHECK(first_snapshot_seq(f) == last_segment - 1);
+  f.close();
+  const std::vector<snap::SnapshotInfo> infos = list_snapshots(f.options.data_dir);
+  REQUIRE(infos.size() == 1);
+  CHECK(infos[0].seq == last_segment - 1);
+  CHECK(infos[0].chain_checksum == checksums[last_segment - 1]);
+  f.open();
+  CHECK(f.ledger->stats().snapshot_seq == last_segment - 1);  // the open started from it
 }
 
 // For the tests on a disk made slow (FaultyFileSystem::delay_reads): a

@@ -162,17 +162,24 @@ Result<std::unique_ptr<LogTail>> LogTail::open(FileSystem& fs, const std::string
   auto impl = std::make_unique<Impl>(fs, dir);
   auto names = fs.list(dir);
   if (!names && names.code() != ErrorCode::not_found) return names.status();
+  // The tail starts in the segment of record from_seq - 1, whose checksum
+  // the chain goes on from, even when from_seq begins a segment: that
+  // segment's header holds the same value, but nothing says it is written
+  // whole before record from_seq is committed (the writer may be rotating),
+  // and position() must give it before next() reads anything.
+  const std::uint64_t last_before = std::max<std::uint64_t>(from_seq - 1, 1);
   std::uint64_t start = 0;
   if (names) {
     for (const std::string& name : *names) {
       std::uint64_t first_seq = 0;
-      if (parse_segment_file_name(name, &first_seq) && first_seq <= from_seq) {
+      if (parse_segment_file_name(name, &first_seq) && first_seq <= last_before) {
         start = std::max(start, first_seq);
       }
     }
   }
   if (start == 0 && from_seq > 1) {
-    return Status(ErrorCode::not_found, "the log has no segment holding seq " + std::to_string(from_seq));
+    return Status(ErrorCode::not_found,
+                  "the log has no segment holding seq " + std::to_string(last_before));
   }
   if (start != 0) {
     impl->segment_first_seq = start;
@@ -203,6 +210,7 @@ Result<bool> LogTail::next(Record* record, std::uint64_t max_seq) {
   Impl& s = *impl_;
   if (!s.error.ok()) return s.error;
   const TailPosition before = position();
+  const bool chained_before = s.chained;
   auto more = s.step(record, max_seq);
   if (more) return more;
   if (more.code() != ErrorCode::io_error) {
@@ -217,6 +225,7 @@ Result<bool> LogTail::next(Record* record, std::uint64_t max_seq) {
   s.pos = before.offset;
   s.expected_seq = before.next_seq;
   s.expected_prev = before.prev_checksum;
+  s.chained = chained_before;
   return more;
 }
 

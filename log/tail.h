@@ -36,8 +36,10 @@ struct TailPosition {
 class LogTail {
  public:
   // Positions the tail at from_seq (>= 1), which must be at most the bound
-  // of the first next() call plus one. Records of its segment before it are
-  // read and verified on the way. `dir` is the log directory (DATA/log).
+  // of the first next() call plus one. The records before it in the segment
+  // of record from_seq - 1 are read and verified on the way, so position()
+  // gives that record's checksum at once, even when from_seq begins the
+  // next segment. `dir` is the log directory (DATA/log).
   static Result<std::unique_ptr<LogTail>> open(FileSystem& fs, const std::string& dir,
                                                std::uint64_t from_seq);
   // Continues from a position an earlier tail of the same log reported.

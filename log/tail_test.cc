@@ -76,6 +76,52 @@ TEST_CASE("a tail opens at any seq and resumes from a reported position") {
   }
 }
 
+TEST_CASE("a tail opened where a segment begins gives the chain before it reads") {
+  TempDir dir;
+  auto writer = test::open_writer(posix_file_system(), dir.log_dir());
+  test::append_records(*writer, 1500, 31);
+  const auto back = test::read_log(posix_file_system(), dir.log_dir());
+  REQUIRE(back.records.size() == 1500);
+  std::vector<std::uint64_t> boundaries;  // first seqs of segments after the first
+  for (std::size_t index = 1; index < back.records.size(); index++) {
+    if (back.records[index].segment_first_seq != back.records[index - 1].segment_first_seq) {
+      boundaries.push_back(back.records[index].seq);
+    }
+  }
+  REQUIRE(boundaries.size() >= 2);
+  for (const std::uint64_t from : boundaries) {
+    CAPTURE(from);
+    auto tail = LogTail::open(posix_file_system(), dir.log_dir(), from);
+    REQUIRE(tail.ok());
+    const TailPosition position = (*tail)->position();
+    CHECK(position.next_seq == from);
+    CHECK(position.prev_checksum == back.records[from - 2].checksum);
+    auto resumed = LogTail::resume(posix_file_system(), dir.log_dir(), position);
+    REQUIRE(resumed.ok());
+    CHECK(drain(**resumed, from, 1500) == 1500);
+    // A read of the new segment that fails leaves a tail that goes on.
+    FaultyFileSystem faulty(posix_file_system());
+    auto failing = LogTail::open(faulty, dir.log_dir(), from);
+    REQUIRE(failing.ok());
+    Record record;
+    faulty.fail_reads(1, 1);  // the call's second read: a header's, or a window's after one
+    auto failed = (*failing)->next(&record, 1500);
+    REQUIRE_FALSE(failed.ok());
+    CHECK(failed.code() == ErrorCode::io_error);
+    faulty.fail_reads(0);
+    CHECK(drain(**failing, from, 1500) == 1500);
+  }
+
+  // The writer rotating: the next segment's file is there, its header not
+  // yet written. A tail opened at its first seq still knows the chain.
+  const std::uint64_t next = back.records.back().seq + 1;
+  test::write_bytes(test::segment_path(dir.log_dir(), next), std::vector<std::byte>(4096));
+  auto tail = LogTail::open(posix_file_system(), dir.log_dir(), next);
+  REQUIRE_MESSAGE(tail.ok(), tail.status().to_string());
+  CHECK((*tail)->position().next_seq == next);
+  CHECK((*tail)->position().prev_checksum == back.records.back().checksum);
+}
+
 TEST_CASE("records larger than a read window are read whole, from anywhere") {
   TempDir dir;
   auto writer = test::open_writer(posix_file_system(), dir.log_dir(), LogWriterOptions{});
