@@ -732,7 +732,9 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
  public:
   HttpSession(Core& core, tcp::socket socket)
       : peer_(peer_of(socket)), core_(core), stream_(std::move(socket)),
-        deadline_(stream_.get_executor()) {}
+        deadline_(stream_.get_executor()) {
+    buffer_.max_size(core_.options().http_header_bytes_max + kReadBytes);
+  }
   ~HttpSession() override {
     if (id_ != 0) core_.remove_session(id_);
     core_.metrics().connection_closed(Metrics::Protocol::http);
@@ -760,6 +762,13 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
  private:
   // A probe's whole exchange is short: it holds one of few connections.
   static constexpr std::chrono::milliseconds kProbeTimeout{5000};
+  // What Beast reads at most at a time. The read buffer holds bytes not
+  // parsed yet: the headers, a chunk's size line, the trailers, and what
+  // follows them. Bodies go to the request as they arrive, so the header
+  // limit and one read bound what a request needs; the cap bounds what a
+  // chunk extension or trailer section sent without end would take, which
+  // Beast (1.74) counts against neither the header nor the body limit.
+  static constexpr std::size_t kReadBytes = 64 << 10;
   // The deadline of each read and write.
   std::chrono::milliseconds timeout() const {
     const std::chrono::milliseconds idle(core_.options().idle_timeout_ms);
@@ -841,6 +850,11 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     }
     if (ec == http::error::header_limit) {
       return refuse(http::status::request_header_fields_too_large, "too_large", "headers too large");
+    }
+    if (ec == http::error::buffer_overflow) {
+      return refuse(http::status::request_header_fields_too_large, "too_large",
+                    "a chunk's size line or the trailers exceed " +
+                        std::to_string(buffer_.max_size()) + " bytes");
     }
     // A client that resets the connection, or ends it in the middle of a
     // request (gave up on it: a timeout, an upload cancelled), is gone, not

@@ -13,6 +13,7 @@
 #include <capnp/schema.h>
 #include <capnp/serialize.h>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -676,6 +677,32 @@ TEST_CASE("http: malformed and oversized requests close only their connection") 
   CHECK(garbage.find("400") != std::string::npos);
   CHECK(fx.logged("http connection: closing"));
   CHECK(post(port, "/v1/acquire", R"({"subject":"a","item":"b","qty":1})", "still-serving").status == 200);
+}
+
+TEST_CASE("http: a chunk's size line or trailers without end are refused at the read cap") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  const std::string head =
+      "POST /v1/acquire HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\n"
+      "Transfer-Encoding: chunked\r\n";
+  const std::string endless(100 << 10, 'a');  // past 16 KiB of headers + 64 KiB of one read
+  const std::string extension = send_raw_until_closed(
+      port, head + "Idempotency-Key: c1\r\n\r\n1;" + endless);
+  CHECK(extension.rfind("HTTP/1.1 431", 0) == 0);
+  CHECK(extension.find("too_large") != std::string::npos);
+  const std::string trailers = send_raw_until_closed(
+      port, head + "Idempotency-Key: c2\r\n\r\n1\r\n{\r\n0\r\nX-T: " + endless);
+  CHECK(trailers.rfind("HTTP/1.1 431", 0) == 0);
+  // A chunk far larger than the cap still goes to the body as it arrives.
+  const std::string body =
+      R"({"subject":"a",)" + std::string(500 << 10, ' ') + R"("item":"b","qty":1})";
+  char size_line[32];
+  std::snprintf(size_line, sizeof size_line, "%zx\r\n", body.size());
+  const std::string large = send_raw_until_closed(
+      port, head + "Idempotency-Key: c3\r\nConnection: close\r\n\r\n" + size_line + body +
+                "\r\n0\r\n\r\n");
+  CHECK(large.rfind("HTTP/1.1 200", 0) == 0);
+  CHECK(get(port, "/v1/balances/a/b").integer("available") == 1);
 }
 
 TEST_CASE("http and binary: auth on") {
