@@ -569,8 +569,13 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   void on_frame(wire::FrameView frame) {
     auto request = wire::decode_request(frame);
     if (!request) return malformed(request.status().message());
-    if (!authenticated_ && (request->kind != wire::Request::Kind::hello || !request->refused.ok())) {
-      return refuse(request->id, "the first request must be a hello with the token");
+    if (!authenticated_) {
+      if (request->kind != wire::Request::Kind::hello || !request->refused.ok()) {
+        return refuse(request->id, "the first request must be a hello with the token");
+      }
+      // Before the starting check, as HTTP answers 401 before 503: a client
+      // with a wrong token is told so, not to wait for the open.
+      if (const char* why = token_refused(*request)) return refuse(request->id, why);
     }
     if (!core_.serving()) {
       // Whatever the request (a hello, or a first request without one):
@@ -754,12 +759,14 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     send(wire::encode_response(response));
   }
 
+  // Why a hello's token is refused; nullptr when it passes.
+  const char* token_refused(const wire::Request& request) const {
+    if (core_.token_ok(request.token)) return nullptr;
+    return request.token.empty() ? "no token (the server requires one)" : "wrong token";
+  }
+
   void hello(const wire::Request& request) {
-    if (!core_.token_ok(request.token)) {
-      const char* why =
-          request.token.empty() ? "no token (the server requires one)" : "wrong token";
-      return refuse(request.id, why);
-    }
+    if (const char* why = token_refused(request)) return refuse(request.id, why);
     wire::Response response;
     response.id = request.id;
     if (request.version != wire::kProtocolVersion) {

@@ -175,26 +175,34 @@ std::vector<std::uint64_t> seq_range(std::uint64_t first, std::uint64_t last) {
   return out;
 }
 
-// The frame of a current balance request.
-std::string balance_frame(std::uint64_t id, std::string subject, std::string item) {
+// A current balance request, and its frame.
+wire::Request balance_request(std::uint64_t id, std::string subject, std::string item) {
   wire::Request request;
   request.id = id;
   request.kind = wire::Request::Kind::balance;
   request.subject = std::move(subject);
   request.item = std::move(item);
-  return wire::encode_request(request);
+  return request;
+}
+std::string balance_frame(std::uint64_t id, std::string subject, std::string item) {
+  return wire::encode_request(balance_request(id, std::move(subject), std::move(item)));
 }
 
-// Sends a balance request for a/b, alone, on a fresh binary connection
-// and decodes the one answer the server sends before it closes.
-wire::Response lone_balance_answer(std::uint16_t port) {
-  const std::string answer = send_raw_until_closed(port, balance_frame(9, "a", "b"));
+// Sends `request` alone on a fresh binary connection and decodes the one
+// answer the server sends before it closes.
+wire::Response lone_answer(std::uint16_t port, const wire::Request& request) {
+  const std::string answer = send_raw_until_closed(port, wire::encode_request(request));
   wire::FrameWords frame((answer.size() + 7) / 8);
   std::memcpy(frame.data(), answer.data(), answer.size());
   auto response = wire::decode_response(frame);
   REQUIRE(response.ok());
-  CHECK(response->id == 9);
+  CHECK(response->id == request.id);
   return *response;
+}
+
+// The same for a balance request of a/b.
+wire::Response lone_balance_answer(std::uint16_t port) {
+  return lone_answer(port, balance_request(9, "a", "b"));
 }
 
 // Requests with ids 1..count, each filled in by `fill`, framed back to back.
@@ -1279,6 +1287,41 @@ TEST_CASE("server: bound before its ledger, it answers starting; a Client waits 
   CHECK((**patient)->close().ok());
   server.stop();
   CHECK(ledger->close().ok());
+}
+
+TEST_CASE("server: starting, a hello with a wrong token is refused, not told to wait") {
+  ServerOptions options;
+  options.binary_listen = "127.0.0.1:0";
+  options.http_listen = "127.0.0.1:0";
+  options.log = [](std::string_view) {};
+  options.token = "s3cret-token";
+  OpenProgress progress;
+  options.starting = &progress;
+  auto bound = Server::bind(options);
+  REQUIRE(bound.ok());
+  Server& server = **bound;
+  wire::Request hello;
+  hello.id = 4;
+  hello.kind = wire::Request::Kind::hello;
+  hello.version = wire::kProtocolVersion;
+  hello.token = "wrong";
+  const wire::Response wrong = lone_answer(server.binary_port(), hello);
+  CHECK(wrong.unauthorized);
+  CHECK(wrong.error.message() == "unauthorized: wrong token");
+  hello.token.clear();
+  CHECK(lone_answer(server.binary_port(), hello).unauthorized);
+  // The right token is told the server is starting, as HTTP answers 401
+  // before 503.
+  hello.token = "s3cret-token";
+  const wire::Response right = lone_answer(server.binary_port(), hello);
+  CHECK_FALSE(right.unauthorized);
+  CHECK(right.error.code() == ErrorCode::busy);
+  CHECK(get(server.http_port(), "/v1/balances/a/b").status == 401);
+  const std::string scraped = http_call(server.http_port(), http::verb::get, "/metrics", {},
+                                        {{"Authorization", "Bearer s3cret-token"}})
+                                  .body;
+  CHECK(scraped.find("\ntally_unauthorized_total{protocol=\"binary\"} 2\n") != std::string::npos);
+  server.stop();
 }
 
 TEST_CASE("client: every call, with the Ledger's results") {
