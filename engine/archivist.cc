@@ -51,7 +51,8 @@ Status write_snapshot(SharedSnapshots& shared, const proj::State& state,
   }
   auto written = shared.store->write(state, position);
   if (!written) return written.status();
-  auto pruned = shared.store->prune(retain, position.seq, state.idempotency_window_ns());
+  auto pruned = shared.store->prune(retain, position.seq, state.idempotency_window_ns(),
+                                    snap::SnapshotStore::Later::keep);
   return pruned.status();
 }
 

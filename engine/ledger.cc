@@ -599,7 +599,8 @@ Status Ledger::Impl::check_lost_events(const log::LogEnd& end) {
                static_cast<unsigned long long>(last_seq + 1));
   if (snapshots.store != nullptr) {
     auto pruned =
-        snapshots.store->prune(options.snapshot_retain, last_seq, options.idempotency_window_ns);
+        snapshots.store->prune(options.snapshot_retain, last_seq, options.idempotency_window_ns,
+                               snap::SnapshotStore::Later::drop);
     if (!pruned) return pruned.status();
   }
   return Status();

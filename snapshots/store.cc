@@ -123,7 +123,7 @@ struct SnapshotStore::Env {
   // copies pages before it frees any).
   Status delete_snapshot(const Txn& txn, std::uint64_t seq, int* rc_out);
   Status prune_once(std::size_t retain_count, std::uint64_t newest_seq, std::int64_t window_ns,
-                    std::size_t* pruned, int* rc_out);
+                    Later later, std::size_t* pruned, int* rc_out);
   // Whether a ledger with `window_ns` can load the snapshot, as far as its
   // metadata, its payload's checksum and its image's header tell (prune()
   // counts these).
@@ -442,7 +442,8 @@ Result<bool> SnapshotStore::Env::loadable(const Txn& txn, const Result<Meta>& me
 }
 
 Status SnapshotStore::Env::prune_once(std::size_t retain_count, std::uint64_t newest_seq,
-                                      std::int64_t window_ns, std::size_t* pruned, int* rc_out) {
+                                      std::int64_t window_ns, Later later, std::size_t* pruned,
+                                      int* rc_out) {
   *rc_out = 0;
   *pruned = 0;
   Txn txn;
@@ -463,7 +464,7 @@ Status SnapshotStore::Env::prune_once(std::size_t retain_count, std::uint64_t ne
   }
   std::size_t doomed = 0;
   for (std::size_t index = 0; index < seqs.size(); index++) {
-    if (index >= older && index < usable) continue;
+    if (index >= older && (index < usable || later == Later::keep)) continue;
     TALLY_TRY(delete_snapshot(txn, seqs[index], rc_out));
     doomed++;
   }
@@ -478,12 +479,12 @@ Status SnapshotStore::Env::prune_once(std::size_t retain_count, std::uint64_t ne
 }
 
 Result<std::size_t> SnapshotStore::prune(std::size_t retain_count, std::uint64_t newest_seq,
-                                         std::int64_t window_ns) {
+                                         std::int64_t window_ns, Later later) {
   // Deleting copies the pages it changes before their old copies are free:
   // in a full map it needs the map to grow, as a write does.
   std::size_t pruned = 0;
   TALLY_TRY(env_->env->write_growing([&](int* rc) {
-    return env_->prune_once(retain_count, newest_seq, window_ns, &pruned, rc);
+    return env_->prune_once(retain_count, newest_seq, window_ns, later, &pruned, rc);
   }));
   return pruned;
 }

@@ -101,18 +101,26 @@ class SnapshotStore {
   // caller, empty): lmdb::Environment::copy_to. A backup's.
   Status copy_to(const std::string& dir, const CopyProgress& keep_going = {}) const;
 
-  // Deletes every snapshot past newest_seq, then every one older than the
-  // retain_count newest of the rest that a ledger with `window_ns` can
-  // load (metadata that verifies, this version's state format, that
-  // window, a payload that matches its checksum: each hashed once per
-  // store opened), in one transaction; returns how many it deleted. So a
-  // snapshot of another version or window, or a damaged one, is kept while
-  // it is newer than those, and never takes the place of one.
-  // Called after writing a snapshot of the log's state at newest_seq: a
-  // later one is of events the log no longer has (a lost tail), unusable
-  // for good.
+  // What prune() does with the snapshots past newest_seq.
+  enum class Later {
+    // Deletes them: the log ends at newest_seq, so they are of events it
+    // no longer has (a lost tail), unusable for good. A ledger's open.
+    drop,
+    // Keeps them, outside the count: after writing the snapshot at
+    // newest_seq, when another process may have written a later one of the
+    // same log (`tally snapshot` beside a live ledger, or the other way
+    // round). The next open drops any of them the log does not reach.
+    keep,
+  };
+  // Deletes the snapshots past newest_seq (Later::drop), then every one
+  // older than the retain_count newest of the rest that a ledger with
+  // `window_ns` can load (metadata that verifies, this version's state
+  // format, that window, a payload that matches its checksum: each hashed
+  // once per store opened), in one transaction; returns how many it
+  // deleted. So a snapshot of another version or window, or a damaged one,
+  // is kept while it is newer than those, and never takes the place of one.
   Result<std::size_t> prune(std::size_t retain_count, std::uint64_t newest_seq,
-                            std::int64_t window_ns);
+                            std::int64_t window_ns, Later later);
 
   // The idempotency window recorded in the newest snapshot whose metadata
   // verifies and whose payload matches its checksum: the window of the

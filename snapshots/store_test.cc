@@ -34,6 +34,8 @@ using testing::read_file;
 using testing::TempDir;
 using testing::write_file;
 
+constexpr SnapshotStore::Later kDropLater = SnapshotStore::Later::drop;
+
 SnapshotStoreOptions small_options() {
   SnapshotStoreOptions options;
   options.map_size_bytes = 1 << 20;
@@ -79,7 +81,7 @@ void run_script(SnapshotStore* store, ScriptRun* run) {
 void run_script_kept(const TempDir& dir, ScriptRun* run, std::size_t retain) {
   std::unique_ptr<SnapshotStore> store = open_store(dir);
   run_script(store.get(), run);
-  REQUIRE(store->prune(retain, UINT64_MAX, kWindowNs).ok());
+  REQUIRE(store->prune(retain, UINT64_MAX, kWindowNs, kDropLater).ok());
 }
 
 TEST_CASE("snapshot + tail replay equals full replay, from every event of the script") {
@@ -131,21 +133,28 @@ TEST_CASE("list shows seq, time, size and digest, oldest first; prune keeps the 
   write_ok(store.get(), run.state);
   CHECK(store->list()->size() == run.digests.size() - 1);
 
-  Result<std::size_t> pruned = store->prune(3, UINT64_MAX, kWindowNs);
+  Result<std::size_t> pruned = store->prune(3, UINT64_MAX, kWindowNs, kDropLater);
   REQUIRE(pruned.ok());
   CHECK(*pruned == run.digests.size() - 1 - 3);
   listed = store->list();
   REQUIRE(listed->size() == 3);
   CHECK(listed->back().seq == run.state.last_seq());
   CHECK(listed->front().seq == run.state.last_seq() - 2);
-  CHECK(*store->prune(5, UINT64_MAX, kWindowNs) == 0);
-  // Past the seq given: a lost tail's, gone whatever the count.
+  CHECK(*store->prune(5, UINT64_MAX, kWindowNs, kDropLater) == 0);
+  // Past the seq given, kept (another writer's, of the same log) outside
+  // the count: the one before the seq given goes, the one past it stays.
   const std::uint64_t last = run.state.last_seq();
-  CHECK(*store->prune(5, last - 1, kWindowNs) == 1);
+  CHECK(*store->prune(1, last - 1, kWindowNs, SnapshotStore::Later::keep) == 1);
   listed = store->list();
   REQUIRE(listed->size() == 2);
+  CHECK(listed->front().seq == last - 1);
+  CHECK(listed->back().seq == last);
+  // Or a lost tail's, gone whatever the count.
+  CHECK(*store->prune(5, last - 1, kWindowNs, kDropLater) == 1);
+  listed = store->list();
+  REQUIRE(listed->size() == 1);
   CHECK(listed->back().seq == last - 1);
-  CHECK(*store->prune(0, UINT64_MAX, kWindowNs) == 2);
+  CHECK(*store->prune(0, UINT64_MAX, kWindowNs, kDropLater) == 1);
   CHECK(store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, nullptr).code() ==
         ErrorCode::not_found);
 }
@@ -202,14 +211,14 @@ TEST_CASE("prune keeps the newest a ledger of its window can load, and others on
     return out;
   };
   // The two of its window kept are 3 and 5; 4 and 6 lie among them or past.
-  CHECK(*store->prune(2, UINT64_MAX, kWindowNs) == 2);
+  CHECK(*store->prune(2, UINT64_MAX, kWindowNs, kDropLater) == 2);
   CHECK(seqs() == std::vector<std::uint64_t>{3, 4, 5, 6});
   CHECK(store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, nullptr)->info.seq == 5);
   // The other ledger's view: its newest is 6, then 4.
-  CHECK(*store->prune(2, UINT64_MAX, kWindowNs * 2) == 1);
+  CHECK(*store->prune(2, UINT64_MAX, kWindowNs * 2, kDropLater) == 1);
   CHECK(seqs() == std::vector<std::uint64_t>{4, 5, 6});
   // None of its window: nothing counts, nothing goes but what is past the seq.
-  CHECK(*store->prune(1, 5, kWindowNs * 3) == 1);
+  CHECK(*store->prune(1, 5, kWindowNs * 3, kDropLater) == 1);
   CHECK(seqs() == std::vector<std::uint64_t>{4, 5});
 }
 
@@ -291,7 +300,7 @@ TEST_CASE("a payload written again at a seq the store checked is hashed again") 
       const bool fed = other.one("k1", proj::acquire_op("bob", "silver", 5)).ok() &&
                        other.one("k2", proj::acquire_op("bob", "silver", 6)).ok();
       auto writer = SnapshotStore::open(dir.sub("snapshots"), small_options());
-      if (fed && writer.ok() && (*writer)->prune(1, 1, kWindowNs).ok() &&
+      if (fed && writer.ok() && (*writer)->prune(1, 1, kWindowNs, kDropLater).ok() &&
           (*writer)->write(second, position_of(second)).ok()) {
         writer->reset();
         flip_chunk_byte(dir, 2, 0, 40);  // past the header: only the checksum tells
@@ -326,12 +335,12 @@ TEST_CASE("prune does not count a snapshot whose payload is damaged") {
   flip_chunk_byte(dir, newest - 1, 0, 40);  // past the header: the window still reads
   std::unique_ptr<SnapshotStore> store = open_store(dir);
   // The two loadable are newest and newest - 2; the damaged one lies among them.
-  CHECK(*store->prune(2, UINT64_MAX, kWindowNs) == 0);
+  CHECK(*store->prune(2, UINT64_MAX, kWindowNs, kDropLater) == 0);
   Result<std::vector<SnapshotInfo>> listed = store->list();
   REQUIRE(listed.ok());
   REQUIRE(listed->size() == 3);
   CHECK(listed->front().seq == newest - 2);
-  CHECK(*store->prune(1, UINT64_MAX, kWindowNs) == 2);
+  CHECK(*store->prune(1, UINT64_MAX, kWindowNs, kDropLater) == 2);
   CHECK(store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, nullptr)->info.seq == newest);
 }
 
@@ -824,7 +833,7 @@ TEST_CASE("a different idempotency window skips the snapshot as invalid") {
   std::unique_ptr<SnapshotStore> store = open_store(dir);
   ScriptRun run;
   run_script(store.get(), &run);
-  REQUIRE(store->prune(1, UINT64_MAX, kWindowNs).ok());
+  REQUIRE(store->prune(1, UINT64_MAX, kWindowNs, kDropLater).ok());
   std::vector<SkippedSnapshot> skipped;
   CHECK(store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs * 2}, &skipped).code() ==
         ErrorCode::not_found);
@@ -944,7 +953,8 @@ TEST_CASE("a store reopened with a map smaller than its file grows it to rewrite
     CHECK(write_ok(store.get(), state).seq == seqs.back());
   }
   std::unique_ptr<SnapshotStore> store = open_store(dir, options);
-  Result<std::size_t> pruned = store->prune(1, UINT64_MAX, state.idempotency_window_ns());
+  Result<std::size_t> pruned =
+      store->prune(1, UINT64_MAX, state.idempotency_window_ns(), kDropLater);
   REQUIRE_MESSAGE(pruned.ok(), pruned.status().to_string());
   CHECK(*pruned == 2);
   Result<std::vector<SnapshotInfo>> left = store->list();

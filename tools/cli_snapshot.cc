@@ -108,7 +108,8 @@ Result<Taken> take_snapshot(const std::string& data_dir, std::size_t retain) {
   }
   if (!written) return written.status();
   taken.info = *written;
-  auto pruned = shared.store->prune(retain, taken.info.seq, state.idempotency_window_ns());
+  auto pruned = shared.store->prune(retain, taken.info.seq, state.idempotency_window_ns(),
+                                    snap::SnapshotStore::Later::keep);
   if (!pruned) return pruned.status();
   taken.pruned = *pruned;
   return taken;
