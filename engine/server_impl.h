@@ -359,15 +359,21 @@ void start_http_session(Core& core, tcp::socket socket);
 
 // What both start_*_session do: register a new SessionType (constructed
 // from the core and the socket, with start(id, probe) and close_now()), or
-// refuse it when the server is full or stopping.
+// refuse it when the server is full or stopping. Both on the session's
+// strand, not the acceptor's: once registered, a stop may post to the
+// session, and with several I/O threads its handler would otherwise run
+// beside start(), on the same socket and timers.
 template <class SessionType>
 void start_session(Core& core, tcp::socket socket, Metrics::Protocol protocol) {
   core.metrics().connection_opened(protocol);
+  const auto strand = socket.get_executor();
   auto session = std::make_shared<SessionType>(core, std::move(socket));
-  std::uint64_t id = 0;
-  const Core::Admission admission = core.add_session(session, protocol, &id);
-  if (admission == Core::Admission::refused) return session->close_now();
-  session->start(id, admission == Core::Admission::probe);
+  asio::post(strand, [&core, session = std::move(session), protocol] {
+    std::uint64_t id = 0;
+    const Core::Admission admission = core.add_session(session, protocol, &id);
+    if (admission == Core::Admission::refused) return session->close_now();
+    session->start(id, admission == Core::Admission::probe);
+  });
 }
 
 }  // namespace tally::server_detail
