@@ -194,7 +194,7 @@ struct LogReader::Impl {
   std::uint64_t pos = 0;       // of the next frame
   SegmentHeader header;
   std::uint32_t payload_max = 0;
-  int live_rechecks = 0;  // end_of_frames' looks again, of kLiveRechecksMax
+  int live_rechecks = 0;  // end_of_frames' looks again at the frame at pos, of kLiveRechecksMax
 
   Impl(FileSystem& fs_in, std::string dir_in, LogReaderOptions options_in)
       : fs(fs_in), dir(std::move(dir_in)), options(options_in) {}
@@ -561,6 +561,7 @@ Result<bool> LogReader::next(Record* record) {
       s.pos += frame_size(frame.length);
       s.expected_seq++;
       s.expected_prev = frame.checksum;
+      s.live_rechecks = 0;  // the looks again are each frame's
       if (frame.seq < s.options.from_seq) continue;
       return true;
     }

@@ -313,6 +313,37 @@ TEST_CASE("beside a live writer, a frame in flight is read again before it is co
   require_corrupt(read_log(posix(), dir.log_dir(), live), prefix(1, log.offsets[4]));
 }
 
+TEST_CASE("beside a live writer, each frame in flight gets its own looks again") {
+  TempDir dir;
+  const OneSegment log = make_one_segment(dir, 10);
+  // Frames 2, 4 and 6 still being copied in, each finished 100 ms after
+  // the one before: 300 ms in all, longer than one frame's looks take
+  // (255 ms), each far shorter.
+  std::vector<std::byte> bytes = log.pristine;
+  for (const std::size_t index : {2, 4, 6}) {
+    const auto begin = bytes.begin() + static_cast<std::ptrdiff_t>(log.offsets[index]);
+    std::fill(begin, begin + static_cast<std::ptrdiff_t>(log.frame_bytes[index]), std::byte{0});
+  }
+  write_bytes(log.path, bytes);
+  LogReaderOptions live;
+  live.writer_may_be_live = true;
+  std::thread writer([&] {
+    auto file = posix().open(log.path, FileSystem::Mode::read_write);
+    CHECK(file.ok());
+    if (!file.ok()) return;
+    for (const std::size_t index : {2, 4, 6}) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      const std::span<const std::byte> frame =
+          std::span(log.pristine).subspan(log.offsets[index], log.frame_bytes[index]);
+      CHECK((*file)->write_at(log.offsets[index], frame).ok());
+    }
+  });
+  ReadBack back = read_log(posix(), dir.log_dir(), live);
+  writer.join();
+  REQUIRE_MESSAGE(back.status.ok(), back.status.to_string());
+  CHECK(back.records.size() == 10);
+}
+
 // Reads from the last segment's first seq on: the segments before it are
 // skipped, their headers checked.
 ReadBack read_last_segment(const TempDir& dir, const std::vector<std::uint64_t>& segments) {
