@@ -119,8 +119,13 @@ void put_str(std::string* out, std::string_view text) {
 }
 
 // Only the fields an op type uses, so that a stray field cannot make two
-// equal requests differ.
-void encode_op(std::string* out, const OpRequest& op) {
+// equal requests differ. A batch's ops follow one another, and there an
+// 8-byte hold id and a length-prefixed hold key could be read in two ways
+// (a key "AAAAAAAA" and the next op's bytes as an id, or an id and a qty
+// of 0x4141414141414141): in a batch, a tag byte says which one follows.
+// A lone op's length tells them apart, and its fingerprint stays what it
+// was, so that retries stay retries across versions.
+void encode_op(std::string* out, const OpRequest& op, bool in_batch) {
   out->push_back(static_cast<char>(op.type));
   switch (op.type) {
     case OpType::transfer:
@@ -137,6 +142,7 @@ void encode_op(std::string* out, const OpRequest& op) {
     case OpType::commit:
     case OpType::release:
     case OpType::expire:
+      if (in_batch) out->push_back(op.hold_key.empty() ? 'i' : 'k');
       if (op.hold_key.empty()) {
         put_u64(out, op.hold);
       } else {
@@ -324,9 +330,9 @@ std::uint64_t fingerprint(const Command& command, std::string* scratch) {
   scratch->push_back(command.batch ? 'B' : 'S');
   if (command.batch) {
     put_u64(scratch, command.ops.size());
-    for (const OpRequest& op : command.ops) encode_op(scratch, op);
+    for (const OpRequest& op : command.ops) encode_op(scratch, op, true);
   } else {
-    encode_op(scratch, command.op);
+    encode_op(scratch, command.op, false);
   }
   return XXH3_64bits(scratch->data(), scratch->size());
 }

@@ -193,6 +193,28 @@ TEST_CASE("a retried key gets the recorded outcome; a different request conflict
   CHECK(f.ledger->acquire("a1", "alice", "gold", 11).code() == ErrorCode::idempotency_conflict);
 }
 
+TEST_CASE("two batches whose ops name holds differently never share a fingerprint") {
+  // Back to back, a commit by key "AAAAAAAA" of 4 then a release of hold 7
+  // are the bytes of a commit of hold 8 with qty 0x4141414141414141 then a
+  // commit of hold 0x0500000000000000 with qty 7, unless the encoding
+  // says which form each hold takes.
+  Command by_key;
+  by_key.batch = true;
+  by_key.ops = {OpRequest::commit_key("AAAAAAAA", 4), OpRequest::release(7)};
+  Command by_id;
+  by_id.batch = true;
+  by_id.ops = {OpRequest::commit(8, 0x4141414141414141),
+               OpRequest::commit(0x0500000000000000, 7)};
+  std::string scratch;
+  CHECK(detail::fingerprint(by_key, &scratch) != detail::fingerprint(by_id, &scratch));
+  // Through the ledger: the second, under the first's key, is a conflict,
+  // not a replay of the first's outcome.
+  Fixture f;
+  CHECK(outcome_of(f.ledger->batch("settle", by_key.ops)) == Outcome::hold_unknown);
+  CHECK(f.ledger->batch("settle", by_id.ops).code() == ErrorCode::idempotency_conflict);
+  CHECK(f.ok(f.ledger->batch("settle", by_key.ops)).replay);
+}
+
 TEST_CASE("holds reserve; commit consumes, partially or whole; release frees") {
   Fixture f;
   f.ok(f.ledger->acquire("a1", "shop", "sku", 10));
