@@ -455,6 +455,8 @@ void Client::Impl::on_connection_lost_locked(std::unique_lock<std::mutex>& guard
       ++entry;
     }
   }
+  // A caller waiting for room (send()) has it now, maybe all of it.
+  if (!failed->empty()) cv.notify_all();
   // The reader thread reconnects for what is left (reader_main).
 }
 
@@ -510,7 +512,7 @@ std::uint64_t Client::Impl::send(wire::Request request, ResponseDone done, bool 
   std::unique_lock<std::mutex> guard(mu);
   // A completion runs on the reader thread, the only one that makes room:
   // what it submits goes past inflight_max rather than wait for ever.
-  const bool on_reader = std::this_thread::get_id() == reader.get_id();
+  const bool on_reader = std::this_thread::get_id() == reader_id;
   cv.wait(guard, [&] { return pending.size() < options.inflight_max || closing || on_reader; });
   if (closing) {
     guard.unlock();

@@ -2196,6 +2196,37 @@ TEST_CASE("client: a request that gives up takes every request sent after it alo
   CHECK(silent.connections() == 2);
 }
 
+TEST_CASE("client: a caller waiting for room is woken when the requests in flight give up") {
+  SilentServer silent(true);
+  ClientOptions options = silent.client_options();
+  options.answer_timeout_ms = 100;
+  options.retries_max = 1;
+  options.inflight_max = 2;
+  auto connected = Client::connect(options);
+  REQUIRE(connected.ok());
+  Client& client = **connected;
+  std::atomic<int> failed{0};
+  for (const char* key : {"first", "second"}) {
+    Command command;
+    command.key = key;
+    command.op = OpRequest::acquire("alice", "gold", 1);
+    client.submit(std::move(command), [&](Result<Receipt> result) {
+      CHECK(result.code() == ErrorCode::io_error);
+      failed++;
+    });
+  }
+  // No room: this call waits until the two give up (two connections of
+  // 100 ms each), and then hears io_error too, never waiting for ever.
+  auto third = std::async(std::launch::async, [&] {
+    return client.acquire("third", "alice", "gold", 1).code();
+  });
+  const bool woken = third.wait_for(std::chrono::seconds(20)) == std::future_status::ready;
+  CHECK(woken);
+  CHECK(client.close().ok());  // wakes it if nothing else did
+  if (woken) CHECK(third.get() == ErrorCode::io_error);
+  CHECK(failed == 2);
+}
+
 TEST_CASE("client: a completion that submits goes past inflight_max, not waiting for itself") {
   Fixture fx;
   ClientOptions options;
