@@ -135,7 +135,8 @@ class Driver {
   // Prints the lines of the first `done` ops not printed yet; `done` was
   // read from completed_.
   void print_completed(std::uint64_t done, Output* out);
-  void report_progress(std::uint64_t submitted);
+  // Writes the progress line when a second passed since the last one.
+  void report_progress();
 
   LedgerApi* ledger_;
   const Workload& workload_;
@@ -155,6 +156,7 @@ class Driver {
   std::size_t printed_ = 0;        // driver thread only
   bool printing_stopped_ = false;  // driver thread only
   std::int64_t progress_at_ns_ = 0;  // the last line's time, or start_ns_; driver thread only
+  std::uint64_t submitted_ = 0;      // driver thread only
 };
 
 Status Driver::run(Output* out) {
@@ -183,19 +185,24 @@ Status Driver::run(Output* out) {
     // (a commit before its hold).
     if (failed_.load(std::memory_order_acquire)) break;
     submit(index);
-    if (options_.progress && (index + 1) % kProgressCheckOps == 0) report_progress(index + 1);
+    submitted_ = index + 1;
+    // Paced, the driver sleeps between ops anyway: a look at the clock
+    // after each costs nothing.
+    if (options_.progress && (options_.rate_per_s > 0 || submitted_ % kProgressCheckOps == 0)) {
+      report_progress();
+    }
   }
   wait_printing(index, out);
   std::lock_guard lock(mutex_);
   return failure_;
 }
 
-void Driver::report_progress(std::uint64_t submitted) {
+void Driver::report_progress() {
   const std::int64_t now_ns = steady_now_ns();
   if (now_ns - progress_at_ns_ < kProgressIntervalNs) return;
   progress_at_ns_ = now_ns;
   std::fprintf(stderr, "tally: %llu of %zu ops submitted, %llu completed\n",
-               static_cast<unsigned long long>(submitted), workload_.ops.size(),
+               static_cast<unsigned long long>(submitted_), workload_.ops.size(),
                static_cast<unsigned long long>(completed_.load()));
 }
 
@@ -268,7 +275,18 @@ void Driver::wait_for(std::uint64_t count) {
   if (completed_.load() >= count) return;
   std::unique_lock lock(mutex_);
   wake_at_.store(count);
-  completed_cv_.wait(lock, [&] { return completed_.load() >= count; });
+  const auto done = [&] { return completed_.load() >= count; };
+  if (!options_.progress) {
+    completed_cv_.wait(lock, done);
+  } else {
+    // A ledger that stalls, or the last answers, are waited for a second
+    // at a time, the line written between.
+    while (!completed_cv_.wait_for(lock, std::chrono::nanoseconds(kProgressIntervalNs), done)) {
+      lock.unlock();
+      report_progress();
+      lock.lock();
+    }
+  }
   wake_at_.store(UINT64_MAX);
 }
 
@@ -746,7 +764,10 @@ int check_expectation(const Result<std::string>& actual_csv, const std::string& 
 Result<std::vector<OpResult>> drive_bench(LedgerApi* ledger, const Workload& workload,
                                           const RunOptions& options, bool progress) {
   Output out(stdout);
-  Driver driver(ledger, workload, {options.pipeline, false, true, progress, options.rate_per_s});
+  // --pipeline is each connection's (ClientPool's clients take as many).
+  const std::uint64_t in_flight =
+      options.pipeline * static_cast<std::uint64_t>(options.connections);
+  Driver driver(ledger, workload, {in_flight, false, true, progress, options.rate_per_s});
   const std::int64_t start_ns = steady_now_ns();
   const Status ran = driver.run(&out);
   const double seconds = static_cast<double>(steady_now_ns() - start_ns) / 1e9;
@@ -837,7 +858,9 @@ constexpr FlagSpec kBenchFlags[] = {
     {"workload", "FILE.csv", "the workload to apply, in file order"},
     {"expect", "FILE", "compare the final state and outcome counts with this file"},
     {"durability", "MODE", "sync (default), async or none"},
-    {"pipeline", "N", "commands in flight at most (default 4096)", IntegerRange{1, kPipelineMax}},
+    {"pipeline", "N",
+     "commands in flight at most, on each connection with --connect (default 4096)",
+     IntegerRange{1, kPipelineMax}},
     {"progress", "", "report progress on stderr every second"},
     {"rate", "R", "submit R ops per second on a fixed schedule instead of as fast as possible",
      IntegerRange{1, kRateMax}},
