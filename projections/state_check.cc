@@ -263,6 +263,11 @@ StateCounts State::counts() const {
                         impl_->subject_heads.memory_bytes() + impl_->balances.memory_bytes() +
                         impl_->holds.memory_bytes() + impl_->long_hold_keys.memory_bytes() +
                         impl_->keys.memory_bytes();
+  // What remember_key_batched() keeps between runs, once a replay used it.
+  counts.memory_bytes += impl_->keys_waiting.capacity() * sizeof(KeyIndex::Added);
+  if (impl_->keys_scratch != nullptr) {
+    counts.memory_bytes += kKeysWaitingMax * sizeof(KeyIndex::Added);
+  }
   return counts;
 }
 
