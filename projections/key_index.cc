@@ -173,7 +173,8 @@ std::uint64_t KeyIndex::append(std::string_view key, const KeyRecord& record) {
 
 std::int64_t KeyIndex::oldest_timestamp_ns() const {
   if (count_ == 0) return INT64_MAX;
-  // Indexed keys precede the added ones in the arena: the front is one.
+  // Indexed keys precede the added ones in the arena: the front is one,
+  // or a record one of them replaced.
   std::size_t chunk_index = 0;
   std::uint32_t offset = front_offset_bytes_;
   while (offset == chunks_[chunk_index].used_bytes) {

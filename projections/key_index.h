@@ -115,8 +115,10 @@ class KeyIndex {
   // The timestamp_ns of the last key inserted (INT64_MIN before any),
   // evicted or not: the least the next one may have.
   std::int64_t newest_timestamp_ns() const { return newest_timestamp_ns_; }
-  // The timestamp_ns of the oldest indexed key, the next evict_through()
-  // forgets; INT64_MAX when none is indexed.
+  // The timestamp_ns of the oldest record in the arena that is indexed or
+  // replaced: at most that of the oldest indexed key, the next
+  // evict_through() forgets (a replaced record is older than its key's
+  // indexed one); INT64_MAX when no key is indexed.
   std::int64_t oldest_timestamp_ns() const;
   std::size_t memory_bytes() const;
 
