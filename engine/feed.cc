@@ -34,18 +34,22 @@ Result<std::size_t> EventFeed::read(FeedCursor* cursor, const FeedLimits& limits
   std::size_t count = 0;
   std::size_t bytes = 0;
   log::Record record;
+  log::TailPosition end = (*tail)->position();  // after the last record visited
   while (bytes < limits.bytes_max) {
     auto more = (*tail)->next(&record, last);
     if (!more) return more.status();
     if (!*more) break;
     TALLY_ASSERT(record.seq == first + count);
+    // One that would take the batch past the limit is the next one's first.
+    if (count > 0 && record.payload.size() > limits.bytes_max - bytes) break;
     TALLY_TRY(visit(record));
     count++;
     bytes += record.payload.size();
+    end = (*tail)->position();
   }
   // Everything up to `last` is committed, so the tail cannot stop short.
   TALLY_ASSERT(count > 0);
-  cursor->position = (*tail)->position();
+  cursor->position = end;
   cursor->next_seq = cursor->position->next_seq;
   return count;
 }

@@ -62,8 +62,10 @@ inline constexpr std::int64_t kFeedWatchSliceMs = 5;
 
 struct FeedLimits {
   std::size_t events_max = kFeedEventsMax;  // 1..kFeedEventsMax
-  // A read stops once it has read this many payload bytes; it always reads
-  // at least one event when one is committed.
+  // A read's events have at most this many payload bytes in all, or are
+  // one event that alone has more: it always reads at least one event when
+  // one is committed, so a batch is never much larger than its largest
+  // event, which a client's answer limit takes.
   std::size_t bytes_max = kFeedBytesMaxDefault;
 };
 
@@ -101,8 +103,8 @@ class EventFeed {
   EventFeed& operator=(const EventFeed&) = delete;
 
   // Visits the committed records with seq >= cursor->next_seq: at most
-  // limits.events_max of them, and no more once limits.bytes_max payload
-  // bytes are read. Advances the cursor past them and returns how many; 0
+  // limits.events_max of them, within limits.bytes_max payload bytes (at
+  // least one). Advances the cursor past them and returns how many; 0
   // when nothing at or after cursor->next_seq is committed yet.
   Result<std::size_t> read(FeedCursor* cursor, const FeedLimits& limits, const Visit& visit);
 

@@ -117,6 +117,46 @@ TEST_CASE("feed: a cursor reads every committed event once, in order, across rot
   CHECK(feed.stats().tails_opened == 1);
 }
 
+TEST_CASE("feed: a read's events stay within its bytes, unless one alone is larger") {
+  Fixture fx;
+  fx.append(0, 100);
+  EventFeed feed(fx.ledger.get());
+  std::size_t event_bytes = 0;  // the payload of every event here, within 8 bytes
+  {
+    FeedCursor first;
+    const FeedLimits one{1, kFeedBytesMaxDefault};
+    REQUIRE(feed.read(&first, one, [&](const log::Record& record) {
+                  event_bytes = record.payload.size();
+                  return Status();
+                }).ok());
+  }
+  REQUIRE(event_bytes > 16);
+  // Room for two and a half: two each time, the third the next read's.
+  FeedLimits limits;
+  limits.bytes_max = event_bytes * 5 / 2;
+  FeedCursor cursor;
+  std::vector<std::uint64_t> seqs;
+  for (;;) {
+    std::size_t bytes = 0;
+    auto count = feed.read(&cursor, limits, [&](const log::Record& record) {
+      seqs.push_back(record.seq);
+      bytes += record.payload.size();
+      return Status();
+    });
+    REQUIRE(count.ok());
+    if (*count == 0) break;
+    CHECK(*count == 2);
+    CHECK(bytes <= limits.bytes_max);
+  }
+  CHECK(seqs == range(1, 100));
+  // Less than one event: one each time, however large.
+  limits.bytes_max = event_bytes / 2;
+  FeedCursor again;
+  auto count = feed.read(&again, limits, [](const log::Record&) { return Status(); });
+  REQUIRE(count.ok());
+  CHECK(*count == 1);
+}
+
 TEST_CASE("feed: poll resumes where the last answer ended, from its cache") {
   Fixture fx;
   fx.append(0, 200);
