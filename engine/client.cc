@@ -205,7 +205,13 @@ struct Client::Impl {
   // Hands the answers to one read's frames to their handlers.
   Status deliver(std::vector<wire::Response>* responses);
   bool take_batch(Pending& entry, const wire::Response& response, ResponseDone* deliver);
-  void on_connection_lost_locked(std::unique_lock<std::mutex>& guard, std::vector<ResponseDone>* failed);
+  // `link_failed`: the connection failed (io_error: it ended, reset, or
+  // timed out), rather than the client refusing what the server sent.
+  void on_connection_lost_locked(std::unique_lock<std::mutex>& guard,
+                                 std::vector<ResponseDone>* failed, bool link_failed);
+  // Removes a pending request, keeping follows_pending.
+  std::map<std::uint64_t, Pending>::iterator erase_pending(
+      std::map<std::uint64_t, Pending>::iterator entry);
   void fail(std::vector<ResponseDone> failed, const Status& why);
   // Runs the on_end of every follow in `ended`, without the lock.
   void end_cancelled_locked(std::unique_lock<std::mutex>& guard);
@@ -228,6 +234,8 @@ struct Client::Impl {
   bool failing = false;
   std::uint64_t next_id = 1;
   std::map<std::uint64_t, Pending> pending;  // by id: resent in the order sent
+  // The follows among them, which do not count against inflight_max.
+  std::size_t follows_pending = 0;
   // The handlers of follows cancelled while the connection was down: no
   // server will end them, and they are not sent again. The reader thread
   // runs them (follow()'s callbacks run there), while it reconnects.
@@ -387,6 +395,7 @@ void Client::Impl::fail_all_locked(std::unique_lock<std::mutex>& guard, const St
         .push_back(std::move(request.done));
   }
   pending.clear();
+  follows_pending = 0;
   cv.notify_all();  // senders waiting for room
   failing = true;
   guard.unlock();
@@ -422,9 +431,16 @@ void Client::Impl::fail_locked(std::unique_lock<std::mutex>& guard,
   failing = false;
 }
 
+std::map<std::uint64_t, Pending>::iterator Client::Impl::erase_pending(
+    std::map<std::uint64_t, Pending>::iterator entry) {
+  if (entry->second.follow) follows_pending--;
+  return pending.erase(entry);
+}
+
 // Drops the connection; reconnects and resends what survives its retries.
 void Client::Impl::on_connection_lost_locked(std::unique_lock<std::mutex>& guard,
-                                             std::vector<ResponseDone>* failed) {
+                                             std::vector<ResponseDone>* failed,
+                                             bool link_failed) {
   connected = false;
   boost::system::error_code ignored;
   // A write in progress fails at once on a shut down socket; the socket is
@@ -443,14 +459,20 @@ void Client::Impl::on_connection_lost_locked(std::unique_lock<std::mutex>& guard
       // The new connection will not know the follow; it is over.
       failed->push_back(
           [done = std::move(request.done)](Result<wire::Response>) { done(follow_end()); });
-      entry = pending.erase(entry);
+      entry = erase_pending(entry);
       continue;
     }
-    const bool spent = ++request.attempts > options.retries_max;
+    // A follow waits for events, not for an answer: a link that fails and
+    // is restored costs it nothing (it ends with io_error when the
+    // reconnect fails). A drop for what the client refused (a frame over
+    // frame_bytes_max, or one that does not decode) would only come again:
+    // that counts, as for the rest.
+    const bool counts = !request.follow || !link_failed;
+    const bool spent = counts && ++request.attempts > options.retries_max;
     if (spent || (giving_up && !request.follow)) {
       giving_up = giving_up || !request.follow;
       failed->push_back(std::move(request.done));
-      entry = pending.erase(entry);
+      entry = erase_pending(entry);
     } else {
       ++entry;
     }
@@ -513,7 +535,11 @@ std::uint64_t Client::Impl::send(wire::Request request, ResponseDone done, bool 
   // A completion runs on the reader thread, the only one that makes room:
   // what it submits goes past inflight_max rather than wait for ever.
   const bool on_reader = std::this_thread::get_id() == reader_id;
-  cv.wait(guard, [&] { return pending.size() < options.inflight_max || closing || on_reader; });
+  // Follows do not count against inflight_max (docs/protocol.md), nor wait.
+  cv.wait(guard, [&] {
+    return follow || pending.size() - follows_pending < options.inflight_max || closing ||
+           on_reader;
+  });
   if (closing) {
     guard.unlock();
     done(client_closed());
@@ -534,6 +560,7 @@ std::uint64_t Client::Impl::send(wire::Request request, ResponseDone done, bool 
   if (follow) entry_value.request = std::make_unique<wire::Request>(std::move(request));
   auto [entry, added] = pending.emplace(id, std::move(entry_value));
   TALLY_ASSERT(added);
+  if (follow) follows_pending++;
   if (!connected) {
     // The reader thread reconnects and sends every pending request, this
     // one included: the caller does not wait for it.
@@ -615,7 +642,7 @@ Status Client::Impl::deliver(std::vector<wire::Response>* responses) {
       ResponseDone done;
       if (!take_batch(entry->second, response, &done)) {
         done = std::move(entry->second.done);
-        pending.erase(entry);
+        erase_pending(entry);
       }
       if (done) ready.emplace_back(std::move(done), &response);
     }
@@ -695,7 +722,7 @@ void Client::Impl::reader_main() {
                                              std::to_string(options.answer_timeout_ms) + " ms");
     }
     std::vector<ResponseDone> failed;
-    on_connection_lost_locked(guard, &failed);
+    on_connection_lost_locked(guard, &failed, lost.code() == ErrorCode::io_error);
     fail_locked(guard, std::move(failed),
                 Status(ErrorCode::io_error, "connection lost: " + lost.message()));
   }
@@ -840,7 +867,7 @@ void Client::cancel_follow(FollowId follow) {
     // send it again: it ends here instead, its on_end run by the reader
     // thread, which is reconnecting or waiting for work.
     impl.ended.push_back(std::move(entry->second.done));
-    impl.pending.erase(entry);
+    impl.erase_pending(entry);
     impl.cv.notify_all();
     return;
   }

@@ -108,7 +108,8 @@ struct ClientOptions {
   // The largest answer read (wire::kAnswerBytesMax, the most a server sends).
   std::size_t frame_bytes_max = wire::kAnswerBytesMax;
   // submit() waits beyond it, except from a completion (the reader thread
-  // would wait for itself): a request submitted there goes past it.
+  // would wait for itself): a request submitted there goes past it. Open
+  // follows do not count.
   std::size_t inflight_max = 1024;
 };
 
@@ -175,7 +176,10 @@ class Client final : public LedgerApi {
   // runs once when the stream ends: ok after cancel_follow(); closed when
   // the server shuts down or the client closes; the reconnect's reason
   // when the connection could not be restored (io_error; invalid or busy
-  // as for a request never sent, above); corrupt or io_error when the
+  // as for a request never sent, above), while a connection that drops and
+  // is restored costs the follow nothing; io_error after retries_max + 1
+  // connections dropped for a frame the client refused (over
+  // frame_bytes_max, or one that does not decode); corrupt or io_error when the
   // server could not read its log; invalid when the server refused the
   // follow (too many on the connection). It may run before follow() returns.
   FollowId follow(std::uint64_t from_seq, BatchHandler on_batch, EndHandler on_end,

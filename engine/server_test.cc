@@ -1958,6 +1958,53 @@ TEST_CASE("client: a request sent, unanswered, then refused a reconnect is io_er
   CHECK(fx.ledger->balance("alice", "gold")->available == 7);
 }
 
+TEST_CASE("client: a follow outlives connections that drop and are restored, however many") {
+  Fixture fx;
+  SwitchingProxy proxy(fx.server->binary_port());
+  ClientOptions options = proxy.client_options();
+  options.retries_max = 1;  // each reconnect is restored at its first attempt
+  auto client = Client::connect(options);
+  REQUIRE(client.ok());
+  REQUIRE(fx.ledger->acquire("k1", "alice", "gold", 1).ok());
+  FollowSink sink;
+  (*client)->follow(1, sink.on_batch(), sink.on_end());
+  sink.await_count(1);
+  const auto ended = [&] {
+    std::lock_guard<std::mutex> guard(sink.mu);
+    return sink.end.has_value();
+  };
+  for (int cut = 1; cut <= 4 && !ended(); cut++) {
+    proxy.cut();
+    // The client reconnects for the follow, unless the follow ended.
+    while (proxy.connections() < cut + 1 && !ended()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+  REQUIRE(fx.ledger->acquire("k2", "alice", "gold", 1).ok());
+  sink.await_count(2);
+  {
+    std::lock_guard<std::mutex> guard(sink.mu);
+    CHECK_FALSE(sink.end.has_value());
+    CHECK(sink.seqs == seq_range(1, 2));
+  }
+  CHECK((*client)->close().ok());
+  CHECK(sink.await_end().code() == ErrorCode::closed);
+}
+
+TEST_CASE("client: open follows do not count against inflight_max") {
+  Fixture fx;
+  ClientOptions options;
+  options.inflight_max = 1;
+  auto client = fx.client(options);
+  FollowSink sink;
+  client->follow(1'000'000, sink.on_batch(), sink.on_end());  // waits far ahead
+  auto read = std::async(std::launch::async, [&] { return client->balance("a", "b").ok(); });
+  const bool answered = read.wait_for(std::chrono::seconds(20)) == std::future_status::ready;
+  CHECK(answered);
+  CHECK(client->close().ok());  // ends the wait if nothing else did
+  if (answered) CHECK(read.get());
+}
+
 TEST_CASE("client: a follow cancelled while the client reconnects ends with ok, not sent again") {
   Fixture fx;
   SwitchingProxy proxy(fx.server->binary_port());
