@@ -1077,6 +1077,8 @@ void Ledger::Impl::io_main() {
 
 void Ledger::Impl::write_group(log::WriteBatch* batch, std::vector<Ack>* acks) {
   if (batch == nullptr || failed.load()) {
+    // Not written, but handed back: the writer seals into it again.
+    if (batch != nullptr) log->drop(batch);
     if (failed.load()) {
       // Decided after a group whose write failed: on a state holding its
       // events, which may never reach the log. No answer may rest on them:

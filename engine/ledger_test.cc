@@ -716,6 +716,56 @@ TEST_CASE("no answer rests on a group whose write failed") {
   CHECK((*ledger)->read_only());
 }
 
+TEST_CASE("a failed sync with a full batch waiting turns the ledger read-only, not aborts it") {
+  // While a group's sync waits, the writer fills the other batch (8 MiB)
+  // and waits for room. The sync fails; that batch is handed to the I/O
+  // side and not written, and the writer must be able to seal into it
+  // again.
+  testing::TempDir dir;
+  log::FaultyFileSystem fs(log::posix_file_system());
+  LedgerOptions options = bare_options(dir, Durability::sync);
+  options.fs = &fs;
+  auto ledger = Ledger::open(options);
+  REQUIRE(ledger.ok());
+  REQUIRE(outcome_of((*ledger)->acquire("a0", "alice", "gold", 1)) == Outcome::ok);
+  std::mutex mu;
+  std::condition_variable answered_cv;
+  int answered = 0;
+  const auto count = [&](Result<Receipt>) {
+    std::lock_guard<std::mutex> guard(mu);
+    answered++;
+    answered_cv.notify_all();
+  };
+  fs.fail_sync();
+  fs.hold_next_sync();
+  Command first;
+  first.key = "a1";
+  first.op = OpRequest::acquire("alice", "gold", 1);
+  (*ledger)->submit(first, count);
+  REQUIRE(fs.wait_until_sync_held(std::chrono::seconds(60)));
+  constexpr int kCommands = 4000;  // about 3 KiB each: 12 MiB, past one batch
+  const std::string text(1000, 'x');
+  std::thread release([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    fs.release_sync();
+  });
+  for (int index = 0; index < kCommands; index++) {
+    Command command;
+    command.key = "b";
+    command.key += std::to_string(index);
+    command.op = OpRequest::acquire("alice", "gold", 1);
+    command.meta = Metadata{text, text, text};
+    (*ledger)->submit(std::move(command), count);
+  }
+  release.join();
+  {
+    std::unique_lock<std::mutex> guard(mu);
+    answered_cv.wait(guard, [&] { return answered == kCommands + 1; });
+  }
+  CHECK((*ledger)->read_only());
+  CHECK_FALSE((*ledger)->close().ok());  // names the failed write
+}
+
 TEST_CASE("concurrent callers share fsyncs") {
   testing::TempDir dir;
   log::FaultyFileSystem fs(log::posix_file_system());

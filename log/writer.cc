@@ -416,6 +416,12 @@ Status LogWriter::write(WriteBatch* batch, bool sync) {
   return Status();
 }
 
+void LogWriter::drop(WriteBatch* batch) {
+  TALLY_ASSERT(batch != nullptr);
+  TALLY_ASSERT(batch->in_flight());
+  batch->set_in_flight(false);
+}
+
 Status LogWriter::sync() {
   Impl& s = *impl_;
   if (!s.failure.ok()) return s.failure;

@@ -6,7 +6,7 @@
 //   - the I/O side writes a sealed batch with one write per segment it
 //     touches and, when asked, one fdatasync: write(), sync().
 // The caller orders the two: seal() may be called again only after write()
-// returned for the batch the previous seal() handed out. Two batch buffers
+// (or drop()) returned for the batch the previous seal() handed out. Two batch buffers
 // are allocated at open and alternate, so appending never allocates.
 //
 // Segments are preallocated to segment_size_bytes and rotated when the next
@@ -103,6 +103,10 @@ class LogWriter {
   // ---- I/O side ----
   // Writes a sealed batch and, when sync is true, makes it durable.
   Status write(WriteBatch* batch, bool sync);
+  // Hands a sealed batch back unwritten, in write()'s place: after a
+  // failure, when what it holds must not reach the log (it was decided on
+  // a state holding events that may never have).
+  void drop(WriteBatch* batch);
   // fdatasync of the segment being written (for timed async durability).
   Status sync();
   // Snapshot of counters; safe from any thread.
