@@ -134,9 +134,13 @@ struct Archivist::Impl {
   // one and replays the log), while the history goes on.
   Status stop_snapshots(Status status);
   Status write_snapshot();
-  // Answers every snapshot asked for so far; `idle`: the thread goes back
-  // under SCHED_IDLE (not while it loads the state, which runs normal).
-  void finish_snapshot_request(std::uint64_t seq, Status status, bool idle = true);
+  // Answers the snapshots asked for with tickets up to `through` (every
+  // one asked for so far by default); `idle`: the thread goes back under
+  // SCHED_IDLE, unless a later ticket waits (not while it loads the state,
+  // which runs normal).
+  static constexpr std::uint64_t kAllTickets = UINT64_MAX;
+  void finish_snapshot_request(std::uint64_t seq, Status status,
+                               std::uint64_t through = kAllTickets, bool idle = true);
 
   const ArchivistContext context;
   const ArchivistOptions options;
@@ -301,7 +305,7 @@ Result<bool> Archivist::Impl::prepare_retrying() {
       asked = snapshot_requests > snapshot_answered;
     }
     TALLY_TRY(settle_read(std::move(prepared)));
-    if (asked) finish_snapshot_request(0, read_failure, /*idle=*/false);
+    if (asked) finish_snapshot_request(0, read_failure, kAllTickets, /*idle=*/false);
     std::unique_lock<std::mutex> guard(mu);
     wake_cv.wait_until(guard, *read_retry_at, [this] {
       return stopping || snapshot_requests > snapshot_answered;
@@ -527,20 +531,22 @@ Status Archivist::Impl::write_snapshot() {
   return Status();
 }
 
-void Archivist::Impl::finish_snapshot_request(std::uint64_t seq, Status status, bool idle) {
+void Archivist::Impl::finish_snapshot_request(std::uint64_t seq, Status status,
+                                               std::uint64_t through, bool idle) {
   std::lock_guard<std::mutex> guard(mu);
   if (status.ok()) {
     snapshot_answer = seq;
   } else {
     snapshot_answer = std::move(status);
   }
-  snapshot_answered = snapshot_requests;
-  snapshot_waiting.store(false, std::memory_order_relaxed);
+  snapshot_answered = std::max(snapshot_answered, std::min(through, snapshot_requests));
+  const bool more = snapshot_requests > snapshot_answered;
+  snapshot_waiting.store(more, std::memory_order_relaxed);
   // Back to the cores nothing else wants (snapshot_now lifted it), unless
-  // stop() has made it normal for good. Under mu, as the lift is: a request
-  // made after this lifts it again.
+  // stop() has made it normal for good or another request waits. Under
+  // mu, as the lift is: a request made after this lifts it again.
   sched_param param{};
-  if (idle && !stopping) (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &param);
+  if (idle && !stopping && !more) (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &param);
   cv.notify_all();
 }
 
@@ -556,7 +562,7 @@ std::uint64_t Archivist::Impl::wait_for_work(std::uint64_t requests, bool* reade
     // reading waits to try a failed read again.
     if ((!reads_paused() && (committed >= read_seq + kWakeRecords ||
                              (history_behind() && !history_paused()))) ||
-        stopping || snapshot_requests > requests ||
+        stopping || snapshot_requests > requests || snapshot_requests > snapshot_answered ||
         (*reader_waits && history_wanted <= committed) ||
         std::chrono::steady_clock::now() >= until) {
       return committed;
@@ -655,11 +661,14 @@ Status Archivist::Impl::run() {
     if (requested && caught_up && read_seq == 0) {
       // No event is durable yet: there is no state to snapshot.
       finish_snapshot_request(
-          0, Status(ErrorCode::invalid, "no event is durable yet: there is nothing to snapshot"));
+          0, Status(ErrorCode::invalid, "no event is durable yet: there is nothing to snapshot"),
+          requests);
     } else if (((count_due || time_due) && !stop_begun && !snapshot_paused) ||
                (requested && caught_up)) {
       Status written = write_snapshot();
-      if (requested && caught_up) finish_snapshot_request(read_seq, written);
+      // Only the tickets handed out before `committed` was read: one asked
+      // for since may follow an event acknowledged after it.
+      if (requested && caught_up) finish_snapshot_request(read_seq, written, requests);
       TALLY_TRY(settle_snapshot(std::move(written)));
     }
   }
