@@ -15,6 +15,13 @@ constexpr std::uint64_t kNoLimit = UINT64_MAX;
 
 Status crash_status() { return Status(ErrorCode::io_error, "simulated crash: the process is gone"); }
 
+Status simulated_open_failure(std::string what, int error) {
+  what += ": ";
+  what += std::strerror(error);
+  what += " (simulated)";
+  return Status(ErrorCode::io_error, std::move(what), error);
+}
+
 }  // namespace
 
 // What a write_at does, decided under the lock.
@@ -44,8 +51,14 @@ struct FaultyFileSystem::State {
   std::uint64_t flip_bit_index = 0;
   std::uint64_t reads_to_pass = 0;  // fail_reads: these first
   std::uint64_t reads_to_fail = 0;  // then these; 0: disarmed
-  std::uint64_t creates_to_fail = 0;  // fail_creates; 0: disarmed
-  int create_error = 0;               // the errno they fail with
+  // fail_creates, fail_dir_syncs: how many more fail (0: disarmed), and
+  // the errno they fail with.
+  struct OpenFailures {
+    std::uint64_t left = 0;
+    int error = 0;
+  };
+  OpenFailures creates;
+  OpenFailures dir_syncs_failing;
   bool hold_armed = false;  // hold_next_sync
   bool holding = false;     // a sync waits for release_sync
   std::condition_variable hold_cv;
@@ -62,13 +75,13 @@ struct FaultyFileSystem::State {
     return true;
   }
 
-  // The errno this open in Mode::create fails with (fail_creates), counting
+  // The errno this open fails with (fail_creates or fail_dir_syncs), counting
   // it; 0 when it does not fail.
-  int create_fails() {
+  int open_fails(OpenFailures* failures) {
     std::lock_guard lock(mutex);
-    if (creates_to_fail == 0) return 0;
-    if (creates_to_fail != FaultyFileSystem::kUntilDisarmed) creates_to_fail--;
-    return create_error;
+    if (failures->left == 0) return 0;
+    if (failures->left != FaultyFileSystem::kUntilDisarmed) failures->left--;
+    return failures->error;
   }
 
   bool is_crashed() const {
@@ -250,8 +263,13 @@ void FaultyFileSystem::fail_reads(std::uint64_t count, std::uint64_t after) {
 void FaultyFileSystem::fail_creates(std::uint64_t count, int error) {
   TALLY_ASSERT(error != 0);
   std::lock_guard lock(state_->mutex);
-  state_->creates_to_fail = count;
-  state_->create_error = error;
+  state_->creates = {count, error};
+}
+
+void FaultyFileSystem::fail_dir_syncs(std::uint64_t count, int error) {
+  TALLY_ASSERT(error != 0);
+  std::lock_guard lock(state_->mutex);
+  state_->dir_syncs_failing = {count, error};
 }
 
 void FaultyFileSystem::hold_next_sync() {
@@ -274,7 +292,8 @@ void FaultyFileSystem::disarm() {
   state_->read_delay_ms.store(0, std::memory_order_relaxed);
   std::lock_guard lock(state_->mutex);
   state_->reads_to_fail = 0;
-  state_->creates_to_fail = 0;
+  state_->creates = {};
+  state_->dir_syncs_failing = {};
   state_->crashed = false;
   state_->sync_countdown = 0;
   state_->space_left_bytes = kNoLimit;
@@ -290,11 +309,8 @@ bool FaultyFileSystem::crashed() const { return state_->is_crashed(); }
 Result<std::unique_ptr<File>> FaultyFileSystem::open(const std::string& path, Mode mode) {
   if (state_->is_crashed()) return crash_status();
   if (mode == Mode::create) {
-    if (const int error = state_->create_fails(); error != 0) {
-      std::string message = "open " + path + ": ";
-      message += std::strerror(error);
-      message += " (simulated)";
-      return Status(ErrorCode::io_error, std::move(message), error);
+    if (const int error = state_->open_fails(&state_->creates); error != 0) {
+      return simulated_open_failure("open " + path, error);
     }
   }
   auto file = base_.open(path, mode);
@@ -328,6 +344,9 @@ Status FaultyFileSystem::rename(const std::string& from, const std::string& to) 
 
 Status FaultyFileSystem::sync_dir(const std::string& dir) {
   if (state_->is_crashed()) return crash_status();
+  if (const int error = state_->open_fails(&state_->dir_syncs_failing); error != 0) {
+    return simulated_open_failure("open directory " + dir, error);
+  }
   state_->dir_syncs.fetch_add(1, std::memory_order_relaxed);
   return base_.sync_dir(dir);
 }

@@ -65,6 +65,10 @@ class FaultyFileSystem final : public FileSystem {
   // `error`, and create nothing: by default a process out of file
   // descriptors (EMFILE). kUntilDisarmed: every one, until disarm().
   void fail_creates(std::uint64_t count, int error = EMFILE);
+  // The next `count` sync_dir calls fail as opening the directory would,
+  // with io_error and errno `error`, and sync nothing. kUntilDisarmed as
+  // above.
+  void fail_dir_syncs(std::uint64_t count, int error = EMFILE);
   // The next File::sync waits, before it syncs (or fails, when fail_sync
   // armed it), until release_sync() or disarm(): a sync the test lets
   // finish once it has made what it wants happen meanwhile.

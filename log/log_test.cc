@@ -658,6 +658,7 @@ TEST_CASE("a segment's file that cannot be created for want of descriptors is tr
   };
   SUBCASE("out of descriptors for a few tries: the write goes through") {
     fs.fail_creates(3);
+    fs.fail_dir_syncs(3);  // and then to sync the new name
     const std::uint64_t seq = segment_record();
     REQUIRE(writer->write(writer->seal(), true).ok());
     CHECK(writer->stats().segments_created == 2);
@@ -680,6 +681,17 @@ TEST_CASE("a segment's file that cannot be created for want of descriptors is tr
     CHECK(writer->write(writer->seal(), true).code() == ErrorCode::io_error);
     writer.reset();
     // Nothing of the record was written: a reopened writer makes the segment.
+    auto reopened = open_writer(posix(), dir.log_dir());
+    CHECK(reopened->next_seq() == seq);
+  }
+  SUBCASE("out of them to sync the directory for longer: the write fails, the segment goes") {
+    fs.fail_dir_syncs(FaultyFileSystem::kUntilDisarmed);
+    const std::uint64_t seq = segment_record();
+    const Status failed = writer->write(writer->seal(), true);
+    CHECK(failed.code() == ErrorCode::io_error);
+    CHECK(failed.message().find("open directory") != std::string::npos);
+    fs.disarm();
+    writer.reset();
     auto reopened = open_writer(posix(), dir.log_dir());
     CHECK(reopened->next_seq() == seq);
   }

@@ -18,10 +18,11 @@ std::int64_t system_now_ns() {
       .count();
 }
 
-// Whether a failed create may succeed when tried again: the process or the
-// system was out of descriptors or memory, which other holders give back.
-// An error of unknown origin gets the benefit of the doubt; a refusal (a
-// permission, a read-only file system) fails at once.
+// Whether a failed create (or directory open) may succeed when tried
+// again: the process or the system was out of descriptors or memory,
+// which other holders give back. An error of unknown origin gets the
+// benefit of the doubt; a refusal (a permission, a read-only file system)
+// fails at once.
 bool may_pass(const Status& status) {
   if (status.code() != ErrorCode::io_error) return false;
   switch (status.os_error()) {
@@ -34,6 +35,12 @@ bool may_pass(const Status& status) {
     default:
       return false;
   }
+}
+
+const Status& status_of(const Status& status) { return status; }
+template <class T>
+Status status_of(const Result<T>& result) {
+  return result.status();
 }
 
 }  // namespace
@@ -144,9 +151,25 @@ struct LogWriter::Impl {
   Status sync_file();
   Status write_file(std::uint64_t offset, std::span<const std::byte> data);
   Status create_segment(std::uint64_t first_seq, std::uint64_t prev_checksum);
-  // Opens `path` in Mode::create, tried again after an error that may pass
-  // (LogWriterOptions::create_retry_max).
-  Result<std::unique_ptr<File>> open_created(const std::string& path);
+  // op() (returning a Status or a Result), tried again after an error that
+  // may pass, for up to LogWriterOptions::create_retry_max: what making a
+  // segment does with a descriptor of its own (opening the file, syncing
+  // the directory).
+  template <class Op>
+  auto retrying(const Op& op) -> decltype(op()) {
+    constexpr std::chrono::milliseconds kWaitMax{256};
+    const auto give_up = std::chrono::steady_clock::now() + options.create_retry_max;
+    std::chrono::milliseconds wait{1};
+    for (;;) {
+      auto result = op();
+      if (result.ok() || !may_pass(status_of(result)) ||
+          std::chrono::steady_clock::now() + wait > give_up) {
+        return result;
+      }
+      std::this_thread::sleep_for(wait);
+      wait = std::min(wait * 2, kWaitMax);
+    }
+  }
   Status start_segment(std::uint64_t first_seq, std::uint64_t prev_checksum);
   Status open_existing(const LogEnd& end);
   Status zero_range(std::uint64_t from, std::uint64_t to);
@@ -180,7 +203,7 @@ Status LogWriter::Impl::write_file(std::uint64_t offset, std::span<const std::by
 // all that was left) until a reopen.
 Status LogWriter::Impl::create_segment(std::uint64_t first_seq, std::uint64_t prev_checksum) {
   const std::string path = join_path(dir, segment_file_name(first_seq));
-  auto created = open_created(path);
+  auto created = retrying([&] { return fs.open(path, FileSystem::Mode::create); });
   if (!created) return created.status();
   file = std::move(*created);
   file_first_seq = first_seq;
@@ -190,21 +213,6 @@ Status LogWriter::Impl::create_segment(std::uint64_t first_seq, std::uint64_t pr
     if (fs.remove(path).ok()) ignore_status(fs.sync_dir(dir));
   }
   return made;
-}
-
-Result<std::unique_ptr<File>> LogWriter::Impl::open_created(const std::string& path) {
-  constexpr std::chrono::milliseconds kWaitMax{256};
-  const auto give_up = std::chrono::steady_clock::now() + options.create_retry_max;
-  std::chrono::milliseconds wait{1};
-  for (;;) {
-    auto created = fs.open(path, FileSystem::Mode::create);
-    if (created || !may_pass(created.status()) ||
-        std::chrono::steady_clock::now() + wait > give_up) {
-      return created;
-    }
-    std::this_thread::sleep_for(wait);
-    wait = std::min(wait * 2, kWaitMax);
-  }
 }
 
 // Preallocates the new `file` and makes its header and name durable.
@@ -220,7 +228,7 @@ Status LogWriter::Impl::start_segment(std::uint64_t first_seq, std::uint64_t pre
   encode_segment_header(header, bytes);
   TALLY_TRY(write_file(0, bytes));
   TALLY_TRY(sync_file());
-  TALLY_TRY(fs.sync_dir(dir));
+  TALLY_TRY(retrying([&] { return fs.sync_dir(dir); }));
   segments_created.fetch_add(1, std::memory_order_relaxed);
   return Status();
 }

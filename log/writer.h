@@ -16,7 +16,8 @@
 // So a write() with sync that rotates costs three fdatasyncs, not one.
 //
 // Errors: a failed write or sync is sticky (a segment's file that cannot
-// be created is tried again first: LogWriterOptions::create_retry_max).
+// be created, or its directory opened, for want of descriptors is tried
+// again first: LogWriterOptions::create_retry_max).
 // The writer refuses everything after it (io_error), since the file's
 // contents are then unknown; the owner reopens the log to go on.
 #pragma once
@@ -46,11 +47,12 @@ struct LogWriterOptions {
   std::size_t batch_bytes_max = 8u << 20;
   // Clock for the informative creation time in segment headers.
   std::int64_t (*now_ns)() = nullptr;
-  // Creating a segment's file that fails for want of file descriptors or
-  // memory (in a process whose sockets come and go, say) is tried again
-  // for up to this long, waiting 1 ms, then twice as long each time
-  // up to 256 ms: nothing was written yet, so a passing shortage need not
-  // fail the writer for good. The write waits meanwhile.
+  // Creating a segment's file, or opening its directory to sync the new
+  // name, that fails for want of file descriptors or memory (in a process
+  // whose sockets come and go, say) is tried again for up to this long
+  // each, waiting 1 ms, then twice as long each time up to 256 ms: no
+  // frame was written yet, so a passing shortage need not fail the writer
+  // for good. The write waits meanwhile.
   std::chrono::milliseconds create_retry_max{5000};
 };
 
