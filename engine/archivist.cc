@@ -652,9 +652,11 @@ Status Archivist::Impl::run() {
     // snapshot_due_at_close writes its own, from the ledger's state, once
     // the archivist has stopped.
     bool stop_begun = false;
+    std::uint64_t written_seq = 0;  // of the last snapshot this open wrote
     {
       std::lock_guard<std::mutex> guard(mu);
       stop_begun = stopping;
+      written_seq = stats.last_snapshot_seq;
     }
     // After a failed write, a due one waits for its retry time.
     const bool snapshot_paused = snapshot_retry_at.has_value() && now < *snapshot_retry_at;
@@ -663,6 +665,9 @@ Status Archivist::Impl::run() {
       finish_snapshot_request(
           0, Status(ErrorCode::invalid, "no event is durable yet: there is nothing to snapshot"),
           requests);
+    } else if (requested && caught_up && read_seq == written_seq) {
+      // Asked for while the last one was written, with nothing since.
+      finish_snapshot_request(read_seq, Status(), requests);
     } else if (((count_due || time_due) && !stop_begun && !snapshot_paused) ||
                (requested && caught_up)) {
       Status written = write_snapshot();
