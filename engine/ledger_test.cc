@@ -80,6 +80,15 @@ LedgerOptions bare_options(const testing::TempDir& dir, Durability durability) {
   return options;
 }
 
+// A ledger with sync durability whose files go through `fs`.
+std::unique_ptr<Ledger> open_sync_on(const testing::TempDir& dir, log::FaultyFileSystem& fs) {
+  LedgerOptions options = bare_options(dir, Durability::sync);
+  options.fs = &fs;
+  auto ledger = Ledger::open(options);
+  REQUIRE(ledger.ok());
+  return std::move(*ledger);
+}
+
 Outcome outcome_of(Result<Receipt> result) {
   REQUIRE_MESSAGE(result.ok(), result.status().to_string());
   return result->outcome;
@@ -679,17 +688,14 @@ TEST_CASE("no answer rests on a group whose write failed") {
   // saw its events in the state: they answer an error, never them.
   testing::TempDir dir;
   log::FaultyFileSystem fs(log::posix_file_system());
-  LedgerOptions options = bare_options(dir, Durability::sync);
-  options.fs = &fs;
-  auto ledger = Ledger::open(options);
-  REQUIRE(ledger.ok());
-  REQUIRE(outcome_of((*ledger)->acquire("a1", "alice", "gold", 5)) == Outcome::ok);
+  auto ledger = open_sync_on(dir, fs);
+  REQUIRE(outcome_of(ledger->acquire("a1", "alice", "gold", 5)) == Outcome::ok);
   const auto submit = [&](std::string key, OpRequest op) {
     auto answer = std::make_shared<std::promise<Result<Receipt>>>();
     Command command;
     command.key = std::move(key);
     command.op = std::move(op);
-    (*ledger)->submit(command, [answer](Result<Receipt> receipt) { answer->set_value(receipt); });
+    ledger->submit(command, [answer](Result<Receipt> receipt) { answer->set_value(receipt); });
     return answer->get_future();
   };
   fs.fail_sync();
@@ -700,7 +706,7 @@ TEST_CASE("no answer rests on a group whose write failed") {
   auto conflict = submit("a2", OpRequest::acquire("alice", "gold", 7));
   auto spent = submit("a3", OpRequest::consume("alice", "gold", 50));
   std::promise<Result<Balance>> read;
-  (*ledger)->submit_balance("alice", "gold",
+  ledger->submit_balance("alice", "gold",
                             [&read](Result<Balance> balance) { read.set_value(balance); });
   // Time for the writer to decide them before the sync fails. Any decided
   // after it are refused (read_only): the checks below hold either way.
@@ -713,7 +719,7 @@ TEST_CASE("no answer rests on a group whose write failed") {
   CHECK_FALSE(spent.get().ok());
   const Result<Balance> balance = read.get_future().get();
   if (balance.ok()) CHECK(balance->available == 5);
-  CHECK((*ledger)->read_only());
+  CHECK(ledger->read_only());
 }
 
 TEST_CASE("a failed sync with a full batch waiting turns the ledger read-only, not aborts it") {
@@ -723,11 +729,8 @@ TEST_CASE("a failed sync with a full batch waiting turns the ledger read-only, n
   // again.
   testing::TempDir dir;
   log::FaultyFileSystem fs(log::posix_file_system());
-  LedgerOptions options = bare_options(dir, Durability::sync);
-  options.fs = &fs;
-  auto ledger = Ledger::open(options);
-  REQUIRE(ledger.ok());
-  REQUIRE(outcome_of((*ledger)->acquire("a0", "alice", "gold", 1)) == Outcome::ok);
+  auto ledger = open_sync_on(dir, fs);
+  REQUIRE(outcome_of(ledger->acquire("a0", "alice", "gold", 1)) == Outcome::ok);
   std::mutex mu;
   std::condition_variable answered_cv;
   int answered = 0;
@@ -741,7 +744,7 @@ TEST_CASE("a failed sync with a full batch waiting turns the ledger read-only, n
   Command first;
   first.key = "a1";
   first.op = OpRequest::acquire("alice", "gold", 1);
-  (*ledger)->submit(first, count);
+  ledger->submit(first, count);
   REQUIRE(fs.wait_until_sync_held(std::chrono::seconds(60)));
   constexpr int kCommands = 4000;  // about 3 KiB each: 12 MiB, past one batch
   const std::string text(1000, 'x');
@@ -755,15 +758,15 @@ TEST_CASE("a failed sync with a full batch waiting turns the ledger read-only, n
     command.key += std::to_string(index);
     command.op = OpRequest::acquire("alice", "gold", 1);
     command.meta = Metadata{text, text, text};
-    (*ledger)->submit(std::move(command), count);
+    ledger->submit(std::move(command), count);
   }
   release.join();
   {
     std::unique_lock<std::mutex> guard(mu);
     answered_cv.wait(guard, [&] { return answered == kCommands + 1; });
   }
-  CHECK((*ledger)->read_only());
-  CHECK_FALSE((*ledger)->close().ok());  // names the failed write
+  CHECK(ledger->read_only());
+  CHECK_FALSE(ledger->close().ok());  // names the failed write
 }
 
 TEST_CASE("concurrent callers share fsyncs") {
