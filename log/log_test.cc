@@ -690,6 +690,7 @@ TEST_CASE("a segment's file that cannot be created for want of descriptors is tr
     const Status failed = writer->write(writer->seal(), true);
     CHECK(failed.code() == ErrorCode::io_error);
     CHECK(failed.message().find("open directory") != std::string::npos);
+    CHECK_FALSE(std::filesystem::exists(segment_path(dir.log_dir(), seq)));  // removed again
     fs.disarm();
     writer.reset();
     auto reopened = open_writer(posix(), dir.log_dir());
