@@ -539,6 +539,31 @@ TEST_CASE("a reopened log is synced before it goes on: a crashed writer may not 
   CHECK(fs.writes() == 0);
 }
 
+TEST_CASE("sync_log syncs each segment that may hold a record through the seq, then the directory") {
+  TempDir dir;
+  {
+    auto writer = open_writer(posix(), dir.log_dir());
+    append_records(*writer, 3000, 37);
+  }
+  auto reader = LogReader::open(posix(), dir.log_dir());
+  REQUIRE(reader.ok());
+  const std::vector<std::uint64_t> segments = (*reader)->segment_first_seqs();
+  REQUIRE(segments.size() > 3);
+  FaultyFileSystem fs(posix());
+  // The third segment's first record, then its last: the same three segments.
+  for (const std::uint64_t seq : {segments[2], segments[3] - 1}) {
+    fs.reset_counters();
+    REQUIRE(sync_log(fs, dir.log_dir(), seq).ok());
+    CHECK(fs.syncs() == 3);
+    CHECK(fs.dir_syncs() == 1);
+  }
+  fs.reset_counters();
+  REQUIRE(sync_log(fs, dir.log_dir(), 3000).ok());
+  CHECK(fs.syncs() == segments.size());
+  CHECK(fs.writes() == 0);
+  CHECK(sync_log(fs, dir.sub("none"), 1).code() == ErrorCode::not_found);
+}
+
 TEST_CASE("a batch that crosses into a new segment syncs the old one before creating it") {
   TempDir dir;
   FaultyFileSystem fs(posix());

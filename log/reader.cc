@@ -569,6 +569,19 @@ Result<bool> LogReader::next(Record* record) {
   }
 }
 
+Status sync_log(FileSystem& fs, const std::string& dir, std::uint64_t seq) {
+  auto names = fs.list(dir);
+  if (!names) return names.status();
+  for (const std::string& name : *names) {
+    std::uint64_t first_seq = 0;
+    if (!parse_segment_file_name(name, &first_seq) || first_seq > seq) continue;
+    auto file = fs.open(join_path(dir, name), FileSystem::Mode::read_only);
+    if (!file) return file.status();
+    TALLY_TRY((*file)->sync());
+  }
+  return fs.sync_dir(dir);
+}
+
 const LogEnd& LogReader::end() const { return impl_->end; }
 
 const std::vector<std::uint64_t>& LogReader::segment_first_seqs() const {

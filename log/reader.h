@@ -89,6 +89,14 @@ struct LogReaderOptions {
 // frame's (a frame copied whole from elsewhere verifies on its own).
 Status decode_record(EventDecoder& decoder, const Record& record, Event* event);
 
+// Makes the records of the log in `dir` through `seq` durable, whoever
+// wrote them: syncs each segment that may hold one (those beginning at or
+// before seq), then the directory. For a process that reads beside a live
+// writer and keeps what it read (`tally snapshot`): a writer with async
+// durability may not have synced those records yet, and what the reader
+// keeps must not outlive them in a power loss.
+Status sync_log(FileSystem& fs, const std::string& dir, std::uint64_t seq);
+
 class LogReader {
  public:
   // `dir` is the log directory (DATA/log). A missing or empty directory is

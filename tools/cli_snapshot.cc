@@ -6,15 +6,18 @@
 // nor takes the directory's LOCK, so it runs beside a live `tally serve` on
 // the same directory: LMDB serialises the two processes' writes to the
 // snapshot environment. The state is the log's prefix this process read,
-// which may include events the live writer has written and not yet synced;
-// if a crash then loses them, the snapshot's chain checksum no longer
-// matches the log and recovery skips it (engine/replay.h), never loads it.
+// which may include events a live writer with async durability has written
+// and not yet synced: the snapshot syncs the log through its seq before it
+// is written, so that a power loss cannot leave a snapshot ahead of the log
+// (recovery would skip it, engine/replay.h, and with --retain 1 replay the
+// whole log).
 #include <filesystem>
 #include <system_error>
 
 #include "engine/ledger.h"
 #include "log/file.h"
 #include "log/lock.h"
+#include "log/reader.h"
 #include "snapshots/renew.h"
 #include "snapshots/store.h"
 #include "tools/audit.h"
@@ -87,6 +90,7 @@ Result<Taken> take_snapshot(const std::string& data_dir, std::size_t retain) {
   Taken taken;
   taken.replayed = replayed->report.events;
   const snap::LogPosition position{state.last_seq(), chain, state.last_timestamp_ns()};
+  TALLY_TRY(log::sync_log(log::posix_file_system(), log_dir(data_dir), position.seq));
   if (shared.store == nullptr) TALLY_TRY(open_store());
   auto writing = hold_for_writing(snapshot_dir(data_dir));
   if (!writing) return writing.status();
