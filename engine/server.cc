@@ -584,8 +584,25 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
       send_error(request->id, Core::starting());
       return stop_reading(Status(ErrorCode::busy, "closing: the server is starting"));
     }
-    if (!request->refused.ok()) return send_error(request->id, request->refused);
+    if (!request->refused.ok()) {
+      count_refused(*request);
+      return send_error(request->id, request->refused);
+    }
     dispatch(std::move(*request));
+  }
+
+  // A request refused as it was decoded counts as an answer to what it
+  // asked for, as an HTTP request refused for its body does; one that does
+  // not say (an unknown kind or op) counts nowhere, as an unknown route.
+  // It is answered at once: no time in the latency histogram.
+  void count_refused(const wire::Request& request) {
+    if (!request.refused_asks) return;
+    using Kind = wire::Request::Kind;
+    Metrics::Op op = Metrics::Op::hold_info;
+    if (request.kind == Kind::mutation) op = Metrics::op_of(request.command);
+    if (request.kind == Kind::balance) op = Metrics::Op::balance;
+    if (request.kind == Kind::list) op = Metrics::Op::list;
+    core_.metrics().record(op, Metrics::error_slot(request.refused.code()), 0);
   }
 
   // Answers unauthorized (counted, and logged with `message`) and closes

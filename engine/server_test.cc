@@ -2559,17 +2559,27 @@ TEST_CASE("binary: a request that decodes but cannot be taken is answered invali
   send_mutation(1, 0, 0);  // a single mutation with no op
   send_mutation(2, 2, 0);  // ... with two: the Ledger refuses it, as it would embedded
   send_mutation(3, 1, 9);  // an op type this version does not know
+  send_mutation(5, 1001, 1);  // consumes, more than a batch may hold
   // In completion order: the second goes to the Ledger, the others are
   // refused as they are decoded.
   std::set<std::uint64_t> refused;
-  for (int answer = 0; answer < 3; answer++) {
+  for (int answer = 0; answer < 4; answer++) {
     const wire::Response response = read_response(socket);
     CHECK(response.kind == wire::Response::Kind::error);
     CHECK(response.error.code() == ErrorCode::invalid);
     if (response.id == 2) CHECK(response.error.message() == "ops are given but batch is not set");
     refused.insert(response.id);
   }
-  CHECK(refused == std::set<std::uint64_t>{1, 2, 3});
+  CHECK(refused == std::set<std::uint64_t>{1, 2, 3, 5});
+  // Each answer counts under the op it asked for, where it says: the
+  // second and the last; the others name none, as an unknown route.
+  const std::string metrics = get(fx.server->http_port(), "/metrics").body;
+  CHECK(metrics.find("tally_ops_total{op=\"acquire\",outcome=\"invalid\"} 1\n") !=
+        std::string::npos);
+  CHECK(metrics.find("tally_ops_total{op=\"consume\",outcome=\"invalid\"} 1\n") !=
+        std::string::npos);
+  CHECK(metrics.find("tally_request_duration_seconds_count{op=\"consume\"} 1\n") !=
+        std::string::npos);
   asio::write(socket, asio::buffer(balance_frame(4, "s", "i")));
   const wire::Response answer = read_response(socket);
   CHECK(answer.id == 4);
@@ -2635,6 +2645,13 @@ TEST_CASE("binary: an asOf of an unknown kind is answered invalid, not read as a
     refused.insert(response.id);
   }
   CHECK(refused == std::set<std::uint64_t>{1, 2, 3});
+  const std::string metrics = get(fx.server->http_port(), "/metrics").body;
+  for (const char* op : {"balance", "list", "hold_info"}) {
+    std::string series = "tally_ops_total{op=\"";
+    series += op;
+    series += "\",outcome=\"invalid\"} 1\n";
+    CHECK(metrics.find(series) != std::string::npos);
+  }
   // The connection stays.
   asio::write(socket, asio::buffer(balance_frame(4, "s", "i")));
   const wire::Response answer = read_response(socket);

@@ -514,18 +514,50 @@ Result<FrameView> FrameReader::next() {
   return frame;
 }
 
+// Sets a refused request's `kind`, `command.batch` and `command.op.type`
+// where the message tells them, and `refused_asks` when they say what it
+// asked for.
+void note_what_refused_asks(proto::Request::Reader in, Request* out) {
+  switch (in.which()) {
+    case proto::Request::MUTATION: {
+      out->kind = Request::Kind::mutation;
+      const auto mutation = in.getMutation();
+      out->command.batch = mutation.getBatch();
+      if (out->command.batch) {
+        out->refused_asks = true;
+        return;
+      }
+      const auto ops = mutation.getOps();
+      if (ops.size() == 0) return;
+      const auto type = static_cast<std::uint16_t>(ops[0].getType());
+      if (type > static_cast<std::uint16_t>(proto::OpType::RELEASE)) return;
+      out->command.op.type = static_cast<OpType>(type);
+      out->refused_asks = true;
+      return;
+    }
+    case proto::Request::BALANCE: out->kind = Request::Kind::balance; break;
+    case proto::Request::LIST: out->kind = Request::Kind::list; break;
+    case proto::Request::HOLD_INFO:
+    case proto::Request::HOLD_INFO_AT: out->kind = Request::Kind::hold_info; break;
+    default: return;  // a hello, follow or cancel is no op of the metrics; an unknown kind
+  }
+  out->refused_asks = true;
+}
+
 // The one place untrusted frames are decoded: kj::Exception is caught here
 // and turned into an invalid Status (STYLE.md).
 Result<Request> decode_request(FrameView frame) {
   Request request;
   try {
     capnp::FlatArrayMessageReader reader(words_of(frame), reader_options(frame));
-    Status refused = decode_request_fields(reader.getRoot<proto::Request>(), &request);
+    const proto::Request::Reader root = reader.getRoot<proto::Request>();
+    Status refused = decode_request_fields(root, &request);
     if (!refused.ok()) {
-      const std::uint64_t id = request.id;
-      request = Request();
-      request.id = id;
-      request.refused = std::move(refused);
+      Request kept;
+      kept.id = request.id;
+      kept.refused = std::move(refused);
+      note_what_refused_asks(root, &kept);
+      request = std::move(kept);
     }
   } catch (const kj::Exception& exception) {
     return Status(ErrorCode::invalid, "malformed request: " +

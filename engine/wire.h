@@ -96,10 +96,17 @@ struct Request {
   std::uint64_t follow_id = 0;               // cancel: the follow's request id
   // Not ok: a well-formed message this server does not take (an unknown
   // kind, op type or asOf kind, a single mutation without an op, too many
-  // ops): answered with this error under `id`, the rest unset. A single
-  // mutation with more than one op decodes, its first op as `command.op`
-  // and the rest as `command.ops`, for the Ledger's validation to refuse.
+  // ops): answered with this error under `id`, the rest unset but what
+  // `refused_asks` says. A single mutation with more than one op decodes,
+  // its first op as `command.op` and the rest as `command.ops`, for the
+  // Ledger's validation to refuse.
   Status refused;
+  // With `refused`: `kind` is set, and for a mutation `command.batch` and,
+  // for a single one, `command.op.type`: what the request asked for, so
+  // that it counts as an answer to that. False when the decoder did not
+  // get that far (an unknown kind or op type, a single mutation without
+  // an op).
+  bool refused_asks = false;
 };
 
 // The events of a follow batch, each the serialized Event message of
