@@ -32,7 +32,8 @@ void append_line(std::string* out, std::string_view name, std::string_view label
 // A value in seconds or another fractional unit, as the text format takes it.
 void append_number(std::string* out, double value) {
   char text[48];
-  std::snprintf(text, sizeof text, "%.9g", value);
+  // 15 digits: whole numbers (event counts) up to 10^15 print exactly.
+  std::snprintf(text, sizeof text, "%.15g", value);
   *out += text;
 }
 
@@ -178,7 +179,7 @@ std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed,
               "Events per group commit: one write of the log for all of them.");
   append_histogram(&out, "tally_group_commit_events", "", stats.group_events, 1);
   append_single(&out, "tally_log_bytes_total", "counter",
-                "Bytes appended to the log since open.", stats.log_bytes_written);
+                "Bytes written to the log since open: frames, segment headers, zeroed torn tails.", stats.log_bytes_written);
   render_open_progress(&out, stats.snapshot_seq, stats.events_replayed, false);
   append_help(&out, "tally_open_replay_seconds", "gauge",
               "How long loading the snapshot and replaying the log took at open.");
