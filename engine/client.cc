@@ -111,6 +111,18 @@ Result<T> read_answer(Result<wire::Response>& response, wire::Response::Kind kin
   return extract(*response);
 }
 
+// A round of failing requests (Client::Impl::fail): the client, and its
+// count of such rounds.
+struct FailingRound {
+  const void* client = nullptr;
+  std::uint64_t round = 0;
+};
+// The round whose handlers this thread runs.
+thread_local FailingRound running_round;
+// The round that failed this thread's last blocking call: its caller has
+// heard of that round's failures (Client::Impl::send).
+thread_local FailingRound heard_round;
+
 // Waits for what submitting with a completion delivers; from one of the
 // client's own threads (a completion) that would wait for itself.
 template <class T, class Submit>
@@ -118,8 +130,14 @@ Result<T> wait_for(bool own_thread, const Submit& submit) {
   if (own_thread) return detail::blocking_in_completion();
   std::promise<Result<T>> answer;
   auto future = answer.get_future();
-  submit([&answer](Result<T> result) { answer.set_value(std::move(result)); });
-  return future.get();
+  FailingRound failed_in;  // set before the promise, read after it
+  submit([&answer, &failed_in](Result<T> result) {
+    failed_in = running_round;
+    answer.set_value(std::move(result));
+  });
+  Result<T> result = future.get();
+  if (failed_in.client != nullptr) heard_round = failed_in;
+  return result;
 }
 
 wire::Request balance_request(std::string subject, std::string item, std::optional<AsOf> at) {
@@ -212,9 +230,12 @@ struct Client::Impl {
   // Removes a pending request, keeping follows_pending.
   std::map<std::uint64_t, Pending>::iterator erase_pending(
       std::map<std::uint64_t, Pending>::iterator entry);
-  void fail(std::vector<ResponseDone> failed, const Status& why);
+  // Runs the handlers of failing round `round` (running_round).
+  void fail(std::vector<ResponseDone> failed, const Status& why, std::uint64_t round);
   // Runs the on_end of every follow in `ended`, without the lock.
   void end_cancelled_locked(std::unique_lock<std::mutex>& guard);
+  // Sets `failing` and counts the round: its number.
+  std::uint64_t begin_failing_locked();
   // fail(), without the lock; meanwhile `failing` (send()).
   void fail_locked(std::unique_lock<std::mutex>& guard, std::vector<ResponseDone> failed,
                    const Status& why);
@@ -229,9 +250,11 @@ struct Client::Impl {
   bool connected = false;
   bool closing = false;
   // Handlers of failed requests are running. A request another thread
-  // sends meanwhile fails at once: its caller has not heard of the
-  // failures yet, and it must not be delivered after them.
+  // sends meanwhile fails at once, unless its caller's blocking call failed
+  // in this round (heard_round): it may not have heard of the failures
+  // yet, and it must not be delivered after them.
   bool failing = false;
+  std::uint64_t failing_rounds = 0;  // the rounds begun
   std::uint64_t next_id = 1;
   std::map<std::uint64_t, Pending> pending;  // by id: resent in the order sent
   // The follows among them, which do not count against inflight_max.
@@ -397,10 +420,10 @@ void Client::Impl::fail_all_locked(std::unique_lock<std::mutex>& guard, const St
   pending.clear();
   follows_pending = 0;
   cv.notify_all();  // senders waiting for room
-  failing = true;
+  const std::uint64_t round = begin_failing_locked();
   guard.unlock();
-  fail(std::move(failed_sent), sent);
-  fail(std::move(failed_unsent), unsent);
+  fail(std::move(failed_sent), sent, round);
+  fail(std::move(failed_unsent), unsent, round);
   guard.lock();
   failing = false;
   end_cancelled_locked(guard);
@@ -417,16 +440,24 @@ void Client::Impl::end_cancelled_locked(std::unique_lock<std::mutex>& guard) {
   }
 }
 
-void Client::Impl::fail(std::vector<ResponseDone> failed, const Status& why) {
+std::uint64_t Client::Impl::begin_failing_locked() {
+  failing = true;
+  return ++failing_rounds;
+}
+
+void Client::Impl::fail(std::vector<ResponseDone> failed, const Status& why,
+                        std::uint64_t round) {
+  const FailingRound outer = std::exchange(running_round, FailingRound{this, round});
   for (ResponseDone& done : failed) done(why);
+  running_round = outer;
 }
 
 void Client::Impl::fail_locked(std::unique_lock<std::mutex>& guard,
                                std::vector<ResponseDone> failed, const Status& why) {
   if (failed.empty()) return;
-  failing = true;
+  const std::uint64_t round = begin_failing_locked();
   guard.unlock();
-  fail(std::move(failed), why);
+  fail(std::move(failed), why, round);
   guard.lock();
   failing = false;
 }
@@ -545,7 +576,8 @@ std::uint64_t Client::Impl::send(wire::Request request, ResponseDone done, bool 
     done(client_closed());
     return 0;
   }
-  if (failing && !on_reader) {
+  const bool heard = heard_round.client == this && heard_round.round == failing_rounds;
+  if (failing && !on_reader && !heard) {
     guard.unlock();
     done(Status(ErrorCode::io_error,
                 "not sent: a request sent before it could not be delivered"));

@@ -2243,6 +2243,25 @@ TEST_CASE("client: a request that gives up takes every request sent after it alo
   CHECK(silent.connections() == 2);
 }
 
+TEST_CASE("client: a call after one that failed with the reconnect tries to reconnect again") {
+  Fixture fx;
+  ClientOptions options;
+  options.retries_max = 1;
+  options.retry_backoff_ms = 1;
+  auto client = fx.client(options);
+  REQUIRE(client->balance("alice", "gold").ok());
+  fx.stop();
+  // Each caller heard of the failure before it called again: its call is
+  // sent (to a reconnect, which fails again), not refused as one that
+  // might follow the failed one unaware.
+  for (int call = 0; call < 20; call++) {
+    const auto balance = client->balance("alice", "gold");
+    REQUIRE_FALSE(balance.ok());
+    CHECK_MESSAGE(balance.status().message().find("could not reconnect") == 0,
+                  balance.status().to_string());
+  }
+}
+
 TEST_CASE("client: a caller waiting for room is woken when the requests in flight give up") {
   SilentServer silent(true);
   ClientOptions options = silent.client_options();
