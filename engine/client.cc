@@ -837,14 +837,22 @@ void Client::submit(Command command, Completion done) {
   // on this thread, instead of sent. (A request the server cannot read
   // would cost the connection, and come back io_error after every retry.)
   // A hold's ttl is the server's to check (the limit is its setting), and
-  // so are a batch's ops after it. A closed client answers closed first,
-  // as a closed Ledger does.
+  // so are a batch's ops after it, unless they make a request too large to
+  // reach it. A closed client answers closed first, as a closed Ledger
+  // does.
   if (impl_->is_closing()) return done(client_closed());
   const Status valid = detail::validate(command, detail::Limits{});
   if (!valid.ok()) return done(valid);
   wire::Request request;
   request.kind = wire::Request::Kind::mutation;
   request.command = std::move(command);
+  // An op after the hold too long for the frame a server reads: the
+  // server would close the connection, so the op's error is given here.
+  const Status after_hold =
+      detail::validate(request.command, detail::Limits{.ops_after_hold = true});
+  if (!after_hold.ok() && wire::encode_request(request).size() > wire::kFrameBytesMaxDefault) {
+    return done(after_hold);
+  }
   impl_->send(std::move(request), [done = std::move(done)](Result<wire::Response> response) {
     done(to_receipt(response));
   });

@@ -320,7 +320,7 @@ Status validate(const Command& command, const Limits& limits) {
       return invalid("op " + std::to_string(op_index) + ": " + status.message());
     }
     // The server's to check from here (Limits).
-    if (op.type == OpType::hold && limits.hold_ttl_ns_max == 0) break;
+    if (op.type == OpType::hold && limits.hold_ttl_ns_max == 0 && !limits.ops_after_hold) break;
   }
   return Status();
 }

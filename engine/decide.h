@@ -21,6 +21,9 @@ struct Limits {
   // the ops of a batch after such a hold, since the server's answer may be
   // that the hold came first.
   std::int64_t hold_ttl_ns_max = 0;
+  // With hold_ttl_ns_max 0: check the ops after such a hold as well (a
+  // Client whose request could not reach the server otherwise).
+  bool ops_after_hold = false;
 };
 
 // invalid, naming the offending field, when the command is malformed.

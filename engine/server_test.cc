@@ -2534,6 +2534,15 @@ TEST_CASE("client: what is invalid on its face is refused at once, unsent, as em
   REQUIRE(embedded_batch.code() == ErrorCode::invalid);
   CHECK(embedded_batch.status().message().starts_with("op 0: ttl out of range"));
   CHECK(client->execute(held_first).status().message() == embedded_batch.status().message());
+  // Unless an op after the hold makes the request too large for a server
+  // to read: then that op's error, at once, and the connection stays.
+  held_first.key = "hb-large";
+  held_first.ops[1].subject = std::string(2u << 20, 's');
+  const Result<Receipt> too_large = client->execute(held_first);
+  REQUIRE(too_large.code() == ErrorCode::invalid);
+  CHECK(too_large.status().message().starts_with("op 1: "));
+  CHECK_FALSE(fx.logged("exceeds the limit"));
+  REQUIRE(client->balance("alice", "gold").ok());
   // With the server gone, the same: no reconnect, no io_error.
   fx.stop();
   check_client();
