@@ -336,6 +336,13 @@ Result<std::unique_ptr<tcp::socket>> Client::Impl::connect_once() {
       auto response = wire::decode_response(*answer);
       if (!response) return response.status();
       if (response->kind == wire::Response::Kind::error) return response->error;
+      // Else every request would wait out its answer timeout on a peer
+      // that does not speak the protocol as a server does.
+      if (response->kind != wire::Response::Kind::hello || response->id != hello.id) {
+        return Status(ErrorCode::invalid, options.address +
+                                              " answered the hello with something else than "
+                                              "a hello: is it a tally server?");
+      }
       return fresh;
     }
     const std::span<std::byte> space = reader.space();

@@ -2038,8 +2038,11 @@ TEST_CASE("client: a follow cancelled while the client reconnects ends with ok, 
 // a stopped server, or one whose answers never come.
 class SilentServer {
  public:
-  explicit SilentServer(bool answer_hello)
+  // `answer_kind`: what it answers the hello with.
+  explicit SilentServer(bool answer_hello,
+                        wire::Response::Kind answer_kind = wire::Response::Kind::hello)
       : answer_hello_(answer_hello),
+        answer_kind_(answer_kind),
         acceptor_(io_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)) {
     thread_ = std::thread([this] { run(); });
   }
@@ -2081,7 +2084,7 @@ class SilentServer {
           reader.commit(n);
         }
         wire::Response hello;
-        hello.kind = wire::Response::Kind::hello;
+        hello.kind = answer_kind_;
         asio::write(*socket, asio::buffer(wire::encode_response(hello)), ec);
         socket->non_blocking(true, ec);
       }
@@ -2098,6 +2101,7 @@ class SilentServer {
   }
 
   const bool answer_hello_;
+  const wire::Response::Kind answer_kind_;
   asio::io_context io_;
   tcp::acceptor acceptor_;
   std::thread thread_;
@@ -2105,6 +2109,15 @@ class SilentServer {
   std::atomic<std::size_t> bytes_{0};
   std::atomic<int> connections_{0};
 };
+
+TEST_CASE("client: a peer that answers the hello with something else is refused at connect") {
+  SilentServer silent(true, wire::Response::Kind::receipt);
+  auto connected = Client::connect(silent.client_options());
+  REQUIRE(connected.code() == ErrorCode::invalid);
+  CHECK(connected.status().message().find("answered the hello with something else") !=
+        std::string::npos);
+  CHECK(silent.connections() == 1);  // not tried again
+}
 
 TEST_CASE("client: a server that never answers the hello is given up after connect_timeout_ms") {
   SilentServer silent(false);
