@@ -255,7 +255,9 @@ Result<Expectation> parse_expect(std::string_view text) {
   for (std::size_t line_index = 0; line_index < lines.size(); line_index++) {
     const std::string_view line = lines[line_index];
     if (counts_seen) return line_error(line_index + 1, "text after the #outcomes line");
-    if (line.starts_with("#outcomes ")) {
+    // A balance line of a subject beginning "#outcomes " has commas; the
+    // counts line has none.
+    if (line.starts_with("#outcomes ") && line.find(',') == std::string_view::npos) {
       TALLY_TRY(parse_counts(line, line_index + 1, &expectation.counts));
       counts_seen = true;
       continue;

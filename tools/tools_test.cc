@@ -228,6 +228,12 @@ TEST_CASE("expect: balance lines and outcome counts") {
   CHECK_FALSE(parse_expect("#outcomes ok=1 insufficient=0 retry=0\n").ok());
   CHECK_FALSE(parse_expect("#outcomes ok=1 insufficient=0 hold_unknown=0 retry=0 x=1\n").ok());
   CHECK_FALSE(parse_expect("#outcomes ok=0 insufficient=0 hold_unknown=0 retry=0\ns1,i1,1,0\n").ok());
+  // A subject may begin as the counts line does; its line has commas.
+  expectation = parse_expect("#outcomes ok=1,i,5,0\n#outcomes ok=1 insufficient=0 "
+                             "hold_unknown=0 retry=0\n");
+  REQUIRE(expectation.ok());
+  CHECK(expectation->balance_lines == std::vector<std::string>{"#outcomes ok=1,i,5,0"});
+  CHECK(expectation->counts == OutcomeCounts{1, 0, 0, 0});
 }
 
 TEST_CASE("expect: four fields, each pair once, amounts as numbers") {
