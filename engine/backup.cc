@@ -110,16 +110,16 @@ Result<log::LogEnd> read_log(log::FileSystem& fs, const std::string& dir, Run* r
   auto reader = log::LogReader::open(fs, dir);
   if (!reader) return reader.status();
   log::Record record;
-  std::uint64_t next_seq = 1;  // of the record read next
   while (true) {
     auto more = (*reader)->next(&record);
     if (!more) {
+      // Not judged by the seq reached: damage after the last frame of the
+      // segment before the last is found once every record of it was read.
       const std::vector<std::uint64_t>& firsts = (*reader)->segment_first_seqs();
-      *in_last_segment = firsts.empty() || next_seq >= firsts.back();
+      *in_last_segment = firsts.empty() || (*reader)->segment_first_seq() == firsts.back();
       return more.status();
     }
     if (!*more) return (*reader)->end();
-    next_seq = record.seq + 1;
     run->report(BackupStage::log_events, record.seq, 0);
     TALLY_TRY(run->check());
   }
@@ -202,7 +202,11 @@ Status copy_log(log::FileSystem& fs, const std::string& from, const std::string&
   // (or, for a segment being made, a torn header): repaired as the next
   // writer would, so that the backup opens as a clean log.
   if (end.torn || end.torn_header) {
-    auto repaired = log::LogWriter::open(fs, to, end, log::LogWriterOptions{});
+    log::LogWriterOptions options;
+    // A segment being made is made again at its predecessor's size: the
+    // source's setting, which a default would not be.
+    if (end.torn_header && sizes.size() >= 2) options.segment_size_bytes = sizes[sizes.size() - 2];
+    auto repaired = log::LogWriter::open(fs, to, end, options);
     if (!repaired) return repaired.status();
   }
   return fs.sync_dir(to);

@@ -296,16 +296,26 @@ TEST_CASE("damage in a segment before the last fails a backup at once") {
   }
   std::sort(segments.begin(), segments.end());
   REQUIRE(segments.size() >= 3);
+  const auto check_fails_at_once = [&](const std::string& segment) {
+    auto report = backup_data(source, dir.sub("backup"));
+    REQUIRE(report.code() == ErrorCode::corrupt);
+    const std::string name = std::filesystem::path(segment).filename().string();
+    CHECK(report.status().message().find("segment " + name + " offset ") != std::string::npos);
+    // Not copied again: no write lands in a segment before the last.
+    CHECK(report.status().message().find("in a segment before the last") != std::string::npos);
+    CHECK(report.status().message().find("as copied") == std::string::npos);
+    CHECK_FALSE(std::filesystem::exists(dir.sub("backup")));
+  };
+  // A byte at the end of the segment before the last, after its frames:
+  // found once every record of it was read.
+  const std::string before_last = segments[segments.size() - 2];
+  const auto before_last_bytes = std::filesystem::file_size(before_last);
+  REQUIRE(testing::flip_byte(before_last, before_last_bytes - 1));
+  check_fails_at_once(before_last);
+  REQUIRE(testing::flip_byte(before_last, before_last_bytes - 1));  // back
   // A byte in the middle of the first segment: inside some frame.
   REQUIRE(testing::flip_byte(segments[0], 32 << 10));
-  auto report = backup_data(source, dir.sub("backup"));
-  REQUIRE(report.code() == ErrorCode::corrupt);
-  CHECK(report.status().message().find("segment 0000000000000001.seg offset ") !=
-        std::string::npos);
-  // Not copied again: no write lands in a segment before the last.
-  CHECK(report.status().message().find("in a segment before the last") != std::string::npos);
-  CHECK(report.status().message().find("as copied") == std::string::npos);
-  CHECK_FALSE(std::filesystem::exists(dir.sub("backup")));
+  check_fails_at_once(segments[0]);
 }
 
 TEST_CASE("a backup repairs an empty last segment, as a rotation on a full disk leaves it") {
@@ -317,6 +327,31 @@ TEST_CASE("a backup repairs an empty last segment, as a rotation on a full disk 
   auto report = backup_data(source, dir.sub("backup"));
   REQUIRE_MESSAGE(report.ok(), report.status().to_string());
   CHECK(report->last_seq == last_seq);
+  check_backup(source, dir.sub("backup"), *report);
+}
+
+TEST_CASE("a segment being made is repaired in the backup at the size of the one before it") {
+  testing::TempDir dir;
+  const std::string source = dir.sub("data");
+  LedgerOptions options = small_ledger(source);
+  options.snapshot_every_events = 0;
+  std::uint64_t last_seq = 0;
+  {
+    auto ledger = open_ledger(options);
+    REQUIRE(mutate(*ledger, "k", 0, 300));
+    last_seq = ledger->stats().next_seq - 1;
+    REQUIRE(ledger->close().ok());
+  }
+  // Preallocated, its header not written yet: a rotation under way.
+  const std::string name = log::segment_file_name(last_seq + 1);
+  const std::string made = log::join_path(log_dir(source), name);
+  { std::ofstream file(made); }
+  std::filesystem::resize_file(made, options.segment_size_bytes);
+  auto report = backup_data(source, dir.sub("backup"));
+  REQUIRE_MESSAGE(report.ok(), report.status().to_string());
+  CHECK(report->last_seq == last_seq);
+  CHECK(std::filesystem::file_size(log::join_path(log_dir(dir.sub("backup")), name)) ==
+        options.segment_size_bytes);
   check_backup(source, dir.sub("backup"), *report);
 }
 

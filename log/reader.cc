@@ -588,4 +588,8 @@ const std::vector<std::uint64_t>& LogReader::segment_first_seqs() const {
   return impl_->first_seqs;
 }
 
+std::uint64_t LogReader::segment_first_seq() const {
+  return impl_->first_seqs.empty() ? 0 : impl_->first_seq();
+}
+
 }  // namespace tally::log

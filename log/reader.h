@@ -113,6 +113,9 @@ class LogReader {
 
   // Names of the segment files, in seq order.
   const std::vector<std::uint64_t>& segment_first_seqs() const;
+  // The segment being read (0 when there is none): after next() failed,
+  // the one the failure lies in, as its Status names it.
+  std::uint64_t segment_first_seq() const;
 
  private:
   struct Impl;
