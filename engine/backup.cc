@@ -302,6 +302,18 @@ bool held_by_this_process(const std::string& data_dir) {
   return static_cast<bool>(lock >> pid) && pid == static_cast<long long>(::getpid());
 }
 
+// Gives `copy` the permissions of `source`: the files of a copy are made
+// readable by all (0644), so a data directory closed to others (0700)
+// must not become an open copy.
+Status keep_closed_as(const std::string& source, const std::string& copy) {
+  std::error_code error;
+  const std::filesystem::perms perms = std::filesystem::status(source, error).permissions();
+  using std::filesystem::perm_options;
+  if (!error) std::filesystem::permissions(copy, perms, perm_options::replace, error);
+  if (error) return Status(ErrorCode::io_error, "chmod " + copy + ": " + error.message());
+  return Status();
+}
+
 // Whether `inner` is `outer` or lies under it, once both are resolved.
 bool within(const std::string& inner, const std::string& outer) {
   std::error_code ignored;
@@ -354,7 +366,8 @@ Result<BackupReport> backup_data(const std::string& data_dir, const std::string&
   }
   BackupReport report;
   Run run{progress, cancel, 0, 0, 0, nullptr};
-  Status built = build(fs, data_dir, staging, copies, &run, &report);
+  Status built = keep_closed_as(data_dir, staging);
+  if (built.ok()) built = build(fs, data_dir, staging, copies, &run, &report);
   if (built.ok()) built = run.check();
   if (built.ok()) built = rename_new(staging, out_dir);
   if (built.ok()) built = fs.sync_dir(log::parent_dir(out_dir));

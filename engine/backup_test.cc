@@ -355,6 +355,18 @@ TEST_CASE("a segment being made is repaired in the backup at the size of the one
   check_backup(source, dir.sub("backup"), *report);
 }
 
+TEST_CASE("a backup is as closed to others as its source") {
+  testing::TempDir dir;
+  const std::string source = dir.sub("data");
+  one_segment_source(source);
+  using std::filesystem::perms;
+  const perms owner_only = perms::owner_all;
+  std::filesystem::permissions(source, owner_only, std::filesystem::perm_options::replace);
+  auto report = backup_data(source, dir.sub("backup"));
+  REQUIRE_MESSAGE(report.ok(), report.status().to_string());
+  CHECK(std::filesystem::status(dir.sub("backup")).permissions() == owner_only);
+}
+
 TEST_CASE("a backup leaves out a store that does not open, and refuses a destination that exists") {
   testing::TempDir dir;
   const std::string source = dir.sub("data");
