@@ -242,10 +242,17 @@ Status Archivist::Impl::check_history() {
 }
 
 // Walks the history's pages before anything reads or writes them: one found
-// damaged stops the history alone (stop_history).
+// damaged, or that cannot be read (a sector the disk cannot read), stops
+// the history alone (stop_history); snapshots go on. closed when stop()
+// gave up waiting for it (abandon).
 Status Archivist::Impl::check_history_pages() {
   if (!history_on || history_checked.load()) return Status();
-  TALLY_TRY(stop_history(context.history->check_pages()));
+  Status checked = context.history->check_pages(&abandon);
+  if (checked.code() == ErrorCode::closed && abandon.load()) return checked;
+  if (!checked.ok() && checked.code() != ErrorCode::corrupt) {
+    checked = Status(ErrorCode::corrupt, "reading its pages: " + checked.to_string());
+  }
+  TALLY_TRY(stop_history(std::move(checked)));
   if (history_on) mark_history_checked();
   return Status();
 }
@@ -577,7 +584,9 @@ Status Archivist::Impl::run() {
   // SCHED_IDLE, a machine busy with other work could keep it (and a close
   // that waits for it) from finishing for as long as the load lasts. The
   // walk of the history's pages first: readers wait for it.
-  TALLY_TRY(check_history_pages());
+  const Status checked = check_history_pages();
+  if (!checked.ok() && abandon.load()) return Status();  // given up: nothing to flush
+  TALLY_TRY(checked);
   auto prepared = prepare_retrying();
   // Stopped, and not done loading within kDrainMax: nothing to flush.
   if (!prepared && abandon.load()) return Status();

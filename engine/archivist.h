@@ -132,7 +132,8 @@ class Archivist {
   // Whether the history index may be read: once the thread has walked its
   // pages (snap::HistoryStore::check_pages, its first work: a page damaged
   // on disk would end the process in LMDB's read of it) and while it has
-  // not stopped on a damaged index (stats().history_failure). Waits for the
+  // not stopped on a damaged index, or one whose pages could not be read
+  // in that walk (stats().history_failure). Waits for the
   // walk up to `timeout` (0.1 s for a 245 MB index in the page cache;
   // about a second per 250 MB from the disk); false past it, or at once
   // once the history stopped: the reader then goes to the log. Without the
@@ -144,7 +145,8 @@ class Archivist {
   ArchivistStats stats();
   // Lets the thread finish loading its copy of the state and catch the
   // history up with the committed log, for up to a second in all; past
-  // it, a load or read under way stops. Then lets it flush the history,
+  // it, a load or read under way (the walk of the history's pages too)
+  // stops. Then lets it flush the history,
   // for up to another second; past it, the flush stops (the next open
   // reads what was not flushed from the log again, as after a crash).
   // Only a snapshot being written is waited for. Stops the thread.

@@ -1443,7 +1443,7 @@ Result<BackupReport> Ledger::backup(const std::string& out_dir, const BackupProg
     }
     TALLY_TRY(impl.history->probe());
     // The copy reads every page, and LMDB trusts them: they are walked first.
-    TALLY_TRY(impl.history->check_pages());
+    TALLY_TRY(impl.history->check_pages(&impl.backups_cancelled));
     return impl.history->copy_to(to, keep_going);
   };
   return detail::backup_data(impl.options.data_dir, out_dir, *impl.fs, copies, progress,

@@ -1403,7 +1403,9 @@ Status HistoryStore::Impl::count_hashes(const Txn& txn, std::span<const std::uin
 
 Status HistoryStore::probe() const { return position().status(); }
 
-Status HistoryStore::check_pages() const { return impl_->env->check_trees(history::kDbNames); }
+Status HistoryStore::check_pages(const std::atomic<bool>* cancelled) const {
+  return impl_->env->check_trees(history::kDbNames, cancelled);
+}
 
 Status HistoryStore::copy_to(const std::string& dir, const CopyProgress& keep_going) const {
   return impl_->env->copy_to(dir, keep_going);

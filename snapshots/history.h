@@ -181,7 +181,8 @@ class HistoryStore {
   // check_all_pages, for a store opened without it. LMDB trusts its pages,
   // so a damaged one would end the process in a read or a write that
   // reaches it. Safe beside appends and flushes from another thread.
-  Status check_pages() const;
+  // Once `*cancelled` (when given) is true, it fails with closed.
+  Status check_pages(const std::atomic<bool>* cancelled = nullptr) const;
   // A compacted copy of the index as of its last flush into `dir` (made by
   // the caller, empty): lmdb::Environment::copy_to. A backup's.
   Status copy_to(const std::string& dir, const CopyProgress& keep_going = {}) const;

@@ -1446,6 +1446,19 @@ TEST_CASE("check_pages finds in an open index the damage a check at open finds")
   CHECK(found_later > 0);
 }
 
+TEST_CASE("check_pages stops reading once cancelled") {
+  TempDir dir;
+  write_many_pairs_index(dir);
+  HistoryStoreOptions options = small_options();
+  options.read_only = true;
+  auto store = HistoryStore::open(dir.sub("history"), options);
+  REQUIRE_OK(store.status());
+  std::atomic<bool> cancelled{false};
+  REQUIRE_OK((*store)->check_pages(&cancelled));
+  cancelled = true;
+  CHECK((*store)->check_pages(&cancelled).code() == ErrorCode::closed);
+}
+
 TEST_CASE("a second writer's flush is locked, and the index keeps the first's") {
   TempDir dir;
   std::unique_ptr<HistoryStore> store = open_history(dir);

@@ -13,6 +13,7 @@
 #include <lmdb.h>
 
 #include <array>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -164,8 +165,10 @@ class Environment {
   // main database and the trees of the named databases in `db_names` from
   // the file (tree_check.cc) before LMDB does; open() runs it with
   // options.db_names_checked. Safe beside a writer, in this process or
-  // another: it walks the pages of one read transaction.
-  Status check_trees(std::span<const char* const> db_names);
+  // another: it walks the pages of one read transaction. Once `*cancelled`
+  // (when given) is true, it reads no more and fails with closed.
+  Status check_trees(std::span<const char* const> db_names,
+                     const std::atomic<bool>* cancelled = nullptr);
 
   // corrupt when the file holds a named database, or a record in LMDB's
   // main database, that is not among options.db_names. open() runs it.

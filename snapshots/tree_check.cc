@@ -355,7 +355,8 @@ Status Environment::check_meta_pages() const {
   return status;
 }
 
-Status Environment::check_trees(std::span<const char* const> db_names) {
+Status Environment::check_trees(std::span<const char* const> db_names,
+                                const std::atomic<bool>* cancelled) {
   MDB_stat stat{};
   const int rc = mdb_env_stat(env_, &stat);
   if (rc != 0) return error("mdb_env_stat", rc);
@@ -363,8 +364,10 @@ Status Environment::check_trees(std::span<const char* const> db_names) {
   // are walked.
   ReadTxn txn;
   TALLY_TRY(txn.begin(*this));
-  auto file = log::posix_file_system().open(dir_ + "/data.mdb",
-                                            log::FileSystem::Mode::read_only);
+  std::unique_ptr<log::FileSystem> cancellable;
+  if (cancelled != nullptr) cancellable = log::make_posix_read_through_file_system(*cancelled);
+  log::FileSystem& fs = cancelled != nullptr ? *cancellable : log::posix_file_system();
+  auto file = fs.open(dir_ + "/data.mdb", log::FileSystem::Mode::read_only);
   if (!file) return file.status();
   TreeWalk walk(component_, **file, stat.ms_psize, db_names);
   return walk.walk(mdb_txn_id(txn.get()));
