@@ -10,13 +10,13 @@
 #include <cstring>
 #include <exception>
 #include <filesystem>
-#include <fstream>
 #include <span>
 #include <system_error>
 #include <utility>
 
 #include "engine/replay.h"
 #include "log/file.h"
+#include "log/lock.h"
 #include "log/reader.h"
 #include "log/writer.h"
 #include "snapshots/history.h"
@@ -294,14 +294,6 @@ Status build(log::FileSystem& fs, const std::string& data_dir, const std::string
   return fs.sync_dir(staging);
 }
 
-// Whether a ledger of this very process holds data_dir: DirLock writes the
-// holder's pid into DATA/LOCK and clears it at close.
-bool held_by_this_process(const std::string& data_dir) {
-  std::ifstream lock(log::join_path(data_dir, "LOCK"));
-  long long pid = 0;
-  return static_cast<bool>(lock >> pid) && pid == static_cast<long long>(::getpid());
-}
-
 // Gives `copy` the permissions of `source`: the files of a copy are made
 // readable by all (0644), so a data directory closed to others (0700)
 // must not become an open copy.
@@ -388,7 +380,7 @@ Result<BackupReport> backup_data(const std::string& data_dir, const std::string&
   // LMDB allows one open of an environment per process: a second one, once
   // closed, drops the locks of the first (a live ledger's), and another
   // process could then reset the lock file under it.
-  if (held_by_this_process(data_dir)) {
+  if (log::DirLock::held_by_this_process(data_dir)) {
     return Status(ErrorCode::invalid,
                   "a ledger of this process has " + data_dir +
                       " open, and LMDB allows one open of a store per process: back it "

@@ -355,6 +355,17 @@ TEST_CASE("a segment being made is repaired in the backup at the size of the one
   check_backup(source, dir.sub("backup"), *report);
 }
 
+TEST_CASE("a backup is not refused for a pid a killed holder left in LOCK") {
+  testing::TempDir dir;
+  const std::string source = dir.sub("data");
+  one_segment_source(source);
+  // As a holder killed with SIGKILL leaves it, the pid now this process's.
+  { std::ofstream(log::join_path(source, "LOCK")) << ::getpid() << "\n"; }
+  auto report = backup_data(source, dir.sub("backup"));
+  REQUIRE_MESSAGE(report.ok(), report.status().to_string());
+  check_backup(source, dir.sub("backup"), *report);
+}
+
 TEST_CASE("a backup is as closed to others as its source") {
   testing::TempDir dir;
   const std::string source = dir.sub("data");

@@ -127,6 +127,19 @@ Result<std::unique_ptr<DirLock>> DirLock::acquire(const std::string& data_dir) {
   return std::unique_ptr<DirLock>(new DirLock(fd, dir_fd));
 }
 
+bool DirLock::held_by_this_process(const std::string& data_dir) {
+  int fd = -1;
+  do {
+    fd = ::open(join_path(data_dir, kLockFileName).c_str(), O_RDONLY | O_CLOEXEC);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) return false;
+  // The probe's shared lock, if it gets one, goes with its descriptor.
+  const bool held = read_holder_pid(fd) == std::to_string(::getpid()) &&
+                    lock_now(fd, /*shared=*/true) == EWOULDBLOCK;
+  ::close(fd);
+  return held;
+}
+
 DirLock::~DirLock() {
   // Clear the pid so that nobody blames a process that let go; closing the
   // descriptor releases the lock.

@@ -20,6 +20,10 @@ namespace tally::log {
 class DirLock {
  public:
   static Result<std::unique_ptr<DirLock>> acquire(const std::string& data_dir);
+  // Whether a DirLock of this process holds data_dir: its LOCK names this
+  // process and is locked. (A holder killed with SIGKILL leaves its pid in
+  // LOCK, which a later process may have.)
+  static bool held_by_this_process(const std::string& data_dir);
   ~DirLock();
   DirLock(const DirLock&) = delete;
   DirLock& operator=(const DirLock&) = delete;
