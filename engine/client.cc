@@ -678,6 +678,15 @@ Status Client::Impl::deliver(std::vector<wire::Response>* responses) {
         status = Status(ErrorCode::invalid, "response to an unknown request id");
         break;
       }
+      // A follow's batch begins where the last one ended (or at the seq
+      // asked for): else events would be lost or repeated.
+      if (entry->second.follow && response.kind == wire::Response::Kind::events &&
+          !response.end &&
+          response.next_seq - response.events.size() != entry->second.request->from_seq) {
+        status = Status(ErrorCode::invalid, "a follow's batch does not begin at the seq it "
+                                            "was to begin at");
+        break;
+      }
       ResponseDone done;
       if (!take_batch(entry->second, response, &done)) {
         done = std::move(entry->second.done);

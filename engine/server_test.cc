@@ -2036,13 +2036,35 @@ TEST_CASE("client: a follow cancelled while the client reconnects ends with ok, 
 
 // A peer that accepts connections and answers nothing, or only the hello:
 // a stopped server, or one whose answers never come.
+// The next request a client sent; none when the connection ends first.
+std::optional<wire::Request> read_frame(tcp::socket& socket, wire::FrameReader& reader) {
+  boost::system::error_code ec;
+  while (true) {
+    auto frame = reader.next();
+    if (!frame) return std::nullopt;
+    if (!frame->empty()) {
+      auto request = wire::decode_request(*frame);
+      if (!request) return std::nullopt;
+      return std::move(*request);
+    }
+    const std::span<std::byte> space = reader.space();
+    const std::size_t n = socket.read_some(asio::buffer(space.data(), space.size()), ec);
+    if (ec) return std::nullopt;
+    reader.commit(n);
+  }
+}
+
 class SilentServer {
  public:
-  // `answer_kind`: what it answers the hello with.
+  // `answer_kind`: what it answers the hello with. `after_hello`: what it
+  // does then on each connection, before it reads and answers nothing.
+  using Script = std::function<void(tcp::socket&, wire::FrameReader&)>;
   explicit SilentServer(bool answer_hello,
-                        wire::Response::Kind answer_kind = wire::Response::Kind::hello)
+                        wire::Response::Kind answer_kind = wire::Response::Kind::hello,
+                        Script after_hello = {})
       : answer_hello_(answer_hello),
         answer_kind_(answer_kind),
+        after_hello_(std::move(after_hello)),
         acceptor_(io_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)) {
     thread_ = std::thread([this] { run(); });
   }
@@ -2075,17 +2097,11 @@ class SilentServer {
       connections_++;
       if (answer_hello_) {
         wire::FrameReader reader(wire::kFrameBytesMaxDefault);
-        while (true) {  // the hello
-          auto frame = reader.next();
-          if (!frame || !frame->empty()) break;
-          const std::span<std::byte> space = reader.space();
-          const std::size_t n = socket->read_some(asio::buffer(space.data(), space.size()), ec);
-          if (ec) break;
-          reader.commit(n);
-        }
+        read_frame(*socket, reader);  // the hello
         wire::Response hello;
         hello.kind = answer_kind_;
         asio::write(*socket, asio::buffer(wire::encode_response(hello)), ec);
+        if (after_hello_) after_hello_(*socket, reader);
         socket->non_blocking(true, ec);
       }
       kept.push_back(std::move(socket));
@@ -2102,6 +2118,7 @@ class SilentServer {
 
   const bool answer_hello_;
   const wire::Response::Kind answer_kind_;
+  const Script after_hello_;
   asio::io_context io_;
   tcp::acceptor acceptor_;
   std::thread thread_;
@@ -2109,6 +2126,40 @@ class SilentServer {
   std::atomic<std::size_t> bytes_{0};
   std::atomic<int> connections_{0};
 };
+
+TEST_CASE("client: a follow's batch that does not begin where it should drops the connection") {
+  // Asked from seq 1, it answers with one event that ends before seq 5:
+  // seq 4, three events lost.
+  SilentServer skipping(true, wire::Response::Kind::hello,
+                        [](tcp::socket& socket, wire::FrameReader& reader) {
+                          const auto follow = read_frame(socket, reader);
+                          if (!follow) return;
+                          wire::Response batch;
+                          batch.id = follow->id;
+                          batch.kind = wire::Response::Kind::events;
+                          batch.events.append(std::vector<std::byte>(8));
+                          batch.next_seq = 5;
+                          boost::system::error_code ec;
+                          asio::write(socket, asio::buffer(wire::encode_response(batch)), ec);
+                        });
+  ClientOptions options = skipping.client_options();
+  options.retries_max = 1;
+  auto connected = Client::connect(options);
+  REQUIRE(connected.ok());
+  std::atomic<int> batches{0};
+  std::promise<Status> ended;
+  (*connected)->follow(
+      1, [&](const EventBatch&) { batches++; },
+      [&](Status why) { ended.set_value(std::move(why)); });
+  auto end = ended.get_future();
+  REQUIRE(end.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
+  const Status why = end.get();
+  CHECK(why.code() == ErrorCode::io_error);  // as for any answer it refused
+  CHECK_MESSAGE(why.message().find("does not begin at the seq") != std::string::npos,
+                why.to_string());
+  CHECK(batches == 0);
+  CHECK(skipping.connections() == 2);  // once again, then given up
+}
 
 TEST_CASE("client: a peer that answers the hello with something else is refused at connect") {
   SilentServer silent(true, wire::Response::Kind::receipt);
