@@ -355,6 +355,35 @@ TEST_CASE("wire: requests and responses round-trip; framing limits hold") {
   CHECK(wire::decode_request(bad).code() == ErrorCode::invalid);
 }
 
+TEST_CASE("wire: an answer holding a value this version does not know answers its request") {
+  const auto decoded = [](const std::function<void(proto::Response::Builder)>& build) {
+    capnp::MallocMessageBuilder builder;
+    auto response = builder.initRoot<proto::Response>();
+    response.setId(7);
+    build(response);
+    const kj::Array<capnp::word> words = capnp::messageToFlatArray(builder);
+    wire::FrameWords frame(words.size());
+    std::memcpy(frame.data(), words.begin(), words.size() * sizeof(capnp::word));
+    auto answer = wire::decode_response(frame);
+    REQUIRE(answer.ok());
+    CHECK(answer->id == 7);
+    CHECK(answer->kind == wire::Response::Kind::error);
+    CHECK(answer->error.code() == ErrorCode::io_error);
+    return answer->error.message();
+  };
+  CHECK(decoded([](proto::Response::Builder response) {
+          response.initReceipt().setOutcome(static_cast<proto::Outcome>(99));
+        }).find("outcome 99, which this version does not know") != std::string::npos);
+  CHECK(decoded([](proto::Response::Builder response) {
+          response.initHoldInfo().setStatus(static_cast<proto::HoldStatus>(9));
+        }).find("hold status 9") != std::string::npos);
+  CHECK(decoded([](proto::Response::Builder response) {
+          auto error = response.initError();
+          error.setCode(static_cast<proto::ErrorCode>(77));
+          error.setMessage("rate limited");
+        }).find("error code 77 (rate limited)") != std::string::npos);
+}
+
 TEST_CASE("wire: the least size of a list answer is at most its frame's, by the frame's header") {
   wire::Response list;
   list.kind = wire::Response::Kind::list;

@@ -220,7 +220,7 @@ void encode_receipt(const Receipt& receipt, proto::Receipt::Builder out) {
 Status decode_receipt(proto::Receipt::Reader in, Receipt* out) {
   const auto outcome = static_cast<std::uint16_t>(in.getOutcome());
   if (outcome > static_cast<std::uint16_t>(proto::Outcome::HOLD_FINALIZED)) {
-    return Status(ErrorCode::invalid, "unknown outcome " + std::to_string(outcome));
+    return Status(ErrorCode::invalid, "outcome " + std::to_string(outcome));
   }
   out->outcome = static_cast<Outcome>(outcome);
   out->replay = in.getReplay();
@@ -245,7 +245,7 @@ void encode_hold_view(const HoldView& hold, proto::HoldView::Builder out) {
 Status decode_hold_view(proto::HoldView::Reader in, HoldView* out) {
   const auto status = static_cast<std::uint16_t>(in.getStatus());
   if (status > static_cast<std::uint16_t>(proto::HoldStatus::EXPIRED)) {
-    return Status(ErrorCode::invalid, "unknown hold status");
+    return Status(ErrorCode::invalid, "hold status " + std::to_string(status));
   }
   out->id = in.getId();
   out->subject = as_string(in.getSubject());
@@ -254,6 +254,25 @@ Status decode_hold_view(proto::HoldView::Reader in, HoldView* out) {
   out->expires_at_ns = in.getExpiresAtNs();
   out->status = static_cast<HoldStatus>(status);
   out->committed_qty = in.getCommittedQty();
+  return Status();
+}
+
+// The error a request gets for a well-formed answer holding a value this
+// version does not know (a newer server's): io_error, as its outcome is
+// unknown here, rather than the connection dropped over it.
+Status unknown_answer(const std::string& what) {
+  return Status(ErrorCode::io_error, "the server answered with " + what +
+                                         ", which this version does not know (a newer "
+                                         "server?): the outcome is unknown");
+}
+
+// Makes `out` the error answer to its request: the answer was `refused`.
+Status answer_unknown(const Status& refused, Response* out) {
+  const std::uint64_t id = out->id;
+  *out = Response();
+  out->id = id;
+  out->kind = Response::Kind::error;
+  out->error = unknown_answer(refused.message());
   return Status();
 }
 
@@ -266,7 +285,8 @@ Status decode_error(proto::Error::Reader in, Response* out) {
     return Status();
   }
   if (code == 0 || code > static_cast<std::uint16_t>(proto::ErrorCode::BUSY)) {
-    return Status(ErrorCode::invalid, "unknown error code " + std::to_string(code));
+    out->error = unknown_answer("error code " + std::to_string(code) + " (" + message + ")");
+    return Status();
   }
   out->error = Status(static_cast<ErrorCode>(code), message);
   return Status();
@@ -302,7 +322,10 @@ Status decode_response_fields(proto::Response::Reader in, Response* out) {
       return decode_error(in.getError(), out);
     case proto::Response::RECEIPT:
       out->kind = Response::Kind::receipt;
-      return decode_receipt(in.getReceipt(), &out->receipt);
+      if (Status known = decode_receipt(in.getReceipt(), &out->receipt); !known.ok()) {
+        return answer_unknown(known, out);
+      }
+      return Status();
     case proto::Response::BALANCE:
       out->kind = Response::Kind::balance;
       out->balance = Balance{in.getBalance().getAvailable(), in.getBalance().getHeld()};
@@ -316,7 +339,10 @@ Status decode_response_fields(proto::Response::Reader in, Response* out) {
       return Status();
     case proto::Response::HOLD_INFO:
       out->kind = Response::Kind::hold_info;
-      return decode_hold_view(in.getHoldInfo(), &out->hold);
+      if (Status known = decode_hold_view(in.getHoldInfo(), &out->hold); !known.ok()) {
+        return answer_unknown(known, out);
+      }
+      return Status();
     case proto::Response::HELLO:
       out->kind = Response::Kind::hello;
       return Status();
@@ -324,7 +350,7 @@ Status decode_response_fields(proto::Response::Reader in, Response* out) {
       out->kind = Response::Kind::events;
       return decode_event_batch(in.getEvents(), out);
   }
-  return Status(ErrorCode::invalid, "unknown response kind");
+  return answer_unknown(Status(ErrorCode::invalid, "a kind of answer"), out);
 }
 
 }  // namespace

@@ -155,6 +155,9 @@ std::size_t list_answer_bytes_min(const std::vector<ItemBalance>& items);
 // malformed. A request that decodes but cannot be taken is a Request whose
 // `refused` says why.
 Result<Request> decode_request(FrameView frame);
+// An answer holding a value this version does not know (a newer server's
+// kind of answer, outcome, hold status or error code) decodes as an error
+// answer to its request: io_error, its outcome unknown here.
 Result<Response> decode_response(FrameView frame);
 
 }  // namespace tally::wire
