@@ -466,6 +466,15 @@ TEST_CASE("wire: a FrameReader cuts a stream into frames however the reads split
   std::memcpy(space.data(), &count_minus_one, sizeof count_minus_one);
   segments.commit(8);
   CHECK(segments.next().code() == ErrorCode::invalid);
+
+  // A frame announced large takes memory as its bytes come, not before.
+  wire::FrameReader announced(1 << 20);
+  const std::uint32_t table[2] = {0, (1 << 17) - 1};  // one segment of 1 MiB - 8
+  space = announced.space();
+  std::memcpy(space.data(), table, sizeof table);
+  announced.commit(sizeof table);
+  REQUIRE(announced.next().ok());
+  CHECK(announced.space().size() <= wire::FrameReader::kBufferBytesDefault);
 }
 
 TEST_CASE("http: every mutation and read route, problem+json, idempotency") {

@@ -502,9 +502,12 @@ std::span<std::byte> FrameReader::space() {
       words_.shrink_to_fit();
     }
   }
-  // Room for the whole frame begun (or, before its size is known, for a
-  // buffer's worth, which holds any segment table) from begin_ on.
-  const std::size_t wanted = std::max(frame_bytes_, buffer_bytes_);
+  // Room from begin_ on for a buffer's worth (which holds any segment
+  // table), or for twice what came of the frame begun, up to all of it:
+  // a peer that announces a large frame and sends little of it costs what
+  // it sent, not what it announced.
+  const std::size_t wanted =
+      std::max(buffer_bytes_, std::min(frame_bytes_, 2 * (end_ - begin_)));
   if (begin_ + wanted > capacity_bytes() || end_ == capacity_bytes()) {
     std::memmove(bytes(), bytes() + begin_, end_ - begin_);
     end_ -= begin_;

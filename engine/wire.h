@@ -56,9 +56,9 @@ class FrameReader {
   static constexpr std::size_t kBufferBytesDefault = 16 * 1024;
 
   explicit FrameReader(std::size_t frame_bytes_max, std::size_t buffer_bytes = kBufferBytesDefault);
-  // Where to read next, once next() has asked for more bytes: never empty,
-  // and large enough for the rest of the frame begun (the buffer grows to
-  // frame_bytes_max at most).
+  // Where to read next, once next() has asked for more bytes: never empty.
+  // The buffer grows with the frame begun as its bytes come, doubling, up
+  // to the frame's size (frame_bytes_max at most).
   std::span<std::byte> space();
   void commit(std::size_t bytes);
   // The next complete frame, valid until the next call of space() or
