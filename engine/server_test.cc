@@ -2345,14 +2345,22 @@ TEST_CASE("client: a request that gives up takes every request sent after it alo
   CHECK(silent.connections() == 2);
 }
 
-TEST_CASE("client: a call after one that failed with the reconnect tries to reconnect again") {
-  Fixture fx;
+// A client of fx's server that answered it once, then stopped: each
+// request then waits for a reconnect that fails.
+std::unique_ptr<Client> client_of_stopped(Fixture& fx, int retries_max,
+                                          std::int64_t retry_backoff_ms) {
   ClientOptions options;
-  options.retries_max = 1;
-  options.retry_backoff_ms = 1;
+  options.retries_max = retries_max;
+  options.retry_backoff_ms = retry_backoff_ms;
   auto client = fx.client(options);
   REQUIRE(client->balance("alice", "gold").ok());
   fx.stop();
+  return client;
+}
+
+TEST_CASE("client: a call after one that failed with the reconnect tries to reconnect again") {
+  Fixture fx;
+  auto client = client_of_stopped(fx, 1, 1);
   // Each caller heard of the failure before it called again: its call is
   // sent (to a reconnect, which fails again), not refused as one that
   // might follow the failed one unaware.
@@ -2457,12 +2465,7 @@ TEST_CASE("client: a follow waiting for events is not an overdue answer") {
 
 TEST_CASE("client: with no server, submit returns; the completion runs on the client's thread") {
   Fixture fx;
-  ClientOptions options;
-  options.retries_max = 2;
-  options.retry_backoff_ms = 10;
-  auto client = fx.client(options);
-  REQUIRE(client->acquire("a", "alice", "gold", 1)->outcome == Outcome::ok);
-  fx.stop();
+  auto client = client_of_stopped(fx, 2, 10);
   std::promise<std::pair<std::thread::id, Status>> answered;
   Command command;
   command.key = "b";
