@@ -111,6 +111,16 @@ Result<T> read_answer(Result<wire::Response>& response, wire::Response::Kind kin
   return extract(*response);
 }
 
+// Whether a batch has ops after a hold, which validate() leaves to the
+// server when it does not know the server's ttl limit.
+bool has_ops_after_hold(const Command& command) {
+  if (!command.batch) return false;
+  for (std::size_t index = 0; index + 1 < command.ops.size(); index++) {
+    if (command.ops[index].type == OpType::hold) return true;
+  }
+  return false;
+}
+
 // A round of failing requests (Client::Impl::fail): the client, and its
 // count of such rounds.
 struct FailingRound {
@@ -864,10 +874,12 @@ void Client::submit(Command command, Completion done) {
   request.command = std::move(command);
   // An op after the hold too long for the frame a server reads: the
   // server would close the connection, so the op's error is given here.
-  const Status after_hold =
-      detail::validate(request.command, detail::Limits{.ops_after_hold = true});
-  if (!after_hold.ok() && wire::encode_request(request).size() > wire::kFrameBytesMaxDefault) {
-    return done(after_hold);
+  if (has_ops_after_hold(request.command)) {
+    const Status after_hold =
+        detail::validate(request.command, detail::Limits{.ops_after_hold = true});
+    if (!after_hold.ok() && wire::encode_request(request).size() > wire::kFrameBytesMaxDefault) {
+      return done(after_hold);
+    }
   }
   impl_->send(std::move(request), [done = std::move(done)](Result<wire::Response> response) {
     done(to_receipt(response));
