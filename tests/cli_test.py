@@ -460,21 +460,21 @@ def test_bench_checks_the_expect_file():
 def test_bench_reads_expect_names_unquoted():
     d = new_dir("bench-quote")
     # A double quote is a byte of a workload's name, and of an expect
-    # file's: export prints the name as the expect file holds it.
+    # file's: export quotes the name, the expect file does not.
     csv = write(os.path.join(d, "w.csv"), HEADER + 'acquire,k1,s1,a"b,5,,,\n')
     outcomes = "#outcomes ok=1 insufficient=0 hold_unknown=0 retry=0\n"
     plain = write(os.path.join(d, "plain.expect"), 's1,a"b,5,0\n' + outcomes)
     data = os.path.join(d, "data")
     tally("bench", "--data", data, "--workload", csv, "--expect", plain, expect_exit=0)
     _, out, _ = tally("export", "--data", data, expect_exit=0)
-    assert text(out) == 's1,a"b,5,0\n', out
-    # Read unquoted, an RFC 4180 quoting names another item.
+    assert text(out) == 's1,"a""b",5,0\n', out
+    # Read unquoted, export's line names another item.
     quoted = write(os.path.join(d, "quoted.expect"), 's1,"a""b",5,0\n' + outcomes)
     code, _, err = tally("bench", "--data", os.path.join(d, "again"), "--workload", csv,
                          "--expect", quoted)
     assert code == 1, (code, err)
-    assert 's1,a"b: expected nothing, got 5,0' in err, err
-    assert 's1,"a""b": expected 5,0, got nothing' in err, err
+    assert 's1,"a""b": expected nothing, got 5,0' in err, err
+    assert 's1,"""a""""b""": expected 5,0, got nothing' in err, err
 
 
 def test_bench_refuses_a_malformed_expect_file_before_it_runs():

@@ -674,7 +674,7 @@ Status bench_point_in_time(Ledger& ledger, const Workload& workload, std::uint64
 
 // A line of Expectation::balance_lines, which parse_expect checked. Its
 // names are as a workload holds them, never quoted; `pair` is in the form
-// export prints (append_csv_name), the same for every name a workload holds.
+// export prints (append_csv_name), which quotes a name with a double quote.
 struct ExpectedBalance {
   std::string pair;
   BalanceLine amounts;

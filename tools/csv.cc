@@ -196,7 +196,7 @@ void append_workload_line(std::string* out, const WorkloadOp& op) {
 }
 
 void append_csv_name(std::string* out, std::string_view name) {
-  if (name.find_first_of(",\r\n") == std::string_view::npos) {
+  if (name.find_first_of(",\"\r\n") == std::string_view::npos) {
     out->append(name);
     return;
   }

@@ -104,11 +104,10 @@ struct BalanceLine {
 // pair has a comma and the amounts are int64s (parse_int64).
 bool parse_balance_line(std::string_view line, BalanceLine* out);
 
-// Appends a name as a CSV field: as it is, unless it holds a comma or a line
-// break; then in double quotes, each quote doubled (RFC 4180). Workload and
-// expect files never quote: their names hold no comma or line break, and a
-// double quote in them is a byte of the name. So every name they can hold
-// prints as they hold it, and a line of export is a line of an expect file.
+// Appends a name as a CSV field: as it is, unless it holds a comma, a double
+// quote or a line break; then in double quotes, each quote doubled (RFC 4180).
+// Workload and expect files never quote: their names hold no comma or line
+// break, and a double quote in them is a byte of the name.
 void append_csv_name(std::string* out, std::string_view name);
 // Appends "subject,item,available,held\n" (the names by append_csv_name):
 // one line of an expect file and of `tally export`.
