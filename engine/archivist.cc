@@ -4,6 +4,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
@@ -242,17 +243,29 @@ Status Archivist::Impl::check_history() {
 }
 
 // Walks the history's pages before anything reads or writes them: one found
-// damaged, or that cannot be read (a sector the disk cannot read), stops
-// the history alone (stop_history); snapshots go on. closed when stop()
-// gave up waiting for it (abandon).
+// damaged, or that the disk cannot read (EIO), stops the history alone
+// (stop_history); snapshots go on. Another I/O error (out of descriptors
+// or memory) pauses it and it is tried again, as a read of the log is.
+// closed when stop() came first.
 Status Archivist::Impl::check_history_pages() {
   if (!history_on || history_checked.load()) return Status();
-  Status checked = context.history->check_pages(&abandon);
-  if (checked.code() == ErrorCode::closed && abandon.load()) return checked;
-  if (!checked.ok() && checked.code() != ErrorCode::corrupt) {
-    checked = Status(ErrorCode::corrupt, "reading its pages: " + checked.to_string());
+  constexpr const char* kWhat = "checking the history index's pages";
+  while (true) {
+    Status checked = context.history->check_pages(&abandon);
+    if (checked.code() == ErrorCode::closed && abandon.load()) return checked;
+    if (checked.os_error() == EIO) {
+      checked = Status(ErrorCode::corrupt, "reading its pages: " + checked.to_string());
+    }
+    if (checked.code() != ErrorCode::io_error) {
+      TALLY_TRY(stop_history(std::move(checked)));
+      break;
+    }
+    pause(kWhat, checked, &history_retry_at);
+    std::unique_lock<std::mutex> guard(mu);
+    wake_cv.wait_until(guard, *history_retry_at, [this] { return stopping; });
+    if (stopping) return Status(ErrorCode::closed, "stopped before the pages were checked");
   }
-  TALLY_TRY(stop_history(std::move(checked)));
+  resume(kWhat, &history_retry_at);
   if (history_on) mark_history_checked();
   return Status();
 }
@@ -585,7 +598,7 @@ Status Archivist::Impl::run() {
   // that waits for it) from finishing for as long as the load lasts. The
   // walk of the history's pages first: readers wait for it.
   const Status checked = check_history_pages();
-  if (!checked.ok() && abandon.load()) return Status();  // given up: nothing to flush
+  if (checked.code() == ErrorCode::closed) return Status();  // stopped: nothing to flush
   TALLY_TRY(checked);
   auto prepared = prepare_retrying();
   // Stopped, and not done loading within kDrainMax: nothing to flush.

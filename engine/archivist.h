@@ -132,8 +132,8 @@ class Archivist {
   // Whether the history index may be read: once the thread has walked its
   // pages (snap::HistoryStore::check_pages, its first work: a page damaged
   // on disk would end the process in LMDB's read of it) and while it has
-  // not stopped on a damaged index, or one whose pages could not be read
-  // in that walk (stats().history_failure). Waits for the
+  // not stopped on a damaged index, or one with a page the disk could not
+  // read in that walk (stats().history_failure). Waits for the
   // walk up to `timeout` (0.1 s for a 245 MB index in the page cache;
   // about a second per 250 MB from the disk); false past it, or at once
   // once the history stopped: the reader then goes to the log. Without the
