@@ -5,6 +5,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <atomic>
 #include <future>
 #include <map>
 #include <mutex>
@@ -121,12 +122,14 @@ bool has_ops_after_hold(const Command& command) {
   return false;
 }
 
-// A round of failing requests (Client::Impl::fail): the client, and its
-// count of such rounds.
+// A round of failing requests (Client::Impl::fail): the client, and the
+// round's number, unique in the process (a client made later at the same
+// address does not take an earlier one's rounds for its own).
 struct FailingRound {
   const void* client = nullptr;
   std::uint64_t round = 0;
 };
+std::atomic<std::uint64_t> failing_rounds_begun{0};
 // The round whose handlers this thread runs.
 thread_local FailingRound running_round;
 // The round that failed this thread's last blocking call: its caller has
@@ -264,7 +267,7 @@ struct Client::Impl {
   // in this round (heard_round): it may not have heard of the failures
   // yet, and it must not be delivered after them.
   bool failing = false;
-  std::uint64_t failing_rounds = 0;  // the rounds begun
+  std::uint64_t failing_round = 0;  // the last one begun (FailingRound::round)
   std::uint64_t next_id = 1;
   std::map<std::uint64_t, Pending> pending;  // by id: resent in the order sent
   // The follows among them, which do not count against inflight_max.
@@ -345,9 +348,12 @@ Result<std::unique_ptr<tcp::socket>> Client::Impl::connect_once() {
     if (!answer->empty()) {
       auto response = wire::decode_response(*answer);
       if (!response) return response.status();
-      if (response->kind == wire::Response::Kind::error) return response->error;
+      if (response->kind == wire::Response::Kind::error && !response->unknown) {
+        return response->error;
+      }
       // Else every request would wait out its answer timeout on a peer
-      // that does not speak the protocol as a server does.
+      // that does not speak the protocol as a server does (or as one this
+      // version knows).
       if (response->kind != wire::Response::Kind::hello || response->id != hello.id) {
         return Status(ErrorCode::invalid, options.address +
                                               " answered the hello with something else than "
@@ -459,7 +465,8 @@ void Client::Impl::end_cancelled_locked(std::unique_lock<std::mutex>& guard) {
 
 std::uint64_t Client::Impl::begin_failing_locked() {
   failing = true;
-  return ++failing_rounds;
+  failing_round = failing_rounds_begun.fetch_add(1, std::memory_order_relaxed) + 1;
+  return failing_round;
 }
 
 void Client::Impl::fail(std::vector<ResponseDone> failed, const Status& why,
@@ -593,7 +600,7 @@ std::uint64_t Client::Impl::send(wire::Request request, ResponseDone done, bool 
     done(client_closed());
     return 0;
   }
-  const bool heard = heard_round.client == this && heard_round.round == failing_rounds;
+  const bool heard = heard_round.client == this && heard_round.round == failing_round;
   if (failing && !on_reader && !heard) {
     guard.unlock();
     done(Status(ErrorCode::io_error,
@@ -695,6 +702,11 @@ Status Client::Impl::deliver(std::vector<wire::Response>* responses) {
           response.next_seq - response.events.size() != entry->second.request->from_seq) {
         status = Status(ErrorCode::invalid, "a follow's batch does not begin at the seq it "
                                             "was to begin at");
+        break;
+      }
+      // A stream cannot pass over a message: the server goes on with it.
+      if (entry->second.follow && response.unknown) {
+        status = Status(ErrorCode::invalid, response.error.message());
         break;
       }
       ResponseDone done;

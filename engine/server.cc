@@ -594,7 +594,9 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   // A request refused as it was decoded counts as an answer to what it
   // asked for, as an HTTP request refused for its body does; one that does
   // not say (an unknown kind or op) counts nowhere, as an unknown route.
-  // It is answered at once: no time in the latency histogram.
+  // It is answered at once, at no cost a clock read per frame would be
+  // worth: 0 ns, in the first latency bucket (under 100 µs) as any
+  // measured time of it would be.
   void count_refused(const wire::Request& request) {
     if (!request.refused_asks) return;
     using Kind = wire::Request::Kind;

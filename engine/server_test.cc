@@ -369,6 +369,7 @@ TEST_CASE("wire: an answer holding a value this version does not know answers it
     CHECK(answer->id == 7);
     CHECK(answer->kind == wire::Response::Kind::error);
     CHECK(answer->error.code() == ErrorCode::io_error);
+    CHECK(answer->unknown);
     return answer->error.message();
   };
   CHECK(decoded([](proto::Response::Builder response) {
@@ -2197,6 +2198,38 @@ TEST_CASE("client: a follow's batch that does not begin where it should drops th
                 why.to_string());
   CHECK(batches == 0);
   CHECK(skipping.connections() == 2);  // once again, then given up
+}
+
+TEST_CASE("client: a follow's answer this version does not know drops the connection") {
+  // A receipt of an outcome a later version may have, under the follow's
+  // id: the stream cannot pass over it.
+  SilentServer newer(true, wire::Response::Kind::hello,
+                     [](tcp::socket& socket, wire::FrameReader& reader) {
+                       const auto follow = read_frame(socket, reader);
+                       if (!follow) return;
+                       capnp::MallocMessageBuilder builder;
+                       auto response = builder.initRoot<proto::Response>();
+                       response.setId(follow->id);
+                       response.initReceipt().setOutcome(static_cast<proto::Outcome>(99));
+                       const kj::Array<capnp::word> words = capnp::messageToFlatArray(builder);
+                       boost::system::error_code ec;
+                       asio::write(socket,
+                                   asio::buffer(words.begin(), words.size() * sizeof(capnp::word)),
+                                   ec);
+                     });
+  ClientOptions options = newer.client_options();
+  options.retries_max = 1;
+  auto connected = Client::connect(options);
+  REQUIRE(connected.ok());
+  std::promise<Status> ended;
+  (*connected)->follow(
+      1, [](const EventBatch&) {}, [&](Status why) { ended.set_value(std::move(why)); });
+  auto end = ended.get_future();
+  REQUIRE(end.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
+  const Status why = end.get();
+  CHECK(why.code() == ErrorCode::io_error);
+  CHECK_MESSAGE(why.message().find("outcome 99") != std::string::npos, why.to_string());
+  CHECK(newer.connections() == 2);  // once again, then given up
 }
 
 TEST_CASE("client: a peer that answers the hello with something else is refused at connect") {

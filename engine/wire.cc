@@ -273,6 +273,7 @@ Status answer_unknown(const Status& refused, Response* out) {
   out->id = id;
   out->kind = Response::Kind::error;
   out->error = unknown_answer(refused.message());
+  out->unknown = true;
   return Status();
 }
 
@@ -286,6 +287,7 @@ Status decode_error(proto::Error::Reader in, Response* out) {
   }
   if (code == 0 || code > static_cast<std::uint16_t>(proto::ErrorCode::BUSY)) {
     out->error = unknown_answer("error code " + std::to_string(code) + " (" + message + ")");
+    out->unknown = true;
     return Status();
   }
   out->error = Status(static_cast<ErrorCode>(code), message);

@@ -133,6 +133,7 @@ struct Response {
   Kind kind = Kind::hello;
   Status error;               // error (never ok)
   bool unauthorized = false;  // error: the token was missing or wrong
+  bool unknown = false;       // error: the answer held what this version does not know
   Receipt receipt;
   Balance balance;
   std::vector<ItemBalance> items;
