@@ -294,16 +294,23 @@ Status build(log::FileSystem& fs, const std::string& data_dir, const std::string
   return fs.sync_dir(staging);
 }
 
-// Gives `copy` the permissions of `source`: the files of a copy are made
-// readable by all (0644), so a data directory closed to others (0700)
-// must not become an open copy.
-Status keep_closed_as(const std::string& source, const std::string& copy) {
+// Sets the permissions of `dir`. The files of a copy are made readable by
+// all (0644): it is built closed to others (0700), and once whole gets its
+// source's permissions (and the owner's: a read-only source's copy is its
+// owner's to remove), so that a data directory closed to others does not
+// become an open copy.
+Status set_permissions(const std::string& dir, std::filesystem::perms perms) {
   std::error_code error;
-  const std::filesystem::perms perms = std::filesystem::status(source, error).permissions();
-  using std::filesystem::perm_options;
-  if (!error) std::filesystem::permissions(copy, perms, perm_options::replace, error);
-  if (error) return Status(ErrorCode::io_error, "chmod " + copy + ": " + error.message());
+  std::filesystem::permissions(dir, perms, std::filesystem::perm_options::replace, error);
+  if (error) return Status(ErrorCode::io_error, "chmod " + dir + ": " + error.message());
   return Status();
+}
+
+Result<std::filesystem::perms> permissions_of(const std::string& dir) {
+  std::error_code error;
+  const std::filesystem::perms perms = std::filesystem::status(dir, error).permissions();
+  if (error) return Status(ErrorCode::io_error, "stat " + dir + ": " + error.message());
+  return perms | std::filesystem::perms::owner_all;
 }
 
 // Whether `inner` is `outer` or lies under it, once both are resolved.
@@ -358,9 +365,12 @@ Result<BackupReport> backup_data(const std::string& data_dir, const std::string&
   }
   BackupReport report;
   Run run{progress, cancel, 0, 0, 0, nullptr};
-  Status built = keep_closed_as(data_dir, staging);
+  const auto source_perms = permissions_of(data_dir);
+  Status built = source_perms.status();
+  if (built.ok()) built = set_permissions(staging, std::filesystem::perms::owner_all);
   if (built.ok()) built = build(fs, data_dir, staging, copies, &run, &report);
   if (built.ok()) built = run.check();
+  if (built.ok()) built = set_permissions(staging, *source_perms);
   if (built.ok()) built = rename_new(staging, out_dir);
   if (built.ok()) built = fs.sync_dir(log::parent_dir(out_dir));
   if (!built.ok()) {

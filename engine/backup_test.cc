@@ -376,6 +376,13 @@ TEST_CASE("a backup is as closed to others as its source") {
   auto report = backup_data(source, dir.sub("backup"));
   REQUIRE_MESSAGE(report.ok(), report.status().to_string());
   CHECK(std::filesystem::status(dir.sub("backup")).permissions() == owner_only);
+  // A read-only source: its copy is still its owner's to write and remove.
+  std::filesystem::permissions(source, perms::owner_read | perms::owner_exec,
+                               std::filesystem::perm_options::replace);
+  report = backup_data(source, dir.sub("read-only"));
+  std::filesystem::permissions(source, owner_only, std::filesystem::perm_options::replace);
+  REQUIRE_MESSAGE(report.ok(), report.status().to_string());
+  CHECK(std::filesystem::status(dir.sub("read-only")).permissions() == owner_only);
 }
 
 TEST_CASE("a backup leaves out a store that does not open, and refuses a destination that exists") {
