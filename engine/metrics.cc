@@ -179,7 +179,8 @@ std::string Metrics::render(const LedgerStats& stats, const FeedStats& feed,
               "Events per group commit: one write of the log for all of them.");
   append_histogram(&out, "tally_group_commit_events", "", stats.group_events, 1);
   append_single(&out, "tally_log_bytes_total", "counter",
-                "Bytes written to the log since open: frames, segment headers, zeroed torn tails.", stats.log_bytes_written);
+                "Bytes written to the log since open: frames, segment headers, zeroed torn tails.",
+                stats.log_bytes_written);
   render_open_progress(&out, stats.snapshot_seq, stats.events_replayed, false);
   append_help(&out, "tally_open_replay_seconds", "gauge",
               "How long loading the snapshot and replaying the log took at open.");

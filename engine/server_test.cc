@@ -2166,22 +2166,21 @@ class SilentServer {
   std::atomic<int> connections_{0};
 };
 
-TEST_CASE("client: a follow's batch that does not begin where it should drops the connection") {
-  // Asked from seq 1, it answers with one event that ends before seq 5:
-  // seq 4, three events lost.
-  SilentServer skipping(true, wire::Response::Kind::hello,
-                        [](tcp::socket& socket, wire::FrameReader& reader) {
-                          const auto follow = read_frame(socket, reader);
-                          if (!follow) return;
-                          wire::Response batch;
-                          batch.id = follow->id;
-                          batch.kind = wire::Response::Kind::events;
-                          batch.events.append(std::vector<std::byte>(8));
-                          batch.next_seq = 5;
-                          boost::system::error_code ec;
-                          asio::write(socket, asio::buffer(wire::encode_response(batch)), ec);
-                        });
-  ClientOptions options = skipping.client_options();
+// A script that answers the client's first request after its hello (a
+// follow) with the frame `answer` makes for its id.
+SilentServer::Script answer_first_with(std::function<std::string(std::uint64_t id)> answer) {
+  return [answer = std::move(answer)](tcp::socket& socket, wire::FrameReader& reader) {
+    const auto request = read_frame(socket, reader);
+    if (!request) return;
+    boost::system::error_code ec;
+    asio::write(socket, asio::buffer(answer(request->id)), ec);
+  };
+}
+
+// Follows from seq 1 through a client of `peer` with one retry, until the
+// follow ends: how, and how many batches it delivered.
+std::pair<Status, int> follow_until_end(const SilentServer& peer) {
+  ClientOptions options = peer.client_options();
   options.retries_max = 1;
   auto connected = Client::connect(options);
   REQUIRE(connected.ok());
@@ -2192,7 +2191,21 @@ TEST_CASE("client: a follow's batch that does not begin where it should drops th
       [&](Status why) { ended.set_value(std::move(why)); });
   auto end = ended.get_future();
   REQUIRE(end.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
-  const Status why = end.get();
+  return {end.get(), batches.load()};
+}
+
+TEST_CASE("client: a follow's batch that does not begin where it should drops the connection") {
+  // Asked from seq 1, it answers with one event that ends before seq 5:
+  // seq 4, three events lost.
+  SilentServer skipping(true, wire::Response::Kind::hello, answer_first_with([](std::uint64_t id) {
+                          wire::Response batch;
+                          batch.id = id;
+                          batch.kind = wire::Response::Kind::events;
+                          batch.events.append(std::vector<std::byte>(8));
+                          batch.next_seq = 5;
+                          return wire::encode_response(batch);
+                        }));
+  const auto [why, batches] = follow_until_end(skipping);
   CHECK(why.code() == ErrorCode::io_error);  // as for any answer it refused
   CHECK_MESSAGE(why.message().find("does not begin at the seq") != std::string::npos,
                 why.to_string());
@@ -2203,32 +2216,20 @@ TEST_CASE("client: a follow's batch that does not begin where it should drops th
 TEST_CASE("client: a follow's answer this version does not know drops the connection") {
   // A receipt of an outcome a later version may have, under the follow's
   // id: the stream cannot pass over it.
-  SilentServer newer(true, wire::Response::Kind::hello,
-                     [](tcp::socket& socket, wire::FrameReader& reader) {
-                       const auto follow = read_frame(socket, reader);
-                       if (!follow) return;
+  SilentServer newer(true, wire::Response::Kind::hello, answer_first_with([](std::uint64_t id) {
                        capnp::MallocMessageBuilder builder;
                        auto response = builder.initRoot<proto::Response>();
-                       response.setId(follow->id);
+                       response.setId(id);
                        response.initReceipt().setOutcome(static_cast<proto::Outcome>(99));
                        const kj::Array<capnp::word> words = capnp::messageToFlatArray(builder);
-                       boost::system::error_code ec;
-                       asio::write(socket,
-                                   asio::buffer(words.begin(), words.size() * sizeof(capnp::word)),
-                                   ec);
-                     });
-  ClientOptions options = newer.client_options();
-  options.retries_max = 1;
-  auto connected = Client::connect(options);
-  REQUIRE(connected.ok());
-  std::promise<Status> ended;
-  (*connected)->follow(
-      1, [](const EventBatch&) {}, [&](Status why) { ended.set_value(std::move(why)); });
-  auto end = ended.get_future();
-  REQUIRE(end.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
-  const Status why = end.get();
+                       const auto bytes = words.asBytes();
+                       return std::string(reinterpret_cast<const char*>(bytes.begin()),
+                                          bytes.size());
+                     }));
+  const auto [why, batches] = follow_until_end(newer);
   CHECK(why.code() == ErrorCode::io_error);
   CHECK_MESSAGE(why.message().find("outcome 99") != std::string::npos, why.to_string());
+  CHECK(batches == 0);
   CHECK(newer.connections() == 2);  // once again, then given up
 }
 

@@ -539,7 +539,7 @@ TEST_CASE("a reopened log is synced before it goes on: a crashed writer may not 
   CHECK(fs.writes() == 0);
 }
 
-TEST_CASE("sync_log syncs each segment that may hold a record through the seq, then the directory") {
+TEST_CASE("sync_log syncs each segment that may hold a record through a seq, and the dir") {
   TempDir dir;
   {
     auto writer = open_writer(posix(), dir.log_dir());
