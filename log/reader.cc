@@ -106,6 +106,29 @@ std::string cut_short_problem(std::uint64_t file_bytes, const SegmentHeader& hea
          "the last: records may be lost";
 }
 
+// The header of segment `first_seq` of the log in `dir`, and the size of
+// its file in *file_bytes; corrupt unless the header is that segment's.
+Result<SegmentHeader> read_segment_header(FileSystem& fs, const std::string& dir,
+                                          std::uint64_t first_seq, std::uint64_t* file_bytes) {
+  auto file = fs.open(join_path(dir, segment_file_name(first_seq)), FileSystem::Mode::read_only);
+  if (!file) return file.status();
+  auto size = (*file)->size();
+  if (!size) return size.status();
+  *file_bytes = *size;
+  if (*size < kSegmentHeaderSize) {
+    return corrupt_at(first_seq, 0, "damaged segment header: file shorter than the header");
+  }
+  std::array<std::byte, kSegmentHeaderSize> bytes;
+  TALLY_TRY((*file)->read_at(0, bytes));
+  SegmentHeader header;
+  bool checksum_failed = false;
+  const std::string why = header_problem(bytes, first_seq, &header, &checksum_failed);
+  if (!why.empty()) {
+    return corrupt_at(first_seq, 0, checksum_failed ? "damaged segment header: " + why : why);
+  }
+  return header;
+}
+
 // A read from a seq skips the segments before the one holding it unread,
 // but checks their headers and sizes, which costs one small read each: a
 // log whose first segment is missing, or whose skipped segments are cut
@@ -121,26 +144,14 @@ Status check_skipped_headers(FileSystem& fs, const std::string& dir,
                                           std::to_string(first_seq) +
                                           " but the log continues at seq 1");
     }
-    auto file = fs.open(join_path(dir, segment_file_name(first_seq)), FileSystem::Mode::read_only);
-    if (!file) return file.status();
-    auto size = (*file)->size();
-    if (!size) return size.status();
-    if (*size < kSegmentHeaderSize) {
-      return corrupt_at(first_seq, 0, "damaged segment header: file shorter than the header");
-    }
-    std::array<std::byte, kSegmentHeaderSize> bytes;
-    TALLY_TRY((*file)->read_at(0, bytes));
-    SegmentHeader header;
-    bool checksum_failed = false;
-    const std::string why = header_problem(bytes, first_seq, &header, &checksum_failed);
-    if (!why.empty()) {
-      return corrupt_at(first_seq, 0, checksum_failed ? "damaged segment header: " + why : why);
-    }
-    const std::string cut = cut_short_problem(*size, header);
-    if (!cut.empty()) return corrupt_at(first_seq, *size, cut);
-    if (index == 0 && header.prev_checksum != kChainSeed) {
+    std::uint64_t file_bytes = 0;
+    auto header = read_segment_header(fs, dir, first_seq, &file_bytes);
+    if (!header) return header.status();
+    const std::string cut = cut_short_problem(file_bytes, *header);
+    if (!cut.empty()) return corrupt_at(first_seq, file_bytes, cut);
+    if (index == 0 && header->prev_checksum != kChainSeed) {
       return corrupt_at(first_seq, 0, "chain break: header prev_checksum " +
-                                          hex(header.prev_checksum) +
+                                          hex(header->prev_checksum) +
                                           " is not the previous frame's checksum " +
                                           hex(kChainSeed));
     }
@@ -580,6 +591,14 @@ Status sync_log(FileSystem& fs, const std::string& dir, std::uint64_t seq) {
     TALLY_TRY((*file)->sync());
   }
   return fs.sync_dir(dir);
+}
+
+Result<std::int64_t> segment_created_ns(FileSystem& fs, const std::string& dir,
+                                        std::uint64_t first_seq) {
+  std::uint64_t file_bytes = 0;
+  auto header = read_segment_header(fs, dir, first_seq, &file_bytes);
+  if (!header) return header.status();
+  return header->created_ns;
 }
 
 const LogEnd& LogReader::end() const { return impl_->end; }

@@ -97,6 +97,12 @@ Status decode_record(EventDecoder& decoder, const Record& record, Event* event);
 // keeps must not outlive them in a power loss.
 Status sync_log(FileSystem& fs, const std::string& dir, std::uint64_t seq);
 
+// When segment `first_seq` of the log in `dir` was created, as its header
+// says (SegmentHeader::created_ns: informative, for estimates only).
+// corrupt when the header is not that segment's.
+Result<std::int64_t> segment_created_ns(FileSystem& fs, const std::string& dir,
+                                        std::uint64_t first_seq);
+
 class LogReader {
  public:
   // `dir` is the log directory (DATA/log). A missing or empty directory is
