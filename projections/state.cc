@@ -610,6 +610,8 @@ Status State::remember_key_batched(const log::Event& event, std::uint32_t key_ha
   return Status();
 }
 
+void State::reserve_keys(std::size_t more) { impl_->keys.reserve(impl_->keys.size() + more); }
+
 Status State::index_keys() {
   Impl& impl = *impl_;
   if (impl.keys_waiting.empty()) return Status();

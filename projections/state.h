@@ -173,6 +173,11 @@ class State {
   Status remember_key_batched(const log::Event& event, std::uint32_t key_hash);
   Status index_keys();
   static constexpr std::size_t kKeysWaitingMax = std::size_t{1} << 16;
+  // Sizes the key index for `more` keys besides those it holds, for a
+  // replay that knows roughly how many it will remember: growing to them
+  // instead rehashes every key at each doubling, and writes a table of
+  // each size.
+  void reserve_keys(std::size_t more);
 
   std::uint64_t last_seq() const;
   std::int64_t last_timestamp_ns() const;

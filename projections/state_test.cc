@@ -541,6 +541,40 @@ TEST_CASE("a key decided again takes the later decision, one by one and in runs"
   }
 }
 
+TEST_CASE("keys remembered in runs after reserve_keys are all found, old and new") {
+  State state(StateOptions{0});
+  const auto key_of = [](std::uint64_t seq) {
+    std::string key = "k";
+    key += std::to_string(seq);
+    return key;
+  };
+  const auto remember = [&](std::uint64_t seq, bool in_runs) {
+    const std::string key = key_of(seq);  // the state copies it
+    log::Event event;
+    event.seq = seq;
+    event.timestamp_ns = static_cast<std::int64_t>(seq);
+    event.key = key;
+    event.fingerprint = seq;
+    const std::uint32_t hash = KeyIndex::hash_of(event.key);
+    REQUIRE_OK(in_runs ? state.remember_key_batched(event, hash) : state.remember_key(event, hash));
+  };
+  constexpr std::uint64_t kBefore = 3;
+  constexpr std::uint64_t kReserved = 150'000;
+  for (std::uint64_t seq = 1; seq <= kBefore; seq++) remember(seq, false);
+  // More than one run, reserved for a third fewer than come: the index
+  // still grows where the estimate falls short.
+  state.reserve_keys(kReserved * 2 / 3);
+  for (std::uint64_t seq = kBefore + 1; seq <= kBefore + kReserved; seq++) remember(seq, true);
+  REQUIRE_OK(state.index_keys());
+  CHECK(state.counts().keys == kBefore + kReserved);
+  std::uint64_t missing = 0;
+  for (std::uint64_t seq = 1; seq <= kBefore + kReserved; seq++) {
+    const KeyRecord* found = state.find_key(key_of(seq));
+    missing += found == nullptr || found->seq != seq;
+  }
+  CHECK(missing == 0);
+}
+
 TEST_CASE("reads show a due hold as released before its expire event") {
   State state;
   Feed feed({&state});
