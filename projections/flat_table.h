@@ -144,10 +144,15 @@ inline ArenaChunk new_arena_chunk(std::size_t bytes, ArenaFill fill) {
 // one much larger than the TLB's reach (a few MiB) misses it: an array of
 // kOwnMappingBytesMin or more gets its own mapping, advised to use
 // transparent huge pages (where the system allows them; otherwise this
-// changes nothing). The threshold is one huge page: a ShardedTable is 16
-// such arrays probed together, so what the TLB must reach is 16 times the
-// array. Smaller arrays stay on the heap, so that a table growing from
-// small does not pay a mapping at every doubling.
+// changes nothing). A ShardedTable is 16 such arrays probed together, so
+// what the TLB must reach is 16 times the array. The threshold is three
+// quarters of a huge page: such an array takes whole huge pages, at most a
+// third more than its size, but its pages are faulted in one trap each
+// instead of 512, and on a virtual machine a trap can take 10 µs (a tenth
+// of a replay went to faulting in arrays of 1.5 MiB: docs/performance.md,
+// "2026-12-06, later: replay's threads waiting on each other"). Smaller
+// arrays stay on the heap, so that a table growing from small does not pay
+// a mapping at every doubling.
 //
 // A new mapping reads as zeros already, so it is not cleared again (a
 // std::vector of value-initialized slots wrote every page twice); its pages
@@ -162,7 +167,7 @@ class SlotArray {
   static_assert(alignof(Slot) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__);
 
  public:
-  static constexpr std::size_t kOwnMappingBytesMin = kHugePageBytes;
+  static constexpr std::size_t kOwnMappingBytesMin = kHugePageBytes / 4 * 3;
 
   SlotArray() = default;
   explicit SlotArray(std::size_t count) : count_(count) {

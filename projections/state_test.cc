@@ -930,14 +930,16 @@ TEST_CASE("arena chunks hold their bytes, made either way; whole huge pages are 
 }
 
 TEST_CASE("slot arrays start empty, on the heap or in a mapping of their own, and move") {
-  struct Wide {  // 12 bytes: 2^18 of them are 3 MiB, not whole huge pages
+  struct Wide {  // 12 bytes: 2^17 of them are 1.5 MiB, 2^18 3 MiB, not whole huge pages
     std::uint32_t a = 0, b = 0, c = 0;
   };
   constexpr std::size_t kSmall = 1000;
+  constexpr std::size_t kMiddle = std::size_t{1} << 17;
   constexpr std::size_t kLarge = std::size_t{1} << 18;
   static_assert(kSmall * sizeof(Wide) < SlotArray<Wide>::kOwnMappingBytesMin);
-  static_assert(kLarge * sizeof(Wide) > SlotArray<Wide>::kOwnMappingBytesMin);
-  for (const std::size_t count : {kSmall, kLarge}) {
+  static_assert(kMiddle * sizeof(Wide) >= SlotArray<Wide>::kOwnMappingBytesMin);
+  static_assert(kMiddle * sizeof(Wide) < kHugePageBytes);
+  for (const std::size_t count : {kSmall, kMiddle, kLarge}) {
     {
       // Heap memory freed dirty, which the allocator is likely to hand to
       // the array next: it must be cleared, not taken as fresh zeros.
@@ -949,6 +951,9 @@ TEST_CASE("slot arrays start empty, on the heap or in a mapping of their own, an
     if (count == kLarge) {
       CHECK(reinterpret_cast<std::uintptr_t>(slots.data()) % kHugePageBytes == 0);
       CHECK(slots.memory_bytes() == 2 * kHugePageBytes);  // 3 MiB mapped as 4
+    } else if (count == kMiddle) {
+      CHECK(reinterpret_cast<std::uintptr_t>(slots.data()) % kHugePageBytes == 0);
+      CHECK(slots.memory_bytes() == kHugePageBytes);  // 1.5 MiB mapped as 2
     } else {
       CHECK(slots.memory_bytes() == count * sizeof(Wide));
     }
