@@ -113,6 +113,47 @@ Result<Start> start_from_snapshot(const ReplayOptions& options, log::FileSystem&
   return Start{};
 }
 
+// Roughly how many keys a replay of the events after seq `after`, through
+// `to_seq`, will remember and still hold at its end: one for each event of
+// the segments that the idempotency window keeps, a segment whose
+// successor was created within a window of the last segment's creation,
+// with the last segment, still being written, taken to hold as many as the
+// average whole one. From the segments' names and headers, which record
+// when each was created; 0 when a header cannot be read (the replay finds
+// why).
+std::uint64_t keys_expected(log::FileSystem& fs, const std::string& dir,
+                            const std::vector<std::uint64_t>& first_seqs, std::uint64_t after,
+                            std::uint64_t to_seq, std::int64_t window_ns) {
+  if (first_seqs.size() < 2) return 0;
+  auto newest_ns = log::segment_created_ns(fs, dir, first_seqs.back());
+  if (!newest_ns) return 0;
+  const std::uint64_t average = (first_seqs.back() - 1) / (first_seqs.size() - 1);
+  const std::uint64_t last = std::min(first_seqs.back() - 1 + average, to_seq);
+  std::uint64_t count = 0;
+  // Segment `index` holds seqs [first_seqs[index], its successor's first).
+  for (std::size_t index = first_seqs.size(); index-- > 0;) {
+    const bool newest = index + 1 == first_seqs.size();
+    const std::uint64_t first = std::max(first_seqs[index], after + 1);
+    const std::uint64_t end = std::min(newest ? last : first_seqs[index + 1] - 1, last);
+    if (first > end) {
+      if (first_seqs[index] <= after) break;
+      continue;
+    }
+    if (!newest && window_ns != 0) {
+      auto ended_ns = log::segment_created_ns(fs, dir, first_seqs[index + 1]);
+      if (!ended_ns) return 0;
+      // As unsigned: the difference of two int64s fits.
+      const bool forgotten = *ended_ns < *newest_ns &&
+                             static_cast<std::uint64_t>(*newest_ns) -
+                                     static_cast<std::uint64_t>(*ended_ns) >
+                                 static_cast<std::uint64_t>(window_ns);
+      if (forgotten) break;
+    }
+    count += end - first + 1;
+  }
+  return count;
+}
+
 // Whether the ascending `seqs` hold `seq`, for a caller that asks in
 // increasing seq order; *next is where it left off (0 to begin).
 bool listed_next(const std::vector<std::uint64_t>& seqs, std::size_t* next, std::uint64_t seq) {
@@ -243,7 +284,11 @@ class ReadAhead {
 
  private:
   static constexpr std::size_t kCacheLineBytes = 64;
-  static constexpr std::uint64_t kSlots = 512;
+  // Deep enough (16,384 events, about 5 MB) that neither thread waits out
+  // the other's pauses, a run of keys indexed or a table growing: with 512,
+  // each thread sat idle about a quarter of the time (docs/performance.md,
+  // "2026-12-06, later: replay's threads waiting on each other").
+  static constexpr std::uint64_t kSlots = 16384;
   static constexpr std::uint64_t kChunk = 32;
   static constexpr std::uint64_t kWakeEvery = kSlots / 2;
   static constexpr std::uint64_t kWakeBatch = kSlots / 4;
@@ -498,6 +543,16 @@ Result<Replayed> replay(const ReplayOptions& options) {
   TALLY_ASSERT(std::is_sorted(applied_seqs.begin(), applied_seqs.end()));
   const bool every_event = options.applied && applied_seqs.empty();
   const bool keys_ahead = !every_event;
+  // The key index sized once for the keys the replay will hold: grown as
+  // they come, it rehashes every key at each doubling on the reading
+  // thread, while the applying thread waits. Not for a bound in time,
+  // which the estimate cannot see: a point-in-time read of an early time
+  // would size the index for the whole log.
+  if (options.to_time_ns == INT64_MAX) {
+    out.state->reserve_keys(keys_expected(fs, log_dir(options.data_dir),
+                                          start.reader->segment_first_seqs(), out.state->last_seq(),
+                                          options.to_seq, out.state->idempotency_window_ns()));
+  }
   ReadAhead ahead(*start.reader, options, out.state->last_seq(),
                   keys_ahead ? out.state.get() : nullptr,
                   options.applied ? &applied_seqs : nullptr);
