@@ -977,9 +977,9 @@ TEST_CASE("slot arrays start empty, on the heap or in a mapping of their own, an
 }
 
 TEST_CASE("a table keeps its entries as it grows past the size that gets its own mapping") {
-  // 8-byte slots: 2^18 of them are 2 MiB, SlotArray's threshold;
-  // growing there copies every entry into the new mapping and returns the
-  // old array to the heap.
+  // 8-byte slots: 2^18 of them are 2 MiB, the first power of two over
+  // SlotArray's threshold; growing there copies every entry into the new
+  // mapping and returns the old array to the heap.
   FlatTable<CountSlot, CountPolicy> table;
   constexpr std::uint64_t kCount = 800'000;
   for (std::uint64_t key = 1; key <= kCount; key++) table.insert(mix64(key), CountSlot{key});
