@@ -1413,6 +1413,8 @@ def test_workload_refuses_one_file_for_out_and_expect():
         assert err.endswith("tally: see 'tally workload --help'\n"), err
         assert not os.path.exists(os.path.join(d, "y.csv")), (out, expect)
         assert not os.path.exists(os.path.join(d, "y.expect")), (out, expect)
+    # A device both can go to, as a check of the generator alone does.
+    tally(*flags, "--out", "/dev/null", "--expect", "/dev/null", cwd=d, expect_exit=0)
 
 
 # ---- snapshots, point-in-time reads, history ------------------------------------------

@@ -412,10 +412,18 @@ bool is_stdout(std::string_view path) {
          out.st_dev == named.st_dev && out.st_ino == named.st_ino;
 }
 
+// Whether `path` names a character device, /dev/null or a terminal say,
+// which takes both outputs without leaving them mixed in a file.
+bool is_device(std::string_view path) {
+  struct stat named {};
+  return ::stat(std::string(path).c_str(), &named) == 0 && S_ISCHR(named.st_mode);
+}
+
 // Whether two output paths name one file ("-" is stdout), which would
 // leave the workload and its expect file mixed or one over the other.
 bool same_output(std::string_view a, std::string_view b) {
   if (a == "-" || b == "-") return a == b || is_stdout(a == "-" ? b : a);
+  if (is_device(a) && is_device(b)) return false;
   if (a == b) return true;
   // Two existing files: one inode under two names (a hard link too).
   std::error_code error;
