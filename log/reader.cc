@@ -106,15 +106,15 @@ std::string cut_short_problem(std::uint64_t file_bytes, const SegmentHeader& hea
          "the last: records may be lost";
 }
 
-// The header of segment `first_seq` of the log in `dir`, and the size of
-// its file in *file_bytes; corrupt unless the header is that segment's.
+}  // namespace
+
 Result<SegmentHeader> read_segment_header(FileSystem& fs, const std::string& dir,
                                           std::uint64_t first_seq, std::uint64_t* file_bytes) {
   auto file = fs.open(join_path(dir, segment_file_name(first_seq)), FileSystem::Mode::read_only);
   if (!file) return file.status();
   auto size = (*file)->size();
   if (!size) return size.status();
-  *file_bytes = *size;
+  if (file_bytes != nullptr) *file_bytes = *size;
   if (*size < kSegmentHeaderSize) {
     return corrupt_at(first_seq, 0, "damaged segment header: file shorter than the header");
   }
@@ -128,6 +128,8 @@ Result<SegmentHeader> read_segment_header(FileSystem& fs, const std::string& dir
   }
   return header;
 }
+
+namespace {
 
 // A read from a seq skips the segments before the one holding it unread,
 // but checks their headers and sizes, which costs one small read each: a
@@ -591,14 +593,6 @@ Status sync_log(FileSystem& fs, const std::string& dir, std::uint64_t seq) {
     TALLY_TRY((*file)->sync());
   }
   return fs.sync_dir(dir);
-}
-
-Result<std::int64_t> segment_created_ns(FileSystem& fs, const std::string& dir,
-                                        std::uint64_t first_seq) {
-  std::uint64_t file_bytes = 0;
-  auto header = read_segment_header(fs, dir, first_seq, &file_bytes);
-  if (!header) return header.status();
-  return header->created_ns;
 }
 
 const LogEnd& LogReader::end() const { return impl_->end; }

@@ -97,11 +97,13 @@ Status decode_record(EventDecoder& decoder, const Record& record, Event* event);
 // keeps must not outlive them in a power loss.
 Status sync_log(FileSystem& fs, const std::string& dir, std::uint64_t seq);
 
-// When segment `first_seq` of the log in `dir` was created, as its header
-// says (SegmentHeader::created_ns: informative, for estimates only).
-// corrupt when the header is not that segment's.
-Result<std::int64_t> segment_created_ns(FileSystem& fs, const std::string& dir,
-                                        std::uint64_t first_seq);
+// The header of segment `first_seq` of the log in `dir`, and the size of
+// its file in *file_bytes when given; corrupt unless the header is that
+// segment's. For a header's sizes and creation time (created_ns is
+// informative: for estimates only).
+Result<SegmentHeader> read_segment_header(FileSystem& fs, const std::string& dir,
+                                          std::uint64_t first_seq,
+                                          std::uint64_t* file_bytes = nullptr);
 
 class LogReader {
  public:
