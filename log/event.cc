@@ -1,5 +1,7 @@
 #include "log/event.h"
 
+#include <algorithm>
+
 #include <capnp/message.h>
 #include <capnp/serialize.h>
 #include <kj/exception.h>
@@ -583,12 +585,19 @@ std::span<const std::byte> EventEncoder::encode(const Event& event) {
 }
 
 // Room for a single-op event. ops_ grows to the largest batch decoded and
-// stays, so a decoder allocates only for a batch larger than any before,
-// and one that sees none costs no more: replay keeps hundreds of them
-// (engine/replay.cc), and reserving kBatchOpsMax ops each was 100 MB of
-// address space and a few thousand page faults per open.
+// stays (until trim()), so a decoder allocates only for a batch larger than
+// any before, and one that sees none costs no more: replay keeps thousands
+// of them (engine/replay.cc), and reserving kBatchOpsMax ops each was 100 MB
+// of address space and a few thousand page faults per open.
 EventDecoder::EventDecoder() { ops_.reserve(1); }
 EventDecoder::~EventDecoder() = default;
+
+void EventDecoder::trim(std::size_t ops_max) {
+  if (ops_.capacity() <= std::max<std::size_t>(ops_max, 1)) return;
+  std::vector<Op> room;
+  room.reserve(1);
+  ops_.swap(room);
+}
 
 namespace {
 

@@ -136,6 +136,11 @@ class EventDecoder {
   Status decode_with_library(std::span<const std::byte> payload, Event* event);
   // How many messages Cap'n Proto's reader decoded, through either call.
   std::uint64_t library_decodes() const { return library_decodes_; }
+  // Gives back the room for ops it kept from a batch of more than
+  // `ops_max`; the Events it decoded before must not be used after. For a
+  // caller that keeps many decoders (replay's ring of them): each would
+  // otherwise keep room for the largest batch it ever decoded.
+  void trim(std::size_t ops_max);
 
  private:
   std::vector<Op> ops_;
