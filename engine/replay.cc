@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -115,41 +116,50 @@ Result<Start> start_from_snapshot(const ReplayOptions& options, log::FileSystem&
 
 // Roughly how many keys a replay of the events after seq `after`, through
 // `to_seq`, will remember and still hold at its end: one for each event of
-// the segments that the idempotency window keeps, a segment whose
-// successor was created within a window of the last segment's creation,
-// with the last segment, still being written, taken to hold as many as the
-// average whole one. From the segments' names and headers, which record
-// when each was created; 0 when a header cannot be read (the replay finds
-// why).
+// the segments it reads that the idempotency window keeps. A segment is
+// left out once the next was created more than a window before the one the
+// replay ends in (its events are older than that, the last replayed ones
+// newer). The last segment, still being written, counts as an average
+// whole one, and no segment for more frames than its size holds. From the
+// segments' names and headers; 0 for a replay within one segment (short:
+// growing costs it little) or when a header cannot be read (the replay
+// finds why).
 std::uint64_t keys_expected(log::FileSystem& fs, const std::string& dir,
                             const std::vector<std::uint64_t>& first_seqs, std::uint64_t after,
                             std::uint64_t to_seq, std::int64_t window_ns) {
   if (first_seqs.size() < 2) return 0;
-  auto newest_ns = log::segment_created_ns(fs, dir, first_seqs.back());
-  if (!newest_ns) return 0;
-  const std::uint64_t average = (first_seqs.back() - 1) / (first_seqs.size() - 1);
-  const std::uint64_t last = std::min(first_seqs.back() - 1 + average, to_seq);
+  // The segment the replay ends in.
+  const auto ends_in = std::upper_bound(first_seqs.begin(), first_seqs.end(), to_seq);
+  if (ends_in == first_seqs.begin()) return 0;
+  const auto end_index = static_cast<std::size_t>(ends_in - first_seqs.begin()) - 1;
+  if (first_seqs[end_index] <= after) return 0;
+  const std::uint64_t average =
+      (first_seqs.back() - first_seqs.front()) / (first_seqs.size() - 1);
   std::uint64_t count = 0;
-  // Segment `index` holds seqs [first_seqs[index], its successor's first).
-  for (std::size_t index = first_seqs.size(); index-- > 0;) {
-    const bool newest = index + 1 == first_seqs.size();
-    const std::uint64_t first = std::max(first_seqs[index], after + 1);
-    const std::uint64_t end = std::min(newest ? last : first_seqs[index + 1] - 1, last);
-    if (first > end) {
-      if (first_seqs[index] <= after) break;
-      continue;
-    }
-    if (!newest && window_ns != 0) {
-      auto ended_ns = log::segment_created_ns(fs, dir, first_seqs[index + 1]);
-      if (!ended_ns) return 0;
+  std::int64_t end_created_ns = 0;
+  std::int64_t next_created_ns = 0;  // of the segment after `index`
+  for (std::size_t index = end_index + 1; index-- > 0;) {
+    auto header = log::read_segment_header(fs, dir, first_seqs[index]);
+    if (!header) return 0;
+    if (index == end_index) {
+      end_created_ns = header->created_ns;
+    } else if (window_ns != 0) {
       // As unsigned: the difference of two int64s fits.
-      const bool forgotten = *ended_ns < *newest_ns &&
-                             static_cast<std::uint64_t>(*newest_ns) -
-                                     static_cast<std::uint64_t>(*ended_ns) >
+      const bool forgotten = next_created_ns < end_created_ns &&
+                             static_cast<std::uint64_t>(end_created_ns) -
+                                     static_cast<std::uint64_t>(next_created_ns) >
                                  static_cast<std::uint64_t>(window_ns);
       if (forgotten) break;
     }
-    count += end - first + 1;
+    next_created_ns = header->created_ns;
+    const bool newest = index + 1 == first_seqs.size();
+    const std::uint64_t first = std::max(first_seqs[index], after + 1);
+    const std::uint64_t last =
+        std::min(newest ? first_seqs[index] - 1 + average : first_seqs[index + 1] - 1, to_seq);
+    const std::uint64_t frames_max =
+        (header->size_bytes - log::kSegmentHeaderSize) / log::frame_size(log::kFrameAlignment);
+    if (last >= first) count += std::min(last - first + 1, frames_max);
+    if (first_seqs[index] <= after) break;
   }
   return count;
 }
@@ -197,8 +207,9 @@ class ReadAhead {
   ReadAhead(log::LogReader& reader, const ReplayOptions& options, std::uint64_t after,
             proj::State* keys, const std::vector<std::uint64_t>* pauses)
       : reader_(reader), keys_(keys), pauses_(pauses), to_seq_(options.to_seq),
-        to_time_ns_(options.to_time_ns), read_seq_(after), slots_(kSlots),
-        payloads_(std::make_unique_for_overwrite<std::uint64_t[]>(kPayloadRingBytes / 8)) {}
+        to_time_ns_(options.to_time_ns), read_seq_(after),
+        slots_(std::allocator<Slot>().allocate(kSlots)),
+        payloads_(std::make_unique_for_overwrite<std::uint64_t[]>(kPayloadRingWords)) {}
 
   // Starts the reading thread; next() may be called once it has.
   Status start() {
@@ -209,7 +220,11 @@ class ReadAhead {
   }
 
   // Stops the reading thread, wherever it is.
-  ~ReadAhead() { stop(); }
+  ~ReadAhead() {
+    stop();
+    std::destroy_n(slots_, built_);
+    std::allocator<Slot>().deallocate(slots_, kSlots);
+  }
   void stop() {
     if (!thread_.joinable()) return;
     stop_.store(true);
@@ -270,10 +285,14 @@ class ReadAhead {
   // Done with the event next() returned.
   void pop() {
     head_++;
-    if (head_ % kChunk == 0) consumed_.store(head_, std::memory_order_release);
+    if (head_ % kChunk != 0) return;
     // A reader waiting for room sleeps until a good part of the ring is
     // free, not for every chunk: each wake is a futex call and a switch.
-    if (head_ % kWakeEvery == 0) consumed_.notify_one();
+    // Stored before reader_wanted_ is read, and the reader stores that
+    // before it reads consumed_ again (both seq_cst): either it sees this
+    // count or this thread sees what it waits for.
+    consumed_.store(head_);
+    if (head_ >= reader_wanted_.load()) consumed_.notify_one();
   }
 
   // Once next() returned nullptr: ok, or why reading stopped early.
@@ -290,13 +309,20 @@ class ReadAhead {
   // "2026-12-06, later: replay's threads waiting on each other").
   static constexpr std::uint64_t kSlots = 16384;
   static constexpr std::uint64_t kChunk = 32;
-  static constexpr std::uint64_t kWakeEvery = kSlots / 2;
-  static constexpr std::uint64_t kWakeBatch = kSlots / 4;
+  // An applying thread that caught up sleeps until this many more events
+  // are read; fewer than the payload ring holds of events up to 2 KiB.
+  static constexpr std::uint64_t kWakeBatch = 1024;
+  // A reading thread that waits for room sleeps until a quarter of the
+  // ring of slots, or of payloads, is free besides the room it needs.
+  static constexpr std::uint64_t kRoomSlots = kSlots / 4;
+  // A decoder keeps room for this many ops, no more (EventDecoder::trim()).
+  static constexpr std::size_t kSlotOpsMax = 4;
   static constexpr std::uint64_t kNever = UINT64_MAX;
   static constexpr std::uint64_t kFinished = std::uint64_t{1} << 63;
   static constexpr std::uint64_t kNoPause = UINT64_MAX;
   // Two of the largest payloads, and thousands of the usual ones.
   static constexpr std::uint64_t kPayloadRingBytes = 2 * std::uint64_t{log::kRecordPayloadBytesMax};
+  static constexpr std::uint64_t kPayloadRingWords = kPayloadRingBytes / 8;
 
   void hand_back() {
     consumed_.store(head_, std::memory_order_release);
@@ -367,12 +393,13 @@ class ReadAhead {
       const std::uint64_t consumed = consumed_.load(std::memory_order_acquire);
       if (stop_.load()) return false;
       if (consumed > pause_slot_) continue;
-      consumed_.wait(consumed, std::memory_order_acquire);
+      sleep_until_applied(consumed, pause_slot_ + 1);
     }
   }
-  // Waits until `ready` holds for the applied count; false when stopped.
-  template <class Ready>
-  bool wait_for(const Ready& ready) {
+  // Waits until `ready` holds for the applied count, sleeping until it
+  // reaches wanted(count); false when stopped.
+  template <class Ready, class Wanted>
+  bool wait_for(const Ready& ready, const Wanted& wanted) {
     for (;;) {
       if (stop_.load()) return false;
       const std::uint64_t consumed = consumed_.load(std::memory_order_acquire);
@@ -380,8 +407,17 @@ class ReadAhead {
       // The applying thread may be waiting for these.
       if (!remember_keys(tail_)) return false;
       publish(Wake::always);
-      consumed_.wait(consumed, std::memory_order_acquire);
+      sleep_until_applied(consumed, wanted(consumed));
     }
+  }
+  // Sleeps while the applied count is `consumed`, until the applying
+  // thread has applied `wanted` events, runs out of them, or stop().
+  void sleep_until_applied(std::uint64_t consumed, std::uint64_t wanted) {
+    // Stored before consumed_ is read again, and pop() reads it after
+    // storing consumed_ (both seq_cst).
+    reader_wanted_.store(wanted);
+    if (consumed_.load() == consumed) consumed_.wait(consumed, std::memory_order_acquire);
+    reader_wanted_.store(kNever, std::memory_order_relaxed);
   }
   void finish(Status status, bool reached_end) {
     // A key refused before here is the earlier problem.
@@ -397,14 +433,22 @@ class ReadAhead {
     const std::span<const std::byte> payload = slot->record.payload;
     const std::uint64_t words = (payload.size() + 7) / 8;
     std::uint64_t at = payload_head_;
-    const std::uint64_t word = at % (kPayloadRingBytes / 8);
-    if (word + words > kPayloadRingBytes / 8) at += kPayloadRingBytes / 8 - word;  // wrap
-    const bool room = wait_for([&](std::uint64_t consumed) {
-      return consumed == tail_ ||
-             at + words - slots_[consumed % kSlots].payload_at <= kPayloadRingBytes / 8;
-    });
+    const std::uint64_t word = at % kPayloadRingWords;
+    if (word + words > kPayloadRingWords) at += kPayloadRingWords - word;  // wrap
+    // Whether the events from `applied` on leave room for `more` words.
+    const auto leave_room = [&](std::uint64_t applied, std::uint64_t more) {
+      return applied == tail_ ||
+             at + more - slots_[applied % kSlots].payload_at <= kPayloadRingWords;
+    };
+    const bool room = wait_for(
+        [&](std::uint64_t consumed) { return leave_room(consumed, words); },
+        [&](std::uint64_t consumed) {
+          std::uint64_t wanted = consumed;
+          while (!leave_room(wanted, words + kPayloadRingWords / 4)) wanted++;
+          return wanted;
+        });
     if (!room) return false;
-    std::uint64_t* copy = payloads_.get() + at % (kPayloadRingBytes / 8);
+    std::uint64_t* copy = payloads_.get() + at % kPayloadRingWords;
     copy[words - 1] = 0;  // the padding after the bytes
     std::memcpy(copy, payload.data(), payload.size());
     slot->record.payload = std::span(reinterpret_cast<const std::byte*>(copy), payload.size());
@@ -416,17 +460,20 @@ class ReadAhead {
     for (;;) {
       // Room for the next slot.
       const bool ready =
-          wait_for([&](std::uint64_t consumed) { return tail_ - consumed < kSlots; });
+          wait_for([&](std::uint64_t consumed) { return tail_ - consumed < kSlots; },
+                   [&](std::uint64_t) { return tail_ - kSlots + kRoomSlots; });
       if (!ready) return;
       // Never look past to_seq: on a live log the bytes after a committed
       // bound may be in flight.
       if (read_seq_ >= to_seq_) return finish(Status(), false);
+      if (tail_ == built_ && built_ < kSlots) std::construct_at(&slots_[built_++]);
       Slot& slot = slots_[tail_ % kSlots];
       Result<bool> more = reader_.next(&slot.record);
       if (!more) return finish(more.status(), false);
       if (!*more) return finish(Status(), true);
       if (!keep_payload(&slot)) return;
       const log::Record& record = slot.record;
+      slot.decoder.trim(kSlotOpsMax);
       Status decoded = log::decode_record(slot.decoder, record, &slot.event);
       if (!decoded.ok()) return finish(std::move(decoded), false);
       if (slot.event.timestamp_ns > to_time_ns_) return finish(Status(), false);
@@ -448,6 +495,7 @@ class ReadAhead {
   // reached_end_ after the kFinished publication.
   std::uint64_t read_seq_;
   std::uint64_t tail_ = 0;     // slots filled
+  std::uint64_t built_ = 0;    // slots built: the first ones, up to tail_ + 1
   std::uint64_t keyed_ = 0;    // of them, with their keys remembered
   std::uint64_t payload_head_ = 0;  // words of payloads_ filled, wraps counted
   std::size_t next_pause_ = 0;            // into *pauses_
@@ -460,12 +508,16 @@ class ReadAhead {
   alignas(kCacheLineBytes) std::uint64_t head_ = 0;  // slots applied
   std::uint64_t hashed_ = 0;           // slots whose ops are hashed
   std::uint64_t published_count_ = 0;  // as last seen
-  // Shared; each counter one thread writes on a line of its own.
-  alignas(kCacheLineBytes) std::vector<Slot> slots_;
+  // Shared; each counter one thread writes on a line of its own. The
+  // ring's slots: the reading thread builds each as it first fills it (the
+  // first built_ of them), so that a short replay builds few, and a long
+  // one does not wait for all of them before its first event.
+  alignas(kCacheLineBytes) Slot* const slots_;
   const std::unique_ptr<std::uint64_t[]> payloads_;  // words: decoding wants 8-byte alignment
   alignas(kCacheLineBytes) std::atomic<std::uint64_t> published_{0};  // slots filled | kFinished
   alignas(kCacheLineBytes) std::atomic<std::uint64_t> consumed_{0};   // slots applied, handed back
   std::atomic<std::uint64_t> wanted_{kNever};  // the count a sleeping applier waits for
+  std::atomic<std::uint64_t> reader_wanted_{kNever};  // the count a sleeping reader waits for
   std::atomic<bool> stop_{false};
   std::thread thread_;
 };
