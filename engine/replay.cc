@@ -114,16 +114,8 @@ Result<Start> start_from_snapshot(const ReplayOptions& options, log::FileSystem&
   return Start{};
 }
 
-// Roughly how many keys a replay of the events after seq `after`, through
-// `to_seq`, will remember and still hold at its end: one for each event of
-// the segments it reads that the idempotency window keeps. A segment is
-// left out once the next was created more than a window before the one the
-// replay ends in (its events are older than that, the last replayed ones
-// newer). The last segment, still being written, counts as an average
-// whole one, and no segment for more frames than its size holds. From the
-// segments' names and headers; 0 for a replay within one segment (short:
-// growing costs it little) or when a header cannot be read (the replay
-// finds why).
+}  // namespace
+
 std::uint64_t keys_expected(log::FileSystem& fs, const std::string& dir,
                             const std::vector<std::uint64_t>& first_seqs, std::uint64_t after,
                             std::uint64_t to_seq, std::int64_t window_ns) {
@@ -163,6 +155,8 @@ std::uint64_t keys_expected(log::FileSystem& fs, const std::string& dir,
   }
   return count;
 }
+
+namespace {
 
 // Whether the ascending `seqs` hold `seq`, for a caller that asks in
 // increasing seq order; *next is where it left off (0 to begin).

@@ -103,6 +103,21 @@ void warn_skipped_snapshots(const std::vector<snap::SkippedSnapshot>& skipped);
 // `fallback_ns` when there is none, or no usable store.
 std::int64_t newest_snapshot_window_ns(SharedSnapshots& shared, std::int64_t fallback_ns);
 
+// Roughly how many keys a replay of the events after seq `after`, through
+// `to_seq`, will remember and still hold at its end, for replay() to size
+// the key index with: one for each event of the segments it reads that the
+// idempotency window keeps. A segment is left out once the next was created
+// more than a window before the one the replay ends in (its events are
+// older than that, the last replayed ones newer). The last segment, still
+// being written, counts as an average whole one, and no segment for more
+// frames than its size holds. From the headers of the segments of the log
+// in `dir`, named by `first_seqs`; 0 for a replay within one segment
+// (short: growing costs it little) or when a header cannot be read (the
+// replay finds why).
+std::uint64_t keys_expected(log::FileSystem& fs, const std::string& dir,
+                            const std::vector<std::uint64_t>& first_seqs, std::uint64_t after,
+                            std::uint64_t to_seq, std::int64_t window_ns);
+
 // The log, snapshot and history directories inside a data directory.
 std::string log_dir(const std::string& data_dir);
 std::string snapshot_dir(const std::string& data_dir);

@@ -4,7 +4,9 @@
 #include <doctest.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
+#include <filesystem>
 #include <optional>
 #include <random>
 #include <set>
@@ -518,6 +520,72 @@ TEST_CASE("a damaged record stops replay at its segment and offset, after every 
   replayed = replay(options);
   REQUIRE_MESSAGE(replayed.ok(), replayed.status().to_string());
   CHECK(replayed->state->digest() == reference.digests[seq - 1]);
+}
+
+// A segment file of its header alone: all keys_expected() reads of it.
+void write_segment_header(const std::string& log_dir, std::uint64_t first_seq,
+                          std::int64_t created_ns) {
+  std::array<std::byte, log::kSegmentHeaderSize> bytes{};
+  log::encode_segment_header({.first_seq = first_seq,
+                              .size_bytes = log::kSegmentSizeBytesMin,
+                              .created_ns = created_ns},
+                             bytes);
+  testing::write_file(log::join_path(log_dir, log::segment_file_name(first_seq)),
+                      std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
+}
+
+TEST_CASE("a replay expects the keys of the segments it reads that the window keeps") {
+  testing::TempDir dir;
+  const std::string log_dir = dir.sub("log");
+  std::filesystem::create_directories(log_dir);
+  constexpr std::int64_t kSecond = 1000 * kMs;
+  // Segments of 100 events, created 10 s apart; the last, still being
+  // written, counts as an average one.
+  const std::vector<std::uint64_t> first_seqs{1, 101, 201, 301};
+  for (std::size_t index = 0; index < first_seqs.size(); index++) {
+    write_segment_header(log_dir, first_seqs[index],
+                         kStart + static_cast<std::int64_t>(index) * 10 * kSecond);
+  }
+  log::FileSystem& fs = log::posix_file_system();
+  const auto expected = [&](std::uint64_t after, std::uint64_t to_seq, std::int64_t window_ns) {
+    return keys_expected(fs, log_dir, first_seqs, after, to_seq, window_ns);
+  };
+
+  // A window of 0 remembers every key.
+  CHECK(expected(0, UINT64_MAX, 0) == 400);
+  CHECK(expected(150, UINT64_MAX, 0) == 250);  // from inside a segment
+  CHECK(expected(0, 250, 0) == 250);           // to inside one
+  CHECK(expected(120, 350, 0) == 230);
+  CHECK(expected(0, 100, 0) == 100);
+  // A replay that starts in the segment it ends in grows the index little.
+  CHECK(expected(210, 250, 0) == 0);
+  CHECK(expected(310, UINT64_MAX, 0) == 0);
+  CHECK(keys_expected(fs, log_dir, {1}, 0, UINT64_MAX, 0) == 0);
+  CHECK(keys_expected(fs, log_dir, {}, 0, UINT64_MAX, 0) == 0);
+
+  // A segment is left out once its successor was created more than a
+  // window before the segment the replay ends in.
+  CHECK(expected(0, UINT64_MAX, 25 * kSecond) == 400);
+  CHECK(expected(0, UINT64_MAX, 20 * kSecond) == 400);  // no more than a window
+  CHECK(expected(0, UINT64_MAX, 15 * kSecond) == 300);
+  CHECK(expected(0, UINT64_MAX, 5 * kSecond) == 200);
+  CHECK(expected(0, 250, 5 * kSecond) == 150);
+  CHECK(expected(150, UINT64_MAX, 5 * kSecond) == 200);
+
+  // A stray segment named far past the others counts no more events than
+  // its size holds frames, nor does the one before it.
+  const std::uint64_t frames_max = (log::kSegmentSizeBytesMin - log::kSegmentHeaderSize) /
+                                   log::frame_size(log::kFrameAlignment);
+  REQUIRE(frames_max < 100'000);
+  std::vector<std::uint64_t> stray = first_seqs;
+  stray.push_back(1'000'001);
+  write_segment_header(log_dir, stray.back(), kStart + 40 * kSecond);
+  CHECK(keys_expected(fs, log_dir, stray, 0, UINT64_MAX, 0) == 300 + 2 * frames_max);
+
+  // A header that cannot be read: no estimate (the replay finds why).
+  testing::write_file(log::join_path(log_dir, log::segment_file_name(201)), "cut");
+  CHECK(expected(0, UINT64_MAX, 0) == 0);
+  CHECK(expected(0, 150, 0) == 150);  // not read by a replay that ends before it
 }
 
 }  // namespace
