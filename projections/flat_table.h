@@ -114,19 +114,20 @@ class ArenaChunkFree {
 };
 using ArenaChunk = std::unique_ptr<std::byte[], ArenaChunkFree>;
 
-// When a new chunk's pages are faulted in: as they are touched (for an
-// arena that may stay small), or all at once.
-enum class ArenaFill { lazy, now };
+// When new memory's pages are faulted in: as they are touched (an arena
+// that may stay small; a table sized ahead for a thread with time to spare
+// to fill), or all at once.
+enum class PageFill { lazy, now };
 
 // A chunk of an arena that fills front to back, uninitialized.
 //
-// ArenaFill::now faults its pages in at once (populate()): loading a large
+// PageFill::now faults its pages in at once (populate()): loading a large
 // snapshot fills hundreds of thousands of pages. A chunk of whole huge
 // pages then gets a mapping of its own (map_huge_pages): a fault and a TLB
 // entry per 2 MiB. For the key arena that took about 5% off a replay
 // (docs/performance.md, "events read in place").
-inline ArenaChunk new_arena_chunk(std::size_t bytes, ArenaFill fill) {
-  if (fill == ArenaFill::lazy) return ArenaChunk(new std::byte[bytes]);
+inline ArenaChunk new_arena_chunk(std::size_t bytes, PageFill fill) {
+  if (fill == PageFill::lazy) return ArenaChunk(new std::byte[bytes]);
   ArenaChunk chunk;
   if (bytes % kHugePageBytes == 0) {
     chunk = ArenaChunk(map_huge_pages(bytes), ArenaChunkFree(bytes));
@@ -170,7 +171,10 @@ class SlotArray {
   static constexpr std::size_t kOwnMappingBytesMin = kHugePageBytes / 4 * 3;
 
   SlotArray() = default;
-  explicit SlotArray(std::size_t count) : count_(count) {
+  // PageFill::lazy leaves a mapping of its own to fault in as it is
+  // touched: on huge pages, the two faults above cost two traps per 2 MiB,
+  // on whichever thread first touches them.
+  explicit SlotArray(std::size_t count, PageFill fill = PageFill::now) : count_(count) {
     if (count == 0) return;
     const std::size_t bytes = count * sizeof(Slot);
     void* memory = nullptr;
@@ -182,7 +186,7 @@ class SlotArray {
       std::memset(memory, 0, bytes);
     } else {
       std::byte* mapped = map_huge_pages(bytes);
-      populate(mapped, bytes);
+      if (fill == PageFill::now) populate(mapped, bytes);
       memory = mapped;
     }
     // Slots are trivially copyable: their lifetimes begin implicitly in
@@ -286,12 +290,13 @@ class FlatTable {
 
   // Makes room for `count` entries in all, so that inserting up to that
   // many moves nothing (a loader that knows its count rehashes once).
-  void reserve(std::size_t count) {
+  // `fill`: SlotArray's.
+  void reserve(std::size_t count, PageFill fill = PageFill::now) {
     std::size_t capacity = std::max(slots_.size(), kCapacityMin);
     while (count * Policy::kLoadDen > capacity * Policy::kLoadNum && capacity < Policy::kCapacityMax) {
       capacity *= 2;
     }
-    if (capacity > slots_.size()) rehash(capacity);
+    if (capacity > slots_.size()) rehash(capacity, fill);
   }
 
   // Inserts make() unless a slot matches, in one probe: nullptr when one
@@ -344,9 +349,9 @@ class FlatTable {
  private:
   void grow() { rehash(slots_.empty() ? kCapacityMin : slots_.size() * 2); }
 
-  void rehash(std::size_t capacity) {
+  void rehash(std::size_t capacity, PageFill fill = PageFill::now) {
     TALLY_ASSERT(capacity <= Policy::kCapacityMax);
-    SlotArray<Slot> old(capacity);
+    SlotArray<Slot> old(capacity, fill);
     old.swap(slots_);
     TALLY_ASSERT(Policy::empty(slots_[0]));  // zero bytes are an empty slot
     mask_ = capacity - 1;
@@ -401,8 +406,8 @@ class ShardedTable {
 
   // As FlatTable::reserve, for hashes spread evenly over the shards (with
   // an eighth to spare for the unevenness of a real spread).
-  void reserve(std::size_t count) {
-    for (auto& shard : shards_) shard.reserve(count / kShards + count / kShards / 8 + 1);
+  void reserve(std::size_t count, PageFill fill = PageFill::now) {
+    for (auto& shard : shards_) shard.reserve(count / kShards + count / kShards / 8 + 1, fill);
   }
 
   // As FlatTable::insert_unique; moves only slots of the same shard.
@@ -467,7 +472,7 @@ class ChunkedVector {
 
   void push_back(const T& value) {
     if (size_ == chunks_.size() * kChunkElems) {
-      chunks_.push_back(new_arena_chunk(kChunkElems * sizeof(T), ArenaFill::now));
+      chunks_.push_back(new_arena_chunk(kChunkElems * sizeof(T), PageFill::now));
     }
     std::byte* bytes = chunks_[size_ >> kChunkShift].get();
     std::construct_at(reinterpret_cast<T*>(bytes) + (size_ & (kChunkElems - 1)), value);

@@ -147,7 +147,7 @@ std::uint64_t KeyIndex::append(std::string_view key, const KeyRecord& record) {
     const bool first = front_chunk_seq_ + chunks_.size() == 0;
     chunk.bytes = spare_ != nullptr
                       ? std::move(spare_)
-                      : new_arena_chunk(kChunkBytes, first ? ArenaFill::lazy : ArenaFill::now);
+                      : new_arena_chunk(kChunkBytes, first ? PageFill::lazy : PageFill::now);
     chunks_.push_back(std::move(chunk));
   }
   Chunk& chunk = chunks_.back();

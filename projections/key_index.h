@@ -77,7 +77,7 @@ class KeyIndex {
                             Repeat* repeat = nullptr);
 
   // Sizes the index for `count` keys in all (FlatTable::reserve).
-  void reserve(std::size_t count) { index_.reserve(count); }
+  void reserve(std::size_t count, PageFill fill = PageFill::now) { index_.reserve(count, fill); }
 
   // Loading many keys at once (a snapshot's, or a replay's). Inserted as they come, keys
   // land at random in an index far larger than the caches and the TLB: a

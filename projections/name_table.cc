@@ -58,7 +58,7 @@ std::uint32_t NameTable::store(std::string_view name, std::uint32_t id) {
   if (chunk_used_bytes_ + need_bytes > kChunkBytes) {
     // The tail of the old chunk (< 264 bytes) is left unused.
     TALLY_ASSERT((chunks_.size() + 1) * kChunkBytes <= kArenaBytesMax);
-    chunks_.push_back(new_arena_chunk(kChunkBytes, ArenaFill::now));
+    chunks_.push_back(new_arena_chunk(kChunkBytes, PageFill::now));
     chunk_used_bytes_ = 0;
   }
   std::uint8_t* out = reinterpret_cast<std::uint8_t*>(chunks_.back().get()) + chunk_used_bytes_;

@@ -610,7 +610,9 @@ Status State::remember_key_batched(const log::Event& event, std::uint32_t key_ha
   return Status();
 }
 
-void State::reserve_keys(std::size_t more) { impl_->keys.reserve(impl_->keys.size() + more); }
+void State::reserve_keys(std::size_t more) {
+  impl_->keys.reserve(impl_->keys.size() + more, PageFill::lazy);
+}
 
 Status State::index_keys() {
   Impl& impl = *impl_;

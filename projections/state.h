@@ -176,7 +176,10 @@ class State {
   // Sizes the key index for `more` keys besides those it holds, for a
   // replay that knows roughly how many it will remember: growing to them
   // instead rehashes every key at each doubling, and writes a table of
-  // each size.
+  // each size. The index's pages fault in as the keys first reach them:
+  // replay sizes it before its reading thread starts, and that thread,
+  // which has time to spare, faults them in instead of the applying one
+  // waiting (the index of 11.8 M keys is 192 MiB).
   void reserve_keys(std::size_t more);
 
   std::uint64_t last_seq() const;

@@ -916,10 +916,10 @@ TEST_CASE("a reserved table holds that many entries without moving one; reserve 
 
 TEST_CASE("arena chunks hold their bytes, made either way; whole huge pages are aligned to them") {
   for (const std::size_t bytes : {std::size_t{64} << 10, kHugePageBytes, 2 * kHugePageBytes}) {
-    for (const ArenaFill fill : {ArenaFill::lazy, ArenaFill::now}) {
+    for (const PageFill fill : {PageFill::lazy, PageFill::now}) {
       ArenaChunk chunk = new_arena_chunk(bytes, fill);
       REQUIRE(chunk != nullptr);
-      if (fill == ArenaFill::now && bytes % kHugePageBytes == 0) {
+      if (fill == PageFill::now && bytes % kHugePageBytes == 0) {
         CHECK(reinterpret_cast<std::uintptr_t>(chunk.get()) % kHugePageBytes == 0);
       }
       for (std::size_t at = 0; at < bytes; at++) chunk[at] = static_cast<std::byte>(at * 7);
