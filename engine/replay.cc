@@ -263,7 +263,7 @@ class ReadAhead {
     }
   }
   // The event `distance` places after the next one, if it is read already.
-  const Slot* peek(std::size_t distance) const {
+  Slot* peek(std::size_t distance) {
     const std::uint64_t index = head_ + distance;
     return index < published_count_ ? &slots_[index % kSlots] : nullptr;
   }
@@ -618,8 +618,8 @@ Result<Replayed> replay(const ReplayOptions& options) {
       if (!keys_ahead) out.state->prefetch_key(later->hashes.key);
       out.state->prefetch(later->event, later->hashes);
     }
-    if (const ReadAhead::Slot* later = ahead.peek(8)) {
-      out.state->prefetch_balances(later->event, later->hashes);
+    if (ReadAhead::Slot* later = ahead.peek(8)) {
+      out.state->prefetch_balances(later->event, &later->hashes);
     }
     if (options.visit) options.visit(due->event, due->record);
     Status applied = keys_ahead ? out.state->apply_ops(due->event, due->hashes)

@@ -45,6 +45,21 @@ namespace {
 
 bool valid_name(std::string_view name) { return !name.empty() && name.size() <= kNameBytesMax; }
 
+// An id an op's OpHashes carry for `name`, found by prefetch_balances().
+std::uint32_t checked_id([[maybe_unused]] const NameTable& table,
+                         [[maybe_unused]] std::string_view name,
+                         [[maybe_unused]] std::uint32_t hash, std::uint32_t found) {
+  TALLY_DEBUG_ASSERT(found == table.find(name, hash));
+  return found;
+}
+
+// The id of `name`: `found` when prefetch_balances() found it, else looked
+// up (0 when it is not interned).
+std::uint32_t find_id(const NameTable& table, std::string_view name, std::uint32_t hash,
+                      std::uint32_t found) {
+  return found != 0 ? checked_id(table, name, hash, found) : table.find(name, hash);
+}
+
 // A read treats a due hold as released. available + held can pass INT64_MAX
 // only if the engine allowed it; a read then pins the value instead of
 // wrapping.
@@ -147,8 +162,10 @@ void State::Impl::drop_if_zero(BalanceSlot* slot) {
   balances.erase(slot);
 }
 
-std::uint32_t State::Impl::intern_subject(std::string_view name, std::uint32_t hash) {
-  const std::uint32_t id = subjects.intern(name, hash);
+std::uint32_t State::Impl::intern_subject(std::string_view name, std::uint32_t hash,
+                                          std::uint32_t found) {
+  const std::uint32_t id = found != 0 ? checked_id(subjects, name, hash, found)
+                                      : subjects.intern(name, hash);
   while (subject_heads.size() <= id) subject_heads.push_back(0);
   return id;
 }
@@ -291,20 +308,27 @@ void State::prefetch_balances(std::string_view subject, std::string_view item,
   TALLY_ASSERT(hashes.subject == expected.subject && hashes.item == expected.item &&
                hashes.to == expected.to);
 #endif
-  impl_->prefetch_balances(subject, item, to, hold, hashes);
+  OpHashes ids = hashes;
+  impl_->prefetch_balances(subject, item, to, hold, &ids);
 }
 
 void State::Impl::prefetch_balances(std::string_view subject, std::string_view item,
                                     std::string_view to, HoldId hold,
-                                    const OpHashes& hashes) const {
+                                    OpHashes* hashes) const {
   if (hold != 0) {
     if (const HoldRecord* record = holds.find(hold)) prefetch_balance(record->subject, record->item);
     return;
   }
   if (item.empty()) return;
-  const std::uint32_t item_id = items.find(item, hashes.item);
-  if (!subject.empty()) prefetch_balance(subjects.find(subject, hashes.subject), item_id);
-  if (!to.empty()) prefetch_balance(subjects.find(to, hashes.to), item_id);
+  hashes->item_id = items.find(item, hashes->item);
+  if (!subject.empty()) {
+    hashes->subject_id = subjects.find(subject, hashes->subject);
+    prefetch_balance(hashes->subject_id, hashes->item_id);
+  }
+  if (!to.empty()) {
+    hashes->to_id = subjects.find(to, hashes->to);
+    prefetch_balance(hashes->to_id, hashes->item_id);
+  }
 }
 
 void State::Impl::prefetch_op(const OpHashes& hashes) const {
@@ -329,8 +353,8 @@ Status State::Impl::apply_op(const log::Event& event, const log::Op& op, std::si
 
 Result<BalanceSlot*> State::Impl::take_available(const log::Event& event, const log::Op& op,
                                                  const OpHashes& hashes) {
-  BalanceSlot* slot = find_balance(subjects.find(op.subject, hashes.subject),
-                                   items.find(op.item, hashes.item));
+  BalanceSlot* slot = find_balance(find_id(subjects, op.subject, hashes.subject, hashes.subject_id),
+                                   find_id(items, op.item, hashes.item, hashes.item_id));
   const std::int64_t available = slot == nullptr ? 0 : slot->available;
   if (available < op.qty) {
     return corrupt_at(event.seq, std::string(log::op_type_name(op.type)) + " of " +
@@ -345,8 +369,11 @@ Result<BalanceSlot*> State::Impl::take_available(const log::Event& event, const 
 Status State::Impl::apply_acquire(const log::Event& event, const log::Op& op,
                                   const OpHashes& hashes) {
   TALLY_TRY(check_op_fields(event, op));
-  const std::uint32_t subject = intern_subject(op.subject, hashes.subject);
-  BalanceSlot* slot = upsert_balance(subject, items.intern(op.item, hashes.item));
+  const std::uint32_t subject = intern_subject(op.subject, hashes.subject, hashes.subject_id);
+  const std::uint32_t item = hashes.item_id != 0
+                                 ? checked_id(items, op.item, hashes.item, hashes.item_id)
+                                 : items.intern(op.item, hashes.item);
+  BalanceSlot* slot = upsert_balance(subject, item);
   if (!add_to(&slot->available, op.qty)) {
     return corrupt_at(event.seq, "acquire overflows " + quoted(op.subject) + " " + quoted(op.item));
   }
@@ -373,7 +400,7 @@ Status State::Impl::apply_transfer(const log::Event& event, const log::Op& op,
   const std::uint32_t item = item_of((*from)->pair);
   drop_if_zero(*from);
   // After drop_if_zero: inserting the destination may move every slot.
-  BalanceSlot* to = upsert_balance(intern_subject(op.to, hashes.to), item);
+  BalanceSlot* to = upsert_balance(intern_subject(op.to, hashes.to, hashes.to_id), item);
   if (!add_to(&to->available, op.qty)) {
     return corrupt_at(event.seq, "transfer overflows " + quoted(op.to) + " " + quoted(op.item));
   }
@@ -513,10 +540,10 @@ void State::prefetch(const log::Event& event, const EventHashes& hashes) const {
   }
 }
 
-void State::prefetch_balances(const log::Event& event, const EventHashes& hashes) const {
+void State::prefetch_balances(const log::Event& event, EventHashes* hashes) const {
   if (const log::Op* op = first_applied_op(event)) {
     impl_->prefetch_balances(op->subject, op->item, op->to, settles(op->type) ? op->hold : 0,
-                             hashes.first);
+                             &hashes->first);
   }
 }
 

@@ -101,6 +101,13 @@ struct OpHashes {
   std::uint32_t subject = 0;
   std::uint32_t item = 0;
   std::uint32_t to = 0;
+  // The names' ids, where State::prefetch_balances(event, ...) found them
+  // interned (0: not looked up, or not interned then). A name stays
+  // interned for life with the id it got, so apply() takes a found id
+  // instead of looking the name up again.
+  std::uint32_t subject_id = 0;
+  std::uint32_t item_id = 0;
+  std::uint32_t to_id = 0;
 };
 
 // What apply() hashes an event's lookups by: its key and its first op's
@@ -147,7 +154,9 @@ class State {
   static OpHashes hash_first_op(const log::Event& event);
   void prefetch_key(std::uint32_t key_hash) const;
   void prefetch(const log::Event& event, const EventHashes& hashes) const;
-  void prefetch_balances(const log::Event& event, const EventHashes& hashes) const;
+  // prefetch_balances() keeps the ids it finds in hashes->first, for
+  // apply() of the same event.
+  void prefetch_balances(const log::Event& event, EventHashes* hashes) const;
   // apply() with the hashes hash() returned for this event.
   Status apply(const log::Event& event, const EventHashes& hashes);
 

@@ -111,7 +111,9 @@ struct State::Impl {
   BalanceSlot* upsert_balance(std::uint32_t subject, std::uint32_t item);
   // Erases the slot (and unlinks it) when it went back to {0, 0}.
   void drop_if_zero(BalanceSlot* slot);
-  std::uint32_t intern_subject(std::string_view name, std::uint32_t hash);
+  // `found`: the name's id if known (OpHashes::subject_id), else 0.
+  std::uint32_t intern_subject(std::string_view name, std::uint32_t hash,
+                               std::uint32_t found = 0);
   // Balance of the pair as stored, with holds due at now_ns released.
   Balance read_balance(std::uint32_t subject, std::uint32_t item, std::int64_t now_ns) const;
 
@@ -150,8 +152,9 @@ struct State::Impl {
   void prefetch_op(const OpHashes& hashes) const;
   // The balance slots of (subject, item) and (to, item), or of the pair a
   // hold is on when hold != 0, for names already interned.
+  // Keeps the ids it finds in *hashes.
   void prefetch_balances(std::string_view subject, std::string_view item, std::string_view to,
-                         HoldId hold, const OpHashes& hashes) const;
+                         HoldId hold, OpHashes* hashes) const;
   Status apply_op(const log::Event& event, const log::Op& op, std::size_t op_index,
                   const OpHashes& hashes);
   Result<BalanceSlot*> take_available(const log::Event& event, const log::Op& op,
