@@ -353,7 +353,10 @@ class FlatTable {
     TALLY_ASSERT(capacity <= Policy::kCapacityMax);
     SlotArray<Slot> old(capacity, fill);
     old.swap(slots_);
-    TALLY_ASSERT(Policy::empty(slots_[0]));  // zero bytes are an empty slot
+    // Zero bytes are an empty slot. Checked on a copy: reading the new
+    // array would fault its first page in, which PageFill::lazy leaves to
+    // the thread that fills it.
+    TALLY_ASSERT(Policy::empty(std::bit_cast<Slot>(std::array<std::byte, sizeof(Slot)>{})));
     mask_ = capacity - 1;
     for (const Slot& slot : old) {
       if (Policy::empty(slot)) continue;
