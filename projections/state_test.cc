@@ -541,6 +541,58 @@ TEST_CASE("a key decided again takes the later decision, one by one and in runs"
   }
 }
 
+TEST_CASE("apply with the name ids its look-ahead found leaves the state apply alone leaves") {
+  // Replay looks an event's names up some events ahead (prefetch_balances)
+  // and apply takes the ids found. A name first interned in between is
+  // not found ahead, and apply looks it up then.
+  const std::vector<Op> ops = {
+      acquire_op("s1", "gold", 50),        transfer_op("s1", "s2", "gold", 20),
+      acquire_op("s3", "silver", 5),       consume_op("s1", "gold", 10),
+      transfer_op("s2", "s1", "gold", 5),  hold_op("s2", "gold", 7, 1'000'000),
+      acquire_op("s2", "silver", 9),       transfer_op("s3", "s4", "silver", 5),
+      acquire_op("s4", "gold", 1),         consume_op("s2", "silver", 9),
+  };
+  State alone(StateOptions{0});
+  State ahead(StateOptions{0});
+  std::vector<log::Event> events(ops.size());
+  std::vector<EventHashes> hashes(ops.size());
+  const std::vector<std::string> keys = {"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"};
+  for (std::size_t index = 0; index < ops.size(); index++) {
+    log::Event& event = events[index];
+    event.seq = index + 1;
+    event.timestamp_ns = kStartNs + static_cast<std::int64_t>(index);
+    event.key = keys[index];
+    event.fingerprint = index;
+    event.ops = std::span<const Op>(&ops[index], 1);
+    hashes[index] = State::hash(event);
+  }
+  constexpr std::size_t kDistance = 2;
+  std::size_t found = 0;
+  for (std::size_t index = 0; index < ops.size(); index++) {
+    if (index == 0) {
+      for (std::size_t first = 0; first < kDistance && first < ops.size(); first++) {
+        ahead.prefetch_balances(events[first], &hashes[first]);
+      }
+    }
+    if (index + kDistance < ops.size()) {
+      ahead.prefetch_balances(events[index + kDistance], &hashes[index + kDistance]);
+    }
+    const OpHashes& op = hashes[index].first;
+    found += (op.subject_id != 0) + (op.item_id != 0) + (op.to_id != 0);
+    REQUIRE_OK(alone.apply(events[index]));
+    REQUIRE_OK(ahead.apply(events[index], hashes[index]));
+    CHECK(ahead.digest() == alone.digest());
+  }
+  // Some ids were found ahead, and some names were new when looked for.
+  CHECK(found > 0);
+  CHECK(hashes[0].first.subject_id == 0);
+  CHECK(hashes[1].first.to_id == 0);  // s2, interned by this very event
+  CHECK(hashes[3].first.subject_id != 0);
+  CHECK(alone.balance("s1", "gold", kAsApplied) == bal(25, 0));
+  CHECK(ahead.balance("s1", "gold", kAsApplied) == bal(25, 0));
+  CHECK(ahead.balance("s4", "silver", kAsApplied) == bal(5, 0));
+}
+
 TEST_CASE("keys remembered in runs after reserve_keys are all found, old and new") {
   State state(StateOptions{0});
   const auto key_of = [](std::uint64_t seq) {
@@ -943,40 +995,44 @@ TEST_CASE("slot arrays start empty, on the heap or in a mapping of their own, an
   static_assert(kMiddle * sizeof(Wide) >= SlotArray<Wide>::kOwnMappingBytesMin);
   static_assert(kMiddle * sizeof(Wide) < kHugePageBytes);
   for (const std::size_t count : {kSmall, kMiddle, kLarge}) {
-    {
-      // Heap memory freed dirty, which the allocator is likely to hand to
-      // the array next: it must be cleared, not taken as fresh zeros.
-      std::unique_ptr<std::byte[]> dirty(new std::byte[count * sizeof(Wide)]);
-      std::memset(dirty.get(), 0xa5, count * sizeof(Wide));
-    }
-    SlotArray<Wide> slots(count);
-    REQUIRE(slots.size() == count);
-    if (count == kLarge) {
-      CHECK(reinterpret_cast<std::uintptr_t>(slots.data()) % kHugePageBytes == 0);
-      CHECK(slots.memory_bytes() == 2 * kHugePageBytes);  // 3 MiB mapped as 4
-    } else if (count == kMiddle) {
-      CHECK(reinterpret_cast<std::uintptr_t>(slots.data()) % kHugePageBytes == 0);
-      CHECK(slots.memory_bytes() == kHugePageBytes);  // 1.5 MiB mapped as 2
-    } else {
-      CHECK(slots.memory_bytes() == count * sizeof(Wide));
-    }
-    std::size_t nonzero = 0;
-    for (const Wide& slot : slots) nonzero += (slot.a | slot.b | slot.c) != 0;
-    CHECK(nonzero == 0);
-    for (std::size_t index = 0; index < count; index++) {
-      slots[index] = Wide{static_cast<std::uint32_t>(index), 1, 2};
-    }
-    SlotArray<Wide> moved(std::move(slots));
-    CHECK(slots.empty());
-    CHECK(moved.size() == count);
-    SlotArray<Wide> assigned(1);
-    assigned = std::move(moved);
-    std::size_t wrong = 0;
-    for (std::size_t index = 0; index < count; index++) {
-      wrong += assigned[index].a != index || assigned[index].c != 2;
-    }
-    CHECK(wrong == 0);
-  }  // freed as they were made (ASan checks the heap ones)
+    // Lazily, a mapping of its own faults in as it is touched.
+    for (const PageFill fill : {PageFill::now, PageFill::lazy}) {
+      CAPTURE(count);
+      {
+        // Heap memory freed dirty, which the allocator is likely to hand to
+        // the array next: it must be cleared, not taken as fresh zeros.
+        std::unique_ptr<std::byte[]> dirty(new std::byte[count * sizeof(Wide)]);
+        std::memset(dirty.get(), 0xa5, count * sizeof(Wide));
+      }
+      SlotArray<Wide> slots(count, fill);
+      REQUIRE(slots.size() == count);
+      if (count == kLarge) {
+        CHECK(reinterpret_cast<std::uintptr_t>(slots.data()) % kHugePageBytes == 0);
+        CHECK(slots.memory_bytes() == 2 * kHugePageBytes);  // 3 MiB mapped as 4
+      } else if (count == kMiddle) {
+        CHECK(reinterpret_cast<std::uintptr_t>(slots.data()) % kHugePageBytes == 0);
+        CHECK(slots.memory_bytes() == kHugePageBytes);  // 1.5 MiB mapped as 2
+      } else {
+        CHECK(slots.memory_bytes() == count * sizeof(Wide));
+      }
+      std::size_t nonzero = 0;
+      for (const Wide& slot : slots) nonzero += (slot.a | slot.b | slot.c) != 0;
+      CHECK(nonzero == 0);
+      for (std::size_t index = 0; index < count; index++) {
+        slots[index] = Wide{static_cast<std::uint32_t>(index), 1, 2};
+      }
+      SlotArray<Wide> moved(std::move(slots));
+      CHECK(slots.empty());
+      CHECK(moved.size() == count);
+      SlotArray<Wide> assigned(1);
+      assigned = std::move(moved);
+      std::size_t wrong = 0;
+      for (std::size_t index = 0; index < count; index++) {
+        wrong += assigned[index].a != index || assigned[index].c != 2;
+      }
+      CHECK(wrong == 0);
+    }  // freed as they were made (ASan checks the heap ones)
+  }
 }
 
 TEST_CASE("a table keeps its entries as it grows past the size that gets its own mapping") {
