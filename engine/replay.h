@@ -111,9 +111,9 @@ std::int64_t newest_snapshot_window_ns(SharedSnapshots& shared, std::int64_t fal
 // older than that, the last replayed ones newer). The last segment, still
 // being written, counts as an average whole one, and no segment for more
 // frames than its size holds. From the headers of the segments of the log
-// in `dir`, named by `first_seqs`; 0 for a replay within one segment
-// (short: growing costs it little) or when a header cannot be read (the
-// replay finds why).
+// in `dir`, named by `first_seqs`; 0 for a replay that starts inside the
+// segment it ends in (short: growing costs it little) or when a header
+// cannot be read (the replay finds why).
 std::uint64_t keys_expected(log::FileSystem& fs, const std::string& dir,
                             const std::vector<std::uint64_t>& first_seqs, std::uint64_t after,
                             std::uint64_t to_seq, std::int64_t window_ns);

@@ -173,7 +173,8 @@ class SlotArray {
   SlotArray() = default;
   // PageFill::lazy leaves a mapping of its own to fault in as it is
   // touched: on huge pages, the two faults above cost two traps per 2 MiB,
-  // on whichever thread first touches them.
+  // on whichever thread first touches them (where the system gives no huge
+  // pages, two per 4 KiB page).
   explicit SlotArray(std::size_t count, PageFill fill = PageFill::now) : count_(count) {
     if (count == 0) return;
     const std::size_t bytes = count * sizeof(Slot);

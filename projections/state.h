@@ -104,7 +104,8 @@ struct OpHashes {
   // The names' ids, where State::prefetch_balances(event, ...) found them
   // interned (0: not looked up, or not interned then). A name stays
   // interned for life with the id it got, so apply() takes a found id
-  // instead of looking the name up again.
+  // instead of looking the name up again. The ids are that State's: hashes
+  // with ids go to apply() of the State that found them, never another.
   std::uint32_t subject_id = 0;
   std::uint32_t item_id = 0;
   std::uint32_t to_id = 0;
@@ -186,9 +187,11 @@ class State {
   // replay that knows roughly how many it will remember: growing to them
   // instead rehashes every key at each doubling, and writes a table of
   // each size. The index's pages fault in as the keys first reach them:
-  // replay sizes it before its reading thread starts, and that thread,
-  // which has time to spare, faults them in instead of the applying one
-  // waiting (the index of 11.8 M keys is 192 MiB).
+  // replay sizes it before its reading thread starts, and that thread
+  // (which remembers the keys unless a caller looks at the state after
+  // every event) has time to spare to fault them in, where the applying
+  // one would wait (the index of 11.8 M keys is 192 MiB). Keys already
+  // held are copied into the new index here, faulting in what they reach.
   void reserve_keys(std::size_t more);
 
   std::uint64_t last_seq() const;
