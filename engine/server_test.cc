@@ -2975,7 +2975,10 @@ TEST_CASE("server: over HTTP's connection limit, a few probes still get GET /hea
   CHECK(fx.ledger->balance("a", "b")->available == 0);
 
   // The probes are few: with every one of them taken too, a connection is
-  // closed at once.
+  // closed at once. The refused connections above hold a probe's slot
+  // until the server has closed them: wait for that, or an idle one below
+  // could be refused in their place and leave a slot free.
+  while (metric(port, "tally_connections{protocol=\"http\"}") != 2) std::this_thread::yield();
   std::vector<std::unique_ptr<tcp::socket>> idle;
   for (std::size_t taken = 0; taken < kProbeConnectionsMax; taken++) {
     idle.push_back(std::make_unique<tcp::socket>(io));
