@@ -614,8 +614,9 @@ TEST_CASE("keys remembered in runs after reserve_keys are all found, old and new
   constexpr std::uint64_t kReserved = 150'000;
   for (std::uint64_t seq = 1; seq <= kBefore; seq++) remember(seq, false);
   // More than one run, reserved for a third fewer than come: the index
-  // still grows where the estimate falls short. The reservation takes the
-  // index's slots at once (12 bytes a key, at most 7/8 full).
+  // still grows where the estimate falls short. The reservation sizes the
+  // index's slots at once (12 bytes a key, at most 7/8 full); their pages
+  // fault in as keys reach them (PageFill::lazy).
   const std::uint64_t before = state.counts().memory_bytes;
   state.reserve_keys(kReserved * 2 / 3);
   CHECK(state.counts().memory_bytes - before >= kReserved * 2 / 3 * 12 * 8 / 7);
