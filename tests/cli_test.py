@@ -204,6 +204,17 @@ def test_output_that_cannot_be_written_exits_1():
         assert b"tally: error writing the output" in proc.stderr, (args, proc.stderr)
 
 
+def test_output_whose_reader_went_away_exits_1():
+    f = fixture()
+    for args in (["--help"], ["log", "--data", f.data], ["export", "--data", f.data]):
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        proc = subprocess.run([TALLY, *args], stdout=write_end, stderr=subprocess.PIPE, timeout=60)
+        os.close(write_end)
+        assert proc.returncode == 1, (args, proc.returncode)
+    tally("verify", "--data", f.data, expect_exit=0)
+
+
 def test_usage_errors_exit_2():
     f = fixture()
     cases = [

@@ -2,11 +2,26 @@
 // tools library (tools/cli.cc), so tests can link it.
 #include "tools/cli.h"
 
+#include <unistd.h>
+
 #include <csignal>
+
+namespace {
+
+// A reader of the output that went away (`tally log | head -1`) stops the
+// command at once, as SIGPIPE's default action would, but with the exit
+// code of an output that could not be written, and nothing to say: the
+// reader chose to stop. _exit() is safe in a handler; what the command
+// wrote to a ledger is as durable as after any other sudden end. Sockets
+// are written with MSG_NOSIGNAL and raise no SIGPIPE.
+extern "C" void on_broken_pipe(int) { ::_exit(tally::cli::kExitFailed); }
+
+}  // namespace
 
 int main(int argc, char** argv) {
   // A write past a file size limit (ulimit -f) fails with EFBIG, reported
   // as any other I/O error, instead of killing the process mid-write.
   std::signal(SIGXFSZ, SIG_IGN);
+  std::signal(SIGPIPE, on_broken_pipe);
   return tally::cli::run_cli(argc, argv);
 }
