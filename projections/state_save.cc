@@ -620,7 +620,14 @@ Result<std::unique_ptr<State>> State::load(StateSource& source, StateOptions opt
   Impl* impl = state->impl_.get();
   ImageReader in(&source);
   Loader loader(&in, impl);
-  TALLY_TRY(loader.header(options));
+  const Status header = loader.header(options);
+  if (!header.ok()) {
+    // A failed check first, as below: damage can fail the header in any
+    // way, a window that differs too, and the image must not pass for
+    // sound but saved with another window.
+    if (check) TALLY_TRY(check());
+    return header;
+  }
   // The idempotency keys, half of a large image, need nothing loaded before
   // them: where the source can be read from two places, a second thread
   // loads them (into the key index only) while this one loads the rest.

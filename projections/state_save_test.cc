@@ -218,6 +218,15 @@ TEST_CASE("loading with a different idempotency window is invalid") {
   SpanSource source(image);
   Result<std::unique_ptr<State>> loaded = State::load(source, StateOptions{kWindowNs + 1});
   CHECK(loaded.code() == ErrorCode::invalid);
+  // Unless the check fails: a window read from a damaged image is no window.
+  bool checked = false;
+  const auto failing_check = [&] {
+    checked = true;
+    return Status(ErrorCode::corrupt, "payload checksum mismatch");
+  };
+  loaded = State::load(source, StateOptions{kWindowNs + 1}, nullptr, failing_check);
+  CHECK(checked);
+  CHECK(loaded.code() == ErrorCode::corrupt);
 }
 
 // Built from the script so every section of the image has entries.

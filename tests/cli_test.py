@@ -1597,25 +1597,47 @@ def test_snapshot_takes_lists_and_prunes():
     assert "s0,i0," in text(out)
 
 
-def test_verify_finds_a_damaged_snapshot():
-    f = fixture()
-    data = f.copy_data("bad-snapshot")
-    tally("snapshot", "--data", data, expect_exit=0)
-    _, before, _ = tally("export", "--data", data, expect_exit=0)
-    # The names are in the snapshot's image; copy-on-write may leave stale copies in free pages,
-    # so every copy is flipped (snapshots/store_test.cc does the same).
-    marker = text(before).splitlines()[-1].split(",")[0].encode()
-    path = os.path.join(data, "snapshots", "data.mdb")
-    with open(path, "rb") as file:
-        content = bytearray(file.read())
+def flip_every_copy(content, marker, offset):
+    """Flips the low bit of the byte `offset` bytes into every copy of `marker`
+    in `content`: copy-on-write may leave stale copies of a snapshot's image in
+    the store's free pages (snapshots/store_test.cc does the same)."""
     at = content.find(marker)
     assert at >= 0
     while at >= 0:
-        content[at + len(marker) - 1] ^= 0x01
+        content[at + offset] ^= 0x01
         at = content.find(marker, at + 1)
+
+
+def test_verify_finds_a_damaged_snapshot():
+    # The last name of the export is in the snapshot's image.
+    def flip_a_name(content, seq, before):
+        marker = text(before).splitlines()[-1].split(",")[0].encode()
+        flip_every_copy(content, marker, len(marker) - 1)
+    verify_finds_a_damaged_snapshot("bad-snapshot", flip_a_name)
+
+
+def test_verify_finds_a_snapshot_damaged_in_its_idempotency_window():
+    # The image starts "TSTA", u32 version, u64 last seq, i64 last time, i64 window.
+    def flip_the_window(content, seq, before):
+        version = content[content.find(b"TSTA") + 4:][:4]
+        flip_every_copy(content, b"TSTA" + version + struct.pack("<Q", seq), 26)
+    verify_finds_a_damaged_snapshot("bad-snapshot-window", flip_the_window)
+
+
+def verify_finds_a_damaged_snapshot(name, damage):
+    """Snapshots the fixture's ledger, damages the image with
+    damage(content, seq, export before), and checks verify and the reads."""
+    f = fixture()
+    data = f.copy_data(name)
+    tally("snapshot", "--data", data, expect_exit=0)
+    _, before, _ = tally("export", "--data", data, expect_exit=0)
+    seq = f.events[-1]["seq"]
+    path = os.path.join(data, "snapshots", "data.mdb")
+    with open(path, "rb") as file:
+        content = bytearray(file.read())
+    damage(content, seq, before)
     with open(path, "wb") as file:
         file.write(content)
-    seq = f.events[-1]["seq"]
     code, out, err = tally("verify", "--data", data)
     assert code == 1 and ("snapshot at seq %d" % seq) in err, (code, err)
     assert text(out).startswith("failed: snapshot at seq %d" % seq), text(out)
