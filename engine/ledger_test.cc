@@ -834,6 +834,52 @@ TEST_CASE("non-blocking submit completes in order once durable") {
   CHECK(f.balance("alice", "gold") == Balance{kOps, 0});
 }
 
+TEST_CASE("a deep queue of commands naming new and known names applies as a replay does") {
+  // The writer looks up the names and balances of the commands ahead of the
+  // one it decides, and a queue this deep gives it long batches: names are
+  // first used a command or two before the look-ahead's answers are used.
+  // Every kind of command, and batches; the state must be the log's.
+  Fixture f;
+  constexpr int kOps = 3000;
+  std::atomic<int> done{0};
+  const auto submit = [&](std::string key, OpRequest op) {
+    Command command;
+    command.key = std::move(key);
+    command.op = std::move(op);
+    f.ledger->submit(std::move(command), [&](Result<Receipt> r) {
+      REQUIRE(r.ok());
+      done++;
+    });
+  };
+  for (int op_index = 0; op_index < kOps; op_index++) {
+    const std::string subject = name("s", op_index / 3);
+    const std::string other = name("s", op_index / 3 + 1);
+    const std::string item = name("i", op_index / 5);
+    switch (op_index % 6) {
+      case 0: submit(name("a", op_index), OpRequest::acquire(subject, item, 50)); break;
+      case 1: submit(name("t", op_index), OpRequest::transfer(subject, other, item, 7)); break;
+      case 2: submit(name("h", op_index), OpRequest::hold_of(other, item, 3, 3600 * kSecond)); break;
+      case 3: submit(name("c", op_index), OpRequest::commit_key(name("h", op_index - 1))); break;
+      case 4: submit(name("u", op_index), OpRequest::consume(other, item, 2)); break;
+      default: {
+        Command batch;
+        batch.key = name("b", op_index);
+        batch.batch = true;
+        batch.ops = {OpRequest::acquire(other, item, 4), OpRequest::consume(subject, item, 1)};
+        f.ledger->submit(std::move(batch), [&](Result<Receipt> r) {
+          REQUIRE(r.ok());
+          done++;
+        });
+      }
+    }
+  }
+  const std::uint64_t digest = *f.ledger->digest();
+  CHECK(done.load() == kOps);
+  f.reopen();
+  CHECK(*f.ledger->digest() == digest);
+  CHECK(f.ledger->stats().events_replayed == kOps);
+}
+
 TEST_CASE("an event is stamped no earlier than its command arrived, nor later than its ack") {
   // The writer reuses one clock read for a run of queued commands; each of
   // them still arrived before that read.
