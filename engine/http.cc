@@ -727,6 +727,9 @@ std::optional<FramingProblem> transfer_coding_problem(const http::request_header
   return std::nullopt;
 }
 
+Status check_mutation_headers(const Route& route, const Target& target,
+                              const HttpRequest& request);
+
 // One HTTP connection. Every method runs on its strand.
 class HttpSession final : public Session, public std::enable_shared_from_this<HttpSession> {
  public:
@@ -826,11 +829,17 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
       return read_body();
     }
     // A client that waits to be asked for its body is told at once what
-    // the headers decide (a 401, a 404...), and the connection closes, its
-    // body unsent, rather than asked for a body only to be refused.
+    // the headers decide (a 401, a 404, a mutation's bad query or missing
+    // key, the answer of a GET, which takes no body), and the connection
+    // closes, its body unsent, rather than asked for a body only to be
+    // refused or ignored.
     reading_ = false;
     body_unread_ = true;  // an answer now closes the connection
-    if (!route_headers(parser_->get())) return;
+    const std::optional<Routed> routed = route_headers(parser_->get());
+    if (!routed) return;
+    if (routed->route.kind != RouteKind::mutation) return route_get(routed->route, routed->target);
+    const Status decided = check_mutation_headers(routed->route, routed->target, parser_->get());
+    if (!decided.ok()) return reject(routed->route, decided);
     body_unread_ = false;
     reading_ = true;
     continue_.emplace(http::status::continue_, version_);
@@ -892,6 +901,8 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   // query or body did not decode): answered, and counted under the route's
   // op as the ledger's own refusals are.
   void reject(const Route& route, const Status& status);
+  // The GET routes but /health, which take no body: answered from the
+  // request's target alone.
   void route_get(const Route& route, const Target& target);
   // GET /v1/events: read; if nothing is there yet and wait_ms allows, wait
   // for a commit (EventFeed::wait, off the I/O threads) and read once more.
@@ -1126,11 +1137,6 @@ void HttpSession::handle(HttpRequest request) {
   std::optional<Routed> routed = route_headers(request);
   if (!routed) return;  // answered
   const auto& [route, target] = *routed;
-  if (route.kind == RouteKind::metrics) {
-    // /metrics takes no parameters either.
-    const Status query = parse_query(target.query, {}).status();
-    return query.ok() ? metrics() : reject(route, query);
-  }
   if (route.kind == RouteKind::mutation) return route_post(route, target, request);
   route_get(route, target);
 }
@@ -1198,6 +1204,11 @@ void HttpSession::reject(const Route& route, const Status& status) {
 void HttpSession::route_get(const Route& route, const Target& target) {
   const std::vector<std::string>& path = target.segments;
   switch (route.kind) {
+    case RouteKind::metrics: {
+      // /metrics takes no parameters either.
+      const Status query = parse_query(target.query, {}).status();
+      return query.ok() ? metrics() : reject(route, query);
+    }
     case RouteKind::events: return events(route, target);
     case RouteKind::balance:
     case RouteKind::list: {
@@ -1218,10 +1229,9 @@ void HttpSession::route_get(const Route& route, const Target& target) {
     }
     case RouteKind::none:
     case RouteKind::health:
-    case RouteKind::metrics:
     case RouteKind::mutation: break;
   }
-  TALLY_ASSERT(false);  // handle() passes the read routes only
+  TALLY_ASSERT(false);  // the GET routes only, /health answered by route_headers()
 }
 
 void HttpSession::balance(std::string subject, std::string item, std::optional<AsOf> at) {
@@ -1366,12 +1376,29 @@ Status command_for(const Route& route, const std::vector<std::string>& path,
   return get_meta(body, &command->meta);
 }
 
-// The Command of a POST to a mutation route: no query parameters, a JSON
-// object body (an empty body, or one of JSON's whitespace only, is {}),
-// and an Idempotency-Key.
+// What the headers alone decide of a POST to a mutation route, before its
+// body is read: no query parameters, a hold id in the path (commit,
+// release) that parses, and one Idempotency-Key.
+Status check_mutation_headers(const Route& route, const Target& target,
+                              const HttpRequest& request) {
+  TALLY_TRY(parse_query(target.query, {}).status());
+  if (route.op == Metrics::Op::commit || route.op == Metrics::Op::release) {
+    HoldId hold = 0;
+    TALLY_TRY(parse_hold_id(target.segments[2], &hold));
+  }
+  if (request.count("Idempotency-Key") > 1) return bad("more than one Idempotency-Key header");
+  if (view(request["Idempotency-Key"]).empty()) {
+    return bad("the Idempotency-Key header is required");
+  }
+  return Status();
+}
+
+// The Command of a POST to a mutation route: check_mutation_headers(), and
+// a JSON object body (an empty body, or one of JSON's whitespace only, is
+// {}).
 Status decode_mutation(const Route& route, const Target& target, const HttpRequest& request,
                        Command* command) {
-  TALLY_TRY(parse_query(target.query, {}).status());
+  TALLY_TRY(check_mutation_headers(route, target, request));
   json::Value body;
   body.type = json::Value::Type::object;
   if (request.body().find_first_not_of(" \t\r\n") != std::string::npos) {
@@ -1381,10 +1408,7 @@ Status decode_mutation(const Route& route, const Target& target, const HttpReque
   }
   if (body.type != json::Value::Type::object) return bad("the body must be a JSON object");
   TALLY_TRY(command_for(route, target.segments, body, command));
-  if (request.count("Idempotency-Key") > 1) return bad("more than one Idempotency-Key header");
-  const std::string_view key = view(request["Idempotency-Key"]);
-  if (key.empty()) return bad("the Idempotency-Key header is required");
-  command->key = std::string(key);
+  command->key = std::string(view(request["Idempotency-Key"]));
   return Status();
 }
 

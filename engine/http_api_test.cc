@@ -391,18 +391,32 @@ TEST_CASE("http api: HTTP/1.0 keep-alive is answered in 1.0 and kept; Expect: 10
   CHECK(final_answer.starts_with("HTTP/1.1 200 OK\r\n"));
   CHECK(fx.ledger->balance("berlin", "sku")->available == 5);
 
-  // One the headers refuse is told so instead, and the connection closes
-  // with its body never asked for (nor sent).
-  for (const auto& [request, status] : std::vector<std::pair<std::string, std::string>>{
-           {"POST /v1/nowhere", "404"}, {"PUT /v1/acquire", "405"}}) {
-    CAPTURE(request);
-    const std::string refused = send_raw_until_closed(
-        port, request + " HTTP/1.1\r\nHost: h\r\nIdempotency-Key: e2\r\n"
-                        "Expect: 100-continue\r\nContent-Length: " +
-                  std::to_string(body.size()) + "\r\n\r\n");
-    CHECK(refused.starts_with("HTTP/1.1 " + status + " "));
-    CHECK(refused.find("100 Continue") == std::string::npos);
-    CHECK(refused.find("Connection: close\r\n") != std::string::npos);
+  // One the headers decide is answered instead (refused, or a GET, which
+  // takes no body), and the connection closes with its body never asked
+  // for (nor sent).
+  struct Decided {
+    std::string request;
+    std::string key_header;
+    std::string status;
+  };
+  for (const Decided& decided : std::vector<Decided>{
+           {"POST /v1/nowhere", "Idempotency-Key: e2\r\n", "404"},
+           {"PUT /v1/acquire", "Idempotency-Key: e2\r\n", "405"},
+           {"POST /v1/acquire?foo=1", "Idempotency-Key: e2\r\n", "400"},
+           {"POST /v1/acquire?%zz", "Idempotency-Key: e2\r\n", "400"},
+           {"POST /v1/holds/abc/commit", "Idempotency-Key: e2\r\n", "400"},
+           {"POST /v1/holds/7/release", "Idempotency-Key: e2\r\nIdempotency-Key: e4\r\n", "400"},
+           {"POST /v1/acquire", "", "400"},
+           {"GET /metrics", "", "200"},
+           {"GET /v1/balances/berlin/sku", "", "200"}}) {
+    CAPTURE(decided.request);
+    const std::string answer = send_raw_until_closed(
+        port, decided.request + " HTTP/1.1\r\nHost: h\r\n" + decided.key_header +
+                  "Expect: 100-continue\r\nContent-Length: " + std::to_string(body.size()) +
+                  "\r\n\r\n");
+    CHECK(answer.starts_with("HTTP/1.1 " + decided.status + " "));
+    CHECK(answer.find("100 Continue") == std::string::npos);
+    CHECK(answer.find("Connection: close\r\n") != std::string::npos);
   }
   CHECK(fx.ledger->balance("berlin", "sku")->available == 5);
 
