@@ -54,6 +54,32 @@ bool lock_file_writable(const std::string& dir) {
   return errno == ENOENT && ::faccessat(AT_FDCWD, dir.c_str(), W_OK, AT_EACCESS) == 0;
 }
 
+// Makes `dir`/lock.mdb where there is none, its blocks allocated. LMDB
+// makes it by ftruncate(), a file with no blocks, then writes it through a
+// shared mapping: on a full disk that write finds no block and the kernel
+// ends the process with SIGBUS. Made here, the full disk is an error
+// instead. LMDB sizes its table of readers by the file (it makes the file
+// no smaller than it needs), so the file appears at its full size, linked
+// in once allocated: every process reads the same size. One already there
+// is left as it is (another process may have it mapped), and where none
+// can be made (a directory this process may not write), LMDB meets the
+// same and says so.
+Status make_lock_file(const std::string& dir, const std::string& component) {
+  constexpr off_t kLockFileBytes = 16 << 10;  // LMDB's 126 readers take 8 KiB
+  const std::string path = dir + "/lock.mdb";
+  if (::access(path.c_str(), F_OK) == 0) return Status();
+  const std::string made = path + "." + std::to_string(::getpid()) + ".new";
+  const int fd = ::open(made.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return Status();
+  const int rc = ::posix_fallocate(fd, 0, kLockFileBytes);
+  ::close(fd);
+  // A file system without hard links leaves the making to LMDB.
+  if (rc == 0) (void)::link(made.c_str(), path.c_str());
+  ::unlink(made.c_str());
+  if (rc == 0) return Status();
+  return Status(ErrorCode::io_error, component + ": make " + path + ": " + std::strerror(rc));
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Environment>> Environment::open(const std::string& dir,
@@ -100,12 +126,20 @@ Result<std::unique_ptr<Environment>> Environment::open(const std::string& dir,
   env->options_ = options;
   env->options_.component = env->component_;
   TALLY_TRY(env->check_meta_pages());
-  int rc = env->open_handle(options.flags);
-  if (rc == EACCES && read_only && !lock_file_writable(dir)) {
-    // No write access to lock.mdb, where LMDB keeps its table of readers: a
-    // writer could not see this reader and would reuse the pages it reads.
-    // Read without the table while no writer can start (a file system
-    // mounted read-only LMDB handles itself, with EROFS).
+  const Status lock_made = make_lock_file(dir, component);
+  if (!lock_made.ok() && !read_only) return lock_made;
+  // A reader with no lock.mdb it may write, or room to make one: LMDB
+  // keeps its table of readers there, and a writer that could not see this
+  // reader would reuse the pages it reads. Read without the table while no
+  // writer can start (a file system mounted read-only LMDB handles itself,
+  // with EROFS).
+  bool without_table = !lock_made.ok();
+  int rc = 0;
+  if (!without_table) {
+    rc = env->open_handle(options.flags);
+    without_table = rc == EACCES && read_only && !lock_file_writable(dir);
+  }
+  if (without_table) {
     TALLY_TRY(env->keep_writers_out());
     rc = env->open_handle(options.flags | MDB_NOLOCK);
   }

@@ -3,10 +3,13 @@
 #include <doctest.h>
 #include <grp.h>
 #include <lmdb.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -779,6 +782,62 @@ int read_without_write_access(const TempDir& dir, const std::function<int()>& re
   REQUIRE(::waitpid(child, &status, 0) == child);
   fs::permissions(path, fs::perms::owner_write, fs::perm_options::add);
   return WIFEXITED(status) ? WEXITSTATUS(status) : 100 + WTERMSIG(status);
+}
+
+// Runs `body` in a child process whose files may not grow past `bytes` (a
+// write past that fails EFBIG, as one fails ENOSPC on a full disk); its exit
+// code, or 100 + the signal that ended it.
+int with_file_size_limit(rlim_t bytes, const std::function<int()>& body) {
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    std::signal(SIGXFSZ, SIG_IGN);
+    const rlimit limit{bytes, bytes};
+    if (::setrlimit(RLIMIT_FSIZE, &limit) != 0) ::_exit(99);
+    ::_exit(body());
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 100 + WTERMSIG(status);
+}
+
+TEST_CASE("lock.mdb is made with its blocks; without room for it a writer fails, a reader reads") {
+  TempDir dir;
+  ScriptRun run;
+  {
+    std::unique_ptr<SnapshotStore> writer = open_store(dir);
+    run_script(writer.get(), &run);
+  }
+  // LMDB writes lock.mdb through a shared mapping: a block the kernel had
+  // to find for that write would end the process with SIGBUS on a full disk.
+  const std::string lock_path = dir.sub("snapshots") + "/lock.mdb";
+  struct stat lock_stat {};
+  REQUIRE(::stat(lock_path.c_str(), &lock_stat) == 0);
+  CHECK(lock_stat.st_size >= 8192);
+  CHECK(lock_stat.st_blocks * 512 >= lock_stat.st_size);
+  REQUIRE(::unlink(lock_path.c_str()) == 0);
+  SnapshotStoreOptions read_only = small_options();
+  read_only.read_only = true;
+  const int read = with_file_size_limit(4096, [&] {
+    auto reader = SnapshotStore::open(dir.sub("snapshots"), read_only);
+    if (!reader.ok()) return 1;
+    auto loaded = (*reader)->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, nullptr);
+    return loaded.ok() && loaded->state->digest() == run.digests.back() ? 0 : 2;
+  });
+  CHECK(read == 0);
+  const int written = with_file_size_limit(4096, [&] {
+    auto writer = SnapshotStore::open(dir.sub("snapshots"), small_options());
+    if (writer.code() != ErrorCode::io_error) return 1;
+    return writer.status().message().find("lock.mdb") != std::string::npos ? 0 : 2;
+  });
+  CHECK(written == 0);
+  // Nothing half made is left: no lock.mdb, no file it was made in.
+  CHECK(std::filesystem::exists(lock_path) == false);
+  std::size_t files = 0;
+  const std::filesystem::directory_iterator store_files(dir.sub("snapshots"));
+  for ([[maybe_unused]] const auto& entry : store_files) files++;
+  CHECK(files == 1);  // data.mdb
+  REQUIRE(open_store(dir) != nullptr);
 }
 
 TEST_CASE("a reader without write access to lock.mdb reads while it keeps writers out") {
