@@ -757,6 +757,7 @@ Result<std::unique_ptr<Ledger>> Ledger::open(const LedgerOptions& options) {
   if (options.idempotency_window_ns < 0 || options.hold_ttl_ns_max < kHoldTtlNsMin) {
     return Status(ErrorCode::invalid, "idempotency window or hold ttl limit out of range");
   }
+  if (options.snapshot_retain == 0) return Status(ErrorCode::invalid, "snapshot_retain is 0");
   if (options.snapshot_every_seconds < 0 || options.sync_interval_ms < 0 ||
       options.log_scrub_seconds < 0) {
     return Status(ErrorCode::invalid,
@@ -1252,7 +1253,11 @@ Status Ledger::close() {
                   "would wait for: close the ledger from another thread");
   }
   std::lock_guard<std::mutex> closing(impl.close_mu);
-  if (impl.closed) return Status();
+  if (impl.closed) {
+    // Again the first close()'s answer: a failed write stays failed.
+    std::lock_guard<std::mutex> guard(impl.failure_mu);
+    return impl.failure;
+  }
   impl.closed = true;
   impl.closing_began.store(true);
   {
@@ -1319,8 +1324,12 @@ Ledger::Committed Ledger::wait_durable(std::uint64_t after, std::chrono::millise
 Ledger::Committed Ledger::Impl::wait_past(const std::atomic<std::uint64_t>& seq,
                                           std::uint64_t after, std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> guard(committed_mu);
-  committed_cv.wait_for(guard, bounded_wait(timeout),
-                        [&] { return seq.load() > after || committed_closed; });
+  // From a completion the seq cannot move while it waits: it would wait
+  // for itself (and hold up the ledger) until the timeout.
+  if (!on_own_thread()) {
+    committed_cv.wait_for(guard, bounded_wait(timeout),
+                          [&] { return seq.load() > after || committed_closed; });
+  }
   return Committed{seq.load(), committed_closed};
 }
 

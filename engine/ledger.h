@@ -249,7 +249,8 @@ class Ledger final : public LedgerApi {
   };
   // Wait until committed_seq() (durable_seq()) > after, the timeout passes
   // or the ledger closes. A timeout is at most a year (milliseconds::max()
-  // included).
+  // included). From a completion they return at once what they see: the
+  // seq cannot move while a completion runs.
   Committed wait_committed(std::uint64_t after, std::chrono::milliseconds timeout);
   Committed wait_durable(std::uint64_t after, std::chrono::milliseconds timeout);
   // LedgerOptions::data_dir made absolute at open (against the working
@@ -259,9 +260,10 @@ class Ledger final : public LedgerApi {
 
   // Finishes queued commands, syncs the log, stops the threads, releases the
   // lock (another process may open the directory). Later calls answer
-  // `closed`. Idempotent. The stores' files and maps are released when the
-  // Ledger is destroyed; until then an open of the same directory in this
-  // process is `locked`.
+  // `closed`. Idempotent: a second close() answers as the first did (a
+  // failed write's Status too). The stores' files and maps are released
+  // when the Ledger is destroyed; until then an open of the same directory
+  // in this process is `locked`.
   Status close() override;
 
  private:

@@ -991,7 +991,9 @@ TEST_CASE("a failed fsync turns the ledger read-only until reopened") {
     CHECK((*ledger)->stats().next_seq == 2);  // the log's, though the state is not read
     CHECK((*ledger)->acquire("a3", "alice", "gold", 1).code() == ErrorCode::read_only);
     CHECK((*ledger)->balance("alice", "gold").code() == ErrorCode::read_only);
-    CHECK_FALSE((*ledger)->close().ok());
+    const Status closed = (*ledger)->close();
+    CHECK_FALSE(closed.ok());
+    CHECK((*ledger)->close().to_string() == closed.to_string());  // idempotent
   }
   fs.disarm();
   auto reopened = Ledger::open(options);
@@ -1054,6 +1056,8 @@ TEST_CASE("options a ledger cannot honour are refused before it touches the dire
   cases.back().first.durability = static_cast<Durability>(7);
   cases.emplace_back(options, "idempotency window");
   cases.back().first.idempotency_window_ns = -1;
+  cases.emplace_back(options, "snapshot_retain");
+  cases.back().first.snapshot_retain = 0;
   cases.emplace_back(options, "snapshot_every_seconds");
   cases.back().first.snapshot_every_seconds = -5;
   cases.emplace_back(options, "sync_interval_ms");
@@ -1193,6 +1197,30 @@ TEST_CASE("a completion may not close the ledger; an empty completion is allowed
   REQUIRE(f.ledger->close().ok());
   command.key = "a3";
   f.ledger->submit(command, nullptr);  // closed: nothing to tell
+}
+
+TEST_CASE("waiting for a seq from a completion returns at once what it sees") {
+  Fixture f;
+  std::promise<std::pair<Ledger::Committed, Ledger::Committed>> seen;
+  Command command;
+  command.key = "w1";
+  command.op = OpRequest::acquire("alice", "gold", 5);
+  f.ledger->submit(command, [&](Result<Receipt> receipt) {
+    REQUIRE(receipt.ok());
+    // The seq cannot pass this one while the completion runs.
+    const std::uint64_t after = receipt->seq;
+    seen.set_value({f.ledger->wait_committed(after, std::chrono::milliseconds::max()),
+                    f.ledger->wait_durable(after, std::chrono::milliseconds::max())});
+  });
+  const auto [committed, durable] = seen.get_future().get();
+  CHECK(committed.seq == 1);
+  CHECK(durable.seq <= 1);
+  CHECK_FALSE(committed.closed);
+  // The ledger goes on.
+  command.key = "w2";
+  f.ok(f.ledger->execute(command));
+  CHECK(f.ledger->wait_committed(1, std::chrono::milliseconds::max()).seq == 2);
+  REQUIRE(f.ledger->close().ok());
 }
 
 TEST_CASE("a backup's progress may not close the ledger") {
