@@ -120,6 +120,12 @@ void State::Impl::prefetch_balance(std::uint32_t subject, std::uint32_t item) co
   if (subject != 0 && item != 0) balances.prefetch(mix64(pair_of(subject, item)));
 }
 
+void State::Impl::prefetch_list_head(std::uint32_t subject) const {
+  if (subject != 0 && subject < subject_heads.size()) {
+    prefetch_balance(subject, subject_heads[subject]);
+  }
+}
+
 BalanceSlot* State::Impl::find_balance(std::uint32_t subject, std::uint32_t item) {
   return const_cast<BalanceSlot*>(std::as_const(*this).find_balance(subject, item));
 }
@@ -324,10 +330,12 @@ void State::Impl::prefetch_balances(std::string_view subject, std::string_view i
   if (!subject.empty()) {
     hashes->subject_id = subjects.find(subject, hashes->subject);
     prefetch_balance(hashes->subject_id, hashes->item_id);
+    prefetch_list_head(hashes->subject_id);
   }
   if (!to.empty()) {
     hashes->to_id = subjects.find(to, hashes->to);
     prefetch_balance(hashes->to_id, hashes->item_id);
+    prefetch_list_head(hashes->to_id);
   }
 }
 

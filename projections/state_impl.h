@@ -106,6 +106,10 @@ struct State::Impl {
   BalanceSlot* find_balance(std::uint32_t subject, std::uint32_t item);
   // Starts loading the cache line where find_balance() of the pair begins.
   void prefetch_balance(std::uint32_t subject, std::uint32_t item) const;
+  // The balance at the head of the subject's item list, which a balance
+  // inserted for the subject relinks (upsert_balance): an acquire's or a
+  // transfer's destination may be new.
+  void prefetch_list_head(std::uint32_t subject) const;
   // The pair's slot, inserted as {0, 0} at the head of the subject's list
   // when missing. May move every slot.
   BalanceSlot* upsert_balance(std::uint32_t subject, std::uint32_t item);
