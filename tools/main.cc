@@ -22,6 +22,12 @@ int main(int argc, char** argv) {
   // A write past a file size limit (ulimit -f) fails with EFBIG, reported
   // as any other I/O error, instead of killing the process mid-write.
   std::signal(SIGXFSZ, SIG_IGN);
-  std::signal(SIGPIPE, on_broken_pipe);
+  // Only in place of the default: a parent that ignores SIGPIPE (systemd
+  // does, for services) keeps a server whose log's reader went away
+  // serving, its writes to that log failing.
+  struct sigaction inherited {};
+  if (::sigaction(SIGPIPE, nullptr, &inherited) == 0 && inherited.sa_handler == SIG_DFL) {
+    std::signal(SIGPIPE, on_broken_pipe);
+  }
   return tally::cli::run_cli(argc, argv);
 }
