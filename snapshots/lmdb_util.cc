@@ -60,24 +60,40 @@ bool lock_file_writable(const std::string& dir) {
 // ends the process with SIGBUS. Made here, the full disk is an error
 // instead. LMDB sizes its table of readers by the file (it makes the file
 // no smaller than it needs), so the file appears at its full size, linked
-// in once allocated: every process reads the same size. One already there
-// is left as it is (another process may have it mapped), and where none
-// can be made (a directory this process may not write), LMDB meets the
-// same and says so.
+// in once allocated: every process reads the same size. Where none can be
+// made (a directory this process may not write), LMDB meets the same and
+// says so. One already there keeps its size (another process may have it
+// mapped) and gets its blocks allocated; on a full disk, one with none
+// (left by a process that LMDB's SIGBUS ended, or a crash) is an error too.
 Status make_lock_file(const std::string& dir, const std::string& component) {
   constexpr off_t kLockFileBytes = 16 << 10;  // LMDB's 126 readers take 8 KiB
   const std::string path = dir + "/lock.mdb";
-  if (::access(path.c_str(), F_OK) == 0) return Status();
+  const auto no_room = [&](int error) {
+    return Status(ErrorCode::io_error,
+                  component + ": make " + path + ": " + std::strerror(error));
+  };
+  const int existing = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (existing >= 0) {
+    struct stat file_stat {};
+    int rc = ::fstat(existing, &file_stat) == 0 ? 0 : errno;
+    if (rc == 0) {
+      const off_t length = std::max<off_t>(file_stat.st_size, kLockFileBytes);
+      rc = ::fallocate(existing, FALLOC_FL_KEEP_SIZE, 0, length) == 0 ? 0 : errno;
+    }
+    ::close(existing);
+    const bool full = rc == ENOSPC || rc == EDQUOT;
+    return full && file_stat.st_blocks == 0 ? no_room(rc) : Status();
+  }
+  if (errno != ENOENT) return Status();
   const std::string made = path + "." + std::to_string(::getpid()) + ".new";
   const int fd = ::open(made.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return Status();
+  if (fd < 0) return errno == ENOSPC || errno == EDQUOT ? no_room(errno) : Status();
   const int rc = ::posix_fallocate(fd, 0, kLockFileBytes);
   ::close(fd);
   // A file system without hard links leaves the making to LMDB.
   if (rc == 0) (void)::link(made.c_str(), path.c_str());
   ::unlink(made.c_str());
-  if (rc == 0) return Status();
-  return Status(ErrorCode::io_error, component + ": make " + path + ": " + std::strerror(rc));
+  return rc == 0 ? Status() : no_room(rc);
 }
 
 }  // namespace

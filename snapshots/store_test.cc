@@ -838,6 +838,17 @@ TEST_CASE("lock.mdb is made with its blocks; without room for it a writer fails,
   for ([[maybe_unused]] const auto& entry : store_files) files++;
   CHECK(files == 1);  // data.mdb
   REQUIRE(open_store(dir) != nullptr);
+  // One left without blocks (LMDB's own ftruncate(), by a process its
+  // SIGBUS ended) keeps its size and gets them.
+  REQUIRE(::unlink(lock_path.c_str()) == 0);
+  {
+    std::ofstream sparse(lock_path);
+  }
+  REQUIRE(::truncate(lock_path.c_str(), 8192) == 0);
+  REQUIRE(open_store(dir) != nullptr);
+  REQUIRE(::stat(lock_path.c_str(), &lock_stat) == 0);
+  CHECK(lock_stat.st_size == 8192);
+  CHECK(lock_stat.st_blocks * 512 >= 8192);
 }
 
 TEST_CASE("a reader without write access to lock.mdb reads while it keeps writers out") {
