@@ -224,7 +224,8 @@ TEST_CASE("loading with a different idempotency window is invalid") {
     checked = true;
     return Status(ErrorCode::corrupt, "payload checksum mismatch");
   };
-  loaded = State::load(source, StateOptions{kWindowNs + 1}, nullptr, failing_check);
+  SpanSource again(image);
+  loaded = State::load(again, StateOptions{kWindowNs + 1}, nullptr, failing_check);
   CHECK(checked);
   CHECK(loaded.code() == ErrorCode::corrupt);
 }
