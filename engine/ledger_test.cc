@@ -858,7 +858,9 @@ TEST_CASE("a deep queue of commands naming new and known names applies as a repl
     switch (op_index % 6) {
       case 0: submit(name("a", op_index), OpRequest::acquire(subject, item, 50)); break;
       case 1: submit(name("t", op_index), OpRequest::transfer(subject, other, item, 7)); break;
-      case 2: submit(name("h", op_index), OpRequest::hold_of(other, item, 3, 3600 * kSecond)); break;
+      case 2:
+        submit(name("h", op_index), OpRequest::hold_of(other, item, 3, 3600 * kSecond));
+        break;
       case 3: submit(name("c", op_index), OpRequest::commit_key(name("h", op_index - 1))); break;
       case 4: submit(name("u", op_index), OpRequest::consume(other, item, 2)); break;
       default: {
