@@ -18,6 +18,7 @@
 #include <string_view>
 #include <vector>
 
+#include "engine/decide.h"
 #include "engine/event_format.h"
 #include "engine/json.h"
 #include "engine/server_impl.h"
@@ -1378,7 +1379,7 @@ Status command_for(const Route& route, const std::vector<std::string>& path,
 
 // What the headers alone decide of a POST to a mutation route, before its
 // body is read: no query parameters, a hold id in the path (commit,
-// release) that parses, and one Idempotency-Key.
+// release) that parses, and one Idempotency-Key that is a valid key.
 Status check_mutation_headers(const Route& route, const Target& target,
                               const HttpRequest& request) {
   TALLY_TRY(parse_query(target.query, {}).status());
@@ -1387,10 +1388,9 @@ Status check_mutation_headers(const Route& route, const Target& target,
     TALLY_TRY(parse_hold_id(target.segments[2], &hold));
   }
   if (request.count("Idempotency-Key") > 1) return bad("more than one Idempotency-Key header");
-  if (view(request["Idempotency-Key"]).empty()) {
-    return bad("the Idempotency-Key header is required");
-  }
-  return Status();
+  const std::string_view key = view(request["Idempotency-Key"]);
+  if (key.empty()) return bad("the Idempotency-Key header is required");
+  return detail::check_id("key", key);
 }
 
 // The Command of a POST to a mutation route: check_mutation_headers(), and

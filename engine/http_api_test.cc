@@ -407,6 +407,7 @@ TEST_CASE("http api: HTTP/1.0 keep-alive is answered in 1.0 and kept; Expect: 10
            {"POST /v1/holds/abc/commit", "Idempotency-Key: e2\r\n", "400"},
            {"POST /v1/holds/7/release", "Idempotency-Key: e2\r\nIdempotency-Key: e4\r\n", "400"},
            {"POST /v1/acquire", "", "400"},
+           {"POST /v1/acquire", "Idempotency-Key: " + std::string(256, 'k') + "\r\n", "400"},
            {"GET /metrics", "", "200"},
            {"GET /v1/balances/berlin/sku", "", "200"}}) {
     CAPTURE(decided.request);
