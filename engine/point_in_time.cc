@@ -296,7 +296,7 @@ Result<bool> history_continues_log(log::FileSystem& fs, const std::string& data_
   return *found && record.checksum == position->chain_checksum;
 }
 
-Result<std::uint64_t> log_last_seq(log::FileSystem& fs, const std::string& data_dir) {
+Result<log::LogEnd> log_end_of(log::FileSystem& fs, const std::string& data_dir) {
   auto reader = log::LogReader::open(fs, log_dir(data_dir), {.from_seq = UINT64_MAX});
   if (!reader) return reader.status();
   log::Record record;
@@ -305,7 +305,13 @@ Result<std::uint64_t> log_last_seq(log::FileSystem& fs, const std::string& data_
     if (!more) return more.status();
     if (!*more) break;
   }
-  return (*reader)->end().next_seq - 1;
+  return (*reader)->end();
+}
+
+Result<std::uint64_t> log_last_seq(log::FileSystem& fs, const std::string& data_dir) {
+  auto end = log_end_of(fs, data_dir);
+  if (!end) return end.status();
+  return end->next_seq - 1;
 }
 
 }  // namespace tally

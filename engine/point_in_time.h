@@ -100,8 +100,9 @@ bool history_covers(const PointInTimeSource& source, AsOf at);
 Result<bool> history_continues_log(log::FileSystem& fs, const std::string& data_dir,
                                    const snap::HistoryStore& history, std::uint64_t last_seq);
 
-// The seq of the last record of DATA's log (0 when empty), reading only its
-// last segment.
+// Where DATA's log ends, reading only its last segment.
+Result<log::LogEnd> log_end_of(log::FileSystem& fs, const std::string& data_dir);
+// The seq of the last record of DATA's log (0 when empty): log_end_of()'s.
 Result<std::uint64_t> log_last_seq(log::FileSystem& fs, const std::string& data_dir);
 
 }  // namespace tally

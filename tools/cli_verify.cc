@@ -56,7 +56,8 @@ struct VerifySummary {
   std::int64_t last_time_ns = 0;
   proj::StateCounts counts;
   std::uint64_t digest = 0;
-  std::uint64_t log_last_seq = 0;  // the log's end, whatever --to-seq said
+  log::LogEnd log_end;  // where the log ends, whatever --to-seq said
+  std::uint64_t log_last_seq = 0;  // log_end's last seq
   bool flows_checked = false;
   std::vector<SnapshotCheck> snapshots;
   Status snapshots_unreadable;  // corrupt: DATA/snapshots does not open or list
@@ -207,12 +208,9 @@ std::string end_position(const log::LogEnd& end) {
 std::string lost_events_text(const VerifySummary& summary, std::uint64_t held_seq) {
   const std::uint64_t last_seq = summary.log_last_seq;
   const std::uint64_t lost = held_seq - last_seq;
-  std::string text = "the log ends at seq " + std::to_string(last_seq);
-  if (summary.report.reached_end) {
-    const log::LogEnd& end = summary.report.end;
-    text += end.has_segment ? " (" + end_position(end) + ")" : " (it has no segment)";
-  }
-  return text + ": the " + std::to_string(lost) + (lost == 1 ? " event" : " events") +
+  const log::LogEnd& end = summary.log_end;
+  return "the log ends at seq " + std::to_string(last_seq) +
+         (end.has_segment ? " (" + end_position(end) + ")" : " (it has no segment)") + ": the " + std::to_string(lost) + (lost == 1 ? " event" : " events") +
          " after it " + (lost == 1 ? "is" : "are") +
          " lost (the log was cut short, or its last records damaged)";
 }
@@ -314,8 +312,7 @@ Status first_failure(const std::string& data_dir, const VerifySummary& summary) 
                                           "; `tally history --rebuild` rebuilds it");
   }
   // Last: a snapshot or the index past the log's end says more (how many).
-  const log::LogEnd& end = summary.report.end;
-  if (summary.report.reached_end && end.cut_short) return log::cut_short_status(end);
+  if (summary.log_end.cut_short) return log::cut_short_status(summary.log_end);
   return Status();
 }
 
@@ -389,12 +386,13 @@ Result<VerifySummary> verify_data(const std::string& data_dir,
   summary.counts = state.counts();
   summary.digest = state.digest();
   if (summary.report.reached_end) {
-    summary.log_last_seq = summary.report.end.next_seq - 1;
+    summary.log_end = summary.report.end;
   } else {
-    auto last = log_last_seq(verify_files(), data_dir);
-    if (!last) return last.status();
-    summary.log_last_seq = *last;
+    auto end = log_end_of(verify_files(), data_dir);
+    if (!end) return end.status();
+    summary.log_end = *end;
   }
+  summary.log_last_seq = summary.log_end.next_seq - 1;
   if (given_from_seq.has_value() && from_seq > summary.log_last_seq) {
     return Status(ErrorCode::invalid, "--from-seq " + std::to_string(from_seq) +
                                           " is past the end of the log (last seq " +
@@ -468,7 +466,7 @@ void append_verify_text(const VerifySummary& summary, std::string* out) {
   line("finalized_holds", std::to_string(summary.counts.finalized_holds));
   line("keys", std::to_string(summary.counts.keys));
   line("digest", hex_text(summary.digest));
-  const log::LogEnd& end = summary.report.end;
+  const log::LogEnd& end = summary.log_end;
   std::string torn = "none";
   if (end.torn_header || end.torn) {
     const char* what = !end.torn_header ? " (the next writer zeroes it)"
@@ -568,7 +566,7 @@ void append_verify_json(const VerifySummary& summary, std::string* out) {
   field("finalized_holds", std::to_string(summary.counts.finalized_holds));
   field("keys", std::to_string(summary.counts.keys));
   field("digest", "\"" + hex_text(summary.digest) + "\"");
-  const log::LogEnd& end = summary.report.end;
+  const log::LogEnd& end = summary.log_end;
   std::string torn = "null";
   if (end.torn_header) {
     torn = "{\"segment\":\"" + log::segment_file_name(end.next_seq) + "\",\"offset\":0}";
