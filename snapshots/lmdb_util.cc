@@ -106,6 +106,12 @@ Result<std::unique_ptr<Environment>> Environment::open(const std::string& dir,
                   component + ": map_size_bytes must be 1..map_size_bytes_max");
   }
   const bool read_only = (options.flags & MDB_RDONLY) != 0;
+  // Something else in the store's place is no store, and no damage either
+  // that a writer may set aside: the reader and the writer both fail.
+  struct stat dir_stat {};
+  if (::stat(dir.c_str(), &dir_stat) == 0 && !S_ISDIR(dir_stat.st_mode)) {
+    return Status(ErrorCode::io_error, component + ": " + dir + " is not a directory");
+  }
   // A directory made here is synced in its parent, and once LMDB has made
   // its files in it, itself: LMDB syncs its pages but no directory, and a
   // crash could otherwise drop a store it had synced.
@@ -126,7 +132,7 @@ Result<std::unique_ptr<Environment>> Environment::open(const std::string& dir,
     struct stat file_stat {};
     const std::string data_path = dir + "/data.mdb";
     if (::stat(data_path.c_str(), &file_stat) != 0) {
-      if (errno != ENOENT && errno != ENOTDIR) {
+      if (errno != ENOENT) {
         return Status(ErrorCode::io_error,
                       component + ": stat " + data_path + ": " + std::strerror(errno));
       }

@@ -1693,6 +1693,24 @@ def test_verify_reports_a_snapshot_store_that_does_not_open():
     assert "tally: skipped the snapshot store: corrupt: " in err and "at seq" not in err, err
 
 
+def test_a_file_in_a_stores_place_fails_verify_and_the_writer():
+    # Not a store, and not damage a writer may set aside: verify fails, a writer refuses to
+    # open, and reads go on without it.
+    f = fixture()
+    for name, failed in (("snapshots", "failed: snapshots: "), ("history", "failed: history ")):
+        data = f.copy_data("file-for-" + name)
+        shutil.rmtree(os.path.join(data, name), ignore_errors=True)
+        write(os.path.join(data, name), "not a directory")
+        why = "%s: %s is not a directory" % (name, os.path.join(data, name))
+        code, out, err = tally("verify", "--data", data)
+        assert code == 1 and why in err, (name, code, err)
+        assert text(out).startswith(failed), (name, text(out))
+        assert re.search(r"^%s: unreadable: io_error: " % name, text(out), re.M), text(out)
+        code, _, err = tally("apply", "--data", data, "--workload", f.csv)
+        assert code == 1 and "io_error" in err and "is not a directory" in err, (name, code, err)
+        tally("export", "--data", data, expect_exit=0)
+
+
 def test_reads_change_nothing_in_the_data_directory():
     f = fixture()
     data = f.copy_data("reads-write-nothing")

@@ -60,7 +60,7 @@ struct VerifySummary {
   std::uint64_t log_last_seq = 0;  // log_end's last seq
   bool flows_checked = false;
   std::vector<SnapshotCheck> snapshots;
-  Status snapshots_unreadable;  // corrupt: DATA/snapshots does not open or list
+  Status snapshots_unreadable;  // DATA/snapshots does not open or list
   HistoryCheck history;
   Status failed;  // the first bad snapshot or index: verify exits 1
 };
@@ -93,9 +93,9 @@ class BalanceHash {
 };
 
 // Opens DATA/snapshots (when it exists), lists it and checks that each
-// snapshot loads: load_newest_valid(its seq) returns it. A store too
-// damaged to open or list (corrupt) is left in *unreadable, and the check
-// goes on without it, as recovery would (a ledger sets such a store aside).
+// snapshot loads: load_newest_valid(its seq) returns it. A store that does
+// not open or list (damaged, or a file in its place) is left in
+// *unreadable, and the check goes on without it, as recovery would.
 Status load_snapshots(const std::string& data_dir, SharedSnapshots* shared,
                       std::vector<SnapshotCheck>* checks, Status* unreadable) {
   const std::string dir = snapshot_dir(data_dir);
@@ -104,7 +104,6 @@ Status load_snapshots(const std::string& data_dir, SharedSnapshots* shared,
   auto infos = store ? (*store)->list() : Result<std::vector<snap::SnapshotInfo>>(store.status());
   if (!infos) {
     if (infos.code() == ErrorCode::not_found) return Status();  // none
-    if (infos.code() != ErrorCode::corrupt) return infos.status();
     *unreadable = infos.status();
     return Status();
   }
