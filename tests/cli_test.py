@@ -524,6 +524,13 @@ def test_bench_times_point_in_time_reads():
     _, out, _ = tally("bench", "--data", os.path.join(d, "off"), "--workload", f.csv,
                       "--history", "off", "--point-in-time", "20", expect_exit=0)
     assert text(out).splitlines()[1].startswith("queries=20 "), out
+    # Only pairs a read may name are asked: a line refused for its name named none.
+    refused = write(os.path.join(d, "refused.csv"),
+                    "op,key,subject,item,qty,to,ttl_ms,hold_key\nacquire,n1,s,i,5,,,\n"
+                    "acquire,n2,%s,i,5,,,\n" % ("y" * 256))
+    _, out, _ = tally("bench", "--data", os.path.join(d, "refused"), "--workload", refused,
+                      "--point-in-time", "200", expect_exit=0)
+    assert text(out).splitlines()[1].startswith("queries=200 "), out
     tally("bench", "--data", os.path.join(d, "bad"), "--workload", f.csv, "--point-in-time", "-1",
           expect_exit=2)
     tally("bench", "--connect", "127.0.0.1:1", "--workload", f.csv, "--point-in-time", "5",
