@@ -73,11 +73,21 @@ void note(PointInTimeRead* read, std::uint64_t seq, PointInTimePath path) {
 }
 
 // Whether a failed read of the index leaves the log to answer: the index
-// is a projection, so a damaged record of it (corrupt) does.
-bool log_answers(const Status& index_failure, PointInTimeRead* read) {
-  if (index_failure.code() != ErrorCode::corrupt) return false;
-  if (read != nullptr) read->index_damage = index_failure;
-  return true;
+// is a projection, so a damaged record of it (corrupt) does, and so does
+// one that no longer covers `at`.
+//
+// The index covered `at` when the read began, but each of its reads is a
+// transaction of its own, and an index rebuilt beside this process (`tally
+// history --rebuild`) starts again from seq 1. One that went back may have
+// answered for an earlier seq, or not at all, so every answer from the
+// index is taken only where the index still covers `at` after it.
+bool log_answers(const PointInTimeSource& source, AsOf at, const Status& index_failure,
+                 PointInTimeRead* read) {
+  if (index_failure.code() == ErrorCode::corrupt) {
+    if (read != nullptr) read->index_damage = index_failure;
+    return true;
+  }
+  return !history_covers(source, at);
 }
 
 // Whether a pair holding `held` after `seq` (the last event stamped at or
@@ -165,8 +175,8 @@ Result<Balance> balance_at(const PointInTimeSource& source, std::string_view sub
     auto seq = index_seq(source, at);
     auto balance = seq ? indexed_balance(source, subject, item, *seq, at)
                        : Result<std::optional<proj::Balance>>(seq.status());
-    if (!balance && !log_answers(balance.status(), read)) return balance.status();
-    if (balance && *balance) {
+    if (!balance && !log_answers(source, at, balance.status(), read)) return balance.status();
+    if (balance && *balance && history_covers(source, at)) {
       note(read, *seq, PointInTimePath::history);
       return to_balance(**balance);
     }
@@ -193,11 +203,11 @@ Result<std::vector<ItemBalance>> list_at(const PointInTimeSource& source, std::s
       if (may) due = *may;
       else listed = may.status();
     }
-    if (listed.ok() && !due) {
+    if (listed.ok() && !due && history_covers(source, at)) {
       note(read, *seq, PointInTimePath::history);
       return items;
     }
-    if (!listed.ok() && !log_answers(listed, read)) return listed;
+    if (!listed.ok() && !log_answers(source, at, listed, read)) return listed;
     items.clear();
   }
   auto state = replay_to(source, at, read);
@@ -265,12 +275,12 @@ Status for_each_at(const PointInTimeSource& source, AsOf at,
         else checked = may.status();
       });
     }
-    if (checked.ok() && !due) {
+    if (checked.ok() && !due && history_covers(source, at)) {
       found.visit_all(visit);
       note(read, *seq, PointInTimePath::history);
       return Status();
     }
-    if (!checked.ok() && !log_answers(checked, read)) return checked;
+    if (!checked.ok() && !log_answers(source, at, checked, read)) return checked;
   }
   auto state = replay_to(source, at, read);
   if (!state) return state.status();

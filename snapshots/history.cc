@@ -1610,7 +1610,7 @@ Status visit_epoch_entries(MDB_cursor* cursor, std::uint64_t epoch, std::uint64_
 // be the balance the epoch before left.
 Status HistoryStore::entries(std::string_view subject, std::string_view item,
                              std::uint64_t from_seq, std::uint64_t to_seq,
-                             const EntryVisit& visit) const {
+                             const EntryVisit& visit, std::uint64_t* read_to) const {
   TALLY_TRY(check_names(subject, item));
   ReadTxn txn;
   Position position;
@@ -1620,6 +1620,7 @@ Status HistoryStore::entries(std::string_view subject, std::string_view item,
   Result<std::uint64_t> id = impl_->find_pair(txn.txn(), key_bytes, position.pair_count);
   if (!id) return id.status();
   to_seq = std::min(to_seq, position.at.seq);
+  if (read_to != nullptr) *read_to = to_seq;
   from_seq = std::max<std::uint64_t>(from_seq, 1);
   if (*id == 0 || from_seq > to_seq) return Status();
   Cursor epochs_cursor;

@@ -213,10 +213,13 @@ class HistoryStore {
   // Every entry of one pair with from_seq <= seq <= to_seq, in seq order,
   // until visit returns false. None for a pair never changed. corrupt, once
   // visit has had the entries before the problem, when one of them does not
-  // continue the one before (Chains, below).
+  // continue the one before (Chains, below). The range ends at the index's
+  // position, which *read_to (when given) gets if it is below to_seq: an
+  // index that went back since a caller saw it further (cleared and
+  // rebuilding) answers for less than was asked.
   Status entries(std::string_view subject, std::string_view item, std::uint64_t from_seq,
-                 std::uint64_t to_seq,
-                 const std::function<bool(const HistoryEntry&)>& visit) const;
+                 std::uint64_t to_seq, const std::function<bool(const HistoryEntry&)>& visit,
+                 std::uint64_t* read_to = nullptr) const;
 
   // Walks the whole index once (for `tally verify`: it reads every record)
   // and checks that it hangs together: every pair key names an id in

@@ -317,6 +317,14 @@ TEST_CASE("entries list one pair's changes with their keys, ops and balances, wi
     }));
     CHECK(first_only == std::vector<std::uint64_t>{1});
     const auto ignore = [](const HistoryEntry&) { return true; };
+    // A range past the index's position ends there, and says where.
+    const Result<HistoryPosition> position = store->position();
+    REQUIRE_OK(position.status());
+    std::uint64_t read_to = 0;
+    REQUIRE_OK(store->entries("alice", "gold", 0, position->seq + 10, ignore, &read_to));
+    CHECK(read_to == position->seq);
+    REQUIRE_OK(store->entries("alice", "gold", 0, 5, ignore, &read_to));
+    CHECK(read_to == 5);
     CHECK(store->entries("", "gold", 0, 9, ignore).code() == ErrorCode::invalid);
     CHECK(store->entries("alice", std::string(256, 'x'), 0, 9, ignore).code() ==
           ErrorCode::invalid);

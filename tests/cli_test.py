@@ -25,6 +25,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import urllib.error
@@ -1779,6 +1780,35 @@ def test_history_rebuild_is_refused_while_locked():
         tally("snapshot", "--data", data, expect_exit=0)  # takes no lock
     _, out, _ = tally("history", "--data", data, "--rebuild", "--json", expect_exit=0)
     assert json.loads(text(out)) == {"events": len(f.events), "last_seq": len(f.events)}
+
+
+def test_reads_beside_a_history_rebuild_answer_whole():
+    # A rebuild clears the index and fills it again, while a read beside it reads the index a
+    # transaction at a time: where the index went back, the log answers the rest.
+    data = os.path.join(new_dir("rebuilt-beside"), "d")
+    acquires = write(os.path.join(new_dir("rebuilt-beside-csv"), "w.csv"),
+                     "op,key,subject,item,qty,to,ttl_ms,hold_key\n" +
+                     "".join("acquire,k%d,s0,i0,1,,,\n" % n for n in range(20000)))
+    tally("bench", "--data", data, "--workload", acquires, "--durability", "none",
+          expect_exit=0)
+    stop = False
+
+    def rebuild():
+        while not stop:
+            tally("history", "--data", data, "--rebuild", expect_exit=0)
+
+    rebuilder = threading.Thread(target=rebuild)
+    rebuilder.start()
+    try:
+        for _ in range(30):
+            _, out, err = tally("history", "--data", data, "--json", "s0", "i0", expect_exit=0)
+            assert len(text(out).splitlines()) == 20000, (len(text(out).splitlines()), err)
+            _, out, _ = tally("balance", "--data", data, "--at-seq", "15000", "s0", "i0",
+                              expect_exit=0)
+            assert text(out) == "available=15000 held=0\n", text(out)
+    finally:
+        stop = True
+        rebuilder.join()
 
 
 def test_point_in_time_reads_match_a_brute_force():

@@ -95,10 +95,13 @@ class ChangePrinter {
 };
 
 // Where print_from_index got to: the seq after the last entry it printed,
-// and that entry's balance after (none printed: from_seq, nullopt).
+// and that entry's balance after (none printed: from_seq, nullopt); and
+// whether the index went back before the range's end (rebuilt beside this
+// read), leaving the rest to the log.
 struct IndexProgress {
   std::uint64_t next_seq = 0;
   std::optional<proj::Balance> after;
+  bool index_went_back = false;
 };
 
 // The index's entries of the pair in [from_seq, to_seq], a chunk of output
@@ -118,10 +121,13 @@ Status print_from_index(const snap::HistoryStore& store, std::string_view subjec
       stopped = printer->full();
       return !stopped;
     };
-    const Status read = store.entries(subject, item, progress->next_seq, to_seq, print);
+    std::uint64_t read_to = to_seq;
+    const Status read = store.entries(subject, item, progress->next_seq, to_seq, print, &read_to);
     printer->flush();
     TALLY_TRY(read);
-    if (!stopped || progress->next_seq > to_seq) return Status();
+    if (stopped && progress->next_seq <= to_seq) continue;
+    progress->index_went_back = read_to < to_seq;
+    return Status();
   }
 }
 
@@ -233,17 +239,21 @@ Status print_history(const std::string& data_dir, std::string_view subject, std:
                                           std::min(to_seq, indexed_seq), &printer, &progress);
   // The index is a projection: a damaged record of it leaves the rest to
   // the log, from where the index got to.
-  const auto from_log_after_damage = [&](const Status& damage) -> Status {
-    if (damage.code() != ErrorCode::corrupt) return damage;
-    PointInTimeRead read;
-    read.index_damage = damage;
-    note_read(read);
+  const auto from_log_after_index = [&]() -> Status {
     auto start = progress.after ? Result<LogStart>(LogStart{progress.next_seq, *progress.after})
                                 : start_without_index(data_dir, subject, item, from_seq);
     if (!start) return start.status();
     return print_from_log(data_dir, subject, item, *start, from_seq, to_seq, &printer);
   };
+  const auto from_log_after_damage = [&](const Status& damage) -> Status {
+    if (damage.code() != ErrorCode::corrupt) return damage;
+    PointInTimeRead read;
+    read.index_damage = damage;
+    note_read(read);
+    return from_log_after_index();
+  };
   if (!indexed.ok()) return from_log_after_damage(indexed);
+  if (progress.index_went_back) return from_log_after_index();
   if (to_seq <= indexed_seq) return Status();
   // The log goes further than the index.
   auto balance = store->balance_at(subject, item, indexed_seq);
