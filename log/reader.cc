@@ -300,9 +300,14 @@ Status LogReader::Impl::load_segment() {
   file = std::move(*opened);
   auto size = file->size();
   if (!size) return size.status();
-  // Bytes past the largest segment cannot hold frames; do not let an
-  // oversized file decide how much memory a mapping takes.
-  file_bytes = std::min(*size, kSegmentSizeBytesMax);
+  // No writer makes a file longer than the largest segment, and its bytes
+  // past that could be read only by mapping what the file's size decides.
+  if (*size > kSegmentSizeBytesMax) {
+    return corrupt(kSegmentSizeBytesMax,
+                   "the file holds " + std::to_string(*size) + " bytes, more than any segment (" +
+                       std::to_string(kSegmentSizeBytesMax) + ")");
+  }
+  file_bytes = *size;
   if (file_bytes < kSegmentHeaderSize) return torn_or_damaged_header("file shorter than the header");
   std::array<std::byte, kSegmentHeaderSize> header_bytes;
   TALLY_TRY(file->read_at(0, header_bytes));

@@ -8,6 +8,8 @@
 #include <string>
 #include <thread>
 
+#include <unistd.h>
+
 #include "log/faulty_file.h"
 #include "log/file.h"
 #include "log/format.h"
@@ -460,6 +462,13 @@ TEST_CASE("bytes past the size a segment's header reserves are corruption; zeros
                     prefix(segment, pristine.size()) + "nonzero bytes up to offset " +
                         std::to_string(pristine.size() + 12) + " past the " +
                         std::to_string(pristine.size()) + " bytes its header reserves");
+    write_bytes(path, pristine);
+    // Longer than any segment: what is past the largest size is not read,
+    // so the file is refused whatever it holds (here a hole, all zeros).
+    REQUIRE(::truncate(path.c_str(), static_cast<off_t>(kSegmentSizeBytesMax + 1)) == 0);
+    require_corrupt(read_log(posix(), dir.log_dir()),
+                    prefix(segment, kSegmentSizeBytesMax) + "the file holds " +
+                        std::to_string(kSegmentSizeBytesMax + 1) + " bytes, more than any segment");
     write_bytes(path, pristine);
   }
 }
