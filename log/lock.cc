@@ -76,6 +76,13 @@ void write_own_pid(int fd) {
   }
 }
 
+// The data directory as the Ledger names it, whichever tool asks: absolute.
+std::string named_dir(const std::string& data_dir) {
+  std::error_code error;
+  const std::filesystem::path absolute = std::filesystem::absolute(data_dir, error);
+  return error ? data_dir : absolute.lexically_normal().string();
+}
+
 }  // namespace
 
 Result<std::unique_ptr<DirLock>> DirLock::acquire(const std::string& data_dir) {
@@ -98,11 +105,8 @@ Result<std::unique_ptr<DirLock>> DirLock::acquire(const std::string& data_dir) {
       const std::string holder = pid == std::to_string(::getpid())
                                      ? "this process (pid " + pid + ", opened it already)"
                                      : "another process (pid " + pid + ")";
-      // Named as the Ledger names it, whichever tool asks: absolute.
-      std::error_code error_code;
-      const std::filesystem::path absolute = std::filesystem::absolute(data_dir, error_code);
-      const std::string named = error_code ? data_dir : absolute.lexically_normal().string();
-      return Status(ErrorCode::locked, "data directory " + named + " is locked by " + holder);
+      return Status(ErrorCode::locked,
+                    "data directory " + named_dir(data_dir) + " is locked by " + holder);
     }
     return lock_error("lock", path, error);
   }
@@ -116,7 +120,7 @@ Result<std::unique_ptr<DirLock>> DirLock::acquire(const std::string& data_dir) {
     ::close(fd);
     if (error == EWOULDBLOCK) {
       return Status(ErrorCode::locked,
-                    "data directory " + data_dir +
+                    "data directory " + named_dir(data_dir) +
                         " is in use by another process: a reader without write access to its "
                         "stores, or a writer whose LOCK file was removed or replaced");
     }
