@@ -782,7 +782,8 @@ Result<std::vector<OpResult>> drive_bench(LedgerApi* ledger, const Workload& wor
   if (const std::size_t replays = earlier_replays(driver.results(), workload); replays > 0) {
     std::fprintf(stderr,
                  "tally: note: %zu of the %zu ops named keys the ledger had decided before "
-                 "this run (a data directory used before?) and were answered as replays: "
+                 "this run (a data directory used before, or ops sent again after a lost "
+                 "connection?) and were answered as replays: "
                  "the line above measures replays, not writes\n",
                  replays, driver.results().size());
   }
