@@ -1436,8 +1436,12 @@ def test_workload_refuses_one_file_for_out_and_expect():
         assert err.endswith("tally: see 'tally workload --help'\n"), err
         assert not os.path.exists(os.path.join(d, "y.csv")), (out, expect)
         assert not os.path.exists(os.path.join(d, "y.expect")), (out, expect)
-    # A device both can go to, as a check of the generator alone does.
+    # A device both can go to, as a check of the generator alone does; standard output too.
     tally(*flags, "--out", "/dev/null", "--expect", "/dev/null", cwd=d, expect_exit=0)
+    for out, expect in (("-", "/dev/null"), ("/dev/null", "-")):
+        run = subprocess.run([TALLY, *flags, "--out", out, "--expect", expect], cwd=d,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
+        assert run.returncode == 0, (out, expect, run.stderr)
 
 
 # ---- snapshots, point-in-time reads, history ------------------------------------------

@@ -420,9 +420,13 @@ bool is_device(std::string_view path) {
 }
 
 // Whether two output paths name one file ("-" is stdout), which would
-// leave the workload and its expect file mixed or one over the other.
+// leave the workload and its expect file mixed or one over the other. A
+// device may take both, standard output too.
 bool same_output(std::string_view a, std::string_view b) {
-  if (a == "-" || b == "-") return a == b || is_stdout(a == "-" ? b : a);
+  if (a == "-" || b == "-") {
+    const std::string_view other = a == "-" ? b : a;
+    return a == b || (is_stdout(other) && !is_device(other));
+  }
   if (is_device(a) && is_device(b)) return false;
   if (a == b) return true;
   // Two existing files: one inode under two names (a hard link too).
