@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
@@ -111,7 +112,8 @@ struct FaultyFileSystem::State {
     if (space_left_bytes != kNoLimit) {
       if (plan.keep_bytes > space_left_bytes) {
         plan.keep_bytes = space_left_bytes;
-        plan.error = Status(ErrorCode::io_error, "write: No space left on device (simulated)");
+        plan.error = Status(ErrorCode::io_error, "write: No space left on device (simulated)",
+                            ENOSPC);
       }
       space_left_bytes -= plan.keep_bytes;
     }
@@ -196,7 +198,8 @@ class FaultyFile final : public File {
   Status preallocate(std::uint64_t size_bytes) override {
     if (state_.is_crashed()) return crash_status();
     if (state_.out_of_space()) {
-      return Status(ErrorCode::io_error, "preallocate: No space left on device (simulated)");
+      return Status(ErrorCode::io_error, "preallocate: No space left on device (simulated)",
+                    ENOSPC);
     }
     return base_->preallocate(size_bytes);
   }

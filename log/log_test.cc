@@ -639,6 +639,42 @@ TEST_CASE("a full disk fails the write; reopening repairs the partial frame") {
   CHECK_FALSE(back.end.torn);
 }
 
+TEST_CASE("a torn segment header on a disk still full is made again by the first write") {
+  TempDir dir;
+  {
+    auto writer = open_writer(posix(), dir.log_dir());
+    append_records(*writer, 10, 10);
+  }
+  // A crash as the next segment was made leaves its file empty.
+  const std::string path = join_path(dir.log_dir(), segment_file_name(11));
+  write_bytes(path, {});
+  FaultyFileSystem fs(posix());
+  fs.fail_writes_after_bytes(0);
+  // The open does not need the segment: the log ends before it, and the
+  // segment is no longer there.
+  auto writer = open_writer(fs, dir.log_dir());
+  CHECK(writer->next_seq() == 11);
+  CHECK_FALSE(posix().exists(path));
+  REQUIRE(writer->sync().ok());  // nothing to sync
+  // The first write needs it, and fails as any write on a full disk does.
+  writer->append(payload_for(11));
+  const Status failed = writer->write(writer->seal(), true);
+  CHECK(failed.code() == ErrorCode::io_error);
+  CHECK(failed.message().find("preallocate") != std::string::npos);
+  CHECK_FALSE(posix().exists(path));
+  writer.reset();
+
+  // With room, a reopened writer goes on from seq 11.
+  fs.disarm();
+  writer = open_writer(fs, dir.log_dir());
+  append_records(*writer, 5, 5, 1);
+  writer.reset();
+  ReadBack back = read_log(posix(), dir.log_dir());
+  REQUIRE(back.status.ok());
+  check_records(back, 0, 1, 10, 0);
+  check_records(back, 10, 11, 5, 1);
+}
+
 TEST_CASE("a segment whose preallocation finds the disk full is removed again") {
   TempDir dir;
   FaultyFileSystem fs(posix());

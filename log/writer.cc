@@ -177,7 +177,9 @@ struct LogWriter::Impl {
 };
 
 Status LogWriter::Impl::sync_file() {
-  TALLY_ASSERT(file != nullptr);
+  // No segment open (open() found no room to make one): nothing written
+  // since the last segment was synced whole.
+  if (file == nullptr) return Status();
   syncs.fetch_add(1, std::memory_order_relaxed);
   const auto started = std::chrono::steady_clock::now();
   Status status = file->sync();
@@ -338,9 +340,20 @@ Result<std::unique_ptr<LogWriter>> LogWriter::open(FileSystem& fs, const std::st
     }
     // A torn header is only ever the segment the next record starts.
     TALLY_ASSERT(!end.has_segment || end.segment_first_seq == end.next_seq);
-    TALLY_TRY(impl->create_segment(end.next_seq, end.last_checksum));
-    impl->append_segment_size_bytes = options.segment_size_bytes;
-    impl->append_offset = kSegmentHeaderSize;
+    const Status created = impl->create_segment(end.next_seq, end.last_checksum);
+    if (created.ok()) {
+      impl->append_segment_size_bytes = options.segment_size_bytes;
+      impl->append_offset = kSegmentHeaderSize;
+    } else if (end.torn_header && (created.os_error() == ENOSPC || created.os_error() == EDQUOT)) {
+      // A crash left the segment half made, and the disk is still full.
+      // The open goes on, the log ending before that segment as it did:
+      // the first append starts it, and its write makes the file, or fails
+      // as any write on a full disk does. No segment is open until then.
+      impl->append_segment_size_bytes = 0;
+      impl->append_offset = 0;
+    } else {
+      return created;
+    }
   } else {
     TALLY_ASSERT(end.offset >= kSegmentHeaderSize);
     TALLY_ASSERT(end.offset <= end.segment_size_bytes);
