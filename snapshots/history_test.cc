@@ -11,6 +11,7 @@
 #include <csignal>
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <ostream>
@@ -780,6 +781,39 @@ void write_small_index(const TempDir& dir) {
   REQUIRE_OK(feed.one("k2", acquire_op("alice", "gold", 6)));
   REQUIRE_OK(feed.one("k3", acquire_op("bob", "gold", 1)));
   REQUIRE_OK(store->flush());
+  feed.on_applied = nullptr;
+}
+
+TEST_CASE("pages damaged under an open store fail its next flush and reads as corrupt") {
+  // As a disk or another program may damage the file while a ledger runs:
+  // LMDB finds it as it opens a tree, without saying so then, and fails the
+  // next call as a transaction gone bad (MDB_BAD_TXN).
+  TempDir dir;
+  Indexed indexed(dir);
+  auto& [store, state, feed] = indexed;
+  for (std::uint64_t n = 0; n < 300; n++) {
+    REQUIRE_OK(feed.one(key_of(n), acquire_op(key_of(n % 50), "gold", 1)));
+  }
+  REQUIRE_OK(store->flush());
+  const std::string path = dir.sub("history") + "/data.mdb";
+  const std::size_t bytes = std::filesystem::file_size(path);
+  constexpr std::size_t kMetaBytes = 2 * 4096;
+  REQUIRE(bytes > kMetaBytes);
+  {
+    std::fstream file(path, std::ios::in | std::ios::out | std::ios::binary);
+    file.seekp(static_cast<std::streamoff>(kMetaBytes));
+    const std::string zeros(bytes - kMetaBytes, '\0');
+    file.write(zeros.data(), static_cast<std::streamsize>(zeros.size()));
+  }
+  // The next append (it reads the position) or its flush finds it.
+  Status appended;
+  feed.on_applied = [&](const log::Event& event) {
+    appended = store->append(event, chain_of(event.seq));
+  };
+  REQUIRE_OK(feed.one("after", acquire_op("alice", "gold", 1)));
+  const Status written = appended.ok() ? store->flush() : appended;
+  CHECK_MESSAGE(written.code() == ErrorCode::corrupt, written.to_string());
+  CHECK(store->balance_at("alice", "gold", 1).code() == ErrorCode::corrupt);
   feed.on_applied = nullptr;
 }
 

@@ -38,9 +38,14 @@ Status error(std::string_view component, std::string_view what, int rc) {
   if (rc == EIO) message += " (LMDB reports a full disk so too)";
   // The codes of a file that is not (or no longer) a sound LMDB file.
   // A cursor runs out of room (MDB_CURSOR_FULL) only in a tree deeper
-  // than any LMDB builds.
+  // than any LMDB builds. A transaction goes bad (MDB_BAD_TXN) where LMDB
+  // met a damaged page without returning its code: opening a cursor on a
+  // tree whose root is damaged fails the transaction, and the call after
+  // it says MDB_BAD_TXN. The stores never use a transaction after a
+  // failure they were told of, so that is the cause left (and a page read
+  // that fails ends the process with SIGBUS instead).
   const bool damaged = rc == MDB_INVALID || rc == MDB_CORRUPTED || rc == MDB_PAGE_NOTFOUND ||
-                       rc == MDB_VERSION_MISMATCH || rc == MDB_CURSOR_FULL;
+                       rc == MDB_VERSION_MISMATCH || rc == MDB_CURSOR_FULL || rc == MDB_BAD_TXN;
   return Status(damaged ? ErrorCode::corrupt : ErrorCode::io_error, std::move(message));
 }
 

@@ -89,7 +89,8 @@ inline MDB_val val_of(std::string_view bytes) {
 // io_error "<component>: <what>: <mdb_strerror(rc)>" (for EIO, a remark that
 // LMDB reports a full disk so too); corrupt for the codes
 // of a damaged file (MDB_INVALID, MDB_CORRUPTED, MDB_PAGE_NOTFOUND,
-// MDB_VERSION_MISMATCH).
+// MDB_VERSION_MISMATCH, MDB_CURSOR_FULL, and MDB_BAD_TXN, which a damaged
+// page LMDB met without saying so leaves).
 Status error(std::string_view component, std::string_view what, int rc);
 
 struct EnvironmentOptions {

@@ -1057,6 +1057,7 @@ TEST_CASE("LMDB's EIO is named as what a full disk gives too; damage is corrupt"
   CHECK(eio.message().find("full disk") != std::string::npos);
   CHECK(lmdb::error("history", "commit", EACCES).message().find("full disk") == std::string::npos);
   CHECK(lmdb::error("history", "read", MDB_CORRUPTED).code() == ErrorCode::corrupt);
+  CHECK(lmdb::error("history", "read", MDB_BAD_TXN).code() == ErrorCode::corrupt);
 }
 
 }  // namespace
