@@ -1460,8 +1460,15 @@ Result<BackupReport> Ledger::backup(const std::string& out_dir, const BackupProg
 }
 
 bool Ledger::Impl::enqueue(Task& task) {
+  // A completion's submit does not wait for room: the writer, which makes
+  // it, may itself wait for the thread the completion runs on (to take a
+  // full batch), and neither would go on. Each completion adds a command
+  // or a few, so the queue overshoots by no more than what is in flight.
+  const bool wait_for_room = !on_own_thread();
   std::unique_lock<std::mutex> guard(mu);
-  room_cv.wait(guard, [&] { return queue.size() < options.queue_depth_max || closing; });
+  room_cv.wait(guard, [&] {
+    return !wait_for_room || queue.size() < options.queue_depth_max || closing;
+  });
   if (closing) return false;
   queue.push_back(std::move(task));
   const bool was_empty = queue.size() == 1;

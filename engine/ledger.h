@@ -55,7 +55,8 @@ struct LedgerOptions {
   std::int64_t idempotency_window_ns = 24ll * 3600 * 1'000'000'000;
   std::int64_t hold_ttl_ns_max = kHoldTtlNsMaxDefault;
   std::uint64_t segment_size_bytes = log::kSegmentSizeBytesDefault;
-  // Commands waiting for the writer; submit() waits for room beyond it.
+  // Commands waiting for the writer; submit() waits for room beyond it,
+  // except in a completion (it queues past it).
   // 1..kQueueDepthMaxLimit: the queues are sized for at most the default
   // at open and grow as they fill.
   std::size_t queue_depth_max = 1u << 16;
@@ -167,7 +168,7 @@ class Ledger final : public LedgerApi {
   // ---- LedgerApi: mutations return once the outcome is durable ----
   Result<Receipt> execute(Command command) override;
   // Queues a command; `done` runs once its outcome is durable (or it failed).
-  // Waits only when the queue is full.
+  // Waits only when the queue is full, and never in a completion.
   void submit(Command command, Completion done) override;
 
   // ---- reads: consistent with every acknowledged mutation ----

@@ -1239,6 +1239,42 @@ TEST_CASE("waiting for a seq from a completion returns at once what it sees") {
   REQUIRE(f.ledger->close().ok());
 }
 
+TEST_CASE("a completion that submits does not wait for room in a full queue") {
+  // Large events fill the writer's batch buffers while the queue is full:
+  // the writer then waits for the thread the completions run on, which
+  // must not wait for room in the queue in turn.
+  testing::TempDir dir;
+  LedgerOptions options = bare_options(dir, Durability::none);
+  options.queue_depth_max = 2048;
+  auto opened = Ledger::open(options);
+  REQUIRE_MESSAGE(opened.ok(), opened.status().to_string());
+  Ledger& ledger = **opened;
+  constexpr int kOps = 12000;
+  const std::string big(1024, 'm');
+  std::atomic<int> followed{0};
+  std::promise<void> all_followed;
+  for (int op_index = 0; op_index < kOps; op_index++) {
+    Command command;
+    command.key = name("k", op_index);
+    command.op = OpRequest::acquire(name("s", op_index % 100), "gold", 1);
+    command.meta = {big, big, big};
+    ledger.submit(std::move(command), [&, op_index](Result<Receipt>) {
+      Command follow;
+      follow.key = name("f", op_index);
+      follow.op = OpRequest::acquire("t", "gold", 1);
+      follow.meta = {big, big, big};
+      ledger.submit(std::move(follow), [&](Result<Receipt>) {
+        if (++followed == kOps) all_followed.set_value();
+      });
+    });
+  }
+  // A minute, not for ever: a deadlock fails the test, and close() ends it.
+  const bool done = all_followed.get_future().wait_for(std::chrono::minutes(1)) ==
+                    std::future_status::ready;
+  CHECK(done);
+  REQUIRE(ledger.close().ok());
+}
+
 TEST_CASE("a backup's progress may not close the ledger") {
   Fixture f;
   f.ok(f.ledger->acquire("a1", "alice", "gold", 5));
