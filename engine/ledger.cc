@@ -270,8 +270,6 @@ struct Ledger::Impl {
   std::optional<R> state_at(std::int64_t time_ns,
                             std::function<void(const proj::State&, std::int64_t, R*)> read) {
     if (time_ns < committed_time_ns.load(std::memory_order_relaxed)) return std::nullopt;
-    // A completion waiting on the writer would wait for itself.
-    if (on_own_thread()) return std::nullopt;
     Result<R> answer = await_answer<Result<R>>([&](std::function<void(Result<R>)> done) {
       submit_state_read<R>(
           [time_ns, read](const proj::State& state, std::int64_t, R* out) {
@@ -1366,7 +1364,11 @@ PointInTimeSource Ledger::Impl::point_in_time_source(AsOf at) {
   return source;
 }
 
+// The point-in-time reads may wait for the history projection, which
+// follows what the ledger's threads write: from a completion they are
+// refused as every blocking call is.
 Result<Balance> Ledger::balance(std::string_view subject, std::string_view item, AsOf at) {
+  if (impl_->on_own_thread()) return detail::blocking_in_completion();
   TALLY_TRY(detail::check_pair(subject, item));
   TALLY_TRY(impl_->check_open());
   if (at.kind == AsOf::Kind::time) {
@@ -1380,11 +1382,13 @@ Result<Balance> Ledger::balance(std::string_view subject, std::string_view item,
 }
 
 Result<HoldView> Ledger::hold_info(HoldId hold, AsOf at) {
+  if (impl_->on_own_thread()) return detail::blocking_in_completion();
   TALLY_TRY(impl_->check_open());
   return hold_at(impl_->point_in_time_source(at), hold, at);
 }
 
 Result<std::vector<ItemBalance>> Ledger::list(std::string_view subject, AsOf at) {
+  if (impl_->on_own_thread()) return detail::blocking_in_completion();
   TALLY_TRY(detail::check_subject(subject));
   TALLY_TRY(impl_->check_open());
   if (at.kind == AsOf::Kind::time) {
@@ -1399,6 +1403,7 @@ Result<std::vector<ItemBalance>> Ledger::list(std::string_view subject, AsOf at)
 }
 
 Status Ledger::for_each_balance(AsOf at, const std::function<void(std::string_view subject, std::string_view item, Balance balance)>& visit) {
+  if (impl_->on_own_thread()) return detail::blocking_in_completion();
   TALLY_TRY(impl_->check_open());
   return for_each_at(impl_->point_in_time_source(at), at, visit);
 }

@@ -1404,12 +1404,18 @@ void check_completion_misuse(LedgerApi& api, const std::string& subject) {
   Command command;
   command.key = subject + "-misuse";
   command.op = OpRequest::acquire(subject, "gold", 1);
-  std::promise<std::array<ErrorCode, 3>> codes;
+  std::promise<std::array<ErrorCode, 6>> codes;
   api.submit(command, [&](Result<Receipt> result) {
-    codes.set_value({result.code(), api.balance(subject, "gold").code(), api.close().code()});
+    // The point-in-time reads too: they may wait for what the ledger's
+    // threads write.
+    const AsOf at = AsOf::at_seq(result.ok() ? result->seq : 1);
+    codes.set_value({result.code(), api.balance(subject, "gold").code(),
+                     api.balance(subject, "gold", at).code(), api.list(subject, at).code(),
+                     api.hold_info(1, at).code(), api.close().code()});
   });
   CHECK(codes.get_future().get() ==
-        std::array<ErrorCode, 3>{ErrorCode::ok, ErrorCode::invalid, ErrorCode::invalid});
+        std::array<ErrorCode, 6>{ErrorCode::ok, ErrorCode::invalid, ErrorCode::invalid,
+                                 ErrorCode::invalid, ErrorCode::invalid, ErrorCode::invalid});
   command.key = subject + "-unheard";
   api.submit(command, {});
   Command both = command;
