@@ -878,7 +878,7 @@ void Ledger::Impl::handoff_locked() {
   TALLY_ASSERT(io_acks.empty());
   io_acks.swap(pending);
   io_busy = true;
-  groups++;
+  if (io_batch != nullptr) groups++;  // a hand-off of reads alone writes nothing
   io_cv.notify_one();
 }
 

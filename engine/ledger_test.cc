@@ -1239,6 +1239,17 @@ TEST_CASE("waiting for a seq from a completion returns at once what it sees") {
   REQUIRE(f.ledger->close().ok());
 }
 
+TEST_CASE("stats count the groups that wrote events, not reads between them") {
+  Fixture f;
+  f.ok(f.ledger->acquire("a1", "alice", "gold", 5));
+  const LedgerStats before = f.ledger->stats();
+  CHECK(before.groups >= 1);
+  for (int read = 0; read < 20; read++) CHECK(f.balance("alice", "gold").available == 5);
+  CHECK(f.ledger->stats().groups == before.groups);
+  f.ok(f.ledger->acquire("a2", "alice", "gold", 5));
+  CHECK(f.ledger->stats().groups == before.groups + 1);
+}
+
 TEST_CASE("a completion that submits does not wait for room in a full queue") {
   // Large events fill the writer's batch buffers while the queue is full:
   // the writer then waits for the thread the completions run on, which
