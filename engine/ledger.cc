@@ -740,8 +740,12 @@ Result<std::unique_ptr<Ledger>> Ledger::open(const LedgerOptions& options) {
     return Status(ErrorCode::invalid, "data_dir holds a NUL byte");
   }
   if (options.segment_size_bytes < log::kSegmentSizeBytesMin ||
-      options.segment_size_bytes > log::kSegmentSizeBytesMax) {
-    return Status(ErrorCode::invalid, "segment_size_bytes out of range");
+      options.segment_size_bytes > log::kSegmentSizeBytesMax ||
+      options.segment_size_bytes % log::kFrameAlignment != 0) {
+    return Status(ErrorCode::invalid,
+                  "segment_size_bytes must be a multiple of 8 from " +
+                      std::to_string(log::kSegmentSizeBytesMin) + " to " +
+                      std::to_string(log::kSegmentSizeBytesMax));
   }
   // The queues are sized for it at open.
   if (options.queue_depth_max == 0 || options.queue_depth_max > kQueueDepthMaxLimit) {

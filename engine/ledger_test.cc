@@ -1056,6 +1056,8 @@ TEST_CASE("options a ledger cannot honour are refused before it touches the dire
   std::vector<std::pair<LedgerOptions, std::string>> cases;
   cases.emplace_back(options, "segment_size_bytes");
   cases.back().first.segment_size_bytes = 1;
+  cases.emplace_back(options, "segment_size_bytes");  // not whole frames
+  cases.back().first.segment_size_bytes = log::kSegmentSizeBytesMin + 4;
   cases.emplace_back(options, "queue_depth_max");
   cases.back().first.queue_depth_max = 0;
   cases.emplace_back(options, "queue_depth_max");  // no queue of that size could be made
