@@ -41,7 +41,7 @@ Status check_seq(const PointInTimeSource& source, AsOf at) {
 // The seq the history projection resolves `at` to; history_covers(at).
 Result<std::uint64_t> index_seq(const PointInTimeSource& source, AsOf at) {
   if (at.kind == AsOf::Kind::seq) return at.seq;
-  return source.history->seq_at_time(at.time_ns);
+  return source.history->seq_at_time(at.time_ns, source.last_seq);
 }
 
 // The state as of `at`: a snapshot plus the log after it, bounded by
@@ -73,21 +73,25 @@ void note(PointInTimeRead* read, std::uint64_t seq, PointInTimePath path) {
 }
 
 // Whether a failed read of the index leaves the log to answer: the index
-// is a projection, so a damaged record of it (corrupt) does, and so does
-// one that no longer covers `at`.
-//
-// The index covered `at` when the read began, but each of its reads is a
-// transaction of its own, and an index rebuilt beside this process (`tally
-// history --rebuild`) starts again from seq 1. One that went back may have
-// answered for an earlier seq, or not at all, so every answer from the
-// index is taken only where the index still covers `at` after it.
-bool log_answers(const PointInTimeSource& source, AsOf at, const Status& index_failure,
-                 PointInTimeRead* read) {
-  if (index_failure.code() == ErrorCode::corrupt) {
-    if (read != nullptr) read->index_damage = index_failure;
-    return true;
+// is a projection, so a damaged record of it (corrupt) does; and so does
+// one that went back under this read. The index covered `at` when the read
+// began, but each of its reads is a transaction of its own, and an index
+// rebuilt beside this process (`tally history --rebuild`) starts again
+// from seq 1. Each read checks in its own transaction that the index
+// reaches what it answers for (seq_at_time: not_found; the others: a seq
+// past its position, invalid, as the names were checked before), so an
+// answer is never of an index that went back.
+bool log_answers(const Status& index_failure, PointInTimeRead* read) {
+  switch (index_failure.code()) {
+    case ErrorCode::corrupt:
+      if (read != nullptr) read->index_damage = index_failure;
+      return true;
+    case ErrorCode::not_found:
+    case ErrorCode::invalid:
+      return true;
+    default:
+      return false;
   }
-  return !history_covers(source, at);
 }
 
 // Whether a pair holding `held` after `seq` (the last event stamped at or
@@ -101,15 +105,15 @@ Result<bool> may_hold_due(const PointInTimeSource& source, std::string_view subj
                           std::string_view item, std::int64_t held, std::uint64_t seq, AsOf at) {
   if (at.kind != AsOf::Kind::time || held == 0) return false;
   std::optional<bool> next_is_expire;
+  snap::HistoryPosition found;  // the index as this read found it
   TALLY_TRY(source.history->entries(subject, item, seq + 1, UINT64_MAX,
                                     [&](const snap::HistoryEntry& entry) {
                                       next_is_expire = entry.op == "expire";
                                       return false;
-                                    }));
+                                    },
+                                    &found));
   if (next_is_expire) return *next_is_expire;
-  auto position = source.history->position();
-  if (!position) return position.status();
-  return position->seq < source.last_seq || at.time_ns > position->time_ns;
+  return found.seq < source.last_seq || at.time_ns > found.time_ns;
 }
 
 // The index's balance of a pair after `seq`, or nullopt where a hold due
@@ -175,8 +179,8 @@ Result<Balance> balance_at(const PointInTimeSource& source, std::string_view sub
     auto seq = index_seq(source, at);
     auto balance = seq ? indexed_balance(source, subject, item, *seq, at)
                        : Result<std::optional<proj::Balance>>(seq.status());
-    if (!balance && !log_answers(source, at, balance.status(), read)) return balance.status();
-    if (balance && *balance && history_covers(source, at)) {
+    if (!balance && !log_answers(balance.status(), read)) return balance.status();
+    if (balance && *balance) {
       note(read, *seq, PointInTimePath::history);
       return to_balance(**balance);
     }
@@ -203,11 +207,11 @@ Result<std::vector<ItemBalance>> list_at(const PointInTimeSource& source, std::s
       if (may) due = *may;
       else listed = may.status();
     }
-    if (listed.ok() && !due && history_covers(source, at)) {
+    if (listed.ok() && !due) {
       note(read, *seq, PointInTimePath::history);
       return items;
     }
-    if (!listed.ok() && !log_answers(source, at, listed, read)) return listed;
+    if (!listed.ok() && !log_answers(listed, read)) return listed;
     items.clear();
   }
   auto state = replay_to(source, at, read);
@@ -275,12 +279,12 @@ Status for_each_at(const PointInTimeSource& source, AsOf at,
         else checked = may.status();
       });
     }
-    if (checked.ok() && !due && history_covers(source, at)) {
+    if (checked.ok() && !due) {
       found.visit_all(visit);
       note(read, *seq, PointInTimePath::history);
       return Status();
     }
-    if (!checked.ok() && !log_answers(source, at, checked, read)) return checked;
+    if (!checked.ok() && !log_answers(checked, read)) return checked;
   }
   auto state = replay_to(source, at, read);
   if (!state) return state.status();

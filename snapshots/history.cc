@@ -1418,10 +1418,18 @@ Result<HistoryPosition> HistoryStore::position() const {
   return position.at;
 }
 
-Result<std::uint64_t> HistoryStore::seq_at_time(std::int64_t time_ns) const {
+Result<std::uint64_t> HistoryStore::seq_at_time(std::int64_t time_ns,
+                                                std::uint64_t log_last_seq) const {
   ReadTxn txn;
   Position position;
   TALLY_TRY(impl_->begin_read(&txn, &position));
+  // Decided in the transaction that answers: a caller's earlier look at
+  // the position may be of another index (one rebuilt since).
+  if (position.at.time_ns <= time_ns && position.at.seq < log_last_seq) {
+    return Status(ErrorCode::not_found, "history: the index ends at seq " +
+                                            std::to_string(position.at.seq) +
+                                            ", before the time asked");
+  }
   Cursor cursor;
   TALLY_TRY(cursor.open(txn.txn(), impl_->times));
   TimeKey target = time_key(time_ns);
@@ -1610,7 +1618,7 @@ Status visit_epoch_entries(MDB_cursor* cursor, std::uint64_t epoch, std::uint64_
 // be the balance the epoch before left.
 Status HistoryStore::entries(std::string_view subject, std::string_view item,
                              std::uint64_t from_seq, std::uint64_t to_seq,
-                             const EntryVisit& visit, std::uint64_t* read_to) const {
+                             const EntryVisit& visit, HistoryPosition* found) const {
   TALLY_TRY(check_names(subject, item));
   ReadTxn txn;
   Position position;
@@ -1619,8 +1627,8 @@ Status HistoryStore::entries(std::string_view subject, std::string_view item,
   make_pair_key(subject, item, &key_bytes);
   Result<std::uint64_t> id = impl_->find_pair(txn.txn(), key_bytes, position.pair_count);
   if (!id) return id.status();
+  if (found != nullptr) *found = position.at;
   to_seq = std::min(to_seq, position.at.seq);
-  if (read_to != nullptr) *read_to = to_seq;
   from_seq = std::max<std::uint64_t>(from_seq, 1);
   if (*id == 0 || from_seq > to_seq) return Status();
   Cursor epochs_cursor;

@@ -190,8 +190,10 @@ class HistoryStore {
   // The last indexed seq stamped at or before time_ns (events stamped
   // exactly time_ns included), 0 if none: "as of time T" is "after that
   // seq". Balances read there are stored balances: a hold due by T whose
-  // expire event is stamped after T still shows as held.
-  Result<std::uint64_t> seq_at_time(std::int64_t time_ns) const;
+  // expire event is stamped after T still shows as held. Given the log's
+  // last seq, not_found where the index, as this read finds it, cannot
+  // tell: it holds no event stamped after time_ns and ends before it.
+  Result<std::uint64_t> seq_at_time(std::int64_t time_ns, std::uint64_t log_last_seq = 0) const;
 
   // The balance after `seq`: that of the pair's last entry at or before it,
   // zero if none. invalid when seq is past position().seq or a name is not
@@ -214,12 +216,12 @@ class HistoryStore {
   // until visit returns false. None for a pair never changed. corrupt, once
   // visit has had the entries before the problem, when one of them does not
   // continue the one before (Chains, below). The range ends at the index's
-  // position, which *read_to (when given) gets if it is below to_seq: an
+  // position as this read finds it, which *found (when given) gets: an
   // index that went back since a caller saw it further (cleared and
   // rebuilding) answers for less than was asked.
   Status entries(std::string_view subject, std::string_view item, std::uint64_t from_seq,
                  std::uint64_t to_seq, const std::function<bool(const HistoryEntry&)>& visit,
-                 std::uint64_t* read_to = nullptr) const;
+                 HistoryPosition* found = nullptr) const;
 
   // Walks the whole index once (for `tally verify`: it reads every record)
   // and checks that it hangs together: every pair key names an id in

@@ -318,14 +318,19 @@ TEST_CASE("entries list one pair's changes with their keys, ops and balances, wi
     }));
     CHECK(first_only == std::vector<std::uint64_t>{1});
     const auto ignore = [](const HistoryEntry&) { return true; };
-    // A range past the index's position ends there, and says where.
+    // A range past the index's position ends there, and the read says
+    // where that is.
     const Result<HistoryPosition> position = store->position();
     REQUIRE_OK(position.status());
-    std::uint64_t read_to = 0;
-    REQUIRE_OK(store->entries("alice", "gold", 0, position->seq + 10, ignore, &read_to));
-    CHECK(read_to == position->seq);
-    REQUIRE_OK(store->entries("alice", "gold", 0, 5, ignore, &read_to));
-    CHECK(read_to == 5);
+    HistoryPosition found;
+    REQUIRE_OK(store->entries("alice", "gold", 0, position->seq + 10, ignore, &found));
+    CHECK(found == *position);
+    // A time at or after its last event is the index's only where the log
+    // ends there too.
+    const std::int64_t last_time = position->time_ns;
+    CHECK(store->seq_at_time(last_time, position->seq).value() == position->seq);
+    CHECK(store->seq_at_time(last_time, position->seq + 1).code() == ErrorCode::not_found);
+    CHECK(store->seq_at_time(last_time - 1, position->seq + 1).ok());
     CHECK(store->entries("", "gold", 0, 9, ignore).code() == ErrorCode::invalid);
     CHECK(store->entries("alice", std::string(256, 'x'), 0, 9, ignore).code() ==
           ErrorCode::invalid);

@@ -121,12 +121,12 @@ Status print_from_index(const snap::HistoryStore& store, std::string_view subjec
       stopped = printer->full();
       return !stopped;
     };
-    std::uint64_t read_to = to_seq;
-    const Status read = store.entries(subject, item, progress->next_seq, to_seq, print, &read_to);
+    snap::HistoryPosition found;
+    const Status read = store.entries(subject, item, progress->next_seq, to_seq, print, &found);
     printer->flush();
     TALLY_TRY(read);
     if (stopped && progress->next_seq <= to_seq) continue;
-    progress->index_went_back = read_to < to_seq;
+    progress->index_went_back = found.seq < to_seq;
     return Status();
   }
 }
@@ -255,8 +255,10 @@ Status print_history(const std::string& data_dir, std::string_view subject, std:
   if (!indexed.ok()) return from_log_after_damage(indexed);
   if (progress.index_went_back) return from_log_after_index();
   if (to_seq <= indexed_seq) return Status();
-  // The log goes further than the index.
+  // The log goes further than the index. A seq past the index's position
+  // (invalid: the names were checked) is one it went back from since.
   auto balance = store->balance_at(subject, item, indexed_seq);
+  if (!balance && balance.code() == ErrorCode::invalid) return from_log_after_index();
   if (!balance) return from_log_after_damage(balance.status());
   return print_from_log(data_dir, subject, item, LogStart{indexed_seq + 1, *balance}, from_seq,
                         to_seq, &printer);
