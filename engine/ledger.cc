@@ -739,13 +739,8 @@ Result<std::unique_ptr<Ledger>> Ledger::open(const LedgerOptions& options) {
   if (options.data_dir.find('\0') != std::string::npos) {
     return Status(ErrorCode::invalid, "data_dir holds a NUL byte");
   }
-  if (options.segment_size_bytes < log::kSegmentSizeBytesMin ||
-      options.segment_size_bytes > log::kSegmentSizeBytesMax ||
-      options.segment_size_bytes % log::kFrameAlignment != 0) {
-    return Status(ErrorCode::invalid,
-                  "segment_size_bytes must be a multiple of 8 from " +
-                      std::to_string(log::kSegmentSizeBytesMin) + " to " +
-                      std::to_string(log::kSegmentSizeBytesMax));
+  if (const Status segment = log::check_segment_size(options.segment_size_bytes); !segment.ok()) {
+    return Status(ErrorCode::invalid, "segment_size_bytes: " + segment.message());
   }
   // The queues are sized for it at open.
   if (options.queue_depth_max == 0 || options.queue_depth_max > kQueueDepthMaxLimit) {

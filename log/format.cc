@@ -104,6 +104,17 @@ Status corrupt_at(std::uint64_t segment_first_seq, std::uint64_t offset, std::st
   return Status(ErrorCode::corrupt, std::move(message));
 }
 
+Status check_segment_size(std::uint64_t size_bytes) {
+  if (size_bytes >= kSegmentSizeBytesMin && size_bytes <= kSegmentSizeBytesMax &&
+      size_bytes % kFrameAlignment == 0) {
+    return Status();
+  }
+  return Status(ErrorCode::invalid, "segment size " + std::to_string(size_bytes) +
+                                        " must be a multiple of 8 from " +
+                                        std::to_string(kSegmentSizeBytesMin) + " to " +
+                                        std::to_string(kSegmentSizeBytesMax));
+}
+
 bool parse_segment_file_name(const std::string& name, std::uint64_t* first_seq) {
   if (name.size() != kSegmentNameDigits + kSegmentSuffix.size()) return false;
   if (std::string_view(name).substr(kSegmentNameDigits) != kSegmentSuffix) return false;

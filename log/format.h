@@ -172,4 +172,9 @@ std::string log_position(std::uint64_t segment_first_seq, std::uint64_t offset);
 // A corrupt Status "<log_position>: <why>".
 Status corrupt_at(std::uint64_t segment_first_seq, std::uint64_t offset, std::string_view why);
 
+// invalid ("segment size N must be a multiple of 8 from 65536 to
+// 4294967296": frames are 8-byte aligned) unless a segment may be
+// `size_bytes` long.
+Status check_segment_size(std::uint64_t size_bytes);
+
 }  // namespace tally::log

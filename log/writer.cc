@@ -292,14 +292,7 @@ LogWriter::~LogWriter() = default;
 namespace {
 
 Status check_options(const LogWriterOptions& options) {
-  if (options.segment_size_bytes < kSegmentSizeBytesMin ||
-      options.segment_size_bytes > kSegmentSizeBytesMax ||
-      options.segment_size_bytes % kFrameAlignment != 0) {
-    return Status(ErrorCode::invalid, "segment size " + std::to_string(options.segment_size_bytes) +
-                                          " must be a multiple of 8 in [" +
-                                          std::to_string(kSegmentSizeBytesMin) + ", " +
-                                          std::to_string(kSegmentSizeBytesMax) + "]");
-  }
+  TALLY_TRY(check_segment_size(options.segment_size_bytes));
   // Every record the segment size allows must fit an empty batch, or
   // has_room() would never become true for it.
   const std::size_t frame_bytes_max = frame_size(payload_bytes_max(options.segment_size_bytes));

@@ -20,11 +20,10 @@ Status parse_ledger_flags(const Args& args, LedgerOptions* options) {
   auto segment =
       args.integer("segment-bytes", static_cast<std::int64_t>(options->segment_size_bytes));
   if (!segment) return segment.status();
-  // Frames are 8-byte aligned; LogWriter refuses other sizes, after the
-  // data directory was made.
-  if (*segment % 8 != 0) {
-    return Status(ErrorCode::invalid,
-                  "--segment-bytes: " + std::to_string(*segment) + " is not a multiple of 8");
+  // A usage error here, where Ledger::open would refuse it (exit 1).
+  if (const Status size = log::check_segment_size(static_cast<std::uint64_t>(*segment));
+      !size.ok()) {
+    return Status(ErrorCode::invalid, "--segment-bytes: " + size.message());
   }
   auto sync_interval = args.integer("sync-interval-ms", options->sync_interval_ms);
   if (!sync_interval) return sync_interval.status();
