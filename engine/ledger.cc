@@ -1019,8 +1019,8 @@ std::int64_t Ledger::Impl::next_timestamp() {
 
 void Ledger::Impl::io_main() {
   const bool sync_each = options.durability == Durability::sync;
-  // At least 1 ms, and at most bounded_wait's century: last_sync plus it
-  // must not overflow the clock.
+  // At least 1 ms, and at most kWaitMax (a year): last_sync plus it must
+  // not overflow the clock.
   const auto sync_interval =
       bounded_wait(std::chrono::milliseconds(std::max<std::int64_t>(options.sync_interval_ms, 1)));
   bool unsynced = false;

@@ -1242,13 +1242,15 @@ TEST_CASE("waiting for a seq from a completion returns at once what it sees") {
 }
 
 TEST_CASE("an async ledger takes a sync interval of any length") {
-  // The longest is a century: a later time would overflow the clock.
+  // Taken as the longest wait (kWaitMax, a year): added to the clock
+  // unbounded, it overflowed, and the ledger synced at once.
   Fixture f(Durability::async);
   f.options.sync_interval_ms = INT64_MAX;
   f.reopen();
   f.ok(f.ledger->acquire("a1", "alice", "gold", 5));
   CHECK(f.balance("alice", "gold").available == 5);
-  REQUIRE(f.ledger->close().ok());  // syncs what it wrote
+  CHECK(f.ledger->durable_seq() == 0);  // not synced yet
+  REQUIRE(f.ledger->close().ok());      // which syncs what it wrote
   CHECK(f.ledger->durable_seq() == 1);
 }
 
@@ -1277,26 +1279,31 @@ TEST_CASE("a completion that submits does not wait for room in a full queue") {
   const std::string big(1024, 'm');
   std::atomic<int> followed{0};
   std::promise<void> all_followed;
-  for (int op_index = 0; op_index < kOps; op_index++) {
-    Command command;
-    command.key = name("k", op_index);
-    command.op = OpRequest::acquire(name("s", op_index % 100), "gold", 1);
-    command.meta = {big, big, big};
-    ledger.submit(std::move(command), [&, op_index](Result<Receipt>) {
-      Command follow;
-      follow.key = name("f", op_index);
-      follow.op = OpRequest::acquire("t", "gold", 1);
-      follow.meta = {big, big, big};
-      ledger.submit(std::move(follow), [&](Result<Receipt>) {
-        if (++followed == kOps) all_followed.set_value();
+  // Submitted from a thread of its own, which a deadlock would hold too.
+  std::thread submitter([&] {
+    for (int op_index = 0; op_index < kOps; op_index++) {
+      Command command;
+      command.key = name("k", op_index);
+      command.op = OpRequest::acquire(name("s", op_index % 100), "gold", 1);
+      command.meta = {big, big, big};
+      ledger.submit(std::move(command), [&, op_index](Result<Receipt>) {
+        Command follow;
+        follow.key = name("f", op_index);
+        follow.op = OpRequest::acquire("t", "gold", 1);
+        follow.meta = {big, big, big};
+        ledger.submit(std::move(follow), [&](Result<Receipt>) {
+          if (++followed == kOps) all_followed.set_value();
+        });
       });
-    });
-  }
-  // A minute, not for ever: a deadlock fails the test, and close() ends it.
-  const bool done = all_followed.get_future().wait_for(std::chrono::minutes(1)) ==
-                    std::future_status::ready;
-  CHECK(done);
-  REQUIRE(ledger.close().ok());
+    }
+  });
+  // A minute, not for ever: a deadlock fails the test, and close() ends it
+  // (it wakes every wait for room).
+  CHECK(all_followed.get_future().wait_for(std::chrono::minutes(1)) ==
+        std::future_status::ready);
+  const Status closed = ledger.close();
+  submitter.join();
+  CHECK(closed.ok());
 }
 
 TEST_CASE("a backup's progress may not close the ledger") {
