@@ -254,9 +254,10 @@ struct Ledger::Impl {
   bool group_ready() const { return !log->batch_empty() || !pending.empty(); }
   void handoff_locked();
   void answer(Task& task, Result<Receipt> result);
-  // Queues a task for the writer, waiting for room. False once closing
-  // (the task is left as it was).
-  bool enqueue(Task& task);
+  // Queues a task for the writer, waiting for room (but not in a
+  // completion). closed once closing, busy past kQueueDepthMaxLimit; the
+  // task is then left as it was.
+  Status enqueue(Task& task);
   // Runs `read` on the writer thread; `done` runs once its group is durable.
   void submit_read(ReadFn read, ReadDone done, bool expire);
   // The same, waiting for it.
@@ -1137,7 +1138,7 @@ void Ledger::submit(Command command, Completion done) {
   Task task;
   task.command = std::move(command);
   task.done = std::move(done);
-  if (!impl_->enqueue(task) && task.done) task.done(Status(ErrorCode::closed, "the ledger is closed"));
+  if (const Status queued = impl_->enqueue(task); !queued.ok() && task.done) task.done(queued);
 }
 
 Result<Receipt> Ledger::execute(Command command) {
@@ -1466,22 +1467,27 @@ Result<BackupReport> Ledger::backup(const std::string& out_dir, const BackupProg
                              &impl.backups_cancelled);
 }
 
-bool Ledger::Impl::enqueue(Task& task) {
+Status Ledger::Impl::enqueue(Task& task) {
   // A completion's submit does not wait for room: the writer, which makes
   // it, may itself wait for the thread the completion runs on (to take a
-  // full batch), and neither would go on. Each completion adds a command
-  // or a few, so the queue overshoots by no more than what is in flight.
-  const bool wait_for_room = !on_own_thread();
+  // full batch), and neither would go on. It queues past queue_depth_max,
+  // up to kQueueDepthMaxLimit, and is refused busy beyond that (completions
+  // that each submit more than one could otherwise grow it without end).
+  const bool in_completion = on_own_thread();
   std::unique_lock<std::mutex> guard(mu);
   room_cv.wait(guard, [&] {
-    return !wait_for_room || queue.size() < options.queue_depth_max || closing;
+    return in_completion || queue.size() < options.queue_depth_max || closing;
   });
-  if (closing) return false;
+  if (closing) return Status(ErrorCode::closed, "the ledger is closed");
+  if (queue.size() >= kQueueDepthMaxLimit) {
+    return Status(ErrorCode::busy, "the queue holds " + std::to_string(kQueueDepthMaxLimit) +
+                                       " commands: a completion's submit cannot wait for room");
+  }
   queue.push_back(std::move(task));
   const bool was_empty = queue.size() == 1;
   guard.unlock();
   if (was_empty) writer_cv.notify_one();
-  return true;
+  return Status();
 }
 
 void Ledger::Impl::submit_read(ReadFn read, ReadDone done, bool expire) {
@@ -1489,7 +1495,7 @@ void Ledger::Impl::submit_read(ReadFn read, ReadDone done, bool expire) {
   task.kind = expire ? Task::Kind::expire : Task::Kind::read;
   task.read = std::move(read);
   task.read_done = std::move(done);
-  if (!enqueue(task)) task.read_done(Status(ErrorCode::closed, "the ledger is closed"));
+  if (const Status queued = enqueue(task); !queued.ok()) task.read_done(queued);
 }
 
 Status Ledger::Impl::run_read(ReadFn read, bool expire) {

@@ -56,7 +56,8 @@ struct LedgerOptions {
   std::int64_t hold_ttl_ns_max = kHoldTtlNsMaxDefault;
   std::uint64_t segment_size_bytes = log::kSegmentSizeBytesDefault;
   // Commands waiting for the writer; submit() waits for room beyond it,
-  // except in a completion (it queues past it).
+  // except in a completion (it queues past it, up to kQueueDepthMaxLimit,
+  // and is answered busy beyond that).
   // 1..kQueueDepthMaxLimit: the queues are sized for at most the default
   // at open and grow as they fill.
   std::size_t queue_depth_max = 1u << 16;
