@@ -831,9 +831,9 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     }
     // A client that waits to be asked for its body is told at once what
     // the headers decide (a 401, a 404, a mutation's bad query or missing
-    // key, the answer of a GET, which takes no body), and the connection
-    // closes, its body unsent, rather than asked for a body only to be
-    // refused or ignored.
+    // or invalid key, the answer of a GET, which takes no body), and the
+    // connection closes, its body unsent, rather than asked for a body only
+    // to be refused or ignored.
     reading_ = false;
     body_unread_ = true;  // an answer now closes the connection
     const std::optional<Routed> routed = route_headers(parser_->get());

@@ -9,7 +9,8 @@
 //     end().torn is set; LogWriter::open zeroes it before appending;
 //   - a last segment whose header does not verify, with no valid frame after
 //     it, is a torn header (a crash while creating it): end().torn_header is
-//     set and LogWriter::open recreates that segment;
+//     set and LogWriter::open recreates that segment (on a full disk, the
+//     first write after it does);
 //   - an invalid frame followed by a valid one, a chain break (seq or
 //     prev_checksum not the expected one), a damaged segment header, a gap
 //     between segments (or a log not starting at seq 1), or a bad frame in

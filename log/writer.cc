@@ -278,7 +278,7 @@ Status LogWriter::Impl::write_part(const WriteBatch& batch_ref, const WriteBatch
   if (part.new_segment) {
     // The old segment is complete: make it durable before its successor
     // exists, so that a later segment proves its predecessors whole.
-    if (file != nullptr) TALLY_TRY(sync_file());
+    TALLY_TRY(sync_file());
     TALLY_TRY(create_segment(part.segment_first_seq, part.header_prev_checksum));
   }
   TALLY_ASSERT(part.segment_first_seq == file_first_seq);

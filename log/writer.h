@@ -80,7 +80,9 @@ class LogWriter {
   // the same directory. Zeroes a torn tail first, then syncs the last
   // segment and the directory (the scan may have read frames of a crashed
   // writer that no sync made durable); creates the directory and the first
-  // segment when the log is empty.
+  // segment when the log is empty. A torn header's segment is made again,
+  // or, where the disk has no room for it, removed: the first write then
+  // makes it (or fails as writes on a full disk do).
   static Result<std::unique_ptr<LogWriter>> open(FileSystem& fs, const std::string& dir,
                                                  const LogEnd& end, LogWriterOptions options = {});
   ~LogWriter();

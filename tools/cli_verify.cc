@@ -202,16 +202,16 @@ std::string end_position(const log::LogEnd& end) {
 
 // For a snapshot or an index holding events up to `held_seq`, past the
 // log's end: they describe only durable events, so the log lost the ones
-// after its end (docs/operations.md). Names where the log ends, when this
-// run read that far: the loss begins there.
+// after its end (docs/operations.md). Names where the log ends: the loss
+// begins there.
 std::string lost_events_text(const VerifySummary& summary, std::uint64_t held_seq) {
   const std::uint64_t last_seq = summary.log_last_seq;
   const std::uint64_t lost = held_seq - last_seq;
   const log::LogEnd& end = summary.log_end;
   return "the log ends at seq " + std::to_string(last_seq) +
-         (end.has_segment ? " (" + end_position(end) + ")" : " (it has no segment)") + ": the " + std::to_string(lost) + (lost == 1 ? " event" : " events") +
-         " after it " + (lost == 1 ? "is" : "are") +
-         " lost (the log was cut short, or its last records damaged)";
+         (end.has_segment ? " (" + end_position(end) + ")" : " (it has no segment)") +
+         ": the " + std::to_string(lost) + (lost == 1 ? " event" : " events") + " after it " +
+         (lost == 1 ? "is" : "are") + " lost (the log was cut short, or its last records damaged)";
 }
 
 // What the replay could not compare, and why.
