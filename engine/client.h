@@ -186,7 +186,10 @@ class Client final : public LedgerApi {
                   FollowOptions options = {});
   // Ends a follow: batches arriving after this returns are dropped, and
   // its on_end runs with ok once the server confirms (or the connection
-  // drops). Called while the client reconnects, the follow is not sent
+  // drops). Batches the reader thread had already read may still reach
+  // on_batch after this returns (a handler may be running as it does):
+  // on_end, which comes after every batch, is the follow's last call, so
+  // free what on_batch uses there, not here. Called while the client reconnects, the follow is not sent
   // again and its on_end runs with ok (on the reader thread) without
   // waiting for the connection. An unknown or ended id is ignored.
   void cancel_follow(FollowId follow);
