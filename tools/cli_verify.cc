@@ -57,12 +57,13 @@ struct VerifySummary {
   proj::StateCounts counts;
   std::uint64_t digest = 0;
   log::LogEnd log_end;  // where the log ends, whatever --to-seq said
-  std::uint64_t log_last_seq = 0;  // log_end's last seq
   bool flows_checked = false;
   std::vector<SnapshotCheck> snapshots;
   Status snapshots_unreadable;  // DATA/snapshots does not open or list
   HistoryCheck history;
   Status failed;  // the first bad snapshot or index: verify exits 1
+
+  std::uint64_t log_last_seq() const { return log_end.next_seq - 1; }
 };
 
 // Hashes a sorted run of balances, so that the history index's balances at
@@ -205,7 +206,7 @@ std::string end_position(const log::LogEnd& end) {
 // after its end (docs/operations.md). Names where the log ends: the loss
 // begins there.
 std::string lost_events_text(const VerifySummary& summary, std::uint64_t held_seq) {
-  const std::uint64_t last_seq = summary.log_last_seq;
+  const std::uint64_t last_seq = summary.log_last_seq();
   const std::uint64_t lost = held_seq - last_seq;
   const log::LogEnd& end = summary.log_end;
   return "the log ends at seq " + std::to_string(last_seq) +
@@ -219,7 +220,7 @@ void settle_snapshots(const VerifySummary& summary, std::vector<SnapshotCheck>* 
   for (SnapshotCheck& check : *checks) {
     if (!check.loads || check.verdict != Verdict::unchecked) continue;
     const std::uint64_t seq = check.info.seq;
-    if (seq > summary.log_last_seq) {
+    if (seq > summary.log_last_seq()) {
       // Recovery cannot use it: the log lost events it holds.
       check.verdict = Verdict::bad;
       check.detail = "it is past the end of the log: " + lost_events_text(summary, seq);
@@ -391,11 +392,10 @@ Result<VerifySummary> verify_data(const std::string& data_dir,
     if (!end) return end.status();
     summary.log_end = *end;
   }
-  summary.log_last_seq = summary.log_end.next_seq - 1;
-  if (given_from_seq.has_value() && from_seq > summary.log_last_seq) {
+  if (given_from_seq.has_value() && from_seq > summary.log_last_seq()) {
     return Status(ErrorCode::invalid, "--from-seq " + std::to_string(from_seq) +
                                           " is past the end of the log (last seq " +
-                                          std::to_string(summary.log_last_seq) +
+                                          std::to_string(summary.log_last_seq()) +
                                           "): nothing to check");
   }
   settle_snapshots(summary, &summary.snapshots);
@@ -436,7 +436,7 @@ std::string history_text(const VerifySummary& summary) {
     case HistoryStanding::usable: break;
   }
   std::string text = "seq " + std::to_string(index.position.seq) + " of " +
-                     std::to_string(summary.log_last_seq);
+                     std::to_string(summary.log_last_seq());
   if (index.standing == HistoryStanding::ahead) return text + ": ahead of the log (events lost)";
   if (index.standing == HistoryStanding::mismatch) {
     return text + ": its chain checksum is not the log's (stale)";
@@ -478,7 +478,7 @@ void append_verify_text(const VerifySummary& summary, std::string* out) {
   line("torn_tail", torn);
   line("from_seq", std::to_string(summary.report.snapshot_seq + 1));
   line("to_seq", std::to_string(summary.last_seq));
-  line("log_last_seq", std::to_string(summary.log_last_seq));
+  line("log_last_seq", std::to_string(summary.log_last_seq()));
   line("snapshot_start", summary.report.snapshot_seq == 0
                              ? std::string("none")
                              : std::to_string(summary.report.snapshot_seq));
@@ -535,7 +535,7 @@ void append_history_json(const VerifySummary& summary, std::string* out) {
   }
   *out += ",\"seq\":" + std::to_string(index.position.seq);
   *out += ",\"time\":" + std::to_string(index.position.time_ns);
-  *out += ",\"log_last_seq\":" + std::to_string(summary.log_last_seq);
+  *out += ",\"log_last_seq\":" + std::to_string(summary.log_last_seq());
   *out += ",\"balances\":\"";
   *out += check.balances == Verdict::ok ? "match" : check.balances == Verdict::bad ? "differ" : "unchecked";
   *out += "\",\"detail\":";
@@ -576,7 +576,7 @@ void append_verify_json(const VerifySummary& summary, std::string* out) {
   field("torn_tail", torn);
   field("from_seq", std::to_string(summary.report.snapshot_seq + 1));
   field("to_seq", std::to_string(summary.last_seq));
-  field("log_last_seq", std::to_string(summary.log_last_seq));
+  field("log_last_seq", std::to_string(summary.log_last_seq()));
   field("snapshot_start", std::to_string(summary.report.snapshot_seq));
   field("flows", summary.flows_checked ? "\"ok\"" : "\"skipped\"");
   std::string snapshots;
