@@ -342,10 +342,7 @@ Result<BackupReport> backup_data(const std::string& data_dir, const std::string&
                                  log::FileSystem& fs, const StoreCopies& copies,
                                  const BackupProgress& progress,
                                  const std::atomic<bool>* cancel) {
-  std::error_code ignored;
-  if (!std::filesystem::is_directory(data_dir, ignored)) {
-    return Status(ErrorCode::not_found, "no data directory at " + data_dir);
-  }
+  TALLY_TRY(check_ledger_dir(data_dir));
   if (out_path.empty()) return Status(ErrorCode::invalid, "the backup's directory is empty");
   // "dest/" names dest, whose partial copy is "dest.partial".
   std::string out_dir = out_path;
@@ -375,6 +372,7 @@ Result<BackupReport> backup_data(const std::string& data_dir, const std::string&
   if (built.ok()) built = fs.sync_dir(log::parent_dir(out_dir));
   if (!built.ok()) {
     // Made by this call (create_directory said so): nothing of anyone else's.
+    std::error_code ignored;
     std::filesystem::remove_all(staging, ignored);
     if (run.thrown) std::rethrow_exception(run.thrown);
     return built;

@@ -46,7 +46,8 @@ struct BackupReport {
 // Copies `data_dir` to `out_dir`; out_dir and out_dir.partial must not
 // exist, nor out_dir lie inside data_dir (invalid). Takes no lock and writes
 // nothing in data_dir (but its reader slot in each LMDB store's lock file),
-// so it runs beside a live ledger of another process. A data_dir that a
+// so it runs beside a live ledger of another process. A data_dir that is
+// not one is not_found (check_ledger_dir, engine/replay.h). A data_dir that a
 // Ledger of this process holds is refused (invalid): LMDB allows one open
 // of a store per process, and closing a second one would drop the first
 // one's locks; Ledger::backup backs it up through the ledger's own stores.

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -22,6 +23,21 @@ constexpr std::uint64_t kProgressEvents = 4096;
 std::string log_dir(const std::string& data_dir) { return log::join_path(data_dir, "log"); }
 std::string snapshot_dir(const std::string& data_dir) { return log::join_path(data_dir, "snapshots"); }
 std::string history_dir(const std::string& data_dir) { return log::join_path(data_dir, "history"); }
+
+Status check_ledger_dir(const std::string& data_dir) {
+  std::error_code ignored;
+  if (!std::filesystem::is_directory(data_dir, ignored)) {
+    return Status(ErrorCode::not_found, "no data directory at " + data_dir);
+  }
+  // An empty directory is a ledger with nothing in it yet, as one made for
+  // a server to start in.
+  if (!std::filesystem::is_directory(log_dir(data_dir), ignored) &&
+      !std::filesystem::is_empty(data_dir, ignored)) {
+    return Status(ErrorCode::not_found,
+                  "no ledger at " + data_dir + ": it has no log directory");
+  }
+  return Status();
+}
 
 namespace {
 

@@ -123,4 +123,10 @@ std::string log_dir(const std::string& data_dir);
 std::string snapshot_dir(const std::string& data_dir);
 std::string history_dir(const std::string& data_dir);
 
+// A data directory: one with a log directory, or an empty one (a ledger
+// with nothing in it yet). not_found for a missing path, a file, or a
+// directory of other things, so that a mistyped path (another directory,
+// a ledger's own log directory) is not taken for an empty ledger.
+Status check_ledger_dir(const std::string& data_dir);
+
 }  // namespace tally

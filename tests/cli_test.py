@@ -661,6 +661,21 @@ def test_read_commands_need_an_existing_data_dir():
             assert "no data directory" in err, (args, err)
 
 
+def test_read_commands_refuse_a_directory_that_holds_no_ledger():
+    other = new_dir("not-a-ledger")
+    write(os.path.join(other, "readme"), "hi\n")
+    for data in (other, os.path.join(fixture().data, "log")):
+        before = sorted(os.listdir(data))
+        for args in (["export"], ["balance", "a", "b"], ["list", "a"], ["log"], ["verify"],
+                     ["export", "--at-seq", "1"], ["history", "a", "b"], ["history", "--rebuild"],
+                     ["snapshot"], ["snapshot", "--list"],
+                     ["backup", "--out", os.path.join(SCRATCH, "no-ledger-copy")]):
+            code, out, err = tally(args[0], "--data", data, *args[1:])
+            assert code == 1 and out == b"" and err.startswith("tally: ") and \
+                "no ledger at %s: it has no log directory" % data in err, (args, code, err)
+        assert sorted(os.listdir(data)) == before, (data, os.listdir(data))
+
+
 def test_snapshot_of_an_empty_data_dir_fails_and_makes_nothing():
     data = new_dir("empty")
     code, out, err = tally("snapshot", "--data", data)

@@ -19,10 +19,6 @@
 
 namespace tally::cli {
 
-// not_found when DATA is not there: the log reader alone would take a
-// mistyped directory for an empty log.
-Status require_data_dir(const std::string& data_dir);
-
 // invalid unless `name` is 1..255 bytes (docs/architecture.md, "Names"), naming `what`
 // ("subject", "item"); the caller reports it as a usage error.
 Status check_name(std::string_view what, std::string_view name);

@@ -40,7 +40,7 @@ int run_backup(const Args& args) {
   if (!data) return usage_error("backup", data.status().message());
   auto out_dir = args.required("out");
   if (!out_dir) return usage_error("backup", out_dir.status().message());
-  const Status exists = require_data_dir(std::string(*data));
+  const Status exists = check_ledger_dir(std::string(*data));
   if (!exists.ok()) return failure(exists);
   Progress stores("backup: copying the stores", 0);
   stores.set_unit("MiB");

@@ -218,7 +218,7 @@ Result<LogStart> start_without_index(const std::string& data_dir, std::string_vi
 
 Status print_history(const std::string& data_dir, std::string_view subject, std::string_view item,
                      std::uint64_t from_seq, std::uint64_t to_seq, bool json) {
-  TALLY_TRY(require_data_dir(data_dir));
+  TALLY_TRY(check_ledger_dir(data_dir));
   auto index = open_history_index(data_dir);
   if (!index) return index.status();
   // The answer is as of the log when it was opened: beside a live writer,
@@ -287,7 +287,7 @@ Status index_event(snap::HistoryStore* store, const log::Event& event, std::uint
 }
 
 Result<Rebuilt> rebuild_history(const std::string& data_dir) {
-  TALLY_TRY(require_data_dir(data_dir));
+  TALLY_TRY(check_ledger_dir(data_dir));
   // No ledger may follow the log into the index meanwhile.
   auto lock = log::DirLock::acquire(data_dir);
   if (!lock) return lock.status();

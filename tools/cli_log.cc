@@ -124,7 +124,7 @@ Result<LogFilter> parse_filter(const Args& args, std::uint64_t* from_seq) {
 
 Status print_log(const std::string& data_dir, std::uint64_t from_seq, const LogFilter& filter,
                  bool json) {
-  TALLY_TRY(require_data_dir(data_dir));
+  TALLY_TRY(check_ledger_dir(data_dir));
   log::LogReaderOptions options;
   options.from_seq = from_seq;
   options.writer_may_be_live = true;  // beside a server, maybe

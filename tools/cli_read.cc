@@ -21,16 +21,6 @@
 
 namespace tally::cli {
 
-Status require_data_dir(const std::string& data_dir) {
-  // The log reader takes a missing log for an empty one, which is right for
-  // a fresh ledger but hides a mistyped --data.
-  std::error_code ignored;
-  if (!std::filesystem::is_directory(data_dir, ignored)) {
-    return Status(ErrorCode::not_found, "no data directory at " + data_dir);
-  }
-  return Status();
-}
-
 Status check_name(std::string_view what, std::string_view name) {
   if (!name.empty() && name.size() <= kIdBytesMax) return Status();
   return Status(ErrorCode::invalid, std::string(what) + " must be 1.." +
@@ -51,7 +41,7 @@ std::int64_t replay_window_ns(const std::string& data_dir, SharedSnapshots* snap
 }
 
 Result<Replayed> replay_data(const std::string& data_dir, ReplayOptions options) {
-  TALLY_TRY(require_data_dir(data_dir));
+  TALLY_TRY(check_ledger_dir(data_dir));
   options.data_dir = data_dir;
   if (options.use_snapshots && options.snapshots == nullptr) {
     // The window of the snapshot the replay starts from, read from its
@@ -277,7 +267,7 @@ Result<HistoryIndex> open_history_index(const std::string& data_dir, bool check_
 
 Result<std::unique_ptr<PointInTimeData>> open_point_in_time(const std::string& data_dir,
                                                             bool check_all_pages) {
-  TALLY_TRY(require_data_dir(data_dir));
+  TALLY_TRY(check_ledger_dir(data_dir));
   auto data = std::make_unique<PointInTimeData>();
   auto index = open_history_index(data_dir, check_all_pages);
   if (!index) return index.status();

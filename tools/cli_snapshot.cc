@@ -51,7 +51,7 @@ Result<std::unique_ptr<log::DirFlock>> hold_for_writing(const std::string& store
 }
 
 Result<Taken> take_snapshot(const std::string& data_dir, std::size_t retain) {
-  TALLY_TRY(require_data_dir(data_dir));
+  TALLY_TRY(check_ledger_dir(data_dir));
   SharedSnapshots shared;
   const auto open_store = [&]() -> Status {
     auto store = snap::open_renewing<snap::SnapshotStore>(snapshot_dir(data_dir),
@@ -154,7 +154,7 @@ void append_info(const snap::SnapshotInfo& info, bool json, std::string* out) {
 }
 
 int list_snapshots(const std::string& data_dir, bool json) {
-  const Status exists = require_data_dir(data_dir);
+  const Status exists = check_ledger_dir(data_dir);
   if (!exists.ok()) return failure(exists);
   const std::string dir = snapshot_dir(data_dir);
   if (!log::posix_file_system().exists(dir)) return kExitOk;  // none, and nothing created

@@ -331,7 +331,7 @@ Result<VerifySummary> verify_data(const std::string& data_dir,
                                   std::optional<std::uint64_t> given_from_seq,
                                   std::uint64_t to_seq) {
   const std::uint64_t from_seq = given_from_seq.value_or(1);
-  TALLY_TRY(require_data_dir(data_dir));
+  TALLY_TRY(check_ledger_dir(data_dir));
   VerifySummary summary;
   SharedSnapshots snapshots;
   TALLY_TRY(
