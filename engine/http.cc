@@ -797,7 +797,9 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   // HTTP/1.1 client that waits before sending its body (Expect:
   // 100-continue, as curl 7.88 does for bodies over 1 MiB) to send it.
   void on_header(beast::error_code ec) {
-    if (ec) return on_read(ec);
+    // A stop may close the session after the headers came in and before
+    // this ran: their request was not read, and goes unanswered.
+    if (ec || closed_) return on_read(ec);
     version_ = parser_->get().version();
     head_ = parser_->get().method() == http::verb::head;
     if (auto framing = transfer_coding_problem(parser_->get().base())) {
@@ -971,6 +973,9 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
   // Looks at the read or the write in progress `wait_ns` from now: a write
   // by the write-stall rule (look_at_write), a read by the idle rule.
   void look_after(std::int64_t wait_ns) {
+    // A timer armed on a closed session would keep it (and a stop waiting
+    // for it) until it fired.
+    if (closed_) return;
     deadline_.expires_after(std::chrono::nanoseconds(wait_ns));
     deadline_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
       if (ec || self->closed_ || !(self->reading_ || self->writing_)) return;

@@ -3270,6 +3270,50 @@ TEST_CASE("server: an HTTP client that reads none of its answer is reset once th
   SUBCASE("read slowly: the connection stays") { check_slow_reader_stays(fx, socket, "http"); }
 }
 
+TEST_CASE("http: a stop under POST load ends each session at once, not at the grace's end") {
+  // A stop that came after a request's headers were read, before their
+  // handler ran, closed the session; the handler then armed a read of the
+  // body (and its idle deadline) on it, which kept the session, and the
+  // stop waited out the grace period for it. Races: several rounds.
+  Fixture fx;
+  fx.options.idle_timeout_ms = 600'000;
+  fx.options.shutdown_grace_ms = 30'000;
+  constexpr int kRounds = 8;
+  constexpr int kClients = 8;
+  for (int round = 0; round < kRounds; round++) {
+    fx.stop();
+    fx.start();
+    const std::uint16_t port = fx.server->http_port();
+    std::atomic<int> answered{0};
+    std::vector<std::thread> threads;
+    for (int client = 0; client < kClients; client++) {
+      threads.emplace_back([&, client] {
+        asio::io_context io;
+        beast::tcp_stream stream(io);
+        beast::error_code ec;
+        stream.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port), ec);
+        beast::flat_buffer buffer;
+        for (int op = 0; !ec; op++) {
+          // Headers and body in one write, as most clients send them.
+          http::request<http::string_body> request(http::verb::post, "/v1/acquire", 11);
+          request.set(http::field::host, "127.0.0.1");
+          request.set("Idempotency-Key", key_of("r" + std::to_string(round) + "-", client, op));
+          request.body() = R"({"subject":"s","item":"i","qty":1})";
+          request.prepare_payload();
+          http::write(stream, request, ec);
+          http::response<http::string_body> response;
+          if (!ec) http::read(stream, buffer, response, ec);
+          if (!ec) answered++;
+        }
+      });
+    }
+    while (answered.load() < kClients * 20) std::this_thread::yield();
+    fx.server->stop();
+    for (auto& thread : threads) thread.join();
+  }
+  CHECK_FALSE(fx.logged("grace period over"));
+}
+
 TEST_CASE("server: graceful shutdown answers what it accepted; a restart serves the same state") {
   Fixture fx;
   constexpr int kClients = 4;
