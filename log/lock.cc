@@ -5,8 +5,10 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <thread>
 
 #include "log/file.h"
 
@@ -22,9 +24,9 @@ Status lock_error(const std::string& what, const std::string& path, int error) {
   return Status(ErrorCode::io_error, what + " " + path + ": " + std::strerror(error));
 }
 
-// The pid the holder wrote, as text, or "unknown" when it is not there yet
-// (the holder takes the lock before it writes its pid) or not readable.
-std::string read_holder_pid(int fd) {
+// The pid the holder wrote, as text, or empty when it is not there or not
+// readable.
+std::string read_pid_text(int fd) {
   char text[kPidTextBytesMax] = {};
   ssize_t n = -1;
   do {
@@ -34,7 +36,20 @@ std::string read_holder_pid(int fd) {
   for (ssize_t index = 0; index < n && text[index] >= '0' && text[index] <= '9'; index++) {
     pid += text[index];
   }
-  return pid.empty() ? "unknown" : pid;
+  return pid;
+}
+
+// The holder's pid, or "unknown". A holder takes the lock before it writes
+// its pid, so one that has just started is given a moment to write it.
+std::string read_holder_pid(int fd) {
+  constexpr int kTries = 50;
+  constexpr auto kWait = std::chrono::milliseconds(2);
+  for (int tries = 1;; tries++) {
+    std::string pid = read_pid_text(fd);
+    if (!pid.empty()) return pid;
+    if (tries == kTries) return "unknown";
+    std::this_thread::sleep_for(kWait);
+  }
 }
 
 // An flock on fd without waiting, exclusive unless `shared`: 0, or the errno.
