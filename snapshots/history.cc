@@ -505,6 +505,22 @@ Result<std::uint64_t> seek_epoch(MDB_cursor* cursor, std::uint64_t seq) {
   return record->epoch;
 }
 
+// The epoch before `epoch` (one that exists); 0 for the first.
+Result<std::uint64_t> previous_epoch(MDB_cursor* cursor, std::uint64_t epoch) {
+  EpochKey target = epoch_key(epoch);
+  MDB_val key = val_of(target);
+  MDB_val value{};
+  int rc = mdb_cursor_get(cursor, &key, &value, MDB_SET_KEY);
+  if (rc == MDB_NOTFOUND) return corrupt("no epoch " + std::to_string(epoch));
+  if (rc == 0) rc = mdb_cursor_get(cursor, &key, &value, MDB_PREV);
+  if (rc == MDB_NOTFOUND) return std::uint64_t{0};
+  if (rc != 0) return lmdb_error("mdb_cursor_get (epochs)", rc);
+  Result<EpochRecord> record = decode_epoch(key, value);
+  if (!record) return record.status();
+  if (record->epoch >= epoch) return corrupt("epochs out of order before " + std::to_string(epoch));
+  return record->epoch;
+}
+
 // The epoch after the cursor's, moving to it; 0 past the last.
 Result<std::uint64_t> next_epoch(MDB_cursor* cursor) {
   MDB_val key{};
@@ -596,10 +612,12 @@ Result<proj::Balance> decode_opening(const MDB_val& key, const MDB_val& value) {
   return balance;
 }
 
-// The cursors a balance lookup reads: one pair's entries and openings.
+// The cursors a balance lookup reads: one pair's entries and openings, and
+// the epochs, for the one before the newest.
 struct BalanceCursors {
   Cursor entries;
   Cursor openings;
+  Cursor epochs;
 };
 
 // The pair's opening balance in an epoch, zero when it has none.
@@ -632,8 +650,32 @@ Status opening_of(MDB_cursor* cursor, std::uint64_t epoch, std::uint64_t pair_id
 // balance; a lost last entry of the newest epoch has nothing after it.
 // Unless it is the only epoch (the first, with none after it): a pair gets
 // its id with its first entry, so there a pair with none at all lost them.
+// A pair with no entry in the newest epoch answers its opening there, which
+// has nothing after it either: it is checked against what came before, the
+// pair's balance at the end of the epoch before, so that an opening lost
+// (a damaged key) is corrupt rather than a zero.
 Status no_entry_in_only_epoch(std::uint64_t pair_id) {
   return corrupt("pair " + std::to_string(pair_id) + " has an id but no entry");
+}
+
+// The pair's balance at the end of the epoch before `epoch` equals `opening`,
+// its opening balance in `epoch`, the newest; nothing to check in the first.
+Status check_opening(const BalanceCursors& cursors, std::uint64_t epoch, std::uint64_t pair_id,
+                     proj::Balance opening) {
+  Result<std::uint64_t> previous = previous_epoch(cursors.epochs.get(), epoch);
+  if (!previous) return previous.status();
+  if (*previous == 0) return Status();
+  std::optional<EntryRecord> last;
+  std::optional<EntryRecord> next;
+  TALLY_TRY(entries_around(cursors.entries.get(), *previous, pair_id, epoch - 1, &last, &next));
+  proj::Balance ended;
+  if (last.has_value()) {
+    ended = last->after;
+  } else {
+    TALLY_TRY(opening_of(cursors.openings.get(), *previous, pair_id, &ended));
+  }
+  if (ended != opening) return carry_broken(pair_id, epoch);
+  return Status();
 }
 
 Status balance_in_epoch(const BalanceCursors& cursors, std::uint64_t epoch,
@@ -656,6 +698,8 @@ Status balance_in_epoch(const BalanceCursors& cursors, std::uint64_t epoch,
     proj::Balance carried;
     TALLY_TRY(opening_of(cursors.openings.get(), following_epoch, pair_id, &carried));
     if (carried != balance) return carry_broken(pair_id, following_epoch);
+  } else if (!last.has_value()) {
+    TALLY_TRY(check_opening(cursors, epoch, pair_id, balance));
   }
   *out = balance;
   return Status();
@@ -929,7 +973,8 @@ Status HistoryStore::Impl::check_epoch(const Txn& txn, const Position& position)
 
 Status HistoryStore::Impl::open_balance_cursors(const Txn& txn, BalanceCursors* cursors) const {
   TALLY_TRY(cursors->entries.open(txn, entries));
-  return cursors->openings.open(txn, openings);
+  TALLY_TRY(cursors->openings.open(txn, openings));
+  return cursors->epochs.open(txn, epochs);
 }
 
 // ---------------------------------------------------------------- append
