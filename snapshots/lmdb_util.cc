@@ -167,7 +167,7 @@ Result<std::unique_ptr<Environment>> Environment::open(const std::string& dir,
     without_table = rc == EACCES && read_only && !lock_file_writable(dir);
   }
   if (without_table) {
-    TALLY_TRY(env->keep_writers_out());
+    TALLY_TRY(env->keep_writers_out(lock_made));
     rc = env->open_handle(options.flags | MDB_NOLOCK);
   }
   if (rc != 0) return env->error("mdb_env_open " + dir, rc);
@@ -210,8 +210,11 @@ void Environment::on_assert(MDB_env* env, const char* message) {
                dir, message);
 }
 
-Status Environment::keep_writers_out() {
+Status Environment::keep_writers_out(const Status& lock_made) {
   const std::string data_dir = log::parent_dir(dir_);
+  const std::string needs =
+      lock_made.ok() ? "needs write access to its lock.mdb"
+                     : "needs its lock.mdb, which could not be made (" + lock_made.message() + ")";
   // DATA against a ledger, then the store against `tally snapshot`.
   for (const std::string& held : {data_dir, dir_}) {
     auto lock = log::DirFlock::acquire(held, log::DirFlock::Kind::shared);
@@ -220,8 +223,7 @@ Status Environment::keep_writers_out() {
                     component_ + ": " +
                         (held == data_dir ? "data directory " + data_dir + " is open for writing"
                                           : dir_ + " is being written (tally snapshot)") +
-                        "; reading " + dir_ + " beside a writer needs write access to its "
-                        "lock.mdb");
+                        "; reading " + dir_ + " beside a writer " + needs);
     }
     if (!lock.ok()) return lock.status();
     writers_out_.push_back(std::move(lock).value());

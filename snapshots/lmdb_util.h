@@ -205,8 +205,10 @@ class Environment {
   // LMDB's assert callback (its user context is the Environment).
   static void on_assert(MDB_env* env, const char* message);
   // For a reader without lock.mdb: shared flocks on the data directory and
-  // on dir_ (log::DirFlock), held in writers_out_; locked beside a writer.
-  Status keep_writers_out();
+  // on dir_ (log::DirFlock), held in writers_out_; locked beside a writer,
+  // saying why the reader has no lock.mdb: `lock_made`, the failure to make
+  // one (a full disk), or none when it may not write it.
+  Status keep_writers_out(const Status& lock_made);
 
   MDB_env* env_ = nullptr;
   EnvironmentOptions options_;  // its component views component_
