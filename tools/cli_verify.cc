@@ -97,6 +97,15 @@ class BalanceHash {
 // snapshot loads: load_newest_valid(its seq) returns it. A store that does
 // not open or list (damaged, or a file in its place) is left in
 // *unreadable, and the check goes on without it, as recovery would.
+// Whether the store still lists the snapshot at seq (true when it cannot
+// tell: a failure to list is not a reason to pass over a load's failure).
+bool still_listed(const snap::SnapshotStore& store, std::uint64_t seq) {
+  auto infos = store.list();
+  if (!infos) return true;
+  return std::any_of(infos->begin(), infos->end(),
+                     [seq](const snap::SnapshotInfo& info) { return info.seq == seq; });
+}
+
 Status load_snapshots(const std::string& data_dir, SharedSnapshots* shared,
                       std::vector<SnapshotCheck>* checks, Status* unreadable) {
   const std::string dir = snapshot_dir(data_dir);
@@ -123,6 +132,13 @@ Status load_snapshots(const std::string& data_dir, SharedSnapshots* shared,
     auto loaded = shared->store->load_newest_valid(info.seq, state_options, &skipped);
     if (loaded && loaded->info.seq == info.seq) {
       check.loads = true;
+      checks->push_back(std::move(check));
+      continue;
+    }
+    // A ledger writing beside verify prunes its oldest snapshots as it
+    // takes new ones: one gone since the list was read is not damaged.
+    if (!still_listed(*shared->store, info.seq)) {
+      check.detail = "pruned by the ledger while verify ran";
       checks->push_back(std::move(check));
       continue;
     }
