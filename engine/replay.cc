@@ -1,6 +1,7 @@
 #include "engine/replay.h"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -24,19 +25,42 @@ std::string log_dir(const std::string& data_dir) { return log::join_path(data_di
 std::string snapshot_dir(const std::string& data_dir) { return log::join_path(data_dir, "snapshots"); }
 std::string history_dir(const std::string& data_dir) { return log::join_path(data_dir, "history"); }
 
+namespace {
+
+// What a ledger makes in its data directory, and what the root of a fresh
+// file system holds.
+bool ledger_entry(std::string_view name) {
+  constexpr std::array<std::string_view, 7> kNames = {
+      "LOCK", "log", "snapshots", "history", "snapshots.damaged", "history.damaged", "lost+found"};
+  return std::find(kNames.begin(), kNames.end(), name) != kNames.end();
+}
+
+Status dir_error(const std::string& what, const std::error_code& error) {
+  return Status(ErrorCode::io_error, what + ": " + error.message(), error.value());
+}
+
+}  // namespace
+
 Status check_ledger_dir(const std::string& data_dir) {
-  std::error_code ignored;
-  if (!std::filesystem::is_directory(data_dir, ignored)) {
-    return Status(ErrorCode::not_found, "no data directory at " + data_dir);
+  std::error_code error;
+  const bool is_dir = std::filesystem::is_directory(data_dir, error);
+  if (error && error != std::errc::no_such_file_or_directory &&
+      error != std::errc::not_a_directory) {
+    return dir_error("stat " + data_dir, error);
   }
-  // An empty directory is a ledger with nothing in it yet, as one made for
-  // a server to start in.
-  if (!std::filesystem::is_directory(log_dir(data_dir), ignored) &&
-      !std::filesystem::is_empty(data_dir, ignored)) {
-    return Status(ErrorCode::not_found,
-                  "no ledger at " + data_dir + ": it has no log directory");
+  if (!is_dir) return Status(ErrorCode::not_found, "no data directory at " + data_dir);
+  std::string foreign;
+  std::filesystem::directory_iterator entry(data_dir, error);
+  for (; !error && entry != std::filesystem::directory_iterator(); entry.increment(error)) {
+    const std::string name = entry->path().filename().string();
+    if (name == "log") return Status();
+    if (foreign.empty() && !ledger_entry(name)) foreign = name;
   }
-  return Status();
+  if (error) return dir_error("read " + data_dir, error);
+  if (foreign.empty()) return Status();
+  return Status(ErrorCode::not_found, "no ledger at " + data_dir +
+                                          ": it has no log directory, and holds " + foreign +
+                                          ", which no ledger makes");
 }
 
 namespace {

@@ -676,6 +676,23 @@ def test_read_commands_refuse_a_directory_that_holds_no_ledger():
         assert sorted(os.listdir(data)) == before, (data, os.listdir(data))
 
 
+def test_a_directory_of_ledger_files_without_a_log_is_a_ledger_whose_log_is_lost():
+    # What a ledger makes (LOCK, its stores) is a data directory, log or not:
+    # a rebuild of an empty one leaves LOCK and history/, and verify says so.
+    data = new_dir("rebuilt-empty")
+    os.mkdir(os.path.join(data, "lost+found"))
+    tally("history", "--data", data, "--rebuild", expect_exit=0)
+    assert sorted(os.listdir(data)) == ["LOCK", "history", "lost+found"], os.listdir(data)
+    _, out, _ = tally("verify", "--data", data, "--json", expect_exit=0)
+    assert json.loads(text(out))["ok"] is True, out
+    tally("export", "--data", data, expect_exit=0)
+    # A ledger whose log is gone: verify reports the events lost, not "no ledger".
+    lost = fixture().copy_data("log-lost")
+    shutil.rmtree(os.path.join(lost, "log"))
+    code, out, err = tally("verify", "--data", lost)
+    assert code == 1 and "no ledger" not in err and "lost" in err, (code, err)
+
+
 def test_snapshot_of_an_empty_data_dir_fails_and_makes_nothing():
     data = new_dir("empty")
     code, out, err = tally("snapshot", "--data", data)
