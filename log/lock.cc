@@ -152,8 +152,9 @@ bool DirLock::held_by_this_process(const std::string& data_dir) {
     fd = ::open(join_path(data_dir, kLockFileName).c_str(), O_RDONLY | O_CLOEXEC);
   } while (fd < 0 && errno == EINTR);
   if (fd < 0) return false;
-  // The probe's shared lock, if it gets one, goes with its descriptor.
-  const bool held = read_holder_pid(fd) == std::to_string(::getpid()) &&
+  // The probe's shared lock, if it gets one, goes with its descriptor. No
+  // wait for a pid: this process writes its own before acquire() returns.
+  const bool held = read_pid_text(fd) == std::to_string(::getpid()) &&
                     lock_now(fd, /*shared=*/true) == EWOULDBLOCK;
   ::close(fd);
   return held;
