@@ -212,9 +212,12 @@ void Environment::on_assert(MDB_env* env, const char* message) {
 
 Status Environment::keep_writers_out(const Status& lock_made) {
   const std::string data_dir = log::parent_dir(dir_);
-  const std::string needs =
-      lock_made.ok() ? "needs write access to its lock.mdb"
-                     : "needs its lock.mdb, which could not be made (" + lock_made.message() + ")";
+  // The failure names the store too: said once.
+  std::string why = lock_made.message();
+  if (why.starts_with(component_ + ": ")) why.erase(0, component_.size() + 2);
+  const std::string needs = lock_made.ok()
+                                ? "needs write access to its lock.mdb"
+                                : "needs its lock.mdb, which could not be made (" + why + ")";
   // DATA against a ledger, then the store against `tally snapshot`.
   for (const std::string& held : {data_dir, dir_}) {
     auto lock = log::DirFlock::acquire(held, log::DirFlock::Kind::shared);

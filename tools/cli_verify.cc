@@ -93,10 +93,6 @@ class BalanceHash {
   std::uint64_t count_ = 0;
 };
 
-// Opens DATA/snapshots (when it exists), lists it and checks that each
-// snapshot loads: load_newest_valid(its seq) returns it. A store that does
-// not open or list (damaged, or a file in its place) is left in
-// *unreadable, and the check goes on without it, as recovery would.
 // Whether the store still lists the snapshot at seq (true when it cannot
 // tell: a failure to list is not a reason to pass over a load's failure).
 bool still_listed(const snap::SnapshotStore& store, std::uint64_t seq) {
@@ -106,6 +102,10 @@ bool still_listed(const snap::SnapshotStore& store, std::uint64_t seq) {
                      [seq](const snap::SnapshotInfo& info) { return info.seq == seq; });
 }
 
+// Opens DATA/snapshots (when it exists), lists it and checks that each
+// snapshot loads: load_newest_valid(its seq) returns it. A store that does
+// not open or list (damaged, or a file in its place) is left in
+// *unreadable, and the check goes on without it, as recovery would.
 Status load_snapshots(const std::string& data_dir, SharedSnapshots* shared,
                       std::vector<SnapshotCheck>* checks, Status* unreadable) {
   const std::string dir = snapshot_dir(data_dir);
