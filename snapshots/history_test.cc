@@ -1233,8 +1233,14 @@ TEST_CASE("a lost opening balance is corrupt for the reads that pass it, and for
     if (!indexing.flush_each) continue;  // one epoch has no openings
     TempDir dir;
     const ChainFixture fixture = write_chain_index(dir, indexing);
+    const auto entries = records_of(dir, history::kEntriesDbName);
     const auto openings = records_of(dir, history::kOpeningsDbName);
     REQUIRE(openings.size() > 10);
+    std::uint64_t newest_epoch = 0;
+    for (const auto& [key, value] : records_of(dir, history::kEpochsDbName)) {
+      newest_epoch = std::max(newest_epoch, u64_at(key, 0, true));
+    }
+    int writes_checked = 0;
     for (const auto& [key, value] : openings) {
       // The epoch's first seq; the last of the epoch before reads the
       // opening to check that the pair's balance carries on.
@@ -1246,11 +1252,34 @@ TEST_CASE("a lost opening balance is corrupt for the reads that pass it, and for
       CAPTURE(lost.seq);
       TempDir copy;
       REQUIRE(remove_record(dir, copy, history::kOpeningsDbName, key, -1));
-      std::unique_ptr<HistoryStore> store = open_history(copy);
-      check_reads_of_damaged(*store, fixture, lost);
-      // The epoch before ends with a balance nothing carries on.
-      CHECK(store->check_chains().code() == ErrorCode::corrupt);
+      {
+        std::unique_ptr<HistoryStore> store = open_history(copy);
+        check_reads_of_damaged(*store, fixture, lost);
+        // The epoch before ends with a balance nothing carries on.
+        CHECK(store->check_chains().code() == ErrorCode::corrupt);
+      }
+      const bool changes_after = std::any_of(entries.begin(), entries.end(), [&](const auto& e) {
+        return e.first.compare(0, 16, key) == 0;
+      });
+      if (epoch != newest_epoch || changes_after) continue;
+      // The writer reads the pair's balance as it appends a change of it:
+      // corrupt too, not a change from zero.
+      Indexed indexed(copy, indexing.options);
+      auto& [store, state, feed] = indexed;
+      feed.on_applied = nullptr;
+      feed_chain_workload(feed, state);
+      Status appended;
+      feed.on_applied = [&](const log::Event& event) {
+        appended = store->append(event, chain_of(event.seq));
+      };
+      const auto& [subject, item] = fixture.pairs.at(lost.pair_id);
+      REQUIRE_OK(feed.one("after", acquire_op(subject, item, 1)));
+      feed.on_applied = nullptr;
+      const Status written = appended.ok() ? store->flush() : appended;
+      CHECK_MESSAGE(written.code() == ErrorCode::corrupt, written.to_string());
+      writes_checked++;
     }
+    CHECK(writes_checked > 0);
   }
 }
 
