@@ -1788,6 +1788,21 @@ def test_reads_change_nothing_in_the_data_directory():
     assert not os.path.exists(os.path.join(data, "snapshots", "lock.mdb"))
 
 
+def test_snapshots_taken_at_once_are_written_one_after_the_other():
+    # Each holds the store alone while it writes; the others wait for it
+    # rather than blame a reader without write access.
+    data = fixture().copy_data("snapshots-at-once")
+    for _ in range(3):
+        procs = [subprocess.Popen([TALLY, "snapshot", "--data", data, "--retain", str(retain)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for retain in (1, 2, 1)]
+        for proc in procs:
+            out, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0 and err == b"", (proc.returncode, err)
+    _, out, _ = tally("verify", "--data", data, "--json", expect_exit=0)
+    assert json.loads(text(out))["ok"] is True, out
+
+
 def test_snapshot_beside_a_running_server():
     f = fixture()
     data = f.copy_data("snapshot-serve")

@@ -11,8 +11,10 @@
 // is written, so that a power loss cannot leave a snapshot ahead of the log
 // (recovery would skip it, engine/replay.h, and with --retain 1 replay the
 // whole log).
+#include <chrono>
 #include <filesystem>
 #include <system_error>
+#include <thread>
 
 #include "engine/ledger.h"
 #include "log/file.h"
@@ -39,15 +41,36 @@ struct Taken {
 // written and pruned: a reader without write access to its lock.mdb reads
 // it without LMDB's table of readers, holding the flock shared, and pages
 // it reads must not be reused meanwhile (a ledger keeps such readers out
-// with its own DirLock).
+// with its own DirLock). Another `tally snapshot` holds it alone while it
+// writes, which takes seconds: that one is waited for, up to
+// kWriterWaitMax; such a reader (verify, for minutes) is not.
 Result<std::unique_ptr<log::DirFlock>> hold_for_writing(const std::string& store_dir) {
-  auto lock = log::DirFlock::acquire(store_dir, log::DirFlock::Kind::exclusive);
-  if (lock.code() == ErrorCode::locked) {
-    return Status(ErrorCode::locked,
-                  store_dir + " is being read by a process without write access to its "
-                              "lock.mdb; take the snapshot once it is done");
+  constexpr auto kWriterWaitMax = std::chrono::minutes(1);
+  constexpr auto kLookEvery = std::chrono::milliseconds(20);
+  const auto give_up = std::chrono::steady_clock::now() + kWriterWaitMax;
+  // A shared flock got twice in a row: a reader holds it, not a writer that
+  // let go between the two tries.
+  int shared_got = 0;
+  for (;;) {
+    auto lock = log::DirFlock::acquire(store_dir, log::DirFlock::Kind::exclusive);
+    if (lock.code() != ErrorCode::locked) return lock;
+    auto shared = log::DirFlock::acquire(store_dir, log::DirFlock::Kind::shared);
+    if (shared.code() != ErrorCode::locked) {
+      if (!shared.ok()) return shared.status();
+      if (++shared_got == 2) {
+        return Status(ErrorCode::locked,
+                      store_dir + " is being read by a process without write access to its "
+                                  "lock.mdb; take the snapshot once it is done");
+      }
+      continue;
+    }
+    shared_got = 0;
+    if (std::chrono::steady_clock::now() >= give_up) {
+      return Status(ErrorCode::locked, store_dir + " is being written by another tally "
+                                                   "snapshot, for over a minute");
+    }
+    std::this_thread::sleep_for(kLookEvery);
   }
-  return lock;
 }
 
 Result<Taken> take_snapshot(const std::string& data_dir, std::size_t retain) {
