@@ -1355,12 +1355,16 @@ PointInTimeSource Ledger::Impl::point_in_time_source(AsOf at) {
                         archivist->history_readable(kHistoryWaitMax);
   source.history = readable ? history.get() : nullptr;
   source.last_seq = committed.load(std::memory_order_acquire);
-  // The archivist follows the committed log closely; wait for it rather
-  // than replay, unless it is far behind.
+  // The archivist follows the durable log closely; wait for it rather
+  // than replay, unless it is far behind, or the target is past the
+  // durable log and the next sync (under async) further off than the wait.
   if (archivist != nullptr && source.history != nullptr && !history_covers(source, at)) {
     const std::uint64_t target = at.kind == AsOf::Kind::seq ? std::min(at.seq, source.last_seq)
                                                             : source.last_seq;
-    if (target - std::min(target, archivist->stats().history_seq) <= kHistoryWaitLagMax) {
+    const bool synced_soon = target <= durable.load(std::memory_order_acquire) ||
+                             options.sync_interval_ms < kHistoryWaitMax.count();
+    if (synced_soon &&
+        target - std::min(target, archivist->stats().history_seq) <= kHistoryWaitLagMax) {
       archivist->wait_history(target, kHistoryWaitMax);
     }
   }
