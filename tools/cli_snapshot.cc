@@ -48,26 +48,31 @@ Result<std::unique_ptr<log::DirFlock>> hold_for_writing(const std::string& store
   constexpr auto kWriterWaitMax = std::chrono::minutes(1);
   constexpr auto kLookEvery = std::chrono::milliseconds(20);
   const auto give_up = std::chrono::steady_clock::now() + kWriterWaitMax;
-  // A shared flock got twice in a row: a reader holds it, not a writer that
-  // let go between the two tries.
+  // A shared flock got twice in a row, a look apart: a reader holds it, not
+  // a writer that let go between the two tries, nor another waiter's probe
+  // of a moment.
   int shared_got = 0;
   for (;;) {
     auto lock = log::DirFlock::acquire(store_dir, log::DirFlock::Kind::exclusive);
     if (lock.code() != ErrorCode::locked) return lock;
-    auto shared = log::DirFlock::acquire(store_dir, log::DirFlock::Kind::shared);
-    if (shared.code() != ErrorCode::locked) {
-      if (!shared.ok()) return shared.status();
+    bool writer = false;
+    {  // a probe only, let go before the wait
+      auto shared = log::DirFlock::acquire(store_dir, log::DirFlock::Kind::shared);
+      if (!shared.ok() && shared.code() != ErrorCode::locked) return shared.status();
+      writer = shared.code() == ErrorCode::locked;
+    }
+    if (!writer) {
       if (++shared_got == 2) {
         return Status(ErrorCode::locked,
                       store_dir + " is being read by a process without write access to its "
                                   "lock.mdb; take the snapshot once it is done");
       }
-      continue;
-    }
-    shared_got = 0;
-    if (std::chrono::steady_clock::now() >= give_up) {
-      return Status(ErrorCode::locked, store_dir + " is being written by another tally "
-                                                   "snapshot, for over a minute");
+    } else {
+      shared_got = 0;
+      if (std::chrono::steady_clock::now() >= give_up) {
+        return Status(ErrorCode::locked, store_dir + " is being written by another tally "
+                                                     "snapshot, for over a minute");
+      }
     }
     std::this_thread::sleep_for(kLookEvery);
   }
