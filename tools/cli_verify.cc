@@ -135,10 +135,11 @@ Status load_snapshots(const std::string& data_dir, SharedSnapshots* shared,
       checks->push_back(std::move(check));
       continue;
     }
-    // A ledger writing beside verify prunes its oldest snapshots as it
-    // takes new ones: one gone since the list was read is not damaged.
+    // A ledger (or tally snapshot) writing beside verify prunes the oldest
+    // snapshots as it takes new ones: one gone since the list was read is
+    // not damaged.
     if (!still_listed(*shared->store, info.seq)) {
-      check.detail = "pruned by the ledger while verify ran";
+      check.detail = "pruned while verify ran";
       checks->push_back(std::move(check));
       continue;
     }
