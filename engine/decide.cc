@@ -69,6 +69,14 @@ Status check_unused(const OpRequest& op) {
   return Status();
 }
 
+Status check_ttl(const OpRequest& op, std::int64_t ttl_ns_max) {
+  if (op.ttl_ns < kHoldTtlNsMin || op.ttl_ns > ttl_ns_max) {
+    return invalid("ttl out of range [" + std::to_string(kHoldTtlNsMin / 1'000'000) + " ms, " +
+                   std::to_string(ttl_ns_max / 1'000'000) + " ms]");
+  }
+  return Status();
+}
+
 Status validate_op(const OpRequest& op, const Limits& limits) {
   if (op.type != OpType::expire) TALLY_TRY(check_unused(op));
   switch (op.type) {
@@ -87,11 +95,7 @@ Status validate_op(const OpRequest& op, const Limits& limits) {
       TALLY_TRY(check_id("subject", op.subject));
       TALLY_TRY(check_id("item", op.item));
       TALLY_TRY(check_qty(op.qty));
-      if (limits.hold_ttl_ns_max != 0 &&
-          (op.ttl_ns < kHoldTtlNsMin || op.ttl_ns > limits.hold_ttl_ns_max)) {
-        return invalid("ttl out of range [" + std::to_string(kHoldTtlNsMin / 1'000'000) + " ms, " +
-                       std::to_string(limits.hold_ttl_ns_max / 1'000'000) + " ms]");
-      }
+      if (limits.hold_ttl_ns_max != 0) return check_ttl(op, limits.hold_ttl_ns_max);
       return Status();
     case OpType::commit:
       if (op.qty < 0) return invalid("commit qty must be > 0");
@@ -321,6 +325,19 @@ Status validate(const Command& command, const Limits& limits) {
     }
     // The server's to check from here (Limits).
     if (op.type == OpType::hold && limits.hold_ttl_ns_max == 0 && !limits.ops_after_hold) break;
+  }
+  return Status();
+}
+
+Status check_ttls(const Command& command, std::int64_t ttl_ns_max) {
+  if (!command.batch) {
+    return command.op.type == OpType::hold ? check_ttl(command.op, ttl_ns_max) : Status();
+  }
+  for (std::size_t op_index = 0; op_index < command.ops.size(); op_index++) {
+    const OpRequest& op = command.ops[op_index];
+    if (op.type != OpType::hold) continue;
+    Status status = check_ttl(op, ttl_ns_max);
+    if (!status.ok()) return invalid("op " + std::to_string(op_index) + ": " + status.message());
   }
   return Status();
 }

@@ -22,12 +22,20 @@ struct Limits {
   // that the hold came first.
   std::int64_t hold_ttl_ns_max = 0;
   // With hold_ttl_ns_max 0: check the ops after such a hold as well (a
-  // Client whose request could not reach the server otherwise).
+  // Client whose request could not reach the server otherwise, and the
+  // writer, which checks ttls apart: check_ttls).
   bool ops_after_hold = false;
 };
 
 // invalid, naming the offending field, when the command is malformed.
 Status validate(const Command& command, const Limits& limits);
+
+// invalid when a hold of `command` has a ttl outside [kHoldTtlNsMin,
+// ttl_ns_max], named as validate() names it. The one check that depends on
+// the ledger's options: the writer makes it only once it found the key new,
+// so that a decided key's retry answers what was decided, whatever the
+// limit is now.
+Status check_ttls(const Command& command, std::int64_t ttl_ns_max);
 
 // invalid ("<what> is empty", "... is longer than 255 bytes", "... contains
 // NUL") unless `id` is a valid key, subject or item: what a mutation may

@@ -212,9 +212,7 @@ struct Ledger::Impl {
       : options(opts),
         clock(opts.clock != nullptr ? opts.clock : &system_clock()),
         fs(opts.fs != nullptr ? opts.fs : &log::posix_file_system()),
-        state_options{opts.idempotency_window_ns} {
-    limits.hold_ttl_ns_max = opts.hold_ttl_ns_max;
-  }
+        state_options{opts.idempotency_window_ns} {}
   ~Impl() {
     if (held_dir) release_dir(*held_dir);
   }
@@ -321,7 +319,6 @@ struct Ledger::Impl {
   const LedgerOptions options;
   Clock* const clock;
   log::FileSystem* const fs;
-  detail::Limits limits;
   std::unique_ptr<log::DirLock> lock;
   std::optional<DirId> held_dir;  // hold_dir()'s, released with the Impl
   std::unique_ptr<log::LogWriter> log;
@@ -916,7 +913,9 @@ void Ledger::Impl::process_command(Task& task) {
   if (failed.load()) {
     return answer(task, Status(ErrorCode::read_only, "the ledger failed a write; reopen it"));
   }
-  Status valid = detail::validate(command, limits);
+  // Every op's shape now, the ttls against today's limit once the key is
+  // known to be new (check_ttls).
+  Status valid = detail::validate(command, detail::Limits{.ops_after_hold = true});
   if (!valid.ok()) return answer(task, valid);
   const std::uint64_t fingerprint = detail::fingerprint(command, &fingerprint_scratch);
   const std::int64_t now_ns = next_timestamp();
@@ -933,6 +932,8 @@ void Ledger::Impl::process_command(Task& task) {
                                              record->timestamp_ns, true));
   }
 
+  Status ttls = detail::check_ttls(command, options.hold_ttl_ns_max);
+  if (!ttls.ok()) return answer(task, ttls);
   auto decision = detail::decide(command, *state, now_ns, &ops, &decide_scratch);
   if (!decision) return answer(task, decision.status());
   log::Event event;

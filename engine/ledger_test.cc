@@ -202,6 +202,33 @@ TEST_CASE("a retried key gets the recorded outcome; a different request conflict
   CHECK(f.ledger->acquire("a1", "alice", "gold", 11).code() == ErrorCode::idempotency_conflict);
 }
 
+TEST_CASE("a decided hold's retry replays after the ttl limit was lowered below its ttl") {
+  Fixture f;
+  f.ok(f.ledger->acquire("a1", "alice", "gold", 10));
+  const Receipt held = f.ok(f.ledger->hold("h1", "alice", "gold", 2, 3600 * kSecond));
+  const std::vector<OpRequest> ops = {OpRequest::hold_of("alice", "gold", 1, 3600 * kSecond),
+                                      OpRequest::acquire("bob", "gold", 1)};
+  const Receipt batched = f.ok(f.ledger->batch("b1", ops));
+  f.options.hold_ttl_ns_max = 60 * kSecond;
+  f.reopen();
+  const Receipt again = f.ok(f.ledger->hold("h1", "alice", "gold", 2, 3600 * kSecond));
+  CHECK(again.replay);
+  CHECK(again.hold == held.hold);
+  const Receipt batch_again = f.ok(f.ledger->batch("b1", ops));
+  CHECK(batch_again.replay);
+  CHECK(batch_again.seq == batched.seq);
+  // A new key is held to today's limit, named as before; a decided key
+  // with a different request conflicts, whatever its ttl.
+  const auto fresh = f.ledger->batch("b2", ops);
+  CHECK(fresh.status().to_string() == "invalid: op 0: ttl out of range [1 ms, 60000 ms]");
+  CHECK(f.ledger->hold("h2", "alice", "gold", 2, 0).status().to_string() ==
+        "invalid: ttl out of range [1 ms, 60000 ms]");
+  CHECK(f.ledger->hold("h1", "alice", "gold", 3, 3600 * kSecond).code() ==
+        ErrorCode::idempotency_conflict);
+  CHECK(f.balance("alice", "gold") == Balance{7, 3});
+  CHECK(f.ledger->committed_seq() == 3);
+}
+
 TEST_CASE("two batches whose ops name holds differently never share a fingerprint") {
   // Back to back, a commit by key "AAAAAAAA" of 4 then a release of hold 7
   // are the bytes of a commit of hold 8 with qty 0x4141414141414141 then a
