@@ -37,12 +37,15 @@ Result<std::size_t> EventFeed::read(FeedCursor* cursor, const FeedLimits& limits
   log::TailPosition end = (*tail)->position();  // after the last record visited
   while (bytes < limits.bytes_max) {
     auto more = (*tail)->next(&record, last);
+    if (!more && count > 0) break;
     if (!more) return more.status();
     if (!*more) break;
     TALLY_ASSERT(record.seq == first + count);
     // One that would take the batch past the limit is the next one's first.
     if (count > 0 && record.payload.size() > limits.bytes_max - bytes) break;
-    TALLY_TRY(visit(record));
+    Status visited = visit(record);
+    if (!visited.ok() && count > 0) break;
+    if (!visited.ok()) return visited;
     count++;
     bytes += record.payload.size();
     end = (*tail)->position();

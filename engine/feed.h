@@ -105,7 +105,12 @@ class EventFeed {
   // Visits the committed records with seq >= cursor->next_seq: at most
   // limits.events_max of them, within limits.bytes_max payload bytes (at
   // least one). Advances the cursor past them and returns how many; 0
-  // when nothing at or after cursor->next_seq is committed yet.
+  // when nothing at or after cursor->next_seq is committed yet. A record
+  // that cannot be read (damaged: corrupt), or that `visit` fails, ends
+  // the read: after the records before it when there are some, so that a
+  // reader gets every event up to it and the next read begins at it;
+  // otherwise with its error. `visit` must leave nothing of a record it
+  // fails.
   Result<std::size_t> read(FeedCursor* cursor, const FeedLimits& limits, const Visit& visit);
 
   // read() for a reader that keeps only a seq: the tail position comes from

@@ -216,6 +216,47 @@ TEST_CASE("feed: nothing past the committed seq; a visitor's error ends the read
   CHECK(seen.seqs == range(1, 3));
 }
 
+TEST_CASE("feed: a damaged record or a visitor's error ends a read after the events before it") {
+  Fixture fx;
+  fx.append(0, 8);
+  REQUIRE(fx.segments() == 1);
+  EventFeed feed(fx.ledger.get());
+
+  FeedCursor refused;
+  Collector seen;
+  auto until_refused = feed.read(&refused, {}, [&](const log::Record& record) {
+    return record.seq == 3 ? Status(ErrorCode::busy, "no") : seen.visit()(record);
+  });
+  REQUIRE(until_refused.ok());
+  CHECK(*until_refused == 2);
+  CHECK(refused.next_seq == 3);
+
+  // Flips a byte of the 5th event's metadata, the 5th run of 1000 r's.
+  std::filesystem::path segment;
+  for (const auto& entry : std::filesystem::directory_iterator(log_dir(fx.ledger->data_dir()))) {
+    if (entry.path().extension() == ".seg") segment = entry.path();
+  }
+  std::string bytes = testing::read_file(segment);
+  std::size_t at = 0;
+  for (int run = 0; run < 5; run++) at = bytes.find(std::string(1000, 'r'), run == 0 ? 0 : at + 1000);
+  REQUIRE(at != std::string::npos);
+  bytes[at + 500] = 's';
+  testing::write_file(segment, bytes);
+
+  FeedCursor cursor;
+  Collector before;
+  auto first = feed.read(&cursor, {}, before.visit());
+  REQUIRE(first.ok());
+  CHECK(before.seqs == range(1, 4));
+  CHECK(cursor.next_seq == 5);
+  auto damaged = feed.read(&cursor, {}, before.visit());
+  CHECK(damaged.code() == ErrorCode::corrupt);
+  CHECK(cursor.next_seq == 5);
+  std::uint64_t next_seq = 5;
+  CHECK(feed.poll(&next_seq, {}, before.visit()).code() == ErrorCode::corrupt);
+  CHECK(before.seqs == range(1, 4));
+}
+
 // A Ready that fulfils a promise, for waiting on it without timing.
 struct Awaited {
   std::promise<std::uint64_t> promise;
