@@ -913,10 +913,12 @@ void Ledger::Impl::process_command(Task& task) {
   if (failed.load()) {
     return answer(task, Status(ErrorCode::read_only, "the ledger failed a write; reopen it"));
   }
-  // Every op's shape now, the ttls against today's limit once the key is
-  // known to be new (check_ttls).
-  Status valid = detail::validate(command, detail::Limits{.ops_after_hold = true});
-  if (!valid.ok()) return answer(task, valid);
+  // The ops' shape now, their ttls against today's limit once the key is
+  // known to be new (check_ttls). A command malformed in shape was never
+  // decided: it is refused naming its first bad op, a ttl included.
+  if (!detail::validate(command, detail::Limits{.ops_after_hold = true}).ok()) {
+    return answer(task, detail::validate(command, detail::Limits{options.hold_ttl_ns_max}));
+  }
   const std::uint64_t fingerprint = detail::fingerprint(command, &fingerprint_scratch);
   const std::int64_t now_ns = next_timestamp();
   expire_due(now_ns);
