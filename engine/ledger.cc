@@ -1061,8 +1061,10 @@ void Ledger::Impl::io_main() {
       acks.clear();
       guard.lock();
     }
-    const bool due = std::chrono::steady_clock::now() >= last_sync + sync_interval;
-    if (unsynced && (due || io_stop) && options.durability == Durability::async && !failed.load()) {
+    // Under async, once sync_interval passed; under none too, at close.
+    const bool due = io_stop || (options.durability == Durability::async &&
+                                 std::chrono::steady_clock::now() >= last_sync + sync_interval);
+    if (unsynced && due && !failed.load()) {
       guard.unlock();
       // Every committed seq is written: this thread writes them.
       const std::uint64_t written = committed.load(std::memory_order_acquire);

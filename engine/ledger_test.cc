@@ -840,6 +840,25 @@ Command gold_for_alice(int op_index) {
   return command;
 }
 
+TEST_CASE("close() syncs the log under async and none durability too") {
+  for (const Durability durability : {Durability::async, Durability::none}) {
+    CAPTURE(static_cast<int>(durability));
+    testing::TempDir dir;
+    log::FaultyFileSystem fs(log::posix_file_system());
+    LedgerOptions options = bare_options(dir, durability);
+    options.sync_interval_ms = 60'000;
+    options.fs = &fs;
+    auto ledger = Ledger::open(options);
+    REQUIRE(ledger.ok());
+    for (int op_index = 0; op_index < 3; op_index++) {
+      CHECK(outcome_of((*ledger)->execute(gold_for_alice(op_index))) == Outcome::ok);
+    }
+    const std::uint64_t syncs_before = fs.syncs();
+    REQUIRE((*ledger)->close().ok());
+    CHECK(fs.syncs() == syncs_before + 1);
+  }
+}
+
 TEST_CASE("non-blocking submit completes in order once durable") {
   Fixture f(Durability::sync);
   constexpr int kOps = 2000;
