@@ -376,6 +376,16 @@ struct Ledger::Impl {
   Status failure;
   std::atomic<bool> failed{false};
   std::uint64_t groups = 0;
+  // The State's sizes for stats(), as of the last hand-off (and of the
+  // open): every event goes through one before it is answered, so a caller
+  // sees its own mutations, and stats() never queues behind the writer.
+  struct Counts {
+    std::atomic<std::uint64_t> next_seq{0};
+    std::atomic<std::uint64_t> balances{0};
+    std::atomic<std::uint64_t> open_holds{0};
+    std::atomic<std::uint64_t> keys{0};
+  } counts;
+  void publish_counts();
 
   // The last seq acknowledged (durable per the durability mode); readers of
   // the live log go up to it. Written under committed_mu (for the waiters
@@ -466,6 +476,7 @@ Status Ledger::Impl::start(LedgerStats* replayed_stats) {
   committed_time_ns = state->last_timestamp_ns();
   durable = state->last_seq();
   queue.reserve(queue_reserve());
+  publish_counts();
   auto writer_started = start_thread("tally-writer", [this] { writer_main(); });
   if (!writer_started) return writer_started.status();
   writer_thread = std::move(*writer_started);
@@ -868,7 +879,16 @@ void Ledger::Impl::wait_for_work(std::vector<Task>* tasks, bool* stop, bool* exp
   room_cv.notify_all();
 }
 
+void Ledger::Impl::publish_counts() {
+  const proj::StateCounts now = state->counts();
+  counts.next_seq.store(state->last_seq() + 1, std::memory_order_relaxed);
+  counts.balances.store(now.balances, std::memory_order_relaxed);
+  counts.open_holds.store(now.open_holds, std::memory_order_relaxed);
+  counts.keys.store(now.keys, std::memory_order_relaxed);
+}
+
 void Ledger::Impl::handoff_locked() {
+  publish_counts();
   io_batch = log->batch_empty() ? nullptr : log->seal();
   io_last_seq = log->next_seq() - 1;
   io_last_time_ns = state->last_timestamp_ns();
@@ -1215,17 +1235,13 @@ LedgerStats Ledger::stats() {
   stats.log_bytes_written = log_stats.bytes_written;
   stats.sync_ns = log_stats.sync_ns;
   stats.group_events = log_stats.write_records;
-  const Status read = impl_->run_read([&](const proj::State& state, std::int64_t) {
-    const proj::StateCounts counts = state.counts();
-    stats.next_seq = state.last_seq() + 1;
-    stats.balances = counts.balances;
-    stats.open_holds = counts.open_holds;
-    stats.keys = counts.keys;
-    return Status();
-  }, false);
-  // Read-only after a failed write, the state is not read (it may hold
-  // events the log does not); the log goes up to what was committed.
-  if (!read.ok()) stats.next_seq = impl_->committed.load(std::memory_order_acquire) + 1;
+  stats.next_seq = impl_->counts.next_seq.load(std::memory_order_relaxed);
+  stats.balances = impl_->counts.balances.load(std::memory_order_relaxed);
+  stats.open_holds = impl_->counts.open_holds.load(std::memory_order_relaxed);
+  stats.keys = impl_->counts.keys.load(std::memory_order_relaxed);
+  // Read-only after a failed write, the state may hold events the log does
+  // not: the log goes up to what was committed.
+  if (read_only()) stats.next_seq = impl_->committed.load(std::memory_order_acquire) + 1;
   if (impl_->archivist != nullptr) {
     const ArchivistStats archive = impl_->archivist->stats();
     stats.history_seq = archive.history_seq;
@@ -1421,6 +1437,7 @@ Status Ledger::for_each_balance(AsOf at, const std::function<void(std::string_vi
 }
 
 Result<std::uint64_t> Ledger::snapshot_now() {
+  if (impl_->on_own_thread()) return detail::blocking_in_completion();
   TALLY_TRY(impl_->check_open());
   if (impl_->archivist == nullptr || !snapshots_enabled(archivist_options(impl_->options))) {
     return Status(ErrorCode::invalid, "snapshots are off for this ledger");
@@ -1430,6 +1447,7 @@ Result<std::uint64_t> Ledger::snapshot_now() {
 
 Result<BackupReport> Ledger::backup(const std::string& out_dir, const BackupProgress& progress) {
   Impl& impl = *impl_;
+  if (impl.on_own_thread()) return detail::blocking_in_completion();
   {
     std::lock_guard<std::mutex> guard(impl.backup_mu);
     if (impl.backups_cancelled.load()) return Status(ErrorCode::closed, "the ledger is closed");

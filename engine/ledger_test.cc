@@ -1255,6 +1255,39 @@ TEST_CASE("a completion may not close the ledger; an empty completion is allowed
   f.ledger->submit(command, nullptr);  // closed: nothing to tell
 }
 
+TEST_CASE("a completion may not snapshot or back up; stats() there, and after close, counts") {
+  Fixture f;
+  f.ok(f.ledger->acquire("a1", "alice", "gold", 5));
+  f.ok(f.ledger->hold("h1", "alice", "gold", 2, 60 * kSecond));
+  testing::TempDir out;
+  std::promise<void> done;
+  std::optional<Result<std::uint64_t>> snapshot;
+  std::optional<Result<BackupReport>> backup;
+  LedgerStats inside;
+  Command command;
+  command.key = "a2";
+  command.op = OpRequest::acquire("bob", "gold", 1);
+  f.ledger->submit(command, [&](Result<Receipt>) {
+    snapshot = f.ledger->snapshot_now();
+    backup = f.ledger->backup(out.sub("copy"));
+    inside = f.ledger->stats();
+    done.set_value();
+  });
+  done.get_future().get();
+  CHECK(snapshot->code() == ErrorCode::invalid);
+  CHECK(backup->code() == ErrorCode::invalid);
+  CHECK_FALSE(std::filesystem::exists(out.sub("copy")));
+  const auto counted = [](const LedgerStats& stats) {
+    CHECK(stats.next_seq == 4);
+    CHECK(stats.balances == 2);
+    CHECK(stats.open_holds == 1);
+    CHECK(stats.keys == 3);
+  };
+  counted(inside);
+  REQUIRE(f.ledger->close().ok());
+  counted(f.ledger->stats());
+}
+
 TEST_CASE("waiting for a seq from a completion returns at once what it sees") {
   Fixture f;
   struct Seen {
