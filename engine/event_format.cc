@@ -4,6 +4,7 @@
 #include <ctime>
 
 #include "engine/json.h"
+#include "log/text.h"
 
 namespace tally {
 
@@ -14,11 +15,6 @@ using log::Op;
 using log::OpType;
 
 constexpr char kHexDigits[] = "0123456789abcdef";
-
-void append_byte_hex(std::string* out, unsigned char byte) {
-  out->push_back(kHexDigits[byte >> 4]);
-  out->push_back(kHexDigits[byte & 0xf]);
-}
 
 // Writes one record's fields in either output form:
 //   text: `word name=value name=[item; item]`
@@ -223,26 +219,6 @@ void append_event(const Event& event, EventFormat format, std::string* out) {
   const bool json = format == EventFormat::json;
   FieldWriter writer(out, json);
   write_event(&writer, event, json, out);
-}
-
-void append_text_escaped(std::string* out, std::string_view text) {
-  for (std::size_t at = 0; at < text.size(); at++) {
-    const auto byte = static_cast<unsigned char>(text[at]);
-    if (byte == '\\') {
-      *out += "\\\\";
-    } else if (byte <= 0x20 || byte == 0x7f) {
-      *out += "\\x";
-      append_byte_hex(out, byte);
-    } else if (const std::size_t bytes = json::line_breaking_utf8(text, at); bytes > 0) {
-      for (std::size_t index = 0; index < bytes; index++) {
-        *out += "\\x";
-        append_byte_hex(out, static_cast<unsigned char>(text[at + index]));
-      }
-      at += bytes - 1;
-    } else {
-      out->push_back(text[at]);
-    }
-  }
 }
 
 void append_hex64(std::string* out, std::uint64_t value) {

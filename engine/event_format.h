@@ -16,6 +16,7 @@
 
 #include "engine/time_text.h"
 #include "log/event.h"
+#include "log/text.h"
 
 namespace tally {
 
@@ -25,12 +26,6 @@ enum class EventFormat : std::uint8_t { text, json };
 //   text: `<seq> <time> <type> key=K field=value ops=[...; ...] ...`
 //   json: {"seq","time","time_rfc3339","type","key", the op's fields, ...,"fingerprint"}
 void append_event(const log::Event& event, EventFormat format, std::string* out);
-
-// Appends `text` for people, on one line: control characters, DEL, space,
-// the UTF-8 of C1 controls (NEL among them) and of U+2028/U+2029, and
-// backslash become \xNN (backslash: \\); everything else is copied, so
-// UTF-8 stays readable and a field never splits at a space or a line.
-void append_text_escaped(std::string* out, std::string_view text);
 
 // 16 lower-case hex digits.
 void append_hex64(std::string* out, std::uint64_t value);

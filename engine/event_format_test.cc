@@ -10,23 +10,6 @@ namespace {
 
 using log::OpType;
 
-TEST_CASE("text escaping keeps one field per word") {
-  std::string out;
-  append_text_escaped(&out, "a b\\c\n\xc3\xbc");
-  CHECK(out == "a\\x20b\\\\c\\x0a\xc3\xbc");
-}
-
-TEST_CASE("text escaping keeps one line where readers break at NEL, C1 controls and U+2028/9") {
-  std::string out;
-  // NEL, another C1 control, LINE and PARAGRAPH SEPARATOR; then characters
-  // that share their lead bytes but are none of them (U+00A0, U+2027, U+202A).
-  append_text_escaped(&out, "a\xc2\x85" "b\xc2\x9f" "c\xe2\x80\xa8" "d\xe2\x80\xa9" "e");
-  CHECK(out == "a\\xc2\\x85b\\xc2\\x9fc\\xe2\\x80\\xa8d\\xe2\\x80\\xa9e");
-  out.clear();
-  append_text_escaped(&out, "\xc2\xa0\xe2\x80\xa7\xe2\x80\xaa\xc2");
-  CHECK(out == "\xc2\xa0\xe2\x80\xa7\xe2\x80\xaa\xc2");
-}
-
 std::string event_text(const log::Event& event, bool json) {
   std::string out;
   append_event(event, json ? EventFormat::json : EventFormat::text, &out);

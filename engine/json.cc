@@ -2,34 +2,11 @@
 
 #include <charconv>
 
+#include "log/text.h"
+
 namespace tally::json {
 
 namespace {
-
-// The length of the valid UTF-8 sequence at text[pos], or 0.
-std::size_t utf8_length(std::string_view text, std::size_t pos) {
-  const auto byte = [&](std::size_t at) { return static_cast<unsigned char>(text[at]); };
-  const unsigned char lead = byte(pos);
-  std::size_t length = 0;
-  std::uint32_t min = 0;
-  if (lead >= 0xC2 && lead <= 0xDF) {
-    length = 2, min = 0x80;
-  } else if (lead >= 0xE0 && lead <= 0xEF) {
-    length = 3, min = 0x800;
-  } else if (lead >= 0xF0 && lead <= 0xF4) {
-    length = 4, min = 0x10000;
-  } else {
-    return 0;
-  }
-  if (text.size() - pos < length) return 0;
-  std::uint32_t code = lead & (0x7F >> length);
-  for (std::size_t index = 1; index < length; index++) {
-    if ((byte(pos + index) & 0xC0) != 0x80) return 0;
-    code = (code << 6) | (byte(pos + index) & 0x3F);
-  }
-  const bool surrogate = code >= 0xD800 && code <= 0xDFFF;
-  return code < min || code > 0x10FFFF || surrogate ? 0 : length;
-}
 
 class Parser {
  public:
@@ -281,18 +258,6 @@ bool to_uint64(const Value& value, std::uint64_t* out) {
   const char* end = value.text.data() + value.text.size();
   const auto [ptr, ec] = std::from_chars(value.text.data(), end, *out);
   return ec == std::errc() && ptr == end;
-}
-
-std::size_t line_breaking_utf8(std::string_view text, std::size_t at) {
-  const auto byte_at = [&](std::size_t index) {
-    return index < text.size() ? static_cast<unsigned char>(text[index]) : 0;
-  };
-  if (byte_at(at) == 0xc2 && byte_at(at + 1) >= 0x80 && byte_at(at + 1) <= 0x9f) return 2;
-  if (byte_at(at) == 0xe2 && byte_at(at + 1) == 0x80 &&
-      (byte_at(at + 2) == 0xa8 || byte_at(at + 2) == 0xa9)) {
-    return 3;
-  }
-  return 0;
 }
 
 void append_string(std::string* out, std::string_view text) {

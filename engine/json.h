@@ -47,14 +47,9 @@ Result<Value> parse(std::string_view text);
 bool to_int64(const Value& value, std::int64_t* out);
 bool to_uint64(const Value& value, std::uint64_t* out);
 
-// How many bytes at text[at] are a character a reader may take for a line
-// break or a control in UTF-8: a C1 control (U+0080..U+009F, U+0085 NEL
-// among them) or U+2028/U+2029 (line and paragraph separators); 0 if none.
-std::size_t line_breaking_utf8(std::string_view text, std::size_t at);
-
 // Appends `text` as a JSON string literal. Bytes that are not valid UTF-8
 // become \u00XX, so the output is always valid JSON; the characters of
-// line_breaking_utf8() are escaped too (\u0085, \u2028), so that a line of
+// line_breaking_utf8() (log/text.h) are escaped too (\u0085, \u2028), so that a line of
 // JSON stays one line to every reader.
 void append_string(std::string* out, std::string_view text);
 

@@ -1,5 +1,7 @@
 #include "log/status.h"
 
+#include "log/text.h"
+
 namespace tally {
 
 std::string_view error_code_name(ErrorCode code) {
@@ -38,7 +40,7 @@ std::string quoted(std::string_view name) {
   std::string out;
   out.reserve(name.size() + 2);
   out.push_back('\'');
-  out.append(name);
+  append_escaped(&out, name, '\'');
   out.push_back('\'');
   return out;
 }

@@ -98,7 +98,9 @@ class [[nodiscard]] Result {
 // Drops a Status on purpose, visibly.
 inline void ignore_status(const Status&) {}
 
-// 'name', for naming a subject, item or key in an error message.
+// 'name', for naming a subject, item or key in an error message: escaped
+// as append_escaped() does (log/text.h), a quote in it too, so that the
+// message stays one line and the name's ends are plain.
 std::string quoted(std::string_view name);
 
 [[noreturn]] void assert_fail(const char* expr, const char* file, int line);
