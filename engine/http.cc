@@ -787,10 +787,40 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     reading_ = true;
     arm_read_deadline();
     head_ = false;
-    http::async_read_header(stream_, buffer_, *parser_,
-                            [self = shared_from_this()](beast::error_code ec, std::size_t) {
-                              self->on_header(ec);
-                            });
+    // Beast (1.74) checks its header limit against what one parse is given,
+    // not against the fields it has already taken from the buffer: headers
+    // sent in one go as millions of short fields passed any limit, each
+    // field an allocation. So the end of the headers is found first, within
+    // the limit, and Beast is given all of them at once.
+    read_header_bytes(0);
+  }
+
+  // Reads until buffer_ holds the headers' final empty line, searching from
+  // `searched` on; then has Beast parse them.
+  void read_header_bytes(std::size_t searched) {
+    const std::string_view held(static_cast<const char*>(buffer_.data().data()), buffer_.size());
+    const std::size_t end = held.find("\r\n\r\n", searched);
+    const std::size_t limit = core_.options().http_header_bytes_max;
+    if (end == std::string_view::npos ? held.size() >= limit + 4 : end + 4 > limit) {
+      return on_read(http::error::header_limit);
+    }
+    if (end != std::string_view::npos) {
+      return http::async_read_header(
+          stream_, buffer_, *parser_,
+          [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_header(ec); });
+    }
+    const std::size_t next = held.size() < 3 ? 0 : held.size() - 3;
+    stream_.async_read_some(
+        buffer_.prepare(std::min(kReadBytes, buffer_.max_size() - buffer_.size())),
+        [self = shared_from_this(), next](beast::error_code ec, std::size_t bytes) {
+          self->buffer_.commit(bytes);
+          if (ec == asio::error::eof) {
+            ec = self->buffer_.size() == 0 ? http::error::end_of_stream
+                                           : http::error::partial_message;
+          }
+          if (ec || self->closed_) return self->on_read(ec);
+          self->read_header_bytes(next);
+        });
   }
 
   // The headers are in: answer in the request's version, and tell an

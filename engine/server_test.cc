@@ -726,6 +726,28 @@ TEST_CASE("http: malformed and oversized requests close only their connection") 
   CHECK(post(port, "/v1/acquire", R"({"subject":"a","item":"b","qty":1})", "still-serving").status == 200);
 }
 
+TEST_CASE("http: headers past the limit are refused however short their fields") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  // 32 KiB, past the 16 KiB limit but within one read, and 100 KiB, past
+  // both, each as fields of 4 bytes.
+  for (const std::size_t fields : {8u << 10, 25u << 10}) {
+    CAPTURE(fields);
+    std::string request = "GET /health HTTP/1.1\r\nHost: h\r\n";
+    for (std::size_t index = 0; index < fields; index++) request += "A:\r\n";
+    const std::string answer = send_raw_until_closed(port, request + "\r\n");
+    CHECK(answer.rfind("HTTP/1.1 431", 0) == 0);
+  }
+  // Within the limit, and a client that ends its side inside the headers
+  // or before a request, are as before.
+  std::string request = "GET /health HTTP/1.1\r\nHost: h\r\nConnection: close\r\n";
+  for (int index = 0; index < 3000; index++) request += "A:\r\n";
+  CHECK(send_raw_until_closed(port, request + "\r\n").rfind("HTTP/1.1 200", 0) == 0);
+  CHECK(send_raw_until_closed(port, "GET /health HTTP/1.1\r\nHost", true).empty());
+  CHECK(send_raw_until_closed(port, "", true).empty());
+  CHECK(metric(port, "tally_malformed_total") == 2);
+}
+
 TEST_CASE("http: a chunk's size line or trailers without end are refused at the read cap") {
   Fixture fx;
   const std::uint16_t port = fx.server->http_port();
