@@ -790,36 +790,30 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     // Beast (1.74) checks its header limit against what one parse is given,
     // not against the fields it has already taken from the buffer: headers
     // sent in one go as millions of short fields passed any limit, each
-    // field an allocation. So the end of the headers is found first, within
-    // the limit, and Beast is given all of them at once.
-    read_header_bytes(0);
+    // field an allocation. So the session feeds the parser itself and
+    // counts what it took.
+    read_header(0);
   }
 
-  // Reads until buffer_ holds the headers' final empty line, searching from
-  // `searched` on; then has Beast parse them.
-  void read_header_bytes(std::size_t searched) {
-    const std::string_view held(static_cast<const char*>(buffer_.data().data()), buffer_.size());
-    const std::size_t end = held.find("\r\n\r\n", searched);
-    const std::size_t limit = core_.options().http_header_bytes_max;
-    if (end == std::string_view::npos ? held.size() >= limit + 4 : end + 4 > limit) {
-      return on_read(http::error::header_limit);
-    }
-    if (end != std::string_view::npos) {
-      return http::async_read_header(
-          stream_, buffer_, *parser_,
-          [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_header(ec); });
-    }
-    const std::size_t next = held.size() < 3 ? 0 : held.size() - 3;
+  // Parses what buffer_ holds, reading more until the headers are whole;
+  // `taken`: the bytes of them the parser has consumed so far.
+  void read_header(std::size_t taken) {
+    beast::error_code ec;
+    const std::size_t used = parser_->put(buffer_.data(), ec);
+    buffer_.consume(used);
+    taken += used;
+    if (taken > core_.options().http_header_bytes_max) return on_read(http::error::header_limit);
+    if (ec != http::error::need_more) return on_header(ec);
     stream_.async_read_some(
         buffer_.prepare(std::min(kReadBytes, buffer_.max_size() - buffer_.size())),
-        [self = shared_from_this(), next](beast::error_code ec, std::size_t bytes) {
+        [self = shared_from_this(), taken](beast::error_code read_ec, std::size_t bytes) {
           self->buffer_.commit(bytes);
-          if (ec == asio::error::eof) {
-            ec = self->buffer_.size() == 0 ? http::error::end_of_stream
-                                           : http::error::partial_message;
+          if (read_ec == asio::error::eof) {
+            read_ec = self->parser_->got_some() ? http::error::partial_message
+                                                : http::error::end_of_stream;
           }
-          if (ec || self->closed_) return self->on_read(ec);
-          self->read_header_bytes(next);
+          if (read_ec || self->closed_) return self->on_read(read_ec);
+          self->read_header(taken);
         });
   }
 
