@@ -417,6 +417,7 @@ struct Follow {
   EventFeed::WaiterId waiter = 0;
   bool waiting = false;    // in the feed, for a commit
   bool reading = false;    // a batch is being read
+  bool queued = false;     // a commit came; waits for its connection's batch slot
   bool unwritten = false;  // its last batch is queued or being written
   bool ending = false;     // ends once none of the above holds
   Status end_status;       // ok: a last batch with `end`; else this error
@@ -707,7 +708,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   // when ending, stops its wait and sends its last message once nothing of
   // it is in flight.
   void pump(const std::shared_ptr<Follow>& follow) {
-    if (closed_ || follow->reading || follow->unwritten) return;
+    if (closed_ || follow->reading || follow->queued || follow->unwritten) return;
     if (stopping_ || core_.stopping()) {
       mark_ending(*follow, Status(ErrorCode::closed, "the server is shutting down"));
     }
@@ -732,27 +733,49 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     follow->waiter = 0;
     if (closed_) return;
     if (follow->ending || stopping_ || core_.stopping()) return pump(follow);
-    follow->reading = true;
-    auto self = shared_from_this();
-    core_.read<FollowBatch>(
-        Metrics::Op::events, [this, follow] { return read_follow_batch(core_.feed(), *follow); },
-        [self, follow](Result<FollowBatch> batch) {
-          asio::post(self->socket_.get_executor(), [self, follow, batch = std::move(batch)]() mutable {
-            self->on_follow_read(follow, std::move(batch));
+    follow->queued = true;
+    follows_queued_.push_back(follow);
+    next_follow_batch();
+  }
+
+  // A connection reads or writes one follow batch at a time, and none while
+  // its answers queued pass kUnwrittenBytesMax: a peer that follows large
+  // events from many follows and reads nothing holds one batch here, not
+  // one per follow (each may be as large as an event).
+  void next_follow_batch() {
+    while (!closed_ && !follow_batch_out_ && unwritten_bytes_ < kUnwrittenBytesMax &&
+           !follows_queued_.empty()) {
+      std::shared_ptr<Follow> follow = std::move(follows_queued_.front());
+      follows_queued_.pop_front();
+      follow->queued = false;
+      if (follow->ending || stopping_ || core_.stopping()) {
+        pump(follow);
+        continue;
+      }
+      follow_batch_out_ = true;
+      follow->reading = true;
+      auto self = shared_from_this();
+      core_.read<FollowBatch>(
+          Metrics::Op::events, [this, follow] { return read_follow_batch(core_.feed(), *follow); },
+          [self, follow](Result<FollowBatch> batch) {
+            asio::post(self->socket_.get_executor(),
+                       [self, follow, batch = std::move(batch)]() mutable {
+                         self->on_follow_read(follow, std::move(batch));
+                       });
           });
-        });
+    }
   }
 
   void on_follow_read(const std::shared_ptr<Follow>& follow, Result<FollowBatch> batch) {
     follow->reading = false;
     if (closed_) return;
-    if (!batch) {
-      note("a follow failed: " + batch.status().to_string());
-      return end_follow(follow, batch.status());
-    }
-    if (batch->count == 0) {
+    if (!batch || batch->count == 0) {
+      follow_batch_out_ = false;
       // Woken without a new event: only a closed ledger does that.
-      return end_follow(follow, Status(ErrorCode::closed, "the ledger is closed"));
+      const Status why = batch ? Status(ErrorCode::closed, "the ledger is closed") : batch.status();
+      if (!batch) note("a follow failed: " + why.to_string());
+      end_follow(follow, why);
+      return next_follow_batch();
     }
     // Sent even when the follow is ending: it was read, and the cursor is past it.
     follow->unwritten = true;
@@ -962,8 +985,10 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     touch();
     for (const auto& follow : written) {
       follow->unwritten = false;
+      follow_batch_out_ = false;
       pump(follow);
     }
+    next_follow_batch();
     resume();
     if (!writing_ && !writes_.empty()) return write_next();
     maybe_finish();
@@ -1071,6 +1096,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
       if (follow->waiting) waiters.push_back(follow->waiter);
     }
     follows_.clear();
+    follows_queued_.clear();
     for (const EventFeed::WaiterId waiter : waiters) core_.feed().cancel(waiter);
   }
 
@@ -1094,10 +1120,12 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   // Answers encoded on ledger threads, waiting for send_answered().
   std::mutex answered_mu_;
   std::vector<Outgoing> answered_;
-  // Bounded by inflight_per_connection_max (read_frames()) plus one batch and
-  // one last message per follow.
+  // Bounded by inflight_per_connection_max (read_frames()) plus one follow
+  // batch (next_follow_batch()) and one last message per follow.
   std::deque<Outgoing> writes_;
   std::map<std::uint64_t, std::shared_ptr<Follow>> follows_;  // by request id
+  std::deque<std::shared_ptr<Follow>> follows_queued_;       // for the batch slot
+  bool follow_batch_out_ = false;  // a follow batch is being read, or is unwritten
   std::vector<asio::const_buffer> gather_;  // the buffers of the write in progress
   std::size_t inflight_ = 0;
   // A list read whose answer is not written yet: one at most (dispatch()),

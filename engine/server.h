@@ -12,7 +12,7 @@
 // Limits: connections_max connections of each protocol (and over HTTP's,
 // kProbeConnectionsMax probes for GET /health and GET /metrics), inflight_per_connection_max
 // requests in flight and follows_per_connection_max follow streams on each
-// (each with at most one batch written at a time), 8 MiB of answers waiting
+// (taking turns: one follow batch read or written at a time), 8 MiB of answers waiting
 // to be written and one list running on a binary connection, kListsAtOnce
 // lists running in all, frame and body sizes,
 // idle timeouts, and (binary) a write that sends nothing for the idle
@@ -87,8 +87,9 @@ struct ServerOptions {
   // to take it: an I/O thread pauses for about one group, the backpressure
   // of an overloaded server.
   std::size_t inflight_per_connection_max = 4096;
-  // Open follow streams (docs/protocol.md) per binary connection. Each has
-  // at most one batch (about 256 KiB at most) waiting to be written.
+  // Open follow streams (docs/protocol.md) per binary connection. They take
+  // turns: one batch (about 256 KiB, or one larger event) at a time is read
+  // or waits to be written.
   std::size_t follows_per_connection_max = 16;
   // Times in ms: one over a year counts as a year (kWaitMax), for ever in
   // effect.

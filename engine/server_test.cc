@@ -1088,6 +1088,51 @@ TEST_CASE("binary: a follow ends cleanly when its connection closes; too many fo
   while (metric(port, "tally_connections{protocol=\"binary\"}") != 0) std::this_thread::yield();
 }
 
+TEST_CASE("binary: the follows of a peer that reads nothing take turns for one batch") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  // 16 events of about 760 KB: rejected batches of 1000 transfers between
+  // long names, the ops logged as asked.
+  const std::vector<OpRequest> ops(1000, OpRequest::transfer(std::string(255, 'a'),
+                                                             std::string(255, 'b'),
+                                                             std::string(250, 'i'), 1));
+  for (int event = 0; event < 16; event++) {
+    const auto rejected = fx.ledger->batch(testing::name("big", event), ops);
+    REQUIRE(rejected.ok());
+    REQUIRE(rejected->outcome == Outcome::insufficient);
+  }
+  asio::io_context io;
+  tcp::socket socket(io);
+  socket.open(tcp::v4());
+  socket.set_option(asio::socket_base::receive_buffer_size(4096));
+  connect_binary(socket, fx.server->binary_port());
+  std::string follows;
+  for (std::uint64_t id = 1; id <= 16; id++) {
+    wire::Request follow;
+    follow.id = id;
+    follow.kind = wire::Request::Kind::follow;
+    follow.from_seq = id;
+    follow.max_events = 1;
+    follows += wire::encode_request(follow);
+  }
+  asio::write(socket, asio::buffer(follows));
+  // Each follow alone would read its batch at once: 12 MB for 16 of them,
+  // far more than the sockets hold. Taking turns, a batch is read only once
+  // the one before is in the socket, which fills after a few.
+  const std::string batches_read = "tally_request_duration_seconds_count{op=\"events\"}";
+  while (metric(port, batches_read) < 1) std::this_thread::yield();
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  CHECK(metric(port, batches_read) < 16);
+  // Read, they all go on.
+  std::set<std::uint64_t> answered;
+  while (answered.size() < 16) {
+    const wire::Response response = read_response(socket);
+    REQUIRE(response.kind == wire::Response::Kind::events);
+    CHECK(response.events.size() == 1);
+    answered.insert(response.id);
+  }
+}
+
 TEST_CASE("binary: responses complete out of order: an open follow is overtaken by later requests") {
   Fixture fx;
   const std::uint16_t port = fx.server->http_port();
