@@ -403,6 +403,10 @@ constexpr std::size_t kWritePieceBytesMax = 64 * 1024;
 // written: a peer that pipelines lists and reads no answers holds at most
 // this plus one list's answer, not thousands, and one ListGate place.
 constexpr std::size_t kUnwrittenBytesMax = 8u << 20;
+// Point-in-time reads of one binary connection on the read pool at once:
+// the pool serves in order, and such a read may replay the log, so a peer
+// that pipelines thousands would hold everyone else's behind them.
+constexpr std::size_t kPointInTimeReadsPerConnection = 2;
 
 // A follow stream of a binary connection (docs/protocol.md): batches of
 // committed events pushed under the follow request's id. Its cycle: wait in
@@ -509,7 +513,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
       // peer that does not read its answers stops being read. Resumes in
       // send_answered() or on_written().
       if (inflight_ + writes_.size() >= core_.options().inflight_per_connection_max) return;
-      if (unwritten_bytes_ >= kUnwrittenBytesMax || waiting_list_) return;
+      if (unwritten_bytes_ >= kUnwrittenBytesMax || held_) return;
       auto frame = reader_.next();
       if (!frame) return malformed(frame.status().message());
       if (frame->empty()) return read_some();
@@ -627,14 +631,17 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     if (request.kind == Kind::hello) return hello(request);
     if (request.kind == Kind::follow) return start_follow(request);
     if (request.kind == Kind::cancel) return cancel_follow(request.follow_id);
-    if (request.kind == Kind::list && list_unwritten_) {
+    if (held_back(request)) {
       // Read on once it starts (resume()).
-      waiting_list_ = std::move(request);
+      held_ = std::move(request);
       return;
     }
     inflight_++;
     auto self = shared_from_this();
     const std::uint64_t id = request.id;
+    // Counted out as it is answered, on the thread that answers.
+    const bool counted = request.as_of.has_value();
+    if (counted) point_in_time_reads_++;
     switch (request.kind) {
       case Kind::mutation:
         core_.submit(std::move(request.command), [self, id](Result<Receipt> result) {
@@ -643,18 +650,25 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
         return;
       case Kind::balance:
         core_.balance(std::move(request.subject), std::move(request.item), request.as_of,
-                      [self, id](Result<Balance> result) { self->answer_later(id, std::move(result)); });
+                      [self, id, counted](Result<Balance> result) {
+                        if (counted) self->point_in_time_reads_--;
+                        self->answer_later(id, std::move(result));
+                      });
         return;
       case Kind::list:
         list_unwritten_ = true;
         core_.list(std::move(request.subject), request.as_of,
-                   [self, id](Result<std::vector<ItemBalance>> result, ListPass pass) {
+                   [self, id, counted](Result<std::vector<ItemBalance>> result, ListPass pass) {
+                     if (counted) self->point_in_time_reads_--;
                      self->answer_later(id, std::move(result), std::move(pass));
                    });
         return;
       case Kind::hold_info:
         core_.hold_info(request.hold, request.as_of,
-                        [self, id](Result<HoldView> result) { self->answer_later(id, std::move(result)); });
+                        [self, id, counted](Result<HoldView> result) {
+                          if (counted) self->point_in_time_reads_--;
+                          self->answer_later(id, std::move(result));
+                        });
         return;
       case Kind::hello:
       case Kind::follow:
@@ -921,14 +935,22 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     resume();
   }
 
-  // Starts a list that waited for the answer of the one before it to be
-  // written, once the answers queued have room, then reads on.
+  // Whether `request` waits its turn (held_): a list until the answer of
+  // the list before it is written, a point-in-time read while
+  // kPointInTimeReadsPerConnection of them are on the read pool.
+  bool held_back(const wire::Request& request) const {
+    if (request.kind == wire::Request::Kind::list && list_unwritten_) return true;
+    return request.as_of.has_value() && point_in_time_reads_ >= kPointInTimeReadsPerConnection;
+  }
+
+  // Starts the request held back once its turn came and the answers queued
+  // have room, then reads on.
   void resume() {
-    if (closed_) return;  // close() dropped the waiting list: stop() may be past
-    if (waiting_list_ && !list_unwritten_ && unwritten_bytes_ < kUnwrittenBytesMax) {
-      wire::Request list = std::move(*waiting_list_);
-      waiting_list_.reset();
-      dispatch(std::move(list));
+    if (closed_) return;  // close() dropped the held request: stop() may be past
+    if (held_ && !held_back(*held_) && unwritten_bytes_ < kUnwrittenBytesMax) {
+      wire::Request request = std::move(*held_);
+      held_.reset();
+      dispatch(std::move(request));
     }
     read_frames();
   }
@@ -999,7 +1021,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   void maybe_finish() {
     if (closed_) return;
     if (!read_closed_ && !stopping_) return;
-    if (inflight_ > 0 || waiting_list_ || writing_ || !writes_.empty() || !follows_.empty()) {
+    if (inflight_ > 0 || held_ || writing_ || !writes_.empty() || !follows_.empty()) {
       return;
     }
     if (read_closed_ && !unread_) return close();  // nothing the peer sent is left unread
@@ -1083,7 +1105,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   void close() {
     if (closed_) return;
     closed_ = true;
-    waiting_list_.reset();  // never sent to the ledger
+    held_.reset();  // never sent to the ledger
     if (!writing_) drop_writes();  // else on_written() drops them
     boost::system::error_code ignored;
     socket_.shutdown(tcp::socket::shutdown_both, ignored);
@@ -1131,7 +1153,8 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   // A list read whose answer is not written yet: one at most (dispatch()),
   // so that a connection holds one ListGate place at most.
   bool list_unwritten_ = false;
-  std::optional<wire::Request> waiting_list_;  // read, and waiting for the list before it
+  std::optional<wire::Request> held_;  // read, and waiting its turn (held_back())
+  std::atomic<std::size_t> point_in_time_reads_{0};  // on the read pool
   std::size_t unwritten_bytes_ = 0;            // of writes_
   bool reading_ = false;
   bool writing_ = false;

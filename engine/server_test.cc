@@ -1133,6 +1133,48 @@ TEST_CASE("binary: the follows of a peer that reads nothing take turns for one b
   }
 }
 
+TEST_CASE("binary: a peer that pipelines point-in-time reads does not hold the others behind") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  // A hold as of a seq is read by replaying the log up to it: 20,000 events.
+  constexpr int kEvents = 20'000;
+  for (int event = 1; event < kEvents; event++) {
+    Command command;
+    command.key = testing::name("k", event);
+    command.op = OpRequest::acquire("s", "i", 1);
+    fx.ledger->submit(std::move(command), nullptr);
+  }
+  const auto held = fx.ledger->hold("h", "s", "i", 1, 60'000'000'000);
+  REQUIRE(held.ok());
+  REQUIRE(held->seq == kEvents);
+  const AsOf at = AsOf::at_seq(kEvents);
+
+  asio::io_context io;
+  tcp::socket socket(io);
+  connect_binary(socket, fx.server->binary_port());
+  constexpr std::uint64_t kReads = 300;
+  std::string reads;
+  for (std::uint64_t id = 1; id <= kReads; id++) {
+    wire::Request read;
+    read.id = id;
+    read.kind = wire::Request::Kind::hold_info;
+    read.hold = held->hold;
+    read.as_of = at;
+    reads += wire::encode_request(read);
+  }
+  asio::write(socket, asio::buffer(reads));
+  const std::string reads_done = "tally_request_duration_seconds_count{op=\"hold_info\"}";
+  while (metric(port, reads_done) < 1) std::this_thread::yield();
+  // Another client's read waits for at most the two of that peer's on the
+  // pool, not for all of them.
+  const auto other = fx.client()->hold_info(held->hold, at);
+  REQUIRE(other.ok());
+  CHECK(metric(port, reads_done) < static_cast<std::int64_t>(kReads));
+  for (std::uint64_t answered = 0; answered < kReads; answered++) {
+    CHECK(read_response(socket).kind == wire::Response::Kind::hold_info);
+  }
+}
+
 TEST_CASE("binary: responses complete out of order: an open follow is overtaken by later requests") {
   Fixture fx;
   const std::uint16_t port = fx.server->http_port();
