@@ -824,6 +824,7 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     // A stop may close the session after the headers came in and before
     // this ran: their request was not read, and goes unanswered.
     if (ec || closed_) return on_read(ec);
+    if (probe_) core_.probe_asked(id_);
     version_ = parser_->get().version();
     head_ = parser_->get().method() == http::verb::head;
     if (auto framing = transfer_coding_problem(parser_->get().base())) {

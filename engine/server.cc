@@ -185,6 +185,10 @@ bool Core::token_ok(std::string_view presented) const {
 Core::Admission Core::add_session(const std::shared_ptr<Session>& session,
                                   Metrics::Protocol protocol, std::uint64_t* id) {
   std::string refused_line;
+  // Closed outside the lock: its last reference may go with it, and a
+  // session's destructor removes it (remove_session()).
+  std::shared_ptr<Session> evicted;
+  Admission admission = Admission::refused;
   {
     std::lock_guard<std::mutex> guard(mu_);
     if (stopping()) {
@@ -192,23 +196,47 @@ Core::Admission Core::add_session(const std::shared_ptr<Session>& session,
       return Admission::refused;
     }
     std::size_t& open = open_[static_cast<std::size_t>(protocol)];
-    Admission admission = Admission::refused;
+    // Over the probes' places too, the oldest probe that has sent no
+    // request makes room: connections that only hold a place must not keep
+    // a supervisor's check out for the probes' timeout.
     if (open < options_.connections_max) {
       open++;
       admission = Admission::served;
-    } else if (protocol == Metrics::Protocol::http && probes_open_ < kProbeConnectionsMax) {
+    } else if (protocol == Metrics::Protocol::http &&
+               (probes_open_ < kProbeConnectionsMax || (evicted = idle_probe_locked()))) {
       probes_open_++;
       admission = Admission::probe;
     }
     if (admission != Admission::refused) {
       *id = next_session_id_++;
       sessions_.emplace(*id, Registered{session, protocol, admission == Admission::probe});
-      return admission;
+    } else {
+      refused_line = count_refused_locked(protocol);
     }
-    refused_line = count_refused_locked(protocol);
   }
+  if (evicted) evicted->close_now();
   if (!refused_line.empty()) log(refused_line);
-  return Admission::refused;
+  return admission;
+}
+
+std::shared_ptr<Session> Core::idle_probe_locked() {
+  Registered* oldest = nullptr;
+  std::uint64_t oldest_id = 0;
+  for (auto& [id, registered] : sessions_) {
+    if (!registered.probe || !registered.idle || (oldest != nullptr && id > oldest_id)) continue;
+    if (registered.session.expired()) continue;
+    oldest = &registered;
+    oldest_id = id;
+  }
+  if (oldest == nullptr) return nullptr;
+  oldest->idle = false;
+  return oldest->session.lock();
+}
+
+void Core::probe_asked(std::uint64_t id) {
+  std::lock_guard<std::mutex> guard(mu_);
+  const auto found = sessions_.find(id);
+  if (found != sessions_.end()) found->second.idle = false;
 }
 
 void Core::refuse_probe() {

@@ -203,6 +203,8 @@ class Core {
   // A probe's request was not for /health or /metrics: counted and logged
   // as a connection refused over connections_max.
   void refuse_probe();
+  // A probe's request came: it keeps its place until it is answered.
+  void probe_asked(std::uint64_t id);
   void remove_session(std::uint64_t id);
 
   // Submits a mutation; `done` runs on a ledger thread (post to a strand).
@@ -275,7 +277,11 @@ class Core {
     std::weak_ptr<Session> session;
     Metrics::Protocol protocol;
     bool probe = false;
+    bool idle = true;  // a probe that has sent no request, and keeps its place
   };
+  // With every probe's place taken, the oldest idle probe, which is then
+  // closed for a newer connection (marked not idle, so chosen once).
+  std::shared_ptr<Session> idle_probe_locked();
   std::unordered_map<std::uint64_t, Registered> sessions_;
   std::array<std::size_t, static_cast<std::size_t>(Metrics::Protocol::count)> open_{};
   std::size_t probes_open_ = 0;  // HTTP probes, beside open_[http]

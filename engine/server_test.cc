@@ -3089,24 +3089,32 @@ TEST_CASE("server: over HTTP's connection limit, a few probes still get GET /hea
   CHECK(metric(port, "tally_connections_rejected_total") == 3);
   CHECK(fx.ledger->balance("a", "b")->available == 0);
 
-  // The probes are few: with every one of them taken too, a connection is
-  // closed at once. The refused connections above hold a probe's slot
-  // until the server has closed them: wait for that, or an idle one below
-  // could be refused in their place and leave a slot free.
+  // The probes are few, but connections that only hold their places do not
+  // keep a check out: each new one closes the oldest that has sent nothing.
+  // The refused connections above hold a probe's place until the server
+  // has closed them: wait for that.
   while (metric(port, "tally_connections{protocol=\"http\"}") != 2) std::this_thread::yield();
   std::vector<std::unique_ptr<tcp::socket>> idle;
   for (std::size_t taken = 0; taken < kProbeConnectionsMax; taken++) {
     idle.push_back(std::make_unique<tcp::socket>(io));
     idle.back()->connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
   }
-  CHECK(send_raw_until_closed(port, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").empty());
-  // Once they close, probes get in again.
-  idle.clear();
-  std::string answered;
-  while (answered.empty()) {
-    answered = send_raw_until_closed(port, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+  // Asked on the held connection: a probe would take an idle one's place.
+  http::request<http::empty_body> scrape(http::verb::get, "/metrics", 11);
+  scrape.set(http::field::host, "127.0.0.1");
+  const std::string open_line =
+      "\ntally_connections{protocol=\"http\"} " + std::to_string(1 + kProbeConnectionsMax) + "\n";
+  for (;;) {
+    http::write(held, scrape);
+    http::response<http::string_body> scraped;
+    http::read(held, buffer, scraped);
+    if (scraped.body().find(open_line) != std::string::npos) break;
   }
-  CHECK(answered.rfind("HTTP/1.1 200", 0) == 0);
+  for (std::size_t check = 0; check < 2 * kProbeConnectionsMax; check++) {
+    const std::string answered =
+        send_raw_until_closed(port, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    CHECK(answered.rfind("HTTP/1.1 200", 0) == 0);
+  }
   // The held client was served all along.
   http::write(held, request);
   http::response<http::string_body> again;
