@@ -238,7 +238,9 @@ TEST_CASE("feed: a damaged record or a visitor's error ends a read after the eve
   }
   std::string bytes = testing::read_file(segment);
   std::size_t at = 0;
-  for (int run = 0; run < 5; run++) at = bytes.find(std::string(1000, 'r'), run == 0 ? 0 : at + 1000);
+  for (int run = 0; run < 5; run++) {
+    at = bytes.find(std::string(1000, 'r'), run == 0 ? 0 : at + 1000);
+  }
   REQUIRE(at != std::string::npos);
   bytes[at + 500] = 's';
   testing::write_file(segment, bytes);
