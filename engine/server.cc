@@ -433,7 +433,8 @@ constexpr std::size_t kWritePieceBytesMax = 64 * 1024;
 constexpr std::size_t kUnwrittenBytesMax = 8u << 20;
 // Point-in-time reads of one binary connection on the read pool at once:
 // the pool serves in order, and such a read may replay the log, so a peer
-// that pipelines thousands would hold everyone else's behind them.
+// that pipelines thousands would hold everyone else's behind them. Its
+// others wait in line, its other requests go on.
 constexpr std::size_t kPointInTimeReadsPerConnection = 2;
 
 // A follow stream of a binary connection (docs/protocol.md): batches of
@@ -541,7 +542,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
       // peer that does not read its answers stops being read. Resumes in
       // send_answered() or on_written().
       if (inflight_ + writes_.size() >= core_.options().inflight_per_connection_max) return;
-      if (unwritten_bytes_ >= kUnwrittenBytesMax || held_) return;
+      if (unwritten_bytes_ >= kUnwrittenBytesMax || waiting_list_) return;
       auto frame = reader_.next();
       if (!frame) return malformed(frame.status().message());
       if (frame->empty()) return read_some();
@@ -659,12 +660,24 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     if (request.kind == Kind::hello) return hello(request);
     if (request.kind == Kind::follow) return start_follow(request);
     if (request.kind == Kind::cancel) return cancel_follow(request.follow_id);
-    if (held_back(request)) {
+    if (request.kind == Kind::list && list_unwritten_) {
       // Read on once it starts (resume()).
-      held_ = std::move(request);
+      waiting_list_ = std::move(request);
       return;
     }
     inflight_++;
+    if (request.kind == Kind::list) list_unwritten_ = true;
+    // In flight while it waits: the requests in flight bound the line.
+    if (request.as_of && point_in_time_reads_ >= kPointInTimeReadsPerConnection) {
+      reads_waiting_.push_back(std::move(request));
+      return;
+    }
+    start(std::move(request));
+  }
+
+  // Sends a request (counted in flight) on to the ledger or the read pool.
+  void start(wire::Request request) {
+    using Kind = wire::Request::Kind;
     auto self = shared_from_this();
     const std::uint64_t id = request.id;
     // Counted out as it is answered, on the thread that answers.
@@ -684,7 +697,6 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
                       });
         return;
       case Kind::list:
-        list_unwritten_ = true;
         core_.list(std::move(request.subject), request.as_of,
                    [self, id, counted](Result<std::vector<ItemBalance>> result, ListPass pass) {
                      if (counted) self->point_in_time_reads_--;
@@ -963,22 +975,20 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     resume();
   }
 
-  // Whether `request` waits its turn (held_): a list until the answer of
-  // the list before it is written, a point-in-time read while
-  // kPointInTimeReadsPerConnection of them are on the read pool.
-  bool held_back(const wire::Request& request) const {
-    if (request.kind == wire::Request::Kind::list && list_unwritten_) return true;
-    return request.as_of.has_value() && point_in_time_reads_ >= kPointInTimeReadsPerConnection;
-  }
-
-  // Starts the request held back once its turn came and the answers queued
-  // have room, then reads on.
+  // Starts the point-in-time reads waiting for a place on the read pool,
+  // and a list that waited for the answer of the one before it to be
+  // written once the answers queued have room, then reads on.
   void resume() {
-    if (closed_) return;  // close() dropped the held request: stop() may be past
-    if (held_ && !held_back(*held_) && unwritten_bytes_ < kUnwrittenBytesMax) {
-      wire::Request request = std::move(*held_);
-      held_.reset();
-      dispatch(std::move(request));
+    if (closed_) return;  // close() dropped the waiting requests: stop() may be past
+    while (!reads_waiting_.empty() && point_in_time_reads_ < kPointInTimeReadsPerConnection) {
+      wire::Request read = std::move(reads_waiting_.front());
+      reads_waiting_.pop_front();
+      start(std::move(read));
+    }
+    if (waiting_list_ && !list_unwritten_ && unwritten_bytes_ < kUnwrittenBytesMax) {
+      wire::Request list = std::move(*waiting_list_);
+      waiting_list_.reset();
+      dispatch(std::move(list));
     }
     read_frames();
   }
@@ -1049,7 +1059,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   void maybe_finish() {
     if (closed_) return;
     if (!read_closed_ && !stopping_) return;
-    if (inflight_ > 0 || held_ || writing_ || !writes_.empty() || !follows_.empty()) {
+    if (inflight_ > 0 || waiting_list_ || writing_ || !writes_.empty() || !follows_.empty()) {
       return;
     }
     if (read_closed_ && !unread_) return close();  // nothing the peer sent is left unread
@@ -1133,7 +1143,8 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   void close() {
     if (closed_) return;
     closed_ = true;
-    held_.reset();  // never sent to the ledger
+    waiting_list_.reset();  // never sent to the ledger
+    reads_waiting_.clear();
     if (!writing_) drop_writes();  // else on_written() drops them
     boost::system::error_code ignored;
     socket_.shutdown(tcp::socket::shutdown_both, ignored);
@@ -1181,7 +1192,10 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   // A list read whose answer is not written yet: one at most (dispatch()),
   // so that a connection holds one ListGate place at most.
   bool list_unwritten_ = false;
-  std::optional<wire::Request> held_;  // read, and waiting its turn (held_back())
+  std::optional<wire::Request> waiting_list_;  // read, and waiting for the list before it
+  // Point-in-time reads in flight, waiting for one of the connection's
+  // kPointInTimeReadsPerConnection places on the read pool.
+  std::deque<wire::Request> reads_waiting_;
   std::atomic<std::size_t> point_in_time_reads_{0};  // on the read pool
   std::size_t unwritten_bytes_ = 0;            // of writes_
   bool reading_ = false;
