@@ -493,21 +493,49 @@ def test_bench_refuses_a_malformed_expect_file_before_it_runs():
     f = fixture()
     d = new_dir("bench-expect")
     lines = expect_balance_lines(f.expect)
+    with open(f.expect) as src:
+        outcomes = src.read().splitlines()[-1]
+    # Five fields: no name holds a comma.
+    expect = write(os.path.join(d, "five_fields.expect"),
+                   "\n".join(lines[:1] + ["a,x,10,0,5"] + lines[1:] + [outcomes]))
+    data = os.path.join(d, "five_fields")
+    code, out, err = tally("bench", "--data", data, "--workload", f.csv, "--expect", expect)
+    assert code == 2 and "line 2: expected" in err, (code, err)
+    assert "see 'tally bench --help'" in err, err
+    assert out == b"" and not os.path.exists(data)
+
+
+def test_bench_reports_an_expect_file_no_state_matches_as_differences():
+    f = fixture()
+    d = new_dir("bench-expect-wrong")
+    lines = expect_balance_lines(f.expect)
     subject, item, available, held = lines[0].split(",")
     with open(f.expect) as src:
         outcomes = src.read().splitlines()[-1]
-    # A pair listed twice, even once rightly; and five fields (no name holds a comma).
+    # A file cut short, a line added after the counts, a pair listed twice
+    # (even once rightly), the counts twice: whatever the ledger does, the
+    # file differs from it, so the bench runs and exits 1.
     cases = {
-        "repeated": (lines[:1] + [",".join([subject, item, available + "1", held])] + lines[1:],
+        "cut_short": (lines[:-1], "outcomes: expected a '#outcomes ...' line, the file has none"),
+        "added": (lines + [outcomes, "nobody,nothing,1,0"],
+                  "nobody,nothing: expected 1,0, got nothing"),
+        "repeated": (lines[:1] + [",".join([subject, item, available + "1", held])] + lines[1:] +
+                     [outcomes],
                      "line 2: %s,%s is listed twice (first on line 1)" % (subject, item)),
-        "five_fields": (lines[:1] + ["a,x,10,0,5"] + lines[1:], "line 2: expected"),
+        "counts_twice": (lines + [outcomes, outcomes],
+                         "line %d: a second '#outcomes ...' line (the first on line %d)" %
+                         (len(lines) + 2, len(lines) + 1)),
     }
-    for name, (balance_lines, message) in cases.items():
-        expect = write(os.path.join(d, name + ".expect"), "\n".join(balance_lines + [outcomes]))
-        data = os.path.join(d, name)
-        code, out, err = tally("bench", "--data", data, "--workload", f.csv, "--expect", expect)
-        assert code == 2 and message in err and "see 'tally bench --help'" in err, (name, code, err)
-        assert out == b"" and not os.path.exists(data), name
+    for name, (expect_lines, message) in cases.items():
+        expect = write(os.path.join(d, name + ".expect"), "\n".join(expect_lines) + "\n")
+        code, out, err = tally("bench", "--data", os.path.join(d, name), "--workload", f.csv,
+                               "--expect", expect)
+        assert code == 1 and message in err, (name, code, err)
+        assert BENCH_LINE.match(text(out).strip()), (name, out)
+    # The counts may stand anywhere: order is no difference.
+    first = write(os.path.join(d, "counts_first.expect"), "\n".join([outcomes] + lines) + "\n")
+    tally("bench", "--data", os.path.join(d, "counts_first"), "--workload", f.csv,
+          "--expect", first, expect_exit=0)
 
 
 def test_bench_times_point_in_time_reads():

@@ -92,7 +92,7 @@ bool check_expect(const Context& context, const Bytes& input) {
   }
   std::string printed;
   for (const std::string& line : parsed->balance_lines) printed += line + "\n";
-  cli::append_outcomes_line(&printed, parsed->counts);
+  if (parsed->counts) cli::append_outcomes_line(&printed, *parsed->counts);
   auto again = cli::parse_expect(printed);
   if (!again || again->balance_lines != parsed->balance_lines ||
       !(again->counts == parsed->counts)) {

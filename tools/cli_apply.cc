@@ -711,10 +711,13 @@ std::vector<std::string> compare_state(const Expectation& expected, std::string_
   if (!(actual.counts == expected.counts) || actual.other != 0) {
     std::string got = outcome_counts_text(actual.counts);
     if (actual.other != 0) got += " other=" + std::to_string(actual.other);
-    differences.push_back("outcomes: expected " + outcome_counts_text(expected.counts) + ", got " +
-                          got);
+    const std::string want = expected.counts
+                                 ? outcome_counts_text(*expected.counts)
+                                 : std::string("a '#outcomes ...' line, the file has none");
+    differences.push_back("outcomes: expected " + want + ", got " + got);
   }
-  // parse_expect refused a pair listed twice: one entry per line.
+  for (const std::string& conflict : expected.conflicts) differences.push_back(conflict);
+  // parse_expect kept a pair's first line only: one entry per line.
   std::unordered_map<std::string, BalanceLine> expected_balances;
   for (const std::string& line : expected.balance_lines) {
     ExpectedBalance balance = expected_balance(line);

@@ -251,15 +251,23 @@ Result<Expectation> parse_expect(std::string_view text) {
   std::vector<std::string_view> lines = split_lines(text);
   drop_trailing_blank_lines(&lines);
   std::unordered_map<std::string_view, std::size_t> pair_line_numbers;
-  bool counts_seen = false;
+  std::size_t counts_line_number = 0;
   for (std::size_t line_index = 0; line_index < lines.size(); line_index++) {
     const std::string_view line = lines[line_index];
-    if (counts_seen) return line_error(line_index + 1, "text after the #outcomes line");
+    const std::size_t line_number = line_index + 1;
     // A balance line of a subject beginning "#outcomes " has commas; the
     // counts line has none.
     if (line.starts_with("#outcomes ") && line.find(',') == std::string_view::npos) {
-      TALLY_TRY(parse_counts(line, line_index + 1, &expectation.counts));
-      counts_seen = true;
+      OutcomeCounts counts;
+      TALLY_TRY(parse_counts(line, line_number, &counts));
+      if (expectation.counts) {
+        expectation.conflicts.push_back("line " + std::to_string(line_number) +
+                                        ": a second '#outcomes ...' line (the first on line " +
+                                        std::to_string(counts_line_number) + ")");
+        continue;
+      }
+      expectation.counts = counts;
+      counts_line_number = line_number;
       continue;
     }
     // Exactly four fields: a fifth would be read from the right as a name
@@ -267,20 +275,21 @@ Result<Expectation> parse_expect(std::string_view text) {
     BalanceLine balance;
     if (!parse_balance_line(line, &balance) ||
         std::count(balance.pair.begin(), balance.pair.end(), ',') != 1) {
-      return line_error(line_index + 1, "expected 'subject,item,available,held' (names hold no "
-                                        "commas) or '#outcomes ...'");
+      return line_error(line_number, "expected 'subject,item,available,held' (names hold no "
+                                     "commas) or '#outcomes ...'");
     }
-    // Two lines for one pair cannot both be the state: the file is wrong,
-    // whatever the ledger does.
-    const auto [first, inserted] = pair_line_numbers.emplace(balance.pair, line_index + 1);
+    // Two lines for one pair cannot both be the state: whatever the ledger
+    // does, it differs from the file.
+    const auto [first, inserted] = pair_line_numbers.emplace(balance.pair, line_number);
     if (!inserted) {
-      return line_error(line_index + 1, std::string(balance.pair) +
-                                            " is listed twice (first on line " +
-                                            std::to_string(first->second) + ")");
+      expectation.conflicts.push_back("line " + std::to_string(line_number) + ": " +
+                                      std::string(balance.pair) +
+                                      " is listed twice (first on line " +
+                                      std::to_string(first->second) + ")");
+      continue;
     }
     expectation.balance_lines.emplace_back(line);
   }
-  if (!counts_seen) return line_error(lines.size() + 1, "missing the '#outcomes ...' line");
   return expectation;
 }
 

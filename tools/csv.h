@@ -31,6 +31,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -87,9 +88,14 @@ struct OutcomeCounts {
 };
 
 struct Expectation {
-  // Without newlines, in file order; each parses with parse_balance_line.
+  // Without newlines, in file order; each parses with parse_balance_line
+  // and names a pair no line before it names.
   std::vector<std::string> balance_lines;
-  OutcomeCounts counts;
+  // Empty when the file has no counts line.
+  std::optional<OutcomeCounts> counts;
+  // Lines that no state can agree with, as messages ("line N: ..."): a
+  // second line for a pair, or a second counts line. Each is a difference.
+  std::vector<std::string> conflicts;
 };
 
 // A balance line split: `pair` ("subject,item") views the line.
@@ -118,8 +124,8 @@ void append_outcomes_line(std::string* out, const OutcomeCounts& counts);
 // Without the "#outcomes " prefix and the newline, for messages.
 std::string outcome_counts_text(const OutcomeCounts& counts);
 
-// Errors: invalid, "line N: ...", for a malformed line and for a pair
-// listed twice.
+// Errors: invalid, "line N: ...", for a malformed line; the lines no state
+// can match are Expectation::conflicts.
 Result<Expectation> parse_expect(std::string_view text);
 Result<Expectation> read_expect(const std::string& path);
 
