@@ -137,9 +137,10 @@ struct FaultyFileSystem::State {
     return --sync_countdown == 0;
   }
 
-  bool out_of_space() const {
+  // Whether fewer than `bytes` bytes are left.
+  bool lacks_space(std::uint64_t bytes) const {
     std::lock_guard lock(mutex);
-    return space_left_bytes == 0;
+    return space_left_bytes != kNoLimit && space_left_bytes < bytes;
   }
 };
 
@@ -197,7 +198,9 @@ class FaultyFile final : public File {
 
   Status preallocate(std::uint64_t size_bytes) override {
     if (state_.is_crashed()) return crash_status();
-    if (state_.out_of_space()) {
+    auto size = base_->size();
+    if (!size) return size.status();
+    if (state_.lacks_space(size_bytes > *size ? size_bytes - *size : 0)) {
       return Status(ErrorCode::io_error, "preallocate: No space left on device (simulated)",
                     ENOSPC);
     }

@@ -42,7 +42,8 @@ class FaultyFileSystem final : public FileSystem {
   void fail_sync(std::uint64_t nth = 1);
   // After `bytes` more bytes, writes fail with ENOSPC ("No space left on
   // device"); the write that crosses the limit writes the part that fits
-  // first, as a full disk does. Preallocation fails once no bytes are left.
+  // first, as a full disk does. A preallocation that would take more bytes
+  // than are left fails and takes none.
   // Stays armed until disarm().
   void fail_writes_after_bytes(std::uint64_t bytes);
   // The next write_at writes only its first keep_bytes and fails. With

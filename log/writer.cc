@@ -256,14 +256,17 @@ Status LogWriter::Impl::open_existing(const LogEnd& end) {
   if (!opened) return opened.status();
   file = std::move(*opened);
   file_first_seq = end.segment_first_seq;
+  // A file cut short (by a crash or by hand) gets its reserved blocks back,
+  // before its torn tail is zeroed: a torn tail in a short file is what
+  // tells a reader that records after it may be lost, so an open that finds
+  // the disk too full for the blocks must leave the file as it was.
+  auto size = file->size();
+  if (!size) return size.status();
+  if (*size < end.segment_size_bytes) TALLY_TRY(file->preallocate(end.segment_size_bytes));
   if (end.torn) {
     TALLY_ASSERT(end.torn_end > end.offset);
     TALLY_TRY(zero_range(end.offset, end.torn_end));
   }
-  // A file cut short (by a crash or by hand) gets its reserved blocks back.
-  auto size = file->size();
-  if (!size) return size.status();
-  if (*size < end.segment_size_bytes) TALLY_TRY(file->preallocate(end.segment_size_bytes));
   // Synced whatever the scan found: the repair must be durable before new
   // frames land after it, or a crash could leave old torn bytes behind valid
   // new ones; and the scan read the page cache, which may hold frames a
