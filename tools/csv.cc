@@ -261,9 +261,10 @@ Result<Expectation> parse_expect(std::string_view text) {
       OutcomeCounts counts;
       TALLY_TRY(parse_counts(line, line_number, &counts));
       if (expectation.counts) {
-        expectation.conflicts.push_back("line " + std::to_string(line_number) +
-                                        ": a second '#outcomes ...' line (the first on line " +
-                                        std::to_string(counts_line_number) + ")");
+        expectation.conflicts.push_back(
+            line_error(line_number, "a second '#outcomes ...' line (the first on line " +
+                                        std::to_string(counts_line_number) + ")")
+                .message());
         continue;
       }
       expectation.counts = counts;
@@ -282,10 +283,10 @@ Result<Expectation> parse_expect(std::string_view text) {
     // does, it differs from the file.
     const auto [first, inserted] = pair_line_numbers.emplace(balance.pair, line_number);
     if (!inserted) {
-      expectation.conflicts.push_back("line " + std::to_string(line_number) + ": " +
-                                      std::string(balance.pair) +
-                                      " is listed twice (first on line " +
-                                      std::to_string(first->second) + ")");
+      expectation.conflicts.push_back(
+          line_error(line_number, std::string(balance.pair) + " is listed twice (first on line " +
+                                      std::to_string(first->second) + ")")
+              .message());
       continue;
     }
     expectation.balance_lines.emplace_back(line);
