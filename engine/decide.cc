@@ -354,11 +354,44 @@ std::uint64_t fingerprint(const Command& command, std::string* scratch) {
   return XXH3_64bits(scratch->data(), scratch->size());
 }
 
+namespace {
+
+std::span<const OpRequest> requests_of(const Command& command) {
+  return command.batch ? std::span<const OpRequest>(command.ops) : std::span(&command.op, 1);
+}
+
+bool settles(const OpRequest& request) {
+  return request.type == OpType::commit || request.type == OpType::release;
+}
+
+}  // namespace
+
+std::size_t event_growth_bytes_max(const Command& command) {
+  const std::span<const OpRequest> requests = requests_of(command);
+  // A name's bytes in a message: a Data blob of up to kIdBytesMax bytes in
+  // whole words. The rest, a rejection's wrapper around the ops, is far
+  // less than the 1 KiB allowed for it.
+  constexpr std::size_t kNameBytesMax = (kIdBytesMax + 7) / 8 * 8;
+  return 2 * kNameBytesMax * static_cast<std::size_t>(std::count_if(
+                                 requests.begin(), requests.end(), settles)) +
+         1024;
+}
+
+void largest_event_ops(const Command& command, std::vector<log::Op>* ops) {
+  static const std::string kLongestName(kIdBytesMax, 'x');
+  ops->clear();
+  for (const OpRequest& request : requests_of(command)) {
+    ops->push_back(as_requested(request));
+    if (!settles(request)) continue;
+    ops->back().subject = kLongestName;
+    ops->back().item = kLongestName;
+  }
+}
+
 Result<Decision> decide(const Command& command, const proj::State& state,
                         std::int64_t timestamp_ns, std::vector<log::Op>* ops,
                         DecideScratch* scratch) {
-  std::span<const OpRequest> requests =
-      command.batch ? std::span<const OpRequest>(command.ops) : std::span(&command.op, 1);
+  const std::span<const OpRequest> requests = requests_of(command);
   ops->clear();
   Overlay overlay(state, scratch);
   for (std::size_t op_index = 0; op_index < requests.size(); op_index++) {
@@ -374,7 +407,7 @@ Result<Decision> decide(const Command& command, const proj::State& state,
     }
     ops->push_back(as_requested(request));
     Reason reason = Reason::none;
-    if (request.type == OpType::commit || request.type == OpType::release) {
+    if (settles(request)) {
       auto settled = decide_settle(request, timestamp_ns, &overlay, &ops->back());
       if (!settled) return invalid_op(settled.status().message());
       reason = *settled;

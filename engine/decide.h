@@ -46,6 +46,17 @@ Status check_id(std::string_view what, std::string_view id);
 Status check_subject(std::string_view subject);
 Status check_pair(std::string_view subject, std::string_view item);
 
+// Whether a command fits a segment must not depend on the state it is
+// decided against: the Ledger measures the largest event it can be logged
+// as, whatever the state. That is its rejection (the ops as requested, in a
+// wrapper), with each commit and release carrying the longest subject and
+// item a hold can have, as an applied one carries its hold's.
+// largest_event_ops() gives those ops; event_growth_bytes_max() how many
+// bytes that event can exceed the one decide() made, so that only a command
+// near the limit need be measured twice.
+void largest_event_ops(const Command& command, std::vector<log::Op>* ops);
+std::size_t event_growth_bytes_max(const Command& command);
+
 // invalid: a batch of more than kBatchOpsMax ops (validate's message, for
 // the decoders that meet one first).
 Status batch_too_large();

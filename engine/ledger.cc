@@ -345,6 +345,7 @@ struct Ledger::Impl {
   proj::State* state = nullptr;
   log::EventEncoder encoder;
   std::vector<log::Op> ops;
+  std::vector<log::Op> largest_ops;  // of a command near the segment's limit
   detail::DecideScratch decide_scratch;
   std::string fingerprint_scratch;
   std::vector<Ack> pending;
@@ -969,8 +970,17 @@ void Ledger::Impl::process_command(Task& task) {
   event.failed_index = decision->failed_index;
   event.ops = ops;
   std::span<const std::byte> payload = encoder.encode(event);
-  if (payload.size() > log::payload_bytes_max(options.segment_size_bytes)) {
-    return answer(task, Status(ErrorCode::invalid, "request too large for the log's segment size"));
+  const std::size_t payload_max = log::payload_bytes_max(options.segment_size_bytes);
+  if (payload.size() + detail::event_growth_bytes_max(command) > payload_max) {
+    log::Event largest = event;
+    detail::largest_event_ops(command, &largest_ops);
+    largest.ops = largest_ops;
+    largest.rejected = log::Reason::insufficient;
+    if (encoder.encode(largest).size() > payload_max) {
+      return answer(task,
+                    Status(ErrorCode::invalid, "request too large for the log's segment size"));
+    }
+    payload = encoder.encode(event);
   }
   append(event, payload);
   answer(task, detail::make_receipt(*decision, command, event.seq, now_ns, false));

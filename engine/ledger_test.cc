@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <limits>
 #include <memory>
@@ -122,6 +123,65 @@ TEST_CASE("the system clock's reading is held at the ends of an int64") {
   CHECK(epoch_ns(-9'223'372'037, 145'224'192) == kMin);
   CHECK(epoch_ns(-9'223'372'037, 145'224'191) == kMin);
   CHECK(epoch_ns(kMin, 0) == kMin);
+}
+
+TEST_CASE("whether a batch fits a segment does not depend on the state") {
+  // Near the largest event a segment holds, one request's event is larger
+  // in one state than in another: a rejection logs the request in a
+  // wrapper, and an applied commit carries its hold's subject and item.
+  // Each request below is tried in both states, across the limit.
+  Fixture f;
+  f.options.segment_size_bytes = log::kSegmentSizeBytesMin;
+  f.reopen();
+  const std::string longest(kIdBytesMax, 'n');
+  f.ok(f.ledger->acquire("stock-long", longest, longest, 1'000'000));
+  f.ok(f.ledger->acquire("stock", "rich", "gold", 1'000'000));
+  int keys = 0;
+  // Whether `fillers` acquires (the last with a subject of `tail_bytes`) and
+  // then `last` are refused as too large; else decided.
+  const auto too_large = [&](int fillers, std::size_t tail_bytes, const OpRequest& last) {
+    std::vector<OpRequest> ops;
+    for (int index = 0; index < fillers; index++) {
+      const std::size_t bytes = index + 1 == fillers ? tail_bytes : 200;
+      ops.push_back(OpRequest::acquire(std::string(bytes, 'f'), "i", 1));
+    }
+    ops.push_back(last);
+    auto result = f.ledger->batch(name("batch-", keys++), std::move(ops));
+    if (result.ok()) return false;
+    REQUIRE(result.status().message() == "request too large for the log's segment size");
+    return true;
+  };
+  const auto new_hold = [&]() {
+    return f.ok(f.ledger->hold(name("hold-", keys++), longest, longest, 1, 3600 * kSecond)).hold;
+  };
+  struct Case {
+    const char* what;
+    std::function<OpRequest()> decided;   // applied
+    std::function<OpRequest()> rejected;  // the same size of request, rejected
+  };
+  const std::vector<Case> cases = {
+      {"consume", [] { return OpRequest::consume("rich", "gold", 1); },
+       [] { return OpRequest::consume("poor", "gold", 1); }},
+      {"commit", [&] { return OpRequest::commit(new_hold()); },
+       [] { return OpRequest::commit(HoldId{1} << 40); }},
+  };
+  for (const Case& c : cases) {
+    INFO(c.what);
+    int boundary = 1;
+    while (!too_large(boundary, 200, c.rejected())) boundary++;
+    bool saw_fit = false;
+    bool saw_too_large = false;
+    for (const int fillers : {boundary - 1, boundary}) {
+      for (std::size_t tail_bytes = 1; tail_bytes <= 255; tail_bytes += 2) {
+        INFO(fillers << " fillers, the last " << tail_bytes << " bytes");
+        const bool refused = too_large(fillers, tail_bytes, c.rejected());
+        CHECK(too_large(fillers, tail_bytes, c.decided()) == refused);
+        (refused ? saw_too_large : saw_fit) = true;
+      }
+    }
+    CHECK(saw_fit);
+    CHECK(saw_too_large);
+  }
 }
 
 TEST_CASE("acquire, consume and transfer move available quantities") {
