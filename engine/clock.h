@@ -17,13 +17,9 @@ class Clock {
   virtual std::int64_t now_ns() = 0;
 };
 
-// CLOCK_REALTIME. One instance serves the process.
+// CLOCK_REALTIME, held at the ends of an int64 ns (1677 and 2262). One
+// instance serves the process.
 Clock& system_clock();
-
-// ns since the Unix epoch of `seconds` and `nanoseconds` (0 .. 1e9 - 1) since
-// it, held at the ends of an int64 (1677-09-21 and 2262-04-11): a clock set
-// past them reads as the end, and timestamps still never go backwards.
-std::int64_t epoch_ns(std::int64_t seconds, std::int64_t nanoseconds);
 
 // A clock that moves only when told. Thread-safe.
 class ManualClock final : public Clock {

@@ -8,7 +8,6 @@
 #include <fstream>
 #include <functional>
 #include <future>
-#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -108,21 +107,6 @@ TEST_CASE("validate: with the ttl limit unknown, a batch's ops from a hold on ar
         "invalid: op 0: ttl out of range [1 ms, 2592000000 ms]");
   batch.ops = {OpRequest::acquire("", "i", 1), OpRequest::hold_of("s", "i", 1, 0)};
   CHECK(detail::validate(batch, detail::Limits{}).to_string() == "invalid: op 0: subject is empty");
-}
-
-TEST_CASE("the system clock's reading is held at the ends of an int64") {
-  constexpr std::int64_t kMax = std::numeric_limits<std::int64_t>::max();
-  constexpr std::int64_t kMin = std::numeric_limits<std::int64_t>::min();
-  CHECK(epoch_ns(1, 5) == 1'000'000'005);
-  CHECK(epoch_ns(-1, 5) == -999'999'995);
-  // 2262-04-11T23:47:16.854775807Z is the last ns; a clock past it reads it.
-  CHECK(epoch_ns(9'223'372'036, 854'775'807) == kMax);
-  CHECK(epoch_ns(9'223'372'036, 854'775'808) == kMax);
-  CHECK(epoch_ns(9'223'372'037, 0) == kMax);
-  CHECK(epoch_ns(kMax, 999'999'999) == kMax);
-  CHECK(epoch_ns(-9'223'372'037, 145'224'192) == kMin);
-  CHECK(epoch_ns(-9'223'372'037, 145'224'191) == kMin);
-  CHECK(epoch_ns(kMin, 0) == kMin);
 }
 
 TEST_CASE("whether a batch fits a segment does not depend on the state") {

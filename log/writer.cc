@@ -8,15 +8,11 @@
 #include <thread>
 #include <vector>
 
+#include "log/wall_clock.h"
+
 namespace tally::log {
 
 namespace {
-
-std::int64_t system_now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 // Whether a failed create (or directory open) may succeed when tried
 // again: the process or the system was out of descriptors or memory,
@@ -225,7 +221,7 @@ Status LogWriter::Impl::start_segment(std::uint64_t first_seq, std::uint64_t pre
   header.first_seq = first_seq;
   header.prev_checksum = prev_checksum;
   header.size_bytes = options.segment_size_bytes;
-  header.created_ns = options.now_ns != nullptr ? options.now_ns() : system_now_ns();
+  header.created_ns = options.now_ns != nullptr ? options.now_ns() : wall_clock_ns();
   std::array<std::byte, kSegmentHeaderSize> bytes;
   encode_segment_header(header, bytes);
   TALLY_TRY(write_file(0, bytes));
