@@ -268,6 +268,9 @@ struct Client::Impl {
   // yet, and it must not be delivered after them.
   bool failing = false;
   std::uint64_t failing_round = 0;  // the last one begun (FailingRound::round)
+  // Rounds begun by this client: a caller that waited for room in send()
+  // while one began was submitting when requests before it failed.
+  std::uint64_t rounds_begun = 0;
   std::uint64_t next_id = 1;
   std::map<std::uint64_t, Pending> pending;  // by id: resent in the order sent
   // The follows among them, which do not count against inflight_max.
@@ -465,6 +468,7 @@ void Client::Impl::end_cancelled_locked(std::unique_lock<std::mutex>& guard) {
 
 std::uint64_t Client::Impl::begin_failing_locked() {
   failing = true;
+  rounds_begun++;
   failing_round = failing_rounds_begun.fetch_add(1, std::memory_order_relaxed) + 1;
   return failing_round;
 }
@@ -590,6 +594,7 @@ std::uint64_t Client::Impl::send(wire::Request request, ResponseDone done, bool 
   // A completion runs on the reader thread, the only one that makes room:
   // what it submits goes past inflight_max rather than wait for ever.
   const bool on_reader = std::this_thread::get_id() == reader_id;
+  const std::uint64_t rounds_at_submit = rounds_begun;
   // Follows do not count against inflight_max (docs/protocol.md), nor wait.
   cv.wait(guard, [&] {
     return follow || pending.size() - follows_pending < options.inflight_max || closing ||
@@ -601,7 +606,10 @@ std::uint64_t Client::Impl::send(wire::Request request, ResponseDone done, bool 
     return 0;
   }
   const bool heard = heard_round.client == this && heard_round.round == failing_round;
-  if (failing && !on_reader && !heard) {
+  // Requests sent before this one are failing, or failed while it waited
+  // for room: sent now, it could be decided without them.
+  const bool after_failures = failing || rounds_begun != rounds_at_submit;
+  if (after_failures && !on_reader && !heard) {
     guard.unlock();
     done(Status(ErrorCode::io_error,
                 "not sent: a request sent before it could not be delivered"));

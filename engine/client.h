@@ -31,9 +31,10 @@
 //
 // Order: requests go out, and again after a reconnect, in the order
 // submitted. When one fails for want of a connection, every request sent
-// after it fails with it, and a request another thread submits while those
-// failures are handed out fails at once: none is delivered after one
-// submitted before it failed. A caller that needs order (a commit behind
+// after it fails with it, and a request submitted while those failures are
+// handed out, or while its submit() waited for room (inflight_max), fails
+// at once, unsent, with io_error "not sent: ...": none is delivered after
+// one submitted before it failed. A caller that needs order (a commit behind
 // its hold) stops at its first failure and sends the failed requests
 // again, in order, with their keys.
 //

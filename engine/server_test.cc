@@ -2566,6 +2566,40 @@ TEST_CASE("client: a caller waiting for room is woken when the requests in fligh
   CHECK(failed == 2);
 }
 
+TEST_CASE("client: a request waiting for room when the one before it gives up is not sent") {
+  SilentServer silent(true);
+  ClientOptions options = silent.client_options();
+  options.answer_timeout_ms = 100;
+  options.retries_max = 0;
+  options.inflight_max = 1;
+  auto connected = Client::connect(options);
+  REQUIRE(connected.ok());
+  Client& client = **connected;
+  std::atomic<bool> hold_failed{false};
+  Command hold;
+  hold.key = "hold";
+  hold.op = OpRequest::hold_of("alice", "gold", 1, 60'000'000'000);
+  client.submit(std::move(hold), [&](Result<Receipt> result) {
+    CHECK(result.code() == ErrorCode::io_error);
+    hold_failed = true;
+  });
+  // No room: the commit right behind its hold waits in submit() until the
+  // hold gives up. Sent then, it would be decided without its hold.
+  Command commit;
+  commit.key = "commit";
+  commit.op = OpRequest::commit_key("hold");
+  const Result<Receipt> committed = client.execute(std::move(commit));
+  REQUIRE(committed.code() == ErrorCode::io_error);
+  CHECK(committed.status().message() ==
+        "not sent: a request sent before it could not be delivered");
+  for (int wait = 0; wait < 500 && !hold_failed; wait++) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CHECK(hold_failed);
+  CHECK(silent.connections() == 1);  // the commit went nowhere
+  CHECK(client.close().ok());
+}
+
 TEST_CASE("client: a completion that submits goes past inflight_max, not waiting for itself") {
   Fixture fx;
   ClientOptions options;
