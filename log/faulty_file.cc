@@ -7,6 +7,7 @@
 #include <cstring>
 #include <mutex>
 #include <thread>
+#include <utility>
 
 namespace tally::log {
 
@@ -137,10 +138,12 @@ struct FaultyFileSystem::State {
     return --sync_countdown == 0;
   }
 
-  // Whether fewer than `bytes` bytes are left.
-  bool lacks_space(std::uint64_t bytes) const {
+  // A preallocation of `bytes` more: all of them when that many are left;
+  // else what is left, all of it, which the caller reports as ENOSPC.
+  std::uint64_t take_for_preallocation(std::uint64_t bytes) {
     std::lock_guard lock(mutex);
-    return space_left_bytes != kNoLimit && space_left_bytes < bytes;
+    if (space_left_bytes == kNoLimit || space_left_bytes >= bytes) return bytes;
+    return std::exchange(space_left_bytes, 0);
   }
 };
 
@@ -200,7 +203,11 @@ class FaultyFile final : public File {
     if (state_.is_crashed()) return crash_status();
     auto size = base_->size();
     if (!size) return size.status();
-    if (state_.lacks_space(size_bytes > *size ? size_bytes - *size : 0)) {
+    const std::uint64_t wanted = size_bytes > *size ? size_bytes - *size : 0;
+    const std::uint64_t taken = state_.take_for_preallocation(wanted);
+    if (taken < wanted) {
+      // As on ext4: the file keeps what the call could take.
+      if (taken > 0) TALLY_TRY(base_->preallocate(*size + taken));
       return Status(ErrorCode::io_error, "preallocate: No space left on device (simulated)",
                     ENOSPC);
     }

@@ -43,7 +43,8 @@ class FaultyFileSystem final : public FileSystem {
   // After `bytes` more bytes, writes fail with ENOSPC ("No space left on
   // device"); the write that crosses the limit writes the part that fits
   // first, as a full disk does. A preallocation that would take more bytes
-  // than are left fails and takes none.
+  // than are left takes those and fails, the file grown by them, as on ext4;
+  // one that fits takes nothing from them (the writes into it do).
   // Stays armed until disarm().
   void fail_writes_after_bytes(std::uint64_t bytes);
   // The next write_at writes only its first keep_bytes and fails. With

@@ -186,29 +186,35 @@ TEST_CASE("a last segment cut short in the zeros after its frames lost nothing")
   CHECK(!read_log(posix(), dir.log_dir()).end.cut_short);
 }
 
-TEST_CASE("an open that finds no room to make a cut file whole leaves its torn tail") {
+TEST_CASE("an open that finds no room to make a cut file whole leaves it as it was") {
   TempDir dir;
   const OneSegment log = make_one_segment(dir, 100);
-  // Cut inside the last record: a torn tail in a short file.
-  const std::uint64_t cut = log.offsets.back() + log.frame_bytes.back() / 2;
-  const auto cut_at = log.pristine.begin() + static_cast<std::ptrdiff_t>(cut);
-  write_bytes(log.path, std::vector<std::byte>(log.pristine.begin(), cut_at));
-  ReadBack before = read_log(posix(), dir.log_dir());
-  REQUIRE(before.status.ok());
-  REQUIRE(before.end.torn);
-  REQUIRE(before.end.cut_short);
-  // Room for the zeros over the torn tail, none for the file's blocks.
-  FaultyFileSystem fs(posix());
-  fs.fail_writes_after_bytes(before.end.torn_end - before.end.offset);
-  auto writer = LogWriter::open(fs, dir.log_dir(), before.end, small_options());
-  REQUIRE_FALSE(writer.ok());
-  CHECK(writer.status().message().find("preallocate") != std::string::npos);
-  // The next reader still learns that records after the tail may be lost.
-  ReadBack after = read_log(posix(), dir.log_dir());
-  REQUIRE(after.status.ok());
-  CHECK(after.end.torn);
-  CHECK(after.end.cut_short);
-  CHECK(read_bytes(log.path).size() == cut);
+  const std::uint64_t last = log.offsets.back();
+  const std::uint64_t end = last + log.frame_bytes.back();
+  // Cut inside the last record (a torn tail), or just after it.
+  for (const std::uint64_t cut : {last + log.frame_bytes.back() / 2, end}) {
+    INFO("cut at " << cut);
+    const auto cut_at = log.pristine.begin() + static_cast<std::ptrdiff_t>(cut);
+    write_bytes(log.path, std::vector<std::byte>(log.pristine.begin(), cut_at));
+    ReadBack before = read_log(posix(), dir.log_dir());
+    REQUIRE(before.status.ok());
+    REQUIRE(before.end.cut_short);
+    // Room for the zeros over a torn tail and a page more, not for the
+    // file's blocks: the preallocation grows the file by what is left, and
+    // fails.
+    FaultyFileSystem fs(posix());
+    const std::uint64_t torn_bytes = before.end.torn ? before.end.torn_end - before.end.offset : 0;
+    fs.fail_writes_after_bytes(torn_bytes + 4096);
+    auto writer = LogWriter::open(fs, dir.log_dir(), before.end, small_options());
+    REQUIRE_FALSE(writer.ok());
+    CHECK(writer.status().message().find("preallocate") != std::string::npos);
+    // The next reader still learns that records after the end may be lost.
+    CHECK(read_bytes(log.path).size() == cut);
+    ReadBack after = read_log(posix(), dir.log_dir());
+    REQUIRE(after.status.ok());
+    CHECK(after.end.torn == before.end.torn);
+    CHECK(after.end.cut_short);
+  }
 }
 
 TEST_CASE("garbage after the end with nothing valid in it is a torn tail") {

@@ -253,12 +253,20 @@ Status LogWriter::Impl::open_existing(const LogEnd& end) {
   file = std::move(*opened);
   file_first_seq = end.segment_first_seq;
   // A file cut short (by a crash or by hand) gets its reserved blocks back,
-  // before its torn tail is zeroed: a torn tail in a short file is what
-  // tells a reader that records after it may be lost, so an open that finds
-  // the disk too full for the blocks must leave the file as it was.
+  // before its torn tail is zeroed: a short file whose frames or torn tail
+  // run to its end is what tells a reader that records after it may be
+  // lost, so an open that finds the disk too full for the blocks leaves the
+  // file as it was, cutting back what a preallocation cut short added (on
+  // ext4 it grows the file by what it could take).
   auto size = file->size();
   if (!size) return size.status();
-  if (*size < end.segment_size_bytes) TALLY_TRY(file->preallocate(end.segment_size_bytes));
+  if (*size < end.segment_size_bytes) {
+    const Status grown = file->preallocate(end.segment_size_bytes);
+    if (!grown.ok()) {
+      ignore_status(file->truncate(*size));
+      return grown;
+    }
+  }
   if (end.torn) {
     TALLY_ASSERT(end.torn_end > end.offset);
     TALLY_TRY(zero_range(end.offset, end.torn_end));
