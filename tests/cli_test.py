@@ -503,6 +503,11 @@ def test_bench_refuses_a_malformed_expect_file_before_it_runs():
     assert code == 2 and "line 2: expected" in err, (code, err)
     assert "see 'tally bench --help'" in err, err
     assert out == b"" and not os.path.exists(data)
+    # No line at all: a generator that failed to write it, not an expectation.
+    empty = write(os.path.join(d, "empty.expect"), "")
+    code, out, err = tally("bench", "--data", data, "--workload", f.csv, "--expect", empty)
+    assert code == 2 and "line 1: no balance line and no '#outcomes ...' line" in err, (code, err)
+    assert out == b"" and not os.path.exists(data)
 
 
 def test_bench_reports_an_expect_file_no_state_matches_as_differences():
@@ -513,13 +518,14 @@ def test_bench_reports_an_expect_file_no_state_matches_as_differences():
     with open(f.expect) as src:
         outcomes = src.read().splitlines()[-1]
     # A file cut short, a line added after the counts, a pair listed twice
-    # (even once rightly), the counts twice: whatever the ledger does, the
-    # file differs from it, so the bench runs and exits 1.
+    # (even once rightly), the counts twice: each is a difference, whatever
+    # the ledger does, so the bench runs and exits 1.
     cases = {
         "cut_short": (lines[:-1], "outcomes: expected a '#outcomes ...' line, the file has none"),
         "added": (lines + [outcomes, "nobody,nothing,1,0"],
                   "nobody,nothing: expected 1,0, got nothing"),
-        "repeated": (lines[:1] + [",".join([subject, item, available + "1", held])] + lines[1:] +
+        "repeated": (lines[:1] + [",".join([subject, item, str(int(available) + 1), held])] +
+                     lines[1:] +
                      [outcomes],
                      "line 2: %s,%s is listed twice (first on line 1)" % (subject, item)),
         "counts_twice": (lines + [outcomes, outcomes],

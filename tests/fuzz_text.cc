@@ -94,8 +94,9 @@ bool check_expect(const Context& context, const Bytes& input) {
   for (const std::string& line : parsed->balance_lines) printed += line + "\n";
   if (parsed->counts) cli::append_outcomes_line(&printed, *parsed->counts);
   auto again = cli::parse_expect(printed);
+  // Printed back, each pair and the counts appear once: no conflicts.
   if (!again || again->balance_lines != parsed->balance_lines ||
-      !(again->counts == parsed->counts)) {
+      !(again->counts == parsed->counts) || !again->conflicts.empty()) {
     fail(context, "expect: printed back, it reads otherwise", input);
   }
   return true;

@@ -35,8 +35,12 @@ constexpr std::array<OpShape, 6> kShapes = {{
     {"release", OpType::release, {true, true, false, false, false, false, false, true}},
 }};
 
+std::string line_message(std::size_t line_number, const std::string& message) {
+  return "line " + std::to_string(line_number) + ": " + message;
+}
+
 Status line_error(std::size_t line_number, const std::string& message) {
-  return Status(ErrorCode::invalid, "line " + std::to_string(line_number) + ": " + message);
+  return Status(ErrorCode::invalid, line_message(line_number, message));
 }
 
 // Splits one line at commas; false when it does not have kFieldCount fields.
@@ -250,6 +254,9 @@ Result<Expectation> parse_expect(std::string_view text) {
   Expectation expectation;
   std::vector<std::string_view> lines = split_lines(text);
   drop_trailing_blank_lines(&lines);
+  // No line at all is no expectation (a generator that failed to write it,
+  // most likely), not one that every state differs from.
+  if (lines.empty()) return line_error(1, "no balance line and no '#outcomes ...' line");
   std::unordered_map<std::string_view, std::size_t> pair_line_numbers;
   std::size_t counts_line_number = 0;
   for (std::size_t line_index = 0; line_index < lines.size(); line_index++) {
@@ -262,9 +269,8 @@ Result<Expectation> parse_expect(std::string_view text) {
       TALLY_TRY(parse_counts(line, line_number, &counts));
       if (expectation.counts) {
         expectation.conflicts.push_back(
-            line_error(line_number, "a second '#outcomes ...' line (the first on line " +
-                                        std::to_string(counts_line_number) + ")")
-                .message());
+            line_message(line_number, "a second '#outcomes ...' line (the first on line " +
+                                          std::to_string(counts_line_number) + ")"));
         continue;
       }
       expectation.counts = counts;
@@ -284,9 +290,8 @@ Result<Expectation> parse_expect(std::string_view text) {
     const auto [first, inserted] = pair_line_numbers.emplace(balance.pair, line_number);
     if (!inserted) {
       expectation.conflicts.push_back(
-          line_error(line_number, std::string(balance.pair) + " is listed twice (first on line " +
-                                      std::to_string(first->second) + ")")
-              .message());
+          line_message(line_number, std::string(balance.pair) + " is listed twice (first on line " +
+                                        std::to_string(first->second) + ")"));
       continue;
     }
     expectation.balance_lines.emplace_back(line);

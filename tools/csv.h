@@ -23,7 +23,10 @@
 //   #outcomes ok=N insufficient=N hold_unknown=N retry=N
 //
 // A balance line has exactly four fields (names hold no commas, as in a
-// workload) and names each pair once; amounts are numbers, so `010` is 10.
+// workload); amounts are numbers, so `010` is 10. The counts line may stand
+// anywhere. A file without it, or naming a pair or the counts twice, is
+// read, and each of these is a difference from any state (`bench --expect`
+// exits 1); a file with no line at all is malformed.
 //
 // Outcome classes: every hold_* rejection counts as hold_unknown, and a
 // retry counts as retry whatever its outcome.
@@ -93,8 +96,8 @@ struct Expectation {
   std::vector<std::string> balance_lines;
   // Empty when the file has no counts line.
   std::optional<OutcomeCounts> counts;
-  // Lines that no state can agree with, as messages ("line N: ..."): a
-  // second line for a pair, or a second counts line. Each is a difference.
+  // A second line for a pair, or a second counts line, as messages ("line
+  // N: ..."): each is a difference, whatever the state.
   std::vector<std::string> conflicts;
 };
 
@@ -124,8 +127,8 @@ void append_outcomes_line(std::string* out, const OutcomeCounts& counts);
 // Without the "#outcomes " prefix and the newline, for messages.
 std::string outcome_counts_text(const OutcomeCounts& counts);
 
-// Errors: invalid, "line N: ...", for a malformed line; the lines no state
-// can match are Expectation::conflicts.
+// Errors: invalid, "line N: ...", for a malformed line, or a file with no
+// line; a pair or the counts listed twice are Expectation::conflicts.
 Result<Expectation> parse_expect(std::string_view text);
 Result<Expectation> read_expect(const std::string& path);
 

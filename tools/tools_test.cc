@@ -232,6 +232,16 @@ TEST_CASE("expect: balance lines and outcome counts") {
   expectation = parse_expect("s1,i1,10,0\n");
   REQUIRE(expectation.ok());
   CHECK_FALSE(expectation->counts.has_value());
+  // The counts alone: every pair holds nothing.
+  expectation = parse_expect("#outcomes ok=0 insufficient=0 hold_unknown=0 retry=0\n");
+  REQUIRE(expectation.ok());
+  CHECK(expectation->balance_lines.empty());
+  CHECK(expectation->counts == OutcomeCounts{});
+  // No line at all is no expectation.
+  for (const std::string_view nothing : {"", "\n", "\n\r\n\n"}) {
+    CHECK(parse_expect(nothing).status().message() ==
+          "line 1: no balance line and no '#outcomes ...' line");
+  }
   expectation = parse_expect("#outcomes ok=0 insufficient=0 hold_unknown=0 retry=0\ns1,i1,1,0\n");
   REQUIRE(expectation.ok());
   CHECK(expectation->balance_lines == std::vector<std::string>{"s1,i1,1,0"});
