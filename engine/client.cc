@@ -75,14 +75,16 @@ Result<wire::Response> read_response(tcp::socket& socket, wire::FrameReader& rea
   }
 }
 
-// Runs `io` until `done` or the deadline. Past the deadline, closes the
-// socket and runs the aborted handler, so that nothing is left pending on
-// `io`: false.
+// Runs `io` until `done` or the deadline. Past the deadline, or once
+// `cancelled`, closes the socket and runs the aborted handler, so that
+// nothing is left pending on `io`: false.
 bool run_until(asio::io_context& io, tcp::socket& socket,
-               std::chrono::steady_clock::time_point deadline, const bool& done) {
+               std::chrono::steady_clock::time_point deadline, const bool& done,
+               const std::atomic<bool>& cancelled) {
   io.restart();
   while (!done) {
-    if (io.run_one_until(deadline) == 0 && !done) {
+    // close() sets `cancelled`, then stops `io` to end a wait under way.
+    if (cancelled.load() || (io.run_one_until(deadline) == 0 && !done)) {
       boost::system::error_code ignored;
       socket.close(ignored);
       io.restart();
@@ -262,6 +264,9 @@ struct Client::Impl {
   std::unique_ptr<tcp::socket> socket;  // replaced only while !connected
   bool connected = false;
   bool closing = false;
+  // Set by close(), read without the lock: a connection attempt under way
+  // gives up rather than make close() wait out connect_timeout_ms.
+  std::atomic<bool> connect_cancelled{false};
   // Handlers of failed requests are running. A request another thread
   // sends meanwhile fails at once, unless its caller's blocking call failed
   // in this round (heard_round): it may not have heard of the failures
@@ -325,7 +330,7 @@ Result<std::unique_ptr<tcp::socket>> Client::Impl::connect_once() {
       ec = error;
       done = true;
     });
-    if (!run_until(io, *fresh, deadline, done)) return timed_out("connect");
+    if (!run_until(io, *fresh, deadline, done, connect_cancelled)) return timed_out("connect");
     if (!ec) break;
   }
   if (ec) return io_status("connect", ec);
@@ -341,7 +346,7 @@ Result<std::unique_ptr<tcp::socket>> Client::Impl::connect_once() {
                       ec = error;
                       done = true;
                     });
-  if (!run_until(io, *fresh, deadline, done)) return timed_out("hello");
+  if (!run_until(io, *fresh, deadline, done, connect_cancelled)) return timed_out("hello");
   if (ec) return io_status("hello", ec);
   wire::FrameReader reader(options.frame_bytes_max);
   // Each pass reads once, until the answer is whole.
@@ -373,7 +378,7 @@ Result<std::unique_ptr<tcp::socket>> Client::Impl::connect_once() {
                              bytes = got;
                              done = true;
                            });
-    if (!run_until(io, *fresh, deadline, done)) return timed_out("hello");
+    if (!run_until(io, *fresh, deadline, done, connect_cancelled)) return timed_out("hello");
     if (ec) return io_status("hello", ec);
     // An HTTP server answers a frame it cannot parse with a status line.
     constexpr std::string_view kHttp = "HTTP/";
@@ -857,6 +862,8 @@ Status Client::close() {
     std::lock_guard<std::mutex> guard(impl.mu);
     if (impl.closing) return Status();
     impl.closing = true;
+    impl.connect_cancelled = true;
+    impl.io.stop();  // a wait of connect_once() under way ends now
     boost::system::error_code ignored;
     if (impl.socket) impl.socket->shutdown(tcp::socket::shutdown_both, ignored);
     impl.cv.notify_all();

@@ -195,8 +195,9 @@ class Client final : public LedgerApi {
   // waiting for the connection. An unknown or ended id is ignored.
   void cancel_follow(FollowId follow);
 
-  // Closes the connection and joins the client's threads. Requests not
-  // answered yet fail: with `closed` when they were never sent (nothing was
+  // Closes the connection (ending a reconnect's attempt under way, rather
+  // than wait out its connect_timeout_ms) and joins the client's threads.
+  // Requests not answered yet fail: with `closed` when they were never sent (nothing was
   // decided), with io_error when they were (the server may have applied a
   // mutation: its outcome is unknown until it is sent again with its key);
   // follows end with `closed`. Idempotent and ok, but from a completion

@@ -2252,6 +2252,8 @@ class SilentServer {
   }
   // Bytes read from the client after its hello.
   std::size_t bytes_after_hello() const { return bytes_.load(); }
+  // Later connections get no answer to their hello: a server that hangs.
+  void stop_answering_hellos() { hellos_unanswered_ = true; }
   int connections() const { return connections_.load(); }
 
  private:
@@ -2263,7 +2265,7 @@ class SilentServer {
       acceptor_.accept(*socket, ec);
       if (ec || stopping_) return;
       connections_++;
-      if (answer_hello_) {
+      if (answer_hello_ && !hellos_unanswered_) {
         wire::FrameReader reader(wire::kFrameBytesMaxDefault);
         read_frame(*socket, reader);  // the hello
         wire::Response hello;
@@ -2291,6 +2293,7 @@ class SilentServer {
   tcp::acceptor acceptor_;
   std::thread thread_;
   std::atomic<bool> stopping_{false};
+  std::atomic<bool> hellos_unanswered_{false};
   std::atomic<std::size_t> bytes_{0};
   std::atomic<int> connections_{0};
 };
@@ -2469,6 +2472,35 @@ TEST_CASE("client: a server that stops answering is given up after answer_timeou
   CHECK(receipt.status().message().find("no answer within 100 ms") != std::string::npos);
   CHECK(silent.bytes_after_hello() > 0);
   CHECK(client->close().ok());
+}
+
+TEST_CASE("client: close() ends a reconnect's attempt under way") {
+  SilentServer silent(true);
+  ClientOptions options = silent.client_options();
+  options.answer_timeout_ms = 50;
+  options.connect_timeout_ms = 120'000;  // an attempt close() must not wait out
+  auto connected = Client::connect(options);
+  REQUIRE(connected.ok());
+  Client& client = **connected;
+  silent.stop_answering_hellos();
+  std::atomic<bool> failed{false};
+  Command command;
+  command.key = "late";
+  command.op = OpRequest::acquire("alice", "gold", 1);
+  client.submit(std::move(command), [&](Result<Receipt> result) {
+    CHECK(result.code() == ErrorCode::io_error);
+    failed = true;
+  });
+  // Its answer overdue, the client reconnects, and its hello waits.
+  for (int wait = 0; wait < 1000 && silent.connections() < 2; wait++) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  REQUIRE(silent.connections() == 2);
+  auto closed = std::async(std::launch::async, [&] { return client.close(); });
+  // Long before the attempt's own timeout.
+  REQUIRE(closed.wait_for(std::chrono::seconds(60)) == std::future_status::ready);
+  CHECK(closed.get().ok());
+  CHECK(failed);
 }
 
 TEST_CASE("client: a request that gives up takes every request sent after it along") {
