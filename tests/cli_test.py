@@ -205,6 +205,27 @@ def test_output_that_cannot_be_written_exits_1():
         assert b"tally: error writing the output" in proc.stderr, (args, proc.stderr)
 
 
+def test_closed_standard_streams_are_not_taken_by_the_ledger_s_files():
+    f = fixture()
+    d = new_dir("closed-stdout")
+    # With stdout closed, the next file opened would take its descriptor:
+    # the acknowledged lines would go into the ledger's LOCK, and apply
+    # would succeed. Closed, it is an output that cannot be written.
+    for command in ("apply", "bench"):
+        data = os.path.join(d, command)
+        proc = subprocess.run("exec %s %s --data %s --workload %s >&-" % (
+            TALLY, command, data, f.csv), shell=True, stderr=subprocess.PIPE, timeout=120)
+        assert proc.returncode == 1, (command, proc.returncode, proc.stderr)
+        assert b"tally: error writing the output" in proc.stderr, (command, proc.stderr)
+        with open(os.path.join(data, "LOCK"), "rb") as lock:
+            held = lock.read()
+        assert b",ok" not in held and b"ops=" not in held, (command, held[:100])
+    # Its stdin and stderr closed too, a read still answers.
+    proc = subprocess.run("exec %s balance --data %s %s %s <&- 2>&-" % (
+        TALLY, f.data, "nobody", "nothing"), shell=True, stdout=subprocess.PIPE, timeout=60)
+    assert proc.returncode == 0 and proc.stdout == b"available=0 held=0\n", proc
+
+
 def test_output_whose_reader_went_away_exits_1():
     f = fixture()
     for args in (["--help"], ["log", "--data", f.data], ["export", "--data", f.data]):
