@@ -330,7 +330,11 @@ def test_serve_refuses_its_command_line_before_touching_the_data_directory():
     token_dir = new_dir("token-dir")
     _, _, err = tally("serve", "--data", data, "--http", "0.0.0.0:0", "--token-file", token_dir,
                       expect_exit=2)
-    assert "cannot read the token file" in err, err
+    assert "cannot read the token file %s: Is a directory" % token_dir in err, err
+    # Read no further than the limit: a device given by mistake is refused.
+    _, _, err = tally("serve", "--data", data, "--http", "0.0.0.0:0", "--token-file", "/dev/zero",
+                      expect_exit=2)
+    assert "the token file /dev/zero holds more than 4096 bytes" in err, err
     empty = write(os.path.join(token_dir, "empty"), " \n")
     _, _, err = tally("serve", "--data", data, "--http", "0.0.0.0:0", "--token-file", empty,
                       expect_exit=2)

@@ -1,16 +1,18 @@
 // tally serve: opens a ledger and serves it over the binary protocol and
 // HTTP (engine/server.h) until SIGINT or SIGTERM, then shuts down
 // gracefully: stop accepting, answer what was accepted, close the log.
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <cerrno>
 #include <cstdio>
-#include <fstream>
-#include <sstream>
+#include <cstring>
 
 #include "engine/ledger.h"
 #include "engine/server.h"
@@ -216,18 +218,40 @@ int run_serve(const Args& args) {
 
 }  // namespace
 
-Result<std::string> read_token(std::string_view path) {
-  std::ifstream file{std::string(path), std::ios::binary};
+Result<std::string> read_token(std::string_view path_view) {
+  const std::string path(path_view);
+  const auto cannot_read = [&](int error) {
+    return Status(ErrorCode::invalid,
+                  "cannot read the token file " + path + ": " + std::strerror(error));
+  };
+  // Not blocking: a FIFO without a writer reads as empty instead of holding
+  // the start for ever.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd == -1) return cannot_read(errno);
   struct stat file_stat {};
-  const bool stated = ::stat(std::string(path).c_str(), &file_stat) == 0;
-  // A directory opens, then reads as empty.
-  if (!file || (stated && S_ISDIR(file_stat.st_mode))) {
-    return Status(ErrorCode::invalid, "cannot read the token file " + std::string(path));
+  int error = ::fstat(fd, &file_stat) == 0 ? 0 : errno;
+  if (error == 0 && S_ISDIR(file_stat.st_mode)) error = EISDIR;
+  // At most one byte past the limit: a device or a huge file given by
+  // mistake is refused without being read whole.
+  std::string token(kTokenFileBytesMax + 1, '\0');
+  std::size_t got = 0;
+  while (error == 0 && got < token.size()) {
+    const ssize_t bytes = ::read(fd, token.data() + got, token.size() - got);
+    if (bytes > 0) {
+      got += static_cast<std::size_t>(bytes);
+    } else if (bytes == 0 || errno == EAGAIN) {
+      break;
+    } else if (errno != EINTR) {
+      error = errno;
+    }
   }
-  std::ostringstream content;
-  content << file.rdbuf();
-  std::string token = content.str();
-  if (token.size() > kTokenFileBytesMax) return Status(ErrorCode::invalid, "the token file is too large");
+  ::close(fd);
+  if (error != 0) return cannot_read(error);
+  if (got > kTokenFileBytesMax) {
+    return Status(ErrorCode::invalid, "the token file " + path + " holds more than " +
+                                          std::to_string(kTokenFileBytesMax) + " bytes");
+  }
+  token.resize(got);
   while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
   std::size_t start = 0;
   while (start < token.size() && std::isspace(static_cast<unsigned char>(token[start]))) start++;
@@ -236,7 +260,7 @@ Result<std::string> read_token(std::string_view path) {
   // Not refused: mounted secrets are often 0644, readable only inside
   // their container.
   constexpr mode_t kOthers = S_IRGRP | S_IWGRP | S_IROTH | S_IWOTH;
-  if (stated && (file_stat.st_mode & kOthers) != 0) {
+  if ((file_stat.st_mode & kOthers) != 0) {
     std::fprintf(stderr,
                  "tally: warning: other users can read or write the token file %.*s "
                  "(mode %03o); chmod 600 it\n",
