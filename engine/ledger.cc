@@ -436,6 +436,9 @@ struct Ledger::Impl {
 
 Status Ledger::Impl::start(LedgerStats* replayed_stats) {
   TALLY_TRY(fs->make_dirs(options.data_dir));
+  // A mistyped path (another directory, a ledger's own log directory) is
+  // not made a ledger, as the audit tools do not read it as one.
+  TALLY_TRY(check_ledger_dir(options.data_dir));
   auto locked = log::DirLock::acquire(options.data_dir);
   if (!locked) return locked.status();
   lock = std::move(*locked);

@@ -109,6 +109,37 @@ TEST_CASE("validate: with the ttl limit unknown, a batch's ops from a hold on ar
   CHECK(detail::validate(batch, detail::Limits{}).to_string() == "invalid: op 0: subject is empty");
 }
 
+TEST_CASE("open refuses a directory of other things, or a ledger's own log directory") {
+  testing::TempDir dir;
+  LedgerOptions options = bare_options(dir, Durability::none);
+  {
+    auto ledger = Ledger::open(options);
+    REQUIRE(ledger.ok());
+    REQUIRE((*ledger)->acquire("k1", "alice", "gold", 5).ok());
+    REQUIRE((*ledger)->close().ok());
+  }
+  const std::string foreign = dir.sub("notes");
+  std::filesystem::create_directories(foreign);
+  std::ofstream(foreign + "/todo.txt") << "not a ledger\n";
+  for (const std::string& wrong : {options.data_dir + "/log", foreign}) {
+    INFO(wrong);
+    const auto before = std::distance(std::filesystem::directory_iterator(wrong),
+                                      std::filesystem::directory_iterator());
+    LedgerOptions mistyped = options;
+    mistyped.data_dir = wrong;
+    auto refused = Ledger::open(mistyped);
+    REQUIRE(refused.code() == ErrorCode::not_found);
+    CHECK(refused.status().message().find("no ledger at " + wrong) == 0);
+    // Nothing was made there: no LOCK, no stores.
+    CHECK(std::distance(std::filesystem::directory_iterator(wrong),
+                        std::filesystem::directory_iterator()) == before);
+  }
+  // The ledger itself still opens, with its state.
+  auto ledger = Ledger::open(options);
+  REQUIRE(ledger.ok());
+  CHECK((*ledger)->balance("alice", "gold")->available == 5);
+}
+
 TEST_CASE("whether a batch fits a segment does not depend on the state") {
   // Near the largest event a segment holds, one request's event is larger
   // in one state than in another: a rejection logs the request in a
