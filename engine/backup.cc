@@ -295,7 +295,7 @@ Status build(log::FileSystem& fs, const std::string& data_dir, const std::string
 }
 
 // Sets the permissions of `dir`. The files of a copy are made readable by
-// all (0644): it is built closed to others (0700), and once whole gets its
+// all (open_contents): it is built closed to others (0700), and once whole gets its
 // source's permissions (and the owner's: a read-only source's copy is its
 // owner's to remove), so that a data directory closed to others does not
 // become an open copy.
@@ -303,6 +303,27 @@ Status set_permissions(const std::string& dir, std::filesystem::perms perms) {
   std::error_code error;
   std::filesystem::permissions(dir, perms, std::filesystem::perm_options::replace, error);
   if (error) return Status(ErrorCode::io_error, "chmod " + dir + ": " + error.message());
+  return Status();
+}
+
+// Makes what `dir` holds readable by all (files 0644, directories 0755),
+// whatever the umask they were made under: the copy's own permissions
+// (set_permissions) decide who reaches them.
+Status open_contents(const std::string& dir) {
+  using std::filesystem::perms;
+  std::error_code error;
+  std::filesystem::recursive_directory_iterator entry(dir, error);
+  for (; !error && entry != std::filesystem::recursive_directory_iterator();
+       entry.increment(error)) {
+    const bool is_dir = entry->is_directory(error);
+    if (error) break;
+    const perms mode = perms::owner_read | perms::owner_write | perms::group_read |
+                       perms::others_read |
+                       (is_dir ? perms::owner_exec | perms::group_exec | perms::others_exec
+                               : perms::none);
+    TALLY_TRY(set_permissions(entry->path().string(), mode));
+  }
+  if (error) return Status(ErrorCode::io_error, "read " + dir + ": " + error.message());
   return Status();
 }
 
@@ -367,6 +388,7 @@ Result<BackupReport> backup_data(const std::string& data_dir, const std::string&
   if (built.ok()) built = set_permissions(staging, std::filesystem::perms::owner_all);
   if (built.ok()) built = build(fs, data_dir, staging, copies, &run, &report);
   if (built.ok()) built = run.check();
+  if (built.ok()) built = open_contents(staging);
   if (built.ok()) built = set_permissions(staging, *source_perms);
   if (built.ok()) built = rename_new(staging, out_dir);
   if (built.ok()) built = fs.sync_dir(log::parent_dir(out_dir));

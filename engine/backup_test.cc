@@ -3,6 +3,7 @@
 #include <doctest.h>
 
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -383,6 +384,31 @@ TEST_CASE("a backup is as closed to others as its source") {
   std::filesystem::permissions(source, owner_only, std::filesystem::perm_options::replace);
   REQUIRE_MESSAGE(report.ok(), report.status().to_string());
   CHECK(std::filesystem::status(dir.sub("read-only")).permissions() == owner_only);
+}
+
+TEST_CASE("a backup's contents are readable by all, whatever the umask") {
+  testing::TempDir dir;
+  const std::string source = dir.sub("data");
+  one_segment_source(source);
+  using std::filesystem::perms;
+  const perms open_dir = perms::owner_all | perms::group_read | perms::group_exec |
+                         perms::others_read | perms::others_exec;
+  std::filesystem::permissions(source, open_dir, std::filesystem::perm_options::replace);
+  const mode_t saved = ::umask(077);
+  auto report = backup_data(source, dir.sub("backup"));
+  ::umask(saved);
+  REQUIRE_MESSAGE(report.ok(), report.status().to_string());
+  // An auditor's account reads an open source's backup.
+  CHECK(std::filesystem::status(dir.sub("backup")).permissions() == open_dir);
+  int files = 0;
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(dir.sub("backup"))) {
+    INFO(entry.path().string());
+    const perms mode = entry.status().permissions();
+    CHECK((mode & perms::others_read) != perms::none);
+    if (entry.is_directory()) CHECK((mode & perms::others_exec) != perms::none);
+    files += entry.is_regular_file() ? 1 : 0;
+  }
+  CHECK(files >= 3);  // a segment and the stores
 }
 
 TEST_CASE("a backup leaves out a store that does not open, and refuses a destination that exists") {
