@@ -2427,10 +2427,12 @@ TEST_CASE("client: close fails what it sent with io_error (outcome unknown), nev
 // A client of `silent` that gives up on an answer after answer_timeout_ms,
 // and reconnects once.
 std::unique_ptr<Client> impatient_client(const SilentServer& silent,
-                                         std::int64_t answer_timeout_ms) {
+                                         std::int64_t answer_timeout_ms, int retries_max = 1,
+                                         std::size_t inflight_max = ClientOptions{}.inflight_max) {
   ClientOptions options = silent.client_options();
   options.answer_timeout_ms = answer_timeout_ms;
-  options.retries_max = 1;
+  options.retries_max = retries_max;
+  options.inflight_max = inflight_max;
   auto client = Client::connect(options);
   REQUIRE(client.ok());
   return std::move(*client);
@@ -2569,13 +2571,8 @@ TEST_CASE("client: a call after one that failed with the reconnect tries to reco
 
 TEST_CASE("client: a caller waiting for room is woken when the requests in flight give up") {
   SilentServer silent(true);
-  ClientOptions options = silent.client_options();
-  options.answer_timeout_ms = 100;
-  options.retries_max = 1;
-  options.inflight_max = 2;
-  auto connected = Client::connect(options);
-  REQUIRE(connected.ok());
-  Client& client = **connected;
+  auto connected = impatient_client(silent, 100, 1, 2);
+  Client& client = *connected;
   std::atomic<int> failed{0};
   for (const char* key : {"first", "second"}) {
     Command command;
@@ -2600,13 +2597,8 @@ TEST_CASE("client: a caller waiting for room is woken when the requests in fligh
 
 TEST_CASE("client: a request waiting for room when the one before it gives up is not sent") {
   SilentServer silent(true);
-  ClientOptions options = silent.client_options();
-  options.answer_timeout_ms = 100;
-  options.retries_max = 0;
-  options.inflight_max = 1;
-  auto connected = Client::connect(options);
-  REQUIRE(connected.ok());
-  Client& client = **connected;
+  auto connected = impatient_client(silent, 100, 0, 1);
+  Client& client = *connected;
   std::atomic<bool> hold_failed{false};
   Command hold;
   hold.key = "hold";
