@@ -138,6 +138,13 @@ TEST_CASE("open refuses a directory of other things, or a ledger's own log direc
   auto ledger = Ledger::open(options);
   REQUIRE(ledger.ok());
   CHECK((*ledger)->balance("alice", "gold")->available == 5);
+  // A new ledger's directory may hold hidden files (a .gitkeep).
+  const std::string kept = dir.sub("kept");
+  std::filesystem::create_directories(kept);
+  std::ofstream(kept + "/.gitkeep") << "";
+  LedgerOptions fresh = options;
+  fresh.data_dir = kept;
+  CHECK(Ledger::open(fresh).ok());
 }
 
 TEST_CASE("whether a batch fits a segment does not depend on the state") {

@@ -27,12 +27,13 @@ std::string history_dir(const std::string& data_dir) { return log::join_path(dat
 
 namespace {
 
-// What a ledger makes in its data directory, and what the root of a fresh
-// file system holds.
+// What a ledger makes in its data directory, what the root of a fresh file
+// system holds, and hidden files (a .gitkeep, a file manager's), which no
+// log directory holds either.
 bool ledger_entry(std::string_view name) {
   constexpr std::array<std::string_view, 7> kNames = {
       "LOCK", "log", "snapshots", "history", "snapshots.damaged", "history.damaged", "lost+found"};
-  return std::find(kNames.begin(), kNames.end(), name) != kNames.end();
+  return name.starts_with('.') || std::find(kNames.begin(), kNames.end(), name) != kNames.end();
 }
 
 Status dir_error(const std::string& what, const std::error_code& error) {

@@ -125,7 +125,7 @@ std::string history_dir(const std::string& data_dir);
 
 // A data directory: one with a log directory, or one holding nothing but
 // what a ledger makes (LOCK, its stores; none: a ledger with nothing in it
-// yet; no log: a lost one, which the audit tools report). not_found for a
+// yet; no log: a lost one, which the audit tools report) and hidden files. not_found for a
 // missing path, a file, or a directory of other things without a log, so
 // that a mistyped path (another directory, a ledger's own log directory)
 // is not taken for an empty ledger; io_error when it cannot be read.

@@ -738,10 +738,13 @@ def test_read_commands_refuse_a_directory_that_holds_no_ledger():
 def test_a_directory_of_ledger_files_without_a_log_is_a_ledger_whose_log_is_lost():
     # What a ledger makes (LOCK, its stores) is a data directory, log or not:
     # a rebuild of an empty one leaves LOCK and history/, and verify says so.
+    # Hidden files aside: a .gitkeep makes no other directory of it.
     data = new_dir("rebuilt-empty")
     os.mkdir(os.path.join(data, "lost+found"))
+    write(os.path.join(data, ".gitkeep"), "")
     tally("history", "--data", data, "--rebuild", expect_exit=0)
-    assert sorted(os.listdir(data)) == ["LOCK", "history", "lost+found"], os.listdir(data)
+    assert sorted(os.listdir(data)) == [".gitkeep", "LOCK", "history", "lost+found"], \
+        os.listdir(data)
     _, out, _ = tally("verify", "--data", data, "--json", expect_exit=0)
     assert json.loads(text(out))["ok"] is True, out
     tally("export", "--data", data, expect_exit=0)
