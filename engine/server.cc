@@ -683,6 +683,11 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     // Counted out as it is answered, on the thread that answers.
     const bool counted = request.as_of.has_value();
     if (counted) point_in_time_reads_++;
+    // A read's answer: its result (and a list's pass) sent on.
+    auto answer = [self, id, counted](auto result, auto... pass) {
+      if (counted) self->point_in_time_reads_--;
+      self->answer_later(id, std::move(result), std::move(pass)...);
+    };
     switch (request.kind) {
       case Kind::mutation:
         core_.submit(std::move(request.command), [self, id](Result<Receipt> result) {
@@ -691,24 +696,13 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
         return;
       case Kind::balance:
         core_.balance(std::move(request.subject), std::move(request.item), request.as_of,
-                      [self, id, counted](Result<Balance> result) {
-                        if (counted) self->point_in_time_reads_--;
-                        self->answer_later(id, std::move(result));
-                      });
+                      std::move(answer));
         return;
       case Kind::list:
-        core_.list(std::move(request.subject), request.as_of,
-                   [self, id, counted](Result<std::vector<ItemBalance>> result, ListPass pass) {
-                     if (counted) self->point_in_time_reads_--;
-                     self->answer_later(id, std::move(result), std::move(pass));
-                   });
+        core_.list(std::move(request.subject), request.as_of, std::move(answer));
         return;
       case Kind::hold_info:
-        core_.hold_info(request.hold, request.as_of,
-                        [self, id, counted](Result<HoldView> result) {
-                          if (counted) self->point_in_time_reads_--;
-                          self->answer_later(id, std::move(result));
-                        });
+        core_.hold_info(request.hold, request.as_of, std::move(answer));
         return;
       case Kind::hello:
       case Kind::follow:
