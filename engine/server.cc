@@ -604,9 +604,11 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     auto request = wire::decode_request(frame);
     if (!request) return malformed(request.status().message());
     if (!authenticated_) {
-      if (request->kind != wire::Request::Kind::hello || !request->refused.ok()) {
+      if (request->kind != wire::Request::Kind::hello) {
         return refuse(request->id, "the first request must be a hello with the token");
       }
+      // A hello refused as it was decoded: its token is too long to be one.
+      if (!request->refused.ok()) return refuse(request->id, request->refused.message());
       // Before the starting check, as HTTP answers 401 before 503: a client
       // with a wrong token is told so, not to wait for the open.
       if (const char* why = token_refused(*request)) return refuse(request->id, why);

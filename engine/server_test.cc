@@ -820,6 +820,15 @@ TEST_CASE("http and binary: auth on") {
   CHECK(fx.logged("http connection: unauthorized: two Authorization headers"));
   CHECK(fx.logged("binary connection: closing: the first request must be a hello"));
   CHECK_FALSE(fx.logged("s3cret"));
+  // A hello whose token is too long is a hello, refused for its token.
+  wire::Request hello;
+  hello.id = 4;
+  hello.kind = wire::Request::Kind::hello;
+  hello.version = wire::kProtocolVersion;
+  hello.token = std::string(wire::kTokenBytesMax + 1, 'x');
+  const wire::Response long_token = lone_answer(fx.server->binary_port(), hello);
+  CHECK(long_token.unauthorized);
+  CHECK(long_token.error.message() == "unauthorized: token too long");
 
   auto client = fx.client();
   CHECK(client->acquire("k", "a", "b", 1).ok());
