@@ -64,7 +64,7 @@ Status check_unused(const OpRequest& op) {
   // Both is ambiguous. Neither (hold 0, no key) names a hold that does not
   // exist: decided hold_unknown, as a key that made no hold is.
   if (settles && op.hold != 0 && !op.hold_key.empty()) {
-    return invalid("name the hold by hold id or by hold_key, not both");
+    return invalid(std::string(kHoldNamedTwice));
   }
   return Status();
 }

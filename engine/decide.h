@@ -37,6 +37,11 @@ Status validate(const Command& command, const Limits& limits);
 // limit is now.
 Status check_ttls(const Command& command, std::int64_t ttl_ns_max);
 
+// The refusal of a commit or release that names its hold both ways. HTTP
+// gives it for any "hold_id" beside a "hold_key", 0 included.
+inline constexpr std::string_view kHoldNamedTwice =
+    "name the hold by hold id or by hold_key, not both";
+
 // invalid ("<what> is empty", "... is longer than 255 bytes", "... contains
 // NUL") unless `id` is a valid key, subject or item: what a mutation may
 // write, and so what a read may name.

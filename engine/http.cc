@@ -219,6 +219,8 @@ Status get_hold_ref(const json::Value& object, OpRequest* op) {
                                                   : "missing \"hold_id\" or \"hold_key\"");
   }
   if (id == nullptr) return Status();
+  // An id of 0 beside a key (a client's default) would read as no id.
+  if (object.find("hold_key") != nullptr) return bad(std::string(detail::kHoldNamedTwice));
   if (id->type == json::Value::Type::string) return parse_hold_id(id->text, &op->hold);
   if (!json::to_uint64(*id, &op->hold)) return bad("\"hold_id\" must be a non-negative integer");
   return Status();

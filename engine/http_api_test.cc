@@ -238,7 +238,7 @@ TEST_CASE("http api: /health and /metrics take no parameters; a path's empty ite
   CHECK(get(port, "/health/").status == 404);
 }
 
-TEST_CASE("http api: a batch of more than 1000 ops, an empty hold_key: refused with their rule") {
+TEST_CASE("http api: a batch of more than 1000 ops, a hold named badly: refused with their rule") {
   Fixture fx;
   const std::uint16_t port = fx.server->http_port();
   std::string body = R"({"ops":[)";
@@ -255,6 +255,15 @@ TEST_CASE("http api: a batch of more than 1000 ops, an empty hold_key: refused w
       post(port, "/v1/batch", R"({"ops":[{"op":"release","hold_key":""}]})", "empty");
   CHECK_INVALID(empty_key);
   CHECK(empty_key.string("detail").find("\"hold_key\" is empty") != std::string::npos);
+  // A hold_id beside a hold_key names it twice, even an id of 0.
+  for (const char* id : {"0", "\"0\"", "7"}) {
+    const Reply twice = post(port, "/v1/batch",
+                             R"({"ops":[{"op":"release","hold_key":"h","hold_id":)" +
+                                 std::string(id) + "}]}",
+                             std::string("twice-") + id);
+    CHECK_INVALID(twice);
+    CHECK(twice.string("detail") == "ops[0]: name the hold by hold id or by hold_key, not both");
+  }
   CHECK(next_seq(port) == 1);
 }
 
