@@ -98,7 +98,7 @@ Status validate_op(const OpRequest& op, const Limits& limits) {
       if (limits.hold_ttl_ns_max != 0) return check_ttl(op, limits.hold_ttl_ns_max);
       return Status();
     case OpType::commit:
-      if (op.qty < 0) return invalid("commit qty must be > 0");
+      if (op.qty < 0) return invalid("commit qty must not be negative (0 commits the whole hold)");
       [[fallthrough]];
     case OpType::release:
       if (!op.hold_key.empty()) return check_id("hold_key", op.hold_key);

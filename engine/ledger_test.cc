@@ -445,6 +445,10 @@ TEST_CASE("an op with a field its type does not use, naming its hold twice, or o
   op = OpRequest::commit_key("h1");
   op.hold = held.hold;
   cases.emplace_back(op, "not both");
+  // In an OpRequest a commit's qty 0 is the whole hold; only a negative
+  // one is refused, and the message says so.
+  cases.emplace_back(OpRequest::commit(held.hold, -1),
+                     "commit qty must not be negative (0 commits the whole hold)");
   const std::uint64_t before = f.ledger->stats().next_seq;
   int index = 0;
   for (const auto& [request, why] : cases) {
