@@ -716,9 +716,10 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   // ---- follow streams ----------------------------------------------------------
 
   void start_follow(const wire::Request& request) {
-    if (follows_.count(request.id) != 0) {
-      return send_error(request.id, Status(ErrorCode::invalid, "a follow with this id is open"));
-    }
+    // Its answers could not be told from the open follow's, whose end the
+    // client would then wait for in vain: closed as a malformed frame is,
+    // every follow (that one too) ending with one last message.
+    if (follows_.count(request.id) != 0) return malformed("a follow with this id is open");
     if (follows_.size() >= core_.options().follows_per_connection_max) {
       return send_error(request.id, Status(ErrorCode::invalid, "too many follows on this connection"));
     }

@@ -1095,6 +1095,24 @@ TEST_CASE("binary: a follow ends cleanly when its connection closes; too many fo
   CHECK(last.count(7) == 1);  // the follow's last message
   await_event_waits(port, 0);
   while (metric(port, "tally_connections{protocol=\"binary\"}") != 0) std::this_thread::yield();
+
+  // A follow under an open follow's id could not be told from it: the
+  // connection closes, and the open follow ends with one last message.
+  tcp::socket reuse(io);
+  connect_binary(reuse, fx.server->binary_port());
+  asio::write(reuse, asio::buffer(follow_frame(5, 2)));
+  CHECK(read_response(reuse).events.size() == 1);
+  await_event_waits(port, 1);
+  asio::write(reuse, asio::buffer(follow_frame(5, 1)));
+  std::vector<wire::Response> after_reuse;
+  while (std::optional<wire::Response> response = next_response(reuse, &ec)) {
+    after_reuse.push_back(std::move(*response));
+  }
+  REQUIRE(after_reuse.size() == 1);
+  CHECK(after_reuse[0].id == 5);
+  CHECK(after_reuse[0].kind == wire::Response::Kind::error);
+  CHECK(after_reuse[0].error.message() == "closing: a follow with this id is open");
+  await_event_waits(port, 0);
 }
 
 TEST_CASE("binary: the follows of a peer that reads nothing take turns for one batch") {
