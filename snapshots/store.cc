@@ -464,7 +464,10 @@ Status SnapshotStore::Env::prune_once(std::size_t retain_count, std::uint64_t ne
   }
   std::size_t doomed = 0;
   for (std::size_t index = 0; index < seqs.size(); index++) {
-    if (index >= older && (index < usable || later == Later::keep)) continue;
+    if (index >= older && index < usable) continue;
+    // A later record whose metadata does not verify is no other writer's
+    // snapshot: its seq (its key) may be anything, and it never loads.
+    if (index >= usable && later == Later::keep && metas[index].ok()) continue;
     TALLY_TRY(delete_snapshot(txn, seqs[index], rc_out));
     doomed++;
   }

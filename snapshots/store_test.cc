@@ -14,6 +14,8 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -163,8 +165,10 @@ TEST_CASE("list shows seq, time, size and digest, oldest first; prune keeps the 
 }
 
 // Opens the environment directly (the store must be closed: one process
-// may not open an LMDB environment twice) and flips a byte of one chunk.
-void flip_chunk_byte(const TempDir& dir, std::uint64_t seq, std::uint32_t chunk, std::size_t at) {
+// may not open an LMDB environment twice) and flips a byte of the record
+// under `key_bytes` in database `db_name`.
+void flip_record_byte(const TempDir& dir, const char* db_name,
+                      std::span<const std::uint8_t> key_bytes, std::size_t at) {
   MDB_env* env = nullptr;
   REQUIRE(mdb_env_create(&env) == 0);
   REQUIRE(mdb_env_set_maxdbs(env, 2) == 0);
@@ -172,15 +176,8 @@ void flip_chunk_byte(const TempDir& dir, std::uint64_t seq, std::uint32_t chunk,
   MDB_txn* txn = nullptr;
   REQUIRE(mdb_txn_begin(env, nullptr, 0, &txn) == 0);
   MDB_dbi dbi = 0;
-  REQUIRE(mdb_dbi_open(txn, kChunksDbName, 0, &dbi) == 0);
-  std::uint8_t key_bytes[kChunkKeyBytes] = {};
-  for (int index = 0; index < 8; index++) {
-    key_bytes[index] = static_cast<std::uint8_t>(seq >> (8 * (7 - index)));
-  }
-  for (int index = 0; index < 4; index++) {
-    key_bytes[8 + index] = static_cast<std::uint8_t>(chunk >> (8 * (3 - index)));
-  }
-  MDB_val key{sizeof(key_bytes), key_bytes};
+  REQUIRE(mdb_dbi_open(txn, db_name, 0, &dbi) == 0);
+  MDB_val key{key_bytes.size(), const_cast<std::uint8_t*>(key_bytes.data())};
   MDB_val value{};
   REQUIRE(mdb_get(txn, dbi, &key, &value) == 0);
   REQUIRE(at < value.mv_size);
@@ -191,6 +188,27 @@ void flip_chunk_byte(const TempDir& dir, std::uint64_t seq, std::uint32_t chunk,
   REQUIRE(mdb_put(txn, dbi, &key, &changed, 0) == 0);
   REQUIRE(mdb_txn_commit(txn) == 0);
   mdb_env_close(env);
+}
+
+// The key of a snapshot's chunk (`chunk` 0 .. chunk_count - 1) or, with
+// no chunk, of its metadata record.
+std::vector<std::uint8_t> record_key(std::uint64_t seq, std::optional<std::uint32_t> chunk) {
+  std::vector<std::uint8_t> key_bytes(chunk ? kChunkKeyBytes : kMetaKeyBytes);
+  for (int index = 0; index < 8; index++) {
+    key_bytes[index] = static_cast<std::uint8_t>(seq >> (8 * (7 - index)));
+  }
+  for (int index = 0; chunk && index < 4; index++) {
+    key_bytes[8 + index] = static_cast<std::uint8_t>(*chunk >> (8 * (3 - index)));
+  }
+  return key_bytes;
+}
+
+void flip_chunk_byte(const TempDir& dir, std::uint64_t seq, std::uint32_t chunk, std::size_t at) {
+  flip_record_byte(dir, kChunksDbName, record_key(seq, chunk), at);
+}
+
+void flip_meta_byte(const TempDir& dir, std::uint64_t seq, std::size_t at) {
+  flip_record_byte(dir, kMetaDbName, record_key(seq, std::nullopt), at);
 }
 
 TEST_CASE("prune keeps the newest a ledger of its window can load, and others only among them") {
@@ -345,6 +363,25 @@ TEST_CASE("prune does not count a snapshot whose payload is damaged") {
   CHECK(listed->front().seq == newest - 2);
   CHECK(*store->prune(1, UINT64_MAX, kWindowNs, kDropLater) == 2);
   CHECK(store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, nullptr)->info.seq == newest);
+}
+
+TEST_CASE("prune deletes a record past the seq given whose metadata does not verify") {
+  TempDir dir;
+  ScriptRun run;
+  run_script_kept(dir, &run, 3);
+  const std::uint64_t newest = run.state.last_seq();
+  flip_meta_byte(dir, newest, 3);
+  std::unique_ptr<SnapshotStore> store = open_store(dir);
+  REQUIRE(store->list().ok());
+  CHECK_FALSE(store->list()->back().metadata_ok);
+  // Another writer's snapshot past the seq given stays; this record's seq
+  // says nothing (its key may be the damaged byte), and it never loads.
+  CHECK(*store->prune(1, newest - 1, kWindowNs, SnapshotStore::Later::keep) == 2);
+  Result<std::vector<SnapshotInfo>> listed = store->list();
+  REQUIRE(listed.ok());
+  REQUIRE(listed->size() == 1);
+  CHECK(listed->front().seq == newest - 1);
+  CHECK(listed->front().metadata_ok);
 }
 
 TEST_CASE("a corrupt newest snapshot falls back to the older; all corrupt is not_found") {
