@@ -212,7 +212,11 @@ std::uint64_t newest_snapshot_seq(const std::string& data_dir) {
   auto listed = (*store)->list();
   if (!listed) return 0;
   std::uint64_t newest = 0;
-  for (const snap::SnapshotInfo& info : *listed) newest = std::max(newest, info.seq);
+  // A record that does not verify says nothing of the log: its seq may be
+  // anything (the ledger's open judges the same way).
+  for (const snap::SnapshotInfo& info : *listed) {
+    if (info.metadata_ok) newest = std::max(newest, info.seq);
+  }
   return newest;
 }
 

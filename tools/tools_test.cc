@@ -5,6 +5,7 @@
 // ledger wrote, cannot make. tests/cli_test.py covers the commands;
 // engine/event_format_test.cc the formatting of `tally log`.
 #include <doctest.h>
+#include <lmdb.h>
 
 #include <array>
 #include <chrono>
@@ -15,8 +16,10 @@
 #include "engine/replay.h"
 #include "log/event.h"
 #include "log/writer.h"
+#include "snapshots/format.h"
 #include "tests/testing.h"
 #include "tools/args.h"
+#include "tools/audit.h"
 #include "tools/cli.h"
 #include "tools/csv.h"
 #include "tools/format.h"
@@ -642,6 +645,33 @@ TEST_CASE("audit: verify refuses a key decided again at the time of its first de
   const std::string later = dir.sub("later");
   write_log(later, {{1, "a"}, {2, "b"}, {3, "b"}});
   CHECK(run({"tally", "verify", "--data", later.c_str()}) == 0);
+}
+
+TEST_CASE("audit: a snapshot record that does not verify says nothing of where the log ended") {
+  testing::TempDir dir;
+  const std::string data = dir.sub("data");
+  write_log(data, {{1, "a"}, {2, "b"}});
+  REQUIRE(run({"tally", "snapshot", "--data", data.c_str()}) == 0);
+  REQUIRE(newest_snapshot_seq(data) == 2);
+  // A metadata record under seq 1000 that does not decode, as a flipped
+  // byte of a record's key would leave.
+  MDB_env* env = nullptr;
+  REQUIRE(mdb_env_create(&env) == 0);
+  REQUIRE(mdb_env_set_maxdbs(env, 2) == 0);
+  REQUIRE(mdb_env_open(env, snapshot_dir(data).c_str(), 0, 0644) == 0);
+  MDB_txn* txn = nullptr;
+  REQUIRE(mdb_txn_begin(env, nullptr, 0, &txn) == 0);
+  MDB_dbi meta = 0;
+  REQUIRE(mdb_dbi_open(txn, snap::kMetaDbName, 0, &meta) == 0);
+  std::array<std::uint8_t, 8> key_bytes{0, 0, 0, 0, 0, 0, 0x03, 0xe8};
+  std::array<char, 5> value_bytes{'b', 'o', 'g', 'u', 's'};
+  MDB_val key{key_bytes.size(), key_bytes.data()};
+  MDB_val value{value_bytes.size(), value_bytes.data()};
+  REQUIRE(mdb_put(txn, meta, &key, &value, 0) == 0);
+  REQUIRE(mdb_txn_commit(txn) == 0);
+  mdb_env_close(env);
+  // The read tools warned that events after seq 2 were lost.
+  CHECK(newest_snapshot_seq(data) == 2);
 }
 
 }  // namespace
