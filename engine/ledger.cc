@@ -25,6 +25,7 @@
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <mutex>
@@ -313,6 +314,18 @@ struct Ledger::Impl {
   Committed wait_past(const std::atomic<std::uint64_t>& seq, std::uint64_t after,
                       std::chrono::milliseconds timeout);
   PointInTimeSource point_in_time_source(AsOf at);
+  // A point-in-time read: `read(source, &noted)` with the source for `at`,
+  // then what it passed over said on stderr, as the tools say it.
+  template <class Read>
+  auto read_at(AsOf at, Read read) {
+    PointInTimeRead noted;
+    auto result = read(point_in_time_source(at), &noted);
+    note_point_in_time(noted);
+    return result;
+  }
+  // Once per damaged snapshot (its seq; 0 the store) and once for the
+  // history index: every read that walks past a damage meets it again.
+  void note_point_in_time(const PointInTimeRead& read);
   // closed once close() began.
   Status check_open() const;
 
@@ -326,6 +339,9 @@ struct Ledger::Impl {
   const proj::StateOptions state_options;
   SharedSnapshots snapshots;
   std::unique_ptr<snap::HistoryStore> history;
+  std::mutex noted_mu;
+  std::set<std::uint64_t> noted_snapshots;  // note_point_in_time()'s
+  bool noted_index_damage = false;
   std::unique_ptr<Archivist> archivist;
   // The check of the log's records before the snapshot the open started
   // from, then the scrubs, on a thread of its own at the lowest priority:
@@ -1405,6 +1421,28 @@ PointInTimeSource Ledger::Impl::point_in_time_source(AsOf at) {
   return source;
 }
 
+void Ledger::Impl::note_point_in_time(const PointInTimeRead& read) {
+  if (read.skipped_snapshots.empty() && read.index_damage.ok()) return;
+  std::vector<snap::SkippedSnapshot> first_seen;
+  bool index_damage_first_seen = false;
+  {
+    std::lock_guard<std::mutex> guard(noted_mu);
+    for (const snap::SkippedSnapshot& skipped : read.skipped_snapshots) {
+      if (noted_snapshots.insert(skipped.seq).second) first_seen.push_back(skipped);
+    }
+    if (!read.index_damage.ok() && !noted_index_damage) {
+      noted_index_damage = index_damage_first_seen = true;
+    }
+  }
+  warn_skipped_snapshots(first_seen);
+  if (index_damage_first_seen) {
+    std::fprintf(stderr,
+                 "tally: the history index is damaged (%s); point-in-time reads answer from the "
+                 "log instead\n",
+                 read.index_damage.to_string().c_str());
+  }
+}
+
 // The point-in-time reads may wait for the history projection, which
 // follows what the ledger's threads write: from a completion they are
 // refused as every blocking call is.
@@ -1419,13 +1457,17 @@ Result<Balance> Ledger::balance(std::string_view subject, std::string_view item,
         });
     if (now) return *now;
   }
-  return balance_at(impl_->point_in_time_source(at), subject, item, at);
+  return impl_->read_at(at, [&](const PointInTimeSource& source, PointInTimeRead* read) {
+    return balance_at(source, subject, item, at, read);
+  });
 }
 
 Result<HoldView> Ledger::hold_info(HoldId hold, AsOf at) {
   if (impl_->on_own_thread()) return detail::blocking_in_completion();
   TALLY_TRY(impl_->check_open());
-  return hold_at(impl_->point_in_time_source(at), hold, at);
+  return impl_->read_at(at, [&](const PointInTimeSource& source, PointInTimeRead* read) {
+    return hold_at(source, hold, at, read);
+  });
 }
 
 Result<std::vector<ItemBalance>> Ledger::list(std::string_view subject, AsOf at) {
@@ -1440,13 +1482,17 @@ Result<std::vector<ItemBalance>> Ledger::list(std::string_view subject, AsOf at)
         });
     if (now) return std::move(*now);
   }
-  return list_at(impl_->point_in_time_source(at), subject, at);
+  return impl_->read_at(at, [&](const PointInTimeSource& source, PointInTimeRead* read) {
+    return list_at(source, subject, at, read);
+  });
 }
 
 Status Ledger::for_each_balance(AsOf at, const std::function<void(std::string_view subject, std::string_view item, Balance balance)>& visit) {
   if (impl_->on_own_thread()) return detail::blocking_in_completion();
   TALLY_TRY(impl_->check_open());
-  return for_each_at(impl_->point_in_time_source(at), at, visit);
+  return impl_->read_at(at, [&](const PointInTimeSource& source, PointInTimeRead* read) {
+    return for_each_at(source, at, visit, read);
+  });
 }
 
 Result<std::uint64_t> Ledger::snapshot_now() {

@@ -1764,6 +1764,13 @@ def verify_finds_a_damaged_snapshot(name, damage):
     shutil.rmtree(os.path.join(data, "history"), ignore_errors=True)
     _, after, err = tally("export", "--data", data, "--at-seq", str(seq), expect_exit=0)
     assert after == before and skipped in err, err
+    # So does a server: at its open, and at the first point-in-time read
+    # that replays past it, not at every one.
+    server = Server(data, "--history", "off")
+    subject, item = text(before).splitlines()[0].split(",")[:2]
+    for _ in range(2):
+        server.get("/v1/balances/%s/%s?at_seq=%d" % (subject, item, seq))
+    assert server.stop().count(skipped) == 2
 
 
 def verify_an_unreadable_store(name, make, failed):
