@@ -71,12 +71,13 @@ demo() {
     "$tally" verify --data demo-data
     return
   fi
-  mkdir -p demo-data
+  # Beside the data directory, not in it: a ledger's directory holds only
+  # what a ledger makes, and the tools refuse one that holds anything else.
   "$tally" workload --subjects 10000 --ops 200000 --seed 1 \
-    --out demo-data/workload.csv --expect demo-data/workload.expect
-  echo "applying demo-data/workload.csv to ./demo-data"
-  "$tally" bench --data demo-data --workload demo-data/workload.csv \
-    --expect demo-data/workload.expect --progress
+    --out demo-workload.csv --expect demo-workload.expect
+  echo "applying ./demo-workload.csv to ./demo-data"
+  "$tally" bench --data demo-data --workload demo-workload.csv \
+    --expect demo-workload.expect --progress
   "$tally" verify --data demo-data
 }
 
