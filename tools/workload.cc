@@ -367,9 +367,16 @@ class OutFile {
   }
   Status close() {
     if (file_ == nullptr) return Status();
+    // Standard output's error stays with it, for run_cli to report as it
+    // reports every command's.
+    if (file_ == stdout) {
+      file_ = nullptr;
+      std::fflush(stdout);
+      return Status();
+    }
     const bool flushed = std::fflush(file_) == 0 && !failed_ && std::ferror(file_) == 0;
     const int saved_errno = errno;
-    const bool closed = file_ == stdout || std::fclose(file_) == 0;
+    const bool closed = std::fclose(file_) == 0;
     file_ = nullptr;
     if (!flushed || !closed) return Status(ErrorCode::io_error, path_ + ": " + std::strerror(saved_errno));
     return Status();
