@@ -110,6 +110,8 @@ Result<Args> Args::parse(const CommandSpec& spec, std::span<const char* const> a
       value = name.substr(equals + 1);
       name = name.substr(0, equals);
     }
+    // --help is every command's switch, outside the flag table.
+    if (name == "help") return usage("--help takes no value");
     const FlagSpec* flag = find_flag(spec, name);
     if (flag == nullptr) return usage("unknown flag '--" + std::string(name) + "'");
     if (flag->placeholder.empty()) {

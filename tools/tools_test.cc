@@ -66,6 +66,7 @@ TEST_CASE("args: usage errors name the problem") {
   CHECK(error_of(parse({"x", "--data"})) == "missing value: --data DIR");
   CHECK(error_of(parse({"--data", "a", "--data", "b", "x"})) == "--data given twice");
   CHECK(error_of(parse({"--json=yes", "x"})) == "--json takes no value");
+  CHECK(error_of(parse({"--help=1", "x"})) == "--help takes no value");
   // An empty value, an unset shell variable say, is no value at all.
   CHECK(error_of(parse({"--rate", "", "x"})) == "--rate: the value is empty");
   CHECK(error_of(parse({"--data=", "x"})) == "--data: the value is empty");
