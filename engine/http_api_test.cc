@@ -619,10 +619,12 @@ TEST_CASE("http api: out of file descriptors, accepts wait, say so once, and ser
   CHECK(metric(port, "tally_accept_failures_total") >= 4);
   std::vector<std::string> said;
   {
+    // Each line names its listener.
+    const std::string prefix = "listening on 127.0.0.1:" + std::to_string(port) + ": ";
     std::lock_guard<std::mutex> guard(fx.log_mu);
     for (const std::string& line : fx.logs) {
-      if (line.find("accept failed") != std::string::npos) said.push_back("failed");
-      if (line.find("accepting connections again") != std::string::npos) {
+      if (line.find(prefix + "accept failed") != std::string::npos) said.push_back("failed");
+      if (line.find(prefix + "accepting connections again") != std::string::npos) {
         said.push_back("again");
       }
     }

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <deque>
 #include <map>
+#include <sstream>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -1344,7 +1345,8 @@ class Listener {
     port_in_use_ = false;
     for (tcp::endpoint endpoint : endpoints) {
       if (port_ != 0) endpoint.port(port_);
-      tcp::acceptor& acceptor = acceptors_.emplace_back(io_).acceptor;
+      Accepting& accepting = acceptors_.emplace_back(io_);
+      tcp::acceptor& acceptor = accepting.acceptor;
       boost::system::error_code ec;
       if (!acceptor.open(endpoint.protocol(), ec) &&
           !acceptor.set_option(tcp::acceptor::reuse_address(true), ec) &&
@@ -1355,7 +1357,11 @@ class Listener {
         acceptor.listen(asio::socket_base::max_listen_connections, ec);
       }
       if (!ec) {
-        port_ = acceptor.local_endpoint(ec).port();
+        const tcp::endpoint bound = acceptor.local_endpoint(ec);
+        port_ = bound.port();
+        std::ostringstream where;
+        where << bound;
+        accepting.prefix = "listening on " + where.str() + ": ";
         continue;
       }
       namespace errc = boost::system::errc;
@@ -1385,6 +1391,9 @@ class Listener {
     tcp::acceptor acceptor;
     asio::steady_timer retry;  // the pause after a failed accept
     server_detail::AcceptNotes notes;
+    // "listening on HOST:PORT: ", before its lines: each listener says its
+    // own, and they must not read as one said twice.
+    std::string prefix;
   };
 
   // Out of descriptors (EMFILE) or memory, an accept fails again at once
@@ -1398,7 +1407,9 @@ class Listener {
           tcp::acceptor& acceptor = accepting.acceptor;
           if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
           if (!ec) {
-            if (accepting.notes.accepted()) core_.log("accepting connections again");
+            if (accepting.notes.accepted()) {
+              core_.log(accepting.prefix + "accepting connections again");
+            }
             socket.set_option(tcp::no_delay(true), ec);
             start_session_(core_, std::move(socket));
             return accept_on(accepting);
@@ -1408,7 +1419,7 @@ class Listener {
           core_.metrics().accept_failed();
           const std::int64_t now_ns = server_detail::steady_now_ns();
           if (auto line = accepting.notes.failed(now_ns, ec.message(), kAcceptRetry)) {
-            core_.log(*line);
+            core_.log(accepting.prefix + *line);
           }
           accepting.retry.expires_after(kAcceptRetry);
           accepting.retry.async_wait([this, &accepting](boost::system::error_code wait_ec) {
