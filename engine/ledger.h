@@ -49,7 +49,8 @@ inline constexpr std::size_t kQueueDepthMaxLimit = std::size_t{1} << 24;
 struct LedgerOptions {
   std::string data_dir;
   Durability durability = Durability::sync;
-  // async durability: the longest a written event waits for fdatasync.
+  // async durability: the longest a written event waits for an fdatasync
+  // to begin (it is durable once that one ends).
   std::int64_t sync_interval_ms = 10;
   // Keys (and finalized holds) are remembered this long, in log time. 0: forever.
   std::int64_t idempotency_window_ns = 24ll * 3600 * 1'000'000'000;
