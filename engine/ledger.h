@@ -158,9 +158,11 @@ class Ledger final : public LedgerApi {
  public:
   // Takes the data directory's lock, replays the log, resumes appending.
   // Errors: locked (another process has it, or a closed Ledger of this
-  // process still does), corrupt (with segment and offset), io_error,
-  // not_found (a path the directory cannot be made in), invalid (options),
-  // closed (cancel_open was set).
+  // process still does), corrupt (with segment and offset), io_error (its
+  // files cannot be read or written; the directory cannot be made: a
+  // parent is a file, or not writable), not_found (a parent of the
+  // directory is missing, or it holds what no ledger makes), invalid
+  // (options), closed (cancel_open was set).
   static Result<std::unique_ptr<Ledger>> open(const LedgerOptions& options);
   // close(), ignoring its Status.
   ~Ledger() override;
