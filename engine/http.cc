@@ -186,11 +186,23 @@ Status get_string(const json::Value& object, std::string_view name, bool require
   return Status();
 }
 
+// Whether a JSON number is written as an integer: an optional minus, then
+// digits only. One that to_int64 or to_uint64 refuses is out of range.
+bool integer_text(const json::Value& value) {
+  std::string_view digits = value.text;
+  if (digits.starts_with('-')) digits.remove_prefix(1);
+  return value.type == json::Value::Type::number && !digits.empty() &&
+         std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+const std::string kHoldIdMaxText = std::to_string(UINT64_MAX);
+
 Status get_int64(const json::Value& object, std::string_view name, bool required, std::int64_t* out) {
   const json::Value* value = object.find(name);
   if (value == nullptr) return required ? bad("missing \"" + std::string(name) + "\"") : Status();
-  if (!json::to_int64(*value, out)) return bad("\"" + std::string(name) + "\" must be an integer");
-  return Status();
+  if (json::to_int64(*value, out)) return Status();
+  if (integer_text(*value)) return bad("\"" + std::string(name) + "\" is outside the int64 range");
+  return bad("\"" + std::string(name) + "\" must be an integer");
 }
 
 Status get_meta(const json::Value& object, Metadata* meta) {
@@ -204,9 +216,11 @@ Status parse_hold_id(std::string_view text, HoldId* out) {
   number.type = json::Value::Type::number;
   number.text = std::string(text);
   // Written as the server writes ids: "049" is no id, as 049 is no JSON number.
-  if (text.empty() || (text.size() > 1 && text[0] == '0') || !json::to_uint64(number, out)) {
+  if (text.empty() || (text.size() > 1 && text[0] == '0') || !integer_text(number) ||
+      text[0] == '-') {
     return bad("a hold id is a decimal number without leading zeros");
   }
+  if (!json::to_uint64(number, out)) return bad("a hold id is at most " + kHoldIdMaxText);
   return Status();
 }
 
@@ -222,8 +236,11 @@ Status get_hold_ref(const json::Value& object, OpRequest* op) {
   // An id of 0 beside a key (a client's default) would read as no id.
   if (object.find("hold_key") != nullptr) return bad(std::string(detail::kHoldNamedTwice));
   if (id->type == json::Value::Type::string) return parse_hold_id(id->text, &op->hold);
-  if (!json::to_uint64(*id, &op->hold)) return bad("\"hold_id\" must be a non-negative integer");
-  return Status();
+  if (json::to_uint64(*id, &op->hold)) return Status();
+  if (integer_text(*id) && !id->text.starts_with('-')) {
+    return bad("\"hold_id\" is at most " + kHoldIdMaxText);
+  }
+  return bad("\"hold_id\" must be a non-negative integer");
 }
 
 Status get_ttl(const json::Value& object, std::int64_t* ttl_ns) {

@@ -267,6 +267,35 @@ TEST_CASE("http api: a batch of more than 1000 ops, a hold named badly: refused 
   CHECK(next_seq(port) == 1);
 }
 
+TEST_CASE("http api: an integer past its type's range is said to be, not to be no integer") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  const auto detail = [port](const std::string& path, const std::string& body, std::string key) {
+    const Reply answer = post(port, path, body, std::move(key));
+    CHECK_INVALID(answer);
+    return answer.string("detail");
+  };
+  CHECK(detail("/v1/acquire", R"({"subject":"s","item":"i","qty":9223372036854775808})", "q1") ==
+        "\"qty\" is outside the int64 range");
+  CHECK(detail("/v1/acquire", R"({"subject":"s","item":"i","qty":-9223372036854775809})",
+               "q2") == "\"qty\" is outside the int64 range");
+  CHECK(detail("/v1/acquire", R"({"subject":"s","item":"i","qty":1.5})", "q3") ==
+        "\"qty\" must be an integer");
+  CHECK(detail("/v1/holds/18446744073709551616/commit", "{}", "c1") ==
+        "a hold id is at most 18446744073709551615");
+  CHECK(detail("/v1/holds/-1/commit", "{}", "c2") ==
+        "a hold id is a decimal number without leading zeros");
+  CHECK(detail("/v1/batch", R"({"ops":[{"op":"release","hold_id":18446744073709551616}]})",
+               "b1") == "ops[0]: \"hold_id\" is at most 18446744073709551615");
+  CHECK(detail("/v1/batch", R"({"ops":[{"op":"release","hold_id":-1}]})", "b2") ==
+        "ops[0]: \"hold_id\" must be a non-negative integer");
+  CHECK(detail("/v1/batch", R"({"ops":[{"op":"release","hold_id":"18446744073709551616"}]})",
+               "b3") == "ops[0]: a hold id is at most 18446744073709551615");
+  CHECK(get(port, "/v1/holds/18446744073709551616").string("detail") ==
+        "a hold id is at most 18446744073709551615");
+  CHECK(next_seq(port) == 1);
+}
+
 TEST_CASE("http api: a request with two Idempotency-Key headers is 400 and writes nothing") {
   Fixture fx;
   const std::uint16_t port = fx.server->http_port();
