@@ -382,9 +382,15 @@ Status LogReader::Impl::torn_or_damaged_header(const char* why) {
   end.torn_header = true;
   // The writer makes a segment's file whole (preallocated) before it writes
   // the header: a crash leaves it empty or whole, never shorter than the
-  // header. Such a file was cut short by something else, maybe with frames.
+  // header, nor shorter than any segment with a header written. Such a file
+  // was cut short by something else, maybe with frames. (A preallocation
+  // the system emulates, a byte written per block where fallocate is
+  // missing, grows the file in steps: one cut there still has no header.)
   end.file_bytes = file_bytes;
-  end.cut_short = file_bytes > 0 && file_bytes < kSegmentHeaderSize;
+  const bool header_written =
+      nonzero_end(bytes(), 0, std::min(file_bytes, kSegmentHeaderSize)) != 0;
+  end.cut_short = file_bytes > 0 && (file_bytes < kSegmentHeaderSize ||
+                                     (file_bytes < kSegmentSizeBytesMin && header_written));
   done = true;
   return Status();
 }
@@ -501,10 +507,14 @@ Status decode_record(EventDecoder& decoder, const Record& record, Event* event) 
 }
 
 Status cut_short_status(const LogEnd& end) {
-  const std::string size =
-      end.torn_header ? std::to_string(end.file_bytes) + " bytes, shorter than its header"
-                      : std::to_string(end.file_bytes) + " bytes of the " +
-                            std::to_string(end.segment_size_bytes) + " its header reserves";
+  std::string size = std::to_string(end.file_bytes) + " bytes";
+  if (!end.torn_header) {
+    size += " of the " + std::to_string(end.segment_size_bytes) + " its header reserves";
+  } else if (end.file_bytes < kSegmentHeaderSize) {
+    size += ", shorter than its header";
+  } else {
+    size += " with a damaged header, shorter than any segment";
+  }
   return corrupt_at(end.segment_first_seq, end.torn_header ? 0 : end.offset,
                     "the segment's file is cut short (" + size + "): records after seq " +
                         std::to_string(end.next_seq - 1) + " may be lost");

@@ -61,9 +61,10 @@ struct LogEnd {
   bool torn_header = false;
   // The last segment's file is shorter than its header's size and its
   // frames (or a torn tail) run to the file's end, or (torn_header) it is
-  // not empty but shorter than a header: it was cut short after it was made
-  // (the writer preallocates the whole size before it writes the header),
-  // so acknowledged records past `offset` may be lost.
+  // not empty but shorter than a header, or shorter than any segment with
+  // header bytes written: it was cut short after it was made (the writer
+  // preallocates the whole size before it writes the header), so
+  // acknowledged records past `offset` may be lost.
   bool cut_short = false;
   std::uint64_t file_bytes = 0;         // the last segment's file size
 };

@@ -532,8 +532,10 @@ TEST_CASE("a misnamed segment file is corruption; other files are ignored") {
 }
 
 // The last segment as a crash while creating it leaves it (empty, or
-// preallocated zeros), or cut short to part of its header: a torn header,
-// recreated by the next open; cut short, it may have lost frames.
+// preallocated zeros, whole or in an emulated preallocation's steps), or
+// cut short to part of its header or, header written, to less than any
+// segment: a torn header, recreated by the next open; cut short, it may
+// have lost frames.
 void check_torn_header(const TempDir& dir, const std::vector<std::byte>& last_file,
                        LogReaderOptions options) {
   auto reader = LogReader::open(posix(), dir.log_dir());
@@ -546,13 +548,21 @@ void check_torn_header(const TempDir& dir, const std::vector<std::byte>& last_fi
   CHECK(back.end.torn_header);
   CHECK(back.end.next_seq == last);
   CHECK(back.end.segment_first_seq == last);
-  const bool cut = !last_file.empty() && last_file.size() < kSegmentHeaderSize;
+  const bool header_written =
+      std::any_of(last_file.begin(),
+                  last_file.begin() + std::min<std::size_t>(last_file.size(), kSegmentHeaderSize),
+                  [](std::byte b) { return b != std::byte{0}; });
+  const bool part_of_header = !last_file.empty() && last_file.size() < kSegmentHeaderSize;
+  const bool cut =
+      part_of_header || (last_file.size() < kSegmentSizeBytesMin && header_written);
   CHECK(back.end.cut_short == cut);
   if (cut) {
     CHECK(cut_short_status(back.end).message() ==
           "segment " + segment_file_name(last) + " offset 0: the segment's file is cut short (" +
-              std::to_string(last_file.size()) + " bytes, shorter than its header): records " +
-              "after seq " + std::to_string(last - 1) + " may be lost");
+              std::to_string(last_file.size()) +
+              (part_of_header ? " bytes, shorter than its header"
+                              : " bytes with a damaged header, shorter than any segment") +
+              "): records after seq " + std::to_string(last - 1) + " may be lost");
   }
   if (options.from_seq == 1) check_records(back, 0, 1, last - 1, 0);
 
@@ -574,8 +584,16 @@ TEST_CASE("a torn header of the last segment is recreated by open") {
     const auto pristine = read_bytes(segment_path(dir.log_dir(), segments.back()));
     check_torn_header(dir, std::vector<std::byte>(pristine.begin(), pristine.begin() + 30), {});
   }
+  SUBCASE("a damaged header, the file cut to less than any segment") {
+    auto pristine = read_bytes(segment_path(dir.log_dir(), segments.back()));
+    pristine[kSegFirstSeqOffset] ^= std::byte{1};
+    check_torn_header(dir, std::vector<std::byte>(pristine.begin(), pristine.begin() + 100), {});
+  }
   SUBCASE("preallocated zeros") {
     check_torn_header(dir, std::vector<std::byte>(kSegmentSizeBytesMin, std::byte{0}), {});
+  }
+  SUBCASE("zeros of a preallocation emulated block by block, cut by a crash") {
+    check_torn_header(dir, std::vector<std::byte>(4096, std::byte{0}), {});
   }
   SUBCASE("preallocated zeros, read from a seq inside that segment") {
     LogReaderOptions options;

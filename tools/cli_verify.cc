@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "log/file.h"
+#include "log/format.h"
 #include "log/hash.h"
 #include "log/reader.h"
 #include "snapshots/store.h"
@@ -485,11 +486,16 @@ void append_verify_text(const VerifySummary& summary, std::string* out) {
   const log::LogEnd& end = summary.log_end;
   std::string torn = "none";
   if (end.torn_header || end.torn) {
-    const char* what = !end.torn_header ? " (the next writer zeroes it)"
-                       : end.cut_short ? " (a segment's file cut short inside its header; the "
-                                         "next writer makes the segment again)"
-                                       : " (a torn segment header; the next writer makes the "
-                                         "segment again)";
+    const char* what = " (a torn segment header; the next writer makes the segment again)";
+    if (!end.torn_header) {
+      what = " (the next writer zeroes it)";
+    } else if (end.cut_short && end.file_bytes < log::kSegmentHeaderSize) {
+      what = " (a segment's file cut short inside its header; the next writer makes the "
+             "segment again)";
+    } else if (end.cut_short) {
+      what = " (a segment's file cut short, its header damaged; the next writer makes the "
+             "segment again)";
+    }
     torn = end_position(end) + what;
   }
   line("torn_tail", torn);
