@@ -1515,6 +1515,14 @@ def test_workload_is_deterministic():
     assert ops == {"acquire", "consume", "transfer", "hold", "commit", "release"}, ops
 
 
+def test_workload_opens_both_outputs_before_it_writes_either():
+    d = new_dir("workload-unwritable")
+    code, _, err = tally("workload", "--subjects", "3", "--ops", "100000", "--out", "w.csv",
+                         "--expect", "missing/w.expect", cwd=d)
+    assert code == 1 and "missing/w.expect" in err, (code, err)
+    assert os.path.getsize(os.path.join(d, "w.csv")) == 0
+
+
 def test_workload_refuses_one_file_for_out_and_expect():
     d = new_dir("workload-same")
     flags = ["workload", "--subjects", "3", "--ops", "10"]

@@ -451,8 +451,16 @@ int run_workload(const Args& args) {
   if (args.has("expect") && same_output(*out_path, args.get("expect"))) {
     return usage_error("workload", "--out and --expect name the same file");
   }
+  // Both opened before either is written: a path that cannot be written
+  // fails at once, not after a long --out was made.
   auto out = OutFile::open(std::string(*out_path));
   if (!out) return failure(out.status());
+  std::unique_ptr<OutFile> expect;
+  if (args.has("expect")) {
+    auto opened = OutFile::open(std::string(args.get("expect")));
+    if (!opened) return failure(opened.status());
+    expect = std::move(*opened);
+  }
 
   WorkloadGenerator generator(*spec);
   std::string chunk(kWorkloadHeader);
@@ -469,13 +477,11 @@ int run_workload(const Args& args) {
   Status closed = (*out)->close();
   if (!closed.ok()) return failure(closed);
 
-  if (args.has("expect")) {
-    auto expect = OutFile::open(std::string(args.get("expect")));
-    if (!expect) return failure(expect.status());
+  if (expect != nullptr) {
     std::string text = generator.model().balance_lines();
     append_outcomes_line(&text, generator.model().counts());
-    (*expect)->write(text);
-    Status expect_closed = (*expect)->close();
+    expect->write(text);
+    Status expect_closed = expect->close();
     if (!expect_closed.ok()) return failure(expect_closed);
   }
   return kExitOk;
