@@ -266,7 +266,14 @@ class PosixFileSystem final : public FileSystem {
       // EEXIST, or a refusal (EACCES, EROFS) for a directory that is there:
       // both are fine as long as it is a directory.
       struct stat st {};
-      if (::stat(prefix.c_str(), &st) != 0) return errno_status("mkdir", prefix, error);
+      if (::stat(prefix.c_str(), &st) != 0) {
+        // EEXIST, yet stat finds nothing: a symlink to what is not there.
+        if (error == EEXIST && ::lstat(prefix.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) {
+          return Status(ErrorCode::io_error,
+                        "mkdir " + prefix + ": a symlink to a path that does not exist");
+        }
+        return errno_status("mkdir", prefix, error);
+      }
       if (!S_ISDIR(st.st_mode)) {
         return Status(ErrorCode::io_error, "mkdir " + prefix + ": exists and is not a directory");
       }

@@ -144,6 +144,11 @@ TEST_CASE("the POSIX file system") {
   const std::string nested = join_path(dir.path(), "a/b/c");
   REQUIRE(fs.make_dirs(nested).ok());
   REQUIRE(fs.make_dirs(nested).ok());  // existing is fine
+  // A symlink to nothing where a directory should be is said to be one.
+  const std::string dangling = join_path(dir.path(), "dangling");
+  REQUIRE(::symlink(join_path(dir.path(), "nothing").c_str(), dangling.c_str()) == 0);
+  CHECK(fs.make_dirs(join_path(dangling, "d")).message() ==
+        "mkdir " + dangling + ": a symlink to a path that does not exist");
   CHECK(join_path("x/", "y") == "x/y");
   CHECK(join_path("x", "y") == "x/y");
 
