@@ -1111,7 +1111,7 @@ def test_verify_fails_on_a_last_segment_cut_short():
     # A read answers what the log holds, and warns; as of a time or a seq too.
     for read in (("export",), ("export", "--at-time", str(2**63 - 1)),
                  ("balance", "--at-seq", "1", "s1", "i1"), ("list", "--at-seq", "1", "s1"),
-                 ("history", "s1", "i1"), ("history", "--rebuild")):
+                 ("history", "s1", "i1"), ("history", "--rebuild"), ("log",)):
         _, out, err = tally(read[0], "--data", data, *read[1:], expect_exit=0)
         assert "tally: warning: " + where in err and "`tally verify` reports it" in err, (read, err)
     # The next writer says so, and gives the file its size back.
@@ -2401,6 +2401,12 @@ def test_verify_fails_when_a_snapshot_or_the_index_holds_events_the_log_lost():
             for read in (("balance", "s1", "i1"), ("list", "s1"), ("export",)):
                 code, _, err = tally(read[0], "--data", data, *read[1:])
                 assert code == 0 and lost in err, (how, kept, read, code, err)
+            # The log's listing says so when it reads to the log's end and a snapshot knows
+            # more (it does not look at the index), not when it stops before.
+            code, _, err = tally("log", "--data", data)
+            assert code == 0 and (lost in err) == (kept == "snapshots"), (how, kept, code, err)
+            code, _, err = tally("log", "--data", data, "--to-seq", "2")
+            assert code == 0 and lost not in err, (how, kept, code, err)
             # So do the reads as of a seq or a time; those that would have used the index
             # pass it by.
             reads = [("balance", "--at-seq", "5", "s1", "i1"), ("export", "--at-seq", "5"),

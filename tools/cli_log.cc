@@ -138,7 +138,13 @@ Status print_log(const std::string& data_dir, std::uint64_t from_seq, const LogF
   for (;;) {
     auto more = (*reader)->next(&record);
     if (!more) return more.status();
-    if (!*more || record.seq > filter.to_seq) return Status();
+    if (!*more) {
+      // Read to the log's end: what it lost there is said, as the reads say it.
+      warn_lost_events(data_dir, (*reader)->end(), newest_snapshot_seq(data_dir), nullptr,
+                       "what is printed");
+      return Status();
+    }
+    if (record.seq > filter.to_seq) return Status();
     progress.update(record.seq);
     TALLY_TRY(log::decode_record(decoder, record, &event));
     if (event.timestamp_ns > filter.until_ns) return Status();
