@@ -95,7 +95,11 @@ Result<Meta> decode_meta(const MDB_val& key, const MDB_val& value) {
   if (get(4) != kMetaMagic) return corrupt(name + "bad metadata magic");
   const std::uint64_t version = get(4);
   if (version != kMetaFormatVersion) {
-    return corrupt(name + "metadata format " + std::to_string(version) + " is not known");
+    // Another version's record, not a damaged one (invalid, as another
+    // version's image is): pruning keeps it while it is newer.
+    return Status(ErrorCode::invalid,
+                  "snapshot " + name + "metadata format " + std::to_string(version) +
+                      " is not known");
   }
   Meta meta;
   meta.info.seq = get(8);
@@ -465,9 +469,12 @@ Status SnapshotStore::Env::prune_once(std::size_t retain_count, std::uint64_t ne
   std::size_t doomed = 0;
   for (std::size_t index = 0; index < seqs.size(); index++) {
     if (index >= older && index < usable) continue;
-    // A later record whose metadata does not verify is no other writer's
+    // A later record whose metadata is damaged is no other writer's
     // snapshot: its seq (its key) may be anything, and it never loads.
-    if (index >= usable && later == Later::keep && metas[index].ok()) continue;
+    if (index >= usable && later == Later::keep &&
+        metas[index].code() != ErrorCode::corrupt) {
+      continue;
+    }
     TALLY_TRY(delete_snapshot(txn, seqs[index], rc_out));
     doomed++;
   }

@@ -109,7 +109,9 @@ class SnapshotStore {
     // Keeps them, outside the count: after writing the snapshot at
     // newest_seq, when another process may have written a later one of the
     // same log (`tally snapshot` beside a live ledger, or the other way
-    // round). The next open drops any of them the log does not reach.
+    // round). The next open drops any of them the log does not reach. A
+    // record whose metadata is damaged (corrupt, not another version's) is
+    // deleted: its seq, its key, may be anything, and it never loads.
     keep,
   };
   // Deletes the snapshots past newest_seq (Later::drop), then every one

@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "log/hash.h"
 #include "log/lock.h"
 #include "projections/state_fixture.h"
 #include "snapshots/format.h"
@@ -165,10 +166,10 @@ TEST_CASE("list shows seq, time, size and digest, oldest first; prune keeps the 
 }
 
 // Opens the environment directly (the store must be closed: one process
-// may not open an LMDB environment twice) and flips a byte of the record
-// under `key_bytes` in database `db_name`.
-void flip_record_byte(const TempDir& dir, const char* db_name,
-                      std::span<const std::uint8_t> key_bytes, std::size_t at) {
+// may not open an LMDB environment twice) and rewrites the record under
+// `key_bytes` in database `db_name` with `edit`.
+void edit_record(const TempDir& dir, const char* db_name, std::span<const std::uint8_t> key_bytes,
+                 const std::function<void(std::vector<std::uint8_t>*)>& edit) {
   MDB_env* env = nullptr;
   REQUIRE(mdb_env_create(&env) == 0);
   REQUIRE(mdb_env_set_maxdbs(env, 2) == 0);
@@ -180,10 +181,9 @@ void flip_record_byte(const TempDir& dir, const char* db_name,
   MDB_val key{key_bytes.size(), const_cast<std::uint8_t*>(key_bytes.data())};
   MDB_val value{};
   REQUIRE(mdb_get(txn, dbi, &key, &value) == 0);
-  REQUIRE(at < value.mv_size);
   std::vector<std::uint8_t> bytes(static_cast<std::uint8_t*>(value.mv_data),
                                   static_cast<std::uint8_t*>(value.mv_data) + value.mv_size);
-  bytes[at] ^= 0x20;
+  edit(&bytes);
   MDB_val changed{bytes.size(), bytes.data()};
   REQUIRE(mdb_put(txn, dbi, &key, &changed, 0) == 0);
   REQUIRE(mdb_txn_commit(txn) == 0);
@@ -203,12 +203,32 @@ std::vector<std::uint8_t> record_key(std::uint64_t seq, std::optional<std::uint3
   return key_bytes;
 }
 
+std::function<void(std::vector<std::uint8_t>*)> flip_byte(std::size_t at) {
+  return [at](std::vector<std::uint8_t>* bytes) {
+    REQUIRE(at < bytes->size());
+    (*bytes)[at] ^= 0x20;
+  };
+}
+
 void flip_chunk_byte(const TempDir& dir, std::uint64_t seq, std::uint32_t chunk, std::size_t at) {
-  flip_record_byte(dir, kChunksDbName, record_key(seq, chunk), at);
+  edit_record(dir, kChunksDbName, record_key(seq, chunk), flip_byte(at));
 }
 
 void flip_meta_byte(const TempDir& dir, std::uint64_t seq, std::size_t at) {
-  flip_record_byte(dir, kMetaDbName, record_key(seq, std::nullopt), at);
+  edit_record(dir, kMetaDbName, record_key(seq, std::nullopt), flip_byte(at));
+}
+
+// The metadata record of `seq` as a later version might write it: another
+// format version, its checksum still right.
+void bump_meta_version(const TempDir& dir, std::uint64_t seq) {
+  edit_record(dir, kMetaDbName, record_key(seq, std::nullopt), [](std::vector<std::uint8_t>* bytes) {
+    REQUIRE(bytes->size() == kMetaBytes);
+    (*bytes)[4] += 1;
+    const std::uint64_t checksum = XXH3_64bits(bytes->data(), kMetaCheckedBytes);
+    for (std::size_t index = 0; index < 8; index++) {
+      (*bytes)[kMetaCheckedBytes + index] = static_cast<std::uint8_t>(checksum >> (8 * index));
+    }
+  });
 }
 
 TEST_CASE("prune keeps the newest a ledger of its window can load, and others only among them") {
@@ -365,23 +385,26 @@ TEST_CASE("prune does not count a snapshot whose payload is damaged") {
   CHECK(store->load_newest_valid(UINT64_MAX, StateOptions{kWindowNs}, nullptr)->info.seq == newest);
 }
 
-TEST_CASE("prune deletes a record past the seq given whose metadata does not verify") {
+TEST_CASE("prune deletes a record past the seq given whose metadata is damaged") {
   TempDir dir;
   ScriptRun run;
-  run_script_kept(dir, &run, 3);
+  run_script_kept(dir, &run, 4);
   const std::uint64_t newest = run.state.last_seq();
   flip_meta_byte(dir, newest, 3);
+  bump_meta_version(dir, newest - 1);
   std::unique_ptr<SnapshotStore> store = open_store(dir);
   REQUIRE(store->list().ok());
   CHECK_FALSE(store->list()->back().metadata_ok);
-  // Another writer's snapshot past the seq given stays; this record's seq
-  // says nothing (its key may be the damaged byte), and it never loads.
-  CHECK(*store->prune(1, newest - 1, kWindowNs, SnapshotStore::Later::keep) == 2);
+  // Another writer's snapshot past the seq given stays, another version's
+  // too; a damaged record's seq says nothing (its key may be the damaged
+  // byte), and it never loads.
+  CHECK(*store->prune(1, newest - 2, kWindowNs, SnapshotStore::Later::keep) == 2);
   Result<std::vector<SnapshotInfo>> listed = store->list();
   REQUIRE(listed.ok());
-  REQUIRE(listed->size() == 1);
-  CHECK(listed->front().seq == newest - 1);
+  REQUIRE(listed->size() == 2);
+  CHECK(listed->front().seq == newest - 2);
   CHECK(listed->front().metadata_ok);
+  CHECK(listed->back().seq == newest - 1);
 }
 
 TEST_CASE("a corrupt newest snapshot falls back to the older; all corrupt is not_found") {
