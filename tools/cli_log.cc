@@ -125,6 +125,9 @@ Result<LogFilter> parse_filter(const Args& args, std::uint64_t* from_seq) {
 Status print_log(const std::string& data_dir, std::uint64_t from_seq, const LogFilter& filter,
                  bool json) {
   TALLY_TRY(check_ledger_dir(data_dir));
+  // Before the log is read: a server beside it may write a later snapshot
+  // of events past the segments this read lists.
+  const std::uint64_t snapshot_seq = newest_snapshot_seq(data_dir);
   log::LogReaderOptions options;
   options.from_seq = from_seq;
   options.writer_may_be_live = true;  // beside a server, maybe
@@ -140,8 +143,7 @@ Status print_log(const std::string& data_dir, std::uint64_t from_seq, const LogF
     if (!more) return more.status();
     if (!*more) {
       // Read to the log's end: what it lost there is said, as the reads say it.
-      warn_lost_events(data_dir, (*reader)->end(), newest_snapshot_seq(data_dir), nullptr,
-                       "what is printed");
+      warn_lost_events(data_dir, (*reader)->end(), snapshot_seq, nullptr, "what is printed");
       return Status();
     }
     if (record.seq > filter.to_seq) return Status();
