@@ -213,10 +213,16 @@ Status LogWriter::Impl::create_segment(std::uint64_t first_seq, std::uint64_t pr
   return made;
 }
 
-// Preallocates the new `file` and makes its header and name durable.
+// Preallocates the new `file` and makes its header and name durable. The
+// size is synced before the header is written, so that a crash leaves the
+// file empty or whole wherever it has a header (the reader takes a shorter
+// one with a header for cut short): a C library that emulates fallocate
+// writes the file a block at a time, and those writes and the header's may
+// reach the disk in any order.
 Status LogWriter::Impl::start_segment(std::uint64_t first_seq, std::uint64_t prev_checksum) {
   TALLY_TRY(file->truncate(0));
   TALLY_TRY(file->preallocate(options.segment_size_bytes));
+  TALLY_TRY(sync_file());
   SegmentHeader header;
   header.first_seq = first_seq;
   header.prev_checksum = prev_checksum;

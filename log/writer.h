@@ -11,9 +11,10 @@
 //
 // Segments are preallocated to segment_size_bytes and rotated when the next
 // record does not fit; the old segment is synced before the new one is
-// created, so a later segment's existence proves its predecessors complete,
-// and a new segment's header is synced before any frame is written to it.
-// So a write() with sync that rotates costs three fdatasyncs, not one.
+// created, so a later segment's existence proves its predecessors complete;
+// a new segment's size is synced before its header is written, and its
+// header before any frame is. So a write() with sync that rotates costs four
+// fdatasyncs, not one.
 //
 // Errors: a failed write or sync is sticky (a segment's file that cannot
 // be created, or its directory opened, for want of descriptors is tried
