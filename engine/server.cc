@@ -605,7 +605,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     auto request = wire::decode_request(frame);
     if (!request) return malformed(request.status().message());
     if (!authenticated_) {
-      if (request->kind != wire::Request::Kind::hello) {
+      if (request->kind != wire::Request::Kind::hello || request->unknown_kind) {
         return refuse(request->id, "the first request must be a hello with the token");
       }
       // A hello refused as it was decoded: its token is too long to be one.

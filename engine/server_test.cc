@@ -188,16 +188,48 @@ std::string balance_frame(std::uint64_t id, std::string subject, std::string ite
   return wire::encode_request(balance_request(id, std::move(subject), std::move(item)));
 }
 
-// Sends `request` alone on a fresh binary connection and decodes the one
-// answer the server sends before it closes.
-wire::Response lone_answer(std::uint16_t port, const wire::Request& request) {
-  const std::string answer = send_raw_until_closed(port, wire::encode_request(request));
-  wire::FrameWords frame((answer.size() + 7) / 8);
-  std::memcpy(frame.data(), answer.data(), answer.size());
-  auto response = wire::decode_response(frame);
+// Sends the frame of request `id` alone on a fresh binary connection and
+// decodes the one answer the server sends before it closes.
+wire::Response lone_answer(std::uint16_t port, const std::string& frame, std::uint64_t id) {
+  const std::string answer = send_raw_until_closed(port, frame);
+  wire::FrameWords words((answer.size() + 7) / 8);
+  std::memcpy(words.data(), answer.data(), answer.size());
+  auto response = wire::decode_response(words);
   REQUIRE(response.ok());
-  CHECK(response->id == request.id);
+  CHECK(response->id == id);
   return *response;
+}
+wire::Response lone_answer(std::uint16_t port, const wire::Request& request) {
+  return lone_answer(port, wire::encode_request(request), request.id);
+}
+
+// Sets the union discriminant of `builder`, a struct of schema `Struct`, to
+// `kind`: a member the schema does not have (yet).
+template <class Struct>
+void set_union_kind(typename Struct::Builder builder, std::uint16_t kind) {
+  // The discriminant's place, in 16-bit units of the data section.
+  const std::uint32_t offset =
+      capnp::Schema::from<Struct>().getProto().getStruct().getDiscriminantOffset();
+  kj::ArrayPtr<capnp::byte> data = capnp::AnyStruct::Builder(kj::mv(builder)).getDataSection();
+  REQUIRE(data.size() >= 2 * offset + 2);
+  data[2 * offset] = static_cast<capnp::byte>(kind & 0xff);
+  data[2 * offset + 1] = static_cast<capnp::byte>(kind >> 8);
+}
+
+std::string frame_of(capnp::MallocMessageBuilder& builder) {
+  const kj::Array<capnp::word> words = capnp::messageToFlatArray(builder);
+  const auto bytes = words.asBytes();
+  return std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+}
+
+// The frame of request `id` of a kind the schema does not have.
+std::string unknown_kind_frame(std::uint64_t id) {
+  capnp::MallocMessageBuilder builder;
+  proto::Request::Builder request = builder.initRoot<proto::Request>();
+  request.setId(id);
+  request.initBalance();
+  set_union_kind<proto::Request>(request, 99);
+  return frame_of(builder);
 }
 
 // The same for a balance request of a/b.
@@ -829,6 +861,11 @@ TEST_CASE("http and binary: auth on") {
   const wire::Response long_token = lone_answer(fx.server->binary_port(), hello);
   CHECK(long_token.unauthorized);
   CHECK(long_token.error.message() == "unauthorized: token too long");
+  // A first request of a kind this server does not know is no hello.
+  const wire::Response unknown = lone_answer(fx.server->binary_port(), unknown_kind_frame(5), 5);
+  CHECK(unknown.unauthorized);
+  CHECK(unknown.error.message() ==
+        "unauthorized: the first request must be a hello with the token");
 
   auto client = fx.client();
   CHECK(client->acquire("k", "a", "b", 1).ok());
@@ -2976,16 +3013,8 @@ std::string with_as_of_kind(std::uint16_t kind, const AsOfBuild& build) {
   capnp::MallocMessageBuilder builder;
   proto::AsOf::Builder at = build(builder.initRoot<proto::Request>());
   at.setSeq(1);
-  // The discriminant's place, in 16-bit units of the data section.
-  const std::uint32_t offset =
-      capnp::Schema::from<proto::AsOf>().getProto().getStruct().getDiscriminantOffset();
-  kj::ArrayPtr<capnp::byte> data = capnp::AnyStruct::Builder(kj::mv(at)).getDataSection();
-  REQUIRE(data.size() >= 2 * offset + 2);
-  data[2 * offset] = static_cast<capnp::byte>(kind & 0xff);
-  data[2 * offset + 1] = static_cast<capnp::byte>(kind >> 8);
-  const kj::Array<capnp::word> words = capnp::messageToFlatArray(builder);
-  const auto bytes = words.asBytes();
-  return std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+  set_union_kind<proto::AsOf>(at, kind);
+  return frame_of(builder);
 }
 
 TEST_CASE("binary: an asOf of an unknown kind is answered invalid, not read as a time") {

@@ -570,7 +570,11 @@ void note_what_refused_asks(proto::Request::Reader in, Request* out) {
     case proto::Request::LIST: out->kind = Request::Kind::list; break;
     case proto::Request::HOLD_INFO:
     case proto::Request::HOLD_INFO_AT: out->kind = Request::Kind::hold_info; break;
-    default: return;  // a hello, follow or cancel is no op of the metrics; an unknown kind
+    // No op of the metrics.
+    case proto::Request::HELLO: out->kind = Request::Kind::hello; return;
+    case proto::Request::FOLLOW: out->kind = Request::Kind::follow; return;
+    case proto::Request::CANCEL: out->kind = Request::Kind::cancel; return;
+    default: out->unknown_kind = true; return;
   }
   out->refused_asks = true;
 }

@@ -101,12 +101,14 @@ struct Request {
   // its first op as `command.op` and the rest as `command.ops`, for the
   // Ledger's validation to refuse.
   Status refused;
-  // With `refused`: `kind` is set, and for a mutation `command.batch` and,
-  // for a single one, `command.op.type`: what the request asked for, so
-  // that it counts as an answer to that. False when the decoder did not
-  // get that far (an unknown kind or op type, a single mutation without
-  // an op).
+  // With `refused`: `kind` is set (unless `unknown_kind`), and for a
+  // mutation `command.batch` and, for a single one, `command.op.type`: what
+  // the request asked for, so that it counts as an answer to that. False
+  // when the decoder did not get that far (an unknown kind or op type, a
+  // single mutation without an op).
   bool refused_asks = false;
+  // With `refused`: a kind this server does not know; `kind` says nothing.
+  bool unknown_kind = false;
 };
 
 // The events of a follow batch, each the serialized Event message of
