@@ -227,14 +227,12 @@ Status parse_hold_id(std::string_view text, HoldId* out) {
 // commit/release inside a batch: "hold_id" (number or string) or "hold_key".
 Status get_hold_ref(const json::Value& object, OpRequest* op) {
   TALLY_TRY(get_string(object, "hold_key", false, &op->hold_key));
+  const bool has_key = object.find("hold_key") != nullptr;
+  if (has_key && op->hold_key.empty()) return bad("\"hold_key\" is empty");
   const json::Value* id = object.find("hold_id");
-  if (id == nullptr && op->hold_key.empty()) {
-    return bad(object.find("hold_key") != nullptr ? "\"hold_key\" is empty"
-                                                  : "missing \"hold_id\" or \"hold_key\"");
-  }
-  if (id == nullptr) return Status();
+  if (id == nullptr) return has_key ? Status() : bad("missing \"hold_id\" or \"hold_key\"");
   // An id of 0 beside a key (a client's default) would read as no id.
-  if (object.find("hold_key") != nullptr) return bad(std::string(detail::kHoldNamedTwice));
+  if (has_key) return bad(std::string(detail::kHoldNamedTwice));
   if (id->type == json::Value::Type::string) return parse_hold_id(id->text, &op->hold);
   if (json::to_uint64(*id, &op->hold)) return Status();
   if (integer_text(*id) && !id->text.starts_with('-')) {

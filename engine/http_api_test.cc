@@ -255,6 +255,11 @@ TEST_CASE("http api: a batch of more than 1000 ops, a hold named badly: refused 
       post(port, "/v1/batch", R"({"ops":[{"op":"release","hold_key":""}]})", "empty");
   CHECK_INVALID(empty_key);
   CHECK(empty_key.string("detail").find("\"hold_key\" is empty") != std::string::npos);
+  // Beside an id too: it is no key, not a second name.
+  const Reply empty_beside_id = post(
+      port, "/v1/batch", R"({"ops":[{"op":"release","hold_id":5,"hold_key":""}]})", "empty-id");
+  CHECK_INVALID(empty_beside_id);
+  CHECK(empty_beside_id.string("detail") == "ops[0]: \"hold_key\" is empty");
   // A hold_id beside a hold_key names it twice, even an id of 0.
   for (const char* id : {"0", "\"0\"", "7"}) {
     const Reply twice = post(port, "/v1/batch",
