@@ -72,7 +72,9 @@ demo() {
     return
   fi
   # Beside the data directory, not in it: a ledger's directory holds only
-  # what a ledger makes, and the tools refuse one that holds anything else.
+  # what a ledger makes, and the tools refuse one that holds anything else
+  # (as an older demo left it).
+  rm -f demo-data/workload.csv demo-data/workload.expect
   "$tally" workload --subjects 10000 --ops 200000 --seed 1 \
     --out demo-workload.csv --expect demo-workload.expect
   echo "applying ./demo-workload.csv to ./demo-data"
