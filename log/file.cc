@@ -268,7 +268,9 @@ class PosixFileSystem final : public FileSystem {
       struct stat st {};
       if (::stat(prefix.c_str(), &st) != 0) {
         // EEXIST, yet stat finds nothing: a symlink to what is not there.
-        if (error == EEXIST && ::lstat(prefix.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) {
+        const int stat_error = errno;
+        if (error == EEXIST && stat_error == ENOENT && ::lstat(prefix.c_str(), &st) == 0 &&
+            S_ISLNK(st.st_mode)) {
           return Status(ErrorCode::io_error,
                         "mkdir " + prefix + ": a symlink to a path that does not exist");
         }
