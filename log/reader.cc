@@ -510,7 +510,7 @@ Status cut_short_status(const LogEnd& end) {
   std::string size = std::to_string(end.file_bytes) + " bytes";
   if (!end.torn_header) {
     size += " of the " + std::to_string(end.segment_size_bytes) + " its header reserves";
-  } else if (end.file_bytes < kSegmentHeaderSize) {
+  } else if (end.cut_inside_header()) {
     size += ", shorter than its header";
   } else {
     size += " with a damaged header, shorter than any segment";

@@ -67,6 +67,10 @@ struct LogEnd {
   // acknowledged records past `offset` may be lost.
   bool cut_short = false;
   std::uint64_t file_bytes = 0;         // the last segment's file size
+
+  // How a cut_short torn_header segment was cut: inside its header, or
+  // after a header was written (shorter than any segment).
+  bool cut_inside_header() const { return torn_header && file_bytes < kSegmentHeaderSize; }
 };
 
 // A corrupt Status naming where a cut_short log ends and what it may have

@@ -9,7 +9,6 @@
 #include <vector>
 
 #include "log/file.h"
-#include "log/format.h"
 #include "log/hash.h"
 #include "log/reader.h"
 #include "snapshots/store.h"
@@ -489,7 +488,7 @@ void append_verify_text(const VerifySummary& summary, std::string* out) {
     const char* what = " (a torn segment header; the next writer makes the segment again)";
     if (!end.torn_header) {
       what = " (the next writer zeroes it)";
-    } else if (end.cut_short && end.file_bytes < log::kSegmentHeaderSize) {
+    } else if (end.cut_short && end.cut_inside_header()) {
       what = " (a segment's file cut short inside its header; the next writer makes the "
              "segment again)";
     } else if (end.cut_short) {
