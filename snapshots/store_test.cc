@@ -221,14 +221,15 @@ void flip_meta_byte(const TempDir& dir, std::uint64_t seq, std::size_t at) {
 // The metadata record of `seq` as a later version might write it: another
 // format version, its checksum still right.
 void bump_meta_version(const TempDir& dir, std::uint64_t seq) {
-  edit_record(dir, kMetaDbName, record_key(seq, std::nullopt), [](std::vector<std::uint8_t>* bytes) {
+  const auto bump = [](std::vector<std::uint8_t>* bytes) {
     REQUIRE(bytes->size() == kMetaBytes);
     (*bytes)[4] += 1;
     const std::uint64_t checksum = XXH3_64bits(bytes->data(), kMetaCheckedBytes);
     for (std::size_t index = 0; index < 8; index++) {
       (*bytes)[kMetaCheckedBytes + index] = static_cast<std::uint8_t>(checksum >> (8 * index));
     }
-  });
+  };
+  edit_record(dir, kMetaDbName, record_key(seq, std::nullopt), bump);
 }
 
 TEST_CASE("prune keeps the newest a ledger of its window can load, and others only among them") {
