@@ -149,6 +149,13 @@ TEST_CASE("the POSIX file system") {
   REQUIRE(::symlink(join_path(dir.path(), "nothing").c_str(), dangling.c_str()) == 0);
   CHECK(fs.make_dirs(join_path(dangling, "d")).message() ==
         "mkdir " + dangling + ": a symlink to a path that does not exist");
+  // A loop is not one: mkdir's own error names it.
+  const std::string loop = join_path(dir.path(), "loop");
+  REQUIRE(::symlink(loop.c_str(), loop.c_str()) == 0);
+  const Status looped = fs.make_dirs(join_path(loop, "d"));
+  CHECK(looped.code() == ErrorCode::io_error);
+  CHECK(looped.message().find("does not exist") == std::string::npos);
+  CHECK(looped.message().starts_with("mkdir " + loop));
   CHECK(join_path("x/", "y") == "x/y");
   CHECK(join_path("x", "y") == "x/y");
 
