@@ -662,7 +662,10 @@ TEST_CASE("a hold as of a time is forgotten one window after it was finalized") 
   f.clock.advance_ns(60 * kSecond);  // no event after the commit
   const std::int64_t gone_ns = paid.timestamp_ns + 60 * kSecond;
   CHECK(f.ledger->hold_info(held.hold, AsOf::at_time(gone_ns - 1)).ok());
-  CHECK(f.ledger->hold_info(held.hold, AsOf::at_time(gone_ns)).code() == ErrorCode::not_found);
+  const Status gone = f.ledger->hold_info(held.hold, AsOf::at_time(gone_ns)).status();
+  CHECK(gone.code() == ErrorCode::not_found);
+  // Named by the time: at the seq that time falls after, the hold is known.
+  CHECK(gone.message().starts_with("no hold " + std::to_string(held.hold) + " as of "));
   CHECK(f.ledger->hold_info(held.hold).code() == ErrorCode::not_found);
   CHECK(f.ledger->hold_info(held.hold, AsOf::at_seq(paid.seq)).ok());
 }

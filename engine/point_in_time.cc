@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/time_text.h"
 #include "log/reader.h"
 #include "log/tail.h"
 #include "projections/name_table.h"  // kNameBytesMax
@@ -247,8 +248,16 @@ Result<HoldView> hold_at(const PointInTimeSource& source, HoldId hold, AsOf at,
   // current read at that time finds it.
   const std::optional<proj::HoldInfo> found = (*state)->find_hold(hold, read_time(at));
   if (!found) {
-    return Status(ErrorCode::not_found, "no hold " + std::to_string(hold) + " at seq " +
-                                            std::to_string((*state)->last_seq()));
+    // As of a time, name the time: the hold may be known at the seq that
+    // time falls after, and forgotten by the time itself.
+    std::string message = "no hold " + std::to_string(hold);
+    if (at.kind == AsOf::Kind::time) {
+      message += " as of ";
+      append_rfc3339(&message, at.time_ns);
+    } else {
+      message += " at seq " + std::to_string((*state)->last_seq());
+    }
+    return Status(ErrorCode::not_found, std::move(message));
   }
   return hold_view(*found, read_time(at));
 }
