@@ -655,8 +655,14 @@ Result<std::optional<AsOf>> parse_as_of_query(std::string_view query) {
     return std::optional<AsOf>(AsOf::at_seq(seq));
   }
   std::int64_t time_ns = 0;
-  if (!parse_time(param.value, &time_ns)) {
-    return bad("\"at_time\" must be an RFC 3339 time with an offset or ns since the epoch");
+  switch (parse_time(param.value, &time_ns)) {
+    case TimeParse::ok:
+      break;
+    case TimeParse::malformed:
+      return bad("\"at_time\" must be an RFC 3339 time with an offset or ns since the epoch");
+    case TimeParse::out_of_range:
+      return bad("\"at_time\" is outside the times a ledger can hold, " +
+                 std::string(kTimeRange));
   }
   return std::optional<AsOf>(AsOf::at_time(time_ns));
 }

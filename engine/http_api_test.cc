@@ -100,6 +100,10 @@ TEST_CASE("http api: GET /v1/holds/{id} as of a seq or a time; unknown parameter
     CHECK_INVALID(answer);
   }
   CHECK(get(port, hold + "?").status == 200);  // an empty query is no parameter
+  // A time past what an int64 of ns holds is named as such.
+  const Reply far = get(port, hold + "?at_time=9223372036854775808");
+  CHECK_INVALID(far);
+  CHECK(far.string("detail").starts_with("\"at_time\" is outside the times a ledger can hold"));
 
   // Mutations take no query parameter either; nothing is written.
   const std::uint64_t before = next_seq(port);

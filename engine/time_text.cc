@@ -144,16 +144,19 @@ bool parse_date_time(std::string_view text, DateTime* out) {
 
 }  // namespace
 
-bool parse_time(std::string_view text, std::int64_t* out_ns) {
+TimeParse parse_time(std::string_view text, std::int64_t* out_ns) {
   std::int64_t ns = 0;
   const char* end = text.data() + text.size();
   auto [ptr, error] = std::from_chars(text.data(), end, ns);
-  if (!text.empty() && error == std::errc() && ptr == end) {
-    *out_ns = ns;
-    return true;
+  if (!text.empty() && ptr == end) {
+    if (error == std::errc::result_out_of_range) return TimeParse::out_of_range;
+    if (error == std::errc()) {
+      *out_ns = ns;
+      return TimeParse::ok;
+    }
   }
   DateTime t;
-  if (!parse_date_time(text, &t)) return false;
+  if (!parse_date_time(text, &t)) return TimeParse::malformed;
   const std::int64_t days =
       days_from_civil(t.year, static_cast<unsigned>(t.month), static_cast<unsigned>(t.day));
   // At most 10^7 days from a 4-digit year: the seconds cannot overflow; the
@@ -168,10 +171,12 @@ bool parse_time(std::string_view text, std::int64_t* out_ns) {
     fraction_ns -= kNsPerSecond;
   }
   std::int64_t whole_ns = 0;
-  if (__builtin_mul_overflow(seconds, kNsPerSecond, &whole_ns)) return false;
-  if (__builtin_add_overflow(whole_ns, fraction_ns, &ns)) return false;
+  if (__builtin_mul_overflow(seconds, kNsPerSecond, &whole_ns) ||
+      __builtin_add_overflow(whole_ns, fraction_ns, &ns)) {
+    return TimeParse::out_of_range;
+  }
   *out_ns = ns;
-  return true;
+  return TimeParse::ok;
 }
 
 void append_rfc3339(std::string* out, std::int64_t time_ns) {

@@ -320,6 +320,10 @@ def test_usage_errors_exit_2():
     # A flag that swallowed the next word is named, not the positionals.
     _, _, err = tally("balance", "--data", f.data, "--at-seq", "s1", "i1", expect_exit=2)
     assert err.startswith("tally: --at-seq: 's1' is not an integer"), err
+    # A time well formed but past an int64 of ns is named as out of range.
+    for far in ("9223372036854775808", "9999-01-01T00:00:00Z"):
+        _, _, err = tally("export", "--data", f.data, "--at-time", far, expect_exit=2)
+        assert "is outside the times a ledger can hold, 1677-09-21T" in err, err
 
 
 def test_serve_refuses_its_command_line_before_touching_the_data_directory():

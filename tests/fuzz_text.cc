@@ -104,11 +104,11 @@ bool check_expect(const Context& context, const Bytes& input) {
 
 bool check_time(const Context& context, const Bytes& input) {
   std::int64_t time_ns = 0;
-  if (!parse_time(as_text(input), &time_ns)) return false;
+  if (parse_time(as_text(input), &time_ns) != TimeParse::ok) return false;
   std::string printed;
   append_rfc3339(&printed, time_ns);
   std::int64_t again = 0;
-  if (!parse_time(printed, &again) || again != time_ns) {
+  if (parse_time(printed, &again) != TimeParse::ok || again != time_ns) {
     fail(context, "time: " + printed + " does not parse back to " + std::to_string(time_ns),
          input);
   }
@@ -174,7 +174,7 @@ void fuzz_text(Context& context) {
     const auto time_ns = static_cast<std::int64_t>(rng.next());
     append_rfc3339(&printed, time_ns);
     std::int64_t parsed = 0;
-    if (!parse_time(printed, &parsed) || parsed != time_ns) {
+    if (parse_time(printed, &parsed) != TimeParse::ok || parsed != time_ns) {
       fail(context, "time: " + printed + " does not parse back to " + std::to_string(time_ns),
            to_bytes(printed));
     }

@@ -211,13 +211,19 @@ Result<std::int64_t> Args::time(std::string_view flag, std::int64_t fallback) co
   if (!has(flag)) return fallback;
   std::int64_t value = 0;
   const std::string_view text = get(flag);
-  if (!parse_time(text, &value)) {
-    return usage("--" + std::string(flag) + ": '" + std::string(text) +
-                 "' is not a time: give RFC 3339 with an offset "
-                 "(2026-03-31T23:59:59.999999999Z, 2026-04-01T01:59:59+02:00) or ns since the "
-                 "epoch");
+  switch (parse_time(text, &value)) {
+    case TimeParse::ok:
+      return value;
+    case TimeParse::malformed:
+      return usage("--" + std::string(flag) + ": '" + std::string(text) +
+                   "' is not a time: give RFC 3339 with an offset "
+                   "(2026-03-31T23:59:59.999999999Z, 2026-04-01T01:59:59+02:00) or ns since the "
+                   "epoch");
+    case TimeParse::out_of_range:
+      break;
   }
-  return value;
+  return usage("--" + std::string(flag) + ": '" + std::string(text) +
+               "' is outside the times a ledger can hold, " + std::string(kTimeRange));
 }
 
 }  // namespace tally::cli
