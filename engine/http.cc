@@ -186,16 +186,21 @@ Status get_string(const json::Value& object, std::string_view name, bool require
   return Status();
 }
 
+// One or more decimal digits, nothing else.
+bool all_digits(std::string_view text) {
+  return !text.empty() &&
+         std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
 // Whether a JSON number is written as an integer: an optional minus, then
 // digits only. One that to_int64 or to_uint64 refuses is out of range.
 bool integer_text(const json::Value& value) {
   std::string_view digits = value.text;
   if (digits.starts_with('-')) digits.remove_prefix(1);
-  return value.type == json::Value::Type::number && !digits.empty() &&
-         std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; });
+  return value.type == json::Value::Type::number && all_digits(digits);
 }
 
-const std::string kHoldIdMaxText = std::to_string(UINT64_MAX);
+const std::string kU64MaxText = std::to_string(UINT64_MAX);
 
 Status get_int64(const json::Value& object, std::string_view name, bool required, std::int64_t* out) {
   const json::Value* value = object.find(name);
@@ -220,7 +225,7 @@ Status parse_hold_id(std::string_view text, HoldId* out) {
       text[0] == '-') {
     return bad("a hold id is a decimal number without leading zeros");
   }
-  if (!json::to_uint64(number, out)) return bad("a hold id is at most " + kHoldIdMaxText);
+  if (!json::to_uint64(number, out)) return bad("a hold id is at most " + kU64MaxText);
   return Status();
 }
 
@@ -236,7 +241,7 @@ Status get_hold_ref(const json::Value& object, OpRequest* op) {
   if (id->type == json::Value::Type::string) return parse_hold_id(id->text, &op->hold);
   if (json::to_uint64(*id, &op->hold)) return Status();
   if (integer_text(*id) && !id->text.starts_with('-')) {
-    return bad("\"hold_id\" is at most " + kHoldIdMaxText);
+    return bad("\"hold_id\" is at most " + kU64MaxText);
   }
   return bad("\"hold_id\" must be a non-negative integer");
 }
@@ -244,8 +249,10 @@ Status get_hold_ref(const json::Value& object, OpRequest* op) {
 Status get_ttl(const json::Value& object, std::int64_t* ttl_ns) {
   std::int64_t ttl_ms = 0;
   TALLY_TRY(get_int64(object, "ttl_ms", true, &ttl_ms));
-  if (ttl_ms <= 0 || ttl_ms > INT64_MAX / kNsPerMs) return bad("\"ttl_ms\" out of range");
-  *ttl_ns = ttl_ms * kNsPerMs;
+  // Saturated past the ns an int64 holds: the ledger refuses a ttl out of
+  // its range, and names the range, as for every other caller.
+  constexpr std::int64_t kMsMax = INT64_MAX / kNsPerMs;
+  *ttl_ns = std::clamp(ttl_ms, -kMsMax, kMsMax) * kNsPerMs;
   return Status();
 }
 
@@ -292,7 +299,8 @@ Status parse_batch_ops(const json::Value& body, Command* command) {
   command->ops.resize(ops->items.size());
   for (std::size_t index = 0; index < ops->items.size(); index++) {
     const json::Value& item = ops->items[index];
-    const std::string where = "ops[" + std::to_string(index) + "]: ";
+    // As the ledger names a batch's op: "op 2: ...".
+    const std::string where = "op " + std::to_string(index) + ": ";
     if (item.type != json::Value::Type::object) return bad(where + "must be an object");
     std::string name;
     Status status = get_string(item, "op", true, &name);
@@ -613,6 +621,13 @@ Result<std::vector<QueryParam>> parse_query(std::string_view query,
   return params;
 }
 
+// Why a number parameter that did not parse is refused: only from_seq and
+// at_seq have a most (the others are capped), 2^64 - 1.
+Status seq_refused(const QueryParam& param) {
+  if (all_digits(param.value)) return bad("\"" + param.name + "\" is at most " + kU64MaxText);
+  return bad("\"" + param.name + "\" must be a non-negative integer");
+}
+
 // from_seq=N&limit=M&wait_ms=W, each optional and at most once. limit and
 // wait_ms above their maximum are capped, however large; from_seq 0 means
 // 1, the first seq, and a from_seq must fit in 64 bits.
@@ -628,7 +643,7 @@ Status parse_events_query(std::string_view query, EventsQuery* out) {
       const std::uint64_t cap = param.name == "limit" ? kEventsLimitMax : kEventsWaitMsMax;
       parsed = parse_decimal_capped(param.value, cap, &number);
     }
-    if (!parsed) return bad("\"" + param.name + "\" must be a non-negative integer");
+    if (!parsed) return seq_refused(param);
     if (param.name == "from_seq") {
       out->from_seq = std::max<std::uint64_t>(number, 1);
     } else if (param.name == "limit") {
@@ -651,7 +666,7 @@ Result<std::optional<AsOf>> parse_as_of_query(std::string_view query) {
   const QueryParam& param = params->front();
   if (param.name == "at_seq") {
     std::uint64_t seq = 0;
-    if (!parse_decimal(param.value, UINT64_MAX, &seq)) return bad("\"at_seq\" must be a non-negative integer");
+    if (!parse_decimal(param.value, UINT64_MAX, &seq)) return seq_refused(param);
     return std::optional<AsOf>(AsOf::at_seq(seq));
   }
   std::int64_t time_ns = 0;

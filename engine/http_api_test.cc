@@ -100,10 +100,19 @@ TEST_CASE("http api: GET /v1/holds/{id} as of a seq or a time; unknown parameter
     CHECK_INVALID(answer);
   }
   CHECK(get(port, hold + "?").status == 200);  // an empty query is no parameter
-  // A time past what an int64 of ns holds is named as such.
+  // A time past what an int64 of ns holds is named as such, and so is a
+  // seq past 2^64 - 1.
   const Reply far = get(port, hold + "?at_time=9223372036854775808");
   CHECK_INVALID(far);
   CHECK(far.string("detail").starts_with("\"at_time\" is outside the times a ledger can hold"));
+  const Reply past = get(port, hold + "?at_seq=18446744073709551616");
+  CHECK_INVALID(past);
+  CHECK(past.string("detail") == "\"at_seq\" is at most 18446744073709551615");
+  const Reply from = get(port, "/v1/events?from_seq=18446744073709551616");
+  CHECK_INVALID(from);
+  CHECK(from.string("detail") == "\"from_seq\" is at most 18446744073709551615");
+  CHECK(get(port, "/v1/events?from_seq=-1").string("detail") ==
+        "\"from_seq\" must be a non-negative integer");
 
   // Mutations take no query parameter either; nothing is written.
   const std::uint64_t before = next_seq(port);
@@ -263,7 +272,7 @@ TEST_CASE("http api: a batch of more than 1000 ops, a hold named badly: refused 
   const Reply empty_beside_id = post(
       port, "/v1/batch", R"({"ops":[{"op":"release","hold_id":5,"hold_key":""}]})", "empty-id");
   CHECK_INVALID(empty_beside_id);
-  CHECK(empty_beside_id.string("detail") == "ops[0]: \"hold_key\" is empty");
+  CHECK(empty_beside_id.string("detail") == "op 0: \"hold_key\" is empty");
   // A hold_id beside a hold_key names it twice, even an id of 0.
   for (const char* id : {"0", "\"0\"", "7"}) {
     const Reply twice = post(port, "/v1/batch",
@@ -271,7 +280,7 @@ TEST_CASE("http api: a batch of more than 1000 ops, a hold named badly: refused 
                                  std::string(id) + "}]}",
                              std::string("twice-") + id);
     CHECK_INVALID(twice);
-    CHECK(twice.string("detail") == "ops[0]: name the hold by hold id or by hold_key, not both");
+    CHECK(twice.string("detail") == "op 0: name the hold by hold id or by hold_key, not both");
   }
   CHECK(next_seq(port) == 1);
 }
@@ -295,11 +304,11 @@ TEST_CASE("http api: an integer past its type's range is said to be, not to be n
   CHECK(detail("/v1/holds/-1/commit", "{}", "c2") ==
         "a hold id is a decimal number without leading zeros");
   CHECK(detail("/v1/batch", R"({"ops":[{"op":"release","hold_id":18446744073709551616}]})",
-               "b1") == "ops[0]: \"hold_id\" is at most 18446744073709551615");
+               "b1") == "op 0: \"hold_id\" is at most 18446744073709551615");
   CHECK(detail("/v1/batch", R"({"ops":[{"op":"release","hold_id":-1}]})", "b2") ==
-        "ops[0]: \"hold_id\" must be a non-negative integer");
+        "op 0: \"hold_id\" must be a non-negative integer");
   CHECK(detail("/v1/batch", R"({"ops":[{"op":"release","hold_id":"18446744073709551616"}]})",
-               "b3") == "ops[0]: a hold id is at most 18446744073709551615");
+               "b3") == "op 0: a hold id is at most 18446744073709551615");
   CHECK(get(port, "/v1/holds/18446744073709551616").string("detail") ==
         "a hold id is at most 18446744073709551615");
   CHECK(next_seq(port) == 1);

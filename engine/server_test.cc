@@ -744,7 +744,15 @@ TEST_CASE("http: malformed and oversized requests close only their connection") 
   CHECK(post(port, "/v1/acquire", R"({"subject":"a","item":"b","qty":1,"extra":1})", "k").status == 400);
   CHECK(post(port, "/v1/acquire", R"({"subject":"a","item":"b","qty":1.5})", "k").status == 400);
   CHECK(post(port, "/v1/acquire", R"({"subject":"","item":"b","qty":1})", "k").status == 400);
-  CHECK(post(port, "/v1/holds", R"({"subject":"a","item":"b","qty":1,"ttl_ms":0})", "k").status == 400);
+  // A ttl out of range is refused with the range, however far out.
+  for (const char* ttl : {"0", "-1", "2592000001", "9223372036854775807"}) {
+    CAPTURE(ttl);
+    const std::string body =
+        R"({"subject":"a","item":"b","qty":1,"ttl_ms":)" + std::string(ttl) + "}";
+    const Reply refused = post(port, "/v1/holds", body, "k");
+    CHECK(refused.status == 400);
+    CHECK(refused.string("detail") == "ttl out of range [1 ms, 2592000000 ms]");
+  }
   CHECK(post(port, "/v1/nope", "{}", "k").status == 404);
   CHECK(get(port, "/v1/balances/a/b/c/d/e/f/g/h/i").status == 404);  // however long
   CHECK(get(port, "http://localhost/v1/balances/a/b").status == 200);  // absolute form
