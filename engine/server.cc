@@ -319,6 +319,8 @@ void Core::list(std::string subject, std::optional<AsOf> at,
                              });
   lists_.enter([this, subject = std::move(subject), at, answer = std::move(answer),
                 pass](ListPass granted) mutable {
+    // No place: the server is stopping (ListGate::stop).
+    if (granted == nullptr) return answer(Status(ErrorCode::closed, "the server is stopping"));
     *pass = std::move(granted);
     if (at) {
       return run_read<Items>(
@@ -334,6 +336,7 @@ struct ListGate::Places {
   std::mutex mu;
   std::size_t unused = 0;                              // under mu
   std::deque<std::function<void(ListPass)>> waiting;  // under mu
+  bool stopped = false;                                // under mu
 
   // A pass whose last copy, destroyed, frees its place: to the list that
   // waited longest, if any.
@@ -368,11 +371,25 @@ ListGate::ListGate(std::size_t places) : places_(std::make_shared<Places>()) {
 
 void ListGate::enter(std::function<void(ListPass)> start) {
   {
-    std::lock_guard<std::mutex> guard(places_->mu);
+    std::unique_lock<std::mutex> guard(places_->mu);
+    if (places_->stopped) {
+      guard.unlock();
+      return start(nullptr);
+    }
     if (places_->unused == 0) return places_->waiting.push_back(std::move(start));
     places_->unused--;
   }
   start(Places::pass(places_));
+}
+
+void ListGate::stop() {
+  std::deque<std::function<void(ListPass)>> waiting;
+  {
+    std::lock_guard<std::mutex> guard(places_->mu);
+    places_->stopped = true;
+    waiting.swap(places_->waiting);
+  }
+  for (auto& start : waiting) start(nullptr);
 }
 
 void Core::hold_info(HoldId hold, std::optional<AsOf> at,
@@ -406,6 +423,7 @@ void Core::begin_stop() {
   // Long polls and follow streams waiting for a commit end now; their
   // sessions answer and close like the others.
   if (feed_) feed_->stop();
+  lists_.stop();
   for_each_session(&Session::begin_shutdown);
 }
 

@@ -147,6 +147,11 @@ class ListGate {
   // may wait for room in its queue, as any request does) nor drop its own
   // pass there: Core::list()'s answer is posted to the connection's strand.
   void enter(std::function<void(ListPass)> start);
+  // Calls every waiting `start`, and from now on each at once, with a null
+  // pass, which holds no place: the server is stopping, and a list that
+  // waits for a place held by a peer that reads nothing would be answered
+  // only when that peer is cut off.
+  void stop();
 
  private:
   struct Places;

@@ -1880,6 +1880,48 @@ TEST_CASE("server: at most kListsAtOnce lists run at once, over both protocols; 
   CHECK(again.items.size() == 28'000);
 }
 
+TEST_CASE("server: a list waiting for a place when the server stops is answered closed") {
+  Fixture fx;
+  // Peers that read nothing hold the places past the grace period: the
+  // waiting list must not wait for them to be cut off.
+  fx.stop();
+  fx.options.shutdown_grace_ms = 1000;
+  fx.start();
+  asio::io_context io;
+  std::vector<tcp::socket> stuck;
+  for (std::size_t index = 0; index < kListsAtOnce; index++) stuck.emplace_back(io);
+  make_wide_subject(fx, stuck[0], 28);
+  for (std::size_t index = 0; index < kListsAtOnce; index++) {
+    if (index > 0) {
+      stuck[index].open(tcp::v4());
+      stuck[index].set_option(asio::socket_base::receive_buffer_size(4096));
+    }
+    connect_binary(stuck[index], fx.server->binary_port());
+    asio::write(stuck[index], asio::buffer(burst_of(1, [](wire::Request* request) {
+      request->kind = wire::Request::Kind::list;
+      request->subject = "big";
+    })));
+  }
+  for (int poll = 0; poll < 1000 && lists_answered(fx) < kListsAtOnce; poll++) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  REQUIRE(lists_answered(fx) == kListsAtOnce);
+  tcp::socket waiting(io);
+  connect_binary(waiting, fx.server->binary_port());
+  asio::write(waiting, asio::buffer(burst_of(1, [](wire::Request* request) {
+    request->kind = wire::Request::Kind::list;
+    request->subject = "big";
+  })));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  std::thread stopper([&] { fx.server->stop(); });
+  const wire::Response answer = read_response(waiting);
+  stopper.join();
+  CHECK(answer.id == 1);
+  REQUIRE(answer.kind == wire::Response::Kind::error);
+  CHECK(answer.error.code() == ErrorCode::closed);
+  CHECK(answer.error.message() == "the server is stopping");
+}
+
 TEST_CASE("binary: a list answer over the protocol's limit is refused; the connection goes on") {
   Fixture fx;
   // 270,000 items of 255-byte names: about 75 MB of answer.
