@@ -585,9 +585,10 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
 
   void on_read_error(boost::system::error_code ec) {
     if (ec == asio::error::eof && reader_.buffered_bytes() > 0) {
-      // The peer ended its side in the middle of a frame: malformed, and
-      // said so, though the requests read before it are still answered.
-      core_.metrics().malformed();
+      // The peer ended its side in the middle of a frame: said, though the
+      // requests read before it are still answered. Not counted malformed:
+      // a client that crashed or gave up while sending is gone, as an HTTP
+      // one is, and sent nothing that is not the protocol.
       note("closing: the stream ended inside a frame (" +
            std::to_string(reader_.buffered_bytes()) + " bytes of it read)");
     } else if (ec != asio::error::eof && ec != asio::error::operation_aborted && !stopping_) {

@@ -3145,6 +3145,8 @@ TEST_CASE("binary: malformed and oversized frames close only their connection") 
   CHECK(fx.logged("exceeds the limit"));
   CHECK(fx.logged("malformed request"));
   CHECK(fx.logged("the stream ended inside a frame"));
+  // The first three sent what is not the protocol; the last one is gone.
+  CHECK(metric(fx.server->http_port(), "tally_malformed_total") == 3);
   CHECK(client->acquire("after", "a", "b", 1)->outcome == Outcome::ok);
 }
 
