@@ -772,8 +772,8 @@ Status check_mutation_headers(const Route& route, const Target& target,
 // One HTTP connection. Every method runs on its strand.
 class HttpSession final : public Session, public std::enable_shared_from_this<HttpSession> {
  public:
-  HttpSession(Core& core, tcp::socket socket)
-      : peer_(peer_of(socket)), core_(core), stream_(std::move(socket)),
+  HttpSession(Core& core, tcp::socket socket, std::string peer)
+      : peer_(std::move(peer)), core_(core), stream_(std::move(socket)),
         deadline_(stream_.get_executor()) {
     buffer_.max_size(core_.options().http_header_bytes_max + kReadBytes);
   }
@@ -1504,8 +1504,8 @@ void HttpSession::mutate(Command command) {
 
 }  // namespace
 
-void start_http_session(Core& core, tcp::socket socket) {
-  start_session<HttpSession>(core, std::move(socket), Metrics::Protocol::http);
+void start_http_session(Core& core, tcp::socket socket, std::string peer) {
+  start_session<HttpSession>(core, std::move(socket), std::move(peer), Metrics::Protocol::http);
 }
 
 }  // namespace tally::server_detail

@@ -73,10 +73,7 @@ Status Core::starting() {
   return Status(ErrorCode::busy, "the server is starting: its log is being opened; retry");
 }
 
-std::string peer_of(const tcp::socket& socket) {
-  boost::system::error_code ec;
-  const tcp::endpoint peer = socket.remote_endpoint(ec);
-  if (ec) return "unknown";
+std::string peer_of(const tcp::endpoint& peer) {
   const std::string host = peer.address().to_string();
   return (peer.address().is_v6() ? "[" + host + "]" : host) + ":" + std::to_string(peer.port());
 }
@@ -514,8 +511,8 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   };
 
  public:
-  BinarySession(Core& core, tcp::socket socket)
-      : peer_(peer_of(socket)), core_(core), socket_(std::move(socket)),
+  BinarySession(Core& core, tcp::socket socket, std::string peer)
+      : peer_(std::move(peer)), core_(core), socket_(std::move(socket)),
         idle_timer_(socket_.get_executor()),
         authenticated_(core.options().token.empty()), reader_(core.options().frame_bytes_max) {}
   ~BinarySession() override {
@@ -1230,8 +1227,9 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
 
 }  // namespace
 
-void start_binary_session(Core& core, tcp::socket socket) {
-  start_session<BinarySession>(core, std::move(socket), Metrics::Protocol::binary);
+void start_binary_session(Core& core, tcp::socket socket, std::string peer) {
+  start_session<BinarySession>(core, std::move(socket), std::move(peer),
+                               Metrics::Protocol::binary);
 }
 
 }  // namespace server_detail
@@ -1315,7 +1313,7 @@ Result<std::vector<tcp::endpoint>> listen_endpoints(std::string_view address, bo
   return endpoints;
 }
 
-using StartSession = void (*)(Core&, tcp::socket);
+using StartSession = void (*)(Core&, tcp::socket, std::string);
 
 // The acceptors of one listen address, one per address it names, all on
 // one port.
@@ -1410,6 +1408,7 @@ class Listener {
     tcp::acceptor acceptor;
     asio::steady_timer retry;  // the pause after a failed accept
     server_detail::AcceptNotes notes;
+    tcp::endpoint peer;  // of the connection being accepted
     // "listening on HOST:PORT: ", before its lines: each listener says its
     // own, and they must not read as one said twice.
     std::string prefix;
@@ -1421,7 +1420,7 @@ class Listener {
 
   void accept_on(Accepting& accepting) {
     accepting.acceptor.async_accept(
-        asio::make_strand(io_),
+        asio::make_strand(io_), accepting.peer,
         [this, &accepting](boost::system::error_code ec, tcp::socket socket) {
           tcp::acceptor& acceptor = accepting.acceptor;
           if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
@@ -1430,7 +1429,7 @@ class Listener {
               core_.log(accepting.prefix + "accepting connections again");
             }
             socket.set_option(tcp::no_delay(true), ec);
-            start_session_(core_, std::move(socket));
+            start_session_(core_, std::move(socket), server_detail::peer_of(accepting.peer));
             return accept_on(accepting);
           }
           // A peer that left before it was accepted is nobody's concern.

@@ -62,9 +62,10 @@ class AcceptNotes {
   std::uint64_t unsaid_ = 0;            // failures since that were not said
 };
 
-// "HOST:PORT" of a connection's peer, taken as it is accepted ("unknown"
-// when the socket cannot say), for the lines a session logs.
-std::string peer_of(const tcp::socket& socket);
+// "HOST:PORT" of a connection's peer, as the accept gave it (a peer that
+// resets the connection at once leaves no remote_endpoint() to ask), for
+// the lines a session logs.
+std::string peer_of(const tcp::endpoint& peer);
 
 // Closes a connection whose peer reads nothing with a reset: the answers
 // the system still holds for it are dropped, not kept (for minutes) in
@@ -364,21 +365,23 @@ void Core::query(Metrics::Op op, std::function<void(std::function<void(Result<R>
   start(track(op, std::move(done)));
 }
 
-// Takes over an accepted socket (whose executor is a strand).
-void start_binary_session(Core& core, tcp::socket socket);
-void start_http_session(Core& core, tcp::socket socket);
+// Takes over an accepted socket (whose executor is a strand) from `peer`
+// (peer_of).
+void start_binary_session(Core& core, tcp::socket socket, std::string peer);
+void start_http_session(Core& core, tcp::socket socket, std::string peer);
 
 // What both start_*_session do: register a new SessionType (constructed
-// from the core and the socket, with start(id, probe) and close_now()), or
+// from the core, the socket and the peer, with start(id, probe) and
+// close_now()), or
 // refuse it when the server is full or stopping. Both on the session's
 // strand, not the acceptor's: once registered, a stop may post to the
 // session, and with several I/O threads its handler would otherwise run
 // beside start(), on the same socket and timers.
 template <class SessionType>
-void start_session(Core& core, tcp::socket socket, Metrics::Protocol protocol) {
+void start_session(Core& core, tcp::socket socket, std::string peer, Metrics::Protocol protocol) {
   core.metrics().connection_opened(protocol);
   const auto strand = socket.get_executor();
-  auto session = std::make_shared<SessionType>(core, std::move(socket));
+  auto session = std::make_shared<SessionType>(core, std::move(socket), std::move(peer));
   asio::post(strand, [&core, session = std::move(session), protocol] {
     std::uint64_t id = 0;
     const Core::Admission admission = core.add_session(session, protocol, &id);
