@@ -437,6 +437,10 @@ namespace {
 // has sent every answer (BinarySession::linger()).
 constexpr std::int64_t kLingerMs = 2000;
 constexpr std::size_t kDrainBytes = 16 * 1024;
+// The most a message may take before a hello with the token is accepted: a
+// hello, its token at most 256 bytes, takes under 512. A peer that has not
+// shown the token cannot make the server buffer a 1 MiB message.
+constexpr std::size_t kHelloBytesMax = 4096;
 // The most one piece of a binary session's write hands the socket (what
 // asio::transfer_all() allows): progress is marked after each piece.
 constexpr std::size_t kWritePieceBytesMax = 64 * 1024;
@@ -514,7 +518,8 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   BinarySession(Core& core, tcp::socket socket, std::string peer)
       : peer_(std::move(peer)), core_(core), socket_(std::move(socket)),
         idle_timer_(socket_.get_executor()),
-        authenticated_(core.options().token.empty()), reader_(core.options().frame_bytes_max) {}
+        authenticated_(core.options().token.empty()),
+        reader_(authenticated_ ? core.options().frame_bytes_max : kHelloBytesMax) {}
   ~BinarySession() override {
     if (id_ != 0) core_.remove_session(id_);
     core_.metrics().connection_closed(Metrics::Protocol::binary);
@@ -888,6 +893,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
       return stop_reading(Status(ErrorCode::invalid, "closing: " + response.error.message()));
     }
     authenticated_ = true;
+    reader_.set_frame_bytes_max(core_.options().frame_bytes_max);
     response.kind = wire::Response::Kind::hello;
     send(wire::encode_response(response));
   }

@@ -875,9 +875,24 @@ TEST_CASE("http and binary: auth on") {
   CHECK(unknown.error.message() ==
         "unauthorized: the first request must be a hello with the token");
 
+  // Before the hello, no message over 4 KiB is buffered: one whose table
+  // claims 512 KiB closes the connection at once.
+  std::string large(8, '\0');
+  large[6] = 0x01;  // one segment of 2^16 words
+  CHECK(send_raw_until_closed(fx.server->binary_port(), large).empty());
+  CHECK(fx.logged("exceeds the limit of 4096"));
+
+  // After it, the whole frame limit: a batch of 1000 ops of long names.
   auto client = fx.client();
   CHECK(client->acquire("k", "a", "b", 1).ok());
   CHECK(client->balance("a", "b")->available == 1);
+  std::vector<OpRequest> ops;
+  for (int op = 0; op < 1000; op++) {
+    std::string item = testing::name("item-", op);
+    item.resize(200, 'x');
+    ops.push_back(OpRequest::acquire("a", item, 1));
+  }
+  CHECK(client->batch("wide", ops)->outcome == Outcome::ok);
 }
 
 // Seeds a few events of every shape: acquire, transfer, hold, batch,

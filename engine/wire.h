@@ -67,6 +67,8 @@ class FrameReader {
   Result<FrameView> next();
   // Bytes read and not yet taken as frames.
   std::size_t buffered_bytes() const { return end_ - begin_; }
+  // The limit of the frames after the one next() returned last.
+  void set_frame_bytes_max(std::size_t frame_bytes_max) { frame_bytes_max_ = frame_bytes_max; }
 
  private:
   std::byte* bytes() { return reinterpret_cast<std::byte*>(words_.data()); }
