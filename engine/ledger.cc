@@ -243,6 +243,14 @@ struct Ledger::Impl {
   // ---- writer thread ----
   void process(Task& task);
   void process_command(Task& task);
+  // The event `command` is logged as, but for what deciding it sets (ops,
+  // rejection).
+  log::Event event_of(const Command& command, std::uint64_t fingerprint,
+                      std::int64_t now_ns) const;
+  // Whether the largest event `command` can be logged as, whatever the
+  // state (decide.h), fits a segment; `event` is event_of() it.
+  bool largest_fits(const Command& command, const log::Event& event);
+  static Status too_large();
   void expire_due(std::int64_t now_ns);
   // Encodes, appends and applies one decided event.
   void append(const log::Event& event, std::span<const std::byte> payload);
@@ -963,8 +971,12 @@ void Ledger::Impl::process_command(Task& task) {
   const std::int64_t now_ns = next_timestamp();
   expire_due(now_ns);
 
+  log::Event event = event_of(command, fingerprint, now_ns);
   if (const proj::KeyRecord* record = state->find_key(command.key, now_ns)) {
     if (record->fingerprint != fingerprint) {
+      // Too large for the log, a request is invalid on its face, under any
+      // key (measured here only: a request decided before fitted).
+      if (!largest_fits(command, event)) return answer(task, too_large());
       return answer(task, Status(ErrorCode::idempotency_conflict,
                                  "key was used for a different request at seq " +
                                      std::to_string(record->seq)));
@@ -978,6 +990,21 @@ void Ledger::Impl::process_command(Task& task) {
   if (!ttls.ok()) return answer(task, ttls);
   auto decision = detail::decide(command, *state, now_ns, &ops, &decide_scratch);
   if (!decision) return answer(task, decision.status());
+  event.rejected = decision->reason;
+  event.failed_index = decision->failed_index;
+  event.ops = ops;
+  std::span<const std::byte> payload = encoder.encode(event);
+  const std::size_t payload_max = log::payload_bytes_max(options.segment_size_bytes);
+  if (payload.size() + detail::event_growth_bytes_max(command) > payload_max) {
+    if (!largest_fits(command, event)) return answer(task, too_large());
+    payload = encoder.encode(event);
+  }
+  append(event, payload);
+  answer(task, detail::make_receipt(*decision, command, event.seq, now_ns, false));
+}
+
+log::Event Ledger::Impl::event_of(const Command& command, std::uint64_t fingerprint,
+                                   std::int64_t now_ns) const {
   log::Event event;
   event.seq = log->next_seq();
   event.timestamp_ns = now_ns;
@@ -985,24 +1012,20 @@ void Ledger::Impl::process_command(Task& task) {
   event.fingerprint = fingerprint;
   event.meta = log::Meta{command.meta.reason, command.meta.reference, command.meta.actor};
   event.batch = command.batch;
-  event.rejected = decision->reason;
-  event.failed_index = decision->failed_index;
-  event.ops = ops;
-  std::span<const std::byte> payload = encoder.encode(event);
-  const std::size_t payload_max = log::payload_bytes_max(options.segment_size_bytes);
-  if (payload.size() + detail::event_growth_bytes_max(command) > payload_max) {
-    log::Event largest = event;
-    detail::largest_event_ops(command, &largest_ops);
-    largest.ops = largest_ops;
-    largest.rejected = log::Reason::insufficient;
-    if (encoder.encode(largest).size() > payload_max) {
-      return answer(task,
-                    Status(ErrorCode::invalid, "request too large for the log's segment size"));
-    }
-    payload = encoder.encode(event);
-  }
-  append(event, payload);
-  answer(task, detail::make_receipt(*decision, command, event.seq, now_ns, false));
+  return event;
+}
+
+bool Ledger::Impl::largest_fits(const Command& command, const log::Event& event) {
+  log::Event largest = event;
+  detail::largest_event_ops(command, &largest_ops);
+  largest.ops = largest_ops;
+  largest.rejected = log::Reason::insufficient;
+  largest.failed_index = 0;
+  return encoder.encode(largest).size() <= log::payload_bytes_max(options.segment_size_bytes);
+}
+
+Status Ledger::Impl::too_large() {
+  return Status(ErrorCode::invalid, "request too large for the log's segment size");
 }
 
 void Ledger::Impl::expire_due(std::int64_t now_ns) {

@@ -206,6 +206,25 @@ TEST_CASE("whether a batch fits a segment does not depend on the state") {
   }
 }
 
+TEST_CASE("a request too large for a segment is invalid under a key already decided too") {
+  Fixture f;
+  f.options.segment_size_bytes = log::kSegmentSizeBytesMin;
+  f.reopen();
+  f.ok(f.ledger->batch("b", {OpRequest::acquire("alice", "gold", 1)}));
+  std::vector<OpRequest> wide;
+  for (int op = 0; op < 1000; op++) {
+    wide.push_back(OpRequest::transfer(std::string(255, 'a'), std::string(255, 'b'), "gold", 1));
+  }
+  for (const char* key : {"b", "fresh"}) {
+    CAPTURE(key);
+    auto refused = f.ledger->batch(key, wide);
+    CHECK(refused.status().code() == ErrorCode::invalid);
+    CHECK(refused.status().message() == "request too large for the log's segment size");
+  }
+  // The key still answers its own request.
+  CHECK(f.ok(f.ledger->batch("b", {OpRequest::acquire("alice", "gold", 1)})).replay);
+}
+
 TEST_CASE("acquire, consume and transfer move available quantities") {
   Fixture f;
   CHECK(outcome_of(f.ledger->acquire("a1", "alice", "gold", 100)) == Outcome::ok);
