@@ -895,6 +895,11 @@ TEST_CASE("snapshot_due_at_close: close takes the snapshot the count trigger cal
     f.options.snapshot_due_at_close = at_close;
     slow.delay_reads(std::chrono::milliseconds(500));
     f.open();
+    REQUIRE(f.ledger->close().ok());
+    // stats() after close() counts the snapshot close() wrote.
+    const LedgerStats closed = f.ledger->stats();
+    CHECK(closed.snapshots_written == (at_close ? 1 : 0));
+    CHECK(closed.last_snapshot_seq == (at_close ? last : 0));
     f.close();
     slow.disarm();
     const std::vector<snap::SnapshotInfo> infos = list_snapshots(f.options.data_dir);

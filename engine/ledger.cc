@@ -223,6 +223,9 @@ struct Ledger::Impl {
   // LedgerOptions::snapshot_due_at_close: a snapshot when the durable log
   // is snapshot_every_events or more past the newest one.
   void take_due_snapshot();
+  // The snapshot take_due_snapshot() wrote, for stats(): seq 0 for none.
+  std::atomic<std::uint64_t> close_snapshot_seq{0};
+  std::atomic<double> close_snapshot_seconds{0};
   Status start_archivist();
   // Starts check_log_main() when the open began its replay at a
   // snapshot's seq, reading none of the log's records before it.
@@ -538,7 +541,13 @@ void Ledger::Impl::take_due_snapshot() {
                                              ", the log at " + std::to_string(log->next_seq() - 1));
   } else {
     const snap::LogPosition position{last, log->last_checksum(), state->last_timestamp_ns()};
+    const auto started = std::chrono::steady_clock::now();
     written = write_snapshot(snapshots, *state, position, options.snapshot_retain);
+    const std::chrono::duration<double> took = std::chrono::steady_clock::now() - started;
+    if (written.ok()) {
+      close_snapshot_seconds.store(took.count(), std::memory_order_relaxed);
+      close_snapshot_seq.store(last, std::memory_order_release);
+    }
   }
   if (!written.ok()) {
     std::fprintf(stderr, "tally: warning: no snapshot at close: %s\n", written.to_string().c_str());
@@ -1304,6 +1313,11 @@ LedgerStats Ledger::stats() {
     stats.history_failed = !archive.history_failure.ok();
     stats.snapshots_failed = !archive.snapshot_failure.ok();
     stats.archivist_retrying = !archive.retrying.ok();
+  }
+  if (const std::uint64_t seq = impl_->close_snapshot_seq.load(std::memory_order_acquire)) {
+    stats.snapshots_written++;
+    stats.last_snapshot_seq = seq;
+    stats.last_snapshot_seconds = impl_->close_snapshot_seconds.load(std::memory_order_relaxed);
   }
   stats.read_only = read_only();
   stats.log_checked = impl_->log_checked.load();
