@@ -141,8 +141,10 @@ struct LedgerStats {
   // and both wait the same way.
   bool archivist_retrying = false;
   // An open that starts from a snapshot reads none of the log's records
-  // before it; a thread at the lowest priority (nice 19) then reads them
-  // all, verifying their checksums and chain. log_checked: done (or nothing to check);
+  // before it in earlier segments (those in the snapshot's own segment it
+  // reads to find its seq, and damage there fails the open); a thread at
+  // the lowest priority (nice 19) then reads them all, verifying their
+  // checksums and chain. log_checked: done (or nothing to check);
   // log_damaged: it found them damaged (logged on stderr, with segment and
   // offset). The ledger goes on either way: its state does not depend on them.
   // A scrub (LedgerOptions::log_scrub_seconds) that finds damage sets
