@@ -146,7 +146,8 @@ using FollowId = std::uint64_t;
 class Client final : public LedgerApi {
  public:
   // Connects and says hello (with the token). Errors: invalid (address;
-  // "unauthorized: ..." for a wrong token), io_error (cannot connect).
+  // "unauthorized: ..." for a wrong token), io_error (cannot connect),
+  // busy (the server was still opening its log after start_wait_ms).
   static Result<std::unique_ptr<Client>> connect(ClientOptions options);
   // close().
   ~Client() override;

@@ -162,9 +162,9 @@ class Ledger final : public LedgerApi {
   // Errors: locked (another process has it, or a closed Ledger of this
   // process still does), corrupt (with segment and offset), io_error (its
   // files cannot be read or written; the directory cannot be made: a
-  // parent is a file, or not writable), not_found (a parent of the
-  // directory is missing, or it holds what no ledger makes), invalid
-  // (options), closed (cancel_open was set).
+  // parent is a file, or not writable; missing ones are made), not_found
+  // (it holds what no ledger makes), invalid (options), closed
+  // (cancel_open was set).
   static Result<std::unique_ptr<Ledger>> open(const LedgerOptions& options);
   // close(), ignoring its Status.
   ~Ledger() override;
