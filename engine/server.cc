@@ -3,6 +3,8 @@
 #include "engine/server.h"
 
 #include <linux/sockios.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/ioctl.h>
 
 #include <algorithm>
@@ -76,6 +78,23 @@ Status Core::starting() {
 std::string peer_of(const tcp::endpoint& peer) {
   const std::string host = peer.address().to_string();
   return (peer.address().is_v6() ? "[" + host + "]" : host) + ":" + std::to_string(peer.port());
+}
+
+// TCP keepalive on an accepted connection: probes after 60 s without a
+// byte either way, every 10 s, 6 unanswered ones end it (about 2 minutes).
+// A connection the idle timeout leaves open (an open follow, a long poll)
+// whose peer vanished without a FIN (its host crashed, a NAT forgot it)
+// then ends with a read error and frees its place, instead of holding one
+// of the connections_max for good.
+void keep_alive(tcp::socket& socket) {
+  using Idle = asio::detail::socket_option::integer<IPPROTO_TCP, TCP_KEEPIDLE>;
+  using Interval = asio::detail::socket_option::integer<IPPROTO_TCP, TCP_KEEPINTVL>;
+  using Count = asio::detail::socket_option::integer<IPPROTO_TCP, TCP_KEEPCNT>;
+  boost::system::error_code ignored;  // without keepalive, the old behaviour
+  socket.set_option(asio::socket_base::keep_alive(true), ignored);
+  socket.set_option(Idle(60), ignored);
+  socket.set_option(Interval(10), ignored);
+  socket.set_option(Count(6), ignored);
 }
 
 void close_abortively(tcp::socket& socket) {
@@ -1435,6 +1454,7 @@ class Listener {
               core_.log(accepting.prefix + "accepting connections again");
             }
             socket.set_option(tcp::no_delay(true), ec);
+            server_detail::keep_alive(socket);
             start_session_(core_, std::move(socket), server_detail::peer_of(accepting.peer));
             return accept_on(accepting);
           }
