@@ -1793,6 +1793,33 @@ std::uint64_t lists_answered(Fixture& fx) {
   return at == std::string::npos ? 0 : std::stoull(body.substr(at + name.size()));
 }
 
+// Waits until `count` lists are answered (their answers maybe unwritten).
+void wait_lists_answered(Fixture& fx, std::uint64_t count) {
+  for (int poll = 0; poll < 1000 && lists_answered(fx) < count; poll++) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  REQUIRE(lists_answered(fx) == count);
+}
+
+// A binary list of "big" (make_wide_subject), id 1.
+std::string list_of_big() {
+  return burst_of(1, [](wire::Request* request) {
+    request->kind = wire::Request::Kind::list;
+    request->subject = "big";
+  });
+}
+
+// Connects `socket`, opened by make_wide_subject or as it does, and sends
+// list_of_big(); read nothing from it, and its answer holds a list place.
+void hold_a_list_place(Fixture& fx, tcp::socket& socket) {
+  if (!socket.is_open()) {
+    socket.open(tcp::v4());
+    socket.set_option(asio::socket_base::receive_buffer_size(4096));
+  }
+  connect_binary(socket, fx.server->binary_port());
+  asio::write(socket, asio::buffer(list_of_big()));
+}
+
 TEST_CASE("binary: pipelined lists whose answers are not read are served a few at a time") {
   Fixture fx;
   // What the server may run before it stops: 8 MiB of answers waiting, what
@@ -1833,24 +1860,11 @@ TEST_CASE("server: at most kListsAtOnce lists run at once, over both protocols; 
   std::vector<tcp::socket> stuck;
   for (std::size_t index = 0; index < kListsAtOnce; index++) stuck.emplace_back(io);
   make_wide_subject(fx, stuck[0], 28);
-  for (std::size_t index = 1; index < kListsAtOnce; index++) {
-    stuck[index].open(tcp::v4());
-    stuck[index].set_option(asio::socket_base::receive_buffer_size(4096));
-  }
   stuck[0].connect(tcp::endpoint(asio::ip::address_v4::loopback(), fx.server->http_port()));
   const std::string http_list = "GET /v1/balances/big HTTP/1.1\r\nHost: x\r\n\r\n";
   asio::write(stuck[0], asio::buffer(http_list));
-  for (std::size_t index = 1; index < kListsAtOnce; index++) {
-    connect_binary(stuck[index], fx.server->binary_port());
-    asio::write(stuck[index], asio::buffer(burst_of(1, [](wire::Request* request) {
-      request->kind = wire::Request::Kind::list;
-      request->subject = "big";
-    })));
-  }
-  for (int poll = 0; poll < 1000 && lists_answered(fx) < kListsAtOnce; poll++) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  REQUIRE(lists_answered(fx) == kListsAtOnce);
+  for (std::size_t index = 1; index < kListsAtOnce; index++) hold_a_list_place(fx, stuck[index]);
+  wait_lists_answered(fx, kListsAtOnce);
   // One more list waits for a place; a request after it on its connection
   // does not.
   tcp::socket waiting(io);
@@ -1873,20 +1887,10 @@ TEST_CASE("server: at most kListsAtOnce lists run at once, over both protocols; 
   // A binary client that goes away frees its place too: the places are
   // full again (the freed one taken by a list that is not read), one more
   // list waits, and a binary client leaves.
-  const std::string one_list = burst_of(1, [](wire::Request* request) {
-    request->kind = wire::Request::Kind::list;
-    request->subject = "big";
-  });
   stuck[0] = tcp::socket(io);
-  stuck[0].open(tcp::v4());
-  stuck[0].set_option(asio::socket_base::receive_buffer_size(4096));
-  connect_binary(stuck[0], fx.server->binary_port());
-  asio::write(stuck[0], asio::buffer(one_list));
-  for (int poll = 0; poll < 1000 && lists_answered(fx) < kListsAtOnce + 2; poll++) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  REQUIRE(lists_answered(fx) == kListsAtOnce + 2);
-  asio::write(waiting, asio::buffer(one_list));
+  hold_a_list_place(fx, stuck[0]);
+  wait_lists_answered(fx, kListsAtOnce + 2);
+  asio::write(waiting, asio::buffer(list_of_big()));
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   CHECK(lists_answered(fx) == kListsAtOnce + 2);
   stuck[1].close();
@@ -1906,27 +1910,11 @@ TEST_CASE("server: a list waiting for a place when the server stops is answered 
   std::vector<tcp::socket> stuck;
   for (std::size_t index = 0; index < kListsAtOnce; index++) stuck.emplace_back(io);
   make_wide_subject(fx, stuck[0], 28);
-  for (std::size_t index = 0; index < kListsAtOnce; index++) {
-    if (index > 0) {
-      stuck[index].open(tcp::v4());
-      stuck[index].set_option(asio::socket_base::receive_buffer_size(4096));
-    }
-    connect_binary(stuck[index], fx.server->binary_port());
-    asio::write(stuck[index], asio::buffer(burst_of(1, [](wire::Request* request) {
-      request->kind = wire::Request::Kind::list;
-      request->subject = "big";
-    })));
-  }
-  for (int poll = 0; poll < 1000 && lists_answered(fx) < kListsAtOnce; poll++) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  REQUIRE(lists_answered(fx) == kListsAtOnce);
+  for (tcp::socket& socket : stuck) hold_a_list_place(fx, socket);
+  wait_lists_answered(fx, kListsAtOnce);
   tcp::socket waiting(io);
   connect_binary(waiting, fx.server->binary_port());
-  asio::write(waiting, asio::buffer(burst_of(1, [](wire::Request* request) {
-    request->kind = wire::Request::Kind::list;
-    request->subject = "big";
-  })));
+  asio::write(waiting, asio::buffer(list_of_big()));
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   std::thread stopper([&] { fx.server->stop(); });
   const wire::Response answer = read_response(waiting);
