@@ -247,11 +247,17 @@ Status get_hold_ref(const json::Value& object, OpRequest* op) {
 }
 
 Status get_ttl(const json::Value& object, std::int64_t* ttl_ns) {
-  std::int64_t ttl_ms = 0;
-  TALLY_TRY(get_int64(object, "ttl_ms", true, &ttl_ms));
-  // Saturated past the ns an int64 holds: the ledger refuses a ttl out of
-  // its range, and names the range, as for every other caller.
+  // Saturated past the ns an int64 holds, an integer however large: the
+  // ledger refuses a ttl out of its range, and names the range, as for
+  // every other caller.
   constexpr std::int64_t kMsMax = INT64_MAX / kNsPerMs;
+  const json::Value* value = object.find("ttl_ms");
+  std::int64_t ttl_ms = 0;
+  if (value != nullptr && !json::to_int64(*value, &ttl_ms) && integer_text(*value)) {
+    ttl_ms = value->text.starts_with('-') ? -kMsMax : kMsMax;
+  } else {
+    TALLY_TRY(get_int64(object, "ttl_ms", true, &ttl_ms));
+  }
   *ttl_ns = std::clamp(ttl_ms, -kMsMax, kMsMax) * kNsPerMs;
   return Status();
 }

@@ -970,10 +970,12 @@ void Ledger::Impl::process_command(Task& task) {
   if (failed.load()) {
     return answer(task, Status(ErrorCode::read_only, "the ledger failed a write; reopen it"));
   }
-  // The ops' shape now, their ttls against today's limit once the key is
+  // The ops' shape now, and ttls under the least any ledger took (no limit
+  // is past INT64_MAX); their ttls against today's limit once the key is
   // known to be new (check_ttls). A command malformed in shape was never
   // decided: it is refused naming its first bad op, a ttl included.
-  if (!detail::validate(command, detail::Limits{.ops_after_hold = true}).ok()) {
+  if (!detail::validate(command, detail::Limits{.ops_after_hold = true}).ok() ||
+      !detail::check_ttls(command, INT64_MAX).ok()) {
     return answer(task, detail::validate(command, detail::Limits{options.hold_ttl_ns_max}));
   }
   const std::uint64_t fingerprint = detail::fingerprint(command, &fingerprint_scratch);

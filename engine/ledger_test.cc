@@ -206,6 +206,21 @@ TEST_CASE("whether a batch fits a segment does not depend on the state") {
   }
 }
 
+TEST_CASE("a hold's ttl under 1 ms is invalid under a key already decided too") {
+  Fixture f;
+  f.ok(f.ledger->acquire("k1", "alice", "gold", 5));
+  for (const char* key : {"k1", "fresh"}) {
+    CAPTURE(key);
+    const Status refused = f.ledger->hold(key, "alice", "gold", 1, 0).status();
+    CHECK(refused.code() == ErrorCode::invalid);
+    CHECK(refused.message().starts_with("ttl out of range [1 ms, "));
+    const Status in_batch =
+        f.ledger->batch(key, {OpRequest::hold_of("alice", "gold", 1, -kSecond)}).status();
+    CHECK(in_batch.code() == ErrorCode::invalid);
+    CHECK(in_batch.message().starts_with("op 0: ttl out of range [1 ms, "));
+  }
+}
+
 TEST_CASE("a request too large for a segment is invalid under a key already decided too") {
   Fixture f;
   f.options.segment_size_bytes = log::kSegmentSizeBytesMin;

@@ -745,7 +745,8 @@ TEST_CASE("http: malformed and oversized requests close only their connection") 
   CHECK(post(port, "/v1/acquire", R"({"subject":"a","item":"b","qty":1.5})", "k").status == 400);
   CHECK(post(port, "/v1/acquire", R"({"subject":"","item":"b","qty":1})", "k").status == 400);
   // A ttl out of range is refused with the range, however far out.
-  for (const char* ttl : {"0", "-1", "2592000001", "9223372036854775807"}) {
+  for (const char* ttl : {"0", "-1", "2592000001", "9223372036854775807", "9223372036854775808",
+                          "-99999999999999999999"}) {
     CAPTURE(ttl);
     const std::string body =
         R"({"subject":"a","item":"b","qty":1,"ttl_ms":)" + std::string(ttl) + "}";
