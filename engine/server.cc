@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <chrono>
@@ -87,14 +88,14 @@ std::string peer_of(const tcp::endpoint& peer) {
 // then ends with a read error and frees its place, instead of holding one
 // of the connections_max for good.
 void keep_alive(tcp::socket& socket) {
-  using Idle = asio::detail::socket_option::integer<IPPROTO_TCP, TCP_KEEPIDLE>;
-  using Interval = asio::detail::socket_option::integer<IPPROTO_TCP, TCP_KEEPINTVL>;
-  using Count = asio::detail::socket_option::integer<IPPROTO_TCP, TCP_KEEPCNT>;
-  boost::system::error_code ignored;  // without keepalive, the old behaviour
-  socket.set_option(asio::socket_base::keep_alive(true), ignored);
-  socket.set_option(Idle(60), ignored);
-  socket.set_option(Interval(10), ignored);
-  socket.set_option(Count(6), ignored);
+  // A failure leaves the connection as it was without keepalive.
+  const auto set = [&](int level, int name, int value) {
+    (void)::setsockopt(socket.native_handle(), level, name, &value, sizeof value);
+  };
+  set(SOL_SOCKET, SO_KEEPALIVE, 1);
+  set(IPPROTO_TCP, TCP_KEEPIDLE, 60);
+  set(IPPROTO_TCP, TCP_KEEPINTVL, 10);
+  set(IPPROTO_TCP, TCP_KEEPCNT, 6);
 }
 
 void close_abortively(tcp::socket& socket) {
@@ -538,7 +539,8 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
       : peer_(std::move(peer)), core_(core), socket_(std::move(socket)),
         idle_timer_(socket_.get_executor()),
         authenticated_(core.options().token.empty()),
-        reader_(authenticated_ ? core.options().frame_bytes_max : kHelloBytesMax) {}
+        reader_(authenticated_ ? core.options().frame_bytes_max
+                               : std::min(kHelloBytesMax, core.options().frame_bytes_max)) {}
   ~BinarySession() override {
     if (id_ != 0) core_.remove_session(id_);
     core_.metrics().connection_closed(Metrics::Protocol::binary);
@@ -584,7 +586,12 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
       if (inflight_ + writes_.size() >= core_.options().inflight_per_connection_max) return;
       if (unwritten_bytes_ >= kUnwrittenBytesMax || waiting_list_) return;
       auto frame = reader_.next();
-      if (!frame) return malformed(frame.status().message());
+      if (!frame) {
+        // Over kHelloBytesMax before the hello: no hello, and too large to
+        // be read to say so.
+        const char* before = authenticated_ ? "" : "before the hello: ";
+        return malformed(before + frame.status().message());
+      }
       if (frame->empty()) return read_some();
       touch();
       on_frame(*frame);

@@ -881,19 +881,79 @@ TEST_CASE("http and binary: auth on") {
   std::string large(8, '\0');
   large[6] = 0x01;  // one segment of 2^16 words
   CHECK(send_raw_until_closed(fx.server->binary_port(), large).empty());
+  CHECK(fx.logged("closing: before the hello: frame of"));
   CHECK(fx.logged("exceeds the limit of 4096"));
 
-  // After it, the whole frame limit: a batch of 1000 ops of long names.
   auto client = fx.client();
   CHECK(client->acquire("k", "a", "b", 1).ok());
   CHECK(client->balance("a", "b")->available == 1);
-  std::vector<OpRequest> ops;
+  // After the hello, the whole frame limit, for a large request in the
+  // same write as the hello too (as a client that resends after a
+  // reconnect writes them): a batch of 1000 ops of long names.
+  wire::Request pipelined[2];
+  pipelined[0].id = 1;
+  pipelined[0].kind = wire::Request::Kind::hello;
+  pipelined[0].token = "s3cret-token";
+  pipelined[1].id = 2;
+  pipelined[1].kind = wire::Request::Kind::mutation;
+  pipelined[1].command.key = "wide";
+  pipelined[1].command.batch = true;
   for (int op = 0; op < 1000; op++) {
     std::string item = testing::name("item-", op);
     item.resize(200, 'x');
-    ops.push_back(OpRequest::acquire("a", item, 1));
+    pipelined[1].command.ops.push_back(OpRequest::acquire("a", item, 1));
   }
-  CHECK(client->batch("wide", ops)->outcome == Outcome::ok);
+  const std::string burst =
+      wire::encode_request(pipelined[0]) + wire::encode_request(pipelined[1]);
+  REQUIRE(burst.size() > 100'000);
+  asio::io_context io;
+  tcp::socket socket(io);
+  socket.connect(tcp::endpoint(asio::ip::address_v4::loopback(), fx.server->binary_port()));
+  asio::write(socket, asio::buffer(burst));
+  CHECK(read_response(socket).kind == wire::Response::Kind::hello);
+  const wire::Response applied = read_response(socket);
+  REQUIRE(applied.kind == wire::Response::Kind::receipt);
+  CHECK(applied.receipt.outcome == Outcome::ok);
+}
+
+// The `tr` (timer) field of the IPv4 TCP socket from local port `local` to
+// remote port `remote`, as /proc/net/tcp gives it: 2 while its keepalive
+// timer is pending, 0 with no timer. nullopt when there is no such socket.
+std::optional<unsigned> tcp_timer(std::uint16_t local, std::uint16_t remote) {
+  std::ifstream table("/proc/net/tcp");
+  std::string line;
+  std::getline(table, line);  // the header
+  while (std::getline(table, line)) {
+    unsigned local_port = 0;
+    unsigned remote_port = 0;
+    unsigned timer = 0;
+    // "sl: local_ip:port remote_ip:port st tx:rx tr:when ..."
+    if (std::sscanf(line.c_str(), " %*d: %*x:%x %*x:%x %*x %*x:%*x %x", &local_port,
+                    &remote_port, &timer) == 3 &&
+        local_port == local && remote_port == remote) {
+      return timer;
+    }
+  }
+  return std::nullopt;
+}
+
+TEST_CASE("server: accepted connections of both protocols keep alive") {
+  Fixture fx;
+  asio::io_context io;
+  for (const std::uint16_t port : {fx.server->binary_port(), fx.server->http_port()}) {
+    CAPTURE(port);
+    tcp::socket socket(io);
+    socket.connect(tcp::endpoint(asio::ip::address_v4::loopback(), port));
+    const std::uint16_t mine = socket.local_endpoint().port();
+    // The server side's timer, once the accept is handled: keepalive's.
+    std::optional<unsigned> timer;
+    for (int poll = 0; poll < 500 && timer != 2u; poll++) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      timer = tcp_timer(port, mine);
+    }
+    CHECK(timer == 2u);
+    CHECK(tcp_timer(mine, port) == 0u);  // this side has none
+  }
 }
 
 // Seeds a few events of every shape: acquire, transfer, hold, batch,
