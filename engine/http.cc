@@ -682,8 +682,7 @@ Result<std::optional<AsOf>> parse_as_of_query(std::string_view query) {
     case TimeParse::malformed:
       return bad("\"at_time\" must be an RFC 3339 time with an offset or ns since the epoch");
     case TimeParse::out_of_range:
-      return bad("\"at_time\" is outside the times a ledger can hold, " +
-                 std::string(kTimeRange));
+      return bad("\"at_time\" " + std::string(kTimeOutOfRange));
   }
   return std::optional<AsOf>(AsOf::at_time(time_ns));
 }

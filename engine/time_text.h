@@ -21,7 +21,7 @@ void append_rfc3339(std::string* out, std::int64_t time_ns);
 //     "2026-04-01T01:59:59+02:00"; 'T' and 'Z' in either case; 0 to 9
 //     fraction digits; seconds 00..59 (no leap second); or
 //   - an integer of ns since the epoch: "1774994399999999999", "-5".
-// The time must fit an int64 of ns (kTimeRange). Unless ok, *out is
+// The time must fit an int64 of ns (1677-09-21 to 2262-04-11). Unless ok, *out is
 // unchanged. append_rfc3339's output parses back to the same value.
 enum class TimeParse : std::uint8_t {
   ok,
@@ -29,8 +29,9 @@ enum class TimeParse : std::uint8_t {
   out_of_range,  // one of them, outside kTimeRange
 };
 TimeParse parse_time(std::string_view text, std::int64_t* out_ns);
-// The times an int64 of ns holds, for messages.
-inline constexpr std::string_view kTimeRange =
-    "1677-09-21T00:12:43.145224192Z to 2262-04-11T23:47:16.854775807Z";
+// What a message says of a time out_of_range, after naming it.
+inline constexpr std::string_view kTimeOutOfRange =
+    "is outside the times a ledger can hold, 1677-09-21T00:12:43.145224192Z to "
+    "2262-04-11T23:47:16.854775807Z";
 
 }  // namespace tally

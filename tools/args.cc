@@ -211,19 +211,13 @@ Result<std::int64_t> Args::time(std::string_view flag, std::int64_t fallback) co
   if (!has(flag)) return fallback;
   std::int64_t value = 0;
   const std::string_view text = get(flag);
-  switch (parse_time(text, &value)) {
-    case TimeParse::ok:
-      return value;
-    case TimeParse::malformed:
-      return usage("--" + std::string(flag) + ": '" + std::string(text) +
-                   "' is not a time: give RFC 3339 with an offset "
-                   "(2026-03-31T23:59:59.999999999Z, 2026-04-01T01:59:59+02:00) or ns since the "
-                   "epoch");
-    case TimeParse::out_of_range:
-      break;
-  }
-  return usage("--" + std::string(flag) + ": '" + std::string(text) +
-               "' is outside the times a ledger can hold, " + std::string(kTimeRange));
+  const TimeParse parsed = parse_time(text, &value);
+  if (parsed == TimeParse::ok) return value;
+  const std::string named = "--" + std::string(flag) + ": '" + std::string(text) + "' ";
+  if (parsed == TimeParse::out_of_range) return usage(named + std::string(kTimeOutOfRange));
+  return usage(named +
+               "is not a time: give RFC 3339 with an offset "
+               "(2026-03-31T23:59:59.999999999Z, 2026-04-01T01:59:59+02:00) or ns since the epoch");
 }
 
 }  // namespace tally::cli
