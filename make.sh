@@ -102,9 +102,13 @@ tsan() {
     meson setup "$dir" -Dwerror=false -Db_sanitize=thread -Dbuildtype=debugoptimized -Db_lundef=false
   fi
   ninja -C "$dir"
+  # Left out: the cases whose forked child starts threads, which
+  # ThreadSanitizer does not support after a fork of a threaded process.
+  local forking="lock.mdb is made with its blocks*,a reader without write access to lock.mdb*"
+  forking+=",backups taken while another process writes*"
   TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
     meson test -C "$dir" --print-errorlogs --suite log --suite projections --suite snapshots \
-    --suite engine --suite server
+    --suite engine --suite server --test-args="-tce=$forking"
 }
 
 case "${1:-}" in
