@@ -734,9 +734,9 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     const bool counted = request.as_of.has_value();
     if (counted) point_in_time_reads_++;
     // A read's answer: its result (and a list's pass) sent on.
-    auto answer = [self, id, counted](auto result, auto... pass) {
+    auto answer = [self, id, counted](auto&& result, auto... pass) {
       if (counted) self->point_in_time_reads_--;
-      self->answer_later(id, std::move(result), std::move(pass)...);
+      self->answer_later(id, std::forward<decltype(result)>(result), std::move(pass)...);
     };
     switch (request.kind) {
       case Kind::mutation:
@@ -892,12 +892,16 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     send(wire::encode_response(response));
   }
 
-  void send_error(std::uint64_t id, Status status) {
+  static wire::Response error_response(std::uint64_t id, Status status) {
     wire::Response response;
     response.id = id;
     response.kind = wire::Response::Kind::error;
     response.error = std::move(status);
-    send(wire::encode_response(response));
+    return response;
+  }
+
+  void send_error(std::uint64_t id, Status status) {
+    send(wire::encode_response(error_response(id, std::move(status))));
   }
 
   // Why a hello's token is refused; nullptr when it passes.
@@ -977,20 +981,18 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     if (bytes_min <= wire::kAnswerBytesMax && frame.size() <= wire::kAnswerBytesMax) return frame;
     const std::string size =
         frame.empty() ? "at least " + std::to_string(bytes_min) : std::to_string(frame.size());
-    return wire::encode_response(response_of(
-        id, Result<T>(Status(ErrorCode::invalid, "the answer is " + size +
-                                                     " bytes, over the protocol's limit of " +
-                                                     std::to_string(wire::kAnswerBytesMax)))));
+    return wire::encode_response(error_response(
+        id, Status(ErrorCode::invalid, "the answer is " + size +
+                                           " bytes, over the protocol's limit of " +
+                                           std::to_string(wire::kAnswerBytesMax))));
   }
 
   template <class T>
   static wire::Response response_of(std::uint64_t id, Result<T> result) {
+    if (!result) return error_response(id, result.status());
     wire::Response response;
     response.id = id;
-    if (!result) {
-      response.kind = wire::Response::Kind::error;
-      response.error = result.status();
-    } else if constexpr (std::is_same_v<T, Receipt>) {
+    if constexpr (std::is_same_v<T, Receipt>) {
       response.kind = wire::Response::Kind::receipt;
       response.receipt = std::move(*result);
     } else if constexpr (std::is_same_v<T, Balance>) {
