@@ -57,6 +57,13 @@ class LedgerApi {
                            std::function<void(Result<std::vector<ItemBalance>>)> done) = 0;
   virtual void submit_hold_info(HoldId hold, std::function<void(Result<HoldView>)> done) = 0;
 
+  // The ledger's identity: a 64-bit value fixed when its log was created
+  // (the checksum of the first segment's header). A copy or a restored
+  // backup of the ledger has the same; another ledger, all but certainly,
+  // another. Client: that of the ledger its server serves; 0 from a server
+  // too old to say.
+  virtual std::uint64_t ledger_id() const = 0;
+
   // Ends the session: later calls fail with `closed`. Idempotent. Ledger:
   // stops its threads and closes the log (the Status of a failed write);
   // Client: closes the connection.

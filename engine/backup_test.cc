@@ -135,6 +135,10 @@ void check_backup(const std::string& source, const std::string& copy, const Back
   auto reopened_digest = reopened->digest();
   REQUIRE(reopened_digest.ok());
   CHECK(*reopened_digest == digest);
+  // The same ledger: a client that knew the source takes the copy.
+  const auto source_id = log::read_log_id(log::posix_file_system(), source + "/log");
+  REQUIRE(source_id.ok());
+  CHECK(reopened->ledger_id() == *source_id);
   REQUIRE(reopened->close().ok());
 }
 

@@ -15,6 +15,7 @@
 #include "engine/address.h"
 #include "engine/clock.h"
 #include "engine/decide.h"
+#include "engine/event_format.h"
 #include "engine/server.h"
 #include "log/thread.h"
 
@@ -188,15 +189,17 @@ HoldView hold_of(wire::Response& response) { return std::move(response.hold); }
 }  // namespace
 
 struct Client::Impl {
-  explicit Impl(ClientOptions options_in) : options(std::move(options_in)) {}
+  explicit Impl(ClientOptions options_in)
+      : options(std::move(options_in)), ledger_id(options.ledger_id) {}
 
   // Connects (with retries, waiting without the lock between them) and
   // sends every unanswered request again.
   Status connect_locked(std::unique_lock<std::mutex>& guard);
   // One attempt to connect and say hello, within connect_timeout_ms. Runs
   // without the lock: after Client::connect only the reader thread
-  // connects, so nothing else uses `io` meanwhile.
-  Result<std::unique_ptr<tcp::socket>> connect_once();
+  // connects, so nothing else uses `io` meanwhile. *served: the ledger id
+  // the hello's answer gave.
+  Result<std::unique_ptr<tcp::socket>> connect_once(std::uint64_t* served);
   // Fails every unanswered request: sent ones with `sent`, the rest (and
   // follows) with `unsent`; ends the follows cancelled meanwhile. Unlocks
   // to run the handlers.
@@ -256,6 +259,9 @@ struct Client::Impl {
                    const Status& why);
 
   ClientOptions options;
+  // The ledger its server must serve: options.ledger_id, else the first
+  // connection's. Written only by the thread that connects.
+  std::atomic<std::uint64_t> ledger_id;
   std::string host;
   std::uint16_t port = 0;
   asio::io_context io;
@@ -307,7 +313,7 @@ struct Client::Impl {
   }
 };
 
-Result<std::unique_ptr<tcp::socket>> Client::Impl::connect_once() {
+Result<std::unique_ptr<tcp::socket>> Client::Impl::connect_once(std::uint64_t* served) {
   const std::int64_t timeout_ms = std::max<std::int64_t>(options.connect_timeout_ms, 1);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   // Resolved at every attempt (a restarted server may have a new address),
@@ -367,6 +373,7 @@ Result<std::unique_ptr<tcp::socket>> Client::Impl::connect_once() {
                                               " answered the hello with something else than "
                                               "a hello: is it a tally server?");
       }
+      *served = response->ledger_id;
       return fresh;
     }
     const std::span<std::byte> space = reader.space();
@@ -412,10 +419,25 @@ Status Client::Impl::connect_locked(std::unique_lock<std::mutex>& guard) {
       backoff_ms = std::min(backoff_ms * 2, std::max(options.retry_backoff_max_ms, backoff_ms));
     }
     guard.unlock();
-    auto fresh = connect_once();
+    std::uint64_t served = 0;
+    auto fresh = connect_once(&served);
     guard.lock();
     status = fresh.status();
+    // Requests sent again to another ledger would be decided there afresh,
+    // and a follow would go on in another log: refused, not retried (the
+    // same server will answer the same). 0: a server too old to say.
+    const std::uint64_t expected = ledger_id.load(std::memory_order_relaxed);
+    if (fresh && served != 0 && expected != 0 && served != expected) {
+      std::string message = options.address + " serves ledger ";
+      append_hex64(&message, served);
+      message += ", not ledger ";
+      append_hex64(&message, expected);
+      message += ": was it started on another data directory?";
+      status = Status(ErrorCode::invalid, std::move(message));
+      break;
+    }
     if (fresh) {
+      if (expected == 0) ledger_id.store(served, std::memory_order_relaxed);
       socket = std::move(*fresh);
       connected = true;
       break;
@@ -850,6 +872,10 @@ Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
 
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Client::~Client() { ignore_status(close()); }
+
+std::uint64_t Client::ledger_id() const {
+  return impl_->ledger_id.load(std::memory_order_relaxed);
+}
 
 Status Client::close() {
   Impl& impl = *impl_;

@@ -85,6 +85,9 @@ struct ClientOptions {
   // addresses are tried in the resolver's order.
   std::string address = "127.0.0.1:7420";
   std::string token = {};                   // the server's token, if it has one
+  // The ledger the server must serve (Ledger::ledger_id()); 0: the one the
+  // first connection finds. A server serving another is refused: invalid.
+  std::uint64_t ledger_id = 0;
   // Reconnects a request survives: a reconnect makes up to retries_max + 1
   // attempts, with 5.26 s of the waits below between them, each attempt
   // taking up to connect_timeout_ms (docs/api.md gives the whole bound):
@@ -195,6 +198,10 @@ class Client final : public LedgerApi {
   // again and its on_end runs with ok (on the reader thread) without
   // waiting for the connection. An unknown or ended id is ignored.
   void cancel_follow(FollowId follow);
+
+  // The first connection's (ClientOptions::ledger_id when set). A server
+  // that serves another ledger later is refused (docs/protocol.md).
+  std::uint64_t ledger_id() const override;
 
   // Closes the connection (ending a reconnect's attempt under way, rather
   // than wait out its connect_timeout_ms) and joins the client's threads.

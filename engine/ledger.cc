@@ -421,6 +421,7 @@ struct Ledger::Impl {
   std::mutex committed_mu;
   std::condition_variable committed_cv;
   std::atomic<std::uint64_t> committed{0};
+  std::uint64_t ledger_id = 0;  // set at open (Ledger::ledger_id)
   // The timestamp of the event at committed (or the State's last before).
   std::atomic<std::int64_t> committed_time_ns{0};
   bool committed_closed = false;  // guarded by committed_mu
@@ -503,6 +504,10 @@ Status Ledger::Impl::start(LedgerStats* replayed_stats) {
   auto writer = log::LogWriter::open(*fs, log_dir(options.data_dir), report.end, writer_options);
   if (!writer) return writer.status();
   log = std::move(*writer);
+  // The writer made the first segment if the log had none.
+  auto id = log::read_log_id(*fs, log_dir(options.data_dir));
+  if (!id) return id.status();
+  ledger_id = *id;
   committed = state->last_seq();
   committed_time_ns = state->last_timestamp_ns();
   durable = state->last_seq();
@@ -1396,6 +1401,8 @@ Result<std::uint64_t> Ledger::digest() {
   }, false));
   return digest;
 }
+
+std::uint64_t Ledger::ledger_id() const { return impl_->ledger_id; }
 
 std::uint64_t Ledger::committed_seq() {
   return impl_->committed.load(std::memory_order_acquire);

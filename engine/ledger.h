@@ -265,6 +265,8 @@ class Ledger final : public LedgerApi {
   const std::string& data_dir() const;
   log::FileSystem& file_system() const;
 
+  std::uint64_t ledger_id() const override;
+
   // Finishes queued commands, syncs the log, stops the threads, releases the
   // lock (another process may open the directory). Later calls answer
   // `closed`. Idempotent: a second close() answers as the first did (a

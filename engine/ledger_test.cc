@@ -746,9 +746,12 @@ TEST_CASE("reopening rebuilds the same state from the log") {
   }
   const LedgerStats before = f.ledger->stats();
   const std::uint64_t digest_before = *f.ledger->digest();
+  const std::uint64_t id = f.ledger->ledger_id();
+  CHECK(id != 0);
   f.reopen();
   const LedgerStats after = f.ledger->stats();
   CHECK(*f.ledger->digest() == digest_before);
+  CHECK(f.ledger->ledger_id() == id);
   CHECK(after.next_seq == before.next_seq);
   CHECK(after.events_replayed == before.next_seq - 1);
 }

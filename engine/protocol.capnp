@@ -171,6 +171,7 @@ struct Response {
     hello @6 :Void;
     events @7 :EventBatch;
   }
+  ledgerId @8 :UInt64;  # hello: the ledger served (Ledger::ledger_id); 0 from older servers
 }
 
 # One batch of a follow: consecutive seqs, from nextSeq - length(events).

@@ -925,6 +925,7 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     authenticated_ = true;
     reader_.set_frame_bytes_max(core_.options().frame_bytes_max);
     response.kind = wire::Response::Kind::hello;
+    response.ledger_id = core_.ledger().ledger_id();
     send(wire::encode_response(response));
   }
 

@@ -2304,6 +2304,44 @@ TEST_CASE("client: a request sent, unanswered, then refused a reconnect is io_er
   CHECK(fx.ledger->balance("alice", "gold")->available == 7);
 }
 
+TEST_CASE("client: a server of another ledger is refused; its own is taken back") {
+  Fixture fx;
+  Fixture other;  // another data directory
+  CHECK(fx.ledger->ledger_id() != other.ledger->ledger_id());
+  SwitchingProxy proxy(fx.server->binary_port());
+  auto client = Client::connect(proxy.client_options());
+  REQUIRE(client.ok());
+  CHECK((*client)->ledger_id() == fx.ledger->ledger_id());
+  REQUIRE((*client)->acquire("k1", "alice", "gold", 5).ok());
+  // The address now leads to the other ledger's server.
+  proxy.redirect(other.server->binary_port());
+  proxy.cut();
+  const auto refused = (*client)->acquire("k2", "alice", "gold", 5);
+  // invalid when the client saw the cut before sending it, else io_error
+  // (sent, unanswered): either way the reconnect's reason.
+  CHECK((refused.code() == ErrorCode::invalid || refused.code() == ErrorCode::io_error));
+  CHECK(refused.status().message().find("was it started on another data directory?") !=
+        std::string::npos);
+  CHECK(other.ledger->balance("alice", "gold")->available == 0);
+  CHECK(other.ledger->committed_seq() == 0);
+  // Its own ledger back at the address: served again.
+  proxy.redirect(fx.server->binary_port());
+  REQUIRE((*client)->acquire("k2", "alice", "gold", 5).ok());
+  CHECK(fx.ledger->balance("alice", "gold")->available == 10);
+  CHECK((*client)->ledger_id() == fx.ledger->ledger_id());
+
+  // A client told which ledger to expect refuses another from the start.
+  ClientOptions pinned;
+  pinned.address = "127.0.0.1:" + std::to_string(other.server->binary_port());
+  pinned.ledger_id = fx.ledger->ledger_id();
+  const auto wrong = Client::connect(pinned);
+  CHECK(wrong.code() == ErrorCode::invalid);
+  pinned.ledger_id = other.ledger->ledger_id();
+  const auto right = Client::connect(pinned);
+  REQUIRE(right.ok());
+  CHECK((*right)->ledger_id() == other.ledger->ledger_id());
+}
+
 TEST_CASE("client: a follow outlives connections that drop and are restored, however many") {
   Fixture fx;
   SwitchingProxy proxy(fx.server->binary_port());

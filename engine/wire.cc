@@ -347,6 +347,7 @@ Status decode_response_fields(proto::Response::Reader in, Response* out) {
       return Status();
     case proto::Response::HELLO:
       out->kind = Response::Kind::hello;
+      out->ledger_id = in.getLedgerId();
       return Status();
     case proto::Response::EVENTS:
       out->kind = Response::Kind::events;
@@ -473,7 +474,10 @@ std::string encode_response(const Response& response) {
       break;
     }
     case Response::Kind::hold_info: encode_hold_view(response.hold, out.initHoldInfo()); break;
-    case Response::Kind::hello: out.setHello(); break;
+    case Response::Kind::hello:
+      out.setHello();
+      out.setLedgerId(response.ledger_id);
+      break;
     case Response::Kind::events: encode_event_batch(response, out.initEvents()); break;
   }
   return frame(builder);

@@ -135,6 +135,7 @@ struct Response {
   enum class Kind : std::uint8_t { error, receipt, balance, list, hold_info, hello, events };
   std::uint64_t id = 0;
   Kind kind = Kind::hello;
+  std::uint64_t ledger_id = 0;  // hello: the ledger served (0: not said)
   Status error;               // error (never ok)
   bool unauthorized = false;  // error: the token was missing or wrong
   bool unknown = false;       // error: the answer held what this version does not know

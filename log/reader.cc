@@ -129,6 +129,15 @@ Result<SegmentHeader> read_segment_header(FileSystem& fs, const std::string& dir
   return header;
 }
 
+Result<std::uint64_t> read_log_id(FileSystem& fs, const std::string& dir) {
+  auto header = read_segment_header(fs, dir, 1);
+  if (!header) return header.status();
+  // The fields give back the header's every byte, so its checksum too.
+  std::array<std::byte, kSegmentHeaderSize> bytes;
+  encode_segment_header(*header, bytes);
+  return segment_header_checksum(bytes);
+}
+
 namespace {
 
 // A read from a seq skips the segments before the one holding it unread,

@@ -111,6 +111,11 @@ Result<SegmentHeader> read_segment_header(FileSystem& fs, const std::string& dir
                                           std::uint64_t first_seq,
                                           std::uint64_t* file_bytes = nullptr);
 
+// The log's identity: the checksum of its first segment's header, which
+// holds the time the log was created. A copy of the log (a backup, a
+// restore) has the same; another log, all but certainly, another.
+Result<std::uint64_t> read_log_id(FileSystem& fs, const std::string& dir);
+
 class LogReader {
  public:
   // `dir` is the log directory (DATA/log). A missing or empty directory is

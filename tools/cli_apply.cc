@@ -442,6 +442,8 @@ class ClientPool final : public LedgerApi {
       client_options.address = options.connect;
       client_options.token = options.token;
       client_options.inflight_max = static_cast<std::size_t>(options.pipeline);
+      // Every connection to the ledger the first one found.
+      if (!pool->clients_.empty()) client_options.ledger_id = pool->clients_.front()->ledger_id();
       auto client = Client::connect(client_options);
       if (!client) return client.status();
       pool->clients_.push_back(std::move(*client));
@@ -480,6 +482,8 @@ class ClientPool final : public LedgerApi {
   void submit_hold_info(HoldId hold, std::function<void(Result<HoldView>)> done) override {
     clients_.front()->submit_hold_info(hold, std::move(done));
   }
+
+  std::uint64_t ledger_id() const override { return clients_.front()->ledger_id(); }
 
   Status close() override {
     Status first;
