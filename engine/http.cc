@@ -302,6 +302,9 @@ Status parse_op(const json::Value& object, OpType type, FieldNames extra, OpRequ
 Status parse_batch_ops(const json::Value& body, Command* command) {
   const json::Value* ops = body.find("ops");
   if (ops == nullptr || ops->type != json::Value::Type::array) return bad("\"ops\" must be an array");
+  // Counted first, as the ledger does: a batch too long is refused as such,
+  // whatever its ops hold.
+  if (ops->items.size() + ops->items_dropped > kBatchOpsMax) return detail::batch_too_large();
   command->ops.resize(ops->items.size());
   for (std::size_t index = 0; index < ops->items.size(); index++) {
     const json::Value& item = ops->items[index];

@@ -100,10 +100,16 @@ class Parser {
       pos_++;
       return Status();
     }
+    Value dropped;
     while (true) {
-      if (out->items.size() >= kItemsMax) return error("too many array items");
-      out->items.emplace_back();
-      TALLY_TRY(parse_value(&out->items.back(), depth + 1));
+      Value* item = &dropped;
+      if (out->items.size() < kItemsMax) {
+        item = &out->items.emplace_back();
+      } else {
+        dropped = Value();
+        out->items_dropped++;
+      }
+      TALLY_TRY(parse_value(item, depth + 1));
       skip_space();
       if (at_end()) return error("unterminated array");
       if (text_[pos_++] == ']') return Status();

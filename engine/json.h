@@ -22,8 +22,10 @@ namespace tally::json {
 
 inline constexpr int kDepthMax = 8;
 inline constexpr std::size_t kMembersMax = 64;      // per object
-// Per array: one past a batch's most ops (log::kBatchOpsMax), so that a batch
-// one op too long is refused by the batch's rule, with its message.
+// Items kept per array: one past a batch's most ops (log::kBatchOpsMax).
+// Those after them are parsed as JSON, counted and dropped (items_dropped),
+// so that a batch too long by any count is refused by the batch's rule, with
+// its message, and no body makes more than this many Values per array.
 inline constexpr std::size_t kItemsMax = 1001;
 inline constexpr std::size_t kNumberBytesMax = 32;
 
@@ -33,6 +35,7 @@ struct Value {
   bool boolean = false;
   std::string text;  // a string's bytes, or a number's literal
   std::vector<Value> items;
+  std::size_t items_dropped = 0;  // an array's items after the first kItemsMax
   std::vector<std::pair<std::string, Value>> members;
 
   // The member named `key` (parse() admits one at most), or nullptr (also

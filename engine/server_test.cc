@@ -317,6 +317,14 @@ TEST_CASE("json: parses objects, arrays, escapes and exact integers") {
   CHECK_FALSE(json::parse("{\"a\":1,}").ok());
   CHECK_FALSE(json::parse("[[[[[[[[[[[[1]]]]]]]]]]]]").ok());
   CHECK_FALSE(json::parse("{\"a\":1} x").ok());
+  // Items past kItemsMax are checked, counted and dropped.
+  std::string many = "[0";
+  for (std::size_t index = 1; index < json::kItemsMax + 999; index++) many += ",{\"a\":[1]}";
+  auto long_array = json::parse(many + "]");
+  REQUIRE(long_array.ok());
+  CHECK(long_array->items.size() == json::kItemsMax);
+  CHECK(long_array->items_dropped == 999);
+  CHECK_FALSE(json::parse(many + ",{]").ok());
   std::string out;
   json::append_string(&out, std::string("q\"\\\x01\xff", 5));
   CHECK(out == "\"q\\\"\\\\\\u0001\\u00ff\"");
