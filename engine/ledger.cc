@@ -415,13 +415,14 @@ struct Ledger::Impl {
   } counts;
   void publish_counts();
 
+  std::uint64_t ledger_id = 0;  // set at open (Ledger::ledger_id)
+
   // The last seq acknowledged (durable per the durability mode); readers of
   // the live log go up to it. Written under committed_mu (for the waiters
   // of committed_cv), read without it.
   std::mutex committed_mu;
   std::condition_variable committed_cv;
   std::atomic<std::uint64_t> committed{0};
-  std::uint64_t ledger_id = 0;  // set at open (Ledger::ledger_id)
   // The timestamp of the event at committed (or the State's last before).
   std::atomic<std::int64_t> committed_time_ns{0};
   bool committed_closed = false;  // guarded by committed_mu
