@@ -224,6 +224,8 @@ Core::Admission Core::add_session(const std::shared_ptr<Session>& session,
                (probes_open_ < kProbeConnectionsMax || (evicted = idle_probe_locked()))) {
       probes_open_++;
       admission = Admission::probe;
+      // The probe closed to make room is refused in the newcomer's stead.
+      if (evicted) refused_line = count_refused_locked(protocol);
     }
     if (admission != Admission::refused) {
       *id = next_session_id_++;

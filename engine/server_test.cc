@@ -3403,6 +3403,37 @@ TEST_CASE("server: over HTTP's connection limit, a few probes still get GET /hea
   CHECK(again.result_int() == 200);
 }
 
+TEST_CASE("server: an idle probe closed to make room is counted and said as a refusal") {
+  Fixture fx;
+  fx.options.connections_max = 1;
+  fx.stop();
+  fx.start();
+  const std::uint16_t port = fx.server->http_port();
+  asio::io_context io;
+  beast::tcp_stream held(io);  // takes the one HTTP slot, and keeps it
+  held.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+  http::request<http::empty_body> request(http::verb::get, "/health", 11);
+  request.set(http::field::host, "127.0.0.1");
+  http::write(held, request);
+  beast::flat_buffer buffer;
+  http::response<http::string_body> answer;
+  http::read(held, buffer, answer);
+  REQUIRE(answer.result_int() == 200);
+  // Idle connections take every probe's place; accepted in order, they are
+  // all in place before the scrape's connection, which closes the oldest.
+  std::vector<std::unique_ptr<tcp::socket>> idle;
+  for (std::size_t taken = 0; taken < kProbeConnectionsMax; taken++) {
+    idle.push_back(std::make_unique<tcp::socket>(io));
+    idle.back()->connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+  }
+  CHECK(metric(port, "tally_connections_rejected_total") == 1);
+  char byte = 0;
+  boost::system::error_code ec;
+  CHECK(idle.front()->read_some(asio::buffer(&byte, 1), ec) == 0);
+  CHECK(ec == asio::error::eof);
+  CHECK(fx.logged("refusing connections over connections_max (1 HTTP connections); 1 refused"));
+}
+
 // Restarts `fx`'s server with an idle timeout of `timeout_ms`.
 void restart_with_idle_timeout(Fixture& fx, std::int64_t timeout_ms) {
   fx.options.idle_timeout_ms = timeout_ms;
