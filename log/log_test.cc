@@ -11,6 +11,7 @@
 #include <atomic>
 #include <array>
 #include <filesystem>
+#include <future>
 #include <memory>
 #include <string>
 #include <vector>
@@ -499,6 +500,23 @@ TEST_CASE("a histogram counts each value in the first bucket whose bound is >= i
   CHECK(snapshot.counts == std::vector<std::uint64_t>{2, 2, 2, 2});
   CHECK(snapshot.count() == 8);
   CHECK(snapshot.sum == 0 + 1 + 2 + 10 + 11 + 100 + 101 + 5000);
+}
+
+TEST_CASE("the sync count and the sync histogram agree while a sync is under way") {
+  TempDir dir;
+  FaultyFileSystem fs(posix());
+  auto writer = open_writer(fs, dir.log_dir());
+  writer->append(payload_for(1));
+  fs.hold_next_sync();
+  auto written = std::async(std::launch::async, [&] { return writer->write(writer->seal(), true); });
+  REQUIRE(fs.wait_until_sync_held(std::chrono::seconds(30)));
+  const LogWriterStats during = writer->stats();
+  CHECK(during.syncs == during.sync_ns.count());
+  fs.release_sync();
+  REQUIRE(written.get().ok());
+  const LogWriterStats after = writer->stats();
+  CHECK(after.syncs == during.syncs + 1);
+  CHECK(after.syncs == after.sync_ns.count());
 }
 
 TEST_CASE("group commit: one write and one sync for many appends") {

@@ -67,7 +67,7 @@ inline constexpr std::array<std::uint64_t, 12> kWriteRecordsBounds = {
     1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384};
 
 struct LogWriterStats {
-  std::uint64_t syncs = 0;         // fdatasync calls on segments
+  std::uint64_t syncs = 0;         // fdatasync calls on segments (returned): sync_ns.count()
   std::uint64_t writes = 0;        // write calls
   std::uint64_t bytes_written = 0;
   std::uint64_t segments_created = 0;
