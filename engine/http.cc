@@ -1196,6 +1196,12 @@ std::optional<HttpSession::Routed> HttpSession::route_headers(const HttpRequest&
     return std::nullopt;
   }
   if (!core_.serving() && route.kind != RouteKind::metrics) {
+    // Counted under its op, as an answer from the ledger would be (a path
+    // that is no route, or a method the route does not take, under none).
+    if (route.op != Metrics::Op::count && request.method() == route.method) {
+      core_.metrics().record(route.op, Metrics::error_slot(ErrorCode::busy),
+                             steady_now_ns() - request_start_ns_);
+    }
     send(starting_response("busy"), false);
     return std::nullopt;
   }

@@ -1568,6 +1568,11 @@ TEST_CASE("server: bound before its ledger, it answers starting; a Client waits 
   CHECK(metric(server.http_port(), "tally_next_seq") == -1);
   CHECK(metric(server.http_port(), "tally_fsyncs_total") == -1);
   CHECK(get(server.http_port(), "/metrics?x=1").status == 400);
+  // The read turned away counts under its op; a path that is no route, or a
+  // method its route does not take, under none.
+  CHECK(get(server.http_port(), "/v2/nothing").status == 503);
+  CHECK(post(server.http_port(), "/v1/balances/alice/gold", "{}", "k").status == 503);
+  CHECK(metric(server.http_port(), "tally_ops_total{op=\"balance\",outcome=\"busy\"}") == 1);
 
   // A first request without a hello (this server has no token) is
   // answered busy, and the connection closed.
