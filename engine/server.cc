@@ -22,6 +22,7 @@
 #include "engine/clock.h"
 #include "engine/server_impl.h"
 #include "engine/wire.h"
+#include "log/text.h"
 #include "log/thread.h"
 
 namespace tally {
@@ -182,8 +183,12 @@ void Core::log_connection(std::string_view protocol, std::string_view peer,
     connection_lines_left_out_++;
     return;
   }
-  log(std::string(protocol) + " connection: " + std::string(what) + " (peer " +
-      std::string(peer) + ")");
+  std::string line = std::string(protocol) + " connection: ";
+  append_escaped(&line, what.substr(0, kConnectionNoteBytesMax), '\\');
+  if (what.size() > kConnectionNoteBytesMax) {
+    line += "... (" + std::to_string(what.size()) + " bytes)";
+  }
+  log(line + " (peer " + std::string(peer) + ")");
   if (++connection_lines_ == kConnectionLinesPerMinute) {
     log("connection lines: " + std::to_string(kConnectionLinesPerMinute) +
         " this minute, the most logged; the rest of this minute's are left out"

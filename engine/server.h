@@ -41,6 +41,8 @@ namespace tally {
 // The most lines about single connections (why one closed) logged in a
 // minute: peers that each send garbage must not flood the log.
 inline constexpr std::uint64_t kConnectionLinesPerMinute = 100;
+// The most of a connection line's account of what happened that is logged.
+inline constexpr std::size_t kConnectionNoteBytesMax = 512;
 
 // Over ServerOptions::connections_max HTTP connections, this many more are
 // probes: each reads one request and answers it if it is for /health or

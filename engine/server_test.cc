@@ -3439,6 +3439,29 @@ TEST_CASE("server: an idle probe closed to make room is counted and said as a re
   CHECK(fx.logged("refusing connections over connections_max (1 HTTP connections); 1 refused"));
 }
 
+TEST_CASE("server: what a peer sent is logged cut short and escaped") {
+  Fixture fx;
+  const std::string coding = "x\ty" + std::string(3000, 'x');
+  const std::string answer = send_raw_until_closed(
+      fx.server->http_port(),
+      "POST /v1/acquire HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: " + coding + ", chunked\r\n\r\n");
+  CHECK(answer.rfind("HTTP/1.1 501", 0) == 0);
+  std::string line;
+  {
+    std::lock_guard<std::mutex> guard(fx.log_mu);
+    for (const std::string& logged : fx.logs) {
+      if (logged.find("transfer coding") != std::string::npos) line = logged;
+    }
+  }
+  CAPTURE(line);
+  CHECK(line.find("http connection: ") == 0);
+  CHECK(line.find("\"x\\x09y") != std::string::npos);
+  CHECK(line.find('\t') == std::string::npos);
+  CHECK(line.size() < kConnectionNoteBytesMax + 100);
+  CHECK(line.find("... (") != std::string::npos);
+  CHECK(line.find(" (peer 127.0.0.1:") != std::string::npos);
+}
+
 // Restarts `fx`'s server with an idle timeout of `timeout_ms`.
 void restart_with_idle_timeout(Fixture& fx, std::int64_t timeout_ms) {
   fx.options.idle_timeout_ms = timeout_ms;
