@@ -1161,8 +1161,12 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     idle_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
       if (ec || self->closed_) return;
       if (self->writing_) return self->check_write_progress();
-      // An open follow is a connection in use, however quiet the ledger.
-      if (self->inflight_ > 0 || !self->follows_.empty()) return self->arm_idle_timer();
+      // An open follow is a connection in use, however quiet the ledger;
+      // but not one whose peer takes none of what was written to it.
+      if (self->inflight_ > 0 || !self->follows_.empty()) {
+        if (unsent_bytes(self->socket_) > 0) return self->check_write_progress("taken");
+        return self->arm_idle_timer();
+      }
       const std::int64_t next_ns =
           look_when_idle(self->drain_, unsent_bytes(self->socket_), steady_now_ns(),
                          core_idle_ns(self->core_), &self->last_activity_ns_);
@@ -1176,12 +1180,14 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   // A write in progress keeps the connection open while it moves
   // (look_at_write). One that has sent nothing for the idle timeout has a
   // peer that reads nothing: waiting on it would hold the connection, its
-  // answers and its follows for ever.
-  void check_write_progress() {
+  // answers and its follows for ever. The same for bytes written whole
+  // that the peer does not take (`stuck` "taken"), while a follow or a
+  // request keeps the connection from being idle.
+  void check_write_progress(const char* stuck = "written") {
     const std::int64_t wait_ns = look_at_write(drain_, unsent_bytes(socket_), steady_now_ns(),
                                                core_idle_ns(core_), &write_progress_ns_);
     if (wait_ns > 0) return arm_idle_timer(wait_ns);
-    close_stuck("written");
+    close_stuck(stuck);
   }
 
   // Resets a connection whose peer took no answer bytes for the idle

@@ -3621,6 +3621,18 @@ TEST_CASE("server: a peer that takes none of answers written whole is reset, not
     // Whether the writes completed or stalled, the peer takes nothing: reset.
     check_reset_as_reading_none(fx, socket, "binary", "no answer bytes");
   }
+  SUBCASE("binary, a follow open on a quiet ledger") {
+    // About 40 KB of events: more than this side's buffer takes, less than
+    // the server's holds. Once they are written nothing more comes, and the
+    // open follow must not make the connection look in use for ever.
+    const std::string name(100, 'n');
+    for (int index = 0; index < 200; index++) {
+      REQUIRE(fx.ledger->acquire(testing::name("k", index), name, name, 1).ok());
+    }
+    connect_binary(socket, fx.server->binary_port());
+    asio::write(socket, asio::buffer(follow_frame(1, 1)));
+    check_reset_as_reading_none(fx, socket, "binary", "no answer bytes taken for 300 ms");
+  }
   SUBCASE("http") {
     socket.connect(tcp::endpoint(asio::ip::address_v4::loopback(), fx.server->http_port()));
     // 60 pipelined answers of about 250 bytes: more than this side's
