@@ -22,7 +22,8 @@ class LedgerApi {
  public:
   virtual ~LedgerApi() = default;
 
-  // Any mutation; returns once its outcome is durable (or it failed).
+  // Any mutation; returns once its outcome is durable per the durability
+  // mode (or it failed).
   virtual Result<Receipt> execute(Command command) = 0;
   using Completion = std::function<void(Result<Receipt>)>;
   // Queues a mutation and returns; `done` runs once its outcome is known.

@@ -12,7 +12,7 @@
 //
 // Reads travel the same queue and are answered with the group they were
 // decided in: they see every mutation queued before them, and nothing that
-// is not yet durable reaches a caller.
+// is not yet acknowledged (durable per the durability mode) reaches a caller.
 #include "engine/ledger.h"
 
 #include <sys/resource.h>

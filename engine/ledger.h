@@ -173,7 +173,8 @@ class Ledger final : public LedgerApi {
 
   // ---- LedgerApi: mutations return once the outcome is durable ----
   Result<Receipt> execute(Command command) override;
-  // Queues a command; `done` runs once its outcome is durable (or it failed).
+  // Queues a command; `done` runs once its outcome is durable per the
+  // durability mode (or it failed).
   // Waits only when the queue is full, and never in a completion.
   void submit(Command command, Completion done) override;
 

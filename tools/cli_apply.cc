@@ -856,7 +856,8 @@ constexpr CommandSpec kApplySpec = {
     "                   [--snapshot-every N] [--snapshot-seconds S] [--snapshot-retain K] [--history on|off]\n"
     "                   [--idempotency-window S] [--hold-ttl-max S] [--queue-depth N]\n"
     "                   [--segment-bytes N] [--sync-interval-ms N] [--scrub-seconds S]",
-    "Prints one line per op, in file order, once its outcome is durable:\n"
+    "Prints one line per op, in file order, once its outcome is acknowledged\n"
+    "(durable per --durability):\n"
     "  key,outcome[,hold_id][,replay]\n"
     "outcome: ok, insufficient, overflow, hold_unknown, hold_expired,\n"
     "hold_finalized, invalid or idempotency_conflict. hold_id follows a\n"
