@@ -3340,24 +3340,34 @@ TEST_CASE("server: connection limit, for each protocol on its own") {
   CHECK(metric(fx.server->http_port(), "tally_connections_rejected_total") == 6);
 }
 
+// Restarts `fx`'s server with one HTTP connection at most, and takes it
+// with a keep-alive client (its GET /health answered) that keeps it.
+struct HttpSlotHeld {
+  explicit HttpSlotHeld(Fixture& fx) {
+    fx.options.connections_max = 1;
+    fx.stop();
+    fx.start();
+    port = fx.server->http_port();
+    held.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+    request.set(http::field::host, "127.0.0.1");
+    http::write(held, request);
+    http::response<http::string_body> answer;
+    http::read(held, buffer, answer);
+    REQUIRE(answer.result_int() == 200);
+    REQUIRE(answer.keep_alive());
+  }
+  std::uint16_t port = 0;
+  asio::io_context io;
+  beast::tcp_stream held{io};
+  http::request<http::empty_body> request{http::verb::get, "/health", 11};
+  beast::flat_buffer buffer;
+};
+
 TEST_CASE("server: over HTTP's connection limit, a few probes still get GET /health and /metrics") {
   Fixture fx;
-  fx.options.connections_max = 1;
-  fx.stop();
-  fx.start();
-  const std::uint16_t port = fx.server->http_port();
-  // A keep-alive client takes the one HTTP slot, and keeps it.
-  asio::io_context io;
-  beast::tcp_stream held(io);
-  held.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
-  http::request<http::empty_body> request(http::verb::get, "/health", 11);
-  request.set(http::field::host, "127.0.0.1");
-  http::write(held, request);
-  beast::flat_buffer buffer;
-  http::response<http::string_body> answer;
-  http::read(held, buffer, answer);
-  REQUIRE(answer.result_int() == 200);
-  REQUIRE(answer.keep_alive());
+  HttpSlotHeld slot(fx);
+  const std::uint16_t port = slot.port;
+  asio::io_context& io = slot.io;
 
   // A supervisor's check and a scrape are answered, then closed, as many
   // times in a row as needed: each probe gives its slot back.
@@ -3402,33 +3412,21 @@ TEST_CASE("server: over HTTP's connection limit, a few probes still get GET /hea
     CHECK(answered.rfind("HTTP/1.1 200", 0) == 0);
   }
   // The held client was served all along.
-  http::write(held, request);
+  http::write(slot.held, slot.request);
   http::response<http::string_body> again;
-  http::read(held, buffer, again);
+  http::read(slot.held, slot.buffer, again);
   CHECK(again.result_int() == 200);
 }
 
 TEST_CASE("server: an idle probe closed to make room is counted and said as a refusal") {
   Fixture fx;
-  fx.options.connections_max = 1;
-  fx.stop();
-  fx.start();
-  const std::uint16_t port = fx.server->http_port();
-  asio::io_context io;
-  beast::tcp_stream held(io);  // takes the one HTTP slot, and keeps it
-  held.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
-  http::request<http::empty_body> request(http::verb::get, "/health", 11);
-  request.set(http::field::host, "127.0.0.1");
-  http::write(held, request);
-  beast::flat_buffer buffer;
-  http::response<http::string_body> answer;
-  http::read(held, buffer, answer);
-  REQUIRE(answer.result_int() == 200);
+  HttpSlotHeld slot(fx);
+  const std::uint16_t port = slot.port;
   // Idle connections take every probe's place; accepted in order, they are
   // all in place before the scrape's connection, which closes the oldest.
   std::vector<std::unique_ptr<tcp::socket>> idle;
   for (std::size_t taken = 0; taken < kProbeConnectionsMax; taken++) {
-    idle.push_back(std::make_unique<tcp::socket>(io));
+    idle.push_back(std::make_unique<tcp::socket>(slot.io));
     idle.back()->connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
   }
   CHECK(metric(port, "tally_connections_rejected_total") == 1);

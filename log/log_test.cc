@@ -508,7 +508,8 @@ TEST_CASE("the sync count and the sync histogram agree while a sync is under way
   auto writer = open_writer(fs, dir.log_dir());
   writer->append(payload_for(1));
   fs.hold_next_sync();
-  auto written = std::async(std::launch::async, [&] { return writer->write(writer->seal(), true); });
+  auto written =
+      std::async(std::launch::async, [&] { return writer->write(writer->seal(), true); });
   REQUIRE(fs.wait_until_sync_held(std::chrono::seconds(30)));
   const LogWriterStats during = writer->stats();
   CHECK(during.syncs == during.sync_ns.count());
