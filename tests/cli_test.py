@@ -1525,6 +1525,19 @@ def test_workload_opens_both_outputs_before_it_writes_either():
                          "--expect", "missing/w.expect", cwd=d)
     assert code == 1 and "missing/w.expect" in err, (code, err)
     assert os.path.getsize(os.path.join(d, "w.csv")) == 0
+    # A file --out names already is left as it was.
+    with open(os.path.join(d, "w.csv"), "w") as f:
+        f.write("kept\n")
+    code, _, err = tally("workload", "--subjects", "3", "--ops", "100", "--out", "w.csv",
+                         "--expect", "missing/w.expect", cwd=d)
+    assert code == 1 and "missing/w.expect" in err, (code, err)
+    assert open(os.path.join(d, "w.csv")).read() == "kept\n"
+    # Written over whole once both open: a shorter output leaves no old tail.
+    with open(os.path.join(d, "w.csv"), "w") as f:
+        f.write("x" * 100000)
+    tally("workload", "--subjects", "3", "--ops", "10", "--out", "w.csv", "--expect", "w.expect",
+          cwd=d, expect_exit=0)
+    assert "x" not in open(os.path.join(d, "w.csv")).read()
 
 
 def test_workload_refuses_one_file_for_out_and_expect():

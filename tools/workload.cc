@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <system_error>
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -348,14 +349,31 @@ Result<WorkloadSpec> parse_spec(const Args& args) {
   return spec;
 }
 
-// Opens `path` for writing ("-": stdout); closes it when done.
+// Opens `path` for writing ("-": stdout), without emptying it: truncate()
+// does, once every output is open, so that one that cannot be opened leaves
+// the others as they were. Closes it when done.
 class OutFile {
  public:
   static Result<std::unique_ptr<OutFile>> open(const std::string& path) {
     if (path == "-") return std::make_unique<OutFile>(path, stdout);
-    std::FILE* file = std::fopen(path.c_str(), "wb");
-    if (file == nullptr) return Status(ErrorCode::io_error, path + ": " + std::strerror(errno));
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0666);
+    std::FILE* file = fd < 0 ? nullptr : ::fdopen(fd, "wb");
+    if (file == nullptr) {
+      const Status failed(ErrorCode::io_error, path + ": " + std::strerror(errno));
+      if (fd >= 0) ::close(fd);
+      return failed;
+    }
     return std::make_unique<OutFile>(path, file);
+  }
+  // Empties a regular file; a device or a pipe has nothing to empty.
+  Status truncate() {
+    if (file_ == stdout) return Status();
+    struct stat status;
+    const int fd = ::fileno(file_);
+    if (::fstat(fd, &status) == 0 && (!S_ISREG(status.st_mode) || ::ftruncate(fd, 0) == 0)) {
+      return Status();
+    }
+    return Status(ErrorCode::io_error, path_ + ": " + std::strerror(errno));
   }
   OutFile(std::string path, std::FILE* file) : path_(std::move(path)), file_(file) {}
   ~OutFile() { ignore_status(close()); }
@@ -460,6 +478,10 @@ int run_workload(const Args& args) {
     auto opened = OutFile::open(std::string(args.get("expect")));
     if (!opened) return failure(opened.status());
     expect = std::move(*opened);
+  }
+  for (const std::unique_ptr<OutFile>* file : {&*out, &expect}) {
+    if (*file == nullptr) continue;
+    if (Status emptied = (*file)->truncate(); !emptied.ok()) return failure(emptied);
   }
 
   WorkloadGenerator generator(*spec);
