@@ -944,6 +944,13 @@ class HttpSession final : public Session, public std::enable_shared_from_this<Ht
     // malformed: there is no one to answer, and nothing for the malformed
     // count's alerts.
     if (ec == asio::error::connection_reset || ec == http::error::partial_message) return close();
+    // Beast calls the two framings together a bad value of the second.
+    const auto& header = parser_->get();
+    if ((ec == http::error::bad_content_length && header.count(http::field::transfer_encoding)) ||
+        (ec == http::error::bad_transfer_encoding && header.count(http::field::content_length))) {
+      return refuse(http::status::bad_request, "invalid",
+                    "malformed HTTP request: both Content-Length and Transfer-Encoding");
+    }
     if (ec) return refuse(http::status::bad_request, "invalid", "malformed HTTP request: " + ec.message());
     handle(parser_->release());
   }

@@ -150,6 +150,22 @@ TEST_CASE("http api: audit fields belong to the batch, not to its ops") {
   CHECK(meta->find("actor")->text == "ann");
 }
 
+TEST_CASE("http api: both framings of a body, in either order, are said to be both") {
+  Fixture fx;
+  const std::uint16_t port = fx.server->http_port();
+  const std::string start = "POST /v1/acquire HTTP/1.1\r\nHost: x\r\n";
+  const std::string chunked = "Transfer-Encoding: chunked\r\n";
+  const std::string length = "Content-Length: 3\r\n";
+  for (const std::string& framing : {chunked + length, length + chunked}) {
+    const std::string answer = send_raw_until_closed(port, start + framing + "\r\n");
+    CHECK(answer.rfind("HTTP/1.1 400", 0) == 0);
+    CHECK(answer.find("malformed HTTP request: both Content-Length and Transfer-Encoding") !=
+          std::string::npos);
+  }
+  const std::string bad = send_raw_until_closed(port, start + "Content-Length: 3x\r\n\r\n");
+  CHECK(bad.find("malformed HTTP request: bad Content-Length") != std::string::npos);
+}
+
 TEST_CASE("http api: a method a route does not answer is 405 with Allow") {
   Fixture fx;
   const std::uint16_t port = fx.server->http_port();
