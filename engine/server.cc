@@ -672,6 +672,11 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
       // Whatever the request (a hello, or a first request without one):
       // the client connects again, and tally::Client counts these apart
       // from its retries, since a server opening a long log is on its way.
+      // Counted under its op, as HTTP counts its requests turned away.
+      const bool asks = request->refused.ok() || request->refused_asks;
+      if (const Metrics::Op op = op_of(*request); asks && op != Metrics::Op::count) {
+        core_.metrics().record(op, Metrics::error_slot(ErrorCode::busy), 0);
+      }
       send_error(request->id, Core::starting());
       return stop_reading(Status(ErrorCode::busy, "closing: the server is starting"));
     }
@@ -690,12 +695,23 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
   // measured time of it would be.
   void count_refused(const wire::Request& request) {
     if (!request.refused_asks) return;
+    core_.metrics().record(op_of(request), Metrics::error_slot(request.refused.code()), 0);
+  }
+
+  // The op tally_ops_total counts a request under; count for a hello or a
+  // cancel, which ask for none.
+  static Metrics::Op op_of(const wire::Request& request) {
     using Kind = wire::Request::Kind;
-    Metrics::Op op = Metrics::Op::hold_info;
-    if (request.kind == Kind::mutation) op = Metrics::op_of(request.command);
-    if (request.kind == Kind::balance) op = Metrics::Op::balance;
-    if (request.kind == Kind::list) op = Metrics::Op::list;
-    core_.metrics().record(op, Metrics::error_slot(request.refused.code()), 0);
+    switch (request.kind) {
+      case Kind::mutation: return Metrics::op_of(request.command);
+      case Kind::balance: return Metrics::Op::balance;
+      case Kind::list: return Metrics::Op::list;
+      case Kind::hold_info: return Metrics::Op::hold_info;
+      case Kind::follow: return Metrics::Op::events;
+      case Kind::hello:
+      case Kind::cancel: break;
+    }
+    return Metrics::Op::count;
   }
 
   // Answers unauthorized (counted, and logged with `message`) and closes

@@ -1579,6 +1579,7 @@ TEST_CASE("server: bound before its ledger, it answers starting; a Client waits 
   const wire::Response early = lone_balance_answer(server.binary_port());
   CHECK(early.kind == wire::Response::Kind::error);
   CHECK(early.error.code() == ErrorCode::busy);
+  CHECK(metric(server.http_port(), "tally_ops_total{op=\"balance\",outcome=\"busy\"}") == 2);
 
   // So is the hello. A client whose start wait is over stops
   // there (it has no retries left)...
