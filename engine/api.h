@@ -61,8 +61,10 @@ class LedgerApi {
   // The ledger's identity: a 64-bit value fixed when its log was created
   // (the checksum of the first segment's header). A copy or a restored
   // backup of the ledger has the same; another ledger, all but certainly,
-  // another. Client: that of the ledger its server serves; 0 from a server
-  // too old to say.
+  // another; 0 while the log has no segment yet (an open on a full disk
+  // leaves the first one to the first append). Client: that of the ledger
+  // its server serves (ClientOptions::ledger_id when set); 0 while no
+  // server has said (one too old to).
   virtual std::uint64_t ledger_id() const = 0;
 
   // Ends the session: later calls fail with `closed`. Idempotent. Ledger:

@@ -415,7 +415,9 @@ struct Ledger::Impl {
   } counts;
   void publish_counts();
 
-  std::uint64_t ledger_id = 0;  // set at open (Ledger::ledger_id)
+  // Ledger::ledger_id, read at open; 0 until the first segment exists (an
+  // open on a full disk may leave it to the first append to make).
+  mutable std::atomic<std::uint64_t> ledger_id{0};
 
   // The last seq acknowledged (durable per the durability mode); readers of
   // the live log go up to it. Written under committed_mu (for the waiters
@@ -505,10 +507,11 @@ Status Ledger::Impl::start(LedgerStats* replayed_stats) {
   auto writer = log::LogWriter::open(*fs, log_dir(options.data_dir), report.end, writer_options);
   if (!writer) return writer.status();
   log = std::move(*writer);
-  // The writer made the first segment if the log had none.
+  // The writer made the first segment if the log had none, unless the disk
+  // was full: then ledger_id() reads it once the first append has made it.
   auto id = log::read_log_id(*fs, log_dir(options.data_dir));
-  if (!id) return id.status();
-  ledger_id = *id;
+  if (!id && id.code() != ErrorCode::not_found) return id.status();
+  if (id) ledger_id = *id;
   committed = state->last_seq();
   committed_time_ns = state->last_timestamp_ns();
   durable = state->last_seq();
@@ -1403,7 +1406,14 @@ Result<std::uint64_t> Ledger::digest() {
   return digest;
 }
 
-std::uint64_t Ledger::ledger_id() const { return impl_->ledger_id; }
+std::uint64_t Ledger::ledger_id() const {
+  std::uint64_t id = impl_->ledger_id.load(std::memory_order_relaxed);
+  if (id != 0) return id;
+  // A header being written does not verify: 0 again, until it is whole.
+  auto read = log::read_log_id(*impl_->fs, log_dir(impl_->options.data_dir));
+  if (read) impl_->ledger_id.store(id = *read, std::memory_order_relaxed);
+  return id;
+}
 
 std::uint64_t Ledger::committed_seq() {
   return impl_->committed.load(std::memory_order_acquire);

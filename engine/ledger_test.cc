@@ -1228,6 +1228,31 @@ TEST_CASE("a ledger out of file descriptors for a moment at a segment rotation g
   CHECK((*reopened)->balance("alice", "gold")->available == kAcquired);
 }
 
+TEST_CASE("a ledger whose first segment waits for room has its id once the segment is made") {
+  testing::TempDir dir;
+  LedgerOptions options = bare_options(dir, Durability::sync);
+  {
+    auto made = Ledger::open(options);  // makes the directory and segment 1
+    REQUIRE(made.ok());
+    REQUIRE((*made)->close().ok());
+  }
+  // A crash as segment 1 was made leaves its file empty; the disk is full.
+  const std::string first = log_dir(options.data_dir) + "/" + log::segment_file_name(1);
+  REQUIRE(::truncate(first.c_str(), 0) == 0);
+  log::FaultyFileSystem fs(log::posix_file_system());
+  options.fs = &fs;
+  fs.fail_writes_after_bytes(0);
+  auto ledger = Ledger::open(options);  // opens, for reads
+  REQUIRE_MESSAGE(ledger.ok(), ledger.status().to_string());
+  CHECK((*ledger)->ledger_id() == 0);
+  fs.disarm();
+  REQUIRE(outcome_of((*ledger)->acquire("k", "alice", "gold", 1)) == Outcome::ok);
+  const auto id = log::read_log_id(fs, log_dir(options.data_dir));
+  REQUIRE(id.ok());
+  CHECK((*ledger)->ledger_id() == *id);
+  CHECK(*id != 0);
+}
+
 TEST_CASE("a second ledger on the same directory is refused") {
   Fixture f;
   LedgerOptions options = f.options;
