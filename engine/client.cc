@@ -425,14 +425,20 @@ Status Client::Impl::connect_locked(std::unique_lock<std::mutex>& guard) {
     status = fresh.status();
     // Requests sent again to another ledger would be decided there afresh,
     // and a follow would go on in another log: refused, not retried (the
-    // same server will answer the same). 0: a server too old to say.
+    // same server will answer the same). 0: a server that cannot say, taken
+    // unless options.ledger_id asks for a ledger.
     const std::uint64_t expected = ledger_id.load(std::memory_order_relaxed);
-    if (fresh && served != 0 && expected != 0 && served != expected) {
-      std::string message = options.address + " serves ledger ";
-      append_hex64(&message, served);
-      message += ", not ledger ";
-      append_hex64(&message, expected);
-      message += ": was it started on another data directory?";
+    if (fresh && expected != 0 && served != expected && (served != 0 || options.ledger_id != 0)) {
+      std::string wanted;
+      append_hex64(&wanted, expected);
+      std::string message = options.address;
+      if (served != 0) {
+        message += " serves ledger ";
+        append_hex64(&message, served);
+        message += ", not ledger " + wanted + ": was it started on another data directory?";
+      } else {
+        message += " does not say which ledger it serves; this client asks for ledger " + wanted;
+      }
       status = Status(ErrorCode::invalid, std::move(message));
       break;
     }

@@ -86,7 +86,8 @@ struct ClientOptions {
   std::string address = "127.0.0.1:7420";
   std::string token = {};                   // the server's token, if it has one
   // The ledger the server must serve (Ledger::ledger_id()); 0: the one the
-  // first connection finds. A server serving another is refused: invalid.
+  // first connection finds. A server serving another is refused: invalid;
+  // so is one that does not say, when this is set.
   std::uint64_t ledger_id = 0;
   // Reconnects a request survives: a reconnect makes up to retries_max + 1
   // attempts, with 5.26 s of the waits below between them, each attempt

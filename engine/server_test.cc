@@ -2354,6 +2354,33 @@ TEST_CASE("client: a server of another ledger is refused; its own is taken back"
   const auto right = Client::connect(pinned);
   REQUIRE(right.ok());
   CHECK((*right)->ledger_id() == other.ledger->ledger_id());
+
+  // A server too old to say (ledgerId 0): taken, unless the client asks
+  // for a ledger. This one answers each of two connections' hellos.
+  asio::io_context io;
+  tcp::acceptor old_server(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+  std::thread answering([&] {
+    wire::Response hello;
+    hello.kind = wire::Response::Kind::hello;
+    const std::string answer = wire::encode_response(hello);
+    std::vector<tcp::socket> accepted;
+    for (int connection = 0; connection < 2; connection++) {
+      accepted.push_back(old_server.accept());
+      asio::write(accepted.back(), asio::buffer(answer));
+    }
+  });
+  ClientOptions to_old;
+  to_old.address = "127.0.0.1:" + std::to_string(old_server.local_endpoint().port());
+  to_old.retries_max = 0;
+  const auto unpinned = Client::connect(to_old);
+  REQUIRE(unpinned.ok());
+  CHECK((*unpinned)->ledger_id() == 0);
+  to_old.ledger_id = fx.ledger->ledger_id();
+  const auto refused_old = Client::connect(to_old);
+  CHECK(refused_old.code() == ErrorCode::invalid);
+  CHECK(refused_old.status().message().find("does not say which ledger it serves") !=
+        std::string::npos);
+  answering.join();
 }
 
 TEST_CASE("client: a follow outlives connections that drop and are restored, however many") {
