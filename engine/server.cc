@@ -230,7 +230,7 @@ Core::Admission Core::add_session(const std::shared_ptr<Session>& session,
       probes_open_++;
       admission = Admission::probe;
       // The probe closed to make room is refused in the newcomer's stead.
-      if (evicted) refused_line = count_refused_locked(protocol);
+      if (evicted) refused_line = count_refused_locked(protocol, true);
     }
     if (admission != Admission::refused) {
       *id = next_session_id_++;
@@ -273,7 +273,7 @@ void Core::refuse_probe() {
   if (!refused_line.empty()) log(refused_line);
 }
 
-std::string Core::count_refused_locked(Metrics::Protocol protocol) {
+std::string Core::count_refused_locked(Metrics::Protocol protocol, bool probe_admitted) {
   metrics_.connection_rejected();
   // Said once a minute at most while it lasts: a flood must not flood.
   // Each protocol's on its own: a line names the protocol and counts its
@@ -288,7 +288,7 @@ std::string Core::count_refused_locked(Metrics::Protocol protocol) {
                      std::to_string(options_.connections_max) + " " +
                      (http ? "HTTP" : "binary") + " connections); " + std::to_string(refused) +
                      " refused since the last such line";
-  if (http && probes_open_ < kProbeConnectionsMax) {
+  if (http && (probe_admitted || probes_open_ < kProbeConnectionsMax)) {
     line += "; GET /health and GET /metrics are still answered";
   }
   noted_ns = now_ns;

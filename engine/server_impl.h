@@ -296,7 +296,9 @@ class Core {
   // Counts a connection refused over connections_max. Under mu_; returns
   // the line to log once mu_ is released (empty: none, it was said less
   // than a minute ago), so that a slow log sink never holds mu_.
-  std::string count_refused_locked(Metrics::Protocol protocol);
+  // `probe_admitted`: a probe took the refused one's place (the probes are
+  // still answered, though all their places are taken).
+  std::string count_refused_locked(Metrics::Protocol protocol, bool probe_admitted = false);
   // Of each protocol, connections refused over connections_max since the
   // last line that said so, and when that was (steady ns; 0: never). Under
   // mu_.
