@@ -34,7 +34,7 @@ inline constexpr FlagSpec kLedgerFlags[] = {
     {"segment-bytes", "N", "the log's segment size, a multiple of 8 (default 67108864)",
      IntegerRange{static_cast<std::int64_t>(log::kSegmentSizeBytesMin),
                   static_cast<std::int64_t>(log::kSegmentSizeBytesMax)}},
-    {"sync-interval-ms", "N", "async durability: fdatasync once N ms passed since the last (default 10)",
+    {"sync-interval-ms", "N", "async durability: fdatasync once N ms passed since the last (10)",
      IntegerRange{1, kSyncIntervalMsMax}},
     {"scrub-seconds", "S",
      "read and verify the whole durable log again every S seconds (default 604800, 7 days; 0: "
