@@ -935,18 +935,16 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
 
   void hello(const wire::Request& request) {
     if (const char* why = token_refused(request)) return refuse(request.id, why);
-    wire::Response response;
-    response.id = request.id;
     if (request.version != wire::kProtocolVersion) {
-      response.kind = wire::Response::Kind::error;
-      response.error = Status(ErrorCode::invalid, "protocol version " +
-                                                      std::to_string(request.version) +
-                                                      " is not supported");
-      send(wire::encode_response(response));
-      return stop_reading(Status(ErrorCode::invalid, "closing: " + response.error.message()));
+      const std::string why =
+          "protocol version " + std::to_string(request.version) + " is not supported";
+      send_error(request.id, Status(ErrorCode::invalid, why));
+      return stop_reading(Status(ErrorCode::invalid, "closing: " + why));
     }
     authenticated_ = true;
     reader_.set_frame_bytes_max(core_.options().frame_bytes_max);
+    wire::Response response;
+    response.id = request.id;
     response.kind = wire::Response::Kind::hello;
     response.ledger_id = core_.ledger().ledger_id();
     send(wire::encode_response(response));

@@ -186,10 +186,10 @@ class Core {
   bool stopping() const { return stopping_.load(std::memory_order_acquire); }
   void log(std::string_view message) const;
   // Logs "PROTOCOL connection: WHAT (peer HOST:PORT)", at most
-  // kConnectionLinesPerMinute such lines a minute. WHAT may quote the peer:
-  // it is cut at kConnectionNoteBytesMax and escaped (append_escaped). The line that reaches
+  // kConnectionLinesPerMinute such lines a minute. The line that reaches
   // the limit says so; the first one in a later minute says how many were
-  // left out.
+  // left out. WHAT may quote the peer: it is cut at kConnectionNoteBytesMax
+  // and escaped (append_escaped).
   void log_connection(std::string_view protocol, std::string_view peer, std::string_view what);
   // True when no token is configured or `presented` matches it.
   bool token_ok(std::string_view presented) const;
