@@ -254,6 +254,17 @@ class FlatTable {
   static constexpr std::size_t kCapacityMin = 16;
   static_assert(Policy::kLoadNum < Policy::kLoadDen);
   static_assert(std::has_single_bit(Policy::kCapacityMax));
+  static_assert(kCapacityMin % Policy::kLoadDen == 0);
+
+  // set_stagger(s) makes the table grow at a load s/kStaggerDen below the
+  // Policy's, for s in [0, kStaggerMax].
+  static constexpr std::size_t kStaggerDen = 256;
+  static constexpr std::size_t kStaggerMax = 15;
+  void set_stagger(std::size_t stagger) {
+    TALLY_ASSERT(stagger <= kStaggerMax);
+    stagger_ = stagger;
+    if (!slots_.empty()) grow_above_ = load_max(slots_.size());
+  }
 
   std::size_t size() const { return size_; }
   std::size_t capacity() const { return slots_.size(); }
@@ -294,9 +305,7 @@ class FlatTable {
   // `fill`: SlotArray's.
   void reserve(std::size_t count, PageFill fill = PageFill::now) {
     std::size_t capacity = std::max(slots_.size(), kCapacityMin);
-    while (count * Policy::kLoadDen > capacity * Policy::kLoadNum && capacity < Policy::kCapacityMax) {
-      capacity *= 2;
-    }
+    while (count > load_max(capacity) && capacity < Policy::kCapacityMax) capacity *= 2;
     if (capacity > slots_.size()) rehash(capacity, fill);
   }
 
@@ -304,7 +313,7 @@ class FlatTable {
   // does (make() is then not called). May move every slot.
   template <class Match, class Make>
   Slot* insert_unique(std::uint64_t hash, const Match& match, const Make& make) {
-    if ((size_ + 1) * Policy::kLoadDen > slots_.size() * Policy::kLoadNum) grow();
+    if (size_ + 1 > grow_above_) grow();
     std::size_t index = hash & mask_;
     for (; !Policy::empty(slots_[index]); index = (index + 1) & mask_) {
       if (match(slots_[index])) return nullptr;
@@ -348,6 +357,11 @@ class FlatTable {
   }
 
  private:
+  // The most entries `capacity` slots hold before the table grows.
+  std::size_t load_max(std::size_t capacity) const {
+    const std::size_t at_policy_load = capacity / Policy::kLoadDen * Policy::kLoadNum;
+    return at_policy_load - at_policy_load * stagger_ / kStaggerDen;
+  }
   void grow() { rehash(slots_.empty() ? kCapacityMin : slots_.size() * 2); }
 
   void rehash(std::size_t capacity, PageFill fill = PageFill::now) {
@@ -359,6 +373,7 @@ class FlatTable {
     // the thread that fills it.
     TALLY_ASSERT(Policy::empty(std::bit_cast<Slot>(std::array<std::byte, sizeof(Slot)>{})));
     mask_ = capacity - 1;
+    grow_above_ = load_max(capacity);
     for (const Slot& slot : old) {
       if (Policy::empty(slot)) continue;
       std::size_t index = Policy::hash(slot) & mask_;
@@ -370,6 +385,8 @@ class FlatTable {
   SlotArray<Slot> slots_;
   std::size_t mask_ = 0;
   std::size_t size_ = 0;
+  std::size_t stagger_ = 0;
+  std::size_t grow_above_ = 0;  // load_max(capacity()); 0 while empty
 };
 
 // A FlatTable split into 2^kShardBits independent tables by the top bits of
@@ -377,11 +394,27 @@ class FlatTable {
 // its own, so one growth step copies 1/16 of the entries: memory peaks at
 // about 1.03x the table while growing instead of 1.5x, and no single insert
 // pays for rehashing everything. Policy::kCapacityMax is per shard.
+//
+// Shards fill at the same pace, so at one load they would all grow within
+// a few hundred inserts of each other: on the writer, the 16 steps of the
+// key index at a million keys came to one stall of 30 - 50 ms
+// (docs/performance.md, "growth steps apart"). Each shard grows at its own
+// load instead, up to 6% below the Policy's (FlatTable::set_stagger), so
+// the steps come apart over the last 6% of inserts before the table's size
+// doubles. The load just after a step is then at least 0.47 times the
+// Policy's, not 0.5.
 template <class Slot, class Policy, int kShardBits = 4>
 class ShardedTable {
  public:
   static constexpr std::size_t kShards = std::size_t{1} << kShardBits;
   static_assert(Policy::kHashBits == 32 || Policy::kHashBits == 64);
+
+  ShardedTable() {
+    using Shard = FlatTable<Slot, Policy>;
+    for (std::size_t shard = 0; shard < kShards; shard++) {
+      shards_[shard].set_stagger(shard * (Shard::kStaggerMax + 1) / kShards);
+    }
+  }
 
   std::size_t size() const { return size_; }
   std::size_t memory_bytes() const {

@@ -9,7 +9,7 @@
 // Finalized holds queue in finalization order, which is timestamp order, so
 // the window forgets them from the front.
 //
-// Memory per hold: 56 (record) + 16 / load (index, load 3/8..3/4) + 24 while
+// Memory per hold: 56 (record) + 16 / load (index, load 0.35..3/4) + 24 while
 // open (heap) or 16 while finalized (queue).
 //
 // Thread safety: none.

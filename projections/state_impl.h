@@ -13,7 +13,7 @@
 //   - holds (HoldTable), keys (KeyIndex), and the keys of holds that may
 //     outlive them there (LongHoldKeys).
 //
-// Memory per stored balance: 32 / load (load 3/8..3/4, so 43..85 bytes; the
+// Memory per stored balance: 32 / load (load 0.35..3/4, so 43..91 bytes; the
 // table is sharded, so growing adds ~1/16 briefly) + the subject's and
 // item's names when they are new (see NameTable) + 4 bytes of list head per
 // subject.

@@ -967,6 +967,44 @@ TEST_CASE("a reserved table holds that many entries without moving one; reserve 
   CHECK(table.size() == kCount);
 }
 
+TEST_CASE("the shards of a table grow one after another, not all at one insert") {
+  // Entries spread evenly over the shards, so each growth step of the
+  // table is 16 shards doubling. Where a shard doubled, memory_bytes()
+  // changes; the inserts at which it does are recorded.
+  ShardedTable<CountSlot, CountPolicy> table;
+  std::vector<std::uint64_t> grew_at;
+  std::size_t memory = table.memory_bytes();
+  constexpr std::uint64_t kCount = 1'000'000;
+  for (std::uint64_t key = 1; key <= kCount; key++) {
+    table.insert(mix64(key), CountSlot{key});
+    if (table.memory_bytes() != memory) grew_at.push_back(key);
+    memory = table.memory_bytes();
+  }
+  // Three steps: at `full` entries every shard is at the Policy's load (7/8)
+  // of 2^14, 2^15 or 2^16 slots.
+  constexpr std::uint64_t kFull = 16 * ((std::uint64_t{1} << 15) / 8 * 7);
+  for (const std::uint64_t full : {kFull / 2, kFull, kFull * 2}) {
+    CAPTURE(full);
+    std::vector<std::uint64_t> step;
+    for (const std::uint64_t at : grew_at) {
+      if (at > full - full / 8 && at <= full + full / 16) step.push_back(at);
+    }
+    REQUIRE(step.size() == 16);  // one insert grows one shard
+    // They come apart: spread over about 6% of the inserts, no four within
+    // a window of full / 400.
+    CHECK(step.back() - step.front() > full / 25);
+    for (std::size_t index = 3; index < step.size(); index++) {
+      CHECK(step[index] - step[index - 3] > full / 400);
+    }
+    // None grew above the Policy's load, nor more than 6% below it.
+    CHECK(step.back() <= full + full / 100);
+    CHECK(step.front() >= full - full / 14);
+  }
+  for (std::uint64_t key = 1; key <= kCount; key += 997) {
+    REQUIRE(table.find(mix64(key), [&](const CountSlot& slot) { return slot.key == key; }) != nullptr);
+  }
+}
+
 TEST_CASE("arena chunks hold their bytes, made either way; whole huge pages are aligned to them") {
   for (const std::size_t bytes : {std::size_t{64} << 10, kHugePageBytes, 2 * kHugePageBytes}) {
     for (const PageFill fill : {PageFill::lazy, PageFill::now}) {
