@@ -552,6 +552,47 @@ TEST_CASE("group commit: one write and one sync for many appends") {
   CHECK(fs.syncs() == 2);
 }
 
+TEST_CASE("unsynced writes go to the system's write-back every 4 MiB; synced ones do not") {
+  TempDir dir;
+  FaultyFileSystem fs(posix());
+  auto writer = open_writer(fs, dir.log_dir(), LogWriterOptions{});
+  fs.reset_counters();
+  constexpr std::size_t kPayloadBytes = 64 << 10;
+  constexpr int kFramesPerBatch = 16;  // a little over 1 MiB a batch
+  const std::uint64_t batch_bytes = kFramesPerBatch * frame_size(kPayloadBytes);
+  const auto write_batches = [&](int batches, bool sync) {
+    for (int batch = 0; batch < batches; batch++) {
+      for (int frame = 0; frame < kFramesPerBatch; frame++) {
+        writer->append(payload_for(writer->next_seq(), 0, kPayloadBytes));
+      }
+      REQUIRE(writer->write(writer->seal(), sync).ok());
+    }
+  };
+  write_batches(8, true);
+  CHECK(fs.writebacks() == 0);  // synced, nothing is left to write back
+  write_batches(3, false);      // under 4 MiB
+  CHECK(fs.writebacks() == 0);
+  write_batches(1, false);  // past it: the four batches at once
+  CHECK(fs.writebacks() == 1);
+  CHECK(fs.writeback_bytes() == 4 * batch_bytes);
+  write_batches(4, false);
+  CHECK(fs.writebacks() == 2);
+  CHECK(fs.writeback_bytes() == 8 * batch_bytes);
+  // A sync covers what was written before it: the count starts again.
+  write_batches(2, false);
+  REQUIRE(writer->sync().ok());
+  write_batches(3, false);
+  CHECK(fs.writebacks() == 2);
+  write_batches(1, false);
+  CHECK(fs.writebacks() == 3);
+  CHECK(fs.writeback_bytes() == 12 * batch_bytes);
+  CHECK(fs.syncs() == 9);
+  writer.reset();
+  ReadBack back = read_log(posix(), dir.log_dir());
+  REQUIRE(back.status.ok());
+  CHECK(back.records.size() == 22 * kFramesPerBatch);
+}
+
 TEST_CASE("a reopened log is synced before it goes on: a crashed writer may not have") {
   TempDir dir;
   FaultyFileSystem fs(posix());

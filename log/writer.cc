@@ -14,6 +14,10 @@ namespace tally::log {
 
 namespace {
 
+// How many written but unsynced bytes of a segment LogWriter::write hands
+// to File::start_writeback at once.
+constexpr std::uint64_t kWriteBackBytes = std::uint64_t{4} << 20;
+
 // Whether a failed create (or directory open) may succeed when tried
 // again: the process or the system was out of descriptors or memory,
 // which other holders give back. An error of unknown origin gets the
@@ -124,6 +128,10 @@ struct LogWriter::Impl {
   // I/O side: the segment file being written.
   std::unique_ptr<File> file;
   std::uint64_t file_first_seq = 0;
+  // Where its writes end, and where the bytes not yet synced nor handed to
+  // start_writeback() begin (write()).
+  std::uint64_t file_written_end = 0;
+  std::uint64_t file_writeback_from = 0;
   Status failure;  // sticky
 
   std::atomic<std::uint64_t> writes{0};
@@ -179,6 +187,7 @@ Status LogWriter::Impl::sync_file() {
   Status status = file->sync();
   const auto took = std::chrono::steady_clock::now() - started;
   sync_ns.observe(static_cast<std::uint64_t>(std::chrono::nanoseconds(took).count()));
+  if (status.ok()) file_writeback_from = file_written_end;
   return status;
 }
 
@@ -187,6 +196,7 @@ Status LogWriter::Impl::write_file(std::uint64_t offset, std::span<const std::by
   writes.fetch_add(1, std::memory_order_relaxed);
   TALLY_TRY(file->write_at(offset, data));
   bytes_written.fetch_add(data.size(), std::memory_order_relaxed);
+  file_written_end = std::max(file_written_end, offset + data.size());
   return Status();
 }
 
@@ -203,6 +213,8 @@ Status LogWriter::Impl::create_segment(std::uint64_t first_seq, std::uint64_t pr
   if (!created) return created.status();
   file = std::move(*created);
   file_first_seq = first_seq;
+  file_written_end = 0;
+  file_writeback_from = 0;
   const Status made = start_segment(first_seq, prev_checksum);
   if (!made.ok()) {
     file.reset();
@@ -436,6 +448,15 @@ Status LogWriter::write(WriteBatch* batch, bool sync) {
     status = s.write_part(*batch, batch->parts()[part_index]);
   }
   if (status.ok() && sync) status = s.sync_file();
+  // Unsynced, a segment's frames would wait in the page cache until the
+  // sync at its end (or the kernel's flusher) and then take tens of
+  // milliseconds to write at once, the writer stalled behind them
+  // (docs/performance.md, "the write-back begun as a segment fills").
+  if (status.ok() && s.file != nullptr &&
+      s.file_written_end - s.file_writeback_from >= kWriteBackBytes) {
+    s.file->start_writeback(s.file_writeback_from, s.file_written_end - s.file_writeback_from);
+    s.file_writeback_from = s.file_written_end;
+  }
   batch->set_in_flight(false);
   if (!status.ok()) return s.fail(status);
   return Status();
