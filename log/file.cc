@@ -123,9 +123,9 @@ class PosixFile final : public File {
   }
 
   void start_writeback(std::uint64_t offset, std::uint64_t length) override {
-    // Linux's sync_file_range: the range's dirty pages start going to the
-    // disk, and nothing waits for them. An error is the next sync()'s to
-    // report.
+    // Linux's sync_file_range: the range's dirty pages are queued for the
+    // disk, and nothing waits for them to get there (the call may wait for
+    // room in the queue). An error is the next sync()'s to report.
     (void)::sync_file_range(fd_, static_cast<off_t>(offset), static_cast<off_t>(length),
                             SYNC_FILE_RANGE_WRITE);
   }

@@ -16,7 +16,7 @@ namespace {
 
 // How many written but unsynced bytes of a segment LogWriter::write hands
 // to File::start_writeback at once.
-constexpr std::uint64_t kWriteBackBytes = std::uint64_t{4} << 20;
+constexpr std::uint64_t kWritebackBytes = std::uint64_t{4} << 20;
 
 // Whether a failed create (or directory open) may succeed when tried
 // again: the process or the system was out of descriptors or memory,
@@ -294,6 +294,8 @@ Status LogWriter::Impl::open_existing(const LogEnd& end) {
   // record for durable (a retry of its key is answered from it), so they
   // are made so, with the segment's name, before anything is answered.
   TALLY_TRY(sync_file());
+  file_written_end = end.offset;  // the zeros of a torn tail are synced
+  file_writeback_from = end.offset;
   return fs.sync_dir(dir);
 }
 
@@ -453,7 +455,7 @@ Status LogWriter::write(WriteBatch* batch, bool sync) {
   // milliseconds to write at once, the writer stalled behind them
   // (docs/performance.md, "the write-back begun as a segment fills").
   if (status.ok() && s.file != nullptr &&
-      s.file_written_end - s.file_writeback_from >= kWriteBackBytes) {
+      s.file_written_end - s.file_writeback_from >= kWritebackBytes) {
     s.file->start_writeback(s.file_writeback_from, s.file_written_end - s.file_writeback_from);
     s.file_writeback_from = s.file_written_end;
   }

@@ -106,7 +106,9 @@ class LogWriter {
   WriteBatch* seal();
 
   // ---- I/O side ----
-  // Writes a sealed batch and, when sync is true, makes it durable.
+  // Writes a sealed batch and, when sync is true, makes it durable. When
+  // not, once 4 MiB of the segment are written and not yet synced, hands
+  // them to File::start_writeback.
   Status write(WriteBatch* batch, bool sync);
   // Hands a sealed batch back unwritten, in write()'s place: after a
   // failure, when what it holds must not reach the log (it was decided on

@@ -256,8 +256,8 @@ class FlatTable {
   static_assert(std::has_single_bit(Policy::kCapacityMax));
   static_assert(kCapacityMin % Policy::kLoadDen == 0);
 
-  // set_stagger(s) makes the table grow at a load s/kStaggerDen below the
-  // Policy's, for s in [0, kStaggerMax].
+  // set_stagger(s) makes the table grow at (1 - s/kStaggerDen) times the
+  // Policy's load, for s in [0, kStaggerMax].
   static constexpr std::size_t kStaggerDen = 256;
   static constexpr std::size_t kStaggerMax = 15;
   void set_stagger(std::size_t stagger) {
@@ -396,9 +396,9 @@ class FlatTable {
 // pays for rehashing everything. Policy::kCapacityMax is per shard.
 //
 // Shards fill at the same pace, so at one load they would all grow within
-// a few hundred inserts of each other: on the writer, the 16 steps of the
-// key index at a million keys came to one stall of 30 - 50 ms
-// (docs/performance.md, "growth steps apart"). Each shard grows at its own
+// about 2% of the table's inserts: on the writer, the 16 steps of the key
+// index at a million keys came close enough to stall it for 27 and 59 ms
+// in 2 of 6 runs (docs/performance.md, "growth steps apart"). Each shard grows at its own
 // load instead, up to 6% below the Policy's (FlatTable::set_stagger), so
 // the steps come apart over the last 6% of inserts before the table's size
 // doubles. The load just after a step is then at least 0.47 times the
