@@ -104,8 +104,10 @@ tsan() {
   ninja -C "$dir"
   # Left out: the cases whose forked child starts threads, which
   # ThreadSanitizer does not support after a fork of a threaded process.
-  local forking="lock.mdb is made with its blocks*,a reader without write access to lock.mdb*"
-  forking+=",backups taken while another process writes*"
+  # Spaces are written `?` (any one character): meson splits --test-args
+  # at spaces.
+  local forking="lock.mdb?is?made?with?its?blocks*,a?reader?without?write?access?to?lock.mdb*"
+  forking+=",backups?taken?while?another?process?writes*"
   TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
     meson test -C "$dir" --print-errorlogs --suite log --suite projections --suite snapshots \
     --suite engine --suite server --test-args="-tce=$forking"
