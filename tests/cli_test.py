@@ -2145,9 +2145,18 @@ def test_verify_reports_snapshots_and_the_history_index():
 
 
 def test_verify_fails_on_a_history_index_that_does_not_open():
-    _, report = verify_an_unreadable_store("history", ["history", "--rebuild"],
-                                           "failed: history index (")
+    data, report = verify_an_unreadable_store("history", ["history", "--rebuild"],
+                                              "failed: history index (")
     assert report["history"]["standing"] == "unreadable", report
+    # A ledger with its history off leaves the index where it is, as verify says.
+    Server(data, "--history", "off").stop()
+    assert not os.path.exists(os.path.join(data, "history.damaged")), os.listdir(data)
+    code, _, err = tally("verify", "--data", data)
+    assert code == 1 and "MDB_INVALID" in err and "with its history on" in err, (code, err)
+    # A rebuild moves it aside and makes a new one.
+    tally("history", "--data", data, "--rebuild", expect_exit=0)
+    assert os.path.isdir(os.path.join(data, "history.damaged")), os.listdir(data)
+    tally("verify", "--data", data, expect_exit=0)
 
 
 def test_verify_finds_a_history_entry_moved_by_a_flipped_key_bit():

@@ -289,12 +289,13 @@ Status settle_history(const std::string& data_dir, const VerifySummary& summary,
 }
 
 // The first bad part, for the exit code and stderr.
-// A store that does not open: `what`, then why. A writer moves a corrupt
-// one aside and begins a new one (snapshots/renew.h).
-Status unreadable_store(std::string what, const Status& problem, const std::string& dir) {
+// A store that does not open: `what`, then why. A writer (`mover`) moves a
+// corrupt one aside and begins a new one (snapshots/renew.h).
+Status unreadable_store(std::string what, const Status& problem, const std::string& dir,
+                        std::string_view mover) {
   what += problem.message();
   if (problem.code() == ErrorCode::corrupt) {
-    what += "; the next ledger to open moves it to " + dir + ".damaged";
+    what += "; " + std::string(mover) + " moves it to " + dir + ".damaged";
   }
   // A store that could not be read for another reason (locked, I/O) keeps
   // its code: it is not damage.
@@ -304,7 +305,8 @@ Status unreadable_store(std::string what, const Status& problem, const std::stri
 Status first_failure(const std::string& data_dir, const VerifySummary& summary) {
   if (!summary.snapshots_unreadable.ok()) {
     // The store's message names its directory.
-    return unreadable_store("", summary.snapshots_unreadable, snapshot_dir(data_dir));
+    return unreadable_store("", summary.snapshots_unreadable, snapshot_dir(data_dir),
+                            "the next ledger to open");
   }
   for (const SnapshotCheck& check : summary.snapshots) {
     if (check.verdict == Verdict::bad) {
@@ -314,8 +316,11 @@ Status first_failure(const std::string& data_dir, const VerifySummary& summary) 
   }
   const HistoryIndex& index = summary.history.index;
   if (index.standing == HistoryStanding::unreadable) {
+    // A ledger with --history off leaves the index alone.
     return unreadable_store("history index (" + history_dir(data_dir) + "): ", index.problem,
-                            history_dir(data_dir));
+                            history_dir(data_dir),
+                            "the next ledger to open with its history on (the default), or "
+                            "`tally history --rebuild`,");
   }
   if (index.standing == HistoryStanding::ahead) {
     return Status(ErrorCode::corrupt, "history index (" + history_dir(data_dir) +
