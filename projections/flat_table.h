@@ -398,11 +398,11 @@ class FlatTable {
 // Shards fill at the same pace, so at one load they would all grow within
 // about 2% of the table's inserts: on the writer, the 16 steps of the key
 // index at a million keys came close enough to stall it for 27 and 59 ms
-// in 2 of 6 runs (docs/performance.md, "growth steps apart"). Each shard grows at its own
-// load instead, up to 6% below the Policy's (FlatTable::set_stagger), so
-// the steps come apart over the last 6% of inserts before the table's size
-// doubles. The load just after a step is then at least 0.47 times the
-// Policy's, not 0.5.
+// in 2 of 6 runs (docs/performance.md, "growth steps apart"). Each shard
+// grows at its own load instead, up to 6% lower than the Policy's
+// (FlatTable::set_stagger), so the steps come apart over the last 6% of
+// inserts before the table's size doubles. The load just after a step is
+// then at least 0.47 times the Policy's, not 0.5.
 template <class Slot, class Policy, int kShardBits = 4>
 class ShardedTable {
  public:
