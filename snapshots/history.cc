@@ -21,7 +21,6 @@
 #include <optional>
 #include <span>
 #include <string>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -30,6 +29,7 @@
 #include "projections/name_table.h"  // proj::kNameBytesMax
 #include "snapshots/history_format.h"
 #include "snapshots/lmdb_util.h"
+#include "snapshots/pair_cache.h"
 
 namespace tally::snap {
 
@@ -65,13 +65,12 @@ using lmdb::val_of;
 using lmdb::view_of;
 
 static_assert(kNameBytesMax == proj::kNameBytesMax);
+static_assert(history::kPairKeyBytesMax <= PairCache::kKeyBytesMax);
 
 constexpr std::string_view kComponent = "history";
 // pending_bytes_max at most this, so offsets into the buffered keys fit a
 // u32 (one event past the bound adds at most a few MiB).
 constexpr std::size_t kPendingBytesLimit = std::size_t{1} << 30;
-// Buckets the writer's pair cache starts with.
-constexpr std::size_t kPairCacheReserveMax = std::size_t{1} << 16;
 
 Status lmdb_error(std::string_view what, int rc) { return lmdb::error(kComponent, what, rc); }
 Status corrupt(const std::string& what) { return Status(ErrorCode::corrupt, "history: " + what); }
@@ -707,21 +706,6 @@ Status balance_in_epoch(const BalanceCursors& cursors, std::uint64_t epoch,
 
 // ---------------------------------------------------------------- writer state
 
-struct PairSlot {
-  std::uint64_t id = 0;   // 0: the pair has no entry yet
-  proj::Balance balance;  // after its last entry, flushed or not
-};
-
-struct NameHash {
-  using is_transparent = void;
-  std::size_t operator()(std::string_view name) const {
-    return static_cast<std::size_t>(XXH3_64bits(name.data(), name.size()));
-  }
-};
-// Keyed by the "pairs" key. Node-based: a slot's address and its key's stay
-// put until the slot is erased, which only a flush does.
-using PairCache = std::unordered_map<std::string, PairSlot, NameHash, std::equal_to<>>;
-
 // One entry appended and not flushed. Its key is in the pending key buffer.
 struct PendingEntry : EntryFields {
   std::uint32_t key_offset = 0;
@@ -743,8 +727,7 @@ struct PendingTime {
 
 // One pair's change by the event being appended, before it is recorded.
 struct Change {
-  const std::string* pair_key = nullptr;  // the cache's
-  PairSlot* slot = nullptr;
+  PairRecord* pair = nullptr;  // the cache's
   std::int64_t delta_available = 0;
   std::int64_t delta_held = 0;
   proj::Balance after;
@@ -777,7 +760,7 @@ struct HistoryStore::Impl {
   Position flushed;
   Position appended;
   Position written;
-  PairCache cache;
+  PairCache cache;  // a record stays put until a flush or clear() empties it
   std::vector<PendingEntry> pending_entries;
   std::vector<PendingPair> pending_pairs;
   std::vector<PendingTime> pending_times;
@@ -796,8 +779,8 @@ struct HistoryStore::Impl {
   std::size_t pending_bytes() const;
   bool fits(const log::Event& event) const;
   Status resolve(const log::Event& event);
-  Result<PairCache::value_type*> slot_for(std::string_view subject, std::string_view item,
-                                          std::optional<ReadTxn>* txn);
+  Result<PairRecord*> slot_for(std::string_view subject, std::string_view item,
+                               std::optional<ReadTxn>* txn);
   Status load_slot(const Txn& txn, PairSlot* slot) const;
   void record(const log::Event& event, std::uint64_t chain_checksum);
   void drop_pending();
@@ -900,7 +883,6 @@ Result<std::unique_ptr<HistoryStore>> HistoryStore::open(const std::string& dir,
   impl->env = std::move(env).value();
   impl->options = options;
   TALLY_TRY(impl->open_dbs(options.read_only));
-  impl->cache.reserve(std::min(options.pair_cache_max, kPairCacheReserveMax));
   return std::unique_ptr<HistoryStore>(new HistoryStore(std::move(impl)));
 }
 
@@ -1031,12 +1013,10 @@ Status HistoryStore::Impl::check_sole_writer(const Txn& txn) const {
 
 // The pair's slot: cached, or loaded from the index (a read transaction is
 // begun at the first miss and serves the event's other misses).
-Result<PairCache::value_type*> HistoryStore::Impl::slot_for(std::string_view subject,
-                                                            std::string_view item,
-                                                            std::optional<ReadTxn>* txn) {
+Result<PairRecord*> HistoryStore::Impl::slot_for(std::string_view subject, std::string_view item,
+                                                 std::optional<ReadTxn>* txn) {
   make_pair_key(subject, item, &pair_key);
-  const auto found = cache.find(std::string_view(pair_key));
-  if (found != cache.end()) return &*found;
+  if (PairRecord* found = cache.find(pair_key)) return found;
   if (!txn->has_value()) {
     txn->emplace();
     TALLY_TRY((*txn)->begin(*env));
@@ -1044,7 +1024,7 @@ Result<PairCache::value_type*> HistoryStore::Impl::slot_for(std::string_view sub
   }
   PairSlot slot;
   TALLY_TRY(load_slot((*txn)->txn(), &slot));
-  return &*cache.emplace(pair_key, slot).first;
+  return cache.insert(pair_key, slot);
 }
 
 // The flushed id and last balance of the pair named by pair_key, if any.
@@ -1065,9 +1045,9 @@ Status HistoryStore::Impl::resolve(const log::Event& event) {
   std::optional<ReadTxn> txn;
   for (const proj::PairDelta& delta : deltas) {
     if (delta.available == 0 && delta.held == 0) continue;  // the pair did not change
-    Result<PairCache::value_type*> cached = slot_for(delta.subject, delta.item, &txn);
+    Result<PairRecord*> cached = slot_for(delta.subject, delta.item, &txn);
     if (!cached) return cached.status();
-    PairSlot* slot = &(*cached)->second;
+    const PairSlot* slot = &(*cached)->slot;
     proj::Balance after = slot->balance;
     const bool overflow =
         __builtin_add_overflow(after.available, delta.available, &after.available) ||
@@ -1079,7 +1059,7 @@ Status HistoryStore::Impl::resolve(const log::Event& event) {
                      std::to_string(slot->balance.held) +
                      ": the event does not follow the indexed history");
     }
-    changes.push_back(Change{&(*cached)->first, slot, delta.available, delta.held, after});
+    changes.push_back(Change{*cached, delta.available, delta.held, after});
   }
   return Status();
 }
@@ -1090,16 +1070,17 @@ void HistoryStore::Impl::record(const log::Event& event, std::uint64_t chain_che
   if (!changes.empty()) pending_keys.append(event.key);
   const std::uint8_t op_code = op_code_of(event);
   for (const Change& change : changes) {
-    if (change.slot->id == 0) {
-      change.slot->id = ++appended.pair_count;
-      pending_pairs.push_back(PendingPair{change.slot->id,
-                                          static_cast<std::uint32_t>(pending_keys.size()),
-                                          static_cast<std::uint32_t>(change.pair_key->size())});
-      pending_keys.append(*change.pair_key);
+    PairSlot& slot = change.pair->slot;
+    if (slot.id == 0) {
+      slot.id = ++appended.pair_count;
+      const std::string_view new_key = change.pair->key();
+      pending_pairs.push_back(PendingPair{slot.id, static_cast<std::uint32_t>(pending_keys.size()),
+                                          static_cast<std::uint32_t>(new_key.size())});
+      pending_keys.append(new_key);
     }
-    change.slot->balance = change.after;
+    slot.balance = change.after;
     PendingEntry entry;
-    entry.pair_id = change.slot->id;
+    entry.pair_id = slot.id;
     entry.seq = event.seq;
     entry.time_ns = event.timestamp_ns;
     entry.delta_available = change.delta_available;
