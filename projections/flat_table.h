@@ -256,6 +256,18 @@ class FlatTable {
   static_assert(std::has_single_bit(Policy::kCapacityMax));
   static_assert(kCapacityMin % Policy::kLoadDen == 0);
 
+  FlatTable() = default;
+  // A table moved from is empty (its stagger stays).
+  FlatTable(FlatTable&& other) noexcept { *this = std::move(other); }
+  FlatTable& operator=(FlatTable&& other) noexcept {
+    slots_ = std::move(other.slots_);  // leaves other's empty
+    mask_ = std::exchange(other.mask_, 0);
+    size_ = std::exchange(other.size_, 0);
+    stagger_ = other.stagger_;
+    grow_above_ = std::exchange(other.grow_above_, 0);
+    return *this;
+  }
+
   // set_stagger(s) makes the table grow at (1 - s/kStaggerDen) times the
   // Policy's load, for s in [0, kStaggerMax].
   static constexpr std::size_t kStaggerDen = 256;

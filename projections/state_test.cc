@@ -967,6 +967,23 @@ TEST_CASE("a reserved table holds that many entries without moving one; reserve 
   CHECK(table.size() == kCount);
 }
 
+TEST_CASE("a table moved from is empty and takes entries again; the one moved to has them") {
+  FlatTable<CountSlot, CountPolicy> from;
+  for (std::uint64_t key = 1; key <= 100; key++) from.insert(mix64(key), CountSlot{key});
+  FlatTable<CountSlot, CountPolicy> to(std::move(from));
+  CHECK(to.size() == 100);
+  CHECK(from.size() == 0);
+  CHECK(from.capacity() == 0);
+  CHECK(from.find(mix64(5), [](const CountSlot& slot) { return slot.key == 5; }) == nullptr);
+  // Its first insert allocates again instead of writing past no slots.
+  from.insert(mix64(5), CountSlot{5});
+  CHECK(from.find(mix64(5), [](const CountSlot& slot) { return slot.key == 5; }) != nullptr);
+  to = std::move(from);
+  CHECK(to.size() == 1);
+  CHECK(to.find(mix64(7), [](const CountSlot& slot) { return slot.key == 7; }) == nullptr);
+  CHECK(from.size() == 0);
+}
+
 TEST_CASE("the shards of a table grow one after another, not all at one insert") {
   // Entries spread evenly over the shards, so each growth step of the
   // table is 16 shards doubling. Where a shard doubled, memory_bytes()
