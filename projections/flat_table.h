@@ -492,6 +492,25 @@ class ShardedTable {
   std::size_t size_ = 0;
 };
 
+// A slot of an index over records kept in an arena (NameTable's names, the
+// history's pairs): the low 32 bits of the key's hash, and the record's
+// "loc", its place in the arena plus 1 (0: the slot is empty). A lookup
+// reads the slot, then the record to compare the key with.
+struct ArenaIndexSlot {
+  std::uint32_t hash = 0;
+  std::uint32_t loc = 0;
+};
+struct ArenaIndexPolicy {
+  static bool empty(const ArenaIndexSlot& slot) { return slot.loc == 0; }
+  static std::uint64_t hash(const ArenaIndexSlot& slot) { return slot.hash; }
+  static constexpr std::size_t kLoadNum = 3;
+  static constexpr std::size_t kLoadDen = 4;
+  // Per table; a ShardedTable's shard takes the hash's top 4 bits, home
+  // slots the low 28.
+  static constexpr std::size_t kCapacityMax = std::size_t{1} << 28;
+  static constexpr int kHashBits = 32;
+};
+
 // A vector that grows by whole chunks: elements never move (pointers stay
 // valid) and growth never copies or briefly doubles the memory. Each chunk
 // is faulted in at once (new_arena_chunk) and not cleared: an element is

@@ -65,19 +65,7 @@ class NameTable {
   std::size_t memory_bytes() const;
 
  private:
-  struct Slot {
-    std::uint32_t hash = 0;
-    std::uint32_t loc = 0;
-  };
-  struct SlotPolicy {
-    static bool empty(const Slot& slot) { return slot.loc == 0; }
-    static std::uint64_t hash(const Slot& slot) { return slot.hash; }
-    static constexpr std::size_t kLoadNum = 3;
-    static constexpr std::size_t kLoadDen = 4;
-    // Per shard; the shard takes the hash's top 4 bits, home slots the low 28.
-    static constexpr std::size_t kCapacityMax = std::size_t{1} << 28;
-    static constexpr int kHashBits = 32;
-  };
+  using Slot = ArenaIndexSlot;
 
   static constexpr std::size_t kChunkBytes = 64 * 1024;
   static constexpr std::size_t kRecordHeaderBytes = 5;
@@ -93,7 +81,7 @@ class NameTable {
   std::vector<ArenaChunk> chunks_;
   std::size_t chunk_used_bytes_ = kChunkBytes;  // forces a chunk on first use
   ChunkedVector<std::uint32_t> locs_;           // id -> loc of its record
-  ShardedTable<Slot, SlotPolicy> index_;
+  ShardedTable<Slot, ArenaIndexPolicy> index_;
 };
 
 }  // namespace tally::proj

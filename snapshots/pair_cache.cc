@@ -47,7 +47,7 @@ PairRecord* PairCache::insert(std::string_view key, const PairSlot& slot) {
 }
 
 void PairCache::clear() {
-  index_ = proj::FlatTable<Slot, SlotPolicy>();
+  index_ = Index();
   chunks_.clear();
   chunk_used_bytes_ = kChunkBytes;
 }

@@ -13,8 +13,9 @@
 //
 // Arena record, 8-byte aligned, never spanning two chunks:
 //   PairRecord (id, balance, key length) | key bytes | pad to 8
-// The index slot holds the low 32 bits of the key's hash and the record's
-// "loc": its offset in 8-byte units across all chunks, plus 1 (0 = empty).
+// The index slot (proj::ArenaIndexSlot) holds the low 32 bits of the key's
+// hash and the record's "loc": its offset in 8-byte units across all
+// chunks, plus 1.
 //
 // Thread safety: none.
 #pragma once
@@ -66,18 +67,8 @@ class PairCache {
   void clear();
 
  private:
-  struct Slot {
-    std::uint32_t hash = 0;
-    std::uint32_t loc = 0;
-  };
-  struct SlotPolicy {
-    static bool empty(const Slot& slot) { return slot.loc == 0; }
-    static std::uint64_t hash(const Slot& slot) { return slot.hash; }
-    static constexpr std::size_t kLoadNum = 3;
-    static constexpr std::size_t kLoadDen = 4;
-    static constexpr std::size_t kCapacityMax = std::size_t{1} << 31;
-    static constexpr int kHashBits = 32;
-  };
+  using Slot = proj::ArenaIndexSlot;
+  using Index = proj::FlatTable<Slot, proj::ArenaIndexPolicy>;
 
   static constexpr std::size_t kChunkBytes = 64 * 1024;
   static constexpr std::size_t kAlign = 8;
@@ -89,7 +80,7 @@ class PairCache {
 
   std::vector<proj::ArenaChunk> chunks_;
   std::size_t chunk_used_bytes_ = kChunkBytes;  // forces a chunk on first use
-  proj::FlatTable<Slot, SlotPolicy> index_;
+  Index index_;
 };
 
 }  // namespace tally::snap
