@@ -395,6 +395,26 @@ TEST_CASE("wire: requests and responses round-trip; framing limits hold") {
   CHECK(wire::decode_request(bad).code() == ErrorCode::invalid);
 }
 
+TEST_CASE("wire: a response encoded into a string replaces what the string held") {
+  wire::Response receipt;
+  receipt.id = 7;
+  receipt.kind = wire::Response::Kind::receipt;
+  receipt.receipt.seq = 12;
+  wire::Response error;
+  error.id = 8;
+  error.kind = wire::Response::Kind::error;
+  error.error = Status(ErrorCode::not_found, std::string(600, 'x'));  // past the first segment
+  std::string bytes = "left over";
+  for (const wire::Response* response : {&receipt, &error, &receipt}) {
+    wire::encode_response_into(*response, &bytes);
+    CHECK(bytes == wire::encode_response(*response));
+    auto back = wire::decode_response(frame_of(bytes));
+    REQUIRE(back.ok());
+    CHECK(back->id == response->id);
+  }
+  CHECK(wire::decode_response(frame_of(bytes))->receipt.seq == 12);
+}
+
 TEST_CASE("wire: an answer holding a value this version does not know answers its request") {
   const auto decoded = [](const std::function<void(proto::Response::Builder)>& build) {
     capnp::MallocMessageBuilder builder;

@@ -50,12 +50,18 @@ kj::ArrayPtr<capnp::word> first_segment() {
   return kj::arrayPtr(reinterpret_cast<capnp::word*>(words), kFirstSegmentWords);
 }
 
-// The message in stream framing, written straight into the string.
-std::string frame(capnp::MessageBuilder& builder) {
+// The message in stream framing, written straight into *out in place of
+// what it held (its capacity kept).
+void frame_into(capnp::MessageBuilder& builder, std::string* out) {
   const auto segments = builder.getSegmentsForOutput();
-  std::string out(capnp::computeSerializedSizeInWords(segments) * sizeof(capnp::word), '\0');
-  kj::ArrayOutputStream stream(kj::arrayPtr(reinterpret_cast<kj::byte*>(out.data()), out.size()));
+  out->resize(capnp::computeSerializedSizeInWords(segments) * sizeof(capnp::word));
+  kj::ArrayOutputStream stream(kj::arrayPtr(reinterpret_cast<kj::byte*>(out->data()), out->size()));
   capnp::writeMessage(stream, segments);
+}
+
+std::string frame(capnp::MessageBuilder& builder) {
+  std::string out;
+  frame_into(builder, &out);
   return out;
 }
 
@@ -446,6 +452,12 @@ std::string encode_request(const Request& request) {
 }
 
 std::string encode_response(const Response& response) {
+  std::string out;
+  encode_response_into(response, &out);
+  return out;
+}
+
+void encode_response_into(const Response& response, std::string* bytes) {
   capnp::MallocMessageBuilder builder(first_segment());
   auto out = builder.initRoot<proto::Response>();
   out.setId(response.id);
@@ -480,7 +492,7 @@ std::string encode_response(const Response& response) {
       break;
     case Response::Kind::events: encode_event_batch(response, out.initEvents()); break;
   }
-  return frame(builder);
+  frame_into(builder, bytes);
 }
 
 std::size_t list_answer_bytes_min(const std::vector<ItemBalance>& items) {

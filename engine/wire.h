@@ -151,6 +151,9 @@ struct Response {
 // One framed message, ready to write.
 std::string encode_request(const Request& request);
 std::string encode_response(const Response& response);
+// The same into *bytes, in place of what they were: a caller that keeps
+// the string reuses its capacity.
+void encode_response_into(const Response& response, std::string* bytes);
 // A lower bound of the size of the frame of a list answer holding `items`
 // (its items' structs and names alone), to refuse one far over
 // kAnswerBytesMax without encoding it.
