@@ -541,8 +541,6 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
     ListPass pass;                   // a list's answer: its pass, held until written
     std::size_t frames = 1;          // answers of one burst share their bytes
   };
-  // The bytes a burst's answers start with room for.
-  static constexpr std::size_t kAnsweredBytesReserve = 4096;
 
  public:
   BinarySession(Core& core, tcp::socket socket, std::string peer)
@@ -994,9 +992,11 @@ class BinarySession final : public Session, public std::enable_shared_from_this<
         std::lock_guard<std::mutex> guard(answered_mu_);
         first = answered_count_ == 0;
         answered_count_++;
+        // Not reserved ahead: a peer that reads nothing holds a burst's
+        // buffer per answer it was sent one at a time, and the bound on
+        // unwritten bytes counts what they hold, not room.
         if (answered_.empty() || answered_.back().pass) {
           answered_.push_back(Outgoing{});
-          answered_.back().bytes.reserve(std::max(kAnsweredBytesReserve, frame.size()));
           answered_.back().frames = 0;
         }
         answered_.back().bytes += frame;
