@@ -1181,6 +1181,11 @@ TEST_CASE("client: a follow from a later seq, in small batches; cancel and close
   client->cancel_follow(id);
   CHECK(small.await_end().ok());
   client->cancel_follow(id);  // ended: ignored
+  // The client goes on answering requests after it.
+  for (int index = 0; index < 3; index++) {
+    REQUIRE(client->acquire(key_of("after", index, 0), "a", "b", 1).ok());
+  }
+  CHECK(client->balance("a", "b")->available == 33);
 
   // A follow ahead of the log waits; closing the client ends it.
   FollowSink ahead;
