@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "projections/flat_table.h"
+#include "projections/name_table.h"  // proj::kNameBytesMax
 #include "projections/state.h"
 
 namespace tally::snap {
@@ -46,8 +47,8 @@ struct PairRecord {
 
 class PairCache {
  public:
-  // The longest key a record holds: two names of 255 bytes and the NUL.
-  static constexpr std::size_t kKeyBytesMax = 2 * 255 + 1;
+  // The longest key a record holds: two names and the NUL between them.
+  static constexpr std::size_t kKeyBytesMax = 2 * proj::kNameBytesMax + 1;
 
   PairCache() = default;
   PairCache(const PairCache&) = delete;
