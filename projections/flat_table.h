@@ -43,6 +43,17 @@ inline std::uint64_t hash_bytes(std::string_view bytes) {
   return XXH3_64bits(bytes.data(), bytes.size());
 }
 
+// Starts loading the cache line at `at`, so that several independent
+// lookups can wait on memory at the same time.
+inline void prefetch_line(const void* at) {
+  __builtin_prefetch(at);
+  // GCC (12, -O3) may find a function whose only effect is a prefetch
+  // free of side effects and delete calls to it before inlining them;
+  // replay lost its hold prefetch that way. This empty asm is a
+  // side effect it must keep, and costs no instruction.
+  asm volatile("" : : "r"(at));
+}
+
 // Transparent huge pages are this size on x86-64 (and on arm64 with 4 KiB
 // pages).
 constexpr std::size_t kHugePageBytes = std::size_t{2} << 20;
@@ -304,13 +315,7 @@ class FlatTable {
   // several independent lookups can wait on memory at the same time.
   void prefetch(std::uint64_t hash) const {
     if (slots_.empty()) return;
-    const Slot* slot = &slots_[hash & mask_];
-    __builtin_prefetch(slot);
-    // GCC (12, -O3) may find a function whose only effect is a prefetch
-    // free of side effects and delete calls to it before inlining them;
-    // replay lost its hold prefetch that way. This empty asm is a
-    // side effect it must keep, and costs no instruction.
-    asm volatile("" : : "r"(slot));
+    prefetch_line(&slots_[hash & mask_]);
   }
 
   // Makes room for `count` entries in all, so that inserting up to that

@@ -59,6 +59,14 @@ class NameTable {
   std::uint32_t intern(std::string_view name, std::uint32_t hash);
   // Precondition: 1 <= id <= size().
   std::string_view view(std::uint32_t id) const;
+  // The two steps of prefetching what view(id) reads, for ids in no order:
+  // the id's loc, then, once that has arrived, the record it points at.
+  // Precondition: 1 <= id <= size().
+  void prefetch_loc(std::uint32_t id) const { prefetch_line(&locs_[id]); }
+  void prefetch_record(std::uint32_t id) const { prefetch_line(record_at(locs_[id])); }
+  // Sizes the index for `count` names in all, so that interning that many
+  // moves no slot (a loader that knows its count).
+  void reserve(std::size_t count) { index_.reserve(count); }
 
   // Names interned so far.
   std::size_t size() const { return locs_.size() - 1; }

@@ -222,6 +222,10 @@ class ImageReader {
   std::size_t used_ = 0;
 };
 
+// Bytes per entry of the fixed-size sections, as save() writes them.
+constexpr std::uint64_t kBalanceEntryBytes = 4 + 4 + 8 + 8;
+constexpr std::uint64_t kHoldEntryBytes = 8 + 4 + 4 + 8 + 8 + 1 + 8 + 8;
+
 // Assigns `*out` from a Result, or returns its error from the caller.
 #define TALLY_READ(out, expr)                     \
   do {                                            \
@@ -312,6 +316,10 @@ Status State::save(StateSink& sink) const {
 // A nested class of State, so it may reach the Impl it fills.
 struct State::Loader {
  public:
+  // Entries are read a batch at a time and their table slots prefetched
+  // before any is inserted, so that the cache misses of a batch overlap.
+  static constexpr std::size_t kBatch = 32;
+
   Loader(ImageReader* in, State::Impl* impl) : in_(in), impl_(impl) {}
 
   Status header(const StateOptions& options);
@@ -327,6 +335,9 @@ struct State::Loader {
 
  private:
   Result<HoldRecord> hold();
+  // Reads the next min(kBatch, left) holds into `batch` and prefetches
+  // their slots and subjects' locs; returns how many.
+  Result<std::size_t> read_holds(std::span<HoldRecord, kBatch> batch, std::uint64_t left);
   bool known_pair(std::uint32_t subject, std::uint32_t item) const {
     return subject != 0 && subject <= impl_->subjects.size() && item != 0 &&
            item <= impl_->items.size();
@@ -342,9 +353,6 @@ struct State::Loader {
   ImageReader* in_;
   State::Impl* impl_;
   std::string scratch_;
-  // Entries are read a batch at a time and their table slots prefetched
-  // before any is inserted, so that the cache misses of a batch overlap.
-  static constexpr std::size_t kBatch = 32;
 };
 
 Status State::Loader::header(const StateOptions& options) {
@@ -378,14 +386,36 @@ Status State::Loader::names(NameTable* names, bool subjects) {
   std::uint32_t count = 0;
   TALLY_READ(count, in_->u32());
   if (count == UINT32_MAX) return bad_image("too many names");
-  // Each pass reads one name (or fails), so the image's length bounds it.
-  for (std::uint32_t id = 1; id <= count; id++) {
-    std::string_view name;
-    TALLY_READ(name, in_->name(&scratch_));
-    if (names->find(name) != 0) return bad_image("name interned twice");
-    const std::uint32_t interned =
-        subjects ? impl_->intern_subject(name, NameTable::hash_of(name)) : names->intern(name);
-    TALLY_ASSERT(interned == id);
+  // length and at least one byte
+  names->reserve(reserve_count(count, 2));
+  struct Entry {
+    std::array<char, kNameBytesMax> bytes;
+    std::uint8_t size = 0;
+    std::uint32_t hash = 0;
+  };
+  std::array<Entry, kBatch> batch;
+  // Each pass reads a name (or fails), so the image's length bounds it.
+  for (std::uint32_t done = 0; done < count;) {
+    const std::uint32_t size = std::min<std::uint32_t>(kBatch, count - done);
+    for (std::uint32_t index = 0; index < size; index++) {
+      Entry& entry = batch[index];
+      std::string_view name;
+      TALLY_READ(name, in_->name(&scratch_));
+      std::memcpy(entry.bytes.data(), name.data(), name.size());
+      entry.size = static_cast<std::uint8_t>(name.size());
+      entry.hash = NameTable::hash_of(name);
+      names->prefetch(entry.hash);
+    }
+    for (std::uint32_t index = 0; index < size; index++) {
+      const Entry& entry = batch[index];
+      const std::string_view name(entry.bytes.data(), entry.size);
+      const std::uint32_t id = done + index + 1;
+      // An older id when the name was interned before.
+      const std::uint32_t interned =
+          subjects ? impl_->intern_subject(name, entry.hash) : names->intern(name, entry.hash);
+      if (interned != id) return bad_image("name interned twice");
+    }
+    done += size;
   }
   return Status();
 }
@@ -393,8 +423,7 @@ Status State::Loader::names(NameTable* names, bool subjects) {
 Status State::Loader::balances() {
   std::uint64_t count = 0;
   TALLY_READ(count, in_->u64());
-  // subject, item, available, held
-  impl_->balances.reserve(reserve_count(count, 4 + 4 + 8 + 8));
+  impl_->balances.reserve(reserve_count(count, kBalanceEntryBytes));
   struct Entry {
     std::uint32_t subject = 0;
     std::uint32_t item = 0;
@@ -406,10 +435,12 @@ Status State::Loader::balances() {
     const std::size_t size = static_cast<std::size_t>(std::min<std::uint64_t>(kBatch, count - done));
     for (std::size_t index = 0; index < size; index++) {
       Entry& entry = batch[index];
-      TALLY_READ(entry.subject, in_->u32());
-      TALLY_READ(entry.item, in_->u32());
-      TALLY_READ(entry.available, in_->i64());
-      TALLY_READ(entry.held, in_->i64());
+      std::array<std::byte, kBalanceEntryBytes> fields;
+      TALLY_TRY(in_->bytes(fields));
+      entry.subject = static_cast<std::uint32_t>(decode_le(&fields[0], 4));
+      entry.item = static_cast<std::uint32_t>(decode_le(&fields[4], 4));
+      entry.available = static_cast<std::int64_t>(decode_le(&fields[8], 8));
+      entry.held = static_cast<std::int64_t>(decode_le(&fields[16], 8));
       if (!known_pair(entry.subject, entry.item)) return bad_image("balance of an unknown name id");
       if (entry.available < 0 || entry.held < 0) return bad_image("negative balance");
       if (entry.available == 0 && entry.held == 0) return bad_image("zero balance stored");
@@ -417,8 +448,10 @@ Status State::Loader::balances() {
     }
     for (std::size_t index = 0; index < size; index++) {
       const Entry& entry = batch[index];
-      if (impl_->find_balance(entry.subject, entry.item) != nullptr) return bad_image("balance stored twice");
       BalanceSlot* slot = impl_->upsert_balance(entry.subject, entry.item);
+      // A slot found rather than inserted holds the non-zero balance of an
+      // earlier entry.
+      if (slot->available != 0 || slot->held != 0) return bad_image("balance stored twice");
       slot->available = entry.available;
       slot->held = entry.held;
       digest.balance(impl_->subjects.view(entry.subject), impl_->items.view(entry.item),
@@ -431,15 +464,18 @@ Status State::Loader::balances() {
 
 Result<HoldRecord> State::Loader::hold() {
   HoldRecord hold;
-  std::uint8_t state = 0;
-  TALLY_READ(hold.id, in_->u64());
-  TALLY_READ(hold.subject, in_->u32());
-  TALLY_READ(hold.item, in_->u32());
-  TALLY_READ(hold.qty, in_->i64());
-  TALLY_READ(hold.expires_at_ns, in_->i64());
-  TALLY_READ(state, in_->u8());
-  TALLY_READ(hold.finalized_at_ns, in_->i64());
-  TALLY_READ(hold.committed_qty, in_->i64());
+  // id, subject, item, qty, expires_at, state, finalized_at, committed_qty:
+  // read at once, this runs for every hold.
+  std::array<std::byte, kHoldEntryBytes> fields;
+  TALLY_TRY(in_->bytes(fields));
+  hold.id = decode_le(&fields[0], 8);
+  hold.subject = static_cast<std::uint32_t>(decode_le(&fields[8], 4));
+  hold.item = static_cast<std::uint32_t>(decode_le(&fields[12], 4));
+  hold.qty = static_cast<std::int64_t>(decode_le(&fields[16], 8));
+  hold.expires_at_ns = static_cast<std::int64_t>(decode_le(&fields[24], 8));
+  const auto state = static_cast<std::uint8_t>(decode_le(&fields[32], 1));
+  hold.finalized_at_ns = static_cast<std::int64_t>(decode_le(&fields[33], 8));
+  hold.committed_qty = static_cast<std::int64_t>(decode_le(&fields[41], 8));
   if (hold.id == 0) return bad_image("hold id 0");
   if (log::hold_id_seq(hold.id) > impl_->last_seq) return bad_image("hold from the future");
   if (!known_pair(hold.subject, hold.item)) return bad_image("hold of an unknown name id");
@@ -449,21 +485,38 @@ Result<HoldRecord> State::Loader::hold() {
   return hold;
 }
 
+Result<std::size_t> State::Loader::read_holds(std::span<HoldRecord, kBatch> batch,
+                                              std::uint64_t left) {
+  const auto size = static_cast<std::size_t>(std::min<std::uint64_t>(kBatch, left));
+  for (std::size_t index = 0; index < size; index++) {
+    TALLY_READ(batch[index], hold());
+    impl_->holds.prefetch(batch[index].id);
+    impl_->subjects.prefetch_loc(batch[index].subject);
+  }
+  return size;
+}
+
 Status State::Loader::holds(bool open) {
   std::uint64_t count = 0;
   TALLY_READ(count, in_->u64());
-  // id, subject, item, qty, expires_at, state, finalized_at, committed_qty
   impl_->holds.reserve(impl_->holds.open_count() + impl_->holds.finalized_count() +
-                       reserve_count(count, 8 + 4 + 4 + 8 + 8 + 1 + 8 + 8));
-  std::array<HoldRecord, kBatch> batch;
-  for (std::uint64_t done = 0; done < count;) {
-    const std::size_t size = static_cast<std::size_t>(std::min<std::uint64_t>(kBatch, count - done));
-    for (std::size_t index = 0; index < size; index++) {
-      TALLY_READ(batch[index], hold());
-      impl_->holds.prefetch(batch[index].id);
-    }
-    for (std::size_t index = 0; index < size; index++) {
-      const HoldRecord& hold = batch[index];
+                       reserve_count(count, kHoldEntryBytes));
+  // The holds' subjects come in no order, and the digest's view of a
+  // subject's name waits on two misses, one after the other: its loc, then
+  // its record. So two batches are in flight: one is read, with its hold
+  // slots and subject locs prefetched, between the prefetch of the subject
+  // records of the batch before and its insertion.
+  std::array<std::array<HoldRecord, kBatch>, 2> batches;
+  std::uint64_t left = count;
+  std::size_t size = 0;
+  TALLY_READ(size, read_holds(batches[0], left));
+  for (std::size_t current = 0; size > 0; current ^= 1) {
+    const std::span<const HoldRecord> batch(batches[current].data(), size);
+    for (const HoldRecord& hold : batch) impl_->subjects.prefetch_record(hold.subject);
+    left -= size;
+    // A problem in the batch read ahead is reported after those before it.
+    const Result<std::size_t> next = read_holds(batches[current ^ 1], left);
+    for (const HoldRecord& hold : batch) {
       if (impl_->holds.find(hold.id) != nullptr) return bad_image("hold stored twice");
       digest.hold(hold, impl_->subjects.view(hold.subject), impl_->items.view(hold.item));
       if (open) {
@@ -478,7 +531,7 @@ Status State::Loader::holds(bool open) {
       }
       impl_->holds.restore_finalized(hold);
     }
-    done += size;
+    TALLY_READ(size, next);
   }
   return Status();
 }
@@ -566,10 +619,6 @@ Status State::Loader::keys_to_end() {
 }
 
 namespace {
-
-// Bytes per entry of the fixed-size sections, as save() writes them.
-constexpr std::uint64_t kBalanceEntryBytes = 4 + 4 + 8 + 8;
-constexpr std::uint64_t kHoldEntryBytes = 8 + 4 + 4 + 8 + 8 + 1 + 8 + 8;
 
 // Where the keys section begins, for an image whose names start at
 // `offset`: the names are skimmed (only their lengths matter) and the
