@@ -122,6 +122,11 @@ Status State::Impl::check_balances() const {
 }
 
 Status State::Impl::check_holds() const {
+  TALLY_TRY(check_held());
+  return check_long_hold_keys();
+}
+
+Status State::Impl::check_held() const {
   if (!holds.consistent()) return invariant_broken("hold index, heap or queue disagree");
   std::vector<std::pair<std::uint64_t, std::int64_t>> open;
   holds.for_each_open([&](const HoldRecord& hold) {
@@ -144,6 +149,10 @@ Status State::Impl::check_holds() const {
   std::size_t pairs_held = 0;
   balances.for_each([&](const BalanceSlot& slot) { pairs_held += slot.held != 0 ? 1 : 0; });
   if (pairs_held != pairs_with_holds) return invariant_broken("held without open holds");
+  return Status();
+}
+
+Status State::Impl::check_long_hold_keys() const {
   for (const auto& [id, key] : long_hold_keys.entries()) {
     const std::string hold = "hold " + std::to_string(id);
     if (options.idempotency_window_ns == 0) {

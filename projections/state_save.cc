@@ -719,6 +719,12 @@ Result<std::unique_ptr<State>> State::load(StateSource& source, StateOptions opt
     if (in.offset() != *keys_offset) return bad_image("sections do not line up");
     return Status();
   }();
+  // held must equal the open holds of each pair; the image could agree
+  // with itself field by field and still not add up. The rest of
+  // check_invariants() holds by construction: balances() refused negative,
+  // zero and repeated entries, and linked each pair into its subject's list
+  // as it inserted it. The part that needs no keys runs while they load.
+  const Status held = rest.ok() ? impl->check_held() : Status();
   if (keys_thread.joinable()) {
     take_check();
     keys_thread.join();
@@ -729,13 +735,9 @@ Result<std::unique_ptr<State>> State::load(StateSource& source, StateOptions opt
   TALLY_TRY(checked);
   TALLY_TRY(rest);
   TALLY_TRY(keys_status);
-  // held must equal the open holds of each pair; the image could agree
-  // with itself field by field and still not add up. The rest of
-  // check_invariants() holds by construction: balances() refused negative,
-  // zero and repeated entries, and linked each pair into its subject's list
-  // as it inserted it.
-  const Status invariants = impl->check_holds();
-  if (!invariants.ok()) return bad_image(invariants.message());
+  for (const Status& invariants : {held, impl->check_long_hold_keys()}) {
+    if (!invariants.ok()) return bad_image(invariants.message());
+  }
   if (keys_loader) loader.digest.add(keys_loader->digest);
   if (digest != nullptr) *digest = loader.digest.finish(impl->last_seq, impl->last_timestamp_ns);
   return state;
