@@ -450,12 +450,16 @@ class ShardedTable {
     return shards_[shard_of(hash)].find(hash, match);
   }
   void prefetch(std::uint64_t hash) const { shards_[shard_of(hash)].prefetch(hash); }
-  // Where the slot of `hash` lies, as a number: inserting entries in the
-  // increasing order of this fills each shard front to back (while no
-  // insert grows a shard). Fits in kShardBits + log2(kCapacityMax) bits.
+  // Where the slot of `hash` lies, as a number: the shard, then the slot's
+  // place in it scaled to kHomeBits bits whatever the shard's capacity, so
+  // that the top bits say where in the whole table. Inserting entries in
+  // the increasing order of this fills each shard front to back (while no
+  // insert grows a shard). Fits in kSlotOrderBits bits.
   std::uint64_t slot_order(std::uint64_t hash) const {
     const std::size_t shard = shard_of(hash);
-    return (std::uint64_t{shard} << kHomeBits) | shards_[shard].home(hash);
+    const auto& table = shards_[shard];
+    const int scale = table.capacity() == 0 ? 0 : kHomeBits - std::countr_zero(table.capacity());
+    return (std::uint64_t{shard} << kHomeBits) | (std::uint64_t{table.home(hash)} << scale);
   }
   static constexpr int kSlotOrderBits = kShardBits + std::countr_zero(Policy::kCapacityMax);
 

@@ -83,9 +83,10 @@ class KeyIndex {
   // land at random in an index far larger than the caches and the TLB: a
   // miss or two each. Instead, add_unindexed() each key (with insert()'s
   // preconditions), keeping what it returns, then index_added() a run of
-  // them: sorted by slot (a radix sort), they fill the index front to back
-  // (a run under 256 keys, too short to gain from the sort, goes in as it
-  // comes).
+  // them: grouped by where their slots lie (one pass of a radix sort), they
+  // fill the index a region at a time, each small enough to stay in the
+  // caches while its keys go in (a run under 256 keys, too short to gain
+  // from the grouping, goes in as it comes).
   // Until every added key is indexed, only these two may be called:
   // find(), insert() and evict_through() would not see the added keys.
   struct Added {
