@@ -114,8 +114,8 @@ bool KeyIndex::index_added(std::span<Added> added, std::span<Added> scratch, Rep
   // stays in the caches while they go in, in arena order within it (so a
   // key's records still come in that order). A sort on every bit, three
   // passes for that index, also ordered the slots within a region, which
-  // the caches do not need: a snapshot's 11.8 M keys took 12% longer to
-  // load (docs/performance.md).
+  // the caches do not need: loading a snapshot's 11.8 M keys took 5% more
+  // CPU (docs/performance.md).
   constexpr int kDigitBits = 11;
   constexpr std::size_t kDigits = std::size_t{1} << kDigitBits;
   constexpr int kShift = decltype(index_)::kSlotOrderBits - kDigitBits;
