@@ -384,6 +384,22 @@ TEST_CASE("keys added unindexed, then indexed in slot order, act as if inserted"
     CHECK(latest.size() == 3);
     CHECK(latest.find(key_of(2))->seq == record_of(4).seq);
   }
+  SUBCASE("in a run long enough to be grouped by slot, a repeated key keeps its latest record") {
+    // Records 0..999 of keys 0..999, then keys 10, 500 and 10 again: the
+    // grouping must keep each key's records in arena order.
+    KeyIndex latest;
+    for (int record = 0; record < 1'000; record++) add(latest, record, record);
+    add(latest, 10, 1'000);
+    add(latest, 500, 1'001);
+    add(latest, 10, 1'002);
+    REQUIRE(added.size() >= 256);
+    REQUIRE(latest.index_added(added, scratch, KeyIndex::Repeats::latest_wins));
+    added.clear();
+    CHECK(latest.size() == 1'000);
+    CHECK(latest.find(key_of(10))->seq == record_of(1'002).seq);
+    CHECK(latest.find(key_of(500))->seq == record_of(1'001).seq);
+    CHECK(latest.find(key_of(999))->seq == record_of(999).seq);
+  }
   SUBCASE("a key added again after it was indexed is refused, or its later record kept") {
     KeyIndex again;
     add(again, 1, 1);
