@@ -102,8 +102,8 @@ bool KeyIndex::index_added(std::span<Added> added, std::span<Added> scratch, Rep
   };
   // A short run gains nothing from the grouping, whose pass clears 16 KiB
   // of counts: inserted as they come.
-  constexpr std::size_t kSortedRunMin = 256;
-  if (added.size() < kSortedRunMin) {
+  constexpr std::size_t kGroupedRunMin = 256;
+  if (added.size() < kGroupedRunMin) {
     for (const Added& entry : added) {
       if (!index_one(entry)) return false;
     }
