@@ -172,9 +172,9 @@ class State {
   Status apply_ops(const log::Event& event, const EventHashes& hashes);
 
   // remember_key() for replay: the key is stored at once but indexed later,
-  // with up to kKeysWaitingMax others, in the order of their slots
-  // (KeyIndex::index_added): the index fills front to back instead of at
-  // random, a cache miss saved per key. A key the idempotency window
+  // with up to kKeysWaitingMax others, grouped by where their slots lie
+  // (KeyIndex::index_added): the index fills a region at a time instead of
+  // at random, a cache miss saved per key. A key the idempotency window
   // forgets gets indexed first. Until index_keys(), the key index must not
   // be read (find_key, save, digest, counts: they assert it). A key
   // decided again takes its later decision, as with remember_key(); one

@@ -562,9 +562,9 @@ Status State::Loader::keys() {
   // key length and at least one byte, fingerprint, seq, time, reason, failed index
   constexpr std::uint64_t kKeyBytesMin = 1 + 1 + 8 + 8 + 8 + 1 + 4;
   impl_->keys.reserve(reserve_count(count, kKeyBytesMin));
-  // Indexed a million at a time, in the order of their slots
-  // (KeyIndex::index_added): the index fills front to back instead of at
-  // random, and the keys waiting cost at most 16 MB (and as much scratch),
+  // Indexed a million at a time, grouped by where their slots lie
+  // (KeyIndex::index_added): the index fills a region at a time instead of
+  // at random, and the keys waiting cost at most 16 MB (and as much scratch),
   // fewer when the image is too small to hold a million.
   constexpr std::uint64_t kIndexEvery = std::uint64_t{1} << 20;
   const std::uint64_t count_max =

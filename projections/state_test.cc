@@ -307,7 +307,7 @@ TEST_CASE("the key arena recycles chunks as keys leave the window") {
   CHECK(state.find_key(keys[0]) == nullptr);
 }
 
-TEST_CASE("keys added unindexed, then indexed in slot order, act as if inserted") {
+TEST_CASE("keys added unindexed, then indexed by where their slots lie, act as if inserted") {
   const auto key_of = [](int index) {
     std::string key = "key-";
     key += std::to_string(index);
