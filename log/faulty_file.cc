@@ -40,8 +40,6 @@ struct FaultyFileSystem::State {
   std::atomic<std::uint64_t> dir_syncs{0};
   std::atomic<std::uint64_t> writes{0};
   std::atomic<std::uint64_t> bytes_written{0};
-  std::atomic<std::uint64_t> writebacks{0};
-  std::atomic<std::uint64_t> writeback_bytes{0};
   std::atomic<std::int64_t> read_delay_ms{0};  // 0: disarmed
 
   mutable std::mutex mutex;
@@ -191,13 +189,6 @@ class FaultyFile final : public File {
     return base_->sync();
   }
 
-  void start_writeback(std::uint64_t offset, std::uint64_t length) override {
-    if (state_.is_crashed()) return;
-    state_.writebacks.fetch_add(1, std::memory_order_relaxed);
-    state_.writeback_bytes.fetch_add(length, std::memory_order_relaxed);
-    base_->start_writeback(offset, length);
-  }
-
   Result<std::uint64_t> size() override {
     if (state_.is_crashed()) return crash_status();
     return base_->size();
@@ -239,16 +230,12 @@ std::uint64_t FaultyFileSystem::syncs() const { return state_->syncs.load(); }
 std::uint64_t FaultyFileSystem::dir_syncs() const { return state_->dir_syncs.load(); }
 std::uint64_t FaultyFileSystem::writes() const { return state_->writes.load(); }
 std::uint64_t FaultyFileSystem::bytes_written() const { return state_->bytes_written.load(); }
-std::uint64_t FaultyFileSystem::writebacks() const { return state_->writebacks.load(); }
-std::uint64_t FaultyFileSystem::writeback_bytes() const { return state_->writeback_bytes.load(); }
 
 void FaultyFileSystem::reset_counters() {
   state_->syncs = 0;
   state_->dir_syncs = 0;
   state_->writes = 0;
   state_->bytes_written = 0;
-  state_->writebacks = 0;
-  state_->writeback_bytes = 0;
 }
 
 void FaultyFileSystem::fail_sync(std::uint64_t nth) {

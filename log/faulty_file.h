@@ -34,8 +34,6 @@ class FaultyFileSystem final : public FileSystem {
   std::uint64_t dir_syncs() const;      // sync_dir calls
   std::uint64_t writes() const;         // File::write_at calls
   std::uint64_t bytes_written() const;  // bytes that reached the base files
-  std::uint64_t writebacks() const;     // File::start_writeback calls
-  std::uint64_t writeback_bytes() const;  // the bytes they named
   void reset_counters();
 
   // ---- faults ----

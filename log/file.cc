@@ -122,14 +122,6 @@ class PosixFile final : public File {
     return Status();
   }
 
-  void start_writeback(std::uint64_t offset, std::uint64_t length) override {
-    // Linux's sync_file_range: the range's dirty pages are queued for the
-    // disk, and nothing waits for them to get there (the call may wait for
-    // room in the queue). An error is the next sync()'s to report.
-    (void)::sync_file_range(fd_, static_cast<off_t>(offset), static_cast<off_t>(length),
-                            SYNC_FILE_RANGE_WRITE);
-  }
-
   Result<std::uint64_t> size() override {
     struct stat st {};
     if (::fstat(fd_, &st) != 0) return errno_status("stat", path_, errno);
@@ -208,8 +200,6 @@ Result<std::unique_ptr<FileView>> File::view(std::uint64_t size_bytes) {
   TALLY_TRY(read_at(0, view->writable()));
   return std::unique_ptr<FileView>(std::move(view));
 }
-
-void File::start_writeback(std::uint64_t, std::uint64_t) {}
 
 namespace {
 

@@ -45,12 +45,6 @@ class File {
   virtual Status write_at(std::uint64_t offset, std::span<const std::byte> data) = 0;
   // fdatasync: data and the metadata needed to read it back.
   virtual Status sync() = 0;
-  // Asks the system to start writing [offset, offset + length) to the
-  // disk, and returns before that completes (it may wait for room in the
-  // device's queue): a hint that promises nothing (only sync() makes data
-  // durable), so that a later sync() has less left to write. An error
-  // shows at that sync. The base version does nothing.
-  virtual void start_writeback(std::uint64_t offset, std::uint64_t length);
   // Current size in bytes.
   virtual Result<std::uint64_t> size() = 0;
   // Sets the size; new bytes read as zeros.

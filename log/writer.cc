@@ -14,9 +14,9 @@ namespace tally::log {
 
 namespace {
 
-// How many written but unsynced bytes of a segment LogWriter::write hands
-// to File::start_writeback at once.
-constexpr std::uint64_t kWritebackBytes = std::uint64_t{4} << 20;
+// How many bytes of a segment LogWriter::write leaves written but unsynced
+// at most, whatever the durability.
+constexpr std::uint64_t kUnsyncedBytesMax = std::uint64_t{4} << 20;
 
 // Whether a failed create (or directory open) may succeed when tried
 // again: the process or the system was out of descriptors or memory,
@@ -128,10 +128,9 @@ struct LogWriter::Impl {
   // I/O side: the segment file being written.
   std::unique_ptr<File> file;
   std::uint64_t file_first_seq = 0;
-  // Where its writes end, and where the bytes not yet synced nor handed to
-  // start_writeback() begin (write()).
+  // Where its writes end, and where the bytes not yet synced begin.
   std::uint64_t file_written_end = 0;
-  std::uint64_t file_writeback_from = 0;
+  std::uint64_t file_synced_end = 0;
   Status failure;  // sticky
 
   std::atomic<std::uint64_t> writes{0};
@@ -187,7 +186,7 @@ Status LogWriter::Impl::sync_file() {
   Status status = file->sync();
   const auto took = std::chrono::steady_clock::now() - started;
   sync_ns.observe(static_cast<std::uint64_t>(std::chrono::nanoseconds(took).count()));
-  if (status.ok()) file_writeback_from = file_written_end;
+  if (status.ok()) file_synced_end = file_written_end;
   return status;
 }
 
@@ -214,7 +213,7 @@ Status LogWriter::Impl::create_segment(std::uint64_t first_seq, std::uint64_t pr
   file = std::move(*created);
   file_first_seq = first_seq;
   file_written_end = 0;
-  file_writeback_from = 0;
+  file_synced_end = 0;
   const Status made = start_segment(first_seq, prev_checksum);
   if (!made.ok()) {
     file.reset();
@@ -295,7 +294,7 @@ Status LogWriter::Impl::open_existing(const LogEnd& end) {
   // are made so, with the segment's name, before anything is answered.
   TALLY_TRY(sync_file());
   file_written_end = end.offset;  // the zeros of a torn tail are synced
-  file_writeback_from = end.offset;
+  file_synced_end = end.offset;
   return fs.sync_dir(dir);
 }
 
@@ -449,15 +448,13 @@ Status LogWriter::write(WriteBatch* batch, bool sync) {
   for (std::size_t part_index = 0; status.ok() && part_index < batch->parts().size(); part_index++) {
     status = s.write_part(*batch, batch->parts()[part_index]);
   }
-  if (status.ok() && sync) status = s.sync_file();
-  // Unsynced, a segment's frames would wait in the page cache until the
-  // sync at its end (or the kernel's flusher) and then take tens of
-  // milliseconds to write at once, the writer stalled behind them
-  // (docs/performance.md, "the write-back begun as a segment fills").
-  if (status.ok() && s.file != nullptr &&
-      s.file_written_end - s.file_writeback_from >= kWritebackBytes) {
-    s.file->start_writeback(s.file_writeback_from, s.file_written_end - s.file_writeback_from);
-    s.file_writeback_from = s.file_written_end;
+  // Never synced, a segment's frames would wait in the page cache, and
+  // then in the disk's cache, until the sync at its end, which took tens of
+  // milliseconds with nothing acknowledged meanwhile. Handing them to the
+  // system's write-back early did not shorten it: the disk's cache still
+  // held them all (docs/performance.md, "the sync at a segment's end").
+  if (status.ok() && (sync || s.file_written_end - s.file_synced_end >= kUnsyncedBytesMax)) {
+    status = s.sync_file();
   }
   batch->set_in_flight(false);
   if (!status.ok()) return s.fail(status);

@@ -107,8 +107,7 @@ class LogWriter {
 
   // ---- I/O side ----
   // Writes a sealed batch and, when sync is true, makes it durable. When
-  // not, once 4 MiB of the segment are written and not yet synced, hands
-  // them to File::start_writeback.
+  // not, syncs once 4 MiB of the segment are written and not yet synced.
   Status write(WriteBatch* batch, bool sync);
   // Hands a sealed batch back unwritten, in write()'s place: after a
   // failure, when what it holds must not reach the log (it was decided on
