@@ -599,6 +599,18 @@ TEST_CASE("unsynced writes are synced every 4 MiB") {
   ReadBack back = read_log(posix(), dir.log_dir());
   REQUIRE(back.status.ok());
   CHECK(back.records.size() == 26 * kFramesPerBatch);
+
+  // That sync failing fails the writer, as any failed sync does: what it
+  // wrote may not be on the disk.
+  writer = open_writer(fs, dir.log_dir(), LogWriterOptions{});
+  write_batches(3, false);
+  fs.fail_sync();
+  for (int frame = 0; frame < kFramesPerBatch; frame++) {
+    writer->append(payload_for(writer->next_seq(), 0, kPayloadBytes));
+  }
+  CHECK(writer->write(writer->seal(), false).code() == ErrorCode::io_error);
+  writer->append(payload_for(writer->next_seq()));
+  CHECK(writer->write(writer->seal(), false).code() == ErrorCode::io_error);
 }
 
 TEST_CASE("a reopened log is synced before it goes on: a crashed writer may not have") {
