@@ -139,7 +139,7 @@ struct HoldView {
 enum class Durability : std::uint8_t {
   sync,   // fdatasync before the caller hears the outcome (default)
   async,  // acknowledged after write(); fdatasync once sync_interval_ms passed since the last
-  none,   // written; synced as a segment is finished and at close(): tests, throwaway ledgers
+  none,   // written; synced every 4 MiB, at a segment's end, at close(): tests, throwaway ledgers
 };
 std::string_view durability_name(Durability durability);
 bool parse_durability(std::string_view text, Durability* out);
