@@ -15,17 +15,16 @@
 #include <fstream>
 #include <functional>
 #include <optional>
-#include <span>
 #include <string>
 #include <vector>
 
-#include "log/hash.h"
 #include "log/lock.h"
 #include "projections/state_fixture.h"
 #include "snapshots/format.h"
 #include "snapshots/history.h"
 #include "snapshots/lmdb_util.h"
 #include "snapshots/renew.h"
+#include "snapshots/store_edit.h"
 #include "tests/testing.h"
 
 namespace tally::snap {
@@ -165,44 +164,6 @@ TEST_CASE("list shows seq, time, size and digest, oldest first; prune keeps the 
         ErrorCode::not_found);
 }
 
-// Opens the environment directly (the store must be closed: one process
-// may not open an LMDB environment twice) and rewrites the record under
-// `key_bytes` in database `db_name` with `edit`.
-void edit_record(const TempDir& dir, const char* db_name, std::span<const std::uint8_t> key_bytes,
-                 const std::function<void(std::vector<std::uint8_t>*)>& edit) {
-  MDB_env* env = nullptr;
-  REQUIRE(mdb_env_create(&env) == 0);
-  REQUIRE(mdb_env_set_maxdbs(env, 2) == 0);
-  REQUIRE(mdb_env_open(env, dir.sub("snapshots").c_str(), 0, 0644) == 0);
-  MDB_txn* txn = nullptr;
-  REQUIRE(mdb_txn_begin(env, nullptr, 0, &txn) == 0);
-  MDB_dbi dbi = 0;
-  REQUIRE(mdb_dbi_open(txn, db_name, 0, &dbi) == 0);
-  MDB_val key{key_bytes.size(), const_cast<std::uint8_t*>(key_bytes.data())};
-  MDB_val value{};
-  REQUIRE(mdb_get(txn, dbi, &key, &value) == 0);
-  std::vector<std::uint8_t> bytes(static_cast<std::uint8_t*>(value.mv_data),
-                                  static_cast<std::uint8_t*>(value.mv_data) + value.mv_size);
-  edit(&bytes);
-  MDB_val changed{bytes.size(), bytes.data()};
-  REQUIRE(mdb_put(txn, dbi, &key, &changed, 0) == 0);
-  REQUIRE(mdb_txn_commit(txn) == 0);
-  mdb_env_close(env);
-}
-
-// The key of a snapshot's chunk (`chunk` 0 .. chunk_count - 1) or, with
-// no chunk, of its metadata record.
-std::vector<std::uint8_t> record_key(std::uint64_t seq, std::optional<std::uint32_t> chunk) {
-  std::vector<std::uint8_t> key_bytes(chunk ? kChunkKeyBytes : kMetaKeyBytes);
-  for (int index = 0; index < 8; index++) {
-    key_bytes[index] = static_cast<std::uint8_t>(seq >> (8 * (7 - index)));
-  }
-  for (int index = 0; chunk && index < 4; index++) {
-    key_bytes[8 + index] = static_cast<std::uint8_t>(*chunk >> (8 * (3 - index)));
-  }
-  return key_bytes;
-}
-
 std::function<void(std::vector<std::uint8_t>*)> flip_byte(std::size_t at) {
   return [at](std::vector<std::uint8_t>* bytes) {
     REQUIRE(at < bytes->size());
@@ -211,25 +172,11 @@ std::function<void(std::vector<std::uint8_t>*)> flip_byte(std::size_t at) {
 }
 
 void flip_chunk_byte(const TempDir& dir, std::uint64_t seq, std::uint32_t chunk, std::size_t at) {
-  edit_record(dir, kChunksDbName, record_key(seq, chunk), flip_byte(at));
+  edit_record(dir.sub("snapshots"), kChunksDbName, record_key(seq, chunk), flip_byte(at));
 }
 
 void flip_meta_byte(const TempDir& dir, std::uint64_t seq, std::size_t at) {
-  edit_record(dir, kMetaDbName, record_key(seq, std::nullopt), flip_byte(at));
-}
-
-// The metadata record of `seq` as a later version might write it: another
-// format version, its checksum still right.
-void bump_meta_version(const TempDir& dir, std::uint64_t seq) {
-  const auto bump = [](std::vector<std::uint8_t>* bytes) {
-    REQUIRE(bytes->size() == kMetaBytes);
-    (*bytes)[4] += 1;
-    const std::uint64_t checksum = XXH3_64bits(bytes->data(), kMetaCheckedBytes);
-    for (std::size_t index = 0; index < 8; index++) {
-      (*bytes)[kMetaCheckedBytes + index] = static_cast<std::uint8_t>(checksum >> (8 * index));
-    }
-  };
-  edit_record(dir, kMetaDbName, record_key(seq, std::nullopt), bump);
+  edit_record(dir.sub("snapshots"), kMetaDbName, record_key(seq, std::nullopt), flip_byte(at));
 }
 
 TEST_CASE("prune keeps the newest a ledger of its window can load, and others only among them") {
@@ -392,7 +339,7 @@ TEST_CASE("prune deletes a record past the seq given whose metadata is damaged")
   run_script_kept(dir, &run, 4);
   const std::uint64_t newest = run.state.last_seq();
   flip_meta_byte(dir, newest, 3);
-  bump_meta_version(dir, newest - 1);
+  bump_meta_version(dir.sub("snapshots"), newest - 1);
   std::unique_ptr<SnapshotStore> store = open_store(dir);
   REQUIRE(store->list().ok());
   CHECK_FALSE(store->list()->back().metadata_ok);
