@@ -424,6 +424,7 @@ Result<std::vector<SnapshotInfo>> SnapshotStore::list() const {
       SnapshotInfo info;
       info.seq = seqs[index];
       info.metadata_ok = false;
+      info.metadata_other_version = metas[index].code() == ErrorCode::invalid;
       infos.push_back(info);
     }
   }

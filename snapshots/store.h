@@ -65,6 +65,9 @@ struct SnapshotInfo {
   // false when the metadata record itself does not verify; only seq is
   // meaningful then (list() still shows it, so a tool can say so).
   bool metadata_ok = true;
+  // With metadata_ok false: the record verifies, but in a metadata format
+  // another version of tally wrote; not damaged.
+  bool metadata_other_version = false;
 };
 
 struct SkippedSnapshot {

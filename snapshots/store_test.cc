@@ -343,6 +343,7 @@ TEST_CASE("prune deletes a record past the seq given whose metadata is damaged")
   std::unique_ptr<SnapshotStore> store = open_store(dir);
   REQUIRE(store->list().ok());
   CHECK_FALSE(store->list()->back().metadata_ok);
+  CHECK_FALSE(store->list()->back().metadata_other_version);
   // Another writer's snapshot past the seq given stays, another version's
   // too; a damaged record's seq says nothing (its key may be the damaged
   // byte), and it never loads.
@@ -353,6 +354,8 @@ TEST_CASE("prune deletes a record past the seq given whose metadata is damaged")
   CHECK(listed->front().seq == newest - 2);
   CHECK(listed->front().metadata_ok);
   CHECK(listed->back().seq == newest - 1);
+  CHECK_FALSE(listed->back().metadata_ok);
+  CHECK(listed->back().metadata_other_version);
 }
 
 TEST_CASE("a corrupt newest snapshot falls back to the older; all corrupt is not_found") {

@@ -123,8 +123,13 @@ Status load_snapshots(const std::string& data_dir, SharedSnapshots* shared,
   for (const snap::SnapshotInfo& info : *infos) {
     SnapshotCheck check{info, Verdict::unchecked, {}, false};
     if (!info.metadata_ok) {
-      check.verdict = Verdict::bad;
-      check.detail = "its metadata record does not verify";
+      if (info.metadata_other_version) {
+        // As an image of another version's: not damaged, not comparable.
+        check.detail = "not comparable: its metadata record is in another version's format";
+      } else {
+        check.verdict = Verdict::bad;
+        check.detail = "its metadata record does not verify";
+      }
       checks->push_back(std::move(check));
       continue;
     }

@@ -17,6 +17,7 @@
 #include "log/event.h"
 #include "log/writer.h"
 #include "snapshots/format.h"
+#include "snapshots/store_edit.h"
 #include "tests/testing.h"
 #include "tools/args.h"
 #include "tools/audit.h"
@@ -680,6 +681,20 @@ TEST_CASE("audit: a snapshot record that does not verify says nothing of where t
   mdb_env_close(env);
   // The read tools warned that events after seq 2 were lost.
   CHECK(newest_snapshot_seq(data) == 2);
+}
+
+TEST_CASE("audit: verify leaves unchecked a snapshot another version described, not bad") {
+  testing::TempDir dir;
+  const std::string data = dir.sub("data");
+  write_log(data, {{1, "a"}, {2, "b"}});
+  REQUIRE(run({"tally", "snapshot", "--data", data.c_str()}) == 0);
+  REQUIRE(run({"tally", "verify", "--data", data.c_str()}) == 0);
+  snap::bump_meta_version(snapshot_dir(data), 2);
+  CHECK(run({"tally", "verify", "--data", data.c_str()}) == 0);
+  // Damaged, it is bad.
+  snap::edit_record(snapshot_dir(data), snap::kMetaDbName, snap::record_key(2, std::nullopt),
+                    [](std::vector<std::uint8_t>* bytes) { (*bytes)[20] ^= 1; });
+  CHECK(run({"tally", "verify", "--data", data.c_str()}) == 1);
 }
 
 }  // namespace
