@@ -122,12 +122,12 @@ Status State::Impl::check_balances() const {
 }
 
 Status State::Impl::check_holds() const {
+  if (!holds.consistent()) return invariant_broken("hold index, heap or queue disagree");
   TALLY_TRY(check_held());
   return check_long_hold_keys();
 }
 
 Status State::Impl::check_held() const {
-  if (!holds.consistent()) return invariant_broken("hold index, heap or queue disagree");
   std::vector<std::pair<std::uint64_t, std::int64_t>> open;
   holds.for_each_open([&](const HoldRecord& hold) {
     open.emplace_back(pair_of(hold.subject, hold.item), hold.qty);

@@ -177,11 +177,12 @@ struct State::Impl {
   // Stored pairs are non-zero with available, held >= 0, and each subject's
   // list reaches exactly its stored pairs.
   Status check_balances() const;
+  // The hold table's structures agree (HoldTable::consistent), then
   // check_held(), then check_long_hold_keys().
   Status check_holds() const;
-  // The hold table's structures agree, and held of every pair equals the
-  // sum of its open holds. Reads neither the key index nor the long holds'
-  // keys, so a loader may run it while another thread fills those.
+  // held of every pair equals the sum of its open holds. Reads neither the
+  // key index nor the long holds' keys, so a loader may run it while
+  // another thread fills those.
   Status check_held() const;
   // Each long hold's key belongs to a hold that is known, is not of a batch,
   // and names that hold in the key index while the index has it.

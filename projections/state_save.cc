@@ -723,7 +723,10 @@ Result<std::unique_ptr<State>> State::load(StateSource& source, StateOptions opt
   // with itself field by field and still not add up. The rest of
   // check_invariants() holds by construction: balances() refused negative,
   // zero and repeated entries, and linked each pair into its subject's list
-  // as it inserted it. The part that needs no keys runs while they load.
+  // as it inserted it; holds() refused repeated ids and finalized holds out
+  // of order, and the hold table keeps its own structures in step (checking
+  // them probed the index once per hold: 0.1 s of a 1.4 M-hold image). The
+  // part that needs no keys runs while they load.
   const Status held = rest.ok() ? impl->check_held() : Status();
   if (keys_thread.joinable()) {
     take_check();
