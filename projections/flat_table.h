@@ -529,9 +529,10 @@ struct ArenaIndexPolicy {
 };
 
 // A vector that grows by whole chunks: elements never move (pointers stay
-// valid) and growth never copies or briefly doubles the memory. Each chunk
-// is faulted in at once (new_arena_chunk) and not cleared: an element is
-// constructed when it is pushed.
+// valid) and growth never copies or briefly doubles the memory. Chunks are
+// not cleared: an element is constructed when it is pushed. The first chunk
+// is faulted in as it fills, so that a vector which stays small takes only
+// the pages it touches; each later one at once (new_arena_chunk).
 template <class T, int kChunkShift = 12>
 class ChunkedVector {
   static_assert(std::is_trivially_destructible_v<T>);
@@ -557,7 +558,8 @@ class ChunkedVector {
 
   void push_back(const T& value) {
     if (size_ == chunks_.size() * kChunkElems) {
-      chunks_.push_back(new_arena_chunk(kChunkElems * sizeof(T), PageFill::now));
+      const PageFill fill = chunks_.empty() ? PageFill::lazy : PageFill::now;
+      chunks_.push_back(new_arena_chunk(kChunkElems * sizeof(T), fill));
     }
     std::byte* bytes = chunks_[size_ >> kChunkShift].get();
     std::construct_at(reinterpret_cast<T*>(bytes) + (size_ & (kChunkElems - 1)), value);
