@@ -154,6 +154,7 @@ void append_info(const snap::SnapshotInfo& info, bool json, std::string* out) {
     append_int(out, static_cast<std::int64_t>(info.seq));
     if (!info.metadata_ok) {
       *out += ",\"metadata_ok\":false";
+      if (info.metadata_other_version) *out += ",\"metadata_other_version\":true";
       return;
     }
     *out += ",\"time\":";
@@ -170,7 +171,7 @@ void append_info(const snap::SnapshotInfo& info, bool json, std::string* out) {
   *out += "seq=";
   append_int(out, static_cast<std::int64_t>(info.seq));
   if (!info.metadata_ok) {
-    *out += " metadata=bad";
+    *out += info.metadata_other_version ? " metadata=other-version" : " metadata=bad";
     return;
   }
   *out += " time=";
@@ -244,7 +245,8 @@ constexpr CommandSpec kSnapshotSpec = {
     "lock and never writes the log: it may run beside `tally serve` on DIR.\n"
     "--list prints one line per snapshot, oldest first: `seq=N time=T size=BYTES\n"
     "digest=HEX` (`seq=N metadata=bad` when its metadata record does not\n"
-    "verify). --json prints the same fields as one object per line.\n"
+    "verify, `seq=N metadata=other-version` when another version of tally wrote\n"
+    "it). --json prints the same fields as one object per line.\n"
     "\n"
     "A snapshot records the idempotency window it was built with, and only a\n"
     "ledger of that window loads it. The tools replay with the window of the\n"

@@ -6,9 +6,11 @@
 // engine/event_format_test.cc the formatting of `tally log`.
 #include <doctest.h>
 #include <lmdb.h>
+#include <unistd.h>
 
 #include <array>
 #include <chrono>
+#include <cstdio>
 #include <set>
 #include <string>
 #include <thread>
@@ -636,6 +638,27 @@ int run(std::initializer_list<const char*> argv) {
   return run_cli(static_cast<int>(argv.size()), std::data(argv));
 }
 
+// run(), returning what it printed on stdout; its exit code in *code.
+std::string run_printing(std::initializer_list<const char*> argv, int* code) {
+  std::FILE* file = std::tmpfile();
+  REQUIRE(file != nullptr);
+  std::fflush(stdout);
+  const int saved = ::dup(STDOUT_FILENO);
+  REQUIRE(saved >= 0);
+  REQUIRE(::dup2(::fileno(file), STDOUT_FILENO) >= 0);
+  *code = run(argv);
+  std::fflush(stdout);
+  REQUIRE(::dup2(saved, STDOUT_FILENO) >= 0);
+  ::close(saved);
+  // The two descriptors shared one offset: the end of what was printed.
+  REQUIRE(std::fseek(file, 0, SEEK_END) == 0);
+  std::string printed(static_cast<std::size_t>(std::ftell(file)), '\0');
+  std::rewind(file);
+  REQUIRE(std::fread(printed.data(), 1, printed.size(), file) == printed.size());
+  std::fclose(file);
+  return printed;
+}
+
 TEST_CASE("audit: history read from the log refuses a change that takes a balance below zero") {
   testing::TempDir dir;
   const std::string data = dir.sub("data");
@@ -683,7 +706,7 @@ TEST_CASE("audit: a snapshot record that does not verify says nothing of where t
   CHECK(newest_snapshot_seq(data) == 2);
 }
 
-TEST_CASE("audit: verify leaves unchecked a snapshot another version described, not bad") {
+TEST_CASE("audit: a snapshot another version described is listed so and left unchecked, not bad") {
   testing::TempDir dir;
   const std::string data = dir.sub("data");
   write_log(data, {{1, "a"}, {2, "b"}});
@@ -691,10 +714,21 @@ TEST_CASE("audit: verify leaves unchecked a snapshot another version described, 
   REQUIRE(run({"tally", "verify", "--data", data.c_str()}) == 0);
   snap::bump_meta_version(snapshot_dir(data), 2);
   CHECK(run({"tally", "verify", "--data", data.c_str()}) == 0);
+  int code = -1;
+  CHECK(run_printing({"tally", "snapshot", "--data", data.c_str(), "--list"}, &code) ==
+        "seq=2 metadata=other-version\n");
+  CHECK(code == 0);
+  CHECK(run_printing({"tally", "snapshot", "--data", data.c_str(), "--list", "--json"}, &code) ==
+        "{\"seq\":2,\"metadata_ok\":false,\"metadata_other_version\":true}\n");
+  CHECK(code == 0);
   // Damaged, it is bad.
   snap::edit_record(snapshot_dir(data), snap::kMetaDbName, snap::record_key(2, std::nullopt),
                     [](std::vector<std::uint8_t>* bytes) { (*bytes)[20] ^= 1; });
   CHECK(run({"tally", "verify", "--data", data.c_str()}) == 1);
+  CHECK(run_printing({"tally", "snapshot", "--data", data.c_str(), "--list"}, &code) ==
+        "seq=2 metadata=bad\n");
+  CHECK(run_printing({"tally", "snapshot", "--data", data.c_str(), "--list", "--json"}, &code) ==
+        "{\"seq\":2,\"metadata_ok\":false}\n");
 }
 
 }  // namespace
